@@ -1,0 +1,730 @@
+//! The record batch: the unit in which records are produced, replicated, stored and fetched.
+//!
+//! The layout follows Kafka's v2 record batch closely, big-endian:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  base_offset         stamped by the leader
+//!      8     4  batch_length        bytes after this field
+//!     12     8  leader_epoch        stamped by the leader
+//!     20     1  magic               FORMAT_MAGIC
+//!     21     4  crc                 CRC32C of bytes 25..end
+//!     25     2  attributes          ATTRIBUTE_CONTROL marks a leader's epoch marker
+//!     27     4  last_offset_delta   record_count - 1
+//!     31     8  first_timestamp     ms since the Unix epoch
+//!     39     8  max_timestamp
+//!     47     8  producer_id         -1 without idempotence
+//!     55     2  producer_epoch
+//!     57     4  base_sequence       -1 without idempotence
+//!     61     4  record_count
+//!     65     …  records
+//! ```
+//!
+//! Each record is `length varint, attributes u8, timestamp_delta zigzag, offset_delta varint,
+//! key_length zigzag (-1 = no key), key, value_length zigzag, value, header_count varint,
+//! headers (key_length varint, key, value_length zigzag (-1 = none), value)`.
+//!
+//! The checksum leaves out base offset and leader epoch, so the leader stamps a batch in place
+//! without hashing it again, and the same checksum is verified by the leader on produce, by
+//! storage on write and on read, by followers and by consumers.
+
+use crate::ids::{Epoch, Offset};
+use crate::varint;
+use bytes::{Bytes, BytesMut};
+
+pub const FORMAT_MAGIC: u8 = 2;
+pub const HEADER_BYTES: usize = 65;
+/// Bytes before `batch_length`'s span begins: base offset and the length itself.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// A control batch carries no user records; a new leader's epoch marker is one.
+pub const ATTRIBUTE_CONTROL: u16 = 0x20;
+pub const NO_PRODUCER_ID: i64 = -1;
+pub const NO_SEQUENCE: i32 = -1;
+
+const CRC_OFFSET: usize = 21;
+const CRC_COVERS_FROM: usize = 25;
+
+/// Why bytes are not a valid batch. Every path that reads untrusted bytes returns this instead
+/// of panicking.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error(
+        "batch is {available} bytes, shorter than its {needed}-byte header or declared length"
+    )]
+    Truncated { needed: usize, available: usize },
+    #[error("batch declares {declared} bytes but {actual} were given")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("unknown batch format magic {0}")]
+    BadMagic(u8),
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("record {index} is malformed: {reason}")]
+    BadRecord { index: u32, reason: &'static str },
+    #[error("batch declares {declared} records but holds {actual}")]
+    CountMismatch { declared: u32, actual: u32 },
+    #[error("batch holds no records")]
+    Empty,
+}
+
+/// A record as a producer hands it over.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+    /// Milliseconds since the Unix epoch; the producer fills in "now" when absent.
+    pub timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+impl Record {
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Record {
+            value: value.into(),
+            ..Record::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(Header {
+            key: key.into(),
+            value: Some(value.into()),
+        });
+        self
+    }
+
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+}
+
+/// Encoded size of one record's body (everything after its length varint).
+fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: u32) -> usize {
+    let key_bytes = match &record.key {
+        Some(key) => varint::len_i64(key.len() as i64) + key.len(),
+        None => varint::len_i64(-1),
+    };
+    let header_bytes: usize = record
+        .headers
+        .iter()
+        .map(|header| {
+            varint::len_u64(header.key.len() as u64)
+                + header.key.len()
+                + match &header.value {
+                    Some(value) => varint::len_i64(value.len() as i64) + value.len(),
+                    None => varint::len_i64(-1),
+                }
+        })
+        .sum();
+    1 + varint::len_i64(timestamp_delta)
+        + varint::len_u64(u64::from(offset_delta))
+        + key_bytes
+        + varint::len_i64(record.value.len() as i64)
+        + record.value.len()
+        + varint::len_u64(record.headers.len() as u64)
+        + header_bytes
+}
+
+/// Upper bound of the bytes one record adds to a batch, for producers sizing batches and
+/// brokers checking `record_bytes_max` before any state changes.
+pub fn record_encoded_bytes(record: &Record) -> usize {
+    // Worst-case varints for the deltas keep this a bound whatever batch the record joins.
+    let body = record_body_bytes(record, i64::MAX, u32::MAX);
+    varint::len_u64(body as u64) + body
+}
+
+/// Builds one batch from records. Base offset and epoch are left 0 for the leader to stamp.
+#[derive(Debug)]
+pub struct RecordBatchBuilder {
+    buf: Vec<u8>,
+    record_count: u32,
+    first_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    attributes: u16,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl RecordBatchBuilder {
+    /// A builder whose records without a timestamp get `default_timestamp_ms`.
+    pub fn new(default_timestamp_ms: i64) -> Self {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        buf.resize(HEADER_BYTES, 0);
+        RecordBatchBuilder {
+            buf,
+            record_count: 0,
+            first_timestamp_ms: default_timestamp_ms,
+            max_timestamp_ms: default_timestamp_ms,
+            attributes: 0,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: 0,
+            base_sequence: NO_SEQUENCE,
+        }
+    }
+
+    /// Marks the batch as written by an idempotent producer.
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    /// A control batch holding one marker record (written by a new leader for its epoch).
+    pub fn control_marker(timestamp_ms: i64) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(timestamp_ms);
+        builder.attributes = ATTRIBUTE_CONTROL;
+        builder.push(&Record::new(Bytes::from_static(b"epoch-marker")));
+        builder.build()
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// Bytes the batch would have if built now.
+    pub fn size_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends a record. Records pushed in order get consecutive offsets.
+    pub fn push(&mut self, record: &Record) {
+        let timestamp_ms = record.timestamp_ms.unwrap_or(self.first_timestamp_ms);
+        if self.record_count == 0 {
+            self.first_timestamp_ms = timestamp_ms;
+            self.max_timestamp_ms = timestamp_ms;
+        }
+        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        let timestamp_delta = timestamp_ms.wrapping_sub(self.first_timestamp_ms);
+        let offset_delta = self.record_count;
+        let body = record_body_bytes(record, timestamp_delta, offset_delta);
+        let buf = &mut self.buf;
+        buf.reserve(body + 10);
+        varint::put_u64(buf, body as u64);
+        buf.push(0);
+        varint::put_i64(buf, timestamp_delta);
+        varint::put_u64(buf, u64::from(offset_delta));
+        match &record.key {
+            Some(key) => {
+                varint::put_i64(buf, key.len() as i64);
+                buf.extend_from_slice(key);
+            }
+            None => varint::put_i64(buf, -1),
+        }
+        varint::put_i64(buf, record.value.len() as i64);
+        buf.extend_from_slice(&record.value);
+        varint::put_u64(buf, record.headers.len() as u64);
+        for header in &record.headers {
+            varint::put_u64(buf, header.key.len() as u64);
+            buf.extend_from_slice(header.key.as_bytes());
+            match &header.value {
+                Some(value) => {
+                    varint::put_i64(buf, value.len() as i64);
+                    buf.extend_from_slice(value);
+                }
+                None => varint::put_i64(buf, -1),
+            }
+        }
+        self.record_count += 1;
+    }
+
+    /// Writes the header and checksum. Panics on an empty builder: that is a caller bug.
+    pub fn build(mut self) -> RecordBatch {
+        assert!(
+            self.record_count > 0,
+            "a record batch needs at least one record"
+        );
+        let batch_length = (self.buf.len() - LOG_OVERHEAD_BYTES) as u32;
+        let buf = &mut self.buf;
+        buf[0..8].copy_from_slice(&0u64.to_be_bytes());
+        buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        buf[12..20].copy_from_slice(&0u64.to_be_bytes());
+        buf[20] = FORMAT_MAGIC;
+        buf[25..27].copy_from_slice(&self.attributes.to_be_bytes());
+        buf[27..31].copy_from_slice(&(self.record_count - 1).to_be_bytes());
+        buf[31..39].copy_from_slice(&self.first_timestamp_ms.to_be_bytes());
+        buf[39..47].copy_from_slice(&self.max_timestamp_ms.to_be_bytes());
+        buf[47..55].copy_from_slice(&self.producer_id.to_be_bytes());
+        buf[55..57].copy_from_slice(&self.producer_epoch.to_be_bytes());
+        buf[57..61].copy_from_slice(&self.base_sequence.to_be_bytes());
+        buf[61..65].copy_from_slice(&self.record_count.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[CRC_COVERS_FROM..]);
+        buf[CRC_OFFSET..CRC_COVERS_FROM].copy_from_slice(&crc.to_be_bytes());
+        let header = BatchHeader::parse(buf).expect("a freshly built batch parses");
+        RecordBatch {
+            header,
+            bytes: Bytes::from(self.buf),
+        }
+    }
+}
+
+/// The fixed-size front of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    pub batch_length: u32,
+    pub leader_epoch: Epoch,
+    pub magic: u8,
+    pub crc: u32,
+    pub attributes: u16,
+    pub last_offset_delta: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: u32,
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl BatchHeader {
+    /// Reads the header of the batch at the front of `bytes` (which may hold more batches).
+    /// Checks only that the header is present; see [`RecordBatch::validate`].
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(BatchError::Truncated {
+                needed: HEADER_BYTES,
+                available: bytes.len(),
+            });
+        }
+        let header = BatchHeader {
+            base_offset: Offset(be_u64(bytes, 0)),
+            batch_length: be_u32(bytes, 8),
+            leader_epoch: Epoch(be_u64(bytes, 12)),
+            magic: bytes[20],
+            crc: be_u32(bytes, 21),
+            attributes: u16::from_be_bytes([bytes[25], bytes[26]]),
+            last_offset_delta: be_u32(bytes, 27),
+            first_timestamp_ms: be_u64(bytes, 31) as i64,
+            max_timestamp_ms: be_u64(bytes, 39) as i64,
+            producer_id: be_u64(bytes, 47) as i64,
+            producer_epoch: i16::from_be_bytes([bytes[55], bytes[56]]),
+            base_sequence: be_u32(bytes, 57) as i32,
+            record_count: be_u32(bytes, 61),
+        };
+        if header.magic != FORMAT_MAGIC {
+            return Err(BatchError::BadMagic(header.magic));
+        }
+        if (header.batch_length as usize) < HEADER_BYTES - LOG_OVERHEAD_BYTES {
+            return Err(BatchError::LengthMismatch {
+                declared: header.size_bytes(),
+                actual: bytes.len(),
+            });
+        }
+        Ok(header)
+    }
+
+    /// Total bytes of this batch, header included.
+    pub fn size_bytes(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD_BYTES
+    }
+
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(u64::from(self.last_offset_delta))
+    }
+
+    /// The offset right after this batch: the log end once it is appended.
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().plus(1)
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
+    }
+}
+
+/// An encoded batch: its bytes and its parsed header. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBatch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl RecordBatch {
+    /// Takes ownership of exactly one batch's bytes, verifying length, checksum and every
+    /// record's framing. Nothing that fails here may be stored or served.
+    pub fn validate(bytes: Bytes) -> Result<RecordBatch, BatchError> {
+        let header = BatchHeader::parse(&bytes)?;
+        if header.size_bytes() != bytes.len() {
+            return Err(BatchError::LengthMismatch {
+                declared: header.size_bytes(),
+                actual: bytes.len(),
+            });
+        }
+        let batch = RecordBatch { header, bytes };
+        batch.verify_checksum()?;
+        if header.record_count == 0 {
+            return Err(BatchError::Empty);
+        }
+        if header.last_offset_delta != header.record_count - 1 {
+            return Err(BatchError::CountMismatch {
+                declared: header.record_count,
+                actual: header.last_offset_delta + 1,
+            });
+        }
+        let mut actual = 0u32;
+        for record in batch.records() {
+            record?;
+            actual += 1;
+        }
+        if actual != header.record_count {
+            return Err(BatchError::CountMismatch {
+                declared: header.record_count,
+                actual,
+            });
+        }
+        Ok(batch)
+    }
+
+    /// Wraps bytes already validated by this process (e.g. just built). Checks only the header.
+    pub fn from_trusted(bytes: Bytes) -> Result<RecordBatch, BatchError> {
+        let header = BatchHeader::parse(&bytes)?;
+        if header.size_bytes() != bytes.len() {
+            return Err(BatchError::LengthMismatch {
+                declared: header.size_bytes(),
+                actual: bytes.len(),
+            });
+        }
+        Ok(RecordBatch { header, bytes })
+    }
+
+    /// Recomputes the checksum and compares it with the stored one.
+    pub fn verify_checksum(&self) -> Result<(), BatchError> {
+        let computed = crc32c::crc32c(&self.bytes[CRC_COVERS_FROM..]);
+        if computed != self.header.crc {
+            return Err(BatchError::ChecksumMismatch {
+                stored: self.header.crc,
+                computed,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    pub fn base_offset(&self) -> Offset {
+        self.header.base_offset
+    }
+
+    pub fn next_offset(&self) -> Offset {
+        self.header.next_offset()
+    }
+
+    pub fn leader_epoch(&self) -> Epoch {
+        self.header.leader_epoch
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.header.record_count
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// A copy with base offset and leader epoch set. The checksum stays valid.
+    pub fn stamped(&self, base_offset: Offset, leader_epoch: Epoch) -> RecordBatch {
+        let mut bytes = BytesMut::from(&self.bytes[..]);
+        bytes[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
+        bytes[12..20].copy_from_slice(&leader_epoch.0.to_be_bytes());
+        let mut header = self.header;
+        header.base_offset = base_offset;
+        header.leader_epoch = leader_epoch;
+        RecordBatch {
+            header,
+            bytes: bytes.freeze(),
+        }
+    }
+
+    /// Decodes the records, each borrowing from the batch's bytes.
+    pub fn records(&self) -> RecordIter<'_> {
+        RecordIter {
+            batch: self,
+            rest: &self.bytes[HEADER_BYTES..],
+            index: 0,
+        }
+    }
+}
+
+/// One decoded record, its offset and timestamp resolved against its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView {
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+pub struct RecordIter<'a> {
+    batch: &'a RecordBatch,
+    rest: &'a [u8],
+    index: u32,
+}
+
+impl RecordIter<'_> {
+    fn bad(&mut self, reason: &'static str) -> Option<Result<RecordView, BatchError>> {
+        let index = self.index;
+        // Stop iterating: nothing after a malformed record can be trusted.
+        self.rest = &[];
+        self.index = u32::MAX;
+        Some(Err(BatchError::BadRecord { index, reason }))
+    }
+
+    fn slice(&self, input: &[u8]) -> Bytes {
+        self.batch.bytes.slice_ref(input)
+    }
+}
+
+fn take<'a>(input: &mut &'a [u8], length: usize) -> Option<&'a [u8]> {
+    if input.len() < length {
+        return None;
+    }
+    let (head, tail) = input.split_at(length);
+    *input = tail;
+    Some(head)
+}
+
+fn take_optional<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    match varint::get_i64(input)? {
+        -1 => Some(None),
+        length if length >= 0 => take(input, length as usize).map(Some),
+        _ => None,
+    }
+}
+
+impl Iterator for RecordIter<'_> {
+    type Item = Result<RecordView, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.index == u32::MAX {
+            return None;
+        }
+        let mut input = self.rest;
+        let Some(length) = varint::get_u64(&mut input) else {
+            return self.bad("record length");
+        };
+        let Some(mut body) = take(&mut input, length as usize) else {
+            return self.bad("record shorter than its length");
+        };
+        self.rest = input;
+        let Some(_attributes) = take(&mut body, 1) else {
+            return self.bad("attributes");
+        };
+        let Some(timestamp_delta) = varint::get_i64(&mut body) else {
+            return self.bad("timestamp delta");
+        };
+        let Some(offset_delta) = varint::get_u64(&mut body) else {
+            return self.bad("offset delta");
+        };
+        let Some(key) = take_optional(&mut body) else {
+            return self.bad("key");
+        };
+        let Some(Some(value)) = take_optional(&mut body) else {
+            return self.bad("value");
+        };
+        let Some(header_count) = varint::get_u64(&mut body) else {
+            return self.bad("header count");
+        };
+        if header_count > body.len() as u64 {
+            return self.bad("header count exceeds record");
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let Some(key_length) = varint::get_u64(&mut body) else {
+                return self.bad("header key length");
+            };
+            let Some(key) = take(&mut body, key_length as usize) else {
+                return self.bad("header key");
+            };
+            let Ok(key) = std::str::from_utf8(key) else {
+                return self.bad("header key is not UTF-8");
+            };
+            let Some(value) = take_optional(&mut body) else {
+                return self.bad("header value");
+            };
+            headers.push(Header {
+                key: key.to_owned(),
+                value: value.map(|value| self.slice(value)),
+            });
+        }
+        if !body.is_empty() {
+            return self.bad("trailing bytes in record");
+        }
+        let header = &self.batch.header;
+        let view = RecordView {
+            offset: header.base_offset.plus(offset_delta),
+            timestamp_ms: header.first_timestamp_ms.wrapping_add(timestamp_delta),
+            key: key.map(|key| self.slice(key)),
+            value: self.slice(value),
+            headers,
+        };
+        self.index += 1;
+        Some(Ok(view))
+    }
+}
+
+/// Splits concatenated batches (a fetch response's payload) and validates each one.
+pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<RecordBatch, BatchError>> + '_ {
+    let mut position = 0usize;
+    std::iter::from_fn(move || {
+        if position >= bytes.len() {
+            return None;
+        }
+        let rest = &bytes[position..];
+        let result = BatchHeader::parse(rest).and_then(|header| {
+            if header.size_bytes() > rest.len() {
+                return Err(BatchError::Truncated {
+                    needed: header.size_bytes(),
+                    available: rest.len(),
+                });
+            }
+            RecordBatch::validate(bytes.slice(position..position + header.size_bytes()))
+        });
+        match &result {
+            Ok(batch) => position += batch.size_bytes(),
+            Err(_) => position = bytes.len(),
+        }
+        Some(result)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+        builder.push(
+            &Record::new("v0")
+                .with_key("k0")
+                .with_header("trace", "abc")
+                .with_timestamp_ms(1_700_000_000_005),
+        );
+        builder.push(&Record::new("v1"));
+        builder.push(&Record::new(Bytes::new()).with_key(""));
+        builder.build()
+    }
+
+    #[test]
+    fn round_trips_records_with_offsets_and_timestamps() {
+        let batch = sample().stamped(Offset(40), Epoch(3));
+        let batch = RecordBatch::validate(batch.bytes().clone()).unwrap();
+        assert_eq!(batch.base_offset(), Offset(40));
+        assert_eq!(batch.next_offset(), Offset(43));
+        assert_eq!(batch.leader_epoch(), Epoch(3));
+        let records: Vec<_> = batch.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].offset, Offset(40));
+        assert_eq!(records[0].key.as_deref(), Some(&b"k0"[..]));
+        assert_eq!(records[0].value.as_ref(), b"v0");
+        assert_eq!(records[0].timestamp_ms, 1_700_000_000_005);
+        assert_eq!(records[0].headers[0].key, "trace");
+        assert_eq!(records[1].key, None);
+        assert_eq!(
+            records[1].timestamp_ms, 1_700_000_000_005,
+            "default is the first"
+        );
+        assert_eq!(records[2].offset, Offset(42));
+        assert_eq!(records[2].key.as_deref(), Some(&b""[..]));
+        assert_eq!(batch.header().max_timestamp_ms, 1_700_000_000_005);
+    }
+
+    #[test]
+    fn stamping_keeps_the_checksum_valid() {
+        let batch = sample();
+        let stamped = batch.stamped(Offset(1 << 40), Epoch(9));
+        assert_eq!(stamped.header().crc, batch.header().crc);
+        stamped.verify_checksum().unwrap();
+    }
+
+    #[test]
+    fn every_flipped_byte_after_the_stamp_is_caught() {
+        let batch = sample();
+        for position in 20..batch.size_bytes() {
+            let mut bytes = batch.bytes().to_vec();
+            bytes[position] ^= 0x01;
+            assert!(
+                RecordBatch::validate(Bytes::from(bytes)).is_err(),
+                "flip at byte {position} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_and_padded_batches_are_refused() {
+        let bytes = sample().into_bytes();
+        for cut in 0..bytes.len() {
+            assert!(
+                RecordBatch::validate(bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut padded = bytes.to_vec();
+        padded.push(0);
+        assert!(matches!(
+            RecordBatch::validate(Bytes::from(padded)),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn record_size_bound_covers_the_encoding() {
+        let record = Record::new(vec![7u8; 1000])
+            .with_key("key")
+            .with_header("h", "v");
+        let mut builder = RecordBatchBuilder::new(0);
+        let before = builder.size_bytes();
+        builder.push(&record);
+        assert!(builder.size_bytes() - before <= record_encoded_bytes(&record));
+    }
+
+    #[test]
+    fn split_batches_walks_concatenated_batches() {
+        let first = sample().stamped(Offset(0), Epoch(1));
+        let second = RecordBatchBuilder::control_marker(5).stamped(Offset(3), Epoch(2));
+        let mut joined = first.bytes().to_vec();
+        joined.extend_from_slice(second.bytes());
+        let joined = Bytes::from(joined);
+        let batches: Vec<_> = split_batches(&joined).map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 2);
+        assert!(batches[1].header().is_control());
+        assert_eq!(batches[1].base_offset(), Offset(3));
+        let cut = joined.slice(..joined.len() - 1);
+        let results: Vec<_> = split_batches(&cut).collect();
+        assert!(results[0].is_ok());
+        assert!(results[1].is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! Cairn's wire contract: everything two Cairn processes must agree on, and no I/O.
+//!
+//! Map of the modules, in the order data flows through them:
+//!
+//! - [`ids`]: newtypes for offsets, epochs, node and partition ids, and topic-name rules.
+//! - [`batch`]: the record batch, the unit in which records travel *and* are stored. Clients
+//!   build batches, the partition leader stamps base offset and epoch into them (outside the
+//!   checksum, so stamping does not re-hash), storage keeps them as single values, consumers
+//!   decode them. The checksum (CRC32C) covers everything a stamp does not touch.
+//! - [`messages`]: typed requests and responses, one pair per operation.
+//! - [`error`]: [`ApiError`], the typed refusals every reply may carry.
+//! - [`frame`]: length-prefixed frames with a maximum size, a versioned envelope with a
+//!   correlation id (so requests pipeline), encoded with rmp-serde as maps so that old readers
+//!   skip fields added later.
+
+pub mod batch;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod messages;
+mod varint;
+
+pub use batch::{Header, Record, RecordBatch, RecordBatchBuilder, RecordView};
+pub use error::ApiError;
+pub use frame::{RequestFrame, ResponseFrame};
+pub use ids::{Epoch, NodeId, Offset, PartitionId};
+pub use messages::{Acks, OffsetSpec, Request, Response};

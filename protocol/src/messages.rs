@@ -1,0 +1,289 @@
+//! Typed requests and responses. One request, one response variant of the same name.
+//!
+//! Produce carries one partition's batch per request: requests pipeline on a connection, so
+//! many partitions in flight cost nothing extra, and each reply maps to exactly one batch.
+//! Fetch names many partitions at once so that one long poll serves a whole assignment.
+
+use crate::error::ApiError;
+use crate::ids::{Epoch, NodeId, Offset};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Handshake(HandshakeRequest),
+    Metadata(MetadataRequest),
+    CreateTopic(CreateTopicRequest),
+    DeleteTopic(DeleteTopicRequest),
+    ListTopics(ListTopicsRequest),
+    DescribeTopic(DescribeTopicRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Handshake(HandshakeResponse),
+    Metadata(MetadataResponse),
+    CreateTopic(CreateTopicResponse),
+    DeleteTopic(DeleteTopicResponse),
+    ListTopics(ListTopicsResponse),
+    DescribeTopic(DescribeTopicResponse),
+    Produce(ProduceResponse),
+    Fetch(FetchResponse),
+    ListOffsets(ListOffsetsResponse),
+}
+
+impl Request {
+    /// The variant's name, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Handshake(_) => "Handshake",
+            Request::Metadata(_) => "Metadata",
+            Request::CreateTopic(_) => "CreateTopic",
+            Request::DeleteTopic(_) => "DeleteTopic",
+            Request::ListTopics(_) => "ListTopics",
+            Request::DescribeTopic(_) => "DescribeTopic",
+            Request::Produce(_) => "Produce",
+            Request::Fetch(_) => "Fetch",
+            Request::ListOffsets(_) => "ListOffsets",
+        }
+    }
+}
+
+/// First request on a connection: agree on a protocol version and learn the server's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeRequest {
+    pub client_id: String,
+    pub min_version: u16,
+    pub max_version: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeResponse {
+    pub version: u16,
+    pub node_id: NodeId,
+    pub limits: ServerLimits,
+}
+
+/// Limits a client should respect to avoid refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLimits {
+    pub frame_bytes_max: u32,
+    pub batch_bytes_max: u32,
+    pub record_bytes_max: u32,
+    pub requests_in_flight_max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataRequest {
+    /// `None` asks for every topic.
+    pub topics: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataResponse {
+    pub brokers: Vec<BrokerInfo>,
+    /// One entry per requested topic, in request order; an unknown topic gets its error.
+    pub topics: Vec<TopicMetadataResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMetadataResult {
+    pub name: String,
+    pub result: Result<TopicMetadata, ApiError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub node_id: NodeId,
+    /// Address clients connect to, `host:port`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub internal: bool,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    pub leader: Option<NodeId>,
+    pub leader_epoch: Epoch,
+    pub replicas: Vec<NodeId>,
+}
+
+/// Per-topic settings, all optional: absent means the node's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Batches whose newest record is older than this are removed from the log start.
+    pub retention_ms: Option<u64>,
+    /// Oldest batches are removed while a partition holds more than this.
+    pub retention_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopicRequest {
+    pub name: String,
+    pub partitions: u32,
+    /// `None` takes the cluster default (3, or fewer on a smaller cluster).
+    pub replication_factor: Option<u16>,
+    pub config: TopicConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopicResponse {
+    pub topic: TopicMetadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteTopicRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteTopicResponse {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTopicsRequest {
+    pub include_internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListTopicsResponse {
+    pub topics: Vec<TopicSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeTopicRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeTopicResponse {
+    pub name: String,
+    pub internal: bool,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    pub leader: Option<NodeId>,
+    pub leader_epoch: Epoch,
+    pub replicas: Vec<NodeId>,
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+    pub log_end: Offset,
+}
+
+/// How many replicas must hold a batch before the producer hears "ok".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Acks {
+    /// After a majority of replicas flushed it (committed). Never lost while a majority lives.
+    #[default]
+    All,
+    /// After the leader flushed it. Lost if the leader dies before followers copy it.
+    Leader,
+    /// At once, before anything is written. May be lost in any failure.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProduceRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub acks: Acks,
+    /// How long the leader may wait for the acks before answering `Timeout`.
+    pub timeout_ms: u32,
+    /// Exactly one record batch (see [`crate::batch`]).
+    pub batch: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceResponse {
+    /// Offset of the batch's first record. For `Acks::None` the batch was not yet written and
+    /// this is the log end the leader expected.
+    pub base_offset: Offset,
+    pub leader_epoch: Epoch,
+    /// The batch repeated a sequence already written (idempotent retry); nothing was added.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Long poll: wait up to this long for `min_bytes` to be available.
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    /// Across all partitions of the response.
+    pub max_bytes: u32,
+    pub partitions: Vec<FetchPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: Offset,
+    pub max_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// One entry per requested partition, in request order.
+    pub partitions: Vec<FetchPartitionResponse>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub result: Result<FetchedRecords, ApiError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedRecords {
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+    /// Whole batches, concatenated; the first may start before the requested offset, and the
+    /// consumer skips records below it. Only offsets below the high watermark are included.
+    pub batches: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The first offset whose record timestamp is at or after this (ms since the Unix epoch);
+    /// the latest offset when none is.
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListOffsetsRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub spec: OffsetSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListOffsetsResponse {
+    pub offset: Offset,
+    /// Timestamp of the record found by a timestamp query.
+    pub timestamp_ms: Option<i64>,
+}

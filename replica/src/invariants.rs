@@ -1,0 +1,1 @@
+//! Invariants with stable ids, asserted after every step and reused by the chaos checker.

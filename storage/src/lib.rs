@@ -1,0 +1,153 @@
+//! The partition log: batches in offset order, durable only after a flush.
+//!
+//! Map of the modules:
+//!
+//! - this file: the [`LogStore`] / [`PartitionLog`] contract every implementation honours.
+//! - `sled_store`: the real one. One sled database per node; one tree per partition log keyed
+//!   by base offset (big-endian u64), so a range scan is a sequential read; a metadata tree per
+//!   log (promised epoch, epoch history, log start offset, time index).
+//! - `memory`: the in-memory twin, with a fault hook ([`memory::MemoryStore::crash`]) that
+//!   loses every unflushed write, for simulations.
+//! - `group_commit`: one flusher thread; a flush covers every append that arrived while the
+//!   previous flush ran, across partitions.
+//! - `conformance`: the one test suite both implementations must pass.
+//!
+//! Data flow: a partition actor validates and stamps a batch, `append`s it (buffered, not yet
+//! durable), asks the [`group_commit::GroupCommitter`] for a flush ticket, and when the ticket
+//! resolves reports "durable up to log end" to its replica state machine.
+
+use bytes::Bytes;
+use cairn_protocol::batch::{BatchError, RecordBatch};
+use cairn_protocol::{Epoch, Offset};
+
+/// What can go wrong in storage. Each variant is a typed, operational failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// A batch failed its checksum or framing, on write or on read.
+    #[error("corrupt batch at offset {offset}: {source}")]
+    Corrupt { offset: Offset, source: BatchError },
+    /// `append` got a batch whose base offset is not the log end.
+    #[error("batch base offset {base_offset} does not continue the log end {log_end}")]
+    NotContiguous {
+        base_offset: Offset,
+        log_end: Offset,
+    },
+    /// `append` got a batch whose epoch is below the log's last epoch.
+    #[error("batch epoch {epoch} is below the log's last epoch {last_epoch}")]
+    EpochRegression { epoch: Epoch, last_epoch: Epoch },
+    /// `truncate_suffix` was asked to cut inside a batch or below the log start.
+    #[error("cannot truncate at offset {offset}: {reason}")]
+    BadTruncation {
+        offset: Offset,
+        reason: &'static str,
+    },
+    /// The underlying store failed (I/O, sled).
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+}
+
+/// Retention of one partition log. `None` keeps forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Remove batches whose newest record is older than `now - max_age_ms`.
+    pub max_age_ms: Option<u64>,
+    /// Remove the oldest batches while the log holds more than this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// One entry of the epoch history: `epoch` began at `start_offset` in this log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStart {
+    pub epoch: Epoch,
+    pub start_offset: Offset,
+}
+
+/// A node's set of partition logs, sharing one durability domain.
+pub trait LogStore: Clone + Send + Sync + 'static {
+    type Log: PartitionLog;
+
+    /// Opens the named log, creating it empty if absent. A name is opaque to storage.
+    fn open_log(&self, name: &str) -> Result<Self::Log, StorageError>;
+
+    /// Removes the named log and its metadata. Absent logs are fine.
+    fn remove_log(&self, name: &str) -> Result<(), StorageError>;
+
+    /// Names of every log present.
+    fn log_names(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Blocks until every write issued before this call, on every log, is durable.
+    fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// One partition replica's log. Methods never panic on bad data: they return
+/// [`StorageError`] and change nothing.
+pub trait PartitionLog: Send + 'static {
+    /// First offset still in the log (retention moves it forward; it is persisted).
+    fn log_start(&self) -> Offset;
+
+    /// The offset the next appended batch must start at.
+    fn log_end(&self) -> Offset;
+
+    /// Appends one stamped batch (base offset == `log_end`, epoch >= last epoch), after
+    /// verifying its checksum. Buffered: durable only once a later [`LogStore::flush`] returns.
+    /// A batch of a new epoch extends the epoch history. Returns the new log end.
+    fn append(&mut self, batch: &RecordBatch) -> Result<Offset, StorageError>;
+
+    /// Whole batches holding offsets in `[from, until)`, in order, starting with the batch that
+    /// contains `from`, up to `max_bytes` in total, but always at least one batch when any
+    /// qualifies (so a batch larger than `max_bytes` is still delivered). Each batch's checksum
+    /// is verified on the way out.
+    fn read(
+        &self,
+        from: Offset,
+        until: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<RecordBatch>, StorageError>;
+
+    /// Removes every batch at or above `from`, which must be a batch boundary (or the log
+    /// end) and not below the log start; drops epoch-history entries that started at or after
+    /// it. Used only for an uncommitted suffix (DESIGN 5.6).
+    fn truncate_suffix(&mut self, from: Offset) -> Result<(), StorageError>;
+
+    /// Removes whole batches from the start as the policy says, never at or beyond
+    /// `keep_from` (the caller passes the high watermark: nothing uncommitted is removed).
+    /// Returns the new log start, which is persisted.
+    fn apply_retention(
+        &mut self,
+        policy: RetentionPolicy,
+        now_ms: i64,
+        keep_from: Offset,
+    ) -> Result<Offset, StorageError>;
+
+    /// Total bytes of the batches held.
+    fn size_bytes(&self) -> u64;
+
+    /// The first record with timestamp at or after `timestamp_ms` (its offset and timestamp),
+    /// among offsets below `until`; `None` when there is none.
+    fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+        until: Offset,
+    ) -> Result<Option<(Offset, i64)>, StorageError>;
+
+    /// Epoch history, oldest first (Kafka's leader-epoch checkpoint).
+    fn epoch_history(&self) -> Vec<EpochStart>;
+
+    /// The epoch of the last batch, or 0 for an empty log.
+    fn last_epoch(&self) -> Epoch {
+        self.epoch_history()
+            .last()
+            .map(|entry| entry.epoch)
+            .unwrap_or(Epoch::ZERO)
+    }
+
+    /// The highest epoch this replica promised (DESIGN 5.1). 0 when never set.
+    fn promised_epoch(&self) -> Epoch;
+
+    /// Records a promise. Durable only after a later flush: callers flush before answering.
+    fn set_promised_epoch(&mut self, epoch: Epoch) -> Result<(), StorageError>;
+
+    /// Small named values kept with the log (e.g. producer state), durable after a flush.
+    fn get_value(&self, key: &str) -> Result<Option<Bytes>, StorageError>;
+    fn put_value(&mut self, key: &str, value: &[u8]) -> Result<(), StorageError>;
+}
