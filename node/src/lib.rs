@@ -1,1 +1,3 @@
-//! placeholder
+//! The Cairn broker. (Implementation in progress.)
+
+pub mod cli;

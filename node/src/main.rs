@@ -1,1 +1,41 @@
-fn main() {}
+//! `cairn`: one binary for the broker (`cairn node`) and the client tools (`cairn topic`,
+//! `cairn produce`, `cairn consume`, ...).
+
+use cairn_client::cli::{ClientCommand, Connection};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: a replicated commit-log broker"
+)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker node in the foreground.
+    Node(cairn_node::cli::NodeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Node(args) => cairn_node::cli::run_node(args),
+        Command::Client(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the client commands");
+            runtime.block_on(cairn_client::cli::run(cli.connection, command))
+        }
+    };
+    std::process::exit(code);
+}

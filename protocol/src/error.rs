@@ -62,6 +62,10 @@ pub enum ApiError {
     NotEnoughReplicas { needed: u16, alive: u16 },
     #[error("too many requests in flight on this connection (maximum {max})")]
     TooManyRequests { max: u32 },
+    #[error("too many connections to this node (maximum {max})")]
+    TooManyConnections { max: u32 },
+    #[error("node is not ready yet: {reason}")]
+    NotReady { reason: String },
     #[error("node is shutting down")]
     ShuttingDown,
     #[error("storage failure: {reason}")]
@@ -81,6 +85,8 @@ impl ApiError {
                 | ApiError::Timeout { .. }
                 | ApiError::NotEnoughReplicas { .. }
                 | ApiError::TooManyRequests { .. }
+                | ApiError::TooManyConnections { .. }
+                | ApiError::NotReady { .. }
                 | ApiError::ShuttingDown
                 | ApiError::StaleEpoch { .. }
         )
@@ -92,6 +98,7 @@ impl ApiError {
             self,
             ApiError::NotLeader { .. }
                 | ApiError::ShuttingDown
+                | ApiError::NotReady { .. }
                 | ApiError::UnknownTopic { .. }
                 | ApiError::UnknownPartition { .. }
         )
