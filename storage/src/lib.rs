@@ -3,17 +3,19 @@
 //! Map of the modules:
 //!
 //! - this file: the [`LogStore`] / [`PartitionLog`] contract every implementation honours.
-//! - `sled_store`: the real one. One sled database per node; one tree per partition log keyed
-//!   by base offset (big-endian u64), so a range scan is a sequential read; a metadata tree per
-//!   log (promised epoch, epoch history, log start offset, time index).
-//! - `memory`: the in-memory twin, with a fault hook ([`memory::MemoryStore::crash`]) that
-//!   loses every unflushed write, for simulations.
+//! - `sled_store`: the real one. One sled database per node; per log a data tree keyed by base
+//!   offset (big-endian u64), so a range scan is a sequential read, a metadata tree (promised
+//!   epoch, epoch history, log start offset, size counter, caller values) and a time-index tree.
+//! - `memory`: the in-memory twin, with fault hooks ([`memory::MemoryStore::crash`] loses every
+//!   unflushed write, [`memory::MemoryStore::crash_torn`] keeps a prefix of them), for
+//!   simulations.
 //! - `group_commit`: one flusher thread; a flush covers every append that arrived while the
-//!   previous flush ran, across partitions.
+//!   previous flush ran, across partitions; a bounded request queue gives backpressure.
 //! - `core` (private): the contract's rules written once over three ordered maps (data, meta,
 //!   time index), including crash repair on open; both implementations are thin backends.
 //! - `tests/conformance.rs`: the one test suite both implementations must pass;
-//!   `tests/crash.rs` kills a real writer process with SIGKILL and checks what survives.
+//!   `tests/crash.rs` kills a real writer process with SIGKILL and checks what survives;
+//!   `tests/torn_recovery.rs` recovers from every torn prefix of unflushed writes.
 //!
 //! Data flow: a partition actor validates and stamps a batch, `append`s it (buffered, not yet
 //! durable), asks the [`group_commit::GroupCommitter`] for a flush ticket, and when the ticket

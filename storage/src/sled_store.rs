@@ -3,7 +3,7 @@
 //! Tree names are `data/<log>` (base offset, big-endian u64 -> whole batch bytes, one value
 //! per batch so a range read is a sequential scan), `meta/<log>` (log start, promised epoch,
 //! epoch history, size counter, caller values) and `time/<log>` (running maximum timestamp ->
-//! base offset). The rules live in [`crate::core`]; this file only maps them onto trees.
+//! base offset). The rules live in the private `core` module; this file only maps them onto trees.
 //!
 //! Durability: sled 0.34's `flush` writes and `sync_file_range`s its log, which survives a
 //! process kill but is not an `fsync` (sled issue 1452). With [`SledConfig::sync_data`] the
