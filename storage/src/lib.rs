@@ -10,11 +10,24 @@
 //!   loses every unflushed write, for simulations.
 //! - `group_commit`: one flusher thread; a flush covers every append that arrived while the
 //!   previous flush ran, across partitions.
-//! - `conformance`: the one test suite both implementations must pass.
+//! - `core` (private): the contract's rules written once over three ordered maps (data, meta,
+//!   time index), including crash repair on open; both implementations are thin backends.
+//! - `tests/conformance.rs`: the one test suite both implementations must pass;
+//!   `tests/crash.rs` kills a real writer process with SIGKILL and checks what survives.
 //!
 //! Data flow: a partition actor validates and stamps a batch, `append`s it (buffered, not yet
 //! durable), asks the [`group_commit::GroupCommitter`] for a flush ticket, and when the ticket
 //! resolves reports "durable up to log end" to its replica state machine.
+
+pub mod group_commit;
+pub mod memory;
+pub mod sled_store;
+
+mod core;
+
+pub use group_commit::{FlushTicket, GroupCommitConfig, GroupCommitStats, GroupCommitter};
+pub use memory::{MemoryLog, MemoryStore};
+pub use sled_store::{SledConfig, SledLog, SledStore};
 
 use bytes::Bytes;
 use cairn_protocol::batch::{BatchError, RecordBatch};
@@ -41,7 +54,19 @@ pub enum StorageError {
         offset: Offset,
         reason: &'static str,
     },
-    /// The underlying store failed (I/O, sled).
+    /// A stored batch passed its checksum but disagrees with where it is stored: its stamp
+    /// (base offset, epoch, outside the checksum) contradicts its key or the epoch history, or
+    /// the stored batches leave a gap. Treated like corruption: nothing is served from it.
+    #[error("stored log is inconsistent at offset {offset}: {reason}")]
+    Inconsistent {
+        offset: Offset,
+        reason: &'static str,
+    },
+    /// The group committer's request queue holds `flush_requests_max` requests already.
+    #[error("flush request queue is full ({flush_requests_max} waiting)")]
+    FlushQueueFull { flush_requests_max: usize },
+    /// The underlying store failed (I/O, sled), or the log was removed. After this error the
+    /// log handle should be dropped and the log reopened: its cached state may be stale.
     #[error("storage I/O failed: {0}")]
     Io(String),
 }
