@@ -147,11 +147,7 @@ impl<S: LogStore> Broker<S> {
             let target = *high_watermark.borrow_and_update();
             let applied = *self.applied.borrow();
             if applied < target {
-                match self
-                    .meta
-                    .read(applied, META_READ_BYTES_MAX, true)
-                    .await
-                {
+                match self.meta.read(applied, META_READ_BYTES_MAX, true).await {
                     Ok(read) => {
                         for batch in read.batches {
                             self.apply_meta_batch(&batch).await;
@@ -169,9 +165,8 @@ impl<S: LogStore> Broker<S> {
             // Wake on a new high watermark, or on a tick to re-check readiness (partition
             // leaders are elected after the metadata is applied).
             let tick = Duration::from_millis(self.config.replica.tick_ms);
-            match tokio::time::timeout(tick, high_watermark.changed()).await {
-                Ok(Err(_)) => return,
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(_)) = tokio::time::timeout(tick, high_watermark.changed()).await {
+                return;
             }
         }
     }
@@ -193,7 +188,10 @@ impl<S: LogStore> Broker<S> {
                     Ok(record) => record,
                     Err(error) => {
                         // Checksums were verified on read: this is a bug, not bad input.
-                        panic!("committed __meta batch at {} is malformed: {error}", batch.base_offset());
+                        panic!(
+                            "committed __meta batch at {} is malformed: {error}",
+                            batch.base_offset()
+                        );
                     }
                 };
                 let applied = {
@@ -249,7 +247,10 @@ impl<S: LogStore> Broker<S> {
                 tick_ms: self.config.replica.tick_ms,
                 mailbox_max: self.config.limits.partition_mailbox_max as usize,
                 retention: RetentionPolicy {
-                    max_age_ms: topic.config.retention_ms.or(self.config.retention.retention_ms),
+                    max_age_ms: topic
+                        .config
+                        .retention_ms
+                        .or(self.config.retention.retention_ms),
                     max_bytes: topic
                         .config
                         .retention_bytes
@@ -296,7 +297,16 @@ impl<S: LogStore> Broker<S> {
         if *self.ready.borrow() {
             return;
         }
-        if self.meta.shared.snapshot().role != Role::Leader {
+        // Recovered means: `__meta` is led, the leader's epoch marker is committed (so every
+        // record before it is committed too), and everything committed is applied. Until the
+        // marker commits, the high watermark may still be below records written before a
+        // restart, and an empty catalog would look recovered.
+        let meta = self.meta.shared.snapshot();
+        let applied = *self.applied.borrow();
+        if meta.role != Role::Leader
+            || meta.high_watermark < meta.log_end
+            || applied < meta.high_watermark
+        {
             return;
         }
         let catalog = self.catalog();
@@ -316,9 +326,12 @@ impl<S: LogStore> Broker<S> {
     pub fn partition(&self, topic: &str, partition: u32) -> Result<PartitionHandle<S>, ApiError> {
         self.check_ready()?;
         let catalog = self.catalog();
-        let state = catalog.state.topic(topic).ok_or_else(|| ApiError::UnknownTopic {
-            topic: topic.to_string(),
-        })?;
+        let state = catalog
+            .state
+            .topic(topic)
+            .ok_or_else(|| ApiError::UnknownTopic {
+                topic: topic.to_string(),
+            })?;
         if partition >= state.partitions {
             return Err(ApiError::UnknownPartition {
                 topic: topic.to_string(),
@@ -341,7 +354,11 @@ impl<S: LogStore> Broker<S> {
         }]
     }
 
-    fn partition_metadata(&self, catalog: &Catalog<S>, topic: &TopicState) -> Vec<PartitionMetadata> {
+    fn partition_metadata(
+        &self,
+        catalog: &Catalog<S>,
+        topic: &TopicState,
+    ) -> Vec<PartitionMetadata> {
         (0..topic.partitions)
             .map(|partition| {
                 let snapshot = hosted_partition(catalog, topic, partition)
@@ -362,9 +379,12 @@ impl<S: LogStore> Broker<S> {
     pub fn topic_metadata(&self, name: &str) -> Result<TopicMetadata, ApiError> {
         self.check_ready()?;
         let catalog = self.catalog();
-        let topic = catalog.state.topic(name).ok_or_else(|| ApiError::UnknownTopic {
-            topic: name.to_string(),
-        })?;
+        let topic = catalog
+            .state
+            .topic(name)
+            .ok_or_else(|| ApiError::UnknownTopic {
+                topic: name.to_string(),
+            })?;
         Ok(TopicMetadata {
             name: topic.name.clone(),
             internal: false,
@@ -401,12 +421,18 @@ impl<S: LogStore> Broker<S> {
         }
     }
 
-    pub fn describe(&self, name: &str) -> Result<(TopicConfig, Vec<PartitionDescription>), ApiError> {
+    pub fn describe(
+        &self,
+        name: &str,
+    ) -> Result<(TopicConfig, Vec<PartitionDescription>), ApiError> {
         self.check_ready()?;
         let catalog = self.catalog();
-        let topic = catalog.state.topic(name).ok_or_else(|| ApiError::UnknownTopic {
-            topic: name.to_string(),
-        })?;
+        let topic = catalog
+            .state
+            .topic(name)
+            .ok_or_else(|| ApiError::UnknownTopic {
+                topic: name.to_string(),
+            })?;
         let partitions = (0..topic.partitions)
             .map(|partition| {
                 let snapshot = hosted_partition(&catalog, topic, partition)
@@ -435,7 +461,10 @@ impl<S: LogStore> Broker<S> {
 
     /// Validates, appends `CreateTopic` to `__meta`, waits until it is applied, and reports
     /// the outcome decided at apply time.
-    pub async fn create_topic(&self, request: CreateTopicRequest) -> Result<TopicMetadata, ApiError> {
+    pub async fn create_topic(
+        &self,
+        request: CreateTopicRequest,
+    ) -> Result<TopicMetadata, ApiError> {
         self.check_ready()?;
         validate_topic_name(&request.name).map_err(|error| ApiError::InvalidTopicName {
             name: request.name.clone(),
@@ -535,8 +564,14 @@ impl<S: LogStore> Broker<S> {
         };
         let offset = response.base_offset;
         let mut applied = self.applied.subscribe();
-        let wait = applied.wait_for(|applied| *applied > offset);
-        match tokio::time::timeout(timeout, wait).await {
+        let waited = tokio::time::timeout(timeout, async {
+            applied
+                .wait_for(|applied| *applied > offset)
+                .await
+                .map(|_| ())
+        })
+        .await;
+        match waited {
             Ok(Ok(_)) => Ok(offset),
             Ok(Err(_)) => Err(ApiError::ShuttingDown),
             Err(_) => Err(ApiError::Timeout {
@@ -552,7 +587,10 @@ impl<S: LogStore> Broker<S> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(bound_ms);
         while tokio::time::Instant::now() < deadline {
             let led = match self.topic_metadata(name) {
-                Ok(topic) => topic.partitions.iter().all(|partition| partition.leader.is_some()),
+                Ok(topic) => topic
+                    .partitions
+                    .iter()
+                    .all(|partition| partition.leader.is_some()),
                 Err(_) => return,
             };
             if led {

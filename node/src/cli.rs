@@ -52,7 +52,11 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
     }
     builder = builder.env(|name| std::env::var(name).ok());
     let flags: [(&str, &str, Option<String>); 6] = [
-        ("--node-id", "node_id", args.node_id.map(|id| id.to_string())),
+        (
+            "--node-id",
+            "node_id",
+            args.node_id.map(|id| id.to_string()),
+        ),
         (
             "--data-dir",
             "data_dir",
@@ -84,7 +88,11 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
     }
     for assignment in &args.set {
         let (key, value) = assignment.split_once('=').unwrap_or((assignment, ""));
-        builder = builder.set(&format!("flag --set {assignment}"), key.trim(), value.trim());
+        builder = builder.set(
+            &format!("flag --set {assignment}"),
+            key.trim(),
+            value.trim(),
+        );
     }
     Ok(builder)
 }

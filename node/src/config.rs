@@ -30,7 +30,9 @@ pub enum ConfigError {
     },
     #[error("configuration is not valid: {0}")]
     Invalid(String),
-    #[error("missing required setting {key} (flag --{flag}, env {env}, or `{key}` in the config file)")]
+    #[error(
+        "missing required setting {key} (flag --{flag}, env {env}, or `{key}` in the config file)"
+    )]
     Missing {
         key: &'static str,
         flag: &'static str,
@@ -274,12 +276,12 @@ impl ConfigBuilder {
     }
 
     pub fn file_text(mut self, path: PathBuf, text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| {
-            ConfigError::ParseFile {
-                path: path.clone(),
-                message: error.to_string(),
-            }
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|error: toml::de::Error| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: error.to_string(),
+                })?;
         self.file = Some((path, table));
         Ok(self)
     }
@@ -314,7 +316,7 @@ impl ConfigBuilder {
             (Some(preset), _) => preset,
             (None, Some((_, table))) => match table.get("preset") {
                 Some(toml::Value::String(name)) => Preset::parse(name)?,
-                Some(other) => return Err(ConfigError::UnknownPreset(other.to_string())),
+                Some(other) => return Err(ConfigError::UnknownPreset(format!("{other:?}"))),
                 None => Preset::Default,
             },
             (None, None) => Preset::Default,
@@ -565,7 +567,10 @@ mod tests {
     #[test]
     fn file_preset_key_selects_the_test_preset() {
         let config = ConfigBuilder::new()
-            .file_text("f.toml".into(), "preset = \"test\"\nnode_id = 1\ndata_dir = \"/d\"\n")
+            .file_text(
+                "f.toml".into(),
+                "preset = \"test\"\nnode_id = 1\ndata_dir = \"/d\"\n",
+            )
             .unwrap()
             .build()
             .unwrap();

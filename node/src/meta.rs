@@ -78,7 +78,9 @@ pub enum Applied {
     Deleted(TopicState),
     /// The record lost a race checked at apply time (name taken, or already gone), or could
     /// not be decoded; nothing changed.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 /// The state built from `__meta`. Only [`MetadataState::apply`] changes it.
@@ -129,24 +131,23 @@ impl MetadataState {
                 replication_factor,
                 replicas,
                 config,
-            } => {
-                if self.topics.contains_key(&name) {
-                    Applied::Rejected {
-                        reason: format!("topic {name} already exists"),
-                    }
-                } else {
+            } => match self.topics.entry(name) {
+                std::collections::btree_map::Entry::Occupied(taken) => Applied::Rejected {
+                    reason: format!("topic {} already exists", taken.key()),
+                },
+                std::collections::btree_map::Entry::Vacant(free) => {
                     let topic = TopicState {
                         id: TopicId(offset.0),
-                        name: name.clone(),
+                        name: free.key().clone(),
                         partitions,
                         replication_factor,
                         replicas,
                         config,
                     };
-                    self.topics.insert(name, topic.clone());
+                    free.insert(topic.clone());
                     Applied::Created(topic)
                 }
-            }
+            },
             MetaRecord::DeleteTopic { name } => match self.topics.remove(&name) {
                 Some(topic) => Applied::Deleted(topic),
                 None => Applied::Rejected {

@@ -20,7 +20,7 @@ use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
 use cairn_replica::{Effect, Input, Millis, Recovered, Replica, RequestId, Role};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, PartitionLog, RetentionPolicy, StorageError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -195,8 +195,8 @@ impl<S: LogStore> PartitionHandle<S> {
             ctx.set_mailbox_capacity(mailbox_max.saturating_mul(2).max(16));
             let mut actor = PartitionActor {
                 log_name: spec.log_name,
-                store: spec.store,
-                log: Some(spec.log),
+                store: Box::new(spec.store),
+                log: Some(Box::new(spec.log)),
                 replica,
                 committer: spec.committer,
                 clock: spec.clock,
@@ -207,6 +207,10 @@ impl<S: LogStore> PartitionHandle<S> {
                 tick_ms: spec.tick_ms,
                 retention_check_ms: spec.retention_check_ms,
                 stopped_with: None,
+                follow_ups: VecDeque::new(),
+                flushes_requested: 0,
+                flushes_fed: 0,
+                flushes_completed: BTreeMap::new(),
             };
             actor.execute(ctx, first_effects);
             actor
@@ -285,9 +289,10 @@ impl<S: LogStore> PartitionHandle<S> {
 /// One partition replica's actor. See the module docs.
 pub struct PartitionActor<S: LogStore> {
     log_name: String,
-    store: S,
+    // Boxed so the actor is `Unpin` (actix requires it) whatever the store type is.
+    store: Box<S>,
     /// `None` only after [`Stop`]: the log is closed (and maybe removed).
-    log: Option<S::Log>,
+    log: Option<Box<S::Log>>,
     replica: Replica,
     committer: GroupCommitter,
     clock: Clock,
@@ -298,6 +303,12 @@ pub struct PartitionActor<S: LogStore> {
     tick_ms: u64,
     retention_check_ms: u64,
     stopped_with: Option<ApiError>,
+    /// Inputs that effects of the current step produced (read results, storage failures).
+    follow_ups: VecDeque<Input>,
+    /// Flush completions by request sequence, fed strictly in sequence order.
+    flushes_requested: u64,
+    flushes_fed: u64,
+    flushes_completed: BTreeMap<u64, Input>,
 }
 
 impl<S: LogStore> Actor for PartitionActor<S> {
@@ -314,17 +325,17 @@ impl<S: LogStore> Actor for PartitionActor<S> {
     }
 }
 
-/// Most follow-up inputs one message may cause (a storage failure is the only one today).
-const FOLLOW_UP_INPUTS_MAX: usize = 16;
+/// Most inputs one message may cause, follow-ups included (peer reads, storage failures).
+const FOLLOW_UP_INPUTS_MAX: usize = 256;
 
 impl<S: LogStore> PartitionActor<S> {
     fn run(&mut self, ctx: &mut Context<Self>, input: Input) {
         if self.log.is_none() {
             return;
         }
-        let mut inputs = VecDeque::from([input]);
+        self.follow_ups.push_back(input);
         let mut steps = 0;
-        while let Some(input) = inputs.pop_front() {
+        while let Some(input) = self.follow_ups.pop_front() {
             steps += 1;
             assert!(
                 steps <= FOLLOW_UP_INPUTS_MAX,
@@ -333,7 +344,7 @@ impl<S: LogStore> PartitionActor<S> {
             );
             let effects = self.replica.step(self.clock.now(), input);
             if let Some(failure) = self.execute(ctx, effects) {
-                inputs.push_back(failure);
+                self.follow_ups.push_back(failure);
             }
         }
     }
@@ -397,12 +408,26 @@ impl<S: LogStore> PartitionActor<S> {
             } => {
                 tracing::info!(partition = %self.log_name, ?role, %epoch, ?leader, "role changed");
             }
+            Effect::ReadForPeer {
+                to,
+                from,
+                until,
+                bytes_max,
+            } => {
+                let batches = log.read(from, until, bytes_max)?;
+                self.follow_ups
+                    .push_back(Input::PeerRead { to, from, batches });
+            }
         }
         Ok(())
     }
 
     /// Asks the group committer for a flush and feeds `then` when it covers our writes.
+    /// Completions are fed in the order the flushes were asked for (the replica counts one
+    /// `Durable` per `Append`, in order), whatever order actix polls the waiting futures in.
     fn after_flush(&mut self, ctx: &mut Context<Self>, then: Input) {
+        let sequence = self.flushes_requested;
+        self.flushes_requested += 1;
         let flushed = self.committer.request();
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(flushed).map(move |result, actor, ctx| {
@@ -412,7 +437,11 @@ impl<S: LogStore> PartitionActor<S> {
                         reason: error.to_string(),
                     },
                 };
-                actor.run(ctx, input);
+                actor.flushes_completed.insert(sequence, input);
+                while let Some(input) = actor.flushes_completed.remove(&actor.flushes_fed) {
+                    actor.flushes_fed += 1;
+                    actor.run(ctx, input);
+                }
             }),
         );
     }

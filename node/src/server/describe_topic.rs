@@ -3,7 +3,9 @@
 
 use crate::broker::Broker;
 use crate::meta::META_TOPIC;
-use cairn_protocol::messages::{DescribeTopicRequest, DescribeTopicResponse, Response, TopicConfig};
+use cairn_protocol::messages::{
+    DescribeTopicRequest, DescribeTopicResponse, Response, TopicConfig,
+};
 use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
 

@@ -58,11 +58,8 @@ pub async fn handle<S: LogStore>(
         if done {
             return Ok(Response::Fetch(FetchResponse { partitions }));
         }
-        let changed = futures::future::select_all(
-            watches
-                .iter_mut()
-                .map(|watch| Box::pin(watch.changed())),
-        );
+        let changed =
+            futures::future::select_all(watches.iter_mut().map(|watch| Box::pin(watch.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             // Deadline: one last read answers with whatever is there.
             let (partitions, _, _) = read_once(&request, &targets, budget).await;

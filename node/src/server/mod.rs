@@ -159,7 +159,13 @@ async fn run_connection<S: LogStore>(
                     size: size as u64,
                     max: max as u64,
                 };
-                send_reply(&replies, UNKNOWN_CORRELATION_ID, Err(error), frame_bytes_max).await;
+                send_reply(
+                    &replies,
+                    UNKNOWN_CORRELATION_ID,
+                    Err(error),
+                    frame_bytes_max,
+                )
+                .await;
                 break;
             }
             Some(Err(FrameError::Io(error))) => {
@@ -171,7 +177,13 @@ async fn run_connection<S: LogStore>(
             Ok(request) => request,
             Err(RequestDecodeError::Malformed { reason }) => {
                 let error = ApiError::MalformedFrame { reason };
-                send_reply(&replies, UNKNOWN_CORRELATION_ID, Err(error), frame_bytes_max).await;
+                send_reply(
+                    &replies,
+                    UNKNOWN_CORRELATION_ID,
+                    Err(error),
+                    frame_bytes_max,
+                )
+                .await;
                 break;
             }
             Err(RequestDecodeError::Refused {

@@ -73,7 +73,11 @@ pub fn enqueue<S: LogStore>(
 ) -> Result<Enqueued, ApiError> {
     let handle = broker.partition(&request.topic, request.partition)?;
     let limits = &broker.config.limits;
-    let batch = validate(limits.batch_bytes_max, limits.record_bytes_max, request.batch)?;
+    let batch = validate(
+        limits.batch_bytes_max,
+        limits.record_bytes_max,
+        request.batch,
+    )?;
     let reply = handle.produce(batch, request.acks)?;
     Ok(Enqueued {
         reply,
