@@ -1,17 +1,158 @@
-//! The replica engine. Implementation in progress: see the crate docs for the contract.
+//! The replica engine: one partition replica's roles, elections by lease, the commit rule and
+//! truncation (DESIGN section 5). Each [`Replica::step`] validates its input first, then
+//! mutates, then returns the exact effects in the order the runtime must run them; the
+//! invariants of [`crate::invariants`] are checked after every step, in release builds too.
 
-use crate::{Config, ConfigError, Effect, Input, Millis, Recovered, ReplicaStatus};
-use cairn_protocol::NodeId;
+use crate::invariants;
+use crate::{
+    AppendResult, Config, ConfigError, Effect, Input, Millis, PeerMessage, Recovered,
+    ReplicaStatus, RequestId, Role, VOTERS_MAX,
+};
+use cairn_protocol::batch::{RecordBatch, RecordBatchBuilder};
+use cairn_protocol::messages::{Acks, ProduceResponse};
+use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The wall-clock timestamp written into epoch markers. The engine sees only monotonic time,
+/// and a marker carries no user data, so it gets the epoch of the Unix clock: it never
+/// matches a timestamp lookup for a real record.
+const MARKER_TIMESTAMP_MS: i64 = 0;
+
+/// A produce request appended but not yet answered.
+#[derive(Debug, Clone)]
+struct PendingReply {
+    request: RequestId,
+    base_offset: Offset,
+    /// The offset right after the batch: the reply is due once this is covered.
+    end: Offset,
+    received_at: Millis,
+}
+
+/// What the leader knows about one follower.
+#[derive(Debug, Clone)]
+struct Progress {
+    /// Where the next batches sent to this follower start (optimistic: includes sends not
+    /// yet acknowledged).
+    next: Offset,
+    /// The follower's log is known to equal ours below this.
+    matched: Offset,
+    /// Of `matched`, what the follower reported flushed. Only this counts for commit.
+    durable: Offset,
+    /// Newest send time of ours that this follower answered in this epoch: it renews the
+    /// lease.
+    acked_sent_at: Option<Millis>,
+    /// A `ReadForPeer` from this offset is outstanding.
+    read_from: Option<Offset>,
+}
+
+#[derive(Debug)]
+struct Candidacy {
+    epoch: Epoch,
+    /// Voters (other than us) that granted.
+    grants: BTreeSet<NodeId>,
+    /// Our own promise of `epoch` is durable: our vote counts.
+    self_granted: bool,
+    /// When the lease requests left: the lease is measured from here (DESIGN 5.3).
+    requested_at: Millis,
+}
+
+#[derive(Debug)]
+struct Leadership {
+    /// Offset of this epoch's marker batch. Nothing commits before it does (DESIGN 5.4).
+    marker_offset: Offset,
+    /// The lease holds strictly before this instant on our clock.
+    lease_until: Millis,
+    heartbeat_due: Millis,
+    peers: BTreeMap<NodeId, Progress>,
+    /// acks=leader requests, in offset order: due when durable locally.
+    awaiting_durable: VecDeque<PendingReply>,
+    /// acks=all requests, in offset order: due when committed.
+    awaiting_commit: VecDeque<PendingReply>,
+}
+
+/// Why a leader or candidate stops.
+#[derive(Debug, Clone)]
+enum StepDown {
+    LeaseLapsed,
+    HigherEpoch,
+    Storage(String),
+}
+
+/// An `Append` effect whose `Durable` has not come back yet.
+#[derive(Debug, Clone, Copy)]
+struct Unflushed {
+    log_end: Offset,
+    /// `truncations` when it was emitted: a flush that started before a truncation says
+    /// nothing about what was appended after it.
+    generation: u64,
+}
 
 /// One partition replica's protocol state.
 #[derive(Debug)]
 pub struct Replica {
-    _private: (),
+    config: Config,
+    node: NodeId,
+    /// Sorted, distinct, holding `node`.
+    voters: Vec<NodeId>,
+    role: Role,
+    epoch: Epoch,
+    leader: Option<NodeId>,
+    /// The highest durable promise (DESIGN 5.1).
+    promised: Epoch,
+    /// The highest promise written or being written: never below `promised`. We refuse as
+    /// if it were durable already, and answer as if it were only once it is.
+    promise_floor: Epoch,
+    /// The highest epoch heard of, so a new candidacy beats it.
+    epoch_seen_max: Epoch,
+    /// (epoch, first offset), oldest first.
+    epoch_history: Vec<(Epoch, Offset)>,
+    log_start: Offset,
+    log_end: Offset,
+    durable_end: Offset,
+    high_watermark: Offset,
+    unflushed: VecDeque<Unflushed>,
+    truncations: u64,
+    /// We promised not to grant a lease to anyone (ourselves included) before this instant
+    /// (DESIGN 5.2b). Set to `now + lease_ms` at start, since a restarted replica may have
+    /// forgotten a grant (DESIGN 5.3).
+    granted_until: Millis,
+    /// A grant decided but waiting for its promise to be durable before it is sent.
+    pending_grant: Option<(NodeId, Epoch)>,
+    election_deadline: Millis,
+    elections_started: u64,
+    candidacy: Option<Candidacy>,
+    leadership: Option<Leadership>,
+    /// An append of a newer epoch held until our promise of that epoch is durable.
+    deferred_append: Option<(NodeId, PeerMessage)>,
+    /// Follower: our log equals the current leader's below this.
+    leader_matched_end: Offset,
+    /// Follower: the newest leader send time seen, echoed in unsolicited responses.
+    leader_sent_at: Millis,
+    /// Follower: the durable end last reported to the leader.
+    durable_reported: Offset,
+    storage_failure: Option<String>,
+    /// The latest `now` seen; time never runs backwards inside the engine.
+    clock: Millis,
+}
+
+/// A rule for the replica set, checked like a config rule.
+fn voters_error(rule: &'static str, why: &'static str) -> ConfigError {
+    ConfigError { rule, why }
+}
+
+/// A deterministic mix of the node id and the election count, so replicas of one partition
+/// time out at different instants without randomness inside the engine (STYLE habit 2).
+fn mix64(mut value: u64) -> u64 {
+    value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    value ^ (value >> 31)
 }
 
 impl Replica {
     /// A replica of a partition whose voters are `voters` (which include `node`), recovering
-    /// from storage. Returns the replica and its first effects.
+    /// from storage. Returns the replica and its first effects (none today: a restarted
+    /// replica first waits out any lease it may have granted).
     pub fn new(
         config: Config,
         node: NodeId,
@@ -19,17 +160,1237 @@ impl Replica {
         recovered: Recovered,
         now: Millis,
     ) -> Result<(Replica, Vec<Effect>), ConfigError> {
-        let _ = (config, node, voters, recovered, now);
-        todo!("replica engine")
+        config.validate()?;
+        let mut sorted = voters.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != voters.len() {
+            return Err(voters_error(
+                "voters are distinct",
+                "a voter listed twice would count twice towards a majority",
+            ));
+        }
+        if sorted.is_empty() || sorted.len() > VOTERS_MAX {
+            return Err(voters_error(
+                "1 <= voters <= VOTERS_MAX",
+                "a partition needs a voter, and majorities are computed per step",
+            ));
+        }
+        if !sorted.contains(&node) {
+            return Err(voters_error(
+                "voters contain this node",
+                "a replica that is not a voter cannot take part in leases or commits",
+            ));
+        }
+        let history_ordered = recovered
+            .epoch_history
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1);
+        let history_in_log = recovered
+            .epoch_history
+            .last()
+            .is_none_or(|&(_, start)| start < recovered.log_end);
+        if !history_ordered || !history_in_log || recovered.log_start > recovered.log_end {
+            return Err(voters_error(
+                "recovered state is consistent",
+                "epochs and their start offsets must grow, and lie inside the log, or the \
+                 divergence search would give wrong answers",
+            ));
+        }
+        let last_epoch = recovered
+            .epoch_history
+            .last()
+            .map(|&(epoch, _)| epoch)
+            .unwrap_or(Epoch::ZERO);
+        let mut replica = Replica {
+            node,
+            voters: sorted,
+            role: Role::Follower,
+            epoch: recovered.promised_epoch.max(last_epoch),
+            leader: None,
+            promised: recovered.promised_epoch,
+            promise_floor: recovered.promised_epoch,
+            epoch_seen_max: recovered.promised_epoch.max(last_epoch),
+            epoch_history: recovered.epoch_history,
+            log_start: recovered.log_start,
+            log_end: recovered.log_end,
+            durable_end: recovered.log_end,
+            // Everything below the log start was committed (retention keeps the uncommitted
+            // suffix), and we know nothing above it yet.
+            high_watermark: recovered.log_start,
+            unflushed: VecDeque::new(),
+            truncations: 0,
+            granted_until: now.plus(config.lease_ms),
+            pending_grant: None,
+            election_deadline: now,
+            elections_started: 0,
+            candidacy: None,
+            leadership: None,
+            deferred_append: None,
+            leader_matched_end: Offset::ZERO,
+            leader_sent_at: Millis(0),
+            durable_reported: Offset::ZERO,
+            storage_failure: None,
+            clock: now,
+            config,
+        };
+        replica.election_deadline = now.plus(replica.election_wait_ms());
+        replica.check_invariants();
+        Ok((replica, Vec::new()))
     }
 
     /// Feeds one input; returns what the runtime must do, in order.
     pub fn step(&mut self, now: Millis, input: Input) -> Vec<Effect> {
-        let _ = (now, input);
-        todo!("replica engine")
+        let now = now.max(self.clock);
+        self.clock = now;
+        let before = self.status();
+        let mut effects = Vec::new();
+        self.check_lease(now, &mut effects);
+        match input {
+            Input::Tick => self.on_tick(now, &mut effects),
+            Input::Produce {
+                request,
+                batch,
+                acks,
+            } => self.on_produce(now, request, batch, acks, &mut effects),
+            Input::Durable { log_end } => self.on_durable(now, log_end, &mut effects),
+            Input::PromisePersisted { epoch } => {
+                self.on_promise_persisted(now, epoch, &mut effects)
+            }
+            Input::Peer { from, message } => {
+                if from != self.node && self.voters.contains(&from) {
+                    self.on_peer(now, from, message, &mut effects);
+                }
+            }
+            Input::LeaderSuspected => self.on_leader_suspected(now),
+            Input::StorageFailed { reason } => self.on_storage_failed(now, reason, &mut effects),
+            Input::PeerRead { to, from, batches } => {
+                self.on_peer_read(now, to, from, batches, &mut effects)
+            }
+        }
+        let after = self.status();
+        if let Err(violation) = invariants::check_transition(&before, &after) {
+            panic!("replica invariant broken: {violation}");
+        }
+        self.check_invariants();
+        effects
     }
 
     pub fn status(&self) -> ReplicaStatus {
-        todo!("replica engine")
+        ReplicaStatus {
+            node: self.node,
+            role: self.role,
+            epoch: self.epoch,
+            promised_epoch: self.promised,
+            leader: self.leader,
+            log_start: self.log_start,
+            log_end: self.log_end,
+            durable_end: self.durable_end,
+            high_watermark: self.high_watermark,
+        }
     }
+
+    /// The epoch history as this replica holds it, oldest first.
+    pub fn epoch_history(&self) -> &[(Epoch, Offset)] {
+        &self.epoch_history
+    }
+
+    /// Whether this replica is the leader with a lease that holds at `now`: only then may it
+    /// serve reads that must not be stale.
+    pub fn lease_valid(&self, now: Millis) -> bool {
+        self.leadership
+            .as_ref()
+            .is_some_and(|leadership| now < leadership.lease_until)
+    }
+
+    fn check_invariants(&self) {
+        if let Err(violation) = invariants::check_status(&self.status()) {
+            panic!("replica invariant broken: {violation}");
+        }
+        assert!(self.promised <= self.promise_floor, "REP-2: promise floor");
+        let last_epoch = self.last_epoch();
+        assert!(
+            self.role != Role::Leader || last_epoch == self.epoch,
+            "a leader's last log epoch is its own (its marker)"
+        );
+        if let Some(leadership) = &self.leadership {
+            assert!(self.role == Role::Leader);
+            assert!(leadership.marker_offset < self.log_end);
+            let pending = leadership.awaiting_durable.len() + leadership.awaiting_commit.len();
+            assert!(pending <= self.config.pending_requests_max);
+        }
+        assert!(self.unflushed.len() <= self.config.pending_requests_max + 1);
+    }
+
+    fn majority(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
+        let node = self.node;
+        self.voters
+            .iter()
+            .copied()
+            .filter(move |&voter| voter != node)
+    }
+
+    /// Election timeout plus a deterministic jitter of up to half of it (none for a single
+    /// voter, which has no one to collide with).
+    fn election_wait_ms(&self) -> u64 {
+        let jitter_ms = if self.voters.len() == 1 {
+            0
+        } else {
+            let seed = u64::from(self.node.0) ^ (self.elections_started << 32);
+            mix64(seed) % (self.config.election_timeout_ms / 2 + 1)
+        };
+        self.config.election_timeout_ms + jitter_ms
+    }
+
+    fn last_epoch(&self) -> Epoch {
+        self.epoch_history
+            .last()
+            .map(|&(epoch, _)| epoch)
+            .unwrap_or(Epoch::ZERO)
+    }
+
+    /// The epoch of the batch holding `offset`, from the epoch history (0 when none does).
+    fn epoch_at(&self, offset: Offset) -> Epoch {
+        self.epoch_history
+            .iter()
+            .rev()
+            .find(|&&(_, start)| start <= offset)
+            .map(|&(epoch, _)| epoch)
+            .unwrap_or(Epoch::ZERO)
+    }
+
+    /// The epoch of the batch right before `offset` (0 at the log's very beginning).
+    fn epoch_before(&self, offset: Offset) -> Epoch {
+        if offset == Offset::ZERO {
+            Epoch::ZERO
+        } else {
+            self.epoch_at(Offset(offset.0 - 1))
+        }
+    }
+
+    /// Where the history entry at `index` ends: the next entry's start, or the log end.
+    fn entry_end(&self, index: usize) -> Offset {
+        self.epoch_history
+            .get(index + 1)
+            .map(|&(_, start)| start)
+            .unwrap_or(self.log_end)
+    }
+
+    fn role_changed(&self, effects: &mut Vec<Effect>) {
+        effects.push(Effect::RoleChanged {
+            role: self.role,
+            epoch: self.epoch,
+            leader: self.leader,
+        });
+    }
+
+    /// Records batches appended to the local log: history, log end, and the flush owed.
+    fn append_local(&mut self, batches: Vec<RecordBatch>, effects: &mut Vec<Effect>) {
+        for batch in &batches {
+            assert_eq!(batch.base_offset(), self.log_end, "appends are contiguous");
+            if batch.leader_epoch() != self.last_epoch() {
+                assert!(batch.leader_epoch() > self.last_epoch(), "epochs only grow");
+                self.epoch_history
+                    .push((batch.leader_epoch(), batch.base_offset()));
+            }
+            self.log_end = batch.next_offset();
+        }
+        self.unflushed.push_back(Unflushed {
+            log_end: self.log_end,
+            generation: self.truncations,
+        });
+        effects.push(Effect::Append { batches });
+    }
+
+    // ----- time -----
+
+    /// A leader renews its lease from the majority's acknowledgements and steps down the
+    /// moment it lapses (DESIGN 5.3): it then stops acknowledging and serving.
+    fn check_lease(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        let majority = self.majority();
+        let trusted_ms = self.config.lease_trusted_ms();
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        // Our own acknowledgement is "now"; the majority-th newest send time that a
+        // majority answered bounds how long all of them still refuse other candidates.
+        let mut acked: Vec<Millis> = leadership
+            .peers
+            .values()
+            .filter_map(|progress| progress.acked_sent_at)
+            .collect();
+        acked.push(now);
+        acked.sort_by(|a, b| b.cmp(a));
+        if let Some(&sent_at) = acked.get(majority - 1) {
+            leadership.lease_until = leadership.lease_until.max(sent_at.plus(trusted_ms));
+        }
+        if now >= leadership.lease_until {
+            self.step_down(now, StepDown::LeaseLapsed, None, effects);
+            return;
+        }
+        // While we lead we also refuse to grant anyone a lease (5.2b): our lease would
+        // otherwise overlap the next leader's.
+        self.granted_until = self.granted_until.max(now.plus(self.config.lease_ms));
+    }
+
+    fn on_tick(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        if self.role == Role::Leader {
+            let due = self
+                .leadership
+                .as_ref()
+                .is_some_and(|leadership| now >= leadership.heartbeat_due);
+            if due {
+                self.send_heartbeats(now, effects);
+            }
+            return;
+        }
+        if self.storage_failure.is_none()
+            && now >= self.election_deadline
+            && now >= self.granted_until
+            && self.pending_grant.is_none()
+        {
+            self.start_candidacy(now, effects);
+        }
+    }
+
+    fn on_leader_suspected(&mut self, now: Millis) {
+        // A hint may only bring the candidacy forward to when our own grant expires: it
+        // never bypasses 5.2(b), which `on_tick` checks anyway.
+        if self.role != Role::Leader {
+            let earliest = self.granted_until.max(now);
+            self.election_deadline = self.election_deadline.min(earliest);
+        }
+    }
+
+    // ----- elections -----
+
+    fn start_candidacy(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        let epoch = self
+            .promise_floor
+            .max(self.last_epoch())
+            .max(self.epoch_seen_max)
+            .next();
+        self.role = Role::Candidate;
+        self.epoch = epoch;
+        self.epoch_seen_max = epoch;
+        self.leader = None;
+        self.promise_floor = epoch;
+        // Our vote for ourselves binds us like any grant.
+        self.granted_until = now.plus(self.config.lease_ms);
+        self.elections_started += 1;
+        self.election_deadline = now.plus(self.election_wait_ms());
+        self.deferred_append = None;
+        self.candidacy = Some(Candidacy {
+            epoch,
+            grants: BTreeSet::new(),
+            self_granted: false,
+            requested_at: now,
+        });
+        self.role_changed(effects);
+        effects.push(Effect::PersistPromise { epoch });
+        let last_log_epoch = self.last_epoch();
+        let log_end = self.log_end;
+        for to in self.others().collect::<Vec<_>>() {
+            effects.push(Effect::Send {
+                to,
+                message: PeerMessage::LeaseRequest {
+                    epoch,
+                    last_log_epoch,
+                    log_end,
+                },
+            });
+        }
+    }
+
+    fn on_promise_persisted(&mut self, now: Millis, epoch: Epoch, effects: &mut Vec<Effect>) {
+        // Only a promise we asked for can become durable; anything else is a stale or
+        // duplicate completion and changes nothing.
+        if epoch <= self.promised || epoch > self.promise_floor {
+            return;
+        }
+        self.promised = epoch;
+        if self.epoch < epoch && self.role != Role::Candidate {
+            self.epoch = epoch;
+            self.role_changed(effects);
+        }
+        if let Some((to, granted_epoch)) = self.pending_grant {
+            if granted_epoch <= epoch {
+                self.pending_grant = None;
+                // The grant binds us from when it is sent, which is now (DESIGN 5.3).
+                self.granted_until = self.granted_until.max(now.plus(self.config.lease_ms));
+                effects.push(Effect::Send {
+                    to,
+                    message: PeerMessage::LeaseResponse {
+                        epoch: granted_epoch,
+                        granted: granted_epoch == epoch,
+                        promised_epoch: epoch,
+                    },
+                });
+            }
+        }
+        if let Some(candidacy) = &mut self.candidacy {
+            if candidacy.epoch == epoch {
+                candidacy.self_granted = true;
+                self.try_win(now, effects);
+            }
+        }
+        if let Some((from, message)) = self.deferred_append.take() {
+            if let PeerMessage::Append { epoch: wanted, .. } = &message {
+                if *wanted <= self.promised {
+                    self.on_peer(now, from, message, effects);
+                } else {
+                    self.deferred_append = Some((from, message));
+                }
+            }
+        }
+    }
+
+    fn on_lease_request(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        epoch: Epoch,
+        last_log_epoch: Epoch,
+        log_end: Offset,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.epoch_seen_max = self.epoch_seen_max.max(epoch);
+        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
+        let grant = self.storage_failure.is_none()
+            && epoch > self.promise_floor
+            && now >= self.granted_until
+            && self.pending_grant.is_none()
+            && up_to_date;
+        if !grant {
+            effects.push(Effect::Send {
+                to: from,
+                message: PeerMessage::LeaseResponse {
+                    epoch,
+                    granted: false,
+                    promised_epoch: self.promise_floor,
+                },
+            });
+            return;
+        }
+        // We may not lead (a leader's own grant window never expires while it leads), so
+        // at most a candidacy is abandoned here.
+        let was = (self.role, self.epoch, self.leader);
+        self.candidacy = None;
+        self.deferred_append = None;
+        self.role = Role::Follower;
+        self.leader = None;
+        self.promise_floor = epoch;
+        self.pending_grant = Some((from, epoch));
+        // Nobody else may get a grant while this one is on its way.
+        self.granted_until = now.plus(self.config.lease_ms);
+        self.election_deadline = now.plus(self.election_wait_ms());
+        if was != (self.role, self.epoch, self.leader) {
+            self.role_changed(effects);
+        }
+        effects.push(Effect::PersistPromise { epoch });
+    }
+
+    fn on_lease_response(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        epoch: Epoch,
+        granted: bool,
+        promised_epoch: Epoch,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.epoch_seen_max = self.epoch_seen_max.max(promised_epoch);
+        let Some(candidacy) = &mut self.candidacy else {
+            return;
+        };
+        if granted && candidacy.epoch == epoch && promised_epoch == epoch {
+            candidacy.grants.insert(from);
+            self.try_win(now, effects);
+        }
+    }
+
+    fn try_win(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        let Some(candidacy) = &self.candidacy else {
+            return;
+        };
+        if !candidacy.self_granted || candidacy.grants.len() + 1 < self.majority() {
+            return;
+        }
+        let epoch = candidacy.epoch;
+        let requested_at = candidacy.requested_at;
+        self.candidacy = None;
+        self.become_leader(now, epoch, requested_at, effects);
+    }
+
+    fn become_leader(
+        &mut self,
+        now: Millis,
+        epoch: Epoch,
+        requested_at: Millis,
+        effects: &mut Vec<Effect>,
+    ) {
+        assert!(
+            epoch == self.promised,
+            "a leader leads the epoch it promised"
+        );
+        assert!(
+            epoch > self.last_epoch(),
+            "a new epoch is above every logged one"
+        );
+        self.role = Role::Leader;
+        self.epoch = epoch;
+        self.leader = Some(self.node);
+        let marker_offset = self.log_end;
+        let peers = self
+            .others()
+            .map(|peer| {
+                (
+                    peer,
+                    Progress {
+                        next: marker_offset,
+                        matched: Offset::ZERO,
+                        durable: Offset::ZERO,
+                        acked_sent_at: None,
+                        read_from: None,
+                    },
+                )
+            })
+            .collect();
+        self.leadership = Some(Leadership {
+            marker_offset,
+            lease_until: requested_at.plus(self.config.lease_trusted_ms()),
+            heartbeat_due: now.plus(self.config.heartbeat_ms),
+            peers,
+            awaiting_durable: VecDeque::new(),
+            awaiting_commit: VecDeque::new(),
+        });
+        self.role_changed(effects);
+        let marker =
+            RecordBatchBuilder::control_marker(MARKER_TIMESTAMP_MS).stamped(marker_offset, epoch);
+        self.append_local(vec![marker.clone()], effects);
+        self.replicate_new(now, marker, effects);
+        // A single voter commits by its own flush; with followers the marker travels above.
+        self.advance_commit(now, effects);
+    }
+
+    /// Leaves leadership or candidacy. Pending produce requests get an indeterminate error
+    /// (their batches are in the log and may still commit under the next leader), except
+    /// after a storage failure, which is reported as such.
+    fn step_down(
+        &mut self,
+        now: Millis,
+        reason: StepDown,
+        leader: Option<NodeId>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let was = (self.role, self.epoch, self.leader);
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.candidacy = None;
+        self.election_deadline = now.plus(self.election_wait_ms());
+        if was != (self.role, self.epoch, self.leader) {
+            self.role_changed(effects);
+        }
+        if let Some(leadership) = self.leadership.take() {
+            let mut pending: Vec<PendingReply> = leadership
+                .awaiting_durable
+                .into_iter()
+                .chain(leadership.awaiting_commit)
+                .collect();
+            pending.sort_by_key(|reply| reply.base_offset);
+            for reply in pending {
+                let error = match &reason {
+                    StepDown::Storage(reason) => ApiError::Storage {
+                        reason: reason.clone(),
+                    },
+                    StepDown::LeaseLapsed | StepDown::HigherEpoch => ApiError::Timeout {
+                        waited_ms: now.since(reply.received_at),
+                    },
+                };
+                effects.push(Effect::Reply {
+                    request: reply.request,
+                    result: Err(error),
+                });
+            }
+        }
+    }
+
+    // ----- produce and commit -----
+
+    fn on_produce(
+        &mut self,
+        now: Millis,
+        request: RequestId,
+        batch: RecordBatch,
+        acks: Acks,
+        effects: &mut Vec<Effect>,
+    ) {
+        let refusal = if let Some(reason) = &self.storage_failure {
+            Some(ApiError::Storage {
+                reason: reason.clone(),
+            })
+        } else if let Some(leadership) = &self.leadership {
+            let pending = leadership.awaiting_durable.len() + leadership.awaiting_commit.len();
+            let pending_full = acks != Acks::None && pending >= self.config.pending_requests_max;
+            let flushes_full = self.unflushed.len() >= self.config.pending_requests_max;
+            (pending_full || flushes_full).then(|| ApiError::Backpressure {
+                retry_after_ms: u32::try_from(self.config.heartbeat_ms).unwrap_or(u32::MAX),
+            })
+        } else {
+            Some(ApiError::NotLeader {
+                leader_hint: self.leader,
+                epoch: self.epoch,
+            })
+        };
+        if let Some(error) = refusal {
+            effects.push(Effect::Reply {
+                request,
+                result: Err(error),
+            });
+            return;
+        }
+        let base_offset = self.log_end;
+        let stamped = batch.stamped(base_offset, self.epoch);
+        let end = stamped.next_offset();
+        let response = ProduceResponse {
+            base_offset,
+            leader_epoch: self.epoch,
+            duplicate: false,
+        };
+        if acks == Acks::None {
+            effects.push(Effect::Reply {
+                request,
+                result: Ok(response),
+            });
+        }
+        self.append_local(vec![stamped.clone()], effects);
+        let pending = PendingReply {
+            request,
+            base_offset,
+            end,
+            received_at: now,
+        };
+        if let Some(leadership) = &mut self.leadership {
+            match acks {
+                Acks::All => leadership.awaiting_commit.push_back(pending),
+                Acks::Leader => leadership.awaiting_durable.push_back(pending),
+                Acks::None => {}
+            }
+        }
+        self.replicate_new(now, stamped, effects);
+    }
+
+    /// Sends a batch just appended to every follower that is caught up to it; lagging ones
+    /// are served by `ReadForPeer` instead.
+    fn replicate_new(&mut self, now: Millis, batch: RecordBatch, effects: &mut Vec<Effect>) {
+        let prev_offset = batch.base_offset();
+        let prev_epoch = self.epoch_before(prev_offset);
+        let epoch = self.epoch;
+        let commit = self.high_watermark;
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        for (&to, progress) in leadership.peers.iter_mut() {
+            if progress.next != prev_offset || progress.read_from.is_some() {
+                continue;
+            }
+            progress.next = batch.next_offset();
+            effects.push(Effect::Send {
+                to,
+                message: PeerMessage::Append {
+                    epoch,
+                    prev_offset,
+                    prev_epoch,
+                    batches: vec![batch.clone()],
+                    commit,
+                    sent_at: now,
+                },
+            });
+        }
+    }
+
+    fn on_durable(&mut self, now: Millis, log_end: Offset, effects: &mut Vec<Effect>) {
+        // Exactly one `Durable` answers each `Append`, in order (see the crate docs).
+        let Some(flushed) = self.unflushed.pop_front() else {
+            return;
+        };
+        if flushed.generation == self.truncations {
+            let covered = flushed.log_end.min(log_end).min(self.log_end);
+            self.durable_end = self.durable_end.max(covered);
+        }
+        if self.role == Role::Leader {
+            self.answer_durable(effects);
+            self.advance_commit(now, effects);
+        } else {
+            self.report_durable(effects);
+        }
+    }
+
+    /// acks=leader requests whose batches are now flushed here.
+    fn answer_durable(&mut self, effects: &mut Vec<Effect>) {
+        let durable_end = self.durable_end;
+        let epoch = self.epoch;
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        while leadership
+            .awaiting_durable
+            .front()
+            .is_some_and(|reply| reply.end <= durable_end)
+        {
+            let reply = leadership
+                .awaiting_durable
+                .pop_front()
+                .expect("front exists");
+            effects.push(Effect::Reply {
+                request: reply.request,
+                result: Ok(ProduceResponse {
+                    base_offset: reply.base_offset,
+                    leader_epoch: epoch,
+                    duplicate: false,
+                }),
+            });
+        }
+    }
+
+    /// The commit rule (DESIGN 5.4): the newest offset durable on a majority, the leader
+    /// included, and only once this epoch's marker is among it.
+    fn advance_commit(&mut self, _now: Millis, effects: &mut Vec<Effect>) {
+        let majority = self.majority();
+        let durable_end = self.durable_end;
+        let epoch = self.epoch;
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let mut durable: Vec<Offset> = leadership
+            .peers
+            .values()
+            .map(|progress| progress.durable)
+            .collect();
+        durable.push(durable_end);
+        durable.sort_by(|a, b| b.cmp(a));
+        let quorum = durable[majority - 1].min(durable_end);
+        if quorum <= leadership.marker_offset || quorum <= self.high_watermark {
+            return;
+        }
+        self.high_watermark = quorum;
+        effects.push(Effect::HighWatermark { offset: quorum });
+        while leadership
+            .awaiting_commit
+            .front()
+            .is_some_and(|reply| reply.end <= quorum)
+        {
+            let reply = leadership
+                .awaiting_commit
+                .pop_front()
+                .expect("front exists");
+            effects.push(Effect::Reply {
+                request: reply.request,
+                result: Ok(ProduceResponse {
+                    base_offset: reply.base_offset,
+                    leader_epoch: epoch,
+                    duplicate: false,
+                }),
+            });
+        }
+    }
+
+    fn on_storage_failed(&mut self, now: Millis, reason: String, effects: &mut Vec<Effect>) {
+        // From here on the replica neither grants, nor appends, nor leads: its promises and
+        // its log can no longer be made durable. The runtime rebuilds it once storage is back.
+        self.storage_failure = Some(reason.clone());
+        self.pending_grant = None;
+        self.deferred_append = None;
+        if self.role != Role::Follower {
+            self.step_down(now, StepDown::Storage(reason), None, effects);
+        }
+    }
+
+    // ----- replication -----
+
+    fn on_peer(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        message: PeerMessage,
+        effects: &mut Vec<Effect>,
+    ) {
+        match message {
+            PeerMessage::LeaseRequest {
+                epoch,
+                last_log_epoch,
+                log_end,
+            } => self.on_lease_request(now, from, epoch, last_log_epoch, log_end, effects),
+            PeerMessage::LeaseResponse {
+                epoch,
+                granted,
+                promised_epoch,
+            } => self.on_lease_response(now, from, epoch, granted, promised_epoch, effects),
+            PeerMessage::Append { .. } => self.on_append(now, from, message, effects),
+            PeerMessage::AppendResponse {
+                epoch,
+                sent_at,
+                result,
+            } => self.on_append_response(now, from, epoch, sent_at, result, effects),
+        }
+    }
+
+    fn send_heartbeats(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        let epoch = self.epoch;
+        let commit = self.high_watermark;
+        let log_end = self.log_end;
+        let bytes_max = self.config.append_message_bytes_max;
+        let prev_epochs: BTreeMap<NodeId, Epoch> = match &self.leadership {
+            Some(leadership) => leadership
+                .peers
+                .iter()
+                .map(|(&peer, progress)| (peer, self.epoch_before(progress.next)))
+                .collect(),
+            None => return,
+        };
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        leadership.heartbeat_due = now.plus(self.config.heartbeat_ms);
+        for (&to, progress) in leadership.peers.iter_mut() {
+            effects.push(Effect::Send {
+                to,
+                message: PeerMessage::Append {
+                    epoch,
+                    prev_offset: progress.next,
+                    prev_epoch: prev_epochs[&to],
+                    batches: Vec::new(),
+                    commit,
+                    sent_at: now,
+                },
+            });
+            if progress.next < log_end && progress.read_from.is_none() {
+                progress.read_from = Some(progress.next);
+                effects.push(Effect::ReadForPeer {
+                    to,
+                    from: progress.next,
+                    until: log_end,
+                    bytes_max,
+                });
+            }
+        }
+    }
+
+    fn on_append(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        message: PeerMessage,
+        effects: &mut Vec<Effect>,
+    ) {
+        let PeerMessage::Append {
+            epoch,
+            prev_offset,
+            prev_epoch,
+            batches,
+            commit,
+            sent_at,
+        } = message
+        else {
+            return;
+        };
+        if epoch < self.promise_floor {
+            effects.push(Effect::Send {
+                to: from,
+                message: PeerMessage::AppendResponse {
+                    epoch,
+                    sent_at,
+                    result: AppendResult::StaleEpoch {
+                        promised_epoch: self.promise_floor,
+                    },
+                },
+            });
+            return;
+        }
+        if self.storage_failure.is_some()
+            || !append_well_formed(epoch, prev_offset, prev_epoch, &batches)
+        {
+            return;
+        }
+        if self.role == Role::Leader && epoch == self.epoch {
+            // Two leaders of one epoch cannot exist (each needs a majority of promises);
+            // a message claiming so is dropped rather than trusted.
+            return;
+        }
+        if epoch > self.promised {
+            // We answer a leader only once we durably promised its epoch (DESIGN 5.1), so
+            // the message waits for the promise; a newer one replaces it.
+            if self.role != Role::Follower {
+                self.step_down(now, StepDown::HigherEpoch, None, effects);
+            }
+            if epoch > self.promise_floor {
+                self.promise_floor = epoch;
+                effects.push(Effect::PersistPromise { epoch });
+            }
+            self.epoch_seen_max = self.epoch_seen_max.max(epoch);
+            self.deferred_append = Some((
+                from,
+                PeerMessage::Append {
+                    epoch,
+                    prev_offset,
+                    prev_epoch,
+                    batches,
+                    commit,
+                    sent_at,
+                },
+            ));
+            return;
+        }
+        // Here epoch == promised: `from` leads our epoch.
+        let matches = prev_offset <= self.log_end
+            && (prev_offset <= self.log_start || self.epoch_before(prev_offset) == prev_epoch);
+        if !matches {
+            self.follow(now, from, epoch, sent_at, effects);
+            let (diverged_epoch, end_offset) = self.divergence(prev_offset, prev_epoch);
+            effects.push(Effect::Send {
+                to: from,
+                message: PeerMessage::AppendResponse {
+                    epoch,
+                    sent_at,
+                    result: AppendResult::Diverged {
+                        epoch: diverged_epoch,
+                        end_offset,
+                    },
+                },
+            });
+            return;
+        }
+        // Skip batches we already hold (same epoch at the same offset means the same batch);
+        // the first one that differs marks an uncommitted suffix to drop (DESIGN 5.6).
+        let mut skip = 0;
+        let mut truncate_from = None;
+        for batch in &batches {
+            if batch.base_offset() >= self.log_end {
+                break;
+            }
+            if self.epoch_at(batch.base_offset()) == batch.leader_epoch() {
+                skip += 1;
+            } else {
+                truncate_from = Some(batch.base_offset());
+                break;
+            }
+        }
+        let matched_end = batches
+            .last()
+            .map(|batch| batch.next_offset())
+            .unwrap_or(prev_offset);
+        let rest = &batches[skip..];
+        let append_from = truncate_from.unwrap_or(self.log_end);
+        if rest
+            .first()
+            .is_some_and(|batch| batch.base_offset() != append_from)
+        {
+            // Only reachable if our own history is inconsistent; refuse rather than guess.
+            return;
+        }
+        if truncate_from.is_some_and(|from| from < self.high_watermark) {
+            // A committed offset never differs between replicas; a leader that says so is
+            // wrong, and we keep our committed prefix.
+            return;
+        }
+        if !rest.is_empty() && self.unflushed.len() >= self.config.pending_requests_max {
+            // Too many flushes outstanding: say nothing, the leader resends on a heartbeat.
+            return;
+        }
+        self.follow(now, from, epoch, sent_at, effects);
+        if let Some(from_offset) = truncate_from {
+            effects.push(Effect::Truncate { from: from_offset });
+            self.truncations += 1;
+            self.log_end = from_offset;
+            self.durable_end = self.durable_end.min(from_offset);
+            self.durable_reported = self.durable_reported.min(from_offset);
+            self.epoch_history.retain(|&(_, start)| start < from_offset);
+            self.leader_matched_end = self.leader_matched_end.min(from_offset);
+        }
+        if !rest.is_empty() {
+            self.append_local(rest.to_vec(), effects);
+        }
+        self.leader_matched_end = self.leader_matched_end.max(matched_end);
+        let commit_known = commit.min(self.leader_matched_end).min(self.log_end);
+        if commit_known > self.high_watermark {
+            self.high_watermark = commit_known;
+            effects.push(Effect::HighWatermark {
+                offset: commit_known,
+            });
+        }
+        let durable_end = self.durable_end.min(self.leader_matched_end);
+        self.durable_reported = self.durable_reported.max(durable_end);
+        effects.push(Effect::Send {
+            to: from,
+            message: PeerMessage::AppendResponse {
+                epoch,
+                sent_at,
+                result: AppendResult::Ok {
+                    log_end: self.leader_matched_end,
+                    durable_end,
+                },
+            },
+        });
+    }
+
+    /// Makes `leader` our leader for `epoch` (which we promised), renews the lease we grant
+    /// it, and pushes our own candidacy back.
+    fn follow(
+        &mut self,
+        now: Millis,
+        leader: NodeId,
+        epoch: Epoch,
+        sent_at: Millis,
+        effects: &mut Vec<Effect>,
+    ) {
+        if self.leadership.is_some() {
+            // Unreachable while the invariants hold (a leader leads its promised epoch and
+            // drops appends of it); kept so that a surprise degrades into a step-down.
+            self.step_down(now, StepDown::HigherEpoch, Some(leader), effects);
+        }
+        let was = (self.role, self.epoch, self.leader);
+        self.candidacy = None;
+        self.role = Role::Follower;
+        if was.1 != epoch || was.2 != Some(leader) {
+            self.leader_matched_end = Offset::ZERO;
+            self.durable_reported = Offset::ZERO;
+            self.leader_sent_at = Millis(0);
+        }
+        self.epoch = epoch;
+        self.leader = Some(leader);
+        self.leader_sent_at = self.leader_sent_at.max(sent_at);
+        self.granted_until = self.granted_until.max(now.plus(self.config.lease_ms));
+        self.election_deadline = now.plus(self.election_wait_ms());
+        if was != (self.role, self.epoch, self.leader) {
+            self.role_changed(effects);
+        }
+    }
+
+    /// Our newest epoch not above `prev_epoch` with offsets below `prev_offset`, and where
+    /// it ends (capped at `prev_offset` and our log end).
+    fn divergence(&self, prev_offset: Offset, prev_epoch: Epoch) -> (Epoch, Offset) {
+        let limit = prev_offset.min(self.log_end);
+        let found = self
+            .epoch_history
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, &(epoch, start))| epoch <= prev_epoch && start < limit);
+        match found {
+            Some((index, &(epoch, _))) => (epoch, self.entry_end(index).min(limit)),
+            None => (Epoch::ZERO, Offset::ZERO),
+        }
+    }
+
+    /// Follower: tells the leader about a flush, so commit does not wait for the next
+    /// append or heartbeat.
+    fn report_durable(&mut self, effects: &mut Vec<Effect>) {
+        let Some(leader) = self.leader else {
+            return;
+        };
+        let durable_end = self.durable_end.min(self.leader_matched_end);
+        if durable_end <= self.durable_reported {
+            return;
+        }
+        self.durable_reported = durable_end;
+        effects.push(Effect::Send {
+            to: leader,
+            message: PeerMessage::AppendResponse {
+                epoch: self.epoch,
+                sent_at: self.leader_sent_at,
+                result: AppendResult::Ok {
+                    log_end: self.leader_matched_end,
+                    durable_end,
+                },
+            },
+        });
+    }
+
+    fn on_append_response(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        epoch: Epoch,
+        sent_at: Millis,
+        result: AppendResult,
+        effects: &mut Vec<Effect>,
+    ) {
+        if let AppendResult::StaleEpoch { promised_epoch } = result {
+            self.epoch_seen_max = self.epoch_seen_max.max(promised_epoch);
+            if self.role == Role::Leader && promised_epoch > self.epoch && epoch == self.epoch {
+                self.step_down(now, StepDown::HigherEpoch, None, effects);
+            }
+            return;
+        }
+        if self.role != Role::Leader || epoch != self.epoch || sent_at > now {
+            return;
+        }
+        let log_end = self.log_end;
+        let log_start = self.log_start;
+        let bytes_max = self.config.append_message_bytes_max;
+        // The leader's end of its newest epoch not above the follower's answer.
+        let diverged_at = match &result {
+            AppendResult::Diverged {
+                epoch: their_epoch,
+                end_offset,
+            } => {
+                let ours = self
+                    .epoch_history
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find(|(_, &(epoch, _))| epoch <= *their_epoch)
+                    .map(|(index, _)| self.entry_end(index))
+                    .unwrap_or(Offset::ZERO);
+                Some((*end_offset).min(ours).min(log_end).max(log_start))
+            }
+            _ => None,
+        };
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let Some(progress) = leadership.peers.get_mut(&from) else {
+            return;
+        };
+        progress.acked_sent_at = Some(progress.acked_sent_at.map_or(sent_at, |t| t.max(sent_at)));
+        match result {
+            AppendResult::Ok {
+                log_end: their_end,
+                durable_end,
+            } => {
+                let matched = their_end.min(log_end);
+                progress.matched = progress.matched.max(matched);
+                progress.durable = progress.durable.max(durable_end.min(matched));
+                progress.next = progress.next.max(progress.matched);
+            }
+            AppendResult::Diverged { .. } => {
+                let next = diverged_at.expect("computed for Diverged");
+                progress.next = next;
+                progress.matched = progress.matched.min(next);
+                // A read for the old position is now useless; its answer will be ignored.
+                progress.read_from = None;
+            }
+            AppendResult::StaleEpoch { .. } => unreachable!("handled above"),
+        }
+        // Catch up a lagging follower one read at a time, once what was sent is answered.
+        let settled = diverged_at.is_some() || progress.next == progress.matched;
+        if progress.next < log_end && progress.read_from.is_none() && settled {
+            progress.read_from = Some(progress.next);
+            effects.push(Effect::ReadForPeer {
+                to: from,
+                from: progress.next,
+                until: log_end,
+                bytes_max,
+            });
+        }
+        self.check_lease(now, effects);
+        self.advance_commit(now, effects);
+    }
+
+    fn on_peer_read(
+        &mut self,
+        now: Millis,
+        to: NodeId,
+        from: Offset,
+        batches: Vec<RecordBatch>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let epoch = self.epoch;
+        let commit = self.high_watermark;
+        let log_end = self.log_end;
+        let bytes_max = self.config.append_message_bytes_max;
+        // Validate first: the answer must be for the read we asked, contiguous, inside our
+        // log and agree with our epoch history.
+        let wanted = self
+            .leadership
+            .as_ref()
+            .and_then(|leadership| leadership.peers.get(&to))
+            .is_some_and(|progress| progress.read_from == Some(from));
+        if !wanted {
+            return;
+        }
+        let mut kept = Vec::new();
+        let mut bytes = 0usize;
+        for batch in batches {
+            if !kept.is_empty() && bytes + batch.size_bytes() > bytes_max {
+                break;
+            }
+            bytes += batch.size_bytes();
+            kept.push(batch);
+        }
+        let consistent = kept
+            .first()
+            .is_some_and(|first| first.base_offset() <= from && from < first.next_offset())
+            && kept
+                .windows(2)
+                .all(|pair| pair[0].next_offset() == pair[1].base_offset())
+            && kept
+                .last()
+                .is_some_and(|last| last.next_offset() <= log_end)
+            && kept
+                .iter()
+                .all(|batch| self.epoch_at(batch.base_offset()) == batch.leader_epoch());
+        let prev_offset = kept
+            .first()
+            .map(|batch| batch.base_offset())
+            .unwrap_or(from);
+        let prev_epoch = self.epoch_before(prev_offset);
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let Some(progress) = leadership.peers.get_mut(&to) else {
+            return;
+        };
+        progress.read_from = None;
+        if !consistent {
+            // An empty or odd read is retried from the heartbeat.
+            return;
+        }
+        progress.next = kept
+            .last()
+            .expect("consistent reads are non-empty")
+            .next_offset();
+        effects.push(Effect::Send {
+            to,
+            message: PeerMessage::Append {
+                epoch,
+                prev_offset,
+                prev_epoch,
+                batches: kept,
+                commit,
+                sent_at: now,
+            },
+        });
+    }
+}
+
+/// The shape checks of an append that need no state: batches contiguous from `prev_offset`,
+/// epochs not decreasing, none above the message's epoch nor below `prev_epoch`.
+fn append_well_formed(
+    epoch: Epoch,
+    prev_offset: Offset,
+    prev_epoch: Epoch,
+    batches: &[RecordBatch],
+) -> bool {
+    if prev_epoch > epoch {
+        return false;
+    }
+    let mut expected_base = prev_offset;
+    let mut last_epoch = prev_epoch;
+    for batch in batches {
+        if batch.base_offset() != expected_base
+            || batch.leader_epoch() < last_epoch
+            || batch.leader_epoch() > epoch
+            || batch.leader_epoch() == Epoch::ZERO
+        {
+            return false;
+        }
+        expected_base = batch.next_offset();
+        last_epoch = batch.leader_epoch();
+    }
+    true
 }

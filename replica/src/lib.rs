@@ -74,6 +74,84 @@ impl Default for Config {
     }
 }
 
+/// Largest replica set one partition may have. Majorities are computed by sorting per-voter
+/// progress, so the bound keeps every step cheap.
+pub const VOTERS_MAX: usize = 15;
+
+impl Config {
+    /// Small timings for tests and simulations: every rule holds, and timeouts are reached in
+    /// a few hundred simulated milliseconds.
+    pub fn for_tests() -> Config {
+        Config {
+            lease_ms: 200,
+            heartbeat_ms: 50,
+            election_timeout_ms: 300,
+            clock_drift_max_ppm: 50_000,
+            pending_requests_max: 64,
+            append_message_bytes_max: 64 * 1024,
+        }
+    }
+
+    /// The lease the leader may rely on: `lease_ms * (1 - drift)` (DESIGN 5.3).
+    pub fn lease_trusted_ms(&self) -> u64 {
+        let kept_ppm = 1_000_000u128.saturating_sub(u128::from(self.clock_drift_max_ppm));
+        (u128::from(self.lease_ms) * kept_ppm / 1_000_000) as u64
+    }
+
+    /// Checks every named rule; the first broken one is returned with the reason it exists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let rules: [(&'static str, bool, &'static str); 8] = [
+            (
+                "lease_ms > 0",
+                self.lease_ms > 0,
+                "a lease of zero would let two leaders act at once",
+            ),
+            (
+                "heartbeat_ms > 0",
+                self.heartbeat_ms > 0,
+                "a leader that never heartbeats loses its lease while idle",
+            ),
+            (
+                "heartbeat_ms * 3 <= lease_ms",
+                u128::from(self.heartbeat_ms) * 3 <= u128::from(self.lease_ms),
+                "a leader must survive two lost heartbeats in a row without losing its lease",
+            ),
+            (
+                "election_timeout_ms > lease_ms",
+                self.election_timeout_ms > self.lease_ms,
+                "a follower must not start a candidacy while the lease it granted may still \
+                 bind it, or it would disturb a live leader for nothing",
+            ),
+            (
+                "clock_drift_max_ppm < 1_000_000",
+                self.clock_drift_max_ppm < 1_000_000,
+                "the leader shortens its lease by the drift; at 100% nothing would be left",
+            ),
+            (
+                "lease_trusted_ms > heartbeat_ms",
+                self.lease_trusted_ms() > self.heartbeat_ms,
+                "after the drift correction a lease must still outlast one heartbeat period",
+            ),
+            (
+                "pending_requests_max > 0",
+                self.pending_requests_max > 0,
+                "a leader that may hold no pending request can never answer acks=all",
+            ),
+            (
+                "append_message_bytes_max > 0",
+                self.append_message_bytes_max > 0,
+                "an append message must be able to carry at least one batch",
+            ),
+        ];
+        for (rule, holds, why) in rules {
+            if !holds {
+                return Err(ConfigError { rule, why });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A named timing rule that a configuration broke, with the reason it exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("replica config rule {rule} broken: {why}")]
@@ -112,7 +190,11 @@ pub enum Input {
         batch: RecordBatch,
         acks: Acks,
     },
-    /// A flush that covers every append up to `log_end` returned.
+    /// A flush that covers every append up to `log_end` returned. Exactly one `Durable`
+    /// answers each [`Effect::Append`], in the order the appends were emitted, carrying the
+    /// log end right after that append (a group commit may resolve several at once: feed one
+    /// `Durable` per `Append`, oldest first). The engine relies on the one-to-one pairing to
+    /// tell a flush that began before a [`Effect::Truncate`] from one that began after it.
     Durable { log_end: Offset },
     /// The promise of `epoch` was written and flushed.
     PromisePersisted { epoch: Epoch },
@@ -122,6 +204,13 @@ pub enum Input {
     LeaderSuspected,
     /// Storage failed; the replica stops acknowledging and steps down.
     StorageFailed { reason: String },
+    /// The answer to [`Effect::ReadForPeer`]: the batches read (possibly none), in order.
+    /// A read that fails is reported as `StorageFailed` instead.
+    PeerRead {
+        to: NodeId,
+        from: Offset,
+        batches: Vec<RecordBatch>,
+    },
 }
 
 /// Replica-to-replica messages of one partition.
@@ -138,9 +227,12 @@ pub enum PeerMessage {
         /// The responder's promise, so a rejected candidate learns the epoch to beat.
         promised_epoch: Epoch,
     },
+    /// Batches of the leader's log, or none as a heartbeat.
     Append {
         epoch: Epoch,
-        /// Offset right before the first batch, and the epoch of the batch holding it.
+        /// The log end the batches continue: the follower must hold exactly the leader's
+        /// offsets below `prev_offset` (its first batch starts here), and `prev_epoch` is the
+        /// epoch of the batch holding `prev_offset - 1` (0 when `prev_offset` is 0).
         prev_offset: Offset,
         prev_epoch: Epoch,
         batches: Vec<RecordBatch>,
@@ -163,8 +255,10 @@ pub enum AppendResult {
         log_end: Offset,
         durable_end: Offset,
     },
-    /// The follower's log does not match at `prev_offset`: it answers with its last epoch
-    /// before that offset and where that epoch ends, so the leader can find the divergence.
+    /// The follower's log does not match at `prev_offset`: it answers with its newest epoch
+    /// not above the leader's `prev_epoch` that has offsets below `prev_offset`, and where that
+    /// epoch ends in its log (capped at `prev_offset`), so the leader can find the divergence
+    /// (KIP-101/279). `epoch` 0 and `end_offset` 0 mean "start from the beginning".
     Diverged { epoch: Epoch, end_offset: Offset },
     /// The follower promised a higher epoch.
     StaleEpoch { promised_epoch: Epoch },
@@ -176,9 +270,11 @@ pub enum Effect {
     /// Write the promise of `epoch`, flush, then feed `Input::PromisePersisted`.
     PersistPromise { epoch: Epoch },
     /// Append these stamped batches in order, then obtain a flush and feed
-    /// `Input::Durable { log_end }`.
+    /// `Input::Durable { log_end }` (exactly one per `Append`, in order). Never empty.
     Append { batches: Vec<RecordBatch> },
-    /// Remove the log suffix from `from` (an uncommitted suffix).
+    /// Remove the log suffix from `from` (an uncommitted suffix; `from` is a batch boundary)
+    /// with `PartitionLog::truncate_suffix` before running the next effect. No flush of its
+    /// own is needed: the next append's flush covers it.
     Truncate { from: Offset },
     /// Send to another replica of this partition.
     Send { to: NodeId, message: PeerMessage },
@@ -195,6 +291,16 @@ pub enum Effect {
         epoch: Epoch,
         leader: Option<NodeId>,
     },
+    /// Leader only: read whole batches of the local log holding offsets in `[from, until)`,
+    /// starting with the batch that contains `from`, at most `bytes_max` bytes but at least
+    /// one batch (exactly `PartitionLog::read`), and feed `Input::PeerRead { to, from, .. }`.
+    /// Used to catch up a follower that lags behind what the leader sends as it appends.
+    ReadForPeer {
+        to: NodeId,
+        from: Offset,
+        until: Offset,
+        bytes_max: usize,
+    },
 }
 
 /// A snapshot of a replica's state, for metadata, tests and `describe`.
@@ -210,3 +316,6 @@ pub struct ReplicaStatus {
     pub durable_end: Offset,
     pub high_watermark: Offset,
 }
+
+#[cfg(test)]
+mod tests;

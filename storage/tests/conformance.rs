@@ -1,0 +1,633 @@
+//! The one test suite every [`LogStore`] must pass, written once as generic functions and run
+//! against [`SledStore`] (real files in a temporary directory) and [`MemoryStore`].
+
+use bytes::Bytes;
+use cairn_protocol::batch::{Record, RecordBatch, RecordBatchBuilder};
+use cairn_protocol::{Epoch, Offset};
+use cairn_storage::{
+    EpochStart, LogStore, MemoryStore, PartitionLog, RetentionPolicy, SledStore, StorageError,
+};
+
+/// A store under test, and how to restart it.
+trait Fixture {
+    type Store: LogStore;
+    fn new() -> Self;
+    fn store(&self) -> Self::Store;
+    /// Restarts the store after a flush, as a process restart would: the caller has dropped
+    /// every log handle. Returns the store to use from now on.
+    fn restart(&mut self) -> Self::Store;
+}
+
+struct SledFixture {
+    directory: tempfile::TempDir,
+    store: Option<SledStore>,
+}
+
+impl Fixture for SledFixture {
+    type Store = SledStore;
+
+    fn new() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let store = SledStore::open(directory.path()).unwrap();
+        SledFixture {
+            directory,
+            store: Some(store),
+        }
+    }
+
+    fn store(&self) -> SledStore {
+        self.store.clone().unwrap()
+    }
+
+    fn restart(&mut self) -> SledStore {
+        let store = self.store.take().unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = SledStore::open(self.directory.path()).unwrap();
+        self.store = Some(store.clone());
+        store
+    }
+}
+
+struct MemoryFixture {
+    store: MemoryStore,
+}
+
+impl Fixture for MemoryFixture {
+    type Store = MemoryStore;
+
+    fn new() -> Self {
+        MemoryFixture {
+            store: MemoryStore::new(),
+        }
+    }
+
+    fn store(&self) -> MemoryStore {
+        self.store.clone()
+    }
+
+    fn restart(&mut self) -> MemoryStore {
+        self.store.flush().unwrap();
+        self.store.crash();
+        self.store.clone()
+    }
+}
+
+const T0_MS: i64 = 1_700_000_000_000;
+
+/// A batch of `count` records with timestamps `timestamp_ms, +1, ...`, values naming them.
+fn batch(count: u32, timestamp_ms: i64) -> RecordBatch {
+    let mut builder = RecordBatchBuilder::new(timestamp_ms);
+    for index in 0..count {
+        builder.push(
+            &Record::new(format!("value-{timestamp_ms}-{index}"))
+                .with_timestamp_ms(timestamp_ms + i64::from(index)),
+        );
+    }
+    builder.build()
+}
+
+/// Appends a batch of `count` records at the log end with `epoch`.
+fn append<L: PartitionLog>(log: &mut L, count: u32, epoch: u64, timestamp_ms: i64) -> RecordBatch {
+    let stamped = batch(count, timestamp_ms).stamped(log.log_end(), Epoch(epoch));
+    let end = log.append(&stamped).unwrap();
+    assert_eq!(end, stamped.next_offset());
+    stamped
+}
+
+fn base_offsets(batches: &[RecordBatch]) -> Vec<u64> {
+    batches.iter().map(|batch| batch.base_offset().0).collect()
+}
+
+/// A snapshot of everything a refused call must leave unchanged.
+fn snapshot<L: PartitionLog>(log: &L) -> (Offset, Offset, u64, Vec<EpochStart>, Vec<RecordBatch>) {
+    (
+        log.log_start(),
+        log.log_end(),
+        log.size_bytes(),
+        log.epoch_history(),
+        log.read(Offset::ZERO, Offset(u64::MAX), usize::MAX)
+            .unwrap(),
+    )
+}
+
+fn epoch_start(epoch: u64, start_offset: u64) -> EpochStart {
+    EpochStart {
+        epoch: Epoch(epoch),
+        start_offset: Offset(start_offset),
+    }
+}
+
+fn appends_and_reads_ranges<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("orders-0").unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(0), Offset(0)));
+    assert!(log
+        .read(Offset(0), Offset(100), 1 << 20)
+        .unwrap()
+        .is_empty());
+    let first = append(&mut log, 3, 1, T0_MS);
+    let second = append(&mut log, 2, 1, T0_MS + 10);
+    let third = append(&mut log, 4, 1, T0_MS + 20);
+    assert_eq!(log.log_end(), Offset(9));
+    assert_eq!(
+        log.size_bytes(),
+        (first.size_bytes() + second.size_bytes() + third.size_bytes()) as u64
+    );
+    let all = log.read(Offset(0), Offset(9), usize::MAX).unwrap();
+    assert_eq!(all, vec![first.clone(), second.clone(), third.clone()]);
+    // From the middle of a batch: that batch first.
+    assert_eq!(
+        base_offsets(&log.read(Offset(4), Offset(9), usize::MAX).unwrap()),
+        vec![3, 5]
+    );
+    // `until` is exclusive and counts offsets, not batches.
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(5), usize::MAX).unwrap()),
+        vec![0, 3]
+    );
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(4), usize::MAX).unwrap()),
+        vec![0, 3]
+    );
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(3), usize::MAX).unwrap()),
+        vec![0]
+    );
+    // Byte limit: whole batches only, but always at least one.
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(9), 1).unwrap()),
+        vec![0]
+    );
+    let two = first.size_bytes() + second.size_bytes();
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(9), two).unwrap()),
+        vec![0, 3]
+    );
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(9), two + 1).unwrap()),
+        vec![0, 3]
+    );
+    // At and past the end, nothing.
+    assert!(log
+        .read(Offset(9), Offset(100), usize::MAX)
+        .unwrap()
+        .is_empty());
+    assert!(log
+        .read(Offset(5), Offset(5), usize::MAX)
+        .unwrap()
+        .is_empty());
+    // Reads come back with their records intact.
+    let records: Vec<_> = all[1].records().map(Result::unwrap).collect();
+    assert_eq!(records[1].offset, Offset(4));
+    assert_eq!(
+        records[1].value,
+        Bytes::from(format!("value-{}-1", T0_MS + 10))
+    );
+}
+
+fn refuses_non_contiguous_appends_without_change<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    append(&mut log, 3, 1, T0_MS);
+    let before = snapshot(&log);
+    for base in [0u64, 2, 4, 100] {
+        let result = log.append(&batch(1, T0_MS).stamped(Offset(base), Epoch(1)));
+        assert_eq!(
+            result,
+            Err(StorageError::NotContiguous {
+                base_offset: Offset(base),
+                log_end: Offset(3)
+            })
+        );
+    }
+    assert_eq!(snapshot(&log), before);
+}
+
+fn refuses_corrupt_batches_without_change<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    append(&mut log, 2, 1, T0_MS);
+    let before = snapshot(&log);
+    let good = batch(3, T0_MS).stamped(Offset(2), Epoch(1));
+    for position in [30usize, 45, good.size_bytes() - 1] {
+        let mut bytes = good.bytes().to_vec();
+        bytes[position] ^= 0x40;
+        let bad = RecordBatch::from_trusted(Bytes::from(bytes)).unwrap();
+        let result = log.append(&bad);
+        assert!(
+            matches!(
+                result,
+                Err(StorageError::Corrupt {
+                    offset: Offset(2),
+                    ..
+                })
+            ),
+            "flip at {position}: {result:?}"
+        );
+        assert_eq!(snapshot(&log), before);
+    }
+    assert_eq!(log.append(&good), Ok(Offset(5)));
+}
+
+fn keeps_epoch_history_across_appends_and_truncation<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    assert_eq!(log.last_epoch(), Epoch(0));
+    append(&mut log, 2, 1, T0_MS); // 0..2
+    append(&mut log, 2, 1, T0_MS); // 2..4
+    append(&mut log, 1, 3, T0_MS); // 4..5
+    append(&mut log, 3, 3, T0_MS); // 5..8
+    append(&mut log, 2, 5, T0_MS); // 8..10
+    assert_eq!(
+        log.epoch_history(),
+        vec![epoch_start(1, 0), epoch_start(3, 4), epoch_start(5, 8)]
+    );
+    assert_eq!(log.last_epoch(), Epoch(5));
+    let before = snapshot(&log);
+    let regression = log.append(&batch(1, T0_MS).stamped(Offset(10), Epoch(4)));
+    assert_eq!(
+        regression,
+        Err(StorageError::EpochRegression {
+            epoch: Epoch(4),
+            last_epoch: Epoch(5)
+        })
+    );
+    assert_eq!(snapshot(&log), before);
+    // Truncation inside a batch and beyond the end is refused, changing nothing.
+    assert!(matches!(
+        log.truncate_suffix(Offset(6)),
+        Err(StorageError::BadTruncation {
+            offset: Offset(6),
+            ..
+        })
+    ));
+    assert!(matches!(
+        log.truncate_suffix(Offset(11)),
+        Err(StorageError::BadTruncation { .. })
+    ));
+    assert_eq!(snapshot(&log), before);
+    // Truncation at the end changes nothing.
+    log.truncate_suffix(Offset(10)).unwrap();
+    assert_eq!(snapshot(&log), before);
+    log.truncate_suffix(Offset(5)).unwrap();
+    assert_eq!(log.log_end(), Offset(5));
+    assert_eq!(
+        log.epoch_history(),
+        vec![epoch_start(1, 0), epoch_start(3, 4)]
+    );
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(100), usize::MAX).unwrap()),
+        vec![0, 2, 4]
+    );
+    log.truncate_suffix(Offset(4)).unwrap();
+    assert_eq!(log.epoch_history(), vec![epoch_start(1, 0)]);
+    assert_eq!(log.last_epoch(), Epoch(1));
+    // After truncation an older epoch than the removed ones may append again.
+    append(&mut log, 2, 2, T0_MS);
+    assert_eq!(
+        log.epoch_history(),
+        vec![epoch_start(1, 0), epoch_start(2, 4)]
+    );
+    let expected_size: u64 = log
+        .read(Offset(0), Offset(100), usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|batch| batch.size_bytes() as u64)
+        .sum();
+    assert_eq!(log.size_bytes(), expected_size);
+    // Truncating everything: the log is empty and the next offset is the start again.
+    log.truncate_suffix(Offset(0)).unwrap();
+    assert_eq!(
+        (log.log_start(), log.log_end(), log.size_bytes()),
+        (Offset(0), Offset(0), 0)
+    );
+    assert!(log.epoch_history().is_empty());
+}
+
+fn applies_retention_by_bytes_and_time<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    let mut sizes = Vec::new();
+    for index in 0..6 {
+        // Batch `index` holds offsets 2*index..2*index+2, newest record at T0 + 1000*index + 1.
+        sizes.push(
+            append(&mut log, 2, 1 + index / 3, T0_MS + 1000 * index as i64).size_bytes() as u64,
+        );
+    }
+    let total: u64 = sizes.iter().sum();
+    assert_eq!(log.size_bytes(), total);
+    // Nothing qualifies: nothing moves.
+    let unchanged = log
+        .apply_retention(
+            RetentionPolicy {
+                max_age_ms: Some(1_000_000),
+                max_bytes: Some(total),
+            },
+            T0_MS + 10_000,
+            Offset(12),
+        )
+        .unwrap();
+    assert_eq!(unchanged, Offset(0));
+    // By bytes: keep at most four batches' worth, but keep_from protects offset 3 onwards, so
+    // only the first batch (offsets 0..2) may go.
+    let start = log
+        .apply_retention(
+            RetentionPolicy {
+                max_age_ms: None,
+                max_bytes: Some(sizes[2..].iter().sum()),
+            },
+            T0_MS,
+            Offset(3),
+        )
+        .unwrap();
+    assert_eq!(start, Offset(2));
+    assert_eq!(log.log_start(), Offset(2));
+    assert_eq!(log.size_bytes(), total - sizes[0]);
+    // Without the keep_from limit the second batch goes too.
+    let start = log
+        .apply_retention(
+            RetentionPolicy {
+                max_age_ms: None,
+                max_bytes: Some(sizes[2..].iter().sum()),
+            },
+            T0_MS,
+            Offset(12),
+        )
+        .unwrap();
+    assert_eq!(start, Offset(4));
+    // By time: batches whose newest record is older than now - max_age (batches 2 and 3 of
+    // timestamps T0+2000.. and T0+3000..), stopping at the first that is young enough.
+    let start = log
+        .apply_retention(
+            RetentionPolicy {
+                max_age_ms: Some(1_000),
+                max_bytes: None,
+            },
+            T0_MS + 5_000,
+            Offset(12),
+        )
+        .unwrap();
+    assert_eq!(start, Offset(8));
+    assert_eq!(log.size_bytes(), sizes[4] + sizes[5]);
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(100), usize::MAX).unwrap()),
+        vec![8, 10]
+    );
+    // The epoch that covers the new start moved there (Kafka's truncate-from-start).
+    assert_eq!(log.epoch_history(), vec![epoch_start(2, 8)]);
+    // Truncation below the start is refused.
+    assert!(matches!(
+        log.truncate_suffix(Offset(6)),
+        Err(StorageError::BadTruncation {
+            offset: Offset(6),
+            ..
+        })
+    ));
+    // Everything goes: the log is empty, but offsets are never reused.
+    let start = log
+        .apply_retention(
+            RetentionPolicy {
+                max_age_ms: Some(0),
+                max_bytes: None,
+            },
+            T0_MS + 1_000_000,
+            Offset(12),
+        )
+        .unwrap();
+    assert_eq!(start, Offset(12));
+    assert_eq!(
+        (log.log_start(), log.log_end(), log.size_bytes()),
+        (Offset(12), Offset(12), 0)
+    );
+    assert_eq!(log.last_epoch(), Epoch(2));
+    assert!(log
+        .read(Offset(0), Offset(100), usize::MAX)
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        log.append(&batch(1, T0_MS).stamped(Offset(0), Epoch(2))),
+        Err(StorageError::NotContiguous { .. })
+    ));
+    append(&mut log, 1, 2, T0_MS);
+    assert_eq!(log.log_end(), Offset(13));
+}
+
+fn never_reuses_offsets_after_retention_and_truncation<F: Fixture>() {
+    let mut fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    for _ in 0..4 {
+        append(&mut log, 5, 1, T0_MS);
+    }
+    log.apply_retention(
+        RetentionPolicy {
+            max_age_ms: None,
+            max_bytes: Some(0),
+        },
+        T0_MS,
+        Offset(20),
+    )
+    .unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(20), Offset(20)));
+    // Truncating an empty log at its end is allowed and changes nothing.
+    log.truncate_suffix(Offset(20)).unwrap();
+    drop(log);
+    let store = fixture.restart();
+    let mut log = store.open_log("p").unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(20), Offset(20)));
+    assert_eq!(log.last_epoch(), Epoch(1));
+    append(&mut log, 3, 1, T0_MS);
+    append(&mut log, 3, 2, T0_MS);
+    log.truncate_suffix(Offset(23)).unwrap();
+    log.truncate_suffix(Offset(20)).unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(20), Offset(20)));
+    append(&mut log, 1, 2, T0_MS);
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(100), usize::MAX).unwrap()),
+        vec![20]
+    );
+}
+
+fn recovers_everything_flushed_on_reopen<F: Fixture>() {
+    let mut fixture = F::new();
+    let store = fixture.store();
+    let mut log = store.open_log("p").unwrap();
+    let mut other = store.open_log("q").unwrap();
+    for epoch in [1, 1, 2, 4] {
+        append(&mut log, 3, epoch, T0_MS);
+    }
+    append(&mut other, 1, 7, T0_MS);
+    log.apply_retention(
+        RetentionPolicy {
+            max_age_ms: None,
+            max_bytes: Some(1),
+        },
+        T0_MS,
+        Offset(3),
+    )
+    .unwrap();
+    log.set_promised_epoch(Epoch(9)).unwrap();
+    log.put_value("producer-state", b"\x01\x02").unwrap();
+    let before = snapshot(&log);
+    assert_eq!(before.0, Offset(3));
+    drop((log, other, store));
+    let store = fixture.restart();
+    let log = store.open_log("p").unwrap();
+    assert_eq!(snapshot(&log), before);
+    assert_eq!(
+        log.epoch_history(),
+        vec![epoch_start(1, 3), epoch_start(2, 6), epoch_start(4, 9)]
+    );
+    assert_eq!(log.promised_epoch(), Epoch(9));
+    assert_eq!(
+        log.get_value("producer-state").unwrap(),
+        Some(Bytes::from_static(b"\x01\x02"))
+    );
+    assert_eq!(log.get_value("absent").unwrap(), None);
+    // The time index came back too (every record of this log has timestamp T0 .. T0 + 2).
+    assert_eq!(
+        log.offset_for_timestamp(T0_MS + 2, Offset(100)).unwrap(),
+        Some((Offset(5), T0_MS + 2))
+    );
+    let other = store.open_log("q").unwrap();
+    assert_eq!(other.log_end(), Offset(1));
+    assert_eq!(
+        store.log_names().unwrap(),
+        vec!["p".to_owned(), "q".to_owned()]
+    );
+}
+
+fn finds_offsets_by_timestamp<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    append(&mut log, 3, 1, T0_MS); // 0..3: T0, T0+1, T0+2
+    append(&mut log, 3, 1, T0_MS + 100); // 3..6: T0+100..T0+102
+    append(&mut log, 2, 1, T0_MS + 50); // 6..8: a clock that stepped back
+    append(&mut log, 2, 1, T0_MS + 200); // 8..10
+    fn find<L: PartitionLog>(log: &L, timestamp_ms: i64, until: u64) -> Option<(Offset, i64)> {
+        log.offset_for_timestamp(timestamp_ms, Offset(until))
+            .unwrap()
+    }
+    assert_eq!(find(&log, T0_MS - 5, 100), Some((Offset(0), T0_MS)));
+    assert_eq!(find(&log, T0_MS + 1, 100), Some((Offset(1), T0_MS + 1)));
+    assert_eq!(find(&log, T0_MS + 3, 100), Some((Offset(3), T0_MS + 100)));
+    assert_eq!(find(&log, T0_MS + 101, 100), Some((Offset(4), T0_MS + 101)));
+    assert_eq!(find(&log, T0_MS + 150, 100), Some((Offset(8), T0_MS + 200)));
+    assert_eq!(find(&log, T0_MS + 202, 100), None);
+    // `until` bounds the answer.
+    assert_eq!(find(&log, T0_MS + 101, 4), None);
+    assert_eq!(find(&log, T0_MS + 101, 5), Some((Offset(4), T0_MS + 101)));
+    // After retention removed the batch holding the newest early timestamp, lookups still land
+    // on the first batch that is left and qualifies.
+    log.apply_retention(
+        RetentionPolicy {
+            max_age_ms: None,
+            max_bytes: Some(1),
+        },
+        T0_MS,
+        Offset(6),
+    )
+    .unwrap();
+    assert_eq!(log.log_start(), Offset(6));
+    assert_eq!(find(&log, T0_MS, 100), Some((Offset(6), T0_MS + 50)));
+    assert_eq!(find(&log, T0_MS + 51, 100), Some((Offset(7), T0_MS + 51)));
+    assert_eq!(find(&log, T0_MS + 52, 100), Some((Offset(8), T0_MS + 200)));
+    // Truncation forgets the removed timestamps.
+    log.truncate_suffix(Offset(8)).unwrap();
+    assert_eq!(find(&log, T0_MS + 150, 100), None);
+    append(&mut log, 1, 1, T0_MS + 60);
+    assert_eq!(find(&log, T0_MS + 52, 100), Some((Offset(8), T0_MS + 60)));
+}
+
+fn removes_logs_and_lists_names<F: Fixture>() {
+    let mut fixture = F::new();
+    let store = fixture.store();
+    assert!(store.log_names().unwrap().is_empty());
+    let mut first = store.open_log("t-1").unwrap();
+    append(&mut first, 2, 1, T0_MS);
+    let _second = store.open_log("t-0").unwrap();
+    assert_eq!(
+        store.log_names().unwrap(),
+        vec!["t-0".to_owned(), "t-1".to_owned()]
+    );
+    store.remove_log("t-1").unwrap();
+    store.remove_log("never-existed").unwrap();
+    assert_eq!(store.log_names().unwrap(), vec!["t-0".to_owned()]);
+    assert!(matches!(
+        first.append(&batch(1, T0_MS).stamped(Offset(2), Epoch(1))),
+        Err(StorageError::Io(_))
+    ));
+    drop(first);
+    // Reopening the name gives a fresh, empty log.
+    let again = store.open_log("t-1").unwrap();
+    assert_eq!(
+        (again.log_start(), again.log_end(), again.size_bytes()),
+        (Offset(0), Offset(0), 0)
+    );
+    store.remove_log("t-1").unwrap();
+    drop((again, _second, store));
+    let store = fixture.restart();
+    assert_eq!(store.log_names().unwrap(), vec!["t-0".to_owned()]);
+}
+
+fn shares_state_between_handles_of_one_log<F: Fixture>() {
+    let fixture = F::new();
+    let store = fixture.store();
+    let mut writer = store.open_log("p").unwrap();
+    let reader = store.open_log("p").unwrap();
+    append(&mut writer, 2, 1, T0_MS);
+    assert_eq!(reader.log_end(), Offset(2));
+    assert_eq!(reader.read(Offset(0), Offset(2), 1).unwrap().len(), 1);
+}
+
+macro_rules! conformance {
+    ($module:ident, $fixture:ty) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn appends_and_reads_ranges() {
+                super::appends_and_reads_ranges::<$fixture>();
+            }
+            #[test]
+            fn refuses_non_contiguous_appends_without_change() {
+                super::refuses_non_contiguous_appends_without_change::<$fixture>();
+            }
+            #[test]
+            fn refuses_corrupt_batches_without_change() {
+                super::refuses_corrupt_batches_without_change::<$fixture>();
+            }
+            #[test]
+            fn keeps_epoch_history_across_appends_and_truncation() {
+                super::keeps_epoch_history_across_appends_and_truncation::<$fixture>();
+            }
+            #[test]
+            fn applies_retention_by_bytes_and_time() {
+                super::applies_retention_by_bytes_and_time::<$fixture>();
+            }
+            #[test]
+            fn never_reuses_offsets_after_retention_and_truncation() {
+                super::never_reuses_offsets_after_retention_and_truncation::<$fixture>();
+            }
+            #[test]
+            fn recovers_everything_flushed_on_reopen() {
+                super::recovers_everything_flushed_on_reopen::<$fixture>();
+            }
+            #[test]
+            fn finds_offsets_by_timestamp() {
+                super::finds_offsets_by_timestamp::<$fixture>();
+            }
+            #[test]
+            fn removes_logs_and_lists_names() {
+                super::removes_logs_and_lists_names::<$fixture>();
+            }
+            #[test]
+            fn shares_state_between_handles_of_one_log() {
+                super::shares_state_between_handles_of_one_log::<$fixture>();
+            }
+        }
+    };
+}
+
+conformance!(sled, SledFixture);
+conformance!(memory, MemoryFixture);
