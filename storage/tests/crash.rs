@@ -89,7 +89,7 @@ fn child(directory: &str, epoch: u64) {
 }
 
 /// Checks one log after a kill and returns its end. `flushed` is the highest end the child
-/// reported for it; `epoch_min` the lowest epoch any batch may carry.
+/// reported for it.
 fn verify_log(store: &SledStore, name: &str, flushed: u64) -> u64 {
     let log = store.open_log(name).expect("reopen the log");
     assert_eq!(log.log_start(), Offset(0));
