@@ -120,6 +120,8 @@ pub struct Replica {
     pending_grant: Option<(NodeId, Epoch)>,
     election_deadline: Millis,
     elections_started: u64,
+    /// Pre-vote in progress: the epoch probed and who would grant it.
+    probe: Option<(Epoch, BTreeSet<NodeId>)>,
     candidacy: Option<Candidacy>,
     leadership: Option<Leadership>,
     /// An append of a newer epoch held until our promise of that epoch is durable.
@@ -224,6 +226,7 @@ impl Replica {
             pending_grant: None,
             election_deadline: now,
             elections_started: 0,
+            probe: None,
             candidacy: None,
             leadership: None,
             deferred_append: None,
@@ -453,6 +456,83 @@ impl Replica {
             && now >= self.granted_until
             && self.pending_grant.is_none()
         {
+            self.start_probe(now, effects);
+        }
+    }
+
+    /// The epoch a new candidacy would ask for: above everything we promised, logged or
+    /// heard of.
+    fn next_candidate_epoch(&self) -> Epoch {
+        self.promise_floor
+            .max(self.last_epoch())
+            .max(self.epoch_seen_max)
+            .next()
+    }
+
+    fn start_probe(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        if self.majority() == 1 {
+            // Nobody to ask: our own rules were checked by the caller.
+            self.start_candidacy(now, effects);
+            return;
+        }
+        let epoch = self.next_candidate_epoch();
+        self.elections_started += 1;
+        self.election_deadline = now.plus(self.election_wait_ms());
+        self.probe = Some((epoch, BTreeSet::new()));
+        let last_log_epoch = self.last_epoch();
+        let log_end = self.log_end;
+        for to in self.others().collect::<Vec<_>>() {
+            effects.push(Effect::Send {
+                to,
+                message: PeerMessage::LeaseProbe {
+                    epoch,
+                    last_log_epoch,
+                    log_end,
+                },
+            });
+        }
+    }
+
+    /// Rules (a), (b), (c) of DESIGN 5.2, plus "no other grant on its way" and "storage
+    /// works" (a grant must be made durable).
+    fn would_grant(
+        &self,
+        now: Millis,
+        epoch: Epoch,
+        last_log_epoch: Epoch,
+        log_end: Offset,
+    ) -> bool {
+        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
+        self.storage_failure.is_none()
+            && epoch > self.promise_floor
+            && now >= self.granted_until
+            && self.pending_grant.is_none()
+            && up_to_date
+    }
+
+    fn on_lease_probe_response(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        epoch: Epoch,
+        granted: bool,
+        promised_epoch: Epoch,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.epoch_seen_max = self.epoch_seen_max.max(promised_epoch);
+        let majority = self.majority();
+        let Some((probed, yes)) = &mut self.probe else {
+            return;
+        };
+        if !granted || *probed != epoch {
+            return;
+        }
+        yes.insert(from);
+        if yes.len() + 1 >= majority
+            && now >= self.granted_until
+            && self.pending_grant.is_none()
+            && self.storage_failure.is_none()
+        {
             self.start_candidacy(now, effects);
         }
     }
@@ -469,11 +549,8 @@ impl Replica {
     // ----- elections -----
 
     fn start_candidacy(&mut self, now: Millis, effects: &mut Vec<Effect>) {
-        let epoch = self
-            .promise_floor
-            .max(self.last_epoch())
-            .max(self.epoch_seen_max)
-            .next();
+        let epoch = self.next_candidate_epoch();
+        self.probe = None;
         self.role = Role::Candidate;
         self.epoch = epoch;
         self.epoch_seen_max = epoch;
@@ -559,13 +636,7 @@ impl Replica {
         effects: &mut Vec<Effect>,
     ) {
         self.epoch_seen_max = self.epoch_seen_max.max(epoch);
-        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
-        let grant = self.storage_failure.is_none()
-            && epoch > self.promise_floor
-            && now >= self.granted_until
-            && self.pending_grant.is_none()
-            && up_to_date;
-        if !grant {
+        if !self.would_grant(now, epoch, last_log_epoch, log_end) {
             effects.push(Effect::Send {
                 to: from,
                 message: PeerMessage::LeaseResponse {
@@ -579,6 +650,7 @@ impl Replica {
         // We may not lead (a leader's own grant window never expires while it leads), so
         // at most a candidacy is abandoned here.
         let was = (self.role, self.epoch, self.leader);
+        self.probe = None;
         self.candidacy = None;
         self.deferred_append = None;
         self.role = Role::Follower;
@@ -690,6 +762,7 @@ impl Replica {
         let was = (self.role, self.epoch, self.leader);
         self.role = Role::Follower;
         self.leader = leader;
+        self.probe = None;
         self.candidacy = None;
         self.election_deadline = now.plus(self.election_wait_ms());
         if was != (self.role, self.epoch, self.leader) {
@@ -905,6 +978,7 @@ impl Replica {
         self.storage_failure = Some(reason.clone());
         self.pending_grant = None;
         self.deferred_append = None;
+        self.probe = None;
         if self.role != Role::Follower {
             self.step_down(now, StepDown::Storage(reason), None, effects);
         }
@@ -930,6 +1004,27 @@ impl Replica {
                 granted,
                 promised_epoch,
             } => self.on_lease_response(now, from, epoch, granted, promised_epoch, effects),
+            PeerMessage::LeaseProbe {
+                epoch,
+                last_log_epoch,
+                log_end,
+            } => {
+                // Pure: a probe changes nothing here, not even what we heard of.
+                let granted = self.would_grant(now, epoch, last_log_epoch, log_end);
+                effects.push(Effect::Send {
+                    to: from,
+                    message: PeerMessage::LeaseProbeResponse {
+                        epoch,
+                        granted,
+                        promised_epoch: self.promise_floor,
+                    },
+                });
+            }
+            PeerMessage::LeaseProbeResponse {
+                epoch,
+                granted,
+                promised_epoch,
+            } => self.on_lease_probe_response(now, from, epoch, granted, promised_epoch, effects),
             PeerMessage::Append { .. } => self.on_append(now, from, message, effects),
             PeerMessage::AppendResponse {
                 epoch,
@@ -1153,6 +1248,7 @@ impl Replica {
             self.step_down(now, StepDown::HigherEpoch, Some(leader), effects);
         }
         let was = (self.role, self.epoch, self.leader);
+        self.probe = None;
         self.candidacy = None;
         self.role = Role::Follower;
         if was.1 != epoch || was.2 != Some(leader) {

@@ -227,6 +227,22 @@ pub enum PeerMessage {
         /// The responder's promise, so a rejected candidate learns the epoch to beat.
         promised_epoch: Epoch,
     },
+    /// Pre-vote (Raft's PreVote, applied to leases): "would you grant me `epoch`?". Answered
+    /// from the rules of DESIGN 5.2 without promising or changing anything, so that a replica
+    /// cut off from the others does not raise its promise, come back and depose a healthy
+    /// leader. A replica starts a real candidacy only after a majority (itself included)
+    /// would grant.
+    LeaseProbe {
+        epoch: Epoch,
+        last_log_epoch: Epoch,
+        log_end: Offset,
+    },
+    LeaseProbeResponse {
+        epoch: Epoch,
+        /// Whether a `LeaseRequest` for `epoch` would be granted now.
+        granted: bool,
+        promised_epoch: Epoch,
+    },
     /// Batches of the leader's log, or none as a heartbeat.
     Append {
         epoch: Epoch,
@@ -317,5 +333,7 @@ pub struct ReplicaStatus {
     pub high_watermark: Offset,
 }
 
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;
