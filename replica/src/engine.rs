@@ -133,6 +133,9 @@ pub struct Replica {
     /// Follower: the durable end last reported to the leader.
     durable_reported: Offset,
     storage_failure: Option<String>,
+    /// Appends refused because they would have truncated below our high watermark. Always
+    /// 0 unless some replica is wrong; the simulation and tests assert it.
+    committed_truncations_refused: u64,
     /// The latest `now` seen; time never runs backwards inside the engine.
     clock: Millis,
 }
@@ -234,6 +237,7 @@ impl Replica {
             leader_sent_at: Millis(0),
             durable_reported: Offset::ZERO,
             storage_failure: None,
+            committed_truncations_refused: 0,
             clock: now,
             config,
         };
@@ -291,6 +295,12 @@ impl Replica {
             durable_end: self.durable_end,
             high_watermark: self.high_watermark,
         }
+    }
+
+    /// Appends refused because they would have cut committed data: nonzero means a bug
+    /// somewhere in the replica set (checked by the simulation).
+    pub fn committed_truncations_refused(&self) -> u64 {
+        self.committed_truncations_refused
     }
 
     /// The epoch history as this replica holds it, oldest first.
@@ -1189,7 +1199,8 @@ impl Replica {
         }
         if truncate_from.is_some_and(|from| from < self.high_watermark) {
             // A committed offset never differs between replicas; a leader that says so is
-            // wrong, and we keep our committed prefix.
+            // wrong, and we keep our committed prefix (and count the refusal).
+            self.committed_truncations_refused += 1;
             return;
         }
         if !rest.is_empty() && self.unflushed.len() >= self.config.pending_requests_max {

@@ -88,11 +88,6 @@ impl MemoryLog {
         out
     }
 
-    fn flush(&mut self) {
-        self.disk_batches = self.batches.clone();
-        self.disk_promised = self.promised;
-    }
-
     fn crash(&mut self) {
         self.batches = self.disk_batches.clone();
         self.promised = self.disk_promised;
@@ -119,8 +114,9 @@ struct Node {
     replica: Option<Replica>,
     log: MemoryLog,
     /// Completions owed to the replica, one per Append/PersistPromise, fed in order when a
-    /// flush fires.
-    flushes: VecDeque<Input>,
+    /// flush fires, each with what the log held when its flush was requested: a flush covers
+    /// only the writes issued before it started, never later ones.
+    flushes: VecDeque<(Input, Vec<RecordBatch>, Epoch)>,
     /// This node's monotonic clock: `origin + global * (1 + skew)`.
     origin_ms: u64,
     skew_ppm: i64,
@@ -156,6 +152,9 @@ struct Simulation {
     /// Acknowledged acks=all batches: base offset and the value written.
     acked: Vec<(Offset, Vec<u8>)>,
     leaders_by_epoch: BTreeMap<Epoch, NodeId>,
+    /// Every batch some replica ever reported below its high watermark, by base offset:
+    /// committed history, which must never change (REP-5 over time).
+    committed: BTreeMap<Offset, RecordBatch>,
 }
 
 fn value_of(batch: &RecordBatch) -> Vec<u8> {
@@ -211,6 +210,7 @@ impl Simulation {
             next_request: 0,
             acked: Vec::new(),
             leaders_by_epoch: BTreeMap::new(),
+            committed: BTreeMap::new(),
         }
     }
 
@@ -233,7 +233,12 @@ impl Simulation {
                 match effect {
                     Effect::PersistPromise { epoch } => {
                         node.log.promised = node.log.promised.max(epoch);
-                        node.flushes.push_back(Input::PromisePersisted { epoch });
+                        let snapshot = (node.log.batches.clone(), node.log.promised);
+                        node.flushes.push_back((
+                            Input::PromisePersisted { epoch },
+                            snapshot.0,
+                            snapshot.1,
+                        ));
                     }
                     Effect::Append { batches } => {
                         assert!(!batches.is_empty());
@@ -241,7 +246,12 @@ impl Simulation {
                             node.log.append(batch);
                         }
                         let log_end = MemoryLog::log_end(&node.log.batches);
-                        node.flushes.push_back(Input::Durable { log_end });
+                        let snapshot = (node.log.batches.clone(), node.log.promised);
+                        node.flushes.push_back((
+                            Input::Durable { log_end },
+                            snapshot.0,
+                            snapshot.1,
+                        ));
                     }
                     Effect::Truncate { from } => node.log.truncate(from),
                     Effect::Send { to, message } => {
@@ -335,11 +345,17 @@ impl Simulation {
                 if !self.up(index) || self.nodes[index].flushes.is_empty() {
                     return;
                 }
-                self.nodes[index].log.flush();
-                // One flush may cover several completions (group commit).
+                // One flush may cover several completions (group commit); it makes durable
+                // what the log held when the newest of them was requested.
                 let count = 1 + self.rng.below(self.nodes[index].flushes.len() as u64);
-                for _ in 0..count {
-                    let input = self.nodes[index].flushes.pop_front().expect("non-empty");
+                let completions: Vec<_> =
+                    self.nodes[index].flushes.drain(..count as usize).collect();
+                if let Some((_, batches, promised)) = completions.last() {
+                    let log = &mut self.nodes[index].log;
+                    log.disk_batches = batches.clone();
+                    log.disk_promised = log.disk_promised.max(*promised);
+                }
+                for (input, _, _) in completions {
                     self.feed(index, input);
                 }
             }
@@ -440,7 +456,36 @@ impl Simulation {
     }
 
     /// REP-4 and REP-5 over the flushed state of every node.
-    fn check_logs(&self) {
+    fn check_logs(&mut self) {
+        for node in &self.nodes {
+            let Some(replica) = &node.replica else {
+                continue;
+            };
+            assert_eq!(
+                replica.committed_truncations_refused(),
+                0,
+                "a leader asked to truncate committed data"
+            );
+            let high_watermark = replica.status().high_watermark;
+            for batch in node
+                .log
+                .batches
+                .iter()
+                .take_while(|b| b.next_offset() <= high_watermark)
+            {
+                let known = self
+                    .committed
+                    .entry(batch.base_offset())
+                    .or_insert_with(|| batch.clone());
+                assert_eq!(
+                    known,
+                    batch,
+                    "REP-5: committed batch at {} changed on node {}",
+                    batch.base_offset(),
+                    node.id
+                );
+            }
+        }
         for (base, value) in &self.acked {
             let holders = self
                 .nodes
