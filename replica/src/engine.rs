@@ -81,10 +81,10 @@ enum StepDown {
 /// An `Append` effect whose `Durable` has not come back yet.
 #[derive(Debug, Clone, Copy)]
 struct Unflushed {
+    /// What its flush will prove durable: the log end after that append, lowered by every
+    /// truncation since (a flush that started before a truncation says nothing about what
+    /// was appended after it, only about the prefix that survived).
     log_end: Offset,
-    /// `truncations` when it was emitted: a flush that started before a truncation says
-    /// nothing about what was appended after it.
-    generation: u64,
 }
 
 /// One partition replica's protocol state.
@@ -111,7 +111,6 @@ pub struct Replica {
     durable_end: Offset,
     high_watermark: Offset,
     unflushed: VecDeque<Unflushed>,
-    truncations: u64,
     /// We promised not to grant a lease to anyone (ourselves included) before this instant
     /// (DESIGN 5.2b). Set to `now + lease_ms` at start, since a restarted replica may have
     /// forgotten a grant (DESIGN 5.3).
@@ -224,7 +223,6 @@ impl Replica {
             // suffix), and we know nothing above it yet.
             high_watermark: recovered.log_start,
             unflushed: VecDeque::new(),
-            truncations: 0,
             granted_until: now.plus(config.lease_ms),
             pending_grant: None,
             election_deadline: now,
@@ -414,7 +412,6 @@ impl Replica {
         }
         self.unflushed.push_back(Unflushed {
             log_end: self.log_end,
-            generation: self.truncations,
         });
         effects.push(Effect::Append { batches });
     }
@@ -600,10 +597,6 @@ impl Replica {
             return;
         }
         self.promised = epoch;
-        if self.epoch < epoch && self.role != Role::Candidate {
-            self.epoch = epoch;
-            self.role_changed(effects);
-        }
         if let Some((to, granted_epoch)) = self.pending_grant {
             if granted_epoch <= epoch {
                 self.pending_grant = None;
@@ -633,6 +626,11 @@ impl Replica {
                     self.deferred_append = Some((from, message));
                 }
             }
+        }
+        // A promise without a leader yet (a grant): our epoch is now the promised one.
+        if self.epoch < epoch && self.role == Role::Follower {
+            self.epoch = epoch;
+            self.role_changed(effects);
         }
     }
 
@@ -901,10 +899,8 @@ impl Replica {
         let Some(flushed) = self.unflushed.pop_front() else {
             return;
         };
-        if flushed.generation == self.truncations {
-            let covered = flushed.log_end.min(log_end).min(self.log_end);
-            self.durable_end = self.durable_end.max(covered);
-        }
+        let covered = flushed.log_end.min(log_end).min(self.log_end);
+        self.durable_end = self.durable_end.max(covered);
         if self.role == Role::Leader {
             self.answer_durable(effects);
             self.advance_commit(now, effects);
@@ -1210,7 +1206,9 @@ impl Replica {
         self.follow(now, from, epoch, sent_at, effects);
         if let Some(from_offset) = truncate_from {
             effects.push(Effect::Truncate { from: from_offset });
-            self.truncations += 1;
+            for flush in self.unflushed.iter_mut() {
+                flush.log_end = flush.log_end.min(from_offset);
+            }
             self.log_end = from_offset;
             self.durable_end = self.durable_end.min(from_offset);
             self.durable_reported = self.durable_reported.min(from_offset);

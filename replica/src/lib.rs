@@ -334,6 +334,8 @@ pub struct ReplicaStatus {
 }
 
 #[cfg(test)]
+mod peer_tests;
+#[cfg(test)]
 mod simulation;
 #[cfg(test)]
 mod tests;

@@ -255,7 +255,13 @@ impl Simulation {
                     }
                     Effect::Truncate { from } => node.log.truncate(from),
                     Effect::Send { to, message } => {
-                        let delay = self.rng.below(30);
+                        // Mostly short delays, sometimes a very late message (a stalled
+                        // connection): it must then be refused by epoch, not by luck.
+                        let delay = if self.rng.chance(3) {
+                            self.rng.below(1_000)
+                        } else {
+                            self.rng.below(30)
+                        };
                         let from = node.id;
                         self.network.push(Message {
                             deliver_at: self.now_ms + delay,
@@ -269,6 +275,22 @@ impl Simulation {
                             (self.requests.remove(&request), &result)
                         {
                             if !value.is_empty() {
+                                // REP-4 at the moment of the acknowledgement.
+                                let holders = self
+                                    .nodes
+                                    .iter()
+                                    .filter(|node| {
+                                        node.log.disk_batches.iter().any(|batch| {
+                                            batch.base_offset() == response.base_offset
+                                                && value_of(batch) == value
+                                        })
+                                    })
+                                    .count();
+                                assert!(
+                                    holders >= 2,
+                                    "REP-4: acked at {} durable on {holders} nodes",
+                                    response.base_offset
+                                );
                                 self.acked.push((response.base_offset, value));
                             }
                         }
@@ -542,7 +564,7 @@ impl Simulation {
         for action in 0..actions {
             self.act(true);
             self.check_now();
-            if action % 64 == 0 {
+            if action % 16 == 0 {
                 self.check_logs();
             }
         }
