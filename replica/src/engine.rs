@@ -258,7 +258,7 @@ impl Replica {
                 batch,
                 acks,
             } => self.on_produce(now, request, batch, acks, &mut effects),
-            Input::Durable { log_end } => self.on_durable(now, log_end, &mut effects),
+            Input::Durable { log_end } => self.on_durable(log_end, &mut effects),
             Input::PromisePersisted { epoch } => {
                 self.on_promise_persisted(now, epoch, &mut effects)
             }
@@ -754,7 +754,7 @@ impl Replica {
         self.append_local(vec![marker.clone()], effects);
         self.replicate_new(now, marker, effects);
         // A single voter commits by its own flush; with followers the marker travels above.
-        self.advance_commit(now, effects);
+        self.advance_commit(effects);
     }
 
     /// Leaves leadership or candidacy. Pending produce requests get an indeterminate error
@@ -894,7 +894,7 @@ impl Replica {
         }
     }
 
-    fn on_durable(&mut self, now: Millis, log_end: Offset, effects: &mut Vec<Effect>) {
+    fn on_durable(&mut self, log_end: Offset, effects: &mut Vec<Effect>) {
         // Exactly one `Durable` answers each `Append`, in order (see the crate docs).
         let Some(flushed) = self.unflushed.pop_front() else {
             return;
@@ -903,7 +903,7 @@ impl Replica {
         self.durable_end = self.durable_end.max(covered);
         if self.role == Role::Leader {
             self.answer_durable(effects);
-            self.advance_commit(now, effects);
+            self.advance_commit(effects);
         } else {
             self.report_durable(effects);
         }
@@ -938,7 +938,7 @@ impl Replica {
 
     /// The commit rule (DESIGN 5.4): the newest offset durable on a majority, the leader
     /// included, and only once this epoch's marker is among it.
-    fn advance_commit(&mut self, _now: Millis, effects: &mut Vec<Effect>) {
+    fn advance_commit(&mut self, effects: &mut Vec<Effect>) {
         let majority = self.majority();
         let durable_end = self.durable_end;
         let epoch = self.epoch;
@@ -1165,6 +1165,14 @@ impl Replica {
             });
             return;
         }
+        // With too many flushes outstanding we take no batches now, but still answer as to a
+        // heartbeat, so the leader keeps its lease and resends from where we are.
+        let batches =
+            if !batches.is_empty() && self.unflushed.len() >= self.config.pending_requests_max {
+                Vec::new()
+            } else {
+                batches
+            };
         // Skip batches we already hold (same epoch at the same offset means the same batch);
         // the first one that differs marks an uncommitted suffix to drop (DESIGN 5.6).
         let mut skip = 0;
@@ -1197,10 +1205,6 @@ impl Replica {
             // A committed offset never differs between replicas; a leader that says so is
             // wrong, and we keep our committed prefix (and count the refusal).
             self.committed_truncations_refused += 1;
-            return;
-        }
-        if !rest.is_empty() && self.unflushed.len() >= self.config.pending_requests_max {
-            // Too many flushes outstanding: say nothing, the leader resends on a heartbeat.
             return;
         }
         self.follow(now, from, epoch, sent_at, effects);
@@ -1374,10 +1378,14 @@ impl Replica {
             }
             AppendResult::Diverged { .. } => {
                 let next = diverged_at.expect("computed for Diverged");
-                progress.next = next;
-                progress.matched = progress.matched.min(next);
-                // A read for the old position is now useless; its answer will be ignored.
-                progress.read_from = None;
+                // Several pipelined appends behind one lost message all answer Diverged: the
+                // read already under way for that position serves them all.
+                if progress.read_from != Some(next) {
+                    progress.next = next;
+                    progress.matched = progress.matched.min(next);
+                    // A read for another position is useless now; its answer is ignored.
+                    progress.read_from = None;
+                }
             }
             AppendResult::StaleEpoch { .. } => unreachable!("handled above"),
         }
@@ -1393,7 +1401,7 @@ impl Replica {
             });
         }
         self.check_lease(now, effects);
-        self.advance_commit(now, effects);
+        self.advance_commit(effects);
     }
 
     fn on_peer_read(

@@ -759,3 +759,54 @@ fn an_append_with_a_gap_or_foreign_epoch_is_dropped() {
     );
     assert_eq!(follower.status(), before);
 }
+
+#[test]
+fn a_follower_with_too_many_flushes_outstanding_answers_without_taking_batches() {
+    let mut follower = follower3();
+    let max = Config::for_tests().pending_requests_max as u64;
+    // The marker's flush is outstanding; add appends until `max` flushes are owed.
+    for offset in 1..max {
+        let one = batch(&["v"]).stamped(Offset(offset), Epoch(1));
+        let effects = follower.step(
+            Millis(1_010),
+            peer(A, append(1, offset, 1, vec![one], 0, 10)),
+        );
+        assert_eq!(effects.len(), 2, "append and answer");
+    }
+    let before = follower.status();
+    assert_eq!(before.log_end, Offset(max));
+    let one_more = batch(&["w"]).stamped(Offset(max), Epoch(1));
+    assert_eq!(
+        follower.step(
+            Millis(1_020),
+            peer(A, append(1, max, 1, vec![one_more], 0, 20))
+        ),
+        vec![send(A, ok_response(1, 20, max, 0))]
+    );
+    assert_eq!(follower.status(), before);
+}
+
+#[test]
+fn repeated_divergence_at_one_position_reads_once() {
+    let (recovered, _) = epoch_one_log();
+    let (mut leader, _) = elect(recovered);
+    let diverged = PeerMessage::AppendResponse {
+        epoch: Epoch(2),
+        sent_at: Millis(1_000),
+        result: AppendResult::Diverged {
+            epoch: Epoch(1),
+            end_offset: Offset(2),
+        },
+    };
+    let bytes_max = Config::for_tests().append_message_bytes_max;
+    assert_eq!(
+        leader.step(Millis(1_010), peer(C, diverged.clone())),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(2),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
+    assert_eq!(leader.step(Millis(1_011), peer(C, diverged)), vec![]);
+}
