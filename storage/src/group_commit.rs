@@ -303,3 +303,199 @@ impl Future for FlushTicket {
             .map(|result| result.unwrap_or_else(|_| Err(stopped())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemoryStore, PartitionLog};
+    use cairn_protocol::batch::{Record, RecordBatchBuilder};
+    use cairn_protocol::{Epoch, Offset};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// A store whose flush is slow, can be held at a gate, and can fail on demand.
+    #[derive(Clone, Default)]
+    struct TestStore {
+        memory: MemoryStore,
+        flush_delay_ms: u64,
+        gate_closed: Arc<(Mutex<bool>, Condvar)>,
+        failing: Arc<AtomicBool>,
+        flushes_started: Arc<AtomicU64>,
+    }
+
+    impl TestStore {
+        fn set_gate(&self, closed: bool) {
+            *self.gate_closed.0.lock().unwrap() = closed;
+            self.gate_closed.1.notify_all();
+        }
+
+        fn wait_for_flushes_started(&self, count: u64) {
+            for _ in 0..5_000 {
+                if self.flushes_started.load(Ordering::SeqCst) >= count {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("flush {count} never started");
+        }
+    }
+
+    impl LogStore for TestStore {
+        type Log = crate::MemoryLog;
+
+        fn open_log(&self, name: &str) -> Result<Self::Log, StorageError> {
+            self.memory.open_log(name)
+        }
+
+        fn remove_log(&self, name: &str) -> Result<(), StorageError> {
+            self.memory.remove_log(name)
+        }
+
+        fn log_names(&self) -> Result<Vec<String>, StorageError> {
+            self.memory.log_names()
+        }
+
+        fn flush(&self) -> Result<(), StorageError> {
+            self.flushes_started.fetch_add(1, Ordering::SeqCst);
+            let (closed, opened) = &*self.gate_closed;
+            let mut guard = closed.lock().unwrap();
+            while *guard {
+                guard = opened.wait(guard).unwrap();
+            }
+            drop(guard);
+            std::thread::sleep(Duration::from_millis(self.flush_delay_ms));
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(StorageError::Io("disk on fire".to_owned()));
+            }
+            self.memory.flush()
+        }
+    }
+
+    fn batch() -> cairn_protocol::RecordBatch {
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(&Record::new("v"));
+        builder.build()
+    }
+
+    #[test]
+    fn many_concurrent_requests_share_few_flushes() {
+        let store = TestStore {
+            flush_delay_ms: 5,
+            ..TestStore::default()
+        };
+        let committer = GroupCommitter::start(store.clone());
+        let threads: Vec<_> = (0..100)
+            .map(|_| {
+                let committer = committer.clone();
+                std::thread::spawn(move || committer.request_blocking())
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap().unwrap();
+        }
+        let stats = committer.stats();
+        assert_eq!(stats.requests_served, 100);
+        assert!(
+            stats.flushes <= 25,
+            "100 requests took {} flushes: no grouping",
+            stats.flushes
+        );
+        assert_eq!(stats.flushes, store.memory.flushes());
+    }
+
+    #[test]
+    fn a_ticket_resolves_only_after_a_flush_that_started_after_it() {
+        let store = TestStore::default();
+        let committer = GroupCommitter::start(store.clone());
+        let mut log = store.open_log("p").unwrap();
+        // Hold a flush in flight, then append and ask: the running flush must not count.
+        store.set_gate(true);
+        let first = committer.try_request().unwrap();
+        store.wait_for_flushes_started(1);
+        log.append(&batch().stamped(Offset(0), Epoch(1))).unwrap();
+        let second = committer.try_request().unwrap();
+        store.set_gate(false);
+        first.wait_blocking().unwrap();
+        second.wait_blocking().unwrap();
+        assert_eq!(committer.stats().flushes, 2);
+        store.memory.crash();
+        assert_eq!(
+            log.log_end(),
+            Offset(1),
+            "the append was covered by the flush"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_refuses_or_waits_for_room() {
+        let store = TestStore::default();
+        let committer = GroupCommitter::start_with(
+            store.clone(),
+            GroupCommitConfig {
+                flush_requests_max: 2,
+            },
+        );
+        store.set_gate(true);
+        let in_flight = committer.try_request().unwrap();
+        store.wait_for_flushes_started(1);
+        let queued = [
+            committer.try_request().unwrap(),
+            committer.try_request().unwrap(),
+        ];
+        assert_eq!(committer.queued(), 2);
+        assert!(matches!(
+            committer.try_request(),
+            Err(StorageError::FlushQueueFull {
+                flush_requests_max: 2
+            })
+        ));
+        // The async request waits for room instead of failing or growing the queue.
+        let mut waiting = Box::pin(committer.request());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), waiting.as_mut())
+                .await
+                .is_err(),
+            "resolved while its flush could not even start"
+        );
+        assert_eq!(committer.queued(), 2);
+        store.set_gate(false);
+        in_flight.await.unwrap();
+        for ticket in queued {
+            ticket.await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("waited for room forever")
+            .unwrap();
+        assert_eq!(committer.stats().requests_served, 4);
+    }
+
+    #[test]
+    fn flush_errors_reach_every_waiting_request() {
+        let store = TestStore::default();
+        store.failing.store(true, Ordering::SeqCst);
+        let committer = GroupCommitter::start(store.clone());
+        let result = committer.request_blocking();
+        assert_eq!(result, Err(StorageError::Io("disk on fire".to_owned())));
+        assert_eq!(committer.stats().flushes_failed, 1);
+        store.failing.store(false, Ordering::SeqCst);
+        committer.request_blocking().unwrap();
+    }
+
+    #[test]
+    fn dropping_the_committer_answers_queued_requests_and_stops_the_thread() {
+        let store = TestStore {
+            flush_delay_ms: 20,
+            ..TestStore::default()
+        };
+        let committer = GroupCommitter::start(store.clone());
+        let tickets: Vec<_> = (0..3).map(|_| committer.try_request().unwrap()).collect();
+        let weak = Arc::downgrade(&committer.handle.shared);
+        drop(committer);
+        // Drop joined the thread, so its reference to the shared state is gone.
+        assert_eq!(weak.strong_count(), 0);
+        for ticket in tickets {
+            ticket.wait_blocking().unwrap();
+        }
+    }
+}

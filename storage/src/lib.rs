@@ -3,17 +3,19 @@
 //! Map of the modules:
 //!
 //! - this file: the [`LogStore`] / [`PartitionLog`] contract every implementation honours.
-//! - `sled_store`: the real one. One sled database per node; one tree per partition log keyed
-//!   by base offset (big-endian u64), so a range scan is a sequential read; a metadata tree per
-//!   log (promised epoch, epoch history, log start offset, time index).
-//! - `memory`: the in-memory twin, with a fault hook ([`memory::MemoryStore::crash`]) that
-//!   loses every unflushed write, for simulations.
+//! - `sled_store`: the real one. One sled database per node; per log a data tree keyed by base
+//!   offset (big-endian u64), so a range scan is a sequential read, a metadata tree (promised
+//!   epoch, epoch history, log start offset, size counter, caller values) and a time-index tree.
+//! - `memory`: the in-memory twin, with fault hooks ([`memory::MemoryStore::crash`] loses every
+//!   unflushed write, [`memory::MemoryStore::crash_torn`] keeps a prefix of them), for
+//!   simulations.
 //! - `group_commit`: one flusher thread; a flush covers every append that arrived while the
-//!   previous flush ran, across partitions.
+//!   previous flush ran, across partitions; a bounded request queue gives backpressure.
 //! - `core` (private): the contract's rules written once over three ordered maps (data, meta,
 //!   time index), including crash repair on open; both implementations are thin backends.
 //! - `tests/conformance.rs`: the one test suite both implementations must pass;
-//!   `tests/crash.rs` kills a real writer process with SIGKILL and checks what survives.
+//!   `tests/crash.rs` kills a real writer process with SIGKILL and checks what survives;
+//!   `tests/torn_recovery.rs` recovers from every torn prefix of unflushed writes.
 //!
 //! Data flow: a partition actor validates and stamps a batch, `append`s it (buffered, not yet
 //! durable), asks the [`group_commit::GroupCommitter`] for a flush ticket, and when the ticket
@@ -100,12 +102,15 @@ pub trait LogStore: Clone + Send + Sync + 'static {
     /// Names of every log present.
     fn log_names(&self) -> Result<Vec<String>, StorageError>;
 
-    /// Blocks until every write issued before this call, on every log, is durable.
+    /// Blocks until every write issued before this call, on every log, is durable. Callers
+    /// on an async thread use a [`group_commit::GroupCommitter`] instead.
     fn flush(&self) -> Result<(), StorageError>;
 }
 
 /// One partition replica's log. Methods never panic on bad data: they return
-/// [`StorageError`] and change nothing.
+/// [`StorageError`] and change nothing. Handles of one log opened from one store share their
+/// state; after [`LogStore::remove_log`] every call on an old handle fails with
+/// [`StorageError::Io`].
 pub trait PartitionLog: Send + 'static {
     /// First offset still in the log (retention moves it forward; it is persisted).
     fn log_start(&self) -> Offset;
@@ -121,7 +126,11 @@ pub trait PartitionLog: Send + 'static {
     /// Whole batches holding offsets in `[from, until)`, in order, starting with the batch that
     /// contains `from`, up to `max_bytes` in total, but always at least one batch when any
     /// qualifies (so a batch larger than `max_bytes` is still delivered). Each batch's checksum
-    /// is verified on the way out.
+    /// is verified on the way out, and its stamp against its key and the epoch history
+    /// ([`StorageError::Inconsistent`]). `until` is clamped to the log end. Offsets below the
+    /// log start are simply absent, so the first batch returned may start above `from`:
+    /// callers that must tell "retained away" from "present" compare `from` with
+    /// [`PartitionLog::log_start`] first, as a Kafka broker answers `OffsetOutOfRange`.
     fn read(
         &self,
         from: Offset,
@@ -131,12 +140,15 @@ pub trait PartitionLog: Send + 'static {
 
     /// Removes every batch at or above `from`, which must be a batch boundary (or the log
     /// end) and not below the log start; drops epoch-history entries that started at or after
-    /// it. Used only for an uncommitted suffix (DESIGN 5.6).
+    /// it. `from == log_end` changes nothing. Used only for an uncommitted suffix (DESIGN 5.6).
+    /// Offsets stay monotonic: truncating everything leaves `log_end == log_start`.
     fn truncate_suffix(&mut self, from: Offset) -> Result<(), StorageError>;
 
     /// Removes whole batches from the start as the policy says, never at or beyond
     /// `keep_from` (the caller passes the high watermark: nothing uncommitted is removed).
-    /// Returns the new log start, which is persisted.
+    /// Returns the new log start, which is persisted. Epoch-history entries before the new
+    /// start are dropped, the one covering it moves to it (Kafka's truncate-from-start), so
+    /// an emptied log still knows its last epoch.
     fn apply_retention(
         &mut self,
         policy: RetentionPolicy,
@@ -170,6 +182,7 @@ pub trait PartitionLog: Send + 'static {
     fn promised_epoch(&self) -> Epoch;
 
     /// Records a promise. Durable only after a later flush: callers flush before answering.
+    /// Storage records what it is given; never lowering it (REP-2) is the replica's rule.
     fn set_promised_epoch(&mut self, epoch: Epoch) -> Result<(), StorageError>;
 
     /// Small named values kept with the log (e.g. producer state), durable after a flush.

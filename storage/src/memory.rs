@@ -1,6 +1,6 @@
 //! The in-memory twin of [`crate::sled_store`], for tests and the deterministic simulator.
 //!
-//! It runs the very same rules ([`crate::core`]) over `BTreeMap`s. Every write is also kept in
+//! It runs the very same rules (the private `core` module) over `BTreeMap`s. Every write is also kept in
 //! a journal; [`LogStore::flush`] applies the journal to a "durable" copy, and
 //! [`MemoryStore::crash`] throws away whatever was not flushed (data and metadata alike: log
 //! start, promised epoch, epoch history, values, created and removed logs) and reopens every

@@ -484,6 +484,11 @@ fn recovers_everything_flushed_on_reopen<F: Fixture>() {
         Some(Bytes::from_static(b"\x01\x02"))
     );
     assert_eq!(log.get_value("absent").unwrap(), None);
+    // The time index came back too (every record of this log has timestamp T0 .. T0 + 2).
+    assert_eq!(
+        log.offset_for_timestamp(T0_MS + 2, Offset(100)).unwrap(),
+        Some((Offset(5), T0_MS + 2))
+    );
     let other = store.open_log("q").unwrap();
     assert_eq!(other.log_end(), Offset(1));
     assert_eq!(
