@@ -510,7 +510,10 @@ impl Replica {
         log_end: Offset,
     ) -> bool {
         let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
-        self.storage_failure.is_none()
+        // A leader never grants: its own lease would overlap the next leader's. (Its grant
+        // window is also kept ahead of its lease; this says it outright.)
+        self.role != Role::Leader
+            && self.storage_failure.is_none()
             && epoch > self.promise_floor
             && now >= self.granted_until
             && self.pending_grant.is_none()

@@ -810,3 +810,47 @@ fn repeated_divergence_at_one_position_reads_once() {
     );
     assert_eq!(leader.step(Millis(1_011), peer(C, diverged)), vec![]);
 }
+
+#[test]
+fn a_leader_with_a_live_lease_grants_nothing() {
+    let mut leader = leader3();
+    // B keeps the lease alive; well past lease_ms after the election a candidate asks.
+    leader.step(Millis(1_100), peer(B, ok_response(1, 1_090, 1, 1)));
+    leader.step(Millis(1_250), peer(B, ok_response(1, 1_240, 1, 1)));
+    let now = Millis(1_400);
+    assert!(leader.lease_valid(now));
+    let before = leader.status();
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(9),
+    };
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(9),
+    };
+    assert_eq!(
+        leader.step(now, peer(C, probe)),
+        vec![send(
+            C,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(2),
+                granted: false,
+                promised_epoch: Epoch(1)
+            }
+        )]
+    );
+    assert_eq!(
+        leader.step(now, peer(C, request)),
+        vec![send(
+            C,
+            PeerMessage::LeaseResponse {
+                epoch: Epoch(2),
+                granted: false,
+                promised_epoch: Epoch(1)
+            }
+        )]
+    );
+    assert_eq!(leader.status(), before);
+}
