@@ -36,15 +36,13 @@ fn epoch_one_log() -> (Recovered, Vec<RecordBatch>) {
 }
 
 fn replica(node: NodeId, recovered: Recovered) -> Replica {
-    Replica::new(
-        Config::for_tests(),
-        node,
-        vec![A, B, C],
-        recovered,
-        Millis(0),
-    )
-    .unwrap()
-    .0
+    replica_with(Config::for_tests(), node, recovered)
+}
+
+fn replica_with(config: Config, node: NodeId, recovered: Recovered) -> Replica {
+    Replica::new(config, node, vec![A, B, C], recovered, Millis(0))
+        .unwrap()
+        .0
 }
 
 fn marker(offset: u64, epoch: u64) -> RecordBatch {
@@ -110,13 +108,17 @@ fn produced(request: u64, base: u64, epoch: u64) -> Effect {
 /// Node A wins the epoch after its recovered one, with B's pre-vote and grant, at t=1000.
 /// Returns the leader and the effects of winning.
 fn elect(recovered: Recovered) -> (Replica, Vec<Effect>) {
+    elect_with(Config::for_tests(), recovered)
+}
+
+fn elect_with(config: Config, recovered: Recovered) -> (Replica, Vec<Effect>) {
     let log_end = recovered.log_end;
     let last_log_epoch = recovered
         .epoch_history
         .last()
         .map_or(Epoch(0), |entry| entry.0);
     let epoch = recovered.promised_epoch.next();
-    let mut leader = replica(A, recovered);
+    let mut leader = replica_with(config, A, recovered);
     let now = Millis(1_000);
     let probe = PeerMessage::LeaseProbe {
         epoch,
@@ -853,4 +855,58 @@ fn a_leader_with_a_live_lease_grants_nothing() {
         )]
     );
     assert_eq!(leader.status(), before);
+}
+
+#[test]
+fn a_catch_up_read_is_trimmed_to_the_message_limit() {
+    let (recovered, batches) = epoch_one_log();
+    // Room for the first batch only.
+    let bytes_max = batches[0].size_bytes() + 1;
+    let config = Config {
+        append_message_bytes_max: bytes_max,
+        ..Config::for_tests()
+    };
+    let (mut leader, _) = elect_with(config, recovered);
+    let diverged = PeerMessage::AppendResponse {
+        epoch: Epoch(2),
+        sent_at: Millis(1_000),
+        result: AppendResult::Diverged {
+            epoch: Epoch(0),
+            end_offset: Offset(0),
+        },
+    };
+    assert_eq!(
+        leader.step(Millis(1_010), peer(C, diverged)),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(0),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
+    // Storage returned more than the limit (a read may overshoot): whole batches within it
+    // are sent, and always at least one.
+    let mut all = batches.clone();
+    all.push(marker(3, 2));
+    assert_eq!(
+        leader.step(
+            Millis(1_010),
+            Input::PeerRead {
+                to: C,
+                from: Offset(0),
+                batches: all
+            }
+        ),
+        vec![send(C, append(2, 0, 0, vec![batches[0].clone()], 0, 1_010))]
+    );
+    // Once C answers, the next read starts where that message ended.
+    assert_eq!(
+        leader.step(Millis(1_020), peer(C, ok_response(2, 1_010, 2, 2))),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(2),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
 }
