@@ -7,8 +7,9 @@
 //! `poll` sends one long-poll `Fetch` per leader covering all of that leader's assigned
 //! partitions, concurrently; decodes the batches (skipping control batches and records below
 //! the position, since a fetch may start at an earlier batch boundary); and hands out at most
-//! `max_poll_records` records, keeping the rest buffered. No new fetch is sent while records
-//! are buffered, so memory stays bounded by one fetch response.
+//! `max_poll_records` records, keeping the rest buffered. At most one fetch is out at a time:
+//! it starts when the buffer holds fewer than `max_poll_records` records (so it travels while
+//! the application works), and memory stays bounded by that buffer plus one fetch response.
 
 use crate::cluster::{unexpected, Cluster};
 use crate::config::{AutoOffsetReset, ClientConfig, ConsumerConfig};
@@ -22,6 +23,17 @@ use cairn_protocol::{ApiError, Header, NodeId, Offset, Request, Response};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Bytes of record batches a fetch may ask for so that the reply fits in a frame of
+/// `frame_bytes_max`: room is left for the envelope and each partition's entry.
+fn fetch_bytes_limit(frame_bytes_max: u32, partitions: usize) -> u32 {
+    const ENVELOPE_BYTES: u32 = 1024;
+    const PARTITION_ENTRY_BYTES: u32 = 512;
+    let overhead =
+        ENVELOPE_BYTES.saturating_add(PARTITION_ENTRY_BYTES.saturating_mul(partitions as u32));
+    frame_bytes_max.saturating_sub(overhead).max(1)
+}
 
 /// One record as the consumer returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +107,16 @@ pub struct Consumer {
     config: ConsumerConfig,
     assignment: BTreeMap<TopicPartition, PartitionState>,
     buffer: VecDeque<ConsumerRecord>,
+    /// The fetch in flight, if any (started by a previous poll or this one).
+    fetch: Option<JoinHandle<Result<Vec<LeaderFetch>>>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            fetch.abort();
+        }
+    }
 }
 
 impl Consumer {
@@ -106,6 +128,7 @@ impl Consumer {
             config,
             assignment: BTreeMap::new(),
             buffer: VecDeque::new(),
+            fetch: None,
         })
     }
 
@@ -231,21 +254,31 @@ impl Consumer {
 
     /// Returns the next records, waiting up to `timeout` for some to arrive. An empty vector
     /// means none arrived in time. At most `max_poll_records` are returned.
+    ///
+    /// When the buffer runs low, the next fetch is started before returning, so it travels
+    /// while the application works on the records just returned.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
         let mut attempt = 0u32;
         loop {
             if !self.buffer.is_empty() {
-                return Ok(self.take_buffered());
+                let records = self.take_buffered();
+                if self.buffer.len() < self.config.max_poll_records && self.fetch.is_none() {
+                    self.start_fetch(Duration::from_millis(u64::from(
+                        self.config.fetch_max_wait_ms,
+                    )));
+                }
+                return Ok(records);
             }
             if self.assignment.is_empty() {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
                 return Ok(Vec::new());
             }
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            match self.fetch_once(remaining).await {
-                Ok(()) => attempt = 0,
+            let result = self.fetch_until(deadline).await;
+            match result {
+                Ok(true) => attempt = 0,
+                // The fetch is still out; it is picked up by the next poll.
+                Ok(false) => return Ok(Vec::new()),
                 Err(error) if error.is_retriable() => {
                     if error.needs_metadata_refresh() {
                         self.cluster.invalidate();
@@ -281,69 +314,88 @@ impl Consumer {
         records
     }
 
-    /// Resolves missing positions, then sends one fetch per leader and buffers the results.
-    async fn fetch_once(&mut self, wait: Duration) -> Result<()> {
-        let unresolved: Vec<TopicPartition> = self
+    /// Makes sure a fetch is out (resolving missing positions first) and waits for it until
+    /// `deadline`. Returns whether it completed (and its records were buffered).
+    async fn fetch_until(&mut self, deadline: Instant) -> Result<bool> {
+        if self.fetch.is_none() {
+            let unresolved: Vec<TopicPartition> = self
+                .assignment
+                .iter()
+                .filter(|(_, state)| state.fetch_offset.is_none())
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in unresolved {
+                self.reset_offset(&key).await?;
+            }
+            self.start_fetch(deadline.saturating_duration_since(Instant::now()));
+        }
+        let Some(fetch) = self.fetch.as_mut() else {
+            return Ok(true);
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let outcome = match tokio::time::timeout_at(deadline, fetch).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Ok(false),
+        };
+        self.fetch = None;
+        let outcome = outcome
+            .map_err(|error| ClientError::protocol(format!("fetch task failed: {error}")))?;
+        self.absorb(outcome?).await?;
+        Ok(true)
+    }
+
+    /// Starts one fetch per leader for every partition with a known fetch offset, in a
+    /// background task.
+    fn start_fetch(&mut self, wait: Duration) {
+        let wanted: Vec<(TopicPartition, Offset)> = self
             .assignment
             .iter()
-            .filter(|(_, state)| state.fetch_offset.is_none())
-            .map(|(key, _)| key.clone())
+            .filter_map(|(key, state)| state.fetch_offset.map(|offset| (key.clone(), offset)))
             .collect();
-        for key in unresolved {
-            self.reset_offset(&key).await?;
+        if wanted.is_empty() {
+            return;
         }
+        let cluster = Arc::clone(&self.cluster);
+        let config = self.config.clone();
+        let max_wait_ms =
+            (wait.as_millis().min(u128::from(u32::MAX)) as u32).min(config.fetch_max_wait_ms);
+        self.fetch = Some(tokio::spawn(fetch_all(
+            cluster,
+            config,
+            wanted,
+            max_wait_ms,
+        )));
+    }
 
-        let mut by_leader: HashMap<NodeId, Vec<FetchPartition>> = HashMap::new();
-        for (key, state) in &self.assignment {
-            let Some(offset) = state.fetch_offset else {
-                continue;
-            };
-            let leader = self.cluster.leader(&key.topic, key.partition).await?;
-            by_leader.entry(leader).or_default().push(FetchPartition {
-                topic: key.topic.to_string(),
-                partition: key.partition,
-                offset,
-                max_bytes: self.config.fetch_partition_max_bytes,
-            });
-        }
-        let max_wait_ms = (wait.as_millis() as u32).min(self.config.fetch_max_wait_ms);
-        let fetches = by_leader.into_iter().map(|(leader, partitions)| {
-            let cluster = Arc::clone(&self.cluster);
-            let request = Request::Fetch(FetchRequest {
-                max_wait_ms,
-                min_bytes: self.config.fetch_min_bytes,
-                max_bytes: self.config.fetch_max_bytes,
-                partitions,
-            });
-            async move {
-                let connection = cluster.broker_connection(leader).await?;
-                let timeout = cluster.config().request_timeout()
-                    + Duration::from_millis(u64::from(max_wait_ms));
-                connection
-                    .submit_with_timeout(request, timeout)
-                    .await?
-                    .wait()
-                    .await
-            }
-        });
-        let replies = futures::future::join_all(fetches).await;
+    /// Buffers the records of a completed fetch. A partition sought or unassigned while the
+    /// fetch was out is skipped (its data starts at the wrong offset).
+    async fn absorb(&mut self, replies: Vec<LeaderFetch>) -> Result<()> {
         let mut first_error = None;
-        for reply in replies {
-            match reply {
-                Ok(Response::Fetch(reply)) => {
-                    for partition in reply.partitions {
-                        let key = TopicPartition::new(&partition.topic, partition.partition);
-                        match partition.result {
-                            Ok(fetched) => self.buffer_fetched(&key, fetched)?,
-                            Err(error) => {
-                                self.partition_error(&key, error, &mut first_error).await?
-                            }
-                        }
-                    }
-                }
+        for LeaderFetch { offsets, reply } in replies {
+            let reply = match reply {
+                Ok(Response::Fetch(reply)) => reply,
                 Ok(other) => return Err(unexpected("Fetch", &other)),
                 Err(error) => {
                     first_error.get_or_insert(error);
+                    continue;
+                }
+            };
+            for partition in reply.partitions {
+                let key = TopicPartition::new(&partition.topic, partition.partition);
+                let requested = offsets
+                    .iter()
+                    .find(|(candidate, _)| *candidate == key)
+                    .map(|(_, offset)| *offset);
+                let current = self
+                    .assignment
+                    .get(&key)
+                    .and_then(|state| state.fetch_offset);
+                if requested.is_none() || requested != current {
+                    continue;
+                }
+                match partition.result {
+                    Ok(fetched) => self.buffer_fetched(&key, fetched)?,
+                    Err(error) => self.partition_error(&key, error, &mut first_error).await?,
                 }
             }
         }
@@ -439,4 +491,70 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+/// One leader's fetch: the offsets asked for and the reply.
+struct LeaderFetch {
+    offsets: Vec<(TopicPartition, Offset)>,
+    reply: Result<Response>,
+}
+
+/// Sends one fetch per leader, concurrently, and collects the replies.
+async fn fetch_all(
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    wanted: Vec<(TopicPartition, Offset)>,
+    max_wait_ms: u32,
+) -> Result<Vec<LeaderFetch>> {
+    let mut by_leader: HashMap<NodeId, Vec<(TopicPartition, Offset)>> = HashMap::new();
+    for (key, offset) in wanted {
+        let leader = cluster.leader(&key.topic, key.partition).await?;
+        by_leader.entry(leader).or_default().push((key, offset));
+    }
+    let fetches = by_leader.into_iter().map(|(leader, offsets)| {
+        let cluster = Arc::clone(&cluster);
+        let config = config.clone();
+        async move {
+            let reply = fetch_from(&cluster, &config, leader, &offsets, max_wait_ms).await;
+            LeaderFetch { offsets, reply }
+        }
+    });
+    Ok(futures::future::join_all(fetches).await)
+}
+
+async fn fetch_from(
+    cluster: &Cluster,
+    config: &ConsumerConfig,
+    leader: NodeId,
+    offsets: &[(TopicPartition, Offset)],
+    max_wait_ms: u32,
+) -> Result<Response> {
+    let connection = cluster.broker_connection(leader).await?;
+    // The reply must fit in one frame of the server's maximum size.
+    let max_bytes = config.fetch_max_bytes.min(fetch_bytes_limit(
+        connection.limits().frame_bytes_max,
+        offsets.len(),
+    ));
+    let partitions = offsets
+        .iter()
+        .map(|(key, offset)| FetchPartition {
+            topic: key.topic.to_string(),
+            partition: key.partition,
+            offset: *offset,
+            max_bytes: config.fetch_partition_max_bytes.min(max_bytes),
+        })
+        .collect();
+    let request = Request::Fetch(FetchRequest {
+        max_wait_ms,
+        min_bytes: config.fetch_min_bytes,
+        max_bytes,
+        partitions,
+    });
+    let timeout =
+        cluster.config().request_timeout() + Duration::from_millis(u64::from(max_wait_ms));
+    connection
+        .submit_with_timeout(request, timeout)
+        .await?
+        .wait()
+        .await
 }
