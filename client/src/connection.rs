@@ -7,7 +7,7 @@
 //! for replies: when it is exhausted the next caller waits (backpressure), it never queues
 //! without bound. A reply that does not come within the request timeout, or a broken socket,
 //! closes the connection and fails every pending request with a retriable error; the owner
-//! ([`crate::cluster::Cluster`]) opens a new connection on next use.
+//! (the internal `cluster` module) opens a new connection on next use.
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};

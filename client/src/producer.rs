@@ -2,7 +2,7 @@
 //!
 //! Data flow: `send` reserves the record's size in a bounded buffer (waiting while it is full:
 //! that is the backpressure), picks the partition (key hash, explicit, or sticky) and appends
-//! to the [`crate::accumulator`]. One background sender task drains closed batches in order
+//! to the accumulator (module `accumulator`). One background sender task drains closed batches in order
 //! and writes them as `Produce` requests on the leader's connection (pipelined, in order per
 //! partition); a small task per batch waits for the reply, resolves the records' futures and
 //! gives the buffer space back, or puts the batch back for a retry.

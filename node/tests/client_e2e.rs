@@ -316,6 +316,55 @@ async fn acknowledged_records_survive_sigkill_exactly_once() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_rides_out_a_node_restart_and_loses_nothing_acknowledged() {
+    let mut node = TestNode::start();
+    bounded(async {
+        create_topic(&node, "restart", 2).await;
+        let producer = Producer::new(client_config(&node), ProducerConfig::default())
+            .await
+            .unwrap();
+        let total = 6_000u32;
+        let mut deliveries = Vec::new();
+        for i in 0..total {
+            if i == total / 3 {
+                // Kill with batches in flight; the producer must reconnect and retry them
+                // (a retried batch may be written twice: no idempotence yet).
+                tokio::task::block_in_place(|| {
+                    node.kill();
+                    node.restart();
+                });
+            }
+            let record = Record::new(format!("r-{i}")).with_key(i.to_string());
+            deliveries.push(producer.send("restart", record).await.unwrap());
+        }
+        producer.flush().await.unwrap();
+        let mut acknowledged = Vec::new();
+        for delivery in deliveries {
+            let metadata = delivery.await.expect("retried until acknowledged");
+            acknowledged.push((metadata.partition, metadata.offset.unwrap()));
+        }
+        let mut consumer = earliest_consumer(&node);
+        consumer.assign_topic("restart").await.unwrap();
+        let records = consume(&mut consumer, total as usize).await;
+        let by_position: HashMap<(u32, Offset), String> = records
+            .iter()
+            .map(|record| {
+                let value = String::from_utf8(record.value.to_vec()).unwrap();
+                ((record.partition, record.offset), value)
+            })
+            .collect();
+        for (i, position) in acknowledged.iter().enumerate() {
+            assert_eq!(
+                by_position.get(position).map(String::as_str),
+                Some(format!("r-{i}").as_str()),
+                "acknowledged record {i} at {position:?}"
+            );
+        }
+    })
+    .await;
+}
+
 /// Sends SIGCONT when dropped, so a failing assertion never leaves a stopped node behind.
 struct Resume(u32);
 
