@@ -6,7 +6,7 @@ mod support;
 
 use cairn_client::partitioner::partition_for_key;
 use cairn_client::{
-    Acks, Admin, AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig,
+    Acks, Admin, ApiError, AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig,
     ConsumerRecord, Offset, Producer, ProducerConfig, Record, SeekTo, TopicConfig,
 };
 use std::collections::{HashMap, HashSet};
@@ -365,6 +365,55 @@ async fn a_producer_rides_out_a_node_restart_and_loses_nothing_acknowledged() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_refusals_surface_per_record_and_out_of_range_positions_reset() {
+    let node = TestNode::start();
+    bounded(async {
+        create_topic(&node, "limits", 1).await;
+        let producer = Producer::new(client_config(&node), ProducerConfig::default())
+            .await
+            .unwrap();
+        // The test preset allows records of at most 16 KiB.
+        let too_big = producer
+            .send("limits", Record::new(vec![b'x'; 64 * 1024]))
+            .await
+            .unwrap();
+        let error = too_big.await.unwrap_err();
+        assert!(!error.is_retriable(), "{error:?}");
+        assert!(
+            matches!(
+                error.api_error(),
+                Some(ApiError::RecordTooLarge { .. } | ApiError::BatchTooLarge { .. })
+            ),
+            "{error:?}"
+        );
+        let fine = producer
+            .send_and_wait("limits", Record::new("fine"))
+            .await
+            .unwrap();
+        let unknown = producer
+            .send("missing", Record::new("v"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(unknown, ClientError::Api(ApiError::UnknownTopic { .. })),
+            "{unknown:?}"
+        );
+
+        let mut consumer = earliest_consumer(&node);
+        consumer.assign(&[("limits", 0)]).await.unwrap();
+        consumer
+            .seek("limits", 0, SeekTo::Offset(Offset(1_000_000)))
+            .await
+            .unwrap();
+        let records = consume(&mut consumer, 1).await;
+        assert_eq!(records.len(), 1, "reset to earliest after OffsetOutOfRange");
+        assert_eq!(records[0].value.as_ref(), b"fine");
+        assert_eq!(Some(records[0].offset), fine.offset);
+    })
+    .await;
+}
+
 /// Sends SIGCONT when dropped, so a failing assertion never leaves a stopped node behind.
 struct Resume(u32);
 
@@ -601,6 +650,11 @@ fn cli_tour_create_produce_consume_describe() {
     let mut unknown = cairn(&node);
     unknown.args(["consume", "nope", "--max-messages", "1"]);
     let (code, _, stderr) = run_cli(unknown, None);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("unknown topic 'nope'"), "{stderr}");
+    let mut unknown = cairn(&node);
+    unknown.args(["produce", "nope"]);
+    let (code, _, stderr) = run_cli(unknown, Some(std::fs::File::open(&input_path).unwrap()));
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown topic 'nope'"), "{stderr}");
 
