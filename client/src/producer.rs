@@ -281,6 +281,11 @@ impl Producer {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn inner_cluster_invalidate(&self) {
+        self.inner.cluster.invalidate();
+    }
+
     /// Bytes of records accepted but not yet completed (at most `buffer_bytes_max`).
     pub fn buffered_bytes(&self) -> usize {
         self.inner.config.buffer_bytes_max - self.inner.buffer.available_permits()
@@ -328,8 +333,22 @@ async fn sender_loop(inner: Arc<Inner>) {
                 },
             );
         }
+        // A partition whose batch could not even be written this round sends none of its
+        // later batches either: they go back behind it, so order holds.
+        let mut held_back: Vec<(Arc<str>, u32)> = Vec::new();
         for batch in drained.batches {
-            dispatch(&inner, batch).await;
+            let partition = (Arc::clone(&batch.topic), batch.partition);
+            if held_back.contains(&partition) {
+                inner
+                    .accumulator
+                    .lock()
+                    .expect("accumulator lock")
+                    .requeue(batch);
+                continue;
+            }
+            if !dispatch(&inner, batch).await {
+                held_back.push(partition);
+            }
         }
         if closing
             && inner
@@ -355,15 +374,19 @@ async fn sender_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Writes one batch to its leader and leaves a task waiting for the reply.
-async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) {
+/// Writes one batch to its leader and leaves a task waiting for the reply. Returns false when
+/// the batch could not be written (it was put back for a retry, or failed).
+async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) -> bool {
     let connection = match inner
         .cluster
         .leader_connection(&batch.topic, batch.partition)
         .await
     {
         Ok(connection) => connection,
-        Err(error) => return inner.failed(batch, error),
+        Err(error) => {
+            inner.failed(batch, error);
+            return false;
+        }
     };
     let request = Request::Produce(ProduceRequest {
         topic: batch.topic.to_string(),
@@ -391,8 +414,12 @@ async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) {
                     Err(error) => inner.failed(batch, error),
                 }
             });
+            true
         }
-        Err(error) => inner.failed(batch, error),
+        Err(error) => {
+            inner.failed(batch, error);
+            false
+        }
     }
 }
 

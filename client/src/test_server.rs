@@ -26,6 +26,8 @@ pub(crate) struct State {
     /// Refusals handed out, in order, to the next produce requests.
     pub produce_failures: VecDeque<ApiError>,
     pub produce_requests: u64,
+    /// Metadata reports no leader for any partition (an election in progress).
+    pub leaderless: bool,
 }
 
 pub(crate) struct TestServer {
@@ -215,7 +217,7 @@ async fn handle(
                             partitions: (0..logs.len() as u32)
                                 .map(|partition| PartitionMetadata {
                                     partition,
-                                    leader: Some(NodeId(1)),
+                                    leader: (!state.leaderless).then_some(NodeId(1)),
                                     leader_epoch: Epoch(1),
                                     replicas: vec![NodeId(1)],
                                 })

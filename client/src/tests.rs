@@ -601,3 +601,41 @@ async fn an_unreachable_cluster_is_a_typed_error() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn batches_wait_out_a_leaderless_partition_and_keep_their_order() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let config = ProducerConfig {
+        batch_bytes_max: 1024,
+        linger_ms: 0,
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 20,
+        ..ProducerConfig::default()
+    };
+    let producer = producer(&server, config).await;
+    producer
+        .send_and_wait("t", Record::new("first"))
+        .await
+        .unwrap();
+    server.state.lock().unwrap().leaderless = true;
+    // A failure marks metadata stale; the producer sees the leaderless view from now on.
+    producer.inner_cluster_invalidate();
+    let mut deliveries = Vec::new();
+    for i in 0..60 {
+        let record = Record::new(format!("{i:0300}"));
+        deliveries.push(producer.send_to("t", 0, record).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(deliveries[0].try_result().is_none(), "no leader, no ack");
+    server.state.lock().unwrap().leaderless = false;
+    producer.flush().await.unwrap();
+    let values: Vec<String> = server
+        .records("t", 0)
+        .into_iter()
+        .skip(1)
+        .map(|(_, _, value, _)| String::from_utf8(value.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("{i:0300}")).collect();
+    assert_eq!(values, expected, "every record once, in send order");
+}
