@@ -649,3 +649,103 @@ impl<S: LogStore> Handler<Stop> for PartitionActor<S> {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::batch::RecordBatchBuilder;
+    use cairn_protocol::Record;
+    use cairn_storage::MemoryStore;
+
+    fn batch(value: &'static [u8]) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(1);
+        builder.push(&Record::new(bytes::Bytes::from_static(value)));
+        builder.build()
+    }
+
+    fn start(store: &MemoryStore, mailbox_max: usize) -> PartitionHandle<MemoryStore> {
+        let spec = PartitionSpec {
+            log_name: "p".to_string(),
+            node: NodeId(1),
+            voters: vec![NodeId(1)],
+            store: store.clone(),
+            log: store.open_log("p").unwrap(),
+            committer: GroupCommitter::start(store.clone()),
+            clock: Clock::new(),
+            replica_config: cairn_replica::Config::for_tests(),
+            tick_ms: 5,
+            mailbox_max,
+            retention: RetentionPolicy::default(),
+            retention_check_ms: 1000,
+        };
+        PartitionHandle::start(spec, &actix::Arbiter::current()).unwrap()
+    }
+
+    async fn led(handle: &PartitionHandle<MemoryStore>) {
+        for _ in 0..400 {
+            let snapshot = handle.shared.snapshot();
+            if snapshot.role == Role::Leader && snapshot.high_watermark == snapshot.log_end {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no leader: {:?}", handle.shared.snapshot());
+    }
+
+    /// Regression: actix polls an actor's waiting futures in no particular order, so flush
+    /// completions once reached the replica out of order and pipelined produces hung.
+    #[test]
+    fn pipelined_produces_are_answered_in_order_with_consecutive_offsets() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 256);
+            led(&handle).await;
+            let first = handle.shared.high_watermark();
+            // Below the replica's pending_requests_max (64 in its test config).
+            let replies: Vec<_> = (0..60)
+                .map(|_| handle.produce(batch(b"x"), Acks::All).unwrap())
+                .collect();
+            for (index, reply) in replies.into_iter().enumerate() {
+                let response = tokio::time::timeout(Duration::from_secs(5), reply)
+                    .await
+                    .expect("answered")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(response.base_offset, first.plus(index as u64));
+            }
+            assert_eq!(handle.shared.high_watermark(), first.plus(60));
+            let read = handle.read(first, 1 << 20, false).await.unwrap();
+            assert_eq!(read.batches.len(), 60);
+            let snapshot = handle.shared.snapshot();
+            assert_eq!(snapshot.log_end, first.plus(60));
+            assert_eq!(snapshot.leader, Some(NodeId(1)));
+        });
+    }
+
+    #[test]
+    fn a_full_mailbox_answers_backpressure_and_a_stopped_actor_refuses() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 2);
+            led(&handle).await;
+            // This task holds the arbiter thread, so the actor cannot drain its mailbox yet.
+            let first = handle.produce(batch(b"a"), Acks::All).unwrap();
+            let second = handle.produce(batch(b"b"), Acks::All).unwrap();
+            assert!(matches!(
+                handle.produce(batch(b"c"), Acks::All),
+                Err(ApiError::Backpressure { .. })
+            ));
+            assert!(first.await.unwrap().is_ok());
+            assert!(second.await.unwrap().is_ok());
+            let high_watermark = handle.shared.high_watermark();
+            assert!(matches!(
+                handle.read(high_watermark.plus(1), 1024, false).await,
+                Err(ApiError::OffsetOutOfRange { .. })
+            ));
+            handle.stop(ApiError::ShuttingDown, true).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(handle.produce(batch(b"d"), Acks::All).is_err());
+            assert!(store.log_names().unwrap().is_empty(), "the log was removed");
+        });
+    }
+}

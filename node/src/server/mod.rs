@@ -44,6 +44,9 @@ pub enum Phase {
     Expired,
 }
 
+/// How long the refusal of a connection over `connections_max` may take to write.
+const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most replies the writer sends before one flush.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
 
@@ -115,7 +118,8 @@ async fn refuse_connection(socket: TcpStream, max: u32, frame_bytes_max: usize) 
         correlation_id: UNKNOWN_CORRELATION_ID,
         result: Err(ApiError::TooManyConnections { max }),
     });
-    let _ = writer.send(reply).await;
+    // A client that does not read must not keep this task alive.
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, writer.send(reply)).await;
 }
 
 async fn run_connection<S: LogStore>(
