@@ -174,3 +174,32 @@ fn delete_topic_then_recreate_starts_empty() {
         .collect();
     assert_eq!(values, vec![bytes::Bytes::from("new")]);
 }
+
+#[test]
+fn racing_creates_of_one_name_have_one_winner() {
+    let node = TestNode::start();
+    let address = node.address();
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let name = name.clone();
+                std::thread::spawn(move || support::Wire::connect(address).create_topic(&name, 2))
+            })
+            .collect();
+        let outcomes: Vec<_> = racers
+            .into_iter()
+            .map(|racer| racer.join().unwrap())
+            .collect();
+        let winners = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+        assert_eq!(winners, 1, "{outcomes:?}");
+        for outcome in outcomes.iter().filter(|outcome| outcome.is_err()) {
+            assert_eq!(
+                outcome,
+                &Err(ApiError::TopicAlreadyExists {
+                    topic: name.clone()
+                })
+            );
+        }
+    }
+}
