@@ -38,7 +38,7 @@ type ReplySender = oneshot::Sender<Result<Response>>;
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
-    _guard: Arc<CloseOnDrop>,
+    guard: Arc<CloseOnDrop>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -216,7 +216,7 @@ impl Connection {
             .tasks
             .extend([writer.abort_handle(), reader.abort_handle()]);
         Ok(Connection {
-            _guard: Arc::new(CloseOnDrop(Arc::clone(&shared))),
+            guard: Arc::new(CloseOnDrop(Arc::clone(&shared))),
             shared,
         })
     }
@@ -269,7 +269,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<PendingReply> {
         let shared = &self.shared;
-        let permit = match Arc::clone(&self._guard).acquire(shared).await {
+        let permit = match Arc::clone(&self.guard).acquire(shared).await {
             Some(permit) => permit,
             None => return Err(shared.closed_error()),
         };

@@ -647,6 +647,17 @@ fn cli_tour_create_produce_consume_describe() {
     let stderr = std::fs::read_to_string(directory.path().join("stderr.txt")).unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
 
+    // Any other stdout failure is an error.
+    let mut full = Command::new("bash");
+    full.arg("-c").arg(format!(
+        "'{}' consume tour --from-beginning --max-messages 10 >/dev/full",
+        support::cairn_binary().display()
+    ));
+    full.env("CAIRN_BOOTSTRAP", node.address().to_string());
+    let (code, _, stderr) = run_cli(full, None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("writing to stdout"), "{stderr}");
+
     let mut unknown = cairn(&node);
     unknown.args(["consume", "nope", "--max-messages", "1"]);
     let (code, _, stderr) = run_cli(unknown, None);

@@ -42,6 +42,8 @@ pub struct ConsumeArgs {
 enum Stop {
     Done,
     StdoutClosed,
+    /// Writing to stdout failed for another reason (disk full, ...).
+    StdoutFailed(std::io::Error),
 }
 
 pub async fn run(config: ClientConfig, args: ConsumeArgs) -> i32 {
@@ -54,6 +56,10 @@ pub async fn run(config: ClientConfig, args: ConsumeArgs) -> i32 {
     };
     match consume(config, &args, &format).await {
         Ok(Stop::Done) | Ok(Stop::StdoutClosed) => 0,
+        Ok(Stop::StdoutFailed(error)) => {
+            eprintln!("error: writing to stdout: {error}");
+            super::EXIT_FAILURE
+        }
         Err(error) => report(&error),
     }
 }
@@ -127,7 +133,7 @@ async fn consume(
             }
         }
         if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
-            return stdout_error(error);
+            return Ok(stdout_error(error));
         }
         if printed >= max_messages {
             return Ok(Stop::Done);
@@ -136,10 +142,10 @@ async fn consume(
 }
 
 /// A reader that went away (`head`) is a normal end; anything else is an error.
-fn stdout_error(error: std::io::Error) -> Result<Stop, ClientError> {
+fn stdout_error(error: std::io::Error) -> Stop {
     if error.kind() == std::io::ErrorKind::BrokenPipe {
-        Ok(Stop::StdoutClosed)
+        Stop::StdoutClosed
     } else {
-        Err(ClientError::invalid(format!("writing to stdout: {error}")))
+        Stop::StdoutFailed(error)
     }
 }
