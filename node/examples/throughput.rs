@@ -80,7 +80,6 @@ fn main() {
     let batch = builder.build().into_bytes();
 
     let produced = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut threads = Vec::new();
     for connection in 0..connections {
@@ -92,13 +91,15 @@ fn main() {
         for _ in 0..in_flight {
             tokens.send(()).unwrap();
         }
+        // Per connection: the reader stops once its own writer is done and answered.
+        let stop = Arc::new(AtomicBool::new(false));
         let (produced_by_reader, stop_reader) = (Arc::clone(&produced), Arc::clone(&stop));
         let sent = Arc::new(AtomicU64::new(0));
         let sent_by_writer = Arc::clone(&sent);
         threads.push(std::thread::spawn(move || {
             let mut answered = 0u64;
             loop {
-                if stop_reader.load(Ordering::Relaxed) && answered == sent.load(Ordering::Acquire) {
+                if stop_reader.load(Ordering::Acquire) && answered == sent.load(Ordering::Acquire) {
                     return;
                 }
                 let reply = read_response(&mut reader);
@@ -112,7 +113,7 @@ fn main() {
                 let _ = tokens.send(());
             }
         }));
-        let (topic, batch, stop_writer) = (topic.clone(), batch.clone(), Arc::clone(&stop));
+        let (topic, batch, stop_writer) = (topic.clone(), batch.clone(), stop);
         threads.push(std::thread::spawn(move || {
             let mut correlation_id = 0u64;
             while started.elapsed() < Duration::from_secs(seconds) {
@@ -134,7 +135,7 @@ fn main() {
                     }),
                 );
             }
-            stop_writer.store(true, Ordering::Relaxed);
+            stop_writer.store(true, Ordering::Release);
         }));
     }
     for thread in threads {
