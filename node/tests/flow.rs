@@ -218,3 +218,43 @@ fn a_client_that_does_not_read_is_throttled_by_tcp_and_others_are_served() {
         answered += 1;
     }
 }
+
+#[test]
+fn a_connection_at_its_in_flight_limit_is_not_read_further() {
+    let node = TestNode::start();
+    let mut wire = node.wire();
+    wire.create_topic("idle", 1).unwrap();
+    let end = wire.fetch("idle", 0, Offset(0), 0).unwrap().high_watermark;
+    // requests_in_flight_max is 32 in the test preset: 32 long polls fill the connection.
+    let started = Instant::now();
+    for _ in 0..32 {
+        wire.send(Request::Fetch(FetchRequest {
+            max_wait_ms: 1_500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: vec![FetchPartition {
+                topic: "idle".into(),
+                partition: 0,
+                offset: end,
+                max_bytes: 1 << 20,
+            }],
+        }));
+    }
+    let list = wire.send(Request::ListTopics(ListTopicsRequest {
+        include_internal: false,
+    }));
+    // The 33rd request is read only once a poll finishes, so it is answered after one.
+    let mut replies = Vec::new();
+    let mut list_answered_after = None;
+    for _ in 0..33 {
+        let reply = wire.recv();
+        if reply.correlation_id == list {
+            list_answered_after = Some(started.elapsed());
+        }
+        replies.push(reply.correlation_id);
+    }
+    let position = replies.iter().position(|id| *id == list).unwrap();
+    assert!(position > 0, "answered before any poll ended: {replies:?}");
+    let waited = list_answered_after.unwrap();
+    assert!(waited >= Duration::from_millis(1_400), "{waited:?}");
+}
