@@ -48,7 +48,7 @@ fn main() {
     let address = args
         .get(1)
         .cloned()
-        .unwrap_or_else(|| "127.0.0.1:9092".into());
+        .unwrap_or_else(|| "127.0.0.1:7171".into());
     let seconds: u64 = arg(&args, 2, 10);
     let partitions: u32 = arg(&args, 3, 4);
     let connections: u32 = arg(&args, 4, 4);

@@ -17,7 +17,7 @@ pub struct NodeArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on for clients, IP:PORT; port 0 picks a free port
-    /// [env: CAIRN_LISTEN; default 127.0.0.1:9092].
+    /// [env: CAIRN_LISTEN; default 127.0.0.1:7171].
     #[arg(long)]
     pub listen: Option<String>,
     /// Address clients are told to connect to, HOST:PORT [env: CAIRN_ADVERTISED_ADDRESS;

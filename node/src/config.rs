@@ -425,10 +425,10 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         flag: "data-dir",
         env: "CAIRN_DATA_DIR",
     })?;
-    let listen_text = file.listen.unwrap_or_else(|| "127.0.0.1:9092".to_string());
+    let listen_text = file.listen.unwrap_or_else(|| "127.0.0.1:7171".to_string());
     let listen: SocketAddr = listen_text.parse().map_err(|error| ConfigError::Rule {
         rule: "listen is IP:PORT",
-        why: format!("{listen_text:?} is not a socket address ({error}); use e.g. 127.0.0.1:9092"),
+        why: format!("{listen_text:?} is not a socket address ({error}); use e.g. 127.0.0.1:7171"),
     })?;
     let limits = file.limits;
     let replica = file.replica;
