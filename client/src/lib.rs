@@ -1,5 +1,71 @@
 //! The Rust client for Cairn: admin, producer, consumer.
-//! (Implementation in progress.)
+//!
+//! Map of the modules, in the order a request flows through them:
+//!
+//! - [`config`]: [`ClientConfig`] (bootstrap brokers, timeouts, in-flight bound),
+//!   [`ProducerConfig`], [`ConsumerConfig`].
+//! - [`error`]: [`ClientError`], wrapping the node's typed [`ApiError`] refusals, transport
+//!   failures and protocol errors, with [`ClientError::is_retriable`].
+//! - [`connection`]: one pipelined TCP connection per node (handshake, correlation ids, one
+//!   writer and one reader task, a bounded number of requests in flight, request timeouts).
+//! - `cluster` (internal): the metadata cache (brokers, partition leaders), routing to leaders,
+//!   reconnects, and the retry-with-backoff loop bounded by a deadline.
+//! - [`admin`]: [`Admin`] creates, deletes, lists and describes topics.
+//! - [`partitioner`]: Kafka's murmur2 key partitioner.
+//! - `accumulator` (internal) and [`producer`]: [`Producer`] batches records per partition
+//!   with a bounded buffer (backpressure) and resolves a [`DeliveryFuture`] per record.
+//! - [`consumer`]: [`Consumer`] reads assigned partitions with multi-partition long polls.
+//! - `cli` (feature `cli`): the `cairn topic|produce|consume` subcommands.
+//!
+//! Everything is async on tokio; create clients inside a runtime.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), cairn_client::ClientError> {
+//! use cairn_client::*;
+//! use std::time::Duration;
+//!
+//! let config = ClientConfig::new("127.0.0.1:7171")?;
+//! Admin::new(config.clone())?
+//!     .create_topic("events", 3, None, TopicConfig::default())
+//!     .await?;
+//! let producer = Producer::new(config.clone(), ProducerConfig::default()).await?;
+//! producer.send("events", Record::new("hello").with_key("k")).await?;
+//! producer.flush().await?;
+//! let mut consumer = Consumer::new(config, ConsumerConfig {
+//!     auto_offset_reset: AutoOffsetReset::Earliest,
+//!     ..ConsumerConfig::default()
+//! })?;
+//! consumer.assign_topic("events").await?;
+//! let records = consumer.poll(Duration::from_secs(1)).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod accumulator;
+pub mod admin;
+mod cluster;
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+pub mod partitioner;
+pub mod producer;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+
+pub use admin::Admin;
+pub use cairn_protocol::messages::{
+    DescribeTopicResponse, PartitionDescription, TopicConfig, TopicMetadata, TopicSummary,
+};
+pub use cairn_protocol::{Acks, ApiError, Header, Offset, Record};
+pub use config::{AutoOffsetReset, ClientConfig, ConsumerConfig, ProducerConfig};
+pub use connection::Connection;
+pub use consumer::{Consumer, ConsumerRecord, SeekTo, TopicPartition};
+pub use error::ClientError;
+pub use producer::{DeliveryFuture, Producer, RecordMetadata};
+
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;

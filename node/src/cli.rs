@@ -1,17 +1,138 @@
 //! `cairn node`: flags, then start the broker.
+//!
+//! Every configuration key can come from the config file, a `CAIRN_*` environment variable or
+//! a flag (flags win); the common ones have their own flags and any key can be set with
+//! `--set key=value`. See [`crate::config`].
 
+use crate::config::{ConfigBuilder, Preset};
 use clap::Args;
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// This node's id, unique in the cluster.
-    #[arg(long, env = "CAIRN_NODE_ID")]
-    pub node_id: u32,
+    /// This node's id, unique in the cluster [env: CAIRN_NODE_ID].
+    #[arg(long)]
+    pub node_id: Option<u32>,
+    /// Directory holding this node's data; created if absent [env: CAIRN_DATA_DIR].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on for clients, IP:PORT; port 0 picks a free port
+    /// [env: CAIRN_LISTEN; default 127.0.0.1:7171].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Address clients are told to connect to, HOST:PORT [env: CAIRN_ADVERTISED_ADDRESS;
+    /// default: the bound listen address].
+    #[arg(long)]
+    pub advertised_address: Option<String>,
+    /// TOML config file; unknown keys are refused.
+    #[arg(long, env = "CAIRN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Starting values: `default`, or `test` (short timeouts, small limits).
+    #[arg(long, env = "CAIRN_PRESET")]
+    pub preset: Option<String>,
+    /// How long in-flight requests may take after SIGTERM [env: CAIRN_SHUTDOWN_GRACE_MS].
+    #[arg(long)]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Replication factor of topics created without one [env:
+    /// CAIRN_DEFAULT_REPLICATION_FACTOR].
+    #[arg(long)]
+    pub default_replication_factor: Option<u16>,
+    /// Any config key, e.g. `--set limits.connections_max=64` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
-/// Runs a node until SIGTERM/SIGINT; returns the process exit code.
+fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError> {
+    let mut builder = ConfigBuilder::new();
+    if let Some(path) = &args.config {
+        builder = builder.file(path)?;
+    }
+    if let Some(preset) = &args.preset {
+        builder = builder.preset(Preset::parse(preset)?);
+    }
+    builder = builder.env(|name| std::env::var(name).ok());
+    let flags: [(&str, &str, Option<String>); 6] = [
+        (
+            "--node-id",
+            "node_id",
+            args.node_id.map(|id| id.to_string()),
+        ),
+        (
+            "--data-dir",
+            "data_dir",
+            args.data_dir
+                .as_ref()
+                .map(|path| path.to_string_lossy().into_owned()),
+        ),
+        ("--listen", "listen", args.listen.clone()),
+        (
+            "--advertised-address",
+            "advertised_address",
+            args.advertised_address.clone(),
+        ),
+        (
+            "--shutdown-grace-ms",
+            "shutdown_grace_ms",
+            args.shutdown_grace_ms.map(|ms| ms.to_string()),
+        ),
+        (
+            "--default-replication-factor",
+            "default_replication_factor",
+            args.default_replication_factor.map(|rf| rf.to_string()),
+        ),
+    ];
+    for (flag, key, value) in flags {
+        if let Some(value) = value {
+            builder = builder.set(&format!("flag {flag}"), key, &value);
+        }
+    }
+    for assignment in &args.set {
+        let (key, value) = assignment.split_once('=').unwrap_or((assignment, ""));
+        builder = builder.set(
+            &format!("flag --set {assignment}"),
+            key.trim(),
+            value.trim(),
+        );
+    }
+    Ok(builder)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("CAIRN_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Runs a node until SIGTERM/SIGINT; returns the process exit code: 0 after a clean
+/// shutdown, 2 for a configuration error, 1 for an environment the node cannot work with.
 pub fn run_node(args: NodeArgs) -> i32 {
-    let _ = args;
-    eprintln!("not implemented yet");
-    2
+    init_logging();
+    let config = match builder(&args).and_then(|builder| builder.build()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("cairn node: {error}");
+            return 2;
+        }
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("cairn-net")
+            .build()
+            .expect("a tokio runtime (the OS refused threads)")
+    };
+    let system = actix::System::with_tokio_rt(runtime);
+    match system.block_on(crate::node::run(config)) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("cairn node: {error}");
+            1
+        }
+    }
 }

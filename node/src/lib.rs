@@ -1,3 +1,22 @@
-//! The Cairn broker. (Implementation in progress.)
+//! The Cairn broker: one node process.
+//!
+//! Map of the modules, in the order a request flows through them:
+//!
+//! - [`cli`]: `cairn node` flags; builds the config and runs the node.
+//! - [`config`]: file -> builder -> validated [`config::NodeConfig`], presets, named rules.
+//! - [`node`]: start-up (data dir, store, arbiters, listener, ready line) and graceful shutdown.
+//! - [`server`]: accept loop and connections (frames, pipelining, in-flight limit), then one
+//!   module per request kind.
+//! - [`broker`]: what the node hosts: the `__meta` partition, the applier that turns committed
+//!   metadata into topics and partition actors, and the lookups requests need.
+//! - [`meta`]: `__meta` records and the deterministic [`meta::MetadataState`] they build.
+//! - [`partition`]: the partition actor (one per hosted replica): replica inputs in, effects
+//!   executed (append, group-commit flush, reply, high-watermark watch), reads for fetch.
 
+pub mod broker;
 pub mod cli;
+pub mod config;
+pub mod meta;
+pub mod node;
+pub mod partition;
+pub mod server;

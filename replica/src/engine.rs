@@ -81,10 +81,10 @@ enum StepDown {
 /// An `Append` effect whose `Durable` has not come back yet.
 #[derive(Debug, Clone, Copy)]
 struct Unflushed {
+    /// What its flush will prove durable: the log end after that append, lowered by every
+    /// truncation since (a flush that started before a truncation says nothing about what
+    /// was appended after it, only about the prefix that survived).
     log_end: Offset,
-    /// `truncations` when it was emitted: a flush that started before a truncation says
-    /// nothing about what was appended after it.
-    generation: u64,
 }
 
 /// One partition replica's protocol state.
@@ -111,7 +111,6 @@ pub struct Replica {
     durable_end: Offset,
     high_watermark: Offset,
     unflushed: VecDeque<Unflushed>,
-    truncations: u64,
     /// We promised not to grant a lease to anyone (ourselves included) before this instant
     /// (DESIGN 5.2b). Set to `now + lease_ms` at start, since a restarted replica may have
     /// forgotten a grant (DESIGN 5.3).
@@ -120,6 +119,8 @@ pub struct Replica {
     pending_grant: Option<(NodeId, Epoch)>,
     election_deadline: Millis,
     elections_started: u64,
+    /// Pre-vote in progress: the epoch probed and who would grant it.
+    probe: Option<(Epoch, BTreeSet<NodeId>)>,
     candidacy: Option<Candidacy>,
     leadership: Option<Leadership>,
     /// An append of a newer epoch held until our promise of that epoch is durable.
@@ -131,6 +132,9 @@ pub struct Replica {
     /// Follower: the durable end last reported to the leader.
     durable_reported: Offset,
     storage_failure: Option<String>,
+    /// Appends refused because they would have truncated below our high watermark. Always
+    /// 0 unless some replica is wrong; the simulation and tests assert it.
+    committed_truncations_refused: u64,
     /// The latest `now` seen; time never runs backwards inside the engine.
     clock: Millis,
 }
@@ -219,11 +223,11 @@ impl Replica {
             // suffix), and we know nothing above it yet.
             high_watermark: recovered.log_start,
             unflushed: VecDeque::new(),
-            truncations: 0,
             granted_until: now.plus(config.lease_ms),
             pending_grant: None,
             election_deadline: now,
             elections_started: 0,
+            probe: None,
             candidacy: None,
             leadership: None,
             deferred_append: None,
@@ -231,6 +235,7 @@ impl Replica {
             leader_sent_at: Millis(0),
             durable_reported: Offset::ZERO,
             storage_failure: None,
+            committed_truncations_refused: 0,
             clock: now,
             config,
         };
@@ -253,7 +258,7 @@ impl Replica {
                 batch,
                 acks,
             } => self.on_produce(now, request, batch, acks, &mut effects),
-            Input::Durable { log_end } => self.on_durable(now, log_end, &mut effects),
+            Input::Durable { log_end } => self.on_durable(log_end, &mut effects),
             Input::PromisePersisted { epoch } => {
                 self.on_promise_persisted(now, epoch, &mut effects)
             }
@@ -288,6 +293,12 @@ impl Replica {
             durable_end: self.durable_end,
             high_watermark: self.high_watermark,
         }
+    }
+
+    /// Appends refused because they would have cut committed data: nonzero means a bug
+    /// somewhere in the replica set (checked by the simulation).
+    pub fn committed_truncations_refused(&self) -> u64 {
+        self.committed_truncations_refused
     }
 
     /// The epoch history as this replica holds it, oldest first.
@@ -401,7 +412,6 @@ impl Replica {
         }
         self.unflushed.push_back(Unflushed {
             log_end: self.log_end,
-            generation: self.truncations,
         });
         effects.push(Effect::Append { batches });
     }
@@ -453,6 +463,86 @@ impl Replica {
             && now >= self.granted_until
             && self.pending_grant.is_none()
         {
+            self.start_probe(now, effects);
+        }
+    }
+
+    /// The epoch a new candidacy would ask for: above everything we promised, logged or
+    /// heard of.
+    fn next_candidate_epoch(&self) -> Epoch {
+        self.promise_floor
+            .max(self.last_epoch())
+            .max(self.epoch_seen_max)
+            .next()
+    }
+
+    fn start_probe(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        if self.majority() == 1 {
+            // Nobody to ask: our own rules were checked by the caller.
+            self.start_candidacy(now, effects);
+            return;
+        }
+        let epoch = self.next_candidate_epoch();
+        self.elections_started += 1;
+        self.election_deadline = now.plus(self.election_wait_ms());
+        self.probe = Some((epoch, BTreeSet::new()));
+        let last_log_epoch = self.last_epoch();
+        let log_end = self.log_end;
+        for to in self.others().collect::<Vec<_>>() {
+            effects.push(Effect::Send {
+                to,
+                message: PeerMessage::LeaseProbe {
+                    epoch,
+                    last_log_epoch,
+                    log_end,
+                },
+            });
+        }
+    }
+
+    /// Rules (a), (b), (c) of DESIGN 5.2, plus "no other grant on its way" and "storage
+    /// works" (a grant must be made durable).
+    fn would_grant(
+        &self,
+        now: Millis,
+        epoch: Epoch,
+        last_log_epoch: Epoch,
+        log_end: Offset,
+    ) -> bool {
+        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
+        // A leader never grants: its own lease would overlap the next leader's. (Its grant
+        // window is also kept ahead of its lease; this says it outright.)
+        self.role != Role::Leader
+            && self.storage_failure.is_none()
+            && epoch > self.promise_floor
+            && now >= self.granted_until
+            && self.pending_grant.is_none()
+            && up_to_date
+    }
+
+    fn on_lease_probe_response(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        epoch: Epoch,
+        granted: bool,
+        promised_epoch: Epoch,
+        effects: &mut Vec<Effect>,
+    ) {
+        self.epoch_seen_max = self.epoch_seen_max.max(promised_epoch);
+        let majority = self.majority();
+        let Some((probed, yes)) = &mut self.probe else {
+            return;
+        };
+        if !granted || *probed != epoch {
+            return;
+        }
+        yes.insert(from);
+        if yes.len() + 1 >= majority
+            && now >= self.granted_until
+            && self.pending_grant.is_none()
+            && self.storage_failure.is_none()
+        {
             self.start_candidacy(now, effects);
         }
     }
@@ -469,11 +559,8 @@ impl Replica {
     // ----- elections -----
 
     fn start_candidacy(&mut self, now: Millis, effects: &mut Vec<Effect>) {
-        let epoch = self
-            .promise_floor
-            .max(self.last_epoch())
-            .max(self.epoch_seen_max)
-            .next();
+        let epoch = self.next_candidate_epoch();
+        self.probe = None;
         self.role = Role::Candidate;
         self.epoch = epoch;
         self.epoch_seen_max = epoch;
@@ -513,10 +600,6 @@ impl Replica {
             return;
         }
         self.promised = epoch;
-        if self.epoch < epoch && self.role != Role::Candidate {
-            self.epoch = epoch;
-            self.role_changed(effects);
-        }
         if let Some((to, granted_epoch)) = self.pending_grant {
             if granted_epoch <= epoch {
                 self.pending_grant = None;
@@ -547,6 +630,11 @@ impl Replica {
                 }
             }
         }
+        // A promise without a leader yet (a grant): our epoch is now the promised one.
+        if self.epoch < epoch && self.role == Role::Follower {
+            self.epoch = epoch;
+            self.role_changed(effects);
+        }
     }
 
     fn on_lease_request(
@@ -559,13 +647,7 @@ impl Replica {
         effects: &mut Vec<Effect>,
     ) {
         self.epoch_seen_max = self.epoch_seen_max.max(epoch);
-        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
-        let grant = self.storage_failure.is_none()
-            && epoch > self.promise_floor
-            && now >= self.granted_until
-            && self.pending_grant.is_none()
-            && up_to_date;
-        if !grant {
+        if !self.would_grant(now, epoch, last_log_epoch, log_end) {
             effects.push(Effect::Send {
                 to: from,
                 message: PeerMessage::LeaseResponse {
@@ -579,6 +661,7 @@ impl Replica {
         // We may not lead (a leader's own grant window never expires while it leads), so
         // at most a candidacy is abandoned here.
         let was = (self.role, self.epoch, self.leader);
+        self.probe = None;
         self.candidacy = None;
         self.deferred_append = None;
         self.role = Role::Follower;
@@ -674,7 +757,7 @@ impl Replica {
         self.append_local(vec![marker.clone()], effects);
         self.replicate_new(now, marker, effects);
         // A single voter commits by its own flush; with followers the marker travels above.
-        self.advance_commit(now, effects);
+        self.advance_commit(effects);
     }
 
     /// Leaves leadership or candidacy. Pending produce requests get an indeterminate error
@@ -690,6 +773,7 @@ impl Replica {
         let was = (self.role, self.epoch, self.leader);
         self.role = Role::Follower;
         self.leader = leader;
+        self.probe = None;
         self.candidacy = None;
         self.election_deadline = now.plus(self.election_wait_ms());
         if was != (self.role, self.epoch, self.leader) {
@@ -813,18 +897,16 @@ impl Replica {
         }
     }
 
-    fn on_durable(&mut self, now: Millis, log_end: Offset, effects: &mut Vec<Effect>) {
+    fn on_durable(&mut self, log_end: Offset, effects: &mut Vec<Effect>) {
         // Exactly one `Durable` answers each `Append`, in order (see the crate docs).
         let Some(flushed) = self.unflushed.pop_front() else {
             return;
         };
-        if flushed.generation == self.truncations {
-            let covered = flushed.log_end.min(log_end).min(self.log_end);
-            self.durable_end = self.durable_end.max(covered);
-        }
+        let covered = flushed.log_end.min(log_end).min(self.log_end);
+        self.durable_end = self.durable_end.max(covered);
         if self.role == Role::Leader {
             self.answer_durable(effects);
-            self.advance_commit(now, effects);
+            self.advance_commit(effects);
         } else {
             self.report_durable(effects);
         }
@@ -859,7 +941,7 @@ impl Replica {
 
     /// The commit rule (DESIGN 5.4): the newest offset durable on a majority, the leader
     /// included, and only once this epoch's marker is among it.
-    fn advance_commit(&mut self, _now: Millis, effects: &mut Vec<Effect>) {
+    fn advance_commit(&mut self, effects: &mut Vec<Effect>) {
         let majority = self.majority();
         let durable_end = self.durable_end;
         let epoch = self.epoch;
@@ -905,6 +987,7 @@ impl Replica {
         self.storage_failure = Some(reason.clone());
         self.pending_grant = None;
         self.deferred_append = None;
+        self.probe = None;
         if self.role != Role::Follower {
             self.step_down(now, StepDown::Storage(reason), None, effects);
         }
@@ -930,6 +1013,27 @@ impl Replica {
                 granted,
                 promised_epoch,
             } => self.on_lease_response(now, from, epoch, granted, promised_epoch, effects),
+            PeerMessage::LeaseProbe {
+                epoch,
+                last_log_epoch,
+                log_end,
+            } => {
+                // Pure: a probe changes nothing here, not even what we heard of.
+                let granted = self.would_grant(now, epoch, last_log_epoch, log_end);
+                effects.push(Effect::Send {
+                    to: from,
+                    message: PeerMessage::LeaseProbeResponse {
+                        epoch,
+                        granted,
+                        promised_epoch: self.promise_floor,
+                    },
+                });
+            }
+            PeerMessage::LeaseProbeResponse {
+                epoch,
+                granted,
+                promised_epoch,
+            } => self.on_lease_probe_response(now, from, epoch, granted, promised_epoch, effects),
             PeerMessage::Append { .. } => self.on_append(now, from, message, effects),
             PeerMessage::AppendResponse {
                 epoch,
@@ -1064,6 +1168,14 @@ impl Replica {
             });
             return;
         }
+        // With too many flushes outstanding we take no batches now, but still answer as to a
+        // heartbeat, so the leader keeps its lease and resends from where we are.
+        let batches =
+            if !batches.is_empty() && self.unflushed.len() >= self.config.pending_requests_max {
+                Vec::new()
+            } else {
+                batches
+            };
         // Skip batches we already hold (same epoch at the same offset means the same batch);
         // the first one that differs marks an uncommitted suffix to drop (DESIGN 5.6).
         let mut skip = 0;
@@ -1094,17 +1206,16 @@ impl Replica {
         }
         if truncate_from.is_some_and(|from| from < self.high_watermark) {
             // A committed offset never differs between replicas; a leader that says so is
-            // wrong, and we keep our committed prefix.
-            return;
-        }
-        if !rest.is_empty() && self.unflushed.len() >= self.config.pending_requests_max {
-            // Too many flushes outstanding: say nothing, the leader resends on a heartbeat.
+            // wrong, and we keep our committed prefix (and count the refusal).
+            self.committed_truncations_refused += 1;
             return;
         }
         self.follow(now, from, epoch, sent_at, effects);
         if let Some(from_offset) = truncate_from {
             effects.push(Effect::Truncate { from: from_offset });
-            self.truncations += 1;
+            for flush in self.unflushed.iter_mut() {
+                flush.log_end = flush.log_end.min(from_offset);
+            }
             self.log_end = from_offset;
             self.durable_end = self.durable_end.min(from_offset);
             self.durable_reported = self.durable_reported.min(from_offset);
@@ -1153,6 +1264,7 @@ impl Replica {
             self.step_down(now, StepDown::HigherEpoch, Some(leader), effects);
         }
         let was = (self.role, self.epoch, self.leader);
+        self.probe = None;
         self.candidacy = None;
         self.role = Role::Follower;
         if was.1 != epoch || was.2 != Some(leader) {
@@ -1269,10 +1381,14 @@ impl Replica {
             }
             AppendResult::Diverged { .. } => {
                 let next = diverged_at.expect("computed for Diverged");
-                progress.next = next;
-                progress.matched = progress.matched.min(next);
-                // A read for the old position is now useless; its answer will be ignored.
-                progress.read_from = None;
+                // Several pipelined appends behind one lost message all answer Diverged: the
+                // read already under way for that position serves them all.
+                if progress.read_from != Some(next) {
+                    progress.next = next;
+                    progress.matched = progress.matched.min(next);
+                    // A read for another position is useless now; its answer is ignored.
+                    progress.read_from = None;
+                }
             }
             AppendResult::StaleEpoch { .. } => unreachable!("handled above"),
         }
@@ -1288,7 +1404,7 @@ impl Replica {
             });
         }
         self.check_lease(now, effects);
-        self.advance_commit(now, effects);
+        self.advance_commit(effects);
     }
 
     fn on_peer_read(

@@ -140,3 +140,146 @@ pub fn check_leaders<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::{Epoch, NodeId, Offset};
+
+    fn status() -> ReplicaStatus {
+        ReplicaStatus {
+            node: NodeId(1),
+            role: Role::Leader,
+            epoch: Epoch(3),
+            promised_epoch: Epoch(3),
+            leader: Some(NodeId(1)),
+            log_start: Offset(2),
+            log_end: Offset(10),
+            durable_end: Offset(8),
+            high_watermark: Offset(5),
+        }
+    }
+
+    fn id_of(result: Result<(), Violation>) -> &'static str {
+        result
+            .map(|()| "none")
+            .unwrap_or_else(|violation| violation.id)
+    }
+
+    #[test]
+    fn every_single_replica_rule_has_its_id() {
+        assert_eq!(id_of(check_status(&status())), "none");
+        let broken = [
+            (
+                ReplicaStatus {
+                    high_watermark: Offset(11),
+                    log_end: Offset(10),
+                    durable_end: Offset(10),
+                    role: Role::Follower,
+                    ..status()
+                },
+                "REP-1",
+            ),
+            (
+                ReplicaStatus {
+                    durable_end: Offset(11),
+                    ..status()
+                },
+                "REP-6",
+            ),
+            (
+                ReplicaStatus {
+                    high_watermark: Offset(9),
+                    ..status()
+                },
+                "REP-7",
+            ),
+            (
+                ReplicaStatus {
+                    promised_epoch: Epoch(4),
+                    ..status()
+                },
+                "REP-9",
+            ),
+            (
+                ReplicaStatus {
+                    log_start: Offset(6),
+                    ..status()
+                },
+                "REP-10",
+            ),
+        ];
+        for (status, id) in broken {
+            assert_eq!(id_of(check_status(&status)), id, "{status:?}");
+        }
+        // A follower may hold a high watermark above what it flushed.
+        let follower = ReplicaStatus {
+            role: Role::Follower,
+            high_watermark: Offset(9),
+            ..status()
+        };
+        assert_eq!(id_of(check_status(&follower)), "none");
+    }
+
+    #[test]
+    fn transitions_keep_promises_and_commits() {
+        let before = status();
+        assert_eq!(id_of(check_transition(&before, &status())), "none");
+        let lower_promise = ReplicaStatus {
+            promised_epoch: Epoch(2),
+            epoch: Epoch(2),
+            ..status()
+        };
+        assert_eq!(id_of(check_transition(&before, &lower_promise)), "REP-2");
+        let lower_watermark = ReplicaStatus {
+            high_watermark: Offset(4),
+            ..status()
+        };
+        assert_eq!(id_of(check_transition(&before, &lower_watermark)), "REP-8");
+        let truncated = ReplicaStatus {
+            role: Role::Follower,
+            log_end: Offset(4),
+            durable_end: Offset(4),
+            high_watermark: Offset(5),
+            ..status()
+        };
+        assert_eq!(id_of(check_transition(&before, &truncated)), "REP-1");
+        let cut_below_commit = ReplicaStatus {
+            role: Role::Follower,
+            log_end: Offset(5),
+            durable_end: Offset(5),
+            high_watermark: Offset(5),
+            ..status()
+        };
+        assert_eq!(id_of(check_transition(&before, &cut_below_commit)), "none");
+        let before_commit = ReplicaStatus {
+            high_watermark: Offset(6),
+            ..status()
+        };
+        let cut = ReplicaStatus {
+            role: Role::Follower,
+            log_end: Offset(6),
+            durable_end: Offset(6),
+            high_watermark: Offset(6),
+            ..status()
+        };
+        assert_eq!(id_of(check_transition(&before_commit, &cut)), "none");
+    }
+
+    #[test]
+    fn two_leaders_of_one_epoch_are_reported() {
+        let one = status();
+        let other = ReplicaStatus {
+            node: NodeId(2),
+            ..status()
+        };
+        let newer = ReplicaStatus {
+            node: NodeId(3),
+            epoch: Epoch(4),
+            promised_epoch: Epoch(4),
+            ..status()
+        };
+        assert_eq!(id_of(check_leaders([&one, &newer])), "none");
+        assert_eq!(id_of(check_leaders([&one, &newer, &other])), "REP-3");
+    }
+}

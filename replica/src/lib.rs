@@ -6,11 +6,46 @@
 //! Map of the modules:
 //!
 //! - this file: the contract ([`Input`], [`Effect`], [`PeerMessage`], [`Config`]).
-//! - `engine`: [`Replica`] itself: roles, elections by lease, the commit rule, truncation.
-//! - `invariants`: REP-1..REP-5 with stable ids, asserted after every step.
+//! - `engine`: [`Replica`] itself: pre-vote, elections by lease, the commit rule with the
+//!   epoch marker, follower log matching and truncation by epoch history, catch-up reads.
+//! - [`invariants`]: REP-1..REP-11 with stable ids, asserted after every step (release
+//!   builds too) and reusable by the chaos checker.
+//! - tests only: `tests` (single voter), `peer_tests` (one peer input, exact effects) and
+//!   `simulation` (three replicas, seeded faults, crash model, invariant checks).
 //!
 //! A partition with a single voter is the same protocol with a majority of one: the replica
 //! promises itself the next epoch, becomes leader, commits its epoch marker, then serves.
+//!
+//! # What the runtime must honour
+//!
+//! - **Order.** Run effects in the order returned, one step's effects before the next
+//!   step's input. Time passed to `step` never goes backwards (the engine clamps it).
+//! - **`Append` / `Durable`.** Append the batches (already stamped, base offset = log end),
+//!   then request a flush; when a flush covering it returns, feed exactly one
+//!   `Input::Durable { log_end }` per `Append` effect, in emission order (a group commit that
+//!   covers several appends feeds several `Durable`s, oldest first). Never report an append
+//!   durable before a flush that *started after it* returned.
+//! - **`Truncate { from }`.** `PartitionLog::truncate_suffix(from)` before the next effect;
+//!   `from` is a batch boundary above the high watermark. No flush of its own is needed.
+//! - **`PersistPromise { epoch }`.** Write the promise, flush, then feed
+//!   `Input::PromisePersisted { epoch }`. Promises and appends may share flushes.
+//! - **`ReadForPeer`.** Read as `PartitionLog::read(from, until, bytes_max)` and feed
+//!   `Input::PeerRead` with what came back (possibly nothing); a read error is
+//!   `Input::StorageFailed`. Every `ReadForPeer` must be answered one way or the other:
+//!   until then no further catch-up read is issued for that follower.
+//! - **`Send`.** Best effort: messages may be lost, duplicated, delayed or reordered without
+//!   harming safety, but keep one FIFO connection per peer for liveness (a reordered stream
+//!   costs resends). Batch sends to one peer across partitions freely; never block the
+//!   replica on a send (drop when the peer's queue is full: the leader's heartbeat repairs).
+//! - **`Reply`.** Route by [`RequestId`]. A reply that says `Timeout` or `Storage` after the
+//!   batch was appended is *indeterminate*: the batch may still commit. `NotLeader` and
+//!   `Backpressure` mean nothing was appended.
+//! - **`HighWatermark`.** Serve consumers only below it, leader or not (DESIGN 5.7).
+//! - **`Tick`** every few tens of milliseconds, well below `heartbeat_ms`.
+//! - **Restart.** Rebuild with [`Replica::new`] from what storage holds after a restart
+//!   (flushed data only); the replica then grants nothing for `lease_ms`.
+//! - **`StorageFailed`** leaves the replica inert (no grants, no appends, no candidacy):
+//!   rebuild it once storage is usable again.
 
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::messages::{Acks, ProduceResponse};
@@ -49,7 +84,8 @@ pub struct Config {
     /// The leader renews its lease (heartbeat or append) this often.
     pub heartbeat_ms: u64,
     /// A follower that has heard nothing from a valid leader for this long starts a candidacy
-    /// (plus `election_jitter_ms` drawn by the runtime). Must exceed `lease_ms`.
+    /// (plus a jitter of up to half of it, derived from the node id and the number of
+    /// elections it started: deterministic, no randomness inside). Must exceed `lease_ms`.
     pub election_timeout_ms: u64,
     /// Upper bound of the rate difference between two nodes' monotonic clocks, in parts per
     /// million; the leader shortens its own view of the lease by this much.
@@ -227,6 +263,22 @@ pub enum PeerMessage {
         /// The responder's promise, so a rejected candidate learns the epoch to beat.
         promised_epoch: Epoch,
     },
+    /// Pre-vote (Raft's PreVote, applied to leases): "would you grant me `epoch`?". Answered
+    /// from the rules of DESIGN 5.2 without promising or changing anything, so that a replica
+    /// cut off from the others does not raise its promise, come back and depose a healthy
+    /// leader. A replica starts a real candidacy only after a majority (itself included)
+    /// would grant.
+    LeaseProbe {
+        epoch: Epoch,
+        last_log_epoch: Epoch,
+        log_end: Offset,
+    },
+    LeaseProbeResponse {
+        epoch: Epoch,
+        /// Whether a `LeaseRequest` for `epoch` would be granted now.
+        granted: bool,
+        promised_epoch: Epoch,
+    },
     /// Batches of the leader's log, or none as a heartbeat.
     Append {
         epoch: Epoch,
@@ -317,5 +369,9 @@ pub struct ReplicaStatus {
     pub high_watermark: Offset,
 }
 
+#[cfg(test)]
+mod peer_tests;
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;

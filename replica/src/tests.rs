@@ -561,32 +561,23 @@ fn leader_suspected_never_bypasses_the_own_grant() {
         replica.step(Millis(config.lease_ms - 1), Input::Tick),
         vec![]
     );
-    // Once the start-up lease is over, the hint brings the candidacy forward.
+    // Once the start-up lease is over, the hint brings the pre-vote forward.
     let effects = replica.step(Millis(config.lease_ms), Input::Tick);
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(1),
+        last_log_epoch: Epoch(0),
+        log_end: Offset(0),
+    };
     assert_eq!(
         effects,
         vec![
-            Effect::RoleChanged {
-                role: Role::Candidate,
-                epoch: Epoch(1),
-                leader: None
-            },
-            Effect::PersistPromise { epoch: Epoch(1) },
             Effect::Send {
                 to: NodeId(2),
-                message: PeerMessage::LeaseRequest {
-                    epoch: Epoch(1),
-                    last_log_epoch: Epoch(0),
-                    log_end: Offset(0)
-                },
+                message: probe.clone()
             },
             Effect::Send {
                 to: NodeId(3),
-                message: PeerMessage::LeaseRequest {
-                    epoch: Epoch(1),
-                    last_log_epoch: Epoch(0),
-                    log_end: Offset(0)
-                },
+                message: probe
             },
         ]
     );

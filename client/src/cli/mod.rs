@@ -1,10 +1,28 @@
 //! The client subcommands of the `cairn` binary (`topic`, `produce`, `consume`), a kcat for
 //! Cairn. The `node` crate's `main` flattens [`ClientCommand`] next to its own `node` command.
+//!
+//! - `topic create|list|describe|delete`: administration, through [`crate::Admin`].
+//! - `produce`: stdin lines to records, streamed through a [`crate::Producer`] (see
+//!   [`produce`]).
+//! - `consume`: records to stdout in a kcat-style [`format::OutputFormat`] (see [`consume`]).
+//!
+//! Every command returns a process exit code: 0 on success, 1 with a message on stderr when
+//! the cluster refused or could not be reached, 2 for bad arguments.
 
+pub mod consume;
+pub mod format;
+pub mod produce;
+
+use crate::{Admin, ClientConfig, ClientError, TopicConfig};
 use clap::{Args, Subcommand};
 
 /// Default broker address when neither `--bootstrap` nor `CAIRN_BOOTSTRAP` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7171";
+
+/// Exit code for failures reported by the cluster or the network.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for arguments refused before anything was sent.
+pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Debug, Args)]
 pub struct Connection {
@@ -18,17 +36,211 @@ pub enum ClientCommand {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// Produce stdin, one record per line.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic to stdout.
+    Consume(consume::ConsumeArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
-    /// List topics.
+    /// Create a topic.
+    Create {
+        name: String,
+        /// Number of partitions.
+        #[arg(long)]
+        partitions: u32,
+        /// Replicas per partition (default: the cluster's, 3 or fewer on a smaller cluster).
+        #[arg(long)]
+        replication_factor: Option<u16>,
+        /// Remove batches older than this many milliseconds.
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Remove the oldest batches while a partition holds more than this many bytes.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+    },
+    /// List topics, one name per line.
     List,
+    /// Show a topic's partitions: leader, replicas, epoch, log start, high watermark, log end.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+/// The client configuration the CLI uses for `connection`.
+pub fn client_config(connection: &Connection) -> Result<ClientConfig, ClientError> {
+    let mut config = ClientConfig::new(&connection.bootstrap)?;
+    config.client_id = "cairn-cli".to_owned();
+    // A person is waiting: give up sooner than an application would.
+    config.request_timeout_ms = 5_000;
+    config.connect_timeout_ms = 3_000;
+    Ok(config)
+}
+
+/// Prints `error` the way every command reports failures, and returns the exit code.
+pub(crate) fn report(error: &ClientError) -> i32 {
+    eprintln!("error: {error}");
+    match error {
+        ClientError::InvalidArgument { .. } => EXIT_USAGE,
+        _ => EXIT_FAILURE,
+    }
 }
 
 /// Runs one client subcommand; returns the process exit code.
 pub async fn run(connection: Connection, command: ClientCommand) -> i32 {
-    let _ = (connection, command);
-    eprintln!("not implemented yet");
-    2
+    let config = match client_config(&connection) {
+        Ok(config) => config,
+        Err(error) => return report(&error),
+    };
+    match command {
+        ClientCommand::Topic(command) => match run_topic(config, command).await {
+            Ok(()) => 0,
+            Err(error) => report(&error),
+        },
+        ClientCommand::Produce(args) => produce::run(config, args).await,
+        ClientCommand::Consume(args) => consume::run(config, args).await,
+    }
+}
+
+async fn run_topic(config: ClientConfig, command: TopicCommand) -> Result<(), ClientError> {
+    let admin = Admin::new(config)?;
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            retention_ms,
+            retention_bytes,
+        } => {
+            let topic = admin
+                .create_topic(
+                    &name,
+                    partitions,
+                    replication_factor,
+                    TopicConfig {
+                        retention_ms,
+                        retention_bytes,
+                    },
+                )
+                .await?;
+            println!(
+                "created topic '{}' with {} partitions",
+                topic.name,
+                topic.partitions.len()
+            );
+        }
+        TopicCommand::List => {
+            for topic in admin.list_topics().await? {
+                println!("{}", topic.name);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let topic = admin.describe_topic(&name).await?;
+            print!("{}", describe_table(&topic));
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic '{name}'");
+        }
+    }
+    Ok(())
+}
+
+/// The `topic describe` output: a summary line, then one row per partition.
+pub fn describe_table(topic: &crate::DescribeTopicResponse) -> String {
+    let optional = |value: Option<u64>| value.map_or("default".to_owned(), |v| v.to_string());
+    let mut rows = vec![[
+        "PARTITION".to_owned(),
+        "LEADER".to_owned(),
+        "REPLICAS".to_owned(),
+        "EPOCH".to_owned(),
+        "LOG-START".to_owned(),
+        "HIGH-WATERMARK".to_owned(),
+        "LOG-END".to_owned(),
+    ]];
+    for partition in &topic.partitions {
+        rows.push([
+            partition.partition.to_string(),
+            partition
+                .leader
+                .map_or("none".to_owned(), |leader| leader.to_string()),
+            partition
+                .replicas
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            partition.leader_epoch.to_string(),
+            partition.log_start.to_string(),
+            partition.high_watermark.to_string(),
+            partition.log_end.to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = format!(
+        "topic {} partitions={} internal={} retention_ms={} retention_bytes={}\n",
+        topic.name,
+        topic.partitions.len(),
+        topic.internal,
+        optional(topic.config.retention_ms),
+        optional(topic.config.retention_bytes),
+    );
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::messages::PartitionDescription;
+    use cairn_protocol::{Epoch, NodeId, Offset};
+
+    #[test]
+    fn describe_table_has_a_row_per_partition() {
+        let topic = crate::DescribeTopicResponse {
+            name: "orders".into(),
+            internal: false,
+            config: TopicConfig {
+                retention_ms: Some(60_000),
+                retention_bytes: None,
+            },
+            partitions: vec![PartitionDescription {
+                partition: 0,
+                leader: Some(NodeId(1)),
+                leader_epoch: Epoch(3),
+                replicas: vec![NodeId(1), NodeId(2)],
+                log_start: Offset(5),
+                high_watermark: Offset(10),
+                log_end: Offset(12),
+            }],
+        };
+        let table = describe_table(&topic);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "topic orders partitions=1 internal=false retention_ms=60000 retention_bytes=default"
+        );
+        assert_eq!(
+            lines[1],
+            "PARTITION  LEADER  REPLICAS  EPOCH  LOG-START  HIGH-WATERMARK  LOG-END"
+        );
+        assert_eq!(
+            lines[2],
+            "0          1       1,2       3      5          10              12"
+        );
+    }
 }

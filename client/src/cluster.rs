@@ -1,0 +1,348 @@
+//! The client's view of the cluster: one connection per broker address (opened on first use,
+//! reopened after a failure), a metadata cache (brokers, and per partition its leader), routing
+//! of a request to a partition's leader, and the retry loop every component shares.
+//!
+//! Metadata is refreshed when it is older than `metadata_max_age_ms`, or when a failure says
+//! the client's view is out of date ([`ClientError::needs_metadata_refresh`]). Concurrent
+//! refreshes coalesce: callers that wanted one while another ran use its result.
+
+use crate::config::ClientConfig;
+use crate::connection::Connection;
+use crate::error::{ClientError, Result};
+use cairn_protocol::messages::{MetadataRequest, PartitionMetadata, TopicMetadata};
+use cairn_protocol::{ApiError, NodeId, Request, Response};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// One cached view of the cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct Metadata {
+    pub brokers: HashMap<NodeId, String>,
+    pub topics: HashMap<String, Arc<TopicMetadata>>,
+    pub fetched_at: Instant,
+}
+
+type ConnectionSlot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+pub(crate) struct Cluster {
+    config: ClientConfig,
+    connections: Mutex<HashMap<String, ConnectionSlot>>,
+    metadata: RwLock<Arc<Metadata>>,
+    /// Set by failures that show the cache is out of date; the next lookup refreshes.
+    stale: AtomicBool,
+    /// Bumped by every completed refresh, so a waiter can tell that one ran meanwhile.
+    refreshes: AtomicU64,
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// Rotates the broker tried first for requests any broker can answer.
+    next_any: AtomicUsize,
+}
+
+impl Cluster {
+    pub fn new(config: ClientConfig) -> Result<Arc<Cluster>> {
+        config.validate()?;
+        Ok(Arc::new(Cluster {
+            config,
+            connections: Mutex::new(HashMap::new()),
+            metadata: RwLock::new(Arc::new(Metadata {
+                brokers: HashMap::new(),
+                topics: HashMap::new(),
+                fetched_at: Instant::now(),
+            })),
+            stale: AtomicBool::new(true),
+            refreshes: AtomicU64::new(0),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            next_any: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    pub fn snapshot(&self) -> Arc<Metadata> {
+        Arc::clone(&self.metadata.read().expect("metadata lock"))
+    }
+
+    /// Marks the metadata out of date: the next lookup fetches it again.
+    pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    fn needs_refresh(&self, metadata: &Metadata) -> bool {
+        self.stale.load(Ordering::Relaxed)
+            || metadata.fetched_at.elapsed()
+                > Duration::from_millis(self.config.metadata_max_age_ms)
+    }
+
+    /// The connection to `address`, opening it if there is none or the last one failed.
+    pub async fn connection(&self, address: &str) -> Result<Connection> {
+        let slot = {
+            let mut connections = self.connections.lock().expect("connections lock");
+            Arc::clone(connections.entry(address.to_owned()).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            if !connection.is_closed() {
+                return Ok(connection.clone());
+            }
+        }
+        *slot = None;
+        let connection = Connection::connect(address, &self.config).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// The connection to node `node_id`, by the address metadata gives it.
+    pub async fn broker_connection(&self, node_id: NodeId) -> Result<Connection> {
+        let address = self.snapshot().brokers.get(&node_id).cloned();
+        match address {
+            Some(address) => self.connection(&address).await,
+            None => {
+                self.invalidate();
+                Err(ClientError::UnknownBroker { node_id: node_id.0 })
+            }
+        }
+    }
+
+    /// A connection to any reachable broker: known brokers first, then the bootstrap list,
+    /// starting at a rotating position so load spreads.
+    pub async fn any_connection(&self) -> Result<Connection> {
+        let mut candidates: Vec<String> = self.snapshot().brokers.values().cloned().collect();
+        candidates.sort();
+        for address in &self.config.bootstrap {
+            if !candidates.contains(address) {
+                candidates.push(address.clone());
+            }
+        }
+        let start = self.next_any.fetch_add(1, Ordering::Relaxed);
+        let mut last_error = None;
+        for index in 0..candidates.len() {
+            let address = &candidates[(start + index) % candidates.len()];
+            match self.connection(address).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::invalid("no broker address known")))
+    }
+
+    /// Fetches metadata for every cached topic plus `wanted`, unless a refresh that began
+    /// after this call was made already ran.
+    pub async fn refresh(&self, wanted: &[&str]) -> Result<Arc<Metadata>> {
+        let seen = self.refreshes.load(Ordering::Acquire);
+        let _guard = self.refresh_lock.lock().await;
+        if self.refreshes.load(Ordering::Acquire) != seen {
+            let snapshot = self.snapshot();
+            if wanted
+                .iter()
+                .all(|topic| snapshot.topics.contains_key(*topic))
+            {
+                return Ok(snapshot);
+            }
+        }
+        let current = self.snapshot();
+        let mut topics: Vec<String> = current.topics.keys().cloned().collect();
+        for topic in wanted {
+            if !current.topics.contains_key(*topic) {
+                topics.push((*topic).to_owned());
+            }
+        }
+        let connection = self.any_connection().await?;
+        let reply = connection
+            .call(Request::Metadata(MetadataRequest {
+                topics: Some(topics),
+            }))
+            .await?;
+        let Response::Metadata(reply) = reply else {
+            return Err(ClientError::protocol(format!(
+                "expected a metadata reply, got {}",
+                response_kind(&reply)
+            )));
+        };
+        let mut next = Metadata {
+            brokers: reply
+                .brokers
+                .into_iter()
+                .map(|broker| (broker.node_id, broker.address))
+                .collect(),
+            topics: HashMap::new(),
+            fetched_at: Instant::now(),
+        };
+        for topic in reply.topics {
+            // An unknown topic (deleted, or never created) simply drops out of the cache.
+            if let Ok(metadata) = topic.result {
+                next.topics.insert(topic.name, Arc::new(metadata));
+            }
+        }
+        let next = Arc::new(next);
+        *self.metadata.write().expect("metadata lock") = Arc::clone(&next);
+        self.stale.store(false, Ordering::Relaxed);
+        self.refreshes.fetch_add(1, Ordering::Release);
+        Ok(next)
+    }
+
+    /// The metadata of `topic`, refreshing when it is unknown or the cache is out of date.
+    pub async fn topic(&self, topic: &str) -> Result<Arc<TopicMetadata>> {
+        let snapshot = self.snapshot();
+        if !self.needs_refresh(&snapshot) {
+            if let Some(metadata) = snapshot.topics.get(topic) {
+                return Ok(Arc::clone(metadata));
+            }
+        }
+        let snapshot = self.refresh(&[topic]).await?;
+        snapshot.topics.get(topic).cloned().ok_or_else(|| {
+            ClientError::Api(ApiError::UnknownTopic {
+                topic: topic.to_owned(),
+            })
+        })
+    }
+
+    /// Metadata of one partition; an index past the topic's partitions is a typed error.
+    pub async fn partition(&self, topic: &str, partition: u32) -> Result<PartitionMetadata> {
+        let metadata = self.topic(topic).await?;
+        metadata
+            .partitions
+            .iter()
+            .find(|candidate| candidate.partition == partition)
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::Api(ApiError::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    partitions: metadata.partitions.len() as u32,
+                })
+            })
+    }
+
+    /// The leader of `topic`/`partition` according to metadata.
+    pub async fn leader(&self, topic: &str, partition: u32) -> Result<NodeId> {
+        let metadata = self.partition(topic, partition).await?;
+        metadata.leader.ok_or_else(|| {
+            self.invalidate();
+            ClientError::LeaderNotAvailable {
+                topic: topic.to_owned(),
+                partition,
+            }
+        })
+    }
+
+    /// The connection to the leader of `topic`/`partition`.
+    pub async fn leader_connection(&self, topic: &str, partition: u32) -> Result<Connection> {
+        let leader = self.leader(topic, partition).await?;
+        self.broker_connection(leader).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails with an error that is not retriable, or the
+    /// next backoff would pass `deadline` (then [`ClientError::DeliveryTimeout`] carries the
+    /// last failure). Failures that show stale metadata mark it for refresh.
+    pub async fn with_retries<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let error = match attempt(attempts).await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            if !error.is_retriable() {
+                if error.needs_metadata_refresh() {
+                    self.invalidate();
+                }
+                return Err(error);
+            }
+            if error.needs_metadata_refresh() {
+                self.invalidate();
+            }
+            let backoff = self.config.backoff(attempts);
+            if Instant::now() + backoff >= deadline {
+                return Err(ClientError::DeliveryTimeout {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                    last: Box::new(error),
+                });
+            }
+            tracing::debug!(%error, attempt = attempts, "retrying after {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            attempts += 1;
+        }
+    }
+
+    /// Sends a request any broker can answer (metadata, admin), retrying retriable failures
+    /// within the request timeout. A `NotLeader` refusal with a hint sends the next attempt to
+    /// the hinted node (admin requests that only the metadata leader serves).
+    pub async fn call_any(&self, request: Request) -> Result<Response> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        let hint: Mutex<Option<NodeId>> = Mutex::new(None);
+        self.with_retries(deadline, |_| {
+            let request = request.clone();
+            let hint = &hint;
+            async move {
+                let target = *hint.lock().expect("hint lock");
+                let connection = match target {
+                    Some(node_id) => match self.broker_connection(node_id).await {
+                        Ok(connection) => connection,
+                        Err(_) => self.any_connection().await?,
+                    },
+                    None => self.any_connection().await?,
+                };
+                let result = connection.call(request).await;
+                if let Err(ClientError::Api(ApiError::NotLeader {
+                    leader_hint: Some(leader),
+                    ..
+                })) = &result
+                {
+                    *hint.lock().expect("hint lock") = Some(*leader);
+                }
+                result
+            }
+        })
+        .await
+    }
+
+    /// Sends a request to the leader of `topic`/`partition`, retrying retriable failures until
+    /// `deadline`.
+    pub async fn call_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Response> {
+        self.with_retries(deadline, |_| {
+            let request = request.clone();
+            async move {
+                let connection = self.leader_connection(topic, partition).await?;
+                connection.call(request).await
+            }
+        })
+        .await
+    }
+}
+
+/// The variant name of a response, for error messages.
+pub(crate) fn response_kind(response: &Response) -> &'static str {
+    match response {
+        Response::Handshake(_) => "Handshake",
+        Response::Metadata(_) => "Metadata",
+        Response::CreateTopic(_) => "CreateTopic",
+        Response::DeleteTopic(_) => "DeleteTopic",
+        Response::ListTopics(_) => "ListTopics",
+        Response::DescribeTopic(_) => "DescribeTopic",
+        Response::Produce(_) => "Produce",
+        Response::Fetch(_) => "Fetch",
+        Response::ListOffsets(_) => "ListOffsets",
+    }
+}
+
+/// Builds the error for a reply of the wrong kind.
+pub(crate) fn unexpected(expected: &str, got: &Response) -> ClientError {
+    ClientError::protocol(format!(
+        "expected a {expected} reply, got {}",
+        response_kind(got)
+    ))
+}

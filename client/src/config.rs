@@ -1,0 +1,302 @@
+//! Configuration of the client, the producer and the consumer. Each is a plain struct with
+//! defaults close to Kafka's and a `validate` that names the rule a bad value breaks.
+
+use crate::error::{ClientError, Result};
+use cairn_protocol::Acks;
+use std::time::Duration;
+
+/// How to reach a cluster and how patient to be with it. Shared by [`crate::Admin`],
+/// [`crate::Producer`] and [`crate::Consumer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Brokers to learn the cluster from, `host:port`. Any one reachable broker is enough.
+    pub bootstrap: Vec<String>,
+    /// Sent in the handshake; shows up in the node's logs.
+    pub client_id: String,
+    /// How long one request may wait for its reply before the connection is presumed dead.
+    pub request_timeout_ms: u64,
+    /// How long establishing a connection (TCP plus handshake) may take.
+    pub connect_timeout_ms: u64,
+    /// Requests waiting for replies on one connection; further requests wait for a slot
+    /// (backpressure). The server's own limit (learned in the handshake) caps this.
+    pub requests_in_flight_max: u32,
+    /// Cached metadata older than this is refreshed on its next use, even without errors.
+    pub metadata_max_age_ms: u64,
+    /// First wait before retrying a retriable failure; doubles up to `retry_backoff_max_ms`.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// Largest response frame this client accepts (fetch responses are the big ones).
+    pub frame_bytes_max: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            bootstrap: vec!["127.0.0.1:7171".to_owned()],
+            client_id: "cairn-client".to_owned(),
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            requests_in_flight_max: 64,
+            metadata_max_age_ms: 300_000,
+            retry_backoff_ms: 50,
+            retry_backoff_max_ms: 1_000,
+            frame_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// A config for the brokers in `bootstrap`, `host:port[,host:port...]`.
+    pub fn new(bootstrap: &str) -> Result<ClientConfig> {
+        Ok(ClientConfig {
+            bootstrap: parse_bootstrap(bootstrap)?,
+            ..ClientConfig::default()
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.bootstrap.is_empty() {
+            return Err(ClientError::invalid("the bootstrap list is empty"));
+        }
+        if self.requests_in_flight_max == 0 {
+            return Err(ClientError::invalid(
+                "requests_in_flight_max must be at least 1, or nothing could ever be sent",
+            ));
+        }
+        if self.request_timeout_ms == 0 || self.connect_timeout_ms == 0 {
+            return Err(ClientError::invalid("timeouts must be above 0 ms"));
+        }
+        if self.retry_backoff_ms > self.retry_backoff_max_ms {
+            return Err(ClientError::invalid(
+                "retry_backoff_ms must not exceed retry_backoff_max_ms",
+            ));
+        }
+        if self.frame_bytes_max < 1024 {
+            return Err(ClientError::invalid(
+                "frame_bytes_max below 1 KiB cannot carry a metadata reply",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Backoff before retry number `attempt` (0-based): exponential, capped.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u64 << attempt.min(16);
+        Duration::from_millis(
+            self.retry_backoff_ms
+                .saturating_mul(factor)
+                .min(self.retry_backoff_max_ms),
+        )
+    }
+}
+
+/// Parses `host:port[,host:port...]`; blanks around entries are ignored.
+pub fn parse_bootstrap(list: &str) -> Result<Vec<String>> {
+    let addresses: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if addresses.is_empty() {
+        return Err(ClientError::invalid(format!(
+            "bootstrap list {list:?} names no broker"
+        )));
+    }
+    for address in &addresses {
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => {
+                return Err(ClientError::invalid(format!(
+                    "bootstrap entry {address:?} is not host:port"
+                )))
+            }
+        }
+    }
+    Ok(addresses)
+}
+
+/// How the producer batches, bounds memory and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// Replicas that must hold a batch before its records resolve. `Acks::None` resolves
+    /// without a real offset (see [`crate::RecordMetadata::offset`]).
+    pub acks: Acks,
+    /// How long a batch that is not full waits for more records before it is sent.
+    pub linger_ms: u64,
+    /// A batch is sent once adding the next record would pass this size. Stored batches stay
+    /// at or below it, except for a single record larger than it, which goes alone.
+    pub batch_bytes_max: usize,
+    /// Bytes of records accepted but not yet acknowledged. `send` waits while full.
+    pub buffer_bytes_max: usize,
+    /// Batches of one partition sent but not yet answered.
+    pub requests_in_flight_per_partition_max: usize,
+    /// How long a record may take from `send` to its outcome, retries included.
+    pub delivery_timeout_ms: u64,
+    /// Sent to the leader as the time it may wait for the acks; the client waits a little
+    /// longer for the reply.
+    pub request_timeout_ms: u64,
+    /// First wait before a batch is retried; doubles up to `retry_backoff_max_ms`.
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger_ms: 5,
+            batch_bytes_max: 64 * 1024,
+            buffer_bytes_max: 32 * 1024 * 1024,
+            requests_in_flight_per_partition_max: 5,
+            delivery_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
+            retry_backoff_ms: 50,
+            retry_backoff_max_ms: 1_000,
+        }
+    }
+}
+
+impl ProducerConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_bytes_max < cairn_protocol::batch::HEADER_BYTES + 16 {
+            return Err(ClientError::invalid(
+                "batch_bytes_max must leave room for the batch header and a record",
+            ));
+        }
+        if self.buffer_bytes_max < self.batch_bytes_max {
+            return Err(ClientError::invalid(
+                "buffer_bytes_max must hold at least one full batch",
+            ));
+        }
+        if self.buffer_bytes_max > u32::MAX as usize {
+            return Err(ClientError::invalid(
+                "buffer_bytes_max must stay below 4 GiB",
+            ));
+        }
+        if self.requests_in_flight_per_partition_max == 0 {
+            return Err(ClientError::invalid(
+                "requests_in_flight_per_partition_max must be at least 1",
+            ));
+        }
+        if self.delivery_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return Err(ClientError::invalid("timeouts must be above 0 ms"));
+        }
+        if self.request_timeout_ms > u64::from(u32::MAX) {
+            return Err(ClientError::invalid(
+                "request_timeout_ms must fit in 32 bits",
+            ));
+        }
+        if self.retry_backoff_ms > self.retry_backoff_max_ms {
+            return Err(ClientError::invalid(
+                "retry_backoff_ms must not exceed retry_backoff_max_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u64 << attempt.min(16);
+        Duration::from_millis(
+            self.retry_backoff_ms
+                .saturating_mul(factor)
+                .min(self.retry_backoff_max_ms),
+        )
+    }
+}
+
+/// Where a consumer starts when it has no position (or its position fell out of the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    /// The first offset still in the log.
+    Earliest,
+    /// The high watermark: only records produced from now on.
+    #[default]
+    Latest,
+}
+
+/// How the consumer fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Bytes one fetch response may carry, across partitions.
+    pub fetch_max_bytes: u32,
+    /// Bytes one partition may contribute to a fetch response.
+    pub fetch_partition_max_bytes: u32,
+    /// How long the leader may hold a fetch waiting for `fetch_min_bytes`.
+    pub fetch_max_wait_ms: u32,
+    pub fetch_min_bytes: u32,
+    /// Records one `poll` returns at most; the rest stay buffered for the next poll.
+    pub max_poll_records: usize,
+    pub auto_offset_reset: AutoOffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_max_bytes: 16 * 1024 * 1024,
+            fetch_partition_max_bytes: 1024 * 1024,
+            fetch_max_wait_ms: 500,
+            fetch_min_bytes: 1,
+            max_poll_records: 500,
+            auto_offset_reset: AutoOffsetReset::Latest,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.fetch_max_bytes == 0 || self.fetch_partition_max_bytes == 0 {
+            return Err(ClientError::invalid("fetch byte limits must be above 0"));
+        }
+        if self.max_poll_records == 0 {
+            return Err(ClientError::invalid("max_poll_records must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_lists_parse_and_bad_entries_are_refused() {
+        assert_eq!(
+            parse_bootstrap("a:1, b:2 ,").unwrap(),
+            vec!["a:1".to_owned(), "b:2".to_owned()]
+        );
+        assert!(parse_bootstrap("").is_err());
+        assert!(parse_bootstrap("nohost").is_err());
+        assert!(parse_bootstrap("h:notaport").is_err());
+        assert!(parse_bootstrap(":7").is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_bad_values_do_not() {
+        ClientConfig::default().validate().unwrap();
+        ProducerConfig::default().validate().unwrap();
+        ConsumerConfig::default().validate().unwrap();
+        let producer = ProducerConfig {
+            buffer_bytes_max: 10,
+            ..ProducerConfig::default()
+        };
+        assert!(producer.validate().is_err());
+        let client = ClientConfig {
+            requests_in_flight_max: 0,
+            ..ClientConfig::default()
+        };
+        assert!(client.validate().is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = ClientConfig::default();
+        assert_eq!(config.backoff(0), Duration::from_millis(50));
+        assert_eq!(config.backoff(1), Duration::from_millis(100));
+        assert_eq!(config.backoff(30), Duration::from_millis(1_000));
+    }
+}

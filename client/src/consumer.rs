@@ -1,0 +1,560 @@
+//! [`Consumer`]: reads records from assigned partitions.
+//!
+//! Manual assignment: the application names the partitions ([`Consumer::assign`]) and where
+//! to start ([`Consumer::seek`]). Group membership (`subscribe`) will fill the same assignment
+//! from a coordinator; everything below the assignment (positions, fetching, buffering) stays.
+//!
+//! `poll` sends one long-poll `Fetch` per leader covering all of that leader's assigned
+//! partitions, concurrently; decodes the batches (skipping control batches and records below
+//! the position, since a fetch may start at an earlier batch boundary); and hands out at most
+//! `max_poll_records` records, keeping the rest buffered. At most one fetch is out at a time:
+//! it starts when the buffer holds fewer than `max_poll_records` records (so it travels while
+//! the application works), and memory stays bounded by that buffer plus one fetch response.
+
+use crate::cluster::{unexpected, Cluster};
+use crate::config::{AutoOffsetReset, ClientConfig, ConsumerConfig};
+use crate::error::{ClientError, Result};
+use bytes::Bytes;
+use cairn_protocol::batch::split_batches;
+use cairn_protocol::messages::{
+    FetchPartition, FetchRequest, FetchedRecords, ListOffsetsRequest, OffsetSpec,
+};
+use cairn_protocol::{ApiError, Header, NodeId, Offset, Request, Response};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// Bytes of record batches a fetch may ask for so that the reply fits in a frame of
+/// `frame_bytes_max`: room is left for the envelope and each partition's entry.
+fn fetch_bytes_limit(frame_bytes_max: u32, partitions: usize) -> u32 {
+    const ENVELOPE_BYTES: u32 = 1024;
+    const PARTITION_ENTRY_BYTES: u32 = 512;
+    let overhead =
+        ENVELOPE_BYTES.saturating_add(PARTITION_ENTRY_BYTES.saturating_mul(partitions as u32));
+    frame_bytes_max.saturating_sub(overhead).max(1)
+}
+
+/// One record as the consumer returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub offset: Offset,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+/// Where [`Consumer::seek`] moves a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    /// The first offset still in the log.
+    Earliest,
+    /// The high watermark: the next record to be committed.
+    Latest,
+    Offset(Offset),
+    /// The first record whose timestamp is at or after this many ms since the Unix epoch
+    /// (the high watermark when there is none).
+    Timestamp(i64),
+}
+
+/// A partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: &str, partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: Arc::from(topic),
+            partition,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PartitionState {
+    /// Next offset to fetch; `None` until resolved by seek or `auto_offset_reset`.
+    fetch_offset: Option<Offset>,
+    /// Next offset `poll` returns to the application.
+    position: Option<Offset>,
+    high_watermark: Option<Offset>,
+}
+
+/// Reads records from assigned partitions. Not `Clone`: one consumer, one position per
+/// partition.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), cairn_client::ClientError> {
+/// use cairn_client::{ClientConfig, Consumer, ConsumerConfig, SeekTo};
+/// use std::time::Duration;
+///
+/// let mut consumer = Consumer::new(ClientConfig::new("127.0.0.1:7171")?, ConsumerConfig::default())?;
+/// consumer.assign(&[("orders", 0), ("orders", 1)]).await?;
+/// consumer.seek("orders", 0, SeekTo::Earliest).await?;
+/// for record in consumer.poll(Duration::from_secs(1)).await? {
+///     println!("{}/{}@{}: {:?}", record.topic, record.partition, record.offset, record.value);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct Consumer {
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    assignment: BTreeMap<TopicPartition, PartitionState>,
+    buffer: VecDeque<ConsumerRecord>,
+    /// The fetch in flight, if any (started by a previous poll or this one).
+    fetch: Option<JoinHandle<Result<Vec<LeaderFetch>>>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            fetch.abort();
+        }
+    }
+}
+
+impl Consumer {
+    /// A consumer for the cluster `config` names. Connects lazily.
+    pub fn new(client: ClientConfig, config: ConsumerConfig) -> Result<Consumer> {
+        config.validate()?;
+        Ok(Consumer {
+            cluster: Cluster::new(client)?,
+            config,
+            assignment: BTreeMap::new(),
+            buffer: VecDeque::new(),
+            fetch: None,
+        })
+    }
+
+    /// Replaces the assignment with these partitions. Positions of partitions that stay
+    /// assigned are kept; new ones start per `auto_offset_reset` unless sought. Unknown topics
+    /// and partitions are refused and leave the assignment unchanged.
+    pub async fn assign(&mut self, partitions: &[(&str, u32)]) -> Result<()> {
+        for (topic, partition) in partitions {
+            self.cluster.partition(topic, *partition).await?;
+        }
+        let mut next = BTreeMap::new();
+        for (topic, partition) in partitions {
+            let key = TopicPartition::new(topic, *partition);
+            let state = self.assignment.remove(&key).unwrap_or(PartitionState {
+                fetch_offset: None,
+                position: None,
+                high_watermark: None,
+            });
+            next.insert(key, state);
+        }
+        self.assignment = next;
+        let assignment = &self.assignment;
+        self.buffer.retain(|record| {
+            assignment.contains_key(&TopicPartition {
+                topic: Arc::clone(&record.topic),
+                partition: record.partition,
+            })
+        });
+        Ok(())
+    }
+
+    /// Assigns every partition of `topic`.
+    pub async fn assign_topic(&mut self, topic: &str) -> Result<Vec<u32>> {
+        let metadata = self.cluster.topic(topic).await?;
+        let partitions: Vec<u32> = metadata.partitions.iter().map(|p| p.partition).collect();
+        let pairs: Vec<(&str, u32)> = partitions.iter().map(|p| (topic, *p)).collect();
+        self.assign(&pairs).await?;
+        Ok(partitions)
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.assignment.keys().cloned().collect()
+    }
+
+    /// Moves the position of an assigned partition. Buffered records of that partition are
+    /// dropped.
+    pub async fn seek(&mut self, topic: &str, partition: u32, to: SeekTo) -> Result<Offset> {
+        let key = TopicPartition::new(topic, partition);
+        if !self.assignment.contains_key(&key) {
+            return Err(ClientError::invalid(format!(
+                "{topic}/{partition} is not assigned to this consumer"
+            )));
+        }
+        let offset = match to {
+            SeekTo::Offset(offset) => offset,
+            SeekTo::Earliest => {
+                self.list_offset(topic, partition, OffsetSpec::Earliest)
+                    .await?
+            }
+            SeekTo::Latest => {
+                self.list_offset(topic, partition, OffsetSpec::Latest)
+                    .await?
+            }
+            SeekTo::Timestamp(ms) => {
+                self.list_offset(topic, partition, OffsetSpec::Timestamp(ms))
+                    .await?
+            }
+        };
+        self.set_position(&key, offset);
+        Ok(offset)
+    }
+
+    fn set_position(&mut self, key: &TopicPartition, offset: Offset) {
+        if let Some(state) = self.assignment.get_mut(key) {
+            state.fetch_offset = Some(offset);
+            state.position = Some(offset);
+        }
+        self.buffer
+            .retain(|record| !(record.partition == key.partition && record.topic == key.topic));
+    }
+
+    /// The next offset `poll` will return for the partition (`None` before it is known).
+    pub fn position(&self, topic: &str, partition: u32) -> Option<Offset> {
+        self.assignment
+            .get(&TopicPartition::new(topic, partition))
+            .and_then(|state| state.position)
+    }
+
+    /// The high watermark the last fetch reported for the partition.
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> Option<Offset> {
+        self.assignment
+            .get(&TopicPartition::new(topic, partition))
+            .and_then(|state| state.high_watermark)
+    }
+
+    /// Asks the partition's leader for an offset (earliest, latest, or by timestamp).
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Offset> {
+        let deadline = Instant::now() + self.cluster.config().request_timeout();
+        let reply = self
+            .cluster
+            .call_leader(
+                topic,
+                partition,
+                Request::ListOffsets(ListOffsetsRequest {
+                    topic: topic.to_owned(),
+                    partition,
+                    spec,
+                }),
+                deadline,
+            )
+            .await?;
+        match reply {
+            Response::ListOffsets(reply) => Ok(reply.offset),
+            other => Err(unexpected("ListOffsets", &other)),
+        }
+    }
+
+    /// Returns the next records, waiting up to `timeout` for some to arrive. An empty vector
+    /// means none arrived in time. At most `max_poll_records` are returned.
+    ///
+    /// When the buffer runs low, the next fetch is started before returning, so it travels
+    /// while the application works on the records just returned.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let deadline = Instant::now() + timeout;
+        let mut attempt = 0u32;
+        loop {
+            if !self.buffer.is_empty() {
+                let records = self.take_buffered();
+                if self.buffer.len() < self.config.max_poll_records && self.fetch.is_none() {
+                    self.start_fetch(Duration::from_millis(u64::from(
+                        self.config.fetch_max_wait_ms,
+                    )));
+                }
+                return Ok(records);
+            }
+            if self.assignment.is_empty() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+                return Ok(Vec::new());
+            }
+            let result = self.fetch_until(deadline).await;
+            match result {
+                Ok(true) => attempt = 0,
+                // The fetch is still out; it is picked up by the next poll.
+                Ok(false) => return Ok(Vec::new()),
+                Err(error) if error.is_retriable() => {
+                    if error.needs_metadata_refresh() {
+                        self.cluster.invalidate();
+                    }
+                    tracing::debug!(%error, "fetch failed; retrying");
+                    let backoff = self.cluster.config().backoff(attempt);
+                    attempt += 1;
+                    if Instant::now() + backoff >= deadline {
+                        return Ok(Vec::new());
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(error) => return Err(error),
+            }
+            if self.buffer.is_empty() && Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    fn take_buffered(&mut self) -> Vec<ConsumerRecord> {
+        let count = self.buffer.len().min(self.config.max_poll_records);
+        let records: Vec<ConsumerRecord> = self.buffer.drain(..count).collect();
+        for record in &records {
+            let key = TopicPartition {
+                topic: Arc::clone(&record.topic),
+                partition: record.partition,
+            };
+            if let Some(state) = self.assignment.get_mut(&key) {
+                state.position = Some(record.offset.plus(1));
+            }
+        }
+        records
+    }
+
+    /// Makes sure a fetch is out (resolving missing positions first) and waits for it until
+    /// `deadline`. Returns whether it completed (and its records were buffered).
+    async fn fetch_until(&mut self, deadline: Instant) -> Result<bool> {
+        if self.fetch.is_none() {
+            let unresolved: Vec<TopicPartition> = self
+                .assignment
+                .iter()
+                .filter(|(_, state)| state.fetch_offset.is_none())
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in unresolved {
+                self.reset_offset(&key).await?;
+            }
+            self.start_fetch(deadline.saturating_duration_since(Instant::now()));
+        }
+        let Some(fetch) = self.fetch.as_mut() else {
+            return Ok(true);
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let outcome = match tokio::time::timeout_at(deadline, fetch).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Ok(false),
+        };
+        self.fetch = None;
+        let outcome = outcome
+            .map_err(|error| ClientError::protocol(format!("fetch task failed: {error}")))?;
+        self.absorb(outcome?).await?;
+        Ok(true)
+    }
+
+    /// Starts one fetch per leader for every partition with a known fetch offset, in a
+    /// background task.
+    fn start_fetch(&mut self, wait: Duration) {
+        let wanted: Vec<(TopicPartition, Offset)> = self
+            .assignment
+            .iter()
+            .filter_map(|(key, state)| state.fetch_offset.map(|offset| (key.clone(), offset)))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let cluster = Arc::clone(&self.cluster);
+        let config = self.config.clone();
+        let max_wait_ms =
+            (wait.as_millis().min(u128::from(u32::MAX)) as u32).min(config.fetch_max_wait_ms);
+        self.fetch = Some(tokio::spawn(fetch_all(
+            cluster,
+            config,
+            wanted,
+            max_wait_ms,
+        )));
+    }
+
+    /// Buffers the records of a completed fetch. A partition sought or unassigned while the
+    /// fetch was out is skipped (its data starts at the wrong offset).
+    async fn absorb(&mut self, replies: Vec<LeaderFetch>) -> Result<()> {
+        let mut first_error = None;
+        for LeaderFetch { offsets, reply } in replies {
+            let reply = match reply {
+                Ok(Response::Fetch(reply)) => reply,
+                Ok(other) => return Err(unexpected("Fetch", &other)),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    continue;
+                }
+            };
+            for partition in reply.partitions {
+                let key = TopicPartition::new(&partition.topic, partition.partition);
+                let requested = offsets
+                    .iter()
+                    .find(|(candidate, _)| *candidate == key)
+                    .map(|(_, offset)| *offset);
+                let current = self
+                    .assignment
+                    .get(&key)
+                    .and_then(|state| state.fetch_offset);
+                if requested.is_none() || requested != current {
+                    continue;
+                }
+                match partition.result {
+                    Ok(fetched) => self.buffer_fetched(&key, fetched)?,
+                    Err(error) => self.partition_error(&key, error, &mut first_error).await?,
+                }
+            }
+        }
+        match first_error {
+            // Records that did arrive are served first; the failure is retried next poll.
+            Some(error) if self.buffer.is_empty() => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    async fn partition_error(
+        &mut self,
+        key: &TopicPartition,
+        error: ApiError,
+        first_error: &mut Option<ClientError>,
+    ) -> Result<()> {
+        match error {
+            ApiError::OffsetOutOfRange { .. } => {
+                tracing::info!(topic = %key.topic, partition = key.partition, %error, "resetting position");
+                self.reset_offset(key).await
+            }
+            error if error.is_retriable() || error.needs_metadata_refresh() => {
+                self.cluster.invalidate();
+                if error.is_retriable() {
+                    first_error.get_or_insert(ClientError::Api(error));
+                    Ok(())
+                } else {
+                    Err(ClientError::Api(error))
+                }
+            }
+            error => Err(ClientError::Api(error)),
+        }
+    }
+
+    /// Moves a partition to the offset `auto_offset_reset` names.
+    async fn reset_offset(&mut self, key: &TopicPartition) -> Result<()> {
+        let spec = match self.config.auto_offset_reset {
+            AutoOffsetReset::Earliest => OffsetSpec::Earliest,
+            AutoOffsetReset::Latest => OffsetSpec::Latest,
+        };
+        let offset = self.list_offset(&key.topic, key.partition, spec).await?;
+        self.set_position(key, offset);
+        Ok(())
+    }
+
+    /// Decodes one partition's fetched batches into the buffer, from its fetch offset on.
+    fn buffer_fetched(&mut self, key: &TopicPartition, fetched: FetchedRecords) -> Result<()> {
+        let Some(state) = self.assignment.get_mut(key) else {
+            // Unassigned while the fetch was out: drop its records.
+            return Ok(());
+        };
+        let Some(mut next) = state.fetch_offset else {
+            return Ok(());
+        };
+        state.high_watermark = Some(fetched.high_watermark);
+        for batch in split_batches(&fetched.batches) {
+            let batch = batch.map_err(|error| {
+                ClientError::Api(ApiError::CorruptBatch {
+                    reason: format!("{}/{}: {error}", key.topic, key.partition),
+                })
+            })?;
+            if batch.next_offset() <= next {
+                continue;
+            }
+            if batch.header().is_control() {
+                next = batch.next_offset();
+                continue;
+            }
+            for record in batch.records() {
+                let record = record.map_err(|error| {
+                    ClientError::Api(ApiError::CorruptBatch {
+                        reason: format!("{}/{}: {error}", key.topic, key.partition),
+                    })
+                })?;
+                if record.offset < next {
+                    continue;
+                }
+                self.buffer.push_back(ConsumerRecord {
+                    topic: Arc::clone(&key.topic),
+                    partition: key.partition,
+                    offset: record.offset,
+                    timestamp_ms: record.timestamp_ms,
+                    key: record.key,
+                    value: record.value,
+                    headers: record.headers,
+                });
+            }
+            next = batch.next_offset();
+        }
+        state.fetch_offset = Some(next);
+        if state.position.is_none() {
+            state.position = Some(next);
+        }
+        Ok(())
+    }
+}
+
+/// One leader's fetch: the offsets asked for and the reply.
+struct LeaderFetch {
+    offsets: Vec<(TopicPartition, Offset)>,
+    reply: Result<Response>,
+}
+
+/// Sends one fetch per leader, concurrently, and collects the replies.
+async fn fetch_all(
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    wanted: Vec<(TopicPartition, Offset)>,
+    max_wait_ms: u32,
+) -> Result<Vec<LeaderFetch>> {
+    let mut by_leader: HashMap<NodeId, Vec<(TopicPartition, Offset)>> = HashMap::new();
+    for (key, offset) in wanted {
+        let leader = cluster.leader(&key.topic, key.partition).await?;
+        by_leader.entry(leader).or_default().push((key, offset));
+    }
+    let fetches = by_leader.into_iter().map(|(leader, offsets)| {
+        let cluster = Arc::clone(&cluster);
+        let config = config.clone();
+        async move {
+            let reply = fetch_from(&cluster, &config, leader, &offsets, max_wait_ms).await;
+            LeaderFetch { offsets, reply }
+        }
+    });
+    Ok(futures::future::join_all(fetches).await)
+}
+
+async fn fetch_from(
+    cluster: &Cluster,
+    config: &ConsumerConfig,
+    leader: NodeId,
+    offsets: &[(TopicPartition, Offset)],
+    max_wait_ms: u32,
+) -> Result<Response> {
+    let connection = cluster.broker_connection(leader).await?;
+    // The reply must fit in one frame of the server's maximum size.
+    let max_bytes = config.fetch_max_bytes.min(fetch_bytes_limit(
+        connection.limits().frame_bytes_max,
+        offsets.len(),
+    ));
+    let partitions = offsets
+        .iter()
+        .map(|(key, offset)| FetchPartition {
+            topic: key.topic.to_string(),
+            partition: key.partition,
+            offset: *offset,
+            max_bytes: config.fetch_partition_max_bytes.min(max_bytes),
+        })
+        .collect();
+    let request = Request::Fetch(FetchRequest {
+        max_wait_ms,
+        min_bytes: config.fetch_min_bytes,
+        max_bytes,
+        partitions,
+    });
+    let timeout =
+        cluster.config().request_timeout() + Duration::from_millis(u64::from(max_wait_ms));
+    connection
+        .submit_with_timeout(request, timeout)
+        .await?
+        .wait()
+        .await
+}

@@ -1,0 +1,480 @@
+//! [`Producer`]: batches records per partition and sends them to partition leaders.
+//!
+//! Data flow: `send` reserves the record's size in a bounded buffer (waiting while it is full:
+//! that is the backpressure), picks the partition (key hash, explicit, or sticky) and appends
+//! to the accumulator (module `accumulator`). One background sender task drains closed batches in order
+//! and writes them as `Produce` requests on the leader's connection (pipelined, in order per
+//! partition); a small task per batch waits for the reply, resolves the records' futures and
+//! gives the buffer space back, or puts the batch back for a retry.
+//!
+//! Retries: a retriable failure (leader moved, timeout, connection lost) refreshes metadata
+//! when needed and resends the batch after a backoff, until the delivery timeout. Ordering
+//! caveat: with more than one batch in flight per partition, a failed batch can be retried
+//! after a later batch of the same partition was already written, and a batch whose reply was
+//! lost may be written twice. Idempotent producing (producer ids and sequences, in a later
+//! version) removes both; until then set `requests_in_flight_per_partition_max = 1` for
+//! strict order under failures.
+
+use crate::accumulator::{
+    Accumulator, AccumulatorConfig, AppendError, PartitionChoice, ReadyBatch,
+};
+use crate::cluster::{unexpected, Cluster};
+use crate::config::{ClientConfig, ProducerConfig};
+use crate::error::{ClientError, Result};
+use crate::partitioner::{murmur2, to_positive};
+use cairn_protocol::batch::record_encoded_bytes;
+use cairn_protocol::messages::ProduceRequest;
+use cairn_protocol::{Acks, ApiError, Record, Request, Response};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, Semaphore};
+
+pub use crate::accumulator::{DeliveryFuture, RecordMetadata};
+
+/// Extra time the client waits for a produce reply beyond the time the leader may take.
+const REPLY_MARGIN: Duration = Duration::from_secs(5);
+
+/// Sends records to a cluster. Cheap to clone; clones share one buffer and one sender task.
+/// Dropping the last clone sends what is buffered in the background; call
+/// [`Producer::close`] to wait for it.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), cairn_client::ClientError> {
+/// use cairn_client::{ClientConfig, Producer, ProducerConfig, Record};
+///
+/// let producer = Producer::new(
+///     ClientConfig::new("127.0.0.1:7171")?,
+///     ProducerConfig::default(),
+/// )
+/// .await?;
+/// // `send` waits only when the buffer is full; the returned future resolves on the ack.
+/// let delivery = producer.send("orders", Record::new("hello").with_key("customer-7")).await?;
+/// let metadata = delivery.await?;
+/// println!("written at {:?} in partition {}", metadata.offset, metadata.partition);
+/// producer.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+struct Inner {
+    cluster: Arc<Cluster>,
+    config: ProducerConfig,
+    accumulator: Mutex<Accumulator>,
+    /// Bytes of records accepted and not yet completed; permits are bytes.
+    buffer: Semaphore,
+    /// Wakes the sender: a batch opened or closed, a reply arrived, the producer closes.
+    wake: Notify,
+    closed: AtomicBool,
+    /// Signalled by the sender task when it has sent everything after close.
+    stopped: Notify,
+    sender_done: AtomicBool,
+}
+
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+impl Producer {
+    /// Connects to the cluster (to learn the server's batch limit) and starts the sender
+    /// task. Must run inside a tokio runtime.
+    pub async fn new(client: ClientConfig, config: ProducerConfig) -> Result<Producer> {
+        config.validate()?;
+        let cluster = Cluster::new(client)?;
+        let connection = cluster.any_connection().await?;
+        let mut config = config;
+        let server_batch_max = connection.limits().batch_bytes_max as usize;
+        if server_batch_max > 0 && server_batch_max < config.batch_bytes_max {
+            // Batches the server would refuse are never built.
+            config.batch_bytes_max = server_batch_max;
+        }
+        Ok(Self::start(cluster, config))
+    }
+
+    fn start(cluster: Arc<Cluster>, config: ProducerConfig) -> Producer {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.subsec_nanos())
+            .unwrap_or_default();
+        let accumulator = Accumulator::new(
+            AccumulatorConfig {
+                batch_bytes_max: config.batch_bytes_max,
+                linger: Duration::from_millis(config.linger_ms),
+                in_flight_per_partition_max: config.requests_in_flight_per_partition_max,
+                delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+            },
+            seed,
+        );
+        let inner = Arc::new(Inner {
+            cluster,
+            buffer: Semaphore::new(config.buffer_bytes_max),
+            config,
+            accumulator: Mutex::new(accumulator),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            stopped: Notify::new(),
+            sender_done: AtomicBool::new(false),
+        });
+        tokio::spawn(sender_loop(Arc::clone(&inner)));
+        Producer {
+            _guard: Arc::new(CloseOnDrop(Arc::clone(&inner))),
+            inner,
+        }
+    }
+
+    /// The configuration in force (`batch_bytes_max` may be lowered to the server's limit).
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+
+    /// Queues `record` for `topic`; the partition comes from the key (Kafka's murmur2), or,
+    /// without a key, is sticky per batch. Waits while the buffer is full. The returned future
+    /// resolves when the record is acknowledged or has finally failed.
+    pub async fn send(&self, topic: &str, record: Record) -> Result<DeliveryFuture> {
+        let choice = match &record.key {
+            Some(key) => PartitionChoice::KeyHash(to_positive(murmur2(key))),
+            None => PartitionChoice::Sticky,
+        };
+        self.append(topic, choice, record).await
+    }
+
+    /// Like [`Producer::send`] to an explicit partition.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        record: Record,
+    ) -> Result<DeliveryFuture> {
+        self.append(topic, PartitionChoice::Explicit(partition), record)
+            .await
+    }
+
+    /// Sends one record and waits for its acknowledgement. Slow for many records (each waits
+    /// for its batch's linger and round trip); prefer [`Producer::send`] and await later.
+    pub async fn send_and_wait(&self, topic: &str, record: Record) -> Result<RecordMetadata> {
+        let delivery = self.send(topic, record).await?;
+        self.inner.wake.notify_one();
+        delivery.await
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        choice: PartitionChoice,
+        mut record: Record,
+    ) -> Result<DeliveryFuture> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        let record_bytes = record_encoded_bytes(&record);
+        if record_bytes > inner.config.buffer_bytes_max {
+            return Err(ClientError::RecordTooLarge {
+                size: record_bytes as u64,
+                max: inner.config.buffer_bytes_max as u64,
+            });
+        }
+        if record.timestamp_ms.is_none() {
+            record.timestamp_ms = Some(now_ms());
+        }
+        // Backpressure: wait for buffer room. The permits are given back when the record's
+        // batch completes (see `Inner::complete`).
+        inner
+            .buffer
+            .acquire_many(record_bytes as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?
+            .forget();
+        let mut attempts = 0;
+        loop {
+            let appended = {
+                let mut accumulator = inner.accumulator.lock().expect("accumulator lock");
+                accumulator.append(topic, choice, &record, record_bytes, Instant::now())
+            };
+            match appended {
+                Ok(appended) => {
+                    if appended.wake_sender {
+                        inner.wake.notify_one();
+                    }
+                    return Ok(appended.future);
+                }
+                Err(AppendError::UnknownTopic) if attempts == 0 => {
+                    attempts += 1;
+                    match inner.cluster.topic(topic).await {
+                        Ok(metadata) if !metadata.partitions.is_empty() => {
+                            inner
+                                .accumulator
+                                .lock()
+                                .expect("accumulator lock")
+                                .add_topic(topic, metadata.partitions.len() as u32);
+                        }
+                        Ok(_) => {
+                            inner.buffer.add_permits(record_bytes);
+                            return Err(ClientError::protocol(format!(
+                                "metadata lists topic '{topic}' without partitions"
+                            )));
+                        }
+                        Err(error) => {
+                            inner.buffer.add_permits(record_bytes);
+                            return Err(error);
+                        }
+                    }
+                }
+                Err(error) => {
+                    inner.buffer.add_permits(record_bytes);
+                    return Err(match error {
+                        AppendError::UnknownTopic => ClientError::Api(ApiError::UnknownTopic {
+                            topic: topic.to_owned(),
+                        }),
+                        AppendError::UnknownPartition { partitions } => {
+                            ClientError::Api(ApiError::UnknownPartition {
+                                topic: topic.to_owned(),
+                                partition: match choice {
+                                    PartitionChoice::Explicit(partition) => partition,
+                                    _ => 0,
+                                },
+                                partitions,
+                            })
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends every buffered record now (ignoring linger) and waits until each batch that
+    /// existed when flush was called has its outcome. Returns the first failure among them;
+    /// each record's own future has its own outcome either way.
+    pub async fn flush(&self) -> Result<()> {
+        let waits = {
+            let mut accumulator = self.inner.accumulator.lock().expect("accumulator lock");
+            accumulator.close_all();
+            accumulator.outstanding()
+        };
+        self.inner.wake.notify_one();
+        let mut first_error = None;
+        for wait in waits {
+            if let Err(error) = wait.await {
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner_cluster_invalidate(&self) {
+        self.inner.cluster.invalidate();
+    }
+
+    /// Bytes of records accepted but not yet completed (at most `buffer_bytes_max`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.config.buffer_bytes_max - self.inner.buffer.available_permits()
+    }
+
+    /// Flushes, then stops the sender task. Other clones can no longer send.
+    pub async fn close(self) -> Result<()> {
+        let flushed = self.flush().await;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        while !self.inner.sender_done.load(Ordering::Acquire) {
+            let stopped = self.inner.stopped.notified();
+            if self.inner.sender_done.load(Ordering::Acquire) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), stopped).await;
+        }
+        flushed
+    }
+}
+
+async fn sender_loop(inner: Arc<Inner>) {
+    loop {
+        let closing = inner.closed.load(Ordering::Acquire);
+        let drained = {
+            let mut accumulator = inner.accumulator.lock().expect("accumulator lock");
+            if closing {
+                accumulator.close_all();
+            }
+            accumulator.drain(Instant::now())
+        };
+        for mut batch in drained.expired {
+            let last = batch
+                .last_error
+                .take()
+                .unwrap_or(ClientError::Api(ApiError::Timeout {
+                    waited_ms: inner.config.delivery_timeout_ms,
+                }));
+            let waited_ms = batch.created.elapsed().as_millis() as u64;
+            inner.complete_unsent(
+                batch,
+                ClientError::DeliveryTimeout {
+                    waited_ms,
+                    last: Box::new(last),
+                },
+            );
+        }
+        // A partition whose batch could not even be written this round sends none of its
+        // later batches either: they go back behind it, so order holds.
+        let mut held_back: Vec<(Arc<str>, u32)> = Vec::new();
+        for batch in drained.batches {
+            let partition = (Arc::clone(&batch.topic), batch.partition);
+            if held_back.contains(&partition) {
+                inner
+                    .accumulator
+                    .lock()
+                    .expect("accumulator lock")
+                    .requeue(batch);
+                continue;
+            }
+            if !dispatch(&inner, batch).await {
+                held_back.push(partition);
+            }
+        }
+        if closing
+            && inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .is_empty()
+        {
+            inner.sender_done.store(true, Ordering::Release);
+            inner.stopped.notify_waiters();
+            return;
+        }
+        let woken = inner.wake.notified();
+        match drained.next_wake {
+            Some(at) => {
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+/// Writes one batch to its leader and leaves a task waiting for the reply. Returns false when
+/// the batch could not be written (it was put back for a retry, or failed).
+async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) -> bool {
+    let connection = match inner
+        .cluster
+        .leader_connection(&batch.topic, batch.partition)
+        .await
+    {
+        Ok(connection) => connection,
+        Err(error) => {
+            inner.failed(batch, error);
+            return false;
+        }
+    };
+    let request = Request::Produce(ProduceRequest {
+        topic: batch.topic.to_string(),
+        partition: batch.partition,
+        acks: inner.config.acks,
+        timeout_ms: inner.config.request_timeout_ms as u32,
+        batch: batch.bytes.clone(),
+    });
+    tracing::trace!(topic = %batch.topic, partition = batch.partition, records = batch.record_count, "sending batch");
+    let reply_timeout = Duration::from_millis(inner.config.request_timeout_ms) + REPLY_MARGIN;
+    match connection.submit_with_timeout(request, reply_timeout).await {
+        Ok(pending) => {
+            let inner = Arc::clone(inner);
+            tokio::spawn(async move {
+                let reply = pending.wait().await;
+                match reply {
+                    Ok(Response::Produce(reply)) => {
+                        let offset = match inner.config.acks {
+                            Acks::None => None,
+                            Acks::All | Acks::Leader => Some(reply.base_offset),
+                        };
+                        inner.complete(batch, Ok(offset));
+                    }
+                    Ok(other) => inner.complete(batch, Err(unexpected("Produce", &other))),
+                    Err(error) => inner.failed(batch, error),
+                }
+            });
+            true
+        }
+        Err(error) => {
+            inner.failed(batch, error);
+            false
+        }
+    }
+}
+
+impl Inner {
+    /// A sent batch failed: retry it after a backoff if the failure is retriable and the
+    /// delivery timeout allows, else fail its records.
+    fn failed(&self, mut batch: ReadyBatch, error: ClientError) {
+        if error.needs_metadata_refresh() {
+            self.cluster.invalidate();
+        }
+        if !error.is_retriable() {
+            return self.complete(batch, Err(error));
+        }
+        let backoff = self.config.backoff(batch.attempts);
+        let deadline = batch.created + Duration::from_millis(self.config.delivery_timeout_ms);
+        let now = Instant::now();
+        if now + backoff >= deadline {
+            let waited_ms = batch.created.elapsed().as_millis() as u64;
+            return self.complete(
+                batch,
+                Err(ClientError::DeliveryTimeout {
+                    waited_ms,
+                    last: Box::new(error),
+                }),
+            );
+        }
+        tracing::debug!(topic = %batch.topic, partition = batch.partition, %error, "retrying batch");
+        batch.attempts += 1;
+        batch.not_before = Some(now + backoff);
+        batch.last_error = Some(error);
+        self.accumulator
+            .lock()
+            .expect("accumulator lock")
+            .requeue(batch);
+        self.wake.notify_one();
+    }
+
+    /// A sent batch has its final outcome.
+    fn complete(&self, batch: ReadyBatch, outcome: Result<Option<cairn_protocol::Offset>>) {
+        self.accumulator
+            .lock()
+            .expect("accumulator lock")
+            .finish(&batch);
+        self.resolve(batch, outcome);
+    }
+
+    /// A batch that was never sent (it expired waiting) has failed.
+    fn complete_unsent(&self, batch: ReadyBatch, error: ClientError) {
+        // `drain` already removed it from the outstanding set; it was never in flight.
+        self.resolve(batch, Err(error));
+    }
+
+    fn resolve(&self, batch: ReadyBatch, outcome: Result<Option<cairn_protocol::Offset>>) {
+        batch.shared.complete(outcome);
+        self.buffer.add_permits(batch.buffered_bytes);
+        self.wake.notify_one();
+    }
+}

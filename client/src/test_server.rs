@@ -1,0 +1,403 @@
+//! A tiny in-process broker speaking the real protocol over real TCP, for unit tests of the
+//! connection, producer and consumer before (and independently of) the real node. One node,
+//! logs in memory, with fault hooks: pause (stop answering), inject refusals, drop
+//! connections.
+
+use bytes::Bytes;
+use cairn_protocol::frame::{decode_request, encode_response, FrameCodec, ResponseFrame};
+use cairn_protocol::messages::*;
+use cairn_protocol::{ApiError, Epoch, NodeId, Offset, RecordBatch, Request, Response};
+use futures::{SinkExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+
+pub(crate) struct Log {
+    pub batches: Vec<RecordBatch>,
+    pub log_end: Offset,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub topics: HashMap<String, Vec<Log>>,
+    /// Refusals handed out, in order, to the next produce requests.
+    pub produce_failures: VecDeque<ApiError>,
+    pub produce_requests: u64,
+    /// Metadata reports no leader for any partition (an election in progress).
+    pub leaderless: bool,
+}
+
+pub(crate) struct TestServer {
+    pub address: String,
+    pub state: Arc<Mutex<State>>,
+    pub limits: ServerLimits,
+    paused: watch::Sender<bool>,
+    /// Bumping this closes every open connection.
+    kill: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with_limits(ServerLimits {
+            frame_bytes_max: 8 * 1024 * 1024,
+            batch_bytes_max: 1024 * 1024,
+            record_bytes_max: 512 * 1024,
+            requests_in_flight_max: 64,
+        })
+        .await
+    }
+
+    pub async fn start_with_limits(limits: ServerLimits) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(Mutex::new(State::default()));
+        let (paused, paused_rx) = watch::channel(false);
+        let (kill, kill_rx) = watch::channel(0u64);
+        let task = {
+            let state = Arc::clone(&state);
+            let address = address.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    stream.set_nodelay(true).unwrap();
+                    tokio::spawn(serve(
+                        Framed::new(stream, FrameCodec::new(limits.frame_bytes_max as usize)),
+                        Arc::clone(&state),
+                        address.clone(),
+                        limits,
+                        paused_rx.clone(),
+                        kill_rx.clone(),
+                    ));
+                }
+            })
+        };
+        TestServer {
+            address,
+            state,
+            limits,
+            paused,
+            kill,
+            task,
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let logs = (0..partitions)
+            .map(|_| Log {
+                batches: Vec::new(),
+                log_end: Offset(0),
+            })
+            .collect();
+        self.state
+            .lock()
+            .unwrap()
+            .topics
+            .insert(name.to_owned(), logs);
+    }
+
+    /// While paused, requests are read but not answered (like a SIGSTOPped node).
+    pub fn pause(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    pub fn drop_connections(&self) {
+        self.kill.send_modify(|generation| *generation += 1);
+    }
+
+    /// Every stored record of a partition: (offset, key, value, timestamp).
+    pub fn records(&self, topic: &str, partition: u32) -> Vec<(u64, Option<Bytes>, Bytes, i64)> {
+        let state = self.state.lock().unwrap();
+        state.topics[topic][partition as usize]
+            .batches
+            .iter()
+            .flat_map(|batch| {
+                batch
+                    .records()
+                    .map(|record| {
+                        let record = record.unwrap();
+                        (
+                            record.offset.0,
+                            record.key,
+                            record.value,
+                            record.timestamp_ms,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    pub fn batch_sizes(&self, topic: &str, partition: u32) -> Vec<usize> {
+        let state = self.state.lock().unwrap();
+        state.topics[topic][partition as usize]
+            .batches
+            .iter()
+            .map(RecordBatch::size_bytes)
+            .collect()
+    }
+}
+
+async fn serve(
+    mut framed: Framed<tokio::net::TcpStream, FrameCodec>,
+    state: Arc<Mutex<State>>,
+    address: String,
+    limits: ServerLimits,
+    mut paused: watch::Receiver<bool>,
+    mut kill: watch::Receiver<u64>,
+) {
+    kill.mark_unchanged();
+    loop {
+        let frame = tokio::select! {
+            frame = framed.next() => frame,
+            _ = kill.changed() => return,
+        };
+        let Some(Ok(frame)) = frame else {
+            return;
+        };
+        let request = decode_request(&frame).unwrap();
+        // A paused server holds the reply; a kill still closes the connection.
+        tokio::select! {
+            _ = paused.wait_for(|paused| !*paused) => {}
+            _ = kill.changed() => return,
+        }
+        let result = handle(&state, &address, limits, request.request).await;
+        let reply = encode_response(&ResponseFrame {
+            correlation_id: request.correlation_id,
+            result,
+        });
+        if framed.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn unknown_topic(topic: &str) -> ApiError {
+    ApiError::UnknownTopic {
+        topic: topic.to_owned(),
+    }
+}
+
+async fn handle(
+    state: &Arc<Mutex<State>>,
+    address: &str,
+    limits: ServerLimits,
+    request: Request,
+) -> Result<Response, ApiError> {
+    match request {
+        Request::Handshake(_) => Ok(Response::Handshake(HandshakeResponse {
+            version: 1,
+            node_id: NodeId(1),
+            limits,
+        })),
+        Request::Metadata(request) => {
+            let state = state.lock().unwrap();
+            let names: Vec<String> = match request.topics {
+                Some(names) => names,
+                None => state.topics.keys().cloned().collect(),
+            };
+            let topics = names
+                .into_iter()
+                .map(|name| TopicMetadataResult {
+                    result: match state.topics.get(&name) {
+                        Some(logs) => Ok(TopicMetadata {
+                            name: name.clone(),
+                            internal: false,
+                            partitions: (0..logs.len() as u32)
+                                .map(|partition| PartitionMetadata {
+                                    partition,
+                                    leader: (!state.leaderless).then_some(NodeId(1)),
+                                    leader_epoch: Epoch(1),
+                                    replicas: vec![NodeId(1)],
+                                })
+                                .collect(),
+                        }),
+                        None => Err(unknown_topic(&name)),
+                    },
+                    name,
+                })
+                .collect();
+            Ok(Response::Metadata(MetadataResponse {
+                brokers: vec![BrokerInfo {
+                    node_id: NodeId(1),
+                    address: address.to_owned(),
+                }],
+                topics,
+            }))
+        }
+        Request::ListTopics(_) => {
+            let state = state.lock().unwrap();
+            Ok(Response::ListTopics(ListTopicsResponse {
+                topics: state
+                    .topics
+                    .iter()
+                    .map(|(name, logs)| TopicSummary {
+                        name: name.clone(),
+                        partitions: logs.len() as u32,
+                        replication_factor: 1,
+                        internal: false,
+                    })
+                    .collect(),
+            }))
+        }
+        Request::Produce(request) => {
+            let mut state = state.lock().unwrap();
+            state.produce_requests += 1;
+            if let Some(error) = state.produce_failures.pop_front() {
+                return Err(error);
+            }
+            if request.batch.len() > limits.batch_bytes_max as usize {
+                return Err(ApiError::BatchTooLarge {
+                    size: request.batch.len() as u64,
+                    max: u64::from(limits.batch_bytes_max),
+                });
+            }
+            let batch =
+                RecordBatch::validate(request.batch).map_err(|error| ApiError::CorruptBatch {
+                    reason: error.to_string(),
+                })?;
+            for record in batch.records() {
+                let record = record.unwrap();
+                let size = record.value.len() + record.key.map_or(0, |key| key.len());
+                if size > limits.record_bytes_max as usize {
+                    return Err(ApiError::RecordTooLarge {
+                        size: size as u64,
+                        max: u64::from(limits.record_bytes_max),
+                    });
+                }
+            }
+            let logs = state
+                .topics
+                .get_mut(&request.topic)
+                .ok_or_else(|| unknown_topic(&request.topic))?;
+            let partitions = logs.len() as u32;
+            let log = logs.get_mut(request.partition as usize).ok_or_else(|| {
+                ApiError::UnknownPartition {
+                    topic: request.topic.clone(),
+                    partition: request.partition,
+                    partitions,
+                }
+            })?;
+            let base_offset = log.log_end;
+            let stamped = batch.stamped(base_offset, Epoch(1));
+            log.log_end = stamped.next_offset();
+            log.batches.push(stamped);
+            Ok(Response::Produce(ProduceResponse {
+                base_offset,
+                leader_epoch: Epoch(1),
+                duplicate: false,
+            }))
+        }
+        Request::Fetch(request) => {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms));
+            loop {
+                let response = {
+                    let state = state.lock().unwrap();
+                    fetch(&state, &request)
+                };
+                let bytes: usize = response
+                    .partitions
+                    .iter()
+                    .map(|partition| match &partition.result {
+                        Ok(records) => records.batches.len(),
+                        Err(_) => 1,
+                    })
+                    .sum();
+                if bytes >= request.min_bytes.max(1) as usize
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Ok(Response::Fetch(response));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Request::ListOffsets(request) => {
+            let state = state.lock().unwrap();
+            let logs = state
+                .topics
+                .get(&request.topic)
+                .ok_or_else(|| unknown_topic(&request.topic))?;
+            let log = &logs[request.partition as usize];
+            let (offset, timestamp_ms) = match request.spec {
+                OffsetSpec::Earliest => (Offset(0), None),
+                OffsetSpec::Latest => (log.log_end, None),
+                OffsetSpec::Timestamp(at) => log
+                    .batches
+                    .iter()
+                    .flat_map(|batch| batch.records().map(Result::unwrap).collect::<Vec<_>>())
+                    .find(|record| record.timestamp_ms >= at)
+                    .map_or((log.log_end, None), |record| {
+                        (record.offset, Some(record.timestamp_ms))
+                    }),
+            };
+            Ok(Response::ListOffsets(ListOffsetsResponse {
+                offset,
+                timestamp_ms,
+            }))
+        }
+        other => Err(ApiError::InvalidRequest {
+            reason: format!("test server does not do {}", other.kind()),
+        }),
+    }
+}
+
+fn fetch(state: &State, request: &FetchRequest) -> FetchResponse {
+    let mut budget = request.max_bytes as usize;
+    let partitions = request
+        .partitions
+        .iter()
+        .map(|wanted| {
+            let result = match state
+                .topics
+                .get(&wanted.topic)
+                .and_then(|logs| logs.get(wanted.partition as usize))
+            {
+                None => Err(unknown_topic(&wanted.topic)),
+                Some(log) if wanted.offset > log.log_end => Err(ApiError::OffsetOutOfRange {
+                    requested: wanted.offset,
+                    log_start: Offset(0),
+                    high_watermark: log.log_end,
+                }),
+                Some(log) => {
+                    let mut bytes = Vec::new();
+                    for batch in &log.batches {
+                        if batch.next_offset() <= wanted.offset {
+                            continue;
+                        }
+                        let fits = bytes.len() + batch.size_bytes() <= wanted.max_bytes as usize
+                            && batch.size_bytes() <= budget;
+                        // Like Kafka, the first batch is returned even when it is too big.
+                        if !fits && !bytes.is_empty() {
+                            break;
+                        }
+                        budget = budget.saturating_sub(batch.size_bytes());
+                        bytes.extend_from_slice(batch.bytes());
+                    }
+                    Ok(FetchedRecords {
+                        log_start: Offset(0),
+                        high_watermark: log.log_end,
+                        batches: Bytes::from(bytes),
+                    })
+                }
+            };
+            FetchPartitionResponse {
+                topic: wanted.topic.clone(),
+                partition: wanted.partition,
+                result,
+            }
+        })
+        .collect();
+    FetchResponse { partitions }
+}

@@ -1,0 +1,641 @@
+//! Tests of the connection, producer, consumer and admin against [`TestServer`], a tiny broker
+//! speaking the real protocol over real sockets.
+
+use crate::partitioner::partition_for_key;
+use crate::test_server::TestServer;
+use crate::*;
+use cairn_protocol::messages::{ListTopicsRequest, ServerLimits};
+use cairn_protocol::{Epoch, NodeId, Request, Response};
+use std::time::{Duration, Instant};
+
+fn client(server: &TestServer) -> ClientConfig {
+    ClientConfig {
+        retry_backoff_ms: 10,
+        retry_backoff_max_ms: 50,
+        request_timeout_ms: 2_000,
+        ..ClientConfig::new(&server.address).unwrap()
+    }
+}
+
+fn list_topics() -> Request {
+    Request::ListTopics(ListTopicsRequest {
+        include_internal: false,
+    })
+}
+
+#[tokio::test]
+async fn a_connection_learns_limits_and_answers_requests() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    let connection = Connection::connect(&server.address, &client(&server))
+        .await
+        .unwrap();
+    assert_eq!(connection.node_id(), NodeId(1));
+    assert_eq!(connection.limits(), server.limits);
+    // Pipelined: many requests submitted before any reply is read.
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        pending.push(connection.submit(list_topics()).await.unwrap());
+    }
+    for reply in pending {
+        match reply.wait().await.unwrap() {
+            Response::ListTopics(reply) => assert_eq!(reply.topics.len(), 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_timeout_closes_the_connection_with_a_retriable_error() {
+    let server = TestServer::start().await;
+    let config = ClientConfig {
+        request_timeout_ms: 100,
+        ..client(&server)
+    };
+    let connection = Connection::connect(&server.address, &config).await.unwrap();
+    server.pause(true);
+    let error = connection.call(list_topics()).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::RequestTimeout { waited_ms: 100, .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retriable());
+    assert!(connection.is_closed());
+    server.pause(false);
+    // The next use opens a fresh connection.
+    let reconnected = Connection::connect(&server.address, &config).await.unwrap();
+    reconnected.call(list_topics()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lost_connection_fails_every_pending_request() {
+    let server = TestServer::start().await;
+    let connection = Connection::connect(&server.address, &client(&server))
+        .await
+        .unwrap();
+    server.pause(true);
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        pending.push(connection.submit(list_topics()).await.unwrap());
+    }
+    server.drop_connections();
+    for reply in pending {
+        let error = reply.wait().await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::ConnectionLost { .. }),
+            "{error:?}"
+        );
+        assert!(error.is_retriable());
+    }
+    assert!(connection.submit(list_topics()).await.is_err());
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_bounded_per_connection() {
+    let server = TestServer::start().await;
+    let config = ClientConfig {
+        requests_in_flight_max: 2,
+        ..client(&server)
+    };
+    let connection = Connection::connect(&server.address, &config).await.unwrap();
+    server.pause(true);
+    let first = connection.submit(list_topics()).await.unwrap();
+    let second = connection.submit(list_topics()).await.unwrap();
+    let third =
+        tokio::time::timeout(Duration::from_millis(150), connection.submit(list_topics())).await;
+    assert!(third.is_err(), "a third request must wait for a free slot");
+    server.pause(false);
+    first.wait().await.unwrap();
+    let third = connection.submit(list_topics()).await.unwrap();
+    second.wait().await.unwrap();
+    third.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_server_limit_caps_requests_in_flight() {
+    let server = TestServer::start_with_limits(ServerLimits {
+        frame_bytes_max: 1024 * 1024,
+        batch_bytes_max: 64 * 1024,
+        record_bytes_max: 32 * 1024,
+        requests_in_flight_max: 1,
+    })
+    .await;
+    let connection = Connection::connect(&server.address, &client(&server))
+        .await
+        .unwrap();
+    server.pause(true);
+    let _first = connection.submit(list_topics()).await.unwrap();
+    let second =
+        tokio::time::timeout(Duration::from_millis(100), connection.submit(list_topics())).await;
+    assert!(second.is_err());
+}
+
+async fn producer(server: &TestServer, config: ProducerConfig) -> Producer {
+    Producer::new(client(server), config).await.unwrap()
+}
+
+#[tokio::test]
+async fn keyed_records_land_on_the_murmur2_partition_in_order() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 3);
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let mut deliveries = Vec::new();
+    for i in 0..1000u32 {
+        let key = format!("key-{}", i % 10);
+        let record = Record::new(i.to_string()).with_key(key.clone());
+        deliveries.push((key, producer.send("t", record).await.unwrap()));
+    }
+    producer.flush().await.unwrap();
+    for (key, delivery) in deliveries {
+        let expected = partition_for_key(key.as_bytes(), 3);
+        assert_eq!(delivery.partition(), expected);
+        let metadata = delivery.await.unwrap();
+        assert_eq!(metadata.partition, expected);
+        assert!(metadata.offset.is_some());
+    }
+    let mut total = 0;
+    for partition in 0..3 {
+        let records = server.records("t", partition);
+        total += records.len();
+        let mut last_per_key = std::collections::HashMap::new();
+        for (offset, key, value, timestamp_ms) in records {
+            let key = key.expect("keyed");
+            assert_eq!(partition_for_key(&key, 3), partition);
+            let value: u32 = std::str::from_utf8(&value).unwrap().parse().unwrap();
+            if let Some(previous) = last_per_key.insert(key, value) {
+                assert!(previous < value, "order kept per key at offset {offset}");
+            }
+            assert!(
+                timestamp_ms > 1_600_000_000_000,
+                "timestamp filled with now"
+            );
+        }
+    }
+    assert_eq!(total, 1000);
+}
+
+#[tokio::test]
+async fn delivery_offsets_match_the_stored_offsets() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let mut deliveries = Vec::new();
+    for i in 0..300 {
+        deliveries.push(
+            producer
+                .send("t", Record::new(format!("v{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    let stored = server.records("t", 0);
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        let metadata = delivery.await.unwrap();
+        let offset = metadata.offset.unwrap().0;
+        assert_eq!(offset, i as u64);
+        assert_eq!(stored[i].2.as_ref(), format!("v{i}").as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn keyless_records_spread_over_all_partitions_and_batches_stay_bounded() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 3);
+    let config = ProducerConfig {
+        batch_bytes_max: 16 * 1024,
+        ..ProducerConfig::default()
+    };
+    let producer = producer(&server, config).await;
+    for _ in 0..300 {
+        drop(
+            producer
+                .send("t", Record::new(vec![b'x'; 1024]))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    let mut total = 0;
+    for partition in 0..3 {
+        let sizes = server.batch_sizes("t", partition);
+        assert!(!sizes.is_empty(), "partition {partition} got nothing");
+        for size in &sizes {
+            assert!(*size <= 16 * 1024, "batch of {size} bytes");
+        }
+        // Records are batched, not sent one by one.
+        let records = server.records("t", partition).len();
+        assert!(
+            records > sizes.len(),
+            "{records} records in {} batches",
+            sizes.len()
+        );
+        total += records;
+    }
+    assert_eq!(total, 300);
+}
+
+#[tokio::test]
+async fn send_waits_when_the_buffer_is_full_and_resumes_when_acks_return() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let buffer_bytes_max = 64 * 1024;
+    let config = ProducerConfig {
+        batch_bytes_max: 16 * 1024,
+        buffer_bytes_max,
+        linger_ms: 1,
+        ..ProducerConfig::default()
+    };
+    let producer = producer(&server, config).await;
+    // Learn the topic's metadata while the server still answers.
+    producer
+        .send_and_wait("t", Record::new("first"))
+        .await
+        .unwrap();
+    server.pause(true);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = {
+        let producer = producer.clone();
+        let sent = std::sync::Arc::clone(&sent);
+        tokio::spawn(async move {
+            for _ in 0..500 {
+                drop(
+                    producer
+                        .send("t", Record::new(vec![b'x'; 1024]))
+                        .await
+                        .unwrap(),
+                );
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stuck_at = sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(stuck_at < 500, "send must wait while the buffer is full");
+    assert!(stuck_at > 10, "the buffer holds some records");
+    assert!(producer.buffered_bytes() <= buffer_bytes_max);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), stuck_at);
+    server.pause(false);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("sends resume")
+        .unwrap();
+    producer.flush().await.unwrap();
+    assert_eq!(producer.buffered_bytes(), 0);
+    assert_eq!(server.records("t", 0).len(), 501);
+}
+
+#[tokio::test]
+async fn a_retriable_refusal_is_retried() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    server
+        .state
+        .lock()
+        .unwrap()
+        .produce_failures
+        .push_back(ApiError::NotLeader {
+            leader_hint: Some(NodeId(1)),
+            epoch: Epoch(1),
+        });
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let metadata = producer.send_and_wait("t", Record::new("v")).await.unwrap();
+    assert_eq!(metadata.offset, Some(Offset(0)));
+    assert_eq!(server.state.lock().unwrap().produce_requests, 2);
+}
+
+#[tokio::test]
+async fn refusals_that_cannot_succeed_surface_per_record() {
+    let server = TestServer::start_with_limits(ServerLimits {
+        frame_bytes_max: 1024 * 1024,
+        batch_bytes_max: 64 * 1024,
+        record_bytes_max: 1000,
+        requests_in_flight_max: 8,
+    })
+    .await;
+    server.create_topic("t", 1);
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let big = producer
+        .send_to("t", 0, Record::new(vec![0u8; 2000]))
+        .await
+        .unwrap();
+    producer.flush().await.unwrap_err();
+    let small = producer.send_to("t", 0, Record::new("ok")).await.unwrap();
+    let error = big.await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Api(ApiError::RecordTooLarge {
+                size: 2000,
+                max: 1000
+            })
+        ),
+        "{error:?}"
+    );
+    assert!(small.await.is_ok());
+    // Refused before anything is sent.
+    let unknown = producer.send("nope", Record::new("v")).await.unwrap_err();
+    assert_eq!(unknown.to_string(), "unknown topic 'nope'");
+    let partition = producer
+        .send_to("t", 5, Record::new("v"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        partition,
+        ClientError::Api(ApiError::UnknownPartition {
+            partition: 5,
+            partitions: 1,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_paused_leader_fails_records_after_the_delivery_timeout() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let config = ProducerConfig {
+        delivery_timeout_ms: 400,
+        request_timeout_ms: 50,
+        retry_backoff_ms: 10,
+        retry_backoff_max_ms: 20,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(
+        ClientConfig {
+            connect_timeout_ms: 100,
+            ..client(&server)
+        },
+        config,
+    )
+    .await
+    .unwrap();
+    // Learn the topic's metadata while the server still answers.
+    producer
+        .send_and_wait("t", Record::new("first"))
+        .await
+        .unwrap();
+    server.pause(true);
+    let started = Instant::now();
+    let delivery = producer.send("t", Record::new("v")).await.unwrap();
+    let error = delivery.await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::DeliveryTimeout { .. }),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(
+        producer.buffered_bytes(),
+        0,
+        "failed records free the buffer"
+    );
+}
+
+#[tokio::test]
+async fn acks_none_resolves_without_an_offset() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let config = ProducerConfig {
+        acks: Acks::None,
+        ..ProducerConfig::default()
+    };
+    let producer = producer(&server, config).await;
+    let metadata = producer.send_and_wait("t", Record::new("v")).await.unwrap();
+    assert_eq!(metadata.offset, None);
+    assert_eq!(metadata.partition, 0);
+}
+
+async fn fill(server: &TestServer, topic: &str, partition: u32, count: u32, first_ms: i64) {
+    let producer = producer(server, ProducerConfig::default()).await;
+    for i in 0..count {
+        let record =
+            Record::new(format!("{partition}-{i}")).with_timestamp_ms(first_ms + i64::from(i));
+        drop(producer.send_to(topic, partition, record).await.unwrap());
+    }
+    producer.close().await.unwrap();
+}
+
+fn consumer(server: &TestServer, config: ConsumerConfig) -> Consumer {
+    Consumer::new(client(server), config).unwrap()
+}
+
+async fn poll_until(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord> {
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records.len() < count && Instant::now() < deadline {
+        records.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    records
+}
+
+#[tokio::test]
+async fn a_consumer_reads_assigned_partitions_in_order() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    fill(&server, "t", 0, 100, 1_000).await;
+    fill(&server, "t", 1, 50, 1_000).await;
+    let mut consumer = consumer(
+        &server,
+        ConsumerConfig {
+            max_poll_records: 30,
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    );
+    assert_eq!(consumer.assign_topic("t").await.unwrap(), vec![0, 1]);
+    let first = consumer.poll(Duration::from_secs(2)).await.unwrap();
+    assert!(!first.is_empty() && first.len() <= 30, "{}", first.len());
+    let mut records = first;
+    records.extend(poll_until(&mut consumer, 150 - records.len()).await);
+    assert_eq!(records.len(), 150);
+    for partition in 0..2u32 {
+        let offsets: Vec<u64> = records
+            .iter()
+            .filter(|record| record.partition == partition)
+            .map(|record| record.offset.0)
+            .collect();
+        let expected = if partition == 0 { 100 } else { 50 };
+        assert_eq!(offsets, (0..expected).collect::<Vec<_>>());
+    }
+    let sample = records
+        .iter()
+        .find(|r| r.partition == 1 && r.offset == Offset(7))
+        .unwrap();
+    assert_eq!(sample.value.as_ref(), b"1-7");
+    assert_eq!(sample.timestamp_ms, 1_007);
+    assert_eq!(&*sample.topic, "t");
+    assert_eq!(consumer.position("t", 0), Some(Offset(100)));
+    assert_eq!(consumer.position("t", 1), Some(Offset(50)));
+    // Nothing new: an empty poll after the timeout.
+    let started = Instant::now();
+    assert!(consumer
+        .poll(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn seek_moves_to_earliest_latest_offset_and_timestamp() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    fill(&server, "t", 0, 100, 10_000).await;
+    let mut consumer = consumer(&server, ConsumerConfig::default());
+    consumer.assign(&[("t", 0)]).await.unwrap();
+
+    assert_eq!(
+        consumer
+            .seek("t", 0, SeekTo::Offset(Offset(42)))
+            .await
+            .unwrap(),
+        Offset(42)
+    );
+    let records = poll_until(&mut consumer, 1).await;
+    assert_eq!(
+        records[0].offset,
+        Offset(42),
+        "records below the position are skipped"
+    );
+
+    assert_eq!(
+        consumer
+            .seek("t", 0, SeekTo::Timestamp(10_060))
+            .await
+            .unwrap(),
+        Offset(60)
+    );
+    let records = poll_until(&mut consumer, 1).await;
+    assert_eq!(records[0].offset, Offset(60));
+
+    assert_eq!(
+        consumer.seek("t", 0, SeekTo::Earliest).await.unwrap(),
+        Offset(0)
+    );
+    assert_eq!(poll_until(&mut consumer, 1).await[0].offset, Offset(0));
+
+    assert_eq!(
+        consumer.seek("t", 0, SeekTo::Latest).await.unwrap(),
+        Offset(100)
+    );
+    assert!(consumer
+        .poll(Duration::from_millis(100))
+        .await
+        .unwrap()
+        .is_empty());
+    fill(&server, "t", 0, 1, 20_000).await;
+    let records = poll_until(&mut consumer, 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].offset, Offset(100));
+    assert_eq!(consumer.position("t", 0), Some(Offset(101)));
+
+    let refused = consumer.seek("t", 1, SeekTo::Earliest).await.unwrap_err();
+    assert!(matches!(refused, ClientError::InvalidArgument { .. }));
+    let unknown = consumer.assign(&[("t", 9)]).await.unwrap_err();
+    assert!(matches!(
+        unknown,
+        ClientError::Api(ApiError::UnknownPartition { .. })
+    ));
+    assert_eq!(
+        consumer.assignment(),
+        vec![TopicPartition::new("t", 0)],
+        "unchanged"
+    );
+}
+
+#[tokio::test]
+async fn an_out_of_range_position_resets_per_auto_offset_reset() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    fill(&server, "t", 0, 10, 0).await;
+    let mut consumer = consumer(
+        &server,
+        ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.assign(&[("t", 0)]).await.unwrap();
+    consumer
+        .seek("t", 0, SeekTo::Offset(Offset(1_000)))
+        .await
+        .unwrap();
+    let records = poll_until(&mut consumer, 10).await;
+    assert_eq!(records.len(), 10);
+    assert_eq!(records[0].offset, Offset(0));
+}
+
+#[tokio::test]
+async fn admin_lists_topics_and_reports_refusals() {
+    let server = TestServer::start().await;
+    server.create_topic("a", 1);
+    let admin = Admin::new(client(&server)).unwrap();
+    let topics = admin.list_topics().await.unwrap();
+    assert_eq!(topics.len(), 1);
+    assert_eq!(topics[0].name, "a");
+    assert_eq!(admin.topic_metadata("a").await.unwrap().partitions.len(), 1);
+    let error = admin.topic_metadata("b").await.unwrap_err();
+    assert_eq!(error.to_string(), "unknown topic 'b'");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_a_typed_error() {
+    // Bind and drop to get a port nobody listens on.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = ClientConfig {
+        request_timeout_ms: 300,
+        retry_backoff_ms: 10,
+        retry_backoff_max_ms: 20,
+        ..ClientConfig::new(&format!("127.0.0.1:{port}")).unwrap()
+    };
+    let admin = Admin::new(config).unwrap();
+    let error = admin.list_topics().await.unwrap_err();
+    match error {
+        ClientError::DeliveryTimeout { last, .. } => {
+            assert!(matches!(*last, ClientError::Connect { .. }), "{last:?}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn batches_wait_out_a_leaderless_partition_and_keep_their_order() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let config = ProducerConfig {
+        batch_bytes_max: 1024,
+        linger_ms: 0,
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 20,
+        ..ProducerConfig::default()
+    };
+    let producer = producer(&server, config).await;
+    producer
+        .send_and_wait("t", Record::new("first"))
+        .await
+        .unwrap();
+    server.state.lock().unwrap().leaderless = true;
+    // A failure marks metadata stale; the producer sees the leaderless view from now on.
+    producer.inner_cluster_invalidate();
+    let mut deliveries = Vec::new();
+    for i in 0..60 {
+        let record = Record::new(format!("{i:0300}"));
+        deliveries.push(producer.send_to("t", 0, record).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(deliveries[0].try_result().is_none(), "no leader, no ack");
+    server.state.lock().unwrap().leaderless = false;
+    producer.flush().await.unwrap();
+    let values: Vec<String> = server
+        .records("t", 0)
+        .into_iter()
+        .skip(1)
+        .map(|(_, _, value, _)| String::from_utf8(value.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("{i:0300}")).collect();
+    assert_eq!(values, expected, "every record once, in send order");
+}

@@ -1,0 +1,632 @@
+//! Node configuration: file -> builder -> validated type.
+//!
+//! Layers, later ones win: the preset's defaults (`default` or `test`), the TOML file
+//! (`--config FILE`), `CAIRN_*` environment variables, then command-line flags. Every layer is
+//! merged into one TOML table of dotted keys (`limits.frame_bytes_max`), which is deserialized
+//! with unknown fields refused, then checked by named cross-field rules. The result,
+//! [`NodeConfig`], is the only configuration the rest of the node sees.
+
+use cairn_protocol::NodeId;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why a configuration was refused. Each message is meant for an operator reading stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{origin} sets {key} = {value:?}, which is not a valid value: {message}")]
+    BadOverride {
+        origin: String,
+        key: String,
+        value: String,
+        message: String,
+    },
+    #[error("configuration is not valid: {0}")]
+    Invalid(String),
+    #[error(
+        "missing required setting {key} (flag --{flag}, env {env}, or `{key}` in the config file)"
+    )]
+    Missing {
+        key: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("config rule `{rule}` broken: {why}")]
+    Rule { rule: &'static str, why: String },
+    #[error("unknown preset {0:?}: expected \"default\" or \"test\"")]
+    UnknownPreset(String),
+}
+
+/// Starting values. `test` has short timeouts and small limits so tests reach them quickly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preset {
+    #[default]
+    Default,
+    Test,
+}
+
+impl Preset {
+    pub fn parse(name: &str) -> Result<Preset, ConfigError> {
+        match name {
+            "default" => Ok(Preset::Default),
+            "test" => Ok(Preset::Test),
+            other => Err(ConfigError::UnknownPreset(other.to_string())),
+        }
+    }
+}
+
+/// Request and resource limits of one node. Every queue and buffer is bounded by one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame accepted or sent, payload bytes.
+    pub frame_bytes_max: u32,
+    /// Largest record batch a produce request may carry.
+    pub batch_bytes_max: u32,
+    /// Largest single record (key + value + headers) in a batch.
+    pub record_bytes_max: u32,
+    /// Client connections open at once; one more is refused with `TooManyConnections`.
+    pub connections_max: u32,
+    /// Requests one connection may have in flight; at the limit the node stops reading it.
+    pub requests_in_flight_max: u32,
+    /// Messages queued for one partition actor; past it produce gets `Backpressure`.
+    pub partition_mailbox_max: u32,
+    /// Longest a fetch long poll may wait, whatever the client asks.
+    pub fetch_wait_max_ms: u64,
+    /// Most partitions one topic may have.
+    pub partitions_per_topic_max: u32,
+}
+
+/// Timings of every partition replica hosted here (DESIGN 5.3), plus the tick.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaTimings {
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub clock_drift_max_ppm: u64,
+    /// How often every replica is ticked (time only moves for a replica on a tick).
+    pub tick_ms: u64,
+    pub pending_requests_max: u32,
+    /// Bytes of batches one replication message carries at most.
+    pub append_message_bytes_max: u32,
+}
+
+impl ReplicaTimings {
+    pub fn replica_config(&self) -> cairn_replica::Config {
+        cairn_replica::Config {
+            lease_ms: self.lease_ms,
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms: self.election_timeout_ms,
+            clock_drift_max_ppm: self.clock_drift_max_ppm,
+            pending_requests_max: self.pending_requests_max as usize,
+            append_message_bytes_max: self.append_message_bytes_max as usize,
+        }
+    }
+}
+
+/// Retention applied to topics that do not set their own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDefaults {
+    /// `None` keeps batches forever (by age).
+    pub retention_ms: Option<u64>,
+    /// `None` keeps batches forever (by size).
+    pub retention_bytes: Option<u64>,
+    /// How often each partition applies retention.
+    pub retention_check_ms: u64,
+}
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Address the client listener binds; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients are told to use; defaults to the bound listen address.
+    pub advertised_address: Option<String>,
+    pub limits: Limits,
+    pub replica: ReplicaTimings,
+    pub retention: RetentionDefaults,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_ms: u64,
+    /// Replication factor of topics created without one (capped to the cluster size).
+    pub default_replication_factor: u16,
+}
+
+/// The file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[allow(dead_code)]
+    preset: Option<String>,
+    node_id: Option<u32>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertised_address: Option<String>,
+    shutdown_grace_ms: u64,
+    default_replication_factor: u16,
+    limits: Limits,
+    replica: ReplicaTimings,
+    retention: RetentionDefaults,
+}
+
+/// Every key a layer may set, dotted; environment variables are `CAIRN_` + the key in upper
+/// case with dots as underscores (`CAIRN_LIMITS_FRAME_BYTES_MAX`).
+pub const KEYS: &[&str] = &[
+    "node_id",
+    "data_dir",
+    "listen",
+    "advertised_address",
+    "shutdown_grace_ms",
+    "default_replication_factor",
+    "limits.frame_bytes_max",
+    "limits.batch_bytes_max",
+    "limits.record_bytes_max",
+    "limits.connections_max",
+    "limits.requests_in_flight_max",
+    "limits.partition_mailbox_max",
+    "limits.fetch_wait_max_ms",
+    "limits.partitions_per_topic_max",
+    "replica.lease_ms",
+    "replica.heartbeat_ms",
+    "replica.election_timeout_ms",
+    "replica.clock_drift_max_ppm",
+    "replica.tick_ms",
+    "replica.pending_requests_max",
+    "replica.append_message_bytes_max",
+    "retention.retention_ms",
+    "retention.retention_bytes",
+    "retention.retention_check_ms",
+];
+
+/// Keys whose values are strings (a TOML override of them is taken verbatim).
+const STRING_KEYS: &[&str] = &["data_dir", "listen", "advertised_address"];
+
+pub fn env_name(key: &str) -> String {
+    format!("CAIRN_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn preset_table(preset: Preset) -> toml::Table {
+    let text = match preset {
+        Preset::Default => {
+            r#"
+            shutdown_grace_ms = 5000
+            default_replication_factor = 3
+            [limits]
+            frame_bytes_max = 4194304
+            batch_bytes_max = 1048576
+            record_bytes_max = 524288
+            connections_max = 1024
+            requests_in_flight_max = 256
+            partition_mailbox_max = 4096
+            fetch_wait_max_ms = 30000
+            partitions_per_topic_max = 1024
+            [replica]
+            lease_ms = 2000
+            heartbeat_ms = 300
+            election_timeout_ms = 2500
+            clock_drift_max_ppm = 50000
+            tick_ms = 50
+            pending_requests_max = 4096
+            append_message_bytes_max = 1048576
+            [retention]
+            retention_check_ms = 60000
+            "#
+        }
+        Preset::Test => {
+            r#"
+            shutdown_grace_ms = 1000
+            default_replication_factor = 3
+            [limits]
+            frame_bytes_max = 262144
+            batch_bytes_max = 65536
+            record_bytes_max = 16384
+            connections_max = 16
+            requests_in_flight_max = 32
+            partition_mailbox_max = 64
+            fetch_wait_max_ms = 2000
+            partitions_per_topic_max = 16
+            [replica]
+            lease_ms = 200
+            heartbeat_ms = 50
+            election_timeout_ms = 300
+            clock_drift_max_ppm = 50000
+            tick_ms = 10
+            pending_requests_max = 64
+            append_message_bytes_max = 65536
+            [retention]
+            retention_check_ms = 200
+            "#
+        }
+    };
+    text.parse().expect("preset tables are valid TOML")
+}
+
+/// Collects the layers, then [`ConfigBuilder::build`] validates them.
+#[derive(Debug, Default)]
+pub struct ConfigBuilder {
+    preset: Option<Preset>,
+    file: Option<(PathBuf, toml::Table)>,
+    overrides: Vec<(String, String, String)>,
+}
+
+impl ConfigBuilder {
+    pub fn new() -> Self {
+        ConfigBuilder::default()
+    }
+
+    /// Reads and parses the TOML file (unknown keys are refused later, at build).
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        self = self.file_text(path, &text)?;
+        Ok(self)
+    }
+
+    pub fn file_text(mut self, path: PathBuf, text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|error: toml::de::Error| ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: error.to_string(),
+                })?;
+        self.file = Some((path, table));
+        Ok(self)
+    }
+
+    /// Forces a preset (a flag or env var); otherwise the file's `preset` key, else default.
+    pub fn preset(mut self, preset: Preset) -> Self {
+        self.preset = Some(preset);
+        self
+    }
+
+    /// Sets one dotted key; `origin` names the layer for error messages.
+    pub fn set(mut self, origin: &str, key: &str, value: &str) -> Self {
+        self.overrides
+            .push((origin.to_string(), key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Takes every `CAIRN_*` variable named after a known key from `lookup` (the process
+    /// environment in production, a map in tests).
+    pub fn env(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        for key in KEYS {
+            let name = env_name(key);
+            if let Some(value) = lookup(&name) {
+                self = self.set(&format!("environment variable {name}"), key, &value);
+            }
+        }
+        self
+    }
+
+    pub fn build(self) -> Result<NodeConfig, ConfigError> {
+        let preset = match (self.preset, &self.file) {
+            (Some(preset), _) => preset,
+            (None, Some((_, table))) => match table.get("preset") {
+                Some(toml::Value::String(name)) => Preset::parse(name)?,
+                Some(other) => return Err(ConfigError::UnknownPreset(format!("{other:?}"))),
+                None => Preset::Default,
+            },
+            (None, None) => Preset::Default,
+        };
+        let mut merged = preset_table(preset);
+        if let Some((path, table)) = &self.file {
+            merge(&mut merged, table.clone());
+            // Check the file alone first, so an unknown key is blamed on the file.
+            let checked: Result<FileConfig, _> = merged.clone().try_into();
+            if let Err(error) = checked {
+                return Err(ConfigError::ParseFile {
+                    path: path.clone(),
+                    message: error.to_string(),
+                });
+            }
+        }
+        for (origin, key, value) in &self.overrides {
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::BadOverride {
+                    origin: origin.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                    message: format!("unknown key; known keys are: {}", KEYS.join(", ")),
+                });
+            }
+            let parsed = if STRING_KEYS.contains(&key.as_str()) {
+                toml::Value::String(value.clone())
+            } else {
+                parse_value(value).map_err(|message| ConfigError::BadOverride {
+                    origin: origin.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                    message,
+                })?
+            };
+            set_dotted(&mut merged, key, parsed);
+        }
+        let file: FileConfig = merged
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Invalid(error.to_string()))?;
+        validate(file)
+    }
+}
+
+fn parse_value(text: &str) -> Result<toml::Value, String> {
+    let table: toml::Table = format!("v = {text}")
+        .parse()
+        .map_err(|error: toml::de::Error| error.message().to_string())?;
+    Ok(table.get("v").cloned().expect("the key just parsed"))
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                set_dotted(inner, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, other values replace.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(overlay_inner)) => {
+                merge(inner, overlay_inner)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Bytes a produce request adds around its batch (envelope, topic name, field names).
+pub const PRODUCE_FRAME_OVERHEAD_BYTES: u32 = 1024;
+/// Bytes a batch adds around its records (header, per-record framing of one record).
+pub const BATCH_OVERHEAD_BYTES: u32 = 128;
+
+fn rule(rule: &'static str, holds: bool, why: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError::Rule {
+            rule,
+            why: why.to_string(),
+        })
+    }
+}
+
+fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
+    let node_id = file.node_id.ok_or(ConfigError::Missing {
+        key: "node_id",
+        flag: "node-id",
+        env: "CAIRN_NODE_ID",
+    })?;
+    let data_dir = file.data_dir.ok_or(ConfigError::Missing {
+        key: "data_dir",
+        flag: "data-dir",
+        env: "CAIRN_DATA_DIR",
+    })?;
+    let listen_text = file.listen.unwrap_or_else(|| "127.0.0.1:7171".to_string());
+    let listen: SocketAddr = listen_text.parse().map_err(|error| ConfigError::Rule {
+        rule: "listen is IP:PORT",
+        why: format!("{listen_text:?} is not a socket address ({error}); use e.g. 127.0.0.1:7171"),
+    })?;
+    let limits = file.limits;
+    let replica = file.replica;
+    let retention = file.retention;
+    rule(
+        "every limits.*_max > 0",
+        limits.frame_bytes_max > 0
+            && limits.batch_bytes_max > 0
+            && limits.record_bytes_max > 0
+            && limits.connections_max > 0
+            && limits.requests_in_flight_max > 0
+            && limits.partition_mailbox_max > 0
+            && limits.partitions_per_topic_max > 0,
+        "a limit of zero would refuse every request of its kind",
+    )?;
+    rule(
+        "limits.frame_bytes_max >= limits.batch_bytes_max + 1024",
+        u64::from(limits.frame_bytes_max)
+            >= u64::from(limits.batch_bytes_max) + u64::from(PRODUCE_FRAME_OVERHEAD_BYTES),
+        "a produce request carrying a batch of the maximum size must fit in one frame, and so \
+         must a fetch response carrying one such batch",
+    )?;
+    rule(
+        "limits.batch_bytes_max >= limits.record_bytes_max + 128",
+        u64::from(limits.batch_bytes_max)
+            >= u64::from(limits.record_bytes_max) + u64::from(BATCH_OVERHEAD_BYTES),
+        "a record of the maximum size must fit in a batch with its header",
+    )?;
+    rule(
+        "replica.append_message_bytes_max >= limits.batch_bytes_max",
+        replica.append_message_bytes_max >= limits.batch_bytes_max,
+        "a follower must be able to receive the largest batch a producer may write",
+    )?;
+    rule(
+        "replica.tick_ms > 0 && replica.tick_ms <= replica.heartbeat_ms",
+        replica.tick_ms > 0 && replica.tick_ms <= replica.heartbeat_ms,
+        "replicas only act on ticks: a tick slower than the heartbeat would let leases lapse",
+    )?;
+    replica
+        .replica_config()
+        .validate()
+        .map_err(|error| ConfigError::Rule {
+            rule: error.rule,
+            why: error.why.to_string(),
+        })?;
+    rule(
+        "retention.retention_check_ms > 0",
+        retention.retention_check_ms > 0,
+        "retention runs on a timer; a period of zero would spin",
+    )?;
+    rule(
+        "default_replication_factor >= 1",
+        file.default_replication_factor >= 1,
+        "a topic needs at least one replica to hold its data",
+    )?;
+    rule(
+        "shutdown_grace_ms <= 600000",
+        file.shutdown_grace_ms <= 600_000,
+        "a supervisor waiting for the node to stop should not wait more than ten minutes",
+    )?;
+    if let Some(address) = &file.advertised_address {
+        rule(
+            "advertised_address is HOST:PORT",
+            address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+            }),
+            "clients connect to the advertised address, so it needs a host and a non-zero port",
+        )?;
+    }
+    Ok(NodeConfig {
+        node_id: NodeId(node_id),
+        data_dir,
+        listen,
+        advertised_address: file.advertised_address,
+        limits,
+        replica,
+        retention,
+        shutdown_grace_ms: file.shutdown_grace_ms,
+        default_replication_factor: file.default_replication_factor,
+    })
+}
+
+impl NodeConfig {
+    /// A test-preset configuration (for unit tests of the node's parts).
+    pub fn for_tests(node_id: u32, data_dir: PathBuf) -> NodeConfig {
+        ConfigBuilder::new()
+            .preset(Preset::Test)
+            .set("test", "node_id", &node_id.to_string())
+            .set("test", "data_dir", &data_dir.to_string_lossy())
+            .set("test", "listen", "127.0.0.1:0")
+            .build()
+            .expect("the test preset is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ConfigBuilder {
+        ConfigBuilder::new()
+            .set("flag", "node_id", "1")
+            .set("flag", "data_dir", "/tmp/x")
+    }
+
+    #[test]
+    fn defaults_are_valid_and_test_preset_is_small() {
+        let config = base().build().unwrap();
+        assert_eq!(config.replica.lease_ms, 2000);
+        let test = base().preset(Preset::Test).build().unwrap();
+        assert_eq!(test.replica.lease_ms, 200);
+        assert!(test.limits.batch_bytes_max < config.limits.batch_bytes_max);
+    }
+
+    #[test]
+    fn layers_apply_file_then_env_then_flags() {
+        let builder = ConfigBuilder::new()
+            .file_text(
+                "f.toml".into(),
+                "node_id = 3\ndata_dir = \"/d\"\n[limits]\nconnections_max = 7\nrequests_in_flight_max = 9\n",
+            )
+            .unwrap()
+            .env(|name| match name {
+                "CAIRN_LIMITS_CONNECTIONS_MAX" => Some("8".into()),
+                "CAIRN_NODE_ID" => Some("4".into()),
+                _ => None,
+            })
+            .set("flag --node-id", "node_id", "5");
+        let config = builder.build().unwrap();
+        assert_eq!(config.node_id, NodeId(5));
+        assert_eq!(config.limits.connections_max, 8);
+        assert_eq!(config.limits.requests_in_flight_max, 9);
+        assert_eq!(config.data_dir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn file_preset_key_selects_the_test_preset() {
+        let config = ConfigBuilder::new()
+            .file_text(
+                "f.toml".into(),
+                "preset = \"test\"\nnode_id = 1\ndata_dir = \"/d\"\n",
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(config.replica.lease_ms, 200);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_named() {
+        let error = ConfigBuilder::new()
+            .file_text("f.toml".into(), "node_id = 1\n[limits]\nframe_bytes = 3\n")
+            .unwrap()
+            .build()
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("f.toml"), "{message}");
+        assert!(message.contains("frame_bytes"), "{message}");
+    }
+
+    #[test]
+    fn bad_toml_is_refused() {
+        assert!(matches!(
+            ConfigBuilder::new().file_text("f.toml".into(), "node_id = = 1"),
+            Err(ConfigError::ParseFile { .. })
+        ));
+    }
+
+    #[test]
+    fn broken_rules_are_named() {
+        let error = base()
+            .set("flag", "limits.batch_bytes_max", "10000000")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(error, ConfigError::Rule { rule, .. } if rule.starts_with("limits.frame_bytes_max")),
+            "{error}"
+        );
+        let error = base()
+            .set("flag", "replica.heartbeat_ms", "1000")
+            .build()
+            .unwrap_err();
+        assert!(matches!(error, ConfigError::Rule { .. }), "{error}");
+    }
+
+    #[test]
+    fn missing_node_id_and_bad_values_are_reported() {
+        assert!(matches!(
+            ConfigBuilder::new().set("flag", "data_dir", "/d").build(),
+            Err(ConfigError::Missing { key: "node_id", .. })
+        ));
+        assert!(matches!(
+            base().set("env", "limits.connections_max", "lots").build(),
+            Err(ConfigError::BadOverride { .. })
+        ));
+        assert!(matches!(
+            base().set("flag", "listen", "nowhere").build(),
+            Err(ConfigError::Rule { .. })
+        ));
+    }
+}

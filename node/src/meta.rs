@@ -1,0 +1,231 @@
+//! Cluster metadata: the records of the internal partition `__meta` and the state they build.
+//!
+//! Every change to the set of topics is a [`MetaRecord`] appended to `__meta` (acks=all) and
+//! only takes effect when it is committed and applied, in offset order, by
+//! [`MetadataState::apply`]. Applying is deterministic, so every node that follows `__meta`
+//! (and a restarted node replaying it) builds the same state. A topic's id is the `__meta`
+//! offset of its `CreateTopic` record, so a deleted and re-created topic never shares a log.
+
+use bytes::Bytes;
+use cairn_protocol::batch::{RecordBatch, RecordBatchBuilder};
+use cairn_protocol::messages::TopicConfig;
+use cairn_protocol::{NodeId, Offset, Record};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Name of the internal metadata partition's log (one partition, id 0).
+pub const META_TOPIC: &str = "__meta";
+pub const META_LOG_NAME: &str = "__meta";
+
+/// Identifies one incarnation of a topic: the `__meta` offset of its `CreateTopic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicId(pub u64);
+
+/// Storage name of one partition log of a topic incarnation.
+pub fn partition_log_name(topic: TopicId, partition: u32) -> String {
+    format!("t{}-{}", topic.0, partition)
+}
+
+/// One metadata change, encoded with rmp-serde (as a map, so later fields can be added) as the
+/// value of one record in a `__meta` batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRecord {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u16,
+        /// Replica set of each partition, in partition order; the first is the preferred leader.
+        replicas: Vec<Vec<NodeId>>,
+        config: TopicConfig,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+impl MetaRecord {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(rmp_serde::to_vec_named(self).expect("meta records always serialize"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MetaRecord, String> {
+        rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+    }
+
+    /// A one-record batch carrying this change, ready to produce to `__meta`.
+    pub fn to_batch(&self, now_ms: i64) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(now_ms);
+        builder.push(&Record::new(self.encode()));
+        builder.build()
+    }
+}
+
+/// A topic as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicState {
+    pub id: TopicId,
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub replicas: Vec<Vec<NodeId>>,
+    pub config: TopicConfig,
+}
+
+/// What applying one record did, so the node can start or stop partition actors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created(TopicState),
+    Deleted(TopicState),
+    /// The record lost a race checked at apply time (name taken, or already gone), or could
+    /// not be decoded; nothing changed.
+    Rejected {
+        reason: String,
+    },
+}
+
+/// The state built from `__meta`. Only [`MetadataState::apply`] changes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataState {
+    topics: BTreeMap<String, TopicState>,
+    /// Offset right after the last applied record: everything below is reflected here.
+    applied_end: Offset,
+}
+
+impl MetadataState {
+    pub fn topic(&self, name: &str) -> Option<&TopicState> {
+        self.topics.get(name)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &TopicState> {
+        self.topics.values()
+    }
+
+    pub fn applied_end(&self) -> Offset {
+        self.applied_end
+    }
+
+    /// Marks offsets up to `end` as applied (control batches carry no metadata record).
+    pub fn skip_to(&mut self, end: Offset) {
+        self.applied_end = self.applied_end.max(end);
+    }
+
+    /// Applies the committed record at `offset`. Records must come in offset order; one at or
+    /// below what was applied already is ignored (replays are harmless).
+    pub fn apply(&mut self, offset: Offset, value: &[u8]) -> Option<Applied> {
+        if offset < self.applied_end {
+            return None;
+        }
+        self.applied_end = offset.plus(1);
+        let record = match MetaRecord::decode(value) {
+            Ok(record) => record,
+            Err(reason) => {
+                return Some(Applied::Rejected {
+                    reason: format!("undecodable meta record at {offset}: {reason}"),
+                })
+            }
+        };
+        Some(match record {
+            MetaRecord::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                replicas,
+                config,
+            } => match self.topics.entry(name) {
+                std::collections::btree_map::Entry::Occupied(taken) => Applied::Rejected {
+                    reason: format!("topic {} already exists", taken.key()),
+                },
+                std::collections::btree_map::Entry::Vacant(free) => {
+                    let topic = TopicState {
+                        id: TopicId(offset.0),
+                        name: free.key().clone(),
+                        partitions,
+                        replication_factor,
+                        replicas,
+                        config,
+                    };
+                    free.insert(topic.clone());
+                    Applied::Created(topic)
+                }
+            },
+            MetaRecord::DeleteTopic { name } => match self.topics.remove(&name) {
+                Some(topic) => Applied::Deleted(topic),
+                None => Applied::Rejected {
+                    reason: format!("topic {name} does not exist"),
+                },
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, partitions: u32) -> Bytes {
+        MetaRecord::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            replicas: vec![vec![NodeId(1)]; partitions as usize],
+            config: TopicConfig::default(),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn topic_id_is_the_offset_and_a_second_create_loses() {
+        let mut state = MetadataState::default();
+        match state.apply(Offset(4), &create("a", 2)) {
+            Some(Applied::Created(topic)) => assert_eq!(topic.id, TopicId(4)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            state.apply(Offset(5), &create("a", 3)),
+            Some(Applied::Rejected { .. })
+        ));
+        assert_eq!(state.topic("a").unwrap().partitions, 2);
+        assert_eq!(state.applied_end(), Offset(6));
+    }
+
+    #[test]
+    fn delete_then_recreate_gets_a_new_id_and_log_names() {
+        let mut state = MetadataState::default();
+        state.apply(Offset(1), &create("a", 1));
+        let delete = MetaRecord::DeleteTopic { name: "a".into() }.encode();
+        assert!(matches!(
+            state.apply(Offset(2), &delete),
+            Some(Applied::Deleted(_))
+        ));
+        assert!(state.topic("a").is_none());
+        assert!(matches!(
+            state.apply(Offset(3), &delete),
+            Some(Applied::Rejected { .. })
+        ));
+        state.apply(Offset(4), &create("a", 1));
+        let id = state.topic("a").unwrap().id;
+        assert_eq!(partition_log_name(id, 0), "t4-0");
+    }
+
+    #[test]
+    fn replays_and_garbage_change_nothing() {
+        let mut state = MetadataState::default();
+        state.apply(Offset(0), &create("a", 1));
+        let before = state.clone();
+        assert_eq!(state.apply(Offset(0), &create("b", 1)), None);
+        assert_eq!(state, before);
+        assert!(matches!(
+            state.apply(Offset(1), b"\xc1garbage"),
+            Some(Applied::Rejected { .. })
+        ));
+        assert_eq!(state.topics().count(), 1);
+    }
+
+    #[test]
+    fn records_survive_a_batch_round_trip() {
+        let record = MetaRecord::DeleteTopic { name: "x".into() };
+        let batch = record.to_batch(1);
+        let view = batch.records().next().unwrap().unwrap();
+        assert_eq!(MetaRecord::decode(&view.value).unwrap(), record);
+    }
+}

@@ -1,0 +1,158 @@
+//! Start-up and shutdown of one node process.
+//!
+//! Order: check the data directory, open the store and its group committer, start the
+//! arbiters, bind the listener (so a taken port fails fast), start the broker (which recovers
+//! `__meta` and every topic), serve, print the ready line once metadata is recovered, then wait
+//! for SIGTERM/SIGINT and shut down within `shutdown_grace_ms`.
+
+use crate::broker::Broker;
+use crate::config::NodeConfig;
+use crate::server::{self, Connections, Phase};
+use cairn_storage::group_commit::GroupCommitter;
+use cairn_storage::sled_store::SledStore;
+use cairn_storage::LogStore;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// An environment the node cannot work with: reported on stderr, exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error("data directory {path} is not usable: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot open the store in {path}: {reason}")]
+    Store { path: String, reason: String },
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: String, reason: String },
+    #[error("cannot start: {0}")]
+    Start(String),
+}
+
+/// Creates the data directory if needed and proves it writable.
+fn check_data_dir(config: &NodeConfig) -> Result<(), FatalError> {
+    let fail = |reason: String| FatalError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| fail(error.to_string()))?;
+    let probe = config.data_dir.join(".cairn-write-probe");
+    std::fs::write(&probe, b"probe").map_err(|error| fail(format!("not writable: {error}")))?;
+    std::fs::remove_file(&probe).map_err(|error| fail(format!("not writable: {error}")))?;
+    Ok(())
+}
+
+/// Runs the node inside the actix system until a signal; returns the process exit code.
+pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
+    check_data_dir(&config)?;
+    let store_path = config.data_dir.join("store");
+    let store = SledStore::open(&store_path).map_err(|error| FatalError::Store {
+        path: store_path.display().to_string(),
+        reason: error.to_string(),
+    })?;
+    let committer = GroupCommitter::start(store.clone());
+    let arbiter_count = std::thread::available_parallelism()
+        .map(|cores| cores.get())
+        .unwrap_or(2);
+    let arbiters: Vec<actix::Arbiter> = (0..arbiter_count).map(|_| actix::Arbiter::new()).collect();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| FatalError::Listen {
+            address: config.listen.to_string(),
+            reason: error.to_string(),
+        })?;
+    let bound = listener.local_addr().map_err(|error| FatalError::Listen {
+        address: config.listen.to_string(),
+        reason: error.to_string(),
+    })?;
+    let advertised = config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    let config = Arc::new(config);
+    let broker = Broker::start(
+        Arc::clone(&config),
+        store.clone(),
+        committer.clone(),
+        arbiters.iter().map(|arbiter| arbiter.handle()).collect(),
+        advertised,
+    )
+    .map_err(FatalError::Start)?;
+
+    let (phase, phase_watch) = watch::channel(Phase::Running);
+    let connections = Connections::new(config.limits.connections_max);
+    let server = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&broker),
+        connections.clone(),
+        phase_watch,
+    ));
+
+    let mut signals = Signals::new().map_err(|error| FatalError::Start(error.to_string()))?;
+    tokio::select! {
+        _ = broker.wait_ready() => {
+            println!("cairn node ready node_id={} listen={}", config.node_id, bound);
+            let _ = std::io::stdout().flush();
+            tracing::info!(node_id = %config.node_id, listen = %bound, "ready");
+            signals.next().await;
+        }
+        _ = signals.next() => {
+            tracing::info!("signal before ready");
+        }
+    }
+
+    tracing::info!(grace_ms = config.shutdown_grace_ms, "shutting down");
+    phase.send_replace(Phase::Draining);
+    let _ = server.await;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, connections.all_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; failing in-flight requests with ShuttingDown");
+        phase.send_replace(Phase::Expired);
+        // Answering ShuttingDown takes a moment; do not wait on a stuck client forever.
+        let _ = tokio::time::timeout(Duration::from_millis(500), connections.all_closed()).await;
+    }
+    for handle in broker.hosted() {
+        handle
+            .stop(cairn_protocol::ApiError::ShuttingDown, false)
+            .await;
+    }
+    if let Err(error) = committer.request().await {
+        tracing::error!(%error, "final flush failed");
+    }
+    if let Err(error) = store.flush() {
+        tracing::error!(%error, "final flush failed");
+    }
+    // Stopped, not joined: the process exits next, and everything durable is flushed.
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `Fetch`: committed batches from many partitions, with a long poll.
+//!
+//! Each partition is read from its leader's log up to the high watermark. When fewer than
+//! `min_bytes` are available the request waits on the partitions' high-watermark watches, up
+//! to `min(max_wait_ms, fetch_wait_max_ms)`. `max_bytes` bounds the whole response (and the
+//! frame size bounds it again), except that the first batch found is always delivered so a
+//! consumer never stalls on a batch larger than its budget.
+
+use crate::broker::Broker;
+use crate::partition::PartitionHandle;
+use bytes::BytesMut;
+use cairn_protocol::messages::{
+    FetchPartitionResponse, FetchRequest, FetchResponse, FetchedRecords, Response,
+};
+use cairn_protocol::ApiError;
+use cairn_replica::Role;
+use cairn_storage::LogStore;
+use std::time::Duration;
+
+/// Bytes reserved in a fetch response frame for its envelope.
+const RESPONSE_OVERHEAD_BYTES: usize = 1024;
+/// Bytes reserved per partition entry, plus its topic name.
+const PARTITION_OVERHEAD_BYTES: usize = 128;
+
+pub async fn handle<S: LogStore>(
+    broker: &Broker<S>,
+    request: FetchRequest,
+) -> Result<Response, ApiError> {
+    broker.check_ready()?;
+    let limits = &broker.config.limits;
+    let wait_ms = u64::from(request.max_wait_ms).min(limits.fetch_wait_max_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let overhead: usize = RESPONSE_OVERHEAD_BYTES
+        + request
+            .partitions
+            .iter()
+            .map(|partition| partition.topic.len() + PARTITION_OVERHEAD_BYTES)
+            .sum::<usize>();
+    let budget = (request.max_bytes as usize)
+        .min((limits.frame_bytes_max as usize).saturating_sub(overhead));
+    let targets: Vec<Result<PartitionHandle<S>, ApiError>> = request
+        .partitions
+        .iter()
+        .map(|partition| broker.partition(&partition.topic, partition.partition))
+        .collect();
+    loop {
+        // Subscribe before reading, so data committed after the read still wakes us.
+        let mut watches: Vec<_> = targets
+            .iter()
+            .flatten()
+            .map(|handle| handle.shared.subscribe_high_watermark())
+            .collect();
+        let (partitions, total_bytes, any_error) = read_once(&request, &targets, budget).await;
+        let done = total_bytes >= request.min_bytes as usize
+            || any_error
+            || watches.is_empty()
+            || tokio::time::Instant::now() >= deadline;
+        if done {
+            return Ok(Response::Fetch(FetchResponse { partitions }));
+        }
+        let changed =
+            futures::future::select_all(watches.iter_mut().map(|watch| Box::pin(watch.changed())));
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // Deadline: one last read answers with whatever is there.
+            let (partitions, _, _) = read_once(&request, &targets, budget).await;
+            return Ok(Response::Fetch(FetchResponse { partitions }));
+        }
+    }
+}
+
+async fn read_once<S: LogStore>(
+    request: &FetchRequest,
+    targets: &[Result<PartitionHandle<S>, ApiError>],
+    budget: usize,
+) -> (Vec<FetchPartitionResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut responses = Vec::with_capacity(request.partitions.len());
+    for (wanted, target) in request.partitions.iter().zip(targets) {
+        let result = match target {
+            Err(error) => Err(error.clone()),
+            Ok(handle) => {
+                let remaining = budget.saturating_sub(total);
+                let high_watermark = handle.shared.high_watermark();
+                if wanted.offset == high_watermark || (remaining == 0 && total > 0) {
+                    // Nothing new (or no room): answer without asking the actor, but keep
+                    // the range check honest.
+                    let snapshot = handle.shared.snapshot();
+                    if snapshot.role != Role::Leader {
+                        Err(handle.shared.not_leader())
+                    } else if wanted.offset < snapshot.log_start {
+                        Err(ApiError::OffsetOutOfRange {
+                            requested: wanted.offset,
+                            log_start: snapshot.log_start,
+                            high_watermark,
+                        })
+                    } else {
+                        Ok(FetchedRecords {
+                            log_start: snapshot.log_start,
+                            high_watermark,
+                            batches: bytes::Bytes::new(),
+                        })
+                    }
+                } else {
+                    let max_bytes = (wanted.max_bytes as usize).min(remaining).max(1);
+                    match handle.read(wanted.offset, max_bytes, false).await {
+                        Err(error) => Err(error),
+                        Ok(read) => {
+                            let mut kept = Vec::with_capacity(read.batches.len());
+                            let mut kept_bytes = 0usize;
+                            for batch in read.batches {
+                                let size = batch.size_bytes();
+                                // Always deliver the first batch of the response.
+                                if total + kept_bytes + size > budget && total + kept_bytes > 0 {
+                                    break;
+                                }
+                                kept_bytes += size;
+                                kept.push(batch);
+                            }
+                            let mut bytes = BytesMut::with_capacity(kept_bytes);
+                            for batch in &kept {
+                                bytes.extend_from_slice(batch.bytes());
+                            }
+                            total += kept_bytes;
+                            Ok(FetchedRecords {
+                                log_start: read.log_start,
+                                high_watermark: read.high_watermark,
+                                batches: bytes.freeze(),
+                            })
+                        }
+                    }
+                }
+            }
+        };
+        any_error |= result.is_err();
+        responses.push(FetchPartitionResponse {
+            topic: wanted.topic.clone(),
+            partition: wanted.partition,
+            result,
+        });
+    }
+    (responses, total, any_error)
+}

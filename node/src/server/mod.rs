@@ -1,0 +1,327 @@
+//! The network server: accept loop, connections, and one module per request kind.
+//!
+//! [`serve`] runs the accept loop until the shutdown signal; tests bind port 0. Each connection
+//! cuts its byte stream into frames ([`FrameCodec`], `frame_bytes_max`), decodes requests,
+//! and runs up to `requests_in_flight_max` of them concurrently; at the limit it stops reading
+//! the socket, so TCP pushes back on the client. One writer task per connection writes the
+//! replies as they complete (many frames, one flush).
+//!
+//! Produce requests are put in their partition's mailbox by the reader itself, in the order
+//! they were read, before the reader reads on: pipelined batches of one partition are appended
+//! in the order they were sent.
+
+mod create_topic;
+mod delete_topic;
+mod describe_topic;
+mod fetch;
+mod handshake;
+mod list_offsets;
+mod list_topics;
+mod metadata;
+pub mod produce;
+
+use crate::broker::Broker;
+use bytes::Bytes;
+use cairn_protocol::frame::{
+    decode_request, encode_response, FrameCodec, FrameError, RequestDecodeError,
+    UNKNOWN_CORRELATION_ID,
+};
+use cairn_protocol::{ApiError, Request, ResponseFrame};
+use cairn_storage::LogStore;
+use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Where the node is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    /// Stop accepting and reading; let in-flight requests finish.
+    Draining,
+    /// The grace period is over: in-flight requests are answered `ShuttingDown`.
+    Expired,
+}
+
+/// How long the refusal of a connection over `connections_max` may take to write.
+const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most replies the writer sends before one flush.
+const WRITE_BATCH_FRAMES_MAX: usize = 64;
+
+/// Counts open connections; shutdown waits for it to drain.
+#[derive(Clone)]
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    max: u32,
+}
+
+impl Connections {
+    pub fn new(max: u32) -> Connections {
+        Connections {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+        }
+    }
+
+    /// Resolves once every connection has closed.
+    pub async fn all_closed(&self) {
+        let _ = self.permits.acquire_many(self.max).await;
+    }
+}
+
+/// Accepts connections until `phase` leaves `Running`.
+pub async fn serve<S: LogStore>(
+    listener: TcpListener,
+    broker: Arc<Broker<S>>,
+    connections: Connections,
+    mut phase: watch::Receiver<Phase>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|phase| *phase != Phase::Running) => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Running out of file descriptors is transient; pause instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match Arc::clone(&connections.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let broker = Arc::clone(&broker);
+                let phase = phase.clone();
+                tokio::spawn(async move {
+                    tracing::debug!(%peer, "connection opened");
+                    run_connection(socket, broker, phase, permit).await;
+                    tracing::debug!(%peer, "connection closed");
+                });
+            }
+            Err(_) => {
+                let max = connections.max;
+                let frame_bytes_max = broker.config.limits.frame_bytes_max as usize;
+                tokio::spawn(refuse_connection(socket, max, frame_bytes_max));
+            }
+        }
+    }
+}
+
+/// One `TooManyConnections` frame, then close.
+async fn refuse_connection(socket: TcpStream, max: u32, frame_bytes_max: usize) {
+    let mut writer = FramedWrite::new(socket, FrameCodec::new(frame_bytes_max));
+    let reply = encode_response(&ResponseFrame {
+        correlation_id: UNKNOWN_CORRELATION_ID,
+        result: Err(ApiError::TooManyConnections { max }),
+    });
+    // A client that does not read must not keep this task alive.
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, writer.send(reply)).await;
+}
+
+async fn run_connection<S: LogStore>(
+    socket: TcpStream,
+    broker: Arc<Broker<S>>,
+    mut phase: watch::Receiver<Phase>,
+    _connection: OwnedSemaphorePermit,
+) {
+    let limits = broker.config.limits.clone();
+    let frame_bytes_max = limits.frame_bytes_max as usize;
+    if let Err(error) = socket.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let (read_half, write_half) = socket.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new(frame_bytes_max));
+    let in_flight_max = limits.requests_in_flight_max as usize;
+    let (replies, outgoing) = mpsc::channel::<Bytes>(in_flight_max + 1);
+    let writer = tokio::spawn(write_replies(
+        FramedWrite::new(write_half, FrameCodec::new(frame_bytes_max)),
+        outgoing,
+    ));
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    loop {
+        // At the in-flight limit, stop reading: the client's writes back up in TCP.
+        let permit = tokio::select! {
+            permit = Arc::clone(&in_flight).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = phase.wait_for(|phase| *phase != Phase::Running) => break,
+        };
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            _ = phase.wait_for(|phase| *phase != Phase::Running) => break,
+        };
+        let bytes = match frame {
+            None => break,
+            Some(Ok(bytes)) => bytes,
+            Some(Err(FrameError::TooLarge { size, max })) => {
+                let error = ApiError::FrameTooLarge {
+                    size: size as u64,
+                    max: max as u64,
+                };
+                send_reply(
+                    &replies,
+                    UNKNOWN_CORRELATION_ID,
+                    Err(error),
+                    frame_bytes_max,
+                )
+                .await;
+                break;
+            }
+            Some(Err(FrameError::Io(error))) => {
+                tracing::debug!(%error, "connection read failed");
+                break;
+            }
+        };
+        let request = match decode_request(&bytes) {
+            Ok(request) => request,
+            Err(RequestDecodeError::Malformed { reason }) => {
+                let error = ApiError::MalformedFrame { reason };
+                send_reply(
+                    &replies,
+                    UNKNOWN_CORRELATION_ID,
+                    Err(error),
+                    frame_bytes_max,
+                )
+                .await;
+                break;
+            }
+            Err(RequestDecodeError::Refused {
+                correlation_id,
+                error,
+                ..
+            }) => {
+                send_reply(&replies, correlation_id, Err(error), frame_bytes_max).await;
+                continue;
+            }
+        };
+        drop(bytes);
+        let correlation_id = request.correlation_id;
+        let replies = replies.clone();
+        let broker = Arc::clone(&broker);
+        let phase = phase.clone();
+        match request.request {
+            Request::Produce(produce) => {
+                // Into the mailbox now, in read order; the answer is awaited concurrently.
+                let enqueued = produce::enqueue(&broker, produce);
+                tokio::spawn(async move {
+                    let work = async move {
+                        match enqueued {
+                            Ok(enqueued) => produce::complete(enqueued).await,
+                            Err(error) => Err(error),
+                        }
+                    };
+                    let result = unless_expired(phase, work).await;
+                    send_reply(&replies, correlation_id, result, frame_bytes_max).await;
+                    drop(permit);
+                });
+            }
+            other => {
+                tokio::spawn(async move {
+                    let result = unless_expired(phase, dispatch(&broker, other)).await;
+                    send_reply(&replies, correlation_id, result, frame_bytes_max).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // The reader is done; the writer ends once every in-flight request has replied.
+    drop(reader);
+    drop(replies);
+    let _ = writer.await;
+}
+
+/// Runs `work`, unless the shutdown grace period ends first.
+async fn unless_expired<F>(
+    mut phase: watch::Receiver<Phase>,
+    work: F,
+) -> Result<cairn_protocol::Response, ApiError>
+where
+    F: std::future::Future<Output = Result<cairn_protocol::Response, ApiError>>,
+{
+    tokio::select! {
+        result = work => result,
+        _ = phase.wait_for(|phase| *phase == Phase::Expired) => Err(ApiError::ShuttingDown),
+    }
+}
+
+async fn dispatch<S: LogStore>(
+    broker: &Broker<S>,
+    request: Request,
+) -> Result<cairn_protocol::Response, ApiError> {
+    match request {
+        Request::Handshake(request) => handshake::handle(broker, request),
+        Request::Metadata(request) => metadata::handle(broker, request),
+        Request::CreateTopic(request) => create_topic::handle(broker, request).await,
+        Request::DeleteTopic(request) => delete_topic::handle(broker, request).await,
+        Request::ListTopics(request) => list_topics::handle(broker, request),
+        Request::DescribeTopic(request) => describe_topic::handle(broker, request),
+        Request::Fetch(request) => fetch::handle(broker, request).await,
+        Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
+        Request::Produce(request) => match produce::enqueue(broker, request) {
+            Ok(enqueued) => produce::complete(enqueued).await,
+            Err(error) => Err(error),
+        },
+    }
+}
+
+async fn send_reply(
+    replies: &mpsc::Sender<Bytes>,
+    correlation_id: u64,
+    result: Result<cairn_protocol::Response, ApiError>,
+    frame_bytes_max: usize,
+) {
+    let mut bytes = encode_response(&ResponseFrame {
+        correlation_id,
+        result,
+    });
+    if bytes.len() > frame_bytes_max {
+        // Fetch budgets keep replies below the frame size; this is the safety net.
+        tracing::error!(
+            correlation_id,
+            size = bytes.len(),
+            "reply exceeds the frame maximum"
+        );
+        bytes = encode_response(&ResponseFrame {
+            correlation_id,
+            result: Err(ApiError::Internal {
+                reason: format!(
+                    "reply of {} bytes exceeds the frame maximum of {frame_bytes_max}",
+                    bytes.len()
+                ),
+            }),
+        });
+    }
+    // The writer is gone only when the connection broke; the reply has nowhere to go.
+    let _ = replies.send(bytes).await;
+}
+
+async fn write_replies(
+    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut outgoing: mpsc::Receiver<Bytes>,
+) {
+    while let Some(first) = outgoing.recv().await {
+        if writer.feed(first).await.is_err() {
+            return;
+        }
+        let mut batched = 1;
+        while batched < WRITE_BATCH_FRAMES_MAX {
+            match outgoing.try_recv() {
+                Ok(more) => {
+                    if writer.feed(more).await.is_err() {
+                        return;
+                    }
+                    batched += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}

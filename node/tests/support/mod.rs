@@ -1,0 +1,486 @@
+//! Shared test harness: real `cairn node` processes and a raw wire-level client.
+//!
+//! [`TestNode`] starts the built binary with a temporary data directory, `--listen
+//! 127.0.0.1:0 --preset test`, and waits for its ready line (`cairn node ready node_id=N
+//! listen=IP:PORT`). It can SIGKILL, SIGTERM and restart the node on the same data directory
+//! and address. A node still running when its `TestNode` drops is killed, so no test leaves a
+//! process behind. The node's stderr (its logs) goes to `node.log` next to the data directory
+//! and is printed when a start fails.
+//!
+//! [`Wire`] speaks the protocol over a blocking `TcpStream` with a read timeout, so a test
+//! can send exact bytes, pipeline requests and read replies one by one.
+
+#![allow(dead_code)]
+
+use cairn_protocol::batch::{split_batches, Record, RecordBatch, RecordBatchBuilder, RecordView};
+use cairn_protocol::frame::{decode_response, encode_request};
+use cairn_protocol::messages::*;
+use cairn_protocol::{ApiError, Offset, Request, RequestFrame, Response, ResponseFrame};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a node may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a wire read may block before the test fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn cairn_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+/// One `cairn node` process (or its data directory, between a stop and a restart).
+pub struct TestNode {
+    pub node_id: u32,
+    /// Holds the data directory and the log; removed when the node drops.
+    temp: tempfile::TempDir,
+    child: Option<Child>,
+    address: Option<SocketAddr>,
+    extra_args: Vec<String>,
+}
+
+impl TestNode {
+    /// A node with id 1, the test preset and a fresh data directory, ready to serve.
+    pub fn start() -> TestNode {
+        TestNode::start_with(&[])
+    }
+
+    /// Like [`TestNode::start`], with more flags (e.g. `--set limits.connections_max=2`).
+    pub fn start_with(extra_args: &[&str]) -> TestNode {
+        let mut node = TestNode {
+            node_id: 1,
+            temp: tempfile::Builder::new()
+                .prefix("cairn-test-")
+                .tempdir()
+                .expect("a temporary directory"),
+            child: None,
+            address: None,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+        };
+        node.spawn("127.0.0.1:0");
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.temp.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.temp.path().join("node.log")
+    }
+
+    /// Everything the node logged so far (all its runs).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The bound client address, from the ready line.
+    pub fn address(&self) -> SocketAddr {
+        self.address.expect("the node has started")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("a log file");
+        let mut command = Command::new(cairn_binary());
+        command
+            .arg("node")
+            .arg("--node-id")
+            .arg(self.node_id.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(listen)
+            .arg("--preset")
+            .arg("test")
+            .args(&self.extra_args)
+            .env("CAIRN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let mut child = command.spawn().expect("the cairn binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready, ready_line) = mpsc::channel();
+        // Keep draining stdout after the ready line, so the node never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("cairn node ready ") {
+                    let _ = ready.send(line);
+                }
+            }
+        });
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            match ready_line.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    self.address = Some(parse_ready_line(&line, self.node_id));
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Give the process a moment to report its exit status.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok())
+                .flatten()
+            {
+                panic!(
+                    "node exited before ready ({status}); logs:\n{}",
+                    self.logs()
+                );
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                self.kill();
+                panic!(
+                    "node not ready within {READY_TIMEOUT:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed that was not flushed already.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the node is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("the kill command runs");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait works") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node did not exit within 20 s of SIGTERM; logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same data directory and the same address.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node before restarting it");
+        let listen = self
+            .address
+            .map(|address| address.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        self.spawn(&listen);
+    }
+
+    /// A connected wire client.
+    pub fn wire(&self) -> Wire {
+        Wire::connect(self.address())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Parses `cairn node ready node_id=N listen=IP:PORT`.
+pub fn parse_ready_line(line: &str, node_id: u32) -> SocketAddr {
+    let rest = line
+        .strip_prefix("cairn node ready ")
+        .unwrap_or_else(|| panic!("not a ready line: {line:?}"));
+    let mut fields = rest.split(' ');
+    assert_eq!(
+        fields.next(),
+        Some(format!("node_id={node_id}").as_str()),
+        "{line}"
+    );
+    let listen = fields
+        .next()
+        .and_then(|field| field.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no listen field: {line:?}"));
+    listen.parse().expect("the ready line carries IP:PORT")
+}
+
+/// Runs `cairn node` with `args` expecting it to exit by itself (a refused configuration);
+/// returns its status and stderr. Bounded: a node that keeps running fails the test.
+pub fn run_node_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(cairn_binary())
+        .arg("node")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the cairn binary starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait works") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cairn node {args:?} kept running; it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr is text");
+    (status, stderr)
+}
+
+/// A raw protocol connection: exact frames in, decoded frames out.
+pub struct Wire {
+    pub stream: TcpStream,
+    next_correlation_id: u64,
+}
+
+impl Wire {
+    pub fn connect(address: SocketAddr) -> Wire {
+        let stream = TcpStream::connect(address).expect("connect to the node");
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("read timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Wire {
+            stream,
+            next_correlation_id: 1,
+        }
+    }
+
+    /// Writes one frame holding exactly `payload`.
+    pub fn send_payload(&mut self, payload: &[u8]) {
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).expect("write a frame");
+    }
+
+    /// Sends a request; returns its correlation id.
+    pub fn send(&mut self, request: Request) -> u64 {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let payload = encode_request(&RequestFrame {
+            version: 1,
+            correlation_id,
+            request,
+        });
+        self.send_payload(&payload);
+        correlation_id
+    }
+
+    /// Reads one response frame; `None` when the server closed the connection.
+    pub fn try_recv(&mut self) -> Option<ResponseFrame> {
+        let mut length = [0u8; 4];
+        match self.stream.read_exact(&mut length) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(error) => panic!("reading a response failed: {error}"),
+        }
+        let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+        self.stream.read_exact(&mut payload).expect("a whole frame");
+        Some(decode_response(&payload).expect("a decodable response"))
+    }
+
+    pub fn recv(&mut self) -> ResponseFrame {
+        self.try_recv().expect("the server closed the connection")
+    }
+
+    /// True once the server has closed the connection (reads hit end of stream).
+    pub fn is_closed(&mut self) -> bool {
+        self.try_recv().is_none()
+    }
+
+    /// One request, one reply.
+    pub fn call(&mut self, request: Request) -> Result<Response, ApiError> {
+        let correlation_id = self.send(request);
+        let reply = self.recv();
+        assert_eq!(reply.correlation_id, correlation_id);
+        reply.result
+    }
+
+    pub fn create_topic(&mut self, name: &str, partitions: u32) -> Result<TopicMetadata, ApiError> {
+        match self.call(Request::CreateTopic(CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            replication_factor: None,
+            config: TopicConfig::default(),
+        }))? {
+            Response::CreateTopic(response) => Ok(response.topic),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub fn produce_batch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        batch: bytes::Bytes,
+    ) -> Result<ProduceResponse, ApiError> {
+        match self.call(produce_request(topic, partition, batch))? {
+            Response::Produce(response) => Ok(response),
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        values: &[&[u8]],
+    ) -> Result<ProduceResponse, ApiError> {
+        self.produce_batch(topic, partition, batch_of(values).into_bytes())
+    }
+
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: Offset,
+        max_wait_ms: u32,
+    ) -> Result<FetchedRecords, ApiError> {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: vec![FetchPartition {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_bytes: 1 << 20,
+            }],
+        });
+        match self.call(request)? {
+            Response::Fetch(mut response) => {
+                assert_eq!(response.partitions.len(), 1);
+                response.partitions.remove(0).result
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
+    /// Every committed record of a partition from `from`, fetching until the high watermark.
+    pub fn read_all(&mut self, topic: &str, partition: u32, from: Offset) -> Vec<RecordView> {
+        let mut records = Vec::new();
+        let mut next = from;
+        for _ in 0..100_000 {
+            let fetched = self
+                .fetch(topic, partition, next, 0)
+                .unwrap_or_else(|error| panic!("fetch {topic}/{partition} at {next}: {error:?}"));
+            if next >= fetched.high_watermark {
+                return records;
+            }
+            for batch in split_batches(&fetched.batches) {
+                let batch = batch.expect("fetched batches are well formed");
+                batch
+                    .verify_checksum()
+                    .expect("fetched batches pass their checksum");
+                if !batch.header().is_control() {
+                    for record in batch.records() {
+                        let record = record.expect("fetched records decode");
+                        if record.offset >= next {
+                            records.push(record);
+                        }
+                    }
+                }
+                // Control batches (epoch markers) hold offsets too: step over them.
+                next = next.max(batch.next_offset());
+            }
+        }
+        panic!("read_all did not reach the high watermark");
+    }
+}
+
+pub fn produce_request(topic: &str, partition: u32, batch: bytes::Bytes) -> Request {
+    Request::Produce(ProduceRequest {
+        topic: topic.to_string(),
+        partition,
+        acks: Acks::All,
+        timeout_ms: 10_000,
+        batch,
+    })
+}
+
+pub fn batch_of(values: &[&[u8]]) -> RecordBatch {
+    let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+    for value in values {
+        builder.push(&Record::new(bytes::Bytes::copy_from_slice(value)));
+    }
+    builder.build()
+}
+
+/// Decodes concatenated batches as a consumer would, verifying each checksum.
+pub fn records_of(batches: &bytes::Bytes) -> Vec<RecordView> {
+    let mut records = Vec::new();
+    for batch in split_batches(batches) {
+        let batch = batch.expect("fetched batches are well formed");
+        batch
+            .verify_checksum()
+            .expect("fetched batches pass their checksum");
+        if batch.header().is_control() {
+            continue;
+        }
+        for record in batch.records() {
+            records.push(record.expect("fetched records decode"));
+        }
+    }
+    records
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write a test file");
+    path
+}

@@ -1,0 +1,912 @@
+//! Multi-voter unit tests: one peer input, the exact effects, and the state left unchanged
+//! by every refusal.
+
+use crate::tests::batch;
+use crate::*;
+use cairn_protocol::batch::RecordBatchBuilder;
+use cairn_protocol::messages::{Acks, ProduceResponse};
+use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
+
+const A: NodeId = NodeId(1);
+const B: NodeId = NodeId(2);
+const C: NodeId = NodeId(3);
+
+fn empty() -> Recovered {
+    Recovered {
+        promised_epoch: Epoch::ZERO,
+        epoch_history: Vec::new(),
+        log_start: Offset::ZERO,
+        log_end: Offset::ZERO,
+    }
+}
+
+/// A log of epoch 1 holding offsets [0, 3): batches [0, 2) and [2, 3).
+fn epoch_one_log() -> (Recovered, Vec<RecordBatch>) {
+    let batches = vec![
+        batch(&["a", "b"]).stamped(Offset(0), Epoch(1)),
+        batch(&["c"]).stamped(Offset(2), Epoch(1)),
+    ];
+    let recovered = Recovered {
+        promised_epoch: Epoch(1),
+        epoch_history: vec![(Epoch(1), Offset(0))],
+        log_start: Offset::ZERO,
+        log_end: Offset(3),
+    };
+    (recovered, batches)
+}
+
+fn replica(node: NodeId, recovered: Recovered) -> Replica {
+    replica_with(Config::for_tests(), node, recovered)
+}
+
+fn replica_with(config: Config, node: NodeId, recovered: Recovered) -> Replica {
+    Replica::new(config, node, vec![A, B, C], recovered, Millis(0))
+        .unwrap()
+        .0
+}
+
+fn marker(offset: u64, epoch: u64) -> RecordBatch {
+    RecordBatchBuilder::control_marker(0).stamped(Offset(offset), Epoch(epoch))
+}
+
+fn send(to: NodeId, message: PeerMessage) -> Effect {
+    Effect::Send { to, message }
+}
+
+fn peer(from: NodeId, message: PeerMessage) -> Input {
+    Input::Peer { from, message }
+}
+
+fn append(
+    epoch: u64,
+    prev_offset: u64,
+    prev_epoch: u64,
+    batches: Vec<RecordBatch>,
+    commit: u64,
+    sent_at: u64,
+) -> PeerMessage {
+    PeerMessage::Append {
+        epoch: Epoch(epoch),
+        prev_offset: Offset(prev_offset),
+        prev_epoch: Epoch(prev_epoch),
+        batches,
+        commit: Offset(commit),
+        sent_at: Millis(sent_at),
+    }
+}
+
+fn ok_response(epoch: u64, sent_at: u64, log_end: u64, durable_end: u64) -> PeerMessage {
+    PeerMessage::AppendResponse {
+        epoch: Epoch(epoch),
+        sent_at: Millis(sent_at),
+        result: AppendResult::Ok {
+            log_end: Offset(log_end),
+            durable_end: Offset(durable_end),
+        },
+    }
+}
+
+fn role(role: Role, epoch: u64, leader: Option<NodeId>) -> Effect {
+    Effect::RoleChanged {
+        role,
+        epoch: Epoch(epoch),
+        leader,
+    }
+}
+
+fn produced(request: u64, base: u64, epoch: u64) -> Effect {
+    Effect::Reply {
+        request: RequestId(request),
+        result: Ok(ProduceResponse {
+            base_offset: Offset(base),
+            leader_epoch: Epoch(epoch),
+            duplicate: false,
+        }),
+    }
+}
+
+/// Node A wins the epoch after its recovered one, with B's pre-vote and grant, at t=1000.
+/// Returns the leader and the effects of winning.
+fn elect(recovered: Recovered) -> (Replica, Vec<Effect>) {
+    elect_with(Config::for_tests(), recovered)
+}
+
+fn elect_with(config: Config, recovered: Recovered) -> (Replica, Vec<Effect>) {
+    let log_end = recovered.log_end;
+    let last_log_epoch = recovered
+        .epoch_history
+        .last()
+        .map_or(Epoch(0), |entry| entry.0);
+    let epoch = recovered.promised_epoch.next();
+    let mut leader = replica_with(config, A, recovered);
+    let now = Millis(1_000);
+    let probe = PeerMessage::LeaseProbe {
+        epoch,
+        last_log_epoch,
+        log_end,
+    };
+    assert_eq!(
+        leader.step(now, Input::Tick),
+        vec![send(B, probe.clone()), send(C, probe)]
+    );
+    let request = PeerMessage::LeaseRequest {
+        epoch,
+        last_log_epoch,
+        log_end,
+    };
+    assert_eq!(
+        leader.step(
+            now,
+            peer(
+                B,
+                PeerMessage::LeaseProbeResponse {
+                    epoch,
+                    granted: true,
+                    promised_epoch: Epoch(0)
+                }
+            )
+        ),
+        vec![
+            role(Role::Candidate, epoch.0, None),
+            Effect::PersistPromise { epoch },
+            send(B, request.clone()),
+            send(C, request),
+        ]
+    );
+    // The grant alone is not a majority: our own vote counts once our promise is durable.
+    assert_eq!(
+        leader.step(
+            now,
+            peer(
+                B,
+                PeerMessage::LeaseResponse {
+                    epoch,
+                    granted: true,
+                    promised_epoch: epoch
+                }
+            )
+        ),
+        vec![]
+    );
+    let effects = leader.step(now, Input::PromisePersisted { epoch });
+    assert_eq!(leader.status().role, Role::Leader);
+    (leader, effects)
+}
+
+/// A leads epoch 1 with an empty log; its marker [0, 1) was sent to B and C at t=1000.
+fn leader3() -> Replica {
+    let (leader, effects) = elect(empty());
+    let sent = append(1, 0, 0, vec![marker(0, 1)], 0, 1_000);
+    assert_eq!(
+        effects,
+        vec![
+            role(Role::Leader, 1, Some(A)),
+            Effect::Append {
+                batches: vec![marker(0, 1)]
+            },
+            send(B, sent.clone()),
+            send(C, sent),
+        ]
+    );
+    leader
+}
+
+/// B follows A in epoch 1 and holds A's marker, not yet durable.
+fn follower3() -> Replica {
+    let mut follower = replica(B, empty());
+    let now = Millis(1_000);
+    let message = append(1, 0, 0, vec![marker(0, 1)], 0, 7);
+    // First the promise of epoch 1 must be durable (DESIGN 5.1).
+    assert_eq!(
+        follower.step(now, peer(A, message)),
+        vec![Effect::PersistPromise { epoch: Epoch(1) }]
+    );
+    assert_eq!(
+        follower.step(now, Input::PromisePersisted { epoch: Epoch(1) }),
+        vec![
+            role(Role::Follower, 1, Some(A)),
+            Effect::Append {
+                batches: vec![marker(0, 1)]
+            },
+            send(A, ok_response(1, 7, 1, 0)),
+        ]
+    );
+    follower
+}
+
+#[test]
+fn a_probe_is_answered_by_the_grant_rules_and_changes_nothing() {
+    let (recovered, _) = epoch_one_log();
+    let mut voter = replica(B, recovered);
+    let probe = |epoch: u64, last_log_epoch: u64, log_end: u64| PeerMessage::LeaseProbe {
+        epoch: Epoch(epoch),
+        last_log_epoch: Epoch(last_log_epoch),
+        log_end: Offset(log_end),
+    };
+    let answer = |epoch: u64, granted: bool| {
+        send(
+            A,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(epoch),
+                granted,
+                promised_epoch: Epoch(1),
+            },
+        )
+    };
+    let before = voter.status();
+    // (b): within lease_ms of a restart nothing is granted.
+    assert_eq!(
+        voter.step(Millis(199), peer(A, probe(2, 1, 3))),
+        vec![answer(2, false)]
+    );
+    // (a): the epoch must be above the promise.
+    assert_eq!(
+        voter.step(Millis(200), peer(A, probe(1, 1, 3))),
+        vec![answer(1, false)]
+    );
+    // (c): the candidate's log must be at least as up to date: last epoch, then log end.
+    assert_eq!(
+        voter.step(Millis(200), peer(A, probe(2, 1, 2))),
+        vec![answer(2, false)]
+    );
+    assert_eq!(
+        voter.step(Millis(200), peer(A, probe(2, 0, 9))),
+        vec![answer(2, false)]
+    );
+    assert_eq!(
+        voter.step(Millis(200), peer(A, probe(2, 1, 3))),
+        vec![answer(2, true)]
+    );
+    assert_eq!(
+        voter.step(Millis(200), peer(A, probe(2, 2, 0))),
+        vec![answer(2, true)]
+    );
+    assert_eq!(voter.status(), before);
+    // A real request is then granted, proving the probe bound nothing.
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(3),
+    };
+    assert_eq!(
+        voter.step(Millis(200), peer(A, request)),
+        vec![Effect::PersistPromise { epoch: Epoch(2) }]
+    );
+}
+
+#[test]
+fn a_grant_is_sent_only_once_its_promise_is_durable_and_binds_for_lease_ms() {
+    let mut voter = replica(B, empty());
+    let now = Millis(300);
+    let request = |epoch: u64| PeerMessage::LeaseRequest {
+        epoch: Epoch(epoch),
+        last_log_epoch: Epoch(0),
+        log_end: Offset(0),
+    };
+    assert_eq!(
+        voter.step(now, peer(A, request(1))),
+        vec![Effect::PersistPromise { epoch: Epoch(1) }]
+    );
+    assert_eq!(voter.status().promised_epoch, Epoch(0));
+    // Another candidate is refused while the first grant is on its way, and it learns the
+    // epoch being promised. The refusal changes nothing.
+    let before = voter.status();
+    assert_eq!(
+        voter.step(now, peer(C, request(2))),
+        vec![send(
+            C,
+            PeerMessage::LeaseResponse {
+                epoch: Epoch(2),
+                granted: false,
+                promised_epoch: Epoch(1)
+            }
+        )]
+    );
+    assert_eq!(voter.status(), before);
+    let granted_at = Millis(310);
+    assert_eq!(
+        voter.step(granted_at, Input::PromisePersisted { epoch: Epoch(1) }),
+        vec![
+            send(
+                A,
+                PeerMessage::LeaseResponse {
+                    epoch: Epoch(1),
+                    granted: true,
+                    promised_epoch: Epoch(1)
+                }
+            ),
+            role(Role::Follower, 1, None),
+        ]
+    );
+    assert_eq!(voter.status().promised_epoch, Epoch(1));
+    // Rule (b): no other grant until lease_ms after the grant was sent.
+    let refuse = send(
+        C,
+        PeerMessage::LeaseResponse {
+            epoch: Epoch(2),
+            granted: false,
+            promised_epoch: Epoch(1),
+        },
+    );
+    assert_eq!(
+        voter.step(granted_at.plus(199), peer(C, request(2))),
+        vec![refuse]
+    );
+    assert_eq!(
+        voter.step(granted_at.plus(200), peer(C, request(2))),
+        vec![Effect::PersistPromise { epoch: Epoch(2) }]
+    );
+}
+
+#[test]
+fn a_rejected_candidacy_retries_above_the_promises_it_heard_of() {
+    let mut candidate = replica(A, empty());
+    let now = Millis(1_000);
+    candidate.step(now, Input::Tick);
+    candidate.step(
+        now,
+        peer(
+            B,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(1),
+                granted: true,
+                promised_epoch: Epoch(0),
+            },
+        ),
+    );
+    candidate.step(now, Input::PromisePersisted { epoch: Epoch(1) });
+    let before = candidate.status();
+    assert_eq!(
+        candidate.step(
+            now,
+            peer(
+                B,
+                PeerMessage::LeaseResponse {
+                    epoch: Epoch(1),
+                    granted: false,
+                    promised_epoch: Epoch(5)
+                }
+            )
+        ),
+        vec![]
+    );
+    assert_eq!(candidate.status(), before);
+    // The next attempt (after the timeout with its jitter) probes epoch 6.
+    let later = Millis(2_000);
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(6),
+        last_log_epoch: Epoch(0),
+        log_end: Offset(0),
+    };
+    assert_eq!(
+        candidate.step(later, Input::Tick),
+        vec![send(B, probe.clone()), send(C, probe)]
+    );
+}
+
+#[test]
+fn acks_all_waits_for_a_majority_of_durable_copies() {
+    let mut leader = leader3();
+    let now = Millis(1_010);
+    let stamped = batch(&["x"]).stamped(Offset(1), Epoch(1));
+    let sent = append(1, 1, 1, vec![stamped.clone()], 0, 1_010);
+    assert_eq!(
+        leader.step(
+            now,
+            Input::Produce {
+                request: RequestId(7),
+                batch: batch(&["x"]),
+                acks: Acks::All
+            }
+        ),
+        vec![
+            Effect::Append {
+                batches: vec![stamped]
+            },
+            send(B, sent.clone()),
+            send(C, sent)
+        ]
+    );
+    // The leader's own flushes are not a majority.
+    assert_eq!(
+        leader.step(now, Input::Durable { log_end: Offset(1) }),
+        vec![]
+    );
+    assert_eq!(
+        leader.step(now, Input::Durable { log_end: Offset(2) }),
+        vec![]
+    );
+    // B holds both batches but flushed only the marker: the marker commits.
+    assert_eq!(
+        leader.step(now, peer(B, ok_response(1, 1_010, 2, 1))),
+        vec![Effect::HighWatermark { offset: Offset(1) }]
+    );
+    // A response that does not flush more moves nothing.
+    let before = leader.status();
+    assert_eq!(
+        leader.step(now, peer(C, ok_response(1, 1_000, 1, 0))),
+        vec![]
+    );
+    assert_eq!(leader.status(), before);
+    assert_eq!(
+        leader.step(now, peer(B, ok_response(1, 1_010, 2, 2))),
+        vec![
+            Effect::HighWatermark { offset: Offset(2) },
+            produced(7, 1, 1)
+        ]
+    );
+}
+
+#[test]
+fn nothing_of_an_older_epoch_commits_before_the_new_marker() {
+    let (recovered, _) = epoch_one_log();
+    let (mut leader, effects) = elect(recovered);
+    let sent = append(2, 3, 1, vec![marker(3, 2)], 0, 1_000);
+    assert_eq!(
+        effects,
+        vec![
+            role(Role::Leader, 2, Some(A)),
+            Effect::Append {
+                batches: vec![marker(3, 2)]
+            },
+            send(B, sent.clone()),
+            send(C, sent),
+        ]
+    );
+    let now = Millis(1_005);
+    // A majority (A and B) holds [0, 3) of epoch 1 durably: by count alone it would be
+    // committed, but the marker of epoch 2 is not yet durable on a majority.
+    assert_eq!(
+        leader.step(now, peer(B, ok_response(2, 1_000, 3, 3))),
+        vec![]
+    );
+    assert_eq!(leader.status().high_watermark, Offset(0));
+    assert_eq!(
+        leader.step(now, Input::Durable { log_end: Offset(4) }),
+        vec![]
+    );
+    assert_eq!(
+        leader.step(now, peer(B, ok_response(2, 1_000, 4, 4))),
+        vec![Effect::HighWatermark { offset: Offset(4) }]
+    );
+}
+
+#[test]
+fn a_leader_whose_lease_lapses_steps_down_and_fails_pending_requests() {
+    let mut leader = leader3();
+    leader.step(
+        Millis(1_000),
+        Input::Produce {
+            request: RequestId(1),
+            batch: batch(&["x"]),
+            acks: Acks::All,
+        },
+    );
+    // Heartbeat due at 1050: an empty append at each follower's next offset.
+    assert_eq!(leader.step(Millis(1_049), Input::Tick), vec![]);
+    let heartbeat = append(1, 2, 1, vec![], 0, 1_050);
+    assert_eq!(
+        leader.step(Millis(1_050), Input::Tick),
+        vec![send(B, heartbeat.clone()), send(C, heartbeat)]
+    );
+    // B answers the heartbeat sent at 1050: the lease now holds until 1050 + 190.
+    leader.step(Millis(1_060), peer(B, ok_response(1, 1_050, 2, 0)));
+    assert!(leader.lease_valid(Millis(1_239)));
+    assert!(!leader.lease_valid(Millis(1_240)));
+    // Ticks before then only heartbeat.
+    let heartbeat = append(1, 2, 1, vec![], 0, 1_100);
+    assert_eq!(
+        leader.step(Millis(1_100), Input::Tick),
+        vec![send(B, heartbeat.clone()), send(C, heartbeat)]
+    );
+    assert_eq!(
+        leader.step(Millis(1_240), Input::Tick),
+        vec![
+            role(Role::Follower, 1, None),
+            Effect::Reply {
+                request: RequestId(1),
+                result: Err(ApiError::Timeout { waited_ms: 240 })
+            },
+        ]
+    );
+    // A deposed leader refuses produce.
+    assert_eq!(
+        leader.step(
+            Millis(1_240),
+            Input::Produce {
+                request: RequestId(2),
+                batch: batch(&["y"]),
+                acks: Acks::All
+            }
+        ),
+        vec![Effect::Reply {
+            request: RequestId(2),
+            result: Err(ApiError::NotLeader {
+                leader_hint: None,
+                epoch: Epoch(1)
+            }),
+        }]
+    );
+}
+
+#[test]
+fn a_stale_epoch_answer_deposes_the_leader() {
+    let mut leader = leader3();
+    leader.step(
+        Millis(1_000),
+        Input::Produce {
+            request: RequestId(1),
+            batch: batch(&["x"]),
+            acks: Acks::Leader,
+        },
+    );
+    let stale = PeerMessage::AppendResponse {
+        epoch: Epoch(1),
+        sent_at: Millis(1_000),
+        result: AppendResult::StaleEpoch {
+            promised_epoch: Epoch(3),
+        },
+    };
+    assert_eq!(
+        leader.step(Millis(1_020), peer(B, stale)),
+        vec![
+            role(Role::Follower, 1, None),
+            Effect::Reply {
+                request: RequestId(1),
+                result: Err(ApiError::Timeout { waited_ms: 20 })
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_follower_refuses_a_lower_epoch_and_changes_nothing() {
+    let mut follower = follower3();
+    let before = follower.status();
+    assert_eq!(
+        follower.step(Millis(1_010), peer(C, append(0, 0, 0, vec![], 0, 5))),
+        vec![send(
+            C,
+            PeerMessage::AppendResponse {
+                epoch: Epoch(0),
+                sent_at: Millis(5),
+                result: AppendResult::StaleEpoch {
+                    promised_epoch: Epoch(1)
+                },
+            }
+        )]
+    );
+    assert_eq!(follower.status(), before);
+}
+
+#[test]
+fn a_follower_reports_flushes_and_learns_commit_from_the_leader() {
+    let mut follower = follower3();
+    // The flush is reported at once, so commit does not wait for the next heartbeat.
+    assert_eq!(
+        follower.step(Millis(1_010), Input::Durable { log_end: Offset(1) }),
+        vec![send(A, ok_response(1, 7, 1, 1))]
+    );
+    assert_eq!(
+        follower.step(Millis(1_020), peer(A, append(1, 1, 1, vec![], 1, 50))),
+        vec![
+            Effect::HighWatermark { offset: Offset(1) },
+            send(A, ok_response(1, 50, 1, 1))
+        ]
+    );
+    assert_eq!(follower.status().high_watermark, Offset(1));
+}
+
+#[test]
+fn a_follower_that_does_not_match_answers_where_it_diverges() {
+    let mut follower = follower3();
+    let before = follower.status();
+    // The leader thinks we hold [0, 5); we hold [0, 1) of epoch 1.
+    assert_eq!(
+        follower.step(Millis(1_010), peer(A, append(1, 5, 1, vec![], 0, 9))),
+        vec![send(
+            A,
+            PeerMessage::AppendResponse {
+                epoch: Epoch(1),
+                sent_at: Millis(9),
+                result: AppendResult::Diverged {
+                    epoch: Epoch(1),
+                    end_offset: Offset(1)
+                },
+            }
+        )]
+    );
+    assert_eq!(follower.status(), before);
+}
+
+#[test]
+fn a_follower_truncates_an_uncommitted_suffix_and_ignores_flushes_from_before() {
+    let mut follower = follower3();
+    // An epoch-1 batch [1, 3) arrives but is not yet flushed.
+    let old = batch(&["o", "p"]).stamped(Offset(1), Epoch(1));
+    follower.step(Millis(1_010), peer(A, append(1, 1, 1, vec![old], 0, 10)));
+    assert_eq!(follower.status().log_end, Offset(3));
+    // Leader C of epoch 2 has a different [1, 2).
+    let new = batch(&["n"]).stamped(Offset(1), Epoch(2));
+    let message = append(2, 1, 1, vec![new.clone()], 0, 20);
+    assert_eq!(
+        follower.step(Millis(1_020), peer(C, message)),
+        vec![Effect::PersistPromise { epoch: Epoch(2) }]
+    );
+    assert_eq!(
+        follower.step(Millis(1_020), Input::PromisePersisted { epoch: Epoch(2) }),
+        vec![
+            role(Role::Follower, 2, Some(C)),
+            Effect::Truncate { from: Offset(1) },
+            Effect::Append { batches: vec![new] },
+            send(C, ok_response(2, 20, 2, 0)),
+        ]
+    );
+    assert_eq!(
+        follower.epoch_history(),
+        &[(Epoch(1), Offset(0)), (Epoch(2), Offset(1))]
+    );
+    // Flushes answer the appends in order: the marker's, then the truncated batch's (which
+    // proves nothing about the new [1, 2)), then the new batch's.
+    assert_eq!(
+        follower.step(Millis(1_030), Input::Durable { log_end: Offset(1) }),
+        vec![send(C, ok_response(2, 20, 2, 1))]
+    );
+    assert_eq!(
+        follower.step(Millis(1_030), Input::Durable { log_end: Offset(3) }),
+        vec![]
+    );
+    assert_eq!(follower.status().durable_end, Offset(1));
+    assert_eq!(
+        follower.step(Millis(1_030), Input::Durable { log_end: Offset(2) }),
+        vec![send(C, ok_response(2, 20, 2, 2))]
+    );
+}
+
+#[test]
+fn a_follower_commits_only_what_matches_the_leader() {
+    // B holds [0, 3) of epoch 1; the new leader of epoch 2 matches only [0, 2).
+    let (recovered, _) = epoch_one_log();
+    let mut follower = replica(B, recovered);
+    let heartbeat = append(2, 2, 1, vec![], 9, 30);
+    assert_eq!(
+        follower.step(Millis(1_000), peer(A, heartbeat)),
+        vec![Effect::PersistPromise { epoch: Epoch(2) }]
+    );
+    assert_eq!(
+        follower.step(Millis(1_000), Input::PromisePersisted { epoch: Epoch(2) }),
+        vec![
+            role(Role::Follower, 2, Some(A)),
+            Effect::HighWatermark { offset: Offset(2) },
+            send(A, ok_response(2, 30, 2, 2)),
+        ]
+    );
+}
+
+#[test]
+fn a_leader_backs_up_on_divergence_and_catches_up_from_its_log() {
+    let (recovered, batches) = epoch_one_log();
+    let (mut leader, _) = elect(recovered);
+    let now = Millis(1_010);
+    let diverged = PeerMessage::AppendResponse {
+        epoch: Epoch(2),
+        sent_at: Millis(1_000),
+        result: AppendResult::Diverged {
+            epoch: Epoch(0),
+            end_offset: Offset(0),
+        },
+    };
+    let bytes_max = Config::for_tests().append_message_bytes_max;
+    assert_eq!(
+        leader.step(now, peer(C, diverged)),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(0),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
+    // An answer to a read never asked for changes nothing.
+    let before = leader.status();
+    assert_eq!(
+        leader.step(
+            now,
+            Input::PeerRead {
+                to: B,
+                from: Offset(0),
+                batches: batches.clone()
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(leader.status(), before);
+    let mut all = batches;
+    all.push(marker(3, 2));
+    assert_eq!(
+        leader.step(
+            now,
+            Input::PeerRead {
+                to: C,
+                from: Offset(0),
+                batches: all.clone()
+            }
+        ),
+        vec![send(C, append(2, 0, 0, all, 0, 1_010))]
+    );
+}
+
+#[test]
+fn an_append_with_a_gap_or_foreign_epoch_is_dropped() {
+    let mut follower = follower3();
+    let before = follower.status();
+    // Batches not contiguous from prev_offset.
+    let gap = batch(&["g"]).stamped(Offset(4), Epoch(1));
+    assert_eq!(
+        follower.step(Millis(1_010), peer(A, append(1, 1, 1, vec![gap], 0, 9))),
+        vec![]
+    );
+    // A batch of an epoch above the message's.
+    let future = batch(&["f"]).stamped(Offset(1), Epoch(3));
+    assert_eq!(
+        follower.step(Millis(1_010), peer(A, append(1, 1, 1, vec![future], 0, 9))),
+        vec![]
+    );
+    // A sender outside the voters.
+    assert_eq!(
+        follower.step(
+            Millis(1_010),
+            peer(NodeId(9), append(1, 1, 1, vec![], 0, 9))
+        ),
+        vec![]
+    );
+    assert_eq!(follower.status(), before);
+}
+
+#[test]
+fn a_follower_with_too_many_flushes_outstanding_answers_without_taking_batches() {
+    let mut follower = follower3();
+    let max = Config::for_tests().pending_requests_max as u64;
+    // The marker's flush is outstanding; add appends until `max` flushes are owed.
+    for offset in 1..max {
+        let one = batch(&["v"]).stamped(Offset(offset), Epoch(1));
+        let effects = follower.step(
+            Millis(1_010),
+            peer(A, append(1, offset, 1, vec![one], 0, 10)),
+        );
+        assert_eq!(effects.len(), 2, "append and answer");
+    }
+    let before = follower.status();
+    assert_eq!(before.log_end, Offset(max));
+    let one_more = batch(&["w"]).stamped(Offset(max), Epoch(1));
+    assert_eq!(
+        follower.step(
+            Millis(1_020),
+            peer(A, append(1, max, 1, vec![one_more], 0, 20))
+        ),
+        vec![send(A, ok_response(1, 20, max, 0))]
+    );
+    assert_eq!(follower.status(), before);
+}
+
+#[test]
+fn repeated_divergence_at_one_position_reads_once() {
+    let (recovered, _) = epoch_one_log();
+    let (mut leader, _) = elect(recovered);
+    let diverged = PeerMessage::AppendResponse {
+        epoch: Epoch(2),
+        sent_at: Millis(1_000),
+        result: AppendResult::Diverged {
+            epoch: Epoch(1),
+            end_offset: Offset(2),
+        },
+    };
+    let bytes_max = Config::for_tests().append_message_bytes_max;
+    assert_eq!(
+        leader.step(Millis(1_010), peer(C, diverged.clone())),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(2),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
+    assert_eq!(leader.step(Millis(1_011), peer(C, diverged)), vec![]);
+}
+
+#[test]
+fn a_leader_with_a_live_lease_grants_nothing() {
+    let mut leader = leader3();
+    // B keeps the lease alive; well past lease_ms after the election a candidate asks.
+    leader.step(Millis(1_100), peer(B, ok_response(1, 1_090, 1, 1)));
+    leader.step(Millis(1_250), peer(B, ok_response(1, 1_240, 1, 1)));
+    let now = Millis(1_400);
+    assert!(leader.lease_valid(now));
+    let before = leader.status();
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(9),
+    };
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(9),
+    };
+    assert_eq!(
+        leader.step(now, peer(C, probe)),
+        vec![send(
+            C,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(2),
+                granted: false,
+                promised_epoch: Epoch(1)
+            }
+        )]
+    );
+    assert_eq!(
+        leader.step(now, peer(C, request)),
+        vec![send(
+            C,
+            PeerMessage::LeaseResponse {
+                epoch: Epoch(2),
+                granted: false,
+                promised_epoch: Epoch(1)
+            }
+        )]
+    );
+    assert_eq!(leader.status(), before);
+}
+
+#[test]
+fn a_catch_up_read_is_trimmed_to_the_message_limit() {
+    let (recovered, batches) = epoch_one_log();
+    // Room for the first batch only.
+    let bytes_max = batches[0].size_bytes() + 1;
+    let config = Config {
+        append_message_bytes_max: bytes_max,
+        ..Config::for_tests()
+    };
+    let (mut leader, _) = elect_with(config, recovered);
+    let diverged = PeerMessage::AppendResponse {
+        epoch: Epoch(2),
+        sent_at: Millis(1_000),
+        result: AppendResult::Diverged {
+            epoch: Epoch(0),
+            end_offset: Offset(0),
+        },
+    };
+    assert_eq!(
+        leader.step(Millis(1_010), peer(C, diverged)),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(0),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
+    // Storage returned more than the limit (a read may overshoot): whole batches within it
+    // are sent, and always at least one.
+    let mut all = batches.clone();
+    all.push(marker(3, 2));
+    assert_eq!(
+        leader.step(
+            Millis(1_010),
+            Input::PeerRead {
+                to: C,
+                from: Offset(0),
+                batches: all
+            }
+        ),
+        vec![send(C, append(2, 0, 0, vec![batches[0].clone()], 0, 1_010))]
+    );
+    // Once C answers, the next read starts where that message ended.
+    assert_eq!(
+        leader.step(Millis(1_020), peer(C, ok_response(2, 1_010, 2, 2))),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(2),
+            until: Offset(4),
+            bytes_max
+        }]
+    );
+}
