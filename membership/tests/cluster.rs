@@ -434,3 +434,69 @@ async fn two_nodes_over_real_udp_on_loopback() {
         stopped_at.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_change_queue_delays_changes_but_snapshots_stay_current() {
+    let transport = ChannelTransport::default();
+    let seed = gossip_addr(1);
+    let mut tiny = settings(1, gossip_addr(1), &[seed]);
+    tiny.change_queue_max = 1;
+    let (node1, mut changes1) = start(&transport, tiny, 1).await;
+    let _others = [
+        start(&transport, settings(2, gossip_addr(2), &[seed]), 1).await,
+        start(&transport, settings(3, gossip_addr(3), &[seed]), 1).await,
+    ];
+    // Nobody reads node 1's stream: its own Joined fills the queue of one, yet the snapshot
+    // keeps following gossip.
+    wait_until("node 1's snapshot sees all three", || {
+        sees_alive(&node1, &[1, 2, 3])
+    })
+    .await;
+    // Draining then delivers every change, none dropped, self first.
+    let (first, _) = wait_for_change("the queued change", &mut changes1, |_| true).await;
+    assert!(is_joined(&first, 1), "{first:?}");
+    let mut joined = std::collections::BTreeSet::new();
+    while joined.len() < 2 {
+        let (change, _) = wait_for_change("peers joining, delayed", &mut changes1, |change| {
+            is_joined(change, 2) || is_joined(change, 3)
+        })
+        .await;
+        joined.insert(change.node_id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_timing_detects_a_stop_in_seconds() {
+    let transport = ChannelTransport::default();
+    let seed = gossip_addr(1);
+    let production = |id| {
+        let mut settings = settings(id, gossip_addr(id), &[seed]);
+        let defaults = MembershipSettings::new(
+            "x",
+            NodeId(id),
+            gossip_addr(id),
+            gossip_addr(id),
+            gossip_addr(id),
+        );
+        settings.gossip_interval_ms = defaults.gossip_interval_ms;
+        settings.initial_heartbeat_interval_ms = defaults.initial_heartbeat_interval_ms;
+        settings.heartbeat_interval_max_ms = defaults.heartbeat_interval_max_ms;
+        settings.phi_threshold = defaults.phi_threshold;
+        settings.dead_node_grace_period_ms = defaults.dead_node_grace_period_ms;
+        settings
+    };
+    let (node1, mut changes1) = start(&transport, production(1), 1).await;
+    let (node2, _) = start(&transport, production(2), 1).await;
+    wait_until("both alive", || sees_alive(&node1, &[1, 2])).await;
+    // Let a few heartbeat intervals replace the prior, as in a cluster that has run a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped_at = Instant::now();
+    drop(node2);
+    wait_for_change("Left(2)", &mut changes1, |change| is_left(change, 2)).await;
+    let detection = stopped_at.elapsed();
+    eprintln!("with production timing (gossip 500 ms, phi 8) a stop was seen after {detection:?}");
+    assert!(
+        detection >= Duration::from_secs(1),
+        "too quick to be the failure detector"
+    );
+}
