@@ -1,1 +1,458 @@
-fn main() {}
+//! `cairn-bench`: a load generator for Cairn in the OpenMessaging Benchmark spirit.
+//!
+//! Map of the modules:
+//!
+//! - this file: the workload flags and the two phases: produce (throughput and publish
+//!   latency per record, from `send` to acknowledgement), then consume the backlog from the
+//!   earliest offset (throughput).
+//! - [`node_process`]: starts a node for the run when no `--bootstrap` is given, and reads its
+//!   CPU time and peak memory from /proc.
+//! - [`report`]: hdrhistogram percentiles and throughput arithmetic.
+//!
+//! With `--rate`, latency is measured from each record's *intended* send time, so a stalled
+//! broker is charged for the records it kept the producer from sending (coordinated omission).
+
+mod node_process;
+mod report;
+
+use bytes::Bytes;
+use cairn_client::{
+    Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    TopicConfig,
+};
+use cairn_protocol::{Acks, Record};
+use clap::Parser;
+use futures::stream::{FuturesUnordered, StreamExt};
+use report::{latency_histogram, Latency, Throughput};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cairn-bench", about = "Load generator for Cairn")]
+struct Workload {
+    /// Brokers of a running cluster. Without it, a node is started for the run.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// The `cairn` binary used to start a node (default: next to this executable).
+    #[arg(long)]
+    cairn_bin: Option<PathBuf>,
+    /// Extra arguments for the started node, e.g. `--node-arg=--preset=test`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+    /// Topic to use; created if absent. Default: a fresh name per run.
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long, default_value_t = 6)]
+    partitions: u32,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records to produce in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Producer clients, each with its own connections.
+    #[arg(long, default_value_t = 2)]
+    producers: u32,
+    /// Consumer clients for the consume phase; partitions are split among them.
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    #[arg(long, default_value_t = 64 * 1024)]
+    batch_bytes: usize,
+    #[arg(long, default_value_t = 5)]
+    in_flight_per_partition: usize,
+    /// Target records/s over all producers; 0 sends as fast as acknowledgements allow.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Records sent and not counted before measuring, to warm up connections and caches.
+    #[arg(long, default_value_t = 20_000)]
+    warmup_records: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+enum AcksArg {
+    All,
+    Leader,
+    None,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(acks: AcksArg) -> Acks {
+        match acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    topic: String,
+    partitions: u32,
+    record_bytes: usize,
+    producers: u32,
+    consumers: u32,
+    acks: AcksArg,
+    target_rate: u64,
+    produce: Throughput,
+    publish_latency: Latency,
+    consume: Throughput,
+    node: Option<node_process::ResourceUse>,
+    machine: String,
+}
+
+type BenchResult<T> = Result<T, String>;
+
+fn main() {
+    let workload = Workload::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(workload)) {
+        Ok(()) => {}
+        Err(error) => {
+            eprintln!("cairn-bench: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(workload: Workload) -> BenchResult<()> {
+    let node = match &workload.bootstrap {
+        Some(_) => None,
+        None => {
+            let binary = workload
+                .cairn_bin
+                .clone()
+                .unwrap_or_else(node_process::default_cairn_binary);
+            Some(node_process::NodeProcess::start(
+                &binary,
+                &workload.node_args,
+            )?)
+        }
+    };
+    let bootstrap = match (&workload.bootstrap, &node) {
+        (Some(bootstrap), _) => bootstrap.clone(),
+        (None, Some(node)) => node.address.clone(),
+        (None, None) => unreachable!("a node is started when no bootstrap is given"),
+    };
+    let client = ClientConfig::new(&bootstrap).map_err(|error| error.to_string())?;
+    let topic = workload
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", std::process::id()));
+    let admin = Admin::new(client.clone()).map_err(|error| error.to_string())?;
+    if let Err(error) = admin
+        .create_topic(&topic, workload.partitions, None, TopicConfig::default())
+        .await
+    {
+        if !matches!(
+            error.api_error(),
+            Some(cairn_protocol::ApiError::TopicAlreadyExists { .. })
+        ) {
+            return Err(format!("creating topic {topic}: {error}"));
+        }
+    }
+    eprintln!(
+        "cairn-bench: {} records of {} B to '{topic}' ({} partitions) with {} producers, acks={:?}",
+        workload.records,
+        workload.record_bytes,
+        workload.partitions,
+        workload.producers,
+        workload.acks
+    );
+
+    let (produce, publish_latency) = produce_phase(&workload, &client, &topic).await?;
+    let consume = consume_phase(&workload, &client, &topic).await?;
+    let report = Report {
+        topic,
+        partitions: workload.partitions,
+        record_bytes: workload.record_bytes,
+        producers: workload.producers,
+        consumers: workload.consumers,
+        acks: workload.acks,
+        target_rate: workload.rate,
+        produce,
+        publish_latency,
+        consume,
+        node: node
+            .as_ref()
+            .and_then(|node| node_process::resource_use(node.pid())),
+        machine: machine_description(),
+    };
+    print_markdown(&report);
+    if let Some(path) = &workload.json {
+        let json = serde_json::to_string_pretty(&report).expect("the report serializes");
+        std::fs::write(path, json)
+            .map_err(|error| format!("writing {}: {error}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Sends `records` (plus warm-up) from `producers` clients; returns throughput over the
+/// measured records and their publish latency (µs histogram) as percentiles.
+async fn produce_phase(
+    workload: &Workload,
+    client: &ClientConfig,
+    topic: &str,
+) -> BenchResult<(Throughput, Latency)> {
+    let payload = Bytes::from(
+        (0..workload.record_bytes)
+            .map(|index| (index * 31 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let producer_config = ProducerConfig {
+        acks: workload.acks.into(),
+        linger_ms: workload.linger_ms,
+        batch_bytes_max: workload.batch_bytes,
+        requests_in_flight_per_partition_max: workload.in_flight_per_partition,
+        ..ProducerConfig::default()
+    };
+    let per_producer = workload.records / u64::from(workload.producers);
+    let warmup_per_producer = workload.warmup_records / u64::from(workload.producers);
+    let interval = (workload.rate > 0)
+        .then(|| Duration::from_secs_f64(f64::from(workload.producers) / workload.rate as f64));
+    let mut tasks = Vec::new();
+    let start_gate = Arc::new(tokio::sync::Barrier::new(workload.producers as usize));
+    for _ in 0..workload.producers {
+        let producer = Producer::new(client.clone(), producer_config.clone())
+            .await
+            .map_err(|error| format!("starting a producer: {error}"))?;
+        let (topic, payload, gate) = (topic.to_owned(), payload.clone(), start_gate.clone());
+        tasks.push(tokio::spawn(async move {
+            send_records(&producer, &topic, &payload, warmup_per_producer, None, None).await?;
+            gate.wait().await;
+            let mut histogram = latency_histogram();
+            let started = Instant::now();
+            send_records(
+                &producer,
+                &topic,
+                &payload,
+                per_producer,
+                interval,
+                Some(&mut histogram),
+            )
+            .await?;
+            producer
+                .close()
+                .await
+                .map_err(|error| format!("closing a producer: {error}"))?;
+            Ok::<_, String>((started, Instant::now(), histogram))
+        }));
+    }
+    let mut histogram = latency_histogram();
+    let (mut first_start, mut last_end) = (None::<Instant>, None::<Instant>);
+    for task in tasks {
+        let (started, ended, part) = task.await.map_err(|error| error.to_string())??;
+        histogram.add(&part).map_err(|error| error.to_string())?;
+        first_start = Some(first_start.map_or(started, |first| first.min(started)));
+        last_end = Some(last_end.map_or(ended, |last| last.max(ended)));
+    }
+    let elapsed = last_end.expect("one producer") - first_start.expect("one producer");
+    let measured = per_producer * u64::from(workload.producers);
+    Ok((
+        Throughput::new(measured, workload.record_bytes, elapsed),
+        Latency::from_micros(&histogram),
+    ))
+}
+
+/// Sends `count` keyless records and awaits every acknowledgement, recording each record's
+/// latency when a histogram is given. With an interval, records are paced and latency runs
+/// from the intended send time.
+async fn send_records(
+    producer: &Producer,
+    topic: &str,
+    payload: &Bytes,
+    count: u64,
+    interval: Option<Duration>,
+    mut histogram: Option<&mut hdrhistogram::Histogram<u64>>,
+) -> BenchResult<()> {
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let mut record_latency = |result: (Instant, Result<_, cairn_client::ClientError>)| {
+        let (sent, outcome) = result;
+        outcome.map_err(|error| format!("a record was not acknowledged: {error}"))?;
+        if let Some(histogram) = histogram.as_deref_mut() {
+            let micros = sent.elapsed().as_micros().max(1) as u64;
+            histogram.saturating_record(micros);
+        }
+        Ok::<(), String>(())
+    };
+    for index in 0..count {
+        let sent = match interval {
+            Some(interval) => {
+                let intended = started + interval.mul_f64(index as f64);
+                tokio::time::sleep_until(intended.into()).await;
+                intended
+            }
+            None => Instant::now(),
+        };
+        let delivery = producer
+            .send(topic, Record::new(payload.clone()))
+            .await
+            .map_err(|error| format!("send failed: {error}"))?;
+        pending.push(async move { (sent, delivery.await) });
+        // Reap what has completed so the set stays small; the producer's bounded buffer is
+        // what limits how many records are outstanding.
+        while let Some(Some(result)) = futures::FutureExt::now_or_never(pending.next()) {
+            record_latency(result)?;
+        }
+    }
+    while let Some(result) = pending.next().await {
+        record_latency(result)?;
+    }
+    Ok(())
+}
+
+/// Reads the topic from the earliest offset with `consumers` clients until each has read its
+/// partitions up to the high watermark seen at the start.
+async fn consume_phase(
+    workload: &Workload,
+    client: &ClientConfig,
+    topic: &str,
+) -> BenchResult<Throughput> {
+    let partitions: Vec<u32> = (0..workload.partitions).collect();
+    let consumers = workload.consumers.clamp(1, workload.partitions);
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for consumer_index in 0..consumers {
+        let mine: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|partition| partition % consumers == consumer_index)
+            .collect();
+        let (client, topic) = (client.clone(), topic.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut consumer = Consumer::new(
+                client,
+                ConsumerConfig {
+                    auto_offset_reset: AutoOffsetReset::Earliest,
+                    ..ConsumerConfig::default()
+                },
+            )
+            .map_err(|error| error.to_string())?;
+            let assignment: Vec<(&str, u32)> = mine
+                .iter()
+                .map(|partition| (topic.as_str(), *partition))
+                .collect();
+            consumer
+                .assign(&assignment)
+                .await
+                .map_err(|error| error.to_string())?;
+            let mut targets = Vec::new();
+            for partition in &mine {
+                consumer
+                    .seek(&topic, *partition, cairn_client::SeekTo::Earliest)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let end = consumer
+                    .seek(&topic, *partition, cairn_client::SeekTo::Latest)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                consumer
+                    .seek(&topic, *partition, cairn_client::SeekTo::Earliest)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                targets.push((*partition, end));
+            }
+            let mut read = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let done = targets.iter().all(|(partition, end)| {
+                    consumer
+                        .position(&topic, *partition)
+                        .is_some_and(|position| position >= *end)
+                });
+                if done {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err("the consumer did not catch up within 600 s".to_string());
+                }
+                read += consumer
+                    .poll(Duration::from_millis(500))
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .len() as u64;
+            }
+            Ok::<u64, String>(read)
+        }));
+    }
+    let mut records = 0;
+    for task in tasks {
+        records += task.await.map_err(|error| error.to_string())??;
+    }
+    Ok(Throughput::new(
+        records,
+        workload.record_bytes,
+        started.elapsed(),
+    ))
+}
+
+fn machine_description() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores, {memory_gib:.0} GiB")
+}
+
+fn print_markdown(report: &Report) {
+    println!("\n| workload | value |\n|---|---|");
+    println!(
+        "| topic | {} ({} partitions) |\n| records | {} x {} B |\n| producers / consumers | {} / {} |\n| acks | {:?} |\n| target rate | {} |\n| machine | {} |",
+        report.topic,
+        report.partitions,
+        report.produce.records,
+        report.record_bytes,
+        report.producers,
+        report.consumers,
+        report.acks,
+        if report.target_rate == 0 { "max".to_string() } else { format!("{} records/s", report.target_rate) },
+        report.machine,
+    );
+    println!("\n| result | records/s | MB/s | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|");
+    let latency = &report.publish_latency;
+    println!(
+        "| produce | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        report.produce.records_per_second,
+        report.produce.megabytes_per_second,
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.p999_ms,
+        latency.max_ms
+    );
+    println!(
+        "| consume | {:.0} | {:.1} | | | | |",
+        report.consume.records_per_second, report.consume.megabytes_per_second
+    );
+    if let Some(node) = report.node {
+        println!(
+            "\nnode: {:.1} s CPU, peak RSS {:.0} MiB",
+            node.cpu_seconds,
+            node.peak_rss_bytes as f64 / 1048576.0
+        );
+    }
+}

@@ -25,21 +25,33 @@ impl NodeProcess {
             .tempdir()
             .map_err(|error| format!("cannot create a data directory: {error}"))?;
         let mut child = Command::new(binary)
-            .args(["node", "--node-id", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "node",
+                "--node-id",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir.path())
             .args(extra_args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // The node's logs would drown the report; CAIRN_BENCH_NODE_LOGS=1 shows them.
+            .stderr(if std::env::var_os("CAIRN_BENCH_NODE_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line
-                    .strip_prefix("cairn node ready ")
-                    .and_then(|rest| rest.split_whitespace().find_map(|f| f.strip_prefix("listen=")))
-                {
+                if let Some(address) = line.strip_prefix("cairn node ready ").and_then(|rest| {
+                    rest.split_whitespace()
+                        .find_map(|f| f.strip_prefix("listen="))
+                }) {
                     let _ = sender.send(address.to_owned());
                 }
             }
