@@ -526,7 +526,7 @@ impl<S: LogStore> Broker<S> {
                 topic: request.name,
             });
         }
-        self.wait_for_leaders(&request.name).await;
+        self.wait_for_leaders(TopicId(offset.0)).await;
         self.topic_metadata(&request.name)
     }
 
@@ -580,20 +580,27 @@ impl<S: LogStore> Broker<S> {
         }
     }
 
-    /// Waits (bounded) until every local partition of a new topic has a leader, so that a
-    /// producer right after "created" is served. Past the bound the topic is reported as is.
-    async fn wait_for_leaders(&self, name: &str) {
+    /// Waits (bounded) until every local partition of a new topic serves: it has a leader,
+    /// and where this node leads, the leader's epoch marker is committed. Then a producer or
+    /// a consumer right after "created" is served, and the high watermark it sees is the one
+    /// new records will start at. Past the bound the topic is reported as is.
+    async fn wait_for_leaders(&self, topic_id: TopicId) {
         let bound_ms = self.config.replica.election_timeout_ms + 2 * self.config.replica.lease_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(bound_ms);
         while tokio::time::Instant::now() < deadline {
-            let led = match self.topic_metadata(name) {
-                Ok(topic) => topic
-                    .partitions
-                    .iter()
-                    .all(|partition| partition.leader.is_some()),
-                Err(_) => return,
-            };
-            if led {
+            let serving = self
+                .catalog()
+                .partitions
+                .get(&topic_id)
+                .is_none_or(|handles| {
+                    handles.iter().all(|handle| {
+                        let snapshot = handle.shared.snapshot();
+                        snapshot.leader.is_some()
+                            && (snapshot.role != Role::Leader
+                                || snapshot.high_watermark >= snapshot.log_end)
+                    })
+                });
+            if serving {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(self.config.replica.tick_ms)).await;
