@@ -26,6 +26,7 @@ use cairn_protocol::messages::Acks;
 use cairn_protocol::{Epoch, NodeId, Offset};
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Random actions per seed before healing. Enough for several elections, crashes and
@@ -44,8 +45,50 @@ const SEEDS_FIVE: u64 = 4_000;
 /// ordered with appends; set this to 30 to explore that ordering.
 const PROMISES_AHEAD_PERCENT: u64 = 0;
 
+/// Threads per simulation test. The two tests (three and five replicas) already run side by
+/// side under the test harness, so more threads than cores only add switching.
+const SIMULATION_THREADS_MAX: usize = 4;
+
 /// Healing must produce a new acknowledged write within this much simulated time.
 const HEAL_DEADLINE_MS: u64 = 20_000;
+
+/// A run's trace hash: every step (simulated time, node, local clock, the replica's status
+/// after the step and how many effects it returned) and every crash, folded in order. Two runs
+/// of one seed must produce the same hash (the replay guarantee). It folds numbers rather than
+/// formatted events because formatting every event tripled the simulation's cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TraceHash(u64);
+
+impl TraceHash {
+    fn new() -> TraceHash {
+        TraceHash(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn fold(&mut self, value: u64) {
+        // FNV-1a's multiply on whole words, then a xorshift so high bits reach low ones.
+        self.0 = (self.0 ^ value).wrapping_mul(0x0100_0000_01b3);
+        self.0 ^= self.0 >> 29;
+    }
+
+    fn fold_status(&mut self, status: &ReplicaStatus) {
+        let role = match status.role {
+            Role::Follower => 1,
+            Role::Candidate => 2,
+            Role::Leader => 3,
+        };
+        for value in [
+            role,
+            status.epoch.0,
+            status.promised_epoch.0,
+            status.leader.map_or(0, |leader| u64::from(leader.0) + 1),
+            status.log_end.0,
+            status.durable_end.0,
+            status.high_watermark.0,
+        ] {
+            self.fold(value);
+        }
+    }
+}
 
 /// xorshift64*: tiny, seeded, good enough to pick actions.
 struct Prng(u64);
@@ -285,6 +328,9 @@ struct Simulation {
     /// committed history, which must never change (REP-5 over time).
     committed: BTreeMap<Offset, RecordBatch>,
     stats: Stats,
+    trace_hash: TraceHash,
+    /// Print every event (`CAIRN_SIM_TRACE`), read once: the environment is slow to query.
+    trace: bool,
 }
 
 fn value_of(batch: &RecordBatch) -> Vec<u8> {
@@ -350,6 +396,8 @@ impl Simulation {
             leaders_by_epoch: BTreeMap::new(),
             committed: BTreeMap::new(),
             stats: Stats::default(),
+            trace_hash: TraceHash::new(),
+            trace: std::env::var_os("CAIRN_SIM_TRACE").is_some(),
             rng,
         }
     }
@@ -401,19 +449,24 @@ impl Simulation {
     fn feed(&mut self, index: usize, input: Input) {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
-            let trace = std::env::var("CAIRN_SIM_TRACE").is_ok();
             let node = &mut self.nodes[index];
             let local = node.local();
             let Some(replica) = node.replica.as_mut() else {
                 return;
             };
-            if trace {
-                eprintln!("t={} n{} local={} IN {:?}", self.now_ms, index + 1, local.0, input);
+            let now_ms = self.now_ms;
+            if self.trace {
+                eprintln!("t={now_ms} n{} local={} IN {input:?}", index + 1, local.0);
             }
             let effects = replica.step(local, input);
-            if trace {
-                eprintln!("   -> {:?} {:?}", replica.status(), effects);
+            let status = replica.status();
+            if self.trace {
+                eprintln!("   -> {status:?} {effects:?}");
             }
+            for value in [now_ms, index as u64, local.0, effects.len() as u64] {
+                self.trace_hash.fold(value);
+            }
+            self.trace_hash.fold_status(&status);
             for effect in effects {
                 if let Some(next) = self.run_effect(index, effect) {
                     inputs.push_back(next);
@@ -690,9 +743,11 @@ impl Simulation {
         } else {
             self.rng.below(pending + 2)
         };
-        let kept = if std::env::var("NOKEEP").is_ok() { 0 } else { kept };
-        if std::env::var("CAIRN_SIM_TRACE").is_ok() {
+        if self.trace {
             eprintln!("t={} CRASH n{} kept={kept}", self.now_ms, index + 1);
+        }
+        for value in [u64::MAX, index as u64, kept] {
+            self.trace_hash.fold(value);
         }
         let node = &mut self.nodes[index];
         let survived = match kept {
@@ -716,11 +771,13 @@ impl Simulation {
         if after != disk {
             self.stats.crashes_keeping_unflushed += 1;
         }
-        if self.rng.chance(30) && std::env::var("NOREBOOT").is_err() {
+        if self.rng.chance(30) {
             self.nodes[index].clock_ms = self.rng.below(1_000_000);
-            if std::env::var("CAIRN_SIM_TRACE").is_ok() {
-                eprintln!("REBOOT n{} clock {}", index + 1, self.nodes[index].clock_ms);
+            let clock_ms = self.nodes[index].clock_ms;
+            if self.trace {
+                eprintln!("REBOOT n{} clock {clock_ms}", index + 1);
             }
+            self.trace_hash.fold(clock_ms);
         }
     }
 
@@ -995,7 +1052,12 @@ impl Simulation {
         );
         // The newest leader holds every acknowledged batch, whatever epoch acknowledged it.
         let leader = self.leader().expect("a leader acknowledged the last write");
-        let epoch = self.nodes[leader].replica.as_ref().expect("up").status().epoch;
+        let epoch = self.nodes[leader]
+            .replica
+            .as_ref()
+            .expect("up")
+            .status()
+            .epoch;
         self.check_leader_holds_acked(leader, epoch.next());
     }
 }
@@ -1007,7 +1069,10 @@ fn broken_features() -> Vec<&'static str> {
             "broken-ack-before-majority",
             cfg!(feature = "broken-ack-before-majority"),
         ),
-        ("broken-ack-unflushed", cfg!(feature = "broken-ack-unflushed")),
+        (
+            "broken-ack-unflushed",
+            cfg!(feature = "broken-ack-unflushed"),
+        ),
         (
             "broken-grant-without-log-check",
             cfg!(feature = "broken-grant-without-log-check"),
@@ -1040,30 +1105,38 @@ fn replay_command(test: &str, seed: u64) -> String {
     )
 }
 
-/// Runs one seed to the end; panics (after printing the replay command) if it fails.
-fn run_seed(test: &str, voter_count: u32, seed: u64) -> Simulation {
+/// Runs one seed to the end. On failure, prints the seed, its trace hash so far and the
+/// command that replays it, and returns the panic.
+fn run_seed(
+    test: &str,
+    voter_count: u32,
+    seed: u64,
+) -> Result<Simulation, Box<dyn std::any::Any + Send>> {
+    // The simulation lives outside the closure so that its trace hash survives the panic.
+    let mut simulation = Simulation::new(seed, voter_count);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let mut simulation = Simulation::new(seed, voter_count);
         simulation.run(ACTIONS);
         simulation.heal_and_check_progress();
-        simulation
     }));
     match outcome {
-        Ok(simulation) => simulation,
+        Ok(()) => Ok(simulation),
         Err(panic) => {
             eprintln!(
-                "simulation seed {seed} failed; replay: {}",
+                "simulation seed {seed} ({voter_count} replicas) failed at simulated {} ms, \
+                 trace hash {:016x}; replay: {}",
+                simulation.now_ms,
+                simulation.trace_hash.0,
                 replay_command(test, seed)
             );
-            resume_unwind(panic)
+            Err(panic)
         }
     }
 }
 
-/// Runs `default_seeds` seeds of `voter_count` replicas and returns their summed stats.
-/// `CAIRN_SIM_SEEDS` overrides the count, `CAIRN_SIM_SEED` runs one seed, and
-/// `CAIRN_SIM_VERBOSE` prints a line per seed. Over a full seed set, asserts that the hard
-/// sequences were reached.
+/// Runs `default_seeds` seeds of `voter_count` replicas on every core and returns their summed
+/// stats. `CAIRN_SIM_SEEDS` overrides the count, `CAIRN_SIM_SEED` runs one seed, and
+/// `CAIRN_SIM_VERBOSE` prints a line per seed. The first failing seed stops every thread and
+/// fails the test. Over a full seed set, asserts that the hard sequences were reached.
 fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
     let seeds: u64 = std::env::var("CAIRN_SIM_SEEDS")
         .ok()
@@ -1072,24 +1145,58 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
     let only: Option<u64> = std::env::var("CAIRN_SIM_SEED")
         .ok()
         .and_then(|value| value.parse().ok());
-    let verbose = std::env::var("CAIRN_SIM_VERBOSE").is_ok();
+    let verbose = only.is_some() || std::env::var_os("CAIRN_SIM_VERBOSE").is_some();
     let started = Instant::now();
-    let mut total = Stats::default();
     let range = only.map_or(0..seeds, |seed| seed..seed + 1);
     let count = range.end - range.start;
-    for seed in range {
-        let simulation = run_seed(test, voter_count, seed);
-        if verbose || only.is_some() {
-            eprintln!(
-                "seed {seed}: simulated {} ms, {:?}",
-                simulation.now_ms, simulation.stats
-            );
+    let next_seed = AtomicU64::new(range.start);
+    let failed = AtomicBool::new(false);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .min(SIMULATION_THREADS_MAX)
+        .min(count.max(1) as usize);
+    let worker = || -> Result<Stats, Box<dyn std::any::Any + Send>> {
+        let mut stats = Stats::default();
+        while !failed.load(Ordering::Relaxed) {
+            let seed = next_seed.fetch_add(1, Ordering::Relaxed);
+            if seed >= range.end {
+                break;
+            }
+            match run_seed(test, voter_count, seed) {
+                Ok(simulation) => {
+                    if verbose {
+                        eprintln!(
+                            "seed {seed}: simulated {} ms, trace hash {:016x}, {:?}",
+                            simulation.now_ms, simulation.trace_hash.0, simulation.stats
+                        );
+                    }
+                    stats.add(&simulation.stats);
+                }
+                Err(panic) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(panic);
+                }
+            }
         }
-        total.add(&simulation.stats);
+        Ok(stats)
+    };
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a worker catches its seeds' panics"))
+            .collect()
+    });
+    let mut total = Stats::default();
+    for outcome in outcomes {
+        match outcome {
+            Ok(stats) => total.add(&stats),
+            Err(panic) => resume_unwind(panic),
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
-        "{test}: {count} seeds in {elapsed:.1} s ({:.0} seeds/s): {total:?}",
+        "{test}: {count} seeds on {threads} threads in {elapsed:.1} s ({:.0} seeds/s): {total:?}",
         count as f64 / elapsed.max(1e-9)
     );
     if only.is_some() || count < 200 {
@@ -1098,8 +1205,13 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
     }
     // The simulation must reach every hard sequence, at rates well below those measured
     // (see the report printed above) so that only a real loss of coverage fails.
-    let rules: [(&str, u64, u64); 11] = [
-        ("acks", total.acks, count * 20),
+    // (Measured per seed over 10,000 seeds: about 16 acks with three replicas and 6 with five,
+    // 8 to 10 elections, 2 truncations, 10 crashes.) `truncations_while_flushing` has no floor:
+    // with flushes completing in request order (PROMISES_AHEAD_PERCENT = 0) a follower's
+    // promise of a newer epoch is durable only after its older appends are, so a truncation
+    // never meets an outstanding flush.
+    let rules: [(&str, u64, u64); 10] = [
+        ("acks", total.acks, count * 3),
         ("elections", total.elections, count * 3),
         (
             "elections_over_uncommitted",
@@ -1108,17 +1220,16 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
         ),
         ("truncations", total.truncations, count / 4),
         (
-            "truncations_while_flushing",
-            total.truncations_while_flushing,
-            count / 20,
-        ),
-        (
             "commits_beyond_follower",
             total.commits_beyond_follower,
             count,
         ),
         ("crashes", total.crashes, count),
-        ("crashes_losing_writes", total.crashes_losing_writes, count / 4),
+        (
+            "crashes_losing_writes",
+            total.crashes_losing_writes,
+            count / 4,
+        ),
         (
             "crashes_keeping_unflushed",
             total.crashes_keeping_unflushed,
@@ -1157,13 +1268,18 @@ fn simulated_five_replicas_keep_acknowledged_writes_on_a_majority() {
     );
 }
 
-/// A seed is a complete description of a run: running it twice gives the same history.
+/// A seed is a complete description of a run: running it twice gives the same history (the
+/// same trace hash over every input, effect and crash), and another seed a different one.
 #[test]
 fn a_seed_replays_exactly() {
     let test = "a_seed_replays_exactly";
+    let run = |voters: u32, seed: u64| {
+        run_seed(test, voters, seed).unwrap_or_else(|panic| resume_unwind(panic))
+    };
     for (voters, seed) in [(3, 11), (5, 12)] {
-        let one = run_seed(test, voters, seed);
-        let two = run_seed(test, voters, seed);
+        let one = run(voters, seed);
+        let two = run(voters, seed);
+        assert_eq!(one.trace_hash, two.trace_hash);
         assert_eq!(one.stats, two.stats);
         assert_eq!(one.now_ms, two.now_ms);
         assert_eq!(one.acked, two.acked);
@@ -1172,6 +1288,8 @@ fn a_seed_replays_exactly() {
             assert_eq!(a.log.batches, b.log.batches);
             assert_eq!(a.clock_ms, b.clock_ms);
         }
+        let other = run(voters, seed + 1);
+        assert_ne!(one.trace_hash, other.trace_hash);
     }
 }
 
