@@ -9,6 +9,7 @@
 use crate::config::NodeConfig;
 use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
 use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSpec};
+use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{
@@ -16,7 +17,7 @@ use cairn_protocol::messages::{
     TopicMetadata,
 };
 use cairn_protocol::{ApiError, NodeId, Offset};
-use cairn_replica::Role;
+use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, RetentionPolicy};
 use std::collections::hash_map::DefaultHasher;
@@ -39,6 +40,7 @@ pub struct Broker<S: LogStore> {
     arbiters: Vec<actix::ArbiterHandle>,
     clock: Clock,
     advertised_address: String,
+    peers: Arc<PeerTransport>,
     meta: PartitionHandle<S>,
     catalog: RwLock<Catalog<S>>,
     /// `__meta` offset below which every record is applied.
@@ -63,6 +65,10 @@ impl<S: LogStore> Broker<S> {
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
+        let peers = PeerTransport::new(
+            config.node_id,
+            PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize),
+        );
         let log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
@@ -80,6 +86,7 @@ impl<S: LogStore> Broker<S> {
             // Metadata is small and must be replayable from the start: never trimmed.
             retention: RetentionPolicy::default(),
             retention_check_ms: config.retention.retention_check_ms,
+            peers: Arc::clone(&peers),
         };
         let arbiter = &arbiters[place(meta::META_LOG_NAME, arbiters.len())];
         let meta = PartitionHandle::start(spec, arbiter)?;
@@ -90,6 +97,7 @@ impl<S: LogStore> Broker<S> {
             arbiters,
             clock,
             advertised_address,
+            peers,
             meta,
             catalog: RwLock::new(Catalog {
                 state: MetadataState::default(),
@@ -104,6 +112,25 @@ impl<S: LogStore> Broker<S> {
 
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
+    }
+
+    /// Outgoing replication traffic of this node.
+    pub fn peers(&self) -> &Arc<PeerTransport> {
+        &self.peers
+    }
+
+    /// The replica stored as `log`, if this node hosts it now.
+    pub fn hosted_log(&self, log: &str) -> Option<PartitionHandle<S>> {
+        if log == meta::META_LOG_NAME {
+            return Some(self.meta.clone());
+        }
+        let (topic, _partition) = meta::parse_partition_log_name(log)?;
+        self.catalog()
+            .partitions
+            .get(&topic)?
+            .iter()
+            .find(|handle| handle.log_name == log)
+            .cloned()
     }
 
     pub fn committer(&self) -> &GroupCommitter {
@@ -257,6 +284,7 @@ impl<S: LogStore> Broker<S> {
                         .or(self.config.retention.retention_bytes),
                 },
                 retention_check_ms: self.config.retention.retention_check_ms,
+                peers: Arc::clone(&self.peers),
             };
             let arbiter = &self.arbiters[place(&log_name, self.arbiters.len())];
             match PartitionHandle::start(spec, arbiter) {
@@ -613,6 +641,17 @@ impl<S: LogStore> Broker<S> {
         std::iter::once(self.meta.clone())
             .chain(catalog.partitions.values().flatten().cloned())
             .collect()
+    }
+}
+
+impl<S: LogStore> PeerInbox for Broker<S> {
+    /// A message for a replica not hosted here (yet, or any more) is dropped: the sender
+    /// repeats what matters (heartbeats, lease requests) and epochs fence what is stale.
+    fn deliver(&self, from: NodeId, log: &str, message: PeerMessage) {
+        match self.hosted_log(log) {
+            Some(handle) => handle.deliver_peer(from, message),
+            None => tracing::trace!(%from, %log, "peer message for a replica not hosted here"),
+        }
     }
 }
 
