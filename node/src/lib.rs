@@ -12,6 +12,8 @@
 //! - [`meta`]: `__meta` records and the deterministic [`meta::MetadataState`] they build.
 //! - [`partition`]: the partition actor (one per hosted replica): replica inputs in, effects
 //!   executed (append, group-commit flush, reply, high-watermark watch), reads for fetch.
+//! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
+//!   peer's ordinary listener, bounded queues that drop, frames batching many partitions.
 
 pub mod broker;
 pub mod cli;
@@ -19,4 +21,5 @@ pub mod config;
 pub mod meta;
 pub mod node;
 pub mod partition;
+pub mod peer;
 pub mod server;

@@ -26,6 +26,12 @@ pub fn partition_log_name(topic: TopicId, partition: u32) -> String {
     format!("t{}-{}", topic.0, partition)
 }
 
+/// The topic and partition of a log named by [`partition_log_name`]; `None` for any other.
+pub fn parse_partition_log_name(log: &str) -> Option<(TopicId, u32)> {
+    let (topic, partition) = log.strip_prefix('t')?.split_once('-')?;
+    Some((TopicId(topic.parse().ok()?), partition.parse().ok()?))
+}
+
 /// One metadata change, encoded with rmp-serde (as a map, so later fields can be added) as the
 /// value of one record in a `__meta` batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +211,9 @@ mod tests {
         state.apply(Offset(4), &create("a", 1));
         let id = state.topic("a").unwrap().id;
         assert_eq!(partition_log_name(id, 0), "t4-0");
+        assert_eq!(parse_partition_log_name("t4-0"), Some((TopicId(4), 0)));
+        assert_eq!(parse_partition_log_name("__meta"), None);
+        assert_eq!(parse_partition_log_name("t4-x"), None);
     }
 
     #[test]

@@ -13,11 +13,12 @@
 //! bounded count of queued produce messages (`partition_mailbox_max`), a watch of the high
 //! watermark (long polls wait on it) and a status snapshot (describe, metadata).
 
+use crate::peer::PeerTransport;
 use actix::prelude::*;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::messages::{Acks, ProduceResponse};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
-use cairn_replica::{Effect, Input, Millis, Recovered, Replica, RequestId, Role};
+use cairn_replica::{Effect, Input, Millis, PeerMessage, Recovered, Replica, RequestId, Role};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, PartitionLog, RetentionPolicy, StorageError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -122,6 +123,8 @@ pub struct PartitionSpec<S: LogStore> {
     pub mailbox_max: usize,
     pub retention: RetentionPolicy,
     pub retention_check_ms: u64,
+    /// Where `Effect::Send` goes (best effort, never blocks).
+    pub peers: Arc<PeerTransport>,
 }
 
 /// The rest of the node's handle on one partition actor. Cheap to clone.
@@ -211,6 +214,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 flushes_requested: 0,
                 flushes_fed: 0,
                 flushes_completed: BTreeMap::new(),
+                peers: spec.peers,
             };
             actor.execute(ctx, first_effects);
             actor
@@ -221,6 +225,17 @@ impl<S: LogStore> PartitionHandle<S> {
             shared,
             mailbox_max,
         })
+    }
+
+    /// Hands a message from another replica of this partition to the actor. Best effort, as
+    /// every peer message is: dropped when the mailbox is full or the actor is gone.
+    pub fn deliver_peer(&self, from: NodeId, message: PeerMessage) {
+        let _ = self.addr.try_send(PeerInput { from, message });
+    }
+
+    /// Gossip says the leader is gone: a hint that may start a candidacy sooner (DESIGN 5.8).
+    pub fn suspect_leader(&self) {
+        let _ = self.addr.try_send(LeaderSuspected);
     }
 
     /// Queues a validated batch for the replica. The batch is in the mailbox when this
@@ -309,6 +324,7 @@ pub struct PartitionActor<S: LogStore> {
     flushes_requested: u64,
     flushes_fed: u64,
     flushes_completed: BTreeMap<u64, Input>,
+    peers: Arc<PeerTransport>,
 }
 
 impl<S: LogStore> Actor for PartitionActor<S> {
@@ -388,10 +404,7 @@ impl<S: LogStore> PartitionActor<S> {
                 self.after_flush(ctx, Input::Durable { log_end });
             }
             Effect::Truncate { from } => log.truncate_suffix(from)?,
-            Effect::Send { to, message } => {
-                // Peers arrive with the cluster issue; a single voter never sends.
-                tracing::debug!(partition = %self.log_name, %to, ?message, "no peer transport yet; dropped");
-            }
+            Effect::Send { to, message } => self.peers.send(to, &self.log_name, &message),
             Effect::Reply { request, result } => {
                 if let Some(reply) = self.pending.remove(&request) {
                     // The requester may have timed out and gone; nothing to do then.
@@ -523,6 +536,44 @@ impl<S: LogStore> Handler<Produce> for PartitionActor<S> {
                 acks: message.acks,
             },
         );
+    }
+}
+
+/// A message from another replica of this partition.
+pub struct PeerInput {
+    pub from: NodeId,
+    pub message: PeerMessage,
+}
+
+impl Message for PeerInput {
+    type Result = ();
+}
+
+impl<S: LogStore> Handler<PeerInput> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, message: PeerInput, ctx: &mut Context<Self>) {
+        self.run(
+            ctx,
+            Input::Peer {
+                from: message.from,
+                message: message.message,
+            },
+        );
+    }
+}
+
+pub struct LeaderSuspected;
+
+impl Message for LeaderSuspected {
+    type Result = ();
+}
+
+impl<S: LogStore> Handler<LeaderSuspected> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _message: LeaderSuspected, ctx: &mut Context<Self>) {
+        self.run(ctx, Input::LeaderSuspected);
     }
 }
 
@@ -677,6 +728,10 @@ mod tests {
             mailbox_max,
             retention: RetentionPolicy::default(),
             retention_check_ms: 1000,
+            peers: PeerTransport::new(
+                NodeId(1),
+                crate::peer::PeerTransportConfig::with_frame_bytes_max(1 << 20),
+            ),
         };
         PartitionHandle::start(spec, &actix::Arbiter::current()).unwrap()
     }

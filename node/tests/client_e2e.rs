@@ -346,14 +346,24 @@ async fn a_producer_rides_out_a_node_restart_and_loses_nothing_acknowledged() {
         }
         let mut consumer = earliest_consumer(&node);
         consumer.assign_topic("restart").await.unwrap();
-        let records = consume(&mut consumer, total as usize).await;
-        let by_position: HashMap<(u32, Offset), String> = records
+        // A retried batch may be stored twice, so `total` records may end before the last
+        // acknowledged one: read on until every acknowledged position was seen (or no progress).
+        let mut by_position: HashMap<(u32, Offset), String> = HashMap::new();
+        let mut last_progress = Instant::now();
+        while !acknowledged
             .iter()
-            .map(|record| {
+            .all(|position| by_position.contains_key(position))
+            && last_progress.elapsed() < Duration::from_secs(10)
+        {
+            let batch = consumer.poll(Duration::from_millis(500)).await.unwrap();
+            if !batch.is_empty() {
+                last_progress = Instant::now();
+            }
+            for record in batch {
                 let value = String::from_utf8(record.value.to_vec()).unwrap();
-                ((record.partition, record.offset), value)
-            })
-            .collect();
+                by_position.insert((record.partition, record.offset), value);
+            }
+        }
         for (i, position) in acknowledged.iter().enumerate() {
             assert_eq!(
                 by_position.get(position).map(String::as_str),

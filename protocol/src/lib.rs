@@ -9,6 +9,8 @@
 //!   decode them. The checksum (CRC32C) covers everything a stamp does not touch.
 //! - [`messages`]: typed requests and responses, one pair per operation.
 //! - [`error`]: [`ApiError`], the typed refusals every reply may carry.
+//! - [`peer`]: node-to-node replication frames (a hello, then batches of per-partition
+//!   messages), sharing the frame codec with client traffic.
 //! - [`frame`]: length-prefixed frames with a maximum size, a versioned envelope with a
 //!   correlation id (so requests pipeline), encoded with rmp-serde as maps so that old readers
 //!   skip fields added later.
@@ -18,6 +20,7 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+pub mod peer;
 mod varint;
 
 pub use batch::{Header, Record, RecordBatch, RecordBatchBuilder, RecordView};

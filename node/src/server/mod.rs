@@ -26,6 +26,7 @@ use cairn_protocol::frame::{
     decode_request, encode_response, FrameCodec, FrameError, RequestDecodeError,
     UNKNOWN_CORRELATION_ID,
 };
+use cairn_protocol::peer::{decode_peer_hello, PeerHello};
 use cairn_protocol::{ApiError, Request, ResponseFrame};
 use cairn_storage::LogStore;
 use futures::{SinkExt, StreamExt};
@@ -142,6 +143,7 @@ async fn run_connection<S: LogStore>(
         outgoing,
     ));
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let mut first_frame = true;
     loop {
         // At the in-flight limit, stop reading: the client's writes back up in TCP.
         let permit = tokio::select! {
@@ -177,8 +179,19 @@ async fn run_connection<S: LogStore>(
                 break;
             }
         };
+        let is_first_frame = std::mem::replace(&mut first_frame, false);
         let request = match decode_request(&bytes) {
             Ok(request) => request,
+            Err(RequestDecodeError::Malformed { .. })
+                if is_first_frame && decode_peer_hello(&bytes).is_some() =>
+            {
+                // Another node's replication connection (see `crate::peer`).
+                let hello = decode_peer_hello(&bytes).expect("decoded just above");
+                drop(replies);
+                let _ = writer.await;
+                serve_peer(reader, &broker, &hello, phase).await;
+                return;
+            }
             Err(RequestDecodeError::Malformed { reason }) => {
                 let error = ApiError::MalformedFrame { reason };
                 send_reply(
@@ -233,6 +246,29 @@ async fn run_connection<S: LogStore>(
     drop(reader);
     drop(replies);
     let _ = writer.await;
+}
+
+/// Reads a peer connection until it ends or the node stops running.
+async fn serve_peer<S: LogStore>(
+    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    broker: &Arc<Broker<S>>,
+    hello: &PeerHello,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let from = match crate::peer::accept_hello(hello) {
+        Ok(from) => from,
+        Err(reason) => {
+            tracing::warn!(%reason, "peer connection refused");
+            return;
+        }
+    };
+    tracing::debug!(%from, "peer connection opened");
+    let stop = async move {
+        let _ = phase.wait_for(|phase| *phase != Phase::Running).await;
+    };
+    if let Err(reason) = crate::peer::serve_inbound(reader, from, &**broker, stop).await {
+        tracing::warn!(%from, %reason, "peer connection closed");
+    }
 }
 
 /// Runs `work`, unless the shutdown grace period ends first.

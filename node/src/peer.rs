@@ -1,0 +1,785 @@
+//! Replication traffic between nodes: the peer transport.
+//!
+//! Shape (DESIGN section 3): one outgoing TCP connection per peer, opened to the peer's
+//! ordinary listener (the address clients use; no second port to configure). Its first frame
+//! is a [`PeerHello`]; the server sees a hello instead of a request frame and hands the
+//! connection to [`serve_inbound`]. Connections are one-way: a node *sends* on its own
+//! connection to a peer and *receives* on the peer's connection to it, so neither side ever
+//! waits for the other on one socket.
+//!
+//! Sending is best effort, as the replica contract allows: [`PeerTransport::send`] never
+//! blocks a partition actor. Each peer has a bounded queue (`queue_messages_max`); a message
+//! that does not fit is dropped and counted (the leader's next heartbeat repairs). A link task
+//! per peer drains the queue, packs up to `frame_messages_max` messages of any partitions
+//! into one [`PeerFrame`], writes many frames and flushes once, and reconnects with a
+//! doubling backoff when the connection breaks. Messages queued while a peer is unreachable
+//! are discarded at each failed attempt rather than delivered late in a burst.
+//!
+//! Receiving: every message is converted back to the replica engine's type, which validates
+//! every record batch (length, checksum, framing); a frame that does not decode or a batch
+//! that does not validate closes the connection (the sender reconnects). Valid messages are
+//! handed to a [`PeerInbox`] (the broker), which routes them to partition actors by log name.
+
+use bytes::Bytes;
+use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::frame::{FrameCodec, FrameError};
+use cairn_protocol::peer::{
+    decode_peer_frame, encode_peer_frame, encode_peer_hello, PartitionPeerMessage,
+    PeerAppendResult, PeerFrame, PeerHello, PeerHelloBody, PeerWireMessage, PEER_PROTOCOL_VERSION,
+};
+use cairn_protocol::NodeId;
+use cairn_replica::{AppendResult, Millis, PeerMessage};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncRead;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Limits and timings of the peer transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTransportConfig {
+    /// Messages waiting for one peer; past it new messages to that peer are dropped.
+    pub queue_messages_max: usize,
+    /// Messages packed into one frame at most.
+    pub frame_messages_max: usize,
+    /// Largest frame sent (the receiver refuses larger ones), payload bytes.
+    pub frame_bytes_max: usize,
+    pub connect_timeout_ms: u64,
+    /// First wait after a failed connection; doubles up to `reconnect_backoff_max_ms`.
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+}
+
+impl PeerTransportConfig {
+    pub fn with_frame_bytes_max(frame_bytes_max: usize) -> PeerTransportConfig {
+        PeerTransportConfig {
+            queue_messages_max: 4096,
+            frame_messages_max: 256,
+            frame_bytes_max,
+            connect_timeout_ms: 1_000,
+            reconnect_backoff_min_ms: 20,
+            reconnect_backoff_max_ms: 1_000,
+        }
+    }
+}
+
+/// Estimated encoding overhead of one message besides its batches (names, ids, offsets).
+const MESSAGE_OVERHEAD_BYTES: usize = 160;
+
+/// What receives the messages that arrive from peers.
+pub trait PeerInbox: Send + Sync + 'static {
+    /// One valid message for the partition replica stored as `log`. Must not block.
+    fn deliver(&self, from: NodeId, log: &str, message: PeerMessage);
+}
+
+/// Counters for tests and status.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub sent_messages: AtomicU64,
+    pub sent_frames: AtomicU64,
+    pub dropped_messages: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+/// Outgoing replication traffic of this node. Cheap to share (`Arc`).
+pub struct PeerTransport {
+    node: NodeId,
+    config: PeerTransportConfig,
+    /// Where each peer listens; updated from membership (or set directly by tests).
+    addresses: Arc<Mutex<HashMap<NodeId, String>>>,
+    links: Mutex<HashMap<NodeId, mpsc::Sender<PartitionPeerMessage>>>,
+    runtime: Option<tokio::runtime::Handle>,
+    pub counters: Arc<PeerCounters>,
+}
+
+impl PeerTransport {
+    /// Link tasks run on the tokio runtime current at this call (if any: a node without a
+    /// runtime, as in some unit tests, simply drops what it would send).
+    pub fn new(node: NodeId, config: PeerTransportConfig) -> Arc<PeerTransport> {
+        Arc::new(PeerTransport {
+            node,
+            config,
+            addresses: Arc::new(Mutex::new(HashMap::new())),
+            links: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            counters: Arc::new(PeerCounters::default()),
+        })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Records (or changes) where `peer` listens; the link uses it on its next connection.
+    pub fn set_address(&self, peer: NodeId, address: String) {
+        lock(&self.addresses).insert(peer, address);
+    }
+
+    pub fn address(&self, peer: NodeId) -> Option<String> {
+        lock(&self.addresses).get(&peer).cloned()
+    }
+
+    /// Queues `message` for the replica of `log` on `to`. Never blocks; drops when the peer's
+    /// queue is full (best effort, see the module docs).
+    pub fn send(&self, to: NodeId, log: &str, message: &PeerMessage) {
+        if to == self.node {
+            return;
+        }
+        let wire = PartitionPeerMessage {
+            log: log.to_string(),
+            message: to_wire(message),
+        };
+        let sender = {
+            let mut links = lock(&self.links);
+            match links.get(&to) {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
+                    let Some(runtime) = &self.runtime else {
+                        self.counters
+                            .dropped_messages
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    let (sender, receiver) = mpsc::channel(self.config.queue_messages_max);
+                    runtime.spawn(run_link(
+                        self.node,
+                        to,
+                        Arc::clone(&self.addresses),
+                        self.config.clone(),
+                        receiver,
+                        Arc::clone(&self.counters),
+                    ));
+                    links.insert(to, sender.clone());
+                    sender
+                }
+            }
+        };
+        if sender.try_send(wire).is_err() {
+            self.counters
+                .dropped_messages
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The link task of one peer: connect, send hello, then drain the queue in frames; on any
+/// failure wait (doubling) and reconnect. Ends when the transport is dropped.
+async fn run_link(
+    node: NodeId,
+    peer: NodeId,
+    addresses: Arc<Mutex<HashMap<NodeId, String>>>,
+    config: PeerTransportConfig,
+    mut queue: mpsc::Receiver<PartitionPeerMessage>,
+    counters: Arc<PeerCounters>,
+) {
+    let mut backoff_ms = config.reconnect_backoff_min_ms;
+    loop {
+        let address = lock(&addresses).get(&peer).cloned();
+        let connected = match address {
+            Some(address) => connect(node, &address, &config).await,
+            None => Err(format!("no address known for node {peer}")),
+        };
+        match connected {
+            Ok(writer) => {
+                counters.connects.fetch_add(1, Ordering::Relaxed);
+                backoff_ms = config.reconnect_backoff_min_ms;
+                match write_frames(writer, &mut queue, &config, &counters).await {
+                    WriteEnd::QueueClosed => return,
+                    WriteEnd::Broken(reason) => {
+                        tracing::debug!(%peer, %reason, "peer connection broke");
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(%peer, %reason, "cannot connect to peer");
+            }
+        }
+        // What queued up meanwhile is stale by the time a connection exists again.
+        loop {
+            match queue.try_recv() {
+                Ok(_) => {
+                    counters.dropped_messages.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(config.reconnect_backoff_max_ms);
+    }
+}
+
+type PeerWriter = FramedWrite<TcpStream, FrameCodec>;
+
+async fn connect(
+    node: NodeId,
+    address: &str,
+    config: &PeerTransportConfig,
+) -> Result<PeerWriter, String> {
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(_) => return Err(format!("connect timed out after {timeout:?}")),
+    };
+    if let Err(error) = socket.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let mut writer = FramedWrite::new(socket, FrameCodec::new(config.frame_bytes_max));
+    let hello = encode_peer_hello(&PeerHello {
+        peer_hello: PeerHelloBody {
+            version: PEER_PROTOCOL_VERSION,
+            from: node,
+        },
+    });
+    writer
+        .send(hello)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(writer)
+}
+
+enum WriteEnd {
+    QueueClosed,
+    Broken(String),
+}
+
+async fn write_frames(
+    mut writer: PeerWriter,
+    queue: &mut mpsc::Receiver<PartitionPeerMessage>,
+    config: &PeerTransportConfig,
+    counters: &PeerCounters,
+) -> WriteEnd {
+    let budget_bytes = config.frame_bytes_max / 2;
+    let mut carried: Option<PartitionPeerMessage> = None;
+    loop {
+        let first = match carried.take() {
+            Some(message) => message,
+            None => match queue.recv().await {
+                Some(message) => message,
+                None => return WriteEnd::QueueClosed,
+            },
+        };
+        // Pack what is queued now into frames; flush once after the last.
+        let mut pending = Some(first);
+        while let Some(first) = pending.take() {
+            let mut estimated_bytes = estimate_bytes(&first);
+            let mut messages = vec![first];
+            while messages.len() < config.frame_messages_max {
+                match queue.try_recv() {
+                    Ok(next) => {
+                        let next_bytes = estimate_bytes(&next);
+                        if estimated_bytes + next_bytes > budget_bytes {
+                            pending = Some(next);
+                            break;
+                        }
+                        estimated_bytes += next_bytes;
+                        messages.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let count = messages.len() as u64;
+            let bytes = encode_peer_frame(&PeerFrame { messages });
+            if bytes.len() > config.frame_bytes_max {
+                // Only a single message far above append_message_bytes_max gets here.
+                tracing::warn!(
+                    size = bytes.len(),
+                    max = config.frame_bytes_max,
+                    "peer frame too large; dropped"
+                );
+                counters
+                    .dropped_messages
+                    .fetch_add(count, Ordering::Relaxed);
+                continue;
+            }
+            if let Err(error) = writer.feed(bytes).await {
+                return WriteEnd::Broken(error.to_string());
+            }
+            counters.sent_frames.fetch_add(1, Ordering::Relaxed);
+            counters.sent_messages.fetch_add(count, Ordering::Relaxed);
+            if pending.is_none() {
+                // Another frame's worth may have arrived while feeding; keep packing.
+                if let Ok(next) = queue.try_recv() {
+                    pending = Some(next);
+                }
+            }
+        }
+        if let Err(error) = writer.flush().await {
+            return WriteEnd::Broken(error.to_string());
+        }
+    }
+}
+
+fn estimate_bytes(message: &PartitionPeerMessage) -> usize {
+    let batches = match &message.message {
+        PeerWireMessage::Append { batches, .. } => batches.iter().map(Bytes::len).sum(),
+        _ => 0,
+    };
+    MESSAGE_OVERHEAD_BYTES + message.log.len() + batches
+}
+
+/// Reads peer frames from a connection whose hello said it comes from `from`, delivering
+/// every message, until the connection ends, a frame is bad, or `stop` resolves.
+pub async fn serve_inbound<R, I>(
+    mut reader: FramedRead<R, FrameCodec>,
+    from: NodeId,
+    inbox: &I,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    I: PeerInbox + ?Sized,
+{
+    tokio::pin!(stop);
+    loop {
+        let frame = tokio::select! {
+            frame = reader.next() => frame,
+            _ = &mut stop => return Ok(()),
+        };
+        let bytes = match frame {
+            None => return Ok(()),
+            Some(Ok(bytes)) => bytes,
+            Some(Err(FrameError::TooLarge { size, max })) => {
+                return Err(format!("peer frame of {size} bytes exceeds {max}"))
+            }
+            Some(Err(FrameError::Io(error))) => return Err(error.to_string()),
+        };
+        let frame = decode_peer_frame(&bytes)?;
+        // Validate the whole frame before delivering any of it: a bad frame changes nothing.
+        let mut messages = Vec::with_capacity(frame.messages.len());
+        for message in frame.messages {
+            messages.push((message.log, from_wire(message.message)?));
+        }
+        for (log, message) in messages {
+            inbox.deliver(from, &log, message);
+        }
+    }
+}
+
+/// Checks the hello's version; `Err` says why the connection is refused.
+pub fn accept_hello(hello: &PeerHello) -> Result<NodeId, String> {
+    if hello.peer_hello.version != PEER_PROTOCOL_VERSION {
+        return Err(format!(
+            "peer protocol version {} is not {PEER_PROTOCOL_VERSION}",
+            hello.peer_hello.version
+        ));
+    }
+    Ok(hello.peer_hello.from)
+}
+
+/// The engine's message in its wire form.
+pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
+    match message.clone() {
+        PeerMessage::LeaseRequest {
+            epoch,
+            last_log_epoch,
+            log_end,
+        } => PeerWireMessage::LeaseRequest {
+            epoch,
+            last_log_epoch,
+            log_end,
+        },
+        PeerMessage::LeaseResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        } => PeerWireMessage::LeaseResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        },
+        PeerMessage::LeaseProbe {
+            epoch,
+            last_log_epoch,
+            log_end,
+        } => PeerWireMessage::LeaseProbe {
+            epoch,
+            last_log_epoch,
+            log_end,
+        },
+        PeerMessage::LeaseProbeResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        } => PeerWireMessage::LeaseProbeResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        },
+        PeerMessage::Append {
+            epoch,
+            prev_offset,
+            prev_epoch,
+            batches,
+            commit,
+            sent_at,
+        } => PeerWireMessage::Append {
+            epoch,
+            prev_offset,
+            prev_epoch,
+            batches: batches.into_iter().map(RecordBatch::into_bytes).collect(),
+            commit,
+            sent_at_ms: sent_at.0,
+        },
+        PeerMessage::AppendResponse {
+            epoch,
+            sent_at,
+            result,
+        } => PeerWireMessage::AppendResponse {
+            epoch,
+            sent_at_ms: sent_at.0,
+            result: match result {
+                AppendResult::Ok {
+                    log_end,
+                    durable_end,
+                } => PeerAppendResult::Ok {
+                    log_end,
+                    durable_end,
+                },
+                AppendResult::Diverged { epoch, end_offset } => {
+                    PeerAppendResult::Diverged { epoch, end_offset }
+                }
+                AppendResult::StaleEpoch { promised_epoch } => {
+                    PeerAppendResult::StaleEpoch { promised_epoch }
+                }
+            },
+        },
+    }
+}
+
+/// The wire message as the engine's type; every batch is validated (length, checksum and
+/// records) so nothing corrupt reaches a replica's log.
+pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
+    Ok(match message {
+        PeerWireMessage::LeaseRequest {
+            epoch,
+            last_log_epoch,
+            log_end,
+        } => PeerMessage::LeaseRequest {
+            epoch,
+            last_log_epoch,
+            log_end,
+        },
+        PeerWireMessage::LeaseResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        } => PeerMessage::LeaseResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        },
+        PeerWireMessage::LeaseProbe {
+            epoch,
+            last_log_epoch,
+            log_end,
+        } => PeerMessage::LeaseProbe {
+            epoch,
+            last_log_epoch,
+            log_end,
+        },
+        PeerWireMessage::LeaseProbeResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        } => PeerMessage::LeaseProbeResponse {
+            epoch,
+            granted,
+            promised_epoch,
+        },
+        PeerWireMessage::Append {
+            epoch,
+            prev_offset,
+            prev_epoch,
+            batches,
+            commit,
+            sent_at_ms,
+        } => PeerMessage::Append {
+            epoch,
+            prev_offset,
+            prev_epoch,
+            batches: batches
+                .into_iter()
+                .map(|bytes| {
+                    RecordBatch::validate(bytes).map_err(|error| format!("bad batch: {error}"))
+                })
+                .collect::<Result<_, _>>()?,
+            commit,
+            sent_at: Millis(sent_at_ms),
+        },
+        PeerWireMessage::AppendResponse {
+            epoch,
+            sent_at_ms,
+            result,
+        } => PeerMessage::AppendResponse {
+            epoch,
+            sent_at: Millis(sent_at_ms),
+            result: match result {
+                PeerAppendResult::Ok {
+                    log_end,
+                    durable_end,
+                } => AppendResult::Ok {
+                    log_end,
+                    durable_end,
+                },
+                PeerAppendResult::Diverged { epoch, end_offset } => {
+                    AppendResult::Diverged { epoch, end_offset }
+                }
+                PeerAppendResult::StaleEpoch { promised_epoch } => {
+                    AppendResult::StaleEpoch { promised_epoch }
+                }
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::batch::RecordBatchBuilder;
+    use cairn_protocol::peer::decode_peer_hello;
+    use cairn_protocol::{Epoch, Offset, Record};
+    use tokio::net::TcpListener;
+
+    #[derive(Default)]
+    struct Collected(Mutex<Vec<(NodeId, String, PeerMessage)>>);
+
+    impl PeerInbox for Collected {
+        fn deliver(&self, from: NodeId, log: &str, message: PeerMessage) {
+            lock(&self.0).push((from, log.to_string(), message));
+        }
+    }
+
+    fn batch(value: &'static [u8]) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(1);
+        builder.push(&Record::new(Bytes::from_static(value)));
+        builder.build()
+    }
+
+    fn heartbeat(commit: u64) -> PeerMessage {
+        PeerMessage::Append {
+            epoch: Epoch(1),
+            prev_offset: Offset(0),
+            prev_epoch: Epoch(0),
+            batches: vec![],
+            commit: Offset(commit),
+            sent_at: Millis(commit),
+        }
+    }
+
+    fn config() -> PeerTransportConfig {
+        PeerTransportConfig {
+            queue_messages_max: 64,
+            frame_messages_max: 16,
+            frame_bytes_max: 64 * 1024,
+            connect_timeout_ms: 500,
+            reconnect_backoff_min_ms: 10,
+            reconnect_backoff_max_ms: 40,
+        }
+    }
+
+    /// A minimal peer listener: accepts connections, reads the hello, delivers into `inbox`.
+    /// Connections live in a `JoinSet`, so aborting the listener closes them too.
+    async fn listen(listener: TcpListener, inbox: Arc<Collected>) {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let inbox = Arc::clone(&inbox);
+            connections.spawn(async move {
+                let mut reader = FramedRead::new(socket, FrameCodec::new(64 * 1024));
+                let Some(Ok(first)) = reader.next().await else {
+                    return;
+                };
+                let hello = decode_peer_hello(&first).expect("a hello first");
+                let from = accept_hello(&hello).unwrap();
+                let _ = serve_inbound(reader, from, &*inbox, std::future::pending()).await;
+            });
+        }
+    }
+
+    async fn wait_for(inbox: &Collected, count: usize) {
+        for _ in 0..300 {
+            if lock(&inbox.0).len() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("only {} of {count} messages arrived", lock(&inbox.0).len());
+    }
+
+    #[test]
+    fn every_message_kind_survives_the_wire_form() {
+        let messages = vec![
+            PeerMessage::LeaseRequest {
+                epoch: Epoch(3),
+                last_log_epoch: Epoch(2),
+                log_end: Offset(9),
+            },
+            PeerMessage::LeaseResponse {
+                epoch: Epoch(3),
+                granted: true,
+                promised_epoch: Epoch(3),
+            },
+            PeerMessage::LeaseProbe {
+                epoch: Epoch(4),
+                last_log_epoch: Epoch(2),
+                log_end: Offset(9),
+            },
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(4),
+                granted: false,
+                promised_epoch: Epoch(5),
+            },
+            PeerMessage::Append {
+                epoch: Epoch(3),
+                prev_offset: Offset(9),
+                prev_epoch: Epoch(2),
+                batches: vec![batch(b"a"), batch(b"b")],
+                commit: Offset(8),
+                sent_at: Millis(77),
+            },
+            PeerMessage::AppendResponse {
+                epoch: Epoch(3),
+                sent_at: Millis(77),
+                result: AppendResult::Ok {
+                    log_end: Offset(11),
+                    durable_end: Offset(10),
+                },
+            },
+            PeerMessage::AppendResponse {
+                epoch: Epoch(3),
+                sent_at: Millis(1),
+                result: AppendResult::Diverged {
+                    epoch: Epoch(1),
+                    end_offset: Offset(4),
+                },
+            },
+            PeerMessage::AppendResponse {
+                epoch: Epoch(3),
+                sent_at: Millis(1),
+                result: AppendResult::StaleEpoch {
+                    promised_epoch: Epoch(6),
+                },
+            },
+        ];
+        for message in messages {
+            assert_eq!(from_wire(to_wire(&message)).unwrap(), message);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_batch_is_refused() {
+        let mut bytes = batch(b"value").into_bytes().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let wire = PeerWireMessage::Append {
+            epoch: Epoch(1),
+            prev_offset: Offset(0),
+            prev_epoch: Epoch(0),
+            batches: vec![Bytes::from(bytes)],
+            commit: Offset(0),
+            sent_at_ms: 0,
+        };
+        assert!(from_wire(wire).unwrap_err().contains("bad batch"));
+    }
+
+    #[test]
+    fn a_hello_of_another_version_is_refused() {
+        let hello = PeerHello {
+            peer_hello: PeerHelloBody {
+                version: PEER_PROTOCOL_VERSION + 1,
+                from: NodeId(2),
+            },
+        };
+        assert!(accept_hello(&hello).is_err());
+    }
+
+    #[tokio::test]
+    async fn messages_arrive_in_order_batched_into_few_frames() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let inbox = Arc::new(Collected::default());
+        let server = tokio::spawn(listen(listener, Arc::clone(&inbox)));
+        let transport = PeerTransport::new(NodeId(1), config());
+        transport.set_address(NodeId(2), address);
+        for commit in 0..40 {
+            let log = if commit % 2 == 0 { "t1-0" } else { "t1-1" };
+            transport.send(NodeId(2), log, &heartbeat(commit));
+        }
+        wait_for(&inbox, 40).await;
+        let received = lock(&inbox.0).clone();
+        for (index, (from, log, message)) in received.iter().enumerate() {
+            assert_eq!(*from, NodeId(1));
+            assert_eq!(log, if index % 2 == 0 { "t1-0" } else { "t1-1" });
+            assert_eq!(*message, heartbeat(index as u64));
+        }
+        let frames = transport.counters.sent_frames.load(Ordering::Relaxed);
+        assert!(
+            frames < 40,
+            "messages queued together share frames ({frames})"
+        );
+        // Sending to itself is a no-op, not a connection.
+        transport.send(NodeId(1), "t1-0", &heartbeat(0));
+        assert_eq!(transport.counters.connects.load(Ordering::Relaxed), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_instead_of_blocking() {
+        let transport = PeerTransport::new(NodeId(1), config());
+        // No address: the link cannot connect, so nothing drains the queue but the discard
+        // after each failed attempt.
+        let sent = config().queue_messages_max as u64 * 3;
+        for commit in 0..sent {
+            transport.send(NodeId(9), "t1-0", &heartbeat(commit));
+        }
+        let dropped = transport.counters.dropped_messages.load(Ordering::Relaxed);
+        assert!(
+            dropped >= sent - config().queue_messages_max as u64,
+            "dropped {dropped} of {sent}"
+        );
+        assert_eq!(transport.counters.sent_messages.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn the_link_reconnects_after_the_peer_restarts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let inbox = Arc::new(Collected::default());
+        let server = tokio::spawn(listen(listener, Arc::clone(&inbox)));
+        let transport = PeerTransport::new(NodeId(1), config());
+        transport.set_address(NodeId(2), address.to_string());
+        transport.send(NodeId(2), "__meta", &heartbeat(1));
+        wait_for(&inbox, 1).await;
+        // The peer goes away (listener and its connections) and comes back on the same port.
+        server.abort();
+        let _ = server.await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let listener = TcpListener::bind(address).await.unwrap();
+        let server = tokio::spawn(listen(listener, Arc::clone(&inbox)));
+        // Sends on the broken connection may be lost; keep sending until one arrives.
+        for commit in 2..200 {
+            transport.send(NodeId(2), "__meta", &heartbeat(commit));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if lock(&inbox.0).len() >= 2 {
+                break;
+            }
+        }
+        assert!(lock(&inbox.0).len() >= 2, "nothing arrived after restart");
+        assert!(transport.counters.connects.load(Ordering::Relaxed) >= 2);
+        server.abort();
+    }
+}
