@@ -20,6 +20,7 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,7 @@ pub enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    InitProducerId(InitProducerIdResponse),
 }
 
 impl Request {
@@ -48,6 +50,7 @@ impl Request {
             Request::Produce(_) => "Produce",
             Request::Fetch(_) => "Fetch",
             Request::ListOffsets(_) => "ListOffsets",
+            Request::InitProducerId(_) => "InitProducerId",
         }
     }
 }
@@ -286,4 +289,19 @@ pub struct ListOffsetsResponse {
     pub offset: Offset,
     /// Timestamp of the record found by a timestamp query.
     pub timestamp_ms: Option<i64>,
+}
+
+/// Asks the cluster for a producer id, unique across the cluster and its restarts, for an
+/// idempotent producer (Kafka's `InitProducerId` without transactions). Served by the leader
+/// of the metadata partition; other nodes answer `NotLeader` with its hint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdRequest {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdResponse {
+    /// Stamped into every batch of the producer (see [`crate::batch`]); never negative.
+    pub producer_id: i64,
+    /// The producer starts at this epoch and may raise it itself (restarting its sequences
+    /// at 0) after a batch failed for good, as Kafka's idempotent producer does.
+    pub producer_epoch: i16,
 }

@@ -15,6 +15,7 @@ mod delete_topic;
 mod describe_topic;
 mod fetch;
 mod handshake;
+mod init_producer_id;
 mod list_offsets;
 mod list_topics;
 mod metadata;
@@ -298,6 +299,7 @@ async fn dispatch<S: LogStore>(
         Request::DescribeTopic(request) => describe_topic::handle(broker, request),
         Request::Fetch(request) => fetch::handle(broker, request).await,
         Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
+        Request::InitProducerId(request) => init_producer_id::handle(broker, request).await,
         Request::Produce(request) => match produce::enqueue(broker, request) {
             Ok(enqueued) => produce::complete(enqueued).await,
             Err(error) => Err(error),
