@@ -10,13 +10,14 @@ use crate::config::NodeConfig;
 use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
 use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSpec};
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
+use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{
     Acks, BrokerInfo, CreateTopicRequest, PartitionDescription, PartitionMetadata, TopicConfig,
     TopicMetadata,
 };
-use cairn_protocol::{ApiError, NodeId, Offset};
+use cairn_protocol::{ApiError, Epoch, NodeId, Offset, PartitionId};
 use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, RetentionPolicy};
@@ -43,6 +44,9 @@ pub struct Broker<S: LogStore> {
     peers: Arc<PeerTransport>,
     meta: PartitionHandle<S>,
     catalog: RwLock<Catalog<S>>,
+    /// Other nodes as gossip last described them (a hint: addresses, liveness, leaderships).
+    /// Empty for a lone node.
+    cluster: RwLock<HashMap<NodeId, NodeInfo>>,
     /// `__meta` offset below which every record is applied.
     applied: watch::Sender<Offset>,
     ready: watch::Sender<bool>,
@@ -75,7 +79,7 @@ impl<S: LogStore> Broker<S> {
         let spec = PartitionSpec {
             log_name: meta::META_LOG_NAME.to_string(),
             node: config.node_id,
-            voters: vec![config.node_id],
+            voters: config.cluster.initial_voters.clone(),
             store: store.clone(),
             log,
             committer: committer.clone(),
@@ -103,6 +107,7 @@ impl<S: LogStore> Broker<S> {
                 state: MetadataState::default(),
                 partitions: HashMap::new(),
             }),
+            cluster: RwLock::new(HashMap::new()),
             applied: watch::channel(Offset::ZERO).0,
             ready: watch::channel(false).0,
         });
@@ -329,10 +334,13 @@ impl<S: LogStore> Broker<S> {
         // record before it is committed too), and everything committed is applied. Until the
         // marker commits, the high watermark may still be below records written before a
         // restart, and an empty catalog would look recovered.
+        // On a follower of `__meta` (a cluster), recovered means: a leader is known and what
+        // it told us is committed is applied. For a lone node this is the same rule, since it
+        // is the only voter and so the leader.
         let meta = self.meta.shared.snapshot();
         let applied = *self.applied.borrow();
-        if meta.role != Role::Leader
-            || meta.high_watermark < meta.log_end
+        if meta.leader.is_none()
+            || (meta.role == Role::Leader && meta.high_watermark < meta.log_end)
             || applied < meta.high_watermark
         {
             return;
@@ -367,19 +375,111 @@ impl<S: LogStore> Broker<S> {
                 partitions: state.partitions,
             });
         }
-        hosted_partition(&catalog, state, partition)
-            .cloned()
-            .ok_or(ApiError::NotLeader {
-                leader_hint: state.replicas[partition as usize].first().copied(),
-                epoch: cairn_protocol::Epoch::ZERO,
-            })
+        if let Some(handle) = hosted_partition(&catalog, state, partition) {
+            return Ok(handle.clone());
+        }
+        let (leader_hint, epoch) = match self.hinted_leader(topic, partition) {
+            Some((leader, epoch)) => (Some(leader), epoch),
+            None => (
+                state.replicas[partition as usize].first().copied(),
+                Epoch::ZERO,
+            ),
+        };
+        Err(ApiError::NotLeader { leader_hint, epoch })
     }
 
+    /// This node and every node gossip says is alive, by node id.
     pub fn brokers(&self) -> Vec<BrokerInfo> {
-        vec![BrokerInfo {
+        let mut brokers = vec![BrokerInfo {
             node_id: self.config.node_id,
             address: self.advertised_address.clone(),
-        }]
+        }];
+        for info in self.cluster_view().values() {
+            if info.alive && info.node_id != self.config.node_id {
+                brokers.push(BrokerInfo {
+                    node_id: info.node_id,
+                    address: info.client_addr.to_string(),
+                });
+            }
+        }
+        brokers.sort_by_key(|broker| broker.node_id);
+        brokers
+    }
+
+    fn cluster_view(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, NodeInfo>> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Folds one membership change into the view, and routes peers to their new address. A
+    /// node that left and led a partition hosted here is reported to that replica as
+    /// suspected: a hint that may start a candidacy sooner, never more (DESIGN 5.8).
+    pub fn apply_cluster_change(&self, change: ClusterChange) {
+        match change {
+            ClusterChange::Joined(info) | ClusterChange::Updated(info) => {
+                if info.node_id == self.config.node_id {
+                    return;
+                }
+                self.peers
+                    .set_address(info.node_id, info.peer_addr.to_string());
+                self.cluster
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(info.node_id, info);
+            }
+            ClusterChange::Left(node_id) => {
+                if let Some(info) = self
+                    .cluster
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get_mut(&node_id)
+                {
+                    info.alive = false;
+                }
+                for handle in self.hosted() {
+                    if handle.shared.snapshot().leader == Some(node_id) {
+                        handle.suspect_leader();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The partitions this node leads now, for gossip. Oversized hints are the caller's to
+    /// refuse (membership bounds them).
+    pub fn leadership_hints(&self) -> LeadershipHints {
+        let mut hints = LeadershipHints::new();
+        let meta = self.meta.shared.snapshot();
+        if meta.role == Role::Leader {
+            let _ = hints.insert(meta::META_TOPIC, PartitionId(0), meta.epoch);
+        }
+        let catalog = self.catalog();
+        for topic in catalog.state.topics() {
+            for partition in 0..topic.partitions {
+                if let Some(handle) = hosted_partition(&catalog, topic, partition) {
+                    let snapshot = handle.shared.snapshot();
+                    if snapshot.role == Role::Leader {
+                        let _ = hints.insert(&topic.name, PartitionId(partition), snapshot.epoch);
+                    }
+                }
+            }
+        }
+        hints
+    }
+
+    /// The leader gossip names for a partition not hosted here: the node claiming the highest
+    /// epoch. A hint for clients' routing only; the leader itself checks its epoch.
+    fn hinted_leader(&self, topic: &str, partition: u32) -> Option<(NodeId, Epoch)> {
+        self.cluster_view()
+            .values()
+            .filter(|info| info.alive)
+            .filter_map(|info| {
+                info.hints
+                    .get(topic, PartitionId(partition))
+                    .map(|epoch| (info.node_id, epoch))
+            })
+            .max_by_key(|(_, epoch)| *epoch)
     }
 
     fn partition_metadata(
@@ -391,13 +491,17 @@ impl<S: LogStore> Broker<S> {
             .map(|partition| {
                 let snapshot = hosted_partition(catalog, topic, partition)
                     .map(|handle| handle.shared.snapshot());
+                let (leader, leader_epoch) = match snapshot {
+                    Some(snapshot) => (snapshot.leader, snapshot.epoch),
+                    None => match self.hinted_leader(&topic.name, partition) {
+                        Some((leader, epoch)) => (Some(leader), epoch),
+                        None => (None, Epoch::ZERO),
+                    },
+                };
                 PartitionMetadata {
                     partition,
-                    leader: snapshot.as_ref().and_then(|snapshot| snapshot.leader),
-                    leader_epoch: snapshot
-                        .as_ref()
-                        .map(|snapshot| snapshot.epoch)
-                        .unwrap_or_default(),
+                    leader,
+                    leader_epoch,
                     replicas: topic.replicas[partition as usize].clone(),
                 }
             })
@@ -442,7 +546,7 @@ impl<S: LogStore> Broker<S> {
             partition: 0,
             leader: snapshot.leader,
             leader_epoch: snapshot.epoch,
-            replicas: vec![self.config.node_id],
+            replicas: self.config.cluster.initial_voters.clone(),
             log_start: snapshot.log_start,
             high_watermark: snapshot.high_watermark,
             log_end: snapshot.log_end,
@@ -482,9 +586,19 @@ impl<S: LogStore> Broker<S> {
         Ok((topic.config.clone(), partitions))
     }
 
-    /// Nodes a new topic's replicas may be placed on. One node until the cluster issue.
+    /// Nodes a new topic's replicas may be placed on: this node and every node gossip says is
+    /// alive, by node id (one still recovering metadata starts its replicas once it applies
+    /// the topic). Placement only; a wrong opinion costs balance, not safety.
     fn live_nodes(&self) -> Vec<NodeId> {
-        vec![self.config.node_id]
+        let mut live: Vec<NodeId> = self
+            .cluster_view()
+            .values()
+            .filter(|info| info.alive && info.node_id != self.config.node_id)
+            .map(|info| info.node_id)
+            .collect();
+        live.push(self.config.node_id);
+        live.sort_unstable();
+        live
     }
 
     /// Validates, appends `CreateTopic` to `__meta`, waits until it is applied, and reports

@@ -37,6 +37,18 @@ pub struct NodeArgs {
     /// CAIRN_DEFAULT_REPLICATION_FACTOR].
     #[arg(long)]
     pub default_replication_factor: Option<u16>,
+    /// Other nodes' gossip addresses to join through, HOST:PORT,... (a node may list itself)
+    /// [env: CAIRN_SEEDS]. A node with seeds (or other initial voters) runs as a cluster member.
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// Node ids voting on cluster metadata when the cluster is first started, e.g. 1,2,3;
+    /// give every first node the same list [env: CAIRN_INITIAL_VOTERS; default: this node].
+    #[arg(long)]
+    pub initial_voters: Option<String>,
+    /// UDP address for gossip, IP:PORT [env: CAIRN_GOSSIP; default: the IP and port the
+    /// client listener bound].
+    #[arg(long)]
+    pub gossip: Option<String>,
     /// Any config key, e.g. `--set limits.connections_max=64` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -51,7 +63,7 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         builder = builder.preset(Preset::parse(preset)?);
     }
     builder = builder.env(|name| std::env::var(name).ok());
-    let flags: [(&str, &str, Option<String>); 6] = [
+    let flags: [(&str, &str, Option<String>); 9] = [
         (
             "--node-id",
             "node_id",
@@ -80,6 +92,13 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
             "default_replication_factor",
             args.default_replication_factor.map(|rf| rf.to_string()),
         ),
+        ("--seeds", "seeds", args.seeds.clone()),
+        (
+            "--initial-voters",
+            "initial_voters",
+            args.initial_voters.clone(),
+        ),
+        ("--gossip", "gossip", args.gossip.clone()),
     ];
     for (flag, key, value) in flags {
         if let Some(value) = value {

@@ -140,6 +140,28 @@ pub struct NodeConfig {
     pub shutdown_grace_ms: u64,
     /// Replication factor of topics created without one (capped to the cluster size).
     pub default_replication_factor: u16,
+    /// Cluster settings; [`ClusterConfig::is_clustered`] is false for a lone node.
+    pub cluster: ClusterConfig,
+}
+
+/// Where this node finds the rest of its cluster (DESIGN section 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Other nodes' gossip addresses (HOST:PORT) contacted to join; may list this node.
+    pub seeds: Vec<String>,
+    /// Voters of `__meta` when the cluster is first bootstrapped; always holds this node.
+    pub initial_voters: Vec<NodeId>,
+    /// UDP address gossip binds; `None`: the IP and port the client listener bound.
+    pub gossip: Option<SocketAddr>,
+    pub gossip_interval_ms: u64,
+}
+
+impl ClusterConfig {
+    /// A node with no seeds, no other voter and no gossip address runs alone, exactly as
+    /// before clustering existed: no gossip socket, no peers.
+    pub fn is_clustered(&self) -> bool {
+        !self.seeds.is_empty() || self.initial_voters.len() > 1 || self.gossip.is_some()
+    }
 }
 
 /// The file's shape: every key optional, unknown keys refused.
@@ -154,6 +176,10 @@ struct FileConfig {
     advertised_address: Option<String>,
     shutdown_grace_ms: u64,
     default_replication_factor: u16,
+    seeds: Option<String>,
+    initial_voters: Option<String>,
+    gossip: Option<String>,
+    gossip_interval_ms: u64,
     limits: Limits,
     replica: ReplicaTimings,
     retention: RetentionDefaults,
@@ -168,6 +194,10 @@ pub const KEYS: &[&str] = &[
     "advertised_address",
     "shutdown_grace_ms",
     "default_replication_factor",
+    "seeds",
+    "initial_voters",
+    "gossip",
+    "gossip_interval_ms",
     "limits.frame_bytes_max",
     "limits.batch_bytes_max",
     "limits.record_bytes_max",
@@ -189,7 +219,14 @@ pub const KEYS: &[&str] = &[
 ];
 
 /// Keys whose values are strings (a TOML override of them is taken verbatim).
-const STRING_KEYS: &[&str] = &["data_dir", "listen", "advertised_address"];
+const STRING_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "advertised_address",
+    "seeds",
+    "initial_voters",
+    "gossip",
+];
 
 pub fn env_name(key: &str) -> String {
     format!("CAIRN_{}", key.replace('.', "_").to_ascii_uppercase())
@@ -201,6 +238,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             r#"
             shutdown_grace_ms = 5000
             default_replication_factor = 3
+            gossip_interval_ms = 500
             [limits]
             frame_bytes_max = 4194304
             batch_bytes_max = 1048576
@@ -226,6 +264,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             r#"
             shutdown_grace_ms = 1000
             default_replication_factor = 3
+            gossip_interval_ms = 50
             [limits]
             frame_bytes_max = 262144
             batch_bytes_max = 65536
@@ -420,6 +459,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         flag: "node-id",
         env: "CAIRN_NODE_ID",
     })?;
+    let cluster = validate_cluster(&file, NodeId(node_id))?;
     let data_dir = file.data_dir.ok_or(ConfigError::Missing {
         key: "data_dir",
         flag: "data-dir",
@@ -508,6 +548,84 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         retention,
         shutdown_grace_ms: file.shutdown_grace_ms,
         default_replication_factor: file.default_replication_factor,
+        cluster,
+    })
+}
+
+/// Splits a comma-separated list, dropping empty items and surrounding spaces.
+fn list(text: &str) -> Vec<&str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+fn validate_cluster(file: &FileConfig, node_id: NodeId) -> Result<ClusterConfig, ConfigError> {
+    let seeds: Vec<String> = list(file.seeds.as_deref().unwrap_or(""))
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for seed in &seeds {
+        rule(
+            "every seed is HOST:PORT",
+            seed.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+            }),
+            &format!("seed {seed:?} must name another node's gossip address, e.g. 127.0.0.1:7171"),
+        )?;
+    }
+    let mut initial_voters = Vec::new();
+    for item in list(file.initial_voters.as_deref().unwrap_or("")) {
+        let voter = item.parse::<u32>().map_err(|error| ConfigError::Rule {
+            rule: "initial_voters is a list of node ids",
+            why: format!("{item:?} is not a node id ({error}); use e.g. 1,2,3"),
+        })?;
+        initial_voters.push(NodeId(voter));
+    }
+    if initial_voters.is_empty() {
+        initial_voters.push(node_id);
+    }
+    let mut sorted = initial_voters.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    rule(
+        "initial_voters has no duplicates",
+        sorted.len() == initial_voters.len(),
+        "a voter listed twice would count twice towards a majority",
+    )?;
+    rule(
+        "initial_voters holds node_id",
+        initial_voters.contains(&node_id),
+        "this build bootstraps __meta from its initial voters only; a node outside them could \
+         not follow the cluster metadata",
+    )?;
+    rule(
+        "initial_voters has at most 15 nodes",
+        initial_voters.len() <= cairn_replica::VOTERS_MAX,
+        "majorities are computed over the voters on every step, so their number is bounded",
+    )?;
+    let gossip = match &file.gossip {
+        None => None,
+        Some(text) => Some(
+            text.parse::<SocketAddr>()
+                .map_err(|error| ConfigError::Rule {
+                    rule: "gossip is IP:PORT",
+                    why: format!(
+                        "{text:?} is not a socket address ({error}); use e.g. 127.0.0.1:7172"
+                    ),
+                })?,
+        ),
+    };
+    rule(
+        "gossip_interval_ms > 0",
+        file.gossip_interval_ms > 0,
+        "gossip runs on a timer; a period of zero would spin",
+    )?;
+    Ok(ClusterConfig {
+        seeds,
+        initial_voters,
+        gossip,
+        gossip_interval_ms: file.gossip_interval_ms,
     })
 }
 
@@ -612,6 +730,47 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(error, ConfigError::Rule { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_lone_node_is_not_clustered_and_cluster_flags_are_checked() {
+        let lone = base().build().unwrap();
+        assert!(!lone.cluster.is_clustered());
+        assert_eq!(lone.cluster.initial_voters, vec![NodeId(1)]);
+        let member = base()
+            .set("flag", "seeds", "127.0.0.1:7171, 127.0.0.1:7172,")
+            .set("flag", "initial_voters", "3,1,2")
+            .build()
+            .unwrap();
+        assert!(member.cluster.is_clustered());
+        assert_eq!(
+            member.cluster.seeds,
+            vec!["127.0.0.1:7171".to_string(), "127.0.0.1:7172".to_string()]
+        );
+        assert_eq!(
+            member.cluster.initial_voters,
+            vec![NodeId(3), NodeId(1), NodeId(2)]
+        );
+        assert_eq!(member.cluster.gossip, None);
+        let broken = |key: &str, value: &str| match base().set("flag", key, value).build() {
+            Err(ConfigError::Rule { rule, .. }) => rule,
+            other => panic!("{key}={value}: {other:?}"),
+        };
+        assert_eq!(broken("seeds", "nohost"), "every seed is HOST:PORT");
+        assert_eq!(broken("seeds", "a:0"), "every seed is HOST:PORT");
+        assert_eq!(
+            broken("initial_voters", "1,x"),
+            "initial_voters is a list of node ids"
+        );
+        assert_eq!(
+            broken("initial_voters", "1,2,2"),
+            "initial_voters has no duplicates"
+        );
+        assert_eq!(
+            broken("initial_voters", "2,3"),
+            "initial_voters holds node_id"
+        );
+        assert_eq!(broken("gossip", "127.0.0.1"), "gossip is IP:PORT");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum FatalError {
     Listen { address: String, reason: String },
     #[error("cannot start: {0}")]
     Start(String),
+    #[error("cannot start gossip: {0}")]
+    Gossip(String),
 }
 
 /// Creates the data directory if needed and proves it writable.
@@ -66,10 +68,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         address: config.listen.to_string(),
         reason: error.to_string(),
     })?;
-    let advertised = config
-        .advertised_address
-        .clone()
-        .unwrap_or_else(|| bound.to_string());
+    let advertised = advertised_address(&config, bound);
     let config = Arc::new(config);
     let broker = Broker::start(
         Arc::clone(&config),
@@ -79,6 +78,12 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         advertised,
     )
     .map_err(FatalError::Start)?;
+
+    let membership = if config.cluster.is_clustered() {
+        Some(start_membership(&config, bound, &advertised_address(&config, bound), &broker).await?)
+    } else {
+        None
+    };
 
     let (phase, phase_watch) = watch::channel(Phase::Running);
     let connections = Connections::new(config.limits.connections_max);
@@ -94,6 +99,9 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         _ = broker.wait_ready() => {
             println!("cairn node ready node_id={} listen={}", config.node_id, bound);
             let _ = std::io::stdout().flush();
+            if let Some(membership) = &membership {
+                membership.set_ready(true).await;
+            }
             tracing::info!(node_id = %config.node_id, listen = %bound, "ready");
             signals.next().await;
         }
@@ -103,6 +111,9 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     }
 
     tracing::info!(grace_ms = config.shutdown_grace_ms, "shutting down");
+    if let Some(membership) = &membership {
+        membership.set_ready(false).await;
+    }
     phase.send_replace(Phase::Draining);
     let _ = server.await;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -126,6 +137,13 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     if let Err(error) = store.flush() {
         tracing::error!(%error, "final flush failed");
     }
+    if let Some(membership) = membership {
+        // The hints task holds the membership only for a moment; if it does now, dropping
+        // stops gossip just the same, without waiting for the socket to close.
+        if let Ok(membership) = Arc::try_unwrap(membership) {
+            membership.shutdown().await;
+        }
+    }
     // Stopped, not joined: the process exits next, and everything durable is flushed.
     for arbiter in &arbiters {
         arbiter.stop();
@@ -133,6 +151,75 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     tracing::info!("stopped");
     Ok(())
 }
+
+fn advertised_address(config: &NodeConfig, bound: std::net::SocketAddr) -> String {
+    config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| bound.to_string())
+}
+
+/// How often this node republishes the partitions it leads (publishing an unchanged value
+/// sends nothing).
+const HINTS_PUBLISH_MS: u64 = 100;
+
+/// Starts gossip (UDP on the listener's IP and port unless `--gossip` says otherwise), feeds
+/// membership changes to the broker, and keeps this node's leadership hints published.
+async fn start_membership<S: LogStore>(
+    config: &NodeConfig,
+    bound: std::net::SocketAddr,
+    advertised: &str,
+    broker: &Arc<Broker<S>>,
+) -> Result<Arc<cairn_membership::Membership>, FatalError> {
+    use cairn_membership::{Generation, Membership, MembershipSettings};
+    // Peers reach this node where clients do (see `crate::peer`).
+    let client_addr = advertised.parse().unwrap_or(bound);
+    let gossip = config.cluster.gossip.unwrap_or(bound);
+    let mut settings =
+        MembershipSettings::new(CLUSTER_ID, config.node_id, gossip, client_addr, client_addr);
+    settings.seeds = config.cluster.seeds.clone();
+    if config.cluster.gossip_interval_ms < settings.gossip_interval_ms {
+        settings = settings.with_test_timing();
+    }
+    settings.gossip_interval_ms = config.cluster.gossip_interval_ms;
+    settings.initial_heartbeat_interval_ms = config.cluster.gossip_interval_ms;
+    let membership_config = settings
+        .validate(Generation::from_start_time())
+        .map_err(|error| FatalError::Gossip(error.to_string()))?;
+    let (membership, mut changes) = Membership::start(
+        membership_config,
+        &cairn_membership::transport::UdpTransport,
+    )
+    .await
+    .map_err(|error| FatalError::Gossip(error.to_string()))?;
+    tracing::info!(gossip = %membership.gossip_addr(), "gossip started");
+    let membership = Arc::new(membership);
+    let changes_broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        while let Some(change) = changes.recv().await {
+            tracing::info!(?change, "cluster change");
+            changes_broker.apply_cluster_change(change);
+        }
+    });
+    let hints_broker = Arc::clone(broker);
+    let hints_membership = Arc::downgrade(&membership);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(HINTS_PUBLISH_MS));
+        loop {
+            tick.tick().await;
+            let Some(membership) = hints_membership.upgrade() else {
+                return;
+            };
+            if let Err(error) = membership.set_hints(&hints_broker.leadership_hints()).await {
+                tracing::debug!(%error, "leadership hints not published");
+            }
+        }
+    });
+    Ok(membership)
+}
+
+/// Nodes gossip only with nodes of the same cluster id. One fixed id until clusters are named.
+const CLUSTER_ID: &str = "cairn";
 
 /// SIGTERM and SIGINT as one stream.
 struct Signals {
