@@ -278,7 +278,9 @@ fn wait_gone(pids: &[u32]) -> Vec<u32> {
 }
 
 /// Creates a topic with replication factor `nodes`, produces and consumes through the CLI,
-/// checks `cluster status`, then SIGTERM: exit 0 and no node left.
+/// checks `cluster status`; with more than one node, SIGKILLs the last node and checks that
+/// `cluster status` shows it down and its partitions under-replicated while producing goes on.
+/// Then SIGTERM: exit 0 and no node left.
 fn tour(nodes: u16) {
     let mut dev = Dev::start(nodes);
     let rf = nodes.to_string();
@@ -335,7 +337,38 @@ fn tour(nodes: u16) {
             .unwrap_or_else(|| panic!("no row for node {node}:\n{status}"));
         // Every node holds a replica of each of the 3 partitions (replication factor = nodes).
         assert!(row.contains(" up"), "{row}");
-        assert_eq!(row.split_whitespace().nth(5), Some("3"), "{row}");
+        assert_eq!(row.split_whitespace().rev().nth(1), Some("3"), "{row}");
+    }
+
+    if nodes > 1 {
+        let victim = *dev.node_pids.last().expect("a node");
+        kill_process(Pid::from_raw(victim as i32).unwrap(), Signal::KILL).expect("killed");
+        let down_row = format!("{nodes}     -  "); // node id, no address once unheard
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = dev.cli_ok(&["cluster", "status", "--problems-only"], "");
+            if status.contains("under-replicated: 3") && status.contains(&down_row) {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {nodes} never shown down:\n{status}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert!(status.contains("DOWN"), "{status}");
+        let (produced, _, stderr) = dev.cli(&["produce", "tour"], "after-kill\n");
+        assert!(produced.success(), "{stderr}\n{}", dev.node_logs());
+        let reported = format!("cairn dev: node {nodes} (pid {victim}) exited: killed (SIGKILL)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dev.stderr().contains(&reported) {
+            assert!(
+                Instant::now() < deadline,
+                "death not reported:\n{}",
+                dev.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     dev.signal(Signal::TERM);
@@ -354,6 +387,11 @@ fn tour(nodes: u16) {
 #[test]
 fn dev_with_one_node_serves_the_tour_and_stops_on_sigterm() {
     tour(1);
+}
+
+#[test]
+fn dev_with_three_nodes_serves_the_tour_with_replication_factor_3() {
+    tour(3);
 }
 
 #[test]
