@@ -279,6 +279,39 @@ mod tests {
     }
 
     #[test]
+    fn golden_init_producer_id() {
+        let request = RequestFrame {
+            version: 1,
+            correlation_id: 5,
+            request: Request::InitProducerId(InitProducerIdRequest {}),
+        };
+        let bytes = encode_request(&request);
+        assert_eq!(hex(&bytes), "83a776657273696f6e01ae636f7272656c6174696f6e5f696405a77265717565737481ae496e697450726f6475636572496480");
+        assert_eq!(decode_request(&bytes).unwrap(), request);
+        let response = ResponseFrame {
+            correlation_id: 5,
+            result: Ok(Response::InitProducerId(InitProducerIdResponse {
+                producer_id: 300,
+                producer_epoch: 0,
+            })),
+        };
+        let bytes = encode_response(&response);
+        assert_eq!(hex(&bytes), "82ae636f7272656c6174696f6e5f696405a6726573756c7481a24f6b81ae496e697450726f6475636572496482ab70726f64756365725f6964cd012cae70726f64756365725f65706f636800");
+        assert_eq!(decode_response(&bytes).unwrap(), response);
+        let refusal = ResponseFrame {
+            correlation_id: 6,
+            result: Err(ApiError::OutOfOrderSequence {
+                producer_id: 300,
+                expected: 5,
+                received: 7,
+            }),
+        };
+        let bytes = encode_response(&refusal);
+        assert_eq!(hex(&bytes), "82ae636f7272656c6174696f6e5f696406a6726573756c7481a345727281b24f75744f664f7264657253657175656e636583ab70726f64756365725f6964cd012ca8657870656374656405a8726563656976656407");
+        assert_eq!(decode_response(&bytes).unwrap(), refusal);
+    }
+
+    #[test]
     fn golden_error_response() {
         let frame = ResponseFrame {
             correlation_id: 9,

@@ -21,6 +21,7 @@ pub enum Request {
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
     ClusterStatus(ClusterStatusRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,7 @@ pub enum Response {
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
     ClusterStatus(ClusterStatusResponse),
+    InitProducerId(InitProducerIdResponse),
 }
 
 impl Request {
@@ -51,6 +53,7 @@ impl Request {
             Request::Fetch(_) => "Fetch",
             Request::ListOffsets(_) => "ListOffsets",
             Request::ClusterStatus(_) => "ClusterStatus",
+            Request::InitProducerId(_) => "InitProducerId",
         }
     }
 }
@@ -345,4 +348,19 @@ pub struct PartitionStatus {
     /// Replicas on nodes the answering node does not hear. A partition with any is
     /// under-replicated.
     pub offline_replicas: Vec<NodeId>,
+}
+
+/// Asks the cluster for a producer id, unique across the cluster and its restarts, for an
+/// idempotent producer (Kafka's `InitProducerId` without transactions). Served by the leader
+/// of the metadata partition; other nodes answer `NotLeader` with its hint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdRequest {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdResponse {
+    /// Stamped into every batch of the producer (see [`crate::batch`]); never negative.
+    pub producer_id: i64,
+    /// The producer starts at this epoch and may raise it itself (restarting its sequences
+    /// at 0) after a batch failed for good, as Kafka's idempotent producer does.
+    pub producer_epoch: i16,
 }

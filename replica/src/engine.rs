@@ -4,11 +4,12 @@
 //! invariants of [`crate::invariants`] are checked after every step, in release builds too.
 
 use crate::invariants;
+use crate::producers::{Admission, Producers};
 use crate::{
     AppendResult, Config, ConfigError, Effect, Input, Millis, PeerMessage, Recovered,
     ReplicaStatus, RequestId, Role, VOTERS_MAX,
 };
-use cairn_protocol::batch::{RecordBatch, RecordBatchBuilder};
+use cairn_protocol::batch::{BatchHeader, RecordBatch, RecordBatchBuilder};
 use cairn_protocol::messages::{Acks, ProduceResponse};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -26,6 +27,9 @@ struct PendingReply {
     /// The offset right after the batch: the reply is due once this is covered.
     end: Offset,
     received_at: Millis,
+    /// An idempotent producer's retry of a batch already in the log: answered with its
+    /// original offsets once they are durable or committed, as its first attempt would be.
+    duplicate: bool,
 }
 
 /// What the leader knows about one follower.
@@ -137,6 +141,8 @@ pub struct Replica {
     committed_truncations_refused: u64,
     /// The latest `now` seen; time never runs backwards inside the engine.
     clock: Millis,
+    /// Idempotent producers' last batches in this log (see [`crate::producers`]).
+    producers: Producers,
 }
 
 /// A rule for the replica set, checked like a config rule.
@@ -238,6 +244,7 @@ impl Replica {
             committed_truncations_refused: 0,
             clock: now,
             config,
+            producers: Producers::default(),
         };
         replica.election_deadline = now.plus(replica.election_wait_ms());
         replica.check_invariants();
@@ -299,6 +306,24 @@ impl Replica {
     /// somewhere in the replica set (checked by the simulation).
     pub fn committed_truncations_refused(&self) -> u64 {
         self.committed_truncations_refused
+    }
+
+    /// Rebuilds the idempotent producers' state from the headers of batches already in the
+    /// log, read back in offset order after a restart (any suffix of the log will do: a
+    /// producer whose batches are not among them is simply unknown, and accepted whatever its
+    /// sequence). Call it after [`Replica::new`], before the first step. Headers at or past
+    /// the recovered log end are ignored.
+    pub fn recover_producers<'a>(&mut self, headers: impl IntoIterator<Item = &'a BatchHeader>) {
+        for header in headers {
+            if header.next_offset() <= self.log_end && header.base_offset >= self.log_start {
+                self.producers.record(header);
+            }
+        }
+    }
+
+    /// The idempotent producers' state, as the log built it.
+    pub fn producers(&self) -> &Producers {
+        &self.producers
     }
 
     /// The epoch history as this replica holds it, oldest first.
@@ -409,6 +434,7 @@ impl Replica {
                     .push((batch.leader_epoch(), batch.base_offset()));
             }
             self.log_end = batch.next_offset();
+            self.producers.record(batch.header());
         }
         self.unflushed.push_back(Unflushed {
             log_end: self.log_end,
@@ -837,6 +863,27 @@ impl Replica {
             });
             return;
         }
+        match self.producers.check(batch.header()) {
+            Ok(Admission::Append) => {}
+            Ok(Admission::Duplicate(written)) => {
+                self.answer_duplicate(
+                    now,
+                    request,
+                    acks,
+                    written.base_offset,
+                    written.next_offset,
+                    effects,
+                );
+                return;
+            }
+            Err(error) => {
+                effects.push(Effect::Reply {
+                    request,
+                    result: Err(error),
+                });
+                return;
+            }
+        }
         let base_offset = self.log_end;
         let stamped = batch.stamped(base_offset, self.epoch);
         let end = stamped.next_offset();
@@ -857,6 +904,7 @@ impl Replica {
             base_offset,
             end,
             received_at: now,
+            duplicate: false,
         };
         if let Some(leadership) = &mut self.leadership {
             match acks {
@@ -866,6 +914,55 @@ impl Replica {
             }
         }
         self.replicate_new(now, stamped, effects);
+    }
+
+    /// A retried batch of an idempotent producer that is in our log already: it is answered
+    /// like its first attempt, with the same offsets, once it is as safe as `acks` asks (at
+    /// once if it already is). The original may be from an older epoch and not committed
+    /// yet; it commits with our epoch's marker, like everything before it.
+    fn answer_duplicate(
+        &mut self,
+        now: Millis,
+        request: RequestId,
+        acks: Acks,
+        base_offset: Offset,
+        end: Offset,
+        effects: &mut Vec<Effect>,
+    ) {
+        let safe_end = match acks {
+            Acks::None => end,
+            Acks::Leader => self.durable_end,
+            Acks::All => self.high_watermark,
+        };
+        if end <= safe_end {
+            effects.push(Effect::Reply {
+                request,
+                result: Ok(ProduceResponse {
+                    base_offset,
+                    leader_epoch: self.epoch,
+                    duplicate: true,
+                }),
+            });
+            return;
+        }
+        let pending = PendingReply {
+            request,
+            base_offset,
+            end,
+            received_at: now,
+            duplicate: true,
+        };
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        // The queues are answered from the front while `end` is covered, so keep them in
+        // `end` order.
+        let queue = match acks {
+            Acks::Leader => &mut leadership.awaiting_durable,
+            _ => &mut leadership.awaiting_commit,
+        };
+        let position = queue.partition_point(|queued| queued.end <= end);
+        queue.insert(position, pending);
     }
 
     /// Sends a batch just appended to every follower that is caught up to it; lagging ones
@@ -933,7 +1030,7 @@ impl Replica {
                 result: Ok(ProduceResponse {
                     base_offset: reply.base_offset,
                     leader_epoch: epoch,
-                    duplicate: false,
+                    duplicate: reply.duplicate,
                 }),
             });
         }
@@ -975,7 +1072,7 @@ impl Replica {
                 result: Ok(ProduceResponse {
                     base_offset: reply.base_offset,
                     leader_epoch: epoch,
-                    duplicate: false,
+                    duplicate: reply.duplicate,
                 }),
             });
         }
@@ -1220,6 +1317,7 @@ impl Replica {
             self.durable_end = self.durable_end.min(from_offset);
             self.durable_reported = self.durable_reported.min(from_offset);
             self.epoch_history.retain(|&(_, start)| start < from_offset);
+            self.producers.truncate(from_offset);
             self.leader_matched_end = self.leader_matched_end.min(from_offset);
         }
         if !rest.is_empty() {

@@ -16,6 +16,7 @@ mod delete_topic;
 mod describe_topic;
 mod fetch;
 mod handshake;
+mod init_producer_id;
 mod list_offsets;
 mod list_topics;
 mod metadata;
@@ -300,6 +301,7 @@ async fn dispatch<S: LogStore>(
         Request::Fetch(request) => fetch::handle(broker, request).await,
         Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
         Request::ClusterStatus(request) => cluster_status::handle(broker, request),
+        Request::InitProducerId(request) => init_producer_id::handle(broker, request).await,
         Request::Produce(request) => match produce::enqueue(broker, request) {
             Ok(enqueued) => produce::complete(enqueued).await,
             Err(error) => Err(error),
