@@ -10,6 +10,7 @@
 //! they were read, before the reader reads on: pipelined batches of one partition are appended
 //! in the order they were sent.
 
+mod cluster_status;
 mod create_topic;
 mod delete_topic;
 mod describe_topic;
@@ -299,6 +300,7 @@ async fn dispatch<S: LogStore>(
         Request::DescribeTopic(request) => describe_topic::handle(broker, request),
         Request::Fetch(request) => fetch::handle(broker, request).await,
         Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
+        Request::ClusterStatus(request) => cluster_status::handle(broker, request),
         Request::InitProducerId(request) => init_producer_id::handle(broker, request).await,
         Request::Produce(request) => match produce::enqueue(broker, request) {
             Ok(enqueued) => produce::complete(enqueued).await,
