@@ -1,11 +1,12 @@
-//! [`Admin`]: create, delete, list and describe topics.
+//! [`Admin`]: create, delete, list and describe topics; the cluster's status.
 
 use crate::cluster::{unexpected, Cluster};
 use crate::config::ClientConfig;
 use crate::error::Result;
 use cairn_protocol::messages::{
-    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, TopicConfig, TopicMetadata, TopicSummary,
+    ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
+    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, TopicConfig, TopicMetadata,
+    TopicSummary,
 };
 use cairn_protocol::{Request, Response};
 use std::sync::Arc;
@@ -104,6 +105,22 @@ impl Admin {
         match reply {
             Response::DescribeTopic(reply) => Ok(reply),
             other => Err(unexpected("DescribeTopic", &other)),
+        }
+    }
+
+    /// One node's view of the cluster: nodes and their liveness (that node's gossip
+    /// opinion), every partition's replicas and leader, and replicas on nodes it does not
+    /// hear. Internal partitions (`__meta`) are included when `include_internal`.
+    pub async fn cluster_status(&self, include_internal: bool) -> Result<ClusterStatusResponse> {
+        let reply = self
+            .cluster
+            .call_any(Request::ClusterStatus(ClusterStatusRequest {
+                include_internal,
+            }))
+            .await?;
+        match reply {
+            Response::ClusterStatus(reply) => Ok(reply),
+            other => Err(unexpected("ClusterStatus", &other)),
         }
     }
 

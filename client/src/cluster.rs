@@ -344,6 +344,8 @@ pub(crate) fn response_kind(response: &Response) -> &'static str {
         Response::Produce(_) => "Produce",
         Response::Fetch(_) => "Fetch",
         Response::ListOffsets(_) => "ListOffsets",
+        Response::ClusterStatus(_) => "ClusterStatus",
+        Response::InitProducerId(_) => "InitProducerId",
     }
 }
 

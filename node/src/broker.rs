@@ -239,7 +239,7 @@ impl<S: LogStore> Broker<S> {
                     Some(Applied::Rejected { reason }) => {
                         tracing::info!(offset = %record.offset, %reason, "metadata change refused at apply time");
                     }
-                    None => {}
+                    Some(Applied::ProducerIdAllocated { .. }) | None => {}
                 }
             }
             self.catalog
@@ -790,6 +790,21 @@ impl<S: LogStore> Broker<S> {
             }
             tokio::time::sleep(Duration::from_millis(self.config.replica.tick_ms)).await;
         }
+    }
+
+    /// A producer id unique across the cluster and its restarts: the `__meta` offset of an
+    /// `AllocateProducerId` record. Only the `__meta` leader serves it; elsewhere the refusal
+    /// is `NotLeader` with its hint, which clients follow.
+    pub async fn allocate_producer_id(&self) -> Result<i64, ApiError> {
+        self.check_ready()?;
+        let offset = self
+            .append_meta(&MetaRecord::AllocateProducerId {
+                node: self.config.node_id,
+            })
+            .await?;
+        i64::try_from(offset.0).map_err(|_| ApiError::Internal {
+            reason: format!("__meta offset {offset} does not fit a producer id"),
+        })
     }
 
     /// Every hosted partition handle (for shutdown and tests).

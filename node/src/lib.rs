@@ -3,6 +3,7 @@
 //! Map of the modules, in the order a request flows through them:
 //!
 //! - [`cli`]: `cairn node` flags; builds the config and runs the node.
+//! - [`dev`]: `cairn dev`, a local cluster of N node processes in the foreground.
 //! - [`config`]: file -> builder -> validated [`config::NodeConfig`], presets, named rules.
 //! - [`node`]: start-up (data dir, store, arbiters, listener, ready line) and graceful shutdown.
 //! - [`server`]: accept loop and connections (frames, pipelining, in-flight limit), then one
@@ -19,6 +20,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod meta;
 pub mod node;
 pub mod partition;

@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run a broker node in the foreground.
     Node(cairn_node::cli::NodeArgs),
+    /// Run a local cluster of N nodes in the foreground (node 1 on 127.0.0.1:7171).
+    Dev(cairn_node::dev::DevArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -29,6 +31,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Node(args) => cairn_node::cli::run_node(args),
+        Command::Dev(args) => cairn_node::dev::run_dev(args),
         Command::Client(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -5,6 +5,8 @@
 //! [`MetadataState::apply`]. Applying is deterministic, so every node that follows `__meta`
 //! (and a restarted node replaying it) builds the same state. A topic's id is the `__meta`
 //! offset of its `CreateTopic` record, so a deleted and re-created topic never shares a log.
+//! Likewise an idempotent producer's id is the offset of its `AllocateProducerId` record: unique
+//! across the cluster and its restarts, since offsets are never reused.
 
 use bytes::Bytes;
 use cairn_protocol::batch::{RecordBatch, RecordBatchBuilder};
@@ -47,6 +49,11 @@ pub enum MetaRecord {
     DeleteTopic {
         name: String,
     },
+    /// Reserves one producer id, the offset of this record, for an idempotent producer that
+    /// asked `node`. Changes no state: the offset alone is the reservation.
+    AllocateProducerId {
+        node: NodeId,
+    },
 }
 
 impl MetaRecord {
@@ -82,6 +89,10 @@ pub struct TopicState {
 pub enum Applied {
     Created(TopicState),
     Deleted(TopicState),
+    /// A producer id was reserved (see [`MetaRecord::AllocateProducerId`]).
+    ProducerIdAllocated {
+        producer_id: i64,
+    },
     /// The record lost a race checked at apply time (name taken, or already gone), or could
     /// not be decoded; nothing changed.
     Rejected {
@@ -160,6 +171,12 @@ impl MetadataState {
                     reason: format!("topic {name} does not exist"),
                 },
             },
+            MetaRecord::AllocateProducerId { node: _ } => match i64::try_from(offset.0) {
+                Ok(producer_id) => Applied::ProducerIdAllocated { producer_id },
+                Err(_) => Applied::Rejected {
+                    reason: format!("offset {offset} does not fit a producer id"),
+                },
+            },
         })
     }
 }
@@ -228,6 +245,24 @@ mod tests {
             Some(Applied::Rejected { .. })
         ));
         assert_eq!(state.topics().count(), 1);
+    }
+
+    #[test]
+    fn a_producer_id_is_the_offset_of_its_allocation_and_changes_no_topic() {
+        let mut state = MetadataState::default();
+        state.apply(Offset(0), &create("a", 1));
+        let before = state.topics().cloned().collect::<Vec<_>>();
+        let allocate = MetaRecord::AllocateProducerId { node: NodeId(2) }.encode();
+        assert_eq!(
+            state.apply(Offset(5), &allocate),
+            Some(Applied::ProducerIdAllocated { producer_id: 5 })
+        );
+        assert_eq!(
+            state.apply(Offset(6), &allocate),
+            Some(Applied::ProducerIdAllocated { producer_id: 6 })
+        );
+        assert_eq!(state.topics().cloned().collect::<Vec<_>>(), before);
+        assert_eq!(state.applied_end(), Offset(7));
     }
 
     #[test]

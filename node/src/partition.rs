@@ -146,6 +146,36 @@ impl<S: LogStore> Clone for PartitionHandle<S> {
     }
 }
 
+/// Offsets at the end of a log whose batch headers rebuild idempotent producers' state after
+/// a restart. A producer whose last batch is older is forgotten, which only matters if it
+/// retries a batch from that far back; newer ones keep their duplicate detection.
+pub const PRODUCER_RECOVERY_OFFSETS_MAX: u64 = 1 << 16;
+
+/// Bytes read per step of that scan.
+const PRODUCER_RECOVERY_READ_BYTES_MAX: usize = 1 << 20;
+
+/// Reads back the tail of the log and hands the batch headers to the replica, so a restarted
+/// (or newly elected) leader still drops producers' retries (DESIGN section 6).
+fn recover_producers<L: PartitionLog>(replica: &mut Replica, log: &L) -> Result<(), StorageError> {
+    let log_end = log.log_end();
+    let mut from = log.log_start().max(Offset(
+        log_end.0.saturating_sub(PRODUCER_RECOVERY_OFFSETS_MAX),
+    ));
+    while from < log_end {
+        let batches = log.read(from, log_end, PRODUCER_RECOVERY_READ_BYTES_MAX)?;
+        let Some(last) = batches.last() else {
+            break;
+        };
+        let next = last.next_offset();
+        replica.recover_producers(batches.iter().map(|batch| batch.header()));
+        if next <= from {
+            break;
+        }
+        from = next;
+    }
+    Ok(())
+}
+
 /// Suggested wait before retrying a produce refused for a full mailbox.
 const BACKPRESSURE_RETRY_MS: u32 = 10;
 
@@ -166,7 +196,7 @@ impl<S: LogStore> PartitionHandle<S> {
             log_start: spec.log.log_start(),
             log_end: spec.log.log_end(),
         };
-        let (replica, first_effects) = Replica::new(
+        let (mut replica, first_effects) = Replica::new(
             spec.replica_config.clone(),
             spec.node,
             spec.voters.clone(),
@@ -174,6 +204,8 @@ impl<S: LogStore> PartitionHandle<S> {
             spec.clock.now(),
         )
         .map_err(|error| error.to_string())?;
+        recover_producers(&mut replica, &spec.log)
+            .map_err(|error| format!("cannot read back producer state: {error}"))?;
         let status = replica.status();
         let shared = Arc::new(PartitionShared {
             high_watermark: watch::channel(status.high_watermark).0,

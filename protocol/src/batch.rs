@@ -353,6 +353,21 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & ATTRIBUTE_CONTROL != 0
     }
+
+    /// Written by an idempotent producer: a producer id and a sequence are stamped.
+    pub fn has_producer(&self) -> bool {
+        self.producer_id >= 0 && self.base_sequence >= 0
+    }
+
+    /// Sequence of the batch's last record. Sequences wrap from `i32::MAX` to 0, as Kafka's.
+    pub fn last_sequence(&self) -> i32 {
+        sequence_after(self.base_sequence, self.last_offset_delta)
+    }
+}
+
+/// The sequence `count` records after `sequence`, wrapping from `i32::MAX` to 0.
+pub fn sequence_after(sequence: i32, count: u32) -> i32 {
+    ((i64::from(sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
 /// An encoded batch: its bytes and its parsed header. Cheap to clone.
@@ -462,6 +477,32 @@ impl RecordBatch {
         let mut header = self.header;
         header.base_offset = base_offset;
         header.leader_epoch = leader_epoch;
+        RecordBatch {
+            header,
+            bytes: bytes.freeze(),
+        }
+    }
+
+    /// A copy stamped with an idempotent producer's id, epoch and first sequence. These fields
+    /// are inside the checksum (a replica relies on them to drop duplicates), so the checksum
+    /// is computed again: a client stamps a batch once, when it is first sent.
+    pub fn with_producer(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> RecordBatch {
+        let mut bytes = BytesMut::from(&self.bytes[..]);
+        bytes[47..55].copy_from_slice(&producer_id.to_be_bytes());
+        bytes[55..57].copy_from_slice(&producer_epoch.to_be_bytes());
+        bytes[57..61].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+        bytes[CRC_OFFSET..CRC_COVERS_FROM].copy_from_slice(&crc.to_be_bytes());
+        let mut header = self.header;
+        header.producer_id = producer_id;
+        header.producer_epoch = producer_epoch;
+        header.base_sequence = base_sequence;
+        header.crc = crc;
         RecordBatch {
             header,
             bytes: bytes.freeze(),
@@ -709,6 +750,46 @@ mod tests {
         let before = builder.size_bytes();
         builder.push(&record);
         assert!(builder.size_bytes() - before <= record_encoded_bytes(&record));
+    }
+
+    #[test]
+    fn producer_fields_are_checksummed_and_restamped_with_a_new_checksum() {
+        let plain = sample();
+        assert!(!plain.header().has_producer());
+        let stamped = plain.with_producer(7, 2, i32::MAX - 1);
+        let stamped = RecordBatch::validate(stamped.bytes().clone()).unwrap();
+        let header = stamped.header();
+        assert!(header.has_producer());
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (7, 2, i32::MAX - 1)
+        );
+        assert_ne!(header.crc, plain.header().crc);
+        // Three records from MAX - 1: MAX - 1, MAX, 0.
+        assert_eq!(header.last_sequence(), 0);
+        assert_eq!(sequence_after(5, 3), 8);
+        // Changing a producer field without the checksum is caught.
+        let mut bytes = stamped.bytes().to_vec();
+        bytes[60] ^= 1;
+        assert!(matches!(
+            RecordBatch::validate(Bytes::from(bytes)),
+            Err(BatchError::ChecksumMismatch { .. })
+        ));
+        let built = {
+            let mut builder = RecordBatchBuilder::new(1_700_000_000_000).producer(7, 2, 4);
+            builder.push(&Record::new("v0"));
+            builder.build()
+        };
+        let restamped = {
+            let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+            builder.push(&Record::new("v0"));
+            builder.build().with_producer(7, 2, 4)
+        };
+        assert_eq!(built.bytes(), restamped.bytes(), "same bytes either way");
     }
 
     #[test]

@@ -70,6 +70,23 @@ pub enum ApiError {
     ShuttingDown,
     #[error("storage failure: {reason}")]
     Storage { reason: String },
+    /// An idempotent producer's batch does not continue its sequence on this partition: an
+    /// earlier batch is missing (lost or still being retried). Retriable: once the earlier
+    /// batch is written, this one continues it. Nothing was appended.
+    #[error("producer {producer_id}: sequence {received} received, {expected} expected next")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        received: i32,
+    },
+    /// An idempotent producer's batch carries an epoch below the one the partition already
+    /// saw for that producer id: it was fenced by a newer incarnation. Nothing was appended.
+    #[error("producer {producer_id}: epoch {received} is fenced by epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        current: i16,
+        received: i16,
+    },
     #[error("internal error: {reason}")]
     Internal { reason: String },
 }
@@ -89,6 +106,7 @@ impl ApiError {
                 | ApiError::NotReady { .. }
                 | ApiError::ShuttingDown
                 | ApiError::StaleEpoch { .. }
+                | ApiError::OutOfOrderSequence { .. }
         )
     }
 

@@ -223,6 +223,95 @@ mod tests {
     }
 
     #[test]
+    fn golden_cluster_status() {
+        let request = RequestFrame {
+            version: 1,
+            correlation_id: 3,
+            request: Request::ClusterStatus(ClusterStatusRequest {
+                include_internal: true,
+            }),
+        };
+        let bytes = encode_request(&request);
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "83a776657273696f6e01ae636f7272656c6174696f6e5f696403a77265717565737481",
+                "ad436c757374657253746174757381b0696e636c7564655f696e7465726e616cc3"
+            )
+        );
+        assert_eq!(decode_request(&bytes).unwrap(), request);
+
+        let response = ResponseFrame {
+            correlation_id: 3,
+            result: Ok(Response::ClusterStatus(ClusterStatusResponse {
+                node_id: crate::NodeId(1),
+                nodes: vec![NodeStatus {
+                    node_id: crate::NodeId(2),
+                    address: Some("h:1".into()),
+                    liveness: Liveness::Down,
+                    metadata_voter: true,
+                }],
+                partitions: vec![PartitionStatus {
+                    topic: "t".into(),
+                    partition: 0,
+                    internal: false,
+                    replicas: vec![crate::NodeId(1), crate::NodeId(2)],
+                    leader: Some(crate::NodeId(1)),
+                    leader_epoch: Epoch(4),
+                    offline_replicas: vec![crate::NodeId(2)],
+                }],
+            })),
+        };
+        let bytes = encode_response(&response);
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "82ae636f7272656c6174696f6e5f696403a6726573756c7481a24f6b81ad436c7573",
+                "74657253746174757383a76e6f64655f696401a56e6f6465739184a76e6f64655f69",
+                "6402a761646472657373a3683a31a86c6976656e657373a4446f776eae6d65746164",
+                "6174615f766f746572c3aa706172746974696f6e739187a5746f706963a174a97061",
+                "72746974696f6e00a8696e7465726e616cc2a87265706c69636173920102a66c6561",
+                "64657201ac6c65616465725f65706f636804b06f66666c696e655f7265706c696361",
+                "739102",
+            )
+        );
+        assert_eq!(decode_response(&bytes).unwrap(), response);
+    }
+
+    #[test]
+    fn golden_init_producer_id() {
+        let request = RequestFrame {
+            version: 1,
+            correlation_id: 5,
+            request: Request::InitProducerId(InitProducerIdRequest {}),
+        };
+        let bytes = encode_request(&request);
+        assert_eq!(hex(&bytes), "83a776657273696f6e01ae636f7272656c6174696f6e5f696405a77265717565737481ae496e697450726f6475636572496480");
+        assert_eq!(decode_request(&bytes).unwrap(), request);
+        let response = ResponseFrame {
+            correlation_id: 5,
+            result: Ok(Response::InitProducerId(InitProducerIdResponse {
+                producer_id: 300,
+                producer_epoch: 0,
+            })),
+        };
+        let bytes = encode_response(&response);
+        assert_eq!(hex(&bytes), "82ae636f7272656c6174696f6e5f696405a6726573756c7481a24f6b81ae496e697450726f6475636572496482ab70726f64756365725f6964cd012cae70726f64756365725f65706f636800");
+        assert_eq!(decode_response(&bytes).unwrap(), response);
+        let refusal = ResponseFrame {
+            correlation_id: 6,
+            result: Err(ApiError::OutOfOrderSequence {
+                producer_id: 300,
+                expected: 5,
+                received: 7,
+            }),
+        };
+        let bytes = encode_response(&refusal);
+        assert_eq!(hex(&bytes), "82ae636f7272656c6174696f6e5f696406a6726573756c7481a345727281b24f75744f664f7264657253657175656e636583ab70726f64756365725f6964cd012ca8657870656374656405a8726563656976656407");
+        assert_eq!(decode_response(&bytes).unwrap(), refusal);
+    }
+
+    #[test]
     fn golden_error_response() {
         let frame = ResponseFrame {
             correlation_id: 9,

@@ -20,6 +20,8 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    ClusterStatus(ClusterStatusRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +35,8 @@ pub enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    ClusterStatus(ClusterStatusResponse),
+    InitProducerId(InitProducerIdResponse),
 }
 
 impl Request {
@@ -48,6 +52,8 @@ impl Request {
             Request::Produce(_) => "Produce",
             Request::Fetch(_) => "Fetch",
             Request::ListOffsets(_) => "ListOffsets",
+            Request::ClusterStatus(_) => "ClusterStatus",
+            Request::InitProducerId(_) => "InitProducerId",
         }
     }
 }
@@ -286,4 +292,75 @@ pub struct ListOffsetsResponse {
     pub offset: Offset,
     /// Timestamp of the record found by a timestamp query.
     pub timestamp_ms: Option<i64>,
+}
+
+/// Asks one node for its view of the cluster: nodes, their liveness, and every partition's
+/// replicas and leader. Liveness is that node's own opinion (gossip is a hint), so two nodes
+/// may answer differently for a moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusRequest {
+    /// Also list internal partitions (`__meta`, ...).
+    pub include_internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatusResponse {
+    /// The node that answered; the liveness below is its opinion.
+    pub node_id: NodeId,
+    /// Every node the answering node knows of: itself, the nodes gossip hears, and the nodes
+    /// named as replicas or metadata voters. Sorted by node id.
+    pub nodes: Vec<NodeStatus>,
+    /// One entry per partition, sorted by topic then partition.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Liveness {
+    /// The node that answered.
+    Local,
+    /// Gossip hears it.
+    Alive,
+    /// Gossip does not hear it: it stopped answering, or has not been heard since the
+    /// answering node started.
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    /// Where clients connect, `host:port`, when known.
+    pub address: Option<String>,
+    pub liveness: Liveness,
+    /// One of the voters of the cluster metadata partition `__meta`.
+    pub metadata_voter: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: u32,
+    pub internal: bool,
+    pub replicas: Vec<NodeId>,
+    /// The leader as the answering node knows it: its own replica's view when it hosts one,
+    /// else the leadership gossip reports; `None` when no leader is known.
+    pub leader: Option<NodeId>,
+    pub leader_epoch: Epoch,
+    /// Replicas on nodes the answering node does not hear. A partition with any is
+    /// under-replicated.
+    pub offline_replicas: Vec<NodeId>,
+}
+
+/// Asks the cluster for a producer id, unique across the cluster and its restarts, for an
+/// idempotent producer (Kafka's `InitProducerId` without transactions). Served by the leader
+/// of the metadata partition; other nodes answer `NotLeader` with its hint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdRequest {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitProducerIdResponse {
+    /// Stamped into every batch of the producer (see [`crate::batch`]); never negative.
+    pub producer_id: i64,
+    /// The producer starts at this epoch and may raise it itself (restarting its sequences
+    /// at 0) after a batch failed for good, as Kafka's idempotent producer does.
+    pub producer_epoch: i16,
 }

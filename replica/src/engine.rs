@@ -4,11 +4,12 @@
 //! invariants of [`crate::invariants`] are checked after every step, in release builds too.
 
 use crate::invariants;
+use crate::producers::{Admission, Producers};
 use crate::{
     AppendResult, Config, ConfigError, Effect, Input, Millis, PeerMessage, Recovered,
     ReplicaStatus, RequestId, Role, VOTERS_MAX,
 };
-use cairn_protocol::batch::{RecordBatch, RecordBatchBuilder};
+use cairn_protocol::batch::{BatchHeader, RecordBatch, RecordBatchBuilder};
 use cairn_protocol::messages::{Acks, ProduceResponse};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -26,6 +27,9 @@ struct PendingReply {
     /// The offset right after the batch: the reply is due once this is covered.
     end: Offset,
     received_at: Millis,
+    /// An idempotent producer's retry of a batch already in the log: answered with its
+    /// original offsets once they are durable or committed, as its first attempt would be.
+    duplicate: bool,
 }
 
 /// What the leader knows about one follower.
@@ -137,6 +141,8 @@ pub struct Replica {
     committed_truncations_refused: u64,
     /// The latest `now` seen; time never runs backwards inside the engine.
     clock: Millis,
+    /// Idempotent producers' last batches in this log (see [`crate::producers`]).
+    producers: Producers,
 }
 
 /// A rule for the replica set, checked like a config rule.
@@ -238,6 +244,7 @@ impl Replica {
             committed_truncations_refused: 0,
             clock: now,
             config,
+            producers: Producers::default(),
         };
         replica.election_deadline = now.plus(replica.election_wait_ms());
         replica.check_invariants();
@@ -299,6 +306,24 @@ impl Replica {
     /// somewhere in the replica set (checked by the simulation).
     pub fn committed_truncations_refused(&self) -> u64 {
         self.committed_truncations_refused
+    }
+
+    /// Rebuilds the idempotent producers' state from the headers of batches already in the
+    /// log, read back in offset order after a restart (any suffix of the log will do: a
+    /// producer whose batches are not among them is simply unknown, and accepted whatever its
+    /// sequence). Call it after [`Replica::new`], before the first step. Headers at or past
+    /// the recovered log end are ignored.
+    pub fn recover_producers<'a>(&mut self, headers: impl IntoIterator<Item = &'a BatchHeader>) {
+        for header in headers {
+            if header.next_offset() <= self.log_end && header.base_offset >= self.log_start {
+                self.producers.record(header);
+            }
+        }
+    }
+
+    /// The idempotent producers' state, as the log built it.
+    pub fn producers(&self) -> &Producers {
+        &self.producers
     }
 
     /// The epoch history as this replica holds it, oldest first.
@@ -409,6 +434,7 @@ impl Replica {
                     .push((batch.leader_epoch(), batch.base_offset()));
             }
             self.log_end = batch.next_offset();
+            self.producers.record(batch.header());
         }
         self.unflushed.push_back(Unflushed {
             log_end: self.log_end,
@@ -509,7 +535,10 @@ impl Replica {
         last_log_epoch: Epoch,
         log_end: Offset,
     ) -> bool {
-        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
+        // The `broken-grant-without-log-check` test build skips rule 5.2(c), so that
+        // scripts/sim-broken.sh can show the simulation catches a stale leader.
+        let up_to_date = cfg!(feature = "broken-grant-without-log-check")
+            || (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
         // A leader never grants: its own lease would overlap the next leader's. (Its grant
         // window is also kept ahead of its lease; this says it outright.)
         self.role != Role::Leader
@@ -837,6 +866,27 @@ impl Replica {
             });
             return;
         }
+        match self.producers.check(batch.header()) {
+            Ok(Admission::Append) => {}
+            Ok(Admission::Duplicate(written)) => {
+                self.answer_duplicate(
+                    now,
+                    request,
+                    acks,
+                    written.base_offset,
+                    written.next_offset,
+                    effects,
+                );
+                return;
+            }
+            Err(error) => {
+                effects.push(Effect::Reply {
+                    request,
+                    result: Err(error),
+                });
+                return;
+            }
+        }
         let base_offset = self.log_end;
         let stamped = batch.stamped(base_offset, self.epoch);
         let end = stamped.next_offset();
@@ -857,6 +907,7 @@ impl Replica {
             base_offset,
             end,
             received_at: now,
+            duplicate: false,
         };
         if let Some(leadership) = &mut self.leadership {
             match acks {
@@ -866,6 +917,55 @@ impl Replica {
             }
         }
         self.replicate_new(now, stamped, effects);
+    }
+
+    /// A retried batch of an idempotent producer that is in our log already: it is answered
+    /// like its first attempt, with the same offsets, once it is as safe as `acks` asks (at
+    /// once if it already is). The original may be from an older epoch and not committed
+    /// yet; it commits with our epoch's marker, like everything before it.
+    fn answer_duplicate(
+        &mut self,
+        now: Millis,
+        request: RequestId,
+        acks: Acks,
+        base_offset: Offset,
+        end: Offset,
+        effects: &mut Vec<Effect>,
+    ) {
+        let safe_end = match acks {
+            Acks::None => end,
+            Acks::Leader => self.durable_end,
+            Acks::All => self.high_watermark,
+        };
+        if end <= safe_end {
+            effects.push(Effect::Reply {
+                request,
+                result: Ok(ProduceResponse {
+                    base_offset,
+                    leader_epoch: self.epoch,
+                    duplicate: true,
+                }),
+            });
+            return;
+        }
+        let pending = PendingReply {
+            request,
+            base_offset,
+            end,
+            received_at: now,
+            duplicate: true,
+        };
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        // The queues are answered from the front while `end` is covered, so keep them in
+        // `end` order.
+        let queue = match acks {
+            Acks::Leader => &mut leadership.awaiting_durable,
+            _ => &mut leadership.awaiting_commit,
+        };
+        let position = queue.partition_point(|queued| queued.end <= end);
+        queue.insert(position, pending);
     }
 
     /// Sends a batch just appended to every follower that is caught up to it; lagging ones
@@ -933,7 +1033,7 @@ impl Replica {
                 result: Ok(ProduceResponse {
                     base_offset: reply.base_offset,
                     leader_epoch: epoch,
-                    duplicate: false,
+                    duplicate: reply.duplicate,
                 }),
             });
         }
@@ -942,7 +1042,13 @@ impl Replica {
     /// The commit rule (DESIGN 5.4): the newest offset durable on a majority, the leader
     /// included, and only once this epoch's marker is among it.
     fn advance_commit(&mut self, effects: &mut Vec<Effect>) {
-        let majority = self.majority();
+        // The `broken-ack-before-majority` test build counts a commit one voter short of a
+        // majority, so that scripts/sim-broken.sh can show the simulation catches it.
+        let majority = if cfg!(feature = "broken-ack-before-majority") {
+            (self.majority() - 1).max(1)
+        } else {
+            self.majority()
+        };
         let durable_end = self.durable_end;
         let epoch = self.epoch;
         let Some(leadership) = &mut self.leadership else {
@@ -956,7 +1062,11 @@ impl Replica {
         durable.push(durable_end);
         durable.sort_by(|a, b| b.cmp(a));
         let quorum = durable[majority - 1].min(durable_end);
-        if quorum <= leadership.marker_offset || quorum <= self.high_watermark {
+        // The `broken-commit-without-marker` test build commits older epochs' batches by
+        // replica count alone (the Raft "figure 8" bug) for scripts/sim-broken.sh.
+        let marker_pending =
+            !cfg!(feature = "broken-commit-without-marker") && quorum <= leadership.marker_offset;
+        if marker_pending || quorum <= self.high_watermark {
             return;
         }
         self.high_watermark = quorum;
@@ -975,7 +1085,7 @@ impl Replica {
                 result: Ok(ProduceResponse {
                     base_offset: reply.base_offset,
                     leader_epoch: epoch,
-                    duplicate: false,
+                    duplicate: reply.duplicate,
                 }),
             });
         }
@@ -1102,7 +1212,9 @@ impl Replica {
         else {
             return;
         };
-        if epoch < self.promise_floor {
+        // The `broken-skip-epoch-check` test build follows deposed leaders (rule 5.1 broken)
+        // for scripts/sim-broken.sh.
+        if epoch < self.promise_floor && !cfg!(feature = "broken-skip-epoch-check") {
             effects.push(Effect::Send {
                 to: from,
                 message: PeerMessage::AppendResponse {
@@ -1220,6 +1332,7 @@ impl Replica {
             self.durable_end = self.durable_end.min(from_offset);
             self.durable_reported = self.durable_reported.min(from_offset);
             self.epoch_history.retain(|&(_, start)| start < from_offset);
+            self.producers.truncate(from_offset);
             self.leader_matched_end = self.leader_matched_end.min(from_offset);
         }
         if !rest.is_empty() {
@@ -1233,7 +1346,13 @@ impl Replica {
                 offset: commit_known,
             });
         }
-        let durable_end = self.durable_end.min(self.leader_matched_end);
+        // The `broken-ack-unflushed` test build reports appended batches as durable before
+        // their flush (non-durable acknowledgements) for scripts/sim-broken.sh.
+        let durable_end = if cfg!(feature = "broken-ack-unflushed") {
+            self.log_end.min(self.leader_matched_end)
+        } else {
+            self.durable_end.min(self.leader_matched_end)
+        };
         self.durable_reported = self.durable_reported.max(durable_end);
         effects.push(Effect::Send {
             to: from,

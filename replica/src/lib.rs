@@ -8,6 +8,8 @@
 //! - this file: the contract ([`Input`], [`Effect`], [`PeerMessage`], [`Config`]).
 //! - `engine`: [`Replica`] itself: pre-vote, elections by lease, the commit rule with the
 //!   epoch marker, follower log matching and truncation by epoch history, catch-up reads.
+//! - [`producers`]: idempotent producers: per producer id its epoch and last batches, built
+//!   from batch headers as they are appended, so a leader drops a retried batch.
 //! - [`invariants`]: REP-1..REP-11 with stable ids, asserted after every step (release
 //!   builds too) and reusable by the chaos checker.
 //! - tests only: `tests` (single voter), `peer_tests` (one peer input, exact effects) and
@@ -54,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 mod engine;
 pub mod invariants;
+pub mod producers;
 
 pub use engine::Replica;
 
@@ -371,6 +374,8 @@ pub struct ReplicaStatus {
 
 #[cfg(test)]
 mod peer_tests;
+#[cfg(test)]
+mod producer_tests;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]

@@ -5,10 +5,13 @@
 //! - `produce`: stdin lines to records, streamed through a [`crate::Producer`] (see
 //!   [`produce`]).
 //! - `consume`: records to stdout in a kcat-style [`format::OutputFormat`] (see [`consume`]).
+//! - `cluster status`: one node's view of nodes, liveness, leaders and under-replicated
+//!   partitions (see [`cluster`]).
 //!
 //! Every command returns a process exit code: 0 on success, 1 with a message on stderr when
 //! the cluster refused or could not be reached, 2 for bad arguments.
 
+pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod produce;
@@ -40,6 +43,9 @@ pub enum ClientCommand {
     Produce(produce::ProduceArgs),
     /// Print records of a topic to stdout.
     Consume(consume::ConsumeArgs),
+    /// The cluster's nodes, liveness, leaders and under-replicated partitions.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +106,10 @@ pub async fn run(connection: Connection, command: ClientCommand) -> i32 {
         },
         ClientCommand::Produce(args) => produce::run(config, args).await,
         ClientCommand::Consume(args) => consume::run(config, args).await,
+        ClientCommand::Cluster(command) => match cluster::run(config, command).await {
+            Ok(()) => 0,
+            Err(error) => report(&error),
+        },
     }
 }
 

@@ -10,11 +10,13 @@
 //! they were read, before the reader reads on: pipelined batches of one partition are appended
 //! in the order they were sent.
 
+mod cluster_status;
 mod create_topic;
 mod delete_topic;
 mod describe_topic;
 mod fetch;
 mod handshake;
+mod init_producer_id;
 mod list_offsets;
 mod list_topics;
 mod metadata;
@@ -298,6 +300,8 @@ async fn dispatch<S: LogStore>(
         Request::DescribeTopic(request) => describe_topic::handle(broker, request),
         Request::Fetch(request) => fetch::handle(broker, request).await,
         Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
+        Request::ClusterStatus(request) => cluster_status::handle(broker, request),
+        Request::InitProducerId(request) => init_producer_id::handle(broker, request).await,
         Request::Produce(request) => match produce::enqueue(broker, request) {
             Ok(enqueued) => produce::complete(enqueued).await,
             Err(error) => Err(error),

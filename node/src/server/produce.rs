@@ -43,6 +43,16 @@ pub fn validate(
             reason: "control batches are written by partition leaders only".to_string(),
         });
     }
+    let header = batch.header();
+    if header.producer_id >= 0 && (header.base_sequence < 0 || header.producer_epoch < 0) {
+        return Err(ApiError::InvalidRequest {
+            reason: format!(
+                "a batch of producer {} needs a sequence and an epoch of 0 or more \
+                 (got sequence {}, epoch {})",
+                header.producer_id, header.base_sequence, header.producer_epoch
+            ),
+        });
+    }
     // A record is never larger than its batch, so small batches skip the per-record walk.
     if batch.size_bytes() > record_bytes_max as usize {
         for record in batch.records() {

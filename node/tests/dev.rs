@@ -1,0 +1,414 @@
+//! `cairn dev` as a user runs it: a real `cairn dev` process starting real node processes,
+//! then the CLI against it, then SIGTERM. Every process is bounded in time and killed if a
+//! test fails half-way.
+
+use rustix::process::{kill_process, Pid, Signal};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn cairn_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+/// How long `cairn dev` may take to print its ready banner.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long `cairn dev` may take to stop after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// `count` consecutive ports free for TCP and UDP on 127.0.0.1, starting in a range that
+/// depends on the process id (so parallel test binaries rarely collide) and moving on with
+/// every call (so tests of one binary do not pick the same ports).
+fn free_base_port(count: u16) -> u16 {
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = 20_000 + (std::process::id() % 1_500) as u16 * 20 + call * 5;
+    for base in (start..60_000).step_by(usize::from(count) + 1) {
+        let all_free = (base..base + count).all(|port| {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports");
+}
+
+/// A running `cairn dev`; killed (with its nodes) if still running when dropped.
+struct Dev {
+    child: Option<Child>,
+    _temp: tempfile::TempDir,
+    data_dir: PathBuf,
+    bootstrap: String,
+    node_pids: Vec<u32>,
+    /// Lines of stdout after the banner.
+    lines: mpsc::Receiver<String>,
+    stderr_path: PathBuf,
+}
+
+impl Dev {
+    fn start(nodes: u16) -> Dev {
+        let temp = tempfile::Builder::new()
+            .prefix("cairn-dev-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let data_dir = temp.path().join("cluster");
+        let stderr_path = temp.path().join("dev.stderr");
+        let base_port = free_base_port(nodes);
+        let mut child = Command::new(cairn_binary())
+            .args(["dev", "--nodes", &nodes.to_string(), "--base-port"])
+            .arg(base_port.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--node-arg=--preset=test")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).expect("a stderr file"))
+            .spawn()
+            .expect("cairn dev starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut dev = Dev {
+            child: Some(child),
+            _temp: temp,
+            data_dir,
+            bootstrap: String::new(),
+            node_pids: Vec::new(),
+            lines,
+            stderr_path,
+        };
+        dev.wait_banner(nodes);
+        dev
+    }
+
+    /// Reads the banner: the ready line, then one line per node with its pid.
+    fn wait_banner(&mut self, nodes: u16) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.node_pids.len() < usize::from(nodes) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "cairn dev printed no full banner within {READY_TIMEOUT:?}; stderr:\n{}",
+                    self.stderr()
+                ),
+            };
+            if let Some(rest) = line.strip_prefix("cairn dev ready ") {
+                assert_eq!(
+                    rest.split(' ').next(),
+                    Some(format!("nodes={nodes}").as_str()),
+                    "{line}"
+                );
+                self.bootstrap = rest
+                    .split(' ')
+                    .find_map(|field| field.strip_prefix("bootstrap="))
+                    .expect("the ready line names the bootstrap list")
+                    .to_owned();
+            } else if let Some(rest) = line.trim_start().strip_prefix("node ") {
+                let pid = rest
+                    .split_whitespace()
+                    .skip_while(|word| *word != "pid")
+                    .nth(1)
+                    .and_then(|pid| pid.parse().ok())
+                    .unwrap_or_else(|| panic!("no pid in {line:?}"));
+                self.node_pids.push(pid);
+            }
+        }
+        assert_eq!(
+            self.bootstrap.split(',').count(),
+            usize::from(nodes),
+            "{}",
+            self.bootstrap
+        );
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Runs the CLI against the cluster with `stdin`; returns (status, stdout, stderr).
+    fn cli(&self, args: &[&str], stdin: &str) -> (ExitStatus, String, String) {
+        let mut child = Command::new(cairn_binary())
+            .args(args)
+            .env("CAIRN_BOOTSTRAP", &self.bootstrap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CLI starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(stdin.as_bytes())
+            .expect("stdin is written");
+        let status = wait_bounded(&mut child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("cairn {args:?} did not finish within 60 s"));
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stdout, stderr)
+    }
+
+    fn cli_ok(&self, args: &[&str], stdin: &str) -> String {
+        let (status, stdout, stderr) = self.cli(args, stdin);
+        assert!(
+            status.success(),
+            "cairn {args:?} failed ({status}): {stderr}\nnode logs:\n{}",
+            self.node_logs()
+        );
+        stdout
+    }
+
+    fn node_logs(&self) -> String {
+        let mut logs = String::new();
+        for index in 1..=self.node_pids.len() {
+            let path = self.data_dir.join(format!("node-{index}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            logs.push_str(&format!("--- node {index}\n"));
+            for line in tail.into_iter().rev() {
+                logs.push_str(line);
+                logs.push('\n');
+            }
+        }
+        logs
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self.child.as_ref().expect("cairn dev runs").id();
+        kill_process(Pid::from_raw(pid as i32).unwrap(), signal).expect("signal delivered");
+    }
+
+    /// Waits (bounded) for `cairn dev` to exit.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("cairn dev runs");
+        match wait_bounded(&mut child, STOP_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "cairn dev did not exit within {STOP_TIMEOUT:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // A failed test must not leave nodes behind: kill them, then cairn dev.
+        for pid in &self.node_pids {
+            if let Some(pid) = Pid::from_raw(*pid as i32) {
+                if process_exists(pid.as_raw_nonzero().get() as u32) {
+                    let _ = kill_process(pid, Signal::KILL);
+                }
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait works") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process with this id runs (a zombie counts as gone: it runs nothing).
+fn process_exists(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|end| stat[end + 1..].split_whitespace().next());
+            state != Some("Z")
+        }
+    }
+}
+
+fn wait_gone(pids: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| process_exists(*pid))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates a topic with replication factor `nodes`, produces and consumes through the CLI,
+/// checks `cluster status`; with more than one node, SIGKILLs the last node and checks that
+/// `cluster status` shows it down and its partitions under-replicated while producing goes on.
+/// Then SIGTERM: exit 0 and no node left.
+fn tour(nodes: u16) {
+    let mut dev = Dev::start(nodes);
+    let rf = nodes.to_string();
+    dev.cli_ok(
+        &[
+            "topic",
+            "create",
+            "tour",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            &rf,
+        ],
+        "",
+    );
+    let input: String = (1..=300)
+        .map(|index| format!("k{index}:v{index}\n"))
+        .collect();
+    let (status, _, produced) = dev.cli(&["produce", "tour", "--key-separator", ":"], &input);
+    assert!(
+        status.success() && produced.contains("produced 300 records"),
+        "{produced:?}\n{}",
+        dev.node_logs()
+    );
+    let consumed = dev.cli_ok(
+        &[
+            "consume",
+            "tour",
+            "--from-beginning",
+            "--max-messages",
+            "300",
+            "--format",
+            "%k:%v",
+        ],
+        "",
+    );
+    let mut got: Vec<&str> = consumed.lines().collect();
+    got.sort_unstable();
+    let mut want: Vec<&str> = input.lines().collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+
+    let status = dev.cli_ok(&["cluster", "status"], "");
+    assert!(
+        status.contains(&format!(
+            "nodes: {nodes} ({nodes} up)  partitions: 3  leaderless: 0  under-replicated: 0"
+        )),
+        "{status}"
+    );
+    for node in 1..=nodes {
+        let row = status
+            .lines()
+            .find(|line| line.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no row for node {node}:\n{status}"));
+        // Every node holds a replica of each of the 3 partitions (replication factor = nodes).
+        assert!(row.contains(" up"), "{row}");
+        assert_eq!(row.split_whitespace().rev().nth(1), Some("3"), "{row}");
+    }
+
+    if nodes > 1 {
+        let victim = *dev.node_pids.last().expect("a node");
+        kill_process(Pid::from_raw(victim as i32).unwrap(), Signal::KILL).expect("killed");
+        let down_row = format!("{nodes}     -  "); // node id, no address once unheard
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = dev.cli_ok(&["cluster", "status", "--problems-only"], "");
+            if status.contains("under-replicated: 3") && status.contains(&down_row) {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {nodes} never shown down:\n{status}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert!(status.contains("DOWN"), "{status}");
+        let (produced, _, stderr) = dev.cli(&["produce", "tour"], "after-kill\n");
+        assert!(produced.success(), "{stderr}\n{}", dev.node_logs());
+        let reported = format!("cairn dev: node {nodes} (pid {victim}) exited: killed (SIGKILL)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dev.stderr().contains(&reported) {
+            assert!(
+                Instant::now() < deadline,
+                "death not reported:\n{}",
+                dev.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    dev.signal(Signal::TERM);
+    let exit = dev.wait_exit();
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", dev.stderr());
+    let left = wait_gone(&dev.node_pids);
+    assert!(left.is_empty(), "nodes still running: {left:?}");
+    let rest: Vec<String> = dev.lines.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|line| line == "cairn dev: all nodes stopped"),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn dev_with_one_node_serves_the_tour_and_stops_on_sigterm() {
+    tour(1);
+}
+
+#[test]
+fn dev_with_three_nodes_serves_the_tour_with_replication_factor_3() {
+    tour(3);
+}
+
+#[test]
+fn dev_says_so_when_a_node_dies() {
+    let mut dev = Dev::start(1);
+    let node = dev.node_pids[0];
+    kill_process(Pid::from_raw(node as i32).unwrap(), Signal::KILL).expect("the node is killed");
+    // With its only node gone, cairn dev has nothing left to run and exits 1.
+    let exit = dev.wait_exit();
+    assert_eq!(exit.code(), Some(1));
+    let stderr = dev.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "cairn dev: node 1 (pid {node}) exited: killed (SIGKILL); its log: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("every node has exited"), "{stderr}");
+    assert!(Path::new(&dev.data_dir.join("node-1.log")).exists());
+}
