@@ -535,7 +535,10 @@ impl Replica {
         last_log_epoch: Epoch,
         log_end: Offset,
     ) -> bool {
-        let up_to_date = (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
+        // The `broken-grant-without-log-check` test build skips rule 5.2(c), so that
+        // scripts/sim-broken.sh can show the simulation catches a stale leader.
+        let up_to_date = cfg!(feature = "broken-grant-without-log-check")
+            || (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
         // A leader never grants: its own lease would overlap the next leader's. (Its grant
         // window is also kept ahead of its lease; this says it outright.)
         self.role != Role::Leader
@@ -1039,7 +1042,13 @@ impl Replica {
     /// The commit rule (DESIGN 5.4): the newest offset durable on a majority, the leader
     /// included, and only once this epoch's marker is among it.
     fn advance_commit(&mut self, effects: &mut Vec<Effect>) {
-        let majority = self.majority();
+        // The `broken-ack-before-majority` test build counts a commit one voter short of a
+        // majority, so that scripts/sim-broken.sh can show the simulation catches it.
+        let majority = if cfg!(feature = "broken-ack-before-majority") {
+            (self.majority() - 1).max(1)
+        } else {
+            self.majority()
+        };
         let durable_end = self.durable_end;
         let epoch = self.epoch;
         let Some(leadership) = &mut self.leadership else {
@@ -1053,7 +1062,11 @@ impl Replica {
         durable.push(durable_end);
         durable.sort_by(|a, b| b.cmp(a));
         let quorum = durable[majority - 1].min(durable_end);
-        if quorum <= leadership.marker_offset || quorum <= self.high_watermark {
+        // The `broken-commit-without-marker` test build commits older epochs' batches by
+        // replica count alone (the Raft "figure 8" bug) for scripts/sim-broken.sh.
+        let marker_pending =
+            !cfg!(feature = "broken-commit-without-marker") && quorum <= leadership.marker_offset;
+        if marker_pending || quorum <= self.high_watermark {
             return;
         }
         self.high_watermark = quorum;
@@ -1199,7 +1212,9 @@ impl Replica {
         else {
             return;
         };
-        if epoch < self.promise_floor {
+        // The `broken-skip-epoch-check` test build follows deposed leaders (rule 5.1 broken)
+        // for scripts/sim-broken.sh.
+        if epoch < self.promise_floor && !cfg!(feature = "broken-skip-epoch-check") {
             effects.push(Effect::Send {
                 to: from,
                 message: PeerMessage::AppendResponse {
@@ -1331,7 +1346,13 @@ impl Replica {
                 offset: commit_known,
             });
         }
-        let durable_end = self.durable_end.min(self.leader_matched_end);
+        // The `broken-ack-unflushed` test build reports appended batches as durable before
+        // their flush (non-durable acknowledgements) for scripts/sim-broken.sh.
+        let durable_end = if cfg!(feature = "broken-ack-unflushed") {
+            self.log_end.min(self.leader_matched_end)
+        } else {
+            self.durable_end.min(self.leader_matched_end)
+        };
         self.durable_reported = self.durable_reported.max(durable_end);
         effects.push(Effect::Send {
             to: from,
