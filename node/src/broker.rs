@@ -376,6 +376,9 @@ impl<S: LogStore> Broker<S> {
             });
         }
         if let Some(handle) = hosted_partition(&catalog, state, partition) {
+            if handle.shared.snapshot().role != Role::Leader {
+                self.check_quorum_alive(&state.replicas[partition as usize])?;
+            }
             return Ok(handle.clone());
         }
         let (leader_hint, epoch) = match self.hinted_leader(topic, partition) {
@@ -386,6 +389,31 @@ impl<S: LogStore> Broker<S> {
             ),
         };
         Err(ApiError::NotLeader { leader_hint, epoch })
+    }
+
+    /// Refuses with `NotEnoughReplicas` when gossip says fewer than a majority of `replicas`
+    /// are alive (this node counts as alive). Only a better reason for a refusal that is
+    /// coming anyway (this replica does not lead, and without a majority no one can); never
+    /// consulted to accept anything.
+    fn check_quorum_alive(&self, replicas: &[NodeId]) -> Result<(), ApiError> {
+        if !self.config.cluster.is_clustered() {
+            return Ok(());
+        }
+        let view = self.cluster_view();
+        let alive = replicas
+            .iter()
+            .filter(|node| {
+                **node == self.config.node_id || view.get(node).is_some_and(|info| info.alive)
+            })
+            .count();
+        let needed = replicas.len() / 2 + 1;
+        if alive < needed {
+            return Err(ApiError::NotEnoughReplicas {
+                needed: needed as u16,
+                alive: alive as u16,
+            });
+        }
+        Ok(())
     }
 
     /// This node and every node gossip says is alive, by node id.
@@ -569,10 +597,19 @@ impl<S: LogStore> Broker<S> {
             .map(|partition| {
                 let snapshot = hosted_partition(&catalog, topic, partition)
                     .map(|handle| handle.shared.snapshot());
+                // Not hosted here: the leader as gossip names it; the log positions of a
+                // replica on another node are not known here (zero).
+                let (leader, leader_epoch) = match &snapshot {
+                    Some(snapshot) => (snapshot.leader, snapshot.epoch),
+                    None => match self.hinted_leader(&topic.name, partition) {
+                        Some((leader, epoch)) => (Some(leader), epoch),
+                        None => (None, Epoch::ZERO),
+                    },
+                };
                 PartitionDescription {
                     partition,
-                    leader: snapshot.as_ref().and_then(|snapshot| snapshot.leader),
-                    leader_epoch: snapshot.as_ref().map(|s| s.epoch).unwrap_or_default(),
+                    leader,
+                    leader_epoch,
                     replicas: topic.replicas[partition as usize].clone(),
                     log_start: snapshot.as_ref().map(|s| s.log_start).unwrap_or_default(),
                     high_watermark: snapshot
@@ -643,13 +680,19 @@ impl<S: LogStore> Broker<S> {
                 topic: request.name,
             });
         }
-        let replicas = (0..request.partitions)
-            .map(|partition| {
-                (0..replication_factor as usize)
-                    .map(|index| live[(partition as usize + index) % live.len()])
-                    .collect()
-            })
-            .collect();
+        let replicas = {
+            let catalog = self.catalog();
+            crate::placement::assign(
+                &request.name,
+                &live,
+                catalog
+                    .state
+                    .topics()
+                    .flat_map(|topic| topic.replicas.iter()),
+                request.partitions,
+                replication_factor,
+            )
+        };
         let record = MetaRecord::CreateTopic {
             name: request.name.clone(),
             partitions: request.partitions,

@@ -197,7 +197,13 @@ async fn start_membership<S: LogStore>(
     let changes_broker = Arc::clone(broker);
     tokio::spawn(async move {
         while let Some(change) = changes.recv().await {
-            tracing::info!(?change, "cluster change");
+            match &change {
+                // Hints change with every leadership change: not worth an info line each.
+                cairn_membership::ClusterChange::Updated(_) => {
+                    tracing::debug!(?change, "cluster change")
+                }
+                _ => tracing::info!(?change, "cluster change"),
+            }
             changes_broker.apply_cluster_change(change);
         }
     });
