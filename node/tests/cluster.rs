@@ -693,3 +693,96 @@ fn last_acked(acked: &[Acked]) -> Offset {
         .max()
         .expect("some acks")
 }
+
+fn brokers_listed(node: &support::TestNode) -> usize {
+    match node
+        .wire()
+        .call(Request::Metadata(MetadataRequest { topics: None }))
+    {
+        Ok(Response::Metadata(metadata)) => metadata.brokers.len(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn a_node_started_later_joins_with_seeds_learns_metadata_and_gets_replicas() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "before", 1).await;
+        let joiner = blocking(|| cluster.add_joiner(&[]));
+        let address = cluster.node(joiner).address().to_string();
+        // It learned what was created before it joined, and everyone sees four nodes.
+        let mut wire = cluster.node(joiner).wire();
+        assert_eq!(describe(&mut wire, "before").unwrap().len(), 1);
+        for node in &cluster.nodes {
+            let four = eventually(Duration::from_secs(10), || brokers_listed(node) == 4);
+            assert!(four, "node {} lists four brokers", node.node_id);
+        }
+        // Created through the joiner (it is no voter: the client follows its leader hint).
+        let admin = Admin::new(client_config(&address)).unwrap();
+        let topic = admin
+            .create_topic("after", 4, Some(3), TopicConfig::default())
+            .await
+            .unwrap();
+        // Counting what "before" holds too, every node holds as many replicas and is the
+        // preferred leader as often as any other, give or take one.
+        let earlier = admin.topic_metadata("before").await.unwrap();
+        let mut replicas: HashMap<NodeId, usize> = HashMap::new();
+        let mut preferred: HashMap<NodeId, usize> = HashMap::new();
+        for partition in topic.partitions.iter().chain(&earlier.partitions) {
+            *preferred.entry(partition.replicas[0]).or_insert(0) += 1;
+            for node in &partition.replicas {
+                *replicas.entry(*node).or_insert(0) += 1;
+            }
+        }
+        for counts in [&replicas, &preferred] {
+            assert_eq!(counts.len(), 4, "every node takes part: {topic:?}");
+            let max = counts.values().max().unwrap();
+            let min = counts.values().min().unwrap();
+            assert!(max - min <= 1, "balanced: {counts:?} for {topic:?}");
+        }
+        for partition in &topic.partitions {
+            assert!(partition.leader.is_some(), "created means led: {topic:?}");
+        }
+        // Records go through the joiner and come back from every partition.
+        let producer = Producer::new(client_config(&address), producer_config(20_000))
+            .await
+            .unwrap();
+        for partition in 0..4 {
+            producer
+                .send_to("after", partition, Record::new(format!("j{partition}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        // A learner keeps no metadata of its own: after a restart it learns it again.
+        blocking(|| {
+            let node = cluster.node_mut(joiner);
+            node.kill();
+            node.restart();
+        });
+        let mut wire = cluster.node(joiner).wire();
+        assert_eq!(describe(&mut wire, "after").unwrap().len(), 4);
+        let mut consumer = Consumer::new(
+            client_config(&address),
+            ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                fetch_max_wait_ms: 100,
+                ..ConsumerConfig::default()
+            },
+        )
+        .unwrap();
+        consumer.assign_topic("after").await.unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 4 && Instant::now() < deadline {
+            for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
+                seen.push(String::from_utf8_lossy(&record.value).into_owned());
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, vec!["j0", "j1", "j2", "j3"]);
+    });
+}
