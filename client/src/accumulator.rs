@@ -229,6 +229,9 @@ pub(crate) struct ReadyBatch {
     pub attempts: u32,
     pub not_before: Option<Instant>,
     pub last_error: Option<ClientError>,
+    /// Set when an idempotent producer stamped the batch (on its first send); retries keep
+    /// the stamp, so the leader can tell a retry from a new batch.
+    pub stamped: bool,
 }
 
 #[derive(Default)]
@@ -284,6 +287,7 @@ impl TopicQueues {
             attempts: 0,
             not_before: None,
             last_error: None,
+            stamped: false,
         });
         // Keyless records move on once the sticky partition's batch is on its way.
         if self.sticky == Some(partition) {

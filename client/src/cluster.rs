@@ -286,7 +286,15 @@ impl Cluster {
                 let connection = match target {
                     Some(node_id) => match self.broker_connection(node_id).await {
                         Ok(connection) => connection,
-                        Err(_) => self.any_connection().await?,
+                        Err(_) => {
+                            // A client that never fetched metadata does not know where the
+                            // hinted node listens yet: learn it once, then go there.
+                            let _ = self.refresh(&[]).await;
+                            match self.broker_connection(node_id).await {
+                                Ok(connection) => connection,
+                                Err(_) => self.any_connection().await?,
+                            }
+                        }
                     },
                     None => self.any_connection().await?,
                 };

@@ -143,6 +143,12 @@ pub struct ProducerConfig {
     /// First wait before a batch is retried; doubles up to `retry_backoff_max_ms`.
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
+    /// Idempotent producing (on by default, as in Kafka 3+): the producer gets an id from the
+    /// cluster and numbers its batches per partition, so a retried batch is written once and
+    /// order per partition holds across retries. It applies with `acks = All` only (with
+    /// weaker acks an acknowledged batch may be lost, and the sequence with it), and needs
+    /// `requests_in_flight_per_partition_max <= 5`, the batches a leader remembers per producer.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -157,11 +163,21 @@ impl Default for ProducerConfig {
             request_timeout_ms: 10_000,
             retry_backoff_ms: 50,
             retry_backoff_max_ms: 1_000,
+            enable_idempotence: true,
         }
     }
 }
 
+/// Batches a partition leader remembers per idempotent producer (Kafka's 5): more in flight
+/// and a retry could miss its first attempt and be written twice.
+pub const IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX: usize = 5;
+
 impl ProducerConfig {
+    /// Whether batches are stamped with a producer id and sequences.
+    pub fn idempotent(&self) -> bool {
+        self.enable_idempotence && self.acks == Acks::All
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.batch_bytes_max < cairn_protocol::batch::HEADER_BYTES + 16 {
             return Err(ClientError::invalid(
@@ -195,6 +211,15 @@ impl ProducerConfig {
             return Err(ClientError::invalid(
                 "retry_backoff_ms must not exceed retry_backoff_max_ms",
             ));
+        }
+        if self.idempotent()
+            && self.requests_in_flight_per_partition_max > IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX
+        {
+            return Err(ClientError::invalid(format!(
+                "with enable_idempotence, requests_in_flight_per_partition_max must be at most \
+                 {IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX}: a leader remembers that many batches \
+                 per producer to recognise retries"
+            )));
         }
         Ok(())
     }
@@ -290,6 +315,24 @@ mod tests {
             ..ClientConfig::default()
         };
         assert!(client.validate().is_err());
+        let pipelined = ProducerConfig {
+            requests_in_flight_per_partition_max: 6,
+            ..ProducerConfig::default()
+        };
+        assert!(pipelined.validate().is_err());
+        // Without idempotence (explicitly, or by weaker acks) the limit does not apply.
+        ProducerConfig {
+            enable_idempotence: false,
+            ..pipelined.clone()
+        }
+        .validate()
+        .unwrap();
+        let leader_acks = ProducerConfig {
+            acks: Acks::Leader,
+            ..pipelined
+        };
+        assert!(!leader_acks.idempotent());
+        leader_acks.validate().unwrap();
     }
 
     #[test]

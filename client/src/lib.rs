@@ -12,6 +12,8 @@
 //!   reconnects, and the retry-with-backoff loop bounded by a deadline.
 //! - [`admin`]: [`Admin`] creates, deletes, lists and describes topics.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
+//! - `idempotence` (internal): the idempotent producer's id, epochs and sequences per
+//!   partition, so the leader writes a retried batch once.
 //! - `accumulator` (internal) and [`producer`]: [`Producer`] batches records per partition
 //!   with a bounded buffer (backpressure) and resolves a [`DeliveryFuture`] per record.
 //! - [`consumer`]: [`Consumer`] reads assigned partitions with multi-partition long polls.
@@ -48,6 +50,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+mod idempotence;
 pub mod partitioner;
 pub mod producer;
 

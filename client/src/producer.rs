@@ -8,12 +8,16 @@
 //! gives the buffer space back, or puts the batch back for a retry.
 //!
 //! Retries: a retriable failure (leader moved, timeout, connection lost) refreshes metadata
-//! when needed and resends the batch after a backoff, until the delivery timeout. Ordering
-//! caveat: with more than one batch in flight per partition, a failed batch can be retried
-//! after a later batch of the same partition was already written, and a batch whose reply was
-//! lost may be written twice. Idempotent producing (producer ids and sequences, in a later
-//! version) removes both; until then set `requests_in_flight_per_partition_max = 1` for
-//! strict order under failures.
+//! when needed and resends the batch after a backoff, until the delivery timeout.
+//!
+//! Idempotence (on by default with `acks = All`, module `idempotence`): before its first send
+//! a batch is stamped with the producer id (fetched from the cluster on first use), the
+//! partition's epoch and its first sequence number; retries resend the same bytes. The leader
+//! writes a batch it already holds only once (answering with the first write's offsets) and
+//! refuses one that would skip a sequence, so neither a lost reply nor a failed batch that is
+//! retried behind later ones duplicates or reorders records. Without idempotence (or with
+//! weaker acks) a retried batch may be written twice, and with more than one batch in flight
+//! per partition a retried batch may land after a later one.
 
 use crate::accumulator::{
     Accumulator, AccumulatorConfig, AppendError, PartitionChoice, ReadyBatch,
@@ -21,9 +25,10 @@ use crate::accumulator::{
 use crate::cluster::{unexpected, Cluster};
 use crate::config::{ClientConfig, ProducerConfig};
 use crate::error::{ClientError, Result};
+use crate::idempotence::{Idempotence, Stamp};
 use crate::partitioner::{murmur2, to_positive};
-use cairn_protocol::batch::record_encoded_bytes;
-use cairn_protocol::messages::ProduceRequest;
+use cairn_protocol::batch::{record_encoded_bytes, RecordBatch};
+use cairn_protocol::messages::{InitProducerIdRequest, ProduceRequest};
 use cairn_protocol::{Acks, ApiError, Record, Request, Response};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +79,8 @@ struct Inner {
     /// Signalled by the sender task when it has sent everything after close.
     stopped: Notify,
     sender_done: AtomicBool,
+    /// Producer id, epochs and sequences; `None` when the producer is not idempotent.
+    idempotence: Option<Mutex<Idempotence>>,
 }
 
 struct CloseOnDrop(Arc<Inner>);
@@ -122,6 +129,9 @@ impl Producer {
             },
             seed,
         );
+        let idempotence = config
+            .idempotent()
+            .then(|| Mutex::new(Idempotence::default()));
         let inner = Arc::new(Inner {
             cluster,
             buffer: Semaphore::new(config.buffer_bytes_max),
@@ -131,6 +141,7 @@ impl Producer {
             closed: AtomicBool::new(false),
             stopped: Notify::new(),
             sender_done: AtomicBool::new(false),
+            idempotence,
         });
         tokio::spawn(sender_loop(Arc::clone(&inner)));
         Producer {
@@ -377,6 +388,14 @@ async fn sender_loop(inner: Arc<Inner>) {
 /// Writes one batch to its leader and leaves a task waiting for the reply. Returns false when
 /// the batch could not be written (it was put back for a retry, or failed).
 async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) -> bool {
+    let batch = if batch.stamped {
+        batch
+    } else {
+        match stamp(inner, batch).await {
+            Some(batch) => batch,
+            None => return false,
+        }
+    };
     let connection = match inner
         .cluster
         .leader_connection(&batch.topic, batch.partition)
@@ -423,7 +442,110 @@ async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) -> bool {
     }
 }
 
+/// Stamps an idempotent producer's batch before its first send (see the module docs).
+/// Returns the batch to send, or `None` when it is not sent now: it was put back to wait for
+/// an earlier batch of its partition, or it failed.
+async fn stamp(inner: &Arc<Inner>, mut batch: ReadyBatch) -> Option<ReadyBatch> {
+    let Some(idempotence) = &inner.idempotence else {
+        return Some(batch);
+    };
+    // At most two rounds: the second follows fetching a producer id.
+    for _ in 0..2 {
+        let decision = idempotence.lock().expect("idempotence lock").stamp(
+            &batch.topic,
+            batch.partition,
+            batch.record_count,
+        );
+        match decision {
+            Stamp::Off => return Some(batch),
+            Stamp::Now {
+                producer_id,
+                producer_epoch,
+                base_sequence,
+            } => {
+                batch.stamped = true;
+                match RecordBatch::from_trusted(batch.bytes.clone()) {
+                    Ok(built) => {
+                        batch.bytes = built
+                            .with_producer(producer_id, producer_epoch, base_sequence)
+                            .into_bytes();
+                        return Some(batch);
+                    }
+                    Err(error) => {
+                        // Built by the accumulator a moment ago: a bug, reported per record
+                        // (and, the batch being stamped, its sequence is given up).
+                        let error = ClientError::protocol(format!("unreadable own batch: {error}"));
+                        inner.complete(batch, Err(error));
+                        return None;
+                    }
+                }
+            }
+            Stamp::Wait => {
+                inner.requeue_waiting(batch);
+                return None;
+            }
+            Stamp::EpochsExhausted => {
+                let error = ClientError::invalid(
+                    "this partition's producer epochs are exhausted; create a new producer",
+                );
+                inner.complete(batch, Err(error));
+                return None;
+            }
+            Stamp::NeedProducerId => {
+                if let Err(error) = inner.init_producer_id().await {
+                    inner.failed(batch, error);
+                    return None;
+                }
+            }
+        }
+    }
+    inner.failed(
+        batch,
+        ClientError::protocol("no producer id after InitProducerId"),
+    );
+    None
+}
+
 impl Inner {
+    /// Asks the cluster for a producer id (any node forwards the client to the metadata
+    /// leader by its `NotLeader` hint). A cluster that does not know the request turns
+    /// idempotence off for this producer rather than failing every record.
+    async fn init_producer_id(&self) -> Result<()> {
+        let Some(idempotence) = &self.idempotence else {
+            return Ok(());
+        };
+        let reply = self
+            .cluster
+            .call_any(Request::InitProducerId(InitProducerIdRequest {}))
+            .await;
+        match reply {
+            Ok(Response::InitProducerId(reply)) => {
+                tracing::debug!(producer_id = reply.producer_id, "idempotent producer id");
+                idempotence
+                    .lock()
+                    .expect("idempotence lock")
+                    .set_producer_id(reply.producer_id, reply.producer_epoch);
+                Ok(())
+            }
+            Ok(other) => Err(unexpected("InitProducerId", &other)),
+            Err(ClientError::Api(ApiError::UnknownRequestType { detail })) => {
+                tracing::warn!(%detail, "the cluster offers no producer ids: idempotence is off");
+                idempotence.lock().expect("idempotence lock").turn_off();
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Puts back a batch that must wait for an earlier one of its partition; the sender is
+    /// woken again when a batch completes.
+    fn requeue_waiting(&self, batch: ReadyBatch) {
+        self.accumulator
+            .lock()
+            .expect("accumulator lock")
+            .requeue(batch);
+    }
+
     /// A sent batch failed: retry it after a backoff if the failure is retriable and the
     /// delivery timeout allows, else fail its records.
     fn failed(&self, mut batch: ReadyBatch, error: ClientError) {
@@ -473,6 +595,15 @@ impl Inner {
     }
 
     fn resolve(&self, batch: ReadyBatch, outcome: Result<Option<cairn_protocol::Offset>>) {
+        if batch.stamped {
+            if let Some(idempotence) = &self.idempotence {
+                idempotence.lock().expect("idempotence lock").resolved(
+                    &batch.topic,
+                    batch.partition,
+                    outcome.is_ok(),
+                );
+            }
+        }
         batch.shared.complete(outcome);
         self.buffer.add_permits(batch.buffered_bytes);
         self.wake.notify_one();

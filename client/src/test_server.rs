@@ -28,7 +28,18 @@ pub(crate) struct State {
     pub produce_requests: u64,
     /// Metadata reports no leader for any partition (an election in progress).
     pub leaderless: bool,
+    /// Errors handed out, in order, to the next produce requests *after* their batch was
+    /// appended: an acknowledgement lost on its way back.
+    pub replies_lost: VecDeque<ApiError>,
+    /// Producer ids handed out so far (`InitProducerId`); the next id is this count.
+    pub producer_ids_issued: i64,
+    /// Idempotent producers per (topic, partition, producer id): epoch, and the sequence
+    /// ranges written with their base offsets, as a leader's replica keeps them.
+    pub producers: HashMap<(String, u32, i64), ProducerWritten>,
 }
+
+/// An idempotent producer's epoch and its batches (first sequence, last sequence, base offset).
+pub(crate) type ProducerWritten = (i16, Vec<(i32, i32, Offset)>);
 
 pub(crate) struct TestServer {
     pub address: String,
@@ -282,17 +293,65 @@ async fn handle(
                 .get_mut(&request.topic)
                 .ok_or_else(|| unknown_topic(&request.topic))?;
             let partitions = logs.len() as u32;
-            let log = logs.get_mut(request.partition as usize).ok_or_else(|| {
-                ApiError::UnknownPartition {
+            if request.partition >= partitions {
+                return Err(ApiError::UnknownPartition {
                     topic: request.topic.clone(),
                     partition: request.partition,
                     partitions,
+                });
+            }
+            let header = *batch.header();
+            let key = (request.topic.clone(), request.partition, header.producer_id);
+            if header.has_producer() {
+                // The leader's rules for idempotent producers (cairn_replica::producers), for
+                // a known producer of the same epoch: a repeat is answered with its first
+                // offset, a gap is refused.
+                if let Some((epoch, written)) = state.producers.get(&key) {
+                    if *epoch == header.producer_epoch {
+                        let last_sequence = header.last_sequence();
+                        if let Some(&(_, _, base_offset)) =
+                            written.iter().find(|&&(first, last, _)| {
+                                first == header.base_sequence && last == last_sequence
+                            })
+                        {
+                            return Ok(Response::Produce(ProduceResponse {
+                                base_offset,
+                                leader_epoch: Epoch(1),
+                                duplicate: true,
+                            }));
+                        }
+                        let expected = written.last().map_or(0, |&(_, last, _)| last + 1);
+                        if header.base_sequence != expected {
+                            return Err(ApiError::OutOfOrderSequence {
+                                producer_id: header.producer_id,
+                                expected,
+                                received: header.base_sequence,
+                            });
+                        }
+                    }
                 }
-            })?;
+            }
+            let logs = state.topics.get_mut(&request.topic).expect("checked above");
+            let log = &mut logs[request.partition as usize];
             let base_offset = log.log_end;
             let stamped = batch.stamped(base_offset, Epoch(1));
             log.log_end = stamped.next_offset();
             log.batches.push(stamped);
+            if header.has_producer() {
+                let entry = state
+                    .producers
+                    .entry(key)
+                    .or_insert((header.producer_epoch, Vec::new()));
+                if entry.0 != header.producer_epoch {
+                    *entry = (header.producer_epoch, Vec::new());
+                }
+                entry
+                    .1
+                    .push((header.base_sequence, header.last_sequence(), base_offset));
+            }
+            if let Some(error) = state.replies_lost.pop_front() {
+                return Err(error);
+            }
             Ok(Response::Produce(ProduceResponse {
                 base_offset,
                 leader_epoch: Epoch(1),
@@ -345,6 +404,15 @@ async fn handle(
             Ok(Response::ListOffsets(ListOffsetsResponse {
                 offset,
                 timestamp_ms,
+            }))
+        }
+        Request::InitProducerId(_) => {
+            let mut state = state.lock().unwrap();
+            let producer_id = state.producer_ids_issued;
+            state.producer_ids_issued += 1;
+            Ok(Response::InitProducerId(InitProducerIdResponse {
+                producer_id,
+                producer_epoch: 0,
             }))
         }
         other => Err(ApiError::InvalidRequest {

@@ -639,3 +639,126 @@ async fn batches_wait_out_a_leaderless_partition_and_keep_their_order() {
     let expected: Vec<String> = (0..60).map(|i| format!("{i:0300}")).collect();
     assert_eq!(values, expected, "every record once, in send order");
 }
+
+/// Stored values of one partition, in offset order.
+fn stored_values(server: &TestServer, topic: &str, partition: u32) -> Vec<String> {
+    server
+        .records(topic, partition)
+        .into_iter()
+        .map(|(_, _, value, _)| String::from_utf8(value.to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_whose_acknowledgement_was_lost_is_written_once() {
+    for enable_idempotence in [true, false] {
+        let server = TestServer::start().await;
+        server.create_topic("t", 1);
+        // The first produce is appended, but its reply never arrives.
+        server
+            .state
+            .lock()
+            .unwrap()
+            .replies_lost
+            .push_back(ApiError::Timeout { waited_ms: 1 });
+        let config = ProducerConfig {
+            enable_idempotence,
+            ..ProducerConfig::default()
+        };
+        let producer = producer(&server, config).await;
+        let first = producer.send("t", Record::new("a")).await.unwrap();
+        let second = producer.send("t", Record::new("b")).await.unwrap();
+        producer.flush().await.unwrap();
+        let first = first.await.unwrap().offset;
+        let second = second.await.unwrap().offset;
+        let stored = stored_values(&server, "t", 0);
+        if enable_idempotence {
+            assert_eq!(stored, vec!["a", "b"], "the retry was recognised");
+            assert_eq!((first, second), (Some(Offset(0)), Some(Offset(1))));
+            assert_eq!(server.state.lock().unwrap().producer_ids_issued, 1);
+        } else {
+            // The control: without idempotence the same fault stores the batch twice.
+            assert_eq!(stored, vec!["a", "b", "a", "b"]);
+            assert_eq!((first, second), (Some(Offset(2)), Some(Offset(3))));
+            assert_eq!(server.state.lock().unwrap().producer_ids_issued, 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_not_overtaken_by_later_ones_in_flight() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let config = ProducerConfig {
+        batch_bytes_max: 1024,
+        linger_ms: 0,
+        retry_backoff_ms: 5,
+        retry_backoff_max_ms: 20,
+        ..ProducerConfig::default()
+    };
+    let producer = producer(&server, config).await;
+    producer
+        .send_and_wait("t", Record::new("first"))
+        .await
+        .unwrap();
+    // The next produce is refused; those pipelined behind it would skip its sequence.
+    server
+        .state
+        .lock()
+        .unwrap()
+        .produce_failures
+        .push_back(ApiError::NotLeader {
+            leader_hint: Some(NodeId(1)),
+            epoch: Epoch(1),
+        });
+    let mut deliveries = Vec::new();
+    for i in 0..40 {
+        let record = Record::new(format!("{i:0300}"));
+        deliveries.push(producer.send_to("t", 0, record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let mut expected = vec!["first".to_owned()];
+    expected.extend((0..40).map(|i| format!("{i:0300}")));
+    assert_eq!(
+        stored_values(&server, "t", 0),
+        expected,
+        "every record once, in send order"
+    );
+    assert!(
+        server.state.lock().unwrap().produce_requests > 15,
+        "several batches were in flight and some were retried"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_for_good_restarts_the_partition_sequence_in_a_new_epoch() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let producer = producer(&server, ProducerConfig::default()).await;
+    producer.send_and_wait("t", Record::new("a")).await.unwrap();
+    // A refusal no retry can fix: the batch's sequence is never written.
+    server
+        .state
+        .lock()
+        .unwrap()
+        .produce_failures
+        .push_back(ApiError::CorruptBatch {
+            reason: "injected".into(),
+        });
+    let failed = producer.send_and_wait("t", Record::new("b")).await;
+    assert!(matches!(
+        failed,
+        Err(ClientError::Api(ApiError::CorruptBatch { .. }))
+    ));
+    // Without a new epoch the next batch would skip the lost sequence and be refused forever.
+    let next = producer.send_and_wait("t", Record::new("c")).await.unwrap();
+    assert_eq!(next.offset, Some(Offset(1)));
+    assert_eq!(stored_values(&server, "t", 0), vec!["a", "c"]);
+    let state = server.state.lock().unwrap();
+    let (epoch, written) = &state.producers[&("t".to_owned(), 0, 0)];
+    assert_eq!(*epoch, 1);
+    assert_eq!(written[0].0, 0, "the new epoch starts at sequence 0");
+}

@@ -11,6 +11,7 @@
 //! - [`broker`]: what the node hosts: the `__meta` partition, the applier that turns committed
 //!   metadata into topics and partition actors, and the lookups requests need.
 //! - [`meta`]: `__meta` records and the deterministic [`meta::MetadataState`] they build.
+//! - [`placement`]: which nodes hold a new topic's replicas (balanced, preferred leader first).
 //! - [`partition`]: the partition actor (one per hosted replica): replica inputs in, effects
 //!   executed (append, group-commit flush, reply, high-watermark watch), reads for fetch.
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
@@ -24,4 +25,5 @@ pub mod meta;
 pub mod node;
 pub mod partition;
 pub mod peer;
+pub mod placement;
 pub mod server;

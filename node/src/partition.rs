@@ -223,6 +223,11 @@ impl<S: LogStore> PartitionHandle<S> {
         });
         let mailbox_max = spec.mailbox_max;
         let log_name = spec.log_name.clone();
+        // The first replica of a set is its preferred leader (placement balances them). It
+        // starts its first candidacy as soon as its own post-start lease wait allows, ahead of
+        // the others' election timeouts, so leaders spread as placement intended. Only a hint:
+        // the lease rules still decide, and a replica that hears a leader stays a follower.
+        let preferred = spec.voters.len() > 1 && spec.voters.first() == Some(&spec.node);
         let actor_shared = Arc::clone(&shared);
         let addr = PartitionActor::start_in_arbiter(arbiter, move |ctx| {
             // Produce messages are bounded by our own counter; the actix mailbox gets room for
@@ -249,6 +254,9 @@ impl<S: LogStore> PartitionHandle<S> {
                 peers: spec.peers,
             };
             actor.execute(ctx, first_effects);
+            if preferred {
+                actor.run(ctx, Input::LeaderSuspected);
+            }
             actor
         });
         Ok(PartitionHandle {

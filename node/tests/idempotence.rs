@@ -1,11 +1,19 @@
 //! Idempotent producing against a real node process: producer ids from the cluster, retried
-//! batches written once (also after SIGKILL and restart), gaps and fenced epochs refused.
+//! batches written once (also after SIGKILL and restart), gaps and fenced epochs refused, and
+//! the client's producer riding out a lost acknowledgement without a duplicate.
 
 mod support;
 
+use cairn_client::{ClientConfig, Producer, ProducerConfig, Record};
 use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::frame::decode_response;
 use cairn_protocol::messages::{InitProducerIdRequest, ProduceResponse};
 use cairn_protocol::{ApiError, Offset, Request, Response};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use support::{batch_of, TestNode, Wire};
 
 fn init_producer_id(wire: &mut Wire) -> i64 {
@@ -173,4 +181,148 @@ fn an_older_producer_epoch_is_fenced_and_a_newer_one_restarts_at_zero() {
             .collect::<Vec<_>>(),
         vec!["a", "b"]
     );
+}
+
+/// A TCP proxy in front of a node that can lose produce acknowledgements: it forwards bytes
+/// both ways, but when asked, it swallows the next successful `Produce` reply and closes the
+/// connection, as a network failure right after the node wrote the batch would.
+struct LossyProxy {
+    address: SocketAddr,
+    target: Arc<OnceLock<SocketAddr>>,
+    replies_to_lose: Arc<AtomicUsize>,
+}
+
+impl LossyProxy {
+    fn bind() -> LossyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let address = listener.local_addr().unwrap();
+        let target: Arc<OnceLock<SocketAddr>> = Arc::new(OnceLock::new());
+        let replies_to_lose = Arc::new(AtomicUsize::new(0));
+        let (accept_target, accept_losses) = (Arc::clone(&target), Arc::clone(&replies_to_lose));
+        // Ends with the test process; each connection's threads end when either side closes.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Some(&target) = accept_target.get() else {
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let losses = Arc::clone(&accept_losses);
+                let (client_in, server_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || copy_requests(client_in, server_out));
+                std::thread::spawn(move || copy_replies(server, client, losses));
+            }
+        });
+        LossyProxy {
+            address,
+            target,
+            replies_to_lose,
+        }
+    }
+
+    fn forward_to(&self, node: SocketAddr) {
+        self.target.set(node).expect("set once");
+    }
+
+    fn lose_produce_replies(&self, count: usize) {
+        self.replies_to_lose.store(count, Ordering::SeqCst);
+    }
+}
+
+fn copy_requests(mut from: TcpStream, mut to: TcpStream) {
+    let mut buffer = [0u8; 16 * 1024];
+    while let Ok(read) = from.read(&mut buffer) {
+        if read == 0 || to.write_all(&buffer[..read]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+fn copy_replies(mut from: TcpStream, mut to: TcpStream, losses: Arc<AtomicUsize>) {
+    loop {
+        let mut length = [0u8; 4];
+        if from.read_exact(&mut length).is_err() {
+            break;
+        }
+        let mut payload = vec![0u8; u32::from_be_bytes(length) as usize];
+        if from.read_exact(&mut payload).is_err() {
+            break;
+        }
+        let produced = matches!(
+            decode_response(&payload).map(|frame| frame.result),
+            Ok(Ok(Response::Produce(_)))
+        );
+        let lose = produced
+            && losses
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok();
+        if lose || to.write_all(&length).is_err() || to.write_all(&payload).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_producer_whose_acknowledgement_is_lost_writes_the_batch_once() {
+    // With idempotence (the default), then without it: the control shows the fault is real.
+    for enable_idempotence in [true, false] {
+        let proxy = LossyProxy::bind();
+        let advertised = proxy.address.to_string();
+        let node = TestNode::start_with(&["--advertised-address", &advertised]);
+        proxy.forward_to(node.address());
+        let mut wire = node.wire();
+        wire.create_topic("t", 1).unwrap();
+        let client = ClientConfig {
+            retry_backoff_ms: 20,
+            retry_backoff_max_ms: 100,
+            ..ClientConfig::new(&advertised).unwrap()
+        };
+        let config = ProducerConfig {
+            enable_idempotence,
+            ..ProducerConfig::default()
+        };
+        let offsets = tokio::time::timeout(Duration::from_secs(60), async {
+            let producer = Producer::new(client, config).await.unwrap();
+            proxy.lose_produce_replies(1);
+            let first = producer.send_to("t", 0, Record::new("a")).await.unwrap();
+            let second = producer.send_to("t", 0, Record::new("b")).await.unwrap();
+            producer.flush().await.unwrap();
+            let first = first.await.unwrap().offset.unwrap();
+            let second = second.await.unwrap().offset.unwrap();
+            producer.close().await.unwrap();
+            (first, second)
+        })
+        .await
+        .expect("the producer finishes in time");
+        assert_eq!(
+            proxy.replies_to_lose.load(Ordering::SeqCst),
+            0,
+            "a reply was lost"
+        );
+        let stored = values(&mut wire);
+        if enable_idempotence {
+            let expected: Vec<(Offset, String)> =
+                vec![(offsets.0, "a".into()), (offsets.1, "b".into())];
+            assert_eq!(
+                stored, expected,
+                "written once, at the acknowledged offsets"
+            );
+        } else {
+            let stored: Vec<String> = stored.into_iter().map(|(_, value)| value).collect();
+            assert_eq!(
+                stored,
+                vec!["a", "b", "a", "b"],
+                "the control writes it twice"
+            );
+        }
+    }
 }

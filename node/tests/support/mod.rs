@@ -7,10 +7,14 @@
 //! process behind. The node's stderr (its logs) goes to `node.log` next to the data directory
 //! and is printed when a start fails.
 //!
+//! [`cluster::TestCluster`] runs several such nodes as one cluster on fixed loopback ports.
+//!
 //! [`Wire`] speaks the protocol over a blocking `TcpStream` with a read timeout, so a test
 //! can send exact bytes, pipeline requests and read replies one by one.
 
 #![allow(dead_code)]
+
+pub mod cluster;
 
 use cairn_protocol::batch::{split_batches, Record, RecordBatch, RecordBatchBuilder, RecordView};
 use cairn_protocol::frame::{decode_response, encode_request};
@@ -28,6 +32,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a wire read may block before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The `cairn` binary cargo built for these tests. Worktrees sharing one target directory
+/// each hard-link their own build to this path, so run the tests right after a build of this
+/// checkout (cargo holds the target directory's lock while it runs them).
 pub fn cairn_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
 }
@@ -40,6 +47,8 @@ pub struct TestNode {
     child: Option<Child>,
     address: Option<SocketAddr>,
     extra_args: Vec<String>,
+    /// Ready lines of the running process, until [`TestNode::wait_ready`] takes one.
+    ready_lines: Option<mpsc::Receiver<String>>,
 }
 
 impl TestNode {
@@ -50,18 +59,25 @@ impl TestNode {
 
     /// Like [`TestNode::start`], with more flags (e.g. `--set limits.connections_max=2`).
     pub fn start_with(extra_args: &[&str]) -> TestNode {
-        let mut node = TestNode {
-            node_id: 1,
+        let mut node = TestNode::unstarted(1, None, extra_args);
+        node.spawn("127.0.0.1:0");
+        node
+    }
+
+    /// A node that is not started yet: `listen` fixes its address up front (a cluster's
+    /// seeds must be known before any node starts), `None` lets it pick a free port.
+    pub fn unstarted(node_id: u32, listen: Option<SocketAddr>, extra_args: &[&str]) -> TestNode {
+        TestNode {
+            node_id,
             temp: tempfile::Builder::new()
                 .prefix("cairn-test-")
                 .tempdir()
                 .expect("a temporary directory"),
             child: None,
-            address: None,
+            address: listen,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-        };
-        node.spawn("127.0.0.1:0");
-        node
+            ready_lines: None,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -94,6 +110,22 @@ impl TestNode {
     }
 
     fn spawn(&mut self, listen: &str) {
+        self.launch_at(listen);
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for its ready line (a cluster node is ready only
+    /// once a majority of the metadata voters runs, so its peers must start meanwhile).
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "the node is already running");
+        let listen = self
+            .address
+            .map(|address| address.to_string())
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        self.launch_at(&listen);
+    }
+
+    fn launch_at(&mut self, listen: &str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,6 +160,12 @@ impl TestNode {
             }
         });
         self.child = Some(child);
+        self.ready_lines = Some(ready_line);
+    }
+
+    /// Waits (bounded by [`READY_TIMEOUT`]) for the ready line of the launched process.
+    pub fn wait_ready(&mut self) {
+        let ready_line = self.ready_lines.take().expect("the node was launched");
         let started = Instant::now();
         loop {
             match ready_line.recv_timeout(Duration::from_millis(50)) {
@@ -199,11 +237,18 @@ impl TestNode {
     /// Starts the node again on the same data directory and the same address.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the node before restarting it");
-        let listen = self
-            .address
-            .map(|address| address.to_string())
-            .unwrap_or_else(|| "127.0.0.1:0".to_string());
-        self.spawn(&listen);
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to the running process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("the kill command runs");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     /// A connected wire client.
@@ -214,6 +259,7 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
+        // A stopped (SIGSTOP) process dies of SIGKILL all the same.
         self.kill();
     }
 }

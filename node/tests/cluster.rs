@@ -1,0 +1,788 @@
+//! Three real `cairn node` processes on 127.0.0.1 forming one cluster (gossip, `__meta` on
+//! three voters, replicas placed on every node), driven by the `cairn-client` producer and
+//! consumer, with faults injected by signals:
+//!
+//! - SIGKILL of a partition leader while a producer runs (failover, then catch-up and
+//!   truncation of the restarted old leader; every replica's sled files compared);
+//! - SIGSTOP of the leader past its lease, then SIGCONT (a deposed leader acknowledges nothing);
+//! - SIGKILL of two of three nodes (no quorum: typed refusals, nothing acknowledged), then one
+//!   restart (writes resume);
+//! - SIGKILL of every node at once, then a restart of all (every acknowledged record survives).
+//!
+//! The tests run one at a time (each starts three nodes on a small machine) and each is
+//! bounded in time; dropping a cluster kills its processes.
+
+mod support;
+
+use cairn_client::{
+    Admin, ApiError, AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset,
+    Producer, ProducerConfig, Record, TopicConfig,
+};
+use cairn_protocol::messages::{DescribeTopicRequest, MetadataRequest, PartitionDescription};
+use cairn_protocol::{NodeId, Request, Response};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use support::cluster::{partition_logs, replica_log, values_of, TestCluster};
+use support::{eventually, Wire};
+
+/// Every test is bounded: a test that hangs fails instead.
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One three-node test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Prints the tail of every node's log when a test fails, then kills the nodes.
+struct Guarded(TestCluster);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.0.nodes {
+                let logs = node.logs();
+                let lines: Vec<&str> = logs.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!("===== node {} (last lines) =====", node.node_id);
+                for line in tail {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = TestCluster;
+    fn deref(&self) -> &TestCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut TestCluster {
+        &mut self.0
+    }
+}
+
+fn start_cluster() -> Guarded {
+    Guarded(TestCluster::start(3, &[]))
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    ClientConfig {
+        retry_backoff_ms: 20,
+        retry_backoff_max_ms: 200,
+        // A stopped (SIGSTOP) node accepts TCP connections but never answers: give up on it
+        // quickly and try another.
+        request_timeout_ms: 2_000,
+        connect_timeout_ms: 1_000,
+        ..ClientConfig::new(bootstrap).unwrap()
+    }
+}
+
+fn producer_config(delivery_timeout_ms: u64) -> ProducerConfig {
+    ProducerConfig {
+        linger_ms: 0,
+        // Strict order across retries (see the producer's docs).
+        requests_in_flight_per_partition_max: 1,
+        delivery_timeout_ms,
+        request_timeout_ms: 2_000,
+        retry_backoff_ms: 20,
+        retry_backoff_max_ms: 200,
+        ..ProducerConfig::default()
+    }
+}
+
+async fn bounded<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, future)
+        .await
+        .expect("the test finishes in time")
+}
+
+/// Process control blocks (waiting for ready lines, exits). The test body runs on the test's
+/// own thread (`Runtime::block_on`) while the producer's tasks run on the runtime's workers,
+/// so blocking here stalls nothing else; this marks where it happens.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    work()
+}
+
+/// Runs one test body: alone (see [`SERIAL`]), on a fresh runtime, bounded in time.
+fn run(test: impl std::future::Future<Output = ()>) {
+    let _serial = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(bounded(test));
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: u32) {
+    Admin::new(client_config(bootstrap))
+        .unwrap()
+        .create_topic(topic, partitions, Some(3), TopicConfig::default())
+        .await
+        .unwrap();
+}
+
+/// The leader of `topic`/0 as the cluster reports it, once one is reported.
+async fn leader_of(bootstrap: &str, topic: &str) -> u32 {
+    let admin = Admin::new(client_config(bootstrap)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(metadata) = admin.topic_metadata(topic).await {
+            if let Some(leader) = metadata.partitions[0].leader {
+                return leader.0;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader reported for {topic}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn describe(wire: &mut Wire, topic: &str) -> Result<Vec<PartitionDescription>, ApiError> {
+    match wire.call(Request::DescribeTopic(DescribeTopicRequest {
+        name: topic.to_string(),
+    }))? {
+        Response::DescribeTopic(response) => Ok(response.partitions),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// What one node's own replica of `topic`/0 reports (not a hint: describe answers from the
+/// local replica when the node hosts one).
+fn local_replica(cluster: &TestCluster, node_id: u32, topic: &str) -> Option<PartitionDescription> {
+    let mut wire = cluster.node(node_id).wire();
+    describe(&mut wire, topic)
+        .ok()
+        .map(|mut partitions| partitions.remove(0))
+}
+
+/// Waits until every node's replica of `topic`/0 has the same log end, fully committed.
+fn wait_converged(cluster: &TestCluster, topic: &str) {
+    let converged = eventually(Duration::from_secs(20), || {
+        let replicas: Vec<_> = (1..=3)
+            .map(|id| local_replica(cluster, id, topic))
+            .collect();
+        let Some(first) = replicas[0].clone() else {
+            return false;
+        };
+        replicas.iter().all(|replica| {
+            replica.as_ref().is_some_and(|replica| {
+                replica.log_end == first.log_end
+                    && replica.high_watermark == replica.log_end
+                    && replica.leader.is_some()
+            })
+        })
+    });
+    assert!(converged, "the replicas of {topic} did not converge");
+}
+
+/// One acknowledged record: its value, where it was written, and when the ack came.
+#[derive(Debug, Clone)]
+struct Acked {
+    value: Vec<u8>,
+    offset: Offset,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    acked: Vec<Acked>,
+    failed: Vec<(Vec<u8>, ClientError)>,
+}
+
+/// Sends `prefix-000000`, `prefix-000001`, ... to partition 0 one at a time until `stop`,
+/// recording every outcome.
+async fn produce_until(
+    producer: Producer,
+    topic: &'static str,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+) -> History {
+    let mut history = History::default();
+    let mut index = 0u32;
+    while !stop.load(Ordering::Acquire) {
+        let value = format!("{prefix}-{index:06}").into_bytes();
+        index += 1;
+        let sent = producer.send_to(topic, 0, Record::new(value.clone())).await;
+        let outcome = match sent {
+            Ok(delivery) => delivery.await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(metadata) => history.acked.push(Acked {
+                value,
+                offset: metadata.offset.expect("acks=all reports the offset"),
+                at: Instant::now(),
+            }),
+            Err(error) => history.failed.push((value, error)),
+        }
+    }
+    history
+}
+
+/// Stops every node (SIGTERM), then reads each replica's log of the only topic partition
+/// from its sled files.
+fn stop_and_read_replicas(
+    cluster: &mut TestCluster,
+) -> Vec<Vec<cairn_protocol::batch::RecordBatch>> {
+    for node in &mut cluster.nodes {
+        let status = node.terminate();
+        assert!(
+            status.success(),
+            "node {} exited with {status}",
+            node.node_id
+        );
+    }
+    let logs = partition_logs(&cluster.nodes[0]);
+    assert_eq!(logs.len(), 1, "one topic partition: {logs:?}");
+    cluster
+        .nodes
+        .iter()
+        .map(|node| replica_log(node, &logs[0]))
+        .collect()
+}
+
+/// The replicas hold byte-identical logs; returns the (offset, value) records they hold.
+fn assert_identical_replicas(
+    replicas: &[Vec<cairn_protocol::batch::RecordBatch>],
+) -> Vec<(Offset, Vec<u8>)> {
+    for (index, replica) in replicas.iter().enumerate().skip(1) {
+        assert_eq!(
+            replica.len(),
+            replicas[0].len(),
+            "replica {} holds {} batches, replica 1 holds {}",
+            index + 1,
+            replica.len(),
+            replicas[0].len()
+        );
+        for (mine, theirs) in replica.iter().zip(&replicas[0]) {
+            assert_eq!(
+                mine.bytes(),
+                theirs.bytes(),
+                "replica {} differs at offset {}",
+                index + 1,
+                mine.base_offset()
+            );
+        }
+    }
+    values_of(&replicas[0])
+}
+
+/// Every acknowledged record is in `log` at the offset it was acknowledged with, and
+/// acknowledged records appear in the order they were sent.
+fn assert_acked_present(log: &[(Offset, Vec<u8>)], acked: &[Acked]) {
+    let by_offset: BTreeMap<Offset, &Vec<u8>> =
+        log.iter().map(|(offset, value)| (*offset, value)).collect();
+    assert_eq!(by_offset.len(), log.len(), "two records at one offset");
+    for record in acked {
+        assert_eq!(
+            by_offset.get(&record.offset).map(|value| value.as_slice()),
+            Some(record.value.as_slice()),
+            "acknowledged {:?} at {} is not there",
+            String::from_utf8_lossy(&record.value),
+            record.offset
+        );
+    }
+    for pair in acked.windows(2) {
+        assert!(
+            pair[0].offset < pair[1].offset,
+            "acks out of order: {pair:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cluster_forms_places_replicas_evenly_and_refuses_too_high_a_factor() {
+    run(async {
+        let cluster = blocking(start_cluster);
+        // Every node lists all three brokers.
+        for node in &cluster.nodes {
+            let listed = eventually(Duration::from_secs(10), || {
+                let mut wire = node.wire();
+                match wire.call(Request::Metadata(MetadataRequest { topics: None })) {
+                    Ok(Response::Metadata(metadata)) => metadata.brokers.len() == 3,
+                    _ => false,
+                }
+            });
+            assert!(listed, "node {} does not list three brokers", node.node_id);
+        }
+        // Created through one node only: whichever leads `__meta` serves it.
+        let third = cluster.node(3).address().to_string();
+        let admin = Admin::new(client_config(&third)).unwrap();
+        let topic = admin
+            .create_topic("spread", 3, None, TopicConfig::default())
+            .await
+            .unwrap();
+        let mut preferred = HashSet::new();
+        for partition in &topic.partitions {
+            let mut replicas = partition.replicas.clone();
+            preferred.insert(replicas[0]);
+            replicas.sort();
+            assert_eq!(replicas, vec![NodeId(1), NodeId(2), NodeId(3)]);
+        }
+        assert_eq!(preferred.len(), 3, "preferred leaders spread: {topic:?}");
+        match admin
+            .create_topic("too-wide", 1, Some(4), TopicConfig::default())
+            .await
+        {
+            Err(ClientError::Api(ApiError::InvalidReplicationFactor {
+                requested: 4,
+                available: 3,
+            })) => {}
+            other => panic!("expected InvalidReplicationFactor, got {other:?}"),
+        }
+        // Records written through the leaders are read back through any node.
+        let producer = Producer::new(client_config(&third), producer_config(20_000))
+            .await
+            .unwrap();
+        for partition in 0..3 {
+            producer
+                .send_to("spread", partition, Record::new(format!("p{partition}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let first = cluster.node(1).address().to_string();
+        let mut consumer = Consumer::new(
+            client_config(&first),
+            ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                fetch_max_wait_ms: 100,
+                ..ConsumerConfig::default()
+            },
+        )
+        .unwrap();
+        consumer.assign_topic("spread").await.unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 3 && Instant::now() < deadline {
+            for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
+                seen.push((record.partition, record.value.to_vec()));
+            }
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                (0, b"p0".to_vec()),
+                (1, b"p1".to_vec()),
+                (2, b"p2".to_vec())
+            ]
+        );
+        // Every replica, leader or not, reports a leader, its epoch and replicas.
+        for node_id in 1..=3 {
+            let mut wire = cluster.node(node_id).wire();
+            for partition in describe(&mut wire, "spread").unwrap() {
+                assert!(partition.leader.is_some(), "node {node_id}: {partition:?}");
+                assert!(partition.leader_epoch > cairn_protocol::Epoch::ZERO);
+                assert_eq!(partition.replicas.len(), 3);
+            }
+        }
+    });
+}
+
+#[test]
+fn killing_the_leader_fails_over_and_every_replica_ends_identical() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "failover", 1).await;
+        let producer = Producer::new(client_config(&bootstrap), producer_config(30_000))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = tokio::spawn(produce_until(producer, "failover", "a", Arc::clone(&stop)));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let leader = leader_of(&bootstrap, "failover").await;
+        let killed_at = Instant::now();
+        blocking(|| cluster.node_mut(leader).kill());
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let new_leader = leader_of(&bootstrap, "failover").await;
+        assert_ne!(new_leader, leader, "another node leads after the kill");
+        blocking(|| cluster.node_mut(leader).restart());
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        stop.store(true, Ordering::Release);
+        let history = running.await.unwrap();
+        assert!(
+            history.failed.is_empty(),
+            "the producer rode through the failover: {:?}",
+            history.failed
+        );
+        blocking(|| wait_converged(&cluster, "failover"));
+        let replicas = blocking(|| stop_and_read_replicas(&mut cluster));
+        let log = assert_identical_replicas(&replicas);
+        assert_acked_present(&log, &history.acked);
+        // Failover time: from the kill to the first ack of a record the next epoch wrote
+        // (replies of the old leader may still arrive just after the kill).
+        let before = history.acked.iter().filter(|a| a.at < killed_at).count();
+        let last_before = history
+            .acked
+            .iter()
+            .filter(|a| a.at < killed_at)
+            .map(|a| a.offset)
+            .max()
+            .expect("records were acknowledged before the kill");
+        let killed_epoch = replicas[0]
+            .iter()
+            .find(|batch| batch.next_offset() > last_before)
+            .expect("the last record acknowledged before the kill is stored")
+            .leader_epoch();
+        let successor_start = replicas[0]
+            .iter()
+            .find(|batch| batch.leader_epoch() > killed_epoch)
+            .expect("a later epoch after the kill")
+            .base_offset();
+        let successor: Vec<&Acked> = history
+            .acked
+            .iter()
+            .filter(|a| a.offset > successor_start)
+            .collect();
+        assert!(before > 0, "records were acknowledged before the kill");
+        assert!(
+            successor.len() > 1,
+            "records were acknowledged after the kill"
+        );
+        eprintln!(
+            "failover: first ack on the successor {} ms after SIGKILL of leader {leader} \
+             ({before} acks before the kill, {} on later epochs)",
+            successor[0].at.duration_since(killed_at).as_millis(),
+            successor.len()
+        );
+        // Exactly once: the producer is idempotent (the default), so a batch whose reply was
+        // lost to the leader change is recognised by the new leader when it is retried.
+        let mut counts: HashMap<&[u8], usize> = HashMap::new();
+        for (_, value) in &log {
+            *counts.entry(value.as_slice()).or_insert(0) += 1;
+        }
+        let twice: Vec<_> = counts
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .map(|(value, count)| (String::from_utf8_lossy(value), *count))
+            .collect();
+        assert!(twice.is_empty(), "records stored more than once: {twice:?}");
+    });
+}
+
+#[test]
+fn a_paused_leader_steps_down_and_acknowledges_nothing_after_waking() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "paused", 1).await;
+        let producer = Producer::new(client_config(&bootstrap), producer_config(30_000))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = tokio::spawn(produce_until(producer, "paused", "b", Arc::clone(&stop)));
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let leader = leader_of(&bootstrap, "paused").await;
+        let old = local_replica(&cluster, leader, "paused").unwrap();
+        assert_eq!(old.leader, Some(NodeId(leader)));
+        cluster.node(leader).signal("STOP");
+        // Far past the lease (200 ms in the test preset) and an election.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        // A produce that reaches the old leader while it sleeps: it is read the moment the
+        // process wakes, before anything else can tell it that it was deposed.
+        let mut late = cluster.node(leader).wire();
+        late.send(support::produce_request(
+            "paused",
+            0,
+            support::batch_of(&[b"late"]).into_bytes(),
+        ));
+        cluster.node(leader).signal("CONT");
+        let reply = blocking(|| late.recv());
+        assert!(
+            reply.result.is_err(),
+            "a deposed leader acknowledged a write after waking: {reply:?}"
+        );
+        let stepped_down = eventually(Duration::from_secs(10), || {
+            local_replica(&cluster, leader, "paused").is_some_and(|replica| {
+                replica.leader.is_some_and(|now| now != NodeId(leader))
+                    && replica.leader_epoch > old.leader_epoch
+            })
+        });
+        assert!(stepped_down, "the old leader follows a newer epoch");
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        stop.store(true, Ordering::Release);
+        let history = running.await.unwrap();
+        assert!(
+            history.failed.is_empty(),
+            "the producer rode through the pause: {:?}",
+            history.failed
+        );
+        blocking(|| wait_converged(&cluster, "paused"));
+        let replicas = blocking(|| stop_and_read_replicas(&mut cluster));
+        let log = assert_identical_replicas(&replicas);
+        assert_acked_present(&log, &history.acked);
+        assert!(
+            !log.iter().any(|(_, value)| value == b"late"),
+            "the write the deposed leader got after waking is nowhere"
+        );
+    });
+}
+
+#[test]
+fn without_a_quorum_writes_are_refused_and_resume_after_a_restart() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "quorum", 1).await;
+        let producer = Producer::new(client_config(&bootstrap), producer_config(20_000))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let first = produce_until(producer.clone(), "quorum", "c1", Arc::clone(&stop));
+        let writer = tokio::spawn(first);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.store(true, Ordering::Release);
+        let mut history = writer.await.unwrap();
+        assert!(!history.acked.is_empty());
+        // Kill both followers: the leader is left alone.
+        let leader = leader_of(&bootstrap, "quorum").await;
+        let others: Vec<u32> = (1..=3).filter(|id| *id != leader).collect();
+        for id in &others {
+            blocking(|| cluster.node_mut(*id).kill());
+        }
+        // Through the client: nothing is acknowledged, and the failure is a typed one.
+        let short = Producer::new(
+            client_config(&cluster.node(leader).address().to_string()),
+            producer_config(3_000),
+        )
+        .await
+        .unwrap();
+        let outcome = short
+            .send_to("quorum", 0, Record::new("no-quorum"))
+            .await
+            .unwrap()
+            .await;
+        match &outcome {
+            Err(ClientError::DeliveryTimeout { last, .. }) => {
+                assert!(last.is_retriable(), "{last:?}");
+            }
+            other => panic!("a write without a quorum must not be acknowledged: {other:?}"),
+        }
+        // Straight to the survivor: once gossip has noticed, the refusal names the reason.
+        let mut wire = cluster.node(leader).wire();
+        let mut last = None;
+        let named = eventually(Duration::from_secs(10), || {
+            let reply = wire.produce("quorum", 0, &[b"direct"]);
+            assert!(reply.is_err(), "acknowledged without a quorum: {reply:?}");
+            last = Some(reply.clone());
+            matches!(
+                reply,
+                Err(ApiError::NotEnoughReplicas {
+                    needed: 2,
+                    alive: 1
+                })
+            )
+        });
+        assert!(named, "expected NotEnoughReplicas, last reply {last:?}");
+        // One node back: a majority again, writes resume.
+        blocking(|| cluster.node_mut(others[0]).restart());
+        stop.store(false, Ordering::Release);
+        let writer = tokio::spawn(produce_until(producer, "quorum", "c2", Arc::clone(&stop)));
+        let resumed = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        stop.store(true, Ordering::Release);
+        let later = writer.await.unwrap();
+        assert!(
+            !later.acked.is_empty(),
+            "writes resumed after a restart: {:?}",
+            later.failed
+        );
+        eprintln!(
+            "quorum regained: first ack {} ms after the restart returned",
+            later.acked[0].at.duration_since(resumed).as_millis()
+        );
+        history.acked.extend(later.acked);
+        // Nothing acknowledged is lost: read everything back through the cluster.
+        let live = format!(
+            "{},{}",
+            cluster.node(leader).address(),
+            cluster.node(others[0]).address()
+        );
+        let log = read_all(&live, "quorum", last_acked(&history.acked)).await;
+        assert_acked_present(&log, &history.acked);
+        assert!(!log.iter().any(|(_, value)| value == b"direct"));
+    });
+}
+
+#[test]
+fn restarting_every_node_at_once_keeps_every_acknowledged_record() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "restart", 1).await;
+        let producer = Producer::new(client_config(&bootstrap), producer_config(20_000))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(produce_until(producer, "restart", "d", Arc::clone(&stop)));
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // Every node dies at once, with the producer still writing.
+        blocking(|| {
+            for node in &mut cluster.nodes {
+                node.kill();
+            }
+        });
+        stop.store(true, Ordering::Release);
+        let history = writer.await.unwrap();
+        assert!(history.acked.len() > 10, "{} acks", history.acked.len());
+        blocking(|| cluster.launch_all());
+        let log = read_all(&bootstrap, "restart", last_acked(&history.acked)).await;
+        assert_acked_present(&log, &history.acked);
+        // And the restarted cluster takes writes again.
+        let producer = Producer::new(client_config(&bootstrap), producer_config(20_000))
+            .await
+            .unwrap();
+        let again = producer
+            .send_to("restart", 0, Record::new("after"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(again.offset.unwrap() >= log.last().unwrap().0);
+    });
+}
+
+/// Committed records of `topic`/0 through the client consumer, from the start until one at
+/// or past `through` arrived (plus whatever a last short poll brings).
+async fn read_all(bootstrap: &str, topic: &str, through: Offset) -> Vec<(Offset, Vec<u8>)> {
+    let mut consumer = Consumer::new(
+        client_config(bootstrap),
+        ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            fetch_max_wait_ms: 100,
+            ..ConsumerConfig::default()
+        },
+    )
+    .unwrap();
+    consumer.assign(&[(topic, 0)]).await.unwrap();
+    let mut records: Vec<(Offset, Vec<u8>)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while records.last().is_none_or(|(offset, _)| *offset < through) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} stopped at {:?}, short of {through}",
+            records.last().map(|(offset, _)| *offset)
+        );
+        for record in consumer.poll(Duration::from_millis(300)).await.unwrap() {
+            records.push((record.offset, record.value.to_vec()));
+        }
+    }
+    for record in consumer.poll(Duration::from_millis(300)).await.unwrap() {
+        records.push((record.offset, record.value.to_vec()));
+    }
+    records
+}
+
+fn last_acked(acked: &[Acked]) -> Offset {
+    acked
+        .iter()
+        .map(|record| record.offset)
+        .max()
+        .expect("some acks")
+}
+
+fn brokers_listed(node: &support::TestNode) -> usize {
+    match node
+        .wire()
+        .call(Request::Metadata(MetadataRequest { topics: None }))
+    {
+        Ok(Response::Metadata(metadata)) => metadata.brokers.len(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn a_node_started_later_joins_with_seeds_learns_metadata_and_gets_replicas() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "before", 1).await;
+        let joiner = blocking(|| cluster.add_joiner(&[]));
+        let address = cluster.node(joiner).address().to_string();
+        // It learned what was created before it joined, and everyone sees four nodes.
+        let mut wire = cluster.node(joiner).wire();
+        assert_eq!(describe(&mut wire, "before").unwrap().len(), 1);
+        for node in &cluster.nodes {
+            let four = eventually(Duration::from_secs(10), || brokers_listed(node) == 4);
+            assert!(four, "node {} lists four brokers", node.node_id);
+        }
+        // Created through the joiner (it is no voter: the client follows its leader hint).
+        let admin = Admin::new(client_config(&address)).unwrap();
+        let topic = admin
+            .create_topic("after", 4, Some(3), TopicConfig::default())
+            .await
+            .unwrap();
+        // Counting what "before" holds too, every node holds as many replicas and is the
+        // preferred leader as often as any other, give or take one.
+        let earlier = admin.topic_metadata("before").await.unwrap();
+        let mut replicas: HashMap<NodeId, usize> = HashMap::new();
+        let mut preferred: HashMap<NodeId, usize> = HashMap::new();
+        for partition in topic.partitions.iter().chain(&earlier.partitions) {
+            *preferred.entry(partition.replicas[0]).or_insert(0) += 1;
+            for node in &partition.replicas {
+                *replicas.entry(*node).or_insert(0) += 1;
+            }
+        }
+        for counts in [&replicas, &preferred] {
+            assert_eq!(counts.len(), 4, "every node takes part: {topic:?}");
+            let max = counts.values().max().unwrap();
+            let min = counts.values().min().unwrap();
+            assert!(max - min <= 1, "balanced: {counts:?} for {topic:?}");
+        }
+        for partition in &topic.partitions {
+            assert!(partition.leader.is_some(), "created means led: {topic:?}");
+        }
+        // Records go through the joiner and come back from every partition.
+        let producer = Producer::new(client_config(&address), producer_config(20_000))
+            .await
+            .unwrap();
+        for partition in 0..4 {
+            producer
+                .send_to("after", partition, Record::new(format!("j{partition}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        // A learner keeps no metadata of its own: after a restart it learns it again.
+        blocking(|| {
+            let node = cluster.node_mut(joiner);
+            node.kill();
+            node.restart();
+        });
+        let mut wire = cluster.node(joiner).wire();
+        assert_eq!(describe(&mut wire, "after").unwrap().len(), 4);
+        let mut consumer = Consumer::new(
+            client_config(&address),
+            ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                fetch_max_wait_ms: 100,
+                ..ConsumerConfig::default()
+            },
+        )
+        .unwrap();
+        consumer.assign_topic("after").await.unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 4 && Instant::now() < deadline {
+            for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
+                seen.push(String::from_utf8_lossy(&record.value).into_owned());
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, vec!["j0", "j1", "j2", "j3"]);
+    });
+}

@@ -1,0 +1,175 @@
+//! [`TestCluster`]: several real `cairn node` processes forming one cluster on 127.0.0.1.
+//!
+//! Ports are chosen before any node starts (each node's gossip address is its listen
+//! address, and every node lists all of them as seeds), by binding port 0 for TCP and UDP and
+//! letting go. Every node is an initial voter of `__meta`. Nodes start together and the
+//! cluster is returned once each printed its ready line; dropping it kills every process.
+//!
+//! [`replica_log`] reads a stopped node's sled files directly, so a test can compare what
+//! each replica really holds.
+
+use super::TestNode;
+use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::Offset;
+use cairn_storage::sled_store::SledStore;
+use cairn_storage::{LogStore, PartitionLog};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+}
+
+/// A loopback port free for both TCP (client and peer traffic) and UDP (gossip), and not
+/// handed out before by this process.
+fn free_port(taken: &[u16]) -> u16 {
+    for _ in 0..1_000 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("bound").port();
+        if taken.contains(&port) {
+            continue;
+        }
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port for TCP and UDP");
+}
+
+impl TestCluster {
+    /// `size` nodes with ids 1..=size, the test preset and `extra_args`, all ready.
+    pub fn start(size: u32, extra_args: &[&str]) -> TestCluster {
+        let mut ports = Vec::new();
+        for _ in 0..size {
+            let port = free_port(&ports);
+            ports.push(port);
+        }
+        let addresses: Vec<SocketAddr> = ports
+            .iter()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
+            .collect();
+        let seeds = addresses
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let voters = (1..=size)
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--seeds", &seeds, "--initial-voters", &voters];
+        args.extend_from_slice(extra_args);
+        let nodes = (1..=size)
+            .zip(&addresses)
+            .map(|(id, address)| TestNode::unstarted(id, Some(*address), &args))
+            .collect();
+        let mut cluster = TestCluster { nodes };
+        cluster.launch_all();
+        cluster
+    }
+
+    /// Starts one more node that joins with only `--seeds` (every node so far): it is no
+    /// metadata voter and learns `__meta` from the voters. Returns its node id, once ready.
+    pub fn add_joiner(&mut self, extra_args: &[&str]) -> u32 {
+        let taken: Vec<u16> = self
+            .nodes
+            .iter()
+            .map(|node| node.address().port())
+            .collect();
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port(&taken)));
+        let seeds = self.bootstrap();
+        let mut args = vec!["--seeds", &seeds];
+        args.extend_from_slice(extra_args);
+        let node_id = self.nodes.len() as u32 + 1;
+        let mut node = TestNode::unstarted(node_id, Some(address), &args);
+        node.launch();
+        node.wait_ready();
+        self.nodes.push(node);
+        node_id
+    }
+
+    /// Starts every stopped node at once and waits for all of them to be ready.
+    pub fn launch_all(&mut self) {
+        for node in &mut self.nodes {
+            if !node.is_running() {
+                node.launch();
+            }
+        }
+        for node in &mut self.nodes {
+            node.wait_ready();
+        }
+    }
+
+    /// `host:port,...` of every node, for `--bootstrap` and client configs.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| node.address().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node(&self, node_id: u32) -> &TestNode {
+        &self.nodes[node_id as usize - 1]
+    }
+
+    pub fn node_mut(&mut self, node_id: u32) -> &mut TestNode {
+        &mut self.nodes[node_id as usize - 1]
+    }
+
+    /// Every node's logs, labelled, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("===== node {} =====\n{}", node.node_id, node.logs()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Every batch of `log` in a stopped node's store, in offset order (epoch markers included).
+pub fn replica_log(node: &TestNode, log: &str) -> Vec<RecordBatch> {
+    let store = SledStore::open(node.data_dir().join("store")).expect("open a stopped store");
+    let partition = store.open_log(log).expect("open the partition log");
+    let end = partition.log_end();
+    let mut next = partition.log_start();
+    let mut batches = Vec::new();
+    while next < end {
+        let read = partition
+            .read(next, end, 1 << 20)
+            .expect("a stored log reads back");
+        let last = read
+            .last()
+            .expect("a read below the log end returns a batch");
+        next = last.next_offset();
+        batches.extend(read);
+    }
+    batches
+}
+
+/// The names of a stopped node's topic partition logs (`t<topic id>-<partition>`).
+pub fn partition_logs(node: &TestNode) -> Vec<String> {
+    let store = SledStore::open(node.data_dir().join("store")).expect("open a stopped store");
+    let mut names: Vec<String> = store
+        .log_names()
+        .expect("list logs")
+        .into_iter()
+        .filter(|name| name.starts_with('t'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// (offset, value) of every data record in `batches`.
+pub fn values_of(batches: &[RecordBatch]) -> Vec<(Offset, Vec<u8>)> {
+    let mut values = Vec::new();
+    for batch in batches {
+        if batch.header().is_control() {
+            continue;
+        }
+        for record in batch.records() {
+            let record = record.expect("a stored record decodes");
+            values.push((record.offset, record.value.to_vec()));
+        }
+    }
+    values
+}
