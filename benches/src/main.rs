@@ -5,13 +5,17 @@
 //! - this file: the workload flags and the two phases: produce (throughput and publish
 //!   latency per record, from `send` to acknowledgement), then consume the backlog from the
 //!   earliest offset (throughput).
-//! - [`node_process`]: starts a node for the run when no `--bootstrap` is given, and reads its
-//!   CPU time and peak memory from /proc.
+//! - [`node_process`]: starts a node, or a local cluster of `--nodes N` (the layout of
+//!   `cairn dev`), when no `--bootstrap` is given, and reads CPU time and peak memory from
+//!   /proc.
+//! - [`failover`]: `cairn-bench failover`, the time from SIGKILL of a partition leader to the
+//!   first acknowledged write on its successor, over repeated kills and restarts.
 //! - [`report`]: hdrhistogram percentiles and throughput arithmetic.
 //!
 //! With `--rate`, latency is measured from each record's *intended* send time, so a stalled
 //! broker is charged for the records it kept the producer from sending (coordinated omission).
 
+mod failover;
 mod node_process;
 mod report;
 
@@ -29,16 +33,42 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Parser)]
-#[command(name = "cairn-bench", about = "Load generator for Cairn")]
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-bench",
+    about = "Load generator for Cairn",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    workload: Workload,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BenchCommand {
+    /// Time from SIGKILL of a partition leader to the first acknowledged write on its
+    /// successor, over repeated kills (a local cluster is started).
+    Failover(failover::FailoverArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
 struct Workload {
-    /// Brokers of a running cluster. Without it, a node is started for the run.
+    /// Brokers of a running cluster. Without it, nodes are started for the run.
     #[arg(long)]
     bootstrap: Option<String>,
+    /// Nodes to start when no `--bootstrap` is given: 1, or a local cluster (3 for the
+    /// replicated figures).
+    #[arg(long, default_value_t = 1)]
+    nodes: u16,
+    /// Replicas per partition of the topic (default: the cluster's, 3 or fewer nodes).
+    #[arg(long)]
+    replication_factor: Option<u16>,
     /// The `cairn` binary used to start a node (default: next to this executable).
     #[arg(long)]
     cairn_bin: Option<PathBuf>,
-    /// Extra arguments for the started node, e.g. `--node-arg=--preset=test`.
+    /// Extra arguments for every started node, e.g. `--node-arg=--preset=test`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     node_args: Vec<String>,
     /// Topic to use; created if absent. Default: a fresh name per run.
@@ -98,6 +128,8 @@ impl From<AcksArg> for Acks {
 struct Report {
     topic: String,
     partitions: u32,
+    nodes: u16,
+    replication_factor: Option<u16>,
     record_bytes: usize,
     producers: u32,
     consumers: u32,
@@ -113,12 +145,16 @@ struct Report {
 type BenchResult<T> = Result<T, String>;
 
 fn main() {
-    let workload = Workload::parse();
+    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(run(workload)) {
+    let outcome = match cli.command {
+        Some(BenchCommand::Failover(args)) => runtime.block_on(failover::run(args)),
+        None => runtime.block_on(run(cli.workload)),
+    };
+    match outcome {
         Ok(()) => {}
         Err(error) => {
             eprintln!("cairn-bench: {error}");
@@ -128,23 +164,27 @@ fn main() {
 }
 
 async fn run(workload: Workload) -> BenchResult<()> {
-    let node = match &workload.bootstrap {
+    let cluster = match &workload.bootstrap {
         Some(_) => None,
         None => {
             let binary = workload
                 .cairn_bin
                 .clone()
                 .unwrap_or_else(node_process::default_cairn_binary);
-            Some(node_process::NodeProcess::start(
-                &binary,
-                &workload.node_args,
-            )?)
+            let (nodes, node_args) = (workload.nodes, workload.node_args.clone());
+            let cluster = tokio::task::spawn_blocking(move || {
+                node_process::LocalCluster::start(&binary, nodes, &node_args)
+            })
+            .await
+            .map_err(|error| error.to_string())??;
+            cluster.wait_formed(Duration::from_secs(60)).await?;
+            Some(cluster)
         }
     };
-    let bootstrap = match (&workload.bootstrap, &node) {
+    let bootstrap = match (&workload.bootstrap, &cluster) {
         (Some(bootstrap), _) => bootstrap.clone(),
-        (None, Some(node)) => node.address.clone(),
-        (None, None) => unreachable!("a node is started when no bootstrap is given"),
+        (None, Some(cluster)) => cluster.bootstrap(),
+        (None, None) => unreachable!("nodes are started when no bootstrap is given"),
     };
     let client = ClientConfig::new(&bootstrap).map_err(|error| error.to_string())?;
     let topic = workload
@@ -153,7 +193,12 @@ async fn run(workload: Workload) -> BenchResult<()> {
         .unwrap_or_else(|| format!("bench-{}", std::process::id()));
     let admin = Admin::new(client.clone()).map_err(|error| error.to_string())?;
     if let Err(error) = admin
-        .create_topic(&topic, workload.partitions, None, TopicConfig::default())
+        .create_topic(
+            &topic,
+            workload.partitions,
+            workload.replication_factor,
+            TopicConfig::default(),
+        )
         .await
     {
         if !matches!(
@@ -164,10 +209,17 @@ async fn run(workload: Workload) -> BenchResult<()> {
         }
     }
     eprintln!(
-        "cairn-bench: {} records of {} B to '{topic}' ({} partitions) with {} producers, acks={:?}",
+        "cairn-bench: {} records of {} B to '{topic}' ({} partitions, replication factor {}) on {}, {} producers, acks={:?}",
         workload.records,
         workload.record_bytes,
         workload.partitions,
+        workload
+            .replication_factor
+            .map_or("default".to_owned(), |rf| rf.to_string()),
+        match &cluster {
+            Some(_) => format!("{} local nodes", workload.nodes),
+            None => bootstrap.clone(),
+        },
         workload.producers,
         workload.acks
     );
@@ -177,6 +229,8 @@ async fn run(workload: Workload) -> BenchResult<()> {
     let report = Report {
         topic,
         partitions: workload.partitions,
+        nodes: workload.nodes,
+        replication_factor: workload.replication_factor,
         record_bytes: workload.record_bytes,
         producers: workload.producers,
         consumers: workload.consumers,
@@ -185,11 +239,16 @@ async fn run(workload: Workload) -> BenchResult<()> {
         produce,
         publish_latency,
         consume,
-        node: node
+        node: cluster
             .as_ref()
-            .and_then(|node| node_process::resource_use(node.pid())),
+            .and_then(|cluster| node_process::cluster_resource_use(&cluster.pids())),
         machine: machine_description(),
     };
+    if let Some(cluster) = cluster {
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .map_err(|error| error.to_string())?;
+    }
     print_markdown(&report);
     if let Some(path) = &workload.json {
         let json = serde_json::to_string_pretty(&report).expect("the report serializes");
@@ -422,9 +481,13 @@ fn machine_description() -> String {
 fn print_markdown(report: &Report) {
     println!("\n| workload | value |\n|---|---|");
     println!(
-        "| topic | {} ({} partitions) |\n| records | {} x {} B |\n| producers / consumers | {} / {} |\n| acks | {:?} |\n| target rate | {} |\n| machine | {} |",
+        "| topic | {} ({} partitions, replication factor {}) |\n| nodes | {} |\n| records | {} x {} B |\n| producers / consumers | {} / {} |\n| acks | {:?} |\n| target rate | {} |\n| machine | {} |",
         report.topic,
         report.partitions,
+        report
+            .replication_factor
+            .map_or("cluster default".to_owned(), |rf| rf.to_string()),
+        report.nodes,
         report.produce.records,
         report.record_bytes,
         report.producers,
@@ -450,7 +513,7 @@ fn print_markdown(report: &Report) {
     );
     if let Some(node) = report.node {
         println!(
-            "\nnode: {:.1} s CPU, peak RSS {:.0} MiB",
+            "\nnodes: {:.1} s CPU in all, largest peak RSS {:.0} MiB",
             node.cpu_seconds,
             node.peak_rss_bytes as f64 / 1048576.0
         );

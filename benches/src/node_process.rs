@@ -1,16 +1,18 @@
-//! Starts a `cairn node` process for a benchmark and reads its resource use from /proc.
+//! Starts `cairn node` processes for a benchmark: one node, or a local cluster of N on
+//! consecutive ports (the same layout and flags as `cairn dev`), which can SIGKILL and restart
+//! a node on its data directory. Also reads a process's CPU time and peak memory from /proc.
 
+use cairn_client::{Admin, ClientConfig};
+use cairn_protocol::messages::Liveness;
+use rustix::process::{kill_process, Pid, Signal};
 use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A node the benchmark started, stopped (SIGKILL) when dropped.
-pub struct NodeProcess {
-    child: Child,
-    pub address: String,
-    _data_dir: tempfile::TempDir,
-}
+/// How long a node may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the `cairn` binary is: `--cairn-bin`, else next to this executable.
 pub fn default_cairn_binary() -> PathBuf {
@@ -18,29 +20,28 @@ pub fn default_cairn_binary() -> PathBuf {
     me.with_file_name("cairn")
 }
 
+/// One running node, SIGKILLed when dropped.
+pub struct NodeProcess {
+    child: Child,
+}
+
 impl NodeProcess {
-    pub fn start(binary: &Path, extra_args: &[String]) -> Result<NodeProcess, String> {
-        let data_dir = tempfile::Builder::new()
-            .prefix("cairn-bench-")
-            .tempdir()
-            .map_err(|error| format!("cannot create a data directory: {error}"))?;
+    /// Runs `binary node ARGS` and waits for its ready line; its logs go to `log`.
+    fn start(binary: &Path, args: &[String], log: &Path) -> Result<NodeProcess, String> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|error| format!("cannot open {}: {error}", log.display()))?;
         let mut child = Command::new(binary)
-            .args([
-                "node",
-                "--node-id",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir.path())
-            .args(extra_args)
+            .args(args)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            // The node's logs would drown the report; CAIRN_BENCH_NODE_LOGS=1 shows them.
+            // CAIRN_BENCH_NODE_LOGS=1 shows the node logs; else they go to a file.
             .stderr(if std::env::var_os("CAIRN_BENCH_NODE_LOGS").is_some() {
                 Stdio::inherit()
             } else {
-                Stdio::null()
+                Stdio::from(log_file)
             })
             .spawn()
             .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
@@ -48,36 +49,56 @@ impl NodeProcess {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line.strip_prefix("cairn node ready ").and_then(|rest| {
-                    rest.split_whitespace()
-                        .find_map(|f| f.strip_prefix("listen="))
-                }) {
-                    let _ = sender.send(address.to_owned());
+                if line.starts_with("cairn node ready ") {
+                    let _ = sender.send(());
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let address = loop {
-            if let Ok(address) = receiver.recv_timeout(Duration::from_millis(100)) {
-                break address;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if receiver.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(NodeProcess { child });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("the node exited before it was ready: {status}"));
+                return Err(format!(
+                    "a node exited before it was ready ({status}); its log: {}",
+                    log.display()
+                ));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                return Err("the node was not ready within 30 s".into());
+                let _ = child.wait();
+                return Err(format!(
+                    "a node was not ready within {READY_TIMEOUT:?}; its log: {}",
+                    log.display()
+                ));
             }
-        };
-        Ok(NodeProcess {
-            child,
-            address,
-            _data_dir: data_dir,
-        })
+        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, and reap the process.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and a bounded wait; SIGKILL past it.
+    fn stop(mut self) {
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
     }
 }
 
@@ -86,6 +107,198 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// N nodes on `127.0.0.1:base_port ..`, node `i` on `base_port + i - 1` with data in
+/// `TEMP/node-i` and its log in `TEMP/node-i.log`. More than one node: every address is a
+/// gossip seed and every node an initial voter, as with `cairn dev`.
+pub struct LocalCluster {
+    binary: PathBuf,
+    temp: tempfile::TempDir,
+    base_port: u16,
+    node_count: u16,
+    extra_args: Vec<String>,
+    /// Index `i` holds node `i + 1`; `None` while it is killed.
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl LocalCluster {
+    pub fn start(
+        binary: &Path,
+        node_count: u16,
+        extra_args: &[String],
+    ) -> Result<LocalCluster, String> {
+        if node_count == 0 {
+            return Err("--nodes must be at least 1".into());
+        }
+        let temp = tempfile::Builder::new()
+            .prefix("cairn-bench-")
+            .tempdir()
+            .map_err(|error| format!("cannot create a data directory: {error}"))?;
+        let mut cluster = LocalCluster {
+            binary: binary.to_path_buf(),
+            temp,
+            base_port: free_base_port(node_count)?,
+            node_count,
+            extra_args: extra_args.to_vec(),
+            nodes: Vec::new(),
+        };
+        // Nodes of a cluster wait for each other's votes, so start them all before waiting.
+        let starters: Vec<_> = (1..=u32::from(node_count))
+            .map(|node_id| {
+                let (binary, args, log) = (
+                    cluster.binary.clone(),
+                    cluster.node_arguments(node_id),
+                    cluster.log_path(node_id),
+                );
+                std::thread::spawn(move || NodeProcess::start(&binary, &args, &log))
+            })
+            .collect();
+        for starter in starters {
+            let node = starter
+                .join()
+                .map_err(|_| "a node starter panicked".to_string())??;
+            cluster.nodes.push(Some(node));
+        }
+        Ok(cluster)
+    }
+
+    pub fn address(&self, node_id: u32) -> String {
+        format!("127.0.0.1:{}", u32::from(self.base_port) + node_id - 1)
+    }
+
+    pub fn bootstrap(&self) -> String {
+        (1..=u32::from(self.node_count))
+            .map(|node_id| self.address(node_id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node_ids(&self) -> impl Iterator<Item = u32> {
+        1..=u32::from(self.node_count)
+    }
+
+    pub fn log_path(&self, node_id: u32) -> PathBuf {
+        self.temp.path().join(format!("node-{node_id}.log"))
+    }
+
+    fn node_arguments(&self, node_id: u32) -> Vec<String> {
+        let mut arguments = vec![
+            "node".to_owned(),
+            "--node-id".to_owned(),
+            node_id.to_string(),
+            "--data-dir".to_owned(),
+            self.temp
+                .path()
+                .join(format!("node-{node_id}"))
+                .to_string_lossy()
+                .into_owned(),
+            "--listen".to_owned(),
+            self.address(node_id),
+        ];
+        if self.node_count > 1 {
+            let voters: Vec<String> = self.node_ids().map(|id| id.to_string()).collect();
+            arguments.extend([
+                "--seeds".to_owned(),
+                self.bootstrap(),
+                "--initial-voters".to_owned(),
+                voters.join(","),
+            ]);
+        }
+        arguments.extend(self.extra_args.iter().cloned());
+        arguments
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().flatten().map(NodeProcess::pid).collect()
+    }
+
+    /// SIGKILL node `node_id` (nothing flushed that was not flushed already).
+    pub fn kill(&mut self, node_id: u32) {
+        if let Some(node) = self.nodes[node_id as usize - 1].take() {
+            node.kill();
+        }
+    }
+
+    /// Starts a killed node again on its data directory and address.
+    pub fn restart(&mut self, node_id: u32) -> Result<(), String> {
+        assert!(
+            self.nodes[node_id as usize - 1].is_none(),
+            "node {node_id} still runs"
+        );
+        let node = NodeProcess::start(
+            &self.binary,
+            &self.node_arguments(node_id),
+            &self.log_path(node_id),
+        )?;
+        self.nodes[node_id as usize - 1] = Some(node);
+        Ok(())
+    }
+
+    /// Waits until every running node hears every running node (so a topic with replication
+    /// factor N can be placed), or `timeout` passes.
+    pub async fn wait_formed(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<u32> = self
+            .node_ids()
+            .filter(|id| self.nodes[*id as usize - 1].is_some())
+            .collect();
+        for node_id in &running {
+            loop {
+                let heard = heard_nodes(&self.address(*node_id)).await;
+                if heard.as_ref().is_ok_and(|heard| *heard >= running.len()) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "node {node_id} does not hear all {} nodes: {heard:?}",
+                        running.len()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM every node and wait for them.
+    pub fn stop(mut self) {
+        for node in self.nodes.drain(..).flatten() {
+            node.stop();
+        }
+    }
+}
+
+/// How many nodes (itself included) the node at `address` hears.
+async fn heard_nodes(address: &str) -> Result<usize, String> {
+    let mut config = ClientConfig::new(address).map_err(|error| error.to_string())?;
+    config.request_timeout_ms = 2_000;
+    config.connect_timeout_ms = 1_000;
+    let status = Admin::new(config)
+        .map_err(|error| error.to_string())?
+        .cluster_status(false)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(status
+        .nodes
+        .iter()
+        .filter(|node| node.liveness != Liveness::Down)
+        .count())
+}
+
+/// `count` consecutive ports free for TCP and UDP on 127.0.0.1.
+fn free_base_port(count: u16) -> Result<u16, String> {
+    let start = 30_000 + (std::process::id() % 1_000) as u16 * 20;
+    for base in (start..60_000).step_by(usize::from(count) + 1) {
+        let all_free = (base..base + count).all(|port| {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if all_free {
+            return Ok(base);
+        }
+    }
+    Err(format!("no {count} consecutive free ports on 127.0.0.1"))
 }
 
 /// CPU seconds (user + system) and peak resident memory of a process, from /proc.
@@ -115,5 +328,17 @@ pub fn resource_use(pid: u32) -> Option<ResourceUse> {
     Some(ResourceUse {
         cpu_seconds,
         peak_rss_bytes: peak_rss_kib * 1024,
+    })
+}
+
+/// CPU seconds summed over `pids`, and the largest peak memory among them.
+pub fn cluster_resource_use(pids: &[u32]) -> Option<ResourceUse> {
+    let uses: Vec<ResourceUse> = pids.iter().filter_map(|pid| resource_use(*pid)).collect();
+    if uses.is_empty() {
+        return None;
+    }
+    Some(ResourceUse {
+        cpu_seconds: uses.iter().map(|u| u.cpu_seconds).sum(),
+        peak_rss_bytes: uses.iter().map(|u| u.peak_rss_bytes).max().unwrap_or(0),
     })
 }
