@@ -334,19 +334,7 @@ impl Cluster {
 
 /// The variant name of a response, for error messages.
 pub(crate) fn response_kind(response: &Response) -> &'static str {
-    match response {
-        Response::Handshake(_) => "Handshake",
-        Response::Metadata(_) => "Metadata",
-        Response::CreateTopic(_) => "CreateTopic",
-        Response::DeleteTopic(_) => "DeleteTopic",
-        Response::ListTopics(_) => "ListTopics",
-        Response::DescribeTopic(_) => "DescribeTopic",
-        Response::Produce(_) => "Produce",
-        Response::Fetch(_) => "Fetch",
-        Response::ListOffsets(_) => "ListOffsets",
-        Response::ClusterStatus(_) => "ClusterStatus",
-        Response::InitProducerId(_) => "InitProducerId",
-    }
+    response.kind()
 }
 
 /// Builds the error for a reply of the wrong kind.

@@ -14,16 +14,17 @@ use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{
-    Acks, BrokerInfo, CreateTopicRequest, PartitionDescription, PartitionMetadata, TopicConfig,
-    TopicMetadata,
+    Acks, BrokerInfo, CreateTopicRequest, FetchPartition, FetchRequest, PartitionDescription,
+    PartitionMetadata, TopicConfig, TopicMetadata,
 };
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, PartitionId};
 use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
-use cairn_storage::{LogStore, RetentionPolicy};
+use cairn_storage::{LogStore, PartitionLog, RetentionPolicy};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -42,7 +43,13 @@ pub struct Broker<S: LogStore> {
     clock: Clock,
     advertised_address: String,
     peers: Arc<PeerTransport>,
-    meta: PartitionHandle<S>,
+    /// This node's `__meta` replica; `None` on a learner, which is no metadata voter and
+    /// follows `__meta` by fetching it from the voters instead.
+    meta: Option<PartitionHandle<S>>,
+    /// The voters of `__meta` (empty on a learner, which does not know them).
+    meta_voters: Vec<NodeId>,
+    /// A learner has fetched `__meta` up to a voter's high watermark at least once.
+    learner_caught_up: std::sync::atomic::AtomicBool,
     catalog: RwLock<Catalog<S>>,
     /// Other nodes as gossip last described them (a hint: addresses, liveness, leaderships).
     /// Empty for a lone node.
@@ -54,6 +61,12 @@ pub struct Broker<S: LogStore> {
 
 /// Bytes of `__meta` read per applier step; bounds the applier's memory.
 const META_READ_BYTES_MAX: usize = 1 << 20;
+/// Key of the `__meta` voters in the `__meta` log's own values, once this node is a voter.
+const META_VOTERS_KEY: &str = "voters";
+/// How long a learner's fetch of `__meta` waits for new records (a long poll).
+const LEARNER_FETCH_WAIT_MS: u32 = 500;
+/// A learner's wait after a failed fetch before it tries again (another node, maybe).
+const LEARNER_RETRY_MS: u64 = 100;
 /// How long a metadata change waits to be committed and applied before `Timeout`.
 const META_CHANGE_TIMEOUT_MS: u64 = 10_000;
 
@@ -73,27 +86,33 @@ impl<S: LogStore> Broker<S> {
             config.node_id,
             PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize),
         );
-        let log = store
+        let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
-        let spec = PartitionSpec {
-            log_name: meta::META_LOG_NAME.to_string(),
-            node: config.node_id,
-            voters: config.cluster.initial_voters.clone(),
-            store: store.clone(),
-            log,
-            committer: committer.clone(),
-            clock,
-            replica_config: config.replica.replica_config(),
-            tick_ms: config.replica.tick_ms,
-            mailbox_max: config.limits.partition_mailbox_max as usize,
-            // Metadata is small and must be replayable from the start: never trimmed.
-            retention: RetentionPolicy::default(),
-            retention_check_ms: config.retention.retention_check_ms,
-            peers: Arc::clone(&peers),
+        let meta_voters = resolve_meta_voters(&store, &mut log, &config)?;
+        let meta = if meta_voters.is_empty() {
+            tracing::info!("not a metadata voter: following __meta from the voters");
+            None
+        } else {
+            let spec = PartitionSpec {
+                log_name: meta::META_LOG_NAME.to_string(),
+                node: config.node_id,
+                voters: meta_voters.clone(),
+                store: store.clone(),
+                log,
+                committer: committer.clone(),
+                clock,
+                replica_config: config.replica.replica_config(),
+                tick_ms: config.replica.tick_ms,
+                mailbox_max: config.limits.partition_mailbox_max as usize,
+                // Metadata is small and must be replayable from the start: never trimmed.
+                retention: RetentionPolicy::default(),
+                retention_check_ms: config.retention.retention_check_ms,
+                peers: Arc::clone(&peers),
+            };
+            let arbiter = &arbiters[place(meta::META_LOG_NAME, arbiters.len())];
+            Some(PartitionHandle::start(spec, arbiter)?)
         };
-        let arbiter = &arbiters[place(meta::META_LOG_NAME, arbiters.len())];
-        let meta = PartitionHandle::start(spec, arbiter)?;
         let broker = Arc::new(Broker {
             config,
             store,
@@ -103,6 +122,8 @@ impl<S: LogStore> Broker<S> {
             advertised_address,
             peers,
             meta,
+            meta_voters,
+            learner_caught_up: std::sync::atomic::AtomicBool::new(false),
             catalog: RwLock::new(Catalog {
                 state: MetadataState::default(),
                 partitions: HashMap::new(),
@@ -111,7 +132,11 @@ impl<S: LogStore> Broker<S> {
             applied: watch::channel(Offset::ZERO).0,
             ready: watch::channel(false).0,
         });
-        tokio::spawn(Arc::clone(&broker).apply_meta());
+        if broker.meta.is_some() {
+            tokio::spawn(Arc::clone(&broker).apply_meta());
+        } else {
+            tokio::spawn(Arc::clone(&broker).learn_meta());
+        }
         Ok(broker)
     }
 
@@ -127,7 +152,7 @@ impl<S: LogStore> Broker<S> {
     /// The replica stored as `log`, if this node hosts it now.
     pub fn hosted_log(&self, log: &str) -> Option<PartitionHandle<S>> {
         if log == meta::META_LOG_NAME {
-            return Some(self.meta.clone());
+            return self.meta.clone();
         }
         let (topic, _partition) = meta::parse_partition_log_name(log)?;
         self.catalog()
@@ -174,12 +199,16 @@ impl<S: LogStore> Broker<S> {
 
     /// The applier: applies committed `__meta` records in order, forever.
     async fn apply_meta(self: Arc<Self>) {
-        let mut high_watermark = self.meta.shared.subscribe_high_watermark();
+        let meta = self
+            .meta
+            .clone()
+            .expect("voters apply their own __meta replica");
+        let mut high_watermark = meta.shared.subscribe_high_watermark();
         loop {
             let target = *high_watermark.borrow_and_update();
             let applied = *self.applied.borrow();
             if applied < target {
-                match self.meta.read(applied, META_READ_BYTES_MAX, true).await {
+                match meta.read(applied, META_READ_BYTES_MAX, true).await {
                     Ok(read) => {
                         for batch in read.batches {
                             self.apply_meta_batch(&batch).await;
@@ -201,6 +230,143 @@ impl<S: LogStore> Broker<S> {
                 return;
             }
         }
+    }
+
+    /// The learner's applier: fetches committed `__meta` records from the voter that leads
+    /// it (as gossip names it; any live node otherwise, which answers with a leader hint) and
+    /// applies them in order, forever. A learner keeps no copy: after a restart it fetches
+    /// from the start again (metadata is small).
+    async fn learn_meta(self: Arc<Self>) {
+        let client = cairn_client::ClientConfig {
+            client_id: format!("cairn-node-{}-learner", self.config.node_id),
+            request_timeout_ms: u64::from(LEARNER_FETCH_WAIT_MS) + 5_000,
+            connect_timeout_ms: 1_000,
+            ..cairn_client::ClientConfig::default()
+        };
+        let mut connection: Option<cairn_client::Connection> = None;
+        let mut hint: Option<NodeId> = None;
+        let mut attempt = 0usize;
+        loop {
+            self.update_readiness();
+            if connection.as_ref().is_none_or(|open| open.is_closed()) {
+                connection = None;
+                let source = self.meta_source(hint.take(), attempt);
+                attempt += 1;
+                match source {
+                    Some(address) => {
+                        match cairn_client::Connection::connect(&address, &client).await {
+                            Ok(open) => connection = Some(open),
+                            Err(error) => tracing::debug!(%address, %error, "cannot reach a voter"),
+                        }
+                    }
+                    None => tracing::debug!("no node known yet to learn __meta from"),
+                }
+                if connection.is_none() {
+                    tokio::time::sleep(Duration::from_millis(LEARNER_RETRY_MS)).await;
+                    continue;
+                }
+            }
+            let open = connection.as_ref().expect("connected above");
+            let from = *self.applied.borrow();
+            let request = cairn_protocol::Request::Fetch(FetchRequest {
+                max_wait_ms: LEARNER_FETCH_WAIT_MS,
+                min_bytes: 1,
+                max_bytes: META_READ_BYTES_MAX as u32,
+                partitions: vec![FetchPartition {
+                    topic: meta::META_TOPIC.to_string(),
+                    partition: 0,
+                    offset: from,
+                    max_bytes: META_READ_BYTES_MAX as u32,
+                }],
+            });
+            let fetched = match open.call(request).await {
+                Ok(cairn_protocol::Response::Fetch(mut response))
+                    if response.partitions.len() == 1 =>
+                {
+                    response.partitions.remove(0).result
+                }
+                Ok(other) => Err(ApiError::Internal {
+                    reason: format!("unexpected reply to a __meta fetch: {other:?}"),
+                }),
+                Err(error) => Err(ApiError::Internal {
+                    reason: error.to_string(),
+                }),
+            };
+            match fetched {
+                Ok(fetched) => {
+                    if let Err(reason) = self.apply_fetched_meta(from, &fetched.batches).await {
+                        tracing::warn!(%reason, "bad __meta from a voter; asking another");
+                        connection = None;
+                        continue;
+                    }
+                    if *self.applied.borrow() >= fetched.high_watermark {
+                        self.learner_caught_up.store(true, Ordering::Release);
+                    }
+                }
+                Err(error) => {
+                    if let ApiError::NotLeader { leader_hint, .. } = &error {
+                        hint = *leader_hint;
+                    }
+                    tracing::debug!(%error, "learning __meta failed; retrying");
+                    connection = None;
+                    tokio::time::sleep(Duration::from_millis(LEARNER_RETRY_MS)).await;
+                }
+            }
+        }
+    }
+
+    /// Checks fetched `__meta` batches (framing, checksums, contiguity from `from`) before
+    /// applying any of them.
+    async fn apply_fetched_meta(&self, from: Offset, bytes: &bytes::Bytes) -> Result<(), String> {
+        let mut batches = Vec::new();
+        let mut next = from;
+        for batch in cairn_protocol::batch::split_batches(bytes) {
+            let batch = batch.map_err(|error| error.to_string())?;
+            batch.verify_checksum().map_err(|error| error.to_string())?;
+            if batch.next_offset() <= next {
+                continue;
+            }
+            if batch.base_offset() > next {
+                return Err(format!(
+                    "a gap: expected offset {next}, got {}",
+                    batch.base_offset()
+                ));
+            }
+            next = batch.next_offset();
+            batches.push(batch);
+        }
+        for batch in &batches {
+            self.apply_meta_batch(batch).await;
+        }
+        Ok(())
+    }
+
+    /// Where a learner fetches `__meta`: the hinted node, else the voter gossip says leads
+    /// it, else any live node in turn (it answers with a leader hint).
+    fn meta_source(&self, hint: Option<NodeId>, attempt: usize) -> Option<String> {
+        let view = self.cluster_view();
+        let address = |node: NodeId| {
+            view.get(&node)
+                .filter(|info| info.alive)
+                .map(|info| info.client_addr.to_string())
+        };
+        if let Some(address) = hint.and_then(address) {
+            return Some(address);
+        }
+        if let Some(address) = self
+            .hinted_leader(meta::META_TOPIC, 0)
+            .and_then(|(leader, _)| address(leader))
+        {
+            return Some(address);
+        }
+        let mut alive: Vec<&NodeInfo> = view
+            .values()
+            .filter(|info| info.alive && info.node_id != self.config.node_id)
+            .collect();
+        alive.sort_by_key(|info| info.node_id);
+        alive
+            .get(attempt % alive.len().max(1))
+            .map(|info| info.client_addr.to_string())
     }
 
     async fn apply_meta_batch(&self, batch: &RecordBatch) {
@@ -337,13 +503,23 @@ impl<S: LogStore> Broker<S> {
         // On a follower of `__meta` (a cluster), recovered means: a leader is known and what
         // it told us is committed is applied. For a lone node this is the same rule, since it
         // is the only voter and so the leader.
-        let meta = self.meta.shared.snapshot();
-        let applied = *self.applied.borrow();
-        if meta.leader.is_none()
-            || (meta.role == Role::Leader && meta.high_watermark < meta.log_end)
-            || applied < meta.high_watermark
-        {
-            return;
+        match &self.meta {
+            Some(meta) => {
+                let meta = meta.shared.snapshot();
+                let applied = *self.applied.borrow();
+                if meta.leader.is_none()
+                    || (meta.role == Role::Leader && meta.high_watermark < meta.log_end)
+                    || applied < meta.high_watermark
+                {
+                    return;
+                }
+            }
+            // A learner: it has applied what a voter had committed when it last asked.
+            None => {
+                if !self.learner_caught_up.load(Ordering::Acquire) {
+                    return;
+                }
+            }
         }
         let catalog = self.catalog();
         // A single-voter partition leads itself once its lease wait is over; wait for that
@@ -356,6 +532,32 @@ impl<S: LogStore> Broker<S> {
             drop(catalog);
             self.ready.send_replace(true);
         }
+    }
+
+    /// The partition a fetch reads: any topic partition as [`Broker::partition`], and also
+    /// `__meta`, which learners fetch from its leader (produce never reaches `__meta`).
+    pub fn fetch_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionHandle<S>, ApiError> {
+        if topic != meta::META_TOPIC {
+            return self.partition(topic, partition);
+        }
+        self.check_ready()?;
+        if partition != 0 {
+            return Err(ApiError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: 1,
+            });
+        }
+        self.meta.clone().ok_or_else(|| {
+            let (leader_hint, epoch) = self
+                .hinted_leader(meta::META_TOPIC, 0)
+                .map_or((None, Epoch::ZERO), |(leader, epoch)| (Some(leader), epoch));
+            ApiError::NotLeader { leader_hint, epoch }
+        })
     }
 
     /// The partition handle for a request, or the typed reason there is none.
@@ -478,9 +680,11 @@ impl<S: LogStore> Broker<S> {
     /// refuse (membership bounds them).
     pub fn leadership_hints(&self) -> LeadershipHints {
         let mut hints = LeadershipHints::new();
-        let meta = self.meta.shared.snapshot();
-        if meta.role == Role::Leader {
-            let _ = hints.insert(meta::META_TOPIC, PartitionId(0), meta.epoch);
+        if let Some(meta) = &self.meta {
+            let meta = meta.shared.snapshot();
+            if meta.role == Role::Leader {
+                let _ = hints.insert(meta::META_TOPIC, PartitionId(0), meta.epoch);
+            }
         }
         let catalog = self.catalog();
         for topic in catalog.state.topics() {
@@ -568,13 +772,30 @@ impl<S: LogStore> Broker<S> {
     }
 
     /// The internal `__meta` partition, as a topic summary for `include_internal`.
+    /// On a learner: the leader gossip names, no voters (it does not know them), and the
+    /// applied offset as both high watermark and log end.
     pub fn meta_description(&self) -> PartitionDescription {
-        let snapshot = self.meta.shared.snapshot();
+        let Some(meta) = &self.meta else {
+            let (leader, leader_epoch) = self
+                .hinted_leader(meta::META_TOPIC, 0)
+                .map_or((None, Epoch::ZERO), |(leader, epoch)| (Some(leader), epoch));
+            let applied = *self.applied.borrow();
+            return PartitionDescription {
+                partition: 0,
+                leader,
+                leader_epoch,
+                replicas: Vec::new(),
+                log_start: Offset::ZERO,
+                high_watermark: applied,
+                log_end: applied,
+            };
+        };
+        let snapshot = meta.shared.snapshot();
         PartitionDescription {
             partition: 0,
             leader: snapshot.leader,
             leader_epoch: snapshot.epoch,
-            replicas: self.config.cluster.initial_voters.clone(),
+            replicas: self.meta_voters.clone(),
             log_start: snapshot.log_start,
             high_watermark: snapshot.high_watermark,
             log_end: snapshot.log_end,
@@ -736,11 +957,18 @@ impl<S: LogStore> Broker<S> {
     /// Appends one record to `__meta` with acks=all; returns its offset once applied here.
     async fn append_meta(&self, record: &MetaRecord) -> Result<Offset, ApiError> {
         let batch = record.to_batch(wall_clock_ms());
-        let reply = self.meta.produce(batch, Acks::All)?;
+        let Some(meta) = &self.meta else {
+            // A learner cannot write metadata: send the client to the voter that leads.
+            let (leader_hint, epoch) = self
+                .hinted_leader(meta::META_TOPIC, 0)
+                .map_or((None, Epoch::ZERO), |(leader, epoch)| (Some(leader), epoch));
+            return Err(ApiError::NotLeader { leader_hint, epoch });
+        };
+        let reply = meta.produce(batch, Acks::All)?;
         let timeout = Duration::from_millis(META_CHANGE_TIMEOUT_MS);
         let response = match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(self.meta.shared.not_leader()),
+            Ok(Err(_)) => return Err(meta.shared.not_leader()),
             Err(_) => {
                 return Err(ApiError::Timeout {
                     waited_ms: META_CHANGE_TIMEOUT_MS,
@@ -765,19 +993,18 @@ impl<S: LogStore> Broker<S> {
         }
     }
 
-    /// Waits (bounded) until every local partition of a new topic serves: it has a leader,
-    /// and where this node leads, the leader's epoch marker is committed. Then a producer or
-    /// a consumer right after "created" is served, and the high watermark it sees is the one
-    /// new records will start at. Past the bound the topic is reported as is.
+    /// Waits (bounded) until every partition of a new topic serves: a local one has a
+    /// leader, and where this node leads, the leader's epoch marker is committed; one hosted
+    /// elsewhere has a leader gossip names. Then a producer or a consumer right after
+    /// "created" is served, and the high watermark it sees is the one new records will start
+    /// at. Past the bound the topic is reported as is.
     async fn wait_for_leaders(&self, topic_id: TopicId) {
         let bound_ms = self.config.replica.election_timeout_ms + 2 * self.config.replica.lease_ms;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(bound_ms);
         while tokio::time::Instant::now() < deadline {
-            let serving = self
-                .catalog()
-                .partitions
-                .get(&topic_id)
-                .is_none_or(|handles| {
+            let serving = {
+                let catalog = self.catalog();
+                let local = catalog.partitions.get(&topic_id).is_none_or(|handles| {
                     handles.iter().all(|handle| {
                         let snapshot = handle.shared.snapshot();
                         snapshot.leader.is_some()
@@ -785,6 +1012,18 @@ impl<S: LogStore> Broker<S> {
                                 || snapshot.high_watermark >= snapshot.log_end)
                     })
                 });
+                let elsewhere = catalog
+                    .state
+                    .topics()
+                    .find(|topic| topic.id == topic_id)
+                    .is_none_or(|topic| {
+                        (0..topic.partitions).all(|partition| {
+                            hosted_partition(&catalog, topic, partition).is_some()
+                                || self.hinted_leader(&topic.name, partition).is_some()
+                        })
+                    });
+                local && elsewhere
+            };
             if serving {
                 return;
             }
@@ -810,7 +1049,9 @@ impl<S: LogStore> Broker<S> {
     /// Every hosted partition handle (for shutdown and tests).
     pub fn hosted(&self) -> Vec<PartitionHandle<S>> {
         let catalog = self.catalog();
-        std::iter::once(self.meta.clone())
+        self.meta
+            .iter()
+            .cloned()
             .chain(catalog.partitions.values().flatten().cloned())
             .collect()
     }
@@ -825,6 +1066,62 @@ impl<S: LogStore> PeerInbox for Broker<S> {
             None => tracing::trace!(%from, %log, "peer message for a replica not hosted here"),
         }
     }
+}
+
+/// The voters of `__meta` this node runs with; empty when it is a learner.
+///
+/// The first start decides and a voter stores the answer with `__meta`, so that later starts
+/// need no flag (as etcd's and KRaft's initial cluster settings): a stored set wins, and
+/// flags that disagree with it are refused. Without a stored set, `--initial-voters` that
+/// include this node make it a voter; a node outside them, or given only seeds, is a learner;
+/// a node with neither is a cluster of one.
+fn resolve_meta_voters<S: LogStore>(
+    store: &S,
+    log: &mut S::Log,
+    config: &NodeConfig,
+) -> Result<Vec<NodeId>, String> {
+    let stored = log
+        .get_value(META_VOTERS_KEY)
+        .map_err(|error| format!("cannot read the __meta voters: {error}"))?;
+    let given = &config.cluster.initial_voters;
+    if let Some(stored) = stored {
+        let text = String::from_utf8_lossy(&stored).into_owned();
+        let voters = text
+            .split(',')
+            .map(|id| id.parse::<u32>().map(NodeId))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("stored __meta voters {text:?} are corrupt: {error}"))?;
+        let mut sorted_stored = voters.clone();
+        sorted_stored.sort_unstable();
+        let mut sorted_given = given.clone();
+        sorted_given.sort_unstable();
+        if !given.is_empty() && sorted_given != sorted_stored {
+            return Err(format!(
+                "--initial-voters {} disagrees with the voters this node was bootstrapped \
+                 with ({text}); the voters are fixed at the first start",
+                ids_text(given)
+            ));
+        }
+        return Ok(voters);
+    }
+    let voters = if given.contains(&config.node_id) {
+        given.clone()
+    } else if given.is_empty() && config.cluster.seeds.is_empty() {
+        vec![config.node_id]
+    } else {
+        return Ok(Vec::new());
+    };
+    log.put_value(META_VOTERS_KEY, ids_text(&voters).as_bytes())
+        .and_then(|()| store.flush())
+        .map_err(|error| format!("cannot store the __meta voters: {error}"))?;
+    Ok(voters)
+}
+
+fn ids_text(ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(|id| id.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Arbiter index for a partition log: a stable hash, so placement spreads evenly.
@@ -845,4 +1142,59 @@ fn hosted_partition<'a, S: LogStore>(
         .get(&topic.id)?
         .iter()
         .find(|handle| handle.log_name == log_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigBuilder;
+    use cairn_storage::MemoryStore;
+
+    fn config(node_id: &str, flags: &[(&str, &str)]) -> NodeConfig {
+        let mut builder = ConfigBuilder::new().set("flag", "node_id", node_id).set(
+            "flag",
+            "data_dir",
+            "/tmp/unused",
+        );
+        for (key, value) in flags {
+            builder = builder.set("flag", key, value);
+        }
+        builder.build().unwrap()
+    }
+
+    fn resolve(store: &MemoryStore, config: &NodeConfig) -> Result<Vec<NodeId>, String> {
+        let mut log = store.open_log(meta::META_LOG_NAME).unwrap();
+        resolve_meta_voters(store, &mut log, config)
+    }
+
+    #[test]
+    fn the_first_start_fixes_the_voters_and_later_flags_must_agree() {
+        let lone = MemoryStore::new();
+        assert_eq!(resolve(&lone, &config("1", &[])), Ok(vec![NodeId(1)]));
+        let seeds = ("seeds", "127.0.0.1:7000");
+        // A lone node's data joined later to a cluster keeps its own single voter.
+        assert_eq!(resolve(&lone, &config("1", &[seeds])), Ok(vec![NodeId(1)]));
+
+        let voter = MemoryStore::new();
+        let first = config("2", &[seeds, ("initial_voters", "3,2,1")]);
+        assert_eq!(
+            resolve(&voter, &first),
+            Ok(vec![NodeId(3), NodeId(2), NodeId(1)])
+        );
+        // Restarted without the flag, or with the same set in another order: the same voters.
+        assert_eq!(
+            resolve(&voter, &config("2", &[seeds])),
+            Ok(vec![NodeId(3), NodeId(2), NodeId(1)])
+        );
+        assert!(resolve(&voter, &config("2", &[seeds, ("initial_voters", "1,2,3")])).is_ok());
+        let refused = resolve(&voter, &config("2", &[seeds, ("initial_voters", "1,2")]));
+        assert!(refused.unwrap_err().contains("disagrees"));
+
+        // Seeds only, or voters that leave this node out: a learner, and nothing is stored.
+        let learner = MemoryStore::new();
+        assert_eq!(resolve(&learner, &config("4", &[seeds])), Ok(vec![]));
+        let outside = config("4", &[seeds, ("initial_voters", "1,2,3")]);
+        assert_eq!(resolve(&learner, &outside), Ok(vec![]));
+        assert_eq!(resolve(&learner, &config("4", &[])), Ok(vec![NodeId(4)]));
+    }
 }

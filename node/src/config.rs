@@ -149,10 +149,15 @@ pub struct NodeConfig {
 pub struct ClusterConfig {
     /// Other nodes' gossip addresses (HOST:PORT) contacted to join; may list this node.
     pub seeds: Vec<String>,
-    /// Voters of `__meta` when the cluster is first bootstrapped; always holds this node.
+    /// Voters of `__meta` when the cluster is first bootstrapped, as given (empty: not
+    /// given). Used on the first start only; afterwards the voters stored with `__meta` win.
+    /// A node outside them (or given only seeds) joins as a learner of `__meta`.
     pub initial_voters: Vec<NodeId>,
     /// UDP address gossip binds; `None`: the IP and port the client listener bound.
     pub gossip: Option<SocketAddr>,
+    /// How often gossip runs. A stopped node is seen to leave after about 8 rounds, and a
+    /// follower that sees its leader leave stands for election as soon as its own lease
+    /// grant lapses, instead of waiting for its election timeout.
     pub gossip_interval_ms: u64,
 }
 
@@ -238,7 +243,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             r#"
             shutdown_grace_ms = 5000
             default_replication_factor = 3
-            gossip_interval_ms = 500
+            gossip_interval_ms = 200
             [limits]
             frame_bytes_max = 4194304
             batch_bytes_max = 1048576
@@ -582,9 +587,6 @@ fn validate_cluster(file: &FileConfig, node_id: NodeId) -> Result<ClusterConfig,
         })?;
         initial_voters.push(NodeId(voter));
     }
-    if initial_voters.is_empty() {
-        initial_voters.push(node_id);
-    }
     let mut sorted = initial_voters.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -594,10 +596,10 @@ fn validate_cluster(file: &FileConfig, node_id: NodeId) -> Result<ClusterConfig,
         "a voter listed twice would count twice towards a majority",
     )?;
     rule(
-        "initial_voters holds node_id",
-        initial_voters.contains(&node_id),
-        "this build bootstraps __meta from its initial voters only; a node outside them could \
-         not follow the cluster metadata",
+        "a node outside initial_voters has seeds",
+        initial_voters.is_empty() || initial_voters.contains(&node_id) || !seeds.is_empty(),
+        "a node that is not a metadata voter learns the cluster metadata from other nodes, \
+         which it finds through its seeds",
     )?;
     rule(
         "initial_voters has at most 15 nodes",
@@ -617,9 +619,9 @@ fn validate_cluster(file: &FileConfig, node_id: NodeId) -> Result<ClusterConfig,
         ),
     };
     rule(
-        "gossip_interval_ms > 0",
-        file.gossip_interval_ms > 0,
-        "gossip runs on a timer; a period of zero would spin",
+        "gossip_interval_ms >= 10",
+        file.gossip_interval_ms >= cairn_membership::config::GOSSIP_INTERVAL_MS_MIN,
+        "below 10 ms gossip costs more CPU than it is worth",
     )?;
     Ok(ClusterConfig {
         seeds,
@@ -736,7 +738,7 @@ mod tests {
     fn a_lone_node_is_not_clustered_and_cluster_flags_are_checked() {
         let lone = base().build().unwrap();
         assert!(!lone.cluster.is_clustered());
-        assert_eq!(lone.cluster.initial_voters, vec![NodeId(1)]);
+        assert!(lone.cluster.initial_voters.is_empty());
         let member = base()
             .set("flag", "seeds", "127.0.0.1:7171, 127.0.0.1:7172,")
             .set("flag", "initial_voters", "3,1,2")
@@ -768,8 +770,14 @@ mod tests {
         );
         assert_eq!(
             broken("initial_voters", "2,3"),
-            "initial_voters holds node_id"
+            "a node outside initial_voters has seeds"
         );
+        let learner = base()
+            .set("flag", "seeds", "127.0.0.1:7171")
+            .set("flag", "initial_voters", "2,3")
+            .build()
+            .unwrap();
+        assert!(learner.cluster.is_clustered());
         assert_eq!(broken("gossip", "127.0.0.1"), "gossip is IP:PORT");
     }
 

@@ -178,11 +178,13 @@ async fn start_membership<S: LogStore>(
     let mut settings =
         MembershipSettings::new(CLUSTER_ID, config.node_id, gossip, client_addr, client_addr);
     settings.seeds = config.cluster.seeds.clone();
-    if config.cluster.gossip_interval_ms < settings.gossip_interval_ms {
-        settings = settings.with_test_timing();
-    }
-    settings.gossip_interval_ms = config.cluster.gossip_interval_ms;
-    settings.initial_heartbeat_interval_ms = config.cluster.gossip_interval_ms;
+    // The failure detector follows the gossip rhythm: its prior is one gossip round, and
+    // gaps up to 40 rounds (at most 10 s) count towards the mean, so a stopped peer is seen
+    // to leave after about phi x gossip_interval_ms.
+    let gossip_ms = config.cluster.gossip_interval_ms;
+    settings.gossip_interval_ms = gossip_ms;
+    settings.initial_heartbeat_interval_ms = gossip_ms;
+    settings.heartbeat_interval_max_ms = (gossip_ms * 40).clamp(gossip_ms * 2, 10_000);
     let membership_config = settings
         .validate(Generation::from_start_time())
         .map_err(|error| FatalError::Gossip(error.to_string()))?;

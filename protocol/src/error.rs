@@ -1,6 +1,7 @@
 //! [`ApiError`]: every refusal a Cairn node can answer with. Variants carry the facts a client
 //! needs to act (a leader hint, the limit that was exceeded), never just a string.
 
+use crate::group::MemberEpoch;
 use crate::ids::{Epoch, NodeId, Offset};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,66 @@ pub enum ApiError {
         current: i16,
         received: i16,
     },
+    /// This node does not coordinate the group (it does not lead the group's `__offsets`
+    /// partition). Retriable after finding the coordinator again.
+    #[error("this node does not coordinate the group (coordinator hint: {coordinator_hint:?})")]
+    NotCoordinator { coordinator_hint: Option<NodeId> },
+    /// The coordinator is still rebuilding its groups from `__offsets` after becoming leader.
+    #[error("the group coordinator is still loading its groups")]
+    CoordinatorLoadInProgress,
+    /// No leader is known for the group's `__offsets` partition yet.
+    #[error("no group coordinator is available yet")]
+    CoordinatorNotAvailable,
+    #[error("invalid group id {group_id:?}: {reason}")]
+    InvalidGroupId { group_id: String, reason: String },
+    #[error("group '{group_id}' does not exist")]
+    GroupIdNotFound { group_id: String },
+    /// Deleting a group or resetting its offsets needs it to have no members.
+    #[error("group '{group_id}' still has {members} members")]
+    GroupNotEmpty { group_id: String, members: u32 },
+    #[error("group has reached its maximum of {max} members")]
+    GroupMaxSizeReached { max: u32 },
+    /// The member is not in the group (it left, or was removed after its session timeout):
+    /// it must join again with member epoch 0.
+    #[error("member '{member_id}' is not in group '{group_id}'")]
+    UnknownMemberId { group_id: String, member_id: String },
+    /// The member's epoch does not match the coordinator's: it lost its assignment and must
+    /// rejoin with member epoch 0 (a zombie hears this).
+    #[error(
+        "member '{member_id}' is fenced: epoch {received} sent, the group has it at {current}"
+    )]
+    FencedMemberEpoch {
+        member_id: String,
+        current: MemberEpoch,
+        received: MemberEpoch,
+    },
+    /// A commit carried an older epoch than the member's current one; retriable once the
+    /// next heartbeat reply has given the member its current epoch.
+    #[error("member '{member_id}': stale epoch {received}, the current one is {current}")]
+    StaleMemberEpoch {
+        member_id: String,
+        current: MemberEpoch,
+        received: MemberEpoch,
+    },
+    /// A commit for a partition the member does not own in its current epoch.
+    #[error("member '{member_id}' does not own {topic}/{partition}")]
+    PartitionNotOwned {
+        member_id: String,
+        topic: String,
+        partition: u32,
+    },
+    /// Another process joined with this static instance id and took over its partitions;
+    /// this one must stop (two processes share an instance id).
+    #[error("static instance id '{instance_id}' now belongs to another member")]
+    FencedInstanceId {
+        instance_id: String,
+        member_id: String,
+    },
+    #[error("assignor '{name}' is not supported (supported: {supported:?})")]
+    UnsupportedAssignor {
+        name: String,
+        supported: Vec<String>,
+    },
     #[error("internal error: {reason}")]
     Internal { reason: String },
 }
@@ -107,6 +168,10 @@ impl ApiError {
                 | ApiError::ShuttingDown
                 | ApiError::StaleEpoch { .. }
                 | ApiError::OutOfOrderSequence { .. }
+                | ApiError::NotCoordinator { .. }
+                | ApiError::CoordinatorLoadInProgress
+                | ApiError::CoordinatorNotAvailable
+                | ApiError::StaleMemberEpoch { .. }
         )
     }
 
@@ -119,6 +184,8 @@ impl ApiError {
                 | ApiError::NotReady { .. }
                 | ApiError::UnknownTopic { .. }
                 | ApiError::UnknownPartition { .. }
+                | ApiError::NotCoordinator { .. }
+                | ApiError::CoordinatorNotAvailable
         )
     }
 }

@@ -8,6 +8,8 @@
 //!   checksum, so stamping does not re-hash), storage keeps them as single values, consumers
 //!   decode them. The checksum (CRC32C) covers everything a stamp does not touch.
 //! - [`messages`]: typed requests and responses, one pair per operation.
+//! - [`group`]: consumer-group requests (KIP-848 heartbeats, commits, admin) and the rule
+//!   that maps a group to its coordinating `__offsets` partition.
 //! - [`error`]: [`ApiError`], the typed refusals every reply may carry.
 //! - [`peer`]: node-to-node replication frames (a hello, then batches of per-partition
 //!   messages), sharing the frame codec with client traffic.
@@ -18,6 +20,7 @@
 pub mod batch;
 pub mod error;
 pub mod frame;
+pub mod group;
 pub mod ids;
 pub mod messages;
 pub mod peer;

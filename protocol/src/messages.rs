@@ -3,8 +3,16 @@
 //! Produce carries one partition's batch per request: requests pipeline on a connection, so
 //! many partitions in flight cost nothing extra, and each reply maps to exactly one batch.
 //! Fetch names many partitions at once so that one long poll serves a whole assignment.
+//! Consumer-group messages live in [`crate::group`].
 
 use crate::error::ApiError;
+use crate::group::{
+    ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, DeleteGroupRequest,
+    DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ResetGroupOffsetsRequest,
+    ResetGroupOffsetsResponse,
+};
 use crate::ids::{Epoch, NodeId, Offset};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -22,6 +30,14 @@ pub enum Request {
     ListOffsets(ListOffsetsRequest),
     ClusterStatus(ClusterStatusRequest),
     InitProducerId(InitProducerIdRequest),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroup(DescribeGroupRequest),
+    DeleteGroup(DeleteGroupRequest),
+    ResetGroupOffsets(ResetGroupOffsetsRequest),
+    FindCoordinator(FindCoordinatorRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +53,14 @@ pub enum Response {
     ListOffsets(ListOffsetsResponse),
     ClusterStatus(ClusterStatusResponse),
     InitProducerId(InitProducerIdResponse),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    ListGroups(ListGroupsResponse),
+    DescribeGroup(DescribeGroupResponse),
+    DeleteGroup(DeleteGroupResponse),
+    ResetGroupOffsets(ResetGroupOffsetsResponse),
+    FindCoordinator(FindCoordinatorResponse),
 }
 
 impl Request {
@@ -54,6 +78,41 @@ impl Request {
             Request::ListOffsets(_) => "ListOffsets",
             Request::ClusterStatus(_) => "ClusterStatus",
             Request::InitProducerId(_) => "InitProducerId",
+            Request::ConsumerGroupHeartbeat(_) => "ConsumerGroupHeartbeat",
+            Request::OffsetCommit(_) => "OffsetCommit",
+            Request::OffsetFetch(_) => "OffsetFetch",
+            Request::ListGroups(_) => "ListGroups",
+            Request::DescribeGroup(_) => "DescribeGroup",
+            Request::DeleteGroup(_) => "DeleteGroup",
+            Request::ResetGroupOffsets(_) => "ResetGroupOffsets",
+            Request::FindCoordinator(_) => "FindCoordinator",
+        }
+    }
+}
+
+impl Response {
+    /// The variant's name, for logs and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Handshake(_) => "Handshake",
+            Response::Metadata(_) => "Metadata",
+            Response::CreateTopic(_) => "CreateTopic",
+            Response::DeleteTopic(_) => "DeleteTopic",
+            Response::ListTopics(_) => "ListTopics",
+            Response::DescribeTopic(_) => "DescribeTopic",
+            Response::Produce(_) => "Produce",
+            Response::Fetch(_) => "Fetch",
+            Response::ListOffsets(_) => "ListOffsets",
+            Response::ClusterStatus(_) => "ClusterStatus",
+            Response::InitProducerId(_) => "InitProducerId",
+            Response::ConsumerGroupHeartbeat(_) => "ConsumerGroupHeartbeat",
+            Response::OffsetCommit(_) => "OffsetCommit",
+            Response::OffsetFetch(_) => "OffsetFetch",
+            Response::ListGroups(_) => "ListGroups",
+            Response::DescribeGroup(_) => "DescribeGroup",
+            Response::DeleteGroup(_) => "DeleteGroup",
+            Response::ResetGroupOffsets(_) => "ResetGroupOffsets",
+            Response::FindCoordinator(_) => "FindCoordinator",
         }
     }
 }

@@ -41,7 +41,7 @@ pub async fn handle<S: LogStore>(
     let targets: Vec<Result<PartitionHandle<S>, ApiError>> = request
         .partitions
         .iter()
-        .map(|partition| broker.partition(&partition.topic, partition.partition))
+        .map(|partition| broker.fetch_partition(&partition.topic, partition.partition))
         .collect();
     loop {
         // Subscribe before reading, so data committed after the read still wakes us.

@@ -15,6 +15,7 @@ mod create_topic;
 mod delete_topic;
 mod describe_topic;
 mod fetch;
+mod group_requests;
 mod handshake;
 mod init_producer_id;
 mod list_offsets;
@@ -302,6 +303,14 @@ async fn dispatch<S: LogStore>(
         Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
         Request::ClusterStatus(request) => cluster_status::handle(broker, request),
         Request::InitProducerId(request) => init_producer_id::handle(broker, request).await,
+        request @ (Request::ConsumerGroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::OffsetFetch(_)
+        | Request::ListGroups(_)
+        | Request::DescribeGroup(_)
+        | Request::DeleteGroup(_)
+        | Request::ResetGroupOffsets(_)
+        | Request::FindCoordinator(_)) => group_requests::handle(request),
         Request::Produce(request) => match produce::enqueue(broker, request) {
             Ok(enqueued) => produce::complete(enqueued).await,
             Err(error) => Err(error),

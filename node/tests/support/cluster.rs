@@ -67,6 +67,26 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts one more node that joins with only `--seeds` (every node so far): it is no
+    /// metadata voter and learns `__meta` from the voters. Returns its node id, once ready.
+    pub fn add_joiner(&mut self, extra_args: &[&str]) -> u32 {
+        let taken: Vec<u16> = self
+            .nodes
+            .iter()
+            .map(|node| node.address().port())
+            .collect();
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port(&taken)));
+        let seeds = self.bootstrap();
+        let mut args = vec!["--seeds", &seeds];
+        args.extend_from_slice(extra_args);
+        let node_id = self.nodes.len() as u32 + 1;
+        let mut node = TestNode::unstarted(node_id, Some(address), &args);
+        node.launch();
+        node.wait_ready();
+        self.nodes.push(node);
+        node_id
+    }
+
     /// Starts every stopped node at once and waits for all of them to be ready.
     pub fn launch_all(&mut self) {
         for node in &mut self.nodes {
