@@ -667,11 +667,42 @@ impl<S: LogStore> Broker<S> {
                 {
                     info.alive = false;
                 }
-                for handle in self.hosted() {
-                    if handle.shared.snapshot().leader == Some(node_id) {
-                        handle.suspect_leader();
-                    }
+                let suspects: Vec<PartitionHandle<S>> = self
+                    .hosted()
+                    .into_iter()
+                    .filter(|handle| handle.shared.snapshot().leader == Some(node_id))
+                    .collect();
+                if suspects.is_empty() {
+                    return;
                 }
+                for handle in &suspects {
+                    handle.suspect_leader();
+                }
+                // A first pre-vote may be refused by a follower whose own grant lapses a few
+                // milliseconds later; repeat the hint every heartbeat until someone leads, so
+                // the next try is not a whole election timeout away. Bounded, and only ever a
+                // hint: the lease rules still decide.
+                let period = Duration::from_millis(self.config.replica.heartbeat_ms);
+                let rounds = (2 * self.config.replica.election_timeout_ms)
+                    / self.config.replica.heartbeat_ms.max(1);
+                tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        tokio::time::sleep(period).await;
+                        let mut leaderless = false;
+                        for handle in &suspects {
+                            let snapshot = handle.shared.snapshot();
+                            if snapshot.role != Role::Leader
+                                && (snapshot.leader.is_none() || snapshot.leader == Some(node_id))
+                            {
+                                handle.suspect_leader();
+                                leaderless = true;
+                            }
+                        }
+                        if !leaderless {
+                            return;
+                        }
+                    }
+                });
             }
         }
     }

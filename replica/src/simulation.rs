@@ -1,6 +1,7 @@
 //! A deterministic simulation of one partition with three or five replicas (TigerBeetle style),
 //! everything drawn from one seed: a message queue the test controls (delays, reorders, drops,
-//! duplicates, partitions into two sides), per-node monotonic clocks whose rates drift within
+//! duplicates, partitions into two sides, some one way only), per-node monotonic clocks whose
+//! rates drift within
 //! the configured bound (and restart from anywhere after a reboot), flushes that complete in
 //! random order across nodes, and crashes that rebuild a replica from a memory log keeping only
 //! what was flushed plus a random prefix of the unflushed writes (the promise included).
@@ -12,10 +13,16 @@
 //! they hold. Counters per seed ([`Stats`]) are asserted over the seed set so that the
 //! simulation cannot silently become trivial.
 //!
+//! Plain producers use every `acks` level; idempotent producers (DESIGN section 6) retry one
+//! batch at a time, the same sequence to any node, including while the first attempt may
+//! still commit, and restarted replicas rebuild their producer state from the log as the node
+//! does.
+//!
 //! Checked after every action: the engine's own invariants (inside `step`, REP-1, REP-2 and
 //! more), REP-3 and lease exclusivity; at each acknowledgement: REP-4; at each election: the
 //! new leader holds every acknowledged batch; every 16 actions and at the end: REP-4 and REP-5
-//! over every log; after healing: liveness, and every acknowledged batch in the leader's log.
+//! over every log, and that no idempotent batch was committed twice; after healing: liveness,
+//! and every acknowledged batch in the leader's log.
 //!
 //! A failing seed prints one line with the command that replays it exactly.
 
@@ -23,7 +30,7 @@ use crate::invariants::check_leaders;
 use crate::*;
 use cairn_protocol::batch::{Record, RecordBatchBuilder};
 use cairn_protocol::messages::Acks;
-use cairn_protocol::{Epoch, NodeId, Offset};
+use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +58,9 @@ const SIMULATION_THREADS_MAX: usize = 4;
 
 /// Percent of elections after which the new leader is crashed or cut off a few actions later.
 const FRESH_LEADER_FAULT_PERCENT: u64 = 25;
+
+/// Idempotent producers per simulation, each with one batch in flight.
+const IDEMPOTENT_PRODUCERS: i64 = 2;
 
 /// Healing must produce a new acknowledged write within this much simulated time.
 const HEAL_DEADLINE_MS: u64 = 20_000;
@@ -247,6 +257,24 @@ impl Node {
     }
 }
 
+/// A produce request awaiting its reply.
+struct Request {
+    acks: Acks,
+    value: Vec<u8>,
+    /// For an idempotent producer's batch: the producer's index and the batch's sequence.
+    idempotent: Option<(usize, i32)>,
+}
+
+/// An idempotent producer with one batch in flight at a time, retried (same sequence) until
+/// acknowledged, as a Kafka producer does after a timeout or a `NotLeader`.
+struct IdempotentProducer {
+    id: i64,
+    next_sequence: i32,
+    in_flight: Option<RequestId>,
+    /// Attempts sent of the batch `next_sequence`.
+    attempts: u32,
+}
+
 struct Message {
     deliver_at: u64,
     from: NodeId,
@@ -280,7 +308,13 @@ struct Stats {
     leaders_cut_after_append: u64,
     /// Leaders cut off or crashed within a few actions of their election.
     fresh_leaders_cut: u64,
+    /// Idempotent batches acknowledged; of them answered as duplicates of an earlier
+    /// attempt; and attempts after the first of a batch (retries).
+    idempotent_acks: u64,
+    idempotent_duplicates: u64,
+    idempotent_retries: u64,
     partitions: u64,
+    one_way_partitions: u64,
     disk_stalls: u64,
     /// Promises made durable before appends requested ahead of them.
     promises_ahead_of_appends: u64,
@@ -300,7 +334,11 @@ impl Stats {
         self.crashes_keeping_unflushed += other.crashes_keeping_unflushed;
         self.leaders_cut_after_append += other.leaders_cut_after_append;
         self.fresh_leaders_cut += other.fresh_leaders_cut;
+        self.idempotent_acks += other.idempotent_acks;
+        self.idempotent_duplicates += other.idempotent_duplicates;
+        self.idempotent_retries += other.idempotent_retries;
         self.partitions += other.partitions;
+        self.one_way_partitions += other.one_way_partitions;
         self.disk_stalls += other.disk_stalls;
         self.promises_ahead_of_appends += other.promises_ahead_of_appends;
         self.clock_rate_changes += other.clock_rate_changes;
@@ -315,6 +353,8 @@ struct Simulation {
     network: Vec<Message>,
     /// Whether faults are on (off while healing).
     faults: bool,
+    /// Whether the current partition drops only messages from side 1 to side 0.
+    one_way: bool,
     drop_percent: u64,
     /// Percent of "crash" rolls that really crash: seeds range from calm to brutal.
     crash_percent: u64,
@@ -328,7 +368,11 @@ struct Simulation {
     /// still leads that epoch: its epoch marker may then sit on a minority while older
     /// epochs' batches sit on a majority, the case DESIGN 5.4's marker rule exists for.
     fresh_leader_fault: Option<(usize, Epoch, u32)>,
-    requests: BTreeMap<RequestId, (Acks, Vec<u8>)>,
+    requests: BTreeMap<RequestId, Request>,
+    producers: Vec<IdempotentProducer>,
+    /// Where each idempotent batch (producer id, first sequence) sits in committed history:
+    /// a retried batch must be written once (DESIGN section 6).
+    idempotent_committed: BTreeMap<(i64, i32), Offset>,
     next_request: u64,
     /// Acknowledged acks=all batches: base offset, the value written, and the epoch of the
     /// leader that acknowledged it.
@@ -399,12 +443,22 @@ impl Simulation {
             nodes,
             network: Vec::new(),
             faults: true,
+            one_way: false,
             drop_percent: [0, 2, 5, 10][rng.below(4) as usize],
             crash_percent: [5, 20, 100][(seed % 3) as usize],
             rate_ppm_max,
             crash_after_action: Vec::new(),
             fresh_leader_fault: None,
             requests: BTreeMap::new(),
+            producers: (0..IDEMPOTENT_PRODUCERS)
+                .map(|id| IdempotentProducer {
+                    id: 1_000 + id,
+                    next_sequence: 0,
+                    in_flight: None,
+                    attempts: 0,
+                })
+                .collect(),
+            idempotent_committed: BTreeMap::new(),
             next_request: 0,
             acked: Vec::new(),
             leaders_by_epoch: BTreeMap::new(),
@@ -548,7 +602,36 @@ impl Simulation {
                 });
             }
             Effect::Reply { request, result } => {
-                let (acks, value) = self.requests.remove(&request)?;
+                let Request {
+                    acks,
+                    value,
+                    idempotent,
+                } = self.requests.remove(&request)?;
+                if let Some((producer, sequence)) = idempotent {
+                    let producer = &mut self.producers[producer];
+                    if producer.in_flight == Some(request) {
+                        producer.in_flight = None;
+                    }
+                    match &result {
+                        Ok(response) if producer.next_sequence == sequence => {
+                            producer.next_sequence += 1;
+                            producer.attempts = 0;
+                            self.stats.idempotent_acks += 1;
+                            if response.duplicate {
+                                self.stats.idempotent_duplicates += 1;
+                            }
+                        }
+                        Ok(_) => {}
+                        // Only retriable refusals may reach a producer that sends one batch at
+                        // a time with one epoch. Out of order would mean that a leader lacks
+                        // the producer's previous batch, which was acknowledged.
+                        Err(ApiError::OutOfOrderSequence { .. }) => {
+                            panic!("idempotent producer refused: {result:?}")
+                        }
+                        Err(error) if error.is_retriable() => {}
+                        Err(error) => panic!("idempotent producer refused: {error:?}"),
+                    }
+                }
                 let response = result.ok()?;
                 match acks {
                     Acks::All => {
@@ -614,7 +697,13 @@ impl Simulation {
     }
 
     fn cut(&self, from: NodeId, to: NodeId) -> bool {
-        self.nodes[self.index(from)].side != self.nodes[self.index(to)].side
+        let from_side = self.nodes[self.index(from)].side;
+        let to_side = self.nodes[self.index(to)].side;
+        if self.one_way {
+            from_side == 1 && to_side == 0
+        } else {
+            from_side != to_side
+        }
     }
 
     fn deliver(&mut self, message: Message) {
@@ -697,13 +786,60 @@ impl Simulation {
         let value = format!("v{}", request.0).into_bytes();
         let mut builder = RecordBatchBuilder::new(0);
         builder.push(&Record::new(value.clone()));
-        self.requests.insert(request, (acks, value));
+        self.requests.insert(
+            request,
+            Request {
+                acks,
+                value,
+                idempotent: None,
+            },
+        );
         self.feed(
             index,
             Input::Produce {
                 request,
                 batch: builder.build(),
                 acks,
+            },
+        );
+    }
+
+    /// An idempotent producer sends its next batch, or sends its unacknowledged batch again
+    /// (with the same sequence), to a random node. A batch still in flight is sent again
+    /// only now and then: the producer's request timed out while the first attempt may
+    /// still be appended and commit.
+    fn produce_idempotent(&mut self, index: usize) {
+        let which = self.rng.below(self.producers.len() as u64) as usize;
+        let producer = &self.producers[which];
+        if producer.in_flight.is_some() && !self.rng.chance(20) {
+            return;
+        }
+        let (id, sequence) = (producer.id, producer.next_sequence);
+        if producer.attempts > 0 {
+            self.stats.idempotent_retries += 1;
+        }
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        // The value names the batch, so every attempt carries the same bytes.
+        let value = format!("p{id}s{sequence}").into_bytes();
+        let mut builder = RecordBatchBuilder::new(0).producer(id, 0, sequence);
+        builder.push(&Record::new(value.clone()));
+        self.requests.insert(
+            request,
+            Request {
+                acks: Acks::All,
+                value,
+                idempotent: Some((which, sequence)),
+            },
+        );
+        self.producers[which].in_flight = Some(request);
+        self.producers[which].attempts += 1;
+        self.feed(
+            index,
+            Input::Produce {
+                request,
+                batch: builder.build(),
+                acks: Acks::All,
             },
         );
     }
@@ -817,6 +953,9 @@ impl Simulation {
         )
         .unwrap();
         assert!(effects.is_empty());
+        // As the node runtime does: the producers' state comes back from the batch headers.
+        let mut replica = replica;
+        replica.recover_producers(node.log.batches.iter().map(|batch| batch.header()));
         node.replica = Some(replica);
     }
 
@@ -863,11 +1002,14 @@ impl Simulation {
             for node in &mut self.nodes {
                 node.side = u8::from(node.id == leader);
             }
+            self.one_way = false;
             self.stats.partitions += 1;
         }
     }
 
-    /// Heals a partition, or splits the nodes into two random sides.
+    /// Heals a partition, or splits the nodes into two random sides, now and then one way only
+    /// (side 1 hears side 0 but is not heard: a leader that still receives acknowledgements
+    /// whose appends are lost, or a follower that gets appends but cannot answer).
     fn toggle_partition(&mut self) {
         if self.nodes.iter().any(|node| node.side != 0) {
             for node in &mut self.nodes {
@@ -878,7 +1020,9 @@ impl Simulation {
         for index in 0..self.nodes.len() {
             self.nodes[index].side = u8::from(self.rng.chance(40));
         }
+        self.one_way = self.rng.chance(30);
         self.stats.partitions += 1;
+        self.stats.one_way_partitions += u64::from(self.one_way);
     }
 
     fn act(&mut self) {
@@ -903,12 +1047,12 @@ impl Simulation {
             }
             820..=929 => {
                 let index = self.random_node();
-                let acks = match self.rng.below(4) {
-                    0 => Acks::Leader,
-                    1 => Acks::None,
-                    _ => Acks::All,
-                };
-                self.produce(index, acks);
+                match self.rng.below(6) {
+                    0 => self.produce(index, Acks::Leader),
+                    1 => self.produce(index, Acks::None),
+                    2 | 3 => self.produce(index, Acks::All),
+                    _ => self.produce_idempotent(index),
+                }
             }
             930..=931 if self.faults => self.cut_leader_after_append(),
             932..=937 if self.faults => {
@@ -972,6 +1116,7 @@ impl Simulation {
             for node in &mut self.nodes {
                 node.side = u8::from(node.id == leader);
             }
+            self.one_way = false;
             self.stats.partitions += 1;
         }
     }
@@ -1027,6 +1172,19 @@ impl Simulation {
                     batch.base_offset(),
                     node.id
                 );
+                let header = batch.header();
+                if header.has_producer() {
+                    let key = (header.producer_id, header.base_sequence);
+                    let first = *self
+                        .idempotent_committed
+                        .entry(key)
+                        .or_insert(header.base_offset);
+                    assert_eq!(
+                        first, header.base_offset,
+                        "idempotence: producer {} sequence {} committed at {first} and at {}",
+                        key.0, key.1, header.base_offset
+                    );
+                }
             }
         }
         for (base, value, _) in &self.acked {
@@ -1101,15 +1259,12 @@ impl Simulation {
             self.acked.len() > acked_before,
             "no acks=all write committed within {HEAL_DEADLINE_MS} ms of healing"
         );
-        // The newest leader holds every acknowledged batch, whatever epoch acknowledged it.
-        let leader = self.leader().expect("a leader acknowledged the last write");
-        let epoch = self.nodes[leader]
-            .replica
-            .as_ref()
-            .expect("up")
-            .status()
-            .epoch;
-        self.check_leader_holds_acked(leader, epoch.next());
+        // The leader that acknowledged the last write holds every acknowledged batch, whatever
+        // epoch acknowledged it. (It may have stepped down since, in the same action: its log
+        // is still what it led with.)
+        let &(_, _, epoch) = self.acked.last().expect("checked above");
+        let leader = self.leaders_by_epoch[&epoch];
+        self.check_leader_holds_acked(self.index(leader), epoch.next());
     }
 }
 
@@ -1257,9 +1412,8 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
         failures.sort_by_key(|(seed, _)| *seed);
         let seeds: Vec<u64> = failures.iter().map(|(seed, _)| *seed).collect();
         eprintln!(
-            "{test}: {} failing seed(s) found (of {count} when CAIRN_SIM_KEEP_GOING is set): \
-             {seeds:?}",
-            seeds.len()
+            "{test}: failing seeds {seeds:?} (every seed of the {count} ran only if \
+             CAIRN_SIM_KEEP_GOING was set)"
         );
         let (_, panic) = failures.swap_remove(0);
         resume_unwind(panic);
@@ -1280,7 +1434,7 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
     // with flushes completing in request order (PROMISES_AHEAD_PERCENT = 0) a follower's
     // promise of a newer epoch is durable only after its older appends are, so a truncation
     // never meets an outstanding flush.
-    let rules: [(&str, u64, u64); 11] = [
+    let rules: [(&str, u64, u64); 14] = [
         ("acks", total.acks, count * 2),
         ("elections", total.elections, count * 3),
         (
@@ -1311,7 +1465,14 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
             count,
         ),
         ("fresh_leaders_cut", total.fresh_leaders_cut, count / 2),
+        ("idempotent_acks", total.idempotent_acks, count),
+        (
+            "idempotent_duplicates",
+            total.idempotent_duplicates,
+            count / 4,
+        ),
         ("clock_rate_changes", total.clock_rate_changes, count),
+        ("one_way_partitions", total.one_way_partitions, count),
     ];
     for (name, seen, floor) in rules {
         assert!(
