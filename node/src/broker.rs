@@ -82,10 +82,14 @@ impl<S: LogStore> Broker<S> {
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
-        let peers = PeerTransport::new(
-            config.node_id,
-            PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize),
-        );
+        let mut peer_config =
+            PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize);
+        // A restarted peer should hear its leader's heartbeats within a couple of heartbeat
+        // periods, not after a long reconnect back-off (it would stand for election for
+        // nothing meanwhile). Connection attempts to a dead peer are cheap.
+        peer_config.reconnect_backoff_max_ms =
+            (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
+        let peers = PeerTransport::new(config.node_id, peer_config);
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
