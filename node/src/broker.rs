@@ -5,6 +5,14 @@
 //! changes (create/delete topic) are appended to `__meta`; a single applier task applies
 //! committed `__meta` records in offset order and starts or stops partition actors to match,
 //! both for live changes and when a restarted node replays its log.
+//!
+//! In a cluster, `__meta` runs as one replica per voter (the initial voters, stored at the
+//! first start). A node that is no voter is a learner: its applier fetches committed `__meta`
+//! records from the voter that leads it and applies them the same way. Gossip (membership)
+//! feeds the broker a view of the other nodes: their addresses (for the peer transport and
+//! metadata), liveness (for placement, `NotEnoughReplicas`, and a hint that a leader left)
+//! and the partitions they say they lead (for leader hints of partitions not hosted here).
+//! None of it decides leadership; the replicas' epochs and quorums do.
 
 use crate::config::NodeConfig;
 use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
