@@ -139,6 +139,8 @@ struct Report {
     publish_latency: Latency,
     consume: Throughput,
     node: Option<node_process::ResourceUse>,
+    /// This load generator's own CPU, to tell a saturated client from a saturated cluster.
+    client: Option<node_process::ResourceUse>,
     machine: String,
 }
 
@@ -242,6 +244,7 @@ async fn run(workload: Workload) -> BenchResult<()> {
         node: cluster
             .as_ref()
             .and_then(|cluster| node_process::cluster_resource_use(&cluster.pids())),
+        client: node_process::resource_use(std::process::id()),
         machine: machine_description(),
     };
     if let Some(cluster) = cluster {
@@ -517,5 +520,50 @@ fn print_markdown(report: &Report) {
             node.cpu_seconds,
             node.peak_rss_bytes as f64 / 1048576.0
         );
+    }
+    if let Some(client) = report.client {
+        println!("cairn-bench itself: {:.1} s CPU", client.cpu_seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_flags_and_the_failover_subcommand_both_parse() {
+        let cli = Cli::try_parse_from([
+            "cairn-bench",
+            "--nodes",
+            "3",
+            "--replication-factor",
+            "3",
+            "--records",
+            "10",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            (cli.workload.nodes, cli.workload.replication_factor),
+            (3, Some(3))
+        );
+        let cli = Cli::try_parse_from([
+            "cairn-bench",
+            "failover",
+            "--kills",
+            "5",
+            "--node-arg=--set=replica.lease_ms=400",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(BenchCommand::Failover(args)) => {
+                assert_eq!(args.kills, 5);
+                assert_eq!(args.nodes, 3);
+                assert_eq!(args.node_args, ["--set=replica.lease_ms=400"]);
+            }
+            None => panic!("failover was not parsed"),
+        }
+        // Load flags belong to the load run, not to a subcommand.
+        assert!(Cli::try_parse_from(["cairn-bench", "--records", "5", "failover"]).is_err());
     }
 }

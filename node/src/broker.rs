@@ -5,6 +5,14 @@
 //! changes (create/delete topic) are appended to `__meta`; a single applier task applies
 //! committed `__meta` records in offset order and starts or stops partition actors to match,
 //! both for live changes and when a restarted node replays its log.
+//!
+//! In a cluster, `__meta` runs as one replica per voter (the initial voters, stored at the
+//! first start). A node that is no voter is a learner: its applier fetches committed `__meta`
+//! records from the voter that leads it and applies them the same way. Gossip (membership)
+//! feeds the broker a view of the other nodes: their addresses (for the peer transport and
+//! metadata), liveness (for placement, `NotEnoughReplicas`, and a hint that a leader left)
+//! and the partitions they say they lead (for leader hints of partitions not hosted here).
+//! None of it decides leadership; the replicas' epochs and quorums do.
 
 use crate::config::NodeConfig;
 use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
@@ -82,10 +90,14 @@ impl<S: LogStore> Broker<S> {
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
-        let peers = PeerTransport::new(
-            config.node_id,
-            PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize),
-        );
+        let mut peer_config =
+            PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize);
+        // A restarted peer should hear its leader's heartbeats within a couple of heartbeat
+        // periods, not after a long reconnect back-off (it would stand for election for
+        // nothing meanwhile). Connection attempts to a dead peer are cheap.
+        peer_config.reconnect_backoff_max_ms =
+            (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
+        let peers = PeerTransport::new(config.node_id, peer_config);
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
@@ -667,11 +679,42 @@ impl<S: LogStore> Broker<S> {
                 {
                     info.alive = false;
                 }
-                for handle in self.hosted() {
-                    if handle.shared.snapshot().leader == Some(node_id) {
-                        handle.suspect_leader();
-                    }
+                let suspects: Vec<PartitionHandle<S>> = self
+                    .hosted()
+                    .into_iter()
+                    .filter(|handle| handle.shared.snapshot().leader == Some(node_id))
+                    .collect();
+                if suspects.is_empty() {
+                    return;
                 }
+                for handle in &suspects {
+                    handle.suspect_leader();
+                }
+                // A first pre-vote may be refused by a follower whose own grant lapses a few
+                // milliseconds later; repeat the hint every heartbeat until someone leads, so
+                // the next try is not a whole election timeout away. Bounded, and only ever a
+                // hint: the lease rules still decide.
+                let period = Duration::from_millis(self.config.replica.heartbeat_ms);
+                let rounds = (2 * self.config.replica.election_timeout_ms)
+                    / self.config.replica.heartbeat_ms.max(1);
+                tokio::spawn(async move {
+                    for _ in 0..rounds {
+                        tokio::time::sleep(period).await;
+                        let mut leaderless = false;
+                        for handle in &suspects {
+                            let snapshot = handle.shared.snapshot();
+                            if snapshot.role != Role::Leader
+                                && (snapshot.leader.is_none() || snapshot.leader == Some(node_id))
+                            {
+                                handle.suspect_leader();
+                                leaderless = true;
+                            }
+                        }
+                        if !leaderless {
+                            return;
+                        }
+                    }
+                });
             }
         }
     }

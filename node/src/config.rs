@@ -254,9 +254,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             fetch_wait_max_ms = 30000
             partitions_per_topic_max = 1024
             [replica]
-            lease_ms = 2000
+            lease_ms = 1200
             heartbeat_ms = 300
-            election_timeout_ms = 2500
+            election_timeout_ms = 1600
             clock_drift_max_ppm = 50000
             tick_ms = 50
             pending_requests_max = 4096
@@ -657,7 +657,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_test_preset_is_small() {
         let config = base().build().unwrap();
-        assert_eq!(config.replica.lease_ms, 2000);
+        assert_eq!(config.replica.lease_ms, 1200);
         let test = base().preset(Preset::Test).build().unwrap();
         assert_eq!(test.replica.lease_ms, 200);
         assert!(test.limits.batch_bytes_max < config.limits.batch_bytes_max);

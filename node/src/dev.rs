@@ -147,6 +147,10 @@ async fn dev(args: DevArgs) -> i32 {
         );
         return 1;
     }
+    if let Err(reason) = check_layout(&args) {
+        eprintln!("cairn dev: {reason}");
+        return 2;
+    }
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(error) => {
@@ -269,6 +273,36 @@ async fn dev(args: DevArgs) -> i32 {
                 }
             }
         }
+    }
+}
+
+/// Name of the file recording how many nodes a data directory was created for.
+const LAYOUT_FILE: &str = "cairn-dev-nodes";
+
+/// A data directory keeps its cluster's shape: its `__meta` voters were fixed when it was
+/// first started, so reusing it with another node count would start nodes that disagree.
+/// Records the count on first use and refuses a different one later.
+fn check_layout(args: &DevArgs) -> Result<(), String> {
+    let path = args.data_dir.join(LAYOUT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<u16>() {
+            Ok(nodes) if nodes == args.nodes => Ok(()),
+            Ok(nodes) => Err(format!(
+                "{} holds a {nodes}-node cluster; run `cairn dev --nodes {nodes}` on it, or \
+                 give --nodes {} a fresh --data-dir",
+                args.data_dir.display(),
+                args.nodes
+            )),
+            Err(_) => Err(format!(
+                "{} is not a node count; remove it or use a fresh --data-dir",
+                path.display()
+            )),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{}\n", args.nodes))
+                .map_err(|error| format!("cannot write {}: {error}", path.display()))
+        }
+        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod group;
 pub mod meta;
 pub mod node;
 pub mod partition;

@@ -412,3 +412,25 @@ fn dev_says_so_when_a_node_dies() {
     assert!(stderr.contains("every node has exited"), "{stderr}");
     assert!(Path::new(&dev.data_dir.join("node-1.log")).exists());
 }
+
+#[test]
+fn dev_refuses_a_data_directory_made_for_another_node_count() {
+    let temp = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(temp.path().join("cairn-dev-nodes"), "3\n").unwrap();
+    let output = Command::new(cairn_binary())
+        .args(["dev", "--nodes", "1", "--base-port"])
+        .arg(free_base_port(1).to_string())
+        .arg("--data-dir")
+        .arg(temp.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cairn dev runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("holds a 3-node cluster; run `cairn dev --nodes 3` on it"),
+        "{stderr}"
+    );
+    // Nothing was started: no node directory was created.
+    assert!(!temp.path().join("node-1").exists());
+}

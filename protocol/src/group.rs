@@ -104,16 +104,17 @@ pub struct TopicPartitions {
     pub partitions: Vec<u32>,
 }
 
-/// Names of the server-side assignors, as Kafka names them.
+/// Names of the server-side assignors. Kafka 4's `uniform` is its sticky, balanced assignor,
+/// so Cairn accepts it as an alias of `sticky`.
 pub const ASSIGNOR_RANGE: &str = "range";
-pub const ASSIGNOR_ROUND_ROBIN: &str = "uniform";
+pub const ASSIGNOR_ROUND_ROBIN: &str = "round-robin";
 pub const ASSIGNOR_STICKY: &str = "sticky";
-/// Every assignor name a coordinator accepts. `round-robin` is an alias of `uniform`.
+/// Every assignor name a coordinator accepts.
 pub const ASSIGNOR_NAMES: [&str; 4] = [
     ASSIGNOR_RANGE,
     ASSIGNOR_ROUND_ROBIN,
-    "round-robin",
     ASSIGNOR_STICKY,
+    "uniform",
 ];
 
 /// Join, stay, or leave; the one request a group member sends regularly.
@@ -125,7 +126,8 @@ pub struct ConsumerGroupHeartbeatRequest {
     pub member_id: String,
     pub member_epoch: MemberEpoch,
     /// Set for a static member: a restart with the same instance id within the session
-    /// timeout takes over the previous incarnation's partitions without a rebalance.
+    /// timeout takes over the previous incarnation's partitions without a rebalance. Once
+    /// joined, `None` means "unchanged".
     pub instance_id: Option<String>,
     /// How long the member may take to release revoked partitions before it is fenced.
     pub rebalance_timeout_ms: u32,
