@@ -107,6 +107,10 @@ pub enum ApiError {
     GroupNotEmpty { group_id: String, members: u32 },
     #[error("group has reached its maximum of {max} members")]
     GroupMaxSizeReached { max: u32 },
+    /// The coordinator already holds its maximum number of groups; a new group cannot start
+    /// there until one is deleted.
+    #[error("the coordinator holds its maximum of {max} groups")]
+    TooManyGroups { max: u32 },
     /// The member is not in the group (it left, or was removed after its session timeout):
     /// it must join again with member epoch 0.
     #[error("member '{member_id}' is not in group '{group_id}'")]

@@ -100,6 +100,7 @@ impl Simulation {
         Simulation {
             rng: Rng::new(seed),
             coordinator: Coordinator::new(GroupConfig {
+                heartbeat_interval_ms: 300,
                 session_timeout_ms_min: 1_000,
                 ..GroupConfig::default()
             }),

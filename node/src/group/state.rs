@@ -42,6 +42,8 @@ pub struct GroupConfig {
     pub session_timeout_ms_max: u32,
     pub rebalance_timeout_ms_max: u32,
     pub members_max: u32,
+    /// Groups one coordinator (one `__offsets` partition) holds, empty ones included.
+    pub groups_max: u32,
     pub subscribed_topics_max: u32,
     /// Partitions one commit, fetch or reset may name.
     pub request_partitions_max: u32,
@@ -51,13 +53,43 @@ impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             heartbeat_interval_ms: 3_000,
-            session_timeout_ms_min: 6_000,
+            session_timeout_ms_min: 10_000,
             session_timeout_ms_max: 300_000,
             rebalance_timeout_ms_max: 300_000,
             members_max: 1_000,
+            groups_max: 10_000,
             subscribed_topics_max: 1_000,
             request_partitions_max: 10_000,
         }
+    }
+}
+
+impl GroupConfig {
+    /// Checks the cross-field rules, each named by why it exists.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.session_timeout_ms_min > self.session_timeout_ms_max {
+            return Err("session_timeout_ms_min must not exceed session_timeout_ms_max".into());
+        }
+        // heartbeat_below_session_third: a member must get at least three heartbeats into
+        // the shortest session, so that one lost or late heartbeat does not expire it.
+        if u64::from(self.heartbeat_interval_ms) * 3 > u64::from(self.session_timeout_ms_min) {
+            return Err(format!(
+                "heartbeat_interval_ms ({}) must be at most a third of session_timeout_ms_min ({})",
+                self.heartbeat_interval_ms, self.session_timeout_ms_min
+            ));
+        }
+        let limits = [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("rebalance_timeout_ms_max", self.rebalance_timeout_ms_max),
+            ("members_max", self.members_max),
+            ("groups_max", self.groups_max),
+            ("subscribed_topics_max", self.subscribed_topics_max),
+            ("request_partitions_max", self.request_partitions_max),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be above 0"));
+        }
+        Ok(())
     }
 }
 
@@ -407,6 +439,18 @@ impl Coordinator {
         group.check_invariants();
     }
 
+    /// Refuses to start a new group once `groups_max` are held.
+    fn check_room_for(&self, group_id: &str) -> Result<(), ApiError> {
+        if !self.groups.contains_key(group_id)
+            && self.groups.len() >= self.config.groups_max as usize
+        {
+            return Err(ApiError::TooManyGroups {
+                max: self.config.groups_max,
+            });
+        }
+        Ok(())
+    }
+
     fn emit(&mut self, records: &mut Vec<GroupRecord>, record: GroupRecord) {
         self.apply(&record);
         records.push(record);
@@ -520,6 +564,7 @@ impl Coordinator {
                 force_new_epoch = true;
                 member.member_id
             } else {
+                self.check_room_for(group_id)?;
                 let members = group.map_or(0, |g| g.members.len());
                 if members >= self.config.members_max as usize {
                     return Err(ApiError::GroupMaxSizeReached {
@@ -948,6 +993,7 @@ impl Coordinator {
         let group = self.groups.get(&request.group_id);
         let standalone = request.member_id.is_empty() && request.member_epoch == MemberEpoch::LEAVE;
         let member = if standalone {
+            self.check_room_for(&request.group_id)?;
             let members = group.map_or(0, |g| g.members.len());
             if members > 0 {
                 return Err(ApiError::GroupNotEmpty {
@@ -1183,6 +1229,7 @@ impl Coordinator {
         bounds: impl Fn(&TopicPartition) -> Option<PartitionBounds>,
     ) -> Result<(ResetGroupOffsetsResponse, Vec<GroupRecord>), ApiError> {
         validate_group_id(&request.group_id)?;
+        self.check_room_for(&request.group_id)?;
         let count = *topics
             .get(&request.topic)
             .ok_or_else(|| ApiError::UnknownTopic {

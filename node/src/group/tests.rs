@@ -674,3 +674,146 @@ fn with_instance(
         ..request
     }
 }
+
+#[test]
+fn the_group_limit_is_enforced() {
+    let mut h = Harness::new();
+    h.coordinator = Coordinator::new(GroupConfig {
+        groups_max: 1,
+        ..GroupConfig::default()
+    });
+    h.join("a", None, 0);
+    let other = ConsumerGroupHeartbeatRequest {
+        group_id: "other".into(),
+        ..join_request("x", None)
+    };
+    let before = h.coordinator.groups().clone();
+    assert_eq!(
+        h.heartbeat(other, 1),
+        Err(ApiError::TooManyGroups { max: 1 })
+    );
+    let commit = OffsetCommitRequest {
+        group_id: "other".into(),
+        member_id: String::new(),
+        member_epoch: MemberEpoch::LEAVE,
+        offsets: vec![],
+    };
+    assert_eq!(
+        h.coordinator.commit(&commit, &h.topics).unwrap_err(),
+        ApiError::TooManyGroups { max: 1 }
+    );
+    assert_eq!(h.coordinator.groups(), &before);
+    // The existing group still takes members.
+    h.join("b", None, 2);
+}
+
+#[test]
+fn a_consumer_outside_group_membership_commits_only_while_the_group_is_empty() {
+    let mut h = Harness::new();
+    let commit = OffsetCommitRequest {
+        group_id: "g".into(),
+        member_id: String::new(),
+        member_epoch: MemberEpoch::LEAVE,
+        offsets: vec![OffsetCommitPartition {
+            topic: "t".into(),
+            partition: 2,
+            offset: Offset(12),
+            metadata: Some("manual".into()),
+        }],
+    };
+    let (reply, _) = h.coordinator.commit(&commit, &h.topics).unwrap();
+    assert_eq!(reply.partitions[0].result, Ok(()));
+    assert_eq!(h.committed(2), Some(Offset(12)));
+    assert_eq!(h.state(), GroupState::Empty);
+    h.join("a", None, 0);
+    assert_eq!(
+        h.coordinator.commit(&commit, &h.topics).unwrap_err(),
+        ApiError::GroupNotEmpty {
+            group_id: "g".into(),
+            members: 1
+        }
+    );
+    let fetched = h
+        .coordinator
+        .fetch_offsets(&OffsetFetchRequest {
+            group_id: "g".into(),
+            member: Some(("a".into(), h.epoch("a"))),
+            partitions: None,
+        })
+        .unwrap();
+    assert_eq!(
+        fetched.partitions,
+        [CommittedPartitionOffset {
+            topic: "t".into(),
+            partition: 2,
+            committed: Some(CommittedOffset {
+                offset: Offset(12),
+                metadata: Some("manual".into())
+            })
+        }]
+    );
+    // A fetch from a fenced member epoch is refused.
+    assert!(matches!(
+        h.coordinator.fetch_offsets(&OffsetFetchRequest {
+            group_id: "g".into(),
+            member: Some(("a".into(), MemberEpoch(40))),
+            partitions: None,
+        }),
+        Err(ApiError::FencedMemberEpoch { .. })
+    ));
+}
+
+#[test]
+fn added_partitions_and_created_topics_are_assigned_on_the_next_heartbeat() {
+    let mut h = Harness::new();
+    let request = ConsumerGroupHeartbeatRequest {
+        subscribed_topics: Some(vec!["t".into(), "later".into()]),
+        ..join_request("a", None)
+    };
+    h.heartbeat(request, 0).unwrap();
+    assert_eq!(h.assigned("a"), [0, 1, 2, 3, 4, 5]);
+    let group_epoch = h.coordinator.group("g").unwrap().group_epoch;
+    h.topics.insert("t".into(), 8);
+    h.topics.insert("later".into(), 1);
+    let reply = h
+        .heartbeat(beat_request("a", h.epoch("a"), None), 1)
+        .unwrap();
+    assert_eq!(
+        reply.assignment,
+        [
+            TopicPartitions {
+                topic: "later".into(),
+                partitions: vec![0]
+            },
+            TopicPartitions {
+                topic: "t".into(),
+                partitions: (0..8).collect()
+            }
+        ]
+    );
+    assert_eq!(
+        h.coordinator.group("g").unwrap().group_epoch,
+        group_epoch + 1
+    );
+}
+
+#[test]
+fn config_rules_are_named_and_checked() {
+    assert_eq!(GroupConfig::default().validate(), Ok(()));
+    let too_slow = GroupConfig {
+        heartbeat_interval_ms: 3_000,
+        session_timeout_ms_min: 6_000,
+        ..GroupConfig::default()
+    };
+    assert!(too_slow.validate().unwrap_err().contains("a third"));
+    let inverted = GroupConfig {
+        session_timeout_ms_min: 400_000,
+        ..GroupConfig::default()
+    };
+    assert!(inverted.validate().is_err());
+    let zero = GroupConfig {
+        groups_max: 0,
+        ..GroupConfig::default()
+    };
+    assert_eq!(zero.validate(), Err("groups_max must be above 0".into()));
+}
