@@ -18,4 +18,6 @@ pub mod records;
 pub mod state;
 
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
