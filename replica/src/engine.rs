@@ -539,12 +539,16 @@ impl Replica {
         // scripts/sim-broken.sh can show the simulation catches a stale leader.
         let up_to_date = cfg!(feature = "broken-grant-without-log-check")
             || (last_log_epoch, log_end) >= (self.last_epoch(), self.log_end);
+        // The `broken-grant-during-lease` test build skips rule 5.2(b) (grant only once our
+        // last grant expired), so that the simulation's lease exclusivity check is shown to bite.
+        let lease_expired =
+            cfg!(feature = "broken-grant-during-lease") || now >= self.granted_until;
         // A leader never grants: its own lease would overlap the next leader's. (Its grant
         // window is also kept ahead of its lease; this says it outright.)
         self.role != Role::Leader
             && self.storage_failure.is_none()
             && epoch > self.promise_floor
-            && now >= self.granted_until
+            && lease_expired
             && self.pending_grant.is_none()
             && up_to_date
     }

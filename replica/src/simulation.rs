@@ -1284,6 +1284,10 @@ fn broken_features() -> Vec<&'static str> {
             cfg!(feature = "broken-grant-without-log-check"),
         ),
         (
+            "broken-grant-during-lease",
+            cfg!(feature = "broken-grant-during-lease"),
+        ),
+        (
             "broken-skip-epoch-check",
             cfg!(feature = "broken-skip-epoch-check"),
         ),

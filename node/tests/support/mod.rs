@@ -447,14 +447,24 @@ impl Wire {
 
     /// Every committed record of a partition from `from`, fetching until the high watermark.
     pub fn read_all(&mut self, topic: &str, partition: u32, from: Offset) -> Vec<RecordView> {
+        self.try_read_all(topic, partition, from)
+            .unwrap_or_else(|error| panic!("fetch {topic}/{partition} from {from}: {error:?}"))
+    }
+
+    /// [`Wire::read_all`] that returns the node's refusal (for example `NotLeader` after a
+    /// leadership change) instead of panicking.
+    pub fn try_read_all(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+    ) -> Result<Vec<RecordView>, ApiError> {
         let mut records = Vec::new();
         let mut next = from;
         for _ in 0..100_000 {
-            let fetched = self
-                .fetch(topic, partition, next, 0)
-                .unwrap_or_else(|error| panic!("fetch {topic}/{partition} at {next}: {error:?}"));
+            let fetched = self.fetch(topic, partition, next, 0)?;
             if next >= fetched.high_watermark {
-                return records;
+                return Ok(records);
             }
             for batch in split_batches(&fetched.batches) {
                 let batch = batch.expect("fetched batches are well formed");
