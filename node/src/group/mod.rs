@@ -6,6 +6,9 @@
 //!   heartbeats (join, leave, static membership, session and rebalance timeouts),
 //!   incremental KIP-848 reconciliation, member-epoch fencing, commits, admin requests.
 //! - [`assign`]: the server-side assignors (range, round-robin, sticky) computing targets.
+//! - [`runtime`]: [`runtime::PartitionCoordinator`], one coordinator over its `__offsets`
+//!   partition (through the [`runtime::OffsetsLog`] trait): load by replay, one request at a
+//!   time, reply only once the request's records are committed.
 //! - [`records`]: the [`records::GroupRecord`]s a coordinator appends to `__offsets`; replaying
 //!   them rebuilds the coordinator after a failover.
 //!
@@ -15,6 +18,7 @@
 
 pub mod assign;
 pub mod records;
+pub mod runtime;
 pub mod state;
 
 #[cfg(test)]

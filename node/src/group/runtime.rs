@@ -1,0 +1,299 @@
+//! Runs one [`Coordinator`] over its `__offsets` partition: loads it by replaying the log,
+//! serialises requests, appends each request's records as one batch and answers only once
+//! that batch is committed.
+//!
+//! The partition is reached through [`OffsetsLog`], so the runtime is tested here against an
+//! in-memory twin with a fault hook, and the node plugs in its partition actor.
+//!
+//! Requests of one partition run one at a time (the lock is held across the append): the
+//! records of request n+1 are computed from a state that includes request n, and the log
+//! order is the order they were applied in, which replay depends on. If an append fails the
+//! coordinator is dropped (its state already holds records the log may not), and the next
+//! request reloads it from what the log committed.
+
+use super::records::GroupRecord;
+use super::state::{Coordinator, GroupConfig};
+use bytes::Bytes;
+use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::{ApiError, Offset};
+use std::future::Future;
+use tokio::sync::Mutex;
+
+/// The committed records of an `__offsets` partition, as the leader sees them.
+pub trait OffsetsLog: Send + Sync {
+    /// Appends one batch with acks=all; resolves once it is committed.
+    fn append(&self, batch: RecordBatch) -> impl Future<Output = Result<Offset, ApiError>> + Send;
+
+    /// Committed record values from `from` on, at most `records_max`, with the offset to read
+    /// next; an empty answer means `from` is the high watermark.
+    fn read(
+        &self,
+        from: Offset,
+        records_max: usize,
+    ) -> impl Future<Output = Result<(Vec<Bytes>, Offset), ApiError>> + Send;
+}
+
+/// Records read per step while loading; bounds the loader's memory per step.
+const LOAD_RECORDS_MAX: usize = 1_024;
+
+pub struct PartitionCoordinator<L: OffsetsLog> {
+    log: L,
+    config: GroupConfig,
+    coordinator: Mutex<Option<Coordinator>>,
+}
+
+/// What a request does to the coordinator: its reply and the records to append.
+pub type Step<R> = Result<(R, Vec<GroupRecord>), ApiError>;
+
+impl<L: OffsetsLog> PartitionCoordinator<L> {
+    pub fn new(log: L, config: GroupConfig) -> PartitionCoordinator<L> {
+        PartitionCoordinator {
+            log,
+            config,
+            coordinator: Mutex::new(None),
+        }
+    }
+
+    /// Runs `step` on the loaded coordinator at time `now_ms` and makes its records durable
+    /// before returning its reply. A step that refuses changes nothing and appends nothing.
+    pub async fn run<R>(
+        &self,
+        now_ms: u64,
+        step: impl FnOnce(&mut Coordinator) -> Step<R>,
+    ) -> Result<R, ApiError> {
+        let mut slot = self.coordinator.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.load(now_ms).await?);
+        }
+        let coordinator = slot.as_mut().expect("loaded just above");
+        let (reply, records) = step(coordinator)?;
+        if records.is_empty() {
+            return Ok(reply);
+        }
+        let batch = GroupRecord::to_batch(&records, crate::partition::wall_clock_ms());
+        match self.log.append(batch).await {
+            Ok(_) => Ok(reply),
+            Err(error) => {
+                *slot = None;
+                Err(error)
+            }
+        }
+    }
+
+    /// Removes expired members; meant to run on a timer.
+    pub async fn expire(
+        &self,
+        topics: &super::assign::TopicPartitionCounts,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        self.run(now_ms, |coordinator| {
+            Ok(((), coordinator.expire(topics, now_ms)))
+        })
+        .await
+    }
+
+    /// Forgets the state, e.g. when this node stops leading the partition.
+    pub async fn unload(&self) {
+        *self.coordinator.lock().await = None;
+    }
+
+    async fn load(&self, now_ms: u64) -> Result<Coordinator, ApiError> {
+        let mut records = Vec::new();
+        let mut next = Offset::ZERO;
+        loop {
+            let (values, after) = self.log.read(next, LOAD_RECORDS_MAX).await?;
+            if values.is_empty() {
+                break;
+            }
+            for value in values {
+                match GroupRecord::decode(&value) {
+                    Ok(record) => records.push(record),
+                    // A record this build cannot read (written by a newer node, or damaged)
+                    // is skipped rather than blocking every group of the partition.
+                    Err(reason) => tracing::warn!(%reason, "skipping an unreadable group record"),
+                }
+            }
+            assert!(after > next, "a read that returned records advances");
+            next = after;
+        }
+        Ok(Coordinator::replay(self.config.clone(), records, now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::assign::TopicPartitionCounts;
+    use cairn_protocol::group::{
+        ConsumerGroupHeartbeatRequest, MemberEpoch, OffsetCommitPartition, OffsetCommitRequest,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex as StdMutex;
+
+    /// The in-memory twin of an `__offsets` partition, with a hook that fails the next append.
+    #[derive(Default)]
+    struct MemoryLog {
+        values: StdMutex<Vec<Bytes>>,
+        fail_next_append: AtomicBool,
+    }
+
+    impl OffsetsLog for &MemoryLog {
+        async fn append(&self, batch: RecordBatch) -> Result<Offset, ApiError> {
+            if self.fail_next_append.swap(false, Ordering::SeqCst) {
+                return Err(ApiError::Timeout { waited_ms: 10 });
+            }
+            let mut values = self.values.lock().unwrap();
+            let base = Offset(values.len() as u64);
+            for record in batch.records() {
+                values.push(record.expect("our own batch").value);
+            }
+            Ok(base)
+        }
+
+        async fn read(
+            &self,
+            from: Offset,
+            records_max: usize,
+        ) -> Result<(Vec<Bytes>, Offset), ApiError> {
+            let values = self.values.lock().unwrap();
+            let start = (from.0 as usize).min(values.len());
+            let end = (start + records_max).min(values.len());
+            Ok((values[start..end].to_vec(), Offset(end as u64)))
+        }
+    }
+
+    fn topics() -> TopicPartitionCounts {
+        [("t".to_string(), 4)].into_iter().collect()
+    }
+
+    fn join(member: &str) -> ConsumerGroupHeartbeatRequest {
+        ConsumerGroupHeartbeatRequest {
+            group_id: "g".into(),
+            member_id: member.into(),
+            member_epoch: MemberEpoch::JOIN,
+            instance_id: None,
+            rebalance_timeout_ms: 5_000,
+            session_timeout_ms: 10_000,
+            subscribed_topics: Some(vec!["t".into()]),
+            assignor: None,
+            owned: Some(vec![]),
+        }
+    }
+
+    fn commit(member: &str, epoch: MemberEpoch, offset: u64) -> OffsetCommitRequest {
+        OffsetCommitRequest {
+            group_id: "g".into(),
+            member_id: member.into(),
+            member_epoch: epoch,
+            offsets: vec![OffsetCommitPartition {
+                topic: "t".into(),
+                partition: 0,
+                offset: Offset(offset),
+                metadata: None,
+            }],
+        }
+    }
+
+    async fn committed(runtime: &PartitionCoordinator<&MemoryLog>) -> Option<Offset> {
+        runtime
+            .run(0, |c| {
+                let offset = c
+                    .group("g")
+                    .and_then(|g| {
+                        g.offsets
+                            .get(&crate::group::assign::TopicPartition::new("t", 0))
+                    })
+                    .map(|c| c.offset);
+                Ok((offset, vec![]))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_coordinator_loads_what_the_last_one_committed() {
+        let log = MemoryLog::default();
+        let first = PartitionCoordinator::new(&log, GroupConfig::default());
+        let reply = first
+            .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
+            .await
+            .unwrap();
+        first
+            .run(1, |c| {
+                c.commit(&commit("a", reply.member_epoch, 7), &topics())
+            })
+            .await
+            .unwrap();
+        assert!(!log.values.lock().unwrap().is_empty());
+
+        // Failover: another coordinator replays the partition.
+        let second = PartitionCoordinator::new(&log, GroupConfig::default());
+        assert_eq!(committed(&second).await, Some(Offset(7)));
+        let (first_groups, second_groups) = (
+            first
+                .run(2, |c| Ok((c.groups().clone(), vec![])))
+                .await
+                .unwrap(),
+            second
+                .run(2, |c| Ok((c.groups().clone(), vec![])))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(first_groups, second_groups);
+        // A read-only step appended nothing.
+        let appended = log.values.lock().unwrap().len();
+        committed(&second).await;
+        assert_eq!(log.values.lock().unwrap().len(), appended);
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_is_not_acknowledged_and_is_forgotten() {
+        let log = MemoryLog::default();
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let reply = runtime
+            .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
+            .await
+            .unwrap();
+        runtime
+            .run(1, |c| {
+                c.commit(&commit("a", reply.member_epoch, 5), &topics())
+            })
+            .await
+            .unwrap();
+        log.fail_next_append.store(true, Ordering::SeqCst);
+        let failed = runtime
+            .run(2, |c| {
+                c.commit(&commit("a", reply.member_epoch, 9), &topics())
+            })
+            .await;
+        assert_eq!(failed.unwrap_err(), ApiError::Timeout { waited_ms: 10 });
+        // The state was rebuilt from the log: the unacknowledged commit is gone.
+        assert_eq!(committed(&runtime).await, Some(Offset(5)));
+        // A refused request appends nothing.
+        let appended = log.values.lock().unwrap().len();
+        let refused = runtime
+            .run(3, |c| {
+                c.commit(&commit("zombie", MemberEpoch(1), 1), &topics())
+            })
+            .await;
+        assert!(matches!(refused, Err(ApiError::UnknownMemberId { .. })));
+        assert_eq!(log.values.lock().unwrap().len(), appended);
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_skipped_when_loading() {
+        let log = MemoryLog::default();
+        log.values.lock().unwrap().push(Bytes::from_static(b"\xc1"));
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        runtime
+            .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
+            .await
+            .unwrap();
+        let reloaded = PartitionCoordinator::new(&log, GroupConfig::default());
+        let members = reloaded
+            .run(1, |c| Ok((c.group("g").map(|g| g.members.len()), vec![])))
+            .await
+            .unwrap();
+        assert_eq!(members, Some(1));
+    }
+}
