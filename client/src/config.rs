@@ -344,6 +344,8 @@ mod tests {
         let config = ClientConfig::default();
         assert_eq!(config.backoff(0), Duration::from_millis(50));
         assert_eq!(config.backoff(1), Duration::from_millis(100));
-        assert_eq!(config.backoff(30), Duration::from_millis(1_000));
+        assert_eq!(config.backoff(2), Duration::from_millis(200));
+        assert_eq!(config.backoff(3), Duration::from_millis(250));
+        assert_eq!(config.backoff(30), Duration::from_millis(250));
     }
 }
