@@ -25,6 +25,9 @@ use cairn_protocol::messages::{
     Acks, BrokerInfo, CreateTopicRequest, FetchPartition, FetchRequest, PartitionDescription,
     PartitionMetadata, TopicConfig, TopicMetadata,
 };
+use crate::group::assign::TopicPartitionCounts;
+use crate::group::state::PartitionBounds;
+use cairn_protocol::group::{FindCoordinatorRequest, OFFSETS_TOPIC};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, PartitionId};
 use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
@@ -65,8 +68,12 @@ pub struct Broker<S: LogStore> {
     /// `__meta` offset below which every record is applied.
     applied: watch::Sender<Offset>,
     ready: watch::Sender<bool>,
+    /// The consumer-group coordinators of the `__offsets` partitions this node leads.
+    groups: Arc<crate::groups::Coordinators<S>>,
 }
 
+/// `__offsets` gets this many replicas at most (fewer on a smaller cluster).
+const OFFSETS_REPLICATION_FACTOR_MAX: u16 = 3;
 /// Bytes of `__meta` read per applier step; bounds the applier's memory.
 const META_READ_BYTES_MAX: usize = 1 << 20;
 /// Key of the `__meta` voters in the `__meta` log's own values, once this node is a voter.
@@ -90,6 +97,7 @@ impl<S: LogStore> Broker<S> {
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
+        let config_groups = config.groups.clone();
         let mut peer_config =
             PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize);
         // A restarted peer should hear its leader's heartbeats within a couple of heartbeat
@@ -143,7 +151,13 @@ impl<S: LogStore> Broker<S> {
             cluster: RwLock::new(HashMap::new()),
             applied: watch::channel(Offset::ZERO).0,
             ready: watch::channel(false).0,
+            groups: Arc::new(crate::groups::Coordinators::new(
+                config_groups.group_config(),
+            )),
         });
+        tokio::spawn(
+            Arc::clone(&broker.groups).run(Arc::downgrade(&broker), config_groups.expiry_check_ms),
+        );
         if broker.meta.is_some() {
             tokio::spawn(Arc::clone(&broker).apply_meta());
         } else {
@@ -456,7 +470,11 @@ impl<S: LogStore> Broker<S> {
                 replica_config: self.config.replica.replica_config(),
                 tick_ms: self.config.replica.tick_ms,
                 mailbox_max: self.config.limits.partition_mailbox_max as usize,
-                retention: RetentionPolicy {
+                // Internal topics (`__offsets`) hold state that must replay from the start.
+                retention: if is_internal(&topic.name) {
+                    RetentionPolicy::default()
+                } else {
+                    RetentionPolicy {
                     max_age_ms: topic
                         .config
                         .retention_ms
@@ -465,6 +483,7 @@ impl<S: LogStore> Broker<S> {
                         .config
                         .retention_bytes
                         .or(self.config.retention.retention_bytes),
+                }
                 },
                 retention_check_ms: self.config.retention.retention_check_ms,
                 peers: Arc::clone(&self.peers),
@@ -745,7 +764,7 @@ impl<S: LogStore> Broker<S> {
 
     /// The leader gossip names for a partition not hosted here: the node claiming the highest
     /// epoch. A hint for clients' routing only; the leader itself checks its epoch.
-    fn hinted_leader(&self, topic: &str, partition: u32) -> Option<(NodeId, Epoch)> {
+    pub(crate) fn hinted_leader(&self, topic: &str, partition: u32) -> Option<(NodeId, Epoch)> {
         self.cluster_view()
             .values()
             .filter(|info| info.alive)
@@ -794,7 +813,7 @@ impl<S: LogStore> Broker<S> {
             })?;
         Ok(TopicMetadata {
             name: topic.name.clone(),
-            internal: false,
+            internal: is_internal(&topic.name),
             partitions: self.partition_metadata(&catalog, topic),
         })
     }
@@ -909,10 +928,20 @@ impl<S: LogStore> Broker<S> {
         request: CreateTopicRequest,
     ) -> Result<TopicMetadata, ApiError> {
         self.check_ready()?;
+        // Clients may not create `__` topics (validate_topic_name refuses them); the node
+        // creates its own internal topics through `create_topic_unchecked`.
         validate_topic_name(&request.name).map_err(|error| ApiError::InvalidTopicName {
             name: request.name.clone(),
             reason: error.to_string(),
         })?;
+        self.create_topic_unchecked(request).await
+    }
+
+    /// [`Broker::create_topic`] without the name rules, for internal topics.
+    async fn create_topic_unchecked(
+        &self,
+        request: CreateTopicRequest,
+    ) -> Result<TopicMetadata, ApiError> {
         let partitions_max = self.config.limits.partitions_per_topic_max;
         if request.partitions == 0 || request.partitions > partitions_max {
             return Err(ApiError::InvalidPartitionCount {
@@ -1100,6 +1129,127 @@ impl<S: LogStore> Broker<S> {
     }
 }
 
+/// Consumer groups: what the coordinators and the group request handlers need.
+impl<S: LogStore> Broker<S> {
+    pub fn groups(&self) -> &Arc<crate::groups::Coordinators<S>> {
+        &self.groups
+    }
+
+    /// Milliseconds on this node's monotonic clock (group session deadlines).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now().0
+    }
+
+    /// The partition count of `__offsets` and its partitions hosted here; `None` while the
+    /// topic does not exist.
+    #[allow(clippy::type_complexity)]
+    pub fn offsets_handles(&self) -> Option<(u32, Vec<(u32, PartitionHandle<S>)>)> {
+        let catalog = self.catalog();
+        let topic = catalog.state.topic(OFFSETS_TOPIC)?;
+        let handles = (0..topic.partitions)
+            .filter_map(|partition| {
+                hosted_partition(&catalog, topic, partition).map(|h| (partition, h.clone()))
+            })
+            .collect();
+        Some((topic.partitions, handles))
+    }
+
+    /// Partition counts of the topics groups may subscribe to (every non-internal topic).
+    pub fn group_topic_counts(&self) -> TopicPartitionCounts {
+        self.catalog()
+            .state
+            .topics()
+            .filter(|topic| !is_internal(&topic.name))
+            .map(|topic| (topic.name.clone(), topic.partitions))
+            .collect()
+    }
+
+    /// (log start, high watermark) of a partition hosted here, for lag and offset resets.
+    /// A follower's high watermark may trail the leader's a little: lag reads high, not low.
+    pub fn partition_bounds(&self, topic: &str, partition: u32) -> Option<PartitionBounds> {
+        let catalog = self.catalog();
+        let state = catalog.state.topic(topic)?;
+        let snapshot = hosted_partition(&catalog, state, partition)?.shared.snapshot();
+        Some((snapshot.log_start, snapshot.high_watermark))
+    }
+
+    /// The leader of a partition: the local replica's opinion where hosted, else gossip's.
+    pub fn partition_leader(&self, topic: &str, partition: u32) -> Option<NodeId> {
+        let local = {
+            let catalog = self.catalog();
+            let state = catalog.state.topic(topic)?;
+            hosted_partition(&catalog, state, partition).map(|h| h.shared.snapshot().leader)
+        };
+        match local {
+            Some(leader) => leader,
+            None => self
+                .hinted_leader(topic, partition)
+                .map(|(leader, _)| leader),
+        }
+    }
+
+    /// The client address of a node (this one, or one gossip says is alive).
+    pub fn broker_address(&self, node: NodeId) -> Option<String> {
+        self.brokers()
+            .into_iter()
+            .find(|broker| broker.node_id == node)
+            .map(|broker| broker.address)
+    }
+
+    /// Creates `__offsets` if it does not exist: here when this node leads `__meta`, else by
+    /// asking the `__meta` leader (a `FindCoordinator` makes it do the same).
+    pub async fn ensure_offsets_topic(&self, group_id: &str) -> Result<(), ApiError> {
+        self.check_ready()?;
+        if self.catalog().state.topic(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let meta_leader = match &self.meta {
+            Some(meta) => meta.shared.snapshot().leader,
+            None => self
+                .hinted_leader(meta::META_TOPIC, 0)
+                .map(|(leader, _)| leader),
+        };
+        let Some(meta_leader) = meta_leader else {
+            return Err(ApiError::CoordinatorNotAvailable);
+        };
+        if meta_leader == self.config.node_id {
+            let live = self.live_nodes().len() as u16;
+            let request = CreateTopicRequest {
+                name: OFFSETS_TOPIC.to_string(),
+                partitions: self.config.groups.offsets_partitions,
+                replication_factor: Some(live.min(OFFSETS_REPLICATION_FACTOR_MAX)),
+                config: TopicConfig::default(),
+            };
+            tracing::info!(partitions = request.partitions, replication_factor = ?request.replication_factor, "creating __offsets");
+            return match self.create_topic_unchecked(request).await {
+                Ok(_) | Err(ApiError::TopicAlreadyExists { .. }) => Ok(()),
+                Err(error) => Err(error),
+            };
+        }
+        let address = self
+            .broker_address(meta_leader)
+            .ok_or(ApiError::CoordinatorNotAvailable)?;
+        let client = cairn_client::ClientConfig {
+            client_id: format!("cairn-node-{}-groups", self.config.node_id),
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+            ..cairn_client::ClientConfig::default()
+        };
+        let connection = cairn_client::Connection::connect(&address, &client)
+            .await
+            .map_err(|error| ApiError::Internal {
+                reason: error.to_string(),
+            })?;
+        let request = cairn_protocol::Request::FindCoordinator(FindCoordinatorRequest {
+            group_id: group_id.to_string(),
+        });
+        // Its answer does not matter: the creation, if it happened, reaches this node
+        // through `__meta`.
+        let _ = connection.call(request).await;
+        Ok(())
+    }
+}
+
 impl<S: LogStore> PeerInbox for Broker<S> {
     /// A message for a replica not hosted here (yet, or any more) is dropped: the sender
     /// repeats what matters (heartbeats, lease requests) and epochs fence what is stale.
@@ -1109,6 +1259,11 @@ impl<S: LogStore> PeerInbox for Broker<S> {
             None => tracing::trace!(%from, %log, "peer message for a replica not hosted here"),
         }
     }
+}
+
+/// Topics the node creates for itself (`__offsets`); clients cannot create `__` names.
+pub fn is_internal(topic: &str) -> bool {
+    topic.starts_with("__")
 }
 
 /// The voters of `__meta` this node runs with; empty when it is a learner.

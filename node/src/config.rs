@@ -112,6 +112,35 @@ impl ReplicaTimings {
     }
 }
 
+/// Consumer groups (DESIGN 3, issue 4): the `__offsets` topic and the coordinators on it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSettings {
+    /// Partitions of `__offsets` when it is created (group `g` lives on partition
+    /// `hash(g) % offsets_partitions`). Fixed once the topic exists: the topic's own count wins.
+    pub offsets_partitions: u32,
+    /// Told to members in every heartbeat reply.
+    pub heartbeat_interval_ms: u32,
+    /// Shortest session timeout a member may ask for.
+    pub session_timeout_ms_min: u32,
+    /// Longest session timeout a member may ask for.
+    pub session_timeout_ms_max: u32,
+    /// How often each coordinator removes members whose session or revocation timed out.
+    pub expiry_check_ms: u64,
+}
+
+impl GroupSettings {
+    /// The coordinator's configuration: these timings, the state machine's default limits.
+    pub fn group_config(&self) -> crate::group::state::GroupConfig {
+        crate::group::state::GroupConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            session_timeout_ms_min: self.session_timeout_ms_min,
+            session_timeout_ms_max: self.session_timeout_ms_max,
+            ..crate::group::state::GroupConfig::default()
+        }
+    }
+}
+
 /// Retention applied to topics that do not set their own.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +169,7 @@ pub struct NodeConfig {
     pub shutdown_grace_ms: u64,
     /// Replication factor of topics created without one (capped to the cluster size).
     pub default_replication_factor: u16,
+    pub groups: GroupSettings,
     /// Cluster settings; [`ClusterConfig::is_clustered`] is false for a lone node.
     pub cluster: ClusterConfig,
 }
@@ -188,6 +218,7 @@ struct FileConfig {
     limits: Limits,
     replica: ReplicaTimings,
     retention: RetentionDefaults,
+    groups: GroupSettings,
 }
 
 /// Every key a layer may set, dotted; environment variables are `CAIRN_` + the key in upper
@@ -221,6 +252,11 @@ pub const KEYS: &[&str] = &[
     "retention.retention_ms",
     "retention.retention_bytes",
     "retention.retention_check_ms",
+    "groups.offsets_partitions",
+    "groups.heartbeat_interval_ms",
+    "groups.session_timeout_ms_min",
+    "groups.session_timeout_ms_max",
+    "groups.expiry_check_ms",
 ];
 
 /// Keys whose values are strings (a TOML override of them is taken verbatim).
@@ -263,6 +299,12 @@ fn preset_table(preset: Preset) -> toml::Table {
             append_message_bytes_max = 1048576
             [retention]
             retention_check_ms = 60000
+            [groups]
+            offsets_partitions = 16
+            heartbeat_interval_ms = 3000
+            session_timeout_ms_min = 10000
+            session_timeout_ms_max = 300000
+            expiry_check_ms = 500
             "#
         }
         Preset::Test => {
@@ -289,6 +331,12 @@ fn preset_table(preset: Preset) -> toml::Table {
             append_message_bytes_max = 65536
             [retention]
             retention_check_ms = 200
+            [groups]
+            offsets_partitions = 4
+            heartbeat_interval_ms = 200
+            session_timeout_ms_min = 600
+            session_timeout_ms_max = 60000
+            expiry_check_ms = 50
             "#
         }
     };
@@ -524,6 +572,25 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         retention.retention_check_ms > 0,
         "retention runs on a timer; a period of zero would spin",
     )?;
+    let groups = file.groups;
+    rule(
+        "groups.offsets_partitions in 1..=limits.partitions_per_topic_max",
+        groups.offsets_partitions >= 1
+            && groups.offsets_partitions <= limits.partitions_per_topic_max,
+        "__offsets is a topic like any other and needs at least one partition",
+    )?;
+    rule(
+        "groups.expiry_check_ms > 0",
+        groups.expiry_check_ms > 0,
+        "expiry runs on a timer; a period of zero would spin",
+    )?;
+    groups
+        .group_config()
+        .validate()
+        .map_err(|why| ConfigError::Rule {
+            rule: "groups (coordinator rules)",
+            why,
+        })?;
     rule(
         "default_replication_factor >= 1",
         file.default_replication_factor >= 1,
@@ -553,6 +620,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         retention,
         shutdown_grace_ms: file.shutdown_grace_ms,
         default_replication_factor: file.default_replication_factor,
+        groups,
         cluster,
     })
 }

@@ -10,6 +10,8 @@
 //!   module per request kind.
 //! - [`broker`]: what the node hosts: the `__meta` partition, the applier that turns committed
 //!   metadata into topics and partition actors, and the lookups requests need.
+//! - [`group`]: the pure consumer-group coordinator (state machine, assignors, records).
+//! - [`groups`]: the coordinators this node runs on the `__offsets` partitions it leads.
 //! - [`meta`]: `__meta` records and the deterministic [`meta::MetadataState`] they build.
 //! - [`placement`]: which nodes hold a new topic's replicas (balanced, preferred leader first).
 //! - [`partition`]: the partition actor (one per hosted replica): replica inputs in, effects
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod group;
+pub mod groups;
 pub mod meta;
 pub mod node;
 pub mod partition;

@@ -9,6 +9,12 @@ pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
     request: DeleteTopicRequest,
 ) -> Result<Response, ApiError> {
+    if crate::broker::is_internal(&request.name) {
+        return Err(ApiError::InvalidTopicName {
+            name: request.name,
+            reason: "internal topics cannot be deleted".to_string(),
+        });
+    }
     broker.delete_topic(&request.name).await?;
     Ok(Response::DeleteTopic(DeleteTopicResponse {
         name: request.name,

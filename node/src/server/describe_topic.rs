@@ -24,8 +24,8 @@ pub fn handle<S: LogStore>(
     }
     let (config, partitions) = broker.describe(&request.name)?;
     Ok(Response::DescribeTopic(DescribeTopicResponse {
+        internal: crate::broker::is_internal(&request.name),
         name: request.name,
-        internal: false,
         config,
         partitions,
     }))

@@ -1,6 +1,6 @@
 //! `ListTopics`: every topic with its partition count and replication factor.
 
-use crate::broker::Broker;
+use crate::broker::{is_internal, Broker};
 use crate::meta::META_TOPIC;
 use cairn_protocol::messages::{ListTopicsRequest, ListTopicsResponse, Response, TopicSummary};
 use cairn_protocol::ApiError;
@@ -13,11 +13,12 @@ pub fn handle<S: LogStore>(
     let mut topics: Vec<TopicSummary> = broker
         .topic_states()?
         .into_iter()
+        .filter(|topic| request.include_internal || !is_internal(&topic.name))
         .map(|topic| TopicSummary {
+            internal: is_internal(&topic.name),
             name: topic.name,
             partitions: topic.partitions,
             replication_factor: topic.replication_factor,
-            internal: false,
         })
         .collect();
     if request.include_internal {

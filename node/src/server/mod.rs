@@ -310,7 +310,7 @@ async fn dispatch<S: LogStore>(
         | Request::DescribeGroup(_)
         | Request::DeleteGroup(_)
         | Request::ResetGroupOffsets(_)
-        | Request::FindCoordinator(_)) => group_requests::handle(request),
+        | Request::FindCoordinator(_)) => group_requests::handle(broker, request).await,
         Request::Produce(request) => match produce::enqueue(broker, request) {
             Ok(enqueued) => produce::complete(enqueued).await,
             Err(error) => Err(error),

@@ -81,6 +81,14 @@ pub fn enqueue<S: LogStore>(
     broker: &Broker<S>,
     request: ProduceRequest,
 ) -> Result<Enqueued, ApiError> {
+    if crate::broker::is_internal(&request.topic) {
+        // Only the node writes its internal topics: a client's record in `__offsets` would be
+        // replayed as group state.
+        return Err(ApiError::InvalidTopicName {
+            name: request.topic,
+            reason: "internal topics are written by the cluster only".to_string(),
+        });
+    }
     let handle = broker.partition(&request.topic, request.partition)?;
     let limits = &broker.config.limits;
     let batch = validate(
