@@ -15,19 +15,19 @@
 //! None of it decides leadership; the replicas' epochs and quorums do.
 
 use crate::config::NodeConfig;
+use crate::group::assign::TopicPartitionCounts;
+use crate::group::state::PartitionBounds;
 use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
 use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSpec};
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
 use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::group::{FindCoordinatorRequest, OFFSETS_TOPIC};
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{
     Acks, BrokerInfo, CreateTopicRequest, FetchPartition, FetchRequest, PartitionDescription,
     PartitionMetadata, TopicConfig, TopicMetadata,
 };
-use crate::group::assign::TopicPartitionCounts;
-use crate::group::state::PartitionBounds;
-use cairn_protocol::group::{FindCoordinatorRequest, OFFSETS_TOPIC};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, PartitionId};
 use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
@@ -475,15 +475,15 @@ impl<S: LogStore> Broker<S> {
                     RetentionPolicy::default()
                 } else {
                     RetentionPolicy {
-                    max_age_ms: topic
-                        .config
-                        .retention_ms
-                        .or(self.config.retention.retention_ms),
-                    max_bytes: topic
-                        .config
-                        .retention_bytes
-                        .or(self.config.retention.retention_bytes),
-                }
+                        max_age_ms: topic
+                            .config
+                            .retention_ms
+                            .or(self.config.retention.retention_ms),
+                        max_bytes: topic
+                            .config
+                            .retention_bytes
+                            .or(self.config.retention.retention_bytes),
+                    }
                 },
                 retention_check_ms: self.config.retention.retention_check_ms,
                 peers: Arc::clone(&self.peers),
@@ -1169,7 +1169,9 @@ impl<S: LogStore> Broker<S> {
     pub fn partition_bounds(&self, topic: &str, partition: u32) -> Option<PartitionBounds> {
         let catalog = self.catalog();
         let state = catalog.state.topic(topic)?;
-        let snapshot = hosted_partition(&catalog, state, partition)?.shared.snapshot();
+        let snapshot = hosted_partition(&catalog, state, partition)?
+            .shared
+            .snapshot();
         Some((snapshot.log_start, snapshot.high_watermark))
     }
 

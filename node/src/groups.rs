@@ -53,7 +53,11 @@ impl<S: LogStore> OffsetsLog for OffsetsPartition<S> {
         }
     }
 
-    async fn read(&self, from: Offset, records_max: usize) -> Result<(Vec<Bytes>, Offset), ApiError> {
+    async fn read(
+        &self,
+        from: Offset,
+        records_max: usize,
+    ) -> Result<(Vec<Bytes>, Offset), ApiError> {
         let mut next = from;
         let mut values = Vec::new();
         // Control batches (epoch markers) carry no group records: keep reading past them, since
@@ -199,9 +203,9 @@ impl<S: LogStore> Coordinators<S> {
     /// Is `partition` led here but its coordinator not yet allowed to load?
     pub fn loading(&self, broker: &Broker<S>, partition: u32) -> bool {
         broker.offsets_handles().is_some_and(|(_, handles)| {
-            handles.iter().any(|(p, handle)| {
-                *p == partition && handle.shared.snapshot().role == Role::Leader
-            })
+            handles
+                .iter()
+                .any(|(p, handle)| *p == partition && handle.shared.snapshot().role == Role::Leader)
         })
     }
 

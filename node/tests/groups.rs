@@ -7,8 +7,8 @@ mod support;
 use cairn_protocol::group::{
     CommittedPartitionOffset, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
     DescribeGroupRequest, DescribeGroupResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    ListGroupsRequest, MemberEpoch, OffsetCommitPartition, OffsetCommitRequest,
-    OffsetFetchRequest, TopicPartitions,
+    ListGroupsRequest, MemberEpoch, OffsetCommitPartition, OffsetCommitRequest, OffsetFetchRequest,
+    TopicPartitions,
 };
 use cairn_protocol::{ApiError, NodeId, Offset, Request, Response};
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,9 +156,13 @@ impl Groups {
                 .partitions
                 .into_iter()
                 .filter(|p| p.topic == TOPIC)
-                .filter_map(|CommittedPartitionOffset { partition, committed, .. }| {
-                    committed.map(|c| (partition, c.offset.0))
-                })
+                .filter_map(
+                    |CommittedPartitionOffset {
+                         partition,
+                         committed,
+                         ..
+                     }| { committed.map(|c| (partition, c.offset.0)) },
+                )
                 .collect(),
             other => panic!("unexpected reply {other:?}"),
         }
@@ -314,7 +318,10 @@ fn commits_round_trip_and_zombies_are_refused() {
         "{refused:?}"
     );
     let committed = groups.committed();
-    assert!(!committed.values().any(|offset| *offset == 99), "{committed:?}");
+    assert!(
+        !committed.values().any(|offset| *offset == 99),
+        "{committed:?}"
+    );
 
     // A member that stops heartbeating is expired after its session timeout; its commits are
     // then refused, and its partitions go to the member left.
@@ -414,7 +421,10 @@ fn a_new_coordinator_serves_the_group_after_its_node_is_killed() {
         .expect("the new coordinator takes commits");
     let last = survivors.committed();
     for (partition, offset) in &last {
-        assert!(*offset >= before[partition], "partition {partition} went backwards");
+        assert!(
+            *offset >= before[partition],
+            "partition {partition} went backwards"
+        );
     }
     assert_eq!(last, later.into_iter().collect(), "{new_coordinator}");
 }
