@@ -40,7 +40,9 @@ struct GroupMember {
     /// Told by the heartbeat task when the target assignment changed.
     changed: Arc<Notify>,
     heartbeat: JoinHandle<()>,
-    listener: Box<dyn RebalanceListener>,
+    /// In a mutex only so that `Consumer` stays `Sync` (a `&Consumer` held across an await
+    /// in a spawned task); the listener is only ever called from `&mut self`.
+    listener: Mutex<Box<dyn RebalanceListener>>,
     last_auto_commit: Instant,
 }
 
@@ -215,7 +217,7 @@ impl Consumer {
             wake,
             changed,
             heartbeat,
-            listener,
+            listener: Mutex::new(listener),
             last_auto_commit: Instant::now(),
         });
         Ok(())
@@ -251,7 +253,11 @@ impl Consumer {
         if lost {
             let dropped: Vec<TopicPartition> = self.assignment.keys().cloned().collect();
             if !dropped.is_empty() {
-                group.listener.on_lost(&dropped);
+                group
+                    .listener
+                    .get_mut()
+                    .expect("listener lock")
+                    .on_lost(&dropped);
             }
             self.assignment.clear();
             self.buffer.clear();
@@ -265,7 +271,11 @@ impl Consumer {
             .map(|(partition, state)| (partition.clone(), state.position))
             .collect();
         if !revoked.is_empty() {
-            let mut offsets = group.listener.on_revoked(&revoked);
+            let mut offsets = group
+                .listener
+                .get_mut()
+                .expect("listener lock")
+                .on_revoked(&revoked);
             if self.config.enable_auto_commit {
                 for (partition, position) in &revoked {
                     if let Some(position) = position {
@@ -330,7 +340,11 @@ impl Consumer {
                 .expect("member lock")
                 .owned
                 .extend(added.iter().cloned());
-            group.listener.on_assigned(&added);
+            group
+                .listener
+                .get_mut()
+                .expect("listener lock")
+                .on_assigned(&added);
             group.wake.notify_one();
         }
         Ok(())
@@ -486,7 +500,11 @@ impl Consumer {
                 .iter()
                 .map(|(partition, state)| (partition.clone(), state.position))
                 .collect();
-            let mut offsets = group.listener.on_revoked(&revoked);
+            let mut offsets = group
+                .listener
+                .get_mut()
+                .expect("listener lock")
+                .on_revoked(&revoked);
             if self.config.enable_auto_commit {
                 for (partition, position) in &revoked {
                     if let Some(position) = position {
