@@ -1,8 +1,14 @@
-//! [`Admin`]: create, delete, list and describe topics; the cluster's status.
+//! [`Admin`]: create, delete, list and describe topics; the cluster's status; list, describe,
+//! delete consumer groups and reset their offsets.
 
 use crate::cluster::{unexpected, Cluster};
 use crate::config::ClientConfig;
 use crate::error::Result;
+use cairn_protocol::group::{
+    CommittedPartitionOffset, DeleteGroupRequest, DescribeGroupRequest, DescribeGroupResponse,
+    GroupListing, ListGroupsRequest, OffsetFetchRequest, OffsetResetTarget,
+    ResetGroupOffsetsRequest,
+};
 use cairn_protocol::messages::{
     ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
     DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, TopicConfig, TopicMetadata,
@@ -10,6 +16,7 @@ use cairn_protocol::messages::{
 };
 use cairn_protocol::{Request, Response};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Topic administration. Cheap to clone; clones share connections.
 ///
@@ -128,5 +135,112 @@ impl Admin {
     pub async fn topic_metadata(&self, name: &str) -> Result<Arc<TopicMetadata>> {
         self.cluster.invalidate();
         self.cluster.topic(name).await
+    }
+
+    /// Every group of the cluster: each node lists the groups it coordinates, so every
+    /// broker is asked and the answers merged (a group seen twice during a coordinator
+    /// move is listed once). Sorted by group id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        let metadata = self.cluster.refresh(&[]).await?;
+        let mut addresses: Vec<String> = metadata.brokers.values().cloned().collect();
+        if addresses.is_empty() {
+            addresses = self.cluster.config().bootstrap.clone();
+        }
+        addresses.sort();
+        let mut groups: Vec<GroupListing> = Vec::new();
+        let mut last_error = None;
+        let mut answered = 0usize;
+        for address in &addresses {
+            let reply = match self.cluster.connection(address).await {
+                Ok(connection) => {
+                    connection
+                        .call(Request::ListGroups(ListGroupsRequest {}))
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match reply {
+                Ok(Response::ListGroups(reply)) => {
+                    answered += 1;
+                    groups.extend(reply.groups);
+                }
+                Ok(other) => return Err(unexpected("ListGroups", &other)),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        if answered == 0 {
+            if let Some(error) = last_error {
+                return Err(error);
+            }
+        }
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        groups.dedup_by(|a, b| a.group_id == b.group_id);
+        Ok(groups)
+    }
+
+    /// A group's state, members and their assignments, and per partition the committed
+    /// offset, log end and lag, from its coordinator.
+    pub async fn describe_group(&self, group_id: &str) -> Result<DescribeGroupResponse> {
+        let request = Request::DescribeGroup(DescribeGroupRequest {
+            group_id: group_id.to_owned(),
+        });
+        match self.call_coordinator(group_id, request).await? {
+            Response::DescribeGroup(reply) => Ok(reply),
+            other => Err(unexpected("DescribeGroup", &other)),
+        }
+    }
+
+    /// Deletes an empty group and its committed offsets (`GroupNotEmpty` while it has
+    /// members).
+    pub async fn delete_group(&self, group_id: &str) -> Result<()> {
+        let request = Request::DeleteGroup(DeleteGroupRequest {
+            group_id: group_id.to_owned(),
+        });
+        match self.call_coordinator(group_id, request).await? {
+            Response::DeleteGroup(_) => Ok(()),
+            other => Err(unexpected("DeleteGroup", &other)),
+        }
+    }
+
+    /// Moves an empty group's committed offsets of `topic` (all partitions, or those named)
+    /// to `to`; returns the offsets now committed. `GroupNotEmpty` while it has members.
+    pub async fn reset_group_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partitions: Option<Vec<u32>>,
+        to: OffsetResetTarget,
+    ) -> Result<Vec<CommittedPartitionOffset>> {
+        let request = Request::ResetGroupOffsets(ResetGroupOffsetsRequest {
+            group_id: group_id.to_owned(),
+            topic: topic.to_owned(),
+            partitions,
+            to,
+        });
+        match self.call_coordinator(group_id, request).await? {
+            Response::ResetGroupOffsets(reply) => Ok(reply.partitions),
+            other => Err(unexpected("ResetGroupOffsets", &other)),
+        }
+    }
+
+    /// Every offset the group has committed, sorted by topic and partition.
+    pub async fn group_offsets(&self, group_id: &str) -> Result<Vec<CommittedPartitionOffset>> {
+        let request = Request::OffsetFetch(OffsetFetchRequest {
+            group_id: group_id.to_owned(),
+            member: None,
+            partitions: None,
+        });
+        match self.call_coordinator(group_id, request).await? {
+            Response::OffsetFetch(reply) => Ok(reply.partitions),
+            other => Err(unexpected("OffsetFetch", &other)),
+        }
+    }
+
+    async fn call_coordinator(&self, group_id: &str, request: Request) -> Result<Response> {
+        cairn_protocol::group::validate_group_id(group_id)?;
+        let deadline = Instant::now() + self.cluster.config().request_timeout();
+        self.cluster
+            .call_coordinator(group_id, deadline, || request.clone())
+            .await
     }
 }

@@ -9,6 +9,7 @@
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
+use cairn_protocol::group::FindCoordinatorRequest;
 use cairn_protocol::messages::{MetadataRequest, PartitionMetadata, TopicMetadata};
 use cairn_protocol::{ApiError, NodeId, Request, Response};
 use std::collections::HashMap;
@@ -38,6 +39,9 @@ pub(crate) struct Cluster {
     refresh_lock: tokio::sync::Mutex<()>,
     /// Rotates the broker tried first for requests any broker can answer.
     next_any: AtomicUsize,
+    /// Group id to the address of its coordinator, as `FindCoordinator` last said. An entry
+    /// is dropped on `NotCoordinator` or a transport failure, so the next call asks again.
+    coordinators: Mutex<HashMap<String, String>>,
 }
 
 impl Cluster {
@@ -55,6 +59,7 @@ impl Cluster {
             refreshes: AtomicU64::new(0),
             refresh_lock: tokio::sync::Mutex::new(()),
             next_any: AtomicUsize::new(0),
+            coordinators: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -329,6 +334,118 @@ impl Cluster {
             }
         })
         .await
+    }
+}
+
+impl Cluster {
+    /// The connection to the coordinator of `group_id`, asking any broker with
+    /// `FindCoordinator` when it is not cached.
+    pub async fn coordinator_connection(&self, group_id: &str) -> Result<Connection> {
+        let cached = self
+            .coordinators
+            .lock()
+            .expect("coordinators lock")
+            .get(group_id)
+            .cloned();
+        if let Some(address) = cached {
+            return self.connection(&address).await;
+        }
+        let reply = self
+            .any_connection()
+            .await?
+            .call(Request::FindCoordinator(FindCoordinatorRequest {
+                group_id: group_id.to_owned(),
+            }))
+            .await?;
+        let Response::FindCoordinator(reply) = reply else {
+            return Err(unexpected("FindCoordinator", &reply));
+        };
+        let address = match (reply.address, reply.coordinator) {
+            (Some(address), _) => address,
+            (None, Some(node_id)) => {
+                let known = self.snapshot().brokers.get(&node_id).cloned();
+                match known {
+                    Some(address) => address,
+                    None => self
+                        .refresh(&[])
+                        .await?
+                        .brokers
+                        .get(&node_id)
+                        .cloned()
+                        .ok_or(ClientError::UnknownBroker { node_id: node_id.0 })?,
+                }
+            }
+            (None, None) => return Err(ClientError::Api(ApiError::CoordinatorNotAvailable)),
+        };
+        self.coordinators
+            .lock()
+            .expect("coordinators lock")
+            .insert(group_id.to_owned(), address.clone());
+        self.connection(&address).await
+    }
+
+    /// Forgets where `group_id` is coordinated: the next call asks again.
+    pub fn forget_coordinator(&self, group_id: &str) {
+        self.coordinators
+            .lock()
+            .expect("coordinators lock")
+            .remove(group_id);
+    }
+
+    /// One attempt of a request to the coordinator of `group_id`. A refusal or failure that
+    /// says the coordinator moved (or may have) drops the cached coordinator.
+    pub async fn call_coordinator_once(
+        &self,
+        group_id: &str,
+        request: Request,
+    ) -> Result<Response> {
+        let result = match self.coordinator_connection(group_id).await {
+            Ok(connection) => connection.call(request).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            if coordinator_moved(error) {
+                self.forget_coordinator(group_id);
+            }
+        }
+        result
+    }
+
+    /// Sends a request to the coordinator of `group_id`, retrying retriable failures (a moved
+    /// coordinator, a lost connection) until `deadline`. `build` makes each attempt's request,
+    /// so an attempt after a heartbeat carries the member's current epoch.
+    pub async fn call_coordinator<F>(
+        &self,
+        group_id: &str,
+        deadline: Instant,
+        build: F,
+    ) -> Result<Response>
+    where
+        F: Fn() -> Request,
+    {
+        self.with_retries(deadline, |_| {
+            let request = build();
+            async move { self.call_coordinator_once(group_id, request).await }
+        })
+        .await
+    }
+}
+
+/// Whether a failed coordinator call means the cached coordinator may be wrong.
+fn coordinator_moved(error: &ClientError) -> bool {
+    match error {
+        ClientError::Api(error) => matches!(
+            error,
+            ApiError::NotCoordinator { .. }
+                | ApiError::CoordinatorNotAvailable
+                | ApiError::ShuttingDown
+                | ApiError::NotReady { .. }
+        ),
+        ClientError::Connect { .. }
+        | ClientError::ConnectionLost { .. }
+        | ClientError::RequestTimeout { .. }
+        | ClientError::UnknownBroker { .. } => true,
+        _ => false,
     }
 }
 

@@ -261,6 +261,29 @@ pub struct ConsumerConfig {
     /// Records one `poll` returns at most; the rest stay buffered for the next poll.
     pub max_poll_records: usize,
     pub auto_offset_reset: AutoOffsetReset,
+    /// Group members only ([`crate::Consumer::subscribe`]): a static instance id. A restart
+    /// with the same id within the session timeout gets its partitions back without a
+    /// rebalance; two live processes must never share one.
+    pub group_instance_id: Option<String>,
+    /// Group members only: how long the coordinator waits for a heartbeat before it removes
+    /// the member and gives its partitions to the others.
+    pub session_timeout_ms: u32,
+    /// Group members only: how long the member may take to release revoked partitions
+    /// (the application must call `poll` within it) before it is fenced.
+    pub rebalance_timeout_ms: u32,
+    /// Group members only: the server-side assignor (`range`, `round-robin`, `sticky`);
+    /// `None` keeps the group's (sticky for a new group).
+    pub assignor: Option<String>,
+    /// Group members only: commit the positions `poll` has reached, every
+    /// `auto_commit_interval_ms` (checked in `poll`), on revocation and on `close`.
+    ///
+    /// Off by default, unlike Kafka: an auto-commit counts a record as processed once `poll`
+    /// returned it, so a crash after the commit and before the processing loses it for the
+    /// group, and a crash before the commit repeats what came after the last commit
+    /// (at-least-once only if the application processes each batch before its next `poll`).
+    /// Cairn prefers explicit `commit_sync` / `commit_async` after processing.
+    pub enable_auto_commit: bool,
+    pub auto_commit_interval_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -272,6 +295,12 @@ impl Default for ConsumerConfig {
             fetch_min_bytes: 1,
             max_poll_records: 500,
             auto_offset_reset: AutoOffsetReset::Latest,
+            group_instance_id: None,
+            session_timeout_ms: 45_000,
+            rebalance_timeout_ms: 60_000,
+            assignor: None,
+            enable_auto_commit: false,
+            auto_commit_interval_ms: 5_000,
         }
     }
 }
@@ -283,6 +312,33 @@ impl ConsumerConfig {
         }
         if self.max_poll_records == 0 {
             return Err(ClientError::invalid("max_poll_records must be at least 1"));
+        }
+        if self.session_timeout_ms == 0 || self.rebalance_timeout_ms == 0 {
+            return Err(ClientError::invalid(
+                "session_timeout_ms and rebalance_timeout_ms must be above 0",
+            ));
+        }
+        if self.enable_auto_commit && self.auto_commit_interval_ms == 0 {
+            return Err(ClientError::invalid(
+                "auto_commit_interval_ms must be above 0 with enable_auto_commit",
+            ));
+        }
+        if let Some(assignor) = &self.assignor {
+            if !cairn_protocol::group::ASSIGNOR_NAMES.contains(&assignor.as_str()) {
+                return Err(ClientError::invalid(format!(
+                    "assignor {assignor:?} is not one of {:?}",
+                    cairn_protocol::group::ASSIGNOR_NAMES
+                )));
+            }
+        }
+        if let Some(instance_id) = &self.group_instance_id {
+            if instance_id.is_empty()
+                || instance_id.len() > cairn_protocol::group::MEMBER_ID_BYTES_MAX
+            {
+                return Err(ClientError::invalid(
+                    "group_instance_id must be 1 to 255 bytes",
+                ));
+            }
         }
         Ok(())
     }

@@ -1,8 +1,11 @@
 //! [`Consumer`]: reads records from assigned partitions.
 //!
 //! Manual assignment: the application names the partitions ([`Consumer::assign`]) and where
-//! to start ([`Consumer::seek`]). Group membership (`subscribe`) will fill the same assignment
-//! from a coordinator; everything below the assignment (positions, fetching, buffering) stays.
+//! to start ([`Consumer::seek`]). Group membership ([`Consumer::subscribe`], see
+//! [`crate::group`]) fills the same assignment from the coordinator's heartbeat replies,
+//! reconciled at the start of each `poll`; everything below the assignment (positions,
+//! fetching, buffering) is shared. Paused partitions ([`Consumer::pause`]) stay assigned but
+//! are not fetched.
 //!
 //! `poll` sends one long-poll `Fetch` per leader covering all of that leader's assigned
 //! partitions, concurrently; decodes the batches (skipping control batches and records below
@@ -14,16 +17,34 @@
 use crate::cluster::{unexpected, Cluster};
 use crate::config::{AutoOffsetReset, ClientConfig, ConsumerConfig};
 use crate::error::{ClientError, Result};
+use crate::group::{self, MemberState, RebalanceListener, Subscription};
 use bytes::Bytes;
 use cairn_protocol::batch::split_batches;
+use cairn_protocol::group::{validate_group_id, OffsetFetchRequest};
 use cairn_protocol::messages::{
     FetchPartition, FetchRequest, FetchedRecords, ListOffsetsRequest, OffsetSpec,
 };
 use cairn_protocol::{ApiError, Header, NodeId, Offset, Request, Response};
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+/// A consumer's group membership (see [`crate::group`]).
+struct GroupMember {
+    subscription: Subscription,
+    state: Arc<Mutex<MemberState>>,
+    /// Asks the heartbeat task for a heartbeat now.
+    wake: Arc<Notify>,
+    /// Told by the heartbeat task when the target assignment changed.
+    changed: Arc<Notify>,
+    heartbeat: JoinHandle<()>,
+    /// In a mutex only so that `Consumer` stays `Sync` (a `&Consumer` held across an await
+    /// in a spawned task); the listener is only ever called from `&mut self`.
+    listener: Mutex<Box<dyn RebalanceListener>>,
+    last_auto_commit: Instant,
+}
 
 /// Bytes of record batches a fetch may ask for so that the reply fits in a frame of
 /// `frame_bytes_max`: room is left for the envelope and each partition's entry.
@@ -109,12 +130,20 @@ pub struct Consumer {
     buffer: VecDeque<ConsumerRecord>,
     /// The fetch in flight, if any (started by a previous poll or this one).
     fetch: Option<JoinHandle<Result<Vec<LeaderFetch>>>>,
+    /// Assigned partitions that are not fetched until resumed.
+    paused: BTreeSet<TopicPartition>,
+    group: Option<GroupMember>,
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
         if let Some(fetch) = self.fetch.take() {
             fetch.abort();
+        }
+        // Without `close` the member does not leave: the coordinator removes it after the
+        // session timeout.
+        if let Some(group) = self.group.take() {
+            group.heartbeat.abort();
         }
     }
 }
@@ -129,7 +158,373 @@ impl Consumer {
             assignment: BTreeMap::new(),
             buffer: VecDeque::new(),
             fetch: None,
+            paused: BTreeSet::new(),
+            group: None,
         })
+    }
+
+    /// Joins group `group_id` reading `topics`: the coordinator assigns partitions, which
+    /// `poll` takes (at the group's committed offsets, else `auto_offset_reset`) and gives
+    /// back when they move to another member. Nothing is committed on revocation; see
+    /// [`Consumer::subscribe_with_listener`] and [`crate::group::CommitPositionsOnRevoke`].
+    pub async fn subscribe(&mut self, topics: &[&str], group_id: &str) -> Result<()> {
+        self.subscribe_with_listener(topics, group_id, Box::new(NoListener))
+            .await
+    }
+
+    /// [`Consumer::subscribe`], telling `listener` about each change of partitions.
+    pub async fn subscribe_with_listener(
+        &mut self,
+        topics: &[&str],
+        group_id: &str,
+        listener: Box<dyn RebalanceListener>,
+    ) -> Result<()> {
+        validate_group_id(group_id).map_err(ClientError::Api)?;
+        if topics.is_empty() {
+            return Err(ClientError::invalid("subscribe needs at least one topic"));
+        }
+        if self.group.is_some() {
+            return Err(ClientError::invalid(
+                "this consumer is already subscribed; close it and make a new one",
+            ));
+        }
+        if !self.assignment.is_empty() {
+            return Err(ClientError::invalid(
+                "this consumer has a manual assignment; subscribe needs a fresh consumer",
+            ));
+        }
+        let subscription = Subscription {
+            group_id: group_id.to_owned(),
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            instance_id: self.config.group_instance_id.clone(),
+            session_timeout_ms: self.config.session_timeout_ms,
+            rebalance_timeout_ms: self.config.rebalance_timeout_ms,
+            assignor: self.config.assignor.clone(),
+        };
+        let state = Arc::new(Mutex::new(MemberState::default()));
+        let wake = Arc::new(Notify::new());
+        let changed = Arc::new(Notify::new());
+        let heartbeat = tokio::spawn(group::heartbeat_loop(
+            Arc::clone(&self.cluster),
+            subscription.clone(),
+            Arc::clone(&state),
+            Arc::clone(&wake),
+            Arc::clone(&changed),
+        ));
+        self.group = Some(GroupMember {
+            subscription,
+            state,
+            wake,
+            changed,
+            heartbeat,
+            listener: Mutex::new(listener),
+            last_auto_commit: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// The member id and epoch the coordinator gave this consumer (`None` outside a group or
+    /// before the first heartbeat reply).
+    pub fn member(&self) -> Option<(String, cairn_protocol::group::MemberEpoch)> {
+        let group = self.group.as_ref()?;
+        let state = group.state.lock().expect("member lock");
+        state
+            .joined
+            .then(|| (state.member_id.clone(), state.member_epoch))
+    }
+
+    /// Brings the assignment in line with the coordinator's target: releases revoked
+    /// partitions (listener, commit, stop fetching) before taking new ones.
+    async fn reconcile(&mut self) -> Result<()> {
+        let Some(group) = self.group.as_mut() else {
+            return Ok(());
+        };
+        let (lost, target, fatal) = {
+            let mut state = group.state.lock().expect("member lock");
+            let lost = std::mem::take(&mut state.lost);
+            if lost {
+                state.owned.clear();
+            }
+            (lost, state.target.clone(), state.fatal.clone())
+        };
+        if let Some(error) = fatal {
+            return Err(error);
+        }
+        if lost {
+            let dropped: Vec<TopicPartition> = self.assignment.keys().cloned().collect();
+            if !dropped.is_empty() {
+                group
+                    .listener
+                    .get_mut()
+                    .expect("listener lock")
+                    .on_lost(&dropped);
+            }
+            self.assignment.clear();
+            self.buffer.clear();
+            self.paused.clear();
+            group.wake.notify_one();
+        }
+        let revoked: Vec<(TopicPartition, Option<Offset>)> = self
+            .assignment
+            .iter()
+            .filter(|(partition, _)| !target.contains(*partition))
+            .map(|(partition, state)| (partition.clone(), state.position))
+            .collect();
+        if !revoked.is_empty() {
+            let mut offsets = group
+                .listener
+                .get_mut()
+                .expect("listener lock")
+                .on_revoked(&revoked);
+            if self.config.enable_auto_commit {
+                for (partition, position) in &revoked {
+                    if let Some(position) = position {
+                        if !offsets.iter().any(|(chosen, _)| chosen == partition) {
+                            offsets.push((partition.clone(), *position));
+                        }
+                    }
+                }
+            }
+            // The partitions are released even when the commit fails: holding them would
+            // stall the group, and the coordinator fences a member that does not let go.
+            if let Err(error) = group::commit(
+                &self.cluster,
+                &group.subscription.group_id,
+                Some(&group.state),
+                &offsets,
+            )
+            .await
+            {
+                tracing::warn!(%error, "commit on revocation failed");
+            }
+            let mut state = group.state.lock().expect("member lock");
+            for (partition, _) in &revoked {
+                self.assignment.remove(partition);
+                self.paused.remove(partition);
+                state.owned.remove(partition);
+            }
+            drop(state);
+            let assignment = &self.assignment;
+            self.buffer.retain(|record| {
+                assignment.contains_key(&TopicPartition {
+                    topic: Arc::clone(&record.topic),
+                    partition: record.partition,
+                })
+            });
+            group.wake.notify_one();
+        }
+        let added: Vec<TopicPartition> = target
+            .iter()
+            .filter(|partition| !self.assignment.contains_key(*partition))
+            .cloned()
+            .collect();
+        if !added.is_empty() {
+            let committed = self.fetch_committed(&added).await?;
+            let Some(group) = self.group.as_mut() else {
+                return Ok(());
+            };
+            for partition in &added {
+                let start = committed.get(partition).copied();
+                self.assignment.insert(
+                    partition.clone(),
+                    PartitionState {
+                        fetch_offset: start,
+                        position: start,
+                        high_watermark: None,
+                    },
+                );
+            }
+            group
+                .state
+                .lock()
+                .expect("member lock")
+                .owned
+                .extend(added.iter().cloned());
+            group
+                .listener
+                .get_mut()
+                .expect("listener lock")
+                .on_assigned(&added);
+            group.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets for `partitions` (as a member, so a fenced member is
+    /// refused), leaving out partitions never committed.
+    async fn fetch_committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Offset>> {
+        let Some(group) = self.group.as_ref() else {
+            return Ok(HashMap::new());
+        };
+        let member = {
+            let state = group.state.lock().expect("member lock");
+            Some((state.member_id.clone(), state.member_epoch))
+        };
+        let wanted: BTreeSet<TopicPartition> = partitions.iter().cloned().collect();
+        let request = Request::OffsetFetch(OffsetFetchRequest {
+            group_id: group.subscription.group_id.clone(),
+            member,
+            partitions: Some(group::to_wire(&wanted)),
+        });
+        let deadline = Instant::now() + self.cluster.config().request_timeout();
+        let reply = self
+            .cluster
+            .call_coordinator(&group.subscription.group_id, deadline, || request.clone())
+            .await?;
+        let Response::OffsetFetch(reply) = reply else {
+            return Err(unexpected("OffsetFetch", &reply));
+        };
+        Ok(reply
+            .partitions
+            .into_iter()
+            .filter_map(|partition| {
+                partition.committed.map(|committed| {
+                    (
+                        TopicPartition::new(&partition.topic, partition.partition),
+                        committed.offset,
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// The positions `poll` has reached in every assigned partition that has one.
+    pub fn positions(&self) -> Vec<(TopicPartition, Offset)> {
+        self.assignment
+            .iter()
+            .filter_map(|(partition, state)| {
+                state.position.map(|offset| (partition.clone(), offset))
+            })
+            .collect()
+    }
+
+    fn group_id(&self) -> Result<&GroupMember> {
+        self.group
+            .as_ref()
+            .ok_or_else(|| ClientError::invalid("commits need a group: call subscribe first"))
+    }
+
+    /// Commits the positions `poll` has reached (everything it returned counts as processed)
+    /// and waits for the coordinator's acknowledgement.
+    pub async fn commit_sync(&mut self) -> Result<()> {
+        let offsets = self.positions();
+        self.commit_offsets_sync(&offsets).await
+    }
+
+    /// Commits `offsets` (each the next offset to read: last processed + 1) and waits for
+    /// the coordinator's acknowledgement, which comes after the offsets record is replicated.
+    /// Only partitions this member owns in its current epoch are accepted.
+    pub async fn commit_offsets_sync(
+        &mut self,
+        offsets: &[(TopicPartition, Offset)],
+    ) -> Result<()> {
+        let group = self.group_id()?;
+        group::commit(
+            &self.cluster,
+            &group.subscription.group_id,
+            Some(&group.state),
+            offsets,
+        )
+        .await
+    }
+
+    /// Commits the positions `poll` has reached in the background; `callback` gets the
+    /// result. A failed async commit is not retried after its deadline: a later commit
+    /// covers it.
+    pub fn commit_async<F>(&mut self, callback: F) -> Result<()>
+    where
+        F: FnOnce(Result<()>) + Send + 'static,
+    {
+        let offsets = self.positions();
+        let group = self.group_id()?;
+        let cluster = Arc::clone(&self.cluster);
+        let group_id = group.subscription.group_id.clone();
+        let state = Arc::clone(&group.state);
+        tokio::spawn(async move {
+            let result = group::commit(&cluster, &group_id, Some(&state), &offsets).await;
+            callback(result);
+        });
+        Ok(())
+    }
+
+    /// Stops fetching these assigned partitions (consumer-side backpressure) until
+    /// [`Consumer::resume`]; their buffered records are dropped and fetched again later.
+    /// They stay assigned, so the group does not rebalance.
+    pub fn pause(&mut self, partitions: &[TopicPartition]) {
+        for partition in partitions {
+            if let Some(state) = self.assignment.get_mut(partition) {
+                state.fetch_offset = state.position;
+                self.paused.insert(partition.clone());
+            }
+        }
+        let paused = &self.paused;
+        self.buffer.retain(|record| {
+            !paused.contains(&TopicPartition {
+                topic: Arc::clone(&record.topic),
+                partition: record.partition,
+            })
+        });
+    }
+
+    pub fn resume(&mut self, partitions: &[TopicPartition]) {
+        for partition in partitions {
+            self.paused.remove(partition);
+        }
+    }
+
+    /// The paused partitions.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.paused.iter().cloned().collect()
+    }
+
+    /// Leaves the group (after an auto-commit of the positions, when enabled): epoch -1, or
+    /// -2 for a static member, whose partitions stay reserved for its instance id until the
+    /// session timeout. The partitions are reported revoked to the listener first, so it can
+    /// commit. A consumer without a group just stops.
+    pub async fn close(mut self) -> Result<()> {
+        if let Some(fetch) = self.fetch.take() {
+            fetch.abort();
+        }
+        let Some(mut group) = self.group.take() else {
+            return Ok(());
+        };
+        group.heartbeat.abort();
+        let fatal = group.state.lock().expect("member lock").fatal.clone();
+        let mut result = Ok(());
+        if fatal.is_none() {
+            let revoked: Vec<(TopicPartition, Option<Offset>)> = self
+                .assignment
+                .iter()
+                .map(|(partition, state)| (partition.clone(), state.position))
+                .collect();
+            let mut offsets = group
+                .listener
+                .get_mut()
+                .expect("listener lock")
+                .on_revoked(&revoked);
+            if self.config.enable_auto_commit {
+                for (partition, position) in &revoked {
+                    if let Some(position) = position {
+                        if !offsets.iter().any(|(chosen, _)| chosen == partition) {
+                            offsets.push((partition.clone(), *position));
+                        }
+                    }
+                }
+            }
+            result = group::commit(
+                &self.cluster,
+                &group.subscription.group_id,
+                Some(&group.state),
+                &offsets,
+            )
+            .await;
+        }
+        let left = group::leave(&self.cluster, &group.subscription, &group.state).await;
+        self.assignment.clear();
+        result.and(left)
     }
 
     /// Replaces the assignment with these partitions. Positions of partitions that stay
@@ -260,7 +655,9 @@ impl Consumer {
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
         let mut attempt = 0u32;
+        self.auto_commit_if_due();
         loop {
+            self.reconcile().await?;
             if !self.buffer.is_empty() {
                 let records = self.take_buffered();
                 if self.buffer.len() < self.config.max_poll_records && self.fetch.is_none() {
@@ -270,9 +667,25 @@ impl Consumer {
                 }
                 return Ok(records);
             }
-            if self.assignment.is_empty() {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
-                return Ok(Vec::new());
+            if self.assignment.is_empty() || self.fetchable() == 0 {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                match self.group.as_ref() {
+                    // A member waits for the coordinator to give it partitions.
+                    Some(group) => {
+                        let changed = Arc::clone(&group.changed);
+                        if tokio::time::timeout_at(deadline, changed.notified())
+                            .await
+                            .is_err()
+                        {
+                            return Ok(Vec::new());
+                        }
+                        continue;
+                    }
+                    None => {
+                        tokio::time::sleep_until(deadline).await;
+                        return Ok(Vec::new());
+                    }
+                }
             }
             let result = self.fetch_until(deadline).await;
             match result {
@@ -297,6 +710,35 @@ impl Consumer {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    /// Assigned partitions that are not paused.
+    fn fetchable(&self) -> usize {
+        self.assignment
+            .keys()
+            .filter(|partition| !self.paused.contains(*partition))
+            .count()
+    }
+
+    /// Starts an async commit of the positions when auto-commit is on and its interval has
+    /// passed since the last one.
+    fn auto_commit_if_due(&mut self) {
+        if !self.config.enable_auto_commit {
+            return;
+        }
+        let interval = Duration::from_millis(self.config.auto_commit_interval_ms);
+        let Some(group) = self.group.as_mut() else {
+            return;
+        };
+        if group.last_auto_commit.elapsed() < interval {
+            return;
+        }
+        group.last_auto_commit = Instant::now();
+        let _ = self.commit_async(|result| {
+            if let Err(error) = result {
+                tracing::warn!(%error, "auto-commit failed");
+            }
+        });
     }
 
     fn take_buffered(&mut self) -> Vec<ConsumerRecord> {
@@ -350,6 +792,7 @@ impl Consumer {
         let wanted: Vec<(TopicPartition, Offset)> = self
             .assignment
             .iter()
+            .filter(|(key, _)| !self.paused.contains(*key))
             .filter_map(|(key, state)| state.fetch_offset.map(|offset| (key.clone(), offset)))
             .collect();
         if wanted.is_empty() {
@@ -390,7 +833,7 @@ impl Consumer {
                     .assignment
                     .get(&key)
                     .and_then(|state| state.fetch_offset);
-                if requested.is_none() || requested != current {
+                if requested.is_none() || requested != current || self.paused.contains(&key) {
                     continue;
                 }
                 match partition.result {
@@ -558,3 +1001,8 @@ async fn fetch_from(
         .wait()
         .await
 }
+
+/// The listener of a plain `subscribe`: nothing to do.
+struct NoListener;
+
+impl RebalanceListener for NoListener {}

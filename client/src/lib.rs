@@ -16,8 +16,12 @@
 //!   partition, so the leader writes a retried batch once.
 //! - `accumulator` (internal) and [`producer`]: [`Producer`] batches records per partition
 //!   with a bounded buffer (backpressure) and resolves a [`DeliveryFuture`] per record.
-//! - [`consumer`]: [`Consumer`] reads assigned partitions with multi-partition long polls.
-//! - `cli` (feature `cli`): the `cairn topic|produce|consume` subcommands.
+//! - [`consumer`]: [`Consumer`] reads assigned partitions with multi-partition long polls,
+//!   or joins a consumer group with [`Consumer::subscribe`].
+//! - [`group`]: group membership (the heartbeat task, reconciliation, commits, the
+//!   [`RebalanceListener`]); the coordinator is found with `FindCoordinator` and cached by
+//!   `cluster`.
+//! - `cli` (feature `cli`): the `cairn topic|produce|consume|group` subcommands.
 //!
 //! Everything is async on tokio; create clients inside a runtime.
 //!
@@ -50,6 +54,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 mod idempotence;
 pub mod partitioner;
 pub mod producer;
@@ -67,8 +72,11 @@ pub use config::{AutoOffsetReset, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerRecord, SeekTo, TopicPartition};
 pub use error::ClientError;
+pub use group::{CommitPositionsOnRevoke, RebalanceListener};
 pub use producer::{DeliveryFuture, Producer, RecordMetadata};
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod test_server;
 #[cfg(test)]

@@ -36,6 +36,39 @@ pub(crate) struct State {
     /// Idempotent producers per (topic, partition, producer id): epoch, and the sequence
     /// ranges written with their base offsets, as a leader's replica keeps them.
     pub producers: HashMap<(String, u32, i64), ProducerWritten>,
+    /// The scripted group coordinator (one group, one member at a time is enough here).
+    pub coordinator: FakeCoordinator,
+}
+
+/// A minimal group coordinator: it hands out whatever assignment the test scripts, bumps
+/// the member epoch when that changes, and records every heartbeat and commit in arrival
+/// order, so tests can check what the client did and when.
+#[derive(Default)]
+pub(crate) struct FakeCoordinator {
+    /// The assignment handed to the member in every heartbeat reply.
+    pub assignment: Vec<cairn_protocol::group::TopicPartitions>,
+    handed_out: Option<Vec<cairn_protocol::group::TopicPartitions>>,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: u32,
+    /// Everything the client sent, in arrival order.
+    pub events: Vec<GroupEvent>,
+    /// Refusals handed to the next heartbeats / commits, in order.
+    pub heartbeat_failures: VecDeque<ApiError>,
+    pub commit_failures: VecDeque<ApiError>,
+    pub committed: HashMap<(String, u32), Offset>,
+    pub find_coordinator_requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupEvent {
+    Heartbeat {
+        epoch: i32,
+        owned: Vec<(String, u32)>,
+    },
+    Commit {
+        epoch: i32,
+        offsets: Vec<(String, u32, u64)>,
+    },
 }
 
 /// An idempotent producer's epoch and its batches (first sequence, last sequence, base offset).
@@ -121,6 +154,22 @@ impl TestServer {
     /// While paused, requests are read but not answered (like a SIGSTOPped node).
     pub fn pause(&self, paused: bool) {
         self.paused.send_replace(paused);
+    }
+
+    /// Scripts the assignment the fake coordinator hands out from its next heartbeat reply.
+    pub fn set_assignment(&self, topic: &str, partitions: &[u32]) {
+        self.state.lock().unwrap().coordinator.assignment = if partitions.is_empty() {
+            Vec::new()
+        } else {
+            vec![cairn_protocol::group::TopicPartitions {
+                topic: topic.to_owned(),
+                partitions: partitions.to_vec(),
+            }]
+        };
+    }
+
+    pub fn group_events(&self) -> Vec<GroupEvent> {
+        self.state.lock().unwrap().coordinator.events.clone()
     }
 
     pub fn drop_connections(&self) {
@@ -414,6 +463,120 @@ async fn handle(
                 producer_id,
                 producer_epoch: 0,
             }))
+        }
+        Request::FindCoordinator(_) => {
+            state.lock().unwrap().coordinator.find_coordinator_requests += 1;
+            Ok(Response::FindCoordinator(
+                cairn_protocol::group::FindCoordinatorResponse {
+                    partition: 0,
+                    coordinator: Some(NodeId(1)),
+                    address: Some(address.to_owned()),
+                },
+            ))
+        }
+        Request::ConsumerGroupHeartbeat(request) => {
+            let mut state = state.lock().unwrap();
+            let coordinator = &mut state.coordinator;
+            let owned = request
+                .owned
+                .iter()
+                .flatten()
+                .flat_map(|topic| {
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|partition| (topic.topic.clone(), *partition))
+                })
+                .collect();
+            coordinator.events.push(GroupEvent::Heartbeat {
+                epoch: request.member_epoch.0,
+                owned,
+            });
+            if let Some(error) = coordinator.heartbeat_failures.pop_front() {
+                return Err(error);
+            }
+            let leaving = request.member_epoch.0 < 0;
+            if request.member_epoch.0 == 0
+                || coordinator.handed_out.as_ref() != Some(&coordinator.assignment)
+            {
+                coordinator.member_epoch += 1;
+                coordinator.handed_out = Some(coordinator.assignment.clone());
+            }
+            Ok(Response::ConsumerGroupHeartbeat(
+                cairn_protocol::group::ConsumerGroupHeartbeatResponse {
+                    member_id: "member-1".to_owned(),
+                    member_epoch: cairn_protocol::group::MemberEpoch(if leaving {
+                        request.member_epoch.0
+                    } else {
+                        coordinator.member_epoch
+                    }),
+                    heartbeat_interval_ms: coordinator.heartbeat_interval_ms.max(1),
+                    assignment: if leaving {
+                        Vec::new()
+                    } else {
+                        coordinator.assignment.clone()
+                    },
+                },
+            ))
+        }
+        Request::OffsetCommit(request) => {
+            let mut state = state.lock().unwrap();
+            let coordinator = &mut state.coordinator;
+            coordinator.events.push(GroupEvent::Commit {
+                epoch: request.member_epoch.0,
+                offsets: request
+                    .offsets
+                    .iter()
+                    .map(|offset| (offset.topic.clone(), offset.partition, offset.offset.0))
+                    .collect(),
+            });
+            if let Some(error) = coordinator.commit_failures.pop_front() {
+                return Err(error);
+            }
+            let mut partitions = Vec::new();
+            for offset in &request.offsets {
+                coordinator
+                    .committed
+                    .insert((offset.topic.clone(), offset.partition), offset.offset);
+                partitions.push(cairn_protocol::group::OffsetCommitPartitionResult {
+                    topic: offset.topic.clone(),
+                    partition: offset.partition,
+                    result: Ok(()),
+                });
+            }
+            Ok(Response::OffsetCommit(
+                cairn_protocol::group::OffsetCommitResponse { partitions },
+            ))
+        }
+        Request::OffsetFetch(request) => {
+            let state = state.lock().unwrap();
+            let committed = &state.coordinator.committed;
+            let partitions = request
+                .partitions
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|topic| {
+                    topic
+                        .partitions
+                        .into_iter()
+                        .map(move |partition| (topic.topic.clone(), partition))
+                })
+                .map(
+                    |(topic, partition)| cairn_protocol::group::CommittedPartitionOffset {
+                        committed: committed.get(&(topic.clone(), partition)).map(|offset| {
+                            cairn_protocol::group::CommittedOffset {
+                                offset: *offset,
+                                metadata: None,
+                            }
+                        }),
+                        topic,
+                        partition,
+                    },
+                )
+                .collect();
+            Ok(Response::OffsetFetch(
+                cairn_protocol::group::OffsetFetchResponse { partitions },
+            ))
         }
         other => Err(ApiError::InvalidRequest {
             reason: format!("test server does not do {}", other.kind()),

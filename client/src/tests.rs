@@ -8,7 +8,7 @@ use cairn_protocol::messages::{ListTopicsRequest, ServerLimits};
 use cairn_protocol::{Epoch, NodeId, Request, Response};
 use std::time::{Duration, Instant};
 
-fn client(server: &TestServer) -> ClientConfig {
+pub(crate) fn client(server: &TestServer) -> ClientConfig {
     ClientConfig {
         retry_backoff_ms: 10,
         retry_backoff_max_ms: 50,
@@ -406,7 +406,13 @@ async fn acks_none_resolves_without_an_offset() {
     assert_eq!(metadata.partition, 0);
 }
 
-async fn fill(server: &TestServer, topic: &str, partition: u32, count: u32, first_ms: i64) {
+pub(crate) async fn fill(
+    server: &TestServer,
+    topic: &str,
+    partition: u32,
+    count: u32,
+    first_ms: i64,
+) {
     let producer = producer(server, ProducerConfig::default()).await;
     for i in 0..count {
         let record =
@@ -416,7 +422,7 @@ async fn fill(server: &TestServer, topic: &str, partition: u32, count: u32, firs
     producer.close().await.unwrap();
 }
 
-fn consumer(server: &TestServer, config: ConsumerConfig) -> Consumer {
+pub(crate) fn consumer(server: &TestServer, config: ConsumerConfig) -> Consumer {
     Consumer::new(client(server), config).unwrap()
 }
 
