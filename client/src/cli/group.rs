@@ -256,3 +256,44 @@ mod tests {
         assert_eq!(lines[8], "total lag: 7");
     }
 }
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: GroupCommand,
+    }
+
+    #[test]
+    fn reset_offsets_needs_exactly_one_target() {
+        let parsed = Cli::try_parse_from([
+            "cairn",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-offset",
+            "7",
+        ])
+        .unwrap();
+        let GroupCommand::ResetOffsets(args) = parsed.command else {
+            panic!("expected reset-offsets");
+        };
+        assert_eq!(args.target(), OffsetResetTarget::Offset(Offset(7)));
+        assert!(Cli::try_parse_from(["cairn", "reset-offsets", "g", "--topic", "t"]).is_err());
+        assert!(Cli::try_parse_from([
+            "cairn",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-earliest",
+            "--to-latest"
+        ])
+        .is_err());
+    }
+}
