@@ -486,3 +486,32 @@ async fn subscribe_refuses_bad_arguments() {
     // Nothing reached the coordinator.
     assert!(server.group_events().is_empty());
 }
+
+#[tokio::test]
+async fn a_coordinator_hint_is_followed_without_a_lookup() {
+    let server = group_server(1).await;
+    fill(&server, "t", 0, 2, 1_000).await;
+    server.set_assignment("t", &[0]);
+    let mut consumer = consumer(&server, earliest());
+    consumer.subscribe(&["t"], "g").await.unwrap();
+    poll_while(&mut consumer, |_, records| records.len() >= 2).await;
+    let lookups_before = server
+        .state
+        .lock()
+        .unwrap()
+        .coordinator
+        .find_coordinator_requests;
+    server
+        .state
+        .lock()
+        .unwrap()
+        .coordinator
+        .commit_failures
+        .push_back(cairn_protocol::ApiError::NotCoordinator {
+            coordinator_hint: Some(cairn_protocol::NodeId(1)),
+        });
+    consumer.commit_sync().await.unwrap();
+    let coordinator = &server.state.lock().unwrap().coordinator;
+    assert_eq!(coordinator.committed[&("t".to_owned(), 0)], Offset(2));
+    assert_eq!(coordinator.find_coordinator_requests, lookups_before);
+}
