@@ -404,8 +404,23 @@ impl Cluster {
             Err(error) => Err(error),
         };
         if let Err(error) = &result {
-            if coordinator_moved(error) {
-                self.forget_coordinator(group_id);
+            // A hint naming a broker this client knows saves a FindCoordinator round trip;
+            // a wrong hint costs one more NotCoordinator, after which the cache is dropped.
+            let hinted = match error {
+                ClientError::Api(ApiError::NotCoordinator {
+                    coordinator_hint: Some(node_id),
+                }) => self.snapshot().brokers.get(node_id).cloned(),
+                _ => None,
+            };
+            match hinted {
+                Some(address) => {
+                    self.coordinators
+                        .lock()
+                        .expect("coordinators lock")
+                        .insert(group_id.to_owned(), address);
+                }
+                None if coordinator_moved(error) => self.forget_coordinator(group_id),
+                None => {}
             }
         }
         result

@@ -411,3 +411,107 @@ fn last_two_epoch(events: &[GroupEvent]) -> i32 {
         other => panic!("expected a commit, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn auto_commit_commits_positions_on_its_interval() {
+    let server = group_server(1).await;
+    fill(&server, "t", 0, 4, 1_000).await;
+    server.set_assignment("t", &[0]);
+    let mut consumer = consumer(
+        &server,
+        ConsumerConfig {
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 50,
+            ..earliest()
+        },
+    );
+    consumer.subscribe(&["t"], "g").await.unwrap();
+    poll_while(&mut consumer, |_, records| records.len() >= 4).await;
+    // Later polls commit what earlier polls returned.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server
+        .state
+        .lock()
+        .unwrap()
+        .coordinator
+        .committed
+        .get(&("t".to_owned(), 0))
+        != Some(&Offset(4))
+    {
+        assert!(Instant::now() < deadline, "no auto-commit in 10 s");
+        consumer.poll(Duration::from_millis(60)).await.unwrap();
+    }
+}
+
+#[test]
+fn bad_group_settings_are_refused_before_anything_is_sent() {
+    let bad_assignor = ConsumerConfig {
+        assignor: Some("fastest".into()),
+        ..ConsumerConfig::default()
+    };
+    assert!(bad_assignor.validate().is_err());
+    let bad_instance = ConsumerConfig {
+        group_instance_id: Some(String::new()),
+        ..ConsumerConfig::default()
+    };
+    assert!(bad_instance.validate().is_err());
+    ConsumerConfig {
+        assignor: Some("range".into()),
+        group_instance_id: Some("i".into()),
+        ..ConsumerConfig::default()
+    }
+    .validate()
+    .unwrap();
+}
+
+#[tokio::test]
+async fn subscribe_refuses_bad_arguments() {
+    let server = group_server(1).await;
+    let mut consumer = consumer(&server, earliest());
+    assert!(matches!(
+        consumer.subscribe(&["t"], "").await,
+        Err(ClientError::Api(
+            cairn_protocol::ApiError::InvalidGroupId { .. }
+        ))
+    ));
+    assert!(matches!(
+        consumer.subscribe(&[], "g").await,
+        Err(ClientError::InvalidArgument { .. })
+    ));
+    consumer.assign(&[("t", 0)]).await.unwrap();
+    assert!(matches!(
+        consumer.subscribe(&["t"], "g").await,
+        Err(ClientError::InvalidArgument { .. })
+    ));
+    // Nothing reached the coordinator.
+    assert!(server.group_events().is_empty());
+}
+
+#[tokio::test]
+async fn a_coordinator_hint_is_followed_without_a_lookup() {
+    let server = group_server(1).await;
+    fill(&server, "t", 0, 2, 1_000).await;
+    server.set_assignment("t", &[0]);
+    let mut consumer = consumer(&server, earliest());
+    consumer.subscribe(&["t"], "g").await.unwrap();
+    poll_while(&mut consumer, |_, records| records.len() >= 2).await;
+    let lookups_before = server
+        .state
+        .lock()
+        .unwrap()
+        .coordinator
+        .find_coordinator_requests;
+    server
+        .state
+        .lock()
+        .unwrap()
+        .coordinator
+        .commit_failures
+        .push_back(cairn_protocol::ApiError::NotCoordinator {
+            coordinator_hint: Some(cairn_protocol::NodeId(1)),
+        });
+    consumer.commit_sync().await.unwrap();
+    let coordinator = &server.state.lock().unwrap().coordinator;
+    assert_eq!(coordinator.committed[&("t".to_owned(), 0)], Offset(2));
+    assert_eq!(coordinator.find_coordinator_requests, lookups_before);
+}

@@ -4,11 +4,22 @@
 //! kafka-console-consumer) unless `--from-beginning` or `--offset N`. Stops after
 //! `--max-messages` records or `--idle-timeout-ms` without new records, else runs until
 //! killed. A closed stdout (piped into `head`) ends the command quietly with exit code 0.
+//!
+//! With `--group G` the command is a member of group `G`: the coordinator assigns the
+//! partitions, each starts at the group's committed offset (else the high watermark, or the
+//! log start with `--from-beginning`), and what was printed is committed when partitions are
+//! revoked and on exit (end of `--max-messages`, idle timeout, Ctrl-C), so a rerun continues
+//! with no record printed twice. A record printed just before a crash (SIGKILL) is printed
+//! again by the next run: at-least-once.
 
 use super::format::OutputFormat;
 use super::{report, EXIT_USAGE};
-use crate::{AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, SeekTo};
+use crate::{
+    AutoOffsetReset, ClientConfig, ClientError, CommitPositionsOnRevoke, Consumer, ConsumerConfig,
+    ConsumerRecord, Offset, SeekTo, TopicPartition,
+};
 use clap::Args;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -19,13 +30,16 @@ const POLL_WAIT_MAX: Duration = Duration::from_millis(500);
 pub struct ConsumeArgs {
     pub topic: String,
     /// Read only this partition (default: all partitions of the topic).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub partition: Option<u32>,
+    /// Read as a member of this consumer group, committing what was printed.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Start at the first offset still in the log.
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
     /// Start at this offset (in every partition read).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub offset: Option<u64>,
     /// Exit after printing this many records.
     #[arg(long)]
@@ -80,6 +94,9 @@ async fn consume(
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::new(config, consumer_config)?;
+    if let Some(group) = &args.group {
+        return consume_in_group(consumer, group, args, format, max_messages).await;
+    }
     let partitions = match args.partition {
         Some(partition) => {
             consumer.assign(&[(&args.topic, partition)]).await?;
@@ -138,6 +155,130 @@ async fn consume(
         if printed >= max_messages {
             return Ok(Stop::Done);
         }
+    }
+}
+
+/// `consume --group`: prints as a group member; commits what was printed on revocation (the
+/// listener commits positions, which are what was printed since every polled record is
+/// printed before the next poll) and on exit.
+async fn consume_in_group(
+    mut consumer: Consumer,
+    group: &str,
+    args: &ConsumeArgs,
+    format: &OutputFormat,
+    max_messages: u64,
+) -> Result<Stop, ClientError> {
+    consumer
+        .subscribe_with_listener(&[&args.topic], group, Box::new(CommitPositionsOnRevoke))
+        .await?;
+    let stop = if max_messages == 0 {
+        Ok(Stop::Done)
+    } else {
+        print_group(&mut consumer, args, format, max_messages).await
+    };
+    // `close` reports the partitions revoked, and the listener commits the positions: what
+    // was printed (the loop moved positions back over anything polled but not printed).
+    let closed = consumer.close().await;
+    match (stop, closed) {
+        (Err(error), _) => Err(error),
+        (Ok(stop), Ok(())) => Ok(stop),
+        (Ok(_), Err(error)) => Err(error),
+    }
+}
+
+async fn print_group(
+    consumer: &mut Consumer,
+    args: &ConsumeArgs,
+    format: &OutputFormat,
+    max_messages: u64,
+) -> Result<Stop, ClientError> {
+    let stdout = std::io::stdout();
+    let mut line = Vec::with_capacity(4096);
+    let mut printed = 0u64;
+    let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
+    let mut last_record = Instant::now();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let wait = match idle_timeout {
+            Some(idle) => {
+                let left = idle.saturating_sub(last_record.elapsed());
+                if left.is_zero() {
+                    return Ok(Stop::Done);
+                }
+                left.min(POLL_WAIT_MAX)
+            }
+            None => POLL_WAIT_MAX,
+        };
+        let records = tokio::select! {
+            records = consumer.poll(wait) => records?,
+            _ = &mut interrupted => return Ok(Stop::Done),
+        };
+        if records.is_empty() {
+            continue;
+        }
+        last_record = Instant::now();
+        line.clear();
+        let mut next: BTreeMap<TopicPartition, Offset> = BTreeMap::new();
+        for record in &records {
+            format.render(record, &mut line);
+            line.push(b'\n');
+            printed += 1;
+            next.insert(partition_of(record), record.offset.plus(1));
+            if printed == max_messages {
+                break;
+            }
+        }
+        let written = {
+            let mut out = stdout.lock();
+            out.write_all(&line).and_then(|()| out.flush())
+        };
+        if let Err(error) = written {
+            // Nothing of this batch reached the reader for sure: commit only up to the
+            // previous batch, so the next run prints it again.
+            rewind(consumer, &records, &BTreeMap::new()).await?;
+            return Ok(stdout_error(error));
+        }
+        if printed >= max_messages {
+            // Polled but not printed records must not count as printed.
+            rewind(consumer, &records, &next).await?;
+            return Ok(Stop::Done);
+        }
+    }
+}
+
+/// Moves each partition of `records` back to just after its last printed record (`printed`
+/// holds those next offsets), or to its first record in `records` when none was printed.
+async fn rewind(
+    consumer: &mut Consumer,
+    records: &[ConsumerRecord],
+    printed: &BTreeMap<TopicPartition, Offset>,
+) -> Result<(), ClientError> {
+    let mut to: BTreeMap<TopicPartition, Offset> = BTreeMap::new();
+    for record in records {
+        to.entry(partition_of(record)).or_insert(record.offset);
+    }
+    to.extend(
+        printed
+            .iter()
+            .map(|(partition, offset)| (partition.clone(), *offset)),
+    );
+    for (partition, offset) in to {
+        consumer
+            .seek(
+                &partition.topic,
+                partition.partition,
+                SeekTo::Offset(offset),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn partition_of(record: &ConsumerRecord) -> TopicPartition {
+    TopicPartition {
+        topic: std::sync::Arc::clone(&record.topic),
+        partition: record.partition,
     }
 }
 

@@ -5,6 +5,7 @@
 //! - `produce`: stdin lines to records, streamed through a [`crate::Producer`] (see
 //!   [`produce`]).
 //! - `consume`: records to stdout in a kcat-style [`format::OutputFormat`] (see [`consume`]).
+//! - `group list|describe|reset-offsets|delete`: consumer groups (see [`group`]).
 //! - `cluster status`: one node's view of nodes, liveness, leaders and under-replicated
 //!   partitions (see [`cluster`]).
 //!
@@ -14,6 +15,7 @@
 pub mod cluster;
 pub mod consume;
 pub mod format;
+pub mod group;
 pub mod produce;
 
 use crate::{Admin, ClientConfig, ClientError, TopicConfig};
@@ -46,6 +48,9 @@ pub enum ClientCommand {
     /// The cluster's nodes, liveness, leaders and under-replicated partitions.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// List, describe, reset the offsets of, and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +112,10 @@ pub async fn run(connection: Connection, command: ClientCommand) -> i32 {
         ClientCommand::Produce(args) => produce::run(config, args).await,
         ClientCommand::Consume(args) => consume::run(config, args).await,
         ClientCommand::Cluster(command) => match cluster::run(config, command).await {
+            Ok(()) => 0,
+            Err(error) => report(&error),
+        },
+        ClientCommand::Group(command) => match group::run(config, command).await {
             Ok(()) => 0,
             Err(error) => report(&error),
         },
