@@ -753,7 +753,30 @@ impl Consumer {
                 state.position = Some(record.offset.plus(1));
             }
         }
+        self.advance_past_skipped();
         records
+    }
+
+    /// A partition with nothing left in the buffer has returned everything below its fetch
+    /// offset, so its position moves there: past control batches (a new leader's marker),
+    /// which hold no records but offsets. Without this a committed position would stop
+    /// before a trailing marker and the group's lag would never reach 0.
+    fn advance_past_skipped(&mut self) {
+        let buffered: BTreeSet<(&str, u32)> = self
+            .buffer
+            .iter()
+            .map(|record| (&*record.topic, record.partition))
+            .collect();
+        for (key, state) in self.assignment.iter_mut() {
+            if buffered.contains(&(&*key.topic, key.partition)) {
+                continue;
+            }
+            if let (Some(position), Some(fetched)) = (state.position, state.fetch_offset) {
+                if fetched > position {
+                    state.position = Some(fetched);
+                }
+            }
+        }
     }
 
     /// Makes sure a fetch is out (resolving missing positions first) and waits for it until
@@ -783,6 +806,7 @@ impl Consumer {
         let outcome = outcome
             .map_err(|error| ClientError::protocol(format!("fetch task failed: {error}")))?;
         self.absorb(outcome?).await?;
+        self.advance_past_skipped();
         Ok(true)
     }
 
