@@ -803,6 +803,36 @@ mod tests {
     }
 
     #[test]
+    fn group_settings_are_checked() {
+        let defaults = base().build().unwrap();
+        assert_eq!(defaults.groups.offsets_partitions, 16);
+        assert!(defaults.groups.group_config().validate().is_ok());
+        let error = base()
+            .set("flag", "groups.offsets_partitions", "0")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(error, ConfigError::Rule { rule, .. } if rule.starts_with("groups.offsets_partitions")),
+            "{error}"
+        );
+        // More __offsets partitions than any topic may have.
+        let error = base()
+            .set("flag", "groups.offsets_partitions", "2000")
+            .build()
+            .unwrap_err();
+        assert!(matches!(error, ConfigError::Rule { .. }), "{error}");
+        // A heartbeat slower than a third of the shortest session breaks the coordinator's rule.
+        let error = base()
+            .set("flag", "groups.heartbeat_interval_ms", "5000")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Rule { why, .. } if why.contains("third")),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_lone_node_is_not_clustered_and_cluster_flags_are_checked() {
         let lone = base().build().unwrap();
         assert!(!lone.cluster.is_clustered());

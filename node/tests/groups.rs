@@ -400,6 +400,25 @@ fn a_new_coordinator_serves_the_group_after_its_node_is_killed() {
     assert_eq!(before.len(), 6);
 
     let (old_coordinator, _) = groups.find_coordinator();
+    // Every other node refuses group requests and names the coordinator (all three host
+    // every `__offsets` partition, so each knows its leader).
+    for node in cluster
+        .nodes
+        .iter()
+        .filter(|n| n.node_id != old_coordinator.0)
+    {
+        let refused = node.wire().call(Request::OffsetFetch(OffsetFetchRequest {
+            group_id: GROUP.into(),
+            member: None,
+            partitions: None,
+        }));
+        assert_eq!(
+            refused,
+            Err(ApiError::NotCoordinator {
+                coordinator_hint: Some(old_coordinator)
+            })
+        );
+    }
     cluster.node_mut(old_coordinator.0).kill();
     let survivors = Groups {
         nodes: cluster
