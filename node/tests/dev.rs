@@ -376,7 +376,16 @@ fn tour(nodes: u16) {
     assert_eq!(exit.code(), Some(0), "stderr:\n{}", dev.stderr());
     let left = wait_gone(&dev.node_pids);
     assert!(left.is_empty(), "nodes still running: {left:?}");
-    let rest: Vec<String> = dev.lines.try_iter().collect();
+    // The reader thread may still be forwarding the last lines: drain until it ends (stdout
+    // closed with the process) or a bound passes, rather than taking only what has arrived.
+    let mut rest: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match dev.lines.recv_timeout(left) {
+            Ok(line) => rest.push(line),
+            Err(_) => break,
+        }
+    }
     assert!(
         rest.iter()
             .any(|line| line == "cairn dev: all nodes stopped"),
