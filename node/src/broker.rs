@@ -18,7 +18,7 @@ use crate::config::NodeConfig;
 use crate::group::assign::TopicPartitionCounts;
 use crate::group::state::PartitionBounds;
 use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
-use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSpec};
+use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSnapshot, PartitionSpec};
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
 use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
@@ -762,6 +762,23 @@ impl<S: LogStore> Broker<S> {
         hints
     }
 
+    /// The leader and epoch to report for a partition: the hosted replica's own view, else
+    /// the leader gossip names (see [`Broker::hinted_leader`]), else none.
+    fn reported_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        snapshot: Option<&PartitionSnapshot>,
+    ) -> (Option<NodeId>, Epoch) {
+        match snapshot {
+            Some(snapshot) => (snapshot.leader, snapshot.epoch),
+            None => match self.hinted_leader(topic, partition) {
+                Some((leader, epoch)) => (Some(leader), epoch),
+                None => (None, Epoch::ZERO),
+            },
+        }
+    }
+
     /// The leader gossip names for a partition not hosted here: the node claiming the highest
     /// epoch. A hint for clients' routing only; the leader itself checks its epoch.
     pub(crate) fn hinted_leader(&self, topic: &str, partition: u32) -> Option<(NodeId, Epoch)> {
@@ -785,13 +802,8 @@ impl<S: LogStore> Broker<S> {
             .map(|partition| {
                 let snapshot = hosted_partition(catalog, topic, partition)
                     .map(|handle| handle.shared.snapshot());
-                let (leader, leader_epoch) = match snapshot {
-                    Some(snapshot) => (snapshot.leader, snapshot.epoch),
-                    None => match self.hinted_leader(&topic.name, partition) {
-                        Some((leader, epoch)) => (Some(leader), epoch),
-                        None => (None, Epoch::ZERO),
-                    },
-                };
+                let (leader, leader_epoch) =
+                    self.reported_leader(&topic.name, partition, snapshot.as_ref());
                 PartitionMetadata {
                     partition,
                     leader,
@@ -882,13 +894,8 @@ impl<S: LogStore> Broker<S> {
                     .map(|handle| handle.shared.snapshot());
                 // Not hosted here: the leader as gossip names it; the log positions of a
                 // replica on another node are not known here (zero).
-                let (leader, leader_epoch) = match &snapshot {
-                    Some(snapshot) => (snapshot.leader, snapshot.epoch),
-                    None => match self.hinted_leader(&topic.name, partition) {
-                        Some((leader, epoch)) => (Some(leader), epoch),
-                        None => (None, Epoch::ZERO),
-                    },
-                };
+                let (leader, leader_epoch) =
+                    self.reported_leader(&topic.name, partition, snapshot.as_ref());
                 PartitionDescription {
                     partition,
                     leader,

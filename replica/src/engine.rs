@@ -1023,24 +1023,12 @@ impl Replica {
         let Some(leadership) = &mut self.leadership else {
             return;
         };
-        while leadership
-            .awaiting_durable
-            .front()
-            .is_some_and(|reply| reply.end <= durable_end)
-        {
-            let reply = leadership
-                .awaiting_durable
-                .pop_front()
-                .expect("front exists");
-            effects.push(Effect::Reply {
-                request: reply.request,
-                result: Ok(ProduceResponse {
-                    base_offset: reply.base_offset,
-                    leader_epoch: epoch,
-                    duplicate: reply.duplicate,
-                }),
-            });
-        }
+        answer_up_to(
+            &mut leadership.awaiting_durable,
+            durable_end,
+            epoch,
+            effects,
+        );
     }
 
     /// The commit rule (DESIGN 5.4): the newest offset durable on a majority, the leader
@@ -1075,24 +1063,7 @@ impl Replica {
         }
         self.high_watermark = quorum;
         effects.push(Effect::HighWatermark { offset: quorum });
-        while leadership
-            .awaiting_commit
-            .front()
-            .is_some_and(|reply| reply.end <= quorum)
-        {
-            let reply = leadership
-                .awaiting_commit
-                .pop_front()
-                .expect("front exists");
-            effects.push(Effect::Reply {
-                request: reply.request,
-                result: Ok(ProduceResponse {
-                    base_offset: reply.base_offset,
-                    leader_epoch: epoch,
-                    duplicate: reply.duplicate,
-                }),
-            });
-        }
+        answer_up_to(&mut leadership.awaiting_commit, quorum, epoch, effects);
     }
 
     fn on_storage_failed(&mut self, now: Millis, reason: String, effects: &mut Vec<Effect>) {
@@ -1632,4 +1603,24 @@ fn append_well_formed(
         last_epoch = batch.leader_epoch();
     }
     true
+}
+
+/// Answers, in order, the waiting produce replies whose batches end at or below `safe_end`.
+fn answer_up_to(
+    waiting: &mut VecDeque<PendingReply>,
+    safe_end: Offset,
+    epoch: Epoch,
+    effects: &mut Vec<Effect>,
+) {
+    while waiting.front().is_some_and(|reply| reply.end <= safe_end) {
+        let reply = waiting.pop_front().expect("front exists");
+        effects.push(Effect::Reply {
+            request: reply.request,
+            result: Ok(ProduceResponse {
+                base_offset: reply.base_offset,
+                leader_epoch: epoch,
+                duplicate: reply.duplicate,
+            }),
+        });
+    }
 }
