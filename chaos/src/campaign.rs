@@ -83,6 +83,13 @@ pub fn safe_clock_deviation(clock_drift_max_ppm: u64) -> f64 {
 /// Runs a campaign in `mode`; returns its report (also written to the output directory).
 pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String> {
     let out = &config.out;
+    // A previous campaign's node data would make this one restart that cluster.
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(format!(
+            "{} is not empty: remove it or choose another --out",
+            out.display()
+        ));
+    }
     std::fs::create_dir_all(out).map_err(|error| format!("create {}: {error}", out.display()))?;
     write_json(&out.join("config.json"), config)?;
     let mut notes = Vec::new();
@@ -158,6 +165,10 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
 
     // The workload.
     let start = Instant::now();
+    let started_at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0);
     let (recorder, writer) = {
         let _guard = runtime.enter();
         Recorder::start(&out.join("history.jsonl"), start)
@@ -306,6 +317,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         report::availability(&ops, &timeline, 5_000, faults_until_ms);
     let report = Report {
         seed: config.seed,
+        started_at_unix_ms,
         nodes: config.nodes,
         duration_s: config.duration_s,
         faults_requested: config.faults.clone(),

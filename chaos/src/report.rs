@@ -37,6 +37,8 @@ pub struct Second {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub seed: u64,
+    /// Wall-clock time of the history's 0 ms, to line it up with the nodes' logs.
+    pub started_at_unix_ms: u64,
     pub nodes: u32,
     pub duration_s: u64,
     pub faults_requested: Vec<FaultKind>,
@@ -135,8 +137,13 @@ pub fn summary(report: &Report) -> String {
     let _ = writeln!(out, "# Chaos campaign, seed {}\n", report.seed);
     let _ = writeln!(
         out,
-        "{} nodes, {} s, faults {:?}, network: {}.\n",
-        report.nodes, report.duration_s, report.faults_requested, report.network
+        "{} nodes, {} s, faults {:?}, network: {}; history time 0 is {} ms after the Unix \
+         epoch.\n",
+        report.nodes,
+        report.duration_s,
+        report.faults_requested,
+        report.network,
+        report.started_at_unix_ms
     );
     let _ = writeln!(
         out,
@@ -402,6 +409,7 @@ mod tests {
         assert!((seconds - 2.0 / 3.0).abs() < 1e-9);
         let report = Report {
             seed: 1,
+            started_at_unix_ms: 0,
             nodes: 3,
             duration_s: 3,
             faults_requested: vec![FaultKind::Kill],
