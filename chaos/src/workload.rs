@@ -199,6 +199,9 @@ pub async fn run_producer(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut crashes = control.crashes.clone();
         let mut crashed_now = false;
+        // What is in flight, so a crash can record each of them as indeterminate.
+        let mut outstanding: std::collections::HashMap<String, (String, u64, u32)> =
+            std::collections::HashMap::new();
         loop {
             let producing =
                 !*control.stop_producing.borrow() && sent < config.records_per_producer_max;
@@ -214,6 +217,7 @@ pub async fn run_producer(
                     if !in_flight.is_empty() =>
                 {
                     let complete_ms = recorder.now_ms();
+                    outstanding.remove(&value);
                     let (status, offset, error) = match outcome {
                         Ok(metadata) => (Status::Ok, metadata.offset.map(|offset| offset.0), None),
                         Err(error) => (delivery_status(&error), None, Some(error.to_string())),
@@ -232,6 +236,7 @@ pub async fn run_producer(
                     match producer.send(TOPIC, record).await {
                         Ok(delivery) => {
                             let partition = delivery.partition();
+                            outstanding.insert(value.clone(), (key.clone(), invoke_ms, partition));
                             in_flight.push(Box::pin(async move {
                                 (value, key, invoke_ms, partition, delivery.await)
                             }));
@@ -250,8 +255,26 @@ pub async fn run_producer(
         }
         if crashed_now {
             let at_ms = recorder.now_ms();
-            recorder.record(Op::Crash { process, at_ms }).await;
             // Outstanding sends of a crashed client are indeterminate.
+            let mut lost: Vec<(String, (String, u64, u32))> = outstanding.drain().collect();
+            lost.sort_by_key(|(_, (_, invoke_ms, _))| *invoke_ms);
+            for (value, (key, invoke_ms, partition)) in lost {
+                recorder
+                    .record(Op::Send {
+                        process,
+                        idempotent,
+                        key,
+                        value,
+                        invoke_ms,
+                        complete_ms: at_ms,
+                        status: Status::Info,
+                        partition: Some(partition),
+                        offset: None,
+                        error: Some("the client crashed".to_string()),
+                    })
+                    .await;
+            }
+            recorder.record(Op::Crash { process, at_ms }).await;
             drop(in_flight);
             drop(producer);
             continue;
