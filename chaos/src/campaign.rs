@@ -136,6 +136,29 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         bootstrap: spec.bootstrap(),
         ..workload_config
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| format!("tokio runtime: {error}"))?;
+    // Ctrl-C or SIGTERM: kill the nodes and exit. In the namespace the campaign is process 1,
+    // which ignores signals it has no handler for, and `unshare` leaves them to it.
+    runtime.spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("cairn-chaos: interrupted; killing the nodes");
+        crate::nodes::kill_all_running();
+        std::process::exit(130);
+    });
     let mut cluster = Cluster::new(spec.clone());
     for node in 1..=config.nodes {
         cluster.start(node, None)?;
@@ -147,11 +170,6 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             out.display()
         ));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|error| format!("tokio runtime: {error}"))?;
     let admin = runtime.block_on(async {
         let client = ClientConfig {
             request_timeout_ms: 5_000,
