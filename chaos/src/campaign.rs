@@ -5,7 +5,8 @@
 //! Files in the output directory: `config.json`, `schedule.json` (the plan), `faults.jsonl`
 //! (each fault window as it happened), `history.jsonl`, `replicas.json` (every replica's log
 //! and the final high watermarks), `report.json`, `summary.md`, `timeline.svg`,
-//! `node-<i>.log`, and each node's data directory under `nodes/`.
+//! `node-<i>.log`, each node's data directory under `nodes/`, and `cairn`, a link to (or copy
+//! of) the node binary the campaign ran.
 
 use crate::checker::{self, ReplicaLog, Replicas};
 use crate::history::read_history;
@@ -125,8 +126,15 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     });
     write_json(&out.join("schedule.json"), &plan)?;
 
+    // The nodes run a link to the binary as it is now, so a rebuild during the campaign (the
+    // broken-build script swaps target/debug/cairn) cannot change what a restart runs.
+    let binary = out.join("cairn");
+    if std::fs::hard_link(&config.binary, &binary).is_err() {
+        std::fs::copy(&config.binary, &binary)
+            .map_err(|error| format!("copy {}: {error}", config.binary.display()))?;
+    }
     let spec = ClusterSpec {
-        binary: config.binary.clone(),
+        binary,
         nodes: config.nodes,
         port: config.port,
         dir: out.clone(),
