@@ -11,8 +11,8 @@ use cairn_protocol::group::{
 };
 use cairn_protocol::messages::{
     ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListTopicsRequest,
-    OffsetSpec, TopicConfig, TopicMetadata, TopicSummary,
+    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListTopicsRequest, OffsetSpec,
+    TopicConfig, TopicMetadata, TopicSummary,
 };
 use cairn_protocol::{Offset, Request, Response};
 use std::sync::Arc;

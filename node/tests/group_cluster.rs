@@ -41,7 +41,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One cluster test at a time (see the module docs).
 fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn client_config(cluster: &TestCluster) -> ClientConfig {
@@ -381,12 +383,10 @@ fn six_partitions_split_over_three_members_then_a_fourth_moves_only_what_it_must
         poll_until(&mut members, Duration::from_secs(60), "3 members", |m| {
             balanced(m, 6)
                 && m.iter().all(|member| {
-                    member.partitions().iter().all(|p| {
-                        member
-                            .received
-                            .iter()
-                            .any(|(partition, ..)| partition == p)
-                    })
+                    member
+                        .partitions()
+                        .iter()
+                        .all(|p| member.received.iter().any(|(partition, ..)| partition == p))
                 })
         })
         .await;
@@ -495,8 +495,14 @@ fn six_partitions_split_over_three_members_then_a_fourth_moves_only_what_it_must
                 .map(|r| r.1)
                 .max()
                 .expect("the old owner read it");
-            assert!(old_last < position.0, "partition {partition}: {old_last} {position}");
-            assert!(first.1 >= position.0, "partition {partition}: {first:?} {position}");
+            assert!(
+                old_last < position.0,
+                "partition {partition}: {old_last} {position}"
+            );
+            assert!(
+                first.1 >= position.0,
+                "partition {partition}: {first:?} {position}"
+            );
         }
 
         // A member whose epoch moved on: its old epoch's commit is a zombie's, refused.
@@ -729,10 +735,13 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
             "10000",
         ];
         let mut process = ConsumeProcess::start(&bootstrap, &static_args);
-        let owners = poll_until_described(&mut here, &admin, "s", Duration::from_secs(60), |o, m| {
-            o.len() == 2 && o.get("b").is_some_and(|p| p.len() == 3) && m.partitions().len() == 3
-        })
-        .await;
+        let owners =
+            poll_until_described(&mut here, &admin, "s", Duration::from_secs(60), |o, m| {
+                o.len() == 2
+                    && o.get("b").is_some_and(|p| p.len() == 3)
+                    && m.partitions().len() == 3
+            })
+            .await;
         let (here_before, static_before) = (here.partitions(), owners["b"].clone());
         let events_before = events.lock().unwrap().len();
         let killed_at = Instant::now();
@@ -741,7 +750,11 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
         // Watch past the old incarnation's session timeout.
         let watch_until = killed_at + Duration::from_secs(12);
         poll_until_described(&mut here, &admin, "s", Duration::from_secs(30), |o, m| {
-            assert_eq!(m.partitions(), here_before, "the other member's partitions moved");
+            assert_eq!(
+                m.partitions(),
+                here_before,
+                "the other member's partitions moved"
+            );
             assert!(o.len() <= 2, "{o:?}");
             if let Some(owned) = o.get("b") {
                 assert!(owned.is_subset(&static_before), "{o:?}");
@@ -771,10 +784,8 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
         loop {
             here.poll(Duration::from_millis(100)).await;
             let printed: BTreeSet<String> = restarted.lines().into_iter().collect();
-            let expected_there: BTreeSet<String> = static_before
-                .iter()
-                .map(|p| format!("after-{p}"))
-                .collect();
+            let expected_there: BTreeSet<String> =
+                static_before.iter().map(|p| format!("after-{p}")).collect();
             let expected_here: BTreeSet<String> =
                 here_before.iter().map(|p| format!("after-{p}")).collect();
             let got_here: BTreeSet<String> = here.values().into_iter().collect();
@@ -806,7 +817,10 @@ fn two_groups_on_one_topic_each_receive_every_record() {
             vec![Member::join(&cluster, "g2", 2, &events, consumer_config(10_000, None)).await];
         let deadline = Duration::from_secs(60);
         poll_until(&mut first, deadline, "g1 balanced", |m| balanced(m, 3)).await;
-        poll_until(&mut second, deadline, "g2", |m| m[0].partitions().len() == 3).await;
+        poll_until(&mut second, deadline, "g2", |m| {
+            m[0].partitions().len() == 3
+        })
+        .await;
         let producer = Producer::new(client_config(&cluster), ProducerConfig::default())
             .await
             .unwrap();
@@ -908,11 +922,7 @@ fn after_commit_sync_and_a_crash_the_consumer_resumes_at_the_commit() {
         // Restarted with the same instance id, within the session: resumes at the commit.
         let mut one = vec![Member::join(&cluster, "g", 1, &events, config).await];
         poll_until(&mut one, Duration::from_secs(60), "the rest", |m| {
-            let got: BTreeSet<String> = first_values
-                .iter()
-                .cloned()
-                .chain(m[0].values())
-                .collect();
+            let got: BTreeSet<String> = first_values.iter().cloned().chain(m[0].values()).collect();
             got.len() == sent.len()
         })
         .await;
@@ -932,10 +942,17 @@ fn after_commit_sync_and_a_crash_the_consumer_resumes_at_the_commit() {
                 .iter()
                 .find(|r| r.0 == *partition)
                 .map(|r| r.1);
-            assert_eq!(first_read, expected, "partition {partition} committed at {offset}");
+            assert_eq!(
+                first_read, expected,
+                "partition {partition} committed at {offset}"
+            );
         }
         // Nothing skipped; read twice: exactly what was processed after the last commit.
-        let all: BTreeSet<String> = first_values.iter().chain(&second.values()).cloned().collect();
+        let all: BTreeSet<String> = first_values
+            .iter()
+            .chain(&second.values())
+            .cloned()
+            .collect();
         assert_eq!(all, sent.iter().cloned().collect());
         let twice: BTreeSet<String> = second
             .values()
@@ -971,8 +988,11 @@ fn the_group_keeps_consuming_and_committing_when_the_coordinators_node_is_killed
         // A sampler watches the committed offsets all along.
         let samples: Arc<Mutex<Vec<BTreeMap<u32, u64>>>> = Arc::default();
         let sampler = {
-            let (samples, stop, config) =
-                (Arc::clone(&samples), Arc::clone(&stop), client_config(&cluster));
+            let (samples, stop, config) = (
+                Arc::clone(&samples),
+                Arc::clone(&stop),
+                client_config(&cluster),
+            );
             tokio::spawn(async move {
                 let admin = Admin::new(config).unwrap();
                 while !stop.load(Ordering::SeqCst) {
@@ -1035,7 +1055,10 @@ fn the_group_keeps_consuming_and_committing_when_the_coordinators_node_is_killed
                 cluster.logs()
             );
         }
-        eprintln!("consuming and committing again {:?} after the kill", killed_at.elapsed());
+        eprintln!(
+            "consuming and committing again {:?} after the kill",
+            killed_at.elapsed()
+        );
         stop.store(true, Ordering::SeqCst);
         let acked = producer.await.unwrap();
         sampler.await.unwrap();
@@ -1192,9 +1215,10 @@ fn consume_group_twice_and_twice_at_once_prints_every_record_once() {
         .finish(Duration::from_secs(60))
         .await;
         assert_eq!(first.len(), 25, "{first:?}");
-        let second = ConsumeProcess::start(&bootstrap, &["--group", "g", "--idle-timeout-ms", "3000"])
-            .finish(Duration::from_secs(60))
-            .await;
+        let second =
+            ConsumeProcess::start(&bootstrap, &["--group", "g", "--idle-timeout-ms", "3000"])
+                .finish(Duration::from_secs(60))
+                .await;
         let mut both: Vec<String> = first.iter().chain(&second).cloned().collect();
         both.sort();
         let mut expected = batch(0, 60);
