@@ -588,20 +588,23 @@ fn six_partitions_split_over_three_members_then_a_fourth_moves_only_what_it_must
 struct ConsumeProcess {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The process's stderr (its logs), for failure messages.
+    stderr: tempfile::NamedTempFile,
 }
 
 impl ConsumeProcess {
     fn start(bootstrap: &str, args: &[&str]) -> ConsumeProcess {
+        let stderr = tempfile::NamedTempFile::new().expect("a log file");
         let mut child = Command::new(support::cairn_binary())
             .arg("--bootstrap")
             .arg(bootstrap)
             .arg("consume")
             .arg(TOPIC)
             .args(args)
-            .env("CAIRN_LOG", "warn")
+            .env("CAIRN_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(stderr.reopen().expect("the log file reopens")))
             .spawn()
             .expect("cairn consume starts");
         let stdout = child.stdout.take().unwrap();
@@ -613,7 +616,11 @@ impl ConsumeProcess {
                 collected.lock().unwrap().push(line);
             }
         });
-        ConsumeProcess { child, lines }
+        ConsumeProcess {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     fn kill(&mut self) {
@@ -626,16 +633,29 @@ impl ConsumeProcess {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "cairn consume failed: {status}");
+                assert!(
+                    status.success(),
+                    "cairn consume failed: {status}\n{}",
+                    self.logs()
+                );
                 break;
             }
-            assert!(Instant::now() < deadline, "cairn consume did not exit");
+            assert!(
+                Instant::now() < deadline,
+                "cairn consume did not exit; printed {} lines; its log:\n{}",
+                self.lines().len(),
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Let the reader thread take the last lines.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let lines = self.lines.lock().unwrap().clone();
         lines
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
     fn lines(&self) -> Vec<String> {
@@ -679,6 +699,7 @@ async fn described_owners(admin: &Admin, group: &str) -> BTreeMap<String, BTreeS
 
 /// Polls `member` until `done` holds on the group's description.
 async fn poll_until_described(
+    cluster: &TestCluster,
     member: &mut Member,
     admin: &Admin,
     group: &str,
@@ -702,10 +723,34 @@ async fn poll_until_described(
         }
         assert!(
             Instant::now() < deadline,
-            "{group}: not reached in {limit:?}:\n{}",
-            history.join("\n")
+            "{group}: not reached in {limit:?}:\n{}\n{}",
+            history.join("\n"),
+            group_logs(cluster)
         );
     }
+}
+
+/// The nodes' log lines about groups and failures, for failure messages.
+fn group_logs(cluster: &TestCluster) -> String {
+    cluster
+        .logs()
+        .lines()
+        .filter(|line| {
+            [
+                "=====",
+                "group",
+                "member",
+                "offsets",
+                "coordinat",
+                "panic",
+                "ERROR",
+                "WARN",
+            ]
+            .iter()
+            .any(|word| line.contains(word))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The history of the last [`poll_until_described`], for failure messages.
@@ -725,15 +770,25 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
             &bootstrap,
             &["--group", "g", "--session-timeout-ms", "3000"],
         );
-        poll_until_described(&mut here, &admin, "g", Duration::from_secs(60), |o, m| {
-            o.len() == 2 && o.values().all(|p| p.len() == 3) && m.partitions().len() == 3
-        })
+        poll_until_described(
+            &cluster,
+            &mut here,
+            &admin,
+            "g",
+            Duration::from_secs(60),
+            |o, m| o.len() == 2 && o.values().all(|p| p.len() == 3) && m.partitions().len() == 3,
+        )
         .await;
         let killed_at = Instant::now();
         process.kill();
-        poll_until_described(&mut here, &admin, "g", Duration::from_secs(30), |o, m| {
-            o.len() == 1 && m.partitions().len() == 6
-        })
+        poll_until_described(
+            &cluster,
+            &mut here,
+            &admin,
+            "g",
+            Duration::from_secs(30),
+            |o, m| o.len() == 1 && m.partitions().len() == 6,
+        )
         .await;
         let moved_after = killed_at.elapsed();
         // The session timeout counts from the last heartbeat (at most one 200 ms interval
@@ -746,7 +801,7 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
             moved_after < Duration::from_secs(10),
             "partitions moved only {moved_after:?} after the kill:\n{}\n{}",
             HISTORY.lock().unwrap().join("\n"),
-            cluster.logs()
+            group_logs(&cluster)
         );
         here.consumer.close().await.unwrap();
 
@@ -763,13 +818,19 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
             "10000",
         ];
         let mut process = ConsumeProcess::start(&bootstrap, &static_args);
-        let owners =
-            poll_until_described(&mut here, &admin, "s", Duration::from_secs(60), |o, m| {
+        let owners = poll_until_described(
+            &cluster,
+            &mut here,
+            &admin,
+            "s",
+            Duration::from_secs(60),
+            |o, m| {
                 o.len() == 2
                     && o.get("b").is_some_and(|p| p.len() == 3)
                     && m.partitions().len() == 3
-            })
-            .await;
+            },
+        )
+        .await;
         let (here_before, static_before) = (here.partitions(), owners["b"].clone());
         let events_before = events.lock().unwrap().len();
         let killed_at = Instant::now();
@@ -777,18 +838,25 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
         let restarted = ConsumeProcess::start(&bootstrap, &static_args);
         // Watch past the old incarnation's session timeout.
         let watch_until = killed_at + Duration::from_secs(12);
-        poll_until_described(&mut here, &admin, "s", Duration::from_secs(30), |o, m| {
-            assert_eq!(
-                m.partitions(),
-                here_before,
-                "the other member's partitions moved"
-            );
-            assert!(o.len() <= 2, "{o:?}");
-            if let Some(owned) = o.get("b") {
-                assert!(owned.is_subset(&static_before), "{o:?}");
-            }
-            Instant::now() >= watch_until && o.get("b") == Some(&static_before)
-        })
+        poll_until_described(
+            &cluster,
+            &mut here,
+            &admin,
+            "s",
+            Duration::from_secs(30),
+            |o, m| {
+                assert_eq!(
+                    m.partitions(),
+                    here_before,
+                    "the other member's partitions moved"
+                );
+                assert!(o.len() <= 2, "{o:?}");
+                if let Some(owned) = o.get("b") {
+                    assert!(owned.is_subset(&static_before), "{o:?}");
+                }
+                Instant::now() >= watch_until && o.get("b") == Some(&static_before)
+            },
+        )
         .await;
         assert_eq!(
             events.lock().unwrap().len(),

@@ -68,7 +68,15 @@ enum Stop {
     StdoutFailed(std::io::Error),
 }
 
-pub async fn run(config: ClientConfig, args: ConsumeArgs) -> i32 {
+/// How long a group member's requests may retry: long enough to ride out a coordinator's
+/// failover (an election and the new coordinator's load), which the CLI's short default for
+/// one-shot commands would turn into an exit.
+const GROUP_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+pub async fn run(mut config: ClientConfig, args: ConsumeArgs) -> i32 {
+    if args.group.is_some() {
+        config.request_timeout_ms = config.request_timeout_ms.max(GROUP_REQUEST_TIMEOUT_MS);
+    }
     let format = match OutputFormat::parse(&args.format) {
         Ok(format) => format,
         Err(error) => {

@@ -56,7 +56,10 @@ pub struct GroupConfig {
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
-            heartbeat_interval_ms: 3_000,
+            // Short enough that a rebalance (which each member learns of at its next
+            // heartbeat) settles well within a second; a steady member's heartbeat appends
+            // nothing, so it costs a round trip and a lookup.
+            heartbeat_interval_ms: 500,
             session_timeout_ms_min: 10_000,
             session_timeout_ms_max: 300_000,
             rebalance_timeout_ms_max: 300_000,
@@ -308,6 +311,18 @@ impl Coordinator {
         }
         coordinator.timers = timers;
         coordinator
+    }
+
+    /// Takes the deadlines `previous` held for the members both know. A coordinator reloaded
+    /// on the same leadership after a failed append must not hand every member a fresh
+    /// session: a dead member's expiry is itself an append, and if each failed attempt reset
+    /// its deadline, it would never expire while appends are slow.
+    pub fn keep_deadlines_of(&mut self, previous: &Coordinator) {
+        for (key, timers) in &previous.timers {
+            if let Some(mine) = self.timers.get_mut(key) {
+                *mine = *timers;
+            }
+        }
     }
 
     pub fn groups(&self) -> &BTreeMap<String, Group> {
