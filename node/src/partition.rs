@@ -467,6 +467,7 @@ impl<S: LogStore> PartitionActor<S> {
                 until,
                 bytes_max,
             } => {
+                tracing::debug!(partition = %self.log_name, %to, %from, %until, "follower caught up from the log");
                 let batches = log.read(from, until, bytes_max)?;
                 self.follow_ups
                     .push_back(Input::PeerRead { to, from, batches });
