@@ -101,8 +101,10 @@ pub struct Shared {
     pub plan: Plan,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
+    /// Acknowledgements received in the measured window.
     pub acked_measured: AtomicU64,
     pub consumed: AtomicU64,
+    /// Records received by consumers in the measured window.
     pub consumed_measured: AtomicU64,
     producers_done: AtomicBool,
     /// `clock_micros` by which consumers stop even if they have not read everything.
@@ -151,9 +153,12 @@ impl Shared {
             return;
         };
         self.consumed.fetch_add(1, Ordering::Relaxed);
-        if self.plan.measured(stamp) {
+        let now = clock_micros();
+        if self.plan.measured(now) {
             self.consumed_measured.fetch_add(1, Ordering::Relaxed);
-            histogram.saturating_record(clock_micros().saturating_sub(stamp).max(1));
+        }
+        if self.plan.measured(stamp) {
+            histogram.saturating_record(now.saturating_sub(stamp).max(1));
         }
     }
 }
@@ -184,9 +189,14 @@ where
     let mut account = |(stamp, outcome): (u64, Result<(), String>)| {
         outcome?;
         shared.acked.fetch_add(1, Ordering::Relaxed);
-        if plan.measured(stamp) {
+        let now = clock_micros();
+        // Throughput counts acknowledgements that arrive in the window (a paced run that
+        // falls behind shows it); latency counts records meant to be sent in it.
+        if plan.measured(now) {
             shared.acked_measured.fetch_add(1, Ordering::Relaxed);
-            histogram.saturating_record(clock_micros().saturating_sub(stamp).max(1));
+        }
+        if plan.measured(stamp) {
+            histogram.saturating_record(now.saturating_sub(stamp).max(1));
         }
         Ok::<(), String>(())
     };
@@ -199,7 +209,17 @@ where
                 if intended >= plan.end {
                     break;
                 }
-                tokio::time::sleep_until(intended.into()).await;
+                // Acknowledgements are taken as they come while waiting, so their latency
+                // is not stretched to the next send.
+                let wait = tokio::time::sleep_until(intended.into());
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut wait => break,
+                        Some(done) = pending.next(), if !pending.is_empty() => account(done)?,
+                    }
+                }
                 intended
             }
             None => Instant::now(),
@@ -385,10 +405,10 @@ pub struct Outcome {
     pub workload: Workload,
     /// Records/s the producers were paced at; 0 for as fast as possible.
     pub target_rate: u64,
-    /// Acknowledged records meant to be sent in the measured window, over its length.
+    /// Acknowledgements received in the measured window, over its length.
     pub publish: Throughput,
     pub publish_latency: Latency,
-    /// Records read in the measured window's share (by their stamps), over its length.
+    /// Records consumers received in the measured window, over its length.
     pub consume: Throughput,
     pub end_to_end_latency: Latency,
     pub records_sent: u64,
@@ -517,11 +537,18 @@ mod tests {
         .unwrap();
         shared.producers_finished();
         assert!(shared.consumers_may_stop());
-        // 2,000 records/s for a 1 s window, within scheduling slack.
+        // 2,000 records/s for a 1 s window. Acknowledgements are counted when they arrive, so
+        // a busy machine can shift some across the window's edges: a wide margin.
         let measured = shared.acked_measured.load(Ordering::SeqCst);
-        assert!((1_950..=2_001).contains(&measured), "{measured}");
-        assert_eq!(histogram.len(), measured);
-        assert_eq!(shared.consumed_measured.load(Ordering::SeqCst), measured);
+        assert!((1_600..=2_400).contains(&measured), "{measured}");
+        // Latency covers the records scheduled in the window: 2,000 of them.
+        assert!(
+            (1_995..=2_001).contains(&histogram.len()),
+            "{}",
+            histogram.len()
+        );
+        let consumed = shared.consumed_measured.load(Ordering::SeqCst);
+        assert!(consumed.abs_diff(measured) <= 50, "{consumed} {measured}");
         let latency = Latency::from_micros(&histogram);
         assert!(
             latency.p50_ms >= 1.0 && latency.p50_ms < 20.0,
