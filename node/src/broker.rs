@@ -105,6 +105,7 @@ impl<S: LogStore> Broker<S> {
         // nothing meanwhile). Connection attempts to a dead peer are cheap.
         peer_config.reconnect_backoff_max_ms =
             (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
+        peer_config.source_ip = Some(config.listen.ip());
         let peers = PeerTransport::new(config.node_id, peer_config);
         let mut log = store
             .open_log(meta::META_LOG_NAME)

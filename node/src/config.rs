@@ -97,6 +97,9 @@ pub struct ReplicaTimings {
     pub pending_requests_max: u32,
     /// Bytes of batches one replication message carries at most.
     pub append_message_bytes_max: u32,
+    /// Bytes of its newest batches a leader keeps in memory, per partition, for followers
+    /// that have not acknowledged them (0: catch-up always reads the log).
+    pub tail_bytes_max: u32,
 }
 
 impl ReplicaTimings {
@@ -108,6 +111,7 @@ impl ReplicaTimings {
             clock_drift_max_ppm: self.clock_drift_max_ppm,
             pending_requests_max: self.pending_requests_max as usize,
             append_message_bytes_max: self.append_message_bytes_max as usize,
+            tail_bytes_max: self.tail_bytes_max as usize,
         }
     }
 }
@@ -249,6 +253,7 @@ pub const KEYS: &[&str] = &[
     "replica.tick_ms",
     "replica.pending_requests_max",
     "replica.append_message_bytes_max",
+    "replica.tail_bytes_max",
     "retention.retention_ms",
     "retention.retention_bytes",
     "retention.retention_check_ms",
@@ -297,6 +302,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             tick_ms = 50
             pending_requests_max = 4096
             append_message_bytes_max = 1048576
+            tail_bytes_max = 2097152
             [retention]
             retention_check_ms = 60000
             [groups]
@@ -329,6 +335,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             tick_ms = 10
             pending_requests_max = 64
             append_message_bytes_max = 65536
+            tail_bytes_max = 262144
             [retention]
             retention_check_ms = 200
             [groups]

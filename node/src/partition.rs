@@ -467,6 +467,7 @@ impl<S: LogStore> PartitionActor<S> {
                 until,
                 bytes_max,
             } => {
+                tracing::debug!(partition = %self.log_name, %to, %from, %until, "follower caught up from the log");
                 let batches = log.read(from, until, bytes_max)?;
                 self.follow_ups
                     .push_back(Input::PeerRead { to, from, batches });
@@ -664,14 +665,19 @@ impl<S: LogStore> Handler<Read> for PartitionActor<S> {
         }
         let log_start = log.log_start();
         let high_watermark = status.high_watermark;
-        if message.from < log_start || message.from > high_watermark {
+        // Above the high watermark but within the log is not out of range: a newly elected
+        // leader learns the high watermark only once it commits, so for a moment it lags what
+        // the previous leader told consumers. Answering OffsetOutOfRange there sent consumers
+        // back to their reset policy (found by the chaos campaigns: a reader re-read its
+        // partition from the start after a failover). Nothing is readable there yet.
+        if message.from < log_start || message.from > high_watermark.max(log.log_end()) {
             return Err(ApiError::OffsetOutOfRange {
                 requested: message.from,
                 log_start,
                 high_watermark,
             });
         }
-        let batches = if message.from == high_watermark {
+        let batches = if message.from >= high_watermark {
             Vec::new()
         } else {
             log.read(message.from, high_watermark, message.max_bytes)

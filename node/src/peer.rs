@@ -52,6 +52,10 @@ pub struct PeerTransportConfig {
     /// First wait after a failed connection; doubles up to `reconnect_backoff_max_ms`.
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
+    /// Source address of outgoing peer connections: the node's own listen IP, so that
+    /// address-based firewall rules (the chaos harness's partitions) can tell nodes apart on
+    /// one host. `None` (or an unspecified IP) lets the kernel choose.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 impl PeerTransportConfig {
@@ -63,6 +67,7 @@ impl PeerTransportConfig {
             connect_timeout_ms: 1_000,
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 1_000,
+            source_ip: None,
         }
     }
 }
@@ -227,7 +232,7 @@ async fn connect(
     config: &PeerTransportConfig,
 ) -> Result<PeerWriter, String> {
     let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let socket = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+    let socket = match tokio::time::timeout(timeout, open_stream(address, config.source_ip)).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(error)) => return Err(error.to_string()),
         Err(_) => return Err(format!("connect timed out after {timeout:?}")),
@@ -247,6 +252,38 @@ async fn connect(
         .await
         .map_err(|error| error.to_string())?;
     Ok(writer)
+}
+
+/// Connects to `address`, from `source_ip` when one is given (port chosen by the kernel).
+async fn open_stream(
+    address: &str,
+    source_ip: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(source_ip) = source_ip.filter(|ip| !ip.is_unspecified()) else {
+        return TcpStream::connect(address).await;
+    };
+    let mut last_error = None;
+    for target in tokio::net::lookup_host(address).await? {
+        if target.is_ipv4() != source_ip.is_ipv4() {
+            continue;
+        }
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source_ip, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("{address} has no address of the family of {source_ip}"),
+        )
+    }))
 }
 
 enum WriteEnd {
@@ -586,6 +623,7 @@ mod tests {
             connect_timeout_ms: 500,
             reconnect_backoff_min_ms: 10,
             reconnect_backoff_max_ms: 40,
+            source_ip: None,
         }
     }
 

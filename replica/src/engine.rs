@@ -47,6 +47,11 @@ struct Progress {
     acked_sent_at: Option<Millis>,
     /// A `ReadForPeer` from this offset is outstanding.
     read_from: Option<Offset>,
+    /// Where and when we last rewound `next` on a `Diverged` answer. Appends sent before
+    /// then that answer `Diverged` at the same place are covered by the resend and ignored;
+    /// without this, each of many pipelined appends behind one lost message would resend
+    /// the whole gap again.
+    rewound: Option<(Offset, Millis)>,
 }
 
 #[derive(Debug)]
@@ -72,6 +77,14 @@ struct Leadership {
     awaiting_durable: VecDeque<PendingReply>,
     /// acks=all requests, in offset order: due when committed.
     awaiting_commit: VecDeque<PendingReply>,
+    /// The newest batches of our log that some follower may still need, oldest first,
+    /// contiguous and ending at the log end, at most `Config::tail_bytes_max` bytes. A
+    /// follower that fell behind (a lost message, a slow flush) is sent them from memory; only
+    /// one further behind is served by `ReadForPeer` from the log. Without it, a follower
+    /// that fell behind once under a steady load stayed on log reads for good: each read
+    /// covers what arrived during the previous round trip and never reaches the live end.
+    tail: VecDeque<RecordBatch>,
+    tail_bytes: usize,
 }
 
 /// Why a leader or candidate stops.
@@ -143,6 +156,17 @@ pub struct Replica {
     clock: Millis,
     /// Idempotent producers' last batches in this log (see [`crate::producers`]).
     producers: Producers,
+    /// How lagging followers were caught up, for operators (see [`CatchUpCounts`]).
+    catch_up: CatchUpCounts,
+}
+
+/// How a leader has caught up lagging followers since this replica started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchUpCounts {
+    /// Append messages sent from the in-memory tail.
+    pub tail_sends: u64,
+    /// `ReadForPeer` effects issued (reads of the log for a follower).
+    pub log_reads: u64,
 }
 
 /// A rule for the replica set, checked like a config rule.
@@ -245,6 +269,7 @@ impl Replica {
             clock: now,
             config,
             producers: Producers::default(),
+            catch_up: CatchUpCounts::default(),
         };
         replica.election_deadline = now.plus(replica.election_wait_ms());
         replica.check_invariants();
@@ -304,6 +329,10 @@ impl Replica {
 
     /// Appends refused because they would have cut committed data: nonzero means a bug
     /// somewhere in the replica set (checked by the simulation).
+    pub fn catch_up_counts(&self) -> CatchUpCounts {
+        self.catch_up
+    }
+
     pub fn committed_truncations_refused(&self) -> u64 {
         self.committed_truncations_refused
     }
@@ -772,6 +801,7 @@ impl Replica {
                         durable: Offset::ZERO,
                         acked_sent_at: None,
                         read_from: None,
+                        rewound: None,
                     },
                 )
             })
@@ -783,6 +813,8 @@ impl Replica {
             peers,
             awaiting_durable: VecDeque::new(),
             awaiting_commit: VecDeque::new(),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
         });
         self.role_changed(effects);
         let marker =
@@ -979,9 +1011,18 @@ impl Replica {
         let prev_epoch = self.epoch_before(prev_offset);
         let epoch = self.epoch;
         let commit = self.high_watermark;
+        let tail_bytes_max = self.config.tail_bytes_max;
         let Some(leadership) = &mut self.leadership else {
             return;
         };
+        leadership.tail_bytes += batch.size_bytes();
+        leadership.tail.push_back(batch.clone());
+        while leadership.tail_bytes > tail_bytes_max {
+            let Some(oldest) = leadership.tail.pop_front() else {
+                break;
+            };
+            leadership.tail_bytes -= oldest.size_bytes();
+        }
         for (&to, progress) in leadership.peers.iter_mut() {
             if progress.next != prev_offset || progress.read_from.is_some() {
                 continue;
@@ -1132,7 +1173,6 @@ impl Replica {
         let epoch = self.epoch;
         let commit = self.high_watermark;
         let log_end = self.log_end;
-        let bytes_max = self.config.append_message_bytes_max;
         let prev_epochs: BTreeMap<NodeId, Epoch> = match &self.leadership {
             Some(leadership) => leadership
                 .peers
@@ -1145,7 +1185,7 @@ impl Replica {
             return;
         };
         leadership.heartbeat_due = now.plus(self.config.heartbeat_ms);
-        for (&to, progress) in leadership.peers.iter_mut() {
+        for (&to, progress) in leadership.peers.iter() {
             effects.push(Effect::Send {
                 to,
                 message: PeerMessage::Append {
@@ -1157,15 +1197,15 @@ impl Replica {
                     sent_at: now,
                 },
             });
-            if progress.next < log_end && progress.read_from.is_none() {
-                progress.read_from = Some(progress.next);
-                effects.push(Effect::ReadForPeer {
-                    to,
-                    from: progress.next,
-                    until: log_end,
-                    bytes_max,
-                });
-            }
+        }
+        let lagging: Vec<NodeId> = leadership
+            .peers
+            .iter()
+            .filter(|(_, progress)| progress.next < log_end && progress.read_from.is_none())
+            .map(|(&peer, _)| peer)
+            .collect();
+        for to in lagging {
+            self.catch_up(now, to, effects);
         }
     }
 
@@ -1437,7 +1477,6 @@ impl Replica {
         }
         let log_end = self.log_end;
         let log_start = self.log_start;
-        let bytes_max = self.config.append_message_bytes_max;
         // The leader's end of its newest epoch not above the follower's answer.
         let diverged_at = match &result {
             AppendResult::Diverged {
@@ -1463,6 +1502,7 @@ impl Replica {
             return;
         };
         progress.acked_sent_at = Some(progress.acked_sent_at.map_or(sent_at, |t| t.max(sent_at)));
+        let mut rewound_now = false;
         match result {
             AppendResult::Ok {
                 log_end: their_end,
@@ -1476,29 +1516,126 @@ impl Replica {
             AppendResult::Diverged { .. } => {
                 let next = diverged_at.expect("computed for Diverged");
                 // Several pipelined appends behind one lost message all answer Diverged: the
-                // read already under way for that position serves them all.
-                if progress.read_from != Some(next) {
+                // read already under way for that position, or the resend made on the first
+                // answer, serves them all.
+                let covered_by_resend = progress
+                    .rewound
+                    .is_some_and(|(at, when)| at == next && sent_at <= when);
+                if progress.read_from != Some(next) && !covered_by_resend {
                     progress.next = next;
                     progress.matched = progress.matched.min(next);
                     // A read for another position is useless now; its answer is ignored.
                     progress.read_from = None;
+                    progress.rewound = Some((next, now));
+                    rewound_now = true;
                 }
             }
             AppendResult::StaleEpoch { .. } => unreachable!("handled above"),
         }
-        // Catch up a lagging follower one read at a time, once what was sent is answered.
-        let settled = diverged_at.is_some() || progress.next == progress.matched;
-        if progress.next < log_end && progress.read_from.is_none() && settled {
-            progress.read_from = Some(progress.next);
-            effects.push(Effect::ReadForPeer {
-                to: from,
-                from: progress.next,
-                until: log_end,
-                bytes_max,
-            });
+        // Catch up a lagging follower once what was sent is answered: from the tail at once,
+        // or one log read at a time.
+        let settled = rewound_now || progress.next == progress.matched;
+        let lagging = progress.next < log_end && progress.read_from.is_none() && settled;
+        let fully_matched = leadership
+            .peers
+            .values()
+            .map(|progress| progress.matched)
+            .min()
+            .unwrap_or(log_end);
+        // What every follower has is never sent again from the tail.
+        while let Some(oldest) = leadership.tail.front() {
+            if oldest.next_offset() > fully_matched {
+                break;
+            }
+            leadership.tail_bytes -= oldest.size_bytes();
+            leadership.tail.pop_front();
+        }
+        if lagging {
+            self.catch_up(now, from, effects);
         }
         self.check_lease(now, effects);
         self.advance_commit(effects);
+    }
+
+    /// Sends a follower that is behind (`next` below our log end, no read outstanding) what
+    /// it lacks: from the in-memory tail when it still holds `next`, in as many messages as
+    /// it takes, else one `ReadForPeer` of the log.
+    fn catch_up(&mut self, now: Millis, to: NodeId, effects: &mut Vec<Effect>) {
+        let epoch = self.epoch;
+        let commit = self.high_watermark;
+        let log_end = self.log_end;
+        let bytes_max = self.config.append_message_bytes_max;
+        let Some(leadership) = &self.leadership else {
+            return;
+        };
+        let Some(progress) = leadership.peers.get(&to) else {
+            return;
+        };
+        let from = progress.next;
+        if from >= log_end || progress.read_from.is_some() {
+            return;
+        }
+        let tail = &leadership.tail;
+        let tail_holds = tail
+            .front()
+            .is_some_and(|oldest| oldest.base_offset() <= from);
+        if !tail_holds {
+            self.catch_up.log_reads += 1;
+            if let Some(progress) = self
+                .leadership
+                .as_mut()
+                .and_then(|leadership| leadership.peers.get_mut(&to))
+            {
+                progress.read_from = Some(from);
+            }
+            effects.push(Effect::ReadForPeer {
+                to,
+                from,
+                until: log_end,
+                bytes_max,
+            });
+            return;
+        }
+        // The batch holding `from` (the tail is contiguous, so the search is exact), then
+        // everything after it, cut into messages of at most `bytes_max`.
+        let first = tail.partition_point(|batch| batch.next_offset() <= from);
+        let mut messages: Vec<Vec<RecordBatch>> = Vec::new();
+        let mut bytes = 0usize;
+        for batch in tail.iter().skip(first) {
+            match messages.last_mut() {
+                Some(message) if bytes + batch.size_bytes() <= bytes_max => {
+                    bytes += batch.size_bytes();
+                    message.push(batch.clone());
+                }
+                _ => {
+                    bytes = batch.size_bytes();
+                    messages.push(vec![batch.clone()]);
+                }
+            }
+        }
+        for batches in messages {
+            let prev_offset = batches[0].base_offset();
+            let prev_epoch = self.epoch_before(prev_offset);
+            self.catch_up.tail_sends += 1;
+            effects.push(Effect::Send {
+                to,
+                message: PeerMessage::Append {
+                    epoch,
+                    prev_offset,
+                    prev_epoch,
+                    batches,
+                    commit,
+                    sent_at: now,
+                },
+            });
+        }
+        if let Some(progress) = self
+            .leadership
+            .as_mut()
+            .and_then(|leadership| leadership.peers.get_mut(&to))
+        {
+            progress.next = log_end;
+        }
     }
 
     fn on_peer_read(
@@ -1575,6 +1712,16 @@ impl Replica {
                 sent_at: now,
             },
         });
+        // What was appended while the read ran is usually still in the tail: send it now, so
+        // the follower is back on live appends instead of needing another read.
+        let next = progress.next;
+        let tail_holds = leadership
+            .tail
+            .front()
+            .is_some_and(|oldest| oldest.base_offset() <= next);
+        if tail_holds {
+            self.catch_up(now, to, effects);
+        }
     }
 }
 

@@ -60,7 +60,7 @@ mod engine;
 pub mod invariants;
 pub mod producers;
 
-pub use engine::Replica;
+pub use engine::{CatchUpCounts, Replica};
 
 /// Monotonic time in milliseconds from an arbitrary origin chosen by the runtime. Never
 /// compared across nodes.
@@ -100,6 +100,11 @@ pub struct Config {
     pub pending_requests_max: usize,
     /// Bytes of batches one `Append` peer message carries at most.
     pub append_message_bytes_max: usize,
+    /// Bytes of its newest batches a leader keeps in memory for followers that have not
+    /// acknowledged them yet (a lagging follower is caught up from there without reading
+    /// the log). 0 turns it off. Memory: up to this much per partition led, reached only
+    /// while some follower is behind or down.
+    pub tail_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -111,6 +116,7 @@ impl Default for Config {
             clock_drift_max_ppm: 50_000,
             pending_requests_max: 4_096,
             append_message_bytes_max: 1 << 20,
+            tail_bytes_max: 2 << 20,
         }
     }
 }
@@ -130,6 +136,7 @@ impl Config {
             clock_drift_max_ppm: 50_000,
             pending_requests_max: 64,
             append_message_bytes_max: 64 * 1024,
+            tail_bytes_max: 256 * 1024,
         }
     }
 

@@ -910,3 +910,134 @@ fn a_catch_up_read_is_trimmed_to_the_message_limit() {
         }]
     );
 }
+
+/// A leads epoch 1 (`leader3`) and has appended "x" at [1, 2) and "y" at [2, 3), sent live to
+/// B and C at t=1010 and t=1020. Returns the leader and the two stamped batches.
+fn leader3_with_two_appends(config: Config) -> (Replica, RecordBatch, RecordBatch) {
+    let (mut leader, _) = elect_with(config, empty());
+    let x = batch(&["x"]).stamped(Offset(1), Epoch(1));
+    let y = batch(&["y"]).stamped(Offset(2), Epoch(1));
+    for (request, value, now) in [(1, "x", 1_010), (2, "y", 1_020)] {
+        let effects = leader.step(
+            Millis(now),
+            Input::Produce {
+                request: RequestId(request),
+                batch: batch(&[value]),
+                acks: Acks::All,
+            },
+        );
+        let sends = effects
+            .iter()
+            .filter(|effect| matches!(effect, Effect::Send { .. }))
+            .count();
+        assert_eq!(sends, 2, "a caught-up follower is sent each new batch live");
+    }
+    (leader, x, y)
+}
+
+/// C lost the append of [1, 2) and answers the next one with where its log ends.
+fn diverged_at_one(sent_at: u64) -> PeerMessage {
+    PeerMessage::AppendResponse {
+        epoch: Epoch(1),
+        sent_at: Millis(sent_at),
+        result: AppendResult::Diverged {
+            epoch: Epoch(1),
+            end_offset: Offset(1),
+        },
+    }
+}
+
+#[test]
+fn a_follower_that_lost_an_append_is_caught_up_from_the_tail_once() {
+    let (mut leader, x, y) = leader3_with_two_appends(Config::for_tests());
+    assert_eq!(
+        leader.step(Millis(1_030), peer(C, diverged_at_one(1_020))),
+        vec![send(
+            C,
+            append(1, 1, 1, vec![x.clone(), y.clone()], 0, 1_030)
+        )]
+    );
+    // Another answer to an append sent before that resend: the resend covers it.
+    let before = leader.status();
+    assert_eq!(
+        leader.step(Millis(1_031), peer(C, diverged_at_one(1_010))),
+        vec![]
+    );
+    assert_eq!(leader.status(), before);
+    // A later append (here a heartbeat sent after the resend) that still finds C at 1: the
+    // resend was lost too, so it goes again.
+    assert_eq!(
+        leader.step(Millis(1_045), peer(C, diverged_at_one(1_040))),
+        vec![send(C, append(1, 1, 1, vec![x, y], 0, 1_045))]
+    );
+    assert_eq!(
+        leader.catch_up_counts(),
+        CatchUpCounts {
+            tail_sends: 2,
+            log_reads: 0
+        }
+    );
+}
+
+#[test]
+fn without_a_tail_a_lagging_follower_is_served_from_the_log() {
+    let config = Config {
+        tail_bytes_max: 0,
+        ..Config::for_tests()
+    };
+    let bytes_max = config.append_message_bytes_max;
+    let (mut leader, _, _) = leader3_with_two_appends(config);
+    assert_eq!(
+        leader.step(Millis(1_030), peer(C, diverged_at_one(1_020))),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(1),
+            until: Offset(3),
+            bytes_max
+        }]
+    );
+    assert_eq!(leader.catch_up_counts().log_reads, 1);
+}
+
+#[test]
+fn a_log_read_is_followed_at_once_by_what_the_tail_still_holds() {
+    // Room for one one-record batch: the tail keeps only "y".
+    let one_batch = batch(&["y"]).stamped(Offset(2), Epoch(1)).size_bytes();
+    let config = Config {
+        tail_bytes_max: one_batch,
+        ..Config::for_tests()
+    };
+    let bytes_max = config.append_message_bytes_max;
+    let (mut leader, x, y) = leader3_with_two_appends(config);
+    assert_eq!(
+        leader.step(Millis(1_030), peer(C, diverged_at_one(1_020))),
+        vec![Effect::ReadForPeer {
+            to: C,
+            from: Offset(1),
+            until: Offset(3),
+            bytes_max
+        }]
+    );
+    // The read returned only [1, 2); [2, 3) follows from memory without another read.
+    assert_eq!(
+        leader.step(
+            Millis(1_035),
+            Input::PeerRead {
+                to: C,
+                from: Offset(1),
+                batches: vec![x.clone()]
+            }
+        ),
+        vec![
+            send(C, append(1, 1, 1, vec![x], 0, 1_035)),
+            send(C, append(1, 2, 1, vec![y], 0, 1_035)),
+        ]
+    );
+    assert_eq!(
+        leader.catch_up_counts(),
+        CatchUpCounts {
+            tail_sends: 1,
+            log_reads: 1
+        }
+    );
+}

@@ -403,8 +403,11 @@ impl Simulation {
         // (one batch of this simulation) a new leader often gets older epochs' batches onto a
         // majority before its epoch marker: the build that commits without the marker is
         // caught five times as often as at 256 bytes.
+        // The leader's in-memory tail: off (every catch-up reads the log), a few batches
+        // (followers often fall off its start), or large enough for any gap.
         let config = Config {
             append_message_bytes_max: [100, 100, 256, 4096][rng.below(4) as usize],
+            tail_bytes_max: [0, 300, 1_000, 64 * 1024][rng.below(4) as usize],
             ..Config::for_tests()
         };
         // Half the configured bound, with a margin: any two rates then differ by less than

@@ -1,0 +1,593 @@
+//! One campaign end to end: start the nodes, create the topic, run the workload while the
+//! nemesis applies the seed's schedule, heal, drain, stop the nodes, read every replica's
+//! log, check, report.
+//!
+//! Files in the output directory: `config.json`, `schedule.json` (the plan), `faults.jsonl`
+//! (each fault window as it happened), `history.jsonl`, `replicas.json` (every replica's log
+//! and the final high watermarks), `report.json`, `summary.md`, `timeline.svg`,
+//! `node-<i>.log`, and each node's data directory under `nodes/`.
+
+use crate::checker::{self, ReplicaLog, Replicas};
+use crate::history::read_history;
+use crate::net::{self, NetworkMode};
+use crate::nodes::{node_ip, Cluster, ClusterSpec};
+use crate::report::{self, FaultWindow, Report};
+use crate::schedule::{self, Fault, FaultKind, PlanConfig, Planned, Rng, Shape, Targets};
+use crate::workload::{self, Control, Recorder, WorkloadConfig, TOPIC};
+use cairn_client::{Admin, ClientConfig, TopicConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything a campaign is run with (written to `config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CampaignConfig {
+    pub seed: u64,
+    pub nodes: u32,
+    pub duration_s: u64,
+    pub faults: Vec<FaultKind>,
+    pub out: PathBuf,
+    pub binary: PathBuf,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub producers: u32,
+    pub group_consumers: u32,
+    pub manual_readers: u32,
+    pub rate_per_producer: u32,
+    pub port: u16,
+    /// Largest clock rate deviation from 1 for clock faults.
+    pub clock_rate_max_deviation: f64,
+    /// Extra `cairn node` arguments.
+    pub node_args: Vec<String>,
+}
+
+/// The summary figures a caller needs.
+pub struct Outcome {
+    pub report: Report,
+}
+
+/// Replica logs and final high watermarks as saved for `cairn-chaos check`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedReplicas {
+    pub replication_factor: usize,
+    pub high_watermarks: BTreeMap<u32, u64>,
+    pub logs: Vec<ReplicaLog>,
+}
+
+impl SavedReplicas {
+    pub fn to_replicas(&self) -> Replicas {
+        Replicas {
+            logs: self.logs.clone(),
+            replication_factor: self.replication_factor,
+            high_watermarks: self.high_watermarks.clone(),
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|error| error.to_string())?;
+    std::fs::write(path, text).map_err(|error| format!("write {}: {error}", path.display()))
+}
+
+/// The clock rate deviation that keeps any two nodes' rates within the nodes' configured
+/// drift bound (`clock_drift_max_ppm`): rates in `[1 - h, 1 + h]` differ by a factor of at most
+/// `(1 + h) / (1 - h)`, which must stay below `1 / (1 - drift)`, so `h < drift / (2 - drift)`;
+/// 80% of that leaves a margin.
+pub fn safe_clock_deviation(clock_drift_max_ppm: u64) -> f64 {
+    let drift = clock_drift_max_ppm as f64 / 1e6;
+    0.8 * drift / (2.0 - drift)
+}
+
+/// Runs a campaign in `mode`; returns its report (also written to the output directory).
+pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String> {
+    let out = &config.out;
+    // A previous campaign's node data would make this one restart that cluster.
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(format!(
+            "{} is not empty: remove it or choose another --out",
+            out.display()
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|error| format!("create {}: {error}", out.display()))?;
+    write_json(&out.join("config.json"), config)?;
+    let mut notes = Vec::new();
+    let mut kinds = config.faults.clone();
+    if mode == NetworkMode::Host && kinds.contains(&FaultKind::Partition) {
+        kinds.retain(|kind| *kind != FaultKind::Partition);
+        notes
+            .push("no network namespace could be made: partition faults were left out".to_string());
+    }
+    if kinds.contains(&FaultKind::Clock) && crate::nodes::faketime_library().is_none() {
+        kinds.retain(|kind| *kind != FaultKind::Clock);
+        notes.push("libfaketime is not installed: clock faults were left out".to_string());
+    }
+    let workload_config = WorkloadConfig {
+        bootstrap: String::new(),
+        producers: config.producers,
+        group_consumers: config.group_consumers,
+        manual_readers: config.manual_readers,
+        rate_per_producer: config.rate_per_producer,
+        records_per_producer_max: u64::from(config.rate_per_producer) * config.duration_s * 2,
+    };
+    let duration_ms = config.duration_s * 1_000;
+    // The last quarter (at most 30 s, at least 5 s) is quiet: faults healed, writes settle.
+    let quiet_tail_ms = (duration_ms / 4).clamp(5_000, 30_000);
+    let plan = schedule::plan(&PlanConfig {
+        seed: config.seed,
+        nodes: config.nodes,
+        kinds: kinds.clone(),
+        warmup_ms: 5_000,
+        faults_until_ms: duration_ms.saturating_sub(quiet_tail_ms),
+        clock_rate_max_deviation: config.clock_rate_max_deviation,
+        clients: workload_config.clients(),
+    });
+    write_json(&out.join("schedule.json"), &plan)?;
+
+    let spec = ClusterSpec {
+        binary: config.binary.clone(),
+        nodes: config.nodes,
+        port: config.port,
+        dir: out.clone(),
+        extra_args: config.node_args.clone(),
+    };
+    let workload_config = WorkloadConfig {
+        bootstrap: spec.bootstrap(),
+        ..workload_config
+    };
+    let mut cluster = Cluster::new(spec.clone());
+    for node in 1..=config.nodes {
+        cluster.start(node, None)?;
+    }
+    let late = cluster.wait_ready(Duration::from_secs(60));
+    if !late.is_empty() {
+        return Err(format!(
+            "nodes {late:?} were not ready within 60 s (see node-*.log in {})",
+            out.display()
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| format!("tokio runtime: {error}"))?;
+    let admin = runtime.block_on(async {
+        let client = ClientConfig {
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+            ..ClientConfig::new(&workload_config.bootstrap)?
+        };
+        Admin::new(client)
+    });
+    let admin = admin.map_err(|error| format!("admin client: {error}"))?;
+    create_topic(&runtime, &admin, config)?;
+
+    // The workload.
+    let start = Instant::now();
+    let started_at_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0);
+    let (recorder, writer) = {
+        let _guard = runtime.enter();
+        Recorder::start(&out.join("history.jsonl"), start)
+            .map_err(|error| format!("history.jsonl: {error}"))?
+    };
+    let (stop_producing_tx, stop_producing) = tokio::sync::watch::channel(false);
+    let (stop_all_tx, stop_all) = tokio::sync::watch::channel(false);
+    let (crash_tx, crashes) =
+        tokio::sync::watch::channel(vec![0u32; workload_config.clients() as usize]);
+    let control = Control {
+        stop_producing,
+        stop_all,
+        crashes,
+    };
+    let mut producers = Vec::new();
+    let mut others = Vec::new();
+    for client in 0..workload_config.clients() {
+        let (config, recorder, control) =
+            (workload_config.clone(), recorder.clone(), control.clone());
+        if client < workload_config.producers {
+            producers.push(runtime.spawn(workload::run_producer(
+                client,
+                client % 2 == 0,
+                config,
+                recorder,
+                control,
+            )));
+        } else if client < workload_config.producers + workload_config.group_consumers {
+            others.push(runtime.spawn(workload::run_group_consumer(
+                client, config, recorder, control,
+            )));
+        } else {
+            others.push(runtime.spawn(workload::run_manual_reader(
+                client, config, recorder, control,
+            )));
+        }
+    }
+    others.push(runtime.spawn(workload::run_group_watcher(
+        workload_config.clone(),
+        recorder.clone(),
+        control.clone(),
+    )));
+
+    // The nemesis, on this thread.
+    let mut faults_file = std::fs::File::create(out.join("faults.jsonl"))
+        .map_err(|error| format!("faults.jsonl: {error}"))?;
+    let mut windows = Vec::new();
+    let mut nemesis = Nemesis {
+        cluster: &mut cluster,
+        runtime: &runtime,
+        admin: &admin,
+        mode,
+        seed: config.seed,
+        crash_tx: &crash_tx,
+    };
+    for (index, planned) in plan.iter().enumerate() {
+        sleep_until(start, planned.start_ms);
+        let start_ms = start.elapsed().as_millis() as u64;
+        let applied = nemesis.apply(index, planned);
+        sleep_until(start, planned.end_ms);
+        nemesis.heal(planned, &applied);
+        let window = FaultWindow {
+            kind: planned.fault.kind(),
+            start_ms,
+            end_ms: start.elapsed().as_millis() as u64,
+            targets: applied.targets.clone(),
+            description: applied.description.clone(),
+        };
+        eprintln!(
+            "cairn-chaos: {:>6.1}s-{:>6.1}s {}",
+            window.start_ms as f64 / 1e3,
+            window.end_ms as f64 / 1e3,
+            window.description
+        );
+        let line = serde_json::to_string(&window).expect("a window serialises");
+        let _ = writeln!(faults_file, "{line}");
+        windows.push(window);
+    }
+    nemesis.heal_everything();
+    let faults_until_ms = start.elapsed().as_millis() as u64;
+    sleep_until(start, duration_ms);
+
+    // Stop writing, wait for outstanding sends, drain, stop everything.
+    let _ = stop_producing_tx.send(true);
+    runtime.block_on(async {
+        for producer in producers {
+            let _ = tokio::time::timeout(Duration::from_secs(30), producer).await;
+        }
+    });
+    let high_watermarks = runtime.block_on(workload::drain(
+        &workload_config,
+        &recorder,
+        config.partitions,
+        Duration::from_secs(90),
+    ));
+    let _ = stop_all_tx.send(true);
+    runtime.block_on(async {
+        for task in others {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    });
+    drop(recorder);
+    drop(control);
+    let written = runtime
+        .block_on(writer)
+        .map_err(|error| format!("history writer: {error}"))?
+        .map_err(|error| format!("history.jsonl: {error}"))?;
+    let run_ms = start.elapsed().as_millis() as u64;
+    for node in 1..=config.nodes {
+        if !cluster.terminate(node) {
+            notes.push(format!("node {node} did not exit within 15 s of SIGTERM"));
+        }
+    }
+    drop(cluster);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+
+    // Every replica's log of the campaign's topic.
+    let mut saved = SavedReplicas {
+        replication_factor: config.replication_factor.min(config.nodes) as usize,
+        high_watermarks,
+        logs: Vec::new(),
+    };
+    let mut per_node = Vec::new();
+    for node in 1..=config.nodes {
+        per_node.push(crate::replicas::read_node_logs(
+            node,
+            &spec.data_dir(node).join("store"),
+        )?);
+    }
+    // The campaign's topic was created before anything else (the consumer groups' internal
+    // topic comes with the first group request), so it has the lowest topic id.
+    let topic_id = per_node.iter().flatten().map(|(topic, _)| *topic).min();
+    for logs in per_node {
+        for (topic, log) in logs {
+            if Some(topic) == topic_id {
+                saved.logs.push(log);
+            }
+        }
+    }
+    write_json(&out.join("replicas.json"), &saved)?;
+
+    let ops = read_history(&out.join("history.jsonl")).map_err(|error| error.to_string())?;
+    let check = checker::check(&ops, Some(&saved.to_replicas()));
+    let timeline = report::timeline(&ops, run_ms);
+    let (availability_sends, availability_seconds) =
+        report::availability(&ops, &timeline, 5_000, faults_until_ms);
+    let report = Report {
+        seed: config.seed,
+        started_at_unix_ms,
+        nodes: config.nodes,
+        duration_s: config.duration_s,
+        faults_requested: config.faults.clone(),
+        network: match mode {
+            NetworkMode::Namespace => "private namespace (partitions possible)".to_string(),
+            NetworkMode::Host => "host loopback (process faults only)".to_string(),
+        },
+        operations: written,
+        faults: windows,
+        check,
+        availability_sends,
+        availability_seconds,
+        timeline,
+        notes,
+    };
+    write_outputs(out, &report)?;
+    Ok(Outcome { report })
+}
+
+/// Writes `report.json`, `summary.md` and `timeline.svg`.
+pub fn write_outputs(out: &Path, report: &Report) -> Result<(), String> {
+    write_json(&out.join("report.json"), report)?;
+    std::fs::write(out.join("summary.md"), report::summary(report))
+        .map_err(|error| format!("summary.md: {error}"))?;
+    std::fs::write(out.join("timeline.svg"), report::timeline_svg(report))
+        .map_err(|error| format!("timeline.svg: {error}"))
+}
+
+fn sleep_until(start: Instant, at_ms: u64) {
+    let at = start + Duration::from_millis(at_ms);
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
+fn create_topic(
+    runtime: &tokio::runtime::Runtime,
+    admin: &Admin,
+    config: &CampaignConfig,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let created = runtime.block_on(admin.create_topic(
+            TOPIC,
+            config.partitions,
+            Some(config.replication_factor.min(config.nodes) as u16),
+            TopicConfig::default(),
+        ));
+        match created {
+            Ok(_) => break,
+            Err(error)
+                if matches!(
+                    error.api_error(),
+                    Some(cairn_client::ApiError::TopicAlreadyExists { .. })
+                ) =>
+            {
+                break
+            }
+            Err(error) if Instant::now() > deadline => {
+                return Err(format!("cannot create topic {TOPIC}: {error}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+    // Wait until every partition has a leader, so the workload starts on a formed cluster.
+    while Instant::now() < deadline {
+        if let Ok(Ok(described)) = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(3), admin.describe_topic(TOPIC)).await
+        }) {
+            if described
+                .partitions
+                .iter()
+                .all(|partition| partition.leader.is_some())
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "topic {TOPIC} has partitions without a leader after 60 s"
+    ))
+}
+
+/// What applying a fault did.
+struct Applied {
+    targets: Vec<u32>,
+    description: String,
+}
+
+struct Nemesis<'a> {
+    cluster: &'a mut Cluster,
+    runtime: &'a tokio::runtime::Runtime,
+    admin: &'a Admin,
+    mode: NetworkMode,
+    seed: u64,
+    crash_tx: &'a tokio::sync::watch::Sender<Vec<u32>>,
+}
+
+impl Nemesis<'_> {
+    /// The nodes leading the most partitions of the topic, at most a minority; a node from
+    /// the seed when the leaders cannot be learned.
+    fn leaders(&self, index: usize) -> Vec<u32> {
+        let nodes = self.cluster.spec.nodes;
+        let minority = ((nodes - 1) / 2).max(1) as usize;
+        let described = self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), self.admin.describe_topic(TOPIC)).await
+        });
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        if let Ok(Ok(described)) = described {
+            for partition in &described.partitions {
+                if let Some(leader) = partition.leader {
+                    *counts.entry(leader.0).or_default() += 1;
+                }
+            }
+        }
+        let mut ranked: Vec<(usize, u32)> = counts
+            .into_iter()
+            .map(|(node, count)| (count, node))
+            .collect();
+        ranked.sort_by(|a, b| b.cmp(a));
+        let mut leaders: Vec<u32> = ranked
+            .into_iter()
+            .take(minority)
+            .map(|(_, node)| node)
+            .filter(|node| (1..=nodes).contains(node))
+            .collect();
+        if leaders.is_empty() {
+            let mut rng = Rng::new(self.seed ^ index as u64);
+            leaders.push(rng.range(1, u64::from(nodes)) as u32);
+        }
+        leaders.sort();
+        leaders
+    }
+
+    fn resolve(&self, index: usize, targets: &Targets) -> Vec<u32> {
+        match targets {
+            Targets::Nodes(nodes) => nodes.clone(),
+            Targets::Leaders => self.leaders(index),
+        }
+    }
+
+    fn apply(&mut self, index: usize, planned: &Planned) -> Applied {
+        match &planned.fault {
+            Fault::Kill { targets } => {
+                let nodes = self.resolve(index, targets);
+                for node in &nodes {
+                    self.cluster.kill(*node);
+                }
+                Applied {
+                    description: format!("kill nodes {nodes:?}, restart at the end"),
+                    targets: nodes,
+                }
+            }
+            Fault::Pause { targets } => {
+                let nodes = self.resolve(index, targets);
+                for node in &nodes {
+                    self.cluster.pause(*node);
+                }
+                let what = if matches!(targets, Targets::Leaders) {
+                    "leaders "
+                } else {
+                    ""
+                };
+                Applied {
+                    description: format!("pause (SIGSTOP) {what}nodes {nodes:?}"),
+                    targets: nodes,
+                }
+            }
+            Fault::Partition { shape } => {
+                let leaders = match shape {
+                    Shape::Isolate(Targets::Leaders) => self.leaders(index),
+                    _ => Vec::new(),
+                };
+                let pairs = schedule::drops(shape, self.cluster.spec.nodes, &leaders);
+                let mut targets: Vec<u32> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+                targets.sort();
+                targets.dedup();
+                let ips: Vec<_> = pairs
+                    .iter()
+                    .map(|(from, to)| (node_ip(*from), node_ip(*to)))
+                    .collect();
+                let result = if self.mode == NetworkMode::Namespace {
+                    net::set_partition(&ips)
+                } else {
+                    Err("no namespace".to_string())
+                };
+                let shape_text = match shape {
+                    Shape::Isolate(Targets::Leaders) => format!("isolate leaders {leaders:?}"),
+                    other => format!("{other:?}"),
+                };
+                Applied {
+                    description: match result {
+                        Ok(()) => format!("partition {shape_text}: {} links cut", pairs.len()),
+                        Err(error) => format!("partition {shape_text} NOT applied: {error}"),
+                    },
+                    targets,
+                }
+            }
+            Fault::Clock { node, skew } => {
+                self.cluster.kill(*node);
+                let started = self.cluster.start(*node, Some(skew.clone()));
+                Applied {
+                    description: match started {
+                        Ok(()) => format!("restart node {node} with clocks skewed {skew:?}"),
+                        Err(error) => format!("clock skew {skew:?} on node {node} failed: {error}"),
+                    },
+                    targets: vec![*node],
+                }
+            }
+            Fault::ClientCrash { client } => {
+                self.crash_tx.send_modify(|counts| {
+                    if let Some(count) = counts.get_mut(*client as usize) {
+                        *count += 1;
+                    }
+                });
+                Applied {
+                    description: format!("crash client {client} (dropped without closing)"),
+                    targets: vec![*client],
+                }
+            }
+        }
+    }
+
+    fn heal(&mut self, planned: &Planned, applied: &Applied) {
+        match &planned.fault {
+            Fault::Kill { .. } => {
+                for node in &applied.targets {
+                    if let Err(error) = self.cluster.start(*node, None) {
+                        eprintln!("cairn-chaos: restarting node {node}: {error}");
+                    }
+                }
+            }
+            Fault::Pause { .. } => {
+                for node in &applied.targets {
+                    self.cluster.resume(*node);
+                }
+            }
+            Fault::Partition { .. } => {
+                if self.mode == NetworkMode::Namespace {
+                    if let Err(error) = net::heal() {
+                        eprintln!("cairn-chaos: healing the partition: {error}");
+                    }
+                }
+            }
+            Fault::Clock { node, .. } => {
+                self.cluster.kill(*node);
+                if let Err(error) = self.cluster.start(*node, None) {
+                    eprintln!("cairn-chaos: restarting node {node}: {error}");
+                }
+            }
+            Fault::ClientCrash { .. } => {}
+        }
+    }
+
+    /// Every node running, unpaused, with true clocks, on a whole network.
+    fn heal_everything(&mut self) {
+        if self.mode == NetworkMode::Namespace {
+            let _ = net::heal();
+        }
+        for node in 1..=self.cluster.spec.nodes {
+            self.cluster.resume(node);
+            let skewed = self.cluster.nodes[node as usize - 1].skew.is_some();
+            if skewed {
+                self.cluster.kill(node);
+            }
+            if !self.cluster.nodes[node as usize - 1].is_running() {
+                let _ = self.cluster.start(node, None);
+            }
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Hand-made histories, one or more per anomaly kind: each kind is shown to fire on the
+//! history that has it, and a clean history (the same workload without the fault) is shown
+//! to pass, so no check is vacuous.
+
+use crate::checker::*;
+use crate::history::*;
+
+fn send(process: u32, value: &str, status: Status, at: Option<(u32, u64)>) -> Op {
+    Op::Send {
+        process,
+        idempotent: true,
+        key: "k".into(),
+        value: value.into(),
+        invoke_ms: 1,
+        complete_ms: 2,
+        status,
+        partition: at.map(|(partition, _)| partition),
+        offset: if status == Status::Ok {
+            at.map(|(_, offset)| offset)
+        } else {
+            None
+        },
+        error: None,
+    }
+}
+
+fn plain_send(process: u32, value: &str, at: (u32, u64)) -> Op {
+    match send(process, value, Status::Ok, Some(at)) {
+        Op::Send {
+            process,
+            key,
+            value,
+            invoke_ms,
+            complete_ms,
+            status,
+            partition,
+            offset,
+            error,
+            ..
+        } => Op::Send {
+            process,
+            idempotent: false,
+            key,
+            value,
+            invoke_ms,
+            complete_ms,
+            status,
+            partition,
+            offset,
+            error,
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn poll(process: u32, session: u64, records: &[(u32, u64, &str)]) -> Op {
+    Op::Poll {
+        process,
+        reader: ReaderKind::Manual,
+        session,
+        invoke_ms: 3,
+        complete_ms: 4,
+        status: Status::Ok,
+        member: None,
+        records: records
+            .iter()
+            .map(|(partition, offset, value)| Read {
+                partition: *partition,
+                offset: *offset,
+                value: value.to_string(),
+            })
+            .collect(),
+        error: None,
+    }
+}
+
+fn group_poll(process: u32, member: &str, epoch: i32, partitions: &[u32]) -> Op {
+    Op::Poll {
+        process,
+        reader: ReaderKind::Group,
+        session: epoch as u64,
+        invoke_ms: 3,
+        complete_ms: 4,
+        status: Status::Ok,
+        member: Some(MemberView {
+            member: member.into(),
+            member_epoch: epoch,
+            partitions: partitions.to_vec(),
+        }),
+        records: vec![],
+        error: None,
+    }
+}
+
+fn commit(process: u32, invoke_ms: u64, complete_ms: u64, offsets: &[(u32, u64)]) -> Op {
+    Op::Commit {
+        process,
+        member: Some(format!("m{process}")),
+        invoke_ms,
+        complete_ms,
+        status: Status::Ok,
+        offsets: offsets.to_vec(),
+        error: None,
+    }
+}
+
+/// Three acknowledged writes on partition 0, all read back in order.
+fn clean() -> Vec<Op> {
+    vec![
+        send(1, "a", Status::Ok, Some((0, 0))),
+        send(1, "b", Status::Ok, Some((0, 1))),
+        send(1, "c", Status::Ok, Some((0, 2))),
+        poll(9, 1, &[(0, 0, "a"), (0, 1, "b")]),
+        poll(9, 1, &[(0, 2, "c")]),
+    ]
+}
+
+fn kinds(report: &CheckReport) -> Vec<AnomalyKind> {
+    report.anomalies.keys().copied().collect()
+}
+
+#[test]
+fn a_clean_history_has_no_anomaly() {
+    let report = check(&clean(), None);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.stats["sends_ok"], 3);
+    assert_eq!(report.stats["records_read"], 3);
+}
+
+#[test]
+fn an_acknowledged_value_missing_below_later_reads_is_lost() {
+    let mut ops = clean();
+    ops[3] = poll(9, 1, &[(0, 0, "a")]);
+    ops[4] = poll(9, 2, &[(0, 2, "c")]);
+    let report = check(&ops, None);
+    assert_eq!(kinds(&report), vec![AnomalyKind::Lost], "{report:?}");
+    assert!(report.anomalies[&AnomalyKind::Lost].examples[0].contains("\"b\""));
+}
+
+#[test]
+fn an_acknowledged_value_nobody_read_past_is_unseen() {
+    let mut ops = clean();
+    ops.pop();
+    let report = check(&ops, None);
+    assert_eq!(kinds(&report), vec![AnomalyKind::Unseen], "{report:?}");
+    assert_eq!(report.anomalies[&AnomalyKind::Unseen].count, 1);
+}
+
+#[test]
+fn a_value_at_two_offsets_is_a_duplicate_only_with_idempotence() {
+    let mut ops = clean();
+    ops.push(poll(9, 1, &[(0, 3, "c")]));
+    let report = check(&ops, None);
+    assert_eq!(
+        report.anomalies[&AnomalyKind::Duplicate].count,
+        1,
+        "{report:?}"
+    );
+
+    // The same history from a producer without idempotence: counted, not an anomaly.
+    let mut ops = clean();
+    ops[2] = plain_send(1, "c", (0, 2));
+    ops.push(poll(9, 1, &[(0, 3, "c")]));
+    let report = check(&ops, None);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.stats["duplicates_without_idempotence"], 1);
+}
+
+#[test]
+fn two_values_at_one_offset_are_inconsistent() {
+    let mut ops = clean();
+    ops.push(send(2, "d", Status::Info, Some((0, 0))));
+    ops.push(poll(8, 1, &[(0, 0, "d")]));
+    let report = check(&ops, None);
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::InconsistentOffsets],
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_value_read_away_from_its_acknowledged_offset_is_inconsistent() {
+    let mut ops = clean();
+    ops[4] = poll(9, 1, &[(0, 2, "b"), (0, 3, "c")]);
+    ops[3] = poll(9, 1, &[(0, 0, "a")]);
+    let report = check(&ops, None);
+    assert!(
+        report
+            .anomalies
+            .contains_key(&AnomalyKind::InconsistentOffsets),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_definitely_failed_write_that_is_read_is_an_aborted_read() {
+    let mut ops = clean();
+    ops.push(send(2, "x", Status::Fail, Some((0, 3))));
+    let report = check(&ops, None);
+    assert!(report.is_clean(), "{report:?}");
+    ops.push(poll(9, 1, &[(0, 3, "x")]));
+    let report = check(&ops, None);
+    assert_eq!(kinds(&report), vec![AnomalyKind::AbortedRead], "{report:?}");
+    // An indeterminate write may be read.
+    ops[5] = send(2, "x", Status::Info, Some((0, 3)));
+    assert!(check(&ops, None).is_clean());
+}
+
+#[test]
+fn a_value_nobody_sent_is_unexpected() {
+    let mut ops = clean();
+    ops.push(poll(9, 1, &[(0, 3, "ghost")]));
+    let report = check(&ops, None);
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::UnexpectedValue],
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_session_reading_backwards_is_non_monotonic_but_a_new_session_may() {
+    let mut ops = clean();
+    ops.push(poll(9, 1, &[(0, 1, "b")]));
+    let report = check(&ops, None);
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::NonMonotonicPoll],
+        "{report:?}"
+    );
+    let last = ops.len() - 1;
+    ops[last] = poll(9, 2, &[(0, 1, "b")]);
+    assert!(check(&ops, None).is_clean());
+}
+
+#[test]
+fn a_session_jumping_over_a_known_value_skips_but_not_over_a_control_offset() {
+    // Session 1 of process 7 jumps from 0 to 2 over "b", which process 9 read at 1.
+    let mut ops = clean();
+    ops.push(poll(7, 1, &[(0, 0, "a")]));
+    ops.push(poll(7, 1, &[(0, 2, "c")]));
+    let report = check(&ops, None);
+    assert_eq!(kinds(&report), vec![AnomalyKind::SkippedPoll], "{report:?}");
+    // A jump over an offset nobody saw a value at (an epoch marker) is fine.
+    let ops = vec![
+        send(1, "a", Status::Ok, Some((0, 0))),
+        send(1, "c", Status::Ok, Some((0, 2))),
+        poll(7, 1, &[(0, 0, "a")]),
+        poll(7, 1, &[(0, 2, "c")]),
+    ];
+    assert!(check(&ops, None).is_clean());
+}
+
+#[test]
+fn one_partition_owned_by_two_members_in_one_snapshot_is_a_double_assignment() {
+    // Members' own views are informational only.
+    let mut ops = clean();
+    ops.push(group_poll(3, "m3", 5, &[0, 1]));
+    ops.push(group_poll(4, "m4", 5, &[1]));
+    assert!(check(&ops, None).is_clean());
+    // The coordinator's own snapshot giving partition 2 to two members.
+    let mut ops = clean();
+    ops.push(Op::GroupSnapshot {
+        invoke_ms: 5,
+        complete_ms: 6,
+        group_epoch: 3,
+        members: vec![
+            MemberView {
+                member: "m1".into(),
+                member_epoch: 3,
+                partitions: vec![0, 2],
+            },
+            MemberView {
+                member: "m2".into(),
+                member_epoch: 3,
+                partitions: vec![1, 2],
+            },
+        ],
+    });
+    let report = check(&ops, None);
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::DoubleAssignment],
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_commit_below_an_earlier_acknowledged_commit_goes_backwards() {
+    let mut ops = clean();
+    ops.push(commit(3, 10, 20, &[(0, 5)]));
+    // Concurrent with the first: no order between them.
+    ops.push(commit(4, 15, 25, &[(0, 3)]));
+    ops.push(commit(4, 30, 40, &[(0, 6)]));
+    assert!(check(&ops, None).is_clean());
+    ops.push(commit(4, 50, 60, &[(0, 4)]));
+    let report = check(&ops, None);
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::CommitBackwards],
+        "{report:?}"
+    );
+    // A read of the committed offsets below an acknowledged commit is the same anomaly.
+    let mut ops = clean();
+    ops.push(commit(3, 10, 20, &[(0, 5)]));
+    ops.push(Op::CommittedRead {
+        process: 8,
+        invoke_ms: 30,
+        complete_ms: 31,
+        status: Status::Ok,
+        offsets: vec![(0, 2)],
+    });
+    let report = check(&ops, None);
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::CommitBackwards],
+        "{report:?}"
+    );
+}
+
+fn replica(node: u32, entries: &[(u64, u64, Option<&str>)]) -> ReplicaLog {
+    ReplicaLog {
+        node,
+        partition: 0,
+        log_start: 0,
+        entries: entries
+            .iter()
+            .map(|(offset, epoch, value)| ReplicaEntry {
+                offset: *offset,
+                epoch: *epoch,
+                value: value.map(str::to_string),
+            })
+            .collect(),
+    }
+}
+
+fn three_replicas(third: ReplicaLog) -> Replicas {
+    let good = [
+        (0, 1, Some("a")),
+        (1, 1, Some("b")),
+        (2, 1, Some("c")),
+        (3, 2, None),
+    ];
+    Replicas {
+        logs: vec![replica(1, &good), replica(2, &good), third],
+        replication_factor: 3,
+        high_watermarks: [(0, 4)].into_iter().collect(),
+    }
+}
+
+#[test]
+fn replicas_that_agree_below_the_bound_pass() {
+    let replicas = three_replicas(replica(
+        3,
+        &[(0, 1, Some("a")), (1, 1, Some("b")), (2, 1, Some("c"))],
+    ));
+    let report = check(&clean(), Some(&replicas));
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.stats["replica_offsets_compared"], 4);
+}
+
+#[test]
+fn replicas_holding_different_records_below_the_bound_diverge() {
+    let replicas = three_replicas(replica(
+        3,
+        &[(0, 1, Some("a")), (1, 2, Some("z")), (2, 1, Some("c"))],
+    ));
+    let report = check(&clean(), Some(&replicas));
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::ReplicaDivergence],
+        "{report:?}"
+    );
+    assert!(report.anomalies[&AnomalyKind::ReplicaDivergence].examples[0].contains("0@1"));
+}
+
+#[test]
+fn a_committed_offset_on_fewer_than_a_majority_is_missing() {
+    // Offset 3 (the marker, below the high watermark 4) is on node 1 only.
+    let mut replicas = three_replicas(replica(3, &[(0, 1, Some("a"))]));
+    replicas.logs[1].entries.pop();
+    let report = check(&clean(), Some(&replicas));
+    assert_eq!(
+        kinds(&report),
+        vec![AnomalyKind::ReplicaMissing],
+        "{report:?}"
+    );
+    // An acknowledged value the majority holds something else instead of.
+    let ops = vec![
+        send(1, "a", Status::Ok, Some((0, 0))),
+        send(1, "q", Status::Ok, Some((0, 1))),
+    ];
+    let good = [(0, 1, Some("a")), (1, 2, Some("r"))];
+    let replicas = Replicas {
+        logs: vec![replica(1, &good), replica(2, &good), replica(3, &good)],
+        replication_factor: 3,
+        high_watermarks: Default::default(),
+    };
+    let report = check(&ops, Some(&replicas));
+    assert!(
+        report.anomalies[&AnomalyKind::ReplicaMissing].examples[0].contains("\"q\""),
+        "{report:?}"
+    );
+}

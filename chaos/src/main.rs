@@ -1,0 +1,276 @@
+//! `cairn-chaos`: run a chaos campaign, or check a recorded one.
+//!
+//! Exit status: 0 when the checker found no anomaly, 1 when it found some, 2 when the campaign
+//! could not run (bad arguments, nodes that never became ready).
+
+use cairn_chaos::campaign::{self, CampaignConfig, SavedReplicas};
+use cairn_chaos::checker::{self, AnomalyKind};
+use cairn_chaos::history::read_history;
+use cairn_chaos::net::{self, Entered};
+use cairn_chaos::schedule::FaultKind;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-chaos",
+    about = "Chaos campaigns against real Cairn nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a cluster, run the workload under the seed's faults, check, report.
+    Run(RunArgs),
+    /// Check a recorded campaign directory again (history.jsonl, replicas.json).
+    Check {
+        /// The campaign's output directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Nodes in the cluster (each an initial metadata voter).
+    #[arg(long, default_value_t = 5)]
+    nodes: u32,
+    /// How long the campaign runs: `300s`, `5m` or seconds; the last quarter (5-30 s) is
+    /// quiet, then the drain follows.
+    #[arg(long, default_value = "300s")]
+    duration: String,
+    /// Fault kinds to mix: kill, pause, partition, clock, client.
+    #[arg(long, default_value = "kill,pause,partition,clock,client")]
+    faults: String,
+    /// Seed of the fault schedule (replays it); default: from the clock, printed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory; default chaos-out/seed-<seed>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The `cairn` binary; default: `cairn` beside this program.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Partitions of the campaign's topic; default twice the nodes.
+    #[arg(long)]
+    partitions: Option<u32>,
+    #[arg(long, default_value_t = 3)]
+    replication_factor: u32,
+    /// Producer clients (even-numbered ones idempotent).
+    #[arg(long, default_value_t = 4)]
+    producers: u32,
+    #[arg(long, default_value_t = 2)]
+    group_consumers: u32,
+    #[arg(long, default_value_t = 1)]
+    manual_readers: u32,
+    /// Records per second per producer.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// The port every node listens on (each on its own IP, 127.0.0.11 and up).
+    #[arg(long, default_value_t = 7171)]
+    port: u16,
+    /// Run on the host's loopback without a namespace (process faults only).
+    #[arg(long)]
+    no_namespace: bool,
+    /// Largest clock rate deviation for clock faults; default: within the test preset's
+    /// drift bound (above it the run is outside the safety model).
+    #[arg(long)]
+    clock_rate_max: Option<f64>,
+    /// Extra `cairn node` argument (repeatable), after the built-in `--preset test` ones.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
+}
+
+fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, factor) = if let Some(minutes) = text.strip_suffix('m') {
+        (minutes, 60)
+    } else if let Some(seconds) = text.strip_suffix('s') {
+        (seconds, 1)
+    } else {
+        (text, 1)
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("duration {text:?} is not like 300s or 5m"))?;
+    if value == 0 {
+        return Err("the duration must be above 0".to_string());
+    }
+    Ok(value * factor)
+}
+
+/// The drift bound of the test preset the nodes run with (node/src/config.rs).
+const TEST_PRESET_CLOCK_DRIFT_MAX_PPM: u64 = 50_000;
+
+fn run(args: RunArgs) -> i32 {
+    let duration_s = match parse_duration_s(&args.duration) {
+        Ok(seconds) => seconds,
+        Err(error) => {
+            eprintln!("cairn-chaos: {error}");
+            return 2;
+        }
+    };
+    let faults = match FaultKind::parse_list(&args.faults) {
+        Ok(faults) => faults,
+        Err(error) => {
+            eprintln!("cairn-chaos: {error}");
+            return 2;
+        }
+    };
+    if args.nodes == 0 || args.nodes > 200 {
+        eprintln!("cairn-chaos: --nodes must be 1..=200");
+        return 2;
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as u64 % 1_000_000_000)
+            .unwrap_or(1)
+    });
+    let binary = match args.binary.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("cairn")))
+    }) {
+        Some(binary) if binary.exists() => binary,
+        other => {
+            eprintln!("cairn-chaos: no cairn binary at {other:?}; build it or pass --binary");
+            return 2;
+        }
+    };
+    // Only the outer process picks the mode; the re-executed one inside the namespace has
+    // the same arguments.
+    let mode = match net::enter_namespace(!args.no_namespace) {
+        Entered::Exited(code) => return code,
+        Entered::Run(mode) => mode,
+    };
+    let mut node_args: Vec<String> = [
+        "--preset",
+        "test",
+        "--set",
+        "limits.connections_max=512",
+        "--set",
+        "replica.pending_requests_max=1024",
+        "--set",
+        "limits.partition_mailbox_max=1024",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    node_args.extend(args.node_args.iter().cloned());
+    let config = CampaignConfig {
+        seed,
+        nodes: args.nodes,
+        duration_s,
+        faults,
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("chaos-out/seed-{seed}"))),
+        binary,
+        partitions: args.partitions.unwrap_or(args.nodes * 2),
+        replication_factor: args.replication_factor,
+        producers: args.producers,
+        group_consumers: args.group_consumers,
+        manual_readers: args.manual_readers,
+        rate_per_producer: args.rate,
+        port: args.port,
+        clock_rate_max_deviation: args
+            .clock_rate_max
+            .unwrap_or_else(|| campaign::safe_clock_deviation(TEST_PRESET_CLOCK_DRIFT_MAX_PPM)),
+        node_args,
+    };
+    eprintln!(
+        "cairn-chaos: seed {seed}, {} nodes, {duration_s} s, faults {:?}, network {mode:?}, out {}",
+        config.nodes,
+        config.faults,
+        config.out.display()
+    );
+    match campaign::run(&config, mode) {
+        Ok(outcome) => {
+            let report = &outcome.report;
+            print!("{}", cairn_chaos::report::summary(report));
+            println!("\n(written to {})", config.out.display());
+            if report.check.is_clean() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(error) => {
+            eprintln!("cairn-chaos: the campaign failed: {error}");
+            2
+        }
+    }
+}
+
+fn check(dir: PathBuf) -> i32 {
+    let ops = match read_history(&dir.join("history.jsonl")) {
+        Ok(ops) => ops,
+        Err(error) => {
+            eprintln!("cairn-chaos: {error}");
+            return 2;
+        }
+    };
+    let replicas_path = dir.join("replicas.json");
+    let saved: Option<SavedReplicas> = match std::fs::read_to_string(&replicas_path) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(saved) => Some(saved),
+            Err(error) => {
+                eprintln!("cairn-chaos: {}: {error}", replicas_path.display());
+                return 2;
+            }
+        },
+        Err(_) => None,
+    };
+    let report = checker::check(
+        &ops,
+        saved.as_ref().map(|saved| saved.to_replicas()).as_ref(),
+    );
+    println!("{} operations checked", ops.len());
+    if saved.is_none() {
+        println!("(no replicas.json: replica logs not compared)");
+    }
+    for (stat, value) in &report.stats {
+        println!("  {stat}: {value}");
+    }
+    println!("anomalies: {}", report.anomaly_count());
+    for kind in AnomalyKind::ALL {
+        if let Some(group) = report.anomalies.get(&kind) {
+            println!("  {} ({}):", kind.name(), group.count);
+            for example in &group.examples {
+                println!("    {example}");
+            }
+        }
+    }
+    if report.is_clean() {
+        0
+    } else {
+        1
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check { dir } => check(dir),
+    };
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_seconds_and_minutes() {
+        assert_eq!(parse_duration_s("300s"), Ok(300));
+        assert_eq!(parse_duration_s("5m"), Ok(300));
+        assert_eq!(parse_duration_s("42"), Ok(42));
+        assert!(parse_duration_s("0s").is_err());
+        assert!(parse_duration_s("soon").is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! The campaign's `cairn node` processes: start (optionally under libfaketime), SIGKILL,
+//! SIGSTOP/SIGCONT, SIGTERM, restart on the same data directory and address.
+//!
+//! Node `i` (1-based) listens on 127.0.0.(10+i) at one shared port; its gossip socket uses the
+//! same IP and port, and its outgoing peer connections bind the same IP, so an nftables rule
+//! on addresses cuts exactly the links between two nodes. Every node is an initial voter of
+//! `__meta`. A node's stderr (its logs, all runs) goes to `node-<i>.log` in the campaign
+//! directory; its data directory is `nodes/<i>`.
+
+use crate::schedule::Skew;
+use rustix::process::{kill_process, Pid, Signal};
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a SIGTERMed node may take to exit before it is killed.
+const TERMINATE_WAIT: Duration = Duration::from_secs(15);
+
+/// Where libfaketime's multi-threaded library is on Debian.
+pub fn faketime_library() -> Option<PathBuf> {
+    let lib = Path::new("/usr/lib");
+    let entries = std::fs::read_dir(lib).ok()?;
+    for entry in entries.flatten() {
+        let candidate = entry.path().join("faketime/libfaketimeMT.so.1");
+        if candidate.exists() {
+            return Some(candidate);
+        }
+    }
+    let candidate = lib.join("faketime/libfaketimeMT.so.1");
+    candidate.exists().then_some(candidate)
+}
+
+/// The IP node `node` listens on.
+pub fn node_ip(node: u32) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 10 + node as u8)
+}
+
+/// How to start the cluster's nodes.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub binary: PathBuf,
+    pub nodes: u32,
+    pub port: u16,
+    pub dir: PathBuf,
+    /// Extra `cairn node` arguments (e.g. `--set key=value`).
+    pub extra_args: Vec<String>,
+}
+
+impl ClusterSpec {
+    pub fn address(&self, node: u32) -> SocketAddr {
+        SocketAddr::from((node_ip(node), self.port))
+    }
+
+    pub fn bootstrap(&self) -> String {
+        (1..=self.nodes)
+            .map(|node| self.address(node).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, node: u32) -> PathBuf {
+        self.dir.join("nodes").join(node.to_string())
+    }
+}
+
+/// One node's process, if it runs.
+pub struct NodeProcess {
+    pub node: u32,
+    child: Option<Child>,
+    paused: bool,
+    /// The skew its current run has, if any.
+    pub skew: Option<Skew>,
+    ready: Option<mpsc::Receiver<()>>,
+}
+
+impl NodeProcess {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(child) = &self.child {
+            let _ = kill_process(Pid::from_child(child), signal);
+        }
+    }
+}
+
+/// Every node of the campaign.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub nodes: Vec<NodeProcess>,
+    faketime: Option<PathBuf>,
+}
+
+impl Cluster {
+    pub fn new(spec: ClusterSpec) -> Cluster {
+        let nodes = (1..=spec.nodes)
+            .map(|node| NodeProcess {
+                node,
+                child: None,
+                paused: false,
+                skew: None,
+                ready: None,
+            })
+            .collect();
+        Cluster {
+            spec,
+            nodes,
+            faketime: faketime_library(),
+        }
+    }
+
+    pub fn has_faketime(&self) -> bool {
+        self.faketime.is_some()
+    }
+
+    fn process(&mut self, node: u32) -> &mut NodeProcess {
+        &mut self.nodes[node as usize - 1]
+    }
+
+    /// Starts `node` (which must not run), with `skew` applied by libfaketime.
+    pub fn start(&mut self, node: u32, skew: Option<Skew>) -> Result<(), String> {
+        let spec = self.spec.clone();
+        let faketime = self.faketime.clone();
+        let process = self.process(node);
+        if process.child.is_some() {
+            return Err(format!("node {node} already runs"));
+        }
+        let data_dir = spec.data_dir(node);
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|error| format!("create {}: {error}", data_dir.display()))?;
+        let log_path = spec.dir.join(format!("node-{node}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|error| format!("open {}: {error}", log_path.display()))?;
+        let seeds = spec.bootstrap();
+        let voters = (1..=spec.nodes)
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = Command::new(&spec.binary);
+        command
+            .arg("node")
+            .arg("--node-id")
+            .arg(node.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen")
+            .arg(spec.address(node).to_string())
+            .arg("--seeds")
+            .arg(&seeds)
+            .arg("--initial-voters")
+            .arg(&voters)
+            .args(&spec.extra_args)
+            .env("CAIRN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if let Some(skew) = &skew {
+            let library = faketime
+                .as_ref()
+                .ok_or("clock faults need libfaketime (Debian package faketime)")?;
+            command.env("LD_PRELOAD", library);
+            match skew {
+                Skew::Rate(rate) => {
+                    command.env("FAKETIME", format!("+0 x{rate}"));
+                }
+                Skew::WallJump(seconds) => {
+                    command
+                        .env("FAKETIME", format!("{seconds:+}"))
+                        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+                }
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|error| format!("start {}: {error}", spec.binary.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // Keep draining stdout after the ready line so the node never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("cairn node ready ") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        process.child = Some(child);
+        process.paused = false;
+        process.skew = skew;
+        process.ready = Some(ready_rx);
+        Ok(())
+    }
+
+    /// Waits until every running node printed its ready line, or `timeout` passed. Returns
+    /// the nodes not ready.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Vec<u32> {
+        let deadline = Instant::now() + timeout;
+        let mut late = Vec::new();
+        for process in &mut self.nodes {
+            if let Some(ready) = process.ready.take() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if ready.recv_timeout(left).is_err() {
+                    late.push(process.node);
+                }
+            }
+        }
+        late
+    }
+
+    /// SIGKILL (a paused node dies all the same).
+    pub fn kill(&mut self, node: u32) {
+        let process = self.process(node);
+        if let Some(mut child) = process.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        process.paused = false;
+        process.ready = None;
+    }
+
+    pub fn pause(&mut self, node: u32) {
+        let process = self.process(node);
+        if process.child.is_some() && !process.paused {
+            process.signal(Signal::STOP);
+            process.paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, node: u32) {
+        let process = self.process(node);
+        if process.paused {
+            process.signal(Signal::CONT);
+            process.paused = false;
+        }
+    }
+
+    /// SIGTERM and wait (bounded; then SIGKILL). Returns whether it exited by itself.
+    pub fn terminate(&mut self, node: u32) -> bool {
+        self.resume(node);
+        let process = self.process(node);
+        let Some(mut child) = process.child.take() else {
+            return true;
+        };
+        let _ = kill_process(Pid::from_child(&child), Signal::TERM);
+        let deadline = Instant::now() + TERMINATE_WAIT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Nodes that are running and not paused.
+    pub fn live(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter(|process| process.is_running() && !process.is_paused())
+            .map(|process| process.node)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in 1..=self.spec.nodes {
+            self.kill(node);
+        }
+    }
+}
