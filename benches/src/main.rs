@@ -18,9 +18,10 @@
 //! broker is charged for the records it kept the producer from sending (coordinated omission).
 
 mod failover;
-mod node_process;
 mod rebalance;
-mod report;
+// The measuring modules live in the library, which the peer comparison (benches/compare)
+// shares; `crate::node_process` and `crate::report` keep working through these imports.
+use cairn_benches::{node_process, report};
 
 use bytes::Bytes;
 use cairn_client::{
@@ -56,6 +57,9 @@ enum BenchCommand {
     Failover(failover::FailoverArgs),
     /// Time for a consumer group to rebalance when a member joins and when one leaves.
     Rebalance(rebalance::RebalanceArgs),
+    /// Runs workload files (benches/workloads/*.toml) on local Cairn nodes and writes
+    /// report.json, report.md and report.svg.
+    Run(cairn_benches::cairn_driver::RunArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -160,6 +164,9 @@ fn main() {
     let outcome = match cli.command {
         Some(BenchCommand::Failover(args)) => runtime.block_on(failover::run(args)),
         Some(BenchCommand::Rebalance(args)) => runtime.block_on(rebalance::run(args)),
+        Some(BenchCommand::Run(args)) => {
+            runtime.block_on(cairn_benches::cairn_driver::run_command(args))
+        }
         None => runtime.block_on(run(cli.workload)),
     };
     match outcome {
