@@ -10,14 +10,18 @@
 //!   /proc.
 //! - [`failover`]: `cairn-bench failover`, the time from SIGKILL of a partition leader to the
 //!   first acknowledged write on its successor, over repeated kills and restarts.
+//! - [`rebalance`]: `cairn-bench rebalance`, the time a consumer group takes to rebalance
+//!   when a member joins and when one leaves.
 //! - [`report`]: hdrhistogram percentiles and throughput arithmetic.
 //!
 //! With `--rate`, latency is measured from each record's *intended* send time, so a stalled
 //! broker is charged for the records it kept the producer from sending (coordinated omission).
 
 mod failover;
-mod node_process;
-mod report;
+mod rebalance;
+// The measuring modules live in the library, which the peer comparison (benches/compare)
+// shares; `crate::node_process` and `crate::report` keep working through these imports.
+use cairn_benches::{node_process, report};
 
 use bytes::Bytes;
 use cairn_client::{
@@ -51,6 +55,11 @@ enum BenchCommand {
     /// Time from SIGKILL of a partition leader to the first acknowledged write on its
     /// successor, over repeated kills (a local cluster is started).
     Failover(failover::FailoverArgs),
+    /// Time for a consumer group to rebalance when a member joins and when one leaves.
+    Rebalance(rebalance::RebalanceArgs),
+    /// Runs workload files (benches/workloads/*.toml) on local Cairn nodes and writes
+    /// report.json, report.md and report.svg.
+    Run(cairn_benches::cairn_driver::RunArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -154,6 +163,10 @@ fn main() {
         .expect("a tokio runtime");
     let outcome = match cli.command {
         Some(BenchCommand::Failover(args)) => runtime.block_on(failover::run(args)),
+        Some(BenchCommand::Rebalance(args)) => runtime.block_on(rebalance::run(args)),
+        Some(BenchCommand::Run(args)) => {
+            runtime.block_on(cairn_benches::cairn_driver::run_command(args))
+        }
         None => runtime.block_on(run(cli.workload)),
     };
     match outcome {
@@ -561,7 +574,7 @@ mod tests {
                 assert_eq!(args.nodes, 3);
                 assert_eq!(args.node_args, ["--set=replica.lease_ms=400"]);
             }
-            None => panic!("failover was not parsed"),
+            _ => panic!("failover was not parsed"),
         }
         // Load flags belong to the load run, not to a subcommand.
         assert!(Cli::try_parse_from(["cairn-bench", "--records", "5", "failover"]).is_err());

@@ -1,0 +1,284 @@
+//! Runs a [`Workload`] against Cairn: starts `nodes` local `cairn node` processes, creates the
+//! topic, measures the idle nodes if asked, then runs producers and consumers at once through
+//! the [`harness`](crate::harness).
+
+use crate::harness::{self, Measured, Outcome, Plan, Shared};
+use crate::node_process::LocalCluster;
+use crate::report::latency_histogram;
+use crate::workload::{AcksSetting, Workload};
+use bytes::Bytes;
+use cairn_client::{
+    Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    TopicConfig,
+};
+use cairn_protocol::{Acks, Record};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const SYSTEM: &str = "cairn";
+pub const DURABILITY: &str =
+    "acks=all: a record is acknowledged once a majority of replicas hold it; each replica \
+     flushes its log to disk (fsync) before it counts";
+
+/// How long every partition may take to get a leader after the topic is created.
+const LEADERS_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub async fn run(
+    workload: &Workload,
+    target_rate: u64,
+    cairn_binary: &Path,
+    node_args: &[String],
+) -> Result<Outcome, String> {
+    let cluster = {
+        let (binary, nodes, args) = (
+            cairn_binary.to_path_buf(),
+            workload.nodes,
+            node_args.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || LocalCluster::start(&binary, nodes, &args))
+            .await
+            .map_err(|error| error.to_string())??
+    };
+    let outcome = run_on(workload, target_rate, &cluster).await;
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .map_err(|error| error.to_string())?;
+    outcome
+}
+
+async fn run_on(
+    workload: &Workload,
+    target_rate: u64,
+    cluster: &LocalCluster,
+) -> Result<Outcome, String> {
+    cluster.wait_formed(Duration::from_secs(60)).await?;
+    let client = ClientConfig::new(&cluster.bootstrap()).map_err(|error| error.to_string())?;
+    let topic = format!("{}-{}", workload.name, std::process::id());
+    let admin = Admin::new(client.clone()).map_err(|error| error.to_string())?;
+    admin
+        .create_topic(
+            &topic,
+            workload.partitions,
+            Some(workload.replication_factor),
+            TopicConfig::default(),
+        )
+        .await
+        .map_err(|error| format!("creating topic {topic}: {error}"))?;
+    wait_for_leaders(&admin, &topic, workload.partitions).await?;
+    let pids = cluster.pids();
+    let idle = if workload.idle_s > 0 {
+        eprintln!(
+            "{}: measuring idle nodes for {} s",
+            workload.name, workload.idle_s
+        );
+        harness::measure_idle(&pids, workload.idle_s).await
+    } else {
+        Vec::new()
+    };
+    let load_average_before = harness::load_average();
+
+    let mut consumers = Vec::new();
+    for consumer_index in 0..workload.consumers.min(workload.partitions) {
+        let mine: Vec<u32> = (0..workload.partitions)
+            .filter(|partition| partition % workload.consumers == consumer_index)
+            .collect();
+        let mut consumer = Consumer::new(
+            client.clone(),
+            ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                fetch_max_wait_ms: 100,
+                ..ConsumerConfig::default()
+            },
+        )
+        .map_err(|error| error.to_string())?;
+        let assignment: Vec<(&str, u32)> = mine.iter().map(|p| (topic.as_str(), *p)).collect();
+        consumer
+            .assign(&assignment)
+            .await
+            .map_err(|error| format!("assigning partitions: {error}"))?;
+        consumers.push(consumer);
+    }
+    let in_flight_max = workload.cairn.in_flight_max;
+    let producer_config = ProducerConfig {
+        acks: match workload.acks {
+            AcksSetting::All => Acks::All,
+            AcksSetting::Leader => Acks::Leader,
+            AcksSetting::None => Acks::None,
+        },
+        linger_ms: workload.cairn.linger_ms,
+        batch_bytes_max: workload.cairn.batch_bytes,
+        requests_in_flight_per_partition_max: workload.cairn.in_flight_per_partition,
+        // Room for every record the harness lets be in flight, so the harness's bound, not
+        // the buffer, is what limits a producer.
+        buffer_bytes_max: (in_flight_max * (workload.record_bytes + 64))
+            .max(2 * workload.cairn.batch_bytes)
+            .min(1 << 30),
+        ..ProducerConfig::default()
+    };
+    let mut producers = Vec::new();
+    for _ in 0..workload.producers {
+        producers.push(
+            Producer::new(client.clone(), producer_config.clone())
+                .await
+                .map_err(|error| format!("starting a producer: {error}"))?,
+        );
+    }
+
+    let shared = Arc::new(Shared::new(Plan::new(workload, target_rate, in_flight_max)));
+    let consumer_tasks: Vec<_> = consumers
+        .into_iter()
+        .map(|mut consumer| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut histogram = latency_histogram();
+                while !shared.consumers_may_stop() {
+                    let records = consumer
+                        .poll(Duration::from_millis(100))
+                        .await
+                        .map_err(|error| format!("consumer poll: {error}"))?;
+                    for record in &records {
+                        shared.consumed(&record.value, &mut histogram);
+                    }
+                }
+                Ok::<_, String>(histogram)
+            })
+        })
+        .collect();
+    let producer_tasks: Vec<_> = producers
+        .into_iter()
+        .enumerate()
+        .map(|(index, producer)| {
+            let (shared, topic) = (shared.clone(), topic.clone());
+            tokio::spawn(async move {
+                let (producer_ref, topic_ref) = (&producer, topic.as_str());
+                let histogram =
+                    harness::produce(&shared, index as u32, move |value: Bytes| async move {
+                        let delivery = producer_ref
+                            .send(topic_ref, Record::new(value))
+                            .await
+                            .map_err(|error| format!("send: {error}"))?;
+                        Ok::<_, String>(async move {
+                            delivery
+                                .await
+                                .map(|_| ())
+                                .map_err(|error| format!("not acknowledged: {error}"))
+                        })
+                    })
+                    .await;
+                let _ = producer.close().await;
+                histogram
+            })
+        })
+        .collect();
+
+    let label = format!("{} on cairn", workload.name);
+    let (nodes, client_cpu_cores) = harness::observe(&shared, &pids, &label).await;
+    let mut publish_latency = latency_histogram();
+    let mut failure = None;
+    for task in producer_tasks {
+        match task
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|r| r)
+        {
+            Ok(part) => publish_latency
+                .add(&part)
+                .map_err(|error| error.to_string())?,
+            Err(error) => failure = Some(error),
+        }
+    }
+    shared.producers_finished();
+    let mut end_to_end_latency = latency_histogram();
+    for task in consumer_tasks {
+        match task
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|r| r)
+        {
+            Ok(part) => end_to_end_latency
+                .add(&part)
+                .map_err(|error| error.to_string())?,
+            Err(error) => failure = Some(error),
+        }
+    }
+    if let Some(error) = failure {
+        return Err(format!("{}: {error}", workload.name));
+    }
+    Ok(Measured {
+        system: SYSTEM,
+        durability: DURABILITY,
+        workload,
+        target_rate,
+        shared: &shared,
+        publish_latency: &publish_latency,
+        end_to_end_latency: &end_to_end_latency,
+        nodes,
+        idle,
+        client_cpu_cores,
+        load_average_before,
+    }
+    .outcome())
+}
+
+/// Waits until every partition of `topic` reports a leader, so the warm-up is not spent on
+/// elections (1,000 partitions take a while).
+async fn wait_for_leaders(admin: &Admin, topic: &str, partitions: u32) -> Result<(), String> {
+    let deadline = Instant::now() + LEADERS_TIMEOUT;
+    loop {
+        let led = match admin.describe_topic(topic).await {
+            Ok(description) => description
+                .partitions
+                .iter()
+                .filter(|partition| partition.leader.is_some())
+                .count(),
+            Err(_) => 0,
+        };
+        if led >= partitions as usize {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{topic}: only {led} of {partitions} partitions have a leader after {LEADERS_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `cairn-bench run FILE..`: the workload files on Cairn alone.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Workload files (TOML), e.g. benches/workloads/*.toml.
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// Where report.json, report.md and report.svg are written.
+    #[arg(long, default_value = "bench-report")]
+    pub out: std::path::PathBuf,
+    /// The `cairn` binary used to start the nodes (default: next to this executable).
+    #[arg(long)]
+    pub cairn_bin: Option<std::path::PathBuf>,
+    /// Extra arguments for every node, e.g. `--node-arg=--preset=test`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
+}
+
+pub async fn run_command(args: RunArgs) -> Result<(), String> {
+    let workloads = crate::suite::load_workloads(&args.files)?;
+    let binary = args
+        .cairn_bin
+        .clone()
+        .unwrap_or_else(crate::node_process::default_cairn_binary);
+    let node_args = args.node_args.clone();
+    let report = crate::suite::run(&workloads, &[SYSTEM], &args.out, |_, workload, rate| {
+        let (binary, node_args) = (binary.clone(), node_args.clone());
+        async move { run(&workload, rate, &binary, &node_args).await }
+    })
+    .await?;
+    print!("{}", crate::suite::markdown(&report));
+    eprintln!("report written to {}", args.out.display());
+    if report.outcomes.is_empty() {
+        return Err("no workload completed".into());
+    }
+    Ok(())
+}

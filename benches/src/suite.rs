@@ -1,0 +1,552 @@
+//! A suite: several workload files, each run on each system, written as `report.json`,
+//! `report.md` (tables, the Cairn/peer ratios, each side's durability) and `report.svg`
+//! (throughput and publish p99 side by side). The report is rewritten after every run, so a
+//! run that fails or is stopped keeps what was measured before it.
+
+use crate::harness::{self, Outcome};
+use crate::workload::Workload;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub system: String,
+    pub workload: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub workload: String,
+    /// `system` over `peer`.
+    pub system: String,
+    pub peer: String,
+    pub records_per_second: f64,
+    /// Below 1: `system` has the lower (better) latency.
+    pub publish_p99: f64,
+    pub end_to_end_p99: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SuiteReport {
+    pub machine: String,
+    pub load_average_at_start: [f64; 3],
+    pub outcomes: Vec<Outcome>,
+    pub ratios: Vec<Ratio>,
+    pub failures: Vec<Failure>,
+}
+
+/// Loads the workload files, adding any workload a `rate_of_max` names from the same folder,
+/// ordered so a referenced workload runs before the ones that refer to it.
+pub fn load_workloads(paths: &[PathBuf]) -> Result<Vec<Workload>, String> {
+    let mut workloads = Vec::new();
+    let mut folders = Vec::new();
+    for path in paths {
+        workloads.push(Workload::load(path).map_err(|error| error.to_string())?);
+        folders.push(path.parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    let mut index = 0;
+    while index < workloads.len() {
+        if let Some(reference) = workloads[index].rate_of_max.clone() {
+            if !workloads.iter().any(|w| w.name == reference.workload) {
+                let path = folders[index].join(format!("{}.toml", reference.workload));
+                let referenced = Workload::load(&path).map_err(|error| {
+                    format!(
+                        "{} refers to {}: {error}",
+                        workloads[index].name, reference.workload
+                    )
+                })?;
+                workloads.push(referenced);
+                folders.push(folders[index].clone());
+            }
+        }
+        index += 1;
+    }
+    for workload in &workloads {
+        if let Some(reference) = &workload.rate_of_max {
+            let referenced = workloads
+                .iter()
+                .find(|w| w.name == reference.workload)
+                .expect("added above");
+            if referenced.rate_of_max.is_some() || referenced.rate != 0 {
+                return Err(format!(
+                    "{} paces at a fraction of {}, which is not a maximum-rate workload",
+                    workload.name, referenced.name
+                ));
+            }
+        }
+    }
+    // Maximum-rate workloads first (stable), so every reference has been measured in time.
+    workloads.sort_by_key(|workload| workload.rate_of_max.is_some());
+    let mut names: Vec<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err("two workloads have the same name".into());
+    }
+    Ok(workloads)
+}
+
+/// Runs every workload on every system with `run_one(system, workload, target_rate)`,
+/// writing the report into `out_dir` after each run. A failed run is reported, not fatal.
+pub async fn run<F, Fut>(
+    workloads: &[Workload],
+    systems: &[&str],
+    out_dir: &Path,
+    mut run_one: F,
+) -> Result<SuiteReport, String>
+where
+    F: FnMut(String, Workload, u64) -> Fut,
+    Fut: Future<Output = Result<Outcome, String>>,
+{
+    std::fs::create_dir_all(out_dir)
+        .map_err(|error| format!("creating {}: {error}", out_dir.display()))?;
+    let mut report = SuiteReport {
+        machine: harness::machine_description(),
+        load_average_at_start: harness::load_average(),
+        outcomes: Vec::new(),
+        ratios: Vec::new(),
+        failures: Vec::new(),
+    };
+    for workload in workloads {
+        for system in systems {
+            let reference = workload.rate_of_max.as_ref().and_then(|rate_of_max| {
+                report
+                    .outcomes
+                    .iter()
+                    .find(|o| o.system == *system && o.workload.name == rate_of_max.workload)
+                    .map(|o| o.publish.records_per_second)
+            });
+            let result = match workload.target_rate(reference) {
+                Ok(rate) => run_one(system.to_string(), workload.clone(), rate).await,
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok(outcome) => {
+                    eprintln!("{}", row(&outcome));
+                    report.outcomes.push(outcome);
+                }
+                Err(error) => {
+                    eprintln!("{} on {system} failed: {error}", workload.name);
+                    report.failures.push(Failure {
+                        system: system.to_string(),
+                        workload: workload.name.clone(),
+                        error,
+                    });
+                }
+            }
+            report.ratios = ratios(&report.outcomes, systems);
+            write(&report, out_dir)?;
+        }
+    }
+    Ok(report)
+}
+
+/// The first system over each other system, per workload both ran.
+pub fn ratios(outcomes: &[Outcome], systems: &[&str]) -> Vec<Ratio> {
+    let Some((first, peers)) = systems.split_first() else {
+        return Vec::new();
+    };
+    let mut ratios = Vec::new();
+    for ours in outcomes.iter().filter(|o| o.system == *first) {
+        for peer in peers {
+            let Some(theirs) = outcomes
+                .iter()
+                .find(|o| o.system == *peer && o.workload.name == ours.workload.name)
+            else {
+                continue;
+            };
+            let divide = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            ratios.push(Ratio {
+                workload: ours.workload.name.clone(),
+                system: first.to_string(),
+                peer: peer.to_string(),
+                records_per_second: divide(
+                    ours.publish.records_per_second,
+                    theirs.publish.records_per_second,
+                ),
+                publish_p99: divide(ours.publish_latency.p99_ms, theirs.publish_latency.p99_ms),
+                end_to_end_p99: divide(
+                    ours.end_to_end_latency.p99_ms,
+                    theirs.end_to_end_latency.p99_ms,
+                ),
+            });
+        }
+    }
+    ratios
+}
+
+pub fn write(report: &SuiteReport, out_dir: &Path) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(report).expect("the report serializes");
+    for (name, text) in [
+        ("report.json", json),
+        ("report.md", markdown(report)),
+        ("report.svg", svg(report)),
+    ] {
+        let path = out_dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(|error| format!("writing {}: {error}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn rate_text(outcome: &Outcome) -> String {
+    if outcome.target_rate == 0 {
+        "max".into()
+    } else {
+        format!("{}/s", outcome.target_rate)
+    }
+}
+
+/// One line for the terminal as each run ends.
+fn row(outcome: &Outcome) -> String {
+    format!(
+        "{} on {}: {:.0} records/s ({:.1} MB/s), publish p50 {:.2} ms p99 {:.2} ms, \
+         end-to-end p99 {:.2} ms, load average {:.1}",
+        outcome.workload.name,
+        outcome.system,
+        outcome.publish.records_per_second,
+        outcome.publish.megabytes_per_second,
+        outcome.publish_latency.p50_ms,
+        outcome.publish_latency.p99_ms,
+        outcome.end_to_end_latency.p99_ms,
+        outcome.load_average_after[0],
+    )
+}
+
+pub fn markdown(report: &SuiteReport) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# Benchmark report\n\nMachine: {}; load average at the start {:.2} {:.2} {:.2}. \
+         Latencies in ms; publish latency from the intended send time to the acknowledgement, \
+         end-to-end from the intended send time to the consumer receiving the record.\n",
+        report.machine,
+        report.load_average_at_start[0],
+        report.load_average_at_start[1],
+        report.load_average_at_start[2]
+    );
+    let _ = writeln!(
+        text,
+        "| workload | system | rate | records/s | MB/s | publish p50 | p99 | p99.9 | max | \
+         e2e p50 | p99 | p99.9 | max | consumed/s | node CPU (cores) | node peak RSS (MiB) | load avg |"
+    );
+    let _ = writeln!(text, "|{}", "---|".repeat(17));
+    for outcome in &report.outcomes {
+        let (publish, e2e) = (&outcome.publish_latency, &outcome.end_to_end_latency);
+        let cpu: Vec<String> = outcome
+            .nodes
+            .iter()
+            .map(|node| format!("{:.2}", node.cpu_cores))
+            .collect();
+        let rss: Vec<String> = outcome
+            .nodes
+            .iter()
+            .map(|node| format!("{:.0}", node.peak_rss_mib))
+            .collect();
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} |",
+            outcome.workload.name,
+            outcome.system,
+            rate_text(outcome),
+            outcome.publish.records_per_second,
+            outcome.publish.megabytes_per_second,
+            publish.p50_ms,
+            publish.p99_ms,
+            publish.p999_ms,
+            publish.max_ms,
+            e2e.p50_ms,
+            e2e.p99_ms,
+            e2e.p999_ms,
+            e2e.max_ms,
+            outcome.consume.records_per_second,
+            cpu.join(" / "),
+            rss.join(" / "),
+            outcome.load_average_after[0],
+        );
+    }
+    if !report.ratios.is_empty() {
+        let _ = writeln!(
+            text,
+            "\n| workload | ratio | records/s | publish p99 | e2e p99 |\n|---|---|---|---|---|"
+        );
+        for ratio in &report.ratios {
+            let _ = writeln!(
+                text,
+                "| {} | {} / {} | {:.2}x | {:.2}x | {:.2}x |",
+                ratio.workload,
+                ratio.system,
+                ratio.peer,
+                ratio.records_per_second,
+                ratio.publish_p99,
+                ratio.end_to_end_p99
+            );
+        }
+        let _ = writeln!(
+            text,
+            "\nRecords/s above 1x: the first system is faster; latency below 1x: it is quicker."
+        );
+    }
+    let idle: Vec<&Outcome> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.nodes.iter().any(|node| node.idle_cpu_cores.is_some()))
+        .collect();
+    if !idle.is_empty() {
+        let _ = writeln!(
+            text,
+            "\n| workload | system | partitions | idle CPU per node (% of a core) | idle RSS per node (MiB) |\n|---|---|---|---|---|"
+        );
+        for outcome in idle {
+            let cpu: Vec<String> = outcome
+                .nodes
+                .iter()
+                .map(|node| format!("{:.1}", node.idle_cpu_cores.unwrap_or(0.0) * 100.0))
+                .collect();
+            let rss: Vec<String> = outcome
+                .nodes
+                .iter()
+                .map(|node| format!("{:.0}", node.idle_rss_mib.unwrap_or(0.0)))
+                .collect();
+            let _ = writeln!(
+                text,
+                "| {} | {} | {} | {} | {} |",
+                outcome.workload.name,
+                outcome.system,
+                outcome.workload.partitions,
+                cpu.join(" / "),
+                rss.join(" / ")
+            );
+        }
+    }
+    let mut durability = BTreeMap::new();
+    for outcome in &report.outcomes {
+        durability.insert(outcome.system.as_str(), outcome.durability.as_str());
+    }
+    if !durability.is_empty() {
+        let _ = writeln!(text, "\nDurability:\n");
+        for (system, words) in durability {
+            let _ = writeln!(text, "- {system}: {words}");
+        }
+    }
+    if !report.failures.is_empty() {
+        let _ = writeln!(text, "\nFailed runs:\n");
+        for failure in &report.failures {
+            let _ = writeln!(
+                text,
+                "- {} on {}: {}",
+                failure.workload, failure.system, failure.error
+            );
+        }
+    }
+    text
+}
+
+/// A chart's title, the figure it shows and its unit.
+type Panel = (&'static str, fn(&Outcome) -> f64, &'static str);
+
+/// Two bar charts: records/s and publish p99 per workload, one bar per system.
+pub fn svg(report: &SuiteReport) -> String {
+    let mut workloads: Vec<&str> = Vec::new();
+    let mut systems: Vec<&str> = Vec::new();
+    for outcome in &report.outcomes {
+        if !workloads.contains(&outcome.workload.name.as_str()) {
+            workloads.push(&outcome.workload.name);
+        }
+        if !systems.contains(&outcome.system.as_str()) {
+            systems.push(&outcome.system);
+        }
+    }
+    let colours = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
+    let (label_width, panel_width, bar_height) = (170.0, 330.0, 14.0);
+    let group_height = bar_height * systems.len().max(1) as f64 + 10.0;
+    let height = 60.0 + group_height * workloads.len() as f64 + 30.0;
+    let width = label_width + 2.0 * (panel_width + 40.0);
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(
+        text,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="4" y="14" font-size="12">{} (load average {:.1} at start)</text>"#,
+        report.machine, report.load_average_at_start[0]
+    );
+    let panels: [Panel; 2] = [
+        (
+            "records/s (higher is better)",
+            |o| o.publish.records_per_second,
+            "",
+        ),
+        (
+            "publish p99, ms (lower is better)",
+            |o| o.publish_latency.p99_ms,
+            " ms",
+        ),
+    ];
+    for (panel_index, (title, value, unit)) in panels.iter().enumerate() {
+        let left = label_width + panel_index as f64 * (panel_width + 40.0);
+        let max = report
+            .outcomes
+            .iter()
+            .map(value)
+            .fold(0.0_f64, f64::max)
+            .max(1e-9);
+        let _ = writeln!(text, r#"<text x="{left}" y="36">{title}</text>"#);
+        for (workload_index, workload) in workloads.iter().enumerate() {
+            let top = 46.0 + workload_index as f64 * group_height;
+            if panel_index == 0 {
+                let _ = writeln!(
+                    text,
+                    r#"<text x="4" y="{}">{workload}</text>"#,
+                    top + group_height / 2.0
+                );
+            }
+            for (system_index, system) in systems.iter().enumerate() {
+                let Some(outcome) = report
+                    .outcomes
+                    .iter()
+                    .find(|o| o.system == *system && o.workload.name == *workload)
+                else {
+                    continue;
+                };
+                let y = top + system_index as f64 * bar_height;
+                let length = value(outcome) / max * (panel_width - 70.0);
+                let colour = colours[system_index % colours.len()];
+                let _ = writeln!(
+                    text,
+                    r#"<rect x="{left}" y="{y}" width="{length:.1}" height="{}" fill="{colour}"/><text x="{:.1}" y="{:.1}">{:.0}{unit}</text>"#,
+                    bar_height - 2.0,
+                    left + length + 3.0,
+                    y + bar_height - 4.0,
+                    value(outcome)
+                );
+            }
+        }
+    }
+    let legend_y = height - 12.0;
+    for (system_index, system) in systems.iter().enumerate() {
+        let x = label_width + system_index as f64 * 150.0;
+        let _ = writeln!(
+            text,
+            r#"<rect x="{x}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{legend_y}">{system}</text>"#,
+            legend_y - 9.0,
+            colours[system_index % colours.len()],
+            x + 14.0
+        );
+    }
+    text.push_str("</svg>\n");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::NodeUse;
+    use crate::report::{Latency, Throughput};
+    use std::time::Duration;
+
+    fn outcome(system: &str, workload: &str, records_per_second: f64, p99_ms: f64) -> Outcome {
+        let workload = Workload::parse(&format!(
+            "name = \"{workload}\"\nreplication_factor = 1\npartitions = 1\nrecord_bytes = 1000\n\
+             producers = 1\nconsumers = 1\nwarmup_s = 0\nduration_s = 1\n"
+        ))
+        .unwrap();
+        let latency = Latency {
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+            p999_ms: p99_ms,
+            max_ms: p99_ms,
+            samples: 1,
+        };
+        Outcome {
+            system: system.into(),
+            durability: format!("{system} durability"),
+            workload,
+            target_rate: 0,
+            publish: Throughput::new(records_per_second as u64, 1000, Duration::from_secs(1)),
+            publish_latency: latency,
+            consume: Throughput::new(0, 1000, Duration::from_secs(1)),
+            end_to_end_latency: latency,
+            records_sent: 0,
+            records_acknowledged: 0,
+            records_consumed: 0,
+            nodes: vec![NodeUse::default()],
+            client_cpu_cores: 0.0,
+            load_average_before: [0.0; 3],
+            load_average_after: [0.0; 3],
+            machine: String::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_divide_the_first_system_by_each_peer_per_workload() {
+        let outcomes = vec![
+            outcome("cairn", "a", 60_000.0, 10.0),
+            outcome("nats", "a", 20_000.0, 40.0),
+            outcome("cairn", "b", 1_000.0, 1.0),
+        ];
+        let ratios = ratios(&outcomes, &["cairn", "nats"]);
+        assert_eq!(ratios.len(), 1, "b has no peer figure: {ratios:?}");
+        assert_eq!(ratios[0].records_per_second, 3.0);
+        assert_eq!(ratios[0].publish_p99, 0.25);
+        let report = SuiteReport {
+            machine: "m".into(),
+            load_average_at_start: [1.0, 2.0, 3.0],
+            outcomes,
+            ratios,
+            failures: vec![Failure {
+                system: "nats".into(),
+                workload: "b".into(),
+                error: "boom".into(),
+            }],
+        };
+        let text = markdown(&report);
+        assert!(
+            text.contains("| a | cairn / nats | 3.00x | 0.25x |"),
+            "{text}"
+        );
+        assert!(text.contains("- nats: nats durability"), "{text}");
+        assert!(text.contains("b on nats: boom"), "{text}");
+        let picture = svg(&report);
+        assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+        assert_eq!(picture.matches("<rect x=").count(), 3 * 2 + 2, "{picture}");
+    }
+
+    #[test]
+    fn a_referenced_workload_is_loaded_from_the_folder_and_runs_first() {
+        let folder = tempfile::tempdir().unwrap();
+        let common = "replication_factor = 1\npartitions = 1\nrecord_bytes = 100\n\
+                      producers = 1\nconsumers = 1\nwarmup_s = 0\nduration_s = 1\n";
+        std::fs::write(
+            folder.path().join("max.toml"),
+            format!("name = \"max\"\n{common}"),
+        )
+        .unwrap();
+        let half = folder.path().join("half.toml");
+        std::fs::write(
+            &half,
+            format!(
+                "name = \"half\"\n{common}rate_of_max = {{ workload = \"max\", fraction = 0.5 }}\n"
+            ),
+        )
+        .unwrap();
+        let names: Vec<String> = load_workloads(std::slice::from_ref(&half))
+            .unwrap()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(names, ["max", "half"]);
+        std::fs::write(
+            folder.path().join("max.toml"),
+            format!("name = \"max\"\n{common}rate = 10\n"),
+        )
+        .unwrap();
+        assert!(load_workloads(&[half])
+            .unwrap_err()
+            .contains("not a maximum-rate"));
+    }
+}
