@@ -10,12 +10,15 @@
 //!   /proc.
 //! - [`failover`]: `cairn-bench failover`, the time from SIGKILL of a partition leader to the
 //!   first acknowledged write on its successor, over repeated kills and restarts.
+//! - [`rebalance`]: `cairn-bench rebalance`, the time a consumer group takes to rebalance
+//!   when a member joins and when one leaves.
 //! - [`report`]: hdrhistogram percentiles and throughput arithmetic.
 //!
 //! With `--rate`, latency is measured from each record's *intended* send time, so a stalled
 //! broker is charged for the records it kept the producer from sending (coordinated omission).
 
 mod failover;
+mod rebalance;
 // The measuring modules live in the library, which the peer comparison (benches/compare)
 // shares; `crate::node_process` and `crate::report` keep working through these imports.
 use cairn_benches::{node_process, report};
@@ -52,6 +55,8 @@ enum BenchCommand {
     /// Time from SIGKILL of a partition leader to the first acknowledged write on its
     /// successor, over repeated kills (a local cluster is started).
     Failover(failover::FailoverArgs),
+    /// Time for a consumer group to rebalance when a member joins and when one leaves.
+    Rebalance(rebalance::RebalanceArgs),
     /// Runs workload files (benches/workloads/*.toml) on local Cairn nodes and writes
     /// report.json, report.md and report.svg.
     Run(cairn_benches::cairn_driver::RunArgs),
@@ -158,6 +163,7 @@ fn main() {
         .expect("a tokio runtime");
     let outcome = match cli.command {
         Some(BenchCommand::Failover(args)) => runtime.block_on(failover::run(args)),
+        Some(BenchCommand::Rebalance(args)) => runtime.block_on(rebalance::run(args)),
         Some(BenchCommand::Run(args)) => {
             runtime.block_on(cairn_benches::cairn_driver::run_command(args))
         }

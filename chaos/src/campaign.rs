@@ -5,7 +5,8 @@
 //! Files in the output directory: `config.json`, `schedule.json` (the plan), `faults.jsonl`
 //! (each fault window as it happened), `history.jsonl`, `replicas.json` (every replica's log
 //! and the final high watermarks), `report.json`, `summary.md`, `timeline.svg`,
-//! `node-<i>.log`, and each node's data directory under `nodes/`.
+//! `node-<i>.log`, each node's data directory under `nodes/`, and `cairn`, a link to (or copy
+//! of) the node binary the campaign ran.
 
 use crate::checker::{self, ReplicaLog, Replicas};
 use crate::history::read_history;
@@ -125,8 +126,15 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     });
     write_json(&out.join("schedule.json"), &plan)?;
 
+    // The nodes run a link to the binary as it is now, so a rebuild during the campaign (the
+    // broken-build script swaps target/debug/cairn) cannot change what a restart runs.
+    let binary = out.join("cairn");
+    if std::fs::hard_link(&config.binary, &binary).is_err() {
+        std::fs::copy(&config.binary, &binary)
+            .map_err(|error| format!("copy {}: {error}", config.binary.display()))?;
+    }
     let spec = ClusterSpec {
-        binary: config.binary.clone(),
+        binary,
         nodes: config.nodes,
         port: config.port,
         dir: out.clone(),
@@ -136,6 +144,29 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         bootstrap: spec.bootstrap(),
         ..workload_config
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| format!("tokio runtime: {error}"))?;
+    // Ctrl-C or SIGTERM: kill the nodes and exit. In the namespace the campaign is process 1,
+    // which ignores signals it has no handler for, and `unshare` leaves them to it.
+    runtime.spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("cairn-chaos: interrupted; killing the nodes");
+        crate::nodes::kill_all_running();
+        std::process::exit(130);
+    });
     let mut cluster = Cluster::new(spec.clone());
     for node in 1..=config.nodes {
         cluster.start(node, None)?;
@@ -147,11 +178,6 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             out.display()
         ));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|error| format!("tokio runtime: {error}"))?;
     let admin = runtime.block_on(async {
         let client = ClientConfig {
             request_timeout_ms: 5_000,

@@ -16,6 +16,27 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// Process ids of every node running now, so [`kill_all_running`] can stop them from a
+/// signal handler task that does not own the [`Cluster`].
+static RUNNING: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn running() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u32>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// SIGKILLs every node process this program started and still runs (on Ctrl-C or SIGTERM:
+/// in the namespace the kernel would do it anyway once the campaign exits, on the host not).
+pub fn kill_all_running() {
+    for pid in running().iter() {
+        if let Some(pid) = Pid::from_raw(*pid as i32) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
 /// How long a SIGTERMed node may take to exit before it is killed.
 const TERMINATE_WAIT: Duration = Duration::from_secs(15);
 
@@ -184,6 +205,7 @@ impl Cluster {
         let mut child = command
             .spawn()
             .map_err(|error| format!("start {}: {error}", spec.binary.display()))?;
+        running().insert(child.id());
         let stdout = child.stdout.take().expect("piped stdout");
         let (ready_tx, ready_rx) = mpsc::channel();
         // Keep draining stdout after the ready line so the node never blocks on a full pipe.
@@ -224,6 +246,7 @@ impl Cluster {
         if let Some(mut child) = process.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            running().remove(&child.id());
         }
         process.paused = false;
         process.ready = None;
@@ -256,11 +279,13 @@ impl Cluster {
         let deadline = Instant::now() + TERMINATE_WAIT;
         loop {
             if let Ok(Some(_)) = child.try_wait() {
+                running().remove(&child.id());
                 return true;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                running().remove(&child.id());
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));

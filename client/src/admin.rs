@@ -11,10 +11,10 @@ use cairn_protocol::group::{
 };
 use cairn_protocol::messages::{
     ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, TopicConfig, TopicMetadata,
-    TopicSummary,
+    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListTopicsRequest, OffsetSpec,
+    TopicConfig, TopicMetadata, TopicSummary,
 };
-use cairn_protocol::{Request, Response};
+use cairn_protocol::{Offset, Request, Response};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -180,13 +180,58 @@ impl Admin {
 
     /// A group's state, members and their assignments, and per partition the committed
     /// offset, log end and lag, from its coordinator.
+    ///
+    /// The coordinator knows the log end only of the partitions its node hosts, and as that
+    /// replica sees it (a follower's high watermark trails the leader's), so each partition's
+    /// log end is asked of its leader and the lag recomputed; a partition whose leader does
+    /// not answer keeps the coordinator's figures.
     pub async fn describe_group(&self, group_id: &str) -> Result<DescribeGroupResponse> {
         let request = Request::DescribeGroup(DescribeGroupRequest {
             group_id: group_id.to_owned(),
         });
-        match self.call_coordinator(group_id, request).await? {
-            Response::DescribeGroup(reply) => Ok(reply),
-            other => Err(unexpected("DescribeGroup", &other)),
+        let mut reply = match self.call_coordinator(group_id, request).await? {
+            Response::DescribeGroup(reply) => reply,
+            other => return Err(unexpected("DescribeGroup", &other)),
+        };
+        let ends = futures::future::join_all(reply.partitions.iter().map(|partition| {
+            self.leader_offset(&partition.topic, partition.partition, OffsetSpec::Latest)
+        }))
+        .await;
+        for (partition, end) in reply.partitions.iter_mut().zip(ends) {
+            let Ok(end) = end else { continue };
+            let lag = match (partition.committed, partition.log_end, partition.lag) {
+                (Some(committed), _, _) => Some(end.0.saturating_sub(committed.0)),
+                // No commit: the lag counts from the log start, which the old figures hold.
+                (None, Some(old_end), Some(old_lag)) => {
+                    Some((old_lag + end.0).saturating_sub(old_end.0))
+                }
+                (None, _, _) => self
+                    .leader_offset(&partition.topic, partition.partition, OffsetSpec::Earliest)
+                    .await
+                    .ok()
+                    .map(|start| end.0.saturating_sub(start.0)),
+            };
+            partition.log_end = Some(end);
+            partition.lag = lag;
+        }
+        Ok(reply)
+    }
+
+    /// An offset of a partition, from its leader.
+    async fn leader_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<Offset> {
+        let deadline = Instant::now() + self.cluster.config().request_timeout();
+        let request = Request::ListOffsets(ListOffsetsRequest {
+            topic: topic.to_owned(),
+            partition,
+            spec,
+        });
+        match self
+            .cluster
+            .call_leader(topic, partition, request, deadline)
+            .await?
+        {
+            Response::ListOffsets(reply) => Ok(reply.offset),
+            other => Err(unexpected("ListOffsets", &other)),
         }
     }
 

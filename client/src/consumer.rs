@@ -491,7 +491,10 @@ impl Consumer {
         let Some(mut group) = self.group.take() else {
             return Ok(());
         };
-        group.heartbeat.abort();
+        // The heartbeat task keeps running until the commit is done: a heartbeat the
+        // coordinator answered with a new member epoch may still be on its way, and only the
+        // task would take that epoch, which the commit needs (it retries on
+        // `StaleMemberEpoch` with the epoch the task last took).
         let fatal = group.state.lock().expect("member lock").fatal.clone();
         let mut result = Ok(());
         if fatal.is_none() {
@@ -522,6 +525,7 @@ impl Consumer {
             )
             .await;
         }
+        group.heartbeat.abort();
         let left = group::leave(&self.cluster, &group.subscription, &group.state).await;
         self.assignment.clear();
         result.and(left)

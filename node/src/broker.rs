@@ -929,6 +929,16 @@ impl<S: LogStore> Broker<S> {
         live
     }
 
+    /// Every node this one has heard of, alive or not: itself, the `__meta` voters, and every
+    /// node gossip has reported.
+    fn known_nodes(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut known: std::collections::BTreeSet<NodeId> =
+            self.cluster_view().keys().copied().collect();
+        known.extend(self.meta_voters.iter().copied());
+        known.insert(self.config.node_id);
+        known
+    }
+
     /// Validates, appends `CreateTopic` to `__meta`, waits until it is applied, and reports
     /// the outcome decided at apply time.
     pub async fn create_topic(
@@ -1224,10 +1234,24 @@ impl<S: LogStore> Broker<S> {
         };
         if meta_leader == self.config.node_id {
             let live = self.live_nodes().len() as u16;
+            // As Kafka does for its offsets topic: wait (the client retries) until as many
+            // nodes are alive as the replication factor wants, rather than create it with
+            // fewer replicas because a group was used before every node had joined; a
+            // replication factor is never raised later.
+            let known = self.known_nodes().len() as u16;
+            let replication_factor = known.min(OFFSETS_REPLICATION_FACTOR_MAX);
+            if live < replication_factor {
+                tracing::info!(
+                    live,
+                    replication_factor,
+                    "waiting for nodes before creating __offsets"
+                );
+                return Err(ApiError::CoordinatorNotAvailable);
+            }
             let request = CreateTopicRequest {
                 name: OFFSETS_TOPIC.to_string(),
                 partitions: self.config.groups.offsets_partitions,
-                replication_factor: Some(live.min(OFFSETS_REPLICATION_FACTOR_MAX)),
+                replication_factor: Some(replication_factor),
                 config: TopicConfig::default(),
             };
             tracing::info!(partitions = request.partitions, replication_factor = ?request.replication_factor, "creating __offsets");

@@ -116,6 +116,13 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
     Ok(builder)
 }
 
+/// Client commands log only when `CAIRN_LOG` asks (their stderr is for errors otherwise).
+pub fn init_client_logging() {
+    if std::env::var_os("CAIRN_LOG").is_some() {
+        init_logging();
+    }
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("CAIRN_LOG")

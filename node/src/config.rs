@@ -123,7 +123,8 @@ pub struct GroupSettings {
     /// Partitions of `__offsets` when it is created (group `g` lives on partition
     /// `hash(g) % offsets_partitions`). Fixed once the topic exists: the topic's own count wins.
     pub offsets_partitions: u32,
-    /// Told to members in every heartbeat reply.
+    /// Told to members in every heartbeat reply (a shorter one while a member waits for
+    /// partitions others are releasing: `group::state::AWAITING_HEARTBEAT_INTERVAL_MS`).
     pub heartbeat_interval_ms: u32,
     /// Shortest session timeout a member may ask for.
     pub session_timeout_ms_min: u32,
@@ -307,7 +308,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             retention_check_ms = 60000
             [groups]
             offsets_partitions = 16
-            heartbeat_interval_ms = 3000
+            heartbeat_interval_ms = 500
             session_timeout_ms_min = 10000
             session_timeout_ms_max = 300000
             expiry_check_ms = 500

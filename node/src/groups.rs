@@ -231,7 +231,7 @@ impl<S: LogStore> Coordinators<S> {
                 )
                 .await;
                 if let Ok(Err(error)) = expired {
-                    tracing::debug!(%error, "expiring group members failed; retrying next round");
+                    tracing::info!(%error, "expiring group members failed; retrying next round");
                 }
             }
         }

@@ -33,6 +33,7 @@ fn main() {
         Command::Node(args) => cairn_node::cli::run_node(args),
         Command::Dev(args) => cairn_node::dev::run_dev(args),
         Command::Client(command) => {
+            cairn_node::cli::init_client_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

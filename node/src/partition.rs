@@ -637,6 +637,28 @@ impl Message for Read {
     type Result = Result<ReadResult, ApiError>;
 }
 
+/// Whether a read may start at `from`: at or above the log start and at most the log end.
+/// Above the high watermark but within the log is not out of range, only not readable yet: a
+/// newly elected leader learns the high watermark only once it commits, so for a moment it
+/// lags what the previous leader told consumers. Answering `OffsetOutOfRange` there sent
+/// consumers back to their reset policy (found by a chaos campaign, `cairn-chaos run --seed 1`:
+/// a reader re-read its partition from the start after a failover).
+fn check_read_offset(
+    from: Offset,
+    log_start: Offset,
+    high_watermark: Offset,
+    log_end: Offset,
+) -> Result<(), ApiError> {
+    if from < log_start || from > high_watermark.max(log_end) {
+        return Err(ApiError::OffsetOutOfRange {
+            requested: from,
+            log_start,
+            high_watermark,
+        });
+    }
+    Ok(())
+}
+
 fn storage_error(error: StorageError) -> ApiError {
     match error {
         StorageError::Corrupt { offset, source } => ApiError::CorruptBatch {
@@ -665,18 +687,7 @@ impl<S: LogStore> Handler<Read> for PartitionActor<S> {
         }
         let log_start = log.log_start();
         let high_watermark = status.high_watermark;
-        // Above the high watermark but within the log is not out of range: a newly elected
-        // leader learns the high watermark only once it commits, so for a moment it lags what
-        // the previous leader told consumers. Answering OffsetOutOfRange there sent consumers
-        // back to their reset policy (found by the chaos campaigns: a reader re-read its
-        // partition from the start after a failover). Nothing is readable there yet.
-        if message.from < log_start || message.from > high_watermark.max(log.log_end()) {
-            return Err(ApiError::OffsetOutOfRange {
-                requested: message.from,
-                log_start,
-                high_watermark,
-            });
-        }
+        check_read_offset(message.from, log_start, high_watermark, log.log_end())?;
         let batches = if message.from >= high_watermark {
             Vec::new()
         } else {
@@ -780,6 +791,25 @@ mod tests {
             ),
         };
         PartitionHandle::start(spec, &actix::Arbiter::current()).unwrap()
+    }
+
+    #[test]
+    fn a_read_between_a_lagging_high_watermark_and_the_log_end_is_in_range() {
+        // A new leader with high watermark 5 and log end 9, log start 2.
+        let check = |from| check_read_offset(Offset(from), Offset(2), Offset(5), Offset(9));
+        assert!(check(2).is_ok());
+        assert!(check(5).is_ok());
+        assert!(check(7).is_ok(), "above the high watermark, within the log");
+        assert!(check(9).is_ok());
+        assert!(matches!(
+            check(10),
+            Err(ApiError::OffsetOutOfRange {
+                requested: Offset(10),
+                log_start: Offset(2),
+                high_watermark: Offset(5)
+            })
+        ));
+        assert!(matches!(check(1), Err(ApiError::OffsetOutOfRange { .. })));
     }
 
     async fn led(handle: &PartitionHandle<MemoryStore>) {

@@ -35,6 +35,14 @@ pub struct ConsumeArgs {
     /// Read as a member of this consumer group, committing what was printed.
     #[arg(long)]
     pub group: Option<String>,
+    /// With `--group`: a static instance id. A rerun with the same id within the session
+    /// timeout gets its partitions back without a rebalance.
+    #[arg(long, requires = "group")]
+    pub instance_id: Option<String>,
+    /// With `--group`: how long the coordinator waits for a heartbeat before it gives this
+    /// member's partitions to the others (within the node's `groups.session_timeout_ms_*`).
+    #[arg(long, requires = "group")]
+    pub session_timeout_ms: Option<u32>,
     /// Start at the first offset still in the log.
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
@@ -60,7 +68,15 @@ enum Stop {
     StdoutFailed(std::io::Error),
 }
 
-pub async fn run(config: ClientConfig, args: ConsumeArgs) -> i32 {
+/// How long a group member's requests may retry: long enough to ride out a coordinator's
+/// failover (an election and the new coordinator's load), which the CLI's short default for
+/// one-shot commands would turn into an exit.
+const GROUP_REQUEST_TIMEOUT_MS: u64 = 30_000;
+
+pub async fn run(mut config: ClientConfig, args: ConsumeArgs) -> i32 {
+    if args.group.is_some() {
+        config.request_timeout_ms = config.request_timeout_ms.max(GROUP_REQUEST_TIMEOUT_MS);
+    }
     let format = match OutputFormat::parse(&args.format) {
         Ok(format) => format,
         Err(error) => {
@@ -91,7 +107,14 @@ async fn consume(
             AutoOffsetReset::Latest
         },
         max_poll_records: 10_000,
+        group_instance_id: args.instance_id.clone(),
         ..ConsumerConfig::default()
+    };
+    let consumer_config = ConsumerConfig {
+        session_timeout_ms: args
+            .session_timeout_ms
+            .unwrap_or(consumer_config.session_timeout_ms),
+        ..consumer_config
     };
     let mut consumer = Consumer::new(config, consumer_config)?;
     if let Some(group) = &args.group {

@@ -39,7 +39,15 @@ const LOAD_RECORDS_MAX: usize = 1_024;
 pub struct PartitionCoordinator<L: OffsetsLog> {
     log: L,
     config: GroupConfig,
-    coordinator: Mutex<Option<Coordinator>>,
+    coordinator: Mutex<Slot>,
+}
+
+/// The loaded coordinator, and after a failed append the one dropped, whose member deadlines
+/// the reload keeps (see [`Coordinator::keep_deadlines_of`]).
+#[derive(Default)]
+struct Slot {
+    loaded: Option<Coordinator>,
+    dropped: Option<Coordinator>,
 }
 
 /// What a request does to the coordinator: its reply and the records to append.
@@ -50,7 +58,7 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
         PartitionCoordinator {
             log,
             config,
-            coordinator: Mutex::new(None),
+            coordinator: Mutex::new(Slot::default()),
         }
     }
 
@@ -62,10 +70,14 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
         step: impl FnOnce(&mut Coordinator) -> Step<R>,
     ) -> Result<R, ApiError> {
         let mut slot = self.coordinator.lock().await;
-        if slot.is_none() {
-            *slot = Some(self.load(now_ms).await?);
+        if slot.loaded.is_none() {
+            let mut loaded = self.load(now_ms).await?;
+            if let Some(dropped) = slot.dropped.take() {
+                loaded.keep_deadlines_of(&dropped);
+            }
+            slot.loaded = Some(loaded);
         }
-        let coordinator = slot.as_mut().expect("loaded just above");
+        let coordinator = slot.loaded.as_mut().expect("loaded just above");
         let (reply, records) = step(coordinator)?;
         if records.is_empty() {
             return Ok(reply);
@@ -74,7 +86,7 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
         match self.log.append(batch).await {
             Ok(_) => Ok(reply),
             Err(error) => {
-                *slot = None;
+                slot.dropped = slot.loaded.take();
                 Err(error)
             }
         }
@@ -87,14 +99,24 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
         now_ms: u64,
     ) -> Result<(), ApiError> {
         self.run(now_ms, |coordinator| {
-            Ok(((), coordinator.expire(topics, now_ms)))
+            let records = coordinator.expire(topics, now_ms);
+            for record in &records {
+                if let GroupRecord::MemberRemoved {
+                    group_id,
+                    member_id,
+                } = record
+                {
+                    tracing::info!(group = %group_id, member = %member_id, "member expired");
+                }
+            }
+            Ok(((), records))
         })
         .await
     }
 
     /// Forgets the state, e.g. when this node stops leading the partition.
     pub async fn unload(&self) {
-        *self.coordinator.lock().await = None;
+        *self.coordinator.lock().await = Slot::default();
     }
 
     async fn load(&self, now_ms: u64) -> Result<Coordinator, ApiError> {
@@ -278,6 +300,36 @@ mod tests {
             .await;
         assert!(matches!(refused, Err(ApiError::UnknownMemberId { .. })));
         assert_eq!(log.values.lock().unwrap().len(), appended);
+    }
+
+    #[tokio::test]
+    async fn a_reload_after_a_failed_append_keeps_the_session_deadlines() {
+        let log = MemoryLog::default();
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let session_ms = 10_000;
+        let mut request = join("a");
+        request.session_timeout_ms = session_ms;
+        let reply = runtime
+            .run(0, |c| c.heartbeat(&request, &topics(), 0))
+            .await
+            .unwrap();
+        // An append fails just before a's session ends; the next request reloads.
+        log.fail_next_append.store(true, Ordering::SeqCst);
+        let failed = runtime
+            .run(9_000, |c| {
+                c.commit(&commit("a", reply.member_epoch, 5), &topics())
+            })
+            .await;
+        assert!(failed.is_err());
+        // a sent nothing since 0: it expires at 10 000, not a whole session after the reload.
+        runtime.expire(&topics(), 10_001).await.unwrap();
+        let members = runtime
+            .run(10_002, |c| {
+                Ok((c.group("g").map(|g| g.members.len()), vec![]))
+            })
+            .await
+            .unwrap();
+        assert_eq!(members, Some(0));
     }
 
     #[tokio::test]

@@ -33,6 +33,10 @@ use cairn_protocol::ids::TOPIC_NAME_BYTES_MAX;
 use cairn_protocol::{ApiError, Offset};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The heartbeat interval of a member waiting for partitions others still release (see
+/// [`Coordinator::heartbeat_interval_for`]).
+pub const AWAITING_HEARTBEAT_INTERVAL_MS: u32 = 100;
+
 /// Limits and timings of the coordinator; every limit is reached by a test.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupConfig {
@@ -52,7 +56,10 @@ pub struct GroupConfig {
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
-            heartbeat_interval_ms: 3_000,
+            // Short enough that a rebalance (which each member learns of at its next
+            // heartbeat) settles well within a second; a steady member's heartbeat appends
+            // nothing, so it costs a round trip and a lookup.
+            heartbeat_interval_ms: 500,
             session_timeout_ms_min: 10_000,
             session_timeout_ms_max: 300_000,
             rebalance_timeout_ms_max: 300_000,
@@ -304,6 +311,18 @@ impl Coordinator {
         }
         coordinator.timers = timers;
         coordinator
+    }
+
+    /// Takes the deadlines `previous` held for the members both know. A coordinator reloaded
+    /// on the same leadership after a failed append must not hand every member a fresh
+    /// session: a dead member's expiry is itself an append, and if each failed attempt reset
+    /// its deadline, it would never expire while appends are slow.
+    pub fn keep_deadlines_of(&mut self, previous: &Coordinator) {
+        for (key, timers) in &previous.timers {
+            if let Some(mine) = self.timers.get_mut(key) {
+                *mine = *timers;
+            }
+        }
     }
 
     pub fn groups(&self) -> &BTreeMap<String, Group> {
@@ -695,10 +714,25 @@ impl Coordinator {
         let response = ConsumerGroupHeartbeatResponse {
             member_id: member_id.clone(),
             member_epoch: member.member_epoch,
-            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            heartbeat_interval_ms: self.heartbeat_interval_for(member),
             assignment: to_wire(&member.assigned),
         };
         Ok((response, records))
+    }
+
+    /// The interval told to `member`: the configured one, shorter while the member waits for
+    /// partitions that others are still releasing. A release reaches the coordinator at once
+    /// (the releasing client heartbeats as soon as it lets go), but the new owner would only
+    /// learn of it at its next heartbeat; asking it back sooner makes a join's rebalance take
+    /// about one interval (the time the current owners need to hear of it) instead of two.
+    fn heartbeat_interval_for(&self, member: &Member) -> u32 {
+        if member.target.is_subset(&member.assigned) {
+            self.config.heartbeat_interval_ms
+        } else {
+            self.config
+                .heartbeat_interval_ms
+                .min(AWAITING_HEARTBEAT_INTERVAL_MS)
+        }
     }
 
     fn validate_heartbeat(&self, request: &ConsumerGroupHeartbeatRequest) -> Result<(), ApiError> {

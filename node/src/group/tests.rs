@@ -3,7 +3,7 @@
 
 use super::assign::{TopicPartition, TopicPartitionCounts};
 use super::records::GroupRecord;
-use super::state::{Coordinator, GroupConfig};
+use super::state::{Coordinator, GroupConfig, AWAITING_HEARTBEAT_INTERVAL_MS};
 use cairn_protocol::group::*;
 use cairn_protocol::{ApiError, Offset};
 
@@ -236,6 +236,32 @@ fn a_fourth_member_only_pauses_the_partition_that_moves() {
     h.settle("a", 15);
     assert_eq!(h.beat("d", None, 16), (MemberEpoch(9), vec![1]));
     assert_eq!(h.state(), GroupState::Stable);
+}
+
+#[test]
+fn a_member_waiting_for_released_partitions_is_asked_back_sooner() {
+    let mut h = Harness::stable_three();
+    let interval = GroupConfig::default().heartbeat_interval_ms;
+    let d_epoch = {
+        let reply = h.heartbeat(join_request("d", None), 10).unwrap();
+        // d's target is t1, which a still holds: d is asked to come back soon.
+        assert!(reply.assignment.is_empty());
+        assert_eq!(reply.heartbeat_interval_ms, AWAITING_HEARTBEAT_INTERVAL_MS);
+        reply.member_epoch
+    };
+    // a is told to release t1 at the normal interval (it heartbeats as soon as it has).
+    let owned = h.assigned("a");
+    let reply = h
+        .heartbeat(beat_request("a", h.epoch("a"), Some(&owned)), 11)
+        .unwrap();
+    assert_eq!(reply.heartbeat_interval_ms, interval);
+    h.settle("a", 12);
+    // d gets t1 and, reconciled, goes back to the normal interval.
+    let reply = h
+        .heartbeat(beat_request("d", d_epoch, Some(&[])), 13)
+        .unwrap();
+    assert_eq!(partitions_of(&reply.assignment), [1]);
+    assert_eq!(reply.heartbeat_interval_ms, interval);
 }
 
 #[test]
