@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 pub const IN_NAMESPACE_ENV: &str = "CAIRN_CHAOS_IN_NAMESPACE";
 
 const TABLE: &str = "cairn_chaos";
+const CHAIN: &str = "partition";
 
 /// Where the campaign runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,11 +103,13 @@ pub fn enter_namespace(want_namespace: bool) -> Entered {
     }
 }
 
-/// Loopback up, and an empty filter table hooked on output (loopback packets all pass it).
+/// Loopback up, and an empty filter chain hooked on input. Dropping on input, not output, makes
+/// a partition silent as a real one is: the sender's packets leave without an error (an output
+/// drop fails `send` and `connect` at once with EPERM) and its connections time out.
 fn setup_inside() -> Result<(), String> {
     run("ip", &["link", "set", "lo", "up"])?;
     nft(&format!(
-        "add table inet {TABLE}\nadd chain inet {TABLE} output {{ type filter hook output priority 0; policy accept; }}\n"
+        "add table inet {TABLE}\nadd chain inet {TABLE} {CHAIN} {{ type filter hook input priority 0; policy accept; }}\n"
     ))
 }
 
@@ -141,10 +144,10 @@ fn nft(script: &str) -> Result<(), String> {
 
 /// The nftables script that replaces every rule with drops of the given (from, to) pairs.
 pub fn partition_script(drops: &[(Ipv4Addr, Ipv4Addr)]) -> String {
-    let mut script = format!("flush chain inet {TABLE} output\n");
+    let mut script = format!("flush chain inet {TABLE} {CHAIN}\n");
     for (from, to) in drops {
         script.push_str(&format!(
-            "add rule inet {TABLE} output ip saddr {from} ip daddr {to} drop\n"
+            "add rule inet {TABLE} {CHAIN} ip saddr {from} ip daddr {to} drop\n"
         ));
     }
     script
@@ -170,13 +173,13 @@ mod tests {
         let b = Ipv4Addr::new(127, 0, 0, 12);
         assert_eq!(
             partition_script(&[(a, b), (b, a)]),
-            "flush chain inet cairn_chaos output\n\
-             add rule inet cairn_chaos output ip saddr 127.0.0.11 ip daddr 127.0.0.12 drop\n\
-             add rule inet cairn_chaos output ip saddr 127.0.0.12 ip daddr 127.0.0.11 drop\n"
+            "flush chain inet cairn_chaos partition\n\
+             add rule inet cairn_chaos partition ip saddr 127.0.0.11 ip daddr 127.0.0.12 drop\n\
+             add rule inet cairn_chaos partition ip saddr 127.0.0.12 ip daddr 127.0.0.11 drop\n"
         );
         assert_eq!(
             partition_script(&[]),
-            "flush chain inet cairn_chaos output\n"
+            "flush chain inet cairn_chaos partition\n"
         );
     }
 }

@@ -545,27 +545,45 @@ fn six_partitions_split_over_three_members_then_a_fourth_moves_only_what_it_must
             .expect("a member's epoch moved on with the rebalance");
         let (member_id, _) = members[zombie].consumer.member().unwrap();
         let still_owned = *after[zombie].first().unwrap();
-        let (_, address) = find_coordinator(&cluster, "g").await;
-        let connection = Connection::connect(&address, &client_config(&cluster))
-            .await
-            .unwrap();
-        let refused = connection
-            .call(Request::OffsetCommit(OffsetCommitRequest {
-                group_id: "g".into(),
-                member_id,
-                member_epoch: old_epoch,
-                offsets: vec![OffsetCommitPartition {
-                    topic: TOPIC.into(),
-                    partition: still_owned,
-                    offset: Offset(1_000_000),
-                    metadata: None,
-                }],
-            }))
-            .await;
-        let refusal = match refused {
-            Ok(Response::OffsetCommit(reply)) => reply.partitions[0].result.clone().err(),
-            Err(error) => error.api_error().cloned(),
-            other => panic!("unexpected reply {other:?}"),
+        // Sent to the coordinator, found again while it moves (leadership of `__offsets` may
+        // change on a busy machine).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let refusal = loop {
+            let (_, address) = find_coordinator(&cluster, "g").await;
+            let Ok(connection) = Connection::connect(&address, &client_config(&cluster)).await
+            else {
+                continue;
+            };
+            let refused = connection
+                .call(Request::OffsetCommit(OffsetCommitRequest {
+                    group_id: "g".into(),
+                    member_id: member_id.clone(),
+                    member_epoch: old_epoch,
+                    offsets: vec![OffsetCommitPartition {
+                        topic: TOPIC.into(),
+                        partition: still_owned,
+                        offset: Offset(1_000_000),
+                        metadata: None,
+                    }],
+                }))
+                .await;
+            let refusal = match refused {
+                Ok(Response::OffsetCommit(reply)) => reply.partitions[0].result.clone().err(),
+                Err(error) => error.api_error().cloned(),
+                other => panic!("unexpected reply {other:?}"),
+            };
+            let moving = matches!(
+                refusal,
+                Some(
+                    ApiError::NotCoordinator { .. }
+                        | ApiError::CoordinatorLoadInProgress
+                        | ApiError::CoordinatorNotAvailable
+                )
+            );
+            if !moving || Instant::now() > deadline {
+                break refusal;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert!(
             matches!(
@@ -804,7 +822,7 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
             &mut here,
             &admin,
             "g",
-            Duration::from_secs(30),
+            Duration::from_secs(40),
             |o, m| o.len() == 1 && m.partitions().len() == 6,
         )
         .await;
@@ -815,8 +833,10 @@ fn a_killed_member_process_loses_its_partitions_after_its_session_and_a_static_o
             moved_after >= Duration::from_millis(2_700),
             "partitions moved {moved_after:?} after the kill, before the session timed out"
         );
+        // Bounded, but loosely: a coordinator that takes over (leadership of `__offsets`
+        // moves on a busy machine) gives every member a whole session from its load.
         assert!(
-            moved_after < Duration::from_secs(10),
+            moved_after < Duration::from_secs(25),
             "partitions moved only {moved_after:?} after the kill:\n{}\n{}",
             HISTORY.lock().unwrap().join("\n"),
             group_logs(&cluster)

@@ -42,6 +42,21 @@ pub struct PartitionCoordinator<L: OffsetsLog> {
     coordinator: Mutex<Slot>,
 }
 
+/// Drops the loaded coordinator (keeping it for its deadlines) unless told its append
+/// committed.
+struct ReloadUnlessCommitted<'a> {
+    slot: &'a mut Slot,
+    committed: bool,
+}
+
+impl Drop for ReloadUnlessCommitted<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.slot.dropped = self.slot.loaded.take();
+        }
+    }
+}
+
 /// The loaded coordinator, and after a failed append the one dropped, whose member deadlines
 /// the reload keeps (see [`Coordinator::keep_deadlines_of`]).
 #[derive(Default)]
@@ -83,13 +98,17 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
             return Ok(reply);
         }
         let batch = GroupRecord::to_batch(&records, crate::partition::wall_clock_ms());
-        match self.log.append(batch).await {
-            Ok(_) => Ok(reply),
-            Err(error) => {
-                slot.dropped = slot.loaded.take();
-                Err(error)
-            }
-        }
+        // The state already holds the records: unless the append is known to have committed,
+        // the next request reloads from the log. That covers a failed append and also this
+        // future being dropped while the append is out (a caller's timeout), after which
+        // nobody learns whether the records made it.
+        let mut reload = ReloadUnlessCommitted {
+            slot: &mut slot,
+            committed: false,
+        };
+        let appended = self.log.append(batch).await;
+        reload.committed = appended.is_ok();
+        appended.map(|_| reply)
     }
 
     /// Removes expired members; meant to run on a timer.
@@ -157,12 +176,17 @@ mod tests {
     struct MemoryLog {
         values: StdMutex<Vec<Bytes>>,
         fail_next_append: AtomicBool,
+        /// The next append never completes (its caller gives up and drops it).
+        hang_next_append: AtomicBool,
     }
 
     impl OffsetsLog for &MemoryLog {
         async fn append(&self, batch: RecordBatch) -> Result<Offset, ApiError> {
             if self.fail_next_append.swap(false, Ordering::SeqCst) {
                 return Err(ApiError::Timeout { waited_ms: 10 });
+            }
+            if self.hang_next_append.swap(false, Ordering::SeqCst) {
+                std::future::pending::<()>().await;
             }
             let mut values = self.values.lock().unwrap();
             let base = Offset(values.len() as u64);
@@ -300,6 +324,34 @@ mod tests {
             .await;
         assert!(matches!(refused, Err(ApiError::UnknownMemberId { .. })));
         assert_eq!(log.values.lock().unwrap().len(), appended);
+    }
+
+    #[tokio::test]
+    async fn an_append_given_up_on_is_forgotten_like_a_failed_one() {
+        let log = MemoryLog::default();
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let reply = runtime
+            .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
+            .await
+            .unwrap();
+        runtime
+            .run(1, |c| {
+                c.commit(&commit("a", reply.member_epoch, 5), &topics())
+            })
+            .await
+            .unwrap();
+        log.hang_next_append.store(true, Ordering::SeqCst);
+        let given_up = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            runtime.run(2, |c| {
+                c.commit(&commit("a", reply.member_epoch, 9), &topics())
+            }),
+        )
+        .await;
+        assert!(given_up.is_err(), "the append hangs");
+        // Nobody knows whether the commit of 9 made it (here it did not): the state comes
+        // from the log again.
+        assert_eq!(committed(&runtime).await, Some(Offset(5)));
     }
 
     #[tokio::test]
