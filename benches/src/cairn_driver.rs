@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 
 pub const SYSTEM: &str = "cairn";
 pub const DURABILITY: &str =
-    "acks=all: a record is acknowledged once a majority of replicas hold it; each replica \
-     flushes its log to disk (fsync) before it counts";
+    "acks=all: a record is acknowledged once a majority of replicas flushed it (sled's flush: \
+     written and sync_file_range'd, which survives a process crash; not an fsync, since the \
+     store's sync_data option is off by default, so a power loss on a majority can lose \
+     acknowledged records)";
 
 /// How long every partition may take to get a leader after the topic is created.
 const LEADERS_TIMEOUT: Duration = Duration::from_secs(180);
