@@ -258,7 +258,7 @@ async fn run(workload: Workload) -> BenchResult<()> {
             .as_ref()
             .and_then(|cluster| node_process::cluster_resource_use(&cluster.pids())),
         client: node_process::resource_use(std::process::id()),
-        machine: machine_description(),
+        machine: cairn_benches::harness::machine_description(),
     };
     if let Some(cluster) = cluster {
         tokio::task::spawn_blocking(move || cluster.stop())
@@ -472,26 +472,6 @@ async fn consume_phase(
         workload.record_bytes,
         started.elapsed(),
     ))
-}
-
-fn machine_description() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let memory_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|value| {
-                    value
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-        })
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{cores} cores, {memory_gib:.0} GiB")
 }
 
 fn print_markdown(report: &Report) {
