@@ -368,6 +368,32 @@ impl Replica {
             .is_some_and(|leadership| now < leadership.lease_until)
     }
 
+    /// When this replica next needs an [`Input::Tick`]: the earliest instant at which a tick
+    /// could do anything. A leader: its next heartbeat, or the end of its lease if that comes
+    /// first (it steps down then). A follower or candidate: its election deadline, once its
+    /// own last grant has expired too (DESIGN 5.2b). `None` while no tick can do anything: its
+    /// storage failed, or a grant waits for its promise to be durable (the `PromisePersisted`
+    /// step that sends it changes the answer).
+    ///
+    /// Any step may move this instant (an append from the leader pushes a follower's deadline
+    /// out; a leadership hint pulls it in), so the runtime asks again after every step and
+    /// keeps one timer at the answer. A tick before this instant only does bookkeeping, so
+    /// extra ticks are harmless; a late tick delays the heartbeat or candidacy by as much.
+    /// Right after a `Tick` step at `now`, the answer is `None` or later than `now`, so a
+    /// runtime that follows it never spins.
+    pub fn next_tick_at(&self) -> Option<Millis> {
+        if self.storage_failure.is_some() {
+            return None;
+        }
+        if let Some(leadership) = &self.leadership {
+            return Some(leadership.heartbeat_due.min(leadership.lease_until));
+        }
+        if self.pending_grant.is_some() {
+            return None;
+        }
+        Some(self.election_deadline.max(self.granted_until))
+    }
+
     fn check_invariants(&self) {
         if let Err(violation) = invariants::check_status(&self.status()) {
             panic!("replica invariant broken: {violation}");

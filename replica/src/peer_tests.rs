@@ -1041,3 +1041,114 @@ fn a_log_read_is_followed_at_once_by_what_the_tail_still_holds() {
         }
     );
 }
+
+#[test]
+fn a_leader_needs_a_tick_at_its_next_heartbeat_or_when_its_lease_ends() {
+    let mut leader = leader3();
+    // Elected at 1000: heartbeat due at 1050, lease until 1000 + 190.
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_050)));
+    assert_eq!(leader.step(Millis(1_049), Input::Tick), vec![]);
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_050)));
+    let heartbeat = |sent_at: u64| append(1, 1, 1, vec![], 0, sent_at);
+    assert_eq!(
+        leader.step(Millis(1_050), Input::Tick),
+        vec![send(B, heartbeat(1_050)), send(C, heartbeat(1_050))]
+    );
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_100)));
+    leader.step(Millis(1_100), Input::Tick);
+    leader.step(Millis(1_150), Input::Tick);
+    // No follower answered: the lease (1190) ends before the next heartbeat (1200), and a
+    // tick then is what steps the leader down, not 10 ms later.
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_190)));
+    assert_eq!(leader.step(Millis(1_189), Input::Tick), vec![]);
+    assert_eq!(
+        leader.step(Millis(1_190), Input::Tick),
+        vec![role(Role::Follower, 1, None)]
+    );
+    // A follower again: its next tick is its election deadline, past its own lease.
+    let next = leader.next_tick_at().unwrap();
+    assert!(next >= Millis(1_190 + 300) && next <= Millis(1_190 + 450), "{next:?}");
+}
+
+#[test]
+fn an_acknowledged_heartbeat_moves_the_lease_end_past_the_next_heartbeat() {
+    let mut leader = leader3();
+    leader.step(Millis(1_050), Input::Tick);
+    leader.step(Millis(1_100), Input::Tick);
+    leader.step(Millis(1_150), Input::Tick);
+    // B answers the heartbeat of 1150: the lease holds until 1340, after the heartbeat due
+    // at 1200.
+    leader.step(Millis(1_160), peer(B, ok_response(1, 1_150, 1, 1)));
+    assert!(leader.lease_valid(Millis(1_339)));
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_200)));
+}
+
+#[test]
+fn a_follower_needs_a_tick_only_at_its_election_deadline_which_each_append_pushes_out() {
+    let mut follower = follower3();
+    // Heard from the leader at 1000: the deadline is 300 ms plus a jitter of at most 150.
+    let deadline = follower.next_tick_at().unwrap();
+    assert!(deadline >= Millis(1_300) && deadline <= Millis(1_450), "{deadline:?}");
+    assert_eq!(follower.step(Millis(1_100), Input::Tick), vec![]);
+    // A heartbeat at 1100 pushes it out by 100 ms (the same jitter: no election started).
+    follower.step(Millis(1_100), peer(A, append(1, 1, 1, vec![], 0, 8)));
+    assert_eq!(follower.next_tick_at(), Some(deadline.plus(100)));
+    // A tick just before does nothing; at the deadline the follower probes, and needs its
+    // next tick only after that.
+    let deadline = deadline.plus(100);
+    assert_eq!(follower.step(Millis(deadline.0 - 1), Input::Tick), vec![]);
+    let effects = follower.step(deadline, Input::Tick);
+    assert!(
+        effects.iter().any(|effect| matches!(
+            effect,
+            Effect::Send {
+                message: PeerMessage::LeaseProbe { .. },
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    assert!(follower.next_tick_at().unwrap() > deadline);
+}
+
+#[test]
+fn a_leadership_hint_brings_the_next_tick_forward_to_the_end_of_our_grant() {
+    let mut follower = follower3();
+    let deadline = follower.next_tick_at().unwrap();
+    follower.step(Millis(1_050), Input::LeaderSuspected);
+    // Our grant (promised while following at 1000) binds until 1000 + lease_ms: the hint may
+    // not bring the candidacy before that (DESIGN 5.8).
+    assert_eq!(follower.next_tick_at(), Some(Millis(1_200)));
+    assert!(Millis(1_200) < deadline);
+    assert_eq!(follower.step(Millis(1_199), Input::Tick), vec![]);
+    assert!(!follower.step(Millis(1_200), Input::Tick).is_empty());
+}
+
+#[test]
+fn no_tick_is_needed_while_a_grant_waits_for_its_promise_or_after_storage_failed() {
+    let mut voter = replica(B, empty());
+    // A restarted replica grants nothing for lease_ms and waits out its election timeout.
+    let restarted = voter.next_tick_at().unwrap();
+    assert!(restarted >= Millis(300) && restarted <= Millis(450), "{restarted:?}");
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(1),
+        last_log_epoch: Epoch(0),
+        log_end: Offset(0),
+    };
+    voter.step(Millis(300), peer(A, request));
+    assert_eq!(voter.next_tick_at(), None);
+    voter.step(
+        Millis(310),
+        Input::PromisePersisted { epoch: Epoch(1) },
+    );
+    // The grant was sent at 310 and binds until 510; the election deadline is later still.
+    let next = voter.next_tick_at().unwrap();
+    assert!(next >= Millis(510), "{next:?}");
+    voter.step(
+        Millis(320),
+        Input::StorageFailed {
+            reason: "disk gone".to_string(),
+        },
+    );
+    assert_eq!(voter.next_tick_at(), None);
+}

@@ -319,6 +319,9 @@ struct Stats {
     /// Promises made durable before appends requested ahead of them.
     promises_ahead_of_appends: u64,
     clock_rate_changes: u64,
+    /// Ticks fed at the instant the replica asked for ([`Replica::next_tick_at`]) rather
+    /// than every 50 ms: odd seeds run their nodes as the node runtime does.
+    timer_ticks: u64,
 }
 
 impl Stats {
@@ -342,6 +345,7 @@ impl Stats {
         self.disk_stalls += other.disk_stalls;
         self.promises_ahead_of_appends += other.promises_ahead_of_appends;
         self.clock_rate_changes += other.clock_rate_changes;
+        self.timer_ticks += other.timer_ticks;
     }
 }
 
@@ -385,6 +389,10 @@ struct Simulation {
     trace_hash: TraceHash,
     /// Print every event (`CAIRN_SIM_TRACE`), read once: the environment is slow to query.
     trace: bool,
+    /// Odd seeds tick each replica when [`Replica::next_tick_at`] says, on its own clock, as
+    /// the node runtime does (one timer per partition, re-armed after every step); even seeds
+    /// tick every 50 ms whatever the replica needs. Both must keep every rule.
+    timer_ticks: bool,
 }
 
 fn value_of(batch: &RecordBatch) -> Vec<u8> {
@@ -469,6 +477,7 @@ impl Simulation {
             stats: Stats::default(),
             trace_hash: TraceHash::new(),
             trace: std::env::var_os("CAIRN_SIM_TRACE").is_some(),
+            timer_ticks: seed % 2 == 1,
             rng,
         }
     }
@@ -776,10 +785,36 @@ impl Simulation {
             self.stats.clock_rate_changes += 1;
         }
         for index in 0..self.nodes.len() {
-            if self.up(index) && self.nodes[index].next_tick_ms <= self.now_ms {
+            if self.timer_ticks {
+                self.tick_when_asked(index);
+            } else if self.up(index) && self.nodes[index].next_tick_ms <= self.now_ms {
                 self.nodes[index].next_tick_ms = self.now_ms + 50;
                 self.feed(index, Input::Tick);
             }
+        }
+    }
+
+    /// The node runtime's timer: a tick once the node's own clock reached the instant the
+    /// replica asked for (late by up to one time step, as a busy runtime's timer is).
+    fn tick_when_asked(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        let local = node.local();
+        let Some(due) = node.replica.as_ref().and_then(Replica::next_tick_at) else {
+            return;
+        };
+        if due > local {
+            return;
+        }
+        self.stats.timer_ticks += 1;
+        self.feed(index, Input::Tick);
+        // A runtime that follows the replica's answer must never be told to tick again at
+        // once: it would spin.
+        if let Some(replica) = &self.nodes[index].replica {
+            let next = replica.next_tick_at();
+            assert!(
+                next.is_none_or(|next| next > local),
+                "after a tick at {local:?} the replica asks for the next at {next:?}"
+            );
         }
     }
 
@@ -1441,7 +1476,7 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
     // with flushes completing in request order (PROMISES_AHEAD_PERCENT = 0) a follower's
     // promise of a newer epoch is durable only after its older appends are, so a truncation
     // never meets an outstanding flush.
-    let rules: [(&str, u64, u64); 14] = [
+    let rules: [(&str, u64, u64); 15] = [
         ("acks", total.acks, count * 2),
         ("elections", total.elections, count * 3),
         (
@@ -1480,6 +1515,7 @@ fn simulate(test: &str, voter_count: u32, default_seeds: u64) {
         ),
         ("clock_rate_changes", total.clock_rate_changes, count),
         ("one_way_partitions", total.one_way_partitions, count),
+        ("timer_ticks", total.timer_ticks, count * 10),
     ];
     for (name, seen, floor) in rules {
         assert!(
