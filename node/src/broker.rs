@@ -33,9 +33,9 @@ use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, PartitionLog, RetentionPolicy};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,7 +43,10 @@ use tokio::sync::watch;
 /// Topics and the partition actors hosted here, consistent with `MetadataState`.
 struct Catalog<S: LogStore> {
     state: MetadataState,
-    partitions: HashMap<TopicId, Vec<PartitionHandle<S>>>,
+    /// The replicas hosted here, by topic and partition number. Looked up for every peer
+    /// message and, per partition, for every leadership-hints round: a linear scan by log
+    /// name cost a thousand string comparisons per lookup at a thousand partitions.
+    partitions: HashMap<TopicId, BTreeMap<u32, PartitionHandle<S>>>,
 }
 
 pub struct Broker<S: LogStore> {
@@ -54,6 +57,9 @@ pub struct Broker<S: LogStore> {
     clock: Clock,
     advertised_address: String,
     peers: Arc<PeerTransport>,
+    /// Counts changes of what [`Broker::leadership_hints`] returns: a hosted replica's role
+    /// or epoch, or the set of hosted replicas.
+    leadership_changes: Arc<AtomicU64>,
     /// This node's `__meta` replica; `None` on a learner, which is no metadata voter and
     /// follows `__meta` by fetching it from the voters instead.
     meta: Option<PartitionHandle<S>>,
@@ -107,6 +113,7 @@ impl<S: LogStore> Broker<S> {
             (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
         peer_config.source_ip = Some(config.listen.ip());
         let peers = PeerTransport::new(config.node_id, peer_config);
+        let leadership_changes = Arc::new(AtomicU64::new(0));
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
@@ -130,6 +137,7 @@ impl<S: LogStore> Broker<S> {
                 retention: RetentionPolicy::default(),
                 retention_check_ms: config.retention.retention_check_ms,
                 peers: Arc::clone(&peers),
+                leadership_changes: Arc::clone(&leadership_changes),
             };
             let arbiter = &arbiters[place(meta::META_LOG_NAME, arbiters.len())];
             Some(PartitionHandle::start(spec, arbiter)?)
@@ -142,6 +150,7 @@ impl<S: LogStore> Broker<S> {
             clock,
             advertised_address,
             peers,
+            leadership_changes,
             meta,
             meta_voters,
             learner_caught_up: std::sync::atomic::AtomicBool::new(false),
@@ -178,16 +187,27 @@ impl<S: LogStore> Broker<S> {
 
     /// The replica stored as `log`, if this node hosts it now.
     pub fn hosted_log(&self, log: &str) -> Option<PartitionHandle<S>> {
+        self.with_hosted_log(log, PartitionHandle::clone)
+    }
+
+    /// Runs `then` on the replica stored as `log`, if hosted here, without cloning its handle
+    /// (every peer message is routed through here).
+    fn with_hosted_log<T>(
+        &self,
+        log: &str,
+        then: impl FnOnce(&PartitionHandle<S>) -> T,
+    ) -> Option<T> {
         if log == meta::META_LOG_NAME {
-            return self.meta.clone();
+            return self.meta.as_ref().map(then);
         }
-        let (topic, _partition) = meta::parse_partition_log_name(log)?;
+        let (topic, partition) = meta::parse_partition_log_name(log)?;
         self.catalog()
             .partitions
             .get(&topic)?
-            .iter()
-            .find(|handle| handle.log_name == log)
-            .cloned()
+            .get(&partition)
+            // The name parses loosely ("t1-007"); only the exact log name is this replica.
+            .filter(|handle| handle.log_name == log)
+            .map(then)
     }
 
     pub fn committer(&self) -> &GroupCommitter {
@@ -446,7 +466,7 @@ impl<S: LogStore> Broker<S> {
 
     /// Starts the actors of the partitions of `topic` this node holds a replica of.
     fn host_topic(&self, topic: &TopicState) {
-        let mut handles = Vec::new();
+        let mut handles = BTreeMap::new();
         for partition in 0..topic.partitions {
             let voters = topic.replicas[partition as usize].clone();
             if !voters.contains(&self.config.node_id) {
@@ -488,10 +508,13 @@ impl<S: LogStore> Broker<S> {
                 },
                 retention_check_ms: self.config.retention.retention_check_ms,
                 peers: Arc::clone(&self.peers),
+                leadership_changes: Arc::clone(&self.leadership_changes),
             };
             let arbiter = &self.arbiters[place(&log_name, self.arbiters.len())];
             match PartitionHandle::start(spec, arbiter) {
-                Ok(handle) => handles.push(handle),
+                Ok(handle) => {
+                    handles.insert(partition, handle);
+                }
                 Err(error) => {
                     tracing::error!(%log_name, %error, "cannot start a partition replica");
                 }
@@ -502,6 +525,7 @@ impl<S: LogStore> Broker<S> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .partitions
             .insert(topic.id, handles);
+        self.leadership_changes.fetch_add(1, Ordering::Release);
     }
 
     async fn drop_topic(&self, topic: &TopicState) {
@@ -512,7 +536,8 @@ impl<S: LogStore> Broker<S> {
             .partitions
             .remove(&topic.id)
             .unwrap_or_default();
-        for handle in handles {
+        self.leadership_changes.fetch_add(1, Ordering::Release);
+        for handle in handles.into_values() {
             handle
                 .stop(
                     ApiError::UnknownTopic {
@@ -556,7 +581,7 @@ impl<S: LogStore> Broker<S> {
         let catalog = self.catalog();
         // A single-voter partition leads itself once its lease wait is over; wait for that
         // so the first requests after "ready" are served rather than refused.
-        let all_led = catalog.partitions.values().flatten().all(|handle| {
+        let all_led = catalog.partitions.values().flat_map(BTreeMap::values).all(|handle| {
             let snapshot = handle.shared.snapshot();
             snapshot.leader.is_some() || snapshot.storage_failure.is_some()
         });
@@ -741,6 +766,12 @@ impl<S: LogStore> Broker<S> {
 
     /// The partitions this node leads now, for gossip. Oversized hints are the caller's to
     /// refuse (membership bounds them).
+    /// Changes when what [`Broker::leadership_hints`] returns may have: read it before
+    /// building the hints, and build them again only once it moved.
+    pub fn leadership_version(&self) -> u64 {
+        self.leadership_changes.load(Ordering::Acquire)
+    }
+
     pub fn leadership_hints(&self) -> LeadershipHints {
         let mut hints = LeadershipHints::new();
         if let Some(meta) = &self.meta {
@@ -1095,7 +1126,7 @@ impl<S: LogStore> Broker<S> {
             let serving = {
                 let catalog = self.catalog();
                 let local = catalog.partitions.get(&topic_id).is_none_or(|handles| {
-                    handles.iter().all(|handle| {
+                    handles.values().all(|handle| {
                         let snapshot = handle.shared.snapshot();
                         snapshot.leader.is_some()
                             && (snapshot.role != Role::Leader
@@ -1142,7 +1173,7 @@ impl<S: LogStore> Broker<S> {
         self.meta
             .iter()
             .cloned()
-            .chain(catalog.partitions.values().flatten().cloned())
+            .chain(catalog.partitions.values().flat_map(BTreeMap::values).cloned())
             .collect()
     }
 }
@@ -1288,9 +1319,9 @@ impl<S: LogStore> PeerInbox for Broker<S> {
     /// A message for a replica not hosted here (yet, or any more) is dropped: the sender
     /// repeats what matters (heartbeats, lease requests) and epochs fence what is stale.
     fn deliver(&self, from: NodeId, log: &str, message: PeerMessage) {
-        match self.hosted_log(log) {
-            Some(handle) => handle.deliver_peer(from, message),
-            None => tracing::trace!(%from, %log, "peer message for a replica not hosted here"),
+        let delivered = self.with_hosted_log(log, |handle| handle.deliver_peer(from, message));
+        if delivered.is_none() {
+            tracing::trace!(%from, %log, "peer message for a replica not hosted here");
         }
     }
 }
@@ -1368,12 +1399,7 @@ fn hosted_partition<'a, S: LogStore>(
     topic: &TopicState,
     partition: u32,
 ) -> Option<&'a PartitionHandle<S>> {
-    let log_name = meta::partition_log_name(topic.id, partition);
-    catalog
-        .partitions
-        .get(&topic.id)?
-        .iter()
-        .find(|handle| handle.log_name == log_name)
+    catalog.partitions.get(&topic.id)?.get(&partition)
 }
 
 #[cfg(test)]

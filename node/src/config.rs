@@ -92,7 +92,10 @@ pub struct ReplicaTimings {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub clock_drift_max_ppm: u64,
-    /// How often every replica is ticked (time only moves for a replica on a tick).
+    /// The time grid of replicas: each wakes when it next needs to (a heartbeat it leads, the
+    /// end of its lease, an election deadline), rounded up to a multiple of this, so replicas
+    /// due at about the same time wake together and share peer frames. Also how often the
+    /// node's own waiting loops look again (applying metadata, readiness).
     pub tick_ms: u64,
     pub pending_requests_max: u32,
     /// Bytes of batches one replication message carries at most.

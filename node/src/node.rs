@@ -159,9 +159,12 @@ fn advertised_address(config: &NodeConfig, bound: std::net::SocketAddr) -> Strin
         .unwrap_or_else(|| bound.to_string())
 }
 
-/// How often this node republishes the partitions it leads (publishing an unchanged value
-/// sends nothing).
+/// How often this node looks for changes in the partitions it leads, and publishes them.
 const HINTS_PUBLISH_MS: u64 = 100;
+
+/// Rounds after which unchanged hints are published again anyway (chitchat sends nothing for
+/// an unchanged value): only a safety net, so that hints could never stay stale for good.
+const HINTS_REPUBLISH_ROUNDS: u32 = 100;
 
 /// Starts gossip (UDP on the listener's IP and port unless `--gossip` says otherwise), feeds
 /// membership changes to the broker, and keeps this node's leadership hints published.
@@ -213,13 +216,31 @@ async fn start_membership<S: LogStore>(
     let hints_membership = Arc::downgrade(&membership);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(HINTS_PUBLISH_MS));
+        // Publishing encodes every hint and wakes the membership view, which decodes every
+        // node's hints again: with a thousand partitions that is worth skipping while nothing
+        // changed, which is nearly always.
+        // Building them walks every hosted partition, so they are built only once a replica's
+        // role or epoch changed (the broker counts those changes).
+        let mut published: Option<u64> = None;
+        let mut unchanged_rounds = 0u32;
         loop {
             tick.tick().await;
             let Some(membership) = hints_membership.upgrade() else {
                 return;
             };
-            if let Err(error) = membership.set_hints(&hints_broker.leadership_hints()).await {
-                tracing::debug!(%error, "leadership hints not published");
+            // Read before building: a change made meanwhile moves it past what we record.
+            let version = hints_broker.leadership_version();
+            if published == Some(version) && unchanged_rounds < HINTS_REPUBLISH_ROUNDS {
+                unchanged_rounds += 1;
+                continue;
+            }
+            unchanged_rounds = 0;
+            match membership.set_hints(&hints_broker.leadership_hints()).await {
+                Ok(()) => published = Some(version),
+                Err(error) => {
+                    published = None;
+                    tracing::debug!(%error, "leadership hints not published");
+                }
             }
         }
     });

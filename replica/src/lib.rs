@@ -45,7 +45,9 @@
 //!   batch was appended is *indeterminate*: the batch may still commit. `NotLeader` and
 //!   `Backpressure` mean nothing was appended.
 //! - **`HighWatermark`.** Serve consumers only below it, leader or not (DESIGN 5.7).
-//! - **`Tick`** every few tens of milliseconds, well below `heartbeat_ms`.
+//! - **`Tick`** at [`Replica::next_tick_at`] (ask again after every step: any step may move
+//!   it). Ticking earlier or more often is harmless; a late tick delays the heartbeat, the
+//!   step-down at the end of a lease or the candidacy by as much.
 //! - **Restart.** Rebuild with [`Replica::new`] from what storage holds after a restart
 //!   (flushed data only); the replica then grants nothing for `lease_ms`.
 //! - **`StorageFailed`** leaves the replica inert (no grants, no appends, no candidacy):
@@ -230,7 +232,7 @@ pub struct Recovered {
 /// Everything that can happen to a replica.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// Time passed. The runtime ticks every few tens of milliseconds.
+    /// Time passed. The runtime ticks when [`Replica::next_tick_at`] says.
     Tick,
     /// A client's batch (validated, not yet stamped) for this partition.
     Produce {
