@@ -581,10 +581,14 @@ impl<S: LogStore> Broker<S> {
         let catalog = self.catalog();
         // A single-voter partition leads itself once its lease wait is over; wait for that
         // so the first requests after "ready" are served rather than refused.
-        let all_led = catalog.partitions.values().flat_map(BTreeMap::values).all(|handle| {
-            let snapshot = handle.shared.snapshot();
-            snapshot.leader.is_some() || snapshot.storage_failure.is_some()
-        });
+        let all_led = catalog
+            .partitions
+            .values()
+            .flat_map(BTreeMap::values)
+            .all(|handle| {
+                let snapshot = handle.shared.snapshot();
+                snapshot.leader.is_some() || snapshot.storage_failure.is_some()
+            });
         if all_led {
             drop(catalog);
             self.ready.send_replace(true);
@@ -1173,7 +1177,13 @@ impl<S: LogStore> Broker<S> {
         self.meta
             .iter()
             .cloned()
-            .chain(catalog.partitions.values().flat_map(BTreeMap::values).cloned())
+            .chain(
+                catalog
+                    .partitions
+                    .values()
+                    .flat_map(BTreeMap::values)
+                    .cloned(),
+            )
             .collect()
     }
 }

@@ -18,7 +18,9 @@ use actix::prelude::*;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::messages::{Acks, ProduceResponse};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
-use cairn_replica::{Effect, Input, Millis, PeerMessage, Recovered, Replica, RequestId, Role};
+use cairn_replica::{
+    Effect, Input, Millis, PeerMessage, Recovered, Replica, ReplicaStatus, RequestId, Role,
+};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, PartitionLog, RetentionPolicy, StorageError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -258,6 +260,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 flushes_completed: BTreeMap::new(),
                 peers: spec.peers,
                 leadership_changes: spec.leadership_changes,
+                published: None,
             };
             actor.execute(ctx, first_effects);
             if preferred {
@@ -377,6 +380,9 @@ pub struct PartitionActor<S: LogStore> {
     flushes_completed: BTreeMap<u64, Input>,
     peers: Arc<PeerTransport>,
     leadership_changes: Arc<AtomicU64>,
+    /// The replica status the snapshot was last updated from: most steps (a heartbeat and
+    /// its answer) change none of it, and then the snapshot is left alone.
+    published: Option<ReplicaStatus>,
 }
 
 impl<S: LogStore> Actor for PartitionActor<S> {
@@ -477,7 +483,7 @@ impl<S: LogStore> PartitionActor<S> {
                 break;
             }
         }
-        self.publish_status();
+        self.publish_status(false);
         failure
     }
 
@@ -554,8 +560,14 @@ impl<S: LogStore> PartitionActor<S> {
         );
     }
 
-    fn publish_status(&self) {
+    /// Updates the snapshot from the replica, unless the replica's status did not change
+    /// since the last update and `log_start_moved` is false (only retention moves the log
+    /// start: truncation removes a suffix).
+    fn publish_status(&mut self, log_start_moved: bool) {
         let status = self.replica.status();
+        if !log_start_moved && self.published.as_ref() == Some(&status) {
+            return;
+        }
         let log_start = self
             .log
             .as_ref()
@@ -577,6 +589,7 @@ impl<S: LogStore> PartitionActor<S> {
         if leadership_changed {
             self.leadership_changes.fetch_add(1, Ordering::Release);
         }
+        self.published = Some(status);
     }
 
     fn apply_retention(&mut self) {
@@ -595,7 +608,7 @@ impl<S: LogStore> PartitionActor<S> {
                 tracing::warn!(partition = %self.log_name, %error, "retention failed");
             }
         }
-        self.publish_status();
+        self.publish_status(true);
     }
 
     fn gone(&self) -> ApiError {

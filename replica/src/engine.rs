@@ -471,6 +471,20 @@ impl Replica {
             .unwrap_or(self.log_end)
     }
 
+    /// The next multiple of `heartbeat_ms` after `now`: at most `heartbeat_ms` away, so a
+    /// lease is renewed at least as often as heartbeats every `heartbeat_ms` would, and the
+    /// same instant for every replica that shares this clock. A node's leaders then heartbeat
+    /// together, and their messages to one peer (and the answers) share frames and wake-ups
+    /// instead of spreading over the whole period.
+    fn next_heartbeat_after(&self, now: Millis) -> Millis {
+        let period_ms = self.config.heartbeat_ms;
+        Millis(
+            (now.0 / period_ms)
+                .saturating_add(1)
+                .saturating_mul(period_ms),
+        )
+    }
+
     fn role_changed(&self, effects: &mut Vec<Effect>) {
         effects.push(Effect::RoleChanged {
             role: self.role,
@@ -508,14 +522,21 @@ impl Replica {
             return;
         };
         // Our own acknowledgement is "now"; the majority-th newest send time that a
-        // majority answered bounds how long all of them still refuse other candidates.
-        let mut acked: Vec<Millis> = leadership
+        // majority answered bounds how long all of them still refuse other candidates. (On
+        // the stack: this runs at every step of a leader.)
+        let mut acked = [Millis(0); VOTERS_MAX];
+        acked[0] = now;
+        let mut count = 1;
+        for sent_at in leadership
             .peers
             .values()
             .filter_map(|progress| progress.acked_sent_at)
-            .collect();
-        acked.push(now);
-        acked.sort_by(|a, b| b.cmp(a));
+        {
+            acked[count] = sent_at;
+            count += 1;
+        }
+        let acked = &mut acked[..count];
+        acked.sort_unstable_by(|a, b| b.cmp(a));
         if let Some(&sent_at) = acked.get(majority - 1) {
             leadership.lease_until = leadership.lease_until.max(sent_at.plus(trusted_ms));
         }
@@ -835,7 +856,7 @@ impl Replica {
         self.leadership = Some(Leadership {
             marker_offset,
             lease_until: requested_at.plus(self.config.lease_trusted_ms()),
-            heartbeat_due: now.plus(self.config.heartbeat_ms),
+            heartbeat_due: self.next_heartbeat_after(now),
             peers,
             awaiting_durable: VecDeque::new(),
             awaiting_commit: VecDeque::new(),
@@ -1196,6 +1217,7 @@ impl Replica {
     }
 
     fn send_heartbeats(&mut self, now: Millis, effects: &mut Vec<Effect>) {
+        let heartbeat_due = self.next_heartbeat_after(now);
         let epoch = self.epoch;
         let commit = self.high_watermark;
         let log_end = self.log_end;
@@ -1210,7 +1232,7 @@ impl Replica {
         let Some(leadership) = &mut self.leadership else {
             return;
         };
-        leadership.heartbeat_due = now.plus(self.config.heartbeat_ms);
+        leadership.heartbeat_due = heartbeat_due;
         for (&to, progress) in leadership.peers.iter() {
             effects.push(Effect::Send {
                 to,

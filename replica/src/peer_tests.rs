@@ -1067,7 +1067,10 @@ fn a_leader_needs_a_tick_at_its_next_heartbeat_or_when_its_lease_ends() {
     );
     // A follower again: its next tick is its election deadline, past its own lease.
     let next = leader.next_tick_at().unwrap();
-    assert!(next >= Millis(1_190 + 300) && next <= Millis(1_190 + 450), "{next:?}");
+    assert!(
+        next >= Millis(1_190 + 300) && next <= Millis(1_190 + 450),
+        "{next:?}"
+    );
 }
 
 #[test]
@@ -1088,7 +1091,10 @@ fn a_follower_needs_a_tick_only_at_its_election_deadline_which_each_append_pushe
     let mut follower = follower3();
     // Heard from the leader at 1000: the deadline is 300 ms plus a jitter of at most 150.
     let deadline = follower.next_tick_at().unwrap();
-    assert!(deadline >= Millis(1_300) && deadline <= Millis(1_450), "{deadline:?}");
+    assert!(
+        deadline >= Millis(1_300) && deadline <= Millis(1_450),
+        "{deadline:?}"
+    );
     assert_eq!(follower.step(Millis(1_100), Input::Tick), vec![]);
     // A heartbeat at 1100 pushes it out by 100 ms (the same jitter: no election started).
     follower.step(Millis(1_100), peer(A, append(1, 1, 1, vec![], 0, 8)));
@@ -1129,7 +1135,10 @@ fn no_tick_is_needed_while_a_grant_waits_for_its_promise_or_after_storage_failed
     let mut voter = replica(B, empty());
     // A restarted replica grants nothing for lease_ms and waits out its election timeout.
     let restarted = voter.next_tick_at().unwrap();
-    assert!(restarted >= Millis(300) && restarted <= Millis(450), "{restarted:?}");
+    assert!(
+        restarted >= Millis(300) && restarted <= Millis(450),
+        "{restarted:?}"
+    );
     let request = PeerMessage::LeaseRequest {
         epoch: Epoch(1),
         last_log_epoch: Epoch(0),
@@ -1137,10 +1146,7 @@ fn no_tick_is_needed_while_a_grant_waits_for_its_promise_or_after_storage_failed
     };
     voter.step(Millis(300), peer(A, request));
     assert_eq!(voter.next_tick_at(), None);
-    voter.step(
-        Millis(310),
-        Input::PromisePersisted { epoch: Epoch(1) },
-    );
+    voter.step(Millis(310), Input::PromisePersisted { epoch: Epoch(1) });
     // The grant was sent at 310 and binds until 510; the election deadline is later still.
     let next = voter.next_tick_at().unwrap();
     assert!(next >= Millis(510), "{next:?}");
@@ -1151,4 +1157,19 @@ fn no_tick_is_needed_while_a_grant_waits_for_its_promise_or_after_storage_failed
         },
     );
     assert_eq!(voter.next_tick_at(), None);
+}
+
+#[test]
+fn heartbeats_fall_on_multiples_of_heartbeat_ms_so_a_late_tick_does_not_stretch_the_period() {
+    let mut leader = leader3();
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_050)));
+    // A tick 13 ms late still heartbeats, and the next heartbeat is due at 1100, not 1113:
+    // never more than heartbeat_ms apart, and at the same instants for every partition led
+    // on this clock.
+    let heartbeat = append(1, 1, 1, vec![], 0, 1_063);
+    assert_eq!(
+        leader.step(Millis(1_063), Input::Tick),
+        vec![send(B, heartbeat.clone()), send(C, heartbeat)]
+    );
+    assert_eq!(leader.next_tick_at(), Some(Millis(1_100)));
 }
