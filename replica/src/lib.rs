@@ -88,7 +88,8 @@ pub struct RequestId(pub u64);
 pub struct Config {
     /// How long a lease grant binds the granter (DESIGN 5.3).
     pub lease_ms: u64,
-    /// The leader renews its lease (heartbeat or append) this often.
+    /// The leader renews its lease (heartbeat or append) this often: its heartbeats fall on
+    /// the multiples of this on its clock, so a node's leaders heartbeat together.
     pub heartbeat_ms: u64,
     /// A follower that has heard nothing from a valid leader for this long starts a candidacy
     /// (plus a jitter of up to half of it, derived from the node id and the number of
