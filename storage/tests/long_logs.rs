@@ -108,7 +108,7 @@ fn run(seed: u64, steps: u32) {
                 };
                 let keep_from = sled_log.log_end();
                 let start = sled_log
-                    .apply_retention(policy.clone(), T0_MS, keep_from)
+                    .apply_retention(policy, T0_MS, keep_from)
                     .expect("sled retention");
                 let memory_start = memory_log
                     .apply_retention(policy, T0_MS, keep_from)

@@ -42,7 +42,7 @@ fn appending_64_kib_batches_writes_each_byte_well_under_three_times() {
         builder.push(&Record::new(vec![7u8; 1000]));
     }
     let template = builder.build();
-    let mut ends = vec![Offset(0); PARTITIONS];
+    let mut ends = [Offset(0); PARTITIONS];
     let before = bytes_written();
     let mut appended: u64 = 0;
     let mut batches = 0;
