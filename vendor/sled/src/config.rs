@@ -559,6 +559,8 @@ impl Config {
         if !blob_dir.exists() {
             fs::create_dir_all(blob_dir)?;
         }
+        // Cairn patch: see pagecache/blob_io.rs.
+        crate::pagecache::reset_free_blobs(self)?;
 
         self.verify_config()?;
 

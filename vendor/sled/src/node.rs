@@ -164,17 +164,21 @@ impl Node {
     }
 
     pub(crate) fn split(mut self) -> (Node, Node) {
+        /// Items a lopsided split leaves on the right: the fewest that `should_merge` leaves
+        /// alone (it merges leaves under 4), so a split never triggers a merge.
+        const APPEND_SPLIT_RIGHT: usize = 4;
+
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -243,8 +247,10 @@ impl Node {
 
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
+        let rightmost = self.hi.is_empty();
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
+                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
@@ -252,6 +258,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -264,6 +271,18 @@ impl Node {
                 )
             }
             Data::Leaf(ref mut leaf) => {
+                // Cairn patch: the rightmost leaf of a tree that is appended to in key order
+                // (a partition log) splits lopsided, keeping all but the last
+                // `APPEND_SPLIT_RIGHT` items on the left, as B-trees with a sequential-insert
+                // optimisation do. The left page is then written once and never again; an
+                // even split rewrote every item about three times. The right side keeps
+                // enough items (>= 4) that `should_merge` never merges it straight back.
+                let len = leaf.keys.len();
+                let split_point = if rightmost && len >= 2 * APPEND_SPLIT_RIGHT {
+                    len - APPEND_SPLIT_RIGHT
+                } else {
+                    len / 2 + 1
+                };
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut leaf.keys,
@@ -271,6 +290,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_point,
                     );
 
                 (

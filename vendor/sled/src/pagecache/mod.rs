@@ -47,6 +47,8 @@ use self::{
     segment::{SegmentAccountant, SegmentCleaner, SegmentOp},
 };
 
+pub(crate) use self::blob_io::reset_free_blobs;
+
 pub(crate) use self::{
     logger::{
         read_message, read_segment_header, MessageHeader, SegmentHeader,
