@@ -4,10 +4,10 @@
 //!
 //! Usage: append_cost TOTAL_MIB PARTITIONS BATCHES_PER_FLUSH
 
-use cairn_protocol::batch::RecordBatchBuilder;
-use cairn_protocol::{Epoch, Offset, Record};
+#[path = "../tests/support/append_load.rs"]
+mod append_load;
+
 use cairn_storage::sled_store::SledStore;
-use cairn_storage::{LogStore, PartitionLog};
 use std::time::Instant;
 
 /// (user, system) CPU seconds of this process, from /proc/self/stat (clock ticks of 1/100 s).
@@ -44,30 +44,11 @@ fn main() {
     let per_flush: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = SledStore::open(dir.path()).expect("open");
-    let mut logs: Vec<_> = (0..partitions)
-        .map(|p| store.open_log(&format!("p{p}")).expect("log"))
-        .collect();
-    let mut builder = RecordBatchBuilder::new(0);
-    for _ in 0..63 {
-        builder.push(&Record::new(vec![7u8; 1000]));
-    }
-    let template = builder.build();
-    let mut offsets = vec![Offset(0); partitions];
     let started = Instant::now();
     let (user_before, system_before) = cpu_seconds();
     let wchar_before = bytes_written();
-    let mut written: u64 = 0;
-    let mut batches: u64 = 0;
-    while written < total_mib << 20 {
-        for _ in 0..per_flush {
-            let p = (batches as usize) % partitions;
-            let batch = template.stamped(offsets[p], Epoch(1));
-            offsets[p] = logs[p].append(&batch).expect("append");
-            written += batch.size_bytes() as u64;
-            batches += 1;
-        }
-        store.flush().expect("flush");
-    }
+    let appended = append_load::append_batches(&store, partitions, total_mib << 20, per_flush);
+    let (written, batches) = (appended.bytes, appended.batches);
     let seconds = started.elapsed().as_secs_f64();
     let (user_after, system_after) = cpu_seconds();
     let amplification = (bytes_written() - wchar_before) as f64 / written as f64;
@@ -75,9 +56,10 @@ fn main() {
         .map(|entries| entries.count())
         .unwrap_or(0);
     println!(
-        "written_mib={} batches={batches} wall_s={seconds:.2} mib_per_s={:.0} user_s={:.2} \
+        "written_mib={} batches={batches} records={} wall_s={seconds:.2} mib_per_s={:.0} user_s={:.2} \
          system_s={:.2} write_amplification={amplification:.2} blob_files_left={blob_files}",
         written >> 20,
+        appended.log_ends.iter().map(|end| end.0).sum::<u64>(),
         (written >> 20) as f64 / seconds,
         user_after - user_before,
         system_after - system_before,

@@ -10,10 +10,14 @@
 //! It counts bytes handed to `write` (`wchar` of `/proc/self/io`), not time, and is the only
 //! test in this file so that the process's writes are its own.
 
-use cairn_protocol::batch::RecordBatchBuilder;
-use cairn_protocol::{Epoch, Offset, Record};
+mod support {
+    pub mod append_load;
+}
+
+use cairn_protocol::Offset;
 use cairn_storage::sled_store::SledStore;
 use cairn_storage::{LogStore, PartitionLog};
+use support::append_load;
 
 fn bytes_written() -> u64 {
     std::fs::read_to_string("/proc/self/io")
@@ -34,37 +38,21 @@ fn appending_64_kib_batches_writes_each_byte_well_under_three_times() {
 
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = SledStore::open(dir.path()).expect("open");
-    let mut logs: Vec<_> = (0..PARTITIONS)
-        .map(|p| store.open_log(&format!("p{p}")).expect("log"))
-        .collect();
-    let mut builder = RecordBatchBuilder::new(0);
-    for _ in 0..63 {
-        builder.push(&Record::new(vec![7u8; 1000]));
-    }
-    let template = builder.build();
-    let mut ends = [Offset(0); PARTITIONS];
     let before = bytes_written();
-    let mut appended: u64 = 0;
-    let mut batches = 0;
-    while appended < LOG_BYTES {
-        for _ in 0..BATCHES_PER_FLUSH {
-            let p = batches % PARTITIONS;
-            let batch = template.stamped(ends[p], Epoch(1));
-            ends[p] = logs[p].append(&batch).expect("append");
-            appended += batch.size_bytes() as u64;
-            batches += 1;
-        }
-        store.flush().expect("flush");
-    }
-    let amplification = (bytes_written() - before) as f64 / appended as f64;
-    println!("appended {appended} bytes in {batches} batches: amplification {amplification:.2}");
+    let appended = append_load::append_batches(&store, PARTITIONS, LOG_BYTES, BATCHES_PER_FLUSH);
+    let (appended_bytes, batches) = (appended.bytes, appended.batches);
+    let amplification = (bytes_written() - before) as f64 / appended_bytes as f64;
+    println!(
+        "appended {appended_bytes} bytes in {batches} batches: amplification {amplification:.2}"
+    );
     assert!(
         amplification < AMPLIFICATION_MAX,
         "sled wrote {amplification:.2} bytes per byte appended (at most {AMPLIFICATION_MAX})"
     );
     // Everything appended is still there.
-    for (p, log) in logs.iter().enumerate() {
-        assert_eq!(log.log_end(), ends[p]);
+    for (p, end) in appended.log_ends.iter().enumerate() {
+        let log = store.open_log(&format!("p{p}")).expect("log");
+        assert_eq!(log.log_end(), *end);
         assert_eq!(log.log_start(), Offset(0));
     }
 }
