@@ -32,20 +32,14 @@ pub async fn run(
     cairn_binary: &Path,
     node_args: &[String],
 ) -> Result<Outcome, String> {
-    let cluster = {
-        let (binary, nodes, args) = (
-            cairn_binary.to_path_buf(),
-            workload.nodes,
-            node_args.to_vec(),
-        );
-        tokio::task::spawn_blocking(move || LocalCluster::start(&binary, nodes, &args))
-            .await
-            .map_err(|error| error.to_string())??
-    };
+    let cluster = LocalCluster::start_formed(
+        Some(cairn_binary.to_path_buf()),
+        workload.nodes,
+        node_args.to_vec(),
+    )
+    .await?;
     let outcome = run_on(workload, target_rate, &cluster).await;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .map_err(|error| error.to_string())?;
+    cluster.shut_down().await?;
     outcome
 }
 
@@ -54,7 +48,6 @@ async fn run_on(
     target_rate: u64,
     cluster: &LocalCluster,
 ) -> Result<Outcome, String> {
-    cluster.wait_formed(Duration::from_secs(60)).await?;
     let client = ClientConfig::new(&cluster.bootstrap()).map_err(|error| error.to_string())?;
     let topic = format!("{}-{}", workload.name, std::process::id());
     let admin = Admin::new(client.clone()).map_err(|error| error.to_string())?;

@@ -77,27 +77,15 @@ pub async fn run(args: FailoverArgs) -> Result<(), String> {
     if args.nodes < 3 {
         return Err("failover needs --nodes 3 or more: a majority must survive a kill".into());
     }
-    let binary = args
-        .cairn_bin
-        .clone()
-        .unwrap_or_else(node_process::default_cairn_binary);
-    let nodes = args.nodes;
-    let node_args = args.node_args.clone();
     let mut cluster =
-        tokio::task::spawn_blocking(move || LocalCluster::start(&binary, nodes, &node_args))
-            .await
-            .map_err(|error| error.to_string())??;
-    cluster.wait_formed(Duration::from_secs(60)).await?;
+        LocalCluster::start_formed(args.cairn_bin.clone(), args.nodes, args.node_args.clone())
+            .await?;
     let result = measure(&args, &mut cluster).await;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .map_err(|error| error.to_string())?;
+    cluster.shut_down().await?;
     let report = result?;
     print_report(&report);
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).expect("the report serializes");
-        std::fs::write(path, json)
-            .map_err(|error| format!("writing {}: {error}", path.display()))?;
+        crate::report::write_json(path, &report)?;
     }
     Ok(())
 }
@@ -163,7 +151,7 @@ async fn measure(
         });
         let restart = cluster.restart(leader.0);
         restart?;
-        cluster.wait_formed(Duration::from_secs(60)).await?;
+        cluster.wait_formed(node_process::FORM_TIMEOUT).await?;
     }
     producer
         .close()

@@ -182,17 +182,12 @@ async fn run(workload: Workload) -> BenchResult<()> {
     let cluster = match &workload.bootstrap {
         Some(_) => None,
         None => {
-            let binary = workload
-                .cairn_bin
-                .clone()
-                .unwrap_or_else(node_process::default_cairn_binary);
-            let (nodes, node_args) = (workload.nodes, workload.node_args.clone());
-            let cluster = tokio::task::spawn_blocking(move || {
-                node_process::LocalCluster::start(&binary, nodes, &node_args)
-            })
-            .await
-            .map_err(|error| error.to_string())??;
-            cluster.wait_formed(Duration::from_secs(60)).await?;
+            let cluster = node_process::LocalCluster::start_formed(
+                workload.cairn_bin.clone(),
+                workload.nodes,
+                workload.node_args.clone(),
+            )
+            .await?;
             Some(cluster)
         }
     };
@@ -261,15 +256,11 @@ async fn run(workload: Workload) -> BenchResult<()> {
         machine: cairn_benches::harness::machine_description(),
     };
     if let Some(cluster) = cluster {
-        tokio::task::spawn_blocking(move || cluster.stop())
-            .await
-            .map_err(|error| error.to_string())?;
+        cluster.shut_down().await?;
     }
     print_markdown(&report);
     if let Some(path) = &workload.json {
-        let json = serde_json::to_string_pretty(&report).expect("the report serializes");
-        std::fs::write(path, json)
-            .map_err(|error| format!("writing {}: {error}", path.display()))?;
+        cairn_benches::report::write_json(path, &report)?;
     }
     Ok(())
 }

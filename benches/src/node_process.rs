@@ -112,6 +112,9 @@ impl Drop for NodeProcess {
 /// N nodes on `127.0.0.1:base_port ..`, node `i` on `base_port + i - 1` with data in
 /// `TEMP/node-i` and its log in `TEMP/node-i.log`. More than one node: every address is a
 /// gossip seed and every node an initial voter, as with `cairn dev`.
+/// How long a started cluster may take to form (every node hearing every other).
+pub const FORM_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct LocalCluster {
     binary: PathBuf,
     temp: tempfile::TempDir,
@@ -259,6 +262,31 @@ impl LocalCluster {
             }
         }
         Ok(())
+    }
+
+    /// Starts `node_count` nodes of `binary` (default: next to this executable) off the async
+    /// runtime (it spawns processes and waits for their ports), then waits until they have
+    /// formed a cluster. On failure the nodes already started are killed when dropped.
+    pub async fn start_formed(
+        binary: Option<PathBuf>,
+        node_count: u16,
+        extra_args: Vec<String>,
+    ) -> Result<LocalCluster, String> {
+        let binary = binary.unwrap_or_else(default_cairn_binary);
+        let cluster = tokio::task::spawn_blocking(move || {
+            LocalCluster::start(&binary, node_count, &extra_args)
+        })
+        .await
+        .map_err(|error| error.to_string())??;
+        cluster.wait_formed(FORM_TIMEOUT).await?;
+        Ok(cluster)
+    }
+
+    /// [`LocalCluster::stop`] off the async runtime.
+    pub async fn shut_down(self) -> Result<(), String> {
+        tokio::task::spawn_blocking(move || self.stop())
+            .await
+            .map_err(|error| error.to_string())
     }
 
     /// SIGTERM every node and wait for them.

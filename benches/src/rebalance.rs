@@ -17,7 +17,7 @@
 //! No records flow: the figure is the protocol's (heartbeats, revocations, reassignment), not
 //! fetch throughput. Times go into an hdrhistogram (p50, p99, max).
 
-use crate::node_process::{self, LocalCluster};
+use crate::node_process::LocalCluster;
 use crate::report::{latency_histogram, Latency};
 use cairn_client::{
     Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, TopicConfig, TopicPartition,
@@ -92,26 +92,15 @@ pub async fn run(args: RebalanceArgs) -> Result<(), String> {
     if args.members < 2 {
         return Err("rebalance needs --members 2 or more".into());
     }
-    let binary = args
-        .cairn_bin
-        .clone()
-        .unwrap_or_else(node_process::default_cairn_binary);
-    let (nodes, node_args) = (args.nodes, args.node_args.clone());
     let cluster =
-        tokio::task::spawn_blocking(move || LocalCluster::start(&binary, nodes, &node_args))
-            .await
-            .map_err(|error| error.to_string())??;
-    cluster.wait_formed(Duration::from_secs(60)).await?;
+        LocalCluster::start_formed(args.cairn_bin.clone(), args.nodes, args.node_args.clone())
+            .await?;
     let result = measure(&args, &cluster).await;
-    tokio::task::spawn_blocking(move || cluster.stop())
-        .await
-        .map_err(|error| error.to_string())?;
+    cluster.shut_down().await?;
     let report = result?;
     print_report(&report);
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).expect("the report serializes");
-        std::fs::write(path, json)
-            .map_err(|error| format!("writing {}: {error}", path.display()))?;
+        crate::report::write_json(path, &report)?;
     }
     Ok(())
 }

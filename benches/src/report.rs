@@ -15,6 +15,12 @@ pub struct Latency {
 }
 
 /// A histogram of microseconds, wide enough for 1 us .. 10 min at 3 significant digits.
+/// Writes `report` as pretty JSON to `path` (the `--json` option of the commands).
+pub fn write_json(path: &std::path::Path, report: &impl Serialize) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(report).expect("the report serializes");
+    std::fs::write(path, json).map_err(|error| format!("writing {}: {error}", path.display()))
+}
+
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }

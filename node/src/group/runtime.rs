@@ -166,7 +166,8 @@ mod tests {
     use super::*;
     use crate::group::assign::TopicPartitionCounts;
     use cairn_protocol::group::{
-        ConsumerGroupHeartbeatRequest, MemberEpoch, OffsetCommitPartition, OffsetCommitRequest,
+        ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse, MemberEpoch,
+        OffsetCommitPartition, OffsetCommitRequest,
     };
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex as StdMutex;
@@ -292,10 +293,10 @@ mod tests {
         assert_eq!(log.values.lock().unwrap().len(), appended);
     }
 
-    #[tokio::test]
-    async fn a_failed_append_is_not_acknowledged_and_is_forgotten() {
-        let log = MemoryLog::default();
-        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+    /// Member "a" joins at time 0 and commits offset 5 at time 1; returns its join reply.
+    async fn join_and_commit_5(
+        runtime: &PartitionCoordinator<&MemoryLog>,
+    ) -> ConsumerGroupHeartbeatResponse {
         let reply = runtime
             .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
             .await
@@ -306,6 +307,14 @@ mod tests {
             })
             .await
             .unwrap();
+        reply
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_is_not_acknowledged_and_is_forgotten() {
+        let log = MemoryLog::default();
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let reply = join_and_commit_5(&runtime).await;
         log.fail_next_append.store(true, Ordering::SeqCst);
         let failed = runtime
             .run(2, |c| {
@@ -330,16 +339,7 @@ mod tests {
     async fn an_append_given_up_on_is_forgotten_like_a_failed_one() {
         let log = MemoryLog::default();
         let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
-        let reply = runtime
-            .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
-            .await
-            .unwrap();
-        runtime
-            .run(1, |c| {
-                c.commit(&commit("a", reply.member_epoch, 5), &topics())
-            })
-            .await
-            .unwrap();
+        let reply = join_and_commit_5(&runtime).await;
         log.hang_next_append.store(true, Ordering::SeqCst);
         let given_up = tokio::time::timeout(
             std::time::Duration::from_millis(50),
