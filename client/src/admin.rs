@@ -14,7 +14,7 @@ use cairn_protocol::messages::{
     DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListTopicsRequest, OffsetSpec,
     TopicConfig, TopicMetadata, TopicSummary,
 };
-use cairn_protocol::{Offset, Request, Response};
+use cairn_protocol::{NodeId, Offset, Request, Response};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -102,13 +102,63 @@ impl Admin {
     }
 
     /// Per partition: leader, replicas, epoch, log start, high watermark and log end.
+    ///
+    /// A node describes the replicas it hosts as it sees them, and a follower learns the high
+    /// watermark only with the leader's next append or heartbeat: right after a produce, a
+    /// follower's answer shows a high watermark behind the log end. So each partition's
+    /// figures are taken from its leader (one request per leading node); a partition whose
+    /// leader does not answer keeps the first node's figures.
     pub async fn describe_topic(&self, name: &str) -> Result<DescribeTopicResponse> {
-        let reply = self
-            .cluster
-            .call_any(Request::DescribeTopic(DescribeTopicRequest {
-                name: name.to_owned(),
-            }))
-            .await?;
+        let mut reply = self.describe_topic_at(None, name).await?;
+        let mut leaders: Vec<NodeId> = reply.partitions.iter().filter_map(|p| p.leader).collect();
+        leaders.sort();
+        leaders.dedup();
+        if leaders.is_empty() {
+            return Ok(reply);
+        }
+        let brokers = self.cluster.refresh(&[]).await?.brokers.clone();
+        let answers = futures::future::join_all(leaders.iter().map(|leader| async {
+            let address = brokers.get(leader)?;
+            let answer = self.describe_topic_at(Some(address), name).await.ok()?;
+            Some((*leader, answer))
+        }))
+        .await;
+        for (leader, answer) in answers.into_iter().flatten() {
+            for from_leader in answer.partitions {
+                let Some(partition) = reply
+                    .partitions
+                    .iter_mut()
+                    .find(|p| p.partition == from_leader.partition)
+                else {
+                    continue;
+                };
+                if from_leader.leader == Some(leader) && partition.leader == Some(leader) {
+                    *partition = from_leader;
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    /// `DescribeTopic` asked of one broker, or of any when `address` is `None`.
+    async fn describe_topic_at(
+        &self,
+        address: Option<&str>,
+        name: &str,
+    ) -> Result<DescribeTopicResponse> {
+        let request = Request::DescribeTopic(DescribeTopicRequest {
+            name: name.to_owned(),
+        });
+        let reply = match address {
+            None => self.cluster.call_any(request).await?,
+            Some(address) => {
+                self.cluster
+                    .connection(address)
+                    .await?
+                    .call(request)
+                    .await?
+            }
+        };
         match reply {
             Response::DescribeTopic(reply) => Ok(reply),
             other => Err(unexpected("DescribeTopic", &other)),

@@ -347,13 +347,36 @@ fn a_cluster_forms_places_replicas_evenly_and_refuses_too_high_a_factor() {
         let producer = Producer::new(client_config(&third), producer_config(20_000))
             .await
             .unwrap();
+        let mut acked_ends = BTreeMap::new();
         for partition in 0..3 {
-            producer
+            let acked = producer
                 .send_to("spread", partition, Record::new(format!("p{partition}")))
                 .await
                 .unwrap()
                 .await
                 .unwrap();
+            acked_ends.insert(partition, acked.offset.unwrap().0 + 1);
+        }
+        // Described through any node right after the acknowledgements, every partition shows
+        // its leader's figures: the acknowledged record is below the high watermark, which
+        // has reached the log end (a follower learns it only with the next heartbeat).
+        for node_id in 1..=3 {
+            let address = cluster.node(node_id).address().to_string();
+            let described = Admin::new(client_config(&address))
+                .unwrap()
+                .describe_topic("spread")
+                .await
+                .unwrap();
+            let ends: BTreeMap<u32, (u64, u64)> = described
+                .partitions
+                .iter()
+                .map(|p| (p.partition, (p.high_watermark.0, p.log_end.0)))
+                .collect();
+            let expected: BTreeMap<u32, (u64, u64)> = acked_ends
+                .iter()
+                .map(|(&p, &end)| (p, (end, end)))
+                .collect();
+            assert_eq!(ends, expected, "described through node {node_id}");
         }
         let first = cluster.node(1).address().to_string();
         let mut consumer = Consumer::new(
