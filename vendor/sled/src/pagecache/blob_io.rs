@@ -188,12 +188,74 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write kind_byte");
     f.write_all(kind_buf)?;
     io_fail!(config, "write_blob write buf");
-    f.write_all(&data)
-        .map(|r| {
-            trace!("successfully wrote blob at {:?}", path);
-            r
-        })
-        .map_err(|e| e.into())
+    f.write_all(&data)?;
+    trace!("successfully wrote blob at {:?}", path);
+    if !config.temporary {
+        schedule_writeback(f);
+    }
+    Ok(())
+}
+
+// Cairn patch (PATCHES.md, "Blob writeback"): sled's flush writes its log back with
+// `sync_file_range`, but left blob files to the kernel's background writeback, which starts
+// only when a tenth of the machine's memory is dirty. Under a sustained load that is
+// gigabytes, written in one burst that every log flush (so every acknowledgement) then waits
+// behind: a 60 s run at 30,000 records/s had publish p99 783 ms against 19 ms for 20 s. Now
+// a blob's writeback starts (without waiting for it) once the blob is
+// `BLOB_WRITEBACK_DELAY` old, so dirty blob pages stay a few seconds' worth. Not at once:
+// most blobs (the rightmost leaf of a log, rewritten every few appends) are replaced within
+// a second, and their pages are dropped unwritten; starting writeback at once doubled the
+// bytes written.
+
+/// How old a blob is when its writeback starts.
+const BLOB_WRITEBACK_DELAY: Duration = Duration::from_secs(2);
+/// Blobs waiting for their writeback (open files); past it the oldest starts early.
+const BLOB_WRITEBACK_PENDING_MAX: usize = 256;
+
+fn pending_writeback() -> &'static std::sync::Mutex<VecDeque<(std::fs::File, Instant)>> {
+    static PENDING: OnceLock<std::sync::Mutex<VecDeque<(std::fs::File, Instant)>>> =
+        OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// Queues a just written blob and starts the writeback of those old enough. A blob released
+/// meanwhile was emptied (or unlinked), so its writeback writes nothing; one whose file was
+/// reused writes the new blob's pages a little early.
+fn schedule_writeback(file: std::fs::File) {
+    let now = Instant::now();
+    let due: Vec<std::fs::File> = {
+        let mut pending = pending_writeback()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.push_back((file, now));
+        let mut due = Vec::new();
+        while let Some((_, written)) = pending.front() {
+            if pending.len() <= BLOB_WRITEBACK_PENDING_MAX
+                && now.duration_since(*written) < BLOB_WRITEBACK_DELAY
+            {
+                break;
+            }
+            due.extend(pending.pop_front().map(|(file, _)| file));
+        }
+        due
+    };
+    for file in due {
+        start_writeback(&file);
+    }
+}
+
+/// Asks the kernel to start writing the file's dirty pages back, without waiting. Best
+/// effort: on an error the pages are left to the kernel's writeback, as before.
+fn start_writeback(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let _ = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
