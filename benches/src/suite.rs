@@ -110,8 +110,12 @@ where
         ratios: Vec::new(),
         failures: Vec::new(),
     };
+    let mut first_run = true;
     for workload in workloads {
         for system in systems {
+            if !std::mem::take(&mut first_run) {
+                settle().await;
+            }
             let reference = workload.rate_of_max.as_ref().and_then(|rate_of_max| {
                 report
                     .outcomes
@@ -142,6 +146,20 @@ where
         }
     }
     Ok(report)
+}
+
+/// Rest between two runs, after a `sync`.
+const REST_BETWEEN_RUNS: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Lets the previous run's writes and file deletions reach the disk before the next run: a
+/// run deletes gigabytes of data when it ends, and on a disk mounted with `discard` the
+/// discards and writeback that follow stalled the flushes of the next run's first seconds.
+async fn settle() {
+    let synced = tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await;
+    if !matches!(synced, Ok(Ok(status)) if status.success()) {
+        eprintln!("sync failed before the next run; resting anyway");
+    }
+    tokio::time::sleep(REST_BETWEEN_RUNS).await;
 }
 
 /// The first system over each other system, per workload both ran.

@@ -26,6 +26,9 @@ use tokio::sync::{oneshot, Notify};
 
 type FlushResult = Result<(), StorageError>;
 
+/// A flush taking this long is logged.
+const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Limits of the group committer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitConfig {
@@ -132,7 +135,17 @@ impl Shared {
             };
             self.room.notify_all();
             self.room_async.notify_waiters();
+            let started = std::time::Instant::now();
             let result = store.flush();
+            let took = started.elapsed();
+            if took >= SLOW_FLUSH {
+                // Every acknowledgement waits for a flush: a slow one is a latency spike.
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    requests = batch.len(),
+                    "slow flush"
+                );
+            }
             self.flushes.fetch_add(1, Ordering::Relaxed);
             if result.is_err() {
                 self.flushes_failed.fetch_add(1, Ordering::Relaxed);
