@@ -56,6 +56,81 @@ fn fetch_bytes_limit(frame_bytes_max: u32, partitions: usize) -> u32 {
     frame_bytes_max.saturating_sub(overhead).max(1)
 }
 
+/// Records fetched and not yet returned by `poll`, in order, with a count per partition, so
+/// that asking whether a partition has anything buffered (every `poll` asks it of every
+/// assigned partition) is a lookup, not a scan: with small records one fetch buffers over a
+/// hundred thousand of them, and the scan per `poll` made consuming quadratic in that.
+#[derive(Debug, Default)]
+struct RecordBuffer {
+    records: VecDeque<ConsumerRecord>,
+    per_partition: HashMap<TopicPartition, usize>,
+}
+
+impl RecordBuffer {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn holds(&self, partition: &TopicPartition) -> bool {
+        self.per_partition.contains_key(partition)
+    }
+
+    fn push_back(&mut self, record: ConsumerRecord) {
+        *self
+            .per_partition
+            .entry(TopicPartition {
+                topic: Arc::clone(&record.topic),
+                partition: record.partition,
+            })
+            .or_default() += 1;
+        self.records.push_back(record);
+    }
+
+    /// Removes and returns the first `count` records (fewer if fewer are buffered).
+    fn take_front(&mut self, count: usize) -> Vec<ConsumerRecord> {
+        let count = count.min(self.records.len());
+        let taken: Vec<ConsumerRecord> = self.records.drain(..count).collect();
+        for record in &taken {
+            let key = TopicPartition {
+                topic: Arc::clone(&record.topic),
+                partition: record.partition,
+            };
+            if let Some(left) = self.per_partition.get_mut(&key) {
+                *left -= 1;
+                if *left == 0 {
+                    self.per_partition.remove(&key);
+                }
+            }
+        }
+        taken
+    }
+
+    /// Keeps the records `keep` accepts (seeks, pauses and revocations: rare, so the counts
+    /// are simply rebuilt).
+    fn retain(&mut self, keep: impl FnMut(&ConsumerRecord) -> bool) {
+        self.records.retain(keep);
+        self.per_partition.clear();
+        for record in &self.records {
+            *self
+                .per_partition
+                .entry(TopicPartition {
+                    topic: Arc::clone(&record.topic),
+                    partition: record.partition,
+                })
+                .or_default() += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.per_partition.clear();
+    }
+}
+
 /// One record as the consumer returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
@@ -127,7 +202,7 @@ pub struct Consumer {
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
     assignment: BTreeMap<TopicPartition, PartitionState>,
-    buffer: VecDeque<ConsumerRecord>,
+    buffer: RecordBuffer,
     /// The fetch in flight, if any (started by a previous poll or this one).
     fetch: Option<JoinHandle<Result<Vec<LeaderFetch>>>>,
     /// Assigned partitions that are not fetched until resumed.
@@ -156,7 +231,7 @@ impl Consumer {
             cluster: Cluster::new(client)?,
             config,
             assignment: BTreeMap::new(),
-            buffer: VecDeque::new(),
+            buffer: RecordBuffer::default(),
             fetch: None,
             paused: BTreeSet::new(),
             group: None,
@@ -746,8 +821,7 @@ impl Consumer {
     }
 
     fn take_buffered(&mut self) -> Vec<ConsumerRecord> {
-        let count = self.buffer.len().min(self.config.max_poll_records);
-        let records: Vec<ConsumerRecord> = self.buffer.drain(..count).collect();
+        let records = self.buffer.take_front(self.config.max_poll_records);
         for record in &records {
             let key = TopicPartition {
                 topic: Arc::clone(&record.topic),
@@ -766,13 +840,8 @@ impl Consumer {
     /// which hold no records but offsets. Without this a committed position would stop
     /// before a trailing marker and the group's lag would never reach 0.
     fn advance_past_skipped(&mut self) {
-        let buffered: BTreeSet<(&str, u32)> = self
-            .buffer
-            .iter()
-            .map(|record| (&*record.topic, record.partition))
-            .collect();
         for (key, state) in self.assignment.iter_mut() {
-            if buffered.contains(&(&*key.topic, key.partition)) {
+            if self.buffer.holds(key) {
                 continue;
             }
             if let (Some(position), Some(fetched)) = (state.position, state.fetch_offset) {
@@ -1034,3 +1103,75 @@ async fn fetch_from(
 struct NoListener;
 
 impl RebalanceListener for NoListener {}
+
+#[cfg(test)]
+mod record_buffer_tests {
+    use super::*;
+
+    fn record(topic: &Arc<str>, partition: u32, offset: u64) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: Arc::clone(topic),
+            partition,
+            offset: Offset(offset),
+            timestamp_ms: 0,
+            key: None,
+            value: Bytes::from_static(b"v"),
+            headers: Vec::new(),
+        }
+    }
+
+    fn key(topic: &Arc<str>, partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: Arc::clone(topic),
+            partition,
+        }
+    }
+
+    #[test]
+    fn a_partition_is_held_until_its_last_record_is_taken_or_dropped() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut buffer = RecordBuffer::default();
+        for offset in 0..3 {
+            buffer.push_back(record(&topic, 0, offset));
+        }
+        buffer.push_back(record(&topic, 1, 0));
+        buffer.push_back(record(&topic, 2, 0));
+
+        let taken = buffer.take_front(2);
+        assert_eq!(
+            taken.iter().map(|r| r.offset.0).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert!(
+            buffer.holds(&key(&topic, 0)),
+            "offset 2 of partition 0 is left"
+        );
+        let taken = buffer.take_front(2);
+        assert_eq!(
+            taken
+                .iter()
+                .map(|r| (r.partition, r.offset.0))
+                .collect::<Vec<_>>(),
+            vec![(0, 2), (1, 0)]
+        );
+        assert!(!buffer.holds(&key(&topic, 0)));
+        assert!(!buffer.holds(&key(&topic, 1)));
+        assert!(buffer.holds(&key(&topic, 2)));
+
+        buffer.push_back(record(&topic, 3, 0));
+        buffer.retain(|r| r.partition != 2);
+        assert!(!buffer.holds(&key(&topic, 2)), "dropped by retain");
+        assert!(buffer.holds(&key(&topic, 3)));
+        assert_eq!(buffer.len(), 1);
+        assert_eq!(
+            buffer.take_front(10).len(),
+            1,
+            "take_front stops at the end"
+        );
+        assert!(buffer.is_empty() && !buffer.holds(&key(&topic, 3)));
+
+        buffer.push_back(record(&topic, 4, 0));
+        buffer.clear();
+        assert!(buffer.is_empty() && !buffer.holds(&key(&topic, 4)));
+    }
+}
