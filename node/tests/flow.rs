@@ -141,6 +141,64 @@ fn fetch_respects_max_bytes_but_always_returns_one_batch() {
 }
 
 #[test]
+fn a_fetch_of_many_partitions_fills_its_budget_in_request_order() {
+    // Partitions are read several at a time; the answer must still be what reading them one
+    // by one gives: the budget spent on the first partitions asked for, nothing past it.
+    let node = TestNode::start();
+    let mut wire = node.wire();
+    let partitions = 16u32; // the test preset's most per topic
+    wire.create_topic("many", partitions).unwrap();
+    let value = vec![7u8; 4000];
+    for partition in 0..partitions {
+        for _ in 0..3 {
+            wire.produce("many", partition, &[&value]).unwrap();
+        }
+    }
+    let fetch = |wire: &mut support::Wire, max_bytes: u32| {
+        let reply = wire
+            .call(Request::Fetch(FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes,
+                // Asked in reverse order: the answer follows the request, not partition numbers.
+                partitions: (0..partitions)
+                    .rev()
+                    .map(|partition| FetchPartition {
+                        topic: "many".into(),
+                        partition,
+                        offset: Offset(1),
+                        max_bytes: 1 << 20,
+                    })
+                    .collect(),
+            }))
+            .unwrap();
+        let Response::Fetch(fetched) = reply else {
+            panic!()
+        };
+        fetched
+            .partitions
+            .into_iter()
+            .map(|p| {
+                (
+                    p.partition,
+                    support::records_of(&p.result.unwrap().batches).len(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // About 4 KiB per batch: 50,000 bytes hold 12 batches, all from the first 4 partitions.
+    let counts = fetch(&mut wire, 50_000);
+    let expected: Vec<(u32, usize)> = (0..partitions)
+        .rev()
+        .enumerate()
+        .map(|(index, partition)| (partition, if index < 4 { 3 } else { 0 }))
+        .collect();
+    assert_eq!(counts, expected);
+    let all = fetch(&mut wire, 1 << 20);
+    assert!(all.iter().all(|&(_, records)| records == 3), "{all:?}");
+}
+
+#[test]
 fn limits_answer_backpressure_not_memory_growth() {
     // Tiny replica and mailbox limits, many pipelining connections on one partition.
     let node = TestNode::start_with(&[

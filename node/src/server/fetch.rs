@@ -7,14 +7,16 @@
 //! consumer never stalls on a batch larger than its budget.
 
 use crate::broker::Broker;
-use crate::partition::PartitionHandle;
+use crate::partition::{PartitionHandle, ReadResult};
 use bytes::BytesMut;
 use cairn_protocol::messages::{
-    FetchPartitionResponse, FetchRequest, FetchResponse, FetchedRecords, Response,
+    FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse, FetchedRecords, Response,
 };
 use cairn_protocol::ApiError;
 use cairn_replica::Role;
 use cairn_storage::LogStore;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Bytes reserved in a fetch response frame for its envelope.
@@ -68,68 +70,69 @@ pub async fn handle<S: LogStore>(
     }
 }
 
+/// Partition reads of one fetch that may be out at once. Each read is a message to that
+/// partition's actor, which may be busy appending: one after the other, a fetch of a few
+/// hundred partitions (a consumer of a 1,000-partition topic) took longer than the records
+/// took to arrive. Bounded, because each read may hold up to its partition's `max_bytes`.
+const READS_IN_FLIGHT_MAX: usize = 16;
+
+/// What one partition's read found, before the response's byte budget is applied.
+enum PartitionRead {
+    /// Answered without reading (nothing new, or no room left when it was started).
+    Answered(Result<FetchedRecords, ApiError>),
+    Read(Result<ReadResult, ApiError>),
+}
+
 async fn read_once<S: LogStore>(
     request: &FetchRequest,
     targets: &[Result<PartitionHandle<S>, ApiError>],
     budget: usize,
 ) -> (Vec<FetchPartitionResponse>, usize, bool) {
+    // Bytes kept so far; reads started later ask only for what is left. Reads already out
+    // when the budget fills are cut below, in order, as if they had run one by one.
+    let kept_total = AtomicUsize::new(0);
+    let kept_total = &kept_total;
+    // Futures do nothing until polled: `buffered` starts each when a slot is free.
+    let pending: Vec<_> = request
+        .partitions
+        .iter()
+        .zip(targets)
+        .map(|(wanted, target)| read_partition(wanted, target, budget, kept_total))
+        .collect();
+    let mut reads = futures::stream::iter(pending).buffered(READS_IN_FLIGHT_MAX);
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(request.partitions.len());
-    for (wanted, target) in request.partitions.iter().zip(targets) {
-        let result = match target {
-            Err(error) => Err(error.clone()),
-            Ok(handle) => {
-                let remaining = budget.saturating_sub(total);
-                let high_watermark = handle.shared.high_watermark();
-                if wanted.offset == high_watermark || (remaining == 0 && total > 0) {
-                    // Nothing new (or no room): answer without asking the actor, but keep
-                    // the range check honest.
-                    let snapshot = handle.shared.snapshot();
-                    if snapshot.role != Role::Leader {
-                        Err(handle.shared.not_leader())
-                    } else if wanted.offset < snapshot.log_start {
-                        Err(ApiError::OffsetOutOfRange {
-                            requested: wanted.offset,
-                            log_start: snapshot.log_start,
-                            high_watermark,
-                        })
-                    } else {
-                        Ok(FetchedRecords {
-                            log_start: snapshot.log_start,
-                            high_watermark,
-                            batches: bytes::Bytes::new(),
-                        })
+    for wanted in &request.partitions {
+        let Some(read) = reads.next().await else {
+            break;
+        };
+        let result = match read {
+            PartitionRead::Answered(result) => result,
+            PartitionRead::Read(Err(error)) => Err(error),
+            PartitionRead::Read(Ok(read)) => {
+                let mut kept = Vec::with_capacity(read.batches.len());
+                let mut kept_bytes = 0usize;
+                for batch in read.batches {
+                    let size = batch.size_bytes();
+                    // Always deliver the first batch of the response.
+                    if total + kept_bytes + size > budget && total + kept_bytes > 0 {
+                        break;
                     }
-                } else {
-                    let max_bytes = (wanted.max_bytes as usize).min(remaining).max(1);
-                    match handle.read(wanted.offset, max_bytes, false).await {
-                        Err(error) => Err(error),
-                        Ok(read) => {
-                            let mut kept = Vec::with_capacity(read.batches.len());
-                            let mut kept_bytes = 0usize;
-                            for batch in read.batches {
-                                let size = batch.size_bytes();
-                                // Always deliver the first batch of the response.
-                                if total + kept_bytes + size > budget && total + kept_bytes > 0 {
-                                    break;
-                                }
-                                kept_bytes += size;
-                                kept.push(batch);
-                            }
-                            let mut bytes = BytesMut::with_capacity(kept_bytes);
-                            for batch in &kept {
-                                bytes.extend_from_slice(batch.bytes());
-                            }
-                            total += kept_bytes;
-                            Ok(FetchedRecords {
-                                log_start: read.log_start,
-                                high_watermark: read.high_watermark,
-                                batches: bytes.freeze(),
-                            })
-                        }
-                    }
+                    kept_bytes += size;
+                    kept.push(batch);
                 }
+                let mut bytes = BytesMut::with_capacity(kept_bytes);
+                for batch in &kept {
+                    bytes.extend_from_slice(batch.bytes());
+                }
+                total += kept_bytes;
+                kept_total.store(total, Ordering::Relaxed);
+                Ok(FetchedRecords {
+                    log_start: read.log_start,
+                    high_watermark: read.high_watermark,
+                    batches: bytes.freeze(),
+                })
             }
         };
         any_error |= result.is_err();
@@ -140,4 +143,51 @@ async fn read_once<S: LogStore>(
         });
     }
     (responses, total, any_error)
+}
+
+/// One partition's part of a fetch, asking only for what is left of the budget when it
+/// starts.
+async fn read_partition<S: LogStore>(
+    wanted: &FetchPartition,
+    target: &Result<PartitionHandle<S>, ApiError>,
+    budget: usize,
+    kept_total: &AtomicUsize,
+) -> PartitionRead {
+    let handle = match target {
+        Err(error) => return PartitionRead::Answered(Err(error.clone())),
+        Ok(handle) => handle,
+    };
+    let total = kept_total.load(Ordering::Relaxed);
+    let remaining = budget.saturating_sub(total);
+    if wanted.offset == handle.shared.high_watermark() || (remaining == 0 && total > 0) {
+        // Nothing new (or no room): answer without asking the actor, but keep the range
+        // check honest.
+        return PartitionRead::Answered(without_reading(handle, wanted.offset));
+    }
+    let max_bytes = (wanted.max_bytes as usize).min(remaining).max(1);
+    PartitionRead::Read(handle.read(wanted.offset, max_bytes, false).await)
+}
+
+/// A partition's answer from its snapshot alone: nothing new to read, or no room left.
+fn without_reading<S: LogStore>(
+    handle: &PartitionHandle<S>,
+    offset: cairn_protocol::Offset,
+) -> Result<FetchedRecords, ApiError> {
+    let high_watermark = handle.shared.high_watermark();
+    let snapshot = handle.shared.snapshot();
+    if snapshot.role != Role::Leader {
+        Err(handle.shared.not_leader())
+    } else if offset < snapshot.log_start {
+        Err(ApiError::OffsetOutOfRange {
+            requested: offset,
+            log_start: snapshot.log_start,
+            high_watermark,
+        })
+    } else {
+        Ok(FetchedRecords {
+            log_start: snapshot.log_start,
+            high_watermark,
+            batches: bytes::Bytes::new(),
+        })
+    }
 }
