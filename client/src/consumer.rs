@@ -202,6 +202,8 @@ pub struct Consumer {
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
     assignment: BTreeMap<TopicPartition, PartitionState>,
+    /// Where the next fetch request starts in the assignment (see `absorb`).
+    fetch_rotation: usize,
     buffer: RecordBuffer,
     /// The fetch in flight, if any (started by a previous poll or this one).
     fetch: Option<JoinHandle<Result<Vec<LeaderFetch>>>>,
@@ -231,6 +233,7 @@ impl Consumer {
             cluster: Cluster::new(client)?,
             config,
             assignment: BTreeMap::new(),
+            fetch_rotation: 0,
             buffer: RecordBuffer::default(),
             fetch: None,
             paused: BTreeSet::new(),
@@ -895,6 +898,9 @@ impl Consumer {
         if wanted.is_empty() {
             return;
         }
+        let mut wanted = wanted;
+        let first = self.fetch_rotation % wanted.len();
+        wanted.rotate_left(first);
         let cluster = Arc::clone(&self.cluster);
         let config = self.config.clone();
         let max_wait_ms =
@@ -911,7 +917,10 @@ impl Consumer {
     /// fetch was out is skipped (its data starts at the wrong offset).
     async fn absorb(&mut self, replies: Vec<LeaderFetch>) -> Result<()> {
         let mut first_error = None;
+        let mut partitions_with_data = 0usize;
         for LeaderFetch { offsets, reply } in replies {
+            let requested_offsets: HashMap<&TopicPartition, Offset> =
+                offsets.iter().map(|(key, offset)| (key, *offset)).collect();
             let reply = match reply {
                 Ok(Response::Fetch(reply)) => reply,
                 Ok(other) => return Err(unexpected("Fetch", &other)),
@@ -922,10 +931,7 @@ impl Consumer {
             };
             for partition in reply.partitions {
                 let key = TopicPartition::new(&partition.topic, partition.partition);
-                let requested = offsets
-                    .iter()
-                    .find(|(candidate, _)| *candidate == key)
-                    .map(|(_, offset)| *offset);
+                let requested = requested_offsets.get(&key).copied();
                 let current = self
                     .assignment
                     .get(&key)
@@ -934,11 +940,22 @@ impl Consumer {
                     continue;
                 }
                 match partition.result {
-                    Ok(fetched) => self.buffer_fetched(&key, fetched)?,
+                    Ok(fetched) => {
+                        if !fetched.batches.is_empty() {
+                            partitions_with_data += 1;
+                        }
+                        self.buffer_fetched(&key, fetched)?
+                    }
                     Err(error) => self.partition_error(&key, error, &mut first_error).await?,
                 }
             }
         }
+        // The partitions that just returned data go to the back of the next request, so that
+        // one fetch's byte budget is not always spent on the first partitions (Kafka's fetch
+        // sessions rotate the same way).
+        self.fetch_rotation = self
+            .fetch_rotation
+            .wrapping_add(partitions_with_data.max(1));
         match first_error {
             // Records that did arrive are served first; the failure is retried next poll.
             Some(error) if self.buffer.is_empty() => Err(error),

@@ -586,6 +586,7 @@ async fn handle(
 
 fn fetch(state: &State, request: &FetchRequest) -> FetchResponse {
     let mut budget = request.max_bytes as usize;
+    let mut answered_any = false;
     let partitions = request
         .partitions
         .iter()
@@ -609,10 +610,12 @@ fn fetch(state: &State, request: &FetchRequest) -> FetchResponse {
                         }
                         let fits = bytes.len() + batch.size_bytes() <= wanted.max_bytes as usize
                             && batch.size_bytes() <= budget;
-                        // Like Kafka, the first batch is returned even when it is too big.
-                        if !fits && !bytes.is_empty() {
+                        // Like Kafka (and a Cairn node), the first batch of the response is
+                        // returned even when it is too big; past the budget, nothing more.
+                        if !fits && (!bytes.is_empty() || answered_any) {
                             break;
                         }
+                        answered_any = true;
                         budget = budget.saturating_sub(batch.size_bytes());
                         bytes.extend_from_slice(batch.bytes());
                     }

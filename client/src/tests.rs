@@ -436,6 +436,40 @@ async fn poll_until(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord
 }
 
 #[tokio::test]
+async fn a_small_fetch_budget_is_shared_by_rotating_the_partitions() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 4);
+    // Five one-record batches per partition.
+    for round in 0..5 {
+        for partition in 0..4 {
+            fill(&server, "t", partition, 1, round * 10).await;
+        }
+    }
+    let mut consumer = consumer(
+        &server,
+        ConsumerConfig {
+            fetch_max_bytes: 1,
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.assign_topic("t").await.unwrap();
+    // One batch per fetch. The partition that returned it goes to the back of the next
+    // request, so the first four batches come from four partitions (asked in the same
+    // order every time, partition 0 would return all five of its batches first).
+    let mut partitions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while partitions.len() < 4 && Instant::now() < deadline {
+        for record in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            partitions.push(record.partition);
+        }
+    }
+    partitions.truncate(4);
+    partitions.sort_unstable();
+    assert_eq!(partitions, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
 async fn a_consumer_reads_assigned_partitions_in_order() {
     let server = TestServer::start().await;
     server.create_topic("t", 2);
