@@ -15,6 +15,7 @@ use cairn_protocol::messages::{
     TopicConfig, TopicMetadata, TopicSummary,
 };
 use cairn_protocol::{NodeId, Offset, Request, Response};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -123,15 +124,18 @@ impl Admin {
             Some((*leader, answer))
         }))
         .await;
+        let index: HashMap<u32, usize> = reply
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(at, p)| (p.partition, at))
+            .collect();
         for (leader, answer) in answers.into_iter().flatten() {
             for from_leader in answer.partitions {
-                let Some(partition) = reply
-                    .partitions
-                    .iter_mut()
-                    .find(|p| p.partition == from_leader.partition)
-                else {
+                let Some(&at) = index.get(&from_leader.partition) else {
                     continue;
                 };
+                let partition = &mut reply.partitions[at];
                 if from_leader.leader == Some(leader) && partition.leader == Some(leader) {
                     *partition = from_leader;
                 }

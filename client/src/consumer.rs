@@ -82,10 +82,7 @@ impl RecordBuffer {
     fn push_back(&mut self, record: ConsumerRecord) {
         *self
             .per_partition
-            .entry(TopicPartition {
-                topic: Arc::clone(&record.topic),
-                partition: record.partition,
-            })
+            .entry(TopicPartition::of(&record))
             .or_default() += 1;
         self.records.push_back(record);
     }
@@ -95,10 +92,7 @@ impl RecordBuffer {
         let count = count.min(self.records.len());
         let taken: Vec<ConsumerRecord> = self.records.drain(..count).collect();
         for record in &taken {
-            let key = TopicPartition {
-                topic: Arc::clone(&record.topic),
-                partition: record.partition,
-            };
+            let key = TopicPartition::of(record);
             if let Some(left) = self.per_partition.get_mut(&key) {
                 *left -= 1;
                 if *left == 0 {
@@ -117,10 +111,7 @@ impl RecordBuffer {
         for record in &self.records {
             *self
                 .per_partition
-                .entry(TopicPartition {
-                    topic: Arc::clone(&record.topic),
-                    partition: record.partition,
-                })
+                .entry(TopicPartition::of(record))
                 .or_default() += 1;
         }
     }
@@ -168,6 +159,14 @@ impl TopicPartition {
         TopicPartition {
             topic: Arc::from(topic),
             partition,
+        }
+    }
+
+    /// The partition a record came from (shares the record's topic name).
+    fn of(record: &ConsumerRecord) -> TopicPartition {
+        TopicPartition {
+            topic: Arc::clone(&record.topic),
+            partition: record.partition,
         }
     }
 }
@@ -383,12 +382,8 @@ impl Consumer {
             }
             drop(state);
             let assignment = &self.assignment;
-            self.buffer.retain(|record| {
-                assignment.contains_key(&TopicPartition {
-                    topic: Arc::clone(&record.topic),
-                    partition: record.partition,
-                })
-            });
+            self.buffer
+                .retain(|record| assignment.contains_key(&TopicPartition::of(record)));
             group.wake.notify_one();
         }
         let added: Vec<TopicPartition> = target
@@ -539,12 +534,8 @@ impl Consumer {
             }
         }
         let paused = &self.paused;
-        self.buffer.retain(|record| {
-            !paused.contains(&TopicPartition {
-                topic: Arc::clone(&record.topic),
-                partition: record.partition,
-            })
-        });
+        self.buffer
+            .retain(|record| !paused.contains(&TopicPartition::of(record)));
     }
 
     pub fn resume(&mut self, partitions: &[TopicPartition]) {
@@ -628,12 +619,8 @@ impl Consumer {
         }
         self.assignment = next;
         let assignment = &self.assignment;
-        self.buffer.retain(|record| {
-            assignment.contains_key(&TopicPartition {
-                topic: Arc::clone(&record.topic),
-                partition: record.partition,
-            })
-        });
+        self.buffer
+            .retain(|record| assignment.contains_key(&TopicPartition::of(record)));
         Ok(())
     }
 
@@ -826,10 +813,7 @@ impl Consumer {
     fn take_buffered(&mut self) -> Vec<ConsumerRecord> {
         let records = self.buffer.take_front(self.config.max_poll_records);
         for record in &records {
-            let key = TopicPartition {
-                topic: Arc::clone(&record.topic),
-                partition: record.partition,
-            };
+            let key = TopicPartition::of(record);
             if let Some(state) = self.assignment.get_mut(&key) {
                 state.position = Some(record.offset.plus(1));
             }

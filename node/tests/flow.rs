@@ -109,23 +109,16 @@ fn fetch_respects_max_bytes_but_always_returns_one_batch() {
         wire.produce("sized", 0, &[&value]).unwrap();
     }
     let fetch = |wire: &mut support::Wire, max_bytes: u32| {
-        let reply = wire
-            .call(Request::Fetch(FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 1,
-                max_bytes,
-                partitions: vec![FetchPartition {
-                    topic: "sized".into(),
-                    partition: 0,
-                    offset: Offset(1),
-                    max_bytes: 1 << 20,
-                }],
-            }))
-            .unwrap();
-        let Response::Fetch(mut fetched) = reply else {
-            panic!()
+        let partition = FetchPartition {
+            topic: "sized".into(),
+            partition: 0,
+            offset: Offset(1),
+            max_bytes: 1 << 20,
         };
-        fetched.partitions.remove(0).result.unwrap()
+        wire.fetch_now(max_bytes, vec![partition])
+            .remove(0)
+            .result
+            .unwrap()
     };
     let small = fetch(&mut wire, 10);
     assert_eq!(
@@ -155,28 +148,17 @@ fn a_fetch_of_many_partitions_fills_its_budget_in_request_order() {
         }
     }
     let fetch = |wire: &mut support::Wire, max_bytes: u32| {
-        let reply = wire
-            .call(Request::Fetch(FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 1,
-                max_bytes,
-                // Asked in reverse order: the answer follows the request, not partition numbers.
-                partitions: (0..partitions)
-                    .rev()
-                    .map(|partition| FetchPartition {
-                        topic: "many".into(),
-                        partition,
-                        offset: Offset(1),
-                        max_bytes: 1 << 20,
-                    })
-                    .collect(),
-            }))
-            .unwrap();
-        let Response::Fetch(fetched) = reply else {
-            panic!()
-        };
-        fetched
-            .partitions
+        // Asked in reverse order: the answer follows the request, not partition numbers.
+        let asked = (0..partitions)
+            .rev()
+            .map(|partition| FetchPartition {
+                topic: "many".into(),
+                partition,
+                offset: Offset(1),
+                max_bytes: 1 << 20,
+            })
+            .collect();
+        wire.fetch_now(max_bytes, asked)
             .into_iter()
             .map(|p| {
                 (

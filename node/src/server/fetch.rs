@@ -159,10 +159,11 @@ async fn read_partition<S: LogStore>(
     };
     let total = kept_total.load(Ordering::Relaxed);
     let remaining = budget.saturating_sub(total);
-    if wanted.offset == handle.shared.high_watermark() || (remaining == 0 && total > 0) {
+    let high_watermark = handle.shared.high_watermark();
+    if wanted.offset == high_watermark || (remaining == 0 && total > 0) {
         // Nothing new (or no room): answer without asking the actor, but keep the range
         // check honest.
-        return PartitionRead::Answered(without_reading(handle, wanted.offset));
+        return PartitionRead::Answered(without_reading(handle, wanted.offset, high_watermark));
     }
     let max_bytes = (wanted.max_bytes as usize).min(remaining).max(1);
     PartitionRead::Read(handle.read(wanted.offset, max_bytes, false).await)
@@ -172,8 +173,8 @@ async fn read_partition<S: LogStore>(
 fn without_reading<S: LogStore>(
     handle: &PartitionHandle<S>,
     offset: cairn_protocol::Offset,
+    high_watermark: cairn_protocol::Offset,
 ) -> Result<FetchedRecords, ApiError> {
-    let high_watermark = handle.shared.high_watermark();
     let snapshot = handle.shared.snapshot();
     if snapshot.role != Role::Leader {
         Err(handle.shared.not_leader())

@@ -418,6 +418,24 @@ impl Wire {
         self.produce_batch(topic, partition, batch_of(values).into_bytes())
     }
 
+    /// One fetch that does not wait, of `partitions` in the order given, within `max_bytes`.
+    pub fn fetch_now(
+        &mut self,
+        max_bytes: u32,
+        partitions: Vec<FetchPartition>,
+    ) -> Vec<FetchPartitionResponse> {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes,
+            partitions,
+        });
+        match self.call(request) {
+            Ok(Response::Fetch(response)) => response.partitions,
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+
     pub fn fetch(
         &mut self,
         topic: &str,
