@@ -4,7 +4,8 @@
 //! spawns the view task. The view task wakes when chitchat's live set changes, when the owner
 //! publishes something, and at least once per gossip interval; each time it reads every node
 //! incarnation chitchat knows (decoding only those whose version moved), folds them into the
-//! [`View`] and sends the resulting [`ClusterChange`]s.
+//! [`View`] behind [`Membership::snapshot`], and hands them to the change stream, which reports
+//! them as [`ClusterChange`]s at the pace its reader takes them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -266,20 +267,15 @@ async fn run_view(
     let mut tick = tokio::time::interval(gossip_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cache = DecodeCache::new();
-    let mut receiver_gone = false;
+    let mut stream = ChangeStream::new(changes);
     loop {
         let observed = observe(&*chitchat.lock().await, &mut cache);
-        let round = view
+        // The snapshot follows every round, whether or not the stream's reader keeps up.
+        let _ = view
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .apply(&observed);
-        for change in round {
-            debug!(?change, "cluster change");
-            // The owner may drop the stream and use only snapshots.
-            if !receiver_gone && changes.send(change).await.is_err() {
-                receiver_gone = true;
-            }
-        }
+        stream.offer(&observed);
         tokio::select! {
             changed = live_nodes.changed() => {
                 if changed.is_err() {
@@ -288,7 +284,85 @@ async fn run_view(
             }
             _ = wake_view.notified() => {}
             _ = tick.tick() => {}
+            permit = stream.sender.clone().reserve_owned(), if stream.is_waiting() => {
+                stream.deliver(permit);
+            }
         }
+    }
+}
+
+/// The typed change stream's side of the view task. It keeps its own [`View`], the cluster as
+/// last reported to the reader, and folds a new observation into it only once every change
+/// from the previous fold has been sent. So a reader that falls behind delays changes (several
+/// rounds are reported as one, as between any two rounds) but never loses one, the memory held
+/// is bounded by the node count, and the task never waits on the reader.
+struct ChangeStream {
+    sender: mpsc::Sender<ClusterChange>,
+    reported: View,
+    pending: std::collections::VecDeque<ClusterChange>,
+    /// The owner may drop the stream and use only snapshots.
+    receiver_gone: bool,
+}
+
+impl ChangeStream {
+    fn new(sender: mpsc::Sender<ClusterChange>) -> ChangeStream {
+        ChangeStream {
+            sender,
+            reported: View::default(),
+            pending: std::collections::VecDeque::new(),
+            receiver_gone: false,
+        }
+    }
+
+    /// True while changes wait for room in the queue.
+    fn is_waiting(&self) -> bool {
+        !self.receiver_gone && !self.pending.is_empty()
+    }
+
+    /// Sends what fits; if everything went out, folds `observed` in and sends what fits of that.
+    fn offer(&mut self, observed: &[NodeInfo]) {
+        self.send_pending();
+        if self.receiver_gone || !self.pending.is_empty() {
+            return;
+        }
+        self.pending.extend(self.reported.apply(observed));
+        self.send_pending();
+    }
+
+    /// Room appeared in the queue (or the reader went away).
+    fn deliver(
+        &mut self,
+        permit: Result<mpsc::OwnedPermit<ClusterChange>, mpsc::error::SendError<()>>,
+    ) {
+        match permit {
+            Ok(permit) => {
+                if let Some(change) = self.pending.pop_front() {
+                    debug!(?change, "cluster change");
+                    permit.send(change);
+                }
+                self.send_pending();
+            }
+            Err(_) => self.gone(),
+        }
+    }
+
+    fn send_pending(&mut self) {
+        while let Some(change) = self.pending.pop_front() {
+            debug!(?change, "cluster change");
+            match self.sender.try_send(change) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(change)) => {
+                    self.pending.push_front(change);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return self.gone(),
+            }
+        }
+    }
+
+    fn gone(&mut self) {
+        self.receiver_gone = true;
+        self.pending.clear();
     }
 }
 

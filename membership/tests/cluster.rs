@@ -458,16 +458,20 @@ async fn a_full_change_queue_delays_changes_but_snapshots_stay_current() {
     let mut tiny = settings(1, gossip_addr(1), &[seed]);
     tiny.change_queue_max = 1;
     let (node1, mut changes1) = start(&transport, tiny, 1).await;
-    let _others = [
-        start(&transport, settings(2, gossip_addr(2), &[seed]), 1).await,
-        start(&transport, settings(3, gossip_addr(3), &[seed]), 1).await,
-    ];
-    // Nobody reads node 1's stream: its own Joined fills the queue of one, yet the snapshot
-    // keeps following gossip.
+    // Nobody reads node 1's stream: its own Joined fills the queue of one, and node 2's Joined
+    // has to wait. Node 3 starts only after that, so its arrival is a later gossip round, which
+    // the snapshot must still follow.
+    let node2 = start(&transport, settings(2, gossip_addr(2), &[seed]), 1).await;
+    wait_until("node 1's snapshot sees node 2", || {
+        sees_alive(&node1, &[1, 2])
+    })
+    .await;
+    let node3 = start(&transport, settings(3, gossip_addr(3), &[seed]), 1).await;
     wait_until("node 1's snapshot sees all three", || {
         sees_alive(&node1, &[1, 2, 3])
     })
     .await;
+    let _others = [node2, node3];
     // Draining then delivers every change, none dropped, self first.
     let (first, _) = wait_for_change("the queued change", &mut changes1, |_| true).await;
     assert!(is_joined(&first, 1), "{first:?}");
