@@ -12,11 +12,14 @@
 //!   first acknowledged write on its successor, over repeated kills and restarts.
 //! - [`rebalance`]: `cairn-bench rebalance`, the time a consumer group takes to rebalance
 //!   when a member joins and when one leaves.
+//! - [`disk`]: `cairn-bench disk`, sled flush latency alone (the disk's share of publish
+//!   latency).
 //! - [`report`]: hdrhistogram percentiles and throughput arithmetic.
 //!
 //! With `--rate`, latency is measured from each record's *intended* send time, so a stalled
 //! broker is charged for the records it kept the producer from sending (coordinated omission).
 
+mod disk;
 mod failover;
 mod rebalance;
 // The measuring modules live in the library, which the peer comparison (benches/compare)
@@ -57,6 +60,9 @@ enum BenchCommand {
     Failover(failover::FailoverArgs),
     /// Time for a consumer group to rebalance when a member joins and when one leaves.
     Rebalance(rebalance::RebalanceArgs),
+    /// The disk's share of the publish latency: sled flush times of one store per node,
+    /// appending and flushing at a steady rate, with no network and no broker.
+    Disk(disk::DiskArgs),
     /// Runs workload files (benches/workloads/*.toml) on local Cairn nodes and writes
     /// report.json, report.md and report.svg.
     Run(cairn_benches::cairn_driver::RunArgs),
@@ -164,6 +170,7 @@ fn main() {
     let outcome = match cli.command {
         Some(BenchCommand::Failover(args)) => runtime.block_on(failover::run(args)),
         Some(BenchCommand::Rebalance(args)) => runtime.block_on(rebalance::run(args)),
+        Some(BenchCommand::Disk(args)) => disk::run(args),
         Some(BenchCommand::Run(args)) => {
             runtime.block_on(cairn_benches::cairn_driver::run_command(args))
         }

@@ -190,8 +190,9 @@ pub(crate) fn write_blob<T: Serialize>(
     io_fail!(config, "write_blob write buf");
     f.write_all(&data)?;
     trace!("successfully wrote blob at {:?}", path);
+    drop(f);
     if !config.temporary {
-        schedule_writeback(f);
+        schedule_writeback(path);
     }
     Ok(())
 }
@@ -209,25 +210,30 @@ pub(crate) fn write_blob<T: Serialize>(
 
 /// How old a blob is when its writeback starts.
 const BLOB_WRITEBACK_DELAY: Duration = Duration::from_secs(2);
-/// Blobs waiting for their writeback (open files); past it the oldest starts early.
-const BLOB_WRITEBACK_PENDING_MAX: usize = 256;
+/// Blobs waiting for their writeback; past it the oldest starts early. Paths, not open files
+/// (as at first): a queued file handle outlived its blob, and once the file was recycled
+/// for a newer blob it started *that* blob's writeback a moment after it was written, so
+/// its blocks were allocated and its release (usually within a second) freed them, which on
+/// a disk mounted with `discard` is a synchronous discard that stalled every flush on the
+/// disk for up to 600 ms (see "Blob writeback" in PATCHES.md). A path names one blob only.
+const BLOB_WRITEBACK_PENDING_MAX: usize = 8192;
 
-fn pending_writeback() -> &'static std::sync::Mutex<VecDeque<(std::fs::File, Instant)>> {
-    static PENDING: OnceLock<std::sync::Mutex<VecDeque<(std::fs::File, Instant)>>> =
+fn pending_writeback() -> &'static std::sync::Mutex<VecDeque<(PathBuf, Instant)>> {
+    static PENDING: OnceLock<std::sync::Mutex<VecDeque<(PathBuf, Instant)>>> =
         OnceLock::new();
     PENDING.get_or_init(Default::default)
 }
 
 /// Queues a just written blob and starts the writeback of those old enough. A blob released
-/// meanwhile was emptied (or unlinked), so its writeback writes nothing; one whose file was
-/// reused writes the new blob's pages a little early.
-fn schedule_writeback(file: std::fs::File) {
+/// meanwhile is no longer at its path (it was moved away and emptied, or unlinked), so it is
+/// skipped: its pages are dropped unwritten and its release frees no disk blocks.
+fn schedule_writeback(path: PathBuf) {
     let now = Instant::now();
-    let due: Vec<std::fs::File> = {
+    let due: Vec<PathBuf> = {
         let mut pending = pending_writeback()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pending.push_back((file, now));
+        pending.push_back((path, now));
         let mut due = Vec::new();
         while let Some((_, written)) = pending.front() {
             if pending.len() <= BLOB_WRITEBACK_PENDING_MAX
@@ -235,27 +241,30 @@ fn schedule_writeback(file: std::fs::File) {
             {
                 break;
             }
-            due.extend(pending.pop_front().map(|(file, _)| file));
+            due.extend(pending.pop_front().map(|(path, _)| path));
         }
         due
     };
-    for file in due {
-        start_writeback(&file);
+    for path in due {
+        start_writeback(&path);
     }
 }
 
-/// Asks the kernel to start writing the file's dirty pages back, without waiting. Best
-/// effort: on an error the pages are left to the kernel's writeback, as before.
-fn start_writeback(file: &std::fs::File) {
+/// Asks the kernel to start writing the blob's dirty pages back, without waiting. Best
+/// effort: a blob released meanwhile cannot be opened and is skipped; on another error the
+/// pages are left to the kernel's writeback, as before.
+fn start_writeback(path: &std::path::Path) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::io::AsRawFd;
-        let _ = unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-        };
+        if let Ok(file) = std::fs::File::open(path) {
+            let _ = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = file;
+    let _ = path;
 }
 
 pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {

@@ -58,6 +58,10 @@
 
 use std::{collections::BTreeSet, mem};
 
+/// Free segments kept at most before the file is shrunk (Cairn patch, "Lazy tail
+/// truncation"): 128 x 512 KiB, 64 MiB of disk per database.
+const TRUNCATION_SLACK_SEGMENTS: usize = 128;
+
 use super::PageState;
 
 use crate::pagecache::*;
@@ -704,7 +708,14 @@ impl SegmentAccountant {
 
         // we want to avoid aggressive truncation because it can cause
         // blocking if we allocate a segment that was just truncated.
-        let laziness_factor = 1;
+        //
+        // Cairn patch (PATCHES.md, "Lazy tail truncation"): upstream kept one free segment.
+        // Under a steady append load the file's last segment was freed and truncated (with an
+        // `fsync` of the whole file, which makes the disk flush its cache for every process
+        // sharing it, and a discard) several times a second, and the next `bump_tip` waited
+        // for that truncation. Up to `TRUNCATION_SLACK_SEGMENTS` free segments are now kept
+        // for reuse before the file shrinks.
+        let laziness_factor = TRUNCATION_SLACK_SEGMENTS;
 
         // truncate if possible
         while self.tip != 0 && self.free.len() > laziness_factor {
