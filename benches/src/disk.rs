@@ -190,3 +190,50 @@ fn write_and_flush(
     logs.clear();
     Ok((durations, bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_subcommand_parses_and_refuses_zero_sizes() {
+        let cli = crate::Cli::try_parse_from([
+            "cairn-bench",
+            "disk",
+            "--nodes",
+            "0",
+            "--duration-s",
+            "1",
+        ])
+        .unwrap();
+        let Some(crate::BenchCommand::Disk(args)) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!((args.nodes, args.rate, args.duration_s), (0, 30_000, 1));
+        let error = run(args).unwrap_err();
+        assert!(error.contains("--nodes"), "{error}");
+    }
+
+    #[test]
+    fn one_store_flushes_at_the_asked_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let args = DiskArgs {
+            nodes: 1,
+            rate: 10_000,
+            record_bytes: 100,
+            partitions: 2,
+            interval_us: 1_000,
+            duration_s: 1,
+            dir: None,
+            json: None,
+        };
+        let (durations, bytes) =
+            write_and_flush(&store, &args, Duration::from_millis(300)).unwrap();
+        assert!(!durations.is_empty());
+        // 0.3 s at 10,000 records/s of 100 bytes is about 300 KB of values (plus headers);
+        // the pacing may run a little short but never ahead.
+        assert!(bytes > 100_000 && bytes < 600_000, "{bytes}");
+    }
+}

@@ -148,18 +148,88 @@ where
     Ok(report)
 }
 
-/// Rest between two runs, after a `sync`.
+/// Rest between two runs, after a `sync`, at least.
 const REST_BETWEEN_RUNS: std::time::Duration = std::time::Duration::from_secs(10);
+/// The disk counts as quiet once a second passes with no discard and less than this written...
+const QUIET_WRITTEN_BYTES: u64 = 1 << 20;
+/// ...this many seconds in a row.
+const QUIET_SECONDS: u32 = 3;
+/// Waiting for a quiet disk gives up after this long (another process may be writing).
+const QUIET_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Lets the previous run's writes and file deletions reach the disk before the next run: a
 /// run deletes gigabytes of data when it ends, and on a disk mounted with `discard` the
-/// discards and writeback that follow stalled the flushes of the next run's first seconds.
+/// discards that follow (measured: 7 GB over more than 5 s, at 600-1,000 MB/s) stalled the
+/// flushes of the next run's first seconds. So: `sync`, then wait until the disks have been
+/// quiet for a few seconds (from /proc/diskstats), and at least `REST_BETWEEN_RUNS`.
 async fn settle() {
+    let started = std::time::Instant::now();
     let synced = tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await;
     if !matches!(synced, Ok(Ok(status)) if status.success()) {
         eprintln!("sync failed before the next run; resting anyway");
     }
-    tokio::time::sleep(REST_BETWEEN_RUNS).await;
+    let mut quiet_seconds = 0;
+    let mut last = disk_activity();
+    while quiet_seconds < QUIET_SECONDS && started.elapsed() < QUIET_WAIT_MAX {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = disk_activity();
+        quiet_seconds = match (last, now) {
+            (Some(before), Some(after)) if after.is_quiet_after(before) => quiet_seconds + 1,
+            (Some(_), Some(_)) => 0,
+            // No /proc/diskstats: only the fixed rest.
+            _ => QUIET_SECONDS,
+        };
+        last = now;
+    }
+    if quiet_seconds < QUIET_SECONDS {
+        eprintln!("the disk was still busy after {QUIET_WAIT_MAX:?}; running anyway");
+    }
+    if let Some(left) = REST_BETWEEN_RUNS.checked_sub(started.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// Bytes written and discarded so far, summed over the block devices of /proc/diskstats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DiskActivity {
+    written_bytes: u64,
+    discarded_bytes: u64,
+}
+
+impl DiskActivity {
+    fn is_quiet_after(self, before: DiskActivity) -> bool {
+        self.discarded_bytes == before.discarded_bytes
+            && self.written_bytes.saturating_sub(before.written_bytes) < QUIET_WRITTEN_BYTES
+    }
+}
+
+fn disk_activity() -> Option<DiskActivity> {
+    parse_diskstats(&std::fs::read_to_string("/proc/diskstats").ok()?)
+}
+
+/// Sums sectors written (field 10 of a line) and discarded (field 17, Linux 4.18+) of every
+/// device; sectors are 512 bytes in this file whatever the device's block size.
+fn parse_diskstats(text: &str) -> Option<DiskActivity> {
+    let mut activity = DiskActivity {
+        written_bytes: 0,
+        discarded_bytes: 0,
+    };
+    let mut devices = 0;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let sectors = |index: usize| {
+            fields
+                .get(index)
+                .and_then(|value| value.parse::<u64>().ok())
+        };
+        let Some(written) = sectors(9) else {
+            continue;
+        };
+        activity.written_bytes += written * 512;
+        activity.discarded_bytes += sectors(16).unwrap_or(0) * 512;
+        devices += 1;
+    }
+    (devices > 0).then_some(activity)
 }
 
 /// The first system over each other system, per workload both ran.
@@ -466,6 +536,29 @@ mod tests {
     use crate::harness::NodeUse;
     use crate::report::{Latency, Throughput};
     use std::time::Duration;
+
+    #[test]
+    fn disk_activity_sums_written_and_discarded_sectors_of_every_device() {
+        let before = parse_diskstats(
+            "   7       0 loop0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n \
+             254       0 vda 1154850 16677 37545202 4002152 6773105 2221326 1000 3830732 0 \
+             1097648 8307851 604616 159 4000 431229 3761 43737\n",
+        )
+        .unwrap();
+        assert_eq!(before.written_bytes, 1000 * 512);
+        assert_eq!(before.discarded_bytes, 4000 * 512);
+        let written = |sectors: u64, discarded: u64| DiskActivity {
+            written_bytes: before.written_bytes + sectors * 512,
+            discarded_bytes: before.discarded_bytes + discarded * 512,
+        };
+        assert!(written(100, 0).is_quiet_after(before));
+        assert!(!written(4096, 0).is_quiet_after(before));
+        assert!(!written(0, 8).is_quiet_after(before));
+        // An older kernel's lines without discard fields count no discards.
+        let old = parse_diskstats("254 0 vda 1 2 3 4 5 6 77 8 9 10 11\n").unwrap();
+        assert_eq!((old.written_bytes, old.discarded_bytes), (77 * 512, 0));
+        assert_eq!(parse_diskstats(""), None);
+    }
 
     fn outcome(system: &str, workload: &str, records_per_second: f64, p99_ms: f64) -> Outcome {
         let workload = Workload::parse(&format!(
