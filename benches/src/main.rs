@@ -163,6 +163,15 @@ type BenchResult<T> = Result<T, String>;
 
 fn main() {
     let cli = Cli::parse();
+    // The client's own events (e.g. `CAIRN_LOG=cairn_client=debug`: each fetch's partitions,
+    // bytes and time), on stderr; nothing without the variable.
+    if let Ok(filter) = std::env::var("CAIRN_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -934,6 +934,11 @@ impl Consumer {
                 }
             }
         }
+        tracing::debug!(
+            partitions_with_data,
+            buffered = self.buffer.len(),
+            "fetch absorbed"
+        );
         // The partitions that just returned data go to the back of the next request, so that
         // one fetch's byte budget is not always spent on the first partitions (Kafka's fetch
         // sessions rotate the same way).
@@ -1056,7 +1061,28 @@ async fn fetch_all(
         let cluster = Arc::clone(&cluster);
         let config = config.clone();
         async move {
+            let started = Instant::now();
             let reply = fetch_from(&cluster, &config, leader, &offsets, max_wait_ms).await;
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                if let Ok(Response::Fetch(reply)) = &reply {
+                    let with_data = reply
+                        .partitions
+                        .iter()
+                        .filter_map(|partition| partition.result.as_ref().ok())
+                        .filter(|fetched| !fetched.batches.is_empty());
+                    let (partitions, bytes) = with_data.fold((0, 0), |(count, bytes), fetched| {
+                        (count + 1, bytes + fetched.batches.len())
+                    });
+                    tracing::debug!(
+                        leader = leader.0,
+                        asked = offsets.len(),
+                        partitions,
+                        bytes,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "fetch answered"
+                    );
+                }
+            }
             LeaderFetch { offsets, reply }
         }
     });

@@ -136,6 +136,8 @@ pub struct Replica {
     pending_grant: Option<(NodeId, Epoch)>,
     election_deadline: Millis,
     elections_started: u64,
+    /// Mixed into the election jitter (see [`Replica::set_jitter_salt`]).
+    jitter_salt: u64,
     /// Pre-vote in progress: the epoch probed and who would grant it.
     probe: Option<(Epoch, BTreeSet<NodeId>)>,
     candidacy: Option<Candidacy>,
@@ -257,6 +259,7 @@ impl Replica {
             pending_grant: None,
             election_deadline: now,
             elections_started: 0,
+            jitter_salt: 0,
             probe: None,
             candidacy: None,
             leadership: None,
@@ -394,6 +397,31 @@ impl Replica {
         Some(self.election_deadline.max(self.granted_until))
     }
 
+    /// Varies this replica's election jitter with `salt` (a runtime passes one per
+    /// partition). Without it the jitter depends only on the node and the count of elections,
+    /// so every partition of one node waits the same time, and whichever node draws the
+    /// shortest wins every contested election: after a failure, or when the preferred leaders
+    /// of a new topic lose their first try, one node ended up leading most partitions. Takes
+    /// effect at once (the current deadline moves by the change of jitter); liveness only, no
+    /// safety rule depends on it.
+    pub fn set_jitter_salt(&mut self, salt: u64) {
+        let before = self.election_wait_ms();
+        self.jitter_salt = salt;
+        let after = self.election_wait_ms();
+        self.election_deadline = Millis(self.election_deadline.0.saturating_sub(before) + after);
+    }
+
+    /// Keeps a follower that knows no leader from starting an election before `until`, for a
+    /// runtime that wants another replica to go first (the preferred leader of a new
+    /// partition, whose first probe may reach peers still inside their post-start lease wait
+    /// and be refused). Only ever delays: a deadline already later stays, a leader or
+    /// candidate is unaffected, and the lease rules are checked as always. Liveness only.
+    pub fn hold_election_until(&mut self, until: Millis) {
+        if self.role == Role::Follower && self.leader.is_none() {
+            self.election_deadline = self.election_deadline.max(until);
+        }
+    }
+
     fn check_invariants(&self) {
         if let Err(violation) = invariants::check_status(&self.status()) {
             panic!("replica invariant broken: {violation}");
@@ -431,7 +459,7 @@ impl Replica {
         let jitter_ms = if self.voters.len() == 1 {
             0
         } else {
-            let seed = u64::from(self.node.0) ^ (self.elections_started << 32);
+            let seed = u64::from(self.node.0) ^ (self.elections_started << 32) ^ self.jitter_salt;
             mix64(seed) % (self.config.election_timeout_ms / 2 + 1)
         };
         self.config.election_timeout_ms + jitter_ms

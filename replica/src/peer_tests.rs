@@ -1173,3 +1173,62 @@ fn heartbeats_fall_on_multiples_of_heartbeat_ms_so_a_late_tick_does_not_stretch_
     );
     assert_eq!(leader.next_tick_at(), Some(Millis(1_100)));
 }
+
+#[test]
+fn a_held_election_waits_until_the_hold_and_a_hold_never_brings_it_forward() {
+    let mut follower = replica(B, empty());
+    let deadline = follower.next_tick_at().unwrap();
+    follower.hold_election_until(deadline.plus(1_000));
+    assert_eq!(follower.next_tick_at(), Some(deadline.plus(1_000)));
+    // Nothing happens at the old deadline; the probe goes out at the hold.
+    assert_eq!(follower.step(deadline, Input::Tick), vec![]);
+    let effects = follower.step(deadline.plus(1_000), Input::Tick);
+    assert!(
+        effects.iter().any(|effect| matches!(
+            effect,
+            Effect::Send {
+                message: PeerMessage::LeaseProbe { .. },
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+    // An earlier hold changes nothing.
+    let later = follower.next_tick_at().unwrap();
+    follower.hold_election_until(Millis(0));
+    assert_eq!(follower.next_tick_at(), Some(later));
+}
+
+#[test]
+fn a_follower_that_heard_a_leader_is_not_held() {
+    let mut follower = follower3();
+    let deadline = follower.next_tick_at().unwrap();
+    follower.hold_election_until(deadline.plus(10_000));
+    assert_eq!(follower.next_tick_at(), Some(deadline));
+}
+
+#[test]
+fn the_jitter_salt_spreads_the_election_waits_of_one_node() {
+    // Without a salt every replica of one node waits the same; with one salt per partition
+    // the waits differ, so no node wins every contested election.
+    let waits = |salted: bool| -> std::collections::BTreeSet<Millis> {
+        (0..16u64)
+            .map(|partition| {
+                let mut follower = replica(B, empty());
+                if salted {
+                    follower.set_jitter_salt(partition.wrapping_mul(0x9E37_79B9));
+                }
+                let deadline = follower.next_tick_at().unwrap();
+                // Between the election timeout and one and a half of it, as without a salt.
+                let timeout = Config::for_tests().election_timeout_ms;
+                assert!(
+                    deadline.0 >= timeout && deadline.0 <= timeout * 3 / 2,
+                    "{deadline:?}"
+                );
+                deadline
+            })
+            .collect()
+    };
+    assert_eq!(waits(false).len(), 1);
+    assert!(waits(true).len() > 8, "{:?}", waits(true));
+}
