@@ -80,11 +80,15 @@ impl RecordBuffer {
     }
 
     fn push_back(&mut self, record: ConsumerRecord) {
+        self.count(&record);
+        self.records.push_back(record);
+    }
+
+    fn count(&mut self, record: &ConsumerRecord) {
         *self
             .per_partition
-            .entry(TopicPartition::of(&record))
+            .entry(TopicPartition::of(record))
             .or_default() += 1;
-        self.records.push_back(record);
     }
 
     /// Removes and returns the first `count` records (fewer if fewer are buffered).
@@ -108,12 +112,11 @@ impl RecordBuffer {
     fn retain(&mut self, keep: impl FnMut(&ConsumerRecord) -> bool) {
         self.records.retain(keep);
         self.per_partition.clear();
-        for record in &self.records {
-            *self
-                .per_partition
-                .entry(TopicPartition::of(record))
-                .or_default() += 1;
+        let records = std::mem::take(&mut self.records);
+        for record in &records {
+            self.count(record);
         }
+        self.records = records;
     }
 
     fn clear(&mut self) {
@@ -873,7 +876,7 @@ impl Consumer {
     /// Starts one fetch per leader for every partition with a known fetch offset, in a
     /// background task.
     fn start_fetch(&mut self, wait: Duration) {
-        let wanted: Vec<(TopicPartition, Offset)> = self
+        let mut wanted: Vec<(TopicPartition, Offset)> = self
             .assignment
             .iter()
             .filter(|(key, _)| !self.paused.contains(*key))
@@ -882,7 +885,6 @@ impl Consumer {
         if wanted.is_empty() {
             return;
         }
-        let mut wanted = wanted;
         let first = self.fetch_rotation % wanted.len();
         wanted.rotate_left(first);
         let cluster = Arc::clone(&self.cluster);

@@ -162,19 +162,6 @@ const PRODUCER_RECOVERY_READ_BYTES_MAX: usize = 1 << 20;
 
 /// Reads back the tail of the log and hands the batch headers to the replica, so a restarted
 /// (or newly elected) leader still drops producers' retries (DESIGN section 6).
-/// A per-partition salt for the replica's election jitter, stable across restarts.
-fn jitter_salt(log_name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    log_name.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// A log that never had a leader: nothing written and no epoch promised.
-fn recovered_fresh<L: PartitionLog>(log: &L) -> bool {
-    log.log_end() == Offset::ZERO && log.promised_epoch() == Epoch::ZERO
-}
-
 fn recover_producers<L: PartitionLog>(replica: &mut Replica, log: &L) -> Result<(), StorageError> {
     let log_end = log.log_end();
     let mut from = log.log_start().max(Offset(
@@ -193,6 +180,19 @@ fn recover_producers<L: PartitionLog>(replica: &mut Replica, log: &L) -> Result<
         from = next;
     }
     Ok(())
+}
+
+/// A per-partition salt for the replica's election jitter, stable across restarts.
+fn jitter_salt(log_name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    log_name.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A log that never had a leader: nothing written and no epoch promised.
+fn recovered_fresh<L: PartitionLog>(log: &L) -> bool {
+    log.log_end() == Offset::ZERO && log.promised_epoch() == Epoch::ZERO
 }
 
 /// Suggested wait before retrying a produce refused for a full mailbox.
@@ -229,9 +229,9 @@ impl<S: LogStore> PartitionHandle<S> {
         // spread their winners instead of all going to the node with the shortest wait.
         replica.set_jitter_salt(jitter_salt(&spec.log_name));
         // The first replica of a set is its preferred leader (placement balances them).
-        let preferred = spec.voters.len() > 1 && spec.voters.first() == Some(&spec.node);
-        let fresh = recovered_fresh(&spec.log);
-        if spec.voters.len() > 1 && !preferred && fresh {
+        let replicated = spec.voters.len() > 1;
+        let preferred = replicated && spec.voters.first() == Some(&spec.node);
+        if replicated && !preferred && recovered_fresh(&spec.log) {
             // A new partition: the others hold their first election long enough for the
             // preferred leader's second try. Its first may reach peers still inside their
             // post-start lease wait (they start when they apply the topic, a little later)

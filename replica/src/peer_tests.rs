@@ -49,6 +49,20 @@ fn marker(offset: u64, epoch: u64) -> RecordBatch {
     RecordBatchBuilder::control_marker(0).stamped(Offset(offset), Epoch(epoch))
 }
 
+/// Fails unless `effects` send a lease probe (to anyone).
+fn assert_sends_a_probe(effects: &[Effect]) {
+    assert!(
+        effects.iter().any(|effect| matches!(
+            effect,
+            Effect::Send {
+                message: PeerMessage::LeaseProbe { .. },
+                ..
+            }
+        )),
+        "{effects:?}"
+    );
+}
+
 fn send(to: NodeId, message: PeerMessage) -> Effect {
     Effect::Send { to, message }
 }
@@ -1104,16 +1118,7 @@ fn a_follower_needs_a_tick_only_at_its_election_deadline_which_each_append_pushe
     let deadline = deadline.plus(100);
     assert_eq!(follower.step(Millis(deadline.0 - 1), Input::Tick), vec![]);
     let effects = follower.step(deadline, Input::Tick);
-    assert!(
-        effects.iter().any(|effect| matches!(
-            effect,
-            Effect::Send {
-                message: PeerMessage::LeaseProbe { .. },
-                ..
-            }
-        )),
-        "{effects:?}"
-    );
+    assert_sends_a_probe(&effects);
     assert!(follower.next_tick_at().unwrap() > deadline);
 }
 
@@ -1183,16 +1188,7 @@ fn a_held_election_waits_until_the_hold_and_a_hold_never_brings_it_forward() {
     // Nothing happens at the old deadline; the probe goes out at the hold.
     assert_eq!(follower.step(deadline, Input::Tick), vec![]);
     let effects = follower.step(deadline.plus(1_000), Input::Tick);
-    assert!(
-        effects.iter().any(|effect| matches!(
-            effect,
-            Effect::Send {
-                message: PeerMessage::LeaseProbe { .. },
-                ..
-            }
-        )),
-        "{effects:?}"
-    );
+    assert_sends_a_probe(&effects);
     // An earlier hold changes nothing.
     let later = follower.next_tick_at().unwrap();
     follower.hold_election_until(Millis(0));
