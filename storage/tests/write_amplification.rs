@@ -3,9 +3,10 @@
 //! With 64 KiB batches (the client's default batch size) a sled leaf holds about 16 of them,
 //! and sled 0.34.7 split a full leaf in halves, rewriting both: every batch reached the disk
 //! about three times (2.9x measured, `storage/examples/append_cost.rs`). Cairn's sled patch
-//! splits the rightmost leaf of an append-only tree lopsided (vendor/sled/PATCHES.md), so the
-//! batches kept on the left are written once more and never again. This test fails if the
-//! amplification returns to even splits' level.
+//! splits the rightmost leaf of an append-only tree lopsided and installs the split as a small
+//! link on the left page instead of rewriting it (vendor/sled/PATCHES.md), so a batch is
+//! written once as its insert and a few of them once more on the new right page. This test
+//! fails if the left page is rewritten again (2.4x) or splits are even again (2.9x).
 //!
 //! It counts bytes handed to `write` (`wchar` of `/proc/self/io`), not time, and is the only
 //! test in this file so that the process's writes are its own.
@@ -29,12 +30,13 @@ fn bytes_written() -> u64 {
 }
 
 #[test]
-fn appending_64_kib_batches_writes_each_byte_well_under_three_times() {
+fn appending_64_kib_batches_writes_each_byte_not_much_more_than_once() {
     const LOG_BYTES: u64 = 96 << 20;
     const PARTITIONS: usize = 6;
     const BATCHES_PER_FLUSH: usize = 8;
-    /// Even splits measured 2.9-3.0; lopsided splits 2.3-2.5.
-    const AMPLIFICATION_MAX: f64 = 2.7;
+    /// Even splits measured 2.9-3.0; lopsided splits rewriting the left page 2.3-2.5; lopsided
+    /// splits installed as links 1.37.
+    const AMPLIFICATION_MAX: f64 = 1.7;
 
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = SledStore::open(dir.path()).expect("open");

@@ -347,6 +347,10 @@ pub(crate) enum Link {
     ParentMergeConfirm,
     /// A Node is marked for being merged into its left sibling
     ChildMergeCap,
+    /// Cairn patch: the node split at this key, the right side being in this page (a lopsided
+    /// split of a leaf appended to in key order, see `Node::splits_lopsided`). Installed
+    /// instead of rewriting the left side whole, which keeps all but a few of its items.
+    Split(IVec, PageId),
 }
 
 /// A fast map that is not resistant to collision attacks. Works

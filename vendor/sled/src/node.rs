@@ -103,6 +103,7 @@ impl Node {
             ChildMergeCap => {
                 self.merging = true;
             }
+            Split(ref at, right_pid) => self.apply_split(at, right_pid),
         }
     }
 
@@ -163,11 +164,71 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(mut self) -> (Node, Node) {
-        /// Items a lopsided split leaves on the right: the fewest that `should_merge` leaves
-        /// alone (it merges leaves under 4), so a split never triggers a merge.
-        const APPEND_SPLIT_RIGHT: usize = 4;
+    /// Items a lopsided split leaves on the right: the fewest that `should_merge` leaves
+    /// alone (it merges leaves under 4), so a split never triggers a merge.
+    const APPEND_SPLIT_RIGHT: usize = 4;
 
+    /// Cairn patch: whether `split` keeps all but `APPEND_SPLIT_RIGHT` items on the left (the
+    /// rightmost leaf of a tree appended to in key order, see `split_point`). Such a split is
+    /// installed as a `Link::Split` on the left page instead of rewriting it whole.
+    pub(crate) fn splits_lopsided(&self) -> bool {
+        match self.data {
+            Data::Leaf(ref leaf) => {
+                self.hi.is_empty()
+                    && leaf.keys.len() >= 2 * Self::APPEND_SPLIT_RIGHT
+            }
+            Data::Index(_) => false,
+        }
+    }
+
+    /// Index of the first item that goes to the right sibling in `split`.
+    fn split_point(&self) -> usize {
+        match self.data {
+            Data::Index(ref index) => index.keys.len() / 2 + 1,
+            // Cairn patch: the rightmost leaf of a tree that is appended to in key order (a
+            // partition log) splits lopsided, keeping all but the last `APPEND_SPLIT_RIGHT`
+            // items on the left, as B-trees with a sequential-insert optimisation do. The left
+            // page is then never touched again by appends; an even split rewrote every item
+            // about three times. The right side keeps enough items (>= 4) that
+            // `should_merge` never merges it straight back.
+            Data::Leaf(ref leaf) => {
+                let len = leaf.keys.len();
+                if self.splits_lopsided() {
+                    len - Self::APPEND_SPLIT_RIGHT
+                } else {
+                    len / 2 + 1
+                }
+            }
+        }
+    }
+
+    pub(crate) fn split(self) -> (Node, Node) {
+        let split_point = self.split_point();
+        self.split_at(split_point)
+    }
+
+    /// Cairn patch: applies a `Link::Split`: this node becomes the left side of the split
+    /// whose right side starts at `at` and lives in page `right_pid`. It gives exactly the
+    /// node `split` gave as its left side when the link was made, because the link is only
+    /// made on the very node it is applied to (the page's state when the link was installed).
+    fn apply_split(&mut self, at: &IVec, right_pid: PageId) {
+        let point = match self.data {
+            Data::Leaf(ref leaf) => {
+                let prefixed_lo = &self.lo[..self.prefix_len as usize];
+                leaf.keys
+                    .iter()
+                    .position(|k| prefix::decode(prefixed_lo, k) >= *at)
+                    .expect("a split link has items on its right")
+            }
+            Data::Index(_) => panic!("a split link applied to an index node"),
+        };
+        let (mut left, right) = self.clone().split_at(point);
+        assert_eq!(&right.lo, at, "a split link does not match its node");
+        left.next = Some(NonZeroU64::new(right_pid).unwrap());
+        *self = left;
+    }
+
+    fn split_at(mut self, split_point: usize) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
@@ -247,10 +308,8 @@ impl Node {
 
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
-        let rightmost = self.hi.is_empty();
         let (split, right_prefix_len, right_data) = match self.data {
             Data::Index(ref mut index) => {
-                let split_point = index.keys.len() / 2 + 1;
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut index.keys,
@@ -271,18 +330,6 @@ impl Node {
                 )
             }
             Data::Leaf(ref mut leaf) => {
-                // Cairn patch: the rightmost leaf of a tree that is appended to in key order
-                // (a partition log) splits lopsided, keeping all but the last
-                // `APPEND_SPLIT_RIGHT` items on the left, as B-trees with a sequential-insert
-                // optimisation do. The left page is then written once and never again; an
-                // even split rewrote every item about three times. The right side keeps
-                // enough items (>= 4) that `should_merge` never merges it straight back.
-                let len = leaf.keys.len();
-                let split_point = if rightmost && len >= 2 * APPEND_SPLIT_RIGHT {
-                    len - APPEND_SPLIT_RIGHT
-                } else {
-                    len / 2 + 1
-                };
                 let (split, right_prefix_len, right_keys, right_values) =
                     split_inner(
                         &mut leaf.keys,

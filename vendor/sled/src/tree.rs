@@ -1456,6 +1456,7 @@ impl Tree {
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
         // split node
+        let lopsided = view.deref().splits_lopsided();
         let (mut lhs, rhs) = view.deref().clone().split();
         let rhs_lo = rhs.lo.clone();
 
@@ -1464,14 +1465,28 @@ impl Tree {
 
         // replace node, pointing next to installed right
         lhs.next = Some(NonZeroU64::new(rhs_pid).unwrap());
-        let replace = self.context.pagecache.replace(
-            view.pid,
-            view.node_view.0,
-            lhs,
-            guard,
-        )?;
+        // Cairn patch: a lopsided split keeps all but a few items on the left, so instead
+        // of writing the left page whole again (every appended value a second time) it gets
+        // a small `Link::Split` fragment that cuts it at `rhs_lo`; applying it to this very
+        // node gives `lhs`. `link` still consolidates a chain that has grown too long.
+        let installed = if lopsided {
+            self.context
+                .pagecache
+                .link(
+                    view.pid,
+                    view.node_view.0,
+                    Link::Split(rhs_lo.clone(), rhs_pid),
+                    guard,
+                )?
+                .is_ok()
+        } else {
+            self.context
+                .pagecache
+                .replace(view.pid, view.node_view.0, lhs, guard)?
+                .is_ok()
+        };
         M.tree_child_split_attempt();
-        if replace.is_err() {
+        if !installed {
             // if we failed, don't follow through with the
             // parent split or root hoist.
             let _new_stack = self
