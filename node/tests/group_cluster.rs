@@ -1168,21 +1168,32 @@ fn the_group_keeps_consuming_and_committing_when_the_coordinators_node_is_killed
             let (back, ok) = commit_all(&mut members).await;
             members = back;
             let received: usize = members.iter().map(|m| m.received.len()).sum();
+            let mut behind = Vec::new();
             if ok && received > received_at_kill + 60 {
                 let now = committed(&admin, "g").await;
                 let (new_coordinator, _) = find_coordinator(&cluster, "g").await;
                 assert_ne!(new_coordinator, coordinator);
-                if now.len() == 6
-                    && now.iter().all(|(p, o)| *o > before_kill[p])
-                    && killed_at.elapsed() > Duration::from_secs(3)
-                {
+                behind = (0..6)
+                    .filter(|p| {
+                        now.get(p)
+                            .is_none_or(|o| *o <= before_kill.get(p).copied().unwrap_or(0))
+                    })
+                    .map(|p| (p, before_kill.get(&p).copied(), now.get(&p).copied()))
+                    .collect();
+                if behind.is_empty() && killed_at.elapsed() > Duration::from_secs(3) {
                     break;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "no progress after the coordinator's node was killed: received {received}, \
-                 commits ok {ok}\n{}",
+                "no progress after the coordinator's node {coordinator:?} was killed: received \
+                 {received} ({received_at_kill} at the kill), commits ok {ok}, partitions whose \
+                 commit stayed at or below the pre-kill offset (partition, before, now): \
+                 {behind:?}; positions: {:?}\n{}",
+                members
+                    .iter()
+                    .map(|m| m.consumer.positions())
+                    .collect::<Vec<_>>(),
                 cluster.logs()
             );
         }
