@@ -427,9 +427,13 @@ fn advance_snapshot(
     }
 
     // remove all blob files larger than our stable offset
-    if let Some(stable_lsn) = snapshot.stable_lsn {
-        gc_blobs(config, stable_lsn)?;
-    }
+    //
+    // Cairn patch (PATCHES.md, "Blobs of a log that never became stable"): with no stable lsn
+    // at all (the process died before its first flush finished) upstream kept every blob, and
+    // the log, starting again at lsn 0, later wrote a blob at an lsn whose file was still
+    // there: `create_new` failed with EEXIST and the write with it. Nothing stable can point at
+    // a blob then, so every blob file is garbage.
+    gc_blobs(config, snapshot.stable_lsn.unwrap_or(0))?;
 
     #[cfg(feature = "event_log")]
     config.event_log.recovered_lsn(snapshot.stable_lsn.unwrap_or(0));
