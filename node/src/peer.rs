@@ -28,7 +28,7 @@ use cairn_protocol::peer::{
     decode_peer_frame, encode_peer_frame, PartitionPeerMessage, PeerAppendResult, PeerFrame,
     PeerWireMessage,
 };
-use cairn_protocol::NodeId;
+use cairn_protocol::{NodeId, Offset};
 use cairn_replica::{AppendResult, Millis, PeerMessage};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -492,8 +492,21 @@ pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
     }
 }
 
-/// The wire message as the engine's type; every batch is validated (length, checksum and
-/// records) so nothing corrupt reaches a replica's log.
+/// An offset read from a peer, refused above [`Offset::MAX`] so that no arithmetic on it
+/// can overflow.
+fn bounded(offset: Offset) -> Result<Offset, String> {
+    if offset > Offset::MAX {
+        return Err(format!(
+            "offset {offset} is above the largest offset {}",
+            Offset::MAX
+        ));
+    }
+    Ok(offset)
+}
+
+/// The wire message as the engine's type; every batch is validated (length, checksum,
+/// records, offsets within [`Offset::MAX`]) and every offset bounded, so nothing corrupt
+/// reaches a replica.
 pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
     Ok(match message {
         PeerWireMessage::LeaseRequest {
@@ -503,7 +516,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
         } => PeerMessage::LeaseRequest {
             epoch,
             last_log_epoch,
-            log_end,
+            log_end: bounded(log_end)?,
         },
         PeerWireMessage::LeaseResponse {
             epoch,
@@ -521,7 +534,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
         } => PeerMessage::LeaseProbe {
             epoch,
             last_log_epoch,
-            log_end,
+            log_end: bounded(log_end)?,
         },
         PeerWireMessage::LeaseProbeResponse {
             epoch,
@@ -541,7 +554,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
             sent_at_ms,
         } => PeerMessage::Append {
             epoch,
-            prev_offset,
+            prev_offset: bounded(prev_offset)?,
             prev_epoch,
             batches: batches
                 .into_iter()
@@ -549,7 +562,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
                     RecordBatch::validate(bytes).map_err(|error| format!("bad batch: {error}"))
                 })
                 .collect::<Result<_, _>>()?,
-            commit,
+            commit: bounded(commit)?,
             sent_at: Millis(sent_at_ms),
         },
         PeerWireMessage::AppendResponse {
@@ -564,12 +577,13 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
                     log_end,
                     durable_end,
                 } => AppendResult::Ok {
-                    log_end,
-                    durable_end,
+                    log_end: bounded(log_end)?,
+                    durable_end: bounded(durable_end)?,
                 },
-                PeerAppendResult::Diverged { epoch, end_offset } => {
-                    AppendResult::Diverged { epoch, end_offset }
-                }
+                PeerAppendResult::Diverged { epoch, end_offset } => AppendResult::Diverged {
+                    epoch,
+                    end_offset: bounded(end_offset)?,
+                },
                 PeerAppendResult::StaleEpoch { promised_epoch } => {
                     AppendResult::StaleEpoch { promised_epoch }
                 }
@@ -584,7 +598,7 @@ mod tests {
     use crate::peer_auth::ClusterSecret;
     use cairn_protocol::batch::RecordBatchBuilder;
     use cairn_protocol::peer::decode_peer_hello;
-    use cairn_protocol::{Epoch, Offset, Record};
+    use cairn_protocol::{Epoch, Record};
     use tokio::net::TcpListener;
 
     #[derive(Default)]
@@ -736,6 +750,31 @@ mod tests {
         for message in messages {
             assert_eq!(from_wire(to_wire(&message)).unwrap(), message);
         }
+    }
+
+    #[test]
+    fn offsets_beyond_the_largest_are_refused() {
+        let wire = |prev_offset: Offset, commit: Offset| PeerWireMessage::Append {
+            epoch: Epoch(1),
+            prev_offset,
+            prev_epoch: Epoch(0),
+            batches: vec![],
+            commit,
+            sent_at_ms: 0,
+        };
+        assert!(from_wire(wire(Offset::MAX, Offset::MAX)).is_ok());
+        assert!(from_wire(wire(Offset(u64::MAX), Offset(0))).is_err());
+        assert!(from_wire(wire(Offset(0), Offset(u64::MAX))).is_err());
+        let forged = batch(b"x").stamped(Offset(u64::MAX), Epoch(1));
+        let wire = PeerWireMessage::Append {
+            epoch: Epoch(1),
+            prev_offset: Offset(u64::MAX),
+            prev_epoch: Epoch(0),
+            batches: vec![forged.into_bytes()],
+            commit: Offset(0),
+            sent_at_ms: 0,
+        };
+        assert!(from_wire(wire).is_err());
     }
 
     #[test]
