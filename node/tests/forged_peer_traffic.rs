@@ -326,6 +326,16 @@ fn forged_peer_traffic_from_a_plain_client_changes_nothing() {
     });
     assert!(caught_up, "a replica did not catch up");
 
+    // The secret never reaches a log.
+    let secret = std::fs::read_to_string(&cluster.secret_file).expect("the secret file");
+    for node in &cluster.nodes {
+        assert!(
+            !node.logs().contains(secret.trim()),
+            "node {} logged the secret",
+            node.node_id
+        );
+    }
+
     // Every replica's sled files hold the acknowledged values and nothing forged.
     for node in &mut guarded.0.nodes {
         node.terminate();
@@ -351,4 +361,20 @@ fn forged_peer_traffic_from_a_plain_client_changes_nothing() {
         }
         assert_eq!(holders, 1, "node {}", node.node_id);
     }
+}
+
+/// A clustered node without a secret says at start-up what that means.
+#[test]
+fn a_clustered_node_without_a_secret_warns_at_start_up() {
+    // Its only seed is an address nobody listens on: the node is clustered (it need not
+    // become ready; the warning comes before that).
+    let mut node = support::TestNode::unstarted(1, None, &["--seeds", "127.0.0.1:9"]);
+    node.launch();
+    let warned = eventually(Duration::from_secs(20), || {
+        node.logs().contains(
+            "no cluster secret configured: peer traffic accepted only from loopback, \
+             unauthenticated; set --cluster-secret-file",
+        )
+    });
+    assert!(warned, "{}", node.logs());
 }
