@@ -125,8 +125,14 @@ impl PeerTransport {
     }
 
     /// Records (or changes) where `peer` listens; the link uses it on its next connection.
+    /// The link is opened now if it is not open yet, so its handshake (a round trip that
+    /// needs the peer's process to answer) is done before the first message has to wait on
+    /// it: a new topic's first election would otherwise pay it on every new pair of nodes.
     pub fn set_address(&self, peer: NodeId, address: String) {
         lock(&self.addresses).insert(peer, address);
+        if peer != self.node {
+            let _ = self.link(peer);
+        }
     }
 
     pub fn address(&self, peer: NodeId) -> Option<String> {
@@ -143,35 +149,41 @@ impl PeerTransport {
             log: log.to_string(),
             message: to_wire(message),
         };
-        let sender = {
-            let mut links = lock(&self.links);
-            match links.get(&to) {
-                Some(sender) if !sender.is_closed() => sender.clone(),
-                _ => {
-                    let Some(runtime) = &self.runtime else {
-                        self.counters
-                            .dropped_messages
-                            .fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    let (sender, receiver) = mpsc::channel(self.config.queue_messages_max);
-                    runtime.spawn(run_link(
-                        self.node,
-                        to,
-                        Arc::clone(&self.addresses),
-                        self.config.clone(),
-                        receiver,
-                        Arc::clone(&self.counters),
-                    ));
-                    links.insert(to, sender.clone());
-                    sender
-                }
-            }
+        let Some(sender) = self.link(to) else {
+            self.counters
+                .dropped_messages
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         };
         if sender.try_send(wire).is_err() {
             self.counters
                 .dropped_messages
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PeerTransport {
+    /// The queue of the link to `to`, starting the link task if none runs; `None` without a
+    /// runtime to run it on.
+    fn link(&self, to: NodeId) -> Option<mpsc::Sender<PartitionPeerMessage>> {
+        let mut links = lock(&self.links);
+        match links.get(&to) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            _ => {
+                let runtime = self.runtime.as_ref()?;
+                let (sender, receiver) = mpsc::channel(self.config.queue_messages_max);
+                runtime.spawn(run_link(
+                    self.node,
+                    to,
+                    Arc::clone(&self.addresses),
+                    self.config.clone(),
+                    receiver,
+                    Arc::clone(&self.counters),
+                ));
+                links.insert(to, sender.clone());
+                Some(sender)
+            }
         }
     }
 }
