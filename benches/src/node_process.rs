@@ -109,6 +109,29 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Writes a random cluster secret to `path` unless one is there (owner-only permissions), so
+/// the nodes' peer traffic is authenticated as in production (`--cluster-secret-file`). The
+/// bytes come from the kernel's random source; this crate does not depend on the node's.
+fn ensure_cluster_secret(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|error| format!("read /dev/urandom: {error}"))?;
+    let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|error| format!("write {}: {error}", path.display()))
+}
+
 /// N nodes on `127.0.0.1:base_port ..`, node `i` on `base_port + i - 1` with data in
 /// `TEMP/node-i` and its log in `TEMP/node-i.log`. More than one node: every address is a
 /// gossip seed and every node an initial voter, as with `cairn dev`.
@@ -146,6 +169,9 @@ impl LocalCluster {
             extra_args: extra_args.to_vec(),
             nodes: Vec::new(),
         };
+        if node_count > 1 {
+            ensure_cluster_secret(&cluster.secret_path())?;
+        }
         // Nodes of a cluster wait for each other's votes, so start them all before waiting.
         let starters: Vec<_> = (1..=u32::from(node_count))
             .map(|node_id| {
@@ -185,6 +211,10 @@ impl LocalCluster {
         self.temp.path().join(format!("node-{node_id}.log"))
     }
 
+    fn secret_path(&self) -> PathBuf {
+        self.temp.path().join("cluster-secret")
+    }
+
     fn node_arguments(&self, node_id: u32) -> Vec<String> {
         let mut arguments = vec![
             "node".to_owned(),
@@ -206,6 +236,8 @@ impl LocalCluster {
                 self.bootstrap(),
                 "--initial-voters".to_owned(),
                 voters.join(","),
+                "--cluster-secret-file".to_owned(),
+                self.secret_path().to_string_lossy().into_owned(),
             ]);
         }
         arguments.extend(self.extra_args.iter().cloned());

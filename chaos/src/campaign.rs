@@ -249,6 +249,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         mode,
         seed: config.seed,
         crash_tx: &crash_tx,
+        hostile: None,
     };
     for (index, planned) in plan.iter().enumerate() {
         sleep_until(start, planned.start_ms);
@@ -442,6 +443,8 @@ struct Nemesis<'a> {
     mode: NetworkMode,
     seed: u64,
     crash_tx: &'a tokio::sync::watch::Sender<Vec<u32>>,
+    /// The forging client of the current `hostile` fault, if one runs.
+    hostile: Option<crate::hostile::Hostile>,
 }
 
 impl Nemesis<'_> {
@@ -566,6 +569,37 @@ impl Nemesis<'_> {
                     targets: vec![*client],
                 }
             }
+            Fault::Hostile { nodes } => {
+                let targets = nodes
+                    .iter()
+                    .map(|node| (*node, self.cluster.spec.address(*node)))
+                    .collect();
+                let peers = (1..=self.cluster.spec.nodes).collect();
+                self.hostile = Some(crate::hostile::Hostile::start(
+                    targets,
+                    peers,
+                    self.seed ^ (index as u64).rotate_left(32),
+                ));
+                Applied {
+                    description: format!(
+                        "hostile client forges peer traffic (no cluster secret) to nodes \
+                         {nodes:?}"
+                    ),
+                    targets: nodes.clone(),
+                }
+            }
+        }
+    }
+
+    /// Ends the forging client, if one runs, and says what it did.
+    fn stop_hostile(&mut self) {
+        if let Some(hostile) = self.hostile.take() {
+            let counts = hostile.stop();
+            eprintln!(
+                "cairn-chaos: hostile client: {} forged connections, {} answered with a \
+                 challenge, {} closed by the node",
+                counts.connections, counts.challenged, counts.closed_by_node
+            );
         }
     }
 
@@ -597,11 +631,13 @@ impl Nemesis<'_> {
                 }
             }
             Fault::ClientCrash { .. } => {}
+            Fault::Hostile { .. } => self.stop_hostile(),
         }
     }
 
     /// Every node running, unpaused, with true clocks, on a whole network.
     fn heal_everything(&mut self) {
+        self.stop_hostile();
         if self.mode == NetworkMode::Namespace {
             let _ = net::heal();
         }

@@ -6,6 +6,8 @@
 //!   partitions as nftables rules there.
 //! - [`schedule`]: the nemesis schedule drawn from a seed (fault kinds, windows, targets).
 //! - [`nodes`]: the `cairn node` processes (start under libfaketime, kill, pause, restart).
+//! - [`hostile`]: the `hostile` fault, a client without the cluster secret forging peer
+//!   traffic.
 //! - [`workload`]: producers, group consumers, manual readers, the group watcher and the
 //!   drain reader, recording every operation.
 //! - [`history`]: the recorded operations (`history.jsonl`), one JSON object per line.
@@ -17,6 +19,7 @@
 pub mod campaign;
 pub mod checker;
 pub mod history;
+pub mod hostile;
 pub mod net;
 pub mod nodes;
 pub mod replicas;

@@ -85,6 +85,34 @@ impl ClusterSpec {
     pub fn data_dir(&self, node: u32) -> PathBuf {
         self.dir.join("nodes").join(node.to_string())
     }
+
+    /// The cluster secret every node is started with; the hostile fault never reads it.
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.join("cluster-secret")
+    }
+}
+
+/// Writes a random cluster secret to `path` unless one is there (owner-only permissions), so
+/// the nodes' peer traffic is authenticated as in production (`--cluster-secret-file`). The
+/// bytes come from the kernel's random source; this crate does not depend on the node's.
+fn ensure_cluster_secret(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|error| format!("read /dev/urandom: {error}"))?;
+    let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|error| format!("write {}: {error}", path.display()))
 }
 
 /// One node's process, if it runs.
@@ -163,6 +191,7 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .map_err(|error| format!("open {}: {error}", log_path.display()))?;
+        ensure_cluster_secret(&spec.secret_file())?;
         let seeds = spec.bootstrap();
         let voters = (1..=spec.nodes)
             .map(|id| id.to_string())
@@ -181,6 +210,8 @@ impl Cluster {
             .arg(&seeds)
             .arg("--initial-voters")
             .arg(&voters)
+            .arg("--cluster-secret-file")
+            .arg(spec.secret_file())
             .args(&spec.extra_args)
             .env("CAIRN_LOG", "info")
             .stdin(Stdio::null())

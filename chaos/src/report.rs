@@ -238,6 +238,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Partition => "#377eb8",
         FaultKind::Clock => "#984ea3",
         FaultKind::Client => "#4daf4a",
+        FaultKind::Hostile => "#a65628",
     }
 }
 
@@ -358,6 +359,7 @@ pub fn timeline_svg(report: &Report) -> String {
         FaultKind::Partition,
         FaultKind::Clock,
         FaultKind::Client,
+        FaultKind::Hostile,
     ];
     for (index, kind) in kinds.iter().enumerate() {
         let legend_x = left + 420.0 + index as f64 * 110.0;

@@ -50,6 +50,8 @@ pub enum FaultKind {
     Partition,
     Clock,
     Client,
+    /// A client without the cluster secret sends forged peer traffic (issue 14).
+    Hostile,
 }
 
 impl FaultKind {
@@ -66,9 +68,11 @@ impl FaultKind {
                 "partition" => FaultKind::Partition,
                 "clock" => FaultKind::Clock,
                 "client" => FaultKind::Client,
+                "hostile" => FaultKind::Hostile,
                 other => {
                     return Err(format!(
-                        "unknown fault kind {other:?} (kill, pause, partition, clock, client)"
+                        "unknown fault kind {other:?} (kill, pause, partition, clock, client, \
+                         hostile)"
                     ))
                 }
             };
@@ -148,6 +152,10 @@ pub enum Fault {
     ClientCrash {
         client: u32,
     },
+    /// A client without the cluster secret forges peer traffic to these nodes all window.
+    Hostile {
+        nodes: Vec<u32>,
+    },
 }
 
 impl Fault {
@@ -158,6 +166,7 @@ impl Fault {
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Clock { .. } => FaultKind::Clock,
             Fault::ClientCrash { .. } => FaultKind::Client,
+            Fault::Hostile { .. } => FaultKind::Hostile,
         }
     }
 }
@@ -244,6 +253,12 @@ pub fn plan(config: &PlanConfig) -> Vec<Planned> {
             }
             FaultKind::Client => Fault::ClientCrash {
                 client: rng.range(0, config.clients.max(1) as u64 - 1) as u32,
+            },
+            FaultKind::Hostile => Fault::Hostile {
+                nodes: match rng.range(0, 1) {
+                    0 => pick(&mut rng, nodes, 1),
+                    _ => (1..=nodes).collect(),
+                },
             },
         };
         planned.push(Planned {
@@ -389,6 +404,7 @@ mod tests {
             FaultKind::Partition,
             FaultKind::Clock,
             FaultKind::Client,
+            FaultKind::Hostile,
         ];
         let first = plan(&config(7, &all));
         assert_eq!(first, plan(&config(7, &all)));
@@ -402,7 +418,7 @@ mod tests {
         assert!(first.last().unwrap().end_ms <= 300_000);
         let kinds: std::collections::BTreeSet<FaultKind> =
             first.iter().map(|planned| planned.fault.kind()).collect();
-        assert_eq!(kinds.len(), 5, "every kind appears: {kinds:?}");
+        assert_eq!(kinds.len(), all.len(), "every kind appears: {kinds:?}");
         for planned in &first {
             if let Fault::Clock {
                 skew: Skew::Rate(rate),

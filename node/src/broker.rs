@@ -112,6 +112,7 @@ impl<S: LogStore> Broker<S> {
         peer_config.reconnect_backoff_max_ms =
             (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
         peer_config.source_ip = Some(config.listen.ip());
+        peer_config.secret = config.cluster_secret.clone();
         let peers = PeerTransport::new(config.node_id, peer_config);
         let leadership_changes = Arc::new(AtomicU64::new(0));
         let mut log = store

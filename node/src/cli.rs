@@ -49,6 +49,12 @@ pub struct NodeArgs {
     /// client listener bound].
     #[arg(long)]
     pub gossip: Option<String>,
+    /// File holding the cluster secret that peers prove they share (at least 16 bytes)
+    /// [env: CAIRN_CLUSTER_SECRET_FILE; or the value itself in CAIRN_CLUSTER_SECRET]. Without
+    /// one, peer traffic is accepted only over loopback. There is no flag for the value: the
+    /// process list would show it.
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Any config key, e.g. `--set limits.connections_max=64` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -63,7 +69,7 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         builder = builder.preset(Preset::parse(preset)?);
     }
     builder = builder.env(|name| std::env::var(name).ok());
-    let flags: [(&str, &str, Option<String>); 9] = [
+    let flags: [(&str, &str, Option<String>); 10] = [
         (
             "--node-id",
             "node_id",
@@ -99,6 +105,13 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
             args.initial_voters.clone(),
         ),
         ("--gossip", "gossip", args.gossip.clone()),
+        (
+            "--cluster-secret-file",
+            "cluster_secret_file",
+            args.cluster_secret_file
+                .as_ref()
+                .map(|path| path.to_string_lossy().into_owned()),
+        ),
     ];
     for (flag, key, value) in flags {
         if let Some(value) = value {

@@ -42,6 +42,8 @@ pub enum ConfigError {
     Rule { rule: &'static str, why: String },
     #[error("unknown preset {0:?}: expected \"default\" or \"test\"")]
     UnknownPreset(String),
+    #[error(transparent)]
+    Secret(#[from] crate::peer_auth::SecretError),
 }
 
 /// Starting values. `test` has short timeouts and small limits so tests reach them quickly.
@@ -180,6 +182,10 @@ pub struct NodeConfig {
     pub groups: GroupSettings,
     /// Cluster settings; [`ClusterConfig::is_clustered`] is false for a lone node.
     pub cluster: ClusterConfig,
+    /// What peers prove they hold (DESIGN 10), read from `cluster_secret_file` or the
+    /// `CAIRN_CLUSTER_SECRET` environment variable; never a flag carrying the value, which
+    /// any user could read in the process list. `None`: peers only over loopback.
+    pub cluster_secret: Option<crate::peer_auth::ClusterSecret>,
 }
 
 /// Where this node finds the rest of its cluster (DESIGN section 3).
@@ -223,6 +229,7 @@ struct FileConfig {
     initial_voters: Option<String>,
     gossip: Option<String>,
     gossip_interval_ms: u64,
+    cluster_secret_file: Option<PathBuf>,
     limits: Limits,
     replica: ReplicaTimings,
     retention: RetentionDefaults,
@@ -242,6 +249,7 @@ pub const KEYS: &[&str] = &[
     "initial_voters",
     "gossip",
     "gossip_interval_ms",
+    "cluster_secret_file",
     "limits.frame_bytes_max",
     "limits.batch_bytes_max",
     "limits.record_bytes_max",
@@ -276,7 +284,12 @@ const STRING_KEYS: &[&str] = &[
     "seeds",
     "initial_voters",
     "gossip",
+    "cluster_secret_file",
 ];
+
+/// The one environment variable that carries the secret itself (not a key: no file or flag
+/// may carry the value).
+pub const CLUSTER_SECRET_ENV: &str = "CAIRN_CLUSTER_SECRET";
 
 pub fn env_name(key: &str) -> String {
     format!("CAIRN_{}", key.replace('.', "_").to_ascii_uppercase())
@@ -360,6 +373,8 @@ pub struct ConfigBuilder {
     preset: Option<Preset>,
     file: Option<(PathBuf, toml::Table)>,
     overrides: Vec<(String, String, String)>,
+    /// The value of [`CLUSTER_SECRET_ENV`], if set; never printed.
+    cluster_secret_value: Option<String>,
 }
 
 impl ConfigBuilder {
@@ -411,6 +426,7 @@ impl ConfigBuilder {
                 self = self.set(&format!("environment variable {name}"), key, &value);
             }
         }
+        self.cluster_secret_value = lookup(CLUSTER_SECRET_ENV);
         self
     }
 
@@ -460,7 +476,31 @@ impl ConfigBuilder {
         let file: FileConfig = merged
             .try_into()
             .map_err(|error: toml::de::Error| ConfigError::Invalid(error.to_string()))?;
-        validate(file)
+        let cluster_secret = cluster_secret(&file, self.cluster_secret_value.as_deref())?;
+        let mut config = validate(file)?;
+        config.cluster_secret = cluster_secret;
+        Ok(config)
+    }
+}
+
+/// Reads the secret from its file, or takes it from the environment; refuses both at once
+/// (which one was meant is unclear) and a secret too short to be one.
+fn cluster_secret(
+    file: &FileConfig,
+    value: Option<&str>,
+) -> Result<Option<crate::peer_auth::ClusterSecret>, ConfigError> {
+    use crate::peer_auth::ClusterSecret;
+    match (&file.cluster_secret_file, value) {
+        (Some(_), Some(_)) => Err(ConfigError::Rule {
+            rule: "at most one of cluster_secret_file and CAIRN_CLUSTER_SECRET",
+            why: "two sources for one secret leave it unclear which the cluster shares".to_string(),
+        }),
+        (Some(path), None) => Ok(Some(ClusterSecret::from_file(path)?)),
+        (None, Some(value)) => Ok(Some(ClusterSecret::from_value(
+            &format!("environment variable {CLUSTER_SECRET_ENV}"),
+            value.as_bytes(),
+        )?)),
+        (None, None) => Ok(None),
     }
 }
 
@@ -633,6 +673,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         default_replication_factor: file.default_replication_factor,
         groups,
         cluster,
+        cluster_secret: None,
     })
 }
 
@@ -888,6 +929,56 @@ mod tests {
             .unwrap();
         assert!(learner.cluster.is_clustered());
         assert_eq!(broken("gossip", "127.0.0.1"), "gossip is IP:PORT");
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_a_file_or_the_environment_never_a_flag_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let from_file = base()
+            .set("flag", "cluster_secret_file", &path.to_string_lossy())
+            .build()
+            .unwrap();
+        let expected =
+            crate::peer_auth::ClusterSecret::from_value("test", b"0123456789abcdef0123").unwrap();
+        assert_eq!(from_file.cluster_secret, Some(expected.clone()));
+        let from_env = base()
+            .env(|name| (name == CLUSTER_SECRET_ENV).then(|| "0123456789abcdef0123".into()))
+            .build()
+            .unwrap();
+        assert_eq!(from_env.cluster_secret, Some(expected));
+        assert_eq!(base().build().unwrap().cluster_secret, None);
+        // The value itself is not a key any layer may set.
+        assert!(matches!(
+            base()
+                .set("flag", "cluster_secret", "0123456789abcdef0123")
+                .build(),
+            Err(ConfigError::BadOverride { .. })
+        ));
+        std::fs::write(&path, "too-short").unwrap();
+        let short = base()
+            .set("flag", "cluster_secret_file", &path.to_string_lossy())
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                short,
+                ConfigError::Secret(crate::peer_auth::SecretError::TooShort { bytes: 9, .. })
+            ),
+            "{short}"
+        );
+        let missing = base()
+            .set("flag", "cluster_secret_file", "/nonexistent/secret")
+            .build()
+            .unwrap_err();
+        assert!(matches!(missing, ConfigError::Secret(_)), "{missing}");
+        let both = base()
+            .set("flag", "cluster_secret_file", &path.to_string_lossy())
+            .env(|name| (name == CLUSTER_SECRET_ENV).then(|| "0123456789abcdef0123".into()))
+            .build()
+            .unwrap_err();
+        assert!(matches!(both, ConfigError::Rule { .. }), "{both}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! its own data directory `DIR/node-i` and its logs in `DIR/node-i.log`. With more than one
 //! node every child gets the cluster flags: every node's address as gossip seeds (gossip uses
 //! UDP on the listen port) and every node as an initial metadata voter. `--nodes 1` is a lone
-//! node with no cluster flags.
+//! node with no cluster flags. The cluster's peers authenticate like any other cluster's: on
+//! first use a random secret is written to `DIR/cluster-secret` (readable by its owner only)
+//! and every node is given `--cluster-secret-file` naming it.
 //!
 //! It waits until every child printed its ready line and, for a cluster, until every node
 //! hears all the others (`ClusterStatus`), so a topic with replication factor N can be created
@@ -112,10 +114,38 @@ pub fn node_arguments(args: &DevArgs, node_id: u32) -> Vec<String> {
             seeds.join(","),
             "--initial-voters".to_owned(),
             voters.join(","),
+            "--cluster-secret-file".to_owned(),
+            secret_path(args).to_string_lossy().into_owned(),
         ]);
     }
     arguments.extend(args.node_args.iter().cloned());
     arguments
+}
+
+/// Name of the dev cluster's secret file in its data directory.
+const SECRET_FILE: &str = "cluster-secret";
+
+fn secret_path(args: &DevArgs) -> PathBuf {
+    args.data_dir.join(SECRET_FILE)
+}
+
+/// Writes a random cluster secret on first use (owner-only permissions); an existing one is
+/// kept, so restarting the dev cluster on its data directory keeps its peers talking.
+fn ensure_secret(args: &DevArgs) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = secret_path(args);
+    if path.exists() {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    file.write_all(crate::peer_auth::ClusterSecret::generate_text().as_bytes())
+        .map_err(|error| format!("cannot write {}: {error}", path.display()))
 }
 
 /// Checks the flags; the reason is printed and the exit code is 2.
@@ -150,6 +180,12 @@ async fn dev(args: DevArgs) -> i32 {
     if let Err(reason) = check_layout(&args) {
         eprintln!("cairn dev: {reason}");
         return 2;
+    }
+    if args.nodes > 1 {
+        if let Err(reason) = ensure_secret(&args) {
+            eprintln!("cairn dev: {reason}");
+            return 1;
+        }
     }
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
@@ -590,6 +626,8 @@ mod tests {
                 "127.0.0.1:7171,127.0.0.1:7172,127.0.0.1:7173",
                 "--initial-voters",
                 "1,2,3",
+                "--cluster-secret-file",
+                "/tmp/d/cluster-secret",
                 "--preset=test",
             ]
         );
@@ -610,6 +648,24 @@ mod tests {
                 "--preset=test",
             ]
         );
+    }
+
+    #[test]
+    fn the_secret_is_written_once_for_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = args(3);
+        args.data_dir = dir.path().to_path_buf();
+        ensure_secret(&args).unwrap();
+        let first = std::fs::read(secret_path(&args)).unwrap();
+        assert!(crate::peer_auth::ClusterSecret::from_value("dev", &first).is_ok());
+        let mode = std::fs::metadata(secret_path(&args))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        ensure_secret(&args).unwrap();
+        assert_eq!(std::fs::read(secret_path(&args)).unwrap(), first);
     }
 
     #[test]

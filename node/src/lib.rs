@@ -18,6 +18,7 @@
 //!   executed (append, group-commit flush, reply, high-watermark watch), reads for fetch.
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
 //!   peer's ordinary listener, bounded queues that drop, frames batching many partitions.
+//! - [`peer_auth`]: the cluster secret and the handshake by which peers prove they hold it.
 
 pub mod broker;
 pub mod cli;
@@ -29,5 +30,6 @@ pub mod meta;
 pub mod node;
 pub mod partition;
 pub mod peer;
+pub mod peer_auth;
 pub mod placement;
 pub mod server;

@@ -69,6 +69,13 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         reason: error.to_string(),
     })?;
     let advertised = advertised_address(&config, bound);
+    if config.cluster.is_clustered() {
+        if let Some(notice) =
+            crate::peer_auth::startup_notice(config.cluster_secret.as_ref(), bound)
+        {
+            tracing::warn!("{notice}");
+        }
+    }
     let config = Arc::new(config);
     let broker = Broker::start(
         Arc::clone(&config),

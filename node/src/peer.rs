@@ -2,8 +2,9 @@
 //!
 //! Shape (DESIGN section 3): one outgoing TCP connection per peer, opened to the peer's
 //! ordinary listener (the address clients use; no second port to configure). Its first frame
-//! is a [`PeerHello`]; the server sees a hello instead of a request frame and hands the
-//! connection to [`serve_inbound`]. Connections are one-way: a node *sends* on its own
+//! is a `PeerHello`; the server sees a hello instead of a request frame, runs the handshake
+//! of [`crate::peer_auth`] (both sides prove they hold the cluster secret), and only then
+//! hands the connection to [`serve_inbound`]. Connections are one-way: a node *sends* on its own
 //! connection to a peer and *receives* on the peer's connection to it, so neither side ever
 //! waits for the other on one socket.
 //!
@@ -24,10 +25,10 @@ use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::frame::{FrameCodec, FrameError};
 use cairn_protocol::peer::{
-    decode_peer_frame, encode_peer_frame, encode_peer_hello, PartitionPeerMessage,
-    PeerAppendResult, PeerFrame, PeerHello, PeerHelloBody, PeerWireMessage, PEER_PROTOCOL_VERSION,
+    decode_peer_frame, encode_peer_frame, PartitionPeerMessage, PeerAppendResult, PeerFrame,
+    PeerWireMessage,
 };
-use cairn_protocol::NodeId;
+use cairn_protocol::{NodeId, Offset};
 use cairn_replica::{AppendResult, Millis, PeerMessage};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 /// Limits and timings of the peer transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct PeerTransportConfig {
     /// address-based firewall rules (the chaos harness's partitions) can tell nodes apart on
     /// one host. `None` (or an unspecified IP) lets the kernel choose.
     pub source_ip: Option<std::net::IpAddr>,
+    /// What this node proves itself with, and checks each peer's proof against
+    /// ([`crate::peer_auth`]); `None` only works between loopback addresses.
+    pub secret: Option<crate::peer_auth::ClusterSecret>,
 }
 
 impl PeerTransportConfig {
@@ -68,6 +72,7 @@ impl PeerTransportConfig {
             reconnect_backoff_min_ms: 20,
             reconnect_backoff_max_ms: 1_000,
             source_ip: None,
+            secret: None,
         }
     }
 }
@@ -120,8 +125,14 @@ impl PeerTransport {
     }
 
     /// Records (or changes) where `peer` listens; the link uses it on its next connection.
+    /// The link is opened now if it is not open yet, so its handshake (a round trip that
+    /// needs the peer's process to answer) is done before the first message has to wait on
+    /// it: a new topic's first election would otherwise pay it on every new pair of nodes.
     pub fn set_address(&self, peer: NodeId, address: String) {
         lock(&self.addresses).insert(peer, address);
+        if peer != self.node {
+            let _ = self.link(peer);
+        }
     }
 
     pub fn address(&self, peer: NodeId) -> Option<String> {
@@ -138,35 +149,41 @@ impl PeerTransport {
             log: log.to_string(),
             message: to_wire(message),
         };
-        let sender = {
-            let mut links = lock(&self.links);
-            match links.get(&to) {
-                Some(sender) if !sender.is_closed() => sender.clone(),
-                _ => {
-                    let Some(runtime) = &self.runtime else {
-                        self.counters
-                            .dropped_messages
-                            .fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    let (sender, receiver) = mpsc::channel(self.config.queue_messages_max);
-                    runtime.spawn(run_link(
-                        self.node,
-                        to,
-                        Arc::clone(&self.addresses),
-                        self.config.clone(),
-                        receiver,
-                        Arc::clone(&self.counters),
-                    ));
-                    links.insert(to, sender.clone());
-                    sender
-                }
-            }
+        let Some(sender) = self.link(to) else {
+            self.counters
+                .dropped_messages
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         };
         if sender.try_send(wire).is_err() {
             self.counters
                 .dropped_messages
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PeerTransport {
+    /// The queue of the link to `to`, starting the link task if none runs; `None` without a
+    /// runtime to run it on.
+    fn link(&self, to: NodeId) -> Option<mpsc::Sender<PartitionPeerMessage>> {
+        let mut links = lock(&self.links);
+        match links.get(&to) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            _ => {
+                let runtime = self.runtime.as_ref()?;
+                let (sender, receiver) = mpsc::channel(self.config.queue_messages_max);
+                runtime.spawn(run_link(
+                    self.node,
+                    to,
+                    Arc::clone(&self.addresses),
+                    self.config.clone(),
+                    receiver,
+                    Arc::clone(&self.counters),
+                ));
+                links.insert(to, sender.clone());
+                Some(sender)
+            }
         }
     }
 }
@@ -191,7 +208,7 @@ async fn run_link(
     loop {
         let address = lock(&addresses).get(&peer).cloned();
         let connected = match address {
-            Some(address) => connect(node, &address, &config).await,
+            Some(address) => connect(node, peer, &address, &config).await,
             None => Err(format!("no address known for node {peer}")),
         };
         match connected {
@@ -226,8 +243,11 @@ async fn run_link(
 
 type PeerWriter = FramedWrite<TcpStream, FrameCodec>;
 
+/// Opens a connection to `peer` and runs the handshake on it: both sides prove they hold the
+/// cluster secret before this node sends it anything replicated.
 async fn connect(
     node: NodeId,
+    peer: NodeId,
     address: &str,
     config: &PeerTransportConfig,
 ) -> Result<PeerWriter, String> {
@@ -240,18 +260,18 @@ async fn connect(
     if let Err(error) = socket.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
-    let mut writer = FramedWrite::new(socket, FrameCodec::new(config.frame_bytes_max));
-    let hello = encode_peer_hello(&PeerHello {
-        peer_hello: PeerHelloBody {
-            version: PEER_PROTOCOL_VERSION,
-            from: node,
-        },
-    });
-    writer
-        .send(hello)
-        .await
-        .map_err(|error| error.to_string())?;
-    Ok(writer)
+    let mut framed = Framed::new(socket, FrameCodec::new(config.frame_bytes_max));
+    let handshake = crate::peer_auth::connect(&mut framed, node, peer, config.secret.as_ref());
+    match tokio::time::timeout(crate::peer_auth::HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(format!("handshake with node {peer} failed: {error}")),
+        Err(_) => return Err(format!("handshake with node {peer} timed out")),
+    }
+    // The acceptor writes nothing after its challenge, so no read-ahead is lost here.
+    Ok(FramedWrite::new(
+        framed.into_inner(),
+        FrameCodec::new(config.frame_bytes_max),
+    ))
 }
 
 /// Connects to `address`, from `source_ip` when one is given (port chosen by the kernel).
@@ -404,17 +424,6 @@ where
     }
 }
 
-/// Checks the hello's version; `Err` says why the connection is refused.
-pub fn accept_hello(hello: &PeerHello) -> Result<NodeId, String> {
-    if hello.peer_hello.version != PEER_PROTOCOL_VERSION {
-        return Err(format!(
-            "peer protocol version {} is not {PEER_PROTOCOL_VERSION}",
-            hello.peer_hello.version
-        ));
-    }
-    Ok(hello.peer_hello.from)
-}
-
 /// The engine's message in its wire form.
 pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
     match message.clone() {
@@ -495,8 +504,21 @@ pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
     }
 }
 
-/// The wire message as the engine's type; every batch is validated (length, checksum and
-/// records) so nothing corrupt reaches a replica's log.
+/// An offset read from a peer, refused above [`Offset::MAX`] so that no arithmetic on it
+/// can overflow.
+fn bounded(offset: Offset) -> Result<Offset, String> {
+    if offset > Offset::MAX {
+        return Err(format!(
+            "offset {offset} is above the largest offset {}",
+            Offset::MAX
+        ));
+    }
+    Ok(offset)
+}
+
+/// The wire message as the engine's type; every batch is validated (length, checksum,
+/// records, offsets within [`Offset::MAX`]) and every offset bounded, so nothing corrupt
+/// reaches a replica.
 pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
     Ok(match message {
         PeerWireMessage::LeaseRequest {
@@ -506,7 +528,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
         } => PeerMessage::LeaseRequest {
             epoch,
             last_log_epoch,
-            log_end,
+            log_end: bounded(log_end)?,
         },
         PeerWireMessage::LeaseResponse {
             epoch,
@@ -524,7 +546,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
         } => PeerMessage::LeaseProbe {
             epoch,
             last_log_epoch,
-            log_end,
+            log_end: bounded(log_end)?,
         },
         PeerWireMessage::LeaseProbeResponse {
             epoch,
@@ -544,7 +566,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
             sent_at_ms,
         } => PeerMessage::Append {
             epoch,
-            prev_offset,
+            prev_offset: bounded(prev_offset)?,
             prev_epoch,
             batches: batches
                 .into_iter()
@@ -552,7 +574,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
                     RecordBatch::validate(bytes).map_err(|error| format!("bad batch: {error}"))
                 })
                 .collect::<Result<_, _>>()?,
-            commit,
+            commit: bounded(commit)?,
             sent_at: Millis(sent_at_ms),
         },
         PeerWireMessage::AppendResponse {
@@ -567,12 +589,13 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
                     log_end,
                     durable_end,
                 } => AppendResult::Ok {
-                    log_end,
-                    durable_end,
+                    log_end: bounded(log_end)?,
+                    durable_end: bounded(durable_end)?,
                 },
-                PeerAppendResult::Diverged { epoch, end_offset } => {
-                    AppendResult::Diverged { epoch, end_offset }
-                }
+                PeerAppendResult::Diverged { epoch, end_offset } => AppendResult::Diverged {
+                    epoch,
+                    end_offset: bounded(end_offset)?,
+                },
                 PeerAppendResult::StaleEpoch { promised_epoch } => {
                     AppendResult::StaleEpoch { promised_epoch }
                 }
@@ -584,9 +607,10 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer_auth::ClusterSecret;
     use cairn_protocol::batch::RecordBatchBuilder;
     use cairn_protocol::peer::decode_peer_hello;
-    use cairn_protocol::{Epoch, Offset, Record};
+    use cairn_protocol::{Epoch, Record};
     use tokio::net::TcpListener;
 
     #[derive(Default)]
@@ -624,25 +648,47 @@ mod tests {
             reconnect_backoff_min_ms: 10,
             reconnect_backoff_max_ms: 40,
             source_ip: None,
+            secret: Some(secret("the-test-cluster-secret")),
         }
     }
 
-    /// A minimal peer listener: accepts connections, reads the hello, delivers into `inbox`.
-    /// Connections live in a `JoinSet`, so aborting the listener closes them too.
-    async fn listen(listener: TcpListener, inbox: Arc<Collected>) {
+    fn secret(text: &str) -> ClusterSecret {
+        ClusterSecret::from_value("test", text.as_bytes()).unwrap()
+    }
+
+    /// A minimal peer listener of node 2 holding `secret`: accepts connections, runs the
+    /// handshake, delivers into `inbox`. Connections live in a `JoinSet`, so aborting the
+    /// listener closes them too.
+    async fn listen(listener: TcpListener, inbox: Arc<Collected>, secret: ClusterSecret) {
         let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((socket, _)) = listener.accept().await else {
+            let Ok((socket, remote)) = listener.accept().await else {
                 return;
             };
+            let local = listener.local_addr().unwrap();
             let inbox = Arc::clone(&inbox);
+            let secret = secret.clone();
             connections.spawn(async move {
-                let mut reader = FramedRead::new(socket, FrameCodec::new(64 * 1024));
+                let (read, write) = socket.into_split();
+                let mut reader = FramedRead::new(read, FrameCodec::new(64 * 1024));
+                let mut writer = FramedWrite::new(write, FrameCodec::new(64 * 1024));
                 let Some(Ok(first)) = reader.next().await else {
                     return;
                 };
                 let hello = decode_peer_hello(&first).expect("a hello first");
-                let from = accept_hello(&hello).unwrap();
+                let accepted = crate::peer_auth::accept(
+                    &mut reader,
+                    &mut writer,
+                    &hello,
+                    NodeId(2),
+                    Some(&secret),
+                    local,
+                    remote,
+                )
+                .await;
+                let Ok(from) = accepted else {
+                    return;
+                };
                 let _ = serve_inbound(reader, from, &*inbox, std::future::pending()).await;
             });
         }
@@ -719,6 +765,31 @@ mod tests {
     }
 
     #[test]
+    fn offsets_beyond_the_largest_are_refused() {
+        let wire = |prev_offset: Offset, commit: Offset| PeerWireMessage::Append {
+            epoch: Epoch(1),
+            prev_offset,
+            prev_epoch: Epoch(0),
+            batches: vec![],
+            commit,
+            sent_at_ms: 0,
+        };
+        assert!(from_wire(wire(Offset::MAX, Offset::MAX)).is_ok());
+        assert!(from_wire(wire(Offset(u64::MAX), Offset(0))).is_err());
+        assert!(from_wire(wire(Offset(0), Offset(u64::MAX))).is_err());
+        let forged = batch(b"x").stamped(Offset(u64::MAX), Epoch(1));
+        let wire = PeerWireMessage::Append {
+            epoch: Epoch(1),
+            prev_offset: Offset(u64::MAX),
+            prev_epoch: Epoch(0),
+            batches: vec![forged.into_bytes()],
+            commit: Offset(0),
+            sent_at_ms: 0,
+        };
+        assert!(from_wire(wire).is_err());
+    }
+
+    #[test]
     fn a_corrupt_batch_is_refused() {
         let mut bytes = batch(b"value").into_bytes().to_vec();
         let last = bytes.len() - 1;
@@ -734,15 +805,31 @@ mod tests {
         assert!(from_wire(wire).unwrap_err().contains("bad batch"));
     }
 
-    #[test]
-    fn a_hello_of_another_version_is_refused() {
-        let hello = PeerHello {
-            peer_hello: PeerHelloBody {
-                version: PEER_PROTOCOL_VERSION + 1,
-                from: NodeId(2),
-            },
-        };
-        assert!(accept_hello(&hello).is_err());
+    #[tokio::test]
+    async fn a_link_with_another_secret_delivers_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let inbox = Arc::new(Collected::default());
+        let server = tokio::spawn(listen(
+            listener,
+            Arc::clone(&inbox),
+            secret("another-cluster-secret"),
+        ));
+        let transport = PeerTransport::new(NodeId(1), config());
+        transport.set_address(NodeId(2), address);
+        // Each attempt fails the handshake, so the link never counts a connection; wait (with
+        // a bound) until it tried a few times.
+        for commit in 0..100 {
+            transport.send(NodeId(2), "t1-0", &heartbeat(commit));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if transport.counters.dropped_messages.load(Ordering::Relaxed) >= 3 {
+                break;
+            }
+        }
+        assert!(transport.counters.dropped_messages.load(Ordering::Relaxed) >= 3);
+        assert_eq!(transport.counters.connects.load(Ordering::Relaxed), 0);
+        assert!(lock(&inbox.0).is_empty());
+        server.abort();
     }
 
     #[tokio::test]
@@ -750,7 +837,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let inbox = Arc::new(Collected::default());
-        let server = tokio::spawn(listen(listener, Arc::clone(&inbox)));
+        let server = tokio::spawn(listen(
+            listener,
+            Arc::clone(&inbox),
+            config().secret.unwrap(),
+        ));
         let transport = PeerTransport::new(NodeId(1), config());
         transport.set_address(NodeId(2), address);
         for commit in 0..40 {
@@ -797,7 +888,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let inbox = Arc::new(Collected::default());
-        let server = tokio::spawn(listen(listener, Arc::clone(&inbox)));
+        let server = tokio::spawn(listen(
+            listener,
+            Arc::clone(&inbox),
+            config().secret.unwrap(),
+        ));
         let transport = PeerTransport::new(NodeId(1), config());
         transport.set_address(NodeId(2), address.to_string());
         transport.send(NodeId(2), "__meta", &heartbeat(1));
@@ -807,7 +902,11 @@ mod tests {
         let _ = server.await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let listener = TcpListener::bind(address).await.unwrap();
-        let server = tokio::spawn(listen(listener, Arc::clone(&inbox)));
+        let server = tokio::spawn(listen(
+            listener,
+            Arc::clone(&inbox),
+            config().secret.unwrap(),
+        ));
         // Sends on the broken connection may be lost; keep sending until one arrives.
         for commit in 2..200 {
             transport.send(NodeId(2), "__meta", &heartbeat(commit));

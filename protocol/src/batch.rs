@@ -64,6 +64,8 @@ pub enum BatchError {
     CountMismatch { declared: u32, actual: u32 },
     #[error("batch holds no records")]
     Empty,
+    #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
+    OffsetOutOfRange { end: u128 },
 }
 
 /// A record as a producer hands it over.
@@ -399,6 +401,12 @@ impl RecordBatch {
                 actual: header.last_offset_delta + 1,
             });
         }
+        // Offsets past `Offset::MAX` (a forged or corrupt base offset) would make the log's
+        // arithmetic overflow; such a batch is refused before anything computes with it.
+        let end = u128::from(header.base_offset.0) + u128::from(header.record_count);
+        if end > u128::from(Offset::MAX.0) {
+            return Err(BatchError::OffsetOutOfRange { end });
+        }
         let mut actual = 0u32;
         for record in batch.records() {
             record?;
@@ -665,6 +673,24 @@ pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<RecordBatch, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_ending_past_the_largest_offset_is_refused() {
+        let last_allowed = sample().stamped(Offset(Offset::MAX.0 - 2), Epoch(1));
+        let count = u64::from(last_allowed.record_count());
+        let fits = sample().stamped(Offset(Offset::MAX.0 - count), Epoch(1));
+        assert!(RecordBatch::validate(fits.into_bytes()).is_ok());
+        for base in [Offset::MAX.0 - count + 1, u64::MAX - 1, u64::MAX] {
+            let forged = sample().stamped(Offset(base), Epoch(1));
+            assert!(
+                matches!(
+                    RecordBatch::validate(forged.into_bytes()),
+                    Err(BatchError::OffsetOutOfRange { .. })
+                ),
+                "base {base}"
+            );
+        }
+    }
 
     fn sample() -> RecordBatch {
         let mut builder = RecordBatchBuilder::new(1_700_000_000_000);

@@ -46,18 +46,40 @@ id_newtype!(
 
 impl Offset {
     pub const ZERO: Offset = Offset(0);
+    /// The largest offset a log may reach. Kafka's offsets are signed 64-bit, so no client can
+    /// name one above this; every offset read from the wire (a batch's, a peer message's) is
+    /// checked against it, which keeps the arithmetic below far from wrapping.
+    pub const MAX: Offset = Offset(i64::MAX as u64);
 
-    /// The offset `count` records after this one.
+    /// `self + count`, or `None` past `u64::MAX`.
+    pub fn checked_plus(self, count: u64) -> Option<Offset> {
+        self.0.checked_add(count).map(Offset)
+    }
+
+    /// `self + count`. Offsets come from logs bounded by [`Offset::MAX`] and counts from
+    /// batches of at most 2^32 records, so an overflow can only be a bug: it stops loudly
+    /// (also in release builds) instead of wrapping to offset 0.
     pub fn plus(self, count: u64) -> Offset {
-        Offset(self.0 + count)
+        self.checked_plus(count)
+            .expect("offset arithmetic stays below 2^64: offsets are checked against Offset::MAX")
     }
 }
 
 impl Epoch {
     pub const ZERO: Epoch = Epoch(0);
 
+    /// The next epoch, or `None` at `u64::MAX`.
+    pub fn checked_next(self) -> Option<Epoch> {
+        self.0.checked_add(1).map(Epoch)
+    }
+
+    /// The next epoch. The replica engine refuses epochs more than `EPOCH_JUMP_MAX` above
+    /// what it knows, so epochs grow by small steps and `u64::MAX` is out of reach: an
+    /// overflow can only be a bug, and stops loudly (also in release builds) instead of
+    /// wrapping to epoch 0, which would wedge the partition for good.
     pub fn next(self) -> Epoch {
-        Epoch(self.0 + 1)
+        self.checked_next()
+            .expect("epochs stay far below u64::MAX: replicas refuse epoch jumps")
     }
 }
 
@@ -130,5 +152,15 @@ mod tests {
         );
         assert_eq!(validate_topic_name(".."), Err(TopicNameError::Reserved));
         assert_eq!(validate_topic_name("__meta"), Err(TopicNameError::Internal));
+    }
+
+    #[test]
+    fn epoch_and_offset_arithmetic_is_checked_not_wrapping() {
+        assert_eq!(Epoch(u64::MAX).checked_next(), None);
+        assert_eq!(Epoch(6).checked_next(), Some(Epoch(7)));
+        assert_eq!(Offset(u64::MAX).checked_plus(1), None);
+        assert_eq!(Offset(5).checked_plus(3), Some(Offset(8)));
+        assert!(std::panic::catch_unwind(|| Epoch(u64::MAX).next()).is_err());
+        assert!(std::panic::catch_unwind(|| Offset(u64::MAX).plus(1)).is_err());
     }
 }

@@ -4,9 +4,17 @@
 //! frames one way only (answers travel on the answering node's own connection back). The
 //! first frame on such a connection is a [`PeerHello`]; a client's first frame is a
 //! [`crate::RequestFrame`], and the two cannot be mistaken for each other because a hello has
-//! no `version`/`correlation_id` header (and a request frame no `peer_hello`). Every later
-//! frame is a [`PeerFrame`]: a batch of messages for many partitions, so one write carries
-//! the heartbeats and appends of every partition the two nodes share.
+//! no `version`/`correlation_id` header (and a request frame no `peer_hello`).
+//!
+//! A hello is a claim, not an identity (DESIGN 10). Before anything is read as a peer frame
+//! the two nodes prove to each other that they hold the cluster secret: the hello carries the
+//! connecting node's nonce, the acceptor answers once with a [`PeerChallenge`] (its own nonce
+//! and its proof), and the connector sends a [`PeerProof`]. These are the only frames the
+//! acceptor ever writes on the connection. The proofs themselves (HMAC over both nonces and
+//! both node ids) are computed in the node crate; this crate only carries bytes.
+//!
+//! Every later frame is a [`PeerFrame`]: a batch of messages for many partitions, so one
+//! write carries the heartbeats and appends of every partition the two nodes share.
 //!
 //! Frames use the same length prefix as client frames ([`crate::frame::FrameCodec`]) and are
 //! encoded with rmp-serde as maps, so a field added later is skipped by an older peer.
@@ -21,9 +29,16 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The version of the peer protocol this build speaks; a hello with another is refused.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added the authenticating handshake (nonces, challenge, proof).
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 
-/// The first frame of a peer connection: who is sending.
+/// Bytes of each handshake nonce; a nonce of another length is refused.
+pub const PEER_NONCE_BYTES: usize = 32;
+
+/// Bytes of each handshake proof (an HMAC-SHA-256 tag).
+pub const PEER_MAC_BYTES: usize = 32;
+
+/// The first frame of a peer connection: who is sending, to whom, and its challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerHello {
     pub peer_hello: PeerHelloBody,
@@ -33,6 +48,39 @@ pub struct PeerHello {
 pub struct PeerHelloBody {
     pub version: u16,
     pub from: NodeId,
+    /// The node the connector means to reach; the acceptor refuses a hello meant for another.
+    /// Defaulted so that a version 1 hello (which lacks it) still decodes as a hello and is
+    /// refused for its version rather than misread as a client request.
+    #[serde(default)]
+    pub to: NodeId,
+    /// The connector's fresh random challenge, [`PEER_NONCE_BYTES`] long.
+    #[serde(default)]
+    pub nonce: Bytes,
+}
+
+/// The acceptor's one answer to a hello: its own nonce, and its proof over both nonces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerChallenge {
+    pub peer_challenge: PeerChallengeBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerChallengeBody {
+    pub nonce: Bytes,
+    /// Empty when the acceptor has no cluster secret (a loopback development cluster).
+    pub mac: Bytes,
+}
+
+/// The connector's proof, after it checked the acceptor's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProof {
+    pub peer_proof: PeerProofBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProofBody {
+    /// Empty when the connector has no cluster secret (a loopback development cluster).
+    pub mac: Bytes,
 }
 
 /// One write's worth of replication messages from one node, for many partitions.
@@ -112,6 +160,24 @@ pub fn decode_peer_hello(bytes: &[u8]) -> Option<PeerHello> {
     rmp_serde::from_slice(bytes).ok()
 }
 
+pub fn encode_peer_challenge(challenge: &PeerChallenge) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(challenge).expect("peer challenges always serialize"))
+}
+
+/// Reads the acceptor's challenge; `None` if the frame is not one.
+pub fn decode_peer_challenge(bytes: &[u8]) -> Option<PeerChallenge> {
+    rmp_serde::from_slice(bytes).ok()
+}
+
+pub fn encode_peer_proof(proof: &PeerProof) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(proof).expect("peer proofs always serialize"))
+}
+
+/// Reads the connector's proof; `None` if the frame is not one.
+pub fn decode_peer_proof(bytes: &[u8]) -> Option<PeerProof> {
+    rmp_serde::from_slice(bytes).ok()
+}
+
 pub fn encode_peer_frame(frame: &PeerFrame) -> Bytes {
     Bytes::from(rmp_serde::to_vec_named(frame).expect("peer frames always serialize"))
 }
@@ -135,6 +201,8 @@ mod tests {
             peer_hello: PeerHelloBody {
                 version: PEER_PROTOCOL_VERSION,
                 from: NodeId(3),
+                to: NodeId(1),
+                nonce: Bytes::from_static(&[0xaa; 4]),
             },
         }
     }
@@ -146,9 +214,52 @@ mod tests {
         let bytes = encode_peer_hello(&hello());
         assert_eq!(
             hex(&bytes),
-            "81aa706565725f68656c6c6f82a776657273696f6e01a466726f6d03"
+            concat!(
+                "81aa706565725f68656c6c6f84a776657273696f6e02a466726f6d03a2746f01",
+                "a56e6f6e6365c404aaaaaaaa"
+            )
         );
         assert_eq!(decode_peer_hello(&bytes), Some(hello()));
+    }
+
+    /// A version 1 hello (no nonce) still reads as a hello, so the acceptor refuses it for its
+    /// version instead of answering it as a malformed client request.
+    #[test]
+    fn a_version_1_hello_still_decodes_as_a_hello() {
+        let bytes = [
+            0x81, 0xaa, b'p', b'e', b'e', b'r', b'_', b'h', b'e', b'l', b'l', b'o', 0x82, 0xa7,
+            b'v', b'e', b'r', b's', b'i', b'o', b'n', 0x01, 0xa4, b'f', b'r', b'o', b'm', 0x03,
+        ];
+        let hello = decode_peer_hello(&bytes).unwrap();
+        assert_eq!(hello.peer_hello.version, 1);
+        assert!(hello.peer_hello.nonce.is_empty());
+    }
+
+    #[test]
+    fn golden_challenge_and_proof() {
+        let challenge = PeerChallenge {
+            peer_challenge: PeerChallengeBody {
+                nonce: Bytes::from_static(&[1, 2]),
+                mac: Bytes::from_static(&[3]),
+            },
+        };
+        let bytes = encode_peer_challenge(&challenge);
+        assert_eq!(
+            hex(&bytes),
+            "81ae706565725f6368616c6c656e676582a56e6f6e6365c4020102a36d6163c40103"
+        );
+        assert_eq!(decode_peer_challenge(&bytes), Some(challenge));
+        let proof = PeerProof {
+            peer_proof: PeerProofBody {
+                mac: Bytes::from_static(&[9]),
+            },
+        };
+        let bytes = encode_peer_proof(&proof);
+        assert_eq!(hex(&bytes), "81aa706565725f70726f6f6681a36d6163c40109");
+        assert_eq!(decode_peer_proof(&bytes), Some(proof));
+        // Neither is mistaken for a hello or a frame of peer messages.
+        assert_eq!(decode_peer_hello(&bytes), None);
+        assert!(decode_peer_frame(&bytes).is_err());
     }
 
     #[test]

@@ -19,6 +19,32 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// matches a timestamp lookup for a real record.
 const MARKER_TIMESTAMP_MS: i64 = 0;
 
+/// How far above the highest epoch a replica knows of (promised, logged, or heard of in a
+/// message it accepted) a peer message's epoch may be; a message above is refused and changes
+/// nothing. Peers are authenticated, so this guards against a buggy or compromised one: a
+/// single message of epoch 2^64-1 used to be promised, persisted, and leave the partition
+/// without a leader for good (no epoch above it exists).
+///
+/// Why it cannot wedge a legitimate election: a candidate asks for one above the highest epoch
+/// it knows of, and a candidacy (which is what raises epochs) starts only after a majority
+/// granted the pre-vote (`LeaseProbe`), which raises no one's epoch. Legitimate epochs
+/// therefore climb one at a time, each step needing a majority's pre-vote; a replica falls
+/// this far behind only if the others ran 65,536 elections without it, at least one election
+/// timeout apart (over five hours of back-to-back failed elections at the test preset's
+/// 300 ms). Even then the refusing replica alone is left out: the majority that ran those
+/// elections keeps electing and committing without it, and an answer carrying a refused
+/// epoch (a `StaleEpoch`) is ignored rather than deposing a working leader.
+pub const EPOCH_JUMP_MAX: u64 = 1 << 16;
+
+/// Why a peer message's epochs were refused ([`Replica::check_peer_epochs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EpochRefusal {
+    /// An epoch more than [`EPOCH_JUMP_MAX`] above the highest this replica knows of.
+    TooFarAhead { epoch: Epoch, ceiling: Epoch },
+    /// A candidate's last logged epoch above the epoch it asks for: no honest log has that.
+    LogAheadOfCandidacy { epoch: Epoch, last_log_epoch: Epoch },
+}
+
 /// A produce request appended but not yet answered.
 #[derive(Debug, Clone)]
 struct PendingReply {
@@ -1196,6 +1222,72 @@ impl Replica {
 
     // ----- replication -----
 
+    /// The highest epoch this replica knows of: promised, logged, led or heard of.
+    fn epoch_known_max(&self) -> Epoch {
+        self.promise_floor
+            .max(self.promised)
+            .max(self.last_epoch())
+            .max(self.epoch_seen_max)
+            .max(self.epoch)
+    }
+
+    /// Checks every epoch a peer message carries against [`EPOCH_JUMP_MAX`] above what this
+    /// replica knows of, before the message may change anything.
+    pub fn check_peer_epochs(&self, message: &PeerMessage) -> Result<(), EpochRefusal> {
+        let ceiling = Epoch(self.epoch_known_max().0.saturating_add(EPOCH_JUMP_MAX));
+        let within = |epoch: Epoch| {
+            if epoch > ceiling {
+                Err(EpochRefusal::TooFarAhead { epoch, ceiling })
+            } else {
+                Ok(())
+            }
+        };
+        match message {
+            PeerMessage::LeaseRequest {
+                epoch,
+                last_log_epoch,
+                ..
+            }
+            | PeerMessage::LeaseProbe {
+                epoch,
+                last_log_epoch,
+                ..
+            } => {
+                within(*epoch)?;
+                if last_log_epoch > epoch {
+                    return Err(EpochRefusal::LogAheadOfCandidacy {
+                        epoch: *epoch,
+                        last_log_epoch: *last_log_epoch,
+                    });
+                }
+                Ok(())
+            }
+            PeerMessage::LeaseResponse {
+                epoch,
+                promised_epoch,
+                ..
+            }
+            | PeerMessage::LeaseProbeResponse {
+                epoch,
+                promised_epoch,
+                ..
+            } => {
+                within(*epoch)?;
+                within(*promised_epoch)
+            }
+            // The batches' own epochs are bounded by the message's (`append_well_formed`).
+            PeerMessage::Append { epoch, .. } => within(*epoch),
+            PeerMessage::AppendResponse { epoch, result, .. } => {
+                within(*epoch)?;
+                match result {
+                    AppendResult::Ok { .. } => Ok(()),
+                    AppendResult::Diverged { epoch, .. } => within(*epoch),
+                    AppendResult::StaleEpoch { promised_epoch } => within(*promised_epoch),
+                }
+            }
+        }
+    }
+
     fn on_peer(
         &mut self,
         now: Millis,
@@ -1203,6 +1295,11 @@ impl Replica {
         message: PeerMessage,
         effects: &mut Vec<Effect>,
     ) {
+        // Validate, then mutate: a refused message is dropped whole, with no answer (an answer
+        // would have to name an epoch, and any we could name would be wrong for its sender).
+        if self.check_peer_epochs(&message).is_err() {
+            return;
+        }
         match message {
             PeerMessage::LeaseRequest {
                 epoch,

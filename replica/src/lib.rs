@@ -62,7 +62,7 @@ mod engine;
 pub mod invariants;
 pub mod producers;
 
-pub use engine::{CatchUpCounts, Replica};
+pub use engine::{CatchUpCounts, EpochRefusal, Replica, EPOCH_JUMP_MAX};
 
 /// Monotonic time in milliseconds from an arbitrary origin chosen by the runtime. Never
 /// compared across nodes.

@@ -593,6 +593,93 @@ fn a_follower_refuses_a_lower_epoch_and_changes_nothing() {
     assert_eq!(follower.status(), before);
 }
 
+/// The epoch bomb of issue 14: an `Append` of epoch 2^64-1 used to be promised and persisted,
+/// after which no epoch was left to elect a leader with.
+#[test]
+fn an_epoch_far_above_any_known_is_refused_and_changes_nothing() {
+    let mut follower = follower3();
+    let before = format!("{follower:?}");
+    let bomb = append(u64::MAX, 1, 1, vec![], 0, 5);
+    assert_eq!(
+        follower.check_peer_epochs(&bomb),
+        Err(EpochRefusal::TooFarAhead {
+            epoch: Epoch(u64::MAX),
+            ceiling: Epoch(1 + EPOCH_JUMP_MAX),
+        })
+    );
+    assert_eq!(follower.step(Millis(1_000), peer(C, bomb)), vec![]);
+    let just_above = append(2 + EPOCH_JUMP_MAX, 1, 1, vec![], 0, 5);
+    assert_eq!(follower.step(Millis(1_000), peer(C, just_above)), vec![]);
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(u64::MAX),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(1),
+    };
+    assert_eq!(follower.step(Millis(1_000), peer(C, request)), vec![]);
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(u64::MAX),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(1),
+    };
+    assert_eq!(follower.step(Millis(1_000), peer(C, probe)), vec![]);
+    let answer = PeerMessage::LeaseProbeResponse {
+        epoch: Epoch(2),
+        granted: false,
+        promised_epoch: Epoch(u64::MAX),
+    };
+    assert_eq!(follower.step(Millis(1_000), peer(C, answer)), vec![]);
+    assert_eq!(format!("{follower:?}"), before);
+}
+
+#[test]
+fn an_epoch_at_the_edge_of_the_window_is_followed() {
+    let mut follower = follower3();
+    let epoch = 1 + EPOCH_JUMP_MAX;
+    let message = append(epoch, 1, 1, vec![], 0, 5);
+    assert_eq!(follower.check_peer_epochs(&message), Ok(()));
+    assert_eq!(
+        follower.step(Millis(1_000), peer(C, message)),
+        vec![Effect::PersistPromise {
+            epoch: Epoch(epoch)
+        }]
+    );
+}
+
+#[test]
+fn a_candidate_whose_log_is_ahead_of_its_epoch_is_refused() {
+    let mut follower = follower3();
+    let before = format!("{follower:?}");
+    let forged = PeerMessage::LeaseRequest {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(9),
+        log_end: Offset(1_000),
+    };
+    assert!(matches!(
+        follower.check_peer_epochs(&forged),
+        Err(EpochRefusal::LogAheadOfCandidacy { .. })
+    ));
+    assert_eq!(follower.step(Millis(1_000), peer(C, forged)), vec![]);
+    assert_eq!(format!("{follower:?}"), before);
+}
+
+/// A `StaleEpoch` naming an epoch no election could have reached does not depose a working
+/// leader (it would otherwise step down, and every candidacy after it ask for that epoch).
+#[test]
+fn a_stale_epoch_answer_far_ahead_is_ignored_by_the_leader() {
+    let mut leader = leader3();
+    let before = format!("{leader:?}");
+    let bomb = PeerMessage::AppendResponse {
+        epoch: Epoch(1),
+        sent_at: Millis(1_000),
+        result: AppendResult::StaleEpoch {
+            promised_epoch: Epoch(u64::MAX),
+        },
+    };
+    assert_eq!(leader.step(Millis(1_000), peer(B, bomb)), vec![]);
+    assert_eq!(format!("{leader:?}"), before);
+    assert_eq!(leader.status().role, Role::Leader);
+}
+
 #[test]
 fn a_follower_reports_flushes_and_learns_commit_from_the_leader() {
     let mut follower = follower3();

@@ -137,6 +137,10 @@ async fn run_connection<S: LogStore>(
     if let Err(error) = socket.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
+    // Both ends decide whether an unauthenticated peer hello may be admitted (loopback only).
+    let (Ok(local), Ok(remote)) = (socket.local_addr(), socket.peer_addr()) else {
+        return;
+    };
     let (read_half, write_half) = socket.into_split();
     let mut reader = FramedRead::new(read_half, FrameCodec::new(frame_bytes_max));
     let in_flight_max = limits.requests_in_flight_max as usize;
@@ -188,11 +192,16 @@ async fn run_connection<S: LogStore>(
             Err(RequestDecodeError::Malformed { .. })
                 if is_first_frame && decode_peer_hello(&bytes).is_some() =>
             {
-                // Another node's replication connection (see `crate::peer`).
+                // Another node's replication connection (see `crate::peer`), once it proves
+                // it is one (`crate::peer_auth`). The writer is idle (nothing was read
+                // before), so taking it back loses no reply.
                 let hello = decode_peer_hello(&bytes).expect("decoded just above");
                 drop(replies);
-                let _ = writer.await;
-                serve_peer(reader, &broker, &hello, phase).await;
+                let Ok(Some(writer)) = writer.await else {
+                    return;
+                };
+                let addresses = (local, remote);
+                serve_peer(reader, writer, &broker, &hello, addresses, phase).await;
                 return;
             }
             Err(RequestDecodeError::Malformed { reason }) => {
@@ -251,17 +260,39 @@ async fn run_connection<S: LogStore>(
     let _ = writer.await;
 }
 
-/// Reads a peer connection until it ends or the node stops running.
+/// Refused peer handshakes of this process, logged at a bounded rate.
+static PEER_REFUSALS: std::sync::LazyLock<crate::peer_auth::RefusalLog> =
+    std::sync::LazyLock::new(crate::peer_auth::RefusalLog::default);
+
+/// Runs the handshake (bounded by `HANDSHAKE_TIMEOUT`), then reads the peer connection until
+/// it ends or the node stops running. Nothing is read as a peer frame before the other side
+/// proved it holds the cluster secret; a failed handshake just closes the connection.
 async fn serve_peer<S: LogStore>(
-    reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
     broker: &Arc<Broker<S>>,
     hello: &PeerHello,
+    (local, remote): (std::net::SocketAddr, std::net::SocketAddr),
     mut phase: watch::Receiver<Phase>,
 ) {
-    let from = match crate::peer::accept_hello(hello) {
+    let handshake = crate::peer_auth::accept(
+        &mut reader,
+        &mut writer,
+        hello,
+        broker.config.node_id,
+        broker.config.cluster_secret.as_ref(),
+        local,
+        remote,
+    );
+    let accepted = match tokio::time::timeout(crate::peer_auth::HANDSHAKE_TIMEOUT, handshake).await
+    {
+        Ok(accepted) => accepted,
+        Err(_) => Err(crate::peer_auth::HandshakeError::Timeout),
+    };
+    let from = match accepted {
         Ok(from) => from,
-        Err(reason) => {
-            tracing::warn!(%reason, "peer connection refused");
+        Err(error) => {
+            PEER_REFUSALS.refused(remote, &error);
             return;
         }
     };
@@ -349,28 +380,25 @@ async fn send_reply(
     let _ = replies.send(bytes).await;
 }
 
+/// Writes replies until every sender is gone; hands the writer back (a peer connection's
+/// handshake needs it), or `None` once the connection broke.
 async fn write_replies(
     mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
     mut outgoing: mpsc::Receiver<Bytes>,
-) {
+) -> Option<FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>> {
     while let Some(first) = outgoing.recv().await {
-        if writer.feed(first).await.is_err() {
-            return;
-        }
+        writer.feed(first).await.ok()?;
         let mut batched = 1;
         while batched < WRITE_BATCH_FRAMES_MAX {
             match outgoing.try_recv() {
                 Ok(more) => {
-                    if writer.feed(more).await.is_err() {
-                        return;
-                    }
+                    writer.feed(more).await.ok()?;
                     batched += 1;
                 }
                 Err(_) => break,
             }
         }
-        if writer.flush().await.is_err() {
-            return;
-        }
+        writer.flush().await.ok()?;
     }
+    Some(writer)
 }

@@ -4,6 +4,8 @@
 //! address, and every node lists all of them as seeds), by binding port 0 for TCP and UDP and
 //! letting go. Every node is an initial voter of `__meta`. Nodes start together and the
 //! cluster is returned once each printed its ready line; dropping it kills every process.
+//! Every node gets the same freshly generated cluster secret (`--cluster-secret-file`), so
+//! peer traffic is authenticated in tests as in production.
 //!
 //! [`replica_log`] reads a stopped node's sled files directly, so a test can compare what
 //! each replica really holds.
@@ -16,7 +18,25 @@ use cairn_storage::{LogStore, PartitionLog};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 pub struct TestCluster {
+    /// Declared first, so the processes are killed before the secret's directory goes.
     pub nodes: Vec<TestNode>,
+    /// The file holding the cluster secret every node was started with.
+    pub secret_file: std::path::PathBuf,
+    _secret_dir: tempfile::TempDir,
+}
+
+/// A new directory holding a random cluster secret, and the secret file's path.
+pub fn secret_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-secret-")
+        .tempdir()
+        .expect("a temporary directory");
+    let path = dir.path().join("cluster-secret");
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    std::fs::write(&path, secret).expect("write the cluster secret");
+    (dir, path)
 }
 
 /// A loopback port free for both TCP (client and peer traffic) and UDP (gossip), and not
@@ -56,13 +76,26 @@ impl TestCluster {
             .map(|id| id.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let mut args = vec!["--seeds", &seeds, "--initial-voters", &voters];
+        let (secret_dir, secret_file) = secret_file();
+        let secret_arg = secret_file.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--seeds",
+            &seeds,
+            "--initial-voters",
+            &voters,
+            "--cluster-secret-file",
+            &secret_arg,
+        ];
         args.extend_from_slice(extra_args);
         let nodes = (1..=size)
             .zip(&addresses)
             .map(|(id, address)| TestNode::unstarted(id, Some(*address), &args))
             .collect();
-        let mut cluster = TestCluster { nodes };
+        let mut cluster = TestCluster {
+            nodes,
+            secret_file,
+            _secret_dir: secret_dir,
+        };
         cluster.launch_all();
         cluster
     }
@@ -77,7 +110,8 @@ impl TestCluster {
             .collect();
         let address = SocketAddr::from(([127, 0, 0, 1], free_port(&taken)));
         let seeds = self.bootstrap();
-        let mut args = vec!["--seeds", &seeds];
+        let secret_arg = self.secret_file.to_string_lossy().into_owned();
+        let mut args = vec!["--seeds", &seeds, "--cluster-secret-file", &secret_arg];
         args.extend_from_slice(extra_args);
         let node_id = self.nodes.len() as u32 + 1;
         let mut node = TestNode::unstarted(node_id, Some(address), &args);
