@@ -6,7 +6,7 @@
 use crate::invariants;
 use crate::producers::{Admission, Producers};
 use crate::{
-    AppendResult, Config, ConfigError, Effect, Input, Millis, PeerMessage, Recovered,
+    AppendResult, Config, ConfigError, Effect, Input, LogStart, Millis, PeerMessage, Recovered,
     ReplicaStatus, RequestId, Role, VOTERS_MAX,
 };
 use cairn_protocol::batch::{BatchHeader, RecordBatch, RecordBatchBuilder};
@@ -52,6 +52,10 @@ struct Progress {
     /// without this, each of many pipelined appends behind one lost message would resend
     /// the whole gap again.
     rewound: Option<(Offset, Millis)>,
+    /// The follower's log agrees with ours only below our log start (its answer said so, or
+    /// retention passed `next`): our appends at the log start carry it, so the follower
+    /// starts its log there instead of answering `Diverged` forever.
+    reset: bool,
 }
 
 #[derive(Debug)]
@@ -222,10 +226,12 @@ impl Replica {
             .epoch_history
             .windows(2)
             .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1);
-        let history_in_log = recovered
-            .epoch_history
-            .last()
-            .is_none_or(|&(_, start)| start < recovered.log_end);
+        // An empty log that retention emptied keeps one entry at its start: the epoch it
+        // ended with. Without it a fully expired partition could not restart.
+        let history_in_log = recovered.epoch_history.last().is_none_or(|&(_, start)| {
+            start < recovered.log_end
+                || (start == recovered.log_start && recovered.log_start == recovered.log_end)
+        });
         if !history_ordered || !history_in_log || recovered.log_start > recovered.log_end {
             return Err(voters_error(
                 "recovered state is consistent",
@@ -307,6 +313,7 @@ impl Replica {
             Input::PeerRead { to, from, batches } => {
                 self.on_peer_read(now, to, from, batches, &mut effects)
             }
+            Input::LogStartMoved { log_start } => self.on_log_start_moved(log_start),
         }
         let after = self.status();
         if let Err(violation) = invariants::check_transition(&before, &after) {
@@ -488,6 +495,47 @@ impl Replica {
             Epoch::ZERO
         } else {
             self.epoch_at(Offset(offset.0 - 1))
+        }
+    }
+
+    /// Our log start as a follower that must start there needs it.
+    fn log_start_message(&self) -> LogStart {
+        LogStart {
+            offset: self.log_start,
+            epoch: self.epoch_at(self.log_start),
+        }
+    }
+
+    /// Moves the log start forward after retention, and trims the epoch history as storage
+    /// does (Kafka's truncate-from-start: the entry covering the new start moves to it), so
+    /// a restart recovers the same history. A leader catches up a follower behind the new
+    /// start by having it start there (see `catch_up`), never by a read below it.
+    fn on_log_start_moved(&mut self, log_start: Offset) {
+        // The `broken-ignore-log-start` test build never learns the new log start, so that
+        // scripts/sim-broken.sh shows the simulation catches reads of removed offsets.
+        if cfg!(feature = "broken-ignore-log-start")
+            || log_start <= self.log_start
+            || log_start > self.high_watermark
+        {
+            return;
+        }
+        let covering = self.epoch_at(log_start);
+        self.log_start = log_start;
+        self.epoch_history.retain(|&(_, start)| start >= log_start);
+        let covered = self
+            .epoch_history
+            .first()
+            .is_some_and(|&(_, start)| start == log_start);
+        if !covered && covering != Epoch::ZERO {
+            self.epoch_history.insert(0, (covering, log_start));
+        }
+        if let Some(leadership) = &mut self.leadership {
+            for progress in leadership.peers.values_mut() {
+                if progress.read_from.is_some_and(|from| from < log_start) {
+                    // Its answer would start above what was asked; it is ignored.
+                    progress.read_from = None;
+                }
+            }
         }
     }
 
@@ -877,6 +925,7 @@ impl Replica {
                         acked_sent_at: None,
                         read_from: None,
                         rewound: None,
+                        reset: false,
                     },
                 )
             })
@@ -1087,6 +1136,7 @@ impl Replica {
         let epoch = self.epoch;
         let commit = self.high_watermark;
         let tail_bytes_max = self.config.tail_bytes_max;
+        let start = self.log_start_message();
         let Some(leadership) = &mut self.leadership else {
             return;
         };
@@ -1112,6 +1162,7 @@ impl Replica {
                     batches: vec![batch.clone()],
                     commit,
                     sent_at: now,
+                    log_start: (progress.reset && prev_offset == start.offset).then_some(start),
                 },
             });
         }
@@ -1249,6 +1300,7 @@ impl Replica {
         let epoch = self.epoch;
         let commit = self.high_watermark;
         let log_end = self.log_end;
+        let start = self.log_start_message();
         let prev_epochs: BTreeMap<NodeId, Epoch> = match &self.leadership {
             Some(leadership) => leadership
                 .peers
@@ -1271,6 +1323,8 @@ impl Replica {
                     batches: Vec::new(),
                     commit,
                     sent_at: now,
+                    log_start: (progress.reset && progress.next == start.offset)
+                        .then_some(start),
                 },
             });
         }
@@ -1299,6 +1353,7 @@ impl Replica {
             batches,
             commit,
             sent_at,
+            log_start,
         } = message
         else {
             return;
@@ -1348,13 +1403,24 @@ impl Replica {
                     batches,
                     commit,
                     sent_at,
+                    log_start,
                 },
             ));
             return;
         }
+        if let Some(start) = log_start {
+            if start.offset == prev_offset {
+                self.start_log_at(now, from, epoch, sent_at, start, effects);
+            }
+        }
         // Here epoch == promised: `from` leads our epoch.
+        // At the leader's log start its `prev_epoch` may be unknown to it (retention removed
+        // the batch before); there a committed prefix of ours proves the match instead.
+        let proven_by_commit = log_start.is_some() && prev_offset <= self.high_watermark;
         let matches = prev_offset <= self.log_end
-            && (prev_offset <= self.log_start || self.epoch_before(prev_offset) == prev_epoch);
+            && (prev_offset <= self.log_start
+                || proven_by_commit
+                || self.epoch_before(prev_offset) == prev_epoch);
         if !matches {
             self.follow(now, from, epoch, sent_at, effects);
             let (diverged_epoch, end_offset) = self.divergence(prev_offset, prev_epoch);
@@ -1492,6 +1558,63 @@ impl Replica {
         }
     }
 
+    /// The leader of our promised epoch starts its log at `start` and no longer holds what we
+    /// lack. Unless our log provably equals its log below `start` (it lies at or below our
+    /// own log start, or at or below our high watermark: committed prefixes agree), we empty
+    /// our log and start it at `start`. What we drop is below the leader's log start, so it
+    /// is committed and needed by nobody; the high watermark we know is never passed.
+    fn start_log_at(
+        &mut self,
+        now: Millis,
+        leader: NodeId,
+        epoch: Epoch,
+        sent_at: Millis,
+        start: LogStart,
+        effects: &mut Vec<Effect>,
+    ) {
+        // The `broken-reset-below-high-watermark` test build resets even over a committed
+        // prefix it holds, so that scripts/sim-broken.sh shows the simulation catches it.
+        let proven = if cfg!(feature = "broken-reset-below-high-watermark") {
+            start.offset <= self.log_start
+        } else {
+            start.offset <= self.log_start.max(self.high_watermark)
+        };
+        if proven && start.offset <= self.log_end {
+            return;
+        }
+        if start.offset < self.high_watermark && !cfg!(feature = "broken-reset-below-high-watermark")
+        {
+            // Unreachable: a start at or below our high watermark is proven above.
+            self.committed_truncations_refused += 1;
+            return;
+        }
+        self.follow(now, leader, epoch, sent_at, effects);
+        effects.push(Effect::ResetLog {
+            log_start: start.offset,
+            epoch: start.epoch,
+        });
+        for flush in self.unflushed.iter_mut() {
+            flush.log_end = flush.log_end.min(start.offset);
+        }
+        self.log_start = start.offset;
+        self.log_end = start.offset;
+        // Nothing below the start is ours to flush any more; all of it is committed.
+        self.durable_end = start.offset;
+        self.durable_reported = self.durable_reported.min(start.offset);
+        self.epoch_history.clear();
+        if start.epoch != Epoch::ZERO {
+            self.epoch_history.push((start.epoch, start.offset));
+        }
+        self.producers.truncate(Offset::ZERO);
+        self.leader_matched_end = start.offset;
+        if start.offset > self.high_watermark {
+            self.high_watermark = start.offset;
+            effects.push(Effect::HighWatermark {
+                offset: start.offset,
+            });
+        }
+    }
+
     /// Our newest epoch not above `prev_epoch` with offsets below `prev_offset`, and where
     /// it ends (capped at `prev_offset` and our log end).
     fn divergence(&self, prev_offset: Offset, prev_epoch: Epoch) -> (Epoch, Offset) {
@@ -1567,7 +1690,7 @@ impl Replica {
                     .find(|(_, &(epoch, _))| epoch <= *their_epoch)
                     .map(|(index, _)| self.entry_end(index))
                     .unwrap_or(Offset::ZERO);
-                Some((*end_offset).min(ours).min(log_end).max(log_start))
+                Some((*end_offset).min(ours).min(log_end))
             }
             _ => None,
         };
@@ -1584,13 +1707,19 @@ impl Replica {
                 log_end: their_end,
                 durable_end,
             } => {
+                if their_end >= log_start {
+                    progress.reset = false;
+                }
                 let matched = their_end.min(log_end);
                 progress.matched = progress.matched.max(matched);
                 progress.durable = progress.durable.max(durable_end.min(matched));
                 progress.next = progress.next.max(progress.matched);
             }
             AppendResult::Diverged { .. } => {
-                let next = diverged_at.expect("computed for Diverged");
+                // Below our log start we no longer hold what the follower lacks: it must
+                // start its log at ours (see `PeerMessage::Append::log_start`).
+                let agreed_below = diverged_at.expect("computed for Diverged");
+                let next = agreed_below.max(log_start);
                 // Several pipelined appends behind one lost message all answer Diverged: the
                 // read already under way for that position, or the resend made on the first
                 // answer, serves them all.
@@ -1603,6 +1732,7 @@ impl Replica {
                     // A read for another position is useless now; its answer is ignored.
                     progress.read_from = None;
                     progress.rewound = Some((next, now));
+                    progress.reset = agreed_below < log_start;
                     rewound_now = true;
                 }
             }
@@ -1647,10 +1777,54 @@ impl Replica {
         let Some(progress) = leadership.peers.get(&to) else {
             return;
         };
-        let from = progress.next;
+        let mut from = progress.next;
         if from >= log_end || progress.read_from.is_some() {
             return;
         }
+        let start = self.log_start_message();
+        let holds = |from: Offset| {
+            leadership
+                .tail
+                .front()
+                .is_some_and(|oldest| oldest.base_offset() <= from)
+        };
+        if from < start.offset && !holds(from) {
+            // Retention removed what this follower lacks: it starts its log at ours. A read
+            // from `from` would only return batches from the log start, be refused as not
+            // what was asked, and be asked again at every heartbeat.
+            from = start.offset;
+            let prev_epoch = self.epoch_before(from);
+            if let Some(progress) = self
+                .leadership
+                .as_mut()
+                .and_then(|leadership| leadership.peers.get_mut(&to))
+            {
+                progress.next = from;
+                progress.reset = true;
+            }
+            if from >= log_end {
+                effects.push(Effect::Send {
+                    to,
+                    message: PeerMessage::Append {
+                        epoch,
+                        prev_offset: from,
+                        prev_epoch,
+                        batches: Vec::new(),
+                        commit,
+                        sent_at: now,
+                        log_start: Some(start),
+                    },
+                });
+                return;
+            }
+        }
+        let Some(leadership) = &self.leadership else {
+            return;
+        };
+        let Some(progress) = leadership.peers.get(&to) else {
+            return;
+        };
+        let reset = progress.reset;
         let tail = &leadership.tail;
         let tail_holds = tail
             .front()
@@ -1702,6 +1876,7 @@ impl Replica {
                     batches,
                     commit,
                     sent_at: now,
+                    log_start: (reset && prev_offset == start.offset).then_some(start),
                 },
             });
         }
@@ -1762,6 +1937,7 @@ impl Replica {
             .map(|batch| batch.base_offset())
             .unwrap_or(from);
         let prev_epoch = self.epoch_before(prev_offset);
+        let start = self.log_start_message();
         let Some(leadership) = &mut self.leadership else {
             return;
         };
@@ -1786,6 +1962,7 @@ impl Replica {
                 batches: kept,
                 commit,
                 sent_at: now,
+                log_start: (progress.reset && prev_offset == start.offset).then_some(start),
             },
         });
         // What was appended while the read ran is usually still in the tail: send it now, so
