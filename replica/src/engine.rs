@@ -52,10 +52,6 @@ struct Progress {
     /// without this, each of many pipelined appends behind one lost message would resend
     /// the whole gap again.
     rewound: Option<(Offset, Millis)>,
-    /// The follower's log agrees with ours only below our log start (its answer said so, or
-    /// retention passed `next`): our appends at the log start carry it, so the follower
-    /// starts its log there instead of answering `Diverged` forever.
-    reset: bool,
 }
 
 #[derive(Debug)]
@@ -498,7 +494,7 @@ impl Replica {
         }
     }
 
-    /// Our log start as a follower that must start there needs it.
+    /// Our log start as a follower needs it to match our appends there (see `start_at`).
     fn log_start_message(&self) -> LogStart {
         LogStart {
             offset: self.log_start,
@@ -925,7 +921,6 @@ impl Replica {
                         acked_sent_at: None,
                         read_from: None,
                         rewound: None,
-                        reset: false,
                     },
                 )
             })
@@ -1162,7 +1157,7 @@ impl Replica {
                     batches: vec![batch.clone()],
                     commit,
                     sent_at: now,
-                    log_start: (progress.reset && prev_offset == start.offset).then_some(start),
+                    log_start: start_at(start, prev_offset),
                 },
             });
         }
@@ -1323,8 +1318,7 @@ impl Replica {
                     batches: Vec::new(),
                     commit,
                     sent_at: now,
-                    log_start: (progress.reset && progress.next == start.offset)
-                        .then_some(start),
+                    log_start: start_at(start, progress.next),
                 },
             });
         }
@@ -1408,18 +1402,19 @@ impl Replica {
             ));
             return;
         }
-        if let Some(start) = log_start {
-            if start.offset == prev_offset {
+        // Here epoch == promised: `from` leads our epoch. At the leader's log start its
+        // `prev_epoch` may be unknown to it (retention removed the batch before): the match
+        // is proven otherwise, or we start our log there.
+        let mut start_proven = false;
+        if let Some(start) = log_start.filter(|start| start.offset == prev_offset) {
+            start_proven = self.log_agrees_at(start);
+            if !start_proven {
                 self.start_log_at(now, from, epoch, sent_at, start, effects);
             }
         }
-        // Here epoch == promised: `from` leads our epoch.
-        // At the leader's log start its `prev_epoch` may be unknown to it (retention removed
-        // the batch before); there a committed prefix of ours proves the match instead.
-        let proven_by_commit = log_start.is_some() && prev_offset <= self.high_watermark;
         let matches = prev_offset <= self.log_end
             && (prev_offset <= self.log_start
-                || proven_by_commit
+                || start_proven
                 || self.epoch_before(prev_offset) == prev_epoch);
         if !matches {
             self.follow(now, from, epoch, sent_at, effects);
@@ -1453,7 +1448,11 @@ impl Replica {
             if batch.base_offset() >= self.log_end {
                 break;
             }
-            if self.epoch_at(batch.base_offset()) == batch.leader_epoch() {
+            // Below our log start everything is committed (and so equal to the leader's);
+            // the history no longer says which epochs it held.
+            if batch.base_offset() < self.log_start
+                || self.epoch_at(batch.base_offset()) == batch.leader_epoch()
+            {
                 skip += 1;
             } else {
                 truncate_from = Some(batch.base_offset());
@@ -1558,11 +1557,35 @@ impl Replica {
         }
     }
 
-    /// The leader of our promised epoch starts its log at `start` and no longer holds what we
-    /// lack. Unless our log provably equals its log below `start` (it lies at or below our
-    /// own log start, or at or below our high watermark: committed prefixes agree), we empty
-    /// our log and start it at `start`. What we drop is below the leader's log start, so it
-    /// is committed and needed by nobody; the high watermark we know is never passed.
+    /// Whether our log provably equals the leader's below its log start `start`: it lies at
+    /// or below our own log start; or at or below our high watermark (committed prefixes
+    /// agree); or one of our batches at `start - 1` or `start` has `start.epoch` (the epoch
+    /// of the leader's batch at its start, or of its last batch when its log is empty): one
+    /// epoch's leader writes one batch per offset, and a follower takes a batch only after
+    /// the batch before it matched, so one equal batch proves the prefix below it equal.
+    fn log_agrees_at(&self, start: LogStart) -> bool {
+        let at = start.offset;
+        // The `broken-reset-below-high-watermark` test build trusts nothing but its own log
+        // start, and so empties logs whose committed suffix the leader still holds, so that
+        // scripts/sim-broken.sh shows the simulation catches it.
+        if cfg!(feature = "broken-reset-below-high-watermark") {
+            return at <= self.log_start;
+        }
+        if at > self.log_end {
+            return false;
+        }
+        let epoch_known = start.epoch != Epoch::ZERO;
+        at <= self.log_start
+            || at <= self.high_watermark
+            || (epoch_known && at < self.log_end && self.epoch_at(at) == start.epoch)
+            || (epoch_known && at > self.log_start && self.epoch_before(at) == start.epoch)
+    }
+
+    /// The leader of our promised epoch starts its log at `start`, no longer holds what we
+    /// lack, and our log does not provably equal its own below `start`: we empty our log and
+    /// start it there. What we drop is either below `start` (committed, expired at the
+    /// leader) or a suffix from `start` whose first batch differs from the leader's (so
+    /// uncommitted: above our high watermark, which is below `start`).
     fn start_log_at(
         &mut self,
         now: Millis,
@@ -1572,20 +1595,8 @@ impl Replica {
         start: LogStart,
         effects: &mut Vec<Effect>,
     ) {
-        // The `broken-reset-below-high-watermark` test build resets even over a committed
-        // prefix it holds, so that scripts/sim-broken.sh shows the simulation catches it.
-        let proven = if cfg!(feature = "broken-reset-below-high-watermark") {
-            start.offset <= self.log_start
-        } else {
-            start.offset <= self.log_start.max(self.high_watermark)
-        };
-        if proven && start.offset <= self.log_end {
-            return;
-        }
-        if start.offset < self.high_watermark && !cfg!(feature = "broken-reset-below-high-watermark")
-        {
-            // Unreachable: a start at or below our high watermark is proven above.
-            self.committed_truncations_refused += 1;
+        if start.offset < self.log_start {
+            // Offsets are never reused: a start behind ours is proven by our own start.
             return;
         }
         self.follow(now, leader, epoch, sent_at, effects);
@@ -1605,6 +1616,11 @@ impl Replica {
         if start.epoch != Epoch::ZERO {
             self.epoch_history.push((start.epoch, start.offset));
         }
+        // Our producers' batches are gone, and what the leader holds below its log start we
+        // cannot learn: they become unknown (accepted at any sequence) rather than known
+        // with a last sequence that may be wrong (which would refuse or wrongly deduplicate
+        // their next batch). Deduplication of retries of expired batches is lost, as after
+        // a restart that reads the producers back from the log.
         self.producers.truncate(Offset::ZERO);
         self.leader_matched_end = start.offset;
         if start.offset > self.high_watermark {
@@ -1707,19 +1723,16 @@ impl Replica {
                 log_end: their_end,
                 durable_end,
             } => {
-                if their_end >= log_start {
-                    progress.reset = false;
-                }
                 let matched = their_end.min(log_end);
                 progress.matched = progress.matched.max(matched);
                 progress.durable = progress.durable.max(durable_end.min(matched));
                 progress.next = progress.next.max(progress.matched);
             }
             AppendResult::Diverged { .. } => {
-                // Below our log start we no longer hold what the follower lacks: it must
-                // start its log at ours (see `PeerMessage::Append::log_start`).
-                let agreed_below = diverged_at.expect("computed for Diverged");
-                let next = agreed_below.max(log_start);
+                // Below our log start we no longer hold what the follower lacks: we resume at
+                // the log start, where our append tells the follower to start its log there
+                // unless it proves its log matches (see `PeerMessage::Append::log_start`).
+                let next = diverged_at.expect("computed for Diverged").max(log_start);
                 // Several pipelined appends behind one lost message all answer Diverged: the
                 // read already under way for that position, or the resend made on the first
                 // answer, serves them all.
@@ -1732,7 +1745,6 @@ impl Replica {
                     // A read for another position is useless now; its answer is ignored.
                     progress.read_from = None;
                     progress.rewound = Some((next, now));
-                    progress.reset = agreed_below < log_start;
                     rewound_now = true;
                 }
             }
@@ -1789,9 +1801,10 @@ impl Replica {
                 .is_some_and(|oldest| oldest.base_offset() <= from)
         };
         if from < start.offset && !holds(from) {
-            // Retention removed what this follower lacks: it starts its log at ours. A read
-            // from `from` would only return batches from the log start, be refused as not
-            // what was asked, and be asked again at every heartbeat.
+            // Retention removed what this follower lacks: it continues at our log start (and
+            // starts its own log there). A read from `from` would only return batches from
+            // the log start, be refused as not what was asked, and be asked again at every
+            // heartbeat.
             from = start.offset;
             let prev_epoch = self.epoch_before(from);
             if let Some(progress) = self
@@ -1800,7 +1813,6 @@ impl Replica {
                 .and_then(|leadership| leadership.peers.get_mut(&to))
             {
                 progress.next = from;
-                progress.reset = true;
             }
             if from >= log_end {
                 effects.push(Effect::Send {
@@ -1812,7 +1824,7 @@ impl Replica {
                         batches: Vec::new(),
                         commit,
                         sent_at: now,
-                        log_start: Some(start),
+                        log_start: start_at(start, from),
                     },
                 });
                 return;
@@ -1821,10 +1833,6 @@ impl Replica {
         let Some(leadership) = &self.leadership else {
             return;
         };
-        let Some(progress) = leadership.peers.get(&to) else {
-            return;
-        };
-        let reset = progress.reset;
         let tail = &leadership.tail;
         let tail_holds = tail
             .front()
@@ -1876,7 +1884,7 @@ impl Replica {
                     batches,
                     commit,
                     sent_at: now,
-                    log_start: (reset && prev_offset == start.offset).then_some(start),
+                    log_start: start_at(start, prev_offset),
                 },
             });
         }
@@ -1962,7 +1970,7 @@ impl Replica {
                 batches: kept,
                 commit,
                 sent_at: now,
-                log_start: (progress.reset && prev_offset == start.offset).then_some(start),
+                log_start: start_at(start, prev_offset),
             },
         });
         // What was appended while the read ran is usually still in the tail: send it now, so
@@ -1976,6 +1984,14 @@ impl Replica {
             self.catch_up(now, to, effects);
         }
     }
+}
+
+/// What an append continuing at `prev_offset` tells about our log start: only an append at
+/// a log start that retention moved carries it. There our `prev_epoch` is not known (the
+/// batch before is gone), so the follower proves the match another way or starts its log
+/// there (see `PeerMessage::Append::log_start`); elsewhere `prev_epoch` decides, as always.
+fn start_at(start: LogStart, prev_offset: Offset) -> Option<LogStart> {
+    (start.offset > Offset::ZERO && prev_offset == start.offset).then_some(start)
 }
 
 /// The shape checks of an append that need no state: batches contiguous from `prev_offset`,

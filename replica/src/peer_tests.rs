@@ -86,6 +86,7 @@ fn append(
         batches,
         commit: Offset(commit),
         sent_at: Millis(sent_at),
+        log_start: None,
     }
 }
 
