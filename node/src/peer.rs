@@ -25,10 +25,11 @@ use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::frame::{FrameCodec, FrameError};
 use cairn_protocol::peer::{
     decode_peer_frame, encode_peer_frame, encode_peer_hello, PartitionPeerMessage,
-    PeerAppendResult, PeerFrame, PeerHello, PeerHelloBody, PeerWireMessage, PEER_PROTOCOL_VERSION,
+    PeerAppendResult, PeerFrame, PeerHello, PeerHelloBody, PeerLogStart, PeerWireMessage,
+    PEER_PROTOCOL_VERSION,
 };
 use cairn_protocol::NodeId;
-use cairn_replica::{AppendResult, Millis, PeerMessage};
+use cairn_replica::{AppendResult, LogStart, Millis, PeerMessage};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -461,6 +462,7 @@ pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
             batches,
             commit,
             sent_at,
+            log_start,
         } => PeerWireMessage::Append {
             epoch,
             prev_offset,
@@ -468,6 +470,10 @@ pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
             batches: batches.into_iter().map(RecordBatch::into_bytes).collect(),
             commit,
             sent_at_ms: sent_at.0,
+            log_start: log_start.map(|start| PeerLogStart {
+                offset: start.offset,
+                epoch: start.epoch,
+            }),
         },
         PeerMessage::AppendResponse {
             epoch,
@@ -542,6 +548,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
             batches,
             commit,
             sent_at_ms,
+            log_start,
         } => PeerMessage::Append {
             epoch,
             prev_offset,
@@ -554,6 +561,10 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
                 .collect::<Result<_, _>>()?,
             commit,
             sent_at: Millis(sent_at_ms),
+            log_start: log_start.map(|start| LogStart {
+                offset: start.offset,
+                epoch: start.epoch,
+            }),
         },
         PeerWireMessage::AppendResponse {
             epoch,
@@ -612,6 +623,7 @@ mod tests {
             batches: vec![],
             commit: Offset(commit),
             sent_at: Millis(commit),
+            log_start: None,
         }
     }
 
@@ -688,6 +700,19 @@ mod tests {
                 batches: vec![batch(b"a"), batch(b"b")],
                 commit: Offset(8),
                 sent_at: Millis(77),
+                log_start: None,
+            },
+            PeerMessage::Append {
+                epoch: Epoch(3),
+                prev_offset: Offset(20),
+                prev_epoch: Epoch(0),
+                batches: vec![],
+                commit: Offset(20),
+                sent_at: Millis(78),
+                log_start: Some(LogStart {
+                    offset: Offset(20),
+                    epoch: Epoch(2),
+                }),
             },
             PeerMessage::AppendResponse {
                 epoch: Epoch(3),
@@ -730,6 +755,7 @@ mod tests {
             batches: vec![Bytes::from(bytes)],
             commit: Offset(0),
             sent_at_ms: 0,
+            log_start: None,
         };
         assert!(from_wire(wire).unwrap_err().contains("bad batch"));
     }
