@@ -238,6 +238,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Partition => "#377eb8",
         FaultKind::Clock => "#984ea3",
         FaultKind::Client => "#4daf4a",
+        FaultKind::Retention => "#a65628",
     }
 }
 

@@ -50,6 +50,9 @@ pub enum FaultKind {
     Partition,
     Clock,
     Client,
+    /// A follower of the retention topic paused while retention passes it (see
+    /// `crate::retention`).
+    Retention,
 }
 
 impl FaultKind {
@@ -66,9 +69,11 @@ impl FaultKind {
                 "partition" => FaultKind::Partition,
                 "clock" => FaultKind::Clock,
                 "client" => FaultKind::Client,
+                "retention" => FaultKind::Retention,
                 other => {
                     return Err(format!(
-                        "unknown fault kind {other:?} (kill, pause, partition, clock, client)"
+                        "unknown fault kind {other:?} (kill, pause, partition, clock, client, \
+                         retention)"
                     ))
                 }
             };
@@ -148,6 +153,11 @@ pub enum Fault {
     ClientCrash {
         client: u32,
     },
+    /// SIGSTOP of a follower of the retention topic at the start (`fallback` when its leader
+    /// cannot be learned), SIGCONT at the end: retention passes its log end meanwhile.
+    Retention {
+        fallback: u32,
+    },
 }
 
 impl Fault {
@@ -158,6 +168,7 @@ impl Fault {
             Fault::Partition { .. } => FaultKind::Partition,
             Fault::Clock { .. } => FaultKind::Clock,
             Fault::ClientCrash { .. } => FaultKind::Client,
+            Fault::Retention { .. } => FaultKind::Retention,
         }
     }
 }
@@ -244,6 +255,9 @@ pub fn plan(config: &PlanConfig) -> Vec<Planned> {
             }
             FaultKind::Client => Fault::ClientCrash {
                 client: rng.range(0, config.clients.max(1) as u64 - 1) as u32,
+            },
+            FaultKind::Retention => Fault::Retention {
+                fallback: pick(&mut rng, nodes, 1)[0],
             },
         };
         planned.push(Planned {
@@ -425,6 +439,16 @@ mod tests {
             FaultKind::parse_list("kill, pause").unwrap(),
             vec![FaultKind::Kill, FaultKind::Pause]
         );
+        assert_eq!(
+            FaultKind::parse_list("retention").unwrap(),
+            vec![FaultKind::Retention]
+        );
+        let retention = plan(&config(5, &[FaultKind::Retention]));
+        assert!(!retention.is_empty());
+        assert!(retention.iter().all(|planned| matches!(
+            planned.fault,
+            Fault::Retention { fallback } if (1..=5).contains(&fallback)
+        )));
         assert!(FaultKind::parse_list("kill,flood").is_err());
     }
 
