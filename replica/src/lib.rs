@@ -331,12 +331,14 @@ pub enum PeerMessage {
         commit: Offset,
         /// Leader's send time, echoed in the response (leader-local clock only).
         sent_at: Millis,
-        /// Set only when the leader learnt that this follower's log agrees with its own only
-        /// below the leader's log start: retention removed what the follower lacks. Then
-        /// `prev_offset` is that log start, and a follower that cannot prove its log equal
-        /// below it (its own log start and high watermark are lower) empties its log and
-        /// starts it there (Kafka's truncate-fully-and-start-at), then takes the batches.
-        /// Nothing it drops is needed: everything below the leader's log start is committed.
+        /// Set on an append at the leader's log start once retention moved it above 0
+        /// (`prev_offset` is then that start, and `prev_epoch` unknown to the leader: the
+        /// batch before is gone). The follower proves its log equal below it (its own log
+        /// start or high watermark reaches it, or its batch at or before it has the epoch
+        /// given); else it empties its log and starts it there (Kafka's
+        /// truncate-fully-and-start-at), then takes the batches. Nothing it drops is needed:
+        /// below the leader's log start everything is committed and expired, and a suffix
+        /// whose first batch differs from the leader's is uncommitted.
         log_start: Option<LogStart>,
     },
     AppendResponse {
