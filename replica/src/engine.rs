@@ -1574,11 +1574,14 @@ impl Replica {
         if at > self.log_end {
             return false;
         }
+        if at <= self.log_start || at <= self.high_watermark {
+            return true;
+        }
+        // Here our log holds `at - 1` (we are past our log start).
         let epoch_known = start.epoch != Epoch::ZERO;
-        at <= self.log_start
-            || at <= self.high_watermark
-            || (epoch_known && at < self.log_end && self.epoch_at(at) == start.epoch)
-            || (epoch_known && at > self.log_start && self.epoch_before(at) == start.epoch)
+        epoch_known
+            && ((at < self.log_end && self.epoch_at(at) == start.epoch)
+                || self.epoch_before(at) == start.epoch)
     }
 
     /// The leader of our promised epoch starts its log at `start`, no longer holds what we
