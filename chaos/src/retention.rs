@@ -33,6 +33,14 @@ pub const RETAINED_RETENTION_MS: u64 = 1_500;
 /// The writer's pace: enough batches that every retention pass removes some.
 const WRITE_INTERVAL_MS: u64 = 20;
 
+/// Bytes of each record's padding: at one record per [`WRITE_INTERVAL_MS`] about 400 KB/s,
+/// so a follower paused for 3 s falls off the leader's in-memory tail (`tail_bytes_max` is
+/// 256 KiB in the test preset the campaign's nodes run; records may not exceed its 16 KiB
+/// `record_bytes_max`) and must be caught up from the log, where retention passed it. With
+/// small records the tail alone caught paused followers up, and the fault never made a
+/// follower start its log at the leader's log start.
+const RECORD_PADDING_BYTES: usize = 8 * 1024;
+
 /// Creates the retained topic (before the workload starts, so its topic id is the one after
 /// the workload's topic: see [`retained_logs`]).
 pub async fn create(admin: &Admin, replication_factor: u16) -> Result<(), String> {
@@ -95,9 +103,11 @@ pub async fn run_writer(bootstrap: String, mut stop: watch::Receiver<bool>) -> W
         while !*stop.borrow() {
             index += 1;
             let value = format!("retained-{index}");
+            let mut bytes = value.clone().into_bytes();
+            bytes.resize(bytes.len() + RECORD_PADDING_BYTES, b'.');
             let delivered = async {
                 producer
-                    .send_to(RETAINED_TOPIC, 0, Record::new(value.clone()))
+                    .send_to(RETAINED_TOPIC, 0, Record::new(bytes))
                     .await?
                     .await
             };
