@@ -188,6 +188,11 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     });
     let admin = admin.map_err(|error| format!("admin client: {error}"))?;
     create_topic(&runtime, &admin, config)?;
+    let retention_on = kinds.contains(&FaultKind::Retention);
+    if retention_on {
+        let replication = config.replication_factor.min(config.nodes) as u16;
+        runtime.block_on(crate::retention::create(&admin, replication))?;
+    }
 
     // The workload.
     let start = Instant::now();
@@ -232,6 +237,12 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             )));
         }
     }
+    let retained_writer = retention_on.then(|| {
+        runtime.spawn(crate::retention::run_writer(
+            workload_config.bootstrap.clone(),
+            control.stop_producing.clone(),
+        ))
+    });
     others.push(runtime.spawn(workload::run_group_watcher(
         workload_config.clone(),
         recorder.clone(),
@@ -291,6 +302,16 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         config.partitions,
         Duration::from_secs(90),
     ));
+    let retained = retained_writer.map(|writer| {
+        runtime.block_on(async {
+            let outcome = tokio::time::timeout(Duration::from_secs(30), writer)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            (outcome, crate::retention::high_watermark(&admin).await)
+        })
+    });
     let _ = stop_all_tx.send(true);
     runtime.block_on(async {
         for task in others {
@@ -328,6 +349,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     // The campaign's topic was created before anything else (the consumer groups' internal
     // topic comes with the first group request), so it has the lowest topic id.
     let topic_id = per_node.iter().flatten().map(|(topic, _)| *topic).min();
+    let retained_logs = crate::retention::retained_logs(&per_node);
     for logs in per_node {
         for (topic, log) in logs {
             if Some(topic) == topic_id {
@@ -338,7 +360,16 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     write_json(&out.join("replicas.json"), &saved)?;
 
     let ops = read_history(&out.join("history.jsonl")).map_err(|error| error.to_string())?;
-    let check = checker::check(&ops, Some(&saved.to_replicas()));
+    let mut check = checker::check(&ops, Some(&saved.to_replicas()));
+    if let Some((writer, high_watermark)) = &retained {
+        crate::retention::check(
+            writer,
+            &retained_logs,
+            saved.replication_factor,
+            *high_watermark,
+            &mut check,
+        );
+    }
     let timeline = report::timeline(&ops, run_ms);
     let (availability_sends, availability_seconds) =
         report::availability(&ops, &timeline, 5_000, faults_until_ms);
@@ -558,6 +589,21 @@ impl Nemesis<'_> {
                     targets: vec![*node],
                 }
             }
+            Fault::Retention { fallback } => {
+                let nodes = self.cluster.spec.nodes;
+                let node = self
+                    .runtime
+                    .block_on(crate::retention::follower(self.admin, nodes, *fallback));
+                self.cluster.pause(node);
+                Applied {
+                    description: format!(
+                        "pause (SIGSTOP) node {node}, a follower of {} (retention {} ms)",
+                        crate::retention::RETAINED_TOPIC,
+                        crate::retention::RETAINED_RETENTION_MS
+                    ),
+                    targets: vec![node],
+                }
+            }
             Fault::ClientCrash { client } => {
                 self.crash_tx.send_modify(|counts| {
                     if let Some(count) = counts.get_mut(*client as usize) {
@@ -612,7 +658,7 @@ impl Nemesis<'_> {
                     }
                 }
             }
-            Fault::Pause { .. } => {
+            Fault::Pause { .. } | Fault::Retention { .. } => {
                 for node in &applied.targets {
                     self.cluster.resume(*node);
                 }

@@ -22,6 +22,8 @@
 //!   offset).
 //! - `replica_missing`: an offset below that bound held by fewer than a majority of replicas,
 //!   or an acknowledged value that the majority does not hold at its offset.
+//! - `retained_offset_reused`, `retained_replica_behind`: the retention topic's checks (see
+//!   [`crate::retention`]).
 
 use crate::history::{Op, Status};
 use serde::{Deserialize, Serialize};
@@ -45,10 +47,12 @@ pub enum AnomalyKind {
     CommitBackwards,
     ReplicaDivergence,
     ReplicaMissing,
+    RetainedOffsetReused,
+    RetainedReplicaBehind,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 12] = [
+    pub const ALL: [AnomalyKind; 14] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -61,6 +65,8 @@ impl AnomalyKind {
         AnomalyKind::CommitBackwards,
         AnomalyKind::ReplicaDivergence,
         AnomalyKind::ReplicaMissing,
+        AnomalyKind::RetainedOffsetReused,
+        AnomalyKind::RetainedReplicaBehind,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +83,8 @@ impl AnomalyKind {
             AnomalyKind::CommitBackwards => "commit_backwards",
             AnomalyKind::ReplicaDivergence => "replica_divergence",
             AnomalyKind::ReplicaMissing => "replica_missing",
+            AnomalyKind::RetainedOffsetReused => "retained_offset_reused",
+            AnomalyKind::RetainedReplicaBehind => "retained_replica_behind",
         }
     }
 }
@@ -133,7 +141,7 @@ impl CheckReport {
         self.anomaly_count() == 0
     }
 
-    fn add(&mut self, kind: AnomalyKind, example: impl FnOnce() -> String) {
+    pub(crate) fn add(&mut self, kind: AnomalyKind, example: impl FnOnce() -> String) {
         let group = self.anomalies.entry(kind).or_default();
         group.count += 1;
         if group.examples.len() < EXAMPLES_PER_KIND_MAX {
@@ -141,7 +149,7 @@ impl CheckReport {
         }
     }
 
-    fn bump(&mut self, stat: &str, by: u64) {
+    pub(crate) fn bump(&mut self, stat: &str, by: u64) {
         *self.stats.entry(stat.to_string()).or_default() += by;
     }
 }

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use cairn_protocol::batch::{Record, RecordBatchBuilder};
 use cairn_protocol::peer::{
     decode_peer_challenge, encode_peer_frame, encode_peer_hello, encode_peer_proof,
-    PartitionPeerMessage, PeerFrame, PeerHello, PeerHelloBody, PeerProof, PeerProofBody,
-    PeerWireMessage, PEER_MAC_BYTES, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
+    PartitionPeerMessage, PeerFrame, PeerHello, PeerHelloBody, PeerLogStart, PeerProof,
+    PeerProofBody, PeerWireMessage, PEER_MAC_BYTES, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
 };
 use cairn_protocol::{Epoch, NodeId, Offset};
 use std::io::{Read, Write};
@@ -262,6 +262,7 @@ fn forged_frames(rng: &mut Rng) -> Vec<Bytes> {
             batches: vec![batch.stamped(Offset(0), meta_epoch).into_bytes()],
             commit: Offset(1),
             sent_at_ms: 0,
+            log_start: None,
         },
     });
     for _ in 0..8 {
@@ -278,6 +279,7 @@ fn forged_frames(rng: &mut Rng) -> Vec<Bytes> {
                 batches: vec![batch.stamped(at, epoch).into_bytes()],
                 commit: Offset(at.0 + 1),
                 sent_at_ms: 0,
+                log_start: None,
             },
             1 => PeerWireMessage::Append {
                 epoch,
@@ -286,6 +288,11 @@ fn forged_frames(rng: &mut Rng) -> Vec<Bytes> {
                 batches: vec![batch.stamped(Offset(0), epoch).into_bytes()],
                 commit: Offset(1),
                 sent_at_ms: 0,
+                // A log start far ahead would make a follower that believed it drop its log.
+                log_start: Some(PeerLogStart {
+                    offset: Offset(at.0 + 1_000_000),
+                    epoch,
+                }),
             },
             _ => PeerWireMessage::LeaseRequest {
                 epoch,

@@ -12,6 +12,7 @@
 //!   drain reader, recording every operation.
 //! - [`history`]: the recorded operations (`history.jsonl`), one JSON object per line.
 //! - [`replicas`]: reads a stopped node's partition logs from its sled files.
+//! - [`retention`]: the `retention` fault's own topic, writer and checks.
 //! - [`checker`]: finds every anomaly kind in a history and compares the replicas' logs.
 //! - [`report`]: `report.json`, `summary.md` and the `timeline.svg` picture.
 //! - [`campaign`]: one campaign end to end.
@@ -24,6 +25,7 @@ pub mod net;
 pub mod nodes;
 pub mod replicas;
 pub mod report;
+pub mod retention;
 pub mod schedule;
 pub mod workload;
 

@@ -41,8 +41,11 @@ struct RunArgs {
     /// quiet, then the drain follows.
     #[arg(long, default_value = "300s")]
     duration: String,
-    /// Fault kinds to mix: kill, pause, partition, clock, client, hostile.
-    #[arg(long, default_value = "kill,pause,partition,clock,client,hostile")]
+    /// Fault kinds to mix: kill, pause, partition, clock, client, hostile, retention.
+    #[arg(
+        long,
+        default_value = "kill,pause,partition,clock,client,hostile,retention"
+    )]
     faults: String,
     /// Seed of the fault schedule (replays it); default: from the clock, printed.
     #[arg(long)]

@@ -239,6 +239,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Clock => "#984ea3",
         FaultKind::Client => "#4daf4a",
         FaultKind::Hostile => "#a65628",
+        FaultKind::Retention => "#f781bf",
     }
 }
 

@@ -52,6 +52,9 @@ pub enum FaultKind {
     Client,
     /// A client without the cluster secret sends forged peer traffic (issue 14).
     Hostile,
+    /// A follower of the retention topic paused while retention passes it (see
+    /// `crate::retention`).
+    Retention,
 }
 
 impl FaultKind {
@@ -69,10 +72,11 @@ impl FaultKind {
                 "clock" => FaultKind::Clock,
                 "client" => FaultKind::Client,
                 "hostile" => FaultKind::Hostile,
+                "retention" => FaultKind::Retention,
                 other => {
                     return Err(format!(
                         "unknown fault kind {other:?} (kill, pause, partition, clock, client, \
-                         hostile)"
+                         hostile, retention)"
                     ))
                 }
             };
@@ -156,6 +160,11 @@ pub enum Fault {
     Hostile {
         nodes: Vec<u32>,
     },
+    /// SIGSTOP of a follower of the retention topic at the start (`fallback` when its leader
+    /// cannot be learned), SIGCONT at the end: retention passes its log end meanwhile.
+    Retention {
+        fallback: u32,
+    },
 }
 
 impl Fault {
@@ -167,6 +176,7 @@ impl Fault {
             Fault::Clock { .. } => FaultKind::Clock,
             Fault::ClientCrash { .. } => FaultKind::Client,
             Fault::Hostile { .. } => FaultKind::Hostile,
+            Fault::Retention { .. } => FaultKind::Retention,
         }
     }
 }
@@ -259,6 +269,9 @@ pub fn plan(config: &PlanConfig) -> Vec<Planned> {
                     0 => pick(&mut rng, nodes, 1),
                     _ => (1..=nodes).collect(),
                 },
+            },
+            FaultKind::Retention => Fault::Retention {
+                fallback: pick(&mut rng, nodes, 1)[0],
             },
         };
         planned.push(Planned {
@@ -441,6 +454,16 @@ mod tests {
             FaultKind::parse_list("kill, pause").unwrap(),
             vec![FaultKind::Kill, FaultKind::Pause]
         );
+        assert_eq!(
+            FaultKind::parse_list("retention").unwrap(),
+            vec![FaultKind::Retention]
+        );
+        let retention = plan(&config(5, &[FaultKind::Retention]));
+        assert!(!retention.is_empty());
+        assert!(retention.iter().all(|planned| matches!(
+            planned.fault,
+            Fault::Retention { fallback } if (1..=5).contains(&fallback)
+        )));
         assert!(FaultKind::parse_list("kill,flood").is_err());
     }
 

@@ -420,7 +420,7 @@ impl<S: LogStore> Actor for PartitionActor<S> {
         self.arm_tick(ctx);
         ctx.run_interval(
             Duration::from_millis(self.retention_check_ms),
-            |actor, _ctx| actor.apply_retention(),
+            |actor, ctx| actor.apply_retention(ctx),
         );
     }
 }
@@ -532,6 +532,10 @@ impl<S: LogStore> PartitionActor<S> {
                 self.after_flush(ctx, Input::Durable { log_end });
             }
             Effect::Truncate { from } => log.truncate_suffix(from)?,
+            Effect::ResetLog { log_start, epoch } => {
+                tracing::info!(partition = %self.log_name, %log_start, %epoch, "log starts at the leader's log start");
+                log.reset_start(log_start, epoch)?;
+            }
             Effect::Send { to, message } => self.peers.send(to, &self.log_name, &message),
             Effect::Reply { request, result } => {
                 if let Some(reply) = self.pending.remove(&request) {
@@ -620,7 +624,11 @@ impl<S: LogStore> PartitionActor<S> {
         self.published = Some(status);
     }
 
-    fn apply_retention(&mut self) {
+    /// Runs retention below the high watermark, then tells the replica its new log start
+    /// (lib.rs contract), so that it never asks storage for offsets that are gone: before,
+    /// a leader kept reading below the start for a follower behind it, hundreds of refused
+    /// reads a second.
+    fn apply_retention(&mut self, ctx: &mut Context<Self>) {
         if self.retention.max_age_ms.is_none() && self.retention.max_bytes.is_none() {
             return;
         }
@@ -628,9 +636,13 @@ impl<S: LogStore> PartitionActor<S> {
         let Some(log) = self.log.as_mut() else {
             return;
         };
+        let before = log.log_start();
         match log.apply_retention(self.retention, wall_clock_ms(), keep_from) {
             Ok(log_start) => {
                 tracing::trace!(partition = %self.log_name, %log_start, "retention applied");
+                if log_start > before {
+                    self.run(ctx, Input::LogStartMoved { log_start });
+                }
             }
             Err(error) => {
                 tracing::warn!(partition = %self.log_name, %error, "retention failed");

@@ -26,10 +26,10 @@ use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::frame::{FrameCodec, FrameError};
 use cairn_protocol::peer::{
     decode_peer_frame, encode_peer_frame, PartitionPeerMessage, PeerAppendResult, PeerFrame,
-    PeerWireMessage,
+    PeerLogStart, PeerWireMessage,
 };
 use cairn_protocol::{NodeId, Offset};
-use cairn_replica::{AppendResult, Millis, PeerMessage};
+use cairn_replica::{AppendResult, LogStart, Millis, PeerMessage};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -470,6 +470,7 @@ pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
             batches,
             commit,
             sent_at,
+            log_start,
         } => PeerWireMessage::Append {
             epoch,
             prev_offset,
@@ -477,6 +478,10 @@ pub fn to_wire(message: &PeerMessage) -> PeerWireMessage {
             batches: batches.into_iter().map(RecordBatch::into_bytes).collect(),
             commit,
             sent_at_ms: sent_at.0,
+            log_start: log_start.map(|start| PeerLogStart {
+                offset: start.offset,
+                epoch: start.epoch,
+            }),
         },
         PeerMessage::AppendResponse {
             epoch,
@@ -564,6 +569,7 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
             batches,
             commit,
             sent_at_ms,
+            log_start,
         } => PeerMessage::Append {
             epoch,
             prev_offset: bounded(prev_offset)?,
@@ -576,6 +582,13 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
                 .collect::<Result<_, _>>()?,
             commit: bounded(commit)?,
             sent_at: Millis(sent_at_ms),
+            log_start: match log_start {
+                Some(start) => Some(LogStart {
+                    offset: bounded(start.offset)?,
+                    epoch: start.epoch,
+                }),
+                None => None,
+            },
         },
         PeerWireMessage::AppendResponse {
             epoch,
@@ -636,6 +649,7 @@ mod tests {
             batches: vec![],
             commit: Offset(commit),
             sent_at: Millis(commit),
+            log_start: None,
         }
     }
 
@@ -734,6 +748,19 @@ mod tests {
                 batches: vec![batch(b"a"), batch(b"b")],
                 commit: Offset(8),
                 sent_at: Millis(77),
+                log_start: None,
+            },
+            PeerMessage::Append {
+                epoch: Epoch(3),
+                prev_offset: Offset(20),
+                prev_epoch: Epoch(0),
+                batches: vec![],
+                commit: Offset(20),
+                sent_at: Millis(78),
+                log_start: Some(LogStart {
+                    offset: Offset(20),
+                    epoch: Epoch(2),
+                }),
             },
             PeerMessage::AppendResponse {
                 epoch: Epoch(3),
@@ -766,17 +793,23 @@ mod tests {
 
     #[test]
     fn offsets_beyond_the_largest_are_refused() {
-        let wire = |prev_offset: Offset, commit: Offset| PeerWireMessage::Append {
-            epoch: Epoch(1),
-            prev_offset,
-            prev_epoch: Epoch(0),
-            batches: vec![],
-            commit,
-            sent_at_ms: 0,
-        };
-        assert!(from_wire(wire(Offset::MAX, Offset::MAX)).is_ok());
-        assert!(from_wire(wire(Offset(u64::MAX), Offset(0))).is_err());
-        assert!(from_wire(wire(Offset(0), Offset(u64::MAX))).is_err());
+        let wire =
+            |prev_offset: Offset, commit: Offset, start: Option<Offset>| PeerWireMessage::Append {
+                epoch: Epoch(1),
+                prev_offset,
+                prev_epoch: Epoch(0),
+                batches: vec![],
+                commit,
+                sent_at_ms: 0,
+                log_start: start.map(|offset| PeerLogStart {
+                    offset,
+                    epoch: Epoch(1),
+                }),
+            };
+        assert!(from_wire(wire(Offset::MAX, Offset::MAX, Some(Offset::MAX))).is_ok());
+        assert!(from_wire(wire(Offset(u64::MAX), Offset(0), None)).is_err());
+        assert!(from_wire(wire(Offset(0), Offset(u64::MAX), None)).is_err());
+        assert!(from_wire(wire(Offset(0), Offset(0), Some(Offset(u64::MAX)))).is_err());
         let forged = batch(b"x").stamped(Offset(u64::MAX), Epoch(1));
         let wire = PeerWireMessage::Append {
             epoch: Epoch(1),
@@ -785,6 +818,7 @@ mod tests {
             batches: vec![forged.into_bytes()],
             commit: Offset(0),
             sent_at_ms: 0,
+            log_start: None,
         };
         assert!(from_wire(wire).is_err());
     }
@@ -801,6 +835,7 @@ mod tests {
             batches: vec![Bytes::from(bytes)],
             commit: Offset(0),
             sent_at_ms: 0,
+            log_start: None,
         };
         assert!(from_wire(wire).unwrap_err().contains("bad batch"));
     }

@@ -23,8 +23,8 @@ use cairn_node::meta::{MetaRecord, META_LOG_NAME};
 use cairn_protocol::messages::{DescribeTopicRequest, PartitionDescription};
 use cairn_protocol::peer::{
     decode_peer_challenge, encode_peer_frame, encode_peer_hello, encode_peer_proof,
-    PartitionPeerMessage, PeerFrame, PeerHello, PeerHelloBody, PeerProof, PeerProofBody,
-    PeerWireMessage, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
+    PartitionPeerMessage, PeerFrame, PeerHello, PeerHelloBody, PeerLogStart, PeerProof,
+    PeerProofBody, PeerWireMessage, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
 };
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, Request, Response};
 use std::io::{Read, Write};
@@ -212,6 +212,7 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
             batches: vec![delete.into_bytes()],
             commit: Offset(1),
             sent_at_ms: 0,
+            log_start: None,
         },
     ));
     for log in &user_logs {
@@ -226,6 +227,7 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
                 batches: vec![injected.into_bytes()],
                 commit: log_end.plus(1),
                 sent_at_ms: 0,
+                log_start: None,
             },
         ));
         // Make followers truncate every acknowledged record: a newer epoch whose batch at
@@ -241,6 +243,25 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
                 batches: vec![replacement.into_bytes()],
                 commit: Offset(1),
                 sent_at_ms: 0,
+                log_start: None,
+            },
+        ));
+        // Make followers drop their whole log: a log start far above the high watermark.
+        let far = Offset(1_000_000);
+        let reset = batch_of(&[b"forged-reset"]).stamped(far, newer);
+        frames.push(frame(
+            log,
+            PeerWireMessage::Append {
+                epoch: newer,
+                prev_offset: far,
+                prev_epoch: newer,
+                batches: vec![reset.into_bytes()],
+                commit: far.plus(1),
+                sent_at_ms: 0,
+                log_start: Some(PeerLogStart {
+                    offset: far,
+                    epoch: newer,
+                }),
             },
         ));
     }
@@ -255,6 +276,7 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
                 batches: Vec::new(),
                 commit: Offset(0),
                 sent_at_ms: 0,
+                log_start: None,
             },
         ));
     }

@@ -128,12 +128,24 @@ pub enum PeerWireMessage {
         commit: Offset,
         /// The leader's monotonic send time, echoed back; meaningless to anyone else.
         sent_at_ms: u64,
+        /// Only on an append at a log start that retention moved (issue 14). Left out of the
+        /// encoding when absent, so every other append keeps its bytes, and an older peer
+        /// skips it (it then answers `Diverged`, as it did before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_start: Option<PeerLogStart>,
     },
     AppendResponse {
         epoch: Epoch,
         sent_at_ms: u64,
         result: PeerAppendResult,
     },
+}
+
+/// The leader's log start and the epoch its history gives there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLogStart {
+    pub offset: Offset,
+    pub epoch: Epoch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +287,7 @@ mod tests {
                         batches: vec![Bytes::from_static(&[0xbe, 0xef])],
                         commit: Offset(9),
                         sent_at_ms: 300,
+                        log_start: None,
                     },
                 },
                 PartitionPeerMessage {
@@ -301,6 +314,41 @@ mod tests {
                 "82a36c6f67a65f5f6d657461a76d65737361676581ae417070656e64526573706f6e7365",
                 "83a565706f636801aa73656e745f61745f6d7305a6726573756c7481a24f6b82a76c6f",
                 "675f656e6403ab64757261626c655f656e6402"
+            )
+        );
+        assert_eq!(decode_peer_frame(&bytes).unwrap(), frame);
+    }
+
+    /// An append at a moved log start carries it as one more map entry; one without it is
+    /// encoded as before (the frame above), so this needs no new protocol version.
+    #[test]
+    fn golden_append_at_the_log_start() {
+        let frame = PeerFrame {
+            messages: vec![PartitionPeerMessage {
+                log: "t4-0".into(),
+                message: PeerWireMessage::Append {
+                    epoch: Epoch(2),
+                    prev_offset: Offset(10),
+                    prev_epoch: Epoch(0),
+                    batches: vec![],
+                    commit: Offset(10),
+                    sent_at_ms: 300,
+                    log_start: Some(PeerLogStart {
+                        offset: Offset(10),
+                        epoch: Epoch(1),
+                    }),
+                },
+            }],
+        };
+        let bytes = encode_peer_frame(&frame);
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "81a86d6573736167657391",
+                "82a36c6f67a474342d30a76d65737361676581a6417070656e6487a565706f636802",
+                "ab707265765f6f66667365740aaa707265765f65706f636800a76261746368657390",
+                "a6636f6d6d69740aaa73656e745f61745f6d73cd012c",
+                "a96c6f675f737461727482a66f66667365740aa565706f636801"
             )
         );
         assert_eq!(decode_peer_frame(&bytes).unwrap(), frame);

@@ -6,7 +6,7 @@
 use crate::invariants;
 use crate::producers::{Admission, Producers};
 use crate::{
-    AppendResult, Config, ConfigError, Effect, Input, Millis, PeerMessage, Recovered,
+    AppendResult, Config, ConfigError, Effect, Input, LogStart, Millis, PeerMessage, Recovered,
     ReplicaStatus, RequestId, Role, VOTERS_MAX,
 };
 use cairn_protocol::batch::{BatchHeader, RecordBatch, RecordBatchBuilder};
@@ -248,10 +248,12 @@ impl Replica {
             .epoch_history
             .windows(2)
             .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1);
-        let history_in_log = recovered
-            .epoch_history
-            .last()
-            .is_none_or(|&(_, start)| start < recovered.log_end);
+        // An empty log that retention emptied keeps one entry at its start: the epoch it
+        // ended with. Without it a fully expired partition could not restart.
+        let history_in_log = recovered.epoch_history.last().is_none_or(|&(_, start)| {
+            start < recovered.log_end
+                || (start == recovered.log_start && recovered.log_start == recovered.log_end)
+        });
         if !history_ordered || !history_in_log || recovered.log_start > recovered.log_end {
             return Err(voters_error(
                 "recovered state is consistent",
@@ -333,6 +335,7 @@ impl Replica {
             Input::PeerRead { to, from, batches } => {
                 self.on_peer_read(now, to, from, batches, &mut effects)
             }
+            Input::LogStartMoved { log_start } => self.on_log_start_moved(log_start),
         }
         let after = self.status();
         if let Err(violation) = invariants::check_transition(&before, &after) {
@@ -514,6 +517,47 @@ impl Replica {
             Epoch::ZERO
         } else {
             self.epoch_at(Offset(offset.0 - 1))
+        }
+    }
+
+    /// Our log start as a follower needs it to match our appends there (see `start_at`).
+    fn log_start_message(&self) -> LogStart {
+        LogStart {
+            offset: self.log_start,
+            epoch: self.epoch_at(self.log_start),
+        }
+    }
+
+    /// Moves the log start forward after retention, and trims the epoch history as storage
+    /// does (Kafka's truncate-from-start: the entry covering the new start moves to it), so
+    /// a restart recovers the same history. A leader catches up a follower behind the new
+    /// start by having it start there (see `catch_up`), never by a read below it.
+    fn on_log_start_moved(&mut self, log_start: Offset) {
+        // The `broken-ignore-log-start` test build never learns the new log start, so that
+        // scripts/sim-broken.sh shows the simulation catches reads of removed offsets.
+        if cfg!(feature = "broken-ignore-log-start")
+            || log_start <= self.log_start
+            || log_start > self.high_watermark
+        {
+            return;
+        }
+        let covering = self.epoch_at(log_start);
+        self.log_start = log_start;
+        self.epoch_history.retain(|&(_, start)| start >= log_start);
+        let covered = self
+            .epoch_history
+            .first()
+            .is_some_and(|&(_, start)| start == log_start);
+        if !covered && covering != Epoch::ZERO {
+            self.epoch_history.insert(0, (covering, log_start));
+        }
+        if let Some(leadership) = &mut self.leadership {
+            for progress in leadership.peers.values_mut() {
+                if progress.read_from.is_some_and(|from| from < log_start) {
+                    // Its answer would start above what was asked; it is ignored.
+                    progress.read_from = None;
+                }
+            }
         }
     }
 
@@ -1113,6 +1157,7 @@ impl Replica {
         let epoch = self.epoch;
         let commit = self.high_watermark;
         let tail_bytes_max = self.config.tail_bytes_max;
+        let start = self.log_start_message();
         let Some(leadership) = &mut self.leadership else {
             return;
         };
@@ -1138,6 +1183,7 @@ impl Replica {
                     batches: vec![batch.clone()],
                     commit,
                     sent_at: now,
+                    log_start: start_at(start, prev_offset),
                 },
             });
         }
@@ -1346,6 +1392,7 @@ impl Replica {
         let epoch = self.epoch;
         let commit = self.high_watermark;
         let log_end = self.log_end;
+        let start = self.log_start_message();
         let prev_epochs: BTreeMap<NodeId, Epoch> = match &self.leadership {
             Some(leadership) => leadership
                 .peers
@@ -1368,6 +1415,7 @@ impl Replica {
                     batches: Vec::new(),
                     commit,
                     sent_at: now,
+                    log_start: start_at(start, progress.next),
                 },
             });
         }
@@ -1396,6 +1444,7 @@ impl Replica {
             batches,
             commit,
             sent_at,
+            log_start,
         } = message
         else {
             return;
@@ -1445,13 +1494,25 @@ impl Replica {
                     batches,
                     commit,
                     sent_at,
+                    log_start,
                 },
             ));
             return;
         }
-        // Here epoch == promised: `from` leads our epoch.
+        // Here epoch == promised: `from` leads our epoch. At the leader's log start its
+        // `prev_epoch` may be unknown to it (retention removed the batch before): the match
+        // is proven otherwise, or we start our log there.
+        let mut start_proven = false;
+        if let Some(start) = log_start.filter(|start| start.offset == prev_offset) {
+            start_proven = self.log_agrees_at(start);
+            if !start_proven {
+                self.start_log_at(now, from, epoch, sent_at, start, effects);
+            }
+        }
         let matches = prev_offset <= self.log_end
-            && (prev_offset <= self.log_start || self.epoch_before(prev_offset) == prev_epoch);
+            && (prev_offset <= self.log_start
+                || start_proven
+                || self.epoch_before(prev_offset) == prev_epoch);
         if !matches {
             self.follow(now, from, epoch, sent_at, effects);
             let (diverged_epoch, end_offset) = self.divergence(prev_offset, prev_epoch);
@@ -1484,7 +1545,11 @@ impl Replica {
             if batch.base_offset() >= self.log_end {
                 break;
             }
-            if self.epoch_at(batch.base_offset()) == batch.leader_epoch() {
+            // Below our log start everything is committed (and so equal to the leader's);
+            // the history no longer says which epochs it held.
+            if batch.base_offset() < self.log_start
+                || self.epoch_at(batch.base_offset()) == batch.leader_epoch()
+            {
                 skip += 1;
             } else {
                 truncate_from = Some(batch.base_offset());
@@ -1589,6 +1654,83 @@ impl Replica {
         }
     }
 
+    /// Whether our log provably equals the leader's below its log start `start`: it lies at
+    /// or below our own log start; or at or below our high watermark (committed prefixes
+    /// agree); or one of our batches at `start - 1` or `start` has `start.epoch` (the epoch
+    /// of the leader's batch at its start, or of its last batch when its log is empty): one
+    /// epoch's leader writes one batch per offset, and a follower takes a batch only after
+    /// the batch before it matched, so one equal batch proves the prefix below it equal.
+    fn log_agrees_at(&self, start: LogStart) -> bool {
+        let at = start.offset;
+        // The `broken-reset-below-high-watermark` test build trusts nothing but its own log
+        // start, and so empties logs whose committed suffix the leader still holds, so that
+        // scripts/sim-broken.sh shows the simulation catches it.
+        if cfg!(feature = "broken-reset-below-high-watermark") {
+            return at <= self.log_start;
+        }
+        if at > self.log_end {
+            return false;
+        }
+        if at <= self.log_start || at <= self.high_watermark {
+            return true;
+        }
+        // Here our log holds `at - 1` (we are past our log start).
+        let epoch_known = start.epoch != Epoch::ZERO;
+        epoch_known
+            && ((at < self.log_end && self.epoch_at(at) == start.epoch)
+                || self.epoch_before(at) == start.epoch)
+    }
+
+    /// The leader of our promised epoch starts its log at `start`, no longer holds what we
+    /// lack, and our log does not provably equal its own below `start`: we empty our log and
+    /// start it there. What we drop is either below `start` (committed, expired at the
+    /// leader) or a suffix from `start` whose first batch differs from the leader's (so
+    /// uncommitted: above our high watermark, which is below `start`).
+    fn start_log_at(
+        &mut self,
+        now: Millis,
+        leader: NodeId,
+        epoch: Epoch,
+        sent_at: Millis,
+        start: LogStart,
+        effects: &mut Vec<Effect>,
+    ) {
+        if start.offset < self.log_start {
+            // Offsets are never reused: a start behind ours is proven by our own start.
+            return;
+        }
+        self.follow(now, leader, epoch, sent_at, effects);
+        effects.push(Effect::ResetLog {
+            log_start: start.offset,
+            epoch: start.epoch,
+        });
+        for flush in self.unflushed.iter_mut() {
+            flush.log_end = flush.log_end.min(start.offset);
+        }
+        self.log_start = start.offset;
+        self.log_end = start.offset;
+        // Nothing below the start is ours to flush any more; all of it is committed.
+        self.durable_end = start.offset;
+        self.durable_reported = self.durable_reported.min(start.offset);
+        self.epoch_history.clear();
+        if start.epoch != Epoch::ZERO {
+            self.epoch_history.push((start.epoch, start.offset));
+        }
+        // Our producers' batches are gone, and what the leader holds below its log start we
+        // cannot learn: they become unknown (accepted at any sequence) rather than known
+        // with a last sequence that may be wrong (which would refuse or wrongly deduplicate
+        // their next batch). Deduplication of retries of expired batches is lost, as after
+        // a restart that reads the producers back from the log.
+        self.producers.truncate(Offset::ZERO);
+        self.leader_matched_end = start.offset;
+        if start.offset > self.high_watermark {
+            self.high_watermark = start.offset;
+            effects.push(Effect::HighWatermark {
+                offset: start.offset,
+            });
+        }
+    }
+
     /// Our newest epoch not above `prev_epoch` with offsets below `prev_offset`, and where
     /// it ends (capped at `prev_offset` and our log end).
     fn divergence(&self, prev_offset: Offset, prev_epoch: Epoch) -> (Epoch, Offset) {
@@ -1664,7 +1806,7 @@ impl Replica {
                     .find(|(_, &(epoch, _))| epoch <= *their_epoch)
                     .map(|(index, _)| self.entry_end(index))
                     .unwrap_or(Offset::ZERO);
-                Some((*end_offset).min(ours).min(log_end).max(log_start))
+                Some((*end_offset).min(ours).min(log_end))
             }
             _ => None,
         };
@@ -1687,7 +1829,10 @@ impl Replica {
                 progress.next = progress.next.max(progress.matched);
             }
             AppendResult::Diverged { .. } => {
-                let next = diverged_at.expect("computed for Diverged");
+                // Below our log start we no longer hold what the follower lacks: we resume at
+                // the log start, where our append tells the follower to start its log there
+                // unless it proves its log matches (see `PeerMessage::Append::log_start`).
+                let next = diverged_at.expect("computed for Diverged").max(log_start);
                 // Several pipelined appends behind one lost message all answer Diverged: the
                 // read already under way for that position, or the resend made on the first
                 // answer, serves them all.
@@ -1744,10 +1889,50 @@ impl Replica {
         let Some(progress) = leadership.peers.get(&to) else {
             return;
         };
-        let from = progress.next;
+        let mut from = progress.next;
         if from >= log_end || progress.read_from.is_some() {
             return;
         }
+        let start = self.log_start_message();
+        let holds = |from: Offset| {
+            leadership
+                .tail
+                .front()
+                .is_some_and(|oldest| oldest.base_offset() <= from)
+        };
+        if from < start.offset && !holds(from) {
+            // Retention removed what this follower lacks: it continues at our log start (and
+            // starts its own log there). A read from `from` would only return batches from
+            // the log start, be refused as not what was asked, and be asked again at every
+            // heartbeat.
+            from = start.offset;
+            let prev_epoch = self.epoch_before(from);
+            if let Some(progress) = self
+                .leadership
+                .as_mut()
+                .and_then(|leadership| leadership.peers.get_mut(&to))
+            {
+                progress.next = from;
+            }
+            if from >= log_end {
+                effects.push(Effect::Send {
+                    to,
+                    message: PeerMessage::Append {
+                        epoch,
+                        prev_offset: from,
+                        prev_epoch,
+                        batches: Vec::new(),
+                        commit,
+                        sent_at: now,
+                        log_start: start_at(start, from),
+                    },
+                });
+                return;
+            }
+        }
+        let Some(leadership) = &self.leadership else {
+            return;
+        };
         let tail = &leadership.tail;
         let tail_holds = tail
             .front()
@@ -1799,6 +1984,7 @@ impl Replica {
                     batches,
                     commit,
                     sent_at: now,
+                    log_start: start_at(start, prev_offset),
                 },
             });
         }
@@ -1859,6 +2045,7 @@ impl Replica {
             .map(|batch| batch.base_offset())
             .unwrap_or(from);
         let prev_epoch = self.epoch_before(prev_offset);
+        let start = self.log_start_message();
         let Some(leadership) = &mut self.leadership else {
             return;
         };
@@ -1883,6 +2070,7 @@ impl Replica {
                 batches: kept,
                 commit,
                 sent_at: now,
+                log_start: start_at(start, prev_offset),
             },
         });
         // What was appended while the read ran is usually still in the tail: send it now, so
@@ -1896,6 +2084,14 @@ impl Replica {
             self.catch_up(now, to, effects);
         }
     }
+}
+
+/// What an append continuing at `prev_offset` tells about our log start: only an append at
+/// a log start that retention moved carries it. There our `prev_epoch` is not known (the
+/// batch before is gone), so the follower proves the match another way or starts its log
+/// there (see `PeerMessage::Append::log_start`); elsewhere `prev_epoch` decides, as always.
+fn start_at(start: LogStart, prev_offset: Offset) -> Option<LogStart> {
+    (start.offset > Offset::ZERO && prev_offset == start.offset).then_some(start)
 }
 
 /// The shape checks of an append that need no state: batches contiguous from `prev_offset`,

@@ -34,6 +34,9 @@ pub const REP_10_LOG_START_COMMITTED: &str = "REP-10";
 /// REP-11: the log never shrinks below the high watermark (committed data is never
 /// truncated).
 pub const REP_11_NO_COMMITTED_TRUNCATION: &str = "REP-11";
+/// REP-12: the log start never moves back (retention and a follower's reset only move it
+/// forward, so offsets are never reused).
+pub const REP_12_LOG_START_MONOTONIC: &str = "REP-12";
 
 /// A broken invariant: its id and what was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +119,11 @@ pub fn check_transition(before: &ReplicaStatus, after: &ReplicaStatus) -> Result
                 after.log_end, before.high_watermark
             )
         },
+    )?;
+    require(
+        after.log_start >= before.log_start,
+        REP_12_LOG_START_MONOTONIC,
+        || format!("{} -> {}", before.log_start, after.log_start),
     )
 }
 

@@ -10,7 +10,7 @@
 //!   epoch marker, follower log matching and truncation by epoch history, catch-up reads.
 //! - [`producers`]: idempotent producers: per producer id its epoch and last batches, built
 //!   from batch headers as they are appended, so a leader drops a retried batch.
-//! - [`invariants`]: REP-1..REP-11 with stable ids, asserted after every step (release
+//! - [`invariants`]: REP-1..REP-12 with stable ids, asserted after every step (release
 //!   builds too) and reusable by the chaos checker.
 //! - tests only: `tests` (single voter), `peer_tests` (one peer input, exact effects) and
 //!   `simulation` (three and five replicas, 10,000 seeds: network, crash, disk and clock
@@ -48,8 +48,17 @@
 //! - **`Tick`** at [`Replica::next_tick_at`] (ask again after every step: any step may move
 //!   it). Ticking earlier or more often is harmless; a late tick delays the heartbeat, the
 //!   step-down at the end of a lease or the candidacy by as much.
+//! - **`ResetLog { log_start, epoch }`.** `PartitionLog::reset_start(log_start, epoch)`
+//!   before the next effect: the log is emptied and starts at `log_start`. No flush of its
+//!   own is needed (every offset below `log_start` is committed already).
+//! - **Retention.** Remove only below the high watermark, and after every pass that moved
+//!   the log start feed `Input::LogStartMoved` before any other input, so that no
+//!   `ReadForPeer` asks for offsets that are gone.
 //! - **Restart.** Rebuild with [`Replica::new`] from what storage holds after a restart
-//!   (flushed data only); the replica then grants nothing for `lease_ms`.
+//!   (flushed data only); the replica then grants nothing for `lease_ms`. A log that
+//!   retention emptied is a valid recovered state: its epoch history keeps one entry at the
+//!   log start (storage moves the covering entry there), so the replica still knows its last
+//!   epoch, and its next batch starts at the log start (offsets are never reused).
 //! - **`StorageFailed`** leaves the replica inert (no grants, no appends, no candidacy):
 //!   rebuild it once storage is usable again.
 
@@ -223,7 +232,9 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recovered {
     pub promised_epoch: Epoch,
-    /// (epoch, first offset of that epoch), oldest first.
+    /// (epoch, first offset of that epoch), oldest first. Every start lies below the log
+    /// end, except that an entry may start at the log start of an empty log (retention
+    /// emptied it, and the entry says which epoch the log ended with).
     pub epoch_history: Vec<(Epoch, Offset)>,
     pub log_start: Offset,
     /// Everything below this is on disk (a reopened store holds only flushed data).
@@ -262,6 +273,19 @@ pub enum Input {
         from: Offset,
         batches: Vec<RecordBatch>,
     },
+    /// Retention removed every batch below `log_start` (the runtime's
+    /// `PartitionLog::apply_retention` answer). Ignored unless it moves the start forward
+    /// and stays within the high watermark (retention never removes uncommitted data).
+    LogStartMoved { log_start: Offset },
+}
+
+/// A leader's log start and the epoch its history gives there (the epoch of the batch at the
+/// log start, or the last epoch of an empty log), sent to a follower that must start its log
+/// there (see [`PeerMessage::Append`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStart {
+    pub offset: Offset,
+    pub epoch: Epoch,
 }
 
 /// Replica-to-replica messages of one partition.
@@ -307,6 +331,15 @@ pub enum PeerMessage {
         commit: Offset,
         /// Leader's send time, echoed in the response (leader-local clock only).
         sent_at: Millis,
+        /// Set on an append at the leader's log start once retention moved it above 0
+        /// (`prev_offset` is then that start, and `prev_epoch` unknown to the leader: the
+        /// batch before is gone). The follower proves its log equal below it (its own log
+        /// start or high watermark reaches it, or its batch at or before it has the epoch
+        /// given); else it empties its log and starts it there (Kafka's
+        /// truncate-fully-and-start-at), then takes the batches. Nothing it drops is needed:
+        /// below the leader's log start everything is committed and expired, and a suffix
+        /// whose first batch differs from the leader's is uncommitted.
+        log_start: Option<LogStart>,
     },
     AppendResponse {
         epoch: Epoch,
@@ -343,6 +376,10 @@ pub enum Effect {
     /// with `PartitionLog::truncate_suffix` before running the next effect. No flush of its
     /// own is needed: the next append's flush covers it.
     Truncate { from: Offset },
+    /// Empty the log and start it at `log_start`, with the epoch history
+    /// `[(epoch, log_start)]` (`PartitionLog::reset_start`), before running the next effect.
+    /// A follower whose leader no longer holds what it lacks. No flush of its own.
+    ResetLog { log_start: Offset, epoch: Epoch },
     /// Send to another replica of this partition.
     Send { to: NodeId, message: PeerMessage },
     /// Answer a produce request.

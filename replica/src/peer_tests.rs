@@ -86,6 +86,7 @@ fn append(
         batches,
         commit: Offset(commit),
         sent_at: Millis(sent_at),
+        log_start: None,
     }
 }
 
@@ -1314,4 +1315,334 @@ fn the_jitter_salt_spreads_the_election_waits_of_one_node() {
     };
     assert_eq!(waits(false).len(), 1);
     assert!(waits(true).len() > 8, "{:?}", waits(true));
+}
+
+// ----- retention and the log start (issue 14) -----
+
+/// A replica and the log its effects built, for the exchanges below.
+struct Peer {
+    replica: Replica,
+    log: Vec<RecordBatch>,
+}
+
+impl Peer {
+    fn log_end(&self) -> Offset {
+        self.log
+            .last()
+            .map_or(self.replica.status().log_start, |batch| batch.next_offset())
+    }
+}
+
+/// Runs A and B (C is cut off) until nothing is left to deliver or `steps_max` inputs ran:
+/// messages in order, every append and promise flushed at once, every log read answered
+/// from the log. `inputs` are the first inputs (to A: index 0, to B: index 1). Returns how
+/// many `ReadForPeer` effects asked below the reading replica's log start.
+fn exchange(peers: &mut [Peer; 2], inputs: Vec<(usize, Input)>, now: Millis) -> usize {
+    let mut queue: std::collections::VecDeque<(usize, Input)> = inputs.into();
+    let mut reads_below_start = 0;
+    let mut steps = 0;
+    while let Some((index, input)) = queue.pop_front() {
+        steps += 1;
+        assert!(steps < 2_000, "the exchange does not settle");
+        let effects = peers[index].replica.step(now, input);
+        for effect in effects {
+            let peer = &mut peers[index];
+            match effect {
+                Effect::Send { to, message } => {
+                    let from = if index == 0 { A } else { B };
+                    match to {
+                        A => queue.push_back((0, Input::Peer { from, message })),
+                        B => queue.push_back((1, Input::Peer { from, message })),
+                        _ => {}
+                    }
+                }
+                Effect::Append { batches } => {
+                    peer.log.extend(batches);
+                    let log_end = peer.log_end();
+                    queue.push_back((index, Input::Durable { log_end }));
+                }
+                Effect::PersistPromise { epoch } => {
+                    queue.push_back((index, Input::PromisePersisted { epoch }))
+                }
+                Effect::Truncate { from } => peer.log.retain(|batch| batch.base_offset() < from),
+                Effect::ResetLog { .. } => peer.log.clear(),
+                Effect::ReadForPeer {
+                    to,
+                    from,
+                    until,
+                    bytes_max: _,
+                } => {
+                    if from < peer.replica.status().log_start {
+                        reads_below_start += 1;
+                    }
+                    let batches = peer
+                        .log
+                        .iter()
+                        .filter(|batch| batch.next_offset() > from && batch.base_offset() < until)
+                        .cloned()
+                        .collect();
+                    queue.push_back((index, Input::PeerRead { to, from, batches }));
+                }
+                Effect::Reply { .. }
+                | Effect::HighWatermark { .. }
+                | Effect::RoleChanged { .. } => {}
+            }
+        }
+    }
+    reads_below_start
+}
+
+/// `message` (an append) carrying the leader's log start.
+fn with_log_start(mut message: PeerMessage, start: LogStart) -> PeerMessage {
+    if let PeerMessage::Append { log_start, .. } = &mut message {
+        *log_start = Some(start);
+    }
+    message
+}
+
+/// A's log after retention: [10, 12) of epoch 1 is all that is left, the epoch history moved
+/// to the log start as storage leaves it.
+fn expired_log() -> (Recovered, Vec<RecordBatch>) {
+    let batches = vec![batch(&["k", "l"]).stamped(Offset(10), Epoch(1))];
+    let recovered = Recovered {
+        promised_epoch: Epoch(1),
+        epoch_history: vec![(Epoch(1), Offset(10))],
+        log_start: Offset(10),
+        log_end: Offset(12),
+    };
+    (recovered, batches)
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_start_starts_its_log_there_and_catches_up() {
+    // B holds [0, 3) of epoch 1 and never learnt a commit; A kept only [10, 12).
+    let (leader_log, leader_batches) = expired_log();
+    let (leader, won) = elect(leader_log);
+    let (follower_log, follower_batches) = epoch_one_log();
+    let mut peers = [
+        Peer {
+            replica: leader,
+            log: leader_batches,
+        },
+        Peer {
+            replica: replica(B, follower_log),
+            log: follower_batches,
+        },
+    ];
+    // A's marker of epoch 2 at [12, 13) goes out with its election.
+    let mut inputs = Vec::new();
+    for effect in won {
+        match effect {
+            Effect::Append { batches } => {
+                peers[0].log.extend(batches);
+                inputs.push((
+                    0,
+                    Input::Durable {
+                        log_end: Offset(13),
+                    },
+                ));
+            }
+            Effect::Send { to: B, message } => inputs.push((1, peer(A, message))),
+            _ => {}
+        }
+    }
+    let now = Millis(1_000);
+    exchange(&mut peers, inputs, now);
+    // Heartbeats until B is caught up (each round: A's heartbeat and what follows it).
+    for round in 1..=10 {
+        let tick = Millis(now.0 + 50 * round);
+        exchange(&mut peers, vec![(0, Input::Tick)], tick);
+    }
+    let follower = peers[1].replica.status();
+    assert_eq!(follower.log_start, Offset(10), "B starts its log at A's");
+    assert_eq!(follower.log_end, Offset(13));
+    assert_eq!(peers[1].log, peers[0].log, "B holds what A holds");
+    assert_eq!(
+        peers[1].replica.epoch_history(),
+        &[(Epoch(1), Offset(10)), (Epoch(2), Offset(12))]
+    );
+    // With B, A's epoch marker is on a majority: the partition is whole again.
+    assert_eq!(peers[0].replica.status().high_watermark, Offset(13));
+    assert_eq!(follower.high_watermark, Offset(13));
+}
+
+#[test]
+fn a_follower_that_proves_its_log_at_the_leaders_log_start_keeps_it() {
+    // B holds [0, 3) of epoch 1 and A's log start is 3 with A's epoch there 1: B's batch
+    // before it has that epoch, so B's log equals A's below 3 and nothing is reset.
+    let mut follower = replica(B, epoch_one_log().0);
+    let start = LogStart {
+        offset: Offset(3),
+        epoch: Epoch(1),
+    };
+    let message = with_log_start(
+        append(
+            1,
+            3,
+            0,
+            vec![batch(&["d"]).stamped(Offset(3), Epoch(1))],
+            0,
+            40,
+        ),
+        start,
+    );
+    let effects = follower.step(Millis(1_000), peer(A, message));
+    assert!(
+        !effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::ResetLog { .. })),
+        "{effects:?}"
+    );
+    assert_eq!(follower.status().log_start, Offset(0));
+    assert_eq!(follower.status().log_end, Offset(4));
+}
+
+#[test]
+fn a_reset_never_drops_a_committed_prefix_the_follower_knows() {
+    // B knows [0, 3) is committed; an append at a log start within it proves the match.
+    let (recovered, batches) = epoch_one_log();
+    let mut follower = replica(B, recovered);
+    follower.step(Millis(1_000), peer(A, append(1, 3, 1, Vec::new(), 3, 10)));
+    assert_eq!(follower.status().high_watermark, Offset(3));
+    let before = follower.status();
+    let start = LogStart {
+        offset: Offset(2),
+        epoch: Epoch(7),
+    };
+    let message = with_log_start(append(1, 2, 0, vec![batches[1].clone()], 3, 20), start);
+    let effects = follower.step(Millis(1_000), peer(A, message));
+    assert!(
+        !effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::ResetLog { .. })),
+        "{effects:?}"
+    );
+    assert_eq!(follower.status(), before);
+}
+
+#[test]
+fn retention_past_a_lagging_follower_sends_it_the_log_start_instead_of_reading_below_it() {
+    // A leads epoch 1 with [0, 1) (marker) and [1, 3); no tail, so catch-up reads the log.
+    let config = Config {
+        tail_bytes_max: 0,
+        ..Config::for_tests()
+    };
+    let (mut leader, _) = elect_with(config, empty());
+    let now = Millis(1_000);
+    leader.step(
+        now,
+        Input::Produce {
+            request: RequestId(1),
+            batch: batch(&["a", "b"]),
+            acks: Acks::All,
+        },
+    );
+    leader.step(now, Input::Durable { log_end: Offset(1) });
+    leader.step(now, Input::Durable { log_end: Offset(3) });
+    // C holds everything, so it commits; B holds nothing.
+    leader.step(now, peer(C, ok_response(1, 1_000, 3, 3)));
+    assert_eq!(leader.status().high_watermark, Offset(3));
+    // Retention removes [0, 1) everywhere but the replica learns of it.
+    assert_eq!(
+        leader.step(
+            now,
+            Input::LogStartMoved {
+                log_start: Offset(1)
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(leader.status().log_start, Offset(1));
+    assert_eq!(leader.epoch_history(), &[(Epoch(1), Offset(1))]);
+    // B says it lacks everything: A resumes at its log start, reads from there, and the
+    // append carries the log start.
+    let effects = leader.step(
+        now,
+        peer(
+            B,
+            PeerMessage::AppendResponse {
+                epoch: Epoch(1),
+                sent_at: Millis(1_000),
+                result: AppendResult::Diverged {
+                    epoch: Epoch(0),
+                    end_offset: Offset(0),
+                },
+            },
+        ),
+    );
+    assert_eq!(
+        effects,
+        vec![Effect::ReadForPeer {
+            to: B,
+            from: Offset(1),
+            until: Offset(3),
+            bytes_max: Config::for_tests().append_message_bytes_max,
+        }]
+    );
+    let read = batch(&["a", "b"]).stamped(Offset(1), Epoch(1));
+    let effects = leader.step(
+        now,
+        Input::PeerRead {
+            to: B,
+            from: Offset(1),
+            batches: vec![read.clone()],
+        },
+    );
+    assert_eq!(
+        effects,
+        vec![send(
+            B,
+            with_log_start(
+                append(1, 1, 0, vec![read], 3, 1_000),
+                LogStart {
+                    offset: Offset(1),
+                    epoch: Epoch(1),
+                }
+            )
+        )]
+    );
+    // A start that is not forward, or past the high watermark, changes nothing.
+    let before = leader.status();
+    assert_eq!(
+        leader.step(
+            now,
+            Input::LogStartMoved {
+                log_start: Offset(1)
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(
+        leader.step(
+            now,
+            Input::LogStartMoved {
+                log_start: Offset(9)
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(leader.status(), before);
+}
+
+#[test]
+fn a_fully_expired_log_restarts_and_its_next_batch_continues_its_offsets() {
+    // Retention removed every batch (epoch markers carry timestamp 0): storage keeps the
+    // epoch history's last entry at the log start.
+    let recovered = Recovered {
+        promised_epoch: Epoch(4),
+        epoch_history: vec![(Epoch(4), Offset(57))],
+        log_start: Offset(57),
+        log_end: Offset(57),
+    };
+    let follower = replica(B, recovered.clone());
+    assert_eq!(follower.status().log_end, Offset(57));
+    assert_eq!(follower.epoch_history(), &[(Epoch(4), Offset(57))]);
+    // It can lead again: its marker is the next offset, of a newer epoch.
+    let (_, effects) = elect(recovered);
+    assert!(
+        effects.contains(&Effect::Append {
+            batches: vec![marker(57, 5)]
+        }),
+        "{effects:?}"
+    );
 }

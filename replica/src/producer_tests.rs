@@ -193,6 +193,7 @@ fn a_follower_learns_producers_from_appends_and_forgets_a_truncated_suffix() {
         batches: vec![marker(0, 1), written],
         commit: Offset(0),
         sent_at: Millis(7),
+        log_start: None,
     };
     follower.step(now, Input::Peer { from: A, message });
     follower.step(now, Input::PromisePersisted { epoch: Epoch(1) });
@@ -218,6 +219,7 @@ fn a_follower_learns_producers_from_appends_and_forgets_a_truncated_suffix() {
         batches: vec![marker(1, 2)],
         commit: Offset(0),
         sent_at: Millis(20),
+        log_start: None,
     };
     follower.step(now, Input::Peer { from: C, message });
     follower.step(now, Input::PromisePersisted { epoch: Epoch(2) });

@@ -18,6 +18,9 @@
 //!   removals leaves a gap-free log), then time entries, then the size counter.
 //! - retention: the new log start, then data removed from the front, then epoch history, time
 //!   entries and the size counter. The open path finishes removing data below the log start.
+//! - reset (a follower starting its log at the leader's log start): an empty epoch history,
+//!   data removed from the end backwards, the new log start, the new history, time entries,
+//!   the size counter. Each prefix is a shorter log whose history open re-derives.
 
 use crate::{EpochStart, RetentionPolicy, StorageError};
 use bytes::Bytes;
@@ -476,6 +479,53 @@ impl LogState {
             backend.time_remove(timestamp_ms)?;
         }
         self.max_timestamp_ms = backend.time_last()?.map(|(timestamp_ms, _)| timestamp_ms);
+        self.put_size(backend)
+    }
+
+    /// Empties the log and starts it at `start` with the epoch history `[(epoch, start)]`
+    /// (see [`crate::PartitionLog::reset_start`]). Write order, so that every prefix opens
+    /// as a consistent log: an empty epoch history (open re-derives it from the data), the
+    /// data removed from the end backwards (a gap-free log at every step), the new log start,
+    /// the new history, then the time entries and the size counter.
+    pub(crate) fn reset_start<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        start: Offset,
+        epoch: Epoch,
+    ) -> Result<(), StorageError> {
+        if start < self.log_start {
+            return Err(StorageError::BadTruncation {
+                offset: start,
+                reason: "a reset may not move the log start back",
+            });
+        }
+        let mut removed: Vec<Offset> = Vec::new();
+        backend.data_visit(self.log_start, &mut |offset, _| {
+            removed.push(offset);
+            Ok(true)
+        })?;
+        backend.meta_put(META_EPOCH_HISTORY, &encode_history(&[]))?;
+        for &offset in removed.iter().rev() {
+            backend.data_remove(offset)?;
+        }
+        backend.meta_put(META_LOG_START, &start.0.to_be_bytes())?;
+        let history: Vec<EpochStart> = if epoch == Epoch::ZERO {
+            Vec::new()
+        } else {
+            vec![EpochStart {
+                epoch,
+                start_offset: start,
+            }]
+        };
+        backend.meta_put(META_EPOCH_HISTORY, &encode_history(&history))?;
+        while let Some((timestamp_ms, _)) = backend.time_last()? {
+            backend.time_remove(timestamp_ms)?;
+        }
+        self.log_start = start;
+        self.log_end = start;
+        self.epoch_history = history;
+        self.size_bytes = 0;
+        self.max_timestamp_ms = None;
         self.put_size(backend)
     }
 

@@ -144,6 +144,13 @@ pub trait PartitionLog: Send + 'static {
     /// Offsets stay monotonic: truncating everything leaves `log_end == log_start`.
     fn truncate_suffix(&mut self, from: Offset) -> Result<(), StorageError>;
 
+    /// Empties the log and starts it at `start` (not below the log start), with the epoch
+    /// history `[(epoch, start)]` (none when `epoch` is 0): the next append must start at
+    /// `start`. For a follower whose leader no longer holds what it lacks (Kafka's
+    /// truncate-fully-and-start-at). Durable after a later flush; a crash before it leaves
+    /// the old log or a shorter prefix of it, each consistent.
+    fn reset_start(&mut self, start: Offset, epoch: Epoch) -> Result<(), StorageError>;
+
     /// Removes whole batches from the start as the policy says, never at or beyond
     /// `keep_from` (the caller passes the high watermark: nothing uncommitted is removed).
     /// Returns the new log start, which is persisted. Epoch-history entries before the new

@@ -366,6 +366,10 @@ impl PartitionLog for MemoryLog {
         self.with(|state, backend| state.truncate_suffix(backend, from))
     }
 
+    fn reset_start(&mut self, start: Offset, epoch: Epoch) -> Result<(), StorageError> {
+        self.with(|state, backend| state.reset_start(backend, start, epoch))
+    }
+
     fn apply_retention(
         &mut self,
         policy: RetentionPolicy,

@@ -448,6 +448,59 @@ fn never_reuses_offsets_after_retention_and_truncation<F: Fixture>() {
     );
 }
 
+/// A follower behind its leader's log start empties its log and starts it there; the reset
+/// survives a restart, never moves the start back, and the next append continues at it.
+fn resets_the_log_to_a_later_start<F: Fixture>() {
+    let mut fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    append(&mut log, 3, 1, T0_MS);
+    append(&mut log, 3, 2, T0_MS);
+    // A reset below the log start is refused and changes nothing.
+    log.apply_retention(
+        RetentionPolicy {
+            max_age_ms: None,
+            max_bytes: Some(1),
+        },
+        T0_MS,
+        Offset(3),
+    )
+    .unwrap();
+    let before = snapshot(&log);
+    assert!(matches!(
+        log.reset_start(Offset(2), Epoch(2)),
+        Err(StorageError::BadTruncation { .. })
+    ));
+    assert_eq!(snapshot(&log), before);
+    // Above the log end (and so not at any of our batch boundaries).
+    log.reset_start(Offset(10), Epoch(3)).unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(10), Offset(10)));
+    assert_eq!(log.epoch_history(), vec![epoch_start(3, 10)]);
+    assert_eq!(log.size_bytes(), 0);
+    assert_eq!(
+        log.read(Offset(0), Offset(100), usize::MAX).unwrap(),
+        Vec::new()
+    );
+    drop(log);
+    let store = fixture.restart();
+    let mut log = store.open_log("p").unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(10), Offset(10)));
+    assert_eq!(log.epoch_history(), vec![epoch_start(3, 10)]);
+    append(&mut log, 2, 3, T0_MS);
+    append(&mut log, 2, 4, T0_MS);
+    assert_eq!(
+        log.epoch_history(),
+        vec![epoch_start(3, 10), epoch_start(4, 12)]
+    );
+    // Below the log end: the suffix goes too.
+    log.reset_start(Offset(11), Epoch(3)).unwrap();
+    assert_eq!((log.log_start(), log.log_end()), (Offset(11), Offset(11)));
+    append(&mut log, 1, 5, T0_MS);
+    assert_eq!(
+        base_offsets(&log.read(Offset(0), Offset(100), usize::MAX).unwrap()),
+        vec![11]
+    );
+}
+
 fn recovers_everything_flushed_on_reopen<F: Fixture>() {
     let mut fixture = F::new();
     let store = fixture.store();
@@ -608,6 +661,10 @@ macro_rules! conformance {
             #[test]
             fn never_reuses_offsets_after_retention_and_truncation() {
                 super::never_reuses_offsets_after_retention_and_truncation::<$fixture>();
+            }
+            #[test]
+            fn resets_the_log_to_a_later_start() {
+                super::resets_the_log_to_a_later_start::<$fixture>();
             }
             #[test]
             fn recovers_everything_flushed_on_reopen() {
