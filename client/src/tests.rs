@@ -305,6 +305,33 @@ async fn a_retriable_refusal_is_retried() {
     assert_eq!(server.state.lock().unwrap().produce_requests, 2);
 }
 
+/// A node catching up on cluster metadata after a restart answers a topic `NotReady`: the
+/// producer asks again (within its delivery timeout) instead of failing the record with
+/// `UnknownTopic`.
+#[tokio::test]
+async fn metadata_from_a_node_catching_up_is_asked_again() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    server.state.lock().unwrap().metadata_catching_up = 3;
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let metadata = producer.send_and_wait("t", Record::new("v")).await.unwrap();
+    assert_eq!(metadata.offset, Some(Offset(0)));
+    assert_eq!(server.state.lock().unwrap().metadata_requests, 4);
+}
+
+/// `UnknownTopic` from a node whose metadata is up to date is final at once: no retries.
+#[tokio::test]
+async fn an_unknown_topic_fails_at_once() {
+    let server = TestServer::start().await;
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let error = producer.send("nope", Record::new("v")).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Api(ApiError::UnknownTopic { ref topic }) if topic == "nope"),
+        "{error:?}"
+    );
+    assert_eq!(server.state.lock().unwrap().metadata_requests, 1);
+}
+
 #[tokio::test]
 async fn refusals_that_cannot_succeed_surface_per_record() {
     let server = TestServer::start_with_limits(ServerLimits {

@@ -81,6 +81,11 @@ pub struct PartitionShared {
     snapshot: Mutex<PartitionSnapshot>,
     /// Produce messages sent but not yet handled; bounded by `partition_mailbox_max`.
     queued: AtomicUsize,
+    /// One more than the highest leader high watermark (`commit`) any `Append` carried since
+    /// this actor started; 0 before the first. Every such value is committed (a leader only
+    /// advertises committed offsets), so it is a commit point this replica has to reach
+    /// before what it applied is up to date, whatever its own log or high watermark say yet.
+    commit_heard: AtomicU64,
 }
 
 impl PartitionShared {
@@ -97,6 +102,15 @@ impl PartitionShared {
 
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
         self.high_watermark.subscribe()
+    }
+
+    /// The highest commit point a leader's `Append` told this replica since it started, if
+    /// one has arrived yet (see [`PartitionShared::commit_heard`]'s field).
+    pub fn commit_heard(&self) -> Option<Offset> {
+        match self.commit_heard.load(Ordering::Acquire) {
+            0 => None,
+            heard => Some(Offset(heard - 1)),
+        }
     }
 
     /// The refusal for a request that needs the leader, when this replica is not it.
@@ -255,6 +269,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 storage_failure: None,
             }),
             queued: AtomicUsize::new(0),
+            commit_heard: AtomicU64::new(0),
         });
         let mailbox_max = spec.mailbox_max;
         let log_name = spec.log_name.clone();
@@ -694,6 +709,11 @@ impl<S: LogStore> Handler<PeerInput> for PartitionActor<S> {
     type Result = ();
 
     fn handle(&mut self, message: PeerInput, ctx: &mut Context<Self>) {
+        if let PeerMessage::Append { commit, .. } = &message.message {
+            self.shared
+                .commit_heard
+                .fetch_max(commit.0.saturating_add(1), Ordering::AcqRel);
+        }
         self.run(
             ctx,
             Input::Peer {
