@@ -438,6 +438,23 @@ impl<S: LogStore> Actor for PartitionActor<S> {
             |actor, _ctx| actor.apply_retention(),
         );
     }
+
+    /// A stopped replica leads nothing: metadata and gossip hints read the snapshot, and
+    /// must not name this node as leader after the actor is gone.
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let mut snapshot = self
+            .shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let was_leader = snapshot.role == Role::Leader;
+        snapshot.role = Role::Follower;
+        snapshot.leader = None;
+        drop(snapshot);
+        if was_leader {
+            self.leadership_changes.fetch_add(1, Ordering::Release);
+        }
+    }
 }
 
 /// Shortest wait of the tick timer (see [`PartitionActor::arm_tick`]).
@@ -998,6 +1015,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert!(handle.produce(batch(b"d"), Acks::All).is_err());
             assert!(store.log_names().unwrap().is_empty(), "the log was removed");
+        });
+    }
+
+    #[test]
+    fn a_stopped_leader_no_longer_advertises_itself() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 4);
+            led(&handle).await;
+            assert_eq!(handle.shared.snapshot().role, Role::Leader);
+            handle.stop(ApiError::ShuttingDown, false).await;
+            for _ in 0..500 {
+                if handle.shared.snapshot().leader.is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let snapshot = handle.shared.snapshot();
+            assert_ne!(snapshot.role, Role::Leader, "{snapshot:?}");
+            assert_eq!(snapshot.leader, None, "{snapshot:?}");
         });
     }
 }

@@ -88,7 +88,7 @@ fn meta_leader_seen_by(node: &support::TestNode) -> Option<u32> {
     }
 }
 
-/// The `__meta` leader that node 1's view names (bounded wait).
+/// The `__meta` leader as the first node that knows one names it (bounded wait).
 fn meta_leader(cluster: &TestCluster) -> u32 {
     let mut leader = None;
     let found = eventually(Duration::from_secs(20), || {
