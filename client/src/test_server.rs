@@ -365,6 +365,13 @@ async fn handle(
                 // The leader's rules for idempotent producers (cairn_replica::producers), for
                 // a known producer of the same epoch: a repeat is answered with its first
                 // offset, a gap is refused.
+                // An unknown producer starts at sequence 0 (UnknownProducerId otherwise).
+                if header.base_sequence != 0 && !state.producers.contains_key(&key) {
+                    return Err(ApiError::UnknownProducerId {
+                        producer_id: header.producer_id,
+                        received: header.base_sequence,
+                    });
+                }
                 if let Some((epoch, written)) = state.producers.get(&key) {
                     if *epoch == header.producer_epoch {
                         let last_sequence = header.last_sequence();

@@ -829,3 +829,33 @@ async fn a_batch_that_fails_for_good_restarts_the_partition_sequence_in_a_new_ep
     assert_eq!(*epoch, 1);
     assert_eq!(written[0].0, 0, "the new epoch starts at sequence 0");
 }
+
+/// A leader that lost the producer's state (KIP-360's case) refuses its next sequence with
+/// `UnknownProducerId`, which no retry fixes: the batch fails at once with that typed error
+/// (no retry loop until the delivery timeout), and the partition goes on in a new epoch from
+/// sequence 0, which the leader accepts.
+#[tokio::test]
+async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let producer = producer(&server, ProducerConfig::default()).await;
+    producer.send_and_wait("t", Record::new("a")).await.unwrap();
+    server.state.lock().unwrap().producers.clear();
+    let requests_before = server.state.lock().unwrap().produce_requests;
+    let failed = producer.send_and_wait("t", Record::new("b")).await;
+    assert!(
+        matches!(
+            failed,
+            Err(ClientError::Api(ApiError::UnknownProducerId { received: 1, .. }))
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(
+        server.state.lock().unwrap().produce_requests,
+        requests_before + 1,
+        "not retried"
+    );
+    let next = producer.send_and_wait("t", Record::new("c")).await.unwrap();
+    assert_eq!(next.offset, Some(Offset(1)));
+    assert_eq!(stored_values(&server, "t", 0), vec!["a", "c"]);
+}

@@ -18,6 +18,7 @@ use actix::prelude::*;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::messages::{Acks, ProduceResponse};
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
+use cairn_replica::producers::Producers;
 use cairn_replica::{
     Effect, Input, Millis, PeerMessage, Recovered, Replica, ReplicaStatus, RequestId, Role,
 };
@@ -167,20 +168,51 @@ impl<S: LogStore> Clone for PartitionHandle<S> {
 }
 
 /// Offsets at the end of a log whose batch headers rebuild idempotent producers' state after
-/// a restart. A producer whose last batch is older is forgotten, which only matters if it
-/// retries a batch from that far back; newer ones keep their duplicate detection.
+/// a restart when the log has no producer snapshot (a log written before snapshots, or one
+/// whose snapshot could not be read back). A producer whose last batch is older is forgotten.
 pub const PRODUCER_RECOVERY_OFFSETS_MAX: u64 = 1 << 16;
 
 /// Bytes read per step of that scan.
 const PRODUCER_RECOVERY_READ_BYTES_MAX: usize = 1 << 20;
 
-/// Reads back the tail of the log and hands the batch headers to the replica, so a restarted
-/// (or newly elected) leader still drops producers' retries (DESIGN section 6).
-fn recover_producers<L: PartitionLog>(replica: &mut Replica, log: &L) -> Result<(), StorageError> {
+/// Key of the producer snapshot in the log's own values (storage's per-log metadata).
+pub const PRODUCER_SNAPSHOT_KEY: &str = "producers";
+
+/// A partition writes a producer snapshot once its log grew this many offsets past the last
+/// one (and when it stops), so a restart replays at most about this many offsets of headers
+/// on top of it. A quarter of the old rebuild window: cheap next to the appends it follows
+/// (one small write per 16,384 records, made durable by their flushes).
+pub const PRODUCER_SNAPSHOT_OFFSETS: u64 = 1 << 14;
+
+/// Restores idempotent producers' state after a restart (DESIGN section 6): the snapshot kept
+/// with the log, then the headers of every batch written after it; without a readable
+/// snapshot, the headers of the log's last [`PRODUCER_RECOVERY_OFFSETS_MAX`] offsets. Returns
+/// the offset the state is as of (the next snapshot counts from there).
+fn recover_producers<L: PartitionLog>(
+    log_name: &str,
+    replica: &mut Replica,
+    log: &L,
+) -> Result<Offset, StorageError> {
     let log_end = log.log_end();
-    let mut from = log.log_start().max(Offset(
-        log_end.0.saturating_sub(PRODUCER_RECOVERY_OFFSETS_MAX),
-    ));
+    let snapshot = match log.get_value(PRODUCER_SNAPSHOT_KEY)? {
+        Some(bytes) => match Producers::decode_snapshot(&bytes) {
+            Ok(snapshot) => Some(snapshot),
+            Err(error) => {
+                tracing::warn!(partition = %log_name, %error, "producer snapshot unreadable; rebuilding from the log's tail");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut from = match snapshot {
+        Some((through, producers)) => {
+            replica.restore_producers(producers, through);
+            through.min(log_end)
+        }
+        None => Offset(log_end.0.saturating_sub(PRODUCER_RECOVERY_OFFSETS_MAX)),
+    };
+    from = from.max(log.log_start());
+    let snapshot_at = from;
     while from < log_end {
         let batches = log.read(from, log_end, PRODUCER_RECOVERY_READ_BYTES_MAX)?;
         let Some(last) = batches.last() else {
@@ -193,7 +225,7 @@ fn recover_producers<L: PartitionLog>(replica: &mut Replica, log: &L) -> Result<
         }
         from = next;
     }
-    Ok(())
+    Ok(snapshot_at)
 }
 
 /// A per-partition salt for the replica's election jitter, stable across restarts.
@@ -237,7 +269,7 @@ impl<S: LogStore> PartitionHandle<S> {
             spec.clock.now(),
         )
         .map_err(|error| error.to_string())?;
-        recover_producers(&mut replica, &spec.log)
+        let producers_snapshot_at = recover_producers(&spec.log_name, &mut replica, &spec.log)
             .map_err(|error| format!("cannot read back producer state: {error}"))?;
         // Partitions of one node draw different election waits, so that contested elections
         // spread their winners instead of all going to the node with the shortest wait.
@@ -304,6 +336,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 peers: spec.peers,
                 leadership_changes: spec.leadership_changes,
                 published: None,
+                producers_snapshot_at,
             };
             actor.execute(ctx, first_effects);
             if preferred {
@@ -426,6 +459,8 @@ pub struct PartitionActor<S: LogStore> {
     /// The replica status the snapshot was last updated from: most steps (a heartbeat and
     /// its answer) change none of it, and then the snapshot is left alone.
     published: Option<ReplicaStatus>,
+    /// The log end the last producer snapshot was written at (or the state recovered as of).
+    producers_snapshot_at: Offset,
 }
 
 impl<S: LogStore> Actor for PartitionActor<S> {
@@ -543,8 +578,43 @@ impl<S: LogStore> PartitionActor<S> {
                 break;
             }
         }
+        if failure.is_none() {
+            failure = self.snapshot_producers(false).err().map(|error| {
+                tracing::error!(partition = %self.log_name, %error, "storage failed");
+                Input::StorageFailed {
+                    reason: error.to_string(),
+                }
+            });
+        }
         self.publish_status(false);
         failure
+    }
+
+    /// Writes the producer snapshot into the log's metadata once the log grew
+    /// [`PRODUCER_SNAPSHOT_OFFSETS`] past the last one (always, with `force`, if it grew at
+    /// all). Only between steps, when the replica's state covers exactly the log's batches;
+    /// buffered like the appends before it, so a flush makes both durable, and a snapshot
+    /// that outlives a lost log suffix is cut back to the log on recovery.
+    fn snapshot_producers(&mut self, force: bool) -> Result<(), StorageError> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let log_end = log.log_end();
+        let grown = log_end.0.saturating_sub(self.producers_snapshot_at.0);
+        // A truncation below the last snapshot makes the stored one ahead of the log: replace
+        // it with one that is not, at once.
+        let due = if force {
+            log_end != self.producers_snapshot_at
+        } else {
+            grown >= PRODUCER_SNAPSHOT_OFFSETS || log_end < self.producers_snapshot_at
+        };
+        if !due || log_end != self.replica.status().log_end {
+            return Ok(());
+        }
+        let bytes = self.replica.producers().encode_snapshot(log_end);
+        log.put_value(PRODUCER_SNAPSHOT_KEY, &bytes)?;
+        self.producers_snapshot_at = log_end;
+        Ok(())
     }
 
     fn execute_one(&mut self, ctx: &mut Context<Self>, effect: Effect) -> Result<(), StorageError> {
@@ -884,6 +954,12 @@ impl<S: LogStore> Handler<Stop> for PartitionActor<S> {
             let _ = reply.send(Err(message.reason.clone()));
         }
         self.stopped_with = Some(message.reason);
+        if !message.remove_log {
+            // A clean stop: the restart replays no headers at all.
+            if let Err(error) = self.snapshot_producers(true) {
+                tracing::warn!(partition = %self.log_name, %error, "producer snapshot not written");
+            }
+        }
         // Let go of the log before removing it: storage may refuse to drop an open tree.
         drop(self.log.take());
         if message.remove_log {
