@@ -846,7 +846,10 @@ async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch(
     assert!(
         matches!(
             failed,
-            Err(ClientError::Api(ApiError::UnknownProducerId { received: 1, .. }))
+            Err(ClientError::Api(ApiError::UnknownProducerId {
+                received: 1,
+                ..
+            }))
         ),
         "{failed:?}"
     );

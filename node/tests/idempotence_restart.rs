@@ -47,7 +47,10 @@ fn a_retry_after_a_restart_is_a_duplicate_however_many_offsets_were_written_sinc
     for _ in 0..FILLER_OFFSETS / FILLER_RECORDS_PER_BATCH {
         produce(&mut wire, &filler).unwrap();
     }
-    let end_before = wire.fetch("t", 0, written.base_offset, 0).unwrap().high_watermark;
+    let end_before = wire
+        .fetch("t", 0, written.base_offset, 0)
+        .unwrap()
+        .high_watermark;
     assert!(end_before.0 > written.base_offset.0 + 65_536);
 
     node.kill();
@@ -69,9 +72,15 @@ fn a_retry_after_a_restart_is_a_duplicate_however_many_offsets_were_written_sinc
     let retried = retried.expect("the restarted node answers").unwrap();
     assert!(retried.duplicate, "written twice: {retried:?}");
     assert_eq!(retried.base_offset, written.base_offset);
-    let end_after = wire.fetch("t", 0, written.base_offset, 0).unwrap().high_watermark;
+    let end_after = wire
+        .fetch("t", 0, written.base_offset, 0)
+        .unwrap()
+        .high_watermark;
     // Only the new leader's epoch marker was added.
-    assert!(end_after.0 <= end_before.0 + 1, "{end_after} after {end_before}");
+    assert!(
+        end_after.0 <= end_before.0 + 1,
+        "{end_after} after {end_before}"
+    );
     // The producer goes on where it was; a gap is refused.
     let gap = batch_of(&[b"gap"]).with_producer(producer_id, 0, 5);
     assert_eq!(

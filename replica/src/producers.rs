@@ -304,7 +304,9 @@ impl Producers {
         let through = Offset(reader.u64()?);
         let count = reader.u32()? as usize;
         if count > PRODUCERS_MAX {
-            return Err(SnapshotError::Malformed("more producers than PRODUCERS_MAX"));
+            return Err(SnapshotError::Malformed(
+                "more producers than PRODUCERS_MAX",
+            ));
         }
         let mut entries = HashMap::with_capacity(count);
         for _ in 0..count {
@@ -314,7 +316,9 @@ impl Producers {
             let last_offset = Offset(reader.u64()?);
             let kept = reader.u8()? as usize;
             if kept > PRODUCER_BATCHES_KEPT {
-                return Err(SnapshotError::Malformed("more batches than PRODUCER_BATCHES_KEPT"));
+                return Err(SnapshotError::Malformed(
+                    "more batches than PRODUCER_BATCHES_KEPT",
+                ));
             }
             let mut batches = VecDeque::with_capacity(kept);
             for _ in 0..kept {
@@ -324,18 +328,22 @@ impl Producers {
                     base_offset: Offset(reader.u64()?),
                     next_offset: Offset(reader.u64()?),
                 };
-                let after_previous = batches
-                    .back()
-                    .is_none_or(|previous: &ProducerBatch| previous.next_offset <= batch.base_offset);
+                let after_previous = batches.back().is_none_or(|previous: &ProducerBatch| {
+                    previous.next_offset <= batch.base_offset
+                });
                 if batch.next_offset <= batch.base_offset || !after_previous {
                     return Err(SnapshotError::Malformed("batches out of offset order"));
                 }
                 batches.push_back(batch);
             }
-            if batches.back().is_some_and(|batch| batch.next_offset != last_offset)
+            if batches
+                .back()
+                .is_some_and(|batch| batch.next_offset != last_offset)
                 || last_offset > through
             {
-                return Err(SnapshotError::Malformed("a producer's last offset is inconsistent"));
+                return Err(SnapshotError::Malformed(
+                    "a producer's last offset is inconsistent",
+                ));
             }
             let entry = ProducerEntry {
                 epoch,
@@ -470,7 +478,10 @@ mod tests {
         assert_eq!(read.encode_snapshot(Offset(10)), bytes);
         // Every prefix is refused, and so are trailing bytes and another version.
         for end in 0..bytes.len() {
-            assert!(Producers::decode_snapshot(&bytes[..end]).is_err(), "prefix {end}");
+            assert!(
+                Producers::decode_snapshot(&bytes[..end]).is_err(),
+                "prefix {end}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
