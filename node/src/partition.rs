@@ -726,6 +726,12 @@ impl<S: LogStore> PartitionActor<S> {
         if self.retention.max_age_ms.is_none() && self.retention.max_bytes.is_none() {
             return;
         }
+        // Recovery replays the headers written after the producer snapshot: retention must
+        // not remove them first, so the snapshot is brought up to the log end before.
+        if let Err(error) = self.snapshot_producers(true) {
+            tracing::warn!(partition = %self.log_name, %error, "producer snapshot not written; retention waits");
+            return;
+        }
         let keep_from = self.replica.status().high_watermark;
         let Some(log) = self.log.as_mut() else {
             return;

@@ -114,3 +114,76 @@ fn a_producer_the_leader_does_not_know_must_start_at_sequence_zero() {
     let first = batch_of(&[b"first"]).with_producer(producer_id, 0, 0);
     assert!(!produce(&mut wire, &first).unwrap().duplicate);
 }
+
+fn earliest(wire: &mut Wire, topic: &str) -> cairn_protocol::Offset {
+    match wire.call(Request::ListOffsets(
+        cairn_protocol::messages::ListOffsetsRequest {
+            topic: topic.into(),
+            partition: 0,
+            spec: cairn_protocol::messages::OffsetSpec::Earliest,
+        },
+    )) {
+        Ok(Response::ListOffsets(offsets)) => offsets.offset,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Recovery replays the batch headers written after the producer snapshot; retention must not
+/// remove them first. Here a snapshot is taken, the producer writes again, and retention then
+/// removes that batch: without a fresh snapshot before retention, the restarted leader knew
+/// the producer only as of the old snapshot and wrote the retry of its newer batch twice.
+#[test]
+fn a_retry_after_retention_removed_the_batch_and_a_restart_is_still_a_duplicate() {
+    let mut node = TestNode::start();
+    let mut wire = node.wire();
+    let created = wire.call(Request::CreateTopic(
+        cairn_protocol::messages::CreateTopicRequest {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: None,
+            config: cairn_protocol::messages::TopicConfig {
+                retention_ms: None,
+                retention_bytes: Some(4096),
+            },
+        },
+    ));
+    assert!(created.is_ok(), "{created:?}");
+    let producer_id = init_producer_id(&mut wire);
+    let first = batch_of(&[b"first"]).with_producer(producer_id, 0, 0);
+    produce(&mut wire, &first).unwrap();
+    // Past PRODUCER_SNAPSHOT_OFFSETS (16,384): a snapshot holding `first` is written.
+    let filler = filler_batch();
+    for _ in 0..4 {
+        produce(&mut wire, &filler).unwrap();
+    }
+    let second = batch_of(&[b"second"]).with_producer(producer_id, 0, 1);
+    let written = produce(&mut wire, &second).unwrap();
+    produce(&mut wire, &filler).unwrap();
+    // Retention (every 200 ms in the test preset, at most 4 KiB kept) removes `second`.
+    assert!(
+        support::eventually(std::time::Duration::from_secs(20), || {
+            earliest(&mut wire, "t") > written.base_offset
+        }),
+        "retention never passed the second batch"
+    );
+    // Retention's removals become durable with the next flush: an acknowledged write.
+    wire.produce("t", 0, &[b"flushed"]).unwrap();
+    node.kill();
+    node.restart();
+    let mut wire = node.wire();
+    let mut retried = None;
+    for _ in 0..500 {
+        match produce(&mut wire, &second) {
+            Err(error) if error.is_retriable() => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => {
+                retried = Some(other);
+                break;
+            }
+        }
+    }
+    let retried = retried.expect("the restarted node answers").unwrap();
+    assert!(retried.duplicate, "written twice: {retried:?}");
+    assert_eq!(retried.base_offset, written.base_offset);
+}
