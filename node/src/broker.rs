@@ -605,8 +605,8 @@ impl<S: LogStore> Broker<S> {
         // once the leader found where their logs match (a new leader's first append to it
         // diverges): "applied up to my high watermark" then held with nothing applied, and
         // the node answered from an empty catalog. So a follower also waits for a commit
-        // point a leader told it since it started (INV META-1: a ready node has applied
-        // every `__meta` record committed before it started; see `Broker::metadata_lag`).
+        // point a leader told it since it started, so that a ready node has applied every
+        // `__meta` record committed before it started (see also `Broker::metadata_lag`).
         match &self.meta {
             Some(handle) => {
                 let meta = handle.shared.snapshot();

@@ -187,7 +187,9 @@ pub const PRODUCER_SNAPSHOT_OFFSETS: u64 = 1 << 14;
 /// Restores idempotent producers' state after a restart (DESIGN section 6): the snapshot kept
 /// with the log, then the headers of every batch written after it; without a readable
 /// snapshot, the headers of the log's last [`PRODUCER_RECOVERY_OFFSETS_MAX`] offsets. Returns
-/// the offset the state is as of (the next snapshot counts from there).
+/// where the replay started (the snapshot's offset, or the tail's start without one): the
+/// next snapshot is due [`PRODUCER_SNAPSHOT_OFFSETS`] after it, so a log recovered without a
+/// recent snapshot writes one at its first step.
 fn recover_producers<L: PartitionLog>(
     log_name: &str,
     replica: &mut Replica,
