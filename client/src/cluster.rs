@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 pub(crate) struct Metadata {
     pub brokers: HashMap<NodeId, String>,
     pub topics: HashMap<String, Arc<TopicMetadata>>,
+    /// Why the last refresh got no metadata for a topic it asked for: `UnknownTopic` from a
+    /// node with up-to-date metadata, or a retriable refusal (`NotReady` from a node still
+    /// catching up on cluster metadata, which another node may answer).
+    pub topic_errors: HashMap<String, ApiError>,
     pub fetched_at: Instant,
 }
 
@@ -53,6 +57,7 @@ impl Cluster {
             metadata: RwLock::new(Arc::new(Metadata {
                 brokers: HashMap::new(),
                 topics: HashMap::new(),
+                topic_errors: HashMap::new(),
                 fetched_at: Instant::now(),
             })),
             stale: AtomicBool::new(true),
@@ -174,12 +179,19 @@ impl Cluster {
                 .map(|broker| (broker.node_id, broker.address))
                 .collect(),
             topics: HashMap::new(),
+            topic_errors: HashMap::new(),
             fetched_at: Instant::now(),
         };
         for topic in reply.topics {
-            // An unknown topic (deleted, or never created) simply drops out of the cache.
-            if let Ok(metadata) = topic.result {
-                next.topics.insert(topic.name, Arc::new(metadata));
+            // An unknown topic (deleted, or never created) drops out of the cache; why it
+            // did is kept for `Cluster::topic_within` to decide whether to ask again.
+            match topic.result {
+                Ok(metadata) => {
+                    next.topics.insert(topic.name, Arc::new(metadata));
+                }
+                Err(error) => {
+                    next.topic_errors.insert(topic.name, error);
+                }
             }
         }
         let next = Arc::new(next);
@@ -189,20 +201,42 @@ impl Cluster {
         Ok(next)
     }
 
-    /// The metadata of `topic`, refreshing when it is unknown or the cache is out of date.
+    /// The metadata of `topic`, refreshing when it is unknown or the cache is out of date;
+    /// retriable failures are retried within the request timeout (see
+    /// [`Cluster::topic_within`]).
     pub async fn topic(&self, topic: &str) -> Result<Arc<TopicMetadata>> {
+        self.topic_within(topic, Instant::now() + self.config.request_timeout())
+            .await
+    }
+
+    /// [`Cluster::topic`] retrying until `deadline`: a node that cannot answer (unreachable,
+    /// `NotReady` while it catches up on cluster metadata after a restart) is retried, and
+    /// since each refresh starts at the next known broker, another node answers next. Only an
+    /// `UnknownTopic` from a node whose metadata is up to date is final, at once, as Kafka's
+    /// producer waits for metadata within `max.block.ms` but fails a missing topic.
+    pub async fn topic_within(&self, topic: &str, deadline: Instant) -> Result<Arc<TopicMetadata>> {
         let snapshot = self.snapshot();
         if !self.needs_refresh(&snapshot) {
             if let Some(metadata) = snapshot.topics.get(topic) {
                 return Ok(Arc::clone(metadata));
             }
         }
-        let snapshot = self.refresh(&[topic]).await?;
-        snapshot.topics.get(topic).cloned().ok_or_else(|| {
-            ClientError::Api(ApiError::UnknownTopic {
-                topic: topic.to_owned(),
-            })
+        self.with_retries(deadline, |_| async move {
+            let snapshot = self.refresh(&[topic]).await?;
+            if let Some(metadata) = snapshot.topics.get(topic) {
+                return Ok(Arc::clone(metadata));
+            }
+            Err(ClientError::Api(
+                snapshot
+                    .topic_errors
+                    .get(topic)
+                    .cloned()
+                    .unwrap_or_else(|| ApiError::UnknownTopic {
+                        topic: topic.to_owned(),
+                    }),
+            ))
         })
+        .await
     }
 
     /// Metadata of one partition; an index past the topic's partitions is a typed error.

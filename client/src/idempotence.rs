@@ -15,7 +15,9 @@
 //! incarnation; it does so only once no batch stamped with the old epoch is unresolved, since
 //! the new epoch fences the old one. Until the first batch of an epoch is acknowledged, only
 //! one batch of the partition is in flight: a leader that has never seen the producer accepts
-//! any sequence, so a later batch must not overtake the first.
+//! only sequence 0 (`UnknownProducerId` otherwise, not retriable: the batch fails and the
+//! epoch is raised as above, as Kafka's producer does after KIP-360), so a later batch must
+//! not overtake the first.
 
 use cairn_protocol::batch::sequence_after;
 use std::collections::HashMap;

@@ -228,7 +228,11 @@ impl Producer {
                 }
                 Err(AppendError::UnknownTopic) if attempts == 0 => {
                     attempts += 1;
-                    match inner.cluster.topic(topic).await {
+                    // Metadata waits count against the delivery timeout, as Kafka's
+                    // producer bounds them by `max.block.ms`.
+                    let deadline =
+                        Instant::now() + Duration::from_millis(inner.config.delivery_timeout_ms);
+                    match inner.cluster.topic_within(topic, deadline).await {
                         Ok(metadata) if !metadata.partitions.is_empty() => {
                             inner
                                 .accumulator

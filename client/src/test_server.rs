@@ -28,6 +28,10 @@ pub(crate) struct State {
     pub produce_requests: u64,
     /// Metadata reports no leader for any partition (an election in progress).
     pub leaderless: bool,
+    /// The next this many metadata requests answer every topic `NotReady`, as a restarted
+    /// node still catching up on cluster metadata does.
+    pub metadata_catching_up: u32,
+    pub metadata_requests: u64,
     /// Errors handed out, in order, to the next produce requests *after* their batch was
     /// appended: an acknowledgement lost on its way back.
     pub replies_lost: VecDeque<ApiError>,
@@ -262,7 +266,10 @@ async fn handle(
             limits,
         })),
         Request::Metadata(request) => {
-            let state = state.lock().unwrap();
+            let mut state = state.lock().unwrap();
+            state.metadata_requests += 1;
+            let catching_up = state.metadata_catching_up > 0;
+            state.metadata_catching_up = state.metadata_catching_up.saturating_sub(1);
             let names: Vec<String> = match request.topics {
                 Some(names) => names,
                 None => state.topics.keys().cloned().collect(),
@@ -271,6 +278,9 @@ async fn handle(
                 .into_iter()
                 .map(|name| TopicMetadataResult {
                     result: match state.topics.get(&name) {
+                        _ if catching_up => Err(ApiError::NotReady {
+                            reason: "cluster metadata is catching up".to_string(),
+                        }),
                         Some(logs) => Ok(TopicMetadata {
                             name: name.clone(),
                             internal: false,
@@ -355,6 +365,13 @@ async fn handle(
                 // The leader's rules for idempotent producers (cairn_replica::producers), for
                 // a known producer of the same epoch: a repeat is answered with its first
                 // offset, a gap is refused.
+                // An unknown producer starts at sequence 0 (UnknownProducerId otherwise).
+                if header.base_sequence != 0 && !state.producers.contains_key(&key) {
+                    return Err(ApiError::UnknownProducerId {
+                        producer_id: header.producer_id,
+                        received: header.base_sequence,
+                    });
+                }
                 if let Some((epoch, written)) = state.producers.get(&key) {
                     if *epoch == header.producer_epoch {
                         let last_sequence = header.last_sequence();

@@ -305,6 +305,33 @@ async fn a_retriable_refusal_is_retried() {
     assert_eq!(server.state.lock().unwrap().produce_requests, 2);
 }
 
+/// A node catching up on cluster metadata after a restart answers a topic `NotReady`: the
+/// producer asks again (within its delivery timeout) instead of failing the record with
+/// `UnknownTopic`.
+#[tokio::test]
+async fn metadata_from_a_node_catching_up_is_asked_again() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    server.state.lock().unwrap().metadata_catching_up = 3;
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let metadata = producer.send_and_wait("t", Record::new("v")).await.unwrap();
+    assert_eq!(metadata.offset, Some(Offset(0)));
+    assert_eq!(server.state.lock().unwrap().metadata_requests, 4);
+}
+
+/// `UnknownTopic` from a node whose metadata is up to date is final at once: no retries.
+#[tokio::test]
+async fn an_unknown_topic_fails_at_once() {
+    let server = TestServer::start().await;
+    let producer = producer(&server, ProducerConfig::default()).await;
+    let error = producer.send("nope", Record::new("v")).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Api(ApiError::UnknownTopic { ref topic }) if topic == "nope"),
+        "{error:?}"
+    );
+    assert_eq!(server.state.lock().unwrap().metadata_requests, 1);
+}
+
 #[tokio::test]
 async fn refusals_that_cannot_succeed_surface_per_record() {
     let server = TestServer::start_with_limits(ServerLimits {
@@ -801,4 +828,37 @@ async fn a_batch_that_fails_for_good_restarts_the_partition_sequence_in_a_new_ep
     let (epoch, written) = &state.producers[&("t".to_owned(), 0, 0)];
     assert_eq!(*epoch, 1);
     assert_eq!(written[0].0, 0, "the new epoch starts at sequence 0");
+}
+
+/// A leader that lost the producer's state (KIP-360's case) refuses its next sequence with
+/// `UnknownProducerId`, which no retry fixes: the batch fails at once with that typed error
+/// (no retry loop until the delivery timeout), and the partition goes on in a new epoch from
+/// sequence 0, which the leader accepts.
+#[tokio::test]
+async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    let producer = producer(&server, ProducerConfig::default()).await;
+    producer.send_and_wait("t", Record::new("a")).await.unwrap();
+    server.state.lock().unwrap().producers.clear();
+    let requests_before = server.state.lock().unwrap().produce_requests;
+    let failed = producer.send_and_wait("t", Record::new("b")).await;
+    assert!(
+        matches!(
+            failed,
+            Err(ClientError::Api(ApiError::UnknownProducerId {
+                received: 1,
+                ..
+            }))
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(
+        server.state.lock().unwrap().produce_requests,
+        requests_before + 1,
+        "not retried"
+    );
+    let next = producer.send_and_wait("t", Record::new("c")).await.unwrap();
+    assert_eq!(next.offset, Some(Offset(1)));
+    assert_eq!(stored_values(&server, "t", 0), vec!["a", "c"]);
 }

@@ -67,6 +67,8 @@ pub struct Broker<S: LogStore> {
     meta_voters: Vec<NodeId>,
     /// A learner has fetched `__meta` up to a voter's high watermark at least once.
     learner_caught_up: std::sync::atomic::AtomicBool,
+    /// The highest `__meta` high watermark a voter answered this learner's fetches with.
+    learner_commit_heard: AtomicU64,
     catalog: RwLock<Catalog<S>>,
     /// Other nodes as gossip last described them (a hint: addresses, liveness, leaderships).
     /// Empty for a lone node.
@@ -155,6 +157,7 @@ impl<S: LogStore> Broker<S> {
             meta,
             meta_voters,
             learner_caught_up: std::sync::atomic::AtomicBool::new(false),
+            learner_commit_heard: AtomicU64::new(0),
             catalog: RwLock::new(Catalog {
                 state: MetadataState::default(),
                 partitions: HashMap::new(),
@@ -236,6 +239,42 @@ impl<S: LogStore> Broker<S> {
             Err(ApiError::NotReady {
                 reason: "cluster metadata is still being recovered".to_string(),
             })
+        }
+    }
+
+    /// `Some((applied, committed))` while this node has applied less of `__meta` than the
+    /// highest commit point it knows of (its own replica's high watermark, what a leader
+    /// told it, or what a voter answered the learner): its catalog may lack a topic that
+    /// exists. A topic missing from the catalog is then answered with the retriable
+    /// `NotReady` instead of the definite `UnknownTopic`, so a client asks again (another
+    /// node, or this one a moment later).
+    pub fn metadata_lag(&self) -> Option<(Offset, Offset)> {
+        let applied = *self.applied.borrow();
+        let committed = match &self.meta {
+            Some(meta) => {
+                let own = meta.shared.high_watermark();
+                meta.shared
+                    .commit_heard()
+                    .map_or(own, |heard| heard.max(own))
+            }
+            None => Offset(self.learner_commit_heard.load(Ordering::Acquire)),
+        };
+        (applied < committed).then_some((applied, committed))
+    }
+
+    /// The refusal for a topic not in the catalog: `UnknownTopic` once the catalog is up to
+    /// date with every commit point this node knows, `NotReady` while it catches up.
+    fn missing_topic(&self, topic: &str) -> ApiError {
+        match self.metadata_lag() {
+            Some((applied, committed)) => ApiError::NotReady {
+                reason: format!(
+                    "cluster metadata is catching up (applied to offset {applied} of \
+                     {committed} committed); topic '{topic}' may exist"
+                ),
+            },
+            None => ApiError::UnknownTopic {
+                topic: topic.to_string(),
+            },
         }
     }
 
@@ -342,6 +381,8 @@ impl<S: LogStore> Broker<S> {
             };
             match fetched {
                 Ok(fetched) => {
+                    self.learner_commit_heard
+                        .fetch_max(fetched.high_watermark.0, Ordering::AcqRel);
                     if let Err(reason) = self.apply_fetched_meta(from, &fetched.batches).await {
                         tracing::warn!(%reason, "bad __meta from a voter; asking another");
                         connection = None;
@@ -561,13 +602,27 @@ impl<S: LogStore> Broker<S> {
         // On a follower of `__meta` (a cluster), recovered means: a leader is known and what
         // it told us is committed is applied. For a lone node this is the same rule, since it
         // is the only voter and so the leader.
+        // A restarted follower's own high watermark starts at its log start and moves up only
+        // once the leader found where their logs match (a new leader's first append to it
+        // diverges): "applied up to my high watermark" then held with nothing applied, and
+        // the node answered from an empty catalog. So a follower also waits for a commit
+        // point a leader told it since it started, so that a ready node has applied every
+        // `__meta` record committed before it started (see also `Broker::metadata_lag`).
         match &self.meta {
-            Some(meta) => {
-                let meta = meta.shared.snapshot();
+            Some(handle) => {
+                let meta = handle.shared.snapshot();
                 let applied = *self.applied.borrow();
                 if meta.leader.is_none()
                     || (meta.role == Role::Leader && meta.high_watermark < meta.log_end)
                     || applied < meta.high_watermark
+                {
+                    return;
+                }
+                if meta.role != Role::Leader
+                    && handle
+                        .shared
+                        .commit_heard()
+                        .is_none_or(|commit| applied < commit)
                 {
                     return;
                 }
@@ -629,9 +684,7 @@ impl<S: LogStore> Broker<S> {
         let state = catalog
             .state
             .topic(topic)
-            .ok_or_else(|| ApiError::UnknownTopic {
-                topic: topic.to_string(),
-            })?;
+            .ok_or_else(|| self.missing_topic(topic))?;
         if partition >= state.partitions {
             return Err(ApiError::UnknownPartition {
                 topic: topic.to_string(),
@@ -857,9 +910,7 @@ impl<S: LogStore> Broker<S> {
         let topic = catalog
             .state
             .topic(name)
-            .ok_or_else(|| ApiError::UnknownTopic {
-                topic: name.to_string(),
-            })?;
+            .ok_or_else(|| self.missing_topic(name))?;
         Ok(TopicMetadata {
             name: topic.name.clone(),
             internal: is_internal(&topic.name),
@@ -922,9 +973,7 @@ impl<S: LogStore> Broker<S> {
         let topic = catalog
             .state
             .topic(name)
-            .ok_or_else(|| ApiError::UnknownTopic {
-                topic: name.to_string(),
-            })?;
+            .ok_or_else(|| self.missing_topic(name))?;
         let partitions = (0..topic.partitions)
             .map(|partition| {
                 let snapshot = hosted_partition(&catalog, topic, partition)
@@ -1065,9 +1114,7 @@ impl<S: LogStore> Broker<S> {
     pub async fn delete_topic(&self, name: &str) -> Result<(), ApiError> {
         self.check_ready()?;
         if self.catalog().state.topic(name).is_none() {
-            return Err(ApiError::UnknownTopic {
-                topic: name.to_string(),
-            });
+            return Err(self.missing_topic(name));
         }
         let offset = self
             .append_meta(&MetaRecord::DeleteTopic {

@@ -132,30 +132,63 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
 /// Client commands log only when `CAIRN_LOG` asks (their stderr is for errors otherwise).
 pub fn init_client_logging() {
     if std::env::var_os("CAIRN_LOG").is_some() {
-        init_logging();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(log_filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+fn log_filter() -> tracing_subscriber::EnvFilter {
     let filter = std::env::var("CAIRN_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    tracing_subscriber::EnvFilter::new(filter)
 }
+
+/// The node logs through a bounded queue that one thread writes to stderr, so a stderr that
+/// is full or closed never blocks or stops the node (see [`crate::logging`]).
+fn init_node_logging() {
+    match crate::logging::start(std::io::stderr(), crate::logging::LOG_LINES_QUEUED_MAX) {
+        Ok((writer, flusher, _dropped)) => {
+            crate::logging::set_flusher(flusher);
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(log_filter())
+                .with_writer(writer)
+                .with_ansi(false)
+                .try_init();
+        }
+        // No thread for the writer: run without logs rather than with logs that can block.
+        Err(error) => report(format_args!("cairn node: logging is off: {error}")),
+    }
+}
+
+/// One line on stderr for the operator; a closed stderr is no reason to panic (as
+/// `eprintln!` would).
+fn report(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// How long an exiting node waits for its last log lines to reach stderr.
+const EXIT_LOG_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs a node until SIGTERM/SIGINT; returns the process exit code: 0 after a clean
 /// shutdown, 2 for a configuration error, 1 for an environment the node cannot work with.
 pub fn run_node(args: NodeArgs) -> i32 {
-    init_logging();
+    init_node_logging();
+    crate::logging::install_panic_hook();
+    let code = run_node_logged(args);
+    crate::logging::flush_within(EXIT_LOG_FLUSH_WAIT);
+    code
+}
+
+fn run_node_logged(args: NodeArgs) -> i32 {
     let config = match builder(&args).and_then(|builder| builder.build()) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("cairn node: {error}");
+            report(format_args!("cairn node: {error}"));
             return 2;
         }
     };
@@ -170,7 +203,7 @@ pub fn run_node(args: NodeArgs) -> i32 {
     match system.block_on(crate::node::run(config)) {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("cairn node: {error}");
+            report(format_args!("cairn node: {error}"));
             1
         }
     }

@@ -19,6 +19,22 @@
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
 //!   peer's ordinary listener, bounded queues that drop, frames batching many partitions.
 //! - [`peer_auth`]: the cluster secret and the handshake by which peers prove they hold it.
+//! - [`logging`]: log lines go through a bounded queue to one stderr writer thread, so a full
+//!   or closed stderr never blocks the node; and the panic hook.
+//!
+//! # Panic policy
+//!
+//! A panic is a bug (a failed assertion or invariant), never an operational error: those are
+//! typed errors. A `cairn node` process aborts on any panic, on any thread, in every build:
+//! release builds compile with `panic = "abort"`, and the hook [`logging::install_panic_hook`]
+//! (installed by [`cli::run_node`]) logs the panic with a backtrace, waits a bounded time for
+//! the line to reach stderr, and aborts itself, so debug builds behave the same. A node that
+//! lost one partition actor, connection task or arbiter to a panic would otherwise go on
+//! advertising the leadership that actor held; an aborted node is seen to leave, its leases
+//! expire and other replicas take over, and it recovers from its log when restarted.
+//! (Tests and benchmarks are built with unwinding, as Cargo requires; only the binary's hook
+//! aborts.) A partition actor that stops for any other reason (its topic deleted, shutdown)
+//! clears its published role, so it is never advertised as leader either.
 
 pub mod broker;
 pub mod cli;
@@ -26,6 +42,7 @@ pub mod config;
 pub mod dev;
 pub mod group;
 pub mod groups;
+pub mod logging;
 pub mod meta;
 pub mod node;
 pub mod partition;

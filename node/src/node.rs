@@ -104,8 +104,10 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     let mut signals = Signals::new().map_err(|error| FatalError::Start(error.to_string()))?;
     tokio::select! {
         _ = broker.wait_ready() => {
-            println!("cairn node ready node_id={} listen={}", config.node_id, bound);
-            let _ = std::io::stdout().flush();
+            // Not `println!`: a closed stdout is no reason to panic.
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "cairn node ready node_id={} listen={}", config.node_id, bound);
+            let _ = stdout.flush();
             if let Some(membership) = &membership {
                 membership.set_ready(true).await;
             }

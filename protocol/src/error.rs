@@ -80,6 +80,12 @@ pub enum ApiError {
         expected: i32,
         received: i32,
     },
+    /// An idempotent producer's batch continues a sequence (`received` is not 0) that this
+    /// partition has no record of: its earlier batches were never written here, or their
+    /// state was evicted. Not retriable: the same batch would be refused again; the producer
+    /// fails it (Kafka's `UnknownProducerIdException`). Nothing was appended.
+    #[error("producer {producer_id}: unknown to this partition, sequence {received} received")]
+    UnknownProducerId { producer_id: i64, received: i32 },
     /// An idempotent producer's batch carries an epoch below the one the partition already
     /// saw for that producer id: it was fenced by a newer incarnation. Nothing was appended.
     #[error("producer {producer_id}: epoch {received} is fenced by epoch {current}")]

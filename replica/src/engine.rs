@@ -370,16 +370,28 @@ impl Replica {
     }
 
     /// Rebuilds the idempotent producers' state from the headers of batches already in the
-    /// log, read back in offset order after a restart (any suffix of the log will do: a
-    /// producer whose batches are not among them is simply unknown, and accepted whatever its
-    /// sequence). Call it after [`Replica::new`], before the first step. Headers at or past
-    /// the recovered log end are ignored.
+    /// log, read back in offset order after a restart: those after the producer snapshot
+    /// ([`Replica::restore_producers`]), or without one a suffix of the log (a producer whose
+    /// batches are not among them is then unknown). Call it after [`Replica::new`], before
+    /// the first step. Headers at or past the recovered log end are ignored.
     pub fn recover_producers<'a>(&mut self, headers: impl IntoIterator<Item = &'a BatchHeader>) {
         for header in headers {
             if header.next_offset() <= self.log_end && header.base_offset >= self.log_start {
                 self.producers.record(header);
             }
         }
+    }
+
+    /// Starts from a producer snapshot read back with the log (see
+    /// [`Producers::decode_snapshot`]) taken when the log ended at `through`. A snapshot
+    /// ahead of the recovered log end (its last batches were cut, or not flushed) is cut back
+    /// to it. Then feed [`Replica::recover_producers`] the headers from `through` (or the log
+    /// start, if later) to the log end. Call it after [`Replica::new`], before the first step.
+    pub fn restore_producers(&mut self, mut producers: Producers, through: Offset) {
+        if through > self.log_end {
+            producers.truncate(self.log_end);
+        }
+        self.producers = producers;
     }
 
     /// The idempotent producers' state, as the log built it.
@@ -1717,10 +1729,11 @@ impl Replica {
             self.epoch_history.push((start.epoch, start.offset));
         }
         // Our producers' batches are gone, and what the leader holds below its log start we
-        // cannot learn: they become unknown (accepted at any sequence) rather than known
-        // with a last sequence that may be wrong (which would refuse or wrongly deduplicate
-        // their next batch). Deduplication of retries of expired batches is lost, as after
-        // a restart that reads the producers back from the log.
+        // cannot learn: they become unknown (a non-zero sequence is answered
+        // UnknownProducerId and the producer starts a new epoch) rather than known with a
+        // last sequence that may be wrong (which would refuse or wrongly deduplicate their
+        // next batch). A restart agrees: a producer snapshot older than the log start is
+        // ignored.
         self.producers.truncate(Offset::ZERO);
         self.leader_matched_end = start.offset;
         if start.offset > self.high_watermark {

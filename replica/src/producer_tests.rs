@@ -1,6 +1,6 @@
 //! Idempotent producers through the engine: one input, the exact effects (STYLE habit 1).
 
-use crate::producers::ProducerBatch;
+use crate::producers::{ProducerBatch, Producers};
 use crate::*;
 use cairn_protocol::batch::{Record, RecordBatchBuilder};
 use cairn_protocol::messages::{Acks, ProduceResponse};
@@ -225,4 +225,39 @@ fn a_follower_learns_producers_from_appends_and_forgets_a_truncated_suffix() {
     follower.step(now, Input::PromisePersisted { epoch: Epoch(2) });
     assert_eq!(follower.status().log_end, Offset(2));
     assert_eq!(follower.producers().batches_of(7), None);
+}
+
+#[test]
+fn a_snapshot_ahead_of_the_recovered_log_is_cut_back_to_it() {
+    // The snapshot was taken at 5, after producer 7's batches [1, 3) and [3, 5); the crash
+    // lost [3, 5), so the log ends at 3.
+    let mut taken = Producers::default();
+    taken.record(idempotent(0, 2).stamped(Offset(1), Epoch(1)).header());
+    taken.record(idempotent(2, 2).stamped(Offset(3), Epoch(1)).header());
+    let (through, snapshot) =
+        Producers::decode_snapshot(&taken.encode_snapshot(Offset(5))).unwrap();
+    let recovered = Recovered {
+        promised_epoch: Epoch(1),
+        epoch_history: vec![(Epoch(1), Offset(0))],
+        log_start: Offset::ZERO,
+        log_end: Offset(3),
+    };
+    let config = Config::for_tests();
+    let (mut leader, _) = Replica::new(config.clone(), A, vec![A], recovered, Millis(0)).unwrap();
+    leader.restore_producers(snapshot, through);
+    let now = Millis(config.election_timeout_ms);
+    leader.step(now, Input::Tick);
+    leader.step(now, Input::PromisePersisted { epoch: Epoch(2) });
+    leader.step(now, Input::Durable { log_end: Offset(4) });
+    assert_eq!(leader.status().role, Role::Leader);
+    // The kept batch is still recognised; the lost one is new again, and continues it.
+    assert_eq!(
+        leader.step(now, produce(1, idempotent(0, 2))),
+        vec![reply(1, 1, 2, true)]
+    );
+    let effects = leader.step(now, produce(2, idempotent(2, 2)));
+    assert!(
+        matches!(effects.first(), Some(Effect::Append { batches }) if batches[0].base_offset() == Offset(4)),
+        "{effects:?}"
+    );
 }

@@ -1,11 +1,14 @@
 //! Idempotent producers (DESIGN section 6): what one partition replica remembers of each
 //! producer id, so that its leader writes a retried batch once.
 //!
-//! The state is derived from the log alone: every batch header carries the producer id,
-//! epoch and first sequence (inside the checksum), and every replica records each batch it
-//! appends, leader or follower. So the state travels with the log, survives a leader change
-//! without any message of its own, is cut back with the log on truncation, and is rebuilt
-//! after a restart by reading batch headers back ([`crate::Replica::recover_producers`]).
+//! The state is derived from the log: every batch header carries the producer id, epoch and
+//! first sequence (inside the checksum), and every replica records each batch it appends,
+//! leader or follower. So the state travels with the log, survives a leader change without
+//! any message of its own, and is cut back with the log on truncation. A replica also keeps a
+//! snapshot of it with the log ([`Producers::encode_snapshot`], Kafka's producer snapshot
+//! files): after a restart the state is the snapshot plus the headers of the batches written
+//! after it ([`crate::Replica::recover_producers`]), whatever the log's length, so a producer
+//! is not forgotten because many other batches were written since its last one.
 //!
 //! Per producer id it keeps the epoch and the last [`PRODUCER_BATCHES_KEPT`] batches (their
 //! sequence ranges and offsets), as Kafka does: a producer keeps at most that many batches in
@@ -13,8 +16,12 @@
 //!
 //! The rules, Kafka's (`ProducerStateManager`), for a batch of producer `p`, epoch `e`:
 //!
-//! - `p` unknown here (new, or its batches fell out of the retained log): accepted whatever
-//!   its sequence. Refusing would strand a producer whose history retention removed.
+//! - `p` unknown here: accepted from sequence 0 (a new producer, or a new incarnation), and
+//!   refused with `UnknownProducerId` at any other sequence (Kafka before KIP-360 answers the
+//!   same; after it, `OutOfOrderSequence` with an epoch bump by the client). Accepting it, as
+//!   this did, let a retry of a batch written long ago be written twice. The refusal is not
+//!   retriable, so a client fails the batch instead of retrying it forever. A producer is
+//!   unknown only if it never wrote here, or was evicted past [`PRODUCERS_MAX`].
 //! - `e` below the known epoch: fenced, `InvalidProducerEpoch`.
 //! - `e` above the known epoch: a new incarnation; accepted only from sequence 0.
 //! - same epoch, same sequence range as a kept batch: a duplicate, answered with that
@@ -34,6 +41,61 @@ pub const PRODUCER_BATCHES_KEPT: usize = 5;
 /// in the log is forgotten (it is then treated as unknown: accepted whatever its sequence).
 pub const PRODUCERS_MAX: usize = 10_000;
 
+/// Version byte of [`Producers::encode_snapshot`].
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// Why stored snapshot bytes could not be read back. The caller then rebuilds the state from
+/// the log's tail instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("producer snapshot version {0} is not supported")]
+    Version(u8),
+    #[error("producer snapshot ends early")]
+    Truncated,
+    #[error("producer snapshot is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// Big-endian fields off the front of a byte slice, each length checked.
+struct SnapshotReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl SnapshotReader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
+        let (head, rest) = self
+            .bytes
+            .split_first_chunk::<N>()
+            .ok_or(SnapshotError::Truncated)?;
+        self.bytes = rest;
+        Ok(*head)
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn i16(&mut self) -> Result<i16, SnapshotError> {
+        Ok(i16::from_be_bytes(self.take()?))
+    }
+
+    fn i32(&mut self) -> Result<i32, SnapshotError> {
+        Ok(i32::from_be_bytes(self.take()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_be_bytes(self.take()?))
+    }
+
+    fn i64(&mut self) -> Result<i64, SnapshotError> {
+        Ok(i64::from_be_bytes(self.take()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(u64::from_be_bytes(self.take()?))
+    }
+}
+
 /// One batch of a producer, as the log holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducerBatch {
@@ -47,8 +109,13 @@ pub struct ProducerBatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ProducerEntry {
     epoch: i16,
-    /// Oldest first; never empty, at most [`PRODUCER_BATCHES_KEPT`].
+    /// Oldest first; at most [`PRODUCER_BATCHES_KEPT`]. Empty only after a truncation cut
+    /// every kept batch: the producer is still known, and resumes at `next_sequence`.
     batches: VecDeque<ProducerBatch>,
+    /// The first sequence of the producer's next batch in this epoch.
+    next_sequence: i32,
+    /// The end of the producer's newest batch in the log (which producer is stalest).
+    last_offset: Offset,
 }
 
 /// What the leader should do with a produced batch.
@@ -88,10 +155,17 @@ impl Producers {
         if !header.has_producer() {
             return Ok(Admission::Append);
         }
-        let Some(entry) = self.entries.get(&header.producer_id) else {
-            return Ok(Admission::Append);
-        };
         let received = header.base_sequence;
+        let Some(entry) = self.entries.get(&header.producer_id) else {
+            return if received == 0 {
+                Ok(Admission::Append)
+            } else {
+                Err(ApiError::UnknownProducerId {
+                    producer_id: header.producer_id,
+                    received,
+                })
+            };
+        };
         if header.producer_epoch < entry.epoch {
             return Err(ApiError::InvalidProducerEpoch {
                 producer_id: header.producer_id,
@@ -118,11 +192,7 @@ impl Producers {
         {
             return Ok(Admission::Duplicate(*written));
         }
-        let newest = entry
-            .batches
-            .back()
-            .expect("an entry keeps at least one batch");
-        let expected = sequence_after(newest.last_sequence, 1);
+        let expected = entry.next_sequence;
         if received == expected {
             Ok(Admission::Append)
         } else {
@@ -156,43 +226,146 @@ impl Producers {
             .or_insert_with(|| ProducerEntry {
                 epoch: header.producer_epoch,
                 batches: VecDeque::with_capacity(PRODUCER_BATCHES_KEPT),
+                next_sequence: 0,
+                last_offset: Offset::ZERO,
             });
         if entry.epoch != header.producer_epoch {
             entry.epoch = header.producer_epoch;
             entry.batches.clear();
         }
+        entry.next_sequence = sequence_after(batch.last_sequence, 1);
+        entry.last_offset = batch.next_offset;
         entry.batches.push_back(batch);
         while entry.batches.len() > PRODUCER_BATCHES_KEPT {
             entry.batches.pop_front();
         }
     }
 
-    /// The log lost every batch at or above `from`: so does the state. A producer left with
-    /// no batch is forgotten (unknown again), since what came before its window is unknown.
+    /// The log lost every batch at or above `from`: so does the state. A producer whose
+    /// batches were all cut stays known, expecting the first cut sequence again (the retry
+    /// of the cut batch); one that first wrote in the cut part is forgotten.
     pub fn truncate(&mut self, from: Offset) {
         self.entries.retain(|_, entry| {
-            while entry
-                .batches
-                .back()
-                .is_some_and(|batch| batch.base_offset >= from)
-            {
-                entry.batches.pop_back();
+            if entry.last_offset <= from {
+                return true;
             }
-            !entry.batches.is_empty()
+            while let Some(batch) = entry.batches.back().copied() {
+                if batch.base_offset < from {
+                    break;
+                }
+                entry.batches.pop_back();
+                entry.next_sequence = batch.first_sequence;
+                entry.last_offset = batch.base_offset;
+            }
+            // Every kept batch was cut and the first of them began the epoch's sequence: the
+            // producer's first batch here was cut too.
+            !(entry.batches.is_empty() && entry.next_sequence == 0)
         });
+    }
+
+    /// The state as bytes, for the log's metadata: written when the log ends at `through`
+    /// (every batch below it recorded, none above). Big-endian, versioned:
+    /// `version u8, through u64, count u32`, then per producer `id i64, epoch i16,
+    /// next_sequence i32, last_offset u64, batches u8` and per batch `first_sequence i32,
+    /// last_sequence i32, base_offset u64, next_offset u64`. Producers in id order, so equal
+    /// states give equal bytes.
+    pub fn encode_snapshot(&self, through: Offset) -> Vec<u8> {
+        let mut ids: Vec<&i64> = self.entries.keys().collect();
+        ids.sort_unstable();
+        let mut bytes = Vec::with_capacity(13 + ids.len() * (27 + 2 * 24));
+        bytes.push(SNAPSHOT_VERSION);
+        bytes.extend_from_slice(&through.0.to_be_bytes());
+        bytes.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            let entry = &self.entries[id];
+            bytes.extend_from_slice(&id.to_be_bytes());
+            bytes.extend_from_slice(&entry.epoch.to_be_bytes());
+            bytes.extend_from_slice(&entry.next_sequence.to_be_bytes());
+            bytes.extend_from_slice(&entry.last_offset.0.to_be_bytes());
+            bytes.push(entry.batches.len() as u8);
+            for batch in &entry.batches {
+                bytes.extend_from_slice(&batch.first_sequence.to_be_bytes());
+                bytes.extend_from_slice(&batch.last_sequence.to_be_bytes());
+                bytes.extend_from_slice(&batch.base_offset.0.to_be_bytes());
+                bytes.extend_from_slice(&batch.next_offset.0.to_be_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// Reads back [`Producers::encode_snapshot`]: the state and the log end it was taken at.
+    /// Checks counts and offsets before it builds anything; bad bytes are a typed error.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<(Offset, Producers), SnapshotError> {
+        let mut reader = SnapshotReader { bytes };
+        let version = reader.u8()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        let through = Offset(reader.u64()?);
+        let count = reader.u32()? as usize;
+        if count > PRODUCERS_MAX {
+            return Err(SnapshotError::Malformed(
+                "more producers than PRODUCERS_MAX",
+            ));
+        }
+        let mut entries = HashMap::with_capacity(count);
+        for _ in 0..count {
+            let id = reader.i64()?;
+            let epoch = reader.i16()?;
+            let next_sequence = reader.i32()?;
+            let last_offset = Offset(reader.u64()?);
+            let kept = reader.u8()? as usize;
+            if kept > PRODUCER_BATCHES_KEPT {
+                return Err(SnapshotError::Malformed(
+                    "more batches than PRODUCER_BATCHES_KEPT",
+                ));
+            }
+            let mut batches = VecDeque::with_capacity(kept);
+            for _ in 0..kept {
+                let batch = ProducerBatch {
+                    first_sequence: reader.i32()?,
+                    last_sequence: reader.i32()?,
+                    base_offset: Offset(reader.u64()?),
+                    next_offset: Offset(reader.u64()?),
+                };
+                let after_previous = batches.back().is_none_or(|previous: &ProducerBatch| {
+                    previous.next_offset <= batch.base_offset
+                });
+                if batch.next_offset <= batch.base_offset || !after_previous {
+                    return Err(SnapshotError::Malformed("batches out of offset order"));
+                }
+                batches.push_back(batch);
+            }
+            if batches
+                .back()
+                .is_some_and(|batch| batch.next_offset != last_offset)
+                || last_offset > through
+            {
+                return Err(SnapshotError::Malformed(
+                    "a producer's last offset is inconsistent",
+                ));
+            }
+            let entry = ProducerEntry {
+                epoch,
+                batches,
+                next_sequence,
+                last_offset,
+            };
+            if entries.insert(id, entry).is_some() {
+                return Err(SnapshotError::Malformed("a producer id twice"));
+            }
+        }
+        if !reader.bytes.is_empty() {
+            return Err(SnapshotError::Malformed("bytes after the last producer"));
+        }
+        Ok((through, Producers { entries }))
     }
 
     fn evict_oldest(&mut self) {
         let oldest = self
             .entries
             .iter()
-            .min_by_key(|(_, entry)| {
-                entry
-                    .batches
-                    .back()
-                    .map(|batch| batch.next_offset)
-                    .unwrap_or(Offset::ZERO)
-            })
+            .min_by_key(|(_, entry)| entry.last_offset)
             .map(|(&producer_id, _)| producer_id);
         if let Some(producer_id) = oldest {
             self.entries.remove(&producer_id);
@@ -274,10 +447,74 @@ mod tests {
     }
 
     #[test]
-    fn unknown_producers_are_accepted_at_any_sequence() {
+    fn an_unknown_producer_starts_at_sequence_zero_and_is_refused_elsewhere() {
         let producers = Producers::default();
         assert_eq!(
             producers.check(produced(9, 3, 41, 1, 0).header()),
+            Err(ApiError::UnknownProducerId {
+                producer_id: 9,
+                received: 41,
+            })
+        );
+        assert_eq!(
+            producers.check(produced(9, 3, 0, 1, 0).header()),
+            Ok(Admission::Append)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_the_same_state_and_bad_bytes_are_refused() {
+        let mut producers = Producers::default();
+        for index in 0..7u64 {
+            producers.record(produced(7, 0, index as i32, 1, index).header());
+        }
+        producers.record(produced(8, 2, 0, 3, 7).header());
+        producers.record(produced(9, 0, 0, 1, 10).header());
+        producers.truncate(Offset(10));
+        let bytes = producers.encode_snapshot(Offset(10));
+        let (through, read) = Producers::decode_snapshot(&bytes).unwrap();
+        assert_eq!(through, Offset(10));
+        assert_eq!(read, producers);
+        assert_eq!(read.encode_snapshot(Offset(10)), bytes);
+        // Every prefix is refused, and so are trailing bytes and another version.
+        for end in 0..bytes.len() {
+            assert!(
+                Producers::decode_snapshot(&bytes[..end]).is_err(),
+                "prefix {end}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Producers::decode_snapshot(&longer).is_err());
+        let mut other = bytes.clone();
+        other[0] = 2;
+        assert_eq!(
+            Producers::decode_snapshot(&other),
+            Err(SnapshotError::Version(2))
+        );
+        // A count past the limit is refused before anything is allocated for it.
+        let mut huge = bytes.clone();
+        huge[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            Producers::decode_snapshot(&huge),
+            Err(SnapshotError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_producer_whose_kept_batches_were_all_cut_resumes_at_the_first_cut_sequence() {
+        let mut producers = Producers::default();
+        for index in 0..8u64 {
+            producers.record(produced(7, 0, index as i32, 1, index).header());
+        }
+        producers.truncate(Offset(3));
+        assert_eq!(producers.batches_of(7), Some((0, vec![])));
+        assert_eq!(
+            producers.check(produced(7, 0, 4, 1, 0).header()),
+            out_of_order(7, 3, 4)
+        );
+        assert_eq!(
+            producers.check(produced(7, 0, 3, 1, 0).header()),
             Ok(Admission::Append)
         );
     }

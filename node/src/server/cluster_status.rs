@@ -26,7 +26,7 @@ pub fn handle<S: LogStore>(
         match broker.topic_metadata(&name) {
             Ok(topic) => topics.push(topic),
             // Deleted since the names were read: it is no longer part of the cluster.
-            Err(ApiError::UnknownTopic { .. }) => {}
+            Err(ApiError::UnknownTopic { .. } | ApiError::NotReady { .. }) => {}
             Err(error) => return Err(error),
         }
     }
