@@ -23,13 +23,14 @@
 //! every [`SledLog`] before opening the same directory again.
 
 use crate::core::{time_from_key, time_key, u64_from_bytes, Backend, LogState};
+use crate::watermark::{Watermark, WatermarkFile, WatermarkTable};
 use crate::{EpochStart, LogStore, PartitionLog, RetentionPolicy, StorageError};
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::{Epoch, Offset};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 const DATA_PREFIX: &str = "data/";
@@ -45,6 +46,12 @@ pub struct SledConfig {
     /// `fdatasync` the database file after each flush: survives power loss, costs about a
     /// third of the append throughput (see the module comment). Off by default.
     pub sync_data: bool,
+    /// When sled cannot open the database because its files are damaged (it reports
+    /// corruption, or panics: random bytes in its log make it do either), move the directory
+    /// aside to `<path>.damaged-<unix ms>` and start an empty database instead, keeping the
+    /// watermarks, so that every replica opens shorter than its watermark and repairs
+    /// from its peers (see [`SledStore::rebuilt_from`]). Off: the open fails.
+    pub rebuild_when_damaged: bool,
 }
 
 impl Default for SledConfig {
@@ -52,6 +59,7 @@ impl Default for SledConfig {
         SledConfig {
             cache_capacity_bytes: 64 * 1024 * 1024,
             sync_data: false,
+            rebuild_when_damaged: false,
         }
     }
 }
@@ -187,6 +195,8 @@ struct SledLogInner {
     name: String,
     state: LogState,
     backend: SledBackend,
+    /// The store's table, shared by every log: this log's entry lives there.
+    watermarks: Arc<Mutex<WatermarkTable>>,
     /// Set by `remove_log`: the trees are gone, every later call is refused.
     removed: bool,
 }
@@ -197,6 +207,41 @@ struct SledStoreInner {
     db_file: Option<File>,
     /// Logs currently open, so that two handles of one log share one cached state.
     open_logs: Mutex<HashMap<String, Weak<Mutex<SledLogInner>>>>,
+    /// Every log's watermark, and the file that keeps them (rewritten by `flush`).
+    watermarks: Arc<Mutex<WatermarkTable>>,
+    watermark_file: WatermarkFile,
+    /// Where the damaged database was moved when this store had to start empty.
+    rebuilt_from: Option<PathBuf>,
+}
+
+fn lock_table(table: &Mutex<WatermarkTable>) -> MutexGuard<'_, WatermarkTable> {
+    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether a failed open means damaged files (worth a rebuild) rather than an environment
+/// problem (permissions, a lock held by another process), which a rebuild would not fix.
+fn damaged_files(error: &sled::Error) -> bool {
+    matches!(
+        error,
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
+    )
+}
+
+/// Opens sled, turning a panic inside its recovery into an error: damaged files make sled
+/// 0.34 panic as often as they make it report corruption.
+fn open_sled(config: &sled::Config) -> Result<sled::Db, (String, bool)> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(error)) => Err((error.to_string(), damaged_files(&error))),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err((format!("sled panicked while recovering: {message}"), true))
+        }
+    }
 }
 
 /// One sled database holding every partition log of a node. Cheap to clone.
@@ -222,12 +267,41 @@ impl SledStore {
         config: SledConfig,
     ) -> Result<SledStore, StorageError> {
         let path = path.as_ref();
-        let db = sled::Config::new()
+        let watermark_file = WatermarkFile::inside(path, config.sync_data);
+        let mut watermarks = watermark_file.load()?;
+        let sled_config = sled::Config::new()
             .path(path)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(io)?;
+            .flush_every_ms(None);
+        let mut rebuilt_from = None;
+        let db = match open_sled(&sled_config) {
+            Ok(db) => db,
+            Err((reason, damaged)) if damaged && config.rebuild_when_damaged => {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|elapsed| elapsed.as_millis())
+                    .unwrap_or(0);
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".damaged-{unix_ms}"));
+                let aside = PathBuf::from(aside);
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "the database is damaged and cannot be opened: it is moved aside and every \
+                     replica starts empty, to be repaired from its peers"
+                );
+                std::fs::rename(path, &aside).map_err(io)?;
+                rebuilt_from = Some(aside);
+                let db =
+                    open_sled(&sled_config).map_err(|(reason, _)| StorageError::Io(reason))?;
+                // The watermarks moved aside with the database; the new one keeps them.
+                watermarks.dirty = true;
+                watermark_file.store(&mut watermarks)?;
+                db
+            }
+            Err((reason, _)) => return Err(StorageError::Io(reason)),
+        };
         let db_file = if config.sync_data {
             Some(File::open(path.join("db")).map_err(io)?)
         } else {
@@ -238,8 +312,22 @@ impl SledStore {
                 db,
                 db_file,
                 open_logs: Mutex::new(HashMap::new()),
+                watermarks: Arc::new(Mutex::new(watermarks)),
+                watermark_file,
+                rebuilt_from,
             }),
         })
+    }
+
+    /// Where the damaged database went, when [`SledConfig::rebuild_when_damaged`] had to
+    /// start this store empty; `None` after a normal open.
+    pub fn rebuilt_from(&self) -> Option<&Path> {
+        self.inner.rebuilt_from.as_deref()
+    }
+
+    /// The watermark file (see [`crate::watermark`]).
+    pub fn watermark_path(&self) -> &Path {
+        self.inner.watermark_file.path()
     }
 
     fn open_logs(&self) -> MutexGuard<'_, HashMap<String, Weak<Mutex<SledLogInner>>>> {
@@ -274,11 +362,14 @@ impl LogStore for SledStore {
             // The data tree last: its presence is what lists a log in `log_names`.
             data: db.open_tree(data_tree_name(name)).map_err(io)?,
         };
-        let state = LogState::open(&mut backend)?;
+        let mut state = LogState::open(&mut backend)?;
+        let watermark = lock_table(&self.inner.watermarks).get(name);
+        state.promised_epoch = state.promised_epoch.max(watermark.promised_epoch);
         let shared = Arc::new(Mutex::new(SledLogInner {
             name: name.to_owned(),
             state,
             backend,
+            watermarks: Arc::clone(&self.inner.watermarks),
             removed: false,
         }));
         open_logs.retain(|_, log| log.strong_count() > 0);
@@ -294,6 +385,7 @@ impl LogStore for SledStore {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .removed = true;
         }
+        lock_table(&self.inner.watermarks).remove(name);
         let db = &self.inner.db;
         // The data tree first, so that a crash part-way leaves the log unlisted.
         db.drop_tree(data_tree_name(name)).map_err(io)?;
@@ -321,7 +413,9 @@ impl LogStore for SledStore {
         if let Some(file) = &self.inner.db_file {
             file.sync_data().map_err(io)?;
         }
-        Ok(())
+        // After the data: a watermark never names more than the database holds durably.
+        let mut table = lock_table(&self.inner.watermarks);
+        self.inner.watermark_file.store(&mut table)
     }
 }
 
@@ -413,7 +507,43 @@ impl PartitionLog for SledLog {
     }
 
     fn set_promised_epoch(&mut self, epoch: Epoch) -> Result<(), StorageError> {
-        self.with(|state, backend| state.set_promised_epoch(backend, epoch))
+        self.with(|state, backend| state.set_promised_epoch(backend, epoch))?;
+        let inner = self.lock();
+        lock_table(&inner.watermarks).raise(
+            &inner.name,
+            Watermark {
+                committed_end: Offset::ZERO,
+                promised_epoch: epoch,
+            },
+        );
+        Ok(())
+    }
+
+    fn watermark(&self) -> Watermark {
+        let inner = self.lock();
+        let watermark = lock_table(&inner.watermarks).get(&inner.name);
+        watermark
+    }
+
+    fn raise_committed_watermark(&mut self, committed_end: Offset) -> Result<(), StorageError> {
+        self.with(|state, _| {
+            if committed_end > state.log_end {
+                return Err(StorageError::WatermarkBeyondLogEnd {
+                    committed_end,
+                    log_end: state.log_end,
+                });
+            }
+            Ok(())
+        })?;
+        let inner = self.lock();
+        lock_table(&inner.watermarks).raise(
+            &inner.name,
+            Watermark {
+                committed_end,
+                promised_epoch: Epoch::ZERO,
+            },
+        );
+        Ok(())
     }
 
     fn get_value(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
