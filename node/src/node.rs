@@ -56,10 +56,11 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         rebuild_when_damaged: true,
         ..cairn_storage::SledConfig::default()
     };
-    let store = SledStore::open_with(&store_path, store_config).map_err(|error| FatalError::Store {
-        path: store_path.display().to_string(),
-        reason: error.to_string(),
-    })?;
+    let store =
+        SledStore::open_with(&store_path, store_config).map_err(|error| FatalError::Store {
+            path: store_path.display().to_string(),
+            reason: error.to_string(),
+        })?;
     let committer = GroupCommitter::start(store.clone());
     let arbiter_count = std::thread::available_parallelism()
         .map(|cores| cores.get())

@@ -90,10 +90,14 @@ pub enum LogHealth {
     /// It lost committed data (its store recovered an older state, or a stored batch failed
     /// its checksum and the suffix from there was cut) and follows the leader, voting for no
     /// one, until its durable log reaches `until` again.
-    Repairing { until: Offset },
+    Repairing {
+        until: Offset,
+    },
     /// The only replica lost committed data from `offset` on: nobody can repair it, so it
     /// serves nothing (`ApiError::StorageCorrupted`) rather than a shorter log.
-    Corrupted { offset: Offset },
+    Corrupted {
+        offset: Offset,
+    },
 }
 
 /// Bytes read per step when [`inspect_log`] verifies a log.
@@ -161,10 +165,10 @@ pub fn inspect_log<L: PartitionLog>(log: &mut L, replicated: bool) -> Inspection
     if let Some((offset, reason)) = damaged_at {
         // `offset` is the key of the damaged batch, a batch boundary; cutting there keeps the
         // intact prefix. If even that fails, cut everything above the log start.
-        let cut = log
-            .truncate_suffix(offset)
-            .map(|()| offset)
-            .or_else(|_| log.truncate_suffix(log.log_start()).map(|()| log.log_start()));
+        let cut = log.truncate_suffix(offset).map(|()| offset).or_else(|_| {
+            log.truncate_suffix(log.log_start())
+                .map(|()| log.log_start())
+        });
         match cut {
             Ok(at) => truncated = Some((at, reason)),
             Err(error) => {
@@ -1204,7 +1208,10 @@ mod tests {
                 offset: first.plus(2),
             };
             assert_eq!(refused, Err(expected.clone()));
-            assert_eq!(handle.read(first, 1 << 20, false).await.unwrap_err(), expected);
+            assert_eq!(
+                handle.read(first, 1 << 20, false).await.unwrap_err(),
+                expected
+            );
             // Nothing was written: the evidence stays as it was.
             let log = store.open_log("p").unwrap();
             assert_eq!(log.log_end(), first.plus(2));

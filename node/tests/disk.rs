@@ -5,7 +5,9 @@
 //! - the only replica reports itself corrupted (typed error, `cluster status`), never serves a
 //!   shorter log whose offsets would be handed out again;
 //! - one replica of three is repaired from its peers: every acknowledged record still reads
-//!   back, new records get offsets above the old log end, and the damaged replica catches up.
+//!   back, new records get offsets above the old log end, and the damaged replica catches up;
+//!   then another whose database sled cannot open at all is rebuilt from its peers, and the
+//!   two repaired replicas serve every record once the untouched one is gone.
 
 mod support;
 
@@ -72,7 +74,12 @@ fn describe(wire: &mut Wire, topic: &str) -> Result<Vec<PartitionDescription>, A
 }
 
 /// Produces `count` one-record batches `prefix-i` with acks=all; returns (value, offset).
-fn produce_acked(wire: &mut Wire, topic: &str, prefix: &str, count: usize) -> Vec<(String, Offset)> {
+fn produce_acked(
+    wire: &mut Wire,
+    topic: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(String, Offset)> {
     (0..count)
         .map(|index| {
             let value = format!("{prefix}-{index:06}");
@@ -157,7 +164,7 @@ fn a_replica_with_damaged_files_is_repaired_from_its_peers_and_no_offset_is_reus
     cluster.node_mut(damaged).restart();
     let logs = cluster.node(damaged).logs();
     assert!(
-        logs.contains("lost committed data") || logs.contains("database is damaged"),
+        logs.contains("lost committed data"),
         "the damaged node noticed: {logs}"
     );
     // The partition keeps serving from the replicas that hold the data; new records land above
@@ -180,8 +187,8 @@ fn a_replica_with_damaged_files_is_repaired_from_its_peers_and_no_offset_is_reus
     let new_end = more.last().unwrap().1.plus(1);
     let repaired = eventually(Duration::from_secs(30), || {
         let mut wire = cluster.node(damaged).wire();
-        let caught_up = describe(&mut wire, "r")
-            .is_ok_and(|partitions| partitions[0].log_end >= new_end);
+        let caught_up =
+            describe(&mut wire, "r").is_ok_and(|partitions| partitions[0].log_end >= new_end);
         let status = cluster_status(&mut wire);
         caught_up
             && status
@@ -190,9 +197,37 @@ fn a_replica_with_damaged_files_is_repaired_from_its_peers_and_no_offset_is_reus
                 .all(|partition| partition.repairing_replicas.is_empty())
     });
     assert!(repaired, "not repaired:\n{}", cluster.logs());
-    // The repaired replica holds the records itself: stop the others' leader and read again.
-    let others: Vec<u32> = (1..=3).filter(|id| *id != damaged).collect();
-    let survivor = others.into_iter().find(|id| *id != leader).unwrap();
+    // Now the other follower, with random bytes in sled's log and in its config file: sled
+    // cannot open that database at all (it reports corruption; other damage makes it panic
+    // while recovering), so the node moves it aside, starts empty and is rebuilt from its
+    // peers, `__meta` included.
+    let rebuilt = (1..=3).find(|id| *id != damaged && *id != leader).unwrap();
+    assert!(cluster.node_mut(rebuilt).terminate().success());
+    damage(
+        &sled_log_file(cluster.node(rebuilt)),
+        &[0.03, 0.4, 0.7],
+        1.0,
+        11,
+    );
+    let sled_config_file = cluster.node(rebuilt).data_dir().join("store").join("conf");
+    damage(&sled_config_file, &[0.2], 1.0, 13);
+    cluster.node_mut(rebuilt).restart();
+    let logs = cluster.node(rebuilt).logs();
+    assert!(
+        logs.contains("database is damaged") && logs.contains("lost committed data"),
+        "the damaged node noticed: {logs}"
+    );
+    let rebuilt_in_sync = eventually(Duration::from_secs(30), || {
+        let mut wire = cluster.node(rebuilt).wire();
+        describe(&mut wire, "r").is_ok_and(|partitions| partitions[0].log_end >= new_end)
+            && cluster_status(&mut wire)
+                .partitions
+                .iter()
+                .all(|partition| partition.repairing_replicas.is_empty())
+    });
+    assert!(rebuilt_in_sync, "not rebuilt:\n{}", cluster.logs());
+    // The two repaired replicas hold the records themselves: stop the leader, read again.
+    let (survivor, damaged) = (rebuilt, damaged);
     cluster.node_mut(leader).kill();
     let mut wires = [cluster.node(survivor).wire(), cluster.node(damaged).wire()];
     let mut read = Vec::new();

@@ -1153,7 +1153,10 @@ impl Replica {
         };
         let covered = flushed.log_end.min(log_end).min(self.log_end);
         self.durable_end = self.durable_end.max(covered);
-        if self.repair_until.is_some_and(|until| self.durable_end >= until) {
+        if self
+            .repair_until
+            .is_some_and(|until| self.durable_end >= until)
+        {
             self.repair_until = None;
         }
         if self.role == Role::Leader {

@@ -215,24 +215,30 @@ struct SledStoreInner {
 }
 
 fn lock_table(table: &Mutex<WatermarkTable>) -> MutexGuard<'_, WatermarkTable> {
-    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether a failed open means damaged files (worth a rebuild) rather than an environment
 /// problem (permissions, a lock held by another process), which a rebuild would not fix.
-fn damaged_files(error: &sled::Error) -> bool {
-    matches!(
-        error,
-        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
-    )
+/// sled calls a database whose config file it cannot parse "unsupported" (made by an older
+/// sled); a store that has a watermark file was written by this version, so for it that can
+/// only mean damage.
+fn damaged_files(error: &sled::Error, written_by_us: bool) -> bool {
+    match error {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        sled::Error::Unsupported(_) => written_by_us,
+        _ => false,
+    }
 }
 
 /// Opens sled, turning a panic inside its recovery into an error: damaged files make sled
 /// 0.34 panic as often as they make it report corruption.
-fn open_sled(config: &sled::Config) -> Result<sled::Db, (String, bool)> {
+fn open_sled(config: &sled::Config, written_by_us: bool) -> Result<sled::Db, (String, bool)> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(error)) => Err((error.to_string(), damaged_files(&error))),
+        Ok(Err(error)) => Err((error.to_string(), damaged_files(&error, written_by_us))),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -274,7 +280,8 @@ impl SledStore {
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(None);
         let mut rebuilt_from = None;
-        let db = match open_sled(&sled_config) {
+        let written_by_us = watermark_file.path().exists();
+        let db = match open_sled(&sled_config, written_by_us) {
             Ok(db) => db,
             Err((reason, damaged)) if damaged && config.rebuild_when_damaged => {
                 let unix_ms = std::time::SystemTime::now()
@@ -293,8 +300,8 @@ impl SledStore {
                 );
                 std::fs::rename(path, &aside).map_err(io)?;
                 rebuilt_from = Some(aside);
-                let db =
-                    open_sled(&sled_config).map_err(|(reason, _)| StorageError::Io(reason))?;
+                let db = open_sled(&sled_config, false)
+                    .map_err(|(reason, _)| StorageError::Io(reason))?;
                 // The watermarks moved aside with the database; the new one keeps them.
                 watermarks.dirty = true;
                 watermark_file.store(&mut watermarks)?;

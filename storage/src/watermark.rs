@@ -120,15 +120,21 @@ impl<'a> Cursor<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, StorageError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, StorageError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, StorageError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -265,7 +271,10 @@ mod tests {
             let mut damaged = bytes.clone();
             damaged[index] ^= 0x10;
             assert!(
-                matches!(decode(&damaged), Err(StorageError::WatermarksDamaged { .. })),
+                matches!(
+                    decode(&damaged),
+                    Err(StorageError::WatermarksDamaged { .. })
+                ),
                 "byte {index}"
             );
             assert!(

@@ -616,7 +616,11 @@ fn keeps_watermarks_across_restarts_and_forgets_removed_logs<F: Fixture>() {
     drop((log, store));
     let store = fixture.restart();
     let other = store.open_log("q").unwrap();
-    assert_eq!(other.watermark(), Watermark::default(), "a removed log's is gone");
+    assert_eq!(
+        other.watermark(),
+        Watermark::default(),
+        "a removed log's is gone"
+    );
 }
 
 macro_rules! conformance {

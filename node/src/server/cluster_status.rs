@@ -8,12 +8,12 @@
 
 use crate::broker::Broker;
 use crate::meta::META_TOPIC;
+use crate::partition::LogHealth;
 use cairn_protocol::messages::{
     ClusterStatusRequest, ClusterStatusResponse, Liveness, NodeStatus, PartitionDescription,
     PartitionStatus, Response, TopicMetadata,
 };
 use cairn_protocol::{ApiError, NodeId};
-use crate::partition::LogHealth;
 use cairn_storage::LogStore;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -136,7 +136,13 @@ impl View {
             .get(&(topic.to_string(), partition))
             .copied()
             .unwrap_or(LogHealth::Healthy);
-        let mine = |wanted: bool| if wanted { vec![self.node_id] } else { Vec::new() };
+        let mine = |wanted: bool| {
+            if wanted {
+                vec![self.node_id]
+            } else {
+                Vec::new()
+            }
+        };
         PartitionStatus {
             topic: topic.to_string(),
             partition,
