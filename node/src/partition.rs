@@ -446,6 +446,11 @@ impl<S: LogStore> PartitionHandle<S> {
                 published: None,
                 corrupted,
                 watermark_recorded: Offset::ZERO,
+                node: spec.node,
+                voters: spec.voters,
+                replica_config: spec.replica_config,
+                generation: 0,
+                storage_failed: false,
             };
             if corrupted.is_some() {
                 // Nothing runs: no tick, no vote, no reply but the refusal.
@@ -577,7 +582,20 @@ pub struct PartitionActor<S: LogStore> {
     corrupted: Option<Offset>,
     /// The committed end last recorded in the log's watermark.
     watermark_recorded: Offset,
+    /// What the replica is rebuilt from after a storage failure.
+    node: NodeId,
+    voters: Vec<NodeId>,
+    replica_config: cairn_replica::Config,
+    /// Counts replica rebuilds: a flush asked for by an earlier replica feeds nothing to a
+    /// later one.
+    generation: u64,
+    /// Storage failed and the replica is inert; a timer retries (see
+    /// [`PartitionActor::retry_storage`]). Committed reads are still served meanwhile.
+    storage_failed: bool,
 }
+
+/// How often an inert replica checks whether its storage works again (a full disk freed).
+const STORAGE_RETRY_MS: u64 = 1_000;
 
 impl<S: LogStore> Actor for PartitionActor<S> {
     type Context = Context<Self>;
@@ -611,12 +629,99 @@ impl<S: LogStore> PartitionActor<S> {
                 "partition {}: effects keep producing inputs",
                 self.log_name
             );
+            if matches!(input, Input::StorageFailed { .. }) && !self.storage_failed {
+                self.storage_failed = true;
+                ctx.run_later(Duration::from_millis(STORAGE_RETRY_MS), |actor, ctx| {
+                    actor.retry_storage(ctx)
+                });
+            }
             let effects = self.replica.step(self.clock.now(), input);
             if let Some(failure) = self.execute(ctx, effects) {
                 self.follow_ups.push_back(failure);
             }
         }
         self.arm_tick(ctx);
+    }
+
+    /// Retries a failed store: a flush that succeeds makes everything the log holds durable
+    /// (with sled, the store must have reopened first), and then the replica is rebuilt from
+    /// the log as after a restart: it waits out any lease it granted, is elected again, and
+    /// writes resume without a restart. Until then, committed reads go on. Requests waiting
+    /// on the old replica are answered `Storage` (indeterminate: their batch may commit).
+    fn retry_storage(&mut self, ctx: &mut Context<Self>) {
+        if self.log.is_none() || !self.storage_failed {
+            return;
+        }
+        let flushed = self.committer.request();
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(flushed).map(
+            |result, actor, ctx| match result {
+                Ok(()) => actor.rebuild_replica(ctx),
+                Err(error) => {
+                    tracing::debug!(partition = %actor.log_name, %error, "storage still failing");
+                    ctx.run_later(Duration::from_millis(STORAGE_RETRY_MS), |actor, ctx| {
+                        actor.retry_storage(ctx)
+                    });
+                }
+            },
+        ));
+    }
+
+    fn rebuild_replica(&mut self, ctx: &mut Context<Self>) {
+        let Some(log) = self.log.as_ref() else {
+            return;
+        };
+        let recovered = Recovered {
+            promised_epoch: log.promised_epoch(),
+            epoch_history: log
+                .epoch_history()
+                .into_iter()
+                .map(|entry| (entry.epoch, entry.start_offset))
+                .collect(),
+            log_start: log.log_start(),
+            log_end: log.log_end(),
+        };
+        let rebuilt = Replica::new(
+            self.replica_config.clone(),
+            self.node,
+            self.voters.clone(),
+            recovered,
+            self.clock.now(),
+        );
+        let (mut replica, effects) = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(error) => {
+                tracing::error!(partition = %self.log_name, %error, "cannot rebuild the replica");
+                return;
+            }
+        };
+        if let Err(error) = recover_producers(&mut replica, &**log) {
+            tracing::warn!(partition = %self.log_name, %error, "cannot read back producer state");
+        }
+        replica.set_jitter_salt(jitter_salt(&self.log_name));
+        let reason = "storage failed; the batch may or may not be written".to_string();
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(ApiError::Storage {
+                reason: reason.clone(),
+            }));
+        }
+        self.replica = replica;
+        self.generation += 1;
+        self.flushes_requested = 0;
+        self.flushes_fed = 0;
+        self.flushes_completed.clear();
+        self.storage_failed = false;
+        if let Some((_, handle)) = self.tick_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .storage_failure = None;
+        self.published = None;
+        tracing::info!(partition = %self.log_name, "storage works again: the replica is rebuilt");
+        self.execute(ctx, effects);
+        self.run(ctx, Input::LeaderSuspected);
     }
 
     /// Arms the tick timer for when the replica next needs a tick. An idle partition then
@@ -737,8 +842,13 @@ impl<S: LogStore> PartitionActor<S> {
         let sequence = self.flushes_requested;
         self.flushes_requested += 1;
         let flushed = self.committer.request();
+        let generation = self.generation;
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(flushed).map(move |result, actor, ctx| {
+                if actor.generation != generation {
+                    // Asked for by a replica since rebuilt: its appends are not this one's.
+                    return;
+                }
                 let input = match result {
                     Ok(()) => then,
                     Err(error) => Input::StorageFailed {
@@ -993,7 +1103,11 @@ impl<S: LogStore> Handler<Read> for PartitionActor<S> {
             return Err(gone);
         };
         let status = self.replica.status();
-        if !message.any_role && status.role != Role::Leader {
+        // A replica whose storage failed still serves what it knows to be committed, while no
+        // other leader is known: with a full disk, consumers keep reading (DESIGN 5.7 lets a
+        // deposed leader serve a committed prefix).
+        let serving_while_failed = self.storage_failed && status.leader.is_none();
+        if !message.any_role && status.role != Role::Leader && !serving_while_failed {
             return Err(ApiError::NotLeader {
                 leader_hint: status.leader,
                 epoch: status.epoch,
@@ -1246,6 +1360,49 @@ mod tests {
             inspect_log(&mut log, false).health,
             LogHealth::Corrupted { offset: Offset(1) }
         );
+    }
+
+    /// Regression (issue 14): after a failed flush (a full disk) reads failed too, and writes
+    /// never resumed without a restart.
+    #[test]
+    fn while_flushes_fail_committed_reads_go_on_and_writes_resume_once_they_work() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 256);
+            led(&handle).await;
+            let first = handle.shared.high_watermark();
+            for _ in 0..3 {
+                let reply = handle.produce(batch(b"x"), Acks::All).unwrap();
+                reply.await.unwrap().unwrap();
+            }
+            store.fail_flushes(Some("No space left on device (os error 28)"));
+            let refused = handle
+                .produce(batch(b"full"), Acks::All)
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(
+                matches!(&refused, Err(error @ ApiError::Storage { .. }) if error.is_retriable()),
+                "{refused:?}"
+            );
+            let read = handle.read(first, 1 << 20, false).await.unwrap();
+            assert_eq!(read.batches.len(), 3, "committed records are still served");
+            assert_eq!(read.high_watermark, first.plus(3));
+            // Space returns: the replica retries by itself and is elected again.
+            store.fail_flushes(None);
+            let mut resumed = None;
+            for _ in 0..200 {
+                let reply = handle.produce(batch(b"y"), Acks::All).unwrap();
+                if let Ok(Ok(response)) = reply.await {
+                    resumed = Some(response.base_offset);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let resumed = resumed.expect("writes resumed without a restart");
+            assert!(resumed >= first.plus(3), "offset {resumed} reused");
+            assert!(handle.shared.snapshot().storage_failure.is_none());
+        });
     }
 
     #[test]

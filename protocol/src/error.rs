@@ -182,6 +182,9 @@ impl ApiError {
                 | ApiError::CoordinatorLoadInProgress
                 | ApiError::CoordinatorNotAvailable
                 | ApiError::StaleMemberEpoch { .. }
+                // The node's storage failed (a full disk, say); its replicas retry by
+                // themselves and writes resume once the store works again.
+                | ApiError::Storage { .. }
         )
     }
 

@@ -185,6 +185,8 @@ struct MemoryInner {
     /// Watermarks as recorded, and as of the last flush (what a crash leaves).
     watermarks: WatermarkTable,
     durable_watermarks: BTreeMap<String, Watermark>,
+    /// Set by [`MemoryStore::fail_flushes`]: every flush fails with this, keeping its journal.
+    flush_failure: Option<String>,
 }
 
 /// The in-memory store. Clones share one state, as clones of a sled database do.
@@ -267,6 +269,13 @@ impl MemoryStore {
         self.crash();
     }
 
+    /// Fault hook: while `Some`, every flush fails with [`StorageError::Io`] carrying this
+    /// reason (a full disk, say) and makes nothing durable; reads and buffered writes go on.
+    /// `None` lets flushes succeed again, each covering everything written meanwhile.
+    pub fn fail_flushes(&self, reason: Option<&str>) {
+        self.lock().flush_failure = reason.map(str::to_owned);
+    }
+
     /// Writes not yet covered by a flush (what a crash would lose).
     pub fn unflushed_writes(&self) -> usize {
         self.lock().journal.len()
@@ -322,6 +331,9 @@ impl LogStore for MemoryStore {
     fn flush(&self) -> Result<(), StorageError> {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        if let Some(reason) = &inner.flush_failure {
+            return Err(StorageError::Io(reason.clone()));
+        }
         for (name, write) in inner.journal.drain(..) {
             apply(&mut inner.durable, &name, write);
         }
