@@ -81,6 +81,9 @@ pub struct PartitionSnapshot {
     pub storage_failure: Option<String>,
     /// Whether this replica holds everything it once committed.
     pub health: LogHealth,
+    /// Set once storage failed: committed offsets below it are served while no leader is
+    /// known (see the actor's `Read`).
+    pub committed_while_failed: Option<Offset>,
 }
 
 /// Whether a replica's log still holds everything it once made durable and committed.
@@ -407,6 +410,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 storage_failure: corrupted
                     .map(|offset| format!("committed data lost from offset {offset}")),
                 health: inspection.health,
+                committed_while_failed: None,
             }),
             queued: AtomicUsize::new(0),
             log_name: spec.log_name.clone(),
@@ -451,6 +455,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 replica_config: spec.replica_config,
                 generation: 0,
                 storage_failed: false,
+                committed_while_failed: None,
             };
             if corrupted.is_some() {
                 // Nothing runs: no tick, no vote, no reply but the refusal.
@@ -592,6 +597,9 @@ pub struct PartitionActor<S: LogStore> {
     /// Storage failed and the replica is inert; a timer retries (see
     /// [`PartitionActor::retry_storage`]). Committed reads are still served meanwhile.
     storage_failed: bool,
+    /// The high watermark when storage first failed: served to readers while no leader is
+    /// known, since a rebuilt replica learns the high watermark only once it commits again.
+    committed_while_failed: Option<Offset>,
 }
 
 /// How often an inert replica checks whether its storage works again (a full disk freed).
@@ -631,6 +639,17 @@ impl<S: LogStore> PartitionActor<S> {
             );
             if matches!(input, Input::StorageFailed { .. }) && !self.storage_failed {
                 self.storage_failed = true;
+                let committed = self.replica.status().high_watermark;
+                let fallback = self
+                    .committed_while_failed
+                    .unwrap_or(committed)
+                    .max(committed);
+                self.committed_while_failed = Some(fallback);
+                self.shared
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .committed_while_failed = Some(fallback);
                 ctx.run_later(Duration::from_millis(STORAGE_RETRY_MS), |actor, ctx| {
                     actor.retry_storage(ctx)
                 });
@@ -1103,18 +1122,25 @@ impl<S: LogStore> Handler<Read> for PartitionActor<S> {
             return Err(gone);
         };
         let status = self.replica.status();
-        // A replica whose storage failed still serves what it knows to be committed, while no
-        // other leader is known: with a full disk, consumers keep reading (DESIGN 5.7 lets a
-        // deposed leader serve a committed prefix).
-        let serving_while_failed = self.storage_failed && status.leader.is_none();
-        if !message.any_role && status.role != Role::Leader && !serving_while_failed {
+        // A replica whose storage failed still serves what it knew to be committed while no
+        // other leader is known, through its rebuilds too (a rebuilt replica knows no high
+        // watermark until it commits again): with a full disk, consumers keep reading. DESIGN
+        // 5.7 lets a deposed leader serve a committed prefix, and committed data is never cut.
+        let fallback = self
+            .committed_while_failed
+            .filter(|_| status.role != Role::Leader && status.leader.is_none());
+        if !message.any_role && status.role != Role::Leader && fallback.is_none() {
             return Err(ApiError::NotLeader {
                 leader_hint: status.leader,
                 epoch: status.epoch,
             });
         }
         let log_start = log.log_start();
-        let high_watermark = status.high_watermark;
+        let high_watermark = fallback
+            .map_or(status.high_watermark, |fallback| {
+                fallback.max(status.high_watermark)
+            })
+            .min(log.log_end());
         check_read_offset(message.from, log_start, high_watermark, log.log_end())?;
         let batches = if message.from >= high_watermark {
             Vec::new()

@@ -246,3 +246,114 @@ fn a_replica_with_damaged_files_is_repaired_from_its_peers_and_no_offset_is_reus
         );
     }
 }
+
+const FULL_DISK_CHILD_VAR: &str = "CAIRN_DISK_TEST_FULL_CHILD";
+const FULL_DISK_TEST: &str = "a_full_disk_keeps_reads_working_and_writes_resume_when_space_returns";
+
+/// Writes zeros into `path` until the filesystem refuses.
+fn fill_disk(path: &Path) {
+    let mut ballast = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    for _ in 0..100_000 {
+        if ballast
+            .write_all(&chunk)
+            .and_then(|()| ballast.sync_all())
+            .is_err()
+        {
+            return;
+        }
+    }
+    panic!("the filesystem never filled");
+}
+
+/// The node's data directory is a 64 MiB tmpfs, mounted inside the private mount namespace
+/// this process runs in (see the test below).
+fn full_disk_child() {
+    let mut node = TestNode::unstarted(1, None, &[]);
+    std::fs::create_dir_all(node.data_dir()).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(node.data_dir())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    node.launch();
+    node.wait_ready();
+    let mut wire = node.wire();
+    wire.create_topic("t", 1).unwrap();
+    let acked = produce_acked(&mut wire, "t", "v", 50);
+    let ballast = node.data_dir().join("ballast");
+    fill_disk(&ballast);
+    // Produce until the full disk refuses a write: a typed, retriable error.
+    let big = vec![b'x'; 16_000];
+    let mut refusal = None;
+    for _ in 0..2_000 {
+        match wire.produce("t", 0, &[&big]) {
+            Ok(_) => {}
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("writes never failed on a full disk");
+    assert!(
+        matches!(refusal, ApiError::Storage { .. }) && refusal.is_retriable(),
+        "{refusal:?}"
+    );
+    // Reads keep working while the disk is full.
+    let read = wire.read_all("t", 0, Offset::ZERO);
+    for (value, offset) in &acked {
+        assert!(
+            read.iter()
+                .any(|record| record.offset == *offset && record.value == value.as_bytes()),
+            "{value} at {offset} unreadable while the disk is full"
+        );
+    }
+    std::fs::remove_file(&ballast).unwrap();
+    // Space is back: writes resume by themselves, no restart.
+    let mut resumed = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            resumed = wire.produce("t", 0, &[b"after"]).ok();
+            resumed.is_some()
+        }),
+        "writes did not resume:\n{}",
+        node.logs()
+    );
+    let last_acked = acked.last().unwrap().1;
+    assert!(resumed.unwrap().base_offset > last_acked);
+    let read = wire.read_all("t", 0, Offset::ZERO);
+    for (value, offset) in &acked {
+        assert!(
+            read.iter()
+                .any(|record| record.offset == *offset && record.value == value.as_bytes()),
+            "{value} at {offset} lost"
+        );
+    }
+    node.kill();
+}
+
+#[test]
+fn a_full_disk_keeps_reads_working_and_writes_resume_when_space_returns() {
+    if std::env::var_os(FULL_DISK_CHILD_VAR).is_some() {
+        full_disk_child();
+        return;
+    }
+    // Run this test again inside a private mount namespace, so the tmpfs never reaches the
+    // machine's mount table (creating one needs root, as CI runs the tests).
+    let output = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", FULL_DISK_TEST, "--nocapture", "--test-threads=1"])
+        .env(FULL_DISK_CHILD_VAR, "1")
+        .output()
+        .expect("unshare runs (util-linux)");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran the test:\n{text}");
+}

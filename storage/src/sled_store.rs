@@ -21,6 +21,13 @@
 //!
 //! sled keeps the database locked while any `Db` or `Tree` clone is alive: drop the store and
 //! every [`SledLog`] before opening the same directory again.
+//!
+//! A failed write (a full disk) is final for a sled database: its flusher stores the error
+//! and every later write and flush returns it, while reads go on. So after a failed flush the
+//! next [`LogStore::flush`] first reopens the database (every log lets go of its trees and
+//! reloads them, and its state, on its next call), and fails again until sled can open and
+//! flush the files. What was flushed before the failure survives; the writes that failed
+//! were never reported durable. `tests/full_disk.rs` runs this on a full tmpfs.
 
 use crate::core::{time_from_key, time_key, u64_from_bytes, Backend, LogState};
 use crate::watermark::{Watermark, WatermarkFile, WatermarkTable};
@@ -31,7 +38,8 @@ use cairn_protocol::{Epoch, Offset};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 const DATA_PREFIX: &str = "data/";
 const META_PREFIX: &str = "meta/";
@@ -194,7 +202,11 @@ impl Backend for SledBackend {
 struct SledLogInner {
     name: String,
     state: LogState,
-    backend: SledBackend,
+    /// `None` while the store reopens its database (see [`SledStore::reopen`]).
+    backend: Option<SledBackend>,
+    /// The store's database generation the backend and state were read from.
+    generation: u64,
+    store: Arc<SledStoreInner>,
     /// The store's table, shared by every log: this log's entry lives there.
     watermarks: Arc<Mutex<WatermarkTable>>,
     /// Set by `remove_log`: the trees are gone, every later call is refused.
@@ -202,7 +214,14 @@ struct SledLogInner {
 }
 
 struct SledStoreInner {
-    db: sled::Db,
+    /// `None` only while [`SledStore::reopen`] replaces it.
+    db: RwLock<Option<sled::Db>>,
+    /// Bumped by every reopen: logs read before it reload their trees and state.
+    generation: AtomicU64,
+    /// A flush failed: sled keeps its first write error for good (its flusher records it and
+    /// every later write and flush returns it), so the next flush reopens the database first.
+    failed: AtomicBool,
+    sled_config: sled::Config,
     /// The database file, for the `fdatasync` barrier after a flush.
     db_file: Option<File>,
     /// Logs currently open, so that two handles of one log share one cached state.
@@ -212,6 +231,27 @@ struct SledStoreInner {
     watermark_file: WatermarkFile,
     /// Where the damaged database was moved when this store had to start empty.
     rebuilt_from: Option<PathBuf>,
+}
+
+impl SledStoreInner {
+    /// A handle on the current database (sled handles are cheap clones).
+    fn db(&self) -> Result<sled::Db, StorageError> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| StorageError::Io("the database is being reopened".to_owned()))
+    }
+
+    fn open_backend(&self, name: &str) -> Result<SledBackend, StorageError> {
+        let db = self.db()?;
+        Ok(SledBackend {
+            meta: db.open_tree(format!("{META_PREFIX}{name}")).map_err(io)?,
+            time: db.open_tree(format!("{TIME_PREFIX}{name}")).map_err(io)?,
+            // The data tree last: its presence is what lists a log in `log_names`.
+            data: db.open_tree(data_tree_name(name)).map_err(io)?,
+        })
+    }
 }
 
 fn lock_table(table: &Mutex<WatermarkTable>) -> MutexGuard<'_, WatermarkTable> {
@@ -316,7 +356,10 @@ impl SledStore {
         };
         Ok(SledStore {
             inner: Arc::new(SledStoreInner {
-                db,
+                db: RwLock::new(Some(db)),
+                generation: AtomicU64::new(0),
+                failed: AtomicBool::new(false),
+                sled_config,
                 db_file,
                 open_logs: Mutex::new(HashMap::new()),
                 watermarks: Arc::new(Mutex::new(watermarks)),
@@ -345,8 +388,40 @@ impl SledStore {
     }
 
     #[cfg(test)]
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.inner.db
+    pub(crate) fn db(&self) -> sled::Db {
+        self.inner.db().unwrap()
+    }
+
+    /// Replaces the database after a failed write (a full disk): sled cannot recover from one
+    /// within a process, so every handle is let go, the files are opened again (sled recovers
+    /// what was flushed; unflushed writes, never reported durable, are gone) and each log
+    /// reloads its trees and state on its next call. Fails, leaving the store to be reopened
+    /// by a later flush, while sled cannot open the files (the disk may still be full).
+    fn reopen(&self) -> Result<(), StorageError> {
+        let old = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        // Every tree handle keeps the old database open (and its files locked).
+        for log in self.open_logs().values().filter_map(Weak::upgrade) {
+            log.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .backend = None;
+        }
+        drop(old);
+        let db = open_sled(&self.inner.sled_config, true)
+            .map_err(|(reason, _)| StorageError::Io(format!("cannot reopen: {reason}")))?;
+        *self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(db);
+        self.inner.failed.store(false, Ordering::Release);
+        tracing::warn!("the database was reopened after a failed write");
+        Ok(())
     }
 }
 
@@ -362,20 +437,17 @@ impl LogStore for SledStore {
         if let Some(shared) = open_logs.get(name).and_then(Weak::upgrade) {
             return Ok(SledLog { shared });
         }
-        let db = &self.inner.db;
-        let mut backend = SledBackend {
-            meta: db.open_tree(format!("{META_PREFIX}{name}")).map_err(io)?,
-            time: db.open_tree(format!("{TIME_PREFIX}{name}")).map_err(io)?,
-            // The data tree last: its presence is what lists a log in `log_names`.
-            data: db.open_tree(data_tree_name(name)).map_err(io)?,
-        };
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let mut backend = self.inner.open_backend(name)?;
         let mut state = LogState::open(&mut backend)?;
         let watermark = lock_table(&self.inner.watermarks).get(name);
         state.promised_epoch = state.promised_epoch.max(watermark.promised_epoch);
         let shared = Arc::new(Mutex::new(SledLogInner {
             name: name.to_owned(),
             state,
-            backend,
+            backend: Some(backend),
+            generation,
+            store: Arc::clone(&self.inner),
             watermarks: Arc::clone(&self.inner.watermarks),
             removed: false,
         }));
@@ -393,7 +465,7 @@ impl LogStore for SledStore {
                 .removed = true;
         }
         lock_table(&self.inner.watermarks).remove(name);
-        let db = &self.inner.db;
+        let db = self.inner.db()?;
         // The data tree first, so that a crash part-way leaves the log unlisted.
         db.drop_tree(data_tree_name(name)).map_err(io)?;
         db.drop_tree(format!("{META_PREFIX}{name}")).map_err(io)?;
@@ -404,7 +476,7 @@ impl LogStore for SledStore {
     fn log_names(&self) -> Result<Vec<String>, StorageError> {
         let mut names: Vec<String> = self
             .inner
-            .db
+            .db()?
             .tree_names()
             .iter()
             .filter_map(|tree| std::str::from_utf8(tree).ok())
@@ -416,7 +488,13 @@ impl LogStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.inner.db.flush().map_err(io)?;
+        if self.inner.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        if let Err(error) = self.inner.db()?.flush() {
+            self.inner.failed.store(true, Ordering::Release);
+            return Err(io(error));
+        }
         if let Some(file) = &self.inner.db_file {
             file.sync_data().map_err(io)?;
         }
@@ -438,13 +516,36 @@ impl std::fmt::Debug for SledLog {
 }
 
 impl SledLog {
+    /// Locks the log, first reloading its trees and state if the store reopened its
+    /// database since they were read (the cached state may count writes that were lost).
     fn lock(&self) -> MutexGuard<'_, SledLogInner> {
-        self.shared
+        let mut guard = self
+            .shared
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = &mut *guard;
+        let generation = inner.store.generation.load(Ordering::Acquire);
+        if !inner.removed && inner.generation != generation {
+            inner.backend = None;
+            let reloaded = inner
+                .store
+                .open_backend(&inner.name)
+                .and_then(|mut backend| {
+                    let state = LogState::open(&mut backend)?;
+                    Ok((backend, state))
+                });
+            if let Ok((backend, mut state)) = reloaded {
+                let watermark = lock_table(&inner.watermarks).get(&inner.name);
+                state.promised_epoch = state.promised_epoch.max(watermark.promised_epoch);
+                inner.state = state;
+                inner.backend = Some(backend);
+                inner.generation = generation;
+            }
+        }
+        guard
     }
 
-    /// Runs `operation` unless the log was removed.
+    /// Runs `operation` unless the log was removed or its store is being reopened.
     fn with<T>(
         &self,
         operation: impl FnOnce(&mut LogState, &mut SledBackend) -> Result<T, StorageError>,
@@ -454,7 +555,13 @@ impl SledLog {
         if inner.removed {
             return Err(StorageError::Io(format!("log {} was removed", inner.name)));
         }
-        operation(&mut inner.state, &mut inner.backend)
+        let Some(backend) = inner.backend.as_mut() else {
+            return Err(StorageError::Io(format!(
+                "log {}: the database is being reopened",
+                inner.name
+            )));
+        };
+        operation(&mut inner.state, backend)
     }
 }
 

@@ -176,9 +176,9 @@ fn without_reading<S: LogStore>(
     high_watermark: cairn_protocol::Offset,
 ) -> Result<FetchedRecords, ApiError> {
     let snapshot = handle.shared.snapshot();
-    // A replica whose storage failed serves committed reads while no other leader is known
-    // (see the partition actor's `Read`); a corrupted one serves nothing.
-    let serving_while_failed = snapshot.storage_failure.is_some()
+    // A replica whose storage failed serves committed reads while no leader is known (see
+    // the partition actor's `Read`); a corrupted one serves nothing.
+    let serving_while_failed = snapshot.committed_while_failed.is_some()
         && snapshot.leader.is_none()
         && snapshot.health == crate::partition::LogHealth::Healthy;
     if snapshot.role != Role::Leader && !serving_while_failed {
