@@ -936,6 +936,32 @@ impl<S: LogStore> Broker<S> {
     /// The internal `__meta` partition, as a topic summary for `include_internal`.
     /// On a learner: the leader gossip names, no voters (it does not know them), and the
     /// applied offset as both high watermark and log end.
+    /// This node's own replicas that lost committed data, by (topic, partition): being
+    /// repaired from the leader, or corrupted beyond repair.
+    pub fn damaged_replicas(&self) -> BTreeMap<(String, u32), crate::partition::LogHealth> {
+        use crate::partition::LogHealth;
+        let mut damaged = BTreeMap::new();
+        if let Some(meta) = &self.meta {
+            let health = meta.shared.snapshot().health;
+            if health != LogHealth::Healthy {
+                damaged.insert((meta::META_TOPIC.to_string(), 0), health);
+            }
+        }
+        let catalog = self.catalog();
+        for topic in catalog.state.topics() {
+            let Some(handles) = catalog.partitions.get(&topic.id) else {
+                continue;
+            };
+            for (partition, handle) in handles {
+                let health = handle.shared.snapshot().health;
+                if health != LogHealth::Healthy {
+                    damaged.insert((topic.name.clone(), *partition), health);
+                }
+            }
+        }
+        damaged
+    }
+
     pub fn meta_description(&self) -> PartitionDescription {
         let Some(meta) = &self.meta else {
             let (leader, leader_epoch) = self

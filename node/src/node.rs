@@ -49,10 +49,18 @@ fn check_data_dir(config: &NodeConfig) -> Result<(), FatalError> {
 pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     check_data_dir(&config)?;
     let store_path = config.data_dir.join("store");
-    let store = SledStore::open(&store_path).map_err(|error| FatalError::Store {
-        path: store_path.display().to_string(),
-        reason: error.to_string(),
-    })?;
+    // A database sled cannot open (damaged files) is moved aside and started empty: every
+    // replica then opens shorter than its watermark and is repaired from its peers, or, as
+    // the only replica, reports itself corrupted (see `partition::inspect_log`).
+    let store_config = cairn_storage::SledConfig {
+        rebuild_when_damaged: true,
+        ..cairn_storage::SledConfig::default()
+    };
+    let store =
+        SledStore::open_with(&store_path, store_config).map_err(|error| FatalError::Store {
+            path: store_path.display().to_string(),
+            reason: error.to_string(),
+        })?;
     let committer = GroupCommitter::start(store.clone());
     let arbiter_count = std::thread::available_parallelism()
         .map(|cores| cores.get())

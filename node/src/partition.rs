@@ -9,6 +9,13 @@
 //! arbiter thread never blocks on the disk. Reads (fetch) are served from the log up to the
 //! high watermark, by the leader only.
 //!
+//! Before the replica starts, its log is checked against what it once held (see
+//! [`inspect_log`]): every stored batch's checksum, and the log end against the committed end
+//! recorded beside the store (`cairn_storage::watermark`). A replica that lost committed data
+//! rejoins as a follower that the leader repairs ([`LogHealth::Repairing`]); the only replica
+//! of a partition that lost committed data serves nothing ([`LogHealth::Corrupted`]), never a
+//! shorter log whose offsets would be reused.
+//!
 //! Around the actor, [`PartitionHandle`] is what the rest of the node holds: the address, a
 //! bounded count of queued produce messages (`partition_mailbox_max`), a watch of the high
 //! watermark (long polls wait on it) and a status snapshot (describe, metadata).
@@ -73,6 +80,117 @@ pub struct PartitionSnapshot {
     pub high_watermark: Offset,
     /// Set once storage failed: the replica no longer acknowledges anything.
     pub storage_failure: Option<String>,
+    /// Whether this replica holds everything it once committed.
+    pub health: LogHealth,
+    /// Set once storage failed: committed offsets below it are served while no leader is
+    /// known (see the actor's `Read`).
+    pub committed_while_failed: Option<Offset>,
+}
+
+/// Whether a replica's log still holds everything it once made durable and committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogHealth {
+    Healthy,
+    /// It lost committed data (its store recovered an older state, or a stored batch failed
+    /// its checksum and the suffix from there was cut) and follows the leader, voting for no
+    /// one, until its durable log reaches `until` again.
+    Repairing {
+        until: Offset,
+    },
+    /// The only replica lost committed data from `offset` on: nobody can repair it, so it
+    /// serves nothing (`ApiError::StorageCorrupted`) rather than a shorter log.
+    Corrupted {
+        offset: Offset,
+    },
+}
+
+/// Bytes read per step when [`inspect_log`] verifies a log.
+const INSPECT_READ_BYTES_MAX: usize = 4 << 20;
+
+/// What [`inspect_log`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub health: LogHealth,
+    /// Where a damaged suffix was cut (replicated logs only), and why.
+    pub truncated: Option<(Offset, String)>,
+}
+
+/// Checks a log before its replica starts: every stored batch is read back and verified
+/// (checksum, framing, stamp against key and epoch history), and the log end is compared
+/// with the committed end recorded in its watermark. sled recovers up to its first damaged
+/// segment and drops the rest silently, so a log can come back shorter, with every batch
+/// intact: only the watermark reveals that.
+///
+/// A replicated log (`replicated`) that fails a check is cut at the first damaged batch (the
+/// suffix from there is suspect: the leader sends it again) and, if it is now shorter than its
+/// committed end, is marked [`LogHealth::Repairing`]. A single replica is never cut: if it
+/// lost committed data it is [`LogHealth::Corrupted`] and its files are left as they are for
+/// an operator; if the damage lies only above its committed end (unacknowledged under
+/// acks=all), the damaged suffix is cut and it serves.
+pub fn inspect_log<L: PartitionLog>(log: &mut L, replicated: bool) -> Inspection {
+    let committed_end = log.watermark().committed_end;
+    let mut damaged_at = None;
+    let mut from = log.log_start();
+    let log_end = log.log_end();
+    while from < log_end {
+        match log.read(from, log_end, INSPECT_READ_BYTES_MAX) {
+            Ok(batches) => match batches.last() {
+                Some(last) if last.next_offset() > from => from = last.next_offset(),
+                _ => {
+                    damaged_at = Some((from, "no stored batch where one should be".to_owned()));
+                    break;
+                }
+            },
+            Err(error) => {
+                let offset = match &error {
+                    StorageError::Corrupt { offset, .. }
+                    | StorageError::Inconsistent { offset, .. } => (*offset).max(from),
+                    _ => from,
+                };
+                damaged_at = Some((offset, error.to_string()));
+                break;
+            }
+        }
+    }
+    let first_missing = damaged_at
+        .as_ref()
+        .map_or(log_end, |(offset, _)| *offset)
+        .min(log_end);
+    let lost_committed = first_missing < committed_end;
+    if !replicated && lost_committed {
+        return Inspection {
+            health: LogHealth::Corrupted {
+                offset: first_missing,
+            },
+            truncated: None,
+        };
+    }
+    let mut truncated = None;
+    if let Some((offset, reason)) = damaged_at {
+        // `offset` is the key of the damaged batch, a batch boundary; cutting there keeps the
+        // intact prefix. If even that fails, cut everything above the log start.
+        let cut = log.truncate_suffix(offset).map(|()| offset).or_else(|_| {
+            log.truncate_suffix(log.log_start())
+                .map(|()| log.log_start())
+        });
+        match cut {
+            Ok(at) => truncated = Some((at, reason)),
+            Err(error) => {
+                return Inspection {
+                    health: LogHealth::Corrupted { offset },
+                    truncated: Some((offset, format!("{reason}; cannot cut it: {error}"))),
+                }
+            }
+        }
+    }
+    let health = if log.log_end() < committed_end {
+        LogHealth::Repairing {
+            until: committed_end,
+        }
+    } else {
+        LogHealth::Healthy
+    };
+    Inspection { health, truncated }
 }
 
 /// State shared between the actor and the rest of the node.
@@ -87,6 +205,8 @@ pub struct PartitionShared {
     /// advertises committed offsets), so it is a commit point this replica has to reach
     /// before what it applied is up to date, whatever its own log or high watermark say yet.
     commit_heard: AtomicU64,
+    /// The log's name, for refusals that name the partition.
+    log_name: String,
 }
 
 impl PartitionShared {
@@ -114,9 +234,16 @@ impl PartitionShared {
         }
     }
 
-    /// The refusal for a request that needs the leader, when this replica is not it.
+    /// The refusal for a request that needs the leader, when this replica is not it; for a
+    /// replica that lost committed data nobody can restore, that it is corrupted.
     pub fn not_leader(&self) -> ApiError {
         let snapshot = self.snapshot();
+        if let LogHealth::Corrupted { offset } = snapshot.health {
+            return ApiError::StorageCorrupted {
+                partition: self.log_name.clone(),
+                offset,
+            };
+        }
         ApiError::NotLeader {
             leader_hint: snapshot.leader,
             epoch: snapshot.epoch,
@@ -253,9 +380,27 @@ const BACKPRESSURE_RETRY_MS: u32 = 10;
 impl<S: LogStore> PartitionHandle<S> {
     /// Starts the actor on `arbiter`, recovering the replica from the log.
     pub fn start(
-        spec: PartitionSpec<S>,
+        mut spec: PartitionSpec<S>,
         arbiter: &actix::ArbiterHandle,
     ) -> Result<PartitionHandle<S>, String> {
+        let inspection = inspect_log(&mut spec.log, spec.voters.len() > 1);
+        match (&inspection.health, &inspection.truncated) {
+            (LogHealth::Healthy, None) => {}
+            (LogHealth::Healthy, Some((offset, reason))) => tracing::warn!(
+                partition = %spec.log_name, %offset, %reason,
+                "a damaged suffix above the committed end was cut"
+            ),
+            (LogHealth::Repairing { until }, truncated) => tracing::error!(
+                partition = %spec.log_name, log_end = %spec.log.log_end(), committed_end = %until,
+                cut = ?truncated,
+                "this replica lost committed data: it votes for no one until the leader has repaired it"
+            ),
+            (LogHealth::Corrupted { offset }, truncated) => tracing::error!(
+                partition = %spec.log_name, %offset, committed_end = %spec.log.watermark().committed_end,
+                damage = ?truncated,
+                "the only replica lost committed data: the partition is not served from this node"
+            ),
+        }
         let recovered = Recovered {
             promised_epoch: spec.log.promised_epoch(),
             epoch_history: spec
@@ -275,8 +420,19 @@ impl<S: LogStore> PartitionHandle<S> {
             spec.clock.now(),
         )
         .map_err(|error| error.to_string())?;
-        let producers_snapshot_at = recover_producers(&spec.log_name, &mut replica, &spec.log)
-            .map_err(|error| format!("cannot read back producer state: {error}"))?;
+        let corrupted = match inspection.health {
+            LogHealth::Corrupted { offset } => Some(offset),
+            LogHealth::Repairing { until } => {
+                replica.require_repair(until);
+                None
+            }
+            LogHealth::Healthy => None,
+        };
+        let producers_snapshot_at = match corrupted {
+            None => recover_producers(&spec.log_name, &mut replica, &spec.log)
+                .map_err(|error| format!("cannot read back producer state: {error}"))?,
+            Some(_) => Offset::ZERO,
+        };
         // Partitions of one node draw different election waits, so that contested elections
         // spread their winners instead of all going to the node with the shortest wait.
         replica.set_jitter_salt(jitter_salt(&spec.log_name));
@@ -304,10 +460,14 @@ impl<S: LogStore> PartitionHandle<S> {
                 log_start: spec.log.log_start(),
                 log_end: status.log_end,
                 high_watermark: status.high_watermark,
-                storage_failure: None,
+                storage_failure: corrupted
+                    .map(|offset| format!("committed data lost from offset {offset}")),
+                health: inspection.health,
+                committed_while_failed: None,
             }),
             queued: AtomicUsize::new(0),
             commit_heard: AtomicU64::new(0),
+            log_name: spec.log_name.clone(),
         });
         let mailbox_max = spec.mailbox_max;
         let log_name = spec.log_name.clone();
@@ -343,7 +503,19 @@ impl<S: LogStore> PartitionHandle<S> {
                 leadership_changes: spec.leadership_changes,
                 published: None,
                 producers_snapshot_at,
+                corrupted,
+                watermark_recorded: Offset::ZERO,
+                node: spec.node,
+                voters: spec.voters,
+                replica_config: spec.replica_config,
+                generation: 0,
+                storage_failed: false,
+                committed_while_failed: None,
             };
+            if corrupted.is_some() {
+                // Nothing runs: no tick, no vote, no reply but the refusal.
+                return actor;
+            }
             actor.execute(ctx, first_effects);
             if preferred {
                 actor.run(ctx, Input::LeaderSuspected);
@@ -467,7 +639,28 @@ pub struct PartitionActor<S: LogStore> {
     published: Option<ReplicaStatus>,
     /// The log end the last producer snapshot was written at (or the state recovered as of).
     producers_snapshot_at: Offset,
+    /// Set when this is the only replica and it lost committed data from this offset: the
+    /// replica never runs and every request is refused (see [`inspect_log`]).
+    corrupted: Option<Offset>,
+    /// The committed end last recorded in the log's watermark.
+    watermark_recorded: Offset,
+    /// What the replica is rebuilt from after a storage failure.
+    node: NodeId,
+    voters: Vec<NodeId>,
+    replica_config: cairn_replica::Config,
+    /// Counts replica rebuilds: a flush asked for by an earlier replica feeds nothing to a
+    /// later one.
+    generation: u64,
+    /// Storage failed and the replica is inert; a timer retries (see
+    /// [`PartitionActor::retry_storage`]). Committed reads are still served meanwhile.
+    storage_failed: bool,
+    /// The high watermark when storage first failed: served to readers while no leader is
+    /// known, since a rebuilt replica learns the high watermark only once it commits again.
+    committed_while_failed: Option<Offset>,
 }
+
+/// How often an inert replica checks whether its storage works again (a full disk freed).
+const STORAGE_RETRY_MS: u64 = 1_000;
 
 impl<S: LogStore> Actor for PartitionActor<S> {
     type Context = Context<Self>;
@@ -506,7 +699,7 @@ const FOLLOW_UP_INPUTS_MAX: usize = 256;
 
 impl<S: LogStore> PartitionActor<S> {
     fn run(&mut self, ctx: &mut Context<Self>, input: Input) {
-        if self.log.is_none() {
+        if self.log.is_none() || self.corrupted.is_some() {
             return;
         }
         self.follow_ups.push_back(input);
@@ -518,12 +711,115 @@ impl<S: LogStore> PartitionActor<S> {
                 "partition {}: effects keep producing inputs",
                 self.log_name
             );
+            if matches!(input, Input::StorageFailed { .. }) && !self.storage_failed {
+                self.storage_failed = true;
+                let committed = self.replica.status().high_watermark;
+                let fallback = self
+                    .committed_while_failed
+                    .unwrap_or(committed)
+                    .max(committed);
+                self.committed_while_failed = Some(fallback);
+                self.shared
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .committed_while_failed = Some(fallback);
+                ctx.run_later(Duration::from_millis(STORAGE_RETRY_MS), |actor, ctx| {
+                    actor.retry_storage(ctx)
+                });
+            }
             let effects = self.replica.step(self.clock.now(), input);
             if let Some(failure) = self.execute(ctx, effects) {
                 self.follow_ups.push_back(failure);
             }
         }
         self.arm_tick(ctx);
+    }
+
+    /// Retries a failed store: a flush that succeeds makes everything the log holds durable
+    /// (with sled, the store must have reopened first), and then the replica is rebuilt from
+    /// the log as after a restart: it waits out any lease it granted, is elected again, and
+    /// writes resume without a restart. Until then, committed reads go on. Requests waiting
+    /// on the old replica are answered `Storage` (indeterminate: their batch may commit).
+    fn retry_storage(&mut self, ctx: &mut Context<Self>) {
+        if self.log.is_none() || !self.storage_failed {
+            return;
+        }
+        let flushed = self.committer.request();
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(flushed).map(
+            |result, actor, ctx| match result {
+                Ok(()) => actor.rebuild_replica(ctx),
+                Err(error) => {
+                    tracing::debug!(partition = %actor.log_name, %error, "storage still failing");
+                    ctx.run_later(Duration::from_millis(STORAGE_RETRY_MS), |actor, ctx| {
+                        actor.retry_storage(ctx)
+                    });
+                }
+            },
+        ));
+    }
+
+    fn rebuild_replica(&mut self, ctx: &mut Context<Self>) {
+        let Some(log) = self.log.as_ref() else {
+            return;
+        };
+        let recovered = Recovered {
+            promised_epoch: log.promised_epoch(),
+            epoch_history: log
+                .epoch_history()
+                .into_iter()
+                .map(|entry| (entry.epoch, entry.start_offset))
+                .collect(),
+            log_start: log.log_start(),
+            log_end: log.log_end(),
+        };
+        let rebuilt = Replica::new(
+            self.replica_config.clone(),
+            self.node,
+            self.voters.clone(),
+            recovered,
+            self.clock.now(),
+        );
+        let (mut replica, effects) = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(error) => {
+                tracing::error!(partition = %self.log_name, %error, "cannot rebuild the replica");
+                return;
+            }
+        };
+        match recover_producers(&self.log_name, &mut replica, &**log) {
+            Ok(snapshot_at) => self.producers_snapshot_at = snapshot_at,
+            // Its producers are unknown then: a retry at a non-zero sequence is refused
+            // (UnknownProducerId) and the producer starts a new epoch, never a duplicate.
+            Err(error) => {
+                tracing::warn!(partition = %self.log_name, %error, "cannot read back producer state")
+            }
+        }
+        replica.set_jitter_salt(jitter_salt(&self.log_name));
+        let reason = "storage failed; the batch may or may not be written".to_string();
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(ApiError::Storage {
+                reason: reason.clone(),
+            }));
+        }
+        self.replica = replica;
+        self.generation += 1;
+        self.flushes_requested = 0;
+        self.flushes_fed = 0;
+        self.flushes_completed.clear();
+        self.storage_failed = false;
+        if let Some((_, handle)) = self.tick_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        self.shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .storage_failure = None;
+        self.published = None;
+        tracing::info!(partition = %self.log_name, "storage works again: the replica is rebuilt");
+        self.execute(ctx, effects);
+        self.run(ctx, Input::LeaderSuspected);
     }
 
     /// Arms the tick timer for when the replica next needs a tick. An idle partition then
@@ -542,7 +838,7 @@ impl<S: LogStore> PartitionActor<S> {
     /// that does nothing but re-arm, while moving the timer on every step (a follower's
     /// deadline moves with each append) would cost a cancel and a new timer per message.
     fn arm_tick(&mut self, ctx: &mut Context<Self>) {
-        if self.log.is_none() {
+        if self.log.is_none() || self.corrupted.is_some() {
             return;
         }
         let Some(asked) = self.replica.next_tick_at() else {
@@ -683,8 +979,13 @@ impl<S: LogStore> PartitionActor<S> {
         let sequence = self.flushes_requested;
         self.flushes_requested += 1;
         let flushed = self.committer.request();
+        let generation = self.generation;
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(flushed).map(move |result, actor, ctx| {
+                if actor.generation != generation {
+                    // Asked for by a replica since rebuilt: its appends are not this one's.
+                    return;
+                }
                 let input = match result {
                     Ok(()) => then,
                     Err(error) => Input::StorageFailed {
@@ -725,11 +1026,42 @@ impl<S: LogStore> PartitionActor<S> {
         snapshot.log_start = log_start;
         snapshot.log_end = status.log_end;
         snapshot.high_watermark = status.high_watermark;
+        if let (LogHealth::Repairing { .. }, None) =
+            (snapshot.health, self.replica.repairing_until())
+        {
+            tracing::info!(partition = %self.log_name, log_end = %status.log_end, "repaired from the leader");
+            snapshot.health = LogHealth::Healthy;
+        }
         drop(snapshot);
         if leadership_changed {
             self.leadership_changes.fetch_add(1, Ordering::Release);
         }
+        self.record_watermark(&status);
         self.published = Some(status);
+    }
+
+    /// Raises the log's committed watermark to what is now committed and durable here, so a
+    /// later open can tell a log that came back shorter (see [`inspect_log`]). The watermark
+    /// file is rewritten by the flush after a change; when no flush of ours is outstanding to
+    /// carry it (an idle partition after its last commit), one is asked for.
+    fn record_watermark(&mut self, status: &ReplicaStatus) {
+        let committed_end = status.high_watermark.min(status.durable_end);
+        if committed_end <= self.watermark_recorded || self.corrupted.is_some() {
+            return;
+        }
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if let Err(error) = log.raise_committed_watermark(committed_end) {
+            tracing::warn!(partition = %self.log_name, %error, "cannot record the committed watermark");
+            return;
+        }
+        self.watermark_recorded = committed_end;
+        if self.flushes_requested == self.flushes_fed {
+            // Fire and forget: a full queue means flushes are on their way anyway, and a failed
+            // flush is reported by the next one that carries an append or a promise.
+            drop(self.committer.try_request());
+        }
     }
 
     /// Runs retention below the high watermark, then tells the replica its new log start
@@ -788,6 +1120,10 @@ impl<S: LogStore> Handler<Produce> for PartitionActor<S> {
 
     fn handle(&mut self, message: Produce, ctx: &mut Context<Self>) {
         self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Some(refusal) = self.corrupted_error() {
+            let _ = message.reply.send(Err(refusal));
+            return;
+        }
         if self.log.is_none() {
             let _ = message.reply.send(Err(self.gone()));
             return;
@@ -890,6 +1226,16 @@ fn check_read_offset(
     Ok(())
 }
 
+impl<S: LogStore> PartitionActor<S> {
+    /// The refusal of a replica that lost committed data nobody can restore.
+    fn corrupted_error(&self) -> Option<ApiError> {
+        self.corrupted.map(|offset| ApiError::StorageCorrupted {
+            partition: self.log_name.clone(),
+            offset,
+        })
+    }
+}
+
 fn storage_error(error: StorageError) -> ApiError {
     match error {
         StorageError::Corrupt { offset, source } => ApiError::CorruptBatch {
@@ -905,19 +1251,33 @@ impl<S: LogStore> Handler<Read> for PartitionActor<S> {
     type Result = Result<ReadResult, ApiError>;
 
     fn handle(&mut self, message: Read, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(refusal) = self.corrupted_error() {
+            return Err(refusal);
+        }
         let gone = self.gone();
         let Some(log) = self.log.as_ref() else {
             return Err(gone);
         };
         let status = self.replica.status();
-        if !message.any_role && status.role != Role::Leader {
+        // A replica whose storage failed still serves what it knew to be committed while no
+        // other leader is known, through its rebuilds too (a rebuilt replica knows no high
+        // watermark until it commits again): with a full disk, consumers keep reading. DESIGN
+        // 5.7 lets a deposed leader serve a committed prefix, and committed data is never cut.
+        let fallback = self
+            .committed_while_failed
+            .filter(|_| status.role != Role::Leader && status.leader.is_none());
+        if !message.any_role && status.role != Role::Leader && fallback.is_none() {
             return Err(ApiError::NotLeader {
                 leader_hint: status.leader,
                 epoch: status.epoch,
             });
         }
         let log_start = log.log_start();
-        let high_watermark = status.high_watermark;
+        let high_watermark = fallback
+            .map_or(status.high_watermark, |fallback| {
+                fallback.max(status.high_watermark)
+            })
+            .min(log.log_end());
         check_read_offset(message.from, log_start, high_watermark, log.log_end())?;
         let batches = if message.from >= high_watermark {
             Vec::new()
@@ -945,6 +1305,9 @@ impl<S: LogStore> Handler<OffsetForTimestamp> for PartitionActor<S> {
     type Result = Result<Option<(Offset, i64)>, ApiError>;
 
     fn handle(&mut self, message: OffsetForTimestamp, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(refusal) = self.corrupted_error() {
+            return Err(refusal);
+        }
         let gone = self.gone();
         let Some(log) = self.log.as_ref() else {
             return Err(gone);
@@ -1133,6 +1496,126 @@ mod tests {
             let snapshot = handle.shared.snapshot();
             assert_eq!(snapshot.log_end, first.plus(60));
             assert_eq!(snapshot.leader, Some(NodeId(1)));
+        });
+    }
+
+    /// Regression (issue 14): a store that recovered an older state served the shorter log
+    /// and reused its offsets. The only replica must refuse instead, with a typed error.
+    #[test]
+    fn the_only_replica_that_lost_acknowledged_records_refuses_instead_of_reusing_offsets() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 256);
+            led(&handle).await;
+            let first = handle.shared.high_watermark();
+            for _ in 0..5 {
+                let reply = handle.produce(batch(b"x"), Acks::All).unwrap();
+                reply.await.unwrap().unwrap();
+            }
+            let acknowledged_end = first.plus(5);
+            handle.stop(ApiError::ShuttingDown, false).await;
+            // Flushed, then the store comes back without the last three records.
+            store.flush().unwrap();
+            store.lose_flushed_suffix("p", first.plus(2));
+            let handle = start(&store, 256);
+            let snapshot = handle.shared.snapshot();
+            assert_eq!(
+                snapshot.health,
+                LogHealth::Corrupted {
+                    offset: first.plus(2)
+                }
+            );
+            assert!(snapshot.storage_failure.is_some());
+            let refused = handle
+                .produce(batch(b"y"), Acks::All)
+                .unwrap()
+                .await
+                .unwrap();
+            let expected = ApiError::StorageCorrupted {
+                partition: "p".to_string(),
+                offset: first.plus(2),
+            };
+            assert_eq!(refused, Err(expected.clone()));
+            assert_eq!(
+                handle.read(first, 1 << 20, false).await.unwrap_err(),
+                expected
+            );
+            // Nothing was written: the evidence stays as it was.
+            let log = store.open_log("p").unwrap();
+            assert_eq!(log.log_end(), first.plus(2));
+            assert_eq!(log.watermark().committed_end, acknowledged_end);
+        });
+    }
+
+    #[test]
+    fn a_replicated_log_that_lost_committed_data_is_repaired_and_a_damaged_suffix_cut() {
+        let store = MemoryStore::new();
+        let mut log = store.open_log("p").unwrap();
+        for _ in 0..4 {
+            log.append(&batch(b"x").stamped(log.log_end(), Epoch(1)))
+                .unwrap();
+        }
+        log.raise_committed_watermark(Offset(3)).unwrap();
+        store.flush().unwrap();
+        assert_eq!(
+            inspect_log(&mut log, true),
+            Inspection {
+                health: LogHealth::Healthy,
+                truncated: None
+            }
+        );
+        store.lose_flushed_suffix("p", Offset(1));
+        let mut log = store.open_log("p").unwrap();
+        assert_eq!(
+            inspect_log(&mut log, true).health,
+            LogHealth::Repairing { until: Offset(3) }
+        );
+        assert_eq!(
+            inspect_log(&mut log, false).health,
+            LogHealth::Corrupted { offset: Offset(1) }
+        );
+    }
+
+    /// Regression (issue 14): after a failed flush (a full disk) reads failed too, and writes
+    /// never resumed without a restart.
+    #[test]
+    fn while_flushes_fail_committed_reads_go_on_and_writes_resume_once_they_work() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 256);
+            led(&handle).await;
+            let first = handle.shared.high_watermark();
+            for _ in 0..3 {
+                let reply = handle.produce(batch(b"x"), Acks::All).unwrap();
+                reply.await.unwrap().unwrap();
+            }
+            store.fail_flushes(Some("No space left on device (os error 28)"));
+            let refused = handle
+                .produce(batch(b"full"), Acks::All)
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(
+                matches!(&refused, Err(error @ ApiError::Storage { .. }) if error.is_retriable()),
+                "{refused:?}"
+            );
+            let read = handle.read(first, 1 << 20, false).await.unwrap();
+            assert_eq!(read.batches.len(), 3, "committed records are still served");
+            assert_eq!(read.high_watermark, first.plus(3));
+            // Space returns: the replica retries by itself and is elected again.
+            store.fail_flushes(None);
+            let mut resumed = None;
+            for _ in 0..200 {
+                let reply = handle.produce(batch(b"y"), Acks::All).unwrap();
+                if let Ok(Ok(response)) = reply.await {
+                    resumed = Some(response.base_offset);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let resumed = resumed.expect("writes resumed without a restart");
+            assert!(resumed >= first.plus(3), "offset {resumed} reused");
+            assert!(handle.shared.snapshot().storage_failure.is_none());
         });
     }
 

@@ -71,6 +71,12 @@ pub enum ApiError {
     ShuttingDown,
     #[error("storage failure: {reason}")]
     Storage { reason: String },
+    /// This node's replica of `partition` lost committed data (its stored log is damaged or
+    /// recovered shorter than what it had made durable, first missing or damaged offset
+    /// `offset`) and no peer can repair it: the partition is not served from it rather than
+    /// served as a shorter log. Not retriable: an operator must restore the data.
+    #[error("the replica of {partition} on this node is corrupted at offset {offset}")]
+    StorageCorrupted { partition: String, offset: Offset },
     /// An idempotent producer's batch does not continue its sequence on this partition: an
     /// earlier batch is missing (lost or still being retried). Retriable: once the earlier
     /// batch is written, this one continues it. Nothing was appended.
@@ -182,6 +188,9 @@ impl ApiError {
                 | ApiError::CoordinatorLoadInProgress
                 | ApiError::CoordinatorNotAvailable
                 | ApiError::StaleMemberEpoch { .. }
+                // The node's storage failed (a full disk, say); its replicas retry by
+                // themselves and writes resume once the store works again.
+                | ApiError::Storage { .. }
         )
     }
 

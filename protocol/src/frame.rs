@@ -259,6 +259,8 @@ mod tests {
                     leader: Some(crate::NodeId(1)),
                     leader_epoch: Epoch(4),
                     offline_replicas: vec![crate::NodeId(2)],
+                    repairing_replicas: Vec::new(),
+                    corrupted_replicas: Vec::new(),
                 }],
             })),
         };
@@ -276,6 +278,16 @@ mod tests {
             )
         );
         assert_eq!(decode_response(&bytes).unwrap(), response);
+        // Damaged replicas are sent only when there are some, so the bytes above are what
+        // nodes that know nothing of them send and expect.
+        let mut damaged = response.clone();
+        if let Ok(Response::ClusterStatus(status)) = &mut damaged.result {
+            status.partitions[0].corrupted_replicas = vec![crate::NodeId(1)];
+            status.partitions[0].repairing_replicas = vec![crate::NodeId(2)];
+        }
+        let bytes = encode_response(&damaged);
+        assert!(hex(&bytes).contains(&hex(b"corrupted_replicas")));
+        assert_eq!(decode_response(&bytes).unwrap(), damaged);
     }
 
     #[test]

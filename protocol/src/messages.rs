@@ -407,6 +407,15 @@ pub struct PartitionStatus {
     /// Replicas on nodes the answering node does not hear. A partition with any is
     /// under-replicated.
     pub offline_replicas: Vec<NodeId>,
+    /// The answering node's own replica, when it lost committed data and is being caught up
+    /// from the leader before it may vote again. Sent only when not empty, so older nodes and
+    /// clients exchange the same bytes as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairing_replicas: Vec<NodeId>,
+    /// The answering node's own replica, when it lost committed data that no peer can
+    /// restore: it serves nothing (`ApiError::StorageCorrupted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrupted_replicas: Vec<NodeId>,
 }
 
 /// Asks the cluster for a producer id, unique across the cluster and its restarts, for an

@@ -177,6 +177,10 @@ pub struct Replica {
     /// Follower: the durable end last reported to the leader.
     durable_reported: Offset,
     storage_failure: Option<String>,
+    /// Set by [`Replica::require_repair`]: this replica lost committed data (its store
+    /// recovered an older state), so its log must not count as up to date until its durable
+    /// end reaches this offset again, caught up from the leader.
+    repair_until: Option<Offset>,
     /// Appends refused because they would have truncated below our high watermark. Always
     /// 0 unless some replica is wrong; the simulation and tests assert it.
     committed_truncations_refused: u64,
@@ -296,6 +300,7 @@ impl Replica {
             leader_sent_at: Millis(0),
             durable_reported: Offset::ZERO,
             storage_failure: None,
+            repair_until: None,
             committed_truncations_refused: 0,
             clock: now,
             config,
@@ -450,6 +455,27 @@ impl Replica {
         self.jitter_salt = salt;
         let after = self.election_wait_ms();
         self.election_deadline = Millis(self.election_deadline.0.saturating_sub(before) + after);
+    }
+
+    /// Marks this replica as having lost committed data: its store opened shorter than the
+    /// committed end it had recorded (`until`), e.g. because sled dropped everything after a
+    /// damaged segment. Until its durable log reaches `until` again (appends from a leader
+    /// repair it) it grants no lease and no probe and stands for no election: its short log
+    /// would otherwise look up to date to rule 5.2(c) only because it forgot, and a leader
+    /// elected with its help could lose acknowledged records and reuse their offsets. It still
+    /// follows, so the leader repairs it. Call it after [`Replica::new`], before the first
+    /// step. A partition whose majority needs repair stays without a leader: serving it would
+    /// serve a shorter log. Safety needs nothing from this but refusals.
+    pub fn require_repair(&mut self, until: Offset) {
+        if until > self.durable_end {
+            self.repair_until = Some(until);
+        }
+    }
+
+    /// The offset this replica must reach before it votes again (see
+    /// [`Replica::require_repair`]); `None` once repaired.
+    pub fn repairing_until(&self) -> Option<Offset> {
+        self.repair_until
     }
 
     /// Keeps a follower that knows no leader from starting an election before `until`, for a
@@ -671,6 +697,7 @@ impl Replica {
             return;
         }
         if self.storage_failure.is_none()
+            && self.repair_until.is_none()
             && now >= self.election_deadline
             && now >= self.granted_until
             && self.pending_grant.is_none()
@@ -733,6 +760,7 @@ impl Replica {
         // window is also kept ahead of its lease; this says it outright.)
         self.role != Role::Leader
             && self.storage_failure.is_none()
+            && self.repair_until.is_none()
             && epoch > self.promise_floor
             && lease_expired
             && self.pending_grant.is_none()
@@ -761,6 +789,7 @@ impl Replica {
             && now >= self.granted_until
             && self.pending_grant.is_none()
             && self.storage_failure.is_none()
+            && self.repair_until.is_none()
         {
             self.start_candidacy(now, effects);
         }
@@ -1208,6 +1237,12 @@ impl Replica {
         };
         let covered = flushed.log_end.min(log_end).min(self.log_end);
         self.durable_end = self.durable_end.max(covered);
+        if self
+            .repair_until
+            .is_some_and(|until| self.durable_end >= until)
+        {
+            self.repair_until = None;
+        }
         if self.role == Role::Leader {
             self.answer_durable(effects);
             self.advance_commit(effects);

@@ -1646,3 +1646,87 @@ fn a_fully_expired_log_restarts_and_its_next_batch_continues_its_offsets() {
         "{effects:?}"
     );
 }
+
+#[test]
+fn a_replica_that_lost_committed_data_votes_for_no_one_until_the_leader_repaired_it() {
+    // B had committed [0, 3) and promised epoch 1; its store recovered an empty log.
+    let mut voter = replica(
+        B,
+        Recovered {
+            promised_epoch: Epoch(1),
+            ..empty()
+        },
+    );
+    voter.require_repair(Offset(3));
+    assert_eq!(voter.repairing_until(), Some(Offset(3)));
+    // Long past every election deadline: it stands for nothing.
+    assert_eq!(voter.step(Millis(5_000), Input::Tick), vec![]);
+    // C lost the same records and asks with an empty log: up to date by 5.2(c) against B's
+    // short log, but B refuses, probe and request alike.
+    let short = |epoch: u64| PeerMessage::LeaseProbe {
+        epoch: Epoch(epoch),
+        last_log_epoch: Epoch(0),
+        log_end: Offset(0),
+    };
+    let refused = |epoch: u64| {
+        send(
+            C,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(epoch),
+                granted: false,
+                promised_epoch: Epoch(1),
+            },
+        )
+    };
+    assert_eq!(
+        voter.step(Millis(5_000), peer(C, short(2))),
+        vec![refused(2)]
+    );
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(0),
+        log_end: Offset(0),
+    };
+    assert_eq!(
+        voter.step(Millis(5_000), peer(C, request)),
+        vec![send(
+            C,
+            PeerMessage::LeaseResponse {
+                epoch: Epoch(2),
+                granted: false,
+                promised_epoch: Epoch(1),
+            }
+        )]
+    );
+    // A leads epoch 2 with the whole log and repairs B.
+    let (_, batches) = epoch_one_log();
+    let mut all = batches.clone();
+    all.push(marker(3, 2));
+    let effects = voter.step(Millis(5_000), peer(A, append(2, 0, 0, all.clone(), 4, 9)));
+    assert_eq!(effects, vec![Effect::PersistPromise { epoch: Epoch(2) }]);
+    let effects = voter.step(Millis(5_000), Input::PromisePersisted { epoch: Epoch(2) });
+    assert!(
+        effects.contains(&Effect::Append { batches: all }),
+        "{effects:?}"
+    );
+    assert_eq!(voter.repairing_until(), Some(Offset(3)), "not durable yet");
+    voter.step(Millis(5_000), Input::Durable { log_end: Offset(4) });
+    assert_eq!(voter.repairing_until(), None);
+    // Repaired, it votes by the usual rules again (once A's lease lapsed).
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(3),
+        last_log_epoch: Epoch(2),
+        log_end: Offset(4),
+    };
+    assert_eq!(
+        voter.step(Millis(9_000), peer(C, probe)),
+        vec![send(
+            C,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(3),
+                granted: true,
+                promised_epoch: Epoch(2),
+            }
+        )]
+    );
+}

@@ -11,6 +11,9 @@
 //!   simulations.
 //! - `group_commit`: one flusher thread; a flush covers every append that arrived while the
 //!   previous flush ran, across partitions; a bounded request queue gives backpressure.
+//! - `watermark`: per log, the committed end and promise a replica recorded, kept outside the
+//!   log's data so that a store that recovers an older state (sled drops everything after a
+//!   damaged segment) is caught instead of serving a shorter log and reusing its offsets.
 //! - `core` (private): the contract's rules written once over three ordered maps (data, meta,
 //!   time index), including crash repair on open; both implementations are thin backends.
 //! - `tests/conformance.rs`: the one test suite both implementations must pass;
@@ -24,12 +27,14 @@
 pub mod group_commit;
 pub mod memory;
 pub mod sled_store;
+pub mod watermark;
 
 mod core;
 
 pub use group_commit::{FlushTicket, GroupCommitConfig, GroupCommitStats, GroupCommitter};
 pub use memory::{MemoryLog, MemoryStore};
 pub use sled_store::{SledConfig, SledLog, SledStore};
+pub use watermark::Watermark;
 
 use bytes::Bytes;
 use cairn_protocol::batch::{BatchError, RecordBatch};
@@ -67,6 +72,17 @@ pub enum StorageError {
     /// The group committer's request queue holds `flush_requests_max` requests already.
     #[error("flush request queue is full ({flush_requests_max} waiting)")]
     FlushQueueFull { flush_requests_max: usize },
+    /// `raise_committed_watermark` named an offset beyond the log end: the caller's bug, and
+    /// recording it would make the next open report a loss that did not happen.
+    #[error("committed watermark {committed_end} is beyond the log end {log_end}")]
+    WatermarkBeyondLogEnd {
+        committed_end: Offset,
+        log_end: Offset,
+    },
+    /// The watermark file (see [`watermark`]) failed its checksum or framing. Not read as
+    /// "no watermarks": that would hide exactly the data loss it exists to reveal.
+    #[error("the watermark file is damaged: {reason}")]
+    WatermarksDamaged { reason: String },
     /// The underlying store failed (I/O, sled), or the log was removed. After this error the
     /// log handle should be dropped and the log reopened: its cached state may be stale.
     #[error("storage I/O failed: {0}")]
@@ -190,7 +206,19 @@ pub trait PartitionLog: Send + 'static {
 
     /// Records a promise. Durable only after a later flush: callers flush before answering.
     /// Storage records what it is given; never lowering it (REP-2) is the replica's rule.
+    /// The watermark's promise is raised too, so a store that recovers an older state still
+    /// reports (through [`PartitionLog::promised_epoch`]) the highest promise it made.
     fn set_promised_epoch(&mut self, epoch: Epoch) -> Result<(), StorageError>;
+
+    /// This replica's durable watermark ([`watermark`]), as it was when the log was opened
+    /// plus what was recorded since. After opening, `log_end() < watermark().committed_end`
+    /// means this replica lost committed data (its store recovered an older state): it must
+    /// not serve or vote with that log until it has repaired it from its peers.
+    fn watermark(&self) -> Watermark;
+
+    /// Raises the recorded committed end (never lowers it). The caller passes only an offset
+    /// below which this log is committed and durable. Durable after a later flush.
+    fn raise_committed_watermark(&mut self, committed_end: Offset) -> Result<(), StorageError>;
 
     /// Small named values kept with the log (e.g. producer state), durable after a flush.
     fn get_value(&self, key: &str) -> Result<Option<Bytes>, StorageError>;

@@ -6,9 +6,13 @@
 //! start, promised epoch, epoch history, values, created and removed logs) and reopens every
 //! log from the durable copy, exactly as a restarted process would. [`MemoryStore::crash_torn`]
 //! keeps a prefix of the unflushed writes instead, as sled may after a kill, so simulations also
-//! exercise the repair done on open.
+//! exercise the repair done on open. Watermarks (see [`crate::watermark`]) survive a crash as
+//! of the last flush, like the file sled keeps beside its database; and
+//! [`MemoryStore::lose_flushed_suffix`] forgets flushed data, as a sled database with a damaged
+//! segment does.
 
 use crate::core::{Backend, LogState};
+use crate::watermark::{Watermark, WatermarkTable};
 use crate::{EpochStart, LogStore, PartitionLog, RetentionPolicy, StorageError};
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
@@ -178,6 +182,11 @@ struct MemoryInner {
     /// Writes since the last flush, in order.
     journal: Vec<(String, MemoryWrite)>,
     flushes: u64,
+    /// Watermarks as recorded, and as of the last flush (what a crash leaves).
+    watermarks: WatermarkTable,
+    durable_watermarks: BTreeMap<String, Watermark>,
+    /// Set by [`MemoryStore::fail_flushes`]: every flush fails with this, keeping its journal.
+    flush_failure: Option<String>,
 }
 
 /// The in-memory store. Clones share one state, as clones of a sled database do.
@@ -219,6 +228,10 @@ impl MemoryStore {
         for (name, write) in journal.into_iter().take(writes_kept) {
             apply(&mut inner.durable, &name, write);
         }
+        inner.watermarks = WatermarkTable {
+            entries: inner.durable_watermarks.clone(),
+            dirty: false,
+        };
         inner.logs.clear();
         for (name, data) in &inner.durable {
             let mut data = data.clone();
@@ -228,12 +241,39 @@ impl MemoryStore {
                 journal: &mut inner.journal,
             };
             // Only a bug in `core` (a write order it cannot repair) could make this fail.
-            let state = LogState::open(&mut backend)
+            let mut state = LogState::open(&mut backend)
                 .unwrap_or_else(|error| panic!("memory log {name} failed to reopen: {error}"));
+            state.promised_epoch = state
+                .promised_epoch
+                .max(inner.watermarks.get(name).promised_epoch);
             inner
                 .logs
                 .insert(name.clone(), MemoryLogSlot { state, data });
         }
+    }
+
+    /// Fault hook: a crash after which the store recovers an older state of `name`, as sled
+    /// does when a segment of its log is damaged: flushed batches at or above `from` are gone,
+    /// and so is the log's flushed metadata (its promise, values, epoch history past `from`).
+    /// Watermarks survive, as the file beside a sled database does. Every log is reopened.
+    pub fn lose_flushed_suffix(&self, name: &str, from: Offset) {
+        {
+            let mut inner = self.lock();
+            inner.journal.clear();
+            if let Some(log) = inner.durable.get_mut(name) {
+                log.data.retain(|offset, _| *offset < from);
+                log.time.retain(|_, offset| *offset < from);
+                log.meta.clear();
+            }
+        }
+        self.crash();
+    }
+
+    /// Fault hook: while `Some`, every flush fails with [`StorageError::Io`] carrying this
+    /// reason (a full disk, say) and makes nothing durable; reads and buffered writes go on.
+    /// `None` lets flushes succeed again, each covering everything written meanwhile.
+    pub fn fail_flushes(&self, reason: Option<&str>) {
+        self.lock().flush_failure = reason.map(str::to_owned);
     }
 
     /// Writes not yet covered by a flush (what a crash would lose).
@@ -261,7 +301,10 @@ impl LogStore for MemoryStore {
                 data: &mut data,
                 journal: &mut inner.journal,
             };
-            let state = LogState::open(&mut backend)?;
+            let mut state = LogState::open(&mut backend)?;
+            state.promised_epoch = state
+                .promised_epoch
+                .max(inner.watermarks.get(name).promised_epoch);
             inner
                 .logs
                 .insert(name.to_owned(), MemoryLogSlot { state, data });
@@ -277,6 +320,7 @@ impl LogStore for MemoryStore {
         if inner.logs.remove(name).is_some() {
             inner.journal.push((name.to_owned(), MemoryWrite::Remove));
         }
+        inner.watermarks.remove(name);
         Ok(())
     }
 
@@ -287,9 +331,14 @@ impl LogStore for MemoryStore {
     fn flush(&self) -> Result<(), StorageError> {
         let mut inner = self.lock();
         let inner = &mut *inner;
+        if let Some(reason) = &inner.flush_failure {
+            return Err(StorageError::Io(reason.clone()));
+        }
         for (name, write) in inner.journal.drain(..) {
             apply(&mut inner.durable, &name, write);
         }
+        inner.durable_watermarks = inner.watermarks.entries.clone();
+        inner.watermarks.dirty = false;
         inner.flushes += 1;
         Ok(())
     }
@@ -400,7 +449,40 @@ impl PartitionLog for MemoryLog {
     }
 
     fn set_promised_epoch(&mut self, epoch: Epoch) -> Result<(), StorageError> {
-        self.with(|state, backend| state.set_promised_epoch(backend, epoch))
+        self.with(|state, backend| state.set_promised_epoch(backend, epoch))?;
+        self.store.lock().watermarks.raise(
+            &self.name,
+            Watermark {
+                committed_end: Offset::ZERO,
+                promised_epoch: epoch,
+            },
+        );
+        Ok(())
+    }
+
+    fn watermark(&self) -> Watermark {
+        self.store.lock().watermarks.get(&self.name)
+    }
+
+    fn raise_committed_watermark(&mut self, committed_end: Offset) -> Result<(), StorageError> {
+        let mut inner = self.store.lock();
+        let Some(slot) = inner.logs.get(&self.name) else {
+            return Err(StorageError::Io(format!("log {} was removed", self.name)));
+        };
+        if committed_end > slot.state.log_end {
+            return Err(StorageError::WatermarkBeyondLogEnd {
+                committed_end,
+                log_end: slot.state.log_end,
+            });
+        }
+        inner.watermarks.raise(
+            &self.name,
+            Watermark {
+                committed_end,
+                promised_epoch: Epoch::ZERO,
+            },
+        );
+        Ok(())
     }
 
     fn get_value(&self, key: &str) -> Result<Option<Bytes>, StorageError> {

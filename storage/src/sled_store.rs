@@ -21,16 +21,25 @@
 //!
 //! sled keeps the database locked while any `Db` or `Tree` clone is alive: drop the store and
 //! every [`SledLog`] before opening the same directory again.
+//!
+//! A failed write (a full disk) is final for a sled database: its flusher stores the error
+//! and every later write and flush returns it, while reads go on. So after a failed flush the
+//! next [`LogStore::flush`] first reopens the database (every log lets go of its trees and
+//! reloads them, and its state, on its next call), and fails again until sled can open and
+//! flush the files. What was flushed before the failure survives; the writes that failed
+//! were never reported durable. `tests/full_disk.rs` runs this on a full tmpfs.
 
 use crate::core::{time_from_key, time_key, u64_from_bytes, Backend, LogState};
+use crate::watermark::{Watermark, WatermarkFile, WatermarkTable};
 use crate::{EpochStart, LogStore, PartitionLog, RetentionPolicy, StorageError};
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::{Epoch, Offset};
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 const DATA_PREFIX: &str = "data/";
 const META_PREFIX: &str = "meta/";
@@ -45,6 +54,12 @@ pub struct SledConfig {
     /// `fdatasync` the database file after each flush: survives power loss, costs about a
     /// third of the append throughput (see the module comment). Off by default.
     pub sync_data: bool,
+    /// When sled cannot open the database because its files are damaged (it reports
+    /// corruption, or panics: random bytes in its log make it do either), move the directory
+    /// aside to `<path>.damaged-<unix ms>` and start an empty database instead, keeping the
+    /// watermarks, so that every replica opens shorter than its watermark and repairs
+    /// from its peers (see [`SledStore::rebuilt_from`]). Off: the open fails.
+    pub rebuild_when_damaged: bool,
 }
 
 impl Default for SledConfig {
@@ -52,6 +67,7 @@ impl Default for SledConfig {
         SledConfig {
             cache_capacity_bytes: 64 * 1024 * 1024,
             sync_data: false,
+            rebuild_when_damaged: false,
         }
     }
 }
@@ -186,17 +202,92 @@ impl Backend for SledBackend {
 struct SledLogInner {
     name: String,
     state: LogState,
-    backend: SledBackend,
+    /// `None` while the store reopens its database (see [`SledStore::reopen`]).
+    backend: Option<SledBackend>,
+    /// The store's database generation the backend and state were read from.
+    generation: u64,
+    store: Arc<SledStoreInner>,
+    /// The store's table, shared by every log: this log's entry lives there.
+    watermarks: Arc<Mutex<WatermarkTable>>,
     /// Set by `remove_log`: the trees are gone, every later call is refused.
     removed: bool,
 }
 
 struct SledStoreInner {
-    db: sled::Db,
+    /// `None` only while [`SledStore::reopen`] replaces it.
+    db: RwLock<Option<sled::Db>>,
+    /// Bumped by every reopen: logs read before it reload their trees and state.
+    generation: AtomicU64,
+    /// A flush failed: sled keeps its first write error for good (its flusher records it and
+    /// every later write and flush returns it), so the next flush reopens the database first.
+    failed: AtomicBool,
+    sled_config: sled::Config,
     /// The database file, for the `fdatasync` barrier after a flush.
     db_file: Option<File>,
     /// Logs currently open, so that two handles of one log share one cached state.
     open_logs: Mutex<HashMap<String, Weak<Mutex<SledLogInner>>>>,
+    /// Every log's watermark, and the file that keeps them (rewritten by `flush`).
+    watermarks: Arc<Mutex<WatermarkTable>>,
+    watermark_file: WatermarkFile,
+    /// Where the damaged database was moved when this store had to start empty.
+    rebuilt_from: Option<PathBuf>,
+}
+
+impl SledStoreInner {
+    /// A handle on the current database (sled handles are cheap clones).
+    fn db(&self) -> Result<sled::Db, StorageError> {
+        self.db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| StorageError::Io("the database is being reopened".to_owned()))
+    }
+
+    fn open_backend(&self, name: &str) -> Result<SledBackend, StorageError> {
+        let db = self.db()?;
+        Ok(SledBackend {
+            meta: db.open_tree(format!("{META_PREFIX}{name}")).map_err(io)?,
+            time: db.open_tree(format!("{TIME_PREFIX}{name}")).map_err(io)?,
+            // The data tree last: its presence is what lists a log in `log_names`.
+            data: db.open_tree(data_tree_name(name)).map_err(io)?,
+        })
+    }
+}
+
+fn lock_table(table: &Mutex<WatermarkTable>) -> MutexGuard<'_, WatermarkTable> {
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether a failed open means damaged files (worth a rebuild) rather than an environment
+/// problem (permissions, a lock held by another process), which a rebuild would not fix.
+/// sled calls a database whose config file it cannot parse "unsupported" (made by an older
+/// sled); a store that has a watermark file was written by this version, so for it that can
+/// only mean damage.
+fn damaged_files(error: &sled::Error, written_by_us: bool) -> bool {
+    match error {
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        sled::Error::Unsupported(_) => written_by_us,
+        _ => false,
+    }
+}
+
+/// Opens sled, turning a panic inside its recovery into an error: damaged files make sled
+/// 0.34 panic as often as they make it report corruption.
+fn open_sled(config: &sled::Config, written_by_us: bool) -> Result<sled::Db, (String, bool)> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(error)) => Err((error.to_string(), damaged_files(&error, written_by_us))),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err((format!("sled panicked while recovering: {message}"), true))
+        }
+    }
 }
 
 /// One sled database holding every partition log of a node. Cheap to clone.
@@ -222,12 +313,42 @@ impl SledStore {
         config: SledConfig,
     ) -> Result<SledStore, StorageError> {
         let path = path.as_ref();
-        let db = sled::Config::new()
+        let watermark_file = WatermarkFile::inside(path, config.sync_data);
+        let mut watermarks = watermark_file.load()?;
+        let sled_config = sled::Config::new()
             .path(path)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms(None)
-            .open()
-            .map_err(io)?;
+            .flush_every_ms(None);
+        let mut rebuilt_from = None;
+        let written_by_us = watermark_file.path().exists();
+        let db = match open_sled(&sled_config, written_by_us) {
+            Ok(db) => db,
+            Err((reason, damaged)) if damaged && config.rebuild_when_damaged => {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|elapsed| elapsed.as_millis())
+                    .unwrap_or(0);
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(format!(".damaged-{unix_ms}"));
+                let aside = PathBuf::from(aside);
+                tracing::error!(
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    %reason,
+                    "the database is damaged and cannot be opened: it is moved aside and every \
+                     replica starts empty, to be repaired from its peers"
+                );
+                std::fs::rename(path, &aside).map_err(io)?;
+                rebuilt_from = Some(aside);
+                let db = open_sled(&sled_config, false)
+                    .map_err(|(reason, _)| StorageError::Io(reason))?;
+                // The watermarks moved aside with the database; the new one keeps them.
+                watermarks.dirty = true;
+                watermark_file.store(&mut watermarks)?;
+                db
+            }
+            Err((reason, _)) => return Err(StorageError::Io(reason)),
+        };
         let db_file = if config.sync_data {
             Some(File::open(path.join("db")).map_err(io)?)
         } else {
@@ -235,11 +356,28 @@ impl SledStore {
         };
         Ok(SledStore {
             inner: Arc::new(SledStoreInner {
-                db,
+                db: RwLock::new(Some(db)),
+                generation: AtomicU64::new(0),
+                failed: AtomicBool::new(false),
+                sled_config,
                 db_file,
                 open_logs: Mutex::new(HashMap::new()),
+                watermarks: Arc::new(Mutex::new(watermarks)),
+                watermark_file,
+                rebuilt_from,
             }),
         })
+    }
+
+    /// Where the damaged database went, when [`SledConfig::rebuild_when_damaged`] had to
+    /// start this store empty; `None` after a normal open.
+    pub fn rebuilt_from(&self) -> Option<&Path> {
+        self.inner.rebuilt_from.as_deref()
+    }
+
+    /// The watermark file (see [`crate::watermark`]).
+    pub fn watermark_path(&self) -> &Path {
+        self.inner.watermark_file.path()
     }
 
     fn open_logs(&self) -> MutexGuard<'_, HashMap<String, Weak<Mutex<SledLogInner>>>> {
@@ -250,8 +388,40 @@ impl SledStore {
     }
 
     #[cfg(test)]
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.inner.db
+    pub(crate) fn db(&self) -> sled::Db {
+        self.inner.db().unwrap()
+    }
+
+    /// Replaces the database after a failed write (a full disk): sled cannot recover from one
+    /// within a process, so every handle is let go, the files are opened again (sled recovers
+    /// what was flushed; unflushed writes, never reported durable, are gone) and each log
+    /// reloads its trees and state on its next call. Fails, leaving the store to be reopened
+    /// by a later flush, while sled cannot open the files (the disk may still be full).
+    fn reopen(&self) -> Result<(), StorageError> {
+        let old = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        // Every tree handle keeps the old database open (and its files locked).
+        for log in self.open_logs().values().filter_map(Weak::upgrade) {
+            log.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .backend = None;
+        }
+        drop(old);
+        let db = open_sled(&self.inner.sled_config, true)
+            .map_err(|(reason, _)| StorageError::Io(format!("cannot reopen: {reason}")))?;
+        *self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(db);
+        self.inner.failed.store(false, Ordering::Release);
+        tracing::warn!("the database was reopened after a failed write");
+        Ok(())
     }
 }
 
@@ -267,18 +437,18 @@ impl LogStore for SledStore {
         if let Some(shared) = open_logs.get(name).and_then(Weak::upgrade) {
             return Ok(SledLog { shared });
         }
-        let db = &self.inner.db;
-        let mut backend = SledBackend {
-            meta: db.open_tree(format!("{META_PREFIX}{name}")).map_err(io)?,
-            time: db.open_tree(format!("{TIME_PREFIX}{name}")).map_err(io)?,
-            // The data tree last: its presence is what lists a log in `log_names`.
-            data: db.open_tree(data_tree_name(name)).map_err(io)?,
-        };
-        let state = LogState::open(&mut backend)?;
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let mut backend = self.inner.open_backend(name)?;
+        let mut state = LogState::open(&mut backend)?;
+        let watermark = lock_table(&self.inner.watermarks).get(name);
+        state.promised_epoch = state.promised_epoch.max(watermark.promised_epoch);
         let shared = Arc::new(Mutex::new(SledLogInner {
             name: name.to_owned(),
             state,
-            backend,
+            backend: Some(backend),
+            generation,
+            store: Arc::clone(&self.inner),
+            watermarks: Arc::clone(&self.inner.watermarks),
             removed: false,
         }));
         open_logs.retain(|_, log| log.strong_count() > 0);
@@ -294,7 +464,8 @@ impl LogStore for SledStore {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .removed = true;
         }
-        let db = &self.inner.db;
+        lock_table(&self.inner.watermarks).remove(name);
+        let db = self.inner.db()?;
         // The data tree first, so that a crash part-way leaves the log unlisted.
         db.drop_tree(data_tree_name(name)).map_err(io)?;
         db.drop_tree(format!("{META_PREFIX}{name}")).map_err(io)?;
@@ -305,7 +476,7 @@ impl LogStore for SledStore {
     fn log_names(&self) -> Result<Vec<String>, StorageError> {
         let mut names: Vec<String> = self
             .inner
-            .db
+            .db()?
             .tree_names()
             .iter()
             .filter_map(|tree| std::str::from_utf8(tree).ok())
@@ -317,11 +488,19 @@ impl LogStore for SledStore {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.inner.db.flush().map_err(io)?;
+        if self.inner.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        if let Err(error) = self.inner.db()?.flush() {
+            self.inner.failed.store(true, Ordering::Release);
+            return Err(io(error));
+        }
         if let Some(file) = &self.inner.db_file {
             file.sync_data().map_err(io)?;
         }
-        Ok(())
+        // After the data: a watermark never names more than the database holds durably.
+        let mut table = lock_table(&self.inner.watermarks);
+        self.inner.watermark_file.store(&mut table)
     }
 }
 
@@ -337,13 +516,36 @@ impl std::fmt::Debug for SledLog {
 }
 
 impl SledLog {
+    /// Locks the log, first reloading its trees and state if the store reopened its
+    /// database since they were read (the cached state may count writes that were lost).
     fn lock(&self) -> MutexGuard<'_, SledLogInner> {
-        self.shared
+        let mut guard = self
+            .shared
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = &mut *guard;
+        let generation = inner.store.generation.load(Ordering::Acquire);
+        if !inner.removed && inner.generation != generation {
+            inner.backend = None;
+            let reloaded = inner
+                .store
+                .open_backend(&inner.name)
+                .and_then(|mut backend| {
+                    let state = LogState::open(&mut backend)?;
+                    Ok((backend, state))
+                });
+            if let Ok((backend, mut state)) = reloaded {
+                let watermark = lock_table(&inner.watermarks).get(&inner.name);
+                state.promised_epoch = state.promised_epoch.max(watermark.promised_epoch);
+                inner.state = state;
+                inner.backend = Some(backend);
+                inner.generation = generation;
+            }
+        }
+        guard
     }
 
-    /// Runs `operation` unless the log was removed.
+    /// Runs `operation` unless the log was removed or its store is being reopened.
     fn with<T>(
         &self,
         operation: impl FnOnce(&mut LogState, &mut SledBackend) -> Result<T, StorageError>,
@@ -353,7 +555,13 @@ impl SledLog {
         if inner.removed {
             return Err(StorageError::Io(format!("log {} was removed", inner.name)));
         }
-        operation(&mut inner.state, &mut inner.backend)
+        let Some(backend) = inner.backend.as_mut() else {
+            return Err(StorageError::Io(format!(
+                "log {}: the database is being reopened",
+                inner.name
+            )));
+        };
+        operation(&mut inner.state, backend)
     }
 }
 
@@ -417,7 +625,43 @@ impl PartitionLog for SledLog {
     }
 
     fn set_promised_epoch(&mut self, epoch: Epoch) -> Result<(), StorageError> {
-        self.with(|state, backend| state.set_promised_epoch(backend, epoch))
+        self.with(|state, backend| state.set_promised_epoch(backend, epoch))?;
+        let inner = self.lock();
+        lock_table(&inner.watermarks).raise(
+            &inner.name,
+            Watermark {
+                committed_end: Offset::ZERO,
+                promised_epoch: epoch,
+            },
+        );
+        Ok(())
+    }
+
+    fn watermark(&self) -> Watermark {
+        let inner = self.lock();
+        let watermark = lock_table(&inner.watermarks).get(&inner.name);
+        watermark
+    }
+
+    fn raise_committed_watermark(&mut self, committed_end: Offset) -> Result<(), StorageError> {
+        self.with(|state, _| {
+            if committed_end > state.log_end {
+                return Err(StorageError::WatermarkBeyondLogEnd {
+                    committed_end,
+                    log_end: state.log_end,
+                });
+            }
+            Ok(())
+        })?;
+        let inner = self.lock();
+        lock_table(&inner.watermarks).raise(
+            &inner.name,
+            Watermark {
+                committed_end,
+                promised_epoch: Epoch::ZERO,
+            },
+        );
+        Ok(())
     }
 
     fn get_value(&self, key: &str) -> Result<Option<Bytes>, StorageError> {

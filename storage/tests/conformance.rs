@@ -6,6 +6,7 @@ use cairn_protocol::batch::{Record, RecordBatch, RecordBatchBuilder};
 use cairn_protocol::{Epoch, Offset};
 use cairn_storage::{
     EpochStart, LogStore, MemoryStore, PartitionLog, RetentionPolicy, SledStore, StorageError,
+    Watermark,
 };
 
 /// A store under test, and how to restart it.
@@ -633,6 +634,48 @@ fn shares_state_between_handles_of_one_log<F: Fixture>() {
     assert_eq!(reader.read(Offset(0), Offset(2), 1).unwrap().len(), 1);
 }
 
+fn keeps_watermarks_across_restarts_and_forgets_removed_logs<F: Fixture>() {
+    let mut fixture = F::new();
+    let store = fixture.store();
+    let mut log = store.open_log("p").unwrap();
+    assert_eq!(log.watermark(), Watermark::default());
+    append(&mut log, 3, 1, T0_MS);
+    append(&mut log, 2, 2, T0_MS);
+    log.set_promised_epoch(Epoch(4)).unwrap();
+    log.raise_committed_watermark(Offset(3)).unwrap();
+    // Beyond the log end is refused and changes nothing; lower never lowers it.
+    assert_eq!(
+        log.raise_committed_watermark(Offset(6)),
+        Err(StorageError::WatermarkBeyondLogEnd {
+            committed_end: Offset(6),
+            log_end: Offset(5)
+        })
+    );
+    log.raise_committed_watermark(Offset(1)).unwrap();
+    let expected = Watermark {
+        committed_end: Offset(3),
+        promised_epoch: Epoch(4),
+    };
+    assert_eq!(log.watermark(), expected);
+    let mut other = store.open_log("q").unwrap();
+    append(&mut other, 1, 1, T0_MS);
+    other.raise_committed_watermark(Offset(1)).unwrap();
+    drop((log, other, store));
+    let store = fixture.restart();
+    let log = store.open_log("p").unwrap();
+    assert_eq!(log.watermark(), expected);
+    assert_eq!(log.log_end(), Offset(5));
+    store.remove_log("q").unwrap();
+    drop((log, store));
+    let store = fixture.restart();
+    let other = store.open_log("q").unwrap();
+    assert_eq!(
+        other.watermark(),
+        Watermark::default(),
+        "a removed log's is gone"
+    );
+}
+
 macro_rules! conformance {
     ($module:ident, $fixture:ty) => {
         mod $module {
@@ -677,6 +720,10 @@ macro_rules! conformance {
             #[test]
             fn removes_logs_and_lists_names() {
                 super::removes_logs_and_lists_names::<$fixture>();
+            }
+            #[test]
+            fn keeps_watermarks_across_restarts_and_forgets_removed_logs() {
+                super::keeps_watermarks_across_restarts_and_forgets_removed_logs::<$fixture>();
             }
             #[test]
             fn shares_state_between_handles_of_one_log() {

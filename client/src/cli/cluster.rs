@@ -37,9 +37,12 @@ pub async fn run(config: ClientConfig, command: ClusterCommand) -> Result<(), Cl
     Ok(())
 }
 
-/// Under-replicated: a replica sits on a node the answering node does not hear.
+/// Under-replicated: a replica sits on a node the answering node does not hear, or lost
+/// committed data (corrupted, or being repaired from the leader).
 fn under_replicated(partition: &PartitionStatus) -> bool {
     !partition.offline_replicas.is_empty()
+        || !partition.repairing_replicas.is_empty()
+        || !partition.corrupted_replicas.is_empty()
 }
 
 fn liveness_name(liveness: Liveness) -> &'static str {
@@ -153,10 +156,17 @@ pub fn status_report(status: &ClusterStatusResponse, problems_only: bool) -> Str
         "STATE".to_owned(),
     ]];
     for partition in shown {
-        let state = match (partition.leader, under_replicated(partition)) {
-            (None, _) => "NO LEADER",
-            (Some(_), true) => "UNDER-REPLICATED",
-            (Some(_), false) => "ok",
+        let state = if !partition.corrupted_replicas.is_empty() {
+            format!("CORRUPTED on {}", node_list(&partition.corrupted_replicas))
+        } else if !partition.repairing_replicas.is_empty() {
+            format!("REPAIRING on {}", node_list(&partition.repairing_replicas))
+        } else {
+            match (partition.leader, under_replicated(partition)) {
+                (None, _) => "NO LEADER",
+                (Some(_), true) => "UNDER-REPLICATED",
+                (Some(_), false) => "ok",
+            }
+            .to_owned()
         };
         partition_rows.push([
             partition.topic.clone(),
@@ -167,7 +177,7 @@ pub fn status_report(status: &ClusterStatusResponse, problems_only: bool) -> Str
             partition.leader_epoch.to_string(),
             node_list(&partition.replicas),
             node_list(&partition.offline_replicas),
-            state.to_owned(),
+            state,
         ]);
     }
     push_table(&mut out, &partition_rows);
@@ -214,6 +224,8 @@ mod tests {
             leader: leader.map(NodeId),
             leader_epoch: Epoch(2),
             offline_replicas: offline.iter().copied().map(NodeId).collect(),
+            repairing_replicas: Vec::new(),
+            corrupted_replicas: Vec::new(),
         }
     }
 
@@ -270,6 +282,27 @@ mod tests {
                 "orders  2          none    2      3         3        NO LEADER",
                 "users   0          1       2      1,2       -        ok",
             ]
+        );
+    }
+
+    #[test]
+    fn a_corrupted_or_repairing_replica_is_a_problem_shown_by_node() {
+        let mut status = three_nodes_one_down();
+        status.partitions = vec![
+            partition("users", 0, &[1, 2], Some(1), &[]),
+            partition("users", 1, &[1, 2], Some(2), &[]),
+        ];
+        status.partitions[0].corrupted_replicas = vec![NodeId(1)];
+        status.partitions[1].repairing_replicas = vec![NodeId(1)];
+        let report = status_report(&status, true);
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(
+            &lines[lines.len() - 2..],
+            &[
+                "users  0          1       2      1,2       -        CORRUPTED on 1",
+                "users  1          2       2      1,2       -        REPAIRING on 1",
+            ],
+            "{report}"
         );
     }
 

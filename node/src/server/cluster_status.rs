@@ -8,6 +8,7 @@
 
 use crate::broker::Broker;
 use crate::meta::META_TOPIC;
+use crate::partition::LogHealth;
 use cairn_protocol::messages::{
     ClusterStatusRequest, ClusterStatusResponse, Liveness, NodeStatus, PartitionDescription,
     PartitionStatus, Response, TopicMetadata,
@@ -38,6 +39,7 @@ pub fn handle<S: LogStore>(
             .map(|info| (info.node_id, info.address))
             .collect(),
         meta: broker.meta_description(),
+        damaged: broker.damaged_replicas(),
     };
     Ok(Response::ClusterStatus(
         view.status(topics, request.include_internal),
@@ -51,6 +53,8 @@ struct View {
     heard: BTreeMap<NodeId, String>,
     /// The `__meta` partition as this node sees it; its replicas are the metadata voters.
     meta: PartitionDescription,
+    /// This node's own replicas that lost committed data, by (topic, partition).
+    damaged: BTreeMap<(String, u32), LogHealth>,
 }
 
 impl View {
@@ -127,6 +131,18 @@ impl View {
             .copied()
             .filter(|replica| self.liveness(*replica) == Liveness::Down)
             .collect();
+        let health = self
+            .damaged
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(LogHealth::Healthy);
+        let mine = |wanted: bool| {
+            if wanted {
+                vec![self.node_id]
+            } else {
+                Vec::new()
+            }
+        };
         PartitionStatus {
             topic: topic.to_string(),
             partition,
@@ -135,6 +151,8 @@ impl View {
             leader,
             leader_epoch,
             offline_replicas,
+            repairing_replicas: mine(matches!(health, LogHealth::Repairing { .. })),
+            corrupted_replicas: mine(matches!(health, LogHealth::Corrupted { .. })),
         }
     }
 }
@@ -180,6 +198,7 @@ mod tests {
             node_id: NodeId(1),
             heard: BTreeMap::from([(NodeId(1), "127.0.0.1:7171".to_string())]),
             meta: meta(&[1], Some(1)),
+            damaged: BTreeMap::new(),
         };
         let status = view.status(vec![topic("orders", &[(&[1], Some(1))])], false);
         assert_eq!(
@@ -206,6 +225,10 @@ mod tests {
                 (NodeId(2), "127.0.0.1:7172".to_string()),
             ]),
             meta: meta(&[1, 2, 3], Some(1)),
+            damaged: BTreeMap::from([(
+                ("b".to_string(), 1),
+                LogHealth::Repairing { until: Offset(9) },
+            )]),
         };
         let status = view.status(
             vec![
@@ -243,5 +266,9 @@ mod tests {
         );
         assert!(status.partitions[0].internal);
         assert_eq!(status.partitions[3].leader, None);
+        // Its own damaged replica is reported by the answering node, and only that one.
+        assert_eq!(status.partitions[3].repairing_replicas, vec![NodeId(2)]);
+        assert!(status.partitions[2].repairing_replicas.is_empty());
+        assert!(status.partitions[3].corrupted_replicas.is_empty());
     }
 }

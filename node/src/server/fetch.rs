@@ -176,7 +176,12 @@ fn without_reading<S: LogStore>(
     high_watermark: cairn_protocol::Offset,
 ) -> Result<FetchedRecords, ApiError> {
     let snapshot = handle.shared.snapshot();
-    if snapshot.role != Role::Leader {
+    // A replica whose storage failed serves committed reads while no leader is known (see
+    // the partition actor's `Read`); a corrupted one serves nothing.
+    let serving_while_failed = snapshot.committed_while_failed.is_some()
+        && snapshot.leader.is_none()
+        && snapshot.health == crate::partition::LogHealth::Healthy;
+    if snapshot.role != Role::Leader && !serving_while_failed {
         Err(handle.shared.not_leader())
     } else if offset < snapshot.log_start {
         Err(ApiError::OffsetOutOfRange {

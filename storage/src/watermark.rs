@@ -1,0 +1,309 @@
+//! Durable watermarks: what each replica knows it once held, kept apart from its log.
+//!
+//! sled recovers a database by replaying its log up to the first segment that fails its
+//! checksum and silently drops everything after it; a damaged or truncated file therefore
+//! opens as an *older* database, whose logs are shorter and whose promises are lower than the
+//! ones this node acknowledged (a reviewer lost 3,754 of 5,001 acknowledged records that way,
+//! and the node then reused their offsets). Nothing inside the database can reveal that: the
+//! metadata written after the damaged segment is gone with the data. So each store keeps, per
+//! log, the highest offset the replica recorded as committed and durable and the highest epoch
+//! it promised, in a small file of its own next to the database, rewritten (write to a
+//! temporary file, then rename) after each flush that follows a change. A log that opens
+//! shorter than its watermark lost committed data on this replica; see `PartitionLog`.
+//!
+//! The file is `cairn.watermarks` inside the database directory (sled leaves files it does not
+//! know alone). Its bytes: the magic `CAIRNWM1`, a u32 entry count,
+//! per entry a u16 name length, the name, the committed end (u64) and the promised epoch
+//! (u64), all big-endian, then a CRC32C of everything before it. A file that fails its
+//! checksum is a typed error at open, never read as "no watermarks".
+
+use crate::StorageError;
+use cairn_protocol::{Epoch, Offset};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"CAIRNWM1";
+
+/// The file's name inside the database directory.
+pub const WATERMARK_FILE_NAME: &str = "cairn.watermarks";
+
+/// Logs one watermark file may describe; a node hosts far fewer partitions than this. Bounds
+/// what a damaged count field could make the decoder allocate.
+pub const WATERMARK_ENTRIES_MAX: usize = 1 << 20;
+
+/// What one replica is known to have held durably.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermark {
+    /// Every offset below this was committed and durable in this replica's log.
+    pub committed_end: Offset,
+    /// The highest epoch this replica promised (DESIGN 5.1).
+    pub promised_epoch: Epoch,
+}
+
+impl Watermark {
+    /// The larger of each field: watermarks only grow.
+    pub fn max(self, other: Watermark) -> Watermark {
+        Watermark {
+            committed_end: self.committed_end.max(other.committed_end),
+            promised_epoch: self.promised_epoch.max(other.promised_epoch),
+        }
+    }
+}
+
+pub(crate) fn encode(entries: &BTreeMap<String, Watermark>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + entries.len() * 48);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (name, watermark) in entries {
+        let name = name.as_bytes();
+        let name_len = u16::try_from(name.len()).expect("log names are short");
+        out.extend_from_slice(&name_len.to_be_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&watermark.committed_end.0.to_be_bytes());
+        out.extend_from_slice(&watermark.promised_epoch.0.to_be_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn damaged(reason: &str) -> StorageError {
+    StorageError::WatermarksDamaged {
+        reason: reason.to_owned(),
+    }
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Watermark>, StorageError> {
+    let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
+        return Err(damaged("shorter than its checksum"));
+    };
+    if crc32c::crc32c(body) != u32::from_be_bytes(*crc) {
+        return Err(damaged("checksum mismatch"));
+    }
+    let Some(rest) = body.strip_prefix(MAGIC) else {
+        return Err(damaged("unknown format"));
+    };
+    let mut cursor = Cursor(rest);
+    let count = cursor.u32()? as usize;
+    if count > WATERMARK_ENTRIES_MAX {
+        return Err(damaged("too many entries"));
+    }
+    let mut entries = BTreeMap::new();
+    for _ in 0..count {
+        let name_len = usize::from(cursor.u16()?);
+        let name = std::str::from_utf8(cursor.take(name_len)?)
+            .map_err(|_| damaged("a log name is not UTF-8"))?
+            .to_owned();
+        let watermark = Watermark {
+            committed_end: Offset(cursor.u64()?),
+            promised_epoch: Epoch(cursor.u64()?),
+        };
+        entries.insert(name, watermark);
+    }
+    if !cursor.0.is_empty() {
+        return Err(damaged("bytes after the last entry"));
+    }
+    Ok(entries)
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], StorageError> {
+        if self.0.len() < len {
+            return Err(damaged("cut short"));
+        }
+        let (head, tail) = self.0.split_at(len);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u16(&mut self) -> Result<u16, StorageError> {
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32, StorageError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, StorageError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+/// The per-store table: what is recorded now, and whether the file lags it.
+#[derive(Debug, Default)]
+pub(crate) struct WatermarkTable {
+    pub(crate) entries: BTreeMap<String, Watermark>,
+    pub(crate) dirty: bool,
+}
+
+impl WatermarkTable {
+    pub(crate) fn get(&self, name: &str) -> Watermark {
+        self.entries.get(name).copied().unwrap_or_default()
+    }
+
+    /// Raises `name`'s watermark to at least `watermark`; marks the table dirty if it moved.
+    pub(crate) fn raise(&mut self, name: &str, watermark: Watermark) {
+        let current = self.get(name);
+        let raised = current.max(watermark);
+        if raised != current {
+            self.entries.insert(name.to_owned(), raised);
+            self.dirty = true;
+        }
+    }
+
+    pub(crate) fn remove(&mut self, name: &str) {
+        if self.entries.remove(name).is_some() {
+            self.dirty = true;
+        }
+    }
+}
+
+/// The file inside a sled database's directory.
+#[derive(Debug)]
+pub(crate) struct WatermarkFile {
+    path: PathBuf,
+    /// `fsync` the file and its directory after each rewrite (with `SledConfig::sync_data`).
+    sync: bool,
+}
+
+impl WatermarkFile {
+    pub(crate) fn inside(store_path: &Path, sync: bool) -> WatermarkFile {
+        WatermarkFile {
+            path: store_path.join(WATERMARK_FILE_NAME),
+            sync,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file; a missing file is an empty table (a new store, or one from before
+    /// watermarks existed).
+    pub(crate) fn load(&self) -> Result<WatermarkTable, StorageError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok(WatermarkTable {
+                entries: decode(&bytes).map_err(|error| match error {
+                    StorageError::WatermarksDamaged { reason } => StorageError::WatermarksDamaged {
+                        reason: format!("{}: {reason}", self.path.display()),
+                    },
+                    other => other,
+                })?,
+                dirty: false,
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(WatermarkTable::default())
+            }
+            Err(error) => Err(StorageError::Io(format!(
+                "cannot read {}: {error}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Rewrites the file if the table changed since the last write. A rename replaces it, so
+    /// a crash leaves the old file or the new one, never a mix.
+    pub(crate) fn store(&self, table: &mut WatermarkTable) -> Result<(), StorageError> {
+        if !table.dirty {
+            return Ok(());
+        }
+        let io = |error: std::io::Error| {
+            StorageError::Io(format!("cannot write {}: {error}", self.path.display()))
+        };
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(".tmp");
+        let temporary = PathBuf::from(temporary);
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        file.write_all(&encode(&table.entries)).map_err(io)?;
+        if self.sync {
+            file.sync_data().map_err(io)?;
+        }
+        drop(file);
+        std::fs::rename(&temporary, &self.path).map_err(io)?;
+        if self.sync {
+            if let Some(directory) = self.path.parent() {
+                std::fs::File::open(directory)
+                    .and_then(|directory| directory.sync_all())
+                    .map_err(io)?;
+            }
+        }
+        table.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> BTreeMap<String, Watermark> {
+        BTreeMap::from([
+            (
+                "a".to_owned(),
+                Watermark {
+                    committed_end: Offset(7),
+                    promised_epoch: Epoch(3),
+                },
+            ),
+            ("topic-1/0".to_owned(), Watermark::default()),
+        ])
+    }
+
+    #[test]
+    fn a_table_round_trips() {
+        assert_eq!(decode(&encode(&table())).unwrap(), table());
+        assert_eq!(decode(&encode(&BTreeMap::new())).unwrap(), BTreeMap::new());
+    }
+
+    #[test]
+    fn any_flipped_byte_or_cut_is_a_typed_error() {
+        let bytes = encode(&table());
+        for index in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[index] ^= 0x10;
+            assert!(
+                matches!(
+                    decode(&damaged),
+                    Err(StorageError::WatermarksDamaged { .. })
+                ),
+                "byte {index}"
+            );
+            assert!(
+                matches!(
+                    decode(&bytes[..index]),
+                    Err(StorageError::WatermarksDamaged { .. })
+                ),
+                "cut at {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn watermarks_only_grow_and_only_changes_dirty_the_table() {
+        let mut table = WatermarkTable::default();
+        let high = Watermark {
+            committed_end: Offset(10),
+            promised_epoch: Epoch(2),
+        };
+        table.raise("p", high);
+        assert!(table.dirty);
+        table.dirty = false;
+        table.raise(
+            "p",
+            Watermark {
+                committed_end: Offset(4),
+                promised_epoch: Epoch(1),
+            },
+        );
+        assert_eq!((table.get("p"), table.dirty), (high, false));
+    }
+}
