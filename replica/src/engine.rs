@@ -1769,7 +1769,11 @@ impl Replica {
         // last sequence that may be wrong (which would refuse or wrongly deduplicate their
         // next batch). A restart agrees: a producer snapshot older than the log start is
         // ignored.
-        self.producers.truncate(Offset::ZERO);
+        if cfg!(feature = "broken-reset-keeps-producers") {
+            self.producers.truncate(Offset::ZERO);
+        } else {
+            self.producers.clear();
+        }
         self.leader_matched_end = start.offset;
         if start.offset > self.high_watermark {
             self.high_watermark = start.offset;

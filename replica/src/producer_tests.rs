@@ -261,3 +261,49 @@ fn a_snapshot_ahead_of_the_recovered_log_is_cut_back_to_it() {
         "{effects:?}"
     );
 }
+
+#[test]
+fn a_follower_reset_to_the_leaders_log_start_forgets_its_producers() {
+    // B holds producer 7's batch of sequences 2 and 3 at [1, 3) (its earlier batches fell to
+    // retention before B's log start), nothing committed yet.
+    let (mut follower, _) =
+        Replica::new(Config::for_tests(), B, vec![A, B, C], empty(), Millis(0)).unwrap();
+    let now = Millis(1_000);
+    let message = PeerMessage::Append {
+        epoch: Epoch(1),
+        prev_offset: Offset(0),
+        prev_epoch: Epoch(0),
+        batches: vec![marker(0, 1), idempotent(2, 2).stamped(Offset(1), Epoch(1))],
+        commit: Offset(0),
+        sent_at: Millis(7),
+        log_start: None,
+    };
+    follower.step(now, Input::Peer { from: A, message });
+    follower.step(now, Input::PromisePersisted { epoch: Epoch(1) });
+    assert!(follower.producers().batches_of(7).is_some());
+    // Leader A's retention passed offset 10 (everything B holds): B starts its log there.
+    // Producer 7's batches are committed history B will never hold again, so it is unknown
+    // (its next batch, sequence 4, is refused UnknownProducerId and it starts a new epoch),
+    // not known as expecting sequence 2, which would refuse it as out of order for good.
+    let message = PeerMessage::Append {
+        epoch: Epoch(1),
+        prev_offset: Offset(10),
+        prev_epoch: Epoch(1),
+        batches: Vec::new(),
+        commit: Offset(10),
+        sent_at: Millis(20),
+        log_start: Some(LogStart {
+            offset: Offset(10),
+            epoch: Epoch(1),
+        }),
+    };
+    let effects = follower.step(now, Input::Peer { from: A, message });
+    assert!(
+        effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::ResetLog { .. })),
+        "{effects:?}"
+    );
+    assert_eq!(follower.status().log_start, Offset(10));
+    assert_eq!(follower.producers().batches_of(7), None);
+}

@@ -263,6 +263,14 @@ impl Producers {
         });
     }
 
+    /// Forgets every producer: the log was reset to a later start (a leader's log start), so
+    /// the batches that told their state are gone, and not because they were uncommitted.
+    /// [`Producers::truncate`] would keep a producer expecting its cut batch's sequence, as a
+    /// truncated suffix is written again; a reset's batches never come back.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
     /// The state as bytes, for the log's metadata: written when the log ends at `through`
     /// (every batch below it recorded, none above). Big-endian, versioned:
     /// `version u8, through u64, count u32`, then per producer `id i64, epoch i16,
