@@ -109,29 +109,6 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Writes a random cluster secret to `path` unless one is there (owner-only permissions), so
-/// the nodes' peer traffic is authenticated as in production (`--cluster-secret-file`). The
-/// bytes come from the kernel's random source; this crate does not depend on the node's.
-fn ensure_cluster_secret(path: &Path) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() {
-        return Ok(());
-    }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .map_err(|error| format!("read /dev/urandom: {error}"))?;
-    let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
-        .map_err(|error| format!("write {}: {error}", path.display()))
-}
-
 /// N nodes on `127.0.0.1:base_port ..`, node `i` on `base_port + i - 1` with data in
 /// `TEMP/node-i` and its log in `TEMP/node-i.log`. More than one node: every address is a
 /// gossip seed and every node an initial voter, as with `cairn dev`.
@@ -170,7 +147,7 @@ impl LocalCluster {
             nodes: Vec::new(),
         };
         if node_count > 1 {
-            ensure_cluster_secret(&cluster.secret_path())?;
+            write_secret(&cluster.secret_path())?;
         }
         // Nodes of a cluster wait for each other's votes, so start them all before waiting.
         let starters: Vec<_> = (1..=u32::from(node_count))
@@ -401,4 +378,11 @@ pub fn cluster_resource_use(pids: &[u32]) -> Option<ResourceUse> {
         cpu_seconds: uses.iter().map(|u| u.cpu_seconds).sum(),
         peak_rss_bytes: uses.iter().map(|u| u.peak_rss_bytes).max().unwrap_or(0),
     })
+}
+
+/// Writes a random cluster secret to `path` unless one is there, so the nodes' peer traffic is
+/// authenticated as in production (`--cluster-secret-file`).
+fn write_secret(path: &Path) -> Result<(), String> {
+    cairn_protocol::peer::ensure_cluster_secret_file(path)
+        .map_err(|error| format!("write the cluster secret {}: {error}", path.display()))
 }

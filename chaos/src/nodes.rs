@@ -92,29 +92,6 @@ impl ClusterSpec {
     }
 }
 
-/// Writes a random cluster secret to `path` unless one is there (owner-only permissions), so
-/// the nodes' peer traffic is authenticated as in production (`--cluster-secret-file`). The
-/// bytes come from the kernel's random source; this crate does not depend on the node's.
-fn ensure_cluster_secret(path: &Path) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() {
-        return Ok(());
-    }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut bytes))
-        .map_err(|error| format!("read /dev/urandom: {error}"))?;
-    let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
-        .map_err(|error| format!("write {}: {error}", path.display()))
-}
-
 /// One node's process, if it runs.
 pub struct NodeProcess {
     pub node: u32,
@@ -191,7 +168,7 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .map_err(|error| format!("open {}: {error}", log_path.display()))?;
-        ensure_cluster_secret(&spec.secret_file())?;
+        write_secret(&spec.secret_file())?;
         let seeds = spec.bootstrap();
         let voters = (1..=spec.nodes)
             .map(|id| id.to_string())
@@ -339,4 +316,11 @@ impl Drop for Cluster {
             self.kill(node);
         }
     }
+}
+
+/// Writes a random cluster secret to `path` unless one is there, so the nodes' peer traffic is
+/// authenticated as in production (`--cluster-secret-file`).
+fn write_secret(path: &Path) -> Result<(), String> {
+    cairn_protocol::peer::ensure_cluster_secret_file(path)
+        .map_err(|error| format!("write the cluster secret {}: {error}", path.display()))
 }

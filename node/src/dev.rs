@@ -132,20 +132,13 @@ fn secret_path(args: &DevArgs) -> PathBuf {
 /// Writes a random cluster secret on first use (owner-only permissions); an existing one is
 /// kept, so restarting the dev cluster on its data directory keeps its peers talking.
 fn ensure_secret(args: &DevArgs) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = secret_path(args);
-    if path.exists() {
-        return Ok(());
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
-    file.write_all(crate::peer_auth::ClusterSecret::generate_text().as_bytes())
-        .map_err(|error| format!("cannot write {}: {error}", path.display()))
+    cairn_protocol::peer::ensure_cluster_secret_file(&path).map_err(|error| {
+        format!(
+            "cannot write the cluster secret {}: {error}",
+            path.display()
+        )
+    })
 }
 
 /// Checks the flags; the reason is printed and the exit code is 2.

@@ -119,12 +119,6 @@ impl ClusterSecret {
         ClusterSecret::from_value(&format!("file {}", path.display()), &bytes)
     }
 
-    /// A new random secret, as text (so that it can be written to a file and read back).
-    pub fn generate_text() -> String {
-        let bytes = random_bytes::<32>();
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-    }
-
     fn mac(&self, label: &[u8], from: NodeId, to: NodeId, nonces: (&[u8], &[u8])) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes a key of any length");
         mac.update(label);
@@ -566,7 +560,22 @@ mod tests {
         let shown = format!("{secret:?}");
         assert!(!shown.contains("a-secret"), "{shown}");
         assert_eq!(secret, self::secret("a-secret-of-enough-bytes"));
-        assert!(ClusterSecret::generate_text().len() >= CLUSTER_SECRET_BYTES_MIN);
+    }
+
+    #[test]
+    fn a_generated_secret_file_is_owner_only_is_accepted_and_is_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster-secret");
+        cairn_protocol::peer::ensure_cluster_secret_file(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let first = ClusterSecret::from_file(&path).unwrap();
+        cairn_protocol::peer::ensure_cluster_secret_file(&path).unwrap();
+        assert_eq!(ClusterSecret::from_file(&path).unwrap(), first);
+        let other = dir.path().join("other");
+        cairn_protocol::peer::ensure_cluster_secret_file(&other).unwrap();
+        assert_ne!(ClusterSecret::from_file(&other).unwrap(), first);
     }
 
     #[test]

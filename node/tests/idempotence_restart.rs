@@ -26,6 +26,20 @@ fn produce(wire: &mut Wire, batch: &RecordBatch) -> Result<ProduceResponse, ApiE
     wire.produce_batch("t", 0, batch.bytes().clone())
 }
 
+/// Sends `batch` until the restarted node gives an answer that is not a retriable refusal
+/// (bounded: 500 tries, 20 ms apart), as the producer's retry would.
+fn retry_after_restart(wire: &mut Wire, batch: &RecordBatch) -> ProduceResponse {
+    for _ in 0..500 {
+        match produce(wire, batch) {
+            Err(error) if error.is_retriable() => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            answer => return answer.expect("the retry is answered"),
+        }
+    }
+    panic!("the restarted node never answered the retry");
+}
+
 fn filler_batch() -> RecordBatch {
     let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
     for _ in 0..FILLER_RECORDS_PER_BATCH {
@@ -57,19 +71,7 @@ fn a_retry_after_a_restart_is_a_duplicate_however_many_offsets_were_written_sinc
     node.restart();
     let mut wire = node.wire();
     // The producer never heard its first acknowledgement and sends the batch again.
-    let mut retried = None;
-    for _ in 0..500 {
-        match produce(&mut wire, &first) {
-            Err(error) if error.is_retriable() => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => {
-                retried = Some(other);
-                break;
-            }
-        }
-    }
-    let retried = retried.expect("the restarted node answers").unwrap();
+    let retried = retry_after_restart(&mut wire, &first);
     assert!(retried.duplicate, "written twice: {retried:?}");
     assert_eq!(retried.base_offset, written.base_offset);
     let end_after = wire
@@ -171,19 +173,7 @@ fn a_retry_after_retention_removed_the_batch_and_a_restart_is_still_a_duplicate(
     node.kill();
     node.restart();
     let mut wire = node.wire();
-    let mut retried = None;
-    for _ in 0..500 {
-        match produce(&mut wire, &second) {
-            Err(error) if error.is_retriable() => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => {
-                retried = Some(other);
-                break;
-            }
-        }
-    }
-    let retried = retried.expect("the restarted node answers").unwrap();
+    let retried = retry_after_restart(&mut wire, &second);
     assert!(retried.duplicate, "written twice: {retried:?}");
     assert_eq!(retried.base_offset, written.base_offset);
 }

@@ -27,6 +27,7 @@
 use crate::ids::{Epoch, NodeId, Offset};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// The version of the peer protocol this build speaks; a hello with another is refused.
 /// Version 2 added the authenticating handshake (nonces, challenge, proof).
@@ -196,6 +197,27 @@ pub fn encode_peer_frame(frame: &PeerFrame) -> Bytes {
 
 pub fn decode_peer_frame(bytes: &[u8]) -> Result<PeerFrame, String> {
     rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+}
+
+/// Writes a new random cluster secret to `path` (32 random bytes as 64 hex digits, readable by
+/// its owner only), unless a file is already there, which is kept: restarting a local cluster
+/// on its data directory keeps its peers talking. What `cairn dev`, the chaos harness and the
+/// benchmark's local clusters give their nodes (`--cluster-secret-file`).
+pub fn ensure_cluster_secret_file(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 #[cfg(test)]
