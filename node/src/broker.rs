@@ -861,12 +861,23 @@ impl<S: LogStore> Broker<S> {
         snapshot: Option<&PartitionSnapshot>,
     ) -> (Option<NodeId>, Epoch) {
         match snapshot {
-            Some(snapshot) => (snapshot.leader, snapshot.epoch),
+            Some(snapshot) => (self.live(snapshot.leader), snapshot.epoch),
             None => match self.hinted_leader(topic, partition) {
                 Some((leader, epoch)) => (Some(leader), epoch),
                 None => (None, Epoch::ZERO),
             },
         }
+    }
+
+    /// `leader` if it can still hold a lease: this node, or a node gossip says is alive. A
+    /// replica remembers its last leader until it hears of a newer one, which without a
+    /// majority never comes; a leader gossip has declared dead cannot be renewing its lease
+    /// (gossip's detection takes longer than a lease), so it is shown as no leader.
+    fn live(&self, leader: Option<NodeId>) -> Option<NodeId> {
+        leader.filter(|node| {
+            *node == self.config.node_id
+                || self.cluster_view().get(node).is_some_and(|info| info.alive)
+        })
     }
 
     /// The leader gossip names for a partition not hosted here: the node claiming the highest
@@ -981,7 +992,7 @@ impl<S: LogStore> Broker<S> {
         let snapshot = meta.shared.snapshot();
         PartitionDescription {
             partition: 0,
-            leader: snapshot.leader,
+            leader: self.live(snapshot.leader),
             leader_epoch: snapshot.epoch,
             replicas: self.meta_voters.clone(),
             log_start: snapshot.log_start,

@@ -674,6 +674,42 @@ fn without_a_quorum_writes_are_refused_and_resume_after_a_restart() {
     });
 }
 
+/// Issue 17: with the leader and a follower killed, the survivor went on naming the dead
+/// leader in `topic describe` and `cluster status` for good: its replica remembers its last
+/// leader until it hears of a newer one, which without a majority never comes.
+#[test]
+fn a_dead_leader_is_not_named_as_leader_by_the_survivor() {
+    run(async {
+        let mut cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "truth", 1).await;
+        let leader = leader_of(&bootstrap, "truth").await;
+        let others: Vec<u32> = (1..=3).filter(|id| *id != leader).collect();
+        let survivor = others[0];
+        blocking(|| {
+            cluster.node_mut(leader).kill();
+            cluster.node_mut(others[1]).kill();
+        });
+        let mut wire = cluster.node(survivor).wire();
+        let mut seen = None;
+        let leaderless = eventually(Duration::from_secs(10), || {
+            let described = describe(&mut wire, "truth").unwrap()[0].leader;
+            let status = wire.cluster_status(false);
+            let listed = status
+                .partitions
+                .iter()
+                .find(|partition| partition.topic == "truth")
+                .and_then(|partition| partition.leader);
+            seen = Some((described, listed));
+            described.is_none() && listed.is_none()
+        });
+        assert!(
+            leaderless,
+            "the survivor still names a leader (describe, status): {seen:?}"
+        );
+    });
+}
+
 #[test]
 fn restarting_every_node_at_once_keeps_every_acknowledged_record() {
     run(async {

@@ -11,9 +11,7 @@
 
 mod support;
 
-use cairn_protocol::messages::{
-    ClusterStatusRequest, ClusterStatusResponse, DescribeTopicRequest, PartitionDescription,
-};
+use cairn_protocol::messages::{ClusterStatusResponse, DescribeTopicRequest, PartitionDescription};
 use cairn_protocol::{ApiError, NodeId, Offset, Request, Response};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
@@ -56,12 +54,7 @@ fn sled_log_file(node: &TestNode) -> std::path::PathBuf {
 }
 
 fn cluster_status(wire: &mut Wire) -> ClusterStatusResponse {
-    match wire.call(Request::ClusterStatus(ClusterStatusRequest {
-        include_internal: true,
-    })) {
-        Ok(Response::ClusterStatus(status)) => status,
-        other => panic!("unexpected reply {other:?}"),
-    }
+    wire.cluster_status(true)
 }
 
 fn describe(wire: &mut Wire, topic: &str) -> Result<Vec<PartitionDescription>, ApiError> {

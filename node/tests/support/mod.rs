@@ -385,6 +385,16 @@ impl Wire {
         reply.result
     }
 
+    /// `cairn cluster status`'s request: the node's view of nodes and partitions.
+    pub fn cluster_status(&mut self, include_internal: bool) -> ClusterStatusResponse {
+        match self.call(Request::ClusterStatus(ClusterStatusRequest {
+            include_internal,
+        })) {
+            Ok(Response::ClusterStatus(status)) => status,
+            other => panic!("unexpected reply to ClusterStatus: {other:?}"),
+        }
+    }
+
     pub fn create_topic(&mut self, name: &str, partitions: u32) -> Result<TopicMetadata, ApiError> {
         match self.call(Request::CreateTopic(CreateTopicRequest {
             name: name.to_string(),
