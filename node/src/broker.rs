@@ -693,9 +693,7 @@ impl<S: LogStore> Broker<S> {
             });
         }
         if let Some(handle) = hosted_partition(&catalog, state, partition) {
-            if handle.shared.snapshot().role != Role::Leader {
-                self.check_quorum_alive(&state.replicas[partition as usize])?;
-            }
+            self.check_quorum_alive(&state.replicas[partition as usize])?;
             return Ok(handle.clone());
         }
         let (leader_hint, epoch) = match self.hinted_leader(topic, partition) {
@@ -709,9 +707,10 @@ impl<S: LogStore> Broker<S> {
     }
 
     /// Refuses with `NotEnoughReplicas` when gossip says fewer than a majority of `replicas`
-    /// are alive (this node counts as alive). Only a better reason for a refusal that is
-    /// coming anyway (this replica does not lead, and without a majority no one can); never
-    /// consulted to accept anything.
+    /// are alive (this node counts as alive), as a Kafka leader refuses below
+    /// `min.insync.replicas`. Without a majority no replica can commit, and a leader's lease
+    /// lapses with it, so this is a better reason for a refusal that is coming anyway; it is
+    /// only ever a refusal, never consulted to accept anything.
     fn check_quorum_alive(&self, replicas: &[NodeId]) -> Result<(), ApiError> {
         if !self.config.cluster.is_clustered() {
             return Ok(());
@@ -1174,6 +1173,10 @@ impl<S: LogStore> Broker<S> {
                 .map_or((None, Epoch::ZERO), |(leader, epoch)| (Some(leader), epoch));
             return Err(ApiError::NotLeader { leader_hint, epoch });
         };
+        // Without a majority of the voters nobody can write metadata (a producer id, a
+        // topic): say so, rather than that this node does not lead (or, on a leader whose
+        // lease lapsed with the majority, name itself as the leader to go to).
+        self.check_quorum_alive(&self.meta_voters)?;
         let reply = meta.produce(batch, Acks::All)?;
         let timeout = Duration::from_millis(META_CHANGE_TIMEOUT_MS);
         let response = match tokio::time::timeout(timeout, reply).await {

@@ -18,7 +18,9 @@ use cairn_client::{
     Admin, ApiError, AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset,
     Producer, ProducerConfig, Record, TopicConfig,
 };
-use cairn_protocol::messages::{DescribeTopicRequest, MetadataRequest, PartitionDescription};
+use cairn_protocol::messages::{
+    DescribeTopicRequest, InitProducerIdRequest, MetadataRequest, PartitionDescription,
+};
 use cairn_protocol::{NodeId, Request, Response};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -707,6 +709,26 @@ fn a_dead_leader_is_not_named_as_leader_by_the_survivor() {
             leaderless,
             "the survivor still names a leader (describe, status): {seen:?}"
         );
+        // An idempotent producer's first request, a producer id from `__meta`, names the
+        // reason too, once gossip noticed both deaths (it said "this node is not the leader
+        // (leader hint: None)").
+        let mut refused = None;
+        let named = eventually(Duration::from_secs(10), || {
+            let reply = wire.call(Request::InitProducerId(InitProducerIdRequest {}));
+            assert!(
+                reply.is_err(),
+                "a producer id without a majority: {reply:?}"
+            );
+            refused = Some(reply.clone());
+            matches!(
+                reply,
+                Err(ApiError::NotEnoughReplicas {
+                    needed: 2,
+                    alive: 1
+                })
+            )
+        });
+        assert!(named, "expected NotEnoughReplicas, last reply {refused:?}");
     });
 }
 
