@@ -403,6 +403,71 @@ fn dev_with_three_nodes_serves_the_tour_with_replication_factor_3() {
     tour(3);
 }
 
+/// Issue 17: every argument the server refuses exits 2, as clap's own refusals do; a runtime
+/// failure exits 1; messages count in the singular and the plural.
+#[test]
+fn refused_arguments_exit_2_and_failures_exit_1() {
+    let dev = Dev::start(1);
+    let refused = |args: &[&str], stdin: &str, code: i32, says: &str| {
+        let (status, _, stderr) = dev.cli(args, stdin);
+        assert_eq!(status.code(), Some(code), "cairn {args:?}: {stderr}");
+        assert!(stderr.contains(says), "cairn {args:?}: {stderr}");
+    };
+    refused(
+        &["topic", "create", "a", "--partitions", "0"],
+        "",
+        2,
+        "invalid partition count 0",
+    );
+    refused(
+        &["topic", "create", "bad name", "--partitions", "1"],
+        "",
+        2,
+        "invalid topic name",
+    );
+    refused(
+        &[
+            "topic",
+            "create",
+            "b",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+        2,
+        "1 node available",
+    );
+    let (status, stdout, stderr) = dev.cli(&["topic", "create", "one", "--partitions", "1"], "");
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("with 1 partition\n"), "{stdout}");
+    refused(
+        &["produce", "one", "--partition", "7"],
+        "x\n",
+        2,
+        "has 1 partition; partition 7 does not exist",
+    );
+    // A missing topic fails even when there is nothing to send.
+    refused(&["produce", "missing"], "", 1, "unknown topic 'missing'");
+    refused(
+        &[
+            "group",
+            "reset-offsets",
+            "nobody",
+            "--topic",
+            "one",
+            "--to-earliest",
+        ],
+        "",
+        1,
+        "nobody",
+    );
+    let (status, _, stderr) = dev.cli(&["produce", "one"], "x\n");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("produced 1 record to 'one'"), "{stderr}");
+}
+
 #[test]
 fn dev_says_so_when_a_node_dies() {
     let mut dev = Dev::start(1);

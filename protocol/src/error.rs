@@ -5,6 +5,15 @@ use crate::group::MemberEpoch;
 use crate::ids::{Epoch, NodeId, Offset};
 use serde::{Deserialize, Serialize};
 
+/// `count` and `noun`, the noun in the plural unless the count is one: "1 partition",
+/// "3 partitions". For user-facing messages, here and in the CLI.
+pub fn plural(count: impl Into<u64>, noun: &str) -> String {
+    match count.into() {
+        1 => format!("1 {noun}"),
+        count => format!("{count} {noun}s"),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ApiError {
     /// The frame could not be decoded at all; the server closes the connection after this.
@@ -20,7 +29,7 @@ pub enum ApiError {
     InvalidRequest { reason: String },
     #[error("unknown topic '{topic}'")]
     UnknownTopic { topic: String },
-    #[error("topic '{topic}' has {partitions} partitions; partition {partition} does not exist")]
+    #[error("topic '{topic}' has {}; partition {partition} does not exist", plural(*.partitions, "partition"))]
     UnknownPartition {
         topic: String,
         partition: u32,
@@ -32,7 +41,7 @@ pub enum ApiError {
     InvalidTopicName { name: String, reason: String },
     #[error("invalid partition count {requested}: it must be between 1 and {max}")]
     InvalidPartitionCount { requested: u32, max: u32 },
-    #[error("invalid replication factor {requested}: {available} nodes are available")]
+    #[error("invalid replication factor {requested}: {} available", plural(*.available, "node"))]
     InvalidReplicationFactor { requested: u16, available: u16 },
     #[error("invalid topic config: {reason}")]
     InvalidTopicConfig { reason: String },
@@ -115,7 +124,7 @@ pub enum ApiError {
     #[error("group '{group_id}' does not exist")]
     GroupIdNotFound { group_id: String },
     /// Deleting a group or resetting its offsets needs it to have no members.
-    #[error("group '{group_id}' still has {members} members")]
+    #[error("group '{group_id}' still has {}", plural(*.members, "member"))]
     GroupNotEmpty { group_id: String, members: u32 },
     #[error("group has reached its maximum of {max} members")]
     GroupMaxSizeReached { max: u32 },
@@ -206,5 +215,42 @@ impl ApiError {
                 | ApiError::NotCoordinator { .. }
                 | ApiError::CoordinatorNotAvailable
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_count_in_the_singular_and_the_plural() {
+        assert_eq!(plural(1u32, "partition"), "1 partition");
+        assert_eq!(plural(0u32, "partition"), "0 partitions");
+        let unknown = |partitions| ApiError::UnknownPartition {
+            topic: "t".into(),
+            partition: 7,
+            partitions,
+        };
+        assert_eq!(
+            unknown(1).to_string(),
+            "topic 't' has 1 partition; partition 7 does not exist"
+        );
+        assert_eq!(
+            unknown(3).to_string(),
+            "topic 't' has 3 partitions; partition 7 does not exist"
+        );
+        let factor = ApiError::InvalidReplicationFactor {
+            requested: 3,
+            available: 1,
+        };
+        assert_eq!(
+            factor.to_string(),
+            "invalid replication factor 3: 1 node available"
+        );
+        let busy = ApiError::GroupNotEmpty {
+            group_id: "g".into(),
+            members: 1,
+        };
+        assert_eq!(busy.to_string(), "group 'g' still has 1 member");
     }
 }

@@ -19,6 +19,7 @@ pub mod group;
 pub mod produce;
 
 use crate::{Admin, ClientConfig, ClientError, TopicConfig};
+use cairn_protocol::ApiError;
 use clap::{Args, Subcommand};
 
 /// Default broker address when neither `--bootstrap` nor `CAIRN_BOOTSTRAP` is given.
@@ -90,10 +91,20 @@ pub fn client_config(connection: &Connection) -> Result<ClientConfig, ClientErro
 }
 
 /// Prints `error` the way every command reports failures, and returns the exit code.
+/// Prints the error and returns the exit code: 2 for an argument refused, by this program or
+/// by the server (a bad name, a partition count or replication factor out of range, an
+/// unknown partition or config), as clap's own refusals; 1 for every other failure.
 pub(crate) fn report(error: &ClientError) -> i32 {
     eprintln!("error: {error}");
     match error {
-        ClientError::InvalidArgument { .. } => EXIT_USAGE,
+        ClientError::InvalidArgument { .. }
+        | ClientError::Api(
+            ApiError::InvalidTopicName { .. }
+            | ApiError::InvalidPartitionCount { .. }
+            | ApiError::InvalidReplicationFactor { .. }
+            | ApiError::InvalidTopicConfig { .. }
+            | ApiError::UnknownPartition { .. },
+        ) => EXIT_USAGE,
         _ => EXIT_FAILURE,
     }
 }
@@ -144,9 +155,9 @@ async fn run_topic(config: ClientConfig, command: TopicCommand) -> Result<(), Cl
                 )
                 .await?;
             println!(
-                "created topic '{}' with {} partitions",
+                "created topic '{}' with {}",
                 topic.name,
-                topic.partitions.len()
+                cairn_protocol::error::plural(topic.partitions.len() as u64, "partition")
             );
         }
         TopicCommand::List => {

@@ -9,6 +9,7 @@ use super::format::split_key;
 use super::report;
 use crate::{Acks, ClientConfig, ClientError, DeliveryFuture, Producer, ProducerConfig, Record};
 use bytes::Bytes;
+use cairn_protocol::error::plural;
 use clap::{Args, ValueEnum};
 use std::io::BufRead;
 use std::time::Instant;
@@ -122,12 +123,35 @@ struct Tally {
     first_error: Option<ClientError>,
 }
 
+/// The topic exists, and so does the partition if one was named.
+async fn check_target(config: &ClientConfig, args: &ProduceArgs) -> Result<(), ClientError> {
+    let topic = crate::Admin::new(config.clone())?
+        .topic_metadata(&args.topic)
+        .await?;
+    let partitions = topic.partitions.len() as u32;
+    match args.partition {
+        Some(partition) if partition >= partitions => Err(ClientError::Api(
+            cairn_protocol::ApiError::UnknownPartition {
+                topic: args.topic.clone(),
+                partition,
+                partitions,
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn run(config: ClientConfig, args: ProduceArgs) -> i32 {
     let started = Instant::now();
     let producer_config = ProducerConfig {
         acks: args.acks.into(),
         ..ProducerConfig::default()
     };
+    // An unknown topic or partition is refused before any input is read, so it fails even
+    // with empty input (it printed "produced 0 records" and exited 0).
+    if let Err(error) = check_target(&config, &args).await {
+        return report(&error);
+    }
     let producer = match Producer::new(config, producer_config).await {
         Ok(producer) => producer,
         Err(error) => return report(&error),
@@ -187,22 +211,26 @@ pub async fn run(config: ClientConfig, args: ProduceArgs) -> i32 {
     match error {
         None if tally.acknowledged == sent => {
             eprintln!(
-                "produced {sent} records to '{}' in {elapsed:.2}s",
+                "produced {} to '{}' in {elapsed:.2}s",
+                plural(sent, "record"),
                 args.topic
             );
             0
         }
         None => {
             eprintln!(
-                "error: {} of {sent} records were not acknowledged",
-                sent - tally.acknowledged
+                "error: {} of {} not acknowledged",
+                sent - tally.acknowledged,
+                plural(sent, "record")
             );
             super::EXIT_FAILURE
         }
         Some(error) => {
             eprintln!(
-                "{} of {sent} records acknowledged, {} failed",
-                tally.acknowledged, tally.failed
+                "{} of {} acknowledged, {} failed",
+                tally.acknowledged,
+                plural(sent, "record"),
+                tally.failed
             );
             report(&error)
         }

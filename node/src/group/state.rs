@@ -1269,13 +1269,19 @@ impl Coordinator {
             .ok_or_else(|| ApiError::UnknownTopic {
                 topic: request.topic.clone(),
             })?;
-        if let Some(group) = self.groups.get(&request.group_id) {
-            if !group.members.is_empty() {
-                return Err(ApiError::GroupNotEmpty {
+        // A group that never existed is refused, not created: a mistyped group id would
+        // otherwise leave a new group behind with offsets nobody asked for (issue 17).
+        let group =
+            self.groups
+                .get(&request.group_id)
+                .ok_or_else(|| ApiError::GroupIdNotFound {
                     group_id: request.group_id.clone(),
-                    members: group.members.len() as u32,
-                });
-            }
+                })?;
+        if !group.members.is_empty() {
+            return Err(ApiError::GroupNotEmpty {
+                group_id: request.group_id.clone(),
+                members: group.members.len() as u32,
+            });
         }
         let partitions: Vec<u32> = match &request.partitions {
             Some(partitions) => {

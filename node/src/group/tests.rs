@@ -643,6 +643,16 @@ fn admin_requests_need_an_empty_group() {
         })
     );
     assert!(h.coordinator.list_groups().is_empty());
+    // Resetting a group that does not exist is refused, and creates nothing.
+    assert_eq!(
+        h.coordinator
+            .reset_offsets(&reset, &topics, bounds)
+            .unwrap_err(),
+        ApiError::GroupIdNotFound {
+            group_id: "g".into()
+        }
+    );
+    assert!(h.coordinator.list_groups().is_empty());
 }
 
 #[test]
