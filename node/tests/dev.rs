@@ -466,6 +466,11 @@ fn refused_arguments_exit_2_and_failures_exit_1() {
     let (status, _, stderr) = dev.cli(&["produce", "one"], "x\n");
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("produced 1 record to 'one'"), "{stderr}");
+    // Internal topics only with --internal.
+    let (_, listed, _) = dev.cli(&["topic", "list"], "");
+    assert_eq!(listed, "one\n");
+    let (_, listed, _) = dev.cli(&["topic", "list", "--internal"], "");
+    assert!(listed.lines().any(|name| name == "__meta"), "{listed}");
 }
 
 #[test]

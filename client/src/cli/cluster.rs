@@ -18,7 +18,7 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Also show internal partitions (`__meta`).
+    /// Also show internal partitions (`__meta`, and `__offsets` once a group used it).
     #[arg(long)]
     pub internal: bool,
     /// List only partitions that are under-replicated or have no leader.

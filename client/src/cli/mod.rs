@@ -73,7 +73,11 @@ pub enum TopicCommand {
         retention_bytes: Option<u64>,
     },
     /// List topics, one name per line.
-    List,
+    List {
+        /// Also list internal topics (`__meta`, `__offsets`).
+        #[arg(long)]
+        internal: bool,
+    },
     /// Show a topic's partitions: leader, replicas, epoch, log start, high watermark, log end.
     Describe { name: String },
     /// Delete a topic and its data.
@@ -160,8 +164,8 @@ async fn run_topic(config: ClientConfig, command: TopicCommand) -> Result<(), Cl
                 cairn_protocol::error::plural(topic.partitions.len() as u64, "partition")
             );
         }
-        TopicCommand::List => {
-            for topic in admin.list_topics().await? {
+        TopicCommand::List { internal } => {
+            for topic in admin.list_topics_with(internal).await? {
                 println!("{}", topic.name);
             }
         }

@@ -73,7 +73,11 @@ impl View {
         }
         let mut topics = topics;
         topics.sort_by(|left, right| left.name.cmp(&right.name));
-        for topic in topics {
+        // Internal topics (`__offsets`) only when asked for, like `__meta`.
+        for topic in topics
+            .into_iter()
+            .filter(|topic| include_internal || !topic.internal)
+        {
             for partition in topic.partitions {
                 partitions.push(self.partition_status(
                     &topic.name,
@@ -200,7 +204,16 @@ mod tests {
             meta: meta(&[1], Some(1)),
             damaged: BTreeMap::new(),
         };
-        let status = view.status(vec![topic("orders", &[(&[1], Some(1))])], false);
+        let offsets = TopicMetadata {
+            internal: true,
+            ..topic("__offsets", &[(&[1], Some(1))])
+        };
+        let topics = vec![topic("orders", &[(&[1], Some(1))]), offsets];
+        // Internal topics only when asked for: `__meta` and `__offsets` first.
+        let all = view.status(topics.clone(), true);
+        let names: Vec<&str> = all.partitions.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(names, ["__meta", "__offsets", "orders"]);
+        let status = view.status(topics, false);
         assert_eq!(
             status.nodes,
             vec![NodeStatus {
