@@ -732,6 +732,14 @@ impl<S: LogStore> Broker<S> {
         Ok(())
     }
 
+    /// The client address of every node gossip ever told of, alive or not.
+    pub fn last_known_addresses(&self) -> BTreeMap<NodeId, String> {
+        self.cluster_view()
+            .values()
+            .map(|info| (info.node_id, info.client_addr.to_string()))
+            .collect()
+    }
+
     /// This node and every node gossip says is alive, by node id.
     pub fn brokers(&self) -> Vec<BrokerInfo> {
         let mut brokers = vec![BrokerInfo {

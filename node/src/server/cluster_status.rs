@@ -40,6 +40,7 @@ pub fn handle<S: LogStore>(
             .collect(),
         meta: broker.meta_description(),
         damaged: broker.damaged_replicas(),
+        last_addresses: broker.last_known_addresses(),
     };
     Ok(Response::ClusterStatus(
         view.status(topics, request.include_internal),
@@ -55,6 +56,9 @@ struct View {
     meta: PartitionDescription,
     /// This node's own replicas that lost committed data, by (topic, partition).
     damaged: BTreeMap<(String, u32), LogHealth>,
+    /// The client address gossip last gave each node it ever heard, alive or not: a node
+    /// that went down is shown where it was, so an operator knows which one to look at.
+    last_addresses: BTreeMap<NodeId, String>,
 }
 
 impl View {
@@ -99,7 +103,11 @@ impl View {
             .into_iter()
             .map(|node_id| NodeStatus {
                 node_id,
-                address: self.heard.get(&node_id).cloned(),
+                address: self
+                    .heard
+                    .get(&node_id)
+                    .or_else(|| self.last_addresses.get(&node_id))
+                    .cloned(),
                 liveness: self.liveness(node_id),
                 metadata_voter: voters.contains(&node_id),
             })
@@ -203,6 +211,7 @@ mod tests {
             heard: BTreeMap::from([(NodeId(1), "127.0.0.1:7171".to_string())]),
             meta: meta(&[1], Some(1)),
             damaged: BTreeMap::new(),
+            last_addresses: BTreeMap::new(),
         };
         let offsets = TopicMetadata {
             internal: true,
@@ -242,6 +251,8 @@ mod tests {
                 ("b".to_string(), 1),
                 LogHealth::Repairing { until: Offset(9) },
             )]),
+            // Gossip heard node 3 before it went down.
+            last_addresses: BTreeMap::from([(NodeId(3), "127.0.0.1:7173".to_string())]),
         };
         let status = view.status(
             vec![
@@ -260,7 +271,7 @@ mod tests {
             vec![
                 (1, Liveness::Alive, true),
                 (2, Liveness::Local, true),
-                (3, Liveness::Down, false)
+                (3, Liveness::Down, true)
             ]
         );
         let rows: Vec<(String, u32, Vec<NodeId>)> = status
