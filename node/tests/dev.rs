@@ -466,6 +466,27 @@ fn refused_arguments_exit_2_and_failures_exit_1() {
     let (status, _, stderr) = dev.cli(&["produce", "one"], "x\n");
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("produced 1 record to 'one'"), "{stderr}");
+    // kcat's short flags: -b bootstrap, -p partition, -o offset, -c count, -f format.
+    let (status, printed, stderr) = dev.cli(
+        &[
+            "consume",
+            "one",
+            "-b",
+            &dev.bootstrap,
+            "-p",
+            "0",
+            "-o",
+            "0",
+            "-c",
+            "1",
+            "-f",
+            "%p:%o:%v",
+        ],
+        "",
+    );
+    assert!(status.success(), "{stderr}");
+    // Offset 0 holds the first leader's epoch marker, which consumers skip.
+    assert_eq!(printed, "0:1:x\n");
     // Internal topics only with --internal.
     let (_, listed, _) = dev.cli(&["topic", "list"], "");
     assert_eq!(listed, "one\n");

@@ -30,10 +30,10 @@ const POLL_WAIT_MAX: Duration = Duration::from_millis(500);
 pub struct ConsumeArgs {
     pub topic: String,
     /// Read only this partition (default: all partitions of the topic).
-    #[arg(long, conflicts_with = "group")]
+    #[arg(short, long, conflicts_with = "group")]
     pub partition: Option<u32>,
     /// Read as a member of this consumer group, committing what was printed.
-    #[arg(long)]
+    #[arg(short = 'G', long)]
     pub group: Option<String>,
     /// With `--group`: a static instance id. A rerun with the same id within the session
     /// timeout gets its partitions back without a rebalance.
@@ -47,17 +47,17 @@ pub struct ConsumeArgs {
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
     /// Start at this offset (in every partition read).
-    #[arg(long, conflicts_with = "group")]
+    #[arg(short, long, conflicts_with = "group")]
     pub offset: Option<u64>,
     /// Exit after printing this many records.
-    #[arg(long)]
+    #[arg(short = 'c', long)]
     pub max_messages: Option<u64>,
     /// Exit after this many milliseconds without new records.
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
     /// Output per record, followed by a newline: %k key, %v value, %p partition, %o offset,
     /// %t timestamp (ms), %T topic, %% percent; escapes \n \t \r \\.
-    #[arg(long, default_value = "%v")]
+    #[arg(short, long, default_value = "%v")]
     pub format: String,
 }
 

@@ -33,7 +33,7 @@ pub const EXIT_USAGE: i32 = 2;
 #[derive(Debug, Args)]
 pub struct Connection {
     /// Brokers to bootstrap from, `host:port[,host:port...]`.
-    #[arg(long, env = "CAIRN_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, global = true)]
+    #[arg(short, long, env = "CAIRN_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, global = true)]
     pub bootstrap: String,
 }
 
@@ -60,10 +60,10 @@ pub enum TopicCommand {
     Create {
         name: String,
         /// Number of partitions.
-        #[arg(long)]
+        #[arg(short, long)]
         partitions: u32,
         /// Replicas per partition (default: the cluster's, 3 or fewer on a smaller cluster).
-        #[arg(long)]
+        #[arg(short, long)]
         replication_factor: Option<u16>,
         /// Remove batches older than this many milliseconds.
         #[arg(long)]

@@ -46,10 +46,10 @@ impl From<AcksArg> for Acks {
 pub struct ProduceArgs {
     pub topic: String,
     /// Split each line at the first SEP into key and value (a line without SEP has no key).
-    #[arg(long, value_name = "SEP")]
+    #[arg(short = 'K', long, value_name = "SEP")]
     pub key_separator: Option<String>,
     /// Send every record to this partition instead of partitioning by key.
-    #[arg(long)]
+    #[arg(short, long)]
     pub partition: Option<u32>,
     #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
