@@ -333,10 +333,7 @@ async fn handle(
                     max: u64::from(limits.batch_bytes_max),
                 });
             }
-            let batch =
-                RecordBatch::validate(request.batch).map_err(|error| ApiError::CorruptBatch {
-                    reason: error.to_string(),
-                })?;
+            let batch = RecordBatch::validate(request.batch).map_err(ApiError::from)?;
             for record in batch.records() {
                 let record = record.unwrap();
                 let size = record.value.len() + record.key.map_or(0, |key| key.len());

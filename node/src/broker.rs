@@ -17,7 +17,9 @@
 use crate::config::NodeConfig;
 use crate::group::assign::TopicPartitionCounts;
 use crate::group::state::PartitionBounds;
-use crate::meta::{self, Applied, MetaRecord, MetadataState, TopicId, TopicState};
+use crate::meta::{
+    self, Applied, MetaRecord, MetadataState, ProducerIdStatus, TopicId, TopicState,
+};
 use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSnapshot, PartitionSpec};
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
 use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
@@ -1265,6 +1267,24 @@ impl<S: LogStore> Broker<S> {
         i64::try_from(offset.0).map_err(|_| ApiError::Internal {
             reason: format!("__meta offset {offset} does not fit a producer id"),
         })
+    }
+
+    /// Refuses a producer id the cluster never allocated (`ProducerIdNotAllocated`), so a
+    /// client cannot invent one; an id above the `__meta` applied here may have been
+    /// allocated since, and gets the retriable `NotReady` (nothing is appended either way).
+    pub fn check_producer_id(&self, producer_id: i64) -> Result<(), ApiError> {
+        match self.catalog().state.producer_id_status(producer_id) {
+            ProducerIdStatus::Allocated => Ok(()),
+            ProducerIdStatus::NeverAllocated => {
+                Err(ApiError::ProducerIdNotAllocated { producer_id })
+            }
+            ProducerIdStatus::NotAppliedYet { applied_end } => Err(ApiError::NotReady {
+                reason: format!(
+                    "producer id {producer_id} is not in the cluster metadata applied here \
+                     (up to offset {applied_end}); it may have been allocated since"
+                ),
+            }),
+        }
     }
 
     /// Every hosted partition handle (for shutdown and tests).

@@ -152,11 +152,22 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 fn init_node_logging() {
     match crate::logging::start(std::io::stderr(), crate::logging::LOG_LINES_QUEUED_MAX) {
         Ok((writer, flusher, _dropped)) => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
             crate::logging::set_flusher(flusher);
+            // Chitchat warns once per garbage gossip datagram: those warnings are rate
+            // limited and counted (see `logging::RepeatedWarnings`).
+            let repeated = crate::logging::RepeatedWarnings::new(
+                crate::logging::REPEATED_WARNING_INTERVAL,
+                Some(writer.clone()),
+            );
+            crate::logging::set_floodable_warnings(repeated.counts());
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(log_filter())
                 .with_writer(writer)
                 .with_ansi(false)
+                .finish()
+                .with(repeated)
                 .try_init();
         }
         // No thread for the writer: run without logs rather than with logs that can block.

@@ -100,12 +100,30 @@ pub enum Applied {
     },
 }
 
+/// Whether a producer id was handed out, as far as the applied `__meta` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerIdStatus {
+    Allocated,
+    /// Below the applied end and not an `AllocateProducerId` offset: never handed out.
+    NeverAllocated,
+    /// At or above the applied end: it may have been allocated since, by a `__meta` record
+    /// this node has not applied yet.
+    NotAppliedYet {
+        applied_end: Offset,
+    },
+}
+
 /// The state built from `__meta`. Only [`MetadataState::apply`] changes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataState {
     topics: BTreeMap<String, TopicState>,
     /// Offset right after the last applied record: everything below is reflected here.
     applied_end: Offset,
+    /// The producer ids allocated so far, as sorted runs of consecutive `__meta` offsets
+    /// (`start..end`). Allocations in a row share one run, so this holds one entry per other
+    /// record between allocations (topic changes, leader markers), never one per producer:
+    /// a client asking for ids in a loop grows `__meta` on disk, not this.
+    producer_ids: Vec<std::ops::Range<u64>>,
 }
 
 impl MetadataState {
@@ -119,6 +137,24 @@ impl MetadataState {
 
     pub fn applied_end(&self) -> Offset {
         self.applied_end
+    }
+
+    /// Whether `producer_id` is one the cluster handed out (`InitProducerId`): a lookup in
+    /// the allocated runs, no allocation.
+    pub fn producer_id_status(&self, producer_id: i64) -> ProducerIdStatus {
+        let Ok(id) = u64::try_from(producer_id) else {
+            return ProducerIdStatus::NeverAllocated;
+        };
+        if id >= self.applied_end.0 {
+            return ProducerIdStatus::NotAppliedYet {
+                applied_end: self.applied_end,
+            };
+        }
+        let run = self.producer_ids.partition_point(|run| run.end <= id);
+        match self.producer_ids.get(run) {
+            Some(run) if run.contains(&id) => ProducerIdStatus::Allocated,
+            _ => ProducerIdStatus::NeverAllocated,
+        }
     }
 
     /// Marks offsets up to `end` as applied (control batches carry no metadata record).
@@ -172,7 +208,14 @@ impl MetadataState {
                 },
             },
             MetaRecord::AllocateProducerId { node: _ } => match i64::try_from(offset.0) {
-                Ok(producer_id) => Applied::ProducerIdAllocated { producer_id },
+                Ok(producer_id) => {
+                    // Offsets are applied in increasing order, so the runs stay sorted.
+                    match self.producer_ids.last_mut() {
+                        Some(run) if run.end == offset.0 => run.end += 1,
+                        _ => self.producer_ids.push(offset.0..offset.0 + 1),
+                    }
+                    Applied::ProducerIdAllocated { producer_id }
+                }
                 Err(_) => Applied::Rejected {
                     reason: format!("offset {offset} does not fit a producer id"),
                 },
@@ -263,6 +306,44 @@ mod tests {
         );
         assert_eq!(state.topics().cloned().collect::<Vec<_>>(), before);
         assert_eq!(state.applied_end(), Offset(7));
+    }
+
+    /// Ids are exactly the allocation offsets: not a topic's offset, not a leader marker's,
+    /// not a negative id, and one above the applied end is not known yet.
+    #[test]
+    fn only_allocated_producer_ids_are_known_and_runs_stay_compact() {
+        let mut state = MetadataState::default();
+        let allocate = MetaRecord::AllocateProducerId { node: NodeId(1) }.encode();
+        state.apply(Offset(0), &create("a", 1));
+        for offset in 1..1_001 {
+            state.apply(Offset(offset), &allocate);
+        }
+        state.skip_to(Offset(1_002)); // a leader marker at 1001
+        state.apply(Offset(1_002), &allocate);
+        state.apply(Offset(1_003), &create("b", 1));
+        assert_eq!(state.producer_ids, vec![1..1_001, 1_002..1_003]);
+        for id in [1, 500, 1_000, 1_002] {
+            assert_eq!(
+                state.producer_id_status(id),
+                ProducerIdStatus::Allocated,
+                "{id}"
+            );
+        }
+        for id in [0, 1_001, 1_003, -1, -7, i64::MIN] {
+            assert_eq!(
+                state.producer_id_status(id),
+                ProducerIdStatus::NeverAllocated,
+                "{id}"
+            );
+        }
+        for id in [1_004, i64::MAX] {
+            assert_eq!(
+                state.producer_id_status(id),
+                ProducerIdStatus::NotAppliedYet {
+                    applied_end: Offset(1_004)
+                }
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! connection slot, and a failed handshake closes the connection having changed nothing. Its
 //! warning is rate limited ([`RefusalLog`]) so a flood of forged hellos cannot flood the log.
 
+use crate::logging::WarningRateLimit;
 use bytes::Bytes;
 use cairn_protocol::frame::{FrameCodec, FrameError};
 use cairn_protocol::peer::{
@@ -39,7 +40,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -345,24 +345,19 @@ pub fn startup_notice(secret: Option<&ClusterSecret>, listen: SocketAddr) -> Opt
 }
 
 /// Shortest time between two handshake-refusal warnings; those in between are only counted.
-pub const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(5);
+pub const REFUSAL_WARN_INTERVAL: Duration = crate::logging::REPEATED_WARNING_INTERVAL;
 
 /// Logs refused handshakes at WARN at most once per [`REFUSAL_WARN_INTERVAL`], with the count
 /// of those not logged since, so a flood of forged hellos costs a log line every few seconds.
 #[derive(Debug)]
 pub struct RefusalLog {
-    started: Instant,
-    /// Milliseconds since `started` of the last warning, plus one (0: none yet).
-    last_warn_ms: AtomicU64,
-    suppressed: AtomicU64,
+    limit: WarningRateLimit,
 }
 
 impl Default for RefusalLog {
     fn default() -> Self {
         RefusalLog {
-            started: Instant::now(),
-            last_warn_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
+            limit: WarningRateLimit::new(REFUSAL_WARN_INTERVAL),
         }
     }
 }
@@ -370,24 +365,17 @@ impl Default for RefusalLog {
 impl RefusalLog {
     /// Records a refusal; logs it unless one was logged within the interval.
     pub fn refused(&self, remote: SocketAddr, error: &HandshakeError) {
-        if self.should_warn(Instant::now()) {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(%remote, %error, suppressed, "peer handshake refused");
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%remote, %error, "peer handshake refused");
+        match self.limit.admit(Instant::now()) {
+            Some(suppressed) => {
+                tracing::warn!(%remote, %error, suppressed, "peer handshake refused");
+            }
+            None => tracing::debug!(%remote, %error, "peer handshake refused"),
         }
     }
 
-    fn should_warn(&self, now: Instant) -> bool {
-        let now_ms = now.saturating_duration_since(self.started).as_millis() as u64 + 1;
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms < last + REFUSAL_WARN_INTERVAL.as_millis() as u64 {
-            return false;
-        }
-        self.last_warn_ms
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    /// Refusals not logged at WARN since the start (for a metrics endpoint).
+    pub fn suppressed_total(&self) -> u64 {
+        self.limit.suppressed_total()
     }
 }
 
@@ -582,8 +570,13 @@ mod tests {
     fn refusal_warnings_are_rate_limited() {
         let log = RefusalLog::default();
         let start = Instant::now();
-        assert!(log.should_warn(start));
-        assert!(!log.should_warn(start + Duration::from_millis(10)));
-        assert!(log.should_warn(start + REFUSAL_WARN_INTERVAL + Duration::from_millis(10)));
+        assert_eq!(log.limit.admit(start), Some(0));
+        assert_eq!(log.limit.admit(start + Duration::from_millis(10)), None);
+        assert_eq!(
+            log.limit
+                .admit(start + REFUSAL_WARN_INTERVAL + Duration::from_millis(10)),
+            Some(1)
+        );
+        assert_eq!(log.suppressed_total(), 1);
     }
 }

@@ -9,7 +9,8 @@
 //!     12     8  leader_epoch        stamped by the leader
 //!     20     1  magic               FORMAT_MAGIC
 //!     21     4  crc                 CRC32C of bytes 25..end
-//!     25     2  attributes          ATTRIBUTE_CONTROL marks a leader's epoch marker
+//!     25     2  attributes          ATTRIBUTE_CONTROL marks a leader's epoch marker; no
+//!                                   other bit is supported (see ATTRIBUTES_SUPPORTED)
 //!     27     4  last_offset_delta   record_count - 1
 //!     31     8  first_timestamp     ms since the Unix epoch
 //!     39     8  max_timestamp
@@ -23,6 +24,15 @@
 //! Each record is `length varint, attributes u8, timestamp_delta zigzag, offset_delta varint,
 //! key_length zigzag (-1 = no key), key, value_length zigzag, value, header_count varint,
 //! headers (key_length varint, key, value_length zigzag (-1 = none), value)`.
+//!
+//! [`RecordBatch::validate`] holds every batch to the format's own rules before anything
+//! stores, replicates or serves it: record `i` has offset delta `i` (so a record's offset is its
+//! position, as consumers and group commits assume), `last_offset_delta = record_count - 1`, no
+//! record timestamp overflows and `max_timestamp` is the largest of them, and the attributes
+//! carry no bit Cairn does not implement. Kafka's compression codecs (bits 0-2) and its
+//! transactional flag (bit 4) are refused by name: a compressed batch read as uncompressed
+//! would be stored as garbage records. Control batches are valid here (a new leader writes
+//! one); only a client may not send one, which the broker's produce path checks.
 //!
 //! The checksum leaves out base offset and leader epoch, so the leader stamps a batch in place
 //! without hashing it again, and the same checksum is verified by the leader on produce, by
@@ -38,6 +48,17 @@ pub const HEADER_BYTES: usize = 65;
 pub const LOG_OVERHEAD_BYTES: usize = 12;
 /// A control batch carries no user records; a new leader's epoch marker is one.
 pub const ATTRIBUTE_CONTROL: u16 = 0x20;
+/// Kafka's compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd). Cairn stores records
+/// uncompressed only, for now.
+pub const ATTRIBUTE_COMPRESSION_MASK: u16 = 0x07;
+/// Kafka's transactional flag. Cairn has no transactions.
+pub const ATTRIBUTE_TRANSACTIONAL: u16 = 0x10;
+/// The attribute bits a valid batch may carry: anything else is refused, not ignored.
+pub const ATTRIBUTES_SUPPORTED: u16 = ATTRIBUTE_CONTROL;
+/// The smallest encoded record: length, attributes, timestamp delta, offset delta, key length,
+/// value length and header count, one byte each. A batch cannot hold more records than its
+/// bytes divided by this.
+pub const RECORD_BYTES_MIN: usize = 7;
 pub const NO_PRODUCER_ID: i64 = -1;
 pub const NO_SEQUENCE: i32 = -1;
 
@@ -66,6 +87,27 @@ pub enum BatchError {
     Empty,
     #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
     OffsetOutOfRange { end: u128 },
+    #[error(
+        "batch declares {declared} records, more than its {bytes} record bytes can hold \
+         ({RECORD_BYTES_MIN} bytes at least per record)"
+    )]
+    CountExceedsBytes { declared: u32, bytes: usize },
+    #[error("record {index} has offset delta {found}: record i must have offset delta i")]
+    OffsetDeltaMismatch { index: u32, found: u64 },
+    #[error("record {index}'s timestamp delta {delta} overflows the first timestamp {first_ms}")]
+    TimestampOverflow {
+        index: u32,
+        first_ms: i64,
+        delta: i64,
+    },
+    #[error("batch declares max timestamp {declared_ms}, its records' largest is {actual_ms}")]
+    MaxTimestampMismatch { declared_ms: i64, actual_ms: i64 },
+    #[error("batch is compressed (codec {codec}); Cairn does not support compression yet")]
+    Compressed { codec: u8 },
+    #[error("batch is transactional; Cairn does not support transactions")]
+    Transactional,
+    #[error("batch has attribute bits {bits:#06x} that Cairn does not know")]
+    UnknownAttributes { bits: u16 },
 }
 
 /// A record as a producer hands it over.
@@ -372,6 +414,22 @@ pub fn sequence_after(sequence: i32, count: u32) -> i32 {
     ((i64::from(sequence) + i64::from(count)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// Refuses attribute bits Cairn does not implement, naming the two a Kafka client sets.
+fn check_attributes(attributes: u16) -> Result<(), BatchError> {
+    let codec = attributes & ATTRIBUTE_COMPRESSION_MASK;
+    if codec != 0 {
+        return Err(BatchError::Compressed { codec: codec as u8 });
+    }
+    if attributes & ATTRIBUTE_TRANSACTIONAL != 0 {
+        return Err(BatchError::Transactional);
+    }
+    let unknown = attributes & !ATTRIBUTES_SUPPORTED;
+    if unknown != 0 {
+        return Err(BatchError::UnknownAttributes { bits: unknown });
+    }
+    Ok(())
+}
+
 /// An encoded batch: its bytes and its parsed header. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordBatch {
@@ -392,6 +450,7 @@ impl RecordBatch {
         }
         let batch = RecordBatch { header, bytes };
         batch.verify_checksum()?;
+        check_attributes(header.attributes)?;
         if header.record_count == 0 {
             return Err(BatchError::Empty);
         }
@@ -401,21 +460,46 @@ impl RecordBatch {
                 actual: header.last_offset_delta + 1,
             });
         }
+        let record_bytes = batch.bytes.len() - HEADER_BYTES;
+        if header.record_count as usize > record_bytes / RECORD_BYTES_MIN {
+            return Err(BatchError::CountExceedsBytes {
+                declared: header.record_count,
+                bytes: record_bytes,
+            });
+        }
         // Offsets past `Offset::MAX` (a forged or corrupt base offset) would make the log's
         // arithmetic overflow; such a batch is refused before anything computes with it.
         let end = u128::from(header.base_offset.0) + u128::from(header.record_count);
         if end > u128::from(Offset::MAX.0) {
             return Err(BatchError::OffsetOutOfRange { end });
         }
+        // Consumers and group commits take a record's offset from its delta: record `i` must
+        // be at `base + i`, or a consumer reads offset 1004 for the record at 4 and commits
+        // past records it never read.
         let mut actual = 0u32;
+        let mut max_timestamp_ms = i64::MIN;
         for record in batch.records() {
-            record?;
+            let record = record?;
+            let found = record.offset.0 - header.base_offset.0;
+            if found != u64::from(actual) {
+                return Err(BatchError::OffsetDeltaMismatch {
+                    index: actual,
+                    found,
+                });
+            }
+            max_timestamp_ms = max_timestamp_ms.max(record.timestamp_ms);
             actual += 1;
         }
         if actual != header.record_count {
             return Err(BatchError::CountMismatch {
                 declared: header.record_count,
                 actual,
+            });
+        }
+        if max_timestamp_ms != header.max_timestamp_ms {
+            return Err(BatchError::MaxTimestampMismatch {
+                declared_ms: header.max_timestamp_ms,
+                actual_ms: max_timestamp_ms,
             });
         }
         Ok(batch)
@@ -546,10 +630,14 @@ pub struct RecordIter<'a> {
 impl RecordIter<'_> {
     fn bad(&mut self, reason: &'static str) -> Option<Result<RecordView, BatchError>> {
         let index = self.index;
+        self.refuse(BatchError::BadRecord { index, reason })
+    }
+
+    fn refuse(&mut self, error: BatchError) -> Option<Result<RecordView, BatchError>> {
         // Stop iterating: nothing after a malformed record can be trusted.
         self.rest = &[];
         self.index = u32::MAX;
-        Some(Err(BatchError::BadRecord { index, reason }))
+        Some(Err(error))
     }
 
     fn slice(&self, input: &[u8]) -> Bytes {
@@ -633,9 +721,24 @@ impl Iterator for RecordIter<'_> {
             return self.bad("trailing bytes in record");
         }
         let header = &self.batch.header;
+        // Both come from the wire: a forged delta must not overflow (which would panic in
+        // `Offset::plus` or wrap a timestamp) on any path that reads records.
+        let Some(offset) = header.base_offset.checked_plus(offset_delta) else {
+            return self.refuse(BatchError::OffsetDeltaMismatch {
+                index: self.index,
+                found: offset_delta,
+            });
+        };
+        let Some(timestamp_ms) = header.first_timestamp_ms.checked_add(timestamp_delta) else {
+            return self.refuse(BatchError::TimestampOverflow {
+                index: self.index,
+                first_ms: header.first_timestamp_ms,
+                delta: timestamp_delta,
+            });
+        };
         let view = RecordView {
-            offset: header.base_offset.plus(offset_delta),
-            timestamp_ms: header.first_timestamp_ms.wrapping_add(timestamp_delta),
+            offset,
+            timestamp_ms,
             key: key.map(|key| self.slice(key)),
             value: self.slice(value),
             headers,
@@ -816,6 +919,242 @@ mod tests {
             builder.build().with_producer(7, 2, 4)
         };
         assert_eq!(built.bytes(), restamped.bytes(), "same bytes either way");
+    }
+
+    /// One record's bytes with the given deltas (a value and no key or headers).
+    fn raw_record(timestamp_delta: i64, offset_delta: u64, value: &[u8]) -> Vec<u8> {
+        let mut body = vec![0u8];
+        varint::put_i64(&mut body, timestamp_delta);
+        varint::put_u64(&mut body, offset_delta);
+        varint::put_i64(&mut body, -1);
+        varint::put_i64(&mut body, value.len() as i64);
+        body.extend_from_slice(value);
+        varint::put_u64(&mut body, 0);
+        let mut record = Vec::new();
+        varint::put_u64(&mut record, body.len() as u64);
+        record.extend_from_slice(&body);
+        record
+    }
+
+    /// The header fields a forger controls; `forge` writes them with a valid checksum, so
+    /// only the rule under test can refuse the batch.
+    struct Forged {
+        attributes: u16,
+        last_offset_delta: u32,
+        first_timestamp_ms: i64,
+        max_timestamp_ms: i64,
+        record_count: u32,
+        records: Vec<Vec<u8>>,
+    }
+
+    /// `count` records numbered as a client must (deltas 0.., timestamps first + i).
+    fn honest(count: u32) -> Forged {
+        Forged {
+            attributes: 0,
+            last_offset_delta: count - 1,
+            first_timestamp_ms: 1_700_000_000_000,
+            max_timestamp_ms: 1_700_000_000_000 + i64::from(count) - 1,
+            record_count: count,
+            records: (0..count)
+                .map(|index| raw_record(i64::from(index), u64::from(index), b"v"))
+                .collect(),
+        }
+    }
+
+    fn forge(forged: &Forged, base_offset: u64) -> Bytes {
+        let mut bytes = vec![0u8; HEADER_BYTES];
+        for record in &forged.records {
+            bytes.extend_from_slice(record);
+        }
+        let batch_length = (bytes.len() - LOG_OVERHEAD_BYTES) as u32;
+        bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        bytes[20] = FORMAT_MAGIC;
+        bytes[25..27].copy_from_slice(&forged.attributes.to_be_bytes());
+        bytes[27..31].copy_from_slice(&forged.last_offset_delta.to_be_bytes());
+        bytes[31..39].copy_from_slice(&forged.first_timestamp_ms.to_be_bytes());
+        bytes[39..47].copy_from_slice(&forged.max_timestamp_ms.to_be_bytes());
+        bytes[47..55].copy_from_slice(&NO_PRODUCER_ID.to_be_bytes());
+        bytes[57..61].copy_from_slice(&NO_SEQUENCE.to_be_bytes());
+        bytes[61..65].copy_from_slice(&forged.record_count.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+        bytes[CRC_OFFSET..CRC_COVERS_FROM].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(bytes)
+    }
+
+    #[test]
+    fn an_honest_forged_batch_is_valid_so_each_rule_below_is_what_refuses() {
+        let batch = RecordBatch::validate(forge(&honest(10), 0)).unwrap();
+        let offsets: Vec<u64> = batch
+            .records()
+            .map(|record| record.unwrap().offset.0)
+            .collect();
+        assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    }
+
+    /// The issue's probe: the record at position 4 claimed offset delta 1004.
+    #[test]
+    fn a_record_whose_offset_delta_is_not_its_position_is_refused() {
+        let mut forged = honest(10);
+        forged.records[4] = raw_record(4, 1004, b"v");
+        assert_eq!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::OffsetDeltaMismatch {
+                index: 4,
+                found: 1004
+            })
+        );
+        // Deltas that start at 1, and a repeated delta, are refused as well.
+        let mut shifted = honest(3);
+        shifted.records = (0..3)
+            .map(|index| raw_record(index, index as u64 + 1, b"v"))
+            .collect();
+        assert!(matches!(
+            RecordBatch::validate(forge(&shifted, 0)),
+            Err(BatchError::OffsetDeltaMismatch { index: 0, found: 1 })
+        ));
+        let mut repeated = honest(3);
+        repeated.records[2] = raw_record(2, 1, b"v");
+        assert!(matches!(
+            RecordBatch::validate(forge(&repeated, 0)),
+            Err(BatchError::OffsetDeltaMismatch { index: 2, found: 1 })
+        ));
+    }
+
+    /// Before: `Offset::plus` panicked on base 1 + delta 2^64-1 while the batch was being
+    /// validated, which aborted the node.
+    #[test]
+    fn an_offset_delta_that_overflows_the_base_is_refused_without_a_panic() {
+        let mut forged = honest(1);
+        forged.records[0] = raw_record(0, u64::MAX, b"v");
+        for base in [0, 1, Offset::MAX.0 - 1] {
+            assert!(
+                matches!(
+                    RecordBatch::validate(forge(&forged, base)),
+                    Err(BatchError::OffsetDeltaMismatch { index: 0, .. })
+                ),
+                "base {base}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_last_offset_delta_other_than_count_minus_one_is_refused() {
+        let mut forged = honest(3);
+        forged.last_offset_delta = 1003;
+        assert!(matches!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::CountMismatch { declared: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn a_record_count_the_bytes_cannot_hold_is_refused_before_the_records_are_walked() {
+        let mut forged = honest(1);
+        forged.record_count = 1_000_000;
+        forged.last_offset_delta = 999_999;
+        assert!(matches!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::CountExceedsBytes {
+                declared: 1_000_000,
+                ..
+            })
+        ));
+        // Fewer records than declared, within what the bytes could hold.
+        let mut short = honest(3);
+        short.records = (0..2)
+            .map(|index| raw_record(index, index as u64, b"a longer value"))
+            .collect();
+        assert!(matches!(
+            RecordBatch::validate(forge(&short, 0)),
+            Err(BatchError::CountMismatch {
+                declared: 3,
+                actual: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn a_timestamp_that_overflows_first_plus_delta_is_refused() {
+        let mut forged = honest(2);
+        forged.first_timestamp_ms = i64::MAX - 1;
+        forged.max_timestamp_ms = i64::MAX;
+        forged.records[1] = raw_record(5, 1, b"v");
+        assert_eq!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::TimestampOverflow {
+                index: 1,
+                first_ms: i64::MAX - 1,
+                delta: 5
+            })
+        );
+        let mut below = honest(2);
+        below.first_timestamp_ms = i64::MIN + 1;
+        below.records[1] = raw_record(-5, 1, b"v");
+        assert!(matches!(
+            RecordBatch::validate(forge(&below, 0)),
+            Err(BatchError::TimestampOverflow { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_max_timestamp_other_than_the_records_largest_is_refused() {
+        let mut forged = honest(3);
+        forged.max_timestamp_ms += 1_000;
+        assert!(matches!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::MaxTimestampMismatch { .. })
+        ));
+        let mut low = honest(3);
+        low.max_timestamp_ms = low.first_timestamp_ms;
+        assert!(matches!(
+            RecordBatch::validate(forge(&low, 0)),
+            Err(BatchError::MaxTimestampMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn compressed_transactional_and_unknown_attributes_are_refused_by_name() {
+        for codec in 1..=4u16 {
+            let mut forged = honest(2);
+            forged.attributes = codec;
+            assert_eq!(
+                RecordBatch::validate(forge(&forged, 0)),
+                Err(BatchError::Compressed { codec: codec as u8 })
+            );
+        }
+        let mut transactional = honest(2);
+        transactional.attributes = ATTRIBUTE_TRANSACTIONAL;
+        assert_eq!(
+            RecordBatch::validate(forge(&transactional, 0)),
+            Err(BatchError::Transactional)
+        );
+        for bits in [0x08u16, 0x40, 0x80, 0x8000] {
+            let mut unknown = honest(2);
+            unknown.attributes = bits;
+            assert_eq!(
+                RecordBatch::validate(forge(&unknown, 0)),
+                Err(BatchError::UnknownAttributes { bits })
+            );
+        }
+    }
+
+    /// What replicas write themselves stays valid on the peer path, which runs the same
+    /// validation: a new leader's control marker and an idempotent producer's batch.
+    #[test]
+    fn leader_stamped_batches_stay_valid() {
+        let marker = RecordBatchBuilder::control_marker(1_700_000_000_000)
+            .stamped(Offset(Offset::MAX.0 - 1), Epoch(u64::MAX));
+        assert!(RecordBatch::validate(marker.into_bytes()).is_ok());
+        let mut builder = RecordBatchBuilder::new(1_700_000_000_000).producer(7, 0, 0);
+        for index in 0..100i64 {
+            // Timestamps out of order: max is the largest, not the last.
+            builder.push(
+                &Record::new("v").with_timestamp_ms(1_700_000_000_000 + (index * 37) % 11 - 5),
+            );
+        }
+        let batch = builder.build().stamped(Offset(1_000), Epoch(3));
+        assert!(RecordBatch::validate(batch.into_bytes()).is_ok());
     }
 
     #[test]

@@ -49,8 +49,23 @@ pub enum ApiError {
     RecordTooLarge { size: u64, max: u64 },
     #[error("batch of {size} bytes exceeds the maximum of {max}")]
     BatchTooLarge { size: u64, max: u64 },
+    /// The batch's framing or checksum is broken (bytes damaged or cut). Nothing was appended.
     #[error("corrupt batch: {reason}")]
     CorruptBatch { reason: String },
+    /// The batch is intact (its checksum holds) but its records break the format's rules: a
+    /// record's offset delta is not its position, a timestamp overflows, the header's max
+    /// timestamp or record count disagrees with the records, or an attribute bit is unknown
+    /// (Kafka's `INVALID_RECORD`). Not retriable. Nothing was appended.
+    #[error("invalid records: {reason}")]
+    InvalidRecords { reason: String },
+    /// The batch is compressed with Kafka codec `codec`; Cairn stores uncompressed batches
+    /// only, for now (Kafka's `UNSUPPORTED_COMPRESSION_TYPE`). Not retriable; nothing was
+    /// appended.
+    #[error("compressed batches are not supported yet (codec {codec})")]
+    UnsupportedCompression { codec: u8 },
+    /// The batch is marked transactional; Cairn has no transactions. Nothing was appended.
+    #[error("transactional batches are not supported")]
+    UnsupportedTransactions,
     #[error("this node is not the leader (leader hint: {leader_hint:?}, epoch {epoch})")]
     NotLeader {
         leader_hint: Option<NodeId>,
@@ -103,6 +118,11 @@ pub enum ApiError {
     UnknownProducerId { producer_id: i64, received: i32 },
     /// An idempotent producer's batch carries an epoch below the one the partition already
     /// saw for that producer id: it was fenced by a newer incarnation. Nothing was appended.
+    /// The batch names producer id `producer_id`, which this cluster never allocated (ids come
+    /// from `InitProducerId` only). Not retriable: the producer must ask for an id. Nothing was
+    /// appended.
+    #[error("producer id {producer_id} was never allocated by this cluster")]
+    ProducerIdNotAllocated { producer_id: i64 },
     #[error("producer {producer_id}: epoch {received} is fenced by epoch {current}")]
     InvalidProducerEpoch {
         producer_id: i64,
@@ -175,6 +195,35 @@ pub enum ApiError {
     },
     #[error("internal error: {reason}")]
     Internal { reason: String },
+}
+
+/// How a refused batch is answered: damage to its bytes is `CorruptBatch`; an intact batch
+/// that breaks the format's rules is `InvalidRecords`, or names the unsupported feature.
+impl From<crate::batch::BatchError> for ApiError {
+    fn from(error: crate::batch::BatchError) -> ApiError {
+        use crate::batch::BatchError;
+        match error {
+            BatchError::Compressed { codec } => ApiError::UnsupportedCompression { codec },
+            BatchError::Transactional => ApiError::UnsupportedTransactions,
+            BatchError::OffsetDeltaMismatch { .. }
+            | BatchError::TimestampOverflow { .. }
+            | BatchError::MaxTimestampMismatch { .. }
+            | BatchError::CountExceedsBytes { .. }
+            | BatchError::UnknownAttributes { .. } => ApiError::InvalidRecords {
+                reason: error.to_string(),
+            },
+            BatchError::Truncated { .. }
+            | BatchError::LengthMismatch { .. }
+            | BatchError::BadMagic(_)
+            | BatchError::ChecksumMismatch { .. }
+            | BatchError::BadRecord { .. }
+            | BatchError::CountMismatch { .. }
+            | BatchError::Empty
+            | BatchError::OffsetOutOfRange { .. } => ApiError::CorruptBatch {
+                reason: error.to_string(),
+            },
+        }
+    }
 }
 
 impl ApiError {

@@ -343,6 +343,37 @@ mod tests {
         assert_eq!(decode_response(&bytes).unwrap(), frame);
     }
 
+    /// The refusals of a forged batch (issue 15), pinned like the others.
+    #[test]
+    fn golden_forged_batch_refusals() {
+        let cases = [
+            (
+                ApiError::InvalidRecords {
+                    reason: "r".into(),
+                },
+                "82ae636f7272656c6174696f6e5f696403a6726573756c7481a345727281ae496e76616c69645265636f72647381a6726561736f6ea172",
+            ),
+            (
+                ApiError::UnsupportedCompression { codec: 1 },
+                "82ae636f7272656c6174696f6e5f696403a6726573756c7481a345727281b6556e737570706f72746564436f6d7072657373696f6e81a5636f64656301",
+            ),
+            (ApiError::UnsupportedTransactions, "82ae636f7272656c6174696f6e5f696403a6726573756c7481a3457272b7556e737570706f727465645472616e73616374696f6e73"),
+            (
+                ApiError::ProducerIdNotAllocated { producer_id: 300 },
+                "82ae636f7272656c6174696f6e5f696403a6726573756c7481a345727281b650726f647563657249644e6f74416c6c6f636174656481ab70726f64756365725f6964cd012c",
+            ),
+        ];
+        for (error, golden) in cases {
+            let frame = ResponseFrame {
+                correlation_id: 3,
+                result: Err(error),
+            };
+            let bytes = encode_response(&frame);
+            assert_eq!(hex(&bytes), golden, "{frame:?}");
+            assert_eq!(decode_response(&bytes).unwrap(), frame);
+        }
+    }
+
     #[test]
     fn response_round_trip_with_fetch_payload() {
         let frame = ResponseFrame {

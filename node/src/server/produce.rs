@@ -7,7 +7,7 @@
 use crate::broker::Broker;
 use crate::partition::ProduceReply;
 use bytes::Bytes;
-use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::batch::{RecordBatch, NO_PRODUCER_ID, NO_SEQUENCE};
 use cairn_protocol::messages::{ProduceRequest, Response};
 use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
@@ -35,9 +35,9 @@ pub fn validate(
             max: u64::from(batch_bytes_max),
         });
     }
-    let batch = RecordBatch::validate(bytes).map_err(|error| ApiError::CorruptBatch {
-        reason: error.to_string(),
-    })?;
+    // Offset deltas, timestamps, record count and attribute bits (compressed and
+    // transactional batches are refused by name): see `RecordBatch::validate`.
+    let batch = RecordBatch::validate(bytes).map_err(ApiError::from)?;
     if batch.header().is_control() {
         return Err(ApiError::InvalidRequest {
             reason: "control batches are written by partition leaders only".to_string(),
@@ -53,12 +53,24 @@ pub fn validate(
             ),
         });
     }
+    // -1 is "no producer"; any other negative id was never handed out.
+    if header.producer_id < NO_PRODUCER_ID {
+        return Err(ApiError::ProducerIdNotAllocated {
+            producer_id: header.producer_id,
+        });
+    }
+    if header.producer_id == NO_PRODUCER_ID && header.base_sequence != NO_SEQUENCE {
+        return Err(ApiError::InvalidRequest {
+            reason: format!(
+                "a batch without a producer id carries no sequence (got sequence {})",
+                header.base_sequence
+            ),
+        });
+    }
     // A record is never larger than its batch, so small batches skip the per-record walk.
     if batch.size_bytes() > record_bytes_max as usize {
         for record in batch.records() {
-            let record = record.map_err(|error| ApiError::CorruptBatch {
-                reason: error.to_string(),
-            })?;
+            let record = record.map_err(ApiError::from)?;
             let size = record.key.as_ref().map_or(0, Bytes::len)
                 + record.value.len()
                 + record
@@ -96,6 +108,9 @@ pub fn enqueue<S: LogStore>(
         limits.record_bytes_max,
         request.batch,
     )?;
+    if batch.header().producer_id >= 0 {
+        broker.check_producer_id(batch.header().producer_id)?;
+    }
     let reply = handle.produce(batch, request.acks)?;
     Ok(Enqueued {
         reply,
@@ -119,5 +134,49 @@ pub async fn complete(enqueued: Enqueued) -> Result<Response, ApiError> {
         Err(_) => Err(ApiError::Timeout {
             waited_ms: u64::from(enqueued.timeout_ms),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::batch::{Record, RecordBatchBuilder};
+
+    fn batch(producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Bytes {
+        let mut builder = RecordBatchBuilder::new(1_700_000_000_000).producer(
+            producer_id,
+            producer_epoch,
+            base_sequence,
+        );
+        builder.push(&Record::new("v"));
+        builder.build().into_bytes()
+    }
+
+    fn check(bytes: Bytes) -> Result<RecordBatch, ApiError> {
+        validate(1 << 20, 1 << 16, bytes)
+    }
+
+    /// The producer fields a client may send: none (-1, no sequence) or an id with a sequence
+    /// and an epoch. Whether the id was allocated is the broker's check, after this one.
+    #[test]
+    fn producer_fields_are_none_or_an_id_with_sequence_and_epoch() {
+        assert!(check(batch(NO_PRODUCER_ID, 0, NO_SEQUENCE)).is_ok());
+        assert!(check(batch(7, 0, 0)).is_ok());
+        assert_eq!(
+            check(batch(-5, 0, 0)),
+            Err(ApiError::ProducerIdNotAllocated { producer_id: -5 })
+        );
+        assert!(matches!(
+            check(batch(NO_PRODUCER_ID, 0, 3)),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        assert!(matches!(
+            check(batch(7, 0, NO_SEQUENCE)),
+            Err(ApiError::InvalidRequest { .. })
+        ));
+        assert!(matches!(
+            check(RecordBatchBuilder::control_marker(1).into_bytes()),
+            Err(ApiError::InvalidRequest { .. })
+        ));
     }
 }
