@@ -406,7 +406,7 @@ fn dev_with_three_nodes_serves_the_tour_with_replication_factor_3() {
 /// Issue 17: every argument the server refuses exits 2, as clap's own refusals do; a runtime
 /// failure exits 1; messages count in the singular and the plural.
 #[test]
-fn refused_arguments_exit_2_and_failures_exit_1() {
+fn the_cli_refuses_arguments_with_exit_2_and_reads_like_kcat() {
     let dev = Dev::start(1);
     let refused = |args: &[&str], stdin: &str, code: i32, says: &str| {
         let (status, _, stderr) = dev.cli(args, stdin);
@@ -487,9 +487,18 @@ fn refused_arguments_exit_2_and_failures_exit_1() {
     assert!(status.success(), "{stderr}");
     // Offset 0 holds the first leader's epoch marker, which consumers skip.
     assert_eq!(printed, "0:1:x\n");
+    // -e: exit at the end of what was there, also when that is only the leader's marker.
+    let (status, printed, stderr) = dev.cli(&["consume", "one", "--from-beginning", "-e"], "");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(printed, "x\n");
+    let (status, _, stderr) = dev.cli(&["topic", "create", "empty", "-p", "2"], "");
+    assert!(status.success(), "{stderr}");
+    let (status, printed, stderr) = dev.cli(&["consume", "empty", "--from-beginning", "-e"], "");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(printed, "");
     // Internal topics only with --internal.
     let (_, listed, _) = dev.cli(&["topic", "list"], "");
-    assert_eq!(listed, "one\n");
+    assert_eq!(listed, "empty\none\n");
     let (_, listed, _) = dev.cli(&["topic", "list", "--internal"], "");
     assert!(listed.lines().any(|name| name == "__meta"), "{listed}");
 }

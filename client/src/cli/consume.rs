@@ -55,6 +55,10 @@ pub struct ConsumeArgs {
     /// Exit after this many milliseconds without new records.
     #[arg(long)]
     pub idle_timeout_ms: Option<u64>,
+    /// Exit once every partition read is consumed up to where it ended when reading started
+    /// (kcat's `-e`), instead of waiting for new records.
+    #[arg(short = 'e', long, conflicts_with = "group")]
+    pub exit_at_end: bool,
     /// Output per record, followed by a newline: %k key, %v value, %p partition, %o offset,
     /// %t timestamp (ms), %T topic, %% percent; escapes \n \t \r \\.
     #[arg(short, long, default_value = "%v")]
@@ -134,12 +138,34 @@ async fn consume(
     } else {
         SeekTo::Latest
     };
-    for partition in partitions {
+    for &partition in &partitions {
         consumer.seek(&args.topic, partition, start).await?;
     }
     if max_messages == 0 {
         return Ok(Stop::Done);
     }
+    // `-e`: each partition's end (its high watermark) when reading started.
+    let mut ends = BTreeMap::new();
+    if args.exit_at_end {
+        for &partition in &partitions {
+            let end = consumer
+                .list_offset(
+                    &args.topic,
+                    partition,
+                    cairn_protocol::messages::OffsetSpec::Latest,
+                )
+                .await?;
+            ends.insert(partition, end);
+        }
+    }
+    let at_end = |consumer: &Consumer| {
+        args.exit_at_end
+            && ends.iter().all(|(&partition, &end)| {
+                consumer
+                    .position(&args.topic, partition)
+                    .is_some_and(|position| position >= end)
+            })
+    };
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -158,6 +184,9 @@ async fn consume(
             }
             None => POLL_WAIT_MAX,
         };
+        if at_end(&consumer) {
+            return Ok(Stop::Done);
+        }
         let records = consumer.poll(wait).await?;
         if records.is_empty() {
             continue;
@@ -175,7 +204,7 @@ async fn consume(
         if let Err(error) = out.write_all(&line).and_then(|()| out.flush()) {
             return Ok(stdout_error(error));
         }
-        if printed >= max_messages {
+        if printed >= max_messages || at_end(&consumer) {
             return Ok(Stop::Done);
         }
     }
