@@ -343,11 +343,16 @@ fn tour(nodes: u16) {
     if nodes > 1 {
         let victim = *dev.node_pids.last().expect("a node");
         kill_process(Pid::from_raw(victim as i32).unwrap(), Signal::KILL).expect("killed");
-        let down_row = format!("{nodes}     -  "); // node id, no address once unheard
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             let status = dev.cli_ok(&["cluster", "status", "--problems-only"], "");
-            if status.contains("under-replicated: 3") && status.contains(&down_row) {
+            // The down node keeps the address it had, so an operator knows which one it is.
+            let down = status.lines().any(|line| {
+                line.starts_with(&format!("{nodes} "))
+                    && line.contains("127.0.0.1:")
+                    && line.contains("DOWN")
+            });
+            if status.contains("under-replicated: 3") && down {
                 break status;
             }
             assert!(
