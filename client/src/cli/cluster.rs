@@ -13,6 +13,14 @@ use std::collections::BTreeMap;
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Nodes and liveness, partitions and leaders per node, under-replicated partitions.
+    ///
+    /// What the answering node sees; liveness is its gossip's opinion. A partition's STATE:
+    /// `ok`: a leader and every replica's node up. `UNDER-REPLICATED`: a leader, but a
+    /// replica's node is down (OFFLINE lists them). `NO LEADER`: no replica holds a live lease:
+    /// an election is in progress, or fewer than a majority of the replicas are up (writes
+    /// then fail with NotEnoughReplicas). `REPAIRING on N`: node N's replica lost committed
+    /// data to a damaged disk and is being caught up from the leader. `CORRUPTED on N`: the
+    /// only replica lost committed data and refuses every request.
     Status(StatusArgs),
 }
 
