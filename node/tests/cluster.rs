@@ -18,9 +18,7 @@ use cairn_client::{
     Admin, ApiError, AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset,
     Producer, ProducerConfig, Record, TopicConfig,
 };
-use cairn_protocol::messages::{
-    DescribeTopicRequest, InitProducerIdRequest, MetadataRequest, PartitionDescription,
-};
+use cairn_protocol::messages::{InitProducerIdRequest, MetadataRequest, PartitionDescription};
 use cairn_protocol::{NodeId, Request, Response};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,12 +148,7 @@ async fn leader_of(bootstrap: &str, topic: &str) -> u32 {
 }
 
 fn describe(wire: &mut Wire, topic: &str) -> Result<Vec<PartitionDescription>, ApiError> {
-    match wire.call(Request::DescribeTopic(DescribeTopicRequest {
-        name: topic.to_string(),
-    }))? {
-        Response::DescribeTopic(response) => Ok(response.partitions),
-        other => panic!("unexpected reply {other:?}"),
-    }
+    wire.describe_topic(topic)
 }
 
 /// What one node's own replica of `topic`/0 reports (not a hint: describe answers from the

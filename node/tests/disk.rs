@@ -11,8 +11,8 @@
 
 mod support;
 
-use cairn_protocol::messages::{ClusterStatusResponse, DescribeTopicRequest, PartitionDescription};
-use cairn_protocol::{ApiError, NodeId, Offset, Request, Response};
+use cairn_protocol::messages::{ClusterStatusResponse, PartitionDescription};
+use cairn_protocol::{ApiError, NodeId, Offset};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -58,12 +58,7 @@ fn cluster_status(wire: &mut Wire) -> ClusterStatusResponse {
 }
 
 fn describe(wire: &mut Wire, topic: &str) -> Result<Vec<PartitionDescription>, ApiError> {
-    match wire.call(Request::DescribeTopic(DescribeTopicRequest {
-        name: topic.to_string(),
-    }))? {
-        Response::DescribeTopic(response) => Ok(response.partitions),
-        other => panic!("unexpected reply {other:?}"),
-    }
+    wire.describe_topic(topic)
 }
 
 /// Produces `count` one-record batches `prefix-i` with acks=all; returns (value, offset).

@@ -385,6 +385,16 @@ impl Wire {
         reply.result
     }
 
+    /// A topic's partitions as this node describes them.
+    pub fn describe_topic(&mut self, topic: &str) -> Result<Vec<PartitionDescription>, ApiError> {
+        match self.call(Request::DescribeTopic(DescribeTopicRequest {
+            name: topic.to_string(),
+        }))? {
+            Response::DescribeTopic(response) => Ok(response.partitions),
+            other => panic!("unexpected reply to DescribeTopic: {other:?}"),
+        }
+    }
+
     /// `cairn cluster status`'s request: the node's view of nodes and partitions.
     pub fn cluster_status(&mut self, include_internal: bool) -> ClusterStatusResponse {
         match self.call(Request::ClusterStatus(ClusterStatusRequest {
