@@ -2,7 +2,7 @@
 //! `cairn produce`, `cairn consume`, ...).
 
 use cairn_client::cli::{ClientCommand, Connection};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +23,11 @@ enum Command {
     Node(cairn_node::cli::NodeArgs),
     /// Run a local cluster of N nodes in the foreground (node 1 on 127.0.0.1:7171).
     Dev(cairn_node::dev::DevArgs),
+    /// Print a completion script for a shell, e.g. `source <(cairn completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -32,6 +37,10 @@ fn main() {
     let code = match cli.command {
         Command::Node(args) => cairn_node::cli::run_node(args),
         Command::Dev(args) => cairn_node::dev::run_dev(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            0
+        }
         Command::Client(command) => {
             cairn_node::cli::init_client_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()

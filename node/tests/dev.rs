@@ -508,6 +508,41 @@ fn the_cli_refuses_arguments_with_exit_2_and_reads_like_kcat() {
     assert!(listed.lines().any(|name| name == "__meta"), "{listed}");
 }
 
+/// `cairn completions bash` prints a script bash accepts, covering every subcommand's flags.
+#[test]
+fn bash_completions_load_and_know_the_flags() {
+    let script = Command::new(cairn_binary())
+        .args(["completions", "bash"])
+        .output()
+        .expect("cairn runs");
+    assert!(script.status.success());
+    let script = String::from_utf8(script.stdout).expect("text");
+    for word in [
+        "produce",
+        "consume",
+        "--exit-at-end",
+        "--bootstrap",
+        "reset-offsets",
+    ] {
+        assert!(script.contains(word), "{word} missing from the completions");
+    }
+    let loaded = Command::new("bash")
+        .args(["-c", "source /dev/stdin && complete -p cairn"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut bash| {
+            bash.stdin
+                .take()
+                .expect("piped")
+                .write_all(script.as_bytes())?;
+            bash.wait_with_output()
+        })
+        .expect("bash runs");
+    assert!(loaded.status.success());
+    assert!(String::from_utf8_lossy(&loaded.stdout).contains("_cairn"));
+}
+
 #[test]
 fn dev_says_so_when_a_node_dies() {
     let mut dev = Dev::start(1);
