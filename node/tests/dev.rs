@@ -492,10 +492,26 @@ fn the_cli_refuses_arguments_with_exit_2_and_reads_like_kcat() {
     assert!(status.success(), "{stderr}");
     // Offset 0 holds the first leader's epoch marker, which consumers skip.
     assert_eq!(printed, "0:1:x\n");
+    // Headers in (-H, repeatable) and out (%h).
+    let (status, _, stderr) = dev.cli(
+        &["produce", "one", "-H", "trace=t1", "-H", "source=cli"],
+        "with-headers\n",
+    );
+    assert!(status.success(), "{stderr}");
+    let (status, printed, stderr) =
+        dev.cli(&["consume", "one", "-o", "2", "-c", "1", "-f", "%h %v"], "");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(printed, "trace=t1,source=cli with-headers\n");
+    refused(
+        &["produce", "one", "-H", "novalue"],
+        "",
+        2,
+        "expected KEY=VALUE",
+    );
     // -e: exit at the end of what was there, also when that is only the leader's marker.
     let (status, printed, stderr) = dev.cli(&["consume", "one", "--from-beginning", "-e"], "");
     assert!(status.success(), "{stderr}");
-    assert_eq!(printed, "x\n");
+    assert_eq!(printed, "x\nwith-headers\n");
     let (status, _, stderr) = dev.cli(&["topic", "create", "empty", "-p", "2"], "");
     assert!(status.success(), "{stderr}");
     let (status, printed, stderr) = dev.cli(&["consume", "empty", "--from-beginning", "-e"], "");

@@ -14,10 +14,12 @@ enum Token {
     Offset,
     Timestamp,
     Topic,
+    Headers,
 }
 
 /// A parsed `--format`: `%k` key, `%v` value, `%p` partition, `%o` offset, `%t` timestamp
-/// (ms), `%T` topic, `%%` a percent sign; escapes `\n`, `\t`, `\r`, `\\`.
+/// (ms), `%T` topic, `%h` headers (`key=value` separated by commas, as kcat prints them),
+/// `%%` a percent sign; escapes `\n`, `\t`, `\r`, `\\`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputFormat {
     tokens: Vec<Token>,
@@ -54,13 +56,14 @@ impl OutputFormat {
                         Some('o') => Token::Offset,
                         Some('t') => Token::Timestamp,
                         Some('T') => Token::Topic,
+                        Some('h') => Token::Headers,
                         Some('%') => {
                             literal.push(b'%');
                             continue;
                         }
                         Some(other) => {
                             return Err(FormatError(format!(
-                                "unknown format token %{other} (known: %k %v %p %o %t %T %%)"
+                                "unknown format token %{other} (known: %k %v %p %o %t %T %h %%)"
                             )))
                         }
                         None => return Err(FormatError("format ends with a lone %".into())),
@@ -113,6 +116,19 @@ impl OutputFormat {
                     let _ = write!(out, "{}", record.timestamp_ms);
                 }
                 Token::Topic => out.extend_from_slice(record.topic.as_bytes()),
+                Token::Headers => {
+                    for (index, header) in record.headers.iter().enumerate() {
+                        if index > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(header.key.as_bytes());
+                        // A header without a value prints as its key alone.
+                        if let Some(value) = &header.value {
+                            out.push(b'=');
+                            out.extend_from_slice(value);
+                        }
+                    }
+                }
             }
         }
     }
@@ -171,6 +187,23 @@ mod tests {
         assert_eq!(render("%k\\t%v 100%% é", &keyed), "k1\thello 100% é");
         assert_eq!(render("[%k]", &record(None)), "[]");
         assert_eq!(render("a\\\\b", &keyed), "a\\b");
+    }
+
+    #[test]
+    fn headers_render_as_key_value_pairs() {
+        let mut with_headers = record(None);
+        assert_eq!(render("[%h]", &with_headers), "[]");
+        with_headers.headers = vec![
+            cairn_protocol::batch::Header {
+                key: "trace".into(),
+                value: Some(Bytes::from_static(b"abc")),
+            },
+            cairn_protocol::batch::Header {
+                key: "flag".into(),
+                value: None,
+            },
+        ];
+        assert_eq!(render("%h", &with_headers), "trace=abc,flag");
     }
 
     #[test]

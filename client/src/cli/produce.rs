@@ -51,6 +51,9 @@ pub struct ProduceArgs {
     /// Send every record to this partition instead of partitioning by key.
     #[arg(short, long)]
     pub partition: Option<u32>,
+    /// A header for every record, `key=value` (repeatable; kcat's `-H`).
+    #[arg(short = 'H', long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
     #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
 }
@@ -123,6 +126,13 @@ struct Tally {
     first_error: Option<ClientError>,
 }
 
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
 /// The topic exists, and so does the partition if one was named.
 async fn check_target(config: &ClientConfig, args: &ProduceArgs) -> Result<(), ClientError> {
     let topic = crate::Admin::new(config.clone())?
@@ -184,7 +194,10 @@ pub async fn run(config: ClientConfig, args: ProduceArgs) -> i32 {
                 break;
             }
         };
-        for record in records {
+        for mut record in records {
+            for (key, value) in &args.headers {
+                record = record.with_header(key.clone(), Bytes::from(value.clone()));
+            }
             let sending = match args.partition {
                 Some(partition) => producer.send_to(&args.topic, partition, record).await,
                 None => producer.send(&args.topic, record).await,
