@@ -25,6 +25,7 @@ const NEW_KEYS: &[&str] = &[
     "limits.connection_idle_timeout_ms",
     "limits.connection_outbound_bytes_max",
     "limits.fetch_reply_bytes_max",
+    "limits.request_entries_max",
 ];
 
 /// Starts a node with `args`. With `CAIRN_TEST_BINARY` set (a build from before these
@@ -181,6 +182,72 @@ fn metadata_naming_millions_of_topics_is_refused_before_anything_is_built() {
         peak <= baseline + 64,
         "peak RSS {peak} MiB, baseline {baseline} MiB: bound is baseline + 64 MiB"
     );
+}
+
+/// Probe 1b: replies that list the cluster's state may each be as large as a frame, so a
+/// pipeline of them, never read, held one frame per request in flight. Now each reserves a
+/// frame of the connection's budget before it is built: the rest wait holding their requests.
+#[test]
+fn pipelined_frame_sized_replies_wait_for_the_connection_budget() {
+    let node = start(&[
+        "--set",
+        "limits.frame_bytes_max=4194304",
+        "--set",
+        "limits.connection_outbound_bytes_max=4194304",
+        "--set",
+        "limits.fetch_reply_bytes_max=4194304",
+        "--set",
+        "limits.request_entries_max=65536",
+        "--set",
+        "limits.requests_in_flight_max=256",
+    ]);
+    let topic = "events";
+    node.wire().create_topic(topic, 1).unwrap();
+    let baseline = node.memory_kib().0 / 1024;
+    // Each unknown name is answered with an error repeating it: a 1.2 MB request asks for a
+    // reply just under the 4 MiB frame.
+    let names: Vec<String> = (0..38_000).map(|index| format!("{index:0>30}")).collect();
+    let payload = encode_request(&RequestFrame {
+        version: 1,
+        correlation_id: 1,
+        request: Request::Metadata(MetadataRequest {
+            topics: Some(names),
+        }),
+    });
+    let mut stream = TcpStream::connect(node.address()).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let attacker = std::thread::spawn(move || {
+        let mut sent = 0;
+        for _ in 0..64 {
+            if send_frame_or_stop(&mut stream, &payload) {
+                sent += 1;
+            } else {
+                break;
+            }
+        }
+        (stream, sent)
+    });
+    let (stream, sent) = attacker.join().unwrap();
+    // Give the node time to answer whatever it read (nothing is asserted about speed).
+    std::thread::sleep(Duration::from_secs(2));
+    round_trip_on(&node, topic, "during");
+    let peak = peak_mib(&node);
+    eprintln!("frame-sized replies probe: baseline {baseline} MiB, peak {peak} MiB, sent {sent}");
+    drop(stream);
+    round_trip_on(&node, topic, "after");
+    assert!(
+        peak <= baseline + 96,
+        "peak RSS {peak} MiB, baseline {baseline} MiB: bound is baseline + 96 MiB"
+    );
+}
+
+/// Writes one frame; false once the peer stops taking bytes (the write timed out).
+fn send_frame_or_stop(stream: &mut TcpStream, payload: &[u8]) -> bool {
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame).is_ok()
 }
 
 /// Probe 2: 256 pipelined 4 MB fetches whose replies are never read held ~1 GB per

@@ -403,8 +403,18 @@ async fn run_connection<S: LogStore>(
             }
             other => {
                 tokio::spawn(async move {
+                    // A reply that lists the cluster's state may be as large as a frame:
+                    // its bytes are reserved before it is built, so a pipeline of them
+                    // waits here holding only its requests.
+                    let reservation = if lists_cluster_state(&other) {
+                        tokio::select! {
+                            reservation = outbound.reserve(frame_bytes_max) => reservation,
+                            _ = replies.closed() => return,
+                        }
+                    } else {
+                        Reservation::default()
+                    };
                     let result = unless_expired(phase, dispatch(&broker, other)).await;
-                    let reservation = Reservation::default();
                     send_reply(
                         &replies,
                         correlation_id,
@@ -467,6 +477,32 @@ async fn serve_peer<S: LogStore>(
     };
     if let Err(reason) = crate::peer::serve_inbound(reader, from, &**broker, stop).await {
         tracing::warn!(%from, %reason, "peer connection closed");
+    }
+}
+
+/// Whether the reply to `request` grows with the cluster (its topics, partitions, groups or
+/// members) rather than with the request.
+fn lists_cluster_state(request: &Request) -> bool {
+    match request {
+        Request::Metadata(_)
+        | Request::ListTopics(_)
+        | Request::DescribeTopic(_)
+        | Request::ClusterStatus(_)
+        | Request::ListGroups(_)
+        | Request::DescribeGroup(_)
+        | Request::OffsetFetch(_)
+        | Request::ResetGroupOffsets(_) => true,
+        Request::Handshake(_)
+        | Request::CreateTopic(_)
+        | Request::DeleteTopic(_)
+        | Request::Produce(_)
+        | Request::Fetch(_)
+        | Request::ListOffsets(_)
+        | Request::InitProducerId(_)
+        | Request::ConsumerGroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::DeleteGroup(_)
+        | Request::FindCoordinator(_) => false,
     }
 }
 
