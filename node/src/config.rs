@@ -914,6 +914,45 @@ mod tests {
     }
 
     #[test]
+    fn connection_budgets_are_checked() {
+        let defaults = base().build().unwrap().limits;
+        assert_eq!(defaults.connections_per_address_max, 256);
+        assert!(defaults.connection_outbound_bytes_max >= defaults.frame_bytes_max);
+        assert!(defaults.fetch_reply_bytes_max >= defaults.connection_outbound_bytes_max);
+        let broken =
+            |key: &str, value: &str| match base().set("flag", key, value).build().unwrap_err() {
+                ConfigError::Rule { rule, .. } => rule,
+                other => panic!("{key}={value}: {other}"),
+            };
+        assert_eq!(
+            broken("limits.connection_outbound_bytes_max", "1048576"),
+            "limits.connection_outbound_bytes_max >= limits.frame_bytes_max"
+        );
+        assert_eq!(
+            broken("limits.fetch_reply_bytes_max", "1048576"),
+            "limits.fetch_reply_bytes_max >= limits.frame_bytes_max"
+        );
+        assert_eq!(
+            broken("limits.connection_idle_timeout_ms", "0"),
+            "limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0"
+        );
+        assert_eq!(
+            broken("limits.connections_per_address_max", "0"),
+            "every limits.*_max > 0"
+        );
+        assert_eq!(
+            broken("limits.request_entries_max", "0"),
+            "every limits.*_max > 0"
+        );
+        // A per-address limit above connections_max is allowed: it just changes nothing.
+        let lowered = base()
+            .set("flag", "limits.connections_max", "8")
+            .build()
+            .unwrap();
+        assert_eq!(lowered.limits.connections_per_address_max, 256);
+    }
+
+    #[test]
     fn group_settings_are_checked() {
         let defaults = base().build().unwrap();
         assert_eq!(defaults.groups.offsets_partitions, 16);
