@@ -94,9 +94,12 @@ pub struct Limits {
     /// How long a new connection may take to deliver its first whole request (or peer
     /// hello); a connection that sends nothing is closed after it.
     pub first_request_timeout_ms: u64,
-    /// A connection with no request in flight that sends no request for this long is closed;
-    /// so is one that does not read a reply for this long (the node cannot write to it).
+    /// A connection with no request in flight that sends no request for this long is closed.
     pub connection_idle_timeout_ms: u64,
+    /// A connection whose client reads none of a waiting reply for this long is closed,
+    /// which gives back the reply budget it holds (clients read their sockets all the time;
+    /// one that does not is gone or hostile).
+    pub reply_write_timeout_ms: u64,
     /// Reply bytes one connection may have waiting to be written (its client reads them).
     /// Past it the node reads no more requests from the connection, and fetches on it get a
     /// smaller byte budget, or wait.
@@ -284,6 +287,7 @@ pub const KEYS: &[&str] = &[
     "limits.connections_per_address_max",
     "limits.first_request_timeout_ms",
     "limits.connection_idle_timeout_ms",
+    "limits.reply_write_timeout_ms",
     "limits.connection_outbound_bytes_max",
     "limits.fetch_reply_bytes_max",
     "limits.request_entries_max",
@@ -343,6 +347,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             connections_per_address_max = 256
             first_request_timeout_ms = 10000
             connection_idle_timeout_ms = 540000
+            reply_write_timeout_ms = 30000
             connection_outbound_bytes_max = 16777216
             fetch_reply_bytes_max = 268435456
             request_entries_max = 65536
@@ -382,6 +387,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             connections_per_address_max = 256
             first_request_timeout_ms = 10000
             connection_idle_timeout_ms = 120000
+            reply_write_timeout_ms = 10000
             connection_outbound_bytes_max = 1048576
             fetch_reply_bytes_max = 8388608
             request_entries_max = 8192
@@ -635,6 +641,11 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         "limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0",
         limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0,
         "a timeout of zero would close every connection before its first request",
+    )?;
+    rule(
+        "limits.reply_write_timeout_ms > 0",
+        limits.reply_write_timeout_ms > 0,
+        "a timeout of zero would close every connection with a reply to write",
     )?;
     rule(
         "limits.connection_outbound_bytes_max >= limits.frame_bytes_max",

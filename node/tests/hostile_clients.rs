@@ -23,6 +23,7 @@ const NEW_KEYS: &[&str] = &[
     "limits.connections_per_address_max",
     "limits.first_request_timeout_ms",
     "limits.connection_idle_timeout_ms",
+    "limits.reply_write_timeout_ms",
     "limits.connection_outbound_bytes_max",
     "limits.fetch_reply_bytes_max",
     "limits.request_entries_max",
@@ -254,7 +255,7 @@ fn send_frame_or_stop(stream: &mut TcpStream, payload: &[u8]) -> bool {
 /// connection (4 connections: 2.9 GB). Now a connection's unsent replies hold at most
 /// `connection_outbound_bytes_max` (the node stops reading it), fetch replies of the whole
 /// node at most `fetch_reply_bytes_max` (fetches shrink, then wait), and a connection that
-/// reads no reply for `connection_idle_timeout_ms` is closed, giving its budget back.
+/// reads no reply for `reply_write_timeout_ms` is closed, giving its budget back.
 #[test]
 fn unread_fetch_replies_are_bounded_per_connection_and_node_wide() {
     let node = start(&[
@@ -273,7 +274,7 @@ fn unread_fetch_replies_are_bounded_per_connection_and_node_wide() {
         "--set",
         "limits.fetch_reply_bytes_max=16777216",
         "--set",
-        "limits.connection_idle_timeout_ms=3000",
+        "limits.reply_write_timeout_ms=3000",
     ]);
     let topic = "big";
     let mut writer = node.wire();

@@ -14,8 +14,9 @@
 //! replies by `connection_outbound_bytes_max` (past it the reader stops), fetch replies of the
 //! whole node by `fetch_reply_bytes_max` (fetches shrink, then wait; see [`budget`]), the
 //! entries of one request by `request_entries_max` (counted before decoding), the connections
-//! of one source address by `connections_per_address_max`, and a connection's silence by
-//! `first_request_timeout_ms` and `connection_idle_timeout_ms`.
+//! of one source address by `connections_per_address_max`, a connection's silence by
+//! `first_request_timeout_ms` and `connection_idle_timeout_ms`, and a client that reads no
+//! reply by `reply_write_timeout_ms` (closing it gives back the budget its replies hold).
 
 mod budget;
 mod cluster_status;
@@ -210,6 +211,7 @@ async fn run_connection<S: LogStore>(
     let limits = broker.config.limits.clone();
     let frame_bytes_max = limits.frame_bytes_max as usize;
     let idle_timeout = Duration::from_millis(limits.connection_idle_timeout_ms);
+    let reply_write_timeout = Duration::from_millis(limits.reply_write_timeout_ms);
     if let Err(error) = socket.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
@@ -224,7 +226,7 @@ async fn run_connection<S: LogStore>(
     let writer = tokio::spawn(write_replies(
         FramedWrite::new(write_half, FrameCodec::new(frame_bytes_max)),
         outgoing,
-        idle_timeout,
+        reply_write_timeout,
     ));
     let outbound = ByteBudget::new(limits.connection_outbound_bytes_max);
     let fetch_budgets = FetchBudgets {
