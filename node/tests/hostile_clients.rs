@@ -395,6 +395,24 @@ fn silent_connections_are_closed_so_others_get_in() {
     }
     let mut client = client.unwrap();
     round_trip(&mut client, topic, "during");
+    // A slowloris trickling its first frame a byte at a time is cut at the same deadline
+    // (bounded: 100 bytes at 100 ms; the first-request deadline is 1 s).
+    let mut slow = node.wire();
+    let payload = encode_request(&RequestFrame {
+        version: 1,
+        correlation_id: 1,
+        request: Request::ListTopics(ListTopicsRequest {
+            include_internal: false,
+        }),
+    });
+    let mut frame = (100u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame.resize(104, 0xc0);
+    let cut = frame.iter().any(|byte| {
+        std::thread::sleep(Duration::from_millis(100));
+        slow.stream.write_all(&[*byte]).is_err()
+    });
+    assert!(cut || slow.is_closed(), "a slowloris was left open");
     // The admitted client goes quiet for longer than the idle timeout: it is closed too.
     assert!(
         eventually(Duration::from_secs(20), || client.is_closed()),
