@@ -15,19 +15,19 @@ pub struct ByteBudget {
     capacity: u32,
 }
 
-/// Bytes taken from one or more budgets, given back when dropped.
+/// Bytes of one reply taken from one or more budgets (the same bytes from each), given back
+/// when dropped.
 #[derive(Debug, Default)]
 pub struct Reservation {
+    /// The reply bytes this reservation covers.
+    bytes: usize,
     permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl Reservation {
+    /// The reply bytes covered (held in each budget the reservation draws on).
     pub fn bytes(&self) -> usize {
-        self.permits.iter().map(|permit| permit.num_permits()).sum()
-    }
-
-    fn join(&mut self, other: Reservation) {
-        self.permits.extend(other.permits);
+        self.bytes
     }
 
     /// Gives back everything above `bytes` (of each budget), keeping at most `bytes`.
@@ -38,6 +38,7 @@ impl Reservation {
                 drop(permit.split(excess));
             }
         }
+        self.bytes = self.bytes.min(bytes);
     }
 }
 
@@ -69,6 +70,7 @@ impl ByteBudget {
             .await
             .expect("budget semaphores are never closed");
         Reservation {
+            bytes: wanted as usize,
             permits: vec![permit],
         }
     }
@@ -82,6 +84,7 @@ impl ByteBudget {
         if free >= floor {
             if let Ok(permit) = Arc::clone(&self.permits).try_acquire_many_owned(free) {
                 return Reservation {
+                    bytes: free as usize,
                     permits: vec![permit],
                 };
             }
@@ -117,29 +120,34 @@ impl FetchBudgets {
         let granted = reservation.bytes();
         let node = self.node.reserve_up_to(granted, floor.min(granted)).await;
         let granted = node.bytes();
-        reservation.join(node);
+        reservation.permits.extend(node.permits);
         reservation.shrink_each_to(granted);
         reservation
     }
 }
 
-/// Adjusts a reservation made before a reply was built to the reply's real size: what was
-/// not used goes back, a reply larger than reserved takes the rest from `connection`.
+/// Adjusts a reservation to the real size of the reply it was made for: what was not used
+/// goes back. A reply with no reservation waits for its bytes of `connection` (it holds no
+/// budget meanwhile, so it cannot hold up the replies it waits for). A reply larger than its
+/// reservation (an estimate of its envelope fell short) takes the rest only if it is free:
+/// waiting while holding budget could leave every reply of a connection waiting for the
+/// others (the hostile-client probe found that deadlock).
 pub async fn settle(
     mut reservation: Reservation,
     connection: &ByteBudget,
     size: usize,
 ) -> Reservation {
-    let per_budget = if reservation.permits.is_empty() {
-        0
-    } else {
-        reservation.bytes() / reservation.permits.len()
-    };
-    if per_budget >= size {
+    if reservation.permits.is_empty() {
+        return connection.reserve(size).await;
+    }
+    if reservation.bytes >= size {
         reservation.shrink_each_to(size);
     } else {
-        let extra = connection.reserve(size - per_budget).await;
-        reservation.join(extra);
+        let missing = clamp(size - reservation.bytes, connection.capacity);
+        if let Ok(extra) = Arc::clone(&connection.permits).try_acquire_many_owned(missing) {
+            reservation.permits.push(extra);
+            reservation.bytes = size;
+        }
     }
     reservation
 }
@@ -184,7 +192,7 @@ mod tests {
         };
         let _other = budgets.node.reserve(960).await;
         let reservation = budgets.reserve(80, 10).await;
-        assert_eq!(reservation.bytes(), 2 * 40);
+        assert_eq!(reservation.bytes(), 40);
         assert_eq!(budgets.connection.available(), 60);
         let reservation = settle(reservation, &budgets.connection, 25).await;
         assert_eq!(budgets.connection.available(), 75);
@@ -194,5 +202,27 @@ mod tests {
         drop(reservation);
         assert_eq!(budgets.connection.available(), 100);
         assert_eq!(budgets.node.available(), 40);
+    }
+
+    /// Every reply of a connection outgrowing its reservation at once must not leave each
+    /// waiting for another's bytes (a deadlock the hostile-client probe found).
+    #[tokio::test]
+    async fn a_reply_larger_than_its_reservation_never_waits() {
+        let connection = ByteBudget::new(100);
+        let first = connection.reserve(50).await;
+        let second = connection.reserve(50).await;
+        let first = settle(first, &connection, 70).await;
+        let second = settle(second, &connection, 70).await;
+        assert_eq!((first.bytes(), second.bytes()), (50, 50));
+        drop((first, second));
+        // With room, the rest is taken.
+        let third = settle(connection.reserve(50).await, &connection, 70).await;
+        assert_eq!(third.bytes(), 70);
+        assert_eq!(connection.available(), 30);
+        // A reply without a reservation waits for its bytes.
+        let fourth = settle(Reservation::default(), &connection, 30).await;
+        assert_eq!(connection.available(), 0);
+        drop((third, fourth));
+        assert_eq!(connection.available(), 100);
     }
 }
