@@ -357,6 +357,83 @@ fn unread_fetch_replies_are_bounded_per_connection_and_node_wide() {
     );
 }
 
+/// A client that reads none of its replies is cut after `reply_write_timeout_ms`, which
+/// gives back the budget its replies hold; before, it held them for as long as it stayed
+/// connected.
+#[test]
+fn a_client_that_reads_no_reply_is_cut() {
+    let node = start(&["--set", "limits.reply_write_timeout_ms=1000"]);
+    let topic = "events";
+    let mut writer = node.wire();
+    writer.create_topic(topic, 1).unwrap();
+    let value = vec![b'x'; 15 * 1024];
+    for _ in 0..16 {
+        writer.produce(topic, 0, &[&value]).unwrap();
+    }
+    drop(writer);
+    // A small receive buffer (no autotuning), so the node's writes stall once its own send
+    // buffer (up to 4 MiB) is full: 256 replies of 60 to 240 KiB are more than that.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(node.address()).await.unwrap()
+    });
+    let mut attacker = Wire::over({
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    });
+    for _ in 0..256 {
+        attacker.send(Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 256 * 1024,
+            partitions: vec![FetchPartition {
+                topic: topic.into(),
+                partition: 0,
+                offset: Offset(0),
+                max_bytes: 256 * 1024,
+            }],
+        }));
+    }
+    round_trip_on(&node, topic, "during");
+    // Bounded: once cut, reading ends with the end of the stream or a reset (what was in
+    // flight, at most the node's send buffer, comes first); a read that times out means the
+    // connection is still open.
+    std::thread::sleep(Duration::from_secs(3));
+    attacker
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = vec![0u8; 64 * 1024];
+    let mut read_total = 0usize;
+    let mut ending = None;
+    for _ in 0..10_000 {
+        match std::io::Read::read(&mut attacker.stream, &mut sink) {
+            Ok(0) => {
+                ending = Some("end of stream".to_string());
+                break;
+            }
+            Ok(read) => read_total += read,
+            Err(error) => {
+                ending = Some(error.kind().to_string());
+                break;
+            }
+        }
+    }
+    let ending = ending.expect("the read loop ended");
+    assert!(
+        ending == "end of stream" || ending == "connection reset",
+        "the connection was not cut ({ending} after {read_total} bytes)"
+    );
+    assert!(read_total < 256 * 60 * 1024, "{read_total} bytes were sent");
+    round_trip_on(&node, topic, "after");
+}
+
 /// Probe 3a: idle TCP connections filling `connections_max` locked every other client out
 /// forever. Now a connection that sends no request within `first_request_timeout_ms` is closed,
 /// and one that goes quiet is closed after `connection_idle_timeout_ms`.

@@ -148,7 +148,10 @@ impl TestNode {
             .arg("--preset")
             .arg("test")
             .args(&self.extra_args)
-            .env("CAIRN_LOG", "info")
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
