@@ -84,6 +84,32 @@ pub struct Limits {
     pub fetch_wait_max_ms: u64,
     /// Most partitions one topic may have.
     pub partitions_per_topic_max: u32,
+    /// Connections one source IP address may hold at once, so that one address cannot take
+    /// every one of `connections_max` (one more is refused with
+    /// `TooManyConnectionsFromAddress`). Loopback counts like any address: test clusters and
+    /// their clients all connect from 127.0.0.1, so the default leaves that address a quarter
+    /// of the slots (256 of 1,024), well above what a cluster and its clients open. Above
+    /// `connections_max` it changes nothing (a lowered `connections_max` needs no change here).
+    pub connections_per_address_max: u32,
+    /// How long a new connection may take to deliver its first whole request (or peer
+    /// hello); a connection that sends nothing is closed after it.
+    pub first_request_timeout_ms: u64,
+    /// A connection with no request in flight that sends no request for this long is closed.
+    pub connection_idle_timeout_ms: u64,
+    /// A connection whose client reads none of a waiting reply for this long is closed,
+    /// which gives back the reply budget it holds (clients read their sockets all the time;
+    /// one that does not is gone or hostile).
+    pub reply_write_timeout_ms: u64,
+    /// Reply bytes one connection may have waiting to be written (its client reads them).
+    /// Past it the node reads no more requests from the connection, and fetches on it get a
+    /// smaller byte budget, or wait.
+    pub connection_outbound_bytes_max: u32,
+    /// Fetch reply bytes the whole node may hold at once, over all connections. When it is
+    /// used up a fetch's byte budget shrinks to what is left, or it waits.
+    pub fetch_reply_bytes_max: u32,
+    /// Entries (list items and map fields, e.g. topic names, fetch partitions, commits) one
+    /// request may hold; counted before the request is decoded. More: `LimitExceeded`.
+    pub request_entries_max: u32,
 }
 
 /// Timings of every partition replica hosted here (DESIGN 5.3), plus the tick.
@@ -258,6 +284,13 @@ pub const KEYS: &[&str] = &[
     "limits.partition_mailbox_max",
     "limits.fetch_wait_max_ms",
     "limits.partitions_per_topic_max",
+    "limits.connections_per_address_max",
+    "limits.first_request_timeout_ms",
+    "limits.connection_idle_timeout_ms",
+    "limits.reply_write_timeout_ms",
+    "limits.connection_outbound_bytes_max",
+    "limits.fetch_reply_bytes_max",
+    "limits.request_entries_max",
     "replica.lease_ms",
     "replica.heartbeat_ms",
     "replica.election_timeout_ms",
@@ -311,6 +344,13 @@ fn preset_table(preset: Preset) -> toml::Table {
             partition_mailbox_max = 4096
             fetch_wait_max_ms = 30000
             partitions_per_topic_max = 1024
+            connections_per_address_max = 256
+            first_request_timeout_ms = 10000
+            connection_idle_timeout_ms = 540000
+            reply_write_timeout_ms = 30000
+            connection_outbound_bytes_max = 16777216
+            fetch_reply_bytes_max = 268435456
+            request_entries_max = 65536
             [replica]
             lease_ms = 1200
             heartbeat_ms = 300
@@ -344,6 +384,13 @@ fn preset_table(preset: Preset) -> toml::Table {
             partition_mailbox_max = 64
             fetch_wait_max_ms = 2000
             partitions_per_topic_max = 16
+            connections_per_address_max = 256
+            first_request_timeout_ms = 10000
+            connection_idle_timeout_ms = 120000
+            reply_write_timeout_ms = 10000
+            connection_outbound_bytes_max = 1048576
+            fetch_reply_bytes_max = 8388608
+            request_entries_max = 8192
             [replica]
             lease_ms = 200
             heartbeat_ms = 50
@@ -585,8 +632,31 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
             && limits.connections_max > 0
             && limits.requests_in_flight_max > 0
             && limits.partition_mailbox_max > 0
-            && limits.partitions_per_topic_max > 0,
+            && limits.partitions_per_topic_max > 0
+            && limits.connections_per_address_max > 0
+            && limits.request_entries_max > 0,
         "a limit of zero would refuse every request of its kind",
+    )?;
+    rule(
+        "limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0",
+        limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0,
+        "a timeout of zero would close every connection before its first request",
+    )?;
+    rule(
+        "limits.reply_write_timeout_ms > 0",
+        limits.reply_write_timeout_ms > 0,
+        "a timeout of zero would close every connection with a reply to write",
+    )?;
+    rule(
+        "limits.connection_outbound_bytes_max >= limits.frame_bytes_max",
+        limits.connection_outbound_bytes_max >= limits.frame_bytes_max,
+        "a reply of the largest frame must fit in the connection's budget, or it would \
+         never be sent",
+    )?;
+    rule(
+        "limits.fetch_reply_bytes_max >= limits.frame_bytes_max",
+        limits.fetch_reply_bytes_max >= limits.frame_bytes_max,
+        "one fetch reply of the largest frame must fit in the node's fetch budget",
     )?;
     rule(
         "limits.frame_bytes_max >= limits.batch_bytes_max + 1024",
@@ -852,6 +922,45 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(error, ConfigError::Rule { .. }), "{error}");
+    }
+
+    #[test]
+    fn connection_budgets_are_checked() {
+        let defaults = base().build().unwrap().limits;
+        assert_eq!(defaults.connections_per_address_max, 256);
+        assert!(defaults.connection_outbound_bytes_max >= defaults.frame_bytes_max);
+        assert!(defaults.fetch_reply_bytes_max >= defaults.connection_outbound_bytes_max);
+        let broken =
+            |key: &str, value: &str| match base().set("flag", key, value).build().unwrap_err() {
+                ConfigError::Rule { rule, .. } => rule,
+                other => panic!("{key}={value}: {other}"),
+            };
+        assert_eq!(
+            broken("limits.connection_outbound_bytes_max", "1048576"),
+            "limits.connection_outbound_bytes_max >= limits.frame_bytes_max"
+        );
+        assert_eq!(
+            broken("limits.fetch_reply_bytes_max", "1048576"),
+            "limits.fetch_reply_bytes_max >= limits.frame_bytes_max"
+        );
+        assert_eq!(
+            broken("limits.connection_idle_timeout_ms", "0"),
+            "limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0"
+        );
+        assert_eq!(
+            broken("limits.connections_per_address_max", "0"),
+            "every limits.*_max > 0"
+        );
+        assert_eq!(
+            broken("limits.request_entries_max", "0"),
+            "every limits.*_max > 0"
+        );
+        // A per-address limit above connections_max is allowed: it just changes nothing.
+        let lowered = base()
+            .set("flag", "limits.connections_max", "8")
+            .build()
+            .unwrap();
+        assert_eq!(lowered.limits.connections_per_address_max, 256);
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     };
 
     let (phase, phase_watch) = watch::channel(Phase::Running);
-    let connections = Connections::new(config.limits.connections_max);
+    let connections = Connections::new(&config.limits);
     let server = tokio::spawn(server::serve(
         listener,
         Arc::clone(&broker),

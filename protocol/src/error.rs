@@ -89,6 +89,25 @@ pub enum ApiError {
     TooManyRequests { max: u32 },
     #[error("too many connections to this node (maximum {max})")]
     TooManyConnections { max: u32 },
+    /// The connecting address already holds its share of the node's connections
+    /// (`limits.connections_per_address_max`), so that one address cannot take every slot.
+    /// Retriable once one of that address's connections closes. Sent once, then the
+    /// connection is closed (a client built before this variant closes it too, on a reply it
+    /// cannot decode).
+    #[error("too many connections from this address (maximum {max})")]
+    TooManyConnectionsFromAddress { max: u32 },
+    /// A request, or the reply it asks for, would exceed the node limit `limit` (its config
+    /// key, e.g. `limits.request_entries_max`): `requested` against `max`, in the limit's
+    /// unit. Checked before the node builds anything large, so the refusal costs nothing.
+    /// Not retriable: ask for less (fewer topics, fewer partitions). A client built before
+    /// this variant cannot decode it and closes its connection; it only ever meets it for a
+    /// request far beyond anything it sends within the limits.
+    #[error("{limit} exceeded: {requested} requested, at most {max}")]
+    LimitExceeded {
+        limit: String,
+        requested: u64,
+        max: u64,
+    },
     #[error("node is not ready yet: {reason}")]
     NotReady { reason: String },
     #[error("node is shutting down")]
@@ -238,6 +257,7 @@ impl ApiError {
                 | ApiError::NotEnoughReplicas { .. }
                 | ApiError::TooManyRequests { .. }
                 | ApiError::TooManyConnections { .. }
+                | ApiError::TooManyConnectionsFromAddress { .. }
                 | ApiError::NotReady { .. }
                 | ApiError::ShuttingDown
                 | ApiError::StaleEpoch { .. }

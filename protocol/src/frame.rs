@@ -67,7 +67,21 @@ pub fn encode_response(frame: &ResponseFrame) -> Bytes {
     Bytes::from(rmp_serde::to_vec_named(frame).expect("response frames always serialize"))
 }
 
+/// The config key of the entry limit, named in [`ApiError::LimitExceeded`].
+pub const REQUEST_ENTRIES_LIMIT: &str = "limits.request_entries_max";
+
 pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, RequestDecodeError> {
+    decode_request_within(bytes, u64::MAX)
+}
+
+/// [`decode_request`], refusing a request holding more than `entries_max` entries (list
+/// items and map fields, counted over the whole frame) before anything is allocated for it.
+/// An entry costs one byte on the wire but tens of bytes decoded (an empty topic name is a
+/// 24-byte `String`), so a frame of empty names would otherwise decode to 25 times its size.
+pub fn decode_request_within(
+    bytes: &[u8],
+    entries_max: u64,
+) -> Result<RequestFrame, RequestDecodeError> {
     let header: RequestHeader =
         rmp_serde::from_slice(bytes).map_err(|error| RequestDecodeError::Malformed {
             reason: error.to_string(),
@@ -80,6 +94,18 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, RequestDecodeError> 
                 requested: header.version,
                 min: PROTOCOL_VERSION_MIN,
                 max: PROTOCOL_VERSION_MAX,
+            },
+        });
+    }
+    let entries = count_entries(bytes, entries_max);
+    if entries > entries_max {
+        return Err(RequestDecodeError::Refused {
+            version: header.version,
+            correlation_id: header.correlation_id,
+            error: ApiError::LimitExceeded {
+                limit: REQUEST_ENTRIES_LIMIT.to_string(),
+                requested: entries,
+                max: entries_max,
             },
         });
     }
@@ -96,6 +122,103 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, RequestDecodeError> 
             error,
         }
     })
+}
+
+/// Counts the entries (array items and map pairs) of the MessagePack values in `bytes`,
+/// stopping as soon as the count passes `stop_above`. One pass, no recursion and no
+/// allocation: a counter of values still to visit replaces the stack, so deep nesting costs
+/// nothing. Input that is not MessagePack ends the count early; the decoder that runs next
+/// reports it.
+pub fn count_entries(bytes: &[u8], stop_above: u64) -> u64 {
+    let mut position = 0usize;
+    let mut to_visit: u64 = 1;
+    let mut entries: u64 = 0;
+    // Each value takes at least one byte, so this loop ends within `bytes.len()` turns.
+    while to_visit > 0 && position < bytes.len() && entries <= stop_above {
+        to_visit -= 1;
+        let marker = bytes[position];
+        position += 1;
+        let read_length = |position: &mut usize, width: usize| -> Option<u64> {
+            let field = bytes.get(*position..*position + width)?;
+            *position += width;
+            Some(
+                field
+                    .iter()
+                    .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)),
+            )
+        };
+        // (entries opened, values they hold, payload bytes to skip)
+        let (opened, values, skip) = match marker {
+            0x80..=0x8f => {
+                let pairs = u64::from(marker & 0x0f);
+                (pairs, pairs * 2, 0)
+            }
+            0x90..=0x9f => {
+                let items = u64::from(marker & 0x0f);
+                (items, items, 0)
+            }
+            0xa0..=0xbf => (0, 0, u64::from(marker & 0x1f)),
+            0xc4 | 0xd9 => match read_length(&mut position, 1) {
+                Some(length) => (0, 0, length),
+                None => break,
+            },
+            0xc5 | 0xda => match read_length(&mut position, 2) {
+                Some(length) => (0, 0, length),
+                None => break,
+            },
+            0xc6 | 0xdb => match read_length(&mut position, 4) {
+                Some(length) => (0, 0, length),
+                None => break,
+            },
+            // ext 8/16/32: a length, then a type byte and the data.
+            0xc7 => match read_length(&mut position, 1) {
+                Some(length) => (0, 0, length + 1),
+                None => break,
+            },
+            0xc8 => match read_length(&mut position, 2) {
+                Some(length) => (0, 0, length + 1),
+                None => break,
+            },
+            0xc9 => match read_length(&mut position, 4) {
+                Some(length) => (0, 0, length + 1),
+                None => break,
+            },
+            0xca => (0, 0, 4),
+            0xcb => (0, 0, 8),
+            0xcc | 0xd0 => (0, 0, 1),
+            0xcd | 0xd1 => (0, 0, 2),
+            0xce | 0xd2 => (0, 0, 4),
+            0xcf | 0xd3 => (0, 0, 8),
+            0xd4 => (0, 0, 2),
+            0xd5 => (0, 0, 3),
+            0xd6 => (0, 0, 5),
+            0xd7 => (0, 0, 9),
+            0xd8 => (0, 0, 17),
+            0xdc => match read_length(&mut position, 2) {
+                Some(items) => (items, items, 0),
+                None => break,
+            },
+            0xdd => match read_length(&mut position, 4) {
+                Some(items) => (items, items, 0),
+                None => break,
+            },
+            0xde => match read_length(&mut position, 2) {
+                Some(pairs) => (pairs, pairs * 2, 0),
+                None => break,
+            },
+            0xdf => match read_length(&mut position, 4) {
+                Some(pairs) => (pairs, pairs * 2, 0),
+                None => break,
+            },
+            // Integers, nil, booleans: the marker is the whole value. 0xc1 is never used;
+            // the decoder refuses it.
+            _ => (0, 0, 0),
+        };
+        entries = entries.saturating_add(opened);
+        to_visit = to_visit.saturating_add(values);
+        position = position.saturating_add(usize::try_from(skip).unwrap_or(usize::MAX));
+    }
+    entries
 }
 
 pub fn decode_response(bytes: &[u8]) -> Result<ResponseFrame, String> {
@@ -457,6 +580,102 @@ mod tests {
         );
         frame.version = 1;
         assert!(decode_request(&encode_request(&frame)).is_ok());
+    }
+
+    #[test]
+    fn golden_limit_refusals() {
+        let frame = ResponseFrame {
+            correlation_id: 2,
+            result: Err(ApiError::LimitExceeded {
+                limit: REQUEST_ENTRIES_LIMIT.into(),
+                requested: 70_000,
+                max: 65_536,
+            }),
+        };
+        let bytes = encode_response(&frame);
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "82ae636f7272656c6174696f6e5f696402a6726573756c7481a345727281ad4c696d",
+                "6974457863656564656483a56c696d6974ba6c696d6974732e726571756573745f65",
+                "6e74726965735f6d6178a9726571756573746564ce00011170a36d6178ce00010000"
+            )
+        );
+        assert_eq!(decode_response(&bytes).unwrap(), frame);
+        let frame = ResponseFrame {
+            correlation_id: 0,
+            result: Err(ApiError::TooManyConnectionsFromAddress { max: 256 }),
+        };
+        let bytes = encode_response(&frame);
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "82ae636f7272656c6174696f6e5f696400a6726573756c7481a345727281bd546f6f",
+                "4d616e79436f6e6e656374696f6e7346726f6d4164647265737381a36d6178cd0100"
+            )
+        );
+        assert_eq!(decode_response(&bytes).unwrap(), frame);
+    }
+
+    fn metadata_of(topics: usize) -> Vec<u8> {
+        encode_request(&RequestFrame {
+            version: 1,
+            correlation_id: 11,
+            request: Request::Metadata(MetadataRequest {
+                topics: Some(vec![String::new(); topics]),
+            }),
+        })
+        .to_vec()
+    }
+
+    #[test]
+    fn entries_are_counted_over_the_whole_frame() {
+        // The envelope (3 fields), the request map (1) and the metadata map (1), then the
+        // names.
+        assert_eq!(count_entries(&metadata_of(0), u64::MAX), 5);
+        assert_eq!(count_entries(&metadata_of(70_000), u64::MAX), 70_005);
+        // The count stops early once it is past the limit.
+        assert!(count_entries(&metadata_of(70_000), 10) <= 70_005);
+        assert!(count_entries(&metadata_of(70_000), 10) > 10);
+        // A batch is one binary value: its bytes are skipped, not counted.
+        let produce = encode_request(&RequestFrame {
+            version: 1,
+            correlation_id: 1,
+            request: Request::Produce(ProduceRequest {
+                topic: "t".into(),
+                partition: 0,
+                acks: Acks::All,
+                timeout_ms: 1,
+                batch: Bytes::from(vec![0x91u8; 100_000]),
+            }),
+        });
+        assert_eq!(count_entries(&produce, u64::MAX), 9);
+        // Truncated or garbage input ends the count; it never panics.
+        let whole = metadata_of(3);
+        for end in 0..whole.len() {
+            count_entries(&whole[..end], u64::MAX);
+        }
+        count_entries(&[0xdf, 0xff, 0xff, 0xff, 0xff], u64::MAX);
+        count_entries(&[0xc6, 0xff, 0xff, 0xff, 0xff], u64::MAX);
+        // Deep nesting is a counter, not a stack.
+        assert_eq!(count_entries(&vec![0x91u8; 1_000_000], u64::MAX), 1_000_000);
+    }
+
+    #[test]
+    fn a_request_over_the_entry_limit_is_refused_before_it_is_decoded() {
+        assert!(decode_request_within(&metadata_of(99), 104).is_ok());
+        assert_eq!(
+            decode_request_within(&metadata_of(100), 104),
+            Err(RequestDecodeError::Refused {
+                version: 1,
+                correlation_id: 11,
+                error: ApiError::LimitExceeded {
+                    limit: "limits.request_entries_max".into(),
+                    requested: 105,
+                    max: 104,
+                },
+            })
+        );
     }
 
     #[test]

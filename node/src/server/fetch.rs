@@ -4,8 +4,10 @@
 //! `min_bytes` are available the request waits on the partitions' high-watermark watches, up
 //! to `min(max_wait_ms, fetch_wait_max_ms)`. `max_bytes` bounds the whole response (and the
 //! frame size bounds it again), except that the first batch found is always delivered so a
-//! consumer never stalls on a batch larger than its budget.
+//! consumer never stalls on a batch larger than its budget. The budget shrinks further when the
+//! connection's or the node's reply budget runs low (see `super::budget`).
 
+use super::budget::{FetchBudgets, Reservation};
 use crate::broker::Broker;
 use crate::partition::{PartitionHandle, ReadResult};
 use bytes::BytesMut;
@@ -24,10 +26,15 @@ const RESPONSE_OVERHEAD_BYTES: usize = 1024;
 /// Bytes reserved per partition entry, plus its topic name.
 const PARTITION_OVERHEAD_BYTES: usize = 128;
 
+/// Answers a fetch, reading only as many bytes as `budgets` lend it: each read first
+/// reserves its reply's bytes from the connection's and the node's budgets (shrinking when
+/// they run low, waiting when they are empty), and the reply keeps the reservation until it
+/// is written. A long poll holds nothing while it waits.
 pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
     request: FetchRequest,
-) -> Result<Response, ApiError> {
+    budgets: &FetchBudgets,
+) -> Result<(Response, Reservation), ApiError> {
     broker.check_ready()?;
     let limits = &broker.config.limits;
     let wait_ms = u64::from(request.max_wait_ms).min(limits.fetch_wait_max_ms);
@@ -38,8 +45,16 @@ pub async fn handle<S: LogStore>(
             .iter()
             .map(|partition| partition.topic.len() + PARTITION_OVERHEAD_BYTES)
             .sum::<usize>();
-    let budget = (request.max_bytes as usize)
+    let budget_max = (request.max_bytes as usize)
         .min((limits.frame_bytes_max as usize).saturating_sub(overhead));
+    // The first batch is delivered whatever the budget, so a shrunk reservation still
+    // covers one batch of the largest size.
+    let floor = overhead + (limits.batch_bytes_max as usize).min(budget_max);
+    let reserve = || async {
+        let reservation = budgets.reserve(overhead + budget_max, floor).await;
+        let budget = reservation.bytes().saturating_sub(overhead).min(budget_max);
+        (reservation, budget)
+    };
     let targets: Vec<Result<PartitionHandle<S>, ApiError>> = request
         .partitions
         .iter()
@@ -52,20 +67,24 @@ pub async fn handle<S: LogStore>(
             .flatten()
             .map(|handle| handle.shared.subscribe_high_watermark())
             .collect();
+        let (reservation, budget) = reserve().await;
         let (partitions, total_bytes, any_error) = read_once(&request, &targets, budget).await;
         let done = total_bytes >= request.min_bytes as usize
             || any_error
             || watches.is_empty()
             || tokio::time::Instant::now() >= deadline;
         if done {
-            return Ok(Response::Fetch(FetchResponse { partitions }));
+            return Ok((Response::Fetch(FetchResponse { partitions }), reservation));
         }
+        drop(partitions);
+        drop(reservation);
         let changed =
             futures::future::select_all(watches.iter_mut().map(|watch| Box::pin(watch.changed())));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             // Deadline: one last read answers with whatever is there.
+            let (reservation, budget) = reserve().await;
             let (partitions, _, _) = read_once(&request, &targets, budget).await;
-            return Ok(Response::Fetch(FetchResponse { partitions }));
+            return Ok((Response::Fetch(FetchResponse { partitions }), reservation));
         }
     }
 }

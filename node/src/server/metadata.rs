@@ -18,21 +18,56 @@ pub fn handle<S: LogStore>(
         Some(names) => names,
         None => broker.topic_names()?,
     };
-    let topics = names
-        .into_iter()
-        .map(|name| {
-            let result = if name == META_TOPIC {
-                Ok(meta_metadata(broker))
-            } else {
-                broker.topic_metadata(&name)
-            };
-            TopicMetadataResult { name, result }
-        })
-        .collect();
-    Ok(Response::Metadata(MetadataResponse {
-        brokers: broker.brokers(),
-        topics,
-    }))
+    // The reply is measured as it is built, so that one that would not fit in a frame is
+    // refused after holding at most a frame's worth of topics, not built in full first.
+    let brokers = broker.brokers();
+    let reply_bytes_max = broker.config.limits.frame_bytes_max as u64;
+    let mut reply_bytes = encoded_size(&brokers) + REPLY_OVERHEAD_BYTES;
+    let mut topics = Vec::new();
+    for name in names {
+        let result = if name == META_TOPIC {
+            Ok(meta_metadata(broker))
+        } else {
+            broker.topic_metadata(&name)
+        };
+        let topic = TopicMetadataResult { name, result };
+        reply_bytes += encoded_size(&topic);
+        if reply_bytes <= reply_bytes_max {
+            topics.push(topic);
+        } else if !topics.is_empty() {
+            // Over the limit: keep measuring (the refusal tells the full size), holding
+            // nothing more.
+            topics = Vec::new();
+        }
+    }
+    if reply_bytes > reply_bytes_max {
+        return Err(ApiError::LimitExceeded {
+            limit: "limits.frame_bytes_max".to_string(),
+            requested: reply_bytes,
+            max: reply_bytes_max,
+        });
+    }
+    Ok(Response::Metadata(MetadataResponse { brokers, topics }))
+}
+
+/// Bytes of a reply's envelope and of the fields around its lists.
+const REPLY_OVERHEAD_BYTES: u64 = 128;
+
+/// How many bytes `value` takes on the wire, without writing them anywhere.
+fn encoded_size<T: serde::Serialize>(value: &T) -> u64 {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len() as u64;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    rmp_serde::encode::write_named(&mut counter, value).expect("replies always serialize");
+    counter.0
 }
 
 fn meta_metadata<S: LogStore>(broker: &Broker<S>) -> TopicMetadata {

@@ -9,7 +9,16 @@
 //! Produce requests are put in their partition's mailbox by the reader itself, in the order
 //! they were read, before the reader reads on: pipelined batches of one partition are appended
 //! in the order they were sent.
+//!
+//! What one client can make the node hold is bounded (DESIGN 10): a connection's unsent
+//! replies by `connection_outbound_bytes_max` (past it the reader stops), fetch replies of the
+//! whole node by `fetch_reply_bytes_max` (fetches shrink, then wait; see [`budget`]), the
+//! entries of one request by `request_entries_max` (counted before decoding), the connections
+//! of one source address by `connections_per_address_max`, a connection's silence by
+//! `first_request_timeout_ms` and `connection_idle_timeout_ms`, and a client that reads no
+//! reply by `reply_write_timeout_ms` (closing it gives back the budget its replies hold).
 
+mod budget;
 mod cluster_status;
 mod create_topic;
 mod delete_topic;
@@ -24,19 +33,28 @@ mod metadata;
 pub mod produce;
 
 use crate::broker::Broker;
+use budget::{ByteBudget, FetchBudgets, Reservation};
 use bytes::Bytes;
 use cairn_protocol::frame::{
-    decode_request, encode_response, FrameCodec, FrameError, RequestDecodeError,
+    decode_request_within, encode_response, FrameCodec, FrameError, RequestDecodeError,
     UNKNOWN_CORRELATION_ID,
 };
 use cairn_protocol::peer::{decode_peer_hello, PeerHello};
 use cairn_protocol::{ApiError, Request, ResponseFrame};
 use cairn_storage::LogStore;
 use futures::{SinkExt, StreamExt};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// A reply on its way to the writer, with the bytes it holds of the connection's (and for a
+/// fetch, the node's) budget until it is written.
+type OutgoingReply = (Bytes, Reservation);
 
 /// Where the node is in its life; connections watch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,24 +72,72 @@ const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// Most replies the writer sends before one flush.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
 
-/// Counts open connections; shutdown waits for it to drain.
+/// Counts open connections, in all and per source address; shutdown waits for them to close.
 #[derive(Clone)]
 pub struct Connections {
     permits: Arc<Semaphore>,
     max: u32,
+    /// Open connections per source address; an address leaves the map with its last one, so
+    /// it holds at most `max` entries.
+    per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    per_address_max: u32,
+    /// Fetch reply bytes the node may hold, shared by every connection.
+    fetch_replies: ByteBudget,
+}
+
+/// One connection's place in [`Connections`], given back when dropped.
+struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    address: IpAddr,
+    per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_address = self.per_address.lock().expect("connection count lock");
+        if let Some(open) = per_address.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                per_address.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Connections {
-    pub fn new(max: u32) -> Connections {
+    pub fn new(limits: &crate::config::Limits) -> Connections {
         Connections {
-            permits: Arc::new(Semaphore::new(max as usize)),
-            max,
+            permits: Arc::new(Semaphore::new(limits.connections_max as usize)),
+            max: limits.connections_max,
+            per_address: Arc::new(Mutex::new(HashMap::new())),
+            per_address_max: limits.connections_per_address_max,
+            fetch_replies: ByteBudget::new(limits.fetch_reply_bytes_max),
         }
     }
 
     /// Resolves once every connection has closed.
     pub async fn all_closed(&self) {
         let _ = self.permits.acquire_many(self.max).await;
+    }
+
+    /// A slot for a connection from `address`, or the refusal to send it.
+    fn admit(&self, address: IpAddr) -> Result<ConnectionSlot, ApiError> {
+        let mut per_address = self.per_address.lock().expect("connection count lock");
+        let open = per_address.get(&address).copied().unwrap_or(0);
+        if open >= self.per_address_max && self.per_address_max < self.max {
+            return Err(ApiError::TooManyConnectionsFromAddress {
+                max: self.per_address_max,
+            });
+        }
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyConnections { max: self.max })?;
+        per_address.insert(address, open + 1);
+        Ok(ConnectionSlot {
+            _permit: permit,
+            address,
+            per_address: Arc::clone(&self.per_address),
+        })
     }
 }
 
@@ -96,44 +162,56 @@ pub async fn serve<S: LogStore>(
                 continue;
             }
         };
-        match Arc::clone(&connections.permits).try_acquire_owned() {
-            Ok(permit) => {
+        match connections.admit(peer.ip()) {
+            Ok(slot) => {
                 let broker = Arc::clone(&broker);
                 let phase = phase.clone();
+                let fetch_replies = connections.fetch_replies.clone();
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "connection opened");
-                    run_connection(socket, broker, phase, permit).await;
+                    run_connection(socket, broker, phase, fetch_replies, slot).await;
                     tracing::debug!(%peer, "connection closed");
                 });
             }
-            Err(_) => {
-                let max = connections.max;
+            Err(refusal) => {
+                tracing::debug!(%peer, %refusal, "connection refused");
                 let frame_bytes_max = broker.config.limits.frame_bytes_max as usize;
-                tokio::spawn(refuse_connection(socket, max, frame_bytes_max));
+                tokio::spawn(refuse_connection(socket, refusal, frame_bytes_max));
             }
         }
     }
 }
 
-/// One `TooManyConnections` frame, then close.
-async fn refuse_connection(socket: TcpStream, max: u32, frame_bytes_max: usize) {
+/// One `TooManyConnections` (or `TooManyConnectionsFromAddress`) frame, then close.
+async fn refuse_connection(socket: TcpStream, refusal: ApiError, frame_bytes_max: usize) {
     let mut writer = FramedWrite::new(socket, FrameCodec::new(frame_bytes_max));
     let reply = encode_response(&ResponseFrame {
         correlation_id: UNKNOWN_CORRELATION_ID,
-        result: Err(ApiError::TooManyConnections { max }),
+        result: Err(refusal),
     });
     // A client that does not read must not keep this task alive.
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, writer.send(reply)).await;
+}
+
+/// Why the reader stopped waiting for the next frame.
+enum NextFrame {
+    Frame(Option<Result<bytes::BytesMut, FrameError>>),
+    /// The node is draining, the writer is gone, or the client stayed silent too long.
+    Stop,
 }
 
 async fn run_connection<S: LogStore>(
     socket: TcpStream,
     broker: Arc<Broker<S>>,
     mut phase: watch::Receiver<Phase>,
-    _connection: OwnedSemaphorePermit,
+    fetch_replies: ByteBudget,
+    _connection: ConnectionSlot,
 ) {
+    let opened = Instant::now();
     let limits = broker.config.limits.clone();
     let frame_bytes_max = limits.frame_bytes_max as usize;
+    let idle_timeout = Duration::from_millis(limits.connection_idle_timeout_ms);
+    let reply_write_timeout = Duration::from_millis(limits.reply_write_timeout_ms);
     if let Err(error) = socket.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
@@ -144,15 +222,23 @@ async fn run_connection<S: LogStore>(
     let (read_half, write_half) = socket.into_split();
     let mut reader = FramedRead::new(read_half, FrameCodec::new(frame_bytes_max));
     let in_flight_max = limits.requests_in_flight_max as usize;
-    let (replies, outgoing) = mpsc::channel::<Bytes>(in_flight_max + 1);
+    let (replies, outgoing) = mpsc::channel::<OutgoingReply>(in_flight_max + 1);
     let writer = tokio::spawn(write_replies(
         FramedWrite::new(write_half, FrameCodec::new(frame_bytes_max)),
         outgoing,
+        reply_write_timeout,
     ));
+    let outbound = ByteBudget::new(limits.connection_outbound_bytes_max);
+    let fetch_budgets = FetchBudgets {
+        connection: outbound.clone(),
+        node: fetch_replies,
+    };
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let mut first_frame = true;
+    let mut read_deadline = opened + Duration::from_millis(limits.first_request_timeout_ms);
     loop {
-        // At the in-flight limit, stop reading: the client's writes back up in TCP.
+        // At the in-flight limit, or while the client leaves more than its budget of replies
+        // unread, stop reading: the client's writes back up in TCP.
         let permit = tokio::select! {
             permit = Arc::clone(&in_flight).acquire_owned() => match permit {
                 Ok(permit) => permit,
@@ -160,10 +246,33 @@ async fn run_connection<S: LogStore>(
             },
             _ = phase.wait_for(|phase| *phase != Phase::Running) => break,
         };
-        let frame = tokio::select! {
-            frame = reader.next() => frame,
+        tokio::select! {
+            _ = outbound.until_not_exhausted() => {}
             _ = phase.wait_for(|phase| *phase != Phase::Running) => break,
+            _ = replies.closed() => break,
+        }
+        let next = loop {
+            tokio::select! {
+                frame = reader.next() => break NextFrame::Frame(frame),
+                _ = phase.wait_for(|phase| *phase != Phase::Running) => break NextFrame::Stop,
+                _ = replies.closed() => break NextFrame::Stop,
+                _ = tokio::time::sleep_until(read_deadline) => {
+                    // Requests still in flight (a long poll, a produce waiting for its
+                    // quorum) keep a quiet connection open; their replies are its activity.
+                    let idle = in_flight.available_permits() + 1 >= in_flight_max;
+                    if first_frame || idle {
+                        tracing::debug!(%remote, first_frame, "closing a silent connection");
+                        break NextFrame::Stop;
+                    }
+                    read_deadline = Instant::now() + idle_timeout;
+                }
+            }
         };
+        let frame = match next {
+            NextFrame::Frame(frame) => frame,
+            NextFrame::Stop => break,
+        };
+        read_deadline = Instant::now() + idle_timeout;
         let bytes = match frame {
             None => break,
             Some(Ok(bytes)) => bytes,
@@ -177,6 +286,8 @@ async fn run_connection<S: LogStore>(
                     UNKNOWN_CORRELATION_ID,
                     Err(error),
                     frame_bytes_max,
+                    &outbound,
+                    Reservation::default(),
                 )
                 .await;
                 break;
@@ -187,7 +298,7 @@ async fn run_connection<S: LogStore>(
             }
         };
         let is_first_frame = std::mem::replace(&mut first_frame, false);
-        let request = match decode_request(&bytes) {
+        let request = match decode_request_within(&bytes, u64::from(limits.request_entries_max)) {
             Ok(request) => request,
             Err(RequestDecodeError::Malformed { .. })
                 if is_first_frame && decode_peer_hello(&bytes).is_some() =>
@@ -211,6 +322,8 @@ async fn run_connection<S: LogStore>(
                     UNKNOWN_CORRELATION_ID,
                     Err(error),
                     frame_bytes_max,
+                    &outbound,
+                    Reservation::default(),
                 )
                 .await;
                 break;
@@ -220,7 +333,16 @@ async fn run_connection<S: LogStore>(
                 error,
                 ..
             }) => {
-                send_reply(&replies, correlation_id, Err(error), frame_bytes_max).await;
+                let reservation = Reservation::default();
+                send_reply(
+                    &replies,
+                    correlation_id,
+                    Err(error),
+                    frame_bytes_max,
+                    &outbound,
+                    reservation,
+                )
+                .await;
                 continue;
             }
         };
@@ -229,6 +351,7 @@ async fn run_connection<S: LogStore>(
         let replies = replies.clone();
         let broker = Arc::clone(&broker);
         let phase = phase.clone();
+        let outbound = outbound.clone();
         match request.request {
             Request::Produce(produce) => {
                 // Into the mailbox now, in read order; the answer is awaited concurrently.
@@ -241,14 +364,68 @@ async fn run_connection<S: LogStore>(
                         }
                     };
                     let result = unless_expired(phase, work).await;
-                    send_reply(&replies, correlation_id, result, frame_bytes_max).await;
+                    let reservation = Reservation::default();
+                    send_reply(
+                        &replies,
+                        correlation_id,
+                        result,
+                        frame_bytes_max,
+                        &outbound,
+                        reservation,
+                    )
+                    .await;
+                    drop(permit);
+                });
+            }
+            Request::Fetch(fetch) => {
+                let budgets = fetch_budgets.clone();
+                tokio::spawn(async move {
+                    let work = fetch::handle(&broker, fetch, &budgets);
+                    let answered = tokio::select! {
+                        answered = unless_expired(phase, work) => answered,
+                        // The connection broke (or was cut for not reading): a fetch waiting
+                        // for budget gives up its place instead of reading for nobody.
+                        _ = replies.closed() => return,
+                    };
+                    let (result, reservation) = match answered {
+                        Ok((response, reservation)) => (Ok(response), reservation),
+                        Err(error) => (Err(error), Reservation::default()),
+                    };
+                    send_reply(
+                        &replies,
+                        correlation_id,
+                        result,
+                        frame_bytes_max,
+                        &outbound,
+                        reservation,
+                    )
+                    .await;
                     drop(permit);
                 });
             }
             other => {
                 tokio::spawn(async move {
+                    // A reply that lists the cluster's state may be as large as a frame:
+                    // its bytes are reserved before it is built, so a pipeline of them
+                    // waits here holding only its requests.
+                    let reservation = if lists_cluster_state(&other) {
+                        tokio::select! {
+                            reservation = outbound.reserve(frame_bytes_max) => reservation,
+                            _ = replies.closed() => return,
+                        }
+                    } else {
+                        Reservation::default()
+                    };
                     let result = unless_expired(phase, dispatch(&broker, other)).await;
-                    send_reply(&replies, correlation_id, result, frame_bytes_max).await;
+                    send_reply(
+                        &replies,
+                        correlation_id,
+                        result,
+                        frame_bytes_max,
+                        &outbound,
+                        reservation,
+                    )
+                    .await;
                     drop(permit);
                 });
             }
@@ -305,13 +482,36 @@ async fn serve_peer<S: LogStore>(
     }
 }
 
+/// Whether the reply to `request` grows with the cluster (its topics, partitions, groups or
+/// members) rather than with the request.
+fn lists_cluster_state(request: &Request) -> bool {
+    match request {
+        Request::Metadata(_)
+        | Request::ListTopics(_)
+        | Request::DescribeTopic(_)
+        | Request::ClusterStatus(_)
+        | Request::ListGroups(_)
+        | Request::DescribeGroup(_)
+        | Request::OffsetFetch(_)
+        | Request::ResetGroupOffsets(_) => true,
+        Request::Handshake(_)
+        | Request::CreateTopic(_)
+        | Request::DeleteTopic(_)
+        | Request::Produce(_)
+        | Request::Fetch(_)
+        | Request::ListOffsets(_)
+        | Request::InitProducerId(_)
+        | Request::ConsumerGroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::DeleteGroup(_)
+        | Request::FindCoordinator(_) => false,
+    }
+}
+
 /// Runs `work`, unless the shutdown grace period ends first.
-async fn unless_expired<F>(
-    mut phase: watch::Receiver<Phase>,
-    work: F,
-) -> Result<cairn_protocol::Response, ApiError>
+async fn unless_expired<T, F>(mut phase: watch::Receiver<Phase>, work: F) -> Result<T, ApiError>
 where
-    F: std::future::Future<Output = Result<cairn_protocol::Response, ApiError>>,
+    F: std::future::Future<Output = Result<T, ApiError>>,
 {
     tokio::select! {
         result = work => result,
@@ -330,7 +530,9 @@ async fn dispatch<S: LogStore>(
         Request::DeleteTopic(request) => delete_topic::handle(broker, request).await,
         Request::ListTopics(request) => list_topics::handle(broker, request),
         Request::DescribeTopic(request) => describe_topic::handle(broker, request),
-        Request::Fetch(request) => fetch::handle(broker, request).await,
+        Request::Fetch(_) => {
+            unreachable!("fetches are answered with their budgets in run_connection")
+        }
         Request::ListOffsets(request) => list_offsets::handle(broker, request).await,
         Request::ClusterStatus(request) => cluster_status::handle(broker, request),
         Request::InitProducerId(request) => init_producer_id::handle(broker, request).await,
@@ -349,11 +551,16 @@ async fn dispatch<S: LogStore>(
     }
 }
 
+/// Encodes a reply and queues it for the writer, holding its bytes of the connection's
+/// budget (`reservation`, made before the reply was built, is settled to its real size;
+/// otherwise the bytes are reserved now, waiting while the client leaves replies unread).
 async fn send_reply(
-    replies: &mpsc::Sender<Bytes>,
+    replies: &mpsc::Sender<OutgoingReply>,
     correlation_id: u64,
     result: Result<cairn_protocol::Response, ApiError>,
     frame_bytes_max: usize,
+    outbound: &ByteBudget,
+    reservation: Reservation,
 ) {
     let mut bytes = encode_response(&ResponseFrame {
         correlation_id,
@@ -376,29 +583,48 @@ async fn send_reply(
             }),
         });
     }
+    let reservation = tokio::select! {
+        reservation = budget::settle(reservation, outbound, bytes.len()) => reservation,
+        // The writer is gone: nothing will free the budget, and the reply has nowhere to go.
+        _ = replies.closed() => return,
+    };
     // The writer is gone only when the connection broke; the reply has nowhere to go.
-    let _ = replies.send(bytes).await;
+    let _ = replies.send((bytes, reservation)).await;
 }
 
 /// Writes replies until every sender is gone; hands the writer back (a peer connection's
-/// handshake needs it), or `None` once the connection broke.
+/// handshake needs it), or `None` once the connection broke, or its client read nothing for
+/// `stalled_max` while replies waited. A reply's reservation is given back once the reply
+/// is in the socket.
 async fn write_replies(
     mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
-    mut outgoing: mpsc::Receiver<Bytes>,
+    mut outgoing: mpsc::Receiver<OutgoingReply>,
+    stalled_max: Duration,
 ) -> Option<FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>> {
-    while let Some(first) = outgoing.recv().await {
-        writer.feed(first).await.ok()?;
-        let mut batched = 1;
-        while batched < WRITE_BATCH_FRAMES_MAX {
+    let mut written = Vec::with_capacity(WRITE_BATCH_FRAMES_MAX);
+    while let Some((first, reservation)) = outgoing.recv().await {
+        tokio::time::timeout(stalled_max, writer.feed(first))
+            .await
+            .ok()?
+            .ok()?;
+        written.push(reservation);
+        while written.len() < WRITE_BATCH_FRAMES_MAX {
             match outgoing.try_recv() {
-                Ok(more) => {
-                    writer.feed(more).await.ok()?;
-                    batched += 1;
+                Ok((more, reservation)) => {
+                    tokio::time::timeout(stalled_max, writer.feed(more))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    written.push(reservation);
                 }
                 Err(_) => break,
             }
         }
-        writer.flush().await.ok()?;
+        tokio::time::timeout(stalled_max, writer.flush())
+            .await
+            .ok()?
+            .ok()?;
+        written.clear();
     }
     Some(writer)
 }

@@ -35,8 +35,13 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// The `cairn` binary cargo built for these tests. Worktrees sharing one target directory
 /// each hard-link their own build to this path, so run the tests right after a build of this
 /// checkout (cargo holds the target directory's lock while it runs them).
+///
+/// `CAIRN_TEST_BINARY` replaces it (to measure a probe against another build).
 pub fn cairn_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+    match std::env::var_os("CAIRN_TEST_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_cairn")),
+    }
 }
 
 /// One `cairn node` process (or its data directory, between a stop and a restart).
@@ -143,7 +148,10 @@ impl TestNode {
             .arg("--preset")
             .arg("test")
             .args(&self.extra_args)
-            .env("CAIRN_LOG", "info")
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -255,6 +263,20 @@ impl TestNode {
     pub fn wire(&self) -> Wire {
         Wire::connect(self.address())
     }
+
+    /// The process's resident memory now and at its peak, in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the node's /proc status");
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
 }
 
 impl Drop for TestNode {
@@ -323,7 +345,11 @@ pub struct Wire {
 
 impl Wire {
     pub fn connect(address: SocketAddr) -> Wire {
-        let stream = TcpStream::connect(address).expect("connect to the node");
+        Wire::over(TcpStream::connect(address).expect("connect to the node"))
+    }
+
+    /// A wire over a stream connected some other way (from another loopback source address).
+    pub fn over(stream: TcpStream) -> Wire {
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .expect("read timeout");
