@@ -431,14 +431,21 @@ fn a_cluster_forms_places_replicas_evenly_and_refuses_too_high_a_factor() {
                     .is_some_and(|(most, fewest)| most - fewest <= 4),
             "leaders per node: {led:?}"
         );
-        // Every replica, leader or not, reports a leader, its epoch and replicas.
+        // Every replica, leader or not, reports a leader, its epoch and replicas, once the
+        // leader's first append or heartbeat reached it (a follower learns its leader from
+        // it, a moment after the leader knows itself).
         for node_id in 1..=3 {
             let mut wire = cluster.node(node_id).wire();
-            for partition in describe(&mut wire, "spread").unwrap() {
-                assert!(partition.leader.is_some(), "node {node_id}: {partition:?}");
-                assert!(partition.leader_epoch > cairn_protocol::Epoch::ZERO);
-                assert_eq!(partition.replicas.len(), 3);
-            }
+            let mut seen = Vec::new();
+            let reported = eventually(Duration::from_secs(10), || {
+                seen = describe(&mut wire, "spread").unwrap();
+                seen.iter().all(|partition| {
+                    partition.leader.is_some()
+                        && partition.leader_epoch > cairn_protocol::Epoch::ZERO
+                        && partition.replicas.len() == 3
+                })
+            });
+            assert!(reported, "node {node_id}: {seen:?}");
         }
     });
 }
