@@ -229,6 +229,11 @@ async fn run_connection<S: LogStore>(
         reply_write_timeout,
     ));
     let outbound = ByteBudget::new(limits.connection_outbound_bytes_max);
+    let replies = Replies {
+        sender: replies,
+        frame_bytes_max,
+        outbound: outbound.clone(),
+    };
     let fetch_budgets = FetchBudgets {
         connection: outbound.clone(),
         node: fetch_replies,
@@ -249,13 +254,13 @@ async fn run_connection<S: LogStore>(
         tokio::select! {
             _ = outbound.until_not_exhausted() => {}
             _ = phase.wait_for(|phase| *phase != Phase::Running) => break,
-            _ = replies.closed() => break,
+            _ = replies.sender.closed() => break,
         }
         let next = loop {
             tokio::select! {
                 frame = reader.next() => break NextFrame::Frame(frame),
                 _ = phase.wait_for(|phase| *phase != Phase::Running) => break NextFrame::Stop,
-                _ = replies.closed() => break NextFrame::Stop,
+                _ = replies.sender.closed() => break NextFrame::Stop,
                 _ = tokio::time::sleep_until(read_deadline) => {
                     // Requests still in flight (a long poll, a produce waiting for its
                     // quorum) keep a quiet connection open; their replies are its activity.
@@ -281,15 +286,9 @@ async fn run_connection<S: LogStore>(
                     size: size as u64,
                     max: max as u64,
                 };
-                send_reply(
-                    &replies,
-                    UNKNOWN_CORRELATION_ID,
-                    Err(error),
-                    frame_bytes_max,
-                    &outbound,
-                    Reservation::default(),
-                )
-                .await;
+                replies
+                    .send(UNKNOWN_CORRELATION_ID, Err(error), Reservation::default())
+                    .await;
                 break;
             }
             Some(Err(FrameError::Io(error))) => {
@@ -317,15 +316,9 @@ async fn run_connection<S: LogStore>(
             }
             Err(RequestDecodeError::Malformed { reason }) => {
                 let error = ApiError::MalformedFrame { reason };
-                send_reply(
-                    &replies,
-                    UNKNOWN_CORRELATION_ID,
-                    Err(error),
-                    frame_bytes_max,
-                    &outbound,
-                    Reservation::default(),
-                )
-                .await;
+                replies
+                    .send(UNKNOWN_CORRELATION_ID, Err(error), Reservation::default())
+                    .await;
                 break;
             }
             Err(RequestDecodeError::Refused {
@@ -334,15 +327,7 @@ async fn run_connection<S: LogStore>(
                 ..
             }) => {
                 let reservation = Reservation::default();
-                send_reply(
-                    &replies,
-                    correlation_id,
-                    Err(error),
-                    frame_bytes_max,
-                    &outbound,
-                    reservation,
-                )
-                .await;
+                replies.send(correlation_id, Err(error), reservation).await;
                 continue;
             }
         };
@@ -351,7 +336,6 @@ async fn run_connection<S: LogStore>(
         let replies = replies.clone();
         let broker = Arc::clone(&broker);
         let phase = phase.clone();
-        let outbound = outbound.clone();
         match request.request {
             Request::Produce(produce) => {
                 // Into the mailbox now, in read order; the answer is awaited concurrently.
@@ -365,15 +349,7 @@ async fn run_connection<S: LogStore>(
                     };
                     let result = unless_expired(phase, work).await;
                     let reservation = Reservation::default();
-                    send_reply(
-                        &replies,
-                        correlation_id,
-                        result,
-                        frame_bytes_max,
-                        &outbound,
-                        reservation,
-                    )
-                    .await;
+                    replies.send(correlation_id, result, reservation).await;
                     drop(permit);
                 });
             }
@@ -385,21 +361,13 @@ async fn run_connection<S: LogStore>(
                         answered = unless_expired(phase, work) => answered,
                         // The connection broke (or was cut for not reading): a fetch waiting
                         // for budget gives up its place instead of reading for nobody.
-                        _ = replies.closed() => return,
+                        _ = replies.sender.closed() => return,
                     };
                     let (result, reservation) = match answered {
                         Ok((response, reservation)) => (Ok(response), reservation),
                         Err(error) => (Err(error), Reservation::default()),
                     };
-                    send_reply(
-                        &replies,
-                        correlation_id,
-                        result,
-                        frame_bytes_max,
-                        &outbound,
-                        reservation,
-                    )
-                    .await;
+                    replies.send(correlation_id, result, reservation).await;
                     drop(permit);
                 });
             }
@@ -410,22 +378,14 @@ async fn run_connection<S: LogStore>(
                     // waits here holding only its requests.
                     let reservation = if lists_cluster_state(&other) {
                         tokio::select! {
-                            reservation = outbound.reserve(frame_bytes_max) => reservation,
-                            _ = replies.closed() => return,
+                            reservation = replies.outbound.reserve(frame_bytes_max) => reservation,
+                            _ = replies.sender.closed() => return,
                         }
                     } else {
                         Reservation::default()
                     };
                     let result = unless_expired(phase, dispatch(&broker, other)).await;
-                    send_reply(
-                        &replies,
-                        correlation_id,
-                        result,
-                        frame_bytes_max,
-                        &outbound,
-                        reservation,
-                    )
-                    .await;
+                    replies.send(correlation_id, result, reservation).await;
                     drop(permit);
                 });
             }
@@ -551,45 +511,55 @@ async fn dispatch<S: LogStore>(
     }
 }
 
-/// Encodes a reply and queues it for the writer, holding its bytes of the connection's
-/// budget (`reservation`, made before the reply was built, is settled to its real size;
-/// otherwise the bytes are reserved now, waiting while the client leaves replies unread).
-async fn send_reply(
-    replies: &mpsc::Sender<OutgoingReply>,
-    correlation_id: u64,
-    result: Result<cairn_protocol::Response, ApiError>,
+/// Where a connection's replies go: its writer's queue, the frame limit and the connection's
+/// outbound byte budget, which every reply settles before it is queued.
+#[derive(Clone)]
+struct Replies {
+    sender: mpsc::Sender<OutgoingReply>,
     frame_bytes_max: usize,
-    outbound: &ByteBudget,
-    reservation: Reservation,
-) {
-    let mut bytes = encode_response(&ResponseFrame {
-        correlation_id,
-        result,
-    });
-    if bytes.len() > frame_bytes_max {
-        // Fetch budgets keep replies below the frame size; this is the safety net.
-        tracing::error!(
+    outbound: ByteBudget,
+}
+
+impl Replies {
+    /// Encodes a reply and queues it for the writer, holding its bytes of the connection's
+    /// budget (`reservation`, made before the reply was built, is settled to its real size;
+    /// otherwise the bytes are reserved now, waiting while the client leaves replies unread).
+    async fn send(
+        &self,
+        correlation_id: u64,
+        result: Result<cairn_protocol::Response, ApiError>,
+        reservation: Reservation,
+    ) {
+        let mut bytes = encode_response(&ResponseFrame {
             correlation_id,
-            size = bytes.len(),
-            "reply exceeds the frame maximum"
-        );
-        bytes = encode_response(&ResponseFrame {
-            correlation_id,
-            result: Err(ApiError::Internal {
-                reason: format!(
-                    "reply of {} bytes exceeds the frame maximum of {frame_bytes_max}",
-                    bytes.len()
-                ),
-            }),
+            result,
         });
+        if bytes.len() > self.frame_bytes_max {
+            // Fetch budgets keep replies below the frame size; this is the safety net.
+            tracing::error!(
+                correlation_id,
+                size = bytes.len(),
+                "reply exceeds the frame maximum"
+            );
+            bytes = encode_response(&ResponseFrame {
+                correlation_id,
+                result: Err(ApiError::Internal {
+                    reason: format!(
+                        "reply of {} bytes exceeds the frame maximum of {}",
+                        bytes.len(),
+                        self.frame_bytes_max
+                    ),
+                }),
+            });
+        }
+        let reservation = tokio::select! {
+            reservation = budget::settle(reservation, &self.outbound, bytes.len()) => reservation,
+            // The writer is gone: nothing will free the budget, and the reply has nowhere to go.
+            _ = self.sender.closed() => return,
+        };
+        // The writer is gone only when the connection broke; the reply has nowhere to go.
+        let _ = self.sender.send((bytes, reservation)).await;
     }
-    let reservation = tokio::select! {
-        reservation = budget::settle(reservation, outbound, bytes.len()) => reservation,
-        // The writer is gone: nothing will free the budget, and the reply has nowhere to go.
-        _ = replies.closed() => return,
-    };
-    // The writer is gone only when the connection broke; the reply has nowhere to go.
-    let _ = replies.send((bytes, reservation)).await;
 }
 
 /// Writes replies until every sender is gone; hands the writer back (a peer connection's
