@@ -107,6 +107,10 @@ pub struct Limits {
     /// Fetch reply bytes the whole node may hold at once, over all connections. When it is
     /// used up a fetch's byte budget shrinks to what is left, or it waits.
     pub fetch_reply_bytes_max: u32,
+    /// Fetch reply bytes the connections of one source address may hold at once, out of
+    /// `fetch_reply_bytes_max`: one address, whatever its connections do, leaves the rest of
+    /// the node's fetch budget to the others.
+    pub fetch_reply_bytes_per_address_max: u32,
     /// Entries (list items and map fields, e.g. topic names, fetch partitions, commits) one
     /// request may hold; counted before the request is decoded. More: `LimitExceeded`.
     pub request_entries_max: u32,
@@ -290,6 +294,7 @@ pub const KEYS: &[&str] = &[
     "limits.reply_write_timeout_ms",
     "limits.connection_outbound_bytes_max",
     "limits.fetch_reply_bytes_max",
+    "limits.fetch_reply_bytes_per_address_max",
     "limits.request_entries_max",
     "replica.lease_ms",
     "replica.heartbeat_ms",
@@ -350,6 +355,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             reply_write_timeout_ms = 30000
             connection_outbound_bytes_max = 16777216
             fetch_reply_bytes_max = 268435456
+            fetch_reply_bytes_per_address_max = 67108864
             request_entries_max = 65536
             [replica]
             lease_ms = 1200
@@ -390,6 +396,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             reply_write_timeout_ms = 10000
             connection_outbound_bytes_max = 1048576
             fetch_reply_bytes_max = 8388608
+            fetch_reply_bytes_per_address_max = 8388608
             request_entries_max = 8192
             [replica]
             lease_ms = 200
@@ -657,6 +664,11 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         "limits.fetch_reply_bytes_max >= limits.frame_bytes_max",
         limits.fetch_reply_bytes_max >= limits.frame_bytes_max,
         "one fetch reply of the largest frame must fit in the node's fetch budget",
+    )?;
+    rule(
+        "limits.fetch_reply_bytes_per_address_max >= limits.frame_bytes_max",
+        limits.fetch_reply_bytes_per_address_max >= limits.frame_bytes_max,
+        "one fetch reply of the largest frame must fit in an address's share of the fetch budget",
     )?;
     rule(
         "limits.frame_bytes_max >= limits.batch_bytes_max + 1024",
@@ -930,6 +942,7 @@ mod tests {
         assert_eq!(defaults.connections_per_address_max, 256);
         assert!(defaults.connection_outbound_bytes_max >= defaults.frame_bytes_max);
         assert!(defaults.fetch_reply_bytes_max >= defaults.connection_outbound_bytes_max);
+        assert!(defaults.fetch_reply_bytes_per_address_max < defaults.fetch_reply_bytes_max);
         let broken =
             |key: &str, value: &str| match base().set("flag", key, value).build().unwrap_err() {
                 ConfigError::Rule { rule, .. } => rule,
@@ -942,6 +955,10 @@ mod tests {
         assert_eq!(
             broken("limits.fetch_reply_bytes_max", "1048576"),
             "limits.fetch_reply_bytes_max >= limits.frame_bytes_max"
+        );
+        assert_eq!(
+            broken("limits.fetch_reply_bytes_per_address_max", "1048576"),
+            "limits.fetch_reply_bytes_per_address_max >= limits.frame_bytes_max"
         );
         assert_eq!(
             broken("limits.connection_idle_timeout_ms", "0"),

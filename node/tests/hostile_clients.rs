@@ -251,6 +251,58 @@ fn send_frame_or_stop(stream: &mut TcpStream, payload: &[u8]) -> bool {
     stream.write_all(&frame).is_ok()
 }
 
+/// `connections` connections from `source` that each pipeline up to `fetches_each` fetches of
+/// 4 MiB from `topic` and never read a reply; each has a small receive buffer, so the node's
+/// writes stall once its own send buffer is full. A connection stops sending when the socket
+/// takes no more within a second (the node stopped reading it). Returns the streams (dropping
+/// them ends the attack) and how many fetches each sent.
+fn unread_fetches(
+    node: &TestNode,
+    topic: &str,
+    source: &str,
+    connections: usize,
+    fetches_each: usize,
+) -> Vec<(TcpStream, u32)> {
+    let fetch_payload = encode_request(&RequestFrame {
+        version: 1,
+        correlation_id: 1,
+        request: Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 4 * MIB as u32,
+            partitions: vec![FetchPartition {
+                topic: topic.into(),
+                partition: 0,
+                offset: Offset(0),
+                max_bytes: 4 * MIB as u32,
+            }],
+        }),
+    });
+    let attackers: Vec<_> = (0..connections)
+        .map(|_| {
+            let mut stream = connect_from_with_buffer(source, node.address(), Some(4096));
+            stream
+                .set_write_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let payload = fetch_payload.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                for _ in 0..fetches_each {
+                    if !send_frame_or_stop(&mut stream, &payload) {
+                        break;
+                    }
+                    sent += 1;
+                }
+                (stream, sent)
+            })
+        })
+        .collect();
+    attackers
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect()
+}
+
 /// Probe 2: 256 pipelined 4 MB fetches whose replies are never read held ~1 GB per
 /// connection (4 connections: 2.9 GB). Now a connection's unsent replies hold at most
 /// `connection_outbound_bytes_max` (the node stops reading it), fetch replies of the whole
@@ -288,50 +340,7 @@ fn unread_fetch_replies_are_bounded_per_connection_and_node_wide() {
     round_trip_on(&node, topic, "before");
     let baseline = node.memory_kib().0 / 1024;
 
-    let fetch_payload = encode_request(&RequestFrame {
-        version: 1,
-        correlation_id: 1,
-        request: Request::Fetch(FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 1,
-            max_bytes: 4 * MIB as u32,
-            partitions: vec![FetchPartition {
-                topic: topic.into(),
-                partition: 0,
-                offset: Offset(0),
-                max_bytes: 4 * MIB as u32,
-            }],
-        }),
-    });
-    // Connections that pipeline fetches and never read a reply. Each runs in a thread that
-    // stops when the socket takes no more within a second (the node stopped reading it).
-    let connections = 4;
-    let fetches_each = 64;
-    let attackers: Vec<_> = (0..connections)
-        .map(|_| {
-            let mut stream = TcpStream::connect(node.address()).unwrap();
-            stream
-                .set_write_timeout(Some(Duration::from_secs(1)))
-                .unwrap();
-            let payload = fetch_payload.clone();
-            std::thread::spawn(move || {
-                let mut sent = 0;
-                for _ in 0..fetches_each {
-                    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-                    frame.extend_from_slice(&payload);
-                    if stream.write_all(&frame).is_err() {
-                        break;
-                    }
-                    sent += 1;
-                }
-                (stream, sent)
-            })
-        })
-        .collect();
-    let attackers: Vec<(TcpStream, u32)> = attackers
-        .into_iter()
-        .map(|thread| thread.join().unwrap())
-        .collect();
+    let attackers = unread_fetches(&node, topic, "127.0.0.1", 4, 64);
     let sent: Vec<u32> = attackers.iter().map(|(_, sent)| *sent).collect();
     // Give the node time to answer whatever it read (nothing is asserted about speed).
     std::thread::sleep(Duration::from_secs(2));
@@ -503,12 +512,20 @@ fn silent_connections_are_closed_so_others_get_in() {
 
 /// A stream to `node` from the loopback source address `source` (any port).
 fn connect_from(source: &str, node: SocketAddr) -> TcpStream {
+    connect_from_with_buffer(source, node, None)
+}
+
+/// [`connect_from`], with a fixed receive buffer of `recv_buffer` bytes (no autotuning).
+fn connect_from_with_buffer(source: &str, node: SocketAddr, recv_buffer: Option<u32>) -> TcpStream {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let stream = runtime.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).unwrap();
+        }
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
         socket.connect(node).await.unwrap()
     });
@@ -560,4 +577,177 @@ fn one_address_cannot_take_every_connection() {
     let peak = peak_mib(&node);
     eprintln!("per-address probe: baseline {baseline} MiB, peak {peak} MiB");
     assert!(peak <= baseline + 64, "peak RSS {peak} MiB");
+}
+
+/// A ListTopics request whose body is replaced by `depth` nested one-element arrays: MessagePack
+/// a recursive decoder would follow `depth` levels down.
+fn list_topics_nested(correlation_id: u64, depth: usize) -> Vec<u8> {
+    let mut payload = encode_request(&RequestFrame {
+        version: 1,
+        correlation_id,
+        request: Request::ListTopics(ListTopicsRequest {
+            include_internal: false,
+        }),
+    })
+    .to_vec();
+    // The request ends with its one boolean field: nest arrays where the boolean was.
+    assert_eq!(payload.pop(), Some(0xc2), "the request ends with `false`");
+    payload.resize(payload.len() + depth, 0x91);
+    payload.push(0xc2);
+    payload
+}
+
+/// Probe 7a: deeply nested MessagePack (which already behaved). The envelope's reader meets
+/// the decoder's depth limit (1,024) long before the stack could overflow: the node answers
+/// `MalformedFrame` naming the depth limit and closes that connection, as for any envelope it
+/// cannot read. That holds below the entry limit (60,000 levels) and for a whole 4 MiB frame of
+/// nesting ahead of the header. Nothing is stored, memory stays bounded, other clients are served.
+#[test]
+fn deeply_nested_msgpack_is_refused_with_a_typed_error() {
+    let node = start(&[
+        "--set",
+        "limits.frame_bytes_max=4194304",
+        "--set",
+        "limits.connection_outbound_bytes_max=8388608",
+        "--set",
+        "limits.request_entries_max=65536",
+    ]);
+    let topic = "events";
+    node.wire().create_topic(topic, 1).unwrap();
+    let baseline = node.memory_kib().0 / 1024;
+    let mut bystander = node.wire();
+    round_trip(&mut bystander, topic, "before");
+
+    let nested_body = list_topics_nested(7, 60_000);
+    // A one-entry map whose value is a whole frame of nesting, before any header field.
+    let mut only_nesting = vec![0x81, 0xa7];
+    only_nesting.extend_from_slice(b"request");
+    only_nesting.resize(4_000_000, 0x91);
+    for (probe, payload) in [("nested body", nested_body), ("only nesting", only_nesting)] {
+        let mut attacker = node.wire();
+        send_frame(&mut attacker.stream, &payload);
+        let reply = attacker.recv();
+        match &reply.result {
+            Err(ApiError::MalformedFrame { reason }) => {
+                assert!(reason.contains("depth"), "{probe}: {reason}")
+            }
+            other => panic!("{probe}: {other:?}"),
+        }
+        assert!(
+            attacker.is_closed(),
+            "{probe}: the connection was left open"
+        );
+        round_trip(&mut bystander, topic, probe);
+    }
+
+    round_trip_on(&node, topic, "after");
+    let peak = peak_mib(&node);
+    eprintln!("nesting probe: baseline {baseline} MiB, peak {peak} MiB");
+    assert!(peak <= baseline + 64, "peak RSS {peak} MiB");
+}
+
+/// Probe 7b: a slowloris after its first request. The idle timeout runs from the last whole
+/// request, so trickling a frame a byte at a time does not keep a connection open; before the
+/// idle timeout existed it did, for as long as the trickle lasted.
+#[test]
+fn a_slowloris_after_its_first_request_is_cut_at_the_idle_timeout() {
+    let node = start(&[
+        "--set",
+        "limits.first_request_timeout_ms=1000",
+        "--set",
+        "limits.connection_idle_timeout_ms=2000",
+    ]);
+    let topic = "events";
+    node.wire().create_topic(topic, 1).unwrap();
+    let mut slow = node.wire();
+    round_trip(&mut slow, topic, "first request");
+    // The next frame arrives one byte every 200 ms: 60 bytes take 12 s, the idle timeout is 2 s.
+    let payload = encode_request(&RequestFrame {
+        version: 1,
+        correlation_id: 99,
+        request: Request::ListTopics(ListTopicsRequest {
+            include_internal: false,
+        }),
+    });
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&payload);
+    frame.resize(64, 0xc0);
+    let mut sent = 0;
+    let cut = frame.iter().any(|byte| {
+        std::thread::sleep(Duration::from_millis(200));
+        sent += 1;
+        slow.stream.write_all(&[*byte]).is_err()
+    });
+    assert!(
+        cut || slow.is_closed(),
+        "a connection trickling {sent} bytes over {} ms was left open",
+        sent * 200
+    );
+    round_trip_on(&node, topic, "after");
+}
+
+/// Probe 2b: one address's connections that read no reply could hold the node's whole fetch
+/// budget (each up to `connection_outbound_bytes_max`), so every other client's fetch waited
+/// until they were cut (`reply_write_timeout_ms`, two minutes here). Now an address holds at
+/// most `fetch_reply_bytes_per_address_max`, and a client from another address is answered
+/// in full meanwhile (a fetch that waited would end in the test's 20 s read timeout).
+#[test]
+fn one_address_cannot_take_the_whole_fetch_budget() {
+    let node = start(&[
+        "--set",
+        "limits.frame_bytes_max=4194304",
+        "--set",
+        "limits.batch_bytes_max=1048576",
+        "--set",
+        "limits.record_bytes_max=524288",
+        "--set",
+        "replica.append_message_bytes_max=1048576",
+        "--set",
+        "limits.requests_in_flight_max=256",
+        "--set",
+        "limits.connection_outbound_bytes_max=8388608",
+        "--set",
+        "limits.fetch_reply_bytes_max=41943040",
+        "--set",
+        "limits.fetch_reply_bytes_per_address_max=16777216",
+        "--set",
+        "limits.reply_write_timeout_ms=120000",
+    ]);
+    let topic = "big";
+    let mut writer = node.wire();
+    writer.create_topic(topic, 1).unwrap();
+    let value = vec![b'x'; 500 * 1024];
+    for _ in 0..9 {
+        writer.produce(topic, 0, &[&value]).unwrap();
+    }
+    drop(writer);
+    let baseline = node.memory_kib().0 / 1024;
+    // Eight connections of 8 MiB each could hold 64 MiB: more than the node's 40.
+    let attackers = unread_fetches(&node, topic, "127.0.0.1", 8, 64);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut other = Wire::over(connect_from("127.0.0.2", node.address()));
+    let fetched = other.fetch_now(
+        4 * MIB as u32,
+        vec![FetchPartition {
+            topic: topic.into(),
+            partition: 0,
+            offset: Offset(0),
+            max_bytes: 4 * MIB as u32,
+        }],
+    );
+    let bytes = match &fetched[0].result {
+        Ok(records) => records.batches.len(),
+        Err(error) => panic!("the other address's fetch failed: {error:?}"),
+    };
+    // Not shrunk to a sliver of what is left: at least 7 of the 9 half-MiB batches.
+    assert!(
+        bytes >= 7 * 500 * 1024,
+        "the other address got {bytes} bytes"
+    );
+    let peak = peak_mib(&node);
+    let sent: Vec<u32> = attackers.iter().map(|(_, sent)| *sent).collect();
+    eprintln!("per-address fetch probe: baseline {baseline} MiB, peak {peak} MiB, sent {sent:?}");
+    drop(attackers);
+    round_trip_on(&node, topic, "after");
+    assert!(peak <= baseline + 96, "peak RSS {peak} MiB");
 }

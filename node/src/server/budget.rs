@@ -104,24 +104,29 @@ fn clamp(bytes: usize, capacity: u32) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX).min(capacity)
 }
 
-/// The budgets a fetch reply draws on: its connection's and the node's.
+/// The budgets a fetch reply draws on: its connection's, its source address's share of the
+/// node's, and the node's.
 #[derive(Debug, Clone)]
 pub struct FetchBudgets {
     pub connection: ByteBudget,
+    pub address: ByteBudget,
     pub node: ByteBudget,
 }
 
 impl FetchBudgets {
-    /// Reserves up to `wanted` bytes from both budgets, at least `floor` (both capped at
-    /// the smaller budget): first from the connection (only its own client can keep it
-    /// full), then from the node. The reservation is the smaller of the two.
+    /// Reserves up to `wanted` bytes from every budget, at least `floor` (both capped at
+    /// the smallest budget), always in the same order so that no two fetches wait for each
+    /// other: first the connection (only its own client can keep it full), then the address
+    /// (only its own connections), then the node. The reservation is the smallest grant.
     pub async fn reserve(&self, wanted: usize, floor: usize) -> Reservation {
         let mut reservation = self.connection.reserve_up_to(wanted, floor).await;
-        let granted = reservation.bytes();
-        let node = self.node.reserve_up_to(granted, floor.min(granted)).await;
-        let granted = node.bytes();
-        reservation.permits.extend(node.permits);
-        reservation.shrink_each_to(granted);
+        for budget in [&self.address, &self.node] {
+            let granted = reservation.bytes();
+            let more = budget.reserve_up_to(granted, floor.min(granted)).await;
+            let granted = more.bytes();
+            reservation.permits.extend(more.permits);
+            reservation.shrink_each_to(granted);
+        }
         reservation
     }
 }
@@ -188,6 +193,7 @@ mod tests {
     async fn fetch_budgets_take_the_smaller_share_and_settle_to_the_reply() {
         let budgets = FetchBudgets {
             connection: ByteBudget::new(100),
+            address: ByteBudget::new(1_000),
             node: ByteBudget::new(1_000),
         };
         let _other = budgets.node.reserve(960).await;
@@ -202,6 +208,34 @@ mod tests {
         drop(reservation);
         assert_eq!(budgets.connection.available(), 100);
         assert_eq!(budgets.node.available(), 40);
+    }
+
+    /// Connections of one address share its part of the node budget: a second connection of the
+    /// same address gets only what the first left, one of another address the rest of the node's.
+    #[tokio::test]
+    async fn an_address_holds_at_most_its_share_of_the_node_budget() {
+        let node = ByteBudget::new(1_000);
+        let crowded = ByteBudget::new(300);
+        let budgets = |address: &ByteBudget| FetchBudgets {
+            connection: ByteBudget::new(200),
+            address: address.clone(),
+            node: node.clone(),
+        };
+        let first = budgets(&crowded).reserve(200, 10).await;
+        let second = budgets(&crowded).reserve(200, 10).await;
+        assert_eq!((first.bytes(), second.bytes()), (200, 100));
+        let third_budgets = budgets(&crowded);
+        let third = third_budgets.reserve(200, 10);
+        tokio::pin!(third);
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), third.as_mut());
+        assert!(early.await.is_err(), "the address's share is used up");
+        let other = budgets(&ByteBudget::new(300)).reserve(200, 10).await;
+        assert_eq!(other.bytes(), 200, "another address is not held up");
+        assert_eq!(node.available(), 1_000 - 500);
+        drop(first);
+        // A fetch that waited takes its floor, as it would from any one budget.
+        assert_eq!(third.await.bytes(), 10);
+        drop((second, other));
     }
 
     /// Every reply of a connection outgrowing its reservation at once must not leave each

@@ -12,7 +12,8 @@
 //!
 //! What one client can make the node hold is bounded (DESIGN 10): a connection's unsent
 //! replies by `connection_outbound_bytes_max` (past it the reader stops), fetch replies of the
-//! whole node by `fetch_reply_bytes_max` (fetches shrink, then wait; see [`budget`]), the
+//! whole node by `fetch_reply_bytes_max` (fetches shrink, then wait; see [`budget`]) and of
+//! one source address by `fetch_reply_bytes_per_address_max`, the
 //! entries of one request by `request_entries_max` (counted before decoding), the connections
 //! of one source address by `connections_per_address_max`, a connection's silence by
 //! `first_request_timeout_ms` and `connection_idle_timeout_ms`, and a client that reads no
@@ -77,11 +78,19 @@ const WRITE_BATCH_FRAMES_MAX: usize = 64;
 pub struct Connections {
     permits: Arc<Semaphore>,
     max: u32,
-    /// Open connections per source address; an address leaves the map with its last one, so
-    /// it holds at most `max` entries.
-    per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    /// Open connections per source address, with the address's share of the fetch budget;
+    /// an address leaves the map with its last connection, so it holds at most `max` entries.
+    per_address: Arc<Mutex<HashMap<IpAddr, AddressState>>>,
     per_address_max: u32,
     /// Fetch reply bytes the node may hold, shared by every connection.
+    fetch_replies: ByteBudget,
+    /// Of those, what the connections of one address may hold together.
+    fetch_replies_per_address: u32,
+}
+
+/// What the connections of one source address share.
+struct AddressState {
+    open: u32,
     fetch_replies: ByteBudget,
 }
 
@@ -89,15 +98,17 @@ pub struct Connections {
 struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     address: IpAddr,
-    per_address: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    per_address: Arc<Mutex<HashMap<IpAddr, AddressState>>>,
+    /// The fetch budgets its replies draw on: its address's share and the node's.
+    fetch_replies: (ByteBudget, ByteBudget),
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut per_address = self.per_address.lock().expect("connection count lock");
-        if let Some(open) = per_address.get_mut(&self.address) {
-            *open -= 1;
-            if *open == 0 {
+        if let Some(state) = per_address.get_mut(&self.address) {
+            state.open -= 1;
+            if state.open == 0 {
                 per_address.remove(&self.address);
             }
         }
@@ -112,6 +123,7 @@ impl Connections {
             per_address: Arc::new(Mutex::new(HashMap::new())),
             per_address_max: limits.connections_per_address_max,
             fetch_replies: ByteBudget::new(limits.fetch_reply_bytes_max),
+            fetch_replies_per_address: limits.fetch_reply_bytes_per_address_max,
         }
     }
 
@@ -123,7 +135,7 @@ impl Connections {
     /// A slot for a connection from `address`, or the refusal to send it.
     fn admit(&self, address: IpAddr) -> Result<ConnectionSlot, ApiError> {
         let mut per_address = self.per_address.lock().expect("connection count lock");
-        let open = per_address.get(&address).copied().unwrap_or(0);
+        let open = per_address.get(&address).map_or(0, |state| state.open);
         if open >= self.per_address_max && self.per_address_max < self.max {
             return Err(ApiError::TooManyConnectionsFromAddress {
                 max: self.per_address_max,
@@ -132,11 +144,16 @@ impl Connections {
         let permit = Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyConnections { max: self.max })?;
-        per_address.insert(address, open + 1);
+        let state = per_address.entry(address).or_insert_with(|| AddressState {
+            open: 0,
+            fetch_replies: ByteBudget::new(self.fetch_replies_per_address),
+        });
+        state.open += 1;
         Ok(ConnectionSlot {
             _permit: permit,
             address,
             per_address: Arc::clone(&self.per_address),
+            fetch_replies: (state.fetch_replies.clone(), self.fetch_replies.clone()),
         })
     }
 }
@@ -166,10 +183,9 @@ pub async fn serve<S: LogStore>(
             Ok(slot) => {
                 let broker = Arc::clone(&broker);
                 let phase = phase.clone();
-                let fetch_replies = connections.fetch_replies.clone();
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "connection opened");
-                    run_connection(socket, broker, phase, fetch_replies, slot).await;
+                    run_connection(socket, broker, phase, slot).await;
                     tracing::debug!(%peer, "connection closed");
                 });
             }
@@ -204,8 +220,7 @@ async fn run_connection<S: LogStore>(
     socket: TcpStream,
     broker: Arc<Broker<S>>,
     mut phase: watch::Receiver<Phase>,
-    fetch_replies: ByteBudget,
-    _connection: ConnectionSlot,
+    connection: ConnectionSlot,
 ) {
     let opened = Instant::now();
     let limits = broker.config.limits.clone();
@@ -236,7 +251,8 @@ async fn run_connection<S: LogStore>(
     };
     let fetch_budgets = FetchBudgets {
         connection: outbound.clone(),
-        node: fetch_replies,
+        address: connection.fetch_replies.0.clone(),
+        node: connection.fetch_replies.1.clone(),
     };
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let mut first_frame = true;
