@@ -23,6 +23,8 @@ use support::cluster::{partition_logs, replica_log, values_of};
 use support::{batch_of, TestNode, Wire};
 
 const TOPIC: &str = "ledger";
+/// Where a normal client produces and reads during and after the forgeries.
+const BYSTANDER_TOPIC: &str = "bystander";
 const FIRST_TIMESTAMP_MS: i64 = 1_700_000_000_000;
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -98,6 +100,21 @@ impl Forged {
     }
 }
 
+/// Another client's produce and read-back on its own topic and connection.
+fn bystander_round_trip(node: &TestNode, value: &str) {
+    let mut wire = node.wire();
+    let produced = wire
+        .produce(BYSTANDER_TOPIC, 0, &[value.as_bytes()])
+        .unwrap();
+    let records = wire.read_all(BYSTANDER_TOPIC, 0, produced.base_offset);
+    assert!(
+        records
+            .iter()
+            .any(|record| record.value == value.as_bytes()),
+        "{value} was not read back"
+    );
+}
+
 fn high_watermark(wire: &mut Wire) -> Offset {
     wire.fetch(TOPIC, 0, Offset(0), 0).unwrap().high_watermark
 }
@@ -114,8 +131,10 @@ fn forged_batches_get_typed_errors_and_nothing_is_stored() {
     let mut node = TestNode::start();
     let mut wire = node.wire();
     wire.create_topic(TOPIC, 1).unwrap();
+    wire.create_topic(BYSTANDER_TOPIC, 1).unwrap();
     wire.produce(TOPIC, 0, &[b"honest-0", b"honest-1"]).unwrap();
     let before = high_watermark(&mut wire);
+    let baseline_mib = node.memory_kib().0 / 1024;
     // The forge itself is sound: its honest form validates, so each rule below is what
     // refuses.
     let honest = Forged::honest(3).encode();
@@ -169,6 +188,7 @@ fn forged_batches_get_typed_errors_and_nothing_is_stored() {
             Err(ApiError::UnsupportedCompression { codec })
         );
     }
+    bystander_round_trip(&node, "during");
     let mut transactional = Forged::honest(2);
     transactional.attributes = ATTRIBUTE_TRANSACTIONAL;
     assert_eq!(
@@ -205,10 +225,18 @@ fn forged_batches_get_typed_errors_and_nothing_is_stored() {
         .map(|record| (record.offset, record.value.to_vec()))
         .collect();
 
+    bystander_round_trip(&node, "after");
+    let peak_mib = node.memory_kib().1 / 1024;
+    assert!(
+        peak_mib <= baseline_mib + 64,
+        "peak RSS {peak_mib} MiB, baseline {baseline_mib} MiB: bound is baseline + 64 MiB"
+    );
+
     // What the node stored, read from its files: the honest records only.
     node.kill();
+    // The ledger was created first: its log is the first of the two.
     let logs = partition_logs(&node);
-    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs.len(), 2, "{logs:?}");
     let stored = values_of(&replica_log(&node, &logs[0]));
     assert_eq!(stored, read);
     let values: Vec<&[u8]> = stored.iter().map(|(_, value)| value.as_slice()).collect();
