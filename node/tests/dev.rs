@@ -599,3 +599,92 @@ fn dev_refuses_a_data_directory_made_for_another_node_count() {
     // Nothing was started: no node directory was created.
     assert!(!temp.path().join("node-1").exists());
 }
+
+/// `consume` starts where kcat would (`-o beginning|end|N|-N|s@MS`, `--from-time`), says when
+/// an offset is outside the log instead of printing nothing, and prints JSON lines (`-J`) and
+/// kcat's format tokens.
+#[test]
+fn consume_starts_where_kcat_would_and_prints_json_lines() {
+    let dev = Dev::start(1);
+    let ok = |args: &[&str], stdin: &str| -> String {
+        let (status, stdout, stderr) = dev.cli(args, stdin);
+        assert!(status.success(), "cairn {args:?}: {stderr}");
+        stdout
+    };
+    ok(&["topic", "create", "t", "-p", "1"], "");
+    // Offset 0 is the first leader's epoch marker: a..e are offsets 1 to 5.
+    ok(&["produce", "t", "-K", ":"], "k1:a\nb\nc\nd\ne\n");
+    assert_eq!(ok(&["consume", "t", "-o", "-2", "-e"], ""), "d\ne\n");
+    assert_eq!(
+        ok(&["consume", "t", "-o", "-99", "-e", "-c", "1"], ""),
+        "a\n"
+    );
+    assert_eq!(ok(&["consume", "t", "-o", "end", "-e"], ""), "");
+    assert_eq!(
+        ok(
+            &[
+                "consume",
+                "t",
+                "-o",
+                "beginning",
+                "-c",
+                "2",
+                "-f",
+                "%t %p %o %s %K %S %k"
+            ],
+            ""
+        ),
+        "t 0 1 a 2 1 k1\nt 0 2 b -1 1 \n"
+    );
+    // An offset outside the log: refused with the range, not a silent reset.
+    let (status, printed, stderr) = dev.cli(&["consume", "t", "-o", "99", "-e"], "");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(printed, "");
+    assert!(
+        stderr.contains("offset 99 is out of range for t/0: it holds offsets 0 to 5"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = dev.cli(&["consume", "t", "-o", "later"], "");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not an offset"), "{stderr}");
+
+    // JSON lines: one object per record, readable and ms timestamps.
+    let json = ok(&["consume", "t", "-o", "1", "-c", "1", "-J"], "");
+    let record: serde_json::Value = serde_json::from_str(json.trim_end()).unwrap();
+    assert_eq!(record["topic"], "t");
+    assert_eq!(record["offset"], 1);
+    assert_eq!(record["key"], "k1");
+    assert_eq!(record["value"], "a");
+    let timestamp = record["timestamp"].as_str().unwrap();
+    assert!(
+        timestamp.ends_with('Z') && timestamp.contains('T'),
+        "{timestamp}"
+    );
+
+    // By time: a record written later is found by its own timestamp (s@MS, and RFC 3339).
+    std::thread::sleep(Duration::from_millis(20));
+    ok(&["produce", "t"], "later\n");
+    let stamped = ok(&["consume", "t", "-o", "6", "-c", "1", "-f", "%T %d"], "");
+    let (ms, readable) = stamped.trim_end().split_once(' ').unwrap();
+    assert_eq!(
+        ok(&["consume", "t", "-o", &format!("s@{ms}"), "-e"], ""),
+        "later\n"
+    );
+    assert_eq!(
+        ok(&["consume", "t", "--from-time", readable, "-e"], ""),
+        "later\n"
+    );
+    assert_eq!(
+        ok(&["consume", "t", "--from-time", "1h", "-e"], "")
+            .lines()
+            .count(),
+        6
+    );
+    assert_eq!(
+        ok(
+            &["consume", "t", "--from-time", "2999-01-01T00:00:00Z", "-e"],
+            ""
+        ),
+        ""
+    );
+}

@@ -1,9 +1,12 @@
 //! `cairn consume TOPIC`: records to stdout, one formatted record per line.
 //!
 //! Starts at the high watermark of each partition (only new records, like
-//! kafka-console-consumer) unless `--from-beginning` or `--offset N`. Stops after
-//! `--max-messages` records or `--idle-timeout-ms` without new records, else runs until
-//! killed. A closed stdout (piped into `head`) ends the command quietly with exit code 0.
+//! kafka-console-consumer) unless `--from-beginning`, `--offset` (kcat's forms: `beginning`,
+//! `end`, `N`, `-N` from the end, `s@MS`) or `--from-time`. An absolute offset outside a
+//! partition's log is refused with its range, rather than silently reset. Stops after
+//! `--max-messages` records, at the end with `-e`, or after `--idle-timeout-ms` without new
+//! records, else runs until killed. A closed stdout (piped into `head`) ends the command
+//! quietly with exit code 0. Records print in a kcat-style `--format`, or as JSON lines (`-J`).
 //!
 //! With `--group G` the command is a member of group `G`: the coordinator assigns the
 //! partitions, each starts at the group's committed offset (else the high watermark, or the
@@ -12,12 +15,13 @@
 //! with no record printed twice. A record printed just before a crash (SIGKILL) is printed
 //! again by the next run: at-least-once.
 
-use super::format::OutputFormat;
+use super::format::{parse_time, render_json, OutputFormat};
 use super::{report, EXIT_USAGE};
 use crate::{
     AutoOffsetReset, ClientConfig, ClientError, CommitPositionsOnRevoke, Consumer, ConsumerConfig,
     ConsumerRecord, Offset, SeekTo, TopicPartition,
 };
+use cairn_protocol::messages::OffsetSpec;
 use clap::Args;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -43,12 +47,24 @@ pub struct ConsumeArgs {
     /// member's partitions to the others (within the node's `groups.session_timeout_ms_*`).
     #[arg(long, requires = "group")]
     pub session_timeout_ms: Option<u32>,
-    /// Start at the first offset still in the log.
-    #[arg(long, conflicts_with = "offset")]
+    /// Start at the first offset still in the log (the same as `-o beginning`).
+    #[arg(long, conflicts_with_all = ["offset", "from_time"])]
     pub from_beginning: bool,
-    /// Start at this offset (in every partition read).
-    #[arg(short, long, conflicts_with = "group")]
-    pub offset: Option<u64>,
+    /// Where to start in every partition read: `beginning`, `end`, an offset `N`, `-N` (N
+    /// records before the end), or `s@MS` (the first record at or after MS ms since the epoch).
+    #[arg(
+        short,
+        long,
+        conflicts_with_all = ["group", "from_time"],
+        allow_hyphen_values = true,
+        value_parser = parse_start,
+        value_name = "OFFSET"
+    )]
+    pub offset: Option<Start>,
+    /// Start at the first record written at or after TIME: RFC 3339 (2026-12-03T07:00:00Z)
+    /// or a duration before now (15m, 2h, 1day).
+    #[arg(long, conflicts_with = "group", value_parser = parse_time, value_name = "TIME")]
+    pub from_time: Option<i64>,
     /// Exit after printing this many records.
     #[arg(short = 'c', long)]
     pub max_messages: Option<u64>,
@@ -59,10 +75,48 @@ pub struct ConsumeArgs {
     /// (kcat's `-e`), instead of waiting for new records.
     #[arg(short = 'e', long, conflicts_with = "group")]
     pub exit_at_end: bool,
-    /// Output per record, followed by a newline: %k key, %v value, %p partition, %o offset,
-    /// %t timestamp (ms), %T topic, %% percent; escapes \n \t \r \\.
+    /// Output per record, followed by a newline. Tokens (kcat's): %k key, %K key length, %s or
+    /// %v value, %S value length, %t topic, %p partition, %o offset, %T timestamp (ms), %d
+    /// timestamp (RFC 3339, UTC), %h headers, %% percent; escapes \n \t \r \\.
     #[arg(short, long, default_value = "%v")]
     pub format: String,
+    /// Print each record as one JSON object per line: topic, partition, offset, timestamp_ms,
+    /// timestamp, key, value, headers (bytes that are not UTF-8 as key_base64/value_base64).
+    #[arg(short = 'J', long, conflicts_with = "format")]
+    pub json: bool,
+}
+
+/// Where `consume` starts reading a partition (`--offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    End,
+    At(u64),
+    /// This many records before the end (never before the log start).
+    BeforeEnd(u64),
+    /// The first record at or after this timestamp (ms since the epoch).
+    Time(i64),
+}
+
+fn parse_start(text: &str) -> Result<Start, String> {
+    let number = |digits: &str| digits.parse::<u64>().ok();
+    match text {
+        "beginning" | "earliest" => return Ok(Start::Beginning),
+        "end" | "latest" => return Ok(Start::End),
+        _ => {}
+    }
+    if let Some(ms) = text.strip_prefix("s@") {
+        if let Ok(ms) = ms.parse::<i64>() {
+            return Ok(Start::Time(ms));
+        }
+    } else if let Some(back) = text.strip_prefix('-').and_then(number) {
+        return Ok(Start::BeforeEnd(back));
+    } else if let Some(offset) = number(text) {
+        return Ok(Start::At(offset));
+    }
+    Err(format!(
+        "'{text}' is not an offset: use beginning, end, N, -N (N before the end) or s@MS"
+    ))
 }
 
 enum Stop {
@@ -70,6 +124,21 @@ enum Stop {
     StdoutClosed,
     /// Writing to stdout failed for another reason (disk full, ...).
     StdoutFailed(std::io::Error),
+}
+
+/// How each record is printed.
+enum Output {
+    Format(OutputFormat),
+    Json,
+}
+
+impl Output {
+    fn render(&self, record: &ConsumerRecord, out: &mut Vec<u8>) {
+        match self {
+            Output::Format(format) => format.render(record, out),
+            Output::Json => render_json(record, out),
+        }
+    }
 }
 
 /// How long a group member's requests may retry: long enough to ride out a coordinator's
@@ -81,11 +150,15 @@ pub async fn run(mut config: ClientConfig, args: ConsumeArgs) -> i32 {
     if args.group.is_some() {
         config.request_timeout_ms = config.request_timeout_ms.max(GROUP_REQUEST_TIMEOUT_MS);
     }
-    let format = match OutputFormat::parse(&args.format) {
-        Ok(format) => format,
-        Err(error) => {
-            eprintln!("error: --format: {error}");
-            return EXIT_USAGE;
+    let format = if args.json {
+        Output::Json
+    } else {
+        match OutputFormat::parse(&args.format) {
+            Ok(format) => Output::Format(format),
+            Err(error) => {
+                eprintln!("error: --format: {error}");
+                return EXIT_USAGE;
+            }
         }
     };
     match consume(config, &args, &format).await {
@@ -101,7 +174,7 @@ pub async fn run(mut config: ClientConfig, args: ConsumeArgs) -> i32 {
 async fn consume(
     config: ClientConfig,
     args: &ConsumeArgs,
-    format: &OutputFormat,
+    format: &Output,
 ) -> Result<Stop, ClientError> {
     let max_messages = args.max_messages.unwrap_or(u64::MAX);
     let consumer_config = ConsumerConfig {
@@ -132,14 +205,14 @@ async fn consume(
         None => consumer.assign_topic(&args.topic).await?,
     };
     let start = if args.from_beginning {
-        SeekTo::Earliest
-    } else if let Some(offset) = args.offset {
-        SeekTo::Offset(Offset(offset))
+        Start::Beginning
+    } else if let Some(ms) = args.from_time {
+        Start::Time(ms)
     } else {
-        SeekTo::Latest
+        args.offset.unwrap_or(Start::End)
     };
     for &partition in &partitions {
-        consumer.seek(&args.topic, partition, start).await?;
+        seek_start(&mut consumer, &args.topic, partition, start).await?;
     }
     if max_messages == 0 {
         return Ok(Stop::Done);
@@ -149,11 +222,7 @@ async fn consume(
     if args.exit_at_end {
         for &partition in &partitions {
             let end = consumer
-                .list_offset(
-                    &args.topic,
-                    partition,
-                    cairn_protocol::messages::OffsetSpec::Latest,
-                )
+                .list_offset(&args.topic, partition, OffsetSpec::Latest)
                 .await?;
             ends.insert(partition, end);
         }
@@ -210,6 +279,57 @@ async fn consume(
     }
 }
 
+/// Moves `partition` to `start`. An absolute offset outside the partition's log is refused
+/// with the range it holds (a consumer would silently reset it, printing nothing).
+async fn seek_start(
+    consumer: &mut Consumer,
+    topic: &str,
+    partition: u32,
+    start: Start,
+) -> Result<(), ClientError> {
+    let to = match start {
+        Start::Beginning => SeekTo::Earliest,
+        Start::End => SeekTo::Latest,
+        Start::Time(ms) => SeekTo::Timestamp(ms),
+        Start::At(offset) => {
+            let (first, end) = log_range(consumer, topic, partition).await?;
+            if offset < first.0 || offset > end.0 {
+                let holds = if first == end {
+                    format!("it holds no records (the next one gets offset {end})")
+                } else {
+                    format!("it holds offsets {first} to {}", end.0 - 1)
+                };
+                return Err(ClientError::invalid(format!(
+                    "offset {offset} is out of range for {topic}/{partition}: {holds}; \
+                     -o end waits for new records"
+                )));
+            }
+            SeekTo::Offset(Offset(offset))
+        }
+        Start::BeforeEnd(back) => {
+            let (first, end) = log_range(consumer, topic, partition).await?;
+            SeekTo::Offset(Offset(end.0.saturating_sub(back).max(first.0)))
+        }
+    };
+    consumer.seek(topic, partition, to).await?;
+    Ok(())
+}
+
+/// A partition's log start and high watermark.
+async fn log_range(
+    consumer: &Consumer,
+    topic: &str,
+    partition: u32,
+) -> Result<(Offset, Offset), ClientError> {
+    let first = consumer
+        .list_offset(topic, partition, OffsetSpec::Earliest)
+        .await?;
+    let end = consumer
+        .list_offset(topic, partition, OffsetSpec::Latest)
+        .await?;
+    Ok((first, end))
+}
+
 /// `consume --group`: prints as a group member; commits what was printed on revocation (the
 /// listener commits positions, which are what was printed since every polled record is
 /// printed before the next poll) and on exit.
@@ -217,7 +337,7 @@ async fn consume_in_group(
     mut consumer: Consumer,
     group: &str,
     args: &ConsumeArgs,
-    format: &OutputFormat,
+    format: &Output,
     max_messages: u64,
 ) -> Result<Stop, ClientError> {
     consumer
@@ -241,7 +361,7 @@ async fn consume_in_group(
 async fn print_group(
     consumer: &mut Consumer,
     args: &ConsumeArgs,
-    format: &OutputFormat,
+    format: &Output,
     max_messages: u64,
 ) -> Result<Stop, ClientError> {
     let stdout = std::io::stdout();
