@@ -688,3 +688,55 @@ fn consume_starts_where_kcat_would_and_prints_json_lines() {
         ""
     );
 }
+
+/// `produce` reads records from a file (`-l`), cut at a delimiter (`-D`) so values may hold
+/// newlines, and stamps them with a given timestamp (`--timestamp`).
+#[test]
+fn produce_reads_files_cut_at_a_delimiter_with_given_timestamps() {
+    let dev = Dev::start(1);
+    let ok = |args: &[&str], stdin: &str| -> (String, String) {
+        let (status, stdout, stderr) = dev.cli(args, stdin);
+        assert!(status.success(), "cairn {args:?}: {stderr}");
+        (stdout, stderr)
+    };
+    ok(&["topic", "create", "docs", "-p", "1"], "");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("records");
+    std::fs::write(&file, "k1:first\nline\0k2:second\0third").unwrap();
+    let path = file.to_str().unwrap();
+    let (_, said) = ok(
+        &[
+            "produce",
+            "docs",
+            "-l",
+            path,
+            "-D",
+            "\\0",
+            "-K",
+            ":",
+            "--timestamp",
+            "2023-11-14T22:13:20.123Z",
+        ],
+        "",
+    );
+    assert!(said.contains("produced 3 records"), "{said}");
+    let (printed, _) = ok(&["consume", "docs", "-o", "beginning", "-e", "-J"], "");
+    let records: Vec<serde_json::Value> = printed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let values: Vec<&str> = records
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, vec!["first\nline", "second", "third"]);
+    assert_eq!(records[0]["key"], "k1");
+    assert_eq!(records[2]["key"], serde_json::Value::Null);
+    assert!(records
+        .iter()
+        .all(|r| r["timestamp_ms"] == 1_700_000_000_123i64));
+    // A missing file is an argument error; nothing is sent.
+    let (status, _, stderr) = dev.cli(&["produce", "docs", "-l", "/nonexistent/input"], "");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/input"), "{stderr}");
+}
