@@ -248,7 +248,7 @@ impl Admin {
             other => return Err(unexpected("DescribeGroup", &other)),
         };
         let ends = futures::future::join_all(reply.partitions.iter().map(|partition| {
-            self.leader_offset(&partition.topic, partition.partition, OffsetSpec::Latest)
+            self.list_offset(&partition.topic, partition.partition, OffsetSpec::Latest)
         }))
         .await;
         for (partition, end) in reply.partitions.iter_mut().zip(ends) {
@@ -260,7 +260,7 @@ impl Admin {
                     Some((old_lag + end.0).saturating_sub(old_end.0))
                 }
                 (None, _, _) => self
-                    .leader_offset(&partition.topic, partition.partition, OffsetSpec::Earliest)
+                    .list_offset(&partition.topic, partition.partition, OffsetSpec::Earliest)
                     .await
                     .ok()
                     .map(|start| end.0.saturating_sub(start.0)),
@@ -271,8 +271,14 @@ impl Admin {
         Ok(reply)
     }
 
-    /// An offset of a partition, from its leader.
-    async fn leader_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<Offset> {
+    /// An offset of a partition, from its leader: its log start (`Earliest`), high watermark
+    /// (`Latest`), or the first offset at or after a timestamp.
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Offset> {
         let deadline = Instant::now() + self.cluster.config().request_timeout();
         let request = Request::ListOffsets(ListOffsetsRequest {
             topic: topic.to_owned(),

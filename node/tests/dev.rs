@@ -463,6 +463,7 @@ fn the_cli_refuses_arguments_with_exit_2_and_reads_like_kcat() {
             "--topic",
             "one",
             "--to-earliest",
+            "--execute",
         ],
         "",
         1,
@@ -739,4 +740,91 @@ fn produce_reads_files_cut_at_a_delimiter_with_given_timestamps() {
     let (status, _, stderr) = dev.cli(&["produce", "docs", "-l", "/nonexistent/input"], "");
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/input"), "{stderr}");
+}
+
+/// `group reset-offsets` as Kafka's tool: a dry run unless `--execute`, and targets by time
+/// (`--to-datetime`) and relative to the committed offsets (`--shift-by`).
+#[test]
+fn reset_offsets_plans_by_default_and_moves_by_time_or_shift() {
+    let dev = Dev::start(1);
+    let ok = |args: &[&str], stdin: &str| -> String {
+        let (status, stdout, stderr) = dev.cli(args, stdin);
+        assert!(status.success(), "cairn {args:?}: {stderr}");
+        stdout
+    };
+    let committed = || -> String {
+        let described = ok(&["group", "describe", "g"], "");
+        let row = described
+            .lines()
+            .find(|line| line.starts_with("t "))
+            .unwrap_or_else(|| panic!("no partition row:\n{described}"))
+            .to_owned();
+        row.split_whitespace().nth(3).unwrap().to_owned()
+    };
+    ok(&["topic", "create", "t", "-p", "1"], "");
+    ok(&["produce", "t"], "a\nb\nc\nd\n");
+    // Offsets 1 to 4 (0 is the epoch marker); a member reads all four and commits 5.
+    let read = ok(
+        &["consume", "t", "-G", "g", "--from-beginning", "-c", "4"],
+        "",
+    );
+    assert_eq!(read, "a\nb\nc\nd\n");
+    assert_eq!(committed(), "5");
+
+    let planned = ok(
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--shift-by",
+            "-2",
+        ],
+        "",
+    );
+    assert!(
+        planned.contains("g      t      0          5        3"),
+        "{planned}"
+    );
+    assert!(
+        planned.contains("dry run: nothing was committed"),
+        "{planned}"
+    );
+    assert_eq!(committed(), "5", "a dry run commits nothing");
+    ok(
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--shift-by",
+            "-2",
+            "--execute",
+        ],
+        "",
+    );
+    assert_eq!(committed(), "3");
+    assert_eq!(ok(&["consume", "t", "-G", "g", "-c", "2"], ""), "c\nd\n");
+
+    // By time: a record written later is where a reset to its timestamp lands.
+    std::thread::sleep(Duration::from_millis(20));
+    ok(&["produce", "t"], "later\n");
+    let stamped = ok(&["consume", "t", "-o", "5", "-c", "1", "-f", "%d"], "");
+    ok(
+        &[
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-datetime",
+            stamped.trim_end(),
+            "--execute",
+        ],
+        "",
+    );
+    assert_eq!(committed(), "5");
+    assert_eq!(ok(&["consume", "t", "-G", "g", "-c", "1"], ""), "later\n");
 }

@@ -6,6 +6,8 @@
 
 use crate::{Admin, ClientConfig, ClientError, Offset};
 use cairn_protocol::group::{DescribeGroupResponse, OffsetResetTarget, TopicPartitions};
+use cairn_protocol::messages::OffsetSpec;
+use cairn_protocol::ApiError;
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -14,14 +16,17 @@ pub enum GroupCommand {
     List,
     /// A group's state, members, assignment, and per partition committed offset, log end, lag.
     Describe { group: String },
-    /// Move an empty group's committed offsets of one topic.
+    /// Move an empty group's committed offsets of one topic: prints the plan (a dry run)
+    /// unless given --execute.
     ResetOffsets(ResetArgs),
     /// Delete an empty group and its committed offsets.
     Delete { group: String },
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to_earliest", "to_latest", "to_offset"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(
+    ["to_earliest", "to_latest", "to_offset", "to_datetime", "shift_by"]
+)))]
 pub struct ResetArgs {
     pub group: String,
     #[arg(long)]
@@ -35,21 +40,129 @@ pub struct ResetArgs {
     /// To each partition's high watermark (skip everything written so far).
     #[arg(long)]
     pub to_latest: bool,
-    /// To this offset (clamped to the log by the coordinator).
+    /// To this offset (clamped to each partition's log).
     #[arg(long)]
     pub to_offset: Option<u64>,
+    /// To the first record written at or after TIME: RFC 3339 (2026-12-03T07:00:00Z) or a
+    /// duration before now (15m, 2h).
+    #[arg(long, value_name = "TIME", value_parser = super::format::parse_time)]
+    pub to_datetime: Option<i64>,
+    /// Move each committed offset by N (negative: back, to read again), clamped to the log.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub shift_by: Option<i64>,
+    /// Only print the new offsets (the default, as Kafka's tool does).
+    #[arg(long, conflicts_with = "execute")]
+    pub dry_run: bool,
+    /// Commit the new offsets.
+    #[arg(long)]
+    pub execute: bool,
 }
 
-impl ResetArgs {
-    fn target(&self) -> OffsetResetTarget {
-        match (self.to_earliest, self.to_latest, self.to_offset) {
-            (true, _, _) => OffsetResetTarget::Earliest,
-            (_, true, _) => OffsetResetTarget::Latest,
-            (_, _, Some(offset)) => OffsetResetTarget::Offset(Offset(offset)),
-            // clap requires one of the three.
-            _ => OffsetResetTarget::Earliest,
-        }
+/// Where one partition's committed offset moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetPlanRow {
+    pub partition: u32,
+    pub current: Option<Offset>,
+    pub new: Offset,
+}
+
+/// The new offset of one partition, given its log (`first`, `end`) and current commit.
+fn planned(
+    args: &ResetArgs,
+    first: Offset,
+    end: Offset,
+    current: Option<Offset>,
+    at_time: Option<Offset>,
+) -> Offset {
+    let clamp = |offset: u64| Offset(offset.clamp(first.0, end.0));
+    if args.to_earliest {
+        first
+    } else if args.to_latest {
+        end
+    } else if let Some(offset) = args.to_offset {
+        clamp(offset)
+    } else if let Some(shift) = args.shift_by {
+        // A partition never committed shifts from its log start, as Kafka's tool does.
+        let from = current.unwrap_or(first).0;
+        clamp(from.saturating_add_signed(shift))
+    } else {
+        at_time.map_or(end, |offset| clamp(offset.0))
     }
+}
+
+/// The plan: every partition's current and new offset, read from the cluster.
+async fn reset_plan(admin: &Admin, args: &ResetArgs) -> Result<Vec<ResetPlanRow>, ClientError> {
+    // An unknown group is refused (`GroupIdNotFound`), not planned for.
+    admin.describe_group(&args.group).await?;
+    let metadata = admin.topic_metadata(&args.topic).await?;
+    let count = metadata.partitions.len() as u32;
+    let partitions: Vec<u32> = match &args.partitions {
+        Some(named) => {
+            if let Some(&missing) = named.iter().find(|&&partition| partition >= count) {
+                return Err(ClientError::Api(ApiError::UnknownPartition {
+                    topic: args.topic.clone(),
+                    partition: missing,
+                    partitions: count,
+                }));
+            }
+            named.clone()
+        }
+        None => (0..count).collect(),
+    };
+    let committed = admin.group_offsets(&args.group).await?;
+    let mut plan = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let current = committed
+            .iter()
+            .find(|entry| entry.topic == args.topic && entry.partition == partition)
+            .and_then(|entry| entry.committed.as_ref().map(|committed| committed.offset));
+        let first = admin
+            .list_offset(&args.topic, partition, OffsetSpec::Earliest)
+            .await?;
+        let end = admin
+            .list_offset(&args.topic, partition, OffsetSpec::Latest)
+            .await?;
+        let at_time = match args.to_datetime {
+            Some(ms) => Some(
+                admin
+                    .list_offset(&args.topic, partition, OffsetSpec::Timestamp(ms))
+                    .await?,
+            ),
+            None => None,
+        };
+        let new = planned(args, first, end, current, at_time);
+        plan.push(ResetPlanRow {
+            partition,
+            current,
+            new,
+        });
+    }
+    Ok(plan)
+}
+
+/// `GroupNotEmpty`, with the members that hold the group: a static member that left keeps
+/// its place until its session times out, which is the usual surprise.
+async fn explain_not_empty(admin: &Admin, group: &str, error: ClientError) -> ClientError {
+    if !matches!(error, ClientError::Api(ApiError::GroupNotEmpty { .. })) {
+        return error;
+    }
+    let Ok(description) = admin.describe_group(group).await else {
+        return error;
+    };
+    let members: Vec<String> = description
+        .members
+        .iter()
+        .map(|member| match &member.instance_id {
+            Some(instance) => format!(
+                "static member '{instance}' (kept until its session times out, even if it left)"
+            ),
+            None => format!("member '{}'", member.member_id),
+        })
+        .collect();
+    if members.is_empty() {
+        return error;
+    }
+    ClientError::invalid(format!("{error}; stop {} first", members.join(", ")))
 }
 
 pub async fn run(config: ClientConfig, command: GroupCommand) -> Result<(), ClientError> {
@@ -76,25 +189,47 @@ pub async fn run(config: ClientConfig, command: GroupCommand) -> Result<(), Clie
             print!("{}", describe_report(&description));
         }
         GroupCommand::ResetOffsets(args) => {
-            let target = args.target();
-            let offsets = admin
-                .reset_group_offsets(&args.group, &args.topic, args.partitions.clone(), target)
-                .await?;
+            let plan = reset_plan(&admin, &args).await?;
             let mut rows = vec![vec![
+                "GROUP".to_owned(),
                 "TOPIC".to_owned(),
                 "PARTITION".to_owned(),
-                "COMMITTED".to_owned(),
+                "CURRENT".to_owned(),
+                "NEW".to_owned(),
             ]];
-            for offset in offsets {
+            for row in &plan {
                 rows.push(vec![
-                    offset.topic,
-                    offset.partition.to_string(),
-                    offset
-                        .committed
-                        .map_or("-".to_owned(), |committed| committed.offset.to_string()),
+                    args.group.clone(),
+                    args.topic.clone(),
+                    row.partition.to_string(),
+                    row.current
+                        .map_or("-".to_owned(), |offset| offset.to_string()),
+                    row.new.to_string(),
                 ]);
             }
+            if !args.execute {
+                print!("{}", table(&rows));
+                println!("dry run: nothing was committed; add --execute to commit these offsets");
+                return Ok(());
+            }
+            for row in &plan {
+                let reset = admin
+                    .reset_group_offsets(
+                        &args.group,
+                        &args.topic,
+                        Some(vec![row.partition]),
+                        OffsetResetTarget::Offset(row.new),
+                    )
+                    .await;
+                if let Err(error) = reset {
+                    return Err(explain_not_empty(&admin, &args.group, error).await);
+                }
+            }
             print!("{}", table(&rows));
+            println!(
+                "committed {}",
+                cairn_protocol::error::plural(plan.len() as u64, "offset")
+            );
         }
         GroupCommand::Delete { group } => {
             admin.delete_group(&group).await?;
@@ -268,32 +403,51 @@ mod parse_tests {
         command: GroupCommand,
     }
 
+    fn reset(args: &[&str]) -> Result<ResetArgs, clap::Error> {
+        let mut all = vec!["cairn", "reset-offsets", "g", "--topic", "t"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|parsed| match parsed.command {
+            GroupCommand::ResetOffsets(args) => args,
+            _ => panic!("expected reset-offsets"),
+        })
+    }
+
     #[test]
     fn reset_offsets_needs_exactly_one_target() {
-        let parsed = Cli::try_parse_from([
-            "cairn",
-            "reset-offsets",
-            "g",
-            "--topic",
-            "t",
-            "--to-offset",
-            "7",
-        ])
-        .unwrap();
-        let GroupCommand::ResetOffsets(args) = parsed.command else {
-            panic!("expected reset-offsets");
+        assert!(reset(&["--to-offset", "7"]).is_ok());
+        assert!(reset(&[]).is_err());
+        assert!(reset(&["--to-earliest", "--to-latest"]).is_err());
+        assert!(reset(&["--shift-by", "-3", "--to-latest"]).is_err());
+        assert!(reset(&["--to-latest", "--dry-run", "--execute"]).is_err());
+    }
+
+    #[test]
+    fn the_plan_clamps_to_the_log() {
+        let (first, end) = (Offset(10), Offset(50));
+        let plan = |args: &[&str], current: Option<u64>, at_time: Option<u64>| {
+            planned(
+                &reset(args).unwrap(),
+                first,
+                end,
+                current.map(Offset),
+                at_time.map(Offset),
+            )
         };
-        assert_eq!(args.target(), OffsetResetTarget::Offset(Offset(7)));
-        assert!(Cli::try_parse_from(["cairn", "reset-offsets", "g", "--topic", "t"]).is_err());
-        assert!(Cli::try_parse_from([
-            "cairn",
-            "reset-offsets",
-            "g",
-            "--topic",
-            "t",
-            "--to-earliest",
-            "--to-latest"
-        ])
-        .is_err());
+        assert_eq!(plan(&["--to-earliest"], Some(30), None), Offset(10));
+        assert_eq!(plan(&["--to-latest"], Some(30), None), Offset(50));
+        assert_eq!(plan(&["--to-offset", "7"], None, None), Offset(10));
+        assert_eq!(plan(&["--to-offset", "70"], None, None), Offset(50));
+        assert_eq!(plan(&["--shift-by", "-5"], Some(30), None), Offset(25));
+        assert_eq!(plan(&["--shift-by", "-500"], Some(30), None), Offset(10));
+        assert_eq!(plan(&["--shift-by", "500"], Some(30), None), Offset(50));
+        assert_eq!(plan(&["--shift-by", "3"], None, None), Offset(13));
+        assert_eq!(
+            plan(
+                &["--to-datetime", "2023-11-14T22:13:20Z"],
+                Some(30),
+                Some(42)
+            ),
+            Offset(42)
+        );
     }
 }
