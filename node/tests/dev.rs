@@ -827,4 +827,35 @@ fn reset_offsets_plans_by_default_and_moves_by_time_or_shift() {
     );
     assert_eq!(committed(), "5");
     assert_eq!(ok(&["consume", "t", "-G", "g", "-c", "1"], ""), "later\n");
+
+    // --output json: every command's result as one JSON document, for scripts.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let printed = ok(&all, "");
+        serde_json::from_str(&printed)
+            .unwrap_or_else(|error| panic!("{args:?}: {error}\n{printed}"))
+    };
+    let group = json(&["group", "describe", "g"]);
+    assert_eq!(group["partitions"][0]["committed"], 6);
+    let plan = json(&[
+        "group",
+        "reset-offsets",
+        "g",
+        "--topic",
+        "t",
+        "--to-earliest",
+    ]);
+    assert_eq!(plan["committed"], false);
+    assert_eq!(plan["partitions"][0]["new"], 0);
+    assert_eq!(
+        json(&["topic", "describe", "t"])["partitions"][0]["high_watermark"],
+        6
+    );
+    assert_eq!(json(&["topic", "list"])[0]["name"], "t");
+    assert_eq!(json(&["cluster", "status"])["nodes"][0]["node_id"], 1);
+    assert_eq!(json(&["group", "list"])[0]["group_id"], "g");
+    let produced = ok(&["produce", "t", "--output", "json"], "x\ny\n");
+    let produced: serde_json::Value = serde_json::from_str(&produced).unwrap();
+    assert_eq!(produced["acknowledged"], 2);
 }

@@ -4,6 +4,7 @@
 //! One node answers (the first of `--bootstrap` that does); liveness is its gossip opinion,
 //! which the output says, since another node may see the cluster differently for a moment.
 
+use super::{print_json, Output};
 use crate::{Admin, ClientConfig, ClientError, ClusterStatusResponse};
 use cairn_protocol::messages::{Liveness, PartitionStatus};
 use cairn_protocol::NodeId;
@@ -34,12 +35,26 @@ pub struct StatusArgs {
     pub problems_only: bool,
 }
 
-pub async fn run(config: ClientConfig, command: ClusterCommand) -> Result<(), ClientError> {
+pub async fn run(
+    config: ClientConfig,
+    command: ClusterCommand,
+    output: Output,
+) -> Result<(), ClientError> {
     let admin = Admin::new(config)?;
     match command {
         ClusterCommand::Status(args) => {
-            let status = admin.cluster_status(args.internal).await?;
-            print!("{}", status_report(&status, args.problems_only));
+            let mut status = admin.cluster_status(args.internal).await?;
+            match output {
+                Output::Json => {
+                    if args.problems_only {
+                        status.partitions.retain(|partition| {
+                            partition.leader.is_none() || under_replicated(partition)
+                        });
+                    }
+                    print_json(&status)
+                }
+                Output::Text => print!("{}", status_report(&status, args.problems_only)),
+            }
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 //! `describe` shows the group's state, its members with their assignments, and per
 //! partition the owner, committed offset, log end and lag, as the coordinator reports them.
 
+use super::{print_json, Output};
 use crate::{Admin, ClientConfig, ClientError, Offset};
 use cairn_protocol::group::{DescribeGroupResponse, OffsetResetTarget, TopicPartitions};
 use cairn_protocol::messages::OffsetSpec;
@@ -165,11 +166,19 @@ async fn explain_not_empty(admin: &Admin, group: &str, error: ClientError) -> Cl
     ClientError::invalid(format!("{error}; stop {} first", members.join(", ")))
 }
 
-pub async fn run(config: ClientConfig, command: GroupCommand) -> Result<(), ClientError> {
+pub async fn run(
+    config: ClientConfig,
+    command: GroupCommand,
+    output: Output,
+) -> Result<(), ClientError> {
     let admin = Admin::new(config)?;
     match command {
         GroupCommand::List => {
             let groups = admin.list_groups().await?;
+            if output == Output::Json {
+                print_json(&groups);
+                return Ok(());
+            }
             let mut rows = vec![vec![
                 "GROUP".to_owned(),
                 "STATE".to_owned(),
@@ -186,7 +195,10 @@ pub async fn run(config: ClientConfig, command: GroupCommand) -> Result<(), Clie
         }
         GroupCommand::Describe { group } => {
             let description = admin.describe_group(&group).await?;
-            print!("{}", describe_report(&description));
+            match output {
+                Output::Json => print_json(&description),
+                Output::Text => print!("{}", describe_report(&description)),
+            }
         }
         GroupCommand::ResetOffsets(args) => {
             let plan = reset_plan(&admin, &args).await?;
@@ -207,9 +219,32 @@ pub async fn run(config: ClientConfig, command: GroupCommand) -> Result<(), Clie
                     row.new.to_string(),
                 ]);
             }
+            let as_json = |committed: bool| {
+                let partitions: Vec<serde_json::Value> = plan
+                    .iter()
+                    .map(|row| {
+                        serde_json::json!({
+                            "partition": row.partition,
+                            "current": row.current.map(|offset| offset.0),
+                            "new": row.new.0,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "group": args.group, "topic": args.topic,
+                    "committed": committed, "partitions": partitions,
+                })
+            };
             if !args.execute {
-                print!("{}", table(&rows));
-                println!("dry run: nothing was committed; add --execute to commit these offsets");
+                match output {
+                    Output::Json => print_json(&as_json(false)),
+                    Output::Text => {
+                        print!("{}", table(&rows));
+                        println!(
+                            "dry run: nothing was committed; add --execute to commit these offsets"
+                        );
+                    }
+                }
                 return Ok(());
             }
             for row in &plan {
@@ -233,7 +268,10 @@ pub async fn run(config: ClientConfig, command: GroupCommand) -> Result<(), Clie
         }
         GroupCommand::Delete { group } => {
             admin.delete_group(&group).await?;
-            println!("deleted group '{group}'");
+            match output {
+                Output::Json => print_json(&serde_json::json!({ "deleted": group })),
+                Output::Text => println!("deleted group '{group}'"),
+            }
         }
     }
     Ok(())

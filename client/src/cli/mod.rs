@@ -35,6 +35,26 @@ pub struct Connection {
     /// Brokers to bootstrap from, `host:port[,host:port...]`.
     #[arg(short, long, env = "CAIRN_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP, global = true)]
     pub bootstrap: String,
+    /// `json` prints what a command reports as one JSON document on stdout (consume: one
+    /// object per record, as `-J`), for scripts; `text` is for people.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub output: Output,
+}
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Prints `value` as pretty JSON on stdout (`--output json`).
+pub(crate) fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        // The protocol's types always serialize; say so instead of printing half a document.
+        Err(error) => eprintln!("error: cannot write JSON: {error}"),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,25 +139,33 @@ pub async fn run(connection: Connection, command: ClientCommand) -> i32 {
         Ok(config) => config,
         Err(error) => return report(&error),
     };
+    let output = connection.output;
     match command {
-        ClientCommand::Topic(command) => match run_topic(config, command).await {
+        ClientCommand::Topic(command) => match run_topic(config, command, output).await {
             Ok(()) => 0,
             Err(error) => report(&error),
         },
-        ClientCommand::Produce(args) => produce::run(config, args).await,
-        ClientCommand::Consume(args) => consume::run(config, args).await,
-        ClientCommand::Cluster(command) => match cluster::run(config, command).await {
+        ClientCommand::Produce(args) => produce::run(config, args, output).await,
+        ClientCommand::Consume(mut args) => {
+            args.json |= output == Output::Json;
+            consume::run(config, args).await
+        }
+        ClientCommand::Cluster(command) => match cluster::run(config, command, output).await {
             Ok(()) => 0,
             Err(error) => report(&error),
         },
-        ClientCommand::Group(command) => match group::run(config, command).await {
+        ClientCommand::Group(command) => match group::run(config, command, output).await {
             Ok(()) => 0,
             Err(error) => report(&error),
         },
     }
 }
 
-async fn run_topic(config: ClientConfig, command: TopicCommand) -> Result<(), ClientError> {
+async fn run_topic(
+    config: ClientConfig,
+    command: TopicCommand,
+    output: Output,
+) -> Result<(), ClientError> {
     let admin = Admin::new(config)?;
     match command {
         TopicCommand::Create {
@@ -158,24 +186,39 @@ async fn run_topic(config: ClientConfig, command: TopicCommand) -> Result<(), Cl
                     },
                 )
                 .await?;
-            println!(
-                "created topic '{}' with {}",
-                topic.name,
-                cairn_protocol::error::plural(topic.partitions.len() as u64, "partition")
-            );
+            match output {
+                Output::Json => print_json(&topic),
+                Output::Text => println!(
+                    "created topic '{}' with {}",
+                    topic.name,
+                    cairn_protocol::error::plural(topic.partitions.len() as u64, "partition")
+                ),
+            }
         }
         TopicCommand::List { internal } => {
-            for topic in admin.list_topics_with(internal).await? {
-                println!("{}", topic.name);
+            let topics = admin.list_topics_with(internal).await?;
+            match output {
+                Output::Json => print_json(&topics),
+                Output::Text => {
+                    for topic in topics {
+                        println!("{}", topic.name);
+                    }
+                }
             }
         }
         TopicCommand::Describe { name } => {
             let topic = admin.describe_topic(&name).await?;
-            print!("{}", describe_table(&topic));
+            match output {
+                Output::Json => print_json(&topic),
+                Output::Text => print!("{}", describe_table(&topic)),
+            }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
-            println!("deleted topic '{name}'");
+            match output {
+                Output::Json => print_json(&serde_json::json!({ "deleted": name })),
+                Output::Text => println!("deleted topic '{name}'"),
+            }
         }
     }
     Ok(())

@@ -290,7 +290,7 @@ async fn check_target(config: &ClientConfig, args: &ProduceArgs) -> Result<(), C
     }
 }
 
-pub async fn run(config: ClientConfig, args: ProduceArgs) -> i32 {
+pub async fn run(config: ClientConfig, args: ProduceArgs, output: super::Output) -> i32 {
     let started = Instant::now();
     let producer_config = ProducerConfig {
         acks: args.acks.into(),
@@ -385,6 +385,15 @@ pub async fn run(config: ClientConfig, args: ProduceArgs) -> i32 {
     let tally = counter.await.unwrap_or_default();
     let elapsed = started.elapsed().as_secs_f64();
     let error = failure.or(tally.first_error).or(flushed.err());
+    if output == super::Output::Json {
+        super::print_json(&serde_json::json!({
+            "topic": args.topic,
+            "sent": sent,
+            "acknowledged": tally.acknowledged,
+            "failed": tally.failed,
+            "seconds": elapsed,
+        }));
+    }
     match error {
         None if tally.acknowledged == sent => {
             eprintln!(
