@@ -10,9 +10,9 @@ use cairn_protocol::group::{
     ResetGroupOffsetsRequest,
 };
 use cairn_protocol::messages::{
-    ClusterStatusRequest, ClusterStatusResponse, CreateTopicRequest, DeleteTopicRequest,
-    DescribeTopicRequest, DescribeTopicResponse, ListOffsetsRequest, ListTopicsRequest, OffsetSpec,
-    TopicConfig, TopicMetadata, TopicSummary,
+    AlterTopicRequest, ClusterStatusRequest, ClusterStatusResponse, ConfigChange,
+    CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse,
+    ListOffsetsRequest, ListTopicsRequest, OffsetSpec, TopicConfig, TopicMetadata, TopicSummary,
 };
 use cairn_protocol::{NodeId, Offset, Request, Response};
 use std::collections::HashMap;
@@ -68,6 +68,30 @@ impl Admin {
         match reply {
             Response::CreateTopic(reply) => Ok(reply.topic),
             other => Err(unexpected("CreateTopic", &other)),
+        }
+    }
+
+    /// Grows `name` to `partitions` partitions (never fewer; `None` keeps them) and applies
+    /// config changes (`retention.ms`, `retention.bytes`; a `None` value returns a key to the
+    /// node's default). Returns the topic's metadata after the change.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+        configs: Vec<ConfigChange>,
+    ) -> Result<TopicMetadata> {
+        let reply = self
+            .cluster
+            .call_any(Request::AlterTopic(AlterTopicRequest {
+                name: name.to_owned(),
+                partitions,
+                configs,
+            }))
+            .await?;
+        self.cluster.invalidate();
+        match reply {
+            Response::AlterTopic(reply) => Ok(reply.topic),
+            other => Err(unexpected("AlterTopic", &other)),
         }
     }
 

@@ -64,8 +64,8 @@ pub mod cli;
 
 pub use admin::Admin;
 pub use cairn_protocol::messages::{
-    ClusterStatusResponse, DescribeTopicResponse, PartitionDescription, TopicConfig, TopicMetadata,
-    TopicSummary,
+    ClusterStatusResponse, ConfigChange, DescribeTopicResponse, PartitionDescription, TopicConfig,
+    TopicMetadata, TopicSummary,
 };
 pub use cairn_protocol::{Acks, ApiError, Header, Offset, Record};
 pub use config::{AutoOffsetReset, ClientConfig, ConsumerConfig, ProducerConfig};

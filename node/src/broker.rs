@@ -27,8 +27,8 @@ use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::group::{FindCoordinatorRequest, OFFSETS_TOPIC};
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{
-    Acks, BrokerInfo, CreateTopicRequest, FetchPartition, FetchRequest, PartitionDescription,
-    PartitionMetadata, TopicConfig, TopicMetadata,
+    Acks, AlterTopicRequest, BrokerInfo, ConfigChange, CreateTopicRequest, FetchPartition,
+    FetchRequest, PartitionDescription, PartitionMetadata, TopicConfig, TopicMetadata,
 };
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, PartitionId};
 use cairn_replica::{PeerMessage, Role};
@@ -491,7 +491,11 @@ impl<S: LogStore> Broker<S> {
                     catalog.state.apply(record.offset, &record.value)
                 };
                 match applied {
-                    Some(Applied::Created(topic)) => self.host_topic(&topic),
+                    Some(Applied::Created(topic)) => self.host_partitions(&topic, 0),
+                    Some(Applied::PartitionsAdded { topic, first }) => {
+                        self.host_partitions(&topic, first)
+                    }
+                    Some(Applied::ConfigChanged(topic)) => self.reconfigure(&topic).await,
                     Some(Applied::Deleted(topic)) => self.drop_topic(&topic).await,
                     Some(Applied::Rejected { reason }) => {
                         tracing::info!(offset = %record.offset, %reason, "metadata change refused at apply time");
@@ -508,10 +512,43 @@ impl<S: LogStore> Broker<S> {
         self.applied.send_replace(next);
     }
 
-    /// Starts the actors of the partitions of `topic` this node holds a replica of.
-    fn host_topic(&self, topic: &TopicState) {
+    /// What retention `topic`'s partitions run: its own config, else the node's defaults;
+    /// none for internal topics (`__offsets` holds state that must replay from the start).
+    fn retention_of(&self, topic: &TopicState) -> RetentionPolicy {
+        if is_internal(&topic.name) {
+            return RetentionPolicy::default();
+        }
+        RetentionPolicy {
+            max_age_ms: topic
+                .config
+                .retention_ms
+                .or(self.config.retention.retention_ms),
+            max_bytes: topic
+                .config
+                .retention_bytes
+                .or(self.config.retention.retention_bytes),
+        }
+    }
+
+    /// Gives the partitions of `topic` hosted here its (new) retention.
+    async fn reconfigure(&self, topic: &TopicState) {
+        let retention = self.retention_of(topic);
+        let handles: Vec<PartitionHandle<S>> = self
+            .catalog()
+            .partitions
+            .get(&topic.id)
+            .map(|handles| handles.values().cloned().collect())
+            .unwrap_or_default();
+        for handle in handles {
+            handle.set_retention(retention).await;
+        }
+    }
+
+    /// Starts the actors of the partitions of `topic` from `first` on that this node holds a
+    /// replica of (all of them for a new topic, the added ones after `AddPartitions`).
+    fn host_partitions(&self, topic: &TopicState, first: u32) {
         let mut handles = BTreeMap::new();
-        for partition in 0..topic.partitions {
+        for partition in first..topic.partitions {
             let voters = topic.replicas[partition as usize].clone();
             if !voters.contains(&self.config.node_id) {
                 continue;
@@ -535,21 +572,7 @@ impl<S: LogStore> Broker<S> {
                 replica_config: self.config.replica.replica_config(),
                 tick_ms: self.config.replica.tick_ms,
                 mailbox_max: self.config.limits.partition_mailbox_max as usize,
-                // Internal topics (`__offsets`) hold state that must replay from the start.
-                retention: if is_internal(&topic.name) {
-                    RetentionPolicy::default()
-                } else {
-                    RetentionPolicy {
-                        max_age_ms: topic
-                            .config
-                            .retention_ms
-                            .or(self.config.retention.retention_ms),
-                        max_bytes: topic
-                            .config
-                            .retention_bytes
-                            .or(self.config.retention.retention_bytes),
-                    }
-                },
+                retention: self.retention_of(topic),
                 retention_check_ms: self.config.retention.retention_check_ms,
                 peers: Arc::clone(&self.peers),
                 leadership_changes: Arc::clone(&self.leadership_changes),
@@ -568,7 +591,9 @@ impl<S: LogStore> Broker<S> {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .partitions
-            .insert(topic.id, handles);
+            .entry(topic.id)
+            .or_default()
+            .extend(handles);
         self.leadership_changes.fetch_add(1, Ordering::Release);
     }
 
@@ -1173,6 +1198,97 @@ impl<S: LogStore> Broker<S> {
         Ok(())
     }
 
+    /// Adds partitions to a topic and/or changes its config (`AlterTopic`): validated here,
+    /// decided when the `__meta` records are applied. Partitions only grow, as in Kafka (keys
+    /// then map to other partitions: the partitioner counts them).
+    pub async fn alter_topic(&self, request: AlterTopicRequest) -> Result<TopicMetadata, ApiError> {
+        self.check_ready()?;
+        if is_internal(&request.name) {
+            return Err(ApiError::InvalidTopicConfig {
+                reason: format!("internal topic '{}' cannot be altered", request.name),
+            });
+        }
+        let topic = self
+            .catalog()
+            .state
+            .topic(&request.name)
+            .cloned()
+            .ok_or_else(|| self.missing_topic(&request.name))?;
+        let config = apply_config_changes(&topic.config, &request.configs)?;
+        let partitions_max = self.config.limits.partitions_per_topic_max;
+        let added = match request.partitions {
+            None => 0,
+            Some(requested) if requested > partitions_max => {
+                return Err(ApiError::InvalidPartitionCount {
+                    requested,
+                    max: partitions_max,
+                })
+            }
+            Some(requested) if requested < topic.partitions => {
+                return Err(ApiError::InvalidTopicConfig {
+                    reason: format!(
+                        "topic '{}' has {}; partitions can be added, never removed",
+                        topic.name,
+                        cairn_protocol::error::plural(u64::from(topic.partitions), "partition")
+                    ),
+                })
+            }
+            Some(requested) => requested - topic.partitions,
+        };
+        if config != topic.config {
+            self.append_meta(&MetaRecord::AlterTopicConfig {
+                name: topic.name.clone(),
+                topic: topic.id,
+                config,
+            })
+            .await?;
+        }
+        if added > 0 {
+            // New partitions get the topic's replication factor, on nodes alive now.
+            let live = self.live_nodes();
+            let replication_factor = topic.replication_factor;
+            if usize::from(replication_factor) > live.len() {
+                return Err(ApiError::InvalidReplicationFactor {
+                    requested: replication_factor,
+                    available: live.len() as u16,
+                });
+            }
+            let replicas = {
+                let catalog = self.catalog();
+                crate::placement::assign(
+                    &format!("{}-{}", topic.name, topic.partitions),
+                    &live,
+                    catalog
+                        .state
+                        .topics()
+                        .flat_map(|topic| topic.replicas.iter()),
+                    added,
+                    replication_factor,
+                )
+            };
+            self.append_meta(&MetaRecord::AddPartitions {
+                name: topic.name.clone(),
+                topic: topic.id,
+                partitions_before: topic.partitions,
+                replicas,
+            })
+            .await?;
+            let grown = self.catalog().state.topic(&topic.name).is_some_and(|now| {
+                now.id == topic.id && now.partitions >= topic.partitions + added
+            });
+            if !grown {
+                return Err(ApiError::InvalidTopicConfig {
+                    reason: format!(
+                        "topic '{}' changed while partitions were being added; try again",
+                        topic.name
+                    ),
+                });
+            }
+            self.wait_for_leaders(topic.id).await;
+        }
+        self.topic_metadata(&request.name)
+    }
+
     /// Appends one record to `__meta` with acks=all; returns its offset once applied here.
     async fn append_meta(&self, record: &MetaRecord) -> Result<Offset, ApiError> {
         let batch = record.to_batch(wall_clock_ms());
@@ -1453,6 +1569,48 @@ impl<S: LogStore> PeerInbox for Broker<S> {
 }
 
 /// Topics the node creates for itself (`__offsets`); clients cannot create `__` names.
+/// Topic config keys `topic alter` accepts, in Kafka's spelling (Cairn's own is accepted too).
+pub const TOPIC_CONFIG_KEYS: &[&str] = &["retention.ms", "retention.bytes"];
+
+/// `config` with `changes` applied: a value sets a key, none returns it to the node's default.
+/// Unknown keys and values that are not positive integers are refused, naming the key.
+pub fn apply_config_changes(
+    config: &TopicConfig,
+    changes: &[ConfigChange],
+) -> Result<TopicConfig, ApiError> {
+    let mut config = config.clone();
+    for change in changes {
+        let slot = match change.key.as_str() {
+            "retention.ms" | "retention_ms" => &mut config.retention_ms,
+            "retention.bytes" | "retention_bytes" => &mut config.retention_bytes,
+            other => {
+                return Err(ApiError::InvalidTopicConfig {
+                    reason: format!(
+                        "unknown config '{other}' (known: {})",
+                        TOPIC_CONFIG_KEYS.join(", ")
+                    ),
+                })
+            }
+        };
+        *slot = match &change.value {
+            None => None,
+            Some(value) => match value.parse::<u64>() {
+                Ok(number) if number > 0 => Some(number),
+                _ => {
+                    return Err(ApiError::InvalidTopicConfig {
+                        reason: format!(
+                            "{} must be a whole number above 0, not '{value}' (remove the \
+                             setting to keep records forever)",
+                            change.key
+                        ),
+                    })
+                }
+            },
+        };
+    }
+    Ok(config)
+}
+
 pub fn is_internal(topic: &str) -> bool {
     topic.starts_with("__")
 }

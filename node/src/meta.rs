@@ -54,6 +54,21 @@ pub enum MetaRecord {
     AllocateProducerId {
         node: NodeId,
     },
+    /// Adds partitions to topic incarnation `topic`: `replicas` are the new partitions' replica
+    /// sets, numbered from `partitions_before`. Rejected at apply time unless the topic still
+    /// has exactly `partitions_before` partitions (a racing add won) and is that incarnation.
+    AddPartitions {
+        name: String,
+        topic: TopicId,
+        partitions_before: u32,
+        replicas: Vec<Vec<NodeId>>,
+    },
+    /// Replaces the config of topic incarnation `topic`.
+    AlterTopicConfig {
+        name: String,
+        topic: TopicId,
+        config: TopicConfig,
+    },
 }
 
 impl MetaRecord {
@@ -93,6 +108,13 @@ pub enum Applied {
     ProducerIdAllocated {
         producer_id: i64,
     },
+    /// Partitions `first..topic.partitions` were added to `topic`.
+    PartitionsAdded {
+        topic: TopicState,
+        first: u32,
+    },
+    /// `topic`'s config changed (it holds the new one).
+    ConfigChanged(TopicState),
     /// The record lost a race checked at apply time (name taken, or already gone), or could
     /// not be decoded; nothing changed.
     Rejected {
@@ -220,6 +242,52 @@ impl MetadataState {
                     reason: format!("offset {offset} does not fit a producer id"),
                 },
             },
+            MetaRecord::AddPartitions {
+                name,
+                topic,
+                partitions_before,
+                replicas,
+            } => match self.topics.get_mut(&name) {
+                Some(state) if state.id == topic && state.partitions == partitions_before => {
+                    let added = u32::try_from(replicas.len()).unwrap_or(u32::MAX);
+                    match partitions_before.checked_add(added) {
+                        Some(after) if added > 0 => {
+                            state.partitions = after;
+                            state.replicas.extend(replicas);
+                            Applied::PartitionsAdded {
+                                topic: state.clone(),
+                                first: partitions_before,
+                            }
+                        }
+                        _ => Applied::Rejected {
+                            reason: format!("adding {added} partitions to {name}"),
+                        },
+                    }
+                }
+                Some(state) => Applied::Rejected {
+                    reason: format!(
+                        "topic {name} changed ({} partitions, incarnation {}) before partitions \
+                         were added",
+                        state.partitions, state.id.0
+                    ),
+                },
+                None => Applied::Rejected {
+                    reason: format!("topic {name} does not exist"),
+                },
+            },
+            MetaRecord::AlterTopicConfig {
+                name,
+                topic,
+                config,
+            } => match self.topics.get_mut(&name) {
+                Some(state) if state.id == topic => {
+                    state.config = config;
+                    Applied::ConfigChanged(state.clone())
+                }
+                _ => Applied::Rejected {
+                    reason: format!("topic {name} (incarnation {}) does not exist", topic.0),
+                },
+            },
         })
     }
 }
@@ -237,6 +305,50 @@ mod tests {
             config: TopicConfig::default(),
         }
         .encode()
+    }
+
+    #[test]
+    fn partitions_are_added_once_to_the_same_incarnation() {
+        let mut state = MetadataState::default();
+        state.apply(Offset(1), &create("a", 2));
+        let add = |before: u32, topic: u64| {
+            MetaRecord::AddPartitions {
+                name: "a".into(),
+                topic: TopicId(topic),
+                partitions_before: before,
+                replicas: vec![vec![NodeId(2)]],
+            }
+            .encode()
+        };
+        match state.apply(Offset(2), &add(2, 1)) {
+            Some(Applied::PartitionsAdded { topic, first }) => {
+                assert_eq!((topic.partitions, first), (3, 2));
+                assert_eq!(topic.replicas[2], vec![NodeId(2)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A second add decided against the old count loses; so does one for an old incarnation.
+        assert!(matches!(
+            state.apply(Offset(3), &add(2, 1)),
+            Some(Applied::Rejected { .. })
+        ));
+        assert!(matches!(
+            state.apply(Offset(4), &add(3, 9)),
+            Some(Applied::Rejected { .. })
+        ));
+        assert_eq!(state.topic("a").unwrap().partitions, 3);
+        let alter = MetaRecord::AlterTopicConfig {
+            name: "a".into(),
+            topic: TopicId(1),
+            config: TopicConfig {
+                retention_ms: Some(5),
+                retention_bytes: None,
+            },
+        };
+        assert!(matches!(
+            state.apply(Offset(5), &alter.encode()),
+            Some(Applied::ConfigChanged(topic)) if topic.config.retention_ms == Some(5)
+        ));
     }
 
     #[test]

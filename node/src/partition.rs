@@ -597,6 +597,12 @@ impl<S: LogStore> PartitionHandle<S> {
             .map_err(|_| self.shared.not_leader())?
     }
 
+    /// Replaces the retention policy (the topic's config changed); the next retention check
+    /// applies it.
+    pub async fn set_retention(&self, retention: RetentionPolicy) {
+        let _ = self.addr.send(SetRetention(retention)).await;
+    }
+
     /// Stops the actor, answering its waiting requests with `reason`; with `remove_log`,
     /// removes the log from storage once the actor let go of it.
     pub async fn stop(&self, reason: ApiError, remove_log: bool) {
@@ -1182,6 +1188,21 @@ impl<S: LogStore> Handler<LeaderSuspected> for PartitionActor<S> {
 
     fn handle(&mut self, _message: LeaderSuspected, ctx: &mut Context<Self>) {
         self.run(ctx, Input::LeaderSuspected);
+    }
+}
+
+/// The topic's retention changed (`topic alter`).
+pub struct SetRetention(RetentionPolicy);
+
+impl Message for SetRetention {
+    type Result = ();
+}
+
+impl<S: LogStore> Handler<SetRetention> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, message: SetRetention, _ctx: &mut Context<Self>) {
+        self.retention = message.0;
     }
 }
 

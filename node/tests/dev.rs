@@ -859,3 +859,60 @@ fn reset_offsets_plans_by_default_and_moves_by_time_or_shift() {
     let produced: serde_json::Value = serde_json::from_str(&produced).unwrap();
     assert_eq!(produced["acknowledged"], 2);
 }
+
+/// `topic alter` adds partitions and sets or removes configs; `topic describe --configs`
+/// shows them with their source; refusals exit 2 and change nothing.
+#[test]
+fn topic_alter_adds_partitions_and_changes_configs() {
+    let dev = Dev::start(1);
+    let ok = |args: &[&str]| -> String {
+        let (status, stdout, stderr) = dev.cli(args, "");
+        assert!(status.success(), "cairn {args:?}: {stderr}");
+        stdout
+    };
+    let refused = |args: &[&str], says: &str| {
+        let (status, _, stderr) = dev.cli(args, "");
+        assert_eq!(status.code(), Some(2), "cairn {args:?}: {stderr}");
+        assert!(stderr.contains(says), "cairn {args:?}: {stderr}");
+    };
+    ok(&["topic", "create", "t", "-p", "1"]);
+    assert_eq!(
+        ok(&[
+            "topic",
+            "alter",
+            "t",
+            "-p",
+            "3",
+            "--config",
+            "retention.ms=60000"
+        ]),
+        "altered topic 't': 3 partitions\n"
+    );
+    let configs = ok(&["topic", "describe", "t", "--configs"]);
+    assert!(configs.contains("retention.ms     60000"), "{configs}");
+    assert!(configs.contains("retention.bytes  -"), "{configs}");
+    // The new partition takes records.
+    let (status, _, stderr) = dev.cli(&["produce", "t", "-p", "2"], "new\n");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        ok(&["consume", "t", "-p", "2", "-o", "beginning", "-e"]),
+        "new\n"
+    );
+
+    refused(&["topic", "alter", "t", "-p", "2"], "never removed");
+    refused(
+        &["topic", "alter", "t", "--config", "cleanup.policy=compact"],
+        "unknown config 'cleanup.policy'",
+    );
+    refused(
+        &["topic", "alter", "t", "--config", "retention.ms=soon"],
+        "whole number above 0",
+    );
+    refused(&["topic", "alter", "t"], "nothing to alter");
+    let described = ok(&["topic", "describe", "t"]);
+    assert!(described.contains("partitions=3"), "{described}");
+
+    ok(&["topic", "alter", "t", "--delete-config", "retention.ms"]);
+    let configs = ok(&["topic", "describe", "t", "--configs"]);
+    assert!(configs.contains("retention.ms     -"), "{configs}");
+}

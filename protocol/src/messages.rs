@@ -38,6 +38,7 @@ pub enum Request {
     DeleteGroup(DeleteGroupRequest),
     ResetGroupOffsets(ResetGroupOffsetsRequest),
     FindCoordinator(FindCoordinatorRequest),
+    AlterTopic(AlterTopicRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +62,7 @@ pub enum Response {
     DeleteGroup(DeleteGroupResponse),
     ResetGroupOffsets(ResetGroupOffsetsResponse),
     FindCoordinator(FindCoordinatorResponse),
+    AlterTopic(AlterTopicResponse),
 }
 
 impl Request {
@@ -86,6 +88,7 @@ impl Request {
             Request::DeleteGroup(_) => "DeleteGroup",
             Request::ResetGroupOffsets(_) => "ResetGroupOffsets",
             Request::FindCoordinator(_) => "FindCoordinator",
+            Request::AlterTopic(_) => "AlterTopic",
         }
     }
 }
@@ -113,6 +116,7 @@ impl Response {
             Response::DeleteGroup(_) => "DeleteGroup",
             Response::ResetGroupOffsets(_) => "ResetGroupOffsets",
             Response::FindCoordinator(_) => "FindCoordinator",
+            Response::AlterTopic(_) => "AlterTopic",
         }
     }
 }
@@ -202,6 +206,28 @@ pub struct CreateTopicRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateTopicResponse {
+    pub topic: TopicMetadata,
+}
+
+/// Adds partitions to a topic and/or changes its config (Kafka's CreatePartitions and
+/// IncrementalAlterConfigs in one request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterTopicRequest {
+    pub name: String,
+    /// The new partition count: at least the current one (partitions are never removed).
+    pub partitions: Option<u32>,
+    pub configs: Vec<ConfigChange>,
+}
+
+/// One config key set to a value, or (`value: None`) returned to the node's default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterTopicResponse {
     pub topic: TopicMetadata,
 }
 

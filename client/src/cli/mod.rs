@@ -1,7 +1,7 @@
 //! The client subcommands of the `cairn` binary (`topic`, `produce`, `consume`), a kcat for
 //! Cairn. The `node` crate's `main` flattens [`ClientCommand`] next to its own `node` command.
 //!
-//! - `topic create|list|describe|delete`: administration, through [`crate::Admin`].
+//! - `topic create|list|describe|alter|delete`: administration, through [`crate::Admin`].
 //! - `produce`: stdin lines to records, streamed through a [`crate::Producer`] (see
 //!   [`produce`]).
 //! - `consume`: records to stdout in a kcat-style [`format::OutputFormat`] (see [`consume`]).
@@ -18,7 +18,7 @@ pub mod format;
 pub mod group;
 pub mod produce;
 
-use crate::{Admin, ClientConfig, ClientError, TopicConfig};
+use crate::{Admin, ClientConfig, ClientError, ConfigChange, TopicConfig};
 use cairn_protocol::ApiError;
 use clap::{Args, Subcommand};
 
@@ -99,9 +99,53 @@ pub enum TopicCommand {
         internal: bool,
     },
     /// Show a topic's partitions: leader, replicas, epoch, log start, high watermark, log end.
-    Describe { name: String },
+    Describe {
+        name: String,
+        /// Show the topic's configs instead: key, value, and whether the topic sets it or
+        /// the node's default applies.
+        #[arg(long)]
+        configs: bool,
+    },
+    /// Add partitions to a topic, or change its configs (retention.ms, retention.bytes).
+    Alter {
+        name: String,
+        /// The new number of partitions: more than now (partitions are never removed; keys
+        /// then map to other partitions, as in Kafka).
+        #[arg(short, long)]
+        partitions: Option<u32>,
+        /// Set a config, `key=value` (repeatable): retention.ms, retention.bytes.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
+        configs: Vec<(String, String)>,
+        /// Return a config to the node's default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
+}
+
+fn parse_config(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// The `topic describe --configs` output: one row per known key.
+pub fn configs_table(config: &TopicConfig) -> String {
+    let rows = [
+        ("retention.ms", config.retention_ms),
+        ("retention.bytes", config.retention_bytes),
+    ];
+    let mut out = format!("{:<16} {:<20} SOURCE\n", "CONFIG", "VALUE");
+    for (key, value) in rows {
+        let (value, source) = match value {
+            Some(value) => (value.to_string(), "topic"),
+            None => ("-".to_owned(), "node default (retention.* in its config)"),
+        };
+        out.push_str(&format!("{key:<16} {value:<20} {source}\n"));
+    }
+    out
 }
 
 /// The client configuration the CLI uses for `connection`.
@@ -206,11 +250,46 @@ async fn run_topic(
                 }
             }
         }
-        TopicCommand::Describe { name } => {
+        TopicCommand::Describe { name, configs } => {
             let topic = admin.describe_topic(&name).await?;
+            match (output, configs) {
+                (Output::Json, false) => print_json(&topic),
+                (Output::Json, true) => print_json(&topic.config),
+                (Output::Text, false) => print!("{}", describe_table(&topic)),
+                (Output::Text, true) => print!("{}", configs_table(&topic.config)),
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            partitions,
+            configs,
+            delete_configs,
+        } => {
+            if partitions.is_none() && configs.is_empty() && delete_configs.is_empty() {
+                return Err(ClientError::invalid(
+                    "nothing to alter: give --partitions, --config or --delete-config",
+                ));
+            }
+            let changes: Vec<ConfigChange> = configs
+                .into_iter()
+                .map(|(key, value)| ConfigChange {
+                    key,
+                    value: Some(value),
+                })
+                .chain(
+                    delete_configs
+                        .into_iter()
+                        .map(|key| ConfigChange { key, value: None }),
+                )
+                .collect();
+            let topic = admin.alter_topic(&name, partitions, changes).await?;
             match output {
                 Output::Json => print_json(&topic),
-                Output::Text => print!("{}", describe_table(&topic)),
+                Output::Text => println!(
+                    "altered topic '{}': {}",
+                    topic.name,
+                    cairn_protocol::error::plural(topic.partitions.len() as u64, "partition")
+                ),
             }
         }
         TopicCommand::Delete { name } => {

@@ -19,6 +19,7 @@
 //! `first_request_timeout_ms` and `connection_idle_timeout_ms`, and a client that reads no
 //! reply by `reply_write_timeout_ms` (closing it gives back the budget its replies hold).
 
+mod alter_topic;
 mod budget;
 mod cluster_status;
 mod create_topic;
@@ -472,6 +473,7 @@ fn lists_cluster_state(request: &Request) -> bool {
         | Request::ResetGroupOffsets(_) => true,
         Request::Handshake(_)
         | Request::CreateTopic(_)
+        | Request::AlterTopic(_)
         | Request::DeleteTopic(_)
         | Request::Produce(_)
         | Request::Fetch(_)
@@ -504,6 +506,7 @@ async fn dispatch<S: LogStore>(
         Request::Metadata(request) => metadata::handle(broker, request),
         Request::CreateTopic(request) => create_topic::handle(broker, request).await,
         Request::DeleteTopic(request) => delete_topic::handle(broker, request).await,
+        Request::AlterTopic(request) => alter_topic::handle(broker, request).await,
         Request::ListTopics(request) => list_topics::handle(broker, request),
         Request::DescribeTopic(request) => describe_topic::handle(broker, request),
         Request::Fetch(_) => {
