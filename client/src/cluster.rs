@@ -46,6 +46,10 @@ pub(crate) struct Cluster {
     /// Group id to the address of its coordinator, as `FindCoordinator` last said. An entry
     /// is dropped on `NotCoordinator` or a transport failure, so the next call asks again.
     coordinators: Mutex<HashMap<String, String>>,
+    /// A connection to some broker was made once. Until then, brokers that cannot be
+    /// reached are retried only for `connect_timeout_ms`, not the whole request timeout:
+    /// a wrong bootstrap address fails fast instead of after 30 s.
+    reached: AtomicBool,
 }
 
 impl Cluster {
@@ -65,6 +69,7 @@ impl Cluster {
             refresh_lock: tokio::sync::Mutex::new(()),
             next_any: AtomicUsize::new(0),
             coordinators: Mutex::new(HashMap::new()),
+            reached: AtomicBool::new(false),
         }))
     }
 
@@ -101,6 +106,7 @@ impl Cluster {
         }
         *slot = None;
         let connection = Connection::connect(address, &self.config).await?;
+        self.reached.store(true, Ordering::Relaxed);
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -297,6 +303,11 @@ impl Cluster {
             }
             if error.needs_metadata_refresh() {
                 self.invalidate();
+            }
+            let never_reached = matches!(error, ClientError::Connect { .. })
+                && !self.reached.load(Ordering::Relaxed);
+            if never_reached && started.elapsed() >= self.config.connect_timeout() {
+                return Err(error);
             }
             let backoff = self.config.backoff(attempts);
             if Instant::now() + backoff >= deadline {

@@ -15,7 +15,9 @@ pub struct ClientConfig {
     pub client_id: String,
     /// How long one request may wait for its reply before the connection is presumed dead.
     pub request_timeout_ms: u64,
-    /// How long establishing a connection (TCP plus handshake) may take.
+    /// How long establishing a connection (TCP plus handshake) may take. Until a first
+    /// broker was reached, also how long unreachable brokers are retried before a request
+    /// fails with the connect error (a wrong bootstrap address fails fast).
     pub connect_timeout_ms: u64,
     /// Requests waiting for replies on one connection; further requests wait for a slot
     /// (backpressure). The server's own limit (learned in the handshake) caps this.
@@ -84,6 +86,10 @@ impl ClientConfig {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
 
     /// Backoff before retry number `attempt` (0-based): exponential, capped.

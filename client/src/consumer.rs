@@ -227,6 +227,35 @@ impl Drop for Consumer {
     }
 }
 
+/// How long one `poll` under [`Consumer::stream`] waits before it polls again (the stream
+/// itself waits for as long as it takes).
+const STREAM_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// [`Consumer::stream`]'s state: the consumer and the records polled but not yet yielded.
+struct StreamState<'a> {
+    consumer: &'a mut Consumer,
+    pending: VecDeque<ConsumerRecord>,
+}
+
+impl Drop for StreamState<'_> {
+    /// Records polled but never yielded go back: each partition's position returns to the
+    /// first of them.
+    fn drop(&mut self) {
+        let mut first: BTreeMap<TopicPartition, Offset> = BTreeMap::new();
+        for record in &self.pending {
+            first
+                .entry(TopicPartition {
+                    topic: Arc::clone(&record.topic),
+                    partition: record.partition,
+                })
+                .or_insert(record.offset);
+        }
+        for (partition, offset) in first {
+            self.consumer.set_position(&partition, offset);
+        }
+    }
+}
+
 impl Consumer {
     /// A consumer for the cluster `config` names. Connects lazily.
     pub fn new(client: ClientConfig, config: ConsumerConfig) -> Result<Consumer> {
@@ -717,6 +746,30 @@ impl Consumer {
             Response::ListOffsets(reply) => Ok(reply.offset),
             other => Err(unexpected("ListOffsets", &other)),
         }
+    }
+
+    /// The records as a [`futures::Stream`], one item per record in `poll` order, as
+    /// rdkafka's `StreamConsumer` gives them: `while let Some(record) = stream.next().await`.
+    /// It never ends by itself; an error is an item too (the next item polls again). Dropping
+    /// the stream with records polled but not yet yielded moves their partitions back to the
+    /// first of them, so nothing is skipped (and `commit_sync` afterwards commits only what
+    /// was yielded).
+    pub fn stream(&mut self) -> impl futures::Stream<Item = Result<ConsumerRecord>> + '_ {
+        let state = StreamState {
+            consumer: self,
+            pending: VecDeque::new(),
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            loop {
+                if let Some(record) = state.pending.pop_front() {
+                    return Some((Ok(record), state));
+                }
+                match state.consumer.poll(STREAM_POLL_WAIT).await {
+                    Ok(records) => state.pending.extend(records),
+                    Err(error) => return Some((Err(error), state)),
+                }
+            }
+        })
     }
 
     /// Returns the next records, waiting up to `timeout` for some to arrive. An empty vector

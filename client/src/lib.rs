@@ -63,11 +63,17 @@ pub mod producer;
 pub mod cli;
 
 pub use admin::Admin;
+// Every type the public API takes or returns, so no caller needs `cairn-protocol` itself.
+pub use cairn_protocol::group::{
+    CommittedOffset, CommittedPartitionOffset, DescribeGroupResponse, GroupListing, GroupState,
+    MemberDescription, MemberEpoch, OffsetResetTarget, TopicPartitions,
+};
 pub use cairn_protocol::messages::{
-    ClusterStatusResponse, ConfigChange, DescribeTopicResponse, PartitionDescription, TopicConfig,
+    BrokerInfo, ClusterStatusResponse, ConfigChange, DescribeTopicResponse, Liveness, NodeStatus,
+    OffsetSpec, PartitionDescription, PartitionMetadata, PartitionStatus, TopicConfig,
     TopicMetadata, TopicSummary,
 };
-pub use cairn_protocol::{Acks, ApiError, Header, Offset, Record};
+pub use cairn_protocol::{Acks, ApiError, Epoch, Header, NodeId, Offset, Record};
 pub use config::{AutoOffsetReset, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerRecord, SeekTo, TopicPartition};

@@ -862,3 +862,73 @@ async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch(
     assert_eq!(next.offset, Some(Offset(1)));
     assert_eq!(stored_values(&server, "t", 0), vec!["a", "c"]);
 }
+
+/// A client whose bootstrap brokers cannot be reached fails with the connect error once
+/// `connect_timeout_ms` passed, not at the end of the (much longer) request timeout it
+/// would wait for a broker that once answered.
+#[tokio::test]
+async fn an_unreachable_bootstrap_fails_within_the_connect_timeout() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let client = ClientConfig {
+        request_timeout_ms: 60_000,
+        connect_timeout_ms: 300,
+        ..ClientConfig::new(&closed).unwrap()
+    };
+    let started = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        Producer::new(client.clone(), ProducerConfig::default()),
+    )
+    .await
+    .expect("bounded by the connect timeout, not the request timeout");
+    assert!(
+        matches!(started, Err(ClientError::Connect { ref address, .. }) if *address == closed),
+        "{:?}",
+        started.err()
+    );
+    let admin = Admin::new(client).unwrap();
+    let listed = tokio::time::timeout(std::time::Duration::from_secs(30), admin.list_topics())
+        .await
+        .expect("bounded by the connect timeout");
+    assert!(
+        matches!(listed, Err(ClientError::Connect { .. })),
+        "{listed:?}"
+    );
+}
+
+/// `Consumer::stream` yields every record once, in order; dropping it mid-batch gives the
+/// records polled but not yielded back to the consumer, so nothing is skipped.
+#[tokio::test]
+async fn a_stream_yields_records_in_order_and_gives_back_what_it_did_not_yield() {
+    use futures::StreamExt;
+    let server = TestServer::start().await;
+    server.create_topic("t", 1);
+    fill(&server, "t", 0, 10, 1_000).await;
+    let mut consumer = consumer(
+        &server,
+        ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer.assign_topic("t").await.unwrap();
+    let first: Vec<ConsumerRecord> = tokio::time::timeout(
+        Duration::from_secs(10),
+        consumer
+            .stream()
+            .take(3)
+            .map(|record| record.unwrap())
+            .collect(),
+    )
+    .await
+    .expect("records arrive");
+    let offsets: Vec<u64> = first.iter().map(|record| record.offset.0).collect();
+    assert_eq!(offsets, vec![0, 1, 2]);
+    // The stream polled all ten at once (one small batch each): seven went back.
+    assert_eq!(consumer.position("t", 0), Some(Offset(3)));
+    let rest = poll_until(&mut consumer, 7).await;
+    let offsets: Vec<u64> = rest.iter().map(|record| record.offset.0).collect();
+    assert_eq!(offsets, (3..10).collect::<Vec<_>>());
+}
