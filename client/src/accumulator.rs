@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 /// Where the record was sent and what the leader made of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
+    /// The topic it was sent to.
     pub topic: Arc<str>,
+    /// The partition it went to (chosen by key, stickily, or named by `send_to`).
     pub partition: u32,
     /// The record's offset. `None` with `Acks::None`: the leader answers before writing, so
     /// no offset is known (the record may even be lost).

@@ -74,6 +74,18 @@ impl Admin {
     /// Grows `name` to `partitions` partitions (never fewer; `None` keeps them) and applies
     /// config changes (`retention.ms`, `retention.bytes`; a `None` value returns a key to the
     /// node's default). Returns the topic's metadata after the change.
+    ///
+    /// ```no_run
+    /// use cairn_client::{Admin, ClientConfig, ConfigChange};
+    ///
+    /// # async fn run() -> cairn_client::error::Result<()> {
+    /// let admin = Admin::new(ClientConfig::new("127.0.0.1:7171")?)?;
+    /// let week = ConfigChange { key: "retention.ms".into(), value: Some("604800000".into()) };
+    /// let topic = admin.alter_topic("orders", Some(12), vec![week]).await?;
+    /// assert_eq!(topic.partitions.len(), 12);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn alter_topic(
         &self,
         name: &str,
@@ -95,6 +107,7 @@ impl Admin {
         }
     }
 
+    /// Deletes `name` and its data (`UnknownTopic` if there is no such topic).
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let reply = self
             .cluster

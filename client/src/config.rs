@@ -59,6 +59,7 @@ impl ClientConfig {
         })
     }
 
+    /// Refuses settings that cannot work (`InvalidArgument`, naming the setting).
     pub fn validate(&self) -> Result<()> {
         if self.bootstrap.is_empty() {
             return Err(ClientError::invalid("the bootstrap list is empty"));
@@ -188,6 +189,7 @@ impl ProducerConfig {
         self.enable_idempotence && self.acks == Acks::All
     }
 
+    /// Refuses settings that cannot work (`InvalidArgument`, naming the setting).
     pub fn validate(&self) -> Result<()> {
         if self.batch_bytes_max < cairn_protocol::batch::HEADER_BYTES + 16 {
             return Err(ClientError::invalid(
@@ -263,9 +265,11 @@ pub struct ConsumerConfig {
     pub fetch_partition_max_bytes: u32,
     /// How long the leader may hold a fetch waiting for `fetch_min_bytes`.
     pub fetch_max_wait_ms: u32,
+    /// Bytes a fetch waits for (up to `fetch_max_wait_ms`) before the leader answers.
     pub fetch_min_bytes: u32,
     /// Records one `poll` returns at most; the rest stay buffered for the next poll.
     pub max_poll_records: usize,
+    /// Where a partition without a committed offset (or whose position left the log) starts.
     pub auto_offset_reset: AutoOffsetReset,
     /// Group members only ([`crate::Consumer::subscribe`]): a static instance id. A restart
     /// with the same id within the session timeout gets its partitions back without a
@@ -289,6 +293,7 @@ pub struct ConsumerConfig {
     /// (at-least-once only if the application processes each batch before its next `poll`).
     /// Cairn prefers explicit `commit_sync` / `commit_async` after processing.
     pub enable_auto_commit: bool,
+    /// With `enable_auto_commit`: how often positions are committed.
     pub auto_commit_interval_ms: u64,
 }
 
@@ -312,6 +317,7 @@ impl Default for ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// Refuses settings that cannot work (`InvalidArgument`, naming the setting).
     pub fn validate(&self) -> Result<()> {
         if self.fetch_max_bytes == 0 || self.fetch_partition_max_bytes == 0 {
             return Err(ClientError::invalid("fetch byte limits must be above 0"));

@@ -221,6 +221,7 @@ impl Connection {
         })
     }
 
+    /// The broker address this connection goes to.
     pub fn address(&self) -> &str {
         &self.shared.address
     }
@@ -235,6 +236,7 @@ impl Connection {
         self.shared.limits
     }
 
+    /// Whether the connection broke (or was closed); a new one must be made.
     pub fn is_closed(&self) -> bool {
         self.shared
             .state

@@ -128,12 +128,19 @@ impl RecordBuffer {
 /// One record as the consumer returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
+    /// The topic it was read from.
     pub topic: Arc<str>,
+    /// Its partition.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: Offset,
+    /// The producer's timestamp (ms since the Unix epoch).
     pub timestamp_ms: i64,
+    /// The key, if the producer gave one.
     pub key: Option<Bytes>,
+    /// The value.
     pub value: Bytes,
+    /// Headers, in the order the producer set them.
     pub headers: Vec<Header>,
 }
 
@@ -144,6 +151,7 @@ pub enum SeekTo {
     Earliest,
     /// The high watermark: the next record to be committed.
     Latest,
+    /// This offset (a later fetch outside the log resets it by `auto_offset_reset`).
     Offset(Offset),
     /// The first record whose timestamp is at or after this many ms since the Unix epoch
     /// (the high watermark when there is none).
@@ -153,11 +161,14 @@ pub enum SeekTo {
 /// A partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
+    /// The topic's name.
     pub topic: Arc<str>,
+    /// The partition number, from 0.
     pub partition: u32,
 }
 
 impl TopicPartition {
+    /// `topic`/`partition`.
     pub fn new(topic: &str, partition: u32) -> TopicPartition {
         TopicPartition {
             topic: Arc::from(topic),
@@ -570,6 +581,7 @@ impl Consumer {
             .retain(|record| !paused.contains(&TopicPartition::of(record)));
     }
 
+    /// Fetches paused partitions again, from their positions.
     pub fn resume(&mut self, partitions: &[TopicPartition]) {
         for partition in partitions {
             self.paused.remove(partition);
@@ -754,12 +766,29 @@ impl Consumer {
     /// the stream with records polled but not yet yielded moves their partitions back to the
     /// first of them, so nothing is skipped (and `commit_sync` afterwards commits only what
     /// was yielded).
-    pub fn stream(&mut self) -> impl futures::Stream<Item = Result<ConsumerRecord>> + '_ {
+    ///
+    /// ```no_run
+    /// use cairn_client::{ClientConfig, Consumer, ConsumerConfig};
+    /// use futures::StreamExt;
+    ///
+    /// # async fn run() -> cairn_client::error::Result<()> {
+    /// let mut consumer = Consumer::new(ClientConfig::new("127.0.0.1:7171")?, ConsumerConfig::default())?;
+    /// consumer.subscribe(&["orders"], "billing").await?;
+    /// let mut records = consumer.stream();
+    /// while let Some(record) = records.next().await {
+    ///     let record = record?;
+    ///     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stream(&mut self) -> futures::stream::BoxStream<'_, Result<ConsumerRecord>> {
         let state = StreamState {
             consumer: self,
             pending: VecDeque::new(),
         };
-        futures::stream::unfold(state, |mut state| async move {
+        // Boxed (pinned), so `next()` works on it without pinning it first.
+        Box::pin(futures::stream::unfold(state, |mut state| async move {
             loop {
                 if let Some(record) = state.pending.pop_front() {
                     return Some((Ok(record), state));
@@ -769,7 +798,7 @@ impl Consumer {
                     Err(error) => return Some((Err(error), state)),
                 }
             }
-        })
+        }))
     }
 
     /// Returns the next records, waiting up to `timeout` for some to arrive. An empty vector

@@ -13,38 +13,79 @@ pub enum ClientError {
     Api(#[from] ApiError),
     /// No TCP connection (or no handshake) could be made to `address`.
     #[error("cannot connect to {address}: {reason}")]
-    Connect { address: String, reason: String },
+    Connect {
+        /// The broker address tried.
+        address: String,
+        /// What the operating system or the handshake said.
+        reason: String,
+    },
     /// The connection broke while the request was pending; it may or may not have been
     /// executed (for a produce: the batch may have been written).
     #[error("connection to {address} lost: {reason}")]
-    ConnectionLost { address: String, reason: String },
+    ConnectionLost {
+        /// The broker the connection went to.
+        address: String,
+        /// Why it broke.
+        reason: String,
+    },
     /// No reply within the request timeout; the request may or may not have been executed.
     #[error("request to {address} timed out after {waited_ms} ms")]
-    RequestTimeout { address: String, waited_ms: u64 },
+    RequestTimeout {
+        /// The broker the request went to.
+        address: String,
+        /// How long the request waited.
+        waited_ms: u64,
+    },
     /// Retries went on until the delivery timeout; `last` is the last failure seen.
     #[error("gave up after {waited_ms} ms: {last}")]
     DeliveryTimeout {
+        /// How long the retries went on.
         waited_ms: u64,
+        /// The last failure, the reason the request did not succeed.
         last: Box<ClientError>,
     },
     /// The cluster knows the partition but reports no leader for it right now.
     #[error("partition {topic}/{partition} has no leader right now")]
-    LeaderNotAvailable { topic: String, partition: u32 },
+    LeaderNotAvailable {
+        /// The topic.
+        topic: String,
+        /// The partition without a leader.
+        partition: u32,
+    },
     /// The leader named by metadata is not among the brokers metadata listed.
     #[error("node {node_id} is not in the cluster metadata")]
-    UnknownBroker { node_id: u32 },
+    UnknownBroker {
+        /// The node id metadata named.
+        node_id: u32,
+    },
     /// The request would not fit in one frame of the server's maximum size.
     #[error("request of {size} bytes exceeds the server's frame maximum of {max}")]
-    RequestTooLarge { size: u64, max: u64 },
+    RequestTooLarge {
+        /// The encoded request's size in bytes.
+        size: u64,
+        /// The server's frame limit in bytes.
+        max: u64,
+    },
     /// A record larger than the whole producer buffer can never be admitted.
     #[error("record of {size} bytes exceeds the producer buffer of {max} bytes")]
-    RecordTooLarge { size: u64, max: u64 },
+    RecordTooLarge {
+        /// The record's encoded size in bytes.
+        size: u64,
+        /// The producer's buffer in bytes (`ProducerConfig::buffer_bytes_max`).
+        max: u64,
+    },
     /// The server sent something this client cannot make sense of.
     #[error("protocol error: {reason}")]
-    Protocol { reason: String },
+    Protocol {
+        /// What was wrong with it.
+        reason: String,
+    },
     /// Invalid argument or configuration, refused before anything was sent.
     #[error("invalid argument: {reason}")]
-    InvalidArgument { reason: String },
+    InvalidArgument {
+        /// Which argument, and what is allowed.
+        reason: String,
+    },
     /// The producer or consumer was closed while the call waited.
     #[error("client closed")]
     Closed,
@@ -105,6 +146,7 @@ impl ClientError {
     }
 }
 
+/// The result of every client call.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 #[cfg(test)]

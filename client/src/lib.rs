@@ -47,6 +47,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod accumulator;
 pub mod admin;
 mod cluster;
@@ -59,7 +61,10 @@ mod idempotence;
 pub mod partitioner;
 pub mod producer;
 
+/// The client subcommands of the `cairn` binary; not an API for applications.
 #[cfg(feature = "cli")]
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod cli;
 
 pub use admin::Admin;
