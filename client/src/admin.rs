@@ -12,7 +12,7 @@ use cairn_protocol::group::{
 use cairn_protocol::messages::{
     AlterTopicRequest, ClusterStatusRequest, ClusterStatusResponse, ConfigChange,
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse,
-    ListOffsetsRequest, ListTopicsRequest, OffsetSpec, TopicConfig, TopicMetadata, TopicSummary,
+    ListTopicsRequest, OffsetSpec, TopicConfig, TopicMetadata, TopicSummary,
 };
 use cairn_protocol::{NodeId, Offset, Request, Response};
 use std::collections::HashMap;
@@ -316,20 +316,7 @@ impl Admin {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<Offset> {
-        let deadline = Instant::now() + self.cluster.config().request_timeout();
-        let request = Request::ListOffsets(ListOffsetsRequest {
-            topic: topic.to_owned(),
-            partition,
-            spec,
-        });
-        match self
-            .cluster
-            .call_leader(topic, partition, request, deadline)
-            .await?
-        {
-            Response::ListOffsets(reply) => Ok(reply.offset),
-            other => Err(unexpected("ListOffsets", &other)),
-        }
+        self.cluster.list_offset(topic, partition, spec).await
     }
 
     /// Deletes an empty group and its committed offsets (`GroupNotEmpty` while it has

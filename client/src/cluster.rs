@@ -10,8 +10,10 @@ use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 use cairn_protocol::group::FindCoordinatorRequest;
-use cairn_protocol::messages::{MetadataRequest, PartitionMetadata, TopicMetadata};
-use cairn_protocol::{ApiError, NodeId, Request, Response};
+use cairn_protocol::messages::{
+    ListOffsetsRequest, MetadataRequest, OffsetSpec, PartitionMetadata, TopicMetadata,
+};
+use cairn_protocol::{ApiError, NodeId, Offset, Request, Response};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -360,6 +362,28 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// An offset of a partition from its leader (`ListOffsets`), within the request timeout.
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<Offset> {
+        let deadline = Instant::now() + self.config.request_timeout();
+        let request = Request::ListOffsets(ListOffsetsRequest {
+            topic: topic.to_owned(),
+            partition,
+            spec,
+        });
+        match self
+            .call_leader(topic, partition, request, deadline)
+            .await?
+        {
+            Response::ListOffsets(reply) => Ok(reply.offset),
+            other => Err(unexpected("ListOffsets", &other)),
+        }
     }
 
     /// Sends a request to the leader of `topic`/`partition`, retrying retriable failures until

@@ -21,9 +21,7 @@ use crate::group::{self, MemberState, RebalanceListener, Subscription};
 use bytes::Bytes;
 use cairn_protocol::batch::split_batches;
 use cairn_protocol::group::{validate_group_id, OffsetFetchRequest};
-use cairn_protocol::messages::{
-    FetchPartition, FetchRequest, FetchedRecords, ListOffsetsRequest, OffsetSpec,
-};
+use cairn_protocol::messages::{FetchPartition, FetchRequest, FetchedRecords, OffsetSpec};
 use cairn_protocol::{ApiError, Header, NodeId, Offset, Request, Response};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -740,24 +738,7 @@ impl Consumer {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<Offset> {
-        let deadline = Instant::now() + self.cluster.config().request_timeout();
-        let reply = self
-            .cluster
-            .call_leader(
-                topic,
-                partition,
-                Request::ListOffsets(ListOffsetsRequest {
-                    topic: topic.to_owned(),
-                    partition,
-                    spec,
-                }),
-                deadline,
-            )
-            .await?;
-        match reply {
-            Response::ListOffsets(reply) => Ok(reply.offset),
-            other => Err(unexpected("ListOffsets", &other)),
-        }
+        self.cluster.list_offset(topic, partition, spec).await
     }
 
     /// The records as a [`futures::Stream`], one item per record in `poll` order, as

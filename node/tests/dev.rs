@@ -607,11 +607,7 @@ fn dev_refuses_a_data_directory_made_for_another_node_count() {
 #[test]
 fn consume_starts_where_kcat_would_and_prints_json_lines() {
     let dev = Dev::start(1);
-    let ok = |args: &[&str], stdin: &str| -> String {
-        let (status, stdout, stderr) = dev.cli(args, stdin);
-        assert!(status.success(), "cairn {args:?}: {stderr}");
-        stdout
-    };
+    let ok = |args: &[&str], stdin: &str| dev.cli_ok(args, stdin);
     ok(&["topic", "create", "t", "-p", "1"], "");
     // Offset 0 is the first leader's epoch marker: a..e are offsets 1 to 5.
     ok(&["produce", "t", "-K", ":"], "k1:a\nb\nc\nd\ne\n");
@@ -747,11 +743,7 @@ fn produce_reads_files_cut_at_a_delimiter_with_given_timestamps() {
 #[test]
 fn reset_offsets_plans_by_default_and_moves_by_time_or_shift() {
     let dev = Dev::start(1);
-    let ok = |args: &[&str], stdin: &str| -> String {
-        let (status, stdout, stderr) = dev.cli(args, stdin);
-        assert!(status.success(), "cairn {args:?}: {stderr}");
-        stdout
-    };
+    let ok = |args: &[&str], stdin: &str| dev.cli_ok(args, stdin);
     let committed = || -> String {
         let described = ok(&["group", "describe", "g"], "");
         let row = described
@@ -865,11 +857,7 @@ fn reset_offsets_plans_by_default_and_moves_by_time_or_shift() {
 #[test]
 fn topic_alter_adds_partitions_and_changes_configs() {
     let dev = Dev::start(1);
-    let ok = |args: &[&str]| -> String {
-        let (status, stdout, stderr) = dev.cli(args, "");
-        assert!(status.success(), "cairn {args:?}: {stderr}");
-        stdout
-    };
+    let ok = |args: &[&str]| dev.cli_ok(args, "");
     let refused = |args: &[&str], says: &str| {
         let (status, _, stderr) = dev.cli(args, "");
         assert_eq!(status.code(), Some(2), "cairn {args:?}: {stderr}");

@@ -251,6 +251,39 @@ fn send_frame_or_stop(stream: &mut TcpStream, payload: &[u8]) -> bool {
     stream.write_all(&frame).is_ok()
 }
 
+/// A node with 4 MiB frames, 8 MiB connection and 40 MiB node fetch budgets (plus `settings`,
+/// `key=value`), holding topic "big": 4.5 MiB in batches of one 500 KiB record each.
+fn node_with_big_records(settings: &[&str]) -> (TestNode, &'static str) {
+    let mut args = vec![
+        "--set",
+        "limits.frame_bytes_max=4194304",
+        "--set",
+        "limits.batch_bytes_max=1048576",
+        "--set",
+        "limits.record_bytes_max=524288",
+        "--set",
+        "replica.append_message_bytes_max=1048576",
+        "--set",
+        "limits.requests_in_flight_max=256",
+        "--set",
+        "limits.connection_outbound_bytes_max=8388608",
+        "--set",
+        "limits.fetch_reply_bytes_max=41943040",
+    ];
+    for setting in settings {
+        args.extend(["--set", setting]);
+    }
+    let node = start(&args);
+    let topic = "big";
+    let mut writer = node.wire();
+    writer.create_topic(topic, 1).unwrap();
+    let value = vec![b'x'; 500 * 1024];
+    for _ in 0..9 {
+        writer.produce(topic, 0, &[&value]).unwrap();
+    }
+    (node, topic)
+}
+
 /// `connections` connections from `source` that each pipeline up to `fetches_each` fetches of
 /// 4 MiB from `topic` and never read a reply; each has a small receive buffer, so the node's
 /// writes stall once its own send buffer is full. A connection stops sending when the socket
@@ -310,33 +343,7 @@ fn unread_fetches(
 /// reads no reply for `reply_write_timeout_ms` is closed, giving its budget back.
 #[test]
 fn unread_fetch_replies_are_bounded_per_connection_and_node_wide() {
-    let node = start(&[
-        "--set",
-        "limits.frame_bytes_max=4194304",
-        "--set",
-        "limits.batch_bytes_max=1048576",
-        "--set",
-        "limits.record_bytes_max=524288",
-        "--set",
-        "replica.append_message_bytes_max=1048576",
-        "--set",
-        "limits.requests_in_flight_max=256",
-        "--set",
-        "limits.connection_outbound_bytes_max=8388608",
-        "--set",
-        "limits.fetch_reply_bytes_max=41943040",
-        "--set",
-        "limits.reply_write_timeout_ms=3000",
-    ]);
-    let topic = "big";
-    let mut writer = node.wire();
-    writer.create_topic(topic, 1).unwrap();
-    // 4.5 MiB in batches of one 500 KiB record each.
-    let value = vec![b'x'; 500 * 1024];
-    for _ in 0..9 {
-        writer.produce(topic, 0, &[&value]).unwrap();
-    }
-    drop(writer);
+    let (node, topic) = node_with_big_records(&["limits.reply_write_timeout_ms=3000"]);
     round_trip_on(&node, topic, "before");
     let baseline = node.memory_kib().0 / 1024;
 
@@ -693,34 +700,10 @@ fn a_slowloris_after_its_first_request_is_cut_at_the_idle_timeout() {
 /// in full meanwhile (a fetch that waited would end in the test's 20 s read timeout).
 #[test]
 fn one_address_cannot_take_the_whole_fetch_budget() {
-    let node = start(&[
-        "--set",
-        "limits.frame_bytes_max=4194304",
-        "--set",
-        "limits.batch_bytes_max=1048576",
-        "--set",
-        "limits.record_bytes_max=524288",
-        "--set",
-        "replica.append_message_bytes_max=1048576",
-        "--set",
-        "limits.requests_in_flight_max=256",
-        "--set",
-        "limits.connection_outbound_bytes_max=8388608",
-        "--set",
-        "limits.fetch_reply_bytes_max=41943040",
-        "--set",
+    let (node, topic) = node_with_big_records(&[
         "limits.fetch_reply_bytes_per_address_max=16777216",
-        "--set",
         "limits.reply_write_timeout_ms=120000",
     ]);
-    let topic = "big";
-    let mut writer = node.wire();
-    writer.create_topic(topic, 1).unwrap();
-    let value = vec![b'x'; 500 * 1024];
-    for _ in 0..9 {
-        writer.produce(topic, 0, &[&value]).unwrap();
-    }
-    drop(writer);
     let baseline = node.memory_kib().0 / 1024;
     // Eight connections of 8 MiB each could hold 64 MiB: more than the node's 40.
     let attackers = unread_fetches(&node, topic, "127.0.0.1", 8, 64);
