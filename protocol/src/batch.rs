@@ -82,7 +82,8 @@ pub enum BatchError {
     #[error("record {index} is malformed: {reason}")]
     BadRecord { index: u32, reason: &'static str },
     #[error("batch declares {declared} records but holds {actual}")]
-    CountMismatch { declared: u32, actual: u32 },
+    /// `actual` is wider than a count: a header's `last_offset_delta + 1` reaches 2^32.
+    CountMismatch { declared: u32, actual: u64 },
     #[error("batch holds no records")]
     Empty,
     #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
@@ -457,7 +458,7 @@ impl RecordBatch {
         if header.last_offset_delta != header.record_count - 1 {
             return Err(BatchError::CountMismatch {
                 declared: header.record_count,
-                actual: header.last_offset_delta + 1,
+                actual: u64::from(header.last_offset_delta) + 1,
             });
         }
         let record_bytes = batch.bytes.len() - HEADER_BYTES;
@@ -493,7 +494,7 @@ impl RecordBatch {
         if actual != header.record_count {
             return Err(BatchError::CountMismatch {
                 declared: header.record_count,
-                actual,
+                actual: u64::from(actual),
             });
         }
         if max_timestamp_ms != header.max_timestamp_ms {
@@ -1046,6 +1047,22 @@ mod tests {
             RecordBatch::validate(forge(&forged, 0)),
             Err(BatchError::CountMismatch { declared: 3, .. })
         ));
+    }
+
+    /// Found by the `record_batch` fuzz target: a last offset delta of `u32::MAX` overflowed
+    /// `last_offset_delta + 1` while the refusal was being written, a panic in any build with
+    /// overflow checks and a refusal claiming 0 records in the release build.
+    #[test]
+    fn a_last_offset_delta_of_u32_max_is_refused_without_overflow() {
+        let mut forged = honest(3);
+        forged.last_offset_delta = u32::MAX;
+        assert_eq!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::CountMismatch {
+                declared: 3,
+                actual: 1 << 32,
+            })
+        );
     }
 
     #[test]
