@@ -59,15 +59,17 @@ for target in "${targets[@]}"; do
         -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=1024 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1 || status=$?
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
-    coverage="$(grep -o 'cov: [0-9]*' "$log" | tail -1)"
+    coverage="$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)"
     if [ "$status" -eq 0 ]; then
         echo "$target: ${runs:-?} executions in ${seconds} s, ${coverage:-cov: ?} edges, no crash"
     else
         failed+=("$target")
         echo "$target: FAILED after ${runs:-?} executions (libFuzzer exit $status); its report:"
-        grep -v -E '^(#[0-9]|INFO:|Dictionary|"|###### )' "$log" | tail -40
-        for artifact in "$artifacts"/*; do
-            [ -e "$artifact" ] && echo "replay: $binaries/$target $artifact"
+        # Without a sanitizer libFuzzer warns that it lacks the sanitizer's hooks: noise.
+        grep -v -E '^(#[0-9]|INFO:|Dictionary|"|###### |WARNING: Failed to find function)' "$log" \
+            | tail -40
+        sed -n 's/.*Test unit written to //p' "$log" | while read -r artifact; do
+            echo "replay: $binaries/$target $artifact"
         done
     fi
     rm -f "$log"
