@@ -240,7 +240,24 @@ fn requests() -> Vec<RequestFrame> {
         Request::FindCoordinator(FindCoordinatorRequest {
             group_id: "billing".into(),
         }),
+        Request::AlterTopic(AlterTopicRequest {
+            name: "orders".into(),
+            partitions: Some(6),
+            configs: vec![
+                ConfigChange {
+                    key: "retention_ms".into(),
+                    value: Some("3600000".into()),
+                },
+                ConfigChange {
+                    key: "retention_bytes".into(),
+                    value: None,
+                },
+            ],
+        }),
     ];
+    for request in &requests {
+        seeded(request);
+    }
     requests
         .into_iter()
         .zip(1..)
@@ -250,6 +267,33 @@ fn requests() -> Vec<RequestFrame> {
             request,
         })
         .collect()
+}
+
+/// Names every request type, so that adding one fails to compile here until it has a seed in
+/// [`requests`].
+fn seeded(request: &Request) {
+    match request {
+        Request::Handshake(_)
+        | Request::Metadata(_)
+        | Request::CreateTopic(_)
+        | Request::DeleteTopic(_)
+        | Request::ListTopics(_)
+        | Request::DescribeTopic(_)
+        | Request::Produce(_)
+        | Request::Fetch(_)
+        | Request::ListOffsets(_)
+        | Request::ClusterStatus(_)
+        | Request::InitProducerId(_)
+        | Request::ConsumerGroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::OffsetFetch(_)
+        | Request::ListGroups(_)
+        | Request::DescribeGroup(_)
+        | Request::DeleteGroup(_)
+        | Request::ResetGroupOffsets(_)
+        | Request::FindCoordinator(_)
+        | Request::AlterTopic(_) => {}
+    }
 }
 
 /// Batches of each kind the node stores: a producer's, an idempotent producer's and a new
