@@ -863,6 +863,15 @@ mod tests {
         let test = base().preset(Preset::Test).build().unwrap();
         assert_eq!(test.replica.lease_ms, 200);
         assert!(test.limits.batch_bytes_max < config.limits.batch_bytes_max);
+        // The fuzz targets decode with the protocol crate's copy of these two defaults.
+        assert_eq!(
+            config.limits.frame_bytes_max,
+            cairn_protocol::frame::FRAME_BYTES_MAX_DEFAULT
+        );
+        assert_eq!(
+            config.limits.request_entries_max,
+            cairn_protocol::frame::REQUEST_ENTRIES_MAX_DEFAULT
+        );
     }
 
     #[test]

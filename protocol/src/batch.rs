@@ -59,6 +59,13 @@ pub const ATTRIBUTES_SUPPORTED: u16 = ATTRIBUTE_CONTROL;
 /// value length and header count, one byte each. A batch cannot hold more records than its
 /// bytes divided by this.
 pub const RECORD_BYTES_MIN: usize = 7;
+/// The smallest encoded header: key length and value length, one byte each. A record cannot
+/// hold more headers than its remaining bytes divided by this.
+pub const HEADER_BYTES_MIN: usize = 2;
+/// Headers a record's vector is sized for before any is read. A header count is a claim of
+/// the sender: sizing the vector by it would let a 1 MiB record that holds no header make the
+/// reader allocate 28 MiB (a `Header` is 56 bytes) before the first header fails to parse.
+const HEADERS_PREALLOCATED_MAX: usize = 16;
 pub const NO_PRODUCER_ID: i64 = -1;
 pub const NO_SEQUENCE: i32 = -1;
 
@@ -82,7 +89,8 @@ pub enum BatchError {
     #[error("record {index} is malformed: {reason}")]
     BadRecord { index: u32, reason: &'static str },
     #[error("batch declares {declared} records but holds {actual}")]
-    CountMismatch { declared: u32, actual: u32 },
+    /// `actual` is wider than a count: a header's `last_offset_delta + 1` reaches 2^32.
+    CountMismatch { declared: u32, actual: u64 },
     #[error("batch holds no records")]
     Empty,
     #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
@@ -457,7 +465,7 @@ impl RecordBatch {
         if header.last_offset_delta != header.record_count - 1 {
             return Err(BatchError::CountMismatch {
                 declared: header.record_count,
-                actual: header.last_offset_delta + 1,
+                actual: u64::from(header.last_offset_delta) + 1,
             });
         }
         let record_bytes = batch.bytes.len() - HEADER_BYTES;
@@ -493,7 +501,7 @@ impl RecordBatch {
         if actual != header.record_count {
             return Err(BatchError::CountMismatch {
                 declared: header.record_count,
-                actual,
+                actual: u64::from(actual),
             });
         }
         if max_timestamp_ms != header.max_timestamp_ms {
@@ -695,10 +703,10 @@ impl Iterator for RecordIter<'_> {
         let Some(header_count) = varint::get_u64(&mut body) else {
             return self.bad("header count");
         };
-        if header_count > body.len() as u64 {
+        if header_count > (body.len() / HEADER_BYTES_MIN) as u64 {
             return self.bad("header count exceeds record");
         }
-        let mut headers = Vec::with_capacity(header_count as usize);
+        let mut headers = Vec::with_capacity((header_count as usize).min(HEADERS_PREALLOCATED_MAX));
         for _ in 0..header_count {
             let Some(key_length) = varint::get_u64(&mut body) else {
                 return self.bad("header key length");
@@ -1046,6 +1054,69 @@ mod tests {
             RecordBatch::validate(forge(&forged, 0)),
             Err(BatchError::CountMismatch { declared: 3, .. })
         ));
+    }
+
+    /// A record claiming more headers than its bytes can hold is refused before any header is
+    /// read; one claiming as many as they could hold is read header by header (and fails at
+    /// the first that is not there) rather than sized for them all up front.
+    #[test]
+    fn a_header_count_the_record_cannot_hold_is_refused() {
+        let record = |header_count: u64, rest: &[u8]| {
+            let mut body = vec![0u8];
+            varint::put_i64(&mut body, 0);
+            varint::put_u64(&mut body, 0);
+            varint::put_i64(&mut body, -1);
+            varint::put_i64(&mut body, 1);
+            body.push(b'v');
+            varint::put_u64(&mut body, header_count);
+            body.extend_from_slice(rest);
+            let mut record = Vec::new();
+            varint::put_u64(&mut record, body.len() as u64);
+            record.extend_from_slice(&body);
+            record
+        };
+        let mut forged = honest(1);
+        // Two empty headers (no key, no value) in 4 bytes: valid.
+        forged.records[0] = record(2, &[0, 1, 0, 1]);
+        let batch = RecordBatch::validate(forge(&forged, 0)).unwrap();
+        let records: Vec<_> = batch.records().map(Result::unwrap).collect();
+        assert_eq!(records[0].headers.len(), 2);
+        // Three headers cannot fit in 4 bytes.
+        forged.records[0] = record(3, &[0, 1, 0, 1]);
+        assert_eq!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::BadRecord {
+                index: 0,
+                reason: "header count exceeds record"
+            })
+        );
+        // As many as 64 KiB could hold, but the first claims a 1 MiB key.
+        let mut rest = vec![0x80, 0x80, 0x40];
+        rest.resize(64 * 1024, 0);
+        forged.records[0] = record(32 * 1024, &rest);
+        assert_eq!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::BadRecord {
+                index: 0,
+                reason: "header key"
+            })
+        );
+    }
+
+    /// Found by the `record_batch` fuzz target: a last offset delta of `u32::MAX` overflowed
+    /// `last_offset_delta + 1` while the refusal was being written, a panic in any build with
+    /// overflow checks and a refusal claiming 0 records in the release build.
+    #[test]
+    fn a_last_offset_delta_of_u32_max_is_refused_without_overflow() {
+        let mut forged = honest(3);
+        forged.last_offset_delta = u32::MAX;
+        assert_eq!(
+            RecordBatch::validate(forge(&forged, 0)),
+            Err(BatchError::CountMismatch {
+                declared: 3,
+                actual: 1 << 32,
+            })
+        );
     }
 
     #[test]

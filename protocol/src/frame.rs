@@ -24,6 +24,12 @@ pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Correlation id used for replies to frames whose own id could not be read.
 pub const UNKNOWN_CORRELATION_ID: u64 = 0;
 
+/// The node's default `limits.frame_bytes_max` (a node config test pins the two together).
+/// The fuzz targets (`fuzz/`) cut frames with it and refuse any allocation larger than it.
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;
+/// The node's default `limits.request_entries_max`, pinned like [`FRAME_BYTES_MAX_DEFAULT`].
+pub const REQUEST_ENTRIES_MAX_DEFAULT: u32 = 65_536;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestFrame {
     pub version: u16,

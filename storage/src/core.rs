@@ -87,7 +87,7 @@ fn check_batch(batch: &RecordBatch) -> Result<(), BatchError> {
     if header.last_offset_delta != header.record_count - 1 {
         return Err(BatchError::CountMismatch {
             declared: header.record_count,
-            actual: header.last_offset_delta + 1,
+            actual: u64::from(header.last_offset_delta) + 1,
         });
     }
     Ok(())
@@ -691,5 +691,31 @@ impl LogState {
         value: &[u8],
     ) -> Result<(), StorageError> {
         backend.meta_put(&format!("{VALUE_PREFIX}{key}"), value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::{Record, RecordBatchBuilder};
+
+    /// The twin of an overflow the `record_batch` fuzz target found in the protocol crate's
+    /// validation: `last_offset_delta + 1` overflowed for a delta of `u32::MAX`.
+    #[test]
+    fn a_last_offset_delta_of_u32_max_is_refused_without_overflow() {
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(&Record::new("v"));
+        let mut bytes = builder.build().into_bytes().to_vec();
+        bytes[27..31].copy_from_slice(&u32::MAX.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[25..]);
+        bytes[21..25].copy_from_slice(&crc.to_be_bytes());
+        let batch = RecordBatch::from_trusted(bytes::Bytes::from(bytes)).unwrap();
+        assert_eq!(
+            check_batch(&batch),
+            Err(BatchError::CountMismatch {
+                declared: 1,
+                actual: 1 << 32,
+            })
+        );
     }
 }
