@@ -149,7 +149,7 @@ impl NodeMetrics {
         );
         registry.register(
             "cairn_rejected_requests",
-            "Requests answered with an error, by the error's name",
+            "Requests answered with an error, by the error's name (fetches: per partition refused)",
             self.rejected_requests.clone(),
         );
     }

@@ -159,6 +159,14 @@ fn metrics_follow_what_the_cli_produces_and_consumes() {
         "cairn_rejected_requests_total{{error=\"{}\"}}",
         refused.kind()
     );
+    // A fetch past the log end is refused for that partition: counted one per partition.
+    let past_end = wire
+        .fetch("metered", 0, cairn_protocol::Offset(10_000), 0)
+        .expect_err("offset 10000 is past the log end");
+    let past_end = format!(
+        "cairn_rejected_requests_total{{error=\"{}\"}}",
+        past_end.kind()
+    );
 
     let after = scrape(&node);
     let labels = partition_labels("metered", 0);
@@ -205,6 +213,7 @@ fn metrics_follow_what_the_cli_produces_and_consumes() {
     }
     assert!(value(&after, "cairn_produce_bytes_total") > 250.0 * 10.0);
     assert_eq!(value(&after, &rejected), 1.0, "{after:?}");
+    assert_eq!(value(&after, &past_end), 1.0, "{after:?}");
     // This scrape's own connection is not a client connection; the wire client's is.
     assert!(value(&after, "cairn_connections_open") >= 1.0);
     assert_eq!(value(&after, "cairn_metadata_lag_offsets"), 0.0);

@@ -404,7 +404,7 @@ async fn run_connection<S: LogStore>(
                         .observe(crate::metrics::seconds(started.elapsed()));
                     let (result, reservation) = match answered {
                         Ok((response, reservation)) => {
-                            metrics.fetch_bytes.inc_by(fetched_bytes(&response));
+                            count_fetched(&response);
                             (Ok(response), reservation)
                         }
                         Err(error) => (Err(error), Reservation::default()),
@@ -448,17 +448,21 @@ pub fn peer_refusals_suppressed() -> u64 {
     PEER_REFUSALS.suppressed_total()
 }
 
-/// Bytes of record batches in a fetch reply.
-fn fetched_bytes(response: &cairn_protocol::Response) -> u64 {
-    match response {
-        cairn_protocol::Response::Fetch(fetch) => fetch
-            .partitions
-            .iter()
-            .filter_map(|partition| partition.result.as_ref().ok())
-            .map(|records| records.batches.len() as u64)
-            .sum(),
-        _ => 0,
+/// Counts a fetch reply for the metrics: its bytes of record batches, and each partition it
+/// refused, by error (a fetch answers per partition; the request itself succeeded).
+fn count_fetched(response: &cairn_protocol::Response) {
+    let cairn_protocol::Response::Fetch(fetch) = response else {
+        return;
+    };
+    let metrics = crate::metrics::node();
+    let mut bytes = 0u64;
+    for partition in &fetch.partitions {
+        match &partition.result {
+            Ok(records) => bytes += records.batches.len() as u64,
+            Err(error) => metrics.rejected(error),
+        }
     }
+    metrics.fetch_bytes.inc_by(bytes);
 }
 
 /// Runs the handshake (bounded by `HANDSHAKE_TIMEOUT`), then reads the peer connection until
