@@ -5,9 +5,10 @@
 //! It is untrusted network input, kept apart from the broker: its own accept loop with its
 //! own connection limit (`http.connections_max`; a connection over it is closed at once), a
 //! bound on request headers ([`HTTP_HEADER_BYTES_MAX`], answered 431) and on the time to send
-//! them ([`HTTP_HEADER_READ_TIMEOUT`]), and a bound on a connection's life
-//! ([`HTTP_CONNECTION_LIFETIME`]) so an idle keep-alive connection cannot hold a slot for
-//! good. Only GET (and HEAD) are served: any other method is 405, any other path 404. No
+//! them ([`HTTP_HEADER_READ_TIMEOUT`]; hyper runs it from the moment it waits for a request,
+//! so a silent connection, new or kept alive, is closed after it), and a bound on a
+//! connection's life ([`HTTP_CONNECTION_LIFETIME`]) so a client that does not read its
+//! response cannot hold a slot for good either. Only GET (and HEAD) are served: any other method is 405, any other path 404. No
 //! handler reads a request body. A scrape reads what the partition actors already publish
 //! (see [`crate::metrics`]); it never waits on an actor.
 
@@ -32,11 +33,13 @@ use tokio::sync::{watch, Semaphore};
 /// smallest read buffer is 8 KiB; this is its default header limit.
 pub const HTTP_HEADER_BYTES_MAX: usize = 16 * 1024;
 
-/// Time a client has to send a request's headers once it started; then it is disconnected.
+/// Time a client has to send a whole request head, counted from when the server waits for
+/// one (after the connection opened, or after the previous response); then it is closed.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection is asked to close (after the request in progress) this long after it opened:
-/// a scraper simply reconnects, and a silent keep-alive connection gives its slot back.
+/// A connection is asked to close (after the request in progress) this long after it opened,
+/// and is dropped [`HTTP_CLOSE_GRACE`] later if that request is still not done (a client not
+/// reading its response); a scraper simply reconnects.
 pub const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// How long a connection asked to close may take to finish its request.

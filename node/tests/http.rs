@@ -411,3 +411,28 @@ fn a_killed_follower_shows_as_lag_and_under_replication_on_the_leader() {
     assert!(!follower_metrics.contains_key(&under_metric));
     assert!(!follower_metrics.contains_key(&lag_metric));
 }
+
+#[test]
+fn a_silent_http_connection_is_closed_and_gives_its_slot_back() {
+    let node = TestNode::start();
+    let mut silent = TcpStream::connect(node.http_address()).expect("connect");
+    silent.set_read_timeout(Some(HTTP_READ_TIMEOUT)).unwrap();
+    // Half a request head, then nothing: the header read timeout (10 s) closes it, unanswered
+    // or with a 408; the read ends either way, long before the test's own read timeout.
+    silent.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    let mut response = Vec::new();
+    let read = silent.read_to_end(&mut response);
+    assert!(
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset),
+        "the server did not close the connection: {read:?}"
+    );
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 408"),
+        "{response}"
+    );
+    assert_eq!(http(node.http_address(), "GET", "/health").0, 200);
+}
