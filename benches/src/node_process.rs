@@ -205,6 +205,9 @@ impl LocalCluster {
                 .into_owned(),
             "--listen".to_owned(),
             self.address(node_id),
+            // Many nodes share this machine: each picks a free port for its HTTP listener.
+            "--http-listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
         ];
         if self.node_count > 1 {
             let voters: Vec<String> = self.node_ids().map(|id| id.to_string()).collect();

@@ -183,6 +183,9 @@ impl Cluster {
             .arg(&data_dir)
             .arg("--listen")
             .arg(spec.address(node).to_string())
+            // Many nodes share this machine: each picks a free port for its HTTP listener.
+            .arg("--http-listen")
+            .arg("127.0.0.1:0")
             .arg("--seeds")
             .arg(&seeds)
             .arg("--initial-voters")

@@ -1007,6 +1007,59 @@ impl<S: LogStore> Broker<S> {
         damaged
     }
 
+    /// Every hosted replica, `__meta` first, as a metrics scrape sees it: offsets, whether
+    /// this node leads, and on the leader each follower's lag and whether a replica is on a
+    /// node gossip does not hear (as `cairn cluster status` counts under-replication).
+    pub fn partition_metrics(&self) -> Vec<crate::metrics::PartitionMetrics> {
+        let heard: std::collections::BTreeSet<NodeId> = self
+            .brokers()
+            .into_iter()
+            .map(|broker| broker.node_id)
+            .collect();
+        let describe = |topic: &str, partition: u32, handle: &PartitionHandle<S>| {
+            let snapshot = handle.shared.snapshot();
+            let leader_here = snapshot.role == Role::Leader;
+            let damaged = snapshot.health != crate::partition::LogHealth::Healthy;
+            let follower_lag = if leader_here {
+                handle
+                    .shared
+                    .follower_matched()
+                    .into_iter()
+                    .map(|(node, matched)| (node, snapshot.log_end.0.saturating_sub(matched.0)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let under_replicated = leader_here
+                && (damaged || handle.shared.followers().any(|node| !heard.contains(&node)));
+            crate::metrics::PartitionMetrics {
+                topic: topic.to_string(),
+                partition,
+                log_start: snapshot.log_start.0,
+                log_end: snapshot.log_end.0,
+                high_watermark: snapshot.high_watermark.0,
+                leader_here,
+                follower_lag,
+                under_replicated,
+                damaged,
+            }
+        };
+        let mut partitions = Vec::new();
+        if let Some(meta) = &self.meta {
+            partitions.push(describe(meta::META_TOPIC, 0, meta));
+        }
+        let catalog = self.catalog();
+        for topic in catalog.state.topics() {
+            let Some(handles) = catalog.partitions.get(&topic.id) else {
+                continue;
+            };
+            for (partition, handle) in handles {
+                partitions.push(describe(&topic.name, *partition, handle));
+            }
+        }
+        partitions
+    }
+
     pub fn meta_description(&self) -> PartitionDescription {
         let Some(meta) = &self.meta else {
             let (leader, leader_epoch) = self

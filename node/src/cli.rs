@@ -24,6 +24,10 @@ pub struct NodeArgs {
     /// default: the bound listen address].
     #[arg(long)]
     pub advertised_address: Option<String>,
+    /// Address of the HTTP listener (/metrics, /health, /ready), IP:PORT, or `none` for none;
+    /// port 0 picks a free port [env: CAIRN_HTTP_LISTEN; default 127.0.0.1:9644].
+    #[arg(long)]
+    pub http_listen: Option<String>,
     /// TOML config file; unknown keys are refused.
     #[arg(long, env = "CAIRN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -69,7 +73,7 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         builder = builder.preset(Preset::parse(preset)?);
     }
     builder = builder.env(|name| std::env::var(name).ok());
-    let flags: [(&str, &str, Option<String>); 10] = [
+    let flags: [(&str, &str, Option<String>); 11] = [
         (
             "--node-id",
             "node_id",
@@ -105,6 +109,7 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
             args.initial_voters.clone(),
         ),
         ("--gossip", "gossip", args.gossip.clone()),
+        ("--http-listen", "http.listen", args.http_listen.clone()),
         (
             "--cluster-secret-file",
             "cluster_secret_file",
@@ -151,7 +156,8 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 /// is full or closed never blocks or stops the node (see [`crate::logging`]).
 fn init_node_logging() {
     match crate::logging::start(std::io::stderr(), crate::logging::LOG_LINES_QUEUED_MAX) {
-        Ok((writer, flusher, _dropped)) => {
+        Ok((writer, flusher, dropped)) => {
+            crate::logging::set_dropped_lines(dropped);
             use tracing_subscriber::layer::SubscriberExt;
             use tracing_subscriber::util::SubscriberInitExt;
             crate::logging::set_flusher(flusher);

@@ -151,6 +151,24 @@ impl ReplicaTimings {
     }
 }
 
+/// The HTTP listener as the file gives it (see [`HttpConfig`] for the validated form).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSettings {
+    listen: String,
+    connections_max: u32,
+}
+
+/// The HTTP listener (`/metrics`, `/health`, `/ready`; see [`crate::http`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address it binds (port 0 picks a free port); `None` (`http.listen = "none"`): no
+    /// HTTP listener.
+    pub listen: Option<SocketAddr>,
+    /// Connections open at once at most; more are closed as soon as they are accepted.
+    pub connections_max: u32,
+}
+
 /// Consumer groups (DESIGN 3, issue 4): the `__offsets` topic and the coordinators on it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +228,7 @@ pub struct NodeConfig {
     /// Replication factor of topics created without one (capped to the cluster size).
     pub default_replication_factor: u16,
     pub groups: GroupSettings,
+    pub http: HttpConfig,
     /// Cluster settings; [`ClusterConfig::is_clustered`] is false for a lone node.
     pub cluster: ClusterConfig,
     /// What peers prove they hold (DESIGN 10), read from `cluster_secret_file` or the
@@ -264,6 +283,7 @@ struct FileConfig {
     replica: ReplicaTimings,
     retention: RetentionDefaults,
     groups: GroupSettings,
+    http: HttpSettings,
 }
 
 /// Every key a layer may set, dotted; environment variables are `CAIRN_` + the key in upper
@@ -312,6 +332,8 @@ pub const KEYS: &[&str] = &[
     "groups.session_timeout_ms_min",
     "groups.session_timeout_ms_max",
     "groups.expiry_check_ms",
+    "http.listen",
+    "http.connections_max",
 ];
 
 /// Keys whose values are strings (a TOML override of them is taken verbatim).
@@ -323,6 +345,7 @@ const STRING_KEYS: &[&str] = &[
     "initial_voters",
     "gossip",
     "cluster_secret_file",
+    "http.listen",
 ];
 
 /// The one environment variable that carries the secret itself (not a key: no file or flag
@@ -374,6 +397,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             session_timeout_ms_min = 10000
             session_timeout_ms_max = 300000
             expiry_check_ms = 500
+            [http]
+            listen = "127.0.0.1:9644"
+            connections_max = 64
             "#
         }
         Preset::Test => {
@@ -415,6 +441,10 @@ fn preset_table(preset: Preset) -> toml::Table {
             session_timeout_ms_min = 600
             session_timeout_ms_max = 60000
             expiry_check_ms = 50
+            [http]
+            # Many test nodes share one machine: each picks a free port.
+            listen = "127.0.0.1:0"
+            connections_max = 8
             "#
         }
     };
@@ -628,6 +658,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         rule: "listen is IP:PORT",
         why: format!("{listen_text:?} is not a socket address ({error}); use e.g. 127.0.0.1:7171"),
     })?;
+    let http = validate_http(&file.http, listen)?;
     let limits = file.limits;
     let replica = file.replica;
     let retention = file.retention;
@@ -754,8 +785,44 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         shutdown_grace_ms: file.shutdown_grace_ms,
         default_replication_factor: file.default_replication_factor,
         groups,
+        http,
         cluster,
         cluster_secret: None,
+    })
+}
+
+/// `http.listen` is IP:PORT, or `none` for no HTTP listener. An empty value is refused rather
+/// than read as `none`: an empty environment variable is more often a mistake than a wish to
+/// turn monitoring off.
+fn validate_http(http: &HttpSettings, listen: SocketAddr) -> Result<HttpConfig, ConfigError> {
+    let text = http.listen.trim();
+    let address = if text == "none" {
+        None
+    } else {
+        let address: SocketAddr = text.parse().map_err(|error| ConfigError::Rule {
+            rule: "http.listen is IP:PORT or none",
+            why: format!(
+                "\"{text}\" is not a socket address ({error}); use e.g. 127.0.0.1:9644, or none \
+                 for no HTTP listener"
+            ),
+        })?;
+        Some(address)
+    };
+    if let Some(address) = address {
+        rule(
+            "http.listen != listen",
+            address.port() == 0 || address != listen,
+            "the HTTP listener and the client listener cannot share one address",
+        )?;
+    }
+    rule(
+        "http.connections_max > 0",
+        http.connections_max > 0,
+        "a limit of zero would refuse every scrape and health check",
+    )?;
+    Ok(HttpConfig {
+        listen: address,
+        connections_max: http.connections_max,
     })
 }
 
@@ -1130,5 +1197,56 @@ mod tests {
             base().set("flag", "listen", "nowhere").build(),
             Err(ConfigError::Rule { .. })
         ));
+    }
+
+    #[test]
+    fn http_listen_defaults_to_the_admin_port_on_loopback_and_can_be_turned_off() {
+        let config = base().build().unwrap();
+        assert_eq!(config.http.listen, Some("127.0.0.1:9644".parse().unwrap()));
+        let test = base().preset(Preset::Test).build().unwrap();
+        assert_eq!(test.http.listen, Some("127.0.0.1:0".parse().unwrap()));
+        let off = base()
+            .env(|name| (name == "CAIRN_HTTP_LISTEN").then(|| "none".to_string()))
+            .build()
+            .unwrap();
+        assert_eq!(off.http.listen, None);
+        let moved = base()
+            .file_text("f.toml".into(), "[http]\nlisten = \"0.0.0.0:9000\"\n")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(moved.http.listen, Some("0.0.0.0:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_http_settings_are_refused_by_rule() {
+        let rule_of = |builder: ConfigBuilder| match builder.build() {
+            Err(ConfigError::Rule { rule, .. }) => rule,
+            other => panic!("expected a rule error, got {other:?}"),
+        };
+        for bad in ["", "9644", "localhost:9644", "127.0.0.1:99999"] {
+            assert_eq!(
+                rule_of(base().set("flag", "http.listen", bad)),
+                "http.listen is IP:PORT or none",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            rule_of(base().set("flag", "listen", "127.0.0.1:7000").set(
+                "flag",
+                "http.listen",
+                "127.0.0.1:7000"
+            )),
+            "http.listen != listen"
+        );
+        assert_eq!(
+            rule_of(base().set("flag", "http.connections_max", "0")),
+            "http.connections_max > 0"
+        );
+        let unknown = base()
+            .file_text("f.toml".into(), "[http]\nport = 1\n")
+            .unwrap()
+            .build();
+        assert!(matches!(unknown, Err(ConfigError::ParseFile { .. })));
     }
 }

@@ -9,6 +9,10 @@
 //! first use a random secret is written to `DIR/cluster-secret` (readable by its owner only)
 //! and every node is given `--cluster-secret-file` naming it.
 //!
+//! Node `i` serves HTTP (`/metrics`, `/health`, `/ready`) on `127.0.0.1:(http_base_port + i -
+//! 1)`, 9644 up by default, the admin port Redpanda users know; `--http-base-port 0` lets
+//! each node pick a free port. The banner shows each node's HTTP address as the node bound it.
+//!
 //! It waits until every child printed its ready line and, for a cluster, until every node
 //! hears all the others (`ClusterStatus`), so a topic with replication factor N can be created
 //! at once; then prints how to use the cluster. SIGINT/SIGTERM are forwarded to the children
@@ -46,6 +50,10 @@ pub struct DevArgs {
     /// and peers, UDP for gossip).
     #[arg(long, default_value_t = 7171)]
     pub base_port: u16,
+    /// Node 1 serves HTTP (/metrics, /health, /ready) on 127.0.0.1:HTTP_BASE_PORT, node N on
+    /// HTTP_BASE_PORT + N - 1; 0 lets every node pick a free port.
+    #[arg(long, default_value_t = 9644)]
+    pub http_base_port: u16,
     /// An extra flag for every node, e.g. `--node-arg=--preset=test` (repeatable).
     #[arg(long = "node-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
@@ -66,6 +74,8 @@ const LOG_TAIL_LINES: usize = 15;
 struct Member {
     node_id: u32,
     address: String,
+    /// The HTTP address from the node's ready line (`None`: not ready yet, or none).
+    http: Option<String>,
     log_path: PathBuf,
     child: Child,
     pid: u32,
@@ -102,6 +112,18 @@ pub fn node_arguments(args: &DevArgs, node_id: u32) -> Vec<String> {
         "--listen".to_owned(),
         node_address(args.base_port, node_id),
     ];
+    // A user's own `--node-arg=--http-listen=...` wins (the flag may be given only once).
+    let http_given = args
+        .node_args
+        .iter()
+        .any(|arg| arg.starts_with("--http-listen"));
+    if !http_given {
+        let http = match args.http_base_port {
+            0 => "127.0.0.1:0".to_owned(),
+            base => node_address(base, node_id),
+        };
+        arguments.extend(["--http-listen".to_owned(), http]);
+    }
     if args.nodes > 1 {
         let ids: Vec<u32> = (1..=u32::from(args.nodes)).collect();
         let seeds: Vec<String> = ids
@@ -155,6 +177,25 @@ fn validate(args: &DevArgs) -> Result<(), String> {
             args.base_port, args.nodes
         ));
     }
+    if args.http_base_port != 0 {
+        let http =
+            u32::from(args.http_base_port)..u32::from(args.http_base_port) + u32::from(args.nodes);
+        let client = u32::from(args.base_port)..u32::from(args.base_port) + u32::from(args.nodes);
+        if http.end - 1 > 65_535 {
+            return Err(format!(
+                "--http-base-port {} leaves no room for {} consecutive ports",
+                args.http_base_port, args.nodes
+            ));
+        }
+        if http.start < client.end && client.start < http.end {
+            return Err(format!(
+                "--http-base-port {} overlaps the client ports {}..={}",
+                args.http_base_port,
+                client.start,
+                client.end - 1
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -194,7 +235,8 @@ async fn dev(args: DevArgs) -> i32 {
             return 1;
         }
     };
-    let (ready_sender, mut ready_receiver) = mpsc::channel::<u32>(usize::from(args.nodes));
+    let (ready_sender, mut ready_receiver) =
+        mpsc::channel::<(u32, Option<String>)>(usize::from(args.nodes));
     let mut members = Vec::new();
     for node_id in 1..=u32::from(args.nodes) {
         match spawn_member(&binary, &args, node_id, ready_sender.clone()) {
@@ -213,9 +255,10 @@ async fn dev(args: DevArgs) -> i32 {
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     while members.iter().any(|member| !member.ready) {
         tokio::select! {
-            Some(node_id) = ready_receiver.recv() => {
+            Some((node_id, http)) = ready_receiver.recv() => {
                 if let Some(member) = members.iter_mut().find(|m| m.node_id == node_id) {
                     member.ready = true;
+                    member.http = http;
                 }
             }
             _ = signals.next() => {
@@ -339,7 +382,7 @@ fn spawn_member(
     binary: &Path,
     args: &DevArgs,
     node_id: u32,
-    ready: mpsc::Sender<u32>,
+    ready: mpsc::Sender<(u32, Option<String>)>,
 ) -> Result<Member, String> {
     let log_path = args.data_dir.join(format!("node-{node_id}.log"));
     let log = std::fs::OpenOptions::new()
@@ -364,13 +407,19 @@ fn spawn_member(
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if line.starts_with("cairn node ready ") {
-                let _ = ready.send(node_id).await;
+                let http = line
+                    .split(' ')
+                    .find_map(|field| field.strip_prefix("http="))
+                    .filter(|http| *http != "none")
+                    .map(str::to_owned);
+                let _ = ready.send((node_id, http)).await;
             }
         }
     });
     Ok(Member {
         node_id,
         address: node_address(args.base_port, node_id),
+        http: None,
         log_path,
         child,
         pid,
@@ -528,9 +577,10 @@ fn print_banner(args: &DevArgs, binary: &Path, members: &[Member]) {
     ));
     for member in members {
         out.push_str(&format!(
-            "  node {}  {}  pid {}  log {}\n",
+            "  node {}  {}  http {}  pid {}  log {}\n",
             member.node_id,
             member.address,
+            member.http.as_deref().unwrap_or("none"),
             member.pid,
             member.log_path.display()
         ));
@@ -555,6 +605,11 @@ fn print_banner(args: &DevArgs, binary: &Path, members: &[Member]) {
          \x20 seq 1 1000 | cairn produce orders\n\
          \x20 cairn consume orders --from-beginning --max-messages 1000\n"
     ));
+    if let Some(http) = &members[0].http {
+        out.push_str(&format!(
+            "  curl -s {http}/metrics | grep cairn_partition_log_end   # also /health, /ready\n"
+        ));
+    }
     if members.len() > 1 {
         out.push_str(&format!(
             "  kill -9 {}    # stop node {}, then: cairn cluster status\n",
@@ -598,6 +653,7 @@ mod tests {
             nodes,
             data_dir: PathBuf::from("/tmp/d"),
             base_port: 7171,
+            http_base_port: 9644,
             node_args: vec!["--preset=test".to_owned()],
             ready_timeout_ms: 1000,
         }
@@ -615,6 +671,8 @@ mod tests {
                 "/tmp/d/node-2",
                 "--listen",
                 "127.0.0.1:7172",
+                "--http-listen",
+                "127.0.0.1:9645",
                 "--seeds",
                 "127.0.0.1:7171,127.0.0.1:7172,127.0.0.1:7173",
                 "--initial-voters",
@@ -638,6 +696,8 @@ mod tests {
                 "/tmp/d/node-1",
                 "--listen",
                 "127.0.0.1:7171",
+                "--http-listen",
+                "127.0.0.1:9644",
                 "--preset=test",
             ]
         );
@@ -671,5 +731,34 @@ mod tests {
         assert!(validate(&high).is_err());
         high.base_port = 65_533;
         assert!(validate(&high).is_ok());
+        let mut http = args(3);
+        http.http_base_port = 7173;
+        assert!(validate(&http).is_err(), "overlaps node 3's client port");
+        http.http_base_port = 7168;
+        assert!(validate(&http).is_ok());
+        http.http_base_port = 65_534;
+        assert!(validate(&http).is_err());
+        http.http_base_port = 0;
+        assert!(validate(&http).is_ok());
+    }
+
+    #[test]
+    fn http_ports_can_be_left_to_the_nodes_or_set_by_the_user() {
+        let mut free = args(1);
+        free.http_base_port = 0;
+        let arguments = node_arguments(&free, 1);
+        assert!(arguments
+            .windows(2)
+            .any(|pair| pair == ["--http-listen", "127.0.0.1:0"]));
+        let mut own = args(1);
+        own.node_args = vec!["--http-listen=none".to_owned()];
+        let arguments = node_arguments(&own, 1);
+        assert_eq!(
+            arguments
+                .iter()
+                .filter(|arg| arg.starts_with("--http-listen"))
+                .count(),
+            1
+        );
     }
 }

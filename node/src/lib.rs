@@ -19,6 +19,10 @@
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
 //!   peer's ordinary listener, bounded queues that drop, frames batching many partitions.
 //! - [`peer_auth`]: the cluster secret and the handshake by which peers prove they hold it.
+//! - [`http`]: the HTTP listener (`/metrics`, `/health`, `/ready`), bounded and apart from
+//!   the client listener.
+//! - [`metrics`]: the Prometheus metrics: event counters and histograms, and a collector that
+//!   reads partition state at scrape time.
 //! - [`logging`]: log lines go through a bounded queue to one stderr writer thread, so a full
 //!   or closed stderr never blocks the node; and the panic hook.
 //!
@@ -42,8 +46,10 @@ pub mod config;
 pub mod dev;
 pub mod group;
 pub mod groups;
+pub mod http;
 pub mod logging;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod peer;

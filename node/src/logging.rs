@@ -372,6 +372,26 @@ pub fn floodable_warnings() -> Option<Arc<FloodableWarnings>> {
         .clone()
 }
 
+/// The count of the node's dropped log lines, once [`crate::cli`] started logging.
+static DROPPED_LINES: Mutex<Option<DroppedLines>> = Mutex::new(None);
+
+/// Remembers the node's dropped-line count for [`dropped_lines`].
+pub fn set_dropped_lines(dropped: DroppedLines) {
+    *DROPPED_LINES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(dropped);
+}
+
+/// Log lines the node dropped since the start because stderr did not take them (0 before
+/// logging started).
+pub fn dropped_lines() -> u64 {
+    DROPPED_LINES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .as_ref()
+        .map_or(0, DroppedLines::count)
+}
+
 /// The node's logger, once [`crate::cli`] started it: the panic hook flushes through it.
 static FLUSHER: Mutex<Option<LogFlusher>> = Mutex::new(None);
 

@@ -1,9 +1,13 @@
 //! Start-up and shutdown of one node process.
 //!
 //! Order: check the data directory, open the store and its group committer, start the
-//! arbiters, bind the listener (so a taken port fails fast), start the broker (which recovers
-//! `__meta` and every topic), serve, print the ready line once metadata is recovered, then wait
-//! for SIGTERM/SIGINT and shut down within `shutdown_grace_ms`.
+//! arbiters, bind the listeners (client, then HTTP: a taken port fails fast), start the broker
+//! (which recovers `__meta` and every topic), serve, print the ready line once metadata is
+//! recovered, then wait for SIGTERM/SIGINT and shut down within `shutdown_grace_ms`.
+//!
+//! The ready line, on stdout, is what scripts and tests wait for:
+//! `cairn node ready node_id=N listen=IP:PORT http=IP:PORT` (`http=none` without an HTTP
+//! listener), with the addresses as bound (port 0 resolved).
 
 use crate::broker::Broker;
 use crate::config::NodeConfig;
@@ -61,7 +65,15 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             path: store_path.display().to_string(),
             reason: error.to_string(),
         })?;
-    let committer = GroupCommitter::start(store.clone());
+    let committer = GroupCommitter::start_observed(
+        store.clone(),
+        cairn_storage::GroupCommitConfig::default(),
+        Some(Box::new(|took| {
+            crate::metrics::node()
+                .flush_latency
+                .observe(crate::metrics::seconds(took))
+        })),
+    );
     let arbiter_count = std::thread::available_parallelism()
         .map(|cores| cores.get())
         .unwrap_or(2);
@@ -76,6 +88,18 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         address: config.listen.to_string(),
         reason: error.to_string(),
     })?;
+    let http_listener = match config.http.listen {
+        Some(address) => {
+            let listen_error = |error: std::io::Error| FatalError::Listen {
+                address: format!("{address} (http.listen)"),
+                reason: error.to_string(),
+            };
+            let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+            let bound = listener.local_addr().map_err(listen_error)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     let advertised = advertised_address(&config, bound);
     if config.cluster.is_clustered() {
         if let Some(notice) =
@@ -102,6 +126,17 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
 
     let (phase, phase_watch) = watch::channel(Phase::Running);
     let connections = Connections::new(&config.limits);
+    let http_bound = match http_listener {
+        Some((listener, http_bound)) => {
+            let registry = crate::metrics::registry(Arc::clone(&broker), connections.clone());
+            let router = crate::http::router(Arc::clone(&broker), registry, phase_watch.clone());
+            let connections_max = config.http.connections_max as usize;
+            tokio::spawn(crate::http::serve(listener, router, connections_max));
+            tracing::info!(http = %http_bound, "http listener started");
+            http_bound.to_string()
+        }
+        None => "none".to_string(),
+    };
     let server = tokio::spawn(server::serve(
         listener,
         Arc::clone(&broker),
@@ -114,7 +149,11 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         _ = broker.wait_ready() => {
             // Not `println!`: a closed stdout is no reason to panic.
             let mut stdout = std::io::stdout();
-            let _ = writeln!(stdout, "cairn node ready node_id={} listen={}", config.node_id, bound);
+            let _ = writeln!(
+                stdout,
+                "cairn node ready node_id={} listen={} http={}",
+                config.node_id, bound, http_bound
+            );
             let _ = stdout.flush();
             if let Some(membership) = &membership {
                 membership.set_ready(true).await;

@@ -207,6 +207,10 @@ pub struct PartitionShared {
     commit_heard: AtomicU64,
     /// The log's name, for refusals that name the partition.
     log_name: String,
+    /// The other voters and, while this replica leads, one more than the offset below which
+    /// each one's log equals ours (0: not known, or not leading). Atomics stored after every
+    /// step, read by metrics scrapes (follower lag), so neither side takes a lock.
+    followers: Vec<(NodeId, AtomicU64)>,
 }
 
 impl PartitionShared {
@@ -219,6 +223,23 @@ impl PartitionShared {
 
     pub fn high_watermark(&self) -> Offset {
         *self.high_watermark.borrow()
+    }
+
+    /// While this replica leads: each other voter and the offset below which its log is
+    /// known to equal ours; empty otherwise.
+    pub fn follower_matched(&self) -> Vec<(NodeId, Offset)> {
+        self.followers
+            .iter()
+            .filter_map(|(node, matched)| match matched.load(Ordering::Relaxed) {
+                0 => None,
+                matched => Some((*node, Offset(matched - 1))),
+            })
+            .collect()
+    }
+
+    /// The other voters of this partition.
+    pub fn followers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.followers.iter().map(|(node, _)| *node)
     }
 
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
@@ -468,6 +489,12 @@ impl<S: LogStore> PartitionHandle<S> {
             queued: AtomicUsize::new(0),
             commit_heard: AtomicU64::new(0),
             log_name: spec.log_name.clone(),
+            followers: spec
+                .voters
+                .iter()
+                .filter(|voter| **voter != spec.node)
+                .map(|voter| (*voter, AtomicU64::new(0)))
+                .collect(),
         });
         let mailbox_max = spec.mailbox_max;
         let log_name = spec.log_name.clone();
@@ -1011,6 +1038,7 @@ impl<S: LogStore> PartitionActor<S> {
     /// since the last update and `log_start_moved` is false (only retention moves the log
     /// start: truncation removes a suffix).
     fn publish_status(&mut self, log_start_moved: bool) {
+        self.publish_followers();
         let status = self.replica.status();
         if !log_start_moved && self.published.as_ref() == Some(&status) {
             return;
@@ -1026,6 +1054,9 @@ impl<S: LogStore> PartitionActor<S> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let leadership_changed = snapshot.role != status.role || snapshot.epoch != status.epoch;
+        if snapshot.leader != status.leader {
+            crate::metrics::node().leader_changes.inc();
+        }
         snapshot.role = status.role;
         snapshot.epoch = status.epoch;
         snapshot.leader = status.leader;
@@ -1044,6 +1075,19 @@ impl<S: LogStore> PartitionActor<S> {
         }
         self.record_watermark(&status);
         self.published = Some(status);
+    }
+
+    /// Stores each follower's matched offset for the lag metrics (0 for "not known": not
+    /// leading, or a follower the leader has not heard from). A few atomic stores per step.
+    fn publish_followers(&self) {
+        for (node, matched) in &self.shared.followers {
+            let known = self
+                .replica
+                .follower_matched()
+                .find(|(peer, _)| peer == node)
+                .map_or(0, |(_, offset)| offset.0 + 1);
+            matched.store(known, Ordering::Relaxed);
+        }
     }
 
     /// Raises the log's committed watermark to what is now committed and durable here, so a

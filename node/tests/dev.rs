@@ -45,6 +45,8 @@ struct Dev {
     data_dir: PathBuf,
     bootstrap: String,
     node_pids: Vec<u32>,
+    /// Each node's HTTP address, from the banner.
+    node_http: Vec<String>,
     /// Lines of stdout after the banner.
     lines: mpsc::Receiver<String>,
     stderr_path: PathBuf,
@@ -65,6 +67,8 @@ impl Dev {
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--node-arg=--preset=test")
+            // Free HTTP ports: tests run side by side, and 9644 may be taken.
+            .args(["--http-base-port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("a stderr file"))
@@ -85,6 +89,7 @@ impl Dev {
             data_dir,
             bootstrap: String::new(),
             node_pids: Vec::new(),
+            node_http: Vec::new(),
             lines,
             stderr_path,
         };
@@ -123,6 +128,12 @@ impl Dev {
                     .and_then(|pid| pid.parse().ok())
                     .unwrap_or_else(|| panic!("no pid in {line:?}"));
                 self.node_pids.push(pid);
+                let http = rest
+                    .split_whitespace()
+                    .skip_while(|word| *word != "http")
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("no http address in {line:?}"));
+                self.node_http.push(http.to_owned());
             }
         }
         assert_eq!(
@@ -281,8 +292,30 @@ fn wait_gone(pids: &[u32]) -> Vec<u32> {
 /// checks `cluster status`; with more than one node, SIGKILLs the last node and checks that
 /// `cluster status` shows it down and its partitions under-replicated while producing goes on.
 /// Then SIGTERM: exit 0 and no node left.
+/// `GET /health` on `address`; the status line and body.
+fn health(address: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("the HTTP port accepts");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
 fn tour(nodes: u16) {
     let mut dev = Dev::start(nodes);
+    // Every node serves HTTP on its own port, as the banner says.
+    let distinct: std::collections::BTreeSet<&String> = dev.node_http.iter().collect();
+    assert_eq!(distinct.len(), usize::from(nodes), "{:?}", dev.node_http);
+    for address in &dev.node_http {
+        let response = health(address);
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+    }
     let rf = nodes.to_string();
     dev.cli_ok(
         &[

@@ -246,6 +246,64 @@ impl From<crate::batch::BatchError> for ApiError {
 }
 
 impl ApiError {
+    /// The variant's name, a stable label for logs and metrics (`rejected requests by
+    /// error`); never the message, which carries request details.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::MalformedFrame { .. } => "MalformedFrame",
+            ApiError::FrameTooLarge { .. } => "FrameTooLarge",
+            ApiError::UnsupportedVersion { .. } => "UnsupportedVersion",
+            ApiError::UnknownRequestType { .. } => "UnknownRequestType",
+            ApiError::InvalidRequest { .. } => "InvalidRequest",
+            ApiError::UnknownTopic { .. } => "UnknownTopic",
+            ApiError::UnknownPartition { .. } => "UnknownPartition",
+            ApiError::TopicAlreadyExists { .. } => "TopicAlreadyExists",
+            ApiError::InvalidTopicName { .. } => "InvalidTopicName",
+            ApiError::InvalidPartitionCount { .. } => "InvalidPartitionCount",
+            ApiError::InvalidReplicationFactor { .. } => "InvalidReplicationFactor",
+            ApiError::InvalidTopicConfig { .. } => "InvalidTopicConfig",
+            ApiError::RecordTooLarge { .. } => "RecordTooLarge",
+            ApiError::BatchTooLarge { .. } => "BatchTooLarge",
+            ApiError::CorruptBatch { .. } => "CorruptBatch",
+            ApiError::InvalidRecords { .. } => "InvalidRecords",
+            ApiError::UnsupportedCompression { .. } => "UnsupportedCompression",
+            ApiError::UnsupportedTransactions => "UnsupportedTransactions",
+            ApiError::NotLeader { .. } => "NotLeader",
+            ApiError::StaleEpoch { .. } => "StaleEpoch",
+            ApiError::OffsetOutOfRange { .. } => "OffsetOutOfRange",
+            ApiError::Backpressure { .. } => "Backpressure",
+            ApiError::Timeout { .. } => "Timeout",
+            ApiError::NotEnoughReplicas { .. } => "NotEnoughReplicas",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
+            ApiError::TooManyConnections { .. } => "TooManyConnections",
+            ApiError::TooManyConnectionsFromAddress { .. } => "TooManyConnectionsFromAddress",
+            ApiError::LimitExceeded { .. } => "LimitExceeded",
+            ApiError::NotReady { .. } => "NotReady",
+            ApiError::ShuttingDown => "ShuttingDown",
+            ApiError::Storage { .. } => "Storage",
+            ApiError::StorageCorrupted { .. } => "StorageCorrupted",
+            ApiError::OutOfOrderSequence { .. } => "OutOfOrderSequence",
+            ApiError::UnknownProducerId { .. } => "UnknownProducerId",
+            ApiError::ProducerIdNotAllocated { .. } => "ProducerIdNotAllocated",
+            ApiError::InvalidProducerEpoch { .. } => "InvalidProducerEpoch",
+            ApiError::NotCoordinator { .. } => "NotCoordinator",
+            ApiError::CoordinatorLoadInProgress => "CoordinatorLoadInProgress",
+            ApiError::CoordinatorNotAvailable => "CoordinatorNotAvailable",
+            ApiError::InvalidGroupId { .. } => "InvalidGroupId",
+            ApiError::GroupIdNotFound { .. } => "GroupIdNotFound",
+            ApiError::GroupNotEmpty { .. } => "GroupNotEmpty",
+            ApiError::GroupMaxSizeReached { .. } => "GroupMaxSizeReached",
+            ApiError::TooManyGroups { .. } => "TooManyGroups",
+            ApiError::UnknownMemberId { .. } => "UnknownMemberId",
+            ApiError::FencedMemberEpoch { .. } => "FencedMemberEpoch",
+            ApiError::StaleMemberEpoch { .. } => "StaleMemberEpoch",
+            ApiError::PartitionNotOwned { .. } => "PartitionNotOwned",
+            ApiError::FencedInstanceId { .. } => "FencedInstanceId",
+            ApiError::UnsupportedAssignor { .. } => "UnsupportedAssignor",
+            ApiError::Internal { .. } => "Internal",
+        }
+    }
+
     /// Whether a client may retry the same request (after refreshing metadata for
     /// `NotLeader`). Retrying anything else repeats the same refusal.
     pub fn is_retriable(&self) -> bool {

@@ -364,6 +364,15 @@ impl Replica {
         }
     }
 
+    /// Leader only: each follower's matched offset (its log equals ours below it), for the
+    /// node's lag metrics; nothing on a follower or candidate.
+    pub fn follower_matched(&self) -> impl Iterator<Item = (NodeId, Offset)> + '_ {
+        self.leadership
+            .iter()
+            .flat_map(|leadership| leadership.peers.iter())
+            .map(|(&node, progress)| (node, progress.matched))
+    }
+
     /// Appends refused because they would have cut committed data: nonzero means a bug
     /// somewhere in the replica set (checked by the simulation).
     pub fn catch_up_counts(&self) -> CatchUpCounts {

@@ -1730,3 +1730,20 @@ fn a_replica_that_lost_committed_data_votes_for_no_one_until_the_leader_repaired
         )]
     );
 }
+
+#[test]
+fn the_leader_reports_what_each_follower_matches_and_a_follower_reports_nothing() {
+    let mut leader = leader3();
+    let now = Millis(1_010);
+    // Nobody answered yet: both followers are known to match nothing.
+    assert_eq!(
+        leader.follower_matched().collect::<Vec<_>>(),
+        vec![(B, Offset(0)), (C, Offset(0))]
+    );
+    leader.step(now, peer(B, ok_response(1, 1_000, 1, 0)));
+    assert_eq!(
+        leader.follower_matched().collect::<Vec<_>>(),
+        vec![(B, Offset(1)), (C, Offset(0))]
+    );
+    assert_eq!(follower3().follower_matched().count(), 0);
+}

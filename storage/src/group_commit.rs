@@ -73,7 +73,12 @@ struct Shared {
     flushes: AtomicU64,
     flushes_failed: AtomicU64,
     requests_served: AtomicU64,
+    observer: Option<FlushObserver>,
 }
+
+/// Told how long each flush took, on the flusher thread right after it returns (the node's
+/// flush-latency metric). It must be quick: every waiting append waits for it too.
+pub type FlushObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 fn stopped() -> StorageError {
     StorageError::Io("the group committer has stopped".to_owned())
@@ -138,6 +143,9 @@ impl Shared {
             let started = std::time::Instant::now();
             let result = store.flush();
             let took = started.elapsed();
+            if let Some(observer) = &self.observer {
+                observer(took);
+            }
             if took >= SLOW_FLUSH {
                 // Every acknowledgement waits for a flush: a slow one is a latency spike.
                 tracing::warn!(
@@ -200,6 +208,15 @@ impl GroupCommitter {
     }
 
     pub fn start_with<S: LogStore>(store: S, config: GroupCommitConfig) -> GroupCommitter {
+        GroupCommitter::start_observed(store, config, None)
+    }
+
+    /// [`GroupCommitter::start_with`], telling `observer` the duration of every flush.
+    pub fn start_observed<S: LogStore>(
+        store: S,
+        config: GroupCommitConfig,
+        observer: Option<FlushObserver>,
+    ) -> GroupCommitter {
         assert!(
             config.flush_requests_max > 0,
             "flush_requests_max must be at least 1"
@@ -216,6 +233,7 @@ impl GroupCommitter {
             flushes: AtomicU64::new(0),
             flushes_failed: AtomicU64::new(0),
             requests_served: AtomicU64::new(0),
+            observer,
         });
         let flusher = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -481,6 +499,29 @@ mod tests {
             .expect("waited for room forever")
             .unwrap();
         assert_eq!(committer.stats().requests_served, 4);
+    }
+
+    #[test]
+    fn the_observer_is_told_every_flush_before_its_requests_are_answered() {
+        let store = TestStore {
+            flush_delay_ms: 2,
+            ..TestStore::default()
+        };
+        let observed = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&observed);
+        let committer = GroupCommitter::start_observed(
+            store,
+            GroupCommitConfig::default(),
+            Some(Box::new(move |took| sink.lock().unwrap().push(took))),
+        );
+        committer.request_blocking().unwrap();
+        committer.request_blocking().unwrap();
+        let observed = observed.lock().unwrap().clone();
+        assert_eq!(observed.len() as u64, committer.stats().flushes);
+        assert_eq!(observed.len(), 2);
+        assert!(observed
+            .iter()
+            .all(|took| *took >= std::time::Duration::from_millis(2)));
     }
 
     #[test]

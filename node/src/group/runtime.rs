@@ -108,6 +108,16 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
         };
         let appended = self.log.append(batch).await;
         reload.committed = appended.is_ok();
+        if appended.is_ok() {
+            // Each new group epoch is one rebalance: a new target assignment for the members.
+            let rebalances = records
+                .iter()
+                .filter(|record| matches!(record, GroupRecord::GroupMetadata { .. }))
+                .count();
+            crate::metrics::node()
+                .group_rebalances
+                .inc_by(rebalances as u64);
+        }
         appended.map(|_| reply)
     }
 

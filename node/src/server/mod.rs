@@ -128,6 +128,11 @@ impl Connections {
         }
     }
 
+    /// Connections open now (clients and peers).
+    pub fn open(&self) -> usize {
+        (self.max as usize).saturating_sub(self.permits.available_permits())
+    }
+
     /// Resolves once every connection has closed.
     pub async fn all_closed(&self) {
         let _ = self.permits.acquire_many(self.max).await;
@@ -182,6 +187,7 @@ pub async fn serve<S: LogStore>(
         };
         match connections.admit(peer.ip()) {
             Ok(slot) => {
+                crate::metrics::node().connections_accepted.inc();
                 let broker = Arc::clone(&broker);
                 let phase = phase.clone();
                 tokio::spawn(async move {
@@ -192,6 +198,8 @@ pub async fn serve<S: LogStore>(
             }
             Err(refusal) => {
                 tracing::debug!(%peer, %refusal, "connection refused");
+                crate::metrics::node().connections_refused.inc();
+                crate::metrics::node().rejected(&refusal);
                 let frame_bytes_max = broker.config.limits.frame_bytes_max as usize;
                 tokio::spawn(refuse_connection(socket, refusal, frame_bytes_max));
             }
@@ -355,6 +363,8 @@ async fn run_connection<S: LogStore>(
         let phase = phase.clone();
         match request.request {
             Request::Produce(produce) => {
+                let started = std::time::Instant::now();
+                let batch_bytes = produce.batch.len() as u64;
                 // Into the mailbox now, in read order; the answer is awaited concurrently.
                 let enqueued = produce::enqueue(&broker, produce);
                 tokio::spawn(async move {
@@ -365,12 +375,19 @@ async fn run_connection<S: LogStore>(
                         }
                     };
                     let result = unless_expired(phase, work).await;
+                    let metrics = crate::metrics::node();
+                    metrics.produce_requests.inc();
+                    metrics.produce_bytes.inc_by(batch_bytes);
+                    metrics
+                        .produce_latency
+                        .observe(crate::metrics::seconds(started.elapsed()));
                     let reservation = Reservation::default();
                     replies.send(correlation_id, result, reservation).await;
                     drop(permit);
                 });
             }
             Request::Fetch(fetch) => {
+                let started = std::time::Instant::now();
                 let budgets = fetch_budgets.clone();
                 tokio::spawn(async move {
                     let work = fetch::handle(&broker, fetch, &budgets);
@@ -380,8 +397,16 @@ async fn run_connection<S: LogStore>(
                         // for budget gives up its place instead of reading for nobody.
                         _ = replies.sender.closed() => return,
                     };
+                    let metrics = crate::metrics::node();
+                    metrics.fetch_requests.inc();
+                    metrics
+                        .fetch_latency
+                        .observe(crate::metrics::seconds(started.elapsed()));
                     let (result, reservation) = match answered {
-                        Ok((response, reservation)) => (Ok(response), reservation),
+                        Ok((response, reservation)) => {
+                            count_fetched(&response);
+                            (Ok(response), reservation)
+                        }
                         Err(error) => (Err(error), Reservation::default()),
                     };
                     replies.send(correlation_id, result, reservation).await;
@@ -418,6 +443,28 @@ async fn run_connection<S: LogStore>(
 static PEER_REFUSALS: std::sync::LazyLock<crate::peer_auth::RefusalLog> =
     std::sync::LazyLock::new(crate::peer_auth::RefusalLog::default);
 
+/// Refused peer handshakes not logged at WARN since the start (for the metrics).
+pub fn peer_refusals_suppressed() -> u64 {
+    PEER_REFUSALS.suppressed_total()
+}
+
+/// Counts a fetch reply for the metrics: its bytes of record batches, and each partition it
+/// refused, by error (a fetch answers per partition; the request itself succeeded).
+fn count_fetched(response: &cairn_protocol::Response) {
+    let cairn_protocol::Response::Fetch(fetch) = response else {
+        return;
+    };
+    let metrics = crate::metrics::node();
+    let mut bytes = 0u64;
+    for partition in &fetch.partitions {
+        match &partition.result {
+            Ok(records) => bytes += records.batches.len() as u64,
+            Err(error) => metrics.rejected(error),
+        }
+    }
+    metrics.fetch_bytes.inc_by(bytes);
+}
+
 /// Runs the handshake (bounded by `HANDSHAKE_TIMEOUT`), then reads the peer connection until
 /// it ends or the node stops running. Nothing is read as a peer frame before the other side
 /// proved it holds the cluster secret; a failed handshake just closes the connection.
@@ -446,6 +493,7 @@ async fn serve_peer<S: LogStore>(
     let from = match accepted {
         Ok(from) => from,
         Err(error) => {
+            crate::metrics::node().peer_handshakes_refused.inc();
             PEER_REFUSALS.refused(remote, &error);
             return;
         }
@@ -549,6 +597,9 @@ impl Replies {
         result: Result<cairn_protocol::Response, ApiError>,
         reservation: Reservation,
     ) {
+        if let Err(error) = &result {
+            crate::metrics::node().rejected(error);
+        }
         let mut bytes = encode_response(&ResponseFrame {
             correlation_id,
             result,

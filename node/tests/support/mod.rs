@@ -51,6 +51,8 @@ pub struct TestNode {
     temp: tempfile::TempDir,
     child: Option<Child>,
     address: Option<SocketAddr>,
+    /// The bound HTTP address from the ready line (`None`: not started, or `http=none`).
+    http_address: Option<SocketAddr>,
     extra_args: Vec<String>,
     /// Ready lines of the running process, until [`TestNode::wait_ready`] takes one.
     ready_lines: Option<mpsc::Receiver<String>>,
@@ -80,6 +82,7 @@ impl TestNode {
                 .expect("a temporary directory"),
             child: None,
             address: listen,
+            http_address: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             ready_lines: None,
         }
@@ -96,6 +99,12 @@ impl TestNode {
     /// Everything the node logged so far (all its runs).
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The bound HTTP address (`/metrics`, `/health`, `/ready`), from the ready line.
+    pub fn http_address(&self) -> SocketAddr {
+        self.http_address
+            .expect("the node has started with an HTTP listener")
     }
 
     /// The bound client address, from the ready line.
@@ -179,6 +188,7 @@ impl TestNode {
             match ready_line.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => {
                     self.address = Some(parse_ready_line(&line, self.node_id));
+                    self.http_address = parse_ready_http(&line);
                     return;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -286,7 +296,7 @@ impl Drop for TestNode {
     }
 }
 
-/// Parses `cairn node ready node_id=N listen=IP:PORT`.
+/// Parses `cairn node ready node_id=N listen=IP:PORT http=IP:PORT`.
 pub fn parse_ready_line(line: &str, node_id: u32) -> SocketAddr {
     let rest = line
         .strip_prefix("cairn node ready ")
@@ -302,6 +312,15 @@ pub fn parse_ready_line(line: &str, node_id: u32) -> SocketAddr {
         .and_then(|field| field.strip_prefix("listen="))
         .unwrap_or_else(|| panic!("no listen field: {line:?}"));
     listen.parse().expect("the ready line carries IP:PORT")
+}
+
+/// The `http=IP:PORT` field of a ready line; `None` for `http=none`.
+pub fn parse_ready_http(line: &str) -> Option<SocketAddr> {
+    let http = line
+        .split(' ')
+        .find_map(|field| field.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no http field: {line:?}"));
+    (http != "none").then(|| http.parse().expect("the ready line carries IP:PORT"))
 }
 
 /// Runs `cairn node` with `args` expecting it to exit by itself (a refused configuration);
