@@ -205,6 +205,9 @@ impl LocalCluster {
                 .into_owned(),
             "--listen".to_owned(),
             self.address(node_id),
+            // The load generator speaks Cairn's protocol; several nodes share one host.
+            "--kafka-listen".to_owned(),
+            "off".to_owned(),
         ];
         if self.node_count > 1 {
             let voters: Vec<String> = self.node_ids().map(|id| id.to_string()).collect();

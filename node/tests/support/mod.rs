@@ -51,6 +51,8 @@ pub struct TestNode {
     temp: tempfile::TempDir,
     child: Option<Child>,
     address: Option<SocketAddr>,
+    /// The bound Kafka listener address, from the ready line (`kafka=IP:PORT`).
+    kafka_address: Option<SocketAddr>,
     extra_args: Vec<String>,
     /// Ready lines of the running process, until [`TestNode::wait_ready`] takes one.
     ready_lines: Option<mpsc::Receiver<String>>,
@@ -80,6 +82,7 @@ impl TestNode {
                 .expect("a temporary directory"),
             child: None,
             address: listen,
+            kafka_address: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             ready_lines: None,
         }
@@ -101,6 +104,12 @@ impl TestNode {
     /// The bound client address, from the ready line.
     pub fn address(&self) -> SocketAddr {
         self.address.expect("the node has started")
+    }
+
+    /// The bound Kafka listener address, from the ready line.
+    pub fn kafka_address(&self) -> SocketAddr {
+        self.kafka_address
+            .expect("the node has started with its Kafka listener on")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -179,6 +188,10 @@ impl TestNode {
             match ready_line.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => {
                     self.address = Some(parse_ready_line(&line, self.node_id));
+                    self.kafka_address = line
+                        .split(' ')
+                        .find_map(|field| field.strip_prefix("kafka="))
+                        .and_then(|address| address.parse().ok());
                     return;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
