@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kafka;
 
 use cairn_protocol::batch::{split_batches, Record, RecordBatch, RecordBatchBuilder, RecordView};
 use cairn_protocol::frame::{decode_response, encode_request};
