@@ -51,7 +51,9 @@ fn kcat(args: &[&str], input: &str) -> Output {
         .spawn()
         .expect("kcat starts");
     let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin.write_all(input.as_bytes()).expect("write kcat's input");
+    stdin
+        .write_all(input.as_bytes())
+        .expect("write kcat's input");
     drop(stdin);
     let pid = child.id();
     let (done, finished) = std::sync::mpsc::channel();
@@ -85,7 +87,13 @@ fn stdout_lines(output: &Output) -> Vec<String> {
 
 fn create_topic(node: &TestNode, topic: &str, partitions: u32) {
     let status = Command::new(cairn_binary())
-        .args(["topic", "create", topic, "--partitions", &partitions.to_string()])
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ])
         .args(["--bootstrap", &node.address().to_string()])
         .stdout(Stdio::null())
         .status()
@@ -104,7 +112,10 @@ fn now_ms() -> i64 {
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
-        assert!(started.elapsed() < SETTLE_TIMEOUT, "{what}: not within {SETTLE_TIMEOUT:?}");
+        assert!(
+            started.elapsed() < SETTLE_TIMEOUT,
+            "{what}: not within {SETTLE_TIMEOUT:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -114,12 +125,34 @@ fn round_trip(produce_to: SocketAddr, consume_from: SocketAddr, topic: &str, lin
     let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
     let broker = produce_to.to_string();
     kcat(
-        &["-b", &broker, "-P", "-t", topic, "-K:", "-H", "source=kcat", "-H", "n=1"],
+        &[
+            "-b",
+            &broker,
+            "-P",
+            "-t",
+            topic,
+            "-K:",
+            "-H",
+            "source=kcat",
+            "-H",
+            "n=1",
+        ],
         &input,
     );
     let broker = consume_from.to_string();
     let read = kcat(
-        &["-b", &broker, "-C", "-t", topic, "-e", "-o", "beginning", "-f", "%k %s %h\n"],
+        &[
+            "-b",
+            &broker,
+            "-C",
+            "-t",
+            topic,
+            "-e",
+            "-o",
+            "beginning",
+            "-f",
+            "%k %s %h\n",
+        ],
         "",
     );
     let mut expected: Vec<String> = lines
@@ -141,20 +174,33 @@ fn kcat_lists_writes_and_reads_a_lone_node() {
 
     let listed = String::from_utf8_lossy(&kcat(&["-b", &broker, "-L"], "").stdout).into_owned();
     assert!(listed.contains(" 1 brokers:"), "{listed}");
-    assert!(listed.contains(&format!("broker 1 at {broker}")), "{listed}");
-    assert!(listed.contains("topic \"orders\" with 3 partitions:"), "{listed}");
+    assert!(
+        listed.contains(&format!("broker 1 at {broker}")),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("topic \"orders\" with 3 partitions:"),
+        "{listed}"
+    );
     for partition in 0..3 {
         assert!(
-            listed.contains(&format!("partition {partition}, leader 1, replicas: 1, isrs: 1")),
+            listed.contains(&format!(
+                "partition {partition}, leader 1, replicas: 1, isrs: 1"
+            )),
             "{listed}"
         );
     }
 
-    let first: Vec<String> = (0..20).map(|n| format!("customer-{}:order-{n}", n % 7)).collect();
+    let first: Vec<String> = (0..20)
+        .map(|n| format!("customer-{}:order-{n}", n % 7))
+        .collect();
     round_trip(node.kafka_address(), node.kafka_address(), "orders", &first);
 
     // From the end: nothing until something new is written.
-    let from_end = kcat(&["-b", &broker, "-C", "-t", "orders", "-e", "-o", "end"], "");
+    let from_end = kcat(
+        &["-b", &broker, "-C", "-t", "orders", "-e", "-o", "end"],
+        "",
+    );
     assert!(stdout_lines(&from_end).is_empty());
 
     // From a timestamp: only what was written at or after it.
@@ -162,16 +208,41 @@ fn kcat_lists_writes_and_reads_a_lone_node() {
     while now_ms() <= since {
         std::thread::sleep(Duration::from_millis(1));
     }
-    kcat(&["-b", &broker, "-P", "-t", "orders", "-K:"], "late-1:after\nlate-2:after\n");
+    kcat(
+        &["-b", &broker, "-P", "-t", "orders", "-K:"],
+        "late-1:after\nlate-2:after\n",
+    );
     let after = kcat(
-        &["-b", &broker, "-C", "-t", "orders", "-e", "-o", &format!("s@{since}"), "-f", "%k %s\n"],
+        &[
+            "-b",
+            &broker,
+            "-C",
+            "-t",
+            "orders",
+            "-e",
+            "-o",
+            &format!("s@{since}"),
+            "-f",
+            "%k %s\n",
+        ],
         "",
     );
     assert_eq!(stdout_lines(&after), ["late-1 after", "late-2 after"]);
     // And the Cairn CLI reads what kcat wrote: one log, two protocols.
     let cairn = Command::new(cairn_binary())
-        .args(["consume", "orders", "--from-beginning", "--max-messages", "22"])
-        .args(["--format", "%k %v", "--bootstrap", &node.address().to_string()])
+        .args([
+            "consume",
+            "orders",
+            "--from-beginning",
+            "--max-messages",
+            "22",
+        ])
+        .args([
+            "--format",
+            "%k %v",
+            "--bootstrap",
+            &node.address().to_string(),
+        ])
         .output()
         .expect("the cairn CLI runs");
     assert!(cairn.status.success());
@@ -180,8 +251,9 @@ fn kcat_lists_writes_and_reads_a_lone_node() {
 
 fn topic_id(address: SocketAddr, topic: &str) -> uuid::Uuid {
     let mut wire = KafkaWire::connect(address);
-    let request = MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
+    let request =
+        MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
     let response: MetadataResponse = wire.call(ApiKey::Metadata, 12, &request);
     assert_eq!(response.topics[0].error_code, 0);
     response.topics[0].topic_id
@@ -195,8 +267,9 @@ fn kcat_sees_every_broker_of_a_cluster_and_reads_through_any_of_them() {
     let broker = kafka[1].to_string();
     // Gossip brings every node's Kafka address, and elections a leader for every partition.
     eventually("3 brokers and 3 led partitions in kcat -L", || {
-        let listed = String::from_utf8_lossy(&kcat(&["-b", &broker, "-L", "-t", "payments"], "").stdout)
-            .into_owned();
+        let listed =
+            String::from_utf8_lossy(&kcat(&["-b", &broker, "-L", "-t", "payments"], "").stdout)
+                .into_owned();
         kafka
             .iter()
             .enumerate()
@@ -205,9 +278,17 @@ fn kcat_sees_every_broker_of_a_cluster_and_reads_through_any_of_them() {
             && !listed.contains("leader -1")
     });
     // One topic id, whichever node is asked.
-    let ids: Vec<uuid::Uuid> = kafka.iter().map(|address| topic_id(*address, "payments")).collect();
-    assert!(ids.iter().all(|id| *id == ids[0] && !id.is_nil()), "{ids:?}");
+    let ids: Vec<uuid::Uuid> = kafka
+        .iter()
+        .map(|address| topic_id(*address, "payments"))
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0] && !id.is_nil()),
+        "{ids:?}"
+    );
 
-    let lines: Vec<String> = (0..30).map(|n| format!("account-{}:payment-{n}", n % 5)).collect();
+    let lines: Vec<String> = (0..30)
+        .map(|n| format!("account-{}:payment-{n}", n % 5))
+        .collect();
     round_trip(kafka[0], kafka[2], "payments", &lines);
 }

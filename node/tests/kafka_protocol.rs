@@ -44,7 +44,13 @@ fn create_topic(wire: &mut KafkaWire, topic: &str, partitions: i32) -> CreateTop
     wire.call(ApiKey::CreateTopics, 7, &request)
 }
 
-fn produce(wire: &mut KafkaWire, topic: &str, partition: i32, acks: i16, records: Bytes) -> (i16, i64) {
+fn produce(
+    wire: &mut KafkaWire,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    records: Bytes,
+) -> (i16, i64) {
     let request = ProduceRequest::default()
         .with_acks(acks)
         .with_timeout_ms(10_000)
@@ -65,12 +71,12 @@ fn fetch_request(topic: &str, offset: i64) -> FetchRequest {
         .with_min_bytes(1)
         .with_max_bytes(1 << 20)
         .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(name(topic)).with_partitions(
-            vec![FetchPartition::default()
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
                 .with_partition(0)
                 .with_fetch_offset(offset)
-                .with_partition_max_bytes(1 << 20)],
-        )])
+                .with_partition_max_bytes(1 << 20)])])
 }
 
 /// Every served API with its range, in the order ApiVersions lists them.
@@ -157,7 +163,10 @@ fn requests_that_cannot_be_answered_close_the_connection_and_nothing_else() {
     raw.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
     let mut buffer = [0u8; 16];
     let read = std::io::Read::read(&mut raw, &mut buffer);
-    assert!(matches!(read, Ok(0)) || read.is_err(), "an oversized frame closes the connection");
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "an oversized frame closes the connection"
+    );
     let mut fresh = KafkaWire::connect(address);
     assert_eq!(api_versions(&mut fresh, 3).error_code, 0);
 }
@@ -193,41 +202,69 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
     assert_eq!(created.topics[0].num_partitions, 2);
     let id = created.topics[0].topic_id;
     assert!(!id.is_nil());
-    assert_eq!(create_topic(&mut wire, "events", 2).topics[0].error_code, 36);
-    assert_eq!(create_topic(&mut wire, "bad name!", 1).topics[0].error_code, 17);
+    assert_eq!(
+        create_topic(&mut wire, "events", 2).topics[0].error_code,
+        36
+    );
+    assert_eq!(
+        create_topic(&mut wire, "bad name!", 1).topics[0].error_code,
+        17
+    );
     let listed = metadata(&mut wire, 12, Some(&["events", "missing"]));
     assert_eq!(listed.topics[0].topic_id, id);
     assert_eq!(listed.topics[0].partitions.len(), 2);
     assert_eq!(listed.topics[0].partitions[0].leader_id, BrokerId(1));
     assert_eq!(listed.topics[1].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
     assert_eq!(listed.brokers.len(), 1);
-    assert_eq!(listed.brokers[0].port, i32::from(node.kafka_address().port()));
+    assert_eq!(
+        listed.brokers[0].port,
+        i32::from(node.kafka_address().port())
+    );
     // Version 0 names no topic to mean every topic.
     let all = metadata(&mut wire, 0, Some(&[]));
-    assert!(all.topics.iter().any(|topic| topic.name == Some(name("events"))));
+    assert!(all
+        .topics
+        .iter()
+        .any(|topic| topic.name == Some(name("events"))));
 
     // Produce: acks -1 appends; errors are per partition.
     let (error, base_offset) = produce(&mut wire, "events", 0, -1, kafka_batch(&[("k", "v")]));
     assert_eq!(error, 0);
     assert!(base_offset >= 1, "offset 0 holds the leader's epoch marker");
-    assert_eq!(produce(&mut wire, "nope", 0, -1, kafka_batch(&[("k", "v")])).0, 3);
-    assert_eq!(produce(&mut wire, "events", 7, -1, kafka_batch(&[("k", "v")])).0, 3);
-    assert_eq!(produce(&mut wire, "events", 0, 2, kafka_batch(&[("k", "v")])).0, 21);
+    assert_eq!(
+        produce(&mut wire, "nope", 0, -1, kafka_batch(&[("k", "v")])).0,
+        3
+    );
+    assert_eq!(
+        produce(&mut wire, "events", 7, -1, kafka_batch(&[("k", "v")])).0,
+        3
+    );
+    assert_eq!(
+        produce(&mut wire, "events", 0, 2, kafka_batch(&[("k", "v")])).0,
+        21
+    );
     let mut corrupt = kafka_batch(&[("k", "v")]).to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0x55;
-    assert_eq!(produce(&mut wire, "events", 0, -1, Bytes::from(corrupt)).0, 2);
+    assert_eq!(
+        produce(&mut wire, "events", 0, -1, Bytes::from(corrupt)).0,
+        2
+    );
     let mut two = kafka_batch(&[("k", "v")]).to_vec();
     two.extend_from_slice(&kafka_batch(&[("k", "w")]));
     assert_eq!(produce(&mut wire, "events", 0, -1, Bytes::from(two)).0, 87);
 
     // Fetch: the record comes back; sessions are not kept; a negative offset is out of range.
-    let fetched: FetchResponse = wire.call(ApiKey::Fetch, 12, &fetch_request("events", base_offset));
+    let fetched: FetchResponse =
+        wire.call(ApiKey::Fetch, 12, &fetch_request("events", base_offset));
     let partition = &fetched.responses[0].partitions[0];
     assert_eq!(partition.error_code, 0);
     assert_eq!(partition.high_watermark, base_offset + 1);
     assert_eq!(partition.last_stable_offset, base_offset + 1);
-    assert!(partition.records.as_ref().is_some_and(|records| !records.is_empty()));
+    assert!(partition
+        .records
+        .as_ref()
+        .is_some_and(|records| !records.is_empty()));
     assert_eq!(fetched.session_id, 0, "no session is created");
     let mut with_session = fetch_request("events", base_offset);
     with_session.session_id = 5;
@@ -240,11 +277,11 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
     let list = |wire: &mut KafkaWire, timestamp: i64| {
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_topics(vec![ListOffsetsTopic::default().with_name(name("events")).with_partitions(
-                vec![ListOffsetsPartition::default()
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name("events"))
+                .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(0)
-                    .with_timestamp(timestamp)],
-            )]);
+                    .with_timestamp(timestamp)])]);
         let response: ListOffsetsResponse = wire.call(ApiKey::ListOffsets, 7, &request);
         let answer = &response.topics[0].partitions[0];
         (answer.error_code, answer.offset)
@@ -254,10 +291,13 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
     assert_eq!(list(&mut wire, -3).0, 35);
 
     // InitProducerId: an idempotent producer gets an id; a transactional one is refused.
-    let init: InitProducerIdResponse =
-        wire.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default()
+    let init: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
             .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000));
+            .with_transaction_timeout_ms(60_000),
+    );
     assert_eq!(init.error_code, 0);
     assert!(init.producer_id.0 >= 0);
     let transactional: InitProducerIdResponse = wire.call(
@@ -275,5 +315,8 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
     let deleted: DeleteTopicsResponse = wire.call(ApiKey::DeleteTopics, 5, &request);
     assert_eq!(deleted.responses[0].error_code, 0);
     assert_ne!(deleted.responses[1].error_code, 0, "internal topics stay");
-    assert_eq!(metadata(&mut wire, 12, Some(&["events"])).topics[0].error_code, 3);
+    assert_eq!(
+        metadata(&mut wire, 12, Some(&["events"])).topics[0].error_code,
+        3
+    );
 }

@@ -1,7 +1,7 @@
 //! `ListOffsets` (1-7): -2 the earliest offset (log start), -1 the latest (the high
 //! watermark, also the last stable offset: no transactions), or a timestamp: the first offset
-//! whose batch's max timestamp is at or after it, found by the partition's own lookup (a
-//! bounded scan of the log: the storage keeps no time index yet). -3 (the record with the
+//! at or after it, below the high watermark, found through the storage's time index (one
+//! entry per batch max timestamp) and a walk of the batch it names. -3 (the record with the
 //! largest timestamp, version 7) is not served: UNSUPPORTED_VERSION for that partition.
 
 use super::errors::code;

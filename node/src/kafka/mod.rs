@@ -141,7 +141,8 @@ fn peek_call(frame: &[u8]) -> Result<(i16, i16, i32), Refusal> {
 
 /// A decoded request, or the ApiVersions fallback answer (KIP-511) for a version too new.
 enum Decoded {
-    Request(Call, RequestKind),
+    /// Boxed: requests are large, and most of a connection's life is spent between them.
+    Request(Call, Box<RequestKind>),
     ApiVersionsFallback(Call),
 }
 
@@ -187,7 +188,7 @@ fn decode(frame: BytesMut, entries_max: u32) -> Result<Decoded, Refusal> {
             max: entries_max,
         });
     }
-    Ok(Decoded::Request(call, request))
+    Ok(Decoded::Request(call, Box::new(request)))
 }
 
 /// Topics and partitions named by a request (the lists a handler walks).
@@ -342,7 +343,7 @@ async fn run_connection<S: LogStore>(
         let broker = Arc::clone(&broker);
         let phase_watch = phase.clone();
         let outbound = outbound.clone();
-        match request {
+        match *request {
             RequestKind::Produce(request) => {
                 // Into the mailboxes now, in read order; the answer is awaited concurrently.
                 let enqueued = produce::enqueue(&broker, request);

@@ -1,5 +1,6 @@
 //! `Produce` (3-11): each partition's batch goes to the same partition-actor append as a
-//! Cairn produce (`crate::server::produce`), bytes as they came, after the same validation.
+//! Cairn produce (`crate::server::produce`), after the same validation; its records and
+//! checksum are stored as they came, only the header's epoch field is widened ([`super::batch`]).
 //! acks map one to one: 0 (no reply at all), 1 (the leader's flush), -1 (committed).
 //!
 //! Split in two as on the Cairn listener: [`enqueue`] runs in the connection's reader, in

@@ -47,7 +47,8 @@ impl KafkaWire {
             .with_client_id(Some(StrBytes::from_static_str("cairn-test")))
             .encode(&mut bytes, api_key.request_header_version(version))
             .expect("the request header encodes");
-        body.encode(&mut bytes, version).expect("the request encodes");
+        body.encode(&mut bytes, version)
+            .expect("the request encodes");
         self.send_raw(&bytes);
         correlation_id
     }
@@ -77,7 +78,9 @@ impl KafkaWire {
 
     /// The next reply, decoded as `api_key` at `version`, with its correlation id.
     pub fn receive<T: Decodable>(&mut self, api_key: ApiKey, version: i16) -> (i32, T) {
-        let mut frame = self.receive_raw().expect("a reply, not a closed connection");
+        let mut frame = self
+            .receive_raw()
+            .expect("a reply, not a closed connection");
         let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
             .expect("the response header decodes");
         let body = T::decode(&mut frame, version).expect("the response decodes");
@@ -86,7 +89,12 @@ impl KafkaWire {
     }
 
     /// Sends a request and reads its reply.
-    pub fn call<Q: Encodable, R: Decodable>(&mut self, api_key: ApiKey, version: i16, body: &Q) -> R {
+    pub fn call<Q: Encodable, R: Decodable>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        body: &Q,
+    ) -> R {
         let sent = self.send(api_key, version, body);
         let (received, response) = self.receive(api_key, version);
         assert_eq!(received, sent, "replies come back in request order");
