@@ -320,3 +320,44 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
         3
     );
 }
+
+/// The Kafka listener counts its connections with the Cairn listener's, under one
+/// `limits.connections_max`: past it a Kafka connection is closed at once (Kafka has no
+/// message a broker sends unasked), and a slot given back is usable again.
+#[test]
+fn kafka_connections_count_against_the_nodes_connection_limit() {
+    let node = TestNode::start_with(&["--set", "limits.connections_max=2"]);
+    // Each connection answers a request first, so the node has admitted it.
+    let mut cairn = node.wire();
+    cairn.cluster_status(false);
+    let mut kafka = KafkaWire::connect(node.kafka_address());
+    assert_eq!(api_versions(&mut kafka, 3).error_code, 0);
+    let mut refused = KafkaWire::connect(node.kafka_address());
+    assert!(refused.is_closed_by_node(), "a third connection is refused");
+    drop(cairn);
+    // The Cairn connection's slot comes back once the node sees it closed.
+    let started = std::time::Instant::now();
+    loop {
+        let mut next = KafkaWire::connect(node.kafka_address());
+        next.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        if !next.is_closed_by_node() {
+            break;
+        }
+        assert!(
+            started.elapsed() < support::READ_TIMEOUT,
+            "the freed slot is never reused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A Kafka connection that sends nothing is closed after `limits.first_request_timeout_ms`,
+/// as on the Cairn listener.
+#[test]
+fn a_silent_kafka_connection_is_closed() {
+    let node = TestNode::start_with(&["--set", "limits.first_request_timeout_ms=200"]);
+    let mut silent = KafkaWire::connect(node.kafka_address());
+    assert!(silent.is_closed_by_node());
+    let mut talking = KafkaWire::connect(node.kafka_address());
+    assert_eq!(api_versions(&mut talking, 3).error_code, 0);
+}
