@@ -272,6 +272,11 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
     assert_eq!(refused.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
     let out_of_range: FetchResponse = wire.call(ApiKey::Fetch, 12, &fetch_request("events", -5));
     assert_eq!(out_of_range.responses[0].partitions[0].error_code, 1);
+    let metadata_log: FetchResponse = wire.call(ApiKey::Fetch, 12, &fetch_request("__meta", 0));
+    assert_eq!(
+        metadata_log.responses[0].partitions[0].error_code, 3,
+        "__meta is no Kafka topic"
+    );
 
     // ListOffsets: earliest, latest, and the unserved max-timestamp spec.
     let list = |wire: &mut KafkaWire, timestamp: i64| {

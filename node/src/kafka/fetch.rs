@@ -9,6 +9,7 @@
 use super::errors::code;
 use super::Call;
 use crate::broker::Broker;
+use crate::meta::META_TOPIC;
 use crate::server::budget::{FetchBudgets, Reservation};
 use cairn_protocol::messages::{FetchPartition, FetchRequest as CairnFetch, Response};
 use cairn_protocol::{ApiError, Offset};
@@ -51,6 +52,11 @@ pub async fn handle<S: LogStore>(
                 u32::try_from(partition.partition),
                 u64::try_from(partition.fetch_offset),
             ) {
+                // `__meta` is fetched by Cairn learners on the Cairn listener; to a Kafka
+                // client it is no topic (Metadata does not list it either).
+                _ if *topic.topic.0 == *META_TOPIC => Err(ApiError::UnknownTopic {
+                    topic: META_TOPIC.to_string(),
+                }),
                 (Err(_), _) => Err(ApiError::UnknownPartition {
                     topic: topic.topic.0.to_string(),
                     partition: 0,
