@@ -208,6 +208,9 @@ impl LocalCluster {
             // Many nodes share this machine: each picks a free port for its HTTP listener.
             "--http-listen".to_owned(),
             "127.0.0.1:0".to_owned(),
+            // The load generator speaks Cairn's protocol; several nodes share one host.
+            "--kafka-listen".to_owned(),
+            "off".to_owned(),
         ];
         if self.node_count > 1 {
             let voters: Vec<String> = self.node_ids().map(|id| id.to_string()).collect();

@@ -192,6 +192,9 @@ impl Cluster {
             .arg(&voters)
             .arg("--cluster-secret-file")
             .arg(spec.secret_file())
+            // The campaign speaks Cairn's protocol only; several nodes share one host.
+            .arg("--kafka-listen")
+            .arg("off")
             .args(&spec.extra_args)
             .env("CAIRN_LOG", "info")
             .stdin(Stdio::null())

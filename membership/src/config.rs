@@ -92,6 +92,10 @@ pub struct MembershipSettings {
     pub client_addr: SocketAddr,
     /// Address peers should send replication RPCs to, published to peers.
     pub peer_addr: SocketAddr,
+    /// Address Kafka clients should connect to (HOST:PORT), published to peers; `None`: no
+    /// Kafka listener.
+    #[serde(default)]
+    pub kafka_addr: Option<String>,
     pub gossip_interval_ms: u64,
     /// A peer is considered dead once the time since its last heartbeat exceeds this many
     /// mean heartbeat intervals.
@@ -129,6 +133,7 @@ impl MembershipSettings {
             seeds: Vec::new(),
             client_addr,
             peer_addr,
+            kafka_addr: None,
             gossip_interval_ms: 500,
             phi_threshold: 8.0,
             heartbeat_samples_max: 1_000,
@@ -392,6 +397,9 @@ impl MembershipConfig {
     }
     pub fn peer_addr(&self) -> SocketAddr {
         self.settings.peer_addr
+    }
+    pub fn kafka_addr(&self) -> Option<&str> {
+        self.settings.kafka_addr.as_deref()
     }
     pub fn gossip_interval(&self) -> Duration {
         Duration::from_millis(self.settings.gossip_interval_ms)

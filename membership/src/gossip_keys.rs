@@ -16,6 +16,10 @@ const KEY_CLIENT_ADDR: &str = "client";
 const KEY_PEER_ADDR: &str = "peer";
 const KEY_READY: &str = "ready";
 const KEY_HINTS: &str = "hints";
+/// HOST:PORT of the node's Kafka listener; absent when it runs none.
+const KEY_KAFKA_ADDR: &str = "kafka";
+/// Longest Kafka address read from a peer (a DNS name is at most 253 bytes, plus the port).
+const KAFKA_ADDR_BYTES_MAX: usize = 261;
 
 const READY_YES: &str = "1";
 const READY_NO: &str = "0";
@@ -29,6 +33,8 @@ pub(crate) enum NodeDecodeError {
     MissingKey(&'static str),
     #[error("key {0:?} does not hold a socket address")]
     BadAddress(&'static str),
+    #[error("key {KEY_KAFKA_ADDR:?} does not hold HOST:PORT")]
+    BadKafkaAddress,
     #[error("key {KEY_READY:?} is neither {READY_YES:?} nor {READY_NO:?}")]
     BadReady,
 }
@@ -46,6 +52,23 @@ pub(crate) fn initial_key_values(config: &MembershipConfig) -> Vec<(String, Stri
         (KEY_READY.into(), READY_NO.into()),
         (KEY_HINTS.into(), String::new()),
     ]
+    .into_iter()
+    .chain(
+        config
+            .kafka_addr()
+            .map(|address| (KEY_KAFKA_ADDR.into(), address.to_string())),
+    )
+    .collect()
+}
+
+/// HOST:PORT with a non-empty host of printable ASCII and a non-zero port.
+fn is_kafka_address(address: &str) -> bool {
+    address.len() <= KAFKA_ADDR_BYTES_MAX
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && host.bytes().all(|byte| byte.is_ascii_graphic())
+                && port.parse::<u16>().is_ok_and(|port| port > 0)
+        })
 }
 
 /// Setting an unchanged value is a no-op in chitchat, so this does not cause gossip traffic.
@@ -81,6 +104,11 @@ pub(crate) fn decode_node(
         Some(_) => return Err(NodeDecodeError::BadReady),
         None => return Err(NodeDecodeError::MissingKey(KEY_READY)),
     };
+    let kafka_addr = match state.get(KEY_KAFKA_ADDR) {
+        None => None,
+        Some(address) if is_kafka_address(address) => Some(address.to_string()),
+        Some(_) => return Err(NodeDecodeError::BadKafkaAddress),
+    };
     let (hints, hints_error) = match LeadershipHints::decode(state.get(KEY_HINTS).unwrap_or("")) {
         Ok(hints) => (hints, None),
         Err(error) => (LeadershipHints::new(), Some(error)),
@@ -91,6 +119,7 @@ pub(crate) fn decode_node(
         gossip_addr: chitchat_id.gossip_advertise_addr,
         client_addr,
         peer_addr,
+        kafka_addr,
         ready,
         alive: false,
         hints,
@@ -209,5 +238,44 @@ mod tests {
         .unwrap();
         assert!(info.hints.is_empty());
         assert!(hints_error.is_some());
+        for bad in ["", "nope", "host:0", "host:99999", ":9092", "a b:9092"] {
+            assert_eq!(
+                decode_node(
+                    &id("1"),
+                    &state_with(&[good[0], good[1], good[2], (KEY_KAFKA_ADDR, bad)])
+                ),
+                Err(NodeDecodeError::BadKafkaAddress),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_kafka_address_is_published_only_when_there_is_one() {
+        let mut config = MembershipSettings::new(
+            "c",
+            NodeId(42),
+            "127.0.0.1:7000".parse().unwrap(),
+            "127.0.0.1:9092".parse().unwrap(),
+            "127.0.0.1:9093".parse().unwrap(),
+        );
+        config.kafka_addr = Some("broker-1.example:9092".to_string());
+        let config = config.validate(Generation(5)).unwrap();
+        let mut state = NodeState::for_test();
+        for (key, value) in initial_key_values(&config) {
+            state.set(key, value);
+        }
+        let (info, _) = decode_node(&id("42"), &state).unwrap();
+        assert_eq!(info.kafka_addr.as_deref(), Some("broker-1.example:9092"));
+        let (info, _) = decode_node(
+            &id("42"),
+            &state_with(&[
+                (KEY_CLIENT_ADDR, "127.0.0.1:1"),
+                (KEY_PEER_ADDR, "127.0.0.1:2"),
+                (KEY_READY, "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(info.kafka_addr, None);
     }
 }

@@ -22,6 +22,9 @@ pub struct NodeInfo {
     pub client_addr: SocketAddr,
     /// Where peers send replication RPCs.
     pub peer_addr: SocketAddr,
+    /// Where Kafka clients connect (HOST:PORT as the node advertises it), if the node runs a
+    /// Kafka listener.
+    pub kafka_addr: Option<String>,
     /// The node says it is ready to serve (set by its owner with `set_ready`).
     pub ready: bool,
     /// This node's failure detector currently believes the node is up.

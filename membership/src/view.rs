@@ -109,6 +109,7 @@ mod tests {
             gossip_addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
             client_addr: format!("127.0.0.1:{}", 9000 + id).parse().unwrap(),
             peer_addr: format!("127.0.0.1:{}", 9500 + id).parse().unwrap(),
+            kafka_addr: None,
             ready: false,
             alive,
             hints: LeadershipHints::new(),

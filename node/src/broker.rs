@@ -58,6 +58,8 @@ pub struct Broker<S: LogStore> {
     arbiters: Vec<actix::ArbiterHandle>,
     clock: Clock,
     advertised_address: String,
+    /// Where Kafka clients reach this node; `None` without a Kafka listener.
+    kafka_advertised_address: Option<String>,
     peers: Arc<PeerTransport>,
     /// Counts changes of what [`Broker::leadership_hints`] returns: a hosted replica's role
     /// or epoch, or the set of hosted replicas.
@@ -104,6 +106,7 @@ impl<S: LogStore> Broker<S> {
         committer: GroupCommitter,
         arbiters: Vec<actix::ArbiterHandle>,
         advertised_address: String,
+        kafka_advertised_address: Option<String>,
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
@@ -154,6 +157,7 @@ impl<S: LogStore> Broker<S> {
             arbiters,
             clock,
             advertised_address,
+            kafka_advertised_address,
             peers,
             leadership_changes,
             meta,
@@ -782,6 +786,25 @@ impl<S: LogStore> Broker<S> {
             }
         }
         brokers.sort_by_key(|broker| broker.node_id);
+        brokers
+    }
+
+    /// The Kafka address of this node and of every node gossip says is alive and runs a
+    /// Kafka listener, by node id: the brokers a Kafka Metadata answer lists.
+    pub fn kafka_brokers(&self) -> Vec<(NodeId, String)> {
+        let mut brokers: Vec<(NodeId, String)> = self
+            .kafka_advertised_address
+            .iter()
+            .map(|address| (self.config.node_id, address.clone()))
+            .collect();
+        for info in self.cluster_view().values() {
+            if info.alive && info.node_id != self.config.node_id {
+                if let Some(address) = &info.kafka_addr {
+                    brokers.push((info.node_id, address.clone()));
+                }
+            }
+        }
+        brokers.sort();
         brokers
     }
 

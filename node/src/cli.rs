@@ -28,6 +28,18 @@ pub struct NodeArgs {
     /// port 0 picks a free port [env: CAIRN_HTTP_LISTEN; default 127.0.0.1:9644].
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// Address of the Kafka listener, IP:PORT, or `off` [env: CAIRN_KAFKA_LISTEN; default
+    /// 127.0.0.1:9092].
+    #[arg(long)]
+    pub kafka_listen: Option<String>,
+    /// Address Kafka clients are told to connect to, HOST:PORT [env:
+    /// CAIRN_KAFKA_ADVERTISED_ADDRESS; default: the bound Kafka listen address].
+    #[arg(long)]
+    pub kafka_advertised_address: Option<String>,
+    /// Create unknown topics named in a Kafka Metadata request that allows it [env:
+    /// CAIRN_KAFKA_AUTO_CREATE_TOPICS; default false].
+    #[arg(long)]
+    pub kafka_auto_create_topics: Option<bool>,
     /// TOML config file; unknown keys are refused.
     #[arg(long, env = "CAIRN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -73,7 +85,7 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         builder = builder.preset(Preset::parse(preset)?);
     }
     builder = builder.env(|name| std::env::var(name).ok());
-    let flags: [(&str, &str, Option<String>); 11] = [
+    let flags: [(&str, &str, Option<String>); 14] = [
         (
             "--node-id",
             "node_id",
@@ -110,6 +122,17 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         ),
         ("--gossip", "gossip", args.gossip.clone()),
         ("--http-listen", "http.listen", args.http_listen.clone()),
+        ("--kafka-listen", "kafka.listen", args.kafka_listen.clone()),
+        (
+            "--kafka-advertised-address",
+            "kafka.advertised_address",
+            args.kafka_advertised_address.clone(),
+        ),
+        (
+            "--kafka-auto-create-topics",
+            "kafka.auto_create_topics",
+            args.kafka_auto_create_topics.map(|on| on.to_string()),
+        ),
         (
             "--cluster-secret-file",
             "cluster_secret_file",

@@ -116,6 +116,30 @@ pub struct Limits {
     pub request_entries_max: u32,
 }
 
+/// The Kafka listener's keys as the file and presets give them (`[kafka]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaFileSettings {
+    listen: String,
+    advertised_address: Option<String>,
+    auto_create_topics: bool,
+}
+
+/// The Kafka listener (node/src/kafka/): a second front end over the same broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Address the Kafka listener binds; port 0 picks a free port; `None` (`off`): no
+    /// Kafka listener.
+    pub listen: Option<SocketAddr>,
+    /// Address Kafka clients are told to use (Metadata's brokers); defaults to the bound
+    /// Kafka listen address.
+    pub advertised_address: Option<String>,
+    /// A Metadata request naming an unknown topic creates it (default partitions and
+    /// replication factor) when the client allows it, as Kafka's
+    /// `auto.create.topics.enable`. Off by default: a typo should not create a topic.
+    pub auto_create_topics: bool,
+}
+
 /// Timings of every partition replica hosted here (DESIGN 5.3), plus the tick.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +253,7 @@ pub struct NodeConfig {
     pub default_replication_factor: u16,
     pub groups: GroupSettings,
     pub http: HttpConfig,
+    pub kafka: KafkaConfig,
     /// Cluster settings; [`ClusterConfig::is_clustered`] is false for a lone node.
     pub cluster: ClusterConfig,
     /// What peers prove they hold (DESIGN 10), read from `cluster_secret_file` or the
@@ -284,6 +309,7 @@ struct FileConfig {
     retention: RetentionDefaults,
     groups: GroupSettings,
     http: HttpSettings,
+    kafka: KafkaFileSettings,
 }
 
 /// Every key a layer may set, dotted; environment variables are `CAIRN_` + the key in upper
@@ -334,6 +360,9 @@ pub const KEYS: &[&str] = &[
     "groups.expiry_check_ms",
     "http.listen",
     "http.connections_max",
+    "kafka.listen",
+    "kafka.advertised_address",
+    "kafka.auto_create_topics",
 ];
 
 /// Keys whose values are strings (a TOML override of them is taken verbatim).
@@ -346,6 +375,8 @@ const STRING_KEYS: &[&str] = &[
     "gossip",
     "cluster_secret_file",
     "http.listen",
+    "kafka.listen",
+    "kafka.advertised_address",
 ];
 
 /// The one environment variable that carries the secret itself (not a key: no file or flag
@@ -400,6 +431,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             [http]
             listen = "127.0.0.1:9644"
             connections_max = 64
+            [kafka]
+            listen = "127.0.0.1:9092"
+            auto_create_topics = false
             "#
         }
         Preset::Test => {
@@ -445,6 +479,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             # Many test nodes share one machine: each picks a free port.
             listen = "127.0.0.1:0"
             connections_max = 8
+            [kafka]
+            listen = "127.0.0.1:0"
+            auto_create_topics = false
             "#
         }
     };
@@ -768,12 +805,11 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
     if let Some(address) = &file.advertised_address {
         rule(
             "advertised_address is HOST:PORT",
-            address.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
-            }),
+            is_host_port(address),
             "clients connect to the advertised address, so it needs a host and a non-zero port",
         )?;
     }
+    let kafka = validate_kafka(file.kafka, NodeId(node_id))?;
     Ok(NodeConfig {
         node_id: NodeId(node_id),
         data_dir,
@@ -786,6 +822,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         default_replication_factor: file.default_replication_factor,
         groups,
         http,
+        kafka,
         cluster,
         cluster_secret: None,
     })
@@ -796,7 +833,8 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
 /// turn monitoring off.
 fn validate_http(http: &HttpSettings, listen: SocketAddr) -> Result<HttpConfig, ConfigError> {
     let text = http.listen.trim();
-    let address = if text == "none" {
+    // `off` too, as `kafka.listen` spells it.
+    let address = if text == "none" || text == "off" {
         None
     } else {
         let address: SocketAddr = text.parse().map_err(|error| ConfigError::Rule {
@@ -823,6 +861,49 @@ fn validate_http(http: &HttpSettings, listen: SocketAddr) -> Result<HttpConfig, 
     Ok(HttpConfig {
         listen: address,
         connections_max: http.connections_max,
+    })
+}
+
+fn is_host_port(address: &str) -> bool {
+    address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+    })
+}
+
+fn validate_kafka(file: KafkaFileSettings, node_id: NodeId) -> Result<KafkaConfig, ConfigError> {
+    // `none` too, as `http.listen` spells it.
+    let listen = if file.listen == "off" || file.listen == "none" {
+        None
+    } else {
+        Some(
+            file.listen
+                .parse::<SocketAddr>()
+                .map_err(|error| ConfigError::Rule {
+                    rule: "kafka.listen is IP:PORT or off",
+                    why: format!(
+                        "{:?} is not a socket address ({error}); use e.g. 127.0.0.1:9092",
+                        file.listen
+                    ),
+                })?,
+        )
+    };
+    if let Some(address) = &file.advertised_address {
+        rule(
+            "kafka.advertised_address is HOST:PORT",
+            is_host_port(address),
+            "Kafka clients connect to the advertised address, so it needs a host and a \
+             non-zero port",
+        )?;
+    }
+    rule(
+        "node_id <= 2147483647 when the Kafka listener is on",
+        listen.is_none() || i32::try_from(node_id.0).is_ok(),
+        "Kafka names brokers by a signed 32-bit id, and a node's Kafka broker id is its node id",
+    )?;
+    Ok(KafkaConfig {
+        listen,
+        advertised_address: file.advertised_address,
+        auto_create_topics: file.auto_create_topics,
     })
 }
 

@@ -54,6 +54,10 @@ pub struct DevArgs {
     /// HTTP_BASE_PORT + N - 1; 0 lets every node pick a free port.
     #[arg(long, default_value_t = 9644)]
     pub http_base_port: u16,
+    /// Node 1's Kafka listener is on 127.0.0.1:KAFKA_BASE_PORT, node N's on KAFKA_BASE_PORT +
+    /// N - 1; 0 lets each node pick a free port (shown in its log's ready line).
+    #[arg(long, default_value_t = 9092)]
+    pub kafka_base_port: u16,
     /// An extra flag for every node, e.g. `--node-arg=--preset=test` (repeatable).
     #[arg(long = "node-arg", value_name = "FLAG", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
@@ -111,6 +115,12 @@ pub fn node_arguments(args: &DevArgs, node_id: u32) -> Vec<String> {
             .into_owned(),
         "--listen".to_owned(),
         node_address(args.base_port, node_id),
+        "--kafka-listen".to_owned(),
+        if args.kafka_base_port == 0 {
+            "127.0.0.1:0".to_owned()
+        } else {
+            node_address(args.kafka_base_port, node_id)
+        },
     ];
     // A user's own `--node-arg=--http-listen=...` wins (the flag may be given only once).
     let http_given = args
@@ -654,6 +664,7 @@ mod tests {
             data_dir: PathBuf::from("/tmp/d"),
             base_port: 7171,
             http_base_port: 9644,
+            kafka_base_port: 9092,
             node_args: vec!["--preset=test".to_owned()],
             ready_timeout_ms: 1000,
         }
@@ -671,6 +682,8 @@ mod tests {
                 "/tmp/d/node-2",
                 "--listen",
                 "127.0.0.1:7172",
+                "--kafka-listen",
+                "127.0.0.1:9093",
                 "--http-listen",
                 "127.0.0.1:9645",
                 "--seeds",
@@ -696,6 +709,8 @@ mod tests {
                 "/tmp/d/node-1",
                 "--listen",
                 "127.0.0.1:7171",
+                "--kafka-listen",
+                "127.0.0.1:9092",
                 "--http-listen",
                 "127.0.0.1:9644",
                 "--preset=test",

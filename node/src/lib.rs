@@ -8,6 +8,8 @@
 //! - [`node`]: start-up (data dir, store, arbiters, listener, ready line) and graceful shutdown.
 //! - [`server`]: accept loop and connections (frames, pipelining, in-flight limit), then one
 //!   module per request kind.
+//! - [`kafka`]: the Kafka listener: Kafka's wire protocol over the same broker, under the
+//!   same connection limits and budgets, one module per Kafka API.
 //! - [`broker`]: what the node hosts: the `__meta` partition, the applier that turns committed
 //!   metadata into topics and partition actors, and the lookups requests need.
 //! - [`group`]: the pure consumer-group coordinator (state machine, assignors, records).
@@ -47,6 +49,7 @@ pub mod dev;
 pub mod group;
 pub mod groups;
 pub mod http;
+pub mod kafka;
 pub mod logging;
 pub mod meta;
 pub mod metrics;

@@ -101,6 +101,26 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         None => None,
     };
     let advertised = advertised_address(&config, bound);
+    // The Kafka listener binds before anything starts, like the client listener.
+    let kafka_listener = match config.kafka.listen {
+        None => None,
+        Some(address) => {
+            let listen_failed = |error: std::io::Error| FatalError::Listen {
+                address: format!("{address} (kafka.listen)"),
+                reason: error.to_string(),
+            };
+            let listener = TcpListener::bind(address).await.map_err(listen_failed)?;
+            let bound = listener.local_addr().map_err(listen_failed)?;
+            Some((listener, bound))
+        }
+    };
+    let kafka_advertised = kafka_listener.as_ref().map(|(_, bound)| {
+        config
+            .kafka
+            .advertised_address
+            .clone()
+            .unwrap_or_else(|| bound.to_string())
+    });
     if config.cluster.is_clustered() {
         if let Some(notice) =
             crate::peer_auth::startup_notice(config.cluster_secret.as_ref(), bound)
@@ -115,11 +135,21 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         committer.clone(),
         arbiters.iter().map(|arbiter| arbiter.handle()).collect(),
         advertised,
+        kafka_advertised.clone(),
     )
     .map_err(FatalError::Start)?;
 
     let membership = if config.cluster.is_clustered() {
-        Some(start_membership(&config, bound, &advertised_address(&config, bound), &broker).await?)
+        Some(
+            start_membership(
+                &config,
+                bound,
+                &advertised_address(&config, bound),
+                kafka_advertised,
+                &broker,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -141,8 +171,18 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         listener,
         Arc::clone(&broker),
         connections.clone(),
-        phase_watch,
+        phase_watch.clone(),
     ));
+    let kafka_bound = kafka_listener.as_ref().map(|(_, bound)| *bound);
+    let kafka_server = kafka_listener.map(|(listener, _)| {
+        tokio::spawn(crate::kafka::serve(
+            listener,
+            Arc::clone(&broker),
+            connections.clone(),
+            phase_watch,
+        ))
+    });
+    let kafka_shown = kafka_bound.map_or_else(|| "off".to_string(), |bound| bound.to_string());
 
     let mut signals = Signals::new().map_err(|error| FatalError::Start(error.to_string()))?;
     tokio::select! {
@@ -151,14 +191,14 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             let mut stdout = std::io::stdout();
             let _ = writeln!(
                 stdout,
-                "cairn node ready node_id={} listen={} http={}",
+                "cairn node ready node_id={} listen={} http={} kafka={kafka_shown}",
                 config.node_id, bound, http_bound
             );
             let _ = stdout.flush();
             if let Some(membership) = &membership {
                 membership.set_ready(true).await;
             }
-            tracing::info!(node_id = %config.node_id, listen = %bound, "ready");
+            tracing::info!(node_id = %config.node_id, listen = %bound, kafka = %kafka_shown, "ready");
             signals.next().await;
         }
         _ = signals.next() => {
@@ -172,6 +212,9 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     }
     phase.send_replace(Phase::Draining);
     let _ = server.await;
+    if let Some(kafka_server) = kafka_server {
+        let _ = kafka_server.await;
+    }
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     if tokio::time::timeout(grace, connections.all_closed())
         .await
@@ -228,6 +271,7 @@ async fn start_membership<S: LogStore>(
     config: &NodeConfig,
     bound: std::net::SocketAddr,
     advertised: &str,
+    kafka_advertised: Option<String>,
     broker: &Arc<Broker<S>>,
 ) -> Result<Arc<cairn_membership::Membership>, FatalError> {
     use cairn_membership::{Generation, Membership, MembershipSettings};
@@ -237,6 +281,7 @@ async fn start_membership<S: LogStore>(
     let mut settings =
         MembershipSettings::new(CLUSTER_ID, config.node_id, gossip, client_addr, client_addr);
     settings.seeds = config.cluster.seeds.clone();
+    settings.kafka_addr = kafka_advertised;
     // The failure detector follows the gossip rhythm: its prior is one gossip round, and
     // gaps up to 40 rounds (at most 10 s) count towards the mean, so a stopped peer is seen
     // to leave after about phi x gossip_interval_ms.

@@ -39,17 +39,18 @@ fn put_zigzag(out: &mut Vec<u8>, value: i64) {
     put_varint(out, ((value << 1) ^ (value >> 63)) as u64);
 }
 
-/// One record as a client encodes it: no key, no headers.
+/// One record as a client encodes it (every number a zigzag varint, as in Kafka): no key, no
+/// headers.
 fn record(timestamp_delta: i64, offset_delta: u64, value: &[u8]) -> Vec<u8> {
     let mut body = vec![0u8];
     put_zigzag(&mut body, timestamp_delta);
-    put_varint(&mut body, offset_delta);
+    put_zigzag(&mut body, offset_delta as i64);
     put_zigzag(&mut body, -1);
     put_zigzag(&mut body, value.len() as i64);
     body.extend_from_slice(value);
-    put_varint(&mut body, 0);
+    put_zigzag(&mut body, 0);
     let mut framed = Vec::new();
-    put_varint(&mut framed, body.len() as u64);
+    put_zigzag(&mut framed, body.len() as i64);
     framed.extend_from_slice(&body);
     framed
 }

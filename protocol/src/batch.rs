@@ -21,9 +21,10 @@
 //!     65     …  records
 //! ```
 //!
-//! Each record is `length varint, attributes u8, timestamp_delta zigzag, offset_delta varint,
-//! key_length zigzag (-1 = no key), key, value_length zigzag, value, header_count varint,
-//! headers (key_length varint, key, value_length zigzag (-1 = none), value)`.
+//! Each record is Kafka's: `length, attributes u8, timestamp_delta, offset_delta, key_length
+//! (-1 = no key), key, value_length, value, header_count, headers (key_length, key,
+//! value_length (-1 = none), value)`, every number a zigzag varint as in Kafka (a count or
+//! length read as negative is malformed).
 //!
 //! [`RecordBatch::validate`] holds every batch to the format's own rules before anything
 //! stores, replicates or serves it: record `i` has offset delta `i` (so a record's offset is its
@@ -66,6 +67,8 @@ pub const HEADER_BYTES_MIN: usize = 2;
 /// the sender: sizing the vector by it would let a 1 MiB record that holds no header make the
 /// reader allocate 28 MiB (a `Header` is 56 bytes) before the first header fails to parse.
 const HEADERS_PREALLOCATED_MAX: usize = 16;
+/// The key of a control record: version 0 (i16), type 2 (i16, Kafka's LEADER_CHANGE).
+pub const CONTROL_KEY_LEADER_CHANGE: [u8; 4] = [0, 0, 0, 2];
 pub const NO_PRODUCER_ID: i64 = -1;
 pub const NO_SEQUENCE: i32 = -1;
 
@@ -171,7 +174,7 @@ fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: u32) -
         .headers
         .iter()
         .map(|header| {
-            varint::len_u64(header.key.len() as u64)
+            varint::len_i64(header.key.len() as i64)
                 + header.key.len()
                 + match &header.value {
                     Some(value) => varint::len_i64(value.len() as i64) + value.len(),
@@ -180,11 +183,11 @@ fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: u32) -
         })
         .sum();
     1 + varint::len_i64(timestamp_delta)
-        + varint::len_u64(u64::from(offset_delta))
+        + varint::len_i64(i64::from(offset_delta))
         + key_bytes
         + varint::len_i64(record.value.len() as i64)
         + record.value.len()
-        + varint::len_u64(record.headers.len() as u64)
+        + varint::len_i64(record.headers.len() as i64)
         + header_bytes
 }
 
@@ -193,7 +196,7 @@ fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: u32) -
 pub fn record_encoded_bytes(record: &Record) -> usize {
     // Worst-case varints for the deltas keep this a bound whatever batch the record joins.
     let body = record_body_bytes(record, i64::MAX, u32::MAX);
-    varint::len_u64(body as u64) + body
+    varint::len_i64(body as i64) + body
 }
 
 /// Builds one batch from records. Base offset and epoch are left 0 for the leader to stamp.
@@ -235,10 +238,16 @@ impl RecordBatchBuilder {
     }
 
     /// A control batch holding one marker record (written by a new leader for its epoch).
+    /// Its key is a Kafka control record key (version 0, type 2: Kafka's LEADER_CHANGE),
+    /// which Kafka clients read to decide whether to skip the record (librdkafka refuses a
+    /// control record without one as a bad message).
     pub fn control_marker(timestamp_ms: i64) -> RecordBatch {
         let mut builder = RecordBatchBuilder::new(timestamp_ms);
         builder.attributes = ATTRIBUTE_CONTROL;
-        builder.push(&Record::new(Bytes::from_static(b"epoch-marker")));
+        builder.push(
+            &Record::new(Bytes::from_static(b"epoch-marker"))
+                .with_key(Bytes::from_static(&CONTROL_KEY_LEADER_CHANGE)),
+        );
         builder.build()
     }
 
@@ -268,10 +277,10 @@ impl RecordBatchBuilder {
         let body = record_body_bytes(record, timestamp_delta, offset_delta);
         let buf = &mut self.buf;
         buf.reserve(body + 10);
-        varint::put_u64(buf, body as u64);
+        varint::put_i64(buf, body as i64);
         buf.push(0);
         varint::put_i64(buf, timestamp_delta);
-        varint::put_u64(buf, u64::from(offset_delta));
+        varint::put_i64(buf, i64::from(offset_delta));
         match &record.key {
             Some(key) => {
                 varint::put_i64(buf, key.len() as i64);
@@ -281,9 +290,9 @@ impl RecordBatchBuilder {
         }
         varint::put_i64(buf, record.value.len() as i64);
         buf.extend_from_slice(&record.value);
-        varint::put_u64(buf, record.headers.len() as u64);
+        varint::put_i64(buf, record.headers.len() as i64);
         for header in &record.headers {
-            varint::put_u64(buf, header.key.len() as u64);
+            varint::put_i64(buf, header.key.len() as i64);
             buf.extend_from_slice(header.key.as_bytes());
             match &header.value {
                 Some(value) => {
@@ -678,7 +687,7 @@ impl Iterator for RecordIter<'_> {
             return None;
         }
         let mut input = self.rest;
-        let Some(length) = varint::get_u64(&mut input) else {
+        let Some(length) = varint::get_length(&mut input) else {
             return self.bad("record length");
         };
         let Some(mut body) = take(&mut input, length as usize) else {
@@ -691,7 +700,7 @@ impl Iterator for RecordIter<'_> {
         let Some(timestamp_delta) = varint::get_i64(&mut body) else {
             return self.bad("timestamp delta");
         };
-        let Some(offset_delta) = varint::get_u64(&mut body) else {
+        let Some(offset_delta) = varint::get_length(&mut body) else {
             return self.bad("offset delta");
         };
         let Some(key) = take_optional(&mut body) else {
@@ -700,7 +709,7 @@ impl Iterator for RecordIter<'_> {
         let Some(Some(value)) = take_optional(&mut body) else {
             return self.bad("value");
         };
-        let Some(header_count) = varint::get_u64(&mut body) else {
+        let Some(header_count) = varint::get_length(&mut body) else {
             return self.bad("header count");
         };
         if header_count > (body.len() / HEADER_BYTES_MIN) as u64 {
@@ -708,7 +717,7 @@ impl Iterator for RecordIter<'_> {
         }
         let mut headers = Vec::with_capacity((header_count as usize).min(HEADERS_PREALLOCATED_MAX));
         for _ in 0..header_count {
-            let Some(key_length) = varint::get_u64(&mut body) else {
+            let Some(key_length) = varint::get_length(&mut body) else {
                 return self.bad("header key length");
             };
             let Some(key) = take(&mut body, key_length as usize) else {
@@ -933,13 +942,13 @@ mod tests {
     fn raw_record(timestamp_delta: i64, offset_delta: u64, value: &[u8]) -> Vec<u8> {
         let mut body = vec![0u8];
         varint::put_i64(&mut body, timestamp_delta);
-        varint::put_u64(&mut body, offset_delta);
+        varint::put_i64(&mut body, offset_delta as i64);
         varint::put_i64(&mut body, -1);
         varint::put_i64(&mut body, value.len() as i64);
         body.extend_from_slice(value);
-        varint::put_u64(&mut body, 0);
+        varint::put_i64(&mut body, 0);
         let mut record = Vec::new();
-        varint::put_u64(&mut record, body.len() as u64);
+        varint::put_i64(&mut record, body.len() as i64);
         record.extend_from_slice(&body);
         record
     }
@@ -1034,7 +1043,11 @@ mod tests {
     #[test]
     fn an_offset_delta_that_overflows_the_base_is_refused_without_a_panic() {
         let mut forged = honest(1);
+        // Deltas are zigzag varints (as in Kafka): the largest is i64::MAX, and one that reads
+        // as negative is a malformed record.
         forged.records[0] = raw_record(0, u64::MAX, b"v");
+        assert!(RecordBatch::validate(forge(&forged, 1)).is_err());
+        forged.records[0] = raw_record(0, i64::MAX as u64, b"v");
         for base in [0, 1, Offset::MAX.0 - 1] {
             assert!(
                 matches!(
@@ -1216,6 +1229,8 @@ mod tests {
     fn leader_stamped_batches_stay_valid() {
         let marker = RecordBatchBuilder::control_marker(1_700_000_000_000)
             .stamped(Offset(Offset::MAX.0 - 1), Epoch(u64::MAX));
+        let first = marker.records().next().unwrap().unwrap();
+        assert_eq!(first.key.as_deref(), Some(&CONTROL_KEY_LEADER_CHANGE[..]));
         assert!(RecordBatch::validate(marker.into_bytes()).is_ok());
         let mut builder = RecordBatchBuilder::new(1_700_000_000_000).producer(7, 0, 0);
         for index in 0..100i64 {

@@ -44,6 +44,12 @@ pub(crate) fn get_i64(input: &mut &[u8]) -> Option<i64> {
     Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
 }
 
+/// A zigzag varint that counts or measures something (Kafka writes lengths, counts and
+/// offset deltas of records as signed varints): `None` when cut short or negative.
+pub(crate) fn get_length(input: &mut &[u8]) -> Option<u64> {
+    u64::try_from(get_i64(input)?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +65,8 @@ mod tests {
             assert!(input.is_empty());
         }
         assert_eq!(get_u64(&mut [0x80u8, 0x80].as_slice()), None);
+        // Kafka's record lengths are zigzag: 10 is written 0x14, and -1 (0x01) is no length.
+        assert_eq!(get_length(&mut [0x14u8].as_slice()), Some(10));
+        assert_eq!(get_length(&mut [0x01u8].as_slice()), None);
     }
 }

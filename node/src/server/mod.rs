@@ -20,12 +20,12 @@
 //! reply by `reply_write_timeout_ms` (closing it gives back the budget its replies hold).
 
 mod alter_topic;
-mod budget;
+pub(crate) mod budget;
 mod cluster_status;
 mod create_topic;
 mod delete_topic;
 mod describe_topic;
-mod fetch;
+pub(crate) mod fetch;
 mod group_requests;
 mod handshake;
 mod init_producer_id;
@@ -96,12 +96,24 @@ struct AddressState {
 }
 
 /// One connection's place in [`Connections`], given back when dropped.
-struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     address: IpAddr,
     per_address: Arc<Mutex<HashMap<IpAddr, AddressState>>>,
     /// The fetch budgets its replies draw on: its address's share and the node's.
     fetch_replies: (ByteBudget, ByteBudget),
+}
+
+impl ConnectionSlot {
+    /// The fetch budgets of the connection holding this slot, whose own outbound budget is
+    /// `connection`: its address's share and the node's, shared by both listeners.
+    pub(crate) fn fetch_budgets(&self, connection: ByteBudget) -> FetchBudgets {
+        FetchBudgets {
+            connection,
+            address: self.fetch_replies.0.clone(),
+            node: self.fetch_replies.1.clone(),
+        }
+    }
 }
 
 impl Drop for ConnectionSlot {
@@ -139,7 +151,7 @@ impl Connections {
     }
 
     /// A slot for a connection from `address`, or the refusal to send it.
-    fn admit(&self, address: IpAddr) -> Result<ConnectionSlot, ApiError> {
+    pub(crate) fn admit(&self, address: IpAddr) -> Result<ConnectionSlot, ApiError> {
         let mut per_address = self.per_address.lock().expect("connection count lock");
         let open = per_address.get(&address).map_or(0, |state| state.open);
         if open >= self.per_address_max && self.per_address_max < self.max {
@@ -258,11 +270,7 @@ async fn run_connection<S: LogStore>(
         frame_bytes_max,
         outbound: outbound.clone(),
     };
-    let fetch_budgets = FetchBudgets {
-        connection: outbound.clone(),
-        address: connection.fetch_replies.0.clone(),
-        node: connection.fetch_replies.1.clone(),
-    };
+    let fetch_budgets = connection.fetch_budgets(outbound.clone());
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let mut first_frame = true;
     let mut read_deadline = opened + Duration::from_millis(limits.first_request_timeout_ms);
@@ -535,7 +543,10 @@ fn lists_cluster_state(request: &Request) -> bool {
 }
 
 /// Runs `work`, unless the shutdown grace period ends first.
-async fn unless_expired<T, F>(mut phase: watch::Receiver<Phase>, work: F) -> Result<T, ApiError>
+pub(crate) async fn unless_expired<T, F>(
+    mut phase: watch::Receiver<Phase>,
+    work: F,
+) -> Result<T, ApiError>
 where
     F: std::future::Future<Output = Result<T, ApiError>>,
 {

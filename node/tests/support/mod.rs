@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kafka;
 
 use cairn_protocol::batch::{split_batches, Record, RecordBatch, RecordBatchBuilder, RecordView};
 use cairn_protocol::frame::{decode_response, encode_request};
@@ -53,6 +54,8 @@ pub struct TestNode {
     address: Option<SocketAddr>,
     /// The bound HTTP address from the ready line (`None`: not started, or `http=none`).
     http_address: Option<SocketAddr>,
+    /// The bound Kafka listener address, from the ready line (`kafka=IP:PORT`).
+    kafka_address: Option<SocketAddr>,
     extra_args: Vec<String>,
     /// Ready lines of the running process, until [`TestNode::wait_ready`] takes one.
     ready_lines: Option<mpsc::Receiver<String>>,
@@ -83,6 +86,7 @@ impl TestNode {
             child: None,
             address: listen,
             http_address: None,
+            kafka_address: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
             ready_lines: None,
         }
@@ -110,6 +114,12 @@ impl TestNode {
     /// The bound client address, from the ready line.
     pub fn address(&self) -> SocketAddr {
         self.address.expect("the node has started")
+    }
+
+    /// The bound Kafka listener address, from the ready line.
+    pub fn kafka_address(&self) -> SocketAddr {
+        self.kafka_address
+            .expect("the node has started with its Kafka listener on")
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -189,6 +199,10 @@ impl TestNode {
                 Ok(line) => {
                     self.address = Some(parse_ready_line(&line, self.node_id));
                     self.http_address = parse_ready_http(&line);
+                    self.kafka_address = line
+                        .split(' ')
+                        .find_map(|field| field.strip_prefix("kafka="))
+                        .and_then(|address| address.parse().ok());
                     return;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}

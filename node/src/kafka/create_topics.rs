@@ -1,0 +1,143 @@
+//! `CreateTopics` (2-7): each topic through the same `__meta` path as a Cairn create.
+//! Partition count and replication factor -1 take the defaults (1 partition, the node's
+//! `default_replication_factor`); `retention.ms` and `retention.bytes` are the configs Cairn
+//! keeps, any other config is refused (INVALID_CONFIG), and so are explicit replica
+//! assignments (placement is Cairn's). `validate_only` checks without creating.
+
+use super::errors::code;
+use super::ids::topic_uuid;
+use super::Call;
+use crate::broker::Broker;
+use cairn_protocol::ids::validate_topic_name;
+use cairn_protocol::messages::{CreateTopicRequest, TopicConfig};
+use cairn_protocol::ApiError;
+use cairn_storage::LogStore;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, ResponseKind};
+
+const DEFAULT_PARTITIONS: u32 = 1;
+
+pub async fn handle<S: LogStore>(
+    broker: &Broker<S>,
+    call: Call,
+    request: CreateTopicsRequest,
+) -> ResponseKind {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.clone();
+        let mut result = CreatableTopicResult::default().with_name(name.clone());
+        match create(broker, topic, request.validate_only).await {
+            Ok((partitions, replication_factor)) => {
+                if call.version >= 5 {
+                    result.num_partitions = partitions;
+                    result.replication_factor = replication_factor;
+                }
+                if call.version >= 7 {
+                    let id = broker
+                        .topic_states()
+                        .ok()
+                        .and_then(|states| states.into_iter().find(|state| *state.name == *name.0))
+                        .map(|state| topic_uuid(state.id, &state.name));
+                    result.topic_id = id.unwrap_or_default();
+                }
+            }
+            Err(error) => {
+                result.error_code = code(&error);
+                if call.version >= 1 {
+                    result.error_message = Some(error.to_string().into());
+                }
+            }
+        }
+        results.push(result);
+    }
+    ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(results))
+}
+
+/// Creates (or only checks) one topic; its partition count and replication factor.
+async fn create<S: LogStore>(
+    broker: &Broker<S>,
+    topic: CreatableTopic,
+    validate_only: bool,
+) -> Result<(i32, i16), ApiError> {
+    let name = topic.name.0.to_string();
+    if !topic.assignments.is_empty() {
+        return Err(ApiError::InvalidRequest {
+            reason: "replica assignments are chosen by Cairn; leave them out".to_string(),
+        });
+    }
+    let partitions = match topic.num_partitions {
+        -1 => DEFAULT_PARTITIONS,
+        count => u32::try_from(count).map_err(|_| ApiError::InvalidPartitionCount {
+            requested: 0,
+            max: broker.config.limits.partitions_per_topic_max,
+        })?,
+    };
+    let replication_factor = match topic.replication_factor {
+        -1 => None,
+        factor => Some(
+            u16::try_from(factor).map_err(|_| ApiError::InvalidReplicationFactor {
+                requested: 0,
+                available: 0,
+            })?,
+        ),
+    };
+    let mut config = TopicConfig::default();
+    for entry in &topic.configs {
+        let value = entry.value.as_ref().map(|value| value.to_string());
+        let number = || {
+            value
+                .as_deref()
+                .and_then(|value| value.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::InvalidTopicConfig {
+                    reason: format!("{} takes a non-negative number", &*entry.name),
+                })
+        };
+        match &*entry.name {
+            "retention.ms" => config.retention_ms = Some(number()?),
+            "retention.bytes" => config.retention_bytes = Some(number()?),
+            other => {
+                return Err(ApiError::InvalidTopicConfig {
+                    reason: format!(
+                        "config {other} is not supported (supported: retention.ms, retention.bytes)"
+                    ),
+                })
+            }
+        }
+    }
+    if validate_only {
+        broker.check_ready()?;
+        validate_topic_name(&name).map_err(|error| ApiError::InvalidTopicName {
+            name: name.clone(),
+            reason: error.to_string(),
+        })?;
+        let max = broker.config.limits.partitions_per_topic_max;
+        if partitions == 0 || partitions > max {
+            return Err(ApiError::InvalidPartitionCount {
+                requested: partitions,
+                max,
+            });
+        }
+        if broker.topic_metadata(&name).is_ok() {
+            return Err(ApiError::TopicAlreadyExists { topic: name });
+        }
+        let factor = replication_factor.unwrap_or(broker.config.default_replication_factor);
+        return Ok((partitions as i32, factor as i16));
+    }
+    let created = broker
+        .create_topic(CreateTopicRequest {
+            name,
+            partitions,
+            replication_factor,
+            config,
+        })
+        .await?;
+    let factor = created
+        .partitions
+        .first()
+        .map_or(0, |partition| partition.replicas.len());
+    Ok((
+        created.partitions.len() as i32,
+        i16::try_from(factor).unwrap_or(i16::MAX),
+    ))
+}

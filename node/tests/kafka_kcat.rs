@@ -1,0 +1,294 @@
+//! kcat (Debian's `kcat`, on librdkafka) against real nodes, unchanged: `-L` lists brokers,
+//! topics and leaders; `-P` writes keyed records with headers; `-C` reads them back from the
+//! beginning, from the end, and from a timestamp (`-o s@MS`). On one node and on a 3-node
+//! cluster. kcat must be installed (`apt-get install kcat`; CI's .ci/run installs it): without
+//! it these tests fail and say so.
+
+mod support;
+
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::cluster::TestCluster;
+use support::kafka::KafkaWire;
+use support::{cairn_binary, TestNode};
+
+/// How long one kcat run may take before the test fails (librdkafka retries by itself while
+/// a new topic's leaders are elected).
+const KCAT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a condition polled below may take to hold before the test fails.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn kcat_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KCAT") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("kcat"))
+            .find(|candidate| candidate.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "kcat is not installed: these tests drive the real kcat binary \
+             (Debian: apt-get install kcat; CI's .ci/run installs it), or set KCAT=/path/to/kcat"
+        )
+    })
+}
+
+/// Runs kcat with `args` (and `input` on stdin), bounded by [`KCAT_TIMEOUT`].
+fn kcat(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(kcat_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .expect("write kcat's input");
+    drop(stdin);
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    if finished.recv_timeout(KCAT_TIMEOUT).is_err() {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        panic!("kcat {args:?} did not finish within {KCAT_TIMEOUT:?}");
+    }
+    let output = waiter.join().expect("the waiter").expect("kcat ran");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout_lines(output: &Output) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn create_topic(node: &TestNode, topic: &str, partitions: u32) {
+    let status = Command::new(cairn_binary())
+        .args([
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ])
+        .args(["--bootstrap", &node.address().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("the cairn CLI runs");
+    assert!(status.success(), "topic create {topic}");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// Polls `check` until it returns true, failing the test after [`SETTLE_TIMEOUT`].
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < SETTLE_TIMEOUT,
+            "{what}: not within {SETTLE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes `lines` (`key:value`) with two headers, then reads the whole topic back.
+fn round_trip(produce_to: SocketAddr, consume_from: SocketAddr, topic: &str, lines: &[String]) {
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let broker = produce_to.to_string();
+    kcat(
+        &[
+            "-b",
+            &broker,
+            "-P",
+            "-t",
+            topic,
+            "-K:",
+            "-H",
+            "source=kcat",
+            "-H",
+            "n=1",
+        ],
+        &input,
+    );
+    let broker = consume_from.to_string();
+    let read = kcat(
+        &[
+            "-b",
+            &broker,
+            "-C",
+            "-t",
+            topic,
+            "-e",
+            "-o",
+            "beginning",
+            "-f",
+            "%k %s %h\n",
+        ],
+        "",
+    );
+    let mut expected: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let (key, value) = line.split_once(':').unwrap();
+            format!("{key} {value} source=kcat,n=1")
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(stdout_lines(&read), expected);
+}
+
+#[test]
+fn kcat_lists_writes_and_reads_a_lone_node() {
+    let node = TestNode::start();
+    let broker = node.kafka_address().to_string();
+    create_topic(&node, "orders", 3);
+
+    let listed = String::from_utf8_lossy(&kcat(&["-b", &broker, "-L"], "").stdout).into_owned();
+    assert!(listed.contains(" 1 brokers:"), "{listed}");
+    assert!(
+        listed.contains(&format!("broker 1 at {broker}")),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("topic \"orders\" with 3 partitions:"),
+        "{listed}"
+    );
+    for partition in 0..3 {
+        assert!(
+            listed.contains(&format!(
+                "partition {partition}, leader 1, replicas: 1, isrs: 1"
+            )),
+            "{listed}"
+        );
+    }
+
+    let first: Vec<String> = (0..20)
+        .map(|n| format!("customer-{}:order-{n}", n % 7))
+        .collect();
+    round_trip(node.kafka_address(), node.kafka_address(), "orders", &first);
+
+    // From the end: nothing until something new is written.
+    let from_end = kcat(
+        &["-b", &broker, "-C", "-t", "orders", "-e", "-o", "end"],
+        "",
+    );
+    assert!(stdout_lines(&from_end).is_empty());
+
+    // From a timestamp: only what was written at or after it.
+    let since = now_ms() + 1;
+    while now_ms() <= since {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    kcat(
+        &["-b", &broker, "-P", "-t", "orders", "-K:"],
+        "late-1:after\nlate-2:after\n",
+    );
+    let after = kcat(
+        &[
+            "-b",
+            &broker,
+            "-C",
+            "-t",
+            "orders",
+            "-e",
+            "-o",
+            &format!("s@{since}"),
+            "-f",
+            "%k %s\n",
+        ],
+        "",
+    );
+    assert_eq!(stdout_lines(&after), ["late-1 after", "late-2 after"]);
+    // And the Cairn CLI reads what kcat wrote: one log, two protocols.
+    let cairn = Command::new(cairn_binary())
+        .args([
+            "consume",
+            "orders",
+            "--from-beginning",
+            "--max-messages",
+            "22",
+        ])
+        .args([
+            "--format",
+            "%k %v",
+            "--bootstrap",
+            &node.address().to_string(),
+        ])
+        .output()
+        .expect("the cairn CLI runs");
+    assert!(cairn.status.success());
+    assert_eq!(String::from_utf8_lossy(&cairn.stdout).lines().count(), 22);
+}
+
+fn topic_id(address: SocketAddr, topic: &str) -> uuid::Uuid {
+    let mut wire = KafkaWire::connect(address);
+    let request =
+        MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
+    let response: MetadataResponse = wire.call(ApiKey::Metadata, 12, &request);
+    assert_eq!(response.topics[0].error_code, 0);
+    response.topics[0].topic_id
+}
+
+#[test]
+fn kcat_sees_every_broker_of_a_cluster_and_reads_through_any_of_them() {
+    let cluster = TestCluster::start(3, &[]);
+    let kafka: Vec<SocketAddr> = cluster.nodes.iter().map(TestNode::kafka_address).collect();
+    create_topic(&cluster.nodes[0], "payments", 3);
+    let broker = kafka[1].to_string();
+    // Gossip brings every node's Kafka address, and elections a leader for every partition.
+    eventually("3 brokers and 3 led partitions in kcat -L", || {
+        let listed =
+            String::from_utf8_lossy(&kcat(&["-b", &broker, "-L", "-t", "payments"], "").stdout)
+                .into_owned();
+        kafka
+            .iter()
+            .enumerate()
+            .all(|(index, address)| listed.contains(&format!("broker {} at {address}", index + 1)))
+            && listed.contains("topic \"payments\" with 3 partitions:")
+            && !listed.contains("leader -1")
+    });
+    // One topic id, whichever node is asked.
+    let ids: Vec<uuid::Uuid> = kafka
+        .iter()
+        .map(|address| topic_id(*address, "payments"))
+        .collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0] && !id.is_nil()),
+        "{ids:?}"
+    );
+
+    let lines: Vec<String> = (0..30)
+        .map(|n| format!("account-{}:payment-{n}", n % 5))
+        .collect();
+    round_trip(kafka[0], kafka[2], "payments", &lines);
+}

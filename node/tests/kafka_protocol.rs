@@ -1,0 +1,368 @@
+//! The Kafka listener against hostile and careless clients, over real sockets: typed Kafka
+//! error codes for bad requests that can be answered, a closed connection (and a node that
+//! goes on serving) for requests that cannot, ApiVersions' fallback for clients newer than the
+//! node (KIP-511), and replies in request order.
+
+mod support;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use support::kafka::{kafka_batch, KafkaWire};
+use support::TestNode;
+
+fn name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+fn api_versions(wire: &mut KafkaWire, version: i16) -> ApiVersionsResponse {
+    wire.call(ApiKey::ApiVersions, version, &ApiVersionsRequest::default())
+}
+
+fn metadata(wire: &mut KafkaWire, version: i16, topics: Option<&[&str]>) -> MetadataResponse {
+    let request = MetadataRequest::default().with_topics(topics.map(|topics| {
+        topics
+            .iter()
+            .map(|topic| MetadataRequestTopic::default().with_name(Some(name(topic))))
+            .collect()
+    }));
+    wire.call(ApiKey::Metadata, version, &request)
+}
+
+fn create_topic(wire: &mut KafkaWire, topic: &str, partitions: i32) -> CreateTopicsResponse {
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)]);
+    wire.call(ApiKey::CreateTopics, 7, &request)
+}
+
+fn produce(
+    wire: &mut KafkaWire,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    records: Bytes,
+) -> (i16, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])]);
+    let response: ProduceResponse = wire.call(ApiKey::Produce, 9, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
+fn fetch_request(topic: &str, offset: i64) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+/// Every served API with its range, in the order ApiVersions lists them.
+const SERVED: &[(i16, i16, i16)] = &[
+    (0, 3, 11),
+    (1, 4, 12),
+    (2, 1, 7),
+    (3, 0, 12),
+    (18, 0, 3),
+    (19, 2, 7),
+    (20, 1, 6),
+    (22, 0, 4),
+];
+
+#[test]
+fn api_versions_lists_what_is_served_and_answers_newer_clients_with_version_0() {
+    let node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    let response = api_versions(&mut wire, 3);
+    assert_eq!(response.error_code, 0);
+    let served: Vec<(i16, i16, i16)> = response
+        .api_keys
+        .iter()
+        .map(|api| (api.api_key, api.min_version, api.max_version))
+        .collect();
+    assert_eq!(served, SERVED);
+
+    // KIP-511: version 4 (which the node does not serve) gets a version 0 answer naming the
+    // served ranges, and UNSUPPORTED_VERSION; the connection stays usable.
+    let sent = wire.send(ApiKey::ApiVersions, 4, &ApiVersionsRequest::default());
+    let (received, fallback): (i32, ApiVersionsResponse) = wire.receive(ApiKey::ApiVersions, 0);
+    assert_eq!(received, sent);
+    assert_eq!(fallback.error_code, 35);
+    assert_eq!(fallback.api_keys.len(), SERVED.len());
+    // Even a version no codec knows, with a body nobody can read.
+    let mut raw = vec![0, 18, 0x7f, 0x00, 0, 0, 0, 42];
+    raw.extend_from_slice(b"whatever follows");
+    wire.send_raw(&raw);
+    let (received, fallback): (i32, ApiVersionsResponse) = wire.receive(ApiKey::ApiVersions, 0);
+    assert_eq!((received, fallback.error_code), (42, 35));
+    assert_eq!(api_versions(&mut wire, 0).error_code, 0);
+}
+
+#[test]
+fn requests_that_cannot_be_answered_close_the_connection_and_nothing_else() {
+    let node = TestNode::start();
+    let address = node.kafka_address();
+    let header = |key: i16, version: i16| {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&key.to_be_bytes());
+        bytes.extend_from_slice(&version.to_be_bytes());
+        bytes.extend_from_slice(&9i32.to_be_bytes());
+        bytes.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
+        bytes
+    };
+    let mut metadata_v4_bomb = header(3, 4);
+    metadata_v4_bomb.extend_from_slice(&i32::MAX.to_be_bytes()); // 2^31 - 1 topics...
+    metadata_v4_bomb.extend_from_slice(&[0, 1, b'x']); // ...in 3 bytes
+    let mut metadata_v12_garbage = header(3, 12);
+    metadata_v12_garbage.extend_from_slice(&[0xff; 7]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("an unknown API key", header(9_999, 0)),
+        ("an API that is not served (DescribeConfigs)", header(32, 1)),
+        ("a Metadata version above the served range", header(3, 13)),
+        ("a Produce version below the served range", header(0, 2)),
+        ("a frame shorter than a request header", vec![0, 3, 0]),
+        ("an array count larger than the request", metadata_v4_bomb),
+        ("a body that does not decode", metadata_v12_garbage),
+    ];
+    for (what, payload) in cases {
+        let mut wire = KafkaWire::connect(address);
+        wire.send_raw(&payload);
+        assert!(wire.is_closed_by_node(), "{what}: the connection is closed");
+        // The node serves the next connection as before.
+        let mut fresh = KafkaWire::connect(address);
+        assert_eq!(api_versions(&mut fresh, 3).error_code, 0, "after {what}");
+    }
+    // A frame longer than limits.frame_bytes_max is refused by its length alone.
+    let mut stream_bytes = Vec::new();
+    stream_bytes.extend_from_slice(&(64u32 << 20).to_be_bytes());
+    stream_bytes.extend_from_slice(&header(3, 12));
+    let mut raw = std::net::TcpStream::connect(address).unwrap();
+    std::io::Write::write_all(&mut raw, &stream_bytes).unwrap();
+    raw.set_read_timeout(Some(support::READ_TIMEOUT)).unwrap();
+    let mut buffer = [0u8; 16];
+    let read = std::io::Read::read(&mut raw, &mut buffer);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "an oversized frame closes the connection"
+    );
+    let mut fresh = KafkaWire::connect(address);
+    assert_eq!(api_versions(&mut fresh, 3).error_code, 0);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_the_order_they_were_sent() {
+    let node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    assert_eq!(create_topic(&mut wire, "slow", 1).topics[0].error_code, 0);
+    // A long poll on an empty partition first: the replies behind it wait for it.
+    let mut long_poll = fetch_request("slow", 1);
+    long_poll.max_wait_ms = 300;
+    let first = wire.send(ApiKey::Fetch, 12, &long_poll);
+    let second = wire.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let third = wire.send(ApiKey::Metadata, 12, &MetadataRequest::default());
+    let (received, fetched): (i32, FetchResponse) = wire.receive(ApiKey::Fetch, 12);
+    assert_eq!(received, first);
+    assert_eq!(fetched.responses[0].partitions[0].error_code, 0);
+    let (received, _): (i32, ApiVersionsResponse) = wire.receive(ApiKey::ApiVersions, 3);
+    assert_eq!(received, second);
+    let (received, _): (i32, MetadataResponse) = wire.receive(ApiKey::Metadata, 12);
+    assert_eq!(received, third);
+}
+
+#[test]
+fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
+    let node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+
+    // Topics: created once, with a stable id; a second create is TOPIC_ALREADY_EXISTS.
+    let created = create_topic(&mut wire, "events", 2);
+    assert_eq!(created.topics[0].error_code, 0);
+    assert_eq!(created.topics[0].num_partitions, 2);
+    let id = created.topics[0].topic_id;
+    assert!(!id.is_nil());
+    assert_eq!(
+        create_topic(&mut wire, "events", 2).topics[0].error_code,
+        36
+    );
+    assert_eq!(
+        create_topic(&mut wire, "bad name!", 1).topics[0].error_code,
+        17
+    );
+    let listed = metadata(&mut wire, 12, Some(&["events", "missing"]));
+    assert_eq!(listed.topics[0].topic_id, id);
+    assert_eq!(listed.topics[0].partitions.len(), 2);
+    assert_eq!(listed.topics[0].partitions[0].leader_id, BrokerId(1));
+    assert_eq!(listed.topics[1].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    assert_eq!(listed.brokers.len(), 1);
+    assert_eq!(
+        listed.brokers[0].port,
+        i32::from(node.kafka_address().port())
+    );
+    // Version 0 names no topic to mean every topic.
+    let all = metadata(&mut wire, 0, Some(&[]));
+    assert!(all
+        .topics
+        .iter()
+        .any(|topic| topic.name == Some(name("events"))));
+
+    // Produce: acks -1 appends; errors are per partition.
+    let (error, base_offset) = produce(&mut wire, "events", 0, -1, kafka_batch(&[("k", "v")]));
+    assert_eq!(error, 0);
+    assert!(base_offset >= 1, "offset 0 holds the leader's epoch marker");
+    assert_eq!(
+        produce(&mut wire, "nope", 0, -1, kafka_batch(&[("k", "v")])).0,
+        3
+    );
+    assert_eq!(
+        produce(&mut wire, "events", 7, -1, kafka_batch(&[("k", "v")])).0,
+        3
+    );
+    assert_eq!(
+        produce(&mut wire, "events", 0, 2, kafka_batch(&[("k", "v")])).0,
+        21
+    );
+    let mut corrupt = kafka_batch(&[("k", "v")]).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    assert_eq!(
+        produce(&mut wire, "events", 0, -1, Bytes::from(corrupt)).0,
+        2
+    );
+    let mut two = kafka_batch(&[("k", "v")]).to_vec();
+    two.extend_from_slice(&kafka_batch(&[("k", "w")]));
+    assert_eq!(produce(&mut wire, "events", 0, -1, Bytes::from(two)).0, 87);
+
+    // Fetch: the record comes back; sessions are not kept; a negative offset is out of range.
+    let fetched: FetchResponse =
+        wire.call(ApiKey::Fetch, 12, &fetch_request("events", base_offset));
+    let partition = &fetched.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, base_offset + 1);
+    assert_eq!(partition.last_stable_offset, base_offset + 1);
+    assert!(partition
+        .records
+        .as_ref()
+        .is_some_and(|records| !records.is_empty()));
+    assert_eq!(fetched.session_id, 0, "no session is created");
+    let mut with_session = fetch_request("events", base_offset);
+    with_session.session_id = 5;
+    let refused: FetchResponse = wire.call(ApiKey::Fetch, 12, &with_session);
+    assert_eq!(refused.error_code, 70, "FETCH_SESSION_ID_NOT_FOUND");
+    let out_of_range: FetchResponse = wire.call(ApiKey::Fetch, 12, &fetch_request("events", -5));
+    assert_eq!(out_of_range.responses[0].partitions[0].error_code, 1);
+    let metadata_log: FetchResponse = wire.call(ApiKey::Fetch, 12, &fetch_request("__meta", 0));
+    assert_eq!(
+        metadata_log.responses[0].partitions[0].error_code, 3,
+        "__meta is no Kafka topic"
+    );
+
+    // ListOffsets: earliest, latest, and the unserved max-timestamp spec.
+    let list = |wire: &mut KafkaWire, timestamp: i64| {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(name("events"))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(timestamp)])]);
+        let response: ListOffsetsResponse = wire.call(ApiKey::ListOffsets, 7, &request);
+        let answer = &response.topics[0].partitions[0];
+        (answer.error_code, answer.offset)
+    };
+    assert_eq!(list(&mut wire, -2), (0, 0));
+    assert_eq!(list(&mut wire, -1), (0, base_offset + 1));
+    assert_eq!(list(&mut wire, -3).0, 35);
+
+    // InitProducerId: an idempotent producer gets an id; a transactional one is refused.
+    let init: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+    );
+    assert_eq!(init.error_code, 0);
+    assert!(init.producer_id.0 >= 0);
+    let transactional: InitProducerIdResponse = wire.call(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("t")))),
+    );
+    assert_eq!(transactional.error_code, 53);
+
+    // DeleteTopics: by name; then the topic is unknown.
+    let request = DeleteTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topic_names(vec![name("events"), name("__offsets")]);
+    let deleted: DeleteTopicsResponse = wire.call(ApiKey::DeleteTopics, 5, &request);
+    assert_eq!(deleted.responses[0].error_code, 0);
+    assert_ne!(deleted.responses[1].error_code, 0, "internal topics stay");
+    assert_eq!(
+        metadata(&mut wire, 12, Some(&["events"])).topics[0].error_code,
+        3
+    );
+}
+
+/// The Kafka listener counts its connections with the Cairn listener's, under one
+/// `limits.connections_max`: past it a Kafka connection is closed at once (Kafka has no
+/// message a broker sends unasked), and a slot given back is usable again.
+#[test]
+fn kafka_connections_count_against_the_nodes_connection_limit() {
+    let node = TestNode::start_with(&["--set", "limits.connections_max=2"]);
+    // Each connection answers a request first, so the node has admitted it.
+    let mut cairn = node.wire();
+    cairn.cluster_status(false);
+    let mut kafka = KafkaWire::connect(node.kafka_address());
+    assert_eq!(api_versions(&mut kafka, 3).error_code, 0);
+    let mut refused = KafkaWire::connect(node.kafka_address());
+    assert!(refused.is_closed_by_node(), "a third connection is refused");
+    drop(cairn);
+    // The Cairn connection's slot comes back once the node sees it closed.
+    let started = std::time::Instant::now();
+    loop {
+        let mut next = KafkaWire::connect(node.kafka_address());
+        next.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        if !next.is_closed_by_node() {
+            break;
+        }
+        assert!(
+            started.elapsed() < support::READ_TIMEOUT,
+            "the freed slot is never reused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A Kafka connection that sends nothing is closed after `limits.first_request_timeout_ms`,
+/// as on the Cairn listener.
+#[test]
+fn a_silent_kafka_connection_is_closed() {
+    let node = TestNode::start_with(&["--set", "limits.first_request_timeout_ms=200"]);
+    let mut silent = KafkaWire::connect(node.kafka_address());
+    assert!(silent.is_closed_by_node());
+    let mut talking = KafkaWire::connect(node.kafka_address());
+    assert_eq!(api_versions(&mut talking, 3).error_code, 0);
+}
