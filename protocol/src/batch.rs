@@ -1074,17 +1074,18 @@ mod tests {
     /// the first that is not there) rather than sized for them all up front.
     #[test]
     fn a_header_count_the_record_cannot_hold_is_refused() {
-        let record = |header_count: u64, rest: &[u8]| {
+        // Every record number is a zigzag varint, as Kafka writes them.
+        let record = |header_count: i64, rest: &[u8]| {
             let mut body = vec![0u8];
             varint::put_i64(&mut body, 0);
-            varint::put_u64(&mut body, 0);
+            varint::put_i64(&mut body, 0);
             varint::put_i64(&mut body, -1);
             varint::put_i64(&mut body, 1);
             body.push(b'v');
-            varint::put_u64(&mut body, header_count);
+            varint::put_i64(&mut body, header_count);
             body.extend_from_slice(rest);
             let mut record = Vec::new();
-            varint::put_u64(&mut record, body.len() as u64);
+            varint::put_i64(&mut record, body.len() as i64);
             record.extend_from_slice(&body);
             record
         };
@@ -1103,7 +1104,7 @@ mod tests {
                 reason: "header count exceeds record"
             })
         );
-        // As many as 64 KiB could hold, but the first claims a 1 MiB key.
+        // As many as 64 KiB could hold, but the first claims a 512 KiB key (zigzag 2^20).
         let mut rest = vec![0x80, 0x80, 0x40];
         rest.resize(64 * 1024, 0);
         forged.records[0] = record(32 * 1024, &rest);
