@@ -470,10 +470,7 @@ async fn write_replies(
         let Ok(Some((bytes, reservation))) = slot.await else {
             return;
         };
-        if !matches!(
-            tokio::time::timeout(stalled_max, writer.feed(bytes)).await,
-            Ok(Ok(()))
-        ) {
+        if !within(stalled_max, writer.feed(bytes)).await {
             return;
         }
         written.push(reservation);
@@ -484,10 +481,7 @@ async fn write_replies(
             };
             match slot.try_recv() {
                 Ok(Some((bytes, reservation))) => {
-                    if !matches!(
-                        tokio::time::timeout(stalled_max, writer.feed(bytes)).await,
-                        Ok(Ok(()))
-                    ) {
+                    if !within(stalled_max, writer.feed(bytes)).await {
                         return;
                     }
                     written.push(reservation);
@@ -495,32 +489,32 @@ async fn write_replies(
                 Ok(None) | Err(oneshot::error::TryRecvError::Closed) => return,
                 Err(oneshot::error::TryRecvError::Empty) => {
                     // Not done yet: flush what is written, then wait for it in order.
-                    if !matches!(
-                        tokio::time::timeout(stalled_max, writer.flush()).await,
-                        Ok(Ok(()))
-                    ) {
+                    if !within(stalled_max, writer.flush()).await {
                         return;
                     }
                     written.clear();
                     let Ok(Some((bytes, reservation))) = slot.await else {
                         return;
                     };
-                    if !matches!(
-                        tokio::time::timeout(stalled_max, writer.feed(bytes)).await,
-                        Ok(Ok(()))
-                    ) {
+                    if !within(stalled_max, writer.feed(bytes)).await {
                         return;
                     }
                     written.push(reservation);
                 }
             }
         }
-        if !matches!(
-            tokio::time::timeout(stalled_max, writer.flush()).await,
-            Ok(Ok(()))
-        ) {
+        if !within(stalled_max, writer.flush()).await {
             return;
         }
         written.clear();
     }
+}
+
+/// Whether a write (`feed` or `flush`) to the client finished within `stalled_max`: a client
+/// that reads nothing for that long, or a broken socket, ends the connection.
+async fn within<E>(
+    stalled_max: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    matches!(tokio::time::timeout(stalled_max, write).await, Ok(Ok(())))
 }
