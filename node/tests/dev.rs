@@ -613,6 +613,134 @@ fn dev_says_so_when_a_node_dies() {
     assert!(Path::new(&dev.data_dir.join("node-1.log")).exists());
 }
 
+/// `cairn dev stop|start|restart N` from another terminal: one node stops (gracefully or as a
+/// crash) while the others keep serving, starts again on its data, restarts; orders that do
+/// not fit (no such node, already running, not running) exit 2 and change nothing; a second
+/// `cairn dev` on the same directory is refused before it starts anything.
+#[test]
+fn one_node_stops_starts_and_restarts_from_another_terminal() {
+    let mut dev = Dev::start(3);
+    let dir = dev.data_dir.to_string_lossy().into_owned();
+    let order = |dev: &Dev, args: &[&str]| {
+        let mut full = vec!["dev"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--data-dir", &dir]);
+        dev.cli(&full, "")
+    };
+    let new_pid = |stdout: &str| -> u32 {
+        stdout
+            .split("pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
+    };
+
+    // A second supervisor on the same directory would start a second set of nodes on it.
+    let second = Command::new(cairn_binary())
+        .args(["dev", "--nodes", "3", "--base-port"])
+        .arg(free_base_port(3).to_string())
+        .args([
+            "--kafka-base-port",
+            "0",
+            "--http-base-port",
+            "0",
+            "--data-dir",
+            &dir,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cairn dev runs");
+    assert_eq!(second.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another cairn dev is running on"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // Orders that do not fit: exit 2, nothing changes.
+    let (status, _, stderr) = order(&dev, &["stop", "9"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("there is no node 9"), "{stderr}");
+    let (status, _, stderr) = order(&dev, &["start", "2"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("node 2 is already running"), "{stderr}");
+    assert!(dev.node_pids.iter().all(|pid| process_exists(*pid)));
+
+    dev.cli_ok(
+        &[
+            "topic",
+            "create",
+            "ops",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "3",
+        ],
+        "",
+    );
+    dev.cli_ok(&["produce", "ops"], "one\ntwo\n");
+
+    // A crash of node 3: the supervisor does it, and does not report it as a death.
+    let victim = dev.node_pids[2];
+    let (status, stdout, stderr) = order(&dev, &["stop", "3", "--kill"]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("node 3 (pid {victim}) stopped: killed (SIGKILL)")),
+        "{stdout}"
+    );
+    assert!(wait_gone(&[victim]).is_empty(), "node 3 still runs");
+    let (status, _, stderr) = order(&dev, &["stop", "3"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("node 3 is not running"), "{stderr}");
+    dev.cli_ok(&["produce", "ops"], "three\n");
+
+    // Back on its data: it catches up and the cluster serves every record.
+    let (status, stdout, stderr) = order(&dev, &["start", "3"]);
+    assert!(status.success(), "{stderr}\n{}", dev.node_logs());
+    assert!(stdout.contains("node 3 started: pid "), "{stdout}");
+    let started = new_pid(&stdout);
+    dev.node_pids.push(started);
+    assert!(process_exists(started));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = dev.cli_ok(&["cluster", "status"], "");
+        if status.contains("under-replicated: 0") && !status.contains("DOWN") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never came back:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A graceful restart of node 1.
+    let before = dev.node_pids[0];
+    let (status, stdout, stderr) = order(&dev, &["restart", "1"]);
+    assert!(status.success(), "{stderr}\n{}", dev.node_logs());
+    let restarted = new_pid(&stdout);
+    assert_ne!(restarted, before, "{stdout}");
+    dev.node_pids.push(restarted);
+    assert!(!process_exists(before), "the old node 1 is gone");
+    let consumed = dev.cli_ok(&["consume", "ops", "-o", "beginning", "-e"], "");
+    let mut values: Vec<&str> = consumed.lines().collect();
+    values.sort_unstable();
+    assert_eq!(values, ["one", "three", "two"], "{consumed}");
+
+    // Ordered stops are not deaths.
+    assert!(!dev.stderr().contains("exited:"), "{}", dev.stderr());
+    dev.signal(Signal::TERM);
+    let exit = dev.wait_exit();
+    assert_eq!(exit.code(), Some(0), "stderr:\n{}", dev.stderr());
+    let left = wait_gone(&dev.node_pids);
+    assert!(left.is_empty(), "nodes still running: {left:?}");
+    assert!(
+        !dev.data_dir.join("cairn-dev.sock").exists(),
+        "the control socket is removed on exit"
+    );
+}
+
 #[test]
 fn dev_refuses_a_data_directory_made_for_another_node_count() {
     let temp = tempfile::tempdir().expect("a temporary directory");

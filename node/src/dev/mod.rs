@@ -19,6 +19,11 @@
 //! as SIGTERM (a second signal kills them); it exits 0 once they have all stopped. A child
 //! that dies meanwhile is reported with the path of its log, and the others keep running, so a
 //! node can be killed on purpose to watch a failover.
+//!
+//! From another terminal, `cairn dev stop N` (`--kill` for SIGKILL), `cairn dev start N` and
+//! `cairn dev restart N` act on one node of the running cluster; [`control`] says how.
+
+pub mod control;
 
 use cairn_client::{Admin, ClientConfig};
 use cairn_protocol::messages::Liveness;
@@ -34,17 +39,24 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Where `cairn dev` keeps its nodes' data and logs unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "cairn-dev";
+
 /// Most nodes `cairn dev` starts: every node is a metadata voter, and voters are bounded.
 pub const DEV_NODES_MAX: u16 = cairn_replica::VOTERS_MAX as u16;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DevArgs {
+    /// Act on one node of a running dev cluster instead of starting one.
+    #[command(subcommand)]
+    pub action: Option<control::DevAction>,
     /// Number of nodes (1 runs a lone node).
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
     /// Directory holding each node's data (`node-N/`) and log (`node-N.log`); kept across
     /// runs, so a second `cairn dev` on it recovers the same cluster.
-    #[arg(long, default_value = "cairn-dev")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Node 1 listens on 127.0.0.1:BASE_PORT, node N on BASE_PORT + N - 1 (TCP for clients
     /// and peers, UDP for gossip).
@@ -86,10 +98,15 @@ struct Member {
     ready: bool,
     /// Set once the child has exited (and was reported).
     exited: Option<std::process::ExitStatus>,
+    /// Stopped by `cairn dev stop N`: not a death to report, and it may be started again.
+    stopped: bool,
 }
 
 /// Runs `cairn dev`; returns the process exit code.
-pub fn run_dev(args: DevArgs) -> i32 {
+pub fn run_dev(mut args: DevArgs) -> i32 {
+    if let Some(action) = args.action.take() {
+        return control::run_action(action);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -231,6 +248,20 @@ async fn dev(args: DevArgs) -> i32 {
             return 1;
         }
     }
+    // Before any node starts: a second `cairn dev` on this directory is refused here.
+    let control = match control::Control::bind(&args.data_dir) {
+        Ok(control) => Some(control),
+        Err(control::Outcome::Refused(reason)) => {
+            eprintln!("cairn dev: {reason}");
+            return 2;
+        }
+        Err(control::Outcome::Failed(reason) | control::Outcome::Done(reason)) => {
+            eprintln!(
+                "cairn dev: {reason}; `cairn dev stop|start|restart` will not reach this cluster"
+            );
+            None
+        }
+    };
     let mut signals = match Signals::new() {
         Ok(signals) => signals,
         Err(error) => {
@@ -258,7 +289,7 @@ async fn dev(args: DevArgs) -> i32 {
             }
         }
     }
-    drop(ready_sender);
+    // Kept for nodes started again by `cairn dev start|restart N`.
 
     // Start-up: every ready line, then (for a cluster) every node hearing every other.
     let deadline = Instant::now() + Duration::from_millis(args.ready_timeout_ms);
@@ -328,9 +359,35 @@ async fn dev(args: DevArgs) -> i32 {
     }
     print_banner(&args, &binary, &members);
 
-    // Running: report deaths until a signal, or until no node is left.
+    // Running: report deaths and carry out orders until a signal, or until every node died.
+    let mut supervisor = Supervisor {
+        args: &args,
+        binary: &binary,
+        ready_sender,
+        ready_receiver,
+    };
     loop {
         tokio::select! {
+            Some(stream) = accept_order(control.as_ref()) => {
+                let Some((mut stream, order)) = control::read_order(stream).await else {
+                    continue;
+                };
+                let (outcome, interrupted) = supervisor.execute(order, &mut members, &mut signals).await;
+                control::answer(&mut stream, &outcome).await;
+                match &outcome {
+                    control::Outcome::Done(text) => println!("cairn dev: {text}"),
+                    control::Outcome::Refused(text) | control::Outcome::Failed(text) => {
+                        eprintln!("cairn dev: {} refused or failed: {text}", order.line().trim());
+                    }
+                }
+                let _ = std::io::stdout().flush();
+                if interrupted {
+                    println!("cairn dev: stopping the nodes");
+                    let clean = stop_all(&mut members, &mut signals).await;
+                    println!("cairn dev: all nodes stopped");
+                    return if clean { 0 } else { 1 };
+                }
+            }
             _ = signals.next() => {
                 println!("cairn dev: stopping the nodes ({} running)", members.iter().filter(|m| m.exited.is_none()).count());
                 let _ = std::io::stdout().flush();
@@ -349,13 +406,184 @@ async fn dev(args: DevArgs) -> i32 {
                         member.log_path.display()
                     );
                 }
-                if members.iter().all(|member| member.exited.is_some()) {
+                // Nodes stopped on purpose may be started again: only deaths end `cairn dev`.
+                if members.iter().all(|member| member.exited.is_some() && !member.stopped) {
                     eprintln!("cairn dev: every node has exited");
                     return 1;
                 }
             }
         }
     }
+}
+
+/// The next control client, or never when `cairn dev` has no control socket.
+async fn accept_order(control: Option<&control::Control>) -> Option<tokio::net::UnixStream> {
+    match control {
+        Some(control) => control.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What carrying out `cairn dev stop|start|restart N` takes besides the nodes themselves.
+struct Supervisor<'a> {
+    args: &'a DevArgs,
+    binary: &'a Path,
+    /// Cloned into every node started again, whose ready line comes back on the receiver.
+    ready_sender: mpsc::Sender<(u32, Option<String>)>,
+    ready_receiver: mpsc::Receiver<(u32, Option<String>)>,
+}
+
+impl Supervisor<'_> {
+    /// Carries out `order`; also says whether a signal asked `cairn dev` to stop meanwhile.
+    async fn execute(
+        &mut self,
+        order: control::Order,
+        members: &mut [Member],
+        signals: &mut Signals,
+    ) -> (control::Outcome, bool) {
+        use control::{Order, Outcome};
+        let node_id = order.node_id();
+        let Some(index) = members.iter().position(|member| member.node_id == node_id) else {
+            return (
+                Outcome::Refused(format!(
+                    "this dev cluster has nodes 1 to {}; there is no node {node_id}",
+                    members.len()
+                )),
+                false,
+            );
+        };
+        let running = members[index].exited.is_none();
+        match order {
+            Order::Stop { kill, .. } => {
+                if !running {
+                    return (
+                        Outcome::Refused(format!("node {node_id} is not running")),
+                        false,
+                    );
+                }
+                (stop_member(&mut members[index], kill).await, false)
+            }
+            Order::Start { .. } => {
+                if running {
+                    return (
+                        Outcome::Refused(format!(
+                            "node {node_id} is already running (pid {}); `cairn dev restart {node_id}` restarts it",
+                            members[index].pid
+                        )),
+                        false,
+                    );
+                }
+                self.start(&mut members[index], signals).await
+            }
+            Order::Restart { .. } => {
+                if running {
+                    if let failed @ Outcome::Failed(_) =
+                        stop_member(&mut members[index], false).await
+                    {
+                        return (failed, false);
+                    }
+                }
+                self.start(&mut members[index], signals).await
+            }
+        }
+    }
+
+    /// Starts a stopped node again on its data directory and waits for its ready line.
+    async fn start(
+        &mut self,
+        member: &mut Member,
+        signals: &mut Signals,
+    ) -> (control::Outcome, bool) {
+        use control::Outcome;
+        let node_id = member.node_id;
+        match spawn_member(self.binary, self.args, node_id, self.ready_sender.clone()) {
+            Ok(started) => *member = started,
+            Err(reason) => return (Outcome::Failed(reason), false),
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.args.ready_timeout_ms);
+        let mut watch = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                Some((ready_id, http)) = self.ready_receiver.recv() => {
+                    if ready_id == node_id {
+                        member.ready = true;
+                        member.http = http;
+                        return (
+                            Outcome::Done(format!(
+                                "node {node_id} started: pid {}, listen {}, http {}, log {}",
+                                member.pid,
+                                member.address,
+                                member.http.as_deref().unwrap_or("none"),
+                                member.log_path.display()
+                            )),
+                            false,
+                        );
+                    }
+                }
+                _ = signals.next() => {
+                    return (Outcome::Failed(format!("cairn dev is stopping; node {node_id} did not finish starting")), true);
+                }
+                _ = watch.tick() => {
+                    if let Ok(Some(status)) = member.child.try_wait() {
+                        member.exited = Some(status);
+                        // The order failed; the node may be started again.
+                        member.stopped = true;
+                        return (
+                            Outcome::Failed(format!(
+                                "node {node_id} exited during start-up ({}); its log: {}",
+                                describe_status(Some(status)),
+                                member.log_path.display()
+                            )),
+                            false,
+                        );
+                    }
+                    if Instant::now() > deadline {
+                        return (
+                            Outcome::Failed(format!(
+                                "node {node_id} (pid {}) was not ready within {} ms; it keeps starting, its log: {}",
+                                member.pid,
+                                self.args.ready_timeout_ms,
+                                member.log_path.display()
+                            )),
+                            false,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops one node (SIGTERM, or SIGKILL when `kill`), waiting as long as [`stop_all`] would.
+async fn stop_member(member: &mut Member, kill: bool) -> control::Outcome {
+    use control::Outcome;
+    let node_id = member.node_id;
+    if let Some(pid) = Pid::from_raw(member.pid as i32) {
+        let _ = kill_process(pid, if kill { Signal::KILL } else { Signal::TERM });
+    }
+    let status = match tokio::time::timeout(STOP_TIMEOUT, member.child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(error)) => {
+            return Outcome::Failed(format!("cannot wait for node {node_id}: {error}"))
+        }
+        Err(_) => {
+            let _ = member.child.start_kill();
+            match member.child.wait().await {
+                Ok(status) => status,
+                Err(error) => {
+                    return Outcome::Failed(format!("cannot wait for node {node_id}: {error}"))
+                }
+            }
+        }
+    };
+    member.exited = Some(status);
+    member.stopped = true;
+    member.ready = false;
+    Outcome::Done(format!(
+        "node {node_id} (pid {}) stopped: {}; `cairn dev start {node_id}` starts it again",
+        member.pid,
+        describe_status(Some(status))
+    ))
 }
 
 /// Name of the file recording how many nodes a data directory was created for.
@@ -435,6 +663,7 @@ fn spawn_member(
         pid,
         ready: false,
         exited: None,
+        stopped: false,
     })
 }
 
@@ -621,10 +850,15 @@ fn print_banner(args: &DevArgs, binary: &Path, members: &[Member]) {
         ));
     }
     if members.len() > 1 {
+        let last = members[members.len() - 1].node_id;
+        let dir = if args.data_dir == Path::new(DEFAULT_DATA_DIR) {
+            String::new()
+        } else {
+            format!(" --data-dir {}", args.data_dir.display())
+        };
         out.push_str(&format!(
-            "  kill -9 {}    # stop node {}, then: cairn cluster status\n",
-            members[members.len() - 1].pid,
-            members[members.len() - 1].node_id
+            "  cairn dev stop {last} --kill{dir}   # crash node {last}, then: cairn cluster status\n\
+             \x20 cairn dev start {last}{dir}          # and bring it back (also: restart {last})\n"
         ));
     }
     out.push_str("\nCtrl-C stops every node.\n");
@@ -660,6 +894,7 @@ mod tests {
 
     fn args(nodes: u16) -> DevArgs {
         DevArgs {
+            action: None,
             nodes,
             data_dir: PathBuf::from("/tmp/d"),
             base_port: 7171,
