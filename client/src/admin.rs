@@ -12,7 +12,7 @@ use cairn_protocol::group::{
 use cairn_protocol::messages::{
     AlterTopicRequest, ClusterStatusRequest, ClusterStatusResponse, ConfigChange,
     CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse,
-    ListTopicsRequest, OffsetSpec, TopicConfig, TopicMetadata, TopicSummary,
+    ListTopicsRequest, Liveness, OffsetSpec, TopicConfig, TopicMetadata, TopicSummary,
 };
 use cairn_protocol::{NodeId, Offset, Request, Response};
 use std::collections::HashMap;
@@ -209,17 +209,59 @@ impl Admin {
     /// One node's view of the cluster: nodes and their liveness (that node's gossip
     /// opinion), every partition's replicas and leader, and replicas on nodes it does not
     /// hear. Internal partitions (`__meta`) are included when `include_internal`.
+    ///
+    /// Whether a follower is out of sync (`lagging_replicas`) only its partition's leader
+    /// knows: every other node the answering node hears is asked too, and each partition
+    /// takes the lagging replicas its leader reports. A leader that does not answer reports
+    /// nothing (its partitions then show its followers as in sync as far as this call knows).
     pub async fn cluster_status(&self, include_internal: bool) -> Result<ClusterStatusResponse> {
+        let request = ClusterStatusRequest { include_internal };
         let reply = self
             .cluster
-            .call_any(Request::ClusterStatus(ClusterStatusRequest {
-                include_internal,
-            }))
+            .call_any(Request::ClusterStatus(request.clone()))
             .await?;
-        match reply {
-            Response::ClusterStatus(reply) => Ok(reply),
-            other => Err(unexpected("ClusterStatus", &other)),
+        let mut status = match reply {
+            Response::ClusterStatus(reply) => reply,
+            other => return Err(unexpected("ClusterStatus", &other)),
+        };
+        let leaders: std::collections::BTreeSet<NodeId> = status
+            .partitions
+            .iter()
+            .filter_map(|partition| partition.leader)
+            .filter(|leader| *leader != status.node_id)
+            .collect();
+        for leader in leaders {
+            let Some(address) = status
+                .nodes
+                .iter()
+                .find(|node| node.node_id == leader && node.liveness != Liveness::Down)
+                .and_then(|node| node.address.clone())
+            else {
+                continue;
+            };
+            let answer = match self.cluster.connection(&address).await {
+                Ok(connection) => connection
+                    .call(Request::ClusterStatus(request.clone()))
+                    .await
+                    .ok(),
+                Err(_) => None,
+            };
+            let Some(Response::ClusterStatus(answer)) = answer else {
+                continue;
+            };
+            for partition in status
+                .partitions
+                .iter_mut()
+                .filter(|partition| partition.leader == Some(leader))
+            {
+                if let Some(theirs) = answer.partitions.iter().find(|theirs| {
+                    theirs.topic == partition.topic && theirs.partition == partition.partition
+                }) {
+                    partition.lagging_replicas = theirs.lagging_replicas.clone();
+                }
+            }
         }
+        Ok(status)
     }
 
     /// Topic metadata as producers and consumers see it (leaders per partition).

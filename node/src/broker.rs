@@ -140,6 +140,7 @@ impl<S: LogStore> Broker<S> {
                 clock,
                 replica_config: config.replica.replica_config(),
                 tick_ms: config.replica.tick_ms,
+                lag_time_max_ms: config.replica.lag_time_max_ms,
                 mailbox_max: config.limits.partition_mailbox_max as usize,
                 // Metadata is small and must be replayable from the start: never trimmed.
                 retention: RetentionPolicy::default(),
@@ -575,6 +576,7 @@ impl<S: LogStore> Broker<S> {
                 clock: self.clock,
                 replica_config: self.config.replica.replica_config(),
                 tick_ms: self.config.replica.tick_ms,
+                lag_time_max_ms: self.config.replica.lag_time_max_ms,
                 mailbox_max: self.config.limits.partition_mailbox_max as usize,
                 retention: self.retention_of(topic),
                 retention_check_ms: self.config.retention.retention_check_ms,
@@ -1030,6 +1032,31 @@ impl<S: LogStore> Broker<S> {
         damaged
     }
 
+    /// The partitions this node leads that have followers out of sync (Kafka's ISR sense:
+    /// see `PartitionActor::publish_followers`), with those followers. Only a leader knows.
+    pub fn lagging_replicas(&self) -> BTreeMap<(String, u32), Vec<NodeId>> {
+        let mut lagging = BTreeMap::new();
+        let mut note = |topic: &str, partition: u32, shared: &crate::partition::PartitionShared| {
+            let nodes = shared.lagging_followers();
+            if !nodes.is_empty() {
+                lagging.insert((topic.to_string(), partition), nodes);
+            }
+        };
+        if let Some(meta) = &self.meta {
+            note(meta::META_TOPIC, 0, &meta.shared);
+        }
+        let catalog = self.catalog();
+        for topic in catalog.state.topics() {
+            let Some(handles) = catalog.partitions.get(&topic.id) else {
+                continue;
+            };
+            for (partition, handle) in handles {
+                note(&topic.name, *partition, &handle.shared);
+            }
+        }
+        lagging
+    }
+
     /// Every hosted replica, `__meta` first, as a metrics scrape sees it: offsets, whether
     /// this node leads, and on the leader each follower's lag and whether a replica is on a
     /// node gossip does not hear (as `cairn cluster status` counts under-replication).
@@ -1054,7 +1081,9 @@ impl<S: LogStore> Broker<S> {
                 Vec::new()
             };
             let under_replicated = leader_here
-                && (damaged || handle.shared.followers().any(|node| !heard.contains(&node)));
+                && (damaged
+                    || handle.shared.followers().any(|node| !heard.contains(&node))
+                    || !handle.shared.lagging_followers().is_empty());
             crate::metrics::PartitionMetrics {
                 topic: topic.to_string(),
                 partition,

@@ -159,6 +159,10 @@ pub struct ReplicaTimings {
     /// Bytes of its newest batches a leader keeps in memory, per partition, for followers
     /// that have not acknowledged them (0: catch-up always reads the log).
     pub tail_bytes_max: u32,
+    /// A follower that has not caught up with its leader's log for this long is out of sync
+    /// and its partition under-replicated (Kafka's `replica.lag.time.max.ms`). Shown only:
+    /// commits wait for a majority whatever this says.
+    pub lag_time_max_ms: u64,
 }
 
 impl ReplicaTimings {
@@ -350,6 +354,7 @@ pub const KEYS: &[&str] = &[
     "replica.pending_requests_max",
     "replica.append_message_bytes_max",
     "replica.tail_bytes_max",
+    "replica.lag_time_max_ms",
     "retention.retention_ms",
     "retention.retention_bytes",
     "retention.retention_check_ms",
@@ -420,6 +425,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             pending_requests_max = 4096
             append_message_bytes_max = 1048576
             tail_bytes_max = 2097152
+            lag_time_max_ms = 10000
             [retention]
             retention_check_ms = 60000
             [groups]
@@ -467,6 +473,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             pending_requests_max = 64
             append_message_bytes_max = 65536
             tail_bytes_max = 262144
+            lag_time_max_ms = 1000
             [retention]
             retention_check_ms = 200
             [groups]
@@ -760,6 +767,12 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         "replica.tick_ms > 0 && replica.tick_ms <= replica.heartbeat_ms",
         replica.tick_ms > 0 && replica.tick_ms <= replica.heartbeat_ms,
         "replicas only act on ticks: a tick slower than the heartbeat would let leases lapse",
+    )?;
+    rule(
+        "replica.lag_time_max_ms >= 2 * replica.heartbeat_ms",
+        replica.lag_time_max_ms >= 2 * replica.heartbeat_ms,
+        "an idle follower catches up on heartbeats: a shorter bound would call healthy \
+         followers out of sync between two of them",
     )?;
     replica
         .replica_config()

@@ -32,7 +32,7 @@ use cairn_replica::{
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::{LogStore, PartitionLog, RetentionPolicy, StorageError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -207,10 +207,22 @@ pub struct PartitionShared {
     commit_heard: AtomicU64,
     /// The log's name, for refusals that name the partition.
     log_name: String,
-    /// The other voters and, while this replica leads, one more than the offset below which
-    /// each one's log equals ours (0: not known, or not leading). Atomics stored after every
-    /// step, read by metrics scrapes (follower lag), so neither side takes a lock.
-    followers: Vec<(NodeId, AtomicU64)>,
+    /// The other voters and what this replica, while it leads, knows of each. Atomics
+    /// stored after every step, read by metrics scrapes and status requests, so neither side
+    /// takes a lock.
+    followers: Vec<FollowerShared>,
+}
+
+/// One other voter as its partition's leader sees it.
+#[derive(Debug)]
+struct FollowerShared {
+    node: NodeId,
+    /// One more than the offset below which its log equals ours (0: not known, or not
+    /// leading).
+    matched: AtomicU64,
+    /// Out of sync, in Kafka's ISR sense: it has not caught up with this leader's log end
+    /// for `replica.lag_time_max_ms` (false when not leading).
+    lagging: AtomicBool,
 }
 
 impl PartitionShared {
@@ -230,16 +242,26 @@ impl PartitionShared {
     pub fn follower_matched(&self) -> Vec<(NodeId, Offset)> {
         self.followers
             .iter()
-            .filter_map(|(node, matched)| match matched.load(Ordering::Relaxed) {
+            .filter_map(|follower| match follower.matched.load(Ordering::Relaxed) {
                 0 => None,
-                matched => Some((*node, Offset(matched - 1))),
+                matched => Some((follower.node, Offset(matched - 1))),
             })
+            .collect()
+    }
+
+    /// While this replica leads: the other voters out of sync (see
+    /// [`PartitionActor::publish_followers`]); empty otherwise.
+    pub fn lagging_followers(&self) -> Vec<NodeId> {
+        self.followers
+            .iter()
+            .filter(|follower| follower.lagging.load(Ordering::Relaxed))
+            .map(|follower| follower.node)
             .collect()
     }
 
     /// The other voters of this partition.
     pub fn followers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.followers.iter().map(|(node, _)| *node)
+        self.followers.iter().map(|follower| follower.node)
     }
 
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<Offset> {
@@ -286,6 +308,9 @@ pub struct PartitionSpec<S: LogStore> {
     pub replica_config: cairn_replica::Config,
     /// The tick grid: replicas are woken at multiples of this on the node's clock.
     pub tick_ms: u64,
+    /// `replica.lag_time_max_ms`: a follower that has not caught up for this long is out of
+    /// sync (under-replicated), as Kafka's `replica.lag.time.max.ms`.
+    pub lag_time_max_ms: u64,
     pub mailbox_max: usize,
     pub retention: RetentionPolicy,
     pub retention_check_ms: u64,
@@ -493,7 +518,11 @@ impl<S: LogStore> PartitionHandle<S> {
                 .voters
                 .iter()
                 .filter(|voter| **voter != spec.node)
-                .map(|voter| (*voter, AtomicU64::new(0)))
+                .map(|voter| FollowerShared {
+                    node: *voter,
+                    matched: AtomicU64::new(0),
+                    lagging: AtomicBool::new(false),
+                })
                 .collect(),
         });
         let mailbox_max = spec.mailbox_max;
@@ -503,6 +532,7 @@ impl<S: LogStore> PartitionHandle<S> {
         // intended. Only a hint: the lease rules still decide, and a replica that hears a
         // leader stays a follower.
         let actor_shared = Arc::clone(&shared);
+        let voters_other = shared.followers.len();
         let addr = PartitionActor::start_in_arbiter(arbiter, move |ctx| {
             // Produce messages are bounded by our own counter; the actix mailbox gets room for
             // them plus the other message kinds (DEPENDENCIES: the default 16 throttles).
@@ -538,6 +568,8 @@ impl<S: LogStore> PartitionHandle<S> {
                 generation: 0,
                 storage_failed: false,
                 committed_while_failed: None,
+                follower_sync: vec![None; voters_other],
+                lag_time_max_ms: spec.lag_time_max_ms,
             };
             if corrupted.is_some() {
                 // Nothing runs: no tick, no vote, no reply but the refusal.
@@ -690,6 +722,11 @@ pub struct PartitionActor<S: LogStore> {
     /// The high watermark when storage first failed: served to readers while no leader is
     /// known, since a rebuilt replica learns the high watermark only once it commits again.
     committed_while_failed: Option<Offset>,
+    /// Per other voter (in `shared.followers`' order), while leading: the log end it has to
+    /// reach to be caught up, and when it last was (see [`PartitionActor::publish_followers`]).
+    follower_sync: Vec<Option<(Offset, Millis)>>,
+    /// `replica.lag_time_max_ms`: out of sync after this long without catching up.
+    lag_time_max_ms: u64,
 }
 
 /// How often an inert replica checks whether its storage works again (a full disk freed).
@@ -1038,8 +1075,8 @@ impl<S: LogStore> PartitionActor<S> {
     /// since the last update and `log_start_moved` is false (only retention moves the log
     /// start: truncation removes a suffix).
     fn publish_status(&mut self, log_start_moved: bool) {
-        self.publish_followers();
         let status = self.replica.status();
+        self.publish_followers(&status);
         if !log_start_moved && self.published.as_ref() == Some(&status) {
             return;
         }
@@ -1078,15 +1115,45 @@ impl<S: LogStore> PartitionActor<S> {
     }
 
     /// Stores each follower's matched offset for the lag metrics (0 for "not known": not
-    /// leading, or a follower the leader has not heard from). A few atomic stores per step.
-    fn publish_followers(&self) {
-        for (node, matched) in &self.shared.followers {
-            let known = self
+    /// leading, or a follower the leader has not heard from), and whether it is out of sync.
+    /// A few atomic stores per step.
+    ///
+    /// Out of sync is Kafka's ISR rule (`replica.lag.time.max.ms`): a follower is in sync
+    /// while it keeps reaching the log end this leader had when it last caught up. Each time
+    /// it answers a message of ours with its matched offset at that target, it was caught up
+    /// when we sent that message, and the target moves to the current log end; so a follower
+    /// that keeps up under steady load, always a round trip behind, stays in sync (as does an
+    /// idle one answering heartbeats), and one that falls further behind or stops answering
+    /// (a slow disk, a lost link, a dead node) is out of sync `lag_time_max_ms` after it last
+    /// caught up. A new leader starts every follower as caught up.
+    fn publish_followers(&mut self, status: &ReplicaStatus) {
+        let leading = status.role == Role::Leader;
+        let log_end = status.log_end;
+        let now = self.clock.now();
+        for (index, follower) in self.shared.followers.iter().enumerate() {
+            let progress = self
                 .replica
-                .follower_matched()
-                .find(|(peer, _)| peer == node)
-                .map_or(0, |(_, offset)| offset.0 + 1);
-            matched.store(known, Ordering::Relaxed);
+                .follower_progress()
+                .find(|(peer, _, _)| *peer == follower.node);
+            let matched = progress.map(|(_, matched, _)| matched);
+            follower
+                .matched
+                .store(matched.map_or(0, |offset| offset.0 + 1), Ordering::Relaxed);
+            let sync = &mut self.follower_sync[index];
+            if !leading {
+                *sync = None;
+                follower.lagging.store(false, Ordering::Relaxed);
+                continue;
+            }
+            let (target, caught_up_at) = sync.get_or_insert((log_end, now));
+            if let Some((_, matched, Some(answered_sent_at))) = progress {
+                if matched >= *target {
+                    *target = log_end;
+                    *caught_up_at = (*caught_up_at).max(answered_sent_at);
+                }
+            }
+            let lagging = now.since(*caught_up_at) > self.lag_time_max_ms;
+            follower.lagging.store(lagging, Ordering::Relaxed);
         }
     }
 
@@ -1447,6 +1514,7 @@ mod tests {
             clock: Clock::new(),
             replica_config: cairn_replica::Config::for_tests(),
             tick_ms: 5,
+            lag_time_max_ms: 1_000,
             mailbox_max,
             retention: RetentionPolicy::default(),
             retention_check_ms: 1000,

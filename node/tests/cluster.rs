@@ -732,6 +732,86 @@ fn a_dead_leader_is_not_named_as_leader_by_the_survivor() {
     });
 }
 
+/// A paused follower (SIGSTOP: its node may still look alive for a while) is reported out
+/// of sync by every partition's leader within `replica.lag_time_max_ms` (1 s in the test
+/// preset), as Kafka's ISR would, and `cluster status` (asked of one node, merging what the
+/// leaders say) shows each partition under-replicated with it listed; once resumed it
+/// catches up and is in sync again.
+#[test]
+fn a_paused_follower_is_out_of_sync_until_it_catches_up() {
+    run(async {
+        let cluster = blocking(start_cluster);
+        let bootstrap = cluster.bootstrap();
+        create_topic(&bootstrap, "isr", 3).await;
+        let paused = 3u32;
+        let live = format!(
+            "{},{}",
+            cluster.node(1).address(),
+            cluster.node(2).address()
+        );
+        let admin = Admin::new(client_config(&live)).unwrap();
+        let lagging_of = |status: &cairn_client::ClusterStatusResponse| -> Vec<(u32, Vec<u32>)> {
+            status
+                .partitions
+                .iter()
+                .filter(|partition| partition.topic == "isr")
+                .map(|partition| {
+                    (
+                        partition.partition,
+                        partition
+                            .lagging_replicas
+                            .iter()
+                            .map(|node| node.0)
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        // Healthy: nobody out of sync.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = admin.cluster_status(false).await.unwrap();
+            let lagging = lagging_of(&status);
+            if lagging.len() == 3 && lagging.iter().all(|(_, nodes)| nodes.is_empty()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never all in sync: {lagging:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        cluster.node(paused).signal("STOP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = admin.cluster_status(false).await.unwrap();
+            let lagging = lagging_of(&status);
+            // Partitions node 3 led get a new leader first, which then reports it too.
+            if lagging.len() == 3 && lagging.iter().all(|(_, nodes)| nodes == &[paused]) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {paused} never reported out of sync everywhere: {lagging:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        cluster.node(paused).signal("CONT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = admin.cluster_status(false).await.unwrap();
+            let lagging = lagging_of(&status);
+            if lagging.len() == 3 && lagging.iter().all(|(_, nodes)| nodes.is_empty()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {paused} never back in sync: {lagging:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
 #[test]
 fn restarting_every_node_at_once_keeps_every_acknowledged_record() {
     run(async {

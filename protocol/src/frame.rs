@@ -390,6 +390,7 @@ mod tests {
                     offline_replicas: vec![crate::NodeId(2)],
                     repairing_replicas: Vec::new(),
                     corrupted_replicas: Vec::new(),
+                    lagging_replicas: Vec::new(),
                 }],
             })),
         };

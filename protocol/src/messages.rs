@@ -442,6 +442,12 @@ pub struct PartitionStatus {
     /// restore: it serves nothing (`ApiError::StorageCorrupted`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrupted_replicas: Vec<NodeId>,
+    /// Replicas out of sync, in Kafka's ISR sense: not caught up with the leader's log for
+    /// `replica.lag_time_max_ms`. Only the partition's leader knows; a node answers it for
+    /// the partitions it leads (the client merges every node's answer). Sent only when not
+    /// empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lagging_replicas: Vec<NodeId>,
 }
 
 /// Asks the cluster for a producer id, unique across the cluster and its restarts, for an

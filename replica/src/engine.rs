@@ -373,6 +373,16 @@ impl Replica {
             .map(|(&node, progress)| (node, progress.matched))
     }
 
+    /// Leader only: each follower's matched offset and the newest send time of ours it
+    /// answered in this epoch (`None`: no answer yet), for the node's in-sync report; nothing
+    /// on a follower or candidate. Read-only: it decides nothing.
+    pub fn follower_progress(&self) -> impl Iterator<Item = (NodeId, Offset, Option<Millis>)> + '_ {
+        self.leadership
+            .iter()
+            .flat_map(|leadership| leadership.peers.iter())
+            .map(|(&node, progress)| (node, progress.matched, progress.acked_sent_at))
+    }
+
     /// Appends refused because they would have cut committed data: nonzero means a bug
     /// somewhere in the replica set (checked by the simulation).
     pub fn catch_up_counts(&self) -> CatchUpCounts {

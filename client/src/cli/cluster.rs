@@ -16,8 +16,10 @@ pub enum ClusterCommand {
     /// Nodes and liveness, partitions and leaders per node, under-replicated partitions.
     ///
     /// What the answering node sees; liveness is its gossip's opinion. A partition's STATE:
-    /// `ok`: a leader and every replica's node up. `UNDER-REPLICATED`: a leader, but a
-    /// replica's node is down (OFFLINE lists them). `NO LEADER`: no replica holds a live lease:
+    /// `ok`: a leader, every replica's node up and every follower in sync.
+    /// `UNDER-REPLICATED`: a leader, but a replica's node is down (OFFLINE lists them) or a
+    /// follower has not caught up with the leader's log for `replica.lag_time_max_ms`, as
+    /// Kafka's ISR counts it (LAGGING lists them, as the leader reports). `NO LEADER`: no replica holds a live lease:
     /// an election is in progress, or fewer than a majority of the replicas are up (writes
     /// then fail with NotEnoughReplicas). `REPAIRING on N`: node N's replica lost committed
     /// data to a damaged disk and is being caught up from the leader. `CORRUPTED on N`: the
@@ -60,10 +62,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Under-replicated: a replica sits on a node the answering node does not hear, or lost
-/// committed data (corrupted, or being repaired from the leader).
+/// Under-replicated: a replica sits on a node the answering node does not hear, is out of
+/// sync with its leader, or lost committed data (corrupted, or being repaired from the leader).
 fn under_replicated(partition: &PartitionStatus) -> bool {
     !partition.offline_replicas.is_empty()
+        || !partition.lagging_replicas.is_empty()
         || !partition.repairing_replicas.is_empty()
         || !partition.corrupted_replicas.is_empty()
 }
@@ -176,6 +179,7 @@ pub fn status_report(status: &ClusterStatusResponse, problems_only: bool) -> Str
         "EPOCH".to_owned(),
         "REPLICAS".to_owned(),
         "OFFLINE".to_owned(),
+        "LAGGING".to_owned(),
         "STATE".to_owned(),
     ]];
     for partition in shown {
@@ -200,6 +204,7 @@ pub fn status_report(status: &ClusterStatusResponse, problems_only: bool) -> Str
             partition.leader_epoch.to_string(),
             node_list(&partition.replicas),
             node_list(&partition.offline_replicas),
+            node_list(&partition.lagging_replicas),
             state,
         ]);
     }
@@ -249,6 +254,7 @@ mod tests {
             offline_replicas: offline.iter().copied().map(NodeId).collect(),
             repairing_replicas: Vec::new(),
             corrupted_replicas: Vec::new(),
+            lagging_replicas: Vec::new(),
         }
     }
 
@@ -299,11 +305,11 @@ mod tests {
         assert_eq!(
             &lines[8..],
             &[
-                "TOPIC   PARTITION  LEADER  EPOCH  REPLICAS  OFFLINE  STATE",
-                "orders  0          1       2      1,2,3     3        UNDER-REPLICATED",
-                "orders  1          2       2      2,3,1     3        UNDER-REPLICATED",
-                "orders  2          none    2      3         3        NO LEADER",
-                "users   0          1       2      1,2       -        ok",
+                "TOPIC   PARTITION  LEADER  EPOCH  REPLICAS  OFFLINE  LAGGING  STATE",
+                "orders  0          1       2      1,2,3     3        -        UNDER-REPLICATED",
+                "orders  1          2       2      2,3,1     3        -        UNDER-REPLICATED",
+                "orders  2          none    2      3         3        -        NO LEADER",
+                "users   0          1       2      1,2       -        -        ok",
             ]
         );
     }
@@ -322,11 +328,30 @@ mod tests {
         assert_eq!(
             &lines[lines.len() - 2..],
             &[
-                "users  0          1       2      1,2       -        CORRUPTED on 1",
-                "users  1          2       2      1,2       -        REPAIRING on 1",
+                "users  0          1       2      1,2       -        -        CORRUPTED on 1",
+                "users  1          2       2      1,2       -        -        REPAIRING on 1",
             ],
             "{report}"
         );
+    }
+
+    #[test]
+    fn a_follower_out_of_sync_makes_its_partition_under_replicated() {
+        let mut status = three_nodes_one_down();
+        status.partitions = vec![
+            partition("users", 0, &[1, 2], Some(1), &[]),
+            partition("users", 1, &[1, 2], Some(1), &[]),
+        ];
+        status.partitions[1].lagging_replicas = vec![NodeId(2)];
+        let report = status_report(&status, true);
+        let lines: Vec<&str> = report.lines().collect();
+        assert!(lines[1].ends_with("under-replicated: 1"), "{report}");
+        assert_eq!(
+            lines[lines.len() - 1],
+            "users  1          1       2      1,2       -        2        UNDER-REPLICATED",
+            "{report}"
+        );
+        assert!(!report.contains("users  0"), "{report}");
     }
 
     #[test]

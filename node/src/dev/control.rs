@@ -279,12 +279,14 @@ fn send(data_dir: &Path, order: Order) -> Outcome {
     let path = data_dir.join(SOCKET_FILE);
     let mut stream = match StdUnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(error) => return Outcome::Failed(format!(
+        Err(error) => {
+            return Outcome::Failed(format!(
             "no cairn dev is running on {} ({}: {error}); start one with `cairn dev --data-dir {}`",
             data_dir.display(),
             path.display(),
             data_dir.display()
-        )),
+        ))
+        }
     };
     let mut exchange = || -> std::io::Result<String> {
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;

@@ -41,6 +41,7 @@ pub fn handle<S: LogStore>(
         meta: broker.meta_description(),
         damaged: broker.damaged_replicas(),
         last_addresses: broker.last_known_addresses(),
+        lagging: broker.lagging_replicas(),
     };
     Ok(Response::ClusterStatus(
         view.status(topics, request.include_internal),
@@ -59,6 +60,8 @@ struct View {
     /// The client address gossip last gave each node it ever heard, alive or not: a node
     /// that went down is shown where it was, so an operator knows which one to look at.
     last_addresses: BTreeMap<NodeId, String>,
+    /// The partitions this node leads with followers out of sync, and those followers.
+    lagging: BTreeMap<(String, u32), Vec<NodeId>>,
 }
 
 impl View {
@@ -165,6 +168,11 @@ impl View {
             offline_replicas,
             repairing_replicas: mine(matches!(health, LogHealth::Repairing { .. })),
             corrupted_replicas: mine(matches!(health, LogHealth::Corrupted { .. })),
+            lagging_replicas: self
+                .lagging
+                .get(&(topic.to_string(), partition))
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -212,6 +220,7 @@ mod tests {
             meta: meta(&[1], Some(1)),
             damaged: BTreeMap::new(),
             last_addresses: BTreeMap::new(),
+            lagging: BTreeMap::new(),
         };
         let offsets = TopicMetadata {
             internal: true,
@@ -253,6 +262,8 @@ mod tests {
             )]),
             // Gossip heard node 3 before it went down.
             last_addresses: BTreeMap::from([(NodeId(3), "127.0.0.1:7173".to_string())]),
+            // Node 2 leads a-0, and node 1 has not caught up with it.
+            lagging: BTreeMap::from([(("a".to_string(), 0), vec![NodeId(1)])]),
         };
         let status = view.status(
             vec![
@@ -290,6 +301,12 @@ mod tests {
         );
         assert!(status.partitions[0].internal);
         assert_eq!(status.partitions[3].leader, None);
+        let lagging: Vec<Vec<NodeId>> = status
+            .partitions
+            .iter()
+            .map(|p| p.lagging_replicas.clone())
+            .collect();
+        assert_eq!(lagging, vec![vec![], vec![NodeId(1)], vec![], vec![]]);
         // Its own damaged replica is reported by the answering node, and only that one.
         assert_eq!(status.partitions[3].repairing_replicas, vec![NodeId(2)]);
         assert!(status.partitions[2].repairing_replicas.is_empty());
