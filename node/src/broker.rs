@@ -1149,7 +1149,7 @@ impl<S: LogStore> Broker<S> {
     /// Nodes a new topic's replicas may be placed on: this node and every node gossip says is
     /// alive, by node id (one still recovering metadata starts its replicas once it applies
     /// the topic). Placement only; a wrong opinion costs balance, not safety.
-    fn live_nodes(&self) -> Vec<NodeId> {
+    pub fn live_nodes(&self) -> Vec<NodeId> {
         let mut live: Vec<NodeId> = self
             .cluster_view()
             .values()

@@ -1,13 +1,16 @@
 //! `CreateTopics` (2-7): each topic through the same `__meta` path as a Cairn create.
 //! Partition count and replication factor -1 take the defaults (1 partition, the node's
 //! `default_replication_factor`); `retention.ms` and `retention.bytes` are the configs Cairn
-//! keeps, any other config is refused (INVALID_CONFIG), and so are explicit replica
+//! keeps, a read-only config set to the value it has (`cleanup.policy` `delete`, see
+//! [`super::configs`]) is accepted, any other config is refused (INVALID_CONFIG), and so are
+//! explicit replica
 //! assignments (placement is Cairn's). `validate_only` checks without creating.
 
+use super::configs::topic_config;
 use super::errors::code;
 use super::ids::topic_uuid;
 use super::Call;
-use crate::broker::Broker;
+use crate::broker::{apply_config_changes, Broker};
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{CreateTopicRequest, TopicConfig};
 use cairn_protocol::ApiError;
@@ -82,29 +85,17 @@ async fn create<S: LogStore>(
             })?,
         ),
     };
-    let mut config = TopicConfig::default();
-    for entry in &topic.configs {
-        let value = entry.value.as_ref().map(|value| value.to_string());
-        let number = || {
-            value
-                .as_deref()
-                .and_then(|value| value.parse::<u64>().ok())
-                .ok_or_else(|| ApiError::InvalidTopicConfig {
-                    reason: format!("{} takes a non-negative number", &*entry.name),
-                })
-        };
-        match &*entry.name {
-            "retention.ms" => config.retention_ms = Some(number()?),
-            "retention.bytes" => config.retention_bytes = Some(number()?),
-            other => {
-                return Err(ApiError::InvalidTopicConfig {
-                    reason: format!(
-                        "config {other} is not supported (supported: retention.ms, retention.bytes)"
-                    ),
-                })
-            }
-        }
-    }
+    let configs: Vec<(String, Option<String>)> = topic
+        .configs
+        .iter()
+        .map(|entry| {
+            (
+                entry.name.to_string(),
+                entry.value.as_ref().map(|value| value.to_string()),
+            )
+        })
+        .collect();
+    let config = apply_config_changes(&TopicConfig::default(), &topic_config(broker, &configs)?)?;
     if validate_only {
         broker.check_ready()?;
         validate_topic_name(&name).map_err(|error| ApiError::InvalidTopicName {

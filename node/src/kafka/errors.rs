@@ -66,6 +66,17 @@ pub fn code(error: &ApiError) -> i16 {
     kafka_error(error).code()
 }
 
+/// The error code for a Cairn error answering an admin request that writes `__meta`
+/// (CreatePartitions, AlterConfigs): a node that does not lead `__meta` is not Kafka's
+/// controller, NOT_CONTROLLER, which admin clients retry after finding the controller in a
+/// Metadata answer (its controller is the `__meta` leader).
+pub fn admin_code(error: &ApiError) -> i16 {
+    match error {
+        ApiError::NotLeader { .. } => ResponseError::NotController.code(),
+        error => code(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
