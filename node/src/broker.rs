@@ -808,6 +808,14 @@ impl<S: LogStore> Broker<S> {
         brokers
     }
 
+    /// The Cairn listener address of a node gossip says is alive (not this node's own).
+    pub fn client_address(&self, node: NodeId) -> Option<std::net::SocketAddr> {
+        self.cluster_view()
+            .get(&node)
+            .filter(|info| info.alive)
+            .map(|info| info.client_addr)
+    }
+
     fn cluster_view(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, NodeInfo>> {
         self.cluster
             .read()

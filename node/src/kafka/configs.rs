@@ -56,7 +56,11 @@ fn fixed_topic_configs<S: LogStore>(broker: &Broker<S>) -> [(&'static str, Strin
             broker.config.limits.batch_bytes_max.to_string(),
             TYPE_INT,
         ),
-        ("message.timestamp.type", "CreateTime".to_string(), TYPE_STRING),
+        (
+            "message.timestamp.type",
+            "CreateTime".to_string(),
+            TYPE_STRING,
+        ),
     ]
 }
 
@@ -178,7 +182,9 @@ pub fn topic_change<S: LogStore>(
                 reason: format!(
                     "config {name} is not supported (changeable: {}; read-only: {})",
                     EDITABLE.join(", "),
-                    fixed_topic_configs(broker).map(|(name, _, _)| name).join(", ")
+                    fixed_topic_configs(broker)
+                        .map(|(name, _, _)| name)
+                        .join(", ")
                 ),
             })
         }

@@ -14,9 +14,7 @@ use cairn_storage::LogStore;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
-use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, ResponseKind,
-};
+use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
 

@@ -22,8 +22,8 @@ pub fn handle<S: LogStore>(
     call: Call,
     request: DescribeClusterRequest,
 ) -> ResponseKind {
-    let mut response = DescribeClusterResponse::default()
-        .with_cluster_id(StrBytes::from_static_str(CLUSTER_ID));
+    let mut response =
+        DescribeClusterResponse::default().with_cluster_id(StrBytes::from_static_str(CLUSTER_ID));
     if call.version >= 1 {
         response.endpoint_type = ENDPOINT_BROKERS;
         if request.endpoint_type != ENDPOINT_BROKERS {

@@ -31,9 +31,10 @@ pub async fn handle<S: LogStore>(
                 result.configs = entries
                     .into_iter()
                     .filter(|entry| {
-                        resource.configuration_keys.as_ref().is_none_or(|keys| {
-                            keys.iter().any(|key| key.as_str() == entry.name)
-                        })
+                        resource
+                            .configuration_keys
+                            .as_ref()
+                            .is_none_or(|keys| keys.iter().any(|key| key.as_str() == entry.name))
                     })
                     .map(|entry| describe(call, entry))
                     .collect();

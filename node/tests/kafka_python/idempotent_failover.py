@@ -15,20 +15,23 @@ from collections import Counter
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-RECORDS = 3000
-KILL_AFTER = 1000
+RECORDS = 6000
+KILL_AFTER_DELIVERED = 1000
 FLUSH_TIMEOUT_S = 120
 READ_TIMEOUT_S = 120
 
 bootstrap, topic, pids_arg = sys.argv[1], sys.argv[2], sys.argv[3]
 pids = {int(node): int(pid) for node, pid in (pair.split("=") for pair in pids_arg.split(","))}
 
+# KAFKA_DEBUG=eos,msg,broker,protocol (librdkafka's debug contexts) logs to stderr.
+debug = {"debug": os.environ["KAFKA_DEBUG"]} if os.environ.get("KAFKA_DEBUG") else {}
 producer = Producer({
     "bootstrap.servers": bootstrap,
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 5,
     "message.timeout.ms": 90000,
+    **debug,
 })
 
 delivered = set()
@@ -44,19 +47,38 @@ def on_delivery(error, message):
 
 
 killed = None
+
+
+def kill_leader():
+    """SIGKILLs the leader of partition 0, with records still in flight."""
+    metadata = producer.list_topics(topic=topic, timeout=30)
+    leader = metadata.topics[topic].partitions[0].leader
+    assert leader in pids, f"partition 0 led by {leader}, not one of {sorted(pids)}"
+    os.kill(pids[leader], signal.SIGKILL)
+    in_flight = produced - len(delivered) - len(failed)
+    print(f"killed node {leader} (pid {pids[leader]}), the leader of partition 0, after "
+          f"{len(delivered)} deliveries with {in_flight} records in flight", flush=True)
+    return leader
+
+
+produced = 0
 for number in range(RECORDS):
-    if number == KILL_AFTER:
-        producer.flush(FLUSH_TIMEOUT_S)
-        metadata = producer.list_topics(topic=topic, timeout=30)
-        killed = metadata.topics[topic].partitions[0].leader
-        assert killed in pids, f"partition 0 led by {killed}, not one of {sorted(pids)}"
-        os.kill(pids[killed], signal.SIGKILL)
-        print(f"killed node {killed} (pid {pids[killed]}), the leader of partition 0 "
-              f"after {len(delivered)} deliveries", flush=True)
+    # The kill comes once some records are delivered, while later ones are in flight (no
+    # flush first): the producer retries batches whose writes may have landed, and
+    # idempotence must keep them single.
+    if killed is None and len(delivered) >= KILL_AFTER_DELIVERED:
+        killed = kill_leader()
+    if killed is None and number == RECORDS // 2:
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while len(delivered) < KILL_AFTER_DELIVERED:
+            assert time.monotonic() < deadline, f"only {len(delivered)} delivered"
+            producer.poll(0.1)
+        killed = kill_leader()
     while True:
         try:
             producer.produce(topic, key=f"key-{number % 10}", value=f"id-{number}",
                              on_delivery=on_delivery)
+            produced += 1
             break
         except BufferError:
             producer.poll(0.1)
