@@ -511,10 +511,11 @@ fn leader_epochs_end_where_the_next_epoch_starts_and_stale_epochs_are_fenced() {
     assert_eq!(fenced_reads(&mut wire, "epochs", first_epoch), (74, 74));
 }
 
-/// Kafka clients ask any broker for a producer id (librdkafka keeps asking the one it chose):
-/// every node answers, the ones that do not lead `__meta` by asking its leader.
+/// Kafka clients ask any broker for a producer id (librdkafka keeps asking the one it chose)
+/// and send topic and config changes to any broker (the Java admin client does): every node
+/// answers them, the ones that do not lead `__meta` by asking its leader.
 #[test]
-fn every_node_of_a_cluster_gives_out_producer_ids() {
+fn every_node_of_a_cluster_decides_what_only_the_metadata_leader_can() {
     let cluster = TestCluster::start(3, &[]);
     let mut ids = Vec::new();
     for node in &cluster.nodes {
@@ -548,6 +549,37 @@ fn every_node_of_a_cluster_gives_out_producer_ids() {
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+
+    for node in &cluster.nodes {
+        let mut wire = KafkaWire::connect(node.kafka_address());
+        let topic = format!("from-node-{}", node.node_id);
+        let created = create_topic(&mut wire, &topic, 1);
+        assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+        let request = CreatePartitionsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(name(&topic))
+                .with_count(2)]);
+        let grown: CreatePartitionsResponse = wire.call(ApiKey::CreatePartitions, 3, &request);
+        assert_eq!(grown.results[0].error_code, 0, "{grown:?}");
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.clone()))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(StrBytes::from_static_str("60000")))]),
+        ]);
+        let altered: IncrementalAlterConfigsResponse =
+            wire.call(ApiKey::IncrementalAlterConfigs, 1, &request);
+        assert_eq!(altered.responses[0].error_code, 0, "{altered:?}");
+        let request = DeleteTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topic_names(vec![name(&topic)]);
+        let deleted: DeleteTopicsResponse = wire.call(ApiKey::DeleteTopics, 5, &request);
+        assert_eq!(deleted.responses[0].error_code, 0, "{deleted:?}");
+    }
 }
 
 /// The admin APIs refuse what they cannot do with the code a Kafka broker gives, and change

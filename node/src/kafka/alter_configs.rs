@@ -101,12 +101,14 @@ pub async fn alter_topic_configs<S: LogStore>(
         apply_config_changes(&state.config, &changes)?;
         return Ok(());
     }
-    broker
-        .alter_topic(AlterTopicRequest {
+    super::forward::alter_topic(
+        broker,
+        AlterTopicRequest {
             name: name.to_string(),
             partitions: None,
             configs: changes,
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -113,13 +113,15 @@ async fn grow<S: LogStore>(
         }
         return Ok(());
     }
-    broker
-        .alter_topic(AlterTopicRequest {
+    super::forward::alter_topic(
+        broker,
+        AlterTopicRequest {
             name,
             partitions: Some(count),
             configs: Vec::new(),
-        })
-        .await
-        .map_err(refuse)?;
+        },
+    )
+    .await
+    .map_err(refuse)?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! assignments (placement is Cairn's). `validate_only` checks without creating.
 
 use super::configs::topic_config;
-use super::errors::code;
+use super::errors::admin_code;
 use super::ids::topic_uuid;
 use super::Call;
 use crate::broker::{apply_config_changes, Broker};
@@ -46,7 +46,7 @@ pub async fn handle<S: LogStore>(
                 }
             }
             Err(error) => {
-                result.error_code = code(&error);
+                result.error_code = admin_code(&error);
                 if call.version >= 1 {
                     result.error_message = Some(error.to_string().into());
                 }
@@ -115,14 +115,16 @@ async fn create<S: LogStore>(
         let factor = replication_factor.unwrap_or(broker.config.default_replication_factor);
         return Ok((partitions as i32, factor as i16));
     }
-    let created = broker
-        .create_topic(CreateTopicRequest {
+    let created = super::forward::create_topic(
+        broker,
+        CreateTopicRequest {
             name,
             partitions,
             replication_factor,
             config,
-        })
-        .await?;
+        },
+    )
+    .await?;
     let factor = created
         .partitions
         .first()

@@ -67,9 +67,10 @@ pub fn code(error: &ApiError) -> i16 {
 }
 
 /// The error code for a Cairn error answering an admin request that writes `__meta`
-/// (CreatePartitions, AlterConfigs): a node that does not lead `__meta` is not Kafka's
-/// controller, NOT_CONTROLLER, which admin clients retry after finding the controller in a
-/// Metadata answer (its controller is the `__meta` leader).
+/// (CreateTopics, DeleteTopics, CreatePartitions, AlterConfigs): such requests are carried
+/// to the `__meta` leader (`super::forward`), and when it cannot be reached or is not known
+/// the answer is NOT_CONTROLLER, which admin clients retry after finding the controller in a
+/// Metadata answer (the `__meta` leader).
 pub fn admin_code(error: &ApiError) -> i16 {
     match error {
         ApiError::NotLeader { .. } => ResponseError::NotController.code(),

@@ -39,6 +39,7 @@ mod describe_cluster;
 mod describe_configs;
 mod errors;
 mod fetch;
+mod forward;
 mod ids;
 mod incremental_alter_configs;
 mod init_producer_id;
