@@ -3,8 +3,9 @@
 //! `default_replication_factor`); `retention.ms` and `retention.bytes` are the configs Cairn
 //! keeps, a read-only config set to the value it has (`cleanup.policy` `delete`, see
 //! [`super::configs`]) is accepted, any other config is refused (INVALID_CONFIG), and so are
-//! explicit replica
-//! assignments (placement is Cairn's). `validate_only` checks without creating.
+//! explicit replica assignments (placement is Cairn's). `validate_only` checks without
+//! creating. A node that does not lead `__meta` carries the create to it
+//! ([`super::forward`]).
 
 use super::configs::topic_config;
 use super::errors::admin_code;
