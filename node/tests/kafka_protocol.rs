@@ -6,6 +6,7 @@
 mod support;
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_configs_request;
 use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsTopic,
 };
@@ -688,6 +689,44 @@ fn admin_requests_refuse_bad_input_and_change_nothing() {
     assert_eq!(
         describe(&mut wire, 2, "admin").1,
         vec![("retention.ms".to_string(), Some("60000".to_string()))]
+    );
+
+    // AlterConfigs replaces the whole config: retention.ms, not named, returns to its default;
+    // an unknown config refuses the whole resource.
+    let replace = |wire: &mut KafkaWire, configs: &[(&'static str, &'static str)]| {
+        let request = AlterConfigsRequest::default().with_resources(vec![
+            alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("admin"))
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(config, value)| {
+                            alter_configs_request::AlterableConfig::default()
+                                .with_name(StrBytes::from_static_str(config))
+                                .with_value(Some(StrBytes::from_static_str(value)))
+                        })
+                        .collect(),
+                ),
+        ]);
+        let response: AlterConfigsResponse = wire.call(ApiKey::AlterConfigs, 2, &request);
+        response.responses[0].error_code
+    };
+    assert_eq!(
+        replace(
+            &mut wire,
+            &[("retention.bytes", "4096"), ("segment.ms", "1")]
+        ),
+        40
+    );
+    assert_eq!(
+        describe(&mut wire, 2, "admin").1,
+        vec![("retention.ms".to_string(), Some("60000".to_string()))]
+    );
+    assert_eq!(replace(&mut wire, &[("retention.bytes", "4096")]), 0);
+    assert_eq!(
+        describe(&mut wire, 2, "admin").1,
+        vec![("retention.ms".to_string(), Some("-1".to_string()))]
     );
 
     let controllers: DescribeClusterResponse = wire.call(
