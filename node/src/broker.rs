@@ -810,6 +810,14 @@ impl<S: LogStore> Broker<S> {
         brokers
     }
 
+    /// The Cairn listener address of a node gossip says is alive (not this node's own).
+    pub fn client_address(&self, node: NodeId) -> Option<std::net::SocketAddr> {
+        self.cluster_view()
+            .get(&node)
+            .filter(|info| info.alive)
+            .map(|info| info.client_addr)
+    }
+
     fn cluster_view(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, NodeInfo>> {
         self.cluster
             .read()
@@ -1178,7 +1186,7 @@ impl<S: LogStore> Broker<S> {
     /// Nodes a new topic's replicas may be placed on: this node and every node gossip says is
     /// alive, by node id (one still recovering metadata starts its replicas once it applies
     /// the topic). Placement only; a wrong opinion costs balance, not safety.
-    fn live_nodes(&self) -> Vec<NodeId> {
+    pub fn live_nodes(&self) -> Vec<NodeId> {
         let mut live: Vec<NodeId> = self
             .cluster_view()
             .values()

@@ -656,6 +656,15 @@ impl<S: LogStore> PartitionHandle<S> {
             .map_err(|_| self.shared.not_leader())?
     }
 
+    /// The leader's epoch history, current epoch and log end, read together (the leader only):
+    /// what Kafka's OffsetForLeaderEpoch answers from.
+    pub async fn epoch_history(&self) -> Result<EpochHistory, ApiError> {
+        self.addr
+            .send(ReadEpochHistory)
+            .await
+            .map_err(|_| self.shared.not_leader())?
+    }
+
     /// Replaces the retention policy (the topic's config changed); the next retention check
     /// applies it.
     pub async fn set_retention(&self, retention: RetentionPolicy) {
@@ -1453,6 +1462,47 @@ impl<S: LogStore> Handler<OffsetForTimestamp> for PartitionActor<S> {
         }
         log.offset_for_timestamp(message.timestamp_ms, status.high_watermark)
             .map_err(storage_error)
+    }
+}
+
+/// A leader's epoch history (each epoch with the offset its first batch, the epoch marker,
+/// took; oldest first, trimmed at the log start by retention), its current epoch and its
+/// log end, as one step of the actor saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochHistory {
+    pub epoch: Epoch,
+    pub history: Vec<(Epoch, Offset)>,
+    pub log_end: Offset,
+}
+
+pub struct ReadEpochHistory;
+
+impl Message for ReadEpochHistory {
+    type Result = Result<EpochHistory, ApiError>;
+}
+
+impl<S: LogStore> Handler<ReadEpochHistory> for PartitionActor<S> {
+    type Result = Result<EpochHistory, ApiError>;
+
+    fn handle(&mut self, _message: ReadEpochHistory, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(refusal) = self.corrupted_error() {
+            return Err(refusal);
+        }
+        if self.log.is_none() {
+            return Err(self.gone());
+        }
+        let status = self.replica.status();
+        if status.role != Role::Leader {
+            return Err(ApiError::NotLeader {
+                leader_hint: status.leader,
+                epoch: status.epoch,
+            });
+        }
+        Ok(EpochHistory {
+            epoch: status.epoch,
+            history: self.replica.epoch_history().to_vec(),
+            log_end: status.log_end,
+        })
     }
 }
 

@@ -6,13 +6,25 @@
 mod support;
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_configs_request;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use support::cluster::TestCluster;
 use support::kafka::{kafka_batch, KafkaWire};
 use support::TestNode;
 
@@ -89,6 +101,12 @@ const SERVED: &[(i16, i16, i16)] = &[
     (19, 2, 7),
     (20, 1, 6),
     (22, 0, 4),
+    (23, 2, 4),
+    (37, 0, 3),
+    (32, 1, 4),
+    (33, 0, 2),
+    (44, 0, 1),
+    (60, 0, 1),
 ];
 
 #[test]
@@ -365,4 +383,368 @@ fn a_silent_kafka_connection_is_closed() {
     assert!(silent.is_closed_by_node());
     let mut talking = KafkaWire::connect(node.kafka_address());
     assert_eq!(api_versions(&mut talking, 3).error_code, 0);
+}
+
+/// The answer to OffsetForLeaderEpoch (version 4) for partition 0 of `topic`: error code,
+/// epoch and end offset.
+fn epoch_end(
+    wire: &mut KafkaWire,
+    topic: &str,
+    leader_epoch: i32,
+    current_leader_epoch: i32,
+) -> (i16, i32, i64) {
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_leader_epoch(leader_epoch)])]);
+    let response: OffsetForLeaderEpochResponse =
+        wire.call(ApiKey::OffsetForLeaderEpoch, 4, &request);
+    let answer = &response.topics[0].partitions[0];
+    (answer.error_code, answer.leader_epoch, answer.end_offset)
+}
+
+/// The leader epoch of partition 0 of `topic` as Metadata reports it.
+fn metadata_epoch(wire: &mut KafkaWire, topic: &str) -> i32 {
+    metadata(wire, 12, Some(&[topic])).topics[0].partitions[0].leader_epoch
+}
+
+/// Produces one record with acks -1, retrying (a bounded number of times) while the leader
+/// is being elected; its offset.
+fn produce_eventually(wire: &mut KafkaWire, topic: &str) -> i64 {
+    for _ in 0..100 {
+        match produce(wire, topic, 0, -1, kafka_batch(&[("k", "v")])) {
+            (0, offset) => return offset,
+            (error, _) => {
+                assert!([5, 6, 7, 19].contains(&error), "produce refused: {error}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    panic!("no leader for {topic} after 100 attempts");
+}
+
+/// The fetch and list-offsets error for partition 0 of `topic` with `current_leader_epoch`.
+fn fenced_reads(wire: &mut KafkaWire, topic: &str, current_leader_epoch: i32) -> (i16, i16) {
+    let mut request = fetch_request(topic, 0);
+    request.topics[0].partitions[0].current_leader_epoch = current_leader_epoch;
+    let fetched: FetchResponse = wire.call(ApiKey::Fetch, 12, &request);
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_timestamp(-1)])]);
+    let listed: ListOffsetsResponse = wire.call(ApiKey::ListOffsets, 7, &request);
+    (
+        fetched.responses[0].partitions[0].error_code,
+        listed.topics[0].partitions[0].error_code,
+    )
+}
+
+/// OffsetForLeaderEpoch answers from the partition's epoch history: the current epoch ends
+/// at the log end, an epoch ended by a restart's new election ends where the next one starts,
+/// an epoch above every held one is unknown (-1, -1). A request naming an older leader epoch
+/// than the leader's is FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH, in
+/// OffsetForLeaderEpoch, Fetch and ListOffsets alike.
+#[test]
+fn leader_epochs_end_where_the_next_epoch_starts_and_stale_epochs_are_fenced() {
+    let mut node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    assert_eq!(create_topic(&mut wire, "epochs", 1).topics[0].error_code, 0);
+    produce_eventually(&mut wire, "epochs");
+    let last = produce_eventually(&mut wire, "epochs");
+    let first_epoch = metadata_epoch(&mut wire, "epochs");
+    assert!(first_epoch >= 1, "{first_epoch}");
+    let first_end = last + 1;
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", first_epoch, -1),
+        (0, first_epoch, first_end)
+    );
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", first_epoch, first_epoch),
+        (0, first_epoch, first_end)
+    );
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", first_epoch + 1, -1),
+        (0, -1, -1)
+    );
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", first_epoch, first_epoch - 1).0,
+        74
+    );
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", first_epoch, first_epoch + 1).0,
+        75
+    );
+    assert_eq!(epoch_end(&mut wire, "missing", 1, -1).0, 3);
+    assert_eq!(epoch_end(&mut wire, "__meta", 1, -1).0, 3);
+    assert_eq!(fenced_reads(&mut wire, "epochs", first_epoch), (0, 0));
+    assert_eq!(fenced_reads(&mut wire, "epochs", -1), (0, 0));
+    assert_eq!(fenced_reads(&mut wire, "epochs", first_epoch - 1), (74, 74));
+    assert_eq!(fenced_reads(&mut wire, "epochs", first_epoch + 1), (75, 75));
+
+    // A restart elects the node again, in a new epoch whose marker starts at the old end.
+    node.kill();
+    node.restart();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    let newest = produce_eventually(&mut wire, "epochs");
+    let second_epoch = metadata_epoch(&mut wire, "epochs");
+    assert!(
+        second_epoch > first_epoch,
+        "{second_epoch} after {first_epoch}"
+    );
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", first_epoch, second_epoch),
+        (0, first_epoch, first_end)
+    );
+    assert_eq!(
+        epoch_end(&mut wire, "epochs", second_epoch, second_epoch),
+        (0, second_epoch, newest + 1)
+    );
+    // Before the whole history: that epoch, ending where the first epoch held starts.
+    assert_eq!(epoch_end(&mut wire, "epochs", 0, -1), (0, 0, 0));
+    assert_eq!(fenced_reads(&mut wire, "epochs", first_epoch), (74, 74));
+}
+
+/// Kafka clients ask any broker for a producer id (librdkafka keeps asking the one it chose)
+/// and send topic and config changes to any broker (the Java admin client does): every node
+/// answers them, the ones that do not lead `__meta` by asking its leader.
+#[test]
+fn every_node_of_a_cluster_decides_what_only_the_metadata_leader_can() {
+    let cluster = TestCluster::start(3, &[]);
+    let mut ids = Vec::new();
+    for node in &cluster.nodes {
+        let mut wire = KafkaWire::connect(node.kafka_address());
+        let mut answer = None;
+        for _ in 0..100 {
+            let init: InitProducerIdResponse = wire.call(
+                ApiKey::InitProducerId,
+                4,
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000),
+            );
+            if init.error_code == 0 {
+                answer = Some(init.producer_id.0);
+                break;
+            }
+            // Only the retriable "not ready yet" answers are waited out.
+            assert!(
+                [5, 7, 15].contains(&init.error_code),
+                "node {}: {}\n{}",
+                node.node_id,
+                init.error_code,
+                cluster.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        ids.push(answer.unwrap_or_else(|| panic!("node {} gave no producer id", node.node_id)));
+    }
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+
+    for node in &cluster.nodes {
+        let mut wire = KafkaWire::connect(node.kafka_address());
+        let topic = format!("from-node-{}", node.node_id);
+        let created = create_topic(&mut wire, &topic, 1);
+        assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+        let request = CreatePartitionsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(name(&topic))
+                .with_count(2)]);
+        let grown: CreatePartitionsResponse = wire.call(ApiKey::CreatePartitions, 3, &request);
+        assert_eq!(grown.results[0].error_code, 0, "{grown:?}");
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.clone()))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(StrBytes::from_static_str("60000")))]),
+        ]);
+        let altered: IncrementalAlterConfigsResponse =
+            wire.call(ApiKey::IncrementalAlterConfigs, 1, &request);
+        assert_eq!(altered.responses[0].error_code, 0, "{altered:?}");
+        let request = DeleteTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topic_names(vec![name(&topic)]);
+        let deleted: DeleteTopicsResponse = wire.call(ApiKey::DeleteTopics, 5, &request);
+        assert_eq!(deleted.responses[0].error_code, 0, "{deleted:?}");
+    }
+}
+
+/// The admin APIs refuse what they cannot do with the code a Kafka broker gives, and change
+/// nothing: explicit replica assignments, a smaller partition count, an unknown resource
+/// type, another broker's configs, broker config changes, list operations on configs Cairn
+/// does not keep as lists, controller endpoints.
+#[test]
+fn admin_requests_refuse_bad_input_and_change_nothing() {
+    let node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    assert_eq!(create_topic(&mut wire, "admin", 2).topics[0].error_code, 0);
+
+    let grow = |wire: &mut KafkaWire, count: i32, assignments| {
+        let request = CreatePartitionsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(name("admin"))
+                .with_count(count)
+                .with_assignments(assignments)]);
+        let response: CreatePartitionsResponse = wire.call(ApiKey::CreatePartitions, 3, &request);
+        response.results[0].error_code
+    };
+    let assignment = CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)]);
+    assert_eq!(grow(&mut wire, 3, Some(vec![assignment])), 39);
+    assert_eq!(grow(&mut wire, 1, None), 37);
+    assert_eq!(grow(&mut wire, -1, None), 37);
+    assert_eq!(grow(&mut wire, i32::MAX, None), 37);
+    assert_eq!(
+        metadata(&mut wire, 12, Some(&["admin"])).topics[0]
+            .partitions
+            .len(),
+        2
+    );
+    assert_eq!(grow(&mut wire, 3, None), 0);
+    assert_eq!(
+        metadata(&mut wire, 12, Some(&["admin"])).topics[0]
+            .partitions
+            .len(),
+        3
+    );
+
+    let describe = |wire: &mut KafkaWire, resource_type: i8, resource: &str| {
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(StrBytes::from_string(resource.to_string()))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.ms")])),
+        ]);
+        let response: DescribeConfigsResponse = wire.call(ApiKey::DescribeConfigs, 4, &request);
+        let result = &response.results[0];
+        let values: Vec<(String, Option<String>)> = result
+            .configs
+            .iter()
+            .map(|config| {
+                (
+                    config.name.to_string(),
+                    config.value.as_ref().map(|value| value.to_string()),
+                )
+            })
+            .collect();
+        (result.error_code, values)
+    };
+    assert_eq!(
+        describe(&mut wire, 2, "admin"),
+        (
+            0,
+            vec![("retention.ms".to_string(), Some("-1".to_string()))]
+        )
+    );
+    assert_eq!(
+        describe(&mut wire, 3, "admin").0,
+        42,
+        "an unknown resource type"
+    );
+    assert_eq!(
+        describe(&mut wire, 4, "99").0,
+        42,
+        "another broker's configs"
+    );
+    assert_eq!(describe(&mut wire, 2, "__offsets").0, 3);
+
+    let alter = |wire: &mut KafkaWire, resource_type: i8, operation: i8, value: &str| {
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(StrBytes::from_static_str("admin"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_config_operation(operation)
+                    .with_value(Some(StrBytes::from_string(value.to_string())))]),
+        ]);
+        let response: IncrementalAlterConfigsResponse =
+            wire.call(ApiKey::IncrementalAlterConfigs, 1, &request);
+        response.responses[0].error_code
+    };
+    assert_eq!(alter(&mut wire, 2, 2, "60000"), 40, "APPEND");
+    assert_eq!(alter(&mut wire, 2, 0, "0"), 40, "zero retention");
+    assert_eq!(alter(&mut wire, 2, 0, "-5"), 40, "negative retention");
+    assert_eq!(alter(&mut wire, 4, 0, "60000"), 40, "broker configs");
+    assert_eq!(alter(&mut wire, 9, 0, "60000"), 42, "unknown resource type");
+    assert_eq!(
+        describe(&mut wire, 2, "admin").1,
+        vec![("retention.ms".to_string(), Some("-1".to_string()))]
+    );
+    assert_eq!(alter(&mut wire, 2, 0, "60000"), 0);
+    assert_eq!(
+        describe(&mut wire, 2, "admin").1,
+        vec![("retention.ms".to_string(), Some("60000".to_string()))]
+    );
+
+    // AlterConfigs replaces the whole config: retention.ms, not named, returns to its default;
+    // an unknown config refuses the whole resource.
+    let replace = |wire: &mut KafkaWire, configs: &[(&'static str, &'static str)]| {
+        let request = AlterConfigsRequest::default().with_resources(vec![
+            alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("admin"))
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(config, value)| {
+                            alter_configs_request::AlterableConfig::default()
+                                .with_name(StrBytes::from_static_str(config))
+                                .with_value(Some(StrBytes::from_static_str(value)))
+                        })
+                        .collect(),
+                ),
+        ]);
+        let response: AlterConfigsResponse = wire.call(ApiKey::AlterConfigs, 2, &request);
+        response.responses[0].error_code
+    };
+    assert_eq!(
+        replace(
+            &mut wire,
+            &[("retention.bytes", "4096"), ("segment.ms", "1")]
+        ),
+        40
+    );
+    assert_eq!(
+        describe(&mut wire, 2, "admin").1,
+        vec![("retention.ms".to_string(), Some("60000".to_string()))]
+    );
+    assert_eq!(replace(&mut wire, &[("retention.bytes", "4096")]), 0);
+    assert_eq!(
+        describe(&mut wire, 2, "admin").1,
+        vec![("retention.ms".to_string(), Some("-1".to_string()))]
+    );
+
+    let controllers: DescribeClusterResponse = wire.call(
+        ApiKey::DescribeCluster,
+        1,
+        &DescribeClusterRequest::default().with_endpoint_type(2),
+    );
+    assert_eq!(controllers.error_code, 115);
+    let brokers: DescribeClusterResponse = wire.call(
+        ApiKey::DescribeCluster,
+        1,
+        &DescribeClusterRequest::default().with_endpoint_type(1),
+    );
+    assert_eq!(brokers.error_code, 0);
+    assert_eq!(brokers.controller_id, BrokerId(1));
+    assert_eq!(brokers.brokers.len(), 1);
+    assert_eq!(
+        brokers.brokers[0].port,
+        i32::from(node.kafka_address().port())
+    );
 }

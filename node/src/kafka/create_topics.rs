@@ -1,13 +1,17 @@
 //! `CreateTopics` (2-7): each topic through the same `__meta` path as a Cairn create.
 //! Partition count and replication factor -1 take the defaults (1 partition, the node's
 //! `default_replication_factor`); `retention.ms` and `retention.bytes` are the configs Cairn
-//! keeps, any other config is refused (INVALID_CONFIG), and so are explicit replica
-//! assignments (placement is Cairn's). `validate_only` checks without creating.
+//! keeps, a read-only config set to the value it has (`cleanup.policy` `delete`, see
+//! [`super::configs`]) is accepted, any other config is refused (INVALID_CONFIG), and so are
+//! explicit replica assignments (placement is Cairn's). `validate_only` checks without
+//! creating. A node that does not lead `__meta` carries the create to it
+//! ([`super::forward`]).
 
-use super::errors::code;
+use super::configs::topic_config;
+use super::errors::admin_code;
 use super::ids::topic_uuid;
 use super::Call;
-use crate::broker::Broker;
+use crate::broker::{apply_config_changes, Broker};
 use cairn_protocol::ids::validate_topic_name;
 use cairn_protocol::messages::{CreateTopicRequest, TopicConfig};
 use cairn_protocol::ApiError;
@@ -43,7 +47,7 @@ pub async fn handle<S: LogStore>(
                 }
             }
             Err(error) => {
-                result.error_code = code(&error);
+                result.error_code = admin_code(&error);
                 if call.version >= 1 {
                     result.error_message = Some(error.to_string().into());
                 }
@@ -82,29 +86,17 @@ async fn create<S: LogStore>(
             })?,
         ),
     };
-    let mut config = TopicConfig::default();
-    for entry in &topic.configs {
-        let value = entry.value.as_ref().map(|value| value.to_string());
-        let number = || {
-            value
-                .as_deref()
-                .and_then(|value| value.parse::<u64>().ok())
-                .ok_or_else(|| ApiError::InvalidTopicConfig {
-                    reason: format!("{} takes a non-negative number", &*entry.name),
-                })
-        };
-        match &*entry.name {
-            "retention.ms" => config.retention_ms = Some(number()?),
-            "retention.bytes" => config.retention_bytes = Some(number()?),
-            other => {
-                return Err(ApiError::InvalidTopicConfig {
-                    reason: format!(
-                        "config {other} is not supported (supported: retention.ms, retention.bytes)"
-                    ),
-                })
-            }
-        }
-    }
+    let configs: Vec<(String, Option<String>)> = topic
+        .configs
+        .iter()
+        .map(|entry| {
+            (
+                entry.name.to_string(),
+                entry.value.as_ref().map(|value| value.to_string()),
+            )
+        })
+        .collect();
+    let config = apply_config_changes(&TopicConfig::default(), &topic_config(broker, &configs)?)?;
     if validate_only {
         broker.check_ready()?;
         validate_topic_name(&name).map_err(|error| ApiError::InvalidTopicName {
@@ -124,14 +116,16 @@ async fn create<S: LogStore>(
         let factor = replication_factor.unwrap_or(broker.config.default_replication_factor);
         return Ok((partitions as i32, factor as i16));
     }
-    let created = broker
-        .create_topic(CreateTopicRequest {
+    let created = super::forward::create_topic(
+        broker,
+        CreateTopicRequest {
             name,
             partitions,
             replication_factor,
             config,
-        })
-        .await?;
+        },
+    )
+    .await?;
     let factor = created
         .partitions
         .first()

@@ -1,7 +1,7 @@
 //! `DeleteTopics` (1-6): by name, or by topic id (version 6), through the same `__meta` path
 //! as a Cairn delete. Internal topics cannot be deleted.
 
-use super::errors::code;
+use super::errors::admin_code;
 use super::ids::topic_uuid;
 use super::Call;
 use crate::broker::{is_internal, Broker};
@@ -55,10 +55,10 @@ pub async fn handle<S: LogStore>(
                         reason: "internal topics cannot be deleted".to_string(),
                     })
                 } else {
-                    broker.delete_topic(&name).await
+                    super::forward::delete_topic(broker, &name).await
                 };
                 if let Err(error) = deleted {
-                    result.error_code = code(&error);
+                    result.error_code = admin_code(&error);
                     if call.version >= 5 {
                         result.error_message = Some(error.to_string().into());
                     }

@@ -66,6 +66,18 @@ pub fn code(error: &ApiError) -> i16 {
     kafka_error(error).code()
 }
 
+/// The error code for a Cairn error answering an admin request that writes `__meta`
+/// (CreateTopics, DeleteTopics, CreatePartitions, AlterConfigs): such requests are carried
+/// to the `__meta` leader (`super::forward`), and when it cannot be reached or is not known
+/// the answer is NOT_CONTROLLER, which admin clients retry after finding the controller in a
+/// Metadata answer (the `__meta` leader).
+pub fn admin_code(error: &ApiError) -> i16 {
+    match error {
+        ApiError::NotLeader { .. } => ResponseError::NotController.code(),
+        error => code(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

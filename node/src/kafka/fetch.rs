@@ -4,15 +4,19 @@
 //! and the node's reply budgets), answered in Kafka's shape. The last stable offset is the
 //! high watermark (no transactions). Fetch sessions (KIP-227) are not kept: a request for a
 //! new session gets session id 0 (none created; the client goes on with full fetches), and a
-//! request naming a session gets FETCH_SESSION_ID_NOT_FOUND.
+//! request naming a session gets FETCH_SESSION_ID_NOT_FOUND. From version 9 a partition's
+//! `current_leader_epoch` is fenced as Kafka does (FENCED_LEADER_EPOCH for an older epoch,
+//! UNKNOWN_LEADER_EPOCH for a newer one).
 
 use super::errors::code;
+use super::offset_for_leader_epoch::check_current_epoch;
 use super::Call;
 use crate::broker::Broker;
 use crate::meta::META_TOPIC;
 use crate::server::budget::{FetchBudgets, Reservation};
 use cairn_protocol::messages::{FetchPartition, FetchRequest as CairnFetch, Response};
 use cairn_protocol::{ApiError, Offset};
+use cairn_replica::Role;
 use cairn_storage::LogStore;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -44,7 +48,7 @@ pub async fn handle<S: LogStore>(
     }
     // The partitions asked for, in order; those that cannot be asked for are answered here.
     let mut partitions = Vec::new();
-    let mut early: Vec<Vec<Option<ApiError>>> = Vec::with_capacity(request.topics.len());
+    let mut early: Vec<Vec<Option<i16>>> = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let mut answers = Vec::with_capacity(topic.partitions.len());
         for partition in &topic.partitions {
@@ -74,6 +78,12 @@ pub async fn handle<S: LogStore>(
                     max_bytes: u32::try_from(partition.partition_max_bytes).unwrap_or(0),
                 }),
             };
+            let checked = checked.map_err(|error| code(&error)).and_then(|wanted| {
+                if call.version >= 9 {
+                    fence(broker, &wanted, partition.current_leader_epoch)?;
+                }
+                Ok(wanted)
+            });
             match checked {
                 Ok(wanted) => {
                     partitions.push(wanted);
@@ -109,12 +119,12 @@ pub async fn handle<S: LogStore>(
             let result = match (answer, &mut read) {
                 (Some(error), _) => Err(error),
                 (None, Ok(read)) => match read.next() {
-                    Some(fetched) => fetched.result,
-                    None => Err(ApiError::Internal {
+                    Some(fetched) => fetched.result.map_err(|error| code(&error)),
+                    None => Err(code(&ApiError::Internal {
                         reason: "a partition went unanswered".to_string(),
-                    }),
+                    })),
                 },
-                (None, Err(error)) => Err(error.clone()),
+                (None, Err(error)) => Err(code(error)),
             };
             datas.push(partition_data(call, partition.partition, result));
         }
@@ -130,17 +140,35 @@ pub async fn handle<S: LogStore>(
     (ResponseKind::Fetch(response), reservation)
 }
 
+/// KIP-320: a fetch naming a leader epoch other than the leader's is refused
+/// (`check_current_epoch`). A replica that does not lead is left to the fetch path, which
+/// answers NOT_LEADER_OR_FOLLOWER.
+fn fence<S: LogStore>(
+    broker: &Broker<S>,
+    wanted: &FetchPartition,
+    current_leader_epoch: i32,
+) -> Result<(), i16> {
+    let Ok(handle) = broker.partition(&wanted.topic, wanted.partition) else {
+        return Ok(());
+    };
+    let snapshot = handle.shared.snapshot();
+    if snapshot.role != Role::Leader {
+        return Ok(());
+    }
+    check_current_epoch(current_leader_epoch, snapshot.epoch).map_err(|error| error.code())
+}
+
 fn partition_data(
     call: Call,
     index: i32,
-    result: Result<cairn_protocol::messages::FetchedRecords, ApiError>,
+    result: Result<cairn_protocol::messages::FetchedRecords, i16>,
 ) -> PartitionData {
     let mut data = PartitionData::default().with_partition_index(index);
     match result {
         Ok(fetched) => match super::batch::to_kafka(&fetched.batches) {
             Err(error) => {
                 tracing::error!(%error, "a stored batch does not convert to Kafka's layout");
-                return partition_data(call, index, Err(error));
+                return partition_data(call, index, Err(code(&error)));
             }
             Ok(records) => {
                 let high_watermark = i64::try_from(fetched.high_watermark.0).unwrap_or(i64::MAX);
@@ -154,7 +182,7 @@ fn partition_data(
             }
         },
         Err(error) => {
-            data.error_code = code(&error);
+            data.error_code = error;
             data.high_watermark = -1;
             data.last_stable_offset = -1;
             if call.version >= 5 {

@@ -1,6 +1,10 @@
 //! `InitProducerId` (0-4), for idempotent producers only: a producer id reserved in `__meta`
 //! as for a Cairn producer, epoch 0. A transactional id is refused: transactions are not
 //! served.
+//!
+//! Kafka clients send InitProducerId to any broker (librdkafka picks one and keeps asking it),
+//! while only the `__meta` leader can reserve an id: another node asks the leader
+//! ([`super::forward`]).
 
 use super::errors::code;
 use super::Call;
@@ -21,7 +25,8 @@ pub async fn handle<S: LogStore>(
         response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
         return ResponseKind::InitProducerId(response);
     }
-    match broker.allocate_producer_id().await {
+    let allocated = super::forward::allocate_producer_id(broker).await;
+    match allocated {
         Ok(producer_id) => {
             response.producer_id = producer_id.into();
             response.producer_epoch = 0;

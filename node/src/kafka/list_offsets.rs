@@ -2,10 +2,12 @@
 //! watermark, also the last stable offset: no transactions), or a timestamp: the first offset
 //! at or after it, below the high watermark, found through the storage's time index (one
 //! entry per batch max timestamp) and a walk of the batch it names. -3 (the record with the
-//! largest timestamp, version 7) is not served: UNSUPPORTED_VERSION for that partition.
+//! largest timestamp, version 7) is not served: UNSUPPORTED_VERSION for that partition. From
+//! version 4 a partition's `current_leader_epoch` is fenced (`check_current_epoch`).
 
 use super::errors::code;
 use super::ids::leader_epoch;
+use super::offset_for_leader_epoch::check_current_epoch;
 use super::Call;
 use crate::broker::Broker;
 use cairn_protocol::ApiError;
@@ -39,6 +41,11 @@ pub async fn handle<S: LogStore>(
                 &topic.name.0,
                 partition.partition_index,
                 partition.timestamp,
+                if call.version >= 4 {
+                    partition.current_leader_epoch
+                } else {
+                    -1
+                },
             )
             .await
             {
@@ -68,6 +75,7 @@ async fn lookup<S: LogStore>(
     topic: &str,
     partition: i32,
     timestamp: i64,
+    current_leader_epoch: i32,
 ) -> Result<(i64, i64, i32), i16> {
     let index =
         u32::try_from(partition).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
@@ -78,6 +86,7 @@ async fn lookup<S: LogStore>(
     if snapshot.role != Role::Leader {
         return Err(code(&handle.shared.not_leader()));
     }
+    check_current_epoch(current_leader_epoch, snapshot.epoch).map_err(|error| error.code())?;
     let epoch = leader_epoch(snapshot.epoch);
     let offset = |offset: cairn_protocol::Offset| i64::try_from(offset.0).unwrap_or(i64::MAX);
     match timestamp {

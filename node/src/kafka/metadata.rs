@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 /// What every node reports as its Kafka cluster id (one fixed id until clusters are named,
 /// as the gossip cluster id).
-const CLUSTER_ID: &str = "cairn";
+pub const CLUSTER_ID: &str = "cairn";
 
 /// Partitions of a topic created by a Metadata request (Kafka's `num.partitions` default).
 const AUTO_CREATE_PARTITIONS: u32 = 1;
@@ -51,13 +51,7 @@ pub async fn handle<S: LogStore>(
         response.cluster_id = Some(StrBytes::from_static_str(CLUSTER_ID));
     }
     if call.version >= 1 {
-        // Kafka clients send CreateTopics and DeleteTopics to the controller: `__meta`'s
-        // leader, which decides them.
-        response.controller_id = broker
-            .meta_description()
-            .leader
-            .filter(|leader| brokers.iter().any(|(node, _)| node == leader))
-            .map_or(BrokerId(-1), broker_id);
+        response.controller_id = controller_id(broker, &brokers);
     }
     let states = match broker.topic_states() {
         Ok(states) => states,
@@ -147,6 +141,16 @@ pub async fn handle<S: LogStore>(
         response.topics.push(topic);
     }
     ResponseKind::Metadata(response)
+}
+
+/// Kafka clients send CreateTopics, DeleteTopics and CreatePartitions to the controller:
+/// `__meta`'s leader, which decides them; -1 while it is not known or has no Kafka address.
+pub fn controller_id<S: LogStore>(broker: &Broker<S>, brokers: &[(NodeId, String)]) -> BrokerId {
+    broker
+        .meta_description()
+        .leader
+        .filter(|leader| brokers.iter().any(|(node, _)| node == leader))
+        .map_or(BrokerId(-1), broker_id)
 }
 
 enum Wanted {

@@ -21,20 +21,31 @@
 //! broker does; ApiVersions is the exception (KIP-511): any version gets an answer.
 //!
 //! One file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
-//! [`list_offsets`], [`create_topics`], [`delete_topics`], [`init_producer_id`]; [`errors`]
-//! maps Cairn's typed errors to Kafka's error codes, [`ids`] maps node ids and topics, and
-//! [`batch`] converts record batches between Kafka's header and Cairn's (one field wider).
+//! [`list_offsets`], [`offset_for_leader_epoch`], [`create_topics`], [`delete_topics`],
+//! [`create_partitions`], [`describe_configs`], [`alter_configs`],
+//! [`incremental_alter_configs`], [`describe_cluster`], [`init_producer_id`]; [`configs`]
+//! shows Cairn's topic and node configs under Kafka's names, [`errors`] maps Cairn's typed
+//! errors to Kafka's error codes, [`ids`] maps node ids and topics, and [`batch`] converts
+//! record batches between Kafka's header and Cairn's (one field wider).
 
+mod alter_configs;
 mod api_versions;
 mod batch;
+mod configs;
+mod create_partitions;
 mod create_topics;
 mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
 mod errors;
 mod fetch;
+mod forward;
 mod ids;
+mod incremental_alter_configs;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod offset_for_leader_epoch;
 mod produce;
 
 use crate::broker::Broker;
@@ -223,6 +234,31 @@ fn count_entries(request: &RequestKind) -> usize {
             .map(|topic| 1 + topic.assignments.len() + topic.configs.len())
             .sum(),
         RequestKind::DeleteTopics(request) => request.topics.len() + request.topic_names.len(),
+        RequestKind::OffsetForLeaderEpoch(request) => request
+            .topics
+            .iter()
+            .map(|topic| 1 + topic.partitions.len())
+            .sum(),
+        RequestKind::CreatePartitions(request) => request
+            .topics
+            .iter()
+            .map(|topic| 1 + topic.assignments.as_ref().map_or(0, Vec::len))
+            .sum(),
+        RequestKind::DescribeConfigs(request) => request
+            .resources
+            .iter()
+            .map(|resource| 1 + resource.configuration_keys.as_ref().map_or(0, Vec::len))
+            .sum(),
+        RequestKind::AlterConfigs(request) => request
+            .resources
+            .iter()
+            .map(|resource| 1 + resource.configs.len())
+            .sum(),
+        RequestKind::IncrementalAlterConfigs(request) => request
+            .resources
+            .iter()
+            .map(|resource| 1 + resource.configs.len())
+            .sum(),
         _ => 0,
     }
 }
@@ -442,6 +478,20 @@ async fn dispatch<S: LogStore>(
         RequestKind::InitProducerId(request) => {
             init_producer_id::handle(broker, call, request).await
         }
+        RequestKind::OffsetForLeaderEpoch(request) => {
+            offset_for_leader_epoch::handle(broker, call, request).await
+        }
+        RequestKind::CreatePartitions(request) => {
+            create_partitions::handle(broker, call, request).await
+        }
+        RequestKind::DescribeConfigs(request) => {
+            describe_configs::handle(broker, call, request).await
+        }
+        RequestKind::AlterConfigs(request) => alter_configs::handle(broker, call, request).await,
+        RequestKind::IncrementalAlterConfigs(request) => {
+            incremental_alter_configs::handle(broker, call, request).await
+        }
+        RequestKind::DescribeCluster(request) => describe_cluster::handle(broker, call, request),
         other => unreachable!(
             "decode admits only advertised APIs, and produce and fetch are answered in \
              run_connection (got {:?})",
