@@ -21,7 +21,9 @@
 //! broker does; ApiVersions is the exception (KIP-511): any version gets an answer.
 //!
 //! One file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
-//! [`list_offsets`], [`create_topics`], [`delete_topics`], [`init_producer_id`]; [`errors`]
+//! [`list_offsets`], [`create_topics`], [`delete_topics`], [`init_producer_id`], and
+//! [`groups`] for the group APIs (FindCoordinator, the classic group protocol, offsets,
+//! ListGroups, DescribeGroups); [`errors`]
 //! maps Cairn's typed errors to Kafka's error codes, [`ids`] maps node ids and topics, and
 //! [`batch`] converts record batches between Kafka's header and Cairn's (one field wider).
 
@@ -31,6 +33,7 @@ mod create_topics;
 mod delete_topics;
 mod errors;
 mod fetch;
+mod groups;
 mod ids;
 mod init_producer_id;
 mod list_offsets;
@@ -223,6 +226,39 @@ fn count_entries(request: &RequestKind) -> usize {
             .map(|topic| 1 + topic.assignments.len() + topic.configs.len())
             .sum(),
         RequestKind::DeleteTopics(request) => request.topics.len() + request.topic_names.len(),
+        RequestKind::FindCoordinator(request) => request.coordinator_keys.len(),
+        RequestKind::JoinGroup(request) => request.protocols.len(),
+        RequestKind::SyncGroup(request) => request.assignments.len(),
+        RequestKind::LeaveGroup(request) => request.members.len(),
+        RequestKind::OffsetCommit(request) => request
+            .topics
+            .iter()
+            .map(|topic| 1 + topic.partitions.len())
+            .sum(),
+        RequestKind::OffsetFetch(request) => {
+            let topics = |topics: Option<usize>| topics.unwrap_or(0);
+            topics(request.topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .map(|topic| 1 + topic.partition_indexes.len())
+                    .sum()
+            })) + request
+                .groups
+                .iter()
+                .map(|group| {
+                    1 + topics(group.topics.as_ref().map(|topics| {
+                        topics
+                            .iter()
+                            .map(|topic| 1 + topic.partition_indexes.len())
+                            .sum()
+                    }))
+                })
+                .sum::<usize>()
+        }
+        RequestKind::DescribeGroups(request) => request.groups.len(),
+        RequestKind::ListGroups(request) => {
+            request.states_filter.len() + request.types_filter.len()
+        }
         _ => 0,
     }
 }
@@ -441,6 +477,19 @@ async fn dispatch<S: LogStore>(
         RequestKind::DeleteTopics(request) => delete_topics::handle(broker, call, request).await,
         RequestKind::InitProducerId(request) => {
             init_producer_id::handle(broker, call, request).await
+        }
+        RequestKind::FindCoordinator(request) => {
+            groups::find_coordinator(broker, call, request).await
+        }
+        RequestKind::JoinGroup(request) => groups::join_group(broker, call, request).await,
+        RequestKind::SyncGroup(request) => groups::sync_group(broker, call, request).await,
+        RequestKind::Heartbeat(request) => groups::heartbeat(broker, call, request).await,
+        RequestKind::LeaveGroup(request) => groups::leave_group(broker, call, request).await,
+        RequestKind::OffsetCommit(request) => groups::offset_commit(broker, call, request).await,
+        RequestKind::OffsetFetch(request) => groups::offset_fetch(broker, call, request).await,
+        RequestKind::ListGroups(request) => groups::list_groups(broker, call, request).await,
+        RequestKind::DescribeGroups(request) => {
+            groups::describe_groups(broker, call, request).await
         }
         other => unreachable!(
             "decode admits only advertised APIs, and produce and fetch are answered in \
