@@ -722,7 +722,10 @@ impl ClassicGroups {
         if generation != group.generation {
             return Err(ClassicError::IllegalGeneration);
         }
-        if matches!(group.phase, Phase::PreparingRebalance { .. }) {
+        // While the group prepares a rebalance, members commit what they consumed before
+        // they rejoin (the eager protocol's revocation); once the new generation is formed
+        // and the leader has not assigned yet, nobody owns anything to commit.
+        if group.phase == Phase::CompletingRebalance {
             return Err(ClassicError::RebalanceInProgress);
         }
         let member = group.members.get_mut(member_id).expect("checked");
@@ -998,6 +1001,8 @@ mod tests {
             groups.heartbeat("g", "a", None, 1, 11),
             Err(ClassicError::RebalanceInProgress)
         );
+        // a may still commit what it read before it rejoins.
+        assert_eq!(groups.check_commit("g", "a", None, 1, 11), Ok(()));
         assert_eq!(groups.poll_join("g", "b", 11), Ok(Step::Wait));
         // a rejoins: everyone is in, generation 2; a leads and sees both members' metadata.
         let a = done(
@@ -1010,6 +1015,11 @@ mod tests {
         assert_eq!(metadata, [&Bytes::from("a:range"), &Bytes::from("b:range")]);
         let b = done(groups.poll_join("g", "b", 12).unwrap());
         assert_eq!((b.generation, b.members.len()), (2, 0));
+        // Generation 2 is formed but not assigned yet: nobody owns anything to commit.
+        assert_eq!(
+            groups.check_commit("g", "b", None, 2, 12),
+            Err(ClassicError::RebalanceInProgress)
+        );
         // b's sync waits for the leader's; the leader's hands each member its bytes.
         assert_eq!(groups.sync(&sync_request("b", 2, &[]), 13), Ok(Step::Wait));
         let mine = done(
