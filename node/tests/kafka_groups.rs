@@ -24,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::cluster::TestCluster;
 use support::kafka::KafkaWire;
 use support::{cairn_binary, TestNode};
 
@@ -39,6 +40,7 @@ const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 const UNKNOWN_MEMBER_ID: i16 = 25;
 const INVALID_REQUEST: i16 = 42;
 const MEMBER_ID_REQUIRED: i16 = 79;
+const NOT_COORDINATOR: i16 = 16;
 
 fn kcat_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KCAT") {
@@ -670,4 +672,73 @@ fn oversize_group_requests_close_the_connection_and_change_nothing() {
             .with_member_id(text(&member)),
     );
     assert_eq!(response.error_code, NONE);
+}
+
+#[test]
+fn in_a_cluster_every_node_names_the_coordinator_and_kcat_groups_reach_it() {
+    let cluster = TestCluster::start(3, &[]);
+    cairn(
+        &cluster.nodes[0],
+        &["topic", "create", "ledger", "--partitions", "3"],
+    );
+    let kafka: Vec<std::net::SocketAddr> =
+        cluster.nodes.iter().map(TestNode::kafka_address).collect();
+    // Every node names the same coordinator, at that node's Kafka address.
+    let mut coordinator = None;
+    eventually(
+        "every node names one coordinator with its Kafka address",
+        || {
+            let named: Vec<(i32, String)> = kafka
+                .iter()
+                .map(|address| {
+                    let found =
+                        find_coordinator(&mut KafkaWire::connect(*address), "ledger-readers");
+                    (found.node_id.0, format!("{}:{}", found.host, found.port))
+                })
+                .collect();
+            let agreed = named.iter().all(|n| *n == named[0]);
+            let (node, address) = named[0].clone();
+            let right_address = kafka
+                .get((node - 1) as usize)
+                .is_some_and(|kafka| kafka.to_string() == address);
+            coordinator = Some(node);
+            agreed && right_address
+        },
+    );
+    let coordinator = coordinator.expect("found") as usize;
+    // A JoinGroup sent elsewhere is refused with NOT_COORDINATOR (clients look again).
+    let elsewhere = kafka[coordinator % 3];
+    let refused: JoinGroupResponse = KafkaWire::connect(elsewhere).call(
+        ApiKey::JoinGroup,
+        5,
+        &join_request("ledger-readers", ""),
+    );
+    assert_eq!(refused.error_code, NOT_COORDINATOR);
+
+    // kcat bootstrapped at another node finds the coordinator and reads every record once.
+    let broker = elsewhere.to_string();
+    let written = values("entry", 30);
+    produce(&broker, "ledger", &written);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut reader = group_consumer(
+        &broker,
+        "ledger-readers",
+        "ledger",
+        dir.path(),
+        "reader",
+        true,
+    );
+    wait_bounded(&mut reader, KCAT_TIMEOUT, "kcat -G -e on a cluster");
+    let mut read: Vec<String> = read_lines(&dir.path().join("reader.out"))
+        .iter()
+        .map(|line| line.split_once(' ').unwrap().1.to_string())
+        .collect();
+    read.sort();
+    let mut expected = written;
+    expected.sort();
+    assert_eq!(read, expected);
+    eventually("the commits show in cairn group describe", || {
+        let described = described_commits(&cluster.nodes[2], "ledger-readers");
+        described.len() == 3 && described.iter().all(|(_, c, end)| *c == Some(*end))
+    });
 }

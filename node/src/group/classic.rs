@@ -27,6 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const PROTOCOLS_MAX: usize = 64;
 /// Longest protocol type or protocol name, and longest client id kept.
 pub const PROTOCOL_NAME_BYTES_MAX: usize = 255;
+/// Protocol metadata one member may have the coordinator hold (all its protocols together):
+/// a subscription of thousands of topics fits, and members times this bounds a group.
+pub const MEMBER_METADATA_BYTES_MAX: usize = 256 * 1024;
 
 /// Limits a classic group obeys; taken from the coordinator's `GroupConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -848,6 +851,12 @@ fn validate_join(limits: &ClassicLimits, request: &JoinRequest) -> Result<(), Cl
     for (name, _) in &request.protocols {
         check_length("protocol name", name, PROTOCOL_NAME_BYTES_MAX)?;
     }
+    let metadata_bytes: usize = request.protocols.iter().map(|(_, m)| m.len()).sum();
+    if metadata_bytes > MEMBER_METADATA_BYTES_MAX {
+        return Err(ClassicError::InvalidRequest(format!(
+            "{metadata_bytes} bytes of protocol metadata; at most {MEMBER_METADATA_BYTES_MAX} are allowed"
+        )));
+    }
     Ok(())
 }
 
@@ -1110,6 +1119,12 @@ mod tests {
             groups.join(&LIMITS, &join_request("", &[]), "c", 3),
             Err(ClassicError::InconsistentGroupProtocol)
         );
+        let mut heavy = join_request("", &["roundrobin"]);
+        heavy.protocols[0].1 = Bytes::from(vec![0u8; MEMBER_METADATA_BYTES_MAX + 1]);
+        assert!(matches!(
+            groups.join(&LIMITS, &heavy, "c", 3),
+            Err(ClassicError::InvalidRequest(_))
+        ));
         let mut short = join_request("", &["roundrobin"]);
         short.session_timeout_ms = 10;
         assert_eq!(
