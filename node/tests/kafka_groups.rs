@@ -742,3 +742,149 @@ fn in_a_cluster_every_node_names_the_coordinator_and_kcat_groups_reach_it() {
         described.len() == 3 && described.iter().all(|(_, c, end)| *c == Some(*end))
     });
 }
+
+/// One KIP-848 heartbeat: (error, member id, epoch, assigned partitions of the topic).
+fn consumer_heartbeat(
+    wire: &mut KafkaWire,
+    member_id: &str,
+    epoch: i32,
+    topic_id: uuid::Uuid,
+    owned: &[i32],
+) -> (i16, String, i32, Vec<i32>) {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    let request = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(group("kip848"))
+        .with_member_id(text(member_id))
+        .with_member_epoch(epoch)
+        .with_rebalance_timeout_ms(if epoch == 0 { 30_000 } else { -1 })
+        .with_subscribed_topic_names((epoch == 0).then(|| vec![TopicName(text("orders"))]))
+        .with_topic_partitions(Some(vec![TopicPartitions::default()
+            .with_topic_id(topic_id)
+            .with_partitions(owned.to_vec())]));
+    let response: ConsumerGroupHeartbeatResponse =
+        wire.call(ApiKey::ConsumerGroupHeartbeat, 0, &request);
+    let mut assigned: Vec<i32> = response
+        .assignment
+        .iter()
+        .flat_map(|a| &a.topic_partitions)
+        .filter(|t| t.topic_id == topic_id)
+        .flat_map(|t| t.partitions.clone())
+        .collect();
+    assigned.sort_unstable();
+    (
+        response.error_code,
+        response
+            .member_id
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+        response.member_epoch,
+        assigned,
+    )
+}
+
+#[test]
+fn kip_848_members_share_partitions_and_commit_with_their_epochs() {
+    let node = TestNode::start();
+    cairn(&node, &["topic", "create", "orders", "--partitions", "4"]);
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    find_coordinator(&mut wire, "kip848");
+    let metadata: MetadataResponse = wire.call(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(None),
+    );
+    let topic_id = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().map(|n| n.0.to_string()) == Some("orders".into()))
+        .expect("orders listed")
+        .topic_id;
+
+    // Two members join; each heartbeats with what it owns until the split settles.
+    let mut members: Vec<(String, i32, Vec<i32>)> = Vec::new();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (error, id, epoch, assigned) = loop {
+            let answer = consumer_heartbeat(&mut wire, "", 0, topic_id, &[]);
+            if answer.0 != 14 {
+                break answer;
+            }
+            assert!(started.elapsed() < SETTLE_TIMEOUT);
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(error, NONE);
+        assert!(!id.is_empty() && epoch > 0);
+        members.push((id, epoch, assigned));
+    }
+    eventually("two members with two partitions each", || {
+        for member in &mut members {
+            let (error, _, epoch, assigned) =
+                consumer_heartbeat(&mut wire, &member.0, member.1, topic_id, &member.2);
+            assert_eq!(error, NONE);
+            member.1 = epoch;
+            member.2 = assigned;
+        }
+        let all: BTreeSet<i32> = members.iter().flat_map(|m| m.2.clone()).collect();
+        members.iter().all(|m| m.2.len() == 2) && all.len() == 4
+    });
+
+    // A commit carries the member epoch (OffsetCommit 9); a wrong epoch is fenced.
+    let (id, epoch, owned) = members[0].clone();
+    let commit = |wire: &mut KafkaWire, epoch: i32| -> i16 {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(group("kip848"))
+            .with_generation_id_or_member_epoch(epoch)
+            .with_member_id(text(&id))
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(text("orders")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(owned[0])
+                    .with_committed_offset(3)])]);
+        let response: OffsetCommitResponse = wire.call(ApiKey::OffsetCommit, 9, &request);
+        response.topics[0].partitions[0].error_code
+    };
+    assert_eq!(commit(&mut wire, epoch), NONE);
+    assert_eq!(commit(&mut wire, epoch + 5), 110, "FENCED_MEMBER_EPOCH");
+    let fetched: OffsetFetchResponse = wire.call(
+        ApiKey::OffsetFetch,
+        9,
+        &OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(group("kip848"))
+            .with_member_id(Some(text(&id)))
+            .with_member_epoch(epoch)
+            .with_topics(None)]),
+    );
+    assert_eq!(fetched.groups[0].error_code, NONE);
+    assert_eq!(
+        fetched.groups[0].topics[0].partitions[0].committed_offset,
+        3
+    );
+
+    // The group is a "consumer" group to ListGroups and DescribeGroups; a classic join is
+    // refused.
+    let listed: ListGroupsResponse =
+        wire.call(ApiKey::ListGroups, 5, &ListGroupsRequest::default());
+    let listed = listed
+        .groups
+        .iter()
+        .find(|g| g.group_id.0.to_string() == "kip848")
+        .expect("listed");
+    assert_eq!(listed.group_type.to_string(), "consumer");
+    let classic: JoinGroupResponse = wire.call(ApiKey::JoinGroup, 5, &join_request("kip848", ""));
+    assert_eq!(classic.error_code, INCONSISTENT_GROUP_PROTOCOL);
+
+    // Leaving (epoch -1): the other member ends up with all four.
+    let (error, _, left_epoch, _) = consumer_heartbeat(&mut wire, &id, -1, topic_id, &[]);
+    assert_eq!((error, left_epoch), (NONE, -1));
+    let mut other = members[1].clone();
+    eventually("the remaining member owns all four", || {
+        let (error, _, epoch, assigned) =
+            consumer_heartbeat(&mut wire, &other.0, other.1, topic_id, &other.2);
+        assert_eq!(error, NONE);
+        other.1 = epoch;
+        other.2 = assigned;
+        other.2.len() == 4
+    });
+    let (error, ..) = consumer_heartbeat(&mut wire, "stranger", 3, topic_id, &[]);
+    assert_eq!(error, UNKNOWN_MEMBER_ID);
+}

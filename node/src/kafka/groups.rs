@@ -1,6 +1,6 @@
 //! Consumer groups over Kafka: `FindCoordinator` (0-4), the classic group protocol
 //! (`JoinGroup` 0-9, `SyncGroup` 0-5, `Heartbeat` 0-4, `LeaveGroup` 0-5), `OffsetCommit`
-//! (2-8), `OffsetFetch` (1-8), `ListGroups` (0-5) and `DescribeGroups` (0-5), on the same
+//! (2-9), `OffsetFetch` (1-9), `ListGroups` (0-5) and `DescribeGroups` (0-5), on the same
 //! coordinators and `__offsets` as Cairn's own groups (`crate::server::group_requests`).
 //!
 //! Classic membership is kept by the coordinator in memory (`crate::group::classic`);
@@ -76,6 +76,8 @@ pub fn group_error(error: &ApiError) -> ResponseError {
         | ApiError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
         ApiError::UnknownMemberId { .. } => ResponseError::UnknownMemberId,
         ApiError::TooManyGroups { .. } => ResponseError::GroupMaxSizeReached,
+        ApiError::UnsupportedAssignor { .. } => ResponseError::UnsupportedAssignor,
+        ApiError::FencedInstanceId { .. } => ResponseError::FencedInstanceId,
         other => errors::kafka_error(other),
     }
 }
@@ -668,7 +670,13 @@ pub async fn offset_fetch<S: LogStore>(
                     .map(|t| (t.name, t.partition_indexes))
                     .collect()
             });
-            let (error, topics) = fetch_group(broker, &group.group_id.0, asked).await;
+            // Version 9: a KIP-848 member's fetch is fenced by its member epoch.
+            let member = group
+                .member_id
+                .as_ref()
+                .filter(|id| !id.is_empty())
+                .map(|id| (id.to_string(), MemberEpoch(group.member_epoch)));
+            let (error, topics) = fetch_group(broker, &group.group_id.0, asked, member).await;
             groups.push(
                 OffsetFetchResponseGroup::default()
                     .with_group_id(group.group_id)
@@ -705,7 +713,7 @@ pub async fn offset_fetch<S: LogStore>(
             .map(|t| (t.name, t.partition_indexes))
             .collect()
     });
-    let (error, topics) = fetch_group(broker, &request.group_id.0, asked).await;
+    let (error, topics) = fetch_group(broker, &request.group_id.0, asked, None).await;
     let mut response = OffsetFetchResponse::default();
     if call.version >= 2 {
         response.error_code = code_of(error);
@@ -749,6 +757,7 @@ async fn fetch_group<S: LogStore>(
     broker: &Broker<S>,
     group_id: &str,
     asked: Asked,
+    member: Option<(String, MemberEpoch)>,
 ) -> (
     Option<ResponseError>,
     Vec<(TopicName, Vec<FetchedPartition>)>,
@@ -765,12 +774,16 @@ async fn fetch_group<S: LogStore>(
             })
             .collect()
     });
-    let fetch = CairnFetch {
+    let mut fetch = CairnFetch {
         group_id: group_id.to_string(),
-        member: None,
+        member,
         partitions,
     };
     let fetched = coordinated(broker, group_id, |c, _| {
+        // A classic member names itself too; its generation is checked on commit only.
+        if c.classic().is_active(group_id) {
+            fetch.member = None;
+        }
         Ok((c.fetch_offsets(&fetch)?, Vec::new()))
     })
     .await;

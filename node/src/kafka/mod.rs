@@ -23,12 +23,13 @@
 //! One file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
 //! [`list_offsets`], [`create_topics`], [`delete_topics`], [`init_producer_id`], and
 //! [`groups`] for the group APIs (FindCoordinator, the classic group protocol, offsets,
-//! ListGroups, DescribeGroups); [`errors`]
+//! ListGroups, DescribeGroups) and [`consumer_group_heartbeat`] for KIP-848 groups; [`errors`]
 //! maps Cairn's typed errors to Kafka's error codes, [`ids`] maps node ids and topics, and
 //! [`batch`] converts record batches between Kafka's header and Cairn's (one field wider).
 
 mod api_versions;
 mod batch;
+mod consumer_group_heartbeat;
 mod create_topics;
 mod delete_topics;
 mod errors;
@@ -256,6 +257,12 @@ fn count_entries(request: &RequestKind) -> usize {
                 .sum::<usize>()
         }
         RequestKind::DescribeGroups(request) => request.groups.len(),
+        RequestKind::ConsumerGroupHeartbeat(request) => {
+            request.subscribed_topic_names.as_ref().map_or(0, Vec::len)
+                + request.topic_partitions.as_ref().map_or(0, |owned| {
+                    owned.iter().map(|topic| 1 + topic.partitions.len()).sum()
+                })
+        }
         RequestKind::ListGroups(request) => {
             request.states_filter.len() + request.types_filter.len()
         }
@@ -490,6 +497,9 @@ async fn dispatch<S: LogStore>(
         RequestKind::ListGroups(request) => groups::list_groups(broker, call, request).await,
         RequestKind::DescribeGroups(request) => {
             groups::describe_groups(broker, call, request).await
+        }
+        RequestKind::ConsumerGroupHeartbeat(request) => {
+            consumer_group_heartbeat::handle(broker, call, request).await
         }
         other => unreachable!(
             "decode admits only advertised APIs, and produce and fetch are answered in \
