@@ -204,6 +204,24 @@ fn kcat_group_consumers_split_partitions_commit_and_a_later_run_resumes() {
         let all: BTreeSet<&String> = a.iter().chain(&b).collect();
         a.len() == 2 && b.len() == 2 && all.len() == 4
     });
+    // `cairn group describe` shows the classic group: its generation, protocol, members and
+    // who owns which partition (decoded from the consumer protocol's assignment bytes).
+    eventually("cairn group describe shows two classic members", || {
+        let json = cairn(&node, &["group", "describe", "billing", "--output", "json"]);
+        let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        let owners: BTreeSet<&str> = value["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .filter_map(|p| p["owner"].as_str())
+            .collect();
+        value["members"].as_array().map(Vec::len) == Some(2)
+            && value["assignor"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("classic:consumer/"))
+            && value["group_epoch"].as_i64() >= Some(1)
+            && owners.len() == 2
+    });
     let written = values("v", 40);
     produce(&broker, "orders", &written);
     let read = || {
@@ -887,4 +905,117 @@ fn kip_848_members_share_partitions_and_commit_with_their_epochs() {
     });
     let (error, ..) = consumer_heartbeat(&mut wire, "stranger", 3, topic_id, &[]);
     assert_eq!(error, UNKNOWN_MEMBER_ID);
+}
+
+#[test]
+fn a_join_waits_for_the_others_without_blocking_the_group_and_silent_members_expire() {
+    let node = TestNode::start();
+    cairn(&node, &["topic", "create", "orders", "--partitions", "2"]);
+    let address = node.kafka_address();
+    let mut first = KafkaWire::connect(address);
+    find_coordinator(&mut first, "waiting");
+    let a = join_new(&mut first, "waiting");
+    let a_id = a.member_id.to_string();
+    let sync = |wire: &mut KafkaWire, member: &str, generation: i32| -> SyncGroupResponse {
+        wire.call(
+            ApiKey::SyncGroup,
+            3,
+            &SyncGroupRequest::default()
+                .with_group_id(group("waiting"))
+                .with_generation_id(generation)
+                .with_member_id(text(member))
+                .with_assignments(if member == a_id {
+                    vec![SyncGroupRequestAssignment::default()
+                        .with_member_id(text(member))
+                        .with_assignment(Bytes::from_static(b"a"))]
+                } else {
+                    Vec::new()
+                }),
+        )
+    };
+    assert_eq!(sync(&mut first, &a_id, 1).error_code, NONE);
+
+    // b joins on its own connection: its JoinGroup waits for a to rejoin.
+    let mut second = KafkaWire::connect(address);
+    let b_required: JoinGroupResponse =
+        second.call(ApiKey::JoinGroup, 5, &join_request("waiting", ""));
+    assert_eq!(b_required.error_code, MEMBER_ID_REQUIRED);
+    let b_id = b_required.member_id.to_string();
+    let b_join = second.send(ApiKey::JoinGroup, 5, &join_request("waiting", &b_id));
+    // Meanwhile the coordinator answers a at once: a rebalance is in progress.
+    let beat: HeartbeatResponse = first.call(
+        ApiKey::Heartbeat,
+        4,
+        &HeartbeatRequest::default()
+            .with_group_id(group("waiting"))
+            .with_generation_id(1)
+            .with_member_id(text(&a_id)),
+    );
+    assert_eq!(beat.error_code, 27, "REBALANCE_IN_PROGRESS");
+    // a rejoins: both answers come, generation 2, a leads with both members' metadata.
+    let a_again: JoinGroupResponse =
+        first.call(ApiKey::JoinGroup, 5, &join_request("waiting", &a_id));
+    assert_eq!((a_again.error_code, a_again.generation_id), (NONE, 2));
+    assert_eq!(a_again.members.len(), 2);
+    let (received, b_joined): (i32, JoinGroupResponse) = second.receive(ApiKey::JoinGroup, 5);
+    assert_eq!(received, b_join);
+    assert_eq!((b_joined.error_code, b_joined.generation_id), (NONE, 2));
+    assert!(
+        b_joined.members.is_empty(),
+        "only the leader gets the member list"
+    );
+    // b's SyncGroup waits for the leader's.
+    let b_sync = second.send(
+        ApiKey::SyncGroup,
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(group("waiting"))
+            .with_generation_id(2)
+            .with_member_id(text(&b_id)),
+    );
+    let a_sync: SyncGroupResponse = first.call(
+        ApiKey::SyncGroup,
+        3,
+        &SyncGroupRequest::default()
+            .with_group_id(group("waiting"))
+            .with_generation_id(2)
+            .with_member_id(text(&a_id))
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(text(&a_id))
+                    .with_assignment(Bytes::from_static(b"for a")),
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(text(&b_id))
+                    .with_assignment(Bytes::from_static(b"for b")),
+            ]),
+    );
+    assert_eq!(a_sync.assignment, Bytes::from_static(b"for a"));
+    let (received, b_synced): (i32, SyncGroupResponse) = second.receive(ApiKey::SyncGroup, 3);
+    assert_eq!(received, b_sync);
+    assert_eq!(b_synced.assignment, Bytes::from_static(b"for b"));
+
+    // b goes silent (no heartbeats; its session is 10 s): it is removed and the group
+    // rebalances, which a hears at its next heartbeat.
+    eventually("b's session ends", || {
+        let beat: HeartbeatResponse = first.call(
+            ApiKey::Heartbeat,
+            4,
+            &HeartbeatRequest::default()
+                .with_group_id(group("waiting"))
+                .with_generation_id(2)
+                .with_member_id(text(&a_id)),
+        );
+        beat.error_code == 27
+    });
+    let described: DescribeGroupsResponse = first.call(
+        ApiKey::DescribeGroups,
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![group("waiting")]),
+    );
+    let members: Vec<String> = described.groups[0]
+        .members
+        .iter()
+        .map(|m| m.member_id.to_string())
+        .collect();
+    assert_eq!(members, [a_id]);
 }

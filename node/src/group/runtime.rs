@@ -439,6 +439,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn parked_requests_are_bounded() {
+        let log = MemoryLog::default();
+        let config = GroupConfig {
+            parked_requests_max: 2,
+            ..GroupConfig::default()
+        };
+        let runtime = PartitionCoordinator::new(&log, config);
+        let first = runtime.park().expect("a place");
+        let second = runtime.park().expect("a place");
+        assert!(runtime.park().is_none(), "parked_requests_max reached");
+        drop(first);
+        let third = runtime.park().expect("a place given back");
+        drop((second, third));
+    }
+
+    #[tokio::test]
     async fn unreadable_records_are_skipped_when_loading() {
         let log = MemoryLog::default();
         log.values.lock().unwrap().push(Bytes::from_static(b"\xc1"));
