@@ -126,8 +126,11 @@ pub async fn find_coordinator<S: LogStore>(
         vec![request.key]
     };
     let mut coordinators = Vec::with_capacity(keys.len());
+    // `__offsets` is looked up (and created, waiting a bounded time) once per request, not
+    // once per key: a batch of keys on a cluster without it costs one wait, not thousands.
+    let mut partitions = None;
     for key in keys {
-        let answer = locate(broker, request.key_type, &key).await;
+        let answer = locate(broker, request.key_type, &key, &mut partitions).await;
         let mut coordinator = KafkaCoordinator::default()
             .with_key(key)
             .with_node_id(BrokerId(-1))
@@ -166,6 +169,7 @@ async fn locate<S: LogStore>(
     broker: &Broker<S>,
     key_type: i8,
     group_id: &str,
+    offsets_partitions_found: &mut Option<Result<u32, ApiError>>,
 ) -> Result<(BrokerId, String, i32), (ResponseError, String)> {
     match key_type {
         KEY_TYPE_GROUP => {}
@@ -186,8 +190,12 @@ async fn locate<S: LogStore>(
     broker.check_ready().map_err(refused)?;
     cairn_protocol::group::validate_group_id(group_id)
         .map_err(|error| (ResponseError::InvalidGroupId, error.to_string()))?;
-    let partitions = offsets_partitions(broker, group_id)
-        .await
+    if offsets_partitions_found.is_none() {
+        *offsets_partitions_found = Some(offsets_partitions(broker, group_id).await);
+    }
+    let partitions = offsets_partitions_found
+        .clone()
+        .expect("looked up just above")
         .map_err(refused)?;
     let partition = coordinator_partition(group_id, partitions);
     let not_available = || {
