@@ -167,6 +167,10 @@ pub enum ApiError {
     GroupNotEmpty { group_id: String, members: u32 },
     #[error("group has reached its maximum of {max} members")]
     GroupMaxSizeReached { max: u32 },
+    /// The group runs the other group protocol (a Kafka classic group joined through a
+    /// Cairn heartbeat, or the other way round); Kafka's `INCONSISTENT_GROUP_PROTOCOL`.
+    #[error("group '{group_id}' runs the other group protocol")]
+    InconsistentGroupProtocol { group_id: String },
     /// The coordinator already holds its maximum number of groups; a new group cannot start
     /// there until one is deleted.
     #[error("the coordinator holds its maximum of {max} groups")]
@@ -293,6 +297,7 @@ impl ApiError {
             ApiError::GroupIdNotFound { .. } => "GroupIdNotFound",
             ApiError::GroupNotEmpty { .. } => "GroupNotEmpty",
             ApiError::GroupMaxSizeReached { .. } => "GroupMaxSizeReached",
+            ApiError::InconsistentGroupProtocol { .. } => "InconsistentGroupProtocol",
             ApiError::TooManyGroups { .. } => "TooManyGroups",
             ApiError::UnknownMemberId { .. } => "UnknownMemberId",
             ApiError::FencedMemberEpoch { .. } => "FencedMemberEpoch",

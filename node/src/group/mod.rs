@@ -17,6 +17,7 @@
 //! partition; GRP-3 no member epoch is above the group's epoch counter.
 
 pub mod assign;
+pub mod classic;
 pub mod records;
 pub mod runtime;
 pub mod state;

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::{ApiError, Offset};
 use std::future::Future;
-use tokio::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::{watch, Mutex};
 
 /// The committed records of an `__offsets` partition, as the leader sees them.
 pub trait OffsetsLog: Send + Sync {
@@ -40,6 +41,22 @@ pub struct PartitionCoordinator<L: OffsetsLog> {
     log: L,
     config: GroupConfig,
     coordinator: Mutex<Slot>,
+    /// The classic groups' version after the last step: a parked Kafka JoinGroup or
+    /// SyncGroup looks again when it changes (see `super::classic`).
+    classic_changed: watch::Sender<u64>,
+    /// Requests parked now, at most `config.parked_requests_max`.
+    parked: AtomicU32,
+}
+
+/// A parked request's place, given back when dropped.
+pub struct Parked<'a> {
+    parked: &'a AtomicU32,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Drops the loaded coordinator (keeping it for its deadlines) unless told its append
@@ -74,7 +91,28 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
             log,
             config,
             coordinator: Mutex::new(Slot::default()),
+            classic_changed: watch::Sender::new(0),
+            parked: AtomicU32::new(0),
         }
+    }
+
+    /// Tells of every change to the classic groups.
+    pub fn classic_changes(&self) -> watch::Receiver<u64> {
+        self.classic_changed.subscribe()
+    }
+
+    /// A place for a request that waits for a rebalance, unless `parked_requests_max` are
+    /// taken.
+    pub fn park(&self) -> Option<Parked<'_>> {
+        let max = self.config.parked_requests_max;
+        self.parked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |parked| {
+                (parked < max).then_some(parked + 1)
+            })
+            .ok()
+            .map(|_| Parked {
+                parked: &self.parked,
+            })
     }
 
     /// Runs `step` on the loaded coordinator at time `now_ms` and makes its records durable
@@ -93,7 +131,13 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
             slot.loaded = Some(loaded);
         }
         let coordinator = slot.loaded.as_mut().expect("loaded just above");
-        let (reply, records) = step(coordinator)?;
+        let classic_before = coordinator.classic().version();
+        let stepped = step(coordinator);
+        let classic_after = coordinator.classic().version();
+        if classic_after != classic_before {
+            self.classic_changed.send_replace(classic_after);
+        }
+        let (reply, records) = stepped?;
         if records.is_empty() {
             return Ok(reply);
         }
@@ -392,6 +436,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(members, Some(0));
+    }
+
+    #[tokio::test]
+    async fn parked_requests_are_bounded() {
+        let log = MemoryLog::default();
+        let config = GroupConfig {
+            parked_requests_max: 2,
+            ..GroupConfig::default()
+        };
+        let runtime = PartitionCoordinator::new(&log, config);
+        let first = runtime.park().expect("a place");
+        let second = runtime.park().expect("a place");
+        assert!(runtime.park().is_none(), "parked_requests_max reached");
+        drop(first);
+        let third = runtime.park().expect("a place given back");
+        drop((second, third));
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@
 //! group gives every member a fresh session, as Kafka does on load.
 
 use super::assign::{assign, Assignment, Assignor, TopicPartition, TopicPartitionCounts};
+use super::classic::{ClassicError, ClassicGroups, ClassicLimits, JoinReply, JoinRequest, Step};
 use super::records::GroupRecord;
 use cairn_protocol::group::{
     validate_group_id, CommittedOffset, CommittedPartitionOffset, ConsumerGroupHeartbeatRequest,
@@ -51,6 +52,9 @@ pub struct GroupConfig {
     pub subscribed_topics_max: u32,
     /// Partitions one commit, fetch or reset may name.
     pub request_partitions_max: u32,
+    /// Kafka JoinGroup and SyncGroup requests one coordinator holds waiting for a
+    /// rebalance; past it, a request is answered REBALANCE_IN_PROGRESS (the client rejoins).
+    pub parked_requests_max: u32,
 }
 
 impl Default for GroupConfig {
@@ -67,6 +71,7 @@ impl Default for GroupConfig {
             groups_max: 10_000,
             subscribed_topics_max: 1_000,
             request_partitions_max: 10_000,
+            parked_requests_max: 10_000,
         }
     }
 }
@@ -92,6 +97,7 @@ impl GroupConfig {
             ("groups_max", self.groups_max),
             ("subscribed_topics_max", self.subscribed_topics_max),
             ("request_partitions_max", self.request_partitions_max),
+            ("parked_requests_max", self.parked_requests_max),
         ];
         if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be above 0"));
@@ -221,6 +227,9 @@ pub struct Coordinator {
     config: GroupConfig,
     groups: BTreeMap<String, Group>,
     timers: BTreeMap<(String, String), Timers>,
+    /// Kafka classic groups: membership in memory only (see `super::classic`); their
+    /// offsets are in `groups`.
+    classic: ClassicGroups,
 }
 
 fn to_wire(assignment: &Assignment) -> Vec<TopicPartitions> {
@@ -283,6 +292,7 @@ impl Coordinator {
             config,
             groups: BTreeMap::new(),
             timers: BTreeMap::new(),
+            classic: ClassicGroups::default(),
         }
     }
 
@@ -318,6 +328,8 @@ impl Coordinator {
     /// session: a dead member's expiry is itself an append, and if each failed attempt reset
     /// its deadline, it would never expire while appends are slow.
     pub fn keep_deadlines_of(&mut self, previous: &Coordinator) {
+        // Classic membership is not in the log: the reloaded coordinator keeps it too.
+        self.classic = previous.classic.clone();
         for (key, timers) in &previous.timers {
             if let Some(mine) = self.timers.get_mut(key) {
                 *mine = *timers;
@@ -460,8 +472,14 @@ impl Coordinator {
 
     /// Refuses to start a new group once `groups_max` are held.
     fn check_room_for(&self, group_id: &str) -> Result<(), ApiError> {
+        let classic_only = self
+            .classic
+            .groups()
+            .filter(|group| !self.groups.contains_key(&group.group_id))
+            .count();
         if !self.groups.contains_key(group_id)
-            && self.groups.len() >= self.config.groups_max as usize
+            && self.classic.group(group_id).is_none()
+            && self.groups.len() + classic_only >= self.config.groups_max as usize
         {
             return Err(ApiError::TooManyGroups {
                 max: self.config.groups_max,
@@ -737,6 +755,11 @@ impl Coordinator {
 
     fn validate_heartbeat(&self, request: &ConsumerGroupHeartbeatRequest) -> Result<(), ApiError> {
         validate_group_id(&request.group_id)?;
+        if self.classic.is_active(&request.group_id) {
+            return Err(ApiError::InconsistentGroupProtocol {
+                group_id: request.group_id.clone(),
+            });
+        }
         if request.member_id.len() > MEMBER_ID_BYTES_MAX {
             return Err(invalid(format!(
                 "member id is longer than {MEMBER_ID_BYTES_MAX} bytes"
@@ -981,6 +1004,7 @@ impl Coordinator {
     /// Removes every member whose session expired or that did not release revoked
     /// partitions within its rebalance timeout, at time `now_ms`.
     pub fn expire(&mut self, topics: &TopicPartitionCounts, now_ms: u64) -> Vec<GroupRecord> {
+        self.classic.tick(now_ms);
         let expired: Vec<(String, String)> = self
             .timers
             .iter()
@@ -1162,15 +1186,104 @@ impl Coordinator {
         Ok(OffsetFetchResponse { partitions })
     }
 
+    /// Every group, Cairn-protocol and classic (a classic group shows as Stable or, while
+    /// it rebalances, Reconciling).
     pub fn list_groups(&self) -> Vec<GroupListing> {
-        self.groups
+        let mut listed: BTreeMap<&str, GroupListing> = self
+            .groups
             .values()
-            .map(|group| GroupListing {
-                group_id: group.group_id.clone(),
-                state: group.state(),
-                members: group.members.len() as u32,
+            .map(|group| {
+                let listing = GroupListing {
+                    group_id: group.group_id.clone(),
+                    state: group.state(),
+                    members: group.members.len() as u32,
+                };
+                (group.group_id.as_str(), listing)
             })
-            .collect()
+            .collect();
+        for group in self.classic.groups() {
+            let listing = GroupListing {
+                group_id: group.group_id.clone(),
+                state: classic_state(group),
+                members: group.members.len() as u32,
+            };
+            listed.insert(group.group_id.as_str(), listing);
+        }
+        listed.into_values().collect()
+    }
+
+    pub fn classic(&self) -> &ClassicGroups {
+        &self.classic
+    }
+
+    pub fn classic_mut(&mut self) -> &mut ClassicGroups {
+        &mut self.classic
+    }
+
+    pub fn classic_limits(&self) -> ClassicLimits {
+        ClassicLimits {
+            members_max: self.config.members_max,
+            session_timeout_ms_min: self.config.session_timeout_ms_min,
+            session_timeout_ms_max: self.config.session_timeout_ms_max,
+            rebalance_timeout_ms_max: self.config.rebalance_timeout_ms_max,
+        }
+    }
+
+    /// A Kafka JoinGroup: refused for a group that runs the Cairn protocol (Kafka's
+    /// INCONSISTENT_GROUP_PROTOCOL) and for a new group past `groups_max`.
+    pub fn classic_join(
+        &mut self,
+        request: &JoinRequest,
+        fresh_id: &str,
+        now_ms: u64,
+    ) -> Result<Step<JoinReply>, ClassicError> {
+        validate_group_id(&request.group_id).map_err(ClassicError::Refused)?;
+        if self
+            .groups
+            .get(&request.group_id)
+            .is_some_and(|group| !group.members.is_empty())
+        {
+            return Err(ClassicError::InconsistentGroupProtocol);
+        }
+        self.check_room_for(&request.group_id)
+            .map_err(ClassicError::Refused)?;
+        let limits = self.classic_limits();
+        self.classic.join(&limits, request, fresh_id, now_ms)
+    }
+
+    /// A Kafka OffsetCommit: a Cairn-protocol member's (generation is its member epoch), a
+    /// classic member's (checked against the classic group's generation), or a simple commit
+    /// (generation -1, no member) to a group without members.
+    pub fn kafka_commit(
+        &mut self,
+        request: &OffsetCommitRequest,
+        instance_id: Option<&str>,
+        topics: &TopicPartitionCounts,
+        now_ms: u64,
+    ) -> Result<(OffsetCommitResponse, Vec<GroupRecord>), ClassicError> {
+        validate_group_id(&request.group_id).map_err(ClassicError::Refused)?;
+        let cairn_members = self
+            .groups
+            .get(&request.group_id)
+            .is_some_and(|group| !group.members.is_empty());
+        if cairn_members {
+            return self.commit(request, topics).map_err(ClassicError::Refused);
+        }
+        self.classic.check_commit(
+            &request.group_id,
+            &request.member_id,
+            instance_id,
+            request.member_epoch.0,
+            now_ms,
+        )?;
+        let standalone = OffsetCommitRequest {
+            group_id: request.group_id.clone(),
+            member_id: String::new(),
+            member_epoch: MemberEpoch::LEAVE,
+            offsets: request.offsets.clone(),
+        };
+        self.commit(&standalone, topics)
+            .map_err(ClassicError::Refused)
     }
 
     /// Describes a group; `bounds` gives a partition's log start and high watermark when
@@ -1182,6 +1295,13 @@ impl Coordinator {
         bounds: impl Fn(&TopicPartition) -> Option<PartitionBounds>,
     ) -> Result<DescribeGroupResponse, ApiError> {
         validate_group_id(group_id)?;
+        if let Some(classic) = self.classic.group(group_id) {
+            return Ok(describe_classic(
+                classic,
+                self.groups.get(group_id),
+                &bounds,
+            ));
+        }
         let group = self
             .groups
             .get(group_id)
@@ -1348,5 +1468,92 @@ fn member_record(group_id: &str, member: &Member, static_left: bool) -> GroupRec
         rebalance_timeout_ms: member.rebalance_timeout_ms,
         session_timeout_ms: member.session_timeout_ms,
         static_left,
+    }
+}
+
+/// A classic group's state in Cairn's terms: a rebalance in progress is `Reconciling`.
+fn classic_state(group: &super::classic::ClassicGroup) -> GroupState {
+    use super::classic::Phase;
+    match group.phase {
+        Phase::Empty => GroupState::Empty,
+        Phase::Stable => GroupState::Stable,
+        Phase::PreparingRebalance { .. } | Phase::CompletingRebalance => GroupState::Reconciling,
+    }
+}
+
+/// Describes a classic group for `cairn group describe`: the generation as the group epoch,
+/// `classic:<protocol type>/<protocol>` as the assignor, and, for protocol type "consumer",
+/// each member's subscription and assignment decoded from its opaque bytes.
+fn describe_classic(
+    classic: &super::classic::ClassicGroup,
+    offsets: Option<&Group>,
+    bounds: &impl Fn(&TopicPartition) -> Option<PartitionBounds>,
+) -> DescribeGroupResponse {
+    let consumer = classic.protocol_type == "consumer";
+    let mut owners: BTreeMap<TopicPartition, String> = BTreeMap::new();
+    let mut members = Vec::with_capacity(classic.members.len());
+    for member in classic.members.values() {
+        let assignment = if consumer {
+            super::classic::consumer_assignment(&member.assignment)
+        } else {
+            Assignment::new()
+        };
+        for partition in &assignment {
+            owners.insert(partition.clone(), member.member_id.clone());
+        }
+        let subscribed = match (&classic.protocol, consumer) {
+            (Some(protocol), true) => super::classic::consumer_subscription(
+                &member
+                    .protocols
+                    .iter()
+                    .find(|(name, _)| name == protocol)
+                    .map(|(_, metadata)| metadata.clone())
+                    .unwrap_or_default(),
+            ),
+            _ => Vec::new(),
+        };
+        members.push(MemberDescription {
+            member_id: member.member_id.clone(),
+            instance_id: member.instance_id.clone(),
+            member_epoch: MemberEpoch(classic.generation),
+            subscribed_topics: subscribed,
+            assignment: to_wire(&assignment),
+            target_assignment: to_wire(&assignment),
+        });
+    }
+    let mut partitions: BTreeSet<TopicPartition> = owners.keys().cloned().collect();
+    if let Some(group) = offsets {
+        partitions.extend(group.offsets.keys().cloned());
+    }
+    let partitions = partitions
+        .into_iter()
+        .map(|partition| {
+            let committed = offsets
+                .and_then(|group| group.offsets.get(&partition))
+                .map(|c| c.offset);
+            let bounds = bounds(&partition);
+            let lag = bounds
+                .map(|(log_start, end)| end.0.saturating_sub(committed.unwrap_or(log_start).0));
+            GroupPartitionDescription {
+                owner: owners.get(&partition).cloned(),
+                topic: partition.topic,
+                partition: partition.partition,
+                committed,
+                log_end: bounds.map(|(_, end)| end),
+                lag,
+            }
+        })
+        .collect();
+    DescribeGroupResponse {
+        group_id: classic.group_id.clone(),
+        state: classic_state(classic),
+        group_epoch: classic.generation,
+        assignor: format!(
+            "classic:{}/{}",
+            classic.protocol_type,
+            classic.protocol.as_deref().unwrap_or("-")
+        ),
+        members,
+        partitions,
     }
 }

@@ -48,6 +48,7 @@ pub fn kafka_error(error: &ApiError) -> ResponseError {
         GroupIdNotFound { .. } => ResponseError::GroupIdNotFound,
         GroupNotEmpty { .. } => ResponseError::NonEmptyGroup,
         GroupMaxSizeReached { .. } => ResponseError::GroupMaxSizeReached,
+        InconsistentGroupProtocol { .. } => ResponseError::InconsistentGroupProtocol,
         UnknownMemberId { .. } => ResponseError::UnknownMemberId,
         FencedMemberEpoch { .. } => ResponseError::FencedMemberEpoch,
         StaleMemberEpoch { .. } => ResponseError::StaleMemberEpoch,

@@ -23,15 +23,19 @@
 //! One file per API: [`api_versions`], [`metadata`], [`produce`], [`fetch`],
 //! [`list_offsets`], [`offset_for_leader_epoch`], [`create_topics`], [`delete_topics`],
 //! [`create_partitions`], [`describe_configs`], [`alter_configs`],
-//! [`incremental_alter_configs`], [`describe_cluster`], [`init_producer_id`]; [`configs`]
-//! shows Cairn's topic and node configs under Kafka's names, [`errors`] maps Cairn's typed
-//! errors to Kafka's error codes, [`ids`] maps node ids and topics, and [`batch`] converts
-//! record batches between Kafka's header and Cairn's (one field wider).
+//! [`incremental_alter_configs`], [`describe_cluster`], [`init_producer_id`], and [`groups`]
+//! for the group APIs (FindCoordinator, the classic group protocol, offsets, ListGroups,
+//! DescribeGroups) and [`consumer_group_heartbeat`] for KIP-848 groups; [`configs`] shows
+//! Cairn's topic and node configs under Kafka's names, [`forward`] carries metadata changes
+//! to the `__meta` leader, [`errors`] maps Cairn's typed errors to Kafka's error codes,
+//! [`ids`] maps node ids and topics, and [`batch`] converts record batches between Kafka's
+//! header and Cairn's (one field wider).
 
 mod alter_configs;
 mod api_versions;
 mod batch;
 mod configs;
+mod consumer_group_heartbeat;
 mod create_partitions;
 mod create_topics;
 mod delete_topics;
@@ -40,6 +44,7 @@ mod describe_configs;
 mod errors;
 mod fetch;
 mod forward;
+mod groups;
 mod ids;
 mod incremental_alter_configs;
 mod init_producer_id;
@@ -234,7 +239,16 @@ fn count_entries(request: &RequestKind) -> usize {
             .map(|topic| 1 + topic.assignments.len() + topic.configs.len())
             .sum(),
         RequestKind::DeleteTopics(request) => request.topics.len() + request.topic_names.len(),
+        RequestKind::FindCoordinator(request) => request.coordinator_keys.len(),
+        RequestKind::JoinGroup(request) => request.protocols.len(),
+        RequestKind::SyncGroup(request) => request.assignments.len(),
+        RequestKind::LeaveGroup(request) => request.members.len(),
         RequestKind::OffsetForLeaderEpoch(request) => request
+            .topics
+            .iter()
+            .map(|topic| 1 + topic.partitions.len())
+            .sum(),
+        RequestKind::OffsetCommit(request) => request
             .topics
             .iter()
             .map(|topic| 1 + topic.partitions.len())
@@ -259,6 +273,36 @@ fn count_entries(request: &RequestKind) -> usize {
             .iter()
             .map(|resource| 1 + resource.configs.len())
             .sum(),
+        RequestKind::OffsetFetch(request) => {
+            let topics = |topics: Option<usize>| topics.unwrap_or(0);
+            topics(request.topics.as_ref().map(|topics| {
+                topics
+                    .iter()
+                    .map(|topic| 1 + topic.partition_indexes.len())
+                    .sum()
+            })) + request
+                .groups
+                .iter()
+                .map(|group| {
+                    1 + topics(group.topics.as_ref().map(|topics| {
+                        topics
+                            .iter()
+                            .map(|topic| 1 + topic.partition_indexes.len())
+                            .sum()
+                    }))
+                })
+                .sum::<usize>()
+        }
+        RequestKind::DescribeGroups(request) => request.groups.len(),
+        RequestKind::ConsumerGroupHeartbeat(request) => {
+            request.subscribed_topic_names.as_ref().map_or(0, Vec::len)
+                + request.topic_partitions.as_ref().map_or(0, |owned| {
+                    owned.iter().map(|topic| 1 + topic.partitions.len()).sum()
+                })
+        }
+        RequestKind::ListGroups(request) => {
+            request.states_filter.len() + request.types_filter.len()
+        }
         _ => 0,
     }
 }
@@ -492,6 +536,22 @@ async fn dispatch<S: LogStore>(
             incremental_alter_configs::handle(broker, call, request).await
         }
         RequestKind::DescribeCluster(request) => describe_cluster::handle(broker, call, request),
+        RequestKind::FindCoordinator(request) => {
+            groups::find_coordinator(broker, call, request).await
+        }
+        RequestKind::JoinGroup(request) => groups::join_group(broker, call, request).await,
+        RequestKind::SyncGroup(request) => groups::sync_group(broker, call, request).await,
+        RequestKind::Heartbeat(request) => groups::heartbeat(broker, call, request).await,
+        RequestKind::LeaveGroup(request) => groups::leave_group(broker, call, request).await,
+        RequestKind::OffsetCommit(request) => groups::offset_commit(broker, call, request).await,
+        RequestKind::OffsetFetch(request) => groups::offset_fetch(broker, call, request).await,
+        RequestKind::ListGroups(request) => groups::list_groups(broker, call, request).await,
+        RequestKind::DescribeGroups(request) => {
+            groups::describe_groups(broker, call, request).await
+        }
+        RequestKind::ConsumerGroupHeartbeat(request) => {
+            consumer_group_heartbeat::handle(broker, call, request).await
+        }
         other => unreachable!(
             "decode admits only advertised APIs, and produce and fetch are answered in \
              run_connection (got {:?})",

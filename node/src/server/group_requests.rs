@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::group::assign::TopicPartition;
 use crate::group::runtime::Step;
 use crate::group::state::{Coordinator, PartitionBounds};
+use crate::groups::NodeCoordinator;
 use cairn_protocol::group::{
     coordinator_partition, validate_group_id, DeleteGroupResponse, FindCoordinatorResponse,
     ListGroupsResponse, OFFSETS_TOPIC,
@@ -23,6 +24,7 @@ use cairn_protocol::group::{
 use cairn_protocol::{ApiError, Request, Response};
 use cairn_storage::LogStore;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a request waits for `__offsets` to be created before `CoordinatorNotAvailable`.
@@ -124,7 +126,7 @@ pub async fn handle<S: LogStore>(
 }
 
 /// The partition count of `__offsets`, creating the topic first if it does not exist yet.
-async fn offsets_partitions<S: LogStore>(
+pub(crate) async fn offsets_partitions<S: LogStore>(
     broker: &Broker<S>,
     group_id: &str,
 ) -> Result<u32, ApiError> {
@@ -146,31 +148,43 @@ async fn offsets_partitions<S: LogStore>(
 }
 
 /// Runs `step` on the coordinator of `group_id`'s partition, if this node runs it.
-async fn coordinated<S: LogStore, R>(
+pub(crate) async fn coordinated<S: LogStore, R>(
     broker: &Broker<S>,
     group_id: &str,
     step: impl FnOnce(&mut Coordinator, u64) -> Step<R>,
 ) -> Result<R, ApiError> {
+    let (partition, coordinator) = coordinator_for(broker, group_id).await?;
+    let now_ms = broker.now_ms();
+    match coordinator.run(now_ms, |c| step(c, now_ms)).await {
+        // Deposed between the lookup and the append (or the load): someone else leads now.
+        Err(ApiError::NotLeader { .. }) => Err(not_coordinator(broker, partition)),
+        other => other,
+    }
+}
+
+/// The `__offsets` partition of `group_id` and its coordinator, if this node runs it; else
+/// the typed refusal (`NotCoordinator`, `CoordinatorLoadInProgress`, ...).
+pub(crate) async fn coordinator_for<S: LogStore>(
+    broker: &Broker<S>,
+    group_id: &str,
+) -> Result<(u32, Arc<NodeCoordinator<S>>), ApiError> {
     validate_group_id(group_id)?;
     let partitions = offsets_partitions(broker, group_id).await?;
     let partition = coordinator_partition(group_id, partitions);
-    let not_coordinator = || {
-        let leader = broker.partition_leader(OFFSETS_TOPIC, partition);
-        ApiError::NotCoordinator {
-            coordinator_hint: leader.filter(|node| *node != broker.node_id()),
-        }
-    };
     let Some(coordinator) = broker.groups().get(partition) else {
         if broker.groups().loading(broker, partition) {
             return Err(ApiError::CoordinatorLoadInProgress);
         }
-        return Err(not_coordinator());
+        return Err(not_coordinator(broker, partition));
     };
-    let now_ms = broker.now_ms();
-    match coordinator.run(now_ms, |c| step(c, now_ms)).await {
-        // Deposed between the lookup and the append (or the load): someone else leads now.
-        Err(ApiError::NotLeader { .. }) => Err(not_coordinator()),
-        other => other,
+    Ok((partition, coordinator))
+}
+
+/// Refusal of a request for `partition`'s groups on a node that does not coordinate them.
+pub(crate) fn not_coordinator<S: LogStore>(broker: &Broker<S>, partition: u32) -> ApiError {
+    let leader = broker.partition_leader(OFFSETS_TOPIC, partition);
+    ApiError::NotCoordinator {
+        coordinator_hint: leader.filter(|node| *node != broker.node_id()),
     }
 }
 

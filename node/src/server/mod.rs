@@ -26,7 +26,7 @@ mod create_topic;
 mod delete_topic;
 mod describe_topic;
 pub(crate) mod fetch;
-mod group_requests;
+pub(crate) mod group_requests;
 mod handshake;
 mod init_producer_id;
 mod list_offsets;
