@@ -149,8 +149,9 @@ impl Compression {
         }
     }
 
-    /// Decompresses records, refusing output above `decompressed_bytes_max` bytes before it
-    /// is allocated. `None` copies them (under the same bound).
+    /// Decompresses records, refusing output above `decompressed_bytes_max` bytes as soon as
+    /// it passes the bound: the output never holds more. `None` copies them (under the same
+    /// bound).
     pub fn decompress(
         self,
         compressed: &[u8],
