@@ -476,7 +476,19 @@ fn kcat_and_cairn_round_trip_compressed_batches() {
                     .expect("piped stdin")
                     .write_all(input.as_bytes())
                     .expect("write cairn produce's input");
-                assert!(produce.wait().expect("cairn produce ends").success());
+                // Bounded like a kcat run: polled, killed past KCAT_TIMEOUT.
+                let started = Instant::now();
+                let status = loop {
+                    if let Some(status) = produce.try_wait().expect("cairn produce runs") {
+                        break status;
+                    }
+                    if started.elapsed() > KCAT_TIMEOUT {
+                        let _ = produce.kill();
+                        panic!("cairn produce {topic} did not finish within {KCAT_TIMEOUT:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                assert!(status.success(), "cairn produce {topic}: {status}");
             },
             |stored| stored == compression,
             &expected,
