@@ -14,6 +14,7 @@
 use crate::error::ClientError;
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatchBuilder;
+use cairn_protocol::Compression;
 use cairn_protocol::{Offset, Record};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -206,6 +207,8 @@ pub(crate) struct AccumulatorConfig {
     pub linger: Duration,
     pub in_flight_per_partition_max: usize,
     pub delivery_timeout: Duration,
+    /// The codec closed batches are compressed with.
+    pub compression: Compression,
 }
 
 struct OpenBatch {
@@ -245,6 +248,7 @@ struct PartitionQueue {
 
 struct TopicQueues {
     name: Arc<str>,
+    compression: Compression,
     partitions: Vec<PartitionQueue>,
     sticky: Option<u32>,
     last_sticky: u32,
@@ -276,7 +280,8 @@ impl TopicQueues {
             return false;
         };
         let record_count = open.builder.record_count();
-        let batch = open.builder.build();
+        // Compressed once, when closed: retries resend these bytes.
+        let batch = open.builder.build_compressed(self.compression);
         queue.ready.push_back(ReadyBatch {
             id: open.id,
             topic: Arc::clone(&self.name),
@@ -334,11 +339,13 @@ impl Accumulator {
     pub fn add_topic(&mut self, topic: &str, partitions: u32) {
         assert!(partitions > 0, "a topic has at least one partition");
         let seed = self.sticky_seed;
+        let compression = self.config.compression;
         let queues = self
             .topics
             .entry(Arc::from(topic))
             .or_insert_with(|| TopicQueues {
                 name: Arc::from(topic),
+                compression,
                 partitions: Vec::new(),
                 sticky: None,
                 last_sticky: seed,
@@ -541,6 +548,7 @@ mod tests {
             linger: Duration::from_millis(5),
             in_flight_per_partition_max: 2,
             delivery_timeout: Duration::from_secs(30),
+            compression: Compression::None,
         }
     }
 

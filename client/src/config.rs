@@ -2,7 +2,7 @@
 //! defaults close to Kafka's and a `validate` that names the rule a bad value breaks.
 
 use crate::error::{ClientError, Result};
-use cairn_protocol::Acks;
+use cairn_protocol::{Acks, Compression};
 use std::time::Duration;
 
 /// How to reach a cluster and how patient to be with it. Shared by [`crate::Admin`],
@@ -160,6 +160,11 @@ pub struct ProducerConfig {
     /// weaker acks an acknowledged batch may be lost, and the sequence with it), and needs
     /// `requests_in_flight_per_partition_max <= 5`, the batches a leader remembers per producer.
     pub enable_idempotence: bool,
+    /// The codec batches are compressed with (Kafka's `compression.type`): `None` (the
+    /// default), `Gzip`, `Snappy`, `Lz4` or `Zstd`. A batch whose records would not get
+    /// smaller is sent uncompressed. Batches are sized by their uncompressed bytes
+    /// (`batch_bytes_max`), so compression saves bytes on the wire and on disk, not requests.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -175,6 +180,7 @@ impl Default for ProducerConfig {
             retry_backoff_ms: 50,
             retry_backoff_max_ms: 250,
             enable_idempotence: true,
+            compression: Compression::None,
         }
     }
 }

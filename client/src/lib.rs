@@ -78,7 +78,7 @@ pub use cairn_protocol::messages::{
     OffsetSpec, PartitionDescription, PartitionMetadata, PartitionStatus, TopicConfig,
     TopicMetadata, TopicSummary,
 };
-pub use cairn_protocol::{Acks, ApiError, Epoch, Header, NodeId, Offset, Record};
+pub use cairn_protocol::{Acks, ApiError, Compression, Epoch, Header, NodeId, Offset, Record};
 pub use config::{AutoOffsetReset, ClientConfig, ConsumerConfig, ProducerConfig};
 pub use connection::Connection;
 pub use consumer::{Consumer, ConsumerRecord, SeekTo, TopicPartition};

@@ -126,6 +126,7 @@ impl Producer {
                 linger: Duration::from_millis(config.linger_ms),
                 in_flight_per_partition_max: config.requests_in_flight_per_partition_max,
                 delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+                compression: config.compression,
             },
             seed,
         );

@@ -203,6 +203,15 @@ impl TestServer {
             .collect()
     }
 
+    pub fn batch_codecs(&self, topic: &str, partition: u32) -> Vec<cairn_protocol::Compression> {
+        let state = self.state.lock().unwrap();
+        state.topics[topic][partition as usize]
+            .batches
+            .iter()
+            .map(|batch| batch.compression().unwrap())
+            .collect()
+    }
+
     pub fn batch_sizes(&self, topic: &str, partition: u32) -> Vec<usize> {
         let state = self.state.lock().unwrap();
         state.topics[topic][partition as usize]

@@ -932,3 +932,55 @@ async fn a_stream_yields_records_in_order_and_gives_back_what_it_did_not_yield()
     let offsets: Vec<u64> = rest.iter().map(|record| record.offset.0).collect();
     assert_eq!(offsets, (3..10).collect::<Vec<_>>());
 }
+
+/// Issue 16: the producer compresses with each of Kafka's codecs (the server stores the
+/// batches compressed), and the consumer decompresses them as it iterates records.
+#[tokio::test]
+async fn compressed_batches_are_produced_and_consumed_with_every_codec() {
+    for compression in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let server = TestServer::start().await;
+        server.create_topic("t", 1);
+        let config = ProducerConfig {
+            compression,
+            batch_bytes_max: 4 * 1024,
+            ..ProducerConfig::default()
+        };
+        let producer = producer(&server, config).await;
+        for i in 0..200 {
+            let record = Record::new(format!("value {i} of a compressible stream"))
+                .with_key(format!("key-{}", i % 5))
+                .with_header("codec", compression.name());
+            drop(producer.send_to("t", 0, record).await.unwrap());
+        }
+        producer.close().await.unwrap();
+        let codecs = server.batch_codecs("t", 0);
+        assert!(codecs.len() > 1, "{compression}: {codecs:?}");
+        assert!(
+            codecs.iter().all(|codec| *codec == compression),
+            "{compression}: {codecs:?}"
+        );
+        let mut consumer = consumer(
+            &server,
+            ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                ..ConsumerConfig::default()
+            },
+        );
+        consumer.assign_topic("t").await.unwrap();
+        let records = poll_until(&mut consumer, 200).await;
+        assert_eq!(records.len(), 200, "{compression}");
+        for (i, record) in records.iter().enumerate() {
+            assert_eq!(record.offset, Offset(i as u64));
+            assert_eq!(
+                record.value.as_ref(),
+                format!("value {i} of a compressible stream").as_bytes()
+            );
+            assert_eq!(record.headers[0].key, "codec");
+        }
+    }
+}

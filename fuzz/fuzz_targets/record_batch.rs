@@ -6,7 +6,9 @@
 //! base offset and epoch), it is valid again, holds the same records and header fields, and
 //! rebuilding that gives the very same bytes (the builder's encoding is a fixed point).
 //! Control batches are only checked for their records: the builder writes no control batch
-//! but the epoch marker.
+//! but the epoch marker. A compressed batch (gzip, snappy, lz4, zstd) is rebuilt with the same
+//! codec; its records are decompressed under [`DECOMPRESSED_BYTES_MAX`], and a bomb past it
+//! must be refused without any allocation past the fuzz allocator's bound.
 //!
 //! Input: one mode byte, then the batch. A mutated batch almost never keeps a valid checksum,
 //! so for an even mode byte the target first writes the batch's true length and checksum
@@ -17,14 +19,19 @@
 
 use bytes::Bytes;
 use cairn_protocol::batch::{
-    split_batches, RecordBatch, RecordBatchBuilder, HEADER_BYTES, LOG_OVERHEAD_BYTES,
+    split_batches_bounded, RecordBatch, RecordBatchBuilder, ATTRIBUTE_COMPRESSION_MASK,
+    HEADER_BYTES, LOG_OVERHEAD_BYTES,
 };
 use cairn_protocol::{Record, RecordView};
 use libfuzzer_sys::fuzz_target;
 
+/// The bound on a batch's decompressed records here: the test preset's
+/// `limits.batch_decompressed_bytes_max`, within the fuzz allocator's bound.
+const DECOMPRESSED_BYTES_MAX: usize = 1024 * 1024;
+
 fn records_of(batch: &RecordBatch) -> Vec<RecordView> {
     let records: Vec<RecordView> = batch
-        .records()
+        .records_bounded(DECOMPRESSED_BYTES_MAX)
         .map(|record| record.expect("a validated batch's records decode"))
         .collect();
     assert_eq!(records.len(), batch.record_count() as usize);
@@ -49,8 +56,9 @@ fn rebuild(batch: &RecordBatch, records: &[RecordView]) -> RecordBatch {
             timestamp_ms: Some(record.timestamp_ms),
         });
     }
+    let compression = batch.compression().expect("a validated batch has a known codec");
     builder
-        .build()
+        .build_compressed(compression)
         .stamped(batch.base_offset(), batch.leader_epoch())
 }
 
@@ -81,11 +89,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let bytes = Bytes::from(batch);
     // A refused batch ends the walk, as it ends a consumer's reading of the fetch.
-    for batch in split_batches(&bytes).flatten() {
+    for batch in split_batches_bounded(&bytes, DECOMPRESSED_BYTES_MAX).flatten() {
         records_of(&batch);
     }
 
-    let Ok(batch) = RecordBatch::validate(bytes) else {
+    let Ok(batch) = RecordBatch::validate_bounded(bytes, DECOMPRESSED_BYTES_MAX) else {
         return;
     };
     let records = records_of(&batch);
@@ -102,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
     {
         return;
     }
-    let rebuilt = RecordBatch::validate(rebuild(&batch, &records).into_bytes())
+    let rebuilt = RecordBatch::validate_bounded(
+        rebuild(&batch, &records).into_bytes(),
+        DECOMPRESSED_BYTES_MAX,
+    )
         .expect("a batch rebuilt from valid records is valid");
     assert_eq!(records_of(&rebuilt), records);
     let (header, original) = (rebuilt.header(), batch.header());
@@ -112,7 +123,8 @@ fuzz_target!(|data: &[u8]| {
             header.producer_id,
             header.producer_epoch,
             header.base_sequence,
-            header.attributes,
+            // The builder sends records that would not shrink uncompressed.
+            header.attributes & !ATTRIBUTE_COMPRESSION_MASK,
             header.last_offset_delta,
         ),
         (
@@ -120,7 +132,7 @@ fuzz_target!(|data: &[u8]| {
             original.producer_id,
             original.producer_epoch,
             original.base_sequence,
-            original.attributes,
+            original.attributes & !ATTRIBUTE_COMPRESSION_MASK,
             original.last_offset_delta,
         )
     );

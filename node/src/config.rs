@@ -74,6 +74,12 @@ pub struct Limits {
     pub batch_bytes_max: u32,
     /// Largest single record (key + value + headers) in a batch.
     pub record_bytes_max: u32,
+    /// Largest size a compressed batch's records may decompress to (the produce path
+    /// decompresses them to validate them). A batch past it is refused with `LimitExceeded`
+    /// once decompression passes it, before more is allocated: a decompression bomb costs
+    /// the node this many bytes at most. Between `batch_bytes_max` and 256 MiB (the bound
+    /// every reader, followers included, decompresses under).
+    pub batch_decompressed_bytes_max: u32,
     /// Client connections open at once; one more is refused with `TooManyConnections`.
     pub connections_max: u32,
     /// Requests one connection may have in flight; at the limit the node stops reading it.
@@ -333,6 +339,7 @@ pub const KEYS: &[&str] = &[
     "limits.frame_bytes_max",
     "limits.batch_bytes_max",
     "limits.record_bytes_max",
+    "limits.batch_decompressed_bytes_max",
     "limits.connections_max",
     "limits.requests_in_flight_max",
     "limits.partition_mailbox_max",
@@ -403,6 +410,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             frame_bytes_max = 4194304
             batch_bytes_max = 1048576
             record_bytes_max = 524288
+            batch_decompressed_bytes_max = 33554432
             connections_max = 1024
             requests_in_flight_max = 256
             partition_mailbox_max = 4096
@@ -451,6 +459,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             frame_bytes_max = 262144
             batch_bytes_max = 65536
             record_bytes_max = 16384
+            batch_decompressed_bytes_max = 1048576
             connections_max = 16
             requests_in_flight_max = 32
             partition_mailbox_max = 64
@@ -757,6 +766,14 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         u64::from(limits.batch_bytes_max)
             >= u64::from(limits.record_bytes_max) + u64::from(BATCH_OVERHEAD_BYTES),
         "a record of the maximum size must fit in a batch with its header",
+    )?;
+    rule(
+        "limits.batch_bytes_max <= limits.batch_decompressed_bytes_max <= 268435456",
+        limits.batch_decompressed_bytes_max >= limits.batch_bytes_max
+            && limits.batch_decompressed_bytes_max as usize
+                <= cairn_protocol::compression::DECOMPRESSED_BYTES_CEILING,
+        "a compressed batch must be allowed to hold what an uncompressed one may, and followers \
+         and consumers read every batch under 256 MiB: a leader must not accept more",
     )?;
     rule(
         "replica.append_message_bytes_max >= limits.batch_bytes_max",
@@ -1141,6 +1158,17 @@ mod tests {
         assert_eq!(
             broken("limits.request_entries_max", "0"),
             "every limits.*_max > 0"
+        );
+        assert_eq!(defaults.batch_decompressed_bytes_max, 32 * 1024 * 1024);
+        let decompressed =
+            "limits.batch_bytes_max <= limits.batch_decompressed_bytes_max <= 268435456";
+        assert_eq!(
+            broken("limits.batch_decompressed_bytes_max", "65536"),
+            decompressed
+        );
+        assert_eq!(
+            broken("limits.batch_decompressed_bytes_max", "268435457"),
+            decompressed
         );
         // A per-address limit above connections_max is allowed: it just changes nothing.
         let lowered = base()

@@ -30,15 +30,22 @@
 //! stores, replicates or serves it: record `i` has offset delta `i` (so a record's offset is its
 //! position, as consumers and group commits assume), `last_offset_delta = record_count - 1`, no
 //! record timestamp overflows and `max_timestamp` is the largest of them, and the attributes
-//! carry no bit Cairn does not implement. Kafka's compression codecs (bits 0-2) and its
-//! transactional flag (bit 4) are refused by name: a compressed batch read as uncompressed
-//! would be stored as garbage records. Control batches are valid here (a new leader writes
-//! one); only a client may not send one, which the broker's produce path checks.
+//! carry no bit Cairn does not implement. Kafka's transactional flag (bit 4) and compression
+//! codecs it does not define (5-7 in bits 0-2) are refused by name. Control batches are valid
+//! here (a new leader writes one); only a client may not send one, which the broker's produce
+//! path checks.
+//!
+//! A compressed batch (codec 1-4 in bits 0-2, see [`crate::compression`]) has the same header;
+//! the bytes after it are its records compressed as one block. It is stored and served as the
+//! producer sent it, and the checksum covers the compressed bytes. Validating it decompresses
+//! the records (bounded: a batch whose records decompress past the bound is refused) and holds
+//! them to the same rules; reading its records decompresses them again.
 //!
 //! The checksum leaves out base offset and leader epoch, so the leader stamps a batch in place
 //! without hashing it again, and the same checksum is verified by the leader on produce, by
 //! storage on write and on read, by followers and by consumers.
 
+use crate::compression::{Compression, DecompressError, DECOMPRESSED_BYTES_CEILING};
 use crate::ids::{Epoch, Offset};
 use crate::varint;
 use bytes::{Bytes, BytesMut};
@@ -49,13 +56,12 @@ pub const HEADER_BYTES: usize = 65;
 pub const LOG_OVERHEAD_BYTES: usize = 12;
 /// A control batch carries no user records; a new leader's epoch marker is one.
 pub const ATTRIBUTE_CONTROL: u16 = 0x20;
-/// Kafka's compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd). Cairn stores records
-/// uncompressed only, for now.
+/// Kafka's compression codec (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd; 5-7 are undefined).
 pub const ATTRIBUTE_COMPRESSION_MASK: u16 = 0x07;
 /// Kafka's transactional flag. Cairn has no transactions.
 pub const ATTRIBUTE_TRANSACTIONAL: u16 = 0x10;
 /// The attribute bits a valid batch may carry: anything else is refused, not ignored.
-pub const ATTRIBUTES_SUPPORTED: u16 = ATTRIBUTE_CONTROL;
+pub const ATTRIBUTES_SUPPORTED: u16 = ATTRIBUTE_CONTROL | ATTRIBUTE_COMPRESSION_MASK;
 /// The smallest encoded record: length, attributes, timestamp delta, offset delta, key length,
 /// value length and header count, one byte each. A batch cannot hold more records than its
 /// bytes divided by this.
@@ -113,8 +119,13 @@ pub enum BatchError {
     },
     #[error("batch declares max timestamp {declared_ms}, its records' largest is {actual_ms}")]
     MaxTimestampMismatch { declared_ms: i64, actual_ms: i64 },
-    #[error("batch is compressed (codec {codec}); Cairn does not support compression yet")]
+    /// Attribute bits 0-2 hold a value Kafka defines no codec for (5-7).
+    #[error("batch is compressed with codec {codec}, which is not one of Kafka's (1-4)")]
     Compressed { codec: u8 },
+    /// The records of a compressed batch could not be decompressed, or decompress past the
+    /// bound the reader set.
+    #[error(transparent)]
+    Decompress(#[from] DecompressError),
     #[error("batch is transactional; Cairn does not support transactions")]
     Transactional,
     #[error("batch has attribute bits {bits:#06x} that Cairn does not know")]
@@ -305,6 +316,21 @@ impl RecordBatchBuilder {
         self.record_count += 1;
     }
 
+    /// Writes the header and checksum, with the records compressed by `compression`. Records
+    /// that would not get smaller are sent uncompressed (the batch stays readable by everyone
+    /// and never grows past the size the producer sized it by). Panics on an empty builder.
+    pub fn build_compressed(mut self, compression: Compression) -> RecordBatch {
+        if compression != Compression::None && self.record_count > 0 {
+            let compressed = compression.compress(&self.buf[HEADER_BYTES..]);
+            if compressed.len() < self.buf.len() - HEADER_BYTES {
+                self.buf.truncate(HEADER_BYTES);
+                self.buf.extend_from_slice(&compressed);
+                self.attributes |= u16::from(compression.codec());
+            }
+        }
+        self.build()
+    }
+
     /// Writes the header and checksum. Panics on an empty builder: that is a caller bug.
     pub fn build(mut self) -> RecordBatch {
         assert!(
@@ -415,6 +441,12 @@ impl BatchHeader {
         self.attributes & ATTRIBUTE_CONTROL != 0
     }
 
+    /// The codec of the batch's records; an undefined one (5-7) is refused by name.
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        let codec = (self.attributes & ATTRIBUTE_COMPRESSION_MASK) as u8;
+        Compression::from_codec(codec).ok_or(BatchError::Compressed { codec })
+    }
+
     /// Written by an idempotent producer: a producer id and a sequence are stamped.
     pub fn has_producer(&self) -> bool {
         self.producer_id >= 0 && self.base_sequence >= 0
@@ -433,9 +465,9 @@ pub fn sequence_after(sequence: i32, count: u32) -> i32 {
 
 /// Refuses attribute bits Cairn does not implement, naming the two a Kafka client sets.
 fn check_attributes(attributes: u16) -> Result<(), BatchError> {
-    let codec = attributes & ATTRIBUTE_COMPRESSION_MASK;
-    if codec != 0 {
-        return Err(BatchError::Compressed { codec: codec as u8 });
+    let codec = (attributes & ATTRIBUTE_COMPRESSION_MASK) as u8;
+    if Compression::from_codec(codec).is_none() {
+        return Err(BatchError::Compressed { codec });
     }
     if attributes & ATTRIBUTE_TRANSACTIONAL != 0 {
         return Err(BatchError::Transactional);
@@ -456,8 +488,20 @@ pub struct RecordBatch {
 
 impl RecordBatch {
     /// Takes ownership of exactly one batch's bytes, verifying length, checksum and every
-    /// record's framing. Nothing that fails here may be stored or served.
+    /// record's framing. Nothing that fails here may be stored or served. A compressed
+    /// batch's records are decompressed under [`DECOMPRESSED_BYTES_CEILING`], the bound every
+    /// reader uses (followers, consumers); a leader validates a produce under its own, lower,
+    /// bound with [`RecordBatch::validate_bounded`].
     pub fn validate(bytes: Bytes) -> Result<RecordBatch, BatchError> {
+        RecordBatch::validate_bounded(bytes, DECOMPRESSED_BYTES_CEILING)
+    }
+
+    /// [`RecordBatch::validate`], refusing a compressed batch whose records decompress to
+    /// more than `decompressed_bytes_max` bytes (without allocating more than that).
+    pub fn validate_bounded(
+        bytes: Bytes,
+        decompressed_bytes_max: usize,
+    ) -> Result<RecordBatch, BatchError> {
         let header = BatchHeader::parse(&bytes)?;
         if header.size_bytes() != bytes.len() {
             return Err(BatchError::LengthMismatch {
@@ -477,11 +521,16 @@ impl RecordBatch {
                 actual: u64::from(header.last_offset_delta) + 1,
             });
         }
-        let record_bytes = batch.bytes.len() - HEADER_BYTES;
-        if header.record_count as usize > record_bytes / RECORD_BYTES_MIN {
+        // An uncompressed batch's count is held to its stored bytes here, before any record
+        // is walked; a compressed one's to its decompressed records below.
+        let stored_record_bytes = batch.bytes.len() - HEADER_BYTES;
+        let compression = header.compression()?;
+        if compression == Compression::None
+            && header.record_count as usize > stored_record_bytes / RECORD_BYTES_MIN
+        {
             return Err(BatchError::CountExceedsBytes {
                 declared: header.record_count,
-                bytes: record_bytes,
+                bytes: stored_record_bytes,
             });
         }
         // Offsets past `Offset::MAX` (a forged or corrupt base offset) would make the log's
@@ -490,12 +539,19 @@ impl RecordBatch {
         if end > u128::from(Offset::MAX.0) {
             return Err(BatchError::OffsetOutOfRange { end });
         }
+        let records = batch.record_bytes(decompressed_bytes_max)?;
+        if header.record_count as usize > records.len() / RECORD_BYTES_MIN {
+            return Err(BatchError::CountExceedsBytes {
+                declared: header.record_count,
+                bytes: records.len(),
+            });
+        }
         // Consumers and group commits take a record's offset from its delta: record `i` must
         // be at `base + i`, or a consumer reads offset 1004 for the record at 4 and commits
         // past records it never read.
         let mut actual = 0u32;
         let mut max_timestamp_ms = i64::MIN;
-        for record in batch.records() {
+        for record in RecordIter::new(header, Ok(records)) {
             let record = record?;
             let found = record.offset.0 - header.base_offset.0;
             if found != u64::from(actual) {
@@ -618,13 +674,33 @@ impl RecordBatch {
         }
     }
 
-    /// Decodes the records, each borrowing from the batch's bytes.
-    pub fn records(&self) -> RecordIter<'_> {
-        RecordIter {
-            batch: self,
-            rest: &self.bytes[HEADER_BYTES..],
-            index: 0,
+    /// The codec the batch's records are compressed with.
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        self.header.compression()
+    }
+
+    /// The records' encoded bytes: a slice of the batch, or for a compressed batch its
+    /// records decompressed (refused past `decompressed_bytes_max`).
+    fn record_bytes(&self, decompressed_bytes_max: usize) -> Result<Bytes, BatchError> {
+        let stored = self.bytes.slice(HEADER_BYTES..);
+        match self.header.compression()? {
+            Compression::None => Ok(stored),
+            compression => Ok(Bytes::from(
+                compression.decompress(&stored, decompressed_bytes_max)?,
+            )),
         }
+    }
+
+    /// Decodes the records, each sharing the batch's bytes (or, for a compressed batch, its
+    /// decompressed records, bounded by [`DECOMPRESSED_BYTES_CEILING`]: a batch that does not
+    /// decompress yields one error).
+    pub fn records(&self) -> RecordIter {
+        self.records_bounded(DECOMPRESSED_BYTES_CEILING)
+    }
+
+    /// [`RecordBatch::records`] with a caller's bound on the decompressed records.
+    pub fn records_bounded(&self, decompressed_bytes_max: usize) -> RecordIter {
+        RecordIter::new(self.header, self.record_bytes(decompressed_bytes_max))
     }
 }
 
@@ -638,13 +714,36 @@ pub struct RecordView {
     pub headers: Vec<Header>,
 }
 
-pub struct RecordIter<'a> {
-    batch: &'a RecordBatch,
-    rest: &'a [u8],
+/// The records of one batch, decoded one by one from its (decompressed) record bytes.
+pub struct RecordIter {
+    header: BatchHeader,
+    data: Bytes,
+    position: usize,
     index: u32,
+    /// Why the records could not be had at all (decompression failed): yielded once.
+    error: Option<BatchError>,
 }
 
-impl RecordIter<'_> {
+impl RecordIter {
+    fn new(header: BatchHeader, records: Result<Bytes, BatchError>) -> RecordIter {
+        match records {
+            Ok(data) => RecordIter {
+                header,
+                data,
+                position: 0,
+                index: 0,
+                error: None,
+            },
+            Err(error) => RecordIter {
+                header,
+                data: Bytes::new(),
+                position: 0,
+                index: u32::MAX,
+                error: Some(error),
+            },
+        }
+    }
+
     fn bad(&mut self, reason: &'static str) -> Option<Result<RecordView, BatchError>> {
         let index = self.index;
         self.refuse(BatchError::BadRecord { index, reason })
@@ -652,13 +751,9 @@ impl RecordIter<'_> {
 
     fn refuse(&mut self, error: BatchError) -> Option<Result<RecordView, BatchError>> {
         // Stop iterating: nothing after a malformed record can be trusted.
-        self.rest = &[];
+        self.position = self.data.len();
         self.index = u32::MAX;
         Some(Err(error))
-    }
-
-    fn slice(&self, input: &[u8]) -> Bytes {
-        self.batch.bytes.slice_ref(input)
     }
 }
 
@@ -679,21 +774,26 @@ fn take_optional<'a>(input: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     }
 }
 
-impl Iterator for RecordIter<'_> {
+impl Iterator for RecordIter {
     type Item = Result<RecordView, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() || self.index == u32::MAX {
+        if let Some(error) = self.error.take() {
+            return Some(Err(error));
+        }
+        if self.position >= self.data.len() || self.index == u32::MAX {
             return None;
         }
-        let mut input = self.rest;
+        let data = self.data.clone();
+        let slice = |input: &[u8]| data.slice_ref(input);
+        let mut input = &data[self.position..];
         let Some(length) = varint::get_length(&mut input) else {
             return self.bad("record length");
         };
         let Some(mut body) = take(&mut input, length as usize) else {
             return self.bad("record shorter than its length");
         };
-        self.rest = input;
+        self.position = data.len() - input.len();
         let Some(_attributes) = take(&mut body, 1) else {
             return self.bad("attributes");
         };
@@ -731,13 +831,13 @@ impl Iterator for RecordIter<'_> {
             };
             headers.push(Header {
                 key: key.to_owned(),
-                value: value.map(|value| self.slice(value)),
+                value: value.map(slice),
             });
         }
         if !body.is_empty() {
             return self.bad("trailing bytes in record");
         }
-        let header = &self.batch.header;
+        let header = &self.header;
         // Both come from the wire: a forged delta must not overflow (which would panic in
         // `Offset::plus` or wrap a timestamp) on any path that reads records.
         let Some(offset) = header.base_offset.checked_plus(offset_delta) else {
@@ -756,8 +856,8 @@ impl Iterator for RecordIter<'_> {
         let view = RecordView {
             offset,
             timestamp_ms,
-            key: key.map(|key| self.slice(key)),
-            value: self.slice(value),
+            key: key.map(slice),
+            value: slice(value),
             headers,
         };
         self.index += 1;
@@ -765,8 +865,17 @@ impl Iterator for RecordIter<'_> {
     }
 }
 
-/// Splits concatenated batches (a fetch response's payload) and validates each one.
+/// Splits concatenated batches (a fetch response's payload) and validates each one (a
+/// compressed one's records under [`DECOMPRESSED_BYTES_CEILING`]).
 pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<RecordBatch, BatchError>> + '_ {
+    split_batches_bounded(bytes, DECOMPRESSED_BYTES_CEILING)
+}
+
+/// [`split_batches`] with a caller's bound on each batch's decompressed records.
+pub fn split_batches_bounded(
+    bytes: &Bytes,
+    decompressed_bytes_max: usize,
+) -> impl Iterator<Item = Result<RecordBatch, BatchError>> + '_ {
     let mut position = 0usize;
     std::iter::from_fn(move || {
         if position >= bytes.len() {
@@ -780,7 +889,10 @@ pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<RecordBatch, 
                     available: rest.len(),
                 });
             }
-            RecordBatch::validate(bytes.slice(position..position + header.size_bytes()))
+            RecordBatch::validate_bounded(
+                bytes.slice(position..position + header.size_bytes()),
+                decompressed_bytes_max,
+            )
         });
         match &result {
             Ok(batch) => position += batch.size_bytes(),
@@ -957,6 +1069,8 @@ mod tests {
     /// only the rule under test can refuse the batch.
     struct Forged {
         attributes: u16,
+        /// The records are compressed with it, and its codec set in the attributes.
+        compression: Compression,
         last_offset_delta: u32,
         first_timestamp_ms: i64,
         max_timestamp_ms: i64,
@@ -968,6 +1082,7 @@ mod tests {
     fn honest(count: u32) -> Forged {
         Forged {
             attributes: 0,
+            compression: Compression::None,
             last_offset_delta: count - 1,
             first_timestamp_ms: 1_700_000_000_000,
             max_timestamp_ms: 1_700_000_000_000 + i64::from(count) - 1,
@@ -980,14 +1095,14 @@ mod tests {
 
     fn forge(forged: &Forged, base_offset: u64) -> Bytes {
         let mut bytes = vec![0u8; HEADER_BYTES];
-        for record in &forged.records {
-            bytes.extend_from_slice(record);
-        }
+        let records: Vec<u8> = forged.records.concat();
+        bytes.extend_from_slice(&forged.compression.compress(&records));
+        let attributes = forged.attributes | u16::from(forged.compression.codec());
         let batch_length = (bytes.len() - LOG_OVERHEAD_BYTES) as u32;
         bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
         bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
         bytes[20] = FORMAT_MAGIC;
-        bytes[25..27].copy_from_slice(&forged.attributes.to_be_bytes());
+        bytes[25..27].copy_from_slice(&attributes.to_be_bytes());
         bytes[27..31].copy_from_slice(&forged.last_offset_delta.to_be_bytes());
         bytes[31..39].copy_from_slice(&forged.first_timestamp_ms.to_be_bytes());
         bytes[39..47].copy_from_slice(&forged.max_timestamp_ms.to_be_bytes());
@@ -1199,14 +1314,21 @@ mod tests {
     }
 
     #[test]
-    fn compressed_transactional_and_unknown_attributes_are_refused_by_name() {
-        for codec in 1..=4u16 {
+    fn undefined_codecs_transactional_and_unknown_attributes_are_refused_by_name() {
+        for codec in 5..=7u16 {
             let mut forged = honest(2);
             forged.attributes = codec;
             assert_eq!(
                 RecordBatch::validate(forge(&forged, 0)),
                 Err(BatchError::Compressed { codec: codec as u8 })
             );
+        }
+        // A codec bit on records that were never compressed: they do not decompress, or
+        // what comes out is not the records the header declares.
+        for codec in 1..=4u16 {
+            let mut forged = honest(2);
+            forged.attributes = codec;
+            assert!(RecordBatch::validate(forge(&forged, 0)).is_err(), "{codec}");
         }
         let mut transactional = honest(2);
         transactional.attributes = ATTRIBUTE_TRANSACTIONAL;
@@ -1242,6 +1364,172 @@ mod tests {
         }
         let batch = builder.build().stamped(Offset(1_000), Epoch(3));
         assert!(RecordBatch::validate(batch.into_bytes()).is_ok());
+    }
+
+    const CODECS: [Compression; 4] = [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    #[test]
+    fn compressed_batches_validate_and_read_back_their_records() {
+        for compression in CODECS {
+            let mut forged = honest(50);
+            forged.compression = compression;
+            let bytes = forge(&forged, 7);
+            let batch = RecordBatch::validate(bytes.clone()).unwrap();
+            assert_eq!(batch.bytes(), &bytes, "stored as sent");
+            assert_eq!(batch.compression(), Ok(compression));
+            let offsets: Vec<u64> = batch
+                .records()
+                .map(|record| record.unwrap().offset.0)
+                .collect();
+            assert_eq!(offsets, (7..57).collect::<Vec<_>>(), "{compression}");
+        }
+    }
+
+    #[test]
+    fn the_builder_compresses_and_falls_back_when_records_do_not_shrink() {
+        for compression in CODECS {
+            let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+            for index in 0..100 {
+                builder.push(
+                    &Record::new(format!("value number {index} of a compressible batch"))
+                        .with_key("key")
+                        .with_header("h", "v"),
+                );
+            }
+            let plain_bytes = builder.size_bytes();
+            let batch = builder.build_compressed(compression).with_producer(3, 0, 5);
+            assert!(batch.size_bytes() < plain_bytes, "{compression}");
+            let batch = RecordBatch::validate(batch.into_bytes()).unwrap();
+            assert_eq!(batch.compression(), Ok(compression));
+            let values: Vec<Bytes> = batch.records().map(|r| r.unwrap().value).collect();
+            assert_eq!(values.len(), 100);
+            assert_eq!(
+                values[99].as_ref(),
+                b"value number 99 of a compressible batch"
+            );
+            // One short record does not shrink: it goes uncompressed.
+            let mut tiny = RecordBatchBuilder::new(0);
+            tiny.push(&Record::new("x"));
+            let tiny = tiny.build_compressed(compression);
+            assert_eq!(tiny.compression(), Ok(Compression::None), "{compression}");
+        }
+    }
+
+    /// The lies a producer can tell inside the compressed records, which only decompressing
+    /// finds: a record count the records do not have, offset deltas that are not positions,
+    /// a max timestamp that is not theirs.
+    #[test]
+    fn lies_inside_compressed_records_are_refused() {
+        for compression in CODECS {
+            let mut fewer = honest(3);
+            fewer.compression = compression;
+            fewer.records = (0..2)
+                .map(|index| raw_record(index, index as u64, b"a longer value"))
+                .collect();
+            fewer.max_timestamp_ms -= 1;
+            assert_eq!(
+                RecordBatch::validate(forge(&fewer, 0)),
+                Err(BatchError::CountMismatch {
+                    declared: 3,
+                    actual: 2
+                }),
+                "{compression}"
+            );
+            let mut shifted = honest(3);
+            shifted.compression = compression;
+            shifted.records = (0..3)
+                .map(|index| raw_record(index, index as u64 + 1, b"v"))
+                .collect();
+            assert_eq!(
+                RecordBatch::validate(forge(&shifted, 0)),
+                Err(BatchError::OffsetDeltaMismatch { index: 0, found: 1 }),
+                "{compression}"
+            );
+            let mut late = honest(3);
+            late.compression = compression;
+            late.max_timestamp_ms += 1;
+            assert!(matches!(
+                RecordBatch::validate(forge(&late, 0)),
+                Err(BatchError::MaxTimestampMismatch { .. })
+            ));
+            // A count the decompressed records could not hold, refused before they are walked.
+            let mut many = honest(3);
+            many.compression = compression;
+            many.record_count = 1_000;
+            many.last_offset_delta = 999;
+            assert!(matches!(
+                RecordBatch::validate(forge(&many, 0)),
+                Err(BatchError::CountExceedsBytes {
+                    declared: 1_000,
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_past_the_bound_is_refused_and_the_checksum_covers_compressed_bytes() {
+        for compression in CODECS {
+            // 2,000 records of 1 KiB of zeros: about 2 MiB that compress to a few KiB.
+            let mut bomb = honest(2_000);
+            bomb.compression = compression;
+            bomb.records = (0..2_000)
+                .map(|index: u32| raw_record(i64::from(index), u64::from(index), &[0; 1024]))
+                .collect();
+            let bytes = forge(&bomb, 0);
+            assert!(bytes.len() < 256 * 1024, "{compression}: {}", bytes.len());
+            assert_eq!(
+                RecordBatch::validate_bounded(bytes.clone(), 1024 * 1024),
+                Err(BatchError::Decompress(DecompressError::TooLarge {
+                    codec: compression.name(),
+                    max: 1024 * 1024
+                }))
+            );
+            assert!(RecordBatch::validate_bounded(bytes.clone(), 4 * 1024 * 1024).is_ok());
+            // A reader bounded below the records gets one error, not records.
+            let batch = RecordBatch::validate(bytes.clone()).unwrap();
+            let read: Vec<_> = batch.records_bounded(1024).collect();
+            assert!(matches!(
+                read[..],
+                [Err(BatchError::Decompress(
+                    DecompressError::TooLarge { .. }
+                ))]
+            ));
+            // Any flipped byte of the compressed records fails the checksum.
+            let mut flipped = bytes.to_vec();
+            let middle = HEADER_BYTES + (flipped.len() - HEADER_BYTES) / 2;
+            flipped[middle] ^= 0x10;
+            assert!(matches!(
+                RecordBatch::validate(Bytes::from(flipped)),
+                Err(BatchError::ChecksumMismatch { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn garbage_or_truncated_compressed_records_with_a_valid_checksum_are_refused() {
+        for compression in CODECS {
+            let mut forged = honest(20);
+            forged.compression = compression;
+            let honest_bytes = forge(&forged, 0);
+            // Cut the compressed records short and write a checksum over what is left.
+            for keep in [1, 9, (honest_bytes.len() - HEADER_BYTES) / 2] {
+                let mut cut = honest_bytes[..HEADER_BYTES + keep].to_vec();
+                let batch_length = (cut.len() - LOG_OVERHEAD_BYTES) as u32;
+                cut[8..12].copy_from_slice(&batch_length.to_be_bytes());
+                let crc = crc32c::crc32c(&cut[CRC_COVERS_FROM..]);
+                cut[CRC_OFFSET..CRC_COVERS_FROM].copy_from_slice(&crc.to_be_bytes());
+                assert!(
+                    RecordBatch::validate(Bytes::from(cut)).is_err(),
+                    "{compression} kept {keep}"
+                );
+            }
+        }
     }
 
     #[test]

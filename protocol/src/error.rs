@@ -58,10 +58,10 @@ pub enum ApiError {
     /// (Kafka's `INVALID_RECORD`). Not retriable. Nothing was appended.
     #[error("invalid records: {reason}")]
     InvalidRecords { reason: String },
-    /// The batch is compressed with Kafka codec `codec`; Cairn stores uncompressed batches
-    /// only, for now (Kafka's `UNSUPPORTED_COMPRESSION_TYPE`). Not retriable; nothing was
-    /// appended.
-    #[error("compressed batches are not supported yet (codec {codec})")]
+    /// The batch's attributes name compression codec `codec`, which is none of Kafka's
+    /// (gzip 1, snappy 2, lz4 3, zstd 4 are accepted) (Kafka's `UNSUPPORTED_COMPRESSION_TYPE`).
+    /// Not retriable; nothing was appended.
+    #[error("compression codec {codec} is not supported (gzip 1, snappy 2, lz4 3, zstd 4 are)")]
     UnsupportedCompression { codec: u8 },
     /// The batch is marked transactional; Cairn has no transactions. Nothing was appended.
     #[error("transactional batches are not supported")]
@@ -227,6 +227,19 @@ impl From<crate::batch::BatchError> for ApiError {
         use crate::batch::BatchError;
         match error {
             BatchError::Compressed { codec } => ApiError::UnsupportedCompression { codec },
+            BatchError::Decompress(crate::compression::DecompressError::TooLarge {
+                max, ..
+            }) => ApiError::LimitExceeded {
+                limit: crate::compression::DECOMPRESSED_BYTES_LIMIT_NAME.to_string(),
+                // Decompression stops one byte past the bound: all that is known is "more".
+                requested: max as u64 + 1,
+                max: max as u64,
+            },
+            BatchError::Decompress(crate::compression::DecompressError::Malformed { .. }) => {
+                ApiError::CorruptBatch {
+                    reason: error.to_string(),
+                }
+            }
             BatchError::Transactional => ApiError::UnsupportedTransactions,
             BatchError::OffsetDeltaMismatch { .. }
             | BatchError::TimestampOverflow { .. }

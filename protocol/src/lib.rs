@@ -7,6 +7,8 @@
 //!   build batches, the partition leader stamps base offset and epoch into them (outside the
 //!   checksum, so stamping does not re-hash), storage keeps them as single values, consumers
 //!   decode them. The checksum (CRC32C) covers everything a stamp does not touch.
+//! - [`compression`]: Kafka's codecs (gzip, snappy, lz4, zstd) for a batch's records, every
+//!   decoder bounded by the size its output may reach.
 //! - [`messages`]: typed requests and responses, one pair per operation.
 //! - [`group`]: consumer-group requests (KIP-848 heartbeats, commits, admin) and the rule
 //!   that maps a group to its coordinating `__offsets` partition.
@@ -18,6 +20,7 @@
 //!   skip fields added later.
 
 pub mod batch;
+pub mod compression;
 pub mod error;
 pub mod frame;
 pub mod group;
@@ -27,6 +30,7 @@ pub mod peer;
 mod varint;
 
 pub use batch::{Header, Record, RecordBatch, RecordBatchBuilder, RecordView};
+pub use compression::Compression;
 pub use error::ApiError;
 pub use frame::{RequestFrame, ResponseFrame};
 pub use ids::{Epoch, NodeId, Offset, PartitionId};

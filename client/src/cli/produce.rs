@@ -9,7 +9,9 @@
 
 use super::format::{parse_time, split_key};
 use super::report;
-use crate::{Acks, ClientConfig, ClientError, DeliveryFuture, Producer, ProducerConfig, Record};
+use crate::{
+    Acks, ClientConfig, ClientError, Compression, DeliveryFuture, Producer, ProducerConfig, Record,
+};
 use bytes::Bytes;
 use cairn_protocol::error::plural;
 use clap::{Args, ValueEnum};
@@ -48,6 +50,28 @@ impl From<AcksArg> for Acks {
     }
 }
 
+/// Kafka's codecs (`compression.type`), for `--compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(compression: CompressionArg) -> Compression {
+        match compression {
+            CompressionArg::None => Compression::None,
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Snappy => Compression::Snappy,
+            CompressionArg::Lz4 => Compression::Lz4,
+            CompressionArg::Zstd => Compression::Zstd,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
     pub topic: String,
@@ -62,6 +86,16 @@ pub struct ProduceArgs {
     pub headers: Vec<(String, String)>,
     #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
+    /// Compress each batch's records with this codec (kcat's `-z`); Kafka clients and
+    /// `cairn consume` read every one. A batch that would not get smaller goes uncompressed.
+    #[arg(
+        short = 'z',
+        long,
+        value_enum,
+        default_value = "none",
+        value_name = "CODEC"
+    )]
+    pub compression: CompressionArg,
     /// Read records from this file instead of stdin (kcat's `-l`).
     #[arg(short = 'l', long, value_name = "PATH")]
     pub file: Option<std::path::PathBuf>,
@@ -294,6 +328,7 @@ pub async fn run(config: ClientConfig, args: ProduceArgs, output: super::Output)
     let started = Instant::now();
     let producer_config = ProducerConfig {
         acks: args.acks.into(),
+        compression: args.compression.into(),
         ..ProducerConfig::default()
     };
     // An unknown topic or partition is refused before any input is read, so it fails even

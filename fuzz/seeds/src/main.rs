@@ -18,7 +18,7 @@ use cairn_protocol::group::{
 };
 use cairn_protocol::messages::*;
 use cairn_protocol::peer::*;
-use cairn_protocol::{Epoch, NodeId, Offset, Record};
+use cairn_protocol::{Compression, Epoch, NodeId, Offset, Record};
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -319,6 +319,21 @@ fn batches() -> Vec<(&'static str, RecordBatch)> {
     let mut idempotent = RecordBatchBuilder::new(1_700_000_000_000).producer(300, 2, 41);
     idempotent.push(&Record::new("v").with_key("k"));
     idempotent.push(&Record::new("w").with_key("k"));
+    // One compressed batch per codec: 40 similar records, so that every codec shrinks them
+    // (a batch that would not shrink is built uncompressed).
+    let compressed = |compression: Compression| {
+        let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+        for index in 0..40 {
+            builder.push(
+                &Record::new(format!("compressed value {index}"))
+                    .with_key(format!("key-{}", index % 3))
+                    .with_header("codec", compression.name()),
+            );
+        }
+        let batch = builder.build_compressed(compression);
+        assert_eq!(batch.compression(), Ok(compression));
+        batch.stamped(Offset(50), Epoch(4))
+    };
     vec![
         ("keys-headers", plain.build().stamped(Offset(40), Epoch(3))),
         (
@@ -329,6 +344,10 @@ fn batches() -> Vec<(&'static str, RecordBatch)> {
             "control-marker",
             RecordBatchBuilder::control_marker(1_700_000_000_100).stamped(Offset(45), Epoch(4)),
         ),
+        ("gzip", compressed(Compression::Gzip)),
+        ("snappy", compressed(Compression::Snappy)),
+        ("lz4", compressed(Compression::Lz4)),
+        ("zstd", compressed(Compression::Zstd)),
     ]
 }
 

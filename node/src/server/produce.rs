@@ -5,11 +5,12 @@
 //! then waits for the replica's answer concurrently with later requests.
 
 use crate::broker::Broker;
+use crate::config::Limits;
 use crate::partition::ProduceReply;
 use bytes::Bytes;
 use cairn_protocol::batch::{RecordBatch, NO_PRODUCER_ID, NO_SEQUENCE};
 use cairn_protocol::messages::{ProduceRequest, Response};
-use cairn_protocol::ApiError;
+use cairn_protocol::{ApiError, Compression};
 use cairn_storage::LogStore;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -24,20 +25,21 @@ pub struct Enqueued {
 }
 
 /// Checks everything a batch can be refused for, in the order a client would fix them.
-pub fn validate(
-    batch_bytes_max: u32,
-    record_bytes_max: u32,
-    bytes: Bytes,
-) -> Result<RecordBatch, ApiError> {
+pub fn validate(limits: &Limits, bytes: Bytes) -> Result<RecordBatch, ApiError> {
+    let batch_bytes_max = limits.batch_bytes_max;
+    let record_bytes_max = limits.record_bytes_max;
     if bytes.len() > batch_bytes_max as usize {
         return Err(ApiError::BatchTooLarge {
             size: bytes.len() as u64,
             max: u64::from(batch_bytes_max),
         });
     }
-    // Offset deltas, timestamps, record count and attribute bits (compressed and
-    // transactional batches are refused by name): see `RecordBatch::validate`.
-    let batch = RecordBatch::validate(bytes).map_err(ApiError::from)?;
+    // Offset deltas, timestamps, record count and attribute bits (transactional batches and
+    // undefined codecs are refused by name), a compressed batch's records decompressed under
+    // `limits.batch_decompressed_bytes_max`: see `RecordBatch::validate`.
+    let decompressed_bytes_max = limits.batch_decompressed_bytes_max as usize;
+    let batch =
+        RecordBatch::validate_bounded(bytes, decompressed_bytes_max).map_err(ApiError::from)?;
     if batch.header().is_control() {
         return Err(ApiError::InvalidRequest {
             reason: "control batches are written by partition leaders only".to_string(),
@@ -67,9 +69,12 @@ pub fn validate(
             ),
         });
     }
-    // A record is never larger than its batch, so small batches skip the per-record walk.
-    if batch.size_bytes() > record_bytes_max as usize {
-        for record in batch.records() {
+    // A record is never larger than its batch, so small batches skip the per-record walk;
+    // compressed records may be larger than their batch, so those are always walked (their
+    // records are decompressed a second time, under the same bound).
+    let compressed = batch.compression() != Ok(Compression::None);
+    if compressed || batch.size_bytes() > record_bytes_max as usize {
+        for record in batch.records_bounded(decompressed_bytes_max) {
             let record = record.map_err(ApiError::from)?;
             let size = record.key.as_ref().map_or(0, Bytes::len)
                 + record.value.len()
@@ -102,12 +107,7 @@ pub fn enqueue<S: LogStore>(
         });
     }
     let handle = broker.partition(&request.topic, request.partition)?;
-    let limits = &broker.config.limits;
-    let batch = validate(
-        limits.batch_bytes_max,
-        limits.record_bytes_max,
-        request.batch,
-    )?;
+    let batch = validate(&broker.config.limits, request.batch)?;
     if batch.header().producer_id >= 0 {
         broker.check_producer_id(batch.header().producer_id)?;
     }
@@ -152,8 +152,50 @@ mod tests {
         builder.build().into_bytes()
     }
 
+    /// The test preset's limits: batches up to 64 KiB, records up to 16 KiB, compressed
+    /// records up to 1 MiB decompressed.
+    fn limits() -> Limits {
+        crate::config::NodeConfig::for_tests(1, "/nonexistent".into()).limits
+    }
+
     fn check(bytes: Bytes) -> Result<RecordBatch, ApiError> {
-        validate(1 << 20, 1 << 16, bytes)
+        validate(&limits(), bytes)
+    }
+
+    /// A compressed batch far below `batch_bytes_max` may hold a record above
+    /// `record_bytes_max`, or records past `batch_decompressed_bytes_max`: both are found.
+    #[test]
+    fn compressed_records_are_held_to_the_record_and_decompressed_limits() {
+        let limits = limits();
+        let compressed = |values: &[Vec<u8>]| {
+            let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+            for value in values {
+                builder.push(&Record::new(value.clone()));
+            }
+            let batch = builder.build_compressed(Compression::Zstd);
+            assert_eq!(batch.compression(), Ok(Compression::Zstd));
+            assert!(batch.size_bytes() < 4096);
+            batch.into_bytes()
+        };
+        let fits = vec![0u8; limits.record_bytes_max as usize - 100];
+        assert!(check(compressed(&[fits.clone(), fits])).is_ok());
+        let large = vec![0u8; limits.record_bytes_max as usize + 1];
+        assert_eq!(
+            check(compressed(&[large])),
+            Err(ApiError::RecordTooLarge {
+                size: u64::from(limits.record_bytes_max) + 1,
+                max: u64::from(limits.record_bytes_max),
+            })
+        );
+        let many = vec![vec![0u8; 8 * 1024]; 200];
+        assert_eq!(
+            check(compressed(&many)),
+            Err(ApiError::LimitExceeded {
+                limit: "limits.batch_decompressed_bytes_max".into(),
+                requested: u64::from(limits.batch_decompressed_bytes_max) + 1,
+                max: u64::from(limits.batch_decompressed_bytes_max),
+            })
+        );
     }
 
     /// The producer fields a client may send: none (-1, no sequence) or an id with a sequence
