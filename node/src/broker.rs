@@ -852,6 +852,7 @@ impl<S: LogStore> Broker<S> {
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .insert(info.node_id, info);
                 if !resigned.is_empty() {
+                    tracing::info!(leader = %node_id, partitions = resigned.len(), "a leader gave up partitions whose preferred replica is here: they stand once their grants expire");
                     self.suspect_until_led(resigned, node_id);
                 }
             }
