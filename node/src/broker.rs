@@ -141,6 +141,9 @@ impl<S: LogStore> Broker<S> {
                 replica_config: config.replica.replica_config(),
                 tick_ms: config.replica.tick_ms,
                 lag_time_max_ms: config.replica.lag_time_max_ms,
+                // Metadata leadership stays where elections put it: moving it would pause
+                // metadata changes for an election and balance nothing worth it.
+                leader_rebalance_ms: 0,
                 mailbox_max: config.limits.partition_mailbox_max as usize,
                 // Metadata is small and must be replayable from the start: never trimmed.
                 retention: RetentionPolicy::default(),
@@ -577,6 +580,7 @@ impl<S: LogStore> Broker<S> {
                 replica_config: self.config.replica.replica_config(),
                 tick_ms: self.config.replica.tick_ms,
                 lag_time_max_ms: self.config.replica.lag_time_max_ms,
+                leader_rebalance_ms: self.config.replica.leader_rebalance_ms,
                 mailbox_max: self.config.limits.partition_mailbox_max as usize,
                 retention: self.retention_of(topic),
                 retention_check_ms: self.config.retention.retention_check_ms,
@@ -826,19 +830,39 @@ impl<S: LogStore> Broker<S> {
 
     /// Folds one membership change into the view, and routes peers to their new address. A
     /// node that left and led a partition hosted here is reported to that replica as
-    /// suspected: a hint that may start a candidacy sooner, never more (DESIGN 5.8).
+    /// suspected: a hint that may start a candidacy sooner, never more (DESIGN 5.8). So is a
+    /// node whose leadership hints stop claiming a partition whose preferred replica is
+    /// hosted here, when that replica still follows it: the leader resigned for it
+    /// (preferred-leader rebalancing), and the hint lets it stand as soon as its own grant
+    /// expires, ahead of the other replicas' election timeouts.
     pub fn apply_cluster_change(&self, change: ClusterChange) {
         match change {
             ClusterChange::Joined(info) | ClusterChange::Updated(info) => {
                 if info.node_id == self.config.node_id {
                     return;
                 }
+                let node_id = info.node_id;
                 self.peers
                     .set_address(info.node_id, info.peer_addr.to_string());
+                // Hints change only with leaderships, so the copy is rare.
+                let hints_before = self
+                    .cluster_view()
+                    .get(&node_id)
+                    .filter(|before| before.hints != info.hints)
+                    .map(|before| before.hints.clone());
+                let resigned = hints_before
+                    .map(|before| {
+                        self.preferred_replicas_resigned_by(node_id, &before, &info.hints)
+                    })
+                    .unwrap_or_default();
                 self.cluster
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .insert(info.node_id, info);
+                if !resigned.is_empty() {
+                    tracing::info!(leader = %node_id, partitions = resigned.len(), "a leader gave up partitions whose preferred replica is here: they stand once their grants expire");
+                    self.suspect_until_led(resigned, node_id);
+                }
             }
             ClusterChange::Left(node_id) => {
                 if let Some(info) = self
@@ -857,36 +881,73 @@ impl<S: LogStore> Broker<S> {
                 if suspects.is_empty() {
                     return;
                 }
-                for handle in &suspects {
-                    handle.suspect_leader();
-                }
-                // A first pre-vote may be refused by a follower whose own grant lapses a few
-                // milliseconds later; repeat the hint every heartbeat until someone leads, so
-                // the next try is not a whole election timeout away. Bounded, and only ever a
-                // hint: the lease rules still decide.
-                let period = Duration::from_millis(self.config.replica.heartbeat_ms);
-                let rounds = (2 * self.config.replica.election_timeout_ms)
-                    / self.config.replica.heartbeat_ms.max(1);
-                tokio::spawn(async move {
-                    for _ in 0..rounds {
-                        tokio::time::sleep(period).await;
-                        let mut leaderless = false;
-                        for handle in &suspects {
-                            let snapshot = handle.shared.snapshot();
-                            if snapshot.role != Role::Leader
-                                && (snapshot.leader.is_none() || snapshot.leader == Some(node_id))
-                            {
-                                handle.suspect_leader();
-                                leaderless = true;
-                            }
-                        }
-                        if !leaderless {
-                            return;
-                        }
-                    }
-                });
+                self.suspect_until_led(suspects, node_id);
             }
         }
+    }
+
+    /// The hosted replicas that are their partition's preferred replica and still follow
+    /// `node_id`, whose leadership hints claimed the partition `before` and no longer do
+    /// `after`: a leader that resigned for them, or lost its lease.
+    fn preferred_replicas_resigned_by(
+        &self,
+        node_id: NodeId,
+        before: &LeadershipHints,
+        after: &LeadershipHints,
+    ) -> Vec<PartitionHandle<S>> {
+        let catalog = self.catalog();
+        let mut resigned = Vec::new();
+        for (topic_name, partition, _) in before.iter() {
+            if after.get(topic_name, partition).is_some() {
+                continue;
+            }
+            let Some(topic) = catalog.state.topic(topic_name) else {
+                continue;
+            };
+            let Some(handle) = hosted_partition(&catalog, topic, partition.0) else {
+                continue;
+            };
+            let snapshot = handle.shared.snapshot();
+            if handle.shared.preferred()
+                && snapshot.role == Role::Follower
+                && snapshot.leader == Some(node_id)
+            {
+                resigned.push(handle.clone());
+            }
+        }
+        resigned
+    }
+
+    /// Tells each replica of `suspects` that its leader `node_id` is gone, now and then
+    /// again every heartbeat while it has no other leader: a first pre-vote may be refused by
+    /// a follower whose own grant lapses a few milliseconds later, and the next try should
+    /// not be a whole election timeout away. Bounded, and only ever a hint: the lease rules
+    /// still decide (DESIGN 5.8).
+    fn suspect_until_led(&self, suspects: Vec<PartitionHandle<S>>, node_id: NodeId) {
+        for handle in &suspects {
+            handle.suspect_leader();
+        }
+        let period = Duration::from_millis(self.config.replica.heartbeat_ms);
+        let rounds =
+            (2 * self.config.replica.election_timeout_ms) / self.config.replica.heartbeat_ms.max(1);
+        tokio::spawn(async move {
+            for _ in 0..rounds {
+                tokio::time::sleep(period).await;
+                let mut leaderless = false;
+                for handle in &suspects {
+                    let snapshot = handle.shared.snapshot();
+                    if snapshot.role != Role::Leader
+                        && (snapshot.leader.is_none() || snapshot.leader == Some(node_id))
+                    {
+                        handle.suspect_leader();
+                        leaderless = true;
+                    }
+                }
+                if !leaderless {
+                    return;
+                }
+            }
+        });
     }
 
     /// The partitions this node leads now, for gossip. Oversized hints are the caller's to

@@ -169,6 +169,11 @@ pub struct ReplicaTimings {
     /// and its partition under-replicated (Kafka's `replica.lag.time.max.ms`). Shown only:
     /// commits wait for a majority whatever this says.
     pub lag_time_max_ms: u64,
+    /// Preferred-leader rebalancing, as Kafka's `auto.leader.rebalance`: a leader that is
+    /// not its partition's preferred replica (the first of its replica list) and has led this
+    /// long resigns once the preferred replica is caught up and in sync, so leadership goes
+    /// back to it after failures heal. 0: off (leaders stay where elections put them).
+    pub leader_rebalance_ms: u64,
 }
 
 impl ReplicaTimings {
@@ -362,6 +367,7 @@ pub const KEYS: &[&str] = &[
     "replica.append_message_bytes_max",
     "replica.tail_bytes_max",
     "replica.lag_time_max_ms",
+    "replica.leader_rebalance_ms",
     "retention.retention_ms",
     "retention.retention_bytes",
     "retention.retention_check_ms",
@@ -434,6 +440,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             append_message_bytes_max = 1048576
             tail_bytes_max = 2097152
             lag_time_max_ms = 10000
+            leader_rebalance_ms = 30000
             [retention]
             retention_check_ms = 60000
             [groups]
@@ -483,6 +490,8 @@ fn preset_table(preset: Preset) -> toml::Table {
             append_message_bytes_max = 65536
             tail_bytes_max = 262144
             lag_time_max_ms = 1000
+            # Off: tests' leaders stay where elections put them unless a test turns it on.
+            leader_rebalance_ms = 0
             [retention]
             retention_check_ms = 200
             [groups]
@@ -790,6 +799,13 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         replica.lag_time_max_ms >= 2 * replica.heartbeat_ms,
         "an idle follower catches up on heartbeats: a shorter bound would call healthy \
          followers out of sync between two of them",
+    )?;
+    rule(
+        "replica.leader_rebalance_ms == 0 || replica.leader_rebalance_ms >= replica.election_timeout_ms",
+        replica.leader_rebalance_ms == 0
+            || replica.leader_rebalance_ms >= replica.election_timeout_ms,
+        "each resignation leaves a partition without a leader for about an election; \
+         leaders that resigned sooner could hand leadership around without serving",
     )?;
     replica
         .replica_config()
@@ -1370,5 +1386,23 @@ mod tests {
             .unwrap()
             .build();
         assert!(matches!(unknown, Err(ConfigError::ParseFile { .. })));
+    }
+
+    #[test]
+    fn leader_rebalancing_is_off_in_tests_and_never_faster_than_an_election() {
+        assert_eq!(base().build().unwrap().replica.leader_rebalance_ms, 30_000);
+        let test = base().preset(Preset::Test).build().unwrap();
+        assert_eq!(test.replica.leader_rebalance_ms, 0);
+        let set = |value: &str| {
+            base()
+                .preset(Preset::Test)
+                .set("flag", "replica.leader_rebalance_ms", value)
+                .build()
+        };
+        assert_eq!(set("300").unwrap().replica.leader_rebalance_ms, 300);
+        assert!(matches!(
+            set("299"),
+            Err(ConfigError::Rule { rule, .. }) if rule.starts_with("replica.leader_rebalance_ms")
+        ));
     }
 }

@@ -45,6 +45,7 @@ pub struct NodeMetrics {
     pub fetch_latency: Histogram,
     pub flush_latency: Histogram,
     pub leader_changes: Counter,
+    pub leader_resignations: Counter,
     pub group_rebalances: Counter,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
@@ -69,6 +70,7 @@ impl NodeMetrics {
             fetch_latency: latency_histogram(),
             flush_latency: latency_histogram(),
             leader_changes: Counter::default(),
+            leader_resignations: Counter::default(),
             group_rebalances: Counter::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
@@ -126,6 +128,11 @@ impl NodeMetrics {
             "cairn_leader_changes",
             "Times a replica hosted here saw its partition's leader change (or become unknown)",
             self.leader_changes.clone(),
+        );
+        registry.register(
+            "cairn_leader_resignations",
+            "Leaders on this node that resigned for their partition's preferred replica",
+            self.leader_resignations.clone(),
         );
         registry.register(
             "cairn_group_rebalances",

@@ -207,6 +207,9 @@ pub struct PartitionShared {
     commit_heard: AtomicU64,
     /// The log's name, for refusals that name the partition.
     log_name: String,
+    /// This node is the partition's preferred replica (the first of its replica list) and
+    /// the partition has other replicas.
+    preferred: bool,
     /// The other voters and what this replica, while it leads, knows of each. Atomics
     /// stored after every step, read by metrics scrapes and status requests, so neither side
     /// takes a lock.
@@ -257,6 +260,12 @@ impl PartitionShared {
             .filter(|follower| follower.lagging.load(Ordering::Relaxed))
             .map(|follower| follower.node)
             .collect()
+    }
+
+    /// Whether this node is the partition's preferred replica (the first of its replica
+    /// list, which placement balances across nodes) and the partition has other replicas.
+    pub fn preferred(&self) -> bool {
+        self.preferred
     }
 
     /// The other voters of this partition.
@@ -311,6 +320,10 @@ pub struct PartitionSpec<S: LogStore> {
     /// `replica.lag_time_max_ms`: a follower that has not caught up for this long is out of
     /// sync (under-replicated), as Kafka's `replica.lag.time.max.ms`.
     pub lag_time_max_ms: u64,
+    /// `replica.leader_rebalance_ms`: a leader that is not the preferred replica resigns
+    /// after leading this long, once the preferred replica is caught up (0: never). See
+    /// [`PartitionActor::resignation_due`].
+    pub leader_rebalance_ms: u64,
     pub mailbox_max: usize,
     pub retention: RetentionPolicy,
     pub retention_check_ms: u64,
@@ -514,6 +527,7 @@ impl<S: LogStore> PartitionHandle<S> {
             queued: AtomicUsize::new(0),
             commit_heard: AtomicU64::new(0),
             log_name: spec.log_name.clone(),
+            preferred,
             followers: spec
                 .voters
                 .iter()
@@ -570,6 +584,8 @@ impl<S: LogStore> PartitionHandle<S> {
                 committed_while_failed: None,
                 follower_sync: vec![None; voters_other],
                 lag_time_max_ms: spec.lag_time_max_ms,
+                leader_rebalance_ms: spec.leader_rebalance_ms,
+                leading_since: None,
             };
             if corrupted.is_some() {
                 // Nothing runs: no tick, no vote, no reply but the refusal.
@@ -736,6 +752,10 @@ pub struct PartitionActor<S: LogStore> {
     follower_sync: Vec<Option<(Offset, Millis)>>,
     /// `replica.lag_time_max_ms`: out of sync after this long without catching up.
     lag_time_max_ms: u64,
+    /// `replica.leader_rebalance_ms` (0: off); see [`PartitionActor::resignation_due`].
+    leader_rebalance_ms: u64,
+    /// While this replica leads: the epoch it leads and when it was first seen leading it.
+    leading_since: Option<(Epoch, Millis)>,
 }
 
 /// How often an inert replica checks whether its storage works again (a full disk freed).
@@ -811,8 +831,63 @@ impl<S: LogStore> PartitionActor<S> {
             if let Some(failure) = self.execute(ctx, effects) {
                 self.follow_ups.push_back(failure);
             }
+            if self.follow_ups.is_empty() {
+                if let Some(hold_ms) = self.resignation_due() {
+                    tracing::info!(partition = %self.log_name, preferred = ?self.voters.first(), "leadership handed back to the preferred replica");
+                    crate::metrics::node().leader_resignations.inc();
+                    self.follow_ups.push_back(Input::Resign { hold_ms });
+                }
+            }
         }
         self.arm_tick(ctx);
+    }
+
+    /// Preferred-leader rebalancing (Kafka's `auto.leader.rebalance`): whether this leader,
+    /// which is not its partition's preferred replica, should resign now, and for how long it
+    /// then holds its own candidacy. It resigns once it has led for `leader_rebalance_ms` and
+    /// the preferred replica is caught up: its log is known to equal ours up to our log end,
+    /// which is also our high watermark (nothing is pending, so its log is as long as any and
+    /// its candidacy is granted by rule 5.2(c)), it is in sync, and it answered one of our
+    /// messages within the last `lease_ms` (its node is up now, not merely within
+    /// `lag_time_max_ms`). The hold (`lease_ms + 2 * election_timeout_ms`) leaves the
+    /// election to the preferred replica, which gossip's leadership hints bring forward to
+    /// the end of its grant (see `Broker::apply_cluster_change`).
+    ///
+    /// Safe whenever it fires: resigning is the step-down of a lapsed lease, and the
+    /// followers' grants bind them until they expire as always. Checked after every step
+    /// (a leader steps at least once per heartbeat, when the answers come back).
+    fn resignation_due(&self) -> Option<u64> {
+        // `leading_since` first: it is `None` on every follower, the common case.
+        let (epoch, since) = self.leading_since?;
+        if self.leader_rebalance_ms == 0 || self.storage_failed || self.voters.len() < 2 {
+            return None;
+        }
+        let preferred = *self.voters.first()?;
+        if preferred == self.node {
+            return None;
+        }
+        let status = self.replica.status();
+        if status.role != Role::Leader || status.log_end != status.high_watermark {
+            return None;
+        }
+        let now = self.clock.now();
+        if epoch != status.epoch || now.since(since) < self.leader_rebalance_ms {
+            return None;
+        }
+        let (_, matched, answered) = self
+            .replica
+            .follower_progress()
+            .find(|(peer, _, _)| *peer == preferred)?;
+        let recently =
+            answered.is_some_and(|sent_at| now.since(sent_at) <= self.replica_config.lease_ms);
+        let in_sync = self.shared.followers.iter().any(|follower| {
+            follower.node == preferred && !follower.lagging.load(Ordering::Relaxed)
+        });
+        if matched != status.log_end || !recently || !in_sync {
+            return None;
+        }
+        let config = &self.replica_config;
+        Some(config.lease_ms + 2 * config.election_timeout_ms)
     }
 
     /// Retries a failed store: a flush that succeeds makes everything the log holds durable
@@ -1139,6 +1214,11 @@ impl<S: LogStore> PartitionActor<S> {
         let leading = status.role == Role::Leader;
         let log_end = status.log_end;
         let now = self.clock.now();
+        self.leading_since = match self.leading_since {
+            Some((epoch, since)) if leading && epoch == status.epoch => Some((epoch, since)),
+            _ if leading => Some((status.epoch, now)),
+            _ => None,
+        };
         for (index, follower) in self.shared.followers.iter().enumerate() {
             let progress = self
                 .replica
@@ -1565,6 +1645,7 @@ mod tests {
             replica_config: cairn_replica::Config::for_tests(),
             tick_ms: 5,
             lag_time_max_ms: 1_000,
+            leader_rebalance_ms: 0,
             mailbox_max,
             retention: RetentionPolicy::default(),
             retention_check_ms: 1000,

@@ -7,7 +7,10 @@
 //! - SIGSTOP of the leader past its lease, then SIGCONT (a deposed leader acknowledges nothing);
 //! - SIGKILL of two of three nodes (no quorum: typed refusals, nothing acknowledged), then one
 //!   restart (writes resume);
-//! - SIGKILL of every node at once, then a restart of all (every acknowledged record survives).
+//! - SIGKILL of every node at once, then a restart of all (every acknowledged record survives);
+//! - SIGKILL of a preferred leader, then a restart: leadership returns to each partition's
+//!   preferred replica (`replica.leader_rebalance_ms`) while an idempotent producer loses and
+//!   duplicates nothing.
 //!
 //! The tests run one at a time (each starts three nodes on a small machine) and each is
 //! bounded in time; dropping a cluster kills its processes.
@@ -853,6 +856,16 @@ fn restarting_every_node_at_once_keeps_every_acknowledged_record() {
 /// Committed records of `topic`/0 through the client consumer, from the start until one at
 /// or past `through` arrived (plus whatever a last short poll brings).
 async fn read_all(bootstrap: &str, topic: &str, through: Offset) -> Vec<(Offset, Vec<u8>)> {
+    read_partition(bootstrap, topic, 0, through).await
+}
+
+/// Committed records of `topic`/`partition`, as [`read_all`] reads partition 0.
+async fn read_partition(
+    bootstrap: &str,
+    topic: &str,
+    partition: u32,
+    through: Offset,
+) -> Vec<(Offset, Vec<u8>)> {
     let mut consumer = Consumer::new(
         client_config(bootstrap),
         ConsumerConfig {
@@ -862,7 +875,7 @@ async fn read_all(bootstrap: &str, topic: &str, through: Offset) -> Vec<(Offset,
         },
     )
     .unwrap();
-    consumer.assign(&[(topic, 0)]).await.unwrap();
+    consumer.assign(&[(topic, partition)]).await.unwrap();
     let mut records: Vec<(Offset, Vec<u8>)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while records.last().is_none_or(|(offset, _)| *offset < through) {
@@ -980,4 +993,234 @@ fn a_node_started_later_joins_with_seeds_learns_metadata_and_gets_replicas() {
         seen.sort();
         assert_eq!(seen, vec!["j0", "j1", "j2", "j3"]);
     });
+}
+
+/// Every partition of `topic` and its leader, as `node_id` reports them (its own replicas'
+/// view), with each partition's preferred replica (the first of its replica list).
+fn leaders_seen_by(
+    cluster: &TestCluster,
+    node_id: u32,
+    topic: &str,
+) -> Vec<(u32, Option<NodeId>, NodeId)> {
+    let mut wire = cluster.node(node_id).wire();
+    wire.cluster_status(false)
+        .partitions
+        .iter()
+        .filter(|partition| partition.topic == topic)
+        .map(|partition| (partition.partition, partition.leader, partition.replicas[0]))
+        .collect()
+}
+
+/// Whether every running node sees each of the `partitions` partitions of `topic` led by its
+/// preferred replica, and so each of the three nodes leading one.
+fn led_by_preferred_replicas(cluster: &mut TestCluster, topic: &str, partitions: usize) -> bool {
+    (1..=3).all(|node_id| {
+        if !cluster.node_mut(node_id).is_running() {
+            return true;
+        }
+        let seen = leaders_seen_by(cluster, node_id, topic);
+        let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for (_, leader, _) in &seen {
+            if let Some(leader) = leader {
+                *per_node.entry(*leader).or_default() += 1;
+            }
+        }
+        seen.len() == partitions
+            && seen
+                .iter()
+                .all(|(_, leader, preferred)| *leader == Some(*preferred))
+            && per_node.len() == 3
+            && per_node.values().all(|count| *count == 1)
+    })
+}
+
+/// Sends `prefix-000000`, `prefix-000001`, ... round-robin over `partitions` partitions, one
+/// at a time, until `stop`; returns the acknowledged (partition, offset, value) and failures.
+async fn produce_over_partitions_until(
+    producer: Producer,
+    topic: &'static str,
+    partitions: u32,
+    stop: Arc<AtomicBool>,
+) -> (Vec<(u32, Offset, Vec<u8>)>, Vec<(Vec<u8>, ClientError)>) {
+    let mut acked = Vec::new();
+    let mut failed = Vec::new();
+    let mut index = 0u32;
+    while !stop.load(Ordering::Acquire) {
+        let partition = index % partitions;
+        let value = format!("r-{index:06}").into_bytes();
+        index += 1;
+        let sent = producer
+            .send_to(topic, partition, Record::new(value.clone()))
+            .await;
+        let outcome = match sent {
+            Ok(delivery) => delivery.await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(metadata) => acked.push((
+                partition,
+                metadata.offset.expect("acks=all reports the offset"),
+                value,
+            )),
+            Err(error) => failed.push((value, error)),
+        }
+    }
+    (acked, failed)
+}
+
+#[test]
+fn leadership_returns_to_the_preferred_replicas_once_a_failed_node_is_back() {
+    run(async {
+        let mut cluster = blocking(|| {
+            Guarded(TestCluster::start(
+                3,
+                &["--set", "replica.leader_rebalance_ms=500"],
+            ))
+        });
+        let bootstrap = cluster.bootstrap();
+        let topic = "homing";
+        create_topic(&bootstrap, topic, 3).await;
+        // Placement gives each node one preferred leadership, and the leaders start there
+        // (or go there within a rebalance).
+        let balanced = eventually(Duration::from_secs(30), || {
+            led_by_preferred_replicas(&mut cluster, topic, 3)
+        });
+        assert!(
+            balanced,
+            "the first leaders are not the preferred replicas: {:?}",
+            leaders_seen_by(&cluster, 1, topic)
+        );
+
+        let producer = Producer::new(client_config(&bootstrap), producer_config(30_000))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = tokio::spawn(produce_over_partitions_until(
+            producer,
+            topic,
+            3,
+            Arc::clone(&stop),
+        ));
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+        // Kill the preferred leader of partition 0; the others take its partition over.
+        let (_, _, victim) = leaders_seen_by(&cluster, 1, topic)[0];
+        let victim = victim.0;
+        let survivors: Vec<u32> = (1..=3).filter(|node| *node != victim).collect();
+        let survivor = survivors[0];
+        let resignations_before = resignations(&cluster, &survivors);
+        blocking(|| cluster.node_mut(victim).kill());
+        let taken_over = eventually(Duration::from_secs(20), || {
+            let seen = leaders_seen_by(&cluster, survivor, topic);
+            seen.len() == 3
+                && seen
+                    .iter()
+                    .all(|(_, leader, _)| leader.is_some_and(|leader| leader.0 != victim))
+        });
+        assert!(
+            taken_over,
+            "node {victim}'s partition was not taken over: {:?}",
+            leaders_seen_by(&cluster, survivor, topic)
+        );
+        // Long enough that the new leader would hand back at once if it could.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(
+            leaders_seen_by(&cluster, survivor, topic)
+                .iter()
+                .all(|(_, leader, _)| leader.is_some_and(|leader| leader.0 != victim)),
+            "a leader resigned for a dead preferred replica"
+        );
+
+        // Back: once it has caught up, its partition is handed back to it.
+        blocking(|| cluster.node_mut(victim).restart());
+        let restored_at = Instant::now();
+        let homed = eventually(Duration::from_secs(30), || {
+            led_by_preferred_replicas(&mut cluster, topic, 3)
+        });
+        assert!(
+            homed,
+            "leadership did not return to the preferred replicas: {:?}",
+            (1..=3)
+                .map(|node| leaders_seen_by(&cluster, node, topic))
+                .collect::<Vec<_>>()
+        );
+        eprintln!(
+            "rebalance: every partition led by its preferred replica {} ms after the restart",
+            restored_at.elapsed().as_millis()
+        );
+        assert!(
+            resignations(&cluster, &survivors) > resignations_before,
+            "the hand-back is counted in cairn_leader_resignations_total"
+        );
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        stop.store(true, Ordering::Release);
+        let (acked, failed) = running.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "the producer rode through the failure and the hand-back: {failed:?}"
+        );
+        // Every acknowledged record is where it was acknowledged, and nothing is stored twice.
+        let mut stored: HashMap<Vec<u8>, usize> = HashMap::new();
+        for partition in 0..3 {
+            let mine: Vec<&(u32, Offset, Vec<u8>)> = acked
+                .iter()
+                .filter(|(written_to, _, _)| *written_to == partition)
+                .collect();
+            assert!(!mine.is_empty(), "partition {partition} got writes");
+            let through = mine.iter().map(|(_, offset, _)| *offset).max().unwrap();
+            let log = read_partition(&bootstrap, topic, partition, through).await;
+            let by_offset: BTreeMap<Offset, &Vec<u8>> =
+                log.iter().map(|(offset, value)| (*offset, value)).collect();
+            for (_, offset, value) in &mine {
+                assert_eq!(
+                    by_offset.get(offset).map(|stored| stored.as_slice()),
+                    Some(value.as_slice()),
+                    "acknowledged {:?} at {partition}/{offset} is not there",
+                    String::from_utf8_lossy(value)
+                );
+            }
+            for (_, value) in log {
+                *stored.entry(value).or_default() += 1;
+            }
+        }
+        let twice: Vec<_> = stored
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .map(|(value, count)| (String::from_utf8_lossy(value), *count))
+            .collect();
+        assert!(twice.is_empty(), "records stored more than once: {twice:?}");
+        eprintln!(
+            "rebalance: {} records acknowledged, none lost or duplicated",
+            acked.len()
+        );
+    });
+}
+
+/// `cairn_leader_resignations_total` summed over the `nodes`' /metrics.
+fn resignations(cluster: &TestCluster, nodes: &[u32]) -> u64 {
+    nodes
+        .iter()
+        .map(|node| {
+            let metrics = http_get(cluster.node(*node).http_address(), "/metrics");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix("cairn_leader_resignations_total "))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("node {node} serves no resignation count: {metrics}"))
+        })
+        .sum()
+}
+
+/// The whole response to a GET of `path` (headers and body), read until the server closes.
+fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
 }

@@ -117,6 +117,8 @@ struct Leadership {
 #[derive(Debug, Clone)]
 enum StepDown {
     LeaseLapsed,
+    /// [`Input::Resign`]: a lapsed lease, by choice.
+    Resigned,
     HigherEpoch,
     Storage(String),
 }
@@ -161,6 +163,9 @@ pub struct Replica {
     /// A grant decided but waiting for its promise to be durable before it is sent.
     pending_grant: Option<(NodeId, Epoch)>,
     election_deadline: Millis,
+    /// After [`Input::Resign`]: no candidacy of ours before this instant, whatever a hint
+    /// says, so that the replica we resigned for can win. Liveness only.
+    resigned_until: Millis,
     elections_started: u64,
     /// Mixed into the election jitter (see [`Replica::set_jitter_salt`]).
     jitter_salt: u64,
@@ -290,6 +295,7 @@ impl Replica {
             granted_until: now.plus(config.lease_ms),
             pending_grant: None,
             election_deadline: now,
+            resigned_until: Millis(0),
             elections_started: 0,
             jitter_salt: 0,
             probe: None,
@@ -336,6 +342,7 @@ impl Replica {
                 }
             }
             Input::LeaderSuspected => self.on_leader_suspected(now),
+            Input::Resign { hold_ms } => self.on_resign(now, hold_ms, &mut effects),
             Input::StorageFailed { reason } => self.on_storage_failed(now, reason, &mut effects),
             Input::PeerRead { to, from, batches } => {
                 self.on_peer_read(now, to, from, batches, &mut effects)
@@ -459,7 +466,11 @@ impl Replica {
         if self.pending_grant.is_some() {
             return None;
         }
-        Some(self.election_deadline.max(self.granted_until))
+        Some(
+            self.election_deadline
+                .max(self.granted_until)
+                .max(self.resigned_until),
+        )
     }
 
     /// Varies this replica's election jitter with `salt` (a runtime passes one per
@@ -719,6 +730,7 @@ impl Replica {
             && self.repair_until.is_none()
             && now >= self.election_deadline
             && now >= self.granted_until
+            && now >= self.resigned_until
             && self.pending_grant.is_none()
         {
             self.start_probe(now, effects);
@@ -818,9 +830,23 @@ impl Replica {
         // A hint may only bring the candidacy forward to when our own grant expires: it
         // never bypasses 5.2(b), which `on_tick` checks anyway.
         if self.role != Role::Leader {
-            let earliest = self.granted_until.max(now);
+            let earliest = self.granted_until.max(now).max(self.resigned_until);
             self.election_deadline = self.election_deadline.min(earliest);
         }
+    }
+
+    /// Steps down as if the lease had lapsed, then holds our own candidacy until
+    /// `now + hold_ms` (see [`Input::Resign`]). Nothing of the lease rules changes: we keep
+    /// refusing grants until `granted_until` (kept `lease_ms` ahead while we led), and every
+    /// follower keeps the grant it gave us until it expires on its own clock, so the next
+    /// leader is elected only after that, as after any step-down.
+    fn on_resign(&mut self, now: Millis, hold_ms: u64, effects: &mut Vec<Effect>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        self.step_down(now, StepDown::Resigned, None, effects);
+        self.resigned_until = now.plus(hold_ms);
+        self.election_deadline = self.election_deadline.max(self.resigned_until);
     }
 
     // ----- elections -----
@@ -1061,9 +1087,11 @@ impl Replica {
                     StepDown::Storage(reason) => ApiError::Storage {
                         reason: reason.clone(),
                     },
-                    StepDown::LeaseLapsed | StepDown::HigherEpoch => ApiError::Timeout {
-                        waited_ms: now.since(reply.received_at),
-                    },
+                    StepDown::LeaseLapsed | StepDown::Resigned | StepDown::HigherEpoch => {
+                        ApiError::Timeout {
+                            waited_ms: now.since(reply.received_at),
+                        }
+                    }
                 };
                 effects.push(Effect::Reply {
                     request: reply.request,

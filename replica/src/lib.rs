@@ -264,6 +264,13 @@ pub enum Input {
     Peer { from: NodeId, message: PeerMessage },
     /// Gossip says the node that leads is gone. A hint only (DESIGN 5.8).
     LeaderSuspected,
+    /// The runtime wants another replica to lead (preferred-leader rebalancing): a leader
+    /// steps down exactly as when its lease lapses (pending produce requests are answered
+    /// with the indeterminate `Timeout`; the followers keep the grants they gave until those
+    /// expire), then stands for no election before `now + hold_ms`, so that the replica it
+    /// resigned for can win. Ignored by a follower or candidate. Liveness only: no safety
+    /// rule depends on when, or whether, a leader resigns.
+    Resign { hold_ms: u64 },
     /// Storage failed; the replica stops acknowledging and steps down.
     StorageFailed { reason: String },
     /// The answer to [`Effect::ReadForPeer`]: the batches read (possibly none), in order.

@@ -1747,3 +1747,176 @@ fn the_leader_reports_what_each_follower_matches_and_a_follower_reports_nothing(
     );
     assert_eq!(follower3().follower_matched().count(), 0);
 }
+
+/// Preferred-leader rebalancing (`Input::Resign`): A leads epoch 1, its marker committed on
+/// B, and one acks=all batch [1, 2) pending.
+fn leader3_with_pending_batch() -> Replica {
+    let mut leader = leader3();
+    let now = Millis(1_000);
+    leader.step(
+        now,
+        Input::Produce {
+            request: RequestId(1),
+            batch: batch(&["x"]),
+            acks: Acks::All,
+        },
+    );
+    leader.step(now, Input::Durable { log_end: Offset(1) });
+    leader.step(now, Input::Durable { log_end: Offset(2) });
+    assert_eq!(
+        leader.step(Millis(1_005), peer(B, ok_response(1, 1_000, 1, 1))),
+        vec![Effect::HighWatermark { offset: Offset(1) }]
+    );
+    leader
+}
+
+#[test]
+fn a_resigned_leader_answers_pending_requests_indeterminate_and_acknowledges_nothing_after() {
+    let mut leader = leader3_with_pending_batch();
+    assert!(leader.lease_valid(Millis(1_010)));
+    assert_eq!(
+        leader.step(Millis(1_010), Input::Resign { hold_ms: 1_000 }),
+        vec![
+            role(Role::Follower, 1, None),
+            Effect::Reply {
+                request: RequestId(1),
+                result: Err(ApiError::Timeout { waited_ms: 10 })
+            },
+        ]
+    );
+    // Its lease is no longer trusted, though the grants behind it still run.
+    assert!(!leader.lease_valid(Millis(1_010)));
+    // B's answer that would have committed the batch moves nothing now.
+    let before = leader.status();
+    assert_eq!(
+        leader.step(Millis(1_020), peer(B, ok_response(1, 1_000, 2, 2))),
+        vec![]
+    );
+    assert_eq!(leader.status(), before);
+    assert_eq!(leader.status().high_watermark, Offset(1));
+    // New produce is refused before anything is appended; no heartbeat goes out.
+    assert_eq!(
+        leader.step(
+            Millis(1_020),
+            Input::Produce {
+                request: RequestId(2),
+                batch: batch(&["y"]),
+                acks: Acks::All
+            }
+        ),
+        vec![Effect::Reply {
+            request: RequestId(2),
+            result: Err(ApiError::NotLeader {
+                leader_hint: None,
+                epoch: Epoch(1)
+            }),
+        }]
+    );
+    assert_eq!(leader.step(Millis(1_050), Input::Tick), vec![]);
+}
+
+#[test]
+fn resign_is_ignored_by_followers_and_candidates() {
+    let mut follower = follower3();
+    let before = follower.status();
+    let tick_at = follower.next_tick_at();
+    assert_eq!(
+        follower.step(Millis(1_010), Input::Resign { hold_ms: 5_000 }),
+        vec![]
+    );
+    assert_eq!(follower.status(), before);
+    assert_eq!(follower.next_tick_at(), tick_at);
+    // A candidate (its promise not yet durable) carries on with its candidacy.
+    let mut candidate = replica(A, empty());
+    let probe_at = candidate.next_tick_at().unwrap();
+    assert_sends_a_probe(&candidate.step(probe_at, Input::Tick));
+    candidate.step(
+        probe_at,
+        peer(
+            B,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(1),
+                granted: true,
+                promised_epoch: Epoch(0),
+            },
+        ),
+    );
+    assert_eq!(candidate.status().role, Role::Candidate);
+    let before = candidate.status();
+    assert_eq!(
+        candidate.step(probe_at, Input::Resign { hold_ms: 5_000 }),
+        vec![]
+    );
+    assert_eq!(candidate.status(), before);
+    assert_eq!(
+        candidate.step(probe_at, Input::PromisePersisted { epoch: Epoch(1) }),
+        vec![]
+    );
+}
+
+#[test]
+fn a_resigned_leader_stands_for_no_election_before_its_hold_ends_whatever_a_hint_says() {
+    let mut leader = leader3_with_pending_batch();
+    leader.step(Millis(1_010), Input::Resign { hold_ms: 1_000 });
+    assert_eq!(leader.next_tick_at(), Some(Millis(2_010)));
+    // A leadership hint may not bring the candidacy before the hold either.
+    leader.step(Millis(1_100), Input::LeaderSuspected);
+    assert_eq!(leader.next_tick_at(), Some(Millis(2_010)));
+    assert_eq!(leader.step(Millis(2_009), Input::Tick), vec![]);
+    assert_sends_a_probe(&leader.step(Millis(2_010), Input::Tick));
+}
+
+#[test]
+fn after_a_resignation_another_replica_is_elected_only_once_the_grants_expire() {
+    let mut leader = leader3();
+    let mut follower = follower3();
+    // B flushes the marker and answers; A commits it, then resigns at 1010.
+    let answered = follower.step(Millis(1_000), Input::Durable { log_end: Offset(1) });
+    assert_eq!(answered, vec![send(A, ok_response(1, 7, 1, 1))]);
+    leader.step(Millis(1_000), Input::Durable { log_end: Offset(1) });
+    leader.step(Millis(1_005), peer(B, ok_response(1, 1_000, 1, 1)));
+    assert_eq!(leader.status().high_watermark, Offset(1));
+    leader.step(Millis(1_010), Input::Resign { hold_ms: 1_000 });
+    // B hears (by gossip) that A no longer leads: a hint, which may not bring its candidacy
+    // before its grant to A (renewed at 1000) expires at 1200.
+    follower.step(Millis(1_020), Input::LeaderSuspected);
+    assert_eq!(follower.next_tick_at(), Some(Millis(1_200)));
+    assert_eq!(follower.step(Millis(1_199), Input::Tick), vec![]);
+    let probe = PeerMessage::LeaseProbe {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(1),
+    };
+    assert_eq!(
+        follower.step(Millis(1_200), Input::Tick),
+        vec![send(A, probe.clone()), send(C, probe.clone())]
+    );
+    // A kept refusing grants lease_ms past its last instant as leader (1010 + 200).
+    let answer = |granted: bool| {
+        send(
+            B,
+            PeerMessage::LeaseProbeResponse {
+                epoch: Epoch(2),
+                granted,
+                promised_epoch: Epoch(1),
+            },
+        )
+    };
+    assert_eq!(
+        leader.step(Millis(1_209), peer(B, probe.clone())),
+        vec![answer(false)]
+    );
+    assert_eq!(
+        leader.step(Millis(1_210), peer(B, probe)),
+        vec![answer(true)]
+    );
+    let request = PeerMessage::LeaseRequest {
+        epoch: Epoch(2),
+        last_log_epoch: Epoch(1),
+        log_end: Offset(1),
+    };
+    assert_eq!(
+        leader.step(Millis(1_210), peer(B, request)),
+        vec![Effect::PersistPromise { epoch: Epoch(2) }]
+    );
+}
