@@ -248,6 +248,32 @@ fn bad_requests_get_the_kafka_error_codes_clients_act_on() {
         listed.brokers[0].port,
         i32::from(node.kafka_address().port())
     );
+    // By id (version 12): the id decides, whatever the name beside it (the Java client sends
+    // the empty name); an unknown id is UNKNOWN_TOPIC_ID with that id.
+    let unknown_id = uuid::Uuid::from_u128(7);
+    let by_id = wire.call::<_, MetadataResponse>(
+        ApiKey::Metadata,
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default()
+                .with_name(Some(name("")))
+                .with_topic_id(id),
+            MetadataRequestTopic::default()
+                .with_name(None)
+                .with_topic_id(id),
+            MetadataRequestTopic::default()
+                .with_name(Some(name("")))
+                .with_topic_id(unknown_id),
+        ])),
+    );
+    for topic in &by_id.topics[..2] {
+        assert_eq!(topic.error_code, 0);
+        assert_eq!(topic.name, Some(name("events")));
+        assert_eq!(topic.topic_id, id);
+        assert_eq!(topic.partitions.len(), 2);
+    }
+    assert_eq!(by_id.topics[2].error_code, 100, "UNKNOWN_TOPIC_ID");
+    assert_eq!(by_id.topics[2].topic_id, unknown_id);
     // Version 0 names no topic to mean every topic.
     let all = metadata(&mut wire, 0, Some(&[]));
     assert!(all

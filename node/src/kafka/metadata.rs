@@ -93,9 +93,11 @@ pub async fn handle<S: LogStore>(
             .topics
             .unwrap_or_default()
             .into_iter()
+            // A topic with an id is looked up by id, whatever its name: the Java client sends
+            // the empty name beside the id (as Kafka's broker, an id wins over a name).
             .map(|topic| match topic.name {
-                Some(name) => Wanted::Name(name.0.to_string()),
-                None => Wanted::Id(topic.topic_id),
+                Some(name) if topic.topic_id.is_nil() => Wanted::Name(name.0.to_string()),
+                _ => Wanted::Id(topic.topic_id),
             })
             .collect()
     };
