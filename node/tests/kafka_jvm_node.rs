@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
-use support::cairn_binary;
 use support::cluster::TestCluster;
+use support::create_topic_cli;
 
 /// How long one scenario may run before the test fails (each bounds its own waits below this).
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(300);
@@ -174,36 +174,6 @@ fn node(name: &str, args: &[&str]) -> Command {
     command
 }
 
-fn create_topic(bootstrap: &str, topic: &str, partitions: u32, replication_factor: u32) {
-    let status = Command::new(cairn_binary())
-        .args(["topic", "create", topic])
-        .args(["--partitions", &partitions.to_string()])
-        .args(["--replication-factor", &replication_factor.to_string()])
-        .args(["--bootstrap", bootstrap])
-        .stdout(Stdio::null())
-        .status()
-        .expect("the cairn CLI runs");
-    assert!(status.success(), "topic create {topic}");
-}
-
-fn kafka_bootstrap(cluster: &TestCluster) -> String {
-    cluster
-        .nodes
-        .iter()
-        .map(|node| node.kafka_address().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn node_pids(cluster: &TestCluster) -> String {
-    cluster
-        .nodes
-        .iter()
-        .map(|node| format!("{}={}", node.node_id, node.pid()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
@@ -215,7 +185,7 @@ fn java_admin_creates_describes_alters_grows_and_deletes_with_kafkas_exceptions(
     let lib = require_java();
     let _turn = one_at_a_time();
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
     run_scenario(
         "AdminScenario.java",
         java(&lib, "AdminScenario.java", &[&bootstrap, "3"]),
@@ -228,9 +198,9 @@ fn java_idempotent_producer_survives_a_killed_leader_exactly_once() {
     let lib = require_java();
     let _turn = one_at_a_time();
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
-    create_topic(&cluster.bootstrap(), "java-failover", 3, 3);
-    let pids = node_pids(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
+    create_topic_cli(&cluster.bootstrap(), "java-failover", 3, 3);
+    let pids = cluster.node_pids();
     run_scenario(
         "IdempotentFailover.java",
         java(
@@ -247,7 +217,7 @@ fn kafkajs_admin_creates_describes_alters_grows_and_deletes() {
     require_kafkajs();
     let _turn = one_at_a_time();
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
     run_scenario("admin.js", node("admin.js", &[&bootstrap, "3"]), || {
         cluster.logs()
     });
@@ -258,7 +228,7 @@ fn java_consumer_group_splits_partitions_commits_and_resumes() {
     let lib = require_java();
     let _turn = one_at_a_time();
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
     run_scenario(
         "GroupScenario.java",
         java(&lib, "GroupScenario.java", &[&bootstrap, "java-group"]),
@@ -271,7 +241,7 @@ fn kafkajs_idempotent_producer_and_consumer_group_split_commit_and_resume() {
     require_kafkajs();
     let _turn = one_at_a_time();
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
     run_scenario(
         "producer_group.js",
         node("producer_group.js", &[&bootstrap, "js-group"]),

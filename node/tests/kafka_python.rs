@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use support::cluster::TestCluster;
-use support::{cairn_binary, TestNode};
+use support::{create_topic_cli, TestNode};
 
 /// How long one script may run before the test fails (each bounds its own waits below this).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -91,32 +91,11 @@ fn run_script(name: &str, args: &[&str], logs: impl FnOnce() -> String) -> Outpu
     output
 }
 
-fn create_topic(bootstrap: &str, topic: &str, partitions: u32, replication_factor: u32) {
-    let status = Command::new(cairn_binary())
-        .args(["topic", "create", topic])
-        .args(["--partitions", &partitions.to_string()])
-        .args(["--replication-factor", &replication_factor.to_string()])
-        .args(["--bootstrap", bootstrap])
-        .stdout(Stdio::null())
-        .status()
-        .expect("the cairn CLI runs");
-    assert!(status.success(), "topic create {topic}");
-}
-
-fn kafka_bootstrap(cluster: &TestCluster) -> String {
-    cluster
-        .nodes
-        .iter()
-        .map(|node| node.kafka_address().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[test]
 fn confluent_kafka_admin_client_creates_describes_alters_and_deletes() {
     require("confluent_kafka", "confluent-kafka==2.16.1");
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
     run_script("admin.py", &[&bootstrap, "3"], || cluster.logs());
 }
 
@@ -124,14 +103,9 @@ fn confluent_kafka_admin_client_creates_describes_alters_and_deletes() {
 fn confluent_kafka_idempotent_producer_survives_a_killed_leader_exactly_once() {
     require("confluent_kafka", "confluent-kafka==2.16.1");
     let cluster = TestCluster::start(3, &[]);
-    let bootstrap = kafka_bootstrap(&cluster);
-    create_topic(&cluster.bootstrap(), "py-failover", 3, 3);
-    let pids = cluster
-        .nodes
-        .iter()
-        .map(|node| format!("{}={}", node.node_id, node.pid()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let bootstrap = cluster.kafka_bootstrap();
+    create_topic_cli(&cluster.bootstrap(), "py-failover", 3, 3);
+    let pids = cluster.node_pids();
     run_script(
         "idempotent_failover.py",
         &[&bootstrap, "py-failover", &pids],
@@ -144,7 +118,7 @@ fn kafka_python_detects_a_modern_broker_and_round_trips_keys_and_headers() {
     require("kafka", "kafka-python==3.0.12");
     let node = TestNode::start();
     let bootstrap = node.kafka_address().to_string();
-    create_topic(&node.address().to_string(), "py-round-trip", 3, 1);
+    create_topic_cli(&node.address().to_string(), "py-round-trip", 3, 1);
     run_script(
         "kafka_python_round_trip.py",
         &[&bootstrap, "py-round-trip", "3"],
@@ -282,10 +256,10 @@ fn three_members_join_and_leave(protocol: &str) {
     require("confluent_kafka", "confluent-kafka==2.16.1");
     let cluster = TestCluster::start(3, &[]);
     let logs = || cluster.logs();
-    let bootstrap = kafka_bootstrap(&cluster);
+    let bootstrap = cluster.kafka_bootstrap();
     let topic = format!("py-group-{protocol}");
     let group = format!("billing-{protocol}");
-    create_topic(&cluster.bootstrap(), &topic, 6, 3);
+    create_topic_cli(&cluster.bootstrap(), &topic, 6, 3);
     let dir = tempfile::tempdir().expect("a temporary directory");
     const RECORDS: usize = 3000;
 

@@ -134,6 +134,24 @@ impl TestCluster {
     }
 
     /// `host:port,...` of every node, for `--bootstrap` and client configs.
+    /// Every node's Kafka listener, `host:port,...`: a Kafka client's bootstrap servers.
+    pub fn kafka_bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| node.kafka_address().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `id=pid,...` of every node, for client scripts that kill a partition's leader.
+    pub fn node_pids(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("{}={}", node.node_id, node.pid()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn bootstrap(&self) -> String {
         self.nodes
             .iter()

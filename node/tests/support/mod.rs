@@ -637,3 +637,16 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write a test file");
     path
 }
+
+/// Creates a topic through the `cairn` CLI against the Cairn listener at `bootstrap`.
+pub fn create_topic_cli(bootstrap: &str, topic: &str, partitions: u32, replication_factor: u32) {
+    let status = std::process::Command::new(cairn_binary())
+        .args(["topic", "create", topic])
+        .args(["--partitions", &partitions.to_string()])
+        .args(["--replication-factor", &replication_factor.to_string()])
+        .args(["--bootstrap", bootstrap])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("the cairn CLI runs");
+    assert!(status.success(), "topic create {topic}");
+}
