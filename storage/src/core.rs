@@ -642,7 +642,9 @@ impl LogState {
                     return Ok(false);
                 }
             };
-            if batch.header().max_timestamp_ms < timestamp_ms {
+            // A leader's epoch marker holds no record a consumer sees (its timestamp is its
+            // leader's clock, or 0): a lookup answers the first record a consumer reads.
+            if batch.header().max_timestamp_ms < timestamp_ms || batch.header().is_control() {
                 return Ok(true);
             }
             for record in batch.records() {

@@ -593,6 +593,27 @@ fn finds_offsets_by_timestamp<F: Fixture>() {
     assert_eq!(find(&log, T0_MS + 52, 100), Some((Offset(8), T0_MS + 60)));
 }
 
+fn timestamp_lookups_skip_epoch_markers<F: Fixture>() {
+    let fixture = F::new();
+    let mut log = fixture.store().open_log("p").unwrap();
+    let mark = |log: &mut <F::Store as LogStore>::Log, epoch: u64, timestamp_ms: i64| {
+        let marker =
+            RecordBatchBuilder::control_marker(timestamp_ms).stamped(log.log_end(), Epoch(epoch));
+        log.append(&marker).unwrap();
+    };
+    mark(&mut log, 1, 0); // 0: the first leader's marker, timestamp 0
+    append(&mut log, 3, 1, T0_MS); // 1..4
+    mark(&mut log, 2, T0_MS + 10); // 4: a later leader's marker
+    append(&mut log, 2, 2, T0_MS + 20); // 5..7
+    let find = |log: &<F::Store as LogStore>::Log, timestamp_ms: i64| {
+        log.offset_for_timestamp(timestamp_ms, Offset(100)).unwrap()
+    };
+    // Kafka's clients ask for timestamp 0 to find the first record: not the marker.
+    assert_eq!(find(&log, 0), Some((Offset(1), T0_MS)));
+    assert_eq!(find(&log, T0_MS + 5), Some((Offset(5), T0_MS + 20)));
+    assert_eq!(find(&log, T0_MS + 30), None);
+}
+
 fn removes_logs_and_lists_names<F: Fixture>() {
     let mut fixture = F::new();
     let store = fixture.store();
@@ -716,6 +737,10 @@ macro_rules! conformance {
             #[test]
             fn finds_offsets_by_timestamp() {
                 super::finds_offsets_by_timestamp::<$fixture>();
+            }
+            #[test]
+            fn timestamp_lookups_skip_epoch_markers() {
+                super::timestamp_lookups_skip_epoch_markers::<$fixture>();
             }
             #[test]
             fn removes_logs_and_lists_names() {
