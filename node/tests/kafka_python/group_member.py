@@ -1,6 +1,7 @@
 """One member of a consumer group (confluent-kafka), as an application runs it: it polls,
 records every message it processes, and commits each one synchronously before the next, so a
-partition handed to another member resumes right after the last record processed here.
+partition handed to another member resumes right after the last record committed here (a
+commit refused because a rebalance completed meanwhile is dropped: at-least-once).
 
 Usage: group_member.py BOOTSTRAP TOPIC GROUP PROTOCOL OUT STOP_FILE
   PROTOCOL  classic (JoinGroup/SyncGroup) or consumer (KIP-848)
@@ -57,6 +58,13 @@ def commit(message):
             return
         except KafkaException as error:
             code = error.args[0].code()
+            if code in (KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
+                        KafkaError.REBALANCE_IN_PROGRESS):
+                # A classic rebalance completed meanwhile: the partition may belong to another
+                # member now, which resumes from the last commit that counted (Kafka's
+                # at-least-once across rebalances).
+                print("commit lost to a rebalance:", error.args[0], flush=True)
+                return
             if code != KafkaError.STALE_MEMBER_EPOCH and not error.args[0].retriable():
                 raise
             # librdkafka's own thread heartbeats and learns the new epoch meanwhile.
