@@ -109,42 +109,8 @@ fn require_kafkajs() {
 
 /// Runs `command` bounded by [`SCENARIO_TIMEOUT`]; fails with its output and the nodes' logs
 /// unless it exits 0.
-fn run_scenario(name: &str, mut command: Command, logs: impl FnOnce() -> String) {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done.send(());
-        output
-    });
-    let timed_out = finished.recv_timeout(SCENARIO_TIMEOUT).is_err();
-    if timed_out {
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-    }
-    let output = waiter
-        .join()
-        .expect("the waiter")
-        .expect("the scenario ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !timed_out && output.status.success(),
-        "{name} {} ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- nodes\n{}",
-        if timed_out {
-            format!("did not finish within {SCENARIO_TIMEOUT:?}")
-        } else {
-            "failed".to_string()
-        },
-        output.status,
-        logs()
-    );
-    println!("{stdout}");
+fn run_scenario(name: &str, command: Command, logs: impl FnOnce() -> String) {
+    support::run_client_scenario(name, command, SCENARIO_TIMEOUT, logs);
 }
 
 /// `java` running the single-file source `name` of `node/tests/kafka_java/` with `args`.

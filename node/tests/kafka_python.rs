@@ -53,42 +53,9 @@ fn require(module: &str, package: &str) {
 /// Runs `name` with `args`, bounded by [`SCRIPT_TIMEOUT`]; fails with its output and the
 /// nodes' logs unless it exits 0.
 fn run_script(name: &str, args: &[&str], logs: impl FnOnce() -> String) -> Output {
-    let child = Command::new(python())
-        .arg("-u")
-        .arg(script(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done.send(());
-        output
-    });
-    let timed_out = finished.recv_timeout(SCRIPT_TIMEOUT).is_err();
-    if timed_out {
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-    }
-    let output = waiter.join().expect("the waiter").expect("python ran");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !timed_out && output.status.success(),
-        "{name} {} ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- nodes\n{}",
-        if timed_out {
-            format!("did not finish within {SCRIPT_TIMEOUT:?}")
-        } else {
-            "failed".to_string()
-        },
-        output.status,
-        logs()
-    );
-    println!("{stdout}");
-    output
+    let mut command = Command::new(python());
+    command.arg("-u").arg(script(name)).args(args);
+    support::run_client_scenario(name, command, SCRIPT_TIMEOUT, logs)
 }
 
 #[test]

@@ -650,3 +650,53 @@ pub fn create_topic_cli(bootstrap: &str, topic: &str, partitions: u32, replicati
         .expect("the cairn CLI runs");
     assert!(status.success(), "topic create {topic}");
 }
+
+/// Runs `command` (a client scenario) bounded by `timeout`, killing it when it overruns; fails
+/// with its output and `logs()` (the nodes') unless it exits 0. Returns its output.
+pub fn run_client_scenario(
+    name: &str,
+    mut command: std::process::Command,
+    timeout: Duration,
+    logs: impl FnOnce() -> String,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    let timed_out = finished.recv_timeout(timeout).is_err();
+    if timed_out {
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status();
+    }
+    let output = waiter
+        .join()
+        .expect("the waiter")
+        .expect("the scenario ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !timed_out && output.status.success(),
+        "{name} {} ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- nodes\n{}",
+        if timed_out {
+            format!("did not finish within {timeout:?}")
+        } else {
+            "failed".to_string()
+        },
+        output.status,
+        logs()
+    );
+    println!("{stdout}");
+    output
+}
