@@ -3,6 +3,7 @@
 //! the client allows it (Kafka's `auto.create.topics.enable`, off here by default).
 
 use super::errors::code;
+use super::forward;
 use super::ids::{broker_id, host_port, leader_epoch, topic_uuid};
 use super::Call;
 use crate::broker::{is_internal, Broker};
@@ -119,14 +120,18 @@ pub async fn handle<S: LogStore>(
                 unknown(name, ResponseError::UnknownTopicOrPartition.code())
             }
             (None, Wanted::Name(name)) if auto_create => {
-                let created = broker
-                    .create_topic(CreateTopicRequest {
+                // Decided by `__meta`'s leader, which may be another node (as Kafka's
+                // brokers forward auto-creation to the controller).
+                let created = forward::create_topic(
+                    broker,
+                    CreateTopicRequest {
                         name: name.clone(),
                         partitions: AUTO_CREATE_PARTITIONS,
                         replication_factor: None,
                         config: TopicConfig::default(),
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 let error = match created {
                     // Kafka answers a topic it just created as not yet led: clients ask again.
                     Ok(_) | Err(ApiError::TopicAlreadyExists { .. }) => {
