@@ -795,6 +795,12 @@ impl<S: LogStore> Broker<S> {
         brokers
     }
 
+    /// The address Kafka clients are told to reach this node at, when it runs a Kafka
+    /// listener.
+    pub fn kafka_advertised_address(&self) -> Option<&str> {
+        self.kafka_advertised_address.as_deref()
+    }
+
     /// The Kafka address of this node and of every node gossip says is alive and runs a
     /// Kafka listener, by node id: the brokers a Kafka Metadata answer lists.
     pub fn kafka_brokers(&self) -> Vec<(NodeId, String)> {

@@ -121,7 +121,7 @@ pub fn broker_entries<S: LogStore>(broker: &Broker<S>) -> Vec<Entry> {
         source: SOURCE_STATIC_BROKER,
         config_type,
     };
-    vec![
+    let mut entries = vec![
         entry("broker.id", config.node_id.0.to_string(), TYPE_INT),
         entry("node.id", config.node_id.0.to_string(), TYPE_INT),
         entry(
@@ -151,7 +151,24 @@ pub fn broker_entries<S: LogStore>(broker: &Broker<S>) -> Vec<Entry> {
             TYPE_LONG,
         ),
         entry("log.cleanup.policy", "delete".to_string(), TYPE_STRING),
-    ]
+    ];
+    // Kafka's listener names: tools (kafka-python's admin, Kafka UIs) read the address a
+    // broker is reached at from these. Cairn has one plaintext Kafka listener per node.
+    if let Some(listen) = config.kafka.listen {
+        entries.push(entry(
+            "listeners",
+            format!("PLAINTEXT://{listen}"),
+            TYPE_STRING,
+        ));
+    }
+    if let Some(address) = broker.kafka_advertised_address() {
+        entries.push(entry(
+            "advertised.listeners",
+            format!("PLAINTEXT://{address}"),
+            TYPE_STRING,
+        ));
+    }
+    entries
 }
 
 /// A Kafka topic config set to `value` (`None`: back to the default), as a change to Cairn's

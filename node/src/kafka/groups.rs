@@ -28,6 +28,7 @@ use cairn_protocol::group::{
 use cairn_protocol::{ApiError, Offset};
 use cairn_storage::LogStore;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator as KafkaCoordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
@@ -41,11 +42,12 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ResponseKind, SyncGroupRequest, SyncGroupResponse, TopicName,
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ResponseKind, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use std::collections::BTreeMap;
@@ -981,6 +983,36 @@ pub async fn describe_groups<S: LogStore>(
         groups.push(group);
     }
     ResponseKind::DescribeGroups(DescribeGroupsResponse::default().with_groups(groups))
+}
+
+/// DeleteGroups: each named group's committed offsets and state are removed, as
+/// `cairn group delete` does, when this node coordinates it and it has no members (classic
+/// members joined over Kafka count too); otherwise that group's entry carries the refusal
+/// (NOT_COORDINATOR, NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND, ...) and the others still go ahead.
+pub async fn delete_groups<S: LogStore>(
+    broker: &Broker<S>,
+    request: DeleteGroupsRequest,
+) -> ResponseKind {
+    let mut results = Vec::with_capacity(request.groups_names.len());
+    for group_id in request.groups_names {
+        let id = group_id.0.to_string();
+        let deleted = coordinated(broker, &id, |c, _| {
+            if let Some(group) = c.classic().group(&id).filter(|group| !group.is_empty()) {
+                return Err(ApiError::GroupNotEmpty {
+                    group_id: id.clone(),
+                    members: u32::try_from(group.size()).unwrap_or(u32::MAX),
+                });
+            }
+            Ok(((), c.delete_group(&id)?))
+        })
+        .await;
+        results.push(
+            DeletableGroupResult::default()
+                .with_group_id(group_id)
+                .with_error_code(code_of(deleted.err().map(|error| group_error(&error)))),
+        );
+    }
+    ResponseKind::DeleteGroups(DeleteGroupsResponse::default().with_results(results))
 }
 
 /// A group as DescribeGroups shows it: a classic group with its members' metadata and

@@ -294,6 +294,7 @@ fn count_entries(request: &RequestKind) -> usize {
                 .sum::<usize>()
         }
         RequestKind::DescribeGroups(request) => request.groups.len(),
+        RequestKind::DeleteGroups(request) => request.groups_names.len(),
         RequestKind::ConsumerGroupHeartbeat(request) => {
             request.subscribed_topic_names.as_ref().map_or(0, Vec::len)
                 + request.topic_partitions.as_ref().map_or(0, |owned| {
@@ -549,6 +550,7 @@ async fn dispatch<S: LogStore>(
         RequestKind::DescribeGroups(request) => {
             groups::describe_groups(broker, call, request).await
         }
+        RequestKind::DeleteGroups(request) => groups::delete_groups(broker, request).await,
         RequestKind::ConsumerGroupHeartbeat(request) => {
             consumer_group_heartbeat::handle(broker, call, request).await
         }

@@ -1,6 +1,6 @@
 """confluent-kafka's AdminClient against a 3-node Cairn cluster: create, list and describe
-topics, describe and alter configs, add partitions, describe the cluster, delete; and the
-refusals a Kafka broker gives for bad input. Exits nonzero (an AssertionError or a
+topics, describe and alter configs, add partitions, describe the cluster, delete groups and
+topics; and the refusals a Kafka broker gives for bad input. Exits nonzero (an AssertionError or a
 KafkaException) on the first thing that is not as Kafka would answer.
 
 Usage: admin.py BOOTSTRAP EXPECTED_BROKER_COUNT
@@ -9,7 +9,7 @@ Usage: admin.py BOOTSTRAP EXPECTED_BROKER_COUNT
 import sys
 import time
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -49,6 +49,17 @@ def eventually(what, check):
             return
         assert time.monotonic() < deadline, f"{what}: not within {SETTLE_S} s"
         time.sleep(0.2)
+
+
+def _deleted(group_id):
+    """Deletes `group_id`; False while its members are still leaving."""
+    try:
+        result(admin.delete_consumer_groups([group_id])[group_id])
+        return True
+    except KafkaException as error:
+        if error.args[0].code() == KafkaError.NON_EMPTY_GROUP:
+            return False
+        raise
 
 
 def partitions_of(topic):
@@ -110,6 +121,9 @@ print("ok: describe_configs topic", sorted(configs))
 broker = ConfigResource("BROKER", str(metadata.controller_id))
 broker_configs = result(admin.describe_configs([broker])[broker])
 assert broker_configs["broker.id"].value == str(metadata.controller_id), broker_configs["broker.id"]
+controller = metadata.brokers[metadata.controller_id]
+advertised = f"PLAINTEXT://{controller.host}:{controller.port}"
+assert broker_configs["advertised.listeners"].value == advertised, broker_configs["advertised.listeners"]
 print("ok: describe_configs broker", sorted(broker_configs))
 
 # incremental_alter_configs: SET and DELETE, then describe shows them.
@@ -186,6 +200,32 @@ refused(admin.describe_configs([ConfigResource("TOPIC", "py-missing")])[ConfigRe
         KafkaError.UNKNOWN_TOPIC_OR_PART, "configs of an unknown topic")
 refused(admin.delete_topics(["py-missing"], operation_timeout=TIMEOUT_S)["py-missing"],
         KafkaError.UNKNOWN_TOPIC_OR_PART, "deleting an unknown topic")
+
+# delete_consumer_groups: refused while the group has a member, then the group and its
+# committed offsets are gone; an unknown group is refused.
+member = Consumer({"bootstrap.servers": bootstrap, "group.id": "py-admin-group",
+                   "enable.auto.commit": False, "session.timeout.ms": 10000})
+member.subscribe(["py-admin"])
+deadline = time.monotonic() + SETTLE_S
+while not member.assignment():
+    assert time.monotonic() < deadline, "the group member got no assignment"
+    member.poll(0.2)
+member.commit(offsets=[TopicPartition("py-admin", 0, 1)], asynchronous=False)
+
+
+def listed_groups():
+    return {group.group_id for group in result(admin.list_consumer_groups()).valid}
+
+
+assert "py-admin-group" in listed_groups()
+refused(admin.delete_consumer_groups(["py-admin-group"])["py-admin-group"],
+        KafkaError.NON_EMPTY_GROUP, "deleting a group with a member")
+member.close()
+eventually("the group empty and deleted", lambda: _deleted("py-admin-group"))
+assert "py-admin-group" not in listed_groups()
+refused(admin.delete_consumer_groups(["py-missing-group"])["py-missing-group"],
+        KafkaError.GROUP_ID_NOT_FOUND, "deleting an unknown group")
+print("ok: delete_consumer_groups")
 
 # delete_topics: both gone.
 for topic, future in admin.delete_topics(["py-admin", "py-other"], operation_timeout=TIMEOUT_S).items():
