@@ -446,7 +446,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             [groups]
             offsets_partitions = 16
             heartbeat_interval_ms = 500
-            session_timeout_ms_min = 10000
+            session_timeout_ms_min = 6000
             session_timeout_ms_max = 300000
             expiry_check_ms = 500
             [http]

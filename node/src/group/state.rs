@@ -64,7 +64,7 @@ impl Default for GroupConfig {
             // heartbeat) settles well within a second; a steady member's heartbeat appends
             // nothing, so it costs a round trip and a lookup.
             heartbeat_interval_ms: 500,
-            session_timeout_ms_min: 10_000,
+            session_timeout_ms_min: 6_000,
             session_timeout_ms_max: 300_000,
             rebalance_timeout_ms_max: 300_000,
             members_max: 1_000,
