@@ -162,11 +162,21 @@ pub fn broker_entries<S: LogStore>(broker: &Broker<S>) -> Vec<Entry> {
         ));
     }
     if let Some(address) = broker.kafka_advertised_address() {
-        entries.push(entry(
-            "advertised.listeners",
-            format!("PLAINTEXT://{address}"),
-            TYPE_STRING,
-        ));
+        // Configured (`--kafka-advertised-address`), or derived from the bound address as
+        // Kafka derives it from `listeners` when it is not set.
+        let source = if config.kafka.advertised_address.is_some() {
+            SOURCE_STATIC_BROKER
+        } else {
+            SOURCE_DEFAULT
+        };
+        entries.push(Entry {
+            source,
+            ..entry(
+                "advertised.listeners",
+                format!("PLAINTEXT://{address}"),
+                TYPE_STRING,
+            )
+        });
     }
     entries
 }

@@ -124,6 +124,8 @@ assert broker_configs["broker.id"].value == str(metadata.controller_id), broker_
 controller = metadata.brokers[metadata.controller_id]
 advertised = f"PLAINTEXT://{controller.host}:{controller.port}"
 assert broker_configs["advertised.listeners"].value == advertised, broker_configs["advertised.listeners"]
+# Not configured: derived from the bound address, as Kafka derives it from `listeners`.
+assert broker_configs["advertised.listeners"].source == ConfigSource.DEFAULT_CONFIG.value
 print("ok: describe_configs broker", sorted(broker_configs))
 
 # incremental_alter_configs: SET and DELETE, then describe shows them.
