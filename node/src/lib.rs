@@ -12,10 +12,12 @@
 //!   same connection limits and budgets, one module per Kafka API.
 //! - [`broker`]: what the node hosts: the `__meta` partition, the applier that turns committed
 //!   metadata into topics and partition actors, and the lookups requests need.
-//! - [`group`]: the pure consumer-group coordinator (state machine, assignors, records).
+//! - [`group`]: the consumer-group coordinator: the pure state machine (from `cairn-control`,
+//!   re-exported) and the runtime that runs it over an `__offsets` partition.
 //! - [`groups`]: the coordinators this node runs on the `__offsets` partitions it leads.
-//! - [`meta`]: `__meta` records and the deterministic [`meta::MetadataState`] they build.
-//! - [`placement`]: which nodes hold a new topic's replicas (balanced, preferred leader first).
+//! - [`meta`]: `__meta` records and the deterministic [`meta::MetadataState`] they build
+//!   (pure, from `cairn-control`).
+//! - [`placement`]: which nodes hold a new topic's replicas (pure, from `cairn-control`).
 //! - [`partition`]: the partition actor (one per hosted replica): replica inputs in, effects
 //!   executed (append, group-commit flush, reply, high-watermark watch), reads for fetch.
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
@@ -51,11 +53,11 @@ pub mod groups;
 pub mod http;
 pub mod kafka;
 pub mod logging;
-pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod partition;
 pub mod peer;
 pub mod peer_auth;
-pub mod placement;
 pub mod server;
+
+pub use cairn_control::{meta, placement};

@@ -1,28 +1,9 @@
-//! Consumer-group coordination, as a pure state machine (no actix, no I/O, time as input).
-//!
-//! Map of the modules, in the order a heartbeat flows through them:
-//!
-//! - [`state`]: the [`state::Coordinator`] of the groups of one `__offsets` partition:
-//!   heartbeats (join, leave, static membership, session and rebalance timeouts),
-//!   incremental KIP-848 reconciliation, member-epoch fencing, commits, admin requests.
-//! - [`assign`]: the server-side assignors (range, round-robin, sticky) computing targets.
-//! - [`runtime`]: [`runtime::PartitionCoordinator`], one coordinator over its `__offsets`
-//!   partition (through the [`runtime::OffsetsLog`] trait): load by replay, one request at a
-//!   time, reply only once the request's records are committed.
-//! - [`records`]: the [`records::GroupRecord`]s a coordinator appends to `__offsets`; replaying
-//!   them rebuilds the coordinator after a failover.
-//!
-//! Invariants, asserted after every applied record: GRP-1 no partition is held (assigned or
-//! being revoked) by two members of a group; GRP-2 a member never both owns and revokes a
-//! partition; GRP-3 no member epoch is above the group's epoch counter.
+//! Consumer-group coordination. The pure state machine (coordinator, classic protocol,
+//! assignors, records) lives in the `cairn-control` crate and is re-exported here; this node
+//! adds [`runtime`]: [`runtime::PartitionCoordinator`], one coordinator over its `__offsets`
+//! partition (through the [`runtime::OffsetsLog`] trait): load by replay, one request at a
+//! time, reply only once the request's records are committed.
 
-pub mod assign;
-pub mod classic;
-pub mod records;
+pub use cairn_control::group::{assign, classic, records, state};
+
 pub mod runtime;
-pub mod state;
-
-#[cfg(test)]
-mod simulation;
-#[cfg(test)]
-mod tests;
