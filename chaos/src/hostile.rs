@@ -20,7 +20,8 @@ use cairn_protocol::batch::{Record, RecordBatchBuilder};
 use cairn_protocol::peer::{
     decode_peer_challenge, encode_peer_frame, encode_peer_hello, encode_peer_proof,
     PartitionPeerMessage, PeerFrame, PeerHello, PeerHelloBody, PeerLogStart, PeerProof,
-    PeerProofBody, PeerWireMessage, PEER_MAC_BYTES, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
+    PeerProofBody, PeerWireMessage, ReplicaKey, PEER_MAC_BYTES, PEER_NONCE_BYTES,
+    PEER_PROTOCOL_VERSION,
 };
 use cairn_protocol::{Epoch, NodeId, Offset};
 use std::io::{Read, Write};
@@ -254,7 +255,7 @@ fn forged_frames(rng: &mut Rng) -> Vec<Bytes> {
     let batch = batch.build();
     let meta_epoch = epoch(rng);
     messages.push(PartitionPeerMessage {
-        log: "__meta".to_string(),
+        replica: ReplicaKey::Meta,
         message: PeerWireMessage::Append {
             epoch: meta_epoch,
             prev_offset: Offset(0),
@@ -268,7 +269,10 @@ fn forged_frames(rng: &mut Rng) -> Vec<Bytes> {
     for _ in 0..8 {
         let topic = rng.range(0, TOPIC_IDS_TRIED);
         let partition = rng.range(0, u64::from(PARTITIONS_TRIED) - 1);
-        let log = format!("t{topic}-{partition}");
+        let replica = ReplicaKey::Partition {
+            topic,
+            partition: partition as u32,
+        };
         let epoch = epoch(rng);
         let at = Offset(rng.range(0, 5_000));
         let message = match rng.range(0, 2) {
@@ -300,7 +304,7 @@ fn forged_frames(rng: &mut Rng) -> Vec<Bytes> {
                 log_end: Offset(u64::MAX >> 1),
             },
         };
-        messages.push(PartitionPeerMessage { log, message });
+        messages.push(PartitionPeerMessage { replica, message });
     }
     vec![encode_peer_frame(&PeerFrame { messages })]
 }
@@ -365,7 +369,7 @@ mod tests {
         let frames = forged_frames(&mut rng);
         let frame = decode_peer_frame(&frames[0]).unwrap();
         assert_eq!(frame.messages.len(), 9);
-        assert_eq!(frame.messages[0].log, "__meta");
+        assert_eq!(frame.messages[0].replica, ReplicaKey::Meta);
         let old = decode_peer_hello(&version_1_hello(2)).unwrap();
         assert_eq!(old.peer_hello.version, 1);
         assert_eq!(old.peer_hello.from, NodeId(2));

@@ -20,7 +20,9 @@ use crate::group::state::PartitionBounds;
 use crate::meta::{
     self, Applied, MetaRecord, MetadataState, ProducerIdStatus, TopicId, TopicState,
 };
-use crate::partition::{wall_clock_ms, Clock, PartitionHandle, PartitionSnapshot, PartitionSpec};
+use crate::partition::{
+    wall_clock_ms, Clock, LeadershipEvents, PartitionHandle, PartitionSnapshot, PartitionSpec,
+};
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
 use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
@@ -30,6 +32,7 @@ use cairn_protocol::messages::{
     Acks, AlterTopicRequest, BrokerInfo, ConfigChange, CreateTopicRequest, FetchPartition,
     FetchRequest, PartitionDescription, PartitionMetadata, TopicConfig, TopicMetadata,
 };
+use cairn_protocol::peer::ReplicaKey;
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, PartitionId};
 use cairn_replica::{PeerMessage, Role};
 use cairn_storage::group_commit::GroupCommitter;
@@ -61,9 +64,9 @@ pub struct Broker<S: LogStore> {
     /// Where Kafka clients reach this node; `None` without a Kafka listener.
     kafka_advertised_address: Option<String>,
     peers: Arc<PeerTransport>,
-    /// Counts changes of what [`Broker::leadership_hints`] returns: a hosted replica's role
-    /// or epoch, or the set of hosted replicas.
-    leadership_changes: Arc<AtomicU64>,
+    /// Counts changes of what [`Broker::leadership_hints`] returns (a hosted replica's role
+    /// or epoch, or the set of hosted replicas) and leaders starting to serve.
+    leadership_changes: Arc<LeadershipEvents>,
     /// This node's `__meta` replica; `None` on a learner, which is no metadata voter and
     /// follows `__meta` by fetching it from the voters instead.
     meta: Option<PartitionHandle<S>>,
@@ -121,7 +124,7 @@ impl<S: LogStore> Broker<S> {
         peer_config.source_ip = Some(config.listen.ip());
         peer_config.secret = config.cluster_secret.clone();
         let peers = PeerTransport::new(config.node_id, peer_config);
-        let leadership_changes = Arc::new(AtomicU64::new(0));
+        let leadership_changes = Arc::new(LeadershipEvents::new());
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
@@ -132,6 +135,7 @@ impl<S: LogStore> Broker<S> {
         } else {
             let spec = PartitionSpec {
                 log_name: meta::META_LOG_NAME.to_string(),
+                key: ReplicaKey::Meta,
                 node: config.node_id,
                 voters: meta_voters.clone(),
                 store: store.clone(),
@@ -179,9 +183,11 @@ impl<S: LogStore> Broker<S> {
                 config_groups.group_config(),
             )),
         });
-        tokio::spawn(
-            Arc::clone(&broker.groups).run(Arc::downgrade(&broker), config_groups.expiry_check_ms),
-        );
+        tokio::spawn(Arc::clone(&broker.groups).run(
+            Arc::downgrade(&broker),
+            broker.leadership_events(),
+            config_groups.expiry_check_ms,
+        ));
         if broker.meta.is_some() {
             tokio::spawn(Arc::clone(&broker).apply_meta());
         } else {
@@ -204,8 +210,7 @@ impl<S: LogStore> Broker<S> {
         self.with_hosted_log(log, PartitionHandle::clone)
     }
 
-    /// Runs `then` on the replica stored as `log`, if hosted here, without cloning its handle
-    /// (every peer message is routed through here).
+    /// Runs `then` on the replica stored as `log`, if hosted here, without cloning its handle.
     fn with_hosted_log<T>(
         &self,
         log: &str,
@@ -571,6 +576,10 @@ impl<S: LogStore> Broker<S> {
             };
             let spec = PartitionSpec {
                 log_name: log_name.clone(),
+                key: ReplicaKey::Partition {
+                    topic: topic.id.0,
+                    partition,
+                },
                 node: self.config.node_id,
                 voters,
                 store: self.store.clone(),
@@ -604,7 +613,7 @@ impl<S: LogStore> Broker<S> {
             .entry(topic.id)
             .or_default()
             .extend(handles);
-        self.leadership_changes.fetch_add(1, Ordering::Release);
+        self.leadership_changes.bump();
     }
 
     async fn drop_topic(&self, topic: &TopicState) {
@@ -615,7 +624,7 @@ impl<S: LogStore> Broker<S> {
             .partitions
             .remove(&topic.id)
             .unwrap_or_default();
-        self.leadership_changes.fetch_add(1, Ordering::Release);
+        self.leadership_changes.bump();
         for handle in handles.into_values() {
             handle
                 .stop(
@@ -961,7 +970,12 @@ impl<S: LogStore> Broker<S> {
     /// Changes when what [`Broker::leadership_hints`] returns may have: read it before
     /// building the hints, and build them again only once it moved.
     pub fn leadership_version(&self) -> u64 {
-        self.leadership_changes.load(Ordering::Acquire)
+        self.leadership_changes.count()
+    }
+
+    /// Wakes after each change of [`Broker::leadership_version`].
+    pub fn leadership_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.leadership_changes.subscribe()
     }
 
     pub fn leadership_hints(&self) -> LeadershipHints {
@@ -1740,10 +1754,21 @@ impl<S: LogStore> Broker<S> {
 impl<S: LogStore> PeerInbox for Broker<S> {
     /// A message for a replica not hosted here (yet, or any more) is dropped: the sender
     /// repeats what matters (heartbeats, lease requests) and epochs fence what is stale.
-    fn deliver(&self, from: NodeId, log: &str, message: PeerMessage) {
-        let delivered = self.with_hosted_log(log, |handle| handle.deliver_peer(from, message));
+    fn deliver(&self, from: NodeId, replica: ReplicaKey, message: PeerMessage) {
+        let delivered = match replica {
+            ReplicaKey::Meta => self
+                .meta
+                .as_ref()
+                .map(|meta| meta.deliver_peer(from, message)),
+            ReplicaKey::Partition { topic, partition } => self
+                .catalog()
+                .partitions
+                .get(&TopicId(topic))
+                .and_then(|handles| handles.get(&partition))
+                .map(|handle| handle.deliver_peer(from, message)),
+        };
         if delivered.is_none() {
-            tracing::trace!(%from, %log, "peer message for a replica not hosted here");
+            tracing::trace!(%from, %replica, "peer message for a replica not hosted here");
         }
     }
 }

@@ -3,9 +3,10 @@
 //! - [`OffsetsPartition`] is the node's [`OffsetsLog`]: appends go through the partition actor
 //!   with acks=all, reads return committed records (leader only).
 //! - [`Coordinators`] is the registry: one [`PartitionCoordinator`] per `__offsets` partition
-//!   this node leads, keyed by partition and epoch. A maintenance task ([`Coordinators::run`])
-//!   adds one once the leader's epoch marker is committed, drops it when the node stops leading
-//!   (or leads again in a later epoch), and calls `expire` on each one on a timer.
+//!   this node leads, keyed by partition and epoch. A maintenance task ([`Coordinators::run`]),
+//!   woken by the node's leadership events, adds one once the leader's epoch marker is
+//!   committed, drops it when the node stops leading (or leads again in a later epoch), and
+//!   calls `expire` on each one on a timer.
 //!
 //! Why wait for the marker: a new leader's high watermark may still be below records an older
 //! leader wrote. Loading then would replay a stale prefix, and the coordinator would write on
@@ -32,6 +33,8 @@ use std::time::Duration;
 
 /// How long a coordinator's append waits for its commit before `Timeout`.
 const APPEND_TIMEOUT_MS: u64 = 5_000;
+/// How soon the maintenance task looks again at leadership it saw before the node was ready.
+const NOT_READY_RETRY: Duration = Duration::from_millis(50);
 /// Bytes read from `__offsets` per step while a coordinator loads.
 const READ_BYTES_MAX: usize = 1 << 20;
 
@@ -209,19 +212,43 @@ impl<S: LogStore> Coordinators<S> {
         })
     }
 
-    /// The maintenance task: reconcile and expire every `expiry_check_ms`, until the broker
-    /// is dropped.
-    pub async fn run(self: Arc<Self>, broker: Weak<Broker<S>>, period_ms: u64) {
+    /// The maintenance task, until the broker is dropped: reconcile as soon as a leadership
+    /// of this node changes (a coordinator starts the moment its `__offsets` leader serves, and
+    /// stops the moment it is deposed), and at least every `expiry_check_ms`, when members
+    /// whose session ended are expired too.
+    pub async fn run(
+        self: Arc<Self>,
+        broker: Weak<Broker<S>>,
+        mut leadership: tokio::sync::watch::Receiver<u64>,
+        period_ms: u64,
+    ) {
         let period = Duration::from_millis(period_ms);
+        let mut next_expiry = tokio::time::Instant::now() + period;
+        // A change seen while the node was not ready yet is looked at again shortly.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
-            tokio::time::sleep(period).await;
+            let wake = retry_at.map_or(next_expiry, |retry| retry.min(next_expiry));
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                changed = leadership.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
             let Some(broker) = broker.upgrade() else {
                 return;
             };
             if broker.check_ready().is_err() {
+                retry_at = Some(tokio::time::Instant::now() + NOT_READY_RETRY);
                 continue;
             }
+            retry_at = None;
             self.reconcile(&broker);
+            if tokio::time::Instant::now() < next_expiry {
+                continue;
+            }
+            next_expiry = tokio::time::Instant::now() + period;
             let topics = broker.group_topic_counts();
             for coordinator in self.all() {
                 let now_ms = broker.now_ms();

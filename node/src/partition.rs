@@ -24,6 +24,7 @@ use crate::peer::PeerTransport;
 use actix::prelude::*;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::messages::{Acks, ProduceResponse};
+use cairn_protocol::peer::ReplicaKey;
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
 use cairn_replica::producers::Producers;
 use cairn_replica::{
@@ -193,6 +194,45 @@ pub fn inspect_log<L: PartitionLog>(log: &mut L, replicated: bool) -> Inspection
     Inspection { health, truncated }
 }
 
+/// Leadership events of this node's replicas: a count that grows with each (a replica's role
+/// or epoch changed, a leader started serving, the set of hosted replicas changed), readable
+/// at any time and awaitable, so that gossip hints and group coordinators follow leadership
+/// as it moves instead of polling for it.
+#[derive(Debug)]
+pub struct LeadershipEvents {
+    count: watch::Sender<u64>,
+}
+
+impl LeadershipEvents {
+    pub fn new() -> LeadershipEvents {
+        LeadershipEvents {
+            count: watch::channel(0).0,
+        }
+    }
+
+    /// Records one event and wakes every waiter.
+    pub fn bump(&self) {
+        self.count
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Events so far.
+    pub fn count(&self) -> u64 {
+        *self.count.borrow()
+    }
+
+    /// Resolves `changed()` after each later event.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.count.subscribe()
+    }
+}
+
+impl Default for LeadershipEvents {
+    fn default() -> Self {
+        LeadershipEvents::new()
+    }
+}
+
 /// State shared between the actor and the rest of the node.
 #[derive(Debug)]
 pub struct PartitionShared {
@@ -308,6 +348,8 @@ pub type ProduceReply = Result<ProduceResponse, ApiError>;
 /// Everything a partition actor needs to start.
 pub struct PartitionSpec<S: LogStore> {
     pub log_name: String,
+    /// How peers address this replica (the typed twin of `log_name`).
+    pub key: ReplicaKey,
     pub node: NodeId,
     pub voters: Vec<NodeId>,
     pub store: S,
@@ -330,8 +372,9 @@ pub struct PartitionSpec<S: LogStore> {
     /// Where `Effect::Send` goes (best effort, never blocks).
     pub peers: Arc<PeerTransport>,
     /// Bumped (after the snapshot shows it) whenever this replica's role or epoch changes,
-    /// so that the node republishes its leadership hints only when one did.
-    pub leadership_changes: Arc<AtomicU64>,
+    /// or it starts serving as leader, so that the node republishes its leadership hints and
+    /// starts or stops group coordinators only when one did.
+    pub leadership_changes: Arc<LeadershipEvents>,
 }
 
 /// The rest of the node's handle on one partition actor. Cheap to clone.
@@ -553,6 +596,7 @@ impl<S: LogStore> PartitionHandle<S> {
             ctx.set_mailbox_capacity(mailbox_max.saturating_mul(2).max(16));
             let mut actor = PartitionActor {
                 log_name: spec.log_name,
+                key: spec.key,
                 store: Box::new(spec.store),
                 log: Some(Box::new(spec.log)),
                 replica,
@@ -697,6 +741,7 @@ impl<S: LogStore> PartitionHandle<S> {
 /// One partition replica's actor. See the module docs.
 pub struct PartitionActor<S: LogStore> {
     log_name: String,
+    key: ReplicaKey,
     // Boxed so the actor is `Unpin` (actix requires it) whatever the store type is.
     store: Box<S>,
     /// `None` only after [`Stop`]: the log is closed (and maybe removed).
@@ -723,7 +768,7 @@ pub struct PartitionActor<S: LogStore> {
     flushes_fed: u64,
     flushes_completed: BTreeMap<u64, Input>,
     peers: Arc<PeerTransport>,
-    leadership_changes: Arc<AtomicU64>,
+    leadership_changes: Arc<LeadershipEvents>,
     /// The replica status the snapshot was last updated from: most steps (a heartbeat and
     /// its answer) change none of it, and then the snapshot is left alone.
     published: Option<ReplicaStatus>,
@@ -785,7 +830,7 @@ impl<S: LogStore> Actor for PartitionActor<S> {
         snapshot.leader = None;
         drop(snapshot);
         if was_leader {
-            self.leadership_changes.fetch_add(1, Ordering::Release);
+            self.leadership_changes.bump();
         }
     }
 }
@@ -1094,7 +1139,7 @@ impl<S: LogStore> PartitionActor<S> {
                 tracing::info!(partition = %self.log_name, %log_start, %epoch, "log starts at the leader's log start");
                 log.reset_start(log_start, epoch)?;
             }
-            Effect::Send { to, message } => self.peers.send(to, &self.log_name, &message),
+            Effect::Send { to, message } => self.peers.send(to, self.key, &message),
             Effect::Reply { request, result } => {
                 if let Some(reply) = self.pending.remove(&request) {
                     // The requester may have timed out and gone; nothing to do then.
@@ -1174,7 +1219,15 @@ impl<S: LogStore> PartitionActor<S> {
             .snapshot
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let leadership_changed = snapshot.role != status.role || snapshot.epoch != status.epoch;
+        // A leader serves (its coordinators may load) once its high watermark reaches its log
+        // end, which covers its own epoch marker.
+        let serving = |role: Role, high_watermark: Offset, log_end: Offset| {
+            role == Role::Leader && high_watermark >= log_end
+        };
+        let leadership_changed = snapshot.role != status.role
+            || snapshot.epoch != status.epoch
+            || serving(snapshot.role, snapshot.high_watermark, snapshot.log_end)
+                != serving(status.role, status.high_watermark, status.log_end);
         if snapshot.leader != status.leader {
             crate::metrics::node().leader_changes.inc();
         }
@@ -1192,7 +1245,7 @@ impl<S: LogStore> PartitionActor<S> {
         }
         drop(snapshot);
         if leadership_changed {
-            self.leadership_changes.fetch_add(1, Ordering::Release);
+            self.leadership_changes.bump();
         }
         self.record_watermark(&status);
         self.published = Some(status);
@@ -1636,6 +1689,10 @@ mod tests {
     fn start(store: &MemoryStore, mailbox_max: usize) -> PartitionHandle<MemoryStore> {
         let spec = PartitionSpec {
             log_name: "p".to_string(),
+            key: ReplicaKey::Partition {
+                topic: 1,
+                partition: 0,
+            },
             node: NodeId(1),
             voters: vec![NodeId(1)],
             store: store.clone(),
@@ -1653,7 +1710,7 @@ mod tests {
                 NodeId(1),
                 crate::peer::PeerTransportConfig::with_frame_bytes_max(1 << 20),
             ),
-            leadership_changes: Arc::new(AtomicU64::new(0)),
+            leadership_changes: Arc::new(LeadershipEvents::new()),
         };
         PartitionHandle::start(spec, &actix::Arbiter::current()).unwrap()
     }

@@ -26,7 +26,7 @@ use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::frame::{FrameCodec, FrameError};
 use cairn_protocol::peer::{
     decode_peer_frame, encode_peer_frame, PartitionPeerMessage, PeerAppendResult, PeerFrame,
-    PeerLogStart, PeerWireMessage,
+    PeerLogStart, PeerWireMessage, ReplicaKey,
 };
 use cairn_protocol::{NodeId, Offset};
 use cairn_replica::{AppendResult, LogStart, Millis, PeerMessage};
@@ -82,8 +82,8 @@ const MESSAGE_OVERHEAD_BYTES: usize = 160;
 
 /// What receives the messages that arrive from peers.
 pub trait PeerInbox: Send + Sync + 'static {
-    /// One valid message for the partition replica stored as `log`. Must not block.
-    fn deliver(&self, from: NodeId, log: &str, message: PeerMessage);
+    /// One valid message for the partition replica `replica`. Must not block.
+    fn deliver(&self, from: NodeId, replica: ReplicaKey, message: PeerMessage);
 }
 
 /// Counters for tests and status.
@@ -139,14 +139,14 @@ impl PeerTransport {
         lock(&self.addresses).get(&peer).cloned()
     }
 
-    /// Queues `message` for the replica of `log` on `to`. Never blocks; drops when the peer's
-    /// queue is full (best effort, see the module docs).
-    pub fn send(&self, to: NodeId, log: &str, message: &PeerMessage) {
+    /// Queues `message` for `replica` on `to`. Never blocks; drops when the peer's queue is
+    /// full (best effort, see the module docs).
+    pub fn send(&self, to: NodeId, replica: ReplicaKey, message: &PeerMessage) {
         if to == self.node {
             return;
         }
         let wire = PartitionPeerMessage {
-            log: log.to_string(),
+            replica,
             message: to_wire(message),
         };
         let Some(sender) = self.link(to) else {
@@ -383,7 +383,7 @@ fn estimate_bytes(message: &PartitionPeerMessage) -> usize {
         PeerWireMessage::Append { batches, .. } => batches.iter().map(Bytes::len).sum(),
         _ => 0,
     };
-    MESSAGE_OVERHEAD_BYTES + message.log.len() + batches
+    MESSAGE_OVERHEAD_BYTES + batches
 }
 
 /// Reads peer frames from a connection whose hello said it comes from `from`, delivering
@@ -416,10 +416,10 @@ where
         // Validate the whole frame before delivering any of it: a bad frame changes nothing.
         let mut messages = Vec::with_capacity(frame.messages.len());
         for message in frame.messages {
-            messages.push((message.log, from_wire(message.message)?));
+            messages.push((message.replica, from_wire(message.message)?));
         }
-        for (log, message) in messages {
-            inbox.deliver(from, &log, message);
+        for (replica, message) in messages {
+            inbox.deliver(from, replica, message);
         }
     }
 }
@@ -630,8 +630,20 @@ mod tests {
     struct Collected(Mutex<Vec<(NodeId, String, PeerMessage)>>);
 
     impl PeerInbox for Collected {
-        fn deliver(&self, from: NodeId, log: &str, message: PeerMessage) {
-            lock(&self.0).push((from, log.to_string(), message));
+        fn deliver(&self, from: NodeId, replica: ReplicaKey, message: PeerMessage) {
+            lock(&self.0).push((from, replica.to_string(), message));
+        }
+    }
+
+    /// The key of the replica whose log is `name` (`__meta` or `t<topic>-<partition>`).
+    fn key(name: &str) -> ReplicaKey {
+        if name == "__meta" {
+            return ReplicaKey::Meta;
+        }
+        let (topic, partition) = name[1..].split_once('-').unwrap();
+        ReplicaKey::Partition {
+            topic: topic.parse().unwrap(),
+            partition: partition.parse().unwrap(),
         }
     }
 
@@ -855,7 +867,7 @@ mod tests {
         // Each attempt fails the handshake, so the link never counts a connection; wait (with
         // a bound) until it tried a few times.
         for commit in 0..100 {
-            transport.send(NodeId(2), "t1-0", &heartbeat(commit));
+            transport.send(NodeId(2), key("t1-0"), &heartbeat(commit));
             tokio::time::sleep(Duration::from_millis(10)).await;
             if transport.counters.dropped_messages.load(Ordering::Relaxed) >= 3 {
                 break;
@@ -881,7 +893,7 @@ mod tests {
         transport.set_address(NodeId(2), address);
         for commit in 0..40 {
             let log = if commit % 2 == 0 { "t1-0" } else { "t1-1" };
-            transport.send(NodeId(2), log, &heartbeat(commit));
+            transport.send(NodeId(2), key(log), &heartbeat(commit));
         }
         wait_for(&inbox, 40).await;
         let received = lock(&inbox.0).clone();
@@ -896,7 +908,7 @@ mod tests {
             "messages queued together share frames ({frames})"
         );
         // Sending to itself is a no-op, not a connection.
-        transport.send(NodeId(1), "t1-0", &heartbeat(0));
+        transport.send(NodeId(1), key("t1-0"), &heartbeat(0));
         assert_eq!(transport.counters.connects.load(Ordering::Relaxed), 1);
         server.abort();
     }
@@ -908,7 +920,7 @@ mod tests {
         // after each failed attempt.
         let sent = config().queue_messages_max as u64 * 3;
         for commit in 0..sent {
-            transport.send(NodeId(9), "t1-0", &heartbeat(commit));
+            transport.send(NodeId(9), key("t1-0"), &heartbeat(commit));
         }
         let dropped = transport.counters.dropped_messages.load(Ordering::Relaxed);
         assert!(
@@ -930,7 +942,7 @@ mod tests {
         ));
         let transport = PeerTransport::new(NodeId(1), config());
         transport.set_address(NodeId(2), address.to_string());
-        transport.send(NodeId(2), "__meta", &heartbeat(1));
+        transport.send(NodeId(2), key("__meta"), &heartbeat(1));
         wait_for(&inbox, 1).await;
         // The peer goes away (listener and its connections) and comes back on the same port.
         server.abort();
@@ -944,7 +956,7 @@ mod tests {
         ));
         // Sends on the broken connection may be lost; keep sending until one arrives.
         for commit in 2..200 {
-            transport.send(NodeId(2), "__meta", &heartbeat(commit));
+            transport.send(NodeId(2), key("__meta"), &heartbeat(commit));
             tokio::time::sleep(Duration::from_millis(10)).await;
             if lock(&inbox.0).len() >= 2 {
                 break;

@@ -19,12 +19,12 @@
 mod support;
 
 use bytes::Bytes;
-use cairn_node::meta::{MetaRecord, META_LOG_NAME};
+use cairn_node::meta::MetaRecord;
 use cairn_protocol::messages::{DescribeTopicRequest, PartitionDescription};
 use cairn_protocol::peer::{
     decode_peer_challenge, encode_peer_frame, encode_peer_hello, encode_peer_proof,
     PartitionPeerMessage, PeerFrame, PeerHello, PeerHelloBody, PeerLogStart, PeerProof,
-    PeerProofBody, PeerWireMessage, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
+    PeerProofBody, PeerWireMessage, ReplicaKey, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
 };
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset, Request, Response};
 use std::io::{Read, Write};
@@ -183,19 +183,21 @@ fn forge(address: SocketAddr, to: u32, from: u32, hello: Hello, frames: &[Bytes]
     false
 }
 
-fn frame(log: &str, message: PeerWireMessage) -> Bytes {
+fn frame(replica: ReplicaKey, message: PeerWireMessage) -> Bytes {
     encode_peer_frame(&PeerFrame {
-        messages: vec![PartitionPeerMessage {
-            log: log.to_string(),
-            message,
-        }],
+        messages: vec![PartitionPeerMessage { replica, message }],
     })
 }
 
-/// The forged messages, for every log name the user partition could have (the attacker does
-/// not know the topic id, the `__meta` offset of its creation, so it tries them all).
+/// The forged messages, for every key the user partition could have (the attacker does not
+/// know the topic id, the `__meta` offset of its creation, so it tries them all).
 fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
-    let user_logs: Vec<String> = (0..64).map(|topic_id| format!("t{topic_id}-0")).collect();
+    let user_logs: Vec<ReplicaKey> = (0..64)
+        .map(|topic| ReplicaKey::Partition {
+            topic,
+            partition: 0,
+        })
+        .collect();
     let mut frames = Vec::new();
     // Delete the topic cluster-wide through `__meta`, at a newer epoch, from offset 0.
     let delete = MetaRecord::DeleteTopic {
@@ -204,7 +206,7 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
     .to_batch(1_700_000_000_000)
     .stamped(Offset(0), Epoch(1_000));
     frames.push(frame(
-        META_LOG_NAME,
+        ReplicaKey::Meta,
         PeerWireMessage::Append {
             epoch: Epoch(1_000),
             prev_offset: Offset(0),
@@ -215,7 +217,7 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
             log_start: None,
         },
     ));
-    for log in &user_logs {
+    for &log in &user_logs {
         // Inject a record at the end of the log, at the leader's own epoch.
         let injected = batch_of(&[b"forged-inject"]).stamped(log_end, epoch);
         frames.push(frame(
@@ -266,7 +268,7 @@ fn forged_frames(epoch: Epoch, log_end: Offset) -> Vec<Bytes> {
         ));
     }
     // The epoch bomb, to both logs.
-    for log in user_logs.iter().map(String::as_str).chain([META_LOG_NAME]) {
+    for log in user_logs.iter().copied().chain([ReplicaKey::Meta]) {
         frames.push(frame(
             log,
             PeerWireMessage::Append {

@@ -609,6 +609,19 @@ fn the_classic_protocol_over_the_wire_fences_bad_members_and_keeps_offsets() {
     );
 }
 
+/// Coordinators follow leadership as it happens: with the expiry timer set to ten minutes, a
+/// new `__offsets` leader still starts coordinating as soon as it serves (a coordinator that
+/// only started on the timer would answer COORDINATOR_LOAD_IN_PROGRESS for ten minutes).
+#[test]
+fn a_coordinator_starts_when_its_leader_serves_not_on_a_timer() {
+    let node = TestNode::start_with(&["--set", "groups.expiry_check_ms=600000"]);
+    cairn(&node, &["topic", "create", "orders", "--partitions", "2"]);
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    find_coordinator(&mut wire, "prompt");
+    let joined = join_new(&mut wire, "prompt");
+    assert_eq!(joined.leader, joined.member_id, "{joined:?}");
+}
+
 #[test]
 fn a_cairn_protocol_group_refuses_classic_members() {
     let node = TestNode::start();

@@ -30,8 +30,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The version of the peer protocol this build speaks; a hello with another is refused.
-/// Version 2 added the authenticating handshake (nonces, challenge, proof).
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+/// Version 2 added the authenticating handshake (nonces, challenge, proof); version 3 names
+/// replicas by [`ReplicaKey`] instead of their log names.
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of each handshake nonce; a nonce of another length is refused.
 pub const PEER_NONCE_BYTES: usize = 32;
@@ -90,11 +91,79 @@ pub struct PeerFrame {
     pub messages: Vec<PartitionPeerMessage>,
 }
 
-/// A message for one partition replica, named by its log (`__meta`, or `t<topic id>-<n>`).
+/// A message for one partition replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionPeerMessage {
-    pub log: String,
+    pub replica: ReplicaKey,
     pub message: PeerWireMessage,
+}
+
+/// Which partition replica a peer message is for: typed, so a receiver routes a message by
+/// two integers instead of parsing a log name per message, and a sender copies it instead of
+/// allocating one. On the wire it is an array: `[]` for `__meta`, `[topic id, partition]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReplicaKey {
+    /// The metadata partition, `__meta`.
+    Meta,
+    /// Partition `partition` of the topic whose id is `topic` (the `__meta` offset of its
+    /// `CreateTopic` record, so a re-created topic never shares a key with the deleted one).
+    Partition { topic: u64, partition: u32 },
+}
+
+impl std::fmt::Display for ReplicaKey {
+    /// The replica's log name, as storage and logs call it (`__meta`, `t<topic id>-<n>`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaKey::Meta => f.write_str("__meta"),
+            ReplicaKey::Partition { topic, partition } => write!(f, "t{topic}-{partition}"),
+        }
+    }
+}
+
+impl Serialize for ReplicaKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self {
+            ReplicaKey::Meta => serializer.serialize_seq(Some(0))?.end(),
+            ReplicaKey::Partition { topic, partition } => {
+                let mut seq = serializer.serialize_seq(Some(2))?;
+                seq.serialize_element(topic)?;
+                seq.serialize_element(partition)?;
+                seq.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplicaKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = ReplicaKey;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[] for __meta or [topic id, partition]")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ReplicaKey, A::Error> {
+                use serde::de::Error;
+                let Some(topic) = seq.next_element::<u64>()? else {
+                    return Ok(ReplicaKey::Meta);
+                };
+                let partition = seq
+                    .next_element::<u32>()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                Ok(ReplicaKey::Partition { topic, partition })
+            }
+        }
+        deserializer.deserialize_seq(KeyVisitor)
+    }
 }
 
 /// The wire twin of the replica engine's `PeerMessage`; see it for what each field means.
@@ -249,7 +318,7 @@ mod tests {
         assert_eq!(
             hex(&bytes),
             concat!(
-                "81aa706565725f68656c6c6f84a776657273696f6e02a466726f6d03a2746f01",
+                "81aa706565725f68656c6c6f84a776657273696f6e03a466726f6d03a2746f01",
                 "a56e6f6e6365c404aaaaaaaa"
             )
         );
@@ -301,7 +370,10 @@ mod tests {
         let frame = PeerFrame {
             messages: vec![
                 PartitionPeerMessage {
-                    log: "t4-0".into(),
+                    replica: ReplicaKey::Partition {
+                        topic: 4,
+                        partition: 0,
+                    },
                     message: PeerWireMessage::Append {
                         epoch: Epoch(2),
                         prev_offset: Offset(10),
@@ -313,7 +385,7 @@ mod tests {
                     },
                 },
                 PartitionPeerMessage {
-                    log: "__meta".into(),
+                    replica: ReplicaKey::Meta,
                     message: PeerWireMessage::AppendResponse {
                         epoch: Epoch(1),
                         sent_at_ms: 5,
@@ -330,10 +402,10 @@ mod tests {
             hex(&bytes),
             concat!(
                 "81a86d6573736167657392",
-                "82a36c6f67a474342d30a76d65737361676581a6417070656e6486a565706f636802",
+                "82a77265706c696361920400a76d65737361676581a6417070656e6486a565706f636802",
                 "ab707265765f6f66667365740aaa707265765f65706f636801a762617463686573",
                 "91c402beefa6636f6d6d697409aa73656e745f61745f6d73cd012c",
-                "82a36c6f67a65f5f6d657461a76d65737361676581ae417070656e64526573706f6e7365",
+                "82a77265706c69636190a76d65737361676581ae417070656e64526573706f6e7365",
                 "83a565706f636801aa73656e745f61745f6d7305a6726573756c7481a24f6b82a76c6f",
                 "675f656e6403ab64757261626c655f656e6402"
             )
@@ -347,7 +419,10 @@ mod tests {
     fn golden_append_at_the_log_start() {
         let frame = PeerFrame {
             messages: vec![PartitionPeerMessage {
-                log: "t4-0".into(),
+                replica: ReplicaKey::Partition {
+                    topic: 4,
+                    partition: 0,
+                },
                 message: PeerWireMessage::Append {
                     epoch: Epoch(2),
                     prev_offset: Offset(10),
@@ -367,7 +442,7 @@ mod tests {
             hex(&bytes),
             concat!(
                 "81a86d6573736167657391",
-                "82a36c6f67a474342d30a76d65737361676581a6417070656e6487a565706f636802",
+                "82a77265706c696361920400a76d65737361676581a6417070656e6487a565706f636802",
                 "ab707265765f6f66667365740aaa707265765f65706f636800a76261746368657390",
                 "a6636f6d6d69740aaa73656e745f61745f6d73cd012c",
                 "a96c6f675f737461727482a66f66667365740aa565706f636801"
@@ -376,11 +451,48 @@ mod tests {
         assert_eq!(decode_peer_frame(&bytes).unwrap(), frame);
     }
 
+    /// A replica key is `[]` or `[topic id, partition]`; any other shape is a bad frame.
+    #[test]
+    fn replica_keys_decode_only_in_their_two_shapes() {
+        for key in [
+            ReplicaKey::Meta,
+            ReplicaKey::Partition {
+                topic: u64::MAX,
+                partition: u32::MAX,
+            },
+        ] {
+            let bytes = rmp_serde::to_vec_named(&key).unwrap();
+            assert_eq!(rmp_serde::from_slice::<ReplicaKey>(&bytes).unwrap(), key);
+        }
+        assert_eq!(ReplicaKey::Meta.to_string(), "__meta");
+        let key = ReplicaKey::Partition {
+            topic: 4,
+            partition: 0,
+        };
+        assert_eq!(key.to_string(), "t4-0");
+        // [1], [1, 2, 3], a partition above u32, a string, a map: refused.
+        for bad in [
+            &[0x91, 0x01][..],
+            &[0x93, 0x01, 0x02, 0x03],
+            &[0x92, 0x01, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0],
+            &[0xa4, b't', b'4', b'-', b'0'],
+            &[0x80],
+        ] {
+            assert!(
+                rmp_serde::from_slice::<ReplicaKey>(bad).is_err(),
+                "{bad:02x?} decoded"
+            );
+        }
+    }
+
     #[test]
     fn golden_lease_request() {
         let frame = PeerFrame {
             messages: vec![PartitionPeerMessage {
-                log: "t1-2".into(),
+                replica: ReplicaKey::Partition {
+                    topic: 1,
+                    partition: 2,
+                },
                 message: PeerWireMessage::LeaseRequest {
                     epoch: Epoch(7),
                     last_log_epoch: Epoch(6),
@@ -393,7 +505,7 @@ mod tests {
             hex(&bytes),
             concat!(
                 "81a86d6573736167657391",
-                "82a36c6f67a474312d32a76d65737361676581ac4c65617365526571756573748",
+                "82a77265706c696361920102a76d65737361676581ac4c65617365526571756573748",
                 "3a565706f636807ae6c6173745f6c6f675f65706f636806a76c6f675f656e6464"
             )
         );

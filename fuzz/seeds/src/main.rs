@@ -76,7 +76,10 @@ fn main() {
     for (name, message) in peer_messages(&batches) {
         let frame = PeerFrame {
             messages: vec![PartitionPeerMessage {
-                log: "t4-0".into(),
+                replica: ReplicaKey::Partition {
+                    topic: 4,
+                    partition: 0,
+                },
                 message,
             }],
         };
