@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) fn client(server: &TestServer) -> ClientConfig {
     ClientConfig {
-        retry_backoff_ms: 10,
-        retry_backoff_max_ms: 50,
-        request_timeout_ms: 2_000,
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(2_000),
         ..ClientConfig::new(&server.address).unwrap()
     }
 }
@@ -49,14 +49,14 @@ async fn a_connection_learns_limits_and_answers_requests() {
 async fn a_request_timeout_closes_the_connection_with_a_retriable_error() {
     let server = TestServer::start().await;
     let config = ClientConfig {
-        request_timeout_ms: 100,
+        request_timeout: Duration::from_millis(100),
         ..client(&server)
     };
     let connection = Connection::connect(&server.address, &config).await.unwrap();
     server.pause(true);
     let error = connection.call(list_topics()).await.unwrap_err();
     assert!(
-        matches!(error, ClientError::RequestTimeout { waited_ms: 100, .. }),
+        matches!(error, ClientError::RequestTimeout { waited, .. } if waited == Duration::from_millis(100)),
         "{error:?}"
     );
     assert!(error.is_retriable());
@@ -243,7 +243,7 @@ async fn send_waits_when_the_buffer_is_full_and_resumes_when_acks_return() {
     let config = ProducerConfig {
         batch_bytes_max: 16 * 1024,
         buffer_bytes_max,
-        linger_ms: 1,
+        linger: Duration::from_millis(1),
         ..ProducerConfig::default()
     };
     let producer = producer(&server, config).await;
@@ -383,15 +383,15 @@ async fn a_paused_leader_fails_records_after_the_delivery_timeout() {
     let server = TestServer::start().await;
     server.create_topic("t", 1);
     let config = ProducerConfig {
-        delivery_timeout_ms: 400,
-        request_timeout_ms: 50,
-        retry_backoff_ms: 10,
-        retry_backoff_max_ms: 20,
+        delivery_timeout: Duration::from_millis(400),
+        request_timeout: Duration::from_millis(50),
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(
         ClientConfig {
-            connect_timeout_ms: 100,
+            connect_timeout: Duration::from_millis(100),
             ..client(&server)
         },
         config,
@@ -654,9 +654,9 @@ async fn an_unreachable_cluster_is_a_typed_error() {
         listener.local_addr().unwrap().port()
     };
     let config = ClientConfig {
-        request_timeout_ms: 300,
-        retry_backoff_ms: 10,
-        retry_backoff_max_ms: 20,
+        request_timeout: Duration::from_millis(300),
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(20),
         ..ClientConfig::new(&format!("127.0.0.1:{port}")).unwrap()
     };
     let admin = Admin::new(config).unwrap();
@@ -675,9 +675,9 @@ async fn batches_wait_out_a_leaderless_partition_and_keep_their_order() {
     server.create_topic("t", 1);
     let config = ProducerConfig {
         batch_bytes_max: 1024,
-        linger_ms: 0,
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
+        linger: Duration::from_millis(0),
+        retry_backoff: Duration::from_millis(5),
+        retry_backoff_max: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = producer(&server, config).await;
@@ -758,9 +758,9 @@ async fn a_refused_batch_is_not_overtaken_by_later_ones_in_flight() {
     server.create_topic("t", 1);
     let config = ProducerConfig {
         batch_bytes_max: 1024,
-        linger_ms: 0,
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
+        linger: Duration::from_millis(0),
+        retry_backoff: Duration::from_millis(5),
+        retry_backoff_max: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = producer(&server, config).await;
@@ -864,7 +864,7 @@ async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch(
 }
 
 /// A client whose bootstrap brokers cannot be reached fails with the connect error once
-/// `connect_timeout_ms` passed, not at the end of the (much longer) request timeout it
+/// `connect_timeout` passed, not at the end of the (much longer) request timeout it
 /// would wait for a broker that once answered.
 #[tokio::test]
 async fn an_unreachable_bootstrap_fails_within_the_connect_timeout() {
@@ -873,8 +873,8 @@ async fn an_unreachable_bootstrap_fails_within_the_connect_timeout() {
         listener.local_addr().unwrap().to_string()
     };
     let client = ClientConfig {
-        request_timeout_ms: 60_000,
-        connect_timeout_ms: 300,
+        request_timeout: Duration::from_millis(60_000),
+        connect_timeout: Duration::from_millis(300),
         ..ClientConfig::new(&closed).unwrap()
     };
     let started = tokio::time::timeout(
