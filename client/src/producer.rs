@@ -556,9 +556,31 @@ impl Inner {
         if error.needs_metadata_refresh() {
             self.cluster.invalidate();
         }
+        if let (
+            ClientError::Api(ApiError::ProducerIdNotAllocated { producer_id }),
+            Some(idempotence),
+            true,
+        ) = (&error, &self.idempotence, batch.stamped)
+        {
+            // The cluster does not know our producer id (it was recreated from empty data,
+            // say), so no batch stamped with it can ever be written: replace the id and
+            // send the batch again under the new one (see the `idempotence` module).
+            idempotence
+                .lock()
+                .expect("idempotence lock")
+                .producer_id_refused(&batch.topic, batch.partition, *producer_id);
+            batch.stamped = false;
+            return self.retry_later(batch, error);
+        }
         if !error.is_retriable() {
             return self.complete(batch, Err(error));
         }
+        self.retry_later(batch, error);
+    }
+
+    /// Puts a failed batch back to be sent again after a backoff, or fails it when the
+    /// delivery timeout would pass first.
+    fn retry_later(&self, mut batch: ReadyBatch, error: ClientError) {
         let backoff = self.config.backoff(batch.attempts);
         let deadline = batch.created + self.config.delivery_timeout;
         let now = Instant::now();

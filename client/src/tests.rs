@@ -863,6 +863,64 @@ async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch(
     assert_eq!(stored_values(&server, "t", 0), vec!["a", "c"]);
 }
 
+/// A cluster that answers `ProducerIdNotAllocated` (it does not know the producer's id: it
+/// was recreated from empty data while the producer lived) refuses every batch stamped with
+/// that id, before writing it. The producer fetches a new id and sends the refused batches
+/// again under it, from sequence 0 on every partition, in their order, instead of failing
+/// every record from then on.
+#[tokio::test]
+async fn a_producer_id_the_cluster_does_not_know_is_replaced_and_nothing_fails() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    let config = ProducerConfig::new()
+        .batch_bytes_max(1024)
+        .linger(Duration::ZERO)
+        .retry_backoff(Duration::from_millis(5))
+        .retry_backoff_max(Duration::from_millis(20));
+    let producer = producer(&server, config).await;
+    for partition in 0..2 {
+        producer
+            .send_to("t", partition, Record::new("before"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    {
+        let mut state = server.state.lock().unwrap();
+        assert_eq!(state.producer_ids_issued, 1);
+        state.producer_ids_unknown_below = state.producer_ids_issued;
+    }
+    let mut deliveries = Vec::new();
+    for i in 0..40 {
+        let record = Record::new(format!("{i:0300}"));
+        deliveries.push(producer.send_to("t", i % 2, record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    for partition in 0..2 {
+        let mut expected = vec!["before".to_owned()];
+        expected.extend(
+            (0..40)
+                .filter(|i| i % 2 == partition)
+                .map(|i| format!("{i:0300}")),
+        );
+        assert_eq!(
+            stored_values(&server, "t", partition),
+            expected,
+            "every record once, in send order"
+        );
+    }
+    let state = server.state.lock().unwrap();
+    assert_eq!(state.producer_ids_issued, 2, "one new producer id");
+    for partition in 0..2 {
+        let (_, written) = &state.producers[&("t".to_owned(), partition, 1)];
+        assert_eq!(written[0].0, 0, "the new id starts at sequence 0");
+    }
+}
+
 /// A client whose bootstrap brokers cannot be reached fails with the connect error once
 /// `connect_timeout` passed, not at the end of the (much longer) request timeout it
 /// would wait for a broker that once answered.
