@@ -2,7 +2,7 @@
 //! reopened after a failure), a metadata cache (brokers, and per partition its leader), routing
 //! of a request to a partition's leader, and the retry loop every component shares.
 //!
-//! Metadata is refreshed when it is older than `metadata_max_age_ms`, or when a failure says
+//! Metadata is refreshed when it is older than `metadata_max_age`, or when a failure says
 //! the client's view is out of date ([`ClientError::needs_metadata_refresh`]). Concurrent
 //! refreshes coalesce: callers that wanted one while another ran use its result.
 
@@ -49,7 +49,7 @@ pub(crate) struct Cluster {
     /// is dropped on `NotCoordinator` or a transport failure, so the next call asks again.
     coordinators: Mutex<HashMap<String, String>>,
     /// A connection to some broker was made once. Until then, brokers that cannot be
-    /// reached are retried only for `connect_timeout_ms`, not the whole request timeout:
+    /// reached are retried only for `connect_timeout`, not the whole request timeout:
     /// a wrong bootstrap address fails fast instead of after 30 s.
     reached: AtomicBool,
 }
