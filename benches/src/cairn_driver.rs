@@ -80,11 +80,9 @@ async fn run_on(
             .collect();
         let mut consumer = Consumer::new(
             client.clone(),
-            ConsumerConfig {
-                auto_offset_reset: AutoOffsetReset::Earliest,
-                fetch_max_wait_ms: 100,
-                ..ConsumerConfig::default()
-            },
+            ConsumerConfig::default()
+                .auto_offset_reset(AutoOffsetReset::Earliest)
+                .fetch_max_wait(Duration::from_millis(100)),
         )
         .map_err(|error| error.to_string())?;
         let assignment: Vec<(&str, u32)> = mine.iter().map(|p| (topic.as_str(), *p)).collect();
@@ -95,22 +93,22 @@ async fn run_on(
         consumers.push(consumer);
     }
     let in_flight_max = workload.cairn.in_flight_max;
-    let producer_config = ProducerConfig {
-        acks: match workload.acks {
+    let producer_config = ProducerConfig::default()
+        .acks(match workload.acks {
             AcksSetting::All => Acks::All,
             AcksSetting::Leader => Acks::Leader,
             AcksSetting::None => Acks::None,
-        },
-        linger_ms: workload.cairn.linger_ms,
-        batch_bytes_max: workload.cairn.batch_bytes,
-        requests_in_flight_per_partition_max: workload.cairn.in_flight_per_partition,
+        })
+        .linger(Duration::from_millis(workload.cairn.linger_ms))
+        .batch_bytes_max(workload.cairn.batch_bytes)
+        .requests_in_flight_per_partition_max(workload.cairn.in_flight_per_partition)
         // Room for every record the harness lets be in flight, so the harness's bound, not
         // the buffer, is what limits a producer.
-        buffer_bytes_max: (in_flight_max * (workload.record_bytes + 64))
-            .max(2 * workload.cairn.batch_bytes)
-            .min(1 << 30),
-        ..ProducerConfig::default()
-    };
+        .buffer_bytes_max(
+            (in_flight_max * (workload.record_bytes + 64))
+                .max(2 * workload.cairn.batch_bytes)
+                .min(1 << 30),
+        );
     let mut producers = Vec::new();
     for _ in 0..workload.producers {
         producers.push(

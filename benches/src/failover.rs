@@ -103,17 +103,16 @@ async fn measure(
         .await
         .map_err(|error| format!("creating {topic}: {error}"))?;
     let defaults = ProducerConfig::default();
-    let producer_config = ProducerConfig {
-        acks: Acks::All,
-        linger_ms: 0,
-        requests_in_flight_per_partition_max: 1,
-        delivery_timeout_ms: DELIVERY_TIMEOUT_MS,
-        retry_backoff_max_ms: args
-            .retry_backoff_max_ms
-            .unwrap_or(defaults.retry_backoff_max_ms),
-        ..defaults
-    };
-    let retry_backoff_max_ms = producer_config.retry_backoff_max_ms;
+    let retry_backoff_max = args
+        .retry_backoff_max_ms
+        .map_or(defaults.retry_backoff_max, Duration::from_millis);
+    let producer_config = defaults
+        .acks(Acks::All)
+        .linger(Duration::ZERO)
+        .requests_in_flight_per_partition_max(1)
+        .delivery_timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
+        .retry_backoff_max(retry_backoff_max);
+    let retry_backoff_max_ms = retry_backoff_max.as_millis() as u64;
     let producer = Producer::new(client.clone(), producer_config)
         .await
         .map_err(|error| format!("starting the producer: {error}"))?;
@@ -199,8 +198,8 @@ async fn agreed_leader(cluster: &LocalCluster, topic: &str) -> Result<NodeId, St
 
 async fn leader_seen_by(bootstrap: &str, topic: &str) -> Result<Option<NodeId>, String> {
     let mut config = ClientConfig::new(bootstrap).map_err(|error| error.to_string())?;
-    config.request_timeout_ms = 1_000;
-    config.connect_timeout_ms = 500;
+    config.request_timeout = Duration::from_secs(1);
+    config.connect_timeout = Duration::from_millis(500);
     let status = Admin::new(config)
         .map_err(|error| error.to_string())?
         .cluster_status(false)

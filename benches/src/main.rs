@@ -293,13 +293,11 @@ async fn produce_phase(
             .map(|index| (index * 31 % 251) as u8)
             .collect::<Vec<u8>>(),
     );
-    let producer_config = ProducerConfig {
-        acks: workload.acks.into(),
-        linger_ms: workload.linger_ms,
-        batch_bytes_max: workload.batch_bytes,
-        requests_in_flight_per_partition_max: workload.in_flight_per_partition,
-        ..ProducerConfig::default()
-    };
+    let producer_config = ProducerConfig::default()
+        .acks(workload.acks.into())
+        .linger(Duration::from_millis(workload.linger_ms))
+        .batch_bytes_max(workload.batch_bytes)
+        .requests_in_flight_per_partition_max(workload.in_flight_per_partition);
     let per_producer = workload.records / u64::from(workload.producers);
     let warmup_per_producer = workload.warmup_records / u64::from(workload.producers);
     let interval = (workload.rate > 0)
@@ -417,10 +415,7 @@ async fn consume_phase(
         tasks.push(tokio::spawn(async move {
             let mut consumer = Consumer::new(
                 client,
-                ConsumerConfig {
-                    auto_offset_reset: AutoOffsetReset::Earliest,
-                    ..ConsumerConfig::default()
-                },
+                ConsumerConfig::default().auto_offset_reset(AutoOffsetReset::Earliest),
             )
             .map_err(|error| error.to_string())?;
             let assignment: Vec<(&str, u32)> = mine

@@ -315,8 +315,8 @@ impl LocalCluster {
 /// How many nodes (itself included) the node at `address` hears.
 async fn heard_nodes(address: &str) -> Result<usize, String> {
     let mut config = ClientConfig::new(address).map_err(|error| error.to_string())?;
-    config.request_timeout_ms = 2_000;
-    config.connect_timeout_ms = 1_000;
+    config.request_timeout = Duration::from_secs(2);
+    config.connect_timeout = Duration::from_secs(1);
     let status = Admin::new(config)
         .map_err(|error| error.to_string())?
         .cluster_status(false)

@@ -106,11 +106,9 @@ pub async fn run(args: RebalanceArgs) -> Result<(), String> {
 }
 
 fn consumer_config() -> ConsumerConfig {
-    ConsumerConfig {
-        auto_offset_reset: AutoOffsetReset::Latest,
-        fetch_max_wait_ms: 100,
-        ..ConsumerConfig::default()
-    }
+    ConsumerConfig::default()
+        .auto_offset_reset(AutoOffsetReset::Latest)
+        .fetch_max_wait(Duration::from_millis(100))
 }
 
 /// One member: subscribes, polls until told to stop, then closes (leaving the group).

@@ -179,11 +179,9 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         ));
     }
     let admin = runtime.block_on(async {
-        let client = ClientConfig {
-            request_timeout_ms: 5_000,
-            connect_timeout_ms: 1_000,
-            ..ClientConfig::new(&workload_config.bootstrap)?
-        };
+        let client = ClientConfig::new(&workload_config.bootstrap)?
+            .request_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(1));
         Admin::new(client)
     });
     let admin = admin.map_err(|error| format!("admin client: {error}"))?;

@@ -85,13 +85,11 @@ pub async fn run_writer(bootstrap: String, mut stop: watch::Receiver<bool>) -> W
         let Ok(client) = ClientConfig::new(&bootstrap) else {
             return outcome;
         };
-        let producer_config = ProducerConfig {
-            acks: Acks::All,
-            linger_ms: 0,
-            delivery_timeout_ms: 10_000,
-            request_timeout_ms: 2_000,
-            ..ProducerConfig::default()
-        };
+        let producer_config = ProducerConfig::default()
+            .acks(Acks::All)
+            .linger(Duration::ZERO)
+            .delivery_timeout(Duration::from_secs(10))
+            .request_timeout(Duration::from_secs(2));
         let producer = tokio::select! {
             made = Producer::new(client, producer_config) => made,
             _ = stop.changed() => return outcome,

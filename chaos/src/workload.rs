@@ -113,12 +113,11 @@ impl WorkloadConfig {
 }
 
 fn client_config(bootstrap: &str, name: String) -> Result<ClientConfig, ClientError> {
-    let mut config = ClientConfig::new(bootstrap)?;
-    config.client_id = name;
-    config.request_timeout_ms = 5_000;
-    config.connect_timeout_ms = 1_000;
-    config.metadata_max_age_ms = 5_000;
-    Ok(config)
+    Ok(ClientConfig::new(bootstrap)?
+        .client_id(name)
+        .request_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(1))
+        .metadata_max_age(Duration::from_secs(5)))
 }
 
 /// Whether a failed send definitely wrote nothing: only refusals before the record was sent.
@@ -171,14 +170,12 @@ pub async fn run_producer(
         else {
             return;
         };
-        let producer_config = ProducerConfig {
-            acks: Acks::All,
-            linger_ms: 2,
-            delivery_timeout_ms: 15_000,
-            request_timeout_ms: 3_000,
-            enable_idempotence: idempotent,
-            ..ProducerConfig::default()
-        };
+        let producer_config = ProducerConfig::default()
+            .acks(Acks::All)
+            .linger(Duration::from_millis(2))
+            .delivery_timeout(Duration::from_secs(15))
+            .request_timeout(Duration::from_secs(3))
+            .enable_idempotence(idempotent);
         let producer = tokio::select! {
             made = Producer::new(client_config, producer_config) => made,
             _ = control.stop_producing.changed() => return,
@@ -308,14 +305,12 @@ pub async fn run_group_consumer(
         else {
             return;
         };
-        let consumer_config = ConsumerConfig {
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            fetch_max_wait_ms: 200,
-            session_timeout_ms: 6_000,
-            rebalance_timeout_ms: 10_000,
-            max_poll_records: 200,
-            ..ConsumerConfig::default()
-        };
+        let consumer_config = ConsumerConfig::default()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(200))
+            .session_timeout(Duration::from_secs(6))
+            .rebalance_timeout(Duration::from_secs(10))
+            .max_poll_records(200);
         let Ok(mut consumer) = Consumer::new(client_config, consumer_config) else {
             return;
         };
@@ -454,12 +449,10 @@ async fn read_partitions(
     let Ok(client_config) = client_config(&config.bootstrap, format!("reader-{process}")) else {
         return (positions, watermarks);
     };
-    let consumer_config = ConsumerConfig {
-        auto_offset_reset: AutoOffsetReset::Earliest,
-        fetch_max_wait_ms: 200,
-        max_poll_records: 500,
-        ..ConsumerConfig::default()
-    };
+    let consumer_config = ConsumerConfig::default()
+        .auto_offset_reset(AutoOffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(200))
+        .max_poll_records(500);
     let Ok(mut consumer) = Consumer::new(client_config, consumer_config) else {
         return (positions, watermarks);
     };

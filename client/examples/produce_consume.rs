@@ -43,10 +43,7 @@ async fn main() -> Result<(), ClientError> {
 
     let mut consumer = Consumer::new(
         config,
-        ConsumerConfig {
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::new().auto_offset_reset(AutoOffsetReset::Earliest),
     )?;
     for partition in consumer.assign_topic(TOPIC).await? {
         consumer.seek(TOPIC, partition, SeekTo::Earliest).await?;

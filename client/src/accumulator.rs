@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Where the record was sent and what the leader made of it.
+/// Where the record was sent and what the leader made of it (non-exhaustive: fields may be
+/// added).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecordMetadata {
     /// The topic it was sent to.
     pub topic: Arc<str>,

@@ -409,7 +409,7 @@ impl Admin {
 
     async fn call_coordinator(&self, group_id: &str, request: Request) -> Result<Response> {
         cairn_protocol::group::validate_group_id(group_id)?;
-        let deadline = Instant::now() + self.cluster.config().request_timeout();
+        let deadline = Instant::now() + self.cluster.config().request_timeout;
         self.cluster
             .call_coordinator(group_id, deadline, || request.clone())
             .await

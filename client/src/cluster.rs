@@ -2,7 +2,7 @@
 //! reopened after a failure), a metadata cache (brokers, and per partition its leader), routing
 //! of a request to a partition's leader, and the retry loop every component shares.
 //!
-//! Metadata is refreshed when it is older than `metadata_max_age_ms`, or when a failure says
+//! Metadata is refreshed when it is older than `metadata_max_age`, or when a failure says
 //! the client's view is out of date ([`ClientError::needs_metadata_refresh`]). Concurrent
 //! refreshes coalesce: callers that wanted one while another ran use its result.
 
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One cached view of the cluster.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub(crate) struct Cluster {
     /// is dropped on `NotCoordinator` or a transport failure, so the next call asks again.
     coordinators: Mutex<HashMap<String, String>>,
     /// A connection to some broker was made once. Until then, brokers that cannot be
-    /// reached are retried only for `connect_timeout_ms`, not the whole request timeout:
+    /// reached are retried only for `connect_timeout`, not the whole request timeout:
     /// a wrong bootstrap address fails fast instead of after 30 s.
     reached: AtomicBool,
 }
@@ -90,8 +90,7 @@ impl Cluster {
 
     fn needs_refresh(&self, metadata: &Metadata) -> bool {
         self.stale.load(Ordering::Relaxed)
-            || metadata.fetched_at.elapsed()
-                > Duration::from_millis(self.config.metadata_max_age_ms)
+            || metadata.fetched_at.elapsed() > self.config.metadata_max_age
     }
 
     /// The connection to `address`, opening it if there is none or the last one failed.
@@ -213,7 +212,7 @@ impl Cluster {
     /// retriable failures are retried within the request timeout (see
     /// [`Cluster::topic_within`]).
     pub async fn topic(&self, topic: &str) -> Result<Arc<TopicMetadata>> {
-        self.topic_within(topic, Instant::now() + self.config.request_timeout())
+        self.topic_within(topic, Instant::now() + self.config.request_timeout)
             .await
     }
 
@@ -308,13 +307,13 @@ impl Cluster {
             }
             let never_reached = matches!(error, ClientError::Connect { .. })
                 && !self.reached.load(Ordering::Relaxed);
-            if never_reached && started.elapsed() >= self.config.connect_timeout() {
+            if never_reached && started.elapsed() >= self.config.connect_timeout {
                 return Err(error);
             }
             let backoff = self.config.backoff(attempts);
             if Instant::now() + backoff >= deadline {
                 return Err(ClientError::DeliveryTimeout {
-                    waited_ms: started.elapsed().as_millis() as u64,
+                    waited: started.elapsed(),
                     last: Box::new(error),
                 });
             }
@@ -328,7 +327,7 @@ impl Cluster {
     /// within the request timeout. A `NotLeader` refusal with a hint sends the next attempt to
     /// the hinted node (admin requests that only the metadata leader serves).
     pub async fn call_any(&self, request: Request) -> Result<Response> {
-        let deadline = Instant::now() + self.config.request_timeout();
+        let deadline = Instant::now() + self.config.request_timeout;
         let hint: Mutex<Option<NodeId>> = Mutex::new(None);
         self.with_retries(deadline, |_| {
             let request = request.clone();
@@ -371,7 +370,7 @@ impl Cluster {
         partition: u32,
         spec: OffsetSpec,
     ) -> Result<Offset> {
-        let deadline = Instant::now() + self.config.request_timeout();
+        let deadline = Instant::now() + self.config.request_timeout;
         let request = Request::ListOffsets(ListOffsetsRequest {
             topic: topic.to_owned(),
             partition,

@@ -117,7 +117,7 @@ impl Connection {
     /// Connects to `address`, performs the handshake and starts the reader and writer tasks.
     /// Must run inside a tokio runtime.
     pub async fn connect(address: &str, config: &ClientConfig) -> Result<Connection> {
-        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let connect_timeout = config.connect_timeout;
         let connect_error = |reason: String| ClientError::Connect {
             address: address.to_owned(),
             reason,
@@ -197,7 +197,7 @@ impl Connection {
             }),
             next_correlation_id: AtomicU64::new(2),
             in_flight: Semaphore::new(in_flight_max),
-            request_timeout: config.request_timeout(),
+            request_timeout: config.request_timeout,
         });
         let write_codec = FrameCodec::new(limits.frame_bytes_max as usize);
         let writer = tokio::spawn(write_loop(
@@ -353,7 +353,7 @@ impl PendingReply {
                 shared.close("request timed out");
                 Err(ClientError::RequestTimeout {
                     address: shared.address.clone(),
-                    waited_ms: self.timeout.as_millis() as u64,
+                    waited: self.timeout,
                 })
             }
         }

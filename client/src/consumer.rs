@@ -15,7 +15,7 @@
 //! the application works), and memory stays bounded by that buffer plus one fetch response.
 
 use crate::cluster::{unexpected, Cluster};
-use crate::config::{AutoOffsetReset, ClientConfig, ConsumerConfig};
+use crate::config::{millis_u32, AutoOffsetReset, ClientConfig, ConsumerConfig};
 use crate::error::{ClientError, Result};
 use crate::group::{self, MemberState, RebalanceListener, Subscription};
 use bytes::Bytes;
@@ -123,8 +123,9 @@ impl RecordBuffer {
     }
 }
 
-/// One record as the consumer returns it.
+/// One record as the consumer returns it (non-exhaustive: fields may be added).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerRecord {
     /// The topic it was read from.
     pub topic: Arc<str>,
@@ -144,6 +145,7 @@ pub struct ConsumerRecord {
 
 /// Where [`Consumer::seek`] moves a partition's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SeekTo {
     /// The first offset still in the log.
     Earliest,
@@ -315,8 +317,8 @@ impl Consumer {
             group_id: group_id.to_owned(),
             topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
             instance_id: self.config.group_instance_id.clone(),
-            session_timeout_ms: self.config.session_timeout_ms,
-            rebalance_timeout_ms: self.config.rebalance_timeout_ms,
+            session_timeout_ms: millis_u32(self.config.session_timeout),
+            rebalance_timeout_ms: millis_u32(self.config.rebalance_timeout),
             assignor: self.config.assignor.clone(),
         };
         let state = Arc::new(Mutex::new(MemberState::default()));
@@ -483,7 +485,7 @@ impl Consumer {
             member,
             partitions: Some(group::to_wire(&wanted)),
         });
-        let deadline = Instant::now() + self.cluster.config().request_timeout();
+        let deadline = Instant::now() + self.cluster.config().request_timeout;
         let reply = self
             .cluster
             .call_coordinator(&group.subscription.group_id, deadline, || request.clone())
@@ -796,9 +798,7 @@ impl Consumer {
             if !self.buffer.is_empty() {
                 let records = self.take_buffered();
                 if self.buffer.len() < self.config.max_poll_records && self.fetch.is_none() {
-                    self.start_fetch(Duration::from_millis(u64::from(
-                        self.config.fetch_max_wait_ms,
-                    )));
+                    self.start_fetch(self.config.fetch_max_wait);
                 }
                 return Ok(records);
             }
@@ -861,7 +861,7 @@ impl Consumer {
         if !self.config.enable_auto_commit {
             return;
         }
-        let interval = Duration::from_millis(self.config.auto_commit_interval_ms);
+        let interval = self.config.auto_commit_interval;
         let Some(group) = self.group.as_mut() else {
             return;
         };
@@ -952,8 +952,7 @@ impl Consumer {
         wanted.rotate_left(first);
         let cluster = Arc::clone(&self.cluster);
         let config = self.config.clone();
-        let max_wait_ms =
-            (wait.as_millis().min(u128::from(u32::MAX)) as u32).min(config.fetch_max_wait_ms);
+        let max_wait_ms = millis_u32(wait).min(millis_u32(config.fetch_max_wait));
         self.fetch = Some(tokio::spawn(fetch_all(
             cluster,
             config,
@@ -1182,8 +1181,7 @@ async fn fetch_from(
         max_bytes,
         partitions,
     });
-    let timeout =
-        cluster.config().request_timeout() + Duration::from_millis(u64::from(max_wait_ms));
+    let timeout = cluster.config().request_timeout + Duration::from_millis(u64::from(max_wait_ms));
     connection
         .submit_with_timeout(request, timeout)
         .await?

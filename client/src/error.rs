@@ -4,9 +4,14 @@
 //! back (protocol errors).
 
 use cairn_protocol::ApiError;
+use std::time::Duration;
 
 /// A failed client call. Cheap to clone: one batch's failure is handed to each of its records.
+///
+/// Non-exhaustive: new failure classes may be added in a minor release, so a `match` needs a
+/// wildcard arm; [`ClientError::is_retriable`] is the stable way to decide on a retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The node refused the request with a typed reason.
     #[error(transparent)]
@@ -29,18 +34,18 @@ pub enum ClientError {
         reason: String,
     },
     /// No reply within the request timeout; the request may or may not have been executed.
-    #[error("request to {address} timed out after {waited_ms} ms")]
+    #[error("request to {address} timed out after {} ms", waited.as_millis())]
     RequestTimeout {
         /// The broker the request went to.
         address: String,
         /// How long the request waited.
-        waited_ms: u64,
+        waited: Duration,
     },
     /// Retries went on until the delivery timeout; `last` is the last failure seen.
-    #[error("gave up after {waited_ms} ms: {last}")]
+    #[error("gave up after {} ms: {last}", waited.as_millis())]
     DeliveryTimeout {
         /// How long the retries went on.
-        waited_ms: u64,
+        waited: Duration,
         /// The last failure, the reason the request did not succeed.
         last: Box<ClientError>,
     },
@@ -171,9 +176,10 @@ mod tests {
         };
         assert!(lost.is_retriable());
         let gave_up = ClientError::DeliveryTimeout {
-            waited_ms: 10,
+            waited: Duration::from_millis(10),
             last: Box::new(not_leader.clone()),
         };
+        assert!(gave_up.to_string().starts_with("gave up after 10 ms: "));
         assert!(!gave_up.is_retriable());
         assert!(matches!(
             gave_up.api_error(),

@@ -258,7 +258,7 @@ pub(crate) async fn leave(
             owned: Some(Vec::new()),
         })
     };
-    let deadline = Instant::now() + cluster.config().request_timeout();
+    let deadline = Instant::now() + cluster.config().request_timeout;
     match cluster
         .call_coordinator(&subscription.group_id, deadline, || request.clone())
         .await
@@ -291,7 +291,7 @@ pub(crate) async fn commit(
             metadata: None,
         })
         .collect();
-    let deadline = Instant::now() + cluster.config().request_timeout();
+    let deadline = Instant::now() + cluster.config().request_timeout;
     cluster
         .with_retries(deadline, |_| {
             let (member_id, member_epoch) = match member {

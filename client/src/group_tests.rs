@@ -421,7 +421,7 @@ async fn auto_commit_commits_positions_on_its_interval() {
         &server,
         ConsumerConfig {
             enable_auto_commit: true,
-            auto_commit_interval_ms: 50,
+            auto_commit_interval: Duration::from_millis(50),
             ..earliest()
         },
     );

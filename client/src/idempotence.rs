@@ -18,6 +18,12 @@
 //! only sequence 0 (`UnknownProducerId` otherwise, not retriable: the batch fails and the
 //! epoch is raised as above, as Kafka's producer does after KIP-360), so a later batch must
 //! not overtake the first.
+//!
+//! A producer id the cluster answers `ProducerIdNotAllocated` for (it does not know the id:
+//! the cluster was recreated from empty data while the producer lived, say) is forgotten:
+//! once no batch stamped with it is unresolved, a new id is fetched and every partition
+//! starts again at sequence 0. The refused batches were not written (the refusal comes before
+//! any append), so they go back to be stamped with the new id, in their order.
 
 use cairn_protocol::batch::sequence_after;
 use std::collections::HashMap;
@@ -60,6 +66,9 @@ pub(crate) struct Idempotence {
     /// The epoch the cluster gave with the producer id; partitions start from it.
     initial_epoch: i16,
     off: bool,
+    /// The cluster refused the producer id as never allocated: replace it once no batch
+    /// stamped with it is unresolved.
+    forgotten: bool,
     partitions: HashMap<(Arc<str>, u32), PartitionSequence>,
 }
 
@@ -79,6 +88,16 @@ impl Idempotence {
     pub fn stamp(&mut self, topic: &Arc<str>, partition: u32, record_count: u32) -> Stamp {
         if self.off {
             return Stamp::Off;
+        }
+        if self.forgotten {
+            // A new id fences nothing, but a batch of the old id still in flight will come
+            // back refused and must be stamped before the later batches of its partition.
+            if self.partitions.values().any(|state| state.unresolved > 0) {
+                return Stamp::Wait;
+            }
+            self.producer_id = None;
+            self.partitions.clear();
+            self.forgotten = false;
         }
         let Some(producer_id) = self.producer_id else {
             return Stamp::NeedProducerId;
@@ -116,6 +135,20 @@ impl Idempotence {
             producer_id,
             producer_epoch: state.epoch,
             base_sequence,
+        }
+    }
+
+    /// A batch stamped with `producer_id` was refused with `ProducerIdNotAllocated`: it was
+    /// not written, is no longer in flight, and goes back to be stamped again. The id is
+    /// replaced before the next stamp (see the module docs).
+    pub fn producer_id_refused(&mut self, topic: &Arc<str>, partition: u32, producer_id: i64) {
+        if self.producer_id != Some(producer_id) {
+            // Stamped with an id replaced already: its partition state went with that id.
+            return;
+        }
+        self.forgotten = true;
+        if let Some(state) = self.partitions.get_mut(&(Arc::clone(topic), partition)) {
+            state.unresolved = state.unresolved.saturating_sub(1);
         }
     }
 
@@ -177,6 +210,51 @@ mod tests {
         assert_eq!(state.stamp(&topic, 0, 1), Stamp::Wait);
         state.resolved(&topic, 0, true);
         assert_eq!(state.stamp(&topic, 0, 1), now(1, 4));
+    }
+
+    #[test]
+    fn a_producer_id_the_cluster_does_not_know_is_replaced_once_its_batches_came_back() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut state = Idempotence::default();
+        state.set_producer_id(42, 0);
+        assert_eq!(state.stamp(&topic, 0, 1), now(0, 0));
+        state.resolved(&topic, 0, true);
+        assert_eq!(state.stamp(&topic, 0, 2), now(0, 1));
+        assert_eq!(state.stamp(&topic, 0, 1), now(0, 3));
+        assert_eq!(state.stamp(&topic, 1, 1), now(0, 0));
+        state.producer_id_refused(&topic, 0, 42);
+        // Two batches of the old id are still out: nothing new is stamped before they return.
+        assert_eq!(state.stamp(&topic, 2, 1), Stamp::Wait);
+        state.producer_id_refused(&topic, 0, 42);
+        assert_eq!(state.stamp(&topic, 0, 2), Stamp::Wait);
+        state.producer_id_refused(&topic, 1, 42);
+        assert_eq!(state.stamp(&topic, 0, 2), Stamp::NeedProducerId);
+        state.set_producer_id(43, 0);
+        assert_eq!(
+            state.stamp(&topic, 0, 2),
+            Stamp::Now {
+                producer_id: 43,
+                producer_epoch: 0,
+                base_sequence: 0,
+            },
+            "every partition starts again at sequence 0 with the new id"
+        );
+        // A late refusal naming the replaced id changes nothing.
+        state.producer_id_refused(&topic, 0, 42);
+        assert_eq!(
+            state.stamp(&topic, 0, 1),
+            Stamp::Wait,
+            "first batch still unacknowledged"
+        );
+        state.resolved(&topic, 0, true);
+        assert_eq!(
+            state.stamp(&topic, 0, 1),
+            Stamp::Now {
+                producer_id: 43,
+                producer_epoch: 0,
+                base_sequence: 2,
+            }
+        );
     }
 
     #[test]

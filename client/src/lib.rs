@@ -3,7 +3,8 @@
 //! Map of the modules, in the order a request flows through them:
 //!
 //! - [`config`]: [`ClientConfig`] (bootstrap brokers, timeouts, in-flight bound),
-//!   [`ProducerConfig`], [`ConsumerConfig`].
+//!   [`ProducerConfig`], [`ConsumerConfig`]: defaults plus chainable setters, every time span
+//!   a [`std::time::Duration`].
 //! - [`error`]: [`ClientError`], wrapping the node's typed [`ApiError`] refusals, transport
 //!   failures and protocol errors, with [`ClientError::is_retriable`].
 //! - [`connection`]: one pipelined TCP connection per node (handshake, correlation ids, one
@@ -25,6 +26,11 @@
 //!
 //! Everything is async on tokio; create clients inside a runtime.
 //!
+//! The configs, [`ClientError`], [`AutoOffsetReset`], [`SeekTo`], [`ConsumerRecord`] and
+//! [`RecordMetadata`] are `#[non_exhaustive]`: build configs with `new`/`default` and setters,
+//! and match errors with a wildcard arm, so that adding a setting or a failure class is not a
+//! breaking change.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), cairn_client::ClientError> {
 //! use cairn_client::*;
@@ -34,13 +40,17 @@
 //! Admin::new(config.clone())?
 //!     .create_topic("events", 3, None, TopicConfig::default())
 //!     .await?;
-//! let producer = Producer::new(config.clone(), ProducerConfig::default()).await?;
+//! let producer = Producer::new(
+//!     config.clone(),
+//!     ProducerConfig::new().acks(Acks::All).linger(Duration::from_millis(5)),
+//! )
+//! .await?;
 //! producer.send("events", Record::new("hello").with_key("k")).await?;
 //! producer.flush().await?;
-//! let mut consumer = Consumer::new(config, ConsumerConfig {
-//!     auto_offset_reset: AutoOffsetReset::Earliest,
-//!     ..ConsumerConfig::default()
-//! })?;
+//! let mut consumer = Consumer::new(
+//!     config,
+//!     ConsumerConfig::new().auto_offset_reset(AutoOffsetReset::Earliest),
+//! )?;
 //! consumer.assign_topic("events").await?;
 //! let records = consumer.poll(Duration::from_secs(1)).await?;
 //! # Ok(())

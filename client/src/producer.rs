@@ -23,7 +23,7 @@ use crate::accumulator::{
     Accumulator, AccumulatorConfig, AppendError, PartitionChoice, ReadyBatch,
 };
 use crate::cluster::{unexpected, Cluster};
-use crate::config::{ClientConfig, ProducerConfig};
+use crate::config::{millis_u32, ClientConfig, ProducerConfig};
 use crate::error::{ClientError, Result};
 use crate::idempotence::{Idempotence, Stamp};
 use crate::partitioner::{murmur2, to_positive};
@@ -123,9 +123,9 @@ impl Producer {
         let accumulator = Accumulator::new(
             AccumulatorConfig {
                 batch_bytes_max: config.batch_bytes_max,
-                linger: Duration::from_millis(config.linger_ms),
+                linger: config.linger,
                 in_flight_per_partition_max: config.requests_in_flight_per_partition_max,
-                delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+                delivery_timeout: config.delivery_timeout,
                 compression: config.compression,
             },
             seed,
@@ -231,8 +231,7 @@ impl Producer {
                     attempts += 1;
                     // Metadata waits count against the delivery timeout, as Kafka's
                     // producer bounds them by `max.block.ms`.
-                    let deadline =
-                        Instant::now() + Duration::from_millis(inner.config.delivery_timeout_ms);
+                    let deadline = Instant::now() + inner.config.delivery_timeout;
                     match inner.cluster.topic_within(topic, deadline).await {
                         Ok(metadata) if !metadata.partitions.is_empty() => {
                             inner
@@ -338,13 +337,13 @@ async fn sender_loop(inner: Arc<Inner>) {
                 .last_error
                 .take()
                 .unwrap_or(ClientError::Api(ApiError::Timeout {
-                    waited_ms: inner.config.delivery_timeout_ms,
+                    waited_ms: inner.config.delivery_timeout.as_millis() as u64,
                 }));
-            let waited_ms = batch.created.elapsed().as_millis() as u64;
+            let waited = batch.created.elapsed();
             inner.complete_unsent(
                 batch,
                 ClientError::DeliveryTimeout {
-                    waited_ms,
+                    waited,
                     last: Box::new(last),
                 },
             );
@@ -416,11 +415,11 @@ async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) -> bool {
         topic: batch.topic.to_string(),
         partition: batch.partition,
         acks: inner.config.acks,
-        timeout_ms: inner.config.request_timeout_ms as u32,
+        timeout_ms: millis_u32(inner.config.request_timeout),
         batch: batch.bytes.clone(),
     });
     tracing::trace!(topic = %batch.topic, partition = batch.partition, records = batch.record_count, "sending batch");
-    let reply_timeout = Duration::from_millis(inner.config.request_timeout_ms) + REPLY_MARGIN;
+    let reply_timeout = inner.config.request_timeout + REPLY_MARGIN;
     match connection.submit_with_timeout(request, reply_timeout).await {
         Ok(pending) => {
             let inner = Arc::clone(inner);
@@ -557,18 +556,40 @@ impl Inner {
         if error.needs_metadata_refresh() {
             self.cluster.invalidate();
         }
+        if let (
+            ClientError::Api(ApiError::ProducerIdNotAllocated { producer_id }),
+            Some(idempotence),
+            true,
+        ) = (&error, &self.idempotence, batch.stamped)
+        {
+            // The cluster does not know our producer id (it was recreated from empty data,
+            // say), so no batch stamped with it can ever be written: replace the id and
+            // send the batch again under the new one (see the `idempotence` module).
+            idempotence
+                .lock()
+                .expect("idempotence lock")
+                .producer_id_refused(&batch.topic, batch.partition, *producer_id);
+            batch.stamped = false;
+            return self.retry_later(batch, error);
+        }
         if !error.is_retriable() {
             return self.complete(batch, Err(error));
         }
+        self.retry_later(batch, error);
+    }
+
+    /// Puts a failed batch back to be sent again after a backoff, or fails it when the
+    /// delivery timeout would pass first.
+    fn retry_later(&self, mut batch: ReadyBatch, error: ClientError) {
         let backoff = self.config.backoff(batch.attempts);
-        let deadline = batch.created + Duration::from_millis(self.config.delivery_timeout_ms);
+        let deadline = batch.created + self.config.delivery_timeout;
         let now = Instant::now();
         if now + backoff >= deadline {
-            let waited_ms = batch.created.elapsed().as_millis() as u64;
+            let waited = batch.created.elapsed();
             return self.complete(
                 batch,
                 Err(ClientError::DeliveryTimeout {
-                    waited_ms,
+                    waited,
                     last: Box::new(error),
                 }),
             );

@@ -37,6 +37,9 @@ pub(crate) struct State {
     pub replies_lost: VecDeque<ApiError>,
     /// Producer ids handed out so far (`InitProducerId`); the next id is this count.
     pub producer_ids_issued: i64,
+    /// Batches of producer ids below this are refused `ProducerIdNotAllocated`, as by a
+    /// cluster recreated from empty data while a producer lived.
+    pub producer_ids_unknown_below: i64,
     /// Idempotent producers per (topic, partition, producer id): epoch, and the sequence
     /// ranges written with their base offsets, as a leader's replica keeps them.
     pub producers: HashMap<(String, u32, i64), ProducerWritten>,
@@ -367,6 +370,11 @@ async fn handle(
             }
             let header = *batch.header();
             let key = (request.topic.clone(), request.partition, header.producer_id);
+            if header.has_producer() && header.producer_id < state.producer_ids_unknown_below {
+                return Err(ApiError::ProducerIdNotAllocated {
+                    producer_id: header.producer_id,
+                });
+            }
             if header.has_producer() {
                 // The leader's rules for idempotent producers (cairn_replica::producers), for
                 // a known producer of the same epoch: a repeat is answered with its first

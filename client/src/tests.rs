@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) fn client(server: &TestServer) -> ClientConfig {
     ClientConfig {
-        retry_backoff_ms: 10,
-        retry_backoff_max_ms: 50,
-        request_timeout_ms: 2_000,
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(2_000),
         ..ClientConfig::new(&server.address).unwrap()
     }
 }
@@ -49,14 +49,14 @@ async fn a_connection_learns_limits_and_answers_requests() {
 async fn a_request_timeout_closes_the_connection_with_a_retriable_error() {
     let server = TestServer::start().await;
     let config = ClientConfig {
-        request_timeout_ms: 100,
+        request_timeout: Duration::from_millis(100),
         ..client(&server)
     };
     let connection = Connection::connect(&server.address, &config).await.unwrap();
     server.pause(true);
     let error = connection.call(list_topics()).await.unwrap_err();
     assert!(
-        matches!(error, ClientError::RequestTimeout { waited_ms: 100, .. }),
+        matches!(error, ClientError::RequestTimeout { waited, .. } if waited == Duration::from_millis(100)),
         "{error:?}"
     );
     assert!(error.is_retriable());
@@ -243,7 +243,7 @@ async fn send_waits_when_the_buffer_is_full_and_resumes_when_acks_return() {
     let config = ProducerConfig {
         batch_bytes_max: 16 * 1024,
         buffer_bytes_max,
-        linger_ms: 1,
+        linger: Duration::from_millis(1),
         ..ProducerConfig::default()
     };
     let producer = producer(&server, config).await;
@@ -383,15 +383,15 @@ async fn a_paused_leader_fails_records_after_the_delivery_timeout() {
     let server = TestServer::start().await;
     server.create_topic("t", 1);
     let config = ProducerConfig {
-        delivery_timeout_ms: 400,
-        request_timeout_ms: 50,
-        retry_backoff_ms: 10,
-        retry_backoff_max_ms: 20,
+        delivery_timeout: Duration::from_millis(400),
+        request_timeout: Duration::from_millis(50),
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(
         ClientConfig {
-            connect_timeout_ms: 100,
+            connect_timeout: Duration::from_millis(100),
             ..client(&server)
         },
         config,
@@ -654,9 +654,9 @@ async fn an_unreachable_cluster_is_a_typed_error() {
         listener.local_addr().unwrap().port()
     };
     let config = ClientConfig {
-        request_timeout_ms: 300,
-        retry_backoff_ms: 10,
-        retry_backoff_max_ms: 20,
+        request_timeout: Duration::from_millis(300),
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(20),
         ..ClientConfig::new(&format!("127.0.0.1:{port}")).unwrap()
     };
     let admin = Admin::new(config).unwrap();
@@ -675,9 +675,9 @@ async fn batches_wait_out_a_leaderless_partition_and_keep_their_order() {
     server.create_topic("t", 1);
     let config = ProducerConfig {
         batch_bytes_max: 1024,
-        linger_ms: 0,
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
+        linger: Duration::from_millis(0),
+        retry_backoff: Duration::from_millis(5),
+        retry_backoff_max: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = producer(&server, config).await;
@@ -758,9 +758,9 @@ async fn a_refused_batch_is_not_overtaken_by_later_ones_in_flight() {
     server.create_topic("t", 1);
     let config = ProducerConfig {
         batch_bytes_max: 1024,
-        linger_ms: 0,
-        retry_backoff_ms: 5,
-        retry_backoff_max_ms: 20,
+        linger: Duration::from_millis(0),
+        retry_backoff: Duration::from_millis(5),
+        retry_backoff_max: Duration::from_millis(20),
         ..ProducerConfig::default()
     };
     let producer = producer(&server, config).await;
@@ -863,8 +863,66 @@ async fn an_unknown_producer_id_fails_the_batch_and_the_next_starts_a_new_epoch(
     assert_eq!(stored_values(&server, "t", 0), vec!["a", "c"]);
 }
 
+/// A cluster that answers `ProducerIdNotAllocated` (it does not know the producer's id: it
+/// was recreated from empty data while the producer lived) refuses every batch stamped with
+/// that id, before writing it. The producer fetches a new id and sends the refused batches
+/// again under it, from sequence 0 on every partition, in their order, instead of failing
+/// every record from then on.
+#[tokio::test]
+async fn a_producer_id_the_cluster_does_not_know_is_replaced_and_nothing_fails() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    let config = ProducerConfig::new()
+        .batch_bytes_max(1024)
+        .linger(Duration::ZERO)
+        .retry_backoff(Duration::from_millis(5))
+        .retry_backoff_max(Duration::from_millis(20));
+    let producer = producer(&server, config).await;
+    for partition in 0..2 {
+        producer
+            .send_to("t", partition, Record::new("before"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    {
+        let mut state = server.state.lock().unwrap();
+        assert_eq!(state.producer_ids_issued, 1);
+        state.producer_ids_unknown_below = state.producer_ids_issued;
+    }
+    let mut deliveries = Vec::new();
+    for i in 0..40 {
+        let record = Record::new(format!("{i:0300}"));
+        deliveries.push(producer.send_to("t", i % 2, record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    for partition in 0..2 {
+        let mut expected = vec!["before".to_owned()];
+        expected.extend(
+            (0..40)
+                .filter(|i| i % 2 == partition)
+                .map(|i| format!("{i:0300}")),
+        );
+        assert_eq!(
+            stored_values(&server, "t", partition),
+            expected,
+            "every record once, in send order"
+        );
+    }
+    let state = server.state.lock().unwrap();
+    assert_eq!(state.producer_ids_issued, 2, "one new producer id");
+    for partition in 0..2 {
+        let (_, written) = &state.producers[&("t".to_owned(), partition, 1)];
+        assert_eq!(written[0].0, 0, "the new id starts at sequence 0");
+    }
+}
+
 /// A client whose bootstrap brokers cannot be reached fails with the connect error once
-/// `connect_timeout_ms` passed, not at the end of the (much longer) request timeout it
+/// `connect_timeout` passed, not at the end of the (much longer) request timeout it
 /// would wait for a broker that once answered.
 #[tokio::test]
 async fn an_unreachable_bootstrap_fails_within_the_connect_timeout() {
@@ -873,8 +931,8 @@ async fn an_unreachable_bootstrap_fails_within_the_connect_timeout() {
         listener.local_addr().unwrap().to_string()
     };
     let client = ClientConfig {
-        request_timeout_ms: 60_000,
-        connect_timeout_ms: 300,
+        request_timeout: Duration::from_millis(60_000),
+        connect_timeout: Duration::from_millis(300),
         ..ClientConfig::new(&closed).unwrap()
     };
     let started = tokio::time::timeout(

@@ -339,12 +339,12 @@ impl<S: LogStore> Broker<S> {
     /// applies them in order, forever. A learner keeps no copy: after a restart it fetches
     /// from the start again (metadata is small).
     async fn learn_meta(self: Arc<Self>) {
-        let client = cairn_client::ClientConfig {
-            client_id: format!("cairn-node-{}-learner", self.config.node_id),
-            request_timeout_ms: u64::from(LEARNER_FETCH_WAIT_MS) + 5_000,
-            connect_timeout_ms: 1_000,
-            ..cairn_client::ClientConfig::default()
-        };
+        let client = cairn_client::ClientConfig::default()
+            .client_id(format!("cairn-node-{}-learner", self.config.node_id))
+            .request_timeout(Duration::from_millis(
+                u64::from(LEARNER_FETCH_WAIT_MS) + 5_000,
+            ))
+            .connect_timeout(Duration::from_secs(1));
         let mut connection: Option<cairn_client::Connection> = None;
         let mut hint: Option<NodeId> = None;
         let mut attempt = 0usize;
@@ -1730,12 +1730,10 @@ impl<S: LogStore> Broker<S> {
         let address = self
             .broker_address(meta_leader)
             .ok_or(ApiError::CoordinatorNotAvailable)?;
-        let client = cairn_client::ClientConfig {
-            client_id: format!("cairn-node-{}-groups", self.config.node_id),
-            request_timeout_ms: 5_000,
-            connect_timeout_ms: 1_000,
-            ..cairn_client::ClientConfig::default()
-        };
+        let client = cairn_client::ClientConfig::default()
+            .client_id(format!("cairn-node-{}-groups", self.config.node_id))
+            .request_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(1));
         let connection = cairn_client::Connection::connect(&address, &client)
             .await
             .map_err(|error| ApiError::Internal {

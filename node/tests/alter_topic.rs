@@ -18,13 +18,12 @@ use support::cluster::TestCluster;
 use support::eventually;
 
 fn client_config(bootstrap: &str) -> ClientConfig {
-    ClientConfig {
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        request_timeout_ms: 5_000,
-        connect_timeout_ms: 1_000,
-        ..ClientConfig::new(bootstrap).unwrap()
-    }
+    ClientConfig::new(bootstrap)
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(1))
 }
 
 /// What one node reports for every partition of `topic` (its own replicas' positions).

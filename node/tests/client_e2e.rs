@@ -21,11 +21,10 @@ use support::TestNode;
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn client_config(node: &TestNode) -> ClientConfig {
-    ClientConfig {
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        ..ClientConfig::new(&node.address().to_string()).unwrap()
-    }
+    ClientConfig::new(&node.address().to_string())
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
 }
 
 async fn create_topic(node: &TestNode, topic: &str, partitions: u32) {
@@ -39,11 +38,9 @@ async fn create_topic(node: &TestNode, topic: &str, partitions: u32) {
 fn earliest_consumer(node: &TestNode) -> Consumer {
     Consumer::new(
         client_config(node),
-        ConsumerConfig {
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            fetch_max_wait_ms: 100,
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::default()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(100)),
     )
     .unwrap()
 }
@@ -125,10 +122,7 @@ async fn keyless_records_spread_over_all_partitions() {
     let node = TestNode::start();
     bounded(async {
         create_topic(&node, "spread", 3).await;
-        let config = ProducerConfig {
-            batch_bytes_max: 8 * 1024,
-            ..ProducerConfig::default()
-        };
+        let config = ProducerConfig::default().batch_bytes_max(8 * 1024);
         let producer = Producer::new(client_config(&node), config).await.unwrap();
         let mut per_partition = [0usize; 3];
         let mut deliveries = Vec::new();
@@ -473,11 +467,9 @@ async fn a_producer_waits_while_the_node_is_stopped_and_completes_after() {
     bounded(async {
         create_topic(&node, "paused", 1).await;
         let buffer_bytes_max = 256 * 1024;
-        let config = ProducerConfig {
-            buffer_bytes_max,
-            batch_bytes_max: 32 * 1024,
-            ..ProducerConfig::default()
-        };
+        let config = ProducerConfig::default()
+            .buffer_bytes_max(buffer_bytes_max)
+            .batch_bytes_max(32 * 1024);
         let producer = Producer::new(client_config(&node), config).await.unwrap();
         producer
             .send_and_wait("paused", Record::new("warm-up"))
@@ -532,10 +524,7 @@ async fn acks_leader_and_none_also_deliver() {
     bounded(async {
         create_topic(&node, "acks", 1).await;
         for acks in [Acks::Leader, Acks::None] {
-            let config = ProducerConfig {
-                acks,
-                ..ProducerConfig::default()
-            };
+            let config = ProducerConfig::default().acks(acks);
             let producer = Producer::new(client_config(&node), config).await.unwrap();
             let metadata = producer
                 .send_and_wait("acks", Record::new(format!("{acks:?}")))

@@ -79,28 +79,25 @@ fn start_cluster() -> Guarded {
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
-    ClientConfig {
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
+    ClientConfig::new(bootstrap)
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
         // A stopped (SIGSTOP) node accepts TCP connections but never answers: give up on it
         // quickly and try another.
-        request_timeout_ms: 2_000,
-        connect_timeout_ms: 1_000,
-        ..ClientConfig::new(bootstrap).unwrap()
-    }
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
 }
 
 fn producer_config(delivery_timeout_ms: u64) -> ProducerConfig {
-    ProducerConfig {
-        linger_ms: 0,
+    ProducerConfig::default()
+        .linger(Duration::ZERO)
         // Strict order across retries (see the producer's docs).
-        requests_in_flight_per_partition_max: 1,
-        delivery_timeout_ms,
-        request_timeout_ms: 2_000,
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        ..ProducerConfig::default()
-    }
+        .requests_in_flight_per_partition_max(1)
+        .delivery_timeout(Duration::from_millis(delivery_timeout_ms))
+        .request_timeout(Duration::from_secs(2))
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
 }
 
 async fn bounded<F: std::future::Future>(future: F) -> F::Output {
@@ -379,11 +376,9 @@ fn a_cluster_forms_places_replicas_evenly_and_refuses_too_high_a_factor() {
         let first = cluster.node(1).address().to_string();
         let mut consumer = Consumer::new(
             client_config(&first),
-            ConsumerConfig {
-                auto_offset_reset: AutoOffsetReset::Earliest,
-                fetch_max_wait_ms: 100,
-                ..ConsumerConfig::default()
-            },
+            ConsumerConfig::default()
+                .auto_offset_reset(AutoOffsetReset::Earliest)
+                .fetch_max_wait(Duration::from_millis(100)),
         )
         .unwrap();
         consumer.assign_topic("spread").await.unwrap();
@@ -868,11 +863,9 @@ async fn read_partition(
 ) -> Vec<(Offset, Vec<u8>)> {
     let mut consumer = Consumer::new(
         client_config(bootstrap),
-        ConsumerConfig {
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            fetch_max_wait_ms: 100,
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::default()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(100)),
     )
     .unwrap();
     consumer.assign(&[(topic, partition)]).await.unwrap();
@@ -975,11 +968,9 @@ fn a_node_started_later_joins_with_seeds_learns_metadata_and_gets_replicas() {
         assert_eq!(describe(&mut wire, "after").unwrap().len(), 4);
         let mut consumer = Consumer::new(
             client_config(&address),
-            ConsumerConfig {
-                auto_offset_reset: AutoOffsetReset::Earliest,
-                fetch_max_wait_ms: 100,
-                ..ConsumerConfig::default()
-            },
+            ConsumerConfig::default()
+                .auto_offset_reset(AutoOffsetReset::Earliest)
+                .fetch_max_wait(Duration::from_millis(100)),
         )
         .unwrap();
         consumer.assign_topic("after").await.unwrap();

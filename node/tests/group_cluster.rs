@@ -47,21 +47,21 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn client_config(cluster: &TestCluster) -> ClientConfig {
-    ClientConfig {
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        ..ClientConfig::new(&cluster.bootstrap()).unwrap()
-    }
+    ClientConfig::new(&cluster.bootstrap())
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
 }
 
 fn consumer_config(session_timeout_ms: u32, instance_id: Option<&str>) -> ConsumerConfig {
-    ConsumerConfig {
-        auto_offset_reset: AutoOffsetReset::Earliest,
-        fetch_max_wait_ms: 100,
-        session_timeout_ms,
-        rebalance_timeout_ms: 10_000,
-        group_instance_id: instance_id.map(str::to_owned),
-        ..ConsumerConfig::default()
+    let config = ConsumerConfig::default()
+        .auto_offset_reset(AutoOffsetReset::Earliest)
+        .fetch_max_wait(Duration::from_millis(100))
+        .session_timeout(Duration::from_millis(u64::from(session_timeout_ms)))
+        .rebalance_timeout(Duration::from_secs(10));
+    match instance_id {
+        Some(instance_id) => config.group_instance_id(instance_id),
+        None => config,
     }
 }
 
@@ -245,10 +245,7 @@ fn spawn_producer(
     tokio::spawn(async move {
         let producer = Producer::new(
             config,
-            ProducerConfig {
-                linger_ms: 1,
-                ..ProducerConfig::default()
-            },
+            ProducerConfig::default().linger(Duration::from_millis(1)),
         )
         .await
         .unwrap();
@@ -1010,10 +1007,7 @@ fn after_commit_sync_and_a_crash_the_consumer_resumes_at_the_commit() {
         }
         producer.close().await.unwrap();
         let events: Events = Arc::default();
-        let config = ConsumerConfig {
-            max_poll_records: 10,
-            ..consumer_config(10_000, Some("worker"))
-        };
+        let config = consumer_config(10_000, Some("worker")).max_poll_records(10);
         // Process 40 or more, commit them, process 30 or more past the commit, crash (the
         // consumer is dropped: no commit, no leave).
         let mut first = Member::join(&cluster, "g", 0, &events, config.clone()).await;

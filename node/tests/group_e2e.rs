@@ -15,22 +15,19 @@ use support::TestNode;
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn client_config(node: &TestNode) -> ClientConfig {
-    ClientConfig {
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        ..ClientConfig::new(&node.address().to_string()).unwrap()
-    }
+    ClientConfig::new(&node.address().to_string())
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
 }
 
 fn member(node: &TestNode) -> Consumer {
     Consumer::new(
         client_config(node),
-        ConsumerConfig {
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            fetch_max_wait_ms: 100,
-            session_timeout_ms: 10_000,
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::default()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(100))
+            .session_timeout(Duration::from_secs(10)),
     )
     .unwrap()
 }

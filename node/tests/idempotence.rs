@@ -281,15 +281,11 @@ async fn a_client_producer_whose_acknowledgement_is_lost_writes_the_batch_once()
         proxy.forward_to(node.address());
         let mut wire = node.wire();
         wire.create_topic("t", 1).unwrap();
-        let client = ClientConfig {
-            retry_backoff_ms: 20,
-            retry_backoff_max_ms: 100,
-            ..ClientConfig::new(&advertised).unwrap()
-        };
-        let config = ProducerConfig {
-            enable_idempotence,
-            ..ProducerConfig::default()
-        };
+        let client = ClientConfig::new(&advertised)
+            .unwrap()
+            .retry_backoff(Duration::from_millis(20))
+            .retry_backoff_max(Duration::from_millis(100));
+        let config = ProducerConfig::default().enable_idempotence(enable_idempotence);
         let offsets = tokio::time::timeout(Duration::from_secs(60), async {
             let producer = Producer::new(client, config).await.unwrap();
             proxy.lose_produce_replies(1);

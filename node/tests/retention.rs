@@ -54,25 +54,22 @@ impl Drop for Guarded {
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
-    ClientConfig {
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        request_timeout_ms: 2_000,
-        connect_timeout_ms: 1_000,
-        ..ClientConfig::new(bootstrap).unwrap()
-    }
+    ClientConfig::new(bootstrap)
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
 }
 
 fn producer_config() -> ProducerConfig {
-    ProducerConfig {
-        linger_ms: 0,
-        requests_in_flight_per_partition_max: 1,
-        delivery_timeout_ms: 20_000,
-        request_timeout_ms: 2_000,
-        retry_backoff_ms: 20,
-        retry_backoff_max_ms: 200,
-        ..ProducerConfig::default()
-    }
+    ProducerConfig::default()
+        .linger(Duration::from_millis(0))
+        .requests_in_flight_per_partition_max(1)
+        .delivery_timeout(Duration::from_secs(20))
+        .request_timeout(Duration::from_secs(2))
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
 }
 
 fn run(test: impl std::future::Future<Output = ()>) {

@@ -144,11 +144,11 @@ impl Output {
 /// How long a group member's requests may retry: long enough to ride out a coordinator's
 /// failover (an election and the new coordinator's load), which the CLI's short default for
 /// one-shot commands would turn into an exit.
-const GROUP_REQUEST_TIMEOUT_MS: u64 = 30_000;
+const GROUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn run(mut config: ClientConfig, args: ConsumeArgs) -> i32 {
     if args.group.is_some() {
-        config.request_timeout_ms = config.request_timeout_ms.max(GROUP_REQUEST_TIMEOUT_MS);
+        config.request_timeout = config.request_timeout.max(GROUP_REQUEST_TIMEOUT);
     }
     let format = if args.json {
         Output::Json
@@ -187,11 +187,11 @@ async fn consume(
         group_instance_id: args.instance_id.clone(),
         ..ConsumerConfig::default()
     };
-    let consumer_config = ConsumerConfig {
-        session_timeout_ms: args
-            .session_timeout_ms
-            .unwrap_or(consumer_config.session_timeout_ms),
-        ..consumer_config
+    let consumer_config = match args.session_timeout_ms {
+        Some(session_timeout_ms) => {
+            consumer_config.session_timeout(Duration::from_millis(u64::from(session_timeout_ms)))
+        }
+        None => consumer_config,
     };
     let mut consumer = Consumer::new(config, consumer_config)?;
     if let Some(group) = &args.group {

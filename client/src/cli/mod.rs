@@ -21,6 +21,7 @@ pub mod produce;
 use crate::{Admin, ClientConfig, ClientError, ConfigChange, TopicConfig};
 use cairn_protocol::ApiError;
 use clap::{Args, Subcommand};
+use std::time::Duration;
 
 /// Default broker address when neither `--bootstrap` nor `CAIRN_BOOTSTRAP` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7171";
@@ -153,8 +154,8 @@ pub fn client_config(connection: &Connection) -> Result<ClientConfig, ClientErro
     let mut config = ClientConfig::new(&connection.bootstrap)?;
     config.client_id = "cairn-cli".to_owned();
     // A person is waiting: give up sooner than an application would.
-    config.request_timeout_ms = 5_000;
-    config.connect_timeout_ms = 3_000;
+    config.request_timeout = Duration::from_secs(5);
+    config.connect_timeout = Duration::from_secs(3);
     Ok(config)
 }
 

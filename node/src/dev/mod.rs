@@ -735,10 +735,11 @@ async fn wait_formed(addresses: Vec<(u32, String)>, deadline: Instant) -> Result
 
 /// How many nodes (itself included) the node at `address` hears.
 async fn heard_nodes(address: &str) -> Result<usize, String> {
-    let mut config = ClientConfig::new(address).map_err(|error| error.to_string())?;
-    config.client_id = "cairn-dev".to_owned();
-    config.request_timeout_ms = 2_000;
-    config.connect_timeout_ms = 1_000;
+    let config = ClientConfig::new(address)
+        .map_err(|error| error.to_string())?
+        .client_id("cairn-dev")
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1));
     let admin = Admin::new(config).map_err(|error| error.to_string())?;
     let status = admin
         .cluster_status(false)

@@ -110,22 +110,24 @@ async fn forward<S: LogStore>(
         return Err(refusal);
     };
     let address = address.to_string();
-    let config = ClientConfig {
-        bootstrap: vec![address.clone()],
-        client_id: format!("cairn-node-{}-kafka-forward", broker.config.node_id.0),
-        request_timeout_ms: FORWARD_TIMEOUT_MS,
-        connect_timeout_ms: FORWARD_TIMEOUT_MS,
-        requests_in_flight_max: 1,
-        frame_bytes_max: broker.config.limits.frame_bytes_max,
-        ..ClientConfig::default()
-    };
+    let forward_timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
+    let config = ClientConfig::default()
+        .bootstrap([address.clone()])
+        .client_id(format!(
+            "cairn-node-{}-kafka-forward",
+            broker.config.node_id.0
+        ))
+        .request_timeout(forward_timeout)
+        .connect_timeout(forward_timeout)
+        .requests_in_flight_max(1)
+        .frame_bytes_max(broker.config.limits.frame_bytes_max);
     let asked = async {
         let connection = Connection::connect(&address, &config).await?;
         let answer = connection.call(request).await;
         connection.close("answered");
         answer
     };
-    match tokio::time::timeout(Duration::from_millis(FORWARD_TIMEOUT_MS), asked).await {
+    match tokio::time::timeout(forward_timeout, asked).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(ClientError::Api(error))) => Err(error),
         Ok(Err(error)) => {
