@@ -659,6 +659,35 @@ mod tests {
     }
 
     #[test]
+    fn rounds_pair_each_run_with_the_peer_run_of_its_round_and_report_the_median() {
+        let outcomes = vec![
+            outcome("cairn", "a", 100.0, 1.0),
+            outcome("cairn-kafka", "a", 50.0, 1.0),
+            outcome("cairn", "a", 90.0, 1.0),
+            outcome("cairn-kafka", "a", 90.0, 1.0),
+            outcome("cairn", "a", 80.0, 1.0),
+            outcome("cairn-kafka", "a", 100.0, 1.0),
+        ];
+        let ratios = ratios(&outcomes, &["cairn", "cairn-kafka"]);
+        let values: Vec<f64> = ratios.iter().map(|r| r.records_per_second).collect();
+        assert_eq!(values, vec![2.0, 1.0, 0.8]);
+        let report = SuiteReport {
+            machine: "m".into(),
+            load_average_at_start: [1.0, 2.0, 3.0],
+            outcomes,
+            ratios,
+            failures: Vec::new(),
+        };
+        let text = markdown(&report);
+        assert!(
+            text.contains(
+                "a, records/s over cairn-kafka, 3 rounds: median 1.00x (0.80x, 1.00x, 2.00x)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ratios_divide_the_first_system_by_each_peer_per_workload() {
         let outcomes = vec![
             outcome("cairn", "a", 60_000.0, 10.0),
