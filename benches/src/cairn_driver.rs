@@ -254,6 +254,32 @@ pub struct RunArgs {
     /// Extra arguments for every node, e.g. `--node-arg=--preset=test`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// The clients that drive Cairn, each workload run once with each in turn: `native`
+    /// (Cairn's own client and protocol) and `kafka` (librdkafka through the nodes' Kafka
+    /// listeners). The ratios are the first over the others.
+    #[arg(long, value_delimiter = ',', default_value = "native")]
+    pub driver: Vec<Driver>,
+    /// Runs everything this many times, alternating drivers, so a busy machine weighs on
+    /// both alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+}
+
+/// Which client drives Cairn in `cairn-bench run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    Native,
+    Kafka,
+}
+
+impl Driver {
+    /// The system name its outcomes carry in the report.
+    pub fn system(self) -> &'static str {
+        match self {
+            Driver::Native => SYSTEM,
+            Driver::Kafka => crate::kafka_driver::SYSTEM,
+        }
+    }
 }
 
 pub async fn run_command(args: RunArgs) -> Result<(), String> {
@@ -263,10 +289,24 @@ pub async fn run_command(args: RunArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(crate::node_process::default_cairn_binary);
     let node_args = args.node_args.clone();
-    let report = crate::suite::run(&workloads, &[SYSTEM], &args.out, |_, workload, rate| {
-        let (binary, node_args) = (binary.clone(), node_args.clone());
-        async move { run(&workload, rate, &binary, &node_args).await }
-    })
+    let mut systems: Vec<&str> = args.driver.iter().map(|driver| driver.system()).collect();
+    systems.dedup();
+    let report = crate::suite::run_rounds(
+        &workloads,
+        &systems,
+        args.rounds,
+        &args.out,
+        |system, workload, rate| {
+            let (binary, node_args) = (binary.clone(), node_args.clone());
+            async move {
+                if system == crate::kafka_driver::SYSTEM {
+                    crate::kafka_driver::run(&workload, rate, &binary, &node_args).await
+                } else {
+                    run(&workload, rate, &binary, &node_args).await
+                }
+            }
+        },
+    )
     .await?;
     print!("{}", crate::suite::markdown(&report));
     eprintln!("report written to {}", args.out.display());

@@ -9,6 +9,8 @@
 //!   publish latency from the intended send time, end-to-end latency from a stamp in each
 //!   record, the progress line, CPU and memory per node from /proc, the [`harness::Outcome`].
 //! - [`cairn_driver`]: a workload on local `cairn node` processes, and `cairn-bench run`.
+//! - [`kafka_driver`]: a workload through any Kafka bootstrap address with librdkafka (Cairn's
+//!   Kafka listener, `cairn-bench run --driver kafka`; later Apache Kafka as a peer).
 //! - [`suite`]: several workloads on several systems, written as report.json / .md / .svg
 //!   with the ratios between systems.
 //! - [`node_process`]: starting local Cairn nodes; CPU time and peak memory from /proc.
@@ -16,6 +18,7 @@
 
 pub mod cairn_driver;
 pub mod harness;
+pub mod kafka_driver;
 pub mod node_process;
 pub mod report;
 pub mod suite;

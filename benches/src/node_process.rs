@@ -121,6 +121,9 @@ pub struct LocalCluster {
     base_port: u16,
     node_count: u16,
     extra_args: Vec<String>,
+    /// Whether each node also listens for Kafka clients, node `i` on
+    /// `base_port + node_count + i - 1` (the Kafka driver's runs).
+    kafka: bool,
     /// Index `i` holds node `i + 1`; `None` while it is killed.
     nodes: Vec<Option<NodeProcess>>,
 }
@@ -130,6 +133,16 @@ impl LocalCluster {
         binary: &Path,
         node_count: u16,
         extra_args: &[String],
+    ) -> Result<LocalCluster, String> {
+        LocalCluster::start_with(binary, node_count, extra_args, false)
+    }
+
+    /// [`LocalCluster::start`], with each node's Kafka listener on when `kafka` is set.
+    pub fn start_with(
+        binary: &Path,
+        node_count: u16,
+        extra_args: &[String],
+        kafka: bool,
     ) -> Result<LocalCluster, String> {
         if node_count == 0 {
             return Err("--nodes must be at least 1".into());
@@ -141,9 +154,10 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             binary: binary.to_path_buf(),
             temp,
-            base_port: free_base_port(node_count)?,
+            base_port: free_base_port(if kafka { 2 * node_count } else { node_count })?,
             node_count,
             extra_args: extra_args.to_vec(),
+            kafka,
             nodes: Vec::new(),
         };
         if node_count > 1 {
@@ -180,6 +194,24 @@ impl LocalCluster {
             .join(",")
     }
 
+    /// The nodes' Kafka listeners, comma-separated (empty when they are off).
+    pub fn kafka_bootstrap(&self) -> String {
+        if !self.kafka {
+            return String::new();
+        }
+        self.node_ids()
+            .map(|node_id| self.kafka_address(node_id))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn kafka_address(&self, node_id: u32) -> String {
+        format!(
+            "127.0.0.1:{}",
+            u32::from(self.base_port) + u32::from(self.node_count) + node_id - 1
+        )
+    }
+
     pub fn node_ids(&self) -> impl Iterator<Item = u32> {
         1..=u32::from(self.node_count)
     }
@@ -208,9 +240,14 @@ impl LocalCluster {
             // Many nodes share this machine: each picks a free port for its HTTP listener.
             "--http-listen".to_owned(),
             "127.0.0.1:0".to_owned(),
-            // The load generator speaks Cairn's protocol; several nodes share one host.
+            // The native driver speaks Cairn's protocol: no Kafka listener unless the Kafka
+            // driver runs (several nodes share one host, so each gets its own port).
             "--kafka-listen".to_owned(),
-            "off".to_owned(),
+            if self.kafka {
+                self.kafka_address(node_id)
+            } else {
+                "off".to_owned()
+            },
         ];
         if self.node_count > 1 {
             let voters: Vec<String> = self.node_ids().map(|id| id.to_string()).collect();
@@ -287,9 +324,19 @@ impl LocalCluster {
         node_count: u16,
         extra_args: Vec<String>,
     ) -> Result<LocalCluster, String> {
+        LocalCluster::start_formed_with(binary, node_count, extra_args, false).await
+    }
+
+    /// [`LocalCluster::start_formed`], with the nodes' Kafka listeners on when `kafka` is set.
+    pub async fn start_formed_with(
+        binary: Option<PathBuf>,
+        node_count: u16,
+        extra_args: Vec<String>,
+        kafka: bool,
+    ) -> Result<LocalCluster, String> {
         let binary = binary.unwrap_or_else(default_cairn_binary);
         let cluster = tokio::task::spawn_blocking(move || {
-            LocalCluster::start(&binary, node_count, &extra_args)
+            LocalCluster::start_with(&binary, node_count, &extra_args, kafka)
         })
         .await
         .map_err(|error| error.to_string())??;

@@ -95,6 +95,23 @@ pub async fn run<F, Fut>(
     workloads: &[Workload],
     systems: &[&str],
     out_dir: &Path,
+    run_one: F,
+) -> Result<SuiteReport, String>
+where
+    F: FnMut(String, Workload, u64) -> Fut,
+    Fut: Future<Output = Result<Outcome, String>>,
+{
+    run_rounds(workloads, systems, 1, out_dir, run_one).await
+}
+
+/// [`run`], `rounds` times over: round after round, each workload on each system in turn, so
+/// the systems alternate and a machine that gets busier weighs on them alike. The ratios
+/// pair the runs of one round.
+pub async fn run_rounds<F, Fut>(
+    workloads: &[Workload],
+    systems: &[&str],
+    rounds: u32,
+    out_dir: &Path,
     mut run_one: F,
 ) -> Result<SuiteReport, String>
 where
@@ -111,7 +128,9 @@ where
         failures: Vec::new(),
     };
     let mut first_run = true;
-    for workload in workloads {
+    for (_, workload) in
+        (0..rounds.max(1)).flat_map(|round| workloads.iter().map(move |w| (round, w)))
+    {
         for system in systems {
             if !std::mem::take(&mut first_run) {
                 settle().await;
@@ -120,6 +139,7 @@ where
                 report
                     .outcomes
                     .iter()
+                    .rev()
                     .find(|o| o.system == *system && o.workload.name == rate_of_max.workload)
                     .map(|o| o.publish.records_per_second)
             });
@@ -232,18 +252,28 @@ fn parse_diskstats(text: &str) -> Option<DiskActivity> {
     (devices > 0).then_some(activity)
 }
 
-/// The first system over each other system, per workload both ran.
+/// The first system over each other system, per workload both ran; with several rounds, the
+/// n-th run of the first system over the n-th run of each peer.
 pub fn ratios(outcomes: &[Outcome], systems: &[&str]) -> Vec<Ratio> {
     let Some((first, peers)) = systems.split_first() else {
         return Vec::new();
     };
+    let runs_of = |system: &str, workload: &str| -> Vec<&Outcome> {
+        outcomes
+            .iter()
+            .filter(|o| o.system == system && o.workload.name == workload)
+            .collect()
+    };
     let mut ratios = Vec::new();
+    let mut seen = Vec::new();
     for ours in outcomes.iter().filter(|o| o.system == *first) {
+        let round = seen
+            .iter()
+            .filter(|name| **name == ours.workload.name.as_str())
+            .count();
+        seen.push(ours.workload.name.as_str());
         for peer in peers {
-            let Some(theirs) = outcomes
-                .iter()
-                .find(|o| o.system == *peer && o.workload.name == ours.workload.name)
-            else {
+            let Some(theirs) = runs_of(peer, &ours.workload.name).get(round).copied() else {
                 continue;
             };
             let divide = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
@@ -373,6 +403,32 @@ pub fn markdown(report: &SuiteReport) -> String {
                 ratio.end_to_end_p99
             );
         }
+        let mut pairs: Vec<(&str, &str)> = report
+            .ratios
+            .iter()
+            .map(|ratio| (ratio.workload.as_str(), ratio.peer.as_str()))
+            .collect();
+        pairs.dedup();
+        for (workload, peer) in pairs {
+            let mut values: Vec<f64> = report
+                .ratios
+                .iter()
+                .filter(|ratio| ratio.workload == workload && ratio.peer == peer)
+                .map(|ratio| ratio.records_per_second)
+                .collect();
+            if values.len() > 1 {
+                values.sort_by(f64::total_cmp);
+                let texts: Vec<String> =
+                    values.iter().map(|value| format!("{value:.2}x")).collect();
+                let _ = writeln!(
+                    text,
+                    "\n{workload}, records/s over {peer}, {} rounds: median {:.2}x ({})",
+                    values.len(),
+                    median(&values),
+                    texts.join(", ")
+                );
+            }
+        }
         let _ = writeln!(
             text,
             "\nRecords/s above 1x: the first system is faster; latency below 1x: it is quicker."
@@ -435,6 +491,15 @@ pub fn markdown(report: &SuiteReport) -> String {
 
 /// A chart's title, the figure it shows and its unit.
 type Panel = (&'static str, fn(&Outcome) -> f64, &'static str);
+
+/// The median of sorted values.
+fn median(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
 
 /// Two bar charts: records/s and publish p99 per workload, one bar per system.
 pub fn svg(report: &SuiteReport) -> String {
@@ -591,6 +656,35 @@ mod tests {
             load_average_after: [0.0; 3],
             machine: String::new(),
         }
+    }
+
+    #[test]
+    fn rounds_pair_each_run_with_the_peer_run_of_its_round_and_report_the_median() {
+        let outcomes = vec![
+            outcome("cairn", "a", 100.0, 1.0),
+            outcome("cairn-kafka", "a", 50.0, 1.0),
+            outcome("cairn", "a", 90.0, 1.0),
+            outcome("cairn-kafka", "a", 90.0, 1.0),
+            outcome("cairn", "a", 80.0, 1.0),
+            outcome("cairn-kafka", "a", 100.0, 1.0),
+        ];
+        let ratios = ratios(&outcomes, &["cairn", "cairn-kafka"]);
+        let values: Vec<f64> = ratios.iter().map(|r| r.records_per_second).collect();
+        assert_eq!(values, vec![2.0, 1.0, 0.8]);
+        let report = SuiteReport {
+            machine: "m".into(),
+            load_average_at_start: [1.0, 2.0, 3.0],
+            outcomes,
+            ratios,
+            failures: Vec::new(),
+        };
+        let text = markdown(&report);
+        assert!(
+            text.contains(
+                "a, records/s over cairn-kafka, 3 rounds: median 1.00x (0.80x, 1.00x, 2.00x)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
