@@ -92,11 +92,9 @@ async fn every_record_the_kafka_driver_produces_is_readable() {
     let client = ClientConfig::new(&cluster.bootstrap()).unwrap();
     let mut consumer = Consumer::new(
         client,
-        ConsumerConfig {
-            auto_offset_reset: AutoOffsetReset::Earliest,
-            fetch_max_wait_ms: 100,
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::new()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(100)),
     )
     .unwrap();
     let assignment: Vec<(&str, u32)> = (0..workload.partitions)
