@@ -3,6 +3,7 @@
 //! the client allows it (Kafka's `auto.create.topics.enable`, off here by default).
 
 use super::errors::code;
+use super::forward;
 use super::ids::{broker_id, host_port, leader_epoch, topic_uuid};
 use super::Call;
 use crate::broker::{is_internal, Broker};
@@ -119,19 +120,25 @@ pub async fn handle<S: LogStore>(
                 unknown(name, ResponseError::UnknownTopicOrPartition.code())
             }
             (None, Wanted::Name(name)) if auto_create => {
-                let created = broker
-                    .create_topic(CreateTopicRequest {
+                // Any node may be asked (librdkafka asks whichever broker it is connected to):
+                // one that does not lead `__meta` has its leader create the topic.
+                let created = forward::create_topic(
+                    broker,
+                    CreateTopicRequest {
                         name: name.clone(),
                         partitions: AUTO_CREATE_PARTITIONS,
                         replication_factor: None,
                         config: TopicConfig::default(),
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 let error = match created {
                     // Kafka answers a topic it just created as not yet led: clients ask again.
-                    Ok(_) | Err(ApiError::TopicAlreadyExists { .. }) => {
-                        ResponseError::LeaderNotAvailable.code()
-                    }
+                    // So it does while the `__meta` leader cannot be reached: NOT_LEADER is a
+                    // partition error, which clients do not retry at the topic level.
+                    Ok(_)
+                    | Err(ApiError::TopicAlreadyExists { .. })
+                    | Err(ApiError::NotLeader { .. }) => ResponseError::LeaderNotAvailable.code(),
                     Err(error) => code(&error),
                 };
                 unknown(name, error)
