@@ -25,9 +25,6 @@ use std::collections::BTreeMap;
 /// as the gossip cluster id).
 pub const CLUSTER_ID: &str = "cairn";
 
-/// Partitions of a topic created by a Metadata request (Kafka's `num.partitions` default).
-const AUTO_CREATE_PARTITIONS: u32 = 1;
-
 pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
     call: Call,
@@ -126,7 +123,7 @@ pub async fn handle<S: LogStore>(
                     broker,
                     CreateTopicRequest {
                         name: name.clone(),
-                        partitions: AUTO_CREATE_PARTITIONS,
+                        partitions: broker.config.kafka.default_partitions,
                         replication_factor: None,
                         config: TopicConfig::default(),
                     },
