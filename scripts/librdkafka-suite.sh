@@ -29,7 +29,7 @@
 #
 # Usage: scripts/librdkafka-suite.sh [--apt] [--allowed] [TEST_NUMBER...]
 #   --apt      install missing Debian build dependencies with apt-get first
-#   --allowed  run only the `pass` tests (the bounded subset .ci/run uses)
+#   --allowed  run only the `pass` tests (a shorter run: about 10 minutes)
 #   TEST_NUMBER...  run only these test numbers (e.g. 0001 0012)
 # Environment: CAIRN_BIN (default: $CARGO_TARGET_DIR/debug/cairn, built if missing),
 # LIBRDKAFKA_SUITE_TIMEOUT (seconds after which no further test starts, default 2700),
