@@ -129,6 +129,7 @@ struct KafkaFileSettings {
     listen: String,
     advertised_address: Option<String>,
     auto_create_topics: bool,
+    default_partitions: u32,
 }
 
 /// The Kafka listener (node/src/kafka/): a second front end over the same broker.
@@ -144,6 +145,9 @@ pub struct KafkaConfig {
     /// replication factor) when the client allows it, as Kafka's
     /// `auto.create.topics.enable`. Off by default: a typo should not create a topic.
     pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count: auto-created, or by CreateTopics with
+    /// -1 (Kafka's `num.partitions`, 1 by default).
+    pub default_partitions: u32,
 }
 
 /// Timings of every partition replica hosted here (DESIGN 5.3), plus the tick.
@@ -381,6 +385,7 @@ pub const KEYS: &[&str] = &[
     "kafka.listen",
     "kafka.advertised_address",
     "kafka.auto_create_topics",
+    "kafka.default_partitions",
 ];
 
 /// Keys whose values are strings (a TOML override of them is taken verbatim).
@@ -455,6 +460,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             [kafka]
             listen = "127.0.0.1:9092"
             auto_create_topics = false
+            default_partitions = 1
             "#
         }
         Preset::Test => {
@@ -507,6 +513,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             [kafka]
             listen = "127.0.0.1:0"
             auto_create_topics = false
+            default_partitions = 1
             "#
         }
     };
@@ -855,6 +862,11 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
             "clients connect to the advertised address, so it needs a host and a non-zero port",
         )?;
     }
+    rule(
+        "1 <= kafka.default_partitions <= limits.partitions_per_topic_max",
+        (1..=limits.partitions_per_topic_max).contains(&file.kafka.default_partitions),
+        "the default partition count must be one a topic may have",
+    )?;
     let kafka = validate_kafka(file.kafka, NodeId(node_id))?;
     Ok(NodeConfig {
         node_id: NodeId(node_id),
@@ -950,6 +962,7 @@ fn validate_kafka(file: KafkaFileSettings, node_id: NodeId) -> Result<KafkaConfi
         listen,
         advertised_address: file.advertised_address,
         auto_create_topics: file.auto_create_topics,
+        default_partitions: file.default_partitions,
     })
 }
 
@@ -1386,6 +1399,24 @@ mod tests {
             .unwrap()
             .build();
         assert!(matches!(unknown, Err(ConfigError::ParseFile { .. })));
+    }
+
+    /// Topics created without a count get `kafka.default_partitions` partitions (Kafka's
+    /// `num.partitions`): 1 unless set, and never 0 or more than a topic may have.
+    #[test]
+    fn the_default_partition_count_is_bounded() {
+        assert_eq!(base().build().unwrap().kafka.default_partitions, 1);
+        let four = base().set("flag", "kafka.default_partitions", "4");
+        assert_eq!(four.build().unwrap().kafka.default_partitions, 4);
+        for bad in ["0", "2000"] {
+            match base().set("flag", "kafka.default_partitions", bad).build() {
+                Err(ConfigError::Rule { rule, .. }) => assert_eq!(
+                    rule,
+                    "1 <= kafka.default_partitions <= limits.partitions_per_topic_max"
+                ),
+                other => panic!("{bad}: expected a rule error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -413,6 +413,54 @@ fn committed(wire: &mut KafkaWire, group_id: &str) -> (i64, String) {
     )
 }
 
+/// Commits pipelined on one connection are applied in the order they were sent, so the last
+/// one is what the group keeps (librdkafka sends async commits without waiting for answers;
+/// its suite's 0030_offset_commit found a committed offset one behind the last commit).
+#[test]
+fn pipelined_commits_on_one_connection_apply_in_order() {
+    let node = TestNode::start();
+    cairn(&node, &["topic", "create", "orders", "--partitions", "2"]);
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    find_coordinator(&mut wire, "pipelined");
+    // A simple commit (no generation, no member) into a group nobody joined, first alone
+    // while the coordinator loads.
+    let started = Instant::now();
+    loop {
+        let response: OffsetCommitResponse = wire.call(
+            ApiKey::OffsetCommit,
+            8,
+            &commit_request("pipelined", -1, "", 0),
+        );
+        let error = response.topics[0].partitions[0].error_code;
+        if error == NONE {
+            break;
+        }
+        // COORDINATOR_LOAD_IN_PROGRESS until the coordinator's marker is committed.
+        assert_eq!(error, 14, "{response:?}");
+        assert!(
+            started.elapsed() < SETTLE_TIMEOUT,
+            "the coordinator never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Fewer than the test preset's requests in flight per connection (32).
+    for round in 0..5 {
+        let offsets: Vec<i64> = (1..=30).map(|i| round * 100 + i).collect();
+        for offset in &offsets {
+            wire.send(
+                ApiKey::OffsetCommit,
+                8,
+                &commit_request("pipelined", -1, "", *offset),
+            );
+        }
+        for _ in &offsets {
+            let (_, response): (i32, OffsetCommitResponse) = wire.receive(ApiKey::OffsetCommit, 8);
+            assert_eq!(response.topics[0].partitions[0].error_code, NONE);
+        }
+        assert_eq!(committed(&mut wire, "pipelined").0, round * 100 + 30);
+    }
+}
+
 #[test]
 fn the_classic_protocol_over_the_wire_fences_bad_members_and_keeps_offsets() {
     let node = TestNode::start();

@@ -647,6 +647,44 @@ fn every_node_of_a_cluster_decides_what_only_the_metadata_leader_can() {
     }
 }
 
+/// A Metadata request may create the topics it names (auto-creation on, the client allowing
+/// it) on any node, not only on `__meta`'s leader: librdkafka asks whichever broker it is
+/// connected to. Found by librdkafka's own test suite (scripts/librdkafka-suite.sh): a node
+/// that did not lead `__meta` answered NOT_LEADER_OR_FOLLOWER at the topic level, which
+/// clients do not retry, and never created the topic.
+#[test]
+fn every_node_auto_creates_topics_that_metadata_asks_for() {
+    let cluster = TestCluster::start(3, &["--kafka-auto-create-topics=true"]);
+    for node in &cluster.nodes {
+        let mut wire = KafkaWire::connect(node.kafka_address());
+        let topic = format!("auto-from-node-{}", node.node_id);
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(name(&topic)))
+            ]))
+            .with_allow_auto_topic_creation(true);
+        let mut led = false;
+        for _ in 0..100 {
+            let answer: MetadataResponse = wire.call(ApiKey::Metadata, 12, &request);
+            let found = &answer.topics[0];
+            // Only "not led yet" (LEADER_NOT_AVAILABLE, topic or partition level) is waited out.
+            let partition_error = found.partitions.first().map_or(0, |p| p.error_code);
+            if found.error_code == 0 && partition_error == 0 && !found.partitions.is_empty() {
+                led = true;
+                break;
+            }
+            assert!(
+                [0, 5].contains(&found.error_code) && [0, 5].contains(&partition_error),
+                "node {}: {answer:?}\n{}",
+                node.node_id,
+                cluster.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(led, "node {}: {topic} has no leader", node.node_id);
+    }
+}
+
 /// The admin APIs refuse what they cannot do with the code a Kafka broker gives, and change
 /// nothing: explicit replica assignments, a smaller partition count, an unknown resource
 /// type, another broker's configs, broker config changes, list operations on configs Cairn

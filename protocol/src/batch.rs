@@ -102,6 +102,10 @@ pub enum BatchError {
     CountMismatch { declared: u32, actual: u64 },
     #[error("batch holds no records")]
     Empty,
+    /// A well-formed record whose value is null (a tombstone): Cairn stores none until it
+    /// compacts, so it refuses it as a record it does not accept, not as a damaged one.
+    #[error("record {index} has a null value (a tombstone), which Cairn does not store")]
+    NullValue { index: u32 },
     #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
     OffsetOutOfRange { end: u128 },
     #[error(
@@ -806,8 +810,11 @@ impl Iterator for RecordIter {
         let Some(key) = take_optional(&mut body) else {
             return self.bad("key");
         };
-        let Some(Some(value)) = take_optional(&mut body) else {
+        let Some(value) = take_optional(&mut body) else {
             return self.bad("value");
+        };
+        let Some(value) = value else {
+            return self.refuse(BatchError::NullValue { index: self.index });
         };
         let Some(header_count) = varint::get_length(&mut body) else {
             return self.bad("header count");
@@ -1230,6 +1237,31 @@ mod tests {
                 reason: "header key"
             })
         );
+    }
+
+    /// A record with a null value (a tombstone) is well formed but not stored: it is refused
+    /// as INVALID_RECORD, which producers do not retry, not as CORRUPT_MESSAGE, which they
+    /// retry until their message timeout (librdkafka's suite hung in 0003_msgmaxsize on it).
+    #[test]
+    fn a_null_value_is_refused_as_invalid_not_as_corrupt() {
+        let mut body = vec![0u8];
+        varint::put_i64(&mut body, 0);
+        varint::put_i64(&mut body, 0);
+        varint::put_i64(&mut body, 1);
+        body.push(b'k');
+        varint::put_i64(&mut body, -1);
+        varint::put_i64(&mut body, 0);
+        let mut record = Vec::new();
+        varint::put_i64(&mut record, body.len() as i64);
+        record.extend_from_slice(&body);
+        let mut forged = honest(1);
+        forged.records[0] = record;
+        let refused = RecordBatch::validate(forge(&forged, 0)).unwrap_err();
+        assert_eq!(refused, BatchError::NullValue { index: 0 });
+        assert!(matches!(
+            crate::ApiError::from(refused),
+            crate::ApiError::InvalidRecords { .. }
+        ));
     }
 
     /// Found by the `record_batch` fuzz target: a last offset delta of `u32::MAX` overflowed

@@ -245,7 +245,8 @@ impl From<crate::batch::BatchError> for ApiError {
             | BatchError::TimestampOverflow { .. }
             | BatchError::MaxTimestampMismatch { .. }
             | BatchError::CountExceedsBytes { .. }
-            | BatchError::UnknownAttributes { .. } => ApiError::InvalidRecords {
+            | BatchError::UnknownAttributes { .. }
+            | BatchError::NullValue { .. } => ApiError::InvalidRecords {
                 reason: error.to_string(),
             },
             BatchError::Truncated { .. }

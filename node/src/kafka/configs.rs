@@ -134,7 +134,11 @@ pub fn broker_entries<S: LogStore>(broker: &Broker<S>) -> Vec<Entry> {
             config.default_replication_factor.to_string(),
             TYPE_SHORT,
         ),
-        entry("num.partitions", "1".to_string(), TYPE_INT),
+        entry(
+            "num.partitions",
+            config.kafka.default_partitions.to_string(),
+            TYPE_INT,
+        ),
         entry(
             "message.max.bytes",
             config.limits.batch_bytes_max.to_string(),

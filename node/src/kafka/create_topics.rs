@@ -1,11 +1,11 @@
 //! `CreateTopics` (2-7): each topic through the same `__meta` path as a Cairn create.
-//! Partition count and replication factor -1 take the defaults (1 partition, the node's
-//! `default_replication_factor`); `retention.ms` and `retention.bytes` are the configs Cairn
-//! keeps, a read-only config set to the value it has (`cleanup.policy` `delete`, see
-//! [`super::configs`]) is accepted, any other config is refused (INVALID_CONFIG), and so are
-//! explicit replica assignments (placement is Cairn's). `validate_only` checks without
-//! creating. A node that does not lead `__meta` carries the create to it
-//! ([`super::forward`]).
+//! Partition count and replication factor -1 take the defaults (the node's
+//! `kafka.default_partitions` and `default_replication_factor`); `retention.ms` and
+//! `retention.bytes` are the configs Cairn keeps, a read-only config set to the value it has
+//! (`cleanup.policy` `delete`, see [`super::configs`]) is accepted, any other config is
+//! refused (INVALID_CONFIG), and so are explicit replica assignments (placement is Cairn's).
+//! `validate_only` checks without creating. A node that does not lead `__meta` carries the
+//! create to it ([`super::forward`]).
 
 use super::configs::topic_config;
 use super::errors::admin_code;
@@ -19,8 +19,6 @@ use cairn_storage::LogStore;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, ResponseKind};
-
-const DEFAULT_PARTITIONS: u32 = 1;
 
 pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
@@ -71,7 +69,7 @@ async fn create<S: LogStore>(
         });
     }
     let partitions = match topic.num_partitions {
-        -1 => DEFAULT_PARTITIONS,
+        -1 => broker.config.kafka.default_partitions,
         count => u32::try_from(count).map_err(|_| ApiError::InvalidPartitionCount {
             requested: 0,
             max: broker.config.limits.partitions_per_topic_max,

@@ -25,9 +25,6 @@ use std::collections::BTreeMap;
 /// as the gossip cluster id).
 pub const CLUSTER_ID: &str = "cairn";
 
-/// Partitions of a topic created by a Metadata request (Kafka's `num.partitions` default).
-const AUTO_CREATE_PARTITIONS: u32 = 1;
-
 pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
     call: Call,
@@ -126,7 +123,7 @@ pub async fn handle<S: LogStore>(
                     broker,
                     CreateTopicRequest {
                         name: name.clone(),
-                        partitions: AUTO_CREATE_PARTITIONS,
+                        partitions: broker.config.kafka.default_partitions,
                         replication_factor: None,
                         config: TopicConfig::default(),
                     },
@@ -134,9 +131,11 @@ pub async fn handle<S: LogStore>(
                 .await;
                 let error = match created {
                     // Kafka answers a topic it just created as not yet led: clients ask again.
-                    Ok(_) | Err(ApiError::TopicAlreadyExists { .. }) => {
-                        ResponseError::LeaderNotAvailable.code()
-                    }
+                    // So it does while the `__meta` leader cannot be reached: NOT_LEADER is a
+                    // partition error, which clients do not retry at the topic level.
+                    Ok(_)
+                    | Err(ApiError::TopicAlreadyExists { .. })
+                    | Err(ApiError::NotLeader { .. }) => ResponseError::LeaderNotAvailable.code(),
                     Err(error) => code(&error),
                 };
                 unknown(name, error)

@@ -365,6 +365,10 @@ async fn run_connection<S: LogStore>(
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let mut first_frame = true;
     let mut read_deadline = opened + Duration::from_millis(limits.first_request_timeout_ms);
+    // Offset commits are applied in the order they were read, as a Kafka broker does: the
+    // next one waits until this one is done (librdkafka pipelines async commits, and the
+    // last one must win). Other requests still run concurrently.
+    let mut commit_done: Option<oneshot::Receiver<()>> = None;
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&in_flight).acquire_owned() => match permit {
@@ -466,11 +470,22 @@ async fn run_connection<S: LogStore>(
                 });
             }
             request => {
+                let (commit_after, done) = if matches!(request, RequestKind::OffsetCommit(_)) {
+                    let (done, next) = oneshot::channel::<()>();
+                    (commit_done.replace(next), Some(done))
+                } else {
+                    (None, None)
+                };
                 tokio::spawn(async move {
                     let response = unless_expired(phase_watch, async {
+                        if let Some(previous) = commit_after {
+                            // Done or dropped (expired, or its task ended): either way over.
+                            let _ = previous.await;
+                        }
                         Ok(dispatch(&broker, call, request).await)
                     })
                     .await;
+                    drop(done);
                     let reply =
                         reply_bytes(call, response, Reservation::default(), &outbound).await;
                     let _ = sender.send(reply);
