@@ -554,7 +554,7 @@ fn leader_epochs_end_where_the_next_epoch_starts_and_stale_epochs_are_fenced() {
 /// answers them, the ones that do not lead `__meta` by asking its leader.
 #[test]
 fn every_node_of_a_cluster_decides_what_only_the_metadata_leader_can() {
-    let cluster = TestCluster::start(3, &["--kafka-auto-create-topics=true"]);
+    let cluster = TestCluster::start(3, &[]);
     let mut ids = Vec::new();
     for node in &cluster.nodes {
         let mut wire = KafkaWire::connect(node.kafka_address());
@@ -617,33 +617,6 @@ fn every_node_of_a_cluster_decides_what_only_the_metadata_leader_can() {
             .with_topic_names(vec![name(&topic)]);
         let deleted: DeleteTopicsResponse = wire.call(ApiKey::DeleteTopics, 5, &request);
         assert_eq!(deleted.responses[0].error_code, 0, "{deleted:?}");
-
-        // Auto-creation through Metadata, asked of any node: LEADER_NOT_AVAILABLE until the
-        // new topic has a leader (a node that does not lead `__meta` once answered
-        // NOT_LEADER_OR_FOLLOWER forever, which kafka-python's producer waited on for 30 s).
-        let auto = format!("auto-from-node-{}", node.node_id);
-        let mut described = None;
-        for _ in 0..100 {
-            let answer = metadata(&mut wire, 12, Some(&[auto.as_str()]));
-            let code = answer.topics[0].error_code;
-            if code == 0 && answer.topics[0].partitions[0].error_code == 0 {
-                described = Some(answer.topics[0].partitions.len());
-                break;
-            }
-            assert!(
-                [0, 5].contains(&code),
-                "node {}: {answer:?}\n{}",
-                node.node_id,
-                cluster.logs()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        assert_eq!(
-            described,
-            Some(1),
-            "node {}: {auto} never led",
-            node.node_id
-        );
     }
 }
 
