@@ -325,6 +325,44 @@ pub fn load_average() -> [f64; 3] {
 
 /// Prints a progress line each second until the plan ends, and returns each node's CPU share
 /// over the measured window and peak memory at its end, and this process's CPU share.
+/// A producer's or consumer's task: its latency histogram, or why it failed.
+pub type LatencyTask = tokio::task::JoinHandle<Result<Histogram<u64>, String>>;
+
+/// Waits for every producer, tells the consumers the producers are done (so they stop once
+/// they read everything), waits for the consumers, and merges each side's histograms:
+/// (publish latency, end-to-end latency). A failed task fails the run after all are joined.
+pub async fn join_latencies(
+    shared: &Shared,
+    producers: Vec<LatencyTask>,
+    consumers: Vec<LatencyTask>,
+) -> Result<(Histogram<u64>, Histogram<u64>), String> {
+    async fn merge(
+        tasks: Vec<LatencyTask>,
+        failure: &mut Option<String>,
+    ) -> Result<Histogram<u64>, String> {
+        let mut merged = latency_histogram();
+        for task in tasks {
+            match task
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|r| r)
+            {
+                Ok(part) => merged.add(&part).map_err(|error| error.to_string())?,
+                Err(error) => *failure = Some(error),
+            }
+        }
+        Ok(merged)
+    }
+    let mut failure = None;
+    let publish = merge(producers, &mut failure).await?;
+    shared.producers_finished();
+    let end_to_end = merge(consumers, &mut failure).await?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok((publish, end_to_end)),
+    }
+}
+
 pub async fn observe(shared: &Shared, pids: &[u32], label: &str) -> (Vec<NodeUse>, f64) {
     let plan = &shared.plan;
     let mut watched: Vec<u32> = pids.to_vec();

@@ -358,37 +358,10 @@ pub async fn run_on(
 
     let label = format!("{} on {}", workload.name, target.system);
     let (nodes, client_cpu_cores) = harness::observe(&shared, target.pids, &label).await;
-    let mut publish_latency = latency_histogram();
-    let mut failure = None;
-    for task in producer_tasks {
-        match task
+    let (publish_latency, end_to_end_latency) =
+        harness::join_latencies(&shared, producer_tasks, consumer_tasks)
             .await
-            .map_err(|error| error.to_string())
-            .and_then(|r| r)
-        {
-            Ok(part) => publish_latency
-                .add(&part)
-                .map_err(|error| error.to_string())?,
-            Err(error) => failure = Some(error),
-        }
-    }
-    shared.producers_finished();
-    let mut end_to_end_latency = latency_histogram();
-    for task in consumer_tasks {
-        match task
-            .await
-            .map_err(|error| error.to_string())
-            .and_then(|r| r)
-        {
-            Ok(part) => end_to_end_latency
-                .add(&part)
-                .map_err(|error| error.to_string())?,
-            Err(error) => failure = Some(error),
-        }
-    }
-    if let Some(error) = failure {
-        return Err(format!("{}: {error}", workload.name));
-    }
+            .map_err(|error| format!("{}: {error}", workload.name))?;
     Ok(Measured {
         system: target.system,
         durability: target.durability,
