@@ -63,20 +63,11 @@ if [ ! -x "$cairn" ]; then
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kafka-python-suite.XXXXXX")
-dev_pid=
+# shellcheck source=scripts/lib/dev-cluster.sh
+. "$repo/scripts/lib/dev-cluster.sh"
 stop_cluster() {
     local status=$?
-    if [ -n "$dev_pid" ] && kill -0 "$dev_pid" 2>/dev/null; then
-        say "stopping the cluster"
-        kill -TERM "$dev_pid" 2>/dev/null || true
-        # `cairn dev` stops its nodes within 20 s of SIGTERM, killing the stragglers itself.
-        for _ in $(seq 1 300); do
-            kill -0 "$dev_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$dev_pid" 2>/dev/null || true
-        wait "$dev_pid" 2>/dev/null || true
-    fi
+    dev_cluster_stop
     if [ "${KAFKA_PYTHON_SUITE_KEEP:-0}" = 1 ]; then
         say "work directory kept: $work"
     else
@@ -116,52 +107,12 @@ EOF
 # The fixture insists that a Kafka installation directory exists even for an external broker.
 mkdir -p "$work/no-kafka-install"
 
-# Three free consecutive ports (TCP and UDP: gossip uses UDP on the listen port) for each of
-# the Cairn and Kafka listeners.
-read -r base_port kafka_port < <(python3 - <<'EOF'
-import random, socket
-def free(base):
-    for p in range(base, base + 3):
-        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            s = socket.socket(socket.AF_INET, kind)
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-            finally:
-                s.close()
-    return True
-found = []
-for _ in range(200):
-    base = random.randrange(20000, 60000, 3)
-    if free(base) and all(abs(base - f) >= 3 for f in found):
-        found.append(base)
-        if len(found) == 2:
-            break
-print(*found)
-EOF
-)
-[ -n "${kafka_port:-}" ] || { say "no free ports found"; exit 2; }
+dev_cluster_ports || { say "no free ports found"; exit 2; }
 
 # Topics are auto-created as the suite's own broker configuration does (some tests produce to
 # a topic nobody created), and group session timeouts go down to 1.5 s (test_group asks for
 # 3 s; Kafka's default minimum, like Cairn's, is 6 s, so the suite's broker lowers it too).
-say "starting a 3-node cluster (Kafka on 127.0.0.1:$kafka_port..$((kafka_port + 2)))"
-"$cairn" dev --nodes 3 --data-dir "$work/cluster" --base-port "$base_port" \
-    --http-base-port 0 --kafka-base-port "$kafka_port" \
-    --node-arg=--kafka-auto-create-topics=true \
-    --node-arg=--set=groups.session_timeout_ms_min=1500 >"$work/dev.out" 2>&1 &
-dev_pid=$!
-for _ in $(seq 1 900); do
-    grep -q '^cairn dev ready ' "$work/dev.out" && break
-    kill -0 "$dev_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if ! grep -q '^cairn dev ready ' "$work/dev.out"; then
-    say "the cluster did not start:"
-    cat "$work/dev.out" >&2
-    exit 2
-fi
+dev_cluster_start "$work/cluster" --kafka-auto-create-topics=true --set=groups.session_timeout_ms_min=1500 || exit 2
 
 # The broker version kafka-python infers from Cairn's ApiVersions (see the header).
 broker_version=$(cd "$suite" && PYTHONPATH="$suite" timeout 60 python3 -c '
