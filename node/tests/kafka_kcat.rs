@@ -54,9 +54,15 @@ fn kcat(args: &[&str], input: &str) -> Output {
         .spawn()
         .expect("kcat starts");
     let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin
-        .write_all(input.as_bytes())
-        .expect("write kcat's input");
+    // A kcat that exits before reading its input (it failed) closes the pipe: its exit status
+    // and stderr, asserted below, say why; the write's own error would hide that.
+    if let Err(error) = stdin.write_all(input.as_bytes()) {
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write kcat's input: {error}"
+        );
+    }
     drop(stdin);
     let pid = child.id();
     let (done, finished) = std::sync::mpsc::channel();
