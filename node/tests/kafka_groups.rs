@@ -97,7 +97,7 @@ fn group_consumer(
 ) -> Child {
     let stdout = std::fs::File::create(dir.join(format!("{name}.out"))).expect("stdout file");
     let stderr = std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file");
-    let mut command = Command::new(kcat_binary());
+    let mut command = support::foreign_client(kcat_binary());
     command.args(["-b", broker, "-C", "-G", group, "-u", "-f", "%p %s\n"]);
     command.args([
         "-X",
@@ -135,7 +135,7 @@ fn last_assignment(stderr: &Path) -> Option<Vec<String>> {
 }
 
 fn produce(broker: &str, topic: &str, values: &[String]) {
-    let mut child = Command::new(kcat_binary())
+    let mut child = support::foreign_client(kcat_binary())
         .args(["-b", broker, "-P", "-t", topic, "-K", ":"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

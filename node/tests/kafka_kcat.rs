@@ -46,7 +46,7 @@ fn kcat_binary() -> PathBuf {
 
 /// Runs kcat with `args` (and `input` on stdin), bounded by [`KCAT_TIMEOUT`].
 fn kcat(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(kcat_binary())
+    let mut child = support::foreign_client(kcat_binary())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -336,7 +336,7 @@ fn cairn_consume(node: &TestNode, topic: &str) -> Vec<String> {
 
 /// librdkafka's version, from `kcat -V` ("... librdkafka 2.0.2 builtin.features=...").
 fn librdkafka_version() -> (u32, u32) {
-    let output = Command::new(kcat_binary())
+    let output = support::foreign_client(kcat_binary())
         .arg("-V")
         .output()
         .expect("kcat -V runs");

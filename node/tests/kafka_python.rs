@@ -17,7 +17,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 use support::cluster::TestCluster;
 use support::{create_topic_cli, TestNode};
@@ -37,7 +37,7 @@ fn script(name: &str) -> PathBuf {
 
 /// Fails with an install hint unless `module` imports.
 fn require(module: &str, package: &str) {
-    let imported = Command::new(python())
+    let imported = support::foreign_client(python())
         .args(["-c", &format!("import {module}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -53,7 +53,7 @@ fn require(module: &str, package: &str) {
 /// Runs `name` with `args`, bounded by [`SCRIPT_TIMEOUT`]; fails with its output and the
 /// nodes' logs unless it exits 0.
 fn run_script(name: &str, args: &[&str], logs: impl FnOnce() -> String) -> Output {
-    let mut command = Command::new(python());
+    let mut command = support::foreign_client(python());
     command.arg("-u").arg(script(name)).args(args);
     support::run_client_scenario(name, command, SCRIPT_TIMEOUT, logs)
 }
@@ -113,7 +113,7 @@ impl GroupMember {
     ) -> GroupMember {
         let out = dir.join(format!("{name}.out"));
         let stop = dir.join(format!("{name}.stop"));
-        let mut child = Command::new(python())
+        let mut child = support::foreign_client(python())
             .arg("-u")
             .arg(script("group_member.py"))
             .args([bootstrap, topic, group, protocol])
@@ -233,7 +233,7 @@ fn three_members_join_and_leave(protocol: &str) {
     let mut first =
         GroupMember::start(dir.path(), "member-1", &bootstrap, &topic, &group, protocol);
     first.wait_assigned(&logs);
-    let producer = Command::new(python())
+    let producer = support::foreign_client(python())
         .arg("-u")
         .arg(script("group_producer.py"))
         .args([bootstrap.as_str(), topic.as_str(), &RECORDS.to_string()])

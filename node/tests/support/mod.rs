@@ -310,6 +310,16 @@ impl Drop for TestNode {
     }
 }
 
+/// A command for a foreign Kafka client (kcat, Python's librdkafka), without the
+/// `LD_LIBRARY_PATH` cargo sets for tests: in a workspace run it names the directory where the
+/// benches' rdkafka-sys built its own librdkafka (no zlib), which the client would then load
+/// instead of its own (kcat refused `-z gzip` that way).
+pub fn foreign_client(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env_remove("LD_LIBRARY_PATH");
+    command
+}
+
 /// Parses `cairn node ready node_id=N listen=IP:PORT http=IP:PORT`.
 pub fn parse_ready_line(line: &str, node_id: u32) -> SocketAddr {
     let rest = line
