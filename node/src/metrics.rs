@@ -91,7 +91,7 @@ impl NodeMetrics {
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "cairn_produce_requests",
-            "Produce requests answered (successful or not)",
+            "Produce requests answered on either listener, Cairn or Kafka (successful or not; a Kafka request may carry several partitions' batches)",
             self.produce_requests.clone(),
         );
         registry.register(
@@ -106,7 +106,7 @@ impl NodeMetrics {
         );
         registry.register(
             "cairn_fetch_requests",
-            "Fetch requests answered (successful or not), from consumers and learners",
+            "Fetch requests answered on either listener (successful or not), from consumers and learners",
             self.fetch_requests.clone(),
         );
         registry.register(

@@ -178,6 +178,9 @@ fn partition_data(
                     data.log_start_offset = i64::try_from(fetched.log_start.0).unwrap_or(-1);
                 }
                 data.aborted_transactions = Some(Vec::new());
+                crate::metrics::node()
+                    .fetch_bytes
+                    .inc_by(records.len() as u64);
                 data.records = Some(records);
             }
         },

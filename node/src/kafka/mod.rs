@@ -431,7 +431,9 @@ async fn run_connection<S: LogStore>(
         match *request {
             RequestKind::Produce(request) => {
                 // Into the mailboxes now, in read order; the answer is awaited concurrently.
+                let started = std::time::Instant::now();
                 let enqueued = produce::enqueue(&broker, request);
+                let batch_bytes = enqueued.batch_bytes;
                 if enqueued.acks_none() {
                     drop(permit);
                     match enqueued.failure() {
@@ -449,6 +451,12 @@ async fn run_connection<S: LogStore>(
                         Ok(enqueued.complete(&broker, call.version).await)
                     })
                     .await;
+                    let metrics = crate::metrics::node();
+                    metrics.produce_requests.inc();
+                    metrics.produce_bytes.inc_by(batch_bytes);
+                    metrics
+                        .produce_latency
+                        .observe(crate::metrics::seconds(started.elapsed()));
                     let reply =
                         reply_bytes(call, response, Reservation::default(), &outbound).await;
                     let _ = sender.send(reply);
@@ -456,6 +464,7 @@ async fn run_connection<S: LogStore>(
                 });
             }
             RequestKind::Fetch(request) => {
+                let started = std::time::Instant::now();
                 let budgets = fetch_budgets.clone();
                 tokio::spawn(async move {
                     let work = fetch::handle(&broker, call, request, &budgets);
@@ -464,6 +473,11 @@ async fn run_connection<S: LogStore>(
                             Ok((response, reservation)) => (Ok(response), reservation),
                             Err(error) => (Err(error), Reservation::default()),
                         };
+                    let metrics = crate::metrics::node();
+                    metrics.fetch_requests.inc();
+                    metrics
+                        .fetch_latency
+                        .observe(crate::metrics::seconds(started.elapsed()));
                     let reply = reply_bytes(call, response, reservation, &outbound).await;
                     let _ = sender.send(reply);
                     drop(permit);

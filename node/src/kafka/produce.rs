@@ -27,6 +27,8 @@ struct Pending {
 
 pub struct Enqueued {
     acks: i16,
+    /// Bytes of the record batches the request carried, for `cairn_produce_bytes`.
+    pub batch_bytes: u64,
     topics: Vec<(TopicName, Vec<Pending>)>,
 }
 
@@ -43,6 +45,7 @@ fn acks(acks: i16) -> Option<Acks> {
 pub fn enqueue<S: LogStore>(broker: &Broker<S>, request: ProduceRequest) -> Enqueued {
     let timeout_ms = u32::try_from(request.timeout_ms).unwrap_or(0);
     let wanted = acks(request.acks);
+    let mut batch_bytes = 0u64;
     let topics = request
         .topic_data
         .into_iter()
@@ -68,6 +71,7 @@ pub fn enqueue<S: LogStore>(broker: &Broker<S>, request: ProduceRequest) -> Enqu
                             reason: "a produce carries one record batch per partition (got none)"
                                 .to_string(),
                         })?;
+                        batch_bytes += records.len() as u64;
                         let batch = super::batch::from_kafka(&records)?;
                         cairn_produce::enqueue(
                             broker,
@@ -94,6 +98,7 @@ pub fn enqueue<S: LogStore>(broker: &Broker<S>, request: ProduceRequest) -> Enqu
         .collect();
     Enqueued {
         acks: request.acks,
+        batch_bytes,
         topics,
     }
 }
