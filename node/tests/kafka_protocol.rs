@@ -823,3 +823,61 @@ fn admin_requests_refuse_bad_input_and_change_nothing() {
         i32::from(node.kafka_address().port())
     );
 }
+
+/// Metadata's in-sync replicas tell the truth: a replica on a dead node is neither in sync nor
+/// online, as Kafka reports it (`kcat -L` prints both lists), on whichever node is asked.
+#[test]
+fn metadata_leaves_a_dead_nodes_replicas_out_of_sync_and_lists_them_offline() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let topic = "isr-truth";
+    {
+        let mut wire = KafkaWire::connect(cluster.nodes[0].kafka_address());
+        let created = create_topic(&mut wire, topic, 3);
+        assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    }
+    let everyone_in_sync = |wire: &mut KafkaWire| {
+        let answer = metadata(wire, 12, Some(&[topic]));
+        let partitions = &answer.topics[0].partitions;
+        partitions.len() == 3
+            && partitions.iter().all(|partition| {
+                partition.isr_nodes.len() == 3 && partition.offline_replicas.is_empty()
+            })
+    };
+    let mut wire = KafkaWire::connect(cluster.nodes[0].kafka_address());
+    assert!(
+        support::eventually(std::time::Duration::from_secs(20), || everyone_in_sync(
+            &mut wire
+        )),
+        "{:?}",
+        metadata(&mut wire, 12, Some(&[topic]))
+    );
+
+    cluster.node_mut(3).kill();
+    let dead = BrokerId(3);
+    let survivors_see_it = || {
+        cluster.nodes[..2].iter().all(|node| {
+            let mut wire = KafkaWire::connect(node.kafka_address());
+            let answer = metadata(&mut wire, 12, Some(&[topic]));
+            answer.topics[0].partitions.iter().all(|partition| {
+                partition.replica_nodes.contains(&dead)
+                    && !partition.isr_nodes.contains(&dead)
+                    && partition.offline_replicas == vec![dead]
+                    && partition.isr_nodes.len() == 2
+            })
+        })
+    };
+    let mut seen = false;
+    for _ in 0..300 {
+        if survivors_see_it() {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut wire = KafkaWire::connect(cluster.nodes[0].kafka_address());
+    assert!(
+        seen,
+        "node 3 is still in sync or not offline: {:?}",
+        metadata(&mut wire, 12, Some(&[topic]))
+    );
+}

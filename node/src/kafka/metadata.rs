@@ -10,6 +10,7 @@ use crate::broker::{is_internal, Broker};
 use crate::meta::{TopicState, META_TOPIC};
 use cairn_protocol::messages::{CreateTopicRequest, TopicConfig};
 use cairn_protocol::{ApiError, NodeId};
+use cairn_replica::Role;
 use cairn_storage::LogStore;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
@@ -200,12 +201,34 @@ fn describe<S: LogStore>(
                 .collect();
             // A leader without a known Kafka address cannot be reached by a Kafka client.
             let leader = partition.leader.filter(reachable);
+            // In sync, in Kafka's sense: alive, and (as far as this node can tell: only the
+            // leader tracks its followers) not lagging. Offline: not alive.
+            let lagging = broker
+                .partition(&state.name, partition.partition)
+                .ok()
+                .filter(|handle| handle.shared.snapshot().role == Role::Leader)
+                .map(|handle| handle.shared.lagging_followers())
+                .unwrap_or_default();
+            let isr: Vec<BrokerId> = partition
+                .replicas
+                .iter()
+                .filter(|node| reachable(node) && !lagging.contains(node))
+                .map(|node| broker_id(*node))
+                .collect();
+            let offline: Vec<BrokerId> = partition
+                .replicas
+                .iter()
+                .filter(|node| !reachable(node))
+                .map(|node| broker_id(*node))
+                .collect();
             let mut answer = MetadataResponsePartition::default()
                 .with_partition_index(partition.partition as i32)
                 .with_leader_id(leader.map_or(BrokerId(-1), broker_id))
-                .with_replica_nodes(replicas.clone())
-                // Cairn does not track an in-sync set; a committed record is on a majority.
-                .with_isr_nodes(replicas);
+                .with_replica_nodes(replicas)
+                .with_isr_nodes(isr);
+            if call.version >= 5 {
+                answer.offline_replicas = offline;
+            }
             if leader.is_none() {
                 answer.error_code = ResponseError::LeaderNotAvailable.code();
             }
