@@ -364,7 +364,8 @@ fn join_new(wire: &mut KafkaWire, group_id: &str) -> JoinGroupResponse {
     };
     assert_eq!(first.error_code, MEMBER_ID_REQUIRED, "{first:?}");
     let member_id = first.member_id.to_string();
-    assert!(!member_id.is_empty());
+    // Kafka's `clientId-...`: the assignors order members by id, so by client id first.
+    assert!(member_id.starts_with("cairn-test-"), "{member_id}");
     let joined: JoinGroupResponse =
         wire.call(ApiKey::JoinGroup, 5, &join_request(group_id, &member_id));
     assert_eq!(joined.error_code, NONE, "{joined:?}");
@@ -598,6 +599,9 @@ fn the_classic_protocol_over_the_wire_fences_bad_members_and_keeps_offsets() {
     assert_eq!(payments.group_state.to_string(), "Stable");
     assert_eq!(payments.protocol_data.to_string(), "range");
     assert_eq!(payments.members.len(), 1);
+    // The client id and address the member joined from, as Kafka shows them.
+    assert_eq!(payments.members[0].client_id.to_string(), "cairn-test");
+    assert_eq!(payments.members[0].client_host.to_string(), "/127.0.0.1");
     assert_eq!(
         payments.members[0].member_assignment,
         Bytes::from_static(b"my partitions")

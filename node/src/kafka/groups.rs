@@ -12,7 +12,7 @@
 
 use super::errors;
 use super::ids::{broker_id, host_port};
-use super::Call;
+use super::{Call, Client};
 use crate::broker::Broker;
 use crate::group::classic::{ClassicError, JoinReply, JoinRequest, Step, SyncRequest};
 use crate::group::state::Coordinator;
@@ -105,14 +105,34 @@ fn code_of(error: Option<ResponseError>) -> i16 {
     error.map_or(0, |error| error.code())
 }
 
-/// A member id no coordinator has handed out: this node's id, the wall clock at start and a
-/// counter. Unique is all it must be (Kafka clients treat it as opaque).
-fn fresh_member_id<S: LogStore>(broker: &Broker<S>) -> String {
+/// A member id no coordinator has handed out: the client's id first, as Kafka's
+/// `clientId-UUID`, then this node's id, the wall clock at start and a counter for
+/// uniqueness. The prefix matters: the range and round-robin assignors order members by id,
+/// so consumers named `c0`, `c1` get the partitions in that order, as on Kafka (librdkafka's
+/// 0132 checks it).
+fn fresh_member_id<S: LogStore>(broker: &Broker<S>, client_id: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let start = *START.get_or_init(crate::partition::wall_clock_ms);
     let sequence = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("member-{}-{start:x}-{sequence}", broker.node_id().0)
+    let prefix = match truncated(client_id) {
+        "" => "member",
+        prefix => prefix,
+    };
+    format!("{prefix}-{}-{start:x}-{sequence}", broker.node_id().0)
+}
+
+/// Bytes of a client id kept for a member (and put before its member id): member ids are at
+/// most `MEMBER_ID_BYTES_MAX` (255) bytes, and the rest of the id takes up to ~45.
+const CLIENT_ID_KEPT_BYTES: usize = 200;
+
+/// `client_id` cut to at most `CLIENT_ID_KEPT_BYTES`, on a character boundary.
+fn truncated(client_id: &str) -> &str {
+    let mut end = client_id.len().min(CLIENT_ID_KEPT_BYTES);
+    while !client_id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &client_id[..end]
 }
 
 // ---------------------------------------------------------------- FindCoordinator
@@ -270,8 +290,9 @@ pub async fn join_group<S: LogStore>(
     broker: &Broker<S>,
     call: Call,
     request: JoinGroupRequest,
+    client: &Client<'_>,
 ) -> ResponseKind {
-    let answer = join(broker, call, request).await;
+    let answer = join(broker, call, request, client).await;
     let mut response = JoinGroupResponse::default()
         .with_generation_id(-1)
         .with_member_id(StrBytes::from_static_str(""))
@@ -317,14 +338,16 @@ async fn join<S: LogStore>(
     broker: &Broker<S>,
     call: Call,
     request: JoinGroupRequest,
+    client: &Client<'_>,
 ) -> Result<JoinReply, ClassicError> {
     let group_id = request.group_id.0.to_string();
     let join = JoinRequest {
         group_id: group_id.clone(),
         member_id: request.member_id.to_string(),
         instance_id: request.group_instance_id.map(|id| id.to_string()),
-        client_id: String::new(),
-        client_host: String::new(),
+        client_id: truncated(client.id).to_owned(),
+        // As Kafka shows it (`InetAddress.toString()` of an address without a host name).
+        client_host: format!("/{}", client.address.ip()),
         session_timeout_ms: request.session_timeout_ms,
         rebalance_timeout_ms: if call.version >= 1 {
             request.rebalance_timeout_ms
@@ -342,7 +365,7 @@ async fn join<S: LogStore>(
     let (_, coordinator) = coordinator_for(broker, &group_id)
         .await
         .map_err(ClassicError::Refused)?;
-    let fresh = fresh_member_id(broker);
+    let fresh = fresh_member_id(broker, client.id);
     let now_ms = broker.now_ms();
     let step = coordinator
         .run(now_ms, |c| {
@@ -1098,5 +1121,23 @@ fn consumer_assignment_bytes(assignment: &crate::group::assign::Assignment) -> B
     match message.encode(&mut bytes, 0) {
         Ok(()) => bytes.freeze(),
         Err(_) => Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_client_ids_fit_a_member_id_and_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated(""), "");
+        assert_eq!(truncated("c0"), "c0");
+        let long = "é".repeat(CLIENT_ID_KEPT_BYTES);
+        let kept = truncated(&long);
+        assert!(kept.len() <= CLIENT_ID_KEPT_BYTES && kept.len() >= CLIENT_ID_KEPT_BYTES - 1);
+        assert!(kept.chars().all(|c| c == 'é'));
+        // The longest id handed out still fits MEMBER_ID_BYTES_MAX with u64-sized counters.
+        let longest = format!("{}-{}-{:x}-{}", kept, u32::MAX, i64::MAX, u64::MAX);
+        assert!(longest.len() <= cairn_protocol::group::MEMBER_ID_BYTES_MAX);
     }
 }

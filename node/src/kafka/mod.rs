@@ -158,7 +158,12 @@ fn peek_call(frame: &[u8]) -> Result<(i16, i16, i32), Refusal> {
 /// A decoded request, or the ApiVersions fallback answer (KIP-511) for a version too new.
 enum Decoded {
     /// Boxed: requests are large, and most of a connection's life is spent between them.
-    Request(Call, Box<RequestKind>),
+    /// The request, and the client id its header gives (JoinGroup keeps it, as Kafka does).
+    Request(
+        Call,
+        Box<RequestKind>,
+        Option<kafka_protocol::protocol::StrBytes>,
+    ),
     ApiVersionsFallback(Call),
 }
 
@@ -204,7 +209,7 @@ fn decode(frame: BytesMut, entries_max: u32) -> Result<Decoded, Refusal> {
             max: entries_max,
         });
     }
-    Ok(Decoded::Request(call, Box::new(request)))
+    Ok(Decoded::Request(call, Box::new(request), header.client_id))
 }
 
 /// Topics and partitions named by a request (the lists a handler walks).
@@ -407,8 +412,8 @@ async fn run_connection<S: LogStore>(
         };
         first_frame = false;
         read_deadline = Instant::now() + idle_timeout;
-        let (call, request) = match decode(frame, limits.request_entries_max) {
-            Ok(Decoded::Request(call, request)) => (call, request),
+        let (call, request, client_id) = match decode(frame, limits.request_entries_max) {
+            Ok(Decoded::Request(call, request, client_id)) => (call, request, client_id),
             Ok(Decoded::ApiVersionsFallback(call)) => {
                 let (sender, slot) = oneshot::channel();
                 let reply = api_versions::fallback(call);
@@ -496,7 +501,11 @@ async fn run_connection<S: LogStore>(
                             // Done or dropped (expired, or its task ended): either way over.
                             let _ = previous.await;
                         }
-                        Ok(dispatch(&broker, call, request).await)
+                        let client = Client {
+                            id: client_id.as_deref().unwrap_or_default(),
+                            address: remote,
+                        };
+                        Ok(dispatch(&broker, call, request, &client).await)
                     })
                     .await;
                     drop(done);
@@ -538,10 +547,19 @@ async fn reply_bytes(
     Some((bytes, reservation))
 }
 
+/// Who sent a request: what JoinGroup records of a member (DescribeGroups shows it) and
+/// what its new member ids start with.
+pub(crate) struct Client<'a> {
+    /// The header's client id (`client.id`), empty when none was given.
+    pub id: &'a str,
+    pub address: std::net::SocketAddr,
+}
+
 async fn dispatch<S: LogStore>(
     broker: &Broker<S>,
     call: Call,
     request: RequestKind,
+    client: &Client<'_>,
 ) -> ResponseKind {
     match request {
         RequestKind::ApiVersions(request) => api_versions::handle(call, request),
@@ -569,7 +587,7 @@ async fn dispatch<S: LogStore>(
         RequestKind::FindCoordinator(request) => {
             groups::find_coordinator(broker, call, request).await
         }
-        RequestKind::JoinGroup(request) => groups::join_group(broker, call, request).await,
+        RequestKind::JoinGroup(request) => groups::join_group(broker, call, request, client).await,
         RequestKind::SyncGroup(request) => groups::sync_group(broker, call, request).await,
         RequestKind::Heartbeat(request) => groups::heartbeat(broker, call, request).await,
         RequestKind::LeaveGroup(request) => groups::leave_group(broker, call, request).await,
