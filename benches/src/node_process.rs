@@ -1,14 +1,15 @@
 //! Starts `cairn node` processes for a benchmark: one node, or a local cluster of N on
 //! consecutive ports (the same layout and flags as `cairn dev`), which can SIGKILL and restart
 //! a node on its data directory. Also reads a process's CPU time and peak memory from /proc.
+//! Starting a node and waiting for its ready line is `cairn_launch`'s, shared with `cairn dev`,
+//! the chaos campaign and the tests.
 
 use cairn_client::{Admin, ClientConfig};
+use cairn_launch::{Launch, Launched};
 use cairn_protocol::messages::Liveness;
 use rustix::process::{kill_process, Pid, Signal};
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a node may take to print its ready line.
@@ -22,78 +23,39 @@ pub fn default_cairn_binary() -> PathBuf {
 
 /// One running node, SIGKILLed when dropped.
 pub struct NodeProcess {
-    child: Child,
+    child: Launched,
 }
 
 impl NodeProcess {
     /// Runs `binary node ARGS` and waits for its ready line; its logs go to `log`.
     fn start(binary: &Path, args: &[String], log: &Path) -> Result<NodeProcess, String> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|error| format!("cannot open {}: {error}", log.display()))?;
-        let mut child = Command::new(binary)
+        // `args` start with the `node` subcommand.
+        let (child, _ready) = Launch::program(binary, log)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // CAIRN_BENCH_NODE_LOGS=1 shows the node logs; else they go to a file.
-            .stderr(if std::env::var_os("CAIRN_BENCH_NODE_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::from(log_file)
-            })
-            .spawn()
-            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("cairn node ready ") {
-                    let _ = sender.send(());
-                }
-            }
-        });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if receiver.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Ok(NodeProcess { child });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "a node exited before it was ready ({status}); its log: {}",
-                    log.display()
-                ));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "a node was not ready within {READY_TIMEOUT:?}; its log: {}",
-                    log.display()
-                ));
-            }
-        }
+            // CAIRN_BENCH_NODE_LOGS=1 shows the node logs; else they go to the file.
+            .inherit_stderr(std::env::var_os("CAIRN_BENCH_NODE_LOGS").is_some())
+            .start(READY_TIMEOUT)
+            .map_err(|error| format!("{error}"))?;
+        Ok(NodeProcess { child })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// SIGKILL, and reap the process.
     fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     /// SIGTERM and a bounded wait; SIGKILL past it.
     fn stop(mut self) {
-        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+        if let Some(pid) = Pid::from_raw(self.child.pid() as i32) {
             let _ = kill_process(pid, Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.child.child().try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -104,8 +66,7 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 

@@ -5,15 +5,14 @@
 //! same IP and port, and its outgoing peer connections bind the same IP, so an nftables rule
 //! on addresses cuts exactly the links between two nodes. Every node is an initial voter of
 //! `__meta`. A node's stderr (its logs, all runs) goes to `node-<i>.log` in the campaign
-//! directory; its data directory is `nodes/<i>`.
+//! directory; its data directory is `nodes/<i>`. Starting a node and waiting for its ready line
+//! is `cairn_launch`'s, shared with `cairn dev`, the benches and the tests.
 
 use crate::schedule::Skew;
+use cairn_launch::{Launch, Launched};
 use rustix::process::{kill_process, Pid, Signal};
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Process ids of every node running now, so [`kill_all_running`] can stop them from a
@@ -95,11 +94,12 @@ impl ClusterSpec {
 /// One node's process, if it runs.
 pub struct NodeProcess {
     pub node: u32,
-    child: Option<Child>,
+    child: Option<Launched>,
     paused: bool,
     /// The skew its current run has, if any.
     pub skew: Option<Skew>,
-    ready: Option<mpsc::Receiver<()>>,
+    /// Whether [`Cluster::wait_ready`] has yet to wait for its current run's ready line.
+    awaiting_ready: bool,
 }
 
 impl NodeProcess {
@@ -112,8 +112,12 @@ impl NodeProcess {
     }
 
     fn signal(&self, signal: Signal) {
-        if let Some(child) = &self.child {
-            let _ = kill_process(Pid::from_child(child), signal);
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|child| Pid::from_raw(child.pid() as i32))
+        {
+            let _ = kill_process(pid, signal);
         }
     }
 }
@@ -133,7 +137,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 skew: None,
-                ready: None,
+                awaiting_ready: false,
             })
             .collect();
         Cluster {
@@ -163,20 +167,13 @@ impl Cluster {
         std::fs::create_dir_all(&data_dir)
             .map_err(|error| format!("create {}: {error}", data_dir.display()))?;
         let log_path = spec.dir.join(format!("node-{node}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|error| format!("open {}: {error}", log_path.display()))?;
         write_secret(&spec.secret_file())?;
         let seeds = spec.bootstrap();
         let voters = (1..=spec.nodes)
             .map(|id| id.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let mut command = Command::new(&spec.binary);
-        command
-            .arg("node")
+        let mut launch = Launch::node(&spec.binary, log_path)
             .arg("--node-id")
             .arg(node.to_string())
             .arg("--data-dir")
@@ -196,45 +193,26 @@ impl Cluster {
             .arg("--kafka-listen")
             .arg("off")
             .args(&spec.extra_args)
-            .env("CAIRN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .env("CAIRN_LOG", "info");
         if let Some(skew) = &skew {
             let library = faketime
                 .as_ref()
                 .ok_or("clock faults need libfaketime (Debian package faketime)")?;
-            command.env("LD_PRELOAD", library);
-            match skew {
-                Skew::Rate(rate) => {
-                    command.env("FAKETIME", format!("+0 x{rate}"));
-                }
-                Skew::WallJump(seconds) => {
-                    command
-                        .env("FAKETIME", format!("{seconds:+}"))
-                        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                }
-            }
+            launch = launch.env("LD_PRELOAD", library);
+            launch = match skew {
+                Skew::Rate(rate) => launch.env("FAKETIME", format!("+0 x{rate}")),
+                Skew::WallJump(seconds) => launch
+                    .env("FAKETIME", format!("{seconds:+}"))
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            };
         }
-        let mut child = command
-            .spawn()
-            .map_err(|error| format!("start {}: {error}", spec.binary.display()))?;
-        running().insert(child.id());
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        // Keep draining stdout after the ready line so the node never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("cairn node ready ") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
+        // Its stdout is drained for as long as it runs, so it never blocks on a full pipe.
+        let child = launch.spawn().map_err(|error| error.to_string())?;
+        running().insert(child.pid());
         process.child = Some(child);
         process.paused = false;
         process.skew = skew;
-        process.ready = Some(ready_rx);
+        process.awaiting_ready = true;
         Ok(())
     }
 
@@ -244,9 +222,13 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut late = Vec::new();
         for process in &mut self.nodes {
-            if let Some(ready) = process.ready.take() {
+            let Some(child) = process.child.as_mut() else {
+                continue;
+            };
+            if std::mem::take(&mut process.awaiting_ready) {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if ready.recv_timeout(left).is_err() {
+                // Exited, not ready in time, or an unreadable ready line: late all the same.
+                if child.wait_ready(left).is_err() {
                     late.push(process.node);
                 }
             }
@@ -258,12 +240,11 @@ impl Cluster {
     pub fn kill(&mut self, node: u32) {
         let process = self.process(node);
         if let Some(mut child) = process.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            running().remove(&child.id());
+            child.kill();
+            running().remove(&child.pid());
         }
         process.paused = false;
-        process.ready = None;
+        process.awaiting_ready = false;
     }
 
     pub fn pause(&mut self, node: u32) {
@@ -286,20 +267,23 @@ impl Cluster {
     pub fn terminate(&mut self, node: u32) -> bool {
         self.resume(node);
         let process = self.process(node);
-        let Some(mut child) = process.child.take() else {
+        let Some(mut launched) = process.child.take() else {
             return true;
         };
-        let _ = kill_process(Pid::from_child(&child), Signal::TERM);
+        process.awaiting_ready = false;
+        let pid = launched.pid();
+        let child = launched.child();
+        let _ = kill_process(Pid::from_child(child), Signal::TERM);
         let deadline = Instant::now() + TERMINATE_WAIT;
         loop {
             if let Ok(Some(_)) = child.try_wait() {
-                running().remove(&child.id());
+                running().remove(&pid);
                 return true;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                running().remove(&child.id());
+                running().remove(&pid);
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));

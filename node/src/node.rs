@@ -6,8 +6,9 @@
 //! recovered, then wait for SIGTERM/SIGINT and shut down within `shutdown_grace_ms`.
 //!
 //! The ready line, on stdout, is what scripts and tests wait for:
-//! `cairn node ready node_id=N listen=IP:PORT http=IP:PORT` (`http=none` without an HTTP
-//! listener), with the addresses as bound (port 0 resolved).
+//! `cairn node ready node_id=N listen=IP:PORT http=IP:PORT kafka=IP:PORT` (`http=none` without
+//! an HTTP listener, `kafka=off` without a Kafka listener), with the addresses as bound (port 0
+//! resolved). Its format is `cairn_launch::ReadyLine`'s, which also parses it.
 
 use crate::broker::Broker;
 use crate::config::NodeConfig;
@@ -163,9 +164,9 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             let connections_max = config.http.connections_max as usize;
             tokio::spawn(crate::http::serve(listener, router, connections_max));
             tracing::info!(http = %http_bound, "http listener started");
-            http_bound.to_string()
+            Some(http_bound)
         }
-        None => "none".to_string(),
+        None => None,
     };
     let server = tokio::spawn(server::serve(
         listener,
@@ -189,11 +190,13 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         _ = broker.wait_ready() => {
             // Not `println!`: a closed stdout is no reason to panic.
             let mut stdout = std::io::stdout();
-            let _ = writeln!(
-                stdout,
-                "cairn node ready node_id={} listen={} http={} kafka={kafka_shown}",
-                config.node_id, bound, http_bound
-            );
+            let ready = cairn_launch::ReadyLine {
+                node_id: config.node_id.0,
+                listen: bound,
+                http: http_bound,
+                kafka: kafka_bound,
+            };
+            let _ = writeln!(stdout, "{ready}");
             let _ = stdout.flush();
             if let Some(membership) = &membership {
                 membership.set_ready(true).await;

@@ -26,6 +26,7 @@
 pub mod control;
 
 use cairn_client::{Admin, ClientConfig};
+use cairn_launch::ReadyLine;
 use cairn_protocol::messages::Liveness;
 use clap::Args;
 use rustix::process::{kill_process, Pid, Signal};
@@ -644,12 +645,15 @@ fn spawn_member(
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.starts_with("cairn node ready ") {
-                let http = line
-                    .split(' ')
-                    .find_map(|field| field.strip_prefix("http="))
-                    .filter(|http| *http != "none")
-                    .map(str::to_owned);
+            if ReadyLine::is_ready_line(&line) {
+                // A line another build printed still means ready; only its HTTP address is lost.
+                let http = match ReadyLine::parse(&line) {
+                    Ok(parsed) => parsed.http.map(|http| http.to_string()),
+                    Err(error) => {
+                        tracing::warn!(node_id, %error, "cannot read the node's ready line");
+                        None
+                    }
+                };
                 let _ = ready.send((node_id, http)).await;
             }
         }

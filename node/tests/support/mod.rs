@@ -2,7 +2,8 @@
 //!
 //! [`TestNode`] starts the built binary with a temporary data directory, `--listen
 //! 127.0.0.1:0 --preset test`, and waits for its ready line (`cairn node ready node_id=N
-//! listen=IP:PORT`). It can SIGKILL, SIGTERM and restart the node on the same data directory
+//! listen=IP:PORT ...`) through `cairn_launch`, the start-up contract `cairn dev`, the benches
+//! and the chaos campaign share. It can SIGKILL, SIGTERM and restart the node on the same data directory
 //! and address. A node still running when its `TestNode` drops is killed, so no test leaves a
 //! process behind. The node's stderr (its logs) goes to `node.log` next to the data directory
 //! and is printed when a start fails.
@@ -17,15 +18,15 @@
 pub mod cluster;
 pub mod kafka;
 
+use cairn_launch::{Launch, LaunchError, Launched, ReadyLine};
 use cairn_protocol::batch::{split_batches, Record, RecordBatch, RecordBatchBuilder, RecordView};
 use cairn_protocol::frame::{decode_response, encode_request};
 use cairn_protocol::messages::*;
 use cairn_protocol::{ApiError, Offset, Request, RequestFrame, Response, ResponseFrame};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a node may take to print its ready line.
@@ -50,15 +51,13 @@ pub struct TestNode {
     pub node_id: u32,
     /// Holds the data directory and the log; removed when the node drops.
     temp: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<Launched>,
     address: Option<SocketAddr>,
     /// The bound HTTP address from the ready line (`None`: not started, or `http=none`).
     http_address: Option<SocketAddr>,
     /// The bound Kafka listener address, from the ready line (`kafka=IP:PORT`).
     kafka_address: Option<SocketAddr>,
     extra_args: Vec<String>,
-    /// Ready lines of the running process, until [`TestNode::wait_ready`] takes one.
-    ready_lines: Option<mpsc::Receiver<String>>,
 }
 
 impl TestNode {
@@ -88,7 +87,6 @@ impl TestNode {
             http_address: None,
             kafka_address: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            ready_lines: None,
         }
     }
 
@@ -124,13 +122,13 @@ impl TestNode {
 
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
+            Some(child) => matches!(child.child().try_wait(), Ok(None)),
             None => false,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the node is running").id()
+        self.child.as_ref().expect("the node is running").pid()
     }
 
     fn spawn(&mut self, listen: &str) {
@@ -150,14 +148,7 @@ impl TestNode {
     }
 
     fn launch_at(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("a log file");
-        let mut command = Command::new(cairn_binary());
-        command
-            .arg("node")
+        let launched = Launch::node(cairn_binary(), self.log_path())
             .arg("--node-id")
             .arg(self.node_id.to_string())
             .arg("--data-dir")
@@ -171,63 +162,35 @@ impl TestNode {
                 "CAIRN_LOG",
                 std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut child = command.spawn().expect("the cairn binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready, ready_line) = mpsc::channel();
-        // Keep draining stdout after the ready line, so the node never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("cairn node ready ") {
-                    let _ = ready.send(line);
-                }
-            }
-        });
-        self.child = Some(child);
-        self.ready_lines = Some(ready_line);
+            .spawn()
+            .unwrap_or_else(|error| panic!("the cairn binary starts: {error}"));
+        self.child = Some(launched);
     }
 
     /// Waits (bounded by [`READY_TIMEOUT`]) for the ready line of the launched process.
     pub fn wait_ready(&mut self) {
-        let ready_line = self.ready_lines.take().expect("the node was launched");
-        let started = Instant::now();
-        loop {
-            match ready_line.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) => {
-                    self.address = Some(parse_ready_line(&line, self.node_id));
-                    self.http_address = parse_ready_http(&line);
-                    self.kafka_address = line
-                        .split(' ')
-                        .find_map(|field| field.strip_prefix("kafka="))
-                        .and_then(|address| address.parse().ok());
-                    return;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Give the process a moment to report its exit status.
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+        let launched = self.child.as_mut().expect("the node was launched");
+        match launched.wait_ready(READY_TIMEOUT) {
+            Ok(ready) => {
+                assert_eq!(ready.node_id, self.node_id, "{ready}");
+                self.address = Some(ready.listen);
+                self.http_address = ready.http;
+                self.kafka_address = ready.kafka;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().ok())
-                .flatten()
-            {
-                panic!(
-                    "node exited before ready ({status}); logs:\n{}",
-                    self.logs()
-                );
-            }
-            if started.elapsed() > READY_TIMEOUT {
+            Err(LaunchError::Exited { status, .. }) => panic!(
+                "node exited before ready ({status}); logs:\n{}",
+                self.logs()
+            ),
+            Err(LaunchError::Timeout { .. }) => {
                 self.kill();
                 panic!(
                     "node not ready within {READY_TIMEOUT:?}; logs:\n{}",
                     self.logs()
                 );
+            }
+            Err(error) => {
+                self.kill();
+                panic!("node not ready: {error}; logs:\n{}", self.logs());
             }
         }
     }
@@ -235,14 +198,14 @@ impl TestNode {
     /// SIGKILL: no shutdown, nothing flushed that was not flushed already.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
         }
     }
 
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("the node is running");
+        let mut launched = self.child.take().expect("the node is running");
+        let child = launched.child();
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -320,31 +283,11 @@ pub fn foreign_client(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command
 }
 
-/// Parses `cairn node ready node_id=N listen=IP:PORT http=IP:PORT`.
+/// The client address of a ready line (`cairn_launch::ReadyLine`), which must name `node_id`.
 pub fn parse_ready_line(line: &str, node_id: u32) -> SocketAddr {
-    let rest = line
-        .strip_prefix("cairn node ready ")
-        .unwrap_or_else(|| panic!("not a ready line: {line:?}"));
-    let mut fields = rest.split(' ');
-    assert_eq!(
-        fields.next(),
-        Some(format!("node_id={node_id}").as_str()),
-        "{line}"
-    );
-    let listen = fields
-        .next()
-        .and_then(|field| field.strip_prefix("listen="))
-        .unwrap_or_else(|| panic!("no listen field: {line:?}"));
-    listen.parse().expect("the ready line carries IP:PORT")
-}
-
-/// The `http=IP:PORT` field of a ready line; `None` for `http=none`.
-pub fn parse_ready_http(line: &str) -> Option<SocketAddr> {
-    let http = line
-        .split(' ')
-        .find_map(|field| field.strip_prefix("http="))
-        .unwrap_or_else(|| panic!("no http field: {line:?}"));
-    (http != "none").then(|| http.parse().expect("the ready line carries IP:PORT"))
+    let ready = ReadyLine::parse(line).unwrap_or_else(|error| panic!("{error}: {line:?}"));
+    assert_eq!(ready.node_id, node_id, "{line}");
+    ready.listen
 }
 
 /// Runs `cairn node` with `args` expecting it to exit by itself (a refused configuration);
