@@ -228,6 +228,9 @@ pub struct GroupSettings {
     pub session_timeout_ms_max: u32,
     /// How often each coordinator removes members whose session or revocation timed out.
     pub expiry_check_ms: u64,
+    /// Kafka's `group.initial.rebalance.delay.ms`: how long a classic (Kafka-protocol) group
+    /// that has no members waits for more before its first rebalance completes.
+    pub initial_rebalance_delay_ms: u32,
 }
 
 impl GroupSettings {
@@ -237,6 +240,7 @@ impl GroupSettings {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             session_timeout_ms_min: self.session_timeout_ms_min,
             session_timeout_ms_max: self.session_timeout_ms_max,
+            initial_rebalance_delay_ms: self.initial_rebalance_delay_ms,
             ..crate::group::state::GroupConfig::default()
         }
     }
@@ -380,6 +384,7 @@ pub const KEYS: &[&str] = &[
     "groups.session_timeout_ms_min",
     "groups.session_timeout_ms_max",
     "groups.expiry_check_ms",
+    "groups.initial_rebalance_delay_ms",
     "http.listen",
     "http.connections_max",
     "kafka.listen",
@@ -454,6 +459,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             session_timeout_ms_min = 6000
             session_timeout_ms_max = 300000
             expiry_check_ms = 500
+            initial_rebalance_delay_ms = 3000
             [http]
             listen = "127.0.0.1:9644"
             connections_max = 64
@@ -506,6 +512,8 @@ fn preset_table(preset: Preset) -> toml::Table {
             session_timeout_ms_min = 600
             session_timeout_ms_max = 60000
             expiry_check_ms = 50
+            # Tests form their groups at once (Kafka's test setups set it to 0 as well).
+            initial_rebalance_delay_ms = 0
             [http]
             # Many test nodes share one machine: each picks a free port.
             listen = "127.0.0.1:0"

@@ -38,6 +38,8 @@ pub struct ClassicLimits {
     pub session_timeout_ms_min: u32,
     pub session_timeout_ms_max: u32,
     pub rebalance_timeout_ms_max: u32,
+    /// See `GroupConfig::initial_rebalance_delay_ms`.
+    pub initial_rebalance_delay_ms: u32,
 }
 
 /// Why a classic request is refused; each maps to the Kafka error code of the same name.
@@ -70,7 +72,12 @@ pub enum ClassicError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Empty,
-    PreparingRebalance { deadline_ms: u64 },
+    /// Completes when every member rejoined, not before `hold_until_ms` (the initial delay
+    /// of an empty group's first rebalance; `0` for others), and at the latest at `deadline_ms`.
+    PreparingRebalance {
+        deadline_ms: u64,
+        hold_until_ms: u64,
+    },
     CompletingRebalance,
     Stable,
 }
@@ -193,6 +200,11 @@ impl ClassicGroup {
     }
 
     fn start_rebalance(&mut self, now_ms: u64) {
+        self.start_rebalance_held(now_ms, 0);
+    }
+
+    /// Starts a rebalance that does not complete before `hold_ms` from now.
+    fn start_rebalance_held(&mut self, now_ms: u64, hold_ms: u32) {
         if matches!(self.phase, Phase::PreparingRebalance { .. }) {
             return;
         }
@@ -206,18 +218,38 @@ impl ClassicGroup {
             .map(|member| member.rebalance_timeout_ms)
             .max()
             .unwrap_or(0);
+        let deadline_ms = now_ms + u64::from(longest);
         self.phase = Phase::PreparingRebalance {
-            deadline_ms: now_ms + u64::from(longest),
+            deadline_ms,
+            hold_until_ms: (now_ms + u64::from(hold_ms)).min(deadline_ms),
         };
+    }
+
+    /// A new member joined during the initial delay: the delay runs again from now, within
+    /// the rebalance's deadline (Kafka's `InitialDelayedJoin`).
+    fn extend_hold(&mut self, now_ms: u64, hold_ms: u32) {
+        if let Phase::PreparingRebalance {
+            deadline_ms,
+            hold_until_ms,
+        } = &mut self.phase
+        {
+            if *hold_until_ms > now_ms {
+                *hold_until_ms = (now_ms + u64::from(hold_ms)).min(*deadline_ms);
+            }
+        }
     }
 
     /// Completes the rebalance once every member rejoined, or at its deadline.
     fn try_complete(&mut self, now_ms: u64) -> bool {
-        let Phase::PreparingRebalance { deadline_ms } = self.phase else {
+        let Phase::PreparingRebalance {
+            deadline_ms,
+            hold_until_ms,
+        } = self.phase
+        else {
             return false;
         };
         let all_rejoined = self.members.values().all(|member| member.rejoined);
-        if !all_rejoined && now_ms < deadline_ms {
+        if (!all_rejoined || now_ms < hold_until_ms) && now_ms < deadline_ms {
             return false;
         }
         self.members.retain(|_, member| member.rejoined);
@@ -487,6 +519,9 @@ impl ClassicGroups {
 
         // Validated: from here on the join changes the group.
         let group = self.entry(&request.group_id, &request.protocol_type);
+        // The first rebalance of an empty group waits for more members (Kafka's initial delay).
+        let first_of_empty = group.phase == Phase::Empty;
+        let joins_anew = existing.is_none();
         group.pending.remove(&member_id);
         let mut rebalance = true;
         match existing {
@@ -546,7 +581,14 @@ impl ClassicGroups {
             }
         }
         if rebalance {
-            group.start_rebalance(now_ms);
+            if first_of_empty {
+                group.start_rebalance_held(now_ms, limits.initial_rebalance_delay_ms);
+            } else {
+                if joins_anew {
+                    group.extend_hold(now_ms, limits.initial_rebalance_delay_ms);
+                }
+                group.start_rebalance(now_ms);
+            }
             // Starting a rebalance clears every member's flag, the joiner's included.
             if let Some(member) = group.members.get_mut(&member_id) {
                 member.rejoined = true;
@@ -923,6 +965,7 @@ mod tests {
         session_timeout_ms_min: 1_000,
         session_timeout_ms_max: 60_000,
         rebalance_timeout_ms_max: 30_000,
+        initial_rebalance_delay_ms: 0,
     };
 
     fn join_request(member_id: &str, protocols: &[&str]) -> JoinRequest {
@@ -999,6 +1042,63 @@ mod tests {
         assert_eq!(assignment, Bytes::from("all of it"));
         assert_eq!(groups.group("g").unwrap().phase, Phase::Stable);
         groups
+    }
+
+    /// Kafka's `group.initial.rebalance.delay.ms`: an empty group's first rebalance waits for
+    /// more members, each new one restarting the wait, within the rebalance timeout; then all
+    /// are assigned in one generation. Later rebalances do not wait.
+    #[test]
+    fn an_empty_groups_first_rebalance_waits_the_initial_delay_for_more_members() {
+        let limits = ClassicLimits {
+            initial_rebalance_delay_ms: 3_000,
+            ..LIMITS
+        };
+        let join = |groups: &mut ClassicGroups, id: &str, now_ms: u64| {
+            let first = groups.join(&limits, &join_request("", &["range"]), id, now_ms);
+            assert!(matches!(first, Err(ClassicError::MemberIdRequired { .. })));
+            groups
+                .join(&limits, &join_request(id, &["range"]), "unused", now_ms)
+                .unwrap()
+        };
+        let mut groups = ClassicGroups::default();
+        assert_eq!(join(&mut groups, "a", 0), Step::Wait);
+        assert_eq!(groups.poll_join("g", "a", 2_999).unwrap(), Step::Wait);
+        // b joins during the delay: it runs again from now (to 5,000).
+        assert_eq!(join(&mut groups, "b", 2_000), Step::Wait);
+        assert_eq!(groups.poll_join("g", "a", 4_999).unwrap(), Step::Wait);
+        let a = done(groups.poll_join("g", "a", 5_000).unwrap());
+        let b = done(groups.poll_join("g", "b", 5_000).unwrap());
+        assert_eq!((a.generation, b.generation), (1, 1));
+        assert_eq!(a.members.len(), 2, "one generation with both members");
+
+        // Joiners that keep coming cannot hold it past the rebalance timeout (5 s here).
+        let mut groups = ClassicGroups::default();
+        assert_eq!(join(&mut groups, "a", 0), Step::Wait);
+        assert_eq!(join(&mut groups, "b", 2_500), Step::Wait);
+        assert_eq!(join(&mut groups, "c", 4_900), Step::Wait);
+        let a = done(groups.poll_join("g", "a", 5_000).unwrap());
+        assert_eq!(a.members.len(), 3);
+
+        // Not empty any more: a later joiner rebalances without the delay.
+        let mut groups = stable_with_a();
+        assert_eq!(
+            groups.join(&limits, &join_request("", &["range"]), "b", 10),
+            Err(ClassicError::MemberIdRequired {
+                member_id: "b".into()
+            })
+        );
+        assert_eq!(
+            groups
+                .join(&limits, &join_request("b", &["range"]), "unused", 10)
+                .unwrap(),
+            Step::Wait
+        );
+        let a = done(
+            groups
+                .join(&limits, &join_request("a", &["range"]), "unused", 11)
+                .unwrap(),
+        );
+        assert_eq!(a.members.len(), 2);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct GroupConfig {
     /// Kafka JoinGroup and SyncGroup requests one coordinator holds waiting for a
     /// rebalance; past it, a request is answered REBALANCE_IN_PROGRESS (the client rejoins).
     pub parked_requests_max: u32,
+    /// Kafka's `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty
+    /// classic group waits for more members (each new one extends it by as much again, up to
+    /// the rebalance timeout), so consumers started together are assigned once, together.
+    pub initial_rebalance_delay_ms: u32,
 }
 
 impl Default for GroupConfig {
@@ -72,6 +76,7 @@ impl Default for GroupConfig {
             subscribed_topics_max: 1_000,
             request_partitions_max: 10_000,
             parked_requests_max: 10_000,
+            initial_rebalance_delay_ms: 3_000,
         }
     }
 }
@@ -1226,6 +1231,7 @@ impl Coordinator {
             session_timeout_ms_min: self.config.session_timeout_ms_min,
             session_timeout_ms_max: self.config.session_timeout_ms_max,
             rebalance_timeout_ms_max: self.config.rebalance_timeout_ms_max,
+            initial_rebalance_delay_ms: self.config.initial_rebalance_delay_ms,
         }
     }
 
