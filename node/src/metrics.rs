@@ -60,6 +60,13 @@ fn latency_histogram() -> Histogram {
 }
 
 impl NodeMetrics {
+    /// One produce request answered (on either listener), started at `started`.
+    pub fn produced(&self, batch_bytes: u64, started: std::time::Instant) {
+        self.produce_requests.inc();
+        self.produce_bytes.inc_by(batch_bytes);
+        self.produce_latency.observe(seconds(started.elapsed()));
+    }
+
     fn new() -> NodeMetrics {
         NodeMetrics {
             produce_requests: Counter::default(),

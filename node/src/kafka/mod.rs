@@ -456,12 +456,7 @@ async fn run_connection<S: LogStore>(
                         Ok(enqueued.complete(&broker, call.version).await)
                     })
                     .await;
-                    let metrics = crate::metrics::node();
-                    metrics.produce_requests.inc();
-                    metrics.produce_bytes.inc_by(batch_bytes);
-                    metrics
-                        .produce_latency
-                        .observe(crate::metrics::seconds(started.elapsed()));
+                    crate::metrics::node().produced(batch_bytes, started);
                     let reply =
                         reply_bytes(call, response, Reservation::default(), &outbound).await;
                     let _ = sender.send(reply);

@@ -383,12 +383,7 @@ async fn run_connection<S: LogStore>(
                         }
                     };
                     let result = unless_expired(phase, work).await;
-                    let metrics = crate::metrics::node();
-                    metrics.produce_requests.inc();
-                    metrics.produce_bytes.inc_by(batch_bytes);
-                    metrics
-                        .produce_latency
-                        .observe(crate::metrics::seconds(started.elapsed()));
+                    crate::metrics::node().produced(batch_bytes, started);
                     let reservation = Reservation::default();
                     replies.send(correlation_id, result, reservation).await;
                     drop(permit);
