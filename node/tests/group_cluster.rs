@@ -1178,12 +1178,30 @@ fn the_group_keeps_consuming_and_committing_when_the_coordinators_node_is_killed
                     break;
                 }
             }
+            // On failure, the partitions' leaders and high watermarks tell a producer that
+            // stopped writing a partition from a consumer that stopped reading it.
+            let topic_state = if Instant::now() < deadline {
+                String::new()
+            } else {
+                match admin.describe_topic(TOPIC).await {
+                    Ok(described) => format!(
+                        "{:?}",
+                        described
+                            .partitions
+                            .iter()
+                            .map(|p| (p.partition, p.leader, p.leader_epoch, p.high_watermark))
+                            .collect::<Vec<_>>()
+                    ),
+                    Err(error) => format!("(describe failed: {error})"),
+                }
+            };
             assert!(
                 Instant::now() < deadline,
                 "no progress after the coordinator's node {coordinator:?} was killed: received \
                  {received} ({received_at_kill} at the kill), commits ok {ok}, partitions whose \
                  commit stayed at or below the pre-kill offset (partition, before, now): \
-                 {behind:?}; positions: {:?}\n{}",
+                 {behind:?}; partitions (index, leader, epoch, high watermark): {topic_state}; \
+                 positions: {:?}\n{}",
                 members
                     .iter()
                     .map(|m| m.consumer.positions())
