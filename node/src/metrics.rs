@@ -60,6 +60,12 @@ fn latency_histogram() -> Histogram {
 }
 
 impl NodeMetrics {
+    /// One fetch request answered (on either listener), started at `started`.
+    pub fn fetched(&self, started: std::time::Instant) {
+        self.fetch_requests.inc();
+        self.fetch_latency.observe(seconds(started.elapsed()));
+    }
+
     /// One produce request answered (on either listener), started at `started`.
     pub fn produced(&self, batch_bytes: u64, started: std::time::Instant) {
         self.produce_requests.inc();

@@ -473,11 +473,7 @@ async fn run_connection<S: LogStore>(
                             Ok((response, reservation)) => (Ok(response), reservation),
                             Err(error) => (Err(error), Reservation::default()),
                         };
-                    let metrics = crate::metrics::node();
-                    metrics.fetch_requests.inc();
-                    metrics
-                        .fetch_latency
-                        .observe(crate::metrics::seconds(started.elapsed()));
+                    crate::metrics::node().fetched(started);
                     let reply = reply_bytes(call, response, reservation, &outbound).await;
                     let _ = sender.send(reply);
                     drop(permit);

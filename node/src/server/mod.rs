@@ -400,11 +400,7 @@ async fn run_connection<S: LogStore>(
                         // for budget gives up its place instead of reading for nobody.
                         _ = replies.sender.closed() => return,
                     };
-                    let metrics = crate::metrics::node();
-                    metrics.fetch_requests.inc();
-                    metrics
-                        .fetch_latency
-                        .observe(crate::metrics::seconds(started.elapsed()));
+                    crate::metrics::node().fetched(started);
                     let (result, reservation) = match answered {
                         Ok((response, reservation)) => {
                             count_fetched(&response);
