@@ -973,6 +973,12 @@ impl Consumer {
                 Ok(Response::Fetch(reply)) => reply,
                 Ok(other) => return Err(unexpected("Fetch", &other)),
                 Err(error) => {
+                    // Marked at once: when other leaders' records fill the buffer, this
+                    // error is not returned, and a partition whose leader moved (a node
+                    // killed) would be fetched from the old one until metadata expired.
+                    if error.needs_metadata_refresh() {
+                        self.cluster.invalidate();
+                    }
                     first_error.get_or_insert(error);
                     continue;
                 }

@@ -28,6 +28,9 @@ pub(crate) struct State {
     pub produce_requests: u64,
     /// Metadata reports no leader for any partition (an election in progress).
     pub leaderless: bool,
+    /// Partitions whose metadata names another node as leader, at this address (a node
+    /// that may be dead: a closed port), as after a failover this server has not seen.
+    pub moved: HashMap<(String, u32), (NodeId, String)>,
     /// The next this many metadata requests answer every topic `NotReady`, as a restarted
     /// node still catching up on cluster metadata does.
     pub metadata_catching_up: u32,
@@ -297,11 +300,17 @@ async fn handle(
                             name: name.clone(),
                             internal: false,
                             partitions: (0..logs.len() as u32)
-                                .map(|partition| PartitionMetadata {
-                                    partition,
-                                    leader: (!state.leaderless).then_some(NodeId(1)),
-                                    leader_epoch: Epoch(1),
-                                    replicas: vec![NodeId(1)],
+                                .map(|partition| {
+                                    let leader = match state.moved.get(&(name.clone(), partition)) {
+                                        Some((node, _)) => *node,
+                                        None => NodeId(1),
+                                    };
+                                    PartitionMetadata {
+                                        partition,
+                                        leader: (!state.leaderless).then_some(leader),
+                                        leader_epoch: Epoch(1),
+                                        replicas: vec![leader],
+                                    }
                                 })
                                 .collect(),
                         }),
@@ -310,13 +319,19 @@ async fn handle(
                     name,
                 })
                 .collect();
-            Ok(Response::Metadata(MetadataResponse {
-                brokers: vec![BrokerInfo {
-                    node_id: NodeId(1),
-                    address: address.to_owned(),
-                }],
-                topics,
-            }))
+            let mut brokers = vec![BrokerInfo {
+                node_id: NodeId(1),
+                address: address.to_owned(),
+            }];
+            for (node_id, address) in state.moved.values() {
+                if brokers.iter().all(|broker| broker.node_id != *node_id) {
+                    brokers.push(BrokerInfo {
+                        node_id: *node_id,
+                        address: address.clone(),
+                    });
+                }
+            }
+            Ok(Response::Metadata(MetadataResponse { brokers, topics }))
         }
         Request::ListTopics(_) => {
             let state = state.lock().unwrap();

@@ -545,6 +545,92 @@ async fn a_consumer_reads_assigned_partitions_in_order() {
 }
 
 #[tokio::test]
+async fn a_partition_whose_leader_died_is_fetched_from_the_new_one_while_others_return_data() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    // Partition 0 always has records left to return, in small batches, so every fetch
+    // brings data and no fetch takes all of it.
+    let small_batches = ProducerConfig {
+        batch_bytes_max: 512,
+        ..ProducerConfig::default()
+    };
+    let writer = producer(&server, small_batches).await;
+    for i in 0..3_000 {
+        drop(
+            writer
+                .send_to("t", 0, Record::new(format!("0-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    writer.close().await.unwrap();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    server
+        .state
+        .lock()
+        .unwrap()
+        .moved
+        .insert(("t".to_owned(), 1), (NodeId(2), dead));
+    let mut consumer = consumer(
+        &server,
+        ConsumerConfig {
+            max_poll_records: 1,
+            fetch_partition_max_bytes: 1_024,
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    );
+    consumer
+        .assign(&[("t", 0), ("t", 1)])
+        .await
+        .expect("assign");
+    // Positions known (committed ones, say), so no offset lookup needs partition 1's leader.
+    for partition in 0..2 {
+        consumer
+            .seek("t", partition, SeekTo::Offset(Offset(0)))
+            .await
+            .unwrap();
+    }
+    // Partition 1's leader (node 2) refuses connections while partition 0 returns data.
+    let mut records = Vec::new();
+    for _ in 0..5 {
+        records.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    assert!(!records.is_empty(), "partition 0 is read meanwhile");
+    // The partition fails over to node 1, which gets records.
+    server.state.lock().unwrap().moved.clear();
+    fill(&server, "t", 1, 5, 1_000).await;
+    let mut from_partition_1 = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let polled = consumer.poll(Duration::from_millis(200)).await.unwrap();
+        from_partition_1.extend(
+            polled
+                .into_iter()
+                .filter(|record| record.partition == 1)
+                .map(|record| record.offset.0),
+        );
+        if from_partition_1.len() == 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        from_partition_1,
+        (0..5).collect::<Vec<_>>(),
+        "the moved partition's records, read from its new leader"
+    );
+    assert!(
+        consumer.position("t", 0).unwrap() < Offset(3_000),
+        "partition 1 was read only once partition 0 ran dry (position {:?}): the failed \
+         leader went unnoticed while another leader returned data",
+        consumer.position("t", 0)
+    );
+}
+
+#[tokio::test]
 async fn seek_moves_to_earliest_latest_offset_and_timestamp() {
     let server = TestServer::start().await;
     server.create_topic("t", 1);
