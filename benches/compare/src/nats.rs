@@ -131,7 +131,7 @@ impl Drop for NatsCluster {
 }
 
 /// `count` ports that were free on 127.0.0.1 a moment ago.
-fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, String> {
     let listeners: Vec<TcpListener> = (0..count)
         .map(|_| TcpListener::bind(("127.0.0.1", 0)))
         .collect::<Result<_, _>>()
