@@ -123,7 +123,8 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         notes.push("libfaketime is not installed: clock faults were left out".to_string());
     }
     // Power faults need every node's data directory on its own cairn-powerfs mount from the
-    // start; where that cannot be done they are left out, said in the notes.
+    // start. Where that cannot be done the campaign fails rather than run without them: a
+    // power campaign that cut nothing would pass for proof of durability.
     let mut disks = None;
     if kinds.contains(&FaultKind::Power) {
         let data_dirs: Vec<PathBuf> = (1..=config.nodes)
@@ -138,8 +139,9 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         match mounted {
             Ok(mounted) => disks = Some(mounted),
             Err(error) => {
-                kinds.retain(|kind| *kind != FaultKind::Power);
-                notes.push(format!("power faults were left out: {error}"));
+                return Err(format!(
+                    "power faults need a cairn-powerfs mount per node (root, /dev/fuse): {error}"
+                ))
             }
         }
     }
