@@ -12,6 +12,7 @@ use crate::checker::{self, ReplicaLog, Replicas};
 use crate::history::read_history;
 use crate::net::{self, NetworkMode};
 use crate::nodes::{node_ip, Cluster, ClusterSpec};
+use crate::power::Disks;
 use crate::report::{self, FaultWindow, Report};
 use crate::schedule::{self, Fault, FaultKind, PlanConfig, Planned, Rng, Shape, Targets};
 use crate::workload::{self, Control, Recorder, WorkloadConfig, TOPIC};
@@ -42,6 +43,23 @@ pub struct CampaignConfig {
     pub clock_rate_max_deviation: f64,
     /// Extra `cairn node` arguments.
     pub node_args: Vec<String>,
+    /// The nodes' `storage.durability`, when the campaign sets it (it is in `node_args`).
+    #[serde(default)]
+    pub durability: Option<String>,
+    /// Lost acknowledged writes are the measured outcome (a `power` campaign in a mode that
+    /// does not fsync), not a failure; the summary states how many.
+    #[serde(default)]
+    pub expect_loss: bool,
+    /// The `cairn-powerfs` binary for `power` faults; default: beside this program.
+    #[serde(default)]
+    pub powerfs: Option<PathBuf>,
+    /// How long the drain reader may take to reach every high watermark.
+    #[serde(default = "default_drain_timeout_s")]
+    pub drain_timeout_s: u64,
+}
+
+fn default_drain_timeout_s() -> u64 {
+    90
 }
 
 /// The summary figures a caller needs.
@@ -103,6 +121,29 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     if kinds.contains(&FaultKind::Clock) && crate::nodes::faketime_library().is_none() {
         kinds.retain(|kind| *kind != FaultKind::Clock);
         notes.push("libfaketime is not installed: clock faults were left out".to_string());
+    }
+    // Power faults need every node's data directory on its own cairn-powerfs mount from the
+    // start. Where that cannot be done the campaign fails rather than run without them: a
+    // power campaign that cut nothing would pass for proof of durability.
+    let mut disks = None;
+    if kinds.contains(&FaultKind::Power) {
+        let data_dirs: Vec<PathBuf> = (1..=config.nodes)
+            .map(|node| crate::nodes::data_dir_in(out, node))
+            .collect();
+        let mounted = config
+            .powerfs
+            .clone()
+            .or_else(crate::power::powerfs_binary)
+            .ok_or_else(|| "no cairn-powerfs binary beside cairn-chaos".to_string())
+            .and_then(|binary| Disks::mount_all(binary, out, &data_dirs));
+        match mounted {
+            Ok(mounted) => disks = Some(mounted),
+            Err(error) => {
+                return Err(format!(
+                    "power faults need a cairn-powerfs mount per node (root, /dev/fuse): {error}"
+                ))
+            }
+        }
     }
     let workload_config = WorkloadConfig {
         bootstrap: String::new(),
@@ -259,6 +300,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         seed: config.seed,
         crash_tx: &crash_tx,
         hostile: None,
+        disks: disks.as_mut(),
     };
     for (index, planned) in plan.iter().enumerate() {
         sleep_until(start, planned.start_ms);
@@ -298,7 +340,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         &workload_config,
         &recorder,
         config.partitions,
-        Duration::from_secs(90),
+        Duration::from_secs(config.drain_timeout_s),
     ));
     let retained = retained_writer.map(|writer| {
         runtime.block_on(async {
@@ -339,10 +381,19 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     };
     let mut per_node = Vec::new();
     for node in 1..=config.nodes {
-        per_node.push(crate::replicas::read_node_logs(
-            node,
-            &spec.data_dir(node).join("store"),
-        )?);
+        let logs = crate::replicas::read_node_logs(node, &spec.data_dir(node).join("store"));
+        match logs {
+            Ok(logs) => per_node.push(logs),
+            // A power cut may leave a store the node itself refuses to open: that node then
+            // holds nothing, which the checker counts against the majority rule.
+            Err(error) if disks.is_some() => {
+                notes.push(format!(
+                    "node {node}'s store cannot be read after the power cuts: {error}"
+                ));
+                per_node.push(Vec::new());
+            }
+            Err(error) => return Err(error),
+        }
     }
     // The campaign's topic was created before anything else (the consumer groups' internal
     // topic comes with the first group request), so it has the lowest topic id.
@@ -356,9 +407,17 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         }
     }
     write_json(&out.join("replicas.json"), &saved)?;
+    let power_on = disks.is_some();
+    let capped = disks.as_ref().map(Disks::capped).unwrap_or_default();
+    if let Some(mut disks) = disks {
+        disks.unmount_all();
+    }
 
     let ops = read_history(&out.join("history.jsonl")).map_err(|error| error.to_string())?;
     let mut check = checker::check(&ops, Some(&saved.to_replicas()));
+    if power_on {
+        checker::check_durable_at_end(&ops, &mut check);
+    }
     if let Some((writer, high_watermark)) = &retained {
         crate::retention::check(
             writer,
@@ -388,8 +447,17 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         availability_seconds,
         timeline,
         notes,
+        expect_loss: config.expect_loss,
     };
     write_outputs(out, &report)?;
+    if !capped.is_empty() {
+        return Err(format!(
+            "cairn-powerfs of nodes {capped:?} held {} MiB of unsynced writes and refused more \
+             (ENOSPC): not a valid power-loss run (see powerfs-*.log; report in {})",
+            crate::power::PENDING_BYTES_MAX >> 20,
+            out.display()
+        ));
+    }
     Ok(Outcome { report })
 }
 
@@ -474,6 +542,8 @@ struct Nemesis<'a> {
     crash_tx: &'a tokio::sync::watch::Sender<Vec<u32>>,
     /// The forging client of the current `hostile` fault, if one runs.
     hostile: Option<crate::hostile::Hostile>,
+    /// The nodes' cairn-powerfs disks, when power faults are on.
+    disks: Option<&'a mut Disks>,
 }
 
 impl Nemesis<'_> {
@@ -613,6 +683,25 @@ impl Nemesis<'_> {
                     targets: vec![*client],
                 }
             }
+            Fault::Power { nodes } => {
+                self.cluster.kill_together(nodes);
+                let cut = match self.disks.as_mut() {
+                    Some(disks) => disks.cut(nodes),
+                    None => Err("no cairn-powerfs disks".to_string()),
+                };
+                Applied {
+                    description: match cut {
+                        Ok(()) => format!(
+                            "power cut of nodes {nodes:?} (SIGKILL, unsynced writes lost), \
+                             restart at the end"
+                        ),
+                        Err(error) => format!(
+                            "power cut of nodes {nodes:?}: killed, but the cut failed: {error}"
+                        ),
+                    },
+                    targets: nodes.clone(),
+                }
+            }
             Fault::Hostile { nodes } => {
                 let targets = nodes
                     .iter()
@@ -649,7 +738,7 @@ impl Nemesis<'_> {
 
     fn heal(&mut self, planned: &Planned, applied: &Applied) {
         match &planned.fault {
-            Fault::Kill { .. } => {
+            Fault::Kill { .. } | Fault::Power { .. } => {
                 for node in &applied.targets {
                     if let Err(error) = self.cluster.start(*node, None) {
                         eprintln!("cairn-chaos: restarting node {node}: {error}");

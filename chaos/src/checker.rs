@@ -25,7 +25,7 @@
 //! - `retained_offset_reused`, `retained_replica_behind`: the retention topic's checks (see
 //!   [`crate::retention`]).
 
-use crate::history::{Op, Status};
+use crate::history::{Op, ReaderKind, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -49,10 +49,13 @@ pub enum AnomalyKind {
     ReplicaMissing,
     RetainedOffsetReused,
     RetainedReplicaBehind,
+    /// Acknowledged and read while the run went on, but not read by the final drain: the
+    /// cluster forgot it (checked in power campaigns, see [`check_durable_at_end`]).
+    Forgotten,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 14] = [
+    pub const ALL: [AnomalyKind; 15] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -67,6 +70,7 @@ impl AnomalyKind {
         AnomalyKind::ReplicaMissing,
         AnomalyKind::RetainedOffsetReused,
         AnomalyKind::RetainedReplicaBehind,
+        AnomalyKind::Forgotten,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl AnomalyKind {
             AnomalyKind::ReplicaMissing => "replica_missing",
             AnomalyKind::RetainedOffsetReused => "retained_offset_reused",
             AnomalyKind::RetainedReplicaBehind => "retained_replica_behind",
+            AnomalyKind::Forgotten => "forgotten",
         }
     }
 }
@@ -565,6 +570,52 @@ fn check_replicas(
                         )
                     });
                 }
+            }
+        }
+    }
+}
+
+/// Power campaigns: after the nodes restarted on what they had synced, every acknowledged write
+/// must still be readable, so the final drain must read it. An acknowledged value that some
+/// reader saw during the run but the drain did not is `forgotten` (one never read at all is
+/// already `lost` or `unseen`). A drain that could not read at all (a cluster that does not
+/// come back) forgets everything, which is the point.
+pub fn check_durable_at_end(ops: &[Op], report: &mut CheckReport) {
+    let mut read_by_drain: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut read_before: BTreeSet<&str> = BTreeSet::new();
+    for op in ops {
+        if let Op::Poll {
+            reader, records, ..
+        } = op
+        {
+            for read in records {
+                if *reader == ReaderKind::Drain {
+                    read_by_drain.insert((read.partition, read.offset));
+                } else {
+                    read_before.insert(read.value.as_str());
+                }
+            }
+        }
+    }
+    report.bump("drain_records_read", read_by_drain.len() as u64);
+    for op in ops {
+        if let Op::Send {
+            value,
+            status: Status::Ok,
+            partition: Some(partition),
+            offset: Some(offset),
+            ..
+        } = op
+        {
+            if read_before.contains(value.as_str())
+                && !read_by_drain.contains(&(*partition, *offset))
+            {
+                report.add(AnomalyKind::Forgotten, || {
+                    format!(
+                        "{value:?} acknowledged at {partition}@{offset} and read during the run, \
+                         not read by the final drain"
+                    )
+                });
             }
         }
     }

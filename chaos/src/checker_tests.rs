@@ -403,3 +403,53 @@ fn a_committed_offset_on_fewer_than_a_majority_is_missing() {
         "{report:?}"
     );
 }
+
+fn drain_poll(process: u32, records: &[(u32, u64, &str)]) -> Op {
+    match poll(process, 1, records) {
+        Op::Poll {
+            process,
+            session,
+            invoke_ms,
+            complete_ms,
+            status,
+            member,
+            records,
+            error,
+            ..
+        } => Op::Poll {
+            process,
+            reader: ReaderKind::Drain,
+            session,
+            invoke_ms,
+            complete_ms,
+            status,
+            member,
+            records,
+            error,
+        },
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_write_read_during_the_run_but_not_by_the_drain_is_forgotten() {
+    let ops = vec![
+        send(1, "a", Status::Ok, Some((0, 0))),
+        send(1, "b", Status::Ok, Some((0, 1))),
+        poll(2, 1, &[(0, 0, "a"), (0, 1, "b")]),
+        // After the power cut only "a" was still there.
+        drain_poll(3, &[(0, 0, "a")]),
+    ];
+    let mut report = check(&ops, None);
+    assert!(report.is_clean(), "{report:?}");
+    check_durable_at_end(&ops, &mut report);
+    let forgotten = &report.anomalies[&AnomalyKind::Forgotten];
+    assert_eq!(forgotten.count, 1);
+    assert!(forgotten.examples[0].contains("\"b\""), "{forgotten:?}");
+
+    let mut both_there = check(&ops[..3], None);
+    let mut with_drain = ops[..3].to_vec();
+    with_drain.push(drain_poll(3, &[(0, 0, "a"), (0, 1, "b")]));
+    check_durable_at_end(&with_drain, &mut both_there);
+    assert!(both_there.is_clean(), "{both_there:?}");
+}

@@ -6,6 +6,7 @@
 //!   partitions as nftables rules there.
 //! - [`schedule`]: the nemesis schedule drawn from a seed (fault kinds, windows, targets).
 //! - [`nodes`]: the `cairn node` processes (start under libfaketime, kill, pause, restart).
+//! - [`power`]: the `power` fault's disks, `cairn-powerfs` mounts that lose unsynced writes.
 //! - [`hostile`]: the `hostile` fault, a client without the cluster secret forging peer
 //!   traffic.
 //! - [`workload`]: producers, group consumers, manual readers, the group watcher and the
@@ -23,6 +24,7 @@ pub mod history;
 pub mod hostile;
 pub mod net;
 pub mod nodes;
+pub mod power;
 pub mod replicas;
 pub mod report;
 pub mod retention;

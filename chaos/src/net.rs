@@ -1,9 +1,10 @@
 //! The campaign's private network: a network namespace, and partitions as nftables rules in it.
 //!
-//! [`enter_namespace`] re-executes the campaign with `unshare --net --pid --fork --kill-child`:
-//! the campaign becomes process 1 of a new PID namespace inside a new network namespace, so
-//! when it exits (normally, on panic, or killed because `unshare` got Ctrl-C) the kernel kills
-//! every node it started and the network namespace with its rules disappears with them.
+//! [`enter_namespace`] re-executes the campaign with `unshare --net --pid --mount --fork
+//! --kill-child`: the campaign becomes process 1 of a new PID namespace inside new network and
+//! mount namespaces, so when it exits (normally, on panic, or killed because `unshare` got
+//! Ctrl-C) the kernel kills every node it started, and the network namespace with its rules
+//! and the mount namespace with the `power` fault's FUSE mounts disappear with them.
 //! Nothing reaches a real network: the namespace only has a loopback interface. Inside, nodes
 //! listen on 127.0.0.11, .12, ... and a partition is one nftables table dropping packets by
 //! (source, destination) address pairs.
@@ -73,7 +74,14 @@ pub fn enter_namespace(want_namespace: bool) -> Entered {
     // Probe first, so a failure of the campaign itself is not mistaken for no privilege.
     if let Err(error) = run(
         "unshare",
-        &["--net", "--pid", "--fork", "--kill-child", "true"],
+        &[
+            "--net",
+            "--pid",
+            "--mount",
+            "--fork",
+            "--kill-child",
+            "true",
+        ],
     ) {
         eprintln!(
             "cairn-chaos: cannot create a private network namespace ({error}); running process \
@@ -89,7 +97,7 @@ pub fn enter_namespace(want_namespace: bool) -> Entered {
         }
     };
     let status = Command::new("unshare")
-        .args(["--net", "--pid", "--fork", "--kill-child"])
+        .args(["--net", "--pid", "--mount", "--fork", "--kill-child"])
         .arg(exe)
         .args(std::env::args_os().skip(1))
         .env(IN_NAMESPACE_ENV, "1")

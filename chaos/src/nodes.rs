@@ -82,13 +82,18 @@ impl ClusterSpec {
     }
 
     pub fn data_dir(&self, node: u32) -> PathBuf {
-        self.dir.join("nodes").join(node.to_string())
+        data_dir_in(&self.dir, node)
     }
 
     /// The cluster secret every node is started with; the hostile fault never reads it.
     pub fn secret_file(&self) -> PathBuf {
         self.dir.join("cluster-secret")
     }
+}
+
+/// Node `node`'s data directory in the campaign directory `dir`.
+pub fn data_dir_in(dir: &Path, node: u32) -> PathBuf {
+    dir.join("nodes").join(node.to_string())
 }
 
 /// One node's process, if it runs.
@@ -245,6 +250,17 @@ impl Cluster {
         }
         process.paused = false;
         process.awaiting_ready = false;
+    }
+
+    /// SIGKILL of several nodes at one instant, as a power cut does: every signal is sent
+    /// before any process is reaped.
+    pub fn kill_together(&mut self, nodes: &[u32]) {
+        for node in nodes {
+            self.process(*node).signal(Signal::KILL);
+        }
+        for node in nodes {
+            self.kill(*node);
+        }
     }
 
     pub fn pause(&mut self, node: u32) {

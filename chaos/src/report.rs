@@ -52,6 +52,26 @@ pub struct Report {
     pub availability_seconds: f64,
     pub timeline: Vec<Second>,
     pub notes: Vec<String>,
+    /// Lost acknowledged writes were the measured outcome (`--expect-loss`), not a failure.
+    #[serde(default)]
+    pub expect_loss: bool,
+}
+
+impl Report {
+    /// Acknowledged writes not there at the end: `lost` (never read, later offsets were),
+    /// `unseen` (never read by anyone) and `forgotten` (read during the run, not by the final
+    /// drain; checked in power campaigns). The three never count one write twice.
+    pub fn lost_acknowledged(&self) -> u64 {
+        [
+            AnomalyKind::Lost,
+            AnomalyKind::Unseen,
+            AnomalyKind::Forgotten,
+        ]
+        .iter()
+        .filter_map(|kind| self.check.anomalies.get(kind))
+        .map(|group| group.count)
+        .sum()
+    }
 }
 
 fn percentile(sorted: &[u64], fraction: f64) -> u64 {
@@ -183,6 +203,17 @@ pub fn summary(report: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let _ = writeln!(
+        out,
+        "- lost acknowledged writes (lost + unseen + forgotten): {} of {}{}",
+        report.lost_acknowledged(),
+        stat("sends_ok"),
+        if report.expect_loss {
+            " (--expect-loss: measured, not a failure)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(out, "\n## Anomalies: {}\n", check.anomaly_count());
     let _ = writeln!(out, "| kind | count |\n|---|---|");
     for kind in AnomalyKind::ALL {
@@ -240,6 +271,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Client => "#4daf4a",
         FaultKind::Hostile => "#a65628",
         FaultKind::Retention => "#f781bf",
+        FaultKind::Power => "#000000",
     }
 }
 
@@ -430,12 +462,17 @@ mod tests {
             availability_seconds: seconds,
             timeline,
             notes: vec![],
+            expect_loss: false,
         };
         let svg = timeline_svg(&report);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("fill-opacity=\"0.18\"").count(), 2);
         let summary = summary(&report);
         assert!(summary.contains("| lost | 0 |"), "{summary}");
+        assert!(
+            summary.contains("lost acknowledged writes (lost + unseen + forgotten): 0 of"),
+            "{summary}"
+        );
         assert!(summary.contains("fault windows: 1 (kill 1)"), "{summary}");
     }
 }

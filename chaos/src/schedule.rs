@@ -55,6 +55,10 @@ pub enum FaultKind {
     /// A follower of the retention topic paused while retention passes it (see
     /// `crate::retention`).
     Retention,
+    /// A power cut of a majority or of every node at one instant: SIGKILL, and every write
+    /// not yet fsynced is lost (their data directories are `cairn-powerfs` mounts, see
+    /// `crate::power`).
+    Power,
 }
 
 impl FaultKind {
@@ -73,10 +77,11 @@ impl FaultKind {
                 "client" => FaultKind::Client,
                 "hostile" => FaultKind::Hostile,
                 "retention" => FaultKind::Retention,
+                "power" => FaultKind::Power,
                 other => {
                     return Err(format!(
                         "unknown fault kind {other:?} (kill, pause, partition, clock, client, \
-                         hostile, retention)"
+                         hostile, retention, power)"
                     ))
                 }
             };
@@ -165,6 +170,11 @@ pub enum Fault {
     Retention {
         fallback: u32,
     },
+    /// SIGKILL of these nodes at one instant and their unsynced writes dropped at the start,
+    /// restart at the end.
+    Power {
+        nodes: Vec<u32>,
+    },
 }
 
 impl Fault {
@@ -177,6 +187,7 @@ impl Fault {
             Fault::ClientCrash { .. } => FaultKind::Client,
             Fault::Hostile { .. } => FaultKind::Hostile,
             Fault::Retention { .. } => FaultKind::Retention,
+            Fault::Power { .. } => FaultKind::Power,
         }
     }
 }
@@ -272,6 +283,14 @@ pub fn plan(config: &PlanConfig) -> Vec<Planned> {
             },
             FaultKind::Retention => Fault::Retention {
                 fallback: pick(&mut rng, nodes, 1)[0],
+            },
+            // A majority loses power (the acknowledged writes then live on the survivors and
+            // on what the majority synced), or everyone does (only what was synced remains).
+            FaultKind::Power => Fault::Power {
+                nodes: match rng.range(0, 1) {
+                    0 => pick(&mut rng, nodes, nodes as usize / 2 + 1),
+                    _ => (1..=nodes).collect(),
+                },
             },
         };
         planned.push(Planned {
@@ -465,6 +484,20 @@ mod tests {
             Fault::Retention { fallback } if (1..=5).contains(&fallback)
         )));
         assert!(FaultKind::parse_list("kill,flood").is_err());
+        let power = plan(&config(6, &[FaultKind::Power]));
+        assert!(!power.is_empty());
+        for planned in &power {
+            let Fault::Power { nodes } = &planned.fault else {
+                panic!("{planned:?}");
+            };
+            assert!(
+                nodes.len() == 3 || nodes.len() == 5,
+                "a majority or all: {nodes:?}"
+            );
+        }
+        assert!(power
+            .iter()
+            .any(|planned| matches!(&planned.fault, Fault::Power { nodes } if nodes.len() == 5)));
     }
 
     /// Which nodes each node can send to under `pairs`.
