@@ -6,6 +6,8 @@
 //!   global and stable across nodes and subjects, an incompatible change is refused with 409,
 //!   a compatible one gets a new version, errors are Confluent's, and after the `_schemas`
 //!   leader is killed a new schema gets a new id while every old one still resolves.
+//! - `a_node_without_a_replica_of_schemas_answers_from_the_leaders_log`: on 4 nodes (3
+//!   replicas of `_schemas`) every node reads and writes.
 //! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`: runs
 //!   `node/tests/kafka_python/schema_registry_avro.py` (see `kafka_python.rs` for the Python
 //!   prerequisites; this script also needs confluent-kafka's schema-registry extras, which
@@ -349,6 +351,45 @@ fn the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leade
     }
     let new_leader = schemas_leader(&mut cluster, Some(leader));
     assert_ne!(new_leader, leader);
+}
+
+#[test]
+fn a_node_without_a_replica_of_schemas_answers_from_the_leaders_log() {
+    // `_schemas` gets 3 replicas: one of the 4 nodes holds none.
+    let cluster = TestCluster::start(4, &[]);
+    let addresses: Vec<SocketAddr> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.http_address())
+        .collect();
+    let (status, body) = http_available(
+        addresses[0],
+        "POST",
+        "/subjects/users-value/versions",
+        &schema_body(USER_V1),
+    );
+    assert_eq!(status, 200, "{body}");
+    let user_id = json(&body)["id"].as_u64().unwrap();
+    for (index, address) in addresses.iter().enumerate() {
+        let (status, body) =
+            http_available(*address, "GET", &format!("/schemas/ids/{user_id}"), "");
+        assert_eq!(status, 200, "node {}: {body}", index + 1);
+        let (status, body) = http_available(
+            *address,
+            "POST",
+            &format!("/subjects/subject-{index}/versions"),
+            &schema_body(ORDER),
+        );
+        assert_eq!(status, 200, "node {}: {body}", index + 1);
+        let (status, body) = http(*address, "GET", "/subjects", "");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            json(&body).as_array().unwrap().len(),
+            index + 2,
+            "node {}: {body}",
+            index + 1
+        );
+    }
 }
 
 fn python() -> String {

@@ -10,6 +10,9 @@
 //! different nodes may race: the engine settles every race at apply time and a registration
 //! that lost plans again, a bounded number of times.
 //!
+//! A node without a replica of `_schemas` (a cluster larger than its replication factor)
+//! replays the leader's log instead, fetched as a client.
+//!
 //! `_schemas` is created by the first write (the `__meta` leader creates it, as it creates
 //! `__offsets`); reads on a cluster without it see an empty registry.
 
@@ -18,8 +21,10 @@ pub mod rest;
 use crate::broker::Broker;
 use cairn_control::schema::state::Registration;
 use cairn_control::schema::{Registry, RegistryError, SchemaRecord, SCHEMAS_TOPIC};
-use cairn_protocol::batch::{RecordBatch, RecordBatchBuilder};
-use cairn_protocol::messages::{ListOffsetsRequest, OffsetSpec, ProduceRequest, Request, Response};
+use cairn_protocol::batch::{split_batches, RecordBatch, RecordBatchBuilder};
+use cairn_protocol::messages::{
+    FetchPartition, FetchRequest, ListOffsetsRequest, OffsetSpec, ProduceRequest, Request, Response,
+};
 use cairn_protocol::{Acks, ApiError, NodeId, Offset, Record};
 use cairn_storage::LogStore;
 use std::sync::Arc;
@@ -195,24 +200,20 @@ impl<S: LogStore> SchemaRegistry<S> {
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
         loop {
-            let read = match self.broker.partition(SCHEMAS_TOPIC, 0) {
-                Ok(handle) => handle.read(replayed.next, READ_BYTES_MAX, true).await,
-                Err(error) => Err(error),
-            };
-            match read {
-                Ok(read) if !read.batches.is_empty() => {
-                    for batch in &read.batches {
+            match self.read_from(replayed.next).await {
+                Ok((batches, _)) if !batches.is_empty() => {
+                    for batch in &batches {
                         apply_batch(&mut replayed.registry, replayed.next, batch);
                         replayed.next = replayed.next.max(batch.next_offset());
                     }
                     continue;
                 }
-                Ok(read) => {
-                    if read.log_start > replayed.next {
+                Ok((_, log_start)) => {
+                    if log_start > replayed.next {
                         // Nothing trims `_schemas` (internal topics keep everything), so this
                         // is a replica rebuilt from scratch: replay it from its start.
                         replayed.registry = Registry::default();
-                        replayed.next = read.log_start;
+                        replayed.next = log_start;
                         continue;
                     }
                     if until.is_none_or(|until| replayed.next > until) {
@@ -234,6 +235,61 @@ impl<S: LogStore> SchemaRegistry<S> {
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// Committed batches of `_schemas` from `from` on, and its log start: from the local
+    /// replica, or from the leader's when this node holds none (a cluster larger than the
+    /// replication factor).
+    async fn read_from(&self, from: Offset) -> Result<(Vec<RecordBatch>, Offset), ApiError> {
+        match self.broker.partition(SCHEMAS_TOPIC, 0) {
+            Ok(handle) => handle
+                .read(from, READ_BYTES_MAX, true)
+                .await
+                .map(|read| (read.batches, read.log_start)),
+            Err(ApiError::NotLeader { leader_hint, .. }) => {
+                let leader = leader_hint.ok_or(ApiError::NotLeader {
+                    leader_hint: None,
+                    epoch: cairn_protocol::Epoch::ZERO,
+                })?;
+                self.remote_read(leader, from).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn remote_read(
+        &self,
+        leader: NodeId,
+        from: Offset,
+    ) -> Result<(Vec<RecordBatch>, Offset), ApiError> {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: READ_BYTES_MAX as u32,
+            partitions: vec![FetchPartition {
+                topic: SCHEMAS_TOPIC.to_string(),
+                partition: 0,
+                offset: from,
+                max_bytes: READ_BYTES_MAX as u32,
+            }],
+        });
+        let Response::Fetch(answer) = self.ask(leader, request).await? else {
+            return Err(ApiError::Internal {
+                reason: "a fetch was answered with something else".to_string(),
+            });
+        };
+        let Some(partition) = answer.partitions.into_iter().next() else {
+            return Err(ApiError::Internal {
+                reason: "a fetch was answered without its partition".to_string(),
+            });
+        };
+        let fetched = partition.result?;
+        let batches = split_batches(&fetched.batches)
+            .collect::<Result<Vec<RecordBatch>, _>>()
+            .map_err(|error| ApiError::Internal {
+                reason: format!("the _schemas leader sent a malformed batch: {error}"),
+            })?;
+        Ok((batches, fetched.log_start))
     }
 
     /// Appends `records` as one batch (so a multi-version delete is all or nothing) through
