@@ -24,6 +24,7 @@ use crate::partition::{
     wall_clock_ms, Clock, LeadershipEvents, PartitionHandle, PartitionSnapshot, PartitionSpec,
 };
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
+use cairn_control::schema::SCHEMAS_TOPIC;
 use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::group::{FindCoordinatorRequest, OFFSETS_TOPIC};
@@ -1302,7 +1303,56 @@ impl<S: LogStore> Broker<S> {
             name: request.name.clone(),
             reason: error.to_string(),
         })?;
+        if request.name == SCHEMAS_TOPIC {
+            // Another node's schema registry asks this one (the `__meta` leader) to create
+            // `_schemas`; it gets the registry's shape whatever the request says.
+            return self.create_schemas_topic().await;
+        }
         self.create_topic_unchecked(request).await
+    }
+
+    /// Whether `_schemas` exists in the applied catalog.
+    pub fn schemas_topic_exists(&self) -> bool {
+        self.catalog().state.topic(SCHEMAS_TOPIC).is_some()
+    }
+
+    /// Creates `_schemas` (one partition, as many replicas as `__offsets` gets) here when this
+    /// node leads `__meta`, else asks the `__meta` leader to. Returns once it is asked; the
+    /// topic exists when `__meta` has applied it.
+    pub async fn ensure_schemas_topic(&self) -> Result<(), ApiError> {
+        self.check_ready()?;
+        if self.schemas_topic_exists() {
+            return Ok(());
+        }
+        let request = CreateTopicRequest {
+            name: SCHEMAS_TOPIC.to_string(),
+            partitions: 1,
+            replication_factor: None,
+            config: TopicConfig::default(),
+        };
+        match crate::kafka::forward::create_topic(self, request).await {
+            Ok(_) | Err(ApiError::TopicAlreadyExists { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn create_schemas_topic(&self) -> Result<TopicMetadata, ApiError> {
+        let live = self.live_nodes().len() as u16;
+        // As for `__offsets`: wait until as many nodes are alive as the replication factor
+        // wants, rather than create the registry's log with fewer replicas for good.
+        let replication_factor =
+            (self.known_nodes().len() as u16).min(OFFSETS_REPLICATION_FACTOR_MAX);
+        if live < replication_factor {
+            return Err(ApiError::CoordinatorNotAvailable);
+        }
+        tracing::info!(replication_factor, "creating {SCHEMAS_TOPIC}");
+        self.create_topic_unchecked(CreateTopicRequest {
+            name: SCHEMAS_TOPIC.to_string(),
+            partitions: 1,
+            replication_factor: Some(replication_factor),
+            config: TopicConfig::default(),
+        })
+        .await
     }
 
     /// [`Broker::create_topic`] without the name rules, for internal topics.
@@ -1814,8 +1864,10 @@ pub fn apply_config_changes(
     Ok(config)
 }
 
+/// Topics the node keeps its own state in: the `__` ones (clients cannot create those names)
+/// and the schema registry's `_schemas` (Confluent's name, which clients expect).
 pub fn is_internal(topic: &str) -> bool {
-    topic.starts_with("__")
+    topic.starts_with("__") || topic == SCHEMAS_TOPIC
 }
 
 /// The voters of `__meta` this node runs with; empty when it is a learner.

@@ -1,6 +1,6 @@
 //! The node's HTTP listener (`http.listen`, default 127.0.0.1:9644): `/metrics`, `/health` and
-//! `/ready` for Prometheus, load balancers and orchestrators; the schema registry's REST API
-//! will share it.
+//! `/ready` for Prometheus, load balancers and orchestrators, and the schema registry's REST
+//! API (Confluent's, see `docs/schema-registry.md`).
 //!
 //! It is untrusted network input, kept apart from the broker: its own accept loop with its
 //! own connection limit (`http.connections_max`; a connection over it is closed at once), a
@@ -8,9 +8,11 @@
 //! them ([`HTTP_HEADER_READ_TIMEOUT`]; hyper runs it from the moment it waits for a request,
 //! so a silent connection, new or kept alive, is closed after it), and a bound on a
 //! connection's life ([`HTTP_CONNECTION_LIFETIME`]) so a client that does not read its
-//! response cannot hold a slot for good either. Only GET (and HEAD) are served: any other method is 405, any other path 404. No
-//! handler reads a request body. A scrape reads what the partition actors already publish
-//! (see [`crate::metrics`]); it never waits on an actor.
+//! response cannot hold a slot for good either. Any other path is 404, a method a path does
+//! not serve 405. The operator endpoints are GET (and HEAD) only and read no body; a scrape
+//! reads what the partition actors already publish (see [`crate::metrics`]) and never waits on
+//! an actor. The schema registry's API ([`crate::schemas::rest`]) is served here too, and
+//! bounds the bodies it reads.
 
 use crate::broker::Broker;
 use crate::partition::LogHealth;
@@ -61,6 +63,7 @@ pub fn router<S: LogStore>(
     registry: Registry,
     phase: watch::Receiver<Phase>,
 ) -> Router {
+    let schemas = Arc::new(crate::schemas::SchemaRegistry::new(Arc::clone(&broker)));
     let state = Arc::new(HttpState {
         broker,
         registry,
@@ -72,6 +75,7 @@ pub fn router<S: LogStore>(
         .route("/ready", get(ready::<S>))
         .fallback(not_found)
         .with_state(state)
+        .merge(crate::schemas::rest::router(schemas))
 }
 
 async fn metrics<S: LogStore>(State(state): State<Arc<HttpState<S>>>) -> impl IntoResponse {
@@ -133,7 +137,8 @@ fn readiness<S: LogStore>(broker: &Broker<S>, phase: Phase) -> Result<(), String
 async fn not_found() -> (StatusCode, &'static str) {
     (
         StatusCode::NOT_FOUND,
-        "not found: this node serves /metrics, /health and /ready\n",
+        "not found: this node serves /metrics, /health, /ready and the schema registry \
+         (/subjects, /schemas, /config, /compatibility)\n",
     )
 }
 

@@ -23,6 +23,7 @@
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
 //!   peer's ordinary listener, bounded queues that drop, frames batching many partitions.
 //! - [`peer_auth`]: the cluster secret and the handshake by which peers prove they hold it.
+//! - [`schemas`]: the schema registry (Confluent's REST API) over the internal topic `_schemas`.
 //! - [`http`]: the HTTP listener (`/metrics`, `/health`, `/ready`), bounded and apart from
 //!   the client listener.
 //! - [`metrics`]: the Prometheus metrics: event counters and histograms, and a collector that
@@ -58,6 +59,7 @@ pub mod node;
 pub mod partition;
 pub mod peer;
 pub mod peer_auth;
+pub mod schemas;
 pub mod server;
 
 pub use cairn_control::{meta, placement};

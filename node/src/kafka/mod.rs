@@ -43,7 +43,7 @@ mod describe_cluster;
 mod describe_configs;
 mod errors;
 mod fetch;
-mod forward;
+pub(crate) mod forward;
 mod groups;
 mod ids;
 mod incremental_alter_configs;

@@ -98,9 +98,14 @@ pub fn enqueue<S: LogStore>(
     broker: &Broker<S>,
     request: ProduceRequest,
 ) -> Result<Enqueued, ApiError> {
-    if crate::broker::is_internal(&request.topic) {
+    if crate::broker::is_internal(&request.topic)
+        && request.topic != cairn_control::schema::SCHEMAS_TOPIC
+    {
         // Only the node writes its internal topics: a client's record in `__offsets` would be
-        // replayed as group state.
+        // replayed as group state. `_schemas` is the exception, as in Confluent's registry: a
+        // registry on a node that does not lead it appends through the leader as a client,
+        // and the registry engine validates every record at replay, so a foreign record is
+        // ignored, never trusted.
         return Err(ApiError::InvalidTopicName {
             name: request.topic,
             reason: "internal topics are written by the cluster only".to_string(),

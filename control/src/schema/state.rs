@@ -1,0 +1,955 @@
+//! [`Registry`]: subjects, versions, ids and compatibility levels, built by applying committed
+//! `_schemas` records in offset order, plus the queries and write planners of the REST API.
+//!
+//! A planner reads the state and returns the records a write needs; nothing changes until
+//! those records come back through [`Registry::apply`] from the log. Apply re-validates each
+//! record, because another node may have planned from the same state (two registrations
+//! racing for one id or one version) and because any Kafka client may produce to `_schemas`:
+//! the first committed record wins and the loser is ignored on every node alike. Ids are never
+//! reused: an id keeps its schema even after every version using it is deleted.
+
+use super::kind::{Level, ParsedSchema, SchemaType};
+use super::records::{self, ConfigValue, Decoded, SchemaRecord, SchemaValue};
+use std::collections::{BTreeMap, HashMap};
+
+/// Bytes of a subject name.
+pub const SUBJECT_BYTES_MAX: usize = 1024;
+
+/// What the REST API answers with: Confluent's HTTP status and `error_code`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("Subject '{subject}' not found.")]
+    SubjectNotFound { subject: String },
+    #[error("Version {version} not found.")]
+    VersionNotFound { version: String },
+    #[error("Schema {what} not found")]
+    SchemaNotFound { what: String },
+    #[error("Subject '{subject}' was soft deleted. Set permanent=true to delete permanently")]
+    SubjectSoftDeleted { subject: String },
+    #[error("Subject '{subject}' was not deleted first before being permanently deleted")]
+    SubjectNotSoftDeleted { subject: String },
+    #[error("Version {version} of subject '{subject}' was soft deleted. Set permanent=true to delete permanently")]
+    VersionSoftDeleted { subject: String, version: u32 },
+    #[error("Version {version} of subject '{subject}' was not deleted first before being permanently deleted")]
+    VersionNotSoftDeleted { subject: String, version: u32 },
+    #[error("Subject '{subject}' does not have subject-level compatibility configured")]
+    SubjectLevelNotConfigured { subject: String },
+    #[error("Schema being registered is incompatible with an earlier schema for subject '{subject}', details: [{}]", messages.join(", "))]
+    Incompatible {
+        subject: String,
+        messages: Vec<String>,
+    },
+    #[error("Invalid schema: {reason}")]
+    InvalidSchema { reason: String },
+    #[error("The specified version '{given}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
+    InvalidVersion { given: String },
+    #[error("Invalid compatibility level '{given}'. Valid values are NONE, BACKWARD, FORWARD, FULL, BACKWARD_TRANSITIVE, FORWARD_TRANSITIVE, and FULL_TRANSITIVE")]
+    InvalidLevel { given: String },
+    #[error("Invalid subject: {reason}")]
+    InvalidSubject { reason: String },
+}
+
+impl RegistryError {
+    /// The HTTP status Confluent answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            RegistryError::Incompatible { .. } => 409,
+            RegistryError::InvalidSchema { .. }
+            | RegistryError::InvalidVersion { .. }
+            | RegistryError::InvalidLevel { .. }
+            | RegistryError::InvalidSubject { .. } => 422,
+            _ => 404,
+        }
+    }
+
+    /// Confluent's `error_code`.
+    pub fn error_code(&self) -> u32 {
+        match self {
+            RegistryError::SubjectNotFound { .. } => 40401,
+            RegistryError::VersionNotFound { .. } => 40402,
+            RegistryError::SchemaNotFound { .. } => 40403,
+            RegistryError::SubjectSoftDeleted { .. } => 40404,
+            RegistryError::SubjectNotSoftDeleted { .. } => 40405,
+            RegistryError::VersionSoftDeleted { .. } => 40406,
+            RegistryError::VersionNotSoftDeleted { .. } => 40407,
+            RegistryError::SubjectLevelNotConfigured { .. } => 40408,
+            RegistryError::Incompatible { .. } => 409,
+            RegistryError::InvalidSchema { .. } => 42201,
+            RegistryError::InvalidVersion { .. } => 42202,
+            RegistryError::InvalidLevel { .. } => 42203,
+            RegistryError::InvalidSubject { .. } => 42208,
+        }
+    }
+}
+
+/// A version as the REST API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSpec {
+    Latest,
+    Number(u32),
+}
+
+impl VersionSpec {
+    /// `latest`, `-1` or a number in [1, 2^31-1].
+    pub fn parse(given: &str) -> Result<VersionSpec, RegistryError> {
+        if given == "latest" || given == "-1" {
+            return Ok(VersionSpec::Latest);
+        }
+        match given.parse::<u32>() {
+            Ok(number) if (1..=i32::MAX as u32).contains(&number) => {
+                Ok(VersionSpec::Number(number))
+            }
+            _ => Err(RegistryError::InvalidVersion {
+                given: given.chars().take(64).collect(),
+            }),
+        }
+    }
+}
+
+/// One version of one subject, as the REST API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionView {
+    pub subject: String,
+    pub version: u32,
+    pub id: u32,
+    pub schema_type: SchemaType,
+    pub schema: String,
+}
+
+/// What a registration needs: nothing (already registered) or records to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    Existing {
+        id: u32,
+    },
+    Append {
+        id: u32,
+        version: u32,
+        record: SchemaRecord,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    id: u32,
+    deleted: bool,
+}
+
+#[derive(Debug, Default)]
+struct Subject {
+    versions: BTreeMap<u32, Version>,
+    level: Option<Level>,
+}
+
+/// The registry every node rebuilds from `_schemas`.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Every id ever committed and its schema; kept after hard deletes so no id is reused.
+    schemas: BTreeMap<u32, ParsedSchema>,
+    ids: HashMap<(SchemaType, String), u32>,
+    subjects: BTreeMap<String, Subject>,
+    global_level: Option<Level>,
+    /// Records ignored at apply (foreign or lost races), for operators.
+    ignored: u64,
+}
+
+pub fn validate_subject(subject: &str) -> Result<(), RegistryError> {
+    if subject.is_empty() || subject.len() > SUBJECT_BYTES_MAX {
+        return Err(RegistryError::InvalidSubject {
+            reason: format!("a subject has 1 to {SUBJECT_BYTES_MAX} bytes"),
+        });
+    }
+    if subject.chars().any(char::is_control) {
+        return Err(RegistryError::InvalidSubject {
+            reason: "a subject has no control characters".to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Applies one committed record. Returns why it was ignored, if it was; the state is then
+    /// exactly as before.
+    pub fn apply(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<(), String> {
+        let outcome = records::decode(key, value).and_then(|decoded| self.apply_decoded(decoded));
+        if outcome.is_err() {
+            self.ignored += 1;
+        }
+        outcome
+    }
+
+    fn apply_decoded(&mut self, decoded: Decoded) -> Result<(), String> {
+        match decoded {
+            Decoded::Config { subject, value } => {
+                let level = value.map(
+                    |ConfigValue {
+                         compatibility_level,
+                     }| compatibility_level,
+                );
+                match subject {
+                    None => self.global_level = level,
+                    Some(subject) => {
+                        validate_subject(&subject).map_err(|error| error.to_string())?;
+                        match level {
+                            Some(level) => {
+                                self.subjects.entry(subject).or_default().level = Some(level)
+                            }
+                            None => {
+                                if let Some(entry) = self.subjects.get_mut(&subject) {
+                                    entry.level = None;
+                                }
+                                self.forget_if_empty(&subject);
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Decoded::Schema {
+                subject,
+                version,
+                value: None,
+            } => {
+                if let Some(entry) = self.subjects.get_mut(&subject) {
+                    entry.versions.remove(&version);
+                }
+                self.forget_if_empty(&subject);
+                Ok(())
+            }
+            Decoded::Schema {
+                subject,
+                version,
+                value: Some(value),
+            } => self.apply_schema(subject, version, value),
+        }
+    }
+
+    fn apply_schema(
+        &mut self,
+        subject: String,
+        version: u32,
+        value: SchemaValue,
+    ) -> Result<(), String> {
+        validate_subject(&subject).map_err(|error| error.to_string())?;
+        if version == 0 || version > i32::MAX as u32 || value.id == 0 || value.id > i32::MAX as u32
+        {
+            return Err("version and id are in [1, 2^31-1]".to_string());
+        }
+        let schema_type = SchemaType::parse(value.schema_type.as_deref())?;
+        let parsed = ParsedSchema::parse(schema_type, &value.schema)?;
+        match self.schemas.get(&value.id) {
+            Some(known) if *known != parsed => {
+                return Err(format!("id {} already names another schema", value.id))
+            }
+            Some(_) => {}
+            None => {
+                if let Some(other) = self.ids.get(&(schema_type, parsed.canonical.clone())) {
+                    return Err(format!("this schema already has id {other}"));
+                }
+            }
+        }
+        let existing = self
+            .subjects
+            .get(&subject)
+            .and_then(|entry| entry.versions.get(&version).copied());
+        match existing {
+            Some(known) if known.id != value.id => {
+                return Err(format!(
+                    "{subject} version {version} already has id {}",
+                    known.id
+                ))
+            }
+            // Only a soft delete rewrites a version; re-registering makes a new version.
+            Some(known) if known.deleted && !value.deleted => {
+                return Err(format!("{subject} version {version} is soft-deleted"))
+            }
+            Some(_) => {}
+            None => {
+                let newest = self
+                    .subjects
+                    .get(&subject)
+                    .and_then(|entry| entry.versions.keys().next_back().copied())
+                    .unwrap_or(0);
+                if version <= newest {
+                    return Err(format!("{subject} already has version {newest}"));
+                }
+            }
+        }
+        self.ids
+            .entry((schema_type, parsed.canonical.clone()))
+            .or_insert(value.id);
+        self.schemas.entry(value.id).or_insert(parsed);
+        self.subjects.entry(subject).or_default().versions.insert(
+            version,
+            Version {
+                id: value.id,
+                deleted: value.deleted,
+            },
+        );
+        Ok(())
+    }
+
+    fn forget_if_empty(&mut self, subject: &str) {
+        if self
+            .subjects
+            .get(subject)
+            .is_some_and(|entry| entry.versions.is_empty() && entry.level.is_none())
+        {
+            self.subjects.remove(subject);
+        }
+    }
+
+    /// Records ignored at apply so far.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Parses a schema as the REST API receives it.
+    pub fn parse(schema_type: Option<&str>, text: &str) -> Result<ParsedSchema, RegistryError> {
+        let schema_type = SchemaType::parse(schema_type)
+            .map_err(|reason| RegistryError::InvalidSchema { reason })?;
+        ParsedSchema::parse(schema_type, text)
+            .map_err(|reason| RegistryError::InvalidSchema { reason })
+    }
+
+    fn subject(&self, subject: &str) -> Result<&Subject, RegistryError> {
+        self.subjects
+            .get(subject)
+            .filter(|entry| !entry.versions.is_empty())
+            .ok_or_else(|| RegistryError::SubjectNotFound {
+                subject: subject.to_string(),
+            })
+    }
+
+    fn view(&self, subject: &str, version: u32, entry: Version) -> VersionView {
+        let schema = &self.schemas[&entry.id];
+        VersionView {
+            subject: subject.to_string(),
+            version,
+            id: entry.id,
+            schema_type: schema.schema_type,
+            schema: schema.canonical.clone(),
+        }
+    }
+
+    /// Subjects with a live version (or a soft-deleted one, with `include_deleted`).
+    pub fn subjects(&self, include_deleted: bool) -> Vec<String> {
+        self.subjects
+            .iter()
+            .filter(|(_, entry)| {
+                entry
+                    .versions
+                    .values()
+                    .any(|v| include_deleted || !v.deleted)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    pub fn versions(
+        &self,
+        subject: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<u32>, RegistryError> {
+        let versions: Vec<u32> = self
+            .subject(subject)?
+            .versions
+            .iter()
+            .filter(|(_, v)| include_deleted || !v.deleted)
+            .map(|(number, _)| *number)
+            .collect();
+        if versions.is_empty() {
+            return Err(RegistryError::SubjectNotFound {
+                subject: subject.to_string(),
+            });
+        }
+        Ok(versions)
+    }
+
+    pub fn version(
+        &self,
+        subject: &str,
+        spec: VersionSpec,
+        include_deleted: bool,
+    ) -> Result<VersionView, RegistryError> {
+        let entry = self.subject(subject)?;
+        let found = match spec {
+            VersionSpec::Latest => entry
+                .versions
+                .iter()
+                .rev()
+                .find(|(_, v)| include_deleted || !v.deleted),
+            VersionSpec::Number(number) => entry
+                .versions
+                .get_key_value(&number)
+                .filter(|(_, v)| include_deleted || !v.deleted),
+        };
+        match found {
+            Some((number, v)) => Ok(self.view(subject, *number, *v)),
+            None if spec == VersionSpec::Latest => Err(RegistryError::SubjectNotFound {
+                subject: subject.to_string(),
+            }),
+            None => Err(RegistryError::VersionNotFound {
+                version: match spec {
+                    VersionSpec::Number(number) => number.to_string(),
+                    VersionSpec::Latest => "latest".to_string(),
+                },
+            }),
+        }
+    }
+
+    /// The schema of an id that some version still uses.
+    pub fn schema_by_id(&self, id: u32) -> Result<(SchemaType, String), RegistryError> {
+        if self.uses_of(id).next().is_none() {
+            return Err(RegistryError::SchemaNotFound {
+                what: id.to_string(),
+            });
+        }
+        let schema = &self.schemas[&id];
+        Ok((schema.schema_type, schema.canonical.clone()))
+    }
+
+    fn uses_of(&self, id: u32) -> impl Iterator<Item = (&String, u32, Version)> {
+        self.subjects.iter().flat_map(move |(name, entry)| {
+            entry
+                .versions
+                .iter()
+                .filter(move |(_, v)| v.id == id)
+                .map(move |(number, v)| (name, *number, *v))
+        })
+    }
+
+    /// (subject, version) pairs using `id`, live ones (and soft-deleted with `include_deleted`).
+    pub fn versions_of_id(
+        &self,
+        id: u32,
+        include_deleted: bool,
+    ) -> Result<Vec<(String, u32)>, RegistryError> {
+        let uses: Vec<(String, u32)> = self
+            .uses_of(id)
+            .filter(|(_, _, v)| include_deleted || !v.deleted)
+            .map(|(name, number, _)| (name.clone(), number))
+            .collect();
+        if uses.is_empty() {
+            return Err(RegistryError::SchemaNotFound {
+                what: id.to_string(),
+            });
+        }
+        Ok(uses)
+    }
+
+    /// The version of `subject` whose schema is `schema` (`POST /subjects/{s}`).
+    pub fn lookup(
+        &self,
+        subject: &str,
+        schema: &ParsedSchema,
+        include_deleted: bool,
+    ) -> Result<VersionView, RegistryError> {
+        let entry = self.subject(subject)?;
+        let id = self
+            .ids
+            .get(&(schema.schema_type, schema.canonical.clone()));
+        entry
+            .versions
+            .iter()
+            .rev()
+            .find(|(_, v)| Some(&v.id) == id && (include_deleted || !v.deleted))
+            .map(|(number, v)| self.view(subject, *number, *v))
+            .ok_or_else(|| RegistryError::SchemaNotFound {
+                what: format!("for subject '{subject}'"),
+            })
+    }
+
+    /// The level a subject runs with: its own, else the global one, else BACKWARD.
+    pub fn effective_level(&self, subject: Option<&str>) -> Level {
+        subject
+            .and_then(|subject| self.subjects.get(subject))
+            .and_then(|entry| entry.level)
+            .or(self.global_level)
+            .unwrap_or_default()
+    }
+
+    /// A subject's own level (`GET /config/{s}`), or the global one when `default_to_global`.
+    pub fn level(
+        &self,
+        subject: Option<&str>,
+        default_to_global: bool,
+    ) -> Result<Level, RegistryError> {
+        match subject {
+            None => Ok(self.effective_level(None)),
+            Some(name) => match self.subjects.get(name).and_then(|entry| entry.level) {
+                Some(level) => Ok(level),
+                None if default_to_global => Ok(self.effective_level(None)),
+                None => Err(RegistryError::SubjectLevelNotConfigured {
+                    subject: name.to_string(),
+                }),
+            },
+        }
+    }
+
+    fn live_schemas(&self, entry: &Subject) -> Vec<&ParsedSchema> {
+        entry
+            .versions
+            .values()
+            .filter(|v| !v.deleted)
+            .map(|v| &self.schemas[&v.id])
+            .collect()
+    }
+
+    /// Why `schema` may not be registered under `subject` now; empty when it may.
+    pub fn violations(&self, subject: &str, schema: &ParsedSchema) -> Vec<String> {
+        let Some(entry) = self.subjects.get(subject) else {
+            return Vec::new();
+        };
+        self.effective_level(Some(subject))
+            .violations(schema, &self.live_schemas(entry))
+    }
+
+    /// `POST /compatibility/subjects/{s}/versions/{v}`: the messages (empty: compatible)
+    /// against one version, or against what the level checks for `latest`.
+    pub fn check(
+        &self,
+        subject: &str,
+        spec: VersionSpec,
+        schema: &ParsedSchema,
+    ) -> Result<Vec<String>, RegistryError> {
+        let entry = self.subject(subject)?;
+        let level = self.effective_level(Some(subject));
+        match spec {
+            VersionSpec::Latest => Ok(level.violations(schema, &self.live_schemas(entry))),
+            VersionSpec::Number(_) => {
+                let view = self.version(subject, spec, false)?;
+                Ok(level.violations(schema, &[&self.schemas[&view.id]]))
+            }
+        }
+    }
+
+    /// `POST /subjects/{s}/versions`.
+    pub fn plan_register(
+        &self,
+        subject: &str,
+        schema: &ParsedSchema,
+    ) -> Result<Registration, RegistryError> {
+        validate_subject(subject)?;
+        if let Ok(found) = self.lookup(subject, schema, false) {
+            return Ok(Registration::Existing { id: found.id });
+        }
+        let messages = self.violations(subject, schema);
+        if !messages.is_empty() {
+            return Err(RegistryError::Incompatible {
+                subject: subject.to_string(),
+                messages,
+            });
+        }
+        let id = match self
+            .ids
+            .get(&(schema.schema_type, schema.canonical.clone()))
+        {
+            Some(id) => *id,
+            None => self
+                .schemas
+                .keys()
+                .next_back()
+                .map_or(1, |newest| newest + 1),
+        };
+        let version = self
+            .subjects
+            .get(subject)
+            .and_then(|entry| entry.versions.keys().next_back())
+            .map_or(1, |newest| newest + 1);
+        let record = records::schema_record(&SchemaValue {
+            subject: subject.to_string(),
+            version,
+            id,
+            schema_type: match schema.schema_type {
+                SchemaType::Avro => None,
+            },
+            schema: schema.canonical.clone(),
+            deleted: false,
+        });
+        Ok(Registration::Append {
+            id,
+            version,
+            record,
+        })
+    }
+
+    fn deletion_record(
+        &self,
+        subject: &str,
+        version: u32,
+        id: u32,
+        permanent: bool,
+    ) -> SchemaRecord {
+        if permanent {
+            return records::schema_removal(subject, version);
+        }
+        let schema = &self.schemas[&id];
+        records::schema_record(&SchemaValue {
+            subject: subject.to_string(),
+            version,
+            id,
+            schema_type: match schema.schema_type {
+                SchemaType::Avro => None,
+            },
+            schema: schema.canonical.clone(),
+            deleted: true,
+        })
+    }
+
+    /// `DELETE /subjects/{s}`: the versions deleted and the records that delete them.
+    pub fn plan_delete_subject(
+        &self,
+        subject: &str,
+        permanent: bool,
+    ) -> Result<(Vec<u32>, Vec<SchemaRecord>), RegistryError> {
+        let entry = self.subject(subject)?;
+        let live: Vec<(u32, Version)> = entry
+            .versions
+            .iter()
+            .filter(|(_, v)| !v.deleted)
+            .map(|(n, v)| (*n, *v))
+            .collect();
+        if permanent && !live.is_empty() {
+            return Err(RegistryError::SubjectNotSoftDeleted {
+                subject: subject.to_string(),
+            });
+        }
+        if !permanent && live.is_empty() {
+            return Err(RegistryError::SubjectSoftDeleted {
+                subject: subject.to_string(),
+            });
+        }
+        let chosen: Vec<(u32, Version)> = if permanent {
+            entry.versions.iter().map(|(n, v)| (*n, *v)).collect()
+        } else {
+            live
+        };
+        let records = chosen
+            .iter()
+            .map(|(n, v)| self.deletion_record(subject, *n, v.id, permanent))
+            .collect();
+        Ok((chosen.iter().map(|(n, _)| *n).collect(), records))
+    }
+
+    /// `DELETE /subjects/{s}/versions/{v}`.
+    pub fn plan_delete_version(
+        &self,
+        subject: &str,
+        spec: VersionSpec,
+        permanent: bool,
+    ) -> Result<(u32, SchemaRecord), RegistryError> {
+        let entry = self.subject(subject)?;
+        let found = match spec {
+            VersionSpec::Latest => entry
+                .versions
+                .iter()
+                .rev()
+                .find(|(_, v)| permanent || !v.deleted),
+            VersionSpec::Number(number) => entry.versions.get_key_value(&number),
+        };
+        let Some((number, v)) = found else {
+            return Err(RegistryError::VersionNotFound {
+                version: match spec {
+                    VersionSpec::Number(number) => number.to_string(),
+                    VersionSpec::Latest => "latest".to_string(),
+                },
+            });
+        };
+        if permanent && !v.deleted {
+            return Err(RegistryError::VersionNotSoftDeleted {
+                subject: subject.to_string(),
+                version: *number,
+            });
+        }
+        if !permanent && v.deleted {
+            return Err(RegistryError::VersionSoftDeleted {
+                subject: subject.to_string(),
+                version: *number,
+            });
+        }
+        Ok((
+            *number,
+            self.deletion_record(subject, *number, v.id, permanent),
+        ))
+    }
+
+    /// `PUT /config[/{s}]`.
+    pub fn plan_set_level(
+        &self,
+        subject: Option<&str>,
+        given: &str,
+    ) -> Result<(Level, SchemaRecord), RegistryError> {
+        if let Some(subject) = subject {
+            validate_subject(subject)?;
+        }
+        let level = Level::parse(given).ok_or_else(|| RegistryError::InvalidLevel {
+            given: given.chars().take(64).collect(),
+        })?;
+        Ok((level, records::config_record(subject, Some(level))))
+    }
+
+    /// `DELETE /config[/{s}]`: the level it had and the record that removes it.
+    pub fn plan_delete_level(
+        &self,
+        subject: Option<&str>,
+    ) -> Result<(Level, SchemaRecord), RegistryError> {
+        let before = match subject {
+            None => self.effective_level(None),
+            Some(name) => {
+                self.level(Some(name), false)
+                    .map_err(|_| RegistryError::SubjectNotFound {
+                        subject: name.to_string(),
+                    })?
+            }
+        };
+        Ok((before, records::config_record(subject, None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1: &str =
+        r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"}]}"#;
+    const V2: &str = r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"},{"name":"age","type":"int","default":0}]}"#;
+    const V2_REQUIRED: &str = r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"},{"name":"age","type":"int"}]}"#;
+
+    fn parsed(text: &str) -> ParsedSchema {
+        Registry::parse(None, text).unwrap()
+    }
+
+    /// Plans a registration and applies its record, as the node does through the log.
+    fn register(registry: &mut Registry, subject: &str, text: &str) -> Result<u32, RegistryError> {
+        match registry.plan_register(subject, &parsed(text))? {
+            Registration::Existing { id } => Ok(id),
+            Registration::Append { id, record, .. } => {
+                registry.apply(Some(&record.key), &record.value).unwrap();
+                Ok(id)
+            }
+        }
+    }
+
+    fn apply_all(registry: &mut Registry, records: &[SchemaRecord]) {
+        for record in records {
+            registry.apply(Some(&record.key), &record.value).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_same_schema_keeps_its_id_within_and_across_subjects() {
+        let mut registry = Registry::default();
+        assert_eq!(register(&mut registry, "a", V1), Ok(1));
+        assert_eq!(register(&mut registry, "a", V1), Ok(1));
+        assert_eq!(registry.versions("a", false), Ok(vec![1]));
+        assert_eq!(register(&mut registry, "b", V1), Ok(1));
+        assert_eq!(register(&mut registry, "a", V2), Ok(2));
+        assert_eq!(registry.versions("a", false), Ok(vec![1, 2]));
+        assert_eq!(registry.versions_of_id(1, false).unwrap().len(), 2);
+        assert_eq!(registry.subjects(false), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn an_incompatible_schema_is_refused_with_409_and_changes_nothing() {
+        let mut registry = Registry::default();
+        register(&mut registry, "a", V1).unwrap();
+        let error = register(&mut registry, "a", V2_REQUIRED).unwrap_err();
+        assert_eq!((error.http_status(), error.error_code()), (409, 409));
+        assert_eq!(registry.versions("a", false), Ok(vec![1]));
+        // NONE lets it in.
+        let (_, record) = registry.plan_set_level(Some("a"), "none").unwrap();
+        apply_all(&mut registry, &[record]);
+        assert_eq!(register(&mut registry, "a", V2_REQUIRED), Ok(2));
+    }
+
+    #[test]
+    fn racing_writers_are_settled_at_apply_first_committed_wins() {
+        let mut registry = Registry::default();
+        let first = registry.plan_register("a", &parsed(V1)).unwrap();
+        let second = registry.plan_register("b", &parsed(V2)).unwrap();
+        // Both planned id 1 from the same state.
+        let (Registration::Append { record: r1, .. }, Registration::Append { record: r2, id, .. }) =
+            (first, second)
+        else {
+            panic!("both append");
+        };
+        assert_eq!(id, 1);
+        registry.apply(Some(&r1.key), &r1.value).unwrap();
+        assert!(registry.apply(Some(&r2.key), &r2.value).is_err());
+        assert_eq!(registry.ignored(), 1);
+        assert!(registry.subjects(false) == vec!["a"]);
+        // The loser plans again and gets the next id.
+        assert_eq!(register(&mut registry, "b", V2), Ok(2));
+    }
+
+    #[test]
+    fn a_version_is_never_given_twice() {
+        let mut registry = Registry::default();
+        register(&mut registry, "a", V1).unwrap();
+        let stale = records::schema_record(&SchemaValue {
+            subject: "a".into(),
+            version: 1,
+            id: 9,
+            schema_type: None,
+            schema: V2.into(),
+            deleted: false,
+        });
+        assert!(registry.apply(Some(&stale.key), &stale.value).is_err());
+        assert_eq!(
+            registry
+                .version("a", VersionSpec::Latest, false)
+                .unwrap()
+                .id,
+            1
+        );
+    }
+
+    #[test]
+    fn deletes_are_soft_first_then_permanent_and_ids_are_not_reused() {
+        let mut registry = Registry::default();
+        register(&mut registry, "a", V1).unwrap();
+        register(&mut registry, "a", V2).unwrap();
+        assert_eq!(
+            registry
+                .plan_delete_subject("a", true)
+                .unwrap_err()
+                .error_code(),
+            40405
+        );
+        let (versions, soft) = registry.plan_delete_subject("a", false).unwrap();
+        assert_eq!(versions, vec![1, 2]);
+        apply_all(&mut registry, &soft);
+        assert!(registry.subjects(false).is_empty());
+        assert_eq!(registry.subjects(true), vec!["a"]);
+        assert_eq!(
+            registry
+                .version("a", VersionSpec::Number(1), false)
+                .unwrap_err()
+                .error_code(),
+            40402
+        );
+        assert_eq!(
+            registry
+                .version("a", VersionSpec::Number(1), true)
+                .unwrap()
+                .id,
+            1
+        );
+        let (_, hard) = registry.plan_delete_subject("a", true).unwrap();
+        apply_all(&mut registry, &hard);
+        assert_eq!(
+            registry.versions("a", true).unwrap_err().error_code(),
+            40401
+        );
+        assert_eq!(registry.schema_by_id(1).unwrap_err().error_code(), 40403);
+        // A new schema gets a new id; the old schema keeps its old id.
+        let v3 = r#"{"type":"record","name":"Other","fields":[]}"#;
+        assert_eq!(register(&mut registry, "b", v3), Ok(3));
+        assert_eq!(register(&mut registry, "c", V1), Ok(1));
+    }
+
+    #[test]
+    fn deleting_one_version() {
+        let mut registry = Registry::default();
+        register(&mut registry, "a", V1).unwrap();
+        register(&mut registry, "a", V2).unwrap();
+        let (number, record) = registry
+            .plan_delete_version("a", VersionSpec::Latest, false)
+            .unwrap();
+        assert_eq!(number, 2);
+        apply_all(&mut registry, &[record]);
+        assert_eq!(
+            registry
+                .version("a", VersionSpec::Latest, false)
+                .unwrap()
+                .version,
+            1
+        );
+        assert_eq!(
+            registry
+                .plan_delete_version("a", VersionSpec::Number(2), false)
+                .unwrap_err()
+                .error_code(),
+            40406
+        );
+        assert_eq!(
+            registry
+                .plan_delete_version("a", VersionSpec::Number(1), true)
+                .unwrap_err()
+                .error_code(),
+            40407
+        );
+        assert_eq!(
+            registry
+                .plan_delete_version("a", VersionSpec::Number(5), false)
+                .unwrap_err()
+                .error_code(),
+            40402
+        );
+        // Re-registering the soft-deleted schema makes a new version with the same id.
+        assert_eq!(register(&mut registry, "a", V2), Ok(2));
+        assert_eq!(registry.versions("a", false), Ok(vec![1, 3]));
+    }
+
+    #[test]
+    fn levels_are_global_or_per_subject() {
+        let mut registry = Registry::default();
+        assert_eq!(registry.level(None, false), Ok(Level::Backward));
+        assert_eq!(
+            registry.level(Some("a"), false).unwrap_err().error_code(),
+            40408
+        );
+        assert_eq!(registry.level(Some("a"), true), Ok(Level::Backward));
+        let (_, global) = registry.plan_set_level(None, "FULL").unwrap();
+        let (_, subject) = registry.plan_set_level(Some("a"), "NONE").unwrap();
+        apply_all(&mut registry, &[global, subject]);
+        assert_eq!(registry.effective_level(Some("a")), Level::None);
+        assert_eq!(registry.effective_level(Some("b")), Level::Full);
+        let (before, removal) = registry.plan_delete_level(Some("a")).unwrap();
+        assert_eq!(before, Level::None);
+        apply_all(&mut registry, &[removal]);
+        assert_eq!(registry.effective_level(Some("a")), Level::Full);
+        assert_eq!(
+            registry
+                .plan_set_level(None, "SIDEWAYS")
+                .unwrap_err()
+                .error_code(),
+            42203
+        );
+    }
+
+    #[test]
+    fn bad_input_is_typed_and_foreign_records_change_nothing() {
+        let mut registry = Registry::default();
+        assert_eq!(Registry::parse(None, "{").unwrap_err().error_code(), 42201);
+        assert_eq!(
+            Registry::parse(Some("JSON"), "{}")
+                .unwrap_err()
+                .error_code(),
+            42201
+        );
+        assert_eq!(VersionSpec::parse("0").unwrap_err().error_code(), 42202);
+        assert_eq!(VersionSpec::parse("x").unwrap_err().error_code(), 42202);
+        assert_eq!(VersionSpec::parse("-1"), Ok(VersionSpec::Latest));
+        assert_eq!(
+            registry
+                .plan_register("", &parsed(V1))
+                .unwrap_err()
+                .error_code(),
+            42208
+        );
+        assert!(registry.apply(Some(b"garbage"), b"garbage").is_err());
+        let key = br#"{"keytype":"SCHEMA","subject":"a","version":1,"magic":1}"#;
+        let bad_schema = br#"{"subject":"a","version":1,"id":1,"schema":"{"}"#;
+        assert!(registry.apply(Some(key), bad_schema).is_err());
+        assert!(registry.subjects(true).is_empty());
+        assert_eq!(
+            registry
+                .lookup("a", &parsed(V1), false)
+                .unwrap_err()
+                .error_code(),
+            40401
+        );
+    }
+}

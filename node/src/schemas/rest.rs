@@ -1,0 +1,456 @@
+//! Confluent Schema Registry's REST API, on the node's HTTP listener (`http.listen`).
+//!
+//! Bodies are bounded ([`BODY_BYTES_MAX`], answered 413) and parsed here; answers are
+//! `application/vnd.schemaregistry.v1+json`, and every refusal is Confluent's
+//! `{"error_code":..,"message":..}` with its HTTP status. Any content type is accepted on a
+//! request (clients send Confluent's, `application/json`, or none).
+
+use super::{Failure, RuntimeError, SchemaRegistry};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cairn_control::schema::kind::SchemaType;
+use cairn_control::schema::state::validate_subject;
+use cairn_control::schema::{Registry, RegistryError, VersionSpec, VersionView};
+use cairn_storage::LogStore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Bytes a request body may carry: a schema of up to
+/// [`cairn_control::schema::kind::SCHEMA_BYTES_MAX`], escaped as a JSON string.
+pub const BODY_BYTES_MAX: usize = 2 * cairn_control::schema::kind::SCHEMA_BYTES_MAX + 4096;
+
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+type Shared<S> = State<Arc<SchemaRegistry<S>>>;
+
+pub fn router<S: LogStore>(registry: Arc<SchemaRegistry<S>>) -> Router {
+    Router::new()
+        .route("/subjects", get(list_subjects::<S>))
+        .route(
+            "/subjects/{subject}",
+            post(lookup::<S>).delete(delete_subject::<S>),
+        )
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions::<S>).post(register::<S>),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version::<S>).delete(delete_version::<S>),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema::<S>),
+        )
+        .route("/schemas/types", get(schema_types))
+        .route("/schemas/ids/{id}", get(get_by_id::<S>))
+        .route("/schemas/ids/{id}/schema", get(get_raw_by_id::<S>))
+        .route("/schemas/ids/{id}/subjects", get(subjects_of_id::<S>))
+        .route("/schemas/ids/{id}/versions", get(versions_of_id::<S>))
+        .route(
+            "/config",
+            get(get_global_config::<S>)
+                .put(put_global_config::<S>)
+                .delete(delete_global_config::<S>),
+        )
+        .route(
+            "/config/{subject}",
+            get(get_config::<S>)
+                .put(put_config::<S>)
+                .delete(delete_config::<S>),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check::<S>),
+        )
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(registry)
+}
+
+fn answer(value: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+fn refuse(status: u16, error_code: u32, message: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        json!({ "error_code": error_code, "message": message }).to_string(),
+    )
+        .into_response()
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match &self {
+            Failure::Request(error) => {
+                refuse(error.http_status(), error.error_code(), error.to_string())
+            }
+            Failure::Runtime(error) => {
+                let status = match error {
+                    RuntimeError::Unavailable { .. } => 503,
+                    RuntimeError::Timeout { .. } => 500,
+                };
+                refuse(status, error.error_code(), error.to_string())
+            }
+        }
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+/// `name=true` in the query string.
+fn flag(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(key, value)| key == name && value.eq_ignore_ascii_case("true"))
+    })
+}
+
+fn subject_checked(subject: &str) -> Result<(), Failure> {
+    validate_subject(subject).map_err(Failure::from)
+}
+
+fn id_of(given: &str) -> Result<u32, Failure> {
+    given
+        .parse::<u32>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| {
+            RegistryError::SchemaNotFound {
+                what: given.chars().take(64).collect(),
+            }
+            .into()
+        })
+}
+
+fn type_field(schema_type: SchemaType) -> Option<&'static str> {
+    match schema_type {
+        SchemaType::Avro => None,
+    }
+}
+
+fn version_json(view: &VersionView) -> Value {
+    let mut value = json!({
+        "subject": view.subject,
+        "version": view.version,
+        "id": view.id,
+        "schema": view.schema,
+    });
+    if let Some(name) = type_field(view.schema_type) {
+        value["schemaType"] = json!(name);
+    }
+    value
+}
+
+/// A registration's, lookup's or check's body.
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: String,
+    #[serde(rename = "schemaType", default)]
+    schema_type: Option<String>,
+    #[serde(default)]
+    references: Option<Vec<Value>>,
+}
+
+fn parse_body(body: &[u8]) -> Result<cairn_control::schema::ParsedSchema, Failure> {
+    let body: SchemaBody = serde_json::from_slice(body).map_err(|error| {
+        Failure::from(RegistryError::InvalidSchema {
+            reason: format!("the body is not a schema request: {error}"),
+        })
+    })?;
+    if body.references.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(RegistryError::InvalidSchema {
+            reason: "schema references are not served yet".to_string(),
+        }
+        .into());
+    }
+    Ok(Registry::parse(body.schema_type.as_deref(), &body.schema)?)
+}
+
+async fn list_subjects<S: LogStore>(State(registry): Shared<S>, uri: Uri) -> Answer {
+    let deleted = flag(&uri, "deleted");
+    let subjects = registry.read(|state| state.subjects(deleted)).await?;
+    Ok(answer(json!(subjects)))
+}
+
+async fn lookup<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Answer {
+    subject_checked(&subject)?;
+    let schema = parse_body(&body)?;
+    let deleted = flag(&uri, "deleted");
+    let view = registry
+        .read(|state| state.lookup(&subject, &schema, deleted))
+        .await??;
+    Ok(answer(version_json(&view)))
+}
+
+async fn register<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Answer {
+    subject_checked(&subject)?;
+    let schema = parse_body(&body)?;
+    let id = registry.register(&subject, &schema).await?;
+    Ok(answer(json!({ "id": id })))
+}
+
+async fn list_versions<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+    uri: Uri,
+) -> Answer {
+    let deleted = flag(&uri, "deleted");
+    let versions = registry
+        .read(|state| state.versions(&subject, deleted))
+        .await??;
+    Ok(answer(json!(versions)))
+}
+
+async fn get_version<S: LogStore>(
+    State(registry): Shared<S>,
+    Path((subject, version)): Path<(String, String)>,
+    uri: Uri,
+) -> Answer {
+    let spec = VersionSpec::parse(&version)?;
+    let deleted = flag(&uri, "deleted");
+    let view = registry
+        .read(|state| state.version(&subject, spec, deleted))
+        .await??;
+    Ok(answer(version_json(&view)))
+}
+
+async fn get_version_schema<S: LogStore>(
+    State(registry): Shared<S>,
+    Path((subject, version)): Path<(String, String)>,
+    uri: Uri,
+) -> Answer {
+    let spec = VersionSpec::parse(&version)?;
+    let deleted = flag(&uri, "deleted");
+    let view = registry
+        .read(|state| state.version(&subject, spec, deleted))
+        .await??;
+    // The schema itself, not a JSON string holding it (Confluent answers so).
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        view.schema,
+    )
+        .into_response())
+}
+
+async fn delete_subject<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+    uri: Uri,
+) -> Answer {
+    let permanent = flag(&uri, "permanent");
+    let versions = registry
+        .write(|state| state.plan_delete_subject(&subject, permanent))
+        .await?;
+    Ok(answer(json!(versions)))
+}
+
+async fn delete_version<S: LogStore>(
+    State(registry): Shared<S>,
+    Path((subject, version)): Path<(String, String)>,
+    uri: Uri,
+) -> Answer {
+    let spec = VersionSpec::parse(&version)?;
+    let permanent = flag(&uri, "permanent");
+    let number = registry
+        .write(|state| {
+            state
+                .plan_delete_version(&subject, spec, permanent)
+                .map(|(number, record)| (number, vec![record]))
+        })
+        .await?;
+    Ok(answer(json!(number)))
+}
+
+async fn schema_types() -> Response {
+    answer(json!(SchemaType::SERVED))
+}
+
+fn schema_json(schema_type: SchemaType, schema: String) -> Value {
+    let mut value = json!({ "schema": schema });
+    if let Some(name) = type_field(schema_type) {
+        value["schemaType"] = json!(name);
+    }
+    value
+}
+
+async fn get_by_id<S: LogStore>(State(registry): Shared<S>, Path(id): Path<String>) -> Answer {
+    let id = id_of(&id)?;
+    let (schema_type, schema) = registry.read(|state| state.schema_by_id(id)).await??;
+    Ok(answer(schema_json(schema_type, schema)))
+}
+
+async fn get_raw_by_id<S: LogStore>(State(registry): Shared<S>, Path(id): Path<String>) -> Answer {
+    let id = id_of(&id)?;
+    let (_, schema) = registry.read(|state| state.schema_by_id(id)).await??;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        schema,
+    )
+        .into_response())
+}
+
+async fn subjects_of_id<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Answer {
+    let id = id_of(&id)?;
+    let deleted = flag(&uri, "deleted");
+    let uses = registry
+        .read(|state| state.versions_of_id(id, deleted))
+        .await??;
+    let mut subjects: Vec<String> = uses.into_iter().map(|(subject, _)| subject).collect();
+    subjects.dedup();
+    Ok(answer(json!(subjects)))
+}
+
+async fn versions_of_id<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Answer {
+    let id = id_of(&id)?;
+    let deleted = flag(&uri, "deleted");
+    let uses = registry
+        .read(|state| state.versions_of_id(id, deleted))
+        .await??;
+    let uses: Vec<Value> = uses
+        .into_iter()
+        .map(|(subject, version)| json!({ "subject": subject, "version": version }))
+        .collect();
+    Ok(answer(json!(uses)))
+}
+
+#[derive(Deserialize)]
+struct ConfigBody {
+    compatibility: String,
+}
+
+fn parse_config(body: &[u8]) -> Result<String, Failure> {
+    serde_json::from_slice::<ConfigBody>(body)
+        .map(|body| body.compatibility)
+        .map_err(|error| {
+            RegistryError::InvalidLevel {
+                given: format!("(the body is not a config request: {error})"),
+            }
+            .into()
+        })
+}
+
+async fn config_of<S: LogStore>(
+    registry: &SchemaRegistry<S>,
+    subject: Option<&str>,
+    default_to_global: bool,
+) -> Answer {
+    let level = registry
+        .read(|state| state.level(subject, default_to_global))
+        .await??;
+    Ok(answer(json!({ "compatibilityLevel": level.name() })))
+}
+
+async fn get_global_config<S: LogStore>(State(registry): Shared<S>) -> Answer {
+    config_of(&registry, None, true).await
+}
+
+async fn get_config<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+    uri: Uri,
+) -> Answer {
+    config_of(&registry, Some(&subject), flag(&uri, "defaultToGlobal")).await
+}
+
+async fn set_config<S: LogStore>(
+    registry: &SchemaRegistry<S>,
+    subject: Option<&str>,
+    body: &[u8],
+) -> Answer {
+    let given = parse_config(body)?;
+    let level = registry
+        .write(|state| {
+            state
+                .plan_set_level(subject, &given)
+                .map(|(level, record)| (level, vec![record]))
+        })
+        .await?;
+    Ok(answer(json!({ "compatibility": level.name() })))
+}
+
+async fn put_global_config<S: LogStore>(State(registry): Shared<S>, body: Bytes) -> Answer {
+    set_config(&registry, None, &body).await
+}
+
+async fn put_config<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+    body: Bytes,
+) -> Answer {
+    subject_checked(&subject)?;
+    set_config(&registry, Some(&subject), &body).await
+}
+
+async fn remove_config<S: LogStore>(registry: &SchemaRegistry<S>, subject: Option<&str>) -> Answer {
+    let before = registry
+        .write(|state| {
+            state
+                .plan_delete_level(subject)
+                .map(|(level, record)| (level, vec![record]))
+        })
+        .await?;
+    Ok(answer(json!({ "compatibilityLevel": before.name() })))
+}
+
+async fn delete_global_config<S: LogStore>(State(registry): Shared<S>) -> Answer {
+    remove_config(&registry, None).await
+}
+
+async fn delete_config<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(subject): Path<String>,
+) -> Answer {
+    remove_config(&registry, Some(&subject)).await
+}
+
+async fn check<S: LogStore>(
+    State(registry): Shared<S>,
+    Path((subject, version)): Path<(String, String)>,
+    uri: Uri,
+    body: Bytes,
+) -> Answer {
+    let spec = VersionSpec::parse(&version)?;
+    let schema = parse_body(&body)?;
+    let messages = registry
+        .read(|state| state.check(&subject, spec, &schema))
+        .await??;
+    let mut value = json!({ "is_compatible": messages.is_empty() });
+    if flag(&uri, "verbose") {
+        value["messages"] = json!(messages);
+    }
+    Ok(answer(value))
+}

@@ -1,0 +1,434 @@
+//! The schema registry (issue 18, part 2) on real node processes: Confluent's REST API on every
+//! node's HTTP listener, over raw sockets byte for byte, and confluent-kafka-python's
+//! `SchemaRegistryClient` with its Avro serializers producing through the Kafka listener.
+//!
+//! - `the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leader`: ids are
+//!   global and stable across nodes and subjects, an incompatible change is refused with 409,
+//!   a compatible one gets a new version, errors are Confluent's, and after the `_schemas`
+//!   leader is killed a new schema gets a new id while every old one still resolves.
+//! - `a_node_without_a_replica_of_schemas_answers_from_the_leaders_log`: on 4 nodes (3
+//!   replicas of `_schemas`) every node reads and writes.
+//! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`: runs
+//!   `node/tests/kafka_python/schema_registry_avro.py` (see `kafka_python.rs` for the Python
+//!   prerequisites; this script also needs confluent-kafka's schema-registry extras, which
+//!   .ci/run installs pinned).
+
+mod support;
+
+use cairn_protocol::messages::{MetadataRequest, Request, Response};
+use cairn_protocol::NodeId;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::cluster::TestCluster;
+
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(40);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the registry may stay unavailable (503) while `_schemas` is created or fails over.
+const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request, `Connection: close`; (status, body).
+fn http(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream.set_read_timeout(Some(HTTP_READ_TIMEOUT)).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\
+         Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(request.as_bytes());
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// [`http`], repeated while the registry answers 5xx (its log being created or failing over).
+fn http_available(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
+    loop {
+        let (status, answer) = http(address, method, path, body);
+        if status < 500 || Instant::now() >= deadline {
+            return (status, answer);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("not JSON ({error}): {body}"))
+}
+
+/// A registration body for an Avro schema given as JSON text.
+fn schema_body(schema: &str) -> String {
+    serde_json::json!({ "schema": schema }).to_string()
+}
+
+const USER_V1: &str =
+    r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"}]}"#;
+const USER_V1_SPACED: &str =
+    r#"{ "fields": [ { "type": "string", "name": "name" } ], "name": "User", "type": "record" }"#;
+const USER_ADD_REQUIRED: &str = r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"},{"name":"age","type":"int"}]}"#;
+const USER_ADD_DEFAULT: &str = r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"},{"name":"age","type":"int","default":0}]}"#;
+const ORDER: &str = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"}]}"#;
+
+/// The node leading `_schemas`/0 by the metadata of the running nodes, other than `not`.
+fn schemas_leader(cluster: &mut TestCluster, not: Option<u32>) -> u32 {
+    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
+    loop {
+        for index in 0..cluster.nodes.len() {
+            let node = &mut cluster.nodes[index];
+            if !node.is_running() {
+                continue;
+            }
+            let request = Request::Metadata(MetadataRequest {
+                topics: Some(vec!["_schemas".to_string()]),
+            });
+            if let Ok(Response::Metadata(metadata)) = node.wire().call(request) {
+                let leader = metadata.topics[0]
+                    .result
+                    .as_ref()
+                    .ok()
+                    .and_then(|topic| topic.partitions[0].leader);
+                if let Some(NodeId(leader)) = leader {
+                    if Some(leader) != not && cluster.node_mut(leader).is_running() {
+                        return leader;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader for _schemas");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leader() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let [one, two, three] = [1, 2, 3].map(|id| cluster.node(id).http_address());
+
+    // Reads on a registry that has never been written.
+    assert_eq!(http(one, "GET", "/subjects", ""), (200, "[]".to_string()));
+    let (status, body) = http(two, "GET", "/schemas/types", "");
+    assert_eq!((status, json(&body)), (200, serde_json::json!(["AVRO"])));
+    let (status, body) = http(three, "GET", "/config", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["compatibilityLevel"], "BACKWARD");
+
+    // The first write creates `_schemas`; the same schema keeps its id on every node, in
+    // any spelling, and across subjects.
+    let (status, body) = http_available(
+        one,
+        "POST",
+        "/subjects/users-value/versions",
+        &schema_body(USER_V1),
+    );
+    assert_eq!(status, 200, "{body}");
+    let user_id = json(&body)["id"].as_u64().unwrap();
+    for (address, text, subject) in [
+        (two, USER_V1_SPACED, "users-value"),
+        (three, USER_V1, "users-value"),
+        (three, USER_V1, "people-value"),
+    ] {
+        let (status, body) = http_available(
+            address,
+            "POST",
+            &format!("/subjects/{subject}/versions"),
+            &schema_body(text),
+        );
+        assert_eq!(
+            (status, json(&body)["id"].as_u64()),
+            (200, Some(user_id)),
+            "{body}"
+        );
+    }
+    let (status, body) = http(two, "GET", "/subjects/users-value/versions", "");
+    assert_eq!((status, json(&body)), (200, serde_json::json!([1])));
+
+    // BACKWARD (the default) refuses a new field without a default, and stores nothing.
+    let (status, body) = http(
+        two,
+        "POST",
+        "/subjects/users-value/versions",
+        &schema_body(USER_ADD_REQUIRED),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(json(&body)["error_code"], 409);
+    let (status, body) = http(
+        three,
+        "POST",
+        "/compatibility/subjects/users-value/versions/latest?verbose=true",
+        &schema_body(USER_ADD_REQUIRED),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["is_compatible"], false);
+    // A default makes it compatible: version 2, a new id.
+    let (status, body) = http(
+        three,
+        "POST",
+        "/subjects/users-value/versions",
+        &schema_body(USER_ADD_DEFAULT),
+    );
+    assert_eq!(status, 200, "{body}");
+    let user_v2_id = json(&body)["id"].as_u64().unwrap();
+    assert_ne!(user_v2_id, user_id);
+    let (status, body) = http(one, "GET", "/subjects/users-value/versions/latest", "");
+    assert_eq!(status, 200, "{body}");
+    let latest = json(&body);
+    assert_eq!(
+        (latest["version"].as_u64(), latest["id"].as_u64()),
+        (Some(2), Some(user_v2_id))
+    );
+    let (status, body) = http(
+        two,
+        "POST",
+        "/subjects/users-value",
+        &schema_body(USER_V1_SPACED),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["version"], 1);
+    let (status, body) = http(one, "GET", &format!("/schemas/ids/{user_id}"), "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(json(&body)["schema"].as_str().unwrap()), json(USER_V1));
+    let (status, body) = http(one, "GET", &format!("/schemas/ids/{user_id}/subjects"), "");
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!(["people-value", "users-value"]))
+    );
+
+    // Confluent's errors.
+    for (address, method, path, body, status, code) in [
+        (one, "GET", "/subjects/nobody/versions", "", 404, 40401),
+        (
+            two,
+            "GET",
+            "/subjects/users-value/versions/9",
+            "",
+            404,
+            40402,
+        ),
+        (three, "GET", "/schemas/ids/999", "", 404, 40403),
+        (
+            one,
+            "GET",
+            "/subjects/users-value/versions/zero",
+            "",
+            422,
+            42202,
+        ),
+        (
+            two,
+            "POST",
+            "/subjects/users-value/versions",
+            r#"{"schema":"{not avro"}"#,
+            422,
+            42201,
+        ),
+        (
+            three,
+            "POST",
+            "/subjects/users-value/versions",
+            "[]",
+            422,
+            42201,
+        ),
+        (
+            one,
+            "PUT",
+            "/config/users-value",
+            r#"{"compatibility":"SIDEWAYS"}"#,
+            422,
+            42203,
+        ),
+        (
+            two,
+            "DELETE",
+            "/subjects/users-value?permanent=true",
+            "",
+            404,
+            40405,
+        ),
+    ] {
+        let (got, answer) = http(address, method, path, body);
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        assert_eq!(
+            json(&answer)["error_code"],
+            code,
+            "{method} {path}: {answer}"
+        );
+    }
+    let oversized = schema_body(&format!("\"{}\"", "x".repeat(1024 * 1024)));
+    let (status, _) = http(one, "POST", "/subjects/big/versions", &oversized);
+    assert_eq!(status, 413);
+
+    // Config per subject, then soft and hard delete.
+    let (status, body) = http(
+        one,
+        "PUT",
+        "/config/people-value",
+        r#"{"compatibility":"NONE"}"#,
+    );
+    assert_eq!(
+        (status, json(&body)["compatibility"].as_str()),
+        (200, Some("NONE")),
+        "{body}"
+    );
+    let (status, body) = http(three, "GET", "/config/people-value", "");
+    assert_eq!(
+        (status, json(&body)["compatibilityLevel"].as_str()),
+        (200, Some("NONE")),
+        "{body}"
+    );
+    let (status, body) = http(two, "DELETE", "/subjects/people-value", "");
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!([1])),
+        "{body}"
+    );
+    let (status, body) = http(three, "GET", "/subjects", "");
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!(["users-value"]))
+    );
+    let (status, body) = http(one, "DELETE", "/subjects/people-value?permanent=true", "");
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!([1])),
+        "{body}"
+    );
+
+    // Kill the `_schemas` leader: a survivor registers a new schema with a new id, and every
+    // id given before still names its schema.
+    let leader = schemas_leader(&mut cluster, None);
+    cluster.node_mut(leader).kill();
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let survivor = cluster.node(survivor).http_address();
+    let (status, body) = http_available(
+        survivor,
+        "POST",
+        "/subjects/orders-value/versions",
+        &schema_body(ORDER),
+    );
+    assert_eq!(status, 200, "{body}");
+    let order_id = json(&body)["id"].as_u64().unwrap();
+    assert!(
+        order_id > user_v2_id,
+        "ids are not reused: {order_id} after {user_v2_id}"
+    );
+    for node in [1, 2, 3].into_iter().filter(|node| *node != leader) {
+        let address = cluster.node(node).http_address();
+        for (id, schema) in [
+            (user_id, USER_V1),
+            (user_v2_id, USER_ADD_DEFAULT),
+            (order_id, ORDER),
+        ] {
+            let (status, body) = http_available(address, "GET", &format!("/schemas/ids/{id}"), "");
+            assert_eq!(status, 200, "node {node} id {id}: {body}");
+            assert_eq!(json(json(&body)["schema"].as_str().unwrap()), json(schema));
+        }
+        let (status, body) = http(
+            address,
+            "POST",
+            "/subjects/users-value/versions",
+            &schema_body(USER_ADD_DEFAULT),
+        );
+        assert_eq!(
+            (status, json(&body)["id"].as_u64()),
+            (200, Some(user_v2_id)),
+            "{body}"
+        );
+    }
+    let new_leader = schemas_leader(&mut cluster, Some(leader));
+    assert_ne!(new_leader, leader);
+}
+
+#[test]
+fn a_node_without_a_replica_of_schemas_answers_from_the_leaders_log() {
+    // `_schemas` gets 3 replicas: one of the 4 nodes holds none.
+    let cluster = TestCluster::start(4, &[]);
+    let addresses: Vec<SocketAddr> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.http_address())
+        .collect();
+    let (status, body) = http_available(
+        addresses[0],
+        "POST",
+        "/subjects/users-value/versions",
+        &schema_body(USER_V1),
+    );
+    assert_eq!(status, 200, "{body}");
+    let user_id = json(&body)["id"].as_u64().unwrap();
+    for (index, address) in addresses.iter().enumerate() {
+        let (status, body) =
+            http_available(*address, "GET", &format!("/schemas/ids/{user_id}"), "");
+        assert_eq!(status, 200, "node {}: {body}", index + 1);
+        let (status, body) = http_available(
+            *address,
+            "POST",
+            &format!("/subjects/subject-{index}/versions"),
+            &schema_body(ORDER),
+        );
+        assert_eq!(status, 200, "node {}: {body}", index + 1);
+        let (status, body) = http(*address, "GET", "/subjects", "");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            json(&body).as_array().unwrap().len(),
+            index + 2,
+            "node {}: {body}",
+            index + 1
+        );
+    }
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+#[test]
+fn confluent_kafka_avro_serializers_round_trip_through_the_registry() {
+    let imported = support::foreign_client(python())
+        .args([
+            "-c",
+            "from confluent_kafka.schema_registry.avro import AvroSerializer",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        imported.is_ok_and(|status| status.success()),
+        "{} cannot import confluent_kafka.schema_registry.avro: pip install \
+         confluent-kafka==2.16.1 fastavro authlib httpx cachetools attrs (CI's .ci/run \
+         installs them pinned), or set PYTHON=/path/to/python3",
+        python()
+    );
+    let cluster = TestCluster::start(3, &[]);
+    support::create_topic_cli(&cluster.bootstrap(), "users", 1, 3);
+    let registries: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}", node.http_address()))
+        .collect();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kafka_python/schema_registry_avro.py");
+    let mut command = support::foreign_client(python());
+    command.arg("-u").arg(script).args([
+        &registries.join(","),
+        &cluster.kafka_bootstrap(),
+        "users",
+    ]);
+    support::run_client_scenario("schema_registry_avro.py", command, SCRIPT_TIMEOUT, || {
+        cluster.logs()
+    });
+}
