@@ -17,11 +17,29 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SYSTEM: &str = "cairn";
-pub const DURABILITY: &str =
-    "acks=all: a record is acknowledged once a majority of replicas flushed it (sled's flush: \
-     written and sync_file_range'd, which survives a process crash; not an fsync, since the \
-     store's sync_data option is off by default, so a power loss on a majority can lose \
-     acknowledged records)";
+/// What an acknowledgement promises with `storage.durability = "flush"`.
+pub const DURABILITY_FLUSH: &str =
+    "acks=all, storage.durability = flush: a record is acknowledged once a majority of \
+     replicas flushed it (sled's flush: written and sync_file_range'd, which survives a process \
+     crash; not an fsync, so a power loss on a majority can lose acknowledged records)";
+/// What an acknowledgement promises with `storage.durability = "fsync"`.
+pub const DURABILITY_FSYNC: &str =
+    "acks=all, storage.durability = fsync: a record is acknowledged once a majority of replicas \
+     synced it to disk (log and blob files fdatasync'd, new directory entries fsync'd, in \
+     grouped syncs), which survives a power loss";
+
+/// The durability the nodes run with, from their arguments (`--set storage.durability=..`,
+/// as one argument or two); the node's default otherwise.
+pub fn durability(node_args: &[String]) -> &'static str {
+    let chosen = node_args
+        .iter()
+        .rev()
+        .find_map(|arg| arg.split_once("storage.durability=").map(|(_, mode)| mode));
+    match chosen {
+        Some("fsync") => DURABILITY_FSYNC,
+        _ => DURABILITY_FLUSH,
+    }
+}
 
 /// How long every partition may take to get a leader after the topic is created.
 const LEADERS_TIMEOUT: Duration = Duration::from_secs(180);
@@ -38,7 +56,7 @@ pub async fn run(
         node_args.to_vec(),
     )
     .await?;
-    let outcome = run_on(workload, target_rate, &cluster).await;
+    let outcome = run_on(workload, target_rate, &cluster, durability(node_args)).await;
     cluster.shut_down().await?;
     outcome
 }
@@ -47,6 +65,7 @@ async fn run_on(
     workload: &Workload,
     target_rate: u64,
     cluster: &LocalCluster,
+    durability: &'static str,
 ) -> Result<Outcome, String> {
     let client = ClientConfig::new(&cluster.bootstrap()).map_err(|error| error.to_string())?;
     let topic = format!("{}-{}", workload.name, std::process::id());
@@ -173,7 +192,7 @@ async fn run_on(
             .map_err(|error| format!("{}: {error}", workload.name))?;
     Ok(Measured {
         system: SYSTEM,
-        durability: DURABILITY,
+        durability,
         workload,
         target_rate,
         shared: &shared,
@@ -287,4 +306,31 @@ pub async fn run_command(args: RunArgs) -> Result<(), String> {
         return Err("no workload completed".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_names_the_durability_the_nodes_were_given() {
+        let args = |list: &[&str]| list.iter().map(|arg| arg.to_string()).collect::<Vec<_>>();
+        assert_eq!(durability(&[]), DURABILITY_FLUSH);
+        assert_eq!(
+            durability(&args(&["--set=storage.durability=fsync"])),
+            DURABILITY_FSYNC
+        );
+        assert_eq!(
+            durability(&args(&["--set", "storage.durability=fsync"])),
+            DURABILITY_FSYNC
+        );
+        // The last setting wins, as it does in the node.
+        assert_eq!(
+            durability(&args(&[
+                "--set=storage.durability=fsync",
+                "--set=storage.durability=flush"
+            ])),
+            DURABILITY_FLUSH
+        );
+    }
 }

@@ -73,7 +73,7 @@ pub async fn run(
     let (bootstrap, pids) = (cluster.kafka_bootstrap(), cluster.pids());
     let target = Target {
         system: SYSTEM,
-        durability: crate::cairn_driver::DURABILITY,
+        durability: crate::cairn_driver::durability(node_args),
         bootstrap: &bootstrap,
         pids: &pids,
     };

@@ -258,6 +258,24 @@ pub struct RetentionDefaults {
     pub retention_check_ms: u64,
 }
 
+/// The store as the file gives it (`[storage]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSettings {
+    durability: String,
+}
+
+/// The node's store (storage/src/sled_store.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// What an acknowledgement means on this node's disk. `flush`: the batch is written and
+    /// `sync_file_range`d, which survives a crash of the process but not a power cut.
+    /// `fsync`: every byte of it (log, blob files, the directories of new files) is synced
+    /// to the disk before the node counts it durable, which survives power loss. Syncs are
+    /// grouped: one covers every append that arrived while the previous one ran.
+    pub durability: cairn_storage::Durability,
+}
+
 /// The validated configuration of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -270,6 +288,7 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub replica: ReplicaTimings,
     pub retention: RetentionDefaults,
+    pub storage: StorageConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// Replication factor of topics created without one (capped to the cluster size).
@@ -330,6 +349,7 @@ struct FileConfig {
     limits: Limits,
     replica: ReplicaTimings,
     retention: RetentionDefaults,
+    storage: StorageSettings,
     groups: GroupSettings,
     http: HttpSettings,
     kafka: KafkaFileSettings,
@@ -379,6 +399,7 @@ pub const KEYS: &[&str] = &[
     "retention.retention_ms",
     "retention.retention_bytes",
     "retention.retention_check_ms",
+    "storage.durability",
     "groups.offsets_partitions",
     "groups.heartbeat_interval_ms",
     "groups.session_timeout_ms_min",
@@ -402,6 +423,7 @@ const STRING_KEYS: &[&str] = &[
     "initial_voters",
     "gossip",
     "cluster_secret_file",
+    "storage.durability",
     "http.listen",
     "kafka.listen",
     "kafka.advertised_address",
@@ -453,6 +475,8 @@ fn preset_table(preset: Preset) -> toml::Table {
             leader_rebalance_ms = 30000
             [retention]
             retention_check_ms = 60000
+            [storage]
+            durability = "flush"
             [groups]
             offsets_partitions = 16
             heartbeat_interval_ms = 500
@@ -506,6 +530,8 @@ fn preset_table(preset: Preset) -> toml::Table {
             leader_rebalance_ms = 0
             [retention]
             retention_check_ms = 200
+            [storage]
+            durability = "flush"
             [groups]
             offsets_partitions = 4
             heartbeat_interval_ms = 200
@@ -876,6 +902,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         "the default partition count must be one a topic may have",
     )?;
     let kafka = validate_kafka(file.kafka, NodeId(node_id))?;
+    let storage = validate_storage(&file.storage)?;
     Ok(NodeConfig {
         node_id: NodeId(node_id),
         data_dir,
@@ -884,6 +911,7 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         limits,
         replica,
         retention,
+        storage,
         shutdown_grace_ms: file.shutdown_grace_ms,
         default_replication_factor: file.default_replication_factor,
         groups,
@@ -928,6 +956,24 @@ fn validate_http(http: &HttpSettings, listen: SocketAddr) -> Result<HttpConfig, 
         listen: address,
         connections_max: http.connections_max,
     })
+}
+
+/// `storage.durability` is `fsync` or `flush`, spelled exactly: a durability promise is not
+/// something to guess from a near miss.
+fn validate_storage(storage: &StorageSettings) -> Result<StorageConfig, ConfigError> {
+    let durability = match storage.durability.as_str() {
+        "fsync" => cairn_storage::Durability::Fsync,
+        "flush" => cairn_storage::Durability::Flush,
+        other => {
+            return Err(ConfigError::Rule {
+                rule: "storage.durability is fsync or flush",
+                why: format!(
+                    "{other:?} is not a durability mode; fsync makes an acknowledgement survive                      power loss, flush only a crash of the process"
+                ),
+            })
+        }
+    };
+    Ok(StorageConfig { durability })
 }
 
 fn is_host_port(address: &str) -> bool {
@@ -1356,6 +1402,69 @@ mod tests {
             base().set("flag", "listen", "nowhere").build(),
             Err(ConfigError::Rule { .. })
         ));
+    }
+
+    #[test]
+    fn storage_durability_is_fsync_or_flush_from_any_layer() {
+        use cairn_storage::Durability;
+        assert_eq!(
+            base().build().unwrap().storage.durability,
+            Durability::Flush
+        );
+        let from_flag = base().set("flag", "storage.durability", "fsync").build();
+        assert_eq!(from_flag.unwrap().storage.durability, Durability::Fsync);
+        let from_file = ConfigBuilder::new()
+            .file_text(
+                "f.toml".into(),
+                "node_id = 1\ndata_dir = \"/d\"\n[storage]\ndurability = \"fsync\"\n",
+            )
+            .unwrap()
+            .build();
+        assert_eq!(from_file.unwrap().storage.durability, Durability::Fsync);
+        let from_env = base()
+            .env(|name| (name == "CAIRN_STORAGE_DURABILITY").then(|| "flush".to_string()))
+            .build();
+        assert_eq!(from_env.unwrap().storage.durability, Durability::Flush);
+        for bad in ["", "FSYNC", "sync", "fsync ", "none"] {
+            let error = base()
+                .set("flag", "storage.durability", bad)
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Rule {
+                        rule: "storage.durability is fsync or flush",
+                        ..
+                    }
+                ),
+                "{bad:?}: {error}"
+            );
+        }
+        let unknown = ConfigBuilder::new()
+            .file_text(
+                "f.toml".into(),
+                "node_id = 1\ndata_dir = \"/d\"\n[storage]\nsync = true\n",
+            )
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(unknown, ConfigError::ParseFile { .. }),
+            "{unknown}"
+        );
+        let not_a_string = ConfigBuilder::new()
+            .file_text(
+                "f.toml".into(),
+                "node_id = 1\ndata_dir = \"/d\"\n[storage]\ndurability = true\n",
+            )
+            .unwrap()
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(not_a_string, ConfigError::ParseFile { .. }),
+            "{not_a_string}"
+        );
     }
 
     #[test]

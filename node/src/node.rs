@@ -58,6 +58,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     // replica then opens shorter than its watermark and is repaired from its peers, or, as
     // the only replica, reports itself corrupted (see `partition::inspect_log`).
     let store_config = cairn_storage::SledConfig {
+        durability: config.storage.durability,
         rebuild_when_damaged: true,
         ..cairn_storage::SledConfig::default()
     };

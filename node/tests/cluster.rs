@@ -812,8 +812,19 @@ fn a_paused_follower_is_out_of_sync_until_it_catches_up() {
 
 #[test]
 fn restarting_every_node_at_once_keeps_every_acknowledged_record() {
+    restart_every_node_at_once(&[]);
+}
+
+/// The same with `storage.durability = "fsync"` (every acknowledgement synced to the disk):
+/// the mode starts, acknowledges, and recovers what it synced.
+#[test]
+fn restarting_every_node_at_once_in_fsync_mode_keeps_every_acknowledged_record() {
+    restart_every_node_at_once(&["--set", "storage.durability=fsync"]);
+}
+
+fn restart_every_node_at_once(node_args: &'static [&'static str]) {
     run(async {
-        let mut cluster = blocking(start_cluster);
+        let mut cluster = blocking(|| Guarded(TestCluster::start(3, node_args)));
         let bootstrap = cluster.bootstrap();
         create_topic(&bootstrap, "restart", 1).await;
         let producer = Producer::new(client_config(&bootstrap), producer_config(20_000))

@@ -81,6 +81,17 @@ fn invalid_configurations_exit_non_zero_with_a_message() {
             "1",
             "--data-dir",
             data,
+            "--set",
+            "storage.durability=sync",
+        ],
+        &["storage.durability is fsync or flush", "\"sync\""],
+    );
+    assert_refused(
+        &[
+            "--node-id",
+            "1",
+            "--data-dir",
+            data,
             "--listen",
             "localhost",
         ],

@@ -2,23 +2,26 @@
 //! live in `benches/`). Each writer thread owns one partition log, appends one 64 KiB batch of
 //! 64 records of 1 KiB, and waits for a group-committed flush before the next (acks=all style).
 //!
-//! `cargo run --release -p cairn-storage --example append_throughput -- [writers] [seconds] [sync_data]`
+//! `cargo run --release -p cairn-storage --example append_throughput -- [writers] [seconds] [fsync|flush]`
 
 use cairn_protocol::batch::{Record, RecordBatchBuilder};
 use cairn_protocol::Epoch;
-use cairn_storage::{GroupCommitter, LogStore, PartitionLog, SledConfig, SledStore};
+use cairn_storage::{Durability, GroupCommitter, LogStore, PartitionLog, SledConfig, SledStore};
 use std::time::{Duration, Instant};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let writers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let sync_data: bool = args.next().and_then(|a| a.parse().ok()).unwrap_or(true);
+    let durability = match args.next().as_deref() {
+        Some("flush") => Durability::Flush,
+        _ => Durability::Fsync,
+    };
     let directory = tempfile::tempdir().expect("temporary directory");
     let store = SledStore::open_with(
         directory.path(),
         SledConfig {
-            sync_data,
+            durability,
             ..SledConfig::default()
         },
     )
@@ -55,7 +58,8 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let stats = committer.stats();
     println!(
-        "writers={writers} sync_data={sync_data} batch_bytes={} records/s={:.0} MiB/s={:.1} flushes/s={:.0} requests_per_flush={:.2}",
+        "writers={writers} durability={} batch_bytes={} records/s={:.0} MiB/s={:.1} flushes/s={:.0} requests_per_flush={:.2}",
+        durability.name(),
         template.size_bytes(),
         records as f64 / elapsed,
         records as f64 * template.size_bytes() as f64 / 64.0 / elapsed / (1024.0 * 1024.0),

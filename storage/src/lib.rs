@@ -33,7 +33,7 @@ mod core;
 
 pub use group_commit::{FlushTicket, GroupCommitConfig, GroupCommitStats, GroupCommitter};
 pub use memory::{MemoryLog, MemoryStore};
-pub use sled_store::{SledConfig, SledLog, SledStore};
+pub use sled_store::{Durability, SledConfig, SledLog, SledStore, SyncCounters};
 pub use watermark::Watermark;
 
 use bytes::Bytes;

@@ -5,15 +5,18 @@
 //! epoch history, size counter, caller values) and `time/<log>` (running maximum timestamp ->
 //! base offset). The rules live in the private `core` module; this file only maps them onto trees.
 //!
-//! Durability: sled 0.34's `flush` writes and `sync_file_range`s its log, which survives a
-//! process kill but is not an `fsync` (sled issue 1452). With [`SledConfig::sync_data`] the
-//! store also `fdatasync`s the database file after each flush, a real barrier for power loss.
-//! It is off by default because it is not cheap: measured on the 2-core development VM (ext4,
-//! release build, 64 KiB batches of 64 x 1 KiB records, each writer waiting for its
-//! group-committed flush), 4 writers did 145-168k records/s without it and 92-122k records/s
-//! with it; 1 writer 115k vs 77k. DESIGN section 4 defines "durable" as "sled's flush
-//! returned", which is what the kill -9 tests and the replication quorum rely on; an operator
-//! who fears whole-cluster power loss more than a third of the throughput turns it on.
+//! Durability ([`Durability`]): sled 0.34's `flush` writes and `sync_file_range`s its log,
+//! which survives a process kill but not a power cut (sled issue 1452): neither the file's
+//! block map nor the disk's write cache is flushed, and blob files (pages over 128 KiB, which
+//! is where 64 KiB batches live) and new directory entries are never synced at all. That is
+//! [`Durability::Flush`]. With [`Durability::Fsync`] the store opens sled with the Cairn
+//! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log
+//! write `fdatasync`s the blob files written since the previous one and `fsync`s their
+//! directory, then writes and `fdatasync`s the log, so a flush that returned covers every byte
+//! of every append before it; the watermark file and its directory are `fsync`ed too. It
+//! stays grouped: the [`GroupCommitter`](crate::GroupCommitter) runs one flush for every
+//! append that arrived during the previous one, so one round of syncs covers them all. What
+//! each mode costs in the 3-node benchmark is in benches/results/durability-2026-12-04.md.
 //! sled's own periodic flusher is switched off (`flush_every_ms = None`): durability is only
 //! ever claimed after our explicit flush, the group committer flushes continuously under load,
 //! and a second flusher would only contend with it. Unflushed writes still leave memory when
@@ -36,7 +39,6 @@ use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::{Epoch, Offset};
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -45,15 +47,50 @@ const DATA_PREFIX: &str = "data/";
 const META_PREFIX: &str = "meta/";
 const TIME_PREFIX: &str = "time/";
 
+/// What an acknowledged flush promises (`storage.durability` in the node's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// sled's flush: the log is written and `sync_file_range`d, blob files are left to the
+    /// kernel. Survives a process kill; a power cut can lose flushed writes.
+    #[default]
+    Flush,
+    /// Every byte a flush covers is on the disk: blob files, the log and the watermark file
+    /// `fdatasync`ed, the directories of new and renamed files `fsync`ed. Survives power loss.
+    Fsync,
+}
+
+impl Durability {
+    /// The configuration spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Flush => "flush",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
+/// Syncs the store's sled database made since it was opened in this process
+/// ([`Durability::Fsync`] only; all zero with [`Durability::Flush`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    /// Blob files `fdatasync`ed.
+    pub blob_syncs: u64,
+    /// Directories `fsync`ed (`blobs/` after new blobs, the database's after a snapshot).
+    pub directory_syncs: u64,
+    /// Log writes `fdatasync`ed.
+    pub log_syncs: u64,
+    /// Blob files written and not yet synced: none after a flush that covered them.
+    pub unsynced_blobs: u64,
+}
+
 /// How the node's sled database is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SledConfig {
     /// sled's page cache. 64 MiB keeps the recent tail of every log hot for consumers that
     /// are nearly caught up without taking much of a small machine.
     pub cache_capacity_bytes: u64,
-    /// `fdatasync` the database file after each flush: survives power loss, costs about a
-    /// third of the append throughput (see the module comment). Off by default.
-    pub sync_data: bool,
+    /// What a flush promises (see the module comment). [`Durability::Flush`] by default.
+    pub durability: Durability,
     /// When sled cannot open the database because its files are damaged (it reports
     /// corruption, or panics: random bytes in its log make it do either), move the directory
     /// aside to `<path>.damaged-<unix ms>` and start an empty database instead, keeping the
@@ -66,7 +103,7 @@ impl Default for SledConfig {
     fn default() -> Self {
         SledConfig {
             cache_capacity_bytes: 64 * 1024 * 1024,
-            sync_data: false,
+            durability: Durability::default(),
             rebuild_when_damaged: false,
         }
     }
@@ -222,8 +259,6 @@ struct SledStoreInner {
     /// every later write and flush returns it), so the next flush reopens the database first.
     failed: AtomicBool,
     sled_config: sled::Config,
-    /// The database file, for the `fdatasync` barrier after a flush.
-    db_file: Option<File>,
     /// Logs currently open, so that two handles of one log share one cached state.
     open_logs: Mutex<HashMap<String, Weak<Mutex<SledLogInner>>>>,
     /// Every log's watermark, and the file that keeps them (rewritten by `flush`).
@@ -313,11 +348,13 @@ impl SledStore {
         config: SledConfig,
     ) -> Result<SledStore, StorageError> {
         let path = path.as_ref();
-        let watermark_file = WatermarkFile::inside(path, config.sync_data);
+        let fsync = config.durability == Durability::Fsync;
+        let watermark_file = WatermarkFile::inside(path, fsync);
         let mut watermarks = watermark_file.load()?;
         let sled_config = sled::Config::new()
             .path(path)
             .cache_capacity(config.cache_capacity_bytes)
+            .power_loss_durable(fsync)
             .flush_every_ms(None);
         let mut rebuilt_from = None;
         let written_by_us = watermark_file.path().exists();
@@ -349,18 +386,12 @@ impl SledStore {
             }
             Err((reason, _)) => return Err(StorageError::Io(reason)),
         };
-        let db_file = if config.sync_data {
-            Some(File::open(path.join("db")).map_err(io)?)
-        } else {
-            None
-        };
         Ok(SledStore {
             inner: Arc::new(SledStoreInner {
                 db: RwLock::new(Some(db)),
                 generation: AtomicU64::new(0),
                 failed: AtomicBool::new(false),
                 sled_config,
-                db_file,
                 open_logs: Mutex::new(HashMap::new()),
                 watermarks: Arc::new(Mutex::new(watermarks)),
                 watermark_file,
@@ -373,6 +404,17 @@ impl SledStore {
     /// start this store empty; `None` after a normal open.
     pub fn rebuilt_from(&self) -> Option<&Path> {
         self.inner.rebuilt_from.as_deref()
+    }
+
+    /// The syncs made so far (see [`SyncCounters`]).
+    pub fn sync_counters(&self) -> SyncCounters {
+        let counters = sled::durability_counters(&self.inner.sled_config.get_path());
+        SyncCounters {
+            blob_syncs: counters.blob_syncs,
+            directory_syncs: counters.directory_syncs,
+            log_syncs: counters.log_syncs,
+            unsynced_blobs: counters.unsynced_blobs,
+        }
     }
 
     /// The watermark file (see [`crate::watermark`]).
@@ -491,12 +533,11 @@ impl LogStore for SledStore {
         if self.inner.failed.load(Ordering::Acquire) {
             self.reopen()?;
         }
+        // With `Durability::Fsync`, sled's patched flush has synced blobs, their directory
+        // and the log when it returns.
         if let Err(error) = self.inner.db()?.flush() {
             self.inner.failed.store(true, Ordering::Release);
             return Err(io(error));
-        }
-        if let Some(file) = &self.inner.db_file {
-            file.sync_data().map_err(io)?;
         }
         // After the data: a watermark never names more than the database holds durably.
         let mut table = lock_table(&self.inner.watermarks);
@@ -808,10 +849,10 @@ mod tests {
     }
 
     #[test]
-    fn the_fdatasync_barrier_keeps_flushed_writes() {
+    fn the_fsync_mode_keeps_flushed_writes() {
         let directory = tempfile::tempdir().unwrap();
         let config = SledConfig {
-            sync_data: true,
+            durability: Durability::Fsync,
             ..SledConfig::default()
         };
         {
@@ -824,5 +865,73 @@ mod tests {
         let store = SledStore::open_with(directory.path(), config).unwrap();
         let log = store.open_log("p").unwrap();
         assert_eq!((log.log_end(), log.promised_epoch()), (Offset(3), Epoch(2)));
+    }
+
+    /// A batch of 60 records of 1 KiB, about what a producer's 64 KiB batch holds: a leaf of
+    /// three such batches is over sled's blob threshold (128 KiB) and goes to a blob file.
+    fn large_batch() -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+        for index in 0..60u32 {
+            let mut value = vec![b'x'; 1024];
+            value[..4].copy_from_slice(&index.to_be_bytes());
+            builder.push(&Record::new(value));
+        }
+        builder.build()
+    }
+
+    /// Appends large batches to three logs through the group committer, as the node does,
+    /// and returns the counters after each flush, and the blob files left at the end.
+    fn sync_counters_after_flushes(durability: Durability) -> (Vec<SyncCounters>, usize) {
+        let directory = tempfile::tempdir().unwrap();
+        let config = SledConfig {
+            durability,
+            ..SledConfig::default()
+        };
+        let store = SledStore::open_with(directory.path(), config).unwrap();
+        let committer = crate::GroupCommitter::start(store.clone());
+        let mut logs: Vec<SledLog> = ["a", "b", "c"]
+            .iter()
+            .map(|name| store.open_log(name).unwrap())
+            .collect();
+        let mut counters = Vec::new();
+        // Past sled's consolidation threshold (16 fragments per page), so leaves are
+        // rewritten whole, as blobs.
+        for _ in 0..40 {
+            for log in &mut logs {
+                let end = log.log_end();
+                log.append(&large_batch().stamped(end, Epoch(1))).unwrap();
+            }
+            committer.request_blocking().unwrap();
+            counters.push(store.sync_counters());
+        }
+        let blob_files = std::fs::read_dir(directory.path().join("blobs"))
+            .unwrap()
+            .count();
+        (counters, blob_files)
+    }
+
+    #[test]
+    fn in_fsync_mode_a_returned_flush_left_no_blob_file_unsynced() {
+        let (counters, blob_files) = sync_counters_after_flushes(Durability::Fsync);
+        assert!(blob_files > 0, "no batch reached a blob file");
+        let mut previous = SyncCounters::default();
+        for after in &counters {
+            // Every blob written before the flush was synced, and so was the log.
+            assert_eq!(after.unsynced_blobs, 0, "{after:?}");
+            assert!(after.log_syncs > previous.log_syncs, "{after:?}");
+            previous = *after;
+        }
+        let last = counters.last().unwrap();
+        assert!(last.blob_syncs >= blob_files as u64, "{last:?}");
+        assert!(last.directory_syncs > 0, "{last:?}");
+    }
+
+    #[test]
+    fn in_flush_mode_nothing_is_synced() {
+        let (counters, blob_files) = sync_counters_after_flushes(Durability::Flush);
+        assert!(blob_files > 0, "no batch reached a blob file");
+        for after in &counters {
+            assert_eq!(*after, SyncCounters::default());
+        }
     }
 }

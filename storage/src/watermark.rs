@@ -171,7 +171,7 @@ impl WatermarkTable {
 #[derive(Debug)]
 pub(crate) struct WatermarkFile {
     path: PathBuf,
-    /// `fsync` the file and its directory after each rewrite (with `SledConfig::sync_data`).
+    /// `fsync` the file and its directory after each rewrite (with `Durability::Fsync`).
     sync: bool,
 }
 

@@ -209,6 +209,10 @@ pub struct Inner {
     pub print_profile_on_drop: bool,
     #[doc(hidden)]
     pub idgen_persist_interval: u64,
+    /// Cairn patch (PATCHES.md, "Power-loss durability"): every log write is
+    /// `fdatasync`ed, after the blob files it may point to and their directory.
+    #[doc(hidden)]
+    pub power_loss_durable: bool,
     #[doc(hidden)]
     pub version: (usize, usize),
     tmp_path: PathBuf,
@@ -237,6 +241,7 @@ impl Default for Inner {
             print_profile_on_drop: false,
             flush_every_ms: Some(500),
             idgen_persist_interval: 1_000_000,
+            power_loss_durable: false,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),
@@ -515,6 +520,11 @@ impl Config {
             print_profile_on_drop,
             bool,
             "print a performance profile when the Config is dropped"
+        ),
+        (
+            power_loss_durable,
+            bool,
+            "Cairn patch: a flush returns only once what it covers survives a power loss: every log write is fdatasync'd (instead of sync_file_range'd), after an fdatasync of every blob file written since the previous log write and an fsync of the blobs directory"
         )
     );
 
@@ -575,7 +585,13 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let file = self.try_lock(options.open(&self.db_path())?)?;
+        // Cairn patch (PATCHES.md, "Power-loss durability"): the files and directories an
+        // open may have created reach the disk before anything is written into them.
+        if self.power_loss_durable && !self.temporary {
+            crate::pagecache::sync_new_database(self, &file)?;
+        }
+        Ok(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {

@@ -357,3 +357,53 @@ fn multi_segment_log_iteration() -> Result<()> {
 
     Ok(())
 }
+
+/// Cairn patch (PATCHES.md, "Power-loss durability"): with `power_loss_durable`, a flush that
+/// returned has `fdatasync`ed every blob file written before it (none is left unsynced), the
+/// blobs directory and the log file; without it nothing is synced that way.
+#[test]
+fn power_loss_durable_flushes_sync_blobs_their_directory_and_the_log() -> Result<()> {
+    for durable in [true, false] {
+        let path = std::env::temp_dir().join(format!(
+            "sled-power-loss-durable-{}-{}",
+            std::process::id(),
+            durable
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        {
+            let db = Config::new()
+                .path(&path)
+                .flush_every_ms(None)
+                .power_loss_durable(durable)
+                .open()?;
+            for key in 0..4_u8 {
+                let before = sled::durability_counters(&path);
+                // A value over a quarter segment (128 KiB) makes its leaf a blob file.
+                db.insert([key], vec![key; 200 * 1024])?;
+                db.flush()?;
+                let after = sled::durability_counters(&path);
+                if durable {
+                    assert_eq!(after.unsynced_blobs, 0, "{:?}", after);
+                    assert!(after.blob_syncs > before.blob_syncs, "{:?}", after);
+                    assert!(
+                        after.directory_syncs > before.directory_syncs,
+                        "{:?}",
+                        after
+                    );
+                    assert!(after.log_syncs > before.log_syncs, "{:?}", after);
+                } else {
+                    assert_eq!(after, sled::DurabilityCounters::default());
+                }
+            }
+            let blob_files = std::fs::read_dir(path.join("blobs"))?.count();
+            assert!(blob_files > 0, "no value was written as a blob");
+        }
+        let db = Config::new().path(&path).flush_every_ms(None).open()?;
+        for key in 0..4_u8 {
+            assert_eq!(db.get([key])?, Some(IVec::from(vec![key; 200 * 1024])));
+        }
+        drop(db);
+        std::fs::remove_dir_all(&path)?;
+    }
+    Ok(())
+}

@@ -678,6 +678,15 @@ impl IoBufs {
         let data = iobuf.get_mut_range(0, total_len);
         let stored_max_stable_lsn = iobuf.stored_max_stable_lsn;
 
+        // Cairn patch (PATCHES.md, "Power-loss durability"): the blobs this buffer may
+        // point to are durable before it is written, and it is durable before it counts
+        // as stable (below).
+        let power_loss_durable =
+            self.config.power_loss_durable && !self.config.temporary;
+        if power_loss_durable {
+            sync_written_blobs(&self.config)?;
+        }
+
         io_fail!(self, "buffer write");
         #[cfg(feature = "io_uring")]
         {
@@ -723,12 +732,19 @@ impl IoBufs {
 
                 wrote += wrote_completion.wait()?;
             }
+            if power_loss_durable {
+                self.config.file.sync_data()?;
+                durability(&self.config).counted_log_sync();
+            }
         }
         #[cfg(not(feature = "io_uring"))]
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
+            if power_loss_durable {
+                f.sync_data()?;
+                durability(&self.config).counted_log_sync();
+            } else if !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
                     use std::os::unix::io::AsRawFd;

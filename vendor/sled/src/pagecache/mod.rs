@@ -47,7 +47,11 @@ use self::{
     segment::{SegmentAccountant, SegmentCleaner, SegmentOp},
 };
 
-pub(crate) use self::blob_io::reset_free_blobs;
+pub(crate) use self::blob_io::{
+    durability, reset_free_blobs, sync_database_directory, sync_new_database,
+    sync_written_blobs,
+};
+pub use self::blob_io::{durability_counters, DurabilityCounters};
 
 pub(crate) use self::{
     logger::{

@@ -4,7 +4,8 @@ use zstd::block::{compress, decompress};
 use crate::*;
 
 use super::{
-    arr_to_u32, gc_blobs, pwrite_all, raw_segment_iter_from, u32_to_arr,
+    arr_to_u32, gc_blobs, pwrite_all, raw_segment_iter_from,
+    sync_database_directory, u32_to_arr,
     u64_to_arr, BasedBuf, DiskPtr, LogIter, LogKind, LogOffset, Lsn,
     MessageKind,
 };
@@ -564,6 +565,11 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     io_fail!(config, "snap write mv");
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
+    // Cairn patch (PATCHES.md, "Power-loss durability"): the new name is durable before
+    // the old snapshots are removed.
+    if config.power_loss_durable && !config.temporary {
+        sync_database_directory(config)?;
+    }
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
