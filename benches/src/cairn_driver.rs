@@ -36,8 +36,8 @@ pub fn durability(node_args: &[String]) -> &'static str {
         .rev()
         .find_map(|arg| arg.split_once("storage.durability=").map(|(_, mode)| mode));
     match chosen {
-        Some("fsync") => DURABILITY_FSYNC,
-        _ => DURABILITY_FLUSH,
+        Some("flush") => DURABILITY_FLUSH,
+        _ => DURABILITY_FSYNC,
     }
 }
 

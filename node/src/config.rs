@@ -476,7 +476,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             [retention]
             retention_check_ms = 60000
             [storage]
-            durability = "flush"
+            # Syncs every acknowledged batch to disk: measured on rf3-1kb-max against flush, 0-9%
+            # fewer records/s (benches/results/durability-2026-12-04.md), under issue 19's 25%.
+            durability = "fsync"
             [groups]
             offsets_partitions = 16
             heartbeat_interval_ms = 500
@@ -531,6 +533,8 @@ fn preset_table(preset: Preset) -> toml::Table {
             [retention]
             retention_check_ms = 200
             [storage]
+            # Tests that need power-loss durability set fsync themselves (the power campaign,
+            # the restart-everything test); the rest run faster on flush.
             durability = "flush"
             [groups]
             offsets_partitions = 4
@@ -1409,6 +1413,16 @@ mod tests {
         use cairn_storage::Durability;
         assert_eq!(
             base().build().unwrap().storage.durability,
+            Durability::Fsync,
+            "the default preset syncs"
+        );
+        assert_eq!(
+            base()
+                .preset(Preset::Test)
+                .build()
+                .unwrap()
+                .storage
+                .durability,
             Durability::Flush
         );
         let from_flag = base().set("flag", "storage.durability", "fsync").build();
