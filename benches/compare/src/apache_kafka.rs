@@ -5,13 +5,13 @@
 //! (librdkafka, the same settings as for Cairn's Kafka listener), so both brokers are driven
 //! by the same client and measured by the same harness.
 
+use crate::processes::Processes;
 use cairn_benches::harness::Outcome;
 use cairn_benches::kafka_driver::{self, Target};
 use cairn_benches::workload::Workload;
-use rustix::process::{kill_process, Pid, Signal};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SYSTEM: &str = "apache-kafka";
@@ -42,8 +42,9 @@ pub fn default_lib() -> PathBuf {
 
 /// Local Kafka brokers, SIGKILLed if dropped without `stop`.
 pub struct KafkaCluster {
+    // Before the folder: fields drop in order, so the processes end before their files go.
+    processes: Processes,
     _temp: tempfile::TempDir,
-    children: Vec<Child>,
     client_ports: Vec<u16>,
 }
 
@@ -62,7 +63,7 @@ impl KafkaCluster {
             .tempdir()
             .map_err(|error| format!("cannot create a data directory: {error}"))?;
         let nodes = usize::from(nodes);
-        let ports = crate::nats::free_ports(2 * nodes)?;
+        let ports = crate::processes::free_ports(2 * nodes)?;
         let (client_ports, controller_ports) = ports.split_at(nodes);
         let voters: Vec<String> = controller_ports
             .iter()
@@ -73,7 +74,7 @@ impl KafkaCluster {
         let replicas = nodes.min(3);
         let mut cluster = KafkaCluster {
             _temp: temp,
-            children: Vec::new(),
+            processes: Processes::default(),
             client_ports: client_ports.to_vec(),
         };
         for index in 0..nodes {
@@ -136,7 +137,7 @@ impl KafkaCluster {
                 .stderr(Stdio::from(log))
                 .spawn()
                 .map_err(|error| format!("cannot start java: {error}"))?;
-            cluster.children.push(child);
+            cluster.processes.push(child);
         }
         cluster.wait_for_ports()?;
         Ok(cluster)
@@ -146,7 +147,7 @@ impl KafkaCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         for port in self.client_ports.clone() {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Some(status) = self.children.iter_mut().find_map(|c| c.try_wait().ok()?) {
+                if let Some(status) = self.processes.exited() {
                     return Err(format!("a Kafka broker exited before it served: {status}"));
                 }
                 if Instant::now() > deadline {
@@ -169,34 +170,12 @@ impl KafkaCluster {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.processes.pids()
     }
 
-    /// SIGTERM (a controlled shutdown), a bounded wait, then SIGKILL on drop.
-    pub fn stop(mut self) {
-        for child in &self.children {
-            if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                let _ = kill_process(pid, Signal::TERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for child in &mut self.children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for KafkaCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    /// SIGTERM (a controlled shutdown), a bounded wait, then SIGKILL.
+    pub fn stop(self) {
+        self.processes.stop(Duration::from_secs(30));
     }
 }
 

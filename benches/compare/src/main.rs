@@ -8,6 +8,7 @@
 
 mod apache_kafka;
 mod nats;
+mod processes;
 
 use cairn_benches::{cairn_driver, kafka_driver, node_process, suite};
 use clap::Parser;

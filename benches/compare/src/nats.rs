@@ -6,16 +6,15 @@
 //! over the streams; consumers read through pull consumers without acknowledgements (Cairn's
 //! consumers do not commit either).
 
+use crate::processes::Processes;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use cairn_benches::harness::{self, Measured, Outcome, Plan, Shared};
 use cairn_benches::report::latency_histogram;
 use cairn_benches::workload::{AcksSetting, Workload};
 use futures::StreamExt;
-use rustix::process::{kill_process, Pid, Signal};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +32,9 @@ const CONSUMER_ERRORS_MAX: u32 = 100;
 
 /// Local nats-server processes, SIGKILLed if dropped without `stop`.
 pub struct NatsCluster {
+    // Before the folder: fields drop in order, so the processes end before their files go.
+    processes: Processes,
     _temp: tempfile::TempDir,
-    children: Vec<Child>,
     client_ports: Vec<u16>,
 }
 
@@ -44,7 +44,7 @@ impl NatsCluster {
             .prefix("cairn-bench-nats-")
             .tempdir()
             .map_err(|error| format!("cannot create a data directory: {error}"))?;
-        let ports = free_ports(2 * usize::from(nodes))?;
+        let ports = crate::processes::free_ports(2 * usize::from(nodes))?;
         let (client_ports, cluster_ports) = ports.split_at(usize::from(nodes));
         let routes: Vec<String> = cluster_ports
             .iter()
@@ -52,7 +52,7 @@ impl NatsCluster {
             .collect();
         let mut cluster = NatsCluster {
             _temp: temp,
-            children: Vec::new(),
+            processes: Processes::default(),
             client_ports: client_ports.to_vec(),
         };
         for index in 0..usize::from(nodes) {
@@ -86,7 +86,7 @@ impl NatsCluster {
                 .stderr(Stdio::from(log))
                 .spawn()
                 .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
-            cluster.children.push(child);
+            cluster.processes.push(child);
         }
         Ok(cluster)
     }
@@ -99,52 +99,13 @@ impl NatsCluster {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.processes.pids()
     }
 
     /// SIGTERM, a bounded wait, then SIGKILL.
-    pub fn stop(mut self) {
-        for child in &self.children {
-            if let Some(pid) = Pid::from_raw(child.id() as i32) {
-                let _ = kill_process(pid, Signal::TERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for child in &mut self.children {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+    pub fn stop(self) {
+        self.processes.stop(Duration::from_secs(20));
     }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// `count` ports that were free on 127.0.0.1 a moment ago.
-pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, String> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
-        .collect::<Result<_, _>>()
-        .map_err(|error| format!("no free port on 127.0.0.1: {error}"))?;
-    listeners
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map(|address| address.port())
-                .map_err(|error| error.to_string())
-        })
-        .collect()
 }
 
 async fn connect(url: &str) -> Result<async_nats::Client, String> {
