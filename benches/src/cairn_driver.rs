@@ -35,9 +35,16 @@ pub fn durability(node_args: &[String]) -> &'static str {
         .iter()
         .rev()
         .find_map(|arg| arg.split_once("storage.durability=").map(|(_, mode)| mode));
+    let test_preset = node_args
+        .windows(2)
+        .any(|pair| pair[0] == "--preset" && pair[1] == "test")
+        || node_args.iter().any(|arg| arg == "--preset=test");
     match chosen {
         Some("flush") => DURABILITY_FLUSH,
-        _ => DURABILITY_FSYNC,
+        Some(_) => DURABILITY_FSYNC,
+        // The default preset syncs; the test preset flushes.
+        None if test_preset => DURABILITY_FLUSH,
+        None => DURABILITY_FSYNC,
     }
 }
 
@@ -315,7 +322,17 @@ mod tests {
     #[test]
     fn the_report_names_the_durability_the_nodes_were_given() {
         let args = |list: &[&str]| list.iter().map(|arg| arg.to_string()).collect::<Vec<_>>();
-        assert_eq!(durability(&[]), DURABILITY_FLUSH);
+        assert_eq!(
+            durability(&[]),
+            DURABILITY_FSYNC,
+            "the default preset syncs"
+        );
+        assert_eq!(durability(&args(&["--preset=test"])), DURABILITY_FLUSH);
+        assert_eq!(durability(&args(&["--preset", "test"])), DURABILITY_FLUSH);
+        assert_eq!(
+            durability(&args(&["--preset=test", "--set=storage.durability=fsync"])),
+            DURABILITY_FSYNC
+        );
         assert_eq!(
             durability(&args(&["--set=storage.durability=fsync"])),
             DURABILITY_FSYNC
