@@ -157,7 +157,8 @@ async fn run_on(
                         .await
                         .map_err(|error| format!("consumer poll: {error}"))?;
                     for record in &records {
-                        shared.consumed(&record.value, &mut histogram);
+                        shared
+                            .consumed(record.value.as_deref().unwrap_or_default(), &mut histogram);
                     }
                 }
                 Ok::<_, String>(histogram)

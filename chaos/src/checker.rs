@@ -101,6 +101,19 @@ pub struct AnomalyGroup {
     pub examples: Vec<String>,
 }
 
+/// How the checker writes a record's value: the workload's values are UTF-8 text (anything
+/// else is shown lossily); a tombstone (null value), which the workload never sends, gets a
+/// text no workload value has, so it still counts as a value nobody sent.
+pub fn value_text(value: Option<&[u8]>) -> String {
+    match value {
+        Some(value) => String::from_utf8_lossy(value).into_owned(),
+        None => TOMBSTONE_TEXT.to_owned(),
+    }
+}
+
+/// [`value_text`] of a tombstone.
+pub const TOMBSTONE_TEXT: &str = "<tombstone>";
+
 /// One record as a replica stores it, read from its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaEntry {

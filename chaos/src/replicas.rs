@@ -61,7 +61,7 @@ pub fn read_node_logs(node: u32, store_dir: &Path) -> Result<Vec<(u64, ReplicaLo
                     entries.push(ReplicaEntry {
                         offset: record.offset.0,
                         epoch,
-                        value: Some(String::from_utf8_lossy(&record.value).into_owned()),
+                        value: Some(crate::checker::value_text(record.value.as_deref())),
                     });
                 }
             }

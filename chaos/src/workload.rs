@@ -286,7 +286,7 @@ fn reads_of(records: &[cairn_client::ConsumerRecord]) -> Vec<Read> {
         .map(|record| Read {
             partition: record.partition,
             offset: record.offset.0,
-            value: String::from_utf8_lossy(&record.value).into_owned(),
+            value: crate::checker::value_text(record.value.as_deref()),
         })
         .collect()
 }

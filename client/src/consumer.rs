@@ -137,8 +137,9 @@ pub struct ConsumerRecord {
     pub timestamp_ms: i64,
     /// The key, if the producer gave one.
     pub key: Option<Bytes>,
-    /// The value.
-    pub value: Bytes,
+    /// The value; `None` for a tombstone (a null value: on a compacted topic, the key's
+    /// deletion).
+    pub value: Option<Bytes>,
     /// Headers, in the order the producer set them.
     pub headers: Vec<Header>,
 }
@@ -1211,7 +1212,7 @@ mod record_buffer_tests {
             offset: Offset(offset),
             timestamp_ms: 0,
             key: None,
-            value: Bytes::from_static(b"v"),
+            value: Some(Bytes::from_static(b"v")),
             headers: Vec::new(),
         }
     }

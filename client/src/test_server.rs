@@ -187,7 +187,11 @@ impl TestServer {
     }
 
     /// Every stored record of a partition: (offset, key, value, timestamp).
-    pub fn records(&self, topic: &str, partition: u32) -> Vec<(u64, Option<Bytes>, Bytes, i64)> {
+    pub fn records(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Vec<(u64, Option<Bytes>, Option<Bytes>, i64)> {
         let state = self.state.lock().unwrap();
         state.topics[topic][partition as usize]
             .batches
@@ -363,7 +367,8 @@ async fn handle(
             let batch = RecordBatch::validate(request.batch).map_err(ApiError::from)?;
             for record in batch.records() {
                 let record = record.unwrap();
-                let size = record.value.len() + record.key.map_or(0, |key| key.len());
+                let size = record.value.as_ref().map_or(0, |value| value.len())
+                    + record.key.map_or(0, |key| key.len());
                 if size > limits.record_bytes_max as usize {
                     return Err(ApiError::RecordTooLarge {
                         size: size as u64,

@@ -463,6 +463,9 @@ mod tests {
         let record = MetaRecord::DeleteTopic { name: "x".into() };
         let batch = record.to_batch(1);
         let view = batch.records().next().unwrap().unwrap();
-        assert_eq!(MetaRecord::decode(&view.value).unwrap(), record);
+        assert_eq!(
+            MetaRecord::decode(view.value.as_deref().unwrap_or_default()).unwrap(),
+            record
+        );
     }
 }

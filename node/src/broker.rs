@@ -502,7 +502,9 @@ impl<S: LogStore> Broker<S> {
                         .catalog
                         .write()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    catalog.state.apply(record.offset, &record.value)
+                    catalog
+                        .state
+                        .apply(record.offset, record.value.as_deref().unwrap_or_default())
                 };
                 match applied {
                     Some(Applied::Created(topic)) => self.host_partitions(&topic, 0),

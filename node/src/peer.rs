@@ -577,7 +577,8 @@ pub fn from_wire(message: PeerWireMessage) -> Result<PeerMessage, String> {
             batches: batches
                 .into_iter()
                 .map(|bytes| {
-                    RecordBatch::validate(bytes).map_err(|error| format!("bad batch: {error}"))
+                    RecordBatch::validate_from_log(bytes)
+                        .map_err(|error| format!("bad batch: {error}"))
                 })
                 .collect::<Result<_, _>>()?,
             commit: bounded(commit)?,

@@ -63,10 +63,10 @@ fn create_produce_fetch_and_offsets() {
     assert_eq!(
         values,
         vec![
-            (Offset(base), "a".into()),
-            (Offset(base + 1), "b".into()),
-            (Offset(base + 2), "c".into()),
-            (Offset(base + 3), "d".into()),
+            (Offset(base), Some("a".into())),
+            (Offset(base + 1), Some("b".into())),
+            (Offset(base + 2), Some("c".into())),
+            (Offset(base + 3), Some("d".into())),
         ]
     );
     // From the middle: whole batches, the consumer skips below its offset.
@@ -172,7 +172,7 @@ fn delete_topic_then_recreate_starts_empty() {
         .into_iter()
         .map(|record| record.value)
         .collect();
-    assert_eq!(values, vec![bytes::Bytes::from("new")]);
+    assert_eq!(values, vec![Some(bytes::Bytes::from("new"))]);
 }
 
 #[test]

@@ -93,7 +93,10 @@ async fn ten_thousand_keyed_records_round_trip_by_key_and_in_order() {
         let mut seen = HashSet::new();
         let mut last_per_key: HashMap<Vec<u8>, (u32, Offset, u32)> = HashMap::new();
         for record in &records {
-            let value: u32 = std::str::from_utf8(&record.value).unwrap().parse().unwrap();
+            let value: u32 = std::str::from_utf8(record.value.as_deref().unwrap_or_default())
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(seen.insert(value), "value {value} read twice");
             assert_eq!(
                 acknowledged[&value],
@@ -178,7 +181,7 @@ async fn seek_to_earliest_latest_offset_and_timestamp() {
         let first = consumer.seek("seek", 0, SeekTo::Earliest).await.unwrap();
         assert!(first <= by_index[0]);
         let records = consume(&mut consumer, 1).await;
-        assert_eq!(records[0].value.as_ref(), b"v0");
+        assert_eq!(records[0].value.as_deref(), Some(&b"v0"[..]));
 
         consumer
             .seek("seek", 0, SeekTo::Offset(by_index[42]))
@@ -186,7 +189,7 @@ async fn seek_to_earliest_latest_offset_and_timestamp() {
             .unwrap();
         let records = consume(&mut consumer, 1).await;
         assert_eq!(records[0].offset, by_index[42]);
-        assert_eq!(records[0].value.as_ref(), b"v42");
+        assert_eq!(records[0].value.as_deref(), Some(&b"v42"[..]));
         assert_eq!(records[0].timestamp_ms, base_ms + 420);
 
         let found = consumer
@@ -197,7 +200,10 @@ async fn seek_to_earliest_latest_offset_and_timestamp() {
             found, by_index[61],
             "first record at or after the timestamp"
         );
-        assert_eq!(consume(&mut consumer, 1).await[0].value.as_ref(), b"v61");
+        assert_eq!(
+            consume(&mut consumer, 1).await[0].value.as_deref(),
+            Some(&b"v61"[..])
+        );
 
         let latest = consumer.seek("seek", 0, SeekTo::Latest).await.unwrap();
         assert_eq!(latest, by_index[99].plus(1));
@@ -211,7 +217,7 @@ async fn seek_to_earliest_latest_offset_and_timestamp() {
             .await
             .unwrap();
         let records = consume(&mut consumer, 1).await;
-        assert_eq!(records[0].value.as_ref(), b"after");
+        assert_eq!(records[0].value.as_deref(), Some(&b"after"[..]));
         assert_eq!(
             consumer.position("seek", 0),
             Some(records[0].offset.plus(1))
@@ -275,7 +281,8 @@ async fn acknowledged_records_survive_sigkill_exactly_once() {
         let mut values = HashSet::new();
         let mut positions = HashMap::new();
         for record in &records {
-            let value = String::from_utf8(record.value.to_vec()).unwrap();
+            let value =
+                String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec()).unwrap();
             assert!(values.insert(value.clone()), "{value} read twice");
             positions.insert((record.partition, record.offset), value);
         }
@@ -356,7 +363,8 @@ async fn a_producer_rides_out_a_node_restart_and_loses_nothing_acknowledged() {
                 last_progress = Instant::now();
             }
             for record in batch {
-                let value = String::from_utf8(record.value.to_vec()).unwrap();
+                let value = String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec())
+                    .unwrap();
                 by_position.insert((record.partition, record.offset), value.clone());
                 reads.push((record.partition, value));
             }
@@ -365,7 +373,7 @@ async fn a_producer_rides_out_a_node_restart_and_loses_nothing_acknowledged() {
         for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
             reads.push((
                 record.partition,
-                String::from_utf8(record.value.to_vec()).unwrap(),
+                String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec()).unwrap(),
             ));
         }
         assert_eq!(
@@ -437,7 +445,7 @@ async fn the_nodes_refusals_surface_per_record_and_out_of_range_positions_reset(
             .unwrap();
         let records = consume(&mut consumer, 1).await;
         assert_eq!(records.len(), 1, "reset to earliest after OffsetOutOfRange");
-        assert_eq!(records[0].value.as_ref(), b"fine");
+        assert_eq!(records[0].value.as_deref(), Some(&b"fine"[..]));
         assert_eq!(Some(records[0].offset), fine.offset);
     })
     .await;
@@ -536,7 +544,10 @@ async fn acks_leader_and_none_also_deliver() {
         let mut consumer = earliest_consumer(&node);
         consumer.assign_topic("acks").await.unwrap();
         let records = consume(&mut consumer, 2).await;
-        let values: Vec<&[u8]> = records.iter().map(|record| record.value.as_ref()).collect();
+        let values: Vec<&[u8]> = records
+            .iter()
+            .map(|record| record.value.as_deref().unwrap_or_default())
+            .collect();
         assert_eq!(values, vec![&b"Leader"[..], &b"None"[..]]);
     })
     .await;

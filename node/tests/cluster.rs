@@ -386,7 +386,10 @@ fn a_cluster_forms_places_replicas_evenly_and_refuses_too_high_a_factor() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while seen.len() < 3 && Instant::now() < deadline {
             for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
-                seen.push((record.partition, record.value.to_vec()));
+                seen.push((
+                    record.partition,
+                    record.value.as_deref().unwrap_or_default().to_vec(),
+                ));
             }
         }
         seen.sort();
@@ -889,11 +892,17 @@ async fn read_partition(
             records.last().map(|(offset, _)| *offset)
         );
         for record in consumer.poll(Duration::from_millis(300)).await.unwrap() {
-            records.push((record.offset, record.value.to_vec()));
+            records.push((
+                record.offset,
+                record.value.as_deref().unwrap_or_default().to_vec(),
+            ));
         }
     }
     for record in consumer.poll(Duration::from_millis(300)).await.unwrap() {
-        records.push((record.offset, record.value.to_vec()));
+        records.push((
+            record.offset,
+            record.value.as_deref().unwrap_or_default().to_vec(),
+        ));
     }
     records
 }
@@ -989,7 +998,10 @@ fn a_node_started_later_joins_with_seeds_learns_metadata_and_gets_replicas() {
         let deadline = Instant::now() + Duration::from_secs(20);
         while seen.len() < 4 && Instant::now() < deadline {
             for record in consumer.poll(Duration::from_millis(500)).await.unwrap() {
-                seen.push(String::from_utf8_lossy(&record.value).into_owned());
+                seen.push(
+                    String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                        .into_owned(),
+                );
             }
         }
         seen.sort();

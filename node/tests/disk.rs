@@ -169,7 +169,11 @@ fn a_replica_with_damaged_files_is_repaired_from_its_peers_and_no_offset_is_reus
             .iter()
             .find(|record| record.offset == *offset)
             .unwrap_or_else(|| panic!("acknowledged {value} at {offset} is gone"));
-        assert_eq!(record.value, value.as_bytes(), "at {offset}");
+        assert_eq!(
+            record.value.as_deref(),
+            Some(value.as_bytes()),
+            "at {offset}"
+        );
     }
     // The damaged replica catches up with the leader and is healthy again.
     let new_end = more.last().unwrap().1.plus(1);
@@ -228,8 +232,8 @@ fn a_replica_with_damaged_files_is_repaired_from_its_peers_and_no_offset_is_reus
     assert!(served, "no new leader served r:\n{}", cluster.logs());
     for (value, offset) in acked.iter().chain(&more) {
         assert!(
-            read.iter()
-                .any(|record| record.offset == *offset && record.value == value.as_bytes()),
+            read.iter().any(|record| record.offset == *offset
+                && record.value.as_deref() == Some(value.as_bytes())),
             "{value} at {offset} lost after the failover"
         );
     }
@@ -293,8 +297,8 @@ fn full_disk_child() {
     let read = wire.read_all("t", 0, Offset::ZERO);
     for (value, offset) in &acked {
         assert!(
-            read.iter()
-                .any(|record| record.offset == *offset && record.value == value.as_bytes()),
+            read.iter().any(|record| record.offset == *offset
+                && record.value.as_deref() == Some(value.as_bytes())),
             "{value} at {offset} unreadable while the disk is full"
         );
     }
@@ -314,8 +318,8 @@ fn full_disk_child() {
     let read = wire.read_all("t", 0, Offset::ZERO);
     for (value, offset) in &acked {
         assert!(
-            read.iter()
-                .any(|record| record.offset == *offset && record.value == value.as_bytes()),
+            read.iter().any(|record| record.offset == *offset
+                && record.value.as_deref() == Some(value.as_bytes())),
             "{value} at {offset} lost"
         );
     }

@@ -126,7 +126,7 @@ fn bystander_round_trip(node: &TestNode, value: &str) {
     assert!(
         records
             .iter()
-            .any(|record| record.value == value.as_bytes()),
+            .any(|record| record.value.as_deref() == Some(value.as_bytes())),
         "{value} was not read back"
     );
 }
@@ -313,7 +313,12 @@ fn forged_batches_get_typed_errors_and_nothing_is_stored() {
     let read: Vec<(Offset, Vec<u8>)> = wire
         .read_all(TOPIC, 0, Offset(0))
         .into_iter()
-        .map(|record| (record.offset, record.value.to_vec()))
+        .map(|record| {
+            (
+                record.offset,
+                record.value.as_deref().unwrap_or_default().to_vec(),
+            )
+        })
         .collect();
 
     bystander_round_trip(&node, "after");

@@ -93,7 +93,7 @@ fn produce_acked(cluster: &TestCluster, values: &[&[u8]]) {
 fn values_read(wire: &mut Wire) -> Vec<Vec<u8>> {
     wire.read_all(TOPIC, 0, Offset(0))
         .into_iter()
-        .map(|record| record.value.to_vec())
+        .map(|record| record.value.as_deref().unwrap_or_default().to_vec())
         .collect()
 }
 

@@ -21,7 +21,7 @@ fn round_trip(node: &TestNode, value: &str) {
     assert!(
         records
             .iter()
-            .any(|record| record.value == value.as_bytes()),
+            .any(|record| record.value.as_deref() == Some(value.as_bytes())),
         "{value} was not read back"
     );
 }

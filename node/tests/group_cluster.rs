@@ -214,7 +214,7 @@ impl Member {
             self.received.push((
                 record.partition,
                 record.offset.0,
-                String::from_utf8(record.value.to_vec()).unwrap(),
+                String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec()).unwrap(),
                 now,
             ));
         }

@@ -58,7 +58,9 @@ fn partitions(consumer: &Consumer) -> BTreeSet<u32> {
 fn values(records: &[ConsumerRecord]) -> BTreeSet<String> {
     records
         .iter()
-        .map(|record| String::from_utf8(record.value.to_vec()).unwrap())
+        .map(|record| {
+            String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec()).unwrap()
+        })
         .collect()
 }
 

@@ -53,7 +53,7 @@ fn round_trip(wire: &mut Wire, topic: &str, value: &str) {
     assert!(
         records
             .iter()
-            .any(|record| record.value == value.as_bytes()),
+            .any(|record| record.value.as_deref() == Some(value.as_bytes())),
         "{value} was not read back"
     );
 }

@@ -41,7 +41,7 @@ fn values(wire: &mut Wire) -> Vec<(Offset, String)> {
         .map(|record| {
             (
                 record.offset,
-                String::from_utf8(record.value.to_vec()).unwrap(),
+                String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec()).unwrap(),
             )
         })
         .collect()

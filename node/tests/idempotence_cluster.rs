@@ -146,7 +146,9 @@ fn a_new_leader_recognises_retries_of_batches_its_predecessor_wrote() {
         if let Ok(records) = wire.try_read_all("idem", 0, Offset(0)) {
             let read: Vec<String> = records
                 .into_iter()
-                .map(|record| String::from_utf8(record.value.to_vec()).unwrap())
+                .map(|record| {
+                    String::from_utf8(record.value.as_deref().unwrap_or_default().to_vec()).unwrap()
+                })
                 .collect();
             if read == expected {
                 break;

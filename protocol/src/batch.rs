@@ -102,10 +102,11 @@ pub enum BatchError {
     CountMismatch { declared: u32, actual: u64 },
     #[error("batch holds no records")]
     Empty,
-    /// A well-formed record whose value is null (a tombstone): Cairn stores none until it
-    /// compacts, so it refuses it as a record it does not accept, not as a damaged one.
-    #[error("record {index} has a null value (a tombstone), which Cairn does not store")]
-    NullValue { index: u32 },
+    /// A well-formed record without a key, produced to a compacted topic (where the key is
+    /// what compaction keeps the newest record of): refused as a record the topic does not
+    /// accept, not as a damaged one.
+    #[error("record {index} has no key, which a compacted topic requires")]
+    MissingKey { index: u32 },
     #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
     OffsetOutOfRange { end: u128 },
     #[error(
@@ -140,7 +141,9 @@ pub enum BatchError {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None` is a tombstone: on a compacted topic it deletes the key (Kafka encodes it as
+    /// value length -1).
+    pub value: Option<Bytes>,
     pub headers: Vec<Header>,
     /// Milliseconds since the Unix epoch; the producer fills in "now" when absent.
     pub timestamp_ms: Option<i64>,
@@ -155,7 +158,15 @@ pub struct Header {
 impl Record {
     pub fn new(value: impl Into<Bytes>) -> Self {
         Record {
-            value: value.into(),
+            value: Some(value.into()),
+            ..Record::default()
+        }
+    }
+
+    /// A record with a null value: on a compacted topic it deletes `key`.
+    pub fn tombstone(key: impl Into<Bytes>) -> Self {
+        Record {
+            key: Some(key.into()),
             ..Record::default()
         }
     }
@@ -200,8 +211,10 @@ fn record_body_bytes(record: &Record, timestamp_delta: i64, offset_delta: u32) -
     1 + varint::len_i64(timestamp_delta)
         + varint::len_i64(i64::from(offset_delta))
         + key_bytes
-        + varint::len_i64(record.value.len() as i64)
-        + record.value.len()
+        + match &record.value {
+            Some(value) => varint::len_i64(value.len() as i64) + value.len(),
+            None => varint::len_i64(-1),
+        }
         + varint::len_i64(record.headers.len() as i64)
         + header_bytes
 }
@@ -303,8 +316,13 @@ impl RecordBatchBuilder {
             }
             None => varint::put_i64(buf, -1),
         }
-        varint::put_i64(buf, record.value.len() as i64);
-        buf.extend_from_slice(&record.value);
+        match &record.value {
+            Some(value) => {
+                varint::put_i64(buf, value.len() as i64);
+                buf.extend_from_slice(value);
+            }
+            None => varint::put_i64(buf, -1),
+        }
         varint::put_i64(buf, record.headers.len() as i64);
         for header in &record.headers {
             varint::put_i64(buf, header.key.len() as i64);
@@ -483,6 +501,14 @@ fn check_attributes(attributes: u16) -> Result<(), BatchError> {
     Ok(())
 }
 
+/// Whether a batch must hold a record at every offset it spans (as produced) or may have gaps
+/// (as compaction leaves it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Density {
+    Dense,
+    Gaps,
+}
+
 /// An encoded batch: its bytes and its parsed header. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordBatch {
@@ -506,6 +532,39 @@ impl RecordBatch {
         bytes: Bytes,
         decompressed_bytes_max: usize,
     ) -> Result<RecordBatch, BatchError> {
+        RecordBatch::validate_checked(bytes, decompressed_bytes_max, Density::Dense)
+    }
+
+    /// A batch as a log holds it, which compaction may have thinned: like
+    /// [`RecordBatch::validate`], except that records may leave gaps (each offset above the
+    /// one before, none past the header's last offset) and a batch may hold no record at all
+    /// (compaction keeps an emptied batch's header so offsets and producer state stay). This
+    /// is what followers, consumers and readers of a stored log check; a produced batch must
+    /// pass the dense [`RecordBatch::validate`].
+    pub fn validate_from_log(bytes: Bytes) -> Result<RecordBatch, BatchError> {
+        RecordBatch::validate_from_log_bounded(bytes, DECOMPRESSED_BYTES_CEILING)
+    }
+
+    /// [`RecordBatch::validate_from_log`] under a caller's bound on decompressed records.
+    pub fn validate_from_log_bounded(
+        bytes: Bytes,
+        decompressed_bytes_max: usize,
+    ) -> Result<RecordBatch, BatchError> {
+        RecordBatch::validate_checked(bytes, decompressed_bytes_max, Density::Gaps)
+    }
+
+    /// True when the batch holds a record at every offset from its base to its last offset,
+    /// as every produced batch does and a compacted one may not.
+    pub fn is_dense(&self) -> bool {
+        self.header.record_count != 0
+            && self.header.last_offset_delta == self.header.record_count - 1
+    }
+
+    fn validate_checked(
+        bytes: Bytes,
+        decompressed_bytes_max: usize,
+        density: Density,
+    ) -> Result<RecordBatch, BatchError> {
         let header = BatchHeader::parse(&bytes)?;
         if header.size_bytes() != bytes.len() {
             return Err(BatchError::LengthMismatch {
@@ -516,14 +575,27 @@ impl RecordBatch {
         let batch = RecordBatch { header, bytes };
         batch.verify_checksum()?;
         check_attributes(header.attributes)?;
-        if header.record_count == 0 {
-            return Err(BatchError::Empty);
-        }
-        if header.last_offset_delta != header.record_count - 1 {
-            return Err(BatchError::CountMismatch {
-                declared: header.record_count,
-                actual: u64::from(header.last_offset_delta) + 1,
-            });
+        let span = u64::from(header.last_offset_delta) + 1;
+        match density {
+            Density::Dense => {
+                if header.record_count == 0 {
+                    return Err(BatchError::Empty);
+                }
+                if header.last_offset_delta != header.record_count - 1 {
+                    return Err(BatchError::CountMismatch {
+                        declared: header.record_count,
+                        actual: span,
+                    });
+                }
+            }
+            Density::Gaps => {
+                if u64::from(header.record_count) > span {
+                    return Err(BatchError::CountMismatch {
+                        declared: header.record_count,
+                        actual: span,
+                    });
+                }
+            }
         }
         // An uncompressed batch's count is held to its stored bytes here, before any record
         // is walked; a compressed one's to its decompressed records below.
@@ -539,9 +611,19 @@ impl RecordBatch {
         }
         // Offsets past `Offset::MAX` (a forged or corrupt base offset) would make the log's
         // arithmetic overflow; such a batch is refused before anything computes with it.
-        let end = u128::from(header.base_offset.0) + u128::from(header.record_count);
+        let end = u128::from(header.base_offset.0) + u128::from(span);
         if end > u128::from(Offset::MAX.0) {
             return Err(BatchError::OffsetOutOfRange { end });
+        }
+        if header.record_count == 0 {
+            // An emptied batch: nothing to decompress, and no byte may hide behind its header.
+            if stored_record_bytes != 0 {
+                return Err(BatchError::CountMismatch {
+                    declared: 0,
+                    actual: stored_record_bytes as u64,
+                });
+            }
+            return Ok(batch);
         }
         let records = batch.record_bytes(decompressed_bytes_max)?;
         if header.record_count as usize > records.len() / RECORD_BYTES_MIN {
@@ -550,20 +632,30 @@ impl RecordBatch {
                 bytes: records.len(),
             });
         }
-        // Consumers and group commits take a record's offset from its delta: record `i` must
-        // be at `base + i`, or a consumer reads offset 1004 for the record at 4 and commits
-        // past records it never read.
+        // Consumers and group commits take a record's offset from its delta: in a dense batch
+        // record `i` must be at `base + i`, or a consumer reads offset 1004 for the record at 4
+        // and commits past records it never read; in a compacted one each delta must rise and
+        // stay within the batch.
         let mut actual = 0u32;
+        let mut previous: Option<u64> = None;
         let mut max_timestamp_ms = i64::MIN;
         for record in RecordIter::new(header, Ok(records)) {
             let record = record?;
             let found = record.offset.0 - header.base_offset.0;
-            if found != u64::from(actual) {
+            let in_place = match density {
+                Density::Dense => found == u64::from(actual),
+                Density::Gaps => {
+                    previous.is_none_or(|previous| found > previous)
+                        && found <= u64::from(header.last_offset_delta)
+                }
+            };
+            if !in_place {
                 return Err(BatchError::OffsetDeltaMismatch {
                     index: actual,
                     found,
                 });
             }
+            previous = Some(found);
             max_timestamp_ms = max_timestamp_ms.max(record.timestamp_ms);
             actual += 1;
         }
@@ -573,7 +665,14 @@ impl RecordBatch {
                 actual: u64::from(actual),
             });
         }
-        if max_timestamp_ms != header.max_timestamp_ms {
+        // Compaction keeps the header's max timestamp (the time index and retention were
+        // computed from it), so a thinned batch's records may all be older than it.
+        let timestamp_agrees = if batch.is_dense() {
+            max_timestamp_ms == header.max_timestamp_ms
+        } else {
+            max_timestamp_ms <= header.max_timestamp_ms
+        };
+        if !timestamp_agrees {
             return Err(BatchError::MaxTimestampMismatch {
                 declared_ms: header.max_timestamp_ms,
                 actual_ms: max_timestamp_ms,
@@ -714,7 +813,8 @@ pub struct RecordView {
     pub offset: Offset,
     pub timestamp_ms: i64,
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None` is a tombstone (Kafka's value length -1).
+    pub value: Option<Bytes>,
     pub headers: Vec<Header>,
 }
 
@@ -813,9 +913,6 @@ impl Iterator for RecordIter {
         let Some(value) = take_optional(&mut body) else {
             return self.bad("value");
         };
-        let Some(value) = value else {
-            return self.refuse(BatchError::NullValue { index: self.index });
-        };
         let Some(header_count) = varint::get_length(&mut body) else {
             return self.bad("header count");
         };
@@ -864,7 +961,7 @@ impl Iterator for RecordIter {
             offset,
             timestamp_ms,
             key: key.map(slice),
-            value: slice(value),
+            value: value.map(slice),
             headers,
         };
         self.index += 1;
@@ -872,8 +969,9 @@ impl Iterator for RecordIter {
     }
 }
 
-/// Splits concatenated batches (a fetch response's payload) and validates each one (a
-/// compressed one's records under [`DECOMPRESSED_BYTES_CEILING`]).
+/// Splits concatenated batches (a fetch response's payload) and validates each one as a log
+/// holds it ([`RecordBatch::validate_from_log`]: a compacted batch may leave gaps), a
+/// compressed one's records under [`DECOMPRESSED_BYTES_CEILING`].
 pub fn split_batches(bytes: &Bytes) -> impl Iterator<Item = Result<RecordBatch, BatchError>> + '_ {
     split_batches_bounded(bytes, DECOMPRESSED_BYTES_CEILING)
 }
@@ -896,7 +994,7 @@ pub fn split_batches_bounded(
                     available: rest.len(),
                 });
             }
-            RecordBatch::validate_bounded(
+            RecordBatch::validate_from_log_bounded(
                 bytes.slice(position..position + header.size_bytes()),
                 decompressed_bytes_max,
             )
@@ -955,7 +1053,7 @@ mod tests {
         assert_eq!(records.len(), 3);
         assert_eq!(records[0].offset, Offset(40));
         assert_eq!(records[0].key.as_deref(), Some(&b"k0"[..]));
-        assert_eq!(records[0].value.as_ref(), b"v0");
+        assert_eq!(records[0].value.as_deref(), Some(&b"v0"[..]));
         assert_eq!(records[0].timestamp_ms, 1_700_000_000_005);
         assert_eq!(records[0].headers[0].key, "trace");
         assert_eq!(records[1].key, None);
@@ -1239,11 +1337,10 @@ mod tests {
         );
     }
 
-    /// A record with a null value (a tombstone) is well formed but not stored: it is refused
-    /// as INVALID_RECORD, which producers do not retry, not as CORRUPT_MESSAGE, which they
-    /// retry until their message timeout (librdkafka's suite hung in 0003_msgmaxsize on it).
+    /// A record with a null value (a tombstone) is well formed and stored: its value decodes
+    /// as `None`, and it encodes back to value length -1, byte for byte as Kafka writes it.
     #[test]
-    fn a_null_value_is_refused_as_invalid_not_as_corrupt() {
+    fn a_null_value_round_trips_as_a_tombstone() {
         let mut body = vec![0u8];
         varint::put_i64(&mut body, 0);
         varint::put_i64(&mut body, 0);
@@ -1256,12 +1353,22 @@ mod tests {
         record.extend_from_slice(&body);
         let mut forged = honest(1);
         forged.records[0] = record;
-        let refused = RecordBatch::validate(forge(&forged, 0)).unwrap_err();
-        assert_eq!(refused, BatchError::NullValue { index: 0 });
-        assert!(matches!(
-            crate::ApiError::from(refused),
-            crate::ApiError::InvalidRecords { .. }
-        ));
+        let batch = RecordBatch::validate(forge(&forged, 0)).unwrap();
+        let records: Vec<RecordView> = batch.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(records[0].value, None);
+
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(&Record::tombstone("k").with_timestamp_ms(0));
+        builder.push(&Record::new("v").with_key("k").with_timestamp_ms(0));
+        let built = RecordBatch::validate(builder.build().into_bytes()).unwrap();
+        let values: Vec<Option<Bytes>> = built.records().map(|r| r.unwrap().value).collect();
+        assert_eq!(values, vec![None, Some(Bytes::from_static(b"v"))]);
+        let one = Record::tombstone("k");
+        let mut sized = RecordBatchBuilder::new(0);
+        sized.push(&one);
+        assert!(record_encoded_bytes(&one) >= sized.size_bytes() - HEADER_BYTES);
     }
 
     /// Found by the `record_batch` fuzz target: a last offset delta of `u32::MAX` overflowed
@@ -1438,11 +1545,11 @@ mod tests {
             assert!(batch.size_bytes() < plain_bytes, "{compression}");
             let batch = RecordBatch::validate(batch.into_bytes()).unwrap();
             assert_eq!(batch.compression(), Ok(compression));
-            let values: Vec<Bytes> = batch.records().map(|r| r.unwrap().value).collect();
+            let values: Vec<Option<Bytes>> = batch.records().map(|r| r.unwrap().value).collect();
             assert_eq!(values.len(), 100);
             assert_eq!(
-                values[99].as_ref(),
-                b"value number 99 of a compressible batch"
+                values[99].as_deref(),
+                Some(&b"value number 99 of a compressible batch"[..])
             );
             // One short record does not shrink: it goes uncompressed.
             let mut tiny = RecordBatchBuilder::new(0);

@@ -246,7 +246,7 @@ impl From<crate::batch::BatchError> for ApiError {
             | BatchError::MaxTimestampMismatch { .. }
             | BatchError::CountExceedsBytes { .. }
             | BatchError::UnknownAttributes { .. }
-            | BatchError::NullValue { .. } => ApiError::InvalidRecords {
+            | BatchError::MissingKey { .. } => ApiError::InvalidRecords {
                 reason: error.to_string(),
             },
             BatchError::Truncated { .. }

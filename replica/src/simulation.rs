@@ -518,7 +518,7 @@ fn value_of(batch: &RecordBatch) -> Vec<u8> {
         .records()
         .next()
         .and_then(|record| record.ok())
-        .map(|record| record.value.to_vec())
+        .map(|record| record.value.as_deref().unwrap_or_default().to_vec())
         .unwrap_or_default()
 }
 

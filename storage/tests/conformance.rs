@@ -183,7 +183,7 @@ fn appends_and_reads_ranges<F: Fixture>() {
     assert_eq!(records[1].offset, Offset(4));
     assert_eq!(
         records[1].value,
-        Bytes::from(format!("value-{}-1", T0_MS + 10))
+        Some(Bytes::from(format!("value-{}-1", T0_MS + 10)))
     );
 }
 

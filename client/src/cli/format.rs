@@ -122,9 +122,15 @@ impl OutputFormat {
                     let length = record.key.as_ref().map_or(-1, |key| key.len() as i64);
                     let _ = write!(out, "{length}");
                 }
-                Token::Value => out.extend_from_slice(&record.value),
+                // A tombstone prints as NULL (kcat's `-Z`), so it differs from an empty value.
+                Token::Value => match &record.value {
+                    Some(value) => out.extend_from_slice(value),
+                    None => out.extend_from_slice(b"NULL"),
+                },
                 Token::ValueLength => {
-                    let _ = write!(out, "{}", record.value.len());
+                    // kcat prints -1 for a null value.
+                    let length = record.value.as_ref().map_or(-1, |value| value.len() as i64);
+                    let _ = write!(out, "{length}");
                 }
                 Token::ReadableTimestamp => {
                     out.extend_from_slice(readable_timestamp(record.timestamp_ms).as_bytes())
@@ -228,7 +234,7 @@ pub fn render_json(record: &ConsumerRecord, out: &mut Vec<u8>) {
         Value::from(readable_timestamp(record.timestamp_ms)),
     );
     put_bytes(&mut object, "key", record.key.as_deref());
-    put_bytes(&mut object, "value", Some(&record.value));
+    put_bytes(&mut object, "value", record.value.as_deref());
     let headers = record
         .headers
         .iter()
@@ -273,7 +279,7 @@ mod tests {
             offset: Offset(41),
             timestamp_ms: 1_700_000_000_123,
             key: key.map(|key| Bytes::from_static(key.as_bytes())),
-            value: Bytes::from_static(b"hello"),
+            value: Some(Bytes::from_static(b"hello")),
             headers: Vec::new(),
         }
     }
@@ -360,7 +366,7 @@ mod tests {
                 value: Some(Bytes::from_static(&[0xff, 0x00])),
             },
         ];
-        keyed.value = Bytes::from_static(&[0xc3, 0x28]);
+        keyed.value = Some(Bytes::from_static(&[0xc3, 0x28]));
         let mut out = Vec::new();
         render_json(&keyed, &mut out);
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -379,6 +385,26 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["key"], serde_json::Value::Null);
         assert_eq!(parsed["value"], "hello");
+    }
+
+    /// A tombstone is told apart from an empty value in every output: NULL and length -1 in
+    /// a format (as kcat prints them), null in JSON.
+    #[test]
+    fn tombstones_render_distinguishably() {
+        let mut tombstone = record(Some("k1"));
+        tombstone.value = None;
+        let mut empty = record(Some("k1"));
+        empty.value = Some(Bytes::new());
+        assert_eq!(render("%k=%s (%S)", &tombstone), "k1=NULL (-1)");
+        assert_eq!(render("%k=%s (%S)", &empty), "k1= (0)");
+        let mut out = Vec::new();
+        render_json(&tombstone, &mut out);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["value"], serde_json::Value::Null);
+        let mut out = Vec::new();
+        render_json(&empty, &mut out);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["value"], "");
     }
 
     #[test]

@@ -107,6 +107,11 @@ pub struct ProduceArgs {
     /// a duration before now (15m). Default: the time each record is sent.
     #[arg(long, value_name = "TIME", value_parser = parse_timestamp, allow_hyphen_values = true)]
     pub timestamp: Option<i64>,
+    /// Send a record with an empty value as a tombstone (a null value, which deletes its key
+    /// on a compacted topic): `-K: -Z` turns the line `user-1:` into a tombstone for
+    /// `user-1` (kcat's `-Z`).
+    #[arg(short = 'Z', long = "null")]
+    pub empty_as_null: bool,
 }
 
 /// The bytes `--delimiter` names (a newtype: clap reads a bare `Vec` as many values).
@@ -158,9 +163,16 @@ pub fn line_to_record(line: &[u8], separator: Option<&[u8]>) -> Record {
     };
     Record {
         key: key.map(Bytes::copy_from_slice),
-        value: Bytes::copy_from_slice(value),
+        value: Some(Bytes::copy_from_slice(value)),
         headers: Vec::new(),
         timestamp_ms: None,
+    }
+}
+
+/// `--null`: an empty value becomes a tombstone.
+pub fn empty_value_as_null(record: &mut Record) {
+    if record.value.as_ref().is_some_and(Bytes::is_empty) {
+        record.value = None;
     }
 }
 
@@ -394,6 +406,9 @@ pub async fn run(config: ClientConfig, args: ProduceArgs, output: super::Output)
         };
         for mut record in records {
             record.timestamp_ms = args.timestamp;
+            if args.empty_as_null {
+                empty_value_as_null(&mut record);
+            }
             for (key, value) in &args.headers {
                 record = record.with_header(key.clone(), Bytes::from(value.clone()));
             }
@@ -466,10 +481,18 @@ mod tests {
     fn lines_become_records() {
         let record = line_to_record(b"user-1\tclicked", Some(b"\t"));
         assert_eq!(record.key.as_deref(), Some(&b"user-1"[..]));
-        assert_eq!(record.value.as_ref(), b"clicked");
+        assert_eq!(record.value.as_deref(), Some(&b"clicked"[..]));
         let record = line_to_record(b"user-1\tclicked", None);
         assert_eq!(record.key, None);
-        assert_eq!(record.value.as_ref(), b"user-1\tclicked");
+        assert_eq!(record.value.as_deref(), Some(&b"user-1\tclicked"[..]));
+        let mut tombstone = line_to_record(b"user-1\t", Some(b"\t"));
+        assert_eq!(tombstone.value.as_deref(), Some(&b""[..]));
+        empty_value_as_null(&mut tombstone);
+        assert_eq!(tombstone.key.as_deref(), Some(&b"user-1"[..]));
+        assert_eq!(tombstone.value, None);
+        let mut kept = line_to_record(b"user-1\tclicked", Some(b"\t"));
+        empty_value_as_null(&mut kept);
+        assert_eq!(kept.value.as_deref(), Some(&b"clicked"[..]));
         assert_eq!(trim_line_end(b"abc\r\n"), b"abc");
         assert_eq!(trim_line_end(b"abc\n"), b"abc");
         assert_eq!(trim_line_end(b"abc"), b"abc");

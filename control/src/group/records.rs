@@ -136,7 +136,9 @@ mod tests {
         let batch = GroupRecord::to_batch(&records, 1);
         let decoded: Vec<GroupRecord> = batch
             .records()
-            .map(|record| GroupRecord::decode(&record.unwrap().value).unwrap())
+            .map(|record| {
+                GroupRecord::decode(record.unwrap().value.as_deref().unwrap_or_default()).unwrap()
+            })
             .collect();
         assert_eq!(decoded, records);
         assert!(GroupRecord::decode(b"\xc1").is_err());

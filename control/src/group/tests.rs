@@ -681,7 +681,9 @@ fn replaying_the_records_rebuilds_identical_state() {
     let batch = GroupRecord::to_batch(&h.records, 0);
     let decoded: Vec<GroupRecord> = batch
         .records()
-        .map(|record| GroupRecord::decode(&record.unwrap().value).unwrap())
+        .map(|record| {
+            GroupRecord::decode(record.unwrap().value.as_deref().unwrap_or_default()).unwrap()
+        })
         .collect();
     let replayed = Coordinator::replay(GroupConfig::default(), decoded, 50_000);
     assert_eq!(replayed.groups(), h.coordinator.groups());

@@ -311,7 +311,7 @@ fn batches() -> Vec<(&'static str, RecordBatch)> {
     );
     plain.push(&Record {
         key: None,
-        value: Bytes::from_static(b"value-1"),
+        value: Some(Bytes::from_static(b"value-1")),
         headers: vec![Header {
             key: "absent".into(),
             value: None,

@@ -246,7 +246,7 @@ mod tests {
             let mut values = self.values.lock().unwrap();
             let base = Offset(values.len() as u64);
             for record in batch.records() {
-                values.push(record.expect("our own batch").value);
+                values.push(record.expect("our own batch").value.unwrap_or_default());
             }
             Ok(base)
         }

@@ -446,7 +446,10 @@ fn apply_batch(registry: &mut Registry, from: Offset, batch: &RecordBatch) {
         if record.offset < from {
             continue;
         }
-        if let Err(reason) = registry.apply(record.key.as_deref(), &record.value) {
+        if let Err(reason) = registry.apply(
+            record.key.as_deref(),
+            record.value.as_deref().unwrap_or_default(),
+        ) {
             tracing::info!(offset = %record.offset, %reason, "_schemas record ignored");
         }
     }

@@ -77,7 +77,7 @@ pub fn validate(limits: &Limits, bytes: Bytes) -> Result<RecordBatch, ApiError> 
         for record in batch.records_bounded(decompressed_bytes_max) {
             let record = record.map_err(ApiError::from)?;
             let size = record.key.as_ref().map_or(0, Bytes::len)
-                + record.value.len()
+                + record.value.as_ref().map_or(0, Bytes::len)
                 + record
                     .headers
                     .iter()

@@ -220,7 +220,10 @@ pub fn values_of(batches: &[RecordBatch]) -> Vec<(Offset, Vec<u8>)> {
         }
         for record in batch.records() {
             let record = record.expect("a stored record decodes");
-            values.push((record.offset, record.value.to_vec()));
+            values.push((
+                record.offset,
+                record.value.as_deref().unwrap_or_default().to_vec(),
+            ));
         }
     }
     values
