@@ -52,6 +52,7 @@ pub async fn create(admin: &Admin, replication_factor: u16) -> Result<(), String
             TopicConfig {
                 retention_ms: Some(RETAINED_RETENTION_MS),
                 retention_bytes: None,
+                ..TopicConfig::default()
             },
         )
         .await

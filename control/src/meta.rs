@@ -343,6 +343,7 @@ mod tests {
             config: TopicConfig {
                 retention_ms: Some(5),
                 retention_bytes: None,
+                ..TopicConfig::default()
             },
         };
         assert!(matches!(

@@ -530,8 +530,10 @@ impl<S: LogStore> Broker<S> {
 
     /// What retention `topic`'s partitions run: its own config, else the node's defaults;
     /// none for internal topics (`__offsets` holds state that must replay from the start).
+    /// A topic whose cleanup policy is `compact` alone keeps every key's newest record
+    /// however old: retention does not apply to it (Kafka's rule).
     fn retention_of(&self, topic: &TopicState) -> RetentionPolicy {
-        if is_internal(&topic.name) {
+        if is_internal(&topic.name) || !topic.config.deletes() {
             return RetentionPolicy::default();
         }
         RetentionPolicy {
@@ -1825,45 +1827,14 @@ impl<S: LogStore> PeerInbox for Broker<S> {
 
 /// Topics the node creates for itself (`__offsets`); clients cannot create `__` names.
 /// Topic config keys `topic alter` accepts, in Kafka's spelling (Cairn's own is accepted too).
-pub const TOPIC_CONFIG_KEYS: &[&str] = &["retention.ms", "retention.bytes"];
+pub use cairn_protocol::messages::TOPIC_CONFIG_KEYS;
 
-/// `config` with `changes` applied: a value sets a key, none returns it to the node's default.
-/// Unknown keys and values that are not positive integers are refused, naming the key.
+/// `config` with `changes` applied: see [`TopicConfig::with_changes`].
 pub fn apply_config_changes(
     config: &TopicConfig,
     changes: &[ConfigChange],
 ) -> Result<TopicConfig, ApiError> {
-    let mut config = config.clone();
-    for change in changes {
-        let slot = match change.key.as_str() {
-            "retention.ms" | "retention_ms" => &mut config.retention_ms,
-            "retention.bytes" | "retention_bytes" => &mut config.retention_bytes,
-            other => {
-                return Err(ApiError::InvalidTopicConfig {
-                    reason: format!(
-                        "unknown config '{other}' (known: {})",
-                        TOPIC_CONFIG_KEYS.join(", ")
-                    ),
-                })
-            }
-        };
-        *slot = match &change.value {
-            None => None,
-            Some(value) => match value.parse::<u64>() {
-                Ok(number) if number > 0 => Some(number),
-                _ => {
-                    return Err(ApiError::InvalidTopicConfig {
-                        reason: format!(
-                            "{} must be a whole number above 0, not '{value}' (remove the \
-                             setting to keep records forever)",
-                            change.key
-                        ),
-                    })
-                }
-            },
-        };
-    }
-    Ok(config)
+    config.with_changes(changes)
 }
 
 /// Topics the node keeps its own state in: the `__` ones (clients cannot create those names)

@@ -110,7 +110,8 @@ fn partitions_are_added_and_configs_changed_on_a_live_replicated_topic() {
         "{refused:?}"
     );
     for bad in [
-        change("cleanup.policy", Some("compact")),
+        change("cleanup.policy", Some("compacted")),
+        change("min.compaction.lag.ms", Some("-5")),
         change("retention.ms", Some("soon")),
         change("retention.ms", Some("0")),
     ] {

@@ -250,6 +250,7 @@ fn create_topic_refusals_are_typed_and_create_nothing() {
         config: TopicConfig {
             retention_ms: Some(0),
             retention_bytes: None,
+            ..TopicConfig::default()
         },
     }));
     assert!(

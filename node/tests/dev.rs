@@ -1040,8 +1040,12 @@ fn topic_alter_adds_partitions_and_changes_configs() {
         "altered topic 't': 3 partitions\n"
     );
     let configs = ok(&["topic", "describe", "t", "--configs"]);
-    assert!(configs.contains("retention.ms     60000"), "{configs}");
-    assert!(configs.contains("retention.bytes  -"), "{configs}");
+    assert!(configs.contains("retention.ms          60000"), "{configs}");
+    assert!(configs.contains("retention.bytes       -"), "{configs}");
+    assert!(
+        configs.contains("cleanup.policy        delete               default"),
+        "{configs}"
+    );
     // The new partition takes records.
     let (status, _, stderr) = dev.cli(&["produce", "t", "-p", "2"], "new\n");
     assert!(status.success(), "{stderr}");
@@ -1052,8 +1056,56 @@ fn topic_alter_adds_partitions_and_changes_configs() {
 
     refused(&["topic", "alter", "t", "-p", "2"], "never removed");
     refused(
-        &["topic", "alter", "t", "--config", "cleanup.policy=compact"],
-        "unknown config 'cleanup.policy'",
+        &[
+            "topic",
+            "alter",
+            "t",
+            "--config",
+            "cleanup.policy=compacted",
+        ],
+        "cleanup.policy must be delete, compact or compact,delete",
+    );
+    refused(
+        &[
+            "topic",
+            "alter",
+            "t",
+            "--config",
+            "min.compaction.lag.ms=-1",
+        ],
+        "min.compaction.lag.ms must be a whole number of 0 or more",
+    );
+    refused(
+        &[
+            "topic",
+            "create",
+            "c",
+            "-p",
+            "1",
+            "--config",
+            "cleanup.policy=tidy",
+        ],
+        "cleanup.policy must be delete, compact or compact,delete",
+    );
+    ok(&[
+        "topic",
+        "create",
+        "c",
+        "-p",
+        "1",
+        "--config",
+        "cleanup.policy=compact",
+        "--config",
+        "min.compaction.lag.ms=0",
+    ]);
+    let compacted = ok(&["topic", "describe", "c", "--configs"]);
+    assert!(
+        compacted.contains("cleanup.policy        compact              topic"),
+        "{compacted}"
+    );
+    assert!(
+        compacted.contains("min.compaction.lag.ms 0                    topic"),
+        "{compacted}"
     );
     refused(
         &["topic", "alter", "t", "--config", "retention.ms=soon"],
@@ -1065,5 +1117,5 @@ fn topic_alter_adds_partitions_and_changes_configs() {
 
     ok(&["topic", "alter", "t", "--delete-config", "retention.ms"]);
     let configs = ok(&["topic", "describe", "t", "--configs"]);
-    assert!(configs.contains("retention.ms     -"), "{configs}");
+    assert!(configs.contains("retention.ms          -"), "{configs}");
 }

@@ -146,6 +146,7 @@ fn a_retry_after_retention_removed_the_batch_and_a_restart_is_still_a_duplicate(
             config: cairn_protocol::messages::TopicConfig {
                 retention_ms: None,
                 retention_bytes: Some(4096),
+                ..cairn_protocol::messages::TopicConfig::default()
             },
         },
     ));

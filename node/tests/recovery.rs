@@ -231,6 +231,7 @@ fn retention_trims_whole_batches_below_the_high_watermark() {
             config: cairn_protocol::messages::TopicConfig {
                 retention_ms: None,
                 retention_bytes: Some(4096),
+                ..cairn_protocol::messages::TopicConfig::default()
             },
         },
     ));

@@ -96,6 +96,7 @@ async fn create_short_lived_topic(bootstrap: &str, topic: &str) {
             TopicConfig {
                 retention_ms: Some(RETENTION_MS),
                 retention_bytes: None,
+                ..TopicConfig::default()
             },
         )
         .await

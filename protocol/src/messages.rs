@@ -187,12 +187,212 @@ pub struct PartitionMetadata {
 }
 
 /// Per-topic settings, all optional: absent means the node's default.
+///
+/// Fields added after the first release carry `#[serde(default)]`: `__meta` records written
+/// before them decode with the field absent (see the test `an_old_topic_config_decodes`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicConfig {
     /// Batches whose newest record is older than this are removed from the log start.
     pub retention_ms: Option<u64>,
     /// Oldest batches are removed while a partition holds more than this.
     pub retention_bytes: Option<u64>,
+    /// Kafka's `cleanup.policy`: delete old batches (retention), keep the newest record per
+    /// key (compaction), or both. Absent: `delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_policy: Option<CleanupPolicy>,
+    /// Kafka's `min.compaction.lag.ms`: a record younger than this (by its batch's newest
+    /// timestamp, on the deciding leader's clock) is not compacted yet. Absent: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_compaction_lag_ms: Option<u64>,
+    /// Kafka's `delete.retention.ms`: how long compaction keeps a tombstone (null value) so
+    /// that a consumer reading from behind still sees the key's deletion. Absent: one day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_retention_ms: Option<u64>,
+    /// Kafka's `segment.bytes`, the granularity of compaction: a leader decides a new
+    /// compaction once at least this many bytes of the log below its high watermark have not
+    /// been compacted yet (Kafka never cleans the active segment). Absent: 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
+}
+
+/// `delete.retention.ms` when a topic sets none: Kafka's default, one day.
+pub const DELETE_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+/// `segment.bytes` when a topic sets none: Kafka's default, 1 GiB.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 1 << 30;
+
+/// Topic config keys `topic alter` accepts, in Kafka's spelling (Cairn's own is accepted too).
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "cleanup.policy",
+    "min.compaction.lag.ms",
+    "delete.retention.ms",
+    "segment.bytes",
+];
+
+impl TopicConfig {
+    /// `config` with `changes` applied: a value sets a key, none returns it to the node's default.
+    /// Unknown keys, unknown cleanup policies, and values that are not whole numbers (above 0
+    /// for retention and segment size, 0 or more for the compaction lags) are refused, naming
+    /// the key; nothing is changed then.
+    pub fn with_changes(&self, changes: &[ConfigChange]) -> Result<TopicConfig, ApiError> {
+        let mut config = self.clone();
+        for change in changes {
+            // Zero is a meaningful lag (compact at once, drop tombstones at once), but not a
+            // retention or a segment size.
+            let (slot, zero_allowed) = match change.key.as_str() {
+                "retention.ms" | "retention_ms" => (&mut config.retention_ms, false),
+                "retention.bytes" | "retention_bytes" => (&mut config.retention_bytes, false),
+                "min.compaction.lag.ms" | "min_compaction_lag_ms" => {
+                    (&mut config.min_compaction_lag_ms, true)
+                }
+                "delete.retention.ms" | "delete_retention_ms" => {
+                    (&mut config.delete_retention_ms, true)
+                }
+                "segment.bytes" | "segment_bytes" => (&mut config.segment_bytes, false),
+                "cleanup.policy" | "cleanup_policy" => {
+                    config.cleanup_policy = match &change.value {
+                        None => None,
+                        Some(value) => Some(CleanupPolicy::parse(value).map_err(|error| {
+                            ApiError::InvalidTopicConfig {
+                                reason: error.to_string(),
+                            }
+                        })?),
+                    };
+                    continue;
+                }
+                other => {
+                    return Err(ApiError::InvalidTopicConfig {
+                        reason: format!(
+                            "unknown config '{other}' (known: {})",
+                            TOPIC_CONFIG_KEYS.join(", ")
+                        ),
+                    })
+                }
+            };
+            *slot = match &change.value {
+                None => None,
+                Some(value) => match value.parse::<u64>() {
+                    Ok(number) if number > 0 || zero_allowed => Some(number),
+                    _ if zero_allowed => {
+                        return Err(ApiError::InvalidTopicConfig {
+                            reason: format!(
+                                "{} must be a whole number of 0 or more, not '{value}'",
+                                change.key
+                            ),
+                        })
+                    }
+                    _ => {
+                        return Err(ApiError::InvalidTopicConfig {
+                            reason: format!(
+                                "{} must be a whole number above 0, not '{value}' (remove the \
+                                 setting to keep records forever)",
+                                change.key
+                            ),
+                        })
+                    }
+                },
+            };
+        }
+        Ok(config)
+    }
+
+    /// The topic's cleanup policy, `delete` when unset.
+    pub fn cleanup_policy(&self) -> CleanupPolicy {
+        self.cleanup_policy.unwrap_or(CleanupPolicy::Delete)
+    }
+
+    /// Whether the topic is compacted (`compact` or `compact,delete`).
+    pub fn is_compacted(&self) -> bool {
+        self.cleanup_policy().compacts()
+    }
+
+    /// Whether retention removes old batches (`delete` or `compact,delete`).
+    pub fn deletes(&self) -> bool {
+        self.cleanup_policy().deletes()
+    }
+
+    pub fn min_compaction_lag_ms(&self) -> u64 {
+        self.min_compaction_lag_ms.unwrap_or(0)
+    }
+
+    pub fn delete_retention_ms(&self) -> u64 {
+        self.delete_retention_ms
+            .unwrap_or(DELETE_RETENTION_MS_DEFAULT)
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes.unwrap_or(SEGMENT_BYTES_DEFAULT)
+    }
+}
+
+/// Kafka's `cleanup.policy` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CleanupPolicy {
+    /// Retention removes old batches from the log start (`delete`, the default).
+    Delete,
+    /// Compaction keeps the newest record per key; nothing is removed by age or size.
+    Compact,
+    /// Both (`compact,delete`).
+    CompactDelete,
+}
+
+/// A `cleanup.policy` value that is not one of Kafka's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cleanup.policy must be delete, compact or compact,delete, not '{value}'")]
+pub struct UnknownCleanupPolicy {
+    pub value: String,
+}
+
+impl CleanupPolicy {
+    /// Parses Kafka's spelling: a comma-separated list of `delete` and `compact` (either
+    /// order, spaces around the comma allowed, each at most once).
+    pub fn parse(value: &str) -> Result<CleanupPolicy, UnknownCleanupPolicy> {
+        let unknown = || UnknownCleanupPolicy {
+            value: value.to_owned(),
+        };
+        let (mut delete, mut compact) = (false, false);
+        for part in value.split(',') {
+            let slot = match part.trim() {
+                "delete" => &mut delete,
+                "compact" => &mut compact,
+                _ => return Err(unknown()),
+            };
+            if *slot {
+                return Err(unknown());
+            }
+            *slot = true;
+        }
+        match (compact, delete) {
+            (false, true) => Ok(CleanupPolicy::Delete),
+            (true, false) => Ok(CleanupPolicy::Compact),
+            (true, true) => Ok(CleanupPolicy::CompactDelete),
+            (false, false) => Err(unknown()),
+        }
+    }
+
+    /// Kafka's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    pub fn compacts(self) -> bool {
+        self != CleanupPolicy::Delete
+    }
+
+    pub fn deletes(self) -> bool {
+        self != CleanupPolicy::Compact
+    }
+}
+
+impl std::fmt::Display for CleanupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,4 +663,67 @@ pub struct InitProducerIdResponse {
     /// The producer starts at this epoch and may raise it itself (restarting its sequences
     /// at 0) after a batch failed for good, as Kafka's idempotent producer does.
     pub producer_epoch: i16,
+}
+
+#[cfg(test)]
+mod topic_config_tests {
+    use super::*;
+
+    /// The config as nodes wrote it into `__meta` before compaction existed.
+    #[derive(Serialize)]
+    struct OldTopicConfig {
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    }
+
+    #[test]
+    fn an_old_topic_config_decodes() {
+        let old = rmp_serde::to_vec_named(&OldTopicConfig {
+            retention_ms: Some(60_000),
+            retention_bytes: None,
+        })
+        .unwrap();
+        let decoded: TopicConfig = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(
+            decoded,
+            TopicConfig {
+                retention_ms: Some(60_000),
+                ..TopicConfig::default()
+            }
+        );
+        assert_eq!(decoded.cleanup_policy(), CleanupPolicy::Delete);
+        assert!(!decoded.is_compacted());
+        let new = TopicConfig {
+            cleanup_policy: Some(CleanupPolicy::CompactDelete),
+            min_compaction_lag_ms: Some(0),
+            delete_retention_ms: Some(5),
+            segment_bytes: Some(1024),
+            ..decoded
+        };
+        let encoded = rmp_serde::to_vec_named(&new).unwrap();
+        assert_eq!(rmp_serde::from_slice::<TopicConfig>(&encoded).unwrap(), new);
+    }
+
+    #[test]
+    fn cleanup_policies_parse_in_kafka_spelling() {
+        assert_eq!(CleanupPolicy::parse("delete"), Ok(CleanupPolicy::Delete));
+        assert_eq!(CleanupPolicy::parse("compact"), Ok(CleanupPolicy::Compact));
+        for both in ["compact,delete", "delete,compact", "compact, delete"] {
+            assert_eq!(CleanupPolicy::parse(both), Ok(CleanupPolicy::CompactDelete));
+        }
+        for bad in ["", "compacted", "compact,compact", "delete,", "COMPACT"] {
+            assert_eq!(
+                CleanupPolicy::parse(bad),
+                Err(UnknownCleanupPolicy { value: bad.into() }),
+                "{bad:?}"
+            );
+        }
+        for policy in [
+            CleanupPolicy::Delete,
+            CleanupPolicy::Compact,
+            CleanupPolicy::CompactDelete,
+        ] {
+            assert_eq!(CleanupPolicy::parse(policy.as_str()), Ok(policy));
+        }
+    }
 }

@@ -92,6 +92,11 @@ pub enum TopicCommand {
         /// Remove the oldest batches while a partition holds more than this many bytes.
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// Set a config, `key=value` (repeatable), Kafka's names: retention.ms,
+        /// retention.bytes, cleanup.policy (delete, compact, compact,delete),
+        /// min.compaction.lag.ms, delete.retention.ms, segment.bytes.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
+        configs: Vec<(String, String)>,
     },
     /// List topics, one name per line.
     List {
@@ -114,7 +119,8 @@ pub enum TopicCommand {
         /// then map to other partitions, as in Kafka).
         #[arg(short, long)]
         partitions: Option<u32>,
-        /// Set a config, `key=value` (repeatable): retention.ms, retention.bytes.
+        /// Set a config, `key=value` (repeatable): retention.ms, retention.bytes,
+        /// cleanup.policy, min.compaction.lag.ms, delete.retention.ms, segment.bytes.
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
         /// Return a config to the node's default (repeatable).
@@ -138,13 +144,42 @@ pub fn configs_table(config: &TopicConfig) -> String {
         ("retention.ms", config.retention_ms),
         ("retention.bytes", config.retention_bytes),
     ];
-    let mut out = format!("{:<16} {:<20} SOURCE\n", "CONFIG", "VALUE");
+    let mut out = format!("{:<21} {:<20} SOURCE\n", "CONFIG", "VALUE");
     for (key, value) in rows {
         let (value, source) = match value {
             Some(value) => (value.to_string(), "topic"),
             None => ("-".to_owned(), "node default (retention.* in its config)"),
         };
-        out.push_str(&format!("{key:<16} {value:<20} {source}\n"));
+        out.push_str(&format!("{key:<21} {value:<20} {source}\n"));
+    }
+    let compaction = [
+        (
+            "cleanup.policy",
+            config.cleanup_policy.map(|policy| policy.to_string()),
+            config.cleanup_policy().to_string(),
+        ),
+        (
+            "min.compaction.lag.ms",
+            config.min_compaction_lag_ms.map(|ms| ms.to_string()),
+            config.min_compaction_lag_ms().to_string(),
+        ),
+        (
+            "delete.retention.ms",
+            config.delete_retention_ms.map(|ms| ms.to_string()),
+            config.delete_retention_ms().to_string(),
+        ),
+        (
+            "segment.bytes",
+            config.segment_bytes.map(|bytes| bytes.to_string()),
+            config.segment_bytes().to_string(),
+        ),
+    ];
+    for (key, own, default) in compaction {
+        let (value, source) = match own {
+            Some(value) => (value, "topic"),
+            None => (default, "default"),
+        };
+        out.push_str(&format!("{key:<21} {value:<20} {source}\n"));
     }
     out
 }
@@ -219,17 +254,24 @@ async fn run_topic(
             replication_factor,
             retention_ms,
             retention_bytes,
+            configs,
         } => {
+            // The same rules as the server's, checked before anything is sent.
+            let changes: Vec<ConfigChange> = configs
+                .into_iter()
+                .map(|(key, value)| ConfigChange {
+                    key,
+                    value: Some(value),
+                })
+                .collect();
+            let config = TopicConfig {
+                retention_ms,
+                retention_bytes,
+                ..TopicConfig::default()
+            }
+            .with_changes(&changes)?;
             let topic = admin
-                .create_topic(
-                    &name,
-                    partitions,
-                    replication_factor,
-                    TopicConfig {
-                        retention_ms,
-                        retention_bytes,
-                    },
-                )
+                .create_topic(&name, partitions, replication_factor, config)
                 .await?;
             match output {
                 Output::Json => print_json(&topic),
@@ -374,6 +416,7 @@ mod tests {
             config: TopicConfig {
                 retention_ms: Some(60_000),
                 retention_bytes: None,
+                ..TopicConfig::default()
             },
             partitions: vec![PartitionDescription {
                 partition: 0,

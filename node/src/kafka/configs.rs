@@ -1,13 +1,14 @@
 //! Topic and broker configs under Kafka's names, shared by DescribeConfigs, AlterConfigs and
 //! IncrementalAlterConfigs (and CreateTopics' configs).
 //!
-//! A topic keeps two configs of its own in Cairn (`retention.ms`, `retention.bytes`): those
-//! are described with their source (set on the topic, the node's default, or Kafka's
-//! "forever", -1) and can be changed. The others clients commonly ask for describe what Cairn
-//! always does and are read-only: `cleanup.policy` is `delete` (no compaction), timestamps
-//! are the producer's (`CreateTime`), `max.message.bytes` is the node's batch limit. Setting
-//! a read-only config to the value it has is accepted and changes nothing; any other value,
-//! and any other config name, is INVALID_CONFIG.
+//! A topic keeps these configs of its own in Cairn: `retention.ms`, `retention.bytes` (with
+//! the node's default or Kafka's "forever", -1), and compaction's `cleanup.policy`,
+//! `min.compaction.lag.ms`, `delete.retention.ms`, `segment.bytes` (with Kafka's defaults):
+//! those are described with their source and can be changed. The others clients commonly
+//! ask for describe what Cairn always does and are read-only: timestamps are the producer's
+//! (`CreateTime`), `max.message.bytes` is the node's batch limit. Setting a read-only config
+//! to the value it has is accepted and changes nothing; any other value, and any other
+//! config name, is INVALID_CONFIG.
 
 use crate::broker::{apply_config_changes, Broker};
 use crate::meta::TopicState;
@@ -45,12 +46,26 @@ pub struct Entry {
 }
 
 /// The topic configs Cairn keeps, by Kafka name.
-const EDITABLE: &[&str] = &["retention.ms", "retention.bytes"];
+const EDITABLE: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "cleanup.policy",
+    "min.compaction.lag.ms",
+    "delete.retention.ms",
+    "segment.bytes",
+];
+
+/// The compaction configs, which have Kafka's defaults rather than the node's.
+const COMPACTION: &[&str] = &[
+    "cleanup.policy",
+    "min.compaction.lag.ms",
+    "delete.retention.ms",
+    "segment.bytes",
+];
 
 /// Read-only topic configs with the value Cairn always has.
-fn fixed_topic_configs<S: LogStore>(broker: &Broker<S>) -> [(&'static str, String, i8); 3] {
+fn fixed_topic_configs<S: LogStore>(broker: &Broker<S>) -> [(&'static str, String, i8); 2] {
     [
-        ("cleanup.policy", "delete".to_string(), TYPE_STRING),
         (
             "max.message.bytes",
             broker.config.limits.batch_bytes_max.to_string(),
@@ -96,6 +111,44 @@ pub fn topic_entries<S: LogStore>(broker: &Broker<S>, topic: &TopicState) -> Vec
             }
         })
         .collect();
+    let config = &topic.config;
+    let compaction = [
+        (
+            "cleanup.policy",
+            config.cleanup_policy.is_some(),
+            config.cleanup_policy().to_string(),
+            TYPE_STRING,
+        ),
+        (
+            "min.compaction.lag.ms",
+            config.min_compaction_lag_ms.is_some(),
+            config.min_compaction_lag_ms().to_string(),
+            TYPE_LONG,
+        ),
+        (
+            "delete.retention.ms",
+            config.delete_retention_ms.is_some(),
+            config.delete_retention_ms().to_string(),
+            TYPE_LONG,
+        ),
+        (
+            "segment.bytes",
+            config.segment_bytes.is_some(),
+            config.segment_bytes().to_string(),
+            TYPE_INT,
+        ),
+    ];
+    entries.extend(
+        compaction
+            .into_iter()
+            .map(|(name, own, value, config_type)| Entry {
+                name,
+                value,
+                read_only: false,
+                source: if own { SOURCE_TOPIC } else { SOURCE_DEFAULT },
+                config_type,
+            }),
+    );
     entries.extend(
         fixed_topic_configs(broker)
             .into_iter()
@@ -204,6 +257,15 @@ pub fn topic_change<S: LogStore>(
                 reason: format!("{name} is always {fixed} in Cairn; it cannot be {value}"),
             }),
         };
+    }
+    if COMPACTION.contains(&name) {
+        let change = ConfigChange {
+            key: name.to_string(),
+            value: value.map(str::to_string),
+        };
+        // Refused values (an unknown policy, a negative lag) are refused before any change.
+        apply_config_changes(&TopicConfig::default(), std::slice::from_ref(&change))?;
+        return Ok(Some(change));
     }
     let default = match name {
         "retention.ms" => broker.config.retention.retention_ms,

@@ -1,9 +1,9 @@
 //! `CreateTopics` (2-7): each topic through the same `__meta` path as a Cairn create.
 //! Partition count and replication factor -1 take the defaults (the node's
-//! `kafka.default_partitions` and `default_replication_factor`); `retention.ms` and
-//! `retention.bytes` are the configs Cairn keeps, a read-only config set to the value it has
-//! (`cleanup.policy` `delete`, see [`super::configs`]) is accepted, any other config is
-//! refused (INVALID_CONFIG), and so are explicit replica assignments (placement is Cairn's).
+//! `kafka.default_partitions` and `default_replication_factor`); the configs Cairn keeps
+//! (retention and compaction, see [`super::configs`]) are set, a read-only config set to the
+//! value it has is accepted, any other config is refused (INVALID_CONFIG), and so are
+//! explicit replica assignments (placement is Cairn's).
 //! `validate_only` checks without creating. A node that does not lead `__meta` carries the
 //! create to it ([`super::forward`]).
 

@@ -179,7 +179,7 @@ public class AdminScenario {
         check(!retention.isReadOnly(), "retention.ms read-only");
         check(configs.get("retention.bytes").value().equals("-1"), "retention.bytes " + configs.get("retention.bytes"));
         check(configs.get("cleanup.policy").value().equals("delete"), "cleanup.policy " + configs.get("cleanup.policy"));
-        check(configs.get("cleanup.policy").isReadOnly(), "cleanup.policy not read-only");
+        check(!configs.get("cleanup.policy").isReadOnly(), "cleanup.policy read-only");
         check(configs.get("max.message.bytes") != null, "no max.message.bytes");
         System.out.println("ok: describeConfigs topic " + configs.entries().size() + " entries");
 
@@ -200,8 +200,8 @@ public class AdminScenario {
         // A refused alter changes nothing, not even the valid config beside it.
         refused(alter("java-admin", false, set("retention.bytes", "2097152"), set("segment.ms", "1000")),
             InvalidConfigurationException.class, "an unknown config");
-        refused(alter("java-admin", false, set("cleanup.policy", "compact")),
-            InvalidConfigurationException.class, "cleanup.policy compact");
+        refused(alter("java-admin", false, set("cleanup.policy", "compacted")),
+            InvalidConfigurationException.class, "an unknown cleanup.policy");
         refused(alter("java-admin", false, set("retention.ms", "soon")),
             InvalidConfigurationException.class, "a retention that is no number");
         refused(alter("java-admin", false, new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.APPEND)),
@@ -240,8 +240,8 @@ public class AdminScenario {
         refused(admin.createTopics(List.of(new NewTopic("java-admin", 1, (short) 1))).values().get("java-admin"),
             TopicExistsException.class, "creating an existing topic");
         refused(admin.createTopics(List.of(new NewTopic("java-compacted", 1, (short) 1)
-                .configs(Map.of("cleanup.policy", "compact")))).values().get("java-compacted"),
-            InvalidConfigurationException.class, "a compacted topic");
+                .configs(Map.of("cleanup.policy", "tidy")))).values().get("java-compacted"),
+            InvalidConfigurationException.class, "an unknown cleanup.policy");
         refused(admin.createTopics(List.of(new NewTopic("java-bad name!", 1, (short) 1))).values().get("java-bad name!"),
             InvalidTopicException.class, "a topic name with a space");
         refused(admin.createTopics(List.of(new NewTopic("java-no-partitions", 0, (short) 1))).values().get("java-no-partitions"),

@@ -114,7 +114,7 @@ assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
 assert not configs["retention.ms"].is_read_only
 assert configs["retention.bytes"].value == "-1", configs["retention.bytes"]
 assert configs["cleanup.policy"].value == "delete"
-assert configs["cleanup.policy"].is_read_only
+assert not configs["cleanup.policy"].is_read_only
 assert "max.message.bytes" in configs
 print("ok: describe_configs topic", sorted(configs))
 
@@ -147,10 +147,10 @@ resource = ConfigResource("TOPIC", "py-admin", incremental_configs=[
 refused(admin.incremental_alter_configs([resource])[resource], KafkaError.INVALID_CONFIG,
         "an unknown config")
 resource = ConfigResource("TOPIC", "py-admin", incremental_configs=[
-    ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET),
+    ConfigEntry("cleanup.policy", "compacted", incremental_operation=AlterConfigOpType.SET),
 ])
 refused(admin.incremental_alter_configs([resource])[resource], KafkaError.INVALID_CONFIG,
-        "cleanup.policy compact")
+        "an unknown cleanup.policy")
 resource = ConfigResource("TOPIC", "py-admin", incremental_configs=[
     ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET),
 ])
@@ -194,9 +194,9 @@ print("ok: describe_cluster", cluster.controller, cluster.nodes)
 # Bad input: a topic that exists, an invalid config, unknown topics.
 refused(admin.create_topics([NewTopic("py-admin", 1, 1)], operation_timeout=TIMEOUT_S)["py-admin"],
         KafkaError.TOPIC_ALREADY_EXISTS, "creating an existing topic")
-refused(admin.create_topics([NewTopic("py-compacted", 1, 1, config={"cleanup.policy": "compact"})],
+refused(admin.create_topics([NewTopic("py-compacted", 1, 1, config={"cleanup.policy": "tidy"})],
                             operation_timeout=TIMEOUT_S)["py-compacted"],
-        KafkaError.INVALID_CONFIG, "a compacted topic")
+        KafkaError.INVALID_CONFIG, "an unknown cleanup.policy")
 assert partitions_of("py-compacted") is None, "a refused topic was created"
 refused(admin.describe_configs([ConfigResource("TOPIC", "py-missing")])[ConfigResource("TOPIC", "py-missing")],
         KafkaError.UNKNOWN_TOPIC_OR_PART, "configs of an unknown topic")
