@@ -265,6 +265,12 @@ impl RecordBatchBuilder {
         self
     }
 
+    /// Makes the batch a control batch (consumers skip it): for the node's own markers.
+    pub fn control(mut self) -> Self {
+        self.attributes |= ATTRIBUTE_CONTROL;
+        self
+    }
+
     /// A control batch holding one marker record (written by a new leader for its epoch).
     /// Its key is a Kafka control record key (version 0, type 2: Kafka's LEADER_CHANGE),
     /// which Kafka clients read to decide whether to skip the record (librdkafka refuses a
@@ -792,6 +798,66 @@ impl RecordBatch {
                 compression.decompress(&stored, decompressed_bytes_max)?,
             )),
         }
+    }
+
+    /// The batch with only the records `keep` accepts, as compaction rewrites it: base offset,
+    /// last offset, epoch, timestamps and producer stamp stay, so offsets and producer state
+    /// are unchanged and a consumer sees gaps; each kept record keeps its bytes (its deltas
+    /// are relative to the unchanged base offset and first timestamp). A batch that keeps no
+    /// record stays as its header alone. The old checksum is verified first and the new one
+    /// computed. `Ok(None)` when every record is kept (nothing to rewrite). A compressed
+    /// batch is compressed again with its codec (stored plain if that would not be smaller).
+    pub fn retain(
+        &self,
+        mut keep: impl FnMut(&RecordView) -> bool,
+    ) -> Result<Option<RecordBatch>, BatchError> {
+        self.verify_checksum()?;
+        let records = if self.header.record_count == 0 {
+            Bytes::new()
+        } else {
+            self.record_bytes(DECOMPRESSED_BYTES_CEILING)?
+        };
+        let mut iter = RecordIter::new(self.header, Ok(records.clone()));
+        let mut kept = Vec::with_capacity(records.len());
+        let mut kept_count = 0u32;
+        let mut dropped = false;
+        loop {
+            let start = iter.position;
+            let Some(record) = iter.next() else {
+                break;
+            };
+            let record = record?;
+            if keep(&record) {
+                kept.extend_from_slice(&records[start..iter.position]);
+                kept_count += 1;
+            } else {
+                dropped = true;
+            }
+        }
+        if !dropped {
+            return Ok(None);
+        }
+        let mut attributes = self.header.attributes & !ATTRIBUTE_COMPRESSION_MASK;
+        let compression = self.header.compression()?;
+        if compression != Compression::None && !kept.is_empty() {
+            let compressed = compression.compress(&kept);
+            if compressed.len() < kept.len() {
+                kept = compressed;
+                attributes |= u16::from(compression.codec());
+            }
+        }
+        let mut bytes = BytesMut::with_capacity(HEADER_BYTES + kept.len());
+        bytes.extend_from_slice(&self.bytes[..HEADER_BYTES]);
+        bytes.extend_from_slice(&kept);
+        let batch_length = (bytes.len() - LOG_OVERHEAD_BYTES) as u32;
+        bytes[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        bytes[25..27].copy_from_slice(&attributes.to_be_bytes());
+        bytes[61..65].copy_from_slice(&kept_count.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+        bytes[CRC_OFFSET..CRC_COVERS_FROM].copy_from_slice(&crc.to_be_bytes());
+        let bytes = bytes.freeze();
+        let header = BatchHeader::parse(&bytes)?;
+        Ok(Some(RecordBatch { header, bytes }))
     }
 
     /// Decodes the records, each sharing the batch's bytes (or, for a compressed batch, its

@@ -20,6 +20,7 @@
 //!   skip fields added later.
 
 pub mod batch;
+pub mod compaction;
 pub mod compression;
 pub mod error;
 pub mod frame;
