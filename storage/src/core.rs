@@ -349,6 +349,48 @@ impl LogState {
         Ok(self.log_end)
     }
 
+    pub(crate) fn replace_batch<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        batch: &RecordBatch,
+    ) -> Result<(), StorageError> {
+        let offset = batch.base_offset();
+        check_batch(batch).map_err(|source| StorageError::Corrupt { offset, source })?;
+        let refuse = |reason| Err(StorageError::BadReplacement { offset, reason });
+        if offset < self.log_start || offset >= self.log_end {
+            return refuse("outside the log");
+        }
+        let Some((stored_offset, stored_bytes)) = backend.data_floor(offset)? else {
+            return refuse("no stored batch there");
+        };
+        if stored_offset != offset {
+            return refuse("no stored batch starts there");
+        }
+        let stored = self.decode(offset, stored_bytes)?;
+        let (old, new) = (stored.header(), batch.header());
+        if old.last_offset_delta != new.last_offset_delta {
+            return refuse("its last offset differs");
+        }
+        if old.leader_epoch != new.leader_epoch {
+            return refuse("its epoch differs");
+        }
+        if (old.producer_id, old.producer_epoch, old.base_sequence)
+            != (new.producer_id, new.producer_epoch, new.base_sequence)
+        {
+            return refuse("its producer stamp differs");
+        }
+        if old.max_timestamp_ms != new.max_timestamp_ms || old.is_control() != new.is_control() {
+            return refuse("its timestamp or kind differs");
+        }
+        if new.record_count > old.record_count {
+            return refuse("it holds more records than the stored batch");
+        }
+        backend.data_put(offset, batch.bytes())?;
+        self.size_bytes = self.size_bytes - stored.size_bytes() as u64 + batch.size_bytes() as u64;
+        self.put_size(backend)?;
+        Ok(())
+    }
+
     /// Decodes a stored value and checks everything that can be checked: framing, checksum,
     /// and the stamp (outside the checksum) against its key and the epoch history.
     fn decode(&self, offset: Offset, bytes: Bytes) -> Result<RecordBatch, StorageError> {

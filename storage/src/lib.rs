@@ -69,6 +69,14 @@ pub enum StorageError {
         offset: Offset,
         reason: &'static str,
     },
+    /// `replace_batch` got a batch that is not a compacted version of the stored batch at
+    /// its base offset (none stored there, other offsets, epoch or producer stamp, or more
+    /// records than the stored one).
+    #[error("cannot replace the batch at offset {offset}: {reason}")]
+    BadReplacement {
+        offset: Offset,
+        reason: &'static str,
+    },
     /// The group committer's request queue holds `flush_requests_max` requests already.
     #[error("flush request queue is full ({flush_requests_max} waiting)")]
     FlushQueueFull { flush_requests_max: usize },
@@ -138,6 +146,14 @@ pub trait PartitionLog: Send + 'static {
     /// verifying its checksum. Buffered: durable only once a later [`LogStore::flush`] returns.
     /// A batch of a new epoch extends the epoch history. Returns the new log end.
     fn append(&mut self, batch: &RecordBatch) -> Result<Offset, StorageError>;
+
+    /// Replaces the stored batch at `batch`'s base offset with its compacted version (see
+    /// `cairn_protocol::compaction`): same base offset, last offset, epoch and producer stamp,
+    /// no more records, checksum verified. Nothing else changes (log start and end, epoch
+    /// history, time index: the batch's max timestamp is kept). One key's value is swapped,
+    /// so a concurrent reader gets the old batch or the new one whole. Durable after a later
+    /// flush; a crash before it leaves the old batch, which compacting again rewrites.
+    fn replace_batch(&mut self, batch: &RecordBatch) -> Result<(), StorageError>;
 
     /// Whole batches holding offsets in `[from, until)`, in order, starting with the batch that
     /// contains `from`, up to `max_bytes` in total, but always at least one batch when any

@@ -402,6 +402,10 @@ impl PartitionLog for MemoryLog {
         self.with(|state, backend| state.append(backend, batch))
     }
 
+    fn replace_batch(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        self.with(|state, backend| state.replace_batch(backend, batch))
+    }
+
     fn read(
         &self,
         from: Offset,

@@ -697,6 +697,100 @@ fn keeps_watermarks_across_restarts_and_forgets_removed_logs<F: Fixture>() {
     );
 }
 
+/// A keyed batch: record `i` has key `keys[i]` and a value naming its key and timestamp.
+fn keyed_batch(keys: &[&str], timestamp_ms: i64) -> RecordBatch {
+    let mut builder = RecordBatchBuilder::new(timestamp_ms);
+    for (index, key) in keys.iter().enumerate() {
+        builder.push(
+            &Record::new(format!("{key}@{}", timestamp_ms + index as i64))
+                .with_key(key.to_string())
+                .with_timestamp_ms(timestamp_ms + index as i64),
+        );
+    }
+    builder.build()
+}
+
+/// A compacted batch replaces the stored one in place: offsets, epoch history and log ends
+/// stay, reads return the new bytes (with their gaps) before and after a restart, the size
+/// shrinks; anything that is not a compacted version of the stored batch is refused and
+/// changes nothing.
+fn replaces_batches_with_their_compacted_versions<F: Fixture>() {
+    use cairn_protocol::compaction::{compact_log, CompactionDecision};
+    let mut fixture = F::new();
+    let store = fixture.store();
+    let mut log = store.open_log("p").unwrap();
+    let first = keyed_batch(&["a", "b", "a"], T0_MS).stamped(Offset(0), Epoch(1));
+    let second = keyed_batch(&["b", "c"], T0_MS + 10).stamped(Offset(3), Epoch(2));
+    log.append(&first).unwrap();
+    log.append(&second).unwrap();
+    let before = snapshot(&log);
+    let decision = CompactionDecision {
+        below: Offset(5),
+        tombstone_cutoff_ms: 0,
+    };
+    let compacted = compact_log(&[first.clone(), second.clone()], &decision, 16).unwrap();
+    assert!(compacted[0].record_count() < first.record_count());
+
+    // Refusals first: each leaves everything as it was.
+    let other_epoch = compacted[0].stamped(Offset(0), Epoch(3));
+    let shifted = compacted[0].stamped(Offset(1), Epoch(1));
+    let beyond = compacted[1].stamped(Offset(5), Epoch(2));
+    let grown = keyed_batch(&["a", "b", "a", "d"], T0_MS).stamped(Offset(0), Epoch(1));
+    for refused in [&other_epoch, &shifted, &beyond, &grown] {
+        assert!(
+            matches!(
+                log.replace_batch(refused),
+                Err(StorageError::BadReplacement { .. })
+            ),
+            "{:?}",
+            refused.header()
+        );
+        assert_eq!(snapshot(&log), before);
+    }
+    let mut damaged = compacted[0].bytes().to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    let damaged = RecordBatch::from_trusted(Bytes::from(damaged)).unwrap();
+    assert!(matches!(
+        log.replace_batch(&damaged),
+        Err(StorageError::Corrupt { .. })
+    ));
+    assert_eq!(snapshot(&log), before);
+
+    for batch in &compacted {
+        log.replace_batch(batch).unwrap();
+    }
+    let read = log.read(Offset::ZERO, Offset(5), usize::MAX).unwrap();
+    assert_eq!(read, compacted);
+    assert_eq!(
+        (log.log_start(), log.log_end(), log.epoch_history()),
+        (before.0, before.1, before.3.clone())
+    );
+    let shrunk: u64 = compacted
+        .iter()
+        .map(|batch| batch.size_bytes() as u64)
+        .sum();
+    assert_eq!(log.size_bytes(), shrunk);
+    // Reading from inside a gap starts at the batch that holds it.
+    let from_gap = log.read(Offset(1), Offset(5), usize::MAX).unwrap();
+    assert_eq!(from_gap, compacted);
+    // Appends continue at the same log end.
+    let third = keyed_batch(&["a"], T0_MS + 20).stamped(Offset(5), Epoch(2));
+    log.append(&third).unwrap();
+    // Replacing again with the same bytes (compaction run twice) changes nothing.
+    log.replace_batch(&compacted[0]).unwrap();
+
+    drop(log);
+    drop(store);
+    let store = fixture.restart();
+    let log = store.open_log("p").unwrap();
+    let read = log.read(Offset::ZERO, Offset(6), usize::MAX).unwrap();
+    assert_eq!(read[..2], compacted[..]);
+    assert_eq!(read[2], third);
+    assert_eq!(log.size_bytes(), shrunk + third.size_bytes() as u64);
+    assert_eq!(log.log_end(), Offset(6));
+}
+
 macro_rules! conformance {
     ($module:ident, $fixture:ty) => {
         mod $module {
@@ -749,6 +843,10 @@ macro_rules! conformance {
             #[test]
             fn keeps_watermarks_across_restarts_and_forgets_removed_logs() {
                 super::keeps_watermarks_across_restarts_and_forgets_removed_logs::<$fixture>();
+            }
+            #[test]
+            fn replaces_batches_with_their_compacted_versions() {
+                super::replaces_batches_with_their_compacted_versions::<$fixture>();
             }
             #[test]
             fn shares_state_between_handles_of_one_log() {
