@@ -14,6 +14,7 @@
 //! and the partitions they say they lead (for leader hints of partitions not hosted here).
 //! None of it decides leadership; the replicas' epochs and quorums do.
 
+use crate::compactor::Compactor;
 use crate::config::NodeConfig;
 use crate::group::assign::TopicPartitionCounts;
 use crate::group::state::PartitionBounds;
@@ -21,7 +22,8 @@ use crate::meta::{
     self, Applied, MetaRecord, MetadataState, ProducerIdStatus, TopicId, TopicState,
 };
 use crate::partition::{
-    wall_clock_ms, Clock, LeadershipEvents, PartitionHandle, PartitionSnapshot, PartitionSpec,
+    wall_clock_ms, Clock, CompactionSettings, LeadershipEvents, PartitionHandle, PartitionSnapshot,
+    PartitionSpec,
 };
 use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
 use cairn_control::schema::SCHEMAS_TOPIC;
@@ -59,6 +61,8 @@ pub struct Broker<S: LogStore> {
     pub config: Arc<NodeConfig>,
     store: S,
     committer: GroupCommitter,
+    /// Applies committed compaction decisions to the partitions hosted here.
+    compactor: Compactor<S>,
     arbiters: Vec<actix::ArbiterHandle>,
     clock: Clock,
     advertised_address: String,
@@ -98,6 +102,9 @@ const META_VOTERS_KEY: &str = "voters";
 const LEARNER_FETCH_WAIT_MS: u32 = 500;
 /// A learner's wait after a failed fetch before it tries again (another node, maybe).
 const LEARNER_RETRY_MS: u64 = 100;
+/// The compactor's read budget: a quarter of what one node's disk takes in sequential reads,
+/// so that cleaning never starves produce and fetch of I/O.
+const COMPACTION_BYTES_PER_SECOND: u64 = 64 << 20;
 /// How long a metadata change waits to be committed and applied before `Timeout`.
 const META_CHANGE_TIMEOUT_MS: u64 = 10_000;
 
@@ -126,6 +133,7 @@ impl<S: LogStore> Broker<S> {
         peer_config.secret = config.cluster_secret.clone();
         let peers = PeerTransport::new(config.node_id, peer_config);
         let leadership_changes = Arc::new(LeadershipEvents::new());
+        let compactor = Compactor::start(COMPACTION_BYTES_PER_SECOND);
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
@@ -153,6 +161,8 @@ impl<S: LogStore> Broker<S> {
                 // Metadata is small and must be replayable from the start: never trimmed.
                 retention: RetentionPolicy::default(),
                 retention_check_ms: config.retention.retention_check_ms,
+                compaction: None,
+                compactor: compactor.clone(),
                 peers: Arc::clone(&peers),
                 leadership_changes: Arc::clone(&leadership_changes),
             };
@@ -163,6 +173,7 @@ impl<S: LogStore> Broker<S> {
             config,
             store,
             committer,
+            compactor,
             arbiters,
             clock,
             advertised_address,
@@ -551,6 +562,7 @@ impl<S: LogStore> Broker<S> {
     /// Gives the partitions of `topic` hosted here its (new) retention.
     async fn reconfigure(&self, topic: &TopicState) {
         let retention = self.retention_of(topic);
+        let compaction = CompactionSettings::of(&topic.config);
         let handles: Vec<PartitionHandle<S>> = self
             .catalog()
             .partitions
@@ -558,7 +570,7 @@ impl<S: LogStore> Broker<S> {
             .map(|handles| handles.values().cloned().collect())
             .unwrap_or_default();
         for handle in handles {
-            handle.set_retention(retention).await;
+            handle.set_retention(retention, compaction).await;
         }
     }
 
@@ -598,6 +610,8 @@ impl<S: LogStore> Broker<S> {
                 mailbox_max: self.config.limits.partition_mailbox_max as usize,
                 retention: self.retention_of(topic),
                 retention_check_ms: self.config.retention.retention_check_ms,
+                compaction: CompactionSettings::of(&topic.config),
+                compactor: self.compactor.clone(),
                 peers: Arc::clone(&self.peers),
                 leadership_changes: Arc::clone(&self.leadership_changes),
             };

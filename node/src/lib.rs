@@ -47,6 +47,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod compactor;
 pub mod config;
 pub mod dev;
 pub mod group;

@@ -20,9 +20,11 @@
 //! bounded count of queued produce messages (`partition_mailbox_max`), a watch of the high
 //! watermark (long polls wait on it) and a status snapshot (describe, metadata).
 
+use crate::compactor::{CompactionJob, Compactor};
 use crate::peer::PeerTransport;
 use actix::prelude::*;
 use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::compaction::CompactionDecision;
 use cairn_protocol::messages::{Acks, ProduceResponse};
 use cairn_protocol::peer::ReplicaKey;
 use cairn_protocol::{ApiError, Epoch, NodeId, Offset};
@@ -345,6 +347,31 @@ impl PartitionShared {
 
 pub type ProduceReply = Result<ProduceResponse, ApiError>;
 
+/// A compacted topic's settings, as its partitions use them (see `TopicConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionSettings {
+    /// `min.compaction.lag.ms`: records younger than this are not compacted yet.
+    pub min_lag_ms: u64,
+    /// `delete.retention.ms`: how long a tombstone stays once it could go.
+    pub delete_retention_ms: u64,
+    /// `segment.bytes`: how much new log a leader waits for before it decides again.
+    pub segment_bytes: u64,
+}
+
+impl CompactionSettings {
+    pub fn of(config: &cairn_protocol::messages::TopicConfig) -> Option<CompactionSettings> {
+        config.is_compacted().then(|| CompactionSettings {
+            min_lag_ms: config.min_compaction_lag_ms(),
+            delete_retention_ms: config.delete_retention_ms(),
+            segment_bytes: config.segment_bytes(),
+        })
+    }
+}
+
+/// Decision markers appended but not yet committed, per replica. Past this, the two newest
+/// are merged (a merged decision waits for the later marker to commit).
+const DECISIONS_PENDING_MAX: usize = 16;
+
 /// Everything a partition actor needs to start.
 pub struct PartitionSpec<S: LogStore> {
     pub log_name: String,
@@ -369,6 +396,10 @@ pub struct PartitionSpec<S: LogStore> {
     pub mailbox_max: usize,
     pub retention: RetentionPolicy,
     pub retention_check_ms: u64,
+    /// The topic's compaction settings (`None`: not a compacted topic).
+    pub compaction: Option<CompactionSettings>,
+    /// The node's compactor, which applies committed decisions off this actor's thread.
+    pub compactor: Compactor<S>,
     /// Where `Effect::Send` goes (best effort, never blocks).
     pub peers: Arc<PeerTransport>,
     /// Bumped (after the snapshot shows it) whenever this replica's role or epoch changes,
@@ -609,6 +640,12 @@ impl<S: LogStore> PartitionHandle<S> {
                 tick_ms: spec.tick_ms.max(1),
                 tick_timer: None,
                 retention_check_ms: spec.retention_check_ms,
+                compaction: spec.compaction,
+                compactor: spec.compactor,
+                decisions_pending: Vec::new(),
+                decision_ready: None,
+                last_decision: None,
+                bytes_since_decision: 0,
                 stopped_with: None,
                 follow_ups: VecDeque::new(),
                 flushes_requested: 0,
@@ -727,8 +764,12 @@ impl<S: LogStore> PartitionHandle<S> {
 
     /// Replaces the retention policy (the topic's config changed); the next retention check
     /// applies it.
-    pub async fn set_retention(&self, retention: RetentionPolicy) {
-        let _ = self.addr.send(SetRetention(retention)).await;
+    pub async fn set_retention(
+        &self,
+        retention: RetentionPolicy,
+        compaction: Option<CompactionSettings>,
+    ) {
+        let _ = self.addr.send(SetRetention(retention, compaction)).await;
     }
 
     /// Stops the actor, answering its waiting requests with `reason`; with `remove_log`,
@@ -760,6 +801,17 @@ pub struct PartitionActor<S: LogStore> {
     /// The grid tick instants are rounded up to (see [`PartitionActor::arm_tick`]).
     tick_ms: u64,
     retention_check_ms: u64,
+    compaction: Option<CompactionSettings>,
+    compactor: Compactor<S>,
+    /// Decision markers in this replica's log above its high watermark: (marker offset,
+    /// decision). Applied once committed; dropped when truncated away.
+    decisions_pending: Vec<(Offset, CompactionDecision)>,
+    /// A committed decision the compactor's queue had no room for yet.
+    decision_ready: Option<CompactionDecision>,
+    /// While leading: the last decision this replica made, and when (wall clock ms).
+    last_decision: Option<(CompactionDecision, i64)>,
+    /// Bytes appended since this replica last decided (the `segment.bytes` granularity).
+    bytes_since_decision: u64,
     stopped_with: Option<ApiError>,
     /// Inputs that effects of the current step produced (read results, storage failures).
     follow_ups: VecDeque<Input>,
@@ -813,7 +865,10 @@ impl<S: LogStore> Actor for PartitionActor<S> {
         self.arm_tick(ctx);
         ctx.run_interval(
             Duration::from_millis(self.retention_check_ms),
-            |actor, ctx| actor.apply_retention(ctx),
+            |actor, ctx| {
+                actor.apply_retention(ctx);
+                actor.decide_compaction(ctx);
+            },
         );
     }
 
@@ -1130,12 +1185,29 @@ impl<S: LogStore> PartitionActor<S> {
             Effect::Append { batches } => {
                 for batch in &batches {
                     log.append(batch)?;
+                    self.bytes_since_decision += batch.size_bytes() as u64;
+                    if batch.header().is_control() {
+                        if let Some(decision) = CompactionDecision::from_batch(batch) {
+                            self.decisions_pending.push((batch.base_offset(), decision));
+                            if self.decisions_pending.len() > DECISIONS_PENDING_MAX {
+                                let (offset, newest) =
+                                    self.decisions_pending.pop().expect("more than one");
+                                let last = self.decisions_pending.last_mut().expect("one");
+                                *last = (offset, last.1.merge(newest));
+                            }
+                        }
+                    }
                 }
                 let log_end = log.log_end();
                 self.after_flush(ctx, Input::Durable { log_end });
             }
-            Effect::Truncate { from } => log.truncate_suffix(from)?,
+            Effect::Truncate { from } => {
+                log.truncate_suffix(from)?;
+                // A truncated decision was never committed: it is never acted on.
+                self.decisions_pending.retain(|(offset, _)| *offset < from);
+            }
             Effect::ResetLog { log_start, epoch } => {
+                self.decisions_pending.clear();
                 tracing::info!(partition = %self.log_name, %log_start, %epoch, "log starts at the leader's log start");
                 log.reset_start(log_start, epoch)?;
             }
@@ -1148,6 +1220,7 @@ impl<S: LogStore> PartitionActor<S> {
             }
             Effect::HighWatermark { offset } => {
                 self.shared.high_watermark.send_replace(offset);
+                self.apply_committed_decisions(offset);
             }
             Effect::RoleChanged {
                 role,
@@ -1356,6 +1429,104 @@ impl<S: LogStore> PartitionActor<S> {
         self.publish_status(true);
     }
 
+    /// Hands the decisions whose markers are now committed (below `high_watermark`) to the
+    /// compactor, merged into one. Every replica does this for the markers in its own log,
+    /// so each applies what its leader decided, and only once it is committed.
+    fn apply_committed_decisions(&mut self, high_watermark: Offset) {
+        let mut ready = self.decision_ready.take();
+        self.decisions_pending.retain(|(offset, decision)| {
+            if *offset < high_watermark {
+                ready = Some(ready.map_or(*decision, |ready| ready.merge(*decision)));
+                false
+            } else {
+                true
+            }
+        });
+        let Some(decision) = ready else {
+            return;
+        };
+        let log = match self.store.open_log(&self.log_name) {
+            Ok(log) => log,
+            Err(error) => {
+                tracing::warn!(partition = %self.log_name, %error, "compaction not started");
+                self.decision_ready = Some(decision);
+                return;
+            }
+        };
+        let job = CompactionJob {
+            log_name: self.log_name.clone(),
+            log,
+            decision,
+        };
+        if self.compactor.submit(job).is_err() {
+            // The compactor is busy with other partitions: try again at the next commit.
+            self.decision_ready = Some(decision);
+        }
+    }
+
+    /// While leading a compacted topic: decides a new compaction when `segment.bytes` of log
+    /// arrived since the last decision, or a tombstone may have expired since, and
+    /// replicates it as a marker batch. The decision covers the committed log, less what is
+    /// younger than `min.compaction.lag.ms`; its tombstone cutoff is now less
+    /// `delete.retention.ms`, never below the previous decision's.
+    fn decide_compaction(&mut self, ctx: &mut Context<Self>) {
+        let Some(settings) = self.compaction else {
+            return;
+        };
+        let status = self.replica.status();
+        if status.role != Role::Leader || self.log.is_none() {
+            self.last_decision = None;
+            return;
+        }
+        let now_ms = wall_clock_ms();
+        let due = match self.last_decision {
+            None => self.bytes_since_decision > 0 || status.high_watermark > status.log_start,
+            Some((_, decided_ms)) => {
+                self.bytes_since_decision >= settings.segment_bytes
+                    || now_ms.saturating_sub(decided_ms) >= settings.delete_retention_ms as i64
+            }
+        };
+        if !due {
+            return;
+        }
+        let high_watermark = status.high_watermark;
+        let lag_start_ms = now_ms.saturating_sub(settings.min_lag_ms as i64);
+        let log = self.log.as_ref().expect("checked above");
+        let below = match log.offset_for_timestamp(lag_start_ms, high_watermark) {
+            Ok(Some((offset, _))) => offset,
+            Ok(None) => high_watermark,
+            Err(error) => {
+                tracing::warn!(partition = %self.log_name, %error, "no compaction decided");
+                return;
+            }
+        };
+        let mut decision = CompactionDecision {
+            below: below.min(high_watermark),
+            tombstone_cutoff_ms: now_ms.saturating_sub(settings.delete_retention_ms as i64),
+        };
+        if let Some((previous, _)) = self.last_decision {
+            decision = decision.merge(previous);
+        }
+        if decision.below == Offset::ZERO {
+            return;
+        }
+        self.last_decision = Some((decision, now_ms));
+        self.bytes_since_decision = 0;
+        let (reply, _ignored) = oneshot::channel();
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.pending.insert(request, reply);
+        tracing::debug!(partition = %self.log_name, below = %decision.below, "compaction decided");
+        self.run(
+            ctx,
+            Input::Produce {
+                request,
+                batch: decision.marker(now_ms),
+                acks: Acks::All,
+            },
+        );
+    }
+
     fn gone(&self) -> ApiError {
         self.stopped_with
             .clone()
@@ -1445,7 +1616,7 @@ impl<S: LogStore> Handler<LeaderSuspected> for PartitionActor<S> {
 }
 
 /// The topic's retention changed (`topic alter`).
-pub struct SetRetention(RetentionPolicy);
+pub struct SetRetention(RetentionPolicy, Option<CompactionSettings>);
 
 impl Message for SetRetention {
     type Result = ();
@@ -1456,6 +1627,7 @@ impl<S: LogStore> Handler<SetRetention> for PartitionActor<S> {
 
     fn handle(&mut self, message: SetRetention, _ctx: &mut Context<Self>) {
         self.retention = message.0;
+        self.compaction = message.1;
     }
 }
 
@@ -1687,6 +1859,14 @@ mod tests {
     }
 
     fn start(store: &MemoryStore, mailbox_max: usize) -> PartitionHandle<MemoryStore> {
+        start_with(store, mailbox_max, None)
+    }
+
+    fn start_with(
+        store: &MemoryStore,
+        mailbox_max: usize,
+        compaction: Option<CompactionSettings>,
+    ) -> PartitionHandle<MemoryStore> {
         let spec = PartitionSpec {
             log_name: "p".to_string(),
             key: ReplicaKey::Partition {
@@ -1705,7 +1885,9 @@ mod tests {
             leader_rebalance_ms: 0,
             mailbox_max,
             retention: RetentionPolicy::default(),
-            retention_check_ms: 1000,
+            retention_check_ms: if compaction.is_some() { 20 } else { 1000 },
+            compaction,
+            compactor: Compactor::start(0),
             peers: PeerTransport::new(
                 NodeId(1),
                 crate::peer::PeerTransportConfig::with_frame_bytes_max(1 << 20),
@@ -1788,6 +1970,76 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("no leader: {:?}", handle.shared.snapshot());
+    }
+
+    /// A compacted partition's leader decides, replicates the decision as a marker, and once
+    /// it is committed the compactor rewrites the log off the actor: a read from the start
+    /// then holds the newest value per key (with gaps at the offsets compacted away), and
+    /// produces go on meanwhile.
+    #[test]
+    fn a_compacted_partition_keeps_the_newest_value_per_key() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let settings = CompactionSettings {
+                min_lag_ms: 0,
+                delete_retention_ms: 0,
+                segment_bytes: 1,
+            };
+            let handle = start_with(&store, 256, Some(settings));
+            led(&handle).await;
+            let mut model = BTreeMap::new();
+            for round in 0..5u32 {
+                for key in ["a", "b", "c"] {
+                    let value = format!("{key}-{round}");
+                    let mut builder = RecordBatchBuilder::new(1);
+                    let record = if key == "c" && round == 4 {
+                        model.remove(key);
+                        Record::tombstone(key)
+                    } else {
+                        model.insert(key.to_string(), value.clone());
+                        Record::new(value).with_key(key)
+                    };
+                    builder.push(&record);
+                    let reply = handle.produce(builder.build(), Acks::All).unwrap();
+                    tokio::time::timeout(Duration::from_secs(5), reply)
+                        .await
+                        .expect("answered")
+                        .unwrap()
+                        .unwrap();
+                }
+            }
+            let produced_end = handle.shared.high_watermark();
+            let mut seen = BTreeMap::new();
+            for _ in 0..400 {
+                let read = handle.read(Offset::ZERO, 1 << 20, false).await.unwrap();
+                seen.clear();
+                let mut records = 0;
+                for batch in read.batches.iter().filter(|b| !b.header().is_control()) {
+                    for record in batch.records() {
+                        let record = record.unwrap();
+                        records += 1;
+                        let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+                        match record.value {
+                            Some(value) => {
+                                seen.insert(key, String::from_utf8(value.to_vec()).unwrap())
+                            }
+                            None => seen.remove(&key),
+                        };
+                    }
+                }
+                // Compacted through the last produce: one record per live key, the
+                // tombstone expired (delete.retention.ms 0).
+                if records == model.len() && seen == model {
+                    assert!(
+                        handle.shared.high_watermark() > produced_end,
+                        "a marker was appended"
+                    );
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("not compacted: {seen:?}, model {model:?}");
+        });
     }
 
     /// Regression: actix polls an actor's waiting futures in no particular order, so flush

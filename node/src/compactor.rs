@@ -1,0 +1,263 @@
+//! The node's compactor: one background thread that applies committed compaction decisions
+//! to the partition logs this node hosts, one partition at a time, under a bytes-per-second
+//! budget.
+//!
+//! A partition actor never rewrites a batch itself: when a decision marker (see
+//! `cairn_protocol::compaction`) becomes committed, it hands a [`CompactionJob`] (a second
+//! handle on its log, which shares the log's state, and the decision) to the bounded queue
+//! here and goes on serving produces. The worker reads the log below the decision's offset
+//! twice (the key index, then the rewrite) and swaps each changed batch in with
+//! `PartitionLog::replace_batch`, one short storage call per batch, so appends (all at the
+//! log end, above the decision) and reads (which get either version of a batch whole) go on
+//! meanwhile. A rewrite is durable with the next flush any partition asks for; a crash
+//! before it leaves old batches, which the next decision (a superset) compacts again.
+
+use cairn_protocol::compaction::{compact_batch, CompactionDecision, CompactionError, KeyIndex};
+use cairn_protocol::Offset;
+use cairn_storage::{LogStore, PartitionLog, StorageError};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Jobs waiting for the worker; a partition whose job does not fit retries at its next
+/// high watermark change.
+pub const COMPACTION_JOBS_MAX: usize = 64;
+/// Distinct keys one compaction may index (its memory bound); a partition with more is
+/// left as it is, with a warning.
+pub const COMPACTION_KEYS_MAX: usize = 1 << 20;
+/// Bytes read from a log per step.
+const READ_BYTES_MAX: usize = 1 << 20;
+/// Key of the last decision a replica applied in full, in the log's own values.
+pub const APPLIED_DECISION_KEY: &str = "compaction";
+
+/// One partition's committed decision, to apply to its log.
+pub struct CompactionJob<L> {
+    pub log_name: String,
+    pub log: L,
+    pub decision: CompactionDecision,
+}
+
+/// What one job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactionOutcome {
+    pub batches_read: u64,
+    pub batches_rewritten: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// Why a job stopped. The log holds every batch whole either way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompactionFailure {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Compaction(#[from] CompactionError),
+}
+
+/// The handle partitions submit jobs through. Cheap to clone.
+pub struct Compactor<S: LogStore> {
+    jobs: mpsc::SyncSender<CompactionJob<S::Log>>,
+}
+
+impl<S: LogStore> Clone for Compactor<S> {
+    fn clone(&self) -> Self {
+        Compactor {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<S: LogStore> Compactor<S> {
+    /// Starts the worker thread, reading at most `bytes_per_second` (0: unthrottled). The
+    /// thread ends when every handle is dropped.
+    pub fn start(bytes_per_second: u64) -> Compactor<S> {
+        let (jobs, queue) = mpsc::sync_channel::<CompactionJob<S::Log>>(COMPACTION_JOBS_MAX);
+        std::thread::Builder::new()
+            .name("cairn-compactor".into())
+            .spawn(move || {
+                while let Ok(mut job) = queue.recv() {
+                    let started = Instant::now();
+                    match compact(&mut job.log, &job.decision, bytes_per_second) {
+                        Ok(outcome) => tracing::info!(
+                            partition = %job.log_name, below = %job.decision.below,
+                            rewritten = outcome.batches_rewritten, read = outcome.batches_read,
+                            bytes_before = outcome.bytes_before, bytes_after = outcome.bytes_after,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "compacted"
+                        ),
+                        Err(error) => tracing::warn!(
+                            partition = %job.log_name, below = %job.decision.below, %error,
+                            "compaction stopped; the next decision tries again"
+                        ),
+                    }
+                }
+            })
+            .expect("the compactor thread starts");
+        Compactor { jobs }
+    }
+
+    /// Queues `job`; gives it back when the queue is full (or the worker is gone).
+    pub fn submit(&self, job: CompactionJob<S::Log>) -> Result<(), CompactionJob<S::Log>> {
+        self.jobs.try_send(job).map_err(|error| match error {
+            mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
+        })
+    }
+}
+
+/// The decision a replica applied in full last, from the log's own values.
+pub fn applied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> {
+    let bytes = log.get_value(APPLIED_DECISION_KEY).ok()??;
+    if bytes.len() != 16 {
+        return None;
+    }
+    Some(CompactionDecision {
+        below: Offset(u64::from_be_bytes(bytes[..8].try_into().ok()?)),
+        tombstone_cutoff_ms: i64::from_be_bytes(bytes[8..].try_into().ok()?),
+    })
+}
+
+/// Applies `decision` to `log` (both passes), reading at most `bytes_per_second`.
+pub fn compact<L: PartitionLog>(
+    log: &mut L,
+    decision: &CompactionDecision,
+    bytes_per_second: u64,
+) -> Result<CompactionOutcome, CompactionFailure> {
+    // Decisions combine (larger offset, later cutoff), so one applied before stays applied.
+    let decision = match applied_decision(log) {
+        Some(applied) => applied.merge(*decision),
+        None => *decision,
+    };
+    let below = decision.below.min(log.log_end());
+    let mut throttle = Throttle::new(bytes_per_second);
+    let mut index = KeyIndex::new(&decision, COMPACTION_KEYS_MAX);
+    let mut outcome = CompactionOutcome::default();
+    let mut from = log.log_start();
+    while from < below {
+        let batches = log.read(from, below, READ_BYTES_MAX)?;
+        let Some(last) = batches.last() else {
+            break;
+        };
+        from = last.next_offset();
+        for batch in &batches {
+            index.observe(batch)?;
+            throttle.spend(batch.size_bytes() as u64);
+        }
+    }
+    let mut from = log.log_start();
+    while from < below {
+        let batches = log.read(from, below, READ_BYTES_MAX)?;
+        let Some(last) = batches.last() else {
+            break;
+        };
+        from = last.next_offset();
+        for batch in &batches {
+            outcome.batches_read += 1;
+            outcome.bytes_before += batch.size_bytes() as u64;
+            throttle.spend(batch.size_bytes() as u64);
+            let Some(compacted) = compact_batch(batch, &decision, &index)? else {
+                outcome.bytes_after += batch.size_bytes() as u64;
+                continue;
+            };
+            match log.replace_batch(&compacted) {
+                Ok(()) => {
+                    outcome.batches_rewritten += 1;
+                    outcome.bytes_after += compacted.size_bytes() as u64;
+                }
+                // Retention or a reset removed the batch meanwhile: nothing to rewrite.
+                Err(StorageError::BadReplacement { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    let mut applied = Vec::with_capacity(16);
+    applied.extend_from_slice(&decision.below.0.to_be_bytes());
+    applied.extend_from_slice(&decision.tombstone_cutoff_ms.to_be_bytes());
+    log.put_value(APPLIED_DECISION_KEY, &applied)?;
+    Ok(outcome)
+}
+
+/// Sleeps so that the bytes spent stay within the budget since the job started.
+struct Throttle {
+    bytes_per_second: u64,
+    started: Instant,
+    spent: u64,
+}
+
+impl Throttle {
+    fn new(bytes_per_second: u64) -> Throttle {
+        Throttle {
+            bytes_per_second,
+            started: Instant::now(),
+            spent: 0,
+        }
+    }
+
+    fn spend(&mut self, bytes: u64) {
+        if self.bytes_per_second == 0 {
+            return;
+        }
+        self.spent += bytes;
+        let due = Duration::from_secs_f64(self.spent as f64 / self.bytes_per_second as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::batch::{Record, RecordBatchBuilder};
+    use cairn_protocol::compaction::compact_log;
+    use cairn_protocol::Epoch;
+    use cairn_storage::MemoryStore;
+
+    fn keyed(keys: &[&str], base: u64) -> cairn_protocol::RecordBatch {
+        let mut builder = RecordBatchBuilder::new(1_000);
+        for key in keys {
+            builder.push(&Record::new(format!("{key} at {base}")).with_key(key.to_string()));
+        }
+        builder.build().stamped(Offset(base), Epoch(1))
+    }
+
+    /// The worker's streaming passes over a stored log give the bytes the in-memory pure
+    /// function gives, record the decision, and a second run changes nothing.
+    #[test]
+    fn compacting_a_stored_log_matches_the_pure_function() {
+        let store = MemoryStore::new();
+        let mut log = store.open_log("t1-0").unwrap();
+        let batches = vec![
+            keyed(&["a", "b", "a"], 0),
+            keyed(&["c", "b"], 3),
+            keyed(&["a"], 5),
+        ];
+        for batch in &batches {
+            log.append(batch).unwrap();
+        }
+        let decision = CompactionDecision {
+            below: Offset(5),
+            tombstone_cutoff_ms: 0,
+        };
+        let outcome = compact(&mut log, &decision, 0).unwrap();
+        assert_eq!(outcome.batches_rewritten, 1);
+        let expected = compact_log(&batches, &decision, COMPACTION_KEYS_MAX).unwrap();
+        assert_eq!(
+            log.read(Offset(0), Offset(6), usize::MAX).unwrap(),
+            expected
+        );
+        assert_eq!(applied_decision(&log), Some(decision));
+        let again = compact(&mut log, &decision, 0).unwrap();
+        assert_eq!(again.batches_rewritten, 0);
+        // A smaller decision later is merged with the applied one: nothing comes back.
+        let smaller = CompactionDecision {
+            below: Offset(2),
+            tombstone_cutoff_ms: -1,
+        };
+        compact(&mut log, &smaller, 0).unwrap();
+        assert_eq!(
+            log.read(Offset(0), Offset(6), usize::MAX).unwrap(),
+            expected
+        );
+        assert_eq!(applied_decision(&log), Some(decision));
+    }
+}
