@@ -743,6 +743,14 @@ impl<S: LogStore> Broker<S> {
     }
 
     /// The partition handle for a request, or the typed reason there is none.
+    /// Whether `topic` exists and is compacted (its records need keys).
+    pub fn is_compacted(&self, topic: &str) -> bool {
+        self.catalog()
+            .state
+            .topic(topic)
+            .is_some_and(|state| state.config.is_compacted())
+    }
+
     pub fn partition(&self, topic: &str, partition: u32) -> Result<PartitionHandle<S>, ApiError> {
         self.check_ready()?;
         let catalog = self.catalog();

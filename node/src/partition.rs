@@ -810,7 +810,8 @@ pub struct PartitionActor<S: LogStore> {
     decision_ready: Option<CompactionDecision>,
     /// While leading: the last decision this replica made, and when (wall clock ms).
     last_decision: Option<(CompactionDecision, i64)>,
-    /// Bytes appended since this replica last decided (the `segment.bytes` granularity).
+    /// Bytes of records appended since this replica last decided (the `segment.bytes`
+    /// granularity).
     bytes_since_decision: u64,
     stopped_with: Option<ApiError>,
     /// Inputs that effects of the current step produced (read results, storage failures).
@@ -1185,8 +1186,10 @@ impl<S: LogStore> PartitionActor<S> {
             Effect::Append { batches } => {
                 for batch in &batches {
                     log.append(batch)?;
-                    self.bytes_since_decision += batch.size_bytes() as u64;
-                    if batch.header().is_control() {
+                    if !batch.header().is_control() {
+                        // Only records count: a marker must not make the next decision due.
+                        self.bytes_since_decision += batch.size_bytes() as u64;
+                    } else {
                         if let Some(decision) = CompactionDecision::from_batch(batch) {
                             self.decisions_pending.push((batch.base_offset(), decision));
                             if self.decisions_pending.len() > DECISIONS_PENDING_MAX {

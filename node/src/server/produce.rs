@@ -8,7 +8,7 @@ use crate::broker::Broker;
 use crate::config::Limits;
 use crate::partition::ProduceReply;
 use bytes::Bytes;
-use cairn_protocol::batch::{RecordBatch, NO_PRODUCER_ID, NO_SEQUENCE};
+use cairn_protocol::batch::{BatchError, RecordBatch, NO_PRODUCER_ID, NO_SEQUENCE};
 use cairn_protocol::messages::{ProduceRequest, Response};
 use cairn_protocol::{ApiError, Compression};
 use cairn_storage::LogStore;
@@ -113,6 +113,12 @@ pub fn enqueue<S: LogStore>(
     }
     let handle = broker.partition(&request.topic, request.partition)?;
     let batch = validate(&broker.config.limits, request.batch)?;
+    if broker.is_compacted(&request.topic) {
+        require_keys(
+            &batch,
+            broker.config.limits.batch_decompressed_bytes_max as usize,
+        )?;
+    }
     if batch.header().producer_id >= 0 {
         broker.check_producer_id(batch.header().producer_id)?;
     }
@@ -125,6 +131,19 @@ pub fn enqueue<S: LogStore>(
             request.timeout_ms
         },
     })
+}
+
+/// A compacted topic keeps the newest record per key: a record without a key has no place
+/// in it, and is refused as Kafka refuses it (INVALID_RECORD), naming the record.
+pub fn require_keys(batch: &RecordBatch, decompressed_bytes_max: usize) -> Result<(), ApiError> {
+    for (index, record) in batch.records_bounded(decompressed_bytes_max).enumerate() {
+        if record.map_err(ApiError::from)?.key.is_none() {
+            return Err(ApiError::from(BatchError::MissingKey {
+                index: index as u32,
+            }));
+        }
+    }
+    Ok(())
 }
 
 pub async fn complete(enqueued: Enqueued) -> Result<Response, ApiError> {
@@ -165,6 +184,24 @@ mod tests {
 
     fn check(bytes: Bytes) -> Result<RecordBatch, ApiError> {
         validate(&limits(), bytes)
+    }
+
+    /// A compacted topic refuses a batch with any keyless record as INVALID_RECORD (Kafka's
+    /// answer), naming the record; a batch whose records all have keys passes.
+    #[test]
+    fn compacted_topics_need_keys_in_every_record() {
+        let mut keyed = RecordBatchBuilder::new(1);
+        keyed.push(&Record::new("v").with_key("k"));
+        keyed.push(&Record::tombstone("k"));
+        assert_eq!(require_keys(&keyed.build(), 1 << 20), Ok(()));
+        let mut mixed = RecordBatchBuilder::new(1);
+        mixed.push(&Record::new("v").with_key("k"));
+        mixed.push(&Record::new("no key"));
+        let refused = require_keys(&mixed.build(), 1 << 20).unwrap_err();
+        assert!(
+            matches!(&refused, ApiError::InvalidRecords { reason } if reason.contains("record 1 has no key")),
+            "{refused:?}"
+        );
     }
 
     /// A compressed batch far below `batch_bytes_max` may hold a record above

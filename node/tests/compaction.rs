@@ -1,0 +1,338 @@
+//! Log compaction against real `cairn node` processes, three nodes on 127.0.0.1 with the test
+//! preset (leaders check every 200 ms whether a compaction is due):
+//!
+//! - a `cleanup.policy=compact` topic, read from the beginning with the native consumer
+//!   (which steps over the gaps compaction leaves), holds exactly the newest value per key
+//!   (a model: a map of the latest value per key), and tombstones disappear after
+//!   `delete.retention.ms`;
+//! - the same after the leader is killed and more records arrive, and after the killed node
+//!   restarts and catches up;
+//! - every replica's stored log, read from its files once the nodes stopped, holds the same
+//!   batches (after applying the largest decision any of them holds, for a replica stopped
+//!   before its compactor finished), and the same records as the model;
+//! - a record without a key is refused with INVALID_RECORDS, changing nothing.
+//!
+//! The test is bounded in time; dropping a cluster kills its processes.
+
+mod support;
+
+use cairn_client::{
+    Admin, ApiError, AutoOffsetReset, ClientConfig, ClientError, Consumer, ConsumerConfig,
+    ConsumerRecord, Producer, ProducerConfig, Record, SeekTo, TopicConfig,
+};
+use cairn_protocol::compaction::{compact_log, CompactionDecision};
+use cairn_protocol::messages::{CleanupPolicy, DescribeTopicRequest, PartitionDescription};
+use cairn_protocol::{Offset, Request, Response};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::cluster::{partition_logs, replica_log, TestCluster};
+use support::eventually;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// Tombstones are kept this long once they could go.
+const DELETE_RETENTION_MS: u64 = 1_500;
+const TOPIC: &str = "compacted";
+
+/// Prints the tail of every node's log when the test fails.
+struct Guarded(TestCluster);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.0.nodes {
+                let logs = node.logs();
+                let lines: Vec<&str> = logs.lines().collect();
+                eprintln!("===== node {} (last lines) =====", node.node_id);
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    ClientConfig::new(bootstrap)
+        .unwrap()
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
+}
+
+fn producer_config() -> ProducerConfig {
+    ProducerConfig::default()
+        .linger(Duration::from_millis(0))
+        .requests_in_flight_per_partition_max(1)
+        .delivery_timeout(Duration::from_secs(30))
+        .request_timeout(Duration::from_secs(2))
+        .retry_backoff(Duration::from_millis(20))
+        .retry_backoff_max(Duration::from_millis(200))
+}
+
+/// The latest value per key; a tombstone removes the key.
+type Model = BTreeMap<String, String>;
+
+/// Sends `records` (key, value or `None` for a tombstone) one by one with acks=all, and
+/// applies each to the model once acknowledged.
+async fn produce(bootstrap: &str, model: &mut Model, records: &[(String, Option<String>)]) {
+    let producer = Producer::new(client_config(bootstrap), producer_config())
+        .await
+        .unwrap();
+    for (key, value) in records {
+        let record = match value {
+            Some(value) => Record::new(value.clone()).with_key(key.clone()),
+            None => Record::tombstone(key.clone()),
+        };
+        producer
+            .send_to(TOPIC, 0, record)
+            .await
+            .unwrap_or_else(|error| panic!("{key} not sent: {error:?}"))
+            .await
+            .unwrap_or_else(|error| panic!("{key} not acknowledged: {error:?}"));
+        match value {
+            Some(value) => model.insert(key.clone(), value.clone()),
+            None => model.remove(key),
+        };
+    }
+}
+
+/// Rounds of values for `keys` keys, with tombstones for the keys `tombstoned` in the last.
+fn rounds(
+    prefix: &str,
+    keys: u32,
+    rounds: u32,
+    tombstoned: &[u32],
+) -> Vec<(String, Option<String>)> {
+    let mut records = Vec::new();
+    for round in 0..rounds {
+        for key in 0..keys {
+            let tombstone = round + 1 == rounds && tombstoned.contains(&key);
+            records.push((
+                format!("key-{key}"),
+                (!tombstone).then(|| format!("{prefix}-{key}-{round}")),
+            ));
+        }
+    }
+    records
+}
+
+/// Every record of partition 0 from the log start, read with a fresh consumer until the
+/// high watermark it saw first.
+async fn read_all(bootstrap: &str, until: Offset) -> Vec<ConsumerRecord> {
+    let mut consumer = Consumer::new(
+        client_config(bootstrap),
+        ConsumerConfig::default()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(100)),
+    )
+    .unwrap();
+    consumer.assign(&[(TOPIC, 0)]).await.unwrap();
+    consumer.seek(TOPIC, 0, SeekTo::Earliest).await.unwrap();
+    let mut records: Vec<ConsumerRecord> = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let polled = consumer.poll(Duration::from_millis(200)).await.unwrap();
+        records.extend(polled);
+        let position = consumer.position(TOPIC, 0).unwrap_or(Offset::ZERO);
+        if position >= until {
+            break;
+        }
+    }
+    records
+}
+
+/// The committed end of partition 0 as its leader reports it.
+fn high_watermark(cluster: &TestCluster) -> Option<Offset> {
+    (1..=3).find_map(|id| {
+        let replica = local_replica(cluster, id)?;
+        (replica.leader == Some(cairn_protocol::NodeId(id))).then_some(replica.high_watermark)
+    })
+}
+
+/// What one node's own replica reports; `None` when the node does not answer.
+fn local_replica(cluster: &TestCluster, node_id: u32) -> Option<PartitionDescription> {
+    let stream = std::net::TcpStream::connect(cluster.node(node_id).address()).ok()?;
+    let mut wire = support::Wire::over(stream);
+    match wire.call(Request::DescribeTopic(DescribeTopicRequest {
+        name: TOPIC.to_string(),
+    })) {
+        Ok(Response::DescribeTopic(mut response)) => Some(response.partitions.remove(0)),
+        _ => None,
+    }
+}
+
+/// Whether `records`, read from the start, are exactly the model: one record per live key,
+/// holding its latest value, and no tombstone left. Offsets must rise (gaps allowed).
+fn compacted_as_model(records: &[ConsumerRecord], model: &Model) -> bool {
+    let mut seen = Model::new();
+    let mut previous: Option<Offset> = None;
+    for record in records {
+        assert!(
+            previous.is_none_or(|previous| record.offset > previous),
+            "offsets went backwards at {}",
+            record.offset
+        );
+        previous = Some(record.offset);
+        let key = String::from_utf8(record.key.clone().expect("keyed").to_vec()).unwrap();
+        let Some(value) = &record.value else {
+            return false;
+        };
+        if seen
+            .insert(key, String::from_utf8(value.to_vec()).unwrap())
+            .is_some()
+        {
+            return false;
+        }
+    }
+    &seen == model
+}
+
+/// Waits until a read from the start is exactly the model.
+async fn wait_compacted(cluster: &TestCluster, bootstrap: &str, model: &Model) {
+    let started = Instant::now();
+    let mut last = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(until) = high_watermark(cluster) {
+            last = read_all(bootstrap, until).await;
+            if compacted_as_model(&last, model) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let shown: Vec<_> = last
+        .iter()
+        .map(|record| (record.offset, record.key.clone(), record.value.clone()))
+        .collect();
+    panic!("never compacted to the model {model:?}; last read {shown:?}");
+}
+
+#[test]
+fn a_compacted_topic_equals_the_latest_value_per_key_across_failover_and_restart() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, scenario())
+            .await
+            .expect("the test finishes in time")
+    });
+}
+
+async fn scenario() {
+    let mut cluster = Guarded(TestCluster::start(3, &[]));
+    let bootstrap = cluster.0.bootstrap();
+    let config = TopicConfig {
+        cleanup_policy: Some(CleanupPolicy::Compact),
+        min_compaction_lag_ms: Some(0),
+        delete_retention_ms: Some(DELETE_RETENTION_MS),
+        segment_bytes: Some(1),
+        ..TopicConfig::default()
+    };
+    Admin::new(client_config(&bootstrap))
+        .unwrap()
+        .create_topic(TOPIC, 1, Some(3), config)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || high_watermark(
+        &cluster.0
+    )
+    .is_some()));
+
+    let mut model = Model::new();
+    produce(&bootstrap, &mut model, &rounds("first", 8, 6, &[1, 5])).await;
+    // A record without a key has no place in a compacted topic: refused, nothing written.
+    let before = high_watermark(&cluster.0).unwrap();
+    let producer = Producer::new(client_config(&bootstrap), producer_config())
+        .await
+        .unwrap();
+    let refused = producer
+        .send_to(TOPIC, 0, Record::new("no key"))
+        .await
+        .unwrap()
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(ClientError::Api(ApiError::InvalidRecords { reason })) if reason.contains("no key")
+        ),
+        "{refused:?}"
+    );
+    drop(producer);
+    wait_compacted(&cluster.0, &bootstrap, &model).await;
+    assert!(high_watermark(&cluster.0).unwrap() >= before);
+
+    // Failover: the leader dies, more values (and a tombstone) arrive at the new leader.
+    let leader = (1..=3)
+        .find(|id| {
+            local_replica(&cluster.0, *id)
+                .is_some_and(|replica| replica.leader == Some(cairn_protocol::NodeId(*id)))
+        })
+        .expect("a leader");
+    cluster.0.node_mut(leader).kill();
+    produce(&bootstrap, &mut model, &rounds("second", 10, 3, &[2])).await;
+    wait_compacted(&cluster.0, &bootstrap, &model).await;
+
+    // The killed node comes back and catches up from a compacted leader.
+    cluster.0.node_mut(leader).restart();
+    let caught_up = eventually(Duration::from_secs(30), || {
+        let ends: Vec<Option<(Offset, Offset)>> = (1..=3)
+            .map(|id| {
+                local_replica(&cluster.0, id)
+                    .map(|replica| (replica.log_end, replica.high_watermark))
+            })
+            .collect();
+        ends.iter().all(|end| end.is_some() && *end == ends[0])
+    });
+    assert!(caught_up, "the restarted replica did not catch up");
+    produce(&bootstrap, &mut model, &rounds("third", 4, 2, &[])).await;
+    wait_compacted(&cluster.0, &bootstrap, &model).await;
+    // Let every replica's compactor see the last decision before the files are read.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    for node in &mut cluster.0.nodes {
+        assert!(node.terminate().success());
+    }
+    let log_name = partition_logs(&cluster.0.nodes[0])
+        .into_iter()
+        .next()
+        .expect("the partition's log");
+    let logs: Vec<_> = cluster
+        .0
+        .nodes
+        .iter()
+        .map(|node| replica_log(node, &log_name))
+        .collect();
+    // A replica stopped before its compactor applied the last decision is compared after
+    // applying it: compaction is idempotent and monotone, so that is the leader's log.
+    let decision = logs
+        .iter()
+        .flatten()
+        .filter_map(CompactionDecision::from_batch)
+        .reduce(CompactionDecision::merge)
+        .expect("the leaders decided");
+    let settled: Vec<_> = logs
+        .iter()
+        .map(|log| compact_log(log, &decision, 1 << 20).unwrap())
+        .collect();
+    assert_eq!(settled[0], settled[1], "replicas 1 and 2 differ");
+    assert_eq!(settled[0], settled[2], "replicas 1 and 3 differ");
+    let mut stored = Model::new();
+    for batch in settled[0]
+        .iter()
+        .filter(|batch| !batch.header().is_control())
+    {
+        for record in batch.records() {
+            let record = record.unwrap();
+            let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+            match record.value {
+                Some(value) => stored.insert(key, String::from_utf8(value.to_vec()).unwrap()),
+                None => stored.remove(&key),
+            };
+        }
+    }
+    assert_eq!(stored, model);
+}
