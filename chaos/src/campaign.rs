@@ -379,22 +379,32 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         high_watermarks,
         logs: Vec::new(),
     };
-    let mut per_node = Vec::new();
+    let mut stored = Vec::new();
     for node in 1..=config.nodes {
-        let logs = crate::replicas::read_node_logs(node, &spec.data_dir(node).join("store"));
+        let logs = crate::replicas::read_node_batches(node, &spec.data_dir(node).join("store"));
         match logs {
-            Ok(logs) => per_node.push(logs),
+            Ok(logs) => stored.push(logs),
             // A power cut may leave a store the node itself refuses to open: that node then
             // holds nothing, which the checker counts against the majority rule.
             Err(error) if disks.is_some() => {
                 notes.push(format!(
                     "node {node}'s store cannot be read after the power cuts: {error}"
                 ));
-                per_node.push(Vec::new());
+                stored.push(Vec::new());
             }
             Err(error) => return Err(error),
         }
     }
+    // Replicas compacted to different points compare after the largest decision.
+    crate::replicas::settle_compaction(&mut stored)?;
+    let per_node = stored
+        .into_iter()
+        .map(|logs| {
+            logs.into_iter()
+                .map(crate::replicas::replica_log)
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     // The campaign's topic was created before anything else (the consumer groups' internal
     // topic comes with the first group request), so it has the lowest topic id.
     let topic_id = per_node.iter().flatten().map(|(topic, _)| *topic).min();

@@ -2,8 +2,11 @@
 //! compares what each replica really stored (not what a leader serves).
 
 use crate::checker::{ReplicaEntry, ReplicaLog};
+use cairn_protocol::compaction::{compact_log, CompactionDecision};
+use cairn_protocol::RecordBatch;
 use cairn_storage::sled_store::SledStore;
 use cairn_storage::{LogStore, PartitionLog};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Bytes read from a log per call.
@@ -15,9 +18,26 @@ pub fn parse_log_name(name: &str) -> Option<(u64, u32)> {
     Some((topic.parse().ok()?, partition.parse().ok()?))
 }
 
+/// One replica's stored log, as batches.
+pub struct StoredLog {
+    pub topic: u64,
+    pub partition: u32,
+    pub node: u32,
+    pub log_start: u64,
+    pub batches: Vec<RecordBatch>,
+}
+
 /// Every topic partition log of the stopped node whose store is at `store_dir`, as
-/// (topic id, log). `node` labels the logs.
+/// (topic id, log). `node` labels the logs. Each log is compacted by the largest decision it
+/// holds (see [`settle_compaction`] for the comparison across replicas).
 pub fn read_node_logs(node: u32, store_dir: &Path) -> Result<Vec<(u64, ReplicaLog)>, String> {
+    let mut stored = vec![read_node_batches(node, store_dir)?];
+    settle_compaction(&mut stored)?;
+    stored.remove(0).into_iter().map(replica_log).collect()
+}
+
+/// Every topic partition log of a stopped node, batch by batch.
+pub fn read_node_batches(node: u32, store_dir: &Path) -> Result<Vec<StoredLog>, String> {
     let store = SledStore::open(store_dir)
         .map_err(|error| format!("open {}: {error}", store_dir.display()))?;
     let mut logs = Vec::new();
@@ -33,50 +53,106 @@ pub fn read_node_logs(node: u32, store_dir: &Path) -> Result<Vec<(u64, ReplicaLo
             .map_err(|error| format!("open log {name}: {error}"))?;
         let end = log.log_end();
         let mut next = log.log_start();
-        let mut entries = Vec::new();
+        let mut batches = Vec::new();
         while next < end {
-            let batches = log
+            let read = log
                 .read(next, end, READ_BYTES_MAX)
                 .map_err(|error| format!("read {name} at {next}: {error}"))?;
-            let Some(last) = batches.last() else {
+            let Some(last) = read.last() else {
                 return Err(format!(
                     "{name}: no batch at {next} below the log end {end}"
                 ));
             };
             next = last.next_offset();
-            for batch in &batches {
-                let epoch = batch.leader_epoch().0;
-                if batch.header().is_control() {
-                    for offset in batch.base_offset().0..batch.next_offset().0 {
-                        entries.push(ReplicaEntry {
-                            offset,
-                            epoch,
-                            value: None,
-                        });
-                    }
-                    continue;
-                }
-                for record in batch.records() {
-                    let record = record.map_err(|error| format!("{name}: {error}"))?;
-                    entries.push(ReplicaEntry {
-                        offset: record.offset.0,
-                        epoch,
-                        value: Some(crate::checker::value_text(record.value.as_deref())),
-                    });
-                }
-            }
+            batches.extend(read);
         }
-        logs.push((
+        logs.push(StoredLog {
             topic,
-            ReplicaLog {
-                node,
-                partition,
-                log_start: log.log_start().0,
-                entries,
-            },
-        ));
+            partition,
+            node,
+            log_start: log.log_start().0,
+            batches,
+        });
     }
     Ok(logs)
+}
+
+/// Compacts every replica of a partition by the largest compaction decision any of them
+/// holds (the merge of every decision marker in their logs). A replica stopped before its
+/// compactor applied the newest decision, or that had not yet received it, then compares
+/// equal to one that did: compaction is deterministic, idempotent and monotone, so this is
+/// the log every replica converges to (docs/compaction.md). Logs without markers (the
+/// campaign's own topic) are left exactly as read.
+pub fn settle_compaction(per_node: &mut [Vec<StoredLog>]) -> Result<(), String> {
+    let mut decisions: BTreeMap<(u64, u32), CompactionDecision> = BTreeMap::new();
+    for log in per_node.iter().flatten() {
+        for decision in log
+            .batches
+            .iter()
+            .filter_map(CompactionDecision::from_batch)
+        {
+            decisions
+                .entry((log.topic, log.partition))
+                .and_modify(|merged| *merged = merged.merge(decision))
+                .or_insert(decision);
+        }
+    }
+    for log in per_node.iter_mut().flatten() {
+        if let Some(decision) = decisions.get(&(log.topic, log.partition)) {
+            log.batches =
+                compact_log(&log.batches, decision, COMPACTION_KEYS_MAX).map_err(|error| {
+                    format!(
+                        "compact t{}-{} of node {}: {error}",
+                        log.topic, log.partition, log.node
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Keys one settled comparison may index, per partition (the node's own bound).
+const COMPACTION_KEYS_MAX: usize = 1 << 20;
+
+/// The checker's view of a stored log: one entry per record (a control batch's offsets as
+/// entries without a value), at the offsets the records have (a compacted log has gaps).
+pub fn replica_log(log: StoredLog) -> Result<(u64, ReplicaLog), String> {
+    let mut entries = Vec::new();
+    for batch in &log.batches {
+        let epoch = batch.leader_epoch().0;
+        if batch.header().is_control() {
+            for offset in batch.base_offset().0..batch.next_offset().0 {
+                entries.push(ReplicaEntry {
+                    offset,
+                    epoch,
+                    value: None,
+                });
+            }
+            continue;
+        }
+        for record in batch.records() {
+            let record = record.map_err(|error| {
+                format!(
+                    "t{}-{} of node {}: {error}",
+                    log.topic, log.partition, log.node
+                )
+            })?;
+            entries.push(ReplicaEntry {
+                offset: record.offset.0,
+                epoch,
+                value: Some(crate::checker::value_text(record.value.as_deref())),
+            });
+        }
+    }
+    Ok((
+        log.topic,
+        ReplicaLog {
+            node: log.node,
+            partition: log.partition,
+            log_start: log.log_start,
+            entries,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -122,5 +198,55 @@ mod tests {
             entries,
             vec![(0, 1, Some("a")), (1, 1, Some("b")), (2, 2, None)]
         );
+    }
+
+    fn keyed(keys: &[&str], timestamp_ms: i64) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(timestamp_ms);
+        for key in keys {
+            builder.push(
+                &Record::new(format!("{key}@{timestamp_ms}"))
+                    .with_key(key.to_string())
+                    .with_timestamp_ms(timestamp_ms),
+            );
+        }
+        builder.build()
+    }
+
+    /// Two replicas of a compacted partition, one that applied the leader's decision and one
+    /// stopped before it did (it holds the marker but the old batches): after settling, the
+    /// checker sees the same entries on both, with the compacted offsets absent on both.
+    #[test]
+    fn replicas_compacted_to_different_points_compare_equal_once_settled() {
+        let first = keyed(&["a", "b", "a"], 10).stamped(Offset(0), Epoch(1));
+        let second = keyed(&["b"], 20).stamped(Offset(3), Epoch(1));
+        let decision = CompactionDecision {
+            below: Offset(4),
+            tombstone_cutoff_ms: 0,
+        };
+        let marker = decision.marker(30).stamped(Offset(4), Epoch(1));
+        let raw = vec![first.clone(), second.clone(), marker.clone()];
+        let applied = compact_log(&raw, &decision, 16).unwrap();
+        assert_ne!(applied, raw);
+        let stored = |node, batches: Vec<RecordBatch>| StoredLog {
+            topic: 1,
+            partition: 0,
+            node,
+            log_start: 0,
+            batches,
+        };
+        let mut per_node = vec![vec![stored(1, applied)], vec![stored(2, raw)]];
+        settle_compaction(&mut per_node).unwrap();
+        let views: Vec<ReplicaLog> = per_node
+            .into_iter()
+            .flatten()
+            .map(|log| replica_log(log).unwrap().1)
+            .collect();
+        assert_eq!(views[0].entries, views[1].entries);
+        let offsets: Vec<u64> = views[0].entries.iter().map(|entry| entry.offset).collect();
+        assert_eq!(offsets, vec![2, 3, 4]);
+        // Without a decision marker nothing is touched.
+        let mut plain = vec![vec![stored(1, vec![first.clone(), second.clone()])]];
+        settle_compaction(&mut plain).unwrap();
+        assert_eq!(plain[0][0].batches, vec![first, second]);
     }
 }
