@@ -808,8 +808,11 @@ pub struct PartitionActor<S: LogStore> {
     decisions_pending: Vec<(Offset, CompactionDecision)>,
     /// A committed decision the compactor's queue had no room for yet.
     decision_ready: Option<CompactionDecision>,
-    /// While leading: the last decision this replica made, and when (wall clock ms).
-    last_decision: Option<(CompactionDecision, i64)>,
+    /// While leading: the last decision this replica made, when (wall clock ms), and whether
+    /// records had arrived before it (then a tombstone it kept may expire: one more decision
+    /// is due `delete.retention.ms` later, and no more after that until records arrive, so
+    /// an idle topic does not get a marker every period).
+    last_decision: Option<(CompactionDecision, i64, bool)>,
     /// Bytes of records appended since this replica last decided (the `segment.bytes`
     /// granularity).
     bytes_since_decision: u64,
@@ -1467,8 +1470,9 @@ impl<S: LogStore> PartitionActor<S> {
         }
     }
 
-    /// While leading a compacted topic: decides a new compaction when `segment.bytes` of log
-    /// arrived since the last decision, or a tombstone may have expired since, and
+    /// While leading a compacted topic: decides a new compaction when `segment.bytes` of
+    /// records arrived since the last decision, or a tombstone it kept may have expired since
+    /// (see `last_decision`), and
     /// replicates it as a marker batch. The decision covers the committed log, less what is
     /// younger than `min.compaction.lag.ms`; its tombstone cutoff is now less
     /// `delete.retention.ms`, never below the previous decision's.
@@ -1484,9 +1488,10 @@ impl<S: LogStore> PartitionActor<S> {
         let now_ms = wall_clock_ms();
         let due = match self.last_decision {
             None => self.bytes_since_decision > 0 || status.high_watermark > status.log_start,
-            Some((_, decided_ms)) => {
+            Some((_, decided_ms, expiry_pending)) => {
                 self.bytes_since_decision >= settings.segment_bytes
-                    || now_ms.saturating_sub(decided_ms) >= settings.delete_retention_ms as i64
+                    || (expiry_pending
+                        && now_ms.saturating_sub(decided_ms) >= settings.delete_retention_ms as i64)
             }
         };
         if !due {
@@ -1507,13 +1512,13 @@ impl<S: LogStore> PartitionActor<S> {
             below: below.min(high_watermark),
             tombstone_cutoff_ms: now_ms.saturating_sub(settings.delete_retention_ms as i64),
         };
-        if let Some((previous, _)) = self.last_decision {
+        if let Some((previous, _, _)) = self.last_decision {
             decision = decision.merge(previous);
         }
         if decision.below == Offset::ZERO {
             return;
         }
-        self.last_decision = Some((decision, now_ms));
+        self.last_decision = Some((decision, now_ms, self.bytes_since_decision > 0));
         self.bytes_since_decision = 0;
         let (reply, _ignored) = oneshot::channel();
         let request = RequestId(self.next_request);
