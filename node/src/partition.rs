@@ -2050,6 +2050,59 @@ mod tests {
         });
     }
 
+    /// `min.compaction.lag.ms`: the leader's decision stops below the first record younger
+    /// than the lag, so records produced just now are all still there after it decided.
+    #[test]
+    fn records_younger_than_the_compaction_lag_are_not_compacted() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let settings = CompactionSettings {
+                min_lag_ms: 3_600_000,
+                delete_retention_ms: 0,
+                segment_bytes: 1,
+            };
+            let handle = start_with(&store, 256, Some(settings));
+            led(&handle).await;
+            let first = handle.shared.high_watermark();
+            for round in 0..3u32 {
+                let mut builder = RecordBatchBuilder::new(wall_clock_ms());
+                builder.push(&Record::new(format!("v{round}")).with_key("k"));
+                let reply = handle.produce(builder.build(), Acks::All).unwrap();
+                tokio::time::timeout(Duration::from_secs(5), reply)
+                    .await
+                    .expect("answered")
+                    .unwrap()
+                    .unwrap();
+            }
+            let produced_end = handle.shared.high_watermark();
+            for _ in 0..400 {
+                let read = handle.read(Offset::ZERO, 1 << 20, false).await.unwrap();
+                let decisions: Vec<CompactionDecision> = read
+                    .batches
+                    .iter()
+                    .filter(|batch| batch.base_offset() >= produced_end)
+                    .filter_map(CompactionDecision::from_batch)
+                    .collect();
+                if let Some(decision) = decisions.first() {
+                    assert!(
+                        decision.below <= first,
+                        "{decision:?} reaches young records"
+                    );
+                    let values = read
+                        .batches
+                        .iter()
+                        .filter(|batch| !batch.header().is_control())
+                        .map(|batch| batch.records().count())
+                        .sum::<usize>();
+                    assert_eq!(values, 3);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the leader never decided");
+        });
+    }
+
     /// Regression: actix polls an actor's waiting futures in no particular order, so flush
     /// completions once reached the replica out of order and pipelined produces hung.
     #[test]
