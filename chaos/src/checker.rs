@@ -114,6 +114,9 @@ pub fn value_text(value: Option<&[u8]>) -> String {
 /// [`value_text`] of a tombstone.
 pub const TOMBSTONE_TEXT: &str = "<tombstone>";
 
+/// What a replica holds at an offset compaction removed (a gap inside a batch).
+pub const COMPACTED_TEXT: &str = "<compacted>";
+
 /// One record as a replica stores it, read from its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaEntry {

@@ -130,6 +130,14 @@ pub fn replica_log(log: StoredLog) -> Result<(u64, ReplicaLog), String> {
             }
             continue;
         }
+        // Offsets a compaction removed are held as such, so that replicas settled to the
+        // same decision agree there and a majority still holds every offset.
+        let mut next = batch.base_offset().0;
+        let compacted = |offset| ReplicaEntry {
+            offset,
+            epoch,
+            value: Some(crate::checker::COMPACTED_TEXT.to_owned()),
+        };
         for record in batch.records() {
             let record = record.map_err(|error| {
                 format!(
@@ -137,12 +145,15 @@ pub fn replica_log(log: StoredLog) -> Result<(u64, ReplicaLog), String> {
                     log.topic, log.partition, log.node
                 )
             })?;
+            entries.extend((next..record.offset.0).map(compacted));
+            next = record.offset.0 + 1;
             entries.push(ReplicaEntry {
                 offset: record.offset.0,
                 epoch,
                 value: Some(crate::checker::value_text(record.value.as_deref())),
             });
         }
+        entries.extend((next..batch.next_offset().0).map(compacted));
     }
     Ok((
         log.topic,
@@ -242,8 +253,21 @@ mod tests {
             .map(|log| replica_log(log).unwrap().1)
             .collect();
         assert_eq!(views[0].entries, views[1].entries);
-        let offsets: Vec<u64> = views[0].entries.iter().map(|entry| entry.offset).collect();
-        assert_eq!(offsets, vec![2, 3, 4]);
+        let values: Vec<(u64, Option<&str>)> = views[0]
+            .entries
+            .iter()
+            .map(|entry| (entry.offset, entry.value.as_deref()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                (0, Some(crate::checker::COMPACTED_TEXT)),
+                (1, Some(crate::checker::COMPACTED_TEXT)),
+                (2, Some("a@10")),
+                (3, Some("b@20")),
+                (4, None),
+            ]
+        );
         // Without a decision marker nothing is touched.
         let mut plain = vec![vec![stored(1, vec![first.clone(), second.clone()])]];
         settle_compaction(&mut plain).unwrap();
