@@ -1192,15 +1192,13 @@ impl<S: LogStore> PartitionActor<S> {
                     if !batch.header().is_control() {
                         // Only records count: a marker must not make the next decision due.
                         self.bytes_since_decision += batch.size_bytes() as u64;
-                    } else {
-                        if let Some(decision) = CompactionDecision::from_batch(batch) {
-                            self.decisions_pending.push((batch.base_offset(), decision));
-                            if self.decisions_pending.len() > DECISIONS_PENDING_MAX {
-                                let (offset, newest) =
-                                    self.decisions_pending.pop().expect("more than one");
-                                let last = self.decisions_pending.last_mut().expect("one");
-                                *last = (offset, last.1.merge(newest));
-                            }
+                    } else if let Some(decision) = CompactionDecision::from_batch(batch) {
+                        self.decisions_pending.push((batch.base_offset(), decision));
+                        if self.decisions_pending.len() > DECISIONS_PENDING_MAX {
+                            let (offset, newest) =
+                                self.decisions_pending.pop().expect("more than one");
+                            let last = self.decisions_pending.last_mut().expect("one");
+                            *last = (offset, last.1.merge(newest));
                         }
                     }
                 }
