@@ -104,9 +104,18 @@ impl<S: LogStore> Compactor<S> {
     }
 }
 
-/// The decision a replica applied in full last, from the log's own values.
-pub fn applied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> {
-    let bytes = log.get_value(APPLIED_DECISION_KEY).ok()??;
+/// Key of the merge of every decision marker this replica appended, with the offset of the
+/// last one: what a restart hands the compactor again if it was committed but not applied.
+pub const SEEN_DECISION_KEY: &str = "compaction.seen";
+
+fn encode_decision(decision: &CompactionDecision) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&decision.below.0.to_be_bytes());
+    bytes[8..].copy_from_slice(&decision.tombstone_cutoff_ms.to_be_bytes());
+    bytes
+}
+
+fn decode_decision(bytes: &[u8]) -> Option<CompactionDecision> {
     if bytes.len() != 16 {
         return None;
     }
@@ -114,6 +123,73 @@ pub fn applied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> 
         below: Offset(u64::from_be_bytes(bytes[..8].try_into().ok()?)),
         tombstone_cutoff_ms: i64::from_be_bytes(bytes[8..].try_into().ok()?),
     })
+}
+
+/// Notes a decision marker appended at `offset` (merged with those before it). A marker that
+/// is later truncated away leaves this note pointing past the log, so it is never trusted:
+/// see [`unapplied_decision`].
+pub fn record_seen_decision<L: PartitionLog + ?Sized>(
+    log: &mut L,
+    offset: Offset,
+    decision: CompactionDecision,
+) -> Result<(), StorageError> {
+    let merged = match log.get_value(SEEN_DECISION_KEY)? {
+        Some(bytes) if bytes.len() == 24 => match decode_decision(&bytes[8..]) {
+            Some(seen) => seen.merge(decision),
+            None => decision,
+        },
+        _ => decision,
+    };
+    let mut value = Vec::with_capacity(24);
+    value.extend_from_slice(&offset.0.to_be_bytes());
+    value.extend_from_slice(&encode_decision(&merged));
+    log.put_value(SEEN_DECISION_KEY, &value)
+}
+
+/// Forgets the note of [`record_seen_decision`] when its last marker is at or above `from`
+/// (truncated away): the merge it holds may include a decision that never committed, and
+/// offsets appended later could pass it. Forgetting only delays compaction to the next
+/// decision.
+pub fn forget_seen_decisions_from<L: PartitionLog + ?Sized>(
+    log: &mut L,
+    from: Offset,
+) -> Result<(), StorageError> {
+    let Some(bytes) = log.get_value(SEEN_DECISION_KEY)? else {
+        return Ok(());
+    };
+    let offset = bytes
+        .get(..8)
+        .and_then(|head| head.try_into().ok())
+        .map(u64::from_be_bytes);
+    if offset.is_none_or(|offset| offset >= from.0) {
+        log.put_value(SEEN_DECISION_KEY, &[])?;
+    }
+    Ok(())
+}
+
+/// The decision to hand the compactor at start: the merge of the markers this replica
+/// appended, when the last of them is below its recorded committed end (so every merged
+/// marker was committed: they precede it) and the compactor has not applied it in full.
+/// A marker truncated away before it committed never reaches the committed end.
+pub fn unapplied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> {
+    let bytes = log.get_value(SEEN_DECISION_KEY).ok()??;
+    if bytes.len() != 24 {
+        return None;
+    }
+    let offset = Offset(u64::from_be_bytes(bytes[..8].try_into().ok()?));
+    let seen = decode_decision(&bytes[8..])?;
+    if offset >= log.watermark().committed_end || offset >= log.log_end() {
+        return None;
+    }
+    match applied_decision(log) {
+        Some(applied) if applied.merge(seen) == applied => None,
+        _ => Some(seen),
+    }
+}
+
+/// The decision a replica applied in full last, from the log's own values.
+pub fn applied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> {
+    decode_decision(&log.get_value(APPLIED_DECISION_KEY).ok()??)
 }
 
 /// Applies `decision` to `log` (both passes), reading at most `bytes_per_second`.
@@ -169,10 +245,7 @@ pub fn compact<L: PartitionLog>(
             }
         }
     }
-    let mut applied = Vec::with_capacity(16);
-    applied.extend_from_slice(&decision.below.0.to_be_bytes());
-    applied.extend_from_slice(&decision.tombstone_cutoff_ms.to_be_bytes());
-    log.put_value(APPLIED_DECISION_KEY, &applied)?;
+    log.put_value(APPLIED_DECISION_KEY, &encode_decision(&decision))?;
     Ok(outcome)
 }
 
@@ -218,6 +291,42 @@ mod tests {
             builder.push(&Record::new(format!("{key} at {base}")).with_key(key.to_string()));
         }
         builder.build().stamped(Offset(base), Epoch(1))
+    }
+
+    /// A decision seen and committed but not applied (a crash in between) is handed back at
+    /// start; one already applied, one not yet committed, and one truncated away are not.
+    #[test]
+    fn an_unapplied_committed_decision_is_recovered_and_a_truncated_one_forgotten() {
+        let store = MemoryStore::new();
+        let mut log = store.open_log("t1-0").unwrap();
+        log.append(&keyed(&["a", "a"], 0)).unwrap();
+        let decision = CompactionDecision {
+            below: Offset(2),
+            tombstone_cutoff_ms: 5,
+        };
+        let marker = decision.marker(9).stamped(Offset(2), Epoch(1));
+        log.append(&marker).unwrap();
+        record_seen_decision(&mut log, Offset(2), decision).unwrap();
+        assert_eq!(unapplied_decision(&log), None, "not committed yet");
+        log.append(&keyed(&["b"], 3)).unwrap();
+        log.raise_committed_watermark(Offset(4)).unwrap();
+        assert_eq!(unapplied_decision(&log), Some(decision));
+        compact(&mut log, &decision, 0).unwrap();
+        assert_eq!(unapplied_decision(&log), None, "applied");
+
+        let later = CompactionDecision {
+            below: Offset(4),
+            tombstone_cutoff_ms: 6,
+        };
+        log.append(&later.marker(10).stamped(Offset(4), Epoch(1)))
+            .unwrap();
+        record_seen_decision(&mut log, Offset(4), later).unwrap();
+        forget_seen_decisions_from(&mut log, Offset(5)).unwrap();
+        log.append(&keyed(&["c"], 5)).unwrap();
+        log.raise_committed_watermark(Offset(6)).unwrap();
+        assert_eq!(unapplied_decision(&log), Some(later), "below the cut: kept");
+        forget_seen_decisions_from(&mut log, Offset(4)).unwrap();
+        assert_eq!(unapplied_decision(&log), None, "truncated away: forgotten");
     }
 
     /// The worker's streaming passes over a stored log give the bytes the in-memory pure

@@ -561,6 +561,12 @@ impl<S: LogStore> PartitionHandle<S> {
             }
             LogHealth::Healthy => None,
         };
+        // A decision whose marker was committed before a restart but that the compactor had
+        // not applied in full is handed to it again once the actor runs.
+        let unapplied_decision = match corrupted {
+            None => crate::compactor::unapplied_decision(&spec.log),
+            Some(_) => None,
+        };
         let producers_snapshot_at = match corrupted {
             None => recover_producers(&spec.log_name, &mut replica, &spec.log)
                 .map_err(|error| format!("cannot read back producer state: {error}"))?,
@@ -643,7 +649,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 compaction: spec.compaction,
                 compactor: spec.compactor,
                 decisions_pending: Vec::new(),
-                decision_ready: None,
+                decision_ready: unapplied_decision,
                 last_decision: None,
                 bytes_since_decision: 0,
                 stopped_with: None,
@@ -867,6 +873,10 @@ impl<S: LogStore> Actor for PartitionActor<S> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.arm_tick(ctx);
+        if self.decision_ready.is_some() {
+            // No marker is pending yet: this submits only the recovered decision.
+            self.apply_committed_decisions(Offset::ZERO);
+        }
         ctx.run_interval(
             Duration::from_millis(self.retention_check_ms),
             |actor, ctx| {
@@ -1193,6 +1203,11 @@ impl<S: LogStore> PartitionActor<S> {
                         // Only records count: a marker must not make the next decision due.
                         self.bytes_since_decision += batch.size_bytes() as u64;
                     } else if let Some(decision) = CompactionDecision::from_batch(batch) {
+                        crate::compactor::record_seen_decision(
+                            log.as_mut(),
+                            batch.base_offset(),
+                            decision,
+                        )?;
                         self.decisions_pending.push((batch.base_offset(), decision));
                         if self.decisions_pending.len() > DECISIONS_PENDING_MAX {
                             let (offset, newest) =
@@ -1209,9 +1224,11 @@ impl<S: LogStore> PartitionActor<S> {
                 log.truncate_suffix(from)?;
                 // A truncated decision was never committed: it is never acted on.
                 self.decisions_pending.retain(|(offset, _)| *offset < from);
+                crate::compactor::forget_seen_decisions_from(log.as_mut(), from)?;
             }
             Effect::ResetLog { log_start, epoch } => {
                 self.decisions_pending.clear();
+                crate::compactor::forget_seen_decisions_from(log.as_mut(), Offset::ZERO)?;
                 tracing::info!(partition = %self.log_name, %log_start, %epoch, "log starts at the leader's log start");
                 log.reset_start(log_start, epoch)?;
             }
