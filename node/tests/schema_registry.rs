@@ -121,7 +121,10 @@ fn the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leade
     // Reads on a registry that has never been written.
     assert_eq!(http(one, "GET", "/subjects", ""), (200, "[]".to_string()));
     let (status, body) = http(two, "GET", "/schemas/types", "");
-    assert_eq!((status, json(&body)), (200, serde_json::json!(["AVRO"])));
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!(["JSON", "PROTOBUF", "AVRO"]))
+    );
     let (status, body) = http(three, "GET", "/config", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["compatibilityLevel"], "BACKWARD");
