@@ -8,10 +8,15 @@
 //!   leader is killed a new schema gets a new id while every old one still resolves.
 //! - `a_node_without_a_replica_of_schemas_answers_from_the_leaders_log`: on 4 nodes (3
 //!   replicas of `_schemas`) every node reads and writes.
-//! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`: runs
-//!   `node/tests/kafka_python/schema_registry_avro.py` (see `kafka_python.rs` for the Python
-//!   prerequisites; this script also needs confluent-kafka's schema-registry extras, which
-//!   .ci/run installs pinned).
+//! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`,
+//!   `confluent_kafka_json_serializers_round_trip_through_the_registry`,
+//!   `confluent_kafka_protobuf_serializers_round_trip_through_the_registry`: run
+//!   `node/tests/kafka_python/schema_registry_{avro,json,protobuf}.py` on 3 nodes: produce
+//!   through the Kafka listener with confluent-kafka's serializers, consume back with its
+//!   deserializers, an incompatible change refused with 409 and a compatible one a new
+//!   version (see `kafka_python.rs` for the Python prerequisites; these scripts also need
+//!   confluent-kafka's schema-registry, JSON and Protobuf extras, which .ci/run installs
+//!   pinned).
 
 mod support;
 
@@ -397,6 +402,57 @@ fn a_node_without_a_replica_of_schemas_answers_from_the_leaders_log() {
 
 fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Runs `node/tests/kafka_python/{script}` against a fresh 3-node cluster with a topic of 3
+/// replicas: registries of every node, the Kafka bootstrap, the topic.
+fn run_python_registry_scenario(script: &str, module: &str, topic: &str) {
+    let imported = support::foreign_client(python())
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        imported.is_ok_and(|status| status.success()),
+        "{} cannot import {module}: install the pinned Python packages .ci/run lists \
+         (confluent-kafka 2.16.1 with its schema-registry, JSON and Protobuf extras), or set \
+         PYTHON=/path/to/python3",
+        python()
+    );
+    let cluster = TestCluster::start(3, &[]);
+    support::create_topic_cli(&cluster.bootstrap(), topic, 1, 3);
+    let registries: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}", node.http_address()))
+        .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kafka_python")
+        .join(script);
+    let mut command = support::foreign_client(python());
+    command
+        .arg("-u")
+        .arg(path)
+        .args([&registries.join(","), &cluster.kafka_bootstrap(), topic]);
+    support::run_client_scenario(script, command, SCRIPT_TIMEOUT, || cluster.logs());
+}
+
+#[test]
+fn confluent_kafka_json_serializers_round_trip_through_the_registry() {
+    run_python_registry_scenario(
+        "schema_registry_json.py",
+        "confluent_kafka.schema_registry.json_schema",
+        "readings",
+    );
+}
+
+#[test]
+fn confluent_kafka_protobuf_serializers_round_trip_through_the_registry() {
+    run_python_registry_scenario(
+        "schema_registry_protobuf.py",
+        "confluent_kafka.schema_registry.protobuf",
+        "orders",
+    );
 }
 
 #[test]
