@@ -491,3 +491,30 @@ fn confluent_kafka_avro_serializers_round_trip_through_the_registry() {
         cluster.logs()
     });
 }
+
+#[test]
+fn confluent_schemaregistry_npm_round_trip_with_kafkajs() {
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_node");
+    assert!(
+        modules
+            .join("node_modules/@confluentinc/schemaregistry/package.json")
+            .exists(),
+        "@confluentinc/schemaregistry is not installed: run scripts/kafka-clients.sh (npm ci \
+         in node/tests/kafka_node against its committed lock file; CI's .ci/run runs it)"
+    );
+    let cluster = TestCluster::start(3, &[]);
+    support::create_topic_cli(&cluster.bootstrap(), "clicks", 1, 3);
+    let registries: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}", node.http_address()))
+        .collect();
+    let mut command = support::foreign_client("node");
+    command
+        .current_dir(&modules)
+        .arg("schema_registry.js")
+        .args([&registries.join(","), &cluster.kafka_bootstrap(), "clicks"]);
+    support::run_client_scenario("schema_registry.js", command, SCRIPT_TIMEOUT, || {
+        cluster.logs()
+    });
+}
