@@ -518,3 +518,150 @@ fn confluent_schemaregistry_npm_round_trip_with_kafkajs() {
         cluster.logs()
     });
 }
+
+/// `cairn schema ...` with `--registry registry`; (exit code, stdout, stderr).
+fn cairn_schema(registry: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(support::cairn_binary())
+        .arg("schema")
+        .args(args)
+        .args(["--registry", registry])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn schema");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cairn_schema_cli_registers_lists_gets_checks_and_deletes() {
+    let cluster = TestCluster::start(3, &[]);
+    let registry = format!("http://{}", cluster.node(2).http_address());
+    let files = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let v1 = file("v1.avsc", USER_V1);
+    let required = file("required.avsc", USER_ADD_REQUIRED);
+    let with_default = file("default.avsc", USER_ADD_DEFAULT);
+
+    // The first write creates `_schemas`: retried while the registry answers 5xx.
+    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
+    let (code, out, err) = loop {
+        let answer = cairn_schema(
+            &registry,
+            &["register", "users-value", "-f", &v1, "--output", "json"],
+        );
+        if answer.0 == 0 || !answer.2.contains("(50") || Instant::now() >= deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    let first = json(&out);
+    assert_eq!(first["version"], 1, "{out}");
+    let first_id = first["id"].as_u64().unwrap();
+
+    // BACKWARD refuses a new field without a default: check says so (exit 1), register is
+    // refused with Confluent's 409 (exit 1), and nothing is stored.
+    let (code, out, _) = cairn_schema(&registry, &["check", "users-value", "-f", &required]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("incompatible"), "{out}");
+    let (code, _, err) = cairn_schema(&registry, &["register", "users-value", "-f", &required]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("409"), "{err}");
+    let (code, out, _) = cairn_schema(&registry, &["check", "users-value", "-f", &with_default]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "compatible with 'users-value' version latest")
+    );
+    let (code, out, err) =
+        cairn_schema(&registry, &["register", "users-value", "-f", &with_default]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("registered 'users-value' version 2 with id "),
+        "{out}"
+    );
+
+    let (code, out, _) = cairn_schema(&registry, &["list"]);
+    assert_eq!((code, out.as_str()), (0, "users-value\n"));
+    let (code, out, _) = cairn_schema(&registry, &["list", "users-value"]);
+    assert_eq!((code, out.as_str()), (0, "1\n2\n"));
+    let (code, out, _) = cairn_schema(
+        &registry,
+        &["get", "users-value", "-v", "1", "--output", "json"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["id"].as_u64(), Some(first_id));
+    let (code, out, _) = cairn_schema(&registry, &["get", "--id", &first_id.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"name\":\"User\""), "{out}");
+
+    // Protobuf with a reference; the type comes from the `.proto` extension.
+    let common = file(
+        "common.proto",
+        "syntax = \"proto3\";\npackage common;\nmessage Id { string value = 1; }\n",
+    );
+    let order = file(
+        "order.proto",
+        "syntax = \"proto3\";\nimport \"common.proto\";\nmessage Order { common.Id id = 1; }\n",
+    );
+    assert_eq!(
+        cairn_schema(&registry, &["register", "common", "-f", &common]).0,
+        0
+    );
+    let (code, _, err) = cairn_schema(&registry, &["register", "orders", "-f", &order]);
+    assert_eq!(code, 1, "an unresolved import is refused: {err}");
+    assert!(err.contains("42201"), "{err}");
+    let (code, _, err) = cairn_schema(
+        &registry,
+        &[
+            "register",
+            "orders",
+            "-f",
+            &order,
+            "-r",
+            "common.proto=common:1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cairn_schema(&registry, &["get", "orders"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("type PROTOBUF") && out.contains("reference common.proto=common:1"),
+        "{out}"
+    );
+
+    // Deletes: soft first, then permanent; a referenced subject stays.
+    let (code, _, err) = cairn_schema(&registry, &["delete", "common"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("42206"), "{err}");
+    let (code, _, err) = cairn_schema(&registry, &["delete", "users-value", "--permanent"]);
+    assert!(code == 1 && err.contains("40405"), "{err}");
+    assert_eq!(
+        cairn_schema(&registry, &["delete", "users-value", "-v", "1"]).0,
+        0
+    );
+    let (code, out, _) = cairn_schema(&registry, &["list", "users-value"]);
+    assert_eq!((code, out.as_str()), (0, "2\n"));
+
+    // Arguments refused before anything is sent: exit 2.
+    let (code, _, err) = cairn_schema("https://127.0.0.1:1", &["list"]);
+    assert!(code == 2 && err.contains("http://"), "{err}");
+    for args in [
+        vec!["register", "x", "-f", "/nonexistent/schema.avsc"],
+        vec!["register", "x", "-f", &v1, "-r", "no-version"],
+        vec!["get", "users-value", "-v", "0"],
+        vec!["register", "x", "-f", &v1, "-t", "xml"],
+    ] {
+        let (code, _, err) = cairn_schema(&registry, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    // A registry that is not there: exit 1.
+    let (code, _, err) = cairn_schema("http://127.0.0.1:1", &["list"]);
+    assert_eq!(code, 1, "{err}");
+}

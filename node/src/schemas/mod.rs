@@ -16,6 +16,7 @@
 //! `_schemas` is created by the first write (the `__meta` leader creates it, as it creates
 //! `__offsets`); reads on a cluster without it see an empty registry.
 
+pub mod cli;
 pub mod rest;
 
 use crate::broker::Broker;
