@@ -200,6 +200,26 @@ impl PowerFs {
         }
     }
 
+    /// unlink and rmdir: `remove` on the backing path, then the entry leaves the namespace.
+    fn remove_entry(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        remove: fn(&Path) -> io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let Some(path) = self.child(parent, name) else {
+            return reply.error(libc::ENOENT);
+        };
+        match remove(&path) {
+            Ok(()) => {
+                self.forget_path(&path);
+                reply.ok();
+            }
+            Err(error) => reply.error(errno(&error)),
+        }
+    }
+
     /// `fsync`/`fdatasync` of one file: its overlay into the backing file, then a real sync.
     fn sync_inode(&mut self, inode: u64, data_only: bool) -> io::Result<()> {
         let entry = self.open_file(inode)?;
@@ -388,29 +408,11 @@ impl Filesystem for PowerFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let Some(path) = self.child(parent, name) else {
-            return reply.error(libc::ENOENT);
-        };
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                self.forget_path(&path);
-                reply.ok();
-            }
-            Err(error) => reply.error(errno(&error)),
-        }
+        self.remove_entry(parent, name, |path| std::fs::remove_file(path), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let Some(path) = self.child(parent, name) else {
-            return reply.error(libc::ENOENT);
-        };
-        match std::fs::remove_dir(&path) {
-            Ok(()) => {
-                self.forget_path(&path);
-                reply.ok();
-            }
-            Err(error) => reply.error(errno(&error)),
-        }
+        self.remove_entry(parent, name, |path| std::fs::remove_dir(path), reply);
     }
 
     fn rename(
