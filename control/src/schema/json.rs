@@ -53,6 +53,13 @@ fn schema_at(value: &Value, path: &str, depth: usize) -> Result<(), String> {
     };
     let child = |key: &str| format!("{path}/{key}");
     for (key, value) in object {
+        let must = |ok: bool, what: &str| -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{path}/{key}: {what}"))
+            }
+        };
         match key.as_str() {
             "type" => {
                 let names: Vec<&Value> = match value {
@@ -115,44 +122,21 @@ fn schema_at(value: &Value, path: &str, depth: usize) -> Result<(), String> {
                 Value::Bool(_) => {}
                 _ => return Err(format!("{}: a list of property names", child(key))),
             },
-            "enum" => {
-                if !value.is_array() {
-                    return Err(format!("{}: a list of values", child(key)));
-                }
-            }
+            "enum" => must(value.is_array(), "a list of values")?,
             "minLength" | "maxLength" | "minItems" | "maxItems" | "minProperties"
-            | "maxProperties" | "minContains" | "maxContains" => {
-                if !value.as_f64().is_some_and(|n| n >= 0.0 && n.fract() == 0.0) {
-                    return Err(format!("{}: a non-negative integer", child(key)));
-                }
-            }
-            "minimum" | "maximum" => {
-                if !value.is_number() {
-                    return Err(format!("{}: a number", child(key)));
-                }
-            }
+            | "maxProperties" | "minContains" | "maxContains" => must(
+                value.as_f64().is_some_and(|n| n >= 0.0 && n.fract() == 0.0),
+                "a non-negative integer",
+            )?,
+            "minimum" | "maximum" => must(value.is_number(), "a number")?,
             // A number (draft 6 on) or a boolean (draft 4).
             "exclusiveMinimum" | "exclusiveMaximum" => {
-                if !(value.is_number() || value.is_boolean()) {
-                    return Err(format!("{}: a number", child(key)));
-                }
+                must(value.is_number() || value.is_boolean(), "a number")?
             }
-            "multipleOf" => {
-                if !value.as_f64().is_some_and(|n| n > 0.0) {
-                    return Err(format!("{}: a number above 0", child(key)));
-                }
-            }
-            "uniqueItems" => {
-                if !value.is_boolean() {
-                    return Err(format!("{}: a boolean", child(key)));
-                }
-            }
+            "multipleOf" => must(value.as_f64().is_some_and(|n| n > 0.0), "a number above 0")?,
+            "uniqueItems" => must(value.is_boolean(), "a boolean")?,
             "$schema" | "$id" | "id" | "$ref" | "pattern" | "format" | "title" | "description"
-            | "$comment" | "$anchor" => {
-                if !value.is_string() {
-                    return Err(format!("{}: a string", child(key)));
-                }
-            }
+            | "$comment" | "$anchor" => must(value.is_string(), "a string")?,
             "dependencies" => {
                 let Value::Object(members) = value else {
                     return Err(format!("{}: an object", child(key)));

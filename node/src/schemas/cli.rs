@@ -112,6 +112,7 @@ pub enum SchemaCommand {
 }
 
 /// A failure: what it was and the exit code it gives.
+#[derive(Debug)]
 struct Failure {
     code: i32,
     message: String,
