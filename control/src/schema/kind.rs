@@ -148,11 +148,8 @@ impl ParsedSchema {
             }
             SchemaType::Protobuf => {
                 let proto = ProtoSchema::parse(text, imports)?;
-                (
-                    text.trim().to_string(),
-                    proto.identity(),
-                    Body::Protobuf(proto),
-                )
+                let stored = proto.stored_text(text, imports);
+                (stored, proto.identity(), Body::Protobuf(proto))
             }
         };
         let identity = if references.is_empty() {

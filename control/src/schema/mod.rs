@@ -16,6 +16,7 @@
 
 pub mod json;
 pub mod kind;
+mod proto_text;
 pub mod protobuf;
 pub mod records;
 pub mod state;

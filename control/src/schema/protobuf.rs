@@ -125,6 +125,22 @@ impl ProtoSchema {
         base64::engine::general_purpose::STANDARD.encode(proto.encode_to_vec())
     }
 
+    /// The text to store and serve for `given`: itself when it is `.proto` text; for a base64
+    /// descriptor, its printed `.proto` text when that compiles to this very schema, else the
+    /// descriptor as given (nothing is lost either way).
+    pub fn stored_text(&self, given: &str, imports: &BTreeMap<String, String>) -> String {
+        if File::from_source(MAIN_FILE, given).is_ok() {
+            return given.trim().to_string();
+        }
+        match super::proto_text::print(self.file.file_descriptor_proto()) {
+            Some(text) => match ProtoSchema::parse(&text, imports) {
+                Ok(again) if again.identity() == self.identity() => text,
+                _ => given.trim().to_string(),
+            },
+            None => given.trim().to_string(),
+        }
+    }
+
     /// The schema as a base64 `FileDescriptorProto` (`?format=serialized`).
     pub fn serialized(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.file.encode_to_vec())
@@ -379,10 +395,51 @@ message Event { common.Id id = 1; google.protobuf.Timestamp at = 2; }"#;
     fn identity_ignores_layout_comments_and_the_descriptor_form() {
         let spaced = "// an order\nsyntax = \"proto3\";\npackage shop;\nmessage Order {\n  string id = 1;  int64 amount = 2;\n  oneof payment { string card = 3; string iban = 4; }\n}\n";
         assert_eq!(proto(V1).identity(), proto(spaced).identity());
-        let from_descriptor = proto(&proto(V1).serialized());
+        let serialized = proto(V1).serialized();
+        let from_descriptor = proto(&serialized);
         assert_eq!(proto(V1).identity(), from_descriptor.identity());
+        // A descriptor is stored as the .proto text it prints to (which compiles to it).
+        let text = from_descriptor.stored_text(&serialized, &BTreeMap::new());
+        assert!(
+            text.starts_with("syntax = \"proto3\";\npackage shop;"),
+            "{text}"
+        );
+        assert_eq!(proto(&text).identity(), proto(V1).identity());
+        assert_eq!(proto(V1).stored_text(V1, &BTreeMap::new()), V1);
         let renamed = V1.replace("amount", "total");
         assert_ne!(proto(V1).identity(), proto(&renamed).identity());
+    }
+
+    #[test]
+    fn descriptors_print_back_to_text_that_compiles_to_them() {
+        let rich = r#"syntax = "proto3";
+package shop.v1;
+option java_package = "com.shop";
+option go_package = "shop/v1";
+import "google/protobuf/timestamp.proto";
+message Order {
+  message Line { string sku = 1; int32 count = 2 [deprecated = true]; }
+  enum State { STATE_UNKNOWN = 0; OPEN = 1; reserved 5 to 9; }
+  string id = 1;
+  repeated Line lines = 2;
+  map<string, int64> totals = 3;
+  optional string note = 4;
+  oneof payment { string card = 5; bytes token = 6; }
+  State state = 7;
+  google.protobuf.Timestamp at = 8;
+  repeated int32 codes = 9 [packed = false];
+  reserved 10, 20 to 30;
+  reserved "old";
+}
+service Shop { rpc Place (Order) returns (stream Order); }
+"#;
+        let original = proto(rich);
+        let text = super::super::proto_text::print(original.file.file_descriptor_proto()).unwrap();
+        assert_eq!(proto(&text).identity(), original.identity(), "{text}");
+        let proto2 = "syntax = \"proto2\"; message A { required string a = 1 [default = \"x\"]; optional int32 b = 2 [default = -3]; extensions 100 to max; }";
+        let original = proto(proto2);
+        let text = super::super::proto_text::print(original.file.file_descriptor_proto()).unwrap();
+        assert_eq!(proto(&text).identity(), original.identity(), "{text}");
     }
 
     #[test]

@@ -121,6 +121,10 @@ assert [(r.name, r.subject) for r in references] == [("shop/money.proto", "shop/
     (r.name, r.subject, r.version) for r in references
 ]
 first_id = latest.schema_id
+# Registered as a base64 descriptor, served as .proto text (as Confluent's registry does).
+text = SchemaRegistryClient({"url": registries[1]}).get_schema(first_id).schema_str
+assert text.startswith('syntax = "proto3";\npackage shop;\nimport "shop/money.proto";'), text
+assert "repeated string items = 4;" in text, text
 
 # A field number reused with another type: BACKWARD refuses it with 409.
 reused = """syntax = "proto3";
