@@ -382,4 +382,44 @@ mod tests {
         assert_eq!(Level::parse("sideways"), None);
         assert_eq!(Level::default(), Level::Backward);
     }
+
+    fn typed(schema_type: SchemaType, text: &str) -> ParsedSchema {
+        ParsedSchema::parse(schema_type, text, Vec::new(), &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn protobuf_and_json_levels_compare_in_the_right_direction() {
+        // A message added: BACKWARD allows it (the old schema's messages all remain); FORWARD
+        // compares the other way round, where the old schema lacks it: MESSAGE_REMOVED.
+        let old = typed(
+            SchemaType::Protobuf,
+            "syntax = \"proto3\"; message A { int32 a = 1; }",
+        );
+        let new = typed(
+            SchemaType::Protobuf,
+            "syntax = \"proto3\"; message A { int32 a = 1; } message B {}",
+        );
+        assert!(Level::Backward.violations(&new, &[&old]).is_empty());
+        let forward = Level::Forward.violations(&new, &[&old]);
+        assert!(
+            forward.len() == 1 && forward[0].contains("MESSAGE_REMOVED"),
+            "{forward:?}"
+        );
+        assert_eq!(Level::Full.violations(&new, &[&old]).len(), 1);
+        // JSON: a new required property breaks BACKWARD only; dropping one breaks FORWARD only.
+        let open = typed(
+            SchemaType::Json,
+            r#"{"type":"object","properties":{"a":{"type":"string"}}}"#,
+        );
+        let required = typed(
+            SchemaType::Json,
+            r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]}"#,
+        );
+        assert_eq!(Level::Backward.violations(&required, &[&open]).len(), 1);
+        assert!(Level::Forward.violations(&required, &[&open]).is_empty());
+        // Types never read each other.
+        let avro = avro(V1);
+        assert_eq!(Level::Backward.violations(&open, &[&avro]).len(), 1);
+        assert!(Level::None.violations(&open, &[&avro]).is_empty());
+    }
 }
