@@ -1,6 +1,7 @@
 //! The schema registry (issue 18, part 2) on real node processes: Confluent's REST API on every
-//! node's HTTP listener, over raw sockets byte for byte, and confluent-kafka-python's
-//! `SchemaRegistryClient` with its Avro serializers producing through the Kafka listener.
+//! node's HTTP listener, over raw sockets byte for byte; confluent-kafka-python's
+//! `SchemaRegistryClient` with its Avro, JSON and Protobuf serializers producing through the
+//! Kafka listener; `@confluentinc/schemaregistry` (npm) with kafkajs; and `cairn schema`.
 //!
 //! - `the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leader`: ids are
 //!   global and stable across nodes and subjects, an incompatible change is refused with 409,
@@ -17,6 +18,10 @@
 //!   version (see `kafka_python.rs` for the Python prerequisites; these scripts also need
 //!   confluent-kafka's schema-registry, JSON and Protobuf extras, which .ci/run installs
 //!   pinned).
+//! - `confluent_schemaregistry_npm_round_trip_with_kafkajs`: runs
+//!   `node/tests/kafka_node/schema_registry.js` (installed by `scripts/kafka-clients.sh`).
+//! - `cairn_schema_cli_registers_lists_gets_checks_and_deletes`: the `cairn schema` command as
+//!   a process, with its exit codes.
 
 mod support;
 

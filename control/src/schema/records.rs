@@ -3,7 +3,7 @@
 //!
 //! - key `{"keytype":"SCHEMA","subject":s,"version":v,"magic":1}`, value
 //!   `{"subject":s,"version":v,"id":id,"schema":text,"deleted":bool}` (plus `schemaType` when
-//!   not Avro): one version of one subject. A soft delete rewrites it with `deleted: true`.
+//!   not Avro, and `references` when it has some): one version of one subject. A soft delete rewrites it with `deleted: true`.
 //! - key `{"keytype":"CONFIG","subject":s|null,"magic":0}`, value
 //!   `{"compatibilityLevel":"BACKWARD"}`: a subject's level, or the global one for `null`.
 //!

@@ -380,11 +380,18 @@ impl Registry {
         Ok(imports)
     }
 
-    /// Refuses deleting `subject` `version` while a live version of any subject references it.
-    fn not_referenced(&self, subject: &str, version: u32) -> Result<(), RegistryError> {
+    /// Refuses deleting `subject` `version` while a version of any subject references it: a
+    /// live one for a soft delete, any one for a permanent delete (a soft-deleted version may
+    /// still be read, and replaying it needs what it references).
+    fn not_referenced(
+        &self,
+        subject: &str,
+        version: u32,
+        permanent: bool,
+    ) -> Result<(), RegistryError> {
         let referenced = self.subjects.values().any(|entry| {
             entry.versions.values().any(|v| {
-                !v.deleted
+                (permanent || !v.deleted)
                     && self.schemas[&v.id]
                         .references
                         .iter()
@@ -713,7 +720,7 @@ impl Registry {
             live
         };
         for (number, _) in &chosen {
-            self.not_referenced(subject, *number)?;
+            self.not_referenced(subject, *number, permanent)?;
         }
         let records = chosen
             .iter()
@@ -758,7 +765,7 @@ impl Registry {
                 version: *number,
             });
         }
-        self.not_referenced(subject, *number)?;
+        self.not_referenced(subject, *number, permanent)?;
         Ok((
             *number,
             self.deletion_record(subject, *number, v.id, permanent),
@@ -1194,6 +1201,21 @@ mod tests {
             replayed.apply(Some(&record.key), &record.value).unwrap();
         }
         assert_eq!(replayed.versions("orders", false), Ok(vec![1]));
+        // Soft-deleting `orders` frees `common` for a soft delete, not for a permanent one.
+        let (_, soft) = registry.plan_delete_subject("orders", false).unwrap();
+        apply_all(&mut registry, &soft);
+        let (_, soft_common) = registry.plan_delete_subject("common", false).unwrap();
+        apply_all(&mut registry, &soft_common);
+        assert_eq!(
+            registry
+                .plan_delete_subject("common", true)
+                .unwrap_err()
+                .error_code(),
+            42206
+        );
+        let (_, hard) = registry.plan_delete_subject("orders", true).unwrap();
+        apply_all(&mut registry, &hard);
+        assert!(registry.plan_delete_subject("common", true).is_ok());
     }
 
     #[test]
