@@ -3,7 +3,8 @@
 # - the Java client's jars (node/tests/kafka_java/pom.xml: kafka-clients, slf4j) copied by
 #   Maven from Maven Central into $CARGO_TARGET_DIR/kafka-clients/java/lib (no build lifecycle;
 #   the tests run the single-file sources with `java`);
-# - kafkajs, from node/tests/kafka_node/package-lock.json with `npm ci`.
+# - kafkajs, and @confluentinc/schemaregistry (node/tests/schema_registry.rs), from
+#   node/tests/kafka_node/package-lock.json with `npm ci`.
 # Each step is skipped when what it installs is already there. Needs java, mvn, node and npm:
 # with --apt it installs the missing ones with apt-get first.
 set -euo pipefail
@@ -39,3 +40,5 @@ if ! cmp -s "$modules/package-lock.json" "$modules/node_modules/.package-lock.js
     cp "$modules/package-lock.json" "$modules/node_modules/.package-lock.json.ci"
 fi
 echo "kafkajs: $(node -p "require('./$modules/node_modules/kafkajs/package.json').version")"
+echo "@confluentinc/schemaregistry: $(node -p \
+    "require('./$modules/node_modules/@confluentinc/schemaregistry/package.json').version")"

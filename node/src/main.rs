@@ -28,6 +28,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Register, list, get, check and delete schemas in the schema registry.
+    Schema(cairn_node::schemas::cli::SchemaArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -41,6 +43,7 @@ fn main() {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
             0
         }
+        Command::Schema(args) => cairn_node::schemas::cli::run(args, cli.connection.output),
         Command::Client(command) => {
             cairn_node::cli::init_client_logging();
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,7 @@
 //! The schema registry (issue 18, part 2) on real node processes: Confluent's REST API on every
-//! node's HTTP listener, over raw sockets byte for byte, and confluent-kafka-python's
-//! `SchemaRegistryClient` with its Avro serializers producing through the Kafka listener.
+//! node's HTTP listener, over raw sockets byte for byte; confluent-kafka-python's
+//! `SchemaRegistryClient` with its Avro, JSON and Protobuf serializers producing through the
+//! Kafka listener; `@confluentinc/schemaregistry` (npm) with kafkajs; and `cairn schema`.
 //!
 //! - `the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leader`: ids are
 //!   global and stable across nodes and subjects, an incompatible change is refused with 409,
@@ -8,10 +9,19 @@
 //!   leader is killed a new schema gets a new id while every old one still resolves.
 //! - `a_node_without_a_replica_of_schemas_answers_from_the_leaders_log`: on 4 nodes (3
 //!   replicas of `_schemas`) every node reads and writes.
-//! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`: runs
-//!   `node/tests/kafka_python/schema_registry_avro.py` (see `kafka_python.rs` for the Python
-//!   prerequisites; this script also needs confluent-kafka's schema-registry extras, which
-//!   .ci/run installs pinned).
+//! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`,
+//!   `confluent_kafka_json_serializers_round_trip_through_the_registry`,
+//!   `confluent_kafka_protobuf_serializers_round_trip_through_the_registry`: run
+//!   `node/tests/kafka_python/schema_registry_{avro,json,protobuf}.py` on 3 nodes: produce
+//!   through the Kafka listener with confluent-kafka's serializers, consume back with its
+//!   deserializers, an incompatible change refused with 409 and a compatible one a new
+//!   version (see `kafka_python.rs` for the Python prerequisites; these scripts also need
+//!   confluent-kafka's schema-registry, JSON and Protobuf extras, which .ci/run installs
+//!   pinned).
+//! - `confluent_schemaregistry_npm_round_trip_with_kafkajs`: runs
+//!   `node/tests/kafka_node/schema_registry.js` (installed by `scripts/kafka-clients.sh`).
+//! - `cairn_schema_cli_registers_lists_gets_checks_and_deletes`: the `cairn schema` command as
+//!   a process, with its exit codes.
 
 mod support;
 
@@ -121,7 +131,10 @@ fn the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leade
     // Reads on a registry that has never been written.
     assert_eq!(http(one, "GET", "/subjects", ""), (200, "[]".to_string()));
     let (status, body) = http(two, "GET", "/schemas/types", "");
-    assert_eq!((status, json(&body)), (200, serde_json::json!(["AVRO"])));
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!(["JSON", "PROTOBUF", "AVRO"]))
+    );
     let (status, body) = http(three, "GET", "/config", "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["compatibilityLevel"], "BACKWARD");
@@ -240,6 +253,30 @@ fn the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leade
             "POST",
             "/subjects/users-value/versions",
             "[]",
+            422,
+            42201,
+        ),
+        (
+            one,
+            "POST",
+            "/subjects/json-value/versions",
+            r#"{"schemaType":"JSON","schema":"{\"type\":\"text\"}"}"#,
+            422,
+            42201,
+        ),
+        (
+            two,
+            "POST",
+            "/subjects/proto-value/versions",
+            r#"{"schemaType":"PROTOBUF","schema":"message A { Missing b = 1; }"}"#,
+            422,
+            42201,
+        ),
+        (
+            three,
+            "POST",
+            "/subjects/proto-value/versions",
+            r#"{"schemaType":"PROTOBUF","schema":"syntax = \"proto3\"; import \"x.proto\"; message A {}","references":[{"name":"x.proto","subject":"nobody","version":1}]}"#,
             422,
             42201,
         ),
@@ -396,6 +433,57 @@ fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// Runs `node/tests/kafka_python/{script}` against a fresh 3-node cluster with a topic of 3
+/// replicas: registries of every node, the Kafka bootstrap, the topic.
+fn run_python_registry_scenario(script: &str, module: &str, topic: &str) {
+    let imported = support::foreign_client(python())
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        imported.is_ok_and(|status| status.success()),
+        "{} cannot import {module}: install the pinned Python packages .ci/run lists \
+         (confluent-kafka 2.16.1 with its schema-registry, JSON and Protobuf extras), or set \
+         PYTHON=/path/to/python3",
+        python()
+    );
+    let cluster = TestCluster::start(3, &[]);
+    support::create_topic_cli(&cluster.bootstrap(), topic, 1, 3);
+    let registries: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}", node.http_address()))
+        .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kafka_python")
+        .join(script);
+    let mut command = support::foreign_client(python());
+    command
+        .arg("-u")
+        .arg(path)
+        .args([&registries.join(","), &cluster.kafka_bootstrap(), topic]);
+    support::run_client_scenario(script, command, SCRIPT_TIMEOUT, || cluster.logs());
+}
+
+#[test]
+fn confluent_kafka_json_serializers_round_trip_through_the_registry() {
+    run_python_registry_scenario(
+        "schema_registry_json.py",
+        "confluent_kafka.schema_registry.json_schema",
+        "readings",
+    );
+}
+
+#[test]
+fn confluent_kafka_protobuf_serializers_round_trip_through_the_registry() {
+    run_python_registry_scenario(
+        "schema_registry_protobuf.py",
+        "confluent_kafka.schema_registry.protobuf",
+        "orders",
+    );
+}
+
 #[test]
 fn confluent_kafka_avro_serializers_round_trip_through_the_registry() {
     let imported = support::foreign_client(python())
@@ -431,4 +519,178 @@ fn confluent_kafka_avro_serializers_round_trip_through_the_registry() {
     support::run_client_scenario("schema_registry_avro.py", command, SCRIPT_TIMEOUT, || {
         cluster.logs()
     });
+}
+
+#[test]
+fn confluent_schemaregistry_npm_round_trip_with_kafkajs() {
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_node");
+    assert!(
+        modules
+            .join("node_modules/@confluentinc/schemaregistry/package.json")
+            .exists(),
+        "@confluentinc/schemaregistry is not installed: run scripts/kafka-clients.sh (npm ci \
+         in node/tests/kafka_node against its committed lock file; CI's .ci/run runs it)"
+    );
+    let cluster = TestCluster::start(3, &[]);
+    support::create_topic_cli(&cluster.bootstrap(), "clicks", 1, 3);
+    let registries: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}", node.http_address()))
+        .collect();
+    let mut command = support::foreign_client("node");
+    command
+        .current_dir(&modules)
+        .arg("schema_registry.js")
+        .args([&registries.join(","), &cluster.kafka_bootstrap(), "clicks"]);
+    support::run_client_scenario("schema_registry.js", command, SCRIPT_TIMEOUT, || {
+        cluster.logs()
+    });
+}
+
+/// `cairn schema ...` with `--registry registry`; (exit code, stdout, stderr).
+fn cairn_schema(registry: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(support::cairn_binary())
+        .arg("schema")
+        .args(args)
+        .args(["--registry", registry])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cairn schema");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cairn_schema_cli_registers_lists_gets_checks_and_deletes() {
+    let cluster = TestCluster::start(3, &[]);
+    let registry = format!("http://{}", cluster.node(2).http_address());
+    let files = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let v1 = file("v1.avsc", USER_V1);
+    let required = file("required.avsc", USER_ADD_REQUIRED);
+    let with_default = file("default.avsc", USER_ADD_DEFAULT);
+
+    // The first write creates `_schemas`: retried while the registry answers 5xx.
+    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
+    let (code, out, err) = loop {
+        let answer = cairn_schema(
+            &registry,
+            &["register", "users-value", "-f", &v1, "--output", "json"],
+        );
+        if answer.0 == 0 || !answer.2.contains("(50") || Instant::now() >= deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    let first = json(&out);
+    assert_eq!(first["version"], 1, "{out}");
+    let first_id = first["id"].as_u64().unwrap();
+
+    // BACKWARD refuses a new field without a default: check says so (exit 1), register is
+    // refused with Confluent's 409 (exit 1), and nothing is stored.
+    let (code, out, _) = cairn_schema(&registry, &["check", "users-value", "-f", &required]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("incompatible"), "{out}");
+    let (code, _, err) = cairn_schema(&registry, &["register", "users-value", "-f", &required]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("409"), "{err}");
+    let (code, out, _) = cairn_schema(&registry, &["check", "users-value", "-f", &with_default]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "compatible with 'users-value' version latest")
+    );
+    let (code, out, err) =
+        cairn_schema(&registry, &["register", "users-value", "-f", &with_default]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("registered 'users-value' version 2 with id "),
+        "{out}"
+    );
+
+    let (code, out, _) = cairn_schema(&registry, &["list"]);
+    assert_eq!((code, out.as_str()), (0, "users-value\n"));
+    let (code, out, _) = cairn_schema(&registry, &["list", "users-value"]);
+    assert_eq!((code, out.as_str()), (0, "1\n2\n"));
+    let (code, out, _) = cairn_schema(
+        &registry,
+        &["get", "users-value", "-v", "1", "--output", "json"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["id"].as_u64(), Some(first_id));
+    let (code, out, _) = cairn_schema(&registry, &["get", "--id", &first_id.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"name\":\"User\""), "{out}");
+
+    // Protobuf with a reference; the type comes from the `.proto` extension.
+    let common = file(
+        "common.proto",
+        "syntax = \"proto3\";\npackage common;\nmessage Id { string value = 1; }\n",
+    );
+    let order = file(
+        "order.proto",
+        "syntax = \"proto3\";\nimport \"common.proto\";\nmessage Order { common.Id id = 1; }\n",
+    );
+    assert_eq!(
+        cairn_schema(&registry, &["register", "common", "-f", &common]).0,
+        0
+    );
+    let (code, _, err) = cairn_schema(&registry, &["register", "orders", "-f", &order]);
+    assert_eq!(code, 1, "an unresolved import is refused: {err}");
+    assert!(err.contains("42201"), "{err}");
+    let (code, _, err) = cairn_schema(
+        &registry,
+        &[
+            "register",
+            "orders",
+            "-f",
+            &order,
+            "-r",
+            "common.proto=common:1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = cairn_schema(&registry, &["get", "orders"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("type PROTOBUF") && out.contains("reference common.proto=common:1"),
+        "{out}"
+    );
+
+    // Deletes: soft first, then permanent; a referenced subject stays.
+    let (code, _, err) = cairn_schema(&registry, &["delete", "common"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("42206"), "{err}");
+    let (code, _, err) = cairn_schema(&registry, &["delete", "users-value", "--permanent"]);
+    assert!(code == 1 && err.contains("40405"), "{err}");
+    assert_eq!(
+        cairn_schema(&registry, &["delete", "users-value", "-v", "1"]).0,
+        0
+    );
+    let (code, out, _) = cairn_schema(&registry, &["list", "users-value"]);
+    assert_eq!((code, out.as_str()), (0, "2\n"));
+
+    // Arguments refused before anything is sent: exit 2.
+    let (code, _, err) = cairn_schema("https://127.0.0.1:1", &["list"]);
+    assert!(code == 2 && err.contains("http://"), "{err}");
+    for args in [
+        vec!["register", "x", "-f", "/nonexistent/schema.avsc"],
+        vec!["register", "x", "-f", &v1, "-r", "no-version"],
+        vec!["get", "users-value", "-v", "0"],
+        vec!["register", "x", "-f", &v1, "-t", "xml"],
+    ] {
+        let (code, _, err) = cairn_schema(&registry, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    // A registry that is not there: exit 1.
+    let (code, _, err) = cairn_schema("http://127.0.0.1:1", &["list"]);
+    assert_eq!(code, 1, "{err}");
 }

@@ -1,22 +1,35 @@
 //! Schema types, their canonical form and compatibility.
 //!
-//! Avro is parsed by the `apache-avro` crate. Identity is the parsed schema written back as
-//! JSON (the crate's serialisation): whitespace, attribute order and redundant namespaces do
-//! not matter, defaults and docs do (Avro's "Parsing Canonical Form" drops defaults, which
-//! decide compatibility, so it cannot be the identity). JSON Schema and Protobuf are refused
-//! with a typed error until they are served.
+//! - Avro, parsed by the `apache-avro` crate. Identity is the parsed schema written back as
+//!   JSON (the crate's serialisation): whitespace, attribute order and redundant namespaces do
+//!   not matter, defaults and docs do (Avro's "Parsing Canonical Form" drops defaults, which
+//!   decide compatibility, so it cannot be the identity).
+//! - Protobuf ([`super::protobuf`]): compiled by `protox`; identity is the descriptor.
+//! - JSON Schema ([`super::json`]): a structural check; identity is the sorted document.
+//!
+//! A schema's references (Confluent's: other registered schemas it imports, by name) are part
+//! of its identity: the same text with other references is another schema.
 
+use super::json::JsonSchema;
+use super::protobuf::ProtoSchema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Bytes of schema text a registration may carry.
 pub const SCHEMA_BYTES_MAX: usize = 256 * 1024;
+/// References one schema may name (its own, not counting theirs).
+pub const REFERENCES_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SchemaType {
     #[serde(rename = "AVRO")]
     Avro,
+    #[serde(rename = "JSON")]
+    Json,
+    #[serde(rename = "PROTOBUF")]
+    Protobuf,
 }
 
 impl SchemaType {
@@ -24,70 +37,171 @@ impl SchemaType {
     pub fn parse(name: Option<&str>) -> Result<SchemaType, String> {
         match name {
             None | Some("AVRO") => Ok(SchemaType::Avro),
-            Some(other @ ("JSON" | "PROTOBUF")) => Err(format!(
-                "schema type {other} is not served yet (served: AVRO)"
+            Some("JSON") => Ok(SchemaType::Json),
+            Some("PROTOBUF") => Ok(SchemaType::Protobuf),
+            Some(other) => Err(format!(
+                "unknown schema type '{}' (served: {})",
+                other.chars().take(64).collect::<String>(),
+                SchemaType::SERVED.join(", ")
             )),
-            Some(other) => Err(format!("unknown schema type '{other}' (served: AVRO)")),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             SchemaType::Avro => "AVRO",
+            SchemaType::Json => "JSON",
+            SchemaType::Protobuf => "PROTOBUF",
         }
     }
 
-    /// The types `GET /schemas/types` lists.
-    pub const SERVED: &'static [&'static str] = &["AVRO"];
+    /// The `schemaType` field of an answer or a record: absent for Avro, as Confluent writes it.
+    pub fn field(self) -> Option<&'static str> {
+        match self {
+            SchemaType::Avro => None,
+            other => Some(other.name()),
+        }
+    }
+
+    /// The types `GET /schemas/types` lists (Confluent's order).
+    pub const SERVED: &'static [&'static str] = &["JSON", "PROTOBUF", "AVRO"];
+}
+
+/// Confluent's schema reference: the schema imports `name`, which is `subject`'s `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Reference {
+    pub name: String,
+    pub subject: String,
+    pub version: u32,
+}
+
+/// A registration's, lookup's or check's body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRequest {
+    pub schema: String,
+    #[serde(
+        rename = "schemaType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub schema_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<Reference>,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Avro(Box<Schema>),
+    Json(JsonSchema),
+    Protobuf(ProtoSchema),
 }
 
 /// A schema that parsed, with its canonical text.
 #[derive(Debug, Clone)]
 pub struct ParsedSchema {
     pub schema_type: SchemaType,
+    /// The text stored and served: Avro and JSON in their canonical form, Protobuf as first
+    /// given (its descriptor decides identity).
     pub canonical: String,
-    avro: Schema,
+    pub references: Vec<Reference>,
+    identity: String,
+    body: Body,
 }
 
 impl PartialEq for ParsedSchema {
     fn eq(&self, other: &ParsedSchema) -> bool {
-        self.schema_type == other.schema_type && self.canonical == other.canonical
+        self.schema_type == other.schema_type && self.identity == other.identity
     }
 }
 
 impl ParsedSchema {
-    pub fn parse(schema_type: SchemaType, text: &str) -> Result<ParsedSchema, String> {
+    /// Parses `text`; `imports` are the schemas its references resolve to, transitively
+    /// (import name → schema text).
+    pub fn parse(
+        schema_type: SchemaType,
+        text: &str,
+        references: Vec<Reference>,
+        imports: &BTreeMap<String, String>,
+    ) -> Result<ParsedSchema, String> {
         if text.len() > SCHEMA_BYTES_MAX {
             return Err(format!(
                 "the schema is {} bytes, more than {SCHEMA_BYTES_MAX}",
                 text.len()
             ));
         }
-        match schema_type {
+        if references.len() > REFERENCES_MAX {
+            return Err(format!("more than {REFERENCES_MAX} references"));
+        }
+        let (canonical, identity, body) = match schema_type {
             SchemaType::Avro => {
+                if !references.is_empty() {
+                    return Err("references are served for PROTOBUF and JSON schemas".to_string());
+                }
                 let avro = Schema::parse_str(text).map_err(|error| error.to_string())?;
                 let canonical = serde_json::to_string(&avro).map_err(|error| error.to_string())?;
-                Ok(ParsedSchema {
-                    schema_type,
-                    canonical,
-                    avro,
-                })
+                (canonical.clone(), canonical, Body::Avro(Box::new(avro)))
             }
+            SchemaType::Json => {
+                let json = JsonSchema::parse(text)?;
+                let canonical = json.canonical();
+                (canonical.clone(), canonical, Body::Json(json))
+            }
+            SchemaType::Protobuf => {
+                let proto = ProtoSchema::parse(text, imports)?;
+                let stored = proto.stored_text(text, imports);
+                (stored, proto.identity(), Body::Protobuf(proto))
+            }
+        };
+        let identity = if references.is_empty() {
+            identity
+        } else {
+            let listed = serde_json::to_string(&references).map_err(|error| error.to_string())?;
+            format!("{identity}\n{listed}")
+        };
+        Ok(ParsedSchema {
+            schema_type,
+            canonical,
+            references,
+            identity,
+            body,
+        })
+    }
+
+    /// What decides "the same schema" (and so the same id): type-specific, plus references.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// A Protobuf schema as a base64 `FileDescriptorProto` (`?format=serialized`).
+    pub fn serialized(&self) -> Option<String> {
+        match &self.body {
+            Body::Protobuf(proto) => Some(proto.serialized()),
+            _ => None,
         }
     }
 
     /// Why data written with `writer` cannot be read with `self`; `None` when it can.
     fn cannot_read(&self, writer: &ParsedSchema) -> Option<String> {
-        if self.schema_type != writer.schema_type {
-            return Some(format!(
+        match (&self.body, &writer.body) {
+            (Body::Avro(reader), Body::Avro(writer)) => {
+                SchemaCompatibility::can_read(writer, reader)
+                    .err()
+                    .map(|error| error.to_string())
+            }
+            (Body::Json(reader), Body::Json(writer)) => {
+                let found = JsonSchema::cannot_read(reader, writer);
+                (!found.is_empty()).then(|| found.join("; "))
+            }
+            (Body::Protobuf(reader), Body::Protobuf(writer)) => {
+                let found = ProtoSchema::incompatible_changes(writer, reader);
+                (!found.is_empty()).then(|| found.join("; "))
+            }
+            _ => Some(format!(
                 "a {} schema cannot read {} data",
                 self.schema_type.name(),
                 writer.schema_type.name()
-            ));
+            )),
         }
-        SchemaCompatibility::can_read(&writer.avro, &self.avro)
-            .err()
-            .map(|error| error.to_string())
     }
 }
 
@@ -172,7 +286,11 @@ mod tests {
     use super::*;
 
     fn avro(text: &str) -> ParsedSchema {
-        ParsedSchema::parse(SchemaType::Avro, text).unwrap()
+        ParsedSchema::parse(SchemaType::Avro, text, Vec::new(), &BTreeMap::new()).unwrap()
+    }
+
+    fn parse(text: &str) -> Result<ParsedSchema, String> {
+        ParsedSchema::parse(SchemaType::Avro, text, Vec::new(), &BTreeMap::new())
     }
 
     const V1: &str =
@@ -199,13 +317,14 @@ mod tests {
 
     #[test]
     fn invalid_schemas_are_refused() {
-        assert!(ParsedSchema::parse(SchemaType::Avro, "{").is_err());
-        assert!(ParsedSchema::parse(SchemaType::Avro, r#"{"type":"nonsense"}"#).is_err());
+        assert!(parse("{").is_err());
+        assert!(parse(r#"{"type":"nonsense"}"#).is_err());
         let huge = format!("\"{}\"", "x".repeat(SCHEMA_BYTES_MAX));
-        assert!(ParsedSchema::parse(SchemaType::Avro, &huge)
-            .unwrap_err()
-            .contains("more than"));
-        assert!(SchemaType::parse(Some("PROTOBUF")).is_err());
+        assert!(parse(&huge).unwrap_err().contains("more than"));
+        assert_eq!(
+            SchemaType::parse(Some("PROTOBUF")),
+            Ok(SchemaType::Protobuf)
+        );
         assert!(SchemaType::parse(Some("XML")).is_err());
     }
 
@@ -262,5 +381,45 @@ mod tests {
         assert_eq!(Level::parse("NONE"), Some(Level::None));
         assert_eq!(Level::parse("sideways"), None);
         assert_eq!(Level::default(), Level::Backward);
+    }
+
+    fn typed(schema_type: SchemaType, text: &str) -> ParsedSchema {
+        ParsedSchema::parse(schema_type, text, Vec::new(), &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn protobuf_and_json_levels_compare_in_the_right_direction() {
+        // A message added: BACKWARD allows it (the old schema's messages all remain); FORWARD
+        // compares the other way round, where the old schema lacks it: MESSAGE_REMOVED.
+        let old = typed(
+            SchemaType::Protobuf,
+            "syntax = \"proto3\"; message A { int32 a = 1; }",
+        );
+        let new = typed(
+            SchemaType::Protobuf,
+            "syntax = \"proto3\"; message A { int32 a = 1; } message B {}",
+        );
+        assert!(Level::Backward.violations(&new, &[&old]).is_empty());
+        let forward = Level::Forward.violations(&new, &[&old]);
+        assert!(
+            forward.len() == 1 && forward[0].contains("MESSAGE_REMOVED"),
+            "{forward:?}"
+        );
+        assert_eq!(Level::Full.violations(&new, &[&old]).len(), 1);
+        // JSON: a new required property breaks BACKWARD only; dropping one breaks FORWARD only.
+        let open = typed(
+            SchemaType::Json,
+            r#"{"type":"object","properties":{"a":{"type":"string"}}}"#,
+        );
+        let required = typed(
+            SchemaType::Json,
+            r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"]}"#,
+        );
+        assert_eq!(Level::Backward.violations(&required, &[&open]).len(), 1);
+        assert!(Level::Forward.violations(&required, &[&open]).is_empty());
+        // Types never read each other.
+        let avro = avro(V1);
+        assert_eq!(Level::Backward.violations(&open, &[&avro]).len(), 1);
+        assert!(Level::None.violations(&open, &[&avro]).is_empty());
     }
 }

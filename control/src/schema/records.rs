@@ -3,7 +3,7 @@
 //!
 //! - key `{"keytype":"SCHEMA","subject":s,"version":v,"magic":1}`, value
 //!   `{"subject":s,"version":v,"id":id,"schema":text,"deleted":bool}` (plus `schemaType` when
-//!   not Avro): one version of one subject. A soft delete rewrites it with `deleted: true`.
+//!   not Avro, and `references` when it has some): one version of one subject. A soft delete rewrites it with `deleted: true`.
 //! - key `{"keytype":"CONFIG","subject":s|null,"magic":0}`, value
 //!   `{"compatibilityLevel":"BACKWARD"}`: a subject's level, or the global one for `null`.
 //!
@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::kind::Level;
+use super::kind::{Level, Reference};
 
 /// One record to append: key and value bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct SchemaValue {
     )]
     pub schema_type: Option<String>,
     pub schema: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<Reference>,
     #[serde(default)]
     pub deleted: bool,
 }
@@ -171,6 +173,7 @@ mod tests {
             id: 7,
             schema_type: None,
             schema: "\"string\"".to_string(),
+            references: Vec::new(),
             deleted: false,
         });
         assert_eq!(

@@ -8,9 +8,12 @@
 //! the first committed record wins and the loser is ignored on every node alike. Ids are never
 //! reused: an id keeps its schema even after every version using it is deleted.
 
-use super::kind::{Level, ParsedSchema, SchemaType};
+use super::kind::{Level, ParsedSchema, Reference, SchemaRequest, SchemaType};
 use super::records::{self, ConfigValue, Decoded, SchemaRecord, SchemaValue};
 use std::collections::{BTreeMap, HashMap};
+
+/// Schemas one schema's references may pull in, transitively.
+pub const IMPORTS_MAX: usize = 256;
 
 /// Bytes of a subject name.
 pub const SUBJECT_BYTES_MAX: usize = 1024;
@@ -47,6 +50,8 @@ pub enum RegistryError {
     InvalidLevel { given: String },
     #[error("Invalid subject: {reason}")]
     InvalidSubject { reason: String },
+    #[error("One or more references exist to the schema {{subject={subject},version={version}}}")]
+    ReferenceExists { subject: String, version: u32 },
 }
 
 impl RegistryError {
@@ -57,7 +62,8 @@ impl RegistryError {
             RegistryError::InvalidSchema { .. }
             | RegistryError::InvalidVersion { .. }
             | RegistryError::InvalidLevel { .. }
-            | RegistryError::InvalidSubject { .. } => 422,
+            | RegistryError::InvalidSubject { .. }
+            | RegistryError::ReferenceExists { .. } => 422,
             _ => 404,
         }
     }
@@ -78,6 +84,7 @@ impl RegistryError {
             RegistryError::InvalidVersion { .. } => 42202,
             RegistryError::InvalidLevel { .. } => 42203,
             RegistryError::InvalidSubject { .. } => 42208,
+            RegistryError::ReferenceExists { .. } => 42206,
         }
     }
 }
@@ -114,6 +121,7 @@ pub struct VersionView {
     pub id: u32,
     pub schema_type: SchemaType,
     pub schema: String,
+    pub references: Vec<Reference>,
 }
 
 /// What a registration needs: nothing (already registered) or records to append.
@@ -236,14 +244,22 @@ impl Registry {
             return Err("version and id are in [1, 2^31-1]".to_string());
         }
         let schema_type = SchemaType::parse(value.schema_type.as_deref())?;
-        let parsed = ParsedSchema::parse(schema_type, &value.schema)?;
+        let imports = self
+            .imports(&value.references)
+            .map_err(|error| error.to_string())?;
+        let parsed = ParsedSchema::parse(
+            schema_type,
+            &value.schema,
+            value.references.clone(),
+            &imports,
+        )?;
         match self.schemas.get(&value.id) {
             Some(known) if *known != parsed => {
                 return Err(format!("id {} already names another schema", value.id))
             }
             Some(_) => {}
             None => {
-                if let Some(other) = self.ids.get(&(schema_type, parsed.canonical.clone())) {
+                if let Some(other) = self.ids.get(&(schema_type, parsed.identity().to_string())) {
                     return Err(format!("this schema already has id {other}"));
                 }
             }
@@ -276,7 +292,7 @@ impl Registry {
             }
         }
         self.ids
-            .entry((schema_type, parsed.canonical.clone()))
+            .entry((schema_type, parsed.identity().to_string()))
             .or_insert(value.id);
         self.schemas.entry(value.id).or_insert(parsed);
         self.subjects.entry(subject).or_default().versions.insert(
@@ -304,12 +320,91 @@ impl Registry {
         self.ignored
     }
 
-    /// Parses a schema as the REST API receives it.
-    pub fn parse(schema_type: Option<&str>, text: &str) -> Result<ParsedSchema, RegistryError> {
-        let schema_type = SchemaType::parse(schema_type)
+    /// Parses a schema as the REST API receives it, its references resolved against the
+    /// registered schemas.
+    pub fn parse(&self, request: &SchemaRequest) -> Result<ParsedSchema, RegistryError> {
+        let schema_type = SchemaType::parse(request.schema_type.as_deref())
             .map_err(|reason| RegistryError::InvalidSchema { reason })?;
-        ParsedSchema::parse(schema_type, text)
-            .map_err(|reason| RegistryError::InvalidSchema { reason })
+        let imports = self.imports(&request.references)?;
+        ParsedSchema::parse(
+            schema_type,
+            &request.schema,
+            request.references.clone(),
+            &imports,
+        )
+        .map_err(|reason| RegistryError::InvalidSchema { reason })
+    }
+
+    /// The schemas `references` name, and theirs, by import name (at most [`IMPORTS_MAX`]).
+    /// A reference may name a soft-deleted version (it was live when it was referenced).
+    pub fn imports(
+        &self,
+        references: &[Reference],
+    ) -> Result<BTreeMap<String, String>, RegistryError> {
+        let mut imports = BTreeMap::new();
+        let mut pending: Vec<&Reference> = references.iter().collect();
+        while let Some(reference) = pending.pop() {
+            if imports.len() >= IMPORTS_MAX {
+                return Err(RegistryError::InvalidSchema {
+                    reason: format!("the references pull in more than {IMPORTS_MAX} schemas"),
+                });
+            }
+            let id = self
+                .subjects
+                .get(&reference.subject)
+                .and_then(|entry| entry.versions.get(&reference.version))
+                .map(|version| version.id)
+                .ok_or_else(|| RegistryError::InvalidSchema {
+                    reason: format!(
+                        "reference '{}': subject '{}' has no version {}",
+                        reference.name, reference.subject, reference.version
+                    ),
+                })?;
+            let schema = &self.schemas[&id];
+            match imports.get(&reference.name) {
+                Some(text) if text != &schema.canonical => {
+                    return Err(RegistryError::InvalidSchema {
+                        reason: format!(
+                            "reference '{}' names two different schemas",
+                            reference.name
+                        ),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    imports.insert(reference.name.clone(), schema.canonical.clone());
+                    pending.extend(schema.references.iter());
+                }
+            }
+        }
+        Ok(imports)
+    }
+
+    /// Refuses deleting `subject` `version` while a version of any subject references it: a
+    /// live one for a soft delete, any one for a permanent delete (a soft-deleted version may
+    /// still be read, and replaying it needs what it references).
+    fn not_referenced(
+        &self,
+        subject: &str,
+        version: u32,
+        permanent: bool,
+    ) -> Result<(), RegistryError> {
+        let referenced = self.subjects.values().any(|entry| {
+            entry.versions.values().any(|v| {
+                (permanent || !v.deleted)
+                    && self.schemas[&v.id]
+                        .references
+                        .iter()
+                        .any(|r| r.subject == subject && r.version == version)
+            })
+        });
+        if referenced {
+            return Err(RegistryError::ReferenceExists {
+                subject: subject.to_string(),
+                version,
+            });
+        }
+        Ok(())
     }
 
     fn subject(&self, subject: &str) -> Result<&Subject, RegistryError> {
@@ -329,6 +424,7 @@ impl Registry {
             id: entry.id,
             schema_type: schema.schema_type,
             schema: schema.canonical.clone(),
+            references: schema.references.clone(),
         }
     }
 
@@ -399,14 +495,14 @@ impl Registry {
     }
 
     /// The schema of an id that some version still uses.
-    pub fn schema_by_id(&self, id: u32) -> Result<(SchemaType, String), RegistryError> {
+    pub fn schema_by_id(&self, id: u32) -> Result<ParsedSchema, RegistryError> {
         if self.uses_of(id).next().is_none() {
             return Err(RegistryError::SchemaNotFound {
                 what: id.to_string(),
             });
         }
         let schema = &self.schemas[&id];
-        Ok((schema.schema_type, schema.canonical.clone()))
+        Ok(schema.clone())
     }
 
     fn uses_of(&self, id: u32) -> impl Iterator<Item = (&String, u32, Version)> {
@@ -448,7 +544,7 @@ impl Registry {
         let entry = self.subject(subject)?;
         let id = self
             .ids
-            .get(&(schema.schema_type, schema.canonical.clone()));
+            .get(&(schema.schema_type, schema.identity().to_string()));
         entry
             .versions
             .iter()
@@ -543,7 +639,7 @@ impl Registry {
         }
         let id = match self
             .ids
-            .get(&(schema.schema_type, schema.canonical.clone()))
+            .get(&(schema.schema_type, schema.identity().to_string()))
         {
             Some(id) => *id,
             None => self
@@ -561,10 +657,9 @@ impl Registry {
             subject: subject.to_string(),
             version,
             id,
-            schema_type: match schema.schema_type {
-                SchemaType::Avro => None,
-            },
+            schema_type: schema.schema_type.field().map(str::to_string),
             schema: schema.canonical.clone(),
+            references: schema.references.clone(),
             deleted: false,
         });
         Ok(Registration::Append {
@@ -589,10 +684,9 @@ impl Registry {
             subject: subject.to_string(),
             version,
             id,
-            schema_type: match schema.schema_type {
-                SchemaType::Avro => None,
-            },
+            schema_type: schema.schema_type.field().map(str::to_string),
             schema: schema.canonical.clone(),
+            references: schema.references.clone(),
             deleted: true,
         })
     }
@@ -625,6 +719,9 @@ impl Registry {
         } else {
             live
         };
+        for (number, _) in &chosen {
+            self.not_referenced(subject, *number, permanent)?;
+        }
         let records = chosen
             .iter()
             .map(|(n, v)| self.deletion_record(subject, *n, v.id, permanent))
@@ -668,6 +765,7 @@ impl Registry {
                 version: *number,
             });
         }
+        self.not_referenced(subject, *number, permanent)?;
         Ok((
             *number,
             self.deletion_record(subject, *number, v.id, permanent),
@@ -717,7 +815,20 @@ mod tests {
     const V2_REQUIRED: &str = r#"{"type":"record","name":"User","fields":[{"name":"name","type":"string"},{"name":"age","type":"int"}]}"#;
 
     fn parsed(text: &str) -> ParsedSchema {
-        Registry::parse(None, text).unwrap()
+        Registry::default()
+            .parse(&SchemaRequest {
+                schema: text.to_string(),
+                ..SchemaRequest::default()
+            })
+            .unwrap()
+    }
+
+    fn request(schema_type: &str, text: &str, references: Vec<Reference>) -> SchemaRequest {
+        SchemaRequest {
+            schema: text.to_string(),
+            schema_type: Some(schema_type.to_string()),
+            references,
+        }
     }
 
     /// Plans a registration and applies its record, as the node does through the log.
@@ -793,6 +904,7 @@ mod tests {
             id: 9,
             schema_type: None,
             schema: V2.into(),
+            references: Vec::new(),
             deleted: false,
         });
         assert!(registry.apply(Some(&stale.key), &stale.value).is_err());
@@ -922,9 +1034,23 @@ mod tests {
     #[test]
     fn bad_input_is_typed_and_foreign_records_change_nothing() {
         let mut registry = Registry::default();
-        assert_eq!(Registry::parse(None, "{").unwrap_err().error_code(), 42201);
         assert_eq!(
-            Registry::parse(Some("JSON"), "{}")
+            registry
+                .parse(&request("AVRO", "{", Vec::new()))
+                .unwrap_err()
+                .error_code(),
+            42201
+        );
+        assert_eq!(
+            registry
+                .parse(&request("JSON", "[]", Vec::new()))
+                .unwrap_err()
+                .error_code(),
+            42201
+        );
+        assert_eq!(
+            registry
+                .parse(&request("PROTOBUF", "message {", Vec::new()))
                 .unwrap_err()
                 .error_code(),
             42201
@@ -950,6 +1076,191 @@ mod tests {
                 .unwrap_err()
                 .error_code(),
             40401
+        );
+    }
+
+    /// Registers a parsed request, applying its record as the node does through the log.
+    fn register_request(
+        registry: &mut Registry,
+        subject: &str,
+        request: &SchemaRequest,
+    ) -> Result<u32, RegistryError> {
+        let schema = registry.parse(request)?;
+        match registry.plan_register(subject, &schema)? {
+            Registration::Existing { id } => Ok(id),
+            Registration::Append { id, record, .. } => {
+                registry.apply(Some(&record.key), &record.value).unwrap();
+                Ok(id)
+            }
+        }
+    }
+
+    const COMMON: &str = "syntax = \"proto3\";\npackage common;\nmessage Id { string value = 1; }";
+    const ORDER: &str = "syntax = \"proto3\";\nimport \"common.proto\";\nmessage Order { common.Id id = 1; int64 amount = 2; }";
+
+    #[test]
+    fn protobuf_references_resolve_against_registered_subjects_and_block_deletes() {
+        let mut registry = Registry::default();
+        let common = register_request(
+            &mut registry,
+            "common",
+            &request("PROTOBUF", COMMON, Vec::new()),
+        )
+        .unwrap();
+        let reference = Reference {
+            name: "common.proto".to_string(),
+            subject: "common".to_string(),
+            version: 1,
+        };
+        // Without its reference the import does not resolve: 42201, nothing stored.
+        assert_eq!(
+            register_request(
+                &mut registry,
+                "orders",
+                &request("PROTOBUF", ORDER, Vec::new())
+            )
+            .unwrap_err()
+            .error_code(),
+            42201
+        );
+        let missing = Reference {
+            version: 7,
+            ..reference.clone()
+        };
+        assert_eq!(
+            register_request(
+                &mut registry,
+                "orders",
+                &request("PROTOBUF", ORDER, vec![missing])
+            )
+            .unwrap_err()
+            .error_code(),
+            42201
+        );
+        let order = register_request(
+            &mut registry,
+            "orders",
+            &request("PROTOBUF", ORDER, vec![reference.clone()]),
+        )
+        .unwrap();
+        assert_ne!(order, common);
+        // Reformatted text: the same schema, the same id; the view carries the reference.
+        let spaced = ORDER.replace("; ", ";\n  ");
+        assert_eq!(
+            register_request(
+                &mut registry,
+                "orders",
+                &request("PROTOBUF", &spaced, vec![reference.clone()])
+            ),
+            Ok(order)
+        );
+        let view = registry
+            .version("orders", VersionSpec::Latest, false)
+            .unwrap();
+        assert_eq!(
+            (view.schema_type, view.references),
+            (SchemaType::Protobuf, vec![reference])
+        );
+        assert!(registry.schema_by_id(order).unwrap().serialized().is_some());
+        // The referenced version cannot be deleted while `orders` uses it.
+        assert_eq!(
+            registry
+                .plan_delete_subject("common", false)
+                .unwrap_err()
+                .error_code(),
+            42206
+        );
+        // A field number reused with another type is refused under BACKWARD.
+        let reused = ORDER.replace("int64 amount", "string amount");
+        let references = registry
+            .version("orders", VersionSpec::Latest, false)
+            .unwrap()
+            .references;
+        let error = register_request(
+            &mut registry,
+            "orders",
+            &request("PROTOBUF", &reused, references),
+        )
+        .unwrap_err();
+        assert_eq!(error.error_code(), 409, "{error}");
+        // A replayed registry (every record again, in order) resolves the same references.
+        let mut replayed = Registry::default();
+        for subject in ["common", "orders"] {
+            let view = registry
+                .version(subject, VersionSpec::Latest, false)
+                .unwrap();
+            let record = records::schema_record(&SchemaValue {
+                subject: subject.to_string(),
+                version: view.version,
+                id: view.id,
+                schema_type: view.schema_type.field().map(str::to_string),
+                schema: view.schema,
+                references: view.references,
+                deleted: false,
+            });
+            replayed.apply(Some(&record.key), &record.value).unwrap();
+        }
+        assert_eq!(replayed.versions("orders", false), Ok(vec![1]));
+        // Soft-deleting `orders` frees `common` for a soft delete, not for a permanent one.
+        let (_, soft) = registry.plan_delete_subject("orders", false).unwrap();
+        apply_all(&mut registry, &soft);
+        let (_, soft_common) = registry.plan_delete_subject("common", false).unwrap();
+        apply_all(&mut registry, &soft_common);
+        assert_eq!(
+            registry
+                .plan_delete_subject("common", true)
+                .unwrap_err()
+                .error_code(),
+            42206
+        );
+        let (_, hard) = registry.plan_delete_subject("orders", true).unwrap();
+        apply_all(&mut registry, &hard);
+        assert!(registry.plan_delete_subject("common", true).is_ok());
+    }
+
+    #[test]
+    fn json_schemas_evolve_under_backward() {
+        let mut registry = Registry::default();
+        let closed = r#"{"type":"object","properties":{"name":{"type":"string"}},"additionalProperties":false}"#;
+        let added = r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"additionalProperties":false}"#;
+        let required = r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["age"],"additionalProperties":false}"#;
+        let first = register_request(
+            &mut registry,
+            "people",
+            &request("JSON", closed, Vec::new()),
+        )
+        .unwrap();
+        assert_eq!(
+            register_request(
+                &mut registry,
+                "people",
+                &request("JSON", required, Vec::new())
+            )
+            .unwrap_err()
+            .error_code(),
+            409
+        );
+        let second =
+            register_request(&mut registry, "people", &request("JSON", added, Vec::new())).unwrap();
+        assert_ne!(first, second);
+        // Another key order: the same schema.
+        let shuffled = r#"{"additionalProperties":false,"properties":{"age":{"type":"integer"},"name":{"type":"string"}},"type":"object"}"#;
+        assert_eq!(
+            register_request(
+                &mut registry,
+                "people",
+                &request("JSON", shuffled, Vec::new())
+            ),
+            Ok(second)
+        );
+        assert_eq!(registry.versions("people", false), Ok(vec![1, 2]));
+        // Types do not share ids even for equal text.
+        assert_eq!(
+            registry
+                .version("people", VersionSpec::Latest, false)
+                .unwrap()
+                .schema_type,
+            SchemaType::Json
         );
     }
 }

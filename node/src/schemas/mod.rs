@@ -16,6 +16,7 @@
 //! `_schemas` is created by the first write (the `__meta` leader creates it, as it creates
 //! `__offsets`); reads on a cluster without it see an empty registry.
 
+pub mod cli;
 pub mod rest;
 
 use crate::broker::Broker;
@@ -146,14 +147,16 @@ impl<S: LogStore> SchemaRegistry<S> {
     pub async fn register(
         &self,
         subject: &str,
-        schema: &cairn_control::schema::ParsedSchema,
+        request: &cairn_control::schema::SchemaRequest,
     ) -> Result<u32, Failure> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut replayed = self.replayed.lock().await;
         self.ensure_topic(deadline).await?;
         for _ in 0..REGISTER_ATTEMPTS_MAX {
             self.sync(&mut replayed, deadline).await?;
-            let record = match replayed.registry.plan_register(subject, schema)? {
+            // Parsed on the caught-up state: its references resolve against it.
+            let schema = replayed.registry.parse(request)?;
+            let record = match replayed.registry.plan_register(subject, &schema)? {
                 Registration::Existing { id } => return Ok(id),
                 Registration::Append { record, .. } => record,
             };
@@ -161,7 +164,7 @@ impl<S: LogStore> SchemaRegistry<S> {
             self.catch_up(&mut replayed, Some(last), deadline).await?;
             // The record may have lost a race for its id or version to another node's write:
             // then the next plan sees the winner and tries again.
-            if let Ok(found) = replayed.registry.lookup(subject, schema, false) {
+            if let Ok(found) = replayed.registry.lookup(subject, &schema, false) {
                 return Ok(found.id);
             }
         }

@@ -12,9 +12,8 @@ use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use cairn_control::schema::kind::SchemaType;
 use cairn_control::schema::state::validate_subject;
-use cairn_control::schema::{Registry, RegistryError, VersionSpec, VersionView};
+use cairn_control::schema::{ParsedSchema, RegistryError, SchemaRequest, VersionSpec, VersionView};
 use cairn_storage::LogStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -137,48 +136,48 @@ fn id_of(given: &str) -> Result<u32, Failure> {
         })
 }
 
-fn type_field(schema_type: SchemaType) -> Option<&'static str> {
-    match schema_type {
-        SchemaType::Avro => None,
+/// The value of `name=` in the query string.
+fn query_value<'u>(uri: &'u Uri, name: &str) -> Option<&'u str> {
+    uri.query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// `?format=serialized`: a Protobuf schema as a base64 `FileDescriptorProto` (what
+/// confluent-kafka-python's Protobuf deserializer asks for); other types ignore it.
+fn text_in_format(schema: &ParsedSchema, uri: &Uri) -> String {
+    match query_value(uri, "format") {
+        Some("serialized") => schema
+            .serialized()
+            .unwrap_or_else(|| schema.canonical.clone()),
+        _ => schema.canonical.clone(),
     }
 }
 
-fn version_json(view: &VersionView) -> Value {
+fn version_json(view: &VersionView, schema: &str) -> Value {
     let mut value = json!({
         "subject": view.subject,
         "version": view.version,
         "id": view.id,
-        "schema": view.schema,
+        "schema": schema,
     });
-    if let Some(name) = type_field(view.schema_type) {
+    if let Some(name) = view.schema_type.field() {
         value["schemaType"] = json!(name);
+    }
+    if !view.references.is_empty() {
+        value["references"] = json!(view.references);
     }
     value
 }
 
-/// A registration's, lookup's or check's body.
-#[derive(Deserialize)]
-struct SchemaBody {
-    schema: String,
-    #[serde(rename = "schemaType", default)]
-    schema_type: Option<String>,
-    #[serde(default)]
-    references: Option<Vec<Value>>,
-}
-
-fn parse_body(body: &[u8]) -> Result<cairn_control::schema::ParsedSchema, Failure> {
-    let body: SchemaBody = serde_json::from_slice(body).map_err(|error| {
+fn parse_body(body: &[u8]) -> Result<SchemaRequest, Failure> {
+    serde_json::from_slice(body).map_err(|error| {
         Failure::from(RegistryError::InvalidSchema {
             reason: format!("the body is not a schema request: {error}"),
         })
-    })?;
-    if body.references.as_ref().is_some_and(|r| !r.is_empty()) {
-        return Err(RegistryError::InvalidSchema {
-            reason: "schema references are not served yet".to_string(),
-        }
-        .into());
-    }
-    Ok(Registry::parse(body.schema_type.as_deref(), &body.schema)?)
+    })
 }
 
 async fn list_subjects<S: LogStore>(State(registry): Shared<S>, uri: Uri) -> Answer {
@@ -194,12 +193,17 @@ async fn lookup<S: LogStore>(
     body: Bytes,
 ) -> Answer {
     subject_checked(&subject)?;
-    let schema = parse_body(&body)?;
+    let request = parse_body(&body)?;
     let deleted = flag(&uri, "deleted");
     let view = registry
-        .read(|state| state.lookup(&subject, &schema, deleted))
+        .read(|state| {
+            state
+                .parse(&request)
+                .and_then(|schema| state.lookup(&subject, &schema, deleted))
+        })
         .await??;
-    Ok(answer(version_json(&view)))
+    let schema = view.schema.clone();
+    Ok(answer(version_json(&view, &schema)))
 }
 
 async fn register<S: LogStore>(
@@ -208,8 +212,8 @@ async fn register<S: LogStore>(
     body: Bytes,
 ) -> Answer {
     subject_checked(&subject)?;
-    let schema = parse_body(&body)?;
-    let id = registry.register(&subject, &schema).await?;
+    let request = parse_body(&body)?;
+    let id = registry.register(&subject, &request).await?;
     Ok(answer(json!({ "id": id })))
 }
 
@@ -232,10 +236,15 @@ async fn get_version<S: LogStore>(
 ) -> Answer {
     let spec = VersionSpec::parse(&version)?;
     let deleted = flag(&uri, "deleted");
-    let view = registry
-        .read(|state| state.version(&subject, spec, deleted))
+    let (view, schema) = registry
+        .read(|state| {
+            state.version(&subject, spec, deleted).and_then(|view| {
+                let schema = state.schema_by_id(view.id)?;
+                Ok((view, text_in_format(&schema, &uri)))
+            })
+        })
         .await??;
-    Ok(answer(version_json(&view)))
+    Ok(answer(version_json(&view, &schema)))
 }
 
 async fn get_version_schema<S: LogStore>(
@@ -287,30 +296,41 @@ async fn delete_version<S: LogStore>(
 }
 
 async fn schema_types() -> Response {
-    answer(json!(SchemaType::SERVED))
+    answer(json!(cairn_control::schema::SchemaType::SERVED))
 }
 
-fn schema_json(schema_type: SchemaType, schema: String) -> Value {
-    let mut value = json!({ "schema": schema });
-    if let Some(name) = type_field(schema_type) {
+fn schema_json(schema: &ParsedSchema, uri: &Uri) -> Value {
+    let mut value = json!({ "schema": text_in_format(schema, uri) });
+    if let Some(name) = schema.schema_type.field() {
         value["schemaType"] = json!(name);
+    }
+    if !schema.references.is_empty() {
+        value["references"] = json!(schema.references);
     }
     value
 }
 
-async fn get_by_id<S: LogStore>(State(registry): Shared<S>, Path(id): Path<String>) -> Answer {
+async fn get_by_id<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Answer {
     let id = id_of(&id)?;
-    let (schema_type, schema) = registry.read(|state| state.schema_by_id(id)).await??;
-    Ok(answer(schema_json(schema_type, schema)))
+    let schema = registry.read(|state| state.schema_by_id(id)).await??;
+    Ok(answer(schema_json(&schema, &uri)))
 }
 
-async fn get_raw_by_id<S: LogStore>(State(registry): Shared<S>, Path(id): Path<String>) -> Answer {
+async fn get_raw_by_id<S: LogStore>(
+    State(registry): Shared<S>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Answer {
     let id = id_of(&id)?;
-    let (_, schema) = registry.read(|state| state.schema_by_id(id)).await??;
+    let schema = registry.read(|state| state.schema_by_id(id)).await??;
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        schema,
+        text_in_format(&schema, &uri),
     )
         .into_response())
 }
@@ -444,9 +464,13 @@ async fn check<S: LogStore>(
     body: Bytes,
 ) -> Answer {
     let spec = VersionSpec::parse(&version)?;
-    let schema = parse_body(&body)?;
+    let request = parse_body(&body)?;
     let messages = registry
-        .read(|state| state.check(&subject, spec, &schema))
+        .read(|state| {
+            state
+                .parse(&request)
+                .and_then(|schema| state.check(&subject, spec, &schema))
+        })
         .await??;
     let mut value = json!({ "is_compatible": messages.is_empty() });
     if flag(&uri, "verbose") {
