@@ -10,7 +10,7 @@
 
 use super::kind::{Level, ParsedSchema, Reference, SchemaRequest, SchemaType};
 use super::records::{self, ConfigValue, Decoded, SchemaRecord, SchemaValue};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Schemas one schema's references may pull in, transitively.
 pub const IMPORTS_MAX: usize = 256;
@@ -426,6 +426,20 @@ impl Registry {
             schema: schema.canonical.clone(),
             references: schema.references.clone(),
         }
+    }
+
+    /// The ids each subject's versions use, soft-deleted versions included (their ids still
+    /// resolve, so consumers can still read records framed with them): what broker-side
+    /// schema validation accepts for a subject.
+    pub fn subject_ids(&self) -> HashMap<String, HashSet<u32>> {
+        self.subjects
+            .iter()
+            .filter(|(_, entry)| !entry.versions.is_empty())
+            .map(|(name, entry)| {
+                let ids = entry.versions.values().map(|version| version.id).collect();
+                (name.clone(), ids)
+            })
+            .collect()
     }
 
     /// Subjects with a live version (or a soft-deleted one, with `include_deleted`).

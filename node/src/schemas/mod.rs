@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod rest;
+pub mod validation;
 
 use crate::broker::Broker;
 use cairn_control::schema::state::Registration;
@@ -76,6 +77,8 @@ struct Replayed {
     registry: Registry,
     /// The next `_schemas` offset to apply.
     next: Offset,
+    /// When the last catch-up to the `_schemas` leader's high watermark started.
+    synced_from: Option<Instant>,
 }
 
 pub struct SchemaRegistry<S: LogStore> {
@@ -86,13 +89,47 @@ pub struct SchemaRegistry<S: LogStore> {
 }
 
 impl<S: LogStore> SchemaRegistry<S> {
-    pub fn new(broker: Arc<Broker<S>>) -> SchemaRegistry<S> {
-        SchemaRegistry {
-            broker,
+    /// The node's registry, attached to its broker so that produce can catch it up for
+    /// broker-side validation ([`validation`]).
+    pub fn start(broker: Arc<Broker<S>>) -> Arc<SchemaRegistry<S>> {
+        let registry = Arc::new(SchemaRegistry {
+            broker: Arc::clone(&broker),
             replayed: Mutex::new(Replayed {
                 registry: Registry::default(),
                 next: Offset::ZERO,
+                synced_from: None,
             }),
+        });
+        broker.schemas.attach(&registry);
+        registry
+    }
+
+    /// Catches up to the `_schemas` leader's high watermark unless a catch-up that started at
+    /// or after `since` already did, within `timeout`. An error when the leader's high
+    /// watermark could not be reached: a refusal then could rest on a lagging state.
+    pub async fn catch_up_for_validation(
+        &self,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        let timed_out = || RuntimeError::Timeout {
+            waited_ms: timeout.as_millis() as u64,
+        };
+        let mut replayed = tokio::time::timeout(timeout, self.replayed.lock())
+            .await
+            .map_err(|_| timed_out())?;
+        if replayed.synced_from.is_some_and(|from| from >= since)
+            || !self.broker.schemas_topic_exists()
+        {
+            return Ok(());
+        }
+        if self.sync(&mut replayed, deadline).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::Unavailable {
+                reason: format!("the {SCHEMAS_TOPIC} leader could not be asked"),
+            })
         }
     }
 
@@ -109,19 +146,25 @@ impl<S: LogStore> SchemaRegistry<S> {
     /// Catches up to the leader's high watermark: a follower's trails the leader's by a
     /// replication round trip, and a read here must see every write any node has answered.
     /// When the leader cannot be asked (it is failing over), the local committed prefix is
-    /// served: available, possibly a little behind.
-    async fn sync(&self, replayed: &mut Replayed, deadline: Instant) -> Result<(), RuntimeError> {
-        let until = match self.leader_high_watermark().await {
+    /// served: available, possibly a little behind. Whether the leader's high watermark was
+    /// reached.
+    async fn sync(&self, replayed: &mut Replayed, deadline: Instant) -> Result<bool, RuntimeError> {
+        let started = Instant::now();
+        let (until, authoritative) = match self.leader_high_watermark().await {
             Ok(Some(high_watermark)) if high_watermark > Offset::ZERO => {
-                Some(Offset(high_watermark.0 - 1))
+                (Some(Offset(high_watermark.0 - 1)), true)
             }
-            Ok(_) => None,
+            Ok(_) => (None, true),
             Err(error) => {
                 tracing::debug!(%error, "_schemas leader not asked; reading the local replica");
-                None
+                (None, false)
             }
         };
-        self.catch_up(replayed, until, deadline).await
+        self.catch_up(replayed, until, deadline).await?;
+        if authoritative {
+            replayed.synced_from = Some(started);
+        }
+        Ok(authoritative)
     }
 
     /// Plans with `plan` on the caught-up state, appends its records (if any) and answers once
@@ -194,8 +237,22 @@ impl<S: LogStore> SchemaRegistry<S> {
     }
 
     /// Applies committed records from the local replica until its high watermark, and (with
-    /// `until`) until `until` is applied.
+    /// `until`) until `until` is applied; then publishes the ids per subject for validation.
     async fn catch_up(
+        &self,
+        replayed: &mut Replayed,
+        until: Option<Offset>,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        let before = replayed.next;
+        let result = self.catch_up_log(replayed, until, deadline).await;
+        if replayed.next != before {
+            self.broker.schemas.publish(replayed.registry.subject_ids());
+        }
+        result
+    }
+
+    async fn catch_up_log(
         &self,
         replayed: &mut Replayed,
         until: Option<Offset>,
