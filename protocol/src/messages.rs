@@ -737,6 +737,7 @@ mod topic_config_tests {
             delete_retention_ms: Some(5),
             segment_bytes: Some(1024),
             value_schema_validation: Some(true),
+            ..decoded
         };
         let encoded = rmp_serde::to_vec_named(&new).unwrap();
         assert_eq!(rmp_serde::from_slice::<TopicConfig>(&encoded).unwrap(), new);

@@ -183,7 +183,26 @@ impl<S: LogStore> SchemaRegistry<S> {
         }
         let last = self.append(&records, deadline).await?;
         self.catch_up(&mut replayed, Some(last), deadline).await?;
+        self.repair_high_water(&mut replayed, deadline).await?;
         Ok(answer)
+    }
+
+    /// Rewrites the id high water when a staler one was committed after a higher one (see
+    /// `Registry::high_water_repair`), a bounded number of times.
+    async fn repair_high_water(
+        &self,
+        replayed: &mut Replayed,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let Some(record) = replayed.registry.high_water_repair() else {
+                return Ok(());
+            };
+            tracing::info!("rewriting the _schemas id high water a racing delete lowered");
+            let last = self.append(&[record], deadline).await?;
+            self.catch_up(replayed, Some(last), deadline).await?;
+        }
+        Ok(())
     }
 
     /// `POST /subjects/{s}/versions`: the id, registering when needed.
@@ -361,9 +380,11 @@ impl<S: LogStore> SchemaRegistry<S> {
     ) -> Result<Offset, RuntimeError> {
         let mut builder = RecordBatchBuilder::new(crate::partition::wall_clock_ms());
         for record in records {
-            let mut value = Record::new(record.value.clone());
-            value.key = Some(record.key.clone().into());
-            builder.push(&value);
+            let built = match &record.value {
+                Some(value) => Record::new(value.clone()).with_key(record.key.clone()),
+                None => Record::tombstone(record.key.clone()),
+            };
+            builder.push(&built);
         }
         let batch = builder.build();
         let count = records.len() as u64;
@@ -506,10 +527,7 @@ fn apply_batch(registry: &mut Registry, from: Offset, batch: &RecordBatch) {
         if record.offset < from {
             continue;
         }
-        if let Err(reason) = registry.apply(
-            record.key.as_deref(),
-            record.value.as_deref().unwrap_or_default(),
-        ) {
+        if let Err(reason) = registry.apply(record.key.as_deref(), record.value.as_deref()) {
             tracing::info!(offset = %record.offset, %reason, "_schemas record ignored");
         }
     }
