@@ -18,7 +18,7 @@ use cairn_protocol::messages::{DescribeTopicRequest, PartitionDescription};
 use cairn_protocol::{Offset, Request, Response};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use support::cluster::TestCluster;
+use support::cluster::{Guarded, TestCluster};
 use support::eventually;
 
 /// Every test is bounded: a test that hangs fails instead.
@@ -33,24 +33,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Prints the tail of every node's log when a test fails.
-struct Guarded(TestCluster);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.0.nodes {
-                let logs = node.logs();
-                let lines: Vec<&str> = logs.lines().collect();
-                eprintln!("===== node {} (last lines) =====", node.node_id);
-                for line in &lines[lines.len().saturating_sub(60)..] {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
