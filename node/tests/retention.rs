@@ -127,15 +127,21 @@ fn wait_all(
     })
 }
 
-/// Every replica holds the same log end, all of it committed, under one known leader.
+/// Every replica holds the same log end, all of it committed, under one known leader. The
+/// replicas are compared with each other at each poll: a leader change under load appends an
+/// epoch marker, so a log end read once may be passed before the replicas agree.
 fn fully_replicated(cluster: &TestCluster, topic: &str) -> bool {
-    let Some(first) = local_replica(cluster, 1, topic) else {
-        return false;
-    };
-    wait_all(cluster, topic, 20, |replica| {
-        replica.leader.is_some()
-            && replica.log_end == first.log_end
-            && replica.high_watermark == replica.log_end
+    eventually(Duration::from_secs(20), || {
+        let replicas: Option<Vec<PartitionDescription>> = (1..=3)
+            .map(|id| local_replica(cluster, id, topic))
+            .collect();
+        replicas.is_some_and(|replicas| {
+            replicas.iter().all(|replica| {
+                replica.leader.is_some()
+                    && replica.log_end == replicas[0].log_end
+                    && replica.high_watermark == replica.log_end
+            })
+        })
     })
 }
 
