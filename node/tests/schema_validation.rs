@@ -9,6 +9,9 @@
 //!   setting off with Kafka's AlterConfigs and the same values get in. `cairn produce` of a
 //!   plain value is refused with a message naming the record, and `cairn topic alter` turns
 //!   the setting back on.
+//! - `kafka_produce_names_each_refused_record_by_its_index`: Kafka's wire answer on one node,
+//!   version 9 (INVALID_RECORD with `error_message` and `record_errors`) and version 7 (the
+//!   code alone), with the topic created by Kafka's CreateTopics with Redpanda's config name.
 //! - `ids_are_never_reused_after_compaction_and_restarts`: `_schemas` is compacted; schemas
 //!   holding the highest ids are hard-deleted, compaction (tuned with `cairn topic alter
 //!   _schemas`) cleans their records and tombstones away, every node restarts, and a new
@@ -20,12 +23,20 @@
 mod support;
 
 use cairn_protocol::Offset;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
+use support::kafka::{kafka_batch, KafkaWire};
+use support::TestNode;
 
 const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(40);
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -230,6 +241,83 @@ fn a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids
         text(&produced)
     );
     assert_eq!(high_watermark(&cluster, topic), before);
+}
+
+#[test]
+fn kafka_produce_names_each_refused_record_by_its_index() {
+    let node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    let topic = || TopicName(StrBytes::from_static_str("checked"));
+    let created: CreateTopicsResponse = wire.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic())
+                .with_num_partitions(1)
+                .with_replication_factor(-1)
+                .with_configs(vec![CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str(
+                        "redpanda.value.schema.id.validation",
+                    ))
+                    .with_value(Some(StrBytes::from_static_str("true")))])]),
+    );
+    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    let before = node.wire().describe_topic("checked").unwrap()[0].high_watermark;
+    // A plain value, a value framed with id 7 (no schema is registered), and a tombstone-free
+    // batch of both: refused whole.
+    let records = kafka_batch(&[("a", "plain"), ("b", "\0\0\0\0\x07payload")]);
+    for version in [9, 7] {
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records.clone()))])]);
+        let response: ProduceResponse = wire.call(ApiKey::Produce, version, &request);
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, 87, "INVALID_RECORD: {answer:?}");
+        assert_eq!(answer.base_offset, -1);
+        let named: Vec<(i32, String)> = answer
+            .record_errors
+            .iter()
+            .map(|record| {
+                let message = record.batch_index_error_message.as_deref().unwrap_or("");
+                (record.batch_index, message.to_string())
+            })
+            .collect();
+        if version >= 8 {
+            assert_eq!(
+                named,
+                vec![
+                    (
+                        0,
+                        "the value starts with byte 112, not the magic byte 0 of a schema id"
+                            .to_string()
+                    ),
+                    (1, "schema id 7 is not registered".to_string()),
+                ]
+            );
+            let message = answer.error_message.as_deref().unwrap_or("");
+            assert!(
+                message.contains("refused 2 records of the batch for subject 'checked-value'"),
+                "{message}"
+            );
+        } else {
+            assert!(
+                named.is_empty() && answer.error_message.is_none(),
+                "{answer:?}"
+            );
+        }
+    }
+    assert_eq!(
+        node.wire().describe_topic("checked").unwrap()[0].high_watermark,
+        before,
+        "nothing of a refused batch is written"
+    );
 }
 
 #[test]
