@@ -37,6 +37,8 @@ use tokio::sync::Mutex;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a read may spend catching up before it answers 50002.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a write asks again for the leader of `_schemas` while it fails over.
+const WRITE_SYNC_RETRY: Duration = Duration::from_millis(100);
 /// Pause between attempts while waiting for a leader or for replication.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a read waits for the leader's high watermark before serving the local replica.
@@ -176,7 +178,20 @@ impl<S: LogStore> SchemaRegistry<S> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut replayed = self.replayed.lock().await;
         self.ensure_topic(deadline).await?;
-        self.sync(&mut replayed, deadline).await?;
+        // A write plans only on the leader's committed state: planned on a local replica
+        // that trails it, a permanent delete right after a soft one answered on another node
+        // finds no soft-deleted subject, and a registration misses a version. A read may be
+        // served from the local replica while the leader fails over; a write waits for it.
+        while !self.sync(&mut replayed, deadline).await? {
+            if Instant::now() + WRITE_SYNC_RETRY >= deadline {
+                return Err(RuntimeError::Unavailable {
+                    reason: "the leader of _schemas did not answer; a write waits for it"
+                        .to_string(),
+                }
+                .into());
+            }
+            tokio::time::sleep(WRITE_SYNC_RETRY).await;
+        }
         let (answer, records) = plan(&replayed.registry)?;
         if records.is_empty() {
             return Ok(answer);
