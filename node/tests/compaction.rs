@@ -239,7 +239,8 @@ async fn scenario() {
     assert!(
         matches!(
             &refused,
-            Err(ClientError::Api(ApiError::InvalidRecords { reason })) if reason.contains("no key")
+            Err(ClientError::Api(ApiError::KeylessRecords { refused: 1, records }))
+                if records.len() == 1 && records[0].index == 0
         ),
         "{refused:?}"
     );

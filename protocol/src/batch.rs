@@ -102,11 +102,6 @@ pub enum BatchError {
     CountMismatch { declared: u32, actual: u64 },
     #[error("batch holds no records")]
     Empty,
-    /// A well-formed record without a key, produced to a compacted topic (where the key is
-    /// what compaction keeps the newest record of): refused as a record the topic does not
-    /// accept, not as a damaged one.
-    #[error("record {index} has no key, which a compacted topic requires")]
-    MissingKey { index: u32 },
     #[error("batch ends at offset {end}, above the largest offset {max}", max = Offset::MAX.0)]
     OffsetOutOfRange { end: u128 },
     #[error(

@@ -70,6 +70,15 @@ pub enum ApiError {
         refused: u32,
         records: Vec<RecordError>,
     },
+    /// Records without a key produced to a compacted topic, which keeps the newest record per
+    /// key and has no place for them (Kafka's INVALID_RECORD, each named by its index as
+    /// Kafka's `record_errors` name them, at most `RECORD_ERRORS_MAX`). Not retriable; nothing
+    /// of the batch was appended.
+    #[error("a compacted topic takes only records with a key: {} of the batch {} none ({})", plural(*.refused, "record"), if *.refused == 1 { "has" } else { "have" }, describe_record_errors(records, *refused))]
+    KeylessRecords {
+        refused: u32,
+        records: Vec<RecordError>,
+    },
     /// The batch's attributes name compression codec `codec`, which is none of Kafka's
     /// (gzip 1, snappy 2, lz4 3, zstd 4 are accepted) (Kafka's `UNSUPPORTED_COMPRESSION_TYPE`).
     /// Not retriable; nothing was appended.
@@ -279,8 +288,7 @@ impl From<crate::batch::BatchError> for ApiError {
             | BatchError::TimestampOverflow { .. }
             | BatchError::MaxTimestampMismatch { .. }
             | BatchError::CountExceedsBytes { .. }
-            | BatchError::UnknownAttributes { .. }
-            | BatchError::MissingKey { .. } => ApiError::InvalidRecords {
+            | BatchError::UnknownAttributes { .. } => ApiError::InvalidRecords {
                 reason: error.to_string(),
             },
             BatchError::Truncated { .. }
@@ -319,6 +327,7 @@ impl ApiError {
             ApiError::CorruptBatch { .. } => "CorruptBatch",
             ApiError::InvalidRecords { .. } => "InvalidRecords",
             ApiError::SchemaValidation { .. } => "SchemaValidation",
+            ApiError::KeylessRecords { .. } => "KeylessRecords",
             ApiError::UnsupportedCompression { .. } => "UnsupportedCompression",
             ApiError::UnsupportedTransactions => "UnsupportedTransactions",
             ApiError::NotLeader { .. } => "NotLeader",

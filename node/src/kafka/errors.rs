@@ -23,9 +23,10 @@ pub fn kafka_error(error: &ApiError) -> ResponseError {
         // Kafka answers MESSAGE_TOO_LARGE for a batch above max.message.bytes too.
         RecordTooLarge { .. } | BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         CorruptBatch { .. } => ResponseError::CorruptMessage,
-        InvalidRecords { .. } | SchemaValidation { .. } | UnsupportedTransactions => {
-            ResponseError::InvalidRecord
-        }
+        InvalidRecords { .. }
+        | SchemaValidation { .. }
+        | KeylessRecords { .. }
+        | UnsupportedTransactions => ResponseError::InvalidRecord,
         UnsupportedCompression { .. } => ResponseError::UnsupportedCompressionType,
         // Retried after a metadata refresh, which finds the new leader.
         NotLeader { .. } | StaleEpoch { .. } | ShuttingDown => ResponseError::NotLeaderOrFollower,

@@ -146,7 +146,9 @@ impl Enqueued {
                         if version >= 8 {
                             answer.error_message = Some(error.to_string().into());
                             // Kafka names each refused record of the batch by its index.
-                            if let ApiError::SchemaValidation { records, .. } = &error {
+                            if let ApiError::SchemaValidation { records, .. }
+                            | ApiError::KeylessRecords { records, .. } = &error
+                            {
                                 answer.record_errors = records
                                     .iter()
                                     .map(|record| {

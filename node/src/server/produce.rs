@@ -9,9 +9,10 @@ use crate::config::Limits;
 use crate::partition::ProduceReply;
 use crate::schemas::validation::Verdict;
 use bytes::Bytes;
-use cairn_protocol::batch::{BatchError, RecordBatch, NO_PRODUCER_ID};
+use cairn_protocol::batch::{RecordBatch, NO_PRODUCER_ID};
+use cairn_protocol::error::RECORD_ERRORS_MAX;
 use cairn_protocol::messages::{ProduceRequest, Response};
-use cairn_protocol::{ApiError, Compression};
+use cairn_protocol::{ApiError, Compression, RecordError};
 use cairn_storage::LogStore;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -188,16 +189,28 @@ fn check_and_enqueue<S: LogStore>(
 }
 
 /// A compacted topic keeps the newest record per key: a record without a key has no place
-/// in it, and is refused as Kafka refuses it (INVALID_RECORD), naming the record.
+/// in it, and the batch is refused as Kafka refuses it (INVALID_RECORD), naming each keyless
+/// record by its index (Kafka clients fail those records, and the others of the batch as
+/// refused for their neighbours).
 pub fn require_keys(batch: &RecordBatch, decompressed_bytes_max: usize) -> Result<(), ApiError> {
+    let mut refused = 0u32;
+    let mut records = Vec::new();
     for (index, record) in batch.records_bounded(decompressed_bytes_max).enumerate() {
         if record.map_err(ApiError::from)?.key.is_none() {
-            return Err(ApiError::from(BatchError::MissingKey {
-                index: index as u32,
-            }));
+            refused += 1;
+            if records.len() < RECORD_ERRORS_MAX {
+                records.push(RecordError {
+                    index: index as u32,
+                    reason: "a record without a key".to_string(),
+                });
+            }
         }
     }
-    Ok(())
+    if refused == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::KeylessRecords { refused, records })
+    }
 }
 
 pub async fn complete(enqueued: Enqueued) -> Result<Response, ApiError> {
@@ -252,9 +265,20 @@ mod tests {
         mixed.push(&Record::new("v").with_key("k"));
         mixed.push(&Record::new("no key"));
         let refused = require_keys(&mixed.build(), 1 << 20).unwrap_err();
-        assert!(
-            matches!(&refused, ApiError::InvalidRecords { reason } if reason.contains("record 1 has no key")),
-            "{refused:?}"
+        assert_eq!(
+            refused,
+            ApiError::KeylessRecords {
+                refused: 1,
+                records: vec![RecordError {
+                    index: 1,
+                    reason: "a record without a key".to_string()
+                }]
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            "a compacted topic takes only records with a key: 1 record of the batch has none \
+             (record 1: a record without a key)"
         );
     }
 
