@@ -11,17 +11,15 @@ is bounded; the first failed assertion exits nonzero.
 
 import json
 import sys
-import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext
+
+from registry_common import produce, read_back, register_until_available
 
 registries, bootstrap, topic = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 subject = f"{topic}-value"
-DEADLINE_S = 120
 
 V1 = {
     "type": "record",
@@ -32,40 +30,12 @@ V2_REQUIRED = dict(V1, fields=V1["fields"] + [{"name": "email", "type": "string"
 V2 = dict(V1, fields=V1["fields"] + [{"name": "email", "type": "string", "default": "none"}])
 
 
-def produce(serializer, values):
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-    failures = []
-    for index, value in enumerate(values):
-        framed = serializer(value, SerializationContext(topic, MessageField.VALUE))
-        assert framed[0] == 0, f"magic byte {framed[0]}"
-        producer.produce(
-            topic,
-            key=str(index),
-            value=framed,
-            on_delivery=lambda error, _: error and failures.append(error),
-        )
-    assert producer.flush(60) == 0, "records left undelivered"
-    assert not failures, failures
-
-
-def register_until_available(client, schema):
-    """The first registration also creates `_schemas`: ride out its 5xx answers."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            return client.register_schema(subject, schema)
-        except SchemaRegistryError as error:
-            if error.http_status_code < 500 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 writer = SchemaRegistryClient({"url": registries[0]})
 reader = SchemaRegistryClient({"url": registries[-1]})
 
-first_id = register_until_available(writer, Schema(json.dumps(V1), "AVRO"))
+first_id = register_until_available(writer, subject, Schema(json.dumps(V1), "AVRO"))
 serializer = AvroSerializer(writer, json.dumps(V1))
-produce(serializer, [{"name": f"user-{i}", "favorite": i} for i in range(10)])
+produce(bootstrap, topic, serializer, [{"name": f"user-{i}", "favorite": i} for i in range(10)])
 assert reader.get_latest_version(subject).version == 1
 assert reader.get_schema(first_id).schema_type == "AVRO"
 
@@ -85,28 +55,15 @@ assert SchemaRegistryClient({"url": registries[1]}).get_latest_version(subject).
 assert reader.get_versions(subject) == [1, 2]
 assert reader.get_version(subject, 2).schema_id == second_id
 produce(
+    bootstrap,
+    topic,
     AvroSerializer(writer, json.dumps(V2)),
     [{"name": f"user-{i}", "favorite": i, "email": f"u{i}@example.com"} for i in range(10, 15)],
 )
 
 # Read everything back, resolving both ids through the other node's registry.
 deserializer = AvroDeserializer(reader)
-consumer = Consumer(
-    {"bootstrap.servers": bootstrap, "group.id": "schema-registry-test", "enable.auto.commit": False}
-)
-consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-seen = []
-deadline = time.monotonic() + DEADLINE_S
-while len(seen) < 15 and time.monotonic() < deadline:
-    message = consumer.poll(1.0)
-    if message is None:
-        continue
-    assert message.error() is None, message.error()
-    seen.append(
-        deserializer(message.value(), SerializationContext(topic, MessageField.VALUE))
-    )
-consumer.close()
-assert len(seen) == 15, f"read {len(seen)} of 15 records"
+seen = read_back(bootstrap, topic, "schema-registry-test", 15, deserializer)
 assert [value["name"] for value in seen] == [f"user-{i}" for i in range(15)], seen
 assert all("email" not in value for value in seen[:10]), seen[:10]
 assert [value["email"] for value in seen[10:]] == [f"u{i}@example.com" for i in range(10, 15)]

@@ -12,17 +12,16 @@ refused with 409. Every wait is bounded; the first failed assertion exits nonzer
 
 import json
 import sys
-import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from registry_common import produce, read_back, register_until_available
+
 registries, bootstrap, topic = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 subject = f"{topic}-value"
-DEADLINE_S = 120
 
 V1 = {
     "$schema": "http://json-schema.org/draft-07/schema#",
@@ -36,39 +35,13 @@ V2 = dict(V1, properties=dict(V1["properties"], unit={"type": "string"}))
 V2_REQUIRED = dict(V2, required=V1["required"] + ["unit"])
 
 
-def register_until_available(client, schema):
-    """The first registration also creates `_schemas`: ride out its 5xx answers."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            return client.register_schema(subject, schema)
-        except SchemaRegistryError as error:
-            if error.http_status_code < 500 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def produce(serializer, values):
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-    failures = []
-    for index, value in enumerate(values):
-        framed = serializer(value, SerializationContext(topic, MessageField.VALUE))
-        assert framed[0] == 0, f"magic byte {framed[0]}"
-        producer.produce(
-            topic,
-            key=str(index),
-            value=framed,
-            on_delivery=lambda error, _: error and failures.append(error),
-        )
-    assert producer.flush(60) == 0, "records left undelivered"
-    assert not failures, failures
-
-
 writer = SchemaRegistryClient({"url": registries[0]})
 reader = SchemaRegistryClient({"url": registries[-1]})
 
-first_id = register_until_available(writer, Schema(json.dumps(V1), "JSON"))
+first_id = register_until_available(writer, subject, Schema(json.dumps(V1), "JSON"))
 produce(
+    bootstrap,
+    topic,
     JSONSerializer(json.dumps(V1), writer),
     [{"sensor": f"s{i}", "celsius": 20.5 + i} for i in range(10)],
 )
@@ -95,27 +68,17 @@ second_id = writer.register_schema(subject, Schema(json.dumps(V2), "JSON"))
 assert second_id != first_id
 assert SchemaRegistryClient({"url": registries[1]}).get_versions(subject) == [1, 2]
 produce(
+    bootstrap,
+    topic,
     JSONSerializer(json.dumps(V2), writer),
     [{"sensor": f"s{i}", "celsius": 20.5 + i, "unit": "C"} for i in range(10, 15)],
 )
 
 # Read everything back; the deserializer fetches each writer schema by id and validates.
 deserializer = JSONDeserializer(None, schema_registry_client=reader)
-consumer = Consumer(
-    {"bootstrap.servers": bootstrap, "group.id": "schema-registry-json", "enable.auto.commit": False}
+seen = read_back(
+    bootstrap, topic, "schema-registry-json", 15, deserializer, ids=(first_id, second_id)
 )
-consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-seen = []
-deadline = time.monotonic() + DEADLINE_S
-while len(seen) < 15 and time.monotonic() < deadline:
-    message = consumer.poll(1.0)
-    if message is None:
-        continue
-    assert message.error() is None, message.error()
-    assert int.from_bytes(message.value()[1:5], "big") in (first_id, second_id)
-    seen.append(deserializer(message.value(), SerializationContext(topic, MessageField.VALUE)))
-consumer.close()
-assert len(seen) == 15, f"read {len(seen)} of 15 records"
 assert [value["sensor"] for value in seen] == [f"s{i}" for i in range(15)], seen
 assert all("unit" not in value for value in seen[:10]), seen[:10]
 assert [value["unit"] for value in seen[10:]] == ["C"] * 5, seen[10:]

@@ -15,7 +15,6 @@ Every wait is bounded; the first failed assertion exits nonzero.
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer
@@ -23,9 +22,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf import timestamp_pb2
 
+from registry_common import DEADLINE_S, produce, read_back
+
 registries, bootstrap, topic = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 subject = f"{topic}-value"
-DEADLINE_S = 120
 F = descriptor_pb2.FieldDescriptorProto
 
 
@@ -63,22 +63,6 @@ def build_classes(with_note):
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Order"))
 
 
-def produce(serializer, values):
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
-    failures = []
-    for index, value in enumerate(values):
-        framed = serializer(value, SerializationContext(topic, MessageField.VALUE))
-        assert framed[0] == 0, f"magic byte {framed[0]}"
-        producer.produce(
-            topic,
-            key=str(index),
-            value=framed,
-            on_delivery=lambda error, _: error and failures.append(error),
-        )
-    assert producer.flush(60) == 0, "records left undelivered"
-    assert not failures, failures
-
-
 def serialize_until_available(serializer, value):
     """The first registration also creates `_schemas`: ride out its 5xx answers."""
     deadline = time.monotonic() + DEADLINE_S
@@ -111,7 +95,7 @@ reader = SchemaRegistryClient({"url": registries[-1]})
 V1 = build_classes(with_note=False)
 serializer = ProtobufSerializer(V1, writer)
 serialize_until_available(serializer, order(V1, 0))
-produce(serializer, [order(V1, i) for i in range(10)])
+produce(bootstrap, topic, serializer, [order(V1, i) for i in range(10)])
 
 latest = reader.get_latest_version(subject)
 assert latest.version == 1, latest.version
@@ -130,6 +114,7 @@ assert "repeated string items = 4;" in text, text
 reused = """syntax = "proto3";
 package shop;
 import "shop/money.proto";
+
 message Order {
   string id = 1;
   string total = 2;
@@ -145,7 +130,7 @@ assert not reader.test_compatibility(subject, Schema(reused, "PROTOBUF", refs))
 
 # A new field is compatible: version 2, a new id.
 V2 = build_classes(with_note=True)
-produce(ProtobufSerializer(V2, writer), [order(V2, i, note=f"n{i}") for i in range(10, 15)])
+produce(bootstrap, topic, ProtobufSerializer(V2, writer), [order(V2, i, note=f"n{i}") for i in range(10, 15)])
 # The client caches the latest version it saw: ask with a fresh one.
 fresh = SchemaRegistryClient({"url": registries[1]})
 assert fresh.get_versions(subject) == [1, 2]
@@ -154,21 +139,9 @@ assert second_id != first_id
 
 # Read everything back with the newest class, resolving each writer schema by id.
 deserializer = ProtobufDeserializer(V2, {}, reader)
-consumer = Consumer(
-    {"bootstrap.servers": bootstrap, "group.id": "schema-registry-protobuf", "enable.auto.commit": False}
+seen = read_back(
+    bootstrap, topic, "schema-registry-protobuf", 15, deserializer, ids=(first_id, second_id)
 )
-consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-seen = []
-deadline = time.monotonic() + DEADLINE_S
-while len(seen) < 15 and time.monotonic() < deadline:
-    message = consumer.poll(1.0)
-    if message is None:
-        continue
-    assert message.error() is None, message.error()
-    assert int.from_bytes(message.value()[1:5], "big") in (first_id, second_id)
-    seen.append(deserializer(message.value(), SerializationContext(topic, MessageField.VALUE)))
-consumer.close()
-assert len(seen) == 15, f"read {len(seen)} of 15 records"
 assert [value.id for value in seen] == [f"order-{i}" for i in range(15)], seen
 assert [value.total.cents for value in seen] == [100 * i + 5 for i in range(15)]
 assert [value.placed.seconds for value in seen] == [1_700_000_000 + i for i in range(15)]

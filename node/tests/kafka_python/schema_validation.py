@@ -21,28 +21,16 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition, OFFS
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from registry_common import DEADLINE_S, register_until_available
+
 registries, bootstrap, topic = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
-DEADLINE_S = 120
 CONFLUENT = "confluent.value.schema.validation"
 REDPANDA = "redpanda.value.schema.id.validation"
 
 USER = {"type": "record", "name": "User", "fields": [{"name": "name", "type": "string"}]}
 OTHER = {"type": "record", "name": "Other", "fields": [{"name": "n", "type": "long"}]}
-
-
-def register_until_available(client, subject, schema):
-    """The first registration also creates `_schemas`: ride out its 5xx answers."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            return client.register_schema(subject, schema)
-        except SchemaRegistryError as error:
-            if error.http_status_code < 500 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def produce_one(value, key="k"):
