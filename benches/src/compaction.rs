@@ -77,6 +77,10 @@ pub struct CompactionArgs {
     fill_record_bytes: usize,
     #[arg(long, default_value_t = 6)]
     fill_partitions: u32,
+    /// The fill producer's batch size. Over 128 KiB a batch is a sled blob file of its own,
+    /// and each one compaction rewrites or drops is a file to create, sync or delete.
+    #[arg(long, default_value_t = 64 * 1024)]
+    fill_batch_bytes: usize,
     /// Skip the control run after the compactors finished.
     #[arg(long)]
     no_after: bool,
@@ -122,6 +126,147 @@ impl CompactorCounters {
     }
 }
 
+/// A node's group-commit flushes (`cairn_flush_latency_seconds`) in a measured window:
+/// every acks=all append waits for one on a majority, so a slower disk shows here first.
+#[derive(Debug, Clone, Serialize)]
+struct FlushWindow {
+    node: u32,
+    flushes: f64,
+    mean_ms: f64,
+    /// The upper bound of the histogram bucket that holds the 99th percentile.
+    p99_at_most_ms: f64,
+}
+
+/// `cairn_flush_latency_seconds` as scraped: cumulative (upper bound, count) buckets, sum.
+#[derive(Debug, Clone, Default)]
+struct FlushHistogram {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl FlushHistogram {
+    fn parse(metrics: &str) -> FlushHistogram {
+        let mut histogram = FlushHistogram::default();
+        for line in metrics.lines() {
+            if let Some(rest) = line.strip_prefix("cairn_flush_latency_seconds_bucket{le=\"") {
+                let Some((bound, count)) = rest.split_once("\"} ") else {
+                    continue;
+                };
+                let bound = if bound == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    bound.parse().unwrap_or(f64::NAN)
+                };
+                if let Ok(count) = count.trim().parse() {
+                    histogram.buckets.push((bound, count));
+                }
+            } else if let Some(sum) = line.strip_prefix("cairn_flush_latency_seconds_sum ") {
+                histogram.sum = sum.trim().parse().unwrap_or(0.0);
+            } else if let Some(count) = line.strip_prefix("cairn_flush_latency_seconds_count ") {
+                histogram.count = count.trim().parse().unwrap_or(0.0);
+            }
+        }
+        histogram
+    }
+
+    /// What happened between `self` (earlier) and `later`.
+    fn window(&self, later: &FlushHistogram, node: u32) -> FlushWindow {
+        let flushes = later.count - self.count;
+        let target = flushes * 0.99;
+        let p99 = later
+            .buckets
+            .iter()
+            .map(|(bound, count)| {
+                let before = self
+                    .buckets
+                    .iter()
+                    .find(|(earlier, _)| earlier == bound)
+                    .map_or(0.0, |(_, count)| *count);
+                (*bound, count - before)
+            })
+            .find(|(_, count)| *count >= target)
+            .map_or(f64::NAN, |(bound, _)| bound);
+        FlushWindow {
+            node,
+            flushes,
+            mean_ms: if flushes > 0.0 {
+                (later.sum - self.sum) / flushes * 1e3
+            } else {
+                0.0
+            },
+            p99_at_most_ms: p99 * 1e3,
+        }
+    }
+}
+
+/// Samples every node's flush histogram at the start and the end of `plan`'s measured window.
+fn sample_flushes(
+    plan: &Plan,
+    http: Vec<(u32, SocketAddr)>,
+) -> tokio::task::JoinHandle<Result<Vec<FlushWindow>, String>> {
+    let (warm_end, end) = (
+        tokio::time::Instant::from_std(plan.warm_end),
+        tokio::time::Instant::from_std(plan.end),
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep_until(warm_end).await;
+        let before = scrape_flushes(&http).await?;
+        tokio::time::sleep_until(end).await;
+        let after = scrape_flushes(&http).await?;
+        Ok(http
+            .iter()
+            .zip(before.iter().zip(&after))
+            .map(|((node, _), (before, after))| before.window(after, *node))
+            .collect())
+    })
+}
+
+async fn scrape_flushes(http: &[(u32, SocketAddr)]) -> Result<Vec<FlushHistogram>, String> {
+    let mut histograms = Vec::new();
+    for (node, address) in http {
+        let metrics = tokio::time::timeout(SCRAPE_TIMEOUT, scrape(*address))
+            .await
+            .map_err(|_| format!("node {node}'s /metrics did not answer in {SCRAPE_TIMEOUT:?}"))?
+            .map_err(|error| format!("node {node}'s /metrics: {error}"))?;
+        histograms.push(FlushHistogram::parse(&metrics));
+    }
+    Ok(histograms)
+}
+
+/// A measured run and its nodes' flushes in the window.
+#[derive(Debug, Serialize)]
+struct Run {
+    outcome: Outcome,
+    flushes: Vec<FlushWindow>,
+}
+
+/// Runs `workload` on a new `topic` and samples the flushes of its window; `on_plan` as for
+/// [`run_on_topic`].
+async fn measured_run(
+    workload: &Workload,
+    rate: u64,
+    cluster: &LocalCluster,
+    durability: &'static str,
+    topic: &str,
+    on_plan: impl FnOnce(&Plan),
+) -> Result<Run, String> {
+    let http = cluster.http_addresses();
+    let mut sampler = None;
+    let outcome = run_on_topic(workload, rate, cluster, durability, topic, |plan| {
+        sampler = Some(sample_flushes(plan, http));
+        on_plan(plan);
+    })
+    .await?;
+    let flushes = match sampler {
+        Some(sampler) => sampler
+            .await
+            .map_err(|error| format!("the flush sampler: {error}"))??,
+        None => Vec::new(),
+    };
+    Ok(Run { outcome, flushes })
+}
+
 /// What one node's compactor did around the compacting run.
 #[derive(Debug, Clone, Serialize)]
 struct NodeCompaction {
@@ -147,6 +292,7 @@ struct FillReport {
     keys: u64,
     record_bytes: usize,
     partitions: u32,
+    batch_bytes: usize,
     seconds: f64,
     megabytes_per_second: f64,
 }
@@ -156,10 +302,10 @@ struct Report {
     command: String,
     rate: u64,
     reference: Option<Outcome>,
-    baseline: Outcome,
+    baseline: Run,
     fill: FillReport,
-    compacting: Outcome,
-    after: Option<Outcome>,
+    compacting: Run,
+    after: Option<Run>,
     compactors: Vec<NodeCompaction>,
     p99_compacting_over_baseline: f64,
     p99_compacting_over_after: Option<f64>,
@@ -171,6 +317,9 @@ pub async fn run(args: CompactionArgs) -> Result<(), String> {
     }
     if args.fill_keys == 0 || args.fill_keys > FILL_KEYS_MAX {
         return Err(format!("--fill-keys must be 1..={FILL_KEYS_MAX}"));
+    }
+    if args.fill_batch_bytes < args.fill_record_bytes || args.fill_batch_bytes > 16 << 20 {
+        return Err("--fill-batch-bytes must be from --fill-record-bytes to 16 MiB".into());
     }
     if args.fill_record_bytes == 0
         || args.fill_record_bytes > cairn_benches::workload::RECORD_BYTES_MAX
@@ -238,7 +387,7 @@ async fn run_on(
 
     note_load("baseline");
     let topic = format!("{}-baseline-{pid}", measured.name);
-    let baseline = run_on_topic(measured, rate, cluster, durability, &topic, |_| {}).await?;
+    let baseline = measured_run(measured, rate, cluster, durability, &topic, |_| {}).await?;
 
     let compacted = format!("compacted-{pid}");
     let fill = fill(args, cluster, &compacted).await?;
@@ -247,7 +396,7 @@ async fn run_on(
     note_load("compacting");
     let topic = format!("{}-compacting-{pid}", measured.name);
     let mut sampler = None;
-    let compacting = run_on_topic(measured, rate, cluster, durability, &topic, |plan| {
+    let compacting = measured_run(measured, rate, cluster, durability, &topic, |plan| {
         sampler = Some(tokio::spawn(sample_during(
             plan.clone(),
             cluster.bootstrap(),
@@ -283,9 +432,9 @@ async fn run_on(
     } else {
         note_load("after");
         let topic = format!("{}-after-{pid}", measured.name);
-        Some(run_on_topic(measured, rate, cluster, durability, &topic, |_| {}).await?)
+        Some(measured_run(measured, rate, cluster, durability, &topic, |_| {}).await?)
     };
-    let p99 = |outcome: &Outcome| outcome.publish_latency.p99_ms;
+    let p99 = |run: &Run| run.outcome.publish_latency.p99_ms;
     Ok(Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         rate,
@@ -324,7 +473,7 @@ async fn fill(
         ProducerConfig::default()
             .acks(Acks::All)
             .linger(Duration::from_millis(5))
-            .batch_bytes_max(256 * 1024)
+            .batch_bytes_max(args.fill_batch_bytes)
             .buffer_bytes_max(FILL_IN_FLIGHT_MAX * (args.fill_record_bytes + 64) * 2),
     )
     .await
@@ -370,6 +519,7 @@ async fn fill(
         keys: args.fill_keys,
         record_bytes: args.fill_record_bytes,
         partitions: args.fill_partitions,
+        batch_bytes: args.fill_batch_bytes,
         seconds,
         megabytes_per_second: (records * args.fill_record_bytes as u64) as f64 / seconds / 1e6,
     })
@@ -502,7 +652,7 @@ fn summarize(
         let busy = series
             .windows(2)
             .filter(|pair| {
-                pair[1].0 > times.warm_end_s
+                pair[0].0 >= times.warm_end_s - 0.5
                     && pair[1].0 <= times.end_s + 0.5
                     && pair[1].1.bytes_read > pair[0].1.bytes_read
             })
@@ -591,33 +741,55 @@ fn markdown(report: &Report) -> String {
     line(String::new());
     line(format!(
         "Measured workload: {} at {} records/s. Fill: {} records of {} B over {} keys into {} \
-         ({} partitions), {:.0} s at {:.1} MB/s.",
-        report.baseline.workload.name,
+         ({} partitions, batches up to {} B), {:.0} s at {:.1} MB/s.",
+        report.baseline.outcome.workload.name,
         report.rate,
         report.fill.records,
         report.fill.record_bytes,
         report.fill.keys,
         report.fill.topic,
         report.fill.partitions,
+        report.fill.batch_bytes,
         report.fill.seconds,
         report.fill.megabytes_per_second
     ));
     line(String::new());
     line(
-        "| run | load average before (1/5/15 min) | records/s | publish p50 / p99 / p99.9 / max ms | e2e p99 ms | node CPU (cores) |"
+        "| run | load average before (1/5/15 min) | records/s | publish p50 / p99 / p99.9 / max ms | e2e p99 ms | node CPU (cores) | flushes per node: count, mean ms, p99 at most ms |"
             .into(),
     );
-    line("|---|---|---|---|---|---|".into());
+    line("|---|---|---|---|---|---|---|".into());
     let mut rows = Vec::new();
     if let Some(reference) = &report.reference {
-        rows.push(("reference maximum", reference));
+        rows.push(("reference maximum", reference, None));
     }
-    rows.push(("baseline", &report.baseline));
-    rows.push(("while compacting", &report.compacting));
+    rows.push((
+        "baseline",
+        &report.baseline.outcome,
+        Some(&report.baseline.flushes),
+    ));
+    rows.push((
+        "while compacting",
+        &report.compacting.outcome,
+        Some(&report.compacting.flushes),
+    ));
     if let Some(after) = &report.after {
-        rows.push(("after compaction", after));
+        rows.push(("after compaction", &after.outcome, Some(&after.flushes)));
     }
-    for (name, outcome) in rows {
+    for (name, outcome, flushes) in rows {
+        let flushes: Vec<String> = flushes
+            .map(|flushes| {
+                flushes
+                    .iter()
+                    .map(|flush| {
+                        format!(
+                            "{:.0}, {:.1}, {:.0}",
+                            flush.flushes, flush.mean_ms, flush.p99_at_most_ms
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let cpu: Vec<String> = outcome
             .nodes
             .iter()
@@ -625,7 +797,7 @@ fn markdown(report: &Report) -> String {
             .collect();
         let latency = &outcome.publish_latency;
         line(format!(
-            "| {name} | {:.2} / {:.2} / {:.2} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} | {} |",
+            "| {name} | {:.2} / {:.2} / {:.2} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {:.1} | {} | {} |",
             outcome.load_average_before[0],
             outcome.load_average_before[1],
             outcome.load_average_before[2],
@@ -635,7 +807,8 @@ fn markdown(report: &Report) -> String {
             latency.p999_ms,
             latency.max_ms,
             outcome.end_to_end_latency.p99_ms,
-            cpu.join(" / ")
+            cpu.join(" / "),
+            flushes.join("; ")
         ));
     }
     line(String::new());
@@ -655,7 +828,7 @@ fn markdown(report: &Report) -> String {
     line("|---|---|---|---|---|---|".into());
     let mib = |bytes: f64| bytes / f64::from(1 << 20);
     let seconds = |at: Option<f64>| at.map_or("-".to_owned(), |at| format!("{at:.0}"));
-    let window = report.compacting.workload.duration_s;
+    let window = report.compacting.outcome.workload.duration_s;
     for node in &report.compactors {
         line(format!(
             "| {} | {:.0} ({:.1}) | {:.0} | {} of {window} | {} / {} | {:.0} / {:.0}, {:.0}, {:.1} |",
@@ -673,4 +846,57 @@ fn markdown(report: &Report) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRAPE: &str = "# TYPE cairn_flush_latency_seconds histogram\n\
+        cairn_flush_latency_seconds_sum 0.5\n\
+        cairn_flush_latency_seconds_count 100\n\
+        cairn_flush_latency_seconds_bucket{le=\"0.001\"} 90\n\
+        cairn_flush_latency_seconds_bucket{le=\"0.002\"} 99\n\
+        cairn_flush_latency_seconds_bucket{le=\"+Inf\"} 100\n\
+        cairn_compaction_bytes_read_total 4096\n\
+        cairn_compaction_bytes_removed_total 1024\n\
+        cairn_compaction_batches_rewritten_total 3\n\
+        cairn_compaction_jobs_total 2\n\
+        cairn_compaction_jobs_failed_total 0\n\
+        cairn_compaction_duration_seconds_sum 1.5\n";
+
+    #[test]
+    fn compactor_counters_are_read_from_metrics_and_a_missing_one_is_an_error() {
+        let counters = CompactorCounters::parse(SCRAPE).unwrap();
+        assert_eq!(counters.bytes_read, 4096.0);
+        assert_eq!(counters.bytes_removed, 1024.0);
+        assert_eq!(counters.jobs, 2.0);
+        assert_eq!(counters.duration_seconds, 1.5);
+        let without = SCRAPE.replace("cairn_compaction_jobs_total 2\n", "");
+        assert!(CompactorCounters::parse(&without)
+            .unwrap_err()
+            .contains("cairn_compaction_jobs_total"));
+    }
+
+    #[test]
+    fn the_flush_window_counts_only_the_flushes_between_two_scrapes() {
+        let before = FlushHistogram::parse(SCRAPE);
+        assert_eq!(before.buckets.len(), 3);
+        // 100 more flushes, 50 of them slower than 2 ms.
+        let later = FlushHistogram::parse(
+            &SCRAPE
+                .replace("_sum 0.5", "_sum 1.5")
+                .replace("_count 100", "_count 200")
+                .replace("\"0.001\"} 90", "\"0.001\"} 130")
+                .replace("\"0.002\"} 99", "\"0.002\"} 149")
+                .replace("\"+Inf\"} 100", "\"+Inf\"} 200"),
+        );
+        let window = before.window(&later, 7);
+        assert_eq!(window.node, 7);
+        assert_eq!(window.flushes, 100.0);
+        assert!((window.mean_ms - 10.0).abs() < 1e-9, "{window:?}");
+        assert!(window.p99_at_most_ms.is_infinite(), "{window:?}");
+        let same = before.window(&before, 1);
+        assert_eq!(same.flushes, 0.0);
+    }
 }
