@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use support::cluster::{partition_logs, replica_log, values_of, TestCluster};
+use support::cluster::{partition_logs, replica_log, values_of, Guarded, TestCluster};
 use support::{eventually, Wire};
 
 /// Every test is bounded: a test that hangs fails instead.
@@ -40,38 +40,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Prints the tail of every node's log when a test fails, then kills the nodes.
-struct Guarded(TestCluster);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.0.nodes {
-                let logs = node.logs();
-                let lines: Vec<&str> = logs.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(80)..];
-                eprintln!("===== node {} (last lines) =====", node.node_id);
-                for line in tail {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-impl std::ops::Deref for Guarded {
-    type Target = TestCluster;
-    fn deref(&self) -> &TestCluster {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Guarded {
-    fn deref_mut(&mut self) -> &mut TestCluster {
-        &mut self.0
-    }
 }
 
 fn start_cluster() -> Guarded {

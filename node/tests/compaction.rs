@@ -25,31 +25,13 @@ use cairn_protocol::messages::{CleanupPolicy, DescribeTopicRequest, PartitionDes
 use cairn_protocol::{Offset, Request, Response};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use support::cluster::{partition_logs, replica_log, TestCluster};
+use support::cluster::{partition_logs, replica_log, Guarded, TestCluster};
 use support::eventually;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 /// Tombstones are kept this long once they could go.
 const DELETE_RETENTION_MS: u64 = 1_500;
 const TOPIC: &str = "compacted";
-
-/// Prints the tail of every node's log when the test fails.
-struct Guarded(TestCluster);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.0.nodes {
-                let logs = node.logs();
-                let lines: Vec<&str> = logs.lines().collect();
-                eprintln!("===== node {} (last lines) =====", node.node_id);
-                for line in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
 
 fn client_config(bootstrap: &str) -> ClientConfig {
     ClientConfig::new(bootstrap)

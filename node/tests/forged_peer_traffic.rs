@@ -30,21 +30,10 @@ use cairn_protocol::{ApiError, Epoch, NodeId, Offset, Request, Response};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use support::cluster::{partition_logs, replica_log, values_of, TestCluster};
+use support::cluster::{partition_logs, replica_log, values_of, Guarded, TestCluster};
 use support::{batch_of, eventually, Wire};
 
 const TOPIC: &str = "ledger";
-
-/// Prints the tail of every node's log when the test fails; dropping kills the nodes.
-struct Guarded(TestCluster);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.0.logs());
-        }
-    }
-}
 
 fn describe(wire: &mut Wire) -> Result<PartitionDescription, ApiError> {
     match wire.call(Request::DescribeTopic(DescribeTopicRequest {

@@ -18,7 +18,7 @@ use cairn_protocol::messages::{DescribeTopicRequest, PartitionDescription};
 use cairn_protocol::{Offset, Request, Response};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use support::cluster::TestCluster;
+use support::cluster::{Guarded, TestCluster};
 use support::eventually;
 
 /// Every test is bounded: a test that hangs fails instead.
@@ -33,24 +33,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Prints the tail of every node's log when a test fails.
-struct Guarded(TestCluster);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.0.nodes {
-                let logs = node.logs();
-                let lines: Vec<&str> = logs.lines().collect();
-                eprintln!("===== node {} (last lines) =====", node.node_id);
-                for line in &lines[lines.len().saturating_sub(60)..] {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
@@ -145,15 +127,21 @@ fn wait_all(
     })
 }
 
-/// Every replica holds the same log end, all of it committed, under one known leader.
+/// Every replica holds the same log end, all of it committed, under one known leader. The
+/// replicas are compared with each other at each poll: a leader change under load appends an
+/// epoch marker, so a log end read once may be passed before the replicas agree.
 fn fully_replicated(cluster: &TestCluster, topic: &str) -> bool {
-    let Some(first) = local_replica(cluster, 1, topic) else {
-        return false;
-    };
-    wait_all(cluster, topic, 20, |replica| {
-        replica.leader.is_some()
-            && replica.log_end == first.log_end
-            && replica.high_watermark == replica.log_end
+    eventually(Duration::from_secs(20), || {
+        let replicas: Option<Vec<PartitionDescription>> = (1..=3)
+            .map(|id| local_replica(cluster, id, topic))
+            .collect();
+        replicas.is_some_and(|replicas| {
+            replicas.iter().all(|replica| {
+                replica.leader.is_some()
+                    && replica.log_end == replicas[0].log_end
+                    && replica.high_watermark == replica.log_end
+            })
+        })
     })
 }
 

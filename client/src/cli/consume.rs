@@ -77,7 +77,8 @@ pub struct ConsumeArgs {
     pub exit_at_end: bool,
     /// Output per record, followed by a newline. Tokens (kcat's): %k key, %K key length, %s or
     /// %v value, %S value length, %t topic, %p partition, %o offset, %T timestamp (ms), %d
-    /// timestamp (RFC 3339, UTC), %h headers, %% percent; escapes \n \t \r \\.
+    /// timestamp (RFC 3339, UTC), %h headers, %% percent; escapes \n \t \r \\. A trailing \n
+    /// (as kcat's formats end) is that newline, not a second one.
     #[arg(short, long, default_value = "%v")]
     pub format: String,
     /// Print each record as one JSON object per line: topic, partition, offset, timestamp_ms,

@@ -28,7 +28,8 @@ pub const FORMAT_TOKENS: &str = "%k key, %K key length, %s or %v value, %S value
 /// A parsed `--format`, with kcat's tokens: `%k` key, `%K` key length, `%s` (or `%v`) value,
 /// `%S` value length, `%t` topic, `%p` partition, `%o` offset, `%T` timestamp (ms), `%d` the
 /// timestamp as RFC 3339 in UTC, `%h` headers (`key=value` separated by commas, as kcat
-/// prints them), `%%` a percent sign; escapes `\n`, `\t`, `\r`, `\\`.
+/// prints them), `%%` a percent sign; escapes `\n`, `\t`, `\r`, `\\`. A trailing `\n` (kcat's
+/// formats end with one) is the newline that follows every record, not a second one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputFormat {
     tokens: Vec<Token>,
@@ -100,6 +101,11 @@ impl OutputFormat {
                     literal.extend_from_slice(other.encode_utf8(&mut utf8).as_bytes());
                 }
             }
+        }
+        // Every record is followed by a newline; kcat's formats end with their own `\n`, which
+        // is that newline, not a second one, so they print the same lines here.
+        if literal.last() == Some(&b'\n') {
+            literal.pop();
         }
         flush(&mut literal, &mut tokens);
         Ok(OutputFormat { tokens })
@@ -297,9 +303,13 @@ mod tests {
         let keyed = record(Some("k1"));
         assert_eq!(render("%v", &keyed), "hello");
         assert_eq!(
-            render("%t/%p@%o %T %k=%s\\n", &keyed),
-            "orders/2@41 1700000000123 k1=hello\n"
+            render("%t/%p@%o %T %k=%s\\n\\n%o", &keyed),
+            "orders/2@41 1700000000123 k1=hello\n\n41"
         );
+        // A trailing \n (kcat's formats end with one) is the newline every record gets.
+        assert_eq!(render("%k=%s\\n", &keyed), "k1=hello");
+        assert_eq!(render("%k\\n\\n", &keyed), "k1\n");
+        assert_eq!(render("\\n", &keyed), "");
         assert_eq!(render("%K %S %v", &keyed), "2 5 hello");
         assert_eq!(render("%K", &record(None)), "-1");
         assert_eq!(render("%d", &keyed), "2023-11-14T22:13:20.123Z");

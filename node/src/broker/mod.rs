@@ -365,7 +365,6 @@ impl<S: LogStore> PeerInbox for Broker<S> {
     }
 }
 
-/// Topics the node creates for itself (`__offsets`); clients cannot create `__` names.
 /// Topic config keys `topic alter` accepts, in Kafka's spelling (Cairn's own is accepted too).
 pub use cairn_protocol::messages::TOPIC_CONFIG_KEYS;
 

@@ -1,13 +1,14 @@
 //! `IncrementalAlterConfigs` (0-1): SET and DELETE (back to the default) of a topic's
 //! configs, all of one resource applied as one AlterTopic, so a refused config changes
-//! nothing. APPEND and SUBTRACT apply to list configs, which Cairn's topics have none of:
-//! INVALID_CONFIG. Broker configs are read-only (INVALID_CONFIG).
+//! nothing. APPEND and SUBTRACT apply to list configs; Cairn's one is `cleanup.policy`
+//! (APPEND `compact` to `delete` gives `compact,delete`), any other is INVALID_CONFIG, as is
+//! subtracting every policy. Broker configs are read-only (INVALID_CONFIG).
 
 use super::alter_configs::{alter_topic_configs, resource_error_code, unalterable};
 use super::configs::{topic_change, RESOURCE_TOPIC};
 use super::Call;
 use crate::broker::Broker;
-use cairn_protocol::messages::ConfigChange;
+use cairn_protocol::messages::{CleanupPolicy, ConfigChange};
 use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
 use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource;
@@ -19,6 +20,8 @@ use kafka_protocol::protocol::StrBytes;
 
 const SET: i8 = 0;
 const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
 
 pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
@@ -65,11 +68,23 @@ fn changes<S: LogStore>(
         let value = match config.config_operation {
             SET => config.value.as_deref(),
             DELETE => None,
+            operation @ (APPEND | SUBTRACT) if &*config.name == "cleanup.policy" => {
+                let current = broker
+                    .topic_states()?
+                    .into_iter()
+                    .find(|state| *state.name == *resource.resource_name)
+                    .map(|state| state.config.cleanup_policy())
+                    .ok_or_else(|| ApiError::UnknownTopic {
+                        topic: resource.resource_name.to_string(),
+                    })?;
+                let values = config.value.as_deref().unwrap_or_default();
+                Some(list_operation(current, operation == APPEND, values)?.as_str())
+            }
             other => {
                 return Err(ApiError::InvalidTopicConfig {
                     reason: format!(
                         "config operation {other} on {} is not supported (SET and DELETE are; \
-                         Cairn's topics have no list configs)",
+                         APPEND and SUBTRACT only on the list config cleanup.policy)",
                         &*config.name
                     ),
                 })
@@ -80,4 +95,66 @@ fn changes<S: LogStore>(
         }
     }
     Ok(changes)
+}
+
+/// `current` with the policies listed in `values` (comma-separated) added or taken away.
+fn list_operation(
+    current: CleanupPolicy,
+    append: bool,
+    values: &str,
+) -> Result<CleanupPolicy, ApiError> {
+    let (mut compact, mut delete) = (current.compacts(), current.deletes());
+    for value in values
+        .split(',')
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+    {
+        let slot = match value {
+            "compact" => &mut compact,
+            "delete" => &mut delete,
+            other => {
+                return Err(ApiError::InvalidTopicConfig {
+                    reason: format!("cleanup.policy has no policy '{other}' (delete, compact)"),
+                })
+            }
+        };
+        *slot = append;
+    }
+    match (compact, delete) {
+        (true, true) => Ok(CleanupPolicy::CompactDelete),
+        (true, false) => Ok(CleanupPolicy::Compact),
+        (false, true) => Ok(CleanupPolicy::Delete),
+        (false, false) => Err(ApiError::InvalidTopicConfig {
+            reason: format!(
+                "subtracting {values} from cleanup.policy {} leaves no policy",
+                current.as_str()
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_policy_is_a_list_config() {
+        use CleanupPolicy::*;
+        assert_eq!(list_operation(Delete, true, "compact"), Ok(CompactDelete));
+        assert_eq!(
+            list_operation(Delete, true, "compact, delete"),
+            Ok(CompactDelete)
+        );
+        assert_eq!(list_operation(Compact, true, "compact"), Ok(Compact));
+        assert_eq!(list_operation(CompactDelete, false, "delete"), Ok(Compact));
+        assert_eq!(list_operation(Compact, false, "delete"), Ok(Compact));
+        assert!(matches!(
+            list_operation(Compact, false, "compact"),
+            Err(ApiError::InvalidTopicConfig { .. })
+        ));
+        assert!(matches!(
+            list_operation(Delete, true, "shred"),
+            Err(ApiError::InvalidTopicConfig { .. })
+        ));
+    }
 }

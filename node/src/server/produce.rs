@@ -8,7 +8,7 @@ use crate::broker::Broker;
 use crate::config::Limits;
 use crate::partition::ProduceReply;
 use bytes::Bytes;
-use cairn_protocol::batch::{BatchError, RecordBatch, NO_PRODUCER_ID, NO_SEQUENCE};
+use cairn_protocol::batch::{BatchError, RecordBatch, NO_PRODUCER_ID};
 use cairn_protocol::messages::{ProduceRequest, Response};
 use cairn_protocol::{ApiError, Compression};
 use cairn_storage::LogStore;
@@ -61,14 +61,9 @@ pub fn validate(limits: &Limits, bytes: Bytes) -> Result<RecordBatch, ApiError> 
             producer_id: header.producer_id,
         });
     }
-    if header.producer_id == NO_PRODUCER_ID && header.base_sequence != NO_SEQUENCE {
-        return Err(ApiError::InvalidRequest {
-            reason: format!(
-                "a batch without a producer id carries no sequence (got sequence {})",
-                header.base_sequence
-            ),
-        });
-    }
+    // A batch without a producer id is not idempotent whatever its sequence says: Kafka ignores
+    // the field then, and kafkajs' default (non-idempotent) producer stamps 0 in it. The
+    // producer table only tracks batches with an id (`BatchHeader::has_producer`).
     // A record is never larger than its batch, so small batches skip the per-record walk;
     // compressed records may be larger than their batch, so those are always walked (their
     // records are decompressed a second time, under the same bound).
@@ -164,7 +159,7 @@ pub async fn complete(enqueued: Enqueued) -> Result<Response, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_protocol::batch::{Record, RecordBatchBuilder};
+    use cairn_protocol::batch::{Record, RecordBatchBuilder, NO_SEQUENCE};
 
     fn batch(producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Bytes {
         let mut builder = RecordBatchBuilder::new(1_700_000_000_000).producer(
@@ -250,10 +245,9 @@ mod tests {
             check(batch(-5, 0, 0)),
             Err(ApiError::ProducerIdNotAllocated { producer_id: -5 })
         );
-        assert!(matches!(
-            check(batch(NO_PRODUCER_ID, 0, 3)),
-            Err(ApiError::InvalidRequest { .. })
-        ));
+        // Kafka ignores the sequence of a batch without a producer id (kafkajs sends 0).
+        assert!(check(batch(NO_PRODUCER_ID, 0, 0)).is_ok());
+        assert!(check(batch(NO_PRODUCER_ID, 0, 3)).is_ok());
         assert!(matches!(
             check(batch(7, 0, NO_SEQUENCE)),
             Err(ApiError::InvalidRequest { .. })

@@ -76,7 +76,9 @@ async function main () {
     brokers: bootstrap.split(','),
     logLevel: process.env.KAFKAJS_LOG ? logLevel.DEBUG : logLevel.WARN,
   })
-  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 })
+  // kafkajs' default producer, as a newcomer writes it: not idempotent, so its batches carry
+  // producer id -1 with sequence 0, which Kafka (and Cairn) accept.
+  const producer = kafka.producer()
   await producer.connect()
   await producer.send({ topic, acks: -1, messages })
   await producer.disconnect()

@@ -228,3 +228,35 @@ pub fn values_of(batches: &[RecordBatch]) -> Vec<(Offset, Vec<u8>)> {
     }
     values
 }
+
+/// A cluster that prints the tail of every node's log when a test fails (the nodes are killed
+/// when the inner [`TestCluster`] drops).
+pub struct Guarded(pub TestCluster);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.0.nodes {
+                let logs = node.logs();
+                let lines: Vec<&str> = logs.lines().collect();
+                eprintln!("===== node {} (last lines) =====", node.node_id);
+                for line in &lines[lines.len().saturating_sub(80)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = TestCluster;
+    fn deref(&self) -> &TestCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut TestCluster {
+        &mut self.0
+    }
+}
