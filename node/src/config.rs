@@ -479,7 +479,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             leader_rebalance_ms = 30000
             [retention]
             retention_check_ms = 60000
-            compaction_bytes_per_second = 67108864
+            # 16 MiB/s: at 64 MiB/s rf3-1kb-half's publish p99 was 2.3x and 34x its baseline
+            # while 1 GiB was compacted, at 16 MiB/s 1.7x (benches/results/compaction-p99-2026-12-04.md).
+            compaction_bytes_per_second = 16777216
             [storage]
             # Syncs every acknowledged batch to disk: measured on rf3-1kb-max against flush, 0-9%
             # fewer records/s (benches/results/durability-2026-12-04.md), under issue 19's 25%.
