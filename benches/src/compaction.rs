@@ -15,12 +15,12 @@
 //!    `min.compaction.lag.ms` is set to 0 and its `segment.bytes` to 1 MiB (less than the
 //!    fill; the leaders decided once when their partitions were new, below their first
 //!    record, and decide again after `segment.bytes` more), which makes the whole fill
-//!    eligible: each leader
-//!    decides at its next retention check (`retention.retention_check_ms`, 1 s here), the
-//!    decision commits and every node's compactor cleans its replicas (two passes, at most
-//!    `retention.compaction_bytes_per_second` read). Each node's `/metrics` is sampled every second; the run fails unless every
-//!    node's compactor read bytes during the measured window, so the figure is one of a
-//!    cluster that really compacted meanwhile;
+//!    eligible: each leader decides at its next retention check
+//!    (`retention.retention_check_ms`, 1 s here), the decision commits and every node's
+//!    compactor cleans its replicas (two passes, reading at most
+//!    `retention.compaction_bytes_per_second`). Each node's `/metrics` is sampled every
+//!    second; the run fails unless every node's compactor read bytes during the measured
+//!    window, so the figure is one of a cluster that really compacted meanwhile;
 //! 5. **after** (unless `--no-after`): once every compaction job finished, the workload again,
 //!    the control for a cluster that is only slower because it holds the extra gigabyte.
 //!
