@@ -61,9 +61,9 @@ struct HttpState<S: LogStore> {
 pub fn router<S: LogStore>(
     broker: Arc<Broker<S>>,
     registry: Registry,
+    schemas: Arc<crate::schemas::SchemaRegistry<S>>,
     phase: watch::Receiver<Phase>,
 ) -> Router {
-    let schemas = Arc::new(crate::schemas::SchemaRegistry::new(Arc::clone(&broker)));
     let state = Arc::new(HttpState {
         broker,
         registry,

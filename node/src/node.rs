@@ -158,10 +158,18 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
 
     let (phase, phase_watch) = watch::channel(Phase::Running);
     let connections = Connections::new(&config.limits);
+    // Lives as long as the node: the HTTP listener serves it, and produce catches it up for
+    // broker-side schema validation (the broker holds it weakly).
+    let schemas = crate::schemas::SchemaRegistry::start(Arc::clone(&broker));
     let http_bound = match http_listener {
         Some((listener, http_bound)) => {
             let registry = crate::metrics::registry(Arc::clone(&broker), connections.clone());
-            let router = crate::http::router(Arc::clone(&broker), registry, phase_watch.clone());
+            let router = crate::http::router(
+                Arc::clone(&broker),
+                registry,
+                Arc::clone(&schemas),
+                phase_watch.clone(),
+            );
             let connections_max = config.http.connections_max as usize;
             tokio::spawn(crate::http::serve(listener, router, connections_max));
             tracing::info!(http = %http_bound, "http listener started");

@@ -58,6 +58,18 @@ pub enum ApiError {
     /// (Kafka's `INVALID_RECORD`). Not retriable. Nothing was appended.
     #[error("invalid records: {reason}")]
     InvalidRecords { reason: String },
+    /// The topic validates record values against the schema registry
+    /// (`confluent.value.schema.validation`) and records of the batch do not start with magic
+    /// byte 0 and a 4-byte schema id registered under `subject` (`<topic>-value`), each named
+    /// by its index in the batch (at most [`RECORD_ERRORS_MAX`]; `refused` counts them all).
+    /// Kafka's `INVALID_RECORD`. Not retriable: the same records would be refused again.
+    /// Nothing of the batch was appended.
+    #[error("schema validation refused {} of the batch for subject '{subject}': {}", plural(*.refused, "record"), describe_record_errors(records, *refused))]
+    SchemaValidation {
+        subject: String,
+        refused: u32,
+        records: Vec<RecordError>,
+    },
     /// The batch's attributes name compression codec `codec`, which is none of Kafka's
     /// (gzip 1, snappy 2, lz4 3, zstd 4 are accepted) (Kafka's `UNSUPPORTED_COMPRESSION_TYPE`).
     /// Not retriable; nothing was appended.
@@ -220,6 +232,28 @@ pub enum ApiError {
     Internal { reason: String },
 }
 
+/// Records of one refused batch named in an error at most.
+pub const RECORD_ERRORS_MAX: usize = 16;
+
+/// Why one record of a batch was refused: its index in the batch and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordError {
+    pub index: u32,
+    pub reason: String,
+}
+
+fn describe_record_errors(records: &[RecordError], refused: u32) -> String {
+    let mut text = records
+        .iter()
+        .map(|record| format!("record {}: {}", record.index, record.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if refused as usize > records.len() {
+        text.push_str(&format!(" (and {} more)", refused as usize - records.len()));
+    }
+    text
+}
+
 /// How a refused batch is answered: damage to its bytes is `CorruptBatch`; an intact batch
 /// that breaks the format's rules is `InvalidRecords`, or names the unsupported feature.
 impl From<crate::batch::BatchError> for ApiError {
@@ -284,6 +318,7 @@ impl ApiError {
             ApiError::BatchTooLarge { .. } => "BatchTooLarge",
             ApiError::CorruptBatch { .. } => "CorruptBatch",
             ApiError::InvalidRecords { .. } => "InvalidRecords",
+            ApiError::SchemaValidation { .. } => "SchemaValidation",
             ApiError::UnsupportedCompression { .. } => "UnsupportedCompression",
             ApiError::UnsupportedTransactions => "UnsupportedTransactions",
             ApiError::NotLeader { .. } => "NotLeader",

@@ -32,7 +32,7 @@ mod varint;
 
 pub use batch::{Header, Record, RecordBatch, RecordBatchBuilder, RecordView};
 pub use compression::Compression;
-pub use error::ApiError;
+pub use error::{ApiError, RecordError};
 pub use frame::{RequestFrame, ResponseFrame};
 pub use ids::{Epoch, NodeId, Offset, PartitionId};
 pub use messages::{Acks, OffsetSpec, Request, Response};

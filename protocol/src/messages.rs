@@ -213,6 +213,12 @@ pub struct TopicConfig {
     /// been compacted yet (Kafka never cleans the active segment). Absent: 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_bytes: Option<u64>,
+    /// Broker-side schema validation, as Confluent Server's `confluent.value.schema.validation`
+    /// and Redpanda's `redpanda.value.schema.id.validation` (both names set it): the partition
+    /// leader refuses a record whose value does not start with magic byte 0 and a 4-byte
+    /// schema id registered under the subject `<topic>-value`. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_schema_validation: Option<bool>,
 }
 
 /// `delete.retention.ms` when a topic sets none: Kafka's default, one day.
@@ -228,7 +234,14 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "min.compaction.lag.ms",
     "delete.retention.ms",
     "segment.bytes",
+    VALUE_SCHEMA_VALIDATION_CONFLUENT,
+    VALUE_SCHEMA_VALIDATION_REDPANDA,
 ];
+
+/// Confluent Server's name of [`TopicConfig::value_schema_validation`].
+pub const VALUE_SCHEMA_VALIDATION_CONFLUENT: &str = "confluent.value.schema.validation";
+/// Redpanda's name of [`TopicConfig::value_schema_validation`].
+pub const VALUE_SCHEMA_VALIDATION_REDPANDA: &str = "redpanda.value.schema.id.validation";
 
 impl TopicConfig {
     /// `config` with `changes` applied: a value sets a key, none returns it to the node's default.
@@ -258,6 +271,15 @@ impl TopicConfig {
                                 reason: error.to_string(),
                             }
                         })?),
+                    };
+                    continue;
+                }
+                VALUE_SCHEMA_VALIDATION_CONFLUENT
+                | VALUE_SCHEMA_VALIDATION_REDPANDA
+                | "value_schema_validation" => {
+                    config.value_schema_validation = match change.value.as_deref() {
+                        None => None,
+                        Some(value) => Some(parse_bool(&change.key, value)?),
                     };
                     continue;
                 }
@@ -323,6 +345,22 @@ impl TopicConfig {
 
     pub fn segment_bytes(&self) -> u64 {
         self.segment_bytes.unwrap_or(SEGMENT_BYTES_DEFAULT)
+    }
+
+    /// Whether the leader validates record values against the schema registry.
+    pub fn validates_value_schema(&self) -> bool {
+        self.value_schema_validation.unwrap_or(false)
+    }
+}
+
+/// A boolean config value as Kafka spells it (`true`/`false`, any case).
+fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ApiError::InvalidTopicConfig {
+            reason: format!("{key} must be true or false, not '{value}'"),
+        }),
     }
 }
 
@@ -698,6 +736,7 @@ mod topic_config_tests {
             min_compaction_lag_ms: Some(0),
             delete_retention_ms: Some(5),
             segment_bytes: Some(1024),
+            value_schema_validation: Some(true),
             ..decoded
         };
         let encoded = rmp_serde::to_vec_named(&new).unwrap();
@@ -725,5 +764,35 @@ mod topic_config_tests {
         ] {
             assert_eq!(CleanupPolicy::parse(policy.as_str()), Ok(policy));
         }
+    }
+
+    /// Both vendors' names set the one field; a value that is not a boolean is refused and
+    /// changes nothing; no value returns it to off.
+    #[test]
+    fn schema_validation_is_set_by_confluents_and_redpandas_names() {
+        let change = |key: &str, value: Option<&str>| ConfigChange {
+            key: key.to_string(),
+            value: value.map(str::to_string),
+        };
+        let on = TopicConfig::default()
+            .with_changes(&[change(VALUE_SCHEMA_VALIDATION_CONFLUENT, Some("true"))])
+            .unwrap();
+        assert!(on.validates_value_schema());
+        let off = on
+            .with_changes(&[change(VALUE_SCHEMA_VALIDATION_REDPANDA, Some("FALSE"))])
+            .unwrap();
+        assert_eq!(off.value_schema_validation, Some(false));
+        let refused = on
+            .with_changes(&[change(VALUE_SCHEMA_VALIDATION_REDPANDA, Some("yes"))])
+            .unwrap_err();
+        assert!(
+            matches!(&refused, ApiError::InvalidTopicConfig { reason } if reason.contains("true or false")),
+            "{refused:?}"
+        );
+        let reset = on
+            .with_changes(&[change(VALUE_SCHEMA_VALIDATION_CONFLUENT, None)])
+            .unwrap();
+        assert_eq!(reset, TopicConfig::default());
+        assert!(!reset.validates_value_schema());
     }
 }

@@ -94,7 +94,10 @@ pub enum TopicCommand {
         retention_bytes: Option<u64>,
         /// Set a config, `key=value` (repeatable), Kafka's names: retention.ms,
         /// retention.bytes, cleanup.policy (delete, compact, compact,delete),
-        /// min.compaction.lag.ms, delete.retention.ms, segment.bytes.
+        /// min.compaction.lag.ms, delete.retention.ms, segment.bytes,
+        /// confluent.value.schema.validation (or redpanda.value.schema.id.validation:
+        /// true makes the leader refuse values without a schema id registered under
+        /// `<topic>-value`).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
     },
@@ -120,7 +123,8 @@ pub enum TopicCommand {
         #[arg(short, long)]
         partitions: Option<u32>,
         /// Set a config, `key=value` (repeatable): retention.ms, retention.bytes,
-        /// cleanup.policy, min.compaction.lag.ms, delete.retention.ms, segment.bytes.
+        /// cleanup.policy, min.compaction.lag.ms, delete.retention.ms, segment.bytes,
+        /// confluent.value.schema.validation (alias redpanda.value.schema.id.validation).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
         /// Return a config to the node's default (repeatable).
@@ -172,6 +176,11 @@ pub fn configs_table(config: &TopicConfig) -> String {
             "segment.bytes",
             config.segment_bytes.map(|bytes| bytes.to_string()),
             config.segment_bytes().to_string(),
+        ),
+        (
+            "confluent.value.schema.validation",
+            config.value_schema_validation.map(|on| on.to_string()),
+            config.validates_value_schema().to_string(),
         ),
     ];
     for (key, own, default) in compaction {

@@ -5,12 +5,18 @@
 //! those records come back through [`Registry::apply`] from the log. Apply re-validates each
 //! record, because another node may have planned from the same state (two registrations
 //! racing for one id or one version) and because any Kafka client may produce to `_schemas`:
-//! the first committed record wins and the loser is ignored on every node alike. Ids are never
-//! reused: an id keeps its schema even after every version using it is deleted.
+//! the first committed record wins and the loser is ignored on every node alike.
+//!
+//! Ids are never reused: a new id is above the highest id ever given, which the state learns
+//! from every schema record and from the id high-water record a permanent delete writes (see
+//! [`super::records`]), so it survives compaction cleaning away the deleted records. A schema
+//! whose every version was permanently deleted is forgotten (registering it again gives it a
+//! new id): a node replaying the deleted records and one replaying a log compacted without
+//! them then decide every later record alike.
 
 use super::kind::{Level, ParsedSchema, Reference, SchemaRequest, SchemaType};
 use super::records::{self, ConfigValue, Decoded, SchemaRecord, SchemaValue};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Schemas one schema's references may pull in, transitively.
 pub const IMPORTS_MAX: usize = 256;
@@ -157,6 +163,12 @@ pub struct Registry {
     ids: HashMap<(SchemaType, String), u32>,
     subjects: BTreeMap<String, Subject>,
     global_level: Option<Level>,
+    /// The highest id ever given: of every schema record applied and every high-water record.
+    highest_id: u32,
+    /// The value of the newest id high-water record, the one compaction keeps.
+    high_water_newest: u32,
+    /// The highest value any id high-water record carried.
+    high_water_max: u32,
     /// Records ignored at apply (foreign or lost races), for operators.
     ignored: u64,
 }
@@ -176,9 +188,9 @@ pub fn validate_subject(subject: &str) -> Result<(), RegistryError> {
 }
 
 impl Registry {
-    /// Applies one committed record. Returns why it was ignored, if it was; the state is then
-    /// exactly as before.
-    pub fn apply(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<(), String> {
+    /// Applies one committed record (`value` `None`: a tombstone). Returns why it was ignored,
+    /// if it was; the state is then exactly as before.
+    pub fn apply(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), String> {
         let outcome = records::decode(key, value).and_then(|decoded| self.apply_decoded(decoded));
         if outcome.is_err() {
             self.ignored += 1;
@@ -218,10 +230,31 @@ impl Registry {
                 version,
                 value: None,
             } => {
-                if let Some(entry) = self.subjects.get_mut(&subject) {
-                    entry.versions.remove(&version);
-                }
+                let removed = self
+                    .subjects
+                    .get_mut(&subject)
+                    .and_then(|entry| entry.versions.remove(&version));
                 self.forget_if_empty(&subject);
+                if let Some(removed) = removed {
+                    self.forget_if_unused(removed.id);
+                }
+                Ok(())
+            }
+            Decoded::IdHighWater {
+                highest_id: Some(highest_id),
+            } => {
+                if highest_id > i32::MAX as u32 {
+                    return Err("an id is in [1, 2^31-1]".to_string());
+                }
+                self.highest_id = self.highest_id.max(highest_id);
+                self.high_water_newest = highest_id;
+                self.high_water_max = self.high_water_max.max(highest_id);
+                Ok(())
+            }
+            Decoded::IdHighWater { highest_id: None } => {
+                // Only a foreign client writes this; compaction will drop the high water, so
+                // the next write rewrites it (see `high_water_repair`).
+                self.high_water_newest = 0;
                 Ok(())
             }
             Decoded::Schema {
@@ -295,6 +328,7 @@ impl Registry {
             .entry((schema_type, parsed.identity().to_string()))
             .or_insert(value.id);
         self.schemas.entry(value.id).or_insert(parsed);
+        self.highest_id = self.highest_id.max(value.id);
         self.subjects.entry(subject).or_default().versions.insert(
             version,
             Version {
@@ -303,6 +337,34 @@ impl Registry {
             },
         );
         Ok(())
+    }
+
+    /// Forgets an id's schema once no version of any subject uses it (a permanent delete):
+    /// the high water still keeps the id from being given again.
+    fn forget_if_unused(&mut self, id: u32) {
+        if self.uses_of(id).next().is_some() {
+            return;
+        }
+        if let Some(schema) = self.schemas.remove(&id) {
+            let identity = (schema.schema_type, schema.identity().to_string());
+            if self.ids.get(&identity) == Some(&id) {
+                self.ids.remove(&identity);
+            }
+        }
+    }
+
+    /// The highest id ever given, as this state knows it.
+    pub fn highest_id(&self) -> u32 {
+        self.highest_id
+    }
+
+    /// A record restoring the id high water when the newest high-water record (the one
+    /// compaction keeps) carries less than an earlier one: two permanent deletes planned on
+    /// different nodes from different states, the staler committed last. Any write appends
+    /// it once it sees this, before compaction can clean the higher one away.
+    pub fn high_water_repair(&self) -> Option<SchemaRecord> {
+        (self.high_water_newest < self.high_water_max)
+            .then(|| records::id_high_water_record(self.highest_id.max(self.high_water_max)))
     }
 
     fn forget_if_empty(&mut self, subject: &str) {
@@ -426,6 +488,20 @@ impl Registry {
             schema: schema.canonical.clone(),
             references: schema.references.clone(),
         }
+    }
+
+    /// The ids each subject's versions use, soft-deleted versions included (their ids still
+    /// resolve, so consumers can still read records framed with them): what broker-side
+    /// schema validation accepts for a subject.
+    pub fn subject_ids(&self) -> HashMap<String, HashSet<u32>> {
+        self.subjects
+            .iter()
+            .filter(|(_, entry)| !entry.versions.is_empty())
+            .map(|(name, entry)| {
+                let ids = entry.versions.values().map(|version| version.id).collect();
+                (name.clone(), ids)
+            })
+            .collect()
     }
 
     /// Subjects with a live version (or a soft-deleted one, with `include_deleted`).
@@ -642,11 +718,7 @@ impl Registry {
             .get(&(schema.schema_type, schema.identity().to_string()))
         {
             Some(id) => *id,
-            None => self
-                .schemas
-                .keys()
-                .next_back()
-                .map_or(1, |newest| newest + 1),
+            None => self.highest_id + 1,
         };
         let version = self
             .subjects
@@ -722,20 +794,24 @@ impl Registry {
         for (number, _) in &chosen {
             self.not_referenced(subject, *number, permanent)?;
         }
-        let records = chosen
+        let mut records: Vec<SchemaRecord> = chosen
             .iter()
             .map(|(n, v)| self.deletion_record(subject, *n, v.id, permanent))
             .collect();
+        if permanent {
+            records.push(records::id_high_water_record(self.highest_id));
+        }
         Ok((chosen.iter().map(|(n, _)| *n).collect(), records))
     }
 
-    /// `DELETE /subjects/{s}/versions/{v}`.
+    /// `DELETE /subjects/{s}/versions/{v}`: the version deleted and the records that delete
+    /// it (a permanent delete also records the id high water).
     pub fn plan_delete_version(
         &self,
         subject: &str,
         spec: VersionSpec,
         permanent: bool,
-    ) -> Result<(u32, SchemaRecord), RegistryError> {
+    ) -> Result<(u32, Vec<SchemaRecord>), RegistryError> {
         let entry = self.subject(subject)?;
         let found = match spec {
             VersionSpec::Latest => entry
@@ -766,10 +842,11 @@ impl Registry {
             });
         }
         self.not_referenced(subject, *number, permanent)?;
-        Ok((
-            *number,
-            self.deletion_record(subject, *number, v.id, permanent),
-        ))
+        let mut records = vec![self.deletion_record(subject, *number, v.id, permanent)];
+        if permanent {
+            records.push(records::id_high_water_record(self.highest_id));
+        }
+        Ok((*number, records))
     }
 
     /// `PUT /config[/{s}]`.
@@ -836,7 +913,9 @@ mod tests {
         match registry.plan_register(subject, &parsed(text))? {
             Registration::Existing { id } => Ok(id),
             Registration::Append { id, record, .. } => {
-                registry.apply(Some(&record.key), &record.value).unwrap();
+                registry
+                    .apply(Some(&record.key), record.value.as_deref())
+                    .unwrap();
                 Ok(id)
             }
         }
@@ -844,7 +923,9 @@ mod tests {
 
     fn apply_all(registry: &mut Registry, records: &[SchemaRecord]) {
         for record in records {
-            registry.apply(Some(&record.key), &record.value).unwrap();
+            registry
+                .apply(Some(&record.key), record.value.as_deref())
+                .unwrap();
         }
     }
 
@@ -886,8 +967,8 @@ mod tests {
             panic!("both append");
         };
         assert_eq!(id, 1);
-        registry.apply(Some(&r1.key), &r1.value).unwrap();
-        assert!(registry.apply(Some(&r2.key), &r2.value).is_err());
+        registry.apply(Some(&r1.key), r1.value.as_deref()).unwrap();
+        assert!(registry.apply(Some(&r2.key), r2.value.as_deref()).is_err());
         assert_eq!(registry.ignored(), 1);
         assert!(registry.subjects(false) == vec!["a"]);
         // The loser plans again and gets the next id.
@@ -907,7 +988,9 @@ mod tests {
             references: Vec::new(),
             deleted: false,
         });
-        assert!(registry.apply(Some(&stale.key), &stale.value).is_err());
+        assert!(registry
+            .apply(Some(&stale.key), stale.value.as_deref())
+            .is_err());
         assert_eq!(
             registry
                 .version("a", VersionSpec::Latest, false)
@@ -955,10 +1038,133 @@ mod tests {
             40401
         );
         assert_eq!(registry.schema_by_id(1).unwrap_err().error_code(), 40403);
-        // A new schema gets a new id; the old schema keeps its old id.
+        // A new schema gets a new id; a permanently deleted one is forgotten and gets a new
+        // id too, never its old one.
         let v3 = r#"{"type":"record","name":"Other","fields":[]}"#;
         assert_eq!(register(&mut registry, "b", v3), Ok(3));
-        assert_eq!(register(&mut registry, "c", V1), Ok(1));
+        assert_eq!(register(&mut registry, "c", V1), Ok(4));
+    }
+
+    /// What compaction keeps of a log: the newest record per key, in offset order, without
+    /// tombstones (their `delete.retention.ms` passed).
+    fn compacted(log: &[SchemaRecord]) -> Vec<SchemaRecord> {
+        let newest: HashMap<&[u8], usize> = log
+            .iter()
+            .enumerate()
+            .map(|(offset, record)| (record.key.as_slice(), offset))
+            .collect();
+        log.iter()
+            .enumerate()
+            .filter(|(offset, record)| {
+                newest[record.key.as_slice()] == *offset && record.value.is_some()
+            })
+            .map(|(_, record)| record.clone())
+            .collect()
+    }
+
+    /// Plans with `plan`, appends its records to `log` and applies them.
+    fn commit(registry: &mut Registry, log: &mut Vec<SchemaRecord>, records: Vec<SchemaRecord>) {
+        for record in records {
+            registry
+                .apply(Some(&record.key), record.value.as_deref())
+                .unwrap();
+            log.push(record);
+        }
+    }
+
+    fn register_logged(
+        registry: &mut Registry,
+        log: &mut Vec<SchemaRecord>,
+        subject: &str,
+        text: &str,
+    ) -> u32 {
+        match registry.plan_register(subject, &parsed(text)).unwrap() {
+            Registration::Existing { id } => id,
+            Registration::Append { id, record, .. } => {
+                commit(registry, log, vec![record]);
+                id
+            }
+        }
+    }
+
+    /// The highest ids are hard-deleted and compaction cleans every record of them away: a
+    /// registry replayed from the compacted log still gives a higher id, decides the next
+    /// registration as the registry that saw everything does, and the subject stays gone.
+    #[test]
+    fn ids_never_go_back_when_compaction_cleans_away_deleted_schemas() {
+        let mut registry = Registry::default();
+        let mut log = Vec::new();
+        let other = r#"{"type":"record","name":"Other","fields":[]}"#;
+        assert_eq!(register_logged(&mut registry, &mut log, "keep", other), 1);
+        assert_eq!(register_logged(&mut registry, &mut log, "gone", V1), 2);
+        assert_eq!(register_logged(&mut registry, &mut log, "gone", V2), 3);
+        let (_, soft) = registry.plan_delete_subject("gone", false).unwrap();
+        commit(&mut registry, &mut log, soft);
+        let (_, hard) = registry.plan_delete_subject("gone", true).unwrap();
+        assert!(hard.iter().filter(|record| record.value.is_none()).count() == 2);
+        commit(&mut registry, &mut log, hard);
+        let mut replayed = Registry::default();
+        for record in compacted(&log) {
+            replayed
+                .apply(Some(&record.key), record.value.as_deref())
+                .unwrap();
+        }
+        assert!(compacted(&log).len() < log.len());
+        assert_eq!(replayed.highest_id(), 3);
+        assert_eq!(replayed.subjects(true), vec!["keep"]);
+        assert_eq!(replayed.subject_ids(), registry.subject_ids());
+        // Both plan the same record for a deleted schema registered again: a new id.
+        let again = registry.plan_register("new", &parsed(V1)).unwrap();
+        assert_eq!(replayed.plan_register("new", &parsed(V1)).unwrap(), again);
+        assert!(
+            matches!(again, Registration::Append { id: 4, .. }),
+            "{again:?}"
+        );
+        // Without the high-water record the replayed registry would give id 2 again.
+        let mut without = Registry::default();
+        for record in compacted(&log) {
+            if !record.key.starts_with(br#"{"keytype":"ID_HIGH_WATER""#) {
+                without
+                    .apply(Some(&record.key), record.value.as_deref())
+                    .unwrap();
+            }
+        }
+        assert!(matches!(
+            without.plan_register("new", &parsed(V1)).unwrap(),
+            Registration::Append { id: 2, .. }
+        ));
+    }
+
+    /// Two permanent deletes planned from different states: the staler high water committed
+    /// last is noticed and a repair record restores the highest.
+    #[test]
+    fn a_stale_high_water_committed_last_is_repaired() {
+        let mut registry = Registry::default();
+        let mut log = Vec::new();
+        register_logged(&mut registry, &mut log, "a", V1);
+        let (_, soft) = registry.plan_delete_subject("a", false).unwrap();
+        commit(&mut registry, &mut log, soft);
+        let (_, stale) = registry.plan_delete_subject("a", true).unwrap();
+        let other = r#"{"type":"record","name":"Other","fields":[]}"#;
+        register_logged(&mut registry, &mut log, "b", other);
+        let (_, soft) = registry.plan_delete_subject("b", false).unwrap();
+        commit(&mut registry, &mut log, soft);
+        let (_, fresh) = registry.plan_delete_subject("b", true).unwrap();
+        commit(&mut registry, &mut log, fresh);
+        assert_eq!(registry.high_water_repair(), None);
+        // The stale delete (high water 1) lands after the fresh one (high water 2).
+        commit(&mut registry, &mut log, stale);
+        let repair = registry.high_water_repair().expect("a repair");
+        assert_eq!(repair, records::id_high_water_record(2));
+        commit(&mut registry, &mut log, vec![repair]);
+        assert_eq!(registry.high_water_repair(), None);
+        let mut replayed = Registry::default();
+        for record in compacted(&log) {
+            replayed
+                .apply(Some(&record.key), record.value.as_deref())
+                .unwrap();
+        }
+        assert_eq!(replayed.highest_id(), 2);
     }
 
     #[test]
@@ -970,7 +1176,7 @@ mod tests {
             .plan_delete_version("a", VersionSpec::Latest, false)
             .unwrap();
         assert_eq!(number, 2);
-        apply_all(&mut registry, &[record]);
+        apply_all(&mut registry, &record);
         assert_eq!(
             registry
                 .version("a", VersionSpec::Latest, false)
@@ -1065,10 +1271,10 @@ mod tests {
                 .error_code(),
             42208
         );
-        assert!(registry.apply(Some(b"garbage"), b"garbage").is_err());
+        assert!(registry.apply(Some(b"garbage"), Some(b"garbage")).is_err());
         let key = br#"{"keytype":"SCHEMA","subject":"a","version":1,"magic":1}"#;
         let bad_schema = br#"{"subject":"a","version":1,"id":1,"schema":"{"}"#;
-        assert!(registry.apply(Some(key), bad_schema).is_err());
+        assert!(registry.apply(Some(key), Some(bad_schema)).is_err());
         assert!(registry.subjects(true).is_empty());
         assert_eq!(
             registry
@@ -1089,7 +1295,9 @@ mod tests {
         match registry.plan_register(subject, &schema)? {
             Registration::Existing { id } => Ok(id),
             Registration::Append { id, record, .. } => {
-                registry.apply(Some(&record.key), &record.value).unwrap();
+                registry
+                    .apply(Some(&record.key), record.value.as_deref())
+                    .unwrap();
                 Ok(id)
             }
         }
@@ -1198,7 +1406,9 @@ mod tests {
                 references: view.references,
                 deleted: false,
             });
-            replayed.apply(Some(&record.key), &record.value).unwrap();
+            replayed
+                .apply(Some(&record.key), record.value.as_deref())
+                .unwrap();
         }
         assert_eq!(replayed.versions("orders", false), Ok(vec![1]));
         // Soft-deleting `orders` frees `common` for a soft delete, not for a permanent one.

@@ -42,7 +42,7 @@ impl<S: LogStore> Broker<S> {
             name: SCHEMAS_TOPIC.to_string(),
             partitions: 1,
             replication_factor: None,
-            config: TopicConfig::default(),
+            config: schemas_topic_config(),
         };
         match crate::kafka::forward::create_topic(self, request).await {
             Ok(_) | Err(ApiError::TopicAlreadyExists { .. }) => Ok(()),
@@ -64,7 +64,7 @@ impl<S: LogStore> Broker<S> {
             name: SCHEMAS_TOPIC.to_string(),
             partitions: 1,
             replication_factor: Some(replication_factor),
-            config: TopicConfig::default(),
+            config: schemas_topic_config(),
         })
         .await
     }
@@ -161,9 +161,22 @@ impl<S: LogStore> Broker<S> {
     /// then map to other partitions: the partitioner counts them).
     pub async fn alter_topic(&self, request: AlterTopicRequest) -> Result<TopicMetadata, ApiError> {
         self.check_ready()?;
-        if is_internal(&request.name) {
+        // `_schemas` is compacted; how soon (the compaction lag, the tombstone retention, the
+        // segment size) an operator may tune, as on Confluent's `_schemas`, but never its
+        // policy or partitions: the registry needs every newest record of one partition.
+        let tunes_schemas = request.name == SCHEMAS_TOPIC
+            && request.partitions.is_none()
+            && request
+                .configs
+                .iter()
+                .all(|change| SCHEMAS_TUNABLE_CONFIGS.contains(&change.key.as_str()));
+        if is_internal(&request.name) && !tunes_schemas {
             return Err(ApiError::InvalidTopicConfig {
-                reason: format!("internal topic '{}' cannot be altered", request.name),
+                reason: format!(
+                    "internal topic '{}' cannot be altered (of {SCHEMAS_TOPIC}, only \
+                     min.compaction.lag.ms, delete.retention.ms and segment.bytes can be)",
+                    request.name
+                ),
             });
         }
         let topic = self
@@ -359,5 +372,25 @@ impl<S: LogStore> Broker<S> {
                 ),
             }),
         }
+    }
+}
+
+/// Configs of `_schemas` an operator may change (Kafka's and Cairn's spellings).
+const SCHEMAS_TUNABLE_CONFIGS: &[&str] = &[
+    "min.compaction.lag.ms",
+    "min_compaction_lag_ms",
+    "delete.retention.ms",
+    "delete_retention_ms",
+    "segment.bytes",
+    "segment_bytes",
+];
+
+/// `_schemas` is compacted, as Confluent creates it: the registry's state is the newest record
+/// per key, a permanent delete writes tombstones, and the id high-water record keeps the next
+/// id from going back when old records are cleaned away (see `cairn_control::schema::records`).
+fn schemas_topic_config() -> TopicConfig {
+    TopicConfig {
+        cleanup_policy: Some(cairn_protocol::messages::CleanupPolicy::Compact),
+        ..TopicConfig::default()
     }
 }

@@ -109,6 +109,8 @@ pub struct Broker<S: LogStore> {
     ready: watch::Sender<bool>,
     /// The consumer-group coordinators of the `__offsets` partitions this node leads.
     groups: Arc<crate::groups::Coordinators<S>>,
+    /// The schema registry's ids per subject, for broker-side validation at produce.
+    pub schemas: crate::schemas::validation::Attachment<S>,
 }
 
 /// `__offsets` gets this many replicas at most (fewer on a smaller cluster).
@@ -209,6 +211,7 @@ impl<S: LogStore> Broker<S> {
             groups: Arc::new(crate::groups::Coordinators::new(
                 config_groups.group_config(),
             )),
+            schemas: crate::schemas::validation::Attachment::default(),
         });
         tokio::spawn(Arc::clone(&broker.groups).run(
             Arc::downgrade(&broker),

@@ -29,6 +29,14 @@ impl<S: LogStore> Broker<S> {
         })
     }
 
+    /// `topic`'s config, if it exists (what produce checks: keys, schema ids).
+    pub fn topic_config(&self, topic: &str) -> Option<cairn_protocol::messages::TopicConfig> {
+        self.catalog()
+            .state
+            .topic(topic)
+            .map(|state| state.config.clone())
+    }
+
     /// The partition handle for a request, or the typed reason there is none.
     /// Whether `topic` exists and is compacted (its records need keys).
     pub fn is_compacted(&self, topic: &str) -> bool {

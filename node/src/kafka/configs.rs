@@ -3,8 +3,10 @@
 //!
 //! A topic keeps these configs of its own in Cairn: `retention.ms`, `retention.bytes` (with
 //! the node's default or Kafka's "forever", -1), and compaction's `cleanup.policy`,
-//! `min.compaction.lag.ms`, `delete.retention.ms`, `segment.bytes` (with Kafka's defaults):
-//! those are described with their source and can be changed. The others clients commonly
+//! `min.compaction.lag.ms`, `delete.retention.ms`, `segment.bytes` (with Kafka's defaults),
+//! and broker-side schema validation under both its vendors' names,
+//! `confluent.value.schema.validation` and `redpanda.value.schema.id.validation` (one setting,
+//! default false): those are described with their source and can be changed. The others clients commonly
 //! ask for describe what Cairn always does and are read-only: timestamps are the producer's
 //! (`CreateTime`), `max.message.bytes` is the node's batch limit. Setting a read-only config
 //! to the value it has is accepted and changes nothing; any other value, and any other
@@ -12,7 +14,9 @@
 
 use crate::broker::{apply_config_changes, Broker};
 use crate::meta::TopicState;
-use cairn_protocol::messages::{ConfigChange, TopicConfig};
+use cairn_protocol::messages::{
+    ConfigChange, TopicConfig, VALUE_SCHEMA_VALIDATION_CONFLUENT, VALUE_SCHEMA_VALIDATION_REDPANDA,
+};
 use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
 
@@ -53,14 +57,19 @@ const EDITABLE: &[&str] = &[
     "min.compaction.lag.ms",
     "delete.retention.ms",
     "segment.bytes",
+    VALUE_SCHEMA_VALIDATION_CONFLUENT,
+    VALUE_SCHEMA_VALIDATION_REDPANDA,
 ];
 
-/// The compaction configs, which have Kafka's defaults rather than the node's.
+/// The configs with Kafka's (or the vendor's) defaults rather than the node's: compaction's
+/// and schema validation's.
 const COMPACTION: &[&str] = &[
     "cleanup.policy",
     "min.compaction.lag.ms",
     "delete.retention.ms",
     "segment.bytes",
+    VALUE_SCHEMA_VALIDATION_CONFLUENT,
+    VALUE_SCHEMA_VALIDATION_REDPANDA,
 ];
 
 /// Read-only topic configs with the value Cairn always has.
@@ -136,6 +145,18 @@ pub fn topic_entries<S: LogStore>(broker: &Broker<S>, topic: &TopicState) -> Vec
             config.segment_bytes.is_some(),
             config.segment_bytes().to_string(),
             TYPE_INT,
+        ),
+        (
+            VALUE_SCHEMA_VALIDATION_CONFLUENT,
+            config.value_schema_validation.is_some(),
+            config.validates_value_schema().to_string(),
+            TYPE_BOOLEAN,
+        ),
+        (
+            VALUE_SCHEMA_VALIDATION_REDPANDA,
+            config.value_schema_validation.is_some(),
+            config.validates_value_schema().to_string(),
+            TYPE_BOOLEAN,
         ),
     ];
     entries.extend(
@@ -315,12 +336,12 @@ pub fn topic_config<S: LogStore>(
     let mut changes: Vec<ConfigChange> = Vec::with_capacity(EDITABLE.len());
     for (name, value) in configs {
         if let Some(change) = topic_change(broker, name, value.as_deref())? {
-            changes.retain(|earlier| earlier.key != change.key);
+            changes.retain(|earlier| !same_setting(&earlier.key, &change.key));
             changes.push(change);
         }
     }
     for name in EDITABLE {
-        if !changes.iter().any(|change| change.key == *name) {
+        if !changes.iter().any(|change| same_setting(&change.key, name)) {
             changes.push(ConfigChange {
                 key: name.to_string(),
                 value: None,
@@ -328,4 +349,14 @@ pub fn topic_config<S: LogStore>(
         }
     }
     Ok(changes)
+}
+
+/// Whether two Kafka config names set the same Cairn setting: schema validation has a name
+/// per vendor, and naming either one keeps the other from resetting it.
+fn same_setting(first: &str, second: &str) -> bool {
+    let validation = [
+        VALUE_SCHEMA_VALIDATION_CONFLUENT,
+        VALUE_SCHEMA_VALIDATION_REDPANDA,
+    ];
+    first == second || (validation.contains(&first) && validation.contains(&second))
 }

@@ -23,7 +23,9 @@ pub fn kafka_error(error: &ApiError) -> ResponseError {
         // Kafka answers MESSAGE_TOO_LARGE for a batch above max.message.bytes too.
         RecordTooLarge { .. } | BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         CorruptBatch { .. } => ResponseError::CorruptMessage,
-        InvalidRecords { .. } | UnsupportedTransactions => ResponseError::InvalidRecord,
+        InvalidRecords { .. } | SchemaValidation { .. } | UnsupportedTransactions => {
+            ResponseError::InvalidRecord
+        }
         UnsupportedCompression { .. } => ResponseError::UnsupportedCompressionType,
         // Retried after a metadata refresh, which finds the new leader.
         NotLeader { .. } | StaleEpoch { .. } | ShuttingDown => ResponseError::NotLeaderOrFollower,

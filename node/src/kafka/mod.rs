@@ -437,7 +437,7 @@ async fn run_connection<S: LogStore>(
             RequestKind::Produce(request) => {
                 // Into the mailboxes now, in read order; the answer is awaited concurrently.
                 let started = std::time::Instant::now();
-                let enqueued = produce::enqueue(&broker, request);
+                let enqueued = produce::enqueue(&broker, request).await;
                 let batch_bytes = enqueued.batch_bytes;
                 if enqueued.acks_none() {
                     drop(permit);

@@ -15,7 +15,7 @@ use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 
@@ -41,61 +41,56 @@ fn acks(acks: i16) -> Option<Acks> {
     }
 }
 
-/// Validates every partition's batch and puts it in its partition's mailbox, in order.
-pub fn enqueue<S: LogStore>(broker: &Broker<S>, request: ProduceRequest) -> Enqueued {
+/// Validates every partition's batch and puts it in its partition's mailbox, in order. Awaited
+/// by the reader before it reads the next request; it waits only when a topic with schema
+/// validation needs this node's registry caught up first (see `crate::schemas::validation`).
+pub async fn enqueue<S: LogStore>(broker: &Broker<S>, request: ProduceRequest) -> Enqueued {
     let timeout_ms = u32::try_from(request.timeout_ms).unwrap_or(0);
     let wanted = acks(request.acks);
     let mut batch_bytes = 0u64;
-    let topics = request
-        .topic_data
-        .into_iter()
-        .map(|topic| {
-            let name = topic.name.clone();
-            let partitions = topic
-                .partition_data
-                .into_iter()
-                .map(|partition| {
-                    let result = (|| {
-                        let acks = wanted.ok_or_else(|| ApiError::InvalidRequest {
-                            reason: format!(
-                                "acks must be 0, 1 or -1 (got {})",
-                                request.acks
-                            ),
-                        })?;
-                        let partition_id = u32::try_from(partition.index).map_err(|_| {
-                            ApiError::UnknownTopic {
-                                topic: topic.name.0.to_string(),
-                            }
-                        })?;
-                        let records = partition.records.ok_or_else(|| ApiError::InvalidRecords {
-                            reason: "a produce carries one record batch per partition (got none)"
-                                .to_string(),
-                        })?;
-                        batch_bytes += records.len() as u64;
-                        let batch = super::batch::from_kafka(&records)?;
-                        cairn_produce::enqueue(
-                            broker,
-                            CairnProduce {
-                                topic: topic.name.0.to_string(),
-                                partition: partition_id,
-                                acks,
-                                timeout_ms,
-                                batch,
-                            },
-                        )
-                    })();
-                    if let Err(error) = &result {
-                        tracing::debug!(topic = %topic.name.0, partition = partition.index, %error, "kafka produce refused");
-                    }
-                    Pending {
-                        index: partition.index,
-                        result,
-                    }
-                })
-                .collect();
-            (name, partitions)
-        })
-        .collect();
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.clone();
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for partition in topic.partition_data {
+            batch_bytes += partition
+                .records
+                .as_ref()
+                .map_or(0, |records| records.len() as u64);
+            let index = partition.index;
+            let result = async {
+                let acks = wanted.ok_or_else(|| ApiError::InvalidRequest {
+                    reason: format!("acks must be 0, 1 or -1 (got {})", request.acks),
+                })?;
+                let partition_id =
+                    u32::try_from(partition.index).map_err(|_| ApiError::UnknownTopic {
+                        topic: topic.name.0.to_string(),
+                    })?;
+                let records = partition.records.ok_or_else(|| ApiError::InvalidRecords {
+                    reason: "a produce carries one record batch per partition (got none)"
+                        .to_string(),
+                })?;
+                let batch = super::batch::from_kafka(&records)?;
+                cairn_produce::enqueue(
+                    broker,
+                    CairnProduce {
+                        topic: topic.name.0.to_string(),
+                        partition: partition_id,
+                        acks,
+                        timeout_ms,
+                        batch,
+                    },
+                )
+                .await
+            }
+            .await;
+            if let Err(error) = &result {
+                tracing::debug!(topic = %topic.name.0, partition = index, %error, "kafka produce refused");
+            }
+            partitions.push(Pending { index, result });
+        }
+        topics.push((name, partitions));
+    }
     Enqueued {
         acks: request.acks,
         batch_bytes,
@@ -150,6 +145,19 @@ impl Enqueued {
                         };
                         if version >= 8 {
                             answer.error_message = Some(error.to_string().into());
+                            // Kafka names each refused record of the batch by its index.
+                            if let ApiError::SchemaValidation { records, .. } = &error {
+                                answer.record_errors = records
+                                    .iter()
+                                    .map(|record| {
+                                        BatchIndexAndErrorMessage::default()
+                                            .with_batch_index(record.index as i32)
+                                            .with_batch_index_error_message(Some(
+                                                record.reason.clone().into(),
+                                            ))
+                                    })
+                                    .collect();
+                            }
                         }
                         if let (
                             true,

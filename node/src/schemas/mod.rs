@@ -18,6 +18,7 @@
 
 pub mod cli;
 pub mod rest;
+pub mod validation;
 
 use crate::broker::Broker;
 use cairn_control::schema::state::Registration;
@@ -36,6 +37,8 @@ use tokio::sync::Mutex;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a read may spend catching up before it answers 50002.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a write asks again for the leader of `_schemas` while it fails over.
+const WRITE_SYNC_RETRY: Duration = Duration::from_millis(100);
 /// Pause between attempts while waiting for a leader or for replication.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a read waits for the leader's high watermark before serving the local replica.
@@ -76,6 +79,8 @@ struct Replayed {
     registry: Registry,
     /// The next `_schemas` offset to apply.
     next: Offset,
+    /// When the last catch-up to the `_schemas` leader's high watermark started.
+    synced_from: Option<Instant>,
 }
 
 pub struct SchemaRegistry<S: LogStore> {
@@ -86,13 +91,47 @@ pub struct SchemaRegistry<S: LogStore> {
 }
 
 impl<S: LogStore> SchemaRegistry<S> {
-    pub fn new(broker: Arc<Broker<S>>) -> SchemaRegistry<S> {
-        SchemaRegistry {
-            broker,
+    /// The node's registry, attached to its broker so that produce can catch it up for
+    /// broker-side validation ([`validation`]).
+    pub fn start(broker: Arc<Broker<S>>) -> Arc<SchemaRegistry<S>> {
+        let registry = Arc::new(SchemaRegistry {
+            broker: Arc::clone(&broker),
             replayed: Mutex::new(Replayed {
                 registry: Registry::default(),
                 next: Offset::ZERO,
+                synced_from: None,
             }),
+        });
+        broker.schemas.attach(&registry);
+        registry
+    }
+
+    /// Catches up to the `_schemas` leader's high watermark unless a catch-up that started at
+    /// or after `since` already did, within `timeout`. An error when the leader's high
+    /// watermark could not be reached: a refusal then could rest on a lagging state.
+    pub async fn catch_up_for_validation(
+        &self,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + timeout;
+        let timed_out = || RuntimeError::Timeout {
+            waited_ms: timeout.as_millis() as u64,
+        };
+        let mut replayed = tokio::time::timeout(timeout, self.replayed.lock())
+            .await
+            .map_err(|_| timed_out())?;
+        if replayed.synced_from.is_some_and(|from| from >= since)
+            || !self.broker.schemas_topic_exists()
+        {
+            return Ok(());
+        }
+        if self.sync(&mut replayed, deadline).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::Unavailable {
+                reason: format!("the {SCHEMAS_TOPIC} leader could not be asked"),
+            })
         }
     }
 
@@ -109,19 +148,25 @@ impl<S: LogStore> SchemaRegistry<S> {
     /// Catches up to the leader's high watermark: a follower's trails the leader's by a
     /// replication round trip, and a read here must see every write any node has answered.
     /// When the leader cannot be asked (it is failing over), the local committed prefix is
-    /// served: available, possibly a little behind.
-    async fn sync(&self, replayed: &mut Replayed, deadline: Instant) -> Result<(), RuntimeError> {
-        let until = match self.leader_high_watermark().await {
+    /// served: available, possibly a little behind. Whether the leader's high watermark was
+    /// reached.
+    async fn sync(&self, replayed: &mut Replayed, deadline: Instant) -> Result<bool, RuntimeError> {
+        let started = Instant::now();
+        let (until, authoritative) = match self.leader_high_watermark().await {
             Ok(Some(high_watermark)) if high_watermark > Offset::ZERO => {
-                Some(Offset(high_watermark.0 - 1))
+                (Some(Offset(high_watermark.0 - 1)), true)
             }
-            Ok(_) => None,
+            Ok(_) => (None, true),
             Err(error) => {
                 tracing::debug!(%error, "_schemas leader not asked; reading the local replica");
-                None
+                (None, false)
             }
         };
-        self.catch_up(replayed, until, deadline).await
+        self.catch_up(replayed, until, deadline).await?;
+        if authoritative {
+            replayed.synced_from = Some(started);
+        }
+        Ok(authoritative)
     }
 
     /// Plans with `plan` on the caught-up state, appends its records (if any) and answers once
@@ -133,14 +178,46 @@ impl<S: LogStore> SchemaRegistry<S> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut replayed = self.replayed.lock().await;
         self.ensure_topic(deadline).await?;
-        self.sync(&mut replayed, deadline).await?;
+        // A write plans only on the leader's committed state: planned on a local replica
+        // that trails it, a permanent delete right after a soft one answered on another node
+        // finds no soft-deleted subject, and a registration misses a version. A read may be
+        // served from the local replica while the leader fails over; a write waits for it.
+        while !self.sync(&mut replayed, deadline).await? {
+            if Instant::now() + WRITE_SYNC_RETRY >= deadline {
+                return Err(RuntimeError::Unavailable {
+                    reason: "the leader of _schemas did not answer; a write waits for it"
+                        .to_string(),
+                }
+                .into());
+            }
+            tokio::time::sleep(WRITE_SYNC_RETRY).await;
+        }
         let (answer, records) = plan(&replayed.registry)?;
         if records.is_empty() {
             return Ok(answer);
         }
         let last = self.append(&records, deadline).await?;
         self.catch_up(&mut replayed, Some(last), deadline).await?;
+        self.repair_high_water(&mut replayed, deadline).await?;
         Ok(answer)
+    }
+
+    /// Rewrites the id high water when a staler one was committed after a higher one (see
+    /// `Registry::high_water_repair`), a bounded number of times.
+    async fn repair_high_water(
+        &self,
+        replayed: &mut Replayed,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        for _ in 0..REGISTER_ATTEMPTS_MAX {
+            let Some(record) = replayed.registry.high_water_repair() else {
+                return Ok(());
+            };
+            tracing::info!("rewriting the _schemas id high water a racing delete lowered");
+            let last = self.append(&[record], deadline).await?;
+            self.catch_up(replayed, Some(last), deadline).await?;
+        }
+        Ok(())
     }
 
     /// `POST /subjects/{s}/versions`: the id, registering when needed.
@@ -194,8 +271,22 @@ impl<S: LogStore> SchemaRegistry<S> {
     }
 
     /// Applies committed records from the local replica until its high watermark, and (with
-    /// `until`) until `until` is applied.
+    /// `until`) until `until` is applied; then publishes the ids per subject for validation.
     async fn catch_up(
+        &self,
+        replayed: &mut Replayed,
+        until: Option<Offset>,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        let before = replayed.next;
+        let result = self.catch_up_log(replayed, until, deadline).await;
+        if replayed.next != before {
+            self.broker.schemas.publish(replayed.registry.subject_ids());
+        }
+        result
+    }
+
+    async fn catch_up_log(
         &self,
         replayed: &mut Replayed,
         until: Option<Offset>,
@@ -304,9 +395,11 @@ impl<S: LogStore> SchemaRegistry<S> {
     ) -> Result<Offset, RuntimeError> {
         let mut builder = RecordBatchBuilder::new(crate::partition::wall_clock_ms());
         for record in records {
-            let mut value = Record::new(record.value.clone());
-            value.key = Some(record.key.clone().into());
-            builder.push(&value);
+            let built = match &record.value {
+                Some(value) => Record::new(value.clone()).with_key(record.key.clone()),
+                None => Record::tombstone(record.key.clone()),
+            };
+            builder.push(&built);
         }
         let batch = builder.build();
         let count = records.len() as u64;
@@ -449,10 +542,7 @@ fn apply_batch(registry: &mut Registry, from: Offset, batch: &RecordBatch) {
         if record.offset < from {
             continue;
         }
-        if let Err(reason) = registry.apply(
-            record.key.as_deref(),
-            record.value.as_deref().unwrap_or_default(),
-        ) {
+        if let Err(reason) = registry.apply(record.key.as_deref(), record.value.as_deref()) {
             tracing::info!(offset = %record.offset, %reason, "_schemas record ignored");
         }
     }

@@ -286,11 +286,7 @@ async fn delete_version<S: LogStore>(
     let spec = VersionSpec::parse(&version)?;
     let permanent = flag(&uri, "permanent");
     let number = registry
-        .write(|state| {
-            state
-                .plan_delete_version(&subject, spec, permanent)
-                .map(|(number, record)| (number, vec![record]))
-        })
+        .write(|state| state.plan_delete_version(&subject, spec, permanent))
         .await?;
     Ok(answer(json!(number)))
 }

@@ -374,7 +374,7 @@ async fn run_connection<S: LogStore>(
                 let started = std::time::Instant::now();
                 let batch_bytes = produce.batch.len() as u64;
                 // Into the mailbox now, in read order; the answer is awaited concurrently.
-                let enqueued = produce::enqueue(&broker, produce);
+                let enqueued = produce::enqueue(&broker, produce).await;
                 tokio::spawn(async move {
                     let work = async move {
                         match enqueued {
@@ -573,7 +573,7 @@ async fn dispatch<S: LogStore>(
         | Request::DeleteGroup(_)
         | Request::ResetGroupOffsets(_)
         | Request::FindCoordinator(_)) => group_requests::handle(broker, request).await,
-        Request::Produce(request) => match produce::enqueue(broker, request) {
+        Request::Produce(request) => match produce::enqueue(broker, request).await {
             Ok(enqueued) => produce::complete(enqueued).await,
             Err(error) => Err(error),
         },

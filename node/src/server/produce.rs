@@ -7,6 +7,7 @@
 use crate::broker::Broker;
 use crate::config::Limits;
 use crate::partition::ProduceReply;
+use crate::schemas::validation::Verdict;
 use bytes::Bytes;
 use cairn_protocol::batch::{BatchError, RecordBatch, NO_PRODUCER_ID};
 use cairn_protocol::messages::{ProduceRequest, Response};
@@ -89,10 +90,50 @@ pub fn validate(limits: &Limits, bytes: Bytes) -> Result<RecordBatch, ApiError> 
     Ok(batch)
 }
 
-pub fn enqueue<S: LogStore>(
+/// Validates `request` and puts its batch in its partition's mailbox. A topic with schema
+/// validation on may first catch this node's schema registry up (a batch naming an id it has
+/// not replayed yet): the caller awaits this in request order, before reading the next
+/// request, so batches still reach the mailbox in the order they were read.
+pub async fn enqueue<S: LogStore>(
     broker: &Broker<S>,
     request: ProduceRequest,
 ) -> Result<Enqueued, ApiError> {
+    let arrived = std::time::Instant::now();
+    match try_enqueue(broker, request, false) {
+        Attempt::Done(result) => result,
+        Attempt::AwaitingSchemas(request) => {
+            broker.schemas.catch_up(arrived).await?;
+            match try_enqueue(broker, request, true) {
+                Attempt::Done(result) => result,
+                Attempt::AwaitingSchemas(_) => unreachable!("a caught-up check is final"),
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Done(Result<Enqueued, ApiError>),
+    /// The batch names schema ids this node's registry has not replayed; nothing enqueued.
+    AwaitingSchemas(ProduceRequest),
+}
+
+fn try_enqueue<S: LogStore>(
+    broker: &Broker<S>,
+    request: ProduceRequest,
+    schemas_caught_up: bool,
+) -> Attempt {
+    match check_and_enqueue(broker, request, schemas_caught_up) {
+        Ok(Ok(enqueued)) => Attempt::Done(Ok(enqueued)),
+        Ok(Err(request)) => Attempt::AwaitingSchemas(request),
+        Err(error) => Attempt::Done(Err(error)),
+    }
+}
+
+fn check_and_enqueue<S: LogStore>(
+    broker: &Broker<S>,
+    request: ProduceRequest,
+    schemas_caught_up: bool,
+) -> Result<Result<Enqueued, ProduceRequest>, ApiError> {
     if crate::broker::is_internal(&request.topic)
         && request.topic != cairn_control::schema::SCHEMAS_TOPIC
     {
@@ -107,25 +148,43 @@ pub fn enqueue<S: LogStore>(
         });
     }
     let handle = broker.partition(&request.topic, request.partition)?;
-    let batch = validate(&broker.config.limits, request.batch)?;
-    if broker.is_compacted(&request.topic) {
-        require_keys(
+    let batch = validate(&broker.config.limits, request.batch.clone())?;
+    let decompressed_bytes_max = broker.config.limits.batch_decompressed_bytes_max as usize;
+    let topic_config = broker.topic_config(&request.topic);
+    if topic_config
+        .as_ref()
+        .is_some_and(|config| config.is_compacted())
+    {
+        require_keys(&batch, decompressed_bytes_max)?;
+    }
+    if topic_config
+        .as_ref()
+        .is_some_and(|config| config.validates_value_schema())
+    {
+        let verdict = broker.schemas.check(
+            &request.topic,
             &batch,
-            broker.config.limits.batch_decompressed_bytes_max as usize,
+            decompressed_bytes_max,
+            schemas_caught_up,
         )?;
+        match verdict {
+            Verdict::Valid => {}
+            Verdict::Refused(error) => return Err(error),
+            Verdict::Unseen => return Ok(Err(request)),
+        }
     }
     if batch.header().producer_id >= 0 {
         broker.check_producer_id(batch.header().producer_id)?;
     }
     let reply = handle.produce(batch, request.acks)?;
-    Ok(Enqueued {
+    Ok(Ok(Enqueued {
         reply,
         timeout_ms: if request.timeout_ms == 0 {
             PRODUCE_TIMEOUT_DEFAULT_MS
         } else {
             request.timeout_ms
         },
-    })
+    }))
 }
 
 /// A compacted topic keeps the newest record per key: a record without a key has no place

@@ -204,11 +204,20 @@ public class AdminScenario {
             InvalidConfigurationException.class, "an unknown cleanup.policy");
         refused(alter("java-admin", false, set("retention.ms", "soon")),
             InvalidConfigurationException.class, "a retention that is no number");
-        refused(alter("java-admin", false, new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.APPEND)),
-            InvalidConfigurationException.class, "APPEND to a config");
+        refused(alter("java-admin", false, new AlterConfigOp(new ConfigEntry("retention.bytes", "1"), AlterConfigOp.OpType.APPEND)),
+            InvalidConfigurationException.class, "APPEND to a config that is no list");
         result(alter("java-admin", true, set("retention.bytes", "4096")));
         configEventually("java-admin", "retention.bytes", "1048576");
         System.out.println("ok: refused and validate-only alters change nothing");
+
+        // cleanup.policy is a list: APPEND and SUBTRACT add and take away policies.
+        result(alter("java-admin", false, new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.APPEND)));
+        configEventually("java-admin", "cleanup.policy", "compact,delete");
+        result(alter("java-admin", false, new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.SUBTRACT)));
+        configEventually("java-admin", "cleanup.policy", "delete");
+        refused(alter("java-admin", false, new AlterConfigOp(new ConfigEntry("cleanup.policy", "delete"), AlterConfigOp.OpType.SUBTRACT)),
+            InvalidConfigurationException.class, "SUBTRACT of the last policy");
+        System.out.println("ok: APPEND and SUBTRACT on cleanup.policy");
 
         // createPartitions: grow, validate only, and the refusals.
         result(admin.createPartitions(Map.of("java-admin", NewPartitions.increaseTo(4))).values().get("java-admin"));

@@ -1,0 +1,299 @@
+//! Broker-side schema validation, as Confluent Server's `confluent.value.schema.validation`
+//! and Redpanda's `redpanda.value.schema.id.validation` (one topic setting,
+//! [`TopicConfig::value_schema_validation`]): the partition leader refuses a batch in which a
+//! record's value does not start with the registry's wire format, magic byte 0 then a 4-byte
+//! big-endian schema id, or names an id not registered under the subject `<topic>-value`
+//! (Confluent's TopicNameStrategy). A tombstone (null value) passes: it deletes a key of a
+//! compacted topic and carries no schema, as in Kafka with Confluent's serializers.
+//!
+//! The check is synchronous, in the produce path, against [`Attachment`]'s index of ids per
+//! subject, which this node's registry publishes whenever it replays `_schemas`. The index
+//! may lag the log (a schema registered through another node a moment ago): a batch whose
+//! only faults are ids the index does not hold makes the node catch its registry up to the
+//! `_schemas` leader's high watermark first (at most [`CATCH_UP_TIMEOUT`]), then it is checked
+//! again and a refusal is final. When the registry cannot catch up (the `_schemas` leader is
+//! failing over), the produce is answered `NotReady`, which clients retry.
+//!
+//! [`TopicConfig::value_schema_validation`]: cairn_protocol::messages::TopicConfig
+
+use super::SchemaRegistry;
+use cairn_protocol::batch::RecordBatch;
+use cairn_protocol::error::RECORD_ERRORS_MAX;
+use cairn_protocol::{ApiError, RecordError};
+use cairn_storage::LogStore;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+/// How long a produce waits for this node's registry to catch up before it is answered
+/// `NotReady` (retriable).
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes of the registry's wire-format header: magic byte 0 and a 4-byte schema id.
+const HEADER_BYTES: usize = 5;
+
+/// Ids registered under each subject, as this node's registry last replayed them.
+pub type SubjectIds = HashMap<String, HashSet<u32>>;
+
+/// What the produce path sees of the schema registry: the published index, and the
+/// registry itself to catch up (weakly held: the node owns the registry, which owns the broker).
+pub struct Attachment<S: LogStore> {
+    index: RwLock<Arc<SubjectIds>>,
+    registry: OnceLock<Weak<SchemaRegistry<S>>>,
+}
+
+impl<S: LogStore> Default for Attachment<S> {
+    fn default() -> Self {
+        Attachment {
+            index: RwLock::new(Arc::new(SubjectIds::new())),
+            registry: OnceLock::new(),
+        }
+    }
+}
+
+/// The outcome of checking a batch.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Valid,
+    /// Refused for good: a value without the header, or (after a catch-up) an unknown id.
+    Refused(ApiError),
+    /// The only faults are ids the index does not hold: it may lag the log.
+    Unseen,
+}
+
+impl<S: LogStore> Attachment<S> {
+    /// Makes `registry` the one produce catches up; the first attached stays.
+    pub fn attach(&self, registry: &Arc<SchemaRegistry<S>>) {
+        let _ = self.registry.set(Arc::downgrade(registry));
+    }
+
+    pub(crate) fn publish(&self, ids: SubjectIds) {
+        *self
+            .index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(ids);
+    }
+
+    fn index(&self) -> Arc<SubjectIds> {
+        Arc::clone(
+            &self
+                .index
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Checks every record of `batch` (a batch of `topic`) against the index; `caught_up`
+    /// says the index has been caught up since the batch arrived, so an unknown id is final.
+    pub fn check(
+        &self,
+        topic: &str,
+        batch: &RecordBatch,
+        decompressed_bytes_max: usize,
+        caught_up: bool,
+    ) -> Result<Verdict, ApiError> {
+        check(
+            &self.index(),
+            topic,
+            batch,
+            decompressed_bytes_max,
+            caught_up,
+        )
+    }
+
+    /// Catches this node's registry up to the `_schemas` leader, unless it already did since
+    /// `since`. `NotReady` (retriable) when it cannot within [`CATCH_UP_TIMEOUT`].
+    pub async fn catch_up(&self, since: Instant) -> Result<(), ApiError> {
+        let Some(registry) = self.registry.get().and_then(Weak::upgrade) else {
+            // No registry runs on this node (a test harness without one): the index is all
+            // there is.
+            return Ok(());
+        };
+        registry
+            .catch_up_for_validation(since, CATCH_UP_TIMEOUT)
+            .await
+            .map_err(|error| ApiError::NotReady {
+                reason: format!(
+                    "schema validation waits for this node's schema registry to catch up \
+                     ({error}); retry"
+                ),
+            })
+    }
+}
+
+/// The subject whose ids a record of `topic` may carry (TopicNameStrategy).
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+fn check(
+    index: &SubjectIds,
+    topic: &str,
+    batch: &RecordBatch,
+    decompressed_bytes_max: usize,
+    caught_up: bool,
+) -> Result<Verdict, ApiError> {
+    let subject = value_subject(topic);
+    let registered = index.get(&subject);
+    let mut records = Vec::new();
+    let mut refused = 0u32;
+    let mut header_faults = 0u32;
+    for (index_in_batch, record) in batch.records_bounded(decompressed_bytes_max).enumerate() {
+        let record = record.map_err(ApiError::from)?;
+        // A tombstone deletes a key and carries no schema.
+        let Some(value) = record.value.as_ref() else {
+            continue;
+        };
+        let reason = if value.len() < HEADER_BYTES {
+            header_faults += 1;
+            format!(
+                "a value of {} bytes cannot hold the schema registry's 5-byte header \
+                 (magic byte 0, 4-byte schema id)",
+                value.len()
+            )
+        } else if value[0] != 0 {
+            header_faults += 1;
+            format!(
+                "the value starts with byte {}, not the magic byte 0 of a schema id",
+                value[0]
+            )
+        } else {
+            let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
+            if registered.is_some_and(|ids| ids.contains(&id)) {
+                continue;
+            }
+            let elsewhere = index
+                .iter()
+                .filter(|(_, ids)| ids.contains(&id))
+                .map(|(name, _)| name.as_str())
+                .min();
+            match elsewhere {
+                Some(other) => format!(
+                    "schema id {id} is not registered under subject '{subject}' \
+                     (it is under '{other}')"
+                ),
+                None => format!("schema id {id} is not registered"),
+            }
+        };
+        refused += 1;
+        if records.len() < RECORD_ERRORS_MAX {
+            records.push(RecordError {
+                index: index_in_batch as u32,
+                reason,
+            });
+        }
+    }
+    if refused == 0 {
+        return Ok(Verdict::Valid);
+    }
+    if header_faults == 0 && !caught_up {
+        return Ok(Verdict::Unseen);
+    }
+    Ok(Verdict::Refused(ApiError::SchemaValidation {
+        subject,
+        refused,
+        records,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_protocol::batch::{Record, RecordBatchBuilder};
+
+    fn framed(id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut value = vec![0];
+        value.extend_from_slice(&id.to_be_bytes());
+        value.extend_from_slice(payload);
+        value
+    }
+
+    fn batch(records: &[Record]) -> RecordBatch {
+        let mut builder = RecordBatchBuilder::new(1);
+        for record in records {
+            builder.push(record);
+        }
+        builder.build()
+    }
+
+    fn index() -> SubjectIds {
+        SubjectIds::from([
+            ("orders-value".to_string(), HashSet::from([1, 2])),
+            ("users-value".to_string(), HashSet::from([3])),
+        ])
+    }
+
+    #[test]
+    fn framed_values_with_ids_of_the_topics_subject_and_tombstones_pass() {
+        let records = [
+            Record::new(framed(1, b"a")).with_key("k"),
+            Record::new(framed(2, b"")),
+            Record::tombstone("k"),
+        ];
+        assert_eq!(
+            check(&index(), "orders", &batch(&records), 1 << 20, false),
+            Ok(Verdict::Valid)
+        );
+    }
+
+    /// A value without the header is refused at once, naming each bad record by its index;
+    /// an unknown id alone first asks for a catch-up, then is refused with what is known.
+    #[test]
+    fn bad_records_are_named_by_index_and_unknown_ids_wait_for_a_catch_up() {
+        let records = [
+            Record::new(framed(1, b"ok")),
+            Record::new("plain"),
+            Record::new(framed(3, b"")),
+            Record::new(vec![0, 0]),
+        ];
+        let Ok(Verdict::Refused(ApiError::SchemaValidation {
+            subject,
+            refused,
+            records,
+        })) = check(&index(), "orders", &batch(&records), 1 << 20, false)
+        else {
+            panic!("refused");
+        };
+        assert_eq!((subject.as_str(), refused), ("orders-value", 3));
+        let indexes: Vec<u32> = records.iter().map(|record| record.index).collect();
+        assert_eq!(indexes, vec![1, 2, 3]);
+        assert!(
+            records[0].reason.contains("not the magic byte 0"),
+            "{records:?}"
+        );
+        assert!(
+            records[1].reason.contains("under 'users-value'"),
+            "{records:?}"
+        );
+        assert!(records[2].reason.contains("2 bytes"), "{records:?}");
+
+        let unknown = [Record::new(framed(9, b"x"))];
+        assert_eq!(
+            check(&index(), "orders", &batch(&unknown), 1 << 20, false),
+            Ok(Verdict::Unseen)
+        );
+        let Ok(Verdict::Refused(error)) =
+            check(&index(), "orders", &batch(&unknown), 1 << 20, true)
+        else {
+            panic!("refused after the catch-up");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("record 0: schema id 9 is not registered"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn at_most_record_errors_max_reasons_are_kept_but_all_are_counted() {
+        let records: Vec<Record> = (0..40).map(|_| Record::new("plain")).collect();
+        let Ok(Verdict::Refused(ApiError::SchemaValidation {
+            refused, records, ..
+        })) = check(&index(), "orders", &batch(&records), 1 << 20, true)
+        else {
+            panic!("refused");
+        };
+        assert_eq!((refused, records.len()), (40, RECORD_ERRORS_MAX));
+    }
+}

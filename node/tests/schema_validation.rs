@@ -1,0 +1,453 @@
+//! Broker-side schema validation and the registry's ids under compaction (issue 18, part 2),
+//! on real node processes.
+//!
+//! - `a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids`: a topic
+//!   created with `cairn topic create --config confluent.value.schema.validation=true` on 3
+//!   nodes; `node/tests/kafka_python/schema_validation.py` produces an AvroSerializer record
+//!   (accepted, read back), a plain-bytes value, an unknown id and another subject's id
+//!   (refused with INVALID_RECORD, nothing written), a tombstone (accepted), then turns the
+//!   setting off with Kafka's AlterConfigs and the same values get in. `cairn produce` of a
+//!   plain value is refused with a message naming the record, and `cairn topic alter` turns
+//!   the setting back on.
+//! - `kafka_produce_names_each_refused_record_by_its_index`: Kafka's wire answer on one node,
+//!   version 9 (INVALID_RECORD with `error_message` and `record_errors`) and version 7 (the
+//!   code alone), with the topic created by Kafka's CreateTopics with Redpanda's config name.
+//! - `ids_are_never_reused_after_compaction_and_restarts`: `_schemas` is compacted; schemas
+//!   holding the highest ids are hard-deleted, compaction (tuned with `cairn topic alter
+//!   _schemas`) cleans their records and tombstones away, every node restarts, and a new
+//!   schema still gets an id above every id given; the deleted subject stays gone.
+//!
+//! The Python prerequisites are those of `schema_registry.rs` (confluent-kafka 2.16.1 with
+//! its schema-registry and Avro extras).
+
+mod support;
+
+use cairn_protocol::Offset;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+use support::cluster::TestCluster;
+use support::kafka::{kafka_batch, KafkaWire};
+use support::TestNode;
+
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(40);
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the registry may answer 5xx while `_schemas` is created or fails over.
+const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long compaction of `_schemas` may take once tuned to run at once.
+const COMPACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request, `Connection: close`; (status, body).
+fn http(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream.set_read_timeout(Some(HTTP_READ_TIMEOUT)).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\
+         Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(request.as_bytes());
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// [`http`], repeated while the registry answers 5xx.
+fn http_available(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
+    loop {
+        let (status, answer) = http(address, method, path, body);
+        if status < 500 || Instant::now() >= deadline {
+            return (status, answer);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("not JSON ({error}): {body}"))
+}
+
+const KEPT: &str = r#"{"type":"record","name":"Kept","fields":[]}"#;
+const GONE_V1: &str = r#"{"type":"record","name":"Gone","fields":[]}"#;
+const GONE_V2: &str =
+    r#"{"type":"record","name":"Gone","fields":[{"name":"a","type":"int","default":0}]}"#;
+const FRESH: &str = r#"{"type":"record","name":"Fresh","fields":[]}"#;
+
+/// Registers an Avro schema under `subject`; its id.
+fn register(address: SocketAddr, subject: &str, schema: &str) -> u64 {
+    let body = serde_json::json!({ "schema": schema }).to_string();
+    let (status, answer) = http_available(
+        address,
+        "POST",
+        &format!("/subjects/{subject}/versions"),
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    json(&answer)["id"].as_u64().expect("an id")
+}
+
+fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// `cairn ARGS --bootstrap BOOTSTRAP` with `input` on stdin.
+fn cairn(bootstrap: &str, args: &[&str], input: &str) -> Output {
+    let mut child = std::process::Command::new(support::cairn_binary())
+        .args(args)
+        .args(["--bootstrap", bootstrap])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cairn");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().expect("cairn finishes")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn high_watermark(cluster: &TestCluster, topic: &str) -> Offset {
+    cluster
+        .node(1)
+        .wire()
+        .describe_topic(topic)
+        .expect("describe")[0]
+        .high_watermark
+}
+
+#[test]
+fn a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids() {
+    let imported = support::foreign_client(python())
+        .args([
+            "-c",
+            "from confluent_kafka.schema_registry.avro import AvroSerializer",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        imported.is_ok_and(|status| status.success()),
+        "{} cannot import confluent_kafka.schema_registry.avro: pip install \
+         confluent-kafka==2.16.1 fastavro authlib httpx cachetools attrs (CI's .ci/run \
+         installs them pinned), or set PYTHON=/path/to/python3",
+        python()
+    );
+    let cluster = TestCluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "validated";
+    let created = cairn(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+            "--config",
+            "confluent.value.schema.validation=true",
+        ],
+        "",
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let described = cairn(&bootstrap, &["topic", "describe", topic, "--configs"], "");
+    let shown = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        shown.contains("confluent.value.schema.validation true                 topic"),
+        "{shown}"
+    );
+
+    let registries: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("http://{}", node.http_address()))
+        .collect();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_python/schema_validation.py");
+    let mut command = support::foreign_client(python());
+    command
+        .arg("-u")
+        .arg(script)
+        .args([&registries.join(","), &cluster.kafka_bootstrap(), topic]);
+    support::run_client_scenario("schema_validation.py", command, SCRIPT_TIMEOUT, || {
+        cluster.logs()
+    });
+
+    // The script turned validation off and wrote 5 records; on again with the native CLI,
+    // the native producer is refused with a message naming the record, and nothing is written.
+    let altered = cairn(
+        &bootstrap,
+        &[
+            "topic",
+            "alter",
+            topic,
+            "--config",
+            "redpanda.value.schema.id.validation=true",
+        ],
+        "",
+    );
+    assert!(altered.status.success(), "{}", text(&altered));
+    // The partition's leader applies the change when its metadata does, a moment later:
+    // a produce before that is written, and the next one is tried.
+    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
+    let (before, produced) = loop {
+        let before = high_watermark(&cluster, topic);
+        let produced = cairn(&bootstrap, &["produce", topic], "plain text\n");
+        if !produced.status.success() || Instant::now() >= deadline {
+            break (before, produced);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!produced.status.success(), "{}", text(&produced));
+    let stderr = String::from_utf8_lossy(&produced.stderr);
+    assert!(
+        stderr.contains(
+            "schema validation refused 1 record of the batch for subject 'validated-value': \
+             record 0: the value starts with byte 112, not the magic byte 0 of a schema id"
+        ),
+        "{}",
+        text(&produced)
+    );
+    assert_eq!(high_watermark(&cluster, topic), before);
+}
+
+#[test]
+fn kafka_produce_names_each_refused_record_by_its_index() {
+    let node = TestNode::start();
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    let topic = || TopicName(StrBytes::from_static_str("checked"));
+    let created: CreateTopicsResponse = wire.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic())
+                .with_num_partitions(1)
+                .with_replication_factor(-1)
+                .with_configs(vec![CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str(
+                        "redpanda.value.schema.id.validation",
+                    ))
+                    .with_value(Some(StrBytes::from_static_str("true")))])]),
+    );
+    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    let before = node.wire().describe_topic("checked").unwrap()[0].high_watermark;
+    // A plain value, a value framed with id 7 (no schema is registered), and a tombstone-free
+    // batch of both: refused whole.
+    let records = kafka_batch(&[("a", "plain"), ("b", "\0\0\0\0\x07payload")]);
+    for version in [9, 7] {
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records.clone()))])]);
+        let response: ProduceResponse = wire.call(ApiKey::Produce, version, &request);
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, 87, "INVALID_RECORD: {answer:?}");
+        assert_eq!(answer.base_offset, -1);
+        let named: Vec<(i32, String)> = answer
+            .record_errors
+            .iter()
+            .map(|record| {
+                let message = record.batch_index_error_message.as_deref().unwrap_or("");
+                (record.batch_index, message.to_string())
+            })
+            .collect();
+        if version >= 8 {
+            assert_eq!(
+                named,
+                vec![
+                    (
+                        0,
+                        "the value starts with byte 112, not the magic byte 0 of a schema id"
+                            .to_string()
+                    ),
+                    (1, "schema id 7 is not registered".to_string()),
+                ]
+            );
+            let message = answer.error_message.as_deref().unwrap_or("");
+            assert!(
+                message.contains("refused 2 records of the batch for subject 'checked-value'"),
+                "{message}"
+            );
+        } else {
+            assert!(
+                named.is_empty() && answer.error_message.is_none(),
+                "{answer:?}"
+            );
+        }
+    }
+    assert_eq!(
+        node.wire().describe_topic("checked").unwrap()[0].high_watermark,
+        before,
+        "nothing of a refused batch is written"
+    );
+}
+
+#[test]
+fn ids_are_never_reused_after_compaction_and_restarts() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+    let node = |cluster: &TestCluster, id: u32| cluster.node(id).http_address();
+    let kept = register(node(&cluster, 1), "kept", KEPT);
+    let first = register(node(&cluster, 2), "gone", GONE_V1);
+    let second = register(node(&cluster, 3), "gone", GONE_V2);
+    let highest = kept.max(first).max(second);
+    assert!(first > kept && second > first, "{kept} {first} {second}");
+
+    // `_schemas` is compacted as Confluent creates it.
+    let described = cairn(
+        &bootstrap,
+        &["topic", "describe", "_schemas", "--configs"],
+        "",
+    );
+    let shown = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        shown.contains("cleanup.policy        compact              topic"),
+        "{}",
+        text(&described)
+    );
+    // Its policy and partitions stay; how soon it is compacted may be tuned.
+    let refused = cairn(
+        &bootstrap,
+        &[
+            "topic",
+            "alter",
+            "_schemas",
+            "--config",
+            "cleanup.policy=delete",
+        ],
+        "",
+    );
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let tuned = cairn(
+        &bootstrap,
+        &[
+            "topic",
+            "alter",
+            "_schemas",
+            "--config",
+            "segment.bytes=1",
+            "--config",
+            "min.compaction.lag.ms=0",
+            "--config",
+            "delete.retention.ms=0",
+        ],
+        "",
+    );
+    assert!(tuned.status.success(), "{}", text(&tuned));
+
+    let (status, answer) = http(node(&cluster, 1), "DELETE", "/subjects/gone", "");
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = http(
+        node(&cluster, 2),
+        "DELETE",
+        "/subjects/gone?permanent=true",
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+
+    // Compaction cleans every record of `gone` away, its tombstones too (retention 0); the
+    // id high water stays.
+    let mut records = Vec::new();
+    let compacted = support::eventually(COMPACTION_TIMEOUT, || {
+        records = (1..=3)
+            .find_map(|id| {
+                cluster
+                    .node(id)
+                    .wire()
+                    .try_read_all("_schemas", 0, Offset::ZERO)
+                    .ok()
+            })
+            .unwrap_or_default();
+        !records.is_empty()
+            && records.iter().all(|record| {
+                let key = String::from_utf8_lossy(record.key.as_deref().unwrap_or_default());
+                !key.contains(r#""subject":"gone""#)
+            })
+    });
+    let keys: Vec<String> = records
+        .iter()
+        .map(|record| String::from_utf8_lossy(record.key.as_deref().unwrap_or_default()).into())
+        .collect();
+    assert!(compacted, "gone's records are still in _schemas: {keys:?}");
+    assert!(
+        keys.iter().any(|key| key.contains("ID_HIGH_WATER")),
+        "{keys:?}"
+    );
+
+    // Every node restarts and rebuilds the registry from the compacted log.
+    for id in 1..=3 {
+        assert!(cluster.node_mut(id).terminate().success());
+    }
+    cluster.launch_all();
+    let next = register(node(&cluster, 3), "fresh", FRESH);
+    assert!(
+        next > highest,
+        "id {next} after restart; ids up to {highest} were given"
+    );
+    // The first schema registered again is a new schema: a new id, never its old one.
+    let again = register(node(&cluster, 1), "again", GONE_V1);
+    assert!(again > next, "{again} {next}");
+    for id in 1..=3 {
+        let (status, answer) =
+            http_available(node(&cluster, id), "GET", "/subjects/gone/versions", "");
+        assert_eq!(
+            (status, json(&answer)["error_code"].as_u64()),
+            (404, Some(40401)),
+            "{answer}"
+        );
+        let (_, subjects) = http_available(node(&cluster, id), "GET", "/subjects?deleted=true", "");
+        assert!(
+            !json(&subjects)
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "gone"),
+            "{subjects}"
+        );
+        let (_, kept_answer) = http_available(
+            node(&cluster, id),
+            "GET",
+            &format!("/schemas/ids/{kept}"),
+            "",
+        );
+        assert!(json(&kept_answer)["schema"].is_string(), "{kept_answer}");
+    }
+}
