@@ -74,8 +74,23 @@ async fn run_on(
     cluster: &LocalCluster,
     durability: &'static str,
 ) -> Result<Outcome, String> {
-    let client = ClientConfig::new(&cluster.bootstrap()).map_err(|error| error.to_string())?;
     let topic = format!("{}-{}", workload.name, std::process::id());
+    run_on_topic(workload, target_rate, cluster, durability, &topic, |_| {}).await
+}
+
+/// Runs `workload` on a running `cluster`, on a new `topic`, and calls `on_plan` with the
+/// run's time plan (warm-up start, measured window) just before the load starts, so that a
+/// caller can act or sample alongside (`cairn-bench compaction`).
+pub async fn run_on_topic(
+    workload: &Workload,
+    target_rate: u64,
+    cluster: &LocalCluster,
+    durability: &'static str,
+    topic: &str,
+    on_plan: impl FnOnce(&Plan),
+) -> Result<Outcome, String> {
+    let client = ClientConfig::new(&cluster.bootstrap()).map_err(|error| error.to_string())?;
+    let topic = topic.to_owned();
     let admin = Admin::new(client.clone()).map_err(|error| error.to_string())?;
     admin
         .create_topic(
@@ -145,6 +160,7 @@ async fn run_on(
     }
 
     let shared = Arc::new(Shared::new(Plan::new(workload, target_rate, in_flight_max)));
+    on_plan(&shared.plan);
     let consumer_tasks: Vec<_> = consumers
         .into_iter()
         .map(|mut consumer| {
@@ -216,7 +232,7 @@ async fn run_on(
 
 /// Waits until every partition of `topic` reports a leader, so the warm-up is not spent on
 /// elections (1,000 partitions take a while).
-async fn wait_for_leaders(admin: &Admin, topic: &str, partitions: u32) -> Result<(), String> {
+pub async fn wait_for_leaders(admin: &Admin, topic: &str, partitions: u32) -> Result<(), String> {
     let deadline = Instant::now() + LEADERS_TIMEOUT;
     loop {
         let led = match admin.describe_topic(topic).await {

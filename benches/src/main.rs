@@ -12,6 +12,8 @@
 //!   first acknowledged write on its successor, over repeated kills and restarts.
 //! - [`rebalance`]: `cairn-bench rebalance`, the time a consumer group takes to rebalance
 //!   when a member joins and when one leaves.
+//! - [`compaction`]: `cairn-bench compaction`, publish latency while the compactors clean a
+//!   large compacted topic, against a baseline run in the same invocation.
 //! - [`disk`]: `cairn-bench disk`, sled flush latency alone (the disk's share of publish
 //!   latency).
 //! - [`report`]: hdrhistogram percentiles and throughput arithmetic.
@@ -19,6 +21,7 @@
 //! With `--rate`, latency is measured from each record's *intended* send time, so a stalled
 //! broker is charged for the records it kept the producer from sending (coordinated omission).
 
+mod compaction;
 mod disk;
 mod failover;
 mod rebalance;
@@ -66,6 +69,9 @@ enum BenchCommand {
     /// Runs workload files (benches/workloads/*.toml) on local Cairn nodes and writes
     /// report.json, report.md and report.svg.
     Run(cairn_benches::cairn_driver::RunArgs),
+    /// Publish latency of a workload (rf3-1kb-half) while the nodes compact a large
+    /// compacted topic, next to a baseline without compaction, in one invocation.
+    Compaction(compaction::CompactionArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -183,6 +189,7 @@ fn main() {
         Some(BenchCommand::Run(args)) => {
             runtime.block_on(cairn_benches::cairn_driver::run_command(args))
         }
+        Some(BenchCommand::Compaction(args)) => runtime.block_on(compaction::run(args)),
         None => runtime.block_on(run(cli.workload)),
     };
     match outcome {

@@ -24,19 +24,24 @@ pub fn default_cairn_binary() -> PathBuf {
 /// One running node, SIGKILLed when dropped.
 pub struct NodeProcess {
     child: Launched,
+    /// The bound HTTP listener (`/metrics`), from the ready line.
+    http: Option<std::net::SocketAddr>,
 }
 
 impl NodeProcess {
     /// Runs `binary node ARGS` and waits for its ready line; its logs go to `log`.
     fn start(binary: &Path, args: &[String], log: &Path) -> Result<NodeProcess, String> {
         // `args` start with the `node` subcommand.
-        let (child, _ready) = Launch::program(binary, log)
+        let (child, ready) = Launch::program(binary, log)
             .args(args)
             // CAIRN_BENCH_NODE_LOGS=1 shows the node logs; else they go to the file.
             .inherit_stderr(std::env::var_os("CAIRN_BENCH_NODE_LOGS").is_some())
             .start(READY_TIMEOUT)
             .map_err(|error| format!("{error}"))?;
-        Ok(NodeProcess { child })
+        Ok(NodeProcess {
+            child,
+            http: ready.http,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -223,6 +228,16 @@ impl LocalCluster {
         }
         arguments.extend(self.extra_args.iter().cloned());
         arguments
+    }
+
+    /// Each running node's HTTP listener (`/metrics`), by node id.
+    pub fn http_addresses(&self) -> Vec<(u32, std::net::SocketAddr)> {
+        self.node_ids()
+            .filter_map(|id| {
+                let node = self.nodes[id as usize - 1].as_ref()?;
+                Some((id, node.http?))
+            })
+            .collect()
     }
 
     pub fn pids(&self) -> Vec<u32> {

@@ -77,18 +77,29 @@ impl<S: LogStore> Compactor<S> {
             .spawn(move || {
                 while let Ok(mut job) = queue.recv() {
                     let started = Instant::now();
-                    match compact(&mut job.log, &job.decision, bytes_per_second) {
-                        Ok(outcome) => tracing::info!(
+                    let result = compact(&mut job.log, &job.decision, bytes_per_second);
+                    let metrics = crate::metrics::node();
+                    metrics
+                        .compaction_duration
+                        .observe(crate::metrics::seconds(started.elapsed()));
+                    match result {
+                        Ok(outcome) => {
+                            metrics.compaction_jobs.inc();
+                            tracing::info!(
                             partition = %job.log_name, below = %job.decision.below,
                             rewritten = outcome.batches_rewritten, read = outcome.batches_read,
                             bytes_before = outcome.bytes_before, bytes_after = outcome.bytes_after,
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "compacted"
-                        ),
-                        Err(error) => tracing::warn!(
-                            partition = %job.log_name, below = %job.decision.below, %error,
-                            "compaction stopped; the next decision tries again"
-                        ),
+                            )
+                        }
+                        Err(error) => {
+                            metrics.compaction_jobs_failed.inc();
+                            tracing::warn!(
+                                partition = %job.log_name, below = %job.decision.below, %error,
+                                "compaction stopped; the next decision tries again"
+                            )
+                        }
                     }
                 }
             })
@@ -205,6 +216,7 @@ pub fn compact<L: PartitionLog>(
     };
     let below = decision.below.min(log.log_end());
     let mut throttle = Throttle::new(bytes_per_second);
+    let metrics = crate::metrics::node();
     let mut index = KeyIndex::new(&decision, COMPACTION_KEYS_MAX);
     let mut outcome = CompactionOutcome::default();
     let mut from = log.log_start();
@@ -216,6 +228,9 @@ pub fn compact<L: PartitionLog>(
         from = last.next_offset();
         for batch in &batches {
             index.observe(batch)?;
+            metrics
+                .compaction_bytes_read
+                .inc_by(batch.size_bytes() as u64);
             throttle.spend(batch.size_bytes() as u64);
         }
     }
@@ -229,6 +244,9 @@ pub fn compact<L: PartitionLog>(
         for batch in &batches {
             outcome.batches_read += 1;
             outcome.bytes_before += batch.size_bytes() as u64;
+            metrics
+                .compaction_bytes_read
+                .inc_by(batch.size_bytes() as u64);
             throttle.spend(batch.size_bytes() as u64);
             let Some(compacted) = compact_batch(batch, &decision, &index)? else {
                 outcome.bytes_after += batch.size_bytes() as u64;
@@ -238,6 +256,10 @@ pub fn compact<L: PartitionLog>(
                 Ok(()) => {
                     outcome.batches_rewritten += 1;
                     outcome.bytes_after += compacted.size_bytes() as u64;
+                    metrics.compaction_batches_rewritten.inc();
+                    metrics.compaction_bytes_removed.inc_by(
+                        (batch.size_bytes() as u64).saturating_sub(compacted.size_bytes() as u64),
+                    );
                 }
                 // Retention or a reset removed the batch meanwhile: nothing to rewrite.
                 Err(StorageError::BadReplacement { .. }) => {}

@@ -256,6 +256,9 @@ pub struct RetentionDefaults {
     pub retention_bytes: Option<u64>,
     /// How often each partition applies retention.
     pub retention_check_ms: u64,
+    /// Bytes of partition logs the node's compactor reads per second at most (both passes
+    /// count); 0: unthrottled.
+    pub compaction_bytes_per_second: u64,
 }
 
 /// The store as the file gives it (`[storage]`).
@@ -399,6 +402,7 @@ pub const KEYS: &[&str] = &[
     "retention.retention_ms",
     "retention.retention_bytes",
     "retention.retention_check_ms",
+    "retention.compaction_bytes_per_second",
     "storage.durability",
     "groups.offsets_partitions",
     "groups.heartbeat_interval_ms",
@@ -475,6 +479,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             leader_rebalance_ms = 30000
             [retention]
             retention_check_ms = 60000
+            # 16 MiB/s: at 64 MiB/s rf3-1kb-half's publish p99 was 2.3x and 34x its baseline
+            # while 1 GiB was compacted, at 16 MiB/s 1.7x (benches/results/compaction-p99-2026-12-04.md).
+            compaction_bytes_per_second = 16777216
             [storage]
             # Syncs every acknowledged batch to disk: measured on rf3-1kb-max against flush, 0-9%
             # fewer records/s (benches/results/durability-2026-12-04.md), under issue 19's 25%.
@@ -532,6 +539,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             leader_rebalance_ms = 0
             [retention]
             retention_check_ms = 200
+            compaction_bytes_per_second = 67108864
             [storage]
             # Tests that need power-loss durability set fsync themselves (the power campaign,
             # the restart-everything test); the rest run faster on flush.

@@ -50,6 +50,16 @@ pub struct NodeMetrics {
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub peer_handshakes_refused: Counter,
+    /// Bytes of log the compactor read (both passes), counted per batch as it goes, so a
+    /// long job shows its progress.
+    pub compaction_bytes_read: Counter,
+    /// Bytes compaction removed from logs (a batch's size before its rewrite less after).
+    pub compaction_bytes_removed: Counter,
+    pub compaction_batches_rewritten: Counter,
+    /// Compaction jobs (one partition, one decision) finished, and those that stopped early.
+    pub compaction_jobs: Counter,
+    pub compaction_jobs_failed: Counter,
+    pub compaction_duration: Histogram,
     rejected_requests: Family<ErrorLabel, Counter>,
 }
 
@@ -88,6 +98,12 @@ impl NodeMetrics {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
             peer_handshakes_refused: Counter::default(),
+            compaction_bytes_read: Counter::default(),
+            compaction_bytes_removed: Counter::default(),
+            compaction_batches_rewritten: Counter::default(),
+            compaction_jobs: Counter::default(),
+            compaction_jobs_failed: Counter::default(),
+            compaction_duration: latency_histogram(),
             rejected_requests: Family::default(),
         }
     }
@@ -166,6 +182,36 @@ impl NodeMetrics {
             "cairn_peer_handshakes_refused",
             "Connections claiming to be a peer that failed the cluster-secret handshake",
             self.peer_handshakes_refused.clone(),
+        );
+        registry.register(
+            "cairn_compaction_bytes_read",
+            "Bytes of partition logs the compactor read, both passes, counted as it reads",
+            self.compaction_bytes_read.clone(),
+        );
+        registry.register(
+            "cairn_compaction_bytes_removed",
+            "Bytes compaction removed from partition logs (batch sizes before their rewrite less after)",
+            self.compaction_bytes_removed.clone(),
+        );
+        registry.register(
+            "cairn_compaction_batches_rewritten",
+            "Batches the compactor replaced with their compacted versions",
+            self.compaction_batches_rewritten.clone(),
+        );
+        registry.register(
+            "cairn_compaction_jobs",
+            "Compaction jobs (one partition, one committed decision) the compactor finished",
+            self.compaction_jobs.clone(),
+        );
+        registry.register(
+            "cairn_compaction_jobs_failed",
+            "Compaction jobs that stopped on an error (the next decision tries again)",
+            self.compaction_jobs_failed.clone(),
+        );
+        registry.register(
+            "cairn_compaction_duration_seconds",
+            "Duration of each compaction job, finished or stopped, throttling included",
+            self.compaction_duration.clone(),
         );
         registry.register(
             "cairn_rejected_requests",

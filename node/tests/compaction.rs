@@ -190,6 +190,35 @@ async fn wait_compacted(cluster: &TestCluster, bootstrap: &str, model: &Model) {
     panic!("never compacted to the model {model:?}; last read {shown:?}");
 }
 
+/// The node that leads the topic's partition, as its own replica says.
+fn current_leader(cluster: &TestCluster) -> u32 {
+    (1..=3)
+        .find(|id| {
+            local_replica(cluster, *id)
+                .is_some_and(|replica| replica.leader == Some(cairn_protocol::NodeId(*id)))
+        })
+        .expect("a leader")
+}
+
+/// The value of the unlabelled metric `name` on node `node_id`'s `/metrics`.
+fn compactor_metric(cluster: &TestCluster, node_id: u32, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let address = cluster.node(node_id).http_address();
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("node {node_id} serves no {name}: {response}"))
+}
+
 #[test]
 fn a_compacted_topic_equals_the_latest_value_per_key_across_failover_and_restart() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -247,14 +276,17 @@ async fn scenario() {
     drop(producer);
     wait_compacted(&cluster.0, &bootstrap, &model).await;
     assert!(high_watermark(&cluster.0).unwrap() >= before);
+    // The leader's compactor shows its work on /metrics (a consumer read its compacted log).
+    let leader = current_leader(&cluster.0);
+    let metrics = |name: &str| compactor_metric(&cluster.0, leader, name);
+    assert!(metrics("cairn_compaction_jobs_total") >= 1.0);
+    assert!(metrics("cairn_compaction_bytes_read_total") > 0.0);
+    assert!(metrics("cairn_compaction_bytes_removed_total") > 0.0);
+    assert!(metrics("cairn_compaction_batches_rewritten_total") >= 1.0);
+    assert_eq!(metrics("cairn_compaction_jobs_failed_total"), 0.0);
 
     // Failover: the leader dies, more values (and a tombstone) arrive at the new leader.
-    let leader = (1..=3)
-        .find(|id| {
-            local_replica(&cluster.0, *id)
-                .is_some_and(|replica| replica.leader == Some(cairn_protocol::NodeId(*id)))
-        })
-        .expect("a leader");
+    let leader = current_leader(&cluster.0);
     cluster.0.node_mut(leader).kill();
     produce(&bootstrap, &mut model, &rounds("second", 10, 3, &[2])).await;
     wait_compacted(&cluster.0, &bootstrap, &model).await;

@@ -125,10 +125,6 @@ const LEARNER_FETCH_WAIT_MS: u32 = 500;
 const LEARNER_RETRY_MS: u64 = 100;
 /// How long a metadata change waits to be committed and applied before `Timeout`.
 const META_CHANGE_TIMEOUT_MS: u64 = 10_000;
-/// The compactor's read budget: a quarter of what one node's disk takes in sequential reads,
-/// so that cleaning never starves produce and fetch of I/O.
-const COMPACTION_BYTES_PER_SECOND: u64 = 64 << 20;
-
 impl<S: LogStore> Broker<S> {
     /// Opens `__meta`, starts its actor and the applier. The broker is ready (see
     /// [`Broker::wait_ready`]) once `__meta` has a leader and its committed records are applied.
@@ -154,7 +150,7 @@ impl<S: LogStore> Broker<S> {
         peer_config.secret = config.cluster_secret.clone();
         let peers = PeerTransport::new(config.node_id, peer_config);
         let leadership_changes = Arc::new(LeadershipEvents::new());
-        let compactor = Compactor::start(COMPACTION_BYTES_PER_SECOND);
+        let compactor = Compactor::start(config.retention.compaction_bytes_per_second);
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;
