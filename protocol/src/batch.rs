@@ -787,6 +787,11 @@ impl RecordBatch {
     /// records decompressed (refused past `decompressed_bytes_max`).
     fn record_bytes(&self, decompressed_bytes_max: usize) -> Result<Bytes, BatchError> {
         let stored = self.bytes.slice(HEADER_BYTES..);
+        if self.header.record_count == 0 {
+            // An emptied batch (validation holds it to no stored byte) has nothing to
+            // decompress, whatever codec its attributes still name.
+            return Ok(stored);
+        }
         match self.header.compression()? {
             Compression::None => Ok(stored),
             compression => Ok(Bytes::from(
@@ -1572,6 +1577,24 @@ mod tests {
         Compression::Lz4,
         Compression::Zstd,
     ];
+
+    /// Found by the record_batch fuzz target: a header-only batch (as compaction leaves an
+    /// emptied one) whose attributes still name a codec passed `validate_from_log`, and then
+    /// its records failed to decompress. It holds no record, whatever the codec.
+    #[test]
+    fn an_emptied_batch_naming_a_codec_reads_as_no_records() {
+        let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
+        builder.push(&Record::new("v").with_key("k"));
+        let kept_one = builder.build().stamped(Offset(10), Epoch(1));
+        let emptied = kept_one.retain(|_| false).unwrap().unwrap();
+        let mut bytes = emptied.into_bytes().to_vec();
+        bytes[25..27].copy_from_slice(&(Compression::Gzip.codec() as u16).to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+        bytes[CRC_OFFSET..CRC_COVERS_FROM].copy_from_slice(&crc.to_be_bytes());
+        let forged = RecordBatch::validate_from_log(Bytes::from(bytes)).unwrap();
+        assert_eq!(forged.record_count(), 0);
+        assert_eq!(forged.records().count(), 0);
+    }
 
     #[test]
     fn compressed_batches_validate_and_read_back_their_records() {
