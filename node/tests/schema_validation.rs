@@ -29,62 +29,19 @@ use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
 use support::kafka::{kafka_batch, KafkaWire};
+use support::registry::{http, http_available, json, AVAILABLE_TIMEOUT};
 use support::TestNode;
 
-const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(40);
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the registry may answer 5xx while `_schemas` is created or fails over.
-const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long compaction of `_schemas` may take once tuned to run at once.
 const COMPACTION_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One request, `Connection: close`; (status, body).
-fn http(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
-    stream.set_read_timeout(Some(HTTP_READ_TIMEOUT)).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\
-         Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(request.as_bytes());
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// [`http`], repeated while the registry answers 5xx.
-fn http_available(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
-    loop {
-        let (status, answer) = http(address, method, path, body);
-        if status < 500 || Instant::now() >= deadline {
-            return (status, answer);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|error| panic!("not JSON ({error}): {body}"))
-}
 
 const KEPT: &str = r#"{"type":"record","name":"Kept","fields":[]}"#;
 const GONE_V1: &str = r#"{"type":"record","name":"Gone","fields":[]}"#;

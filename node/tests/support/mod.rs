@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod kafka;
+pub mod registry;
 
 use cairn_launch::{Launch, LaunchError, Launched, ReadyLine};
 use cairn_protocol::batch::{split_batches, Record, RecordBatch, RecordBatchBuilder, RecordView};
