@@ -16,26 +16,9 @@ use support::{run_node_expecting_exit, TestNode};
 /// How long an HTTP read may block before the test fails.
 const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Sends `request` as is, reads until the server closes; returns (status, body). The status
-/// is 0 when the server closed without answering.
+/// [`support::http_raw`] with this file's read bound.
 fn http_raw(address: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
-    stream.set_read_timeout(Some(HTTP_READ_TIMEOUT)).unwrap();
-    // The server may answer and close before reading all of a large request.
-    let _ = stream.write_all(request);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    support::http_raw(address, request, HTTP_READ_TIMEOUT)
 }
 
 fn http(address: SocketAddr, method: &str, path: &str) -> (u16, String) {

@@ -25,10 +25,6 @@ use support::{create_topic_cli, TestNode};
 /// How long one script may run before the test fails (each bounds its own waits below this).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/kafka_python")
@@ -37,23 +33,19 @@ fn script(name: &str) -> PathBuf {
 
 /// Fails with an install hint unless `module` imports.
 fn require(module: &str, package: &str) {
-    let imported = support::foreign_client(python())
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        imported.is_ok_and(|status| status.success()),
-        "{} cannot import {module}: these tests drive the real Python client \
-         (pip install {package}; CI's .ci/run installs it), or set PYTHON=/path/to/python3",
-        python()
+    support::require_python_module(
+        module,
+        &format!(
+            "these tests drive the real Python client (pip install {package}; CI's .ci/run \
+             installs it)"
+        ),
     );
 }
 
 /// Runs `name` with `args`, bounded by [`SCRIPT_TIMEOUT`]; fails with its output and the
 /// nodes' logs unless it exits 0.
 fn run_script(name: &str, args: &[&str], logs: impl FnOnce() -> String) -> Output {
-    let mut command = support::foreign_client(python());
+    let mut command = support::foreign_client(support::python());
     command.arg("-u").arg(script(name)).args(args);
     support::run_client_scenario(name, command, SCRIPT_TIMEOUT, logs)
 }
@@ -113,7 +105,7 @@ impl GroupMember {
     ) -> GroupMember {
         let out = dir.join(format!("{name}.out"));
         let stop = dir.join(format!("{name}.stop"));
-        let mut child = support::foreign_client(python())
+        let mut child = support::foreign_client(support::python())
             .arg("-u")
             .arg(script("group_member.py"))
             .args([bootstrap, topic, group, protocol])
@@ -233,7 +225,7 @@ fn three_members_join_and_leave(protocol: &str) {
     let mut first =
         GroupMember::start(dir.path(), "member-1", &bootstrap, &topic, &group, protocol);
     first.wait_assigned(&logs);
-    let producer = support::foreign_client(python())
+    let producer = support::foreign_client(support::python())
         .arg("-u")
         .arg(script("group_producer.py"))
         .args([bootstrap.as_str(), topic.as_str(), &RECORDS.to_string()])

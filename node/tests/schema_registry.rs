@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
-use support::registry::{http, http_available, json, AVAILABLE_TIMEOUT};
+use support::registry::{http, http_available, json, AVAILABLE_TIMEOUT, REGISTRY_PACKAGES_HINT};
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -385,25 +385,10 @@ fn a_node_without_a_replica_of_schemas_answers_from_the_leaders_log() {
     }
 }
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
 /// Runs `node/tests/kafka_python/{script}` against a fresh 3-node cluster with a topic of 3
 /// replicas: registries of every node, the Kafka bootstrap, the topic.
 fn run_python_registry_scenario(script: &str, module: &str, topic: &str) {
-    let imported = support::foreign_client(python())
-        .args(["-c", &format!("import {module}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        imported.is_ok_and(|status| status.success()),
-        "{} cannot import {module}: install the pinned Python packages .ci/run lists \
-         (confluent-kafka 2.16.1 with its schema-registry, JSON and Protobuf extras), or set \
-         PYTHON=/path/to/python3",
-        python()
-    );
+    support::require_python_module(module, REGISTRY_PACKAGES_HINT);
     let cluster = TestCluster::start(3, &[]);
     support::create_topic_cli(&cluster.bootstrap(), topic, 1, 3);
     let registries: Vec<String> = cluster
@@ -414,7 +399,7 @@ fn run_python_registry_scenario(script: &str, module: &str, topic: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/kafka_python")
         .join(script);
-    let mut command = support::foreign_client(python());
+    let mut command = support::foreign_client(support::python());
     command
         .arg("-u")
         .arg(path)
@@ -442,20 +427,9 @@ fn confluent_kafka_protobuf_serializers_round_trip_through_the_registry() {
 
 #[test]
 fn confluent_kafka_avro_serializers_round_trip_through_the_registry() {
-    let imported = support::foreign_client(python())
-        .args([
-            "-c",
-            "from confluent_kafka.schema_registry.avro import AvroSerializer",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        imported.is_ok_and(|status| status.success()),
-        "{} cannot import confluent_kafka.schema_registry.avro: pip install \
-         confluent-kafka==2.16.1 fastavro authlib httpx cachetools attrs (CI's .ci/run \
-         installs them pinned), or set PYTHON=/path/to/python3",
-        python()
+    support::require_python_module(
+        "confluent_kafka.schema_registry.avro",
+        REGISTRY_PACKAGES_HINT,
     );
     let cluster = TestCluster::start(3, &[]);
     support::create_topic_cli(&cluster.bootstrap(), "users", 1, 3);
@@ -466,7 +440,7 @@ fn confluent_kafka_avro_serializers_round_trip_through_the_registry() {
         .collect();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/kafka_python/schema_registry_avro.py");
-    let mut command = support::foreign_client(python());
+    let mut command = support::foreign_client(support::python());
     command.arg("-u").arg(script).args([
         &registries.join(","),
         &cluster.kafka_bootstrap(),

@@ -36,7 +36,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
 use support::kafka::{kafka_batch, KafkaWire};
-use support::registry::{http, http_available, json, AVAILABLE_TIMEOUT};
+use support::registry::{http, http_available, json, AVAILABLE_TIMEOUT, REGISTRY_PACKAGES_HINT};
 use support::TestNode;
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -60,10 +60,6 @@ fn register(address: SocketAddr, subject: &str, schema: &str) -> u64 {
     );
     assert_eq!(status, 200, "{answer}");
     json(&answer)["id"].as_u64().expect("an id")
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
 /// `cairn ARGS --bootstrap BOOTSTRAP` with `input` on stdin.
@@ -105,20 +101,9 @@ fn high_watermark(cluster: &TestCluster, topic: &str) -> Offset {
 
 #[test]
 fn a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids() {
-    let imported = support::foreign_client(python())
-        .args([
-            "-c",
-            "from confluent_kafka.schema_registry.avro import AvroSerializer",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        imported.is_ok_and(|status| status.success()),
-        "{} cannot import confluent_kafka.schema_registry.avro: pip install \
-         confluent-kafka==2.16.1 fastavro authlib httpx cachetools attrs (CI's .ci/run \
-         installs them pinned), or set PYTHON=/path/to/python3",
-        python()
+    support::require_python_module(
+        "confluent_kafka.schema_registry.avro",
+        REGISTRY_PACKAGES_HINT,
     );
     let cluster = TestCluster::start(3, &[]);
     let bootstrap = cluster.bootstrap();
@@ -153,7 +138,7 @@ fn a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids
         .collect();
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kafka_python/schema_validation.py");
-    let mut command = support::foreign_client(python());
+    let mut command = support::foreign_client(support::python());
     command
         .arg("-u")
         .arg(script)

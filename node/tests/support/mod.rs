@@ -284,6 +284,48 @@ pub fn foreign_client(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command
 }
 
+/// The Python the foreign-client tests run (`PYTHON`, default `python3`).
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Fails with `hint` (what to install) unless [`python`] imports `module`.
+pub fn require_python_module(module: &str, hint: &str) {
+    let imported = foreign_client(python())
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        imported.is_ok_and(|status| status.success()),
+        "{} cannot import {module}: {hint}, or set PYTHON=/path/to/python3",
+        python()
+    );
+}
+
+/// Sends `request` as is on a new connection and reads until the server closes, each read
+/// bounded by `read_timeout`; (status, body), status 0 when the server closed without
+/// answering.
+pub fn http_raw(address: SocketAddr, request: &[u8], read_timeout: Duration) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
+    stream.set_read_timeout(Some(read_timeout)).unwrap();
+    // The server may answer and close before reading all of a large request.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// The client address of a ready line (`cairn_launch::ReadyLine`), which must name `node_id`.
 pub fn parse_ready_line(line: &str, node_id: u32) -> SocketAddr {
     let ready = ReadyLine::parse(line).unwrap_or_else(|error| panic!("{error}: {line:?}"));

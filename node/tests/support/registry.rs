@@ -1,36 +1,23 @@
 //! The schema registry's REST API as its tests call it: one HTTP/1.1 request per connection.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(40);
+/// What to install for the Python registry scenarios.
+pub const REGISTRY_PACKAGES_HINT: &str = "install the pinned Python packages .ci/run lists \
+    (confluent-kafka 2.16.1 with its schema-registry, Avro, JSON and Protobuf extras)";
 /// How long the registry may answer 5xx while `_schemas` is created or fails over.
 pub const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One request, `Connection: close`; (status, body).
 pub fn http(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the HTTP listener");
-    stream.set_read_timeout(Some(HTTP_READ_TIMEOUT)).unwrap();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\
          Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(request.as_bytes());
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    super::http_raw(address, request.as_bytes(), HTTP_READ_TIMEOUT)
 }
 
 /// [`http`], repeated while the registry answers 5xx (its log being created or failing over).
