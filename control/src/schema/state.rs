@@ -910,7 +910,16 @@ mod tests {
 
     /// Plans a registration and applies its record, as the node does through the log.
     fn register(registry: &mut Registry, subject: &str, text: &str) -> Result<u32, RegistryError> {
-        match registry.plan_register(subject, &parsed(text))? {
+        register_parsed(registry, subject, &parsed(text))
+    }
+
+    /// Plans the registration of a parsed schema and applies its record.
+    fn register_parsed(
+        registry: &mut Registry,
+        subject: &str,
+        schema: &ParsedSchema,
+    ) -> Result<u32, RegistryError> {
+        match registry.plan_register(subject, schema)? {
             Registration::Existing { id } => Ok(id),
             Registration::Append { id, record, .. } => {
                 registry
@@ -1292,15 +1301,7 @@ mod tests {
         request: &SchemaRequest,
     ) -> Result<u32, RegistryError> {
         let schema = registry.parse(request)?;
-        match registry.plan_register(subject, &schema)? {
-            Registration::Existing { id } => Ok(id),
-            Registration::Append { id, record, .. } => {
-                registry
-                    .apply(Some(&record.key), record.value.as_deref())
-                    .unwrap();
-                Ok(id)
-            }
-        }
+        register_parsed(registry, subject, &schema)
     }
 
     const COMMON: &str = "syntax = \"proto3\";\npackage common;\nmessage Id { string value = 1; }";
