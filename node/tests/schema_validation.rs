@@ -12,6 +12,11 @@
 //! - `kafka_produce_names_each_refused_record_by_its_index`: Kafka's wire answer on one node,
 //!   version 9 (INVALID_RECORD with `error_message` and `record_errors`) and version 7 (the
 //!   code alone), with the topic created by Kafka's CreateTopics with Redpanda's config name.
+//! - `a_topic_with_key_validation_checks_keys_against_its_key_subject`: on one node, a topic
+//!   created with `confluent.key.schema.validation=true` (`cairn topic create`; `describe
+//!   --configs` shows it) takes a key framed with an id of `<topic>-key` and a null key, and
+//!   refuses a plain key and a key framed with a `<topic>-value` id, over Kafka's Produce,
+//!   writing nothing of a refused batch.
 //! - `ids_are_never_reused_after_compaction_and_restarts`: `_schemas` is compacted; schemas
 //!   holding the highest ids are hard-deleted, compaction (tuned with `cairn topic alter
 //!   _schemas`) cleans their records and tombstones away, every node restarts, and a new
@@ -257,6 +262,120 @@ fn kafka_produce_names_each_refused_record_by_its_index() {
     }
     assert_eq!(
         node.wire().describe_topic("checked").unwrap()[0].high_watermark,
+        before,
+        "nothing of a refused batch is written"
+    );
+}
+
+/// Produces `records` (key, value; a `None` key is null) to partition 0 of `topic` over
+/// Kafka's Produce v9; the partition's answer: error code and the refused records' messages.
+fn kafka_produce(
+    wire: &mut KafkaWire,
+    topic: &str,
+    records: &[(Option<&[u8]>, &[u8])],
+) -> (i16, Vec<String>) {
+    let mut builder = cairn_protocol::batch::RecordBatchBuilder::new(1_700_000_000_000);
+    for (key, value) in records {
+        let record = cairn_protocol::batch::Record::new(value.to_vec());
+        builder.push(&match key {
+            Some(key) => record.with_key(key.to_vec()),
+            None => record,
+        });
+    }
+    let batch = support::kafka::kafka_bytes(builder.build());
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    let response: ProduceResponse = wire.call(ApiKey::Produce, 9, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    let messages = answer
+        .record_errors
+        .iter()
+        .map(|record| {
+            record
+                .batch_index_error_message
+                .as_deref()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    (answer.error_code, messages)
+}
+
+#[test]
+fn a_topic_with_key_validation_checks_keys_against_its_key_subject() {
+    let node = TestNode::start();
+    let bootstrap = node.address().to_string();
+    let topic = "keyed";
+    let created = cairn(
+        &bootstrap,
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+            "--config",
+            "confluent.key.schema.validation=true",
+        ],
+        "",
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let described = cairn(&bootstrap, &["topic", "describe", topic, "--configs"], "");
+    let shown = String::from_utf8_lossy(&described.stdout).into_owned();
+    assert!(
+        shown.contains("confluent.key.schema.validation true                 topic"),
+        "{shown}"
+    );
+    let key_id = register(node.http_address(), "keyed-key", KEPT) as u32;
+    let value_id = register(node.http_address(), "keyed-value", FRESH) as u32;
+    assert_ne!(key_id, value_id);
+    let framed = |id: u32, payload: &[u8]| {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let mut wire = KafkaWire::connect(node.kafka_address());
+    // Values are not checked: only keys are asked for.
+    let good_key = framed(key_id, b"k");
+    let (code, refused) = kafka_produce(
+        &mut wire,
+        topic,
+        &[(Some(&good_key), b"plain value"), (None, b"no key")],
+    );
+    assert_eq!((code, refused.len()), (0, 0), "{refused:?}");
+    let before = node.wire().describe_topic(topic).unwrap()[0].high_watermark;
+    let value_ids_key = framed(value_id, b"k");
+    let (code, refused) = kafka_produce(
+        &mut wire,
+        topic,
+        &[
+            (Some(&good_key), b"v"),
+            (Some(b"plain key"), b"v"),
+            (Some(&value_ids_key), b"v"),
+        ],
+    );
+    assert_eq!(code, 87, "INVALID_RECORD");
+    assert_eq!(
+        refused,
+        vec![
+            "the key starts with byte 112, not the magic byte 0 of a schema id".to_string(),
+            format!(
+                "key schema id {value_id} is not registered under subject 'keyed-key' (it is \
+                 under 'keyed-value')"
+            ),
+        ]
+    );
+    assert_eq!(
+        node.wire().describe_topic(topic).unwrap()[0].high_watermark,
         before,
         "nothing of a refused batch is written"
     );

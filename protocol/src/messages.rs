@@ -219,6 +219,11 @@ pub struct TopicConfig {
     /// schema id registered under the subject `<topic>-value`. Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_schema_validation: Option<bool>,
+    /// The same for record keys, as Confluent Server's `confluent.key.schema.validation` and
+    /// Redpanda's `redpanda.key.schema.id.validation`: a key must carry a schema id
+    /// registered under `<topic>-key` (a null key passes). Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_schema_validation: Option<bool>,
 }
 
 /// `delete.retention.ms` when a topic sets none: Kafka's default, one day.
@@ -236,12 +241,18 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "segment.bytes",
     VALUE_SCHEMA_VALIDATION_CONFLUENT,
     VALUE_SCHEMA_VALIDATION_REDPANDA,
+    KEY_SCHEMA_VALIDATION_CONFLUENT,
+    KEY_SCHEMA_VALIDATION_REDPANDA,
 ];
 
 /// Confluent Server's name of [`TopicConfig::value_schema_validation`].
 pub const VALUE_SCHEMA_VALIDATION_CONFLUENT: &str = "confluent.value.schema.validation";
 /// Redpanda's name of [`TopicConfig::value_schema_validation`].
 pub const VALUE_SCHEMA_VALIDATION_REDPANDA: &str = "redpanda.value.schema.id.validation";
+/// Confluent Server's name of [`TopicConfig::key_schema_validation`].
+pub const KEY_SCHEMA_VALIDATION_CONFLUENT: &str = "confluent.key.schema.validation";
+/// Redpanda's name of [`TopicConfig::key_schema_validation`].
+pub const KEY_SCHEMA_VALIDATION_REDPANDA: &str = "redpanda.key.schema.id.validation";
 
 impl TopicConfig {
     /// `config` with `changes` applied: a value sets a key, none returns it to the node's default.
@@ -278,6 +289,15 @@ impl TopicConfig {
                 | VALUE_SCHEMA_VALIDATION_REDPANDA
                 | "value_schema_validation" => {
                     config.value_schema_validation = match change.value.as_deref() {
+                        None => None,
+                        Some(value) => Some(parse_bool(&change.key, value)?),
+                    };
+                    continue;
+                }
+                KEY_SCHEMA_VALIDATION_CONFLUENT
+                | KEY_SCHEMA_VALIDATION_REDPANDA
+                | "key_schema_validation" => {
+                    config.key_schema_validation = match change.value.as_deref() {
                         None => None,
                         Some(value) => Some(parse_bool(&change.key, value)?),
                     };
@@ -350,6 +370,11 @@ impl TopicConfig {
     /// Whether the leader validates record values against the schema registry.
     pub fn validates_value_schema(&self) -> bool {
         self.value_schema_validation.unwrap_or(false)
+    }
+
+    /// Whether the leader validates record keys against the schema registry.
+    pub fn validates_key_schema(&self) -> bool {
+        self.key_schema_validation.unwrap_or(false)
     }
 }
 
@@ -737,6 +762,7 @@ mod topic_config_tests {
             delete_retention_ms: Some(5),
             segment_bytes: Some(1024),
             value_schema_validation: Some(true),
+            key_schema_validation: Some(true),
             ..decoded
         };
         let encoded = rmp_serde::to_vec_named(&new).unwrap();
@@ -793,6 +819,18 @@ mod topic_config_tests {
             .with_changes(&[change(VALUE_SCHEMA_VALIDATION_CONFLUENT, None)])
             .unwrap();
         assert_eq!(reset, TopicConfig::default());
+        // Keys have their own setting, under both names, independent of values.
+        let keys = TopicConfig::default()
+            .with_changes(&[change(KEY_SCHEMA_VALIDATION_REDPANDA, Some("true"))])
+            .unwrap();
+        assert!(keys.validates_key_schema() && !keys.validates_value_schema());
+        let keys_off = keys
+            .with_changes(&[change(KEY_SCHEMA_VALIDATION_CONFLUENT, Some("false"))])
+            .unwrap();
+        assert!(!keys_off.validates_key_schema());
+        assert!(keys
+            .with_changes(&[change(KEY_SCHEMA_VALIDATION_CONFLUENT, Some("1"))])
+            .is_err());
         assert!(!reset.validates_value_schema());
     }
 }

@@ -97,7 +97,8 @@ pub enum TopicCommand {
         /// min.compaction.lag.ms, delete.retention.ms, segment.bytes,
         /// confluent.value.schema.validation (or redpanda.value.schema.id.validation:
         /// true makes the leader refuse values without a schema id registered under
-        /// `<topic>-value`).
+        /// `<topic>-value`), confluent.key.schema.validation (or
+        /// redpanda.key.schema.id.validation: the same for keys, under `<topic>-key`).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
     },
@@ -124,7 +125,8 @@ pub enum TopicCommand {
         partitions: Option<u32>,
         /// Set a config, `key=value` (repeatable): retention.ms, retention.bytes,
         /// cleanup.policy, min.compaction.lag.ms, delete.retention.ms, segment.bytes,
-        /// confluent.value.schema.validation (alias redpanda.value.schema.id.validation).
+        /// confluent.value.schema.validation (alias redpanda.value.schema.id.validation),
+        /// confluent.key.schema.validation (alias redpanda.key.schema.id.validation).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
         /// Return a config to the node's default (repeatable).
@@ -181,6 +183,11 @@ pub fn configs_table(config: &TopicConfig) -> String {
             "confluent.value.schema.validation",
             config.value_schema_validation.map(|on| on.to_string()),
             config.validates_value_schema().to_string(),
+        ),
+        (
+            "confluent.key.schema.validation",
+            config.key_schema_validation.map(|on| on.to_string()),
+            config.validates_key_schema().to_string(),
         ),
     ];
     for (key, own, default) in compaction {

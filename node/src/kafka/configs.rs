@@ -15,7 +15,8 @@
 use crate::broker::{apply_config_changes, Broker};
 use crate::meta::TopicState;
 use cairn_protocol::messages::{
-    ConfigChange, TopicConfig, VALUE_SCHEMA_VALIDATION_CONFLUENT, VALUE_SCHEMA_VALIDATION_REDPANDA,
+    ConfigChange, TopicConfig, KEY_SCHEMA_VALIDATION_CONFLUENT, KEY_SCHEMA_VALIDATION_REDPANDA,
+    VALUE_SCHEMA_VALIDATION_CONFLUENT, VALUE_SCHEMA_VALIDATION_REDPANDA,
 };
 use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
@@ -59,6 +60,8 @@ const EDITABLE: &[&str] = &[
     "segment.bytes",
     VALUE_SCHEMA_VALIDATION_CONFLUENT,
     VALUE_SCHEMA_VALIDATION_REDPANDA,
+    KEY_SCHEMA_VALIDATION_CONFLUENT,
+    KEY_SCHEMA_VALIDATION_REDPANDA,
 ];
 
 /// The configs with Kafka's (or the vendor's) defaults rather than the node's: compaction's
@@ -156,6 +159,18 @@ pub fn topic_entries<S: LogStore>(broker: &Broker<S>, topic: &TopicState) -> Vec
             VALUE_SCHEMA_VALIDATION_REDPANDA,
             config.value_schema_validation.is_some(),
             config.validates_value_schema().to_string(),
+            TYPE_BOOLEAN,
+        ),
+        (
+            KEY_SCHEMA_VALIDATION_CONFLUENT,
+            config.key_schema_validation.is_some(),
+            config.validates_key_schema().to_string(),
+            TYPE_BOOLEAN,
+        ),
+        (
+            KEY_SCHEMA_VALIDATION_REDPANDA,
+            config.key_schema_validation.is_some(),
+            config.validates_key_schema().to_string(),
             TYPE_BOOLEAN,
         ),
     ];

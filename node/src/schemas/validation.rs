@@ -5,6 +5,9 @@
 //! big-endian schema id, or names an id not registered under the subject `<topic>-value`
 //! (Confluent's TopicNameStrategy). A tombstone (null value) passes: it deletes a key of a
 //! compacted topic and carries no schema, as in Kafka with Confluent's serializers.
+//! Keys are checked the same way against `<topic>-key` when the topic sets
+//! `confluent.key.schema.validation` (or `redpanda.key.schema.id.validation`); a null key
+//! passes.
 //!
 //! The check is synchronous, in the produce path, against [`Attachment`]'s index of ids per
 //! subject, which this node's registry publishes whenever it replays `_schemas`. The index
@@ -51,6 +54,26 @@ impl<S: LogStore> Default for Attachment<S> {
     }
 }
 
+/// What a topic validates: its record keys, its values, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parts {
+    pub keys: bool,
+    pub values: bool,
+}
+
+impl Parts {
+    pub fn of(config: &cairn_protocol::messages::TopicConfig) -> Parts {
+        Parts {
+            keys: config.validates_key_schema(),
+            values: config.validates_value_schema(),
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.keys || self.values
+    }
+}
+
 /// The outcome of checking a batch.
 #[derive(Debug, PartialEq)]
 pub enum Verdict {
@@ -88,6 +111,7 @@ impl<S: LogStore> Attachment<S> {
     pub fn check(
         &self,
         topic: &str,
+        parts: Parts,
         batch: &RecordBatch,
         decompressed_bytes_max: usize,
         caught_up: bool,
@@ -95,6 +119,7 @@ impl<S: LogStore> Attachment<S> {
         check(
             &self.index(),
             topic,
+            parts,
             batch,
             decompressed_bytes_max,
             caught_up,
@@ -121,61 +146,103 @@ impl<S: LogStore> Attachment<S> {
     }
 }
 
-/// The subject whose ids a record of `topic` may carry (TopicNameStrategy).
+/// The subject whose ids a record value of `topic` may carry (TopicNameStrategy).
 pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
+}
+
+/// The subject whose ids a record key of `topic` may carry (TopicNameStrategy).
+pub fn key_subject(topic: &str) -> String {
+    format!("{topic}-key")
+}
+
+/// Why `bytes` (a record's key or value, `part` names which) does not carry a schema id
+/// registered under `subject`; `None` when it does. `header_fault` is set when the bytes
+/// lack the header altogether (no catch-up can make them valid).
+fn fault(
+    index: &SubjectIds,
+    subject: &str,
+    part: &str,
+    bytes: &[u8],
+    header_fault: &mut bool,
+) -> Option<String> {
+    if bytes.len() < HEADER_BYTES {
+        *header_fault = true;
+        return Some(format!(
+            "a {part} of {} bytes cannot hold the schema registry's 5-byte header \
+             (magic byte 0, 4-byte schema id)",
+            bytes.len()
+        ));
+    }
+    if bytes[0] != 0 {
+        *header_fault = true;
+        return Some(format!(
+            "the {part} starts with byte {}, not the magic byte 0 of a schema id",
+            bytes[0]
+        ));
+    }
+    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    if index.get(subject).is_some_and(|ids| ids.contains(&id)) {
+        return None;
+    }
+    let elsewhere = index
+        .iter()
+        .filter(|(_, ids)| ids.contains(&id))
+        .map(|(name, _)| name.as_str())
+        .min();
+    // Values keep Confluent's plain wording; a key's fault says it is the key's.
+    let what = if part == "key" {
+        "key schema id"
+    } else {
+        "schema id"
+    };
+    Some(match elsewhere {
+        Some(other) => format!(
+            "{what} {id} is not registered under subject '{subject}' (it is under '{other}')"
+        ),
+        None => format!("{what} {id} is not registered"),
+    })
 }
 
 fn check(
     index: &SubjectIds,
     topic: &str,
+    parts: Parts,
     batch: &RecordBatch,
     decompressed_bytes_max: usize,
     caught_up: bool,
 ) -> Result<Verdict, ApiError> {
-    let subject = value_subject(topic);
-    let registered = index.get(&subject);
+    let key_subject = key_subject(topic);
+    let value_subject = value_subject(topic);
+    // The subject the refusal names: the first record's fault's.
+    let mut refused_subject = None;
     let mut records = Vec::new();
     let mut refused = 0u32;
     let mut header_faults = 0u32;
     for (index_in_batch, record) in batch.records_bounded(decompressed_bytes_max).enumerate() {
         let record = record.map_err(ApiError::from)?;
-        // A tombstone deletes a key and carries no schema.
-        let Some(value) = record.value.as_ref() else {
-            continue;
+        let mut header_fault = false;
+        // A null key, or a tombstone's null value, carries no schema.
+        let key_fault = match record.key.as_ref() {
+            Some(key) if parts.keys => fault(index, &key_subject, "key", key, &mut header_fault)
+                .map(|reason| (&key_subject, reason)),
+            _ => None,
         };
-        let reason = if value.len() < HEADER_BYTES {
-            header_faults += 1;
-            format!(
-                "a value of {} bytes cannot hold the schema registry's 5-byte header \
-                 (magic byte 0, 4-byte schema id)",
-                value.len()
-            )
-        } else if value[0] != 0 {
-            header_faults += 1;
-            format!(
-                "the value starts with byte {}, not the magic byte 0 of a schema id",
-                value[0]
-            )
-        } else {
-            let id = u32::from_be_bytes([value[1], value[2], value[3], value[4]]);
-            if registered.is_some_and(|ids| ids.contains(&id)) {
-                continue;
+        let value_fault = match record.value.as_ref() {
+            Some(value) if parts.values => {
+                fault(index, &value_subject, "value", value, &mut header_fault)
+                    .map(|reason| (&value_subject, reason))
             }
-            let elsewhere = index
-                .iter()
-                .filter(|(_, ids)| ids.contains(&id))
-                .map(|(name, _)| name.as_str())
-                .min();
-            match elsewhere {
-                Some(other) => format!(
-                    "schema id {id} is not registered under subject '{subject}' \
-                     (it is under '{other}')"
-                ),
-                None => format!("schema id {id} is not registered"),
-            }
+            _ => None,
+        };
+        let (subject, reason) = match (key_fault, value_fault) {
+            (None, None) => continue,
+            (Some(one), None) | (None, Some(one)) => one,
+            (Some((subject, key)), Some((_, value))) => (subject, format!("{key}; {value}")),
         };
         refused += 1;
+        header_faults += u32::from(header_fault);
+        refused_subject.get_or_insert_with(|| subject.clone());
         if records.len() < RECORD_ERRORS_MAX {
             records.push(RecordError {
                 index: index_in_batch as u32,
@@ -183,9 +250,9 @@ fn check(
             });
         }
     }
-    if refused == 0 {
+    let Some(subject) = refused_subject else {
         return Ok(Verdict::Valid);
-    }
+    };
     if header_faults == 0 && !caught_up {
         return Ok(Verdict::Unseen);
     }
@@ -216,10 +283,16 @@ mod tests {
         builder.build()
     }
 
+    const VALUES: Parts = Parts {
+        keys: false,
+        values: true,
+    };
+
     fn index() -> SubjectIds {
         SubjectIds::from([
             ("orders-value".to_string(), HashSet::from([1, 2])),
             ("users-value".to_string(), HashSet::from([3])),
+            ("orders-key".to_string(), HashSet::from([4])),
         ])
     }
 
@@ -231,7 +304,7 @@ mod tests {
             Record::tombstone("k"),
         ];
         assert_eq!(
-            check(&index(), "orders", &batch(&records), 1 << 20, false),
+            check(&index(), "orders", VALUES, &batch(&records), 1 << 20, false),
             Ok(Verdict::Valid)
         );
     }
@@ -250,7 +323,7 @@ mod tests {
             subject,
             refused,
             records,
-        })) = check(&index(), "orders", &batch(&records), 1 << 20, false)
+        })) = check(&index(), "orders", VALUES, &batch(&records), 1 << 20, false)
         else {
             panic!("refused");
         };
@@ -269,11 +342,11 @@ mod tests {
 
         let unknown = [Record::new(framed(9, b"x"))];
         assert_eq!(
-            check(&index(), "orders", &batch(&unknown), 1 << 20, false),
+            check(&index(), "orders", VALUES, &batch(&unknown), 1 << 20, false),
             Ok(Verdict::Unseen)
         );
         let Ok(Verdict::Refused(error)) =
-            check(&index(), "orders", &batch(&unknown), 1 << 20, true)
+            check(&index(), "orders", VALUES, &batch(&unknown), 1 << 20, true)
         else {
             panic!("refused after the catch-up");
         };
@@ -290,10 +363,63 @@ mod tests {
         let records: Vec<Record> = (0..40).map(|_| Record::new("plain")).collect();
         let Ok(Verdict::Refused(ApiError::SchemaValidation {
             refused, records, ..
-        })) = check(&index(), "orders", &batch(&records), 1 << 20, true)
+        })) = check(&index(), "orders", VALUES, &batch(&records), 1 << 20, true)
         else {
             panic!("refused");
         };
         assert_eq!((refused, records.len()), (40, RECORD_ERRORS_MAX));
+    }
+
+    /// Keys are checked against `<topic>-key` only when the topic asks for it; a null key
+    /// passes; a record whose key and value are both at fault is named once, with both.
+    #[test]
+    fn keys_are_checked_against_the_key_subject_when_asked() {
+        let both = Parts {
+            keys: true,
+            values: true,
+        };
+        let records = [
+            Record::new(framed(1, b"a")).with_key(framed(4, b"k")),
+            Record::new(framed(2, b"b")),
+        ];
+        for parts in [VALUES, both] {
+            assert_eq!(
+                check(&index(), "orders", parts, &batch(&records), 1 << 20, false),
+                Ok(Verdict::Valid)
+            );
+        }
+        let bad = [
+            Record::new(framed(1, b"a")).with_key("plain-key"),
+            Record::new(framed(1, b"a")).with_key(framed(1, b"k")),
+            Record::new("plain").with_key("plain-key"),
+        ];
+        assert_eq!(
+            check(&index(), "orders", VALUES, &batch(&bad[..2]), 1 << 20, true),
+            Ok(Verdict::Valid),
+            "keys are not checked unless asked"
+        );
+        let Ok(Verdict::Refused(ApiError::SchemaValidation {
+            subject,
+            refused,
+            records,
+        })) = check(&index(), "orders", both, &batch(&bad), 1 << 20, true)
+        else {
+            panic!("refused");
+        };
+        assert_eq!((subject.as_str(), refused), ("orders-key", 3));
+        assert!(
+            records[0].reason.contains("the key starts with byte 112"),
+            "{records:?}"
+        );
+        assert!(
+            records[1]
+                .reason
+                .contains("key schema id 1 is not registered under subject 'orders-key'"),
+            "{records:?}"
+        );
+        assert!(
+            records[2].reason.contains("key") && records[2].reason.contains("the value"),
+            "{records:?}"
+        );
     }
 }

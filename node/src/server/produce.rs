@@ -158,12 +158,14 @@ fn check_and_enqueue<S: LogStore>(
     {
         require_keys(&batch, decompressed_bytes_max)?;
     }
-    if topic_config
+    let parts = topic_config
         .as_ref()
-        .is_some_and(|config| config.validates_value_schema())
-    {
+        .map(crate::schemas::validation::Parts::of)
+        .unwrap_or_default();
+    if parts.any() {
         let verdict = broker.schemas.check(
             &request.topic,
+            parts,
             &batch,
             decompressed_bytes_max,
             schemas_caught_up,

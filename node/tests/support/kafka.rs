@@ -114,7 +114,12 @@ pub fn kafka_batch(records: &[(&str, &str)]) -> Bytes {
     for (key, value) in records {
         builder.push(&Record::new(value.to_string()).with_key(key.to_string()));
     }
-    let cairn = builder.build().into_bytes();
+    kafka_bytes(builder.build())
+}
+
+/// `batch` as a Kafka producer sends it (see [`kafka_batch`]).
+pub fn kafka_bytes(batch: cairn_protocol::batch::RecordBatch) -> Bytes {
+    let cairn = batch.into_bytes();
     let batch_length = u32::from_be_bytes(cairn[8..12].try_into().unwrap());
     let mut kafka = BytesMut::with_capacity(cairn.len() - 4);
     kafka.put_slice(&cairn[..8]);
