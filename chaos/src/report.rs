@@ -271,6 +271,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Client => "#4daf4a",
         FaultKind::Hostile => "#a65628",
         FaultKind::Retention => "#f781bf",
+        FaultKind::Compaction => "#999999",
         FaultKind::Power => "#000000",
     }
 }
