@@ -293,6 +293,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             workload_config.bootstrap.clone(),
             recorder.clone(),
             control.stop_producing.clone(),
+            Duration::from_millis(duration_ms / 2),
         ))
     });
     others.push(runtime.spawn(workload::run_group_watcher(
@@ -450,6 +451,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     // topic comes with the first group request), so it has the lowest topic id.
     let topic_id = per_node.iter().flatten().map(|(topic, _)| *topic).min();
     let retained_logs = crate::retention::retained_logs(&per_node);
+    let compacted_logs = crate::compaction::compacted_logs(&per_node, retention_on);
     for logs in per_node {
         for (topic, log) in logs {
             if Some(topic) == topic_id {
@@ -479,6 +481,12 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         );
     }
     if compaction_on {
+        crate::compaction::check_replicas(
+            &ops,
+            &compacted_logs,
+            saved.replication_factor,
+            &mut check,
+        );
         let stats = crate::compaction::compactor_stats(out, config.nodes, &mut check);
         eprintln!(
             "cairn-chaos: compactors: {} jobs ({} failed), {} batches rewritten, {} bytes \

@@ -481,7 +481,14 @@ fn keyed_send(
 
 /// A write acknowledged at `partition@offset`.
 fn keyed_ok(key: &str, id: &str, tombstone: bool, at: (u32, u64), invoke_ms: u64) -> Op {
-    keyed_send(key, id, tombstone, Status::Ok, (at.0, Some(at.1)), invoke_ms)
+    keyed_send(
+        key,
+        id,
+        tombstone,
+        Status::Ok,
+        (at.0, Some(at.1)),
+        invoke_ms,
+    )
 }
 
 /// One drain poll completing at `complete_ms`, of (partition, offset, key, id, tombstone).
@@ -554,8 +561,9 @@ fn a_compacted_drain_may_miss_superseded_writes_but_not_a_keys_newest() {
             vec![AnomalyKind::CompactedLatestMissing],
             "{report:?}"
         );
-        assert!(report.anomalies[&AnomalyKind::CompactedLatestMissing].examples[0]
-            .contains("\"a2\""));
+        assert!(
+            report.anomalies[&AnomalyKind::CompactedLatestMissing].examples[0].contains("\"a2\"")
+        );
     }
     // The general checks exempt nothing of the main topic beside a compacted history: a
     // main-topic value missing below later reads is still lost.
@@ -575,17 +583,22 @@ fn a_newest_tombstone_may_go_only_after_delete_retention() {
     // there.
     let young = check(&with_drain(compacted_writes(19_000), &drained), None);
     assert_eq!(kinds(&young), vec![AnomalyKind::CompactedLatestMissing]);
-    assert!(young.anomalies[&AnomalyKind::CompactedLatestMissing].examples[0]
-        .contains("\"b2\" (a tombstone)"));
+    assert!(
+        young.anomalies[&AnomalyKind::CompactedLatestMissing].examples[0]
+            .contains("\"b2\" (a tombstone)")
+    );
     // Invoked delete.retention.ms (less the clock margin) before the drain ended: may be gone
     // (and the value it deleted with it).
-    let boundary = 20_000 + crate::compaction::CLOCK_MARGIN_MS
-        - crate::compaction::DELETE_RETENTION_MS;
+    let boundary =
+        20_000 + crate::compaction::CLOCK_MARGIN_MS - crate::compaction::DELETE_RETENTION_MS;
     let expired = check(&with_drain(compacted_writes(boundary), &drained), None);
     assert!(expired.is_clean(), "{expired:?}");
     assert_eq!(expired.stats["compacted_tombstones_expired"], 1);
     let just_young = check(&with_drain(compacted_writes(boundary + 1), &drained), None);
-    assert_eq!(kinds(&just_young), vec![AnomalyKind::CompactedLatestMissing]);
+    assert_eq!(
+        kinds(&just_young),
+        vec![AnomalyKind::CompactedLatestMissing]
+    );
     // A newest value is never allowed to expire, however old.
     let old_value = with_drain(vec![keyed_ok("a", "a1", false, (0, 0), 1)], &[]);
     assert_eq!(
@@ -622,7 +635,10 @@ fn later_unacknowledged_records_of_the_key_supersede_but_earlier_ones_do_not() {
     let mut other_key = compacted_writes(19_000);
     other_key.push(keyed_ok("c", "c1", false, (0, 3), 1_300));
     let report = check(
-        &with_drain(other_key, &[(0, 3, "c", "c1", false), (1, 1, "b", "b2", true)]),
+        &with_drain(
+            other_key,
+            &[(0, 3, "c", "c1", false), (1, 1, "b", "b2", true)],
+        ),
         None,
     );
     assert_eq!(kinds(&report), vec![AnomalyKind::CompactedLatestMissing]);
@@ -675,5 +691,72 @@ fn compacted_reads_must_be_writes_at_their_offsets_in_rising_order() {
     assert_eq!(
         kinds(&check(&with_drain(failed, &records), None)),
         vec![AnomalyKind::AbortedRead]
+    );
+}
+
+/// One replica of the compacted topic: (partition, offset, value) entries at epoch 1.
+fn compacted_replica(node: u32, partition: u32, entries: &[(u64, Option<&str>)]) -> ReplicaLog {
+    ReplicaLog {
+        node,
+        partition,
+        log_start: 0,
+        entries: entries
+            .iter()
+            .map(|&(offset, value)| ReplicaEntry {
+                offset,
+                epoch: 1,
+                value: value.map(str::to_owned),
+            })
+            .collect(),
+    }
+}
+
+/// The anomalies of three replicas holding `partition_0` (one entry list per node) and a
+/// settled partition 1, against the writes of [`compacted_writes`].
+fn compacted_replica_anomalies(partition_0: [&[(u64, Option<&str>)]; 3]) -> Vec<AnomalyKind> {
+    let ops = with_drain(
+        compacted_writes(19_000),
+        &[(0, 2, "a", "a2", false), (1, 1, "b", "b2", true)],
+    );
+    let mut logs = Vec::new();
+    for node in 1..=3 {
+        logs.push(compacted_replica(node, 0, partition_0[node as usize - 1]));
+        logs.push(compacted_replica(
+            node,
+            1,
+            &[(0, Some(COMPACTED_TEXT)), (1, Some(TOMBSTONE_TEXT))],
+        ));
+    }
+    let mut report = CheckReport::default();
+    crate::compaction::check_replicas(&ops, &logs, 3, &mut report);
+    kinds(&report)
+}
+
+#[test]
+fn compacted_replicas_may_hold_superseded_writes_compacted_but_must_agree_and_keep_the_newest() {
+    // Offset 1 of partition 0 is a decision marker (a control record); the superseded a1 at
+    // 0 was compacted away, b1 too, and the tombstone b2 may go as well.
+    let marker = (1, None);
+    let settled: &[(u64, Option<&str>)] = &[(0, Some(COMPACTED_TEXT)), marker, (2, Some("a2"))];
+    assert_eq!(compacted_replica_anomalies([settled; 3]), vec![]);
+    let a1_kept: &[(u64, Option<&str>)] = &[(0, Some("a1")), marker, (2, Some("a2"))];
+    assert_eq!(compacted_replica_anomalies([a1_kept; 3]), vec![]);
+    // Replicas settled to the same decision that differ diverge.
+    assert_eq!(
+        compacted_replica_anomalies([settled, settled, a1_kept]),
+        vec![AnomalyKind::ReplicaDivergence]
+    );
+    // Key a's newest value compacted away on every replica.
+    let a2_gone: &[(u64, Option<&str>)] =
+        &[(0, Some(COMPACTED_TEXT)), marker, (2, Some(COMPACTED_TEXT))];
+    assert_eq!(
+        compacted_replica_anomalies([a2_gone; 3]),
+        vec![AnomalyKind::ReplicaMissing]
+    );
+    // Offsets below the bound held by one replica only.
+    let short: &[(u64, Option<&str>)] = &[(0, Some(COMPACTED_TEXT))];
+    assert_eq!(
+        compacted_replica_anomalies([settled, short, short]),
+        vec![AnomalyKind::ReplicaMissing]
     );
 }

@@ -33,12 +33,12 @@
 //! gaps are what compaction leaves). A campaign whose nodes never rewrote a batch of the topic
 //! proves nothing: `compaction_idle`.
 
-use crate::checker::{AnomalyKind, CheckReport};
+use crate::checker::{AnomalyKind, CheckReport, ReplicaEntry, ReplicaLog};
 use crate::history::{KeyedRead, Op, Status};
 use crate::workload::Recorder;
 use cairn_client::{
-    Acks, Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, Producer,
-    ProducerConfig, Record, TopicConfig,
+    Acks, Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    Record, TopicConfig,
 };
 use cairn_protocol::messages::CleanupPolicy;
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +53,10 @@ pub const COMPACTED_PARTITIONS: u32 = 2;
 pub const KEYS: u64 = 32;
 /// Every this many writes, one is a tombstone.
 pub const TOMBSTONE_EVERY: u64 = 8;
+/// The last this many keys are retired half-way through the writing: each gets one last
+/// write, a tombstone, so the drain meets newest tombstones long expired (every other key is
+/// rewritten far more often than `delete.retention.ms`).
+pub const RETIRED_KEYS: u64 = 4;
 /// The topic's `delete.retention.ms`: tombstones expire during the campaign, and the drain
 /// (right after the writer stops) still reads the tombstones of the last seconds.
 pub const DELETE_RETENTION_MS: u64 = 5_000;
@@ -107,9 +111,18 @@ fn write_of(index: u64) -> (String, u32, bool) {
     )
 }
 
-/// Writes one record at a time until `stop` (checked between writes), recording each write.
-pub async fn run_writer(bootstrap: String, recorder: Recorder, stop: watch::Receiver<bool>) {
+/// Writes one record at a time until `stop` (checked between writes), recording each write;
+/// from `retire_after` on, the retired keys get a last tombstone each and no more writes.
+pub async fn run_writer(
+    bootstrap: String,
+    recorder: Recorder,
+    stop: watch::Receiver<bool>,
+    retire_after: Duration,
+) {
+    let started = Instant::now();
     let mut index = 0u64;
+    // The retired keys whose last tombstone was acknowledged.
+    let mut retired = std::collections::BTreeSet::new();
     while !*stop.borrow() {
         let process = recorder.new_process();
         let Ok(client) = ClientConfig::new(&bootstrap) else {
@@ -130,7 +143,14 @@ pub async fn run_writer(bootstrap: String, recorder: Recorder, stop: watch::Rece
         };
         while !*stop.borrow() {
             index += 1;
-            let (key, partition, tombstone) = write_of(index);
+            let (key, partition, mut tombstone) = write_of(index);
+            let retiring = index % KEYS >= KEYS - RETIRED_KEYS && started.elapsed() >= retire_after;
+            if retiring {
+                if retired.contains(&key) {
+                    continue;
+                }
+                tombstone = true;
+            }
             let id = format!("compacted-{index}");
             let record = if tombstone {
                 Record::tombstone(key.clone())
@@ -146,6 +166,9 @@ pub async fn run_writer(bootstrap: String, recorder: Recorder, stop: watch::Rece
                     .await
             }
             .await;
+            if retiring && delivered.is_ok() {
+                retired.insert(key.clone());
+            }
             let (status, offset, error) = match delivered {
                 Ok(metadata) => (Status::Ok, metadata.offset.map(|offset| offset.0), None),
                 Err(error) => (
@@ -275,73 +298,148 @@ struct Write<'a> {
     complete_ms: u64,
 }
 
+/// The compacted topic's writes and drain reads, indexed for the rule of the module docs.
+struct Model<'a> {
+    writes: HashMap<&'a str, Write<'a>>,
+    reads: Vec<&'a KeyedRead>,
+    /// When the drain's last successful poll completed.
+    drain_end_ms: Option<u64>,
+    /// The highest offset the drain read a record of each (partition, key) at.
+    newest_read: HashMap<(u32, &'a str), u64>,
+    /// The highest acknowledged offset of each (partition, key).
+    newest_acked: HashMap<(u32, &'a str), u64>,
+    /// Invocation times of the indeterminate tombstones of each (partition, key).
+    open_tombstones: HashMap<(u32, &'a str), Vec<u64>>,
+}
+
+impl<'a> Model<'a> {
+    fn new(ops: &'a [Op]) -> Model<'a> {
+        let mut model = Model {
+            writes: HashMap::new(),
+            reads: Vec::new(),
+            drain_end_ms: None,
+            newest_read: HashMap::new(),
+            newest_acked: HashMap::new(),
+            open_tombstones: HashMap::new(),
+        };
+        for op in ops {
+            match op {
+                Op::KeyedSend {
+                    key,
+                    id,
+                    tombstone,
+                    invoke_ms,
+                    complete_ms,
+                    status,
+                    partition,
+                    offset,
+                    ..
+                } => {
+                    let offset = offset.filter(|_| *status == Status::Ok);
+                    let slot = (*partition, key.as_str());
+                    if let Some(offset) = offset {
+                        let newest = model.newest_acked.entry(slot).or_default();
+                        *newest = (*newest).max(offset);
+                    } else if *tombstone && *status == Status::Info {
+                        model
+                            .open_tombstones
+                            .entry(slot)
+                            .or_default()
+                            .push(*invoke_ms);
+                    }
+                    model.writes.insert(
+                        id,
+                        Write {
+                            key,
+                            tombstone: *tombstone,
+                            status: *status,
+                            partition: *partition,
+                            offset,
+                            invoke_ms: *invoke_ms,
+                            complete_ms: *complete_ms,
+                        },
+                    );
+                }
+                Op::KeyedPoll {
+                    status: Status::Ok,
+                    records,
+                    complete_ms,
+                    ..
+                } => {
+                    for read in records {
+                        let newest = model
+                            .newest_read
+                            .entry((read.partition, read.key.as_str()))
+                            .or_default();
+                        *newest = (*newest).max(read.offset);
+                    }
+                    model.reads.extend(records);
+                    model.drain_end_ms = Some(model.drain_end_ms.unwrap_or(0).max(*complete_ms));
+                }
+                _ => {}
+            }
+        }
+        model
+    }
+
+    /// Whether a later record of `write`'s key (acknowledged at `offset`) may have replaced
+    /// it: one the drain read above `offset`, one acknowledged above it, or an indeterminate
+    /// tombstone invoked after `write` was acknowledged.
+    fn superseded(&self, write: &Write, offset: u64) -> bool {
+        let slot = (write.partition, write.key);
+        self.newest_read
+            .get(&slot)
+            .is_some_and(|newest| *newest > offset)
+            || self
+                .newest_acked
+                .get(&slot)
+                .is_some_and(|newest| *newest > offset)
+            || self.open_tombstones.get(&slot).is_some_and(|invoked| {
+                invoked
+                    .iter()
+                    .any(|invoke_ms| *invoke_ms >= write.complete_ms)
+            })
+    }
+
+    /// The acknowledged writes as (id, write, offset), by partition and offset.
+    fn acked(&self) -> Vec<(&'a str, &Write<'a>, u64)> {
+        let mut acked: Vec<_> = self
+            .writes
+            .iter()
+            .filter_map(|(id, write)| write.offset.map(|offset| (*id, write, offset)))
+            .collect();
+        acked.sort_by_key(|(_, write, offset)| (write.partition, *offset));
+        acked
+    }
+}
+
 /// Adds the compacted topic's anomalies and statistics to `report` (see the module docs).
 /// Nothing when the history has no write or read of it.
 pub fn check(ops: &[Op], report: &mut CheckReport) {
-    let mut writes: HashMap<&str, Write> = HashMap::new();
-    let mut reads: Vec<&KeyedRead> = Vec::new();
-    let mut drain_end_ms = None;
-    for op in ops {
-        match op {
-            Op::KeyedSend {
-                key,
-                id,
-                tombstone,
-                invoke_ms,
-                complete_ms,
-                status,
-                partition,
-                offset,
-                ..
-            } => {
-                report.bump(
-                    match status {
-                        Status::Ok => "compacted_sends_ok",
-                        Status::Fail => "compacted_sends_fail",
-                        Status::Info => "compacted_sends_info",
-                    },
-                    1,
-                );
-                if *tombstone && *status == Status::Ok {
-                    report.bump("compacted_tombstones_ok", 1);
-                }
-                writes.insert(
-                    id,
-                    Write {
-                        key,
-                        tombstone: *tombstone,
-                        status: *status,
-                        partition: *partition,
-                        offset: offset.filter(|_| *status == Status::Ok),
-                        invoke_ms: *invoke_ms,
-                        complete_ms: *complete_ms,
-                    },
-                );
-            }
-            Op::KeyedPoll {
-                status: Status::Ok,
-                records,
-                complete_ms,
-                ..
-            } => {
-                reads.extend(records);
-                drain_end_ms = Some(drain_end_ms.unwrap_or(0).max(*complete_ms));
-            }
-            _ => {}
-        }
-    }
-    if writes.is_empty() && reads.is_empty() {
+    let model = Model::new(ops);
+    if model.writes.is_empty() && model.reads.is_empty() {
         return;
     }
-    report.bump("compacted_records_read", reads.len() as u64);
+    for write in model.writes.values() {
+        report.bump(
+            match write.status {
+                Status::Ok => "compacted_sends_ok",
+                Status::Fail => "compacted_sends_fail",
+                Status::Info => "compacted_sends_info",
+            },
+            1,
+        );
+        if write.tombstone && write.status == Status::Ok {
+            report.bump("compacted_tombstones_ok", 1);
+        }
+    }
+    report.bump("compacted_records_read", model.reads.len() as u64);
 
     // Offsets rise strictly per partition; every read is one write, once, at its offset.
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
     let mut places: BTreeMap<&str, Vec<(u32, u64)>> = BTreeMap::new();
     let mut read_ids: HashMap<(u32, u64), &str> = HashMap::new();
-    // The highest offset the drain read a record of each (partition, key) at.
-    let mut newest_read: HashMap<(u32, &str), u64> = HashMap::new();
-    for read in &reads {
+    for read in &model.reads {
         let at = (read.partition, read.offset);
         if let Some(previous) = last.insert(read.partition, read.offset) {
             if read.offset <= previous {
@@ -353,10 +451,6 @@ pub fn check(ops: &[Op], report: &mut CheckReport) {
                 });
             }
         }
-        let newest = newest_read
-            .entry((read.partition, read.key.as_str()))
-            .or_default();
-        *newest = (*newest).max(read.offset);
         let Some(id) = read.id.as_deref() else {
             report.add(AnomalyKind::UnexpectedValue, || {
                 format!(
@@ -366,7 +460,7 @@ pub fn check(ops: &[Op], report: &mut CheckReport) {
             });
             continue;
         };
-        let Some(write) = writes.get(id) else {
+        let Some(write) = model.writes.get(id) else {
             report.add(AnomalyKind::UnexpectedValue, || {
                 format!(
                     "{COMPACTED_TOPIC} {}@{}: {id:?} was never written",
@@ -413,7 +507,10 @@ pub fn check(ops: &[Op], report: &mut CheckReport) {
         if let Some(other) = read_ids.insert(at, id) {
             if other != id {
                 report.add(AnomalyKind::InconsistentOffsets, || {
-                    format!("{COMPACTED_TOPIC} {}@{} read as {other:?} and {id:?}", at.0, at.1)
+                    format!(
+                        "{COMPACTED_TOPIC} {}@{} read as {other:?} and {id:?}",
+                        at.0, at.1
+                    )
                 });
             }
         }
@@ -427,46 +524,19 @@ pub fn check(ops: &[Op], report: &mut CheckReport) {
     }
 
     // Every acknowledged write: read, superseded, an expired tombstone, or missing.
-    let mut newest_acked: HashMap<(u32, &str), u64> = HashMap::new();
-    // Invocation times of the indeterminate tombstones of each (partition, key).
-    let mut open_tombstones: HashMap<(u32, &str), Vec<u64>> = HashMap::new();
-    for write in writes.values() {
-        if let Some(offset) = write.offset {
-            let newest = newest_acked.entry((write.partition, write.key)).or_default();
-            *newest = (*newest).max(offset);
-        } else if write.tombstone && write.status == Status::Info {
-            open_tombstones
-                .entry((write.partition, write.key))
-                .or_default()
-                .push(write.invoke_ms);
-        }
-    }
-    let mut acked: Vec<(&str, &Write, u64)> = writes
-        .iter()
-        .filter_map(|(id, write)| write.offset.map(|offset| (*id, write, offset)))
-        .collect();
-    acked.sort_by_key(|(_, write, offset)| (write.partition, *offset));
-    for (id, write, offset) in acked {
-        let slot = (write.partition, write.key);
+    for (id, write, offset) in model.acked() {
         if read_ids.get(&(write.partition, offset)) == Some(&id) {
             report.bump("compacted_acked_read", 1);
             continue;
         }
-        let superseded = newest_read.get(&slot).is_some_and(|newest| *newest > offset)
-            || newest_acked.get(&slot).is_some_and(|newest| *newest > offset)
-            || open_tombstones.get(&slot).is_some_and(|invoked| {
-                invoked
-                    .iter()
-                    .any(|invoke_ms| *invoke_ms >= write.complete_ms)
-            });
-        if superseded {
+        if model.superseded(write, offset) {
             report.bump("compacted_acked_superseded_gone", 1);
             continue;
         }
         let expired = write.tombstone
-            && drain_end_ms.is_some_and(|end| {
-                write.invoke_ms + DELETE_RETENTION_MS <= end + CLOCK_MARGIN_MS
-            });
+            && model
+                .drain_end_ms
+                .is_some_and(|end| write.invoke_ms + DELETE_RETENTION_MS <= end + CLOCK_MARGIN_MS);
         if expired {
             report.bump("compacted_tombstones_expired", 1);
             continue;
@@ -479,13 +549,130 @@ pub fn check(ops: &[Op], report: &mut CheckReport) {
                 if write.tombstone { " (a tombstone)" } else { "" },
                 write.partition,
                 write.complete_ms,
-                match drain_end_ms {
+                match model.drain_end_ms {
                     Some(end) => format!(", which ended at {end} ms"),
                     None => ", which read nothing".to_string(),
                 }
             )
         });
     }
+}
+
+/// The compacted topic's replicas, read from the stopped nodes' files and settled to the
+/// largest compaction decision any of them holds (`crate::replicas::settle_compaction`):
+/// below the committed bound (past every acknowledged or read offset) they agree at every
+/// offset (`replica_divergence`), a majority holds each offset (`replica_missing`), and every
+/// acknowledged write sits at its offset on a majority (`replica_missing`), unless compaction
+/// may have removed it there (superseded as in [`check`], or a tombstone: the nodes went on
+/// deciding after the drain).
+pub fn check_replicas(
+    ops: &[Op],
+    logs: &[ReplicaLog],
+    replication_factor: usize,
+    report: &mut CheckReport,
+) {
+    let model = Model::new(ops);
+    let mut bound: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut expected: HashMap<(u32, u64), (&str, bool)> = HashMap::new();
+    for (id, write, offset) in model.acked() {
+        let may_be_gone = write.tombstone || model.superseded(write, offset);
+        let text = if write.tombstone {
+            crate::checker::TOMBSTONE_TEXT
+        } else {
+            id
+        };
+        expected.insert((write.partition, offset), (text, may_be_gone));
+        let entry = bound.entry(write.partition).or_default();
+        *entry = (*entry).max(offset + 1);
+    }
+    for read in &model.reads {
+        let entry = bound.entry(read.partition).or_default();
+        *entry = (*entry).max(read.offset + 1);
+    }
+    let majority = replication_factor / 2 + 1;
+    for partition in 0..COMPACTED_PARTITIONS {
+        let replicas: Vec<&ReplicaLog> = logs
+            .iter()
+            .filter(|log| log.partition == partition)
+            .collect();
+        report.bump("compacted_replica_logs", replicas.len() as u64);
+        let limit = bound.get(&partition).copied().unwrap_or(0);
+        let mut holders: BTreeMap<u64, Vec<(u32, &ReplicaEntry)>> = BTreeMap::new();
+        for log in &replicas {
+            for entry in log.entries.iter().filter(|entry| entry.offset < limit) {
+                holders
+                    .entry(entry.offset)
+                    .or_default()
+                    .push((log.node, entry));
+            }
+        }
+        let log_start = replicas.iter().map(|log| log.log_start).max().unwrap_or(0);
+        for offset in log_start..limit {
+            report.bump("compacted_replica_offsets_compared", 1);
+            let held = holders.get(&offset).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some((first_node, first)) = held.first() {
+                if let Some((node, entry)) = held
+                    .iter()
+                    .find(|(_, entry)| entry.epoch != first.epoch || entry.value != first.value)
+                {
+                    report.add(AnomalyKind::ReplicaDivergence, || {
+                        format!(
+                            "{COMPACTED_TOPIC} {partition}@{offset}: node {first_node} holds \
+                             {:?} (epoch {}), node {node} holds {:?} (epoch {})",
+                            first.value, first.epoch, entry.value, entry.epoch
+                        )
+                    });
+                }
+            }
+            if held.len() < majority {
+                report.add(AnomalyKind::ReplicaMissing, || {
+                    format!(
+                        "{COMPACTED_TOPIC} {partition}@{offset} (below the committed bound \
+                         {limit}) is held by {} replicas, fewer than a majority of {majority}",
+                        held.len()
+                    )
+                });
+                continue;
+            }
+            if let Some((text, may_be_gone)) = expected.get(&(partition, offset)) {
+                let holding = held
+                    .iter()
+                    .filter(|(_, entry)| {
+                        let value = entry.value.as_deref();
+                        value == Some(*text)
+                            || (*may_be_gone && value == Some(crate::checker::COMPACTED_TEXT))
+                    })
+                    .count();
+                if holding < majority {
+                    report.add(AnomalyKind::ReplicaMissing, || {
+                        format!(
+                            "{COMPACTED_TOPIC} {text:?} acknowledged at {partition}@{offset} is \
+                             held there by {holding} replicas, fewer than a majority of \
+                             {majority}"
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The compacted topic's replica logs among every node's `(topic id, log)`: the topic created
+/// after the workload's topic and, when `retention_on`, the retention topic (the consumer
+/// groups' internal topic comes with the first group request, after all of them).
+pub fn compacted_logs(per_node: &[Vec<(u64, ReplicaLog)>], retention_on: bool) -> Vec<ReplicaLog> {
+    let mut ids: Vec<u64> = per_node.iter().flatten().map(|(topic, _)| *topic).collect();
+    ids.sort();
+    ids.dedup();
+    let Some(&id) = ids.get(1 + usize::from(retention_on)) else {
+        return Vec::new();
+    };
+    per_node
+        .iter()
+        .flatten()
+        .filter(|(topic, _)| *topic == id)
+        .map(|(_, log)| log.clone())
+        .collect()
 }
 
 /// What the nodes' compactors did, from their logs (one `compacted` line per finished job,
@@ -566,7 +753,10 @@ mod tests {
         let writes: Vec<_> = (1..=64).map(write_of).collect();
         assert_eq!(writes[0], ("c1".to_string(), 1, false));
         assert_eq!(writes[1], ("c2".to_string(), 0, false));
-        assert_eq!(writes.iter().filter(|(_, _, tombstone)| *tombstone).count(), 8);
+        assert_eq!(
+            writes.iter().filter(|(_, _, tombstone)| *tombstone).count(),
+            8
+        );
         // A key always goes to one partition.
         assert!(writes
             .iter()
@@ -599,7 +789,11 @@ mod tests {
         assert!(report.is_clean());
         assert_eq!(report.stats["compaction_bytes_removed"], 400);
         // Logs without a rewriting job: compaction never ran.
-        std::fs::write(dir.path().join("node-1.log"), &log[log.find("\n").unwrap()..]).unwrap();
+        std::fs::write(
+            dir.path().join("node-1.log"),
+            &log[log.find("\n").unwrap()..],
+        )
+        .unwrap();
         let mut report = CheckReport::default();
         compactor_stats(dir.path(), 2, &mut report);
         assert_eq!(report.anomalies[&AnomalyKind::CompactionIdle].count, 1);
