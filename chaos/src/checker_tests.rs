@@ -491,8 +491,11 @@ fn keyed_ok(key: &str, id: &str, tombstone: bool, at: (u32, u64), invoke_ms: u64
     )
 }
 
-/// One drain poll completing at `complete_ms`, of (partition, offset, key, id, tombstone).
-fn keyed_drain(complete_ms: u64, records: &[(u32, u64, &str, &str, bool)]) -> Op {
+/// One record the compacted topic's drain read: (partition, offset, key, id, tombstone).
+type Drained<'a> = (u32, u64, &'a str, &'a str, bool);
+
+/// One drain poll completing at `complete_ms`.
+fn keyed_drain(complete_ms: u64, records: &[Drained]) -> Op {
     Op::KeyedPoll {
         process: 51,
         invoke_ms: complete_ms - 100,
@@ -523,7 +526,7 @@ fn compacted_writes(tombstone_ms: u64) -> Vec<Op> {
     ]
 }
 
-fn with_drain(mut ops: Vec<Op>, records: &[(u32, u64, &str, &str, bool)]) -> Vec<Op> {
+fn with_drain(mut ops: Vec<Op>, records: &[Drained]) -> Vec<Op> {
     ops.push(keyed_drain(20_000, records));
     ops
 }
@@ -652,7 +655,7 @@ fn compacted_reads_must_be_writes_at_their_offsets_in_rising_order() {
         (1, 1, "b", "b2", true),
     ];
     assert!(check(&with_drain(compacted_writes(19_000), &all), None).is_clean());
-    let mutated = |change: &dyn Fn(&mut Vec<(u32, u64, &'static str, &'static str, bool)>)| {
+    let mutated = |change: &dyn Fn(&mut Vec<Drained<'static>>)| {
         let mut records = all.to_vec();
         change(&mut records);
         kinds(&check(
