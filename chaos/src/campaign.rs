@@ -764,11 +764,17 @@ impl Nemesis<'_> {
                 partition,
                 fallback,
             } => {
-                let node = self.compacted_leader(*partition).unwrap_or(*fallback);
+                let leader = self.compacted_leader(*partition);
+                let node = leader.unwrap_or(*fallback);
                 self.cluster.kill(node);
                 Applied {
                     description: format!(
-                        "kill node {node}, the leader of {}/{partition}, restart at the end",
+                        "kill node {node}, {} of {}/{partition}, restart at the end",
+                        if leader.is_some() {
+                            "the leader"
+                        } else {
+                            "drawn for want of a known leader"
+                        },
                         crate::compaction::COMPACTED_TOPIC
                     ),
                     targets: vec![node],
