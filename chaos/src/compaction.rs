@@ -7,9 +7,12 @@
 //! `delete.retention.ms` ([`DELETE_RETENTION_MS`]). One writer ([`run_writer`]) sends one record
 //! at a time (acks=all, idempotent) over [`KEYS`] keys (key `c<i>` always to partition
 //! `i % COMPACTED_PARTITIONS`), every [`TOMBSTONE_EVERY`]th a tombstone; every write has a
-//! unique id, sent as its value (none for a tombstone) and as an `id` header. After the faults
-//! healed, one reader ([`drain`]) reads every partition from the earliest offset to its high
-//! watermark. The nodes compact with the chaos preset's `retention.retention_check_ms`;
+//! unique id, sent as its value (none for a tombstone) and as an `id` header; half-way
+//! through, the last [`RETIRED_KEYS`] keys get a last tombstone each and no more writes. The
+//! fault kills the leader of one of the topic's partitions for its window. As soon as the
+//! writer stops (after the faults healed), one reader ([`drain`]) reads every partition from
+//! the earliest offset to its high watermark. The nodes compact with the chaos preset's
+//! `retention.retention_check_ms`;
 //! [`compactor_stats`] counts, from the node logs, the jobs that ran and what they removed.
 //!
 //! The rule ([`check`]), per acknowledged write W of key k at offset o of partition p:
@@ -30,8 +33,12 @@
 //! id (`unexpected_value` otherwise), not a definitely failed one (`aborted_read`), at the
 //! offset its acknowledgement gave (`inconsistent_offsets`), once (`duplicate`: the writer is
 //! idempotent), and the drain's offsets rise strictly in each partition (`non_monotonic_poll`;
-//! gaps are what compaction leaves). A campaign whose nodes never rewrote a batch of the topic
-//! proves nothing: `compaction_idle`.
+//! gaps are what compaction leaves). The replicas are compared too ([`check_replicas`]). A
+//! campaign whose nodes never rewrote a batch of the topic proves nothing: `compaction_idle`.
+//!
+//! Not checked: that the drain sees no value of a key whose newest tombstone it did not see
+//! (the tombstone and the values it deleted go in one compaction job, which a reader can
+//! race without any fault).
 
 use crate::checker::{AnomalyKind, CheckReport, ReplicaEntry, ReplicaLog};
 use crate::history::{KeyedRead, Op, Status};
