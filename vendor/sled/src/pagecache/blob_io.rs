@@ -29,14 +29,15 @@ fn free_blobs() -> &'static std::sync::Mutex<HashMap<PathBuf, VecDeque<(PathBuf,
     FREE.get_or_init(Default::default)
 }
 
-pub(crate) fn free_blob_dir(config: &Config) -> PathBuf {
-    config.get_path().join("blobs-free")
+pub(crate) fn free_blob_dir(db: &std::path::Path) -> PathBuf {
+    db.join("blobs-free")
 }
 
 /// Forgets and removes the released files of a database being opened: they belong to an
 /// earlier process (or an earlier open in this one) and hold nothing.
 pub(crate) fn reset_free_blobs(config: &Config) -> Result<()> {
-    let dir = free_blob_dir(config);
+    wait_for_releases(&config.get_path());
+    let dir = free_blob_dir(&config.get_path());
     free_blobs()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -73,31 +74,225 @@ fn create_blob_file(config: &Config, path: &std::path::Path) -> Result<std::fs::
     Ok(std::fs::OpenOptions::new().write(true).create_new(true).open(path)?)
 }
 
-/// Empties a blob file no longer referenced and keeps it for reuse; `false` when the pool is
-/// full or the file could not be moved, and the caller unlinks it.
-fn release_blob_file(config: &Config, path: &std::path::Path) -> bool {
-    let mut free =
-        free_blobs().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let queue = free.entry(config.get_path()).or_default();
-    if queue.len() >= FREE_BLOBS_MAX {
-        return false;
-    }
+/// Moves a blob file no longer referenced into `blobs-free/`, empties it and keeps it for
+/// reuse (or unlinks it once emptied, when the pool is full or anything fails). `paced`: see
+/// [`empty_in_steps`].
+fn release_blob_file(db: &std::path::Path, path: &std::path::Path, paced: bool) {
     let sequence = FREE_BLOB_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let free_path = free_blob_dir(config).join(sequence.to_string());
+    let free_path = free_blob_dir(db).join(sequence.to_string());
     if std::fs::rename(path, &free_path).is_err() {
-        return false;
+        if let Err(e) = std::fs::remove_file(path) {
+            debug!("removing blob at {:?} failed: {}", path, e);
+        }
+        return;
     }
     // Its blocks go back to the file system now, as an unlink would give them back.
-    let emptied = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&free_path)
-        .and_then(|file| file.set_len(0));
-    if emptied.is_err() {
+    if let Err(e) = empty_in_steps(&free_path, paced) {
+        debug!("emptying released blob {:?} failed: {}", free_path, e);
         let _ = std::fs::remove_file(&free_path);
-        return true;
+        return;
+    }
+    let mut free =
+        free_blobs().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let queue = free.entry(db.to_path_buf()).or_default();
+    if queue.len() >= FREE_BLOBS_MAX {
+        drop(free);
+        let _ = std::fs::remove_file(&free_path);
+        return;
     }
     queue.push_back((free_path, Instant::now()));
-    true
+    trace!("released blob at {:?} for reuse", path);
+}
+
+// Cairn patch (PATCHES.md, "Blob releases in the background"): a blob file is released by a
+// background thread, never by the writer that replaced its page. sled defers the removal of a
+// blob until the log segment holding its replacement is deactivated and then removes every
+// deferred blob at once, on the thread that rolled the segment and while it holds the segment
+// accountant's lock, which every page write takes. Freeing a file's disk blocks on a file
+// system mounted with `discard` (this project's machines) waits for the device's discard, and
+// a log compaction frees hundreds of megabytes of blobs whose removal waited for the next
+// segment: every append stalled behind that burst for up to seconds.
+
+/// Releases queued and not yet done, over all databases; beyond this a release is done at
+/// once by the thread asking for it, as before (backpressure, not memory growth).
+const RELEASES_QUEUED_MAX: usize = 4096;
+/// A released file is emptied from its end in steps of this size, so that one step frees a
+/// bounded number of blocks (one short discard).
+const EMPTY_STEP_BYTES: u64 = 1 << 20;
+/// The background releaser frees at most this many bytes of disk blocks a second (files
+/// never written back hold none and cost nothing): a compaction's garbage is discarded as a
+/// steady trickle the device serves between flushes, not as a burst.
+const RELEASE_BYTES_PER_SECOND: u64 = 32 << 20;
+/// With more releases than this queued, the releaser stops pacing until it has caught up.
+const RELEASES_QUEUED_UNPACED: usize = RELEASES_QUEUED_MAX / 2;
+/// How long a database being closed or opened waits for its queued releases.
+const RELEASE_DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// Empties `path` from its end, `EMPTY_STEP_BYTES` at a time. `paced`: after each step that
+/// freed disk blocks, waits as long as freeing them at `RELEASE_BYTES_PER_SECOND` takes
+/// (less the step's own time), unless the releaser has fallen behind.
+fn empty_in_steps(path: &std::path::Path, paced: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let metadata = file.metadata()?;
+    let mut len = metadata.len();
+    // Blocks actually allocated (512-byte units), as opposed to the file's length.
+    let mut allocated = metadata.blocks() * 512;
+    while len > 0 {
+        let next = len.saturating_sub(EMPTY_STEP_BYTES);
+        let started = Instant::now();
+        file.set_len(next)?;
+        let freed = allocated.min(len - next);
+        allocated -= freed;
+        len = next;
+        if paced && freed > 0 && !releaser_behind() {
+            let budget = Duration::from_secs_f64(
+                freed as f64 / RELEASE_BYTES_PER_SECOND as f64,
+            );
+            if let Some(rest) = budget.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pacing stops while the queue is long or a database waits for its releases (it closes).
+fn releaser_behind() -> bool {
+    let releaser = releaser();
+    releaser.queued.load(std::sync::atomic::Ordering::Relaxed) > RELEASES_QUEUED_UNPACED as u64
+        || releaser.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+}
+
+struct Releaser {
+    /// (database directory, blob path); `None` if the thread could not be started.
+    queue: Option<std::sync::mpsc::SyncSender<(PathBuf, PathBuf)>>,
+    /// Releases queued and not yet done, per database directory.
+    pending: std::sync::Mutex<HashMap<PathBuf, usize>>,
+    done: std::sync::Condvar,
+    /// Releases queued and not yet done, over all databases.
+    queued: AtomicU64,
+    /// Databases waiting in [`wait_for_releases`].
+    waiting: AtomicU64,
+    released_in_background: AtomicU64,
+    released_at_once: AtomicU64,
+}
+
+fn releaser() -> &'static Releaser {
+    static RELEASER: OnceLock<Releaser> = OnceLock::new();
+    RELEASER.get_or_init(|| {
+        let (sender, receiver) =
+            std::sync::mpsc::sync_channel::<(PathBuf, PathBuf)>(RELEASES_QUEUED_MAX);
+        let started = std::thread::Builder::new()
+            .name("sled-blob-release".into())
+            .spawn(move || {
+                for (db, path) in receiver {
+                    release_blob_file(&db, &path, true);
+                    let releaser = releaser();
+                    releaser.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    releaser
+                        .released_in_background
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut pending = releaser
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if let Some(count) = pending.get_mut(&db) {
+                        *count -= 1;
+                        if *count == 0 {
+                            pending.remove(&db);
+                        }
+                    }
+                    releaser.done.notify_all();
+                }
+            });
+        Releaser {
+            queue: started.ok().map(|_| sender),
+            pending: Default::default(),
+            done: Default::default(),
+            queued: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            released_in_background: AtomicU64::new(0),
+            released_at_once: AtomicU64::new(0),
+        }
+    })
+}
+
+/// Hands the release of `path` to the background releaser; `false` if its queue is full.
+fn queue_release(db: &std::path::Path, path: PathBuf) -> bool {
+    let releaser = releaser();
+    let Some(queue) = &releaser.queue else { return false };
+    let mut pending =
+        releaser.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Counted before it is sent (under the lock), so that the releaser cannot count it done
+    // before it is counted.
+    releaser.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match queue.try_send((db.to_path_buf(), path)) {
+        Ok(()) => {
+            *pending.entry(db.to_path_buf()).or_insert(0) += 1;
+            true
+        }
+        Err(_) => {
+            releaser.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Waits (at most `RELEASE_DRAIN_WAIT`) until every release queued for the database in `db`
+/// is done: when it closes, so that no file it no longer references outlives it, and when it
+/// opens, before its free pool is reset.
+pub(crate) fn wait_for_releases(db: &std::path::Path) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let releaser = releaser();
+    let deadline = Instant::now() + RELEASE_DRAIN_WAIT;
+    let mut pending =
+        releaser.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    releaser.waiting.fetch_add(1, Relaxed);
+    while pending.contains_key(db) {
+        let now = Instant::now();
+        if now >= deadline {
+            warn!("blob releases of {:?} still queued after {:?}", db, RELEASE_DRAIN_WAIT);
+            break;
+        }
+        pending = releaser
+            .done
+            .wait_timeout(pending, deadline - now)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+    }
+    releaser.waiting.fetch_sub(1, Relaxed);
+}
+
+/// How blob files were released (process-wide), for tests.
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlobReleaseCounters {
+    /// By the background releaser.
+    pub in_background: u64,
+    /// At once by the thread that removed the blob (the queue was full).
+    pub at_once: u64,
+    /// Queued for the database in `path` and not yet done.
+    pub pending: u64,
+}
+
+/// The release counters, with the pending releases of the database in `path`.
+#[doc(hidden)]
+pub fn blob_release_counters(path: &std::path::Path) -> BlobReleaseCounters {
+    use std::sync::atomic::Ordering::Relaxed;
+    let releaser = releaser();
+    let pending = releaser
+        .pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(path)
+        .copied()
+        .unwrap_or(0) as u64;
+    BlobReleaseCounters {
+        in_background: releaser.released_in_background.load(Relaxed),
+        at_once: releaser.released_at_once.load(Relaxed),
+        pending,
+    }
 }
 
 pub(crate) fn read_blob(
@@ -504,14 +699,12 @@ pub(crate) fn gc_blobs(config: &Config, stable_lsn: Lsn) -> Result<()> {
 
 pub(crate) fn remove_blob(id: Lsn, config: &Config) -> Result<()> {
     let path = config.blob_path(id);
-    if release_blob_file(config, &path) {
-        trace!("released blob at {:?} for reuse", path);
-    } else if let Err(e) = std::fs::remove_file(&path) {
-        debug!("removing blob at {:?} failed: {}", path, e);
-    } else {
-        trace!("successfully removed blob at {:?}", path);
+    let db = config.get_path();
+    if !queue_release(&db, path.clone()) {
+        releaser()
+            .released_at_once
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        release_blob_file(&db, &path, false);
     }
-
-    // TODO return a future
     Ok(())
 }

@@ -49,9 +49,12 @@ use self::{
 
 pub(crate) use self::blob_io::{
     durability, reset_free_blobs, sync_database_directory, sync_new_database,
-    sync_written_blobs,
+    sync_written_blobs, wait_for_releases,
 };
-pub use self::blob_io::{durability_counters, DurabilityCounters};
+pub use self::blob_io::{
+    blob_release_counters, durability_counters, BlobReleaseCounters,
+    DurabilityCounters,
+};
 
 pub(crate) use self::{
     logger::{

@@ -137,6 +137,9 @@ impl SegmentCleaner {
 
 impl Drop for SegmentAccountant {
     fn drop(&mut self) {
+        // Cairn patch (PATCHES.md, "Blob releases in the background"): the blobs this
+        // database released are gone before it is.
+        wait_for_releases(&self.config.get_path());
         for segment in &self.segments {
             let segment_utilization = match segment {
                 Segment::Free(_) | Segment::Draining(_) => 0,
@@ -1139,3 +1142,4 @@ impl SegmentAccountant {
         idx
     }
 }
+
