@@ -232,6 +232,12 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         let replication = config.replication_factor.min(config.nodes) as u16;
         runtime.block_on(crate::retention::create(&admin, replication))?;
     }
+    // After the retention topic, whose topic id `retained_logs` expects second-lowest.
+    let compaction_on = kinds.contains(&FaultKind::Compaction);
+    if compaction_on {
+        let replication = config.replication_factor.min(config.nodes) as u16;
+        runtime.block_on(crate::compaction::create(&admin, replication))?;
+    }
 
     // The workload.
     let start = Instant::now();
@@ -280,6 +286,14 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         runtime.spawn(crate::retention::run_writer(
             workload_config.bootstrap.clone(),
             control.stop_producing.clone(),
+        ))
+    });
+    let compacted_writer = compaction_on.then(|| {
+        runtime.spawn(crate::compaction::run_writer(
+            workload_config.bootstrap.clone(),
+            recorder.clone(),
+            control.stop_producing.clone(),
+            Duration::from_millis(duration_ms / 2),
         ))
     });
     others.push(runtime.spawn(workload::run_group_watcher(
@@ -336,6 +350,25 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             let _ = tokio::time::timeout(Duration::from_secs(30), producer).await;
         }
     });
+    // The compacted topic's drain starts as soon as its writer stopped, beside the main
+    // drain: the tombstones of the last `delete.retention.ms` must still be there. A task
+    // that overruns is aborted, so no clone of the recorder outlives it.
+    let compacted_drain = compacted_writer.map(|writer| {
+        runtime.block_on(async {
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(15), writer)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        });
+        runtime.spawn(crate::compaction::drain(
+            workload_config.bootstrap.clone(),
+            recorder.clone(),
+            Duration::from_secs(config.drain_timeout_s),
+        ))
+    });
     let high_watermarks = runtime.block_on(workload::drain(
         &workload_config,
         &recorder,
@@ -352,6 +385,15 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             (outcome, crate::retention::high_watermark(&admin).await)
         })
     });
+    if let Some(drain) = compacted_drain {
+        runtime.block_on(async {
+            let abort = drain.abort_handle();
+            let limit = Duration::from_secs(config.drain_timeout_s + 10);
+            if tokio::time::timeout(limit, drain).await.is_err() {
+                abort.abort();
+            }
+        });
+    }
     let _ = stop_all_tx.send(true);
     runtime.block_on(async {
         for task in others {
@@ -409,6 +451,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
     // topic comes with the first group request), so it has the lowest topic id.
     let topic_id = per_node.iter().flatten().map(|(topic, _)| *topic).min();
     let retained_logs = crate::retention::retained_logs(&per_node);
+    let compacted_logs = crate::compaction::compacted_logs(&per_node, retention_on);
     for logs in per_node {
         for (topic, log) in logs {
             if Some(topic) == topic_id {
@@ -435,6 +478,20 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             saved.replication_factor,
             *high_watermark,
             &mut check,
+        );
+    }
+    if compaction_on {
+        crate::compaction::check_replicas(
+            &ops,
+            &compacted_logs,
+            saved.replication_factor,
+            &mut check,
+        );
+        let stats = crate::compaction::compactor_stats(out, config.nodes, &mut check);
+        eprintln!(
+            "cairn-chaos: compactors: {} jobs ({} failed), {} batches rewritten, {} bytes \
+             removed",
+            stats.jobs, stats.jobs_failed, stats.batches_rewritten, stats.bytes_removed
         );
     }
     let timeline = report::timeline(&ops, run_ms);
@@ -592,6 +649,27 @@ impl Nemesis<'_> {
         leaders
     }
 
+    /// The node leading `partition` of the compacted topic, if it can be learned.
+    fn compacted_leader(&self, partition: u32) -> Option<u32> {
+        let described = self.runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                self.admin
+                    .describe_topic(crate::compaction::COMPACTED_TOPIC),
+            )
+            .await
+        });
+        let described = described.ok()?.ok()?;
+        let leader = described
+            .partitions
+            .iter()
+            .find(|described| described.partition == partition)?
+            .leader?;
+        (1..=self.cluster.spec.nodes)
+            .contains(&leader.0)
+            .then_some(leader.0)
+    }
+
     fn resolve(&self, index: usize, targets: &Targets) -> Vec<u32> {
         match targets {
             Targets::Nodes(nodes) => nodes.clone(),
@@ -682,6 +760,26 @@ impl Nemesis<'_> {
                     targets: vec![node],
                 }
             }
+            Fault::Compaction {
+                partition,
+                fallback,
+            } => {
+                let leader = self.compacted_leader(*partition);
+                let node = leader.unwrap_or(*fallback);
+                self.cluster.kill(node);
+                Applied {
+                    description: format!(
+                        "kill node {node}, {} of {}/{partition}, restart at the end",
+                        if leader.is_some() {
+                            "the leader"
+                        } else {
+                            "drawn for want of a known leader"
+                        },
+                        crate::compaction::COMPACTED_TOPIC
+                    ),
+                    targets: vec![node],
+                }
+            }
             Fault::ClientCrash { client } => {
                 self.crash_tx.send_modify(|counts| {
                     if let Some(count) = counts.get_mut(*client as usize) {
@@ -748,7 +846,7 @@ impl Nemesis<'_> {
 
     fn heal(&mut self, planned: &Planned, applied: &Applied) {
         match &planned.fault {
-            Fault::Kill { .. } | Fault::Power { .. } => {
+            Fault::Kill { .. } | Fault::Power { .. } | Fault::Compaction { .. } => {
                 for node in &applied.targets {
                     if let Err(error) = self.cluster.start(*node, None) {
                         eprintln!("cairn-chaos: restarting node {node}: {error}");

@@ -24,6 +24,9 @@
 //!   or an acknowledged value that the majority does not hold at its offset.
 //! - `retained_offset_reused`, `retained_replica_behind`: the retention topic's checks (see
 //!   [`crate::retention`]).
+//! - `compacted_latest_missing`, `compaction_idle`: the compacted topic's checks (see
+//!   [`crate::compaction`]; its reads are also held to `unexpected_value`, `aborted_read`,
+//!   `inconsistent_offsets`, `duplicate` and `non_monotonic_poll`).
 
 use crate::history::{Op, ReaderKind, Status};
 use serde::{Deserialize, Serialize};
@@ -52,10 +55,16 @@ pub enum AnomalyKind {
     /// Acknowledged and read while the run went on, but not read by the final drain: the
     /// cluster forgot it (checked in power campaigns, see [`check_durable_at_end`]).
     Forgotten,
+    /// The newest acknowledged write of a key of the compacted topic, superseded by nothing
+    /// (and not an expired tombstone), is not in the drain (see [`crate::compaction`]).
+    CompactedLatestMissing,
+    /// The nodes never removed anything from the compacted topic: the campaign proved nothing
+    /// about compaction.
+    CompactionIdle,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 15] = [
+    pub const ALL: [AnomalyKind; 17] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -71,6 +80,8 @@ impl AnomalyKind {
         AnomalyKind::RetainedOffsetReused,
         AnomalyKind::RetainedReplicaBehind,
         AnomalyKind::Forgotten,
+        AnomalyKind::CompactedLatestMissing,
+        AnomalyKind::CompactionIdle,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +101,8 @@ impl AnomalyKind {
             AnomalyKind::RetainedOffsetReused => "retained_offset_reused",
             AnomalyKind::RetainedReplicaBehind => "retained_replica_behind",
             AnomalyKind::Forgotten => "forgotten",
+            AnomalyKind::CompactedLatestMissing => "compacted_latest_missing",
+            AnomalyKind::CompactionIdle => "compaction_idle",
         }
     }
 }
@@ -339,6 +352,7 @@ pub fn check(ops: &[Op], replicas: Option<&Replicas>) -> CheckReport {
     if let Some(replicas) = replicas {
         check_replicas(replicas, &sends, &max_read, &mut report);
     }
+    crate::compaction::check(ops, &mut report);
     report
 }
 

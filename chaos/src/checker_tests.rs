@@ -453,3 +453,313 @@ fn a_write_read_during_the_run_but_not_by_the_drain_is_forgotten() {
     check_durable_at_end(&with_drain, &mut both_there);
     assert!(both_there.is_clean(), "{both_there:?}");
 }
+
+// The compacted topic (crate::compaction): key "a" on partition 0, key "b" on partition 1.
+
+/// A write of the compacted topic invoked at `invoke_ms`, completed 10 ms later.
+fn keyed_send(
+    key: &str,
+    id: &str,
+    tombstone: bool,
+    status: Status,
+    at: (u32, Option<u64>),
+    invoke_ms: u64,
+) -> Op {
+    Op::KeyedSend {
+        process: 50,
+        key: key.into(),
+        id: id.into(),
+        tombstone,
+        invoke_ms,
+        complete_ms: invoke_ms + 10,
+        status,
+        partition: at.0,
+        offset: at.1,
+        error: None,
+    }
+}
+
+/// A write acknowledged at `partition@offset`.
+fn keyed_ok(key: &str, id: &str, tombstone: bool, at: (u32, u64), invoke_ms: u64) -> Op {
+    keyed_send(
+        key,
+        id,
+        tombstone,
+        Status::Ok,
+        (at.0, Some(at.1)),
+        invoke_ms,
+    )
+}
+
+/// One record the compacted topic's drain read: (partition, offset, key, id, tombstone).
+type Drained<'a> = (u32, u64, &'a str, &'a str, bool);
+
+/// One drain poll completing at `complete_ms`.
+fn keyed_drain(complete_ms: u64, records: &[Drained]) -> Op {
+    Op::KeyedPoll {
+        process: 51,
+        invoke_ms: complete_ms - 100,
+        complete_ms,
+        status: Status::Ok,
+        records: records
+            .iter()
+            .map(|&(partition, offset, key, id, tombstone)| KeyedRead {
+                partition,
+                offset,
+                key: key.into(),
+                value: (!tombstone).then(|| id.to_string()),
+                id: Some(id.into()),
+            })
+            .collect(),
+        error: None,
+    }
+}
+
+/// Key a written at 0 and 2 (values), key b at 0 (value) and 1 (a tombstone invoked at
+/// `tombstone_ms`); the drain ends at 20 s.
+fn compacted_writes(tombstone_ms: u64) -> Vec<Op> {
+    vec![
+        keyed_ok("a", "a1", false, (0, 0), 1_000),
+        keyed_ok("b", "b1", false, (1, 0), 1_100),
+        keyed_ok("a", "a2", false, (0, 2), 1_200),
+        keyed_ok("b", "b2", true, (1, 1), tombstone_ms),
+    ]
+}
+
+fn with_drain(mut ops: Vec<Op>, records: &[Drained]) -> Vec<Op> {
+    ops.push(keyed_drain(20_000, records));
+    ops
+}
+
+#[test]
+fn a_compacted_drain_may_miss_superseded_writes_but_not_a_keys_newest() {
+    // Everything there, or every superseded write gone: clean.
+    let everything = with_drain(
+        compacted_writes(19_000),
+        &[
+            (0, 0, "a", "a1", false),
+            (0, 2, "a", "a2", false),
+            (1, 0, "b", "b1", false),
+            (1, 1, "b", "b2", true),
+        ],
+    );
+    assert!(check(&everything, None).is_clean());
+    let compacted = with_drain(
+        compacted_writes(19_000),
+        &[(0, 2, "a", "a2", false), (1, 1, "b", "b2", true)],
+    );
+    let report = check(&compacted, None);
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.stats["compacted_acked_superseded_gone"], 2);
+    assert_eq!(report.stats["compacted_acked_read"], 2);
+
+    // Key a's newest value missing: with or without the value it replaced.
+    for records in [
+        &[(0, 0, "a", "a1", false), (1, 1, "b", "b2", true)][..],
+        &[(1, 1, "b", "b2", true)][..],
+    ] {
+        let report = check(&with_drain(compacted_writes(19_000), records), None);
+        assert_eq!(
+            kinds(&report),
+            vec![AnomalyKind::CompactedLatestMissing],
+            "{report:?}"
+        );
+        assert!(
+            report.anomalies[&AnomalyKind::CompactedLatestMissing].examples[0].contains("\"a2\"")
+        );
+    }
+    // The general checks exempt nothing of the main topic beside a compacted history: a
+    // main-topic value missing below later reads is still lost.
+    let mut mixed = compacted;
+    mixed.extend([
+        send(1, "x", Status::Ok, Some((0, 0))),
+        send(1, "y", Status::Ok, Some((0, 1))),
+        drain_poll(3, &[(0, 1, "y")]),
+    ]);
+    assert_eq!(kinds(&check(&mixed, None)), vec![AnomalyKind::Lost]);
+}
+
+#[test]
+fn a_newest_tombstone_may_go_only_after_delete_retention() {
+    let drained = [(0, 2, "a", "a2", false)];
+    // Invoked at 19 s, the drain ended at 20 s: younger than delete.retention.ms, it must be
+    // there.
+    let young = check(&with_drain(compacted_writes(19_000), &drained), None);
+    assert_eq!(kinds(&young), vec![AnomalyKind::CompactedLatestMissing]);
+    assert!(
+        young.anomalies[&AnomalyKind::CompactedLatestMissing].examples[0]
+            .contains("\"b2\" (a tombstone)")
+    );
+    // Invoked delete.retention.ms (less the clock margin) before the drain ended: may be gone
+    // (and the value it deleted with it).
+    let boundary =
+        20_000 + crate::compaction::CLOCK_MARGIN_MS - crate::compaction::DELETE_RETENTION_MS;
+    let expired = check(&with_drain(compacted_writes(boundary), &drained), None);
+    assert!(expired.is_clean(), "{expired:?}");
+    assert_eq!(expired.stats["compacted_tombstones_expired"], 1);
+    let just_young = check(&with_drain(compacted_writes(boundary + 1), &drained), None);
+    assert_eq!(
+        kinds(&just_young),
+        vec![AnomalyKind::CompactedLatestMissing]
+    );
+    // A newest value is never allowed to expire, however old.
+    let old_value = with_drain(vec![keyed_ok("a", "a1", false, (0, 0), 1)], &[]);
+    assert_eq!(
+        kinds(&check(&old_value, None)),
+        vec![AnomalyKind::CompactedLatestMissing]
+    );
+}
+
+#[test]
+fn later_unacknowledged_records_of_the_key_supersede_but_earlier_ones_do_not() {
+    let drained = [(1, 1, "b", "b2", true)];
+    // a3, indeterminate, read above a2: a2 may be gone.
+    let mut read_later = compacted_writes(19_000);
+    read_later.push(keyed_send("a", "a3", false, Status::Info, (0, None), 1_300));
+    let mut records = drained.to_vec();
+    records.insert(0, (0, 4, "a", "a3", false));
+    let report = check(&with_drain(read_later.clone(), &records), None);
+    assert!(report.is_clean(), "{report:?}");
+    // a3 not read: a2 is key a's newest record as far as anyone knows.
+    let report = check(&with_drain(read_later, &drained), None);
+    assert_eq!(kinds(&report), vec![AnomalyKind::CompactedLatestMissing]);
+    // An indeterminate tombstone invoked after a2 was acknowledged may have landed above it
+    // and expired: a2 may be gone. One invoked before a2 completed cannot supersede it.
+    let mut after = compacted_writes(19_000);
+    after.push(keyed_send("a", "a3", true, Status::Info, (0, None), 1_210));
+    assert!(check(&with_drain(after, &drained), None).is_clean());
+    let mut before = compacted_writes(19_000);
+    before.push(keyed_send("a", "a3", true, Status::Info, (0, None), 1_205));
+    assert_eq!(
+        kinds(&check(&with_drain(before, &drained), None)),
+        vec![AnomalyKind::CompactedLatestMissing]
+    );
+    // Another key's later record in the same partition supersedes nothing of a.
+    let mut other_key = compacted_writes(19_000);
+    other_key.push(keyed_ok("c", "c1", false, (0, 3), 1_300));
+    let report = check(
+        &with_drain(
+            other_key,
+            &[(0, 3, "c", "c1", false), (1, 1, "b", "b2", true)],
+        ),
+        None,
+    );
+    assert_eq!(kinds(&report), vec![AnomalyKind::CompactedLatestMissing]);
+}
+
+#[test]
+fn compacted_reads_must_be_writes_at_their_offsets_in_rising_order() {
+    let all = [
+        (0, 2, "a", "a2", false),
+        (1, 0, "b", "b1", false),
+        (1, 1, "b", "b2", true),
+    ];
+    assert!(check(&with_drain(compacted_writes(19_000), &all), None).is_clean());
+    let mutated = |change: &dyn Fn(&mut Vec<Drained<'static>>)| {
+        let mut records = all.to_vec();
+        change(&mut records);
+        kinds(&check(
+            &with_drain(compacted_writes(19_000), &records),
+            None,
+        ))
+    };
+    // An id nobody wrote, a write read under another key, a tombstone read as a value.
+    assert_eq!(
+        mutated(&|records| records.push((1, 2, "b", "b7", false))),
+        vec![AnomalyKind::UnexpectedValue]
+    );
+    assert_eq!(
+        mutated(&|records| records[1].2 = "a"),
+        vec![AnomalyKind::UnexpectedValue]
+    );
+    assert_eq!(
+        mutated(&|records| records[2].4 = false),
+        vec![AnomalyKind::UnexpectedValue]
+    );
+    // Offsets going back within a partition; a write read away from its acknowledged offset
+    // (and so at two offsets).
+    assert_eq!(
+        mutated(&|records| records.swap(1, 2)),
+        vec![AnomalyKind::NonMonotonicPoll]
+    );
+    assert_eq!(
+        mutated(&|records| records.push((0, 5, "a", "a2", false))),
+        vec![AnomalyKind::Duplicate, AnomalyKind::InconsistentOffsets]
+    );
+    // A definitely failed write that was read.
+    let mut failed = compacted_writes(19_000);
+    failed.push(keyed_send("a", "a3", false, Status::Fail, (0, None), 1_300));
+    let mut records = all.to_vec();
+    records.push((0, 3, "a", "a3", false));
+    assert_eq!(
+        kinds(&check(&with_drain(failed, &records), None)),
+        vec![AnomalyKind::AbortedRead]
+    );
+}
+
+/// One replica of the compacted topic: (partition, offset, value) entries at epoch 1.
+fn compacted_replica(node: u32, partition: u32, entries: &[(u64, Option<&str>)]) -> ReplicaLog {
+    ReplicaLog {
+        node,
+        partition,
+        log_start: 0,
+        entries: entries
+            .iter()
+            .map(|&(offset, value)| ReplicaEntry {
+                offset,
+                epoch: 1,
+                value: value.map(str::to_owned),
+            })
+            .collect(),
+    }
+}
+
+/// The anomalies of three replicas holding `partition_0` (one entry list per node) and a
+/// settled partition 1, against the writes of [`compacted_writes`].
+fn compacted_replica_anomalies(partition_0: [&[(u64, Option<&str>)]; 3]) -> Vec<AnomalyKind> {
+    let ops = with_drain(
+        compacted_writes(19_000),
+        &[(0, 2, "a", "a2", false), (1, 1, "b", "b2", true)],
+    );
+    let mut logs = Vec::new();
+    for node in 1..=3 {
+        logs.push(compacted_replica(node, 0, partition_0[node as usize - 1]));
+        logs.push(compacted_replica(
+            node,
+            1,
+            &[(0, Some(COMPACTED_TEXT)), (1, Some(TOMBSTONE_TEXT))],
+        ));
+    }
+    let mut report = CheckReport::default();
+    crate::compaction::check_replicas(&ops, &logs, 3, &mut report);
+    kinds(&report)
+}
+
+#[test]
+fn compacted_replicas_may_hold_superseded_writes_compacted_but_must_agree_and_keep_the_newest() {
+    // Offset 1 of partition 0 is a decision marker (a control record); the superseded a1 at
+    // 0 was compacted away, b1 too, and the tombstone b2 may go as well.
+    let marker = (1, None);
+    let settled: &[(u64, Option<&str>)] = &[(0, Some(COMPACTED_TEXT)), marker, (2, Some("a2"))];
+    assert_eq!(compacted_replica_anomalies([settled; 3]), vec![]);
+    let a1_kept: &[(u64, Option<&str>)] = &[(0, Some("a1")), marker, (2, Some("a2"))];
+    assert_eq!(compacted_replica_anomalies([a1_kept; 3]), vec![]);
+    // Replicas settled to the same decision that differ diverge.
+    assert_eq!(
+        compacted_replica_anomalies([settled, settled, a1_kept]),
+        vec![AnomalyKind::ReplicaDivergence]
+    );
+    // Key a's newest value compacted away on every replica.
+    let a2_gone: &[(u64, Option<&str>)] =
+        &[(0, Some(COMPACTED_TEXT)), marker, (2, Some(COMPACTED_TEXT))];
+    assert_eq!(
+        compacted_replica_anomalies([a2_gone; 3]),
+        vec![AnomalyKind::ReplicaMissing]
+    );
+    // Offsets below the bound held by one replica only.
+    let short: &[(u64, Option<&str>)] = &[(0, Some(COMPACTED_TEXT))];
+    assert_eq!(
+        compacted_replica_anomalies([settled, short, short]),
+        vec![AnomalyKind::ReplicaMissing]
+    );
+}

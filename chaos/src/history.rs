@@ -42,6 +42,20 @@ pub struct Read {
     pub value: String,
 }
 
+/// One record of the compacted topic (the `compaction` fault kind) as its drain reader read
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedRead {
+    pub partition: u32,
+    pub offset: u64,
+    /// The record's key (every record of the compacted topic has one).
+    pub key: String,
+    /// The value; `None` for a tombstone.
+    pub value: Option<String>,
+    /// The record's `id` header: which write it is (a tombstone has no value to tell).
+    pub id: Option<String>,
+}
+
 /// A member's view of its assignment, or one member in a coordinator's description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
@@ -115,6 +129,34 @@ pub enum Op {
         group_epoch: i32,
         members: Vec<MemberView>,
     },
+    /// A write of the compacted topic (the `compaction` fault kind, see
+    /// [`crate::compaction`]): a key from a small key space and a unique `id`, sent as the
+    /// value and as an `id` header, or as the header only when the write is a tombstone.
+    KeyedSend {
+        process: u32,
+        key: String,
+        id: String,
+        tombstone: bool,
+        invoke_ms: u64,
+        complete_ms: u64,
+        status: Status,
+        partition: u32,
+        /// The acknowledged offset (ok only).
+        offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// One poll of the compacted topic's drain reader (one session, from the earliest
+    /// offset).
+    KeyedPoll {
+        process: u32,
+        invoke_ms: u64,
+        complete_ms: u64,
+        status: Status,
+        records: Vec<KeyedRead>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A client process was crashed on purpose (its outstanding operations are `info`).
     Crash { process: u32, at_ms: u64 },
 }
@@ -127,7 +169,9 @@ impl Op {
             | Op::Poll { complete_ms, .. }
             | Op::Commit { complete_ms, .. }
             | Op::CommittedRead { complete_ms, .. }
-            | Op::GroupSnapshot { complete_ms, .. } => *complete_ms,
+            | Op::GroupSnapshot { complete_ms, .. }
+            | Op::KeyedSend { complete_ms, .. }
+            | Op::KeyedPoll { complete_ms, .. } => *complete_ms,
             Op::Crash { at_ms, .. } => *at_ms,
         }
     }

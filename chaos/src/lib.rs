@@ -14,12 +14,14 @@
 //! - [`history`]: the recorded operations (`history.jsonl`), one JSON object per line.
 //! - [`replicas`]: reads a stopped node's partition logs from its sled files.
 //! - [`retention`]: the `retention` fault's own topic, writer and checks.
+//! - [`compaction`]: the `compaction` fault's compacted topic, writer, drain and checks.
 //! - [`checker`]: finds every anomaly kind in a history and compares the replicas' logs.
 //! - [`report`]: `report.json`, `summary.md` and the `timeline.svg` picture.
 //! - [`campaign`]: one campaign end to end.
 
 pub mod campaign;
 pub mod checker;
+pub mod compaction;
 pub mod history;
 pub mod hostile;
 pub mod net;

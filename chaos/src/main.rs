@@ -43,13 +43,14 @@ struct RunArgs {
     /// quiet, then the drain follows.
     #[arg(long, default_value = "300s")]
     duration: String,
-    /// Fault kinds to mix: kill, pause, partition, clock, client, hostile, retention, power.
+    /// Fault kinds to mix: kill, pause, partition, clock, client, hostile, retention,
+    /// compaction, power.
     /// `power` (not in the default mix) puts every node's data directory on a cairn-powerfs
     /// mount and cuts the power of a majority or all nodes at once: every write not yet
     /// fsynced is lost.
     #[arg(
         long,
-        default_value = "kill,pause,partition,clock,client,hostile,retention"
+        default_value = "kill,pause,partition,clock,client,hostile,retention,compaction"
     )]
     faults: String,
     /// Seed of the fault schedule (replays it); default: from the clock, printed.

@@ -189,6 +189,31 @@ pub fn summary(report: &Report) -> String {
         stat("replica_logs"),
         stat("replica_offsets_compared")
     );
+    if check.stats.contains_key("compacted_sends_ok") {
+        let _ = writeln!(
+            out,
+            "- compacted topic: {} writes acknowledged ({} tombstones), {} records drained; \
+             gone as expected: {} superseded writes, {} expired tombstones; {} replica offsets \
+             compared",
+            stat("compacted_sends_ok"),
+            stat("compacted_tombstones_ok"),
+            stat("compacted_records_read"),
+            stat("compacted_acked_superseded_gone"),
+            stat("compacted_tombstones_expired"),
+            stat("compacted_replica_offsets_compared")
+        );
+    }
+    if check.stats.contains_key("compaction_jobs") {
+        let _ = writeln!(
+            out,
+            "- compactors (node logs): {} jobs ({} failed), {} batches rewritten, {} bytes \
+             removed",
+            stat("compaction_jobs"),
+            stat("compaction_jobs_failed"),
+            stat("compaction_batches_rewritten"),
+            stat("compaction_bytes_removed")
+        );
+    }
     let mut by_kind: BTreeMap<FaultKind, usize> = BTreeMap::new();
     for fault in &report.faults {
         *by_kind.entry(fault.kind).or_default() += 1;
@@ -271,6 +296,7 @@ fn color(kind: FaultKind) -> &'static str {
         FaultKind::Client => "#4daf4a",
         FaultKind::Hostile => "#a65628",
         FaultKind::Retention => "#f781bf",
+        FaultKind::Compaction => "#999999",
         FaultKind::Power => "#000000",
     }
 }
@@ -474,5 +500,28 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("fault windows: 1 (kill 1)"), "{summary}");
+        assert!(!summary.contains("compacted topic:"), "{summary}");
+        // A campaign with the compacted topic says what its compactors did.
+        let mut compacted = report;
+        for (stat, count) in [
+            ("compacted_sends_ok", 70),
+            ("compacted_tombstones_ok", 9),
+            ("compaction_jobs", 12),
+            ("compaction_bytes_removed", 4_096),
+        ] {
+            compacted.check.bump(stat, count);
+        }
+        let summary = super::summary(&compacted);
+        assert!(
+            summary.contains("compacted topic: 70 writes acknowledged (9 tombstones)"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "compactors (node logs): 12 jobs (0 failed), 0 batches rewritten, \
+                 4096 bytes removed"
+            ),
+            "{summary}"
+        );
     }
 }

@@ -55,6 +55,9 @@ pub enum FaultKind {
     /// A follower of the retention topic paused while retention passes it (see
     /// `crate::retention`).
     Retention,
+    /// The leader of a partition of the compacted topic killed while it decides and applies
+    /// compactions, restarted at the end (see `crate::compaction`).
+    Compaction,
     /// A power cut of a majority or of every node at one instant: SIGKILL, and every write
     /// not yet fsynced is lost (their data directories are `cairn-powerfs` mounts, see
     /// `crate::power`).
@@ -77,11 +80,12 @@ impl FaultKind {
                 "client" => FaultKind::Client,
                 "hostile" => FaultKind::Hostile,
                 "retention" => FaultKind::Retention,
+                "compaction" => FaultKind::Compaction,
                 "power" => FaultKind::Power,
                 other => {
                     return Err(format!(
                         "unknown fault kind {other:?} (kill, pause, partition, clock, client, \
-                         hostile, retention, power)"
+                         hostile, retention, compaction, power)"
                     ))
                 }
             };
@@ -170,6 +174,12 @@ pub enum Fault {
     Retention {
         fallback: u32,
     },
+    /// SIGKILL of the leader of this partition of the compacted topic at the start
+    /// (`fallback` when its leader cannot be learned), restart at the end.
+    Compaction {
+        partition: u32,
+        fallback: u32,
+    },
     /// SIGKILL of these nodes at one instant and their unsynced writes dropped at the start,
     /// restart at the end.
     Power {
@@ -187,6 +197,7 @@ impl Fault {
             Fault::ClientCrash { .. } => FaultKind::Client,
             Fault::Hostile { .. } => FaultKind::Hostile,
             Fault::Retention { .. } => FaultKind::Retention,
+            Fault::Compaction { .. } => FaultKind::Compaction,
             Fault::Power { .. } => FaultKind::Power,
         }
     }
@@ -282,6 +293,11 @@ pub fn plan(config: &PlanConfig) -> Vec<Planned> {
                 },
             },
             FaultKind::Retention => Fault::Retention {
+                fallback: pick(&mut rng, nodes, 1)[0],
+            },
+            FaultKind::Compaction => Fault::Compaction {
+                partition: rng.range(0, u64::from(crate::compaction::COMPACTED_PARTITIONS) - 1)
+                    as u32,
                 fallback: pick(&mut rng, nodes, 1)[0],
             },
             // A majority loses power (the acknowledged writes then live on the survivors and
@@ -483,6 +499,20 @@ mod tests {
             planned.fault,
             Fault::Retention { fallback } if (1..=5).contains(&fallback)
         )));
+        assert_eq!(
+            FaultKind::parse_list("retention,compaction").unwrap(),
+            vec![FaultKind::Retention, FaultKind::Compaction]
+        );
+        let compaction = plan(&config(3, &[FaultKind::Compaction]));
+        assert!(!compaction.is_empty());
+        assert!(compaction.iter().all(|planned| matches!(
+            planned.fault,
+            Fault::Compaction { partition, fallback }
+                if partition < 2 && (1..=5).contains(&fallback)
+        )));
+        assert!(compaction
+            .iter()
+            .any(|planned| matches!(planned.fault, Fault::Compaction { partition: 1, .. })));
         assert!(FaultKind::parse_list("kill,flood").is_err());
         let power = plan(&config(6, &[FaultKind::Power]));
         assert!(!power.is_empty());

@@ -121,7 +121,7 @@ fn client_config(bootstrap: &str, name: String) -> Result<ClientConfig, ClientEr
 }
 
 /// Whether a failed send definitely wrote nothing: only refusals before the record was sent.
-fn delivery_status(error: &ClientError) -> Status {
+pub(crate) fn delivery_status(error: &ClientError) -> Status {
     match error {
         ClientError::InvalidArgument { .. }
         | ClientError::RecordTooLarge { .. }
