@@ -50,6 +50,7 @@ pub mod cli;
 pub mod compactor;
 pub mod config;
 pub mod dev;
+pub mod expiry_clock;
 pub mod group;
 pub mod groups;
 pub mod http;

@@ -652,6 +652,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 decision_ready: unapplied_decision,
                 last_decision: None,
                 bytes_since_decision: 0,
+                expiry_clock: Default::default(),
                 stopped_with: None,
                 follow_ups: VecDeque::new(),
                 flushes_requested: 0,
@@ -822,6 +823,10 @@ pub struct PartitionActor<S: LogStore> {
     /// Bytes of records appended since this replica last decided (the `segment.bytes`
     /// granularity).
     bytes_since_decision: u64,
+    /// The time compaction decisions are made with, bounded by the records' own timestamps
+    /// (a leader whose wall clock jumps ahead must not expire tombstones early: see
+    /// [`crate::expiry_clock`]). Fed by every record batch appended to a compacted topic.
+    expiry_clock: crate::expiry_clock::ExpiryClock,
     stopped_with: Option<ApiError>,
     /// Inputs that effects of the current step produced (read results, storage failures).
     follow_ups: VecDeque<Input>,
@@ -1202,6 +1207,13 @@ impl<S: LogStore> PartitionActor<S> {
                     if !batch.header().is_control() {
                         // Only records count: a marker must not make the next decision due.
                         self.bytes_since_decision += batch.size_bytes() as u64;
+                        if self.compaction.is_some() {
+                            self.expiry_clock.observe(
+                                batch.header().max_timestamp_ms,
+                                wall_clock_ms(),
+                                Instant::now(),
+                            );
+                        }
                     } else if let Some(decision) = CompactionDecision::from_batch(batch) {
                         crate::compactor::record_seen_decision(
                             log.as_mut(),
@@ -1500,7 +1512,18 @@ impl<S: LogStore> PartitionActor<S> {
             self.last_decision = None;
             return;
         }
-        let now_ms = wall_clock_ms();
+        if !self.expiry_clock.is_anchored() {
+            // Started (or restarted) since the last record: anchor at the newest one held.
+            if let Some(timestamp_ms) = self
+                .log
+                .as_ref()
+                .and_then(|log| newest_record_timestamp(log.as_ref(), status.high_watermark))
+            {
+                self.expiry_clock
+                    .observe(timestamp_ms, wall_clock_ms(), Instant::now());
+            }
+        }
+        let now_ms = self.expiry_clock.now_ms(wall_clock_ms(), Instant::now());
         let due = match self.last_decision {
             None => self.bytes_since_decision > 0 || status.high_watermark > status.log_start,
             Some((_, decided_ms, expiry_pending)) => {
@@ -1555,6 +1578,31 @@ impl<S: LogStore> PartitionActor<S> {
             .clone()
             .unwrap_or_else(|| self.shared.not_leader())
     }
+}
+
+/// Batches read back from the high watermark looking for the newest one with records (compaction
+/// markers sit between them); past this, the expiry clock starts from the wall clock.
+const NEWEST_RECORD_READ_BACK_MAX: usize = 16;
+
+/// The newest timestamp of the last batch with records below `high_watermark`, read back over
+/// at most [`NEWEST_RECORD_READ_BACK_MAX`] batches; `None` when there is none (or a read fails).
+fn newest_record_timestamp<L: PartitionLog + ?Sized>(
+    log: &L,
+    high_watermark: Offset,
+) -> Option<i64> {
+    let mut until = high_watermark;
+    for _ in 0..NEWEST_RECORD_READ_BACK_MAX {
+        if until <= log.log_start() || until == Offset::ZERO {
+            return None;
+        }
+        let batches = log.read(Offset(until.0 - 1), until, 1).ok()?;
+        let batch = batches.first()?;
+        if !batch.header().is_control() {
+            return Some(batch.header().max_timestamp_ms);
+        }
+        until = batch.base_offset();
+    }
+    None
 }
 
 /// A validated, unstamped batch for this partition.

@@ -59,6 +59,8 @@ pub struct TestNode {
     /// The bound Kafka listener address, from the ready line (`kafka=IP:PORT`).
     kafka_address: Option<SocketAddr>,
     extra_args: Vec<String>,
+    /// Environment variables set for the node process (e.g. libfaketime's).
+    envs: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -88,7 +90,20 @@ impl TestNode {
             http_address: None,
             kafka_address: None,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            envs: Vec::new(),
         }
+    }
+
+    /// Like [`TestNode::start_with`], with environment variables for the node process.
+    #[allow(dead_code)]
+    pub fn start_with_env(extra_args: &[&str], envs: &[(&str, &str)]) -> TestNode {
+        let mut node = TestNode::unstarted(1, None, extra_args);
+        node.envs = envs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        node.spawn("127.0.0.1:0");
+        node
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -149,7 +164,11 @@ impl TestNode {
     }
 
     fn launch_at(&mut self, listen: &str) {
-        let launched = Launch::node(cairn_binary(), self.log_path())
+        let mut launch = Launch::node(cairn_binary(), self.log_path());
+        for (name, value) in &self.envs {
+            launch = launch.env(name, value);
+        }
+        let launched = launch
             .arg("--node-id")
             .arg(self.node_id.to_string())
             .arg("--data-dir")
