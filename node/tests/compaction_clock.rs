@@ -10,14 +10,11 @@
 
 mod support;
 
-use cairn_client::{
-    Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, Producer,
-    ProducerConfig, Record, SeekTo, TopicConfig,
-};
+use cairn_client::{Admin, ClientConfig, Producer, ProducerConfig, Record, TopicConfig};
 use cairn_protocol::messages::CleanupPolicy;
 use cairn_protocol::Offset;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::TestNode;
 
 const TOPIC: &str = "clocked";
@@ -44,40 +41,6 @@ fn client_config(bootstrap: &str) -> ClientConfig {
         .unwrap()
         .request_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(1))
-}
-
-/// The value of the unlabelled metric `name` on the node's `/metrics`.
-fn metric(node: &TestNode, name: &str) -> f64 {
-    let (status, body) = support::http_raw(
-        node.http_address(),
-        b"GET /metrics HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(10),
-    );
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} on /metrics: {body}"))
-}
-
-async fn read_all(bootstrap: &str, until: Offset) -> Vec<ConsumerRecord> {
-    let mut consumer = Consumer::new(
-        client_config(bootstrap),
-        ConsumerConfig::default()
-            .auto_offset_reset(AutoOffsetReset::Earliest)
-            .fetch_max_wait(Duration::from_millis(100)),
-    )
-    .unwrap();
-    consumer.assign(&[(TOPIC, 0)]).await.unwrap();
-    consumer.seek(TOPIC, 0, SeekTo::Earliest).await.unwrap();
-    let mut records = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        records.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
-        if consumer.position(TOPIC, 0).unwrap_or(Offset::ZERO) >= until {
-            break;
-        }
-    }
-    records
 }
 
 #[test]
@@ -137,11 +100,12 @@ fn a_leader_whose_wall_clock_runs_ahead_keeps_fresh_tombstones() {
             // The superseded values go (so a decision was made and applied) ...
             assert!(
                 support::eventually(Duration::from_secs(60), || {
-                    metric(&node, "cairn_compaction_bytes_removed_total") > 0.0
+                    support::metric(node.http_address(), "cairn_compaction_bytes_removed_total")
+                        > 0.0
                 }),
                 "the compactor removed nothing"
             );
-            read_all(&bootstrap, Offset(last.0 + 1)).await
+            support::read_from_start(client_config(&bootstrap), TOPIC, Offset(last.0 + 1)).await
         })
         .await
         .expect("the test finishes in time")

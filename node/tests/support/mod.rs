@@ -715,3 +715,47 @@ pub fn run_client_scenario(
     println!("{stdout}");
     output
 }
+
+/// The value of the unlabelled metric `name` on the `/metrics` of the HTTP listener at
+/// `address`; panics naming what was served when it is absent.
+#[allow(dead_code)]
+pub fn metric(address: SocketAddr, name: &str) -> f64 {
+    let (status, body) = http_raw(
+        address,
+        b"GET /metrics HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{address} serves no {name}: {body}"))
+}
+
+/// Every record of `topic`'s partition 0 from its log start, read with a fresh consumer (which
+/// steps over compaction's gaps) until its position reaches `until`, for at most 10 s.
+#[allow(dead_code)]
+pub async fn read_from_start(
+    config: cairn_client::ClientConfig,
+    topic: &str,
+    until: Offset,
+) -> Vec<cairn_client::ConsumerRecord> {
+    use cairn_client::{AutoOffsetReset, Consumer, ConsumerConfig, SeekTo};
+    let mut consumer = Consumer::new(
+        config,
+        ConsumerConfig::default()
+            .auto_offset_reset(AutoOffsetReset::Earliest)
+            .fetch_max_wait(Duration::from_millis(100)),
+    )
+    .unwrap();
+    consumer.assign(&[(topic, 0)]).await.unwrap();
+    consumer.seek(topic, 0, SeekTo::Earliest).await.unwrap();
+    let mut records = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        records.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+        if consumer.position(topic, 0).unwrap_or(Offset::ZERO) >= until {
+            break;
+        }
+    }
+    records
+}
