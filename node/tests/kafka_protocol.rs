@@ -881,3 +881,30 @@ fn metadata_leaves_a_dead_nodes_replicas_out_of_sync_and_lists_them_offline() {
         metadata(&mut wire, 12, Some(&[topic]))
     );
 }
+
+/// A CreateTopics answer means the partitions are led, as with Kafka's controller: the
+/// Metadata asked right after it, from each node a topic was created through (the `__meta`
+/// leader or not), names a leader for every partition. kafka-python's admin
+/// `list_partition_offsets` reads cached metadata and fails on leader -1 instead of retrying
+/// (`UnknownBrokerIdError: -1`, seen once in CI's run of its suite).
+#[test]
+fn create_topics_answers_once_every_partition_has_a_leader() {
+    let cluster = TestCluster::start(3, &[]);
+    for node in &cluster.nodes {
+        let mut wire = KafkaWire::connect(node.kafka_address());
+        let topic = format!("led-from-node-{}", node.node_id);
+        assert_eq!(create_topic(&mut wire, &topic, 6).topics[0].error_code, 0);
+        let listed = metadata(&mut wire, 12, Some(&[topic.as_str()]));
+        let leaders: Vec<i32> = listed.topics[0]
+            .partitions
+            .iter()
+            .map(|partition| partition.leader_id.0)
+            .collect();
+        assert_eq!(leaders.len(), 6, "{listed:?}");
+        assert!(
+            leaders.iter().all(|leader| (1..=3).contains(leader)),
+            "node {}: leaders {leaders:?}",
+            node.node_id
+        );
+    }
+}

@@ -5,7 +5,11 @@
 //! value it has is accepted, any other config is refused (INVALID_CONFIG), and so are
 //! explicit replica assignments (placement is Cairn's).
 //! `validate_only` checks without creating. A node that does not lead `__meta` carries the
-//! create to it ([`super::forward`]).
+//! create to it ([`super::forward`]). As Kafka's controller assigns leaders before it answers,
+//! a create answers once this node sees a leader for every partition (Cairn's are
+//! lease-elected just after the create), waiting at most the request's `timeout_ms` (capped at
+//! [`LEADERS_WAIT_MAX`]): clients that read the metadata at once and do not retry on leader -1
+//! (kafka-python's admin `list_partition_offsets`) then find the leaders.
 
 use super::configs::topic_config;
 use super::errors::admin_code;
@@ -19,6 +23,12 @@ use cairn_storage::LogStore;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, ResponseKind};
+use std::time::Duration;
+
+/// The longest a create waits for its partitions' first leaders.
+pub const LEADERS_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How often it looks.
+const LEADERS_POLL: Duration = Duration::from_millis(20);
 
 pub async fn handle<S: LogStore>(
     broker: &Broker<S>,
@@ -31,6 +41,10 @@ pub async fn handle<S: LogStore>(
         let mut result = CreatableTopicResult::default().with_name(name.clone());
         match create(broker, topic, request.validate_only).await {
             Ok((partitions, replication_factor)) => {
+                if !request.validate_only {
+                    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
+                    wait_for_leaders(broker, &name, timeout).await;
+                }
                 if call.version >= 5 {
                     result.num_partitions = partitions;
                     result.replication_factor = replication_factor;
@@ -54,6 +68,24 @@ pub async fn handle<S: LogStore>(
         results.push(result);
     }
     ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(results))
+}
+
+/// Returns once this node sees a leader for every partition of `name`, or after `timeout`
+/// (at most [`LEADERS_WAIT_MAX`]); the create stands either way.
+async fn wait_for_leaders<S: LogStore>(broker: &Broker<S>, name: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout.min(LEADERS_WAIT_MAX);
+    loop {
+        let led = broker.topic_metadata(name).is_ok_and(|topic| {
+            topic
+                .partitions
+                .iter()
+                .all(|partition| partition.leader.is_some())
+        });
+        if led || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(LEADERS_POLL).await;
+    }
 }
 
 /// Creates (or only checks) one topic; its partition count and replication factor.
