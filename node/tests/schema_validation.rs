@@ -95,6 +95,34 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `cairn topic create TOPIC` with one partition, `replication_factor` and `config`, which
+/// must succeed; what `cairn topic describe TOPIC --configs` then prints.
+fn create_one_partition_topic(
+    bootstrap: &str,
+    topic: &str,
+    replication_factor: &str,
+    config: &str,
+) -> String {
+    let created = cairn(
+        bootstrap,
+        &[
+            "topic",
+            "create",
+            topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            replication_factor,
+            "--config",
+            config,
+        ],
+        "",
+    );
+    assert!(created.status.success(), "{}", text(&created));
+    let described = cairn(bootstrap, &["topic", "describe", topic, "--configs"], "");
+    String::from_utf8_lossy(&described.stdout).into_owned()
+}
+
 fn high_watermark(cluster: &TestCluster, topic: &str) -> Offset {
     cluster
         .node(1)
@@ -113,24 +141,12 @@ fn a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids
     let cluster = TestCluster::start(3, &[]);
     let bootstrap = cluster.bootstrap();
     let topic = "validated";
-    let created = cairn(
+    let shown = create_one_partition_topic(
         &bootstrap,
-        &[
-            "topic",
-            "create",
-            topic,
-            "--partitions",
-            "1",
-            "--replication-factor",
-            "3",
-            "--config",
-            "confluent.value.schema.validation=true",
-        ],
-        "",
+        topic,
+        "3",
+        "confluent.value.schema.validation=true",
     );
-    assert!(created.status.success(), "{}", text(&created));
-    let described = cairn(&bootstrap, &["topic", "describe", topic, "--configs"], "");
-    let shown = String::from_utf8_lossy(&described.stdout).into_owned();
     assert!(
         shown.contains("confluent.value.schema.validation true                 topic"),
         "{shown}"
@@ -312,24 +328,12 @@ fn a_topic_with_key_validation_checks_keys_against_its_key_subject() {
     let node = TestNode::start();
     let bootstrap = node.address().to_string();
     let topic = "keyed";
-    let created = cairn(
+    let shown = create_one_partition_topic(
         &bootstrap,
-        &[
-            "topic",
-            "create",
-            topic,
-            "--partitions",
-            "1",
-            "--replication-factor",
-            "1",
-            "--config",
-            "confluent.key.schema.validation=true",
-        ],
-        "",
+        topic,
+        "1",
+        "confluent.key.schema.validation=true",
     );
-    assert!(created.status.success(), "{}", text(&created));
-    let described = cairn(&bootstrap, &["topic", "describe", topic, "--configs"], "");
-    let shown = String::from_utf8_lossy(&described.stdout).into_owned();
     assert!(
         shown.contains("confluent.key.schema.validation true                 topic"),
         "{shown}"
