@@ -1,12 +1,21 @@
 //! The FUSE filesystem: a passthrough to a backing directory whose file writes stay in memory
-//! ([`Overlay`]) until the file is `fsync`ed or `fdatasync`ed.
+//! ([`Overlay`]) until the file is `fsync`ed or `fdatasync`ed, and whose namespace operations
+//! are undone at the next start unless their parent directories were `fsync`ed ([`Journal`]).
 //!
-//! Namespace operations (create, mkdir, rename, unlink, rmdir, chmod, chown) go to the backing
-//! directory at once: they are modelled as durable immediately, which is kinder than a real
-//! filesystem (there they are durable only after an `fsync` of the parent directory). File
-//! contents and lengths are modelled strictly: every byte not covered by a sync of its file is
-//! lost with the process's memory.
+//! Both are modelled strictly, like LazyFS's strict mode:
+//! - File contents and lengths: every byte not covered by a sync of its file is lost with the
+//!   process's memory.
+//! - Create, mkdir, unlink, rmdir, rename (also `RENAME_NOREPLACE` and `RENAME_EXCHANGE`): each
+//!   is applied to the backing directory at once (every reader of the mount sees it) but is
+//!   durable only once every directory it changed (both parents of a rename) is `fsync`ed
+//!   after it. An `fsync` of a new file does *not* make its name durable (POSIX does not
+//!   promise it; ext4 happens to). A removed entry waits in the stash until its removal is
+//!   durable; a power cut brings it back with its durable contents, reverts renames and
+//!   removes created entries with their data, synced or not.
+//! - chmod and chown go to the backing file at once and count as durable; times are not
+//!   modelled.
 
+use crate::journal::{self, Journal, Op};
 use crate::overlay::{Backing, Overlay};
 use fuser::{
     FileAttr, FileType, Filesystem, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -27,6 +36,8 @@ const TTL: Duration = Duration::from_secs(1);
 /// One file or directory the kernel knows by inode number.
 struct Inode {
     path: PathBuf,
+    /// The backing inode number (the journal knows directories by it).
+    backing_inode: u64,
     /// The backing file, open while handles are open or writes are pending.
     file: Option<File>,
     /// Unsynced writes; `None` when the file is clean.
@@ -43,6 +54,12 @@ pub struct Counters {
     pub syncs: u64,
     /// Writes refused with ENOSPC because the pending bytes would pass the cap.
     pub refused_writes: u64,
+    /// Namespace operations recorded in the journal (not durable when made).
+    pub namespace_ops: u64,
+    /// Namespace operations refused with ENOSPC: the journal or the pending bytes were full.
+    pub refused_namespace_ops: u64,
+    /// Operations a previous daemon left not durable, undone at this one's start.
+    pub undone_at_start: u64,
 }
 
 pub struct PowerFs {
@@ -52,8 +69,10 @@ pub struct PowerFs {
     next_inode: u64,
     handles: HashMap<u64, u64>,
     next_handle: u64,
+    /// Unsynced bytes: overlays, and victims in the stash.
     pending_bytes: u64,
     pending_bytes_max: u64,
+    journal: Journal,
     pub counters: Counters,
 }
 
@@ -70,8 +89,17 @@ fn system_time(seconds: i64, nanoseconds: i64) -> SystemTime {
 }
 
 impl PowerFs {
-    pub fn new(root: PathBuf, pending_bytes_max: u64) -> io::Result<PowerFs> {
+    /// The filesystem over `root`, after undoing what a previous daemon left not durable
+    /// (each undone operation is logged on stderr).
+    pub fn new(
+        root: PathBuf,
+        pending_bytes_max: u64,
+        namespace_ops_max: usize,
+    ) -> io::Result<PowerFs> {
         let metadata = std::fs::metadata(&root)?;
+        let (journal, undone) = Journal::open(&root, namespace_ops_max, &mut |line| {
+            eprintln!("cairn-powerfs: power cut: {line}")
+        })?;
         let mut fs = PowerFs {
             inodes: HashMap::new(),
             by_backing: HashMap::new(),
@@ -80,10 +108,15 @@ impl PowerFs {
             next_handle: 1,
             pending_bytes: 0,
             pending_bytes_max,
-            counters: Counters::default(),
+            journal,
+            counters: Counters {
+                undone_at_start: undone,
+                ..Counters::default()
+            },
         };
         fs.by_backing.insert(metadata.ino(), FUSE_ROOT_ID);
-        fs.inodes.insert(FUSE_ROOT_ID, Inode::at(root));
+        fs.inodes
+            .insert(FUSE_ROOT_ID, Inode::at(root, metadata.ino()));
         Ok(fs)
     }
 
@@ -100,7 +133,7 @@ impl PowerFs {
         let inode = self.next_inode;
         self.next_inode += 1;
         self.by_backing.insert(backing_inode, inode);
-        self.inodes.insert(inode, Inode::at(path));
+        self.inodes.insert(inode, Inode::at(path, backing_inode));
         inode
     }
 
@@ -146,6 +179,102 @@ impl PowerFs {
 
     fn child(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
         self.path(parent).map(|path| path.join(name))
+    }
+
+    /// The parent's path and backing inode number, and the child's path.
+    fn child_of(&self, parent: u64, name: &OsStr) -> Option<(u64, PathBuf)> {
+        let entry = self.inodes.get(&parent)?;
+        Some((entry.backing_inode, entry.path.join(name)))
+    }
+
+    /// The journal's own directory in the backing root, which the mount does not show.
+    fn is_hidden(parent: u64, name: &OsStr) -> bool {
+        parent == FUSE_ROOT_ID && name == journal::HIDDEN
+    }
+
+    /// Logs the first refusal at the pending cap (the campaign looks for the line).
+    fn cap_reached(&mut self, what: &str) {
+        if self.counters.refused_writes + self.counters.refused_namespace_ops == 1 {
+            eprintln!(
+                "cairn-powerfs: PENDING CAP REACHED: {what}: {} unsynced bytes (cap {}), {} \
+                 namespace operations not durable; such calls fail with ENOSPC until a sync",
+                self.pending_bytes,
+                self.pending_bytes_max,
+                self.journal.pending()
+            );
+        }
+    }
+
+    /// Records a namespace operation before it is applied; ENOSPC (errno) past the caps.
+    fn begin(&mut self, op: Op, stash_bytes: u64, removed_dir: Option<u64>) -> Result<u64, i32> {
+        let begun = if self.pending_bytes + stash_bytes > self.pending_bytes_max {
+            Err(libc::ENOSPC)
+        } else {
+            // ENOSPC from the journal: its entry cap.
+            self.journal
+                .begin(op, stash_bytes, removed_dir)
+                .map_err(|error| errno(&error))
+        };
+        match begun {
+            Ok(id) => {
+                self.pending_bytes += stash_bytes;
+                self.counters.namespace_ops += 1;
+                Ok(id)
+            }
+            Err(libc::ENOSPC) => {
+                self.counters.refused_namespace_ops += 1;
+                self.cap_reached("a namespace operation");
+                Err(libc::ENOSPC)
+            }
+            Err(code) => Err(code),
+        }
+    }
+
+    /// Drops the record of an operation that failed.
+    fn abandon(&mut self, id: u64) {
+        match self.journal.abandon(id) {
+            Ok(bytes) => self.pending_bytes -= bytes,
+            Err(error) => eprintln!("cairn-powerfs: journal: {error}"),
+        }
+    }
+
+    /// Moves the entry at `path` (in the directory with backing inode `parent`) to the stash
+    /// and records it; returns the record's id.
+    fn stash(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        other_parent: Option<u64>,
+        path: &Path,
+        metadata: &std::fs::Metadata,
+    ) -> Result<u64, i32> {
+        let op = Op::Stash {
+            parent,
+            name: name.to_os_string(),
+            other_parent: other_parent.filter(|other| *other != parent),
+        };
+        let (bytes, removed_dir) = if metadata.is_dir() {
+            (0, Some(metadata.ino()))
+        } else {
+            (metadata.len(), None)
+        };
+        let id = self.begin(op, bytes, removed_dir)?;
+        if let Err(error) = std::fs::rename(path, self.journal.stash_path(id)) {
+            self.abandon(id);
+            return Err(errno(&error));
+        }
+        Ok(id)
+    }
+
+    /// Puts a stashed victim back after the operation that stashed it failed.
+    fn unstash(&mut self, id: u64, path: &Path) {
+        if let Err(error) = std::fs::rename(self.journal.stash_path(id), path) {
+            eprintln!(
+                "cairn-powerfs: cannot put {} back from the stash: {error}",
+                path.display()
+            );
+        }
+        self.abandon(id);
     }
 
     /// The inode's backing file, opened read-write on first use.
@@ -200,23 +329,140 @@ impl PowerFs {
         }
     }
 
-    /// unlink and rmdir: `remove` on the backing path, then the entry leaves the namespace.
-    fn remove_entry(
-        &mut self,
-        parent: u64,
-        name: &OsStr,
-        remove: fn(&Path) -> io::Result<()>,
-        reply: ReplyEmpty,
-    ) {
-        let Some(path) = self.child(parent, name) else {
-            return reply.error(libc::ENOENT);
-        };
-        match remove(&path) {
-            Ok(()) => {
-                self.forget_path(&path);
-                reply.ok();
+    /// unlink and rmdir: the entry goes to the stash (until its parent is synced), then
+    /// leaves the namespace.
+    fn remove_entry(&mut self, parent: u64, name: &OsStr, directory: bool) -> Result<(), i32> {
+        if Self::is_hidden(parent, name) {
+            return Err(libc::ENOENT);
+        }
+        let (parent_backing, path) = self.child_of(parent, name).ok_or(libc::ENOENT)?;
+        let metadata = std::fs::symlink_metadata(&path).map_err(|error| errno(&error))?;
+        match (directory, metadata.is_dir()) {
+            (true, false) => return Err(libc::ENOTDIR),
+            (false, true) => return Err(libc::EISDIR),
+            (true, true) => {
+                let mut listed = std::fs::read_dir(&path).map_err(|error| errno(&error))?;
+                if listed.next().is_some() {
+                    return Err(libc::ENOTEMPTY);
+                }
             }
-            Err(error) => reply.error(errno(&error)),
+            (false, false) => {}
+        }
+        self.stash(parent_backing, name, None, &path, &metadata)?;
+        self.forget_path(&path);
+        Ok(())
+    }
+
+    /// rename(2), with the flags `renameat2` allows (`RENAME_WHITEOUT` is not modelled).
+    fn rename_entry(
+        &mut self,
+        (parent, name): (u64, &OsStr),
+        (newparent, newname): (u64, &OsStr),
+        flags: u32,
+    ) -> Result<(), i32> {
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
+            return Err(libc::EINVAL);
+        }
+        if Self::is_hidden(parent, name) || Self::is_hidden(newparent, newname) {
+            return Err(libc::EACCES);
+        }
+        let (Some((from_parent, from)), Some((to_parent, to))) = (
+            self.child_of(parent, name),
+            self.child_of(newparent, newname),
+        ) else {
+            return Err(libc::ENOENT);
+        };
+        let from_metadata = std::fs::symlink_metadata(&from).map_err(|error| errno(&error))?;
+        if from == to {
+            return Ok(());
+        }
+        let to_metadata = match std::fs::symlink_metadata(&to) {
+            Ok(metadata) => Some(metadata),
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(error) => return Err(errno(&error)),
+        };
+        if exchange {
+            if to_metadata.is_none() {
+                return Err(libc::ENOENT);
+            }
+            let op = Op::Exchange {
+                a_parent: from_parent,
+                a_name: name.to_os_string(),
+                b_parent: to_parent,
+                b_name: newname.to_os_string(),
+            };
+            let id = self.begin(op, 0, None)?;
+            if let Err(error) = journal::exchange(&from, &to) {
+                self.abandon(id);
+                return Err(errno(&error));
+            }
+            self.move_paths(&[(&from, &to), (&to, &from)]);
+            return Ok(());
+        }
+        let victim = match to_metadata {
+            None => None,
+            Some(_) if noreplace => return Err(libc::EEXIST),
+            Some(to_metadata) => {
+                match (from_metadata.is_dir(), to_metadata.is_dir()) {
+                    (false, true) => return Err(libc::EISDIR),
+                    (true, false) => return Err(libc::ENOTDIR),
+                    (true, true) => {
+                        let mut listed = std::fs::read_dir(&to).map_err(|error| errno(&error))?;
+                        if listed.next().is_some() {
+                            return Err(libc::ENOTEMPTY);
+                        }
+                    }
+                    (false, false) => {}
+                }
+                // Its removal waits for the same syncs as the rename.
+                Some(self.stash(to_parent, newname, Some(from_parent), &to, &to_metadata)?)
+            }
+        };
+        let op = Op::Rename {
+            from_parent,
+            from_name: name.to_os_string(),
+            to_parent,
+            to_name: newname.to_os_string(),
+        };
+        let renamed = self.begin(op, 0, None).and_then(|id| {
+            std::fs::rename(&from, &to).map_err(|error| {
+                self.abandon(id);
+                errno(&error)
+            })
+        });
+        if let Err(code) = renamed {
+            if let Some(victim) = victim {
+                self.unstash(victim, &to);
+            }
+            return Err(code);
+        }
+        if victim.is_some() {
+            self.forget_path(&to);
+        }
+        self.move_paths(&[(&from, &to)]);
+        Ok(())
+    }
+
+    /// Renames the paths of known inodes at or under each `from` to the same place under its
+    /// `to` (all moves at once, for an exchange).
+    fn move_paths(&mut self, moves: &[(&Path, &Path)]) {
+        for entry in self.inodes.values_mut() {
+            if entry.unlinked {
+                continue;
+            }
+            for (from, to) in moves {
+                if let Ok(rest) = entry.path.strip_prefix(from) {
+                    entry.path = if rest.as_os_str().is_empty() {
+                        to.to_path_buf()
+                    } else {
+                        to.join(rest)
+                    };
+                    break;
+                }
+            }
         }
     }
 
@@ -250,13 +496,7 @@ impl PowerFs {
         // and errs towards refusing, never towards making anything durable.
         if self.pending_bytes + data.len() as u64 > self.pending_bytes_max {
             self.counters.refused_writes += 1;
-            if self.counters.refused_writes == 1 {
-                eprintln!(
-                    "cairn-powerfs: PENDING CAP REACHED: {} unsynced bytes, cap {}; writes fail \
-                     with ENOSPC until a sync",
-                    self.pending_bytes, self.pending_bytes_max
-                );
-            }
+            self.cap_reached("a write");
             return Err(libc::ENOSPC);
         }
         let overlay = self.overlay(inode).map_err(|error| errno(&error))?;
@@ -289,9 +529,10 @@ impl PowerFs {
 }
 
 impl Inode {
-    fn at(path: PathBuf) -> Inode {
+    fn at(path: PathBuf, backing_inode: u64) -> Inode {
         Inode {
             path,
+            backing_inode,
             file: None,
             overlay: None,
             handles: 0,
@@ -304,15 +545,23 @@ impl Filesystem for PowerFs {
     fn destroy(&mut self) {
         eprintln!(
             "cairn-powerfs: {} writes, {} syncs, {} writes refused at the cap, {} bytes still \
-             unsynced at unmount (lost)",
+             unsynced at unmount (lost); {} namespace operations undone at start, {} made, {} \
+             refused at the cap, {} not durable at unmount (undone at the next start)",
             self.counters.writes,
             self.counters.syncs,
             self.counters.refused_writes,
-            self.pending_bytes
+            self.pending_bytes,
+            self.counters.undone_at_start,
+            self.counters.namespace_ops,
+            self.counters.refused_namespace_ops,
+            self.journal.pending()
         );
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        if Self::is_hidden(parent, name) {
+            return reply.error(libc::ENOENT);
+        }
         let Some(path) = self.child(parent, name) else {
             return reply.error(libc::ENOENT);
         };
@@ -384,8 +633,22 @@ impl Filesystem for PowerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let Some(path) = self.child(parent, name) else {
+        if Self::is_hidden(parent, name) {
+            return reply.error(libc::EACCES);
+        }
+        let Some((parent_backing, path)) = self.child_of(parent, name) else {
             return reply.error(libc::ENOENT);
+        };
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return reply.error(libc::EEXIST);
+        }
+        let op = Op::Create {
+            parent: parent_backing,
+            name: name.to_os_string(),
+        };
+        let id = match self.begin(op, 0, None) {
+            Ok(id) => id,
+            Err(code) => return reply.error(code),
         };
         let result = std::fs::create_dir(&path)
             .and_then(|()| {
@@ -395,6 +658,11 @@ impl Filesystem for PowerFs {
                 )
             })
             .and_then(|()| std::fs::symlink_metadata(&path));
+        if result.is_err() {
+            // Never created, or created and removed by the record's undo at the next start.
+            let _ = std::fs::remove_dir(&path);
+            self.abandon(id);
+        }
         match result {
             Ok(metadata) => {
                 let inode = self.register(path, metadata.ino());
@@ -408,11 +676,17 @@ impl Filesystem for PowerFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, |path| std::fs::remove_file(path), reply);
+        match self.remove_entry(parent, name, false) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(code),
+        }
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        self.remove_entry(parent, name, |path| std::fs::remove_dir(path), reply);
+        match self.remove_entry(parent, name, true) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(code),
+        }
     }
 
     fn rename(
@@ -425,33 +699,10 @@ impl Filesystem for PowerFs {
         flags: u32,
         reply: ReplyEmpty,
     ) {
-        // RENAME_NOREPLACE and RENAME_EXCHANGE are not modelled.
-        if flags != 0 {
-            return reply.error(libc::EINVAL);
+        match self.rename_entry((parent, name), (newparent, newname), flags) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(code),
         }
-        let (Some(from), Some(to)) = (self.child(parent, name), self.child(newparent, newname))
-        else {
-            return reply.error(libc::ENOENT);
-        };
-        if let Err(error) = std::fs::rename(&from, &to) {
-            return reply.error(errno(&error));
-        }
-        if from != to {
-            self.forget_path(&to);
-            for entry in self.inodes.values_mut() {
-                if entry.unlinked {
-                    continue;
-                }
-                if let Ok(rest) = entry.path.strip_prefix(&from) {
-                    entry.path = if rest.as_os_str().is_empty() {
-                        to.clone()
-                    } else {
-                        to.join(rest)
-                    };
-                }
-            }
-        }
-        reply.ok();
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
@@ -475,8 +726,24 @@ impl Filesystem for PowerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let Some(path) = self.child(parent, name) else {
+        if Self::is_hidden(parent, name) {
+            return reply.error(libc::EACCES);
+        }
+        let Some((parent_backing, path)) = self.child_of(parent, name) else {
             return reply.error(libc::ENOENT);
+        };
+        // Only a new name is recorded (the daemon runs one operation at a time).
+        let created = if std::fs::symlink_metadata(&path).is_err() {
+            let op = Op::Create {
+                parent: parent_backing,
+                name: name.to_os_string(),
+            };
+            match self.begin(op, 0, None) {
+                Ok(id) => Some(id),
+                Err(code) => return reply.error(code),
+            }
+        } else {
+            None
         };
         let mut options = OpenOptions::new();
         options.read(true).write(true).mode(mode & !umask & 0o7777);
@@ -490,7 +757,13 @@ impl Filesystem for PowerFs {
             .and_then(|file| file.metadata().map(|metadata| (file, metadata)));
         let (file, metadata) = match opened {
             Ok(opened) => opened,
-            Err(error) => return reply.error(errno(&error)),
+            Err(error) => {
+                if let Some(id) = created {
+                    let _ = std::fs::remove_file(&path);
+                    self.abandon(id);
+                }
+                return reply.error(errno(&error));
+            }
         };
         let inode = self.register(path, metadata.ino());
         if let Some(entry) = self.inodes.get_mut(&inode) {
@@ -613,6 +886,9 @@ impl Filesystem for PowerFs {
         ];
         for item in listed.flatten() {
             use std::os::unix::fs::DirEntryExt;
+            if Self::is_hidden(ino, &item.file_name()) {
+                continue;
+            }
             let kind = match item.file_type() {
                 Ok(kind) if kind.is_dir() => FileType::Directory,
                 Ok(kind) if kind.is_symlink() => FileType::Symlink,
@@ -639,17 +915,22 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Namespace changes were applied at once; sync the backing directory all the same.
-        let result = self
-            .path(ino)
-            .map(|path| File::open(path).and_then(|dir| dir.sync_all()));
+        // Every namespace operation in this directory so far now waits for one directory
+        // fewer; those waiting for none are durable.
+        let Some(entry) = self.inodes.get(&ino) else {
+            return reply.error(libc::ENOENT);
+        };
+        let backing_inode = entry.backing_inode;
+        let result = File::open(&entry.path)
+            .and_then(|dir| dir.sync_all())
+            .and_then(|()| self.journal.dir_synced(backing_inode));
         match result {
-            Some(Ok(())) => {
+            Ok(settled) => {
+                self.pending_bytes -= settled.stash_bytes;
                 self.counters.syncs += 1;
                 reply.ok()
             }
-            Some(Err(error)) => reply.error(errno(&error)),
-            None => reply.error(libc::ENOENT),
+            Err(error) => reply.error(errno(&error)),
         }
     }
 }

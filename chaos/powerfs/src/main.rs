@@ -10,13 +10,16 @@
 //! ([`overlay`]). **The power cut is the death of this process** (SIGKILL, or any signal that
 //! ends it): the unsynced writes lived only in its memory. Then `umount -l` the mount point
 //! and start `cairn-powerfs` again on the same directories: the mount shows only what was
-//! synced. Namespace operations are applied to the backing directory at once (see [`fs`]).
+//! synced. Namespace operations (create, mkdir, unlink, rmdir, rename) are applied to the
+//! backing directory at once but journalled; the new daemon undoes, before it mounts, every
+//! one whose parent directories were not `fsync`ed after it, and logs each (see [`journal`]).
 //!
-//! Modules: [`overlay`] (one file's unsynced state, unit-tested), [`fs`] (the FUSE
-//! operations). It prints `cairn-powerfs: mounted <dir>` once mounted and, at a normal
-//! unmount, what it did.
+//! Modules: [`overlay`] (one file's unsynced state, unit-tested), [`journal`] (the namespace
+//! operations not yet durable, and their undoing; unit-tested), [`fs`] (the FUSE operations).
+//! It prints `cairn-powerfs: mounted <dir>` once mounted and, at a normal unmount, what it did.
 
 mod fs;
+mod journal;
 mod overlay;
 
 use clap::Parser;
@@ -38,11 +41,19 @@ struct Cli {
     /// (never made durable early), and the first one is reported on stderr.
     #[arg(long, default_value_t = 1 << 30)]
     pending_bytes_max: u64,
+    /// Namespace operations not yet durable (no `fsync` of their directory yet) at most; one
+    /// more fails with ENOSPC, reported like the pending cap.
+    #[arg(long, default_value_t = 1 << 18)]
+    namespace_ops_max: usize,
 }
 
 fn main() {
     let cli = Cli::parse();
-    let filesystem = match fs::PowerFs::new(cli.backing.clone(), cli.pending_bytes_max) {
+    let filesystem = match fs::PowerFs::new(
+        cli.backing.clone(),
+        cli.pending_bytes_max,
+        cli.namespace_ops_max,
+    ) {
         Ok(filesystem) => filesystem,
         Err(error) => {
             eprintln!(
