@@ -135,7 +135,7 @@ fn hex(name: &OsStr) -> String {
 }
 
 fn unhex(text: &str) -> Option<OsString> {
-    if text.is_empty() || text.len() % 2 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..text.len())
