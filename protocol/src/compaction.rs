@@ -608,7 +608,8 @@ mod tests {
             below: Offset(3),
             tombstone_cutoff_ms: 0,
         };
-        let compacted = compact_log(&[first.clone(), second.clone()], &decision, UNBOUNDED).unwrap();
+        let compacted =
+            compact_log(&[first.clone(), second.clone()], &decision, UNBOUNDED).unwrap();
         let emptied = &compacted[0];
         assert_eq!(emptied.record_count(), 0);
         assert_eq!(emptied.next_offset(), Offset(2));
@@ -835,7 +836,11 @@ mod tests {
         assert_eq!(next.len(), 2, "c and d");
         let mut third = next.next_pass().unwrap();
         third.observe(&log[0]).unwrap();
-        assert_eq!(third.len(), 1, "e alone: the big key is over budget beside it");
+        assert_eq!(
+            third.len(),
+            1,
+            "e alone: the big key is over budget beside it"
+        );
         let mut fourth = third.next_pass().unwrap();
         fourth.observe(&log[0]).unwrap();
         assert_eq!(fourth.len(), 1);
@@ -910,12 +915,18 @@ mod tests {
                 .build_compressed(codecs[rng.below(4) as usize])
                 .stamped(Offset(0), Epoch(1));
             let first: Vec<bool> = (0..count).map(|_| rng.below(4) != 0).collect();
-            let second: Vec<bool> = first.iter().map(|kept| *kept && rng.below(2) == 0).collect();
+            let second: Vec<bool> = first
+                .iter()
+                .map(|kept| *kept && rng.below(2) == 0)
+                .collect();
             let keep = |mask: &[bool]| {
                 let mask = mask.to_vec();
                 move |record: &RecordView| mask[record.offset.0 as usize]
             };
-            let once = batch.retain(keep(&second)).unwrap().unwrap_or(batch.clone());
+            let once = batch
+                .retain(keep(&second))
+                .unwrap()
+                .unwrap_or(batch.clone());
             let step = batch.retain(keep(&first)).unwrap().unwrap_or(batch.clone());
             let twice = step.retain(keep(&second)).unwrap().unwrap_or(step.clone());
             assert_eq!(twice, once, "seed {seed}");
