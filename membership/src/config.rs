@@ -96,6 +96,11 @@ pub struct MembershipSettings {
     /// Kafka listener.
     #[serde(default)]
     pub kafka_addr: Option<String>,
+    /// Address of the node's HTTP listener (HOST:PORT), published to peers so that a schema
+    /// registry write reaching a node that does not lead `_schemas` can be forwarded to the
+    /// one that does; `None`: no HTTP listener.
+    #[serde(default)]
+    pub http_addr: Option<String>,
     pub gossip_interval_ms: u64,
     /// A peer is considered dead once the time since its last heartbeat exceeds this many
     /// mean heartbeat intervals.
@@ -134,6 +139,7 @@ impl MembershipSettings {
             client_addr,
             peer_addr,
             kafka_addr: None,
+            http_addr: None,
             gossip_interval_ms: 500,
             phi_threshold: 8.0,
             heartbeat_samples_max: 1_000,
@@ -400,6 +406,9 @@ impl MembershipConfig {
     }
     pub fn kafka_addr(&self) -> Option<&str> {
         self.settings.kafka_addr.as_deref()
+    }
+    pub fn http_addr(&self) -> Option<&str> {
+        self.settings.http_addr.as_deref()
     }
     pub fn gossip_interval(&self) -> Duration {
         Duration::from_millis(self.settings.gossip_interval_ms)

@@ -2,7 +2,8 @@
 //!
 //! A node publishes four string values under its chitchat identity (node id as decimal,
 //! generation, gossip address): its client address, its peer address, its readiness and its
-//! leadership hints. Peers' values are untrusted input: decoding returns typed errors.
+//! leadership hints; and, when it runs them, the addresses of its Kafka and HTTP listeners.
+//! Peers' values are untrusted input: decoding returns typed errors.
 
 use cairn_protocol::NodeId;
 use chitchat::{ChitchatId, NodeState};
@@ -18,8 +19,10 @@ const KEY_READY: &str = "ready";
 const KEY_HINTS: &str = "hints";
 /// HOST:PORT of the node's Kafka listener; absent when it runs none.
 const KEY_KAFKA_ADDR: &str = "kafka";
-/// Longest Kafka address read from a peer (a DNS name is at most 253 bytes, plus the port).
-const KAFKA_ADDR_BYTES_MAX: usize = 261;
+/// HOST:PORT of the node's HTTP listener; absent when it runs none.
+const KEY_HTTP_ADDR: &str = "http";
+/// Longest HOST:PORT read from a peer (a DNS name is at most 253 bytes, plus the port).
+const HOST_PORT_BYTES_MAX: usize = 261;
 
 const READY_YES: &str = "1";
 const READY_NO: &str = "0";
@@ -35,6 +38,8 @@ pub(crate) enum NodeDecodeError {
     BadAddress(&'static str),
     #[error("key {KEY_KAFKA_ADDR:?} does not hold HOST:PORT")]
     BadKafkaAddress,
+    #[error("key {KEY_HTTP_ADDR:?} does not hold HOST:PORT")]
+    BadHttpAddress,
     #[error("key {KEY_READY:?} is neither {READY_YES:?} nor {READY_NO:?}")]
     BadReady,
 }
@@ -58,12 +63,17 @@ pub(crate) fn initial_key_values(config: &MembershipConfig) -> Vec<(String, Stri
             .kafka_addr()
             .map(|address| (KEY_KAFKA_ADDR.into(), address.to_string())),
     )
+    .chain(
+        config
+            .http_addr()
+            .map(|address| (KEY_HTTP_ADDR.into(), address.to_string())),
+    )
     .collect()
 }
 
 /// HOST:PORT with a non-empty host of printable ASCII and a non-zero port.
-fn is_kafka_address(address: &str) -> bool {
-    address.len() <= KAFKA_ADDR_BYTES_MAX
+fn is_host_port(address: &str) -> bool {
+    address.len() <= HOST_PORT_BYTES_MAX
         && address.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty()
                 && host.bytes().all(|byte| byte.is_ascii_graphic())
@@ -106,8 +116,13 @@ pub(crate) fn decode_node(
     };
     let kafka_addr = match state.get(KEY_KAFKA_ADDR) {
         None => None,
-        Some(address) if is_kafka_address(address) => Some(address.to_string()),
+        Some(address) if is_host_port(address) => Some(address.to_string()),
         Some(_) => return Err(NodeDecodeError::BadKafkaAddress),
+    };
+    let http_addr = match state.get(KEY_HTTP_ADDR) {
+        None => None,
+        Some(address) if is_host_port(address) => Some(address.to_string()),
+        Some(_) => return Err(NodeDecodeError::BadHttpAddress),
     };
     let (hints, hints_error) = match LeadershipHints::decode(state.get(KEY_HINTS).unwrap_or("")) {
         Ok(hints) => (hints, None),
@@ -120,6 +135,7 @@ pub(crate) fn decode_node(
         client_addr,
         peer_addr,
         kafka_addr,
+        http_addr,
         ready,
         alive: false,
         hints,
@@ -247,11 +263,19 @@ mod tests {
                 Err(NodeDecodeError::BadKafkaAddress),
                 "{bad:?}"
             );
+            assert_eq!(
+                decode_node(
+                    &id("1"),
+                    &state_with(&[good[0], good[1], good[2], (KEY_HTTP_ADDR, bad)])
+                ),
+                Err(NodeDecodeError::BadHttpAddress),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
-    fn the_kafka_address_is_published_only_when_there_is_one() {
+    fn the_kafka_and_http_addresses_are_published_only_when_there_are_some() {
         let mut config = MembershipSettings::new(
             "c",
             NodeId(42),
@@ -260,6 +284,7 @@ mod tests {
             "127.0.0.1:9093".parse().unwrap(),
         );
         config.kafka_addr = Some("broker-1.example:9092".to_string());
+        config.http_addr = Some("broker-1.example:9644".to_string());
         let config = config.validate(Generation(5)).unwrap();
         let mut state = NodeState::for_test();
         for (key, value) in initial_key_values(&config) {
@@ -267,6 +292,7 @@ mod tests {
         }
         let (info, _) = decode_node(&id("42"), &state).unwrap();
         assert_eq!(info.kafka_addr.as_deref(), Some("broker-1.example:9092"));
+        assert_eq!(info.http_addr.as_deref(), Some("broker-1.example:9644"));
         let (info, _) = decode_node(
             &id("42"),
             &state_with(&[
@@ -277,5 +303,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(info.kafka_addr, None);
+        assert_eq!(info.http_addr, None);
     }
 }

@@ -25,6 +25,9 @@ pub struct NodeInfo {
     /// Where Kafka clients connect (HOST:PORT as the node advertises it), if the node runs a
     /// Kafka listener.
     pub kafka_addr: Option<String>,
+    /// Where the node serves HTTP (HOST:PORT as it advertises it): metrics, health and the
+    /// schema registry's REST API, if it runs an HTTP listener.
+    pub http_addr: Option<String>,
     /// The node says it is ready to serve (set by its owner with `set_ready`).
     pub ready: bool,
     /// This node's failure detector currently believes the node is up.

@@ -110,6 +110,7 @@ mod tests {
             client_addr: format!("127.0.0.1:{}", 9000 + id).parse().unwrap(),
             peer_addr: format!("127.0.0.1:{}", 9500 + id).parse().unwrap(),
             kafka_addr: None,
+            http_addr: None,
             ready: false,
             alive,
             hints: LeadershipHints::new(),

@@ -28,6 +28,11 @@ pub struct NodeArgs {
     /// port 0 picks a free port [env: CAIRN_HTTP_LISTEN; default 127.0.0.1:9644].
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// Address other nodes are told to reach the HTTP listener at, HOST:PORT (schema registry
+    /// writes are forwarded there) [env: CAIRN_HTTP_ADVERTISED_ADDRESS; default: the bound
+    /// HTTP listen address].
+    #[arg(long)]
+    pub http_advertised_address: Option<String>,
     /// Address of the Kafka listener, IP:PORT, or `off` [env: CAIRN_KAFKA_LISTEN; default
     /// 127.0.0.1:9092].
     #[arg(long)]
@@ -85,7 +90,7 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         builder = builder.preset(Preset::parse(preset)?);
     }
     builder = builder.env(|name| std::env::var(name).ok());
-    let flags: [(&str, &str, Option<String>); 14] = [
+    let flags: [(&str, &str, Option<String>); 15] = [
         (
             "--node-id",
             "node_id",
@@ -122,6 +127,11 @@ fn builder(args: &NodeArgs) -> Result<ConfigBuilder, crate::config::ConfigError>
         ),
         ("--gossip", "gossip", args.gossip.clone()),
         ("--http-listen", "http.listen", args.http_listen.clone()),
+        (
+            "--http-advertised-address",
+            "http.advertised_address",
+            args.http_advertised_address.clone(),
+        ),
         ("--kafka-listen", "kafka.listen", args.kafka_listen.clone()),
         (
             "--kafka-advertised-address",

@@ -199,6 +199,7 @@ impl ReplicaTimings {
 #[serde(deny_unknown_fields)]
 struct HttpSettings {
     listen: String,
+    advertised_address: Option<String>,
     connections_max: u32,
 }
 
@@ -208,6 +209,9 @@ pub struct HttpConfig {
     /// Address it binds (port 0 picks a free port); `None` (`http.listen = "none"`): no
     /// HTTP listener.
     pub listen: Option<SocketAddr>,
+    /// Address other nodes are told to use (HOST:PORT): a schema registry write that reaches
+    /// a node not leading `_schemas` is forwarded there. Defaults to the bound address.
+    pub advertised_address: Option<String>,
     /// Connections open at once at most; more are closed as soon as they are accepted.
     pub connections_max: u32,
 }
@@ -427,6 +431,7 @@ pub const KEYS: &[&str] = &[
     "groups.expiry_check_ms",
     "groups.initial_rebalance_delay_ms",
     "http.listen",
+    "http.advertised_address",
     "http.connections_max",
     "kafka.listen",
     "kafka.advertised_address",
@@ -445,6 +450,7 @@ const STRING_KEYS: &[&str] = &[
     "cluster_secret_file",
     "storage.durability",
     "http.listen",
+    "http.advertised_address",
     "kafka.listen",
     "kafka.advertised_address",
 ];
@@ -986,6 +992,14 @@ fn validate_http(http: &HttpSettings, listen: SocketAddr) -> Result<HttpConfig, 
             "the HTTP listener and the client listener cannot share one address",
         )?;
     }
+    if let Some(advertised) = &http.advertised_address {
+        rule(
+            "http.advertised_address is HOST:PORT",
+            is_host_port(advertised),
+            "other nodes forward schema registry writes to the advertised address, so it needs \
+             a host and a non-zero port",
+        )?;
+    }
     rule(
         "http.connections_max > 0",
         http.connections_max > 0,
@@ -993,6 +1007,7 @@ fn validate_http(http: &HttpSettings, listen: SocketAddr) -> Result<HttpConfig, 
     )?;
     Ok(HttpConfig {
         listen: address,
+        advertised_address: http.advertised_address.clone(),
         connections_max: http.connections_max,
     })
 }
@@ -1015,10 +1030,16 @@ fn validate_storage(storage: &StorageSettings) -> Result<StorageConfig, ConfigEr
     Ok(StorageConfig { durability })
 }
 
+/// HOST:PORT as peers read it from gossip (membership's `gossip_keys`): a non-empty host of
+/// printable ASCII without spaces, a non-zero port, at most 261 bytes. Anything a peer would
+/// refuse is refused here, at start, instead of making this node unreadable to its peers.
 fn is_host_port(address: &str) -> bool {
-    address.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
-    })
+    address.len() <= 261
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && host.bytes().all(|byte| byte.is_ascii_graphic())
+                && port.parse::<u16>().is_ok_and(|port| port > 0)
+        })
 }
 
 fn validate_kafka(file: KafkaFileSettings, node_id: NodeId) -> Result<KafkaConfig, ConfigError> {
@@ -1583,6 +1604,21 @@ mod tests {
         assert_eq!(
             rule_of(base().set("flag", "http.connections_max", "0")),
             "http.connections_max > 0"
+        );
+        for bad in ["", "host", "host:0", ":9644", "a b:9644"] {
+            assert_eq!(
+                rule_of(base().set("flag", "http.advertised_address", bad)),
+                "http.advertised_address is HOST:PORT",
+                "{bad}"
+            );
+        }
+        let advertised = base()
+            .set("flag", "http.advertised_address", "registry-1.example:9644")
+            .build()
+            .unwrap();
+        assert_eq!(
+            advertised.http.advertised_address.as_deref(),
+            Some("registry-1.example:9644")
         );
         let unknown = base()
             .file_text("f.toml".into(), "[http]\nport = 1\n")

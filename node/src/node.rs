@@ -148,6 +148,13 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
                 bound,
                 &advertised_address(&config, bound),
                 kafka_advertised,
+                http_listener.as_ref().map(|(_, http_bound)| {
+                    config
+                        .http
+                        .advertised_address
+                        .clone()
+                        .unwrap_or_else(|| http_bound.to_string())
+                }),
                 &broker,
             )
             .await?,
@@ -284,6 +291,7 @@ async fn start_membership<S: LogStore>(
     bound: std::net::SocketAddr,
     advertised: &str,
     kafka_advertised: Option<String>,
+    http_advertised: Option<String>,
     broker: &Arc<Broker<S>>,
 ) -> Result<Arc<cairn_membership::Membership>, FatalError> {
     use cairn_membership::{Generation, Membership, MembershipSettings};
@@ -294,6 +302,7 @@ async fn start_membership<S: LogStore>(
         MembershipSettings::new(CLUSTER_ID, config.node_id, gossip, client_addr, client_addr);
     settings.seeds = config.cluster.seeds.clone();
     settings.kafka_addr = kafka_advertised;
+    settings.http_addr = http_advertised;
     // The failure detector follows the gossip rhythm: its prior is one gossip round, and
     // gaps up to 40 rounds (at most 10 s) count towards the mean, so a stopped peer is seen
     // to leave after about phi x gossip_interval_ms.

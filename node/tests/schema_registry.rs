@@ -9,6 +9,11 @@
 //!   leader is killed a new schema gets a new id while every old one still resolves.
 //! - `a_node_without_a_replica_of_schemas_answers_from_the_leaders_log`: on 4 nodes (3
 //!   replicas of `_schemas`) every node reads and writes.
+//! - `no_client_may_write_schemas_and_followers_forward_registry_writes_to_the_leader`: a
+//!   forged registry record produced to `_schemas` over the Cairn and the Kafka protocol, on
+//!   every node, is refused as an internal-topic write and changes nothing; a registry write
+//!   sent to a follower is forwarded to the leader and answered, and a request already
+//!   forwarded once is never forwarded again (503, 50004).
 //! - `confluent_kafka_avro_serializers_round_trip_through_the_registry`,
 //!   `confluent_kafka_json_serializers_round_trip_through_the_registry`,
 //!   `confluent_kafka_protobuf_serializers_round_trip_through_the_registry`: run
@@ -27,11 +32,15 @@ mod support;
 
 use cairn_protocol::messages::{MetadataRequest, Request, Response};
 use cairn_protocol::NodeId;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::cluster::TestCluster;
+use support::kafka::{kafka_batch, KafkaWire};
 use support::registry::{http, http_available, json, AVAILABLE_TIMEOUT, REGISTRY_PACKAGES_HINT};
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -387,6 +396,100 @@ fn a_node_without_a_replica_of_schemas_answers_from_the_leaders_log() {
 
 /// Runs `node/tests/kafka_python/{script}` against a fresh 3-node cluster with a topic of 3
 /// replicas: registries of every node, the Kafka bootstrap, the topic.
+#[test]
+fn no_client_may_write_schemas_and_followers_forward_registry_writes_to_the_leader() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let one = cluster.node(1).http_address();
+    let (status, body) = http_available(
+        one,
+        "POST",
+        "/subjects/users-value/versions",
+        &schema_body(USER_V1),
+    );
+    assert_eq!(status, 200, "{body}");
+    let leader = schemas_leader(&mut cluster, None);
+    let follower = [1, 2, 3].into_iter().find(|node| *node != leader).unwrap();
+    let follower_http = cluster.node(follower).http_address();
+    let schemas_end = |cluster: &TestCluster| {
+        cluster
+            .node(leader)
+            .wire()
+            .describe_topic("_schemas")
+            .expect("describe _schemas")[0]
+            .high_watermark
+    };
+    let before = schemas_end(&cluster);
+
+    // A well-formed registry record, as the registry itself writes a global level change:
+    // a client may not produce it, on any node, over either protocol.
+    let key = r#"{"keytype":"CONFIG","subject":null,"magic":0}"#;
+    let value = r#"{"compatibilityLevel":"NONE"}"#;
+    for node in [1, 2, 3] {
+        let mut batch = cairn_protocol::batch::RecordBatchBuilder::new(1_700_000_000_000);
+        batch.push(&cairn_protocol::Record::new(value.to_string()).with_key(key.to_string()));
+        let refused =
+            cluster
+                .node(node)
+                .wire()
+                .produce_batch("_schemas", 0, batch.build().into_bytes());
+        assert!(
+            matches!(
+                refused,
+                Err(cairn_protocol::ApiError::InvalidTopicName { .. })
+            ),
+            "node {node}: {refused:?}"
+        );
+        let mut kafka = KafkaWire::connect(cluster.node(node).kafka_address());
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("_schemas")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(kafka_batch(&[(key, value)])))])]);
+        let response: ProduceResponse = kafka.call(ApiKey::Produce, 9, &request);
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!(answer.error_code, 17, "INVALID_TOPIC_EXCEPTION: {answer:?}");
+    }
+    assert_eq!(schemas_end(&cluster), before, "nothing reached _schemas");
+    let (status, body) = http(follower_http, "GET", "/config", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["compatibilityLevel"], "BACKWARD");
+
+    // A request already forwarded once is answered by the node it reached: a follower says
+    // it does not lead, so a forwarder asks the leader again instead of looping.
+    let forwarded = "PUT /config HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\
+                     X-Cairn-Forwarded-By: 9\r\nContent-Type: application/json\r\n\
+                     Content-Length: 24\r\n\r\n{\"compatibility\":\"FULL\"}";
+    let (status, body) = support::http_raw(follower_http, forwarded.as_bytes(), AVAILABLE_TIMEOUT);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(json(&body)["error_code"], 50004, "{body}");
+
+    // The same write from a client, to the follower: forwarded to the leader and applied.
+    let (status, body) = http(
+        follower_http,
+        "PUT",
+        "/config",
+        r#"{"compatibility":"FULL"}"#,
+    );
+    assert_eq!(
+        (status, json(&body)),
+        (200, serde_json::json!({ "compatibility": "FULL" })),
+        "{body}"
+    );
+    assert!(
+        schemas_end(&cluster) > before,
+        "the leader wrote the change"
+    );
+    let leader_http = cluster.node(leader).http_address();
+    let (status, body) = http(leader_http, "GET", "/config", "");
+    assert_eq!(
+        (status, json(&body)["compatibilityLevel"].clone()),
+        (200, "FULL".into())
+    );
+}
+
 fn run_python_registry_scenario(script: &str, module: &str, topic: &str) {
     support::require_python_module(module, REGISTRY_PACKAGES_HINT);
     let cluster = TestCluster::start(3, &[]);

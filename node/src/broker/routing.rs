@@ -159,6 +159,15 @@ impl<S: LogStore> Broker<S> {
             .map(|info| info.client_addr)
     }
 
+    /// The HTTP listener address (HOST:PORT) of a node gossip says is alive and runs one (not
+    /// this node's own).
+    pub fn http_address(&self, node: NodeId) -> Option<String> {
+        self.cluster_view()
+            .get(&node)
+            .filter(|info| info.alive)
+            .and_then(|info| info.http_addr.clone())
+    }
+
     pub(super) fn cluster_view(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, NodeInfo>> {
         self.cluster
             .read()

@@ -3,12 +3,15 @@
 //!
 //! Reads replay what this node's replica of `_schemas` has committed (a follower serves its
 //! committed prefix, DESIGN 5.7), up to the leader's high watermark when the leader answers,
-//! then answer from the state: a read on any node sees every write any node has answered. A write plans its records from
-//! the replayed state, appends them through the partition's leader with acks=all (the local
-//! actor when this node leads, else the leader's Cairn listener, as any client would), waits
-//! until this node has replayed past them, and answers from the state they built. Writers on
-//! different nodes may race: the engine settles every race at apply time and a registration
-//! that lost plans again, a bounded number of times.
+//! then answer from the state: a read on any node sees every write any node has answered.
+//!
+//! Writes are made by the leader of `_schemas` only: a write reaching another node is
+//! forwarded to the leader's HTTP listener ([`forward`]), and no client may produce to
+//! `_schemas`. The leader plans a write's records from its replayed state under one lock,
+//! appends them through its own replica with acks=all, waits until it has replayed past
+//! them, and answers from the state they built. The engine still settles at apply time any
+//! race a leadership change could cause (an old leader's last write committed after the new
+//! leader planned), and a registration that lost plans again, a bounded number of times.
 //!
 //! A node without a replica of `_schemas` (a cluster larger than its replication factor)
 //! replays the leader's log instead, fetched as a client.
@@ -17,6 +20,7 @@
 //! `__offsets`); reads on a cluster without it see an empty registry.
 
 pub mod cli;
+pub mod forward;
 pub mod rest;
 pub mod validation;
 
@@ -25,7 +29,7 @@ use cairn_control::schema::state::Registration;
 use cairn_control::schema::{Registry, RegistryError, SchemaRecord, SCHEMAS_TOPIC};
 use cairn_protocol::batch::{split_batches, RecordBatch, RecordBatchBuilder};
 use cairn_protocol::messages::{
-    FetchPartition, FetchRequest, ListOffsetsRequest, OffsetSpec, ProduceRequest, Request, Response,
+    FetchPartition, FetchRequest, ListOffsetsRequest, OffsetSpec, Request, Response,
 };
 use cairn_protocol::{Acks, ApiError, NodeId, Offset, Record};
 use cairn_storage::LogStore;
@@ -34,7 +38,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// How long a request may wait for `_schemas` to exist, be led, and replay a write.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a read may spend catching up before it answers 50002.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a write asks again for the leader of `_schemas` while it fails over.
@@ -73,6 +77,18 @@ pub enum Failure {
     Request(#[from] RegistryError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+}
+
+/// Which node writes the registry now ([`SchemaRegistry::writer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Writer {
+    /// This node leads `_schemas`.
+    Here,
+    /// Another node does; its HTTP address when it gossips one.
+    Node {
+        node: NodeId,
+        http_address: Option<String>,
+    },
 }
 
 struct Replayed {
@@ -281,7 +297,10 @@ impl<S: LogStore> SchemaRegistry<S> {
         let before = replayed.next;
         let result = self.catch_up_log(replayed, until, deadline).await;
         if replayed.next != before {
-            self.broker.schemas.publish(replayed.registry.subject_ids());
+            self.broker.schemas.publish(validation::SchemaIndex {
+                subjects: replayed.registry.subject_ids(),
+                names: replayed.registry.record_names(),
+            });
         }
         result
     }
@@ -407,6 +426,19 @@ impl<S: LogStore> SchemaRegistry<S> {
         while Instant::now() < deadline {
             match self.append_once(&batch).await {
                 Ok(base) => return Ok(Offset(base.0 + count - 1)),
+                Err(ApiError::NotLeader {
+                    leader_hint: Some(leader),
+                    ..
+                }) => {
+                    // Planned here while this node led; the next leader plans it again on
+                    // its own state when the client retries.
+                    return Err(RuntimeError::Unavailable {
+                        reason: format!(
+                            "the leadership of {SCHEMAS_TOPIC} moved to node {leader} during \
+                             the write; retry"
+                        ),
+                    });
+                }
                 Err(error) if error.is_retriable() => last = error.to_string(),
                 Err(error) => {
                     return Err(RuntimeError::Unavailable {
@@ -421,36 +453,23 @@ impl<S: LogStore> SchemaRegistry<S> {
         })
     }
 
+    /// Appends through this node's own replica, which must lead `_schemas`: only the leader's
+    /// registry writes (a write reaching another node is forwarded, see [`forward`]).
     async fn append_once(&self, batch: &RecordBatch) -> Result<Offset, ApiError> {
-        let leader = self
-            .broker
-            .partition_leader(SCHEMAS_TOPIC, 0)
-            .ok_or(ApiError::NotLeader {
-                leader_hint: None,
+        let leader = self.broker.partition_leader(SCHEMAS_TOPIC, 0);
+        if leader != Some(self.broker.config.node_id) {
+            return Err(ApiError::NotLeader {
+                leader_hint: leader,
                 epoch: cairn_protocol::Epoch::ZERO,
-            })?;
-        if leader == self.broker.config.node_id {
-            let handle = self.broker.partition(SCHEMAS_TOPIC, 0)?;
-            let reply = handle.produce(batch.clone(), Acks::All)?;
-            return match tokio::time::timeout(WRITE_TIMEOUT, reply).await {
-                Ok(Ok(result)) => result.map(|response| response.base_offset),
-                Ok(Err(_)) => Err(handle.shared.not_leader()),
-                Err(_) => Err(ApiError::Timeout {
-                    waited_ms: WRITE_TIMEOUT.as_millis() as u64,
-                }),
-            };
+            });
         }
-        let request = Request::Produce(ProduceRequest {
-            topic: SCHEMAS_TOPIC.to_string(),
-            partition: 0,
-            acks: Acks::All,
-            timeout_ms: WRITE_TIMEOUT.as_millis() as u32,
-            batch: batch.bytes().clone(),
-        });
-        match self.ask(leader, request).await? {
-            Response::Produce(answer) => Ok(answer.base_offset),
-            other => Err(ApiError::Internal {
-                reason: format!("a produce was answered with {}", other.kind()),
+        let handle = self.broker.partition(SCHEMAS_TOPIC, 0)?;
+        let reply = handle.produce(batch.clone(), Acks::All)?;
+        match tokio::time::timeout(WRITE_TIMEOUT, reply).await {
+            Ok(Ok(result)) => result.map(|response| response.base_offset),
+            Ok(Err(_)) => Err(handle.shared.not_leader()),
+            Err(_) => Err(ApiError::Timeout {
+                waited_ms: WRITE_TIMEOUT.as_millis() as u64,
             }),
         }
     }

@@ -1,4 +1,6 @@
-//! Confluent Schema Registry's REST API, on the node's HTTP listener (`http.listen`).
+//! Confluent Schema Registry's REST API, on the node's HTTP listener (`http.listen`). Writes
+//! are served by the leader of `_schemas` and forwarded to it from any other node
+//! ([`super::forward`]).
 //!
 //! Bodies are bounded ([`BODY_BYTES_MAX`], answered 413) and parsed here; answers are
 //! `application/vnd.schemaregistry.v1+json`, and every refusal is Confluent's
@@ -68,6 +70,10 @@ pub fn router<S: LogStore>(registry: Arc<SchemaRegistry<S>>) -> Router {
             post(check::<S>),
         )
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&registry),
+            super::forward::route_writes::<S>,
+        ))
         .with_state(registry)
 }
 

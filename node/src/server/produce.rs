@@ -135,14 +135,11 @@ fn check_and_enqueue<S: LogStore>(
     request: ProduceRequest,
     schemas_caught_up: bool,
 ) -> Result<Result<Enqueued, ProduceRequest>, ApiError> {
-    if crate::broker::is_internal(&request.topic)
-        && request.topic != cairn_control::schema::SCHEMAS_TOPIC
-    {
+    if crate::broker::is_internal(&request.topic) {
         // Only the node writes its internal topics: a client's record in `__offsets` would be
-        // replayed as group state. `_schemas` is the exception, as in Confluent's registry: a
-        // registry on a node that does not lead it appends through the leader as a client,
-        // and the registry engine validates every record at replay, so a foreign record is
-        // ignored, never trusted.
+        // replayed as group state, one in `_schemas` as a registry write (a soft delete, a
+        // compatibility level) that no registry validated. The registry writes `_schemas`
+        // through its own replica on the leader (see `crate::schemas::forward`).
         return Err(ApiError::InvalidTopicName {
             name: request.topic,
             reason: "internal topics are written by the cluster only".to_string(),
