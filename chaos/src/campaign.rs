@@ -56,6 +56,9 @@ pub struct CampaignConfig {
     /// How long the drain reader may take to reach every high watermark.
     #[serde(default = "default_drain_timeout_s")]
     pub drain_timeout_s: u64,
+    /// Bytes of each produced value, padded (0: the unique id alone, a few bytes).
+    #[serde(default)]
+    pub value_bytes: u32,
 }
 
 fn default_drain_timeout_s() -> u64 {
@@ -151,6 +154,7 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
         group_consumers: config.group_consumers,
         manual_readers: config.manual_readers,
         rate_per_producer: config.rate_per_producer,
+        value_bytes: config.value_bytes,
         records_per_producer_max: u64::from(config.rate_per_producer) * config.duration_s * 2,
     };
     let duration_ms = config.duration_s * 1_000;

@@ -119,9 +119,32 @@ pub struct AnomalyGroup {
 /// text no workload value has, so it still counts as a value nobody sent.
 pub fn value_text(value: Option<&[u8]>) -> String {
     match value {
-        Some(value) => String::from_utf8_lossy(value).into_owned(),
+        Some(value) => {
+            let text = String::from_utf8_lossy(value);
+            // A padded value reads as its id; padding that is not all `~` is kept, so a
+            // damaged value shows as an unexpected one.
+            match text.split_once(PADDING) {
+                Some((id, padding)) if padding.bytes().all(|byte| byte == PADDING as u8) => {
+                    id.to_owned()
+                }
+                _ => text.into_owned(),
+            }
+        }
         None => TOMBSTONE_TEXT.to_owned(),
     }
+}
+
+/// What pads a workload value to `--value-bytes`; never part of an id.
+const PADDING: char = '~';
+
+/// `id` padded with `~` to `bytes` bytes (as it is when already that long or longer).
+pub fn padded_value(id: &str, bytes: usize) -> Vec<u8> {
+    let mut value = id.as_bytes().to_vec();
+    if value.len() < bytes {
+        value.push(PADDING as u8);
+        value.resize(bytes.max(value.len()), PADDING as u8);
+    }
+    value
 }
 
 /// [`value_text`] of a tombstone.

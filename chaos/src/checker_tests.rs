@@ -763,3 +763,16 @@ fn compacted_replicas_may_hold_superseded_writes_compacted_but_must_agree_and_ke
         vec![AnomalyKind::ReplicaMissing]
     );
 }
+
+#[test]
+fn padded_values_read_back_as_their_ids_and_damaged_padding_does_not() {
+    let padded = crate::checker::padded_value("7-42", 163_840);
+    assert_eq!(padded.len(), 163_840);
+    assert_eq!(crate::checker::value_text(Some(&padded)), "7-42");
+    assert_eq!(crate::checker::padded_value("7-42", 0), b"7-42".to_vec());
+    assert_eq!(crate::checker::value_text(Some(b"7-42")), "7-42");
+    let mut damaged = padded.clone();
+    damaged[100_000] = b'x';
+    assert_ne!(crate::checker::value_text(Some(&damaged)), "7-42");
+    assert_eq!(crate::checker::value_text(None), crate::checker::TOMBSTONE_TEXT);
+}

@@ -105,6 +105,12 @@ struct RunArgs {
     /// Seconds the drain reader may take to reach every high watermark after the run.
     #[arg(long, default_value_t = 90)]
     drain_timeout_s: u64,
+    /// Bytes of each produced value: the unique id padded with `~` (0: the id alone). At
+    /// 160 KiB (163840) every record is its own batch above sled's 128 KiB blob threshold,
+    /// so power faults exercise blob files; at most 262144 (the test preset's record limit is
+    /// 512 KiB).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=262_144))]
+    value_bytes: u32,
 }
 
 fn parse_duration_s(text: &str) -> Result<u64, String> {
@@ -213,6 +219,7 @@ fn run(args: RunArgs) -> i32 {
         expect_loss: args.expect_loss,
         powerfs: args.powerfs.clone(),
         drain_timeout_s: args.drain_timeout_s,
+        value_bytes: args.value_bytes,
     };
     eprintln!(
         "cairn-chaos: seed {seed}, {} nodes, {duration_s} s, faults {:?}, network {mode:?}, out {}",

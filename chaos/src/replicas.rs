@@ -99,20 +99,22 @@ pub fn settle_compaction(per_node: &mut [Vec<StoredLog>]) -> Result<(), String> 
     }
     for log in per_node.iter_mut().flatten() {
         if let Some(decision) = decisions.get(&(log.topic, log.partition)) {
-            log.batches =
-                compact_log(&log.batches, decision, COMPACTION_KEYS_MAX).map_err(|error| {
+            log.batches = compact_log(&log.batches, decision, COMPACTION_INDEX_BYTES_MAX).map_err(
+                |error| {
                     format!(
                         "compact t{}-{} of node {}: {error}",
                         log.topic, log.partition, log.node
                     )
-                })?;
+                },
+            )?;
         }
     }
     Ok(())
 }
 
-/// Keys one settled comparison may index, per partition (the node's own bound).
-const COMPACTION_KEYS_MAX: usize = 1 << 20;
+/// Bytes of keys one pass of a settled comparison may index, per partition (the node's
+/// default budget; any budget gives the same log).
+const COMPACTION_INDEX_BYTES_MAX: usize = 64 << 20;
 
 /// The checker's view of a stored log: one entry per record (a control batch's offsets as
 /// entries without a value), at the offsets the records have (a compacted log has gaps).

@@ -101,6 +101,8 @@ pub struct WorkloadConfig {
     pub manual_readers: u32,
     /// Records per second per producer.
     pub rate_per_producer: u32,
+    /// Bytes of each value: the unique id, padded ([`crate::checker::padded_value`]).
+    pub value_bytes: u32,
     /// Records per producer at most over the whole run.
     pub records_per_producer_max: u64,
 }
@@ -229,7 +231,11 @@ pub async fn run_producer(
                     let value = format!("{process}-{sent}");
                     let key = format!("k{}", sent % 64);
                     let invoke_ms = recorder.now_ms();
-                    let record = Record::new(value.clone()).with_key(key.clone());
+                    let record = Record::new(crate::checker::padded_value(
+                        &value,
+                        config.value_bytes as usize,
+                    ))
+                    .with_key(key.clone());
                     match producer.send(TOPIC, record).await {
                         Ok(delivery) => {
                             let partition = delivery.partition();

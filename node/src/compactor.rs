@@ -5,15 +5,19 @@
 //! A partition actor never rewrites a batch itself: when a decision marker (see
 //! `cairn_protocol::compaction`) becomes committed, it hands a [`CompactionJob`] (a second
 //! handle on its log, which shares the log's state, and the decision) to the bounded queue
-//! here and goes on serving produces. The worker reads the log below the decision's offset
-//! twice (the key index, then the rewrite) and swaps each changed batch in with
-//! `PartitionLog::replace_batch`, one short storage call per batch, so appends (all at the
-//! log end, above the decision) and reads (which get either version of a batch whole) go on
-//! meanwhile. A rewrite is durable with the next flush any partition asks for; a crash
-//! before it leaves old batches, which the next decision (a superset) compacts again.
+//! here and goes on serving produces. The worker applies a decision in passes, each over one
+//! range of the key space whose index fits `retention.compaction_index_bytes_max` (one pass
+//! unless the keys below the decision's offset need more). Each pass reads the log below the
+//! decision's offset twice (the key index, then the rewrite) and swaps each changed batch in
+//! with `PartitionLog::replace_batch`, one short storage call per batch, so appends (all at
+//! the log end, above the decision) and reads (which get either version of a batch whole) go
+//! on meanwhile. A rewrite is durable with the next flush any partition asks for; a crash
+//! before it, or between passes, leaves old batches, which the next run of the decision (or
+//! a later one, a superset) compacts again to the same bytes.
 
 use cairn_protocol::compaction::{compact_batch, CompactionDecision, CompactionError, KeyIndex};
 use cairn_protocol::Offset;
+use cairn_protocol::RecordBatch;
 use cairn_storage::{LogStore, PartitionLog, StorageError};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,9 +25,6 @@ use std::time::{Duration, Instant};
 /// Jobs waiting for the worker; a partition whose job does not fit retries at its next
 /// high watermark change.
 pub const COMPACTION_JOBS_MAX: usize = 64;
-/// Distinct keys one compaction may index (its memory bound); a partition with more is
-/// left as it is, with a warning.
-pub const COMPACTION_KEYS_MAX: usize = 1 << 20;
 /// Bytes read from a log per step.
 const READ_BYTES_MAX: usize = 1 << 20;
 /// Key of the last decision a replica applied in full, in the log's own values.
@@ -39,8 +40,13 @@ pub struct CompactionJob<L> {
 /// What one job did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CompactionOutcome {
+    /// Passes over the log, one per range of keys whose index fit the budget.
+    pub passes: u32,
+    /// Batches below the decision's offset.
     pub batches_read: u64,
+    /// Rewrites, over every pass (a batch may be rewritten by several).
     pub batches_rewritten: u64,
+    /// Bytes below the decision's offset before the first pass and after the last.
     pub bytes_before: u64,
     pub bytes_after: u64,
 }
@@ -68,16 +74,22 @@ impl<S: LogStore> Clone for Compactor<S> {
 }
 
 impl<S: LogStore> Compactor<S> {
-    /// Starts the worker thread, reading at most `bytes_per_second` (0: unthrottled). The
-    /// thread ends when every handle is dropped.
-    pub fn start(bytes_per_second: u64) -> Compactor<S> {
+    /// Starts the worker thread, reading at most `bytes_per_second` (0: unthrottled), each
+    /// pass's key index within `index_bytes_max`. The thread ends when every handle is
+    /// dropped.
+    pub fn start(bytes_per_second: u64, index_bytes_max: usize) -> Compactor<S> {
         let (jobs, queue) = mpsc::sync_channel::<CompactionJob<S::Log>>(COMPACTION_JOBS_MAX);
         std::thread::Builder::new()
             .name("cairn-compactor".into())
             .spawn(move || {
                 while let Ok(mut job) = queue.recv() {
                     let started = Instant::now();
-                    let result = compact(&mut job.log, &job.decision, bytes_per_second);
+                    let result = compact(
+                        &mut job.log,
+                        &job.decision,
+                        bytes_per_second,
+                        index_bytes_max,
+                    );
                     let metrics = crate::metrics::node();
                     metrics
                         .compaction_duration
@@ -87,6 +99,7 @@ impl<S: LogStore> Compactor<S> {
                             metrics.compaction_jobs.inc();
                             tracing::info!(
                             partition = %job.log_name, below = %job.decision.below,
+                            passes = outcome.passes,
                             rewritten = outcome.batches_rewritten, read = outcome.batches_read,
                             bytes_before = outcome.bytes_before, bytes_after = outcome.bytes_after,
                             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -203,11 +216,13 @@ pub fn applied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> 
     decode_decision(&log.get_value(APPLIED_DECISION_KEY).ok()??)
 }
 
-/// Applies `decision` to `log` (both passes), reading at most `bytes_per_second`.
+/// Applies `decision` to `log`, pass after pass (see the module comment), reading at most
+/// `bytes_per_second` over the whole job, each pass's key index within `index_bytes_max`.
 pub fn compact<L: PartitionLog>(
     log: &mut L,
     decision: &CompactionDecision,
     bytes_per_second: u64,
+    index_bytes_max: usize,
 ) -> Result<CompactionOutcome, CompactionFailure> {
     // Decisions combine (larger offset, later cutoff), so one applied before stays applied.
     let decision = match applied_decision(log) {
@@ -217,45 +232,30 @@ pub fn compact<L: PartitionLog>(
     let below = decision.below.min(log.log_end());
     let mut throttle = Throttle::new(bytes_per_second);
     let metrics = crate::metrics::node();
-    let mut index = KeyIndex::new(&decision, COMPACTION_KEYS_MAX);
     let mut outcome = CompactionOutcome::default();
-    let mut from = log.log_start();
-    while from < below {
-        let batches = log.read(from, below, READ_BYTES_MAX)?;
-        let Some(last) = batches.last() else {
-            break;
-        };
-        from = last.next_offset();
-        for batch in &batches {
-            index.observe(batch)?;
-            metrics
-                .compaction_bytes_read
-                .inc_by(batch.size_bytes() as u64);
-            throttle.spend(batch.size_bytes() as u64);
-        }
-    }
-    let mut from = log.log_start();
-    while from < below {
-        let batches = log.read(from, below, READ_BYTES_MAX)?;
-        let Some(last) = batches.last() else {
-            break;
-        };
-        from = last.next_offset();
-        for batch in &batches {
-            outcome.batches_read += 1;
-            outcome.bytes_before += batch.size_bytes() as u64;
-            metrics
-                .compaction_bytes_read
-                .inc_by(batch.size_bytes() as u64);
-            throttle.spend(batch.size_bytes() as u64);
+    let mut index = KeyIndex::new(&decision, index_bytes_max);
+    // Bounded: each pass covers at least one key that no pass before it did.
+    loop {
+        outcome.passes = index.pass();
+        metrics.compaction_passes.inc();
+        for_each_batch(log, below, &mut throttle, |_, batch| {
+            Ok(index.observe(batch)?)
+        })?;
+        let mut bytes_after = 0;
+        let first = outcome.passes == 1;
+        for_each_batch(log, below, &mut throttle, |log, batch| {
+            if first {
+                outcome.batches_read += 1;
+                outcome.bytes_before += batch.size_bytes() as u64;
+            }
             let Some(compacted) = compact_batch(batch, &decision, &index)? else {
-                outcome.bytes_after += batch.size_bytes() as u64;
-                continue;
+                bytes_after += batch.size_bytes() as u64;
+                return Ok(());
             };
             match log.replace_batch(&compacted) {
                 Ok(()) => {
                     outcome.batches_rewritten += 1;
-                    outcome.bytes_after += compacted.size_bytes() as u64;
+                    bytes_after += compacted.size_bytes() as u64;
                     metrics.compaction_batches_rewritten.inc();
                     metrics.compaction_bytes_removed.inc_by(
                         (batch.size_bytes() as u64).saturating_sub(compacted.size_bytes() as u64),
@@ -265,10 +265,43 @@ pub fn compact<L: PartitionLog>(
                 Err(StorageError::BadReplacement { .. }) => {}
                 Err(error) => return Err(error.into()),
             }
+            Ok(())
+        })?;
+        outcome.bytes_after = bytes_after;
+        match index.next_pass() {
+            Some(next) => index = next,
+            None => break,
         }
     }
     log.put_value(APPLIED_DECISION_KEY, &encode_decision(&decision))?;
     Ok(outcome)
+}
+
+/// Reads `log` from its start to `below`, at most `READ_BYTES_MAX` a step, handing `visit`
+/// each batch in offset order (and the log, to rewrite it) and spending its bytes.
+fn for_each_batch<L: PartitionLog>(
+    log: &mut L,
+    below: Offset,
+    throttle: &mut Throttle,
+    mut visit: impl FnMut(&mut L, &RecordBatch) -> Result<(), CompactionFailure>,
+) -> Result<(), CompactionFailure> {
+    let metrics = crate::metrics::node();
+    let mut from = log.log_start();
+    while from < below {
+        let batches = log.read(from, below, READ_BYTES_MAX)?;
+        let Some(last) = batches.last() else {
+            break;
+        };
+        from = last.next_offset();
+        for batch in &batches {
+            metrics
+                .compaction_bytes_read
+                .inc_by(batch.size_bytes() as u64);
+            throttle.spend(batch.size_bytes() as u64);
+            visit(log, batch)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sleeps so that the bytes spent stay within the budget since the job started.
@@ -307,6 +340,9 @@ mod tests {
     use cairn_protocol::Epoch;
     use cairn_storage::MemoryStore;
 
+    /// Enough for every key of these tests in one pass.
+    const BUDGET: usize = 1 << 20;
+
     fn keyed(keys: &[&str], base: u64) -> cairn_protocol::RecordBatch {
         let mut builder = RecordBatchBuilder::new(1_000);
         for key in keys {
@@ -333,7 +369,7 @@ mod tests {
         log.append(&keyed(&["b"], 3)).unwrap();
         log.raise_committed_watermark(Offset(4)).unwrap();
         assert_eq!(unapplied_decision(&log), Some(decision));
-        compact(&mut log, &decision, 0).unwrap();
+        compact(&mut log, &decision, 0, BUDGET).unwrap();
         assert_eq!(unapplied_decision(&log), None, "applied");
 
         let later = CompactionDecision {
@@ -369,26 +405,68 @@ mod tests {
             below: Offset(5),
             tombstone_cutoff_ms: 0,
         };
-        let outcome = compact(&mut log, &decision, 0).unwrap();
+        let outcome = compact(&mut log, &decision, 0, BUDGET).unwrap();
         assert_eq!(outcome.batches_rewritten, 1);
-        let expected = compact_log(&batches, &decision, COMPACTION_KEYS_MAX).unwrap();
+        let expected = compact_log(&batches, &decision, usize::MAX).unwrap();
         assert_eq!(
             log.read(Offset(0), Offset(6), usize::MAX).unwrap(),
             expected
         );
         assert_eq!(applied_decision(&log), Some(decision));
-        let again = compact(&mut log, &decision, 0).unwrap();
+        let again = compact(&mut log, &decision, 0, BUDGET).unwrap();
         assert_eq!(again.batches_rewritten, 0);
         // A smaller decision later is merged with the applied one: nothing comes back.
         let smaller = CompactionDecision {
             below: Offset(2),
             tombstone_cutoff_ms: -1,
         };
-        compact(&mut log, &smaller, 0).unwrap();
+        compact(&mut log, &smaller, 0, BUDGET).unwrap();
         assert_eq!(
             log.read(Offset(0), Offset(6), usize::MAX).unwrap(),
             expected
         );
         assert_eq!(applied_decision(&log), Some(decision));
+    }
+
+    /// A log whose keys need many index budgets is compacted in as many passes, to the bytes
+    /// the single-pass function gives, and the job is recorded as applied once.
+    #[test]
+    fn a_stored_log_whose_keys_pass_the_budget_is_compacted_in_passes_to_the_single_pass_log() {
+        let store = MemoryStore::new();
+        let mut log = store.open_log("t1-0").unwrap();
+        let keys: Vec<String> = (0..300)
+            .map(|n| format!("key-{:04}", n * 7 % 300))
+            .collect();
+        let mut batches = Vec::new();
+        let mut next = 0;
+        for round in 0..3 {
+            for chunk in keys.chunks(13 + round) {
+                let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                let batch = keyed(&names, next);
+                next = batch.next_offset().0;
+                log.append(&batch).unwrap();
+                batches.push(batch);
+            }
+        }
+        let decision = CompactionDecision {
+            below: Offset(next),
+            tombstone_cutoff_ms: 0,
+        };
+        // 20 keys of 8 bytes a pass.
+        let budget = 20 * (8 + cairn_protocol::compaction::INDEX_ENTRY_OVERHEAD_BYTES);
+        let passes_before = crate::metrics::node().compaction_passes.get();
+        let outcome = compact(&mut log, &decision, 0, budget).unwrap();
+        assert_eq!(outcome.passes, 15, "300 keys, 20 a pass");
+        assert!(crate::metrics::node().compaction_passes.get() >= passes_before + 15);
+        assert_eq!(outcome.batches_read, batches.len() as u64);
+        assert!(outcome.bytes_after < outcome.bytes_before);
+        let expected = compact_log(&batches, &decision, usize::MAX).unwrap();
+        assert_eq!(
+            log.read(Offset(0), Offset(next), usize::MAX).unwrap(),
+            expected
+        );
+        assert_eq!(applied_decision(&log), Some(decision));
+        let again = compact(&mut log, &decision, 0, budget).unwrap();
+        assert_eq!((again.passes, again.batches_rewritten), (15, 0));
     }
 }

@@ -260,10 +260,25 @@ pub struct RetentionDefaults {
     pub retention_bytes: Option<u64>,
     /// How often each partition applies retention.
     pub retention_check_ms: u64,
-    /// Bytes of partition logs the node's compactor reads per second at most (both passes
-    /// count); 0: unthrottled.
+    /// Bytes of partition logs the node's compactor reads per second at most (index and
+    /// rewrite, every pass, count); 0: unthrottled.
     pub compaction_bytes_per_second: u64,
+    /// Bytes one compaction pass's key index may hold (key bytes plus an estimate of 96 a
+    /// key): a partition whose keys need more is compacted in more passes, each over the
+    /// whole log below the decision, each for a range of keys that fits (docs/compaction.md).
+    pub compaction_index_bytes_max: u64,
 }
+
+impl RetentionDefaults {
+    /// The index budget as the compactor takes it (a budget above the address space is no
+    /// budget).
+    pub fn compaction_index_bytes_max(&self) -> usize {
+        usize::try_from(self.compaction_index_bytes_max).unwrap_or(usize::MAX)
+    }
+}
+
+/// The smallest `retention.compaction_index_bytes_max`: about 40 short keys a pass.
+pub const COMPACTION_INDEX_BYTES_MIN: u64 = 4096;
 
 /// The store as the file gives it (`[storage]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -407,6 +422,7 @@ pub const KEYS: &[&str] = &[
     "retention.retention_bytes",
     "retention.retention_check_ms",
     "retention.compaction_bytes_per_second",
+    "retention.compaction_index_bytes_max",
     "storage.durability",
     "groups.offsets_partitions",
     "groups.heartbeat_interval_ms",
@@ -488,6 +504,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             # 16 MiB/s: at 64 MiB/s rf3-1kb-half's publish p99 was 2.3x and 34x its baseline
             # while 1 GiB was compacted, at 16 MiB/s 1.7x (benches/results/compaction-p99-2026-12-04.md).
             compaction_bytes_per_second = 16777216
+            # 64 MiB: about 500 000 keys of 32 bytes in one pass; a partition with more takes a
+            # pass per 64 MiB of keys, each reading its log below the decision again.
+            compaction_index_bytes_max = 67108864
             [storage]
             # Syncs every acknowledged batch to disk: measured on rf3-1kb-max against flush, 0-9%
             # fewer records/s (benches/results/durability-2026-12-04.md), under issue 19's 25%.
@@ -546,6 +565,8 @@ fn preset_table(preset: Preset) -> toml::Table {
             [retention]
             retention_check_ms = 200
             compaction_bytes_per_second = 67108864
+            # Small, like the other test limits: a few hundred keys a pass.
+            compaction_index_bytes_max = 65536
             [storage]
             # Tests that need power-loss durability set fsync themselves (the power campaign,
             # the restart-everything test); the rest run faster on flush.
@@ -877,6 +898,12 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         "retention.retention_check_ms > 0",
         retention.retention_check_ms > 0,
         "retention runs on a timer; a period of zero would spin",
+    )?;
+    rule(
+        "retention.compaction_index_bytes_max >= 4096",
+        retention.compaction_index_bytes_max >= COMPACTION_INDEX_BYTES_MIN,
+        "each compaction pass reads the partition's log again; a budget of a handful of \
+         keys would read it once per handful",
     )?;
     let groups = file.groups;
     rule(
@@ -1237,6 +1264,30 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(error, ConfigError::Rule { .. }), "{error}");
+    }
+
+    /// The compaction index budget: 64 MiB by default, any value from 4096 up, and an
+    /// environment variable sets it like every key.
+    #[test]
+    fn the_compaction_index_budget_has_a_floor() {
+        let defaults = base().build().unwrap().retention;
+        assert_eq!(defaults.compaction_index_bytes_max(), 64 << 20);
+        let error = base()
+            .set("flag", "retention.compaction_index_bytes_max", "4095")
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Rule { rule, .. }
+                if *rule == "retention.compaction_index_bytes_max >= 4096"),
+            "{error}"
+        );
+        let lowest = base()
+            .env(|name| {
+                (name == "CAIRN_RETENTION_COMPACTION_INDEX_BYTES_MAX").then(|| "4096".into())
+            })
+            .build()
+            .unwrap();
+        assert_eq!(lowest.retention.compaction_index_bytes_max(), 4096);
     }
 
     #[test]

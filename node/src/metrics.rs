@@ -50,8 +50,8 @@ pub struct NodeMetrics {
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub peer_handshakes_refused: Counter,
-    /// Bytes of log the compactor read (both passes), counted per batch as it goes, so a
-    /// long job shows its progress.
+    /// Bytes of log the compactor read (index and rewrite, every pass), counted per batch as
+    /// it goes, so a long job shows its progress.
     pub compaction_bytes_read: Counter,
     /// Bytes compaction removed from logs (a batch's size before its rewrite less after).
     pub compaction_bytes_removed: Counter,
@@ -59,6 +59,8 @@ pub struct NodeMetrics {
     /// Compaction jobs (one partition, one decision) finished, and those that stopped early.
     pub compaction_jobs: Counter,
     pub compaction_jobs_failed: Counter,
+    /// Passes compaction jobs began, one per range of keys whose index fits the budget.
+    pub compaction_passes: Counter,
     pub compaction_duration: Histogram,
     rejected_requests: Family<ErrorLabel, Counter>,
 }
@@ -103,6 +105,7 @@ impl NodeMetrics {
             compaction_batches_rewritten: Counter::default(),
             compaction_jobs: Counter::default(),
             compaction_jobs_failed: Counter::default(),
+            compaction_passes: Counter::default(),
             compaction_duration: latency_histogram(),
             rejected_requests: Family::default(),
         }
@@ -185,7 +188,7 @@ impl NodeMetrics {
         );
         registry.register(
             "cairn_compaction_bytes_read",
-            "Bytes of partition logs the compactor read, both passes, counted as it reads",
+            "Bytes of partition logs the compactor read, index and rewrite of every pass, counted as it reads",
             self.compaction_bytes_read.clone(),
         );
         registry.register(
@@ -207,6 +210,11 @@ impl NodeMetrics {
             "cairn_compaction_jobs_failed",
             "Compaction jobs that stopped on an error (the next decision tries again)",
             self.compaction_jobs_failed.clone(),
+        );
+        registry.register(
+            "cairn_compaction_passes",
+            "Passes compaction jobs began over their logs (one per range of keys whose index fits retention.compaction_index_bytes_max)",
+            self.compaction_passes.clone(),
         );
         registry.register(
             "cairn_compaction_duration_seconds",

@@ -62,6 +62,10 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         rebuild_when_damaged: true,
         ..cairn_storage::SledConfig::default()
     };
+    // The blob files a compaction's rewrites replace are freed within the compaction's own
+    // budget: on a `discard`-mounted file system each freed block costs a device discard,
+    // which produce latency would otherwise share with a faster release.
+    SledStore::set_blob_release_bytes_per_second(config.retention.compaction_bytes_per_second);
     let store =
         SledStore::open_with(&store_path, store_config).map_err(|error| FatalError::Store {
             path: store_path.display().to_string(),

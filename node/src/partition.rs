@@ -1958,7 +1958,8 @@ mod tests {
             retention: RetentionPolicy::default(),
             retention_check_ms: if compaction.is_some() { 20 } else { 1000 },
             compaction,
-            compactor: Compactor::start(0),
+            // The smallest index budget, so that a test with enough keys compacts in passes.
+            compactor: Compactor::start(0, crate::config::COMPACTION_INDEX_BYTES_MIN as usize),
             peers: PeerTransport::new(
                 NodeId(1),
                 crate::peer::PeerTransportConfig::with_frame_bytes_max(1 << 20),

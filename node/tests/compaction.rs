@@ -10,7 +10,11 @@
 //! - every replica's stored log, read from its files once the nodes stopped, holds the same
 //!   batches (after applying the largest decision any of them holds, for a replica stopped
 //!   before its compactor finished), and the same records as the model;
-//! - a record without a key is refused with INVALID_RECORDS, changing nothing.
+//! - a record without a key is refused with INVALID_RECORDS, changing nothing;
+//! - with the compaction index budget at its floor (`retention.compaction_index_bytes_max`),
+//!   a topic whose keys need many budgets is compacted in passes on every replica: each
+//!   replica's stored log is, by itself, compacted by the decision it applied, and holds the
+//!   newest value per key.
 //!
 //! The test is bounded in time; dropping a cluster kills its processes.
 
@@ -23,6 +27,7 @@ use cairn_client::{
 use cairn_protocol::compaction::{compact_log, CompactionDecision};
 use cairn_protocol::messages::{CleanupPolicy, DescribeTopicRequest, PartitionDescription};
 use cairn_protocol::{Offset, Request, Response};
+use cairn_storage::LogStore;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::cluster::{partition_logs, replica_log, Guarded, TestCluster};
@@ -331,6 +336,193 @@ async fn scenario() {
             .is_some_and(|batch| batch.next_offset() == agreed),
         "replica 1 holds everything committed"
     );
+    assert_eq!(settled[0], settled[1], "replicas 1 and 2 differ");
+    assert_eq!(settled[0], settled[2], "replicas 1 and 3 differ");
+    let mut stored = Model::new();
+    for batch in settled[0]
+        .iter()
+        .filter(|batch| !batch.header().is_control())
+    {
+        for record in batch.records() {
+            let record = record.unwrap();
+            let key = String::from_utf8(record.key.unwrap().to_vec()).unwrap();
+            match record.value {
+                Some(value) => stored.insert(key, String::from_utf8(value.to_vec()).unwrap()),
+                None => stored.remove(&key),
+            };
+        }
+    }
+    assert_eq!(stored, model);
+}
+
+/// The index budget the passes test gives every node: the floor the configuration allows.
+const INDEX_BYTES_MAX: usize = 4096;
+/// Distinct keys of the passes test, each `PASS_KEY_BYTES` long.
+const PASS_KEYS: u32 = 200;
+const PASS_KEY_BYTES: usize = 48;
+
+#[test]
+fn a_key_space_past_the_index_budget_is_compacted_in_passes_on_every_replica() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(TEST_TIMEOUT, passes_scenario())
+            .await
+            .expect("the test finishes in time")
+    });
+}
+
+async fn passes_scenario() {
+    let budget = format!("retention.compaction_index_bytes_max={INDEX_BYTES_MAX}");
+    let mut cluster = Guarded(TestCluster::start(3, &["--set", &budget]));
+    let bootstrap = cluster.0.bootstrap();
+    let config = TopicConfig {
+        cleanup_policy: Some(CleanupPolicy::Compact),
+        min_compaction_lag_ms: Some(0),
+        delete_retention_ms: Some(DELETE_RETENTION_MS),
+        segment_bytes: Some(1),
+        ..TopicConfig::default()
+    };
+    Admin::new(client_config(&bootstrap))
+        .unwrap()
+        .create_topic(TOPIC, 1, Some(3), config)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || high_watermark(
+        &cluster.0
+    )
+    .is_some()));
+
+    // Two values for every key, then a tombstone for every tenth: the keys' index needs
+    // about PASS_KEYS * (PASS_KEY_BYTES + 96) = 28 800 bytes, seven budgets.
+    let key = |n: u32| format!("key-{n:03}-{}", "x".repeat(PASS_KEY_BYTES - 8));
+    assert_eq!(key(0).len(), PASS_KEY_BYTES);
+    let mut records = Vec::new();
+    for round in 0..2 {
+        for n in 0..PASS_KEYS {
+            records.push((key(n), Some(format!("{n}-{round}"))));
+        }
+    }
+    for n in (0..PASS_KEYS).step_by(10) {
+        records.push((key(n), None));
+    }
+    let mut model = Model::new();
+    produce(&bootstrap, &mut model, &records).await;
+    assert_eq!(model.len(), PASS_KEYS as usize - PASS_KEYS as usize / 10);
+    let produced = high_watermark(&cluster.0).expect("a leader");
+    wait_compacted(&cluster.0, &bootstrap, &model).await;
+
+    // Every replica commits what the leader had when its log read as the model (the
+    // decisions that got it there included), and its compactor applies them.
+    let leader = current_leader(&cluster.0);
+    let leader_end = local_replica(&cluster.0, leader)
+        .expect("the leader")
+        .log_end;
+    let mut agreed = None;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let ends: Vec<Option<(Offset, Offset)>> = (1..=3)
+                .map(|id| {
+                    local_replica(&cluster.0, id)
+                        .map(|replica| (replica.log_end, replica.high_watermark))
+                })
+                .collect();
+            let same = ends.iter().all(|end| end.is_some() && *end == ends[0]);
+            agreed = ends[0]
+                .filter(|(_, high_watermark)| same && *high_watermark >= leader_end)
+                .map(|(_, high_watermark)| high_watermark);
+            agreed.is_some()
+        }),
+        "the replicas did not commit the leader's log"
+    );
+    let agreed = agreed.expect("agreed above");
+    // Every node's compactor went through the keys in passes (a job of one pass adds as
+    // many passes as jobs), and no job failed.
+    let passes_beyond_jobs = |id: u32| {
+        compactor_metric(&cluster.0, id, "cairn_compaction_passes_total")
+            - compactor_metric(&cluster.0, id, "cairn_compaction_jobs_total")
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || (1..=3)
+            .all(|id| passes_beyond_jobs(id) >= 6.0)),
+        "a node's compactor did not pass the budget: {:?}",
+        (1..=3).map(passes_beyond_jobs).collect::<Vec<_>>()
+    );
+    for id in 1..=3 {
+        assert_eq!(
+            compactor_metric(&cluster.0, id, "cairn_compaction_jobs_failed_total"),
+            0.0,
+            "node {id}"
+        );
+    }
+    // Let the followers' compactors finish the job their last commit handed them.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    for node in &mut cluster.0.nodes {
+        assert!(node.terminate().success());
+    }
+    let log_name = partition_logs(&cluster.0.nodes[0])
+        .into_iter()
+        .next()
+        .expect("the partition's log");
+    let mut logs = Vec::new();
+    for node in &cluster.0.nodes {
+        let log = replica_log(node, &log_name);
+        let store = cairn_storage::sled_store::SledStore::open(node.data_dir().join("store"))
+            .expect("open a stopped store");
+        let applied = cairn_node::compactor::applied_decision(
+            &store.open_log(&log_name).expect("the partition's log"),
+        )
+        .unwrap_or_else(|| panic!("node {} applied no decision", node.node_id));
+        // This replica's own compactor, in passes, did what one unbounded pass does: the
+        // stored log is already compacted by the decision it applied, which covers every
+        // produced record, so no key is left twice below it.
+        assert!(
+            applied.below >= produced,
+            "node {}: applied {applied:?}, produced up to {produced}",
+            node.node_id
+        );
+        assert_eq!(
+            compact_log(&log, &applied, usize::MAX).unwrap(),
+            log,
+            "node {}: not compacted by the decision it applied",
+            node.node_id
+        );
+        let mut keys = std::collections::BTreeSet::new();
+        for batch in log.iter().filter(|batch| !batch.header().is_control()) {
+            for record in batch.records() {
+                let record = record.unwrap();
+                if record.offset < applied.below {
+                    assert!(
+                        keys.insert(record.key.expect("keyed")),
+                        "node {}: a key twice below {}",
+                        node.node_id,
+                        applied.below
+                    );
+                }
+            }
+        }
+        logs.push(log);
+    }
+    // The replicas hold the same batches below what they all committed (compared after
+    // the largest decision, for one stopped before applying it), and the model.
+    let decision = logs
+        .iter()
+        .flatten()
+        .filter_map(CompactionDecision::from_batch)
+        .reduce(CompactionDecision::merge)
+        .expect("the leaders decided");
+    let settled: Vec<_> = logs
+        .iter()
+        .map(|log| {
+            let mut settled = compact_log(log, &decision, INDEX_BYTES_MAX).unwrap();
+            settled.retain(|batch| batch.base_offset() < agreed);
+            settled
+        })
+        .collect();
     assert_eq!(settled[0], settled[1], "replicas 1 and 2 differ");
     assert_eq!(settled[0], settled[2], "replicas 1 and 3 differ");
     let mut stored = Model::new();

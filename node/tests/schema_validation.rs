@@ -17,6 +17,11 @@
 //!   --configs` shows it) takes a key framed with an id of `<topic>-key` and a null key, and
 //!   refuses a plain key and a key framed with a `<topic>-value` id, over Kafka's Produce,
 //!   writing nothing of a refused batch.
+//! - `record_name_strategies_check_ids_under_record_names`: runs
+//!   `node/tests/kafka_python/schema_validation_record_names.py` on 3 nodes: a topic created
+//!   over Kafka's CreateTopics validating values with Confluent's RecordNameStrategy and keys
+//!   with Redpanda's TopicRecordNameStrategy takes what confluent-kafka's serializers write
+//!   with those strategies, and refuses ids registered under the other strategies' subjects.
 //! - `ids_are_never_reused_after_compaction_and_restarts`: `_schemas` is compacted; schemas
 //!   holding the highest ids are hard-deleted, compaction (tuned with `cairn topic alter
 //!   _schemas`) cleans their records and tombstones away, every node restarts, and a new
@@ -204,6 +209,29 @@ fn a_topic_with_schema_validation_takes_only_values_framed_with_its_subjects_ids
         text(&produced)
     );
     assert_eq!(high_watermark(&cluster, topic), before);
+}
+
+#[test]
+fn record_name_strategies_check_ids_under_record_names() {
+    support::require_python_module(
+        "confluent_kafka.schema_registry.avro",
+        REGISTRY_PACKAGES_HINT,
+    );
+    let cluster = TestCluster::start(3, &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/kafka_python/schema_validation_record_names.py");
+    let mut command = support::foreign_client(support::python());
+    command.arg("-u").arg(script).args([
+        &format!("http://{}", cluster.node(2).http_address()),
+        &cluster.kafka_bootstrap(),
+        "named",
+    ]);
+    support::run_client_scenario(
+        "schema_validation_record_names.py",
+        command,
+        SCRIPT_TIMEOUT,
+        || cluster.logs(),
+    );
 }
 
 #[test]

@@ -806,7 +806,10 @@ impl RecordBatch {
     /// are relative to the unchanged base offset and first timestamp). A batch that keeps no
     /// record stays as its header alone. The old checksum is verified first and the new one
     /// computed. `Ok(None)` when every record is kept (nothing to rewrite). A compressed
-    /// batch is compressed again with its codec (stored plain if that would not be smaller).
+    /// batch that keeps records is compressed again with its codec, even when that is not
+    /// smaller: then the bytes depend only on the batch first written and the records kept,
+    /// not on how many rewrites led there, so replicas that compacted in different steps
+    /// (another decision first, a crash midway, other passes) hold the same bytes.
     pub fn retain(
         &self,
         mut keep: impl FnMut(&RecordView) -> bool,
@@ -840,11 +843,8 @@ impl RecordBatch {
         let mut attributes = self.header.attributes & !ATTRIBUTE_COMPRESSION_MASK;
         let compression = self.header.compression()?;
         if compression != Compression::None && !kept.is_empty() {
-            let compressed = compression.compress(&kept);
-            if compressed.len() < kept.len() {
-                kept = compressed;
-                attributes |= u16::from(compression.codec());
-            }
+            kept = compression.compress(&kept);
+            attributes |= u16::from(compression.codec());
         }
         let mut bytes = BytesMut::with_capacity(HEADER_BYTES + kept.len());
         bytes.extend_from_slice(&self.bytes[..HEADER_BYTES]);

@@ -2,15 +2,29 @@
 //!
 //! A partition leader *decides* a compaction and replicates the decision as a control batch
 //! (a [`CompactionDecision`] marker, which consumers skip like the epoch marker). Every
-//! replica applies a decision once the marker is committed, with this module's functions:
+//! replica applies a decision once the marker is committed, with this module's functions, in
+//! one or more *passes*, each over the whole prefix below the decision's offset and each for
+//! one range of the key space (keys compared as bytes):
 //!
-//! 1. [`KeyIndex::observe`] over the batches below the decision's offset (the first pass):
-//!    the newest offset of every key there.
-//! 2. [`compact_batch`] over the same batches (the second pass): each batch keeps the records
-//!    that are the newest of their key below the offset, minus tombstones older than the
-//!    decision's cutoff, minus records without a key (which a compacted topic does not
-//!    accept; they were written before the topic became compacted). Records at or above the
-//!    offset and control batches are never touched.
+//! 1. [`KeyIndex::observe`] over the batches below the decision's offset: the newest offset
+//!    of every key of the pass's range there. The index holds at most its byte budget
+//!    (key bytes plus [`INDEX_ENTRY_OVERHEAD_BYTES`] per key): when a new key would pass it,
+//!    the index drops its largest keys and the pass's range ends below them.
+//! 2. [`compact_batch`] over the same batches: each batch keeps the records that are the
+//!    newest of their key below the offset, minus tombstones older than the decision's
+//!    cutoff, minus records without a key (which a compacted topic does not accept; they
+//!    were written before the topic became compacted). Records of keys outside the pass's
+//!    range, records at or above the offset and control batches are never touched.
+//! 3. [`KeyIndex::next_pass`]: the next pass starts where this one's range ended; there is
+//!    none once a pass's range reached past the largest key.
+//!
+//! Every key belongs to exactly one pass, and a pass removes only records of its own keys,
+//! which it would remove in a single pass too (a key's newest record below the offset is the
+//! same whatever other keys' records earlier passes removed). So the log after every pass is
+//! the log one pass with an unbounded index gives, whatever the budget: replicas with
+//! different budgets, or restarted in the middle of any pass, reach the same bytes. Each
+//! pass covers at least one key, so a job ends after at most as many passes as there are
+//! distinct keys, and no key space, however large or crafted, stops it.
 //!
 //! The result depends only on the batches and the decision, so replicas reach the same bytes.
 //! It is idempotent (compacting a compacted log changes nothing) and monotone: compacting at
@@ -26,7 +40,7 @@
 use crate::batch::{BatchError, Record, RecordBatch, RecordBatchBuilder, ATTRIBUTE_CONTROL};
 use crate::ids::Offset;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 /// The control record key of a decision: Kafka's control key version 0, type 2
 /// (LEADER_CHANGE), as the epoch marker has, so Kafka clients skip it the same way.
@@ -34,6 +48,13 @@ const DECISION_KEY: [u8; 4] = crate::batch::CONTROL_KEY_LEADER_CHANGE;
 /// What tells a decision's value from an epoch marker's.
 const DECISION_MAGIC: &[u8; 8] = b"compact1";
 const DECISION_VALUE_BYTES: usize = 8 + 8 + 8;
+
+/// What one key costs a [`KeyIndex`] beyond its own bytes, an estimate on the high side: the
+/// map's entry (a 16-byte boxed key and an 8-byte offset) in B-tree nodes of 11 entries that
+/// are between half and completely full (up to about 60 bytes an entry, node headers and
+/// child pointers included), and the allocator's header and rounding of the key's own
+/// allocation (up to about 32 bytes).
+pub const INDEX_ENTRY_OVERHEAD_BYTES: usize = 96;
 
 /// "Compact every record below `below`; drop tombstones older than `tombstone_cutoff_ms`."
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,31 +118,52 @@ impl CompactionDecision {
 pub enum CompactionError {
     #[error("batch at offset {offset}: {source}")]
     Batch { offset: Offset, source: BatchError },
-    /// The first pass met more distinct keys than it may hold in memory.
-    #[error("more than {keys_max} distinct keys below the compaction offset")]
-    TooManyKeys { keys_max: usize },
 }
 
-/// The first pass: the newest offset of each key below a decision's offset.
+/// What `key` costs an index.
+fn entry_bytes(key: &[u8]) -> usize {
+    key.len().saturating_add(INDEX_ENTRY_OVERHEAD_BYTES)
+}
+
+/// One pass's key index: the newest offset below a decision's offset of every key in the
+/// pass's range, within a byte budget (see the module comment).
+///
+/// Each key is copied out of its batch: a key sliced from a batch (or from its decompressed
+/// records) would keep the whole batch in memory as long as the index holds it.
 #[derive(Debug, Clone)]
 pub struct KeyIndex {
     below: Offset,
-    newest: HashMap<Bytes, Offset>,
-    keys_max: usize,
+    /// The pass's keys start at this one (inclusive; the empty key is the smallest).
+    from: Box<[u8]>,
+    /// ... and end below this one; `None`: no end. Lowered when the index overflows, never
+    /// raised, so every key below it that the pass met is in `newest`.
+    until: Option<Box<[u8]>>,
+    newest: BTreeMap<Box<[u8]>, Offset>,
+    /// What `newest` costs, by [`entry_bytes`].
+    bytes: usize,
+    bytes_max: usize,
+    /// 1 for the first pass of a job.
+    pass: u32,
 }
 
 impl KeyIndex {
-    /// An empty index for `decision`, refusing to hold more than `keys_max` keys.
-    pub fn new(decision: &CompactionDecision, keys_max: usize) -> KeyIndex {
+    /// The first pass's empty index for `decision`, holding at most `bytes_max` bytes of
+    /// keys (see [`INDEX_ENTRY_OVERHEAD_BYTES`]), or one key, if a single key is larger.
+    pub fn new(decision: &CompactionDecision, bytes_max: usize) -> KeyIndex {
         KeyIndex {
             below: decision.below,
-            newest: HashMap::new(),
-            keys_max,
+            from: Box::default(),
+            until: None,
+            newest: BTreeMap::new(),
+            bytes: 0,
+            bytes_max,
+            pass: 1,
         }
     }
 
-    /// Notes the keys of `batch`'s records below the decision's offset. Batches must come in
-    /// offset order (a later record of a key replaces an earlier one).
+    /// Notes the keys of `batch`'s records below the decision's offset that are in this
+    /// pass's range. Batches must come in offset order (a later record of a key replaces an
+    /// earlier one).
     pub fn observe(&mut self, batch: &RecordBatch) -> Result<(), CompactionError> {
         if batch.header().is_control() || batch.base_offset() >= self.below {
             return Ok(());
@@ -142,17 +184,62 @@ impl KeyIndex {
             let Some(key) = record.key else {
                 continue;
             };
-            if !self.newest.contains_key(&key) && self.newest.len() >= self.keys_max {
-                return Err(CompactionError::TooManyKeys {
-                    keys_max: self.keys_max,
-                });
+            if !self.covers(&key) {
+                continue;
             }
-            self.newest.insert(key, record.offset);
+            if let Some(newest) = self.newest.get_mut(&key[..]) {
+                *newest = record.offset;
+                continue;
+            }
+            self.newest.insert(Box::from(&key[..]), record.offset);
+            self.bytes += entry_bytes(&key);
+            // Over budget: the largest keys leave, and the pass's range ends below them (a
+            // later pass takes them). The smallest key always stays, so every pass covers
+            // at least one key and the passes end.
+            while self.bytes > self.bytes_max && self.newest.len() > 1 {
+                let (largest, _) = self.newest.pop_last().expect("more than one key");
+                self.bytes -= entry_bytes(&largest);
+                self.until = Some(largest);
+            }
+            assert!(
+                self.bytes <= self.bytes_max || self.newest.len() == 1,
+                "the key index outgrew its budget"
+            );
         }
         Ok(())
     }
 
-    /// Distinct keys seen.
+    /// Whether `key` is in this pass's range.
+    fn covers(&self, key: &[u8]) -> bool {
+        key >= &self.from[..] && self.until.as_deref().is_none_or(|until| key < until)
+    }
+
+    /// The empty index of the pass after this one (once this one has observed every batch
+    /// below the decision's offset): the keys from where this pass's range ended. `None`
+    /// when this pass's range had no end, so every key has had its pass.
+    pub fn next_pass(&self) -> Option<KeyIndex> {
+        let from = self.until.clone()?;
+        assert!(
+            self.newest.keys().all(|key| key[..] < from[..]),
+            "a pass's range ends above its keys"
+        );
+        Some(KeyIndex {
+            below: self.below,
+            from,
+            until: None,
+            newest: BTreeMap::new(),
+            bytes: 0,
+            bytes_max: self.bytes_max,
+            pass: self.pass + 1,
+        })
+    }
+
+    /// Which pass of its job this index serves, from 1.
+    pub fn pass(&self) -> u32 {
+        self.pass
+    }
+
+    /// Distinct keys held.
     pub fn len(&self) -> usize {
         self.newest.len()
     }
@@ -160,10 +247,16 @@ impl KeyIndex {
     pub fn is_empty(&self) -> bool {
         self.newest.is_empty()
     }
+
+    /// What the keys held cost, by the estimate the budget is counted in.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
-/// The second pass over one batch: `Ok(None)` when the batch stays as it is, else the batch
-/// rewritten with only the records the decision keeps (see the module comment).
+/// One pass's rewrite of one batch: `Ok(None)` when the batch stays as it is, else the batch
+/// rewritten with only the records the decision keeps (see the module comment). `index`
+/// must have observed every batch below the decision's offset.
 pub fn compact_batch(
     batch: &RecordBatch,
     decision: &CompactionDecision,
@@ -192,30 +285,53 @@ fn keeps(
     if record.offset >= decision.below {
         return true;
     }
+    // Every pass removes keyless records: the first does it, the rest find none.
     let Some(key) = &record.key else {
         return false;
     };
-    if index.newest.get(key) != Some(&record.offset) {
+    if !index.covers(key) {
+        return true;
+    }
+    if index.newest.get(&key[..]) != Some(&record.offset) {
         return false;
     }
     record.value.is_some() || record.timestamp_ms >= decision.tombstone_cutoff_ms
 }
 
-/// Both passes over a whole log prefix held in memory (for tests and small logs): the log as
-/// it is after `decision`, every batch in place (rewritten or not).
-pub fn compact_log(
+/// One pass over a whole log prefix held in memory: `index` (empty, for this pass) observes
+/// every batch, then each batch is rewritten. The log after the pass, every batch in place.
+pub fn compact_log_pass(
     batches: &[RecordBatch],
     decision: &CompactionDecision,
-    keys_max: usize,
+    index: &mut KeyIndex,
 ) -> Result<Vec<RecordBatch>, CompactionError> {
-    let mut index = KeyIndex::new(decision, keys_max);
     for batch in batches {
         index.observe(batch)?;
     }
     batches
         .iter()
-        .map(|batch| Ok(compact_batch(batch, decision, &index)?.unwrap_or_else(|| batch.clone())))
+        .map(|batch| Ok(compact_batch(batch, decision, index)?.unwrap_or_else(|| batch.clone())))
         .collect()
+}
+
+/// Every pass over a whole log prefix held in memory (for tests, the chaos checker and small
+/// logs), each pass's index within `index_bytes_max`: the log as it is after `decision`,
+/// every batch in place (rewritten or not). The same log for every `index_bytes_max`.
+pub fn compact_log(
+    batches: &[RecordBatch],
+    decision: &CompactionDecision,
+    index_bytes_max: usize,
+) -> Result<Vec<RecordBatch>, CompactionError> {
+    let mut log = batches.to_vec();
+    let mut index = KeyIndex::new(decision, index_bytes_max);
+    // Bounded: each pass covers at least one key the ones before did not.
+    loop {
+        log = compact_log_pass(&log, decision, &mut index)?;
+        match index.next_pass() {
+            Some(next) => index = next,
+            None => return Ok(log),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +343,8 @@ mod tests {
     use crate::ids::Epoch;
     use std::collections::BTreeMap;
 
-    const KEYS_MAX: usize = 1 << 16;
+    /// An index without a budget: one pass, the reference every budget must match.
+    const UNBOUNDED: usize = usize::MAX;
 
     /// A small deterministic generator (xorshift64*): seeds make failures reproducible.
     struct Rng(u64);
@@ -246,8 +363,22 @@ mod tests {
     }
 
     /// A log of keyed records, tombstones, a few keyless records and epoch markers, in
-    /// batches of every codec, stamped at consecutive offsets.
+    /// batches of every codec, stamped at consecutive offsets, over 8 keys.
     fn random_log(rng: &mut Rng) -> Vec<RecordBatch> {
+        random_log_over(rng, 8)
+    }
+
+    /// Key `n` of a random log: lengths vary, byte order is not number order, and key 0 is
+    /// the empty key (the smallest there is).
+    fn key_of(n: u64) -> String {
+        if n == 0 {
+            return String::new();
+        }
+        format!("{}{n}", "k".repeat((n % 7) as usize))
+    }
+
+    /// [`random_log`] over `keys` keys.
+    fn random_log_over(rng: &mut Rng, keys: u64) -> Vec<RecordBatch> {
         let codecs = [
             Compression::None,
             Compression::Gzip,
@@ -270,7 +401,7 @@ mod tests {
                 }
                 for _ in 0..rng.below(6) + 1 {
                     clock_ms += rng.below(50) as i64;
-                    let key = format!("key-{}", rng.below(8));
+                    let key = key_of(rng.below(keys));
                     let mut record = match rng.below(7) {
                         0 => Record::tombstone(key),
                         1 => Record::new(format!("keyless at {clock_ms}")),
@@ -347,7 +478,7 @@ mod tests {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let log = random_log(&mut rng);
             let decision = random_decision(&mut rng, &log);
-            let compacted = compact_log(&log, &decision, KEYS_MAX).unwrap();
+            let compacted = compact_log(&log, &decision, UNBOUNDED).unwrap();
             assert_eq!(entries(&compacted), model(&log, &decision), "seed {seed}");
             assert_eq!(compacted.len(), log.len(), "seed {seed}: a batch vanished");
             for (before, after) in log.iter().zip(&compacted) {
@@ -388,8 +519,8 @@ mod tests {
             let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
             let log = random_log(&mut rng);
             let decision = random_decision(&mut rng, &log);
-            let once = compact_log(&log, &decision, KEYS_MAX).unwrap();
-            let twice = compact_log(&once, &decision, KEYS_MAX).unwrap();
+            let once = compact_log(&log, &decision, UNBOUNDED).unwrap();
+            let twice = compact_log(&once, &decision, UNBOUNDED).unwrap();
             assert_eq!(once, twice, "seed {seed}");
         }
     }
@@ -404,20 +535,20 @@ mod tests {
             let log = random_log(&mut rng);
             let first = random_decision(&mut rng, &log);
             let second = first.merge(random_decision(&mut rng, &log));
-            let direct = compact_log(&log, &second, KEYS_MAX).unwrap();
+            let direct = compact_log(&log, &second, UNBOUNDED).unwrap();
             let stepwise = compact_log(
-                &compact_log(&log, &first, KEYS_MAX).unwrap(),
+                &compact_log(&log, &first, UNBOUNDED).unwrap(),
                 &second,
-                KEYS_MAX,
+                UNBOUNDED,
             )
             .unwrap();
             assert_eq!(direct, stepwise, "seed {seed}");
             // A crash after some batches of `first` were rewritten.
-            let partly = compact_log(&log, &first, KEYS_MAX).unwrap();
+            let partly = compact_log(&log, &first, UNBOUNDED).unwrap();
             let cut = rng.below(log.len() as u64 + 1) as usize;
             let torn: Vec<RecordBatch> = partly[..cut].iter().chain(&log[cut..]).cloned().collect();
             assert_eq!(
-                compact_log(&torn, &second, KEYS_MAX).unwrap(),
+                compact_log(&torn, &second, UNBOUNDED).unwrap(),
                 direct,
                 "seed {seed}"
             );
@@ -436,7 +567,7 @@ mod tests {
             below: Offset(14),
             tombstone_cutoff_ms: 102,
         };
-        let kept = compact_log(&log, &keep_tombstone, KEYS_MAX).unwrap();
+        let kept = compact_log(&log, &keep_tombstone, UNBOUNDED).unwrap();
         assert_eq!(
             entries(&kept),
             vec![
@@ -448,7 +579,7 @@ mod tests {
             tombstone_cutoff_ms: 103,
             ..keep_tombstone
         };
-        let expired = compact_log(&kept, &expire, KEYS_MAX).unwrap();
+        let expired = compact_log(&kept, &expire, UNBOUNDED).unwrap();
         assert_eq!(
             entries(&expired),
             vec![(Offset(13), Some(Bytes::from("b")), Some(Bytes::from("v2")))]
@@ -459,7 +590,7 @@ mod tests {
             below: Offset(10),
             tombstone_cutoff_ms: i64::MAX,
         };
-        assert_eq!(compact_log(&log, &none, KEYS_MAX).unwrap(), log);
+        assert_eq!(compact_log(&log, &none, UNBOUNDED).unwrap(), log);
     }
 
     #[test]
@@ -477,7 +608,8 @@ mod tests {
             below: Offset(3),
             tombstone_cutoff_ms: 0,
         };
-        let compacted = compact_log(&[first.clone(), second.clone()], &decision, KEYS_MAX).unwrap();
+        let compacted =
+            compact_log(&[first.clone(), second.clone()], &decision, UNBOUNDED).unwrap();
         let emptied = &compacted[0];
         assert_eq!(emptied.record_count(), 0);
         assert_eq!(emptied.next_offset(), Offset(2));
@@ -510,15 +642,16 @@ mod tests {
             tombstone_cutoff_ms: 0,
         };
         assert!(matches!(
-            compact_log(&[damaged], &decision, KEYS_MAX),
+            compact_log(&[damaged], &decision, UNBOUNDED),
             Err(CompactionError::Batch {
                 source: BatchError::ChecksumMismatch { .. },
                 ..
             })
         ));
+        // A budget too small for even one key still compacts (one key a pass).
         assert_eq!(
-            compact_log(&[batch], &decision, 0),
-            Err(CompactionError::TooManyKeys { keys_max: 0 })
+            entries(&compact_log(&[batch], &decision, 0).unwrap()),
+            vec![(Offset(1), Some(Bytes::from("k")), Some(Bytes::from("w")))]
         );
     }
 
@@ -546,5 +679,257 @@ mod tests {
         };
         assert_eq!(decision.merge(later), merged);
         assert_eq!(later.merge(decision), merged);
+    }
+
+    /// What one key of `length` bytes costs an index, for budgets that hold a few keys.
+    fn entry_cost(length: usize) -> usize {
+        length + INDEX_ENTRY_OVERHEAD_BYTES
+    }
+
+    /// [`compact_log`] pass by pass: the log and how many passes it took, checking after
+    /// each pass that the index kept within its budget (or held a single key).
+    fn in_passes(
+        log: &[RecordBatch],
+        decision: &CompactionDecision,
+        budget: usize,
+    ) -> (Vec<RecordBatch>, u32) {
+        let mut log = log.to_vec();
+        let mut index = KeyIndex::new(decision, budget);
+        for _ in 0..10_000 {
+            log = compact_log_pass(&log, decision, &mut index).unwrap();
+            assert!(index.bytes() <= budget || index.len() == 1);
+            match index.next_pass() {
+                Some(next) => index = next,
+                None => return (log, index.pass()),
+            }
+        }
+        panic!("the passes did not end");
+    }
+
+    /// Budgets from none at all (one key a pass) to a few keys a pass.
+    fn small_budgets(rng: &mut Rng) -> [usize; 5] {
+        [
+            0,
+            entry_cost(2),
+            entry_cost(3) * 3,
+            entry_cost(4) * 7,
+            entry_cost(0) * (1 + rng.below(12) as usize),
+        ]
+    }
+
+    /// The property that keeps replicas identical whatever their memory: a log compacted in
+    /// passes under any budget is byte for byte the log one unbounded pass gives, which is
+    /// the model's; and compacting it again, under any budget, changes nothing.
+    #[test]
+    fn compaction_in_passes_under_any_budget_gives_the_single_pass_log() {
+        let mut passes_seen = BTreeMap::new();
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xbeef);
+            let log = random_log_over(&mut rng, 40);
+            let decision = random_decision(&mut rng, &log);
+            let single = compact_log(&log, &decision, UNBOUNDED).unwrap();
+            assert_eq!(entries(&single), model(&log, &decision), "seed {seed}");
+            for budget in small_budgets(&mut rng) {
+                let (passed, passes) = in_passes(&log, &decision, budget);
+                assert_eq!(passed, single, "seed {seed}, budget {budget}");
+                assert_eq!(
+                    compact_log(&log, &decision, budget).unwrap(),
+                    single,
+                    "seed {seed}, budget {budget}"
+                );
+                *passes_seen.entry(passes.min(16)).or_insert(0u32) += 1;
+                let again = small_budgets(&mut rng)[rng.below(5) as usize];
+                assert_eq!(
+                    compact_log(&passed, &decision, again).unwrap(),
+                    passed,
+                    "seed {seed}: not idempotent under budget {again}"
+                );
+            }
+        }
+        // The budgets did split the key space, into few and into many passes.
+        for passes in [1, 2, 4, 8, 16] {
+            assert!(
+                passes_seen.contains_key(&passes),
+                "no job took {passes} passes: {passes_seen:?}"
+            );
+        }
+    }
+
+    /// A job stopped by a crash after some passes, in the middle of the next one (some of its
+    /// batches rewritten, the rest not), then run again in full under another budget, or
+    /// overtaken by a larger decision, gives the log the decision alone gives.
+    #[test]
+    fn passes_cut_short_then_run_again_give_the_single_pass_log() {
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed ^ 0x0dd_ba11);
+            let log = random_log_over(&mut rng, 30);
+            let first = random_decision(&mut rng, &log);
+            let second = first.merge(random_decision(&mut rng, &log));
+            let budget = small_budgets(&mut rng)[rng.below(5) as usize];
+            // Some whole passes, then part of the next one, if there is a next one.
+            let mut index = Some(KeyIndex::new(&first, budget));
+            let mut torn = log.clone();
+            for _ in 0..rng.below(6) {
+                let Some(mut pass) = index.take() else {
+                    break;
+                };
+                torn = compact_log_pass(&torn, &first, &mut pass).unwrap();
+                index = pass.next_pass();
+            }
+            if let Some(mut pass) = index {
+                let interrupted = compact_log_pass(&torn, &first, &mut pass).unwrap();
+                let cut = rng.below(log.len() as u64 + 1) as usize;
+                torn = interrupted[..cut]
+                    .iter()
+                    .chain(&torn[cut..])
+                    .cloned()
+                    .collect();
+            }
+            let again = small_budgets(&mut rng)[rng.below(5) as usize];
+            assert_eq!(
+                entries(&compact_log(&torn, &first, again).unwrap()),
+                entries(&compact_log(&log, &first, UNBOUNDED).unwrap()),
+                "seed {seed}: the same decision again, budgets {budget} then {again}"
+            );
+            assert_eq!(
+                compact_log(&torn, &first, again).unwrap(),
+                compact_log(&log, &first, UNBOUNDED).unwrap(),
+                "seed {seed}: the same decision again"
+            );
+            assert_eq!(
+                compact_log(&torn, &second, again).unwrap(),
+                compact_log(&log, &second, UNBOUNDED).unwrap(),
+                "seed {seed}: a larger decision"
+            );
+        }
+    }
+
+    /// An index over budget keeps the smallest keys it met and drops the largest (whatever
+    /// order they came in); the next pass starts at the smallest key it dropped; a key
+    /// larger than the whole budget gets a pass of its own.
+    #[test]
+    fn an_index_over_budget_keeps_its_smallest_keys_and_the_next_pass_takes_the_rest() {
+        let mut builder = RecordBatchBuilder::new(1);
+        for key in ["e", "a", "d", "b", "a", "c"] {
+            builder.push(&Record::new("v").with_key(key));
+        }
+        let big = "x".repeat(1_000);
+        builder.push(&Record::new("v").with_key(big.clone()));
+        let log = vec![builder.build().stamped(Offset(0), Epoch(1))];
+        let decision = CompactionDecision {
+            below: Offset(7),
+            tombstone_cutoff_ms: 0,
+        };
+        let mut index = KeyIndex::new(&decision, entry_cost(1) * 2);
+        index.observe(&log[0]).unwrap();
+        assert_eq!(
+            index.newest.iter().collect::<Vec<_>>(),
+            vec![
+                (&Box::<[u8]>::from(&b"a"[..]), &Offset(4)),
+                (&Box::<[u8]>::from(&b"b"[..]), &Offset(3)),
+            ]
+        );
+        assert_eq!(index.bytes(), entry_cost(1) * 2);
+        let mut next = index.next_pass().unwrap();
+        assert_eq!((next.pass(), &next.from[..]), (2, &b"c"[..]));
+        next.observe(&log[0]).unwrap();
+        assert_eq!(next.len(), 2, "c and d");
+        let mut third = next.next_pass().unwrap();
+        third.observe(&log[0]).unwrap();
+        assert_eq!(
+            third.len(),
+            1,
+            "e alone: the big key is over budget beside it"
+        );
+        let mut fourth = third.next_pass().unwrap();
+        fourth.observe(&log[0]).unwrap();
+        assert_eq!(fourth.len(), 1);
+        assert_eq!(fourth.bytes(), entry_cost(big.len()));
+        assert!(fourth.next_pass().is_none(), "the big key was the last");
+        let (compacted, passes) = in_passes(&log, &decision, entry_cost(1) * 2);
+        assert_eq!(passes, 4);
+        assert_eq!(compacted, compact_log(&log, &decision, UNBOUNDED).unwrap());
+        assert_eq!(compacted[0].record_count(), 6, "only the first a went");
+    }
+
+    /// Keys arriving largest first (every new key would evict under a small budget) still
+    /// take one pass per budget's worth of keys, each pass the next keys in byte order.
+    #[test]
+    fn keys_in_descending_order_take_one_pass_per_budget_of_keys() {
+        let keys: Vec<String> = (0..200).rev().map(|n| format!("key-{n:03}")).collect();
+        let mut log = Vec::new();
+        let mut next = Offset(0);
+        for round in 0..2 {
+            for chunk in keys.chunks(9) {
+                let mut builder = RecordBatchBuilder::new(1);
+                for key in chunk {
+                    builder.push(&Record::new(format!("{key} {round}")).with_key(key.clone()));
+                }
+                let batch = builder.build().stamped(next, Epoch(1));
+                next = batch.next_offset();
+                log.push(batch);
+            }
+        }
+        let decision = CompactionDecision {
+            below: next,
+            tombstone_cutoff_ms: 0,
+        };
+        let (compacted, passes) = in_passes(&log, &decision, entry_cost(7) * 3);
+        assert_eq!(passes, 67, "200 keys, 3 a pass");
+        let single = compact_log(&log, &decision, UNBOUNDED).unwrap();
+        assert_eq!(compacted, single);
+        assert_eq!(entries(&single).len(), 200);
+        assert!(entries(&single)
+            .iter()
+            .all(|(_, _, value)| value.as_ref().is_some_and(|value| value.ends_with(b" 1"))));
+    }
+
+    /// Found by `passes_cut_short_then_run_again_give_the_single_pass_log` (seed 34): an LZ4
+    /// batch rewritten in two steps was stored plain after the first (its compressed records
+    /// were not smaller) and stayed plain, while one step compressed it: the same records in
+    /// different bytes, so replicas that compacted along different paths differed. A
+    /// rewrite now depends only on the original batch and the records kept.
+    #[test]
+    fn a_batch_rewritten_in_two_steps_has_the_bytes_of_one_step() {
+        let codecs = [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ];
+        for seed in 1..=2_000u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 7);
+            let mut builder = RecordBatchBuilder::new(1_000);
+            let count = rng.below(8) + 2;
+            for index in 0..count {
+                // Random values compress badly, repeated ones well: some sets of kept
+                // records shrink when compressed, some do not.
+                let value = if rng.below(2) == 0 {
+                    format!("{:x}", rng.next())
+                } else {
+                    "v".repeat(rng.below(40) as usize)
+                };
+                builder.push(&Record::new(value).with_key(format!("k{index}")));
+            }
+            let batch = builder
+                .build_compressed(codecs[rng.below(4) as usize])
+                .stamped(Offset(0), Epoch(1));
+            let first: Vec<bool> = (0..count).map(|_| rng.below(4) != 0).collect();
+            let second: Vec<bool> = first
+                .iter()
+                .map(|kept| *kept && rng.below(2) == 0)
+                .collect();
+            let keep = |mask: &[bool]| {
+                let mask = mask.to_vec();
+                move |record: &RecordView| mask[record.offset.0 as usize]
+            };
+            let once = batch
+                .retain(keep(&second))
+                .unwrap()
+                .unwrap_or(batch.clone());
+            let step = batch.retain(keep(&first)).unwrap().unwrap_or(batch.clone());
+            let twice = step.retain(keep(&second)).unwrap().unwrap_or(step.clone());
+            assert_eq!(twice, once, "seed {seed}");
+        }
     }
 }

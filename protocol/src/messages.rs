@@ -224,6 +224,72 @@ pub struct TopicConfig {
     /// registered under `<topic>-key` (a null key passes). Absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_schema_validation: Option<bool>,
+    /// Which subject a validated value's schema id must be registered under, as Confluent
+    /// Server's `confluent.value.subject.name.strategy` and Redpanda's
+    /// `redpanda.value.subject.name.strategy`. Absent: `TopicNameStrategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_subject_name_strategy: Option<SubjectNameStrategy>,
+    /// The same for keys (`confluent.key.subject.name.strategy`,
+    /// `redpanda.key.subject.name.strategy`). Absent: `TopicNameStrategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_subject_name_strategy: Option<SubjectNameStrategy>,
+}
+
+/// How a serializer names the subject of a record's schema (Confluent's
+/// `subject.name.strategy`), and so which subject broker-side validation checks an id
+/// against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum SubjectNameStrategy {
+    /// `<topic>-key` / `<topic>-value`: one schema (and its versions) per topic part.
+    #[default]
+    TopicNameStrategy,
+    /// The fully qualified name of the record's schema (an Avro named type, a Protobuf
+    /// message, a JSON schema's `title`): one subject per record type, shared by topics.
+    RecordNameStrategy,
+    /// `<topic>-<record name>`: several record types per topic, each with its own versions.
+    TopicRecordNameStrategy,
+}
+
+/// The Java package of Confluent's strategy classes, as Confluent Server's configs spell them.
+const CONFLUENT_STRATEGY_PACKAGE: &str = "io.confluent.kafka.serializers.subject.";
+
+impl SubjectNameStrategy {
+    const ALL: [SubjectNameStrategy; 3] = [
+        SubjectNameStrategy::TopicNameStrategy,
+        SubjectNameStrategy::RecordNameStrategy,
+        SubjectNameStrategy::TopicRecordNameStrategy,
+    ];
+
+    /// Redpanda's spelling, the class's simple name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SubjectNameStrategy::TopicNameStrategy => "TopicNameStrategy",
+            SubjectNameStrategy::RecordNameStrategy => "RecordNameStrategy",
+            SubjectNameStrategy::TopicRecordNameStrategy => "TopicRecordNameStrategy",
+        }
+    }
+
+    /// Confluent's spelling, the fully qualified class name.
+    pub fn class_name(self) -> String {
+        format!("{CONFLUENT_STRATEGY_PACKAGE}{}", self.name())
+    }
+
+    /// Either spelling, exactly.
+    pub fn parse(key: &str, value: &str) -> Result<SubjectNameStrategy, ApiError> {
+        let simple = value
+            .strip_prefix(CONFLUENT_STRATEGY_PACKAGE)
+            .unwrap_or(value);
+        Self::ALL
+            .into_iter()
+            .find(|strategy| strategy.name() == simple)
+            .ok_or_else(|| ApiError::InvalidTopicConfig {
+                reason: format!(
+                    "{key} must be TopicNameStrategy, RecordNameStrategy or \
+                     TopicRecordNameStrategy (optionally prefixed with \
+                     {CONFLUENT_STRATEGY_PACKAGE}), not '{value}'"
+                ),
+            })
+    }
 }
 
 /// `delete.retention.ms` when a topic sets none: Kafka's default, one day.
@@ -243,6 +309,10 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     VALUE_SCHEMA_VALIDATION_REDPANDA,
     KEY_SCHEMA_VALIDATION_CONFLUENT,
     KEY_SCHEMA_VALIDATION_REDPANDA,
+    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
+    VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
+    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
+    KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
 ];
 
 /// Confluent Server's name of [`TopicConfig::value_schema_validation`].
@@ -253,6 +323,14 @@ pub const VALUE_SCHEMA_VALIDATION_REDPANDA: &str = "redpanda.value.schema.id.val
 pub const KEY_SCHEMA_VALIDATION_CONFLUENT: &str = "confluent.key.schema.validation";
 /// Redpanda's name of [`TopicConfig::key_schema_validation`].
 pub const KEY_SCHEMA_VALIDATION_REDPANDA: &str = "redpanda.key.schema.id.validation";
+/// Confluent Server's name of [`TopicConfig::value_subject_name_strategy`].
+pub const VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT: &str = "confluent.value.subject.name.strategy";
+/// Redpanda's name of [`TopicConfig::value_subject_name_strategy`].
+pub const VALUE_SUBJECT_NAME_STRATEGY_REDPANDA: &str = "redpanda.value.subject.name.strategy";
+/// Confluent Server's name of [`TopicConfig::key_subject_name_strategy`].
+pub const KEY_SUBJECT_NAME_STRATEGY_CONFLUENT: &str = "confluent.key.subject.name.strategy";
+/// Redpanda's name of [`TopicConfig::key_subject_name_strategy`].
+pub const KEY_SUBJECT_NAME_STRATEGY_REDPANDA: &str = "redpanda.key.subject.name.strategy";
 
 impl TopicConfig {
     /// `config` with `changes` applied: a value sets a key, none returns it to the node's default.
@@ -300,6 +378,24 @@ impl TopicConfig {
                     config.key_schema_validation = match change.value.as_deref() {
                         None => None,
                         Some(value) => Some(parse_bool(&change.key, value)?),
+                    };
+                    continue;
+                }
+                VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT
+                | VALUE_SUBJECT_NAME_STRATEGY_REDPANDA
+                | "value_subject_name_strategy" => {
+                    config.value_subject_name_strategy = match change.value.as_deref() {
+                        None => None,
+                        Some(value) => Some(SubjectNameStrategy::parse(&change.key, value)?),
+                    };
+                    continue;
+                }
+                KEY_SUBJECT_NAME_STRATEGY_CONFLUENT
+                | KEY_SUBJECT_NAME_STRATEGY_REDPANDA
+                | "key_subject_name_strategy" => {
+                    config.key_subject_name_strategy = match change.value.as_deref() {
+                        None => None,
+                        Some(value) => Some(SubjectNameStrategy::parse(&change.key, value)?),
                     };
                     continue;
                 }
@@ -375,6 +471,16 @@ impl TopicConfig {
     /// Whether the leader validates record keys against the schema registry.
     pub fn validates_key_schema(&self) -> bool {
         self.key_schema_validation.unwrap_or(false)
+    }
+
+    /// The subject name strategy validated values are checked with.
+    pub fn value_subject_strategy(&self) -> SubjectNameStrategy {
+        self.value_subject_name_strategy.unwrap_or_default()
+    }
+
+    /// The subject name strategy validated keys are checked with.
+    pub fn key_subject_strategy(&self) -> SubjectNameStrategy {
+        self.key_subject_name_strategy.unwrap_or_default()
     }
 }
 
@@ -831,6 +937,42 @@ mod topic_config_tests {
         assert!(keys
             .with_changes(&[change(KEY_SCHEMA_VALIDATION_CONFLUENT, Some("1"))])
             .is_err());
+        // Subject name strategies, in Confluent's (class) and Redpanda's (simple) spelling.
+        let strategies = TopicConfig::default()
+            .with_changes(&[
+                change(
+                    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
+                    Some("io.confluent.kafka.serializers.subject.RecordNameStrategy"),
+                ),
+                change(
+                    KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
+                    Some("TopicRecordNameStrategy"),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(
+            strategies.value_subject_strategy(),
+            SubjectNameStrategy::RecordNameStrategy
+        );
+        assert_eq!(
+            strategies.key_subject_strategy(),
+            SubjectNameStrategy::TopicRecordNameStrategy
+        );
+        assert_eq!(
+            TopicConfig::default().value_subject_strategy(),
+            SubjectNameStrategy::TopicNameStrategy
+        );
+        for bad in ["recordnamestrategy", "io.confluent.RecordNameStrategy", ""] {
+            assert!(
+                strategies
+                    .with_changes(&[change(VALUE_SUBJECT_NAME_STRATEGY_REDPANDA, Some(bad))])
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let encoded = rmp_serde::to_vec_named(&strategies).unwrap();
+        let decoded: TopicConfig = rmp_serde::from_slice(&encoded).unwrap();
+        assert_eq!(decoded, strategies);
         assert!(!reset.validates_value_schema());
     }
 }

@@ -338,6 +338,15 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
+    /// Sets, for every store of the process, how many bytes of disk blocks a second the
+    /// background release of replaced blob files frees at most (0: unpaced; sled's default
+    /// is 32 MiB/s). A node gives it its compaction budget: compaction's rewrites replace
+    /// blobs, and freeing their blocks costs the device a discard on file systems mounted with
+    /// `discard` (vendor/sled/PATCHES.md, "Blob releases in the background").
+    pub fn set_blob_release_bytes_per_second(bytes_per_second: u64) {
+        sled::set_blob_release_bytes_per_second(bytes_per_second);
+    }
+
     /// Opens (or creates) the database in `path` with [`SledConfig::default`].
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StorageError> {
         SledStore::open_with(path, SledConfig::default())

@@ -98,7 +98,10 @@ pub enum TopicCommand {
         /// confluent.value.schema.validation (or redpanda.value.schema.id.validation:
         /// true makes the leader refuse values without a schema id registered under
         /// `<topic>-value`), confluent.key.schema.validation (or
-        /// redpanda.key.schema.id.validation: the same for keys, under `<topic>-key`).
+        /// redpanda.key.schema.id.validation: the same for keys, under `<topic>-key`),
+        /// confluent.value.subject.name.strategy and confluent.key.subject.name.strategy (or
+        /// redpanda.*.subject.name.strategy: TopicNameStrategy, RecordNameStrategy or
+        /// TopicRecordNameStrategy, the subject validation checks ids under).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
     },
@@ -126,7 +129,9 @@ pub enum TopicCommand {
         /// Set a config, `key=value` (repeatable): retention.ms, retention.bytes,
         /// cleanup.policy, min.compaction.lag.ms, delete.retention.ms, segment.bytes,
         /// confluent.value.schema.validation (alias redpanda.value.schema.id.validation),
-        /// confluent.key.schema.validation (alias redpanda.key.schema.id.validation).
+        /// confluent.key.schema.validation (alias redpanda.key.schema.id.validation),
+        /// confluent.{value,key}.subject.name.strategy (alias
+        /// redpanda.{value,key}.subject.name.strategy).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config)]
         configs: Vec<(String, String)>,
         /// Return a config to the node's default (repeatable).
@@ -188,6 +193,20 @@ pub fn configs_table(config: &TopicConfig) -> String {
             "confluent.key.schema.validation",
             config.key_schema_validation.map(|on| on.to_string()),
             config.validates_key_schema().to_string(),
+        ),
+        (
+            "confluent.value.subject.name.strategy",
+            config
+                .value_subject_name_strategy
+                .map(|strategy| strategy.name().to_string()),
+            config.value_subject_strategy().name().to_string(),
+        ),
+        (
+            "confluent.key.subject.name.strategy",
+            config
+                .key_subject_name_strategy
+                .map(|strategy| strategy.name().to_string()),
+            config.key_subject_strategy().name().to_string(),
         ),
     ];
     for (key, own, default) in compaction {

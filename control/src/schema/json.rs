@@ -155,6 +155,11 @@ fn schema_at(value: &Value, path: &str, depth: usize) -> Result<(), String> {
 }
 
 impl JsonSchema {
+    /// The root's `title`: the record name Confluent's RecordNameStrategy gives JSON data.
+    pub fn title(&self) -> Option<&str> {
+        self.root.get("title").and_then(Value::as_str)
+    }
+
     pub fn parse(text: &str) -> Result<JsonSchema, String> {
         let root: Value = serde_json::from_str(text).map_err(|error| error.to_string())?;
         schema_at(&root, "#", 0)?;

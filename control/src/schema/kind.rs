@@ -172,6 +172,28 @@ impl ParsedSchema {
         &self.identity
     }
 
+    /// The record names a serializer's RecordNameStrategy would give data of this schema:
+    /// an Avro schema's full name (a named type's, else its type's name, as Java's
+    /// `Schema.getFullName`), a JSON schema's `title`, and a Protobuf file's messages.
+    pub fn record_names(&self) -> RecordNames {
+        match &self.body {
+            Body::Avro(avro) => RecordNames::One(match avro.name() {
+                Some(name) => Some(name.fullname(None)),
+                None => match serde_json::from_str::<serde_json::Value>(&self.canonical) {
+                    Ok(serde_json::Value::String(primitive)) => Some(primitive),
+                    Ok(serde_json::Value::Object(object)) => object
+                        .get("type")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string),
+                    Ok(serde_json::Value::Array(_)) => Some("union".to_string()),
+                    _ => None,
+                },
+            }),
+            Body::Json(json) => RecordNames::One(json.title().map(str::to_string)),
+            Body::Protobuf(proto) => RecordNames::Messages(proto.message_names()),
+        }
+    }
+
     /// A Protobuf schema as a base64 `FileDescriptorProto` (`?format=serialized`).
     pub fn serialized(&self) -> Option<String> {
         match &self.body {
@@ -201,6 +223,42 @@ impl ParsedSchema {
                 self.schema_type.name(),
                 writer.schema_type.name()
             )),
+        }
+    }
+}
+
+/// What [`ParsedSchema::record_names`] gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordNames {
+    /// Avro and JSON Schema: the schema's one record name, when it has one.
+    One(Option<String>),
+    /// Protobuf: the file's messages in declaration order, each with the messages declared in
+    /// it (map entries included, as protoc numbers them): a record's message indexes (after
+    /// its schema id, Confluent's wire format) pick one.
+    Messages(Vec<MessageName>),
+}
+
+/// A Protobuf message's full name and the messages declared in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageName {
+    pub full_name: String,
+    pub nested: Vec<MessageName>,
+}
+
+impl RecordNames {
+    /// The record name for data carrying `indexes` (Protobuf's message indexes; the others
+    /// carry none); `None` when it names nothing.
+    pub fn name(&self, indexes: &[usize]) -> Option<&str> {
+        match self {
+            RecordNames::One(name) => name.as_deref(),
+            RecordNames::Messages(top) => {
+                let (first, rest) = indexes.split_first()?;
+                let mut message = top.get(*first)?;
+                for index in rest {
+                    message = message.nested.get(*index)?;
+                }
+                Some(&message.full_name)
+            }
         }
     }
 }
@@ -287,6 +345,49 @@ mod tests {
 
     fn avro(text: &str) -> ParsedSchema {
         ParsedSchema::parse(SchemaType::Avro, text, Vec::new(), &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn record_names_follow_what_confluents_serializers_name_records() {
+        let named =
+            avro(r#"{"type":"record","name":"User","namespace":"com.example","fields":[]}"#);
+        assert_eq!(named.record_names().name(&[]), Some("com.example.User"));
+        assert_eq!(avro(r#""string""#).record_names().name(&[]), Some("string"));
+        let titled = ParsedSchema::parse(
+            SchemaType::Json,
+            r#"{"title":"Click","type":"object"}"#,
+            Vec::new(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(titled.record_names().name(&[]), Some("Click"));
+        let untitled = ParsedSchema::parse(
+            SchemaType::Json,
+            r#"{"type":"object"}"#,
+            Vec::new(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(untitled.record_names().name(&[]), None);
+        let proto = ParsedSchema::parse(
+            SchemaType::Protobuf,
+            "syntax = \"proto3\"; package shop;\n\
+             message Order { message Line { string sku = 1; } map<string, int32> tags = 1; \
+             message Note { string text = 1; } }\n\
+             message Refund { int64 id = 1; }",
+            Vec::new(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let names = proto.record_names();
+        assert_eq!(names.name(&[0]), Some("shop.Order"));
+        assert_eq!(names.name(&[1]), Some("shop.Refund"));
+        assert_eq!(names.name(&[0, 0]), Some("shop.Order.Line"));
+        // The map's entry type is declared (by protoc) between Line and Note.
+        assert_eq!(names.name(&[0, 2]), Some("shop.Order.Note"));
+        assert_eq!(names.name(&[2]), None);
+        assert_eq!(names.name(&[0, 0, 0]), None);
+        assert_eq!(names.name(&[]), None);
     }
 
     fn parse(text: &str) -> Result<ParsedSchema, String> {

@@ -21,7 +21,9 @@ pub mod protobuf;
 pub mod records;
 pub mod state;
 
-pub use kind::{Level, ParsedSchema, Reference, SchemaRequest, SchemaType};
+pub use kind::{
+    Level, MessageName, ParsedSchema, RecordNames, Reference, SchemaRequest, SchemaType,
+};
 pub use records::SchemaRecord;
 pub use state::{Registry, RegistryError, VersionSpec, VersionView};
 

@@ -167,6 +167,34 @@ impl ProtoSchema {
     }
 }
 
+impl ProtoSchema {
+    /// The file's messages in declaration order, each with those declared in it.
+    pub fn message_names(&self) -> Vec<super::kind::MessageName> {
+        fn name_of(message: MessageDescriptor, depth: usize) -> super::kind::MessageName {
+            super::kind::MessageName {
+                full_name: message.full_name().to_string(),
+                // protox bounds nesting already; this keeps a hostile descriptor from
+                // recursing without end all the same.
+                nested: if depth >= MESSAGE_NESTING_MAX {
+                    Vec::new()
+                } else {
+                    message
+                        .child_messages()
+                        .map(|child| name_of(child, depth + 1))
+                        .collect()
+                },
+            }
+        }
+        self.file
+            .messages()
+            .map(|message| name_of(message, 0))
+            .collect()
+    }
+}
+
+/// Message nesting [`ProtoSchema::message_names`] follows at most.
+const MESSAGE_NESTING_MAX: usize = 64;
+
 /// Every message of the file's own (nested included, map entries left out), by full name.
 fn messages_of(file: &FileDescriptor) -> BTreeMap<String, MessageDescriptor> {
     fn walk(message: MessageDescriptor, into: &mut BTreeMap<String, MessageDescriptor>) {

@@ -504,6 +504,16 @@ impl Registry {
             .collect()
     }
 
+    /// The record names of every schema some subject version uses, by id (for broker-side
+    /// validation with RecordNameStrategy).
+    pub fn record_names(&self) -> HashMap<u32, super::RecordNames> {
+        self.subjects
+            .values()
+            .flat_map(|entry| entry.versions.values().map(|version| version.id))
+            .filter_map(|id| Some((id, self.schemas.get(&id)?.record_names())))
+            .collect()
+    }
+
     /// Subjects with a live version (or a soft-deleted one, with `include_deleted`).
     pub fn subjects(&self, include_deleted: bool) -> Vec<String> {
         self.subjects

@@ -150,7 +150,10 @@ impl<S: LogStore> Broker<S> {
         peer_config.secret = config.cluster_secret.clone();
         let peers = PeerTransport::new(config.node_id, peer_config);
         let leadership_changes = Arc::new(LeadershipEvents::new());
-        let compactor = Compactor::start(config.retention.compaction_bytes_per_second);
+        let compactor = Compactor::start(
+            config.retention.compaction_bytes_per_second,
+            config.retention.compaction_index_bytes_max(),
+        );
         let mut log = store
             .open_log(meta::META_LOG_NAME)
             .map_err(|error| format!("cannot open the {} log: {error}", meta::META_LOG_NAME))?;

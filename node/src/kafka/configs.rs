@@ -16,7 +16,9 @@ use crate::broker::{apply_config_changes, Broker};
 use crate::meta::TopicState;
 use cairn_protocol::messages::{
     ConfigChange, TopicConfig, KEY_SCHEMA_VALIDATION_CONFLUENT, KEY_SCHEMA_VALIDATION_REDPANDA,
+    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT, KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
     VALUE_SCHEMA_VALIDATION_CONFLUENT, VALUE_SCHEMA_VALIDATION_REDPANDA,
+    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT, VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
 };
 use cairn_protocol::ApiError;
 use cairn_storage::LogStore;
@@ -62,6 +64,10 @@ const EDITABLE: &[&str] = &[
     VALUE_SCHEMA_VALIDATION_REDPANDA,
     KEY_SCHEMA_VALIDATION_CONFLUENT,
     KEY_SCHEMA_VALIDATION_REDPANDA,
+    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
+    VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
+    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
+    KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
 ];
 
 /// The configs with Kafka's (or the vendor's) defaults rather than the node's: compaction's
@@ -73,6 +79,32 @@ const COMPACTION: &[&str] = &[
     "segment.bytes",
     VALUE_SCHEMA_VALIDATION_CONFLUENT,
     VALUE_SCHEMA_VALIDATION_REDPANDA,
+    KEY_SCHEMA_VALIDATION_CONFLUENT,
+    KEY_SCHEMA_VALIDATION_REDPANDA,
+    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
+    VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
+    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
+    KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
+];
+
+/// Settings with one name per vendor: naming either sets the one setting.
+const VENDOR_ALIASES: &[[&str; 2]] = &[
+    [
+        VALUE_SCHEMA_VALIDATION_CONFLUENT,
+        VALUE_SCHEMA_VALIDATION_REDPANDA,
+    ],
+    [
+        KEY_SCHEMA_VALIDATION_CONFLUENT,
+        KEY_SCHEMA_VALIDATION_REDPANDA,
+    ],
+    [
+        VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
+        VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
+    ],
+    [
+        KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
+        KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
+    ],
 ];
 
 /// Read-only topic configs with the value Cairn always has.
@@ -172,6 +204,30 @@ pub fn topic_entries<S: LogStore>(broker: &Broker<S>, topic: &TopicState) -> Vec
             config.key_schema_validation.is_some(),
             config.validates_key_schema().to_string(),
             TYPE_BOOLEAN,
+        ),
+        (
+            VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
+            config.value_subject_name_strategy.is_some(),
+            config.value_subject_strategy().class_name(),
+            TYPE_STRING,
+        ),
+        (
+            VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
+            config.value_subject_name_strategy.is_some(),
+            config.value_subject_strategy().name().to_string(),
+            TYPE_STRING,
+        ),
+        (
+            KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
+            config.key_subject_name_strategy.is_some(),
+            config.key_subject_strategy().class_name(),
+            TYPE_STRING,
+        ),
+        (
+            KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
+            config.key_subject_name_strategy.is_some(),
+            config.key_subject_strategy().name().to_string(),
+            TYPE_STRING,
         ),
     ];
     entries.extend(
@@ -369,9 +425,8 @@ pub fn topic_config<S: LogStore>(
 /// Whether two Kafka config names set the same Cairn setting: schema validation has a name
 /// per vendor, and naming either one keeps the other from resetting it.
 fn same_setting(first: &str, second: &str) -> bool {
-    let validation = [
-        VALUE_SCHEMA_VALIDATION_CONFLUENT,
-        VALUE_SCHEMA_VALIDATION_REDPANDA,
-    ];
-    first == second || (validation.contains(&first) && validation.contains(&second))
+    first == second
+        || VENDOR_ALIASES
+            .iter()
+            .any(|names| names.contains(&first) && names.contains(&second))
 }

@@ -297,7 +297,10 @@ impl<S: LogStore> SchemaRegistry<S> {
         let before = replayed.next;
         let result = self.catch_up_log(replayed, until, deadline).await;
         if replayed.next != before {
-            self.broker.schemas.publish(replayed.registry.subject_ids());
+            self.broker.schemas.publish(validation::SchemaIndex {
+                subjects: replayed.registry.subject_ids(),
+                names: replayed.registry.record_names(),
+            });
         }
         result
     }

@@ -114,22 +114,38 @@ fn release_blob_file(db: &std::path::Path, path: &std::path::Path, paced: bool) 
 // segment: every append stalled behind that burst for up to seconds.
 
 /// Releases queued and not yet done, over all databases; beyond this a release is done at
-/// once by the thread asking for it, as before (backpressure, not memory growth).
-const RELEASES_QUEUED_MAX: usize = 4096;
+/// once by the thread asking for it, as before (backpressure, not memory growth). Each
+/// queued release holds two paths (about 200 bytes): a few MiB at most.
+const RELEASES_QUEUED_MAX: usize = 16384;
 /// A released file is emptied from its end in steps of this size, so that one step frees a
 /// bounded number of blocks (one short discard).
 const EMPTY_STEP_BYTES: u64 = 1 << 20;
 /// The background releaser frees at most this many bytes of disk blocks a second (files
 /// never written back hold none and cost nothing): a compaction's garbage is discarded as a
-/// steady trickle the device serves between flushes, not as a burst.
-const RELEASE_BYTES_PER_SECOND: u64 = 32 << 20;
+/// steady trickle the device serves between flushes, not as a burst. The default; the
+/// process may set another with [`set_blob_release_bytes_per_second`].
+const RELEASE_BYTES_PER_SECOND_DEFAULT: u64 = 32 << 20;
+
+/// The pace in force (process-wide: one releaser serves every database); 0 is unpaced.
+static RELEASE_BYTES_PER_SECOND: AtomicU64 =
+    AtomicU64::new(RELEASE_BYTES_PER_SECOND_DEFAULT);
+
+/// Sets how many bytes of disk blocks a second the background releaser frees at most, for
+/// every database of the process (0: as fast as the file system frees them). An application
+/// that throttles its own rewrites (log compaction) can give the release of their garbage
+/// the same budget, so the device sees one bounded stream of both.
+#[doc(hidden)]
+pub fn set_blob_release_bytes_per_second(bytes_per_second: u64) {
+    RELEASE_BYTES_PER_SECOND
+        .store(bytes_per_second, std::sync::atomic::Ordering::Relaxed);
+}
 /// With more releases than this queued, the releaser stops pacing until it has caught up.
 const RELEASES_QUEUED_UNPACED: usize = RELEASES_QUEUED_MAX / 2;
 /// How long a database being closed or opened waits for its queued releases.
 const RELEASE_DRAIN_WAIT: Duration = Duration::from_secs(60);
 
 /// Empties `path` from its end, `EMPTY_STEP_BYTES` at a time. `paced`: after each step that
-/// freed disk blocks, waits as long as freeing them at `RELEASE_BYTES_PER_SECOND` takes
+/// freed disk blocks, waits as long as freeing them at the pace in force takes
 /// (less the step's own time), unless the releaser has fallen behind.
 fn empty_in_steps(path: &std::path::Path, paced: bool) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -145,10 +161,9 @@ fn empty_in_steps(path: &std::path::Path, paced: bool) -> std::io::Result<()> {
         let freed = allocated.min(len - next);
         allocated -= freed;
         len = next;
-        if paced && freed > 0 && !releaser_behind() {
-            let budget = Duration::from_secs_f64(
-                freed as f64 / RELEASE_BYTES_PER_SECOND as f64,
-            );
+        let pace = RELEASE_BYTES_PER_SECOND.load(std::sync::atomic::Ordering::Relaxed);
+        if paced && pace > 0 && freed > 0 && !releaser_behind() {
+            let budget = Duration::from_secs_f64(freed as f64 / pace as f64);
             if let Some(rest) = budget.checked_sub(started.elapsed()) {
                 std::thread::sleep(rest);
             }

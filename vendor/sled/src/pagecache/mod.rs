@@ -52,7 +52,8 @@ pub(crate) use self::blob_io::{
     sync_written_blobs, wait_for_releases,
 };
 pub use self::blob_io::{
-    blob_release_counters, durability_counters, BlobReleaseCounters,
+    blob_release_counters, durability_counters, set_blob_release_bytes_per_second,
+    BlobReleaseCounters,
     DurabilityCounters,
 };
 
