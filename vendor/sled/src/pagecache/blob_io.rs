@@ -68,6 +68,13 @@ fn create_blob_file(config: &Config, path: &std::path::Path) -> Result<std::fs::
     };
     if let Some(free_path) = reusable {
         if std::fs::rename(&free_path, path).is_ok() {
+            if config.power_loss_durable && !config.temporary {
+                // Set before the blob's path is noted as written, so the sync that takes
+                // the path sees it (see `sync_written_blobs`).
+                durability(config)
+                    .free_dir_changed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             return Ok(std::fs::OpenOptions::new().write(true).open(path)?);
         }
     }
@@ -437,6 +444,9 @@ pub(crate) struct Durability {
     /// Held while syncing: a log buffer written by another thread meanwhile must wait until
     /// the blobs taken by this sync (which it may point to) are durable.
     syncing: std::sync::Mutex<()>,
+    /// A blob file was renamed out of `blobs-free/` since the last sync: a rename is durable
+    /// only once both directories are synced, so `blobs-free/` is synced too.
+    free_dir_changed: std::sync::atomic::AtomicBool,
     blob_syncs: AtomicU64,
     directory_syncs: AtomicU64,
     log_syncs: AtomicU64,
@@ -585,6 +595,13 @@ pub(crate) fn sync_written_blobs(config: &Config) -> Result<()> {
         for file in files {
             file.sync_data()?;
             synced += 1;
+        }
+    }
+    // After taking the paths: a recycled blob among them set the flag before it was noted.
+    if state.free_dir_changed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if let Err(e) = sync_directory(&state, &free_blob_dir(&config.get_path())) {
+            state.free_dir_changed.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e);
         }
     }
     if synced > 0 {
