@@ -774,5 +774,8 @@ fn padded_values_read_back_as_their_ids_and_damaged_padding_does_not() {
     let mut damaged = padded.clone();
     damaged[100_000] = b'x';
     assert_ne!(crate::checker::value_text(Some(&damaged)), "7-42");
-    assert_eq!(crate::checker::value_text(None), crate::checker::TOMBSTONE_TEXT);
+    assert_eq!(
+        crate::checker::value_text(None),
+        crate::checker::TOMBSTONE_TEXT
+    );
 }

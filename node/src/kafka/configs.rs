@@ -16,7 +16,7 @@ use crate::broker::{apply_config_changes, Broker};
 use crate::meta::TopicState;
 use cairn_protocol::messages::{
     ConfigChange, TopicConfig, KEY_SCHEMA_VALIDATION_CONFLUENT, KEY_SCHEMA_VALIDATION_REDPANDA,
-    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT, KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
+    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT, KEY_SUBJECT_NAME_STRATEGY_REDPANDA, TOPIC_CONFIG_KEYS,
     VALUE_SCHEMA_VALIDATION_CONFLUENT, VALUE_SCHEMA_VALIDATION_REDPANDA,
     VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT, VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
 };
@@ -52,40 +52,12 @@ pub struct Entry {
     pub config_type: i8,
 }
 
-/// The topic configs Cairn keeps, by Kafka name.
-const EDITABLE: &[&str] = &[
-    "retention.ms",
-    "retention.bytes",
-    "cleanup.policy",
-    "min.compaction.lag.ms",
-    "delete.retention.ms",
-    "segment.bytes",
-    VALUE_SCHEMA_VALIDATION_CONFLUENT,
-    VALUE_SCHEMA_VALIDATION_REDPANDA,
-    KEY_SCHEMA_VALIDATION_CONFLUENT,
-    KEY_SCHEMA_VALIDATION_REDPANDA,
-    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
-    VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
-    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
-    KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
-];
+/// The topic configs Cairn keeps, by Kafka name: the ones `topic alter` takes.
+const EDITABLE: &[&str] = TOPIC_CONFIG_KEYS;
 
 /// The configs with Kafka's (or the vendor's) defaults rather than the node's: compaction's
-/// and schema validation's.
-const COMPACTION: &[&str] = &[
-    "cleanup.policy",
-    "min.compaction.lag.ms",
-    "delete.retention.ms",
-    "segment.bytes",
-    VALUE_SCHEMA_VALIDATION_CONFLUENT,
-    VALUE_SCHEMA_VALIDATION_REDPANDA,
-    KEY_SCHEMA_VALIDATION_CONFLUENT,
-    KEY_SCHEMA_VALIDATION_REDPANDA,
-    VALUE_SUBJECT_NAME_STRATEGY_CONFLUENT,
-    VALUE_SUBJECT_NAME_STRATEGY_REDPANDA,
-    KEY_SUBJECT_NAME_STRATEGY_CONFLUENT,
-    KEY_SUBJECT_NAME_STRATEGY_REDPANDA,
-];
+/// and schema validation's, every editable one after the two retention limits.
+const COMPACTION: &[&str] = TOPIC_CONFIG_KEYS.split_at(2).1;
 
 /// Settings with one name per vendor: naming either sets the one setting.
 const VENDOR_ALIASES: &[[&str; 2]] = &[
@@ -429,4 +401,23 @@ fn same_setting(first: &str, second: &str) -> bool {
         || VENDOR_ALIASES
             .iter()
             .any(|names| names.contains(&first) && names.contains(&second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `COMPACTION` is every editable config but the two whose defaults are the node's.
+    #[test]
+    fn only_the_retention_limits_take_the_nodes_defaults() {
+        assert_eq!(&EDITABLE[..2], ["retention.ms", "retention.bytes"]);
+        assert_eq!(COMPACTION.len(), EDITABLE.len() - 2);
+        assert!(!COMPACTION.contains(&"retention.ms") && !COMPACTION.contains(&"retention.bytes"));
+        for names in VENDOR_ALIASES {
+            assert!(
+                names.iter().all(|name| COMPACTION.contains(name)),
+                "{names:?}"
+            );
+        }
+    }
 }

@@ -67,3 +67,23 @@ def read_back(bootstrap, topic, group, count, deserialize, ids=None):
     consumer.close()
     assert len(seen) == count, f"read {len(seen)} of {count} records"
     return seen
+
+
+def produce_one(bootstrap, topic, key, value):
+    """Produces one record in a batch of its own with acks=all; the delivery error (None when
+    written)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    outcome = []
+    producer.produce(topic, key=key, value=value, on_delivery=lambda error, _: outcome.append(error))
+    assert producer.flush(60) == 0, "a record left undelivered"
+    assert len(outcome) == 1, outcome
+    return outcome[0]
+
+
+def high_watermark(bootstrap, topic, group):
+    """Partition 0's high watermark, asked through a consumer of `group`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
+    finally:
+        consumer.close()

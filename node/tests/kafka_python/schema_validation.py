@@ -17,12 +17,13 @@ import struct
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition, OFFSET_BEGINNING
+from confluent_kafka import Consumer, KafkaError, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient, ConfigResource
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+import registry_common
 from registry_common import DEADLINE_S, register_until_available
 
 registries, bootstrap, topic = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
@@ -34,21 +35,11 @@ OTHER = {"type": "record", "name": "Other", "fields": [{"name": "n", "type": "lo
 
 
 def produce_one(value, key="k"):
-    """Produces one record in a batch of its own; the delivery error (None when written)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
-    outcome = []
-    producer.produce(topic, key=key, value=value, on_delivery=lambda error, _: outcome.append(error))
-    assert producer.flush(60) == 0, "a record left undelivered"
-    assert len(outcome) == 1, outcome
-    return outcome[0]
+    return registry_common.produce_one(bootstrap, topic, key, value)
 
 
 def high_watermark():
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "validation-watermarks"})
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
-    finally:
-        consumer.close()
+    return registry_common.high_watermark(bootstrap, topic, "validation-watermarks")
 
 
 def framed(schema_id, payload=b"\x02a"):

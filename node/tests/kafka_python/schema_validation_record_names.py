@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from confluent_kafka.schema_registry import (
     Schema,
@@ -27,6 +27,7 @@ from confluent_kafka.schema_registry import (
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+import registry_common
 from registry_common import DEADLINE_S, register_until_available
 
 registry, bootstrap, topic = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -106,21 +107,11 @@ def framed(which, part, data):
 
 
 def produce_one(key, value):
-    """Produces one record in a batch of its own; the delivery error (None when written)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
-    outcome = []
-    producer.produce(topic, key=key, value=value, on_delivery=lambda error, _: outcome.append(error))
-    assert producer.flush(60) == 0, "a record left undelivered"
-    assert len(outcome) == 1, outcome
-    return outcome[0]
+    return registry_common.produce_one(bootstrap, topic, key, value)
 
 
 def high_watermark():
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "record-names-watermarks"})
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
-    finally:
-        consumer.close()
+    return registry_common.high_watermark(bootstrap, topic, "record-names-watermarks")
 
 
 good_key = framed("topic_record", "key", {"id": 7})
