@@ -106,14 +106,7 @@ fn the_registry_api_answers_on_every_node_and_survives_killing_the_schemas_leade
 
     // The first write creates `_schemas`; the same schema keeps its id on every node, in
     // any spelling, and across subjects.
-    let (status, body) = http_available(
-        one,
-        "POST",
-        "/subjects/users-value/versions",
-        &schema_body(USER_V1),
-    );
-    assert_eq!(status, 200, "{body}");
-    let user_id = json(&body)["id"].as_u64().unwrap();
+    let user_id = register(one, "users-value", USER_V1);
     for (address, text, subject) in [
         (two, USER_V1_SPACED, "users-value"),
         (three, USER_V1, "users-value"),
@@ -394,19 +387,23 @@ fn a_node_without_a_replica_of_schemas_answers_from_the_leaders_log() {
     }
 }
 
-/// Runs `node/tests/kafka_python/{script}` against a fresh 3-node cluster with a topic of 3
-/// replicas: registries of every node, the Kafka bootstrap, the topic.
+/// Registers `schema` (Avro) under `subject` through `address`, riding out the 5xx of a
+/// registry whose `_schemas` is being created; its id.
+fn register(address: SocketAddr, subject: &str, schema: &str) -> u64 {
+    let (status, body) = http_available(
+        address,
+        "POST",
+        &format!("/subjects/{subject}/versions"),
+        &schema_body(schema),
+    );
+    assert_eq!(status, 200, "{body}");
+    json(&body)["id"].as_u64().expect("an id")
+}
+
 #[test]
 fn no_client_may_write_schemas_and_followers_forward_registry_writes_to_the_leader() {
     let mut cluster = TestCluster::start(3, &[]);
-    let one = cluster.node(1).http_address();
-    let (status, body) = http_available(
-        one,
-        "POST",
-        "/subjects/users-value/versions",
-        &schema_body(USER_V1),
-    );
-    assert_eq!(status, 200, "{body}");
+    register(cluster.node(1).http_address(), "users-value", USER_V1);
     let leader = schemas_leader(&mut cluster, None);
     let follower = [1, 2, 3].into_iter().find(|node| *node != leader).unwrap();
     let follower_http = cluster.node(follower).http_address();
@@ -490,6 +487,8 @@ fn no_client_may_write_schemas_and_followers_forward_registry_writes_to_the_lead
     );
 }
 
+/// Runs `node/tests/kafka_python/{script}` against a fresh 3-node cluster with a topic of 3
+/// replicas: registries of every node, the Kafka bootstrap, the topic.
 fn run_python_registry_scenario(script: &str, module: &str, topic: &str) {
     support::require_python_module(module, REGISTRY_PACKAGES_HINT);
     let cluster = TestCluster::start(3, &[]);
