@@ -107,8 +107,9 @@ struct RunArgs {
     drain_timeout_s: u64,
     /// Bytes of each produced value: the unique id padded with `~` (0: the id alone). At
     /// 160 KiB (163840) every record is its own batch above sled's 128 KiB blob threshold,
-    /// so power faults exercise blob files; at most 262144 (the test preset's record limit is
-    /// 512 KiB).
+    /// so power faults exercise blob files. At most 262144; the nodes' record, batch, frame
+    /// and replication-message limits are raised to fit (the test preset's records are at
+    /// most 16 KiB).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=262_144))]
     value_bytes: u32,
 }
