@@ -193,21 +193,27 @@ fn compactor_metric(cluster: &TestCluster, node_id: u32, name: &str) -> f64 {
 
 #[test]
 fn a_compacted_topic_equals_the_latest_value_per_key_across_failover_and_restart() {
+    run_within_timeout(scenario());
+}
+
+/// Runs `scenario` on a two-thread runtime, failing the test after [`TEST_TIMEOUT`].
+fn run_within_timeout(scenario: impl std::future::Future<Output = ()>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async {
-        tokio::time::timeout(TEST_TIMEOUT, scenario())
+        tokio::time::timeout(TEST_TIMEOUT, scenario)
             .await
             .expect("the test finishes in time")
     });
 }
 
-async fn scenario() {
-    let mut cluster = Guarded(TestCluster::start(3, &[]));
-    let bootstrap = cluster.0.bootstrap();
+/// Three nodes started with `node_args`, and the one-partition compacted topic [`TOPIC`] on
+/// all of them (compacted at once, tombstones kept [`DELETE_RETENTION_MS`]), led.
+async fn start_with_compacted_topic(node_args: &[&str]) -> Guarded {
+    let cluster = Guarded(TestCluster::start(3, node_args));
     let config = TopicConfig {
         cleanup_policy: Some(CleanupPolicy::Compact),
         min_compaction_lag_ms: Some(0),
@@ -215,7 +221,7 @@ async fn scenario() {
         segment_bytes: Some(1),
         ..TopicConfig::default()
     };
-    Admin::new(client_config(&bootstrap))
+    Admin::new(client_config(&cluster.0.bootstrap()))
         .unwrap()
         .create_topic(TOPIC, 1, Some(3), config)
         .await
@@ -224,6 +230,12 @@ async fn scenario() {
         &cluster.0
     )
     .is_some()));
+    cluster
+}
+
+async fn scenario() {
+    let mut cluster = start_with_compacted_topic(&[]).await;
+    let bootstrap = cluster.0.bootstrap();
 
     let mut model = Model::new();
     produce(&bootstrap, &mut model, &rounds("first", 8, 6, &[1, 5])).await;
@@ -363,38 +375,13 @@ const PASS_KEY_BYTES: usize = 48;
 
 #[test]
 fn a_key_space_past_the_index_budget_is_compacted_in_passes_on_every_replica() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async {
-        tokio::time::timeout(TEST_TIMEOUT, passes_scenario())
-            .await
-            .expect("the test finishes in time")
-    });
+    run_within_timeout(passes_scenario());
 }
 
 async fn passes_scenario() {
     let budget = format!("retention.compaction_index_bytes_max={INDEX_BYTES_MAX}");
-    let mut cluster = Guarded(TestCluster::start(3, &["--set", &budget]));
+    let mut cluster = start_with_compacted_topic(&["--set", &budget]).await;
     let bootstrap = cluster.0.bootstrap();
-    let config = TopicConfig {
-        cleanup_policy: Some(CleanupPolicy::Compact),
-        min_compaction_lag_ms: Some(0),
-        delete_retention_ms: Some(DELETE_RETENTION_MS),
-        segment_bytes: Some(1),
-        ..TopicConfig::default()
-    };
-    Admin::new(client_config(&bootstrap))
-        .unwrap()
-        .create_topic(TOPIC, 1, Some(3), config)
-        .await
-        .unwrap();
-    assert!(eventually(Duration::from_secs(20), || high_watermark(
-        &cluster.0
-    )
-    .is_some()));
 
     // Two values for every key, then a tombstone for every tenth: the keys' index needs
     // about PASS_KEYS * (PASS_KEY_BYTES + 96) = 28 800 bytes, seven budgets.
