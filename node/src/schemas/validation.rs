@@ -203,16 +203,26 @@ fn message_indexes(bytes: &[u8]) -> Option<Vec<usize>> {
 }
 
 /// A part of a record under check: its name (`key`, `value`), its topic's subject strategy
-/// for it.
+/// for it, and its TopicNameStrategy subject (made once per batch, not per record).
 struct Part<'a> {
     topic: &'a str,
     name: &'static str,
     strategy: SubjectNameStrategy,
+    topic_subject: String,
 }
 
-impl Part<'_> {
+impl<'a> Part<'a> {
+    fn new(topic: &'a str, name: &'static str, strategy: SubjectNameStrategy) -> Part<'a> {
+        Part {
+            topic,
+            name,
+            strategy,
+            topic_subject: format!("{topic}-{name}"),
+        }
+    }
+
     fn topic_subject(&self) -> String {
-        format!("{}-{}", self.topic, self.name)
+        self.topic_subject.clone()
     }
 }
 
@@ -255,8 +265,8 @@ fn fault(
     } else {
         "schema id"
     };
-    let subject = match part.strategy {
-        SubjectNameStrategy::TopicNameStrategy => part.topic_subject(),
+    let subject: std::borrow::Cow<str> = match part.strategy {
+        SubjectNameStrategy::TopicNameStrategy => part.topic_subject.as_str().into(),
         SubjectNameStrategy::RecordNameStrategy | SubjectNameStrategy::TopicRecordNameStrategy => {
             let Some(names) = index.names.get(&id) else {
                 return Some((
@@ -292,15 +302,15 @@ fn fault(
                 ));
             };
             if part.strategy == SubjectNameStrategy::RecordNameStrategy {
-                record.to_string()
+                record.to_string().into()
             } else {
-                format!("{}-{record}", part.topic)
+                format!("{}-{record}", part.topic).into()
             }
         }
     };
     if index
         .subjects
-        .get(&subject)
+        .get(subject.as_ref())
         .is_some_and(|ids| ids.contains(&id))
     {
         return None;
@@ -317,7 +327,7 @@ fn fault(
         ),
         None => format!("{what} {id} is not registered"),
     };
-    Some((subject, reason))
+    Some((subject.into_owned(), reason))
 }
 
 fn check(
@@ -328,16 +338,8 @@ fn check(
     decompressed_bytes_max: usize,
     caught_up: bool,
 ) -> Result<Verdict, ApiError> {
-    let key_part = Part {
-        topic,
-        name: "key",
-        strategy: parts.key_strategy,
-    };
-    let value_part = Part {
-        topic,
-        name: "value",
-        strategy: parts.value_strategy,
-    };
+    let key_part = Part::new(topic, "key", parts.key_strategy);
+    let value_part = Part::new(topic, "value", parts.value_strategy);
     // The subject the refusal names: the first record's fault's.
     let mut refused_subject = None;
     let mut records = Vec::new();
