@@ -53,7 +53,8 @@ pub struct CampaignConfig {
     /// The `cairn-powerfs` binary for `power` faults; default: beside this program.
     #[serde(default)]
     pub powerfs: Option<PathBuf>,
-    /// How long the drain reader may take to reach every high watermark.
+    /// How long the drain reader may go without reading anything new before it gives up on
+    /// the high watermarks it has not reached; it stops in any case after four times this.
     #[serde(default = "default_drain_timeout_s")]
     pub drain_timeout_s: u64,
     /// Bytes of each produced value, padded (0: the unique id alone, a few bytes).
@@ -373,12 +374,28 @@ pub fn run(config: &CampaignConfig, mode: NetworkMode) -> Result<Outcome, String
             Duration::from_secs(config.drain_timeout_s),
         ))
     });
-    let high_watermarks = runtime.block_on(workload::drain(
+    let drained = runtime.block_on(workload::drain(
         &workload_config,
         &recorder,
         config.partitions,
         Duration::from_secs(config.drain_timeout_s),
+        Duration::from_secs(4 * config.drain_timeout_s),
     ));
+    if !drained.behind.is_empty() {
+        let behind: Vec<String> = drained
+            .behind
+            .iter()
+            .map(|(partition, (at, hw))| format!("{partition} at {at} of {hw}"))
+            .collect();
+        notes.push(format!(
+            "the final drain stopped before the high watermarks of partitions [{}] (it read \
+             nothing new for {} s, or ran {} s): what it did not read is counted as forgotten",
+            behind.join(", "),
+            config.drain_timeout_s,
+            4 * config.drain_timeout_s
+        ));
+    }
+    let high_watermarks = drained.high_watermarks;
     let retained = retained_writer.map(|writer| {
         runtime.block_on(async {
             let outcome = tokio::time::timeout(Duration::from_secs(30), writer)

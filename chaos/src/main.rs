@@ -102,7 +102,9 @@ struct RunArgs {
     /// program.
     #[arg(long)]
     powerfs: Option<PathBuf>,
-    /// Seconds the drain reader may take to reach every high watermark after the run.
+    /// Seconds the drain reader may go without reading anything new after the run before it
+    /// gives up on the high watermarks it has not reached; it stops in any case after four
+    /// times this.
     #[arg(long, default_value_t = 90)]
     drain_timeout_s: u64,
     /// Bytes of each produced value: the unique id padded with `~` (0: the id alone). At
@@ -115,16 +117,18 @@ struct RunArgs {
 }
 
 /// The node limits a `--value-bytes` workload needs above the test preset's (16 KiB records,
-/// 64 KiB batches): a record of the value, batches of a few of them, and frames and
-/// replication messages of a few batches, so that sled's pages pass its 128 KiB blob
-/// threshold. Nothing for 0.
+/// 64 KiB batches): a record of the value, batches of a few of them, replication messages of a
+/// few batches, so that sled's pages pass its 128 KiB blob threshold, and frames of 8 MiB, so
+/// that a fetch carries dozens of records (frames of two batches made the final drain read a
+/// few records per round trip and overrun its deadline). Nothing for 0.
 fn value_limits(value_bytes: u32) -> Vec<String> {
     if value_bytes == 0 {
         return Vec::new();
     }
     let record = (u64::from(value_bytes) + 4096).max(16 * 1024);
     let batch = (2 * record).max(64 * 1024);
-    let frame = 2 * batch;
+    let append = 2 * batch;
+    let frame = (append + 1024).max(8 << 20);
     [
         format!("limits.record_bytes_max={record}"),
         format!("limits.batch_bytes_max={batch}"),
@@ -134,12 +138,9 @@ fn value_limits(value_bytes: u32) -> Vec<String> {
         ),
         format!("limits.frame_bytes_max={frame}"),
         format!("limits.connection_outbound_bytes_max={}", 4 * frame),
-        format!("limits.fetch_reply_bytes_max={}", (4 * frame).max(8 << 20)),
-        format!(
-            "limits.fetch_reply_bytes_per_address_max={}",
-            (4 * frame).max(8 << 20)
-        ),
-        format!("replica.append_message_bytes_max={frame}"),
+        format!("limits.fetch_reply_bytes_max={}", 4 * frame),
+        format!("limits.fetch_reply_bytes_per_address_max={}", 4 * frame),
+        format!("replica.append_message_bytes_max={append}"),
     ]
     .into_iter()
     .flat_map(|setting| ["--set".to_string(), setting])

@@ -566,26 +566,46 @@ pub async fn run_manual_reader(
     }
 }
 
+/// How the final drain ended.
+#[derive(Debug, Clone, Default)]
+pub struct DrainOutcome {
+    /// The high watermarks it last saw, per partition.
+    pub high_watermarks: BTreeMap<u32, u64>,
+    /// Partitions it stopped short of (partition -> (next offset, high watermark)): empty
+    /// when it caught up everywhere. Anything acknowledged above where it stopped is then
+    /// counted `forgotten` by a power campaign, and the report says why.
+    pub behind: BTreeMap<u32, (u64, u64)>,
+}
+
 /// After healing: one reader from the start until it reached the high watermark of every
-/// partition, and the watermarks stayed put for a few polls (or `timeout` passed). Returns the
-/// final high watermarks.
+/// partition, and the watermarks stayed put for a few polls. A drain that still makes progress
+/// is not cut off: it stops early only once nothing new was read for `idle` (a cluster that
+/// does not come back), and in any case after `limit`.
 pub async fn drain(
     config: &WorkloadConfig,
     recorder: &Recorder,
     partitions: u32,
-    timeout: Duration,
-) -> BTreeMap<u32, u64> {
+    idle: Duration,
+    limit: Duration,
+) -> DrainOutcome {
     let process = recorder.new_process();
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut progress_at = started;
     let mut stable_polls = 0;
     let mut last: BTreeMap<u32, u64> = BTreeMap::new();
-    let (_, watermarks) = read_partitions(
+    let mut last_positions: BTreeMap<u32, u64> = BTreeMap::new();
+    let (positions, watermarks) = read_partitions(
         process,
         ReaderKind::Drain,
         config,
         recorder,
         |positions, watermarks| {
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            if *positions != last_positions {
+                progress_at = now;
+                last_positions = positions.clone();
+            }
+            if now.duration_since(progress_at) > idle || now.duration_since(started) > limit {
                 return true;
             }
             let caught_up = watermarks.len() == partitions as usize
@@ -603,7 +623,21 @@ pub async fn drain(
         None,
     )
     .await;
-    watermarks
+    let behind = (0..partitions)
+        .filter_map(|partition| {
+            let at = positions.get(&partition).copied().unwrap_or(0);
+            let hw = watermarks.get(&partition).copied();
+            match hw {
+                Some(hw) if at >= hw => None,
+                // A partition whose watermark it never learnt counts as behind from 0.
+                _ => Some((partition, (at, hw.unwrap_or(0)))),
+            }
+        })
+        .collect();
+    DrainOutcome {
+        high_watermarks: watermarks,
+        behind,
+    }
 }
 
 /// Watches the group: its committed offsets and the coordinator's assignment, every second.

@@ -769,6 +769,12 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
 
 /// Bytes a produce request adds around its batch (envelope, topic name, field names).
 pub const PRODUCE_FRAME_OVERHEAD_BYTES: u32 = 1024;
+
+/// What a peer frame holding one `Append` adds to its batches, which
+/// `replica.append_message_bytes_max` already counts with their per-batch framing
+/// (`cairn_replica::APPEND_BATCH_FRAMING_BYTES`): the frame and message envelope, the replica
+/// key and the offsets, a few dozen bytes in MessagePack, with room to spare.
+pub const PEER_APPEND_FRAME_OVERHEAD_BYTES: u32 = 1024;
 /// Bytes a batch adds around its records (header, per-record framing of one record).
 pub const BATCH_OVERHEAD_BYTES: u32 = 128;
 
@@ -863,6 +869,14 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
                 <= cairn_protocol::compression::DECOMPRESSED_BYTES_CEILING,
         "a compressed batch must be allowed to hold what an uncompressed one may, and followers \
          and consumers read every batch under 256 MiB: a leader must not accept more",
+    )?;
+    rule(
+        "limits.frame_bytes_max >= replica.append_message_bytes_max + 1024",
+        u64::from(limits.frame_bytes_max)
+            >= u64::from(replica.append_message_bytes_max)
+                + u64::from(PEER_APPEND_FRAME_OVERHEAD_BYTES),
+        "an append of the largest size must fit in one peer frame with its envelope: a larger \
+         one is dropped at every retry, and a follower that needs it never catches up",
     )?;
     rule(
         "replica.append_message_bytes_max >= limits.batch_bytes_max",

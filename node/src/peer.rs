@@ -654,6 +654,61 @@ mod tests {
         builder.build()
     }
 
+    /// An `Append` cut at `append_message_bytes_max`, its batches counted as the replica
+    /// engine counts them, fits a peer frame of that size plus the overhead the config rule
+    /// adds (`PEER_APPEND_FRAME_OVERHEAD_BYTES`), with one large batch or a thousand small
+    /// ones and the widest numbers: a frame above the limit would be dropped at every retry.
+    #[test]
+    fn an_append_cut_at_the_message_limit_fits_the_frame_the_config_sizes_for_it() {
+        let bytes_max = 64 * 1024;
+        for value_bytes in [0usize, 100, 5_000, 60 * 1024] {
+            let value = Bytes::from(vec![b'v'; value_bytes]);
+            let mut batches = Vec::new();
+            let mut bytes = 0;
+            loop {
+                let mut builder = RecordBatchBuilder::new(1);
+                builder.push(&Record::new(value.clone()));
+                let batch = builder
+                    .build()
+                    .stamped(Offset(u64::MAX / 2), Epoch(u64::MAX));
+                let size = cairn_replica::append_wire_bytes(&batch);
+                if !batches.is_empty() && bytes + size > bytes_max {
+                    break;
+                }
+                bytes += size;
+                batches.push(batch);
+            }
+            let count = batches.len();
+            let message = PeerMessage::Append {
+                epoch: Epoch(u64::MAX),
+                prev_offset: Offset(u64::MAX),
+                prev_epoch: Epoch(u64::MAX),
+                batches,
+                commit: Offset(u64::MAX),
+                sent_at: Millis(u64::MAX),
+                log_start: Some(LogStart {
+                    offset: Offset(u64::MAX),
+                    epoch: Epoch(u64::MAX),
+                }),
+            };
+            let frame = encode_peer_frame(&PeerFrame {
+                messages: vec![PartitionPeerMessage {
+                    replica: ReplicaKey::Partition {
+                        topic: u64::MAX,
+                        partition: u32::MAX,
+                    },
+                    message: to_wire(&message),
+                }],
+            });
+            let limit = bytes_max + crate::config::PEER_APPEND_FRAME_OVERHEAD_BYTES as usize;
+            assert!(
+                frame.len() <= limit,
+                "{count} batches of {value_bytes}-byte values: a frame of {} bytes, above {limit}",
+                frame.len()
+            );
+        }
+    }
+
     fn heartbeat(commit: u64) -> PeerMessage {
         PeerMessage::Append {
             epoch: Epoch(1),

@@ -2059,13 +2059,14 @@ impl Replica {
         let mut messages: Vec<Vec<RecordBatch>> = Vec::new();
         let mut bytes = 0usize;
         for batch in tail.iter().skip(first) {
+            let size = crate::append_wire_bytes(batch);
             match messages.last_mut() {
-                Some(message) if bytes + batch.size_bytes() <= bytes_max => {
-                    bytes += batch.size_bytes();
+                Some(message) if bytes + size <= bytes_max => {
+                    bytes += size;
                     message.push(batch.clone());
                 }
                 _ => {
-                    bytes = batch.size_bytes();
+                    bytes = size;
                     messages.push(vec![batch.clone()]);
                 }
             }
@@ -2121,10 +2122,11 @@ impl Replica {
         let mut kept = Vec::new();
         let mut bytes = 0usize;
         for batch in batches {
-            if !kept.is_empty() && bytes + batch.size_bytes() > bytes_max {
+            let size = crate::append_wire_bytes(&batch);
+            if !kept.is_empty() && bytes + size > bytes_max {
                 break;
             }
-            bytes += batch.size_bytes();
+            bytes += size;
             kept.push(batch);
         }
         let consistent = kept

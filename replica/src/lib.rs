@@ -110,7 +110,8 @@ pub struct Config {
     /// Produce requests appended but not yet answered, per partition. Past it, produce is
     /// refused with `Backpressure` (the producer's retry absorbs it).
     pub pending_requests_max: usize,
-    /// Bytes of batches one `Append` peer message carries at most.
+    /// Bytes of batches one `Append` peer message carries at most, each batch counted with
+    /// [`APPEND_BATCH_FRAMING_BYTES`] for its encoding ([`append_wire_bytes`]).
     pub append_message_bytes_max: usize,
     /// Bytes of its newest batches a leader keeps in memory for followers that have not
     /// acknowledged them yet (a lagging follower is caught up from there without reading
@@ -131,6 +132,17 @@ impl Default for Config {
             tail_bytes_max: 2 << 20,
         }
     }
+}
+
+/// What one batch adds to an `Append` peer message besides its own bytes: the length header
+/// of its byte string (at most 5 bytes in MessagePack) and slack. Counted against
+/// `append_message_bytes_max`, so that a message cut at that size plus its fixed envelope
+/// fits the peer frame the node's config sizes for it, however many small batches it holds.
+pub const APPEND_BATCH_FRAMING_BYTES: usize = 8;
+
+/// The bytes `batch` counts for in an `Append` message (see [`APPEND_BATCH_FRAMING_BYTES`]).
+pub fn append_wire_bytes(batch: &RecordBatch) -> usize {
+    batch.size_bytes() + APPEND_BATCH_FRAMING_BYTES
 }
 
 /// Largest replica set one partition may have. Majorities are computed by sorting per-voter
