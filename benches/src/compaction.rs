@@ -11,7 +11,9 @@
 //!    `cleanup.policy=compact` topic, so all but one value per key is superseded. The topic is
 //!    created with `min.compaction.lag.ms` of a week, so nothing is eligible yet and no leader
 //!    decides;
-//! 4. **compacting**: the workload on a new topic; as its warm-up starts, the compacted topic's
+//! 4. **held** (with `--held`): the workload on a new topic right after the fill, the topic
+//!    still held back: the control for what the fill alone leaves the store to digest;
+//! 5. **compacting**: the workload on a new topic; as its warm-up starts, the compacted topic's
 //!    `min.compaction.lag.ms` is set to 0 and its `segment.bytes` to 1 MiB (less than the
 //!    fill; the leaders decided once when their partitions were new, below their first
 //!    record, and decide again after `segment.bytes` more), which makes the whole fill
@@ -21,10 +23,10 @@
 //!    `retention.compaction_bytes_per_second`). Each node's `/metrics` is sampled every
 //!    second; the run fails unless every node's compactor read bytes during the measured
 //!    window, so the figure is one of a cluster that really compacted meanwhile;
-//! 5. **after** (unless `--no-after`): once every compaction job finished, the workload again,
+//! 6. **after** (unless `--no-after`): once every compaction job finished, the workload again,
 //!    the control for a cluster that is only slower because it holds the extra gigabyte.
 //!
-//! The p99 ratios compacting / baseline and compacting / after are the answer.
+//! The p99 ratios compacting / baseline, / held and / after are the answer.
 
 use cairn_benches::cairn_driver::{self, durability, run_on_topic};
 use cairn_benches::harness::{self, Outcome, Plan};
@@ -84,6 +86,11 @@ pub struct CompactionArgs {
     /// Skip the control run after the compactors finished.
     #[arg(long)]
     no_after: bool,
+    /// Also run the workload right after the fill with the topic still held back (nothing to
+    /// compact): the control for what the fill alone leaves the store to digest. The
+    /// compacting run follows it.
+    #[arg(long)]
+    held: bool,
     /// The `cairn` binary used to start the nodes (default: next to this executable).
     #[arg(long)]
     cairn_bin: Option<PathBuf>,
@@ -105,6 +112,8 @@ struct CompactorCounters {
     jobs: f64,
     jobs_failed: f64,
     duration_seconds: f64,
+    /// The compactor's current read rate (a gauge, not a counter).
+    pace_bytes_per_second: f64,
 }
 
 impl CompactorCounters {
@@ -122,6 +131,7 @@ impl CompactorCounters {
             jobs: value("cairn_compaction_jobs_total")?,
             jobs_failed: value("cairn_compaction_jobs_failed_total")?,
             duration_seconds: value("cairn_compaction_duration_seconds_sum")?,
+            pace_bytes_per_second: value("cairn_compaction_pace_bytes_per_second")?,
         })
     }
 }
@@ -277,6 +287,9 @@ struct NodeCompaction {
     window_bytes_removed: f64,
     /// Seconds of the measured window in which the compactor read anything (1 s samples).
     window_busy_seconds: u32,
+    /// The compactor's pace (`cairn_compaction_pace_bytes_per_second`) sampled each second of
+    /// the window, MiB/s: least, mean, most.
+    window_pace_mib_per_second: (f64, f64, f64),
     /// Seconds from the start of the warm-up to the first byte read.
     started_after_s: Option<f64>,
     /// The counters once every job finished, less those before the run.
@@ -304,11 +317,13 @@ struct Report {
     reference: Option<Outcome>,
     baseline: Run,
     fill: FillReport,
+    held: Option<Run>,
     compacting: Run,
     after: Option<Run>,
     compactors: Vec<NodeCompaction>,
     p99_compacting_over_baseline: f64,
     p99_compacting_over_after: Option<f64>,
+    p99_compacting_over_held: Option<f64>,
 }
 
 pub async fn run(args: CompactionArgs) -> Result<(), String> {
@@ -391,6 +406,13 @@ async fn run_on(
 
     let compacted = format!("compacted-{pid}");
     let fill = fill(args, cluster, &compacted).await?;
+    let held = if args.held {
+        note_load("held (after the fill, nothing to compact)");
+        let topic = format!("{}-held-{pid}", measured.name);
+        Some(measured_run(measured, rate, cluster, durability, &topic, |_| {}).await?)
+    } else {
+        None
+    };
     let before = scrape_all(&http).await?;
 
     note_load("compacting");
@@ -440,9 +462,11 @@ async fn run_on(
         rate,
         p99_compacting_over_baseline: p99(&compacting) / p99(&baseline),
         p99_compacting_over_after: after.as_ref().map(|after| p99(&compacting) / p99(after)),
+        p99_compacting_over_held: held.as_ref().map(|held| p99(&compacting) / p99(held)),
         reference: reference_outcome,
         baseline,
         fill,
+        held,
         compacting,
         after,
         compactors,
@@ -673,7 +697,18 @@ fn summarize(
             jobs: end.jobs - before[node].jobs,
             jobs_failed: end.jobs_failed - before[node].jobs_failed,
             duration_seconds: end.duration_seconds - before[node].duration_seconds,
+            pace_bytes_per_second: end.pace_bytes_per_second,
         };
+        let paces: Vec<f64> = series
+            .iter()
+            .filter(|(at, _)| *at >= times.warm_end_s - 0.5 && *at <= times.end_s + 0.5)
+            .map(|(_, counters)| counters.pace_bytes_per_second / f64::from(1 << 20))
+            .collect();
+        let window_pace_mib_per_second = (
+            paces.iter().copied().fold(f64::INFINITY, f64::min),
+            paces.iter().sum::<f64>() / paces.len().max(1) as f64,
+            paces.iter().copied().fold(0.0, f64::max),
+        );
         nodes.push(NodeCompaction {
             node: *node,
             window_bytes_read,
@@ -682,6 +717,7 @@ fn summarize(
                 / f64::from(1 << 20),
             window_bytes_removed: window_end.bytes_removed - window_start.bytes_removed,
             window_busy_seconds: busy,
+            window_pace_mib_per_second,
             started_after_s,
             total,
             finished_after_s,
@@ -768,6 +804,9 @@ fn markdown(report: &Report) -> String {
         &report.baseline.outcome,
         Some(&report.baseline.flushes),
     ));
+    if let Some(held) = &report.held {
+        rows.push(("held after the fill", &held.outcome, Some(&held.flushes)));
+    }
     rows.push((
         "while compacting",
         &report.compacting.outcome,
@@ -813,8 +852,12 @@ fn markdown(report: &Report) -> String {
     }
     line(String::new());
     line(format!(
-        "Publish p99 while compacting / baseline: **{:.2}x**{}",
+        "Publish p99 while compacting / baseline: **{:.2}x**{}{}",
         report.p99_compacting_over_baseline,
+        report
+            .p99_compacting_over_held
+            .map(|ratio| format!("; / held after the fill: {ratio:.2}x"))
+            .unwrap_or_default(),
         report
             .p99_compacting_over_after
             .map(|ratio| format!("; / after compaction: {ratio:.2}x"))
@@ -822,21 +865,24 @@ fn markdown(report: &Report) -> String {
     ));
     line(String::new());
     line(
-        "| node | read in the window MiB (MiB/s) | removed in the window MiB | busy s of the window | started / finished after warm-up start s | whole job: read / removed MiB, jobs, compactor s |"
+        "| node | read in the window MiB (MiB/s) | removed in the window MiB | busy s of the window | pace in the window MiB/s: least / mean / most | started / finished after warm-up start s | whole job: read / removed MiB, jobs, compactor s |"
             .into(),
     );
-    line("|---|---|---|---|---|---|".into());
+    line("|---|---|---|---|---|---|---|".into());
     let mib = |bytes: f64| bytes / f64::from(1 << 20);
     let seconds = |at: Option<f64>| at.map_or("-".to_owned(), |at| format!("{at:.0}"));
     let window = report.compacting.outcome.workload.duration_s;
     for node in &report.compactors {
         line(format!(
-            "| {} | {:.0} ({:.1}) | {:.0} | {} of {window} | {} / {} | {:.0} / {:.0}, {:.0}, {:.1} |",
+            "| {} | {:.0} ({:.1}) | {:.0} | {} of {window} | {:.1} / {:.1} / {:.1} | {} / {} | {:.0} / {:.0}, {:.0}, {:.1} |",
             node.node,
             mib(node.window_bytes_read),
             node.window_mib_per_second,
             mib(node.window_bytes_removed),
             node.window_busy_seconds,
+            node.window_pace_mib_per_second.0,
+            node.window_pace_mib_per_second.1,
+            node.window_pace_mib_per_second.2,
             seconds(node.started_after_s),
             seconds(node.finished_after_s),
             mib(node.total.bytes_read),
@@ -863,7 +909,8 @@ mod tests {
         cairn_compaction_batches_rewritten_total 3\n\
         cairn_compaction_jobs_total 2\n\
         cairn_compaction_jobs_failed_total 0\n\
-        cairn_compaction_duration_seconds_sum 1.5\n";
+        cairn_compaction_duration_seconds_sum 1.5\n\
+        cairn_compaction_pace_bytes_per_second 8388608\n";
 
     #[test]
     fn compactor_counters_are_read_from_metrics_and_a_missing_one_is_an_error() {
@@ -872,6 +919,7 @@ mod tests {
         assert_eq!(counters.bytes_removed, 1024.0);
         assert_eq!(counters.jobs, 2.0);
         assert_eq!(counters.duration_seconds, 1.5);
+        assert_eq!(counters.pace_bytes_per_second, 8_388_608.0);
         let without = SCRAPE.replace("cairn_compaction_jobs_total 2\n", "");
         assert!(CompactorCounters::parse(&without)
             .unwrap_err()

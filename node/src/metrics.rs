@@ -25,6 +25,7 @@ use cairn_storage::LogStore;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -61,6 +62,7 @@ pub struct NodeMetrics {
     pub compaction_jobs_failed: Counter,
     /// Passes compaction jobs began, one per range of keys whose index fits the budget.
     pub compaction_passes: Counter,
+    pub compaction_pace: Gauge,
     pub compaction_duration: Histogram,
     rejected_requests: Family<ErrorLabel, Counter>,
 }
@@ -106,6 +108,7 @@ impl NodeMetrics {
             compaction_jobs: Counter::default(),
             compaction_jobs_failed: Counter::default(),
             compaction_passes: Counter::default(),
+            compaction_pace: Gauge::default(),
             compaction_duration: latency_histogram(),
             rejected_requests: Family::default(),
         }
@@ -215,6 +218,11 @@ impl NodeMetrics {
             "cairn_compaction_passes",
             "Passes compaction jobs began over their logs (one per range of keys whose index fits retention.compaction_index_bytes_max)",
             self.compaction_passes.clone(),
+        );
+        registry.register(
+            "cairn_compaction_pace_bytes_per_second",
+            "The compactor's read rate when it last changed: retention.compaction_bytes_per_second, down to a sixteenth of it while its rewrites slow the group commit's flushes",
+            self.compaction_pace.clone(),
         );
         registry.register(
             "cairn_compaction_duration_seconds",

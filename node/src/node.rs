@@ -77,7 +77,8 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         Some(Box::new(|took| {
             crate::metrics::node()
                 .flush_latency
-                .observe(crate::metrics::seconds(took))
+                .observe(crate::metrics::seconds(took));
+            crate::compactor::flush_times().observe(took);
         })),
     );
     let arbiter_count = std::thread::available_parallelism()
