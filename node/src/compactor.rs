@@ -21,7 +21,7 @@ use cairn_protocol::RecordBatch;
 use cairn_storage::{LogStore, PartitionLog, StorageError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Jobs waiting for the worker; a partition whose job does not fit retries at its next
@@ -349,16 +349,21 @@ pub struct FlushTimes {
 
 /// The process's flush counts (one store per node process).
 pub fn flush_times() -> &'static FlushTimes {
-    static TIMES: OnceLock<FlushTimes> = OnceLock::new();
-    TIMES.get_or_init(|| FlushTimes {
-        count: AtomicU64::new(0),
-        micros: AtomicU64::new(0),
-        slow: AtomicU64::new(0),
-        slow_above_micros: AtomicU64::new(u64::MAX),
-    })
+    static TIMES: FlushTimes = FlushTimes::new();
+    &TIMES
 }
 
 impl FlushTimes {
+    /// No flush yet, and no threshold: nothing counts as slow until the compactor sets one.
+    const fn new() -> FlushTimes {
+        FlushTimes {
+            count: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+            slow_above_micros: AtomicU64::new(u64::MAX),
+        }
+    }
+
     /// Counts one flush that took `took`.
     pub fn observe(&self, took: Duration) {
         let micros = took.as_micros() as u64;
@@ -383,7 +388,7 @@ impl FlushTimes {
 }
 
 /// Running totals of [`FlushTimes`] at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct FlushSample {
     count: u64,
     micros: u64,
@@ -478,14 +483,7 @@ impl Throttle {
             started: Instant::now(),
             spent: 0,
             flushes: None,
-            window: (
-                Instant::now(),
-                FlushSample {
-                    count: 0,
-                    micros: 0,
-                    slow: 0,
-                },
-            ),
+            window: (Instant::now(), FlushSample::default()),
         }
     }
 
@@ -586,12 +584,7 @@ mod tests {
     /// window needs enough flushes for a figure.
     #[test]
     fn flush_windows_count_the_slow_tail_above_the_threshold_and_need_enough_flushes() {
-        let times = FlushTimes {
-            count: AtomicU64::new(0),
-            micros: AtomicU64::new(0),
-            slow: AtomicU64::new(0),
-            slow_above_micros: AtomicU64::new(u64::MAX),
-        };
+        let times = FlushTimes::new();
         times.observe(Duration::from_millis(50));
         let start = times.sample();
         assert_eq!(start.slow, 0, "no threshold, no slow flush");
