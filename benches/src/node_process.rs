@@ -8,7 +8,6 @@ use cairn_client::{Admin, ClientConfig};
 use cairn_launch::{Launch, Launched};
 use cairn_protocol::messages::Liveness;
 use rustix::process::{kill_process, Pid, Signal};
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -120,7 +119,11 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             binary: binary.to_path_buf(),
             temp,
-            base_port: free_base_port(if kafka { 2 * node_count } else { node_count })?,
+            base_port: cairn_launch::ports::reserve(if kafka {
+                2 * node_count
+            } else {
+                node_count
+            })?,
             node_count,
             extra_args: extra_args.to_vec(),
             kafka,
@@ -350,21 +353,6 @@ async fn heard_nodes(address: &str) -> Result<usize, String> {
         .iter()
         .filter(|node| node.liveness != Liveness::Down)
         .count())
-}
-
-/// `count` consecutive ports free for TCP and UDP on 127.0.0.1.
-fn free_base_port(count: u16) -> Result<u16, String> {
-    let start = 30_000 + (std::process::id() % 1_000) as u16 * 20;
-    for base in (start..60_000).step_by(usize::from(count) + 1) {
-        let all_free = (base..base + count).all(|port| {
-            TcpListener::bind(("127.0.0.1", port)).is_ok()
-                && UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        });
-        if all_free {
-            return Ok(base);
-        }
-    }
-    Err(format!("no {count} consecutive free ports on 127.0.0.1"))
 }
 
 /// CPU seconds (user + system) and peak resident memory of a process, from /proc.

@@ -17,6 +17,8 @@
 //! naming the log. Used by `cairn dev` (the format only: it reads stdout asynchronously), the
 //! benches, the chaos campaign and the node's integration tests.
 //!
+//! [`ports`] picks the loopback ports a cluster's nodes are started on, before they start.
+//!
 //! Standard library only: no async runtime, so any of those can use it.
 
 use std::ffi::OsStr;
@@ -27,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub mod ports;
 
 /// What every ready line starts with.
 pub const READY_PREFIX: &str = "cairn node ready ";

@@ -2,7 +2,6 @@
 //! a bounded wait, SIGKILLed if dropped without that) and free loopback ports for them.
 
 use rustix::process::{kill_process, Pid, Signal};
-use std::net::TcpListener;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -57,19 +56,8 @@ impl Drop for Processes {
     }
 }
 
-/// `count` ports that were free on 127.0.0.1 a moment ago.
+/// `count` loopback ports outside the kernel's ephemeral range, so no connection takes one
+/// before the server it is meant for binds it.
 pub fn free_ports(count: usize) -> Result<Vec<u16>, String> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)))
-        .collect::<Result<_, _>>()
-        .map_err(|error| format!("no free port on 127.0.0.1: {error}"))?;
-    listeners
-        .iter()
-        .map(|listener| {
-            listener
-                .local_addr()
-                .map(|address| address.port())
-                .map_err(|error| error.to_string())
-        })
-        .collect()
+    cairn_launch::ports::reserve_each(count)
 }

@@ -1,8 +1,8 @@
 //! [`TestCluster`]: several real `cairn node` processes forming one cluster on 127.0.0.1.
 //!
 //! Ports are chosen before any node starts (each node's gossip address is its listen
-//! address, and every node lists all of them as seeds), by binding port 0 for TCP and UDP and
-//! letting go. Every node is an initial voter of `__meta`. Nodes start together and the
+//! address, and every node lists all of them as seeds) by `cairn_launch::ports`, outside the
+//! kernel's ephemeral range so no other socket takes one before its node binds it. Every node is an initial voter of `__meta`. Nodes start together and the
 //! cluster is returned once each printed its ready line; dropping it kills every process.
 //! Every node gets the same freshly generated cluster secret (`--cluster-secret-file`), so
 //! peer traffic is authenticated in tests as in production.
@@ -15,7 +15,7 @@ use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::Offset;
 use cairn_storage::sled_store::SledStore;
 use cairn_storage::{LogStore, PartitionLog};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 
 pub struct TestCluster {
     /// Declared first, so the processes are killed before the secret's directory goes.
@@ -39,30 +39,10 @@ pub fn secret_file() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-/// A loopback port free for both TCP (client and peer traffic) and UDP (gossip), and not
-/// handed out before by this process.
-fn free_port(taken: &[u16]) -> u16 {
-    for _ in 0..1_000 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-        let port = tcp.local_addr().expect("bound").port();
-        if taken.contains(&port) {
-            continue;
-        }
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port for TCP and UDP");
-}
-
 impl TestCluster {
     /// `size` nodes with ids 1..=size, the test preset and `extra_args`, all ready.
     pub fn start(size: u32, extra_args: &[&str]) -> TestCluster {
-        let mut ports = Vec::new();
-        for _ in 0..size {
-            let port = free_port(&ports);
-            ports.push(port);
-        }
+        let ports = cairn_launch::ports::reserve_each(size as usize).expect("free loopback ports");
         let addresses: Vec<SocketAddr> = ports
             .iter()
             .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
@@ -103,12 +83,8 @@ impl TestCluster {
     /// Starts one more node that joins with only `--seeds` (every node so far): it is no
     /// metadata voter and learns `__meta` from the voters. Returns its node id, once ready.
     pub fn add_joiner(&mut self, extra_args: &[&str]) -> u32 {
-        let taken: Vec<u16> = self
-            .nodes
-            .iter()
-            .map(|node| node.address().port())
-            .collect();
-        let address = SocketAddr::from(([127, 0, 0, 1], free_port(&taken)));
+        let port = cairn_launch::ports::reserve(1).expect("a free loopback port");
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
         let seeds = self.bootstrap();
         let secret_arg = self.secret_file.to_string_lossy().into_owned();
         let mut args = vec!["--seeds", &seeds, "--cluster-secret-file", &secret_arg];
