@@ -283,7 +283,7 @@ fn advertised_address(config: &NodeConfig, bound: std::net::SocketAddr) -> Strin
 }
 
 /// How often this node looks for changes in the partitions it leads, and publishes them.
-const HINTS_PUBLISH_MS: u64 = 100;
+pub(crate) const HINTS_PUBLISH_MS: u64 = 100;
 
 /// Rounds after which unchanged hints are published again anyway (chitchat sends nothing for
 /// an unchanged value): only a safety net, so that hints could never stay stale for good.

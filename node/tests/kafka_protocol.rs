@@ -908,3 +908,38 @@ fn create_topics_answers_once_every_partition_has_a_leader() {
         );
     }
 }
+
+/// Every node answers a topic created moments ago with its leaders, not only the node it was
+/// created through: a node that hosts no replica of a partition learns its leader by gossip,
+/// which here is slowed to one round a second, so without waiting for it the other nodes
+/// would answer leader -1 (and kafka-python's admin fails on that rather than retrying).
+#[test]
+fn every_node_names_the_leaders_of_a_topic_created_moments_ago() {
+    let cluster = TestCluster::start(3, &["--set", "gossip_interval_ms=1000"]);
+    for creator in &cluster.nodes {
+        let topic = format!("single-replica-via-{}", creator.node_id);
+        let request = CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(name(&topic))
+                .with_num_partitions(3)
+                .with_replication_factor(1)]);
+        let mut wire = KafkaWire::connect(creator.kafka_address());
+        let created: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request);
+        assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+        for node in &cluster.nodes {
+            let mut wire = KafkaWire::connect(node.kafka_address());
+            let listed = metadata(&mut wire, 12, Some(&[topic.as_str()]));
+            let partitions = &listed.topics[0].partitions;
+            assert_eq!(partitions.len(), 3, "{listed:?}");
+            for partition in partitions {
+                assert!(
+                    (1..=3).contains(&partition.leader_id.0) && partition.error_code == 0,
+                    "node {} right after a create through node {}: {partition:?}",
+                    node.node_id,
+                    creator.node_id
+                );
+            }
+        }
+    }
+}

@@ -5,7 +5,9 @@
 dev_pid=
 
 # Sets base_port and kafka_port: three free consecutive ports each (TCP and UDP: gossip uses
-# UDP on the listen port), for the Cairn and the Kafka listeners. Returns 1 if none are found.
+# UDP on the listen port), for the Cairn and the Kafka listeners, below the kernel's ephemeral
+# range (which outgoing connections draw from, so a port chosen there can be taken before
+# the node binds it). Returns 1 if none are found.
 dev_cluster_ports() {
     read -r base_port kafka_port < <(python3 - <<'PY'
 import random, socket
@@ -20,9 +22,14 @@ def free(base):
             finally:
                 s.close()
     return True
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+except (OSError, ValueError, IndexError):
+    ephemeral_low = 32768
 found = []
 for _ in range(200):
-    base = random.randrange(20000, 60000, 3)
+    base = random.randrange(10000, max(ephemeral_low, 10006) - 3, 3)
     if free(base) and all(abs(base - f) >= 3 for f in found):
         found.append(base)
         if len(found) == 2:

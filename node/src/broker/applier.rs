@@ -211,8 +211,12 @@ impl<S: LogStore> Broker<S> {
                         .apply(record.offset, record.value.as_deref().unwrap_or_default())
                 };
                 match applied {
-                    Some(Applied::Created(topic)) => self.host_partitions(&topic, 0),
+                    Some(Applied::Created(topic)) => {
+                        self.note_new_partitions(topic.id);
+                        self.host_partitions(&topic, 0)
+                    }
                     Some(Applied::PartitionsAdded { topic, first }) => {
+                        self.note_new_partitions(topic.id);
                         self.host_partitions(&topic, first)
                     }
                     Some(Applied::ConfigChanged(topic)) => self.reconfigure(&topic).await,

@@ -202,4 +202,65 @@ impl<S: LogStore> Broker<S> {
             })
             .max_by_key(|(_, epoch)| *epoch)
     }
+
+    /// Notes that `topic` gained partitions (created, or grown) while this node serves. Not
+    /// while it replays `__meta` at start-up: those partitions are not new, and one without a
+    /// leader then is answered as such at once.
+    pub(super) fn note_new_partitions(&self, topic: TopicId) {
+        if !*self.ready.borrow() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let window = self.new_partitions_window();
+        let mut new_topics = self
+            .new_topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while new_topics.front().is_some_and(|(_, at)| {
+            now.duration_since(*at) > window || new_topics.len() >= NEW_TOPICS_MAX
+        }) {
+            new_topics.pop_front();
+        }
+        new_topics.push_back((topic, now));
+    }
+
+    /// How long after a topic gains partitions their first leaders may still be unknown here
+    /// although all is well: an election (a timeout and a lease), then the leader's hint
+    /// published and gossiped to this node (two rounds).
+    pub fn new_partitions_window(&self) -> Duration {
+        let replica = &self.config.replica;
+        Duration::from_millis(
+            replica.election_timeout_ms
+                + 2 * replica.lease_ms
+                + crate::node::HINTS_PUBLISH_MS
+                + 2 * self.config.cluster.gossip_interval_ms,
+        )
+    }
+
+    /// Until when a request about `name` may wait for leaders this node does not know yet:
+    /// `Some` while the topic's newest partitions are within [`Self::new_partitions_window`]
+    /// of being applied here. Kafka clients read a partition without a leader as an error,
+    /// and some (kafka-python's admin `list_partition_offsets`) do not retry it, so a
+    /// Metadata request right after a create, sent to a node gossip has not reached yet,
+    /// waits a little for the truth rather than answering leader -1.
+    pub fn new_partitions_deadline(&self, name: &str) -> Option<tokio::time::Instant> {
+        if self
+            .new_topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty()
+        {
+            return None;
+        }
+        let id = self.catalog().state.topic(name)?.id;
+        let window = self.new_partitions_window();
+        self.new_topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .rev()
+            .find(|(topic, _)| *topic == id)
+            .map(|(_, at)| *at + window)
+            .filter(|deadline| *deadline > tokio::time::Instant::now())
+    }
 }

@@ -111,7 +111,16 @@ pub struct Broker<S: LogStore> {
     groups: Arc<crate::groups::Coordinators<S>>,
     /// The schema registry's ids per subject, for broker-side validation at produce.
     pub schemas: crate::schemas::validation::Attachment<S>,
+    /// Topics created or grown while this node served, oldest first, with when it applied
+    /// that: their first leaders may not be known here yet (see
+    /// [`Broker::new_partitions_deadline`]). At most [`NEW_TOPICS_MAX`], none older than
+    /// [`Broker::new_partitions_window`].
+    new_topics: std::sync::Mutex<std::collections::VecDeque<(TopicId, tokio::time::Instant)>>,
 }
+
+/// Topics remembered as new at once; more are forgotten oldest first (they are then answered
+/// as they stand, which a client retries).
+const NEW_TOPICS_MAX: usize = 1024;
 
 /// `__offsets` gets this many replicas at most (fewer on a smaller cluster).
 const OFFSETS_REPLICATION_FACTOR_MAX: u16 = 3;
@@ -215,6 +224,7 @@ impl<S: LogStore> Broker<S> {
                 config_groups.group_config(),
             )),
             schemas: crate::schemas::validation::Attachment::default(),
+            new_topics: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(Arc::clone(&broker.groups).run(
             Arc::downgrade(&broker),

@@ -1,6 +1,9 @@
 //! `Metadata` (0-12): every node's Kafka address, and per topic its id, partitions, leaders
 //! and replicas. Unknown topics are created only when `kafka.auto_create_topics` is on and
 //! the client allows it (Kafka's `auto.create.topics.enable`, off here by default).
+//! A topic created or grown moments ago whose new leaders this node does not know yet (gossip
+//! carries them from the leaders) is answered once it does, within a short bound
+//! ([`Broker::new_partitions_deadline`]), not with leader -1 that some clients do not retry.
 
 use super::errors::code;
 use super::forward;
@@ -21,6 +24,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// What every node reports as its Kafka cluster id (one fixed id until clusters are named,
 /// as the gossip cluster id).
@@ -100,6 +104,17 @@ pub async fn handle<S: LogStore>(
             })
             .collect()
     };
+    let known: Vec<&str> = wanted
+        .iter()
+        .filter_map(|wanted| match wanted {
+            Wanted::Name(name) => by_name.get(name.as_str()).map(|state| state.name.as_str()),
+            Wanted::Id(id) => states
+                .iter()
+                .find(|state| topic_uuid(state.id, &state.name) == *id)
+                .map(|state| state.name.as_str()),
+        })
+        .collect();
+    wait_for_new_leaders(broker, &known).await;
     let auto_create = broker.config.kafka.auto_create_topics
         && (call.version < 4 || request.allow_auto_topic_creation);
     for wanted in wanted {
@@ -148,6 +163,40 @@ pub async fn handle<S: LogStore>(
         response.topics.push(topic);
     }
     ResponseKind::Metadata(response)
+}
+
+/// How often [`wait_for_new_leaders`] looks again.
+const NEW_LEADERS_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until every topic of `names` whose partitions are new on this node (see
+/// [`Broker::new_partitions_deadline`]) has a leader a Kafka client can reach for each
+/// partition, or until the last of their deadlines. A topic past its window, or led, costs
+/// nothing: a partition without a leader then is answered as one at once.
+async fn wait_for_new_leaders<S: LogStore>(broker: &Broker<S>, names: &[&str]) {
+    loop {
+        let brokers = broker.kafka_brokers();
+        let led = |name: &str| {
+            broker.topic_metadata(name).is_ok_and(|topic| {
+                topic.partitions.iter().all(|partition| {
+                    partition
+                        .leader
+                        .is_some_and(|leader| brokers.iter().any(|(node, _)| *node == leader))
+                })
+            })
+        };
+        let deadline = names
+            .iter()
+            .filter_map(|name| broker.new_partitions_deadline(name).map(|at| (name, at)))
+            .filter(|(name, _)| !led(name))
+            .map(|(_, at)| at)
+            .max();
+        match deadline {
+            Some(deadline) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(NEW_LEADERS_POLL).await
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Kafka clients send CreateTopics, DeleteTopics and CreatePartitions to the controller:
