@@ -90,6 +90,9 @@ impl<S: LogStore> Compactor<S> {
                 // the moment. A job that follows another at once keeps the reference it had.
                 let mut idle: VecDeque<FlushSample> = VecDeque::new();
                 let mut reference = None;
+                // The pace the last job ended at, and when: a job that follows at once starts
+                // there instead of at the full rate it would have to back off from again.
+                let mut last_pace: Option<(u64, Instant)> = None;
                 loop {
                     let mut job = match queue.recv_timeout(PACE_WINDOW) {
                         Ok(job) => job,
@@ -118,9 +121,14 @@ impl<S: LogStore> Compactor<S> {
                         reference = Some(window);
                     }
                     let started = Instant::now();
-                    let mut throttle = Throttle::paced(bytes_per_second, flushes, reference);
+                    let carried = last_pace
+                        .filter(|(_, ended)| ended.elapsed() <= PACE_CARRY)
+                        .map(|(pace, _)| pace);
+                    let mut throttle =
+                        Throttle::paced(bytes_per_second, flushes, reference, carried);
                     let result =
                         compact(&mut job.log, &job.decision, &mut throttle, index_bytes_max);
+                    last_pace = throttle.pace().map(|pace| (pace, Instant::now()));
                     idle.clear();
                     idle.push_back(flushes.sample());
                     let metrics = crate::metrics::node();
@@ -318,7 +326,9 @@ fn for_each_batch<L: PartitionLog>(
     let metrics = crate::metrics::node();
     let mut from = log.log_start();
     while from < below {
-        let batches = log.read(from, below, READ_BYTES_MAX)?;
+        // Detached: a cold read of blob files does not hold the partition's lock, which its
+        // actor (on an arbiter shared with other partitions) takes for every tick.
+        let batches = log.read_detached(from, below, READ_BYTES_MAX)?;
         let Some(last) = batches.last() else {
             break;
         };
@@ -424,6 +434,8 @@ const REFERENCE_WINDOWS: usize = 8;
 const REFERENCE_FLUSHES_MIN: u64 = 20;
 /// How often a paced compactor compares flush times with the reference.
 const PACE_WINDOW: Duration = Duration::from_millis(250);
+/// A job starting this soon after the last one ended starts at the pace that one ended at.
+const PACE_CARRY: Duration = Duration::from_secs(2);
 /// Flushes a window needs for a comparison: fewer means few acknowledgements wait on them.
 const WINDOW_FLUSHES_MIN: u64 = 5;
 
@@ -489,21 +501,33 @@ impl Throttle {
 
     /// At most `bytes_per_second` (0: unlimited), slowed while `flushes` run clearly slower
     /// than `reference`, the idle flushes (no reference: the fixed rate; see [`Pace`]).
+    /// `carried`: the pace a job just before ended at, where this one starts (within the
+    /// configured range).
     fn paced(
         bytes_per_second: u64,
         flushes: &'static FlushTimes,
         reference: Option<FlushWindow>,
+        carried: Option<u64>,
     ) -> Throttle {
         let mut throttle = Throttle::unlimited();
         if bytes_per_second > 0 {
-            throttle.pace = Some(Pace::new(bytes_per_second));
+            let mut pace = Pace::new(bytes_per_second);
+            if let Some(carried) = carried {
+                pace.current = carried.clamp(pace.floor(), pace.max);
+            }
+            throttle.pace = Some(pace);
             crate::metrics::node()
                 .compaction_pace
-                .set(bytes_per_second as i64);
+                .set(pace.current as i64);
             throttle.flushes = reference.map(|reference| (flushes, reference));
             throttle.window = (Instant::now(), flushes.sample());
         }
         throttle
+    }
+
+    /// The current read rate; `None` when unlimited.
+    fn pace(&self) -> Option<u64> {
+        self.pace.map(|pace| pace.current)
     }
 
     fn spend(&mut self, bytes: u64) {
@@ -582,6 +606,21 @@ mod tests {
 
     /// The observer counts a flush as slow only above the threshold the compactor set, and a
     /// window needs enough flushes for a figure.
+    #[test]
+    fn a_job_right_after_another_starts_at_its_pace_within_the_configured_range() {
+        let flushes = flush_times();
+        let pace = |carried| Throttle::paced(1600, flushes, None, carried).pace();
+        assert_eq!(pace(None), Some(1600));
+        assert_eq!(pace(Some(800)), Some(800));
+        assert_eq!(pace(Some(7)), Some(100), "not below a sixteenth");
+        assert_eq!(
+            pace(Some(10_000)),
+            Some(1600),
+            "not above the configured rate"
+        );
+        assert_eq!(Throttle::paced(0, flushes, None, Some(800)).pace(), None);
+    }
+
     #[test]
     fn flush_windows_count_the_slow_tail_above_the_threshold_and_need_enough_flushes() {
         let times = FlushTimes::new();

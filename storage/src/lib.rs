@@ -170,6 +170,21 @@ pub trait PartitionLog: Send + 'static {
         max_bytes: usize,
     ) -> Result<Vec<RecordBatch>, StorageError>;
 
+    /// [`PartitionLog::read`] for a background reader (the compactor) that must not make the
+    /// partition wait: the slow part, scanning the store and reading its blob files, runs
+    /// without holding the log's lock, so the partition's appends and its actor's queries of
+    /// the log's bounds never wait behind a cold read. What it returns is what `read` returns;
+    /// where a writer moved the log meanwhile (retention, a truncation, a reopened store) it
+    /// reads again as `read` does. By default it is `read`.
+    fn read_detached(
+        &self,
+        from: Offset,
+        until: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<RecordBatch>, StorageError> {
+        self.read(from, until, max_bytes)
+    }
+
     /// Removes every batch at or above `from`, which must be a batch boundary (or the log
     /// end) and not below the log start; drops epoch-history entries that started at or after
     /// it. `from == log_end` changes nothing. Used only for an uncommitted suffix (DESIGN 5.6).

@@ -145,6 +145,8 @@ fn time_entry(
     }
 }
 
+/// The log's trees. Cloning shares them (a sled tree is a handle).
+#[derive(Clone)]
 struct SledBackend {
     data: sled::Tree,
     meta: sled::Tree,
@@ -639,6 +641,37 @@ impl PartitionLog for SledLog {
         max_bytes: usize,
     ) -> Result<Vec<RecordBatch>, StorageError> {
         self.with(|state, backend| state.read(backend, from, until, max_bytes))
+    }
+
+    fn read_detached(
+        &self,
+        from: Offset,
+        until: Offset,
+        max_bytes: usize,
+    ) -> Result<Vec<RecordBatch>, StorageError> {
+        // The state and tree handles as of now, then the scan without the lock.
+        let (state, backend, generation) = {
+            let guard = self.lock();
+            match (&guard.backend, guard.removed) {
+                (Some(backend), false) => (guard.state.clone(), backend.clone(), guard.generation),
+                _ => return self.read(from, until, max_bytes),
+            }
+        };
+        let read = state.read(&backend, from, until, max_bytes);
+        // A writer that moved the log meanwhile can show as a gap or a stamp the copied
+        // epoch history does not know; a reopened store may hold less than the copied trees.
+        // Either way, read again under the lock, which sees the log as it is.
+        let moved = {
+            let guard = self.lock();
+            guard.generation != generation
+                || guard.state.log_start != state.log_start
+                || guard.state.log_end < state.log_end
+                || guard.state.epoch_history != state.epoch_history
+        };
+        match read {
+            Ok(batches) if !moved => Ok(batches),
+            _ => self.read(from, until, max_bytes),
+        }
     }
 
     fn truncate_suffix(&mut self, from: Offset) -> Result<(), StorageError> {

@@ -107,9 +107,24 @@ fn snapshot<L: PartitionLog>(log: &L) -> (Offset, Offset, u64, Vec<EpochStart>, 
         log.log_end(),
         log.size_bytes(),
         log.epoch_history(),
-        log.read(Offset::ZERO, Offset(u64::MAX), usize::MAX)
-            .unwrap(),
+        detached_equals_read(log, Offset::ZERO, Offset(u64::MAX), usize::MAX),
     )
+}
+
+/// `read`, checking that `read_detached` answers the same.
+fn detached_equals_read<L: PartitionLog>(
+    log: &L,
+    from: Offset,
+    until: Offset,
+    max_bytes: usize,
+) -> Vec<RecordBatch> {
+    let read = log.read(from, until, max_bytes).unwrap();
+    let detached = log.read_detached(from, until, max_bytes).unwrap();
+    assert_eq!(
+        detached, read,
+        "read_detached({from}, {until}, {max_bytes})"
+    );
+    read
 }
 
 fn epoch_start(epoch: u64, start_offset: u64) -> EpochStart {
@@ -655,6 +670,76 @@ fn shares_state_between_handles_of_one_log<F: Fixture>() {
     assert_eq!(reader.read(Offset(0), Offset(2), 1).unwrap().len(), 1);
 }
 
+/// A background reader's detached reads, while another handle appends, removes by retention
+/// and truncates: every answer is whole batches, contiguous, starting at or after where it
+/// was asked (the log start moves up), each exactly as appended.
+fn detached_reads_stay_whole_while_the_log_moves<F: Fixture>()
+where
+    <F::Store as LogStore>::Log: Send + 'static,
+{
+    let fixture = F::new();
+    let store = fixture.store();
+    let mut writer = store.open_log("p").unwrap();
+    let reader = store.open_log("p").unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&done);
+    let background = std::thread::spawn(move || {
+        let mut reads = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 100 {
+            let from = reader.log_start();
+            let batches = reader
+                .read_detached(from, Offset(u64::MAX), 4096)
+                .unwrap_or_else(|error| panic!("detached read from {from}: {error}"));
+            let mut expected = None;
+            for batch in &batches {
+                assert!(batch.next_offset() > from, "{batch:?} is below {from}");
+                if let Some(expected) = expected {
+                    assert_eq!(batch.base_offset(), expected, "contiguous");
+                }
+                expected = Some(batch.next_offset());
+                // Every batch was appended with its base offset as its timestamp.
+                assert_eq!(
+                    batch.header().first_timestamp_ms,
+                    T0_MS + batch.base_offset().0 as i64
+                );
+            }
+            reads += 1;
+        }
+        reads
+    });
+    for round in 0..300u64 {
+        let timestamp = T0_MS + writer.log_end().0 as i64;
+        append(&mut writer, 3, 1 + round / 100, timestamp);
+        if round % 7 == 6 {
+            // An uncommitted suffix goes: the last batch.
+            let last_base = Offset(writer.log_end().0 - 3);
+            if last_base > writer.log_start() {
+                writer.truncate_suffix(last_base).unwrap();
+            }
+        }
+        if round % 5 == 4 {
+            let keep = writer.size_bytes() / 2;
+            writer
+                .apply_retention(
+                    RetentionPolicy {
+                        max_age_ms: None,
+                        max_bytes: Some(keep),
+                    },
+                    T0_MS,
+                    writer.log_end(),
+                )
+                .unwrap();
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = background
+        .join()
+        .expect("the reader saw only whole, contiguous batches");
+    assert!(reads >= 100);
+    let end = writer.log_end();
+    detached_equals_read(&writer, writer.log_start(), end, usize::MAX);
+}
+
 fn keeps_watermarks_across_restarts_and_forgets_removed_logs<F: Fixture>() {
     let mut fixture = F::new();
     let store = fixture.store();
@@ -796,6 +881,10 @@ macro_rules! conformance {
         mod $module {
             use super::*;
 
+            #[test]
+            fn detached_reads_stay_whole_while_the_log_moves() {
+                super::detached_reads_stay_whole_while_the_log_moves::<$fixture>();
+            }
             #[test]
             fn appends_and_reads_ranges() {
                 super::appends_and_reads_ranges::<$fixture>();
