@@ -471,8 +471,16 @@ impl Pace {
         if slower {
             self.current = (self.current / 2).max(self.floor());
         } else if near {
-            self.current = (self.current + self.floor()).min(self.max);
+            self.raise();
         }
+        self.current != before
+    }
+
+    /// Raises the rate by a sixteenth (a window near the reference, or a quiet one); says
+    /// whether it changed.
+    fn raise(&mut self) -> bool {
+        let before = self.current;
+        self.current = (self.current + self.floor()).min(self.max);
         self.current != before
     }
 }
@@ -512,7 +520,9 @@ impl Throttle {
         let mut throttle = Throttle::unlimited();
         if bytes_per_second > 0 {
             let mut pace = Pace::new(bytes_per_second);
-            if let Some(carried) = carried {
+            // Only a paced job can climb back from a carried rate; without a reference the
+            // rate is the fixed one.
+            if let (Some(carried), Some(_)) = (carried, reference) {
                 pace.current = carried.clamp(pace.floor(), pace.max);
             }
             throttle.pace = Some(pace);
@@ -537,15 +547,24 @@ impl Throttle {
         if let Some((flushes, reference)) = self.flushes {
             if self.window.0.elapsed() >= PACE_WINDOW {
                 let now = flushes.sample();
-                if let Some(window) = now.since(&self.window.1, WINDOW_FLUSHES_MIN) {
-                    if pace.adjust(&reference, &window) {
-                        // A new rate counts from now.
-                        self.started = Instant::now();
-                        self.spent = 0;
-                        crate::metrics::node()
-                            .compaction_pace
-                            .set(pace.current as i64);
+                let changed = match now.since(&self.window.1, WINDOW_FLUSHES_MIN) {
+                    Some(window) => pace.adjust(&reference, &window),
+                    // Few flushes, and quick ones: few acknowledgements wait on the store
+                    // (the produce load stopped), so there is nothing to yield to.
+                    None if now.micros.saturating_sub(self.window.1.micros)
+                        < PACE_WINDOW.as_micros() as u64 / 2 =>
+                    {
+                        pace.raise()
                     }
+                    None => false,
+                };
+                if changed {
+                    // A new rate counts from now.
+                    self.started = Instant::now();
+                    self.spent = 0;
+                    crate::metrics::node()
+                        .compaction_pace
+                        .set(pace.current as i64);
                 }
                 self.window = (Instant::now(), now);
             }
@@ -604,12 +623,13 @@ mod tests {
         );
     }
 
-    /// The observer counts a flush as slow only above the threshold the compactor set, and a
-    /// window needs enough flushes for a figure.
+    /// A job right after another starts at the pace it ended at; a paced one only, since
+    /// without a reference nothing would raise the rate again.
     #[test]
     fn a_job_right_after_another_starts_at_its_pace_within_the_configured_range() {
         let flushes = flush_times();
-        let pace = |carried| Throttle::paced(1600, flushes, None, carried).pace();
+        let reference = Some(window(1_000.0, 0.01));
+        let pace = |carried| Throttle::paced(1600, flushes, reference, carried).pace();
         assert_eq!(pace(None), Some(1600));
         assert_eq!(pace(Some(800)), Some(800));
         assert_eq!(pace(Some(7)), Some(100), "not below a sixteenth");
@@ -618,9 +638,19 @@ mod tests {
             Some(1600),
             "not above the configured rate"
         );
-        assert_eq!(Throttle::paced(0, flushes, None, Some(800)).pace(), None);
+        assert_eq!(
+            Throttle::paced(1600, flushes, None, Some(800)).pace(),
+            Some(1600),
+            "without a reference: the fixed rate"
+        );
+        assert_eq!(
+            Throttle::paced(0, flushes, reference, Some(800)).pace(),
+            None
+        );
     }
 
+    /// The observer counts a flush as slow only above the threshold the compactor set, and a
+    /// window needs enough flushes for a figure.
     #[test]
     fn flush_windows_count_the_slow_tail_above_the_threshold_and_need_enough_flushes() {
         let times = FlushTimes::new();
