@@ -244,19 +244,17 @@ impl<S: LogStore> Broker<S> {
     /// Metadata request right after a create, sent to a node gossip has not reached yet,
     /// waits a little for the truth rather than answering leader -1.
     pub fn new_partitions_deadline(&self, name: &str) -> Option<tokio::time::Instant> {
-        if self
+        let new_topics = self
             .new_topics
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_empty()
-        {
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Nearly always empty: then the catalog is not looked at.
+        if new_topics.is_empty() {
             return None;
         }
         let id = self.catalog().state.topic(name)?.id;
         let window = self.new_partitions_window();
-        self.new_topics
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        new_topics
             .iter()
             .rev()
             .find(|(topic, _)| *topic == id)
