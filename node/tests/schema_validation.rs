@@ -384,7 +384,17 @@ fn a_topic_with_key_validation_checks_keys_against_its_key_subject() {
         &[(Some(&good_key), b"plain value"), (None, b"no key")],
     );
     assert_eq!((code, refused.len()), (0, 0), "{refused:?}");
-    let before = node.wire().describe_topic(topic).unwrap()[0].high_watermark;
+    // The described high watermark is published just after the acknowledgement: wait until it
+    // covers the acknowledged batch (high watermark = log end) before taking it as "before".
+    let mut before = Offset(0);
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || {
+            let partition = &node.wire().describe_topic(topic).unwrap()[0];
+            before = partition.high_watermark;
+            partition.high_watermark == partition.log_end
+        }),
+        "the high watermark reaches the log end after an acknowledged produce"
+    );
     let value_ids_key = framed(value_id, b"k");
     let (code, refused) = kafka_produce(
         &mut wire,
