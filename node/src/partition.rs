@@ -655,6 +655,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 expiry_clock: Default::default(),
                 stopped_with: None,
                 follow_ups: VecDeque::new(),
+                replies_due: Vec::new(),
                 flushes_requested: 0,
                 flushes_fed: 0,
                 flushes_completed: BTreeMap::new(),
@@ -830,6 +831,8 @@ pub struct PartitionActor<S: LogStore> {
     stopped_with: Option<ApiError>,
     /// Inputs that effects of the current step produced (read results, storage failures).
     follow_ups: VecDeque<Input>,
+    /// Replies of the step being executed, sent once its status is published.
+    replies_due: Vec<(RequestId, ProduceReply)>,
     /// Flush completions by request sequence, fed strictly in sequence order.
     flushes_requested: u64,
     flushes_fed: u64,
@@ -1137,6 +1140,10 @@ impl<S: LogStore> PartitionActor<S> {
 
     /// Executes effects in order. A storage failure stops the list and is returned as the
     /// input to feed back.
+    ///
+    /// Replies go out last, once the status is published: a producer that has its
+    /// acknowledgement then finds the high watermark covering it in every view of this
+    /// partition (Describe and ListOffsets read the snapshot), not only in the fetch watch.
     fn execute(&mut self, ctx: &mut Context<Self>, effects: Vec<Effect>) -> Option<Input> {
         let mut failure = None;
         for effect in effects {
@@ -1162,6 +1169,12 @@ impl<S: LogStore> PartitionActor<S> {
             });
         }
         self.publish_status(false);
+        for (request, result) in self.replies_due.drain(..) {
+            if let Some(reply) = self.pending.remove(&request) {
+                // The requester may have timed out and gone; nothing to do then.
+                let _ = reply.send(result);
+            }
+        }
         failure
     }
 
@@ -1245,12 +1258,7 @@ impl<S: LogStore> PartitionActor<S> {
                 log.reset_start(log_start, epoch)?;
             }
             Effect::Send { to, message } => self.peers.send(to, self.key, &message),
-            Effect::Reply { request, result } => {
-                if let Some(reply) = self.pending.remove(&request) {
-                    // The requester may have timed out and gone; nothing to do then.
-                    let _ = reply.send(result);
-                }
-            }
+            Effect::Reply { request, result } => self.replies_due.push((request, result)),
             Effect::HighWatermark { offset } => {
                 self.shared.high_watermark.send_replace(offset);
                 self.apply_committed_decisions(offset);
@@ -2272,6 +2280,56 @@ mod tests {
             inspect_log(&mut log, false).health,
             LogHealth::Corrupted { offset: Offset(1) }
         );
+    }
+
+    /// Regression: the actor sent a producer its acknowledgement before publishing the status,
+    /// so a client on another thread could describe the partition (or ask ListOffsets for its
+    /// end) and find the high watermark below the record it had just been acknowledged.
+    /// The checker spins on each reply so that it looks within a fraction of a microsecond.
+    #[test]
+    fn an_acknowledged_record_is_below_the_described_high_watermark_at_once() {
+        actix::System::new().block_on(async {
+            let store = MemoryStore::new();
+            let handle = start(&store, 256);
+            led(&handle).await;
+            let (replies, checker_replies) =
+                std::sync::mpsc::channel::<oneshot::Receiver<ProduceReply>>();
+            let (checked, mut checker_done) = tokio::sync::mpsc::unbounded_channel();
+            let shared = handle.shared.clone();
+            let checker = std::thread::spawn(move || {
+                let mut behind = Vec::new();
+                for mut reply in checker_replies {
+                    let response = loop {
+                        match reply.try_recv() {
+                            Ok(result) => break result.expect("acknowledged"),
+                            Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                            Err(error) => panic!("reply lost: {error}"),
+                        }
+                    };
+                    let described = shared.snapshot().high_watermark;
+                    if described <= response.base_offset {
+                        behind.push((response.base_offset, described));
+                    }
+                    let _ = checked.send(());
+                }
+                behind
+            });
+            for _ in 0..2_000 {
+                replies
+                    .send(handle.produce(batch(b"x"), Acks::All).unwrap())
+                    .unwrap();
+                checker_done.recv().await.expect("checker alive");
+            }
+            drop(replies);
+            let behind = checker.join().unwrap();
+            assert!(
+                behind.is_empty(),
+                "{} of 2000 acknowledgements came before the described high watermark covered \
+                 them (offset, described): {:?}",
+                behind.len(),
+                &behind[..behind.len().min(5)]
+            );
+        });
     }
 
     /// Regression (issue 14): after a failed flush (a full disk) reads failed too, and writes
