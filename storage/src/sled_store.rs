@@ -13,7 +13,8 @@
 //! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log
 //! write `fdatasync`s the blob files written since the previous one and `fsync`s their
 //! directory, then writes and `fdatasync`s the log, so a flush that returned covers every byte
-//! of every append before it; the watermark file and its directory are `fsync`ed too. It
+//! of every append before it; the watermark file and its directory are `fsync`ed too, on a
+//! thread of their own while sled syncs (see [`crate::watermark`]). It
 //! stays grouped: the [`GroupCommitter`](crate::GroupCommitter) runs one flush for every
 //! append that arrived during the previous one, so one round of syncs covers them all. What
 //! each mode costs in the 3-node benchmark is in benches/results/durability-2026-12-04.md.
@@ -33,7 +34,7 @@
 //! were never reported durable. `tests/full_disk.rs` runs this on a full tmpfs.
 
 use crate::core::{time_from_key, time_key, u64_from_bytes, Backend, LogState};
-use crate::watermark::{Watermark, WatermarkFile, WatermarkTable};
+use crate::watermark::{PendingWrite, Watermark, WatermarkFile, WatermarkTable, WatermarkWriter};
 use crate::{EpochStart, LogStore, PartitionLog, RetentionPolicy, StorageError};
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
@@ -266,6 +267,8 @@ struct SledStoreInner {
     /// Every log's watermark, and the file that keeps them (rewritten by `flush`).
     watermarks: Arc<Mutex<WatermarkTable>>,
     watermark_file: WatermarkFile,
+    /// Writes the file beside each flush's database syncs.
+    watermark_writer: WatermarkWriter,
     /// Where the damaged database was moved when this store had to start empty.
     rebuilt_from: Option<PathBuf>,
 }
@@ -405,6 +408,7 @@ impl SledStore {
                 sled_config,
                 open_logs: Mutex::new(HashMap::new()),
                 watermarks: Arc::new(Mutex::new(watermarks)),
+                watermark_writer: WatermarkWriter::start(&watermark_file)?,
                 watermark_file,
                 rebuilt_from,
             }),
@@ -544,15 +548,25 @@ impl LogStore for SledStore {
         if self.inner.failed.load(Ordering::Acquire) {
             self.reopen()?;
         }
+        let db = self.inner.db()?;
+        // The table as it stands names only what earlier flushes made durable, so its file is
+        // written beside this flush rather than after it (see `WatermarkWriter`).
+        let watermarks = self
+            .inner
+            .watermark_writer
+            .begin(&mut lock_table(&self.inner.watermarks));
         // With `Durability::Fsync`, sled's patched flush has synced blobs, their directory
         // and the log when it returns.
-        if let Err(error) = self.inner.db()?.flush() {
+        let flushed = db.flush();
+        let written = watermarks.map_or(Ok(()), PendingWrite::wait);
+        if written.is_err() {
+            lock_table(&self.inner.watermarks).dirty = true;
+        }
+        if let Err(error) = flushed {
             self.inner.failed.store(true, Ordering::Release);
             return Err(io(error));
         }
-        // After the data: a watermark never names more than the database holds durably.
-        let mut table = lock_table(&self.inner.watermarks);
-        self.inner.watermark_file.store(&mut table)
+        written
     }
 }
 
@@ -763,6 +777,7 @@ impl PartitionLog for SledLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watermark::WATERMARK_FILE_NAME;
     use cairn_protocol::batch::{Record, RecordBatchBuilder};
 
     fn batch(count: u32) -> RecordBatch {
@@ -911,6 +926,50 @@ mod tests {
         let store = SledStore::open_with(directory.path(), config).unwrap();
         let log = store.open_log("p").unwrap();
         assert_eq!((log.log_end(), log.promised_epoch()), (Offset(3), Epoch(2)));
+    }
+
+    /// The watermark file is written beside the database's flush, on its own thread: a flush
+    /// returns only once the file holds the table, a write that fails fails the flush, and
+    /// the next flush writes the table again although nothing changed since.
+    #[test]
+    fn a_flush_returns_after_its_watermark_write_and_a_failed_write_is_retried() {
+        let directory = tempfile::tempdir().unwrap();
+        let config = SledConfig {
+            durability: Durability::Fsync,
+            ..SledConfig::default()
+        };
+        let store = SledStore::open_with(directory.path(), config).unwrap();
+        let mut log = store.open_log("p").unwrap();
+        log.append(&batch(3).stamped(Offset(0), Epoch(1))).unwrap();
+        store.flush().unwrap();
+        log.raise_committed_watermark(Offset(3)).unwrap();
+        store.flush().unwrap();
+        let on_disk = |store: &SledStore| {
+            let file = WatermarkFile::inside(directory.path(), false);
+            assert_eq!(file.path(), store.watermark_path());
+            file.load().unwrap().get("p")
+        };
+        assert_eq!(on_disk(&store).committed_end, Offset(3));
+
+        // A directory where the writer puts its temporary file makes the write fail.
+        log.append(&batch(2).stamped(Offset(3), Epoch(1))).unwrap();
+        store.flush().unwrap();
+        log.raise_committed_watermark(Offset(5)).unwrap();
+        let blocker = directory.path().join(format!("{WATERMARK_FILE_NAME}.tmp"));
+        if blocker.exists() {
+            std::fs::remove_file(&blocker).unwrap();
+        }
+        std::fs::create_dir(&blocker).unwrap();
+        let failed = store.flush();
+        assert!(
+            matches!(&failed, Err(StorageError::Io(reason)) if reason.contains("cannot write")),
+            "{failed:?}"
+        );
+        assert_eq!(on_disk(&store).committed_end, Offset(3));
+
+        std::fs::remove_dir(&blocker).unwrap();
+        store.flush().unwrap();
+        assert_eq!(on_disk(&store).committed_end, Offset(5));
     }
 
     /// A batch of 60 records of 1 KiB, about what a producer's 64 KiB batch holds: a leaf of
