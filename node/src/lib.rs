@@ -21,7 +21,9 @@
 //! - [`partition`]: the partition actor (one per hosted replica): replica inputs in, effects
 //!   executed (append, group-commit flush, reply, high-watermark watch), reads for fetch.
 //! - [`peer`]: replication traffic between nodes: one outgoing connection per peer on the
-//!   peer's ordinary listener, bounded queues that drop, frames batching many partitions.
+//!   peer's ordinary listener, bounded queues that drop, frames batching many partitions; and
+//!   its in-memory twin ([`peer::memory`]), on which the replicas of a cluster run in one
+//!   process, on virtual time, in the fast tests.
 //! - [`peer_auth`]: the cluster secret and the handshake by which peers prove they hold it.
 //! - [`schemas`]: the schema registry (Confluent's REST API) over the internal topic `_schemas`.
 //! - [`http`]: the HTTP listener (`/metrics`, `/health`, `/ready`), bounded and apart from

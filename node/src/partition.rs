@@ -21,7 +21,7 @@
 //! watermark (long polls wait on it) and a status snapshot (describe, metadata).
 
 use crate::compactor::{CompactionJob, Compactor};
-use crate::peer::PeerTransport;
+use crate::peer::PeerSend;
 use actix::prelude::*;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::compaction::CompactionDecision;
@@ -40,16 +40,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
-/// Monotonic clock of this process, the origin of every [`Millis`] fed to replicas.
+/// Monotonic clock of this process, the origin of every [`Millis`] fed to replicas. It reads
+/// tokio's clock, which is the system's monotonic clock except in tests that pause time (see
+/// [`crate::peer::memory`]): there the replicas' leases and timers run on the paused clock.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    origin: Instant,
+    origin: tokio::time::Instant,
 }
 
 impl Clock {
     pub fn new() -> Clock {
         Clock {
-            origin: Instant::now(),
+            origin: tokio::time::Instant::now(),
         }
     }
 
@@ -401,7 +403,7 @@ pub struct PartitionSpec<S: LogStore> {
     /// The node's compactor, which applies committed decisions off this actor's thread.
     pub compactor: Compactor<S>,
     /// Where `Effect::Send` goes (best effort, never blocks).
-    pub peers: Arc<PeerTransport>,
+    pub peers: Arc<dyn PeerSend>,
     /// Bumped (after the snapshot shows it) whenever this replica's role or epoch changes,
     /// or it starts serving as leader, so that the node republishes its leadership hints and
     /// starts or stops group coordinators only when one did.
@@ -837,7 +839,7 @@ pub struct PartitionActor<S: LogStore> {
     flushes_requested: u64,
     flushes_fed: u64,
     flushes_completed: BTreeMap<u64, Input>,
-    peers: Arc<PeerTransport>,
+    peers: Arc<dyn PeerSend>,
     leadership_changes: Arc<LeadershipEvents>,
     /// The replica status the snapshot was last updated from: most steps (a heartbeat and
     /// its answer) change none of it, and then the snapshot is left alone.
@@ -1968,7 +1970,7 @@ mod tests {
             compaction,
             // The smallest index budget, so that a test with enough keys compacts in passes.
             compactor: Compactor::start(0, crate::config::COMPACTION_INDEX_BYTES_MIN as usize),
-            peers: PeerTransport::new(
+            peers: crate::peer::PeerTransport::new(
                 NodeId(1),
                 crate::peer::PeerTransportConfig::with_frame_bytes_max(1 << 20),
             ),

@@ -309,7 +309,7 @@ impl<S: LogStore> Broker<S> {
                 retention_check_ms: self.config.retention.retention_check_ms,
                 compaction: CompactionSettings::of(&topic.config),
                 compactor: self.compactor.clone(),
-                peers: Arc::clone(&self.peers),
+                peers: self.peers.clone(),
                 leadership_changes: Arc::clone(&self.leadership_changes),
             };
             let arbiter = &self.arbiters[place(&log_name, self.arbiters.len())];

@@ -192,7 +192,7 @@ impl<S: LogStore> Broker<S> {
                 retention_check_ms: config.retention.retention_check_ms,
                 compaction: None,
                 compactor: compactor.clone(),
-                peers: Arc::clone(&peers),
+                peers: peers.clone(),
                 leadership_changes: Arc::clone(&leadership_changes),
             };
             let arbiter = &arbiters[place(meta::META_LOG_NAME, arbiters.len())];

@@ -20,6 +20,10 @@
 //! every record batch (length, checksum, framing); a frame that does not decode or a batch
 //! that does not validate closes the connection (the sender reconnects). Valid messages are
 //! handed to a [`PeerInbox`] (the broker), which routes them to partition actors by log name.
+//!
+//! Partition actors send through the [`PeerSend`] trait. [`PeerTransport`] is its TCP
+//! implementation; [`memory::MemoryNetwork`] is its in-memory twin, which runs the replicas of
+//! a whole cluster in one process (on paused time, in the fast tests).
 
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
@@ -79,6 +83,15 @@ impl PeerTransportConfig {
 
 /// Estimated encoding overhead of one message besides its batches (names, ids, offsets).
 const MESSAGE_OVERHEAD_BYTES: usize = 160;
+
+pub mod memory;
+
+/// Where a partition replica's outgoing messages go: best effort, never blocking (the
+/// replica contract), and dropped rather than queued without bound.
+pub trait PeerSend: Send + Sync + 'static {
+    /// Queues `message` for the replica `replica` on node `to`.
+    fn send(&self, to: NodeId, replica: ReplicaKey, message: &PeerMessage);
+}
 
 /// What receives the messages that arrive from peers.
 pub trait PeerInbox: Send + Sync + 'static {
@@ -160,6 +173,12 @@ impl PeerTransport {
                 .dropped_messages
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+impl PeerSend for PeerTransport {
+    fn send(&self, to: NodeId, replica: ReplicaKey, message: &PeerMessage) {
+        PeerTransport::send(self, to, replica, message);
     }
 }
 
