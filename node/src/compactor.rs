@@ -14,14 +14,18 @@
 //! on meanwhile. A rewrite is durable with the next flush any partition asks for; a crash
 //! before it, or between passes, leaves old batches, which the next run of the decision (or
 //! a later one, a superset) compacts again to the same bytes.
+//!
+//! The worker counts what it does into its node's [`NodeMetrics`], handed to
+//! [`Compactor::start`] by the broker.
 
+use crate::metrics::NodeMetrics;
 use cairn_protocol::compaction::{compact_batch, CompactionDecision, CompactionError, KeyIndex};
 use cairn_protocol::Offset;
 use cairn_protocol::RecordBatch;
 use cairn_storage::{LogStore, PartitionLog, StorageError};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Jobs waiting for the worker; a partition whose job does not fit retries at its next
@@ -77,9 +81,13 @@ impl<S: LogStore> Clone for Compactor<S> {
 
 impl<S: LogStore> Compactor<S> {
     /// Starts the worker thread, reading at most `bytes_per_second` (0: unthrottled), each
-    /// pass's key index within `index_bytes_max`. The thread ends when every handle is
-    /// dropped.
-    pub fn start(bytes_per_second: u64, index_bytes_max: usize) -> Compactor<S> {
+    /// pass's key index within `index_bytes_max`, counting into `metrics`. The thread ends
+    /// when every handle is dropped.
+    pub fn start(
+        bytes_per_second: u64,
+        index_bytes_max: usize,
+        metrics: Arc<NodeMetrics>,
+    ) -> Compactor<S> {
         let (jobs, queue) = mpsc::sync_channel::<CompactionJob<S::Log>>(COMPACTION_JOBS_MAX);
         std::thread::Builder::new()
             .name("cairn-compactor".into())
@@ -125,13 +133,17 @@ impl<S: LogStore> Compactor<S> {
                         .filter(|(_, ended)| ended.elapsed() <= PACE_CARRY)
                         .map(|(pace, _)| pace);
                     let mut throttle =
-                        Throttle::paced(bytes_per_second, flushes, reference, carried);
-                    let result =
-                        compact(&mut job.log, &job.decision, &mut throttle, index_bytes_max);
+                        Throttle::paced(bytes_per_second, flushes, &metrics, reference, carried);
+                    let result = compact(
+                        &mut job.log,
+                        &job.decision,
+                        &mut throttle,
+                        index_bytes_max,
+                        &metrics,
+                    );
                     last_pace = throttle.pace().map(|pace| (pace, Instant::now()));
                     idle.clear();
                     idle.push_back(flushes.sample());
-                    let metrics = crate::metrics::node();
                     metrics
                         .compaction_duration
                         .observe(crate::metrics::seconds(started.elapsed()));
@@ -257,13 +269,15 @@ pub fn applied_decision<L: PartitionLog>(log: &L) -> Option<CompactionDecision> 
     decode_decision(&log.get_value(APPLIED_DECISION_KEY).ok()??)
 }
 
-/// Applies `decision` to `log`, pass after pass (see the module comment), reading at most
-/// `bytes_per_second` over the whole job, each pass's key index within `index_bytes_max`.
+/// Applies `decision` to `log`, pass after pass (see the module comment), reading within
+/// `throttle`'s budget over the whole job, each pass's key index within `index_bytes_max`,
+/// and counting passes, bytes and rewrites into `metrics`.
 pub fn compact<L: PartitionLog>(
     log: &mut L,
     decision: &CompactionDecision,
     throttle: &mut Throttle,
     index_bytes_max: usize,
+    metrics: &NodeMetrics,
 ) -> Result<CompactionOutcome, CompactionFailure> {
     // Decisions combine (larger offset, later cutoff), so one applied before stays applied.
     let decision = match applied_decision(log) {
@@ -271,17 +285,18 @@ pub fn compact<L: PartitionLog>(
         None => *decision,
     };
     let below = decision.below.min(log.log_end());
-    let metrics = crate::metrics::node();
     let mut outcome = CompactionOutcome::default();
     let mut index = KeyIndex::new(&decision, index_bytes_max);
     // Bounded: each pass covers at least one key that no pass before it did.
     loop {
         outcome.passes = index.pass();
         metrics.compaction_passes.inc();
-        for_each_batch(log, below, throttle, |_, batch| Ok(index.observe(batch)?))?;
+        for_each_batch(log, below, throttle, metrics, |_, batch| {
+            Ok(index.observe(batch)?)
+        })?;
         let mut bytes_after = 0;
         let first = outcome.passes == 1;
-        for_each_batch(log, below, throttle, |log, batch| {
+        for_each_batch(log, below, throttle, metrics, |log, batch| {
             if first {
                 outcome.batches_read += 1;
                 outcome.bytes_before += batch.size_bytes() as u64;
@@ -316,14 +331,15 @@ pub fn compact<L: PartitionLog>(
 }
 
 /// Reads `log` from its start to `below`, at most `READ_BYTES_MAX` a step, handing `visit`
-/// each batch in offset order (and the log, to rewrite it) and spending its bytes.
+/// each batch in offset order (and the log, to rewrite it), spending its bytes and counting
+/// them into `metrics`.
 fn for_each_batch<L: PartitionLog>(
     log: &mut L,
     below: Offset,
     throttle: &mut Throttle,
+    metrics: &NodeMetrics,
     mut visit: impl FnMut(&mut L, &RecordBatch) -> Result<(), CompactionFailure>,
 ) -> Result<(), CompactionFailure> {
-    let metrics = crate::metrics::node();
     let mut from = log.log_start();
     while from < below {
         // Detached: a cold read of blob files does not hold the partition's lock, which its
@@ -493,6 +509,8 @@ pub struct Throttle {
     spent: u64,
     flushes: Option<(&'static FlushTimes, FlushWindow)>,
     window: (Instant, FlushSample),
+    /// Where a paced throttle shows its rate (`compaction_pace`); `None` when unlimited.
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl Throttle {
@@ -504,16 +522,18 @@ impl Throttle {
             spent: 0,
             flushes: None,
             window: (Instant::now(), FlushSample::default()),
+            metrics: None,
         }
     }
 
     /// At most `bytes_per_second` (0: unlimited), slowed while `flushes` run clearly slower
     /// than `reference`, the idle flushes (no reference: the fixed rate; see [`Pace`]).
     /// `carried`: the pace a job just before ended at, where this one starts (within the
-    /// configured range).
+    /// configured range). The rate is shown in `metrics`.
     fn paced(
         bytes_per_second: u64,
         flushes: &'static FlushTimes,
+        metrics: &Arc<NodeMetrics>,
         reference: Option<FlushWindow>,
         carried: Option<u64>,
     ) -> Throttle {
@@ -526,9 +546,8 @@ impl Throttle {
                 pace.current = carried.clamp(pace.floor(), pace.max);
             }
             throttle.pace = Some(pace);
-            crate::metrics::node()
-                .compaction_pace
-                .set(pace.current as i64);
+            metrics.compaction_pace.set(pace.current as i64);
+            throttle.metrics = Some(Arc::clone(metrics));
             throttle.flushes = reference.map(|reference| (flushes, reference));
             throttle.window = (Instant::now(), flushes.sample());
         }
@@ -544,11 +563,11 @@ impl Throttle {
         let Some(pace) = self.pace.as_mut() else {
             return;
         };
-        if let Some((flushes, reference)) = self.flushes {
+        if let Some((flushes, reference)) = &self.flushes {
             if self.window.0.elapsed() >= PACE_WINDOW {
                 let now = flushes.sample();
                 let changed = match now.since(&self.window.1, WINDOW_FLUSHES_MIN) {
-                    Some(window) => pace.adjust(&reference, &window),
+                    Some(window) => pace.adjust(reference, &window),
                     // Few flushes, and quick ones: few acknowledgements wait on the store
                     // (the produce load stopped), so there is nothing to yield to.
                     None if now.micros.saturating_sub(self.window.1.micros)
@@ -562,9 +581,9 @@ impl Throttle {
                     // A new rate counts from now.
                     self.started = Instant::now();
                     self.spent = 0;
-                    crate::metrics::node()
-                        .compaction_pace
-                        .set(pace.current as i64);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.compaction_pace.set(pace.current as i64);
+                    }
                 }
                 self.window = (Instant::now(), now);
             }
@@ -628,8 +647,9 @@ mod tests {
     #[test]
     fn a_job_right_after_another_starts_at_its_pace_within_the_configured_range() {
         let flushes = flush_times();
+        let metrics = Arc::new(NodeMetrics::new());
         let reference = Some(window(1_000.0, 0.01));
-        let pace = |carried| Throttle::paced(1600, flushes, reference, carried).pace();
+        let pace = |carried| Throttle::paced(1600, flushes, &metrics, reference, carried).pace();
         assert_eq!(pace(None), Some(1600));
         assert_eq!(pace(Some(800)), Some(800));
         assert_eq!(pace(Some(7)), Some(100), "not below a sixteenth");
@@ -639,12 +659,12 @@ mod tests {
             "not above the configured rate"
         );
         assert_eq!(
-            Throttle::paced(1600, flushes, None, Some(800)).pace(),
+            Throttle::paced(1600, flushes, &metrics, None, Some(800)).pace(),
             Some(1600),
             "without a reference: the fixed rate"
         );
         assert_eq!(
-            Throttle::paced(0, flushes, reference, Some(800)).pace(),
+            Throttle::paced(0, flushes, &metrics, reference, Some(800)).pace(),
             None
         );
     }
@@ -687,6 +707,7 @@ mod tests {
     #[test]
     fn an_unapplied_committed_decision_is_recovered_and_a_truncated_one_forgotten() {
         let store = MemoryStore::new();
+        let metrics = NodeMetrics::new();
         let mut log = store.open_log("t1-0").unwrap();
         log.append(&keyed(&["a", "a"], 0)).unwrap();
         let decision = CompactionDecision {
@@ -700,7 +721,14 @@ mod tests {
         log.append(&keyed(&["b"], 3)).unwrap();
         log.raise_committed_watermark(Offset(4)).unwrap();
         assert_eq!(unapplied_decision(&log), Some(decision));
-        compact(&mut log, &decision, &mut Throttle::unlimited(), BUDGET).unwrap();
+        compact(
+            &mut log,
+            &decision,
+            &mut Throttle::unlimited(),
+            BUDGET,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!(unapplied_decision(&log), None, "applied");
 
         let later = CompactionDecision {
@@ -723,6 +751,7 @@ mod tests {
     #[test]
     fn compacting_a_stored_log_matches_the_pure_function() {
         let store = MemoryStore::new();
+        let metrics = NodeMetrics::new();
         let mut log = store.open_log("t1-0").unwrap();
         let batches = vec![
             keyed(&["a", "b", "a"], 0),
@@ -736,7 +765,14 @@ mod tests {
             below: Offset(5),
             tombstone_cutoff_ms: 0,
         };
-        let outcome = compact(&mut log, &decision, &mut Throttle::unlimited(), BUDGET).unwrap();
+        let outcome = compact(
+            &mut log,
+            &decision,
+            &mut Throttle::unlimited(),
+            BUDGET,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!(outcome.batches_rewritten, 1);
         let expected = compact_log(&batches, &decision, usize::MAX).unwrap();
         assert_eq!(
@@ -744,14 +780,28 @@ mod tests {
             expected
         );
         assert_eq!(applied_decision(&log), Some(decision));
-        let again = compact(&mut log, &decision, &mut Throttle::unlimited(), BUDGET).unwrap();
+        let again = compact(
+            &mut log,
+            &decision,
+            &mut Throttle::unlimited(),
+            BUDGET,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!(again.batches_rewritten, 0);
         // A smaller decision later is merged with the applied one: nothing comes back.
         let smaller = CompactionDecision {
             below: Offset(2),
             tombstone_cutoff_ms: -1,
         };
-        compact(&mut log, &smaller, &mut Throttle::unlimited(), BUDGET).unwrap();
+        compact(
+            &mut log,
+            &smaller,
+            &mut Throttle::unlimited(),
+            BUDGET,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!(
             log.read(Offset(0), Offset(6), usize::MAX).unwrap(),
             expected
@@ -764,6 +814,7 @@ mod tests {
     #[test]
     fn a_stored_log_whose_keys_pass_the_budget_is_compacted_in_passes_to_the_single_pass_log() {
         let store = MemoryStore::new();
+        let metrics = NodeMetrics::new();
         let mut log = store.open_log("t1-0").unwrap();
         let keys: Vec<String> = (0..300)
             .map(|n| format!("key-{:04}", n * 7 % 300))
@@ -785,10 +836,24 @@ mod tests {
         };
         // 20 keys of 8 bytes a pass.
         let budget = 20 * (8 + cairn_protocol::compaction::INDEX_ENTRY_OVERHEAD_BYTES);
-        let passes_before = crate::metrics::node().compaction_passes.get();
-        let outcome = compact(&mut log, &decision, &mut Throttle::unlimited(), budget).unwrap();
+        let outcome = compact(
+            &mut log,
+            &decision,
+            &mut Throttle::unlimited(),
+            budget,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!(outcome.passes, 15, "300 keys, 20 a pass");
-        assert!(crate::metrics::node().compaction_passes.get() >= passes_before + 15);
+        assert_eq!(
+            metrics.compaction_passes.get(),
+            15,
+            "counted in this job's own metrics"
+        );
+        assert_eq!(
+            metrics.compaction_batches_rewritten.get(),
+            outcome.batches_rewritten
+        );
         assert_eq!(outcome.batches_read, batches.len() as u64);
         assert!(outcome.bytes_after < outcome.bytes_before);
         let expected = compact_log(&batches, &decision, usize::MAX).unwrap();
@@ -797,7 +862,14 @@ mod tests {
             expected
         );
         assert_eq!(applied_decision(&log), Some(decision));
-        let again = compact(&mut log, &decision, &mut Throttle::unlimited(), budget).unwrap();
+        let again = compact(
+            &mut log,
+            &decision,
+            &mut Throttle::unlimited(),
+            budget,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!((again.passes, again.batches_rewritten), (15, 0));
     }
 }

@@ -181,8 +181,11 @@ impl<S: LogStore> Coordinators<S> {
             }
             if ready {
                 let shared = Arc::clone(&handle.shared);
-                let coordinator =
-                    PartitionCoordinator::new(OffsetsPartition { handle }, self.config.clone());
+                let coordinator = PartitionCoordinator::new(
+                    OffsetsPartition { handle },
+                    self.config.clone(),
+                    Arc::clone(broker.metrics()),
+                );
                 tracing::info!(partition, epoch = %snapshot.epoch, "coordinating __offsets partition");
                 running.insert(
                     partition,

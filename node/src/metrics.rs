@@ -2,8 +2,8 @@
 //!
 //! Two kinds, by cost:
 //!
-//! - Events counted where they happen ([`NodeMetrics`], one per process, reached through
-//!   [`node`]): produce and fetch requests, their bytes and latencies, flush latency, leader
+//! - Events counted where they happen ([`NodeMetrics`], one per node): produce and fetch
+//!   requests, their bytes and latencies, flush latency, leader
 //!   changes, group rebalances, accepted and refused connections, rejected requests by error.
 //!   Each is an atomic counter or a histogram updated once per request, batch or flush, never
 //!   per record; the label sets of rejected requests are `&'static` error names, so counting
@@ -13,9 +13,12 @@
 //!   counters. The partition actors already publish what they hold in their shared state, so
 //!   a scrape reads that and costs the actors nothing.
 //!
-//! One node runs per process, so the event metrics are process-wide, like the log-warning
-//! counters of [`crate::logging`]: the server, the partition actors, the group coordinators and
-//! the storage's flusher thread count into them without each being handed a registry.
+//! The event metrics belong to a node, not to the process: `node::run` makes one
+//! `Arc<NodeMetrics>`, the [`Broker`] holds it ([`Broker::metrics`]) and hands it on to what
+//! it starts (partition actors, group coordinators, the compactor), the listeners reach it
+//! through the broker, and the store's flush observer holds a clone. So two nodes in one
+//! process (tests, an in-memory cluster) never mix their counts. (The log-warning counters
+//! of [`crate::logging`] stay process-wide, as the log itself is.)
 //!
 //! Every metric, its type, labels and meaning: docs/operations.md.
 
@@ -29,7 +32,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The label set of a rejected request: the error's name (`ApiError::kind`).
@@ -87,7 +90,8 @@ impl NodeMetrics {
         self.produce_latency.observe(seconds(started.elapsed()));
     }
 
-    fn new() -> NodeMetrics {
+    /// Every counter at zero, shared with nothing: one per node.
+    pub fn new() -> NodeMetrics {
         NodeMetrics {
             produce_requests: Counter::default(),
             produce_bytes: Counter::default(),
@@ -237,11 +241,10 @@ impl NodeMetrics {
     }
 }
 
-static NODE_METRICS: LazyLock<NodeMetrics> = LazyLock::new(NodeMetrics::new);
-
-/// This process's event metrics.
-pub fn node() -> &'static NodeMetrics {
-    &NODE_METRICS
+impl Default for NodeMetrics {
+    fn default() -> NodeMetrics {
+        NodeMetrics::new()
+    }
 }
 
 /// A duration in the seconds Prometheus expects.
@@ -249,10 +252,10 @@ pub fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
-/// The registry a scrape encodes: the event metrics and the broker's state.
+/// The registry a scrape encodes: the broker's event metrics and its state.
 pub fn registry<S: LogStore>(broker: Arc<Broker<S>>, connections: Connections) -> Registry {
     let mut registry = Registry::default();
-    node().register(&mut registry);
+    broker.metrics().register(&mut registry);
     registry.register_collector(Box::new(BrokerCollector {
         broker,
         connections,
@@ -522,6 +525,49 @@ mod tests {
         // The topic, a client's text, never becomes a label.
         assert!(!text.contains("quoted"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// Two nodes in one process count apart: what one records is neither in the other's
+    /// counters nor in the other's scrape.
+    #[test]
+    fn two_nodes_metrics_count_apart() {
+        let (first, second) = (NodeMetrics::new(), NodeMetrics::new());
+        let (mut first_registry, mut second_registry) = (Registry::default(), Registry::default());
+        first.register(&mut first_registry);
+        second.register(&mut second_registry);
+        first.produced(512, std::time::Instant::now());
+        first.leader_changes.inc();
+        first.rejected(&cairn_protocol::ApiError::ShuttingDown);
+        second.fetched(std::time::Instant::now());
+
+        assert_eq!(first.produce_requests.get(), 1);
+        assert_eq!(second.produce_requests.get(), 0);
+        assert_eq!(second.produce_bytes.get(), 0);
+        assert_eq!(second.leader_changes.get(), 0);
+        assert_eq!(first.fetch_requests.get(), 0);
+        let first_text = encode(&first_registry);
+        let second_text = encode(&second_registry);
+        for counted in [
+            "cairn_produce_requests_total 1\n",
+            "cairn_produce_bytes_total 512\n",
+            "cairn_leader_changes_total 1\n",
+            "cairn_fetch_requests_total 0\n",
+            "cairn_rejected_requests_total{error=\"ShuttingDown\"} 1\n",
+        ] {
+            assert!(first_text.contains(counted), "{counted:?} in {first_text}");
+        }
+        for counted in [
+            "cairn_produce_requests_total 0\n",
+            "cairn_produce_bytes_total 0\n",
+            "cairn_leader_changes_total 0\n",
+            "cairn_fetch_requests_total 1\n",
+        ] {
+            assert!(
+                second_text.contains(counted),
+                "{counted:?} in {second_text}"
+            );
+        }
+        assert!(!second_text.contains("ShuttingDown"), "{second_text}");
     }
 
     #[test]

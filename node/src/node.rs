@@ -12,6 +12,7 @@
 
 use crate::broker::Broker;
 use crate::config::NodeConfig;
+use crate::metrics::NodeMetrics;
 use crate::server::{self, Connections, Phase};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::sled_store::SledStore;
@@ -71,14 +72,18 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             path: store_path.display().to_string(),
             reason: error.to_string(),
         })?;
+    // This node's own: everything that records into it is handed it (through the broker),
+    // so another node in the same process keeps its counts apart.
+    let metrics = Arc::new(NodeMetrics::new());
     let committer = GroupCommitter::start_observed(
         store.clone(),
         cairn_storage::GroupCommitConfig::default(),
-        Some(Box::new(|took| {
-            crate::metrics::node()
-                .flush_latency
-                .observe(crate::metrics::seconds(took));
-            crate::compactor::flush_times().observe(took);
+        Some(Box::new({
+            let metrics = Arc::clone(&metrics);
+            move |took| {
+                metrics.flush_latency.observe(crate::metrics::seconds(took));
+                crate::compactor::flush_times().observe(took);
+            }
         })),
     );
     let arbiter_count = std::thread::available_parallelism()
@@ -143,6 +148,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         arbiters.iter().map(|arbiter| arbiter.handle()).collect(),
         advertised,
         kafka_advertised.clone(),
+        metrics,
     )
     .map_err(FatalError::Start)?;
 

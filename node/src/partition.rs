@@ -408,6 +408,8 @@ pub struct PartitionSpec<S: LogStore> {
     /// or it starts serving as leader, so that the node republishes its leadership hints and
     /// starts or stops group coordinators only when one did.
     pub leadership_changes: Arc<LeadershipEvents>,
+    /// The node's event metrics: this replica counts leader changes and resignations there.
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 /// The rest of the node's handle on one partition actor. Cheap to clone.
@@ -663,6 +665,7 @@ impl<S: LogStore> PartitionHandle<S> {
                 flushes_completed: BTreeMap::new(),
                 peers: spec.peers,
                 leadership_changes: spec.leadership_changes,
+                metrics: spec.metrics,
                 published: None,
                 producers_snapshot_at,
                 corrupted,
@@ -841,6 +844,7 @@ pub struct PartitionActor<S: LogStore> {
     flushes_completed: BTreeMap<u64, Input>,
     peers: Arc<dyn PeerSend>,
     leadership_changes: Arc<LeadershipEvents>,
+    metrics: Arc<crate::metrics::NodeMetrics>,
     /// The replica status the snapshot was last updated from: most steps (a heartbeat and
     /// its answer) change none of it, and then the snapshot is left alone.
     published: Option<ReplicaStatus>,
@@ -958,7 +962,7 @@ impl<S: LogStore> PartitionActor<S> {
             if self.follow_ups.is_empty() {
                 if let Some(hold_ms) = self.resignation_due() {
                     tracing::info!(partition = %self.log_name, preferred = ?self.voters.first(), "leadership handed back to the preferred replica");
-                    crate::metrics::node().leader_resignations.inc();
+                    self.metrics.leader_resignations.inc();
                     self.follow_ups.push_back(Input::Resign { hold_ms });
                 }
             }
@@ -1345,7 +1349,7 @@ impl<S: LogStore> PartitionActor<S> {
             || serving(snapshot.role, snapshot.high_watermark, snapshot.log_end)
                 != serving(status.role, status.high_watermark, status.log_end);
         if snapshot.leader != status.leader {
-            crate::metrics::node().leader_changes.inc();
+            self.metrics.leader_changes.inc();
         }
         snapshot.role = status.role;
         snapshot.epoch = status.epoch;
@@ -1948,6 +1952,8 @@ mod tests {
         mailbox_max: usize,
         compaction: Option<CompactionSettings>,
     ) -> PartitionHandle<MemoryStore> {
+        // The test's own, as a node's: the compactor and the actor count into one.
+        let metrics = Arc::new(crate::metrics::NodeMetrics::new());
         let spec = PartitionSpec {
             log_name: "p".to_string(),
             key: ReplicaKey::Partition {
@@ -1969,12 +1975,17 @@ mod tests {
             retention_check_ms: if compaction.is_some() { 20 } else { 1000 },
             compaction,
             // The smallest index budget, so that a test with enough keys compacts in passes.
-            compactor: Compactor::start(0, crate::config::COMPACTION_INDEX_BYTES_MIN as usize),
+            compactor: Compactor::start(
+                0,
+                crate::config::COMPACTION_INDEX_BYTES_MIN as usize,
+                Arc::clone(&metrics),
+            ),
             peers: crate::peer::PeerTransport::new(
                 NodeId(1),
                 crate::peer::PeerTransportConfig::with_frame_bytes_max(1 << 20),
             ),
             leadership_changes: Arc::new(LeadershipEvents::new()),
+            metrics,
         };
         PartitionHandle::start(spec, &actix::Arbiter::current()).unwrap()
     }

@@ -311,6 +311,7 @@ impl<S: LogStore> Broker<S> {
                 compactor: self.compactor.clone(),
                 peers: self.peers.clone(),
                 leadership_changes: Arc::clone(&self.leadership_changes),
+                metrics: Arc::clone(&self.metrics),
             };
             let arbiter = &self.arbiters[place(&log_name, self.arbiters.len())];
             match PartitionHandle::start(spec, arbiter) {

@@ -33,6 +33,7 @@ use crate::group::state::PartitionBounds;
 use crate::meta::{
     self, Applied, MetaRecord, MetadataState, ProducerIdStatus, TopicId, TopicState,
 };
+use crate::metrics::NodeMetrics;
 use crate::partition::{
     wall_clock_ms, Clock, CompactionSettings, LeadershipEvents, PartitionHandle, PartitionSnapshot,
     PartitionSpec,
@@ -82,6 +83,9 @@ pub struct Broker<S: LogStore> {
     committer: GroupCommitter,
     /// Applies committed compaction decisions to the partitions hosted here.
     compactor: Compactor<S>,
+    /// This node's event metrics, handed to every partition actor, group coordinator and
+    /// connection here (see [`crate::metrics`]).
+    metrics: Arc<NodeMetrics>,
     arbiters: Vec<actix::ArbiterHandle>,
     clock: Clock,
     advertised_address: String,
@@ -137,6 +141,8 @@ const META_CHANGE_TIMEOUT_MS: u64 = 10_000;
 impl<S: LogStore> Broker<S> {
     /// Opens `__meta`, starts its actor and the applier. The broker is ready (see
     /// [`Broker::wait_ready`]) once `__meta` has a leader and its committed records are applied.
+    ///
+    /// `metrics` is this node's own, which `node::run` also hands the store's flush observer.
     pub fn start(
         config: Arc<NodeConfig>,
         store: S,
@@ -144,6 +150,7 @@ impl<S: LogStore> Broker<S> {
         arbiters: Vec<actix::ArbiterHandle>,
         advertised_address: String,
         kafka_advertised_address: Option<String>,
+        metrics: Arc<NodeMetrics>,
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
@@ -162,6 +169,7 @@ impl<S: LogStore> Broker<S> {
         let compactor = Compactor::start(
             config.retention.compaction_bytes_per_second,
             config.retention.compaction_index_bytes_max(),
+            Arc::clone(&metrics),
         );
         let mut log = store
             .open_log(meta::META_LOG_NAME)
@@ -194,6 +202,7 @@ impl<S: LogStore> Broker<S> {
                 compactor: compactor.clone(),
                 peers: peers.clone(),
                 leadership_changes: Arc::clone(&leadership_changes),
+                metrics: Arc::clone(&metrics),
             };
             let arbiter = &arbiters[place(meta::META_LOG_NAME, arbiters.len())];
             Some(PartitionHandle::start(spec, arbiter)?)
@@ -203,6 +212,7 @@ impl<S: LogStore> Broker<S> {
             store,
             committer,
             compactor,
+            metrics,
             arbiters,
             clock,
             advertised_address,
@@ -241,6 +251,11 @@ impl<S: LogStore> Broker<S> {
 
     pub fn node_id(&self) -> NodeId {
         self.config.node_id
+    }
+
+    /// This node's event metrics, which the `/metrics` scrape encodes.
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
     }
 
     /// Outgoing replication traffic of this node.

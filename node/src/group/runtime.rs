@@ -13,11 +13,13 @@
 
 use super::records::GroupRecord;
 use super::state::{Coordinator, GroupConfig};
+use crate::metrics::NodeMetrics;
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::{ApiError, Offset};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
 
 /// The committed records of an `__offsets` partition, as the leader sees them.
@@ -46,6 +48,8 @@ pub struct PartitionCoordinator<L: OffsetsLog> {
     classic_changed: watch::Sender<u64>,
     /// Requests parked now, at most `config.parked_requests_max`.
     parked: AtomicU32,
+    /// The node's event metrics, where rebalances are counted.
+    metrics: Arc<NodeMetrics>,
 }
 
 /// A parked request's place, given back when dropped.
@@ -86,13 +90,16 @@ struct Slot {
 pub type Step<R> = Result<(R, Vec<GroupRecord>), ApiError>;
 
 impl<L: OffsetsLog> PartitionCoordinator<L> {
-    pub fn new(log: L, config: GroupConfig) -> PartitionCoordinator<L> {
+    /// A coordinator over `log`, not loaded until its first request, counting into the
+    /// node's `metrics`.
+    pub fn new(log: L, config: GroupConfig, metrics: Arc<NodeMetrics>) -> PartitionCoordinator<L> {
         PartitionCoordinator {
             log,
             config,
             coordinator: Mutex::new(Slot::default()),
             classic_changed: watch::Sender::new(0),
             parked: AtomicU32::new(0),
+            metrics,
         }
     }
 
@@ -158,9 +165,7 @@ impl<L: OffsetsLog> PartitionCoordinator<L> {
                 .iter()
                 .filter(|record| matches!(record, GroupRecord::GroupMetadata { .. }))
                 .count();
-            crate::metrics::node()
-                .group_rebalances
-                .inc_by(rebalances as u64);
+            self.metrics.group_rebalances.inc_by(rebalances as u64);
         }
         appended.map(|_| reply)
     }
@@ -314,7 +319,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_coordinator_loads_what_the_last_one_committed() {
         let log = MemoryLog::default();
-        let first = PartitionCoordinator::new(&log, GroupConfig::default());
+        let first = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         let reply = first
             .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
             .await
@@ -328,7 +333,7 @@ mod tests {
         assert!(!log.values.lock().unwrap().is_empty());
 
         // Failover: another coordinator replays the partition.
-        let second = PartitionCoordinator::new(&log, GroupConfig::default());
+        let second = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         assert_eq!(committed(&second).await, Some(Offset(7)));
         let (first_groups, second_groups) = (
             first
@@ -367,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_append_is_not_acknowledged_and_is_forgotten() {
         let log = MemoryLog::default();
-        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         let reply = join_and_commit_5(&runtime).await;
         log.fail_next_append.store(true, Ordering::SeqCst);
         let failed = runtime
@@ -392,7 +397,7 @@ mod tests {
     #[tokio::test]
     async fn an_append_given_up_on_is_forgotten_like_a_failed_one() {
         let log = MemoryLog::default();
-        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         let reply = join_and_commit_5(&runtime).await;
         log.hang_next_append.store(true, Ordering::SeqCst);
         let given_up = tokio::time::timeout(
@@ -411,7 +416,7 @@ mod tests {
     #[tokio::test]
     async fn a_reload_after_a_failed_append_keeps_the_session_deadlines() {
         let log = MemoryLog::default();
-        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         let session_ms = 10_000;
         let mut request = join("a");
         request.session_timeout_ms = session_ms;
@@ -445,7 +450,7 @@ mod tests {
             parked_requests_max: 2,
             ..GroupConfig::default()
         };
-        let runtime = PartitionCoordinator::new(&log, config);
+        let runtime = PartitionCoordinator::new(&log, config, Arc::default());
         let first = runtime.park().expect("a place");
         let second = runtime.park().expect("a place");
         assert!(runtime.park().is_none(), "parked_requests_max reached");
@@ -458,12 +463,12 @@ mod tests {
     async fn unreadable_records_are_skipped_when_loading() {
         let log = MemoryLog::default();
         log.values.lock().unwrap().push(Bytes::from_static(b"\xc1"));
-        let runtime = PartitionCoordinator::new(&log, GroupConfig::default());
+        let runtime = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         runtime
             .run(0, |c| c.heartbeat(&join("a"), &topics(), 0))
             .await
             .unwrap();
-        let reloaded = PartitionCoordinator::new(&log, GroupConfig::default());
+        let reloaded = PartitionCoordinator::new(&log, GroupConfig::default(), Arc::default());
         let members = reloaded
             .run(1, |c| Ok((c.group("g").map(|g| g.members.len()), vec![])))
             .await

@@ -13,6 +13,7 @@ use super::offset_for_leader_epoch::check_current_epoch;
 use super::Call;
 use crate::broker::Broker;
 use crate::meta::META_TOPIC;
+use crate::metrics::NodeMetrics;
 use crate::server::budget::{FetchBudgets, Reservation};
 use cairn_protocol::messages::{FetchPartition, FetchRequest as CairnFetch, Response};
 use cairn_protocol::{ApiError, Offset};
@@ -126,7 +127,12 @@ pub async fn handle<S: LogStore>(
                 },
                 (None, Err(error)) => Err(code(error)),
             };
-            datas.push(partition_data(call, partition.partition, result));
+            datas.push(partition_data(
+                call,
+                partition.partition,
+                result,
+                broker.metrics(),
+            ));
         }
         responses.push(
             FetchableTopicResponse::default()
@@ -162,13 +168,14 @@ fn partition_data(
     call: Call,
     index: i32,
     result: Result<cairn_protocol::messages::FetchedRecords, i16>,
+    metrics: &NodeMetrics,
 ) -> PartitionData {
     let mut data = PartitionData::default().with_partition_index(index);
     match result {
         Ok(fetched) => match super::batch::to_kafka(&fetched.batches) {
             Err(error) => {
                 tracing::error!(%error, "a stored batch does not convert to Kafka's layout");
-                return partition_data(call, index, Err(code(&error)));
+                return partition_data(call, index, Err(code(&error)), metrics);
             }
             Ok(records) => {
                 let high_watermark = i64::try_from(fetched.high_watermark.0).unwrap_or(i64::MAX);
@@ -178,9 +185,7 @@ fn partition_data(
                     data.log_start_offset = i64::try_from(fetched.log_start.0).unwrap_or(-1);
                 }
                 data.aborted_transactions = Some(Vec::new());
-                crate::metrics::node()
-                    .fetch_bytes
-                    .inc_by(records.len() as u64);
+                metrics.fetch_bytes.inc_by(records.len() as u64);
                 data.records = Some(records);
             }
         },

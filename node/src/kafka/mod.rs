@@ -456,7 +456,7 @@ async fn run_connection<S: LogStore>(
                         Ok(enqueued.complete(&broker, call.version).await)
                     })
                     .await;
-                    crate::metrics::node().produced(batch_bytes, started);
+                    broker.metrics().produced(batch_bytes, started);
                     let reply =
                         reply_bytes(call, response, Reservation::default(), &outbound).await;
                     let _ = sender.send(reply);
@@ -473,7 +473,7 @@ async fn run_connection<S: LogStore>(
                             Ok((response, reservation)) => (Ok(response), reservation),
                             Err(error) => (Err(error), Reservation::default()),
                         };
-                    crate::metrics::node().fetched(started);
+                    broker.metrics().fetched(started);
                     let reply = reply_bytes(call, response, reservation, &outbound).await;
                     let _ = sender.send(reply);
                     drop(permit);

@@ -35,6 +35,7 @@ mod metadata;
 pub mod produce;
 
 use crate::broker::Broker;
+use crate::metrics::NodeMetrics;
 use budget::{ByteBudget, FetchBudgets, Reservation};
 use bytes::Bytes;
 use cairn_protocol::frame::{
@@ -199,7 +200,7 @@ pub async fn serve<S: LogStore>(
         };
         match connections.admit(peer.ip()) {
             Ok(slot) => {
-                crate::metrics::node().connections_accepted.inc();
+                broker.metrics().connections_accepted.inc();
                 let broker = Arc::clone(&broker);
                 let phase = phase.clone();
                 tokio::spawn(async move {
@@ -210,8 +211,8 @@ pub async fn serve<S: LogStore>(
             }
             Err(refusal) => {
                 tracing::debug!(%peer, %refusal, "connection refused");
-                crate::metrics::node().connections_refused.inc();
-                crate::metrics::node().rejected(&refusal);
+                broker.metrics().connections_refused.inc();
+                broker.metrics().rejected(&refusal);
                 let frame_bytes_max = broker.config.limits.frame_bytes_max as usize;
                 tokio::spawn(refuse_connection(socket, refusal, frame_bytes_max));
             }
@@ -269,6 +270,7 @@ async fn run_connection<S: LogStore>(
         sender: replies,
         frame_bytes_max,
         outbound: outbound.clone(),
+        metrics: Arc::clone(broker.metrics()),
     };
     let fetch_budgets = connection.fetch_budgets(outbound.clone());
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
@@ -383,7 +385,7 @@ async fn run_connection<S: LogStore>(
                         }
                     };
                     let result = unless_expired(phase, work).await;
-                    crate::metrics::node().produced(batch_bytes, started);
+                    broker.metrics().produced(batch_bytes, started);
                     let reservation = Reservation::default();
                     replies.send(correlation_id, result, reservation).await;
                     drop(permit);
@@ -400,10 +402,10 @@ async fn run_connection<S: LogStore>(
                         // for budget gives up its place instead of reading for nobody.
                         _ = replies.sender.closed() => return,
                     };
-                    crate::metrics::node().fetched(started);
+                    broker.metrics().fetched(started);
                     let (result, reservation) = match answered {
                         Ok((response, reservation)) => {
-                            count_fetched(&response);
+                            count_fetched(&response, broker.metrics());
                             (Ok(response), reservation)
                         }
                         Err(error) => (Err(error), Reservation::default()),
@@ -447,13 +449,12 @@ pub fn peer_refusals_suppressed() -> u64 {
     PEER_REFUSALS.suppressed_total()
 }
 
-/// Counts a fetch reply for the metrics: its bytes of record batches, and each partition it
+/// Counts a fetch reply into `metrics`: its bytes of record batches, and each partition it
 /// refused, by error (a fetch answers per partition; the request itself succeeded).
-fn count_fetched(response: &cairn_protocol::Response) {
+fn count_fetched(response: &cairn_protocol::Response, metrics: &NodeMetrics) {
     let cairn_protocol::Response::Fetch(fetch) = response else {
         return;
     };
-    let metrics = crate::metrics::node();
     let mut bytes = 0u64;
     for partition in &fetch.partitions {
         match &partition.result {
@@ -492,7 +493,7 @@ async fn serve_peer<S: LogStore>(
     let from = match accepted {
         Ok(from) => from,
         Err(error) => {
-            crate::metrics::node().peer_handshakes_refused.inc();
+            broker.metrics().peer_handshakes_refused.inc();
             PEER_REFUSALS.refused(remote, &error);
             return;
         }
@@ -587,6 +588,8 @@ struct Replies {
     sender: mpsc::Sender<OutgoingReply>,
     frame_bytes_max: usize,
     outbound: ByteBudget,
+    /// The node's event metrics, where refused requests are counted.
+    metrics: Arc<NodeMetrics>,
 }
 
 impl Replies {
@@ -600,7 +603,7 @@ impl Replies {
         reservation: Reservation,
     ) {
         if let Err(error) = &result {
-            crate::metrics::node().rejected(error);
+            self.metrics.rejected(error);
         }
         let mut bytes = encode_response(&ResponseFrame {
             correlation_id,
