@@ -15,8 +15,8 @@
 //! before it, or between passes, leaves old batches, which the next run of the decision (or
 //! a later one, a superset) compacts again to the same bytes.
 //!
-//! The worker counts what it does into its node's [`NodeMetrics`], handed to
-//! [`Compactor::start`] by the broker.
+//! The worker counts what it does into its node's [`NodeMetrics`] and paces itself by its
+//! node's [`FlushTimes`], both handed to [`Compactor::start`] by the broker.
 
 use crate::metrics::NodeMetrics;
 use cairn_protocol::compaction::{compact_batch, CompactionDecision, CompactionError, KeyIndex};
@@ -81,18 +81,19 @@ impl<S: LogStore> Clone for Compactor<S> {
 
 impl<S: LogStore> Compactor<S> {
     /// Starts the worker thread, reading at most `bytes_per_second` (0: unthrottled), each
-    /// pass's key index within `index_bytes_max`, counting into `metrics`. The thread ends
-    /// when every handle is dropped.
+    /// pass's key index within `index_bytes_max`, counting into `metrics` and pacing itself
+    /// by `flushes` (the node's, fed by its store's flush observer). The thread ends when
+    /// every handle is dropped.
     pub fn start(
         bytes_per_second: u64,
         index_bytes_max: usize,
         metrics: Arc<NodeMetrics>,
+        flushes: Arc<FlushTimes>,
     ) -> Compactor<S> {
         let (jobs, queue) = mpsc::sync_channel::<CompactionJob<S::Log>>(COMPACTION_JOBS_MAX);
         std::thread::Builder::new()
             .name("cairn-compactor".into())
             .spawn(move || {
-                let flushes = flush_times();
                 // One flush sample per window while idle, the last REFERENCE_WINDOWS of them:
                 // how long flushes take when the compactor writes nothing, under the load of
                 // the moment. A job that follows another at once keeps the reference it had.
@@ -133,7 +134,7 @@ impl<S: LogStore> Compactor<S> {
                         .filter(|(_, ended)| ended.elapsed() <= PACE_CARRY)
                         .map(|(pace, _)| pace);
                     let mut throttle =
-                        Throttle::paced(bytes_per_second, flushes, &metrics, reference, carried);
+                        Throttle::paced(bytes_per_second, &flushes, &metrics, reference, carried);
                     let result = compact(
                         &mut job.log,
                         &job.decision,
@@ -360,7 +361,7 @@ fn for_each_batch<L: PartitionLog>(
     Ok(())
 }
 
-/// Group-commit flushes of this process, counted by the node's flush observer, so that the
+/// Group-commit flushes of one node's store, counted by the node's flush observer, so that the
 /// compactor can tell when its rewrites slow the flushes every acknowledgement waits for: how
 /// many ran, their total time, and how many took longer than a threshold the compactor sets
 /// from what flushes take while it is idle (a compaction shows in the slow tail of flushes
@@ -373,15 +374,10 @@ pub struct FlushTimes {
     slow_above_micros: AtomicU64,
 }
 
-/// The process's flush counts (one store per node process).
-pub fn flush_times() -> &'static FlushTimes {
-    static TIMES: FlushTimes = FlushTimes::new();
-    &TIMES
-}
-
 impl FlushTimes {
     /// No flush yet, and no threshold: nothing counts as slow until the compactor sets one.
-    const fn new() -> FlushTimes {
+    /// One per node, shared by its flush observer and its compactor.
+    pub fn new() -> FlushTimes {
         FlushTimes {
             count: AtomicU64::new(0),
             micros: AtomicU64::new(0),
@@ -410,6 +406,12 @@ impl FlushTimes {
 
     fn set_slow_above(&self, micros: u64) {
         self.slow_above_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+impl Default for FlushTimes {
+    fn default() -> FlushTimes {
+        FlushTimes::new()
     }
 }
 
@@ -507,7 +509,7 @@ pub struct Throttle {
     pace: Option<Pace>,
     started: Instant,
     spent: u64,
-    flushes: Option<(&'static FlushTimes, FlushWindow)>,
+    flushes: Option<(Arc<FlushTimes>, FlushWindow)>,
     window: (Instant, FlushSample),
     /// Where a paced throttle shows its rate (`compaction_pace`); `None` when unlimited.
     metrics: Option<Arc<NodeMetrics>>,
@@ -532,7 +534,7 @@ impl Throttle {
     /// configured range). The rate is shown in `metrics`.
     fn paced(
         bytes_per_second: u64,
-        flushes: &'static FlushTimes,
+        flushes: &Arc<FlushTimes>,
         metrics: &Arc<NodeMetrics>,
         reference: Option<FlushWindow>,
         carried: Option<u64>,
@@ -548,7 +550,7 @@ impl Throttle {
             throttle.pace = Some(pace);
             metrics.compaction_pace.set(pace.current as i64);
             throttle.metrics = Some(Arc::clone(metrics));
-            throttle.flushes = reference.map(|reference| (flushes, reference));
+            throttle.flushes = reference.map(|reference| (Arc::clone(flushes), reference));
             throttle.window = (Instant::now(), flushes.sample());
         }
         throttle
@@ -646,10 +648,10 @@ mod tests {
     /// without a reference nothing would raise the rate again.
     #[test]
     fn a_job_right_after_another_starts_at_its_pace_within_the_configured_range() {
-        let flushes = flush_times();
+        let flushes = Arc::new(FlushTimes::new());
         let metrics = Arc::new(NodeMetrics::new());
         let reference = Some(window(1_000.0, 0.01));
-        let pace = |carried| Throttle::paced(1600, flushes, &metrics, reference, carried).pace();
+        let pace = |carried| Throttle::paced(1600, &flushes, &metrics, reference, carried).pace();
         assert_eq!(pace(None), Some(1600));
         assert_eq!(pace(Some(800)), Some(800));
         assert_eq!(pace(Some(7)), Some(100), "not below a sixteenth");
@@ -659,12 +661,12 @@ mod tests {
             "not above the configured rate"
         );
         assert_eq!(
-            Throttle::paced(1600, flushes, &metrics, None, Some(800)).pace(),
+            Throttle::paced(1600, &flushes, &metrics, None, Some(800)).pace(),
             Some(1600),
             "without a reference: the fixed rate"
         );
         assert_eq!(
-            Throttle::paced(0, flushes, &metrics, reference, Some(800)).pace(),
+            Throttle::paced(0, &flushes, &metrics, reference, Some(800)).pace(),
             None
         );
     }

@@ -11,6 +11,7 @@
 //! resolved). Its format is `cairn_launch::ReadyLine`'s, which also parses it.
 
 use crate::broker::Broker;
+use crate::compactor::FlushTimes;
 use crate::config::NodeConfig;
 use crate::metrics::NodeMetrics;
 use crate::server::{self, Connections, Phase};
@@ -72,17 +73,18 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             path: store_path.display().to_string(),
             reason: error.to_string(),
         })?;
-    // This node's own: everything that records into it is handed it (through the broker),
-    // so another node in the same process keeps its counts apart.
+    // This node's own: everything that records into them is handed these (through the
+    // broker), so another node in the same process keeps its counts apart.
     let metrics = Arc::new(NodeMetrics::new());
+    let flush_times = Arc::new(FlushTimes::new());
     let committer = GroupCommitter::start_observed(
         store.clone(),
         cairn_storage::GroupCommitConfig::default(),
         Some(Box::new({
-            let metrics = Arc::clone(&metrics);
+            let (metrics, flush_times) = (Arc::clone(&metrics), Arc::clone(&flush_times));
             move |took| {
                 metrics.flush_latency.observe(crate::metrics::seconds(took));
-                crate::compactor::flush_times().observe(took);
+                flush_times.observe(took);
             }
         })),
     );
@@ -149,6 +151,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         advertised,
         kafka_advertised.clone(),
         metrics,
+        flush_times,
     )
     .map_err(FatalError::Start)?;
 

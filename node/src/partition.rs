@@ -1979,6 +1979,7 @@ mod tests {
                 0,
                 crate::config::COMPACTION_INDEX_BYTES_MIN as usize,
                 Arc::clone(&metrics),
+                Arc::new(crate::compactor::FlushTimes::new()),
             ),
             peers: crate::peer::PeerTransport::new(
                 NodeId(1),

@@ -26,7 +26,7 @@
 //! - `admin`: create, alter and delete topics through `__meta`; internal topics; producer ids.
 //! - `group_support`: what the consumer-group coordinators need (`__offsets`, bounds, leaders).
 
-use crate::compactor::Compactor;
+use crate::compactor::{Compactor, FlushTimes};
 use crate::config::NodeConfig;
 use crate::group::assign::TopicPartitionCounts;
 use crate::group::state::PartitionBounds;
@@ -142,7 +142,11 @@ impl<S: LogStore> Broker<S> {
     /// Opens `__meta`, starts its actor and the applier. The broker is ready (see
     /// [`Broker::wait_ready`]) once `__meta` has a leader and its committed records are applied.
     ///
-    /// `metrics` is this node's own, which `node::run` also hands the store's flush observer.
+    /// `metrics` and `flush_times` are this node's own, which `node::run` also hands the
+    /// store's flush observer; the compactor paces itself by `flush_times`.
+    // Each argument is one of the node's parts, made once by `node::run`, its only caller; a
+    // struct to carry them there would only repeat this list.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: Arc<NodeConfig>,
         store: S,
@@ -151,6 +155,7 @@ impl<S: LogStore> Broker<S> {
         advertised_address: String,
         kafka_advertised_address: Option<String>,
         metrics: Arc<NodeMetrics>,
+        flush_times: Arc<FlushTimes>,
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
@@ -170,6 +175,7 @@ impl<S: LogStore> Broker<S> {
             config.retention.compaction_bytes_per_second,
             config.retention.compaction_index_bytes_max(),
             Arc::clone(&metrics),
+            flush_times,
         );
         let mut log = store
             .open_log(meta::META_LOG_NAME)
