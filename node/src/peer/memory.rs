@@ -195,6 +195,8 @@ mod tests {
                 .iter()
                 .map(|&node| {
                     let store = MemoryStore::new();
+                    // Each node's own, as in a node process.
+                    let metrics = Arc::new(crate::metrics::NodeMetrics::new());
                     let spec = PartitionSpec {
                         log_name: KEY.to_string(),
                         key: KEY,
@@ -215,9 +217,12 @@ mod tests {
                         compactor: Compactor::start(
                             0,
                             crate::config::COMPACTION_INDEX_BYTES_MIN as usize,
+                            Arc::clone(&metrics),
+                            Arc::new(crate::compactor::FlushTimes::new()),
                         ),
                         peers: network.transport(node),
                         leadership_changes: Arc::new(LeadershipEvents::new()),
+                        metrics,
                     };
                     let handle = PartitionHandle::start(spec, &actix::Arbiter::current()).unwrap();
                     network.attach(node, Arc::new(OneReplica(handle.clone())));
