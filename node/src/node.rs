@@ -14,6 +14,7 @@ use crate::broker::Broker;
 use crate::compactor::FlushTimes;
 use crate::config::NodeConfig;
 use crate::metrics::NodeMetrics;
+use crate::peer::{PeerTransport, PeerTransportConfig};
 use crate::server::{self, Connections, Phase};
 use cairn_storage::group_commit::GroupCommitter;
 use cairn_storage::sled_store::SledStore;
@@ -142,6 +143,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             tracing::warn!("{notice}");
         }
     }
+    let peers = peer_transport(&config);
     let config = Arc::new(config);
     let broker = Broker::start(
         Arc::clone(&config),
@@ -152,6 +154,7 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         kafka_advertised.clone(),
         metrics,
         flush_times,
+        peers,
     )
     .map_err(FatalError::Start)?;
 
@@ -282,6 +285,20 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This node's outgoing replication traffic, over TCP to the peers' client listeners.
+fn peer_transport(config: &NodeConfig) -> Arc<PeerTransport> {
+    let mut peer_config =
+        PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize);
+    // A restarted peer should hear its leader's heartbeats within a couple of heartbeat
+    // periods, not after a long reconnect back-off (it would stand for election for
+    // nothing meanwhile). Connection attempts to a dead peer are cheap.
+    peer_config.reconnect_backoff_max_ms =
+        (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
+    peer_config.source_ip = Some(config.listen.ip());
+    peer_config.secret = config.cluster_secret.clone();
+    PeerTransport::new(config.node_id, peer_config)
 }
 
 fn advertised_address(config: &NodeConfig, bound: std::net::SocketAddr) -> String {

@@ -38,7 +38,7 @@ use crate::partition::{
     wall_clock_ms, Clock, CompactionSettings, LeadershipEvents, PartitionHandle, PartitionSnapshot,
     PartitionSpec,
 };
-use crate::peer::{PeerInbox, PeerTransport, PeerTransportConfig};
+use crate::peer::{PeerInbox, PeerSend};
 use cairn_control::schema::SCHEMAS_TOPIC;
 use cairn_membership::{ClusterChange, LeadershipHints, NodeInfo};
 use cairn_protocol::batch::RecordBatch;
@@ -91,7 +91,9 @@ pub struct Broker<S: LogStore> {
     advertised_address: String,
     /// Where Kafka clients reach this node; `None` without a Kafka listener.
     kafka_advertised_address: Option<String>,
-    peers: Arc<PeerTransport>,
+    /// Where the replicas hosted here send to their peers: TCP in a node process, the
+    /// in-memory twin when a whole cluster runs in one process.
+    peers: Arc<dyn PeerSend>,
     /// Counts changes of what [`Broker::leadership_hints`] returns (a hosted replica's role
     /// or epoch, or the set of hosted replicas) and leaders starting to serve.
     leadership_changes: Arc<LeadershipEvents>,
@@ -143,9 +145,11 @@ impl<S: LogStore> Broker<S> {
     /// [`Broker::wait_ready`]) once `__meta` has a leader and its committed records are applied.
     ///
     /// `metrics` and `flush_times` are this node's own, which `node::run` also hands the
-    /// store's flush observer; the compactor paces itself by `flush_times`.
-    // Each argument is one of the node's parts, made once by `node::run`, its only caller; a
-    // struct to carry them there would only repeat this list.
+    /// store's flush observer; the compactor paces itself by `flush_times`. `peers` is the
+    /// caller's so that a test can run several brokers in one process over the in-memory
+    /// network (`crate::peer::memory`); the node process passes its TCP transport.
+    // Each argument is one of the node's parts, made once by `node::run` (or an in-process
+    // cluster test); a struct to carry them there would only repeat this list.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         config: Arc<NodeConfig>,
@@ -156,20 +160,11 @@ impl<S: LogStore> Broker<S> {
         kafka_advertised_address: Option<String>,
         metrics: Arc<NodeMetrics>,
         flush_times: Arc<FlushTimes>,
+        peers: Arc<dyn PeerSend>,
     ) -> Result<Arc<Broker<S>>, String> {
         assert!(!arbiters.is_empty(), "partition actors need an arbiter");
         let clock = Clock::new();
         let config_groups = config.groups.clone();
-        let mut peer_config =
-            PeerTransportConfig::with_frame_bytes_max(config.limits.frame_bytes_max as usize);
-        // A restarted peer should hear its leader's heartbeats within a couple of heartbeat
-        // periods, not after a long reconnect back-off (it would stand for election for
-        // nothing meanwhile). Connection attempts to a dead peer are cheap.
-        peer_config.reconnect_backoff_max_ms =
-            (config.replica.heartbeat_ms * 2).clamp(peer_config.reconnect_backoff_min_ms, 1_000);
-        peer_config.source_ip = Some(config.listen.ip());
-        peer_config.secret = config.cluster_secret.clone();
-        let peers = PeerTransport::new(config.node_id, peer_config);
         let leadership_changes = Arc::new(LeadershipEvents::new());
         let compactor = Compactor::start(
             config.retention.compaction_bytes_per_second,
@@ -262,11 +257,6 @@ impl<S: LogStore> Broker<S> {
     /// This node's event metrics, which the `/metrics` scrape encodes.
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
         &self.metrics
-    }
-
-    /// Outgoing replication traffic of this node.
-    pub fn peers(&self) -> &Arc<PeerTransport> {
-        &self.peers
     }
 
     /// The replica stored as `log`, if this node hosts it now.

@@ -145,6 +145,9 @@ impl PeerSend for MemoryTransport {
         let message = from_wire(wire.message).expect("a message we converted converts back");
         inbox.deliver(self.node, wire.replica, message);
     }
+
+    /// Ignored: the network routes by node id, so an in-process node needs no address.
+    fn set_address(&self, _peer: NodeId, _address: String) {}
 }
 
 #[cfg(test)]

@@ -91,6 +91,10 @@ pub mod memory;
 pub trait PeerSend: Send + Sync + 'static {
     /// Queues `message` for the replica `replica` on node `to`.
     fn send(&self, to: NodeId, replica: ReplicaKey, message: &PeerMessage);
+
+    /// Where `peer` listens, as membership last reported it. A transport that routes by node
+    /// id alone (the in-memory twin) has no use for it.
+    fn set_address(&self, peer: NodeId, address: String);
 }
 
 /// What receives the messages that arrive from peers.
@@ -179,6 +183,10 @@ impl PeerTransport {
 impl PeerSend for PeerTransport {
     fn send(&self, to: NodeId, replica: ReplicaKey, message: &PeerMessage) {
         PeerTransport::send(self, to, replica, message);
+    }
+
+    fn set_address(&self, peer: NodeId, address: String) {
+        PeerTransport::set_address(self, peer, address);
     }
 }
 
