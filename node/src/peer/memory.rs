@@ -11,10 +11,12 @@
 //!
 //! Partition actors of several nodes then run on one actix system. With tokio's clock paused
 //! (`tokio::time::pause`), the replicas' clock ([`crate::partition::Clock`]), their ticks and
-//! every sleep run on virtual time, which the tests below move ten times faster than real
-//! time: seconds of leases, elections and failovers take a fraction of a second, and no real
-//! process is needed. What needs processes (gossip, the listener, kills, disks) stays with the
-//! integration tests and the chaos harness.
+//! every sleep run on virtual time, which the test helper `on_virtual_time` moves ten times
+//! faster than real time: seconds of leases, elections and failovers take a fraction of a
+//! second, and no real process is needed. The tests below run bare partition actors on it;
+//! `broker::in_process_tests` runs whole brokers (`__meta`, catalog, partitions). What needs
+//! processes (gossip, the listener, kills, disks) stays with the integration tests and the
+//! chaos harness.
 
 use super::{from_wire, to_wire, PeerInbox, PeerSend};
 use cairn_protocol::peer::ReplicaKey;
@@ -148,6 +150,31 @@ impl PeerSend for MemoryTransport {
 
     /// Ignored: the network routes by node id, so an in-process node needs no address.
     fn set_address(&self, _peer: NodeId, _address: String) {}
+}
+
+#[cfg(test)]
+/// Runs `test` on a new actix system whose tokio clock is paused and moved by a driver task.
+///
+/// Left to itself, a paused runtime jumps to its next timer whenever it is idle, and it is
+/// idle while a replica's flush runs on its group committer's thread, which it does not
+/// see: it would then skip straight to another replica's election deadline. So the driver
+/// keeps it busy and moves the clock itself, one millisecond per 100 µs of real time, and
+/// a flush takes a few virtual milliseconds at most, well inside a lease.
+///
+/// Everything the test starts must run on this system's one arbiter (the current one): another
+/// arbiter's runtime keeps real time.
+pub(crate) fn on_virtual_time<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
+    actix::System::new().block_on(async {
+        tokio::time::pause();
+        let driver = actix::spawn(async {
+            loop {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+                tokio::time::advance(std::time::Duration::from_millis(1)).await;
+            }
+        });
+        test().await;
+        driver.abort();
+    });
 }
 
 #[cfg(test)]
@@ -314,27 +341,6 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-    }
-
-    /// Runs `test` on an actix system whose tokio clock is paused and moved by a driver task.
-    ///
-    /// Left to itself, a paused runtime jumps to its next timer whenever it is idle, and it is
-    /// idle while a replica's flush runs on its group committer's thread, which it does not
-    /// see: it would then skip straight to another replica's election deadline. So the driver
-    /// keeps it busy and moves the clock itself, one millisecond per 100 µs of real time, and
-    /// a flush takes a few virtual milliseconds at most, well inside a lease.
-    fn on_virtual_time<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
-        actix::System::new().block_on(async {
-            tokio::time::pause();
-            let driver = actix::spawn(async {
-                loop {
-                    std::thread::sleep(Duration::from_micros(100));
-                    tokio::time::advance(Duration::from_millis(1)).await;
-                }
-            });
-            test().await;
-            driver.abort();
-        });
     }
 
     /// Three replicas elect one leader; every record it acknowledged is then served, in the
