@@ -65,6 +65,8 @@ mod admin;
 mod applier;
 mod describe;
 mod group_support;
+#[cfg(test)]
+mod in_process_tests;
 mod leadership;
 mod routing;
 
