@@ -329,7 +329,7 @@ impl WatermarkWriter {
             sync: file.sync,
         };
         let thread = std::thread::Builder::new()
-            .name("cairn-watermarks".to_owned())
+            .name("cairn-watermark".to_owned())
             .spawn(move || {
                 for job in queue {
                     // A flush that stopped waiting has nothing to be told.
