@@ -229,6 +229,10 @@ impl LocalCluster {
                 self.secret_path().to_string_lossy().into_owned(),
             ]);
         }
+        // The nodes share this machine's cores, as `cairn dev`'s do (extra arguments win).
+        if let Some(threads) = cairn_launch::colocated_threads(usize::from(self.node_count)) {
+            arguments.extend(["--set".to_owned(), format!("threads={threads}")]);
+        }
         arguments.extend(self.extra_args.iter().cloned());
         arguments
     }

@@ -32,6 +32,19 @@ use std::time::{Duration, Instant};
 
 pub mod ports;
 
+/// The `threads` setting (`--set threads=N`) for each of `nodes` nodes that share this
+/// machine: its cores split evenly, at least one each. A node's default is a network worker
+/// and a partition arbiter per core; three such nodes on two cores run twelve busy threads,
+/// and their context switches cost more than the work (benches/results/threads-2026-12-05.md).
+/// `None` when one node has the machine to itself (its default is right).
+pub fn colocated_threads(nodes: usize) -> Option<usize> {
+    if nodes <= 1 {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    Some((cores / nodes).max(1))
+}
+
 /// What every ready line starts with.
 pub const READY_PREFIX: &str = "cairn node ready ";
 

@@ -238,3 +238,13 @@ fn a_missing_binary_or_log_directory_is_a_typed_error() {
         Err(LaunchError::Log { log: named, .. }) if named == log
     ));
 }
+
+/// Nodes sharing the machine split its cores, at least one thread each; a lone node keeps
+/// its default (one of each kind per core).
+#[test]
+fn colocated_nodes_split_the_cores() {
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    assert_eq!(colocated_threads(1), None);
+    assert_eq!(colocated_threads(2), Some((cores / 2).max(1)));
+    assert_eq!(colocated_threads(cores * 4), Some(1));
+}

@@ -242,8 +242,10 @@ fn run_node_logged(args: NodeArgs) -> i32 {
             return 2;
         }
     };
-    let runtime = || {
+    let threads = config.threads;
+    let runtime = move || {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
             .enable_all()
             .thread_name("cairn-net")
             .build()

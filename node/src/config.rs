@@ -313,6 +313,9 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
+    /// Threads of the network runtime, and arbiters (threads) running partition actors: this
+    /// many of each. The file's 0 means one of each per core, resolved here.
+    pub threads: usize,
     /// Replication factor of topics created without one (capped to the cluster size).
     pub default_replication_factor: u16,
     pub groups: GroupSettings,
@@ -362,6 +365,7 @@ struct FileConfig {
     listen: Option<String>,
     advertised_address: Option<String>,
     shutdown_grace_ms: u64,
+    threads: u32,
     default_replication_factor: u16,
     seeds: Option<String>,
     initial_voters: Option<String>,
@@ -385,6 +389,7 @@ pub const KEYS: &[&str] = &[
     "listen",
     "advertised_address",
     "shutdown_grace_ms",
+    "threads",
     "default_replication_factor",
     "seeds",
     "initial_voters",
@@ -468,6 +473,7 @@ fn preset_table(preset: Preset) -> toml::Table {
         Preset::Default => {
             r#"
             shutdown_grace_ms = 5000
+            threads = 0
             default_replication_factor = 3
             gossip_interval_ms = 200
             [limits]
@@ -530,6 +536,7 @@ fn preset_table(preset: Preset) -> toml::Table {
         Preset::Test => {
             r#"
             shutdown_grace_ms = 1000
+            threads = 0
             default_replication_factor = 3
             gossip_interval_ms = 50
             [limits]
@@ -948,6 +955,12 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         file.shutdown_grace_ms <= 600_000,
         "a supervisor waiting for the node to stop should not wait more than ten minutes",
     )?;
+    rule(
+        "threads <= 256",
+        file.threads <= 256,
+        "each thread is a network worker and a partition arbiter; more than the cores only adds \
+         context switches",
+    )?;
     if let Some(address) = &file.advertised_address {
         rule(
             "advertised_address is HOST:PORT",
@@ -972,6 +985,10 @@ fn validate(file: FileConfig) -> Result<NodeConfig, ConfigError> {
         retention,
         storage,
         shutdown_grace_ms: file.shutdown_grace_ms,
+        threads: match file.threads {
+            0 => std::thread::available_parallelism().map_or(2, |cores| cores.get()),
+            threads => threads as usize,
+        },
         default_replication_factor: file.default_replication_factor,
         groups,
         http,
@@ -1206,6 +1223,23 @@ mod tests {
         assert_eq!(
             config.limits.request_entries_max,
             cairn_protocol::frame::REQUEST_ENTRIES_MAX_DEFAULT
+        );
+    }
+
+    /// `threads = 0` (the default) is one network worker and one partition arbiter per core;
+    /// a number is taken as given; more than 256 is refused by its rule.
+    #[test]
+    fn threads_default_to_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+        assert_eq!(base().build().unwrap().threads, cores);
+        assert_eq!(
+            base().set("flag", "threads", "1").build().unwrap().threads,
+            1
+        );
+        let refused = base().set("flag", "threads", "257").build();
+        assert!(
+            matches!(&refused, Err(ConfigError::Rule { rule, .. }) if *rule == "threads <= 256"),
+            "{refused:?}"
         );
     }
 

@@ -89,10 +89,8 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             }
         })),
     );
-    let arbiter_count = std::thread::available_parallelism()
-        .map(|cores| cores.get())
-        .unwrap_or(2);
-    let arbiters: Vec<actix::Arbiter> = (0..arbiter_count).map(|_| actix::Arbiter::new()).collect();
+    let arbiters: Vec<actix::Arbiter> =
+        (0..config.threads).map(|_| actix::Arbiter::new()).collect();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|error| FatalError::Listen {

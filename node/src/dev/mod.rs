@@ -168,6 +168,11 @@ pub fn node_arguments(args: &DevArgs, node_id: u32) -> Vec<String> {
             secret_path(args).to_string_lossy().into_owned(),
         ]);
     }
+    // The nodes share this machine's cores (a user's `--node-arg=--set=threads=N` comes later
+    // and wins).
+    if let Some(threads) = cairn_launch::colocated_threads(usize::from(args.nodes)) {
+        arguments.extend(["--set".to_owned(), format!("threads={threads}")]);
+    }
     arguments.extend(args.node_args.iter().cloned());
     arguments
 }
@@ -912,6 +917,8 @@ mod tests {
 
     #[test]
     fn three_nodes_get_consecutive_ports_and_the_cluster_flags() {
+        let threads = cairn_launch::colocated_threads(3).expect("three nodes share the cores");
+        let threads = format!("threads={threads}");
         assert_eq!(
             node_arguments(&args(3), 2),
             [
@@ -932,6 +939,8 @@ mod tests {
                 "1,2,3",
                 "--cluster-secret-file",
                 "/tmp/d/cluster-secret",
+                "--set",
+                &threads,
                 "--preset=test",
             ]
         );
