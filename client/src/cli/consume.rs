@@ -32,7 +32,8 @@ const POLL_WAIT_MAX: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
-    pub topic: String,
+    #[command(flatten)]
+    pub topic: super::TopicArg,
     /// Read only this partition (default: all partitions of the topic).
     #[arg(short, long, conflicts_with = "group")]
     pub partition: Option<u32>,
@@ -200,10 +201,10 @@ async fn consume(
     }
     let partitions = match args.partition {
         Some(partition) => {
-            consumer.assign(&[(&args.topic, partition)]).await?;
+            consumer.assign(&[(args.topic.name(), partition)]).await?;
             vec![partition]
         }
-        None => consumer.assign_topic(&args.topic).await?,
+        None => consumer.assign_topic(args.topic.name()).await?,
     };
     let start = if args.from_beginning {
         Start::Beginning
@@ -213,7 +214,7 @@ async fn consume(
         args.offset.unwrap_or(Start::End)
     };
     for &partition in &partitions {
-        seek_start(&mut consumer, &args.topic, partition, start).await?;
+        seek_start(&mut consumer, args.topic.name(), partition, start).await?;
     }
     if max_messages == 0 {
         return Ok(Stop::Done);
@@ -223,7 +224,7 @@ async fn consume(
     if args.exit_at_end {
         for &partition in &partitions {
             let end = consumer
-                .list_offset(&args.topic, partition, OffsetSpec::Latest)
+                .list_offset(args.topic.name(), partition, OffsetSpec::Latest)
                 .await?;
             ends.insert(partition, end);
         }
@@ -232,7 +233,7 @@ async fn consume(
         args.exit_at_end
             && ends.iter().all(|(&partition, &end)| {
                 consumer
-                    .position(&args.topic, partition)
+                    .position(args.topic.name(), partition)
                     .is_some_and(|position| position >= end)
             })
     };
@@ -342,7 +343,11 @@ async fn consume_in_group(
     max_messages: u64,
 ) -> Result<Stop, ClientError> {
     consumer
-        .subscribe_with_listener(&[&args.topic], group, Box::new(CommitPositionsOnRevoke))
+        .subscribe_with_listener(
+            &[args.topic.name()],
+            group,
+            Box::new(CommitPositionsOnRevoke),
+        )
         .await?;
     let stop = if max_messages == 0 {
         Ok(Stop::Done)

@@ -23,6 +23,28 @@ use cairn_protocol::ApiError;
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
+/// The topic a command reads or writes: after the options (`cairn consume orders`) or, as kcat
+/// and the Kafka tools spell it, `-t orders` / `--topic orders`. Exactly one of the two.
+#[derive(Debug, Clone, Args)]
+#[group(id = "topic_given", required = true, multiple = false)]
+pub struct TopicArg {
+    /// The topic.
+    #[arg(value_name = "TOPIC")]
+    positional: Option<String>,
+    /// The topic, in kcat's spelling (instead of the TOPIC argument).
+    #[arg(short = 't', long = "topic", value_name = "TOPIC")]
+    flag: Option<String>,
+}
+
+impl TopicArg {
+    pub fn name(&self) -> &str {
+        self.positional
+            .as_deref()
+            .or(self.flag.as_deref())
+            .expect("clap requires one of the two")
+    }
+}
+
 /// Default broker address when neither `--bootstrap` nor `CAIRN_BOOTSTRAP` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:7171";
 
@@ -440,6 +462,38 @@ pub fn describe_table(topic: &crate::DescribeTopicResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The topic after the options or as kcat's `-t`, exactly one of them, for both commands
+    /// that take one.
+    #[test]
+    fn the_topic_is_the_argument_or_kcats_t_flag() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: ClientCommand,
+        }
+        let topic = |args: &[&str]| {
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                ClientCommand::Produce(args) => args.topic.name().to_owned(),
+                ClientCommand::Consume(args) => args.topic.name().to_owned(),
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        for command in ["produce", "consume"] {
+            assert_eq!(topic(&["cairn", command, "orders"]).unwrap(), "orders");
+            assert_eq!(
+                topic(&["cairn", command, "-t", "orders"]).unwrap(),
+                "orders"
+            );
+            assert_eq!(
+                topic(&["cairn", command, "--topic=orders"]).unwrap(),
+                "orders"
+            );
+            assert!(topic(&["cairn", command]).is_err());
+            assert!(topic(&["cairn", command, "-t", "a", "b"]).is_err());
+        }
+    }
     use cairn_protocol::messages::PartitionDescription;
     use cairn_protocol::{Epoch, NodeId, Offset};
 

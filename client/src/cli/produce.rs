@@ -74,7 +74,8 @@ impl From<CompressionArg> for Compression {
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
-    pub topic: String,
+    #[command(flatten)]
+    pub topic: super::TopicArg,
     /// Split each line at the first SEP into key and value (a line without SEP has no key).
     #[arg(short = 'K', long, value_name = "SEP")]
     pub key_separator: Option<String>,
@@ -321,13 +322,13 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 /// The topic exists, and so does the partition if one was named.
 async fn check_target(config: &ClientConfig, args: &ProduceArgs) -> Result<(), ClientError> {
     let topic = crate::Admin::new(config.clone())?
-        .topic_metadata(&args.topic)
+        .topic_metadata(args.topic.name())
         .await?;
     let partitions = topic.partitions.len() as u32;
     match args.partition {
         Some(partition) if partition >= partitions => Err(ClientError::Api(
             cairn_protocol::ApiError::UnknownPartition {
-                topic: args.topic.clone(),
+                topic: args.topic.name().to_owned(),
                 partition,
                 partitions,
             },
@@ -413,8 +414,8 @@ pub async fn run(config: ClientConfig, args: ProduceArgs, output: super::Output)
                 record = record.with_header(key.clone(), Bytes::from(value.clone()));
             }
             let sending = match args.partition {
-                Some(partition) => producer.send_to(&args.topic, partition, record).await,
-                None => producer.send(&args.topic, record).await,
+                Some(partition) => producer.send_to(args.topic.name(), partition, record).await,
+                None => producer.send(args.topic.name(), record).await,
             };
             match sending {
                 Ok(delivery) => {
@@ -437,7 +438,7 @@ pub async fn run(config: ClientConfig, args: ProduceArgs, output: super::Output)
     let error = failure.or(tally.first_error).or(flushed.err());
     if output == super::Output::Json {
         super::print_json(&serde_json::json!({
-            "topic": args.topic,
+            "topic": args.topic.name(),
             "sent": sent,
             "acknowledged": tally.acknowledged,
             "failed": tally.failed,
@@ -449,7 +450,7 @@ pub async fn run(config: ClientConfig, args: ProduceArgs, output: super::Output)
             eprintln!(
                 "produced {} to '{}' in {elapsed:.2}s",
                 plural(sent, "record"),
-                args.topic
+                args.topic.name()
             );
             0
         }
