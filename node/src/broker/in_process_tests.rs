@@ -12,7 +12,7 @@
 
 use super::*;
 use crate::config::{ConfigBuilder, Preset};
-use crate::peer::memory::{on_virtual_time, MemoryNetwork};
+use crate::peer::memory::{on_virtual_time, single_leader, MemoryNetwork};
 use cairn_membership::Generation;
 use cairn_protocol::batch::{Record, RecordBatchBuilder};
 use cairn_storage::MemoryStore;
@@ -110,24 +110,10 @@ impl Cluster {
     /// The one broker among `among` whose replica of `log` leads, with its epoch, once
     /// exactly one does.
     async fn leader(&self, log: &str, among: &[usize]) -> (usize, Epoch) {
-        let deadline = tokio::time::Instant::now() + WITHIN;
-        loop {
-            let leaders: Vec<(usize, Epoch)> = among
-                .iter()
-                .filter_map(|&index| {
-                    let snapshot = self.brokers[index].hosted_log(log)?.shared.snapshot();
-                    (snapshot.role == Role::Leader).then_some((index, snapshot.epoch))
-                })
-                .collect();
-            if let [leader] = leaders[..] {
-                return leader;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no single leader of {log} among {among:?} within {WITHIN:?}: {leaders:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        single_leader(among, WITHIN, log, |index| {
+            Some(self.brokers[index].hosted_log(log)?.shared.snapshot())
+        })
+        .await
     }
 
     /// Produces `value` to `partition` through broker `index`'s produce routing, with

@@ -178,6 +178,36 @@ pub(crate) fn on_virtual_time<F: std::future::Future<Output = ()>>(test: impl Fn
 }
 
 #[cfg(test)]
+/// Waits, on virtual time, until exactly one of the replicas `among` leads, and returns its
+/// index and epoch. `snapshot` reads replica `index`'s state (`None`: not hosted there yet);
+/// `what` names the replicas in the failure message.
+pub(crate) async fn single_leader(
+    among: &[usize],
+    within: std::time::Duration,
+    what: &str,
+    snapshot: impl Fn(usize) -> Option<crate::partition::PartitionSnapshot>,
+) -> (usize, cairn_protocol::Epoch) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let leaders: Vec<(usize, cairn_protocol::Epoch)> = among
+            .iter()
+            .filter_map(|&index| {
+                let snapshot = snapshot(index)?;
+                (snapshot.role == cairn_replica::Role::Leader).then_some((index, snapshot.epoch))
+            })
+            .collect();
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no single leader of {what} among {among:?} within {within:?}: {leaders:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::compactor::Compactor;
@@ -269,23 +299,10 @@ mod tests {
         /// The index of the one replica among `among` that leads, with its epoch, once
         /// exactly one does, within `within` (virtual time).
         async fn leader(&self, among: &[usize], within: Duration) -> (usize, Epoch) {
-            let deadline = tokio::time::Instant::now() + within;
-            loop {
-                let leaders: Vec<(usize, Epoch)> = among
-                    .iter()
-                    .map(|&index| (index, self.replicas[index].shared.snapshot()))
-                    .filter(|(_, snapshot)| snapshot.role == Role::Leader)
-                    .map(|(index, snapshot)| (index, snapshot.epoch))
-                    .collect();
-                if let [leader] = leaders[..] {
-                    return leader;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "no single leader among {among:?} within {within:?}: {leaders:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            single_leader(among, within, "the partition", |index| {
+                Some(self.replicas[index].shared.snapshot())
+            })
+            .await
         }
 
         /// Produces one record `value` through replica `index` and waits for its answer.
