@@ -169,7 +169,7 @@ impl WatermarkTable {
 }
 
 /// The file inside a sled database's directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct WatermarkFile {
     path: PathBuf,
     /// `fsync` the file and its directory after each rewrite (with `Durability::Fsync`).
@@ -324,10 +324,7 @@ impl WatermarkWriter {
         // One job runs and one waits at most: a flush waits for its own job, so flushes that
         // overlap (a shutdown's beside the group commit's) are the only ones that queue.
         let (jobs, queue) = mpsc::sync_channel::<WriteJob>(1);
-        let file = WatermarkFile {
-            path: file.path.clone(),
-            sync: file.sync,
-        };
+        let file = file.clone();
         let thread = std::thread::Builder::new()
             .name("cairn-watermark".to_owned())
             .spawn(move || {
