@@ -243,13 +243,22 @@ fn run_node_logged(args: NodeArgs) -> i32 {
         }
     };
     let threads = config.threads;
+    // One thread: the network tasks run on the thread that also runs the partition actors
+    // (see `node::run`), so a produce crosses no thread between its socket and its partition.
     let runtime = move || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .thread_name("cairn-net")
-            .build()
-            .expect("a tokio runtime (the OS refused threads)")
+        if threads == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime")
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .thread_name("cairn-net")
+                .build()
+                .expect("a tokio runtime (the OS refused threads)")
+        }
     };
     let system = actix::System::with_tokio_rt(runtime);
     match system.block_on(crate::node::run(config)) {

@@ -314,7 +314,8 @@ pub struct NodeConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// Threads of the network runtime, and arbiters (threads) running partition actors: this
-    /// many of each. The file's 0 means one of each per core, resolved here.
+    /// many of each, except that 1 runs both on one thread. The file's 0 means one of each per
+    /// core, resolved here.
     pub threads: usize,
     /// Replication factor of topics created without one (capped to the cluster size).
     pub default_replication_factor: u16,

@@ -89,8 +89,15 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
             }
         })),
     );
-    let arbiters: Vec<actix::Arbiter> =
-        (0..config.threads).map(|_| actix::Arbiter::new()).collect();
+    // With one thread the partition actors share the system arbiter, the thread the network
+    // runtime runs on: a produce's hops between its connection task, its partition and the
+    // peer links are then queue pushes, not thread wake-ups. On a shared 2-core machine this
+    // lowered the half-rate publish p99 by 15-30% (benches/results/one-thread-2026-12-05.md).
+    let arbiters: Vec<actix::Arbiter> = if config.threads == 1 {
+        Vec::new()
+    } else {
+        (0..config.threads).map(|_| actix::Arbiter::new()).collect()
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|error| FatalError::Listen {
@@ -147,7 +154,11 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         Arc::clone(&config),
         store.clone(),
         committer.clone(),
-        arbiters.iter().map(|arbiter| arbiter.handle()).collect(),
+        if arbiters.is_empty() {
+            vec![actix::Arbiter::current()]
+        } else {
+            arbiters.iter().map(|arbiter| arbiter.handle()).collect()
+        },
         advertised,
         kafka_advertised.clone(),
         metrics,
