@@ -266,7 +266,7 @@ struct SledStoreInner {
     open_logs: Mutex<HashMap<String, Weak<Mutex<SledLogInner>>>>,
     /// Every log's watermark, and the file that keeps them (rewritten by `flush`).
     watermarks: Arc<Mutex<WatermarkTable>>,
-    watermark_file: WatermarkFile,
+    watermark_path: PathBuf,
     /// Writes the file beside each flush's database syncs.
     watermark_writer: WatermarkWriter,
     /// Where the damaged database was moved when this store had to start empty.
@@ -363,7 +363,7 @@ impl SledStore {
     ) -> Result<SledStore, StorageError> {
         let path = path.as_ref();
         let fsync = config.durability == Durability::Fsync;
-        let watermark_file = WatermarkFile::inside(path, fsync);
+        let mut watermark_file = WatermarkFile::inside(path, fsync);
         let mut watermarks = watermark_file.load()?;
         let sled_config = sled::Config::new()
             .path(path)
@@ -393,7 +393,9 @@ impl SledStore {
                 rebuilt_from = Some(aside);
                 let db = open_sled(&sled_config, false)
                     .map_err(|(reason, _)| StorageError::Io(reason))?;
-                // The watermarks moved aside with the database; the new one keeps them.
+                // The watermarks moved aside with the database; the new one keeps them, in a
+                // file of its own (the open one went aside too).
+                watermark_file = WatermarkFile::inside(path, fsync);
                 watermarks.dirty = true;
                 watermark_file.store(&mut watermarks)?;
                 db
@@ -408,8 +410,8 @@ impl SledStore {
                 sled_config,
                 open_logs: Mutex::new(HashMap::new()),
                 watermarks: Arc::new(Mutex::new(watermarks)),
-                watermark_writer: WatermarkWriter::start(&watermark_file)?,
-                watermark_file,
+                watermark_path: watermark_file.path().to_owned(),
+                watermark_writer: WatermarkWriter::start(watermark_file)?,
                 rebuilt_from,
             }),
         })
@@ -434,7 +436,7 @@ impl SledStore {
 
     /// The watermark file (see [`crate::watermark`]).
     pub fn watermark_path(&self) -> &Path {
-        self.inner.watermark_file.path()
+        &self.inner.watermark_path
     }
 
     fn open_logs(&self) -> MutexGuard<'_, HashMap<String, Weak<Mutex<SledLogInner>>>> {
@@ -945,20 +947,26 @@ mod tests {
         log.raise_committed_watermark(Offset(3)).unwrap();
         store.flush().unwrap();
         let on_disk = |store: &SledStore| {
-            let file = WatermarkFile::inside(directory.path(), false);
+            let mut file = WatermarkFile::inside(directory.path(), false);
             assert_eq!(file.path(), store.watermark_path());
             file.load().unwrap().get("p")
         };
         assert_eq!(on_disk(&store).committed_end, Offset(3));
 
-        // A directory where the writer puts its temporary file makes the write fail.
+        // Rewrites go in place until the table outgrows its slot; then the file is replaced
+        // through a temporary file, and a directory in that file's place makes the write fail.
         log.append(&batch(2).stamped(Offset(3), Epoch(1))).unwrap();
         store.flush().unwrap();
         log.raise_committed_watermark(Offset(5)).unwrap();
-        let blocker = directory.path().join(format!("{WATERMARK_FILE_NAME}.tmp"));
-        if blocker.exists() {
-            std::fs::remove_file(&blocker).unwrap();
+        let mut others = Vec::new();
+        for index in 0..100 {
+            let mut other = store
+                .open_log(&format!("a-topic-with-a-rather-long-name/{index}"))
+                .unwrap();
+            other.set_promised_epoch(Epoch(2)).unwrap();
+            others.push(other);
         }
+        let blocker = directory.path().join(format!("{WATERMARK_FILE_NAME}.tmp"));
         std::fs::create_dir(&blocker).unwrap();
         let failed = store.flush();
         assert!(

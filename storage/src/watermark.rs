@@ -12,10 +12,16 @@
 //! watermark lost committed data on this replica; see `PartitionLog`.
 //!
 //! The file is `cairn.watermarks` inside the database directory (sled leaves files it does not
-//! know alone). Its bytes: the magic `CAIRNWM1`, a u32 entry count,
-//! per entry a u16 name length, the name, the committed end (u64) and the promised epoch
-//! (u64), all big-endian, then a CRC32C of everything before it. A file that fails its
-//! checksum is a typed error at open, never read as "no watermarks".
+//! know alone). A *table* is encoded as the magic `CAIRNWM1`, a u32 entry count, per entry a
+//! u16 name length, the name, the committed end (u64) and the promised epoch (u64), all
+//! big-endian, then a CRC32C of everything before it. The file holds two *slots* of equal,
+//! page-aligned size; each slot is the magic `CAIRNWS2`, a u64 sequence number, a u32 length,
+//! that many bytes of table, and a CRC32C of the slot's bytes before it. A rewrite overwrites
+//! the older slot in place (see [`WatermarkFile::store`]), so the newer one is intact whatever
+//! a crash does to the write; an open takes the valid slot with the higher sequence. A file
+//! with no valid slot is a typed error at open, never read as "no watermarks". A file holding
+//! one bare table (the format before slots) is read as that table and replaced by the slot
+//! format on its next rewrite.
 
 use crate::StorageError;
 use cairn_protocol::{Epoch, Offset};
@@ -25,6 +31,19 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 const MAGIC: &[u8; 8] = b"CAIRNWM1";
+
+/// The magic at the start of each slot.
+const SLOT_MAGIC: &[u8; 8] = b"CAIRNWS2";
+
+/// A slot's bytes around its table: magic, sequence, length, and the slot's checksum.
+const SLOT_OVERHEAD: usize = 8 + 8 + 4 + 4;
+
+/// The smallest slot: one page, so that writing one slot never rewrites a page (or a sector)
+/// of the other. A table of about 80 logs fits; larger ones double it as needed.
+const SLOT_BYTES_MIN: usize = 4096;
+
+/// Slots larger than this are refused (a damaged file's size must not make the reader guess).
+const SLOT_BYTES_MAX: usize = 1 << 30;
 
 /// The file's name inside the database directory.
 pub const WATERMARK_FILE_NAME: &str = "cairn.watermarks";
@@ -139,6 +158,99 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A slot's bytes (without padding) holding `table`, an [`encode`]d table.
+fn encode_slot(sequence: u64, table: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SLOT_OVERHEAD + table.len());
+    out.extend_from_slice(SLOT_MAGIC);
+    out.extend_from_slice(&sequence.to_be_bytes());
+    out.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    out.extend_from_slice(table);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// The sequence and the table of a slot (`slot` is the whole slot, padding included).
+fn decode_slot(slot: &[u8]) -> Result<(u64, BTreeMap<String, Watermark>), StorageError> {
+    let mut cursor = Cursor(slot);
+    if cursor.take(8)? != SLOT_MAGIC {
+        return Err(damaged("a slot has no magic"));
+    }
+    let sequence = cursor.u64()?;
+    let table_len = cursor.u32()? as usize;
+    let table = cursor.take(table_len)?;
+    let crc = cursor.u32()?;
+    let covered = &slot[..SLOT_OVERHEAD - 4 + table_len];
+    if crc32c::crc32c(covered) != crc {
+        return Err(damaged("a slot's checksum mismatch"));
+    }
+    Ok((sequence, decode(table)?))
+}
+
+/// The slot size for a slot's bytes: a power of two of at least a page.
+fn slot_bytes_for(slot_len: usize) -> usize {
+    slot_len.next_power_of_two().max(SLOT_BYTES_MIN)
+}
+
+/// What a file's bytes hold: its newest table, and the slot layout if it has one.
+fn decode_file(bytes: &[u8]) -> Result<(BTreeMap<String, Watermark>, Option<Slots>), StorageError> {
+    if bytes.starts_with(MAGIC) {
+        return Ok((decode(bytes)?, None));
+    }
+    let slot_bytes = bytes.len() / 2;
+    if !bytes.len().is_multiple_of(2)
+        || !slot_bytes.is_power_of_two()
+        || !(SLOT_BYTES_MIN..=SLOT_BYTES_MAX).contains(&slot_bytes)
+    {
+        return Err(damaged("its size is not two slots"));
+    }
+    let (first, second) = bytes.split_at(slot_bytes);
+    let skipped = |slot: &[u8], error: StorageError| {
+        // A slot never written since the file was made is zeros; any other is a rewrite a
+        // crash cut short, or damage.
+        if slot.iter().any(|byte| *byte != 0) {
+            tracing::warn!(%error, "a watermark slot is damaged (a rewrite cut short by a crash, or a damaged disk): the other one, a rewrite older, is used");
+        }
+    };
+    let newest = match (decode_slot(first), decode_slot(second)) {
+        (Ok(a), Ok(b)) => [(0, a), (1, b)]
+            .into_iter()
+            .max_by_key(|(_, (seq, _))| *seq),
+        (Ok(a), Err(error)) => {
+            skipped(second, error);
+            Some((0, a))
+        }
+        (Err(error), Ok(b)) => {
+            skipped(first, error);
+            Some((1, b))
+        }
+        (Err(error), Err(_)) => return Err(error),
+    };
+    let (index, (sequence, table)) = newest.expect("one slot is valid");
+    Ok((
+        table,
+        Some(Slots {
+            slot_bytes,
+            sequence,
+            newest: index,
+        }),
+    ))
+}
+
+fn io_error<'a>(path: &'a Path, doing: &'a str) -> impl Fn(std::io::Error) -> StorageError + 'a {
+    move |error| StorageError::Io(format!("cannot {doing} {}: {error}", path.display()))
+}
+
+/// Where the slot format stands in an open file: the next rewrite goes to the other slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slots {
+    slot_bytes: usize,
+    /// The newest slot's sequence number.
+    sequence: u64,
+    /// The newest slot: 0 or 1.
+    newest: usize,
+}
+
 /// The per-store table: what is recorded now, and whether the file lags it.
 #[derive(Debug, Default)]
 pub(crate) struct WatermarkTable {
@@ -168,12 +280,16 @@ impl WatermarkTable {
     }
 }
 
-/// The file inside a sled database's directory.
-#[derive(Debug, Clone)]
+/// The file inside a sled database's directory, and, once it is in the slot format, its open
+/// handle for rewrites in place.
+#[derive(Debug)]
 pub(crate) struct WatermarkFile {
     path: PathBuf,
-    /// `fsync` the file and its directory after each rewrite (with `Durability::Fsync`).
+    /// `fdatasync` each rewrite, and the directory after a replacement (with
+    /// `Durability::Fsync`).
     sync: bool,
+    /// The file open for writing, and where its slots stand.
+    open: Option<(std::fs::File, Slots)>,
 }
 
 impl WatermarkFile {
@@ -181,6 +297,7 @@ impl WatermarkFile {
         WatermarkFile {
             path: store_path.join(WATERMARK_FILE_NAME),
             sync,
+            open: None,
         }
     }
 
@@ -189,42 +306,49 @@ impl WatermarkFile {
     }
 
     /// Reads the file; a missing file is an empty table (a new store, or one from before
-    /// watermarks existed).
-    pub(crate) fn load(&self) -> Result<WatermarkTable, StorageError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => Ok(WatermarkTable {
-                entries: decode(&bytes).map_err(|error| match error {
-                    StorageError::WatermarksDamaged { reason } => StorageError::WatermarksDamaged {
-                        reason: format!("{}: {reason}", self.path.display()),
-                    },
-                    other => other,
-                })?,
-                dirty: false,
-            }),
+    /// watermarks existed). A file in the slot format stays open for the rewrites.
+    pub(crate) fn load(&mut self) -> Result<WatermarkTable, StorageError> {
+        use std::io::Read;
+        self.open = None;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path);
+        let mut file = match opened {
+            Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(WatermarkTable::default())
+                return Ok(WatermarkTable::default())
             }
-            Err(error) => Err(StorageError::Io(format!(
-                "cannot read {}: {error}",
-                self.path.display()
-            ))),
-        }
+            Err(error) => return Err(io_error(&self.path, "read")(error)),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(io_error(&self.path, "read"))?;
+        let (entries, slots) = decode_file(&bytes).map_err(|error| match error {
+            StorageError::WatermarksDamaged { reason } => StorageError::WatermarksDamaged {
+                reason: format!("{}: {reason}", self.path.display()),
+            },
+            other => other,
+        })?;
+        self.open = slots.map(|slots| (file, slots));
+        Ok(WatermarkTable {
+            entries,
+            dirty: false,
+        })
     }
 
-    /// Rewrites the file if the table changed since the last write. The new table is
-    /// written whole into `cairn.watermarks.tmp`, then the two names are swapped in one step
-    /// (`renameat2` with `RENAME_EXCHANGE`), so a crash leaves the old file or the new one
-    /// under the name, never a mix, and the old file becomes the next rewrite's temporary.
-    ///
-    /// The swap is what keeps this cheap: a rewrite follows every flush that moved a
-    /// watermark, a hundred or more times a second per store under load, and a plain rename
-    /// over the name deletes an inode each time and makes the next file creation allocate one.
-    /// On ext4, allocating an inode first skips, one by one, every inode deleted in the last
-    /// seconds to minutes (`find_inode_bit` -> `recently_deleted`): with create-and-rename
-    /// that scan was a quarter of the nodes' CPU in the rf3-1kb-max benchmark (perf). File
-    /// systems without the exchange (it is Linux's, since 3.15) get the plain rename.
     /// Writes the table if it changed since it was last written.
-    pub(crate) fn store(&self, table: &mut WatermarkTable) -> Result<(), StorageError> {
+    ///
+    /// A rewrite overwrites the older of the two slots in place and syncs its data, one
+    /// `fdatasync` of one page: a rewrite follows every flush that moved a watermark, a
+    /// hundred or more times a second per store under load, and it runs beside the flush's
+    /// own syncs (see [`WatermarkWriter`]). A crash during it can tear only that slot; the
+    /// other still holds the previous table, which named less, and was on disk before the
+    /// flush this rewrite belongs to began (so no acknowledgement rested on the torn one).
+    ///
+    /// A table that outgrew its slot, and the first write of a new file or of one in the old
+    /// format, replace the file instead (see [`WatermarkFile::replace`]).
+    pub(crate) fn store(&mut self, table: &mut WatermarkTable) -> Result<(), StorageError> {
         if !table.dirty {
             return Ok(());
         }
@@ -233,61 +357,89 @@ impl WatermarkFile {
         Ok(())
     }
 
-    /// Replaces the file's contents with `bytes` (an [`encode`]d table): written to a
-    /// temporary file, exchanged with the current one, and, when syncing, the file and then
-    /// its directory synced, so that the name holds either the old table or the new one.
-    fn write(&self, bytes: &[u8]) -> Result<(), StorageError> {
-        let io = |error: std::io::Error| {
-            StorageError::Io(format!("cannot write {}: {error}", self.path.display()))
+    /// Writes an [`encode`]d table into the older slot, or replaces the file.
+    fn write(&mut self, table: &[u8]) -> Result<(), StorageError> {
+        let Some((file, slots)) = self.open.as_mut() else {
+            return self.replace(table);
         };
+        if SLOT_OVERHEAD + table.len() > slots.slot_bytes {
+            return self.replace(table);
+        }
+        let target = 1 - slots.newest;
+        let sequence = slots.sequence + 1;
+        let io = io_error(&self.path, "write");
+        // Until both succeed the slots stand as they were: a retry writes the same slot again
+        // and never the one holding the newest complete table.
+        file.write_all_at(
+            &encode_slot(sequence, table),
+            (target * slots.slot_bytes) as u64,
+        )
+        .map_err(&io)?;
+        if self.sync {
+            file.sync_data().map_err(&io)?;
+        }
+        *slots = Slots {
+            slot_bytes: slots.slot_bytes,
+            sequence,
+            newest: target,
+        };
+        Ok(())
+    }
+
+    /// Replaces the file with one whose first slot holds `table`, with slots large enough
+    /// for it: written whole into `cairn.watermarks.tmp`, synced, renamed over the name, and
+    /// the directory synced, so that the name holds either the old file or the new one.
+    fn replace(&mut self, table: &[u8]) -> Result<(), StorageError> {
+        let path = self.path.clone();
+        let io = io_error(&path, "write");
+        let sequence = self.open.as_ref().map_or(0, |(_, slots)| slots.sequence) + 1;
+        let mut bytes = encode_slot(sequence, table);
+        let slot_bytes = slot_bytes_for(bytes.len());
+        if slot_bytes > SLOT_BYTES_MAX {
+            return Err(StorageError::Io(format!(
+                "cannot write {}: a table of {} bytes is larger than a slot may be",
+                self.path.display(),
+                table.len()
+            )));
+        }
+        bytes.resize(2 * slot_bytes, 0);
         let mut temporary = self.path.clone().into_os_string();
         temporary.push(".tmp");
         let temporary = PathBuf::from(temporary);
         let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
-            .truncate(false)
+            .truncate(true)
             .open(&temporary)
-            .map_err(io)?;
-        file.write_all_at(bytes, 0).map_err(io)?;
-        file.set_len(bytes.len() as u64).map_err(io)?;
+            .map_err(&io)?;
+        file.write_all_at(&bytes, 0).map_err(&io)?;
         if self.sync {
-            file.sync_data().map_err(io)?;
+            file.sync_data().map_err(&io)?;
         }
-        drop(file);
-        let exchanged = rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &temporary,
-            rustix::fs::CWD,
-            &self.path,
-            rustix::fs::RenameFlags::EXCHANGE,
-        );
-        match exchanged {
-            Ok(()) => {}
-            Err(
-                rustix::io::Errno::NOENT
-                | rustix::io::Errno::INVAL
-                | rustix::io::Errno::NOSYS
-                | rustix::io::Errno::NOTSUP,
-            ) => {
-                std::fs::rename(&temporary, &self.path).map_err(io)?;
-            }
-            Err(error) => return Err(io(error.into())),
-        }
+        std::fs::rename(&temporary, &self.path).map_err(&io)?;
         if self.sync {
             if let Some(directory) = self.path.parent() {
                 std::fs::File::open(directory)
                     .and_then(|directory| directory.sync_all())
-                    .map_err(io)?;
+                    .map_err(&io)?;
             }
         }
+        self.open = Some((
+            file,
+            Slots {
+                slot_bytes,
+                sequence,
+                newest: 0,
+            },
+        ));
         Ok(())
     }
 }
 
 /// Writes a store's watermark file on a thread of its own, so that a flush runs the file's
-/// syncs beside the database's instead of after them (in `fsync` mode they were two of every
-/// flush's serial syncs, about 40% of its time).
+/// sync beside the database's instead of after them (in `fsync` mode the file's syncs were
+/// about 40% of a flush's time when they ran after the database's).
 ///
 /// That is safe because a table never names more than was durable *before* the flush that
 /// writes it began: a log raises its committed end only to what an earlier flush made durable
@@ -320,11 +472,10 @@ impl PendingWrite {
 }
 
 impl WatermarkWriter {
-    pub(crate) fn start(file: &WatermarkFile) -> Result<WatermarkWriter, StorageError> {
+    pub(crate) fn start(mut file: WatermarkFile) -> Result<WatermarkWriter, StorageError> {
         // One job runs and one waits at most: a flush waits for its own job, so flushes that
         // overlap (a shutdown's beside the group commit's) are the only ones that queue.
         let (jobs, queue) = mpsc::sync_channel::<WriteJob>(1);
-        let file = file.clone();
         let thread = std::thread::Builder::new()
             .name("cairn-watermark".to_owned())
             .spawn(move || {
@@ -419,21 +570,31 @@ mod tests {
         }
     }
 
+    fn raised(table: &mut WatermarkTable, name: &str, end: u64) {
+        table.raise(
+            name,
+            Watermark {
+                committed_end: Offset(end),
+                promised_epoch: Epoch(end),
+            },
+        );
+    }
+
+    fn reread(file: &WatermarkFile) -> Result<BTreeMap<String, Watermark>, StorageError> {
+        WatermarkFile::inside(file.path().parent().unwrap(), false)
+            .load()
+            .map(|table| table.entries)
+    }
+
     #[test]
-    fn rewrites_swap_two_files_and_the_name_always_holds_the_latest_table() {
+    fn rewrites_alternate_two_slots_in_place_and_the_file_always_holds_the_latest_table() {
         use std::os::unix::fs::MetadataExt;
         let directory = tempfile::tempdir().unwrap();
-        let file = WatermarkFile::inside(directory.path(), false);
+        let mut file = WatermarkFile::inside(directory.path(), false);
         let mut table = WatermarkTable::default();
         let mut inodes = std::collections::BTreeSet::new();
         for end in 1..=6u64 {
-            table.raise(
-                "topic/0",
-                Watermark {
-                    committed_end: Offset(end * 1_000),
-                    promised_epoch: Epoch(end),
-                },
-            );
+            raised(&mut table, "topic/0", end * 1_000);
             // A longer name on the odd rounds: a shorter table must not keep a longer one's tail.
             if end % 2 == 1 {
                 table.raise(&format!("a-longer-log-name-{end}"), Watermark::default());
@@ -442,14 +603,111 @@ mod tests {
             }
             file.store(&mut table).unwrap();
             assert!(!table.dirty);
-            assert_eq!(file.load().unwrap().entries, table.entries, "round {end}");
-            inodes.insert(std::fs::metadata(file.path()).unwrap().ino());
+            assert_eq!(reread(&file).unwrap(), table.entries, "round {end}");
+            let metadata = std::fs::metadata(file.path()).unwrap();
+            assert_eq!(metadata.len(), 2 * SLOT_BYTES_MIN as u64);
+            inodes.insert(metadata.ino());
         }
+        assert_eq!(inodes.len(), 1, "every rewrite after the first is in place");
+        // A store opened on the file goes on where the last one stopped.
+        let mut reopened = WatermarkFile::inside(directory.path(), false);
+        let mut table = reopened.load().unwrap();
+        raised(&mut table, "topic/0", 9_000);
+        reopened.store(&mut table).unwrap();
+        assert_eq!(reread(&reopened).unwrap(), table.entries);
+    }
+
+    #[test]
+    fn a_damaged_newest_slot_gives_the_previous_table_and_two_give_a_typed_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut file = WatermarkFile::inside(directory.path(), false);
+        let mut table = WatermarkTable::default();
+        raised(&mut table, "p", 1);
+        file.store(&mut table).unwrap();
+        let previous = table.entries.clone();
+        raised(&mut table, "p", 2);
+        file.store(&mut table).unwrap();
+        let bytes = std::fs::read(file.path()).unwrap();
+        let (newest, slots) = decode_file(&bytes).unwrap();
+        assert_eq!((newest, slots.unwrap().newest), (table.entries.clone(), 1));
+
+        // Whatever a torn write did to the newest slot (any byte of it flipped), the other
+        // one is read.
+        let newest_len = SLOT_OVERHEAD + encode(&table.entries).len();
+        for index in 0..newest_len {
+            let mut torn = bytes.clone();
+            torn[SLOT_BYTES_MIN + index] ^= 0x04;
+            assert_eq!(decode_file(&torn).unwrap().0, previous, "byte {index}");
+        }
+        // Both slots damaged, or a file cut short: a typed error, never an empty table.
+        let mut both = bytes.clone();
+        both[3] ^= 0x01;
+        both[SLOT_BYTES_MIN + 3] ^= 0x01;
+        for damaged in [
+            &both[..],
+            &bytes[..bytes.len() - 1],
+            &bytes[..SLOT_BYTES_MIN],
+        ] {
+            assert!(matches!(
+                decode_file(damaged),
+                Err(StorageError::WatermarksDamaged { .. })
+            ));
+        }
+
+        // After an open that found the newest slot torn, the next rewrite goes over it.
+        let mut torn = bytes.clone();
+        torn[SLOT_BYTES_MIN + 20] ^= 0x01;
+        std::fs::write(file.path(), &torn).unwrap();
+        let mut reopened = WatermarkFile::inside(directory.path(), false);
+        let mut table = reopened.load().unwrap();
+        assert_eq!(table.entries, previous);
+        raised(&mut table, "p", 3);
+        reopened.store(&mut table).unwrap();
+        let bytes = std::fs::read(reopened.path()).unwrap();
+        assert_eq!(decode_slot(&bytes[..SLOT_BYTES_MIN]).unwrap().1, previous);
+        assert_eq!(reread(&reopened).unwrap(), table.entries);
+    }
+
+    #[test]
+    fn a_table_that_outgrows_its_slot_replaces_the_file_with_larger_slots() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut file = WatermarkFile::inside(directory.path(), false);
+        let mut table = WatermarkTable::default();
+        raised(&mut table, "small", 1);
+        file.store(&mut table).unwrap();
+        for index in 0..100u64 {
+            raised(
+                &mut table,
+                &format!("a-topic-with-a-rather-long-name/{index}"),
+                index + 1,
+            );
+        }
+        assert!(encode(&table.entries).len() > SLOT_BYTES_MIN);
+        file.store(&mut table).unwrap();
+        let size = std::fs::metadata(file.path()).unwrap().len();
+        assert_eq!(size, 4 * SLOT_BYTES_MIN as u64, "two slots of two pages");
+        assert_eq!(reread(&file).unwrap(), table.entries);
+        raised(&mut table, "small", 2);
+        file.store(&mut table).unwrap();
+        assert_eq!(reread(&file).unwrap(), table.entries);
+        assert_eq!(std::fs::metadata(file.path()).unwrap().len(), size);
+    }
+
+    #[test]
+    fn a_file_in_the_format_before_slots_is_read_and_replaced_on_the_next_rewrite() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(WATERMARK_FILE_NAME);
+        std::fs::write(&path, encode(&table())).unwrap();
+        let mut file = WatermarkFile::inside(directory.path(), false);
+        let mut loaded = file.load().unwrap();
+        assert_eq!(loaded.entries, table());
+        raised(&mut loaded, "a", 8);
+        file.store(&mut loaded).unwrap();
         assert_eq!(
-            inodes.len(),
-            2,
-            "every rewrite after the first reuses one of two files"
+            std::fs::metadata(&path).unwrap().len(),
+            2 * SLOT_BYTES_MIN as u64
         );
+        assert_eq!(reread(&file).unwrap(), loaded.entries);
     }
 
     #[test]

@@ -115,13 +115,14 @@ fn random_bytes_that_make_sled_fail_rebuild_an_empty_store_that_keeps_its_waterm
 
 #[test]
 fn a_damaged_watermark_file_is_a_typed_error_not_an_empty_table() {
+    // The file keeps two slots, rewritten in turn: damage to both is an error at open.
     let directory = tempfile::tempdir().unwrap();
     fill(directory.path());
     scribble(
         &directory
             .path()
             .join(cairn_storage::watermark::WATERMARK_FILE_NAME),
-        &[0.5],
+        &[0.0, 0.5],
         3,
     );
     let result = SledStore::open(directory.path());
@@ -129,4 +130,29 @@ fn a_damaged_watermark_file_is_a_typed_error_not_an_empty_table() {
         matches!(result, Err(StorageError::WatermarksDamaged { .. })),
         "{result:?}"
     );
+}
+
+#[test]
+fn one_damaged_watermark_slot_gives_the_other_slot_s_table() {
+    // Damage to one slot (what a crash can do to a rewrite) leaves the other's table, the
+    // newest or the one written before it, never an empty one.
+    let mut seen = Vec::new();
+    for fraction in [0.0, 0.5] {
+        let directory = tempfile::tempdir().unwrap();
+        let newest = fill(directory.path());
+        scribble(
+            &directory
+                .path()
+                .join(cairn_storage::watermark::WATERMARK_FILE_NAME),
+            &[fraction],
+            4,
+        );
+        let store = SledStore::open(directory.path()).unwrap();
+        let log = store.open_log("p").unwrap();
+        assert_eq!(log.log_end(), Offset(BATCHES));
+        assert_eq!(log.promised_epoch(), Epoch(5));
+        assert!(log.watermark().committed_end <= newest.committed_end);
+        seen.push(log.watermark() == newest);
+    }
+    assert_eq!(seen.iter().filter(|newest| **newest).count(), 1, "{seen:?}");
 }
