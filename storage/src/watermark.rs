@@ -212,21 +212,19 @@ fn decode_file(bytes: &[u8]) -> Result<(BTreeMap<String, Watermark>, Option<Slot
             tracing::warn!(%error, "a watermark slot is damaged (a rewrite cut short by a crash, or a damaged disk): the other one, a rewrite older, is used");
         }
     };
-    let newest = match (decode_slot(first), decode_slot(second)) {
-        (Ok(a), Ok(b)) => [(0, a), (1, b)]
-            .into_iter()
-            .max_by_key(|(_, (seq, _))| *seq),
+    let (index, (sequence, table)) = match (decode_slot(first), decode_slot(second)) {
+        (Ok(a), Ok(b)) if b.0 >= a.0 => (1, b),
+        (Ok(a), Ok(_)) => (0, a),
         (Ok(a), Err(error)) => {
             skipped(second, error);
-            Some((0, a))
+            (0, a)
         }
         (Err(error), Ok(b)) => {
             skipped(first, error);
-            Some((1, b))
+            (1, b)
         }
         (Err(error), Err(_)) => return Err(error),
     };
-    let (index, (sequence, table)) = newest.expect("one slot is valid");
     Ok((
         table,
         Some(Slots {
