@@ -23,6 +23,13 @@
 //! and a second flusher would only contend with it. Unflushed writes still leave memory when
 //! sled's write buffers fill, so nothing grows without bound.
 //!
+//! The store opens sled with the Cairn patch `drop_written_pages` (vendor/sled/PATCHES.md,
+//! "Written pages leave the page cache"): the log's and the blob files' pages leave the
+//! kernel's page cache once they are on disk, since sled caches what it reads itself. The
+//! node's files then take no more of the page cache than is in flight, and a write reuses
+//! pages just freed instead of taking new ones from free memory, which on a virtual machine
+//! whose host takes free memory back costs a host page fault per page.
+//!
 //! sled keeps the database locked while any `Db` or `Tree` clone is alive: drop the store and
 //! every [`SledLog`] before opening the same directory again.
 //!
@@ -369,6 +376,7 @@ impl SledStore {
             .path(path)
             .cache_capacity(config.cache_capacity_bytes)
             .power_loss_durable(fsync)
+            .drop_written_pages(true)
             .flush_every_ms(None);
         let mut rebuilt_from = None;
         let written_by_us = watermark_file.path().exists();

@@ -213,6 +213,10 @@ pub struct Inner {
     /// `fdatasync`ed, after the blob files it may point to and their directory.
     #[doc(hidden)]
     pub power_loss_durable: bool,
+    /// Cairn patch (PATCHES.md, "Written pages leave the page cache"): pages of the log and
+    /// of blob files are dropped from the kernel's page cache once they are on disk.
+    #[doc(hidden)]
+    pub drop_written_pages: bool,
     #[doc(hidden)]
     pub version: (usize, usize),
     tmp_path: PathBuf,
@@ -242,6 +246,7 @@ impl Default for Inner {
             flush_every_ms: Some(500),
             idgen_persist_interval: 1_000_000,
             power_loss_durable: false,
+            drop_written_pages: false,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),
@@ -525,6 +530,11 @@ impl Config {
             power_loss_durable,
             bool,
             "Cairn patch: a flush returns only once what it covers survives a power loss: every log write is fdatasync'd (instead of sync_file_range'd), after an fdatasync of every blob file written since the previous log write and an fsync of the blobs directory"
+        ),
+        (
+            drop_written_pages,
+            bool,
+            "Cairn patch: pages of the log and of blob files leave the kernel's page cache once they are on disk (after a log write's sync, a blob's sync or writeback, a blob's read), so the database's files occupy no more of it than what is in flight"
         )
     );
 

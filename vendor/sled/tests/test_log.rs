@@ -408,6 +408,127 @@ fn power_loss_durable_flushes_sync_blobs_their_directory_and_the_log() -> Result
     Ok(())
 }
 
+/// How many of a file's pages are in the kernel's page cache (`mincore` over a mapping).
+#[cfg(target_os = "linux")]
+fn cached_pages(path: &std::path::Path) -> usize {
+    use std::os::unix::io::AsRawFd;
+    let Ok(file) = std::fs::File::open(path) else { return 0 };
+    let len = file.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let mut resident = vec![0_u8; (len + page - 1) / page];
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            addr,
+            libc::MAP_FAILED,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::mincore(addr, len, resident.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+    }
+    resident.iter().filter(|flags| **flags & 1 == 1).count()
+}
+
+/// Cairn patch (PATCHES.md, "Written pages leave the page cache"): with `drop_written_pages`,
+/// the log's pages leave the page cache once its write is synced, a blob's once it is synced
+/// (`power_loss_durable`) or written back (otherwise), and a blob read back leaves none.
+/// Without the option they stay, as upstream left them.
+#[cfg(target_os = "linux")]
+#[test]
+fn written_pages_leave_the_page_cache() -> Result<()> {
+    for (durable, drop_pages) in [(true, true), (false, true), (true, false)] {
+        let path = std::env::temp_dir().join(format!(
+            "sled-drop-written-pages-{}-{}-{}",
+            std::process::id(),
+            durable,
+            drop_pages
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        let config = Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .power_loss_durable(durable)
+            .drop_written_pages(drop_pages);
+        let cached_blob_pages = |paths: &[std::path::PathBuf]| -> usize {
+            paths.iter().map(|blob| cached_pages(blob)).sum()
+        };
+        let first_blobs: Vec<std::path::PathBuf>;
+        {
+            let db = config.open()?;
+            let small = db.open_tree("small")?;
+            for key in 0..16_u8 {
+                // Over a quarter segment (128 KiB): its leaf is a blob file.
+                db.insert([key], vec![key; 200 * 1024])?;
+                for n in 0..64_u8 {
+                    small.insert([key, n], vec![n; 256])?;
+                }
+                db.flush()?;
+            }
+            first_blobs = std::fs::read_dir(path.join("blobs"))?
+                .map(|entry| entry.map(|entry| entry.path()))
+                .collect::<std::io::Result<_>>()?;
+            assert!(!first_blobs.is_empty(), "no value was written as a blob");
+            let log_pages = cached_pages(&path.join("db"));
+            if drop_pages {
+                // The page the next write continues may stay, and what was read back.
+                assert!(log_pages <= 4, "{} log pages cached", log_pages);
+            } else {
+                assert!(log_pages > 16, "only {} log pages cached", log_pages);
+            }
+            if !durable {
+                // Writeback starts when a blob written later finds the first ones 2 s old,
+                // and their pages are dropped when one written later still finds that 2 s
+                // old.
+                for key in [100_u8, 101] {
+                    std::thread::sleep(std::time::Duration::from_millis(2_100));
+                    db.insert([key], vec![key; 200 * 1024])?;
+                    db.flush()?;
+                }
+            }
+            let blob_pages = cached_blob_pages(&first_blobs);
+            if drop_pages {
+                assert_eq!(blob_pages, 0, "blob pages cached");
+            } else {
+                assert!(blob_pages > 0, "no blob page cached");
+            }
+        }
+        let db = config.open()?;
+        for key in 0..16_u8 {
+            assert_eq!(db.get([key])?, Some(IVec::from(vec![key; 200 * 1024])));
+        }
+        let blobs: Vec<std::path::PathBuf> =
+            std::fs::read_dir(path.join("blobs"))?
+                .map(|entry| entry.map(|entry| entry.path()))
+                .collect::<std::io::Result<_>>()?;
+        let blob_pages = cached_blob_pages(&blobs);
+        if drop_pages {
+            assert_eq!(
+                blob_pages, 0,
+                "blob pages cached after reading them back"
+            );
+        } else {
+            assert!(
+                blob_pages > 0,
+                "no blob page cached after reading them back"
+            );
+        }
+        drop(db);
+        std::fs::remove_dir_all(&path)?;
+    }
+    Ok(())
+}
+
 /// Cairn patch (PATCHES.md, "Blob releases in the background"): blob files whose pages were
 /// replaced are released by the background releaser, not by the writer; by the time the
 /// database is dropped every release it queued is done (each released file is empty, in

@@ -772,6 +772,14 @@ impl IoBufs {
                 f.sync_all()?;
             }
         }
+        if self.config.drop_written_pages && !self.config.temporary {
+            // Cairn patch (PATCHES.md, "Written pages leave the page cache"): synced above.
+            crate::pagecache::blob_io::drop_cached_pages(
+                &self.config.file,
+                log_offset,
+                total_len as u64,
+            );
+        }
         io_fail!(self, "buffer write post");
 
         if total_len > 0 {
