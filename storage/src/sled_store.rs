@@ -28,7 +28,10 @@
 //! kernel's page cache once they are on disk, since sled caches what it reads itself. The
 //! node's files then take no more of the page cache than is in flight, and a write reuses
 //! pages just freed instead of taking new ones from free memory, which on a virtual machine
-//! whose host takes free memory back costs a host page fault per page.
+//! whose host takes free memory back costs a host page fault per page. It also opens sled
+//! with `background_segment_cleaning` ("Segment cleaning off the append path"): pages still
+//! live in a log segment being cleaned are rewritten by sled's `sled-cleaner` thread, paced,
+//! instead of inside the append that happens to come next.
 //!
 //! sled keeps the database locked while any `Db` or `Tree` clone is alive: drop the store and
 //! every [`SledLog`] before opening the same directory again.
@@ -377,6 +380,7 @@ impl SledStore {
             .cache_capacity(config.cache_capacity_bytes)
             .power_loss_durable(fsync)
             .drop_written_pages(true)
+            .background_segment_cleaning(true)
             .flush_every_ms(None);
         let mut rebuilt_from = None;
         let written_by_us = watermark_file.path().exists();

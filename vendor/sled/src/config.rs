@@ -217,6 +217,10 @@ pub struct Inner {
     /// of blob files are dropped from the kernel's page cache once they are on disk.
     #[doc(hidden)]
     pub drop_written_pages: bool,
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): pages are
+    /// rewritten out of draining segments by a background thread, not inside writes.
+    #[doc(hidden)]
+    pub background_segment_cleaning: bool,
     #[doc(hidden)]
     pub version: (usize, usize),
     tmp_path: PathBuf,
@@ -247,6 +251,7 @@ impl Default for Inner {
             idgen_persist_interval: 1_000_000,
             power_loss_durable: false,
             drop_written_pages: false,
+            background_segment_cleaning: false,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),
@@ -535,6 +540,11 @@ impl Config {
             drop_written_pages,
             bool,
             "Cairn patch: pages of the log and of blob files leave the kernel's page cache once they are on disk (after a log write's sync, a blob's sync or writeback, a blob's read), so the database's files occupy no more of it than what is in flight"
+        ),
+        (
+            background_segment_cleaning,
+            bool,
+            "Cairn patch: a write no longer rewrites a page out of a segment being cleaned before it returns; a background thread (sled-cleaner) does, in slices of at most 10 ms followed by a rest three times as long"
         )
     );
 

@@ -25,6 +25,21 @@ pub struct Context {
         )
     ))]
     pub(crate) flusher: Arc<Mutex<Option<flusher::Flusher>>>,
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): the
+    /// `sled-cleaner` thread, stopped like the flusher.
+    #[cfg(all(
+        not(miri),
+        any(
+            windows,
+            target_os = "linux",
+            target_os = "macos",
+            target_os = "dragonfly",
+            target_os = "freebsd",
+            target_os = "openbsd",
+            target_os = "netbsd",
+        )
+    ))]
+    pub(crate) cleaner: Arc<Mutex<Option<flusher::Flusher>>>,
     #[doc(hidden)]
     pub pagecache: Arc<PageCache>,
 }
@@ -59,6 +74,19 @@ impl Context {
                 )
             ))]
             flusher: Arc::new(parking_lot::Mutex::new(None)),
+            #[cfg(all(
+                not(miri),
+                any(
+                    windows,
+                    target_os = "linux",
+                    target_os = "macos",
+                    target_os = "dragonfly",
+                    target_os = "freebsd",
+                    target_os = "openbsd",
+                    target_os = "netbsd",
+                )
+            ))]
+            cleaner: Arc::new(parking_lot::Mutex::new(None)),
         })
     }
 

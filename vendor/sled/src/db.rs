@@ -91,6 +91,11 @@ impl Db {
                 )
             });
             *context.flusher.lock() = flusher;
+            if context.background_segment_cleaning {
+                *context.cleaner.lock() = Some(flusher::Flusher::new_cleaner(
+                    context.pagecache.clone(),
+                ));
+            }
         }
 
         // create or open the default tree

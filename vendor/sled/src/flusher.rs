@@ -53,6 +53,85 @@ impl Flusher {
     }
 }
 
+// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): upstream rewrites one
+// page out of a segment being cleaned inside every page replacement, on the writing thread,
+// and a page that is not a lone blob pointer is read back whole and written whole (a leaf of
+// large values: megabytes, read from the disk when the kernel no longer caches it). With
+// `background_segment_cleaning` this thread does it instead, in slices of at most
+// `CLEANING_SLICE` followed by a rest three times as long as the slice took, so it takes at
+// most a quarter of a core and of the disk's time, and none of a writer's.
+
+/// The longest a cleaning slice runs before the thread rests.
+const CLEANING_SLICE: Duration = Duration::from_millis(10);
+/// How long the thread waits when nothing was left to clean.
+const CLEANING_IDLE: Duration = Duration::from_millis(100);
+
+impl Flusher {
+    /// Spawns the `sled-cleaner` thread, which rewrites pages out of segments being
+    /// cleaned until dropped.
+    pub(crate) fn new_cleaner(pagecache: Arc<PageCache>) -> Self {
+        #[allow(clippy::mutex_atomic)] // mutex used in CondVar below
+        let shutdown = Arc::new(Mutex::new(ShutdownState::Running));
+        let sc = Arc::new(Condvar::new());
+
+        let join_handle = thread::Builder::new()
+            .name("sled-cleaner".to_owned())
+            .spawn({
+                let shutdown = shutdown.clone();
+                let sc = sc.clone();
+                move || run_cleaner(&shutdown, &sc, &pagecache)
+            })
+            .unwrap();
+
+        Self { shutdown, sc, join_handle: Mutex::new(Some(join_handle)) }
+    }
+}
+
+fn run_cleaner(
+    shutdown: &Arc<Mutex<ShutdownState>>,
+    sc: &Arc<Condvar>,
+    pagecache: &Arc<PageCache>,
+) {
+    let mut shutdown = shutdown.lock();
+    while shutdown.is_running() {
+        let started = std::time::Instant::now();
+        let mut cleaned = false;
+        while started.elapsed() < CLEANING_SLICE {
+            match pagecache.attempt_gc() {
+                Ok(true) => cleaned = true,
+                Ok(false) => break,
+                Err(e) => {
+                    // The failed write set the database's global error; every later
+                    // write returns it, so there is nothing left to clean for.
+                    error!("failed to clean a segment from the cleaner thread: {}", e);
+
+                    #[cfg(feature = "failpoints")]
+                    pagecache.set_failpoint(e);
+
+                    *shutdown = ShutdownState::ShutDown;
+                    drop(shutdown);
+                    let _notified = sc.notify_all();
+                    return;
+                }
+            }
+        }
+        let rest = if cleaned {
+            std::cmp::max(started.elapsed() * 3, Duration::from_millis(1))
+        } else {
+            CLEANING_IDLE
+        };
+        sc.wait_for(&mut shutdown, rest);
+    }
+
+    *shutdown = ShutdownState::ShutDown;
+
+    // having held the mutex makes this linearized
+    // with the notify below.
+    drop(shutdown);
+
+    let _notified = sc.notify_all();
+}
+
 fn run(
     shutdown: &Arc<Mutex<ShutdownState>>,
     sc: &Arc<Condvar>,

@@ -529,6 +529,88 @@ fn written_pages_leave_the_page_cache() -> Result<()> {
     Ok(())
 }
 
+/// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): with
+/// `background_segment_cleaning`, no write rewrites a page for the segment cleaner; the
+/// `sled-cleaner` thread does, the log file ends up no larger than with upstream's inline
+/// cleaning, and every value reads back after reopening. Without it, writes do the cleaning.
+#[test]
+fn segment_cleaning_happens_off_the_append_path() -> Result<()> {
+    let mut log_sizes = vec![];
+    for background in [true, false] {
+        let path = std::env::temp_dir().join(format!(
+            "sled-background-cleaning-{}-{}",
+            std::process::id(),
+            background
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        let config = Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .segment_size(256 * 1024)
+            .background_segment_cleaning(background);
+        {
+            let db = config.open()?;
+            // Pages that never change once written, in segments that the churn's
+            // replaced versions then turn mostly into garbage: those segments are cleaned
+            // by rewriting the pages still live in them.
+            let stable = db.open_tree("stable")?;
+            let churn = db.open_tree("churn")?;
+            for round in 0..1600_u32 {
+                stable.insert(round.to_be_bytes(), vec![round as u8; 1024])?;
+                for key in 0..16_u8 {
+                    churn.insert([key], vec![round as u8; 4 * 1024])?;
+                }
+                db.flush()?;
+            }
+            let deadline =
+                std::time::Instant::now() + std::time::Duration::from_secs(20);
+            // Until the cleaner thread has been idle (its counter unchanged) for a while.
+            let mut last = db.context.pagecache.segment_cleaning_counters();
+            let (inline, apart) = loop {
+                if !background || std::time::Instant::now() > deadline {
+                    break last;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let now = db.context.pagecache.segment_cleaning_counters();
+                if now.1 > 0 && now == last {
+                    break now;
+                }
+                last = now;
+            };
+            if background {
+                assert_eq!(inline, 0, "a write cleaned a segment");
+                assert!(apart > 0, "the cleaner thread cleaned nothing");
+            } else {
+                assert!(inline > 0, "the writes cleaned nothing");
+                assert_eq!(apart, 0);
+            }
+            db.flush()?;
+            log_sizes.push(std::fs::metadata(path.join("db"))?.len());
+        }
+        let db = config.open()?;
+        let stable = db.open_tree("stable")?;
+        let churn = db.open_tree("churn")?;
+        for round in 0..1600_u32 {
+            assert_eq!(
+                stable.get(round.to_be_bytes())?,
+                Some(IVec::from(vec![round as u8; 1024]))
+            );
+        }
+        for key in 0..16_u8 {
+            assert_eq!(churn.get([key])?, Some(IVec::from(vec![1599_u32 as u8; 4 * 1024])));
+        }
+        drop((stable, churn, db));
+        std::fs::remove_dir_all(&path)?;
+    }
+    assert!(
+        log_sizes[0] <= log_sizes[1] + 4 * 256 * 1024,
+        "log file {} bytes with background cleaning, {} with inline cleaning",
+        log_sizes[0],
+        log_sizes[1]
+    );
+    Ok(())
+}
+
 /// Cairn patch (PATCHES.md, "Blob releases in the background"): blob files whose pages were
 /// replaced are released by the background releaser, not by the writer; by the time the
 /// database is dropped every release it queued is done (each released file is empty, in

@@ -541,6 +541,10 @@ pub struct PageCache {
     idgen_persists: Arc<AtomicU64>,
     idgen_persist_mu: Arc<Mutex<()>>,
     was_recovered: bool,
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): pages taken off
+    /// the segment cleaner's queue inside a write, and by `attempt_gc`.
+    cleaned_inline: AtomicU64,
+    cleaned_apart: AtomicU64,
 }
 
 unsafe impl Send for PageCache {}
@@ -681,6 +685,8 @@ impl PageCache {
             idgen: Arc::new(AtomicU64::new(0)),
             idgen_persists: Arc::new(AtomicU64::new(0)),
             was_recovered: false,
+            cleaned_inline: AtomicU64::new(0),
+            cleaned_apart: AtomicU64::new(0),
         };
 
         // now we read it back in
@@ -865,6 +871,14 @@ impl PageCache {
         Ok((pid, new_pointer))
     }
 
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): how many pages
+    /// were taken off the segment cleaner's queue inside writes, and apart from them (by
+    /// the `sled-cleaner` thread or upstream's periodic flusher), since the open.
+    #[doc(hidden)]
+    pub fn segment_cleaning_counters(&self) -> (u64, u64) {
+        (self.cleaned_inline.load(std::sync::atomic::Ordering::Relaxed), self.cleaned_apart.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Attempt to opportunistically rewrite data from a Draining
     /// segment of the file to help with space amplification.
     /// Returns Ok(true) if we had the opportunity to attempt to
@@ -888,6 +902,7 @@ impl PageCache {
         let cc = concurrency_control::read();
         let to_clean = self.log.iobufs.segment_cleaner.pop();
         let ret = if let Some((pid_to_clean, segment_to_clean)) = to_clean {
+            self.cleaned_apart.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.rewrite_page(pid_to_clean, segment_to_clean, &guard)
                 .map(|_| true)
         } else {
@@ -1227,10 +1242,15 @@ impl PageCache {
         let result =
             self.cas_page(pid, old, Update::Node(new), false, guard)?;
 
-        if let Some((pid_to_clean, segment_to_clean)) =
-            self.log.iobufs.segment_cleaner.pop()
-        {
-            self.rewrite_page(pid_to_clean, segment_to_clean, guard)?;
+        // Cairn patch (PATCHES.md, "Segment cleaning off the append path"): with
+        // `background_segment_cleaning` the `sled-cleaner` thread does this instead.
+        if !self.config.background_segment_cleaning {
+            if let Some((pid_to_clean, segment_to_clean)) =
+                self.log.iobufs.segment_cleaner.pop()
+            {
+                self.cleaned_inline.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.rewrite_page(pid_to_clean, segment_to_clean, guard)?;
+            }
         }
 
         Ok(result.map_err(|fail| {
