@@ -691,7 +691,28 @@ enum WritebackStage {
     WritingBack,
 }
 
-type PendingWriteback = VecDeque<(PathBuf, Instant, WritebackStage)>;
+type PendingWriteback = VecDeque<((PathBuf, WritebackStage), Instant)>;
+
+/// Queues `item` at `now` and takes off the front of `queue` (oldest first) every item
+/// queued at least `delay` before `now`, and the oldest while more than `max` wait: the
+/// delayed queues of "Blob writeback" and of "Written pages leave the page cache".
+pub(crate) fn push_and_take_due<T>(
+    queue: &mut VecDeque<(T, Instant)>,
+    item: T,
+    now: Instant,
+    delay: Duration,
+    max: usize,
+) -> Vec<T> {
+    queue.push_back((item, now));
+    let mut due = Vec::new();
+    while let Some((_, since)) = queue.front() {
+        if queue.len() <= max && now.duration_since(*since) < delay {
+            break;
+        }
+        due.extend(queue.pop_front().map(|(item, _)| item));
+    }
+    due
+}
 
 fn pending_writeback() -> &'static std::sync::Mutex<PendingWriteback> {
     static PENDING: OnceLock<std::sync::Mutex<PendingWriteback>> = OnceLock::new();
@@ -708,19 +729,16 @@ fn schedule_writeback(path: PathBuf, drop_pages: bool) {
         let mut pending = pending_writeback()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pending.push_back((path, now, WritebackStage::Written { drop_pages }));
-        let mut due = Vec::new();
-        while let Some((_, since, _)) = pending.front() {
-            if pending.len() <= BLOB_WRITEBACK_PENDING_MAX
-                && now.duration_since(*since) < BLOB_WRITEBACK_DELAY
-            {
-                break;
-            }
-            due.extend(pending.pop_front().map(|(path, _, stage)| (path, stage)));
-        }
+        let due = push_and_take_due(
+            &mut pending,
+            (path, WritebackStage::Written { drop_pages }),
+            now,
+            BLOB_WRITEBACK_DELAY,
+            BLOB_WRITEBACK_PENDING_MAX,
+        );
         for (path, stage) in &due {
             if *stage == (WritebackStage::Written { drop_pages: true }) {
-                pending.push_back((path.clone(), now, WritebackStage::WritingBack));
+                pending.push_back(((path.clone(), WritebackStage::WritingBack), now));
             }
         }
         due

@@ -316,7 +316,7 @@ pub(crate) struct IoBufs {
     deferred_segment_ops: stack::Stack<SegmentOp>,
     /// Cairn patch (PATCHES.md, "Written pages leave the page cache"): log ranges written
     /// and synced, with when, whose pages are dropped `LOG_DROP_DELAY` later.
-    log_pages_to_drop: Mutex<std::collections::VecDeque<(LogOffset, u64, std::time::Instant)>>,
+    log_pages_to_drop: Mutex<std::collections::VecDeque<((LogOffset, u64), std::time::Instant)>>,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
@@ -789,22 +789,13 @@ impl IoBufs {
         if self.config.drop_written_pages && !self.config.temporary {
             // Cairn patch (PATCHES.md, "Written pages leave the page cache"): synced above,
             // dropped `LOG_DROP_DELAY` later.
-            let now = std::time::Instant::now();
-            let due: Vec<(LogOffset, u64)> = {
-                let mut pending = self.log_pages_to_drop.lock();
-                pending.push_back((log_offset, total_len as u64, now));
-                let mut due = Vec::new();
-                while let Some((offset, len, written)) = pending.front().copied() {
-                    if pending.len() <= LOG_DROP_PENDING_MAX
-                        && now.duration_since(written) < LOG_DROP_DELAY
-                    {
-                        break;
-                    }
-                    pending.pop_front();
-                    due.push((offset, len));
-                }
-                due
-            };
+            let due = crate::pagecache::blob_io::push_and_take_due(
+                &mut self.log_pages_to_drop.lock(),
+                (log_offset, total_len as u64),
+                std::time::Instant::now(),
+                LOG_DROP_DELAY,
+                LOG_DROP_PENDING_MAX,
+            );
             for (offset, len) in due {
                 crate::pagecache::blob_io::drop_cached_pages(
                     &self.config.file,

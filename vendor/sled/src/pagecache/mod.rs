@@ -876,7 +876,8 @@ impl PageCache {
     /// the `sled-cleaner` thread or upstream's periodic flusher), since the open.
     #[doc(hidden)]
     pub fn segment_cleaning_counters(&self) -> (u64, u64) {
-        (self.cleaned_inline.load(std::sync::atomic::Ordering::Relaxed), self.cleaned_apart.load(std::sync::atomic::Ordering::Relaxed))
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.cleaned_inline.load(Relaxed), self.cleaned_apart.load(Relaxed))
     }
 
     /// Attempt to opportunistically rewrite data from a Draining
