@@ -285,6 +285,7 @@ pub const COMPACTION_INDEX_BYTES_MIN: u64 = 4096;
 #[serde(deny_unknown_fields)]
 struct StorageSettings {
     durability: String,
+    cache_bytes: u64,
 }
 
 /// The node's store (storage/src/sled_store.rs).
@@ -296,7 +297,17 @@ pub struct StorageConfig {
     /// to the disk before the node counts it durable, which survives power loss. Syncs are
     /// grouped: one covers every append that arrived while the previous one ran.
     pub durability: cairn_storage::Durability,
+    /// sled's page cache: the recent tail of the logs that consumers and followers read, and
+    /// the index nodes above them. A loaded node's resident memory grows to about 1.3-1.5 times this
+    /// plus 25 MiB.
+    pub cache_bytes: u64,
 }
+
+/// The smallest `storage.cache_bytes`: below it sled evicts the leaves it is appending to.
+pub const STORAGE_CACHE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+
+/// The largest `storage.cache_bytes` (1 TiB): a typo's extra digits are refused, not allocated.
+pub const STORAGE_CACHE_BYTES_MAX: u64 = 1 << 40;
 
 /// The validated configuration of one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -430,6 +441,7 @@ pub const KEYS: &[&str] = &[
     "retention.compaction_bytes_per_second",
     "retention.compaction_index_bytes_max",
     "storage.durability",
+    "storage.cache_bytes",
     "groups.offsets_partitions",
     "groups.heartbeat_interval_ms",
     "groups.session_timeout_ms_min",
@@ -518,6 +530,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             # Syncs every acknowledged batch to disk: measured on rf3-1kb-max against flush, 0-9%
             # fewer records/s (benches/results/durability-2026-12-04.md), under issue 19's 25%.
             durability = "fsync"
+            # sled's page cache, 64 MiB: 16 MiB halved rf3-1kb-max's records/s, 48 MiB saved no
+            # memory at its peaks (benches/results/cache-2026-12-05.md).
+            cache_bytes = 67108864
             [groups]
             offsets_partitions = 16
             heartbeat_interval_ms = 500
@@ -579,6 +594,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             # Tests that need power-loss durability set fsync themselves (the power campaign,
             # the restart-everything test); the rest run faster on flush.
             durability = "flush"
+            cache_bytes = 16777216
             [groups]
             offsets_partitions = 4
             heartbeat_interval_ms = 200
@@ -1059,7 +1075,19 @@ fn validate_storage(storage: &StorageSettings) -> Result<StorageConfig, ConfigEr
             })
         }
     };
-    Ok(StorageConfig { durability })
+    if !(STORAGE_CACHE_BYTES_MIN..=STORAGE_CACHE_BYTES_MAX).contains(&storage.cache_bytes) {
+        return Err(ConfigError::Rule {
+            rule: "storage.cache_bytes is between 4 MiB and 1 TiB",
+            why: format!(
+                "{} bytes; below 4 MiB sled would evict the leaves it appends to",
+                storage.cache_bytes
+            ),
+        });
+    }
+    Ok(StorageConfig {
+        durability,
+        cache_bytes: storage.cache_bytes,
+    })
 }
 
 /// HOST:PORT as peers read it from gossip (membership's `gossip_keys`): a non-empty host of
@@ -1535,6 +1563,43 @@ mod tests {
             base().set("flag", "listen", "nowhere").build(),
             Err(ConfigError::Rule { .. })
         ));
+    }
+
+    #[test]
+    fn storage_cache_bytes_is_bounded_and_set_from_any_layer() {
+        assert_eq!(base().build().unwrap().storage.cache_bytes, 64 << 20);
+        let from_flag = base()
+            .set("flag", "storage.cache_bytes", "33554432")
+            .build();
+        assert_eq!(from_flag.unwrap().storage.cache_bytes, 32 << 20);
+        let from_env = base()
+            .env(|name| (name == "CAIRN_STORAGE_CACHE_BYTES").then(|| "8388608".to_string()))
+            .build();
+        assert_eq!(from_env.unwrap().storage.cache_bytes, 8 << 20);
+        for edge in [STORAGE_CACHE_BYTES_MIN, STORAGE_CACHE_BYTES_MAX] {
+            let built = base()
+                .set("flag", "storage.cache_bytes", &edge.to_string())
+                .build();
+            assert_eq!(built.unwrap().storage.cache_bytes, edge);
+        }
+        for bad in [0, STORAGE_CACHE_BYTES_MIN - 1, STORAGE_CACHE_BYTES_MAX + 1] {
+            let error = base()
+                .set("flag", "storage.cache_bytes", &bad.to_string())
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    ConfigError::Rule {
+                        rule: "storage.cache_bytes is between 4 MiB and 1 TiB",
+                        ..
+                    }
+                ),
+                "{bad}: {error}"
+            );
+        }
+        let negative = base().set("flag", "storage.cache_bytes", "-1").build();
+        assert!(negative.is_err());
     }
 
     #[test]

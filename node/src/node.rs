@@ -62,8 +62,8 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     // the only replica, reports itself corrupted (see `partition::inspect_log`).
     let store_config = cairn_storage::SledConfig {
         durability: config.storage.durability,
+        cache_capacity_bytes: config.storage.cache_bytes,
         rebuild_when_damaged: true,
-        ..cairn_storage::SledConfig::default()
     };
     // The blob files a compaction's rewrites replace are freed within the compaction's own
     // budget: on a `discard`-mounted file system each freed block costs a device discard,

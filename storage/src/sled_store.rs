@@ -98,7 +98,8 @@ pub struct SyncCounters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SledConfig {
     /// sled's page cache. 64 MiB keeps the recent tail of every log hot for consumers that
-    /// are nearly caught up without taking much of a small machine.
+    /// are nearly caught up without taking much of a small machine: on the 3-node benchmark
+    /// 16 MiB halved rf3-1kb-max's records/s (benches/results/cache-2026-12-05.md).
     pub cache_capacity_bytes: u64,
     /// What a flush promises (see the module comment). [`Durability::Flush`] by default.
     pub durability: Durability,
