@@ -298,8 +298,8 @@ pub struct StorageConfig {
     /// grouped: one covers every append that arrived while the previous one ran.
     pub durability: cairn_storage::Durability,
     /// sled's page cache: the recent tail of the logs that consumers and followers read, and
-    /// the index nodes above them. A loaded node's resident memory grows to about 1.3-1.5 times this
-    /// plus 25 MiB.
+    /// the index nodes above them. A loaded node's resident memory grows to about 1.3-1.5
+    /// times this plus 25 MiB.
     pub cache_bytes: u64,
 }
 
