@@ -1231,6 +1231,15 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// The rule a node built with `key = value` on top of [`base`] breaks; panics on any
+    /// other outcome.
+    fn broken_rule(key: &str, value: &str) -> &'static str {
+        match base().set("flag", key, value).build() {
+            Err(ConfigError::Rule { rule, .. }) => rule,
+            other => panic!("{key}={value}: {other:?}"),
+        }
+    }
+
     fn base() -> ConfigBuilder {
         ConfigBuilder::new()
             .set("flag", "node_id", "1")
@@ -1374,44 +1383,39 @@ mod tests {
         assert!(defaults.connection_outbound_bytes_max >= defaults.frame_bytes_max);
         assert!(defaults.fetch_reply_bytes_max >= defaults.connection_outbound_bytes_max);
         assert!(defaults.fetch_reply_bytes_per_address_max < defaults.fetch_reply_bytes_max);
-        let broken =
-            |key: &str, value: &str| match base().set("flag", key, value).build().unwrap_err() {
-                ConfigError::Rule { rule, .. } => rule,
-                other => panic!("{key}={value}: {other}"),
-            };
         assert_eq!(
-            broken("limits.connection_outbound_bytes_max", "1048576"),
+            broken_rule("limits.connection_outbound_bytes_max", "1048576"),
             "limits.connection_outbound_bytes_max >= limits.frame_bytes_max"
         );
         assert_eq!(
-            broken("limits.fetch_reply_bytes_max", "1048576"),
+            broken_rule("limits.fetch_reply_bytes_max", "1048576"),
             "limits.fetch_reply_bytes_max >= limits.frame_bytes_max"
         );
         assert_eq!(
-            broken("limits.fetch_reply_bytes_per_address_max", "1048576"),
+            broken_rule("limits.fetch_reply_bytes_per_address_max", "1048576"),
             "limits.fetch_reply_bytes_per_address_max >= limits.frame_bytes_max"
         );
         assert_eq!(
-            broken("limits.connection_idle_timeout_ms", "0"),
+            broken_rule("limits.connection_idle_timeout_ms", "0"),
             "limits.first_request_timeout_ms > 0 && limits.connection_idle_timeout_ms > 0"
         );
         assert_eq!(
-            broken("limits.connections_per_address_max", "0"),
+            broken_rule("limits.connections_per_address_max", "0"),
             "every limits.*_max > 0"
         );
         assert_eq!(
-            broken("limits.request_entries_max", "0"),
+            broken_rule("limits.request_entries_max", "0"),
             "every limits.*_max > 0"
         );
         assert_eq!(defaults.batch_decompressed_bytes_max, 32 * 1024 * 1024);
         let decompressed =
             "limits.batch_bytes_max <= limits.batch_decompressed_bytes_max <= 268435456";
         assert_eq!(
-            broken("limits.batch_decompressed_bytes_max", "65536"),
+            broken_rule("limits.batch_decompressed_bytes_max", "65536"),
             decompressed
         );
         assert_eq!(
-            broken("limits.batch_decompressed_bytes_max", "268435457"),
+            broken_rule("limits.batch_decompressed_bytes_max", "268435457"),
             decompressed
         );
         // A per-address limit above connections_max is allowed: it just changes nothing.
@@ -1472,22 +1476,18 @@ mod tests {
             vec![NodeId(3), NodeId(1), NodeId(2)]
         );
         assert_eq!(member.cluster.gossip, None);
-        let broken = |key: &str, value: &str| match base().set("flag", key, value).build() {
-            Err(ConfigError::Rule { rule, .. }) => rule,
-            other => panic!("{key}={value}: {other:?}"),
-        };
-        assert_eq!(broken("seeds", "nohost"), "every seed is HOST:PORT");
-        assert_eq!(broken("seeds", "a:0"), "every seed is HOST:PORT");
+        assert_eq!(broken_rule("seeds", "nohost"), "every seed is HOST:PORT");
+        assert_eq!(broken_rule("seeds", "a:0"), "every seed is HOST:PORT");
         assert_eq!(
-            broken("initial_voters", "1,x"),
+            broken_rule("initial_voters", "1,x"),
             "initial_voters is a list of node ids"
         );
         assert_eq!(
-            broken("initial_voters", "1,2,2"),
+            broken_rule("initial_voters", "1,2,2"),
             "initial_voters has no duplicates"
         );
         assert_eq!(
-            broken("initial_voters", "2,3"),
+            broken_rule("initial_voters", "2,3"),
             "a node outside initial_voters has seeds"
         );
         let learner = base()
@@ -1496,7 +1496,7 @@ mod tests {
             .build()
             .unwrap();
         assert!(learner.cluster.is_clustered());
-        assert_eq!(broken("gossip", "127.0.0.1"), "gossip is IP:PORT");
+        assert_eq!(broken_rule("gossip", "127.0.0.1"), "gossip is IP:PORT");
     }
 
     #[test]
@@ -1583,19 +1583,10 @@ mod tests {
             assert_eq!(built.unwrap().storage.cache_bytes, edge);
         }
         for bad in [0, STORAGE_CACHE_BYTES_MIN - 1, STORAGE_CACHE_BYTES_MAX + 1] {
-            let error = base()
-                .set("flag", "storage.cache_bytes", &bad.to_string())
-                .build()
-                .unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    ConfigError::Rule {
-                        rule: "storage.cache_bytes is between 4 MiB and 1 TiB",
-                        ..
-                    }
-                ),
-                "{bad}: {error}"
+            assert_eq!(
+                broken_rule("storage.cache_bytes", &bad.to_string()),
+                "storage.cache_bytes is between 4 MiB and 1 TiB",
+                "{bad}"
             );
         }
         let negative = base().set("flag", "storage.cache_bytes", "-1").build();
@@ -1634,19 +1625,10 @@ mod tests {
             .build();
         assert_eq!(from_env.unwrap().storage.durability, Durability::Flush);
         for bad in ["", "FSYNC", "sync", "fsync ", "none"] {
-            let error = base()
-                .set("flag", "storage.durability", bad)
-                .build()
-                .unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    ConfigError::Rule {
-                        rule: "storage.durability is fsync or flush",
-                        ..
-                    }
-                ),
-                "{bad:?}: {error}"
+            assert_eq!(
+                broken_rule("storage.durability", bad),
+                "storage.durability is fsync or flush",
+                "{bad:?}"
             );
         }
         let unknown = ConfigBuilder::new()
