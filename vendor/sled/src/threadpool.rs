@@ -68,7 +68,9 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // Cairn patch: one task wakes one waiting thread (upstream woke all of them, so
+        // every buffer handed to the pool woke the whole idle pool; see PATCHES.md).
+        self.cv.notify_one();
 
         len
     }
@@ -213,4 +215,51 @@ where
     }
 
     Ok(promise)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    // Cairn patch (PATCHES.md, "One wake-up per pool task"): a task wakes one waiting thread
+    // instead of all of them. Every task must still run: tasks spawned from several threads
+    // at once, some of them while every pool thread is busy, all resolve, and each runs once.
+    #[test]
+    fn every_task_spawned_concurrently_runs_exactly_once() {
+        const SPAWNERS: usize = 4;
+        const TASKS_EACH: usize = 2_000;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let spawners: Vec<_> = (0..SPAWNERS)
+            .map(|spawner| {
+                let runs = runs.clone();
+                thread::spawn(move || {
+                    let promises: Vec<_> = (0..TASKS_EACH)
+                        .map(|task| {
+                            let runs = runs.clone();
+                            spawn(move || {
+                                runs.fetch_add(1, SeqCst);
+                                if task % 500 == 0 {
+                                    // Keep a pool thread busy so later tasks queue up.
+                                    thread::sleep(Duration::from_millis(5));
+                                }
+                                spawner * TASKS_EACH + task
+                            })
+                            .expect("the pool accepts work")
+                        })
+                        .collect();
+                    for (task, mut promise) in promises.into_iter().enumerate() {
+                        let result = promise
+                            .wait_timeout(Duration::from_secs(60))
+                            .expect("every task runs");
+                        assert_eq!(result, spawner * TASKS_EACH + task);
+                    }
+                })
+            })
+            .collect();
+        for spawner in spawners {
+            spawner.join().expect("a spawner panicked");
+        }
+        assert_eq!(runs.load(SeqCst), SPAWNERS * TASKS_EACH);
+    }
 }
