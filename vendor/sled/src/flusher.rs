@@ -36,6 +36,17 @@ impl Flusher {
         pagecache: Arc<PageCache>,
         flush_every_ms: u64,
     ) -> Self {
+        Self::spawn(name, move |shutdown, sc| {
+            run(shutdown, sc, &pagecache, flush_every_ms)
+        })
+    }
+
+    /// Cairn patch: the thread plumbing `new` and `new_cleaner` share. `body` runs on a
+    /// thread named `name` until it sees the shutdown state leave `Running`.
+    fn spawn<F>(name: String, body: F) -> Self
+    where
+        F: FnOnce(&Arc<Mutex<ShutdownState>>, &Arc<Condvar>) + Send + 'static,
+    {
         #[allow(clippy::mutex_atomic)] // mutex used in CondVar below
         let shutdown = Arc::new(Mutex::new(ShutdownState::Running));
         let sc = Arc::new(Condvar::new());
@@ -45,7 +56,7 @@ impl Flusher {
             .spawn({
                 let shutdown = shutdown.clone();
                 let sc = sc.clone();
-                move || run(&shutdown, &sc, &pagecache, flush_every_ms)
+                move || body(&shutdown, &sc)
             })
             .unwrap();
 
@@ -70,20 +81,9 @@ impl Flusher {
     /// Spawns the `sled-cleaner` thread, which rewrites pages out of segments being
     /// cleaned until dropped.
     pub(crate) fn new_cleaner(pagecache: Arc<PageCache>) -> Self {
-        #[allow(clippy::mutex_atomic)] // mutex used in CondVar below
-        let shutdown = Arc::new(Mutex::new(ShutdownState::Running));
-        let sc = Arc::new(Condvar::new());
-
-        let join_handle = thread::Builder::new()
-            .name("sled-cleaner".to_owned())
-            .spawn({
-                let shutdown = shutdown.clone();
-                let sc = sc.clone();
-                move || run_cleaner(&shutdown, &sc, &pagecache)
-            })
-            .unwrap();
-
-        Self { shutdown, sc, join_handle: Mutex::new(Some(join_handle)) }
+        Self::spawn("sled-cleaner".to_owned(), move |shutdown, sc| {
+            run_cleaner(shutdown, sc, &pagecache)
+        })
     }
 }
 
