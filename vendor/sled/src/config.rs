@@ -221,6 +221,10 @@ pub struct Inner {
     /// rewritten out of draining segments by a background thread, not inside writes.
     #[doc(hidden)]
     pub background_segment_cleaning: bool,
+    /// Cairn patch (PATCHES.md, "A flush hands its writes to the kernel"): a log write
+    /// starts the kernel's writeback of its range instead of waiting for the device.
+    #[doc(hidden)]
+    pub flush_to_kernel: bool,
     #[doc(hidden)]
     pub version: (usize, usize),
     tmp_path: PathBuf,
@@ -252,6 +256,7 @@ impl Default for Inner {
             power_loss_durable: false,
             drop_written_pages: false,
             background_segment_cleaning: false,
+            flush_to_kernel: false,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),
@@ -545,6 +550,11 @@ impl Config {
             background_segment_cleaning,
             bool,
             "Cairn patch: a write no longer rewrites a page out of a segment being cleaned before it returns; a background thread (sled-cleaner) does, in slices of at most 10 ms followed by a rest three times as long"
+        ),
+        (
+            flush_to_kernel,
+            bool,
+            "Cairn patch: a log write starts the kernel's writeback of what it wrote (sync_file_range with SYNC_FILE_RANGE_WRITE alone) instead of waiting for the device to complete it, so a flush returns once its bytes are in the kernel: that survives a crash of the process, not of the machine. Ignored with power_loss_durable"
         )
     );
 

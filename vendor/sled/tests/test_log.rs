@@ -408,6 +408,53 @@ fn power_loss_durable_flushes_sync_blobs_their_directory_and_the_log() -> Result
     Ok(())
 }
 
+/// Cairn patch (PATCHES.md, "A flush hands its writes to the kernel"): with
+/// `flush_to_kernel`, what a returned flush covers survives the process dying at once
+/// (`abort`: no destructor, no further write), small values in the log and a large one in a
+/// blob file alike, because the flush wrote it to the kernel before returning.
+#[test]
+fn flush_to_kernel_flushes_survive_an_abort_of_the_process() -> Result<()> {
+    const CHILD: &str = "SLED_FLUSH_TO_KERNEL_CHILD";
+    let value = |key: u8| vec![key; if key == 0 { 200 * 1024 } else { 1000 }];
+    if let Some(path) = std::env::var_os(CHILD) {
+        let db = Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .flush_to_kernel(true)
+            .open()?;
+        for key in 0..64_u8 {
+            db.insert([key], value(key))?;
+        }
+        db.flush()?;
+        std::process::abort();
+    }
+    let path = std::env::temp_dir()
+        .join(format!("sled-flush-to-kernel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "flush_to_kernel_flushes_survive_an_abort_of_the_process",
+            "--test-threads=1",
+        ])
+        .env(CHILD, &path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    assert!(!status.success(), "the child should have aborted: {:?}", status);
+    let db = Config::new().path(&path).flush_every_ms(None).open()?;
+    for key in 0..64_u8 {
+        assert_eq!(db.get([key])?, Some(IVec::from(value(key))), "key {}", key);
+    }
+    assert!(
+        std::fs::read_dir(path.join("blobs"))?.count() > 0,
+        "no value was written as a blob"
+    );
+    drop(db);
+    std::fs::remove_dir_all(&path)?;
+    Ok(())
+}
+
 /// How many of a file's pages are in the kernel's page cache (`mincore` over a mapping).
 #[cfg(target_os = "linux")]
 fn cached_pages(path: &std::path::Path) -> usize {

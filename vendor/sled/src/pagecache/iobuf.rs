@@ -762,14 +762,21 @@ impl IoBufs {
                 #[cfg(target_os = "linux")]
                 {
                     use std::os::unix::io::AsRawFd;
+                    // Cairn patch (PATCHES.md, "A flush hands its writes to the
+                    // kernel"): start the writeback, do not wait for the device.
+                    let flags = if self.config.flush_to_kernel {
+                        libc::SYNC_FILE_RANGE_WRITE
+                    } else {
+                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                            | libc::SYNC_FILE_RANGE_WRITE
+                            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+                    };
                     let ret = unsafe {
                         libc::sync_file_range(
                             f.as_raw_fd(),
                             i64::try_from(log_offset).unwrap(),
                             i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                            flags,
                         )
                     };
                     if ret < 0 {
