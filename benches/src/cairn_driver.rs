@@ -20,8 +20,9 @@ pub const SYSTEM: &str = "cairn";
 /// What an acknowledgement promises with `storage.durability = "flush"`.
 pub const DURABILITY_FLUSH: &str =
     "acks=all, storage.durability = flush: a record is acknowledged once a majority of \
-     replicas flushed it (sled's flush: written and sync_file_range'd, which survives a process \
-     crash; not an fsync, so a power loss on a majority can lose acknowledged records)";
+     replicas flushed it (sled's flush: written to the kernel, its writeback started, which \
+     survives a process crash; not an fsync, so a power loss on a majority can lose \
+     acknowledged records)";
 /// What an acknowledgement promises with `storage.durability = "fsync"`.
 pub const DURABILITY_FSYNC: &str =
     "acks=all, storage.durability = fsync: a record is acknowledged once a majority of replicas \

@@ -1,9 +1,10 @@
 //! `cairn-bench disk`: the storage's share of the publish latency floor on this machine.
 //!
 //! A record is acknowledged (`acks=all`) only after sled's flush returned on the leader and on
-//! a follower, and a flush waits for the disk to complete its write (`sync_file_range` with
-//! `WAIT_AFTER`, see `storage/src/sled_store.rs`). Whatever else Cairn does, its publish
-//! latency cannot beat the disk's flush latency, so this measures that alone: `--nodes` sled
+//! a follower. In flush mode, the store's default here, a flush writes sled's buffers to the
+//! kernel and starts their writeback without waiting for it (see `storage/src/sled_store.rs`).
+//! Whatever else Cairn does, its publish latency cannot beat the flush latency, so this
+//! measures that alone: `--nodes` sled
 //! stores (one per node, as a local cluster has, all on the disk of `--dir`), each with a
 //! writer thread that every `--interval-us` appends what `--rate` records/s of `--record-bytes`
 //! bring in that interval (spread over `--partitions` logs) and flushes, the shape of a node's

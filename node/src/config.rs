@@ -291,8 +291,9 @@ struct StorageSettings {
 /// The node's store (storage/src/sled_store.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageConfig {
-    /// What an acknowledgement means on this node's disk. `flush`: the batch is written and
-    /// `sync_file_range`d, which survives a crash of the process but not a power cut.
+    /// What an acknowledgement means on this node's disk. `flush`: the batch is written to the
+    /// kernel (its writeback started), which survives a crash of the process but not of the
+    /// operating system, nor a power cut.
     /// `fsync`: every byte of it (log, blob files, the directories of new files) is synced
     /// to the disk before the node counts it durable, which survives power loss. Syncs are
     /// grouped: one covers every append that arrived while the previous one ran.

@@ -78,9 +78,19 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
     // broker), so another node in the same process keeps its counts apart.
     let metrics = Arc::new(NodeMetrics::new());
     let flush_times = Arc::new(FlushTimes::new());
+    // In flush mode a flush hands a few buffers to the kernel (tens of microseconds), so it runs
+    // on the node's own thread at the end of its turn: the committer thread's two wake-ups
+    // per flush cost more. An fsync waits for the device, so it keeps a thread of its own.
+    let site = match config.storage.durability {
+        cairn_storage::Durability::Flush => cairn_storage::FlushSite::Caller,
+        cairn_storage::Durability::Fsync => cairn_storage::FlushSite::Thread,
+    };
     let committer = GroupCommitter::start_observed(
         store.clone(),
-        cairn_storage::GroupCommitConfig::default(),
+        cairn_storage::GroupCommitConfig {
+            site,
+            ..cairn_storage::GroupCommitConfig::default()
+        },
         Some(Box::new({
             let (metrics, flush_times) = (Arc::clone(&metrics), Arc::clone(&flush_times));
             move |took| {

@@ -11,14 +11,19 @@
 //! for room (async backpressure) and then for the flush; [`GroupCommitter::request_blocking`]
 //! does the same on a plain thread.
 //!
-//! The flush runs on its own OS thread because sled's flush blocks (an actix arbiter must not).
-//! Dropping the last clone of the [`GroupCommitter`] stops the thread after it has answered
-//! every request already queued.
+//! Where the flush runs is [`GroupCommitConfig::site`]. [`FlushSite::Thread`]: on an OS thread
+//! of its own, for flushes that wait for the device (an `fsync` takes milliseconds, which an
+//! actix arbiter must not block for). [`FlushSite::Caller`]: in a task on the async runtime of
+//! whoever asked, queued behind the tasks already ready there, for flushes that only hand their
+//! bytes to the kernel (tens of microseconds): two thread wake-ups per flush cost more than
+//! that. The queue, the grouping and the promise are the same either way. Dropping the last
+//! clone of the [`GroupCommitter`] stops the thread after it has answered every request
+//! already queued.
 
 use crate::{LogStore, StorageError};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -29,18 +34,34 @@ type FlushResult = Result<(), StorageError>;
 /// A flush taking this long is logged.
 const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Limits of the group committer.
+/// Where the group committer runs its flushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushSite {
+    /// On the committer's own thread. For flushes that wait for the device.
+    #[default]
+    Thread,
+    /// On the thread that asked, in a task spawned on its tokio runtime, which runs after the
+    /// tasks already ready there: requests made meanwhile (by any partition on that thread)
+    /// share the flush. For flushes that only hand their bytes to the kernel. A flush after a
+    /// failed one (the store may reopen, which takes long) runs on the runtime's blocking pool
+    /// instead. A request made outside any tokio runtime is flushed at once by its caller.
+    Caller,
+}
+
+/// Limits of the group committer, and where it flushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitConfig {
     /// Requests that may wait for the next flush. One flush answers all of them, so this only
     /// bounds memory; it is large enough that a busy node rarely meets it.
     pub flush_requests_max: usize,
+    pub site: FlushSite,
 }
 
 impl Default for GroupCommitConfig {
     fn default() -> Self {
         GroupCommitConfig {
             flush_requests_max: 16 * 1024,
+            site: FlushSite::Thread,
         }
     }
 }
@@ -74,6 +95,15 @@ struct Shared {
     flushes_failed: AtomicU64,
     requests_served: AtomicU64,
     observer: Option<FlushObserver>,
+    /// The store's flush, with [`FlushSite::Caller`] (the thread owns the store otherwise).
+    caller_flush: Option<Box<dyn Fn() -> FlushResult + Send + Sync>>,
+    /// With [`FlushSite::Caller`]: a flush task is spawned and has not taken the queue yet.
+    caller_flush_due: AtomicBool,
+    /// With [`FlushSite::Caller`]: the last flush failed, so the next one may reopen the store.
+    last_flush_failed: AtomicBool,
+    /// Held while a flush runs: flushes from several threads run one at a time, as on the
+    /// committer's thread.
+    flushing: Mutex<()>,
 }
 
 /// Told how long each flush took, on the flusher thread right after it returns (the node's
@@ -91,7 +121,8 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a request if there is room; the caller holds the lock.
+    /// Queues a request if there is room; the caller holds the lock. With
+    /// [`FlushSite::Caller`] the caller then calls [`Shared::schedule`] once it let go of it.
     fn enqueue(&self, queue: &mut Queue) -> Result<FlushTicket, StorageError> {
         if queue.stopping {
             return Err(stopped());
@@ -103,19 +134,108 @@ impl Shared {
         }
         let (sender, receiver) = oneshot::channel();
         queue.waiting.push(sender);
-        if queue.waiting.len() == 1 {
+        if self.caller_flush.is_none() && queue.waiting.len() == 1 {
             self.work.notify_one();
         }
         Ok(FlushTicket { receiver })
     }
 
-    async fn enqueue_when_room(&self) -> Result<FlushTicket, StorageError> {
+    /// [`FlushSite::Caller`]: makes sure a flush will take the queue, spawning its task on the
+    /// current runtime if none is due, or flushing right here outside any runtime.
+    fn schedule(self: &Arc<Self>) {
+        if self.caller_flush.is_none() || self.caller_flush_due.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.flush_caller_queue();
+            return;
+        };
+        let mut due = DueFlush {
+            shared: Arc::clone(self),
+            ran: false,
+        };
+        runtime.spawn(async move {
+            // Behind the tasks that are ready now, and the input the runtime polls next.
+            tokio::task::yield_now().await;
+            due.ran = true;
+            let shared = Arc::clone(&due.shared);
+            if shared.last_flush_failed.load(Ordering::Acquire) {
+                let blocking = tokio::task::spawn_blocking(move || shared.flush_caller_queue());
+                // A panicked flush dropped its requests' senders: they are told it stopped.
+                drop(blocking.await);
+            } else {
+                shared.flush_caller_queue();
+            }
+        });
+    }
+
+    /// [`FlushSite::Caller`]: takes the queue and flushes for it on this thread.
+    fn flush_caller_queue(&self) {
+        let Some(flush) = &self.caller_flush else {
+            return;
+        };
+        let _one_at_a_time = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let batch = {
+            let mut queue = self.lock();
+            self.caller_flush_due.store(false, Ordering::Release);
+            std::mem::take(&mut queue.waiting)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let result = self.flush_for(batch, flush);
+        self.last_flush_failed
+            .store(result.is_err(), Ordering::Release);
+    }
+
+    /// Runs one flush for `batch`, taken from the queue before it starts, and answers it.
+    fn flush_for(
+        &self,
+        batch: Vec<oneshot::Sender<FlushResult>>,
+        flush: impl FnOnce() -> FlushResult,
+    ) -> FlushResult {
+        self.room.notify_all();
+        self.room_async.notify_waiters();
+        let started = std::time::Instant::now();
+        let result = flush();
+        let took = started.elapsed();
+        if let Some(observer) = &self.observer {
+            observer(took);
+        }
+        if took >= SLOW_FLUSH {
+            // Every acknowledgement waits for a flush: a slow one is a latency spike.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                requests = batch.len(),
+                "slow flush"
+            );
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            self.flushes_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.requests_served
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for sender in batch {
+            // A requester that gave up dropped its receiver; nothing to tell it.
+            let _ = sender.send(result.clone());
+        }
+        result
+    }
+
+    async fn enqueue_when_room(self: &Arc<Self>) -> Result<FlushTicket, StorageError> {
         loop {
             let notified = self.room_async.notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before looking, so a wake-up between the look and the wait is kept.
             notified.as_mut().enable();
             let attempt = self.enqueue(&mut self.lock());
+            if attempt.is_ok() {
+                self.schedule();
+            }
             match attempt {
                 Err(StorageError::FlushQueueFull { .. }) => notified.await,
                 other => return other,
@@ -138,33 +258,35 @@ impl Shared {
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            self.room.notify_all();
-            self.room_async.notify_waiters();
-            let started = std::time::Instant::now();
-            let result = store.flush();
-            let took = started.elapsed();
-            if let Some(observer) = &self.observer {
-                observer(took);
-            }
-            if took >= SLOW_FLUSH {
-                // Every acknowledgement waits for a flush: a slow one is a latency spike.
-                tracing::warn!(
-                    took_ms = took.as_millis() as u64,
-                    requests = batch.len(),
-                    "slow flush"
-                );
-            }
-            self.flushes.fetch_add(1, Ordering::Relaxed);
-            if result.is_err() {
-                self.flushes_failed.fetch_add(1, Ordering::Relaxed);
-            }
-            self.requests_served
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for sender in batch {
-                // A requester that gave up dropped its receiver; nothing to tell it.
-                let _ = sender.send(result.clone());
-            }
+            let _one_at_a_time = self
+                .flushing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Its requests were told; the next flush tries again.
+            drop(self.flush_for(batch, || store.flush()));
         }
+    }
+}
+
+/// A spawned caller-site flush that has not run yet. If its runtime drops it unrun (the
+/// runtime is shutting down), the next request spawns another, and the requests it would
+/// have answered are told the committer stopped rather than left waiting.
+struct DueFlush {
+    shared: Arc<Shared>,
+    ran: bool,
+}
+
+impl Drop for DueFlush {
+    fn drop(&mut self) {
+        if self.ran {
+            return;
+        }
+        let orphans = {
+            let mut queue = self.shared.lock();
+            self.shared.caller_flush_due.store(false, Ordering::Release);
+            std::mem::take(&mut queue.waiting)
+        };
+        drop(orphans);
     }
 }
 
@@ -234,25 +356,36 @@ impl GroupCommitter {
             flushes_failed: AtomicU64::new(0),
             requests_served: AtomicU64::new(0),
             observer,
+            caller_flush: match config.site {
+                FlushSite::Thread => None,
+                FlushSite::Caller => {
+                    let store = store.clone();
+                    Some(Box::new(move || store.flush()))
+                }
+            },
+            caller_flush_due: AtomicBool::new(false),
+            last_flush_failed: AtomicBool::new(false),
+            flushing: Mutex::new(()),
         });
-        let flusher = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("cairn-group-commit".to_owned())
-            .spawn(move || flusher.run(store))
-            // No thread means no durability at all: an environment we cannot work with.
-            .expect("cannot spawn the group-commit thread");
+        let thread = (config.site == FlushSite::Thread).then(|| {
+            let flusher = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("cairn-group-commit".to_owned())
+                .spawn(move || flusher.run(store))
+                // No thread means no durability at all: an environment we cannot work with.
+                .expect("cannot spawn the group-commit thread")
+        });
         GroupCommitter {
-            handle: Arc::new(Handle {
-                shared,
-                thread: Some(thread),
-            }),
+            handle: Arc::new(Handle { shared, thread }),
         }
     }
 
     /// Queues a flush request now, or refuses with [`StorageError::FlushQueueFull`].
     pub fn try_request(&self) -> Result<FlushTicket, StorageError> {
         let shared = &self.handle.shared;
-        shared.enqueue(&mut shared.lock())
+        let ticket = shared.enqueue(&mut shared.lock())?;
+        shared.schedule();
+        Ok(ticket)
     }
 
     /// Queues a flush request, waiting for room when the queue is full (backpressure), and
@@ -291,6 +424,8 @@ impl GroupCommitter {
                 }
             }
         };
+        // With `FlushSite::Caller` a plain thread flushes for itself.
+        shared.flush_caller_queue();
         ticket.wait_blocking()
     }
 
@@ -352,6 +487,7 @@ mod tests {
         gate_closed: Arc<(Mutex<bool>, Condvar)>,
         failing: Arc<AtomicBool>,
         flushes_started: Arc<AtomicU64>,
+        flush_threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
     }
 
     impl TestStore {
@@ -388,6 +524,10 @@ mod tests {
 
         fn flush(&self) -> Result<(), StorageError> {
             self.flushes_started.fetch_add(1, Ordering::SeqCst);
+            self.flush_threads
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
             let (closed, opened) = &*self.gate_closed;
             let mut guard = closed.lock().unwrap();
             while *guard {
@@ -464,6 +604,7 @@ mod tests {
             store.clone(),
             GroupCommitConfig {
                 flush_requests_max: 2,
+                ..GroupCommitConfig::default()
             },
         );
         store.set_gate(true);
@@ -551,5 +692,117 @@ mod tests {
         for ticket in tickets {
             ticket.wait_blocking().unwrap();
         }
+    }
+
+    fn on_the_caller() -> GroupCommitConfig {
+        GroupCommitConfig {
+            site: FlushSite::Caller,
+            ..GroupCommitConfig::default()
+        }
+    }
+
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn on_the_caller_one_flush_on_its_thread_answers_every_request_of_a_turn() {
+        let store = TestStore::default();
+        let committer = GroupCommitter::start_with(store.clone(), on_the_caller());
+        assert!(committer.handle.thread.is_none(), "no thread of its own");
+        let mut log = store.open_log("p").unwrap();
+        let runtime = current_thread_runtime();
+        runtime.block_on(async {
+            let mut tickets = Vec::new();
+            for offset in 0..50 {
+                log.append(&batch().stamped(Offset(offset), Epoch(1)))
+                    .unwrap();
+                tickets.push(committer.request());
+            }
+            assert_eq!(
+                store.flushes_started.load(Ordering::SeqCst),
+                0,
+                "flushed before the turn ended"
+            );
+            for ticket in tickets {
+                ticket.await.unwrap();
+            }
+        });
+        let stats = committer.stats();
+        assert_eq!((stats.flushes, stats.requests_served), (1, 50));
+        assert_eq!(
+            *store.flush_threads.lock().unwrap(),
+            vec![std::thread::current().id()]
+        );
+        store.memory.crash();
+        assert_eq!(log.log_end(), Offset(50), "every append was covered");
+        // The next turn's request gets a flush of its own.
+        runtime
+            .block_on(async { committer.request().await })
+            .unwrap();
+        assert_eq!(committer.stats().flushes, 2);
+    }
+
+    #[test]
+    fn on_the_caller_an_error_reaches_the_requests_and_the_next_flush_runs_off_the_thread() {
+        let store = TestStore::default();
+        store.failing.store(true, Ordering::SeqCst);
+        let committer = GroupCommitter::start_with(store.clone(), on_the_caller());
+        let runtime = current_thread_runtime();
+        let (first, second) = runtime.block_on(async {
+            let first = committer.request();
+            let second = committer.request();
+            (first.await, second.await)
+        });
+        let fire = Err(StorageError::Io("disk on fire".to_owned()));
+        assert_eq!((&first, &second), (&fire, &fire));
+        assert_eq!(committer.stats().flushes_failed, 1);
+        // After a failure the store may reopen, which takes long: not on the caller's thread.
+        store.failing.store(false, Ordering::SeqCst);
+        runtime
+            .block_on(async { committer.request().await })
+            .unwrap();
+        let threads = store.flush_threads.lock().unwrap().clone();
+        assert_eq!(threads.len(), 2);
+        assert_eq!(threads[0], std::thread::current().id());
+        assert_ne!(threads[1], std::thread::current().id());
+        // Healthy again: back on the caller.
+        runtime
+            .block_on(async { committer.request().await })
+            .unwrap();
+        assert_eq!(
+            store.flush_threads.lock().unwrap()[2],
+            std::thread::current().id()
+        );
+    }
+
+    #[test]
+    fn on_the_caller_outside_a_runtime_the_caller_flushes_at_once() {
+        let store = TestStore::default();
+        let committer = GroupCommitter::start_with(store.clone(), on_the_caller());
+        committer.request_blocking().unwrap();
+        let ticket = committer.try_request().unwrap();
+        assert_eq!(committer.stats().flushes, 2, "flushed before returning");
+        ticket.wait_blocking().unwrap();
+    }
+
+    #[test]
+    fn on_the_caller_a_flush_its_runtime_dropped_unrun_fails_its_requests_not_later_ones() {
+        let store = TestStore::default();
+        let committer = GroupCommitter::start_with(store.clone(), on_the_caller());
+        let runtime = current_thread_runtime();
+        let orphan = {
+            let _inside = runtime.enter();
+            committer.try_request().unwrap()
+        };
+        drop(runtime);
+        assert_eq!(orphan.wait_blocking(), Err(stopped()));
+        assert_eq!(store.flushes_started.load(Ordering::SeqCst), 0);
+        current_thread_runtime()
+            .block_on(async { committer.request().await })
+            .unwrap();
+        assert_eq!(committer.stats().flushes, 1);
     }
 }

@@ -31,7 +31,9 @@ pub mod watermark;
 
 mod core;
 
-pub use group_commit::{FlushTicket, GroupCommitConfig, GroupCommitStats, GroupCommitter};
+pub use group_commit::{
+    FlushSite, FlushTicket, GroupCommitConfig, GroupCommitStats, GroupCommitter,
+};
 pub use memory::{MemoryLog, MemoryStore};
 pub use sled_store::{Durability, SledConfig, SledLog, SledStore, SyncCounters};
 pub use watermark::Watermark;

@@ -5,11 +5,15 @@
 //! epoch history, size counter, caller values) and `time/<log>` (running maximum timestamp ->
 //! base offset). The rules live in the private `core` module; this file only maps them onto trees.
 //!
-//! Durability ([`Durability`]): sled 0.34's `flush` writes and `sync_file_range`s its log,
-//! which survives a process kill but not a power cut (sled issue 1452): neither the file's
-//! block map nor the disk's write cache is flushed, and blob files (pages over 128 KiB, which
-//! is where 64 KiB batches live) and new directory entries are never synced at all. That is
-//! [`Durability::Flush`]. With [`Durability::Fsync`] the store opens sled with the Cairn
+//! Durability ([`Durability`]): sled 0.34's `flush` writes its log and waits for
+//! `sync_file_range`, which survives a process kill but not a power cut (sled issue 1452):
+//! neither the file's block map nor the disk's write cache is flushed, and blob files (pages
+//! over 128 KiB, which is where 64 KiB batches live) and new directory entries are never
+//! synced at all. With [`Durability::Flush`] the store opens sled with the Cairn patch
+//! `flush_to_kernel` (vendor/sled/PATCHES.md, "A flush hands its writes to the kernel"): the
+//! flush returns once the log write is in the kernel and its writeback has started, not
+//! finished, which promises the same (a process kill loses nothing the kernel holds) without
+//! waiting for the device. With [`Durability::Fsync`] the store opens sled with the Cairn
 //! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log
 //! write `fdatasync`s the blob files written since the previous one and `fsync`s their
 //! directory, then writes and `fdatasync`s the log, so a flush that returned covers every byte
@@ -61,8 +65,9 @@ const TIME_PREFIX: &str = "time/";
 /// What an acknowledged flush promises (`storage.durability` in the node's configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// sled's flush: the log is written and `sync_file_range`d, blob files are left to the
-    /// kernel. Survives a process kill; a power cut can lose flushed writes.
+    /// sled's flush: the log is written to the kernel (its writeback started, not waited
+    /// for), blob files are left to the kernel. Survives a process kill; a crash of the
+    /// operating system or a power cut can lose flushed writes.
     #[default]
     Flush,
     /// Every byte a flush covers is on the disk: blob files, the log and the watermark file
@@ -380,6 +385,7 @@ impl SledStore {
             .path(path)
             .cache_capacity(config.cache_capacity_bytes)
             .power_loss_durable(fsync)
+            .flush_to_kernel(!fsync)
             .drop_written_pages(true)
             .background_segment_cleaning(true)
             .flush_every_ms(None);
