@@ -99,7 +99,8 @@ struct Shared {
     caller_flush: Option<Box<dyn Fn() -> FlushResult + Send + Sync>>,
     /// With [`FlushSite::Caller`]: a flush task is spawned and has not taken the queue yet.
     caller_flush_due: AtomicBool,
-    /// With [`FlushSite::Caller`]: the last flush failed, so the next one may reopen the store.
+    /// The last flush failed, so the next one may reopen the store (read with
+    /// [`FlushSite::Caller`], which then flushes off the caller's thread).
     last_flush_failed: AtomicBool,
     /// Held while a flush runs: flushes from several threads run one at a time, as on the
     /// committer's thread.
@@ -186,9 +187,8 @@ impl Shared {
         if batch.is_empty() {
             return;
         }
-        let result = self.flush_for(batch, flush);
-        self.last_flush_failed
-            .store(result.is_err(), Ordering::Release);
+        // Its requests were told; the next flush tries again.
+        drop(self.flush_for(batch, flush));
     }
 
     /// Runs one flush for `batch`, taken from the queue before it starts, and answers it.
@@ -217,6 +217,9 @@ impl Shared {
         if result.is_err() {
             self.flushes_failed.fetch_add(1, Ordering::Relaxed);
         }
+        // Before the answers: a requester told of this flush asks again after seeing them.
+        self.last_flush_failed
+            .store(result.is_err(), Ordering::Release);
         self.requests_served
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for sender in batch {
