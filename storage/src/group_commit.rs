@@ -102,8 +102,8 @@ struct Shared {
     /// The last flush failed, so the next one may reopen the store (read with
     /// [`FlushSite::Caller`], which then flushes off the caller's thread).
     last_flush_failed: AtomicBool,
-    /// Held while a flush runs: flushes from several threads run one at a time, as on the
-    /// committer's thread.
+    /// With [`FlushSite::Caller`], held while a flush runs: flushes asked for on several
+    /// threads run one at a time, as they do on the committer's one thread.
     flushing: Mutex<()>,
 }
 
@@ -261,10 +261,6 @@ impl Shared {
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            let _one_at_a_time = self
-                .flushing
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
             // Its requests were told; the next flush tries again.
             drop(self.flush_for(batch, || store.flush()));
         }
