@@ -20,7 +20,7 @@ pub const SYSTEM: &str = "cairn";
 /// What an acknowledgement promises with `storage.durability = "flush"`.
 pub const DURABILITY_FLUSH: &str =
     "acks=all, storage.durability = flush: a record is acknowledged once a majority of \
-     replicas flushed it (sled's flush: written to the kernel, its writeback started, which \
+     replicas flushed it (sled's flush: written to the kernel, its writeback started in batches, which \
      survives a process crash; not an fsync, so a power loss on a majority can lose \
      acknowledged records)";
 /// What an acknowledgement promises with `storage.durability = "fsync"`.

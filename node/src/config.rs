@@ -292,7 +292,7 @@ struct StorageSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageConfig {
     /// What an acknowledgement means on this node's disk. `flush`: the batch is written to the
-    /// kernel (its writeback started), which survives a crash of the process but not of the
+    /// kernel (its writeback started in batches), which survives a crash of the process but not of the
     /// operating system, nor a power cut.
     /// `fsync`: every byte of it (log, blob files, the directories of new files) is synced
     /// to the disk before the node counts it durable, which survives power loss. Syncs are

@@ -11,8 +11,8 @@
 //! over 128 KiB, which is where 64 KiB batches live) and new directory entries are never
 //! synced at all. With [`Durability::Flush`] the store opens sled with the Cairn patch
 //! `flush_to_kernel` (vendor/sled/PATCHES.md, "A flush hands its writes to the kernel"): the
-//! flush returns once the log write is in the kernel and its writeback has started, not
-//! finished, which promises the same (a process kill loses nothing the kernel holds) without
+//! flush returns once the log write is in the kernel (its writeback is started in batches of
+//! 1 MiB or 50 ms, and not waited for), which promises the same (a process kill loses nothing the kernel holds) without
 //! waiting for the device. With [`Durability::Fsync`] the store opens sled with the Cairn
 //! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log
 //! write `fdatasync`s the blob files written since the previous one and `fsync`s their
@@ -65,8 +65,8 @@ const TIME_PREFIX: &str = "time/";
 /// What an acknowledged flush promises (`storage.durability` in the node's configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// sled's flush: the log is written to the kernel (its writeback started, not waited
-    /// for), blob files are left to the kernel. Survives a process kill; a crash of the
+    /// sled's flush: the log is written to the kernel (its writeback started in batches, not
+    /// waited for), blob files are left to the kernel. Survives a process kill; a crash of the
     /// operating system or a power cut can lose flushed writes.
     #[default]
     Flush,

@@ -494,18 +494,24 @@ fn cached_pages(path: &std::path::Path) -> usize {
 #[cfg(target_os = "linux")]
 #[test]
 fn written_pages_leave_the_page_cache() -> Result<()> {
-    for (durable, drop_pages) in [(true, true), (false, true), (true, false)] {
+    // The third: `flush_to_kernel`, whose writeback starts in batches ("A flush hands its
+    // writes to the kernel").
+    for (durable, drop_pages, to_kernel) in
+        [(true, true, false), (false, true, false), (false, true, true), (true, false, false)]
+    {
         let path = std::env::temp_dir().join(format!(
-            "sled-drop-written-pages-{}-{}-{}",
+            "sled-drop-written-pages-{}-{}-{}-{}",
             std::process::id(),
             durable,
-            drop_pages
+            drop_pages,
+            to_kernel
         ));
         let _ = std::fs::remove_dir_all(&path);
         let config = Config::new()
             .path(&path)
             .flush_every_ms(None)
             .power_loss_durable(durable)
+            .flush_to_kernel(to_kernel)
             .drop_written_pages(drop_pages);
         let cached_blob_pages = |paths: &[std::path::PathBuf]| -> usize {
             paths.iter().map(|blob| cached_pages(blob)).sum()

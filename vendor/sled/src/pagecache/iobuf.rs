@@ -317,6 +317,9 @@ pub(crate) struct IoBufs {
     /// Cairn patch (PATCHES.md, "Written pages leave the page cache"): log ranges written
     /// and synced, with when, whose pages are dropped `LOG_DROP_DELAY` later.
     log_pages_to_drop: Mutex<std::collections::VecDeque<((LogOffset, u64), std::time::Instant)>>,
+    /// Cairn patch (PATCHES.md, "A flush hands its writes to the kernel"): with
+    /// `flush_to_kernel`, the log range written since the writeback was last started.
+    writeback_pending: Mutex<PendingWriteback>,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
@@ -332,6 +335,88 @@ pub(crate) struct IoBufs {
 const LOG_DROP_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Log ranges waiting to be dropped; past it the oldest are dropped early.
 const LOG_DROP_PENDING_MAX: usize = 65_536;
+
+/// With `flush_to_kernel`, the kernel's writeback of the log is started once this many bytes
+/// were written contiguously since it was last started, rather than after every write: each
+/// start submits the range to the device (on a virtual machine a notification of the host,
+/// a VM exit), and a flush every few hundred microseconds under load made that a tenth of a
+/// node's CPU. What may be dirty and not yet submitted stays this small, so the kernel's own
+/// writeback never finds gigabytes to write at once.
+const WRITEBACK_BATCH_BYTES: u64 = 1024 * 1024;
+/// ... or once the range's first write is this old (checked at the next write), so a quiet
+/// log's last writes are written back (and their pages dropped) as before.
+const WRITEBACK_DELAY_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The log range written but whose writeback is not started yet (`flush_to_kernel`).
+#[derive(Debug, Default)]
+struct PendingWriteback {
+    /// Start, end (exclusive) and the time of its first write.
+    range: Option<(LogOffset, LogOffset, std::time::Instant)>,
+}
+
+impl PendingWriteback {
+    /// Adds a write of `len` bytes at `offset`; returns the ranges (offset, length) whose
+    /// writeback is to start now: the pending one if this write does not continue it, and the
+    /// pending one (with this write) once it is `WRITEBACK_BATCH_BYTES` long or
+    /// `WRITEBACK_DELAY_MAX` old.
+    fn add(
+        &mut self,
+        offset: LogOffset,
+        len: u64,
+        now: std::time::Instant,
+    ) -> [Option<(LogOffset, u64)>; 2] {
+        let end = offset + len;
+        let mut due = [None, None];
+        self.range = match self.range {
+            Some((start, stop, since)) if start <= offset && offset <= stop => {
+                Some((start, stop.max(end), since))
+            }
+            Some((start, stop, _)) => {
+                due[0] = Some((start, stop - start));
+                Some((offset, end, now))
+            }
+            None => Some((offset, end, now)),
+        };
+        if let Some((start, stop, since)) = self.range {
+            if stop - start >= WRITEBACK_BATCH_BYTES
+                || now.saturating_duration_since(since) >= WRITEBACK_DELAY_MAX
+            {
+                due[1] = Some((start, stop - start));
+                self.range = None;
+            }
+        }
+        due
+    }
+}
+
+/// `sync_file_range` over `len` bytes at `offset` with `flags` (a full sync where the call
+/// does not exist).
+#[cfg(all(not(feature = "io_uring"), target_os = "linux"))]
+fn sync_range(
+    file: &std::fs::File,
+    offset: LogOffset,
+    len: u64,
+    flags: libc::c_uint,
+) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let ret = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            i64::try_from(offset).unwrap(),
+            i64::try_from(len).unwrap(),
+            flags,
+        )
+    };
+    if ret < 0 {
+        let err = std::io::Error::last_os_error();
+        if let Some(libc::ENOSYS) = err.raw_os_error() {
+            file.sync_all()?;
+        } else {
+            return Err(err.into());
+        }
+    }
+    Ok(())
+}
 
 impl Drop for IoBufs {
     fn drop(&mut self) {
@@ -431,6 +516,7 @@ impl IoBufs {
             segment_cleaner,
             deferred_segment_ops: stack::Stack::default(),
             log_pages_to_drop: Mutex::new(Default::default()),
+            writeback_pending: Mutex::new(PendingWriteback::default()),
             #[cfg(feature = "io_uring")]
             submission_mutex: Mutex::new(()),
             #[cfg(feature = "io_uring")]
@@ -761,31 +847,27 @@ impl IoBufs {
             } else if !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
-                    use std::os::unix::io::AsRawFd;
-                    // Cairn patch (PATCHES.md, "A flush hands its writes to the
-                    // kernel"): start the writeback, do not wait for the device.
-                    let flags = if self.config.flush_to_kernel {
-                        libc::SYNC_FILE_RANGE_WRITE
-                    } else {
-                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                            | libc::SYNC_FILE_RANGE_WRITE
-                            | libc::SYNC_FILE_RANGE_WAIT_AFTER
-                    };
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            flags,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
+                    if self.config.flush_to_kernel {
+                        // Cairn patch (PATCHES.md, "A flush hands its writes to the
+                        // kernel"): start the writeback, in batches, and do not wait for
+                        // the device.
+                        let due = self.writeback_pending.lock().add(
+                            log_offset,
+                            total_len as u64,
+                            std::time::Instant::now(),
+                        );
+                        for &(offset, len) in due.iter().flatten() {
+                            sync_range(f, offset, len, libc::SYNC_FILE_RANGE_WRITE)?;
                         }
+                    } else {
+                        sync_range(
+                            f,
+                            log_offset,
+                            total_len as u64,
+                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                                | libc::SYNC_FILE_RANGE_WRITE
+                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                        )?;
                     }
                 }
 
@@ -1312,5 +1394,52 @@ impl Debug for IoBuf {
             header::offset(header),
             header::is_sealed(header)
         ))
+    }
+}
+
+#[cfg(test)]
+mod writeback_tests {
+    use super::{PendingWriteback, WRITEBACK_BATCH_BYTES, WRITEBACK_DELAY_MAX};
+    use std::time::Instant;
+
+    #[test]
+    fn contiguous_writes_start_one_writeback_per_batch() {
+        let mut pending = PendingWriteback::default();
+        let now = Instant::now();
+        let chunk = WRITEBACK_BATCH_BYTES / 4;
+        for n in 0..3 {
+            assert_eq!(pending.add(n * chunk, chunk, now), [None, None]);
+        }
+        // A write may rewrite the end of the previous one (its last, partial page).
+        assert_eq!(
+            pending.add(3 * chunk - 100, chunk + 100, now),
+            [None, Some((0, WRITEBACK_BATCH_BYTES))]
+        );
+        assert_eq!(pending.add(4 * chunk, 10, now), [None, None]);
+    }
+
+    #[test]
+    fn a_write_elsewhere_starts_the_pending_range_first() {
+        let mut pending = PendingWriteback::default();
+        let now = Instant::now();
+        assert_eq!(pending.add(4096, 100, now), [None, None]);
+        assert_eq!(pending.add(1 << 30, 100, now), [Some((4096, 100)), None]);
+        // Before the pending range is elsewhere too.
+        assert_eq!(pending.add(0, 100, now), [Some((1 << 30, 100)), None]);
+    }
+
+    #[test]
+    fn an_old_pending_range_is_started_by_the_next_write() {
+        let mut pending = PendingWriteback::default();
+        let then = Instant::now();
+        assert_eq!(pending.add(0, 100, then), [None, None]);
+        let later = then + WRITEBACK_DELAY_MAX;
+        assert_eq!(pending.add(100, 100, later), [None, Some((0, 200))]);
+        // A write elsewhere after the delay starts the old range; its own is new.
+        assert_eq!(pending.add(0, 10, later), [None, None]);
+        assert_eq!(
+            pending.add(1 << 20, 10, later + WRITEBACK_DELAY_MAX),
+            [Some((0, 10)), None]
+        );
     }
 }
