@@ -722,3 +722,69 @@ fn replaced_blobs_are_released_in_the_background_and_drained_on_close() -> Resul
     std::fs::remove_dir_all(&path)?;
     Ok(())
 }
+
+/// Cairn patch (PATCHES.md, "Recycled blob files"): the background thread keeps spare empty
+/// files in `blobs-free/`, and a new blob with no rested released file to take takes a spare
+/// by a rename, so its inode was allocated off the writer's thread. After reopening, the spares
+/// are gone and the values read back.
+#[cfg(unix)]
+#[test]
+fn new_blobs_take_spare_files_created_in_the_background() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::temp_dir()
+        .join(format!("sled-blob-spares-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    let config =
+        Config::new().path(&path).flush_every_ms(None).segment_size(256 * 1024);
+    let inodes = |dir: &str| -> std::collections::HashSet<u64> {
+        std::fs::read_dir(path.join(dir))
+            .map(|entries| {
+                entries.map(|entry| entry.unwrap().metadata().unwrap().ino()).collect()
+            })
+            .unwrap_or_default()
+    };
+    {
+        let db = config.open()?;
+        // Over a quarter segment (64 KiB): each leaf is a blob file.
+        for key in 0..4_u8 {
+            db.open_tree([key])?.insert([0], vec![key; 100 * 1024])?;
+        }
+        db.flush()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while inodes("blobs-free").len() < 16 {
+            assert!(std::time::Instant::now() < deadline, "no spare files were created");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let spares = inodes("blobs-free");
+        let blobs_before = inodes("blobs");
+        for key in 4..12_u8 {
+            db.open_tree([key])?.insert([0], vec![key; 100 * 1024])?;
+        }
+        db.flush()?;
+        let new_blobs: Vec<u64> =
+            inodes("blobs").difference(&blobs_before).copied().collect();
+        assert!(new_blobs.len() >= 8, "{} new blob files", new_blobs.len());
+        let from_spares = new_blobs.iter().filter(|ino| spares.contains(ino)).count();
+        assert!(
+            from_spares >= 8,
+            "{} of {} new blob files were spares",
+            from_spares,
+            new_blobs.len()
+        );
+        for entry in std::fs::read_dir(path.join("blobs-free"))? {
+            assert_eq!(entry?.metadata()?.len(), 0, "a spare file has content");
+        }
+    }
+    let db = config.open()?;
+    assert!(
+        inodes("blobs-free").len() < 16,
+        "the spares of the earlier open were not removed"
+    );
+    for key in 0..12_u8 {
+        let value = db.open_tree([key])?.get([0])?.expect("a value written before");
+        assert!(value.len() == 100 * 1024 && value.iter().all(|byte| *byte == key));
+    }
+    drop(db);
+    let _ = std::fs::remove_dir_all(&path);
+    Ok(())
+}

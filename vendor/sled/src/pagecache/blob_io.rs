@@ -22,6 +22,81 @@ const FREE_BLOB_REST: Duration = Duration::from_secs(1);
 
 static FREE_BLOB_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// Empty files the background thread creates ahead, per database, for new blobs to take when
+/// no released file has rested long enough (a fresh database, a log that only grows): the
+/// inode allocation then happens on that thread instead of inside the flush that writes the
+/// blob. Restocked when fewer than `SPARE_BLOBS_LOW` are left.
+const SPARE_BLOBS: usize = 32;
+const SPARE_BLOBS_LOW: usize = SPARE_BLOBS / 2;
+
+/// Spare blob files (paths in `blobs-free/`) per database directory, and the databases whose
+/// restock is queued.
+#[derive(Default)]
+struct Spares {
+    files: HashMap<PathBuf, Vec<PathBuf>>,
+    restocking: std::collections::HashSet<PathBuf>,
+}
+
+fn spares() -> &'static std::sync::Mutex<Spares> {
+    static SPARES: OnceLock<std::sync::Mutex<Spares>> = OnceLock::new();
+    SPARES.get_or_init(Default::default)
+}
+
+/// Takes a spare file of the database in `db`, and queues a restock when few are left.
+fn take_spare(db: &std::path::Path) -> Option<PathBuf> {
+    let mut stock = spares().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let taken = stock.files.get_mut(db).and_then(Vec::pop);
+    let left = stock.files.get(db).map_or(0, Vec::len);
+    if left < SPARE_BLOBS_LOW && stock.restocking.insert(db.to_path_buf()) {
+        drop(stock);
+        if !queue_job(db, Job::Restock) {
+            spares()
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .restocking
+                .remove(db);
+        }
+    }
+    taken
+}
+
+/// Creates spare files for the database in `db` up to `SPARE_BLOBS` (on the background
+/// thread). Stops at the first error: a blob then creates its own file, as before.
+fn restock_spares(db: &std::path::Path) {
+    let dir = free_blob_dir(db);
+    loop {
+        let count = spares()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .files
+            .get(db)
+            .map_or(0, Vec::len);
+        if count >= SPARE_BLOBS || !dir.is_dir() {
+            break;
+        }
+        let sequence = FREE_BLOB_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(sequence.to_string());
+        if let Err(e) =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path)
+        {
+            debug!("creating a spare blob file {:?} failed: {}", path, e);
+            break;
+        }
+        spares()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .files
+            .entry(db.to_path_buf())
+            .or_default()
+            .push(path);
+    }
+    spares()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .restocking
+        .remove(db);
+}
+
 /// Released blob files (path, when released) per database directory, oldest first.
 fn free_blobs() -> &'static std::sync::Mutex<HashMap<PathBuf, VecDeque<(PathBuf, Instant)>>> {
     static FREE: OnceLock<std::sync::Mutex<HashMap<PathBuf, VecDeque<(PathBuf, Instant)>>>> =
@@ -79,6 +154,11 @@ pub(crate) fn reset_free_blobs(config: &Config) -> Result<()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .remove(&config.get_path());
+    spares()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .files
+        .remove(&config.get_path());
     if dir.exists() {
         for entry in std::fs::read_dir(&dir)? {
             std::fs::remove_file(entry?.path())?;
@@ -89,19 +169,26 @@ pub(crate) fn reset_free_blobs(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Opens `path` for a new blob, reusing a released file that has rested long enough.
+/// Opens `path` for a new blob, reusing a released file that has rested long enough, or else
+/// a spare one.
 fn create_blob_file(config: &Config, path: &std::path::Path) -> Result<std::fs::File> {
+    let db = config.get_path();
     let reusable = {
         let mut free = free_blobs()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let queue = free.entry(config.get_path()).or_default();
+        let queue = free.entry(db.clone()).or_default();
         match queue.front() {
             Some((_, released)) if released.elapsed() >= FREE_BLOB_REST => {
                 queue.pop_front().map(|(free_path, _)| free_path)
             }
             _ => None,
         }
+    };
+    let reusable = if reusable.is_some() || config.temporary {
+        reusable
+    } else {
+        take_spare(&db)
     };
     if let Some(free_path) = reusable {
         if std::fs::rename(&free_path, path).is_ok() {
@@ -223,9 +310,17 @@ fn releaser_behind() -> bool {
         || releaser.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
 }
 
+/// Work for the background thread, for one database.
+enum Job {
+    /// Release this blob file.
+    Release(PathBuf),
+    /// Create spare files (`restock_spares`).
+    Restock,
+}
+
 struct Releaser {
-    /// (database directory, blob path); `None` if the thread could not be started.
-    queue: Option<std::sync::mpsc::SyncSender<(PathBuf, PathBuf)>>,
+    /// (database directory, job); `None` if the thread could not be started.
+    queue: Option<std::sync::mpsc::SyncSender<(PathBuf, Job)>>,
     /// Releases queued and not yet done, per database directory.
     pending: std::sync::Mutex<HashMap<PathBuf, usize>>,
     done: std::sync::Condvar,
@@ -241,17 +336,22 @@ fn releaser() -> &'static Releaser {
     static RELEASER: OnceLock<Releaser> = OnceLock::new();
     RELEASER.get_or_init(|| {
         let (sender, receiver) =
-            std::sync::mpsc::sync_channel::<(PathBuf, PathBuf)>(RELEASES_QUEUED_MAX);
+            std::sync::mpsc::sync_channel::<(PathBuf, Job)>(RELEASES_QUEUED_MAX);
         let started = std::thread::Builder::new()
             .name("sled-blob-release".into())
             .spawn(move || {
-                for (db, path) in receiver {
-                    release_blob_file(&db, &path, true);
+                for (db, job) in receiver {
                     let releaser = releaser();
+                    match job {
+                        Job::Release(path) => {
+                            release_blob_file(&db, &path, true);
+                            releaser
+                                .released_in_background
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Job::Restock => restock_spares(&db),
+                    }
                     releaser.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    releaser
-                        .released_in_background
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut pending = releaser
                         .pending
                         .lock()
@@ -279,6 +379,12 @@ fn releaser() -> &'static Releaser {
 
 /// Hands the release of `path` to the background releaser; `false` if its queue is full.
 fn queue_release(db: &std::path::Path, path: PathBuf) -> bool {
+    queue_job(db, Job::Release(path))
+}
+
+/// Hands `job` to the background thread; `false` if its queue is full. Counted as pending
+/// for the database until done, so that [`wait_for_releases`] waits for it too.
+fn queue_job(db: &std::path::Path, job: Job) -> bool {
     let releaser = releaser();
     let Some(queue) = &releaser.queue else { return false };
     let mut pending =
@@ -286,7 +392,7 @@ fn queue_release(db: &std::path::Path, path: PathBuf) -> bool {
     // Counted before it is sent (under the lock), so that the releaser cannot count it done
     // before it is counted.
     releaser.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match queue.try_send((db.to_path_buf(), path)) {
+    match queue.try_send((db.to_path_buf(), job)) {
         Ok(()) => {
             *pending.entry(db.to_path_buf()).or_insert(0) += 1;
             true
