@@ -17,11 +17,15 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 seeds=(11 12 13)
 run_seconds_max=300
 
-cargo build -p cairn-node --locked --features "$feature"
+# Both builds resolve the features of the workspace's test build (`--examples` and `--tests`
+# turn dev-dependencies on, as `cargo test --workspace` does), so after the test suite only
+# cairn-replica and cairn-node are compiled again for the feature (about 20 s). A build of
+# `-p cairn-node` alone resolves other features and rebuilds most dependencies (2 minutes).
+cargo build --workspace --bin cairn --examples --locked --features "cairn-node/$feature"
 broken="$target/cairn-$feature"
 cp "$target/debug/cairn" "$broken"
-# Restore the normal node binary (and build the campaign runner).
-cargo build -p cairn-node -p cairn-chaos --locked
+# Restore the normal node binary and examples, and build the campaign runner.
+cargo build --workspace --bins --tests --examples --locked
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
