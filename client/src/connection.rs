@@ -8,6 +8,10 @@
 //! without bound. A reply that does not come within the request timeout, or a broken socket,
 //! closes the connection and fails every pending request with a retriable error; the owner
 //! (the internal `cluster` module) opens a new connection on next use.
+//!
+//! A reply goes either to a [`PendingReply`] the caller awaits, or to a callback the reader
+//! task runs ([`Connection::submit_with_callback`], the producer's way: no task and no timer
+//! per request). Callbacks' deadlines are kept by one watchdog task per connection.
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Result};
@@ -19,12 +23,12 @@ use cairn_protocol::frame::{
 use cairn_protocol::messages::{HandshakeRequest, ServerLimits};
 use cairn_protocol::{NodeId, Request, Response};
 use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::AbortHandle;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
@@ -32,6 +36,35 @@ use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 const WRITE_FRAMES_PER_FLUSH_MAX: usize = 256;
 
 type ReplySender = oneshot::Sender<Result<Response>>;
+
+/// Takes a request's outcome: its reply, or the error that ended it.
+pub type ReplyCallback = Box<dyn FnOnce(Result<Response>) + Send>;
+
+/// Where one request's reply goes.
+enum Waiter {
+    /// A [`PendingReply`], which keeps its own deadline and in-flight slot.
+    Channel(ReplySender),
+    /// Run by whoever ends the request: the reader with the reply, the watchdog at the
+    /// deadline, or [`Shared::close`]. The slot is given back after it ran.
+    Callback {
+        call: ReplyCallback,
+        deadline: Instant,
+        timeout: Duration,
+        _permit: InFlightPermit,
+    },
+}
+
+impl Waiter {
+    /// Hands over the outcome.
+    fn finish(self, outcome: Result<Response>) {
+        match self {
+            Waiter::Channel(reply) => {
+                let _ = reply.send(outcome);
+            }
+            Waiter::Callback { call, .. } => call(outcome),
+        }
+    }
+}
 
 /// A handle to one connection; clones share it. When the last handle is dropped the
 /// connection's tasks stop and the socket closes.
@@ -60,12 +93,21 @@ struct Shared {
     next_correlation_id: AtomicU64,
     in_flight: Semaphore,
     request_timeout: Duration,
+    /// Wakes the watchdog when a callback's deadline comes before the one it sleeps towards.
+    deadline_added: Notify,
 }
 
 struct State {
     /// Why the connection closed; once set, nothing new is accepted.
     closed: Option<String>,
-    waiting: HashMap<u64, ReplySender>,
+    waiting: HashMap<u64, Waiter>,
+    /// The deadlines of the callbacks in `waiting`, earliest first.
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// When the watchdog wakes next (`None`: only when woken). A request whose deadline is
+    /// later needs no wake-up: the watchdog looks again then. With one timeout per producer
+    /// that is almost every request, so a busy connection wakes its watchdog about once per
+    /// timeout, not once per request.
+    watchdog_wakes_at: Option<Instant>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -86,6 +128,7 @@ impl Shared {
                 return;
             }
             state.closed = Some(reason.to_owned());
+            state.deadlines.clear();
             (
                 std::mem::take(&mut state.waiting),
                 std::mem::take(&mut state.tasks),
@@ -95,9 +138,20 @@ impl Shared {
         for task in tasks {
             task.abort();
         }
-        for (_, reply) in waiting {
-            let _ = reply.send(Err(self.lost(reason)));
+        // Outside the lock: a callback may use the connection's owner, which may look at it.
+        for (_, waiter) in waiting {
+            waiter.finish(Err(self.lost(reason)));
         }
+    }
+
+    /// Removes the waiter of `correlation_id`, if it still waits.
+    fn take_waiter(&self, correlation_id: u64) -> Option<Waiter> {
+        let mut state = self.state.lock().expect("connection state lock");
+        let waiter = state.waiting.remove(&correlation_id)?;
+        if let Waiter::Callback { deadline, .. } = &waiter {
+            state.deadlines.remove(&(*deadline, correlation_id));
+        }
+        Some(waiter)
     }
 
     fn lost(&self, reason: &str) -> ClientError {
@@ -193,11 +247,14 @@ impl Connection {
             state: Mutex::new(State {
                 closed: None,
                 waiting: HashMap::new(),
+                deadlines: BTreeSet::new(),
+                watchdog_wakes_at: None,
                 tasks: Vec::new(),
             }),
             next_correlation_id: AtomicU64::new(2),
             in_flight: Semaphore::new(in_flight_max),
             request_timeout: config.request_timeout,
+            deadline_added: Notify::new(),
         });
         let write_codec = FrameCodec::new(limits.frame_bytes_max as usize);
         let writer = tokio::spawn(write_loop(
@@ -209,12 +266,17 @@ impl Connection {
             Arc::clone(&shared),
             FramedRead::new(read_half, FrameCodec::new(config.frame_bytes_max as usize)),
         ));
+        let watchdog = tokio::spawn(watch_deadlines(Arc::clone(&shared)));
         shared
             .state
             .lock()
             .expect("connection state lock")
             .tasks
-            .extend([writer.abort_handle(), reader.abort_handle()]);
+            .extend([
+                writer.abort_handle(),
+                reader.abort_handle(),
+                watchdog.abort_handle(),
+            ]);
         Ok(Connection {
             guard: Arc::new(CloseOnDrop(Arc::clone(&shared))),
             shared,
@@ -270,11 +332,69 @@ impl Connection {
         request: Request,
         timeout: Duration,
     ) -> Result<PendingReply> {
-        let shared = &self.shared;
-        let permit = match Arc::clone(&self.guard).acquire(shared).await {
-            Some(permit) => permit,
-            None => return Err(shared.closed_error()),
+        let permit = self.acquire().await?;
+        let (reply, reply_rx) = oneshot::channel();
+        self.write(request, Waiter::Channel(reply))
+            .map_err(|(error, _unrun)| error)?;
+        Ok(PendingReply {
+            connection: self.clone(),
+            reply: reply_rx,
+            _permit: permit,
+            deadline: Instant::now() + timeout,
+            timeout,
+        })
+    }
+
+    /// Like [`Connection::submit_with_timeout`], but the outcome goes to `on_reply`, which runs
+    /// exactly once: on the connection's reader task with the reply (so keep it short and
+    /// non-blocking); with [`ClientError::RequestTimeout`] if no reply comes within `timeout`
+    /// (the connection then closes); with the error that broke the connection; or, before this
+    /// returns `false`, with the reason the request could not be queued at all. Returns
+    /// whether the request was queued for writing.
+    pub async fn submit_with_callback(
+        &self,
+        request: Request,
+        timeout: Duration,
+        on_reply: ReplyCallback,
+    ) -> bool {
+        let permit = match self.acquire().await {
+            Ok(permit) => permit,
+            Err(error) => {
+                on_reply(Err(error));
+                return false;
+            }
         };
+        let waiter = Waiter::Callback {
+            call: on_reply,
+            deadline: Instant::now() + timeout,
+            timeout,
+            _permit: permit,
+        };
+        match self.write(request, waiter) {
+            Ok(()) => true,
+            Err((error, unrun)) => {
+                unrun.finish(Err(error));
+                false
+            }
+        }
+    }
+
+    /// Takes an in-flight slot, waiting while all are taken.
+    async fn acquire(&self) -> Result<InFlightPermit> {
+        match Arc::clone(&self.guard).acquire(&self.shared).await {
+            Some(permit) => Ok(permit),
+            None => Err(self.shared.closed_error()),
+        }
+    }
+
+    /// Registers `waiter` under a new correlation id and queues the request's frame. On success
+    /// the waiter will be finished exactly once; on an error it comes back unfinished.
+    fn write(
+        &self,
+        request: Request,
+        waiter: Waiter,
+    ) -> std::result::Result<(), (ClientError, Waiter)> {
+        let shared = &self.shared;
         let correlation_id = shared.next_correlation_id.fetch_add(1, Ordering::Relaxed);
         debug_assert_ne!(correlation_id, UNKNOWN_CORRELATION_ID);
         let payload = encode_request(&RequestFrame {
@@ -284,32 +404,41 @@ impl Connection {
         });
         let frame_bytes_max = u64::from(shared.limits.frame_bytes_max);
         if payload.len() as u64 > frame_bytes_max {
-            return Err(ClientError::RequestTooLarge {
+            let error = ClientError::RequestTooLarge {
                 size: payload.len() as u64,
                 max: frame_bytes_max,
-            });
+            };
+            return Err((error, waiter));
         }
-        let (reply, reply_rx) = oneshot::channel();
         {
             let mut state = shared.state.lock().expect("connection state lock");
             if let Some(reason) = &state.closed {
-                return Err(shared.lost(reason));
+                return Err((shared.lost(reason), waiter));
             }
-            state.waiting.insert(correlation_id, reply);
+            if let Waiter::Callback { deadline, .. } = &waiter {
+                state.deadlines.insert((*deadline, correlation_id));
+                if state
+                    .watchdog_wakes_at
+                    .is_none_or(|wakes_at| *deadline < wakes_at)
+                {
+                    state.watchdog_wakes_at = Some(*deadline);
+                    shared.deadline_added.notify_one();
+                }
+            }
+            state.waiting.insert(correlation_id, waiter);
         }
         // The channel holds at most as many frames as there are in-flight permits, so this
         // never finds it full; a failure means the writer is gone.
         if shared.outgoing.try_send(payload).is_err() {
+            let unrun = shared.take_waiter(correlation_id);
             shared.close("writer stopped");
-            return Err(shared.closed_error());
+            if let Some(waiter) = unrun {
+                return Err((shared.closed_error(), waiter));
+            }
+            // Closed meanwhile by another caller: `close` already handed the waiter the
+            // error, so this request counts as submitted.
         }
-        Ok(PendingReply {
-            connection: self.clone(),
-            reply: reply_rx,
-            _permit: permit,
-            deadline: Instant::now() + timeout,
-            timeout,
-        })
+        Ok(())
     }
 }
 
@@ -420,15 +549,46 @@ async fn read_loop(
             shared.close(&reason);
             return;
         }
-        let waiter = shared
-            .state
-            .lock()
-            .expect("connection state lock")
-            .waiting
-            .remove(&reply.correlation_id);
         // A reply nobody waits for belonged to a caller that gave up; drop it.
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(reply.result.map_err(ClientError::Api));
+        if let Some(waiter) = shared.take_waiter(reply.correlation_id) {
+            waiter.finish(reply.result.map_err(ClientError::Api));
         }
+    }
+}
+
+/// Ends callbacks whose deadline passed: the first one closes the connection (a node that does
+/// not answer one request is presumed stuck for all of them, as in [`PendingReply::wait`]).
+/// Sleeps until the earliest deadline it knows of (see `State::watchdog_wakes_at`).
+async fn watch_deadlines(shared: Arc<Shared>) {
+    loop {
+        let earliest = {
+            let mut state = shared.state.lock().expect("connection state lock");
+            if state.closed.is_some() {
+                return;
+            }
+            let earliest = state.deadlines.first().copied();
+            state.watchdog_wakes_at = earliest.map(|(deadline, _)| deadline);
+            earliest
+        };
+        let Some((deadline, correlation_id)) = earliest else {
+            shared.deadline_added.notified().await;
+            continue;
+        };
+        if deadline > Instant::now() {
+            tokio::select! {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                () = shared.deadline_added.notified() => {}
+            }
+            continue;
+        }
+        let waiter = shared.take_waiter(correlation_id);
+        shared.close("request timed out");
+        if let Some(Waiter::Callback { call, timeout, .. }) = waiter {
+            call(Err(ClientError::RequestTimeout {
+                address: shared.address.clone(),
+                waited: timeout,
+            }));
+        }
+        return;
     }
 }

@@ -4,8 +4,9 @@
 //! that is the backpressure), picks the partition (key hash, explicit, or sticky) and appends
 //! to the accumulator (module `accumulator`). One background sender task drains closed batches in order
 //! and writes them as `Produce` requests on the leader's connection (pipelined, in order per
-//! partition); a small task per batch waits for the reply, resolves the records' futures and
-//! gives the buffer space back, or puts the batch back for a retry.
+//! partition). The connection's reader task runs each batch's reply callback, which resolves
+//! the records' futures and gives the buffer space back, or puts the batch back for a retry:
+//! no task and no timer per batch (`Connection::submit_with_callback`).
 //!
 //! Retries: a retriable failure (leader moved, timeout, connection lost) refreshes metadata
 //! when needed and resends the batch after a backoff, until the delivery timeout.
@@ -420,30 +421,23 @@ async fn dispatch(inner: &Arc<Inner>, batch: ReadyBatch) -> bool {
     });
     tracing::trace!(topic = %batch.topic, partition = batch.partition, records = batch.record_count, "sending batch");
     let reply_timeout = inner.config.request_timeout + REPLY_MARGIN;
-    match connection.submit_with_timeout(request, reply_timeout).await {
-        Ok(pending) => {
-            let inner = Arc::clone(inner);
-            tokio::spawn(async move {
-                let reply = pending.wait().await;
-                match reply {
-                    Ok(Response::Produce(reply)) => {
-                        let offset = match inner.config.acks {
-                            Acks::None => None,
-                            Acks::All | Acks::Leader => Some(reply.base_offset),
-                        };
-                        inner.complete(batch, Ok(offset));
-                    }
-                    Ok(other) => inner.complete(batch, Err(unexpected("Produce", &other))),
-                    Err(error) => inner.failed(batch, error),
-                }
-            });
-            true
+    let owner = Arc::clone(inner);
+    // Runs on the connection's reader task (no task and no timer per batch), or here with the
+    // error when the request cannot be queued.
+    let on_reply = move |reply: Result<Response>| match reply {
+        Ok(Response::Produce(reply)) => {
+            let offset = match owner.config.acks {
+                Acks::None => None,
+                Acks::All | Acks::Leader => Some(reply.base_offset),
+            };
+            owner.complete(batch, Ok(offset));
         }
-        Err(error) => {
-            inner.failed(batch, error);
-            false
-        }
-    }
+        Ok(other) => owner.complete(batch, Err(unexpected("Produce", &other))),
+        Err(error) => owner.failed(batch, error),
+    };
+    connection
+        .submit_with_callback(request, reply_timeout, Box::new(on_reply))
+        .await
 }
 
 /// Stamps an idempotent producer's batch before its first send (see the module docs).

@@ -130,6 +130,151 @@ async fn the_server_limit_caps_requests_in_flight() {
     assert!(second.is_err());
 }
 
+/// A callback that sends its outcome to the returned receiver, counting how often it runs.
+fn reply_to_channel() -> (
+    crate::connection::ReplyCallback,
+    tokio::sync::mpsc::UnboundedReceiver<crate::error::Result<Response>>,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    (
+        Box::new(move |outcome| {
+            sender.send(outcome).expect("receiver alive");
+        }),
+        receiver,
+    )
+}
+
+async fn outcome_of(
+    receiver: &mut tokio::sync::mpsc::UnboundedReceiver<crate::error::Result<Response>>,
+) -> crate::error::Result<Response> {
+    let outcome = tokio::time::timeout(Duration::from_secs(10), receiver.recv())
+        .await
+        .expect("the callback ran")
+        .expect("the callback ran once");
+    // It ran once and was dropped: the channel's only sender is gone.
+    assert!(receiver.recv().await.is_none(), "the callback ran twice");
+    outcome
+}
+
+#[tokio::test]
+async fn callbacks_take_pipelined_replies_each_once() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    let connection = Connection::connect(&server.address, &client(&server))
+        .await
+        .unwrap();
+    let mut receivers = Vec::new();
+    for _ in 0..20 {
+        let (callback, receiver) = reply_to_channel();
+        let timeout = Duration::from_secs(5);
+        assert!(
+            connection
+                .submit_with_callback(list_topics(), timeout, callback)
+                .await
+        );
+        receivers.push(receiver);
+    }
+    for mut receiver in receivers {
+        match outcome_of(&mut receiver).await.unwrap() {
+            Response::ListTopics(reply) => assert_eq!(reply.topics.len(), 1),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!connection.is_closed());
+}
+
+#[tokio::test]
+async fn a_callback_past_its_deadline_gets_a_timeout_and_closes_the_connection() {
+    let server = TestServer::start().await;
+    let connection = Connection::connect(&server.address, &client(&server))
+        .await
+        .unwrap();
+    server.pause(true);
+    // A later deadline first: the watchdog must still wake for the earlier one.
+    let (late, mut late_outcome) = reply_to_channel();
+    assert!(
+        connection
+            .submit_with_callback(list_topics(), Duration::from_secs(60), late)
+            .await
+    );
+    // The watchdog runs meanwhile and goes to sleep until the late deadline.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (early, mut early_outcome) = reply_to_channel();
+    let started = Instant::now();
+    assert!(
+        connection
+            .submit_with_callback(list_topics(), Duration::from_millis(100), early)
+            .await
+    );
+    let error = outcome_of(&mut early_outcome).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(
+        matches!(error, ClientError::RequestTimeout { waited, .. } if waited == Duration::from_millis(100)),
+        "{error:?}"
+    );
+    assert!(error.is_retriable());
+    assert!(connection.is_closed());
+    // The other request ends with the connection, long before its own deadline.
+    let error = outcome_of(&mut late_outcome).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::ConnectionLost { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn callbacks_fail_when_the_connection_is_lost_or_already_closed() {
+    let server = TestServer::start().await;
+    let config = ClientConfig {
+        requests_in_flight_max: 2,
+        ..client(&server)
+    };
+    let connection = Connection::connect(&server.address, &config).await.unwrap();
+    server.pause(true);
+    let mut receivers = Vec::new();
+    for _ in 0..2 {
+        let (callback, receiver) = reply_to_channel();
+        let timeout = Duration::from_secs(5);
+        assert!(
+            connection
+                .submit_with_callback(list_topics(), timeout, callback)
+                .await
+        );
+        receivers.push(receiver);
+    }
+    // Both slots are held until the callbacks ran: a third request waits.
+    let (callback, _third) = reply_to_channel();
+    let third = tokio::time::timeout(
+        Duration::from_millis(150),
+        connection.submit_with_callback(list_topics(), Duration::from_secs(5), callback),
+    )
+    .await;
+    assert!(third.is_err(), "a third request must wait for a free slot");
+    server.drop_connections();
+    for mut receiver in receivers {
+        let error = outcome_of(&mut receiver).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::ConnectionLost { .. }),
+            "{error:?}"
+        );
+    }
+    // Closed: refused at once, and the callback has the reason before the call returns.
+    let (callback, mut refused) = reply_to_channel();
+    assert!(
+        !connection
+            .submit_with_callback(list_topics(), Duration::from_secs(5), callback)
+            .await
+    );
+    let error = refused
+        .try_recv()
+        .expect("ran before returning")
+        .unwrap_err();
+    assert!(
+        matches!(error, ClientError::ConnectionLost { .. }),
+        "{error:?}"
+    );
+}
+
 async fn producer(server: &TestServer, config: ProducerConfig) -> Producer {
     Producer::new(client(server), config).await.unwrap()
 }
