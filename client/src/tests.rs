@@ -81,17 +81,21 @@ async fn a_lost_connection_fails_every_pending_request() {
     server.drop_connections();
     for reply in pending {
         let error = reply.wait().await.unwrap_err();
-        assert!(
-            matches!(error, ClientError::ConnectionLost { .. }),
-            "{error:?}"
-        );
+        assert_connection_lost(&error);
         assert!(error.is_retriable());
     }
     assert!(connection.submit(list_topics()).await.is_err());
 }
 
-#[tokio::test]
-async fn requests_in_flight_are_bounded_per_connection() {
+fn assert_connection_lost(error: &ClientError) {
+    assert!(
+        matches!(error, ClientError::ConnectionLost { .. }),
+        "{error:?}"
+    );
+}
+
+/// A connection with two in-flight slots to a server that reads no requests for now.
+async fn two_slots_to_a_paused_server() -> (TestServer, Connection) {
     let server = TestServer::start().await;
     let config = ClientConfig {
         requests_in_flight_max: 2,
@@ -99,6 +103,12 @@ async fn requests_in_flight_are_bounded_per_connection() {
     };
     let connection = Connection::connect(&server.address, &config).await.unwrap();
     server.pause(true);
+    (server, connection)
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_bounded_per_connection() {
+    let (server, connection) = two_slots_to_a_paused_server().await;
     let first = connection.submit(list_topics()).await.unwrap();
     let second = connection.submit(list_topics()).await.unwrap();
     let third =
@@ -156,15 +166,13 @@ async fn outcome_of(
     outcome
 }
 
-#[tokio::test]
-async fn callbacks_take_pipelined_replies_each_once() {
-    let server = TestServer::start().await;
-    server.create_topic("t", 2);
-    let connection = Connection::connect(&server.address, &client(&server))
-        .await
-        .unwrap();
+/// Submits `count` requests with callbacks, each queued at once; returns their outcomes' ends.
+async fn submit_with_callbacks(
+    connection: &Connection,
+    count: usize,
+) -> Vec<tokio::sync::mpsc::UnboundedReceiver<crate::error::Result<Response>>> {
     let mut receivers = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..count {
         let (callback, receiver) = reply_to_channel();
         let timeout = Duration::from_secs(5);
         assert!(
@@ -174,7 +182,17 @@ async fn callbacks_take_pipelined_replies_each_once() {
         );
         receivers.push(receiver);
     }
-    for mut receiver in receivers {
+    receivers
+}
+
+#[tokio::test]
+async fn callbacks_take_pipelined_replies_each_once() {
+    let server = TestServer::start().await;
+    server.create_topic("t", 2);
+    let connection = Connection::connect(&server.address, &client(&server))
+        .await
+        .unwrap();
+    for mut receiver in submit_with_callbacks(&connection, 20).await {
         match outcome_of(&mut receiver).await.unwrap() {
             Response::ListTopics(reply) => assert_eq!(reply.topics.len(), 1),
             other => panic!("unexpected {other:?}"),
@@ -216,32 +234,13 @@ async fn a_callback_past_its_deadline_gets_a_timeout_and_closes_the_connection()
     assert!(connection.is_closed());
     // The other request ends with the connection, long before its own deadline.
     let error = outcome_of(&mut late_outcome).await.unwrap_err();
-    assert!(
-        matches!(error, ClientError::ConnectionLost { .. }),
-        "{error:?}"
-    );
+    assert_connection_lost(&error);
 }
 
 #[tokio::test]
 async fn callbacks_fail_when_the_connection_is_lost_or_already_closed() {
-    let server = TestServer::start().await;
-    let config = ClientConfig {
-        requests_in_flight_max: 2,
-        ..client(&server)
-    };
-    let connection = Connection::connect(&server.address, &config).await.unwrap();
-    server.pause(true);
-    let mut receivers = Vec::new();
-    for _ in 0..2 {
-        let (callback, receiver) = reply_to_channel();
-        let timeout = Duration::from_secs(5);
-        assert!(
-            connection
-                .submit_with_callback(list_topics(), timeout, callback)
-                .await
-        );
-        receivers.push(receiver);
-    }
+    let (server, connection) = two_slots_to_a_paused_server().await;
+    let receivers = submit_with_callbacks(&connection, 2).await;
     // Both slots are held until the callbacks ran: a third request waits.
     let (callback, _third) = reply_to_channel();
     let third = tokio::time::timeout(
@@ -253,10 +252,7 @@ async fn callbacks_fail_when_the_connection_is_lost_or_already_closed() {
     server.drop_connections();
     for mut receiver in receivers {
         let error = outcome_of(&mut receiver).await.unwrap_err();
-        assert!(
-            matches!(error, ClientError::ConnectionLost { .. }),
-            "{error:?}"
-        );
+        assert_connection_lost(&error);
     }
     // Closed: refused at once, and the callback has the reason before the call returns.
     let (callback, mut refused) = reply_to_channel();
@@ -269,10 +265,7 @@ async fn callbacks_fail_when_the_connection_is_lost_or_already_closed() {
         .try_recv()
         .expect("ran before returning")
         .unwrap_err();
-    assert!(
-        matches!(error, ClientError::ConnectionLost { .. }),
-        "{error:?}"
-    );
+    assert_connection_lost(&error);
 }
 
 async fn producer(server: &TestServer, config: ProducerConfig) -> Producer {
