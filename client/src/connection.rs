@@ -581,9 +581,13 @@ async fn watch_deadlines(shared: Arc<Shared>) {
             }
             continue;
         }
-        let waiter = shared.take_waiter(correlation_id);
+        // The reply may have been read since the lock was released: then nothing timed out
+        // (as a `PendingReply` whose reply arrived wins over its timer).
+        let Some(waiter) = shared.take_waiter(correlation_id) else {
+            continue;
+        };
         shared.close("request timed out");
-        if let Some(Waiter::Callback { call, timeout, .. }) = waiter {
+        if let Waiter::Callback { call, timeout, .. } = waiter {
             call(Err(ClientError::RequestTimeout {
                 address: shared.address.clone(),
                 waited: timeout,
