@@ -79,7 +79,8 @@ pub struct CompactionArgs {
     fill_record_bytes: usize,
     #[arg(long, default_value_t = 6)]
     fill_partitions: u32,
-    /// The fill producer's batch size. Over 128 KiB a batch is a sled blob file of its own,
+    /// The fill producer's batch size. Over a quarter of the store's segment (512 KiB with
+    /// the default `storage.segment_bytes`) a batch is a sled blob file of its own,
     /// and each one compaction rewrites or drops is a file to create, sync or delete.
     #[arg(long, default_value_t = 64 * 1024)]
     fill_batch_bytes: usize,

@@ -108,19 +108,21 @@ struct RunArgs {
     #[arg(long, default_value_t = 90)]
     drain_timeout_s: u64,
     /// Bytes of each produced value: the unique id padded with `~` (0: the id alone). At
-    /// 160 KiB (163840) every record is its own batch above sled's 128 KiB blob threshold,
-    /// so power faults exercise blob files. At most 262144; the nodes' record, batch, frame
-    /// and replication-message limits are raised to fit (the test preset's records are at
-    /// most 16 KiB).
+    /// 160 KiB (163840) every record is its own batch above sled's blob threshold, which a
+    /// value workload sets to 128 KiB (512 KiB segments), so power faults exercise blob
+    /// files. At most 262144; the nodes' record, batch, frame and replication-message limits
+    /// are raised to fit (the test preset's records are at most 16 KiB).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=262_144))]
     value_bytes: u32,
 }
 
 /// The node limits a `--value-bytes` workload needs above the test preset's (16 KiB records,
 /// 64 KiB batches): a record of the value, batches of a few of them, replication messages of a
-/// few batches, so that sled's pages pass its 128 KiB blob threshold, and frames of 8 MiB, so
-/// that a fetch carries dozens of records (frames of two batches made the final drain read a
-/// few records per round trip and overrun its deadline). Nothing for 0.
+/// few batches, so that sled's pages pass its blob threshold, and frames of 8 MiB, so that a
+/// fetch carries dozens of records (frames of two batches made the final drain read a few
+/// records per round trip and overrun its deadline). The store's segments are sled's own 512
+/// KiB, not the nodes' 2 MiB, so that the blob threshold (a quarter segment) is 128 KiB and
+/// every large batch is a blob file. Nothing for 0.
 fn value_limits(value_bytes: u32) -> Vec<String> {
     if value_bytes == 0 {
         return Vec::new();
@@ -141,6 +143,7 @@ fn value_limits(value_bytes: u32) -> Vec<String> {
         format!("limits.fetch_reply_bytes_max={}", 4 * frame),
         format!("limits.fetch_reply_bytes_per_address_max={}", 4 * frame),
         format!("replica.append_message_bytes_max={append}"),
+        "storage.segment_bytes=524288".to_string(),
     ]
     .into_iter()
     .flat_map(|setting| ["--set".to_string(), setting])

@@ -286,6 +286,7 @@ pub const COMPACTION_INDEX_BYTES_MIN: u64 = 4096;
 struct StorageSettings {
     durability: String,
     cache_bytes: u64,
+    segment_bytes: u64,
 }
 
 /// The node's store (storage/src/sled_store.rs).
@@ -302,7 +303,19 @@ pub struct StorageConfig {
     /// the index nodes above them. A loaded node's resident memory grows to about 1.3-1.5
     /// times this plus 25 MiB.
     pub cache_bytes: u64,
+    /// The size of the store's log segments and write buffers for a new store (an existing
+    /// store keeps the size it was made with). A page of the log larger than a quarter of it
+    /// (a leaf of a partition's recent batches) is written to a blob file of its own instead
+    /// of the log, and a file made per page costs more than the write.
+    pub segment_bytes: u64,
 }
+
+/// The smallest `storage.segment_bytes` (256 KiB): below it a leaf of a few small batches
+/// already goes to a blob file.
+pub const STORAGE_SEGMENT_BYTES_MIN: u64 = 256 * 1024;
+
+/// The largest `storage.segment_bytes` (16 MiB), sled's own limit.
+pub const STORAGE_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// The smallest `storage.cache_bytes`: below it sled evicts the leaves it is appending to.
 pub const STORAGE_CACHE_BYTES_MIN: u64 = 4 * 1024 * 1024;
@@ -443,6 +456,7 @@ pub const KEYS: &[&str] = &[
     "retention.compaction_index_bytes_max",
     "storage.durability",
     "storage.cache_bytes",
+    "storage.segment_bytes",
     "groups.offsets_partitions",
     "groups.heartbeat_interval_ms",
     "groups.session_timeout_ms_min",
@@ -534,6 +548,10 @@ fn preset_table(preset: Preset) -> toml::Table {
             # sled's page cache, 64 MiB: 16 MiB halved rf3-1kb-max's records/s, 48 MiB saved no
             # memory at its peaks (benches/results/cache-2026-12-05.md).
             cache_bytes = 67108864
+            # 2 MiB: a leaf of a partition's recent batches stays in the log up to 512 KiB
+            # instead of going to a blob file; against sled's 512 KiB, rf3-1kb-half's publish
+            # p99 fell from 8.5-8.8 to 4.6-6.2 ms (benches/results/segments-2026-12-06.md).
+            segment_bytes = 2097152
             [groups]
             offsets_partitions = 16
             heartbeat_interval_ms = 500
@@ -596,6 +614,7 @@ fn preset_table(preset: Preset) -> toml::Table {
             # the restart-everything test); the rest run faster on flush.
             durability = "flush"
             cache_bytes = 16777216
+            segment_bytes = 2097152
             [groups]
             offsets_partitions = 4
             heartbeat_interval_ms = 200
@@ -1071,7 +1090,8 @@ fn validate_storage(storage: &StorageSettings) -> Result<StorageConfig, ConfigEr
             return Err(ConfigError::Rule {
                 rule: "storage.durability is fsync or flush",
                 why: format!(
-                    "{other:?} is not a durability mode; fsync makes an acknowledgement survive                      power loss, flush only a crash of the process"
+                    "{other:?} is not a durability mode; fsync makes an acknowledgement survive \
+                     power loss, flush only a crash of the process"
                 ),
             })
         }
@@ -1085,9 +1105,19 @@ fn validate_storage(storage: &StorageSettings) -> Result<StorageConfig, ConfigEr
             ),
         });
     }
+    let segment = storage.segment_bytes;
+    if !(STORAGE_SEGMENT_BYTES_MIN..=STORAGE_SEGMENT_BYTES_MAX).contains(&segment)
+        || !segment.is_power_of_two()
+    {
+        return Err(ConfigError::Rule {
+            rule: "storage.segment_bytes is a power of two from 256 KiB to 16 MiB",
+            why: format!("{segment} bytes; the store's segments are powers of two"),
+        });
+    }
     Ok(StorageConfig {
         durability,
         cache_bytes: storage.cache_bytes,
+        segment_bytes: segment,
     })
 }
 
@@ -1592,6 +1622,39 @@ mod tests {
         }
         let negative = base().set("flag", "storage.cache_bytes", "-1").build();
         assert!(negative.is_err());
+    }
+
+    #[test]
+    fn storage_segment_bytes_is_a_bounded_power_of_two_set_from_any_layer() {
+        assert_eq!(base().build().unwrap().storage.segment_bytes, 2 << 20);
+        assert_eq!(
+            base()
+                .preset(Preset::Test)
+                .build()
+                .unwrap()
+                .storage
+                .segment_bytes,
+            2 << 20
+        );
+        let from_env = base()
+            .env(|name| (name == "CAIRN_STORAGE_SEGMENT_BYTES").then(|| "524288".to_string()))
+            .build();
+        assert_eq!(from_env.unwrap().storage.segment_bytes, 512 << 10);
+        for edge in [STORAGE_SEGMENT_BYTES_MIN, STORAGE_SEGMENT_BYTES_MAX] {
+            let built = base()
+                .set("flag", "storage.segment_bytes", &edge.to_string())
+                .build();
+            assert_eq!(built.unwrap().storage.segment_bytes, edge);
+        }
+        let below = STORAGE_SEGMENT_BYTES_MIN / 2;
+        let above = STORAGE_SEGMENT_BYTES_MAX * 2;
+        for bad in [0, below, above, 3 << 20, STORAGE_SEGMENT_BYTES_MIN + 1] {
+            assert_eq!(
+                broken_rule("storage.segment_bytes", &bad.to_string()),
+                "storage.segment_bytes is a power of two from 256 KiB to 16 MiB",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub async fn run(config: NodeConfig) -> Result<(), FatalError> {
         durability: config.storage.durability,
         cache_capacity_bytes: config.storage.cache_bytes,
         rebuild_when_damaged: true,
+        // Bounded by the config's rule, so it fits a usize.
+        segment_bytes: usize::try_from(config.storage.segment_bytes).unwrap_or(usize::MAX),
     };
     // The blob files a compaction's rewrites replace are freed within the compaction's own
     // budget: on a `discard`-mounted file system each freed block costs a device discard,

@@ -13,14 +13,16 @@ use std::path::Path;
 
 const BATCHES: u64 = 3_000;
 
-/// Fills a store with `BATCHES` one-record batches, flushing every ten, records the whole log
-/// as committed and a promise of epoch 5, and returns the watermark.
+/// Fills a store with `BATCHES` one-record batches of about 2 KiB, flushing every ten, records
+/// the whole log as committed and a promise of epoch 5, and returns the watermark. The log
+/// spans several of the store's 2 MiB segments: sled reads damage in its last segment as a torn
+/// tail and drops it silently, damage before a good segment makes it fail.
 fn fill(directory: &Path) -> Watermark {
     let store = SledStore::open(directory).unwrap();
     let mut log = store.open_log("p").unwrap();
     for index in 0..BATCHES {
         let mut builder = RecordBatchBuilder::new(1_700_000_000_000);
-        builder.push(&Record::new(vec![b'x'; 200 + (index % 50) as usize]));
+        builder.push(&Record::new(vec![b'x'; 2000 + (index % 50) as usize]));
         let batch = builder.build().stamped(log.log_end(), Epoch(3));
         log.append(&batch).unwrap();
         if index % 10 == 9 {

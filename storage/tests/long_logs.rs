@@ -9,7 +9,9 @@
 
 use cairn_protocol::batch::{Record, RecordBatch, RecordBatchBuilder};
 use cairn_protocol::{Epoch, Offset};
-use cairn_storage::{EpochStart, LogStore, MemoryStore, PartitionLog, RetentionPolicy, SledStore};
+use cairn_storage::{
+    EpochStart, LogStore, MemoryStore, PartitionLog, RetentionPolicy, SledConfig, SledStore,
+};
 
 /// xorshift64*: a fixed sequence per seed, so a failure replays.
 struct Rng(u64);
@@ -39,12 +41,22 @@ fn contents<L: PartitionLog>(log: &L) -> Contents {
     )
 }
 
+/// sled's own 512 KiB segments, not the store's default: a leaf over a quarter of a segment
+/// goes to a blob file, and this test's leaves (up to 16 batches of 6-18 KiB) pass 128 KiB but
+/// not the 512 KiB of the default 2 MiB segments.
+fn config() -> SledConfig {
+    SledConfig {
+        segment_bytes: 512 * 1024,
+        ..SledConfig::default()
+    }
+}
+
 /// Opens the store again once sled's background threads of the dropped one have let go of
 /// its file lock (they finish shortly after the last handle is dropped).
 fn reopen(path: &std::path::Path) -> SledStore {
     let mut attempts = 0;
     loop {
-        match SledStore::open(path) {
+        match SledStore::open_with(path, config()) {
             Ok(store) => return store,
             Err(error) if attempts < 250 && error.to_string().contains("lock") => {
                 attempts += 1;
@@ -55,16 +67,24 @@ fn reopen(path: &std::path::Path) -> SledStore {
     }
 }
 
+/// The blob files in the store's directory now.
+fn blob_files(path: &std::path::Path) -> usize {
+    std::fs::read_dir(path.join("blobs"))
+        .expect("sled's blob directory")
+        .count()
+}
+
 fn run(seed: u64, steps: u32) {
     let mut rng = Rng(seed | 1);
     let directory = tempfile::tempdir().expect("a temp dir");
-    let mut sled_store = SledStore::open(directory.path()).expect("open sled");
+    let mut sled_store = SledStore::open_with(directory.path(), config()).expect("open sled");
     let memory_store = MemoryStore::new();
     let mut sled_log = sled_store.open_log("p").expect("sled log");
     let mut memory_log = memory_store.open_log("p").expect("memory log");
     // Batch boundaries currently held, to truncate at one.
     let mut boundaries: Vec<Offset> = Vec::new();
     let mut epoch = 1;
+    let mut blobs_seen = 0;
     for step in 0..steps {
         match rng.below(100) {
             // Mostly appends, in runs, as a partition leader writes.
@@ -119,6 +139,7 @@ fn run(seed: u64, steps: u32) {
             // Restart sled from its files (after a flush, as a clean shutdown does).
             _ => {
                 sled_store.flush().expect("flush");
+                blobs_seen = blobs_seen.max(blob_files(directory.path()));
                 drop(sled_log);
                 drop(sled_store);
                 sled_store = reopen(directory.path());
@@ -146,6 +167,7 @@ fn run(seed: u64, steps: u32) {
         contents(&sled_log) == contents(&memory_log),
         "seed {seed}: sled and memory logs differ after reopening"
     );
+    assert!(blobs_seen > 0, "seed {seed}: no leaf went to a blob file");
     // The log really spanned many sled leaves (16 batches each at most).
     assert!(
         boundaries.len() > 200,

@@ -364,6 +364,7 @@ impl Config {
         self.validate()?;
 
         let mut config = self.clone();
+        config.adopt_existing_segment_size()?;
         config.limit_cache_max_memory();
 
         let file = config.open_file()?;
@@ -489,6 +490,26 @@ impl Config {
         } else {
             std::env::temp_dir().join(format!("pagecache.tmp.{}", salt))
         }
+    }
+
+    /// Cairn patch (PATCHES.md, "An existing database keeps its segment size"): a database
+    /// opens with the segment size it was created with, whatever this config asks for, so a
+    /// new default applies to new databases and never stops an existing one from opening.
+    /// A `conf` file whose checksum fails is left to `verify_config`, as upstream does.
+    fn adopt_existing_segment_size(&mut self) -> Result<()> {
+        if let Some((existing, true)) = self.read_config_checked()? {
+            if existing.segment_size != self.segment_size {
+                debug!(
+                    "opening with the database's segment size {} instead of {}",
+                    existing.segment_size, self.segment_size
+                );
+                let m = Arc::make_mut(&mut self.0);
+                m.segment_size = existing.segment_size;
+                // The stored value passes the same checks as a configured one.
+                self.validate()?;
+            }
+        }
+        Ok(())
     }
 
     fn limit_cache_max_memory(&mut self) {
@@ -730,6 +751,14 @@ impl Config {
     }
 
     fn read_config(&self) -> Result<Option<StorageParameters>> {
+        Ok(self.read_config_checked()?.map(|(parameters, _)| parameters))
+    }
+
+    /// The stored parameters and whether their checksum held (Cairn patch: split out of
+    /// `read_config`, which only warns when it does not).
+    fn read_config_checked(
+        &self,
+    ) -> Result<Option<(StorageParameters, bool)>> {
         let path = self.config_path();
 
         let f_res = fs::OpenOptions::new().read(true).open(&path);
@@ -769,7 +798,8 @@ impl Config {
             );
         }
 
-        StorageParameters::deserialize(&buf).map(Some)
+        StorageParameters::deserialize(&buf)
+            .map(|parameters| Some((parameters, crc_expected == crc_actual)))
     }
 
     /// Return the global error if one was encountered during

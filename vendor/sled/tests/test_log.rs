@@ -788,3 +788,51 @@ fn new_blobs_take_spare_files_created_in_the_background() -> Result<()> {
     let _ = std::fs::remove_dir_all(&path);
     Ok(())
 }
+
+/// Cairn patch (PATCHES.md, "An existing database keeps its segment size"): a database made
+/// with 512 KiB segments opens with a config asking for 2 MiB ones, keeps its data and goes
+/// on with 512 KiB segments, so a value over their blob threshold (128 KiB) still becomes a
+/// blob; a new database takes the size asked for.
+#[test]
+fn an_existing_database_keeps_its_segment_size() -> Result<()> {
+    const OLD: usize = 512 * 1024;
+    const NEW: usize = 2 * 1024 * 1024;
+    let large = vec![7_u8; 200 * 1024];
+    let blobs = |path: &std::path::Path| -> usize {
+        std::fs::read_dir(path.join("blobs")).map(|dir| dir.count()).unwrap_or(0)
+    };
+    let base = std::env::temp_dir()
+        .join(format!("sled-keeps-segment-size-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (existing, fresh) = (base.join("existing"), base.join("fresh"));
+    let open = |path: &std::path::Path, segment_size: usize| {
+        Config::new()
+            .path(path)
+            .segment_size(segment_size)
+            .flush_every_ms(None)
+            .open()
+    };
+
+    let db = open(&existing, OLD)?;
+    db.insert(b"small", b"value".to_vec())?;
+    db.flush()?;
+    drop(db);
+
+    let db = open(&existing, NEW)?;
+    assert_eq!(db.get(b"small")?, Some(IVec::from(b"value".to_vec())));
+    db.insert(b"large", large.clone())?;
+    db.flush()?;
+    assert!(blobs(&existing) > 0, "the value was not a blob: the segments were not 512 KiB");
+    drop(db);
+    let db = open(&existing, OLD)?;
+    assert_eq!(db.get(b"large")?, Some(IVec::from(large.clone())));
+    drop(db);
+
+    let db = open(&fresh, NEW)?;
+    db.insert(b"large", large.clone())?;
+    db.flush()?;
+    assert_eq!(blobs(&fresh), 0, "a new database did not take 2 MiB segments");
+    drop(db);
+    std::fs::remove_dir_all(&base)?;
+    Ok(())
+}
