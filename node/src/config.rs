@@ -549,8 +549,9 @@ fn preset_table(preset: Preset) -> toml::Table {
             # memory at its peaks (benches/results/cache-2026-12-05.md).
             cache_bytes = 67108864
             # 2 MiB: a leaf of a partition's recent batches stays in the log up to 512 KiB
-            # instead of going to a blob file; against sled's 512 KiB, rf3-1kb-half's publish
-            # p99 fell from 8.5-8.8 to 4.6-6.2 ms (benches/results/segments-2026-12-06.md).
+            # instead of going to a blob file; against sled's 512 KiB, the publish p99 at a
+            # fixed 65,000 records/s fell from 8.5-15.3 to 4.4-9.5 ms in 9 alternating rounds
+            # (benches/results/segments-2026-12-06.md).
             segment_bytes = 2097152
             [groups]
             offsets_partitions = 16

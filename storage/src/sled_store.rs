@@ -124,9 +124,9 @@ pub struct SledConfig {
 
 /// 2 MiB segments: a leaf up to 512 KiB, several of a partition's recent batches, stays in
 /// the log instead of a blob file. With sled's 512 KiB a node at 65,000 records/s made about
-/// 270 blob files a second; the file creations, renames and extra writebacks that cost were
-/// 4% of the machine's CPU and the publish p99 was 8.5-8.8 ms against 4.6-6.2 ms with 2 MiB
-/// (benches/results/segments-2026-12-06.md).
+/// 270 blob files a second (its blob-release thread alone took 4% of the machine's CPU), and
+/// the publish p99 there was 8.5-15.3 ms against 4.4-9.5 ms with 2 MiB in 9 alternating
+/// rounds (benches/results/segments-2026-12-06.md).
 pub const SEGMENT_BYTES_DEFAULT: usize = 2 * 1024 * 1024;
 
 impl Default for SledConfig {
