@@ -1272,6 +1272,24 @@ mod tests {
         }
     }
 
+    /// `key` set by a flag to each of `good` builds with that value (read back by `get`); each
+    /// of `bad` is refused by `rule`.
+    fn accepts_and_refuses(
+        key: &str,
+        get: impl Fn(&NodeConfig) -> u64,
+        good: &[u64],
+        bad: &[u64],
+        rule: &str,
+    ) {
+        for value in good {
+            let built = base().set("flag", key, &value.to_string()).build();
+            assert_eq!(get(&built.unwrap()), *value, "{key}={value}");
+        }
+        for value in bad {
+            assert_eq!(broken_rule(key, &value.to_string()), rule, "{key}={value}");
+        }
+    }
+
     fn base() -> ConfigBuilder {
         ConfigBuilder::new()
             .set("flag", "node_id", "1")
@@ -1608,19 +1626,13 @@ mod tests {
             .env(|name| (name == "CAIRN_STORAGE_CACHE_BYTES").then(|| "8388608".to_string()))
             .build();
         assert_eq!(from_env.unwrap().storage.cache_bytes, 8 << 20);
-        for edge in [STORAGE_CACHE_BYTES_MIN, STORAGE_CACHE_BYTES_MAX] {
-            let built = base()
-                .set("flag", "storage.cache_bytes", &edge.to_string())
-                .build();
-            assert_eq!(built.unwrap().storage.cache_bytes, edge);
-        }
-        for bad in [0, STORAGE_CACHE_BYTES_MIN - 1, STORAGE_CACHE_BYTES_MAX + 1] {
-            assert_eq!(
-                broken_rule("storage.cache_bytes", &bad.to_string()),
-                "storage.cache_bytes is between 4 MiB and 1 TiB",
-                "{bad}"
-            );
-        }
+        accepts_and_refuses(
+            "storage.cache_bytes",
+            |config| config.storage.cache_bytes,
+            &[STORAGE_CACHE_BYTES_MIN, STORAGE_CACHE_BYTES_MAX],
+            &[0, STORAGE_CACHE_BYTES_MIN - 1, STORAGE_CACHE_BYTES_MAX + 1],
+            "storage.cache_bytes is between 4 MiB and 1 TiB",
+        );
         let negative = base().set("flag", "storage.cache_bytes", "-1").build();
         assert!(negative.is_err());
     }
@@ -1628,34 +1640,20 @@ mod tests {
     #[test]
     fn storage_segment_bytes_is_a_bounded_power_of_two_set_from_any_layer() {
         assert_eq!(base().build().unwrap().storage.segment_bytes, 2 << 20);
-        assert_eq!(
-            base()
-                .preset(Preset::Test)
-                .build()
-                .unwrap()
-                .storage
-                .segment_bytes,
-            2 << 20
-        );
+        let test_preset = base().preset(Preset::Test).build().unwrap();
+        assert_eq!(test_preset.storage.segment_bytes, 2 << 20);
         let from_env = base()
             .env(|name| (name == "CAIRN_STORAGE_SEGMENT_BYTES").then(|| "524288".to_string()))
             .build();
         assert_eq!(from_env.unwrap().storage.segment_bytes, 512 << 10);
-        for edge in [STORAGE_SEGMENT_BYTES_MIN, STORAGE_SEGMENT_BYTES_MAX] {
-            let built = base()
-                .set("flag", "storage.segment_bytes", &edge.to_string())
-                .build();
-            assert_eq!(built.unwrap().storage.segment_bytes, edge);
-        }
-        let below = STORAGE_SEGMENT_BYTES_MIN / 2;
-        let above = STORAGE_SEGMENT_BYTES_MAX * 2;
-        for bad in [0, below, above, 3 << 20, STORAGE_SEGMENT_BYTES_MIN + 1] {
-            assert_eq!(
-                broken_rule("storage.segment_bytes", &bad.to_string()),
-                "storage.segment_bytes is a power of two from 256 KiB to 16 MiB",
-                "{bad}"
-            );
-        }
+        let (below, above) = (STORAGE_SEGMENT_BYTES_MIN / 2, STORAGE_SEGMENT_BYTES_MAX * 2);
+        accepts_and_refuses(
+            "storage.segment_bytes",
+            |config| config.storage.segment_bytes,
+            &[STORAGE_SEGMENT_BYTES_MIN, STORAGE_SEGMENT_BYTES_MAX],
+            &[0, below, above, 3 << 20, STORAGE_SEGMENT_BYTES_MIN + 1],
+            "storage.segment_bytes is a power of two from 256 KiB to 16 MiB",
+        );
     }
 
     #[test]

@@ -5,27 +5,27 @@
 //! epoch history, size counter, caller values) and `time/<log>` (running maximum timestamp ->
 //! base offset). The rules live in the private `core` module; this file only maps them onto trees.
 //!
-//! Durability ([`Durability`]): sled 0.34's `flush` writes its log and waits for
-//! `sync_file_range`, which survives a process kill but not a power cut (sled issue 1452):
-//! neither the file's block map nor the disk's write cache is flushed, and blob files (pages
-//! over a quarter segment: 512 KiB with the store's 2 MiB segments, 128 KiB with sled's own)
-//! and new directory entries are never synced at all. With [`Durability::Flush`] the store opens sled with the Cairn patch
-//! `flush_to_kernel` (vendor/sled/PATCHES.md, "A flush hands its writes to the kernel"): the
-//! flush returns once the log write is in the kernel (its writeback is started in batches of
-//! 1 MiB or 50 ms, and not waited for), which promises the same (a process kill loses nothing the kernel holds) without
-//! waiting for the device. With [`Durability::Fsync`] the store opens sled with the Cairn
-//! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log
-//! write `fdatasync`s the blob files written since the previous one and `fsync`s their
-//! directory, then writes and `fdatasync`s the log, so a flush that returned covers every byte
-//! of every append before it; the watermark file and its directory are `fsync`ed too, on a
-//! thread of their own while sled syncs (see [`crate::watermark`]). It
-//! stays grouped: the [`GroupCommitter`](crate::GroupCommitter) runs one flush for every
-//! append that arrived during the previous one, so one round of syncs covers them all. What
-//! each mode costs in the 3-node benchmark is in benches/results/durability-2026-12-04.md.
-//! sled's own periodic flusher is switched off (`flush_every_ms = None`): durability is only
-//! ever claimed after our explicit flush, the group committer flushes continuously under load,
-//! and a second flusher would only contend with it. Unflushed writes still leave memory when
-//! sled's write buffers fill, so nothing grows without bound.
+//! Durability ([`Durability`]): sled 0.34's `flush` writes its log and waits for `sync_file_range`,
+//! which survives a process kill but not a power cut (sled issue 1452): neither the file's block
+//! map nor the disk's write cache is flushed, and blob files (pages over a quarter segment: 512 KiB
+//! with the store's 2 MiB segments, 128 KiB with sled's own) and new directory entries are never
+//! synced at all. With [`Durability::Flush`] the store opens sled with the Cairn patch
+//! `flush_to_kernel` (vendor/sled/PATCHES.md, "A flush hands its writes to the kernel"): the flush
+//! returns once the log write is in the kernel (its writeback is started in batches of 1 MiB or 50
+//! ms, and not waited for), which promises the same (a process kill loses nothing the kernel holds)
+//! without waiting for the device. With [`Durability::Fsync`] the store opens sled with the Cairn
+//! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log write
+//! `fdatasync`s the blob files written since the previous one and `fsync`s their directory, then
+//! writes and `fdatasync`s the log, so a flush that returned covers every byte of every append
+//! before it; the watermark file and its directory are `fsync`ed too, on a thread of their own
+//! while sled syncs (see [`crate::watermark`]). It stays grouped: the
+//! [`GroupCommitter`](crate::GroupCommitter) runs one flush for every append that arrived during
+//! the previous one, so one round of syncs covers them all. What each mode costs in the 3-node
+//! benchmark is in benches/results/durability-2026-12-04.md. sled's own periodic flusher is
+//! switched off (`flush_every_ms = None`): durability is only ever claimed after our explicit
+//! flush, the group committer flushes continuously under load, and a second flusher would only
+//! contend with it. Unflushed writes still leave memory when sled's write buffers fill, so nothing
+//! grows without bound.
 //!
 //! The store opens sled with the Cairn patch `drop_written_pages` (vendor/sled/PATCHES.md,
 //! "Written pages leave the page cache"): the log's and the blob files' pages leave the
