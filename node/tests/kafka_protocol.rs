@@ -928,14 +928,11 @@ fn every_node_names_the_leaders_of_a_topic_created_moments_ago() {
         // Right after the start, the creator's gossip may not yet count a majority of the
         // metadata voters alive (one round a second here), and it refuses with
         // NOT_ENOUGH_REPLICAS (19), retriable, as a Kafka admin client treats it: retry it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        let created = loop {
-            let created: CreateTopicsResponse = wire.call(ApiKey::CreateTopics, 7, &request);
-            if created.topics[0].error_code != 19 || std::time::Instant::now() > deadline {
-                break created;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        };
+        let mut created = CreateTopicsResponse::default();
+        support::eventually(std::time::Duration::from_secs(15), || {
+            created = wire.call(ApiKey::CreateTopics, 7, &request);
+            created.topics[0].error_code != 19
+        });
         assert_eq!(created.topics[0].error_code, 0, "{created:?}");
         for node in &cluster.nodes {
             let mut wire = KafkaWire::connect(node.kafka_address());
