@@ -107,6 +107,10 @@ pub struct Shared {
     /// Records received by consumers in the measured window.
     pub consumed_measured: AtomicU64,
     producers_done: AtomicBool,
+    /// Paced runs: how late after its intended time each record measured was handed to the
+    /// client (µs), merged from every producer: the timer's lateness, and the wait for a free
+    /// in-flight slot.
+    send_lag: std::sync::Mutex<Histogram<u64>>,
     /// `clock_micros` by which consumers stop even if they have not read everything.
     drain_deadline_micros: AtomicU64,
 }
@@ -121,6 +125,7 @@ impl Shared {
             consumed: AtomicU64::new(0),
             consumed_measured: AtomicU64::new(0),
             producers_done: AtomicBool::new(false),
+            send_lag: std::sync::Mutex::new(latency_histogram()),
             drain_deadline_micros: AtomicU64::new(u64::MAX),
         }
     }
@@ -133,6 +138,26 @@ impl Shared {
             Ordering::SeqCst,
         );
         self.producers_done.store(true, Ordering::SeqCst);
+    }
+
+    fn record_send_lag(&self, part: &Histogram<u64>) {
+        let mut merged = self
+            .send_lag
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(error) = merged.add(part) {
+            tracing::warn!(%error, "a producer's send lag was not merged");
+        }
+    }
+
+    /// The merged send lag of a paced run (`None` unpaced, where a record's time is its send).
+    pub fn send_lag(&self) -> Option<Latency> {
+        self.plan.interval?;
+        let merged = self
+            .send_lag
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(Latency::from_micros(&merged))
     }
 
     /// Whether consumers can stop: every acknowledged record was read, or the drain timed out.
@@ -200,6 +225,7 @@ where
         }
         Ok::<(), String>(())
     };
+    let mut send_lag = latency_histogram();
     tokio::time::sleep_until(plan.start.into()).await;
     let mut index = 0u64;
     loop {
@@ -232,6 +258,9 @@ where
             account(done)?;
         }
         let stamp = micros_of(intended);
+        if plan.measured(stamp) {
+            send_lag.saturating_record(clock_micros().saturating_sub(stamp));
+        }
         let mut value = BytesMut::from(&plan.payload[..]);
         value[..STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
         let acknowledgement = send(value.freeze()).await?;
@@ -250,6 +279,7 @@ where
     while let Some(done) = pending.next().await {
         account(done)?;
     }
+    shared.record_send_lag(&send_lag);
     Ok(histogram)
 }
 
@@ -446,6 +476,11 @@ pub struct Outcome {
     /// Acknowledgements received in the measured window, over its length.
     pub publish: Throughput,
     pub publish_latency: Latency,
+    /// Paced runs: how late records left the load generator after their intended send time, a
+    /// part of `publish_latency`. Its timer's share is the generator's; waiting for a free
+    /// in-flight slot is the broker's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag: Option<Latency>,
     /// Records consumers received in the measured window, over its length.
     pub consume: Throughput,
     pub end_to_end_latency: Latency,
@@ -496,6 +531,7 @@ impl Measured<'_> {
                 seconds,
             ),
             publish_latency: Latency::from_micros(self.publish_latency),
+            send_lag: self.shared.send_lag(),
             consume: Throughput::new(
                 load(&self.shared.consumed_measured),
                 self.workload.record_bytes,

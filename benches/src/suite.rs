@@ -467,6 +467,34 @@ pub fn markdown(report: &SuiteReport) -> String {
             );
         }
     }
+    let paced: Vec<&Outcome> = report
+        .outcomes
+        .iter()
+        .filter(|outcome| outcome.send_lag.is_some())
+        .collect();
+    if !paced.is_empty() {
+        let _ = writeln!(
+            text,
+            "\nSend lag of the paced runs (ms): how late records left the load generator after \
+             their intended time, part of the publish latency above. It includes waiting for a \
+             free in-flight slot (the broker's share) and tokio's 1 ms timer (the generator's).\n\n\
+             | workload | system | p50 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
+        );
+        for outcome in paced {
+            if let Some(lag) = &outcome.send_lag {
+                let _ = writeln!(
+                    text,
+                    "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    outcome.workload.name,
+                    outcome.system,
+                    lag.p50_ms,
+                    lag.p99_ms,
+                    lag.p999_ms,
+                    lag.max_ms
+                );
+            }
+        }
+    }
     let mut durability = BTreeMap::new();
     for outcome in &report.outcomes {
         durability.insert(outcome.system.as_str(), outcome.durability.as_str());
@@ -676,6 +704,7 @@ mod tests {
             target_rate: 0,
             publish: Throughput::new(records_per_second as u64, 1000, Duration::from_secs(1)),
             publish_latency: latency,
+            send_lag: None,
             consume: Throughput::new(0, 1000, Duration::from_secs(1)),
             end_to_end_latency: latency,
             records_sent: 0,
@@ -766,9 +795,35 @@ mod tests {
         );
         assert!(text.contains("- nats: nats durability"), "{text}");
         assert!(text.contains("b on nats: boom"), "{text}");
+        assert!(!text.contains("Send lag"), "no run was paced: {text}");
         let picture = svg(&report);
         assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
         assert_eq!(picture.matches("<rect x=").count(), 3 * 2 + 2, "{picture}");
+    }
+
+    #[test]
+    fn paced_runs_report_their_send_lag() {
+        let mut paced = outcome("cairn", "half", 500.0, 4.0);
+        paced.send_lag = Some(Latency {
+            p50_ms: 0.8,
+            p99_ms: 2.1,
+            p999_ms: 3.7,
+            max_ms: 10.4,
+            samples: 500,
+        });
+        let report = SuiteReport {
+            machine: "m".into(),
+            load_average_at_start: [1.0, 2.0, 3.0],
+            outcomes: vec![outcome("cairn", "max", 1_000.0, 9.0), paced],
+            ratios: Vec::new(),
+            failures: Vec::new(),
+        };
+        let text = markdown(&report);
+        assert!(
+            text.contains("| half | cairn | 0.80 | 2.10 | 3.70 | 10.40 |"),
+            "{text}"
+        );
+        assert_eq!(text.matches("| max | cairn |").count(), 1, "{text}");
     }
 
     #[test]
