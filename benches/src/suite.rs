@@ -4,6 +4,7 @@
 //! run that fails or is stopped keeps what was measured before it.
 
 use crate::harness::{self, Outcome};
+use crate::report::Latency;
 use crate::workload::Workload;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -467,10 +468,10 @@ pub fn markdown(report: &SuiteReport) -> String {
             );
         }
     }
-    let paced: Vec<&Outcome> = report
+    let paced: Vec<(&Outcome, &Latency)> = report
         .outcomes
         .iter()
-        .filter(|outcome| outcome.send_lag.is_some())
+        .filter_map(|outcome| Some((outcome, outcome.send_lag.as_ref()?)))
         .collect();
     if !paced.is_empty() {
         let _ = writeln!(
@@ -480,19 +481,17 @@ pub fn markdown(report: &SuiteReport) -> String {
              free in-flight slot (the broker's share) and tokio's 1 ms timer (the generator's).\n\n\
              | workload | system | p50 | p99 | p99.9 | max |\n|---|---|---|---|---|---|"
         );
-        for outcome in paced {
-            if let Some(lag) = &outcome.send_lag {
-                let _ = writeln!(
-                    text,
-                    "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                    outcome.workload.name,
-                    outcome.system,
-                    lag.p50_ms,
-                    lag.p99_ms,
-                    lag.p999_ms,
-                    lag.max_ms
-                );
-            }
+        for (outcome, lag) in paced {
+            let _ = writeln!(
+                text,
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                outcome.workload.name,
+                outcome.system,
+                lag.p50_ms,
+                lag.p99_ms,
+                lag.p999_ms,
+                lag.max_ms
+            );
         }
     }
     let mut durability = BTreeMap::new();

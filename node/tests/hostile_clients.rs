@@ -463,10 +463,11 @@ fn silent_connections_are_closed_so_others_get_in() {
     ]);
     let topic = "events";
     node.wire().create_topic(topic, 1).unwrap();
-    // The node frees that connection's slot once it sees the close. Until then the sixteen
-    // below leave one slot free for the refused 17th (it was admitted in a CI run, then closed
-    // silent), or the 18th is admitted at once and sits idle past its timeout while the
-    // silent ones wait out theirs.
+    // The node frees that connection's slot only once it sees the close. When that happened
+    // while the sixteen below were being opened, the last of them was refused and a slot
+    // freed just after: the 17th, expected refused, was admitted in a CI run (then closed,
+    // silent), or the 18th got in at once and idled past its timeout while the silent ones
+    // waited out theirs.
     assert!(
         eventually(Duration::from_secs(10), || {
             metric(node.http_address(), "cairn_connections_open") == 0.0
