@@ -4,10 +4,10 @@
 use cairn_client::cli::{ClientCommand, Connection};
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// jemalloc rather than glibc's malloc: a node allocates and frees a buffer or two per record
-/// batch on several threads, where glibc's arenas cost about a fifth of the throughput
-/// (Cargo.toml gives the figures). Its settings can be changed at start-up with
-/// `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`; docs/configuration.md).
+/// jemalloc rather than glibc's malloc: with glibc the 3-node benchmark's nodes did about a
+/// fifth fewer records a second for the same CPU (Cargo.toml gives the figures). Its settings
+/// can be changed at start-up with `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`;
+/// docs/configuration.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
