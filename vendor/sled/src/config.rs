@@ -221,6 +221,11 @@ pub struct Inner {
     /// rewritten out of draining segments by a background thread, not inside writes.
     #[doc(hidden)]
     pub background_segment_cleaning: bool,
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): with
+    /// `background_segment_cleaning`, how many segments may wait for cleaning before each
+    /// write rewrites a page out of them again, as upstream does.
+    #[doc(hidden)]
+    pub segment_cleaning_backlog: usize,
     /// Cairn patch (PATCHES.md, "A flush hands its writes to the kernel"): a log write
     /// starts the kernel's writeback of its range instead of waiting for the device.
     #[doc(hidden)]
@@ -256,6 +261,7 @@ impl Default for Inner {
             power_loss_durable: false,
             drop_written_pages: false,
             background_segment_cleaning: false,
+            segment_cleaning_backlog: 64,
             flush_to_kernel: false,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
@@ -571,6 +577,11 @@ impl Config {
             background_segment_cleaning,
             bool,
             "Cairn patch: a write no longer rewrites a page out of a segment being cleaned before it returns; a background thread (sled-cleaner) does, in slices of at most 10 ms followed by a rest three times as long"
+        ),
+        (
+            segment_cleaning_backlog,
+            usize,
+            "Cairn patch: with background_segment_cleaning, once this many segments wait for cleaning every write rewrites a page out of them again before it returns (as without the option), so a cleaner thread that falls behind bounds the log file's growth with backpressure on the writers instead of letting it grow; from half as many the thread cleaning them no longer rests"
         ),
         (
             flush_to_kernel,

@@ -70,7 +70,9 @@ impl Flusher {
 // large values: megabytes, read from the disk when the kernel no longer caches it). With
 // `background_segment_cleaning` this thread does it instead, in slices of at most
 // `CLEANING_SLICE` followed by a rest three times as long as the slice took, so it takes at
-// most a quarter of a core and of the disk's time, and none of a writer's.
+// most a quarter of a core and of the disk's time, and none of a writer's. Backpressure
+// bounds what it may leave undone: from half of `Config::segment_cleaning_backlog` segments
+// waiting it stops resting, and from all of them every write cleans again as upstream's do.
 
 /// The longest a cleaning slice runs before the thread rests.
 const CLEANING_SLICE: Duration = Duration::from_millis(10);
@@ -115,7 +117,12 @@ fn run_cleaner(
                 }
             }
         }
-        let rest = if cleaned {
+        // Half the backlog at which writes clean again: no rest until it is worked off.
+        let behind = pagecache.segment_cleaning_backlog().saturating_mul(2)
+            >= pagecache.config.segment_cleaning_backlog;
+        let rest = if cleaned && behind {
+            Duration::ZERO
+        } else if cleaned {
             std::cmp::max(started.elapsed() * 3, Duration::from_millis(1))
         } else {
             CLEANING_IDLE

@@ -227,7 +227,7 @@ pub use {
                 MINIMUM_ITEMS_PER_SEGMENT, SEG_HEADER_LEN,
             },
             blob_release_counters, durability_counters, set_blob_release_bytes_per_second,
-            BatchManifest,
+            spare_blobs_restocking, BatchManifest,
             BlobReleaseCounters, DiskPtr, DurabilityCounters,
             Log, LogKind, LogOffset, LogRead, Lsn, PageCache, PageId,
         },

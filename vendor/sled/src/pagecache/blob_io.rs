@@ -60,6 +60,29 @@ fn take_spare(db: &std::path::Path) -> Option<PathBuf> {
     taken
 }
 
+/// Whether a restock of the spare files of the database in `db` is queued or running, for
+/// tests.
+#[doc(hidden)]
+pub fn spare_blobs_restocking(db: &std::path::Path) -> bool {
+    spares().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).restocking.contains(db)
+}
+
+/// Runs the restocks queued (`take_spare`) ahead of the jobs before them: a release may be
+/// paced and wait behind many others, while a writer whose database is out of spares
+/// allocates its blobs' inodes itself. The `Restock` job stays queued, for the pending count.
+fn restock_first() {
+    let wanted: Vec<PathBuf> = {
+        let stock = spares().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if stock.restocking.is_empty() {
+            return;
+        }
+        stock.restocking.iter().cloned().collect()
+    };
+    for db in wanted {
+        restock_spares(&db);
+    }
+}
+
 /// Creates spare files for the database in `db` up to `SPARE_BLOBS` (on the background
 /// thread). Stops at the first error: a blob then creates its own file, as before.
 fn restock_spares(db: &std::path::Path) {
@@ -342,6 +365,7 @@ fn releaser() -> &'static Releaser {
             .spawn(move || {
                 for (db, job) in receiver {
                     let releaser = releaser();
+                    restock_first();
                     match job {
                         Job::Release(path) => {
                             release_blob_file(&db, &path, true);

@@ -53,7 +53,7 @@ pub(crate) use self::blob_io::{
 };
 pub use self::blob_io::{
     blob_release_counters, durability_counters, set_blob_release_bytes_per_second,
-    BlobReleaseCounters,
+    spare_blobs_restocking, BlobReleaseCounters,
     DurabilityCounters,
 };
 
@@ -880,6 +880,13 @@ impl PageCache {
         (self.cleaned_inline.load(Relaxed), self.cleaned_apart.load(Relaxed))
     }
 
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): how many segments
+    /// wait for cleaning.
+    #[doc(hidden)]
+    pub fn segment_cleaning_backlog(&self) -> usize {
+        self.log.iobufs.segment_cleaner.backlog()
+    }
+
     /// Attempt to opportunistically rewrite data from a Draining
     /// segment of the file to help with space amplification.
     /// Returns Ok(true) if we had the opportunity to attempt to
@@ -1244,8 +1251,11 @@ impl PageCache {
             self.cas_page(pid, old, Update::Node(new), false, guard)?;
 
         // Cairn patch (PATCHES.md, "Segment cleaning off the append path"): with
-        // `background_segment_cleaning` the `sled-cleaner` thread does this instead.
-        if !self.config.background_segment_cleaning {
+        // `background_segment_cleaning` the `sled-cleaner` thread does this instead, unless
+        // it has fallen `segment_cleaning_backlog` segments behind.
+        if !self.config.background_segment_cleaning
+            || self.segment_cleaning_backlog() >= self.config.segment_cleaning_backlog
+        {
             if let Some((pid_to_clean, segment_to_clean)) =
                 self.log.iobufs.segment_cleaner.pop()
             {

@@ -123,6 +123,12 @@ impl SegmentCleaner {
         None
     }
 
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): how many segments
+    /// wait for cleaning.
+    pub(crate) fn backlog(&self) -> usize {
+        self.inner.lock().len()
+    }
+
     fn add_pids(&self, offset: LogOffset, pids: BTreeSet<PageId>) {
         let mut inner = self.inner.lock();
         let prev = inner.insert(offset, pids);
