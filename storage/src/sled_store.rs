@@ -35,7 +35,8 @@
 //! whose host takes free memory back costs a host page fault per page. It also opens sled
 //! with `background_segment_cleaning` ("Segment cleaning off the append path"): pages still
 //! live in a log segment being cleaned are rewritten by sled's `sled-cleaner` thread, paced,
-//! instead of inside the append that happens to come next.
+//! instead of inside the append that happens to come next, unless 2 GiB of segments wait
+//! for it.
 //!
 //! sled keeps the database locked while any `Db` or `Tree` clone is alive: drop the store and
 //! every [`SledLog`] before opening the same directory again.
@@ -97,6 +98,18 @@ pub struct SyncCounters {
     pub log_syncs: u64,
     /// Blob files written and not yet synced: none after a flush that covered them.
     pub unsynced_blobs: u64,
+}
+
+/// How many bytes of log segments may wait for sled's `sled-cleaner` thread before appends
+/// clean them again themselves (vendor/sled/PATCHES.md, "Segment cleaning off the append
+/// path"). A safety net for a starved thread, not a throttle: a 1 GiB compaction fill leaves
+/// hundreds of segments to clean, and at sled's default (64) appends cleaned fill leaves
+/// again, which is what made the publish p99 after a fill 240 ms.
+const CLEANING_BACKLOG_BYTES: usize = 2 << 30;
+
+/// [`CLEANING_BACKLOG_BYTES`] in segments of `segment_bytes`.
+fn cleaning_backlog_segments(segment_bytes: usize) -> usize {
+    (CLEANING_BACKLOG_BYTES / segment_bytes.max(1)).max(64)
 }
 
 /// How the node's sled database is opened.
@@ -403,6 +416,7 @@ impl SledStore {
             .flush_to_kernel(!fsync)
             .drop_written_pages(true)
             .background_segment_cleaning(true)
+            .segment_cleaning_backlog(cleaning_backlog_segments(config.segment_bytes))
             .flush_every_ms(None);
         let mut rebuilt_from = None;
         let written_by_us = watermark_file.path().exists();
