@@ -105,6 +105,9 @@ pub(crate) struct SegmentAccountant {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SegmentCleaner {
     inner: Arc<Mutex<BTreeMap<LogOffset, BTreeSet<PageId>>>>,
+    /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): `inner`'s length,
+    /// set under its lock, so that every write can check the backlog without taking it.
+    segments: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SegmentCleaner {
@@ -120,24 +123,31 @@ impl SegmentCleaner {
             *offset
         };
         inner.remove(&offset);
+        self.note_len(&inner);
         None
+    }
+
+    fn note_len(&self, inner: &BTreeMap<LogOffset, BTreeSet<PageId>>) {
+        self.segments.store(inner.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Cairn patch (PATCHES.md, "Segment cleaning off the append path"): how many segments
     /// wait for cleaning.
     pub(crate) fn backlog(&self) -> usize {
-        self.inner.lock().len()
+        self.segments.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn add_pids(&self, offset: LogOffset, pids: BTreeSet<PageId>) {
         let mut inner = self.inner.lock();
         let prev = inner.insert(offset, pids);
         assert!(prev.is_none());
+        self.note_len(&inner);
     }
 
     fn remove_pids(&self, offset: LogOffset) {
         let mut inner = self.inner.lock();
         inner.remove(&offset);
+        self.note_len(&inner);
     }
 }
 
