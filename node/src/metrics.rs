@@ -464,6 +464,51 @@ impl<S: LogStore> prometheus_client::collector::Collector for BrokerCollector<S>
             Counter,
             flushes.requests_served,
         )?;
+        let engine = broker.store().engine_stats();
+        encode_single(
+            &mut encoder,
+            "cairn_storage_cleaning_backlog_segments",
+            "Log segments waiting for the storage engine's background cleaner. Past its bound \
+             (2 GiB of segments) writes clean them themselves, on the append path.",
+            Gauge,
+            engine.cleaning_backlog_segments,
+        )?;
+        encode_single(
+            &mut encoder,
+            "cairn_storage_pages_cleaned_by_writes",
+            "Pages the storage engine cleaned inside writes, on the append path (the backlog was \
+             at its bound): a starved background cleaner shows here.",
+            Counter,
+            engine.pages_cleaned_by_writes,
+        )?;
+        encode_single(
+            &mut encoder,
+            "cairn_storage_pages_cleaned_in_background",
+            "Pages the storage engine's background cleaner cleaned, off the append path.",
+            Counter,
+            engine.pages_cleaned_in_background,
+        )?;
+        encode_single(
+            &mut encoder,
+            "cairn_storage_log_syncs",
+            "Log writes fdatasync'd (storage.durability = fsync; 0 with flush).",
+            Counter,
+            engine.syncs.log_syncs,
+        )?;
+        encode_single(
+            &mut encoder,
+            "cairn_storage_blob_syncs",
+            "Blob files (large batches) fdatasync'd (storage.durability = fsync; 0 with flush).",
+            Counter,
+            engine.syncs.blob_syncs,
+        )?;
+        encode_single(
+            &mut encoder,
+            "cairn_storage_directory_syncs",
+            "Directories fsync'd after new files (storage.durability = fsync; 0 with flush).",
+            Counter,
+            engine.syncs.directory_syncs,
+        )?;
         let warnings = crate::logging::floodable_warnings();
         encode_single(
             &mut encoder,

@@ -208,9 +208,44 @@ fn metrics_follow_what_the_cli_produces_and_consumes() {
     ] {
         assert!(after.contains_key(name), "no {name}");
     }
+    // The storage engine's housekeeping is there; the test preset flushes, so nothing was
+    // synced.
+    for name in [
+        "cairn_storage_cleaning_backlog_segments",
+        "cairn_storage_pages_cleaned_by_writes_total",
+        "cairn_storage_pages_cleaned_in_background_total",
+    ] {
+        assert!(after.contains_key(name), "no {name}");
+    }
+    for name in [
+        "cairn_storage_log_syncs_total",
+        "cairn_storage_blob_syncs_total",
+        "cairn_storage_directory_syncs_total",
+    ] {
+        assert_eq!(value(&after, name), 0.0, "{name} in flush mode");
+    }
     // HEAD answers like GET, without a body.
     let (status, body) = http(node.http_address(), "HEAD", "/metrics");
     assert_eq!((status, body.as_str()), (200, ""));
+}
+
+/// In `fsync` mode the syncs behind each acknowledgement show on `/metrics`.
+#[test]
+fn a_node_in_fsync_mode_counts_its_syncs() {
+    let node = TestNode::start_with(&["--set", "storage.durability=fsync"]);
+    let bootstrap = node.address().to_string();
+    let before = value(&scrape(&node), "cairn_storage_log_syncs_total");
+    let (code, _, stderr) = cli(
+        &bootstrap,
+        &["topic", "create", "synced", "--partitions", "1"],
+        "",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let input: String = (0..20).map(|i| format!("record-{i}\n")).collect();
+    let (code, _, stderr) = cli(&bootstrap, &["produce", "synced"], &input);
+    assert_eq!(code, 0, "{stderr}");
+    let after = value(&scrape(&node), "cairn_storage_log_syncs_total");
+    assert!(after > before, "log syncs {before} -> {after}");
 }
 
 #[test]

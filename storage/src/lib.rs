@@ -131,6 +131,28 @@ pub trait LogStore: Clone + Send + Sync + 'static {
     /// Blocks until every write issued before this call, on every log, is durable. Callers
     /// on an async thread use a [`group_commit::GroupCommitter`] instead.
     fn flush(&self) -> Result<(), StorageError>;
+
+    /// What the storage engine did so far, for operators (`/metrics`). All zero for an engine
+    /// that keeps no such counts.
+    fn engine_stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+}
+
+/// A store engine's housekeeping counters since it was opened in this process (see
+/// [`LogStore::engine_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Log segments waiting to be cleaned: their live pages rewritten elsewhere so the
+    /// segment can be reused. A backlog that stays high means the background cleaner is
+    /// starved, and the log file grows until writes clean again themselves.
+    pub cleaning_backlog_segments: u64,
+    /// Pages cleaned inside writes, on the append path (the backlog reached its bound).
+    pub pages_cleaned_by_writes: u64,
+    /// Pages cleaned by the background cleaner, off the append path.
+    pub pages_cleaned_in_background: u64,
+    /// Syncs made for durability (`storage.durability = fsync`; zero with `flush`).
+    pub syncs: SyncCounters,
 }
 
 /// One partition replica's log. Methods never panic on bad data: they return
