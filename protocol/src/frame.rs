@@ -66,11 +66,38 @@ pub enum RequestDecodeError {
 }
 
 pub fn encode_request(frame: &RequestFrame) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(frame).expect("request frames always serialize"))
+    encode_named(frame).expect("request frames always serialize")
 }
 
 pub fn encode_response(frame: &ResponseFrame) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(frame).expect("response frames always serialize"))
+    encode_named(frame).expect("response frames always serialize")
+}
+
+/// How many bytes `value` takes as named MessagePack, without writing them anywhere.
+pub fn encoded_size<T: Serialize + ?Sized>(value: &T) -> Result<usize, rmp_serde::encode::Error> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    rmp_serde::encode::write_named(&mut counter, value)?;
+    Ok(counter.0)
+}
+
+/// `value` as named MessagePack, in a buffer allocated once at its exact size: the size is
+/// counted first (a batch's bytes are added up, not copied), so each byte is then written
+/// once, where growing a buffer from empty copied a frame holding a 32 KiB batch about twice
+/// more on the way (a node's profile at 65,000 records/s had 1.3% of its samples there).
+pub fn encode_named<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, rmp_serde::encode::Error> {
+    let mut buffer = Vec::with_capacity(encoded_size(value)?);
+    rmp_serde::encode::write_named(&mut buffer, value)?;
+    Ok(Bytes::from(buffer))
 }
 
 /// The config key of the entry limit, named in [`ApiError::LimitExceeded`].
@@ -521,6 +548,10 @@ mod tests {
             })),
         };
         assert_eq!(decode_response(&encode_response(&frame)).unwrap(), frame);
+        // Counted and written at once, the bytes are rmp-serde's own.
+        let plain = rmp_serde::to_vec_named(&frame).unwrap();
+        assert_eq!(encoded_size(&frame).unwrap(), plain.len());
+        assert_eq!(encode_response(&frame), plain);
     }
 
     #[test]

@@ -234,7 +234,7 @@ pub enum PeerAppendResult {
 }
 
 pub fn encode_peer_hello(hello: &PeerHello) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(hello).expect("peer hellos always serialize"))
+    crate::frame::encode_named(hello).expect("peer hellos always serialize")
 }
 
 /// Reads a hello; `None` if the frame is not one (for example a client's request frame).
@@ -243,7 +243,7 @@ pub fn decode_peer_hello(bytes: &[u8]) -> Option<PeerHello> {
 }
 
 pub fn encode_peer_challenge(challenge: &PeerChallenge) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(challenge).expect("peer challenges always serialize"))
+    crate::frame::encode_named(challenge).expect("peer challenges always serialize")
 }
 
 /// Reads the acceptor's challenge; `None` if the frame is not one.
@@ -252,7 +252,7 @@ pub fn decode_peer_challenge(bytes: &[u8]) -> Option<PeerChallenge> {
 }
 
 pub fn encode_peer_proof(proof: &PeerProof) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(proof).expect("peer proofs always serialize"))
+    crate::frame::encode_named(proof).expect("peer proofs always serialize")
 }
 
 /// Reads the connector's proof; `None` if the frame is not one.
@@ -261,7 +261,7 @@ pub fn decode_peer_proof(bytes: &[u8]) -> Option<PeerProof> {
 }
 
 pub fn encode_peer_frame(frame: &PeerFrame) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(frame).expect("peer frames always serialize"))
+    crate::frame::encode_named(frame).expect("peer frames always serialize")
 }
 
 pub fn decode_peer_frame(bytes: &[u8]) -> Result<PeerFrame, String> {

@@ -55,19 +55,7 @@ const REPLY_OVERHEAD_BYTES: u64 = 128;
 
 /// How many bytes `value` takes on the wire, without writing them anywhere.
 fn encoded_size<T: serde::Serialize>(value: &T) -> u64 {
-    struct Counter(u64);
-    impl std::io::Write for Counter {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len() as u64;
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    rmp_serde::encode::write_named(&mut counter, value).expect("replies always serialize");
-    counter.0
+    cairn_protocol::frame::encoded_size(value).expect("replies always serialize") as u64
 }
 
 fn meta_metadata<S: LogStore>(broker: &Broker<S>) -> TopicMetadata {
