@@ -1157,7 +1157,7 @@ impl Replica {
             }
         }
         let base_offset = self.log_end;
-        let stamped = batch.stamped(base_offset, self.epoch);
+        let stamped = batch.into_stamped(base_offset, self.epoch);
         let end = stamped.next_offset();
         let response = ProduceResponse {
             base_offset,

@@ -80,7 +80,9 @@ fn io_corrupt_meta(what: &str) -> StorageError {
 /// record count that fits in the offsets the batch spans (a compacted batch may hold fewer
 /// records than offsets, or none; offset arithmetic uses only the last offset delta).
 fn check_batch(batch: &RecordBatch) -> Result<(), BatchError> {
-    batch.verify_checksum()?;
+    // Once per batch in this process: a read's batch comes from the store's bytes and is
+    // verified here; an appended one was verified when it arrived (or computed when built).
+    batch.verify_checksum_once()?;
     let header = batch.header();
     let span = u64::from(header.last_offset_delta) + 1;
     if u64::from(header.record_count) > span {
@@ -778,5 +780,40 @@ mod tests {
                 actual: 1,
             })
         );
+    }
+
+    /// A batch this process did not check (read back, or wrapped as trusted) has its checksum
+    /// verified before it is appended; one it built or validated is not verified twice.
+    #[test]
+    fn an_unchecked_batch_is_verified_and_a_checked_one_not_again() {
+        let mut builder = RecordBatchBuilder::new(0);
+        builder.push(&Record::new("value"));
+        let built = builder.build();
+        let mut bytes = built.bytes().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let damaged = RecordBatch::from_trusted(bytes::Bytes::from(bytes)).unwrap();
+        assert!(matches!(
+            check_batch(&damaged),
+            Err(BatchError::ChecksumMismatch { .. })
+        ));
+        assert!(matches!(
+            check_batch(&damaged.stamped(Offset(5), cairn_protocol::Epoch(2))),
+            Err(BatchError::ChecksumMismatch { .. })
+        ));
+        let validated = RecordBatch::validate(built.bytes().clone()).unwrap();
+        assert_eq!(check_batch(&validated), Ok(()));
+        assert_eq!(
+            check_batch(&built.stamped(Offset(5), cairn_protocol::Epoch(2))),
+            Ok(())
+        );
+        // And the store refuses the damaged one, whatever wraps it.
+        let store = crate::MemoryStore::new();
+        let mut log = crate::LogStore::open_log(&store, "p").unwrap();
+        let stamped = damaged.stamped(Offset(0), cairn_protocol::Epoch(1));
+        assert!(matches!(
+            crate::PartitionLog::append(&mut log, &stamped),
+            Err(StorageError::Corrupt { .. })
+        ));
     }
 }
