@@ -53,6 +53,7 @@ pub mod compactor;
 pub mod config;
 pub mod dev;
 pub mod expiry_clock;
+pub mod frame_writer;
 pub mod group;
 pub mod groups;
 pub mod http;

@@ -35,7 +35,7 @@ use cairn_protocol::peer::{
     PeerProofBody, PEER_MAC_BYTES, PEER_NONCE_BYTES, PEER_PROTOCOL_VERSION,
 };
 use cairn_protocol::NodeId;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::net::SocketAddr;
@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, FramedWrite};
+use tokio_util::codec::Framed;
 
 /// Shortest secret accepted: 16 bytes (128 bits) is as much as a guess can be made to cost.
 pub const CLUSTER_SECRET_BYTES_MIN: usize = 16;
@@ -208,7 +208,7 @@ pub fn check_hello(
 /// answers with a challenge, and checks the connector's proof. `Ok` is the proved peer.
 pub async fn accept<R, W>(
     reader: &mut R,
-    writer: &mut FramedWrite<W, FrameCodec>,
+    writer: &mut W,
     hello: &PeerHello,
     own: NodeId,
     secret: Option<&ClusterSecret>,
@@ -217,7 +217,7 @@ pub async fn accept<R, W>(
 ) -> Result<NodeId, HandshakeError>
 where
     R: Stream<Item = Result<bytes::BytesMut, FrameError>> + Unpin,
-    W: AsyncWrite + Unpin,
+    W: Sink<Bytes, Error = FrameError> + Unpin,
 {
     let from = check_hello(hello, own, secret, local, remote)?;
     let nonce_c = &hello.peer_hello.nonce[..];
@@ -384,6 +384,7 @@ mod tests {
     use super::*;
     use tokio::io::DuplexStream;
     use tokio_util::codec::FramedRead;
+    use tokio_util::codec::FramedWrite;
 
     fn secret(text: &str) -> ClusterSecret {
         ClusterSecret::from_value("test", text.as_bytes()).unwrap()

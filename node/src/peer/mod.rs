@@ -25,6 +25,7 @@
 //! implementation; [`memory::MemoryNetwork`] is its in-memory twin, which runs the replicas of
 //! a whole cluster in one process (on paused time, in the fast tests).
 
+use crate::frame_writer::FrameWriter;
 use bytes::Bytes;
 use cairn_protocol::batch::RecordBatch;
 use cairn_protocol::frame::{FrameCodec, FrameError};
@@ -42,7 +43,7 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::codec::{Framed, FramedRead};
 
 /// Limits and timings of the peer transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,7 +269,7 @@ async fn run_link(
     }
 }
 
-type PeerWriter = FramedWrite<TcpStream, FrameCodec>;
+type PeerWriter = FrameWriter<TcpStream>;
 
 /// Opens a connection to `peer` and runs the handshake on it: both sides prove they hold the
 /// cluster secret before this node sends it anything replicated.
@@ -295,9 +296,9 @@ async fn connect(
         Err(_) => return Err(format!("handshake with node {peer} timed out")),
     }
     // The acceptor writes nothing after its challenge, so no read-ahead is lost here.
-    Ok(FramedWrite::new(
+    Ok(FrameWriter::new(
         framed.into_inner(),
-        FrameCodec::new(config.frame_bytes_max),
+        config.frame_bytes_max,
     ))
 }
 
@@ -653,6 +654,7 @@ mod tests {
     use cairn_protocol::peer::decode_peer_hello;
     use cairn_protocol::{Epoch, Record};
     use tokio::net::TcpListener;
+    use tokio_util::codec::FramedWrite;
 
     #[derive(Default)]
     struct Collected(Mutex<Vec<(NodeId, String, PeerMessage)>>);

@@ -35,6 +35,7 @@ mod metadata;
 pub mod produce;
 
 use crate::broker::Broker;
+use crate::frame_writer::FrameWriter;
 use crate::metrics::NodeMetrics;
 use budget::{ByteBudget, FetchBudgets, Reservation};
 use bytes::Bytes;
@@ -261,7 +262,7 @@ async fn run_connection<S: LogStore>(
     let in_flight_max = limits.requests_in_flight_max as usize;
     let (replies, outgoing) = mpsc::channel::<OutgoingReply>(in_flight_max + 1);
     let writer = tokio::spawn(write_replies(
-        FramedWrite::new(write_half, FrameCodec::new(frame_bytes_max)),
+        FrameWriter::new(write_half, frame_bytes_max),
         outgoing,
         reply_write_timeout,
     ));
@@ -470,7 +471,7 @@ fn count_fetched(response: &cairn_protocol::Response, metrics: &NodeMetrics) {
 /// proved it holds the cluster secret; a failed handshake just closes the connection.
 async fn serve_peer<S: LogStore>(
     mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
     broker: &Arc<Broker<S>>,
     hello: &PeerHello,
     (local, remote): (std::net::SocketAddr, std::net::SocketAddr),
@@ -642,10 +643,10 @@ impl Replies {
 /// `stalled_max` while replies waited. A reply's reservation is given back once the reply
 /// is in the socket.
 async fn write_replies(
-    mut writer: FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>,
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
     mut outgoing: mpsc::Receiver<OutgoingReply>,
     stalled_max: Duration,
-) -> Option<FramedWrite<tokio::net::tcp::OwnedWriteHalf, FrameCodec>> {
+) -> Option<FrameWriter<tokio::net::tcp::OwnedWriteHalf>> {
     let mut written = Vec::with_capacity(WRITE_BATCH_FRAMES_MAX);
     while let Some((first, reservation)) = outgoing.recv().await {
         tokio::time::timeout(stalled_max, writer.feed(first))
