@@ -775,50 +775,49 @@ impl RecordBatch {
 
     /// A copy with base offset and leader epoch set. The checksum stays valid.
     pub fn stamped(&self, base_offset: Offset, leader_epoch: Epoch) -> RecordBatch {
-        self.restamped(BytesMut::from(&self.bytes[..]), base_offset, leader_epoch)
+        let bytes = BytesMut::from(&self.bytes[..]);
+        RecordBatch::restamped(
+            self.header,
+            bytes,
+            self.checksum_verified,
+            base_offset,
+            leader_epoch,
+        )
     }
 
     /// [`RecordBatch::stamped`], in place when this is the only handle on its bytes (as for a
     /// batch just decoded from a produce request), else on a copy.
     pub fn into_stamped(self, base_offset: Offset, leader_epoch: Epoch) -> RecordBatch {
-        let RecordBatch {
-            header,
+        let bytes = self
+            .bytes
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        RecordBatch::restamped(
+            self.header,
             bytes,
-            checksum_verified,
-        } = self;
-        match bytes.try_into_mut() {
-            Ok(unique) => RecordBatch {
-                header,
-                bytes: Bytes::new(),
-                checksum_verified,
-            }
-            .restamped(unique, base_offset, leader_epoch),
-            Err(shared) => RecordBatch {
-                header,
-                bytes: shared,
-                checksum_verified,
-            }
-            .stamped(base_offset, leader_epoch),
-        }
+            self.checksum_verified,
+            base_offset,
+            leader_epoch,
+        )
     }
 
-    /// `bytes` (this batch's, copied or taken) with base offset and leader epoch set.
+    /// The batch of `header` and `bytes` (copied or taken), with base offset and leader
+    /// epoch set. Both are outside the checksum, so whether it was verified carries over.
     fn restamped(
-        &self,
+        mut header: BatchHeader,
         mut bytes: BytesMut,
+        checksum_verified: bool,
         base_offset: Offset,
         leader_epoch: Epoch,
     ) -> RecordBatch {
         bytes[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
         bytes[12..20].copy_from_slice(&leader_epoch.0.to_be_bytes());
-        let mut header = self.header;
         header.base_offset = base_offset;
         header.leader_epoch = leader_epoch;
         RecordBatch {
             header,
             bytes: bytes.freeze(),
-            // Base offset and epoch are outside the checksum, and the rest is the same bytes.
-            checksum_verified: self.checksum_verified,
+            checksum_verified,
         }
     }
 

@@ -1134,7 +1134,7 @@ mod tests {
             for _ in 0..20 {
                 for log in &mut logs {
                     let end = log.log_end();
-                    log.append(&medium.clone().stamped(end, Epoch(1))).unwrap();
+                    log.append(&medium.stamped(end, Epoch(1))).unwrap();
                     let end = log.log_end();
                     log.apply_retention(keep_last, 0, end).unwrap();
                 }
