@@ -775,49 +775,27 @@ impl RecordBatch {
 
     /// A copy with base offset and leader epoch set. The checksum stays valid.
     pub fn stamped(&self, base_offset: Offset, leader_epoch: Epoch) -> RecordBatch {
-        let bytes = BytesMut::from(&self.bytes[..]);
-        RecordBatch::restamped(
-            self.header,
-            bytes,
-            self.checksum_verified,
-            base_offset,
-            leader_epoch,
-        )
+        // The clone shares the bytes, so `into_stamped` copies them.
+        self.clone().into_stamped(base_offset, leader_epoch)
     }
 
     /// [`RecordBatch::stamped`], in place when this is the only handle on its bytes (as for a
-    /// batch just decoded from a produce request), else on a copy.
+    /// batch just decoded from a produce request), else on a copy. Base offset and leader
+    /// epoch are outside the checksum, so whether it was verified carries over.
     pub fn into_stamped(self, base_offset: Offset, leader_epoch: Epoch) -> RecordBatch {
-        let bytes = self
+        let mut bytes = self
             .bytes
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        RecordBatch::restamped(
-            self.header,
-            bytes,
-            self.checksum_verified,
-            base_offset,
-            leader_epoch,
-        )
-    }
-
-    /// The batch of `header` and `bytes` (copied or taken), with base offset and leader
-    /// epoch set. Both are outside the checksum, so whether it was verified carries over.
-    fn restamped(
-        mut header: BatchHeader,
-        mut bytes: BytesMut,
-        checksum_verified: bool,
-        base_offset: Offset,
-        leader_epoch: Epoch,
-    ) -> RecordBatch {
         bytes[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
         bytes[12..20].copy_from_slice(&leader_epoch.0.to_be_bytes());
+        let mut header = self.header;
         header.base_offset = base_offset;
         header.leader_epoch = leader_epoch;
         RecordBatch {
             header,
             bytes: bytes.freeze(),
-            checksum_verified,
+            checksum_verified: self.checksum_verified,
         }
     }
 
