@@ -96,8 +96,14 @@ pub struct SyncCounters {
     pub directory_syncs: u64,
     /// Log writes `fdatasync`ed.
     pub log_syncs: u64,
-    /// Blob files written and not yet synced: none after a flush that covered them.
+    /// Blob files written and not yet synced: those written since the last log write, by
+    /// appends or by sled's cleaner thread, which may write one at any time.
     pub unsynced_blobs: u64,
+    /// Blob files written so far, numbered in order: the newest one's number.
+    pub blobs_written: u64,
+    /// Every blob file up to this number is synced. A flush requested when `blobs_written`
+    /// was N returns with this at least N.
+    pub blobs_synced_through: u64,
 }
 
 /// How many bytes of log segments may wait for sled's `sled-cleaner` thread before appends
@@ -479,6 +485,8 @@ impl SledStore {
             directory_syncs: counters.directory_syncs,
             log_syncs: counters.log_syncs,
             unsynced_blobs: counters.unsynced_blobs,
+            blobs_written: counters.blobs_written,
+            blobs_synced_through: counters.blobs_synced_through,
         }
     }
 
@@ -1058,8 +1066,11 @@ mod tests {
     }
 
     /// Appends large batches to three logs through the group committer, as the node does,
-    /// and returns the counters after each flush, and the blob files left at the end.
-    fn sync_counters_after_flushes(durability: Durability) -> (Vec<SyncCounters>, usize) {
+    /// and returns the counters just before and just after each flush, and the blob files
+    /// left at the end.
+    fn sync_counters_after_flushes(
+        durability: Durability,
+    ) -> (Vec<(SyncCounters, SyncCounters)>, usize) {
         let directory = tempfile::tempdir().unwrap();
         let config = SledConfig {
             durability,
@@ -1080,8 +1091,9 @@ mod tests {
                 let end = log.log_end();
                 log.append(&large_batch().stamped(end, Epoch(1))).unwrap();
             }
+            let before = store.sync_counters();
             committer.request_blocking().unwrap();
-            counters.push(store.sync_counters());
+            counters.push((before, store.sync_counters()));
         }
         let blob_files = std::fs::read_dir(directory.path().join("blobs"))
             .unwrap()
@@ -1093,14 +1105,19 @@ mod tests {
     fn in_fsync_mode_a_returned_flush_left_no_blob_file_unsynced() {
         let (counters, blob_files) = sync_counters_after_flushes(Durability::Fsync);
         assert!(blob_files > 0, "no batch reached a blob file");
-        let mut previous = SyncCounters::default();
-        for after in &counters {
-            // Every blob written before the flush was synced, and so was the log.
-            assert_eq!(after.unsynced_blobs, 0, "{after:?}");
-            assert!(after.log_syncs > previous.log_syncs, "{after:?}");
-            previous = *after;
+        for (before, after) in &counters {
+            // Every blob written before the flush was requested was synced, and so was the
+            // log. (sled's cleaner thread may write blobs at any time; those written after
+            // the flush's log write wait for the next one, which is why this compares
+            // sequence numbers and not the count left unsynced.)
+            assert!(
+                after.blobs_synced_through >= before.blobs_written,
+                "{before:?} then {after:?}"
+            );
+            assert!(after.log_syncs > before.log_syncs, "{after:?}");
         }
-        let last = counters.last().unwrap();
+        let last = counters.last().unwrap().1;
+        assert!(last.blobs_written >= blob_files as u64, "{last:?}");
         assert!(last.blob_syncs >= blob_files as u64, "{last:?}");
         assert!(last.directory_syncs > 0, "{last:?}");
     }
@@ -1159,7 +1176,8 @@ mod tests {
     fn in_flush_mode_nothing_is_synced() {
         let (counters, blob_files) = sync_counters_after_flushes(Durability::Flush);
         assert!(blob_files > 0, "no batch reached a blob file");
-        for after in &counters {
+        for (before, after) in &counters {
+            assert_eq!(*before, SyncCounters::default());
             assert_eq!(*after, SyncCounters::default());
         }
     }

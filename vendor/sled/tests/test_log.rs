@@ -384,6 +384,12 @@ fn power_loss_durable_flushes_sync_blobs_their_directory_and_the_log() -> Result
                 let after = sled::durability_counters(&path);
                 if durable {
                     assert_eq!(after.unsynced_blobs, 0, "{:?}", after);
+                    assert!(
+                        after.blobs_synced_through >= after.blobs_written,
+                        "{:?}",
+                        after
+                    );
+                    assert!(after.blobs_written > before.blobs_written, "{:?}", after);
                     assert!(after.blob_syncs > before.blob_syncs, "{:?}", after);
                     assert!(
                         after.directory_syncs > before.directory_syncs,

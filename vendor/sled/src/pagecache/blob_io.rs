@@ -618,6 +618,10 @@ pub(crate) struct Durability {
     /// A blob file was renamed out of `blobs-free/` since the last sync: a rename is durable
     /// only once both directories are synced, so `blobs-free/` is synced too.
     free_dir_changed: std::sync::atomic::AtomicBool,
+    /// Blob files noted as written so far: the sequence number of the newest one.
+    noted: AtomicU64,
+    /// Every blob up to this sequence number is synced (or was released unsynced).
+    synced_through: AtomicU64,
     blob_syncs: AtomicU64,
     directory_syncs: AtomicU64,
     log_syncs: AtomicU64,
@@ -636,14 +640,24 @@ pub struct DurabilityCounters {
     pub log_syncs: u64,
     /// Blob files written and not yet synced.
     pub unsynced_blobs: u64,
+    /// Blob files written so far, in order: the sequence number of the newest.
+    pub blobs_written: u64,
+    /// Every blob file up to this sequence number is durable. A flush requested when
+    /// `blobs_written` was N has, when it returns, made this at least N; blobs another
+    /// thread (sled's cleaner) writes meanwhile belong to a later log write.
+    pub blobs_synced_through: u64,
 }
 
 impl Durability {
     fn note_written(&self, path: PathBuf) {
-        self.unsynced
+        let mut unsynced = self
+            .unsynced
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(path);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        unsynced.push(path);
+        // Under the list's lock, so the list a sync takes holds exactly the blobs up to
+        // the sequence number it reads.
+        self.noted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn counted_log_sync(&self) {
@@ -685,6 +699,8 @@ pub fn durability_counters(path: &std::path::Path) -> DurabilityCounters {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .len() as u64,
+            blobs_written: state.noted.load(Relaxed),
+            blobs_synced_through: state.synced_through.load(Relaxed),
         },
     }
 }
@@ -703,7 +719,17 @@ pub(crate) fn sync_new_database(
     db_file: &std::fs::File,
 ) -> Result<()> {
     let state = durability(config);
-    state.unsynced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    {
+        let mut unsynced = state
+            .unsynced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        unsynced.clear();
+        state.synced_through.fetch_max(
+            state.noted.load(std::sync::atomic::Ordering::SeqCst),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
     db_file.sync_all()?;
     let conf = config.get_path().join("conf");
     if conf.exists() {
@@ -731,12 +757,16 @@ pub(crate) fn sync_written_blobs(config: &Config) -> Result<()> {
     let state = durability(config);
     let _syncing =
         state.syncing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let paths = std::mem::take(
-        &mut *state
+    let (paths, through) = {
+        let mut unsynced = state
             .unsynced
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()),
-    );
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (
+            std::mem::take(&mut *unsynced),
+            state.noted.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
     let mut synced = 0_u64;
     for batch in paths.chunks(BLOB_SYNC_BATCH_MAX) {
         let mut files = Vec::with_capacity(batch.len());
@@ -784,6 +814,9 @@ pub(crate) fn sync_written_blobs(config: &Config) -> Result<()> {
             .fetch_add(synced, std::sync::atomic::Ordering::Relaxed);
         sync_directory(&state, &config.get_path().join("blobs"))?;
     }
+    state
+        .synced_through
+        .fetch_max(through, std::sync::atomic::Ordering::SeqCst);
     Ok(())
 }
 
