@@ -230,6 +230,8 @@ pub use {
             spare_blobs_restocking, BatchManifest,
             BlobReleaseCounters, DiskPtr, DurabilityCounters,
             Log, LogKind, LogOffset, LogRead, Lsn, PageCache, PageId,
+            wait_for_writeback_hints, writeback_hint_counters,
+            WritebackHintCounters,
         },
         serialization::Serialize,
     },

@@ -414,6 +414,46 @@ fn power_loss_durable_flushes_sync_blobs_their_directory_and_the_log() -> Result
     Ok(())
 }
 
+/// Cairn patch (PATCHES.md, "Writeback hints off the writing thread"): with
+/// `flush_to_kernel` and `drop_written_pages`, the log's and the blobs' writeback starts and
+/// page drops are queued for the `sled-writeback` thread, which carries them out; the
+/// writing thread never makes those calls itself, and the values read back.
+#[test]
+fn writeback_hints_are_carried_out_by_the_writeback_thread() -> Result<()> {
+    let path = std::env::temp_dir()
+        .join(format!("sled-writeback-hints-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    let before = sled::writeback_hint_counters();
+    {
+        let db = Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .flush_to_kernel(true)
+            .drop_written_pages(true)
+            .open()?;
+        // 4 MiB in 64 KiB values, flushed as they go: several 1 MiB log ranges to write back.
+        for key in 0..64_u8 {
+            db.insert([key], vec![key; 64 * 1024])?;
+            db.flush()?;
+        }
+        let queued = sled::writeback_hint_counters().queued;
+        assert!(queued > before.queued, "no hint was queued");
+        assert!(
+            sled::wait_for_writeback_hints(std::time::Duration::from_secs(20)),
+            "hints not carried out: {:?}",
+            sled::writeback_hint_counters()
+        );
+        assert!(sled::writeback_hint_counters().done >= queued);
+    }
+    let db = Config::new().path(&path).flush_every_ms(None).open()?;
+    for key in 0..64_u8 {
+        assert_eq!(db.get([key])?, Some(IVec::from(vec![key; 64 * 1024])));
+    }
+    drop(db);
+    std::fs::remove_dir_all(&path)?;
+    Ok(())
+}
+
 /// Cairn patch (PATCHES.md, "A flush hands its writes to the kernel"): with
 /// `flush_to_kernel`, what a returned flush covers survives the process dying at once
 /// (`abort`: no destructor, no further write), small values in the log and a large one in a
@@ -550,6 +590,9 @@ fn written_pages_leave_the_page_cache() -> Result<()> {
                 db.insert([key], vec![key; 200 * 1024])?;
                 db.flush()?;
             }
+            // The drops are hints for the `sled-writeback` thread ("Writeback hints off
+            // the writing thread").
+            assert!(sled::wait_for_writeback_hints(std::time::Duration::from_secs(20)));
             let log_pages = cached_pages(&path.join("db"));
             if drop_pages {
                 // What the last two (small) log writes wrote stays, for now.

@@ -906,22 +906,20 @@ fn schedule_writeback(path: PathBuf, drop_pages: bool) {
         }
         due
     };
+    // Cairn patch (PATCHES.md, "Writeback hints off the writing thread"): the writing
+    // thread only queues them.
     for (path, stage) in due {
-        match stage {
-            WritebackStage::Written { .. } => start_writeback(&path),
-            WritebackStage::WritingBack => {
-                if let Ok(file) = std::fs::File::open(&path) {
-                    drop_cached_pages(&file, 0, 0);
-                }
-            }
-        }
+        super::writeback::submit(match stage {
+            WritebackStage::Written { .. } => super::writeback::Hint::BlobWriteback(path),
+            WritebackStage::WritingBack => super::writeback::Hint::BlobDrop(path),
+        });
     }
 }
 
 /// Asks the kernel to start writing the blob's dirty pages back, without waiting. Best
 /// effort: a blob released meanwhile cannot be opened and is skipped; on another error the
 /// pages are left to the kernel's writeback, as before.
-fn start_writeback(path: &std::path::Path) {
+pub(crate) fn start_writeback(path: &std::path::Path) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::io::AsRawFd;

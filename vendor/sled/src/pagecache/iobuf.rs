@@ -320,6 +320,9 @@ pub(crate) struct IoBufs {
     /// Cairn patch (PATCHES.md, "A flush hands its writes to the kernel"): with
     /// `flush_to_kernel`, the log range written since the writeback was last started.
     writeback_pending: Mutex<PendingWriteback>,
+    /// Cairn patch (PATCHES.md, "Writeback hints off the writing thread"): an error of a
+    /// writeback the `sled-writeback` thread started, returned by the next log write.
+    writeback_error: Arc<std::sync::Mutex<Option<std::io::Error>>>,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
@@ -517,6 +520,7 @@ impl IoBufs {
             deferred_segment_ops: stack::Stack::default(),
             log_pages_to_drop: Mutex::new(Default::default()),
             writeback_pending: Mutex::new(PendingWriteback::default()),
+            writeback_error: Arc::default(),
             #[cfg(feature = "io_uring")]
             submission_mutex: Mutex::new(()),
             #[cfg(feature = "io_uring")]
@@ -787,6 +791,15 @@ impl IoBufs {
             sync_written_blobs(&self.config)?;
         }
 
+        if let Some(e) = self
+            .writeback_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            return Err(e.into());
+        }
+
         io_fail!(self, "buffer write");
         #[cfg(feature = "io_uring")]
         {
@@ -850,14 +863,20 @@ impl IoBufs {
                     if self.config.flush_to_kernel {
                         // Cairn patch (PATCHES.md, "A flush hands its writes to the
                         // kernel"): start the writeback, in batches, and do not wait for
-                        // the device.
+                        // the device; "Writeback hints off the writing thread": nor for
+                        // the kernel, which may block whoever starts it.
                         let due = self.writeback_pending.lock().add(
                             log_offset,
                             total_len as u64,
                             std::time::Instant::now(),
                         );
                         for &(offset, len) in due.iter().flatten() {
-                            sync_range(f, offset, len, libc::SYNC_FILE_RANGE_WRITE)?;
+                            writeback::submit(writeback::Hint::LogWriteback {
+                                file: self.config.file.clone(),
+                                offset,
+                                len,
+                                error: self.writeback_error.clone(),
+                            });
                         }
                     } else {
                         sync_range(
@@ -886,11 +905,11 @@ impl IoBufs {
                 LOG_DROP_PENDING_MAX,
             );
             for (offset, len) in due {
-                crate::pagecache::blob_io::drop_cached_pages(
-                    &self.config.file,
+                writeback::submit(writeback::Hint::LogDrop {
+                    file: self.config.file.clone(),
                     offset,
                     len,
-                );
+                });
             }
         }
         io_fail!(self, "buffer write post");

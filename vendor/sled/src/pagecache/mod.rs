@@ -20,6 +20,7 @@ mod parallel_io_windows;
 mod reservation;
 mod segment;
 mod snapshot;
+mod writeback;
 
 use std::{collections::BinaryHeap, ops::Deref};
 
@@ -55,6 +56,9 @@ pub use self::blob_io::{
     blob_release_counters, durability_counters, set_blob_release_bytes_per_second,
     spare_blobs_restocking, BlobReleaseCounters,
     DurabilityCounters,
+};
+pub use self::writeback::{
+    wait_for_writeback_hints, writeback_hint_counters, WritebackHintCounters,
 };
 
 pub(crate) use self::{
