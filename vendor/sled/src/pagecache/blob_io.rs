@@ -146,15 +146,21 @@ pub(crate) fn free_blob_dir(db: &std::path::Path) -> PathBuf {
 /// it. A partly written last page stays, for the next write to fill. Dirty pages and pages
 /// under writeback stay too (the kernel starts the writeback of dirty ones). Best effort:
 /// an error only leaves the pages cached.
+/// The kernel's page size (4 KiB where it cannot be read).
+#[cfg(target_os = "linux")]
+pub(crate) fn page_size() -> u64 {
+    static PAGE_SIZE: OnceLock<u64> = OnceLock::new();
+    *PAGE_SIZE.get_or_init(|| {
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).ok().filter(|size| size.is_power_of_two()).unwrap_or(4096)
+    })
+}
+
 pub(crate) fn drop_cached_pages(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::io::AsRawFd;
-        static PAGE_SIZE: OnceLock<u64> = OnceLock::new();
-        let page = *PAGE_SIZE.get_or_init(|| {
-            let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-            u64::try_from(size).ok().filter(|size| size.is_power_of_two()).unwrap_or(4096)
-        });
+        let page = page_size();
         let start = offset & !(page - 1);
         let len = if len == 0 { 0 } else { len + (offset - start) };
         let (Ok(start), Ok(len)) = (i64::try_from(start), i64::try_from(len)) else {
