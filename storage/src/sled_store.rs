@@ -14,10 +14,11 @@
 //! returns once the log write is in the kernel (its writeback is started in batches of 1 MiB or 50
 //! ms, by sled's `sled-writeback` thread, and not waited for: "Writeback hints off the writing
 //! thread"), which promises the same (a process kill loses nothing the kernel holds) without
-//! waiting for the device, nor for the kernel's writeback throttling. With [`Durability::Fsync`] the store opens sled with the Cairn
-//! patch `power_loss_durable` (vendor/sled/PATCHES.md, "Power-loss durability"): each log write
-//! `fdatasync`s the blob files written since the previous one and `fsync`s their directory, then
-//! writes and `fdatasync`s the log, so a flush that returned covers every byte of every append
+//! waiting for the device, nor for the kernel's writeback throttling. With
+//! [`Durability::Fsync`] the store opens sled with the Cairn patch `power_loss_durable`
+//! (vendor/sled/PATCHES.md, "Power-loss durability"): each log write `fdatasync`s the blob
+//! files written since the previous one and `fsync`s their directory, then writes and
+//! `fdatasync`s the log, so a flush that returned covers every byte of every append
 //! before it; the watermark file and its directory are `fsync`ed too, on a thread of their own
 //! while sled syncs (see [`crate::watermark`]). It stays grouped: the
 //! [`GroupCommitter`](crate::GroupCommitter) runs one flush for every append that arrived during

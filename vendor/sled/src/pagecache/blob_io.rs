@@ -140,12 +140,6 @@ pub(crate) fn free_blob_dir(db: &std::path::Path) -> PathBuf {
 // reporting), a host page fault: there a write into new page cache ran at 200 MB/s against
 // 5 GB/s into reused pages.
 
-/// Drops the clean pages of `file` in `[offset, offset + len)` (`len` 0: to the end of the
-/// file) from the page cache. The kernel drops only whole pages inside the range, so the
-/// range starts at the page holding `offset`: a write that began inside a page completed
-/// it. A partly written last page stays, for the next write to fill. Dirty pages and pages
-/// under writeback stay too (the kernel starts the writeback of dirty ones). Best effort:
-/// an error only leaves the pages cached.
 /// The kernel's page size (4 KiB where it cannot be read).
 #[cfg(target_os = "linux")]
 pub(crate) fn page_size() -> u64 {
@@ -156,6 +150,12 @@ pub(crate) fn page_size() -> u64 {
     })
 }
 
+/// Drops the clean pages of `file` in `[offset, offset + len)` (`len` 0: to the end of the
+/// file) from the page cache. The kernel drops only whole pages inside the range, so the
+/// range starts at the page holding `offset`: a write that began inside a page completed
+/// it. A partly written last page stays, for the next write to fill. Dirty pages and pages
+/// under writeback stay too (the kernel starts the writeback of dirty ones). Best effort:
+/// an error only leaves the pages cached.
 pub(crate) fn drop_cached_pages(file: &std::fs::File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {

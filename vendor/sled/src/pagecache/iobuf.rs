@@ -322,7 +322,7 @@ pub(crate) struct IoBufs {
     writeback_pending: Mutex<PendingWriteback>,
     /// Cairn patch (PATCHES.md, "Writeback hints off the writing thread"): an error of a
     /// writeback the `sled-writeback` thread started, returned by the next log write.
-    writeback_error: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+    writeback_error: Arc<std::sync::Mutex<Option<Error>>>,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
@@ -395,7 +395,7 @@ impl PendingWriteback {
 /// `sync_file_range` over `len` bytes at `offset` with `flags` (a full sync where the call
 /// does not exist).
 #[cfg(all(not(feature = "io_uring"), target_os = "linux"))]
-fn sync_range(
+pub(crate) fn sync_range(
     file: &std::fs::File,
     offset: LogOffset,
     len: u64,
@@ -797,7 +797,7 @@ impl IoBufs {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
         {
-            return Err(e.into());
+            return Err(e);
         }
 
         io_fail!(self, "buffer write");
